@@ -1,0 +1,877 @@
+//! The ring log: one writer (a remote sender writing through the fabric, or a local thread) and
+//! one reader (the receiver's polling thread), over a [`Media`] laid out as in `docs/formats.md`.
+//!
+//! Positions are logical byte counts that only grow; the byte at position `p` lives at media
+//! offset `DATA_OFFSET + p % capacity`. The reader owns `head` (everything before it is truncated
+//! and may be overwritten); the writer owns `tail` (everything before it is acknowledged). Both
+//! are persisted in the ring header, each as one self-checking 8-byte word.
+//!
+//! The writer is sans-I/O: [`RingWriter`] decides where records go and returns an [`AppendPlan`],
+//! a list of word writes and persists that whoever has a path to the memory carries out in order
+//! ([`LocalWriter`] for a local media, the fabric's one-sided WRITE and PERSIST for a remote one).
+//! An append is acknowledged only once its whole plan has been carried out, and the plan ends by
+//! persisting the record and then the tail that covers it.
+//!
+//! Space: a commit reserves room for all its records before it starts ([`RingWriter::reserve`]);
+//! a reservation that does not fit fails with [`LogError::Full`] and changes nothing, so a commit
+//! never stops half-way for lack of log space. One maximum-size pad is always kept in hand, so
+//! the wrap-around can never make reserved records not fit.
+
+use crate::crc::crc8_56;
+use crate::error::LogError;
+use crate::media::{Media, read_bytes, write_bytes};
+use crate::record::{
+    RECORD_ALIGN, RECORD_HEADER_BYTES, Record, RecordKind, checksum, commit_word, encode,
+    encode_pad, record_bytes,
+};
+use std::io;
+
+/// "ACRERING", little-endian, at offset 0.
+pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"ACRERING");
+/// The format version this build reads and writes.
+pub const RING_VERSION: u32 = 1;
+/// Offset of the persisted head word (its own cache line: written by the reader only).
+pub const HEAD_OFFSET: u64 = 64;
+/// Offset of the persisted tail word (its own cache line: written by the writer only).
+pub const TAIL_OFFSET: u64 = 128;
+/// Offset of the sequence number of the record at the tail (a hint, rebuilt by recovery).
+pub const TAIL_SEQ_OFFSET: u64 = 136;
+/// Offset of the first data byte.
+pub const DATA_OFFSET: u64 = 256;
+/// Bytes of the fixed header fields covered by the header checksum.
+const HEADER_CHECKED_BYTES: usize = 28;
+/// Smallest allowed maximum record size.
+pub const MAX_RECORD_BYTES_MIN: u64 = 64;
+
+const _: () = assert!(HEAD_OFFSET % 64 == 0 && TAIL_OFFSET % 64 == 0);
+const _: () = assert!(
+    TAIL_OFFSET - HEAD_OFFSET >= 64,
+    "head and tail share a cache line"
+);
+const _: () = assert!(DATA_OFFSET % 64 == 0 && DATA_OFFSET >= TAIL_SEQ_OFFSET + 8);
+
+/// The shape of a ring: data capacity and the largest record (header included) it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingGeometry {
+    pub capacity: u64,
+    pub max_record_bytes: u64,
+}
+
+impl RingGeometry {
+    /// Checks that a ring of this shape can always make progress: the capacity holds at least
+    /// four maximum-size records (one of which is the pad kept in hand).
+    pub fn new(capacity: u64, max_record_bytes: u64) -> Result<RingGeometry, LogError> {
+        let fail = |why: String| Err(LogError::Geometry(why));
+        if capacity % 64 != 0 || capacity == 0 {
+            return fail(format!(
+                "capacity {capacity} is not a positive multiple of 64"
+            ));
+        }
+        if max_record_bytes % RECORD_ALIGN != 0 || max_record_bytes < MAX_RECORD_BYTES_MIN {
+            return fail(format!(
+                "max record {max_record_bytes} is not a multiple of {RECORD_ALIGN} of at least \
+                 {MAX_RECORD_BYTES_MIN}"
+            ));
+        }
+        if max_record_bytes > u32::MAX as u64 {
+            return fail(format!(
+                "max record {max_record_bytes} does not fit 32 bits"
+            ));
+        }
+        if capacity / 4 < max_record_bytes {
+            return fail(format!(
+                "capacity {capacity} holds fewer than 4 records of {max_record_bytes} bytes"
+            ));
+        }
+        if capacity > (1 << 48) {
+            return fail(format!("capacity {capacity} is larger than 2^48"));
+        }
+        Ok(RingGeometry {
+            capacity,
+            max_record_bytes,
+        })
+    }
+
+    /// A ring of `capacity` bytes whose records may be up to a quarter of it.
+    pub fn with_capacity(capacity: u64) -> Result<RingGeometry, LogError> {
+        let max = (capacity / 4).min(u32::MAX as u64) / RECORD_ALIGN * RECORD_ALIGN;
+        RingGeometry::new(capacity, max)
+    }
+
+    /// Bytes of media the ring needs: header plus data.
+    pub fn media_bytes(&self) -> u64 {
+        DATA_OFFSET + self.capacity
+    }
+
+    pub fn max_payload_bytes(&self) -> u64 {
+        self.max_record_bytes - RECORD_HEADER_BYTES
+    }
+
+    /// Media offset of logical position `pos`.
+    pub fn offset_of(&self, pos: u64) -> u64 {
+        DATA_OFFSET + pos % self.capacity
+    }
+
+    fn header_fields(&self) -> [u8; HEADER_CHECKED_BYTES] {
+        let mut h = [0u8; HEADER_CHECKED_BYTES];
+        h[0..8].copy_from_slice(&RING_MAGIC.to_le_bytes());
+        h[8..12].copy_from_slice(&RING_VERSION.to_le_bytes());
+        // 12..16: flags, zero in version 1.
+        h[16..24].copy_from_slice(&self.capacity.to_le_bytes());
+        h[24..28].copy_from_slice(&(self.max_record_bytes as u32).to_le_bytes());
+        h
+    }
+
+    /// Reads and validates the header of a ring.
+    pub fn read<M: Media + ?Sized>(media: &M) -> Result<RingGeometry, LogError> {
+        let len = media.len();
+        if len < DATA_OFFSET {
+            return Err(LogError::Truncated {
+                offset: 0,
+                len,
+                needed: DATA_OFFSET,
+            });
+        }
+        let mut h = [0u8; 32];
+        read_bytes(media, 0, &mut h);
+        let magic = u64::from_le_bytes(h[0..8].try_into().expect("8 bytes"));
+        if magic != RING_MAGIC {
+            return Err(LogError::BadMagic {
+                offset: 0,
+                found: magic,
+            });
+        }
+        let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        let stored_crc = u32::from_le_bytes(h[28..32].try_into().expect("4 bytes"));
+        if crate::crc::crc32c(&h[..HEADER_CHECKED_BYTES]) != stored_crc {
+            return Err(LogError::corrupt(28, "ring header checksum mismatch"));
+        }
+        if version != RING_VERSION {
+            return Err(LogError::BadVersion {
+                offset: 8,
+                found: version,
+                supported: RING_VERSION,
+            });
+        }
+        let capacity = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+        let max_record = u32::from_le_bytes(h[24..28].try_into().expect("4 bytes")) as u64;
+        let geometry = RingGeometry::new(capacity, max_record)
+            .map_err(|e| LogError::corrupt(16, format!("header geometry: {e}")))?;
+        if len < geometry.media_bytes() {
+            return Err(LogError::Truncated {
+                offset: DATA_OFFSET,
+                len,
+                needed: geometry.media_bytes(),
+            });
+        }
+        Ok(geometry)
+    }
+}
+
+/// Encodes a position for the head or tail word: the position in 32-byte units in the high 56
+/// bits, a CRC-8 of them in the low 8, so one word is both atomic to persist and self-checking.
+pub fn encode_pos_word(pos: u64) -> u64 {
+    assert!(pos % RECORD_ALIGN == 0, "unaligned ring position {pos}");
+    let units = pos / RECORD_ALIGN;
+    assert!(units < 1 << 56, "ring position {pos} out of range");
+    units << 8 | crc8_56(units) as u64
+}
+
+/// Decodes a head or tail word read at media `offset`.
+pub fn decode_pos_word(word: u64, offset: u64) -> Result<u64, LogError> {
+    let units = word >> 8;
+    if crc8_56(units) as u64 != word & 0xff {
+        return Err(LogError::corrupt(
+            offset,
+            format!("position word {word:#018x} fails its check"),
+        ));
+    }
+    Ok(units * RECORD_ALIGN)
+}
+
+/// Writes a fresh, empty ring of shape `geometry` onto `media` and persists it.
+pub fn format<M: Media + ?Sized>(media: &M, geometry: RingGeometry) -> Result<(), LogError> {
+    if media.len() < geometry.media_bytes() {
+        return Err(LogError::Truncated {
+            offset: 0,
+            len: media.len(),
+            needed: geometry.media_bytes(),
+        });
+    }
+    // Zero the data so that no old bytes can look like a record of the new ring.
+    let mut offset = DATA_OFFSET;
+    while offset < geometry.media_bytes() {
+        media.store(offset, 0);
+        offset += 8;
+    }
+    media.store(HEAD_OFFSET, encode_pos_word(0));
+    media.store(TAIL_OFFSET, encode_pos_word(0));
+    media.store(TAIL_SEQ_OFFSET, 0);
+    let mut header = [0u8; 32];
+    let fields = geometry.header_fields();
+    header[..HEADER_CHECKED_BYTES].copy_from_slice(&fields);
+    header[28..32].copy_from_slice(&crate::crc::crc32c(&fields).to_le_bytes());
+    // The magic goes last, after everything else is durable: a ring with a valid magic is whole.
+    write_bytes(media, 8, &header[8..]);
+    media.persist(0, geometry.media_bytes())?;
+    media.store(0, RING_MAGIC);
+    media.persist(0, 8)?;
+    Ok(())
+}
+
+/// One step of an append: carried out strictly in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogOp {
+    /// Store these bytes (whole words) at this media offset, in increasing address order.
+    Write { offset: u64, bytes: Vec<u8> },
+    /// Make every earlier write to this range durable.
+    Persist { offset: u64, len: u64 },
+}
+
+/// The writes and persists that append one record, and what they achieve.
+#[derive(Clone, Debug)]
+pub struct AppendPlan {
+    pub ops: Vec<LogOp>,
+    /// Position of the record.
+    pub pos: u64,
+    pub seq: u64,
+    /// The tail once the plan is carried out: the record is acknowledged up to here.
+    pub tail: u64,
+}
+
+/// Carries out a plan on local media.
+pub fn execute_plan<M: Media + ?Sized>(media: &M, ops: &[LogOp]) -> io::Result<()> {
+    for op in ops {
+        match op {
+            LogOp::Write { offset, bytes } => write_bytes(media, *offset, bytes),
+            LogOp::Persist { offset, len } => media.persist(*offset, *len)?,
+        }
+    }
+    Ok(())
+}
+
+/// Room promised to one commit for the records it will append. Give back what is left with
+/// [`RingWriter::release`].
+#[derive(Debug)]
+#[must_use = "release a reservation that will not be used, or the ring loses that space"]
+pub struct Reservation {
+    bytes: u64,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// The writer's side of a ring: where the next record goes, and how much room is promised.
+#[derive(Clone, Debug)]
+pub struct RingWriter {
+    geometry: RingGeometry,
+    tail: u64,
+    next_seq: u64,
+    /// The newest head the writer has seen: the reader may have moved it further since.
+    head_seen: u64,
+    reserved_bytes: u64,
+}
+
+impl RingWriter {
+    /// A writer continuing at `tail` with `next_seq`, knowing the reader's head is at least `head`.
+    pub fn new(geometry: RingGeometry, head: u64, tail: u64, next_seq: u64) -> RingWriter {
+        assert!(head <= tail, "head={head} tail={tail}");
+        assert!(tail - head <= geometry.capacity, "head={head} tail={tail}");
+        RingWriter {
+            geometry,
+            tail,
+            next_seq,
+            head_seen: head,
+            reserved_bytes: 0,
+        }
+    }
+
+    /// A writer for a ring whose header words were read as `head_word`, `tail_word` and
+    /// `tail_seq` (from a one-sided READ of a remote ring, or a local load).
+    pub fn attach(
+        geometry: RingGeometry,
+        head_word: u64,
+        tail_word: u64,
+        tail_seq: u64,
+    ) -> Result<RingWriter, LogError> {
+        let head = decode_pos_word(head_word, HEAD_OFFSET)?;
+        let tail = decode_pos_word(tail_word, TAIL_OFFSET)?;
+        if head > tail || tail - head > geometry.capacity {
+            return Err(LogError::corrupt(
+                HEAD_OFFSET,
+                format!("head {head} and tail {tail} disagree"),
+            ));
+        }
+        Ok(RingWriter::new(geometry, head, tail, tail_seq))
+    }
+
+    pub fn geometry(&self) -> RingGeometry {
+        self.geometry
+    }
+
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn head_seen(&self) -> u64 {
+        self.head_seen
+    }
+
+    /// Bytes a new reservation could take now (as far as the writer knows the head).
+    pub fn free_bytes(&self) -> u64 {
+        let pad_in_hand = self.geometry.max_record_bytes - RECORD_HEADER_BYTES;
+        let used = self.tail - self.head_seen + self.reserved_bytes + pad_in_hand;
+        self.geometry.capacity.saturating_sub(used)
+    }
+
+    /// Learns the reader's head from a head word (read from the ring header).
+    pub fn observe_head_word(&mut self, head_word: u64) -> Result<(), LogError> {
+        let head = decode_pos_word(head_word, HEAD_OFFSET)?;
+        if head > self.tail {
+            return Err(LogError::corrupt(
+                HEAD_OFFSET,
+                format!("head {head} beyond the writer's tail {}", self.tail),
+            ));
+        }
+        // The head only moves forward; an older value read late changes nothing.
+        self.head_seen = self.head_seen.max(head);
+        Ok(())
+    }
+
+    /// Reserves room for records with these payload lengths, or fails changing nothing.
+    pub fn reserve(&mut self, payload_lens: &[usize]) -> Result<Reservation, LogError> {
+        let mut needed = 0;
+        for &len in payload_lens {
+            let len = len as u64;
+            if len > self.geometry.max_payload_bytes() {
+                return Err(LogError::TooLarge {
+                    len,
+                    max: self.geometry.max_payload_bytes(),
+                });
+            }
+            needed += record_bytes(len);
+        }
+        let free = self.free_bytes();
+        if needed > free {
+            return Err(LogError::Full { needed, free });
+        }
+        self.reserved_bytes += needed;
+        Ok(Reservation { bytes: needed })
+    }
+
+    /// Gives back what is left of a reservation.
+    pub fn release(&mut self, reservation: Reservation) {
+        assert!(
+            reservation.bytes <= self.reserved_bytes,
+            "release of {} > reserved {}",
+            reservation.bytes,
+            self.reserved_bytes
+        );
+        self.reserved_bytes -= reservation.bytes;
+    }
+
+    /// Plans the append of one record inside `reservation`. The record is acknowledged once the
+    /// whole plan has been carried out.
+    pub fn append(
+        &mut self,
+        reservation: &mut Reservation,
+        kind: RecordKind,
+        payload: &[u8],
+    ) -> AppendPlan {
+        assert!(kind != RecordKind::PAD, "kind 0 is reserved for padding");
+        let extent = record_bytes(payload.len() as u64);
+        assert!(
+            extent <= reservation.bytes,
+            "append of {extent} bytes outside its reservation of {}",
+            reservation.bytes
+        );
+        let geometry = self.geometry;
+        let mut ops = Vec::with_capacity(8);
+        let room_before_wrap = geometry.capacity - self.tail % geometry.capacity;
+        if extent > room_before_wrap {
+            // Pad to the end of the data area; the pad is paid from the one kept in hand.
+            let pad_pos = self.tail;
+            let pad = encode_pad(pad_pos, self.next_seq, room_before_wrap);
+            push_record_writes(&mut ops, geometry.offset_of(pad_pos), pad);
+            ops.push(LogOp::Persist {
+                offset: geometry.offset_of(pad_pos),
+                len: RECORD_HEADER_BYTES,
+            });
+            self.tail += room_before_wrap;
+            self.next_seq += 1;
+        }
+        let pos = self.tail;
+        assert!(
+            pos + extent - self.head_seen <= geometry.capacity,
+            "ring overrun: pos={pos} extent={extent} head={} capacity={}",
+            self.head_seen,
+            geometry.capacity
+        );
+        let seq = self.next_seq;
+        let offset = geometry.offset_of(pos);
+        push_record_writes(&mut ops, offset, encode(pos, seq, kind, payload));
+        ops.push(LogOp::Persist {
+            offset,
+            len: extent,
+        });
+        self.tail += extent;
+        self.next_seq += 1;
+        reservation.bytes -= extent;
+        self.reserved_bytes -= extent;
+        // Then the tail that covers it, in its own cache line.
+        let mut tail_words = Vec::with_capacity(16);
+        tail_words.extend_from_slice(&encode_pos_word(self.tail).to_le_bytes());
+        tail_words.extend_from_slice(&self.next_seq.to_le_bytes());
+        ops.push(LogOp::Write {
+            offset: TAIL_OFFSET,
+            bytes: tail_words,
+        });
+        ops.push(LogOp::Persist {
+            offset: TAIL_OFFSET,
+            len: 16,
+        });
+        AppendPlan {
+            ops,
+            pos,
+            seq,
+            tail: self.tail,
+        }
+    }
+}
+
+/// Emits a record's bytes as two writes: everything but the commit word, then the commit word, so
+/// a reader that sees the commit word sees the record.
+fn push_record_writes(ops: &mut Vec<LogOp>, offset: u64, bytes: Vec<u8>) {
+    ops.push(LogOp::Write {
+        offset: offset + 8,
+        bytes: bytes[8..].to_vec(),
+    });
+    ops.push(LogOp::Write {
+        offset,
+        bytes: bytes[..8].to_vec(),
+    });
+}
+
+/// A writer that appends to a ring in local memory.
+pub struct LocalWriter<M: Media> {
+    media: M,
+    writer: RingWriter,
+}
+
+impl<M: Media> LocalWriter<M> {
+    /// Attaches to a formatted (or recovered) ring.
+    pub fn attach(media: M) -> Result<LocalWriter<M>, LogError> {
+        let geometry = RingGeometry::read(&media)?;
+        let writer = RingWriter::attach(
+            geometry,
+            media.load(HEAD_OFFSET),
+            media.load(TAIL_OFFSET),
+            media.load(TAIL_SEQ_OFFSET),
+        )?;
+        Ok(LocalWriter { media, writer })
+    }
+
+    pub fn writer(&mut self) -> &mut RingWriter {
+        &mut self.writer
+    }
+
+    pub fn media(&self) -> &M {
+        &self.media
+    }
+
+    /// Reads the reader's current head.
+    pub fn refresh_head(&mut self) -> Result<(), LogError> {
+        self.writer.observe_head_word(self.media.load(HEAD_OFFSET))
+    }
+
+    /// Reserves room, refreshing the head once if the ring looks full.
+    pub fn reserve(&mut self, payload_lens: &[usize]) -> Result<Reservation, LogError> {
+        match self.writer.reserve(payload_lens) {
+            Err(LogError::Full { .. }) => {
+                self.refresh_head()?;
+                self.writer.reserve(payload_lens)
+            }
+            other => other,
+        }
+    }
+
+    /// Appends inside a reservation; returns once the record is durable (acknowledged).
+    pub fn append_reserved(
+        &mut self,
+        reservation: &mut Reservation,
+        kind: RecordKind,
+        payload: &[u8],
+    ) -> Result<AppendPlan, LogError> {
+        let plan = self.writer.append(reservation, kind, payload);
+        execute_plan(&self.media, &plan.ops)?;
+        Ok(plan)
+    }
+
+    /// Reserves, appends and acknowledges one record. Fails with [`LogError::Full`], changing
+    /// nothing, when the ring has no room even after re-reading the head.
+    pub fn append(&mut self, kind: RecordKind, payload: &[u8]) -> Result<AppendPlan, LogError> {
+        let mut reservation = self.reserve(&[payload.len()])?;
+        let plan = self.append_reserved(&mut reservation, kind, payload);
+        self.writer.release(reservation);
+        plan
+    }
+}
+
+/// What lies at a position, as a reader or the recovery scan sees it.
+pub(crate) enum Slot {
+    /// No record has been committed there (zeroed memory, or a record of an earlier lap).
+    Empty,
+    Pad {
+        seq: u64,
+        extent: u64,
+    },
+    Record(Record),
+    /// The commit word says a record is there, but it is damaged.
+    Damaged {
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// Reads the record at `pos` (which must be 32-aligned).
+pub(crate) fn read_slot<M: Media + ?Sized>(media: &M, geometry: RingGeometry, pos: u64) -> Slot {
+    let offset = geometry.offset_of(pos);
+    if media.load(offset) != commit_word(pos) {
+        return Slot::Empty;
+    }
+    let seq = media.load(offset + 8);
+    let length_kind = media.load(offset + 16);
+    let stored_crc = media.load(offset + 24) as u32;
+    let len = length_kind as u32 as u64;
+    let kind = RecordKind((length_kind >> 32) as u16);
+    let room_before_wrap = geometry.capacity - pos % geometry.capacity;
+    let damaged = |reason: String| Slot::Damaged { offset, reason };
+    if length_kind >> 48 != 0 {
+        return damaged(format!(
+            "reserved bits set in length word {length_kind:#018x}"
+        ));
+    }
+    if kind == RecordKind::PAD {
+        if len != room_before_wrap {
+            return damaged(format!(
+                "pad of {len} bytes does not end the lap ({room_before_wrap})"
+            ));
+        }
+        if checksum(pos, seq, length_kind, &[]) != stored_crc {
+            return damaged("pad checksum mismatch".to_string());
+        }
+        return Slot::Pad { seq, extent: len };
+    }
+    if len > geometry.max_payload_bytes() {
+        return damaged(format!(
+            "length {len} over the maximum {}",
+            geometry.max_payload_bytes()
+        ));
+    }
+    let extent = record_bytes(len);
+    if extent > room_before_wrap {
+        return damaged(format!(
+            "record of {extent} bytes crosses the end of the ring"
+        ));
+    }
+    let mut padded = vec![0u8; (extent - RECORD_HEADER_BYTES) as usize];
+    read_bytes(media, offset + RECORD_HEADER_BYTES, &mut padded);
+    padded.truncate(len as usize);
+    if checksum(pos, seq, length_kind, &padded) != stored_crc {
+        return damaged(format!("record checksum mismatch (seq {seq}, {len} bytes)"));
+    }
+    Slot::Record(Record {
+        pos,
+        seq,
+        kind,
+        payload: padded,
+    })
+}
+
+/// The reader's side of a ring: polls records in order and truncates what has been applied.
+pub struct RingReader<M: Media> {
+    media: M,
+    geometry: RingGeometry,
+    head: u64,
+    cursor: u64,
+    next_seq: Option<u64>,
+}
+
+impl<M: Media> RingReader<M> {
+    /// A reader whose truncation point is `head` and which reads next at `cursor`.
+    pub fn new(media: M, geometry: RingGeometry, head: u64, cursor: u64) -> RingReader<M> {
+        assert!(head <= cursor, "head={head} cursor={cursor}");
+        RingReader {
+            media,
+            geometry,
+            head,
+            cursor,
+            next_seq: None,
+        }
+    }
+
+    pub fn media(&self) -> &M {
+        &self.media
+    }
+
+    pub fn geometry(&self) -> RingGeometry {
+        self.geometry
+    }
+
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The next complete record, or `None` if the writer has not committed one yet.
+    ///
+    /// A damaged record here is corruption, not a race: the writer stores the commit word last,
+    /// so a record whose commit word is visible is whole.
+    pub fn poll(&mut self) -> Result<Option<Record>, LogError> {
+        // A pad is followed by a record at the start of the next lap: at most one pad per poll.
+        for _ in 0..2 {
+            if self.cursor - self.head >= self.geometry.capacity {
+                return Ok(None); // everything readable is read and not yet truncated
+            }
+            let slot = read_slot(&self.media, self.geometry, self.cursor);
+            let seq = match &slot {
+                Slot::Empty => return Ok(None),
+                Slot::Damaged { offset, reason } => {
+                    return Err(LogError::corrupt(*offset, reason.clone()));
+                }
+                Slot::Pad { seq, .. } => *seq,
+                Slot::Record(record) => record.seq,
+            };
+            if let Some(expected) = self.next_seq {
+                if seq != expected {
+                    return Err(LogError::corrupt(
+                        self.geometry.offset_of(self.cursor),
+                        format!("sequence {seq} where {expected} was expected"),
+                    ));
+                }
+            }
+            self.next_seq = Some(seq + 1);
+            match slot {
+                Slot::Pad { extent, .. } => self.cursor += extent,
+                Slot::Record(record) => {
+                    self.cursor = record.end();
+                    return Ok(Some(record));
+                }
+                Slot::Empty | Slot::Damaged { .. } => unreachable!("returned above"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Frees everything before `pos` for the writer and persists the new head.
+    pub fn truncate(&mut self, pos: u64) -> Result<(), LogError> {
+        assert!(pos % RECORD_ALIGN == 0, "unaligned truncation pos={pos}");
+        assert!(
+            pos <= self.cursor,
+            "truncating unread records: pos={pos} cursor={}",
+            self.cursor
+        );
+        if pos <= self.head {
+            return Ok(());
+        }
+        self.head = pos;
+        self.media.store(HEAD_OFFSET, encode_pos_word(pos));
+        self.media.persist(HEAD_OFFSET, 8)?;
+        Ok(())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::media::MemMedia;
+
+    fn ring(capacity: u64) -> MemMedia {
+        let geometry = RingGeometry::with_capacity(capacity).unwrap();
+        let media = MemMedia::new(geometry.media_bytes());
+        format(&media, geometry).unwrap();
+        media
+    }
+
+    #[test]
+    fn appended_records_are_read_back_in_order_across_many_wraps() {
+        let media = ring(1024);
+        let geometry = RingGeometry::read(&media).unwrap();
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let mut reader = RingReader::new(&media, geometry, 0, 0);
+        let mut next_expected = 0u32;
+        for i in 0..500u32 {
+            let payload = vec![i as u8; (i as usize * 13) % 200];
+            loop {
+                match writer.append(RecordKind(1 + (i % 5) as u16), &payload) {
+                    Ok(_) => break,
+                    Err(LogError::Full { .. }) => {
+                        let record = reader.poll().unwrap().expect("full ring has records");
+                        assert_eq!(
+                            record.payload,
+                            vec![next_expected as u8; (next_expected as usize * 13) % 200]
+                        );
+                        next_expected += 1;
+                        reader.truncate(record.end()).unwrap();
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        while let Some(record) = reader.poll().unwrap() {
+            assert_eq!(record.kind, RecordKind(1 + (next_expected % 5) as u16));
+            next_expected += 1;
+            reader.truncate(record.end()).unwrap();
+        }
+        assert_eq!(next_expected, 500);
+    }
+
+    #[test]
+    fn a_full_reservation_fails_cleanly_and_changes_nothing() {
+        let media = ring(1024);
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let free = writer.writer().free_bytes();
+        let res = writer.reserve(&[100, 100]).unwrap();
+        assert_eq!(writer.writer().free_bytes(), free - 2 * record_bytes(100));
+        let err = writer.reserve(&[200, 200, 200]).unwrap_err();
+        assert!(matches!(err, LogError::Full { .. }), "{err}");
+        assert_eq!(writer.writer().free_bytes(), free - 2 * record_bytes(100));
+        assert_eq!(writer.writer().tail(), 0);
+        writer.writer().release(res);
+        assert_eq!(writer.writer().free_bytes(), free);
+    }
+
+    #[test]
+    fn oversize_records_are_refused() {
+        let media = ring(1024);
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let err = writer.append(RecordKind(1), &[0; 300]).unwrap_err();
+        assert!(
+            matches!(err, LogError::TooLarge { len: 300, max: 224 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncation_returns_space_to_the_writer() {
+        let media = ring(1024);
+        let geometry = RingGeometry::read(&media).unwrap();
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let mut reader = RingReader::new(&media, geometry, 0, 0);
+        while writer.append(RecordKind(1), &[7; 64]).is_ok() {}
+        let before = writer.writer().free_bytes();
+        let record = reader.poll().unwrap().unwrap();
+        reader.truncate(record.end()).unwrap();
+        writer.refresh_head().unwrap();
+        assert_eq!(writer.writer().free_bytes(), before + record_bytes(64));
+        assert!(writer.append(RecordKind(1), &[8; 64]).is_ok());
+    }
+
+    #[test]
+    fn position_words_reject_bit_flips() {
+        let word = encode_pos_word(4096);
+        assert_eq!(decode_pos_word(word, 64).unwrap(), 4096);
+        for bit in 0..64 {
+            assert!(decode_pos_word(word ^ 1 << bit, 64).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn geometry_is_validated() {
+        assert!(RingGeometry::new(1000, 64).is_err());
+        assert!(RingGeometry::new(1024, 48).is_err());
+        assert!(RingGeometry::new(1024, 512).is_err());
+        assert!(RingGeometry::new(1024, 256).is_ok());
+    }
+}
+
+#[cfg(loom)]
+mod loom_tests {
+    //! Loom model of the head / tail / reservation protocol: a writer that reserves, appends and
+    //! re-reads the head when full, against a reader that polls and truncates, on a ring small
+    //! enough that the records wrap. Run with
+    //! `RUSTFLAGS="--cfg loom" cargo test -p acre-nvm-log --release --lib loom`.
+    use super::*;
+    use crate::media::MemMedia;
+    use std::sync::Arc;
+
+    /// Payload lengths chosen so the fourth record fills the ring and the fifth needs a pad and
+    /// a truncation: records of 64, 32, 64, 64 and 64 bytes in a 256-byte ring that keeps a
+    /// 32-byte pad in hand.
+    const PAYLOAD_LENS: [usize; 5] = [32, 0, 32, 32, 32];
+    const RECORDS: u8 = PAYLOAD_LENS.len() as u8;
+    const ATTEMPTS_MAX: usize = 8;
+
+    #[test]
+    fn loom_writer_and_reader_never_lose_or_tear_a_record() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(2);
+        model.check(|| {
+            let geometry = RingGeometry::new(256, 64).unwrap();
+            let media = Arc::new(MemMedia::new(geometry.media_bytes()));
+            format(&*media, geometry).unwrap();
+            let writer_media = media.clone();
+            let writer = loom::thread::spawn(move || {
+                let mut writer = LocalWriter::attach(writer_media).unwrap();
+                for i in 0..RECORDS {
+                    let mut appended = false;
+                    for _ in 0..ATTEMPTS_MAX {
+                        match writer.append(RecordKind(1), &vec![i; PAYLOAD_LENS[i as usize]]) {
+                            Ok(_) => {
+                                appended = true;
+                                break;
+                            }
+                            Err(LogError::Full { .. }) => loom::thread::yield_now(),
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    if !appended {
+                        return i;
+                    }
+                }
+                RECORDS
+            });
+            let mut reader = RingReader::new(media.clone(), geometry, 0, 0);
+            let mut read = 0u8;
+            for _ in 0..ATTEMPTS_MAX * RECORDS as usize {
+                match reader.poll().unwrap() {
+                    Some(record) => {
+                        assert_eq!(
+                            record.payload,
+                            vec![read; PAYLOAD_LENS[read as usize]],
+                            "record {read} torn"
+                        );
+                        read += 1;
+                        reader.truncate(record.end()).unwrap();
+                        if read == RECORDS {
+                            break;
+                        }
+                    }
+                    None => loom::thread::yield_now(),
+                }
+            }
+            let written = writer.join().unwrap();
+            // Whatever the reader missed while polling is there once the writer is done.
+            while let Some(record) = reader.poll().unwrap() {
+                assert_eq!(
+                    record.payload,
+                    vec![read; PAYLOAD_LENS[read as usize]],
+                    "record {read} torn"
+                );
+                read += 1;
+                reader.truncate(record.end()).unwrap();
+            }
+            assert_eq!(read, written);
+        });
+    }
+}

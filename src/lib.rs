@@ -1,0 +1,2 @@
+//! Acre: the facade over the engine crates.
+pub use acre_nvm_log as nvm_log;

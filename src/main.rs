@@ -1,0 +1,2 @@
+//! The `acre` command line.
+fn main() {}

@@ -1,0 +1,3 @@
+//! Acre's benchmark drivers: commands that print numbers. The criterion benches live in
+//! `benches/benches/`.
+#![forbid(unsafe_code)]

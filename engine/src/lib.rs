@@ -4,7 +4,11 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub mod channel;
+pub mod directory;
+pub mod fabric;
 pub mod region;
 
 pub use addr::{Addr, AddrParseError, NodeId, RegionId};
+pub use fabric::{Completion, Fabric, Op, OpError, OpResult};
 pub use region::{AccessError, AccessKey, Region};

@@ -213,6 +213,22 @@ impl Region {
     }
 }
 
+/// A region holding a log ring is the ring's media (receiver side).
+impl acre_nvm_log::Media for Region {
+    fn len(&self) -> u64 {
+        Region::len(self)
+    }
+    fn load(&self, offset: u64) -> u64 {
+        acre_nvm_log::Media::load(&self.mapping, offset)
+    }
+    fn store(&self, offset: u64, value: u64) {
+        acre_nvm_log::Media::store(&self.mapping, offset, value)
+    }
+    fn persist(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.mapping.persist(offset as usize, len as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

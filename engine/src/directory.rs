@@ -1,0 +1,168 @@
+//! The cluster directory: where the node processes of one host find each other.
+//!
+//! Layout (the directory is mode 0700, every file 0600):
+//! - `n{id}.manifest`: the node's manifest (TOML): pid, transport, TCP address, and its
+//!   registered areas with their sizes and access keys. Written atomically (temporary file, then
+//!   rename) once the node is serving, removed when it stops cleanly. It stands in for the
+//!   configuration the configuration manager will distribute; because it carries access keys it is
+//!   as private as the cluster secret.
+//! - `n{id}-r{region}-{key}.region`: region and ring files (see [`crate::region`]).
+//! - `n{id}.doorbell`: the node's doorbell (see [`crate::fabric::doorbell`]).
+//! - `cluster.secret`: the TCP cluster secret.
+
+use crate::addr::{NodeId, RegionId};
+use crate::region::AccessKey;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Default parent of cluster directories: shared memory, so region files are RAM.
+pub const CLUSTER_DIR_PARENT_DEFAULT: &str = "/dev/shm";
+
+/// What an area of a node's memory is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AreaKind {
+    /// A region of the global address space.
+    Region,
+    /// A message ring written by one sender.
+    Ring,
+}
+
+/// One registered area as published in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AreaEntry {
+    pub id: RegionId,
+    pub kind: AreaKind,
+    pub bytes: u64,
+    /// The access key in hex (TOML integers are signed 64-bit).
+    pub key: String,
+}
+
+impl AreaEntry {
+    pub fn new(id: RegionId, kind: AreaKind, bytes: u64, key: AccessKey) -> AreaEntry {
+        AreaEntry {
+            id,
+            kind,
+            bytes,
+            key: format!("{:016x}", key.0),
+        }
+    }
+
+    pub fn access_key(&self) -> io::Result<AccessKey> {
+        u64::from_str_radix(&self.key, 16)
+            .map(AccessKey)
+            .map_err(|_| {
+                invalid(format!(
+                    "area {} has a malformed key (16 hex digits expected)",
+                    self.id
+                ))
+            })
+    }
+}
+
+/// What a node publishes about itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeManifest {
+    pub node: NodeId,
+    pub pid: u32,
+    pub transport: String,
+    /// `host:port` of the node's NIC thread, for the tcp transport.
+    pub tcp_addr: Option<String>,
+    pub areas: Vec<AreaEntry>,
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+impl NodeManifest {
+    pub fn path(dir: &Path, node: NodeId) -> PathBuf {
+        dir.join(format!("{node}.manifest"))
+    }
+
+    pub fn area(&self, id: RegionId) -> Option<&AreaEntry> {
+        self.areas.iter().find(|a| a.id == id)
+    }
+
+    /// Publishes the manifest atomically.
+    pub fn write(&self, dir: &Path) -> io::Result<()> {
+        let text = toml::to_string(self).map_err(|e| invalid(format!("encode manifest: {e}")))?;
+        let path = NodeManifest::path(dir, self.node);
+        let tmp = path.with_extension("manifest.tmp");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)
+    }
+
+    /// Reads a node's manifest; `Ok(None)` if the node has not published one (not started yet,
+    /// or stopped).
+    pub fn read(dir: &Path, node: NodeId) -> io::Result<Option<NodeManifest>> {
+        let text = match fs::read_to_string(NodeManifest::path(dir, node)) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let manifest: NodeManifest = toml::from_str(&text)
+            .map_err(|e| invalid(format!("manifest of {node} is malformed: {e}")))?;
+        if manifest.node != node {
+            return Err(invalid(format!(
+                "manifest of {node} names {}",
+                manifest.node
+            )));
+        }
+        Ok(Some(manifest))
+    }
+
+    pub fn remove(dir: &Path, node: NodeId) -> io::Result<()> {
+        match fs::remove_file(NodeManifest::path(dir, node)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Path of a node's doorbell file.
+pub fn doorbell_path(dir: &Path, node: NodeId) -> PathBuf {
+    dir.join(format!("{node}.doorbell"))
+}
+
+/// Creates the cluster directory (mode 0700) if it does not exist.
+pub fn create_cluster_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_round_trip_and_keep_full_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = AccessKey(u64::MAX - 5);
+        let manifest = NodeManifest {
+            node: NodeId(2),
+            pid: 42,
+            transport: "shm".into(),
+            tcp_addr: None,
+            areas: vec![AreaEntry::new(RegionId(3), AreaKind::Region, 1 << 20, key)],
+        };
+        manifest.write(dir.path()).unwrap();
+        let read = NodeManifest::read(dir.path(), NodeId(2)).unwrap().unwrap();
+        assert_eq!(read, manifest);
+        assert_eq!(read.areas[0].access_key().unwrap(), key);
+        assert!(NodeManifest::read(dir.path(), NodeId(9)).unwrap().is_none());
+        std::fs::write(NodeManifest::path(dir.path(), NodeId(4)), "node = [").unwrap();
+        assert!(NodeManifest::read(dir.path(), NodeId(4)).is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! Carrying out one operation on memory this process has mapped: the target's own memory (every
+//! transport's loopback, the TCP NIC thread) or another process's region file (shm).
+//!
+//! Reads load words in increasing address order with acquire ordering, and writes store them in
+//! increasing order with release ordering: the object format's torn-read detection and the ring's
+//! commit word depend on exactly that.
+
+use crate::addr::NodeId;
+use crate::fabric::memory::NodeMemory;
+use crate::fabric::{Completion, Op, OpError, OpResult};
+use crate::region::{AccessError, Region};
+use std::sync::atomic::Ordering;
+
+/// Payload bytes an operation moves.
+pub fn op_bytes(op: &Op) -> u64 {
+    match op {
+        Op::Read { len, .. } | Op::Persist { len, .. } => *len as u64,
+        Op::Write { data, .. } => data.len() as u64,
+        Op::Cas { .. } => 8,
+        Op::Notify => 0,
+    }
+}
+
+/// Executes `op` on `memory` (the node that owns it).
+pub fn execute(memory: &NodeMemory, op: &Op) -> OpResult {
+    let addr = match op {
+        Op::Notify => {
+            memory.doorbell().ring();
+            return Ok(Completion::Notify);
+        }
+        Op::Read { addr, .. } | Op::Write { addr, .. } | Op::Cas { addr, .. } => *addr,
+        Op::Persist { addr, .. } => *addr,
+    };
+    let region = memory
+        .area(addr.region())
+        .ok_or(AccessError::UnknownRegion {
+            node: memory.node_id(),
+            region: addr.region(),
+        })?;
+    execute_on(&region, memory.node_id(), op)
+}
+
+/// Executes `op` on `region`, which belongs to `node`, after checking key and bounds.
+pub fn execute_on(region: &Region, node: NodeId, op: &Op) -> OpResult {
+    match op {
+        Op::Read { addr, key, len } => {
+            region.check(*key, *addr, *len as u64)?;
+            let mut out = Vec::with_capacity(*len as usize);
+            for word in region.words_at(addr.offset(), *len as u64) {
+                out.extend_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
+            }
+            Ok(Completion::Read(out))
+        }
+        Op::Write { addr, key, data } => {
+            region.check(*key, *addr, data.len() as u64)?;
+            let words = region.words_at(addr.offset(), data.len() as u64);
+            for (word, chunk) in words.iter().zip(data.chunks_exact(8)) {
+                let value = u64::from_le_bytes(chunk.try_into().expect("chunks_exact(8)"));
+                word.store(value, Ordering::Release);
+            }
+            Ok(Completion::Write)
+        }
+        Op::Cas {
+            addr,
+            key,
+            expected,
+            new,
+        } => {
+            region.check(*key, *addr, 8)?;
+            let word = &region.words_at(addr.offset(), 8)[0];
+            let previous =
+                match word.compare_exchange(*expected, *new, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(previous) | Err(previous) => previous,
+                };
+            Ok(Completion::Cas { previous })
+        }
+        Op::Persist { addr, key, len } => {
+            region.check(*key, *addr, *len as u64)?;
+            region
+                .mapping()
+                .persist(addr.offset() as usize, *len as usize)
+                .map_err(|e| OpError::PersistFailed {
+                    node,
+                    reason: e.to_string(),
+                })?;
+            Ok(Completion::Persist)
+        }
+        Op::Notify => unreachable!("notify has no region; handled by the caller"),
+    }
+}

@@ -1,0 +1,284 @@
+//! The fabric: one transport-independent API for one-sided operations on registered memory,
+//! shaped like RDMA verbs so that the protocol above it is written once.
+//!
+//! A caller posts a batch of [`Op`]s to one target node and later polls or waits for their
+//! completions, which come back in posting order. Operations posted to one node in one batch are
+//! executed in order (a WRITE followed by a WRITE to the same ring lands in that order), which is
+//! what the ring channels rely on to store a record's commit word last.
+//!
+//! Transports ([`Transport`]):
+//! - `local`: every node in this process; operations are atomic loads, stores and CAS on the
+//!   target's memory.
+//! - `shm`: node processes on one host; the initiator maps the target's region files (found
+//!   through the cluster directory, named by their access keys) and does the same.
+//! - `tcp`: any network; each node runs a NIC thread that serves READ/WRITE/CAS/PERSIST on its
+//!   registered memory without involving application threads. See [`tcp`].
+//!
+//! Every operation is checked against the target area's access key and bounds before it touches
+//! memory ([`crate::region::check_access`]); a failure is an [`OpError`] for that operation only.
+
+pub mod doorbell;
+pub mod exec;
+pub mod local;
+pub mod memory;
+pub mod shm;
+
+use crate::addr::{Addr, NodeId};
+use crate::region::{AccessError, AccessKey};
+pub use doorbell::Doorbell;
+pub use memory::NodeMemory;
+
+/// Largest READ or WRITE one operation may carry (also bounds TCP frames).
+pub const OP_BYTES_MAX: u32 = 8 << 20;
+
+/// A one-sided operation on a target node's registered memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Read `len` bytes (whole aligned words, in increasing address order).
+    Read {
+        addr: Addr,
+        key: AccessKey,
+        len: u32,
+    },
+    /// Write `data` (whole aligned words, in increasing address order).
+    Write {
+        addr: Addr,
+        key: AccessKey,
+        data: Vec<u8>,
+    },
+    /// Compare-and-swap one aligned 8-byte word.
+    Cas {
+        addr: Addr,
+        key: AccessKey,
+        expected: u64,
+        new: u64,
+    },
+    /// Make every earlier write to `[addr, addr + len)` durable at the target (RDMA FLUSH).
+    Persist {
+        addr: Addr,
+        key: AccessKey,
+        len: u32,
+    },
+    /// Ring the target's doorbell: wake its pollers (like a WRITE with immediate).
+    Notify,
+}
+
+impl Op {
+    /// Short name for logs and benchmark labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Read { .. } => "read",
+            Op::Write { .. } => "write",
+            Op::Cas { .. } => "cas",
+            Op::Persist { .. } => "persist",
+            Op::Notify => "notify",
+        }
+    }
+}
+
+/// The result of one successful operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    Read(Vec<u8>),
+    Write,
+    /// The word's value before the CAS: the CAS succeeded iff it equals `expected`.
+    Cas {
+        previous: u64,
+    },
+    Persist,
+    Notify,
+}
+
+/// Why one operation failed. Access errors concern only that operation; the others mean the
+/// target could not be reached and every operation of the batch failed with them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("{len} bytes in one operation exceeds the maximum of {max}: split it")]
+    TooLarge { len: u64, max: u32 },
+    #[error("{node} is not a known node of this cluster")]
+    UnknownNode { node: NodeId },
+    #[error("{node} is unreachable ({reason}): wait for reconfiguration, then retry")]
+    Unreachable { node: NodeId, reason: String },
+    #[error("persist failed at {node}: {reason}; the write is not durable")]
+    PersistFailed { node: NodeId, reason: String },
+    #[error("{node} violated the wire protocol: {reason}")]
+    Protocol { node: NodeId, reason: String },
+}
+
+pub type OpResult = Result<Completion, OpError>;
+
+/// Completions of a posted batch, in posting order.
+pub struct Pending {
+    inner: PendingInner,
+}
+
+enum PendingInner {
+    Ready(Vec<OpResult>),
+    Tcp(tcp::PendingBatch),
+}
+
+impl Pending {
+    pub(crate) fn ready(results: Vec<OpResult>) -> Pending {
+        Pending {
+            inner: PendingInner::Ready(results),
+        }
+    }
+
+    pub(crate) fn tcp(batch: tcp::PendingBatch) -> Pending {
+        Pending {
+            inner: PendingInner::Tcp(batch),
+        }
+    }
+
+    /// The completions if every operation has completed, without blocking.
+    pub fn poll(&mut self) -> Option<Vec<OpResult>> {
+        match &mut self.inner {
+            PendingInner::Ready(results) => Some(std::mem::take(results)),
+            PendingInner::Tcp(batch) => batch.poll(),
+        }
+    }
+
+    /// Blocks until every operation has completed (spinning briefly, then sleeping).
+    pub fn wait(self) -> Vec<OpResult> {
+        match self.inner {
+            PendingInner::Ready(results) => results,
+            PendingInner::Tcp(batch) => batch.wait(),
+        }
+    }
+}
+
+/// How this node reaches the others.
+pub enum Transport {
+    Local(local::LocalTransport),
+    Shm(shm::ShmTransport),
+    Tcp(tcp::TcpTransport),
+}
+
+/// One node's endpoint on the fabric: its own registered memory and its transport to the others.
+pub struct Fabric {
+    memory: std::sync::Arc<NodeMemory>,
+    transport: Transport,
+}
+
+impl Fabric {
+    pub fn new(memory: std::sync::Arc<NodeMemory>, transport: Transport) -> Fabric {
+        Fabric { memory, transport }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.memory.node_id()
+    }
+
+    /// This node's registered memory.
+    pub fn memory(&self) -> &std::sync::Arc<NodeMemory> {
+        &self.memory
+    }
+
+    pub fn transport_name(&self) -> &'static str {
+        match &self.transport {
+            Transport::Local(_) => "local",
+            Transport::Shm(_) => "shm",
+            Transport::Tcp(_) => "tcp",
+        }
+    }
+
+    /// Posts `ops` to `target`; they execute in order. Operations on this node's own memory are
+    /// done directly on every transport.
+    pub fn post(&self, target: NodeId, ops: Vec<Op>) -> Pending {
+        if let Some(op) = ops
+            .iter()
+            .find(|op| exec::op_bytes(op) > OP_BYTES_MAX as u64)
+        {
+            let error = OpError::TooLarge {
+                len: exec::op_bytes(op),
+                max: OP_BYTES_MAX,
+            };
+            return Pending::ready(ops.iter().map(|_| Err(error.clone())).collect());
+        }
+        if target == self.node_id() {
+            return Pending::ready(
+                ops.iter()
+                    .map(|op| exec::execute(&self.memory, op))
+                    .collect(),
+            );
+        }
+        match &self.transport {
+            Transport::Local(t) => t.post(target, &ops),
+            Transport::Shm(t) => t.post(target, &ops),
+            Transport::Tcp(t) => t.post(target, ops),
+        }
+    }
+
+    /// Posts and waits.
+    pub fn execute(&self, target: NodeId, ops: Vec<Op>) -> Vec<OpResult> {
+        self.post(target, ops).wait()
+    }
+
+    /// One READ.
+    pub fn read(
+        &self,
+        target: NodeId,
+        addr: Addr,
+        key: AccessKey,
+        len: u32,
+    ) -> Result<Vec<u8>, OpError> {
+        match one(self.execute(target, vec![Op::Read { addr, key, len }]))? {
+            Completion::Read(bytes) => Ok(bytes),
+            other => Err(mismatch(target, "read", &other)),
+        }
+    }
+
+    /// One WRITE.
+    pub fn write(
+        &self,
+        target: NodeId,
+        addr: Addr,
+        key: AccessKey,
+        data: Vec<u8>,
+    ) -> Result<(), OpError> {
+        match one(self.execute(target, vec![Op::Write { addr, key, data }]))? {
+            Completion::Write => Ok(()),
+            other => Err(mismatch(target, "write", &other)),
+        }
+    }
+
+    /// One CAS; returns the previous value (the CAS succeeded iff it equals `expected`).
+    pub fn cas(
+        &self,
+        target: NodeId,
+        addr: Addr,
+        key: AccessKey,
+        expected: u64,
+        new: u64,
+    ) -> Result<u64, OpError> {
+        match one(self.execute(
+            target,
+            vec![Op::Cas {
+                addr,
+                key,
+                expected,
+                new,
+            }],
+        ))? {
+            Completion::Cas { previous } => Ok(previous),
+            other => Err(mismatch(target, "cas", &other)),
+        }
+    }
+}
+
+fn one(mut results: Vec<OpResult>) -> OpResult {
+    assert_eq!(results.len(), 1, "one operation posted");
+    results.pop().expect("length checked")
+}
+
+fn mismatch(node: NodeId, op: &str, got: &Completion) -> OpError {
+    OpError::Protocol {
+        node,
+        reason: format!("{op} completed as {got:?}"),
+    }
+}
+
+pub mod tcp;

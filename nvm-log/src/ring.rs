@@ -797,81 +797,181 @@ mod tests {
 
 #[cfg(loom)]
 mod loom_tests {
-    //! Loom model of the head / tail / reservation protocol: a writer that reserves, appends and
-    //! re-reads the head when full, against a reader that polls and truncates, on a ring small
-    //! enough that the records wrap. Run with
-    //! `RUSTFLAGS="--cfg loom" cargo test -p acre-nvm-log --release --lib loom`.
+    //! Loom model of the head / tail / reservation protocol: one writer thread reserves, appends
+    //! and re-reads the head when the ring is full; one reader thread polls, checks and truncates.
+    //! The ring is so small that the writer must wait for the reader to free space, and the last
+    //! record goes in after a pad, on the second lap, over the first record's bytes.
+    //!
+    //! A passing run shows, for every interleaving with at most `PREEMPTION_BOUND` preemptions
+    //! and every store each load may return under the C11 model:
+    //! - publication: a record whose commit word the reader sees is whole (the writer stores the
+    //!   commit word last, with release; the reader loads it first, with acquire);
+    //! - reclamation: the writer never overwrites bytes the reader has not finished reading (the
+    //!   reader publishes its head only after copying the payload; the writer counts
+    //!   `tail - head_seen` as used);
+    //! - progress: every record arrives, in order, at its position, exactly once, and the
+    //!   persisted head and tail agree with both threads at the end.
+    //!
+    //! It says nothing about crashes (`MemMedia::persist` only orders; power loss is the `fault`
+    //! media's job) nor about more than one writer.
+    //!
+    //! Each of these protocol mutations makes it fail (checked by hand, with a bound of 1 or
+    //! more): the commit word stored before the body (`push_record_writes`), or any `MemMedia`
+    //! load or store made relaxed: "reader saw a damaged ring"; the head stored before the
+    //! payload is read: "reader saw a damaged ring" (checksum mismatch); `free_bytes` ignoring
+    //! `tail - head_seen`: "ring overrun" in `append`, and without that assertion "reader saw a
+    //! damaged ring"; `truncate` not storing the head, or `reserve` not re-reading it: "writer
+    //! starved".
+    //!
+    //! Why it is sensitive; each point is a way a loom 0.7 model can go blind:
+    //! - The reader is a spawned thread, not the thread that ran `format`. Once a newer store
+    //!   exists, loom lets a load return an older one only if the loading thread had not seen it
+    //!   before its last `yield_now` (`is_seen_before_yield` in loom's `rt/atomic.rs`: that is how
+    //!   spin loops make progress), and a store counts as seen by the thread that made it. A
+    //!   reader on the formatting thread has therefore, after its first empty poll, no access to
+    //!   the zeros under a half-published record unless a preemption falls exactly between the
+    //!   writer's two stores. A spawned reader has never loaded the body words, so the stale
+    //!   zeros stay readable without any preemption.
+    //! - Neither loop may end by giving up. A writer that stops after a few `Full` results and a
+    //!   final `read == written` check accept a head that is never published or never re-read;
+    //!   here running out of attempts fails an assertion.
+    //! - Payload bytes are non-zero and differ per record, and each record has its own kind and
+    //!   position, so neither zeroed memory nor the previous lap can pass for the expected record.
+    //! - Loom remembers the last 7 stores of each atomic (`MAX_ATOMIC_HISTORY`). The head and
+    //!   tail words are stored by `MemMedia::new`, by `format` and once per record: with five
+    //!   records loom still has every one of them; more would silently narrow what a load may
+    //!   return.
+    //!
+    //! Run with `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p
+    //! acre-nvm-log --release --lib loom -- --nocapture`.
     use super::*;
     use crate::media::MemMedia;
     use std::sync::Arc;
 
-    /// Payload lengths chosen so the fourth record fills the ring and the fifth needs a pad and
-    /// a truncation: records of 64, 32, 64, 64 and 64 bytes in a 256-byte ring that keeps a
-    /// 32-byte pad in hand.
+    /// Records of 64, 32, 64, 64 and 64 bytes in a 256-byte ring that keeps a 32-byte pad in
+    /// hand: the first four fill it (224 bytes), the fifth needs the first truncated, and goes
+    /// after a 32-byte pad at position 224, on the first record's bytes.
     const PAYLOAD_LENS: [usize; 5] = [32, 0, 32, 32, 32];
-    const RECORDS: u8 = PAYLOAD_LENS.len() as u8;
-    const ATTEMPTS_MAX: usize = 8;
+    const RECORD_COUNT: usize = PAYLOAD_LENS.len();
+    const CAPACITY: u64 = 256;
+    const MAX_RECORD_BYTES: u64 = 64;
+    /// Where those records land: the fifth after the pad, on the second lap.
+    const RECORD_POSITIONS: [u64; RECORD_COUNT] = [0, 64, 96, 160, 256];
+    /// Preemptions loom explores per execution. Every mutation listed above fails with a bound of
+    /// 1 (all but the early head store already with 0); 3 gives margin and runs in seconds.
+    const PREEMPTION_BOUND: usize = 3;
+    /// `Full` results the writer accepts for one record, and empty polls the reader accepts in
+    /// the whole run, before each declares itself starved. With the correct protocol loom's
+    /// worst cases are 3 and 6 at every preemption bound from 0 to 4: a thread's first load of
+    /// a word may return a stale value, but after `yield_now` it cannot again return a value it
+    /// has already seen once a newer one exists, so every retry moves something forward. The
+    /// limits are well above that, so only a side that can never make progress reaches them.
+    const FULL_COUNT_MAX: usize = 8;
+    const EMPTY_POLL_COUNT_MAX: usize = 16;
+
+    fn record_kind(index: usize) -> RecordKind {
+        RecordKind(1 + index as u16)
+    }
+
+    /// Distinct, non-zero bytes per record: zeroed memory and the previous lap never match.
+    fn record_payload(index: usize) -> Vec<u8> {
+        vec![0xa0 + index as u8; PAYLOAD_LENS[index]]
+    }
+
+    /// The writer: appends every record, retrying on `Full` (which re-reads the head).
+    /// Returns its final tail.
+    fn write_all(media: Arc<MemMedia>) -> u64 {
+        let mut writer = LocalWriter::attach(media).expect("attach to a formatted ring");
+        for index in 0..RECORD_COUNT {
+            let mut full_count = 0;
+            loop {
+                match writer.append(record_kind(index), &record_payload(index)) {
+                    Ok(_) => break,
+                    Err(LogError::Full { needed, free }) => {
+                        full_count += 1;
+                        assert!(
+                            full_count <= FULL_COUNT_MAX,
+                            "writer starved: record {index} found the ring full \
+                             {full_count} times (needed={needed} free={free} head_seen={} \
+                             tail={})",
+                            writer.writer().head_seen(),
+                            writer.writer().tail()
+                        );
+                        loom::thread::yield_now();
+                    }
+                    Err(e) => panic!("append of record {index} failed: {e}"),
+                }
+            }
+        }
+        writer.writer().tail()
+    }
+
+    /// The reader: polls until it has every record, checks each against what was written and
+    /// truncates it. Returns its final head.
+    fn read_all(media: Arc<MemMedia>, geometry: RingGeometry) -> u64 {
+        let mut reader = RingReader::new(media, geometry, 0, 0);
+        let mut index = 0;
+        let mut empty_count = 0;
+        while index < RECORD_COUNT {
+            match reader.poll() {
+                Ok(Some(record)) => {
+                    assert_eq!(
+                        record.pos, RECORD_POSITIONS[index],
+                        "record {index}: position"
+                    );
+                    assert_eq!(record.kind, record_kind(index), "record {index}: kind");
+                    assert_eq!(
+                        record.payload,
+                        record_payload(index),
+                        "record {index}: payload"
+                    );
+                    reader.truncate(record.end()).expect("truncate MemMedia");
+                    index += 1;
+                }
+                Ok(None) => {
+                    empty_count += 1;
+                    assert!(
+                        empty_count <= EMPTY_POLL_COUNT_MAX,
+                        "reader starved: record {index} not visible after {empty_count} empty \
+                         polls (cursor={} head={})",
+                        reader.cursor(),
+                        reader.head()
+                    );
+                    loom::thread::yield_now();
+                }
+                Err(e) => panic!("reader saw a damaged ring at record {index}: {e}"),
+            }
+        }
+        reader.head()
+    }
 
     #[test]
     fn loom_writer_and_reader_never_lose_or_tear_a_record() {
         let mut model = loom::model::Builder::new();
-        model.preemption_bound = Some(2);
+        model.preemption_bound = Some(PREEMPTION_BOUND);
         model.check(|| {
-            let geometry = RingGeometry::new(256, 64).unwrap();
+            let geometry = RingGeometry::new(CAPACITY, MAX_RECORD_BYTES).expect("geometry");
             let media = Arc::new(MemMedia::new(geometry.media_bytes()));
-            format(&*media, geometry).unwrap();
-            let writer_media = media.clone();
-            let writer = loom::thread::spawn(move || {
-                let mut writer = LocalWriter::attach(writer_media).unwrap();
-                for i in 0..RECORDS {
-                    let mut appended = false;
-                    for _ in 0..ATTEMPTS_MAX {
-                        match writer.append(RecordKind(1), &vec![i; PAYLOAD_LENS[i as usize]]) {
-                            Ok(_) => {
-                                appended = true;
-                                break;
-                            }
-                            Err(LogError::Full { .. }) => loom::thread::yield_now(),
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
-                    if !appended {
-                        return i;
-                    }
-                }
-                RECORDS
-            });
-            let mut reader = RingReader::new(media.clone(), geometry, 0, 0);
-            let mut read = 0u8;
-            for _ in 0..ATTEMPTS_MAX * RECORDS as usize {
-                match reader.poll().unwrap() {
-                    Some(record) => {
-                        assert_eq!(
-                            record.payload,
-                            vec![read; PAYLOAD_LENS[read as usize]],
-                            "record {read} torn"
-                        );
-                        read += 1;
-                        reader.truncate(record.end()).unwrap();
-                        if read == RECORDS {
-                            break;
-                        }
-                    }
-                    None => loom::thread::yield_now(),
-                }
-            }
-            let written = writer.join().unwrap();
-            // Whatever the reader missed while polling is there once the writer is done.
-            while let Some(record) = reader.poll().unwrap() {
-                assert_eq!(
-                    record.payload,
-                    vec![read; PAYLOAD_LENS[read as usize]],
-                    "record {read} torn"
-                );
-                read += 1;
-                reader.truncate(record.end()).unwrap();
-            }
-            assert_eq!(read, written);
+            format(&*media, geometry).expect("format MemMedia");
+            let writer = {
+                let media = media.clone();
+                loom::thread::spawn(move || write_all(media))
+            };
+            let reader = {
+                let media = media.clone();
+                loom::thread::spawn(move || read_all(media, geometry))
+            };
+            let tail = writer.join().expect("writer thread");
+            let head = reader.join().expect("reader thread");
+            // Everything written was read and truncated, and the persisted words say so.
+            assert_eq!(
+                head, tail,
+                "head and tail disagree once both sides are done"
+            );
+            let head_word = decode_pos_word(media.load(HEAD_OFFSET), HEAD_OFFSET);
+            assert_eq!(head_word.expect("head word"), head, "persisted head");
+            let tail_word = decode_pos_word(media.load(TAIL_OFFSET), TAIL_OFFSET);
+            assert_eq!(tail_word.expect("tail word"), tail, "persisted tail");
         });
     }
 }

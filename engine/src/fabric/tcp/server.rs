@@ -1,0 +1,559 @@
+//! The NIC thread: one thread per node that serves READ, WRITE, CAS, PERSIST and NOTIFY on the
+//! node's registered memory for authenticated peers, without involving application threads.
+//!
+//! It plays the part of an RDMA NIC: a single mio event loop over nonblocking sockets, each
+//! connection with its own read and write buffers. A connection first completes the handshake
+//! ([`super::auth`]); after that every REQUEST is executed in arrival order with
+//! [`exec::execute`], which checks the access key and bounds, and its RESPONSE is queued in the
+//! same order. Clients pipeline freely; the server applies backpressure by not reading a
+//! connection whose unsent responses exceed [`WRITE_BACKLOG_BYTES_MAX`], so TCP flow control
+//! slows down a client that does not read its responses.
+//!
+//! A peer that sends anything the decoder rejects, the wrong frame for its phase, a bad proof,
+//! or does not finish the handshake within [`HANDSHAKE_DEADLINE`] is disconnected; the other
+//! connections are unaffected. When idle the thread blocks in `epoll_wait` with no timeout
+//! (or until the earliest handshake deadline); [`NicServer::stop`] wakes it with a mio `Waker`.
+
+use crate::addr::NodeId;
+use crate::fabric::exec;
+use crate::fabric::memory::NodeMemory;
+use crate::fabric::tcp::auth::{self, ClusterSecret, HANDSHAKE_DEADLINE, Nonce, PROTOCOL_VERSION};
+use crate::fabric::tcp::frame::{
+    self, Challenge, FRAME_BYTES_MAX, Frame, FrameError, HANDSHAKE_FRAME_BYTES_MAX, MAGIC, Refusal,
+    Request, Response,
+};
+use crate::fabric::{OP_BYTES_MAX, OpError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Connections one NIC thread serves at once; more are refused with REFUSED(busy).
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Bytes read from a socket at a time (and kept as a connection's idle read buffer).
+pub const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Unsent response bytes at which the server stops reading a connection until they drain.
+pub const WRITE_BACKLOG_BYTES_MAX: usize = 16 << 20;
+/// Frames handled for one connection before the others get a turn.
+pub const FRAMES_PER_TURN_MAX: usize = 256;
+/// Readiness events taken from the kernel per poll.
+const EVENTS_CAPACITY: usize = 256;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONNECTION_TOKEN: usize = 2;
+
+/// Counters of what a NIC thread has done, for observability and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicStats {
+    pub connections_accepted: u64,
+    pub connections_authenticated: u64,
+    /// Closed because the peer broke the protocol: bad bytes, bad proof, wrong phase, deadline.
+    pub connections_rejected: u64,
+    /// Closed for any reason (including the rejected ones and peers that hung up).
+    pub connections_closed: u64,
+    pub requests_executed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections_accepted: AtomicU64,
+    connections_authenticated: AtomicU64,
+    connections_rejected: AtomicU64,
+    connections_closed: AtomicU64,
+    requests_executed: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> NicStats {
+        NicStats {
+            connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
+            connections_authenticated: self.connections_authenticated.load(Ordering::Relaxed),
+            connections_rejected: self.connections_rejected.load(Ordering::Relaxed),
+            connections_closed: self.connections_closed.load(Ordering::Relaxed),
+            requests_executed: self.requests_executed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A running NIC thread. Dropping it stops the thread and closes every connection.
+pub struct NicServer {
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    counters: Arc<Counters>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NicServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NicServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NicServer {
+    /// Listens on `listen` and serves `memory` to peers that hold `secret`.
+    pub fn start(
+        listen: SocketAddr,
+        memory: Arc<NodeMemory>,
+        secret: ClusterSecret,
+    ) -> io::Result<NicServer> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(listen)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let nic = Nic {
+            poll,
+            listener,
+            memory,
+            secret,
+            stop: stop.clone(),
+            counters: counters.clone(),
+            connections: HashMap::new(),
+            next_token: FIRST_CONNECTION_TOKEN,
+            again: VecDeque::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("acre-nic-{}", nic.memory.node_id()))
+            .spawn(move || nic.run())?;
+        Ok(NicServer {
+            local_addr,
+            stop,
+            waker,
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address peers connect to (the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// What the NIC thread has done so far.
+    pub fn stats(&self) -> NicStats {
+        self.counters.snapshot()
+    }
+
+    /// Stops the thread, closes every connection and waits for the thread to exit. A panic of
+    /// the NIC thread (a broken invariant) is propagated here.
+    pub fn stop(mut self) {
+        if let Err(panic) = self.shut_down() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    fn shut_down(&mut self) -> std::thread::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        // If the wake fails the thread still sees the flag at its next event; there is nothing
+        // better to do here, and join below waits for it either way.
+        let _ = self.waker.wake();
+        thread.join()
+    }
+}
+
+impl Drop for NicServer {
+    fn drop(&mut self) {
+        let result = self.shut_down();
+        if result.is_err() && !std::thread::panicking() {
+            panic!("the NIC thread panicked (its message was printed above)");
+        }
+    }
+}
+
+/// The state of the NIC thread.
+struct Nic {
+    poll: Poll,
+    listener: TcpListener,
+    memory: Arc<NodeMemory>,
+    secret: ClusterSecret,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    connections: HashMap<Token, Connection>,
+    next_token: usize,
+    /// Connections that used up their turn with work left: served again before sleeping.
+    again: VecDeque<Token>,
+}
+
+/// Where a connection is in its life.
+enum Phase {
+    AwaitHello,
+    AwaitProof {
+        client: NodeId,
+        client_nonce: Nonce,
+        server_nonce: Nonce,
+    },
+    Serving,
+}
+
+/// Why a connection was closed.
+enum Close {
+    /// The peer broke the protocol (counted as rejected).
+    Rejected,
+    /// The peer hung up or the socket failed.
+    Gone,
+}
+
+/// What a turn of [`Nic::drive`] left behind.
+enum Turn {
+    /// Blocked on the socket: the next readiness event resumes it.
+    Idle,
+    /// Used its turn with frames or bytes left.
+    More,
+}
+
+struct Connection {
+    stream: TcpStream,
+    phase: Phase,
+    /// When the handshake must be done; `None` once authenticated.
+    deadline: Option<Instant>,
+    inbox: Vec<u8>,
+    inbox_start: usize,
+    inbox_end: usize,
+    outbox: Vec<u8>,
+    outbox_start: usize,
+}
+
+impl Nic {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut ready = Vec::new();
+        while !self.stop.load(Ordering::SeqCst) {
+            let timeout = if self.again.is_empty() {
+                self.earliest_deadline()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("the NIC thread's epoll failed: {e}"),
+            }
+            ready.clear();
+            ready.extend(self.again.drain(..));
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    token => ready.push(token),
+                }
+            }
+            ready.sort_unstable();
+            ready.dedup();
+            for &token in &ready {
+                self.serve(token);
+            }
+            self.expire_handshakes();
+        }
+        for (_, connection) in self.connections.drain() {
+            drop(connection);
+            Counters::bump(&self.counters.connections_closed);
+        }
+    }
+
+    fn earliest_deadline(&self) -> Option<Instant> {
+        self.connections.values().filter_map(|c| c.deadline).min()
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let (mut stream, _peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Out of descriptors or a connection reset before accept: the listener stays
+                // registered, and the next incoming connection brings a new event.
+                Err(_) => return,
+            };
+            Counters::bump(&self.counters.connections_accepted);
+            if self.connections.len() >= CONNECTIONS_MAX {
+                let refusal = frame::encode_to_vec(&Frame::Refused(Refusal::Busy));
+                let _ = stream.write(&refusal);
+                Counters::bump(&self.counters.connections_closed);
+                continue;
+            }
+            // Responses are small and latency-bound: never wait to coalesce them.
+            let _ = stream.set_nodelay(true);
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token, interest)
+                .is_err()
+            {
+                Counters::bump(&self.counters.connections_closed);
+                continue;
+            }
+            let connection = Connection {
+                stream,
+                phase: Phase::AwaitHello,
+                deadline: Some(Instant::now() + HANDSHAKE_DEADLINE),
+                inbox: Vec::new(),
+                inbox_start: 0,
+                inbox_end: 0,
+                outbox: Vec::new(),
+                outbox_start: 0,
+            };
+            self.connections.insert(token, connection);
+        }
+    }
+
+    fn serve(&mut self, token: Token) {
+        let Some(mut connection) = self.connections.remove(&token) else {
+            return; // closed earlier in this round
+        };
+        match self.drive(&mut connection) {
+            Ok(Turn::Idle) => {
+                self.connections.insert(token, connection);
+            }
+            Ok(Turn::More) => {
+                self.connections.insert(token, connection);
+                self.again.push_back(token);
+            }
+            Err(close) => self.close(connection, close),
+        }
+    }
+
+    fn close(&mut self, mut connection: Connection, why: Close) {
+        let _ = self.poll.registry().deregister(&mut connection.stream);
+        if matches!(why, Close::Rejected) {
+            Counters::bump(&self.counters.connections_rejected);
+        }
+        Counters::bump(&self.counters.connections_closed);
+    }
+
+    fn expire_handshakes(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|at| at <= now))
+            .map(|(&token, _)| token)
+            .collect();
+        for token in expired {
+            if let Some(connection) = self.connections.remove(&token) {
+                self.close(connection, Close::Rejected);
+            }
+        }
+    }
+
+    /// Moves a connection forward until it would block or has used its turn: flushes
+    /// responses, handles complete frames, reads more bytes.
+    fn drive(&self, connection: &mut Connection) -> Result<Turn, Close> {
+        let mut frames_count = 0;
+        loop {
+            connection.flush()?;
+            while connection.backlog_bytes() < WRITE_BACKLOG_BYTES_MAX {
+                if frames_count == FRAMES_PER_TURN_MAX {
+                    connection.flush()?;
+                    return Ok(Turn::More);
+                }
+                let Some(frame) = connection.next_frame()? else {
+                    break;
+                };
+                frames_count += 1;
+                self.handle(connection, frame)?;
+            }
+            if connection.backlog_bytes() >= WRITE_BACKLOG_BYTES_MAX {
+                connection.flush()?;
+                if connection.backlog_bytes() >= WRITE_BACKLOG_BYTES_MAX {
+                    // The socket is full (flush saw WouldBlock): a writable event resumes us.
+                    return Ok(Turn::Idle);
+                }
+                continue;
+            }
+            match connection.read_some() {
+                Ok(0) => {
+                    // The peer hung up, possibly in the middle of a frame: whatever it had
+                    // sent of that frame is dropped, so a torn request never executes.
+                    connection.flush_once();
+                    return Err(Close::Gone);
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    connection.flush()?;
+                    return Ok(Turn::Idle);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Close::Gone),
+            }
+        }
+    }
+
+    fn handle(&self, connection: &mut Connection, frame: Frame) -> Result<(), Close> {
+        match (&connection.phase, frame) {
+            (Phase::AwaitHello, Frame::Hello(hello)) => {
+                if hello.magic != MAGIC {
+                    return Err(Close::Rejected);
+                }
+                if hello.version != PROTOCOL_VERSION {
+                    return Err(connection.refuse(Refusal::UnsupportedVersion));
+                }
+                let server_nonce = auth::nonce();
+                let node = self.memory.node_id();
+                let server_proof =
+                    self.secret
+                        .server_proof(&hello.client_nonce, &server_nonce, node);
+                connection.queue(&Frame::Challenge(Challenge {
+                    node,
+                    server_nonce,
+                    server_proof,
+                }));
+                connection.phase = Phase::AwaitProof {
+                    client: hello.node,
+                    client_nonce: hello.client_nonce,
+                    server_nonce,
+                };
+                Ok(())
+            }
+            (
+                Phase::AwaitProof {
+                    client,
+                    client_nonce,
+                    server_nonce,
+                },
+                Frame::Proof(proof),
+            ) => {
+                if self
+                    .secret
+                    .verify_client_proof(server_nonce, client_nonce, *client, &proof)
+                    .is_err()
+                {
+                    return Err(connection.refuse(Refusal::BadProof));
+                }
+                connection.phase = Phase::Serving;
+                connection.deadline = None;
+                Counters::bump(&self.counters.connections_authenticated);
+                Ok(())
+            }
+            (Phase::Serving, Frame::Request(Request { request_id, op })) => {
+                let result = if exec::op_bytes(&op) > OP_BYTES_MAX as u64 {
+                    Err(OpError::TooLarge {
+                        len: exec::op_bytes(&op),
+                        max: OP_BYTES_MAX,
+                    })
+                } else {
+                    exec::execute(&self.memory, &op)
+                };
+                Counters::bump(&self.counters.requests_executed);
+                connection.queue(&Frame::Response(Response { request_id, result }));
+                Ok(())
+            }
+            // Any other frame in any phase (a REQUEST before the proof, a second HELLO, a
+            // RESPONSE from a client) is a broken or hostile peer.
+            _ => Err(Close::Rejected),
+        }
+    }
+}
+
+impl Connection {
+    /// Frames larger than the handshake's are refused until the peer has authenticated.
+    fn frame_bytes_max(&self) -> u32 {
+        match self.phase {
+            Phase::Serving => FRAME_BYTES_MAX,
+            Phase::AwaitHello | Phase::AwaitProof { .. } => HANDSHAKE_FRAME_BYTES_MAX,
+        }
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, Close> {
+        let unread = &self.inbox[self.inbox_start..self.inbox_end];
+        match frame::decode_bounded(unread, self.frame_bytes_max()) {
+            Ok(Some((frame, consumed))) => {
+                self.inbox_start += consumed;
+                Ok(Some(frame))
+            }
+            Ok(None) => Ok(None),
+            Err(FrameError::Oversize { .. })
+            | Err(FrameError::UnknownKind { .. })
+            | Err(FrameError::Malformed { .. }) => Err(Close::Rejected),
+        }
+    }
+
+    /// Reads once from the socket into the inbox. Called only when the inbox holds no complete
+    /// frame, so it holds at most one partial frame plus one chunk.
+    fn read_some(&mut self) -> io::Result<usize> {
+        if self.inbox_start == self.inbox_end {
+            self.inbox_start = 0;
+            self.inbox_end = 0;
+            if self.inbox.len() > 2 * READ_CHUNK_BYTES {
+                // A large frame passed through; give its buffer back.
+                self.inbox = Vec::new();
+            }
+        }
+        if self.inbox.len() - self.inbox_end < READ_CHUNK_BYTES {
+            self.inbox.copy_within(self.inbox_start..self.inbox_end, 0);
+            self.inbox_end -= self.inbox_start;
+            self.inbox_start = 0;
+            if self.inbox.len() - self.inbox_end < READ_CHUNK_BYTES {
+                self.inbox.resize(self.inbox_end + READ_CHUNK_BYTES, 0);
+            }
+        }
+        let count = self.stream.read(&mut self.inbox[self.inbox_end..])?;
+        self.inbox_end += count;
+        Ok(count)
+    }
+
+    fn backlog_bytes(&self) -> usize {
+        self.outbox.len() - self.outbox_start
+    }
+
+    fn queue(&mut self, frame: &Frame) {
+        if self.outbox_start > 0 && self.outbox_start >= self.outbox.len() / 2 {
+            self.outbox.drain(..self.outbox_start);
+            self.outbox_start = 0;
+        }
+        frame::encode(frame, &mut self.outbox);
+    }
+
+    /// Writes queued responses until done or the socket would block.
+    fn flush(&mut self) -> Result<(), Close> {
+        while self.outbox_start < self.outbox.len() {
+            match self.stream.write(&self.outbox[self.outbox_start..]) {
+                Ok(0) => return Err(Close::Gone),
+                Ok(count) => self.outbox_start += count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Close::Gone),
+            }
+        }
+        self.outbox.clear();
+        self.outbox_start = 0;
+        if self.outbox.capacity() > 2 * READ_CHUNK_BYTES {
+            self.outbox = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// One best-effort attempt to send what is queued before the connection is closed.
+    fn flush_once(&mut self) {
+        let _ = self.stream.write(&self.outbox[self.outbox_start..]);
+    }
+
+    /// Tells the peer why it is refused (best effort), then closes.
+    fn refuse(&mut self, refusal: Refusal) -> Close {
+        self.queue(&Frame::Refused(refusal));
+        self.flush_once();
+        Close::Rejected
+    }
+}

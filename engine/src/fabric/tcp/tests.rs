@@ -1,0 +1,1085 @@
+//! Tests of the TCP transport over real loopback sockets: the happy path, pipelining from many
+//! threads, and every kind of bad peer, each checked to be disconnected while a good client on
+//! the same server keeps being served.
+
+use super::auth::{self, ClusterSecret, PROTOCOL_VERSION};
+use super::client::{self, RESPONSE_SILENCE_MAX};
+use super::frame::{
+    self, Challenge, FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, Hello, MAGIC, Refusal,
+    Request, Response,
+};
+use super::{NicServer, NicStats, TcpTransport};
+use crate::addr::{Addr, NodeId, RegionId};
+use crate::fabric::{Completion, Doorbell, NodeMemory, OP_BYTES_MAX, Op, OpError, OpResult, exec};
+use crate::region::{AccessError, AccessKey, Region};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const SERVER: NodeId = NodeId(1);
+const CLIENT: NodeId = NodeId(2);
+const REGION_BYTES: u64 = 1 << 20;
+/// How long a test waits for something that should happen within milliseconds.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct Node {
+    memory: Arc<NodeMemory>,
+    region: Arc<Region>,
+    server: NicServer,
+}
+
+impl Node {
+    fn start(id: NodeId, secret: &ClusterSecret) -> Node {
+        let memory = Arc::new(NodeMemory::new(
+            id,
+            Arc::new(Doorbell::anonymous().unwrap()),
+        ));
+        let region = Arc::new(Region::anonymous(RegionId(0), REGION_BYTES).unwrap());
+        memory.register(region.clone()).unwrap();
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = NicServer::start(listen, memory.clone(), secret.clone()).unwrap();
+        Node {
+            memory,
+            region,
+            server,
+        }
+    }
+
+    fn key(&self) -> AccessKey {
+        self.region.key()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    fn word(&self, offset: u32) -> u64 {
+        self.region.words()[offset as usize / 8].load(Ordering::Acquire)
+    }
+
+    fn transport(&self, secret: &ClusterSecret) -> TcpTransport {
+        let transport = TcpTransport::new(CLIENT, secret.clone());
+        transport.add_peer(self.memory.node_id(), self.addr());
+        transport
+    }
+
+    /// Waits until the server's counters satisfy `done`.
+    fn await_stats(&self, what: &str, done: impl Fn(&NicStats) -> bool) -> NicStats {
+        let start = Instant::now();
+        loop {
+            let stats = self.server.stats();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(start.elapsed() < PATIENCE, "waiting for {what}: {stats:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn at(offset: u32) -> Addr {
+    Addr::new(RegionId(0), offset)
+}
+
+fn post(transport: &TcpTransport, target: NodeId, ops: Vec<Op>) -> Vec<OpResult> {
+    let mut pending = transport.post(target, ops);
+    // Exercise the non-blocking path once before blocking.
+    if let Some(results) = pending.poll() {
+        return results;
+    }
+    pending.wait()
+}
+
+/// A good client's WRITE, READ and CAS work (and a CAS with a stale value fails properly).
+fn assert_serves(node: &Node, transport: &TcpTransport, offset: u32, tag: u64) {
+    let key = node.key();
+    let data: Vec<u8> = [tag.to_le_bytes(), (tag ^ 1).to_le_bytes()].concat();
+    let results = post(
+        transport,
+        SERVER,
+        vec![
+            Op::Write {
+                addr: at(offset),
+                key,
+                data: data.clone(),
+            },
+            Op::Read {
+                addr: at(offset),
+                key,
+                len: 16,
+            },
+            Op::Cas {
+                addr: at(offset),
+                key,
+                expected: tag,
+                new: tag + 7,
+            },
+            Op::Cas {
+                addr: at(offset),
+                key,
+                expected: tag,
+                new: 0,
+            },
+            Op::Read {
+                addr: at(offset),
+                key,
+                len: 8,
+            },
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![
+            Ok(Completion::Write),
+            Ok(Completion::Read(data)),
+            Ok(Completion::Cas { previous: tag }),
+            Ok(Completion::Cas { previous: tag + 7 }),
+            Ok(Completion::Read((tag + 7).to_le_bytes().to_vec())),
+        ]
+    );
+    assert_eq!(node.word(offset), tag + 7);
+}
+
+fn send(stream: &mut TcpStream, frame: &Frame) -> io::Result<()> {
+    stream.write_all(&frame::encode_to_vec(frame))
+}
+
+/// Reads one frame; `None` when the peer closed or reset the connection.
+fn recv(stream: &mut TcpStream, inbox: &mut Vec<u8>) -> Option<Frame> {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((frame, consumed)) = frame::decode(inbox).expect("the server sends frames") {
+            inbox.drain(..consumed);
+            return Some(frame);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(count) => inbox.extend_from_slice(&chunk[..count]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("no frame and no close within {PATIENCE:?}: {e}"),
+        }
+    }
+}
+
+/// Asserts the server closes `stream`, returning the frames it sent before closing.
+fn assert_closed_by_server(stream: &mut TcpStream) -> Vec<Frame> {
+    let mut inbox = Vec::new();
+    let mut frames = Vec::new();
+    while let Some(frame) = recv(stream, &mut inbox) {
+        frames.push(frame);
+    }
+    frames
+}
+
+/// A raw connection that has completed the handshake as `CLIENT`.
+fn authenticated(node: &Node, secret: &ClusterSecret) -> TcpStream {
+    let (stream, leftover) = client::connect(CLIENT, secret, SERVER, node.addr()).unwrap();
+    assert!(leftover.is_empty());
+    stream
+}
+
+fn request(request_id: u64, op: Op) -> Frame {
+    Frame::Request(Request { request_id, op })
+}
+
+#[test]
+fn reads_writes_cas_persist_and_notify_over_loopback() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let transport = node.transport(&secret);
+    assert_serves(&node, &transport, 64, 1000);
+    let rings = node.memory.doorbell().rings();
+    let key = node.key();
+    let results = post(
+        &transport,
+        SERVER,
+        vec![
+            Op::Persist {
+                addr: at(64),
+                key,
+                len: 16,
+            },
+            Op::Notify,
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![Ok(Completion::Persist), Ok(Completion::Notify)]
+    );
+    assert_eq!(node.memory.doorbell().rings(), rings + 1);
+    // Empty batches complete at once; one connection served everything.
+    assert_eq!(post(&transport, SERVER, Vec::new()), Vec::new());
+    let stats = node.server.stats();
+    assert_eq!(stats.connections_accepted, 1);
+    assert_eq!(stats.connections_authenticated, 1);
+    assert_eq!(stats.requests_executed, 7);
+}
+
+#[test]
+fn access_errors_cross_the_wire_exactly_and_the_connection_stays_usable() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let transport = node.transport(&secret);
+    let key = node.key();
+    let wrong_key = AccessKey(key.0 ^ 0x5a5a);
+    let ops = vec![
+        Op::Write {
+            addr: at(0),
+            key: wrong_key,
+            data: vec![1; 8],
+        },
+        Op::Read {
+            addr: Addr::new(RegionId(9), 0),
+            key,
+            len: 8,
+        },
+        Op::Cas {
+            addr: at(REGION_BYTES as u32),
+            key,
+            expected: 0,
+            new: 1,
+        },
+        Op::Read {
+            addr: at(4),
+            key,
+            len: 8,
+        },
+        Op::Write {
+            addr: at(8),
+            key,
+            data: vec![1; 12],
+        },
+        Op::Persist {
+            addr: at(REGION_BYTES as u32 - 8),
+            key,
+            len: 16,
+        },
+        Op::Write {
+            addr: at(8),
+            key,
+            data: 42u64.to_le_bytes().to_vec(),
+        },
+    ];
+    let results = post(&transport, SERVER, ops.clone());
+    let expected = vec![
+        Err(AccessError::BadKey {
+            region: RegionId(0),
+        }
+        .into()),
+        Err(AccessError::UnknownRegion {
+            node: SERVER,
+            region: RegionId(9),
+        }
+        .into()),
+        Err(AccessError::OutOfBounds {
+            addr: at(REGION_BYTES as u32),
+            len: 8,
+            region_bytes: REGION_BYTES,
+        }
+        .into()),
+        Err(AccessError::Misaligned {
+            addr: at(4),
+            len: 8,
+            align: 8,
+        }
+        .into()),
+        Err(AccessError::Misaligned {
+            addr: at(8),
+            len: 12,
+            align: 8,
+        }
+        .into()),
+        Err(AccessError::OutOfBounds {
+            addr: at(REGION_BYTES as u32 - 8),
+            len: 16,
+            region_bytes: REGION_BYTES,
+        }
+        .into()),
+        Ok(Completion::Write),
+    ];
+    assert_eq!(results, expected);
+    // Exactly what the target computes locally, field for field.
+    let local: Vec<OpResult> = ops[..6]
+        .iter()
+        .map(|op| exec::execute(&node.memory, op))
+        .collect();
+    assert_eq!(results[..6], local[..]);
+    assert_eq!(node.word(0), 0, "the wrong-key write landed");
+    assert_eq!(node.word(8), 42);
+    assert_serves(&node, &transport, 128, 5);
+    assert_eq!(
+        node.server.stats().connections_accepted,
+        1,
+        "errors did not cost the connection"
+    );
+}
+
+#[test]
+fn unknown_nodes_and_oversize_ops_fail_before_any_connection() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let transport = node.transport(&secret);
+    let results = post(&transport, NodeId(9), vec![Op::Notify, Op::Notify]);
+    let unknown = Err(OpError::UnknownNode { node: NodeId(9) });
+    assert_eq!(results, vec![unknown.clone(), unknown]);
+    let huge = Op::Read {
+        addr: at(0),
+        key: node.key(),
+        len: OP_BYTES_MAX + 8,
+    };
+    let results = post(&transport, SERVER, vec![huge, Op::Notify]);
+    let too_large = Err(OpError::TooLarge {
+        len: OP_BYTES_MAX as u64 + 8,
+        max: OP_BYTES_MAX,
+    });
+    assert_eq!(results, vec![too_large.clone(), too_large]);
+    assert_eq!(node.server.stats().connections_accepted, 0);
+}
+
+#[test]
+fn maximal_writes_and_reads_cross_the_wire() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let big = Arc::new(Region::anonymous(RegionId(1), u64::from(OP_BYTES_MAX)).unwrap());
+    node.memory.register(big.clone()).unwrap();
+    let transport = node.transport(&secret);
+    let data: Vec<u8> = (0..OP_BYTES_MAX)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let addr = Addr::new(RegionId(1), 0);
+    let key = big.key();
+    let results = post(
+        &transport,
+        SERVER,
+        vec![
+            Op::Write {
+                addr,
+                key,
+                data: data.clone(),
+            },
+            Op::Read {
+                addr,
+                key,
+                len: OP_BYTES_MAX,
+            },
+            Op::Read { addr, key, len: 8 },
+        ],
+    );
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0], Ok(Completion::Write));
+    assert!(
+        results[1] == Ok(Completion::Read(data.clone())),
+        "the 8 MiB read differs"
+    );
+    assert_eq!(results[2], Ok(Completion::Read(data[..8].to_vec())));
+    assert_serves(&node, &transport, 0, 91);
+}
+
+#[test]
+fn a_client_that_does_not_read_is_slowed_down_not_dropped() {
+    // 128 reads of 512 KiB: 64 MiB of responses, four times the server's write backlog limit
+    // (and more than the kernel buffers on both ends hold).
+    const REQUESTS: u64 = 128;
+    const READ_BYTES: u32 = 512 << 10;
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    for (index, word) in node.region.words()[..READ_BYTES as usize / 8]
+        .iter()
+        .enumerate()
+    {
+        word.store(index as u64 * 3, Ordering::Release);
+    }
+    let expected: Vec<u8> = (0..u64::from(READ_BYTES) / 8)
+        .flat_map(|i| (i * 3).to_le_bytes())
+        .collect();
+    let good = node.transport(&secret);
+    let mut slow = authenticated(&node, &secret);
+    for request_id in 0..REQUESTS {
+        let read = Op::Read {
+            addr: at(0),
+            key: node.key(),
+            len: READ_BYTES,
+        };
+        send(&mut slow, &request(request_id, read)).unwrap();
+    }
+    // While the slow client reads nothing, the NIC thread keeps serving others.
+    node.await_stats("the server to start on the reads", |s| {
+        s.requests_executed > 0
+    });
+    assert_serves(&node, &good, 768 << 10, 92);
+    std::thread::sleep(Duration::from_millis(100));
+    let executed = node.server.stats().requests_executed - 5;
+    assert!(
+        executed < REQUESTS,
+        "backpressure: {executed} reads executed with nobody reading"
+    );
+    let mut inbox = Vec::new();
+    for request_id in 0..REQUESTS {
+        let Some(Frame::Response(response)) = recv(&mut slow, &mut inbox) else {
+            panic!("response {request_id} missing");
+        };
+        assert_eq!(response.request_id, request_id);
+        assert!(
+            response.result == Ok(Completion::Read(expected.clone())),
+            "read {request_id}"
+        );
+    }
+    assert_serves(&node, &good, 768 << 10, 93);
+}
+
+#[test]
+fn the_server_answers_an_oversize_request_with_a_typed_error() {
+    // The client never sends one, but the NIC thread must not trust that.
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let mut stream = authenticated(&node, &secret);
+    let key = node.key();
+    send(
+        &mut stream,
+        &request(
+            1,
+            Op::Read {
+                addr: at(0),
+                key,
+                len: OP_BYTES_MAX + 8,
+            },
+        ),
+    )
+    .unwrap();
+    send(
+        &mut stream,
+        &request(
+            2,
+            Op::Read {
+                addr: at(0),
+                key,
+                len: 8,
+            },
+        ),
+    )
+    .unwrap();
+    let mut inbox = Vec::new();
+    let too_large = OpError::TooLarge {
+        len: OP_BYTES_MAX as u64 + 8,
+        max: OP_BYTES_MAX,
+    };
+    assert_eq!(
+        recv(&mut stream, &mut inbox),
+        Some(Frame::Response(Response {
+            request_id: 1,
+            result: Err(too_large)
+        }))
+    );
+    assert_eq!(
+        recv(&mut stream, &mut inbox),
+        Some(Frame::Response(Response {
+            request_id: 2,
+            result: Ok(Completion::Read(vec![0; 8]))
+        }))
+    );
+}
+
+#[test]
+fn a_client_with_the_wrong_secret_gets_an_error_and_writes_nothing() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let good = node.transport(&secret);
+    assert_serves(&node, &good, 0, 11);
+    let intruder = node.transport(&ClusterSecret::generate());
+    let results = post(
+        &intruder,
+        SERVER,
+        vec![Op::Write {
+            addr: at(64),
+            key: node.key(),
+            data: vec![0xff; 8],
+        }],
+    );
+    let [Err(OpError::Unreachable { node: n, reason })] = &results[..] else {
+        panic!("expected one Unreachable: {results:?}");
+    };
+    assert_eq!(*n, SERVER);
+    assert!(
+        reason.contains("did not prove it holds the cluster secret"),
+        "{reason}"
+    );
+    assert_eq!(node.word(64), 0);
+    // Authentication failures are not retried: one connection, never authenticated.
+    let stats = node.await_stats("the intruder's connection to close", |s| {
+        s.connections_closed == 1
+    });
+    assert_eq!(stats.connections_accepted, 2);
+    assert_eq!(stats.connections_authenticated, 1);
+    assert_serves(&node, &good, 0, 12);
+}
+
+#[test]
+fn the_server_refuses_a_wrong_proof_and_executes_nothing() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let good = node.transport(&secret);
+    assert_serves(&node, &good, 0, 21);
+    let before = node.server.stats();
+
+    let mut stream = TcpStream::connect(node.addr()).unwrap();
+    let client_nonce = auth::nonce();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: CLIENT,
+        client_nonce,
+    };
+    send(&mut stream, &Frame::Hello(hello)).unwrap();
+    let mut inbox = Vec::new();
+    let Some(Frame::Challenge(challenge)) = recv(&mut stream, &mut inbox) else {
+        panic!("expected a challenge");
+    };
+    // The server proved itself: its proof checks out with the real secret.
+    secret
+        .verify_server_proof(
+            &client_nonce,
+            &challenge.server_nonce,
+            SERVER,
+            &challenge.server_proof,
+        )
+        .unwrap();
+    let forged =
+        ClusterSecret::generate().client_proof(&challenge.server_nonce, &client_nonce, CLIENT);
+    send(&mut stream, &Frame::Proof(forged)).unwrap();
+    let frames = assert_closed_by_server(&mut stream);
+    assert_eq!(frames, vec![Frame::Refused(Refusal::BadProof)]);
+    // A request sent anyway goes nowhere.
+    let write = request(
+        1,
+        Op::Write {
+            addr: at(64),
+            key: node.key(),
+            data: vec![0xff; 8],
+        },
+    );
+    let _ = send(&mut stream, &write);
+
+    let stats = node.await_stats("the rejection", |s| s.connections_rejected == 1);
+    assert_eq!(stats.requests_executed, before.requests_executed);
+    assert_eq!(stats.connections_authenticated, 1);
+    assert_eq!(node.word(64), 0);
+    assert_serves(&node, &good, 0, 22);
+}
+
+#[test]
+fn a_client_refuses_an_impostor_server() {
+    let secret = ClusterSecret::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The impostor answers the hello with a proof it cannot make correctly, then records every
+    // frame the client sends afterwards.
+    let impostor = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut inbox = Vec::new();
+        let Some(Frame::Hello(hello)) = recv(&mut stream, &mut inbox) else {
+            panic!("expected a hello");
+        };
+        assert_eq!(
+            (hello.magic, hello.version, hello.node),
+            (MAGIC, PROTOCOL_VERSION, CLIENT)
+        );
+        let server_nonce = auth::nonce();
+        let server_proof =
+            ClusterSecret::generate().server_proof(&hello.client_nonce, &server_nonce, SERVER);
+        let challenge = Challenge {
+            node: SERVER,
+            server_nonce,
+            server_proof,
+        };
+        send(&mut stream, &Frame::Challenge(challenge)).unwrap();
+        let mut after = Vec::new();
+        while let Some(frame) = recv(&mut stream, &mut inbox) {
+            after.push(frame);
+        }
+        after
+    });
+    let transport = TcpTransport::new(CLIENT, secret);
+    transport.add_peer(SERVER, addr);
+    let key = AccessKey(7);
+    let results = post(
+        &transport,
+        SERVER,
+        vec![Op::Write {
+            addr: at(0),
+            key,
+            data: vec![1; 8],
+        }],
+    );
+    let [Err(OpError::Unreachable { reason, .. })] = &results[..] else {
+        panic!("expected Unreachable: {results:?}");
+    };
+    assert!(reason.contains("impostor"), "{reason}");
+    let after = impostor.join().unwrap();
+    assert_eq!(
+        after,
+        Vec::new(),
+        "the client sent a proof or a request to an impostor"
+    );
+}
+
+#[test]
+fn a_peer_at_the_wrong_address_is_detected() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let transport = TcpTransport::new(CLIENT, secret);
+    transport.add_peer(NodeId(3), node.addr());
+    let results = post(&transport, NodeId(3), vec![Op::Notify]);
+    let [Err(OpError::Unreachable { node: n, reason })] = &results[..] else {
+        panic!("expected Unreachable: {results:?}");
+    };
+    assert_eq!(*n, NodeId(3));
+    assert!(reason.contains("is n1, not n3"), "{reason}");
+}
+
+#[test]
+fn an_oversize_frame_closes_only_its_connection() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let good = node.transport(&secret);
+    assert_serves(&node, &good, 0, 31);
+    let mut bad = authenticated(&node, &secret);
+    // A length just over the limit, and a little of the promised body.
+    let mut bytes = (FRAME_BYTES_MAX + 1).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[frame::kind::REQUEST; 64]);
+    bad.write_all(&bytes).unwrap();
+    assert_eq!(assert_closed_by_server(&mut bad), Vec::new());
+    node.await_stats("the rejection", |s| s.connections_rejected == 1);
+    assert_serves(&node, &good, 0, 32);
+}
+
+#[test]
+fn malformed_frames_unknown_kinds_and_wrong_directions_close_the_connection() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let good = node.transport(&secret);
+    assert_serves(&node, &good, 0, 41);
+    let key = node.key();
+
+    // Each would change the word at 512 if it were executed.
+    let write = Op::Write {
+        addr: at(512),
+        key,
+        data: vec![0xff; 8],
+    };
+    let mut unknown_op = frame::encode_to_vec(&request(1, write));
+    unknown_op[frame::LEN_BYTES + 1 + 8] = 0xee;
+    let mut unknown_kind = 8u32.to_le_bytes().to_vec();
+    unknown_kind.extend_from_slice(&[0x7f; 8]);
+    let mut short_cas = frame::encode_to_vec(&request(
+        2,
+        Op::Cas {
+            addr: at(512),
+            key,
+            expected: 0,
+            new: 9,
+        },
+    ));
+    short_cas.truncate(short_cas.len() - 4);
+    let short_len = short_cas.len() as u32 - 4;
+    short_cas[..4].copy_from_slice(&short_len.to_le_bytes());
+    let response = frame::encode_to_vec(&Frame::Response(Response {
+        request_id: 1,
+        result: Ok(Completion::Write),
+    }));
+    let hello_again = frame::encode_to_vec(&Frame::Hello(Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: CLIENT,
+        client_nonce: auth::nonce(),
+    }));
+    let cases = [unknown_op, unknown_kind, short_cas, response, hello_again];
+    for (index, bytes) in cases.iter().enumerate() {
+        let mut bad = authenticated(&node, &secret);
+        bad.write_all(bytes).unwrap();
+        assert_eq!(
+            assert_closed_by_server(&mut bad),
+            Vec::new(),
+            "case {index}"
+        );
+        node.await_stats("the rejection", |s| {
+            s.connections_rejected == index as u64 + 1
+        });
+        assert_serves(&node, &good, 0, 100 + index as u64);
+    }
+    assert_eq!(node.word(512), 0);
+}
+
+#[test]
+fn a_peer_that_disconnects_mid_frame_executes_nothing() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let good = node.transport(&secret);
+    assert_serves(&node, &good, 0, 51);
+    let closed_before = node.server.stats().connections_closed;
+    let mut bad = authenticated(&node, &secret);
+    let write = request(
+        1,
+        Op::Write {
+            addr: at(4096),
+            key: node.key(),
+            data: vec![0xff; 4096],
+        },
+    );
+    let bytes = frame::encode_to_vec(&write);
+    bad.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    bad.shutdown(Shutdown::Both).unwrap();
+    drop(bad);
+    let stats = node.await_stats("the torn connection to close", |s| {
+        s.connections_closed == closed_before + 1
+    });
+    assert_eq!(
+        stats.connections_rejected, 0,
+        "a hang-up is not a protocol violation"
+    );
+    assert!(
+        (4096..8192).step_by(8).all(|offset| node.word(offset) == 0),
+        "torn write landed"
+    );
+    assert_serves(&node, &good, 0, 52);
+}
+
+#[test]
+fn garbage_before_the_handshake_is_rejected_and_executes_nothing() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let good = node.transport(&secret);
+    assert_serves(&node, &good, 0, 61);
+    let key = node.key();
+    let early_write = frame::encode_to_vec(&request(
+        1,
+        Op::Write {
+            addr: at(64),
+            key,
+            data: vec![0xff; 8],
+        },
+    ));
+    let mut bad_magic = frame::encode_to_vec(&Frame::Hello(Hello {
+        magic: *b"ACRX",
+        version: PROTOCOL_VERSION,
+        node: CLIENT,
+        client_nonce: auth::nonce(),
+    }));
+    bad_magic.extend_from_slice(&early_write);
+    let mut big_handshake = (HANDSHAKE_FRAME_BYTES_MAX + 1).to_le_bytes().to_vec();
+    big_handshake.push(frame::kind::HELLO);
+    let cases: [Vec<u8>; 5] = [
+        b"GET / HTTP/1.1\r\nHost: acre\r\n\r\n".to_vec(),
+        vec![0xff; 64],
+        early_write,
+        bad_magic,
+        big_handshake,
+    ];
+    for (index, bytes) in cases.iter().enumerate() {
+        let mut bad = TcpStream::connect(node.addr()).unwrap();
+        bad.write_all(bytes).unwrap();
+        assert_eq!(
+            assert_closed_by_server(&mut bad),
+            Vec::new(),
+            "case {index}"
+        );
+        node.await_stats("the rejection", |s| {
+            s.connections_rejected == index as u64 + 1
+        });
+        assert_serves(&node, &good, 0, 200 + index as u64);
+    }
+    assert_eq!(node.word(64), 0);
+}
+
+#[test]
+fn a_newer_protocol_version_is_refused_with_a_reason() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let mut stream = TcpStream::connect(node.addr()).unwrap();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION + 1,
+        node: CLIENT,
+        client_nonce: auth::nonce(),
+    };
+    send(&mut stream, &Frame::Hello(hello)).unwrap();
+    assert_eq!(
+        assert_closed_by_server(&mut stream),
+        vec![Frame::Refused(Refusal::UnsupportedVersion)]
+    );
+}
+
+#[test]
+fn a_silent_peer_is_dropped_at_the_handshake_deadline() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let good = node.transport(&secret);
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(node.addr()).unwrap();
+    // Half a hello, then nothing.
+    let hello = frame::encode_to_vec(&Frame::Hello(Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: CLIENT,
+        client_nonce: auth::nonce(),
+    }));
+    silent.write_all(&hello[..10]).unwrap();
+    assert_serves(&node, &good, 0, 71);
+    assert_eq!(assert_closed_by_server(&mut silent), Vec::new());
+    let waited = start.elapsed();
+    assert!(
+        waited >= auth::HANDSHAKE_DEADLINE,
+        "closed after {waited:?}"
+    );
+    assert!(
+        waited < auth::HANDSHAKE_DEADLINE + Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(node.server.stats().connections_rejected, 1);
+    assert_serves(&node, &good, 0, 72);
+}
+
+#[test]
+fn pipelined_batches_from_many_threads_all_complete_correctly() {
+    const THREADS: u32 = 8;
+    const BATCHES: u64 = 40;
+    const WORDS: u32 = 32;
+    let secret = ClusterSecret::generate();
+    let node = Arc::new(Node::start(SERVER, &secret));
+    // Two transports (two connections), four threads on each.
+    let transports = [
+        Arc::new(node.transport(&secret)),
+        Arc::new(node.transport(&secret)),
+    ];
+    let key = node.key();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let transport = transports[thread as usize % 2].clone();
+            std::thread::spawn(move || {
+                let base = thread * WORDS * 8;
+                let mut in_flight = Vec::new();
+                for batch in 0..BATCHES {
+                    let value =
+                        |word: u32| (u64::from(thread) << 48) | (batch << 16) | u64::from(word);
+                    // Every word written, then read back, then CAS'd from the written value:
+                    // correct only if the batch executes in order.
+                    let mut ops = Vec::new();
+                    for word in 0..WORDS {
+                        let data = value(word).to_le_bytes().to_vec();
+                        ops.push(Op::Write {
+                            addr: at(base + word * 8),
+                            key,
+                            data,
+                        });
+                    }
+                    ops.push(Op::Read {
+                        addr: at(base),
+                        key,
+                        len: WORDS * 8,
+                    });
+                    ops.push(Op::Cas {
+                        addr: at(base),
+                        key,
+                        expected: value(0),
+                        new: value(0) + 1,
+                    });
+                    let expected_read: Vec<u8> = (0..WORDS)
+                        .flat_map(|word| value(word).to_le_bytes())
+                        .collect();
+                    // Keep a few batches in flight at once before waiting for the oldest.
+                    in_flight.push((transport.post(SERVER, ops), expected_read, value(0)));
+                    if in_flight.len() == 4 || batch == BATCHES - 1 {
+                        for (pending, expected_read, first) in in_flight.drain(..) {
+                            let results = pending.wait();
+                            assert_eq!(results.len(), WORDS as usize + 2);
+                            assert!(
+                                results[..WORDS as usize]
+                                    .iter()
+                                    .all(|r| *r == Ok(Completion::Write))
+                            );
+                            assert_eq!(
+                                results[WORDS as usize],
+                                Ok(Completion::Read(expected_read))
+                            );
+                            assert_eq!(
+                                results[WORDS as usize + 1],
+                                Ok(Completion::Cas { previous: first })
+                            );
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    for thread in 0..THREADS {
+        let base = thread * WORDS * 8;
+        let last = (u64::from(thread) << 48) | ((BATCHES - 1) << 16);
+        assert_eq!(node.word(base), last + 1, "thread {thread}");
+        assert_eq!(node.word(base + 8), last | 1, "thread {thread}");
+    }
+    let stats = node.server.stats();
+    assert_eq!(stats.connections_accepted, 2);
+    assert_eq!(
+        stats.requests_executed,
+        u64::from(THREADS) * BATCHES * (u64::from(WORDS) + 2)
+    );
+}
+
+#[test]
+fn a_broken_connection_fails_its_inflight_ops() {
+    let secret = ClusterSecret::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A peer with the secret that takes the requests, answers the first, and hangs up.
+    let server_secret = secret.clone();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut inbox = Vec::new();
+        let Some(Frame::Hello(hello)) = recv(&mut stream, &mut inbox) else {
+            panic!("expected a hello");
+        };
+        let server_nonce = auth::nonce();
+        let server_proof = server_secret.server_proof(&hello.client_nonce, &server_nonce, SERVER);
+        send(
+            &mut stream,
+            &Frame::Challenge(Challenge {
+                node: SERVER,
+                server_nonce,
+                server_proof,
+            }),
+        )
+        .unwrap();
+        let Some(Frame::Proof(proof)) = recv(&mut stream, &mut inbox) else {
+            panic!("expected a proof");
+        };
+        server_secret
+            .verify_client_proof(&server_nonce, &hello.client_nonce, CLIENT, &proof)
+            .unwrap();
+        let mut request_ids = Vec::new();
+        while request_ids.len() < 3 {
+            let Some(Frame::Request(request)) = recv(&mut stream, &mut inbox) else {
+                panic!("expected three requests");
+            };
+            request_ids.push(request.request_id);
+        }
+        let answer = Response {
+            request_id: request_ids[0],
+            result: Ok(Completion::Notify),
+        };
+        send(&mut stream, &Frame::Response(answer)).unwrap();
+        stream.shutdown(Shutdown::Both).unwrap();
+    });
+    let transport = TcpTransport::new(CLIENT, secret);
+    transport.add_peer(SERVER, addr);
+    let start = Instant::now();
+    let results = post(&transport, SERVER, vec![Op::Notify, Op::Notify, Op::Notify]);
+    peer.join().unwrap();
+    assert!(
+        start.elapsed() < RESPONSE_SILENCE_MAX,
+        "failed by the hang-up, not the timeout"
+    );
+    assert_eq!(results[0], Ok(Completion::Notify));
+    for result in &results[1..] {
+        let Err(OpError::Unreachable { node, reason }) = result else {
+            panic!("expected Unreachable: {results:?}");
+        };
+        assert_eq!(*node, SERVER);
+        assert!(reason.contains("closed the connection"), "{reason}");
+    }
+}
+
+#[test]
+fn after_a_server_restart_the_next_post_reconnects() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let transport = node.transport(&secret);
+    assert_serves(&node, &transport, 0, 81);
+    let Node {
+        memory,
+        region,
+        server,
+    } = node;
+    let addr = server.local_addr();
+    server.stop();
+    // Down: posts fail (once the receiver has seen the hang-up, by failing to reconnect).
+    let start = Instant::now();
+    loop {
+        let results = post(&transport, SERVER, vec![Op::Notify]);
+        if let [Err(OpError::Unreachable { .. })] = &results[..] {
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "still reachable after stop: {results:?}"
+        );
+    }
+    let results = post(&transport, SERVER, vec![Op::Notify]);
+    let [Err(OpError::Unreachable { reason, .. })] = &results[..] else {
+        panic!("expected Unreachable while down: {results:?}");
+    };
+    assert!(
+        reason.contains(&format!(
+            "gave up after {} attempts",
+            client::CONNECT_ATTEMPTS_MAX
+        )),
+        "{reason}"
+    );
+    // Up again on the same address: the next post reconnects.
+    let server = NicServer::start(addr, memory.clone(), secret.clone()).unwrap();
+    let node = Node {
+        memory,
+        region,
+        server,
+    };
+    assert_serves(&node, &transport, 0, 82);
+    assert_eq!(node.server.stats().connections_authenticated, 1);
+}
+
+/// CPU ticks (user + system) a thread of this process with the given name has used.
+fn thread_cpu_ticks(name: &str) -> u64 {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        // Fields 14 and 15 of stat(5), counted from the state (field 3).
+        found.push(fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap());
+    }
+    assert_eq!(found.len(), 1, "threads named {name}");
+    found[0]
+}
+
+#[test]
+fn idle_nic_and_receiver_threads_sleep() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(NodeId(77), &secret);
+    let transport = TcpTransport::new(CLIENT, secret);
+    transport.add_peer(NodeId(77), node.addr());
+    assert_eq!(
+        post(&transport, NodeId(77), vec![Op::Notify]),
+        vec![Ok(Completion::Notify)]
+    );
+    let nic_before = thread_cpu_ticks("acre-nic-n77");
+    let receiver_before = thread_cpu_ticks("acre-rx-n77");
+    std::thread::sleep(Duration::from_millis(500));
+    let nic_ticks = thread_cpu_ticks("acre-nic-n77") - nic_before;
+    let receiver_ticks = thread_cpu_ticks("acre-rx-n77") - receiver_before;
+    // A spinning thread would use ~50 ticks (10 ms each) in 500 ms.
+    assert!(nic_ticks <= 2, "the idle NIC thread used {nic_ticks} ticks");
+    assert!(
+        receiver_ticks <= 2,
+        "the idle receiver used {receiver_ticks} ticks"
+    );
+}

@@ -239,10 +239,11 @@ impl Outbox {
             self.key,
             8,
         )?;
-        let word = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| OpError::Protocol {
-            node: self.target,
-            reason: "short head read".into(),
-        })?);
+        let word =
+            u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| OpError::Protocol {
+                node: self.target,
+                reason: "the head read did not return 8 bytes".into(),
+            })?);
         self.writer.observe_head_word(word)?;
         Ok(())
     }

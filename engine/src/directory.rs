@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 /// Default parent of cluster directories: shared memory, so region files are RAM.
 pub const CLUSTER_DIR_PARENT_DEFAULT: &str = "/dev/shm";
 
+/// Name of the cluster secret file inside the cluster directory.
+pub const SECRET_FILE: &str = "cluster.secret";
+
 /// What an area of a node's memory is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

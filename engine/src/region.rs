@@ -77,7 +77,7 @@ pub fn check_access(
         return Err(AccessError::BadKey { region });
     }
     let offset = addr.offset() as u64;
-    if offset % 8 != 0 || len % 8 != 0 {
+    if !offset.is_multiple_of(8) || !len.is_multiple_of(8) {
         return Err(AccessError::Misaligned {
             addr,
             len,
@@ -112,7 +112,7 @@ impl fmt::Debug for Region {
 }
 
 fn check_size(bytes: u64) -> io::Result<usize> {
-    if bytes == 0 || bytes % 4096 != 0 || bytes > REGION_BYTES_MAX {
+    if bytes == 0 || !bytes.is_multiple_of(4096) || bytes > REGION_BYTES_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("region size {bytes} must be a multiple of 4096 between 4 KiB and 4 GiB"),
@@ -197,7 +197,7 @@ impl Region {
     pub fn words_at(&self, offset: u32, len: u64) -> &[AtomicU64] {
         let start = offset as u64;
         assert!(
-            start % 8 == 0 && len % 8 == 0,
+            start.is_multiple_of(8) && len.is_multiple_of(8),
             "unaligned words: offset={offset} len={len}"
         );
         assert!(

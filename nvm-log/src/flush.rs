@@ -100,15 +100,17 @@ pub unsafe fn flush_and_drain(kind: FlushKind, addr: *const u8, len: usize) -> b
 #[cfg(target_arch = "x86_64")]
 unsafe fn write_back(kind: FlushKind, line: *const u8) {
     use std::arch::asm;
-    // SAFETY (for all three): the caller guarantees `line` is mapped; write-back instructions
-    // only move a cache line towards memory and never change what a load would return.
     match kind {
+        // SAFETY: the caller guarantees `line` is mapped; a write-back only moves the line
+        // towards memory and never changes what a load would return.
         FlushKind::Clwb => unsafe {
             asm!("clwb [{0}]", in(reg) line, options(nostack, preserves_flags));
         },
+        // SAFETY: as for clwb.
         FlushKind::Clflushopt => unsafe {
             asm!("clflushopt [{0}]", in(reg) line, options(nostack, preserves_flags));
         },
+        // SAFETY: as for clwb.
         FlushKind::Clflush => unsafe {
             asm!("clflush [{0}]", in(reg) line, options(nostack, preserves_flags));
         },

@@ -121,7 +121,7 @@ impl std::fmt::Debug for Mapping {
 }
 
 fn check_len(len: usize) -> io::Result<()> {
-    if len == 0 || len % 8 != 0 {
+    if len == 0 || !len.is_multiple_of(8) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("mapping length {len} must be a positive multiple of 8"),

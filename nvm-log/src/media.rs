@@ -30,7 +30,7 @@ pub trait Media: Send + Sync {
 }
 
 pub(crate) fn check_word(len: u64, offset: u64) -> usize {
-    assert!(offset % 8 == 0, "unaligned word offset={offset}");
+    assert!(offset.is_multiple_of(8), "unaligned word offset={offset}");
     assert!(
         offset + 8 <= len,
         "word out of bounds: offset={offset} len={len}"
@@ -41,7 +41,7 @@ pub(crate) fn check_word(len: u64, offset: u64) -> usize {
 /// Reads `out.len()` bytes (a multiple of 8) starting at `offset`, word by word.
 pub fn read_bytes<M: Media + ?Sized>(media: &M, offset: u64, out: &mut [u8]) {
     assert!(
-        out.len() % 8 == 0,
+        out.len().is_multiple_of(8),
         "read of {} bytes is not whole words",
         out.len()
     );
@@ -53,7 +53,7 @@ pub fn read_bytes<M: Media + ?Sized>(media: &M, offset: u64, out: &mut [u8]) {
 /// Writes `bytes` (a multiple of 8) starting at `offset`, word by word in increasing order.
 pub fn write_bytes<M: Media + ?Sized>(media: &M, offset: u64, bytes: &[u8]) {
     assert!(
-        bytes.len() % 8 == 0,
+        bytes.len().is_multiple_of(8),
         "write of {} bytes is not whole words",
         bytes.len()
     );
@@ -121,7 +121,7 @@ pub struct MemMedia {
 
 impl MemMedia {
     pub fn new(len: u64) -> MemMedia {
-        assert!(len % 8 == 0, "length {len} is not whole words");
+        assert!(len.is_multiple_of(8), "length {len} is not whole words");
         MemMedia {
             words: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
         }

@@ -71,7 +71,10 @@ pub(crate) fn checksum(pos: u64, seq: u64, length_kind: u64, payload: &[u8]) -> 
 
 /// The whole record as it is laid out in the ring, commit word included.
 pub(crate) fn encode(pos: u64, seq: u64, kind: RecordKind, payload: &[u8]) -> Vec<u8> {
-    assert!(pos % RECORD_ALIGN == 0, "unaligned record pos={pos}");
+    assert!(
+        pos.is_multiple_of(RECORD_ALIGN),
+        "unaligned record pos={pos}"
+    );
     let len = u32::try_from(payload.len()).expect("record length checked against the maximum");
     let length_kind = length_kind_word(len, kind);
     let crc = checksum(pos, seq, length_kind, payload);
@@ -88,7 +91,7 @@ pub(crate) fn encode(pos: u64, seq: u64, kind: RecordKind, payload: &[u8]) -> Ve
 /// The 32-byte header of a pad record covering `extent` bytes.
 pub(crate) fn encode_pad(pos: u64, seq: u64, extent: u64) -> Vec<u8> {
     assert!(
-        extent >= RECORD_HEADER_BYTES && extent % RECORD_ALIGN == 0,
+        extent >= RECORD_HEADER_BYTES && extent.is_multiple_of(RECORD_ALIGN),
         "pad extent={extent}"
     );
     let length_kind = length_kind_word(

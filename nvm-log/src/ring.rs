@@ -43,12 +43,12 @@ const HEADER_CHECKED_BYTES: usize = 28;
 /// Smallest allowed maximum record size.
 pub const MAX_RECORD_BYTES_MIN: u64 = 64;
 
-const _: () = assert!(HEAD_OFFSET % 64 == 0 && TAIL_OFFSET % 64 == 0);
+const _: () = assert!(HEAD_OFFSET.is_multiple_of(64) && TAIL_OFFSET.is_multiple_of(64));
 const _: () = assert!(
     TAIL_OFFSET - HEAD_OFFSET >= 64,
     "head and tail share a cache line"
 );
-const _: () = assert!(DATA_OFFSET % 64 == 0 && DATA_OFFSET >= TAIL_SEQ_OFFSET + 8);
+const _: () = assert!(DATA_OFFSET.is_multiple_of(64) && DATA_OFFSET >= TAIL_SEQ_OFFSET + 8);
 
 /// The shape of a ring: data capacity and the largest record (header included) it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,12 +62,13 @@ impl RingGeometry {
     /// four maximum-size records (one of which is the pad kept in hand).
     pub fn new(capacity: u64, max_record_bytes: u64) -> Result<RingGeometry, LogError> {
         let fail = |why: String| Err(LogError::Geometry(why));
-        if capacity % 64 != 0 || capacity == 0 {
+        if !capacity.is_multiple_of(64) || capacity == 0 {
             return fail(format!(
                 "capacity {capacity} is not a positive multiple of 64"
             ));
         }
-        if max_record_bytes % RECORD_ALIGN != 0 || max_record_bytes < MAX_RECORD_BYTES_MIN {
+        if !max_record_bytes.is_multiple_of(RECORD_ALIGN) || max_record_bytes < MAX_RECORD_BYTES_MIN
+        {
             return fail(format!(
                 "max record {max_record_bytes} is not a multiple of {RECORD_ALIGN} of at least \
                  {MAX_RECORD_BYTES_MIN}"
@@ -171,7 +172,10 @@ impl RingGeometry {
 /// Encodes a position for the head or tail word: the position in 32-byte units in the high 56
 /// bits, a CRC-8 of them in the low 8, so one word is both atomic to persist and self-checking.
 pub fn encode_pos_word(pos: u64) -> u64 {
-    assert!(pos % RECORD_ALIGN == 0, "unaligned ring position {pos}");
+    assert!(
+        pos.is_multiple_of(RECORD_ALIGN),
+        "unaligned ring position {pos}"
+    );
     let units = pos / RECORD_ALIGN;
     assert!(units < 1 << 56, "ring position {pos} out of range");
     units << 8 | crc8_56(units) as u64
@@ -652,13 +656,13 @@ impl<M: Media> RingReader<M> {
                 Slot::Pad { seq, .. } => *seq,
                 Slot::Record(record) => record.seq,
             };
-            if let Some(expected) = self.next_seq {
-                if seq != expected {
-                    return Err(LogError::corrupt(
-                        self.geometry.offset_of(self.cursor),
-                        format!("sequence {seq} where {expected} was expected"),
-                    ));
-                }
+            if let Some(expected) = self.next_seq
+                && seq != expected
+            {
+                return Err(LogError::corrupt(
+                    self.geometry.offset_of(self.cursor),
+                    format!("sequence {seq} where {expected} was expected"),
+                ));
             }
             self.next_seq = Some(seq + 1);
             match slot {
@@ -675,7 +679,10 @@ impl<M: Media> RingReader<M> {
 
     /// Frees everything before `pos` for the writer and persists the new head.
     pub fn truncate(&mut self, pos: u64) -> Result<(), LogError> {
-        assert!(pos % RECORD_ALIGN == 0, "unaligned truncation pos={pos}");
+        assert!(
+            pos.is_multiple_of(RECORD_ALIGN),
+            "unaligned truncation pos={pos}"
+        );
         assert!(
             pos <= self.cursor,
             "truncating unread records: pos={pos} cursor={}",

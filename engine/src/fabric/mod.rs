@@ -177,6 +177,10 @@ impl Fabric {
         &self.memory
     }
 
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     pub fn transport_name(&self) -> &'static str {
         match &self.transport {
             Transport::Local(_) => "local",

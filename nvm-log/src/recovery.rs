@@ -1,9 +1,10 @@
 //! Opening a ring after a crash: the scan that returns exactly the complete records, in order,
 //! and says what it discarded and why.
 //!
-//! The scan starts at the persisted head and follows records while each one's commit word names
-//! its own position, its checksum matches and its sequence number follows the previous one. The
-//! first position where that fails ends the log. Two outcomes:
+//! The scan starts at the persisted head (which may be past the persisted tail: the reader can
+//! truncate a record before its append is acknowledged) and follows records while each one's
+//! commit word names its own position, its checksum matches and its sequence number follows the
+//! previous one. The first position where that fails ends the log. Two outcomes:
 //! - the end is at or past the persisted tail: everything acknowledged is there. A damaged record
 //!   at the end was never acknowledged (its append was torn by the crash): it is reported in
 //!   [`Recovery::discarded`] and its commit word is cleared so nothing can mistake it for a record.
@@ -15,11 +16,15 @@
 
 use crate::error::LogError;
 use crate::media::Media;
-use crate::record::{Record, commit_word};
+use crate::record::{RECORD_ALIGN, Record, commit_word};
 use crate::ring::{
     HEAD_OFFSET, RingGeometry, Slot, TAIL_OFFSET, TAIL_SEQ_OFFSET, decode_pos_word,
     encode_pos_word, read_slot,
 };
+
+/// Positions in a head or tail word are below this many 32-byte units (2^61 bytes): the 56 bits
+/// [`encode_pos_word`] keeps above its check byte.
+const POS_UNITS_END: u64 = 1 << 56;
 
 /// A record position the scan stopped at and did not return.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,13 +58,26 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
     let geometry = RingGeometry::read(media)?;
     let head = decode_pos_word(media.load(HEAD_OFFSET), HEAD_OFFSET)?;
     let tail_persisted = decode_pos_word(media.load(TAIL_OFFSET), TAIL_OFFSET)?;
-    if head > tail_persisted {
+    // The reader polls a record as soon as its commit word is visible, so it may have read and
+    // truncated the record whose append the crash cut short, before the writer persisted the tail
+    // that acknowledges it: the head is then past the persisted tail, and the scan starts at the
+    // head as always. A writer never has more than a lap in flight, so a head further ahead than
+    // that means one of the two words is wrong.
+    if head > tail_persisted && head - tail_persisted > geometry.capacity {
         return Err(LogError::corrupt(
             HEAD_OFFSET,
-            format!("head {head} is beyond the persisted tail {tail_persisted}"),
+            format!("head {head} is more than a lap past the persisted tail {tail_persisted}"),
         ));
     }
-    if tail_persisted - head > geometry.capacity {
+    // The scan ends at most a lap past the head, and its end must fit a position word: only a
+    // damaged or forged head comes this close to the end of the position space.
+    if (head + geometry.capacity) / RECORD_ALIGN >= POS_UNITS_END {
+        return Err(LogError::corrupt(
+            HEAD_OFFSET,
+            format!("head {head} leaves no room for a lap before the end of the position space"),
+        ));
+    }
+    if tail_persisted > head && tail_persisted - head > geometry.capacity {
         return Err(LogError::corrupt(
             TAIL_OFFSET,
             format!("tail {tail_persisted} is more than a lap past head {head}"),
@@ -82,14 +100,14 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
             Slot::Pad { seq, .. } => *seq,
             Slot::Record(record) => record.seq,
         };
-        if let Some(expected) = next_seq {
-            if seq != expected {
-                stop = Some((
-                    geometry.offset_of(pos),
-                    format!("sequence {seq} where {expected} was expected"),
-                ));
-                break;
-            }
+        if let Some(expected) = next_seq
+            && seq != expected
+        {
+            stop = Some((
+                geometry.offset_of(pos),
+                format!("sequence {seq} where {expected} was expected"),
+            ));
+            break;
         }
         let extent = match &slot {
             Slot::Pad { extent, .. } => *extent,

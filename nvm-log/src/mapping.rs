@@ -497,6 +497,23 @@ mod tests {
         assert!(Mapping::anonymous(12).is_err());
     }
 
+    #[cfg(feature = "libpmem")]
+    #[test]
+    fn libpmem_maps_persists_and_reopens_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pmem");
+        let options = MapOptions { persist: PersistMode::Libpmem };
+        let m = Mapping::create_file(&path, 8192, options).unwrap();
+        // tmpfs or disk here, so libpmem must say "not pmem" and fall back to msync.
+        assert!(matches!(m.durability(), Durability::Libpmem { .. }));
+        m.words()[5].store(0xabcd, Ordering::Release);
+        m.persist(40, 8).unwrap();
+        drop(m);
+        let again = Mapping::open_file(&path, options).unwrap();
+        assert_eq!(again.len(), 8192);
+        assert_eq!(again.words()[5].load(Ordering::Acquire), 0xabcd);
+    }
+
     #[test]
     #[should_panic(expected = "persist out of bounds")]
     fn persist_out_of_bounds_is_a_programmer_error() {

@@ -207,6 +207,16 @@ impl Outbox {
     ) -> Result<Outbox, ChannelError> {
         let area = ring_area_id(fabric.node_id());
         let bytes = fabric.read(target, Addr::new(area, 0), key, DATA_OFFSET as u32)?;
+        if bytes.len() != DATA_OFFSET as usize {
+            return Err(OpError::Protocol {
+                node: target,
+                reason: format!(
+                    "ring header read returned {} bytes, not {DATA_OFFSET}",
+                    bytes.len()
+                ),
+            }
+            .into());
+        }
         let words: Vec<u64> = bytes
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -263,6 +273,13 @@ impl Outbox {
             }
             other => other?,
         };
+        // If the batch fails, the writer goes back to where it was, so the next send rewrites
+        // the same positions instead of leaving a hole the receiver would wait at forever. This
+        // is exact when nothing of the batch executed (the target was unknown or unreachable);
+        // a batch cut off half-way (a TCP connection breaking mid-batch) may have delivered some
+        // messages that the retry then overwrites: recovering from that is the failure-handling
+        // layer's job (it rebuilds channels after reconfiguration).
+        let before = self.writer.clone();
         let mut ops = Vec::new();
         for (kind, payload) in messages {
             let plan = self.writer.append(&mut reservation, *kind, payload);
@@ -283,17 +300,19 @@ impl Outbox {
         }
         self.writer.release(reservation);
         ops.push(Op::Notify);
-        for result in fabric.execute(self.target, ops) {
-            match result? {
-                Completion::Write | Completion::Persist | Completion::Notify => {}
-                other => {
-                    return Err(OpError::Protocol {
-                        node: self.target,
-                        reason: format!("ring write completed as {other:?}"),
-                    }
-                    .into());
-                }
-            }
+        let outcome = fabric
+            .execute(self.target, ops)
+            .into_iter()
+            .try_for_each(|result| match result? {
+                Completion::Write | Completion::Persist | Completion::Notify => Ok(()),
+                other => Err(OpError::Protocol {
+                    node: self.target,
+                    reason: format!("ring write completed as {other:?}"),
+                }),
+            });
+        if let Err(error) = outcome {
+            self.writer = before;
+            return Err(error.into());
         }
         Ok(())
     }
@@ -313,5 +332,52 @@ impl Outbox {
             self.area,
             u32::try_from(offset).expect("ring areas are smaller than 4 GiB"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::local::{LocalCluster, LocalTransport};
+    use crate::fabric::{Doorbell, Transport};
+
+    fn memory(node: u16) -> Arc<NodeMemory> {
+        Arc::new(NodeMemory::new(
+            NodeId(node),
+            Arc::new(Doorbell::anonymous().unwrap()),
+        ))
+    }
+
+    #[test]
+    fn a_send_that_fails_leaves_no_hole_in_the_ring() {
+        let cluster = LocalCluster::new();
+        let (sender, receiver) = (memory(1), memory(2));
+        let mut inbox = Inbox::create(
+            &receiver,
+            &[NodeId(1)],
+            64 << 10,
+            None,
+            MapOptions::default(),
+        )
+        .unwrap();
+        let key = receiver.area(ring_area_id(NodeId(1))).unwrap().key();
+        cluster.add(sender.clone());
+        cluster.add(receiver.clone());
+        let fabric = Fabric::new(
+            sender,
+            Transport::Local(LocalTransport::new(cluster.clone())),
+        );
+        let mut outbox = Outbox::attach(&fabric, NodeId(2), key, 64 << 10).unwrap();
+
+        outbox.send(&fabric, RecordKind(1), b"one").unwrap();
+        cluster.remove(NodeId(2));
+        assert!(outbox.send(&fabric, RecordKind(1), b"lost").is_err());
+        cluster.add(receiver);
+        outbox.send(&fabric, RecordKind(1), b"three").unwrap();
+
+        let payloads: Vec<Vec<u8>> = std::iter::from_fn(|| inbox.poll().unwrap())
+            .map(|m| m.record.payload)
+            .collect();
+        assert_eq!(payloads, vec![b"one".to_vec(), b"three".to_vec()]);
     }
 }

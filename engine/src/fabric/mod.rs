@@ -116,14 +116,15 @@ pub struct Pending {
 }
 
 enum PendingInner {
-    Ready(Vec<OpResult>),
+    /// The results until `poll` hands them out.
+    Ready(Option<Vec<OpResult>>),
     Tcp(tcp::PendingBatch),
 }
 
 impl Pending {
     pub(crate) fn ready(results: Vec<OpResult>) -> Pending {
         Pending {
-            inner: PendingInner::Ready(results),
+            inner: PendingInner::Ready(Some(results)),
         }
     }
 
@@ -133,10 +134,11 @@ impl Pending {
         }
     }
 
-    /// The completions if every operation has completed, without blocking.
+    /// The completions if every operation has completed, without blocking. They are handed out
+    /// once: later calls return `None`.
     pub fn poll(&mut self) -> Option<Vec<OpResult>> {
         match &mut self.inner {
-            PendingInner::Ready(results) => Some(std::mem::take(results)),
+            PendingInner::Ready(results) => results.take(),
             PendingInner::Tcp(batch) => batch.poll(),
         }
     }
@@ -144,7 +146,7 @@ impl Pending {
     /// Blocks until every operation has completed (spinning briefly, then sleeping).
     pub fn wait(self) -> Vec<OpResult> {
         match self.inner {
-            PendingInner::Ready(results) => results,
+            PendingInner::Ready(results) => results.unwrap_or_default(),
             PendingInner::Tcp(batch) => batch.wait(),
         }
     }

@@ -648,14 +648,15 @@ pub struct PendingBatch {
 }
 
 enum BatchInner {
-    Done(Vec<OpResult>),
+    /// Completed; the results until `poll` hands them out.
+    Done(Option<Vec<OpResult>>),
     Waiting(Arc<BatchState>),
 }
 
 impl PendingBatch {
     fn done(results: Vec<OpResult>) -> PendingBatch {
         PendingBatch {
-            inner: BatchInner::Done(results),
+            inner: BatchInner::Done(Some(results)),
         }
     }
 
@@ -667,13 +668,13 @@ impl PendingBatch {
     /// After it has returned them once, it returns an empty vector.
     pub fn poll(&mut self) -> Option<Vec<OpResult>> {
         match &mut self.inner {
-            BatchInner::Done(results) => Some(std::mem::take(results)),
+            BatchInner::Done(results) => results.take(),
             BatchInner::Waiting(batch) => {
                 if !batch.is_done() {
                     return None;
                 }
                 let results = batch.take();
-                self.inner = BatchInner::Done(Vec::new());
+                self.inner = BatchInner::Done(None);
                 Some(results)
             }
         }
@@ -683,7 +684,7 @@ impl PendingBatch {
     /// receiver thread completes the last one. Returns the completions in posting order.
     pub fn wait(self) -> Vec<OpResult> {
         let batch = match self.inner {
-            BatchInner::Done(results) => return results,
+            BatchInner::Done(results) => return results.unwrap_or_default(),
             BatchInner::Waiting(batch) => batch,
         };
         for _ in 0..WAIT_SPIN_CHECKS_MAX {

@@ -7,7 +7,14 @@ pub mod addr;
 pub mod channel;
 pub mod directory;
 pub mod fabric;
+pub mod node;
+pub mod object;
+pub mod procfs;
 pub mod region;
+pub mod service;
+pub mod signal;
+pub mod slab;
+mod sync;
 
 pub use addr::{Addr, AddrParseError, NodeId, RegionId};
 pub use fabric::{Completion, Fabric, Op, OpError, OpResult};

@@ -44,7 +44,10 @@ fn u64_at(payload: &[u8], at: usize, kind: RecordKind) -> Result<u64, MessageErr
     payload
         .get(at..at + 8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .ok_or(MessageError { kind: kind.0, reason: "too short" })
+        .ok_or(MessageError {
+            kind: kind.0,
+            reason: "too short",
+        })
 }
 
 impl Request {
@@ -78,11 +81,20 @@ impl Request {
                 let len = payload
                     .get(8..12)
                     .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-                    .ok_or(MessageError { kind: kind.0, reason: "too short" })?;
+                    .ok_or(MessageError {
+                        kind: kind.0,
+                        reason: "too short",
+                    })?;
                 Ok(Request::Alloc { id, len })
             }
-            FREE => Ok(Request::Free { id, addr: Addr::from_u64(u64_at(payload, 8, kind)?) }),
-            _ => Err(MessageError { kind: kind.0, reason: "not a request" }),
+            FREE => Ok(Request::Free {
+                id,
+                addr: Addr::from_u64(u64_at(payload, 8, kind)?),
+            }),
+            _ => Err(MessageError {
+                kind: kind.0,
+                reason: "not a request",
+            }),
         }
     }
 }
@@ -118,10 +130,19 @@ impl Reply {
         let id = u64_at(payload, 0, kind)?;
         match kind {
             PONG => Ok(Reply::Pong { id }),
-            ALLOC_OK => Ok(Reply::Allocated { id, addr: Addr::from_u64(u64_at(payload, 8, kind)?) }),
+            ALLOC_OK => Ok(Reply::Allocated {
+                id,
+                addr: Addr::from_u64(u64_at(payload, 8, kind)?),
+            }),
             FREE_OK => Ok(Reply::Freed { id }),
-            REFUSED => Ok(Reply::Refused { id, reason: String::from_utf8_lossy(&payload[8..]).into_owned() }),
-            _ => Err(MessageError { kind: kind.0, reason: "not a reply" }),
+            REFUSED => Ok(Reply::Refused {
+                id,
+                reason: String::from_utf8_lossy(&payload[8..]).into_owned(),
+            }),
+            _ => Err(MessageError {
+                kind: kind.0,
+                reason: "not a reply",
+            }),
         }
     }
 }
@@ -134,7 +155,11 @@ mod tests {
     #[test]
     fn requests_and_replies_round_trip() {
         let addr = Addr::new(RegionId(2), 0x40);
-        for request in [Request::Ping { id: 1 }, Request::Alloc { id: 2, len: 100 }, Request::Free { id: 3, addr }] {
+        for request in [
+            Request::Ping { id: 1 },
+            Request::Alloc { id: 2, len: 100 },
+            Request::Free { id: 3, addr },
+        ] {
             let (kind, payload) = request.encode();
             assert_eq!(Request::decode(kind, &payload).unwrap(), request);
         }
@@ -142,7 +167,10 @@ mod tests {
             Reply::Pong { id: 1 },
             Reply::Allocated { id: 2, addr },
             Reply::Freed { id: 3 },
-            Reply::Refused { id: 4, reason: "region full".into() },
+            Reply::Refused {
+                id: 4,
+                reason: "region full".into(),
+            },
         ] {
             let (kind, payload) = reply.encode();
             assert_eq!(Reply::decode(kind, &payload).unwrap(), reply);

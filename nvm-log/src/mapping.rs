@@ -502,7 +502,9 @@ mod tests {
     fn libpmem_maps_persists_and_reopens_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pmem");
-        let options = MapOptions { persist: PersistMode::Libpmem };
+        let options = MapOptions {
+            persist: PersistMode::Libpmem,
+        };
         let m = Mapping::create_file(&path, 8192, options).unwrap();
         // tmpfs or disk here, so libpmem must say "not pmem" and fall back to msync.
         assert!(matches!(m.durability(), Durability::Libpmem { .. }));

@@ -4,7 +4,7 @@
 //! # Format
 //!
 //! An object occupies a *slot* of whole 8-byte words, little-endian, drawn byte by byte in
-//! `docs/objects-format.md`:
+//! `docs/formats.md`:
 //!
 //! ```text
 //! word 0          header   bit 63 lock | bit 62 allocated | bits 0..62 version
@@ -64,7 +64,7 @@
 //!
 //! Why a trailer and not a second header load (a seqlock)? A one-sided READ fetches the slot
 //! once, in increasing address order (an assumption on every transport, stated in
-//! `docs/objects-format.md`): the trailer at the end of the slot is the second look at the
+//! `docs/formats.md`): the trailer at the end of the slot is the second look at the
 //! version, inside the same READ. FaRM repeats the version in every cache line because RDMA reads
 //! need not be ordered across lines; Acre's transports read words in order, so one trailer does.
 

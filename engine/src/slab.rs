@@ -13,7 +13,7 @@
 //! like any other write. The block headers and the allocated bits are region bytes: they are
 //! replicated and persisted with the region. The free lists are not: after a failure the new
 //! primary calls [`SlabAllocator::rebuild`], which reads them back from the block headers and
-//! the allocated bits. Layout and assumptions: `docs/objects-format.md`.
+//! the allocated bits. Layout and assumptions: `docs/formats.md`.
 //!
 //! One allocator per region, owned by the region's primary and used through `&mut self`; the
 //! region's words are shared with readers and transactions on other threads and nodes.

@@ -8,7 +8,7 @@
 //! - [`TcpTransport`] ([`client`]): the initiator side. One connection per peer, made on the
 //!   first post and reused by every thread; a batch's requests are written in one go and its
 //!   completions arrive through a receiver thread. See [`PendingBatch`].
-//! - [`frame`]: the wire format (drawn in its module doc and in `docs/tcp-format.md`).
+//! - [`frame`]: the wire format (drawn in its module doc and in `docs/formats.md`).
 //! - [`auth`]: the [`ClusterSecret`] and the HMAC-SHA256 challenge/response both sides complete
 //!   before any operation.
 //!

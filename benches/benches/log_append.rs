@@ -20,11 +20,13 @@
 //! medians of `acre_benches::log::run_report` on the same machine: 0.50 / 0.88 / 1.76 µs,
 //! 0.56 / 0.88 / 1.93 µs, and 4.0 ms / 7.1 ms / 0.27 ms (the virtual disk is erratic).
 //!
-//! `cargo bench -p acre-benches --bench log_append`; `-- --test` runs each case once.
+//! `cargo bench -p acre-benches --bench log_append`; `-- --test` runs each case once; after
+//! criterion it prints p50, p99 and throughput per setup and size from appends timed one by one,
+//! and `-- --p99` prints only that report.
 
-use acre_benches::log::{AppendBench, PAYLOAD_SIZES_BYTES, setups};
+use acre_benches::log::{AppendBench, PAYLOAD_SIZES_BYTES, run_report, setups};
 use acre_nvm_log::PersistMode;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
 fn log_append(c: &mut Criterion) {
@@ -60,5 +62,33 @@ fn log_append(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, log_append);
-criterion_main!(benches);
+/// Appends timed one by one per row of the p50/p99 report (at most; a row also stops after
+/// `REPORT_ROW_DURATION`).
+const REPORT_APPENDS: u64 = 200_000;
+const REPORT_ROW_DURATION: Duration = Duration::from_secs(3);
+/// The same under `--test`, where the report only has to run.
+const REPORT_APPENDS_TEST: u64 = 50;
+
+fn print_report(appends: u64) {
+    match run_report(appends, REPORT_ROW_DURATION) {
+        Ok(report) => print!("{report}"),
+        Err(e) => panic!("log append report: {e}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if has("--p99") {
+        print_report(REPORT_APPENDS);
+        return;
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    log_append(&mut criterion);
+    criterion.final_summary();
+    print_report(if has("--test") {
+        REPORT_APPENDS_TEST
+    } else {
+        REPORT_APPENDS
+    });
+}

@@ -34,6 +34,22 @@ impl SplitMix {
         assert!(n > 0, "below(0)");
         self.next_u64() % n
     }
+
+    /// A value in `[low, high]`.
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        assert!(low <= high, "low={low} high={high}");
+        low + self.next_u64() % (high - low + 1)
+    }
+
+    /// `len` pseudo-random bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
 }
 
 struct State {

@@ -3,6 +3,9 @@
 
 use std::hash::{BuildHasher, RandomState};
 
+/// The generator every randomised test uses (shared with nvm-log's fault injection).
+pub use acre_nvm_log::fault::SplitMix;
+
 /// Environment variable that pins the seed of every randomised test.
 pub const SEED_ENV: &str = "ACRE_TEST_SEED";
 
@@ -17,36 +20,4 @@ pub fn seed(test: &str) -> u64 {
     };
     eprintln!("{test}: seed={seed} (replay with {SEED_ENV}={seed})");
     seed
-}
-
-/// SplitMix64: small, fast, and good enough to pick sizes and fill payloads.
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> SplitMix {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `[low, high]`.
-    pub fn range(&mut self, low: u64, high: u64) -> u64 {
-        assert!(low <= high, "low={low} high={high}");
-        low + self.next_u64() % (high - low + 1)
-    }
-
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            out.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
 }

@@ -7,7 +7,7 @@
 
 use crate::addr::NodeId;
 use crate::fabric::memory::NodeMemory;
-use crate::fabric::{Completion, Op, OpError, OpResult};
+use crate::fabric::{Completion, OP_BYTES_MAX, Op, OpError, OpResult};
 use crate::region::{AccessError, Region};
 use std::sync::atomic::Ordering;
 
@@ -19,6 +19,18 @@ pub fn op_bytes(op: &Op) -> u64 {
         Op::Cas { .. } => 8,
         Op::Notify => 0,
     }
+}
+
+/// The error for a batch with an operation over [`OP_BYTES_MAX`], checked before anything is sent.
+pub fn oversize(ops: &[Op]) -> Option<OpError> {
+    let len = ops
+        .iter()
+        .map(op_bytes)
+        .find(|&len| len > OP_BYTES_MAX as u64)?;
+    Some(OpError::TooLarge {
+        len,
+        max: OP_BYTES_MAX,
+    })
 }
 
 /// Executes `op` on `memory` (the node that owns it).

@@ -194,14 +194,7 @@ impl Fabric {
     /// Posts `ops` to `target`; they execute in order. Operations on this node's own memory are
     /// done directly on every transport.
     pub fn post(&self, target: NodeId, ops: Vec<Op>) -> Pending {
-        if let Some(op) = ops
-            .iter()
-            .find(|op| exec::op_bytes(op) > OP_BYTES_MAX as u64)
-        {
-            let error = OpError::TooLarge {
-                len: exec::op_bytes(op),
-                max: OP_BYTES_MAX,
-            };
+        if let Some(error) = exec::oversize(&ops) {
             return Pending::ready(ops.iter().map(|_| Err(error.clone())).collect());
         }
         if target == self.node_id() {

@@ -17,7 +17,7 @@ use crate::fabric::tcp::frame::Frame;
 use crate::fabric::tcp::frame::{
     self, FrameError, HANDSHAKE_FRAME_BYTES_MAX, Hello, MAGIC, Refusal, Request, Response,
 };
-use crate::fabric::{OP_BYTES_MAX, Op, OpError, OpResult, Pending};
+use crate::fabric::{Op, OpError, OpResult, Pending};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -162,14 +162,7 @@ impl TcpTransport {
         if ops.is_empty() {
             return PendingBatch::done(Vec::new());
         }
-        if let Some(op) = ops
-            .iter()
-            .find(|op| exec::op_bytes(op) > OP_BYTES_MAX as u64)
-        {
-            let error = OpError::TooLarge {
-                len: exec::op_bytes(op),
-                max: OP_BYTES_MAX,
-            };
+        if let Some(error) = exec::oversize(&ops) {
             return PendingBatch::failed(ops.len(), error);
         }
         let peer = self

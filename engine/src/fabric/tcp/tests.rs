@@ -174,6 +174,28 @@ fn assert_closed_by_server(stream: &mut TcpStream) -> Vec<Frame> {
     frames
 }
 
+/// Sends `bytes` on `bad`, checks the server closes it without answering and counts it as its
+/// `rejected_count`-th rejection, then checks a good client is still served.
+fn assert_rejected_while_serving_others(
+    node: &Node,
+    good: &TcpTransport,
+    mut bad: TcpStream,
+    bytes: &[u8],
+    rejected_count: u64,
+    tag: u64,
+) {
+    bad.write_all(bytes).unwrap();
+    assert_eq!(
+        assert_closed_by_server(&mut bad),
+        Vec::new(),
+        "rejection {rejected_count}"
+    );
+    node.await_stats("the rejection", |s| {
+        s.connections_rejected == rejected_count
+    });
+    assert_serves(node, good, 0, tag);
+}
+
 /// A raw connection that has completed the handshake as `CLIENT`.
 fn authenticated(node: &Node, secret: &ClusterSecret) -> TcpStream {
     let (stream, leftover) = client::connect(CLIENT, secret, SERVER, node.addr()).unwrap();
@@ -645,14 +667,11 @@ fn an_oversize_frame_closes_only_its_connection() {
     let node = Node::start(SERVER, &secret);
     let good = node.transport(&secret);
     assert_serves(&node, &good, 0, 31);
-    let mut bad = authenticated(&node, &secret);
+    let bad = authenticated(&node, &secret);
     // A length just over the limit, and a little of the promised body.
     let mut bytes = (FRAME_BYTES_MAX + 1).to_le_bytes().to_vec();
     bytes.extend_from_slice(&[frame::kind::REQUEST; 64]);
-    bad.write_all(&bytes).unwrap();
-    assert_eq!(assert_closed_by_server(&mut bad), Vec::new());
-    node.await_stats("the rejection", |s| s.connections_rejected == 1);
-    assert_serves(&node, &good, 0, 32);
+    assert_rejected_while_serving_others(&node, &good, bad, &bytes, 1, 32);
 }
 
 #[test]
@@ -697,17 +716,9 @@ fn malformed_frames_unknown_kinds_and_wrong_directions_close_the_connection() {
     }));
     let cases = [unknown_op, unknown_kind, short_cas, response, hello_again];
     for (index, bytes) in cases.iter().enumerate() {
-        let mut bad = authenticated(&node, &secret);
-        bad.write_all(bytes).unwrap();
-        assert_eq!(
-            assert_closed_by_server(&mut bad),
-            Vec::new(),
-            "case {index}"
-        );
-        node.await_stats("the rejection", |s| {
-            s.connections_rejected == index as u64 + 1
-        });
-        assert_serves(&node, &good, 0, 100 + index as u64);
+        let bad = authenticated(&node, &secret);
+        let index = index as u64;
+        assert_rejected_while_serving_others(&node, &good, bad, bytes, index + 1, 100 + index);
     }
     assert_eq!(node.word(512), 0);
 }
@@ -778,17 +789,9 @@ fn garbage_before_the_handshake_is_rejected_and_executes_nothing() {
         big_handshake,
     ];
     for (index, bytes) in cases.iter().enumerate() {
-        let mut bad = TcpStream::connect(node.addr()).unwrap();
-        bad.write_all(bytes).unwrap();
-        assert_eq!(
-            assert_closed_by_server(&mut bad),
-            Vec::new(),
-            "case {index}"
-        );
-        node.await_stats("the rejection", |s| {
-            s.connections_rejected == index as u64 + 1
-        });
-        assert_serves(&node, &good, 0, 200 + index as u64);
+        let bad = TcpStream::connect(node.addr()).unwrap();
+        let index = index as u64;
+        assert_rejected_while_serving_others(&node, &good, bad, bytes, index + 1, 200 + index);
     }
     assert_eq!(node.word(64), 0);
 }

@@ -16,7 +16,8 @@ use crate::fabric::{Completion, Fabric, Op, OpError};
 use crate::region::{AccessKey, Region};
 use acre_nvm_log::ring::{DATA_OFFSET, HEAD_OFFSET, TAIL_OFFSET, TAIL_SEQ_OFFSET, format};
 use acre_nvm_log::{
-    LogError, LogOp, MapOptions, Media, Record, RecordKind, RingGeometry, RingReader, RingWriter,
+    LogError, LogOp, MapOptions, Media, Record, RecordKind, Reservation, RingGeometry, RingReader,
+    RingWriter,
 };
 use std::io;
 use std::path::Path;
@@ -258,21 +259,41 @@ impl Outbox {
         Ok(())
     }
 
-    /// Sends messages in one batch; returns once all are durable in the receiver's ring. Fails
-    /// with [`LogError::Full`], sending nothing, when the ring has no room for all of them.
-    pub fn send_batch(
+    /// Bytes a new reservation could take now, as far as this sender knows the receiver's head.
+    pub fn free_bytes(&self) -> u64 {
+        self.writer.free_bytes()
+    }
+
+    /// Reserves room for records with these payload lengths, re-reading the receiver's head once
+    /// when the ring looks full. Fails with [`LogError::Full`] (retry after the receiver has
+    /// truncated) changing nothing.
+    pub fn reserve(
         &mut self,
         fabric: &Fabric,
-        messages: &[(RecordKind, &[u8])],
-    ) -> Result<(), ChannelError> {
-        let lens: Vec<usize> = messages.iter().map(|(_, payload)| payload.len()).collect();
-        let mut reservation = match self.writer.reserve(&lens) {
+        payload_lens: &[usize],
+    ) -> Result<Reservation, ChannelError> {
+        match self.writer.reserve(payload_lens) {
             Err(LogError::Full { .. }) => {
                 self.refresh_head(fabric)?;
-                self.writer.reserve(&lens)?
+                Ok(self.writer.reserve(payload_lens)?)
             }
-            other => other?,
-        };
+            other => Ok(other?),
+        }
+    }
+
+    /// Gives back what is left of a reservation.
+    pub fn release(&mut self, reservation: Reservation) {
+        self.writer.release(reservation);
+    }
+
+    /// Appends messages inside `reservation` in one batch; returns once all are durable in the
+    /// receiver's ring.
+    pub fn append_reserved(
+        &mut self,
+        fabric: &Fabric,
+        reservation: &mut Reservation,
+        messages: &[(RecordKind, &[u8])],
+    ) -> Result<(), ChannelError> {
         // If the batch fails, the writer goes back to where it was, so the next send rewrites
         // the same positions instead of leaving a hole the receiver would wait at forever. This
         // is exact when nothing of the batch executed (the target was unknown or unreachable);
@@ -282,7 +303,7 @@ impl Outbox {
         let before = self.writer.clone();
         let mut ops = Vec::new();
         for (kind, payload) in messages {
-            let plan = self.writer.append(&mut reservation, *kind, payload);
+            let plan = self.writer.append(reservation, *kind, payload);
             for op in plan.ops {
                 ops.push(match op {
                     LogOp::Write { offset, bytes } => Op::Write {
@@ -298,7 +319,6 @@ impl Outbox {
                 });
             }
         }
-        self.writer.release(reservation);
         ops.push(Op::Notify);
         let outcome = fabric
             .execute(self.target, ops)
@@ -311,10 +331,24 @@ impl Outbox {
                 }),
             });
         if let Err(error) = outcome {
-            self.writer = before;
+            self.writer.rewind(before, reservation);
             return Err(error.into());
         }
         Ok(())
+    }
+
+    /// Sends messages in one batch; returns once all are durable in the receiver's ring. Fails
+    /// with [`LogError::Full`], sending nothing, when the ring has no room for all of them.
+    pub fn send_batch(
+        &mut self,
+        fabric: &Fabric,
+        messages: &[(RecordKind, &[u8])],
+    ) -> Result<(), ChannelError> {
+        let lens: Vec<usize> = messages.iter().map(|(_, payload)| payload.len()).collect();
+        let mut reservation = self.reserve(fabric, &lens)?;
+        let outcome = self.append_reserved(fabric, &mut reservation, messages);
+        self.release(reservation);
+        outcome
     }
 
     /// Sends one message.

@@ -379,6 +379,40 @@ pub fn install_with<W: AtomicWord>(words: &[W], payload: &[u8], allocated: bool)
     installed
 }
 
+/// Installs `payload` at `version` on a replica that only one thread writes (a backup applying
+/// a committed transaction at truncation): same store order as [`install_with`] (trailer,
+/// payload, header), so concurrent readers still detect torn reads. `version` must be newer
+/// than the slot's: a backup skips updates older than what it holds. Returns the new header.
+pub fn overwrite<W: AtomicWord>(
+    words: &[W],
+    payload: &[u8],
+    allocated: bool,
+    version: u64,
+) -> Header {
+    let header = load_header(words);
+    assert!(
+        !header.is_locked(),
+        "overwrite of a locked replica slot: header={header}"
+    );
+    assert!(
+        version > header.version() && version <= VERSION_MAX,
+        "replica versions only grow: header={header} new=v{version}"
+    );
+    let capacity = payload_capacity_bytes(words);
+    assert!(
+        payload.len() <= capacity,
+        "payload larger than the slot: payload_bytes={} capacity_bytes={capacity}",
+        payload.len()
+    );
+    trailer_word(words).store(version, Release);
+    for (word_index, word) in payload_words(words).iter().enumerate() {
+        word.store(payload_word(payload, word_index), Release);
+    }
+    let installed = Header::new(version, allocated, false);
+    header_word(words).store(installed.0, Release);
+    installed
+}
+
 /// One consistent-read attempt: fills `payload` (at most the slot's capacity) from the first
 /// payload words and returns the header, or [`Torn`].
 pub fn try_read<W: AtomicWord>(words: &[W], payload: &mut [u8]) -> Result<Header, Torn> {

@@ -104,6 +104,23 @@ const _: () = {
     }
 };
 
+/// The slot size recorded in the bytes of a block header (as fetched by a one-sided READ of
+/// the block's first [`BLOCK_HEADER_BYTES`]), or `None` when the block is unclaimed or the
+/// header is not one this allocator writes.
+pub fn block_slot_bytes(header: &[u8], block_bytes: u64) -> Option<u64> {
+    let word = |index: usize| {
+        header
+            .get(index * 8..index * 8 + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if word(MAGIC_WORD_INDEX)? != BLOCK_MAGIC || word(BLOCK_BYTES_WORD_INDEX)? != block_bytes {
+        return None;
+    }
+    let class = SizeClass::from_index(usize::try_from(word(CLASS_INDEX_WORD_INDEX)?).ok()?)?;
+    let slot_bytes = word(SLOT_BYTES_WORD_INDEX)?;
+    (slot_bytes == class.slot_bytes()).then_some(slot_bytes)
+}
+
 /// One size class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SizeClass {
@@ -198,6 +215,19 @@ pub struct Fragmentation {
     /// claimed. It does not see the rounding of a requested length up to its class (the
     /// allocator does not keep requested lengths), nor the slot header and trailer.
     pub ratio: f64,
+}
+
+/// A slot taken off the free list for a transaction that has not committed its allocation yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    pub addr: Addr,
+    /// The free slot's version: the committing transaction locks it at this version.
+    pub version: u64,
+    /// Payload capacity of the slot.
+    pub payload_bytes: usize,
+    /// `(block offset, block header bytes)` when the reservation claimed a new block: the
+    /// header must reach the region's backups before any object in the block commits.
+    pub claimed_block: Option<(u32, Vec<u8>)>,
 }
 
 /// Allocator state of one claimed block.
@@ -395,13 +425,8 @@ impl SlabAllocator {
     /// Allocates a zeroed object of at least `len` bytes: a slot of the smallest class that
     /// holds them, from a block of that class with a free slot, or from a newly claimed block.
     pub fn alloc(&mut self, region: &Region, len: usize) -> Result<Addr, AllocError> {
-        self.check_region(region);
-        let class = self.class_for(len)?;
-        let block_index = match self.partial_block(class) {
-            Some(block_index) => block_index,
-            None => self.claim_block(region, class)?,
-        };
-        Ok(self.alloc_in_block(region, block_index))
+        let reserved = self.reserve(region, len)?;
+        Ok(self.allocate_reserved(region, reserved.addr))
     }
 
     /// Like [`alloc`](Self::alloc), but in the block of `near` when that block is of the right
@@ -413,6 +438,33 @@ impl SlabAllocator {
         len: usize,
         near: Addr,
     ) -> Result<Addr, AllocError> {
+        let reserved = self.reserve_near(region, len, near)?;
+        Ok(self.allocate_reserved(region, reserved.addr))
+    }
+
+    /// Takes a free slot for an object of at least `len` bytes *without* allocating it: the slot
+    /// stays free in the region (a one-sided reader sees a free object) until a transaction's
+    /// commit locks it at `Reserved::version` and installs it allocated. A transaction that gives
+    /// up hands the slot back with [`release`](Self::release). Claiming a block writes its
+    /// header, which the caller must replicate ([`Reserved::claimed_block`]).
+    pub fn reserve(&mut self, region: &Region, len: usize) -> Result<Reserved, AllocError> {
+        self.check_region(region);
+        let class = self.class_for(len)?;
+        let (block_index, claimed) = match self.partial_block(class) {
+            Some(block_index) => (block_index, false),
+            None => (self.claim_block(region, class)?, true),
+        };
+        Ok(self.reserve_in_block(region, block_index, claimed))
+    }
+
+    /// Like [`reserve`](Self::reserve), in the block of `near` when it has a free slot of the
+    /// right class.
+    pub fn reserve_near(
+        &mut self,
+        region: &Region,
+        len: usize,
+        near: Addr,
+    ) -> Result<Reserved, AllocError> {
         self.check_region(region);
         self.check_in_region(near)?;
         let class = self.class_for(len)?;
@@ -421,16 +473,47 @@ impl SlabAllocator {
             && block.class == class
             && block.has_free_slot()
         {
-            return Ok(self.alloc_in_block(region, block_index as u32));
+            return Ok(self.reserve_in_block(region, block_index as u32, false));
         }
-        self.alloc(region, len)
+        self.reserve(region, len)
+    }
+
+    /// Returns a slot that holds no object to the free list: a reservation whose transaction
+    /// gave up, or an object whose free a committed transaction has installed.
+    pub fn release(&mut self, region: &Region, addr: Addr) -> Result<(), AllocError> {
+        self.check_region(region);
+        let (block_index, slot_index, class) = self.locate(addr)?;
+        let header = object::load_header(region.words_at(addr.offset(), class.slot_bytes()));
+        if header.is_allocated() || header.is_locked() {
+            return Err(AllocError::ObjectBusy { addr, header });
+        }
+        let block = self.claimed_mut(block_index);
+        assert!(
+            block.allocated_count > 0,
+            "released {addr} in a block with no taken slot: block={block:?}"
+        );
+        assert!(
+            slot_index < block.fresh_slot_index,
+            "released {addr} was never handed out: block={block:?}"
+        );
+        debug_assert!(
+            !block.free_slot_indexes.contains(&slot_index),
+            "released {addr} twice: block={block:?}"
+        );
+        block.allocated_count -= 1;
+        block.free_slot_indexes.push(slot_index);
+        if !block.listed {
+            block.listed = true;
+            self.partial_blocks[class.index].push(block_index);
+        }
+        Ok(())
     }
 
     /// Frees the object at `addr`: its header becomes free at a new version (payload zeroed),
     /// and the slot returns to the free list.
     pub fn free(&mut self, region: &Region, addr: Addr) -> Result<(), AllocError> {
         self.check_region(region);
-        let (block_index, slot_index, class) = self.locate(addr)?;
+        let (_, _, class) = self.locate(addr)?;
         let words = region.words_at(addr.offset(), class.slot_bytes());
         let header = object::load_header(words);
         if !header.is_allocated() {
@@ -443,22 +526,20 @@ impl SlabAllocator {
             });
         }
         object::install_with(words, &[], false);
-        let block = self.claimed_mut(block_index);
-        assert!(
-            block.allocated_count > 0,
-            "freed {addr} in a block with no allocated slot: block={block:?}"
-        );
-        debug_assert!(
-            !block.free_slot_indexes.contains(&slot_index) && slot_index < block.fresh_slot_index,
-            "allocated {addr} was on the free list: block={block:?}"
-        );
-        block.allocated_count -= 1;
-        block.free_slot_indexes.push(slot_index);
-        if !block.listed {
-            block.listed = true;
-            self.partial_blocks[class.index].push(block_index);
-        }
-        Ok(())
+        self.release(region, addr)
+    }
+
+    /// The bytes of the header of the block that holds `addr`, and the block's offset: what a
+    /// primary copies to its backups when it claims a block.
+    pub fn block_header(&self, region: &Region, addr: Addr) -> (u32, Vec<u8>) {
+        self.check_region(region);
+        let offset = (addr.offset() as u64 / self.block_bytes * self.block_bytes) as u32;
+        let bytes = region
+            .words_at(offset, BLOCK_HEADER_BYTES)
+            .iter()
+            .flat_map(|word| word.load(Acquire).to_le_bytes())
+            .collect();
+        (offset, bytes)
     }
 
     /// The size class of the slot at `addr` (which must be a slot start in a claimed block).
@@ -655,8 +736,8 @@ impl SlabAllocator {
         Ok(block_index)
     }
 
-    /// Takes a free slot of `block_index` (which has one) and marks it allocated.
-    fn alloc_in_block(&mut self, region: &Region, block_index: u32) -> Addr {
+    /// Takes a free slot of `block_index` (which has one), leaving it free in the region.
+    fn reserve_in_block(&mut self, region: &Region, block_index: u32, claimed: bool) -> Reserved {
         let block = self.claimed_mut(block_index);
         let class = block.class;
         let slot_index = block
@@ -664,12 +745,25 @@ impl SlabAllocator {
             .unwrap_or_else(|| panic!("block {block_index} has no free slot: {block:?}"));
         let offset = self.slot_offset(block_index, class, slot_index);
         let addr = Addr::new(self.region, offset);
-        let words = region.words_at(offset, class.slot_bytes());
-        let header = object::load_header(words);
+        let header = object::load_header(region.words_at(offset, class.slot_bytes()));
         assert!(
-            !header.is_allocated(),
-            "free-list slot {addr} is allocated: header={header}"
+            !header.is_allocated() && !header.is_locked(),
+            "free-list slot {addr} is not free: header={header}"
         );
+        Reserved {
+            addr,
+            version: header.version(),
+            payload_bytes: class.payload_bytes,
+            claimed_block: claimed.then(|| self.block_header(region, addr)),
+        }
+    }
+
+    /// Marks a slot this allocator just reserved as allocated (a non-transactional allocation).
+    fn allocate_reserved(&mut self, region: &Region, addr: Addr) -> Addr {
+        let words = self
+            .slot_words(region, addr)
+            .expect("a reserved slot is an object slot");
+        let header = object::load_header(words);
         if let Err(conflict) = object::try_lock_unallocated(words, header.version()) {
             panic!("free slot {addr} changed under its allocator: {conflict}");
         }

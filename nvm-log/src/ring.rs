@@ -381,6 +381,23 @@ impl RingWriter {
         self.reserved_bytes -= reservation.bytes;
     }
 
+    /// Forgets the appends planned since `before` (a clone of this writer taken after
+    /// `reservation` was made) because their plans were never carried out: the writer goes back
+    /// to `before`, and `reservation` gets back the room those appends used.
+    pub fn rewind(&mut self, before: RingWriter, reservation: &mut Reservation) {
+        assert!(
+            before.tail <= self.tail && before.reserved_bytes >= self.reserved_bytes,
+            "rewind to a writer that is not earlier: before tail={} reserved={}, now tail={} \
+             reserved={}",
+            before.tail,
+            before.reserved_bytes,
+            self.tail,
+            self.reserved_bytes
+        );
+        reservation.bytes += before.reserved_bytes - self.reserved_bytes;
+        *self = before;
+    }
+
     /// Plans the append of one record inside `reservation`. The record is acknowledged once the
     /// whole plan has been carried out.
     pub fn append(

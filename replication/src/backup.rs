@@ -1,0 +1,122 @@
+//! Backups in the steady state: a backup keeps the COMMIT-BACKUP records of committed
+//! transactions (they are durable in its log) and applies their new values to its copies of
+//! the regions when the coordinator truncates them (DESIGN.md §5, step 5). No backup CPU is on
+//! the commit path.
+//!
+//! Truncations of different coordinators may arrive in any order, so an update is installed
+//! only when it is newer than what the copy holds: versions only grow, and a write replaces
+//! the whole object, so skipping an older update leaves the copy as the primary has it.
+
+use acre_engine::addr::{Addr, RegionId};
+use acre_engine::object;
+use acre_engine::region::Region;
+use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
+use acre_txn::primary::persist_slot;
+use acre_txn::record::{Entry, EntryKind, TxnId};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// One node's backup copies and the committed transactions waiting to be applied to them.
+pub struct Backup {
+    regions: HashMap<RegionId, Arc<Region>>,
+    block_bytes: u64,
+    held: Mutex<HashMap<TxnId, Vec<Entry>>>,
+}
+
+/// What applying one transaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub installed: usize,
+    /// Updates older than the copy's version (a later transaction was applied first).
+    pub skipped: usize,
+}
+
+impl Backup {
+    pub fn new(regions: Vec<Arc<Region>>, block_bytes: u64) -> Backup {
+        Backup {
+            regions: regions.into_iter().map(|r| (r.id(), r)).collect(),
+            block_bytes,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn region(&self, id: RegionId) -> Option<&Arc<Region>> {
+        self.regions.get(&id)
+    }
+
+    /// Committed transactions not applied yet.
+    pub fn held_count(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// COMMIT-BACKUP: keeps the transaction's entries for this node's copies until truncation.
+    pub fn hold(&self, txn: TxnId, entries: Vec<Entry>) {
+        let previous = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(txn, entries);
+        assert!(previous.is_none(), "{txn} sent COMMIT-BACKUP twice to one backup");
+    }
+
+    /// TRUNCATE: applies the transaction to the copies (if this backup holds it).
+    pub fn apply(&self, txn: TxnId) -> Result<Applied, String> {
+        let entries = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&txn);
+        let mut applied = Applied::default();
+        for entry in entries.unwrap_or_default() {
+            if self.apply_entry(&entry)? {
+                applied.installed += 1;
+            } else {
+                applied.skipped += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    fn apply_entry(&self, entry: &Entry) -> Result<bool, String> {
+        let addr = entry.addr;
+        let region = self
+            .regions
+            .get(&addr.region())
+            .ok_or_else(|| format!("no backup copy of {} for {addr}", addr.region()))?;
+        let words = self.slot_words(region, addr)?;
+        let version = entry.version + 1;
+        if object::load_header(words).version() >= version {
+            return Ok(false);
+        }
+        object::overwrite(words, &entry.payload, entry.kind != EntryKind::Free, version);
+        persist_slot(region, addr, words.len());
+        Ok(true)
+    }
+
+    /// The words of the slot at `addr`, sized by the block header the primary replicated
+    /// when it claimed the block.
+    fn slot_words<'r>(
+        &self,
+        region: &'r Region,
+        addr: Addr,
+    ) -> Result<&'r [std::sync::atomic::AtomicU64], String> {
+        let block_offset = addr.offset() as u64 / self.block_bytes * self.block_bytes;
+        let header: Vec<u8> = region
+            .words_at(block_offset as u32, BLOCK_HEADER_BYTES)
+            .iter()
+            .flat_map(|w| w.load(Ordering::Acquire).to_le_bytes())
+            .collect();
+        let slot_bytes = slab::block_slot_bytes(&header, self.block_bytes).ok_or_else(|| {
+            format!("the backup copy has no block header for {addr}: it was never replicated")
+        })?;
+        let in_block = addr.offset() as u64 - block_offset;
+        if in_block < BLOCK_HEADER_BYTES
+            || !(in_block - BLOCK_HEADER_BYTES).is_multiple_of(slot_bytes)
+            || in_block + slot_bytes > self.block_bytes
+        {
+            return Err(format!("{addr} is not a slot of its block"));
+        }
+        Ok(region.words_at(addr.offset(), slot_bytes))
+    }
+}

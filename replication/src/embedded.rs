@@ -1,0 +1,113 @@
+//! An embedded cluster: every node of a configuration in this process, on the `local`
+//! transport, in anonymous memory. What `Db::embedded` runs, and what the tests use.
+
+use crate::node::{ReplicaNode, StartError, Storage};
+use crate::verify::{self, Mismatch};
+use acre_engine::fabric::local::{LocalCluster, LocalTransport};
+use acre_engine::fabric::memory::NodeMemory;
+use acre_engine::fabric::{Doorbell, Fabric, Transport};
+use acre_txn::config::Configuration;
+use acre_txn::directory::Directory;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// All nodes of a configuration, in this process.
+pub struct EmbeddedCluster {
+    config: Arc<Configuration>,
+    nodes: Vec<ReplicaNode>,
+    _local: Arc<LocalCluster>,
+}
+
+impl EmbeddedCluster {
+    /// Starts every member of `config` with rings of `ring_bytes`.
+    pub fn start(config: Configuration, ring_bytes: u64) -> Result<EmbeddedCluster, StartError> {
+        let config = Arc::new(config);
+        let local = LocalCluster::new();
+        let mut nodes = Vec::new();
+        for node in config.members() {
+            let doorbell = Doorbell::anonymous().map_err(|source| StartError::Io {
+                what: "create a doorbell".into(),
+                source,
+            })?;
+            let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
+            local.add(memory.clone());
+            let fabric = Arc::new(Fabric::new(
+                memory,
+                Transport::Local(LocalTransport::new(local.clone())),
+            ));
+            nodes.push(ReplicaNode::start(
+                config.clone(),
+                fabric,
+                Directory::fixed(),
+                &Storage::Anonymous,
+                ring_bytes,
+            )?);
+        }
+        // Every node learns every area's key (a process cluster reads them from manifests).
+        for owner in &nodes {
+            for area in owner.txn().fabric().memory().areas() {
+                for node in &nodes {
+                    node.txn()
+                        .directory()
+                        .insert(owner.node_id(), area.id(), area.key(), area.len());
+                }
+            }
+        }
+        Ok(EmbeddedCluster {
+            config,
+            nodes,
+            _local: local,
+        })
+    }
+
+    pub fn config(&self) -> &Arc<Configuration> {
+        &self.config
+    }
+
+    pub fn nodes(&self) -> &[ReplicaNode] {
+        &self.nodes
+    }
+
+    /// Sends every pending truncation and waits until every node has applied and dropped all
+    /// it holds. Returns whether that happened within `timeout`.
+    pub fn quiesce(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for node in &self.nodes {
+                if let Err(e) = node.txn().flush_truncations(Duration::ZERO) {
+                    eprintln!("acre {}: flush: {e}", node.node_id());
+                }
+            }
+            if self.nodes.iter().all(ReplicaNode::is_quiet) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Compares every backup copy with its primary's copy (lock bits aside).
+    pub fn check_replicas(&self) -> Result<(), Mismatch> {
+        for placement in &self.config.regions {
+            let node = |id| self.nodes.iter().find(|n| n.node_id() == id);
+            let primary = node(placement.primary)
+                .and_then(|n| n.copy(placement.region))
+                .expect("the primary holds its region");
+            for &backup in &placement.backups {
+                let copy = node(backup)
+                    .and_then(|n| n.copy(placement.region))
+                    .expect("a backup holds its region");
+                verify::compare(primary, copy, self.config.block_bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stop(self) {
+        for node in self.nodes {
+            node.stop();
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! One node of a transactional cluster, assembled: a copy of every region the configuration
+//! places on it (primary or backup), a log ring for every member, the reply area, the node's
+//! [`TxnNode`] and [`Backup`] state, and the worker that serves incoming records.
+
+use crate::backup::Backup;
+use crate::worker::Worker;
+use acre_engine::addr::NodeId;
+use acre_engine::channel::{ChannelError, Inbox};
+use acre_engine::directory::{AreaEntry, AreaKind};
+use acre_engine::fabric::Fabric;
+use acre_engine::region::Region;
+use acre_engine::slab::{AllocError, SlabAllocator};
+use acre_nvm_log::MapOptions;
+use acre_txn::config::Configuration;
+use acre_txn::directory::Directory;
+use acre_txn::primary::Primary;
+use acre_txn::reply::{REPLY_AREA_BYTES, REPLY_AREA_ID, ReplyArea};
+use acre_txn::TxnNode;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where a node's areas live.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// Anonymous memory: an embedded, in-process cluster.
+    Anonymous,
+    /// Files in the cluster directory, mapped by peers (shm) or served by the NIC thread (tcp).
+    Files { dir: PathBuf, options: MapOptions },
+}
+
+impl Storage {
+    fn region(&self, node: NodeId, id: acre_engine::addr::RegionId, bytes: u64) -> io::Result<Region> {
+        match self {
+            Storage::Anonymous => Region::anonymous(id, bytes),
+            Storage::Files { dir, options } => Region::create_file(dir, node, id, bytes, *options),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    #[error("{node} is not a member of configuration {config}")]
+    NotAMember { node: NodeId, config: u64 },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// A running node.
+pub struct ReplicaNode {
+    txn: Arc<TxnNode>,
+    backup: Arc<Backup>,
+    /// Every copy this node holds, primary or backup.
+    copies: Vec<Arc<Region>>,
+    worker: Option<Worker>,
+}
+
+impl ReplicaNode {
+    /// Creates the node's areas in `fabric`'s memory and starts its worker. `directory` must
+    /// know (or be able to find) the other nodes' areas before transactions start.
+    pub fn start(
+        config: Arc<Configuration>,
+        fabric: Arc<Fabric>,
+        directory: Directory,
+        storage: &Storage,
+        ring_bytes: u64,
+    ) -> Result<ReplicaNode, StartError> {
+        let node = fabric.node_id();
+        if !config.members().any(|m| m == node) {
+            return Err(StartError::NotAMember {
+                node,
+                config: config.id,
+            });
+        }
+        let memory = fabric.memory().clone();
+        let register = |region: Arc<Region>| -> Result<Arc<Region>, StartError> {
+            memory
+                .register(region.clone())
+                .map_err(|e| io("register an area")(io::Error::new(io::ErrorKind::AlreadyExists, e)))?;
+            Ok(region)
+        };
+        let mut primaries = Vec::new();
+        let mut backups = Vec::new();
+        let mut copies = Vec::new();
+        for placement in config.replicated_on(node) {
+            let region = storage
+                .region(node, placement.region, config.region_bytes)
+                .map_err(io(format!("create {}", placement.region)))?;
+            let region = register(Arc::new(region))?;
+            copies.push(region.clone());
+            if placement.primary == node {
+                let slab =
+                    SlabAllocator::format(region.id(), config.region_bytes, config.block_bytes)?;
+                primaries.push((region, slab));
+            } else {
+                backups.push(region);
+            }
+        }
+        let senders: Vec<NodeId> = config.members().collect();
+        let (dir, options) = match storage {
+            Storage::Anonymous => (None, MapOptions::default()),
+            Storage::Files { dir, options } => (Some(dir.as_path()), *options),
+        };
+        let inbox = Inbox::create(&memory, &senders, ring_bytes, dir, options)?;
+        let reply = storage
+            .region(node, REPLY_AREA_ID, REPLY_AREA_BYTES)
+            .map_err(io("create the reply area"))?;
+        let reply = register(Arc::new(reply))?;
+        let replies = ReplyArea::new(reply, memory.doorbell().clone());
+        let backup = Arc::new(Backup::new(backups, config.block_bytes));
+        let txn = Arc::new(TxnNode::new(
+            config,
+            fabric,
+            directory,
+            replies,
+            Primary::new(primaries),
+        ));
+        let worker = Worker::spawn(txn.clone(), backup.clone(), inbox)
+            .map_err(io("spawn the worker"))?;
+        Ok(ReplicaNode {
+            txn,
+            backup,
+            copies,
+            worker: Some(worker),
+        })
+    }
+
+    pub fn txn(&self) -> &Arc<TxnNode> {
+        &self.txn
+    }
+
+    pub fn backup(&self) -> &Arc<Backup> {
+        &self.backup
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.txn.node_id()
+    }
+
+    /// This node's copy of `region`, if it holds one.
+    pub fn copy(&self, region: acre_engine::addr::RegionId) -> Option<&Arc<Region>> {
+        self.copies.iter().find(|r| r.id() == region)
+    }
+
+    pub fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
+    }
+
+    /// Every registered area, as a manifest lists them.
+    pub fn area_entries(&self) -> Vec<AreaEntry> {
+        self.txn
+            .fabric()
+            .memory()
+            .areas()
+            .iter()
+            .map(|area| {
+                let kind = if area.id().0 >= acre_engine::channel::RING_AREA_BASE {
+                    AreaKind::Ring
+                } else {
+                    AreaKind::Region
+                };
+                AreaEntry::new(area.id(), kind, area.len(), area.key())
+            })
+            .collect()
+    }
+
+    /// Nothing in flight: no pending truncation, no transaction held by the primary or backup.
+    pub fn is_quiet(&self) -> bool {
+        !self.txn.has_pending_truncations()
+            && self.txn.primary().held_count() == 0
+            && self.backup.held_count() == 0
+    }
+
+    /// Stops the worker.
+    pub fn stop(mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The node worker: the thread that serves the records arriving in a node's log rings
+//! (LOCK, COMMIT-PRIMARY, ABORT, COMMIT-BACKUP, TRUNCATE and the VALIDATE / ALLOC / RELEASE
+//! requests), keeps each record in its ring until it may be dropped, and sends the node's own
+//! pending truncations when no other traffic has carried them.
+//!
+//! Ring space: LOCK, COMMIT-PRIMARY and COMMIT-BACKUP records stay in the ring until their
+//! transaction is truncated (or, for LOCK, aborted), because recovery reads them there. A ring's
+//! head can only move past a prefix of records that are no longer needed, so [`Retention`]
+//! tracks which records of each ring are still live.
+//!
+//! The worker sleeps on the node's doorbell when idle; it wakes for new records, or after
+//! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending.
+
+use crate::backup::Backup;
+use acre_engine::addr::NodeId;
+use acre_engine::channel::{Inbox, Message};
+use acre_txn::TxnNode;
+use acre_txn::node::TRUNCATE_FLUSH_AFTER;
+use acre_txn::record::{Body, TxnId, TxnRecord};
+use acre_txn::reply::{Code, alloc_failure};
+use acre_engine::slab::AllocError;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long an idle worker sleeps before re-checking its stop flag.
+const IDLE_SLEEP_MAX: Duration = Duration::from_millis(200);
+/// Records handled between two looks at the truncation timer.
+const BATCH_MAX: usize = 64;
+
+/// The live records of one ring.
+#[derive(Debug, Default)]
+struct Retention {
+    /// Records still needed: position -> end.
+    live: BTreeMap<u64, u64>,
+    /// End of the last record read.
+    read_end: u64,
+    /// Where the ring was last truncated.
+    truncated_to: u64,
+}
+
+impl Retention {
+    fn read(&mut self, pos: u64, end: u64, keep: bool) {
+        assert!(pos >= self.read_end, "records go forward: pos={pos} read_end={}", self.read_end);
+        self.read_end = end;
+        if keep {
+            self.live.insert(pos, end);
+        }
+    }
+
+    /// Where the ring may be truncated to now.
+    fn head(&self) -> u64 {
+        self.live
+            .first_key_value()
+            .map_or(self.read_end, |(&pos, _)| pos)
+    }
+}
+
+/// Counters a worker keeps, for tests and status.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub records: AtomicU64,
+    pub malformed: AtomicU64,
+    pub applied: AtomicU64,
+}
+
+struct Serving {
+    node: Arc<TxnNode>,
+    backup: Arc<Backup>,
+    inbox: Inbox,
+    rings: HashMap<NodeId, Retention>,
+    /// Records kept for each transaction: `(sender, position)`.
+    kept: HashMap<TxnId, Vec<(NodeId, u64)>>,
+    stats: Arc<WorkerStats>,
+}
+
+/// A running worker; stops when dropped.
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    node: Arc<TxnNode>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    pub fn spawn(node: Arc<TxnNode>, backup: Arc<Backup>, inbox: Inbox) -> std::io::Result<Worker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WorkerStats::default());
+        let mut serving = Serving {
+            node: node.clone(),
+            backup,
+            inbox,
+            rings: HashMap::new(),
+            kept: HashMap::new(),
+            stats: stats.clone(),
+        };
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("acre-worker-{}", node.node_id()))
+                .spawn(move || serving.run(&stop))?
+        };
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+            node,
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    /// Whether the worker thread is still serving.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.node.fabric().memory().doorbell().ring();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+impl Serving {
+    fn run(&mut self, stop: &AtomicBool) {
+        let me = self.node.node_id();
+        while !stop.load(Ordering::SeqCst) {
+            let timeout = if self.node.has_pending_truncations() {
+                TRUNCATE_FLUSH_AFTER
+            } else {
+                IDLE_SLEEP_MAX
+            };
+            let mut next = self.inbox.wait(timeout);
+            let mut handled = 0;
+            loop {
+                match next {
+                    Ok(Some(message)) => self.handle(message),
+                    Ok(None) => break,
+                    Err(e) => {
+                        // A corrupt ring is not something to serve through: stop this node's
+                        // worker; its replicas take over once failure handling exists.
+                        eprintln!("acre {me}: log ring failed: {e}; the worker stops");
+                        return;
+                    }
+                }
+                handled += 1;
+                if handled == BATCH_MAX {
+                    break;
+                }
+                next = self.inbox.poll();
+            }
+            self.truncate_rings();
+            if let Err(e) = self.node.flush_truncations(TRUNCATE_FLUSH_AFTER) {
+                eprintln!("acre {me}: sending truncations failed: {e}");
+            }
+        }
+    }
+
+    fn handle(&mut self, message: Message) {
+        self.stats.records.fetch_add(1, Ordering::Relaxed);
+        let sender = message.sender;
+        let (pos, end) = (message.record.pos, message.record.end());
+        let record = match TxnRecord::decode(message.record.kind, &message.record.payload) {
+            Ok(record) => record,
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "acre {}: dropping a record from {sender}: {e}",
+                    self.node.node_id()
+                );
+                self.ring(sender).read(pos, end, false);
+                return;
+            }
+        };
+        for &truncated in &record.truncated {
+            self.truncate(truncated);
+        }
+        let txn = record.txn;
+        let seq = txn.seq;
+        let keep = match record.body {
+            Body::Lock { entries, .. } => {
+                let locked = self.node.primary().lock(txn, entries);
+                let code = if locked { Code::Locked } else { Code::Conflict };
+                self.node.reply(sender, record.reply, seq, code, [0; 3]);
+                true
+            }
+            Body::CommitPrimary => {
+                if let Err(e) = self.node.primary().commit(txn) {
+                    eprintln!("acre {}: {e}", self.node.node_id());
+                }
+                true
+            }
+            Body::Abort => {
+                self.node.primary().abort(txn);
+                self.forget(txn);
+                false
+            }
+            Body::CommitBackup { entries, .. } => {
+                self.backup.hold(txn, entries);
+                true
+            }
+            Body::Truncate => false,
+            Body::Validate { reads } => {
+                let code = if self.node.primary().validate(&reads) {
+                    Code::Valid
+                } else {
+                    Code::Invalid
+                };
+                self.node.reply(sender, record.reply, seq, code, [0; 3]);
+                false
+            }
+            Body::Alloc { region, len, near } => {
+                let (code, values) = match self.node.reserve_here(region, len as usize, near) {
+                    Ok(reserved) => (
+                        Code::Allocated,
+                        [
+                            reserved.addr.to_u64(),
+                            reserved.version,
+                            reserved.payload_bytes as u64,
+                        ],
+                    ),
+                    Err(AllocError::RegionFull { .. }) => {
+                        (Code::AllocFailed, [alloc_failure::REGION_FULL, 0, 0])
+                    }
+                    Err(AllocError::TooLarge { max, .. }) => {
+                        (Code::AllocFailed, [alloc_failure::TOO_LARGE, max as u64, 0])
+                    }
+                    Err(AllocError::NotAnObject { .. }) => {
+                        (Code::AllocFailed, [alloc_failure::NOT_PRIMARY, 0, 0])
+                    }
+                    Err(_) => (Code::AllocFailed, [alloc_failure::OTHER, 0, 0]),
+                };
+                self.node.reply(sender, record.reply, seq, code, values);
+                false
+            }
+            Body::Release { addrs } => {
+                self.node.primary().release(&addrs);
+                false
+            }
+        };
+        self.ring(sender).read(pos, end, keep);
+        if keep {
+            self.kept.entry(txn).or_default().push((sender, pos));
+        }
+    }
+
+    fn ring(&mut self, sender: NodeId) -> &mut Retention {
+        self.rings.entry(sender).or_default()
+    }
+
+    /// TRUNCATE of `txn`: a backup applies it; every node drops its records.
+    fn truncate(&mut self, txn: TxnId) {
+        match self.backup.apply(txn) {
+            Ok(applied) => {
+                self.stats
+                    .applied
+                    .fetch_add(applied.installed as u64, Ordering::Relaxed);
+            }
+            Err(e) => eprintln!(
+                "acre {}: applying {txn} to the backup copies failed: {e}",
+                self.node.node_id()
+            ),
+        }
+        self.forget(txn);
+    }
+
+    fn forget(&mut self, txn: TxnId) {
+        for (sender, pos) in self.kept.remove(&txn).unwrap_or_default() {
+            self.ring(sender).live.remove(&pos);
+        }
+    }
+
+    /// Moves every ring's head up to its first live record.
+    fn truncate_rings(&mut self) {
+        for (&sender, ring) in &mut self.rings {
+            let head = ring.head();
+            if head > ring.truncated_to {
+                if let Err(e) = self.inbox.truncate(sender, head) {
+                    eprintln!("acre {}: truncating the ring of {sender} failed: {e}", self.node.node_id());
+                    continue;
+                }
+                ring.truncated_to = head;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_stops_at_the_first_live_record() {
+        let mut ring = Retention::default();
+        ring.read(0, 64, true);
+        ring.read(64, 128, false);
+        ring.read(128, 192, true);
+        assert_eq!(ring.head(), 0);
+        ring.live.remove(&0);
+        assert_eq!(ring.head(), 128);
+        ring.live.remove(&128);
+        assert_eq!(ring.head(), 192);
+    }
+}

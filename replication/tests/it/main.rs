@@ -1,0 +1,3 @@
+//! Integration tests of the commit protocol over an embedded cluster.
+
+mod bank;

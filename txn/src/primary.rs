@@ -1,0 +1,245 @@
+//! The primary's side of the commit protocol: what a node does with the LOCK, VALIDATE,
+//! COMMIT-PRIMARY and ABORT records of transactions that write its primary regions, and the
+//! allocator of those regions (DESIGN.md §5).
+//!
+//! - LOCK: lock every written object by CAS at the version the transaction read; on the first
+//!   failure unlock the ones locked so far and vote no. A reserved slot (an allocation) is
+//!   locked while still free, at the version the reservation saw.
+//! - COMMIT-PRIMARY: install the new payloads (a free installs an empty, unallocated object and
+//!   puts the slot back on the free list), which also advances versions and unlocks.
+//! - ABORT: unlock what LOCK locked and hand back the transaction's reserved slots.
+//! - VALIDATE (by message, for more than `t_r` objects): versions unchanged and unlocked.
+
+use crate::record::{Entry, EntryKind, TxnId};
+use acre_engine::addr::{Addr, RegionId};
+use acre_engine::object::{self, Header};
+use acre_engine::region::Region;
+use acre_engine::slab::{AllocError, Reserved, SlabAllocator};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+struct PrimaryRegion {
+    region: Arc<Region>,
+    slab: Mutex<SlabAllocator>,
+}
+
+/// A transaction that has sent LOCK here and not yet COMMIT-PRIMARY or ABORT.
+struct Held {
+    entries: Vec<Entry>,
+    locked: bool,
+}
+
+/// The primary regions of one node and the transactions holding locks in them.
+pub struct Primary {
+    regions: HashMap<RegionId, PrimaryRegion>,
+    held: Mutex<HashMap<TxnId, Held>>,
+}
+
+/// Why COMMIT-PRIMARY could not be applied: a coordinator bug or a lost LOCK.
+#[derive(Debug, thiserror::Error)]
+#[error("COMMIT-PRIMARY of {txn} without a successful LOCK here")]
+pub struct UnknownCommit {
+    pub txn: TxnId,
+}
+
+impl Primary {
+    pub fn new(regions: Vec<(Arc<Region>, SlabAllocator)>) -> Primary {
+        Primary {
+            regions: regions
+                .into_iter()
+                .map(|(region, slab)| {
+                    assert_eq!(region.id(), slab.region(), "allocator of another region");
+                    (
+                        region.id(),
+                        PrimaryRegion {
+                            region,
+                            slab: Mutex::new(slab),
+                        },
+                    )
+                })
+                .collect(),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn region_ids(&self) -> Vec<RegionId> {
+        let mut ids: Vec<RegionId> = self.regions.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn region(&self, id: RegionId) -> Option<&Arc<Region>> {
+        self.regions.get(&id).map(|r| &r.region)
+    }
+
+    /// Transactions holding locks (or reservations) here.
+    pub fn held_count(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Runs `f` on the words of the slot at `addr` (which must be an object slot here).
+    fn with_slot<T>(
+        &self,
+        addr: Addr,
+        f: impl FnOnce(&[AtomicU64], &PrimaryRegion) -> T,
+    ) -> Option<T> {
+        let primary = self.regions.get(&addr.region())?;
+        let words = primary
+            .slab
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slot_words(&primary.region, addr)
+            .ok()?;
+        Some(f(words, primary))
+    }
+
+    /// LOCK: locks every entry's object at its version, all or nothing. Returns the vote.
+    pub fn lock(&self, txn: TxnId, entries: Vec<Entry>) -> bool {
+        let mut locked_count = 0;
+        for entry in &entries {
+            let locked = self
+                .with_slot(entry.addr, |words, _| match entry.kind {
+                    EntryKind::Write | EntryKind::Free => {
+                        object::try_lock(words, entry.version).is_ok()
+                    }
+                    EntryKind::Alloc => object::try_lock_unallocated(words, entry.version).is_ok(),
+                })
+                .unwrap_or(false);
+            if !locked {
+                break;
+            }
+            locked_count += 1;
+        }
+        let all = locked_count == entries.len();
+        if !all {
+            for entry in &entries[..locked_count] {
+                self.with_slot(entry.addr, |words, _| object::unlock(words))
+                    .expect("a slot locked a moment ago is still a slot");
+            }
+        }
+        let previous = self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            txn,
+            Held {
+                entries,
+                locked: all,
+            },
+        );
+        assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
+        all
+    }
+
+    /// COMMIT-PRIMARY: installs the new values and unlocks.
+    pub fn commit(&self, txn: TxnId) -> Result<(), UnknownCommit> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&txn);
+        let Some(held) = held.filter(|h| h.locked) else {
+            return Err(UnknownCommit { txn });
+        };
+        for entry in held.entries {
+            self.with_slot(entry.addr, |words, primary| {
+                let header = object::install_with(
+                    words,
+                    &entry.payload,
+                    entry.kind != EntryKind::Free,
+                );
+                assert_eq!(
+                    header.version(),
+                    entry.version + 1,
+                    "{txn} installed {} at an unexpected version",
+                    entry.addr
+                );
+                persist_slot(&primary.region, entry.addr, words.len());
+                if entry.kind == EntryKind::Free {
+                    primary
+                        .slab
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .release(&primary.region, entry.addr)
+                        .expect("a slot whose free was just installed is free");
+                }
+            })
+            .expect("a locked slot is a slot");
+        }
+        Ok(())
+    }
+
+    /// ABORT: unlocks what LOCK locked and gives back the transaction's reservations. An
+    /// unknown transaction (its LOCK never came) only has reservations to give back, which
+    /// the coordinator sends separately.
+    pub fn abort(&self, txn: TxnId) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&txn);
+        let Some(held) = held else { return };
+        for entry in &held.entries {
+            if held.locked {
+                self.with_slot(entry.addr, |words, _| object::unlock(words))
+                    .expect("a locked slot is a slot");
+            }
+        }
+        let reserved: Vec<Addr> = held
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Alloc)
+            .map(|e| e.addr)
+            .collect();
+        self.release(&reserved);
+    }
+
+    /// VALIDATE: every object is unlocked at the version read.
+    pub fn validate(&self, reads: &[(Addr, u64)]) -> bool {
+        reads.iter().all(|&(addr, version)| {
+            self.with_slot(addr, |words, _| {
+                let header: Header = object::load_header(words);
+                !header.is_locked() && header.version() == version
+            })
+            .unwrap_or(false)
+        })
+    }
+
+    /// Reserves a slot for an allocation in `region` (near `near` if given).
+    pub fn reserve(
+        &self,
+        region: RegionId,
+        len: usize,
+        near: Option<Addr>,
+    ) -> Result<Reserved, AllocError> {
+        let primary = self
+            .regions
+            .get(&region)
+            .ok_or(AllocError::NotAnObject {
+                addr: Addr::new(region, 0),
+            })?;
+        let mut slab = primary.slab.lock().unwrap_or_else(|p| p.into_inner());
+        match near {
+            Some(near) => slab.reserve_near(&primary.region, len, near),
+            None => slab.reserve(&primary.region, len),
+        }
+    }
+
+    /// Hands back reserved slots that no transaction will install.
+    pub fn release(&self, addrs: &[Addr]) {
+        for &addr in addrs {
+            let Some(primary) = self.regions.get(&addr.region()) else {
+                continue;
+            };
+            if let Err(e) = primary
+                .slab
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .release(&primary.region, addr)
+            {
+                eprintln!("acre: ignoring the release of {addr}: {e}");
+            }
+        }
+    }
+}
+
+/// Makes an installed slot durable before its log records can be truncated.
+pub fn persist_slot(region: &Region, addr: Addr, word_count: usize) {
+    if let Err(e) = region
+        .mapping()
+        .persist(addr.offset() as usize, word_count * 8)
+    {
+        // The region is mapped memory: a failed msync means the medium is failing.
+        panic!("persist of {addr} failed: {e}; stopping rather than acknowledging");
+    }
+}

@@ -1,0 +1,242 @@
+//! The reply area: where participants answer a coordinator. Each node registers one area of
+//! [`SLOTS_MAX`] slots, one per transaction in flight on the node; a slot has
+//! [`REPLIES_PER_TXN_MAX`] replies of four words `[value, value, value, tag]`. A participant
+//! answers with one one-sided WRITE of the four words (the tag last, since a WRITE stores in
+//! increasing address order) and a NOTIFY that wakes the coordinator. The tag is
+//! `seq << 8 | code`: a reply meant for an earlier transaction of the same slot never matches.
+//!
+//! Replies need not be durable: a coordinator that crashes loses its transaction's outcome to
+//! recovery, not to a lost reply.
+
+use crate::config::REPLY_AREA_ID_MIN;
+use crate::record::ReplyTo;
+use acre_engine::addr::{Addr, RegionId};
+use acre_engine::fabric::{Doorbell, Op};
+use acre_engine::region::Region;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Transactions in flight per node.
+pub const SLOTS_MAX: usize = 64;
+/// Requests one transaction may have answered (locks, validations, remote allocations).
+pub const REPLIES_PER_TXN_MAX: usize = 128;
+/// Bytes of one reply.
+pub const REPLY_BYTES: usize = 32;
+/// Bytes of one slot.
+pub const SLOT_BYTES: usize = REPLIES_PER_TXN_MAX * REPLY_BYTES;
+/// Bytes of a node's reply area.
+pub const REPLY_AREA_BYTES: u64 = (SLOTS_MAX * SLOT_BYTES) as u64;
+/// The area id of every node's reply area.
+pub const REPLY_AREA_ID: RegionId = RegionId(REPLY_AREA_ID_MIN);
+const SEQ_MASK: u64 = (1 << 56) - 1;
+
+/// What a participant answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    /// LOCK: every object is locked at the version read.
+    Locked = 1,
+    /// LOCK: some object had moved on or was locked; nothing stays locked.
+    Conflict = 2,
+    /// VALIDATE: every version is unchanged and unlocked.
+    Valid = 3,
+    /// VALIDATE: some object changed or is locked.
+    Invalid = 4,
+    /// ALLOC: values are `[addr, version, payload bytes]`.
+    Allocated = 5,
+    /// ALLOC: values are `[reason code, max bytes, 0]` (see [`AllocFailure`]).
+    AllocFailed = 6,
+    /// The record could not be served (malformed, wrong node); values hold nothing.
+    Refused = 7,
+}
+
+impl Code {
+    fn from_u8(byte: u8) -> Option<Code> {
+        [
+            Code::Locked,
+            Code::Conflict,
+            Code::Valid,
+            Code::Invalid,
+            Code::Allocated,
+            Code::AllocFailed,
+            Code::Refused,
+        ]
+        .into_iter()
+        .find(|code| *code as u8 == byte)
+    }
+}
+
+/// Why an ALLOC failed, as sent in a reply.
+pub mod alloc_failure {
+    pub const REGION_FULL: u64 = 1;
+    pub const TOO_LARGE: u64 = 2;
+    pub const NOT_PRIMARY: u64 = 3;
+    pub const OTHER: u64 = 4;
+}
+
+/// A reply as the coordinator reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: Code,
+    pub values: [u64; 3],
+}
+
+/// The operations that deliver a reply: one WRITE of the four words, then a NOTIFY.
+pub fn reply_ops(to: ReplyTo, seq: u64, code: Code, values: [u64; 3]) -> Vec<Op> {
+    let mut data = Vec::with_capacity(REPLY_BYTES);
+    for value in values {
+        data.extend_from_slice(&value.to_le_bytes());
+    }
+    data.extend_from_slice(&tag(seq, code).to_le_bytes());
+    vec![
+        Op::Write {
+            addr: Addr::new(to.area, to.offset),
+            key: to.key,
+            data,
+        },
+        Op::Notify,
+    ]
+}
+
+fn tag(seq: u64, code: Code) -> u64 {
+    (seq & SEQ_MASK) << 8 | code as u64
+}
+
+/// A slot held by one transaction; give it back with [`ReplyArea::release`].
+#[derive(Debug)]
+pub struct SlotLease {
+    pub slot: u16,
+    pub seq: u64,
+}
+
+/// A node's reply area and the slots of its transactions.
+pub struct ReplyArea {
+    region: Arc<Region>,
+    doorbell: Arc<Doorbell>,
+    free_slots: Mutex<Vec<u16>>,
+    seqs: Vec<AtomicU64>,
+}
+
+impl ReplyArea {
+    /// Uses `region` (registered as [`REPLY_AREA_ID`], [`REPLY_AREA_BYTES`] long) and wakes on
+    /// the node's doorbell.
+    pub fn new(region: Arc<Region>, doorbell: Arc<Doorbell>) -> ReplyArea {
+        assert_eq!(region.id(), REPLY_AREA_ID, "reply area id");
+        assert!(region.len() >= REPLY_AREA_BYTES, "reply area too small");
+        ReplyArea {
+            region,
+            doorbell,
+            free_slots: Mutex::new((0..SLOTS_MAX as u16).rev().collect()),
+            seqs: (0..SLOTS_MAX).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// A free slot and the sequence number of its next transaction, if any slot is free.
+    pub fn acquire(&self) -> Option<SlotLease> {
+        let slot = self
+            .free_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()?;
+        let seq = self.seqs[slot as usize].fetch_add(1, Ordering::Relaxed) + 1;
+        Some(SlotLease { slot, seq })
+    }
+
+    pub fn release(&self, lease: SlotLease) {
+        let mut free = self.free_slots.lock().unwrap_or_else(|p| p.into_inner());
+        debug_assert!(!free.contains(&lease.slot), "slot {} released twice", lease.slot);
+        free.push(lease.slot);
+    }
+
+    /// Where reply `index` of `slot` goes.
+    pub fn reply_to(&self, slot: u16, index: usize) -> ReplyTo {
+        assert!(index < REPLIES_PER_TXN_MAX, "reply index {index}");
+        ReplyTo {
+            area: REPLY_AREA_ID,
+            offset: (slot as usize * SLOT_BYTES + index * REPLY_BYTES) as u32,
+            key: self.region.key(),
+        }
+    }
+
+    /// The reply at `index` of `slot` if it is for `seq`.
+    pub fn poll(&self, slot: u16, seq: u64, index: usize) -> Option<Reply> {
+        let offset = slot as usize * SLOT_BYTES + index * REPLY_BYTES;
+        let words = self.region.words_at(offset as u32, REPLY_BYTES as u64);
+        let tag_word = words[3].load(Ordering::Acquire);
+        if tag_word >> 8 != seq & SEQ_MASK {
+            return None;
+        }
+        let code = Code::from_u8(tag_word as u8)?;
+        Some(Reply {
+            code,
+            values: std::array::from_fn(|i| words[i].load(Ordering::Acquire)),
+        })
+    }
+
+    /// Waits up to `timeout` for the replies at `indexes`; returns them in that order, or the
+    /// position in `indexes` of the first one still missing.
+    pub fn wait(
+        &self,
+        slot: u16,
+        seq: u64,
+        indexes: &[usize],
+        timeout: Duration,
+    ) -> Result<Vec<Reply>, usize> {
+        let mut replies: Vec<Option<Reply>> = vec![None; indexes.len()];
+        let fill = |replies: &mut Vec<Option<Reply>>| {
+            for (reply, &index) in replies.iter_mut().zip(indexes) {
+                if reply.is_none() {
+                    *reply = self.poll(slot, seq, index);
+                }
+            }
+            replies.iter().all(Option::is_some)
+        };
+        if !self.doorbell.wait_for(timeout, || fill(&mut replies)) {
+            return Err(replies.iter().position(Option::is_none).unwrap_or(0));
+        }
+        Ok(replies.into_iter().map(|r| r.expect("all filled")).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acre_engine::fabric::exec;
+    use acre_engine::fabric::memory::NodeMemory;
+    use acre_engine::addr::NodeId;
+
+    #[test]
+    fn a_reply_is_seen_only_by_its_transaction() {
+        let doorbell = Arc::new(Doorbell::anonymous().unwrap());
+        let region = Arc::new(Region::anonymous(REPLY_AREA_ID, REPLY_AREA_BYTES).unwrap());
+        let memory = NodeMemory::new(NodeId(1), doorbell.clone());
+        memory.register(region.clone()).unwrap();
+        let area = ReplyArea::new(region, doorbell);
+        let lease = area.acquire().unwrap();
+        let to = area.reply_to(lease.slot, 3);
+        for op in reply_ops(to, lease.seq, Code::Allocated, [7, 8, 9]) {
+            exec::execute(&memory, &op).unwrap();
+        }
+        assert_eq!(area.poll(lease.slot, lease.seq + 1, 3), None);
+        assert_eq!(area.poll(lease.slot, lease.seq, 2), None);
+        let replies = area
+            .wait(lease.slot, lease.seq, &[3], Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(replies[0].values, [7, 8, 9]);
+        assert_eq!(replies[0].code, Code::Allocated);
+        assert_eq!(
+            area.wait(lease.slot, lease.seq, &[3, 4], Duration::from_millis(10)),
+            Err(1)
+        );
+        let slot = lease.slot;
+        area.release(lease);
+        let next = area.acquire().unwrap();
+        assert_eq!(next.slot, slot);
+        assert_eq!(area.poll(next.slot, next.seq, 3), None, "old reply is stale");
+    }
+}

@@ -1,259 +1,182 @@
-//! `acre demo`: a 3-node cluster on each transport (local in-process, shm child processes, tcp
-//! over loopback), objects allocated on every node, and one-sided READ, WRITE and CAS timed from
-//! a client node, with p50/p99 latency per operation. It checks what it did: every READ must
-//! decode to a consistent object, and every counter must equal the number of CAS increments.
+//! `acre demo` and `acre bank`: concurrent bank transfers with read-only audits checking the
+//! total, on a 3-node embedded cluster with 3 replicas (`demo`) or on a running cluster of node
+//! processes (`bank`). Prints committed and aborted transactions per second, the p50/p99 commit
+//! latency, and whether the invariant held; exit code 1 if it did not.
 
-use crate::launch::{CLIENT_NODE, ProcessCluster};
-use acre::engine::addr::{Addr, NodeId, RegionId};
-use acre::engine::fabric::doorbell::Doorbell;
-use acre::engine::fabric::local::{LocalCluster, LocalTransport};
-use acre::engine::fabric::memory::NodeMemory;
-use acre::engine::fabric::{Fabric, Transport};
-use acre::engine::node::{Endpoint, TransportKind};
-use acre::engine::region::{AccessKey, REGION_BYTES_DEFAULT, Region};
-use acre::engine::slab::BLOCK_BYTES_DEFAULT;
-use acre::engine::slab::SlabAllocator;
-use acre::engine::{directory, object};
-use anyhow::{Context, ensure};
+use acre::bank::{Bank, BankReport};
+use acre::cluster::CLUSTER_FILE;
+use acre::db::{Addr, Db, EmbeddedOptions};
+use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const NODE_COUNT: u16 = 3;
-const OBJECTS_PER_NODE: usize = 16;
-const PAYLOAD_BYTES: usize = 64;
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the cluster may take to apply every committed transaction to every backup.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkloadArgs {
+    /// How long to run the transfers.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Threads running transfers.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Threads running read-only audits of the total.
+    #[arg(long, default_value_t = 1)]
+    pub audits: usize,
+    /// Accounts in the bank.
+    #[arg(long, default_value_t = 100)]
+    pub accounts: usize,
+    /// Seed of the transfer generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(clap::Args, Clone, Debug)]
 pub struct DemoArgs {
-    /// Transports to run: all, local, shm or tcp.
-    #[arg(long, default_value = "all", value_parser = ["all", "local", "shm", "tcp"])]
-    transport: String,
-    /// Operations timed per operation kind and transport.
-    #[arg(long, default_value_t = 20_000)]
-    ops: u32,
-    /// Parent directory of the cluster directory for shm and tcp.
-    #[arg(long, default_value = directory::CLUSTER_DIR_PARENT_DEFAULT)]
-    dir: PathBuf,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Nodes of the embedded cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
 }
 
-/// What the client knows of one node's objects.
-struct Target {
-    node: NodeId,
-    key: AccessKey,
-    objects: Vec<Addr>,
-    scratch: Addr,
-    counter: Addr,
+#[derive(clap::Args, Clone, Debug)]
+pub struct BankArgs {
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// The cluster directory (of `acre cluster up`).
+    #[arg(long, default_value = crate::launch::CLUSTER_DIR_DEFAULT)]
+    pub dir: PathBuf,
+    /// Use the existing bank whose directory object is here (as printed by an earlier run)
+    /// instead of creating one.
+    #[arg(long)]
+    pub bank: Option<Addr>,
 }
 
-struct Timing {
-    transport: &'static str,
-    operation: &'static str,
-    samples: Vec<Duration>,
+fn check_workload(args: &WorkloadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
+    anyhow::ensure!(args.threads > 0, "--threads must be at least 1");
+    anyhow::ensure!(args.accounts >= 2, "--accounts must be at least 2");
+    Ok(())
 }
 
-pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    ensure!(args.ops > 0, "--ops must be at least 1");
-    let mut timings = Vec::new();
-    let which = args.transport.as_str();
+pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    check_workload(&args.workload)?;
+    anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
+    let options = EmbeddedOptions {
+        nodes: args.nodes,
+        region_bytes: 16 << 20,
+        ..EmbeddedOptions::default()
+    };
+    let db = Db::embedded(&options).context("start the embedded cluster")?;
+    let replicas = db.config().f + 1;
     println!(
-        "acre demo: {NODE_COUNT} nodes; a client node times {} one-sided operations of each kind\n",
-        args.ops
+        "acre demo: {}-node embedded cluster (local transport), {} replicas of every region",
+        args.nodes, replicas
     );
-    if which == "all" || which == "local" {
-        timings.extend(run_local(args.ops).context("local transport")?);
-    }
-    for kind in [TransportKind::Shm, TransportKind::Tcp] {
-        if which == "all" || which == kind.name() {
-            timings.extend(
-                run_processes(kind, args).with_context(|| format!("{} transport", kind.name()))?,
-            );
+    let bank = Bank::create(&db, args.workload.accounts, 1000).context("create the accounts")?;
+    run_and_report(&db, &bank, &args.workload, true)
+}
+
+pub fn bank(args: &BankArgs) -> anyhow::Result<ExitCode> {
+    check_workload(&args.workload)?;
+    let db = Db::connect(&args.dir.join(CLUSTER_FILE))?;
+    println!(
+        "acre bank: connected to the {}-node cluster in {}, {} replicas of every region",
+        db.config().nodes.len(),
+        args.dir.display(),
+        db.config().f + 1
+    );
+    let bank = match args.bank {
+        Some(directory) => Bank::open(&db, directory).context("open the bank")?,
+        None => Bank::create(&db, args.workload.accounts, 1000).context("create the accounts")?,
+    };
+    println!("bank directory object: {} (pass --bank {} to reuse it)", bank.directory, bank.directory);
+    run_and_report(&db, &bank, &args.workload, false)
+}
+
+fn run_and_report(
+    db: &Db,
+    bank: &Bank,
+    args: &WorkloadArgs,
+    embedded: bool,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "{} accounts of {}, {} transfer threads and {} audit threads for {} s...",
+        bank.accounts.len(),
+        bank.initial_balance,
+        args.threads,
+        args.audits,
+        args.seconds
+    );
+    let mut report = bank
+        .run(db, args.threads, args.audits, Duration::from_secs(args.seconds), args.seed)
+        .context("run the transfers")?;
+    print_report(&mut report);
+    let quiet = db.quiesce(QUIESCE_TIMEOUT);
+    let final_audit = db
+        .run(|txn| {
+            let mut total = 0i64;
+            for &addr in &bank.accounts {
+                let bytes = txn.read(addr)?;
+                total += i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+            }
+            Ok(total)
+        })
+        .context("final audit")?;
+    let mut held = report.violations.is_empty() && final_audit == bank.expected_total();
+    println!(
+        "final audit: total {final_audit} (expected {})",
+        bank.expected_total()
+    );
+    if embedded {
+        match (quiet, db.check_replicas()) {
+            (true, Ok(())) => println!("backups: byte-identical to their primaries after quiescence"),
+            (false, _) => {
+                held = false;
+                println!("backups: the cluster did not quiesce within {QUIESCE_TIMEOUT:?}");
+            }
+            (true, Err(mismatch)) => {
+                held = false;
+                println!("backups: {mismatch}");
+            }
         }
     }
-    print_table(&mut timings);
-    Ok(ExitCode::SUCCESS)
+    for violation in report.violations.iter().take(5) {
+        println!("violation: {violation}");
+    }
+    if held {
+        println!("invariant held: the total never changed and no balance went negative");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("INVARIANT VIOLATED");
+        Ok(ExitCode::from(1))
+    }
 }
 
-fn run_local(ops: u32) -> anyhow::Result<Vec<Timing>> {
-    let cluster = LocalCluster::new();
-    let mut targets = Vec::new();
-    for n in 0..=NODE_COUNT {
-        let memory = Arc::new(NodeMemory::new(NodeId(n), Arc::new(Doorbell::anonymous()?)));
-        if n > 0 {
-            let id = RegionId(n as u32);
-            let region = Arc::new(Region::anonymous(id, REGION_BYTES_DEFAULT)?);
-            memory.register(region.clone())?;
-            let mut slab = SlabAllocator::format(id, REGION_BYTES_DEFAULT, BLOCK_BYTES_DEFAULT)?;
-            let mut alloc = || {
-                slab.alloc(&region, PAYLOAD_BYTES)
-                    .context("allocate an object")
-            };
-            let objects = (0..OBJECTS_PER_NODE)
-                .map(|_| alloc())
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let (scratch, counter) = (alloc()?, alloc()?);
-            targets.push(Target {
-                node: NodeId(n),
-                key: region.key(),
-                objects,
-                scratch,
-                counter,
-            });
-        }
-        cluster.add(memory);
-    }
-    let client = cluster.node(NodeId(0)).context("client node")?;
-    let fabric = Fabric::new(client, Transport::Local(LocalTransport::new(cluster)));
-    measure(&fabric, &targets, ops, "local")
-}
-
-/// Starts the node processes, runs the measurement from a client endpoint, stops the nodes.
-fn run_processes(kind: TransportKind, args: &DemoArgs) -> anyhow::Result<Vec<Timing>> {
-    let mut cluster = ProcessCluster::start(kind, &args.dir, "demo", NODE_COUNT)?;
-    let manifests = cluster.wait_ready()?;
-    let client = Endpoint::start(cluster.config(CLIENT_NODE))?;
-    client.publish(&[])?;
-    let mut targets = Vec::new();
-    for manifest in &manifests {
-        let node = manifest.node;
-        client.discover(node)?;
-        let region = manifest
-            .area(RegionId(node.0 as u32))
-            .context("node publishes its region")?;
-        let key = region.access_key()?;
-        let alloc = || client.alloc_on(node, PAYLOAD_BYTES as u32, CALL_TIMEOUT);
-        let objects = (0..OBJECTS_PER_NODE)
-            .map(|_| alloc())
-            .collect::<Result<Vec<_>, _>>()?;
-        let (scratch, counter) = (alloc()?, alloc()?);
-        targets.push(Target {
-            node,
-            key,
-            objects,
-            scratch,
-            counter,
-        });
-    }
-    let timings = measure(client.fabric(), &targets, args.ops, kind.name())?;
-    drop(client);
-    cluster.stop()?;
-    Ok(timings)
-}
-
-/// Times READ of whole object slots, WRITE of 64 B, and CAS increments, round robin over nodes.
-fn measure(
-    fabric: &Fabric,
-    targets: &[Target],
-    ops: u32,
-    transport: &'static str,
-) -> anyhow::Result<Vec<Timing>> {
-    let slot = object::slot_bytes(PAYLOAD_BYTES) as u32;
-    let mut reads = Vec::with_capacity(ops as usize);
-    let mut writes = Vec::with_capacity(ops as usize);
-    let mut cases = Vec::with_capacity(ops as usize);
-    let mut counters = vec![0u64; targets.len()];
-    let payload = vec![0xa5u8; PAYLOAD_BYTES];
-    for i in 0..ops as usize {
-        let t = i % targets.len();
-        let target = &targets[t];
-        let addr = target.objects[(i / targets.len()) % target.objects.len()];
-
-        let start = Instant::now();
-        let bytes = fabric.read(target.node, addr, target.key, slot)?;
-        reads.push(start.elapsed());
-        let object =
-            object::decode(&bytes).with_context(|| format!("decode {addr} on {}", target.node))?;
-        ensure!(
-            object.header.is_allocated(),
-            "{addr} on {} reads as free",
-            target.node
-        );
-
-        let payload_addr = target
-            .scratch
-            .checked_add(8)
-            .context("scratch payload address")?;
-        let start = Instant::now();
-        fabric.write(target.node, payload_addr, target.key, payload.clone())?;
-        writes.push(start.elapsed());
-
-        let counter_addr = target
-            .counter
-            .checked_add(8)
-            .context("counter payload address")?;
-        let start = Instant::now();
-        let previous = fabric.cas(
-            target.node,
-            counter_addr,
-            target.key,
-            counters[t],
-            counters[t] + 1,
-        )?;
-        cases.push(start.elapsed());
-        ensure!(
-            previous == counters[t],
-            "CAS on {} saw {previous}, expected {}",
-            target.node,
-            counters[t]
-        );
-        counters[t] += 1;
-    }
-    for (t, target) in targets.iter().enumerate() {
-        let counter_addr = target
-            .counter
-            .checked_add(8)
-            .context("counter payload address")?;
-        let bytes = fabric.read(target.node, counter_addr, target.key, 8)?;
-        let value = u64::from_le_bytes(bytes[..8].try_into()?);
-        ensure!(
-            value == counters[t],
-            "counter on {} is {value}, {} increments were made",
-            target.node,
-            counters[t]
-        );
-    }
-    Ok(vec![
-        Timing {
-            transport,
-            operation: "read 80 B slot",
-            samples: reads,
-        },
-        Timing {
-            transport,
-            operation: "write 64 B",
-            samples: writes,
-        },
-        Timing {
-            transport,
-            operation: "cas 8 B",
-            samples: cases,
-        },
-    ])
-}
-
-fn print_table(timings: &mut [Timing]) {
+fn print_report(report: &mut BankReport) {
+    let seconds = report.elapsed.as_secs_f64();
+    let p50 = report.latency_quantile(0.50);
+    let p99 = report.latency_quantile(0.99);
     println!(
-        "{:<10} {:<16} {:>10} {:>10} {:>12}",
-        "transport", "operation", "p50 µs", "p99 µs", "ops/s"
+        "transfers: {} committed ({:.0}/s), {} aborted ({:.0}/s)",
+        report.committed,
+        report.committed as f64 / seconds,
+        report.aborted,
+        report.aborted as f64 / seconds
     );
-    for timing in timings.iter_mut() {
-        timing.samples.sort_unstable();
-        let n = timing.samples.len();
-        let p50 = timing.samples[n / 2];
-        let p99 = timing.samples[(n * 99 / 100).min(n - 1)];
-        let total: Duration = timing.samples.iter().sum();
-        let rate = n as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE);
-        println!(
-            "{:<10} {:<16} {:>10.2} {:>10.2} {:>12.0}",
-            timing.transport,
-            timing.operation,
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6,
-            rate
-        );
-    }
     println!(
-        "\nevery READ decoded to a consistent object; every CAS counter matched its increments"
+        "commit latency: p50 {:.1} µs, p99 {:.1} µs",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+    println!(
+        "audits (read-only, every account): {} committed ({:.0}/s), {} aborted, {} saw a wrong total",
+        report.audits_committed,
+        report.audits_committed as f64 / seconds,
+        report.audits_aborted,
+        report.violations.len()
     );
 }

@@ -1,10 +1,10 @@
-//! `acre idle-cpu`: starts a 3-node cluster of processes, leaves it idle, and reports the CPU time
-//! its processes used. The target is under 2% of one core (DESIGN.md §10): pollers must sleep
-//! on their doorbells, and the TCP NIC threads in epoll.
+//! `acre idle-cpu`: starts a cluster of node processes (`acre cluster up`), leaves it idle, and
+//! reports the CPU time its processes used. The target is under 2% of one core (DESIGN.md §10):
+//! workers must sleep on their doorbells, and the TCP NIC threads in epoll.
 
-use crate::launch::ProcessCluster;
-use acre::engine::node::TransportKind;
-use acre::engine::{directory, procfs};
+use crate::launch::{self, DirArgs, UpArgs};
+use acre::cluster::{CLUSTER_FILE, ClusterFile};
+use acre::engine::procfs;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,40 +24,37 @@ pub struct IdleArgs {
     /// Number of node processes.
     #[arg(long, default_value_t = 3)]
     nodes: u16,
-    /// Parent directory of the cluster directory.
-    #[arg(long, default_value = directory::CLUSTER_DIR_PARENT_DEFAULT)]
+    /// The cluster directory (created and removed).
+    #[arg(long, default_value = "/dev/shm/acre-idle")]
     dir: PathBuf,
 }
 
 pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
-    anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
-    let kind = if args.transport == "tcp" {
-        TransportKind::Tcp
-    } else {
-        TransportKind::Shm
+    let up = UpArgs {
+        nodes: args.nodes,
+        transport: args.transport.clone(),
+        dir: args.dir.clone(),
+        clients: 1,
+        f: None,
+        regions_per_node: 1,
+        region_bytes: 16 << 20,
+        block_bytes: 1 << 20,
+        ring_bytes: 1 << 20,
+        persist: "auto".into(),
     };
-    let mut cluster = ProcessCluster::start(kind, &args.dir, "idle", args.nodes)?;
-    cluster.wait_ready()?;
-    // Let start-up work finish before measuring.
-    std::thread::sleep(Duration::from_secs(1));
-    let pids = cluster.pids();
-    let cpu = || -> anyhow::Result<Duration> {
-        pids.iter()
-            .map(|&pid| procfs::cpu_time(pid).with_context(|| format!("read CPU time of {pid}")))
-            .sum()
+    launch::up(&up)?;
+    let down = DirArgs {
+        dir: args.dir.clone(),
     };
-    let before = cpu()?;
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(args.seconds));
-    let used = cpu()? - before;
-    let elapsed = start.elapsed();
-    cluster.stop()?;
+    let measured = measure(args);
+    launch::down(&down)?;
+    let (used, elapsed) = measured?;
     let share = used.as_secs_f64() / elapsed.as_secs_f64();
     println!(
         "idle {}-node {} cluster: {:.3} s CPU in {:.1} s = {:.3}% of one core (target < {:.0}%)",
         args.nodes,
-        kind.name(),
+        args.transport,
         used.as_secs_f64(),
         elapsed.as_secs_f64(),
         share * 100.0,
@@ -68,4 +65,23 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn measure(args: &IdleArgs) -> anyhow::Result<(Duration, Duration)> {
+    let file = ClusterFile::read(&args.dir.join(CLUSTER_FILE))?;
+    // Let start-up work finish before measuring.
+    std::thread::sleep(Duration::from_secs(1));
+    let pids: Vec<u32> = launch::running_nodes(&args.dir, &file)
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect();
+    let cpu = || -> anyhow::Result<Duration> {
+        pids.iter()
+            .map(|&pid| procfs::cpu_time(pid).with_context(|| format!("read CPU time of {pid}")))
+            .sum()
+    };
+    let before = cpu()?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.seconds));
+    Ok((cpu()? - before, start.elapsed()))
 }

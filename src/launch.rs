@@ -1,150 +1,264 @@
-//! Starting and stopping the node processes of a cluster on this host: configs written into a
-//! fresh cluster directory, one `acre node` child per node, readiness by manifest, SIGTERM to stop.
+//! `acre cluster up | status | down`: a cluster of node processes on this host. `up` writes the
+//! cluster file into a cluster directory and starts one detached `acre node` process per node
+//! (its output goes to `n<id>.log` there); `status` reads the file and the nodes' manifests;
+//! `down` sends SIGTERM to every node, waits for them to exit, and removes the directory.
 
-use acre::engine::addr::{NodeId, RegionId};
+use acre::cluster::{self, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile};
+use acre::engine::addr::NodeId;
 use acre::engine::directory::{self, NodeManifest};
-use acre::engine::node::{NodeConfig, TransportKind};
-use acre::engine::region::REGION_BYTES_DEFAULT;
-use acre::engine::slab::BLOCK_BYTES_DEFAULT;
+use acre::engine::fabric::tcp::ClusterSecret;
+use acre::engine::node::TransportKind;
+use acre::txn::Configuration;
 use anyhow::{Context, bail};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long nodes may take to publish their manifests.
-pub const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// Node 0 is reserved for a client endpoint in the launching process.
-pub const CLIENT_NODE: NodeId = NodeId(0);
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `down` waits for the nodes to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where `acre cluster` keeps its cluster unless told otherwise.
+pub const CLUSTER_DIR_DEFAULT: &str = "/dev/shm/acre-cluster";
 
-/// Node processes started by this process; stopped (and their directory removed) on drop.
-pub struct ProcessCluster {
-    dir: PathBuf,
-    kind: TransportKind,
-    node_count: u16,
-    children: Vec<Child>,
+#[derive(clap::Args, Clone, Debug)]
+pub struct UpArgs {
+    /// Memory nodes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// How the nodes reach each other.
+    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp"])]
+    pub transport: String,
+    /// The cluster directory.
+    #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
+    pub dir: PathBuf,
+    /// Client ids to provide (processes that connect with `Db::connect` or `acre bank`).
+    #[arg(long, default_value_t = 8)]
+    pub clients: u16,
+    /// Failures tolerated (backups per region); default 2 with three or more nodes.
+    #[arg(long)]
+    pub f: Option<usize>,
+    /// Regions whose primary is each node.
+    #[arg(long, default_value_t = 1)]
+    pub regions_per_node: usize,
+    /// Bytes of each region.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub region_bytes: u64,
+    /// Bytes of each slab block.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub block_bytes: u64,
+    /// Bytes of each log ring (one per pair of nodes).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub ring_bytes: u64,
+    /// Persistence of the files: auto, flush or msync.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "flush", "msync"])]
+    pub persist: String,
 }
 
-impl ProcessCluster {
-    /// Starts nodes 1..=node_count, each holding region `n`, in a new directory under `parent`.
-    pub fn start(
-        kind: TransportKind,
-        parent: &Path,
-        name: &str,
-        node_count: u16,
-    ) -> anyhow::Result<ProcessCluster> {
-        let dir = parent.join(format!(
-            "acre-{name}-{}-{}",
-            kind.name(),
-            std::process::id()
-        ));
-        directory::create_cluster_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let mut cluster = ProcessCluster {
-            dir,
-            kind,
-            node_count,
-            children: Vec::new(),
+#[derive(clap::Args, Clone, Debug)]
+pub struct DirArgs {
+    /// The cluster directory.
+    #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
+    pub dir: PathBuf,
+}
+
+/// The pids of the cluster's running memory nodes, by node.
+pub fn running_nodes(dir: &Path, file: &ClusterFile) -> Vec<(NodeId, u32)> {
+    file.config
+        .nodes
+        .iter()
+        .filter_map(|&node| {
+            let manifest = NodeManifest::read(dir, node).ok()??;
+            cluster::process_alive(manifest.pid).then_some((node, manifest.pid))
+        })
+        .collect()
+}
+
+pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
+    anyhow::ensure!(
+        args.nodes < CLIENT_ID_BASE,
+        "--nodes must be below {CLIENT_ID_BASE}"
+    );
+    let dir = &args.dir;
+    let file_path = dir.join(CLUSTER_FILE);
+    if let Ok(file) = ClusterFile::read(&file_path)
+        && !running_nodes(dir, &file).is_empty()
+    {
+        bail!(
+            "a cluster is already running in {}: run `acre cluster down --dir {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("remove the old cluster in {}", dir.display()))?;
+    }
+    directory::create_cluster_dir(dir).with_context(|| format!("create {}", dir.display()))?;
+    let transport = if args.transport == "tcp" {
+        ClusterSecret::generate()
+            .write_file(&dir.join(directory::SECRET_FILE))
+            .context("write the cluster secret")?;
+        TransportKind::Tcp
+    } else {
+        TransportKind::Shm
+    };
+    let nodes: Vec<NodeId> = (1..=args.nodes).map(NodeId).collect();
+    let clients: Vec<NodeId> = (0..args.clients).map(|c| NodeId(CLIENT_ID_BASE + c)).collect();
+    let f = args.f.unwrap_or_else(|| Configuration::default_f(nodes.len()));
+    let config = Configuration::place(
+        1,
+        nodes.clone(),
+        clients,
+        args.regions_per_node,
+        f,
+        args.region_bytes,
+        args.block_bytes,
+    )?;
+    let file = ClusterFile {
+        transport,
+        persist: args.persist.clone(),
+        ring_bytes: args.ring_bytes,
+        config,
+    };
+    file.write(&file_path)?;
+    let exe = std::env::current_exe().context("find the acre binary")?;
+    for &node in &nodes {
+        let log = std::fs::File::create(dir.join(format!("n{}.log", node.0)))
+            .context("create a node log")?;
+        std::process::Command::new(&exe)
+            .arg("node")
+            .arg("--cluster")
+            .arg(&file_path)
+            .arg("--id")
+            .arg(node.0.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("share the node log")?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C aimed at `acre cluster up` leaves it running.
+            .process_group(0)
+            .spawn()
+            .context("start a node process")?;
+    }
+    if let Err(e) = cluster::wait_for_manifests(dir, nodes.iter().copied(), START_TIMEOUT) {
+        let _ = stop_nodes(dir, &file);
+        bail!("{e}");
+    }
+    println!(
+        "cluster up: {} nodes over {}, {} regions with {} replicas each, in {}",
+        args.nodes,
+        transport.name(),
+        file.config.regions.len(),
+        f + 1,
+        dir.display()
+    );
+    println!("cluster file: {}", file_path.display());
+    println!(
+        "try: acre bank --dir {}    stop: acre cluster down --dir {}",
+        dir.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.dir;
+    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
+        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
+    let config = &file.config;
+    println!(
+        "cluster in {}: configuration {}, transport {}, f = {}",
+        dir.display(),
+        config.id,
+        file.transport.name(),
+        config.f
+    );
+    println!("{:<6} {:<8} {:<8} {:<22} {}", "node", "pid", "state", "address", "regions");
+    let mut down = 0;
+    for &node in &config.nodes {
+        let manifest = NodeManifest::read(dir, node).ok().flatten();
+        let (pid, state, address) = match &manifest {
+            Some(m) if cluster::process_alive(m.pid) => (
+                m.pid.to_string(),
+                "up",
+                m.tcp_addr.clone().unwrap_or_else(|| "shm".into()),
+            ),
+            Some(m) => (m.pid.to_string(), "dead", "-".into()),
+            None => ("-".into(), "down", "-".into()),
         };
-        if kind == TransportKind::Tcp {
-            acre::engine::fabric::tcp::ClusterSecret::generate()
-                .write_file(&cluster.dir.join(directory::SECRET_FILE))
-                .context("write the cluster secret")?;
+        if state != "up" {
+            down += 1;
         }
-        let exe = std::env::current_exe().context("find the acre binary")?;
-        for n in 1..=node_count {
-            let path = cluster.dir.join(format!("n{n}.toml"));
-            let text = toml::to_string(&cluster.config(NodeId(n)))?;
-            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-            let child = std::process::Command::new(&exe)
-                .arg("node")
-                .arg("--config")
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .context("start a node process")?;
-            cluster.children.push(child);
-        }
-        Ok(cluster)
+        let roles: Vec<String> = config
+            .replicated_on(node)
+            .map(|p| {
+                let role = if p.primary == node { "P" } else { "b" };
+                format!("{}{role}", p.region)
+            })
+            .collect();
+        println!(
+            "{:<6} {:<8} {:<8} {:<22} {}",
+            node.to_string(),
+            pid,
+            state,
+            address,
+            roles.join(" ")
+        );
     }
-
-    /// The configuration of node `node` (node 0 is the client: no regions).
-    pub fn config(&self, node: NodeId) -> NodeConfig {
-        NodeConfig {
-            node,
-            cluster_dir: self.dir.clone(),
-            transport: self.kind,
-            listen: (self.kind == TransportKind::Tcp).then(|| "127.0.0.1:0".to_string()),
-            peers: (0..=self.node_count)
-                .map(NodeId)
-                .filter(|&n| n != node)
-                .collect(),
-            regions: if node == CLIENT_NODE {
-                Vec::new()
-            } else {
-                vec![RegionId(node.0 as u32)]
-            },
-            region_bytes: REGION_BYTES_DEFAULT,
-            ring_bytes: acre::engine::channel::RING_BYTES_DEFAULT,
-            block_bytes: BLOCK_BYTES_DEFAULT,
-            persist: "auto".into(),
-        }
+    println!("{:<8} {:<8} backups", "region", "primary");
+    for placement in &config.regions {
+        let backups: Vec<String> = placement.backups.iter().map(|b| b.to_string()).collect();
+        println!(
+            "{:<8} {:<8} {}",
+            placement.region.to_string(),
+            placement.primary.to_string(),
+            backups.join(" ")
+        );
     }
-
-    /// Waits until every node has published its manifest.
-    pub fn wait_ready(&mut self) -> anyhow::Result<Vec<NodeManifest>> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut manifests = Vec::new();
-        for n in 1..=self.node_count {
-            loop {
-                if let Some(status) = self.children[n as usize - 1].try_wait()? {
-                    bail!("node {n} exited during start-up with {status}");
-                }
-                if let Some(manifest) = NodeManifest::read(&self.dir, NodeId(n))? {
-                    manifests.push(manifest);
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    bail!("node {n} did not start within {START_TIMEOUT:?}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(manifests)
+    let clients = config
+        .clients
+        .iter()
+        .filter(|&&c| {
+            NodeManifest::read(dir, c)
+                .ok()
+                .flatten()
+                .is_some_and(|m| cluster::process_alive(m.pid))
+        })
+        .count();
+    println!("clients connected: {clients} of {}", config.clients.len());
+    if down > 0 {
+        println!("{down} of {} nodes are not running", config.nodes.len());
+        return Ok(ExitCode::from(1));
     }
-
-    pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
-
-    /// Sends SIGTERM to every node and checks that each exits cleanly.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.stop_children()
-    }
-
-    fn stop_children(&mut self) -> anyhow::Result<()> {
-        for child in &self.children {
-            let _ = acre::engine::signal::terminate(child.id());
-        }
-        let mut failure = None;
-        for (i, mut child) in self.children.drain(..).enumerate() {
-            let status = child.wait().context("wait for a node process")?;
-            if !status.success() && failure.is_none() {
-                failure = Some(format!("node {} exited with {status} after SIGTERM", i + 1));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        match failure {
-            Some(message) => bail!(message),
-            None => Ok(()),
-        }
-    }
+    Ok(ExitCode::SUCCESS)
 }
 
-impl Drop for ProcessCluster {
-    fn drop(&mut self) {
-        if !self.children.is_empty() {
-            let _ = self.stop_children();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// SIGTERM to every running node, then waits for them to exit.
+fn stop_nodes(dir: &Path, file: &ClusterFile) -> anyhow::Result<usize> {
+    let running = running_nodes(dir, file);
+    for &(_, pid) in &running {
+        let _ = acre::engine::signal::terminate(pid);
     }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for &(node, pid) in &running {
+        while cluster::process_alive(pid) {
+            if Instant::now() >= deadline {
+                bail!("{node} (pid {pid}) did not exit within {STOP_TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(running.len())
+}
+
+pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.dir;
+    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
+        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
+    let stopped = stop_nodes(dir, &file)?;
+    std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+    println!("cluster down: stopped {stopped} nodes, removed {}", dir.display());
+    Ok(ExitCode::SUCCESS)
 }

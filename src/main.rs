@@ -1,10 +1,10 @@
-//! The `acre` command line: run a node process, or the demo.
+//! The `acre` command line: the demo, node processes, local clusters, and the bank workload.
 
 mod demo;
 mod idle;
 mod launch;
 
-use acre::engine::node::{Node, NodeConfig};
+use acre::db::NodeId;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,24 +23,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a 3-node cluster on each transport and time one-sided READ, WRITE and CAS across nodes.
+    /// Run concurrent bank transfers with audits on a 3-node embedded cluster (3 replicas).
     Demo(demo::DemoArgs),
-    /// Start node processes, leave them idle, and report the CPU time they use.
-    IdleCpu(idle::IdleArgs),
-    /// Run one node process until SIGTERM or SIGINT.
+    /// Run the bank workload against a cluster started by `acre cluster up`.
+    Bank(demo::BankArgs),
+    /// Start, inspect or stop a cluster of node processes on this host.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Run one node process of a cluster until SIGTERM or SIGINT (`acre cluster up` starts these).
     Node {
-        /// The node's configuration file (TOML; see docs/ARCHITECTURE.md, "Node runtime").
+        /// The cluster file (`cluster.toml` in the cluster directory).
         #[arg(long)]
-        config: PathBuf,
+        cluster: PathBuf,
+        /// This node's id in the cluster file.
+        #[arg(long)]
+        id: u16,
     },
+    /// Start a cluster of node processes, leave it idle, and report the CPU time it uses.
+    IdleCpu(idle::IdleArgs),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start node processes and write the cluster file.
+    Up(launch::UpArgs),
+    /// Show the nodes and regions of a cluster.
+    Status(launch::DirArgs),
+    /// Stop every node of a cluster and remove its directory.
+    Down(launch::DirArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(args) => demo::run(&args),
+        Command::Demo(args) => demo::demo(&args),
+        Command::Bank(args) => demo::bank(&args),
+        Command::Cluster(ClusterCommand::Up(args)) => launch::up(&args),
+        Command::Cluster(ClusterCommand::Status(args)) => launch::status(&args),
+        Command::Cluster(ClusterCommand::Down(args)) => launch::down(&args),
+        Command::Node { cluster, id } => run_node(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
-        Command::Node { config } => run_node(&config),
     };
     match result {
         Ok(code) => code,
@@ -51,14 +73,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_node(config_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCode> {
     // Block the termination signals before any thread starts, so only `wait_for_termination`
     // receives them and shutdown is ordinary code.
     acre::engine::signal::block_termination().context("block termination signals")?;
-    let config = NodeConfig::from_file(config_path)?;
-    let node_id = config.node;
-    let node = Node::start(config).with_context(|| format!("start node {node_id}"))?;
+    let node = acre::cluster::ProcessNode::start(cluster_file, id)
+        .with_context(|| format!("start {id}"))?;
+    eprintln!("acre node {id}: serving (pid {})", std::process::id());
     acre::engine::signal::wait_for_termination().context("wait for a signal")?;
     node.stop();
+    eprintln!("acre node {id}: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -189,6 +189,46 @@ fn remove_stale_files(dir: &Path, node: NodeId) -> io::Result<()> {
     }
 }
 
+/// A node's transport to the others: shm maps their files in `dir`; tcp starts this node's NIC
+/// thread on `listen` (default `127.0.0.1:0`) serving `memory`, and returns its address.
+pub fn open_transport(
+    dir: &Path,
+    node: NodeId,
+    kind: TransportKind,
+    listen: Option<&str>,
+    options: MapOptions,
+    memory: &Arc<NodeMemory>,
+) -> Result<(Transport, Option<NicServer>, Option<SocketAddr>), NodeError> {
+    match kind {
+        TransportKind::Shm => Ok((
+            Transport::Shm(ShmTransport::new(dir.to_path_buf(), options)),
+            None,
+            None,
+        )),
+        TransportKind::Tcp => {
+            let secret = ClusterSecret::from_file(&dir.join(directory::SECRET_FILE))?;
+            let listen = listen.unwrap_or("127.0.0.1:0");
+            let listen: SocketAddr = listen.parse().map_err(|e| NodeError::Config {
+                path: dir.to_path_buf(),
+                reason: format!("listen = {listen:?}: {e}"),
+            })?;
+            let nic = NicServer::start(listen, memory.clone(), secret.clone())
+                .map_err(io_error(format!("listen on {listen}")))?;
+            let addr = nic.local_addr();
+            Ok((
+                Transport::Tcp(TcpTransport::new(node, secret)),
+                Some(nic),
+                Some(addr),
+            ))
+        }
+    }
+}
+
+/// Removes files a previous run of `node` left in the cluster directory.
+pub fn remove_node_files(dir: &Path, node: NodeId) -> io::Result<()> {
+    remove_stale_files(dir, node)
+}
+
 /// One participant's presence on the fabric.
 pub struct Endpoint {
     config: NodeConfig,
@@ -217,29 +257,14 @@ impl Endpoint {
             Some(&dir),
             config.map_options(),
         )?;
-        let (transport, nic, tcp_addr) = match config.transport {
-            TransportKind::Shm => (
-                Transport::Shm(ShmTransport::new(dir.clone(), config.map_options())),
-                None,
-                None,
-            ),
-            TransportKind::Tcp => {
-                let secret = ClusterSecret::from_file(&dir.join(directory::SECRET_FILE))?;
-                let listen = config.listen.as_deref().unwrap_or("127.0.0.1:0");
-                let listen: SocketAddr = listen.parse().map_err(|e| NodeError::Config {
-                    path: dir.clone(),
-                    reason: format!("listen = {listen:?}: {e}"),
-                })?;
-                let nic = NicServer::start(listen, memory.clone(), secret.clone())
-                    .map_err(io_error(format!("listen on {listen}")))?;
-                let addr = nic.local_addr();
-                (
-                    Transport::Tcp(TcpTransport::new(config.node, secret)),
-                    Some(nic),
-                    Some(addr),
-                )
-            }
-        };
+        let (transport, nic, tcp_addr) = open_transport(
+            &dir,
+            config.node,
+            config.transport,
+            config.listen.as_deref(),
+            config.map_options(),
+            &memory,
+        )?;
         let fabric = Arc::new(Fabric::new(memory, transport));
         Ok(Endpoint {
             config,

@@ -42,6 +42,16 @@ impl Directory {
             .insert((node, area), (key, bytes));
     }
 
+    /// Forgets what is known of `node` (it restarted with new keys); manifests are read again.
+    pub fn forget(&self, node: NodeId) {
+        if self.cluster_dir.is_some() {
+            self.known
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(n, _), _| *n != node);
+        }
+    }
+
     /// The key and size of `area` at `node`.
     pub fn lookup(
         &self,

@@ -243,11 +243,19 @@ impl TxnNode {
     /// Answers a coordinator on `to_node` (fire and forget: a lost reply becomes the
     /// coordinator's timeout).
     pub fn reply(&self, to_node: NodeId, to: ReplyTo, seq: u64, code: Code, values: [u64; 3]) {
-        let results = self
-            .fabric
-            .execute(to_node, reply_ops(to, seq, code, values));
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            eprintln!("acre {}: reply to {to_node} lost: {e}", self.node);
+        let deliver = || {
+            self.fabric
+                .execute(to_node, reply_ops(to, seq, code, values))
+                .into_iter()
+                .find_map(Result::err)
+        };
+        let Some(first) = deliver() else { return };
+        // The coordinator's node may have restarted (a client process): look it up afresh.
+        self.fabric.forget_peer(to_node);
+        self.directory.forget(to_node);
+        let _ = self.directory.lookup(&self.fabric, to_node, crate::reply::REPLY_AREA_ID);
+        if let Some(e) = deliver() {
+            eprintln!("acre {}: reply to {to_node} lost: {first}; then {e}", self.node);
         }
     }
 

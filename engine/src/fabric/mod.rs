@@ -191,6 +191,14 @@ impl Fabric {
         }
     }
 
+    /// Forgets what this node cached about `node` (mapped files, address): it restarted, so
+    /// its areas have new keys. The next operation looks it up afresh.
+    pub fn forget_peer(&self, node: NodeId) {
+        if let Transport::Shm(shm) = &self.transport {
+            shm.forget(node);
+        }
+    }
+
     /// Posts `ops` to `target`; they execute in order. Operations on this node's own memory are
     /// done directly on every transport.
     pub fn post(&self, target: NodeId, ops: Vec<Op>) -> Pending {

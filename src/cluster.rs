@@ -1,0 +1,266 @@
+//! Clusters of node processes on this host: the cluster file, the node process runtime behind
+//! `acre node`, and the client node a `Db::connect` runs in the application's process.
+//!
+//! `acre cluster up` writes `cluster.toml` into a cluster directory and starts one `acre node`
+//! process per node; each creates its region copies, log rings and reply area as files in the
+//! directory and publishes a manifest (areas, keys, pid, tcp address) there. Clients find
+//! everything through the manifests.
+
+use crate::db::NodeId;
+use acre_engine::directory::{self, NodeManifest};
+use acre_engine::fabric::doorbell::Doorbell;
+use acre_engine::fabric::memory::NodeMemory;
+use acre_engine::fabric::tcp::NicServer;
+use acre_engine::fabric::Fabric;
+use acre_engine::node::{self as engine_node, TransportKind};
+use acre_nvm_log::{MapOptions, PersistMode};
+use acre_replication::{ReplicaNode, Storage};
+use acre_txn::directory::Directory;
+use acre_txn::{Configuration, TxnNode};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Name of the cluster file inside a cluster directory.
+pub const CLUSTER_FILE: &str = "cluster.toml";
+/// Client node ids start here (memory nodes are numbered from 1).
+pub const CLIENT_ID_BASE: u16 = 100;
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClusterError(pub String);
+
+fn fail(what: &str) -> impl FnOnce(String) -> ClusterError + '_ {
+    move |reason| ClusterError(format!("{what}: {reason}"))
+}
+
+/// The cluster file: the configuration and how the nodes reach each other.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub transport: TransportKind,
+    /// auto | flush | msync (acre-nvm-log's PersistMode).
+    pub persist: String,
+    pub ring_bytes: u64,
+    pub config: Configuration,
+}
+
+impl ClusterFile {
+    pub fn read(path: &Path) -> Result<ClusterFile, ClusterError> {
+        let what = format!("cluster file {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| fail(&what)(e.to_string()))?;
+        let file: ClusterFile = toml::from_str(&text).map_err(|e| fail(&what)(e.to_string()))?;
+        file.config
+            .validate()
+            .map_err(|e| fail(&what)(e.to_string()))?;
+        if PersistMode::parse(&file.persist).is_none() {
+            return Err(fail(&what)(format!(
+                "persist = {:?}: expected auto, flush or msync",
+                file.persist
+            )));
+        }
+        Ok(file)
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), ClusterError> {
+        let text = toml::to_string(self).map_err(|e| ClusterError(e.to_string()))?;
+        std::fs::write(path, text)
+            .map_err(|e| ClusterError(format!("write {}: {e}", path.display())))
+    }
+
+    fn map_options(&self) -> MapOptions {
+        MapOptions {
+            persist: PersistMode::parse(&self.persist).unwrap_or_default(),
+        }
+    }
+}
+
+/// One node of a process cluster running in this process: a memory node (`acre node`) or a
+/// client node (`Db::connect`).
+pub struct ProcessNode {
+    replica: Option<ReplicaNode>,
+    _nic: Option<NicServer>,
+    dir: PathBuf,
+    node: NodeId,
+}
+
+impl ProcessNode {
+    /// Starts node `node` of the cluster in `cluster_file`'s directory and publishes its
+    /// manifest.
+    pub fn start(cluster_file: &Path, node: NodeId) -> Result<ProcessNode, ClusterError> {
+        let file = ClusterFile::read(cluster_file)?;
+        let dir = cluster_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        if !file.config.members().any(|m| m == node) {
+            return Err(ClusterError(format!(
+                "{node} is not a node of the cluster in {}",
+                cluster_file.display()
+            )));
+        }
+        let io = |what: &'static str| move |e: std::io::Error| ClusterError(format!("{what}: {e}"));
+        engine_node::remove_node_files(&dir, node).map_err(io("remove stale node files"))?;
+        let doorbell = Doorbell::create_file(&directory::doorbell_path(&dir, node))
+            .map_err(io("create the doorbell"))?;
+        let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
+        let options = file.map_options();
+        let (transport, nic, tcp_addr) =
+            engine_node::open_transport(&dir, node, file.transport, None, options, &memory)
+                .map_err(|e| ClusterError(e.to_string()))?;
+        let fabric = Arc::new(Fabric::new(memory, transport));
+        let replica = ReplicaNode::start(
+            Arc::new(file.config.clone()),
+            fabric,
+            Directory::manifests(dir.clone()),
+            &Storage::Files {
+                dir: dir.clone(),
+                options,
+            },
+            file.ring_bytes,
+        )
+        .map_err(|e| ClusterError(format!("start {node}: {e}")))?;
+        let manifest = NodeManifest {
+            node,
+            pid: std::process::id(),
+            transport: file.transport.name().to_string(),
+            tcp_addr: tcp_addr.map(|a| a.to_string()),
+            areas: replica.area_entries(),
+        };
+        manifest
+            .write(&dir)
+            .map_err(io("publish the manifest"))?;
+        Ok(ProcessNode {
+            replica: Some(replica),
+            _nic: nic,
+            dir,
+            node,
+        })
+    }
+
+    pub fn txn(&self) -> &Arc<TxnNode> {
+        self.replica.as_ref().expect("running").txn()
+    }
+
+    pub fn replica(&self) -> &ReplicaNode {
+        self.replica.as_ref().expect("running")
+    }
+
+    /// Stops the worker, withdraws the manifest and removes the node's files.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(replica) = self.replica.take() {
+            let _ = NodeManifest::remove(&self.dir, self.node);
+            replica.stop();
+            let _ = engine_node::remove_node_files(&self.dir, self.node);
+        }
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// A client node in an application process: it holds no regions and coordinates transactions
+/// on the cluster's objects. Its id is claimed with a lock file, released when it stops (or
+/// its process dies).
+pub struct ClientNode {
+    node: ProcessNode,
+    _claim: File,
+}
+
+impl ClientNode {
+    /// Claims a free client id of the cluster in `cluster_file` and starts a node for it.
+    pub fn connect(cluster_file: &Path) -> Result<ClientNode, ClusterError> {
+        let file = ClusterFile::read(cluster_file)?;
+        let dir = cluster_file.parent().unwrap_or(Path::new("."));
+        for &id in &file.config.clients {
+            let path = dir.join(format!("client-{}.lock", id.0));
+            let claim = File::create(&path)
+                .map_err(|e| ClusterError(format!("create {}: {e}", path.display())))?;
+            if claim.try_lock().is_err() {
+                continue; // another process is this client
+            }
+            let node = ProcessNode::start(cluster_file, id)?;
+            wait_for_manifests(dir, file.config.nodes.iter().copied(), Duration::from_secs(10))?;
+            return Ok(ClientNode {
+                node,
+                _claim: claim,
+            });
+        }
+        Err(ClusterError(format!(
+            "all {} client ids of the cluster are in use: stop a client, or start the cluster \
+             with more (--clients)",
+            file.config.clients.len()
+        )))
+    }
+
+    pub fn txn(&self) -> &Arc<TxnNode> {
+        self.node.txn()
+    }
+
+    /// Sends this client's pending truncations; returns whether none is left within `timeout`.
+    pub fn quiesce(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let _ = self.txn().flush_truncations(Duration::ZERO);
+            if !self.txn().has_pending_truncations() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Waits until every node in `nodes` has published its manifest.
+pub fn wait_for_manifests(
+    dir: &Path,
+    nodes: impl Iterator<Item = NodeId> + Clone,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut missing = None;
+        for node in nodes.clone() {
+            match NodeManifest::read(dir, node) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    missing = Some(node);
+                    break;
+                }
+                Err(e) => return Err(ClusterError(format!("manifest of {node}: {e}"))),
+            }
+        }
+        let Some(node) = missing else { return Ok(()) };
+        if Instant::now() >= deadline {
+            return Err(ClusterError(format!(
+                "{node} did not publish its manifest within {timeout:?}: see its log in {}",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` is running (Linux: it has a /proc entry and is not a zombie, which
+/// nobody may reap in a container without an init).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ...`: the state follows the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}

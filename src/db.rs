@@ -1,0 +1,298 @@
+//! The embedded API: [`Db`], a handle on a transactional cluster, and [`Txn`], one transaction.
+//!
+//! A `Db` is either an embedded in-process cluster ([`Db::embedded`]) or a connection to a
+//! running cluster of node processes ([`Db::connect`]). Either way transactions are strictly
+//! serializable and every committed transaction is durable in the logs of f+1 replicas.
+
+use acre_replication::EmbeddedCluster;
+use acre_txn::{Configuration, TxnNode};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use acre_engine::addr::{Addr, NodeId, RegionId};
+pub use acre_txn::{Txn, TxnError, TxnId};
+
+/// Attempts [`Db::run`] makes before giving up with the last conflict.
+pub const RUN_ATTEMPTS_MAX: u32 = 1000;
+/// The first retry waits about this long; each further one about twice as long...
+pub const BACKOFF_FIRST: Duration = Duration::from_micros(10);
+/// ...up to this.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(5);
+
+/// How an embedded cluster is laid out.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Nodes in the cluster.
+    pub nodes: u16,
+    /// Failures tolerated (backups per region); `None`: 2 with three or more nodes.
+    pub f: Option<usize>,
+    /// Regions whose primary is each node.
+    pub regions_per_node: usize,
+    pub region_bytes: u64,
+    pub block_bytes: u64,
+    /// Bytes of each log ring (one per pair of nodes).
+    pub ring_bytes: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> EmbeddedOptions {
+        EmbeddedOptions {
+            nodes: 3,
+            f: None,
+            regions_per_node: 1,
+            region_bytes: 64 << 20,
+            block_bytes: 1 << 20,
+            ring_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why a `Db` could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    #[error(transparent)]
+    Config(#[from] acre_txn::config::ConfigError),
+    #[error("cannot start the embedded cluster: {0}")]
+    Start(#[from] acre_replication::StartError),
+    #[error("cannot connect to the cluster: {0}")]
+    Connect(String),
+}
+
+enum Backing {
+    Embedded(EmbeddedCluster),
+    Client(crate::cluster::ClientNode),
+}
+
+struct Inner {
+    backing: Backing,
+    coordinators: Vec<Arc<TxnNode>>,
+    next_coordinator: AtomicUsize,
+}
+
+/// A handle on a transactional cluster. Cheap to clone; share it between threads.
+///
+/// ```
+/// use acre::db::{Db, EmbeddedOptions};
+///
+/// let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
+/// // Create two accounts in one transaction.
+/// let (alice, bob) = db.run(|txn| {
+///     let alice = txn.alloc(8)?;
+///     let bob = txn.alloc(8)?;
+///     txn.write(alice, &100u64.to_le_bytes())?;
+///     txn.write(bob, &0u64.to_le_bytes())?;
+///     Ok((alice, bob))
+/// })?;
+/// // Move 30 from one to the other; `run` retries if another transaction conflicts.
+/// db.run(|txn| {
+///     let a = u64::from_le_bytes(txn.read(alice)?.try_into().unwrap());
+///     let b = u64::from_le_bytes(txn.read(bob)?.try_into().unwrap());
+///     txn.write(alice, &(a - 30).to_le_bytes())?;
+///     txn.write(bob, &(b + 30).to_le_bytes())
+/// })?;
+/// assert_eq!(db.read(bob)?, 30u64.to_le_bytes());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl Db {
+    /// Starts an in-process cluster (every node in this process, on the `local` transport).
+    pub fn embedded(options: &EmbeddedOptions) -> Result<Db, DbError> {
+        let nodes: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
+        let f = options
+            .f
+            .unwrap_or_else(|| Configuration::default_f(nodes.len()));
+        let config = Configuration::place(
+            1,
+            nodes,
+            Vec::new(),
+            options.regions_per_node,
+            f,
+            options.region_bytes,
+            options.block_bytes,
+        )?;
+        let cluster = EmbeddedCluster::start(config, options.ring_bytes)?;
+        let coordinators = cluster.nodes().iter().map(|n| n.txn().clone()).collect();
+        Ok(Db::new(Backing::Embedded(cluster), coordinators))
+    }
+
+    /// Joins a running cluster (started by `acre cluster up`) described by `cluster_file`, as
+    /// one of its client nodes. Transactions run in this process; their objects live in the
+    /// node processes.
+    pub fn connect(cluster_file: &std::path::Path) -> Result<Db, DbError> {
+        let client = crate::cluster::ClientNode::connect(cluster_file)
+            .map_err(|e| DbError::Connect(format!("{e:#}")))?;
+        let coordinators = vec![client.txn().clone()];
+        Ok(Db::new(Backing::Client(client), coordinators))
+    }
+
+    fn new(backing: Backing, coordinators: Vec<Arc<TxnNode>>) -> Db {
+        Db {
+            inner: Arc::new(Inner {
+                backing,
+                coordinators,
+                next_coordinator: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The configuration: nodes, regions, primaries and backups.
+    pub fn config(&self) -> &Configuration {
+        self.inner.coordinators[0].config()
+    }
+
+    fn coordinator(&self) -> &Arc<TxnNode> {
+        let coordinators = &self.inner.coordinators;
+        let index = self.inner.next_coordinator.fetch_add(1, Ordering::Relaxed);
+        &coordinators[index % coordinators.len()]
+    }
+
+    /// Starts a transaction. What it reads is only trustworthy once `commit` succeeds: a
+    /// transaction that will abort may see objects from different moments (never a torn one).
+    ///
+    /// ```
+    /// # use acre::db::{Db, EmbeddedOptions};
+    /// # let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
+    /// let mut txn = db.begin()?;
+    /// let list = txn.alloc(64)?;
+    /// txn.write(list, b"first")?;
+    /// assert_eq!(txn.read(list)?, b"first"); // a transaction sees its own writes
+    /// txn.commit()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn begin(&self) -> Result<Txn, TxnError> {
+        self.coordinator().begin()
+    }
+
+    /// Runs `body` in a transaction and commits it, retrying with bounded, jittered
+    /// exponential backoff while it conflicts (at most [`RUN_ATTEMPTS_MAX`] times). An error
+    /// from `body` ends the run, unless what the transaction read had already changed, in which
+    /// case the error came from a stale view and the transaction is retried.
+    ///
+    /// ```
+    /// # use acre::db::{Db, EmbeddedOptions, TxnError};
+    /// # let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
+    /// let counter = db.run(|txn| txn.alloc(8))?;
+    /// let threads: Vec<_> = (0..2).map(|_| {
+    ///     let db = db.clone();
+    ///     std::thread::spawn(move || {
+    ///         for _ in 0..50 {
+    ///             db.run(|txn| {
+    ///                 let n = u64::from_le_bytes(txn.read(counter)?.try_into().unwrap());
+    ///                 txn.write(counter, &(n + 1).to_le_bytes())
+    ///             })?;
+    ///         }
+    ///         Ok::<(), TxnError>(())
+    ///     })
+    /// }).collect();
+    /// for t in threads { t.join().unwrap()?; }
+    /// assert_eq!(db.read(counter)?, 100u64.to_le_bytes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn run<T>(
+        &self,
+        mut body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
+    ) -> Result<T, TxnError> {
+        let mut backoff = Backoff::new();
+        let mut last = None;
+        for _ in 0..RUN_ATTEMPTS_MAX {
+            let error = match self.begin() {
+                Err(e) => e,
+                Ok(mut txn) => match body(&mut txn) {
+                    Ok(value) => match txn.commit() {
+                        Ok(()) => return Ok(value),
+                        Err(e) => e,
+                    },
+                    Err(e) if e.is_retryable() => e,
+                    Err(e) => match txn.still_valid() {
+                        Ok(false) => TxnError::Conflict {
+                            addr: Addr::new(RegionId(0), 0),
+                            why: "the transaction failed on data that had changed",
+                        },
+                        _ => return Err(e),
+                    },
+                },
+            };
+            if !error.is_retryable() {
+                return Err(error);
+            }
+            last = Some(error);
+            backoff.wait();
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    /// Reads one object without a transaction: a consistent, committed value (lock-free; it
+    /// waits only while a commit is installing the object).
+    pub fn read(&self, addr: Addr) -> Result<Vec<u8>, TxnError> {
+        let slot = self.coordinator().read_slot(addr)?;
+        if !slot.header.is_allocated() {
+            return Err(TxnError::NotFound { addr });
+        }
+        acre_txn::value::decode(&slot.payload)
+            .map(<[u8]>::to_vec)
+            .map_err(|reason| TxnError::Protocol {
+                node: self.coordinator().node_id(),
+                reason: format!("object at {addr}: {reason}"),
+            })
+    }
+
+    /// Waits until every committed transaction has been applied to every backup and all logs
+    /// are truncated (embedded clusters; a connected `Db` only flushes its own truncations).
+    /// Returns whether that happened within `timeout`.
+    pub fn quiesce(&self, timeout: Duration) -> bool {
+        match &self.inner.backing {
+            Backing::Embedded(cluster) => cluster.quiesce(timeout),
+            Backing::Client(client) => client.quiesce(timeout),
+        }
+    }
+
+    /// Checks that every backup copy is byte-identical to its primary (embedded clusters,
+    /// after [`Db::quiesce`]). A connected `Db` cannot see the nodes' memory and reports
+    /// nothing.
+    pub fn check_replicas(&self) -> Result<(), acre_replication::verify::Mismatch> {
+        match &self.inner.backing {
+            Backing::Embedded(cluster) => cluster.check_replicas(),
+            Backing::Client(_) => Ok(()),
+        }
+    }
+}
+
+/// Jittered exponential backoff between attempts of [`Db::run`].
+struct Backoff {
+    next: Duration,
+    random: u64,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        // Seeded per run from the process's hash randomness: threads that conflicted with
+        // each other must not retry in lockstep.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            | 1;
+        Backoff {
+            next: BACKOFF_FIRST,
+            random,
+        }
+    }
+
+    fn wait(&mut self) {
+        // xorshift64: enough to spread retries.
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        // Uniform in [next/2, 3*next/2).
+        let base = self.next.as_nanos() as u64;
+        let jittered = base / 2 + self.random % base.max(1);
+        std::thread::sleep(Duration::from_nanos(jittered));
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+    }
+}

@@ -2,7 +2,8 @@
 //! read-only audits that sum every balance. The total never changes and no balance goes
 //! negative in a serializable history; `acre demo`, `acre bank` and the tests run it.
 //!
-//! The accounts are listed in a *directory object* (`count u64 | addr u64 ...`) so that
+//! The accounts are listed in a *directory object* (`count u64 | initial balance i64 | addr u64
+//! ...`) so that
 //! processes other than the one that created them can find them from one address.
 
 use crate::db::{Addr, Db, TxnError};
@@ -89,6 +90,7 @@ impl Bank {
             accounts.extend(created);
         }
         let mut listing = (count as u64).to_le_bytes().to_vec();
+        listing.extend_from_slice(&initial_balance.to_le_bytes());
         for addr in &accounts {
             listing.extend_from_slice(&addr.to_u64().to_le_bytes());
         }
@@ -114,18 +116,18 @@ impl Bank {
         let (count, rest) = listing
             .split_first_chunk::<8>()
             .ok_or_else(|| malformed("shorter than its count".into()))?;
+        let (initial_balance, rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| malformed("shorter than its initial balance".into()))?;
         let count = u64::from_le_bytes(*count) as usize;
-        if rest.len() != count * 8 {
+        let initial_balance = i64::from_le_bytes(*initial_balance);
+        if rest.len() != count * 8 || count == 0 {
             return Err(malformed(format!("count {count} but {} bytes", rest.len())));
         }
         let accounts: Vec<Addr> = rest
             .chunks_exact(8)
             .map(|c| Addr::from_u64(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
             .collect();
-        let first = *accounts
-            .first()
-            .ok_or_else(|| malformed("no accounts".into()))?;
-        let initial_balance = balance(&db.read(first)?, first)?;
         Ok(Bank {
             directory,
             accounts,

@@ -1,3 +1,4 @@
-//! Integration tests of the `acre` binary: node processes started, used and stopped for real.
+//! Integration tests of the `acre` binary and facade: real node processes started, used and
+//! stopped, the bank workload from several processes, and bad input.
 
-mod node;
+mod cluster;

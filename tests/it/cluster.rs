@@ -1,0 +1,184 @@
+//! `acre cluster up | status | down` with real node processes; the bank workload run from
+//! several processes at once over shm; bad input gets one line and exit code 2.
+
+use acre::bank::Bank;
+use acre::cluster::CLUSTER_FILE;
+use acre::db::Db;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn acre(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_acre"))
+        .args(args)
+        .output()
+        .expect("run acre")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A cluster directory that is taken down when the test ends, even on failure.
+struct Cluster {
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn up(name: &str, transport: &str) -> Cluster {
+        let dir = PathBuf::from(format!("/dev/shm/acre-test-{name}-{}", std::process::id()));
+        let cluster = Cluster { dir };
+        let up = acre(&[
+            "cluster",
+            "up",
+            "--dir",
+            cluster.dir(),
+            "--transport",
+            transport,
+            "--region-bytes",
+            "8388608",
+            "--ring-bytes",
+            "262144",
+        ]);
+        assert!(up.status.success(), "{}", text(&up));
+        cluster
+    }
+
+    fn dir(&self) -> &str {
+        self.dir.to_str().expect("utf-8 path")
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join(CLUSTER_FILE)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if Path::new(&self.dir).exists() {
+            let _ = acre(&["cluster", "down", "--dir", self.dir()]);
+        }
+    }
+}
+
+#[test]
+fn bank_transfers_from_several_processes_keep_the_total_over_shm() {
+    let cluster = Cluster::up("bank", "shm");
+    let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
+    assert!(status.status.success(), "{}", text(&status));
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("n3") && shown.contains("r3"), "{shown}");
+
+    let db = Db::connect(&cluster.file()).expect("connect");
+    let bank = Bank::create(&db, 40, 1000).expect("create accounts");
+    let directory = bank.directory.to_string();
+    let workers: Vec<_> = (0..2)
+        .map(|seed| {
+            Command::new(env!("CARGO_BIN_EXE_acre"))
+                .args(["bank", "--dir", cluster.dir(), "--bank", &directory])
+                .args(["--seconds", "2", "--threads", "2", "--audits", "1"])
+                .args(["--seed", &seed.to_string()])
+                .output()
+                .expect("run acre bank")
+        })
+        .collect();
+    // `output` waits, so the two processes above ran one after the other; run two more
+    // concurrently as well.
+    let concurrent: Vec<_> = (10..12)
+        .map(|seed| {
+            Command::new(env!("CARGO_BIN_EXE_acre"))
+                .args(["bank", "--dir", cluster.dir(), "--bank", &directory])
+                .args(["--seconds", "2", "--threads", "1", "--audits", "1"])
+                .args(["--seed", &seed.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start acre bank")
+        })
+        .collect();
+    let concurrent: Vec<Output> = concurrent
+        .into_iter()
+        .map(|child| child.wait_with_output().expect("wait for acre bank"))
+        .collect();
+    for output in workers.iter().chain(&concurrent) {
+        assert!(output.status.success(), "{}", text(output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("invariant held"), "{}", text(output));
+        let committed: u64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("transfers: "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no transfer count in {}", text(output)));
+        assert!(committed > 0, "{}", text(output));
+    }
+    // This process checks the end state itself.
+    let balances: Vec<i64> = db
+        .run(|txn| {
+            bank.accounts
+                .iter()
+                .map(|&a| Ok(i64::from_le_bytes(txn.read(a)?.try_into().unwrap())))
+                .collect()
+        })
+        .unwrap();
+    assert_eq!(balances.iter().sum::<i64>(), 40 * 1000, "{balances:?}");
+    assert!(balances.iter().all(|&b| b >= 0), "{balances:?}");
+    assert!(db.quiesce(Duration::from_secs(10)));
+    drop(db);
+
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(!cluster.dir.exists(), "down removes the directory");
+}
+
+#[test]
+fn the_bank_runs_over_tcp() {
+    let cluster = Cluster::up("tcp", "tcp");
+    let run = acre(&["bank", "--dir", cluster.dir(), "--seconds", "1", "--accounts", "10"]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("invariant held"), "{}", text(&run));
+}
+
+#[test]
+fn a_second_up_in_the_same_directory_is_refused() {
+    let cluster = Cluster::up("twice", "shm");
+    let again = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn bad_input_gets_one_line_and_exit_code_2() {
+    let missing = "/dev/shm/acre-test-no-such-cluster";
+    for args in [
+        vec!["cluster", "status", "--dir", missing],
+        vec!["cluster", "down", "--dir", missing],
+        vec!["bank", "--dir", missing, "--seconds", "1"],
+        vec!["node", "--cluster", "/nonexistent/cluster.toml", "--id", "1"],
+        vec!["demo", "--seconds", "0"],
+        vec!["cluster", "up", "--nodes", "0", "--dir", missing],
+    ] {
+        let output = acre(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("acre: "), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn the_demo_reports_and_checks_the_invariant() {
+    let output = acre(&["demo", "--seconds", "1", "--accounts", "20"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for expected in ["committed", "p50", "p99", "invariant held", "byte-identical"] {
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+}

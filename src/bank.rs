@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 /// Accounts created per setup transaction.
 const SETUP_BATCH: usize = 32;
+/// The most accounts one directory object lists (it is one object of at most 64 KiB).
+pub const ACCOUNTS_MAX: usize = 8000;
 
 /// The accounts of one bank.
 #[derive(Clone, Debug)]
@@ -75,6 +77,11 @@ fn balance(bytes: &[u8], addr: Addr) -> Result<i64, TxnError> {
 impl Bank {
     /// Creates `count` accounts of `initial_balance` each and their directory object.
     pub fn create(db: &Db, count: usize, initial_balance: i64) -> Result<Bank, TxnError> {
+        if count > ACCOUNTS_MAX {
+            return Err(TxnError::TxnTooLarge {
+                reason: format!("a bank holds at most {ACCOUNTS_MAX} accounts, not {count}"),
+            });
+        }
         let mut accounts = Vec::with_capacity(count);
         while accounts.len() < count {
             let batch = SETUP_BATCH.min(count - accounts.len());
@@ -194,7 +201,8 @@ impl Bank {
             let (db, bank, stop) = (db.clone(), self.clone(), stop.clone());
             let audit = t >= transfer_threads;
             handles.push(std::thread::spawn(move || {
-                let mut random = acre_nvm_log::fault::SplitMix::new(seed ^ (t as u64 + 1) * 0x9e37);
+                let mut random =
+                    acre_nvm_log::fault::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
                 let mut report = BankReport::default();
                 while !stop.load(Ordering::Relaxed) {
                     if audit {

@@ -8,10 +8,10 @@
 
 use crate::db::NodeId;
 use acre_engine::directory::{self, NodeManifest};
+use acre_engine::fabric::Fabric;
 use acre_engine::fabric::doorbell::Doorbell;
 use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::tcp::NicServer;
-use acre_engine::fabric::Fabric;
 use acre_engine::node::{self as engine_node, TransportKind};
 use acre_nvm_log::{MapOptions, PersistMode};
 use acre_replication::{ReplicaNode, Storage};
@@ -130,9 +130,7 @@ impl ProcessNode {
             tcp_addr: tcp_addr.map(|a| a.to_string()),
             areas: replica.area_entries(),
         };
-        manifest
-            .write(&dir)
-            .map_err(io("publish the manifest"))?;
+        manifest.write(&dir).map_err(io("publish the manifest"))?;
         Ok(ProcessNode {
             replica: Some(replica),
             _nic: nic,
@@ -190,7 +188,11 @@ impl ClientNode {
                 continue; // another process is this client
             }
             let node = ProcessNode::start(cluster_file, id)?;
-            wait_for_manifests(dir, file.config.nodes.iter().copied(), Duration::from_secs(10))?;
+            wait_for_manifests(
+                dir,
+                file.config.nodes.iter().copied(),
+                Duration::from_secs(10),
+            )?;
             return Ok(ClientNode {
                 node,
                 _claim: claim,

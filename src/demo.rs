@@ -93,7 +93,10 @@ pub fn bank(args: &BankArgs) -> anyhow::Result<ExitCode> {
         Some(directory) => Bank::open(&db, directory).context("open the bank")?,
         None => Bank::create(&db, args.workload.accounts, 1000).context("create the accounts")?,
     };
-    println!("bank directory object: {} (pass --bank {} to reuse it)", bank.directory, bank.directory);
+    println!(
+        "bank directory object: {} (pass --bank {} to reuse it)",
+        bank.directory, bank.directory
+    );
     run_and_report(&db, &bank, &args.workload, false)
 }
 
@@ -112,7 +115,13 @@ fn run_and_report(
         args.seconds
     );
     let mut report = bank
-        .run(db, args.threads, args.audits, Duration::from_secs(args.seconds), args.seed)
+        .run(
+            db,
+            args.threads,
+            args.audits,
+            Duration::from_secs(args.seconds),
+            args.seed,
+        )
         .context("run the transfers")?;
     print_report(&mut report);
     let quiet = db.quiesce(QUIESCE_TIMEOUT);
@@ -133,7 +142,9 @@ fn run_and_report(
     );
     if embedded {
         match (quiet, db.check_replicas()) {
-            (true, Ok(())) => println!("backups: byte-identical to their primaries after quiescence"),
+            (true, Ok(())) => {
+                println!("backups: byte-identical to their primaries after quiescence")
+            }
             (false, _) => {
                 held = false;
                 println!("backups: the cluster did not quiesce within {QUIESCE_TIMEOUT:?}");

@@ -106,8 +106,12 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         TransportKind::Shm
     };
     let nodes: Vec<NodeId> = (1..=args.nodes).map(NodeId).collect();
-    let clients: Vec<NodeId> = (0..args.clients).map(|c| NodeId(CLIENT_ID_BASE + c)).collect();
-    let f = args.f.unwrap_or_else(|| Configuration::default_f(nodes.len()));
+    let clients: Vec<NodeId> = (0..args.clients)
+        .map(|c| NodeId(CLIENT_ID_BASE + c))
+        .collect();
+    let f = args
+        .f
+        .unwrap_or_else(|| Configuration::default_f(nodes.len()));
     let config = Configuration::place(
         1,
         nodes.clone(),
@@ -175,7 +179,10 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         file.transport.name(),
         config.f
     );
-    println!("{:<6} {:<8} {:<8} {:<22} {}", "node", "pid", "state", "address", "regions");
+    println!(
+        "{:<6} {:<8} {:<8} {:<22} regions",
+        "node", "pid", "state", "address"
+    );
     let mut down = 0;
     for &node in &config.nodes {
         let manifest = NodeManifest::read(dir, node).ok().flatten();
@@ -259,6 +266,9 @@ pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
     let stopped = stop_nodes(dir, &file)?;
     std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
-    println!("cluster down: stopped {stopped} nodes, removed {}", dir.display());
+    println!(
+        "cluster down: stopped {stopped} nodes, removed {}",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! The `acre` command line: the demo, node processes, local clusters, and the bank workload.
 
+mod bench;
 mod demo;
 mod idle;
 mod launch;
@@ -41,6 +42,15 @@ enum Command {
     },
     /// Start a cluster of node processes, leave it idle, and report the CPU time it uses.
     IdleCpu(idle::IdleArgs),
+    /// Benchmarks that print numbers.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Transfers and read-only transactions per second, with p50/p99 commit latency.
+    Bank(bench::BankBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -63,6 +73,7 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Down(args)) => launch::down(&args),
         Command::Node { cluster, id } => run_node(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
+        Command::Bench(BenchCommand::Bank(args)) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -259,6 +259,14 @@ impl Outbox {
         Ok(())
     }
 
+    /// Rings the receiver's doorbell (for instance when its ring is full and it should catch up).
+    pub fn wake(&self, fabric: &Fabric) -> Result<(), ChannelError> {
+        match fabric.execute(self.target, vec![Op::Notify]).pop() {
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Bytes a new reservation could take now, as far as this sender knows the receiver's head.
     pub fn free_bytes(&self) -> u64 {
         self.writer.free_bytes()
@@ -287,12 +295,14 @@ impl Outbox {
     }
 
     /// Appends messages inside `reservation` in one batch; returns once all are durable in the
-    /// receiver's ring.
+    /// receiver's ring. `wake` rings the receiver's doorbell; records that need no prompt
+    /// attention (a backup's COMMIT-BACKUP) leave its CPU alone.
     pub fn append_reserved(
         &mut self,
         fabric: &Fabric,
         reservation: &mut Reservation,
         messages: &[(RecordKind, &[u8])],
+        wake: bool,
     ) -> Result<(), ChannelError> {
         // If the batch fails, the writer goes back to where it was, so the next send rewrites
         // the same positions instead of leaving a hole the receiver would wait at forever. This
@@ -319,7 +329,9 @@ impl Outbox {
                 });
             }
         }
-        ops.push(Op::Notify);
+        if wake {
+            ops.push(Op::Notify);
+        }
         let outcome = fabric
             .execute(self.target, ops)
             .into_iter()
@@ -346,7 +358,7 @@ impl Outbox {
     ) -> Result<(), ChannelError> {
         let lens: Vec<usize> = messages.iter().map(|(_, payload)| payload.len()).collect();
         let mut reservation = self.reserve(fabric, &lens)?;
-        let outcome = self.append_reserved(fabric, &mut reservation, messages);
+        let outcome = self.append_reserved(fabric, &mut reservation, messages, true);
         self.release(reservation);
         outcome
     }

@@ -57,7 +57,10 @@ impl Backup {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(txn, entries);
-        assert!(previous.is_none(), "{txn} sent COMMIT-BACKUP twice to one backup");
+        assert!(
+            previous.is_none(),
+            "{txn} sent COMMIT-BACKUP twice to one backup"
+        );
     }
 
     /// TRUNCATE: applies the transaction to the copies (if this backup holds it).
@@ -89,7 +92,12 @@ impl Backup {
         if object::load_header(words).version() >= version {
             return Ok(false);
         }
-        object::overwrite(words, &entry.payload, entry.kind != EntryKind::Free, version);
+        object::overwrite(
+            words,
+            &entry.payload,
+            entry.kind != EntryKind::Free,
+            version,
+        );
         persist_slot(region, addr, words.len());
         Ok(true)
     }

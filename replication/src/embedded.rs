@@ -47,9 +47,12 @@ impl EmbeddedCluster {
         for owner in &nodes {
             for area in owner.txn().fabric().memory().areas() {
                 for node in &nodes {
-                    node.txn()
-                        .directory()
-                        .insert(owner.node_id(), area.id(), area.key(), area.len());
+                    node.txn().directory().insert(
+                        owner.node_id(),
+                        area.id(),
+                        area.key(),
+                        area.len(),
+                    );
                 }
             }
         }

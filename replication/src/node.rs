@@ -11,11 +11,11 @@ use acre_engine::fabric::Fabric;
 use acre_engine::region::Region;
 use acre_engine::slab::{AllocError, SlabAllocator};
 use acre_nvm_log::MapOptions;
+use acre_txn::TxnNode;
 use acre_txn::config::Configuration;
 use acre_txn::directory::Directory;
 use acre_txn::primary::Primary;
 use acre_txn::reply::{REPLY_AREA_BYTES, REPLY_AREA_ID, ReplyArea};
-use acre_txn::TxnNode;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +30,12 @@ pub enum Storage {
 }
 
 impl Storage {
-    fn region(&self, node: NodeId, id: acre_engine::addr::RegionId, bytes: u64) -> io::Result<Region> {
+    fn region(
+        &self,
+        node: NodeId,
+        id: acre_engine::addr::RegionId,
+        bytes: u64,
+    ) -> io::Result<Region> {
         match self {
             Storage::Anonymous => Region::anonymous(id, bytes),
             Storage::Files { dir, options } => Region::create_file(dir, node, id, bytes, *options),
@@ -85,9 +90,9 @@ impl ReplicaNode {
         }
         let memory = fabric.memory().clone();
         let register = |region: Arc<Region>| -> Result<Arc<Region>, StartError> {
-            memory
-                .register(region.clone())
-                .map_err(|e| io("register an area")(io::Error::new(io::ErrorKind::AlreadyExists, e)))?;
+            memory.register(region.clone()).map_err(|e| {
+                io("register an area")(io::Error::new(io::ErrorKind::AlreadyExists, e))
+            })?;
             Ok(region)
         };
         let mut primaries = Vec::new();
@@ -126,8 +131,8 @@ impl ReplicaNode {
             replies,
             Primary::new(primaries),
         ));
-        let worker = Worker::spawn(txn.clone(), backup.clone(), inbox)
-            .map_err(io("spawn the worker"))?;
+        let worker =
+            Worker::spawn(txn.clone(), backup.clone(), inbox).map_err(io("spawn the worker"))?;
         Ok(ReplicaNode {
             txn,
             backup,

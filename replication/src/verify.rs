@@ -22,7 +22,11 @@ pub struct Mismatch {
 /// Compares `backup` with `primary` word by word; a difference in the lock bit of an object
 /// header is not one.
 pub fn compare(primary: &Region, backup: &Region, block_bytes: u64) -> Result<(), Mismatch> {
-    assert_eq!(primary.len(), backup.len(), "copies of one region differ in size");
+    assert_eq!(
+        primary.len(),
+        backup.len(),
+        "copies of one region differ in size"
+    );
     let (p, b) = (primary.words(), backup.words());
     for (index, (pw, bw)) in p.iter().zip(b).enumerate() {
         let (pv, bv) = (pw.load(Ordering::Acquire), bw.load(Ordering::Acquire));

@@ -14,11 +14,11 @@
 use crate::backup::Backup;
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{Inbox, Message};
+use acre_engine::slab::AllocError;
 use acre_txn::TxnNode;
 use acre_txn::node::TRUNCATE_FLUSH_AFTER;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, alloc_failure};
-use acre_engine::slab::AllocError;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,7 +43,11 @@ struct Retention {
 
 impl Retention {
     fn read(&mut self, pos: u64, end: u64, keep: bool) {
-        assert!(pos >= self.read_end, "records go forward: pos={pos} read_end={}", self.read_end);
+        assert!(
+            pos >= self.read_end,
+            "records go forward: pos={pos} read_end={}",
+            self.read_end
+        );
         self.read_end = end;
         if keep {
             self.live.insert(pos, end);
@@ -194,7 +198,15 @@ impl Serving {
         }
         let txn = record.txn;
         let seq = txn.seq;
+        // A coordinator on this node did the primary's part of its own LOCK, COMMIT-PRIMARY and
+        // ABORT itself (acre_txn::txn): the worker only keeps or drops those records.
+        let local = txn.node == self.node.node_id();
         let keep = match record.body {
+            Body::Lock { .. } | Body::CommitPrimary if local => true,
+            Body::Abort if local => {
+                self.forget(txn);
+                false
+            }
             Body::Lock { entries, .. } => {
                 let locked = self.node.primary().lock(txn, entries);
                 let code = if locked { Code::Locked } else { Code::Conflict };
@@ -293,7 +305,10 @@ impl Serving {
             let head = ring.head();
             if head > ring.truncated_to {
                 if let Err(e) = self.inbox.truncate(sender, head) {
-                    eprintln!("acre {}: truncating the ring of {sender} failed: {e}", self.node.node_id());
+                    eprintln!(
+                        "acre {}: truncating the ring of {sender} failed: {e}",
+                        self.node.node_id()
+                    );
                     continue;
                 }
                 ring.truncated_to = head;

@@ -139,9 +139,21 @@ fn bank_transfers_from_several_processes_keep_the_total_over_shm() {
 #[test]
 fn the_bank_runs_over_tcp() {
     let cluster = Cluster::up("tcp", "tcp");
-    let run = acre(&["bank", "--dir", cluster.dir(), "--seconds", "1", "--accounts", "10"]);
+    let run = acre(&[
+        "bank",
+        "--dir",
+        cluster.dir(),
+        "--seconds",
+        "1",
+        "--accounts",
+        "10",
+    ]);
     assert!(run.status.success(), "{}", text(&run));
-    assert!(String::from_utf8_lossy(&run.stdout).contains("invariant held"), "{}", text(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("invariant held"),
+        "{}",
+        text(&run)
+    );
 }
 
 #[test]
@@ -161,7 +173,13 @@ fn bad_input_gets_one_line_and_exit_code_2() {
         vec!["cluster", "status", "--dir", missing],
         vec!["cluster", "down", "--dir", missing],
         vec!["bank", "--dir", missing, "--seconds", "1"],
-        vec!["node", "--cluster", "/nonexistent/cluster.toml", "--id", "1"],
+        vec![
+            "node",
+            "--cluster",
+            "/nonexistent/cluster.toml",
+            "--id",
+            "1",
+        ],
         vec!["demo", "--seconds", "0"],
         vec!["cluster", "up", "--nodes", "0", "--dir", missing],
     ] {
@@ -178,7 +196,13 @@ fn the_demo_reports_and_checks_the_invariant() {
     let output = acre(&["demo", "--seconds", "1", "--accounts", "20"]);
     assert!(output.status.success(), "{}", text(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    for expected in ["committed", "p50", "p99", "invariant held", "byte-identical"] {
+    for expected in [
+        "committed",
+        "p50",
+        "p99",
+        "invariant held",
+        "byte-identical",
+    ] {
         assert!(stdout.contains(expected), "{expected}: {stdout}");
     }
 }

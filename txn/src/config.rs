@@ -151,7 +151,9 @@ impl Configuration {
                 return fail(format!("region {region} has two replicas on one node"));
             }
             if let Some(stranger) = replicas.iter().find(|n| !self.nodes.contains(n)) {
-                return fail(format!("region {region} is placed on {stranger}, not a node"));
+                return fail(format!(
+                    "region {region} is placed on {stranger}, not a node"
+                ));
             }
         }
         Ok(())
@@ -210,7 +212,8 @@ mod tests {
 
     #[test]
     fn placement_spreads_primaries_and_backups_over_distinct_nodes() {
-        let config = Configuration::place(1, nodes(3), vec![NodeId(9)], 2, 2, 1 << 20, 4096).unwrap();
+        let config =
+            Configuration::place(1, nodes(3), vec![NodeId(9)], 2, 2, 1 << 20, 4096).unwrap();
         assert_eq!(config.regions.len(), 6);
         for node in nodes(3) {
             assert_eq!(config.primary_regions(node).count(), 2);

@@ -143,9 +143,9 @@ impl TxnNode {
         {
             return Ok(link.clone());
         }
-        let (key, bytes) =
-            self.directory
-                .lookup(&self.fabric, target, ring_area_id(self.node))?;
+        let (key, bytes) = self
+            .directory
+            .lookup(&self.fabric, target, ring_area_id(self.node))?;
         let outbox = Outbox::attach(&self.fabric, target, key, bytes)
             .map_err(|e| channel_error(target, e))?;
         let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
@@ -187,8 +187,14 @@ impl TxnNode {
             match outcome {
                 Ok(reservation) => return Ok(reservation),
                 Err(ChannelError::Log(LogError::Full { .. })) => {
-                    // Our own pending truncations may be what keeps the log full.
+                    // Our own pending truncations may be what keeps the log full, or the
+                    // receiver has not been woken for records that did not ask for it.
                     self.flush_link(target, &link)?;
+                    let _ = link
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .outbox
+                        .wake(&self.fabric);
                     backoff(attempt);
                 }
                 Err(e) => return Err(channel_error(target, e)),
@@ -222,8 +228,15 @@ impl TxnNode {
         let take = link.truncate_pending.len().min(PIGGYBACK_MAX);
         record.truncated = link.truncate_pending[..take].to_vec();
         let payload = record.encode();
+        // A backup's CPU is not on the commit path: its COMMIT-BACKUP waits for the next wake-up.
+        let wake = !matches!(record.body, Body::CommitBackup { .. });
         link.outbox
-            .append_reserved(&self.fabric, reservation, &[(record.kind(), &payload)])
+            .append_reserved(
+                &self.fabric,
+                reservation,
+                &[(record.kind(), &payload)],
+                wake,
+            )
             .map_err(|e| channel_error(target, e))?;
         link.truncate_pending.drain(..take);
         if link.truncate_pending.is_empty() {
@@ -253,9 +266,14 @@ impl TxnNode {
         // The coordinator's node may have restarted (a client process): look it up afresh.
         self.fabric.forget_peer(to_node);
         self.directory.forget(to_node);
-        let _ = self.directory.lookup(&self.fabric, to_node, crate::reply::REPLY_AREA_ID);
+        let _ = self
+            .directory
+            .lookup(&self.fabric, to_node, crate::reply::REPLY_AREA_ID);
         if let Some(e) = deliver() {
-            eprintln!("acre {}: reply to {to_node} lost: {first}; then {e}", self.node);
+            eprintln!(
+                "acre {}: reply to {to_node} lost: {first}; then {e}",
+                self.node
+            );
         }
     }
 
@@ -356,7 +374,10 @@ impl TxnNode {
     }
 
     /// The primary of the region `addr` is in, and the access key of its copy there.
-    pub fn primary_of(&self, addr: Addr) -> Result<(NodeId, acre_engine::region::AccessKey), TxnError> {
+    pub fn primary_of(
+        &self,
+        addr: Addr,
+    ) -> Result<(NodeId, acre_engine::region::AccessKey), TxnError> {
         let region = addr.region();
         let placement = self
             .config

@@ -131,17 +131,18 @@ impl Primary {
 
     /// COMMIT-PRIMARY: installs the new values and unlocks.
     pub fn commit(&self, txn: TxnId) -> Result<(), UnknownCommit> {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&txn);
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&txn);
         let Some(held) = held.filter(|h| h.locked) else {
             return Err(UnknownCommit { txn });
         };
         for entry in held.entries {
             self.with_slot(entry.addr, |words, primary| {
-                let header = object::install_with(
-                    words,
-                    &entry.payload,
-                    entry.kind != EntryKind::Free,
-                );
+                let header =
+                    object::install_with(words, &entry.payload, entry.kind != EntryKind::Free);
                 assert_eq!(
                     header.version(),
                     entry.version + 1,
@@ -167,7 +168,11 @@ impl Primary {
     /// unknown transaction (its LOCK never came) only has reservations to give back, which
     /// the coordinator sends separately.
     pub fn abort(&self, txn: TxnId) {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&txn);
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&txn);
         let Some(held) = held else { return };
         for entry in &held.entries {
             if held.locked {
@@ -202,12 +207,9 @@ impl Primary {
         len: usize,
         near: Option<Addr>,
     ) -> Result<Reserved, AllocError> {
-        let primary = self
-            .regions
-            .get(&region)
-            .ok_or(AllocError::NotAnObject {
-                addr: Addr::new(region, 0),
-            })?;
+        let primary = self.regions.get(&region).ok_or(AllocError::NotAnObject {
+            addr: Addr::new(region, 0),
+        })?;
         let mut slab = primary.slab.lock().unwrap_or_else(|p| p.into_inner());
         match near {
             Some(near) => slab.reserve_near(&primary.region, len, near),

@@ -549,7 +549,10 @@ mod tests {
     fn every_record_round_trips_at_its_computed_size() {
         for record in samples() {
             let bytes = record.encode();
-            assert_eq!(bytes.len(), encoded_bytes(record.truncated.len(), &record.body));
+            assert_eq!(
+                bytes.len(),
+                encoded_bytes(record.truncated.len(), &record.body)
+            );
             assert_eq!(
                 TxnRecord::decode(record.kind(), &bytes).unwrap(),
                 record,

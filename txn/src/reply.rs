@@ -149,7 +149,11 @@ impl ReplyArea {
 
     pub fn release(&self, lease: SlotLease) {
         let mut free = self.free_slots.lock().unwrap_or_else(|p| p.into_inner());
-        debug_assert!(!free.contains(&lease.slot), "slot {} released twice", lease.slot);
+        debug_assert!(
+            !free.contains(&lease.slot),
+            "slot {} released twice",
+            lease.slot
+        );
         free.push(lease.slot);
     }
 
@@ -199,16 +203,19 @@ impl ReplyArea {
         if !self.doorbell.wait_for(timeout, || fill(&mut replies)) {
             return Err(replies.iter().position(Option::is_none).unwrap_or(0));
         }
-        Ok(replies.into_iter().map(|r| r.expect("all filled")).collect())
+        Ok(replies
+            .into_iter()
+            .map(|r| r.expect("all filled"))
+            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use acre_engine::addr::NodeId;
     use acre_engine::fabric::exec;
     use acre_engine::fabric::memory::NodeMemory;
-    use acre_engine::addr::NodeId;
 
     #[test]
     fn a_reply_is_seen_only_by_its_transaction() {
@@ -237,6 +244,10 @@ mod tests {
         area.release(lease);
         let next = area.acquire().unwrap();
         assert_eq!(next.slot, slot);
-        assert_eq!(area.poll(next.slot, next.seq, 3), None, "old reply is stale");
+        assert_eq!(
+            area.poll(next.slot, next.seq, 3),
+            None,
+            "old reply is stale"
+        );
     }
 }

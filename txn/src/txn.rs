@@ -12,7 +12,9 @@
 //!    acknowledged;
 //! 6. TRUNCATE, lazily: the transaction id rides on later records to every participant.
 //!
-//! A read-only transaction only validates (step 3 for all its reads); one that read a single
+//! The coordinator does the primary's part itself for objects whose primary is its own node
+//! (after the record is in the log, as the worker would); the worker then only keeps the
+//! record. A read-only transaction only validates (step 3 for all its reads); one that read a single
 //! object does not even do that. Any failure before step 4 sends ABORT to the primaries that
 //! got LOCK, which releases every lock taken.
 
@@ -89,7 +91,10 @@ impl Txn {
     }
 
     fn slot(&self) -> u16 {
-        self.lease.as_ref().expect("a live transaction has a slot").slot
+        self.lease
+            .as_ref()
+            .expect("a live transaction has a slot")
+            .slot
     }
 
     fn next_reply(&mut self) -> Result<(usize, ReplyTo), TxnError> {
@@ -174,7 +179,12 @@ impl Txn {
     pub fn alloc(&mut self, len: usize) -> Result<Addr, TxnError> {
         let local = self.node.local_primary_regions();
         let regions: Vec<RegionId> = if local.is_empty() {
-            self.node.config().regions.iter().map(|p| p.region).collect()
+            self.node
+                .config()
+                .regions
+                .iter()
+                .map(|p| p.region)
+                .collect()
         } else {
             local
         };
@@ -320,8 +330,7 @@ impl Txn {
                 // A single consistent, unlocked read serializes at that read.
                 return Ok(());
             }
-            let reads: Vec<(Addr, u64)> =
-                self.reads.iter().map(|(a, r)| (*a, r.version)).collect();
+            let reads: Vec<(Addr, u64)> = self.reads.iter().map(|(a, r)| (*a, r.version)).collect();
             return self.validate(&reads);
         }
         self.commit_writes()
@@ -383,6 +392,16 @@ impl Txn {
         }
         let mut messages = Vec::new();
         for (primary, reads) in by_primary {
+            if primary == self.node.node_id() {
+                // This node's own primary: validate in place, no message needed.
+                if !self.node.primary().validate(&reads) {
+                    return Err(TxnError::Conflict {
+                        addr: reads[0].0,
+                        why: "an object read was changed or is locked",
+                    });
+                }
+                continue;
+            }
             if reads.len() > T_R {
                 let (index, reply) = self.next_reply()?;
                 let record = TxnRecord {
@@ -453,10 +472,12 @@ impl Txn {
         let mut backup_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
         let mut regions = BTreeSet::new();
         for (addr, change) in &self.changes {
-            let placement = config.placement(addr.region()).ok_or(TxnError::NoSuchRegion {
-                addr: *addr,
-                region: addr.region(),
-            })?;
+            let placement = config
+                .placement(addr.region())
+                .ok_or(TxnError::NoSuchRegion {
+                    addr: *addr,
+                    region: addr.region(),
+                })?;
             let entry = Entry {
                 addr: *addr,
                 version: change.version,
@@ -468,9 +489,15 @@ impl Txn {
             };
             regions.insert(addr.region());
             for &backup in &placement.backups {
-                backup_entries.entry(backup).or_default().push(entry.clone());
+                backup_entries
+                    .entry(backup)
+                    .or_default()
+                    .push(entry.clone());
             }
-            lock_entries.entry(placement.primary).or_default().push(entry);
+            lock_entries
+                .entry(placement.primary)
+                .or_default()
+                .push(entry);
         }
         let regions: Vec<RegionId> = regions.into_iter().collect();
         let lock_bodies: BTreeMap<NodeId, Body> = lock_entries
@@ -547,6 +574,7 @@ impl Txn {
     ) -> Result<(), TxnError> {
         // 2. LOCK at every primary, then collect the votes.
         let mut locks_sent: Vec<(NodeId, usize)> = Vec::new();
+        let mut inline_vote = None;
         let mut failure = None;
         for (&primary, body) in lock_bodies {
             let (index, reply) = match self.next_reply() {
@@ -563,16 +591,24 @@ impl Txn {
                 body: body.clone(),
             };
             let reservation = reservations.get_mut(&primary).expect("reserved");
-            match self.node.send(primary, reservation, record) {
-                Ok(()) => locks_sent.push((primary, index)),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+            if let Err(e) = self.node.send(primary, reservation, record) {
+                failure = Some(e);
+                break;
+            }
+            locks_sent.push((primary, index));
+            if primary == self.node.node_id() {
+                // This node's own primary: the coordinator locks right here, once the LOCK
+                // record is in the log (the worker only keeps the record).
+                let Body::Lock { entries, .. } = body else {
+                    unreachable!("lock bodies are LOCKs")
+                };
+                inline_vote = Some(self.node.primary().lock(self.id, entries.clone()));
             }
         }
         if failure.is_none() {
-            failure = self.collect_votes(&locks_sent, lock_bodies).err();
+            failure = self
+                .collect_votes(&locks_sent, lock_bodies, inline_vote)
+                .err();
         }
         // 3. VALIDATE what was read but not written.
         if failure.is_none() {
@@ -589,8 +625,7 @@ impl Txn {
             return Err(error);
         }
         // 4. COMMIT-BACKUP: durable in every backup's log.
-        let mut backups_done = 0;
-        for (&backup, body) in backup_bodies {
+        for (backups_done, (&backup, body)) in backup_bodies.iter().enumerate() {
             let record = TxnRecord {
                 txn: self.id,
                 reply: ReplyTo::NONE,
@@ -610,7 +645,6 @@ impl Txn {
                     reason: format!("{e}; the outcome of {} is left to recovery", self.id),
                 });
             }
-            backups_done += 1;
         }
         // 5. COMMIT-PRIMARY: committed once one primary has acknowledged.
         let mut acknowledged = 0;
@@ -624,7 +658,15 @@ impl Txn {
             };
             let reservation = reservations.get_mut(&primary).expect("reserved");
             match self.node.send(primary, reservation, record) {
-                Ok(()) => acknowledged += 1,
+                Ok(()) => {
+                    acknowledged += 1;
+                    if primary == self.node.node_id() {
+                        self.node
+                            .primary()
+                            .commit(self.id)
+                            .expect("this coordinator's own LOCK succeeded");
+                    }
+                }
                 Err(e) => last_error = Some((primary, e)),
             }
         }
@@ -640,7 +682,10 @@ impl Txn {
                 );
                 Err(TxnError::Unavailable {
                     node: primary,
-                    reason: format!("{} committed but {primary} holds its locks until recovery", self.id),
+                    reason: format!(
+                        "{} committed but {primary} holds its locks until recovery",
+                        self.id
+                    ),
                 })
             }
             Some((primary, e)) => Err(TxnError::Unavailable {
@@ -650,22 +695,37 @@ impl Txn {
         }
     }
 
+    /// Waits for the LOCK votes of the remote primaries; `inline_vote` is this node's own.
     fn collect_votes(
         &self,
         locks_sent: &[(NodeId, usize)],
         lock_bodies: &BTreeMap<NodeId, Body>,
+        inline_vote: Option<bool>,
     ) -> Result<(), TxnError> {
-        let indexes: Vec<usize> = locks_sent.iter().map(|(_, index)| *index).collect();
-        let votes = self
+        let me = self.node.node_id();
+        let remote: Vec<(NodeId, usize)> = locks_sent
+            .iter()
+            .copied()
+            .filter(|(primary, _)| *primary != me)
+            .collect();
+        let indexes: Vec<usize> = remote.iter().map(|(_, index)| *index).collect();
+        let mut votes: Vec<(NodeId, Code)> = self
             .node
             .replies()
             .wait(self.slot(), self.id.seq, &indexes, REPLY_TIMEOUT)
             .map_err(|missing| TxnError::Unavailable {
-                node: locks_sent[missing].0,
+                node: remote[missing].0,
                 reason: format!("no LOCK vote within {REPLY_TIMEOUT:?}"),
-            })?;
-        for (&(primary, _), vote) in locks_sent.iter().zip(votes) {
-            match vote.code {
+            })?
+            .into_iter()
+            .zip(&remote)
+            .map(|(vote, (primary, _))| (*primary, vote.code))
+            .collect();
+        if let Some(locked) = inline_vote {
+            votes.push((me, if locked { Code::Locked } else { Code::Conflict }));
+        }
+        for (primary, code) in votes {
+            match code {
                 Code::Locked => {}
                 Code::Conflict => {
                     let addr = match &lock_bodies[&primary] {
@@ -712,6 +772,9 @@ impl Txn {
                     self.node.node_id(),
                     self.id
                 );
+            }
+            if primary == self.node.node_id() {
+                self.node.primary().abort(self.id);
             }
         }
         let unsent: Vec<Addr> = lock_bodies

@@ -16,7 +16,10 @@ pub fn encode(value: &[u8]) -> Vec<u8> {
 /// The value stored in `payload`, or why the payload is not one.
 pub fn decode(payload: &[u8]) -> Result<&[u8], String> {
     let Some((len, rest)) = payload.split_first_chunk::<LEN_BYTES>() else {
-        return Err(format!("payload of {} bytes has no length word", payload.len()));
+        return Err(format!(
+            "payload of {} bytes has no length word",
+            payload.len()
+        ));
     };
     let len = u64::from_le_bytes(*len);
     if len > rest.len() as u64 {

@@ -71,7 +71,10 @@ fn transfers_keep_the_total_and_backups_match() {
         assert!(committed > 0);
     }
     let mut txn = node.begin().unwrap();
-    let total: i64 = accounts.iter().map(|&a| balance(&txn.read(a).unwrap())).sum();
+    let total: i64 = accounts
+        .iter()
+        .map(|&a| balance(&txn.read(a).unwrap()))
+        .sum();
     txn.commit().unwrap();
     assert_eq!(total, 2000);
     assert!(cluster.quiesce(Duration::from_secs(10)), "quiesce");

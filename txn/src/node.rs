@@ -80,6 +80,12 @@ fn op_error(node: NodeId, error: OpError) -> TxnError {
 fn channel_error(node: NodeId, error: ChannelError) -> TxnError {
     match error {
         ChannelError::Log(LogError::Full { .. }) => TxnError::LogFull { node },
+        ChannelError::Log(LogError::TooLarge { len, max }) => TxnError::TxnTooLarge {
+            reason: format!(
+                "its record for {node} would be {len} bytes, and a log record holds at most \
+                 {max}: split the transaction or use larger rings"
+            ),
+        },
         ChannelError::Op(op) => op_error(node, op),
         other => unavailable(node, other),
     }

@@ -346,6 +346,11 @@ impl Txn {
             return;
         }
         self.finished = true;
+        self.release_all_reservations();
+    }
+
+    /// Hands back every slot this transaction reserved (it will not install them).
+    fn release_all_reservations(&self) {
         let reserved: Vec<Addr> = self
             .changes
             .iter()
@@ -546,8 +551,9 @@ impl Txn {
                     reservations.insert(node, reservation);
                 }
                 Err(e) => {
+                    // Nothing was sent: the transaction's reserved slots go back as they are.
                     self.give_back(reservations);
-                    self.abort_unsent();
+                    self.release_all_reservations();
                     return Err(e);
                 }
             }

@@ -361,20 +361,30 @@ pub fn install_with<W: AtomicWord>(words: &[W], payload: &[u8], allocated: bool)
         trailer_version == version,
         "trailer disagrees with the locked header: header={header} trailer=v{trailer_version}"
     );
+    store_installed(words, payload, allocated, version + 1)
+}
+
+/// The stores of an install at `version`, in the order the read protocol depends on: trailer,
+/// payload words in increasing address order, header (which also clears the lock).
+fn store_installed<W: AtomicWord>(
+    words: &[W],
+    payload: &[u8],
+    allocated: bool,
+    version: u64,
+) -> Header {
     let capacity = payload_capacity_bytes(words);
     assert!(
         payload.len() <= capacity,
         "payload larger than the slot: payload_bytes={} capacity_bytes={capacity}",
         payload.len()
     );
-    let next = version + 1;
     // The trailer first: a reader that sees any word of this install also sees a trailer that
     // is not the header version it started from (module doc).
-    trailer_word(words).store(next, Release);
+    trailer_word(words).store(version, Release);
     for (word_index, word) in payload_words(words).iter().enumerate() {
         word.store(payload_word(payload, word_index), Release);
     }
-    let installed = Header::new(next, allocated, false);
+    let installed = Header::new(version, allocated, false);
     header_word(words).store(installed.0, Release);
     installed
 }
@@ -398,19 +408,7 @@ pub fn overwrite<W: AtomicWord>(
         version > header.version() && version <= VERSION_MAX,
         "replica versions only grow: header={header} new=v{version}"
     );
-    let capacity = payload_capacity_bytes(words);
-    assert!(
-        payload.len() <= capacity,
-        "payload larger than the slot: payload_bytes={} capacity_bytes={capacity}",
-        payload.len()
-    );
-    trailer_word(words).store(version, Release);
-    for (word_index, word) in payload_words(words).iter().enumerate() {
-        word.store(payload_word(payload, word_index), Release);
-    }
-    let installed = Header::new(version, allocated, false);
-    header_word(words).store(installed.0, Release);
-    installed
+    store_installed(words, payload, allocated, version)
 }
 
 /// One consistent-read attempt: fills `payload` (at most the slot's capacity) from the first

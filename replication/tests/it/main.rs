@@ -3,3 +3,4 @@
 mod bank;
 mod elle;
 mod list_append;
+mod protocol;

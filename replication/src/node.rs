@@ -11,6 +11,7 @@ use acre_engine::fabric::Fabric;
 use acre_engine::region::Region;
 use acre_engine::slab::{AllocError, SlabAllocator};
 use acre_nvm_log::MapOptions;
+use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
 use acre_txn::TxnNode;
 use acre_txn::config::Configuration;
 use acre_txn::directory::Directory;
@@ -19,6 +20,7 @@ use acre_txn::reply::{REPLY_AREA_BYTES, REPLY_AREA_ID, ReplyArea};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Where a node's areas live.
 #[derive(Clone, Debug)]
@@ -180,11 +182,31 @@ impl ReplicaNode {
             .collect()
     }
 
-    /// Nothing in flight: no pending truncation, no transaction held by the primary or backup.
+    /// Nothing in flight: no pending truncation, no transaction held by the primary or backup,
+    /// and every log ring read and truncated up to its tail (a COMMIT-BACKUP not read yet is
+    /// held by nobody, so the held counts alone would not show it).
     pub fn is_quiet(&self) -> bool {
         !self.txn.has_pending_truncations()
             && self.txn.primary().held_count() == 0
             && self.backup.held_count() == 0
+            && self.rings_drained()
+    }
+
+    /// Whether every ring's head (what the worker truncated) has reached its tail (what the
+    /// senders appended), as their header words say.
+    fn rings_drained(&self) -> bool {
+        self.txn
+            .fabric()
+            .memory()
+            .areas()
+            .iter()
+            .filter(|area| area.id().0 >= acre_engine::channel::RING_AREA_BASE)
+            .all(|ring| {
+                let word = |offset: u64| ring.words_at(offset as u32, 8)[0].load(Ordering::Acquire);
+                let head = decode_pos_word(word(HEAD_OFFSET), HEAD_OFFSET);
+                let tail = decode_pos_word(word(TAIL_OFFSET), TAIL_OFFSET);
+                matches!((head, tail), (Ok(head), Ok(tail)) if head == tail)
+            })
     }
 
     /// Stops the worker.

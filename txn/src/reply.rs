@@ -13,14 +13,18 @@ use crate::record::ReplyTo;
 use acre_engine::addr::{Addr, RegionId};
 use acre_engine::fabric::{Doorbell, Op};
 use acre_engine::region::Region;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Transactions in flight per node.
 pub const SLOTS_MAX: usize = 64;
 /// Requests one transaction may have answered (locks, validations, remote allocations).
 pub const REPLIES_PER_TXN_MAX: usize = 128;
+/// How long the slot of a transaction that may still get replies stays out of use: longer
+/// than a coordinator waits for any reply.
+pub const QUARANTINE: Duration = Duration::from_secs(10);
 /// Bytes of one reply.
 pub const REPLY_BYTES: usize = 32;
 /// Bytes of one slot.
@@ -115,6 +119,7 @@ pub struct ReplyArea {
     region: Arc<Region>,
     doorbell: Arc<Doorbell>,
     free_slots: Mutex<Vec<u16>>,
+    quarantined: Mutex<VecDeque<(Instant, u16)>>,
     seqs: Vec<AtomicU64>,
 }
 
@@ -128,6 +133,7 @@ impl ReplyArea {
             region,
             doorbell,
             free_slots: Mutex::new((0..SLOTS_MAX as u16).rev().collect()),
+            quarantined: Mutex::new(VecDeque::new()),
             seqs: (0..SLOTS_MAX).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -138,6 +144,7 @@ impl ReplyArea {
 
     /// A free slot and the sequence number of its next transaction, if any slot is free.
     pub fn acquire(&self) -> Option<SlotLease> {
+        self.end_quarantines();
         let slot = self
             .free_slots
             .lock()
@@ -147,7 +154,18 @@ impl ReplyArea {
         Some(SlotLease { slot, seq })
     }
 
-    pub fn release(&self, lease: SlotLease) {
+    /// Gives a slot back. A transaction that may still get replies (`outstanding`: it gave up
+    /// waiting, or stopped before reading every reply it asked for) has its slot quarantined
+    /// for [`QUARANTINE`]: a late reply must not overwrite a reply meant for the slot's next
+    /// transaction before that one reads it.
+    pub fn release(&self, lease: SlotLease, outstanding: bool) {
+        if outstanding {
+            self.quarantined
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((Instant::now(), lease.slot));
+            return;
+        }
         let mut free = self.free_slots.lock().unwrap_or_else(|p| p.into_inner());
         debug_assert!(
             !free.contains(&lease.slot),
@@ -155,6 +173,21 @@ impl ReplyArea {
             lease.slot
         );
         free.push(lease.slot);
+    }
+
+    /// Returns quarantined slots whose time is up to the free list.
+    fn end_quarantines(&self) {
+        let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(&(since, slot)) = quarantined.front() {
+            if since.elapsed() < QUARANTINE {
+                break;
+            }
+            quarantined.pop_front();
+            self.free_slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(slot);
+        }
     }
 
     /// Where reply `index` of `slot` goes.
@@ -241,7 +274,7 @@ mod tests {
             Err(1)
         );
         let slot = lease.slot;
-        area.release(lease);
+        area.release(lease, false);
         let next = area.acquire().unwrap();
         assert_eq!(next.slot, slot);
         assert_eq!(

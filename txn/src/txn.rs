@@ -60,6 +60,8 @@ pub struct Txn {
     reads: BTreeMap<Addr, ReadInfo>,
     changes: BTreeMap<Addr, Change>,
     next_reply_index: usize,
+    /// Replies consumed so far; fewer than `next_reply_index` means some may still arrive.
+    replies_received: usize,
     finished: bool,
 }
 
@@ -82,6 +84,7 @@ impl Txn {
             reads: BTreeMap::new(),
             changes: BTreeMap::new(),
             next_reply_index: 0,
+            replies_received: 0,
             finished: false,
         })
     }
@@ -245,6 +248,7 @@ impl Txn {
                 },
             };
             let reply = self.node.request(primary, record, self.slot(), index)?;
+            self.replies_received += 1;
             match reply.code {
                 Code::Allocated => (
                     Addr::from_u64(reply.values[0]),
@@ -396,11 +400,17 @@ impl Txn {
             by_primary.entry(primary).or_default().push((addr, version));
         }
         let mut messages = Vec::new();
+        // The first conflict found; VALIDATE messages already sent are still waited for, so
+        // no reply arrives after this transaction has given its slot back.
+        let mut failure = None;
         for (primary, reads) in by_primary {
+            if failure.is_some() {
+                break;
+            }
             if primary == self.node.node_id() {
                 // This node's own primary: validate in place, no message needed.
                 if !self.node.primary().validate(&reads) {
-                    return Err(TxnError::Conflict {
+                    failure = Some(TxnError::Conflict {
                         addr: reads[0].0,
                         why: "an object read was changed or is locked",
                     });
@@ -408,38 +418,53 @@ impl Txn {
                 continue;
             }
             if reads.len() > T_R {
-                let (index, reply) = self.next_reply()?;
+                let (index, reply) = match self.next_reply() {
+                    Ok(next) => next,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                let first = reads[0].0;
                 let record = TxnRecord {
                     txn: self.id,
                     reply,
                     truncated: Vec::new(),
-                    body: Body::Validate {
-                        reads: reads.clone(),
-                    },
+                    body: Body::Validate { reads },
                 };
-                self.node.send_one(primary, record)?;
-                messages.push((primary, index, reads[0].0));
+                match self.node.send_one(primary, record) {
+                    Ok(()) => messages.push((primary, index, first)),
+                    Err(e) => failure = Some(e),
+                }
                 continue;
             }
             let addrs: Vec<Addr> = reads.iter().map(|(a, _)| *a).collect();
-            let headers = self.node.read_headers(primary, &addrs)?;
+            let headers = match self.node.read_headers(primary, &addrs) {
+                Ok(headers) => headers,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
             for ((addr, version), header) in reads.iter().zip(headers) {
                 if header.is_locked() {
-                    return Err(TxnError::Conflict {
+                    failure = Some(TxnError::Conflict {
                         addr: *addr,
                         why: "an object read is locked by a committing transaction",
                     });
+                    break;
                 }
                 if header.version() != *version {
-                    return Err(TxnError::Conflict {
+                    failure = Some(TxnError::Conflict {
                         addr: *addr,
                         why: "an object read was changed",
                     });
+                    break;
                 }
             }
         }
         if messages.is_empty() {
-            return Ok(());
+            return failure.map_or(Ok(()), Err);
         }
         let indexes: Vec<usize> = messages.iter().map(|(_, index, _)| *index).collect();
         let seq = self.id.seq;
@@ -451,6 +476,10 @@ impl Txn {
                 node: messages[missing].0,
                 reason: format!("no VALIDATE reply within {REPLY_TIMEOUT:?}"),
             })?;
+        self.replies_received += replies.len();
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
         for ((primary, _, addr), reply) in messages.iter().zip(replies) {
             match reply.code {
                 Code::Valid => {}
@@ -583,11 +612,16 @@ impl Txn {
         let mut inline_vote = None;
         let mut failure = None;
         for (&primary, body) in lock_bodies {
-            let (index, reply) = match self.next_reply() {
-                Ok(next) => next,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+            let local = primary == self.node.node_id();
+            let (index, reply) = if local {
+                (usize::MAX, ReplyTo::NONE) // voted inline below
+            } else {
+                match self.next_reply() {
+                    Ok(next) => next,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
             };
             let record = TxnRecord {
@@ -602,7 +636,7 @@ impl Txn {
                 break;
             }
             locks_sent.push((primary, index));
-            if primary == self.node.node_id() {
+            if local {
                 // This node's own primary: the coordinator locks right here, once the LOCK
                 // record is in the log (the worker only keeps the record).
                 let Body::Lock { entries, .. } = body else {
@@ -703,7 +737,7 @@ impl Txn {
 
     /// Waits for the LOCK votes of the remote primaries; `inline_vote` is this node's own.
     fn collect_votes(
-        &self,
+        &mut self,
         locks_sent: &[(NodeId, usize)],
         lock_bodies: &BTreeMap<NodeId, Body>,
         inline_vote: Option<bool>,
@@ -727,6 +761,7 @@ impl Txn {
             .zip(&remote)
             .map(|(vote, (primary, _))| (*primary, vote.code))
             .collect();
+        self.replies_received += remote.len();
         if let Some(locked) = inline_vote {
             votes.push((me, if locked { Code::Locked } else { Code::Conflict }));
         }
@@ -763,6 +798,9 @@ impl Txn {
         reservations: &mut BTreeMap<NodeId, Reservation>,
     ) {
         let sent: BTreeSet<NodeId> = locks_sent.iter().map(|(node, _)| *node).collect();
+        // A LOCK sent but not voted on yet (a later send failed) still gets its ABORT: the
+        // same ring delivers it after the LOCK. Its vote may arrive late; the slot is then
+        // quarantined when the transaction ends (see Drop).
         for &primary in &sent {
             let record = TxnRecord {
                 txn: self.id,
@@ -803,7 +841,8 @@ impl Drop for Txn {
     fn drop(&mut self) {
         self.abort_unsent();
         if let Some(lease) = self.lease.take() {
-            self.node.replies().release(lease);
+            let outstanding = self.replies_received < self.next_reply_index;
+            self.node.replies().release(lease, outstanding);
         }
     }
 }

@@ -12,6 +12,24 @@ use std::sync::Mutex;
 
 const LINE_WORDS: usize = 8;
 
+/// Environment variable that pins the seed of every randomised test of the workspace.
+pub const SEED_ENV: &str = "ACRE_TEST_SEED";
+
+/// The seed for the randomised test `test`: [`SEED_ENV`] if set, otherwise fresh. Printed either
+/// way, so the output of a failing test shows how to replay it.
+pub fn test_seed(test: &str) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
+        Err(_) => RandomState::new().hash_one(test),
+    };
+    eprintln!("{test}: seed={seed} (replay with {SEED_ENV}={seed})");
+    seed
+}
+
 /// A small deterministic generator (splitmix64), so a failing crash schedule replays from its seed.
 #[derive(Clone, Debug)]
 pub struct SplitMix(u64);

@@ -6,12 +6,8 @@ use acre_engine::addr::{Addr, NodeId};
 use acre_nvm_log::fault::SplitMix;
 use acre_replication::EmbeddedCluster;
 use acre_txn::{Configuration, TxnError, TxnNode};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Environment variable that pins the workload's seed (the one a failure printed).
-const SEED_ENV: &str = "ACRE_TEST_SEED";
 
 /// Few keys, so transactions meet on them and the graph has edges to find cycles in.
 const KEY_COUNT: u64 = 8;
@@ -32,15 +28,7 @@ const VALUES_PER_THREAD: u64 = 1_000_000;
 const _: () = assert!(TXNS_PER_THREAD * OPS_PER_TXN_MAX < VALUES_PER_THREAD);
 
 fn seed() -> u64 {
-    let seed = match std::env::var(SEED_ENV) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
-        Err(_) => RandomState::new().hash_one("list_append"),
-    };
-    eprintln!("list_append: seed={seed} (replay with {SEED_ENV}={seed})");
-    seed
+    acre_nvm_log::fault::test_seed("list_append")
 }
 
 fn encode(list: &[u64]) -> Vec<u8> {

@@ -17,7 +17,6 @@ use acre_replication::{EmbeddedCluster, ReplicaNode};
 use acre_txn::txn::T_R;
 use acre_txn::{Configuration, TxnError, TxnNode};
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -27,8 +26,6 @@ const BLOCK_BYTES: u64 = 64 << 10;
 const RING_BYTES: u64 = 256 << 10;
 /// Generous: quiescence takes milliseconds, but the test binary shares two cores.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Environment variable that pins the seed of the randomised tests here.
-const SEED_ENV: &str = "ACRE_TEST_SEED";
 
 // ---------------------------------------------------------------------------------------------
 // Cluster and object helpers.
@@ -250,17 +247,9 @@ fn is_conflict(result: &Result<(), TxnError>) -> bool {
     conflict_addr(result).is_some()
 }
 
-/// The seed of a randomised test: `ACRE_TEST_SEED` if set, otherwise fresh. Printed either
-/// way; the harness shows it when the test fails.
+/// The seed of a randomised test (`ACRE_TEST_SEED` pins it).
 fn seed(test: &str) -> u64 {
-    let seed = match std::env::var(SEED_ENV) {
-        Ok(text) => text
-            .parse()
-            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
-        Err(_) => RandomState::new().hash_one(test),
-    };
-    eprintln!("{test}: seed={seed} (replay with {SEED_ENV}={seed})");
-    seed
+    acre_nvm_log::fault::test_seed(test)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -118,11 +118,6 @@ impl Worker {
         &self.stats
     }
 
-    /// Whether the worker thread is still serving.
-    pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
     pub fn stop(mut self) {
         self.stop_inner();
     }

@@ -6,7 +6,6 @@
 
 use acre_replication::EmbeddedCluster;
 use acre_txn::{Configuration, TxnNode};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,12 +13,7 @@ use std::time::Duration;
 pub use acre_engine::addr::{Addr, NodeId, RegionId};
 pub use acre_txn::{Txn, TxnError, TxnId};
 
-/// Attempts [`Db::run`] makes before giving up with the last conflict.
-pub const RUN_ATTEMPTS_MAX: u32 = 1000;
-/// The first retry waits about this long; each further one about twice as long...
-pub const BACKOFF_FIRST: Duration = Duration::from_micros(10);
-/// ...up to this.
-pub const BACKOFF_MAX: Duration = Duration::from_millis(5);
+pub use acre_txn::retry::{BACKOFF_FIRST, BACKOFF_MAX, RUN_ATTEMPTS_MAX, Transact};
 
 /// How an embedded cluster is laid out.
 #[derive(Clone, Debug)]
@@ -195,37 +189,8 @@ impl Db {
     /// assert_eq!(db.read(counter)?, 100u64.to_le_bytes());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn run<T>(
-        &self,
-        mut body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
-    ) -> Result<T, TxnError> {
-        let mut backoff = Backoff::new();
-        let mut last = None;
-        for _ in 0..RUN_ATTEMPTS_MAX {
-            let error = match self.begin() {
-                Err(e) => e,
-                Ok(mut txn) => match body(&mut txn) {
-                    Ok(value) => match txn.commit() {
-                        Ok(()) => return Ok(value),
-                        Err(e) => e,
-                    },
-                    Err(e) if e.is_retryable() => e,
-                    Err(e) => match txn.still_valid() {
-                        Ok(false) => TxnError::Conflict {
-                            addr: Addr::new(RegionId(0), 0),
-                            why: "the transaction failed on data that had changed",
-                        },
-                        _ => return Err(e),
-                    },
-                },
-            };
-            if !error.is_retryable() {
-                return Err(error);
-            }
-            last = Some(error);
-            backoff.wait();
-        }
-        Err(last.expect("at least one attempt"))
+    pub fn run<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, TxnError>) -> Result<T, TxnError> {
+        acre_txn::retry::run(|| self.begin(), body)
     }
 
     /// Reads one object without a transaction: a consistent, committed value (lock-free; it
@@ -264,35 +229,11 @@ impl Db {
     }
 }
 
-/// Jittered exponential backoff between attempts of [`Db::run`].
-struct Backoff {
-    next: Duration,
-    random: u64,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        // Seeded per run from the process's hash randomness: threads that conflicted with
-        // each other must not retry in lockstep.
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-            | 1;
-        Backoff {
-            next: BACKOFF_FIRST,
-            random,
-        }
-    }
-
-    fn wait(&mut self) {
-        // xorshift64: enough to spread retries.
-        self.random ^= self.random << 13;
-        self.random ^= self.random >> 7;
-        self.random ^= self.random << 17;
-        // Uniform in [next/2, 3*next/2).
-        let base = self.next.as_nanos() as u64;
-        let jittered = base / 2 + self.random % base.max(1);
-        std::thread::sleep(Duration::from_nanos(jittered));
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+impl Transact for Db {
+    fn transact<T>(
+        &self,
+        body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
+    ) -> Result<T, TxnError> {
+        self.run(body)
     }
 }

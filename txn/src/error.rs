@@ -43,6 +43,20 @@ pub enum TxnError {
     /// A transaction is bigger than one commit can carry.
     #[error("the transaction is too large: {reason}")]
     TxnTooLarge { reason: String },
+    /// An index key is longer than the index takes.
+    #[error("a {len}-byte key is longer than the {max} bytes an index takes: use a shorter key")]
+    KeyTooLarge { len: usize, max: usize },
+    /// A hash table has no room left for the key.
+    #[error(
+        "the hash table at {root} is full (sized for about {capacity} keys): create a larger \
+         table and copy the keys into it"
+    )]
+    IndexFull { root: Addr, capacity: usize },
+    /// An index node does not decode. Inside `Db::run` this is retried when the transaction
+    /// read stale data (a node that changed while it was being followed); otherwise the index
+    /// is damaged.
+    #[error("the index node at {addr} is malformed ({reason}): the index is damaged")]
+    Malformed { addr: Addr, reason: String },
     /// A peer broke the protocol or memory is corrupt: stop and report.
     #[error("protocol violation by {node}: {reason}")]
     Protocol { node: NodeId, reason: String },

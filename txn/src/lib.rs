@@ -10,6 +10,7 @@
 //! - [`reply`]: the reply area participants answer coordinators in.
 //! - [`directory`]: the access keys of other nodes' areas.
 //! - [`value`]: how a value is kept in an object's payload.
+//! - [`retry`]: running a transaction to completion, retrying conflicts ([`Transact`]).
 //!
 //! Backups, truncation apply and the node worker that serves incoming records live in
 //! acre-replication; the embedded `Db` API in the `acre` facade.
@@ -22,6 +23,7 @@ pub mod node;
 pub mod primary;
 pub mod record;
 pub mod reply;
+pub mod retry;
 pub mod txn;
 pub mod value;
 
@@ -29,4 +31,5 @@ pub use config::{Configuration, Placement};
 pub use error::TxnError;
 pub use node::TxnNode;
 pub use record::TxnId;
+pub use retry::Transact;
 pub use txn::Txn;

@@ -11,6 +11,7 @@
 //! - [`directory`]: the access keys of other nodes' areas.
 //! - [`value`]: how a value is kept in an object's payload.
 //! - [`retry`]: running a transaction to completion, retrying conflicts ([`Transact`]).
+//! - [`index`]: transactional indexes: a hash table and a B-tree kept in objects.
 //!
 //! Backups, truncation apply and the node worker that serves incoming records live in
 //! acre-replication; the embedded `Db` API in the `acre` facade.
@@ -19,6 +20,7 @@
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod index;
 pub mod node;
 pub mod primary;
 pub mod record;

@@ -2,5 +2,6 @@
 
 mod bank;
 mod elle;
+mod index;
 mod list_append;
 mod protocol;

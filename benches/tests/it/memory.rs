@@ -2,7 +2,7 @@
 //! and one whose every operation fails.
 
 use acre_benches::ycsb::{Backend, Client, Fields, OpKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -12,6 +12,8 @@ pub struct Shared {
     pub table: Mutex<BTreeMap<String, Fields>>,
     calls: [AtomicU64; OpKind::ALL.len()],
     pub clients_opened: AtomicU64,
+    /// Every key read.
+    pub read_keys: Mutex<BTreeSet<String>>,
 }
 
 /// An in-memory table; clones share it.
@@ -62,6 +64,8 @@ impl Client for MemoryBackend {
 
     fn read(&mut self, key: &str) -> anyhow::Result<Option<Fields>> {
         self.count(OpKind::Read);
+        let mut read_keys = self.shared.read_keys.lock().expect("read keys lock");
+        read_keys.insert(key.to_string());
         Ok(self.table().get(key).cloned())
     }
 

@@ -153,6 +153,16 @@ fn load_then_workloads_a_d_e_f_count_what_they_do_and_change_the_records() {
     assert_counts_match(&run, &backend, &before_calls, Workload::D);
     let inserted = run.operation(OpKind::Insert).expect("inserts").count;
     assert_eq!(backend.table().len() as u64, RECORDS + inserted);
+    // The newest records are the most popular: the run's own inserts were read (so they were
+    // acknowledged as they finished).
+    let read_keys = backend.shared.read_keys.lock().expect("read keys");
+    let new_keys_read = (RECORDS..RECORDS + inserted)
+        .filter(|&key_number| read_keys.contains(&key_name(key_number)))
+        .count() as u64;
+    assert!(
+        new_keys_read > inserted / 2,
+        "new_keys_read={new_keys_read} inserted={inserted}"
+    );
 }
 
 #[test]

@@ -356,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn mixes_and_distributions_are_those_of_ycsbs_workload_files() {
+        use KeyDistribution::{Latest, Zipfian};
+        use OpKind::{Insert, Read, ReadModifyWrite, Scan, Update};
+        let expected: [(Workload, &[(OpKind, f64)], KeyDistribution); 6] = [
+            (Workload::A, &[(Read, 0.5), (Update, 0.5)], Zipfian),
+            (Workload::B, &[(Read, 0.95), (Update, 0.05)], Zipfian),
+            (Workload::C, &[(Read, 1.0)], Zipfian),
+            (Workload::D, &[(Read, 0.95), (Insert, 0.05)], Latest),
+            (Workload::E, &[(Scan, 0.95), (Insert, 0.05)], Zipfian),
+            (Workload::F, &[(Read, 0.5), (ReadModifyWrite, 0.5)], Zipfian),
+        ];
+        for (workload, mix, distribution) in expected {
+            assert_eq!(workload.mix(), mix, "{workload}");
+            assert_eq!(workload.distribution(), distribution, "{workload}");
+        }
+    }
+
+    #[test]
     fn key_names_are_user_and_the_fnv_hash_of_the_number() {
         // Key 0: FNV-1a of eight zero bytes, i.e. the basis times the prime eight times.
         let mut hash = 0xCBF2_9CE4_8422_2325u64;

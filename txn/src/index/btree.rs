@@ -73,6 +73,9 @@ const _: () = assert!(HEADER_BYTES + value::LEN_BYTES == 32);
 
 /// An ordered index from byte-string keys to `u64` values, kept in objects of the cluster and
 /// used inside transactions. It is only the address of its header: copy it freely.
+///
+/// `get`, `insert` and `remove` take keys of 1 to [`KEY_BYTES_MAX`](super::KEY_BYTES_MAX) bytes:
+/// a longer key is [`TxnError::KeyTooLarge`], an empty one a panic (a caller's mistake).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BTree {
     root: Addr,

@@ -90,7 +90,9 @@ const _: () = assert!(super::NODE_HEADER_BYTES + super::ENTRY_BYTES_MAX <= BUCKE
 /// inside transactions. Cheap to clone: the cached bucket addresses are shared.
 ///
 /// It holds about `capacity` keys (see the module doc): an insert whose bucket chain is full
-/// fails with [`TxnError::IndexFull`].
+/// fails with [`TxnError::IndexFull`]. Every operation takes keys of 1 to
+/// [`KEY_BYTES_MAX`](super::KEY_BYTES_MAX) bytes: a longer key is [`TxnError::KeyTooLarge`], an
+/// empty one a panic (a caller's mistake).
 #[derive(Clone, Debug)]
 pub struct HashTable {
     table: Arc<Table>,
@@ -107,7 +109,7 @@ struct Table {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Header {
     capacity: u64,
-    bucket_count: u64,
+    bucket_count: usize,
     directories: Vec<Addr>,
 }
 
@@ -173,7 +175,7 @@ impl HashTable {
         }
         let header = Header {
             capacity: capacity as u64,
-            bucket_count: bucket_count as u64,
+            bucket_count,
             directories,
         };
         let bytes = header.encode();
@@ -196,7 +198,7 @@ impl HashTable {
     /// `Malformed` if `root` is not a hash table's header.
     pub fn open(db: &impl Transact, root: Addr) -> Result<HashTable, TxnError> {
         let header = db.transact(|txn| Header::decode(root, &txn.read(root)?))?;
-        let bucket_count = usize::try_from(header.bucket_count).expect("checked by decode");
+        let bucket_count = header.bucket_count;
         let mut buckets = Vec::with_capacity(bucket_count);
         for chunk in header.directories.chunks(DIRECTORIES_PER_OPEN_TXN) {
             let directories = db.transact(|txn| {
@@ -408,7 +410,7 @@ impl Header {
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&count.to_le_bytes());
         out.extend_from_slice(&self.capacity.to_le_bytes());
-        out.extend_from_slice(&self.bucket_count.to_le_bytes());
+        out.extend_from_slice(&(self.bucket_count as u64).to_le_bytes());
         for addr in &self.directories {
             out.extend_from_slice(&addr.to_u64().to_le_bytes());
         }
@@ -435,13 +437,16 @@ impl Header {
             )));
         }
         // The directories are counted in bytes that exist, so the bound below is real.
-        let most = directory_count as u64 * BUCKETS_PER_DIRECTORY as u64;
-        let least = (directory_count as u64).saturating_sub(1) * BUCKETS_PER_DIRECTORY as u64 + 1;
-        if directory_count == 0 || bucket_count < least || bucket_count > most {
-            return Err(reader.error(format!(
-                "{bucket_count} buckets do not fill {directory_count} directories"
-            )));
-        }
+        let most = directory_count * BUCKETS_PER_DIRECTORY;
+        let least = directory_count.saturating_sub(1) * BUCKETS_PER_DIRECTORY + 1;
+        let bucket_count = match usize::try_from(bucket_count) {
+            Ok(count) if directory_count > 0 && (least..=most).contains(&count) => count,
+            _ => {
+                return Err(reader.error(format!(
+                    "{bucket_count} buckets do not fill {directory_count} directories"
+                )));
+            }
+        };
         let mut directories = Vec::with_capacity(directory_count);
         for _ in 0..directory_count {
             directories.push(nonzero_addr(&mut reader, "directory address")?);

@@ -41,6 +41,12 @@ pub const NODE_HEADER_BYTES: usize = 16;
 
 // The key length is stored in one byte.
 const _: () = assert!(KEY_BYTES_MAX <= u8::MAX as usize);
+// Index handles are shared by the threads of an application.
+const _: fn() = || {
+    fn shared<T: Clone + Send + Sync>() {}
+    shared::<HashTable>();
+    shared::<BTree>();
+};
 
 /// Checks that `key` can be stored in an index.
 ///

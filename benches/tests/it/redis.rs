@@ -315,3 +315,59 @@ fn a_server_that_dies_mid_run_stops_the_run_with_an_error() {
     let message = format!("{error:#}");
     assert!(message.contains("operations failed"), "{message}");
 }
+
+#[test]
+fn read_modify_writes_retry_when_another_client_changes_the_key() {
+    const THREADS: usize = 4;
+    const RMW_COUNT: usize = 200;
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).expect("connect");
+    let record = vec![b"v".to_vec(); FIELD_COUNT];
+    backend
+        .client()
+        .expect("client")
+        .insert("user1", &record)
+        .expect("insert");
+    std::thread::scope(|scope| {
+        for thread_index in 0..THREADS {
+            let backend = &backend;
+            scope.spawn(move || {
+                let mut client = backend.client().expect("client");
+                for index in 0..RMW_COUNT {
+                    let value = format!("{thread_index}.{index}");
+                    let done = client
+                        .read_modify_write("user1", index % FIELD_COUNT, value.as_bytes())
+                        .expect("rmw");
+                    assert!(done, "rmw {thread_index}.{index}");
+                }
+            });
+        }
+    });
+    // Four clients on one key: some EXECs find it changed since WATCH and are tried again
+    // (observed: about one retry per read-modify-write), so there are more EXECs than
+    // read-modify-writes (and the insert's one).
+    let Reply::Bulk(stats) = server.command(&[b"INFO", b"commandstats"]) else {
+        panic!("INFO is a bulk string");
+    };
+    let stats = String::from_utf8_lossy(&stats);
+    let exec_calls: usize = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_exec:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or_else(|| panic!("no EXEC calls in {stats}"));
+    assert!(
+        exec_calls > THREADS * RMW_COUNT + 1,
+        "exec_calls={exec_calls}"
+    );
+    let fields = backend
+        .client()
+        .expect("client")
+        .read("user1")
+        .expect("read")
+        .expect("exists");
+    assert!(
+        fields.iter().all(|field| field.as_slice() != b"v"),
+        "{fields:?}"
+    );
+}

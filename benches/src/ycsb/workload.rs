@@ -359,7 +359,8 @@ mod tests {
     fn mixes_and_distributions_are_those_of_ycsbs_workload_files() {
         use KeyDistribution::{Latest, Zipfian};
         use OpKind::{Insert, Read, ReadModifyWrite, Scan, Update};
-        let expected: [(Workload, &[(OpKind, f64)], KeyDistribution); 6] = [
+        type Mix = &'static [(OpKind, f64)];
+        let expected: [(Workload, Mix, KeyDistribution); 6] = [
             (Workload::A, &[(Read, 0.5), (Update, 0.5)], Zipfian),
             (Workload::B, &[(Read, 0.95), (Update, 0.05)], Zipfian),
             (Workload::C, &[(Read, 1.0)], Zipfian),

@@ -45,7 +45,8 @@ pub const NODE_VALUE_BYTES: usize = 1024 - value::LEN_BYTES;
 /// memory of a cluster, so only damaged or stale data reaches it in a descent.
 pub const HEIGHT_MAX: usize = 16;
 /// Leaves a range may pass without taking an entry from them (empty leaves left by removals)
-/// before it gives up with [`TxnError::TxnTooLarge`]: about 30,000 removed 24-byte keys in a row.
+/// before it gives up with [`TxnError::TxnTooLarge`]: some 15,000 to 30,000 removed 24-byte keys
+/// in a row (a reader of 1024 leaves also holds 1 MiB of them in its read set).
 pub const LEAVES_SKIPPED_MAX: usize = 1024;
 
 /// Magic of a leaf: `"BTLF"` as a little-endian `u32`.

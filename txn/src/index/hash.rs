@@ -1,5 +1,5 @@
-//! A transactional hash table with associative buckets, after FaRM's (SOSP'15 §6.3): the index
-//! behind point lookups, changed in the same transaction as the rows it points to.
+//! A transactional hash table with associative buckets, after FaRM's key-value store (NSDI'14):
+//! the index behind point lookups, changed in the same transaction as the rows it points to.
 //!
 //! **One round trip per lookup.** A bucket is one object of [`BUCKET_VALUE_BYTES`] that holds
 //! many entries (keys inline, not behind pointers), so a lookup whose key is in its bucket costs

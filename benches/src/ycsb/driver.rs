@@ -28,8 +28,8 @@ pub const FAILED_STREAK_MAX: u64 = 1000;
 /// Client threads a phase may start.
 pub const THREADS_MAX: usize = 1024;
 
-/// How a benchmark runs. The same options serve both phases: the load phase uses `workload`
-/// (for the report), `records`, `threads`, `seed` and `progress`.
+/// How a benchmark runs. The same options serve both phases (and both validate all of them); the
+/// load phase uses `records`, `threads`, `seed` and `progress`.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub workload: Workload,
@@ -141,8 +141,13 @@ pub fn load(backend: &dyn Backend, options: &Options) -> anyhow::Result<PhaseRep
 }
 
 /// Runs the workload against records loaded by [`load`]: a warm-up of `options.warmup`, then
-/// `options.duration` or `options.operations` measured. Inserts take key numbers from
-/// `records` on.
+/// `options.duration` or `options.operations` measured.
+///
+/// The table must hold exactly the `records` loaded: inserts take key numbers from `records`
+/// on, so after a run of D or E, load again before the next run. The zipfian key space of a
+/// workload with inserts (E) is sized, as YCSB does, for twice the inserts expected from the
+/// operation count; a timed run expects as many operations as records (what YCSB's workload
+/// files set).
 pub fn run(backend: &dyn Backend, options: &Options) -> anyhow::Result<PhaseReport> {
     options.validate()?;
     let inserts = Arc::new(AcknowledgedCounter::new(options.records));

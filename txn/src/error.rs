@@ -43,15 +43,12 @@ pub enum TxnError {
     /// A transaction is bigger than one commit can carry.
     #[error("the transaction is too large: {reason}")]
     TxnTooLarge { reason: String },
-    /// An index key is longer than the index takes.
-    #[error("a {len}-byte key is longer than the {max} bytes an index takes: use a shorter key")]
-    KeyTooLarge { len: usize, max: usize },
-    /// A hash table has no room left for the key.
-    #[error(
-        "the hash table at {root} is full (sized for about {capacity} keys): create a larger \
-         table and copy the keys into it"
-    )]
-    IndexFull { root: Addr, capacity: usize },
+    /// An index key is empty or longer than an index takes.
+    #[error("a {len}-byte key: index keys are 1 to {max} bytes, use a key of that length")]
+    KeyLength { len: usize, max: usize },
+    /// An index has no room left for the key; nothing was changed.
+    #[error("the index at {root} is full ({reason})")]
+    IndexFull { root: Addr, reason: String },
     /// An index node does not decode. Inside `Db::run` this is retried when the transaction
     /// read stale data (a node that changed while it was being followed); otherwise the index
     /// is damaged.

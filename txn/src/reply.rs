@@ -49,7 +49,7 @@ pub enum Code {
     Invalid = 4,
     /// ALLOC: values are `[addr, version, payload bytes]`.
     Allocated = 5,
-    /// ALLOC: values are `[reason code, max bytes, 0]` (see [`AllocFailure`]).
+    /// ALLOC: values are `[reason code, max bytes, 0]` (see [`alloc_failure`]).
     AllocFailed = 6,
     /// The record could not be served (malformed, wrong node); values hold nothing.
     Refused = 7,

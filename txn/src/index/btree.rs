@@ -76,7 +76,7 @@ const _: () = assert!(HEADER_BYTES + value::LEN_BYTES == 32);
 /// used inside transactions. It is only the address of its header: copy it freely.
 ///
 /// `get`, `insert` and `remove` take keys of 1 to [`KEY_BYTES_MAX`](super::KEY_BYTES_MAX) bytes:
-/// a longer key is [`TxnError::KeyTooLarge`], an empty one a panic (a caller's mistake).
+/// any other key is [`TxnError::KeyLength`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BTree {
     root: Addr,
@@ -174,7 +174,7 @@ impl BTree {
         if header.height as usize >= HEIGHT_MAX && path.iter().all(might_split) {
             return Err(TxnError::IndexFull {
                 root: self.root,
-                capacity: usize::MAX,
+                reason: format!("a split would grow the tree past {HEIGHT_MAX} levels"),
             });
         }
 

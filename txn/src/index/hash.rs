@@ -91,8 +91,8 @@ const _: () = assert!(super::NODE_HEADER_BYTES + super::ENTRY_BYTES_MAX <= BUCKE
 ///
 /// It holds about `capacity` keys (see the module doc): an insert whose bucket chain is full
 /// fails with [`TxnError::IndexFull`]. Every operation takes keys of 1 to
-/// [`KEY_BYTES_MAX`](super::KEY_BYTES_MAX) bytes: a longer key is [`TxnError::KeyTooLarge`], an
-/// empty one a panic (a caller's mistake).
+/// [`KEY_BYTES_MAX`](super::KEY_BYTES_MAX) bytes: any other key is
+/// [`TxnError::KeyLength`].
 #[derive(Clone, Debug)]
 pub struct HashTable {
     table: Arc<Table>,
@@ -292,7 +292,11 @@ impl HashTable {
         if chain.buckets.len() > OVERFLOW_BUCKETS_MAX {
             return Err(TxnError::IndexFull {
                 root: self.root(),
-                capacity: self.capacity(),
+                reason: format!(
+                    "the hash table is sized for about {} keys: create a larger one and copy \
+                     the keys into it",
+                    self.capacity()
+                ),
             });
         }
         let first = chain.buckets[0].0;

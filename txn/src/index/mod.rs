@@ -48,16 +48,10 @@ const _: fn() = || {
     shared::<BTree>();
 };
 
-/// Checks that `key` can be stored in an index.
-///
-/// # Panics
-///
-/// If `key` is empty: index keys are 1 to [`KEY_BYTES_MAX`] bytes, and an empty key is a
-/// mistake of the caller, not something the data can cause.
+/// Checks that `key` can be stored in an index: 1 to [`KEY_BYTES_MAX`] bytes.
 pub(crate) fn check_key(key: &[u8]) -> Result<(), TxnError> {
-    assert!(!key.is_empty(), "index keys are 1..={KEY_BYTES_MAX} bytes");
-    if key.len() > KEY_BYTES_MAX {
-        return Err(TxnError::KeyTooLarge {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(TxnError::KeyLength {
             len: key.len(),
             max: KEY_BYTES_MAX,
         });
@@ -382,9 +376,14 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "index keys are 1..=128 bytes")]
-    fn an_empty_key_is_a_programmer_error() {
-        let _ = check_key(b"");
+    fn an_empty_key_is_refused() {
+        assert_eq!(
+            check_key(b""),
+            Err(TxnError::KeyLength {
+                len: 0,
+                max: KEY_BYTES_MAX
+            })
+        );
     }
 
     #[test]
@@ -392,7 +391,7 @@ mod tests {
         assert!(check_key(&[1; KEY_BYTES_MAX]).is_ok());
         assert_eq!(
             check_key(&[1; KEY_BYTES_MAX + 1]),
-            Err(TxnError::KeyTooLarge {
+            Err(TxnError::KeyLength {
                 len: KEY_BYTES_MAX + 1,
                 max: KEY_BYTES_MAX
             })

@@ -384,18 +384,26 @@ fn check_record(fields: &Fields) -> Result<(), String> {
     }
 }
 
-/// The random stream of thread `index` in `phase`.
-fn thread_rng(seed: Option<u64>, phase: Phase, index: usize) -> anyhow::Result<Rng> {
+/// The random stream of thread `index` in `phase` of `workload`.
+///
+/// With a seed, each (workload, phase, thread) gets its own stream: were the run phases of A and
+/// F given the same stream, F's read-modify-writes would write exactly the values A's updates
+/// wrote, to the same fields, in the same order (the two mixes draw alike).
+fn thread_rng(
+    seed: Option<u64>,
+    workload: Workload,
+    phase: Phase,
+    index: usize,
+) -> anyhow::Result<Rng> {
     match seed {
-        // Rng::from_seed scrambles its seed, so distinct inputs give unrelated streams.
-        Some(seed) => {
-            let phase_salt = match phase {
-                Phase::Load => 0x4C4F_4144,
-                Phase::Run => 0x5255_4E00,
-            };
-            let index_salt = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            Ok(Rng::from_seed(seed ^ phase_salt ^ index_salt))
-        }
+        // Each part goes through splitmix (Rng::from_seed) before the next is mixed in.
+        Some(seed) => Ok(Rng::from_seed(
+            [workload as u64, phase as u64, index as u64]
+                .into_iter()
+                .fold(seed, |mixed, part| {
+                    Rng::from_seed(mixed ^ part.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+                }),
+        )),
         None => Rng::from_entropy().context("seed the thread's random numbers"),
     }
 }
@@ -423,7 +431,7 @@ where
             let mut worker = Worker {
                 index,
                 client,
-                rng: thread_rng(options.seed, phase, index)?,
+                rng: thread_rng(options.seed, options.workload, phase, index)?,
                 stats: Stats::new(),
                 tally: &tallies[index],
                 stop: &stop,
@@ -576,14 +584,15 @@ mod tests {
 
     #[test]
     fn threads_of_a_seeded_run_get_distinct_reproducible_streams() {
-        let draw = |phase, index| {
-            thread_rng(Some(9), phase, index)
+        let draw = |workload, phase, index| {
+            thread_rng(Some(9), workload, phase, index)
                 .expect("seeded")
                 .next_u64()
         };
-        let first = draw(Phase::Run, 0);
-        assert_eq!(first, draw(Phase::Run, 0));
-        assert_ne!(first, draw(Phase::Run, 1));
-        assert_ne!(first, draw(Phase::Load, 0));
+        let first = draw(Workload::A, Phase::Run, 0);
+        assert_eq!(first, draw(Workload::A, Phase::Run, 0));
+        assert_ne!(first, draw(Workload::A, Phase::Run, 1));
+        assert_ne!(first, draw(Workload::A, Phase::Load, 0));
+        assert_ne!(first, draw(Workload::F, Phase::Run, 0));
     }
 }

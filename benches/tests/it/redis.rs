@@ -1,5 +1,8 @@
 //! The Redis backend against a real `redis-server` that each test starts on a free loopback
 //! port without persistence, and kills when it ends (a guard, so also when it panics).
+//!
+//! Tests run in parallel, so two may pick the same free port: a server is used only once it
+//! answers with its own process id, and one that lost the port race is started again elsewhere.
 
 use acre_benches::ycsb::redis::RedisBackend;
 use acre_benches::ycsb::redis::resp::{Connection, Reply};
@@ -14,21 +17,36 @@ use std::time::{Duration, Instant};
 
 /// How long a starting server may take to answer PING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Servers started before giving up on finding a free port.
+const START_ATTEMPTS_MAX: usize = 5;
 const RECORDS: u64 = 1000;
 const OPERATIONS: u64 = 2000;
+
+/// The loopback address the servers of most tests listen on.
+const SHARED_HOST: &str = "127.0.0.1";
 
 /// A `redis-server` child process, killed on drop.
 struct RedisServer {
     child: Child,
+    host: &'static str,
     port: u16,
 }
 
 impl RedisServer {
-    fn start() -> RedisServer {
-        let port = free_port();
+    fn start(host: &'static str) -> RedisServer {
+        for _ in 0..START_ATTEMPTS_MAX {
+            if let Some(server) = RedisServer::try_start(host, free_port(host)) {
+                return server;
+            }
+        }
+        panic!("redis-server exited at startup {START_ATTEMPTS_MAX} times (ports taken?)");
+    }
+
+    /// A server on `port`, or None if it exited at startup (another took the port).
+    fn try_start(host: &'static str, port: u16) -> Option<RedisServer> {
         let spawned = Command::new("redis-server")
             .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", host, "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(std::env::temp_dir())
             .stdin(Stdio::null())
@@ -43,16 +61,20 @@ impl RedisServer {
             ),
             Err(error) => panic!("start redis-server: {error}"),
         };
-        let mut server = RedisServer { child, port };
+        let mut server = RedisServer { child, host, port };
+        let own_pid = format!("process_id:{}", server.child.id());
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Ok(mut connection) = Connection::connect(&server.address())
-                && connection.command(&[b"PING"]).ok() == Some(Reply::Status("PONG".into()))
+                && let Ok(Reply::Bulk(info)) = connection.command(&[b"INFO", b"server"])
+                && String::from_utf8_lossy(&info)
+                    .lines()
+                    .any(|line| line == own_pid)
             {
-                return server;
+                return Some(server);
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("redis-server on port {port} exited at startup: {status}");
+            if let Ok(Some(_)) = server.child.try_wait() {
+                return None;
             }
             assert!(
                 Instant::now() < deadline,
@@ -63,7 +85,7 @@ impl RedisServer {
     }
 
     fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     fn url(&self) -> String {
@@ -89,9 +111,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A loopback port nothing listens on (just now).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// A port nothing listens on at `host` (just now).
+fn free_port(host: &str) -> u16 {
+    TcpListener::bind((host, 0))
         .and_then(|listener| listener.local_addr())
         .expect("bind a free port")
         .port()
@@ -144,7 +166,7 @@ fn integer(reply: Reply) -> i64 {
 #[test]
 fn load_and_workloads_a_e_f_against_a_real_server() {
     let seed = test_seed("load_and_workloads_a_e_f_against_a_real_server");
-    let server = RedisServer::start();
+    let server = RedisServer::start(SHARED_HOST);
     let backend = RedisBackend::connect(&server.url()).expect("connect");
     backend.flush().expect("flush");
     assert_eq!(backend.name(), "redis");
@@ -221,7 +243,7 @@ fn load_and_workloads_a_e_f_against_a_real_server() {
 
 #[test]
 fn missing_keys_are_false_or_none_and_values_are_binary_safe() {
-    let server = RedisServer::start();
+    let server = RedisServer::start(SHARED_HOST);
     let backend = RedisBackend::connect(&server.url()).expect("connect");
     let mut client = backend.client().expect("client");
     assert_eq!(client.read("user1").expect("read"), None);
@@ -251,7 +273,7 @@ fn missing_keys_are_false_or_none_and_values_are_binary_safe() {
 
 #[test]
 fn flush_empties_the_database_of_the_url() {
-    let server = RedisServer::start();
+    let server = RedisServer::start(SHARED_HOST);
     server.command(&[b"SET", b"other", b"1"]);
     let backend = RedisBackend::connect(&format!("{}/3", server.url())).expect("connect db 3");
     backend
@@ -275,13 +297,14 @@ fn flush_empties_the_database_of_the_url() {
 
 #[test]
 fn a_port_where_nothing_listens_is_an_error_within_two_seconds() {
-    let url = format!("redis://127.0.0.1:{}", free_port());
+    // 127.0.0.2 (loopback too), where the other tests' servers never listen.
+    let url = format!("redis://127.0.0.2:{}", free_port("127.0.0.2"));
     let started = Instant::now();
     let error = RedisBackend::connect(&url).expect_err("nothing listens");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "took={took:?}");
     let message = format!("{error:#}");
-    assert!(message.contains("connect to 127.0.0.1:"), "{message}");
+    assert!(message.contains("connect to 127.0.0.2:"), "{message}");
 
     let error = RedisBackend::connect("localhost:6379").expect_err("no scheme");
     assert!(
@@ -295,7 +318,9 @@ fn a_port_where_nothing_listens_is_an_error_within_two_seconds() {
 #[test]
 fn a_server_that_dies_mid_run_stops_the_run_with_an_error() {
     let seed = test_seed("a_server_that_dies_mid_run_stops_the_run_with_an_error");
-    let mut server = RedisServer::start();
+    // Alone on its loopback address: once killed, its port may go to another test's server,
+    // which this test's clients must not reach.
+    let mut server = RedisServer::start("127.0.0.3");
     let backend = RedisBackend::connect(&server.url()).expect("connect");
     let mut options = options(Workload::A, seed);
     options.records = 100;
@@ -320,7 +345,7 @@ fn a_server_that_dies_mid_run_stops_the_run_with_an_error() {
 fn read_modify_writes_retry_when_another_client_changes_the_key() {
     const THREADS: usize = 4;
     const RMW_COUNT: usize = 200;
-    let server = RedisServer::start();
+    let server = RedisServer::start(SHARED_HOST);
     let backend = RedisBackend::connect(&server.url()).expect("connect");
     let record = vec![b"v".to_vec(); FIELD_COUNT];
     backend

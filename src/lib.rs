@@ -9,6 +9,7 @@
 pub mod bank;
 pub mod cluster;
 pub mod db;
+pub mod ycsb;
 
 pub use acre_engine as engine;
 pub use acre_nvm_log as nvm_log;

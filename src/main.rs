@@ -1,12 +1,14 @@
 //! The `acre` command line: the demo, node processes, local clusters, and the bank workload.
 
 mod bench;
+mod bench_ycsb;
 mod demo;
 mod idle;
 mod launch;
 
 use acre::db::NodeId;
 use anyhow::Context;
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +53,8 @@ enum Command {
 enum BenchCommand {
     /// Transfers and read-only transactions per second, with p50/p99 commit latency.
     Bank(bench::BankBenchArgs),
+    /// YCSB's core workloads (a-f) against Acre or Redis: throughput and latency percentiles.
+    Ycsb(bench_ycsb::YcsbArgs),
 }
 
 #[derive(Subcommand)]
@@ -64,7 +68,23 @@ enum ClusterCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and a command without its subcommand: clap prints the help.
+        Err(error)
+            if !error.use_stderr()
+                || error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            error.exit()
+        }
+        Err(error) => {
+            // Usage errors get one line, like every other bad input.
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!("acre: {} (see --help)", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Demo(args) => demo::demo(&args),
         Command::Bank(args) => demo::bank(&args),
@@ -74,6 +94,7 @@ fn main() -> ExitCode {
         Command::Node { cluster, id } => run_node(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
         Command::Bench(BenchCommand::Bank(args)) => bench::run(&args),
+        Command::Bench(BenchCommand::Ycsb(args)) => bench_ycsb::run(&args),
     };
     match result {
         Ok(code) => code,

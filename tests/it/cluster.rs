@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-fn acre(args: &[&str]) -> Output {
+pub fn acre(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_acre"))
         .args(args)
         .output()
         .expect("run acre")
 }
 
-fn text(output: &Output) -> String {
+pub fn text(output: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         output.status.code(),

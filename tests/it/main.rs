@@ -2,3 +2,4 @@
 //! stopped, the bank workload from several processes, and bad input.
 
 mod cluster;
+mod ycsb;

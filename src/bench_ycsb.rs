@@ -53,7 +53,7 @@ pub struct YcsbArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// With a redis target: delete every key of its database (FLUSHDB) before loading. Without
-    /// it, the database must be empty.
+    /// it, a database that holds keys is refused.
     #[arg(long)]
     flush: bool,
 }
@@ -142,6 +142,15 @@ pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
     );
     let load = ycsb::load(backend.as_ref(), &options).context("load the records")?;
     load.print_text(&mut std::io::stdout())?;
+    if let Some(failed) = load.operations.iter().find(|op| op.failed_count > 0) {
+        anyhow::bail!(
+            "{} of the {} inserts of the load failed ({}): the run would measure a partial \
+             table",
+            failed.failed_count,
+            args.records,
+            failed.first_error.as_deref().unwrap_or("no error recorded")
+        );
+    }
     let run = ycsb::run(backend.as_ref(), &options).context("run the workload")?;
     run.print_text(&mut std::io::stdout())?;
     let json = args.json.clone().unwrap_or_else(|| {
@@ -190,6 +199,15 @@ fn connect(target: &Target, args: &YcsbArgs) -> anyhow::Result<Box<dyn Backend>>
             if args.flush {
                 redis.flush().context("flush the redis database")?;
             }
+            let keys = redis
+                .key_count()
+                .context("count the keys of the redis database")?;
+            anyhow::ensure!(
+                keys == 0,
+                "redis database {} at {url} holds {keys} keys: pass --flush to empty it, or use \
+                 an empty database (redis://HOST:PORT/DB)",
+                redis.url().database
+            );
             Box::new(redis)
         }
     })

@@ -4,6 +4,33 @@
 //! connection to a cluster of node processes ([`db::Db::connect`]), with strictly serializable
 //! transactions over objects in a replicated global address space. The crates underneath are
 //! re-exported for tools and tests. Where things live: `docs/ARCHITECTURE.md`.
+//!
+//! Indexes ([`index`]) are kept in objects and used inside transactions, so one transaction
+//! can change a row and the indexes that find it:
+//!
+//! ```
+//! use acre::db::{Addr, Db, EmbeddedOptions};
+//! use acre::index::{BTree, HashTable};
+//! use std::ops::Bound;
+//!
+//! let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
+//! let by_name = HashTable::create(&db, 1000)?; // room for about 1000 keys
+//! let in_order = db.run(BTree::create)?;
+//! for (name, balance) in [("carol", 7u64), ("alice", 100), ("bob", 30)] {
+//!     db.run(|txn| {
+//!         let row = txn.alloc(8)?;
+//!         txn.write(row, &balance.to_le_bytes())?;
+//!         by_name.insert(txn, name.as_bytes(), row.to_u64())?; // all three commit together
+//!         in_order.insert(txn, name.as_bytes(), row.to_u64())?;
+//!         Ok(())
+//!     })?;
+//! }
+//! let bob = db.run(|txn| by_name.get(txn, b"bob"))?.expect("bob was inserted");
+//! assert_eq!(db.read(Addr::from_u64(bob))?, 30u64.to_le_bytes());
+//! let names = db.run(|txn| in_order.range(txn, Bound::Unbounded, Bound::Excluded(b"c"), 10))?;
+//! assert_eq!(names.iter().map(|(k, _)| &k[..]).collect::<Vec<_>>(), [&b"alice"[..], b"bob"]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod bank;
@@ -15,4 +42,5 @@ pub use acre_engine as engine;
 pub use acre_nvm_log as nvm_log;
 pub use acre_replication as replication;
 pub use acre_txn as txn;
+pub use acre_txn::index;
 pub use db::{Db, EmbeddedOptions, Txn, TxnError};

@@ -149,6 +149,14 @@ impl RedisBackend {
         let reply = self.connection()?.command(&[b"FLUSHDB"])?;
         expect_status(reply, "OK").context("FLUSHDB")
     }
+
+    /// Keys in the URL's database (`DBSIZE`): a load must start from an empty one.
+    pub fn key_count(&self) -> anyhow::Result<u64> {
+        match self.connection()?.command(&[b"DBSIZE"])? {
+            Reply::Integer(count) => u64::try_from(count).context("DBSIZE is negative"),
+            other => anyhow::bail!("DBSIZE answered {other:?}"),
+        }
+    }
 }
 
 impl Backend for RedisBackend {

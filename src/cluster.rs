@@ -103,6 +103,7 @@ impl ProcessNode {
             )));
         }
         let io = |what: &'static str| move |e: std::io::Error| ClusterError(format!("{what}: {e}"));
+        let incarnation = next_incarnation(&dir, node).map_err(io("count the node's starts"))?;
         engine_node::remove_node_files(&dir, node).map_err(io("remove stale node files"))?;
         let doorbell = Doorbell::create_file(&directory::doorbell_path(&dir, node))
             .map_err(io("create the doorbell"))?;
@@ -121,6 +122,7 @@ impl ProcessNode {
                 options,
             },
             file.ring_bytes,
+            incarnation,
         )
         .map_err(|e| ClusterError(format!("start {node}: {e}")))?;
         let manifest = NodeManifest {
@@ -166,6 +168,31 @@ impl Drop for ProcessNode {
         self.stop_inner();
     }
 }
+
+/// Counts a start of `node` in the cluster directory (`n<id>.incarnation`, a decimal number)
+/// and returns how many starts came before this one. Only one process runs a node id at a
+/// time (memory nodes are started once by `acre cluster up`; client ids are claimed by a lock),
+/// so read, increment and replace need no further locking.
+fn next_incarnation(dir: &Path, node: NodeId) -> std::io::Result<u64> {
+    let path = dir.join(format!("{node}.incarnation"));
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let temporary = path.with_extension("incarnation.new");
+    std::fs::write(&temporary, format!("{}\n", previous + 1))?;
+    std::fs::rename(&temporary, &path)?;
+    Ok(previous)
+}
+
+/// How long a client node that stops waits for its last truncations to be sent.
+pub const CLIENT_STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A client node in an application process: it holds no regions and coordinates transactions
 /// on the cluster's objects. Its id is claimed with a lock file, released when it stops (or
@@ -221,6 +248,21 @@ impl ClientNode {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for ClientNode {
+    fn drop(&mut self) {
+        // The participants keep every record of a transaction until it is truncated, and a
+        // ring's head cannot pass a kept record: truncations this client never sends would pin
+        // its rings until recovery. Send them before the node goes.
+        if !self.quiesce(CLIENT_STOP_FLUSH_TIMEOUT) {
+            eprintln!(
+                "acre {}: stopped with truncations unsent; its records stay in the logs until \
+                 recovery",
+                self.txn().node_id()
+            );
         }
     }
 }

@@ -41,6 +41,7 @@ impl EmbeddedCluster {
                 Directory::fixed(),
                 &Storage::Anonymous,
                 ring_bytes,
+                0, // every embedded node starts once
             )?);
         }
         // Every node learns every area's key (a process cluster reads them from manifests).

@@ -76,12 +76,15 @@ pub struct ReplicaNode {
 impl ReplicaNode {
     /// Creates the node's areas in `fabric`'s memory and starts its worker. `directory` must
     /// know (or be able to find) the other nodes' areas before transactions start.
+    /// `incarnation` counts the starts of this node id (0 for a node that never ran before;
+    /// see [`acre_txn::reply::ReplyArea::new`]).
     pub fn start(
         config: Arc<Configuration>,
         fabric: Arc<Fabric>,
         directory: Directory,
         storage: &Storage,
         ring_bytes: u64,
+        incarnation: u64,
     ) -> Result<ReplicaNode, StartError> {
         let node = fabric.node_id();
         if !config.members().any(|m| m == node) {
@@ -124,7 +127,7 @@ impl ReplicaNode {
             .region(node, REPLY_AREA_ID, REPLY_AREA_BYTES)
             .map_err(io("create the reply area"))?;
         let reply = register(Arc::new(reply))?;
-        let replies = ReplyArea::new(reply, memory.doorbell().clone());
+        let replies = ReplyArea::new(reply, memory.doorbell().clone(), incarnation);
         let backup = Arc::new(Backup::new(backups, config.block_bytes));
         let txn = Arc::new(TxnNode::new(
             config,

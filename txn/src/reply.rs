@@ -34,6 +34,13 @@ pub const REPLY_AREA_BYTES: u64 = (SLOTS_MAX * SLOT_BYTES) as u64;
 /// The area id of every node's reply area.
 pub const REPLY_AREA_ID: RegionId = RegionId(REPLY_AREA_ID_MIN);
 const SEQ_MASK: u64 = (1 << 56) - 1;
+/// A node's transaction sequence numbers start at its incarnation shifted by this many bits:
+/// 2^40 transactions per slot per start (a year at a million a second) before they would run
+/// into the next start's numbers.
+pub const INCARNATION_SHIFT: u32 = 40;
+/// Incarnations are counted modulo this, so sequence numbers stay within the 56 bits a reply
+/// tag carries; a collision needs records 65,536 starts old still in a log.
+pub const INCARNATIONS: u64 = 1 << (56 - INCARNATION_SHIFT);
 
 /// What a participant answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,16 +132,19 @@ pub struct ReplyArea {
 
 impl ReplyArea {
     /// Uses `region` (registered as [`REPLY_AREA_ID`], [`REPLY_AREA_BYTES`] long) and wakes on
-    /// the node's doorbell.
-    pub fn new(region: Arc<Region>, doorbell: Arc<Doorbell>) -> ReplyArea {
+    /// the node's doorbell. `incarnation` counts the starts of this node id: each start numbers
+    /// its transactions from `incarnation << INCARNATION_SHIFT`, so a restarted node never
+    /// reuses a transaction id that records of its previous run may still carry.
+    pub fn new(region: Arc<Region>, doorbell: Arc<Doorbell>, incarnation: u64) -> ReplyArea {
         assert_eq!(region.id(), REPLY_AREA_ID, "reply area id");
         assert!(region.len() >= REPLY_AREA_BYTES, "reply area too small");
+        let first_seq = (incarnation % INCARNATIONS) << INCARNATION_SHIFT;
         ReplyArea {
             region,
             doorbell,
             free_slots: Mutex::new((0..SLOTS_MAX as u16).rev().collect()),
             quarantined: Mutex::new(VecDeque::new()),
-            seqs: (0..SLOTS_MAX).map(|_| AtomicU64::new(0)).collect(),
+            seqs: (0..SLOTS_MAX).map(|_| AtomicU64::new(first_seq)).collect(),
         }
     }
 
@@ -256,8 +266,15 @@ mod tests {
         let region = Arc::new(Region::anonymous(REPLY_AREA_ID, REPLY_AREA_BYTES).unwrap());
         let memory = NodeMemory::new(NodeId(1), doorbell.clone());
         memory.register(region.clone()).unwrap();
-        let area = ReplyArea::new(region, doorbell);
+        let area = ReplyArea::new(region, doorbell, 3);
         let lease = area.acquire().unwrap();
+        // A third restart numbers its transactions after every earlier start's.
+        assert_eq!(lease.seq, (3 << INCARNATION_SHIFT) + 1);
+        // An old reply of an earlier start with the same slot and low bits is not this one's.
+        for op in reply_ops(area.reply_to(lease.slot, 3), 1, Code::Locked, [0; 3]) {
+            exec::execute(&memory, &op).unwrap();
+        }
+        assert_eq!(area.poll(lease.slot, lease.seq, 3), None);
         let to = area.reply_to(lease.slot, 3);
         for op in reply_ops(to, lease.seq, Code::Allocated, [7, 8, 9]) {
             exec::execute(&memory, &op).unwrap();

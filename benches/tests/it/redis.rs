@@ -120,16 +120,7 @@ fn free_port(host: &str) -> u16 {
 }
 
 fn options(workload: Workload, seed: u64) -> Options {
-    Options {
-        workload,
-        records: RECORDS,
-        threads: 2,
-        duration: None,
-        operations: Some(OPERATIONS),
-        warmup: Duration::ZERO,
-        seed: Some(seed),
-        progress: false,
-    }
+    crate::options(workload, seed, RECORDS, OPERATIONS)
 }
 
 /// Every record by key, read through the backend.

@@ -15,16 +15,7 @@ const RECORDS: u64 = 1000;
 const OPERATIONS: u64 = 3000;
 
 fn options(workload: Workload, seed: u64) -> Options {
-    Options {
-        workload,
-        records: RECORDS,
-        threads: 2,
-        duration: None,
-        operations: Some(OPERATIONS),
-        warmup: Duration::ZERO,
-        seed: Some(seed),
-        progress: false,
-    }
+    crate::options(workload, seed, RECORDS, OPERATIONS)
 }
 
 /// How many (record, field) pairs differ between two snapshots of the same keys.

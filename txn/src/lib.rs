@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod cursor;
 pub mod directory;
 pub mod error;
 pub mod index;

@@ -19,6 +19,7 @@
 //!
 //! Everything is little-endian; decoding checks every length and names what was wrong.
 
+use crate::cursor::Cursor;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::region::AccessKey;
 use acre_nvm_log::RecordKind;
@@ -237,49 +238,36 @@ impl Writer {
 }
 
 struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+    cursor: Cursor<'a>,
     kind: RecordKind,
 }
 
 impl<'a> Reader<'a> {
-    fn fail(&self, reason: impl Into<String>) -> RecordError {
+    fn fail(&self, reason: impl std::fmt::Display) -> RecordError {
         RecordError {
             kind: self.kind.0,
-            offset: self.at,
-            reason: reason.into(),
+            offset: self.cursor.at(),
+            reason: reason.to_string(),
         }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or_else(|| {
-                self.fail(format!(
-                    "needs {n} more bytes, {} left",
-                    self.bytes.len() - self.at
-                ))
-            })?;
-        let slice = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(slice)
+        self.cursor.take(n).map_err(|short| self.fail(short))
     }
     fn u8(&mut self) -> Result<u8, RecordError> {
-        Ok(self.take(1)?[0])
+        self.cursor.u8().map_err(|short| self.fail(short))
     }
     fn u16(&mut self) -> Result<u16, RecordError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+        self.cursor.u16().map_err(|short| self.fail(short))
     }
     fn u32(&mut self) -> Result<u32, RecordError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+        self.cursor.u32().map_err(|short| self.fail(short))
     }
     fn u64(&mut self) -> Result<u64, RecordError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+        self.cursor.u64().map_err(|short| self.fail(short))
     }
     fn pad8(&mut self) -> Result<(), RecordError> {
-        let n = self.at.next_multiple_of(8) - self.at;
-        self.take(n).map(|_| ())
+        let at = self.cursor.at();
+        self.take(at.next_multiple_of(8) - at).map(|_| ())
     }
     fn txn(&mut self) -> Result<TxnId, RecordError> {
         let config = self.u64()?;
@@ -298,10 +286,10 @@ impl<'a> Reader<'a> {
     /// corrupt count cannot make the decoder allocate without bound.
     fn count(&self, count: u32, item_bytes: usize) -> Result<usize, RecordError> {
         let count = count as usize;
-        if count.saturating_mul(item_bytes) > self.bytes.len() - self.at {
+        if count.saturating_mul(item_bytes) > self.cursor.remaining() {
             return Err(self.fail(format!(
                 "count {count} of {item_bytes}-byte items exceeds the {} bytes left",
-                self.bytes.len() - self.at
+                self.cursor.remaining()
             )));
         }
         Ok(count)
@@ -375,8 +363,7 @@ impl TxnRecord {
 
     pub fn decode(kind: RecordKind, payload: &[u8]) -> Result<TxnRecord, RecordError> {
         let mut r = Reader {
-            bytes: payload,
-            at: 0,
+            cursor: Cursor::new(payload),
             kind,
         };
         let txn = r.txn()?;
@@ -459,8 +446,8 @@ impl TxnRecord {
             }
             other => return Err(r.fail(format!("kind {} is not a transaction record", other.0))),
         };
-        if r.at != payload.len() {
-            return Err(r.fail(format!("{} trailing bytes", payload.len() - r.at)));
+        if r.cursor.remaining() != 0 {
+            return Err(r.fail(format!("{} trailing bytes", r.cursor.remaining())));
         }
         Ok(TxnRecord {
             txn,

@@ -5,6 +5,7 @@
 //! keys with the same distribution as YCSB's `CoreWorkload`; where YCSB has a quirk that shapes
 //! the distribution, it is kept and named in a comment.
 
+use acre_nvm_log::fault::SplitMix;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -55,17 +56,15 @@ pub struct Rng {
 impl Rng {
     /// The generator that `seed` names: the same seed gives the same stream.
     pub fn from_seed(seed: u64) -> Rng {
-        let mut mix = seed;
-        let mut next = || {
-            mix = mix.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = mix;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut mix = SplitMix::new(seed);
         // splitmix64 never yields four zero words in a row, the one state xoshiro must avoid.
         Rng {
-            state: [next(), next(), next(), next()],
+            state: [
+                mix.next_u64(),
+                mix.next_u64(),
+                mix.next_u64(),
+                mix.next_u64(),
+            ],
         }
     }
 

@@ -24,6 +24,7 @@ pub mod hash;
 pub use btree::BTree;
 pub use hash::HashTable;
 
+use crate::cursor::{Cursor, Short};
 use crate::error::TxnError;
 use acre_engine::addr::Addr;
 
@@ -186,61 +187,53 @@ impl Node {
 /// the offset.
 pub(crate) struct Reader<'a> {
     addr: Addr,
-    bytes: &'a [u8],
-    offset: usize,
+    cursor: Cursor<'a>,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(addr: Addr, bytes: &'a [u8]) -> Reader<'a> {
         Reader {
             addr,
-            bytes,
-            offset: 0,
+            cursor: Cursor::new(bytes),
         }
     }
 
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
-        self.bytes.len() - self.offset
+        self.cursor.remaining()
     }
 
     /// A malformed-node error at the current offset.
     pub fn error(&self, reason: impl std::fmt::Display) -> TxnError {
-        malformed(self.addr, format!("{reason} (at byte {})", self.offset))
+        malformed(
+            self.addr,
+            format!("{reason} (at byte {})", self.cursor.at()),
+        )
+    }
+
+    fn short(&self, what: &str, short: Short) -> TxnError {
+        self.error(format!("{what} {short}"))
     }
 
     /// The next `len` bytes; `what` names them in the error.
     pub fn bytes(&mut self, len: usize, what: &str) -> Result<&'a [u8], TxnError> {
-        if len > self.remaining() {
-            return Err(self.error(format!(
-                "{what} needs {len} bytes, {} left",
-                self.remaining()
-            )));
-        }
-        let bytes = &self.bytes[self.offset..self.offset + len];
-        self.offset += len;
-        Ok(bytes)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], TxnError> {
-        let bytes = self.bytes(N, what)?;
-        Ok(bytes.try_into().expect("bytes returns exactly N bytes"))
+        self.cursor.take(len).map_err(|s| self.short(what, s))
     }
 
     pub fn u8(&mut self, what: &str) -> Result<u8, TxnError> {
-        Ok(self.array::<1>(what)?[0])
+        self.cursor.u8().map_err(|s| self.short(what, s))
     }
 
     pub fn u16(&mut self, what: &str) -> Result<u16, TxnError> {
-        Ok(u16::from_le_bytes(self.array(what)?))
+        self.cursor.u16().map_err(|s| self.short(what, s))
     }
 
     pub fn u32(&mut self, what: &str) -> Result<u32, TxnError> {
-        Ok(u32::from_le_bytes(self.array(what)?))
+        self.cursor.u32().map_err(|s| self.short(what, s))
     }
 
     pub fn u64(&mut self, what: &str) -> Result<u64, TxnError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
+        self.cursor.u64().map_err(|s| self.short(what, s))
     }
 
     /// An entry: key length (1 to [`KEY_BYTES_MAX`]), key, value.

@@ -3,11 +3,11 @@
 //! index, loading a table) asks of its caller: the `Db` facade and a bare [`TxnNode`] both
 //! provide it.
 
+use crate::backoff::Backoff;
 use crate::error::TxnError;
-use crate::node::TxnNode;
 use crate::txn::Txn;
+use crate::txn_node::TxnNode;
 use acre_engine::addr::{Addr, RegionId};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ pub fn run<T>(
     mut begin: impl FnMut() -> Result<Txn, TxnError>,
     mut body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
 ) -> Result<T, TxnError> {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::retry(BACKOFF_FIRST, BACKOFF_MAX);
     let mut last = None;
     for _ in 0..RUN_ATTEMPTS_MAX {
         let error = match begin() {
@@ -69,37 +69,4 @@ pub fn run<T>(
         backoff.wait();
     }
     Err(last.expect("at least one attempt"))
-}
-
-/// Jittered exponential backoff between attempts of [`run`].
-struct Backoff {
-    next: Duration,
-    random: u64,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        // Seeded per run from the process's hash randomness: threads that conflicted with
-        // each other must not retry in lockstep.
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-            | 1;
-        Backoff {
-            next: BACKOFF_FIRST,
-            random,
-        }
-    }
-
-    fn wait(&mut self) {
-        // xorshift64: enough to spread retries.
-        self.random ^= self.random << 13;
-        self.random ^= self.random >> 7;
-        self.random ^= self.random << 17;
-        // Uniform in [next/2, 3*next/2).
-        let base = self.next.as_nanos() as u64;
-        let jittered = base / 2 + self.random % base.max(1);
-        std::thread::sleep(Duration::from_nanos(jittered));
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-    }
 }

@@ -178,7 +178,7 @@ fn settle(cluster: &EmbeddedCluster) {
     }
     for node in cluster.nodes() {
         assert!(
-            !node.txn().has_pending_truncations(),
+            !node.txn().links().has_pending_truncations(),
             "{} has truncations to send with every ring empty",
             node.node_id()
         );
@@ -902,9 +902,9 @@ fn a_transaction_sees_its_own_writes_allocations_and_frees() {
             value_at(&n3, doomed),
             Err(TxnError::NotFound { addr: doomed })
         );
-        let header = n3.read_slot(doomed).unwrap().header;
+        let header = n3.reader().read_slot(doomed).unwrap().header;
         assert!(!header.is_allocated(), "freed {doomed}: {header}");
-        assert!(n3.read_slot(fresh).unwrap().header.is_allocated());
+        assert!(n3.reader().read_slot(fresh).unwrap().header.is_allocated());
     }
     settle(&cluster);
     cluster.check_replicas().unwrap();

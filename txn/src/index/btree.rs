@@ -178,53 +178,22 @@ impl BTree {
             });
         }
 
-        // Split the leaf: the right half moves to a new leaf linked after it.
-        let right_entries = leaf.entries.split_off(split_index(&leaf.entries));
-        let mut separator = right_entries[0].key.clone();
-        let right_addr = txn.alloc_near(NODE_VALUE_BYTES, leaf_addr)?;
-        let right = new_leaf(right_entries, leaf.link);
-        leaf.link = right_addr.to_u64();
-        write_node(txn, right_addr, &right)?;
-        write_node(txn, leaf_addr, &leaf)?;
-        let mut new_child = right_addr;
+        let (separator, new_child) = split_leaf(txn, leaf_addr, leaf)?;
+        let Some((separator, new_child)) = add_to_parents(txn, path, separator, new_child)? else {
+            return Ok(None);
+        };
+        self.grow_root(txn, &mut header, separator, new_child)?;
+        Ok(None)
+    }
 
-        // Add the separator to the parents, splitting those that overflow.
-        for Step {
-            addr,
-            mut node,
-            child_index,
-        } in path.into_iter().rev()
-        {
-            node.entries.insert(
-                child_index,
-                Entry {
-                    key: separator,
-                    value: new_child.to_u64(),
-                },
-            );
-            if node.encoded_bytes() <= NODE_VALUE_BYTES {
-                write_node(txn, addr, &node)?;
-                return Ok(None);
-            }
-            // The middle entry moves up: its key is the separator, its child the right node's
-            // first child.
-            let middle = split_index(&node.entries).clamp(1, node.entries.len() - 2);
-            let right_entries = node.entries.split_off(middle + 1);
-            let promoted = node.entries.pop().expect("middle >= 1");
-            let right_addr = txn.alloc_near(NODE_VALUE_BYTES, addr)?;
-            let right = Node {
-                magic: INNER_MAGIC,
-                level: node.level,
-                link: promoted.value,
-                entries: right_entries,
-            };
-            write_node(txn, right_addr, &right)?;
-            write_node(txn, addr, &node)?;
-            separator = promoted.key;
-            new_child = right_addr;
-        }
-
-        // The root split: a new root above the old one.
+    /// The root split: a new root above the old one, with `separator` and `new_child`.
+    fn grow_root(
+        &self,
+        txn: &mut Txn,
+        header: &mut Header,
+        separator: Vec<u8>,
+        new_child: Addr,
+    ) -> Result<(), TxnError> {
         assert!(
             (header.height as usize) < HEIGHT_MAX,
             "height={} was checked before the split",
@@ -243,8 +212,7 @@ impl BTree {
         write_node(txn, root_addr, &root)?;
         header.height += 1;
         header.root = root_addr;
-        txn.write(self.root, &header.encode())?;
-        Ok(None)
+        txn.write(self.root, &header.encode())
     }
 
     /// Removes `key`; returns its value if it was in the tree. The leaf stays, even if empty.
@@ -287,16 +255,6 @@ impl BTree {
             mut leaf,
             ..
         } = self.descend(txn, start)?;
-        let above_lower = |key: &[u8]| match lower {
-            Bound::Included(bound) => key >= bound,
-            Bound::Excluded(bound) => key > bound,
-            Bound::Unbounded => true,
-        };
-        let below_upper = |key: &[u8]| match upper {
-            Bound::Included(bound) => key <= bound,
-            Bound::Excluded(bound) => key < bound,
-            Bound::Unbounded => true,
-        };
         let mut previous_last: Option<Vec<u8>> = None;
         let mut skipped = 0;
         // Each pass takes at least one entry (at most `limit` passes), ends the walk, or counts
@@ -310,20 +268,9 @@ impl BTree {
                     "the leaf's first key is not above the previous leaf's last",
                 ));
             }
-            let mut taken = false;
-            for entry in &leaf.entries {
-                if !above_lower(&entry.key) {
-                    continue;
-                }
-                if !below_upper(&entry.key) {
-                    return Ok(out);
-                }
-                out.push((entry.key.clone(), entry.value));
-                taken = true;
-                if out.len() == limit {
-                    return Ok(out);
-                }
-            }
+            let Some(taken) = take_in_range(&leaf, lower, upper, limit, &mut out) else {
+                return Ok(out);
+            };
             if leaf.link == 0 {
                 return Ok(out);
             }
@@ -552,6 +499,98 @@ impl Header {
             root: Addr::from_u64(root),
         })
     }
+}
+
+/// Appends the entries of `leaf` between `lower` and `upper` to `out`, up to `limit` in all.
+/// `None` when the range ends in this leaf (above `upper`, or `limit` reached); else whether
+/// any entry was taken.
+fn take_in_range(
+    leaf: &Node,
+    lower: Bound<&[u8]>,
+    upper: Bound<&[u8]>,
+    limit: usize,
+    out: &mut Vec<(Vec<u8>, u64)>,
+) -> Option<bool> {
+    let above_lower = |key: &[u8]| match lower {
+        Bound::Included(bound) => key >= bound,
+        Bound::Excluded(bound) => key > bound,
+        Bound::Unbounded => true,
+    };
+    let below_upper = |key: &[u8]| match upper {
+        Bound::Included(bound) => key <= bound,
+        Bound::Excluded(bound) => key < bound,
+        Bound::Unbounded => true,
+    };
+    let mut taken = false;
+    for entry in leaf.entries.iter().filter(|entry| above_lower(&entry.key)) {
+        if !below_upper(&entry.key) {
+            return None;
+        }
+        out.push((entry.key.clone(), entry.value));
+        taken = true;
+        if out.len() == limit {
+            return None;
+        }
+    }
+    Some(taken)
+}
+
+/// Splits an overflowing leaf: the right half moves to a new leaf linked after it. Returns the
+/// separator (the right leaf's first key) and the right leaf's address, for the parent.
+fn split_leaf(txn: &mut Txn, leaf_addr: Addr, mut leaf: Node) -> Result<(Vec<u8>, Addr), TxnError> {
+    let right_entries = leaf.entries.split_off(split_index(&leaf.entries));
+    let separator = right_entries[0].key.clone();
+    let right_addr = txn.alloc_near(NODE_VALUE_BYTES, leaf_addr)?;
+    let right = new_leaf(right_entries, leaf.link);
+    leaf.link = right_addr.to_u64();
+    write_node(txn, right_addr, &right)?;
+    write_node(txn, leaf_addr, &leaf)?;
+    Ok((separator, right_addr))
+}
+
+/// Adds `separator` and `new_child` to the parents on `path`, bottom up, splitting those that
+/// overflow. Returns what the root must take when the root itself split.
+fn add_to_parents(
+    txn: &mut Txn,
+    path: Vec<Step>,
+    mut separator: Vec<u8>,
+    mut new_child: Addr,
+) -> Result<Option<(Vec<u8>, Addr)>, TxnError> {
+    for Step {
+        addr,
+        mut node,
+        child_index,
+    } in path.into_iter().rev()
+    {
+        node.entries.insert(
+            child_index,
+            Entry {
+                key: separator,
+                value: new_child.to_u64(),
+            },
+        );
+        if node.encoded_bytes() <= NODE_VALUE_BYTES {
+            write_node(txn, addr, &node)?;
+            return Ok(None);
+        }
+        // The middle entry moves up: its key is the separator, its child the right node's
+        // first child.
+        let middle = split_index(&node.entries).clamp(1, node.entries.len() - 2);
+        let right_entries = node.entries.split_off(middle + 1);
+        let promoted = node.entries.pop().expect("middle >= 1");
+        let right_addr = txn.alloc_near(NODE_VALUE_BYTES, addr)?;
+        let right = Node {
+            magic: INNER_MAGIC,
+            level: node.level,
+            link: promoted.value,
+            entries: right_entries,
+        };
+        write_node(txn, right_addr, &right)?;
+        write_node(txn, addr, &node)?;
+        separator = promoted.key;
+        new_child = right_addr;
+    }
+    Ok(Some((separator, new_child)))
 }
 
 #[cfg(test)]

@@ -618,13 +618,16 @@ impl SlabAllocator {
     }
 
     fn check_region(&self, region: &Region) {
-        assert!(
-            region.id() == self.region && region.len() == self.region_bytes,
-            "allocator of {} ({} bytes) used with {} ({} bytes)",
-            self.region,
-            self.region_bytes,
+        assert_eq!(
             region.id(),
-            region.len()
+            self.region,
+            "allocator used with another region"
+        );
+        assert_eq!(
+            region.len(),
+            self.region_bytes,
+            "allocator of {} used with a region of another size",
+            self.region
         );
     }
 
@@ -747,8 +750,12 @@ impl SlabAllocator {
         let addr = Addr::new(self.region, offset);
         let header = object::load_header(region.words_at(offset, class.slot_bytes()));
         assert!(
-            !header.is_allocated() && !header.is_locked(),
-            "free-list slot {addr} is not free: header={header}"
+            !header.is_allocated(),
+            "free-list slot {addr} is allocated: header={header}"
+        );
+        assert!(
+            !header.is_locked(),
+            "free-list slot {addr} is locked: header={header}"
         );
         Reserved {
             addr,

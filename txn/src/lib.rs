@@ -38,6 +38,11 @@ pub mod txn;
 pub mod txn_node;
 pub mod value;
 
+/// What `lock().expect` says of a poisoned lock. A thread panicked while holding it, so what
+/// it guards may be half-changed: the process stops rather than go on with it (and in release
+/// builds, where panics abort, no lock is ever poisoned).
+pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
+
 pub use config::{Configuration, Placement};
 pub use error::TxnError;
 pub use record::TxnId;

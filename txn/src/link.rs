@@ -6,6 +6,7 @@
 //! returns once the record is durable in the receiver's log. Truncations waiting to be sent
 //! ride on whatever record goes to their node next ([`crate::truncation`]).
 
+use crate::POISONED;
 use crate::directory::Directory;
 use crate::error::TxnError;
 use crate::record::{self, Body, TxnId, TxnRecord};
@@ -62,7 +63,7 @@ impl Links {
 
     /// The link to `target`, attaching its ring (found through the directory) on first use.
     pub(crate) fn link(&self, target: NodeId) -> Result<Arc<Mutex<Link>>, TxnError> {
-        if let Some(link) = self.links.read().expect("links lock").get(&target) {
+        if let Some(link) = self.links.read().expect(POISONED).get(&target) {
             return Ok(link.clone());
         }
         let (key, bytes) = self
@@ -70,7 +71,7 @@ impl Links {
             .lookup(&self.fabric, target, ring_area_id(self.node))?;
         let outbox = Outbox::attach(&self.fabric, target, key, bytes)
             .map_err(|e| channel_error(target, e))?;
-        let mut links = self.links.write().expect("links lock");
+        let mut links = self.links.write().expect(POISONED);
         Ok(links
             .entry(target)
             .or_insert_with(|| {
@@ -86,7 +87,7 @@ impl Links {
     pub(crate) fn all(&self) -> Vec<(NodeId, Arc<Mutex<Link>>)> {
         self.links
             .read()
-            .expect("links lock")
+            .expect(POISONED)
             .iter()
             .map(|(node, link)| (*node, link.clone()))
             .collect()
@@ -134,7 +135,7 @@ impl Links {
 
     /// Gives back what is left of a reservation at `target`.
     pub fn release(&self, target: NodeId, reservation: Reservation) {
-        let link = self.links.read().expect("links lock").get(&target).cloned();
+        let link = self.links.read().expect(POISONED).get(&target).cloned();
         let link =
             link.unwrap_or_else(|| panic!("released a reservation at {target} without a link"));
         locked(&link).outbox.release(reservation);
@@ -180,7 +181,7 @@ impl Links {
 /// Locks one link. A poisoned link is a thread that panicked half-way through an append: the
 /// process stops rather than append after a half-written record.
 pub(crate) fn locked(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
-    link.lock().expect("a link's lock is never poisoned")
+    link.lock().expect(POISONED)
 }
 
 /// A failed one-sided operation, as the transaction sees it.

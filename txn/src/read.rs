@@ -6,6 +6,7 @@
 //! size comes from the block header, read once per block and cached (a block keeps its size
 //! class for the life of the region, so the cache never goes stale).
 
+use crate::POISONED;
 use crate::backoff::Backoff;
 use crate::config::Configuration;
 use crate::directory::Directory;
@@ -132,7 +133,7 @@ impl ObjectReader {
         let cached = self
             .slot_bytes
             .read()
-            .expect("slot size cache lock")
+            .expect(POISONED)
             .get(&(addr.region(), block_index))
             .copied();
         let slot_bytes = match cached {
@@ -150,7 +151,7 @@ impl ObjectReader {
                     .ok_or(TxnError::NotFound { addr })?;
                 self.slot_bytes
                     .write()
-                    .expect("slot size cache lock")
+                    .expect(POISONED)
                     .insert((addr.region(), block_index), slot_bytes);
                 slot_bytes
             }

@@ -7,12 +7,13 @@
 //! everything through the manifests.
 
 use crate::db::NodeId;
+use acre_engine::directory::remove_node_files;
 use acre_engine::directory::{self, NodeManifest};
 use acre_engine::fabric::Fabric;
 use acre_engine::fabric::doorbell::Doorbell;
 use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::tcp::NicServer;
-use acre_engine::node::{self as engine_node, TransportKind};
+use acre_engine::fabric::transport_kind::{self, TransportKind};
 use acre_nvm_log::{MapOptions, PersistMode};
 use acre_replication::{ReplicaNode, Storage};
 use acre_txn::directory::Directory;
@@ -104,13 +105,13 @@ impl ProcessNode {
         }
         let io = |what: &'static str| move |e: std::io::Error| ClusterError(format!("{what}: {e}"));
         let incarnation = next_incarnation(&dir, node).map_err(io("count the node's starts"))?;
-        engine_node::remove_node_files(&dir, node).map_err(io("remove stale node files"))?;
+        remove_node_files(&dir, node).map_err(io("remove stale node files"))?;
         let doorbell = Doorbell::create_file(&directory::doorbell_path(&dir, node))
             .map_err(io("create the doorbell"))?;
         let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
         let options = file.map_options();
         let (transport, nic, tcp_addr) =
-            engine_node::open_transport(&dir, node, file.transport, None, options, &memory)
+            transport_kind::open_transport(&dir, node, file.transport, None, options, &memory)
                 .map_err(|e| ClusterError(e.to_string()))?;
         let fabric = Arc::new(Fabric::new(memory, transport));
         let replica = ReplicaNode::start(
@@ -158,7 +159,7 @@ impl ProcessNode {
         if let Some(replica) = self.replica.take() {
             let _ = NodeManifest::remove(&self.dir, self.node);
             replica.stop();
-            let _ = engine_node::remove_node_files(&self.dir, self.node);
+            let _ = remove_node_files(&self.dir, self.node);
         }
     }
 }

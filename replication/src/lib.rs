@@ -4,7 +4,7 @@
 //! - [`backup`]: backups hold COMMIT-BACKUP records and apply them at truncation.
 //! - [`worker`]: the node worker that serves the commit protocol's records and keeps them in
 //!   the log until they may be dropped.
-//! - [`node`]: one node assembled (region copies, rings, reply area, worker).
+//! - [`replica`]: one node assembled (region copies, rings, reply area, worker).
 //! - [`embedded`]: every node of a configuration in one process.
 //! - [`verify`]: backups byte-identical to their primaries.
 //!
@@ -14,9 +14,9 @@
 
 pub mod backup;
 pub mod embedded;
-pub mod node;
+pub mod replica;
 pub mod verify;
 pub mod worker;
 
 pub use embedded::EmbeddedCluster;
-pub use node::{ReplicaNode, StartError, Storage};
+pub use replica::{ReplicaNode, StartError, Storage};

@@ -7,7 +7,7 @@ use acre::cluster::{self, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile};
 use acre::engine::addr::NodeId;
 use acre::engine::directory::{self, NodeManifest};
 use acre::engine::fabric::tcp::ClusterSecret;
-use acre::engine::node::TransportKind;
+use acre::engine::fabric::transport_kind::TransportKind;
 use acre::txn::Configuration;
 use anyhow::{Context, bail};
 use std::os::unix::process::CommandExt;

@@ -137,6 +137,23 @@ pub fn doorbell_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.doorbell"))
 }
 
+/// Removes the region, ring and doorbell files a previous run of `node` left in the cluster
+/// directory (a node that stopped cleanly removed them itself).
+pub fn remove_node_files(dir: &Path, node: NodeId) -> io::Result<()> {
+    let prefix = format!("{node}-");
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".region") {
+            fs::remove_file(dir.join(name.as_ref()))?;
+        }
+    }
+    match fs::remove_file(doorbell_path(dir, node)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Creates the cluster directory (mode 0700) if it does not exist.
 pub fn create_cluster_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
@@ -167,5 +184,23 @@ mod tests {
         assert!(NodeManifest::read(dir.path(), NodeId(9)).unwrap().is_none());
         std::fs::write(NodeManifest::path(dir.path(), NodeId(4)), "node = [").unwrap();
         assert!(NodeManifest::read(dir.path(), NodeId(4)).is_err());
+    }
+
+    #[test]
+    fn a_nodes_leftover_files_go_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = ["n12-r1-00ff.region", "n1.manifest", "n2.doorbell", "n1.log"];
+        let gone = ["n1-r1-00ff.region", "n1-r80000002-0a.region", "n1.doorbell"];
+        for name in keep.iter().chain(&gone) {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_node_files(dir.path(), NodeId(1)).unwrap();
+        for name in keep {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
+        for name in gone {
+            assert!(!dir.path().join(name).exists(), "{name}");
+        }
+        remove_node_files(dir.path(), NodeId(1)).expect("nothing left to remove is fine");
     }
 }

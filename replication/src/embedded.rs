@@ -1,7 +1,7 @@
 //! An embedded cluster: every node of a configuration in this process, on the `local`
 //! transport, in anonymous memory. What `Db::embedded` runs, and what the tests use.
 
-use crate::node::{ReplicaNode, StartError, Storage};
+use crate::replica::{ReplicaNode, StartError, Storage};
 use crate::verify::{self, Mismatch};
 use acre_engine::fabric::local::{LocalCluster, LocalTransport};
 use acre_engine::fabric::memory::NodeMemory;

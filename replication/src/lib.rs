@@ -4,8 +4,13 @@
 //! - [`backup`]: backups hold COMMIT-BACKUP records and apply them at truncation.
 //! - [`worker`]: the node worker that serves the commit protocol's records and keeps them in
 //!   the log until they may be dropped.
-//! - [`node`]: one node assembled (region copies, rings, reply area, worker).
+//! - [`replica`]: one node assembled (region copies, rings, reply area, worker).
 //! - [`embedded`]: every node of a configuration in one process.
+//! - [`cluster_file`], [`process`], [`client`]: clusters of node processes on one host: the
+//!   cluster file, the runtime of a node process (`acre node`), and the client node an
+//!   application process joins a running cluster with.
+//! - [`db`]: `Db`, the embedded API over an embedded cluster or a client node (re-exported by
+//!   the `acre` facade).
 //! - [`verify`]: backups byte-identical to their primaries.
 //!
 //! Recovery (of transactions, data and the allocator after a failure) comes with the failure
@@ -13,10 +18,14 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod client;
+pub mod cluster_file;
+pub mod db;
 pub mod embedded;
-pub mod node;
+pub mod process;
+pub mod replica;
 pub mod verify;
 pub mod worker;
 
 pub use embedded::EmbeddedCluster;
-pub use node::{ReplicaNode, StartError, Storage};
+pub use replica::{ReplicaNode, StartError, Storage};

@@ -22,6 +22,7 @@ pub mod exec;
 pub mod local;
 pub mod memory;
 pub mod shm;
+pub mod transport_kind;
 
 use crate::addr::{Addr, NodeId};
 use crate::region::{AccessError, AccessKey};

@@ -1,80 +1,35 @@
-//! Clusters of node processes on this host: the cluster file, the node process runtime behind
-//! `acre node`, and the client node a `Db::connect` runs in the application's process.
+//! Node processes of a cluster on this host: the runtime behind `acre node` ([`ProcessNode`]:
+//! region copies, rings and reply area as files in the cluster directory, a manifest
+//! published), the count of a node's starts, and what a launcher or client waits on.
 //!
-//! `acre cluster up` writes `cluster.toml` into a cluster directory and starts one `acre node`
-//! process per node; each creates its region copies, log rings and reply area as files in the
-//! directory and publishes a manifest (areas, keys, pid, tcp address) there. Clients find
-//! everything through the manifests.
+//! `acre cluster up` writes the cluster file ([`crate::cluster_file`]) into a cluster directory
+//! and starts one `acre node` process per node; each creates its files in the directory and
+//! publishes a manifest (areas, keys, pid, tcp address) there. Clients
+//! ([`crate::client::ClientNode`]) find everything through the manifests.
 
-use crate::db::NodeId;
+use crate::cluster_file::ClusterFile;
+use crate::{ReplicaNode, Storage};
+use acre_engine::addr::NodeId;
+use acre_engine::directory::remove_node_files;
 use acre_engine::directory::{self, NodeManifest};
 use acre_engine::fabric::Fabric;
 use acre_engine::fabric::doorbell::Doorbell;
 use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::tcp::NicServer;
-use acre_engine::node::{self as engine_node, TransportKind};
-use acre_nvm_log::{MapOptions, PersistMode};
-use acre_replication::{ReplicaNode, Storage};
+use acre_engine::fabric::transport_kind;
+use acre_txn::TxnNode;
 use acre_txn::directory::Directory;
-use acre_txn::{Configuration, TxnNode};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Name of the cluster file inside a cluster directory.
-pub const CLUSTER_FILE: &str = "cluster.toml";
-/// Client node ids start here (memory nodes are numbered from 1).
-pub const CLIENT_ID_BASE: u16 = 100;
 
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ClusterError(pub String);
 
-fn fail(what: &str) -> impl FnOnce(String) -> ClusterError + '_ {
+pub(crate) fn fail(what: &str) -> impl FnOnce(String) -> ClusterError + '_ {
     move |reason| ClusterError(format!("{what}: {reason}"))
-}
-
-/// The cluster file: the configuration and how the nodes reach each other.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterFile {
-    pub transport: TransportKind,
-    /// auto | flush | msync (acre-nvm-log's PersistMode).
-    pub persist: String,
-    pub ring_bytes: u64,
-    pub config: Configuration,
-}
-
-impl ClusterFile {
-    pub fn read(path: &Path) -> Result<ClusterFile, ClusterError> {
-        let what = format!("cluster file {}", path.display());
-        let text = std::fs::read_to_string(path).map_err(|e| fail(&what)(e.to_string()))?;
-        let file: ClusterFile = toml::from_str(&text).map_err(|e| fail(&what)(e.to_string()))?;
-        file.config
-            .validate()
-            .map_err(|e| fail(&what)(e.to_string()))?;
-        if PersistMode::parse(&file.persist).is_none() {
-            return Err(fail(&what)(format!(
-                "persist = {:?}: expected auto, flush or msync",
-                file.persist
-            )));
-        }
-        Ok(file)
-    }
-
-    pub fn write(&self, path: &Path) -> Result<(), ClusterError> {
-        let text = toml::to_string(self).map_err(|e| ClusterError(e.to_string()))?;
-        std::fs::write(path, text)
-            .map_err(|e| ClusterError(format!("write {}: {e}", path.display())))
-    }
-
-    fn map_options(&self) -> MapOptions {
-        MapOptions {
-            persist: PersistMode::parse(&self.persist).unwrap_or_default(),
-        }
-    }
 }
 
 /// One node of a process cluster running in this process: a memory node (`acre node`) or a
@@ -104,13 +59,13 @@ impl ProcessNode {
         }
         let io = |what: &'static str| move |e: std::io::Error| ClusterError(format!("{what}: {e}"));
         let incarnation = next_incarnation(&dir, node).map_err(io("count the node's starts"))?;
-        engine_node::remove_node_files(&dir, node).map_err(io("remove stale node files"))?;
+        remove_node_files(&dir, node).map_err(io("remove stale node files"))?;
         let doorbell = Doorbell::create_file(&directory::doorbell_path(&dir, node))
             .map_err(io("create the doorbell"))?;
         let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
         let options = file.map_options();
         let (transport, nic, tcp_addr) =
-            engine_node::open_transport(&dir, node, file.transport, None, options, &memory)
+            transport_kind::open_transport(&dir, node, file.transport, None, options, &memory)
                 .map_err(|e| ClusterError(e.to_string()))?;
         let fabric = Arc::new(Fabric::new(memory, transport));
         let replica = ReplicaNode::start(
@@ -158,7 +113,7 @@ impl ProcessNode {
         if let Some(replica) = self.replica.take() {
             let _ = NodeManifest::remove(&self.dir, self.node);
             replica.stop();
-            let _ = engine_node::remove_node_files(&self.dir, self.node);
+            let _ = remove_node_files(&self.dir, self.node);
         }
     }
 }
@@ -189,82 +144,6 @@ fn next_incarnation(dir: &Path, node: NodeId) -> std::io::Result<u64> {
     std::fs::write(&temporary, format!("{}\n", previous + 1))?;
     std::fs::rename(&temporary, &path)?;
     Ok(previous)
-}
-
-/// How long a client node that stops waits for its last truncations to be sent.
-pub const CLIENT_STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A client node in an application process: it holds no regions and coordinates transactions
-/// on the cluster's objects. Its id is claimed with a lock file, released when it stops (or
-/// its process dies).
-pub struct ClientNode {
-    node: ProcessNode,
-    _claim: File,
-}
-
-impl ClientNode {
-    /// Claims a free client id of the cluster in `cluster_file` and starts a node for it.
-    pub fn connect(cluster_file: &Path) -> Result<ClientNode, ClusterError> {
-        let file = ClusterFile::read(cluster_file)?;
-        let dir = cluster_file.parent().unwrap_or(Path::new("."));
-        for &id in &file.config.clients {
-            let path = dir.join(format!("client-{}.lock", id.0));
-            let claim = File::create(&path)
-                .map_err(|e| ClusterError(format!("create {}: {e}", path.display())))?;
-            if claim.try_lock().is_err() {
-                continue; // another process is this client
-            }
-            let node = ProcessNode::start(cluster_file, id)?;
-            wait_for_manifests(
-                dir,
-                file.config.nodes.iter().copied(),
-                Duration::from_secs(10),
-            )?;
-            return Ok(ClientNode {
-                node,
-                _claim: claim,
-            });
-        }
-        Err(ClusterError(format!(
-            "all {} client ids of the cluster are in use: stop a client, or start the cluster \
-             with more (--clients)",
-            file.config.clients.len()
-        )))
-    }
-
-    pub fn txn(&self) -> &Arc<TxnNode> {
-        self.node.txn()
-    }
-
-    /// Sends this client's pending truncations; returns whether none is left within `timeout`.
-    pub fn quiesce(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let _ = self.txn().links().flush_truncations(Duration::ZERO);
-            if !self.txn().links().has_pending_truncations() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-impl Drop for ClientNode {
-    fn drop(&mut self) {
-        // The participants keep every record of a transaction until it is truncated, and a
-        // ring's head cannot pass a kept record: truncations this client never sends would pin
-        // its rings until recovery. Send them before the node goes.
-        if !self.quiesce(CLIENT_STOP_FLUSH_TIMEOUT) {
-            eprintln!(
-                "acre {}: stopped with truncations unsent; its records stay in the logs until \
-                 recovery",
-                self.txn().node_id()
-            );
-        }
-    }
 }
 
 /// Waits until every node in `nodes` has published its manifest.

@@ -4,7 +4,7 @@
 //! running cluster of node processes ([`Db::connect`]). Either way transactions are strictly
 //! serializable and every committed transaction is durable in the logs of f+1 replicas.
 
-use acre_replication::EmbeddedCluster;
+use crate::EmbeddedCluster;
 use acre_txn::{Configuration, TxnNode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,14 +50,14 @@ pub enum DbError {
     #[error(transparent)]
     Config(#[from] acre_txn::config::ConfigError),
     #[error("cannot start the embedded cluster: {0}")]
-    Start(#[from] acre_replication::StartError),
+    Start(#[from] crate::StartError),
     #[error("cannot connect to the cluster: {0}")]
     Connect(String),
 }
 
 enum Backing {
     Embedded(EmbeddedCluster),
-    Client(crate::cluster::ClientNode),
+    Client(crate::client::ClientNode),
 }
 
 struct Inner {
@@ -69,7 +69,7 @@ struct Inner {
 /// A handle on a transactional cluster. Cheap to clone; share it between threads.
 ///
 /// ```
-/// use acre::db::{Db, EmbeddedOptions};
+/// use acre_replication::db::{Db, EmbeddedOptions};
 ///
 /// let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
 /// // Create two accounts in one transaction.
@@ -120,7 +120,7 @@ impl Db {
     /// one of its client nodes. Transactions run in this process; their objects live in the
     /// node processes.
     pub fn connect(cluster_file: &std::path::Path) -> Result<Db, DbError> {
-        let client = crate::cluster::ClientNode::connect(cluster_file)
+        let client = crate::client::ClientNode::connect(cluster_file)
             .map_err(|e| DbError::Connect(format!("{e:#}")))?;
         let coordinators = vec![client.txn().clone()];
         Ok(Db::new(Backing::Client(client), coordinators))
@@ -151,7 +151,7 @@ impl Db {
     /// transaction that will abort may see objects from different moments (never a torn one).
     ///
     /// ```
-    /// # use acre::db::{Db, EmbeddedOptions};
+    /// # use acre_replication::db::{Db, EmbeddedOptions};
     /// # let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
     /// let mut txn = db.begin()?;
     /// let list = txn.alloc(64)?;
@@ -170,7 +170,7 @@ impl Db {
     /// case the error came from a stale view and the transaction is retried.
     ///
     /// ```
-    /// # use acre::db::{Db, EmbeddedOptions, TxnError};
+    /// # use acre_replication::db::{Db, EmbeddedOptions, TxnError};
     /// # let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
     /// let counter = db.run(|txn| txn.alloc(8))?;
     /// let threads: Vec<_> = (0..2).map(|_| {
@@ -221,7 +221,7 @@ impl Db {
     /// Checks that every backup copy is byte-identical to its primary (embedded clusters,
     /// after [`Db::quiesce`]). A connected `Db` cannot see the nodes' memory and reports
     /// nothing.
-    pub fn check_replicas(&self) -> Result<(), acre_replication::verify::Mismatch> {
+    pub fn check_replicas(&self) -> Result<(), crate::verify::Mismatch> {
         match &self.inner.backing {
             Backing::Embedded(cluster) => cluster.check_replicas(),
             Backing::Client(_) => Ok(()),

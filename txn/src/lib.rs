@@ -44,7 +44,7 @@ pub mod value;
 pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
 
 pub use config::{Configuration, Placement};
-pub use error::TxnError;
+pub use error::{CommitError, Error, IndexError, TxnError};
 pub use record::TxnId;
 pub use retry::Transact;
 pub use txn::Txn;

@@ -4,7 +4,7 @@
 //! provide it.
 
 use crate::backoff::Backoff;
-use crate::error::TxnError;
+use crate::error::{Error, TxnError};
 use crate::txn::Txn;
 use crate::txn_node::TxnNode;
 use acre_engine::addr::{Addr, RegionId};
@@ -21,15 +21,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(5);
 /// Something that runs transactions to completion.
 pub trait Transact {
     /// Runs `body` in a transaction and commits it, retrying while it conflicts (see [`run`]).
-    fn transact<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, TxnError>)
-    -> Result<T, TxnError>;
+    fn transact<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, Error>) -> Result<T, Error>;
 }
 
 impl Transact for Arc<TxnNode> {
-    fn transact<T>(
-        &self,
-        body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
-    ) -> Result<T, TxnError> {
+    fn transact<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, Error>) -> Result<T, Error> {
         run(|| self.begin(), body)
     }
 }
@@ -37,27 +33,28 @@ impl Transact for Arc<TxnNode> {
 /// Runs `body` in a transaction from `begin` and commits it, retrying with bounded, jittered
 /// exponential backoff while it conflicts (at most [`RUN_ATTEMPTS_MAX`] times). An error from
 /// `body` ends the run, unless what the transaction read had already changed, in which case the
-/// error came from a stale view and the transaction is retried.
+/// error came from a stale view and the transaction is retried. A commit whose outcome is
+/// unknown ([`CommitError::Indeterminate`](crate::CommitError::Indeterminate)) is never retried: it may have committed.
 pub fn run<T>(
     mut begin: impl FnMut() -> Result<Txn, TxnError>,
-    mut body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
-) -> Result<T, TxnError> {
+    mut body: impl FnMut(&mut Txn) -> Result<T, Error>,
+) -> Result<T, Error> {
     let mut backoff = Backoff::retry(BACKOFF_FIRST, BACKOFF_MAX);
     let mut last = None;
     for _ in 0..RUN_ATTEMPTS_MAX {
         let error = match begin() {
-            Err(e) => e,
+            Err(e) => Error::Txn(e),
             Ok(mut txn) => match body(&mut txn) {
                 Ok(value) => match txn.commit() {
                     Ok(()) => return Ok(value),
-                    Err(e) => e,
+                    Err(e) => Error::Commit(e),
                 },
                 Err(e) if e.is_retryable() => e,
                 Err(e) => match txn.still_valid() {
-                    Ok(false) => TxnError::Conflict {
+                    Ok(false) => Error::Txn(TxnError::Conflict {
                         addr: Addr::new(RegionId(0), 0),
                         why: "the transaction failed on data that had changed",
-                    },
+                    }),
                     _ => return Err(e),
                 },
             },

@@ -3,7 +3,7 @@
 //! transaction to the coordinator's commit protocol in [`crate::commit`].
 
 use crate::commit;
-use crate::error::TxnError;
+use crate::error::{CommitError, TxnError};
 use crate::record::{Body, EntryKind, ReplyTo, TxnId, TxnRecord};
 use crate::reply::{Code, REPLIES_PER_TXN_MAX, SlotLease, alloc_failure};
 use crate::txn_node::TxnNode;
@@ -333,8 +333,9 @@ impl Txn {
     }
 
     /// Commits the transaction: `Ok` means it is durable on every replica's log and will not
-    /// be lost; `Conflict` means nothing happened and the transaction may be run again.
-    pub fn commit(mut self) -> Result<(), TxnError> {
+    /// be lost. An error says whether anything of it became durable: every [`CommitError`]
+    /// but `Indeterminate` means it did not commit and may be run again.
+    pub fn commit(mut self) -> Result<(), CommitError> {
         assert!(!self.finished, "{} committed twice", self.id);
         self.finished = true;
         commit::commit(&mut self)

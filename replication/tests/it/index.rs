@@ -10,7 +10,7 @@ use acre_nvm_log::fault::SplitMix;
 use acre_replication::EmbeddedCluster;
 use acre_txn::index::hash::{BUCKET_VALUE_BYTES, OVERFLOW_BUCKETS_MAX};
 use acre_txn::index::{BTree, HashTable, KEY_BYTES_MAX};
-use acre_txn::{Configuration, Transact, Txn, TxnError, TxnNode};
+use acre_txn::{CommitError, Configuration, Error, IndexError, Transact, Txn, TxnNode};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -83,7 +83,7 @@ fn key_pool(rng: &mut SplitMix, count: usize, alphabet: &[u8]) -> Vec<Vec<u8>> {
 
 /// The committed value of `addr`, read by `node`.
 fn read_object(node: &Arc<TxnNode>, addr: Addr) -> Vec<u8> {
-    node.transact(|txn| txn.read(addr))
+    node.transact(|txn| Ok(txn.read(addr)?))
         .unwrap_or_else(|e| panic!("read {addr}: {e}"))
 }
 
@@ -169,7 +169,7 @@ fn model_range(
         .collect()
 }
 
-fn full_range(tree: BTree, txn: &mut Txn) -> Result<Vec<(Vec<u8>, u64)>, TxnError> {
+fn full_range(tree: BTree, txn: &mut Txn) -> Result<Vec<(Vec<u8>, u64)>, IndexError> {
     tree.range(txn, Bound::Unbounded, Bound::Unbounded, usize::MAX)
 }
 
@@ -314,12 +314,12 @@ fn a_full_hash_table_says_so_and_keeps_answering() {
     for (i, key) in keys.iter().enumerate() {
         let node = &nodes[i % nodes.len()];
         let value = rng.next_u64();
-        match node.transact(|txn| table.insert(txn, key, value)) {
+        match node.transact(|txn| Ok(table.insert(txn, key, value)?)) {
             Ok(previous) => {
                 assert_eq!(previous, None, "seed={seed}");
                 model.insert(key.clone(), value);
             }
-            Err(TxnError::IndexFull { root, reason }) => {
+            Err(Error::Index(IndexError::IndexFull { root, reason })) => {
                 assert_eq!(root, table.root(), "seed={seed}");
                 assert!(reason.contains("about 1 keys"), "seed={seed}: {reason}");
                 refused = Some(key.clone());
@@ -346,7 +346,7 @@ fn a_full_hash_table_says_so_and_keeps_answering() {
     let mut txn = nodes[1].begin().unwrap();
     assert!(matches!(
         table.insert(&mut txn, &refused, 1),
-        Err(TxnError::IndexFull { .. })
+        Err(IndexError::IndexFull { .. })
     ));
     txn.commit().expect("a transaction that only read commits");
     assert_eq!(raw_chains(&nodes[0], table.root()), chains);
@@ -444,7 +444,9 @@ fn btree_matches_a_model() {
     let mut rng = SplitMix::new(seed);
     let cluster = three_nodes();
     let nodes = txn_nodes(&cluster);
-    let tree = nodes[0].transact(BTree::create).expect("create");
+    let tree = nodes[0]
+        .transact(|txn| Ok(BTree::create(txn)?))
+        .expect("create");
     assert_eq!(BTree::open(tree.root()), tree);
     let keys = key_pool(&mut rng, KEY_COUNT, b"ab");
     let mut model = Model::new();
@@ -515,7 +517,7 @@ fn btree_matches_a_model() {
         height >= 3,
         "seed={seed}: height {height}: the test did not split inner nodes"
     );
-    let entries = nodes[1].transact(|txn| full_range(tree, txn)).unwrap();
+    let entries = nodes[1].transact(|txn| Ok(full_range(tree, txn)?)).unwrap();
     assert_eq!(entries, model_entries(&model), "seed={seed}");
 
     // Remove everything, in random order: the leaves stay, empty, and scans pass over them.
@@ -531,7 +533,7 @@ fn btree_matches_a_model() {
         model = run(&model, rng.below(3) as usize, &ops);
     }
     assert!(model.is_empty());
-    let entries = nodes[2].transact(|txn| full_range(tree, txn)).unwrap();
+    let entries = nodes[2].transact(|txn| Ok(full_range(tree, txn)?)).unwrap();
     assert_eq!(entries, Vec::new(), "seed={seed}");
     assert_eq!(raw_height(&nodes[1], tree), height, "removals never shrink");
     // Insert a fifth of the keys again: they go into the empty leaves, and the tree agrees.
@@ -599,7 +601,9 @@ fn one_transaction_changes_both_indexes_and_aborts_leave_them_unchanged() {
     let cluster = three_nodes();
     let nodes = txn_nodes(&cluster);
     let table = HashTable::create(&nodes[0], 20).expect("create");
-    let tree = nodes[0].transact(BTree::create).expect("create");
+    let tree = nodes[0]
+        .transact(|txn| Ok(BTree::create(txn)?))
+        .expect("create");
     let probe: Vec<Vec<u8>> = (0..200).map(key).collect();
 
     // Commit: 80 keys in, then 10 of them out and 10 overwritten, all in one transaction.
@@ -687,7 +691,7 @@ fn one_transaction_changes_both_indexes_and_aborts_leave_them_unchanged() {
 
     // OCC: a transaction that read key 3 through one index conflicts with a committed
     // overwrite of key 3 in that index, and only in that one.
-    let row = nodes[0].transact(|txn| txn.alloc(8)).unwrap();
+    let row = nodes[0].transact(|txn| Ok(txn.alloc(8)?)).unwrap();
     for through in ["hash", "btree"] {
         let mut reader = nodes[0].begin().unwrap();
         let read = match through {
@@ -698,12 +702,12 @@ fn one_transaction_changes_both_indexes_and_aborts_leave_them_unchanged() {
         reader.write(row, &3u64.to_le_bytes()).unwrap();
         nodes[1]
             .transact(|txn| match through {
-                "hash" => table.insert(txn, &key(3), 33),
-                _ => tree.insert(txn, &key(3), 33),
+                "hash" => Ok(table.insert(txn, &key(3), 33)?),
+                _ => Ok(tree.insert(txn, &key(3), 33)?),
             })
             .unwrap();
         assert!(
-            matches!(reader.commit(), Err(TxnError::Conflict { .. })),
+            matches!(reader.commit(), Err(CommitError::Conflict { .. })),
             "a read through the {through} index was not validated"
         );
     }
@@ -711,15 +715,15 @@ fn one_transaction_changes_both_indexes_and_aborts_leave_them_unchanged() {
     // Opening the wrong thing is Malformed, not a panic or a garbage table.
     assert!(matches!(
         HashTable::open(&nodes[0], tree.root()),
-        Err(TxnError::Malformed { .. })
+        Err(Error::Index(IndexError::Malformed { .. }))
     ));
     assert!(matches!(
-        nodes[0].transact(|txn| BTree::open(table.root()).get(txn, b"k")),
-        Err(TxnError::Malformed { .. })
+        nodes[0].transact(|txn| Ok(BTree::open(table.root()).get(txn, b"k")?)),
+        Err(Error::Index(IndexError::Malformed { .. }))
     ));
     assert!(matches!(
-        nodes[0].transact(|txn| table.get(txn, &[0; KEY_BYTES_MAX + 1])),
-        Err(TxnError::KeyLength { len: 129, max: 128 })
+        nodes[0].transact(|txn| Ok(table.get(txn, &[0; KEY_BYTES_MAX + 1])?)),
+        Err(Error::Index(IndexError::KeyLength { len: 129, max: 128 }))
     ));
     settle(&cluster);
     cluster.stop();
@@ -760,8 +764,8 @@ fn decode_token(bytes: &[u8]) -> (u64, Vec<u8>) {
 
 /// What a transaction body returns when what it read does not add up: a stale read makes
 /// `Transact` retry it; if the reads were current, the test fails with it.
-fn inconsistent(addr: Addr, reason: String) -> TxnError {
-    TxnError::Malformed { addr, reason }
+fn inconsistent(addr: Addr, reason: String) -> Error {
+    Error::Index(IndexError::Malformed { addr, reason })
 }
 
 /// Threads on every node run transactions that change both indexes and a row atomically:
@@ -775,7 +779,9 @@ fn concurrent_transactions_keep_indexes_and_rows_in_step() {
     let cluster = three_nodes();
     let nodes = txn_nodes(&cluster);
     let table = HashTable::create(&nodes[0], 60).expect("create");
-    let tree = nodes[0].transact(BTree::create).expect("create");
+    let tree = nodes[0]
+        .transact(|txn| Ok(BTree::create(txn)?))
+        .expect("create");
     let token_rows: Vec<Addr> = nodes[0]
         .transact(|txn| {
             (0..TOKEN_COUNT)
@@ -873,7 +879,7 @@ fn concurrent_transactions_keep_indexes_and_rows_in_step() {
                                 ));
                             }
                             let count = if present { count - 1 } else { count + 1 };
-                            txn.write(own_row, &count.to_le_bytes())
+                            Ok(txn.write(own_row, &count.to_le_bytes())?)
                         })
                         .unwrap_or_else(|e| panic!("seed={seed} thread {t}: toggle: {e}"));
                         if present {

@@ -5,7 +5,7 @@ use crate::elle::{self, EdgeKind, History, MicroOp, TxnRecord};
 use acre_engine::addr::{Addr, NodeId};
 use acre_nvm_log::fault::SplitMix;
 use acre_replication::EmbeddedCluster;
-use acre_txn::{Configuration, TxnError, TxnNode};
+use acre_txn::{CommitError, Configuration, Error, TxnError, TxnNode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,17 +77,27 @@ enum Planned {
 #[derive(Debug)]
 enum Failure {
     /// The cluster refused it in a way that means nothing happened (conflict and the like).
-    Retryable(TxnError),
+    Retryable(Error),
     /// An append would pass `LIST_LEN_MAX`; the workload aborted it.
     Full,
     /// Anything else is a bug.
     Fatal(String),
 }
 
+impl From<CommitError> for Failure {
+    fn from(e: CommitError) -> Failure {
+        if e.is_retryable() {
+            Failure::Retryable(Error::Commit(e))
+        } else {
+            Failure::Fatal(e.to_string())
+        }
+    }
+}
+
 impl From<TxnError> for Failure {
     fn from(e: TxnError) -> Failure {
         if e.is_retryable() {
-            Failure::Retryable(e)
+            Failure::Retryable(Error::Txn(e))
         } else {
             Failure::Fatal(e.to_string())
         }
@@ -183,7 +193,7 @@ fn client(
             Err(failure) => {
                 match failure {
                     Failure::Full => log.full_count += 1,
-                    Failure::Retryable(TxnError::Conflict { .. }) => log.conflict_count += 1,
+                    Failure::Retryable(e) if e.is_conflict() => log.conflict_count += 1,
                     _ => log.busy_count += 1,
                 }
                 log.aborted_appends

@@ -15,7 +15,7 @@ use acre_nvm_log::fault::SplitMix;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
 use acre_replication::{EmbeddedCluster, ReplicaNode};
 use acre_txn::txn::T_R;
-use acre_txn::{Configuration, TxnError, TxnNode};
+use acre_txn::{CommitError, Configuration, Error, TxnError, TxnNode};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -98,7 +98,7 @@ fn overwrite(node: &Arc<TxnNode>, addr: Addr, value: &[u8]) {
 }
 
 /// The committed value at `addr`, read by `node`.
-fn value_at(node: &Arc<TxnNode>, addr: Addr) -> Result<Vec<u8>, TxnError> {
+fn value_at(node: &Arc<TxnNode>, addr: Addr) -> Result<Vec<u8>, Error> {
     let mut txn = node.begin()?;
     let value = txn.read(addr)?;
     txn.commit()?;
@@ -236,14 +236,14 @@ fn assert_no_lock_bits(cluster: &EmbeddedCluster) {
 }
 
 /// The object a conflict names, if the result is a conflict.
-fn conflict_addr(result: &Result<(), TxnError>) -> Option<Addr> {
+fn conflict_addr(result: &Result<(), CommitError>) -> Option<Addr> {
     match result {
-        Err(TxnError::Conflict { addr, .. }) => Some(*addr),
+        Err(CommitError::Conflict { addr, .. }) => Some(*addr),
         _ => None,
     }
 }
 
-fn is_conflict(result: &Result<(), TxnError>) -> bool {
+fn is_conflict(result: &Result<(), CommitError>) -> bool {
     conflict_addr(result).is_some()
 }
 
@@ -637,7 +637,7 @@ fn mixed_txn(
     owned: &[Owned],
     counters: &[Addr],
     txn_seed: u64,
-) -> Result<MixOutcome, TxnError> {
+) -> Result<MixOutcome, Error> {
     let mut rng = SplitMix::new(txn_seed);
     let mut owned = owned.to_vec();
     let mut freed = Vec::new();
@@ -795,7 +795,7 @@ fn backups_are_byte_identical_after_a_concurrent_mix() {
     for &addr in freed.iter().filter(|a| !live.contains(a)) {
         assert_eq!(
             value_at(&n2, addr),
-            Err(TxnError::NotFound { addr }),
+            Err(Error::Txn(TxnError::NotFound { addr })),
             "seed {seed}: freed {addr}"
         );
     }
@@ -850,7 +850,7 @@ fn a_transaction_sees_its_own_writes_allocations_and_frees() {
         assert_eq!(txn.read(fresh).unwrap(), b"fresh");
         assert_eq!(
             value_at(&n3, fresh),
-            Err(TxnError::NotFound { addr: fresh }),
+            Err(Error::Txn(TxnError::NotFound { addr: fresh })),
             "uncommitted allocation seen"
         );
 
@@ -900,7 +900,7 @@ fn a_transaction_sees_its_own_writes_allocations_and_frees() {
         assert_eq!(value_at(&n3, fresh).unwrap(), b"fresh");
         assert_eq!(
             value_at(&n3, doomed),
-            Err(TxnError::NotFound { addr: doomed })
+            Err(Error::Txn(TxnError::NotFound { addr: doomed }))
         );
         let header = n3.reader().read_slot(doomed).unwrap().header;
         assert!(!header.is_allocated(), "freed {doomed}: {header}");
@@ -936,7 +936,7 @@ fn alloc_then_free_in_one_transaction_leaves_nothing() {
 
         assert_eq!(
             value_at(&n2, dropped),
-            Err(TxnError::NotFound { addr: dropped })
+            Err(Error::Txn(TxnError::NotFound { addr: dropped }))
         );
         let header = primary_header(&cluster, dropped);
         assert!(
@@ -1157,7 +1157,10 @@ fn a_client_node_allocates_and_commits_through_other_primaries() {
     }
     assert_eq!(txn.commit(), Ok(()));
     for &addr in &addrs {
-        assert_eq!(value_at(&n1, addr), Err(TxnError::NotFound { addr }));
+        assert_eq!(
+            value_at(&n1, addr),
+            Err(Error::Txn(TxnError::NotFound { addr }))
+        );
     }
     settle(&cluster);
     assert!(replica(&cluster, NodeId(9)).copy(region_of(0)).is_none());
@@ -1216,7 +1219,7 @@ fn a_commit_larger_than_a_log_record_is_txn_too_large() {
         txn.write(addr, &[7; LARGE_VALUE_BYTES]).unwrap();
     }
     match txn.commit() {
-        Err(TxnError::TxnTooLarge { .. }) => {}
+        Err(CommitError::TxnTooLarge { .. }) => {}
         other => panic!("an oversize commit ended as {other:?}, not TxnTooLarge"),
     }
     cluster.stop();

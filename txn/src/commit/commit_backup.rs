@@ -5,14 +5,14 @@
 //! longer be aborted by the coordinator alone: recovery decides it.
 
 use super::{Commit, PrimarySteps};
-use crate::error::TxnError;
+use crate::error::CommitError;
 use crate::record::{ReplyTo, TxnRecord};
 use acre_engine::addr::NodeId;
 
 impl Commit<'_> {
     /// Sends COMMIT-BACKUP to every backup, in node order. A failure before any backup has
     /// the record aborts cleanly; after, the outcome is left to recovery.
-    pub(super) fn commit_backup(&mut self, mode: &impl PrimarySteps) -> Result<(), TxnError> {
+    pub(super) fn commit_backup(&mut self, mode: &impl PrimarySteps) -> Result<(), CommitError> {
         assert!(
             self.locked,
             "{}: COMMIT-BACKUP before every LOCK held",
@@ -40,13 +40,10 @@ impl Commit<'_> {
                 if self.backups_done == 0 {
                     // No backup holds the transaction yet: it can still abort cleanly.
                     mode.abort(self);
-                    return Err(e);
+                    return Err(e.into());
                 }
                 // Some backups hold COMMIT-BACKUP: only recovery may decide now.
-                return Err(TxnError::Unavailable {
-                    node: backup,
-                    reason: format!("{e}; the outcome of {} is left to recovery", self.txn.id),
-                });
+                return Err(CommitError::indeterminate(self.txn.id, e));
             }
             self.backups_done += 1;
         }

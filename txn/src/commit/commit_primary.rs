@@ -5,13 +5,13 @@
 //! primary installs inline, once its record is durable.
 
 use super::Commit;
-use crate::error::TxnError;
+use crate::error::CommitError;
 use crate::record::{Body, ReplyTo, TxnRecord};
 use acre_engine::addr::NodeId;
 
 impl Commit<'_> {
     /// Sends COMMIT-PRIMARY to every primary, in node order; reports a primary that missed it.
-    pub(super) fn send_commit_primaries(&mut self) -> Result<(), TxnError> {
+    pub(super) fn send_commit_primaries(&mut self) -> Result<(), CommitError> {
         let txn = self.txn.id;
         assert_eq!(
             self.backups_done,
@@ -45,17 +45,16 @@ impl Commit<'_> {
             return Ok(());
         };
         if self.primaries_done == 0 {
-            return Err(TxnError::Unavailable {
-                node: primary,
-                reason: format!("{e}; the outcome of {txn} is left to recovery"),
-            });
+            return Err(CommitError::indeterminate(txn, e));
         }
-        // Committed; the primary that missed COMMIT-PRIMARY is recovery's business (its LOCK
-        // and the backups' COMMIT-BACKUP decide the transaction).
-        tracing::warn!(%txn, %primary, "COMMIT-PRIMARY of a committed transaction missed: {e}");
-        Err(TxnError::Unavailable {
-            node: primary,
-            reason: format!("{txn} committed but {primary} holds its locks until recovery"),
-        })
+        // Committed: one primary has COMMIT-PRIMARY. The one that missed it keeps the objects
+        // locked until recovery, which commits the transaction there too (its LOCK and the
+        // backups' COMMIT-BACKUP decide it); the records are not truncated until then.
+        tracing::warn!(
+            %txn,
+            %primary,
+            "committed, but COMMIT-PRIMARY missed a primary, whose locks wait for recovery: {e}"
+        );
+        Ok(())
     }
 }

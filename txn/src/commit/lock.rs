@@ -5,7 +5,7 @@
 //! durable in the log (the worker then only keeps the record).
 
 use super::{Commit, LockSent};
-use crate::error::TxnError;
+use crate::error::CommitError;
 use crate::record::{ReplyTo, TxnRecord};
 use crate::reply::Code;
 use crate::txn_node::REPLY_TIMEOUT;
@@ -14,7 +14,7 @@ use acre_engine::addr::NodeId;
 impl Commit<'_> {
     /// Sends LOCK to every primary, in node order, stopping at the first failure (the LOCKs
     /// sent so far are in `self.locks_sent` for the abort).
-    pub(super) fn send_locks(&mut self) -> Result<(), TxnError> {
+    pub(super) fn send_locks(&mut self) -> Result<(), CommitError> {
         assert!(
             self.locks_sent.is_empty(),
             "{}: LOCK sent twice",
@@ -56,7 +56,7 @@ impl Commit<'_> {
 
     /// Waits for the remote primaries' votes and counts them with this node's inline one;
     /// every object is locked if every vote is yes.
-    pub(super) fn collect_votes(&mut self) -> Result<(), TxnError> {
+    pub(super) fn collect_votes(&mut self) -> Result<(), CommitError> {
         let remote: Vec<(NodeId, usize)> = self
             .locks_sent
             .iter()
@@ -68,7 +68,7 @@ impl Commit<'_> {
             .node
             .replies()
             .wait(slot, seq, &indexes, REPLY_TIMEOUT)
-            .map_err(|missing| TxnError::Unavailable {
+            .map_err(|missing| CommitError::Unavailable {
                 node: remote[missing].0,
                 reason: format!("no LOCK vote within {REPLY_TIMEOUT:?}"),
             })?;
@@ -87,13 +87,13 @@ impl Commit<'_> {
             match code {
                 Code::Locked => {}
                 Code::Conflict => {
-                    return Err(TxnError::Conflict {
+                    return Err(CommitError::Conflict {
                         addr: self.plan.lock_entries(primary)[0].addr,
                         why: "an object to write changed or is locked",
                     });
                 }
                 other => {
-                    return Err(TxnError::Protocol {
+                    return Err(CommitError::Protocol {
                         node: primary,
                         reason: format!("LOCK answered with {other:?}"),
                     });

@@ -21,7 +21,7 @@ mod lock;
 mod reserve;
 pub(crate) mod validate;
 
-use crate::error::TxnError;
+use crate::error::{CommitError, TxnError};
 use crate::record::{Body, Entry, EntryKind, TxnRecord};
 use crate::txn::Txn;
 use crate::txn_node::TxnNode;
@@ -33,15 +33,15 @@ use std::sync::Arc;
 
 /// Commits `txn` (docs/protocol.md#commit). A transaction that only read validates its reads;
 /// one that read a single object serializes at that read and has nothing left to do.
-pub(crate) fn commit(txn: &mut Txn) -> Result<(), TxnError> {
+pub(crate) fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     if txn.changes.is_empty() {
         if txn.reads.len() <= 1 {
             return Ok(());
         }
         let reads: Vec<(Addr, u64)> = txn.reads.iter().map(|(a, r)| (*a, r.version)).collect();
-        return validate::validate(txn, &reads);
+        return Ok(validate::validate(txn, &reads)?);
     }
-    let plan = Plan::new(txn)?;
+    let plan = Plan::new(txn);
     let mut commit = Commit::new(txn, plan);
     let outcome = commit.run(&Messages);
     commit.give_back_log_space();
@@ -56,10 +56,10 @@ pub(crate) fn commit(txn: &mut Txn) -> Result<(), TxnError> {
 pub(crate) trait PrimarySteps {
     /// Step 1: every written object is locked at its primary at the version read, or an
     /// error says why not (the caller then aborts).
-    fn lock(&self, commit: &mut Commit<'_>) -> Result<(), TxnError>;
+    fn lock(&self, commit: &mut Commit<'_>) -> Result<(), CommitError>;
     /// Step 4: COMMIT-PRIMARY is durable at the primaries; the new values are installed (or
     /// will be, by a primary that has the record) and the objects unlocked.
-    fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), TxnError>;
+    fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError>;
     /// Undoes step 1 before any COMMIT-BACKUP is durable: unlock, hand back reservations.
     fn abort(&self, commit: &mut Commit<'_>);
 }
@@ -68,12 +68,12 @@ pub(crate) trait PrimarySteps {
 pub(crate) struct Messages;
 
 impl PrimarySteps for Messages {
-    fn lock(&self, commit: &mut Commit<'_>) -> Result<(), TxnError> {
+    fn lock(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
         commit.send_locks()?;
         commit.collect_votes()
     }
 
-    fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), TxnError> {
+    fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
         commit.send_commit_primaries()
     }
 
@@ -93,17 +93,17 @@ pub(crate) struct Plan {
 impl Plan {
     /// The records of `txn`'s changes: one entry per object in the LOCK of its primary and in
     /// the COMMIT-BACKUP of each of its backups, every record listing all regions written.
-    fn new(txn: &Txn) -> Result<Plan, TxnError> {
+    fn new(txn: &Txn) -> Plan {
         let config = txn.node.config();
         let mut lock_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
         let mut backup_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
         let mut regions = BTreeSet::new();
         for (addr, change) in &txn.changes {
             let region = addr.region();
-            let placement = config.placement(region).ok_or(TxnError::NoSuchRegion {
-                addr: *addr,
-                region,
-            })?;
+            // Execution found every changed object in a region of the configuration.
+            let placement = config
+                .placement(region)
+                .unwrap_or_else(|| panic!("{}: {addr} changed outside any region", txn.id));
             let payload = match change.kind {
                 EntryKind::Free => Vec::new(),
                 EntryKind::Write | EntryKind::Alloc => value::encode(&change.value),
@@ -150,7 +150,7 @@ impl Plan {
             "{}: a write without a primary",
             txn.id
         );
-        Ok(plan)
+        plan
     }
 
     /// Every node the commit writes a record at.
@@ -217,7 +217,7 @@ impl<'t> Commit<'t> {
     }
 
     /// The protocol, step by step (docs/protocol.md#commit).
-    fn run(&mut self, mode: &impl PrimarySteps) -> Result<(), TxnError> {
+    fn run(&mut self, mode: &impl PrimarySteps) -> Result<(), CommitError> {
         // 0. Reserve log space at every participant; nothing is sent yet.
         if let Err(e) = self.reserve() {
             self.give_back_log_space();
@@ -239,7 +239,7 @@ impl<'t> Commit<'t> {
     }
 
     /// Step 2: the objects read but not written are still at the versions read, unlocked.
-    fn validate_reads(&mut self) -> Result<(), TxnError> {
+    fn validate_reads(&mut self) -> Result<(), CommitError> {
         assert!(
             self.locked,
             "{}: VALIDATE before every LOCK held",

@@ -4,13 +4,13 @@
 //! stops half-way because a log is full.
 
 use super::Commit;
-use crate::error::TxnError;
+use crate::error::CommitError;
 use crate::record::Body;
 
 impl Commit<'_> {
     /// Reserves at every participant, in node order; on an error the reservations made so far
     /// stay in `self.reservations` for the caller to give back.
-    pub(super) fn reserve(&mut self) -> Result<(), TxnError> {
+    pub(super) fn reserve(&mut self) -> Result<(), CommitError> {
         assert!(
             self.reservations.is_empty(),
             "{}: reserved twice",

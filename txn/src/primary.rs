@@ -1,6 +1,6 @@
 //! The primary's side of the commit protocol: what a node does with the LOCK, VALIDATE,
 //! COMMIT-PRIMARY and ABORT records of transactions that write its primary regions, and the
-//! allocator of those regions (DESIGN.md §5).
+//! allocator of those regions (docs/protocol.md#lock, #commit-primary, #abort, #validate).
 //!
 //! - LOCK: lock every written object by CAS at the version the transaction read; on the first
 //!   failure unlock the ones locked so far and vote no. A reserved slot (an allocation) is

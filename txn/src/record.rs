@@ -1,5 +1,5 @@
 //! The transaction protocol's log records: LOCK, COMMIT-BACKUP, COMMIT-PRIMARY, ABORT and
-//! TRUNCATE (DESIGN.md §5), plus the requests a coordinator sends through the same rings
+//! TRUNCATE (docs/protocol.md#commit), plus the requests a coordinator sends through the same rings
 //! (VALIDATE by message, ALLOC, RELEASE). Each is one record of an nvm-log ring at the receiver;
 //! the record kind says which, and the payload is drawn in `docs/formats.md`:
 //!
@@ -43,7 +43,7 @@ pub const ENTRY_HEADER_BYTES: usize = 24;
 
 const _: () = assert!(FIXED_BYTES == TXN_ID_BYTES + 16 + 8);
 
-/// A transaction's identity: `(configuration, node, thread, local sequence)` (DESIGN.md §5).
+/// A transaction's identity: `(configuration, node, thread, local sequence)` (docs/protocol.md#transaction-ids).
 /// The configuration id lets recovery tell transactions of an old configuration apart.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxnId {

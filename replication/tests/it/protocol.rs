@@ -1,4 +1,4 @@
-//! The commit protocol of DESIGN.md §5 step by step, over an embedded cluster: conflicts found at
+//! The commit protocol of docs/protocol.md#commit step by step, over an embedded cluster: conflicts found at
 //! LOCK and at VALIDATE, aborts that leave nothing behind, truncation that gives log space back,
 //! backups that end byte-identical, what a transaction sees of its own changes, and allocation
 //! at another node's primary.
@@ -323,7 +323,7 @@ fn an_overwritten_object_in_the_read_set_fails_at_validate() {
     cluster.stop();
 }
 
-/// DESIGN.md §5: a read-only transaction validates its reads and serializes at its last read;
+/// docs/protocol.md#read-only-transactions: a read-only transaction validates its reads and serializes at its last read;
 /// one that read two objects, one overwritten in between, cannot commit.
 #[test]
 fn a_read_only_transaction_with_an_overwritten_read_conflicts() {
@@ -433,7 +433,7 @@ fn more_than_t_r_reads_at_one_primary_validate_by_one_message() {
     cluster.stop();
 }
 
-/// DESIGN.md §5: "a single-object read needs no validation": the transaction serializes at its
+/// docs/protocol.md#single-object-reads: a transaction that read one object serializes at its
 /// one read, so a later overwrite does not make it conflict.
 #[test]
 fn a_read_only_transaction_of_one_object_commits_without_validation() {
@@ -712,7 +712,7 @@ fn mixed_txn(
     })
 }
 
-/// DESIGN.md §5, steps 3 and 5: backups receive COMMIT-BACKUP and apply it at truncation, in
+/// docs/protocol.md#commit-backup and #truncate: backups receive COMMIT-BACKUP and apply it at truncation, in
 /// whatever order truncations of different coordinators arrive; once the cluster is quiet, every
 /// backup is byte-identical to its primary. Three coordinators allocate, write, free and
 /// allocate near objects in all three regions at once.
@@ -819,7 +819,7 @@ fn backups_are_byte_identical_after_a_concurrent_mix() {
 // ---------------------------------------------------------------------------------------------
 // What a transaction sees of its own changes, and addresses that are not objects.
 
-/// DESIGN.md §5, execution: writes, allocations and frees are buffered by the coordinator, so
+/// docs/protocol.md#execution: writes, allocations and frees are buffered by the coordinator, so
 /// the transaction sees them and nobody else does until it commits.
 #[test]
 fn a_transaction_sees_its_own_writes_allocations_and_frees() {
@@ -1029,7 +1029,7 @@ fn large_capacity(node: &Arc<TxnNode>, region: RegionId) -> usize {
     panic!("{region} holds more than {LARGE_OBJECT_COUNT_MAX} large objects");
 }
 
-/// DESIGN.md §3 and §5: `alloc` reserves a slot at the region's primary (by an ALLOC request
+/// docs/protocol.md#allocation: `alloc` reserves a slot at the region's primary (by an ALLOC request
 /// when that is another node); the allocation exists once the transaction commits, and a
 /// transaction that does not commit hands every reservation back, however it ends.
 #[test]
@@ -1228,7 +1228,7 @@ fn a_commit_larger_than_a_log_record_is_txn_too_large() {
 // ---------------------------------------------------------------------------------------------
 // Quiescence.
 
-/// DESIGN.md §5, step 5, and `EmbeddedCluster::quiesce`'s promise ("waits until every node
+/// docs/protocol.md#truncate, and `EmbeddedCluster::quiesce`'s promise ("waits until every node
 /// has applied and dropped all it holds"): once it returns true every backup has applied every
 /// committed transaction, so the copies compare equal right away. The coordinator writes its
 /// own region, so its backups get nothing but COMMIT-BACKUP (which does not wake them) until

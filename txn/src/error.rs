@@ -5,6 +5,9 @@
 
 use crate::record::TxnId;
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::channel::ChannelError;
+use acre_engine::fabric::OpError;
+use acre_nvm_log::LogError;
 
 /// Why an operation of a running transaction (begin, read, write, alloc, free) failed. Nothing
 /// of the transaction is visible to anyone: drop it, or run it again if the variant says so.
@@ -189,5 +192,37 @@ impl Error {
                 | Error::Index(IndexError::Txn(TxnError::Conflict { .. }))
                 | Error::Commit(CommitError::Conflict { .. })
         )
+    }
+}
+
+/// A failed one-sided operation, as the transaction sees it.
+pub(crate) fn op_error(node: NodeId, error: OpError) -> TxnError {
+    match error {
+        OpError::Access(access) => TxnError::Protocol {
+            node,
+            reason: access.to_string(),
+        },
+        other => TxnError::Unavailable {
+            node,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A failed append to a ring, as the transaction sees it.
+pub(crate) fn channel_error(node: NodeId, error: ChannelError) -> TxnError {
+    match error {
+        ChannelError::Log(LogError::Full { .. }) => TxnError::LogFull { node },
+        ChannelError::Log(LogError::TooLarge { len, max }) => TxnError::TxnTooLarge {
+            reason: format!(
+                "its record for {node} would be {len} bytes, and a log record holds at most \
+                 {max}: split the transaction or use larger rings"
+            ),
+        },
+        ChannelError::Op(op) => op_error(node, op),
+        other => TxnError::Unavailable {
+            node,
+            reason: other.to_string(),
+        },
     }
 }

@@ -43,6 +43,7 @@ pub mod value;
 /// builds, where panics abort, no lock is ever poisoned).
 pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
 
+pub use commit::validate::T_R;
 pub use config::{Configuration, Placement};
 pub use error::{CommitError, Error, IndexError, TxnError};
 pub use record::TxnId;

@@ -8,23 +8,24 @@
 
 use crate::POISONED;
 use crate::directory::Directory;
-use crate::error::TxnError;
+use crate::error::{TxnError, channel_error};
 use crate::record::{self, Body, TxnId, TxnRecord};
 use crate::truncation::{PIGGYBACK_MAX, TruncationQueue};
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{ChannelError, Outbox, ring_area_id};
-use acre_engine::fabric::{Fabric, OpError};
+use acre_engine::fabric::Fabric;
 use acre_nvm_log::{LogError, Reservation};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 /// Times a reservation is retried while a log is full (with backoff) before giving up.
 pub const RESERVE_ATTEMPTS_MAX: u32 = 50;
 
 /// The ring this node writes at one receiver, and the truncations waiting to ride on it.
-pub(crate) struct Link {
-    pub(crate) outbox: Outbox,
-    pub(crate) truncations: TruncationQueue,
+struct Link {
+    outbox: Outbox,
+    truncations: TruncationQueue,
 }
 
 /// Every link of one node, attached on first use.
@@ -47,12 +48,8 @@ impl Links {
         }
     }
 
-    pub(crate) fn fabric(&self) -> &Fabric {
-        &self.fabric
-    }
-
     /// The id that records not belonging to a transaction (TRUNCATE) carry.
-    pub(crate) fn system_txn(&self) -> TxnId {
+    fn system_txn(&self) -> TxnId {
         TxnId {
             config: self.config_id,
             node: self.node,
@@ -62,7 +59,7 @@ impl Links {
     }
 
     /// The link to `target`, attaching its ring (found through the directory) on first use.
-    pub(crate) fn link(&self, target: NodeId) -> Result<Arc<Mutex<Link>>, TxnError> {
+    fn link(&self, target: NodeId) -> Result<Arc<Mutex<Link>>, TxnError> {
         if let Some(link) = self.links.read().expect(POISONED).get(&target) {
             return Ok(link.clone());
         }
@@ -84,7 +81,7 @@ impl Links {
     }
 
     /// Every link attached so far.
-    pub(crate) fn all(&self) -> Vec<(NodeId, Arc<Mutex<Link>>)> {
+    fn all(&self) -> Vec<(NodeId, Arc<Mutex<Link>>)> {
         self.links
             .read()
             .expect(POISONED)
@@ -180,38 +177,57 @@ impl Links {
 
 /// Locks one link. A poisoned link is a thread that panicked half-way through an append: the
 /// process stops rather than append after a half-written record.
-pub(crate) fn locked(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
+fn locked(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
     link.lock().expect(POISONED)
 }
 
-/// A failed one-sided operation, as the transaction sees it.
-pub(crate) fn op_error(node: NodeId, error: OpError) -> TxnError {
-    match error {
-        OpError::Access(access) => TxnError::Protocol {
-            node,
-            reason: access.to_string(),
-        },
-        other => TxnError::Unavailable {
-            node,
-            reason: other.to_string(),
-        },
+/// Lazy truncation over the links ([`crate::truncation`]).
+impl Links {
+    /// Queues the truncation of `txn` at each of `nodes`; it rides on the next record sent
+    /// there, or goes on its own after [`crate::truncation::TRUNCATE_FLUSH_AFTER`].
+    pub fn queue_truncation(&self, txn: TxnId, nodes: impl IntoIterator<Item = NodeId>) {
+        let mut first = false;
+        for node in nodes {
+            // Every participant's link was attached when the commit reserved room there.
+            let link = self
+                .link(node)
+                .unwrap_or_else(|e| panic!("{txn} committed at {node} without a link: {e}"));
+            first |= locked(&link).truncations.push(txn);
+        }
+        if first {
+            // Wake this node's worker so it arms its flush timer.
+            self.fabric.memory().doorbell().ring();
+        }
     }
-}
 
-/// A failed append to a ring, as the transaction sees it.
-pub(crate) fn channel_error(node: NodeId, error: ChannelError) -> TxnError {
-    match error {
-        ChannelError::Log(LogError::Full { .. }) => TxnError::LogFull { node },
-        ChannelError::Log(LogError::TooLarge { len, max }) => TxnError::TxnTooLarge {
-            reason: format!(
-                "its record for {node} would be {len} bytes, and a log record holds at most \
-                 {max}: split the transaction or use larger rings"
-            ),
-        },
-        ChannelError::Op(op) => op_error(node, op),
-        other => TxnError::Unavailable {
-            node,
-            reason: other.to_string(),
-        },
+    /// Whether any truncation waits to be sent.
+    pub fn has_pending_truncations(&self) -> bool {
+        self.all()
+            .iter()
+            .any(|(_, link)| !locked(link).truncations.is_empty())
+    }
+
+    /// Sends TRUNCATE records for truncations that have waited at least `older_than`.
+    pub fn flush_truncations(&self, older_than: Duration) -> Result<(), TxnError> {
+        let now = Instant::now();
+        for (node, link) in self.all() {
+            let due = locked(&link).truncations.is_due(now, older_than);
+            if due {
+                self.flush_link(node, &link)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every pending truncation of one link.
+    fn flush_link(&self, node: NodeId, link: &Mutex<Link>) -> Result<(), TxnError> {
+        let mut link = locked(link);
+        let Link {
+            outbox,
+            truncations,
+        } = &mut *link;
+        truncations
+            .flush(outbox, &self.fabric, self.system_txn())
+            .map_err(|e| channel_error(node, e))
     }
 }

@@ -11,7 +11,7 @@ use crate::backoff::Backoff;
 use crate::config::Configuration;
 use crate::directory::Directory;
 use crate::error::TxnError;
-use crate::link::op_error;
+use crate::error::op_error;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::fabric::{Completion, Fabric, Op};
 use acre_engine::object::{self, Header};

@@ -1,16 +1,14 @@
 //! Lazy truncation (docs/protocol.md#truncate): once every primary acknowledged a
 //! transaction's COMMIT-PRIMARY, its participants may drop its records (and backups apply
 //! it). The coordinator does not send anything for that at once: the transaction id waits in
-//! the queue of each participant's link and rides on the next record sent there, or goes in a
-//! TRUNCATE record of its own once it has waited [`TRUNCATE_FLUSH_AFTER`].
+//! the [`TruncationQueue`] of each participant's link ([`crate::link`]) and rides on the next
+//! record sent there, or goes in a TRUNCATE record of its own once it has waited
+//! [`TRUNCATE_FLUSH_AFTER`].
 
-use crate::error::TxnError;
-use crate::link::{Link, Links, channel_error, locked};
 use crate::record::{Body, ReplyTo, TxnId, TxnRecord};
-use acre_engine::addr::NodeId;
-use acre_engine::channel::ChannelError;
+use acre_engine::channel::{ChannelError, Outbox};
+use acre_engine::fabric::Fabric;
 use acre_nvm_log::LogError;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Truncations one record carries at most.
@@ -28,7 +26,7 @@ pub(crate) struct TruncationQueue {
 
 impl TruncationQueue {
     /// Queues `txn`; true if the queue was empty (someone must arm the flush timer).
-    fn push(&mut self, txn: TxnId) -> bool {
+    pub(crate) fn push(&mut self, txn: TxnId) -> bool {
         let first = self.pending.is_empty();
         if first {
             self.since = Some(Instant::now());
@@ -59,69 +57,33 @@ impl TruncationQueue {
         }
     }
 
-    fn is_due(&self, now: Instant, older_than: Duration) -> bool {
+    /// Whether the oldest pending truncation has waited at least `older_than`.
+    pub(crate) fn is_due(&self, now: Instant, older_than: Duration) -> bool {
         self.since
             .is_some_and(|since| now.duration_since(since) >= older_than)
     }
-}
 
-impl Links {
-    /// Queues the truncation of `txn` at each of `nodes`; it rides on the next record sent
-    /// there, or goes on its own after [`TRUNCATE_FLUSH_AFTER`].
-    pub fn queue_truncation(&self, txn: TxnId, nodes: impl IntoIterator<Item = NodeId>) {
-        let mut first = false;
-        for node in nodes {
-            // Every participant's link was attached when the commit reserved room there.
-            let link = self
-                .link(node)
-                .unwrap_or_else(|e| panic!("{txn} committed at {node} without a link: {e}"));
-            first |= locked(&link).truncations.push(txn);
-        }
-        if first {
-            // Wake this node's worker so it arms its flush timer.
-            self.fabric().memory().doorbell().ring();
-        }
-    }
-
-    /// Whether any truncation waits to be sent.
-    pub fn has_pending_truncations(&self) -> bool {
-        self.all()
-            .iter()
-            .any(|(_, link)| !locked(link).truncations.is_empty())
-    }
-
-    /// Sends TRUNCATE records for truncations that have waited at least `older_than`.
-    pub fn flush_truncations(&self, older_than: Duration) -> Result<(), TxnError> {
-        let now = Instant::now();
-        for (node, link) in self.all() {
-            let due = locked(&link).truncations.is_due(now, older_than);
-            if due {
-                self.flush_link(node, &link)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends every pending truncation of one link in TRUNCATE records (without the reserve
-    /// margin, which exists for exactly this).
-    pub(crate) fn flush_link(&self, node: NodeId, link: &Mutex<Link>) -> Result<(), TxnError> {
-        let mut link = locked(link);
-        while !link.truncations.is_empty() {
+    /// Sends every pending truncation through `outbox` in TRUNCATE records carrying `system`
+    /// (no reservation: the reserve margin exists for exactly these). A full log is not an
+    /// error: the receiver has yet to catch up, and the rest goes later.
+    pub(crate) fn flush(
+        &mut self,
+        outbox: &mut Outbox,
+        fabric: &Fabric,
+        system: TxnId,
+    ) -> Result<(), ChannelError> {
+        while !self.is_empty() {
             let record = TxnRecord {
-                txn: self.system_txn(),
+                txn: system,
                 reply: ReplyTo::NONE,
-                truncated: link.truncations.piggyback(),
+                truncated: self.piggyback(),
                 body: Body::Truncate,
             };
             let payload = record.encode();
-            match link
-                .outbox
-                .send_batch(self.fabric(), &[(record.kind(), &payload)])
-            {
-                Ok(()) => link.truncations.sent(record.truncated.len()),
-                // Full even for a TRUNCATE: the receiver has yet to catch up; try later.
+            match outbox.send_batch(fabric, &[(record.kind(), &payload)]) {
+                Ok(()) => self.sent(record.truncated.len()),
                 Err(ChannelError::Log(LogError::Full { .. })) => return Ok(()),
-                Err(e) => return Err(channel_error(node, e)),
+                Err(e) => return Err(e),
             }
         }
         Ok(())

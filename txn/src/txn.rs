@@ -1,9 +1,8 @@
 //! A transaction's execution (docs/protocol.md#execution): one-sided reads with their versions
-//! recorded; writes, allocations and frees buffered until [`Txn::commit`], which hands the
-//! transaction to the coordinator's commit protocol in [`crate::commit`].
+//! recorded; writes, allocations and frees buffered until [`Txn::commit`] (defined with the
+//! commit protocol, in `commit/`, which depends on this module and not the other way round).
 
-use crate::commit;
-use crate::error::{CommitError, TxnError};
+use crate::error::TxnError;
 use crate::record::{Body, EntryKind, ReplyTo, TxnId, TxnRecord};
 use crate::reply::{Code, REPLIES_PER_TXN_MAX, SlotLease, alloc_failure};
 use crate::txn_node::TxnNode;
@@ -12,8 +11,6 @@ use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::slab::AllocError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-pub use crate::commit::validate::T_R;
 
 /// What the transaction knows of an object it read.
 #[derive(Clone, Debug)]
@@ -44,7 +41,8 @@ pub struct Txn {
     next_reply_index: usize,
     /// Replies consumed so far; fewer than `next_reply_index` means some may still arrive.
     replies_received: usize,
-    finished: bool,
+    /// Committed or aborted: nothing more may happen to it.
+    pub(crate) finished: bool,
 }
 
 impl Txn {
@@ -321,26 +319,6 @@ impl Txn {
         Ok(())
     }
 
-    /// Whether everything this transaction read is still current (unlocked, same version).
-    /// `Db::run` uses it to tell a conflict from a real error when the closure fails.
-    pub fn still_valid(&mut self) -> Result<bool, TxnError> {
-        let reads: Vec<(Addr, u64)> = self.reads.iter().map(|(a, r)| (*a, r.version)).collect();
-        match commit::validate::validate(self, &reads) {
-            Ok(()) => Ok(true),
-            Err(TxnError::Conflict { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Commits the transaction: `Ok` means it is durable on every replica's log and will not
-    /// be lost. An error says whether anything of it became durable: every [`CommitError`]
-    /// but `Indeterminate` means it did not commit and may be run again.
-    pub fn commit(mut self) -> Result<(), CommitError> {
-        assert!(!self.finished, "{} committed twice", self.id);
-        self.finished = true;
-        commit::commit(&mut self)
-    }
-
     /// Gives up the transaction: nothing it did becomes visible.
     pub fn abort(mut self) {
         self.abort_unsent();
@@ -389,6 +367,14 @@ impl Txn {
                 tracing::warn!(txn = %self.id, %primary, "could not release reservations: {e}");
             }
         }
+    }
+}
+
+/// Transactions start from their node; defined here so that `txn_node` knows nothing of them.
+impl TxnNode {
+    /// Starts a transaction coordinated by this node.
+    pub fn begin(self: &Arc<Self>) -> Result<Txn, TxnError> {
+        Txn::begin(self.clone())
     }
 }
 

@@ -12,7 +12,6 @@ use crate::primary::Primary;
 use crate::read::ObjectReader;
 use crate::record::{ReplyTo, TxnRecord};
 use crate::reply::{Code, Reply, ReplyArea, reply_ops};
-use crate::txn::Txn;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::fabric::{Fabric, Op};
 use acre_engine::slab::{AllocError, BLOCK_HEADER_BYTES, Reserved};
@@ -87,11 +86,6 @@ impl TxnNode {
 
     pub fn primary(&self) -> &Primary {
         &self.primary
-    }
-
-    /// Starts a transaction coordinated by this node.
-    pub fn begin(self: &Arc<Self>) -> Result<Txn, TxnError> {
-        Txn::begin(self.clone())
     }
 
     /// Answers a coordinator on `to_node` (fire and forget: a lost reply becomes the

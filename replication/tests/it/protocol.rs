@@ -14,7 +14,7 @@ use acre_engine::slab::{BLOCK_HEADER_BYTES, block_slot_bytes};
 use acre_nvm_log::fault::SplitMix;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
 use acre_replication::{EmbeddedCluster, ReplicaNode};
-use acre_txn::txn::T_R;
+use acre_txn::T_R;
 use acre_txn::{CommitError, Configuration, Error, TxnError, TxnNode};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

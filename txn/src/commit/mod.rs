@@ -31,9 +31,31 @@ use acre_nvm_log::Reservation;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+impl Txn {
+    /// Commits the transaction: `Ok` means it is durable on every replica's log and will not
+    /// be lost. An error says whether anything of it became durable: every [`CommitError`]
+    /// but `Indeterminate` means it did not commit and may be run again.
+    pub fn commit(mut self) -> Result<(), CommitError> {
+        assert!(!self.finished, "{} committed twice", self.id);
+        self.finished = true;
+        commit(&mut self)
+    }
+
+    /// Whether everything this transaction read is still current (unlocked, same version).
+    /// `Db::run` uses it to tell a conflict from a real error when the closure fails.
+    pub fn still_valid(&mut self) -> Result<bool, TxnError> {
+        let reads: Vec<(Addr, u64)> = self.reads.iter().map(|(a, r)| (*a, r.version)).collect();
+        match validate::validate(self, &reads) {
+            Ok(()) => Ok(true),
+            Err(TxnError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Commits `txn` (docs/protocol.md#commit). A transaction that only read validates its reads;
 /// one that read a single object serializes at that read and has nothing left to do.
-pub(crate) fn commit(txn: &mut Txn) -> Result<(), CommitError> {
+fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     if txn.changes.is_empty() {
         if txn.reads.len() <= 1 {
             return Ok(());

@@ -10,9 +10,9 @@
 //! faster. More threads than cores mostly add contention.
 
 use crate::launch::{self, DirArgs, UpArgs};
-use acre::bank::{Bank, quantile};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, EmbeddedOptions};
+use acre_benches::bank::{Bank, quantile};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;

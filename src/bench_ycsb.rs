@@ -9,7 +9,7 @@
 //! single-threaded server, around 20-40 µs.
 
 use acre::db::{Db, EmbeddedOptions};
-use acre::ycsb::AcreBackend;
+use acre_benches::ycsb::acre::AcreBackend;
 use acre_benches::ycsb::{self, Backend, Workload};
 use anyhow::Context;
 use std::io::IsTerminal;

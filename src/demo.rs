@@ -3,9 +3,9 @@
 //! processes (`bank`). Prints committed and aborted transactions per second, the p50/p99 commit
 //! latency, and whether the invariant held; exit code 1 if it did not.
 
-use acre::bank::{Bank, BankReport};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Addr, Db, EmbeddedOptions};
+use acre_benches::bank::{Bank, BankReport};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,9 +1,9 @@
 //! `acre cluster up | status | down` with real node processes; the bank workload run from
 //! several processes at once over shm; bad input gets one line and exit code 2.
 
-use acre::bank::Bank;
 use acre::cluster::CLUSTER_FILE;
 use acre::db::Db;
+use acre_benches::bank::Bank;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -99,10 +99,29 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("acre: {error:#}");
+            eprintln!("acre: {}", one_line(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// `error` and its causes on one line. The libraries' errors name their cause in their own
+/// message (so that printing one alone says everything), so a cause whose text the line holds
+/// already is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCode> {

@@ -68,6 +68,13 @@ enum ClusterCommand {
 }
 
 fn main() -> ExitCode {
+    // The libraries report what they handle through `tracing`; their messages go to stderr,
+    // which `acre cluster up` points at each node's `n<id>.log`.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false)
+        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help, --version, and a command without its subcommand: clap prints the help.
@@ -130,9 +137,9 @@ fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCo
     acre::engine::signal::block_termination().context("block termination signals")?;
     let node = acre::cluster::ProcessNode::start(cluster_file, id)
         .with_context(|| format!("start {id}"))?;
-    eprintln!("acre node {id}: serving (pid {})", std::process::id());
+    tracing::info!(node = %id, "serving (pid {})", std::process::id());
     acre::engine::signal::wait_for_termination().context("wait for a signal")?;
     node.stop();
-    eprintln!("acre node {id}: stopped");
+    tracing::info!(node = %id, "stopped");
     Ok(ExitCode::SUCCESS)
 }

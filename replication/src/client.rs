@@ -101,10 +101,10 @@ impl Drop for ClientNode {
         // ring's head cannot pass a kept record: truncations this client never sends would pin
         // its rings until recovery. Send them before the node goes.
         if !self.quiesce(CLIENT_STOP_FLUSH_TIMEOUT) {
-            eprintln!(
-                "acre {}: stopped with truncations unsent; its records stay in the logs until \
-                 recovery",
-                self.txn().node_id()
+            tracing::warn!(
+                node = %self.txn().node_id(),
+                "the client stopped with truncations unsent; its records stay in the logs until \
+                 recovery"
             );
         }
     }

@@ -234,3 +234,20 @@ fn the_demo_reports_and_checks_the_invariant() {
         assert!(stdout.contains(expected), "{expected}: {stdout}");
     }
 }
+
+/// The libraries and the binary log through `tracing`; the binary's subscriber writes to
+/// stderr, which `cluster up` points at each node's `n<id>.log`.
+#[test]
+fn node_processes_log_into_their_log_files() {
+    let cluster = Cluster::up("log", "shm");
+    for node in 1..=3 {
+        let path = cluster.dir.join(format!("n{node}.log"));
+        let log = std::fs::read_to_string(&path).expect("read a node log");
+        assert!(log.contains("serving"), "{}: {log}", path.display());
+        assert!(
+            log.contains(&format!("node=n{node}")),
+            "{}: {log}",
+            path.display()
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod bench_ycsb;
 mod demo;
 mod idle;
 mod launch;
+mod output;
 
 use acre::db::NodeId;
 use anyhow::Context;
@@ -105,6 +106,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of stdout is gone (`acre cluster status | head -1`): nobody is left to
+        // tell, so exit quietly, as ripgrep and other filters do.
+        Err(error) if output::is_stdout_closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("acre: {}", one_line(&error));
             ExitCode::from(2)

@@ -25,12 +25,12 @@ pub fn text(output: &Output) -> String {
 }
 
 /// A cluster directory that is taken down when the test ends, even on failure.
-struct Cluster {
-    dir: PathBuf,
+pub struct Cluster {
+    pub dir: PathBuf,
 }
 
 impl Cluster {
-    fn up(name: &str, transport: &str) -> Cluster {
+    pub fn up(name: &str, transport: &str) -> Cluster {
         let dir = PathBuf::from(format!("/dev/shm/acre-test-{name}-{}", std::process::id()));
         let cluster = Cluster { dir };
         let up = acre(&[
@@ -49,7 +49,7 @@ impl Cluster {
         cluster
     }
 
-    fn dir(&self) -> &str {
+    pub fn dir(&self) -> &str {
         self.dir.to_str().expect("utf-8 path")
     }
 

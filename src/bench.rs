@@ -10,10 +10,11 @@
 //! faster. More threads than cores mostly add contention.
 
 use crate::launch::{self, DirArgs, UpArgs};
-use acre::bank::{Bank, quantile};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, EmbeddedOptions};
+use acre_benches::bank::{Bank, quantile};
 use anyhow::Context;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,6 +57,7 @@ struct Row {
 }
 
 pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
     anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
     anyhow::ensure!(args.accounts >= 8, "--accounts must be at least 8");
     anyhow::ensure!(
@@ -84,12 +86,14 @@ pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     let rows = outcome?;
-    println!(
+    writeln!(
+        out,
         "{:<12} {:>7} {:>12} {:>10} {:>10} {:>10}",
         "transaction", "threads", "committed/s", "aborted/s", "p50 µs", "p99 µs"
-    );
+    )?;
     for row in rows {
-        println!(
+        writeln!(
+            out,
             "{:<12} {:>7} {:>12.0} {:>10.0} {:>10.1} {:>10.1}",
             row.kind,
             row.threads,
@@ -97,12 +101,13 @@ pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
             row.aborted_per_second,
             row.p50.as_secs_f64() * 1e6,
             row.p99.as_secs_f64() * 1e6
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn measure(args: &BankBenchArgs, processes: bool) -> anyhow::Result<Vec<Row>> {
+    let mut out = crate::output::stdout();
     let db = if processes {
         Db::connect(&args.dir.join(CLUSTER_FILE))?
     } else {
@@ -111,13 +116,14 @@ fn measure(args: &BankBenchArgs, processes: bool) -> anyhow::Result<Vec<Row>> {
             ..EmbeddedOptions::default()
         })?
     };
-    println!(
+    writeln!(
+        out,
         "bank bench: 3 nodes, {} replicas, {} transport, {} accounts, {} s per row",
         db.config().f + 1,
         args.transport,
         args.accounts,
         args.seconds
-    );
+    )?;
     let bank = Bank::create(&db, args.accounts, 1000).context("create the accounts")?;
     let mut rows = Vec::new();
     for (kind, name) in [

@@ -9,10 +9,11 @@
 //! single-threaded server, around 20-40 µs.
 
 use acre::db::{Db, EmbeddedOptions};
-use acre::ycsb::AcreBackend;
+use acre_benches::ycsb::acre::AcreBackend;
 use acre_benches::ycsb::{self, Backend, Workload};
 use anyhow::Context;
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -115,6 +116,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
     let workload = Workload::parse(&args.workload)?;
     let target = Target::parse(&args.target)?;
     let duration = match (args.duration, args.operations) {
@@ -133,15 +135,16 @@ pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
     };
     options.validate()?;
     let backend = connect(&target, args)?;
-    println!(
+    writeln!(
+        out,
         "ycsb workload {} against {}: {} records, {} threads",
         args.workload.to_lowercase(),
         describe(&target),
         args.records,
         args.threads
-    );
+    )?;
     let load = ycsb::load(backend.as_ref(), &options).context("load the records")?;
-    load.print_text(&mut std::io::stdout())?;
+    load.print_text(&mut out)?;
     if let Some(failed) = load.operations.iter().find(|op| op.failed_count > 0) {
         anyhow::bail!(
             "{} of the {} inserts of the load failed ({}): the run would measure a partial \
@@ -152,7 +155,7 @@ pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let run = ycsb::run(backend.as_ref(), &options).context("run the workload")?;
-    run.print_text(&mut std::io::stdout())?;
+    run.print_text(&mut out)?;
     let json = args.json.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "ycsb-{}-{}.json",
@@ -163,7 +166,7 @@ pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
     let results = ycsb::Results::new(&backend.name(), &options, load, run);
     ycsb::write_json(&json, &results)
         .with_context(|| format!("write the results to {}", json.display()))?;
-    println!("results written to {}", json.display());
+    writeln!(out, "results written to {}", json.display())?;
     Ok(ExitCode::SUCCESS)
 }
 

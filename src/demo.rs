@@ -3,10 +3,11 @@
 //! processes (`bank`). Prints committed and aborted transactions per second, the p50/p99 commit
 //! latency, and whether the invariant held; exit code 1 if it did not.
 
-use acre::bank::{Bank, BankReport};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Addr, Db, EmbeddedOptions};
+use acre_benches::bank::{Bank, BankReport};
 use anyhow::Context;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -63,6 +64,7 @@ fn check_workload(args: &WorkloadArgs) -> anyhow::Result<()> {
 }
 
 pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
     check_workload(&args.workload)?;
     anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
     let options = EmbeddedOptions {
@@ -72,31 +74,35 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let db = Db::embedded(&options).context("start the embedded cluster")?;
     let replicas = db.config().f + 1;
-    println!(
+    writeln!(
+        out,
         "acre demo: {}-node embedded cluster (local transport), {} replicas of every region",
         args.nodes, replicas
-    );
+    )?;
     let bank = Bank::create(&db, args.workload.accounts, 1000).context("create the accounts")?;
     run_and_report(&db, &bank, &args.workload, true)
 }
 
 pub fn bank(args: &BankArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
     check_workload(&args.workload)?;
     let db = Db::connect(&args.dir.join(CLUSTER_FILE))?;
-    println!(
+    writeln!(
+        out,
         "acre bank: connected to the {}-node cluster in {}, {} replicas of every region",
         db.config().nodes.len(),
         args.dir.display(),
         db.config().f + 1
-    );
+    )?;
     let bank = match args.bank {
         Some(directory) => Bank::open(&db, directory).context("open the bank")?,
         None => Bank::create(&db, args.workload.accounts, 1000).context("create the accounts")?,
     };
-    println!(
+    writeln!(
+        out,
         "bank directory object: {} (pass --bank {} to reuse it)",
         bank.directory, bank.directory
-    );
+    )?;
     run_and_report(&db, &bank, &args.workload, false)
 }
 
@@ -106,14 +112,16 @@ fn run_and_report(
     args: &WorkloadArgs,
     embedded: bool,
 ) -> anyhow::Result<ExitCode> {
-    println!(
+    let mut out = crate::output::stdout();
+    writeln!(
+        out,
         "{} accounts of {}, {} transfer threads and {} audit threads for {} s...",
         bank.accounts.len(),
         bank.initial_balance,
         args.threads,
         args.audits,
         args.seconds
-    );
+    )?;
     let mut report = bank
         .run(
             db,
@@ -123,7 +131,7 @@ fn run_and_report(
             args.seed,
         )
         .context("run the transfers")?;
-    print_report(&mut report);
+    print_report(&mut report)?;
     let quiet = db.quiesce(QUIESCE_TIMEOUT);
     let final_audit = db
         .run(|txn| {
@@ -136,58 +144,70 @@ fn run_and_report(
         })
         .context("final audit")?;
     let mut held = report.violations.is_empty() && final_audit == bank.expected_total();
-    println!(
+    writeln!(
+        out,
         "final audit: total {final_audit} (expected {})",
         bank.expected_total()
-    );
+    )?;
     if embedded {
         match (quiet, db.check_replicas()) {
-            (true, Ok(())) => {
-                println!("backups: byte-identical to their primaries after quiescence")
-            }
+            (true, Ok(())) => writeln!(
+                out,
+                "backups: byte-identical to their primaries after quiescence"
+            )?,
             (false, _) => {
                 held = false;
-                println!("backups: the cluster did not quiesce within {QUIESCE_TIMEOUT:?}");
+                writeln!(
+                    out,
+                    "backups: the cluster did not quiesce within {QUIESCE_TIMEOUT:?}"
+                )?;
             }
             (true, Err(mismatch)) => {
                 held = false;
-                println!("backups: {mismatch}");
+                writeln!(out, "backups: {mismatch}")?;
             }
         }
     }
     for violation in report.violations.iter().take(5) {
-        println!("violation: {violation}");
+        writeln!(out, "violation: {violation}")?;
     }
     if held {
-        println!("invariant held: the total never changed and no balance went negative");
+        writeln!(
+            out,
+            "invariant held: the total never changed and no balance went negative"
+        )?;
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("INVARIANT VIOLATED");
+        writeln!(out, "INVARIANT VIOLATED")?;
         Ok(ExitCode::from(1))
     }
 }
 
-fn print_report(report: &mut BankReport) {
+fn print_report(report: &mut BankReport) -> std::io::Result<()> {
+    let mut out = crate::output::stdout();
     let seconds = report.elapsed.as_secs_f64();
     let p50 = report.latency_quantile(0.50);
     let p99 = report.latency_quantile(0.99);
-    println!(
+    writeln!(
+        out,
         "transfers: {} committed ({:.0}/s), {} aborted ({:.0}/s)",
         report.committed,
         report.committed as f64 / seconds,
         report.aborted,
         report.aborted as f64 / seconds
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "commit latency: p50 {:.1} µs, p99 {:.1} µs",
         p50.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "audits (read-only, every account): {} committed ({:.0}/s), {} aborted, {} saw a wrong total",
         report.audits_committed,
         report.audits_committed as f64 / seconds,
         report.audits_aborted,
         report.violations.len()
-    );
+    )
 }

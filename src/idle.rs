@@ -6,6 +6,7 @@ use crate::launch::{self, DirArgs, UpArgs};
 use acre::cluster::{CLUSTER_FILE, ClusterFile};
 use acre::engine::procfs;
 use anyhow::Context;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ pub struct IdleArgs {
 }
 
 pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
     anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
     let up = UpArgs {
         nodes: args.nodes,
@@ -51,7 +53,8 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
     launch::down(&down)?;
     let (used, elapsed) = measured?;
     let share = used.as_secs_f64() / elapsed.as_secs_f64();
-    println!(
+    writeln!(
+        out,
         "idle {}-node {} cluster: {:.3} s CPU in {:.1} s = {:.3}% of one core (target < {:.0}%)",
         args.nodes,
         args.transport,
@@ -59,7 +62,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         elapsed.as_secs_f64(),
         share * 100.0,
         IDLE_CORE_SHARE_MAX * 100.0
-    );
+    )?;
     Ok(if share < IDLE_CORE_SHARE_MAX {
         ExitCode::SUCCESS
     } else {

@@ -10,6 +10,7 @@ use acre::engine::fabric::tcp::ClusterSecret;
 use acre::engine::fabric::transport_kind::TransportKind;
 use acre::txn::Configuration;
 use anyhow::{Context, bail};
+use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -76,6 +77,7 @@ pub fn running_nodes(dir: &Path, file: &ClusterFile) -> Vec<(NodeId, u32)> {
 }
 
 pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
     anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
     anyhow::ensure!(
         args.nodes < CLIENT_ID_BASE,
@@ -150,39 +152,44 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         let _ = stop_nodes(dir, &file);
         bail!("{e}");
     }
-    println!(
+    writeln!(
+        out,
         "cluster up: {} nodes over {}, {} regions with {} replicas each, in {}",
         args.nodes,
         transport.name(),
         file.config.regions.len(),
         f + 1,
         dir.display()
-    );
-    println!("cluster file: {}", file_path.display());
-    println!(
+    )?;
+    writeln!(out, "cluster file: {}", file_path.display())?;
+    writeln!(
+        out,
         "try: acre bank --dir {}    stop: acre cluster down --dir {}",
         dir.display(),
         dir.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
     let dir = &args.dir;
     let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
         .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
     let config = &file.config;
-    println!(
+    writeln!(
+        out,
         "cluster in {}: configuration {}, transport {}, f = {}",
         dir.display(),
         config.id,
         file.transport.name(),
         config.f
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{:<6} {:<8} {:<8} {:<22} regions",
         "node", "pid", "state", "address"
-    );
+    )?;
     let mut down = 0;
     for &node in &config.nodes {
         let manifest = NodeManifest::read(dir, node).ok().flatten();
@@ -205,24 +212,26 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
                 format!("{}{role}", p.region)
             })
             .collect();
-        println!(
+        writeln!(
+            out,
             "{:<6} {:<8} {:<8} {:<22} {}",
             node.to_string(),
             pid,
             state,
             address,
             roles.join(" ")
-        );
+        )?;
     }
-    println!("{:<8} {:<8} backups", "region", "primary");
+    writeln!(out, "{:<8} {:<8} backups", "region", "primary")?;
     for placement in &config.regions {
         let backups: Vec<String> = placement.backups.iter().map(|b| b.to_string()).collect();
-        println!(
+        writeln!(
+            out,
             "{:<8} {:<8} {}",
             placement.region.to_string(),
             placement.primary.to_string(),
             backups.join(" ")
-        );
+        )?;
     }
     let clients = config
         .clients
@@ -234,9 +243,17 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
                 .is_some_and(|m| cluster::process_alive(m.pid))
         })
         .count();
-    println!("clients connected: {clients} of {}", config.clients.len());
+    writeln!(
+        out,
+        "clients connected: {clients} of {}",
+        config.clients.len()
+    )?;
     if down > 0 {
-        println!("{down} of {} nodes are not running", config.nodes.len());
+        writeln!(
+            out,
+            "{down} of {} nodes are not running",
+            config.nodes.len()
+        )?;
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -261,14 +278,16 @@ fn stop_nodes(dir: &Path, file: &ClusterFile) -> anyhow::Result<usize> {
 }
 
 pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
     let dir = &args.dir;
     let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
         .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
     let stopped = stop_nodes(dir, &file)?;
     std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
-    println!(
+    writeln!(
+        out,
         "cluster down: stopped {stopped} nodes, removed {}",
         dir.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,12 @@
 //! The embedded API is [`db::Db`]: an in-process cluster ([`db::Db::embedded`]) or a
 //! connection to a cluster of node processes ([`db::Db::connect`]), with strictly serializable
 //! transactions over objects in a replicated global address space. The crates underneath are
-//! re-exported for tools and tests. Where things live: `docs/ARCHITECTURE.md`.
+//! re-exported for tools and tests; this crate only assembles them. Where things live:
+//! `docs/ARCHITECTURE.md`.
+//!
+//! The `acre` command line is behind the default feature `cli`; an application that embeds
+//! Acre depends on it with `default-features = false` and compiles none of the command line's
+//! and benchmark drivers' dependencies.
 //!
 //! Indexes ([`index`]) are kept in objects and used inside transactions, so one transaction
 //! can change a row and the indexes that find it:
@@ -32,9 +37,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
-
-pub mod bank;
-pub mod ycsb;
 
 pub use acre_replication::db;
 

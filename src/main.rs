@@ -5,6 +5,7 @@ mod bench_ycsb;
 mod demo;
 mod idle;
 mod launch;
+mod output;
 
 use acre::db::NodeId;
 use anyhow::Context;
@@ -68,6 +69,13 @@ enum ClusterCommand {
 }
 
 fn main() -> ExitCode {
+    // The libraries report what they handle through `tracing`; their messages go to stderr,
+    // which `acre cluster up` points at each node's `n<id>.log`.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false)
+        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help, --version, and a command without its subcommand: clap prints the help.
@@ -98,11 +106,33 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of stdout is gone (`acre cluster status | head -1`): nobody is left to
+        // tell, so exit quietly, as ripgrep and other filters do.
+        Err(error) if output::is_stdout_closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("acre: {error:#}");
+            eprintln!("acre: {}", one_line(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// `error` and its causes on one line. The libraries' errors name their cause in their own
+/// message (so that printing one alone says everything), so a cause whose text the line holds
+/// already is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCode> {
@@ -111,9 +141,9 @@ fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCo
     acre::engine::signal::block_termination().context("block termination signals")?;
     let node = acre::cluster::ProcessNode::start(cluster_file, id)
         .with_context(|| format!("start {id}"))?;
-    eprintln!("acre node {id}: serving (pid {})", std::process::id());
+    tracing::info!(node = %id, "serving (pid {})", std::process::id());
     acre::engine::signal::wait_for_termination().context("wait for a signal")?;
     node.stop();
-    eprintln!("acre node {id}: stopped");
+    tracing::info!(node = %id, "stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,11 @@
-//! Acre's benchmark drivers: commands that print numbers. The criterion benches live in
-//! `benches/benches/`; [`ycsb`] is the YCSB driver, generic over the database (Acre, Redis).
+//! Acre's benchmark drivers and workloads: commands that print numbers. The criterion benches
+//! live in `benches/benches/`; [`ycsb`] is the YCSB driver, generic over the database (Acre,
+//! Redis); [`bank`] is the bank workload (transfers and audits) the demo and `acre bench bank`
+//! run. The drivers use Acre through its public API crates (acre-replication's `Db`,
+//! acre-txn's indexes), never through the `acre` facade, which depends on them.
 #![forbid(unsafe_code)]
 
+pub mod bank;
 pub mod log;
 pub mod testbed;
 pub mod ycsb;

@@ -103,7 +103,7 @@ struct OwnedDir(PathBuf);
 impl Drop for OwnedDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!(
+            tracing::warn!(
                 "could not remove the cluster directory {}: {e}",
                 self.0.display()
             );
@@ -423,8 +423,8 @@ impl Drop for RingPingPong {
         if let Some(responder) = self.responder.take() {
             match responder.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("the ring responder at {} failed: {e}", self.peer),
-                Err(_) => eprintln!("the ring responder at {} panicked", self.peer),
+                Ok(Err(e)) => tracing::error!("the ring responder at {} failed: {e}", self.peer),
+                Err(_) => tracing::error!("the ring responder at {} panicked", self.peer),
             }
         }
     }

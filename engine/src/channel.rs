@@ -29,6 +29,12 @@ pub const RING_AREA_BASE: u32 = 0x8000_0000;
 /// Default bytes of one ring area (header included).
 pub const RING_BYTES_DEFAULT: u64 = 1 << 20;
 
+/// The shape of a ring area of `ring_bytes` (header included): its data capacity, and records
+/// of up to a quarter of it. An error says why no ring fits in `ring_bytes`.
+pub fn ring_geometry(ring_bytes: u64) -> Result<RingGeometry, LogError> {
+    RingGeometry::with_capacity(ring_bytes.saturating_sub(DATA_OFFSET) / 64 * 64)
+}
+
 /// The area id, at the receiver, of the ring that `sender` writes.
 pub fn ring_area_id(sender: NodeId) -> RegionId {
     RegionId(RING_AREA_BASE | sender.0 as u32)
@@ -80,8 +86,7 @@ impl Inbox {
         dir: Option<&Path>,
         options: MapOptions,
     ) -> Result<Inbox, ChannelError> {
-        let geometry =
-            RingGeometry::with_capacity(ring_bytes.saturating_sub(DATA_OFFSET) / 64 * 64)?;
+        let geometry = ring_geometry(ring_bytes)?;
         let mut rings = Vec::with_capacity(senders.len());
         for &sender in senders {
             let id = ring_area_id(sender);

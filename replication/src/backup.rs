@@ -17,6 +17,23 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+/// Why a committed update could not be applied to a backup copy. The copy then lacks the
+/// update: the caller logs it, and the replicas are no longer identical (the configuration
+/// the coordinator used and this node's disagree, or the block was never replicated).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error(
+        "this node holds no backup copy of {region} for {addr}: the coordinator's \
+         configuration and this node's disagree"
+    )]
+    NoCopy { region: RegionId, addr: Addr },
+    #[error("the backup copy has no block header for {addr}: the block was never replicated here")]
+    NoBlockHeader { addr: Addr },
+    #[error("{addr} is not a slot of its block (slots of {slot_bytes} bytes)")]
+    NotASlot { addr: Addr, slot_bytes: u64 },
+}
+
 /// One node's backup copies and the committed transactions waiting to be applied to them.
 pub struct Backup {
     regions: HashMap<RegionId, Arc<Region>>,
@@ -64,7 +81,7 @@ impl Backup {
     }
 
     /// TRUNCATE: applies the transaction to the copies (if this backup holds it).
-    pub fn apply(&self, txn: TxnId) -> Result<Applied, String> {
+    pub fn apply(&self, txn: TxnId) -> Result<Applied, ApplyError> {
         let entries = self
             .held
             .lock()
@@ -81,12 +98,12 @@ impl Backup {
         Ok(applied)
     }
 
-    fn apply_entry(&self, entry: &Entry) -> Result<bool, String> {
+    fn apply_entry(&self, entry: &Entry) -> Result<bool, ApplyError> {
         let addr = entry.addr;
-        let region = self
-            .regions
-            .get(&addr.region())
-            .ok_or_else(|| format!("no backup copy of {} for {addr}", addr.region()))?;
+        let region = self.regions.get(&addr.region()).ok_or(ApplyError::NoCopy {
+            region: addr.region(),
+            addr,
+        })?;
         let words = self.slot_words(region, addr)?;
         let version = entry.version + 1;
         if object::load_header(words).version() >= version {
@@ -108,22 +125,21 @@ impl Backup {
         &self,
         region: &'r Region,
         addr: Addr,
-    ) -> Result<&'r [std::sync::atomic::AtomicU64], String> {
+    ) -> Result<&'r [std::sync::atomic::AtomicU64], ApplyError> {
         let block_offset = addr.offset() as u64 / self.block_bytes * self.block_bytes;
         let header: Vec<u8> = region
             .words_at(block_offset as u32, BLOCK_HEADER_BYTES)
             .iter()
             .flat_map(|w| w.load(Ordering::Acquire).to_le_bytes())
             .collect();
-        let slot_bytes = slab::block_slot_bytes(&header, self.block_bytes).ok_or_else(|| {
-            format!("the backup copy has no block header for {addr}: it was never replicated")
-        })?;
+        let slot_bytes = slab::block_slot_bytes(&header, self.block_bytes)
+            .ok_or(ApplyError::NoBlockHeader { addr })?;
         let in_block = addr.offset() as u64 - block_offset;
         if in_block < BLOCK_HEADER_BYTES
             || !(in_block - BLOCK_HEADER_BYTES).is_multiple_of(slot_bytes)
             || in_block + slot_bytes > self.block_bytes
         {
-            return Err(format!("{addr} is not a slot of its block"));
+            return Err(ApplyError::NotASlot { addr, slot_bytes });
         }
         Ok(region.words_at(addr.offset(), slot_bytes))
     }

@@ -2,11 +2,13 @@
 //! node processes of one host reach each other. `acre cluster up` writes it; every node
 //! process and client node reads it.
 
-use crate::process::{ClusterError, fail};
+use acre_engine::channel;
 use acre_engine::fabric::transport_kind::TransportKind;
-use acre_nvm_log::{MapOptions, PersistMode};
+use acre_nvm_log::{LogError, MapOptions, PersistMode};
 use acre_txn::Configuration;
-use std::path::Path;
+use acre_txn::config::{ConfigError, TomlError};
+use std::io;
+use std::path::{Path, PathBuf};
 
 /// Name of the cluster file inside a cluster directory.
 pub const CLUSTER_FILE: &str = "cluster.toml";
@@ -24,27 +26,92 @@ pub struct ClusterFile {
     pub config: Configuration,
 }
 
+/// Why a cluster file could not be read or written. Each says what to fix; none is worth a
+/// retry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterFileError {
+    #[error(
+        "cannot read the cluster file {path}: {source}; is there a cluster (`acre cluster up`)?"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the cluster file {path} is malformed: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: TomlError,
+    },
+    #[error("the configuration in the cluster file is unusable: {source}")]
+    Config {
+        #[source]
+        source: ConfigError,
+    },
+    #[error("persist = {persist:?} in the cluster file: expected auto, flush or msync")]
+    Persist { persist: String },
+    #[error("ring_bytes = {ring_bytes} in the cluster file is no ring: {source}")]
+    RingBytes {
+        ring_bytes: u64,
+        #[source]
+        source: LogError,
+    },
+    #[error("cannot encode the cluster file: {source}")]
+    Encode {
+        #[source]
+        source: toml::ser::Error,
+    },
+    #[error("cannot write the cluster file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 impl ClusterFile {
-    pub fn read(path: &Path) -> Result<ClusterFile, ClusterError> {
-        let what = format!("cluster file {}", path.display());
-        let text = std::fs::read_to_string(path).map_err(|e| fail(&what)(e.to_string()))?;
-        let file: ClusterFile = toml::from_str(&text).map_err(|e| fail(&what)(e.to_string()))?;
-        file.config
-            .validate()
-            .map_err(|e| fail(&what)(e.to_string()))?;
-        if PersistMode::parse(&file.persist).is_none() {
-            return Err(fail(&what)(format!(
-                "persist = {:?}: expected auto, flush or msync",
-                file.persist
-            )));
-        }
+    /// Reads and validates the cluster file at `path`.
+    pub fn read(path: &Path) -> Result<ClusterFile, ClusterFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ClusterFile = toml::from_str(&text).map_err(|e| ClusterFileError::Parse {
+            path: path.to_path_buf(),
+            source: TomlError::new(&text, &e),
+        })?;
+        file.validate()?;
         Ok(file)
     }
 
-    pub fn write(&self, path: &Path) -> Result<(), ClusterError> {
-        let text = toml::to_string(self).map_err(|e| ClusterError(e.to_string()))?;
-        std::fs::write(path, text)
-            .map_err(|e| ClusterError(format!("write {}: {e}", path.display())))
+    /// Checks what serde cannot: the configuration, the persistence mode and the ring size,
+    /// so that a launcher finds a bad value before any node process starts.
+    pub fn validate(&self) -> Result<(), ClusterFileError> {
+        self.config
+            .validate()
+            .map_err(|source| ClusterFileError::Config { source })?;
+        if PersistMode::parse(&self.persist).is_none() {
+            return Err(ClusterFileError::Persist {
+                persist: self.persist.clone(),
+            });
+        }
+        channel::ring_geometry(self.ring_bytes).map_err(|source| ClusterFileError::RingBytes {
+            ring_bytes: self.ring_bytes,
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Validates the file and writes it to `path`.
+    pub fn write(&self, path: &Path) -> Result<(), ClusterFileError> {
+        self.validate()?;
+        let text = toml::to_string(self).map_err(|source| ClusterFileError::Encode { source })?;
+        std::fs::write(path, text).map_err(|source| ClusterFileError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     pub(crate) fn map_options(&self) -> MapOptions {

@@ -52,7 +52,7 @@ pub enum DbError {
     #[error("cannot start the embedded cluster: {0}")]
     Start(#[from] crate::StartError),
     #[error("cannot connect to the cluster: {0}")]
-    Connect(String),
+    Connect(#[from] crate::client::ConnectError),
 }
 
 enum Backing {
@@ -121,8 +121,7 @@ impl Db {
     /// one of its client nodes. Transactions run in this process; their objects live in the
     /// node processes.
     pub fn connect(cluster_file: &std::path::Path) -> Result<Db, DbError> {
-        let client = crate::client::ClientNode::connect(cluster_file)
-            .map_err(|e| DbError::Connect(format!("{e:#}")))?;
+        let client = crate::client::ClientNode::connect(cluster_file)?;
         let coordinators = vec![client.txn().clone()];
         Ok(Db::new(Backing::Client(client), coordinators))
     }

@@ -79,7 +79,7 @@ impl EmbeddedCluster {
         loop {
             for node in &self.nodes {
                 if let Err(e) = node.txn().links().flush_truncations(Duration::ZERO) {
-                    eprintln!("acre {}: flush: {e}", node.node_id());
+                    tracing::warn!(node = %node.node_id(), "sending truncations failed: {e}");
                 }
             }
             if self.nodes.iter().all(ReplicaNode::is_quiet) {

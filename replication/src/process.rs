@@ -7,8 +7,8 @@
 //! publishes a manifest (areas, keys, pid, tcp address) there. Clients
 //! ([`crate::client::ClientNode`]) find everything through the manifests.
 
-use crate::cluster_file::ClusterFile;
-use crate::{ReplicaNode, Storage};
+use crate::cluster_file::{ClusterFile, ClusterFileError};
+use crate::{ReplicaNode, StartError, Storage};
 use acre_engine::addr::NodeId;
 use acre_engine::directory::remove_node_files;
 use acre_engine::directory::{self, NodeManifest};
@@ -16,20 +16,70 @@ use acre_engine::fabric::Fabric;
 use acre_engine::fabric::doorbell::Doorbell;
 use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::tcp::NicServer;
-use acre_engine::fabric::transport_kind;
+use acre_engine::fabric::transport_kind::{self, OpenError};
 use acre_txn::TxnNode;
 use acre_txn::directory::Directory;
+use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Why a cluster operation failed.
+/// Why a node process could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ClusterError(pub String);
+#[non_exhaustive]
+pub enum NodeStartError {
+    #[error(transparent)]
+    ClusterFile(#[from] ClusterFileError),
+    #[error("{node} is not a node of the cluster in {path}: use an id the cluster file lists")]
+    NotAMember { node: NodeId, path: PathBuf },
+    #[error("{node} cannot {what} ({path}): {source}")]
+    Io {
+        node: NodeId,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{node} cannot open its transport: {source}")]
+    Transport {
+        node: NodeId,
+        #[source]
+        source: OpenError,
+    },
+    #[error("{node} cannot start: {source}")]
+    Replica {
+        node: NodeId,
+        #[source]
+        source: StartError,
+    },
+}
 
-pub(crate) fn fail(what: &str) -> impl FnOnce(String) -> ClusterError + '_ {
-    move |reason| ClusterError(format!("{what}: {reason}"))
+/// Why waiting for node processes to publish their manifests failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestWaitError {
+    #[error("cannot read the manifest of {node}: {source}; the cluster directory is damaged")]
+    Read {
+        node: NodeId,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{node} did not publish its manifest within {timeout:?}: see its log {}",
+        log.display()
+    )]
+    Timeout {
+        node: NodeId,
+        timeout: Duration,
+        log: PathBuf,
+    },
+}
+
+/// Where `acre cluster up` sends node `node`'s standard output and error: `n<id>.log` in the
+/// cluster directory.
+pub fn node_log_path(dir: &Path, node: NodeId) -> PathBuf {
+    dir.join(format!("{node}.log"))
 }
 
 /// One node of a process cluster running in this process: a memory node (`acre node`) or a
@@ -44,7 +94,7 @@ pub struct ProcessNode {
 impl ProcessNode {
     /// Starts node `node` of the cluster in `cluster_file`'s directory and publishes its
     /// manifest.
-    pub fn start(cluster_file: &Path, node: NodeId) -> Result<ProcessNode, ClusterError> {
+    pub fn start(cluster_file: &Path, node: NodeId) -> Result<ProcessNode, NodeStartError> {
         let file = ClusterFile::read(cluster_file)?;
         let dir = cluster_file
             .parent()
@@ -52,34 +102,28 @@ impl ProcessNode {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         if !file.config.members().any(|m| m == node) {
-            return Err(ClusterError(format!(
-                "{node} is not a node of the cluster in {}",
-                cluster_file.display()
-            )));
+            return Err(NodeStartError::NotAMember {
+                node,
+                path: cluster_file.to_path_buf(),
+            });
         }
-        let io = |what: &'static str| move |e: std::io::Error| ClusterError(format!("{what}: {e}"));
-        let incarnation = next_incarnation(&dir, node).map_err(io("count the node's starts"))?;
-        remove_node_files(&dir, node).map_err(io("remove stale node files"))?;
-        let doorbell = Doorbell::create_file(&directory::doorbell_path(&dir, node))
-            .map_err(io("create the doorbell"))?;
-        let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
-        let options = file.map_options();
-        let (transport, nic, tcp_addr) =
-            transport_kind::open_transport(&dir, node, file.transport, None, options, &memory)
-                .map_err(|e| ClusterError(e.to_string()))?;
-        let fabric = Arc::new(Fabric::new(memory, transport));
-        let replica = ReplicaNode::start(
-            Arc::new(file.config.clone()),
-            fabric,
-            Directory::manifests(dir.clone()),
-            &Storage::Files {
-                dir: dir.clone(),
-                options,
-            },
-            file.ring_bytes,
-            incarnation,
-        )
-        .map_err(|e| ClusterError(format!("start {node}: {e}")))?;
+        let io = |what: &'static str, path: PathBuf| {
+            move |source| NodeStartError::Io {
+                node,
+                what,
+                path,
+                source,
+            }
+        };
+        let incarnation = next_incarnation(&dir, node)
+            .map_err(io("count its starts", incarnation_path(&dir, node)))?;
+        remove_node_files(&dir, node).map_err(io("remove its stale files", dir.clone()))?;
+        let started = ProcessNode::start_replica(&file, &dir, node, incarnation);
+        if started.is_err() {
+            // Whatever it created before it failed is of no use to the next start.
+            let _ = remove_node_files(&dir, node);
+        }
+        let (replica, nic, tcp_addr) = started?;
         let manifest = NodeManifest {
             node,
             pid: std::process::id(),
@@ -87,13 +131,51 @@ impl ProcessNode {
             tcp_addr: tcp_addr.map(|a| a.to_string()),
             areas: replica.area_entries(),
         };
-        manifest.write(&dir).map_err(io("publish the manifest"))?;
+        manifest
+            .write(&dir)
+            .map_err(io("publish its manifest", NodeManifest::path(&dir, node)))?;
         Ok(ProcessNode {
             replica: Some(replica),
             _nic: nic,
             dir,
             node,
         })
+    }
+
+    /// The doorbell, the transport and the replica of a starting node.
+    fn start_replica(
+        file: &ClusterFile,
+        dir: &Path,
+        node: NodeId,
+        incarnation: u64,
+    ) -> Result<(ReplicaNode, Option<NicServer>, Option<SocketAddr>), NodeStartError> {
+        let doorbell_path = directory::doorbell_path(dir, node);
+        let doorbell =
+            Doorbell::create_file(&doorbell_path).map_err(|source| NodeStartError::Io {
+                node,
+                what: "create its doorbell",
+                path: doorbell_path,
+                source,
+            })?;
+        let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
+        let options = file.map_options();
+        let (transport, nic, tcp_addr) =
+            transport_kind::open_transport(dir, node, file.transport, None, options, &memory)
+                .map_err(|source| NodeStartError::Transport { node, source })?;
+        let fabric = Arc::new(Fabric::new(memory, transport));
+        let replica = ReplicaNode::start(
+            Arc::new(file.config.clone()),
+            fabric,
+            Directory::manifests(dir.to_path_buf()),
+            &Storage::Files {
+                dir: dir.to_path_buf(),
+                options,
+            },
+            file.ring_bytes,
+            incarnation,
+        )
+        .map_err(|source| NodeStartError::Replica { node, source })?;
+        Ok((replica, nic, tcp_addr))
     }
 
     pub fn txn(&self) -> &Arc<TxnNode> {
@@ -124,20 +206,24 @@ impl Drop for ProcessNode {
     }
 }
 
+fn incarnation_path(dir: &Path, node: NodeId) -> PathBuf {
+    dir.join(format!("{node}.incarnation"))
+}
+
 /// Counts a start of `node` in the cluster directory (`n<id>.incarnation`, a decimal number)
 /// and returns how many starts came before this one. Only one process runs a node id at a
 /// time (memory nodes are started once by `acre cluster up`; client ids are claimed by a lock),
 /// so read, increment and replace need no further locking.
-fn next_incarnation(dir: &Path, node: NodeId) -> std::io::Result<u64> {
-    let path = dir.join(format!("{node}.incarnation"));
+fn next_incarnation(dir: &Path, node: NodeId) -> io::Result<u64> {
+    let path = incarnation_path(dir, node);
     let previous = match std::fs::read_to_string(&path) {
         Ok(text) => text.trim().parse::<u64>().map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a count of starts ({e}): remove the file to count from 0"),
             )
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e),
     };
     let temporary = path.with_extension("incarnation.new");
@@ -151,7 +237,7 @@ pub fn wait_for_manifests(
     dir: &Path,
     nodes: impl Iterator<Item = NodeId> + Clone,
     timeout: Duration,
-) -> Result<(), ClusterError> {
+) -> Result<(), ManifestWaitError> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut missing = None;
@@ -162,19 +248,23 @@ pub fn wait_for_manifests(
                     missing = Some(node);
                     break;
                 }
-                Err(e) => return Err(ClusterError(format!("manifest of {node}: {e}"))),
+                Err(source) => return Err(ManifestWaitError::Read { node, source }),
             }
         }
         let Some(node) = missing else { return Ok(()) };
         if Instant::now() >= deadline {
-            return Err(ClusterError(format!(
-                "{node} did not publish its manifest within {timeout:?}: see its log in {}",
-                dir.display()
-            )));
+            return Err(ManifestWaitError::Timeout {
+                node,
+                timeout,
+                log: node_log_path(dir, node),
+            });
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(MANIFEST_POLL_INTERVAL);
     }
 }
+
+/// How often [`wait_for_manifests`] looks for the manifests.
+const MANIFEST_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Whether process `pid` is running (Linux: it has a /proc entry and is not a zombie, which
 /// nobody may reap in a container without an init).
@@ -186,4 +276,45 @@ pub fn process_alive(pid: u32) -> bool {
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .is_some_and(|state| state != "Z" && state != "X")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_are_counted_and_a_damaged_count_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for expected in 0..3 {
+            assert_eq!(next_incarnation(dir.path(), NodeId(2)).unwrap(), expected);
+        }
+        assert_eq!(next_incarnation(dir.path(), NodeId(3)).unwrap(), 0);
+        std::fs::write(incarnation_path(dir.path(), NodeId(2)), "two\n").unwrap();
+        let error = next_incarnation(dir.path(), NodeId(2)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_pid_past_the_maximum_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX));
+    }
+
+    #[test]
+    fn a_manifest_that_never_comes_names_the_node_and_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = wait_for_manifests(
+            dir.path(),
+            [NodeId(1)].into_iter(),
+            Duration::from_millis(50),
+        )
+        .unwrap_err();
+        match error {
+            ManifestWaitError::Timeout { node, log, .. } => {
+                assert_eq!(node, NodeId(1));
+                assert_eq!(log, dir.path().join("n1.log"));
+            }
+            other => panic!("{other}"),
+        }
+    }
 }

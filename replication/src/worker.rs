@@ -155,7 +155,7 @@ impl Serving {
                     Err(e) => {
                         // A corrupt ring is not something to serve through: stop this node's
                         // worker; its replicas take over once failure handling exists.
-                        eprintln!("acre {me}: log ring failed: {e}; the worker stops");
+                        tracing::error!(node = %me, "log ring failed: {e}; the worker stops");
                         return;
                     }
                 }
@@ -167,7 +167,7 @@ impl Serving {
             }
             self.truncate_rings();
             if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
-                eprintln!("acre {me}: sending truncations failed: {e}");
+                tracing::warn!(node = %me, "sending truncations failed: {e}");
             }
         }
     }
@@ -180,9 +180,9 @@ impl Serving {
             Ok(record) => record,
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "acre {}: dropping a record from {sender}: {e}",
-                    self.node.node_id()
+                tracing::warn!(
+                    node = %self.node.node_id(),
+                    "dropping a record from {sender}: {e}"
                 );
                 self.ring(sender).read(pos, end, false);
                 return;
@@ -210,7 +210,7 @@ impl Serving {
             }
             Body::CommitPrimary => {
                 if let Err(e) = self.node.primary().commit(txn) {
-                    eprintln!("acre {}: {e}", self.node.node_id());
+                    tracing::error!(node = %self.node.node_id(), "COMMIT-PRIMARY of {txn}: {e}");
                 }
                 true
             }
@@ -280,9 +280,9 @@ impl Serving {
                     .applied
                     .fetch_add(applied.installed as u64, Ordering::Relaxed);
             }
-            Err(e) => eprintln!(
-                "acre {}: applying {txn} to the backup copies failed: {e}",
-                self.node.node_id()
+            Err(e) => tracing::error!(
+                node = %self.node.node_id(),
+                "applying {txn} to the backup copies failed: {e}"
             ),
         }
         self.forget(txn);
@@ -300,9 +300,9 @@ impl Serving {
             let head = ring.head();
             if head > ring.truncated_to {
                 if let Err(e) = self.inbox.truncate(sender, head) {
-                    eprintln!(
-                        "acre {}: truncating the ring of {sender} failed: {e}",
-                        self.node.node_id()
+                    tracing::warn!(
+                        node = %self.node.node_id(),
+                        "truncating the ring of {sender} failed: {e}"
                     );
                     continue;
                 }

@@ -1,9 +1,9 @@
 //! `acre cluster up | status | down` with real node processes; the bank workload run from
 //! several processes at once over shm; bad input gets one line and exit code 2.
 
-use acre::bank::Bank;
 use acre::cluster::CLUSTER_FILE;
 use acre::db::Db;
+use acre_benches::bank::Bank;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -25,12 +25,12 @@ pub fn text(output: &Output) -> String {
 }
 
 /// A cluster directory that is taken down when the test ends, even on failure.
-struct Cluster {
-    dir: PathBuf,
+pub struct Cluster {
+    pub dir: PathBuf,
 }
 
 impl Cluster {
-    fn up(name: &str, transport: &str) -> Cluster {
+    pub fn up(name: &str, transport: &str) -> Cluster {
         let dir = PathBuf::from(format!("/dev/shm/acre-test-{name}-{}", std::process::id()));
         let cluster = Cluster { dir };
         let up = acre(&[
@@ -49,7 +49,7 @@ impl Cluster {
         cluster
     }
 
-    fn dir(&self) -> &str {
+    pub fn dir(&self) -> &str {
         self.dir.to_str().expect("utf-8 path")
     }
 
@@ -233,5 +233,22 @@ fn the_demo_reports_and_checks_the_invariant() {
         "byte-identical",
     ] {
         assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+}
+
+/// The libraries and the binary log through `tracing`; the binary's subscriber writes to
+/// stderr, which `cluster up` points at each node's `n<id>.log`.
+#[test]
+fn node_processes_log_into_their_log_files() {
+    let cluster = Cluster::up("log", "shm");
+    for node in 1..=3 {
+        let path = cluster.dir.join(format!("n{node}.log"));
+        let log = std::fs::read_to_string(&path).expect("read a node log");
+        assert!(log.contains("serving"), "{}: {log}", path.display());
+        assert!(
+            log.contains(&format!("node=n{node}")),
+            "{}: {log}",
+            path.display()
+        );
     }
 }

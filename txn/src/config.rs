@@ -8,7 +8,7 @@ use acre_engine::channel::RING_AREA_BASE;
 use acre_engine::region::REGION_BYTES_MAX;
 use acre_engine::slab::BLOCK_BYTES_MIN;
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Where one region's replicas live.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,10 +44,92 @@ pub struct Configuration {
     pub regions: Vec<Placement>,
 }
 
-/// Why a configuration is unusable.
+/// Why a configuration is unusable. Every variant is a mistake in the configuration (or the
+/// file it came from) to fix before the cluster can start; none is worth a retry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("invalid configuration: no nodes; list at least one")]
+    NoNodes,
+    #[error(
+        "invalid configuration: {node} appears twice in nodes and clients; give every member \
+         its own id"
+    )]
+    DuplicateMember { node: NodeId },
+    #[error(
+        "invalid configuration: f = {f} needs at least {} nodes, there are {nodes}; lower f or \
+         add nodes",
+        f + 1
+    )]
+    TooFewNodes { f: usize, nodes: usize },
+    #[error("invalid configuration: region_bytes {region_bytes} is not in 1..={REGION_BYTES_MAX}")]
+    RegionBytes { region_bytes: u64 },
+    #[error(
+        "invalid configuration: block_bytes {block_bytes} must be a power of two between \
+         {BLOCK_BYTES_MIN} and region_bytes ({region_bytes})"
+    )]
+    BlockBytes { block_bytes: u64, region_bytes: u64 },
+    #[error("invalid configuration: no regions; place at least one")]
+    NoRegions,
+    #[error(
+        "invalid configuration: region id {region} must be between 1 and {REPLY_AREA_ID_MIN:#x}"
+    )]
+    RegionId { region: RegionId },
+    #[error("invalid configuration: region {region} is placed twice")]
+    PlacedTwice { region: RegionId },
+    #[error("invalid configuration: region {region} has {backups} backups, f = {f}")]
+    BackupCount {
+        region: RegionId,
+        backups: usize,
+        f: usize,
+    },
+    #[error("invalid configuration: region {region} has two replicas on one node")]
+    TwoReplicasOnOneNode { region: RegionId },
+    #[error("invalid configuration: region {region} is placed on {node}, not a node")]
+    NotANode { region: RegionId, node: NodeId },
+    #[error("invalid configuration: {source}")]
+    Parse {
+        #[source]
+        source: TomlError,
+    },
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the configuration in {path} is unusable: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Box<ConfigError>,
+    },
+}
+
+/// Where and why TOML text (a configuration, a cluster file) did not parse, on one line.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(pub String);
+#[error("line {line}, column {column}: {message}")]
+pub struct TomlError {
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub message: String,
+}
+
+impl TomlError {
+    /// `error` of parsing `text`, with its position in lines and columns.
+    pub fn new(text: &str, error: &toml::de::Error) -> TomlError {
+        let offset = error.span().map_or(0, |span| span.start).min(text.len());
+        let before = text.get(..offset).unwrap_or(text);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        TomlError {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+            message: error.message().trim().to_string(),
+        }
+    }
+}
 
 impl Configuration {
     /// The default f: 2 with three or more nodes (three copies), else as many as there are
@@ -93,67 +175,58 @@ impl Configuration {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |reason: String| Err(ConfigError(reason));
         if self.nodes.is_empty() {
-            return fail("no nodes".into());
+            return Err(ConfigError::NoNodes);
         }
-        let members: Vec<NodeId> = self.members().collect();
-        let unique: BTreeSet<NodeId> = members.iter().copied().collect();
-        if unique.len() != members.len() {
-            return fail("a node id appears twice in nodes and clients".into());
+        let mut members = BTreeSet::new();
+        if let Some(node) = self.members().find(|&node| !members.insert(node)) {
+            return Err(ConfigError::DuplicateMember { node });
         }
         if self.f >= self.nodes.len() {
-            return fail(format!(
-                "f = {} needs at least {} nodes, there are {}",
-                self.f,
-                self.f + 1,
-                self.nodes.len()
-            ));
+            return Err(ConfigError::TooFewNodes {
+                f: self.f,
+                nodes: self.nodes.len(),
+            });
         }
         if self.region_bytes == 0 || self.region_bytes > REGION_BYTES_MAX {
-            return fail(format!(
-                "region_bytes {} is not in 1..={REGION_BYTES_MAX}",
-                self.region_bytes
-            ));
+            return Err(ConfigError::RegionBytes {
+                region_bytes: self.region_bytes,
+            });
         }
         if !self.block_bytes.is_power_of_two()
             || self.block_bytes < BLOCK_BYTES_MIN
             || self.block_bytes > self.region_bytes
         {
-            return fail(format!(
-                "block_bytes {} must be a power of two between {BLOCK_BYTES_MIN} and region_bytes",
-                self.block_bytes
-            ));
+            return Err(ConfigError::BlockBytes {
+                block_bytes: self.block_bytes,
+                region_bytes: self.region_bytes,
+            });
         }
         if self.regions.is_empty() {
-            return fail("no regions".into());
+            return Err(ConfigError::NoRegions);
         }
         let mut seen = BTreeSet::new();
         for placement in &self.regions {
             let region = placement.region;
             if region.0 == 0 || region.0 >= REPLY_AREA_ID_MIN {
-                return fail(format!(
-                    "region id {region} must be between 1 and {REPLY_AREA_ID_MIN:#x}"
-                ));
+                return Err(ConfigError::RegionId { region });
             }
             if !seen.insert(region) {
-                return fail(format!("region {region} is placed twice"));
+                return Err(ConfigError::PlacedTwice { region });
             }
             if placement.backups.len() != self.f {
-                return fail(format!(
-                    "region {region} has {} backups, f = {}",
-                    placement.backups.len(),
-                    self.f
-                ));
+                return Err(ConfigError::BackupCount {
+                    region,
+                    backups: placement.backups.len(),
+                    f: self.f,
+                });
             }
             let replicas: BTreeSet<NodeId> = placement.replicas().collect();
             if replicas.len() != self.f + 1 {
-                return fail(format!("region {region} has two replicas on one node"));
+                return Err(ConfigError::TwoReplicasOnOneNode { region });
             }
-            if let Some(stranger) = replicas.iter().find(|n| !self.nodes.contains(n)) {
-                return fail(format!(
-                    "region {region} is placed on {stranger}, not a node"
-                ));
+            if let Some(&node) = replicas.iter().find(|n| !self.nodes.contains(n)) {
+                return Err(ConfigError::NotANode { region, node });
             }
         }
         Ok(())
@@ -185,16 +258,22 @@ impl Configuration {
     }
 
     pub fn from_toml(text: &str) -> Result<Configuration, ConfigError> {
-        let config: Configuration = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let config: Configuration = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source: TomlError::new(text, &e),
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn from_file(path: &Path) -> Result<Configuration, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        Configuration::from_toml(&text)
-            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Configuration::from_toml(&text).map_err(|source| ConfigError::File {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
     }
 }
 
@@ -229,7 +308,7 @@ mod tests {
         let mut config = Configuration::place(1, nodes(3), vec![], 1, 2, 1 << 20, 4096).unwrap();
         config.regions[0].backups[0] = config.regions[0].primary;
         let error = config.validate().unwrap_err();
-        assert!(error.0.contains("two replicas"), "{error}");
+        assert!(error.to_string().contains("two replicas"), "{error}");
         let mut config = Configuration::place(1, nodes(3), vec![NodeId(2)], 1, 1, 1 << 20, 4096);
         assert!(config.is_err());
         config = Configuration::place(1, nodes(3), vec![], 1, 1, 1 << 20, 1000);
@@ -238,5 +317,16 @@ mod tests {
         assert_eq!(Configuration::default_f(2), 1);
         assert_eq!(Configuration::default_f(5), 2);
         assert!(Configuration::from_toml("id = 1").is_err());
+    }
+
+    #[test]
+    fn toml_errors_say_where_on_one_line() {
+        let text = "id = 1\nf = 1\nnodes = [\"n1\", oops]\n";
+        let error = toml::from_str::<Configuration>(text).unwrap_err();
+        let error = TomlError::new(text, &error);
+        assert_eq!((error.line, error.column), (3, 16), "{error}");
+        assert!(!error.to_string().contains('\n'), "{error}");
+        let error = Configuration::from_toml("garbage").unwrap_err();
+        assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
     }
 }

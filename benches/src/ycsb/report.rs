@@ -1,7 +1,7 @@
 //! The results of a phase and of a whole benchmark: a compact YCSB-like text table and the JSON
 //! file (`serde`). Latencies are reported in microseconds, from histograms kept in nanoseconds.
 
-use super::driver::Options;
+use super::options::Options;
 use super::stats::Stats;
 use super::workload::{FIELD_COUNT, FIELD_LENGTH_BYTES, KeyDistribution, OpKind, Workload};
 use anyhow::Context;

@@ -1,8 +1,7 @@
 //! YCSB's core workloads A to F: their operation mixes, the records and key names they use, and
 //! the per-thread [`Chooser`] that draws each operation the way YCSB's `CoreWorkload` does.
 
-use super::Fields;
-use super::driver::OptionsError;
+use super::backend::Fields;
 use super::generator::{AcknowledgedCounter, Rng, ScrambledZipfian, SkewedLatest, fnvhash64};
 use serde::Serialize;
 use std::fmt;
@@ -22,6 +21,14 @@ pub const KEY_PREFIX: &str = "user";
 /// Draws of a key before giving up on one that exists (YCSB redraws without bound). Only a run
 /// whose predicted inserts dwarf the loaded records rejects most draws; see [`Chooser::new`].
 pub const KEY_DRAWS_MAX: usize = 10_000;
+
+/// A workload name that is none of YCSB's core workloads: the command line reports it as a
+/// usage error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown workload {name:?}: expected one of a, b, c, d, e, f")]
+pub struct UnknownWorkload {
+    pub name: String,
+}
 
 /// One of YCSB's core workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -61,11 +68,11 @@ impl Workload {
     ];
 
     /// `a` to `f`, either case.
-    pub fn parse(name: &str) -> Result<Workload, OptionsError> {
+    pub fn parse(name: &str) -> Result<Workload, UnknownWorkload> {
         Workload::ALL
             .into_iter()
             .find(|workload| workload.name().eq_ignore_ascii_case(name.trim()))
-            .ok_or_else(|| OptionsError::UnknownWorkload {
+            .ok_or_else(|| UnknownWorkload {
                 name: name.to_string(),
             })
     }
@@ -118,9 +125,9 @@ impl fmt::Display for Workload {
 }
 
 impl FromStr for Workload {
-    type Err = OptionsError;
+    type Err = UnknownWorkload;
 
-    fn from_str(name: &str) -> Result<Workload, OptionsError> {
+    fn from_str(name: &str) -> Result<Workload, UnknownWorkload> {
         Workload::parse(name)
     }
 }

@@ -1,6 +1,8 @@
 //! Integration tests of acre-benches: the YCSB driver end to end against an in-memory backend
-//! (`memory`, `ycsb`) and against a real Redis server this binary starts (`redis`).
+//! (`memory`, `ycsb`) and against a real Redis server this binary starts (`redis`); the Acre
+//! backend on an embedded cluster (`acre`).
 
+mod acre;
 mod memory;
 mod redis;
 mod ycsb;

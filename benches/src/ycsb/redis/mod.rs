@@ -20,7 +20,7 @@
 
 pub mod resp;
 
-use super::{Backend, Client, Fields};
+use super::backend::{Backend, Client, Fields};
 use anyhow::Context;
 use resp::{Connection, Reply, RespError};
 

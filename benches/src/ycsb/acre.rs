@@ -1,4 +1,4 @@
-//! The Acre backend of the YCSB driver (`acre_benches::ycsb`): a table of records kept as one
+//! The Acre backend of the YCSB driver: a table of records kept as one
 //! object each, found through a transactional hash table (point operations) and a B-tree
 //! (scans), both updated in the same transaction as the record they point to.
 //!
@@ -13,8 +13,8 @@
 //! A record is its fields, each preceded by its length as a LEB128 varint: ten 100-byte fields
 //! take 1,010 bytes, which with the value's length word fits the 1 KiB size class exactly.
 
-use crate::db::{Addr, Db, Error, IndexError};
-use acre_benches::ycsb::{Backend, Client, Fields};
+use super::backend::{Backend, Client, Fields};
+use acre_replication::db::{Addr, Db, Error, IndexError};
 use acre_txn::index::{BTree, HashTable};
 use anyhow::Context;
 
@@ -199,7 +199,7 @@ pub fn decode(addr: Addr, mut bytes: &[u8]) -> Result<Fields, IndexError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::RegionId;
+    use acre_replication::db::RegionId;
 
     #[test]
     fn records_round_trip_and_ten_100_byte_fields_fit_1_kib() {

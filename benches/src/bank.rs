@@ -6,7 +6,7 @@
 //! ...`) so that
 //! processes other than the one that created them can find them from one address.
 
-use crate::db::{Addr, Db, Error, TxnError};
+use acre_replication::db::{Addr, Db, Error, NodeId, TxnError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -69,7 +69,7 @@ fn balance(bytes: &[u8], addr: Addr) -> Result<i64, TxnError> {
         .try_into()
         .map(i64::from_le_bytes)
         .map_err(|_| TxnError::Protocol {
-            node: crate::db::NodeId(0),
+            node: NodeId(0),
             reason: format!("account {addr} holds {} bytes, not 8", bytes.len()),
         })
 }
@@ -117,7 +117,7 @@ impl Bank {
     pub fn open(db: &Db, directory: Addr) -> Result<Bank, TxnError> {
         let listing = db.read(directory)?;
         let malformed = |reason: String| TxnError::Protocol {
-            node: crate::db::NodeId(0),
+            node: NodeId(0),
             reason: format!("bank directory {directory}: {reason}"),
         };
         let (count, rest) = listing

@@ -2,10 +2,10 @@
 //! and appends on a few lists, and the history they record must be strictly serializable.
 
 use crate::elle::{self, EdgeKind, History, MicroOp, TxnRecord};
-use acre_engine::addr::{Addr, NodeId};
+use crate::fixture::three_nodes;
+use acre_engine::addr::Addr;
 use acre_nvm_log::random::{ConcurrentSeed, SplitMix};
-use acre_replication::EmbeddedCluster;
-use acre_txn::{CommitError, Configuration, Error, TxnError, TxnNode};
+use acre_txn::{CommitError, Error, TxnError, TxnNode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -227,9 +227,7 @@ fn list_append_history_is_strictly_serializable() {
     let seeded = ConcurrentSeed::new("list_append");
     let seed = seeded.value();
     let began = Instant::now();
-    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    let config = Configuration::place(1, ids, vec![], 1, 2, 4 << 20, 64 << 10).unwrap();
-    let cluster = EmbeddedCluster::start(config, 256 << 10).unwrap();
+    let cluster = three_nodes();
     let nodes: Vec<Arc<TxnNode>> = cluster.nodes().iter().map(|n| n.txn().clone()).collect();
 
     // One object per key, spread over the three primaries so commits span nodes.

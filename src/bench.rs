@@ -157,7 +157,7 @@ fn measure_one(
             let (db, bank, stop, measuring) =
                 (db.clone(), bank.clone(), stop.clone(), measuring.clone());
             std::thread::spawn(move || -> Result<(u64, u64, Vec<Duration>), acre::Error> {
-                let mut random = acre::nvm_log::fault::SplitMix::new(t as u64 * 7919 + 1);
+                let mut random = acre::nvm_log::random::SplitMix::new(t as u64 * 7919 + 1);
                 let (mut committed, mut aborted, mut latencies) = (0u64, 0u64, Vec::new());
                 let n = bank.accounts.len() as u64;
                 while !stop.load(Ordering::Relaxed) {

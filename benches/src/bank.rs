@@ -202,7 +202,7 @@ impl Bank {
             let audit = t >= transfer_threads;
             handles.push(std::thread::spawn(move || {
                 let mut random =
-                    acre_nvm_log::fault::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
+                    acre_nvm_log::random::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
                 let mut report = BankReport::default();
                 while !stop.load(Ordering::Relaxed) {
                     if audit {

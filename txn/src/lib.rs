@@ -23,7 +23,6 @@
 pub mod backoff;
 mod commit;
 pub mod config;
-mod cursor;
 pub mod directory;
 pub mod error;
 pub mod index;

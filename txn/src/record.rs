@@ -19,8 +19,8 @@
 //!
 //! Everything is little-endian; decoding checks every length and names what was wrong.
 
-use crate::cursor::Cursor;
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::cursor::Cursor;
 use acre_engine::region::AccessKey;
 use acre_nvm_log::RecordKind;
 use std::fmt;

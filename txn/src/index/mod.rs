@@ -24,9 +24,9 @@ pub mod hash;
 pub use btree::BTree;
 pub use hash::HashTable;
 
-use crate::cursor::{Cursor, Short};
 use crate::error::IndexError;
 use acre_engine::addr::Addr;
+use acre_engine::cursor::{Cursor, Short};
 
 /// The longest key an index takes.
 pub const KEY_BYTES_MAX: usize = 128;

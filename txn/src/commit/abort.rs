@@ -15,7 +15,7 @@ impl Commit<'_> {
         let txn = self.txn.id;
         assert_eq!(
             self.backups_done, 0,
-            "{txn}: abort after COMMIT-BACKUP is durable"
+            "{txn}: abort after COMMIT-BACKUP was sent"
         );
         assert_eq!(self.primaries_done, 0, "{txn}: abort after COMMIT-PRIMARY");
         // A LOCK sent but not voted on yet (a later send failed) still gets its ABORT. Its

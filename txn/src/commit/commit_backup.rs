@@ -1,18 +1,20 @@
 //! Step 3 (docs/protocol.md#commit-backup): a COMMIT-BACKUP record, with the same objects and
 //! values as the LOCK, durable in the log of every backup of every written region. Only the
 //! fabric's acknowledgement is awaited: no backup CPU is on this path (the record does not
-//! even wake the backup's worker). Once one backup holds the record, the transaction can no
-//! longer be aborted by the coordinator alone: recovery decides it.
+//! even wake the backup's worker). Once one backup may hold the record, the transaction can no
+//! longer be aborted by the coordinator alone: recovery decides it. A failed append counts as
+//! "may hold": the words of a batch can land before the connection breaks, and the sender
+//! cannot tell.
 
-use super::{Commit, PrimarySteps};
+use super::Commit;
 use crate::error::CommitError;
 use crate::record::{ReplyTo, TxnRecord};
 use acre_engine::addr::NodeId;
 
 impl Commit<'_> {
-    /// Sends COMMIT-BACKUP to every backup, in node order. A failure before any backup has
-    /// the record aborts cleanly; after, the outcome is left to recovery.
-    pub(super) fn commit_backup(&mut self, mode: &impl PrimarySteps) -> Result<(), CommitError> {
+    /// Sends COMMIT-BACKUP to every backup, in node order. Any failure leaves the outcome to
+    /// recovery, the locks held until then.
+    pub(super) fn commit_backup(&mut self) -> Result<(), CommitError> {
         assert!(
             self.locked,
             "{}: COMMIT-BACKUP before every LOCK held",
@@ -37,12 +39,8 @@ impl Commit<'_> {
                 body: self.plan.backups[&backup].clone(),
             };
             if let Err(e) = self.send(backup, record) {
-                if self.backups_done == 0 {
-                    // No backup holds the transaction yet: it can still abort cleanly.
-                    mode.abort(self);
-                    return Err(e.into());
-                }
-                // Some backups hold COMMIT-BACKUP: only recovery may decide now.
+                // This backup may hold COMMIT-BACKUP (the append may have executed in part),
+                // and earlier ones do: an ABORT now could contradict what recovery decides.
                 return Err(CommitError::indeterminate(self.txn.id, e));
             }
             self.backups_done += 1;

@@ -253,7 +253,7 @@ impl<'t> Commit<'t> {
             return Err(e);
         }
         // 3. COMMIT-BACKUP: durable at every backup.
-        self.commit_backup(mode)?;
+        self.commit_backup()?;
         // 4. COMMIT-PRIMARY: committed once one primary has it.
         mode.commit_primary(self)?;
         // 5. TRUNCATE, lazily; not while a primary lacks COMMIT-PRIMARY, whose records

@@ -10,7 +10,9 @@
 //!   a plain in-memory implementation; [`fault`] is one that simulates power loss.
 //! - [`record`] and [`ring`]: the on-media format and the one-writer, one-reader ring protocol.
 //!   The writer is sans-I/O: it plans the writes and persists, and whoever owns the path to the
-//!   memory (a local store, or the fabric's one-sided WRITE) carries them out.
+//!   memory (a local store, or the fabric's one-sided WRITE) carries them out. A writer that
+//!   attaches, or whose append failed, resumes after the last record in the ring
+//!   ([`ring::resume_point`]); a damaged ring is reset by its reader ([`RingReader::reset`]).
 //! - [`recovery`]: the scan run when a ring is opened after a crash.
 //! - [`random`]: the workspace's one pseudo-random generator and the seeds of its randomised
 //!   tests (here because this is the lowest crate; `fault` draws its power-loss fates from it).
@@ -40,4 +42,7 @@ pub use mapping::{Durability, MapOptions, Mapping, PersistMode};
 pub use media::{Media, MemMedia};
 pub use record::{Record, RecordKind};
 pub use recovery::{Discarded, Recovery};
-pub use ring::{AppendPlan, LocalWriter, LogOp, Reservation, RingGeometry, RingReader, RingWriter};
+pub use ring::{
+    AppendPlan, LocalWriter, LogOp, Reservation, Resume, RingGeometry, RingReader, RingReset,
+    RingWriter,
+};

@@ -16,15 +16,11 @@
 
 use crate::error::LogError;
 use crate::media::Media;
-use crate::record::{RECORD_ALIGN, Record, commit_word};
+use crate::record::{Record, commit_word};
 use crate::ring::{
-    HEAD_OFFSET, RingGeometry, Slot, TAIL_OFFSET, TAIL_SEQ_OFFSET, decode_pos_word,
-    encode_pos_word, read_slot,
+    ChainStop, HEAD_OFFSET, RingGeometry, TAIL_OFFSET, TAIL_SEQ_OFFSET, check_lap, decode_pos_word,
+    encode_pos_word, scan_chain,
 };
-
-/// Positions in a head or tail word are below this many 32-byte units (2^61 bytes): the 56 bits
-/// [`encode_pos_word`] keeps above its check byte.
-const POS_UNITS_END: u64 = 1 << 56;
 
 /// A record position the scan stopped at and did not return.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,75 +58,17 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
     // truncated the record whose append the crash cut short, before the writer persisted the tail
     // that acknowledges it: the head is then past the persisted tail, and the scan starts at the
     // head as always. A writer never has more than a lap in flight, so a head further ahead than
-    // that means one of the two words is wrong.
-    if head > tail_persisted && head - tail_persisted > geometry.capacity {
-        return Err(LogError::corrupt(
-            HEAD_OFFSET,
-            format!("head {head} is more than a lap past the persisted tail {tail_persisted}"),
-        ));
-    }
-    // The scan ends at most a lap past the head, and its end must fit a position word: only a
-    // damaged or forged head comes this close to the end of the position space.
-    if (head + geometry.capacity) / RECORD_ALIGN >= POS_UNITS_END {
-        return Err(LogError::corrupt(
-            HEAD_OFFSET,
-            format!("head {head} leaves no room for a lap before the end of the position space"),
-        ));
-    }
-    if tail_persisted > head && tail_persisted - head > geometry.capacity {
-        return Err(LogError::corrupt(
-            TAIL_OFFSET,
-            format!("tail {tail_persisted} is more than a lap past head {head}"),
-        ));
-    }
+    // that means one of the two words is wrong; and the scan's end must fit a position word.
+    check_lap(geometry, head, tail_persisted)?;
 
-    let mut pos = head;
-    let mut next_seq: Option<u64> = None;
-    let mut records = Vec::new();
-    // Why the scan stopped, when it stopped at a record that claims to be there.
-    let mut stop: Option<(u64, String)> = None;
-    while pos - head < geometry.capacity {
-        let slot = read_slot(media, geometry, pos);
-        let seq = match &slot {
-            Slot::Empty => break,
-            Slot::Damaged { offset, reason } => {
-                stop = Some((*offset, reason.clone()));
-                break;
-            }
-            Slot::Pad { seq, .. } => *seq,
-            Slot::Record(record) => record.seq,
-        };
-        if let Some(expected) = next_seq
-            && seq != expected
-        {
-            stop = Some((
-                geometry.offset_of(pos),
-                format!("sequence {seq} where {expected} was expected"),
-            ));
-            break;
-        }
-        let extent = match &slot {
-            Slot::Pad { extent, .. } => *extent,
-            Slot::Record(record) => record.end() - record.pos,
-            Slot::Empty | Slot::Damaged { .. } => unreachable!("handled above"),
-        };
-        if pos + extent - head > geometry.capacity {
-            stop = Some((
-                geometry.offset_of(pos),
-                "record overlaps the head".to_string(),
-            ));
-            break;
-        }
-        next_seq = Some(seq + 1);
-        pos += extent;
-        if let Slot::Record(record) = slot {
-            records.push(record);
-        }
-    }
-
+    let chain = scan_chain(media, geometry, head, None, head + geometry.capacity, true);
+    let pos = chain.end;
     if pos < tail_persisted {
         let offset = geometry.offset_of(pos);
-        let why = stop.map_or_else(|| "no record there".to_string(), |(_, reason)| reason);
+        let why = match chain.stop {
+            ChainStop::Broken { reason, .. } => reason,
+            ChainStop::Empty | ChainStop::Limit => "no record there".to_string(),
+        };
         return Err(LogError::corrupt(
             offset,
             format!(
@@ -141,7 +79,7 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
     }
 
     let mut discarded = Vec::new();
-    if let Some((offset, reason)) = stop {
+    if let ChainStop::Broken { offset, reason } = chain.stop {
         discarded.push(Discarded {
             offset,
             pos,
@@ -159,10 +97,13 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
         media.store(slot_offset, 0);
         media.persist(slot_offset, 8)?;
     }
-    // With no record at all, the sequence continues from the persisted hint.
-    let next_seq = next_seq.unwrap_or_else(|| media.load(TAIL_SEQ_OFFSET));
-    media.store(TAIL_OFFSET, encode_pos_word(pos));
+    // With no record at all, the sequence continues from the persisted hint. The hint goes
+    // first, as an append writes it (`ring::push_tail_writes`).
+    let next_seq = chain
+        .next_seq
+        .unwrap_or_else(|| media.load(TAIL_SEQ_OFFSET));
     media.store(TAIL_SEQ_OFFSET, next_seq);
+    media.store(TAIL_OFFSET, encode_pos_word(pos));
     media.persist(TAIL_OFFSET, 16)?;
     Ok(Recovery {
         geometry,
@@ -170,7 +111,7 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
         tail: pos,
         tail_persisted,
         next_seq,
-        records,
+        records: chain.records,
         discarded,
     })
 }

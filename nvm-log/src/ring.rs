@@ -12,6 +12,16 @@
 //! An append is acknowledged only once its whole plan has been carried out, and the plan ends by
 //! persisting the record and then the tail that covers it.
 //!
+//! Positions after a failure: a writer never goes back over a position whose record the reader
+//! may have read. A writer that attaches, and one whose last append failed part-way, first find
+//! where to continue with [`resume_point`]: after the last record whose commit word is in the
+//! ring, which is at or past everything the reader has read or can read (`docs/formats.md`,
+//! "Positions after a failed or killed append").
+//!
+//! Damage: a reader that finds a damaged record stops reading the ring and says so in the
+//! header's state word, which every append reads back; the writer then asks for a reset, and
+//! the reader rewrites everything after what it has read ([`RingReader::reset`]).
+//!
 //! Space: a commit reserves room for all its records before it starts ([`RingWriter::reserve`]);
 //! a reservation that does not fit fails with [`LogError::Full`] and changes nothing, so a commit
 //! never stops half-way for lack of log space. One maximum-size pad is always kept in hand, so
@@ -32,10 +42,22 @@ pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"ACRERING");
 pub const RING_VERSION: u32 = 1;
 /// Offset of the persisted head word (its own cache line: written by the reader only).
 pub const HEAD_OFFSET: u64 = 64;
+/// Offset of the reader's state word, in the head's line: `generation << 1 | damaged`. The
+/// reader sets the damaged bit when it stops reading a damaged ring and bumps the generation
+/// when it resets the ring; a writer reads it back after every append.
+pub const STATE_OFFSET: u64 = 72;
+/// Offset of the reset acknowledgement, in the head's line: the nonce of the last reset request
+/// the reader carried out.
+pub const RESET_ACK_OFFSET: u64 = 80;
 /// Offset of the persisted tail word (its own cache line: written by the writer only).
 pub const TAIL_OFFSET: u64 = 128;
 /// Offset of the sequence number of the record at the tail (a hint, rebuilt by recovery).
 pub const TAIL_SEQ_OFFSET: u64 = 136;
+/// Offset of the writer's reset request, in the tail's line: a nonce, and its complement in the
+/// next word (so that no stray bytes make a request). Zero when none was ever made.
+pub const RESET_REQUEST_OFFSET: u64 = 144;
+/// The state word's damaged bit.
+pub const STATE_DAMAGED: u64 = 1;
 /// Offset of the first data byte.
 pub const DATA_OFFSET: u64 = 256;
 /// Bytes of the fixed header fields covered by the header checksum.
@@ -49,6 +71,12 @@ const _: () = assert!(
     "head and tail share a cache line"
 );
 const _: () = assert!(DATA_OFFSET.is_multiple_of(64) && DATA_OFFSET >= TAIL_SEQ_OFFSET + 8);
+// The reader's words share the head's line, the writer's the tail's.
+const _: () = assert!(STATE_OFFSET / 64 == HEAD_OFFSET / 64);
+const _: () =
+    assert!(RESET_ACK_OFFSET / 64 == HEAD_OFFSET / 64 && RESET_ACK_OFFSET != STATE_OFFSET);
+const _: () = assert!((RESET_REQUEST_OFFSET + 8) / 64 == TAIL_OFFSET / 64);
+const _: () = assert!(RESET_REQUEST_OFFSET >= TAIL_SEQ_OFFSET + 8);
 
 /// The shape of a ring: data capacity and the largest record (header included) it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,13 +237,22 @@ pub fn format<M: Media + ?Sized>(media: &M, geometry: RingGeometry) -> Result<()
         offset += 8;
     }
     media.store(HEAD_OFFSET, encode_pos_word(0));
+    media.store(STATE_OFFSET, 0);
+    media.store(RESET_ACK_OFFSET, 0);
     media.store(TAIL_OFFSET, encode_pos_word(0));
     media.store(TAIL_SEQ_OFFSET, 0);
+    media.store(RESET_REQUEST_OFFSET, 0);
+    media.store(RESET_REQUEST_OFFSET + 8, 0);
+    write_header(media, geometry)
+}
+
+/// Writes the checked header fields and persists the whole ring; then writes and persists the
+/// magic, last, so that a ring with a valid magic is whole.
+fn write_header<M: Media + ?Sized>(media: &M, geometry: RingGeometry) -> Result<(), LogError> {
     let mut header = [0u8; 32];
     let fields = geometry.header_fields();
     header[..HEADER_CHECKED_BYTES].copy_from_slice(&fields);
     header[28..32].copy_from_slice(&crate::crc::crc32c(&fields).to_le_bytes());
-    // The magic goes last, after everything else is durable: a ring with a valid magic is whole.
     write_bytes(media, 8, &header[8..]);
     media.persist(0, geometry.media_bytes())?;
     media.store(0, RING_MAGIC);
@@ -293,23 +330,37 @@ impl RingWriter {
         }
     }
 
-    /// A writer for a ring whose header words were read as `head_word`, `tail_word` and
-    /// `tail_seq` (from a one-sided READ of a remote ring, or a local load).
-    pub fn attach(
-        geometry: RingGeometry,
-        head_word: u64,
-        tail_word: u64,
-        tail_seq: u64,
-    ) -> Result<RingWriter, LogError> {
-        let head = decode_pos_word(head_word, HEAD_OFFSET)?;
-        let tail = decode_pos_word(tail_word, TAIL_OFFSET)?;
-        if head > tail || tail - head > geometry.capacity {
+    /// A writer continuing where [`resume_point`] found the ring's records to end.
+    pub fn resumed(geometry: RingGeometry, resume: &Resume) -> RingWriter {
+        RingWriter::new(geometry, resume.head, resume.tail, resume.next_seq)
+    }
+
+    /// Continues where [`resume_point`] found the ring's records to end, after appends whose
+    /// plans may have been carried out in part (a failed batch): the records of those plans
+    /// whose commit word landed stay, and the writer goes on after the last of them. Every
+    /// reservation made so far stays valid: the writer only ever moves back over positions that
+    /// it planned and that hold no record, so the room in use can only shrink.
+    pub fn resynchronize(&mut self, resume: &Resume) -> Result<(), LogError> {
+        if resume.tail > self.tail {
             return Err(LogError::corrupt(
-                HEAD_OFFSET,
-                format!("head {head} and tail {tail} disagree"),
+                TAIL_OFFSET,
+                format!(
+                    "records run to {} past this writer's tail {}: another writer wrote here",
+                    resume.tail, self.tail
+                ),
             ));
         }
-        Ok(RingWriter::new(geometry, head, tail, tail_seq))
+        let head = self.head_seen.max(resume.head);
+        if head > resume.tail {
+            return Err(LogError::corrupt(
+                HEAD_OFFSET,
+                format!("head {head} beyond the end of the records {}", resume.tail),
+            ));
+        }
+        self.tail = resume.tail;
+        self.next_seq = resume.next_seq;
+        self.head_seen = head;
+        Ok(())
     }
 
     pub fn geometry(&self) -> RingGeometry {
@@ -381,26 +432,6 @@ impl RingWriter {
         self.reserved_bytes -= reservation.bytes;
     }
 
-    /// Forgets the appends planned since `before` (a clone of this writer taken after
-    /// `reservation` was made) because their plans were never carried out: the writer goes back
-    /// to `before`, and `reservation` gets back the room those appends used.
-    pub fn rewind(&mut self, before: RingWriter, reservation: &mut Reservation) {
-        assert!(
-            before.tail <= self.tail,
-            "rewind to a writer that is not earlier: before tail={}, now tail={}",
-            before.tail,
-            self.tail
-        );
-        assert!(
-            before.reserved_bytes >= self.reserved_bytes,
-            "rewind to a writer that had less reserved: before {}, now {}",
-            before.reserved_bytes,
-            self.reserved_bytes
-        );
-        reservation.bytes += before.reserved_bytes - self.reserved_bytes;
-        *self = before;
-    }
-
     /// Plans the append of one record inside `reservation`. The record is acknowledged once the
     /// whole plan has been carried out.
     pub fn append(
@@ -450,17 +481,7 @@ impl RingWriter {
         reservation.bytes -= extent;
         self.reserved_bytes -= extent;
         // Then the tail that covers it, in its own cache line.
-        let mut tail_words = Vec::with_capacity(16);
-        tail_words.extend_from_slice(&encode_pos_word(self.tail).to_le_bytes());
-        tail_words.extend_from_slice(&self.next_seq.to_le_bytes());
-        ops.push(LogOp::Write {
-            offset: TAIL_OFFSET,
-            bytes: tail_words,
-        });
-        ops.push(LogOp::Persist {
-            offset: TAIL_OFFSET,
-            len: 16,
-        });
+        push_tail_writes(&mut ops, self.tail, self.next_seq);
         AppendPlan {
             ops,
             pos,
@@ -470,8 +491,281 @@ impl RingWriter {
     }
 }
 
-/// Emits a record's bytes as two writes: everything but the commit word, then the commit word, so
-/// a reader that sees the commit word sees the record.
+/// Emits the writes and the persist of the tail words: the sequence hint first, then the tail.
+/// A writer killed between the two leaves the new hint with the old tail, and at the old tail
+/// there is then the record the hint follows, so [`resume_point`] takes the sequence from the
+/// records and never from a hint that is one short.
+fn push_tail_writes(ops: &mut Vec<LogOp>, tail: u64, next_seq: u64) {
+    ops.push(LogOp::Write {
+        offset: TAIL_SEQ_OFFSET,
+        bytes: next_seq.to_le_bytes().to_vec(),
+    });
+    ops.push(LogOp::Write {
+        offset: TAIL_OFFSET,
+        bytes: encode_pos_word(tail).to_le_bytes().to_vec(),
+    });
+    ops.push(LogOp::Persist {
+        offset: TAIL_OFFSET,
+        len: 16,
+    });
+}
+
+/// Where a writer continues in a ring whose reader may be reading it right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The reader's head as the header says.
+    pub head: u64,
+    /// The end of the last record whose commit word is in the ring: the writer continues here.
+    pub tail: u64,
+    pub next_seq: u64,
+    /// The tail the header says: records between it and `tail` landed but no tail covers them.
+    pub tail_persisted: u64,
+}
+
+impl Resume {
+    /// What makes the ring's header agree with this resume point: persist the records no tail
+    /// covers yet (their writer may have been killed, or its batch cut off, before it persisted
+    /// them), then the tail after them. Empty when the tail is already there.
+    pub fn plan(&self, geometry: RingGeometry) -> Vec<LogOp> {
+        let mut ops = Vec::new();
+        if self.tail == self.tail_persisted {
+            return ops;
+        }
+        assert!(
+            self.tail > self.tail_persisted,
+            "resume tail={} persisted={}",
+            self.tail,
+            self.tail_persisted
+        );
+        let mut pos = self.tail_persisted;
+        // At most a lap: two ranges, one each side of the wrap.
+        while pos < self.tail {
+            let room_before_wrap = geometry.capacity - pos % geometry.capacity;
+            let len = room_before_wrap.min(self.tail - pos);
+            ops.push(LogOp::Persist {
+                offset: geometry.offset_of(pos),
+                len,
+            });
+            pos += len;
+        }
+        push_tail_writes(&mut ops, self.tail, self.next_seq);
+        ops
+    }
+
+    /// Zeroes the ring from `tail` up to `until` (at most a lap past the head), persisted.
+    ///
+    /// For a writer whose batch may have executed with holes: over the fabric an operation can
+    /// fail on its own while later ones of its batch execute, so a record can be committed past
+    /// a planned record whose commit word never landed. The reader cannot have read it (it
+    /// stops at the hole), but the writer continues at the hole and would lay its records out
+    /// differently: one of them could end exactly where the stale record starts, which the
+    /// reader would then take for the next record. Nothing past `tail` is readable and none of
+    /// it is kept, so zeroing it first is safe.
+    pub fn clear_plan(&self, geometry: RingGeometry, until: u64) -> Vec<LogOp> {
+        let until = until.min(self.head + geometry.capacity);
+        let mut ops = Vec::new();
+        let mut pos = self.tail;
+        // Pieces of at most CLEAR_WRITE_BYTES_MAX, none across the end of the data area.
+        while pos < until {
+            let room_before_wrap = geometry.capacity - pos % geometry.capacity;
+            let len = room_before_wrap.min(until - pos).min(CLEAR_WRITE_BYTES_MAX);
+            ops.push(LogOp::Write {
+                offset: geometry.offset_of(pos),
+                bytes: vec![0; len as usize],
+            });
+            ops.push(LogOp::Persist {
+                offset: geometry.offset_of(pos),
+                len,
+            });
+            pos += len;
+        }
+        ops
+    }
+}
+
+/// The largest zeroing write of [`Resume::clear_plan`]: well under the fabric's largest
+/// operation.
+const CLEAR_WRITE_BYTES_MAX: u64 = 256 << 10;
+
+/// Finds where a writer may continue in a ring whose reader is live: after the last record whose
+/// commit word is present, following records from the persisted tail.
+///
+/// Why there: the reader reads a record as soon as its commit word is visible, so it may have
+/// read past the persisted tail (records whose commit word landed before their writer was
+/// killed, or before its batch was cut off, and whose tail never did). It reads only records
+/// that follow one another from its cursor, so it never reads past the end of that chain, and
+/// it cannot read a position whose commit word is absent. A writer that continues at the end of
+/// the chain therefore never writes where the reader has read or can still read, and leaves no
+/// hole before where the reader waits. (The writer that wrote the chain must be done: dead, or
+/// its batch over. See `docs/formats.md` for what that asks of a transport.)
+///
+/// Fails with [`LogError::Corrupt`] when the header is damaged, the reader has marked the ring
+/// damaged, or the records do not reach the reader's head: the ring must be reset
+/// ([`RingReader::reset`]) before anyone writes to it again.
+pub fn resume_point<M: Media + ?Sized>(
+    media: &M,
+    geometry: RingGeometry,
+) -> Result<Resume, LogError> {
+    let found = RingGeometry::read(media)?;
+    if found != geometry {
+        return Err(LogError::corrupt(
+            16,
+            format!("the header's geometry {found:?} is not the expected {geometry:?}"),
+        ));
+    }
+    let state = media.load(STATE_OFFSET);
+    if state & STATE_DAMAGED != 0 {
+        return Err(LogError::corrupt(
+            STATE_OFFSET,
+            "the reader found this ring damaged and stopped reading it",
+        ));
+    }
+    let head = decode_pos_word(media.load(HEAD_OFFSET), HEAD_OFFSET)?;
+    let tail_persisted = decode_pos_word(media.load(TAIL_OFFSET), TAIL_OFFSET)?;
+    check_lap(geometry, head, tail_persisted)?;
+    let limit = head.min(tail_persisted) + geometry.capacity;
+    let chain = scan_chain(media, geometry, tail_persisted, None, limit, false);
+    if let ChainStop::Broken { offset, reason } = chain.stop {
+        return Err(LogError::corrupt(
+            offset,
+            format!("after the records that follow the tail: {reason}"),
+        ));
+    }
+    if chain.end < head {
+        return Err(LogError::corrupt(
+            geometry.offset_of(chain.end),
+            format!(
+                "the records from the tail {tail_persisted} end at {}, before the reader's head \
+                 {head}",
+                chain.end
+            ),
+        ));
+    }
+    Ok(Resume {
+        head,
+        tail: chain.end,
+        next_seq: chain
+            .next_seq
+            .unwrap_or_else(|| media.load(TAIL_SEQ_OFFSET)),
+        tail_persisted,
+    })
+}
+
+/// Positions in a head or tail word are below this many 32-byte units (2^61 bytes): the 56 bits
+/// [`encode_pos_word`] keeps above its check byte.
+const POS_UNITS_END: u64 = 1 << 56;
+
+/// Checks that a head and a tail read from a header can belong to one ring: neither more than a
+/// lap past the other (a writer never has more than a lap in flight, and the reader reads only
+/// what was written), and room for a lap before the end of the position space.
+pub(crate) fn check_lap(geometry: RingGeometry, head: u64, tail: u64) -> Result<(), LogError> {
+    if head > tail && head - tail > geometry.capacity {
+        return Err(LogError::corrupt(
+            HEAD_OFFSET,
+            format!("head {head} is more than a lap past the tail {tail}"),
+        ));
+    }
+    if (head + geometry.capacity) / RECORD_ALIGN >= POS_UNITS_END {
+        return Err(LogError::corrupt(
+            HEAD_OFFSET,
+            format!("head {head} leaves no room for a lap before the end of the position space"),
+        ));
+    }
+    if tail > head && tail - head > geometry.capacity {
+        return Err(LogError::corrupt(
+            TAIL_OFFSET,
+            format!("tail {tail} is more than a lap past head {head}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a scan of consecutive records stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ChainStop {
+    /// No record is committed at the end.
+    Empty,
+    /// The records fill the lap the scan was given.
+    Limit,
+    /// Something at the end claims to be a record but is not the next one.
+    Broken { offset: u64, reason: String },
+}
+
+/// The records that follow one another from a position.
+pub(crate) struct Chain {
+    pub end: u64,
+    /// One past the last record's or pad's sequence number; `None` if there was none.
+    pub next_seq: Option<u64>,
+    /// The records (pads left out), if asked for.
+    pub records: Vec<Record>,
+    pub stop: ChainStop,
+}
+
+/// Follows records (and pads) from `from` while each one's commit word names its own position,
+/// its checksum matches, its sequence number follows the previous one (the first must be
+/// `first_seq`, if given) and it ends by `limit`. At most `limit - from` bytes, a lap at most.
+pub(crate) fn scan_chain<M: Media + ?Sized>(
+    media: &M,
+    geometry: RingGeometry,
+    from: u64,
+    first_seq: Option<u64>,
+    limit: u64,
+    keep_records: bool,
+) -> Chain {
+    assert!(
+        limit >= from && limit - from <= geometry.capacity,
+        "scan from {from} to {limit}"
+    );
+    let mut chain = Chain {
+        end: from,
+        next_seq: None,
+        records: Vec::new(),
+        stop: ChainStop::Limit,
+    };
+    let mut expected = first_seq;
+    // Every record or pad takes at least 32 bytes: the loop ends within the lap.
+    while chain.end < limit {
+        let pos = chain.end;
+        let slot = read_slot(media, geometry, pos);
+        let (seq, extent) = match &slot {
+            Slot::Empty => {
+                chain.stop = ChainStop::Empty;
+                return chain;
+            }
+            Slot::Damaged { offset, reason } => {
+                chain.stop = ChainStop::Broken {
+                    offset: *offset,
+                    reason: reason.clone(),
+                };
+                return chain;
+            }
+            Slot::Pad { seq, extent } => (*seq, *extent),
+            Slot::Record(record) => (record.seq, record.end() - record.pos),
+        };
+        let broken = |reason: String| ChainStop::Broken {
+            offset: geometry.offset_of(pos),
+            reason,
+        };
+        if let Some(expected) = expected
+            && seq != expected
+        {
+            chain.stop = broken(format!("sequence {seq} where {expected} was expected"));
+            return chain;
+        }
+        if pos + extent > limit {
+            chain.stop = broken("record overlaps the head".to_string());
+            return chain;
+        }
+        expected = Some(seq + 1);
+        chain.next_seq = expected;
+        chain.end = pos + extent;
+        if keep_records && let Slot::Record(record) = slot {
+            chain.records.push(record);
+        }
+    }
+    chain
+}
+
 /// The kind of the record whose body a planned WRITE at ring `offset` carries, if it is one:
 /// an append writes a record's header words after the commit word, with its payload, in one
 /// WRITE that starts 8 bytes into the record ([`push_record_writes`]). For tools that look at
@@ -485,6 +779,8 @@ pub fn record_kind_written(offset: u64, bytes: &[u8]) -> Option<RecordKind> {
     Some(RecordKind((length_kind >> 32) as u16))
 }
 
+/// Emits a record's bytes as two writes: everything but the commit word, then the commit word, so
+/// a reader that sees the commit word sees the record.
 fn push_record_writes(ops: &mut Vec<LogOp>, offset: u64, bytes: Vec<u8>) {
     ops.push(LogOp::Write {
         offset: offset + 8,
@@ -500,19 +796,34 @@ fn push_record_writes(ops: &mut Vec<LogOp>, offset: u64, bytes: Vec<u8>) {
 pub struct LocalWriter<M: Media> {
     media: M,
     writer: RingWriter,
+    /// An append failed part-way: resume from the ring before the next one.
+    in_doubt: bool,
 }
 
 impl<M: Media> LocalWriter<M> {
-    /// Attaches to a formatted (or recovered) ring.
+    /// Attaches to a formatted (or recovered) ring, after the last record whose commit word is
+    /// in it ([`resume_point`]).
     pub fn attach(media: M) -> Result<LocalWriter<M>, LogError> {
         let geometry = RingGeometry::read(&media)?;
-        let writer = RingWriter::attach(
-            geometry,
-            media.load(HEAD_OFFSET),
-            media.load(TAIL_OFFSET),
-            media.load(TAIL_SEQ_OFFSET),
-        )?;
-        Ok(LocalWriter { media, writer })
+        let resume = resume_point(&media, geometry)?;
+        execute_plan(&media, &resume.plan(geometry))?;
+        Ok(LocalWriter {
+            writer: RingWriter::resumed(geometry, &resume),
+            media,
+            in_doubt: false,
+        })
+    }
+
+    /// After a failed append: go on after the records of it that landed.
+    fn resynchronize(&mut self) -> Result<(), LogError> {
+        if self.in_doubt {
+            let geometry = self.writer.geometry();
+            let resume = resume_point(&self.media, geometry)?;
+            execute_plan(&self.media, &resume.plan(geometry))?;
+            self.writer.resynchronize(&resume)?;
+            self.in_doubt = false;
+        }
+        Ok(())
     }
 
     pub fn writer(&mut self) -> &mut RingWriter {
@@ -530,6 +841,7 @@ impl<M: Media> LocalWriter<M> {
 
     /// Reserves room, refreshing the head once if the ring looks full.
     pub fn reserve(&mut self, payload_lens: &[usize]) -> Result<Reservation, LogError> {
+        self.resynchronize()?;
         match self.writer.reserve(payload_lens) {
             Err(LogError::Full { .. }) => {
                 self.refresh_head()?;
@@ -546,8 +858,14 @@ impl<M: Media> LocalWriter<M> {
         kind: RecordKind,
         payload: &[u8],
     ) -> Result<AppendPlan, LogError> {
+        self.resynchronize()?;
         let plan = self.writer.append(reservation, kind, payload);
-        execute_plan(&self.media, &plan.ops)?;
+        if let Err(e) = execute_plan(&self.media, &plan.ops) {
+            // The record's words may be in the ring (a persist failed after them): never plan
+            // over them without looking.
+            self.in_doubt = true;
+            return Err(e.into());
+        }
         Ok(plan)
     }
 
@@ -639,18 +957,42 @@ pub struct RingReader<M: Media> {
     head: u64,
     cursor: u64,
     next_seq: Option<u64>,
+    /// The state word's generation: how many times the ring was reset.
+    generation: u64,
+    /// Found a damaged record at the cursor: reads nothing more until reset.
+    damaged: bool,
+    /// The nonce of the last reset request carried out.
+    reset_served: u64,
+}
+
+/// What a reset did ([`RingReader::reset`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingReset {
+    /// Where the writer continues: the end of the records the reader had read, or could still
+    /// read whole.
+    pub resumed_at: u64,
+    /// The tail the header said before the reset, if it could be read: the records from
+    /// `resumed_at` up to it were appended (acknowledged, some of them) and are lost.
+    pub tail_before: Option<u64>,
+    /// The ring's generation after the reset.
+    pub generation: u64,
 }
 
 impl<M: Media> RingReader<M> {
     /// A reader whose truncation point is `head` and which reads next at `cursor`.
     pub fn new(media: M, geometry: RingGeometry, head: u64, cursor: u64) -> RingReader<M> {
         assert!(head <= cursor, "head={head} cursor={cursor}");
+        let generation = media.load(STATE_OFFSET) >> 1;
+        let reset_served = media.load(RESET_ACK_OFFSET);
         RingReader {
             media,
             geometry,
             head,
             cursor,
             next_seq: None,
+            generation,
+            damaged: false,
+            reset_served,
         }
     }
 
@@ -670,11 +1012,37 @@ impl<M: Media> RingReader<M> {
         self.cursor
     }
 
+    /// Whether the reader found a damaged record and stopped reading (until [`Self::reset`]).
+    pub fn is_damaged(&self) -> bool {
+        self.damaged
+    }
+
     /// The next complete record, or `None` if the writer has not committed one yet.
     ///
     /// A damaged record here is corruption, not a race: the writer stores the commit word last,
-    /// so a record whose commit word is visible is whole.
+    /// so a record whose commit word is visible is whole. The reader then stops reading this
+    /// ring: it returns the error once, marks the ring damaged in its state word (which the
+    /// writer reads back after every append), and returns `None` from then on, until the ring
+    /// is reset.
     pub fn poll(&mut self) -> Result<Option<Record>, LogError> {
+        if self.damaged {
+            return Ok(None);
+        }
+        match self.poll_whole() {
+            Err(error) => {
+                self.damaged = true;
+                self.media
+                    .store(STATE_OFFSET, self.generation << 1 | STATE_DAMAGED);
+                // Best effort: the word tells a live writer to stop; after a crash the ring
+                // is checked again by recovery, so it need not be durable.
+                let _ = self.media.persist(STATE_OFFSET, 8);
+                Err(error)
+            }
+            found => found,
+        }
+    }
+
+    fn poll_whole(&mut self) -> Result<Option<Record>, LogError> {
         // A pad is followed by a record at the start of the next lap: at most one pad per poll.
         for _ in 0..2 {
             if self.cursor - self.head >= self.geometry.capacity {
@@ -682,7 +1050,7 @@ impl<M: Media> RingReader<M> {
             }
             let slot = read_slot(&self.media, self.geometry, self.cursor);
             let seq = match &slot {
-                Slot::Empty => return Ok(None),
+                Slot::Empty => return self.check_hole(),
                 Slot::Damaged { offset, reason } => {
                     return Err(LogError::corrupt(*offset, reason.clone()));
                 }
@@ -708,6 +1076,97 @@ impl<M: Media> RingReader<M> {
             }
         }
         Ok(None)
+    }
+
+    /// No record at the cursor: wait for it, unless the tail says it was acknowledged.
+    ///
+    /// A writer stores a record's commit word before the tail that covers it, in the same
+    /// ordered batch, and never goes on past a position whose commit word is absent (it resumes
+    /// there, `resume_point`): so a commit word still absent after the reader has seen a tail
+    /// past it will never come. That is a hole only damage makes (a batch whose operations
+    /// failed one by one, stray writes): the ring is treated as damaged, and its writer has it
+    /// reset, rather than wait forever. Otherwise the record is in flight, or not written yet.
+    fn check_hole(&self) -> Result<Option<Record>, LogError> {
+        let Ok(tail) = decode_pos_word(self.media.load(TAIL_OFFSET), TAIL_OFFSET) else {
+            return Ok(None); // a damaged tail word says nothing; the writer's resume finds it
+        };
+        if tail <= self.cursor || tail - self.cursor > self.geometry.capacity {
+            return Ok(None);
+        }
+        // Loaded after the tail (acquire): a commit word stored before that tail is visible.
+        if matches!(
+            read_slot(&self.media, self.geometry, self.cursor),
+            Slot::Empty
+        ) {
+            return Err(LogError::corrupt(
+                self.geometry.offset_of(self.cursor),
+                format!(
+                    "no record at position {}, which the tail {tail} says was acknowledged",
+                    self.cursor
+                ),
+            ));
+        }
+        Ok(None) // it landed meanwhile: the next poll reads it
+    }
+
+    /// The nonce of a reset its writer asks for and this reader has not carried out yet.
+    pub fn reset_requested(&self) -> Option<u64> {
+        let nonce = self.media.load(RESET_REQUEST_OFFSET);
+        let check = self.media.load(RESET_REQUEST_OFFSET + 8);
+        (nonce != 0 && check == !nonce && nonce != self.reset_served).then_some(nonce)
+    }
+
+    /// Resets the ring at its writer's request `nonce` (from [`Self::reset_requested`]), which
+    /// it makes only while it writes nothing: everything the reader has read stays where it is
+    /// (records it keeps stay readable for recovery, and the head does not move), and so do the
+    /// whole records after it that it can still read; everything past them is erased, the
+    /// header rewritten, and the writer's tail set to where they end. Then the state word (a new
+    /// generation, not damaged) and the acknowledgement of `nonce` are stored, last, so that a
+    /// writer that sees the acknowledgement sees the reset ring.
+    ///
+    /// Lost: every record from [`RingReset::resumed_at`] on, which the reader could not read.
+    pub fn reset(&mut self, nonce: u64) -> Result<RingReset, LogError> {
+        // Carried out once, whatever happens: a reset that fails (a persist error) is reported
+        // by the caller, and done again only when the writer asks anew.
+        self.reset_served = nonce;
+        let geometry = self.geometry;
+        let limit = self.head + geometry.capacity;
+        let (resumed_at, next_seq) = if self.damaged {
+            (self.cursor, self.next_seq)
+        } else {
+            let chain = scan_chain(
+                &self.media,
+                geometry,
+                self.cursor,
+                self.next_seq,
+                limit,
+                false,
+            );
+            (chain.end, chain.next_seq.or(self.next_seq))
+        };
+        let tail_before = decode_pos_word(self.media.load(TAIL_OFFSET), TAIL_OFFSET).ok();
+        // Erase the rest of the lap, so that nothing left of the old records, nor any stray
+        // bytes, can look like a record to the reader or to a writer resuming.
+        let mut pos = resumed_at;
+        while pos < limit {
+            self.media.store(geometry.offset_of(pos), 0);
+            pos += 8;
+        }
+        self.media.store(HEAD_OFFSET, encode_pos_word(self.head));
+        self.media.store(TAIL_SEQ_OFFSET, next_seq.unwrap_or(0));
+        self.media.store(TAIL_OFFSET, encode_pos_word(resumed_at));
+        write_header(&self.media, geometry)?;
+        self.generation += 1;
+        self.media.store(STATE_OFFSET, self.generation << 1);
+        self.media.store(RESET_ACK_OFFSET, nonce);
+        self.media.persist(HEAD_OFFSET, 64)?;
+        // The cursor stays: the records between it and the reset point are read as before.
+        self.damaged = false;
+        Ok(RingReset {
+            resumed_at,
+            tail_before,
+            generation: self.generation,
+        })
     }
 
     /// Frees everything before `pos` for the writer and persists the new head.
@@ -874,6 +1333,161 @@ mod tests {
         assert!(RingGeometry::new(1024, 48).is_err());
         assert!(RingGeometry::new(1024, 512).is_err());
         assert!(RingGeometry::new(1024, 256).is_ok());
+    }
+
+    /// Carries out `plan` but for its tail words and, if `without_commit`, the record's commit
+    /// word: what a batch that failed part-way, one operation at a time, can leave.
+    fn execute_part(media: &MemMedia, plan: &AppendPlan, without_commit: bool) {
+        let geometry = RingGeometry::read(media).unwrap();
+        let commit_offset = geometry.offset_of(plan.pos);
+        for op in &plan.ops {
+            match op {
+                LogOp::Write { offset, .. } if *offset < DATA_OFFSET => {}
+                LogOp::Write { offset, .. } if without_commit && *offset == commit_offset => {}
+                op => execute_plan(media, std::slice::from_ref(op)).unwrap(),
+            }
+        }
+    }
+
+    /// Asks for a reset as a writer does: a nonce and its complement.
+    fn request_reset(media: &MemMedia, nonce: u64) {
+        media.store(RESET_REQUEST_OFFSET, nonce);
+        media.store(RESET_REQUEST_OFFSET + 8, !nonce);
+    }
+
+    /// issue 11 item 8: a commit word absent at the reader's position with a record after it.
+    /// While no tail covers the hole the reader waits (the writer fills it: it resumes at the
+    /// first absent commit word); once a tail covers it, no writer ever will, and the reader
+    /// reports damage, once, instead of waiting forever. The reset then resumes at the hole
+    /// and the ring is served again.
+    #[test]
+    fn a_hole_is_waited_for_until_a_tail_covers_it_then_it_is_damage_and_reset() {
+        let media = ring(1024);
+        let geometry = RingGeometry::read(&media).unwrap();
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let mut reader = RingReader::new(&media, geometry, 0, 0);
+        writer.append(RecordKind(1), &[1; 40]).unwrap();
+        let mut planner = writer.writer().clone();
+        let mut reservation = planner.reserve(&[40, 40]).unwrap();
+        let hole = planner.append(&mut reservation, RecordKind(2), &[2; 40]);
+        let after = planner.append(&mut reservation, RecordKind(3), &[3; 40]);
+        planner.release(reservation);
+        execute_part(&media, &hole, true);
+        execute_part(&media, &after, false);
+
+        assert_eq!(reader.poll().unwrap().map(|r| r.kind), Some(RecordKind(1)));
+        assert_eq!(reader.poll().unwrap(), None, "no tail covers the hole yet");
+        // The batch's tail landed although the hole's commit word did not.
+        let tail_ops: Vec<LogOp> = after
+            .ops
+            .iter()
+            .filter(|op| matches!(op, LogOp::Write { offset, .. } if *offset < DATA_OFFSET))
+            .cloned()
+            .collect();
+        execute_plan(&media, &tail_ops).unwrap();
+        match reader.poll() {
+            Err(LogError::Corrupt { offset, .. }) => {
+                assert_eq!(offset, geometry.offset_of(hole.pos));
+            }
+            other => panic!("a hole the tail covers read as {other:?}"),
+        }
+        assert!(reader.is_damaged());
+        assert_eq!(media.load(STATE_OFFSET), STATE_DAMAGED);
+        assert_eq!(reader.poll().unwrap(), None, "reported once, then not read");
+        assert!(
+            LocalWriter::attach(&media).is_err(),
+            "a writer does not resume in a damaged ring"
+        );
+
+        request_reset(&media, 7);
+        assert_eq!(reader.reset_requested(), Some(7));
+        let reset = reader.reset(7).unwrap();
+        assert_eq!(reset.resumed_at, hole.pos);
+        assert_eq!(reset.tail_before, Some(after.tail));
+        assert_eq!(reader.reset_requested(), None, "carried out once");
+        assert_eq!(
+            media.load(STATE_OFFSET),
+            1 << 1,
+            "generation 1, not damaged"
+        );
+        assert_eq!(media.load(RESET_ACK_OFFSET), 7);
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        assert_eq!(writer.writer().tail(), hole.pos);
+        writer.append(RecordKind(4), &[4; 40]).unwrap();
+        let record = reader.poll().unwrap().expect("the ring is served again");
+        assert_eq!((record.pos, record.kind), (hole.pos, RecordKind(4)));
+    }
+
+    /// A reset asked for by a writer that finds the header damaged (the reader sees nothing
+    /// wrong) keeps what the reader has read, where it is, and the whole records it has yet to
+    /// read: nothing readable is lost, and the writer resumes after them.
+    #[test]
+    fn a_reset_keeps_what_the_reader_has_read_and_what_it_can_still_read() {
+        let media = ring(1024);
+        let geometry = RingGeometry::read(&media).unwrap();
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let mut reader = RingReader::new(&media, geometry, 0, 0);
+        writer.append(RecordKind(1), &[1; 40]).unwrap();
+        let unread = writer.append(RecordKind(2), &[2; 40]).unwrap();
+        assert_eq!(reader.poll().unwrap().map(|r| r.kind), Some(RecordKind(1)));
+        // Stray bytes over the header; the head stays at 0 (record 1 is kept).
+        media.store(16, 0xdead_beef);
+        assert!(LocalWriter::attach(&media).is_err());
+
+        request_reset(&media, 9);
+        let reset = reader.reset(9).unwrap();
+        assert_eq!(reset.resumed_at, unread.tail);
+        assert_eq!(reader.head(), 0);
+        assert_eq!(RingGeometry::read(&media).unwrap(), geometry);
+        let record = reader.poll().unwrap().expect("the unread record survives");
+        assert_eq!((record.pos, record.kind), (unread.pos, RecordKind(2)));
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        assert_eq!(writer.writer().tail(), unread.tail);
+        writer.append(RecordKind(3), &[3; 40]).unwrap();
+        assert_eq!(reader.poll().unwrap().map(|r| r.kind), Some(RecordKind(3)));
+        // Recovery agrees: record 1 (kept), 2 and 3, in sequence.
+        let recovery = crate::recovery::recover(&media).unwrap();
+        let kinds: Vec<u16> = recovery.records.iter().map(|r| r.kind.0).collect();
+        assert_eq!(kinds, vec![1, 2, 3]);
+    }
+
+    /// issue 11 item 8: a writer restarted after its predecessor was killed between a record's
+    /// commit word and its tail: the reader may have read that record, so the writer resumes
+    /// after it, persists it and writes the tail that covers it.
+    #[test]
+    fn a_writer_resumes_after_records_the_dead_writer_left_without_a_tail() {
+        let media = ring(1024);
+        let geometry = RingGeometry::read(&media).unwrap();
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let mut reader = RingReader::new(&media, geometry, 0, 0);
+        writer.append(RecordKind(1), &[1; 40]).unwrap();
+        let mut planner = writer.writer().clone();
+        let mut reservation = planner.reserve(&[40]).unwrap();
+        let orphan = planner.append(&mut reservation, RecordKind(2), &[2; 40]);
+        planner.release(reservation);
+        execute_part(&media, &orphan, false);
+        let read = reader.poll().unwrap().expect("record 1");
+        reader.truncate(read.end()).unwrap();
+        let read = reader
+            .poll()
+            .unwrap()
+            .expect("the orphan, read before its tail");
+        reader.truncate(read.end()).unwrap();
+        assert_eq!(read.pos, orphan.pos);
+
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        assert_eq!(writer.writer().tail(), orphan.tail);
+        assert_eq!(
+            decode_pos_word(media.load(TAIL_OFFSET), TAIL_OFFSET).unwrap(),
+            orphan.tail,
+            "the tail now covers the orphan"
+        );
+        writer.append(RecordKind(3), &[3; 40]).unwrap();
+        let next = reader
+            .poll()
+            .unwrap()
+            .expect("the restarted writer's record");
+        assert_eq!((next.pos, next.kind), (orphan.tail, RecordKind(3)));
     }
 }
 

@@ -3,3 +3,4 @@
 
 mod cluster;
 mod fabric;
+mod writer_kill;

@@ -10,11 +10,17 @@
 //!
 //! The worker sleeps on the node's doorbell when idle; it wakes for new records, or after
 //! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending.
+//!
+//! A damaged ring concerns its sender only (docs/failures.md#a-damaged-ring): the inbox stops
+//! reading it and says so once, the worker logs it with the sender and the offset and serves the
+//! other rings on, and the ring's records the worker keeps stay where they are, through the
+//! reset its sender asks for.
 
 use crate::backup::Backup;
 use acre_engine::addr::NodeId;
-use acre_engine::channel::{Inbox, Message};
+use acre_engine::channel::{ChannelError, Inbox, Message};
 use acre_engine::slab::AllocError;
+use acre_nvm_log::LogError;
 use acre_txn::TxnNode;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, alloc_failure};
@@ -152,12 +158,7 @@ impl Serving {
                 match next {
                     Ok(Some(message)) => self.handle(message),
                     Ok(None) => break,
-                    Err(e) => {
-                        // A corrupt ring is not something to serve through: stop this node's
-                        // worker; its replicas take over once failure handling exists.
-                        tracing::error!(node = %me, "log ring failed: {e}; the worker stops");
-                        return;
-                    }
+                    Err(e) => self.report_ring(&e),
                 }
                 handled += 1;
                 if handled == BATCH_MAX {
@@ -169,6 +170,38 @@ impl Serving {
             if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
                 tracing::warn!(node = %me, "sending truncations failed: {e}");
             }
+        }
+    }
+
+    /// A ring's trouble, from [`Inbox::poll`]: it concerns that ring's sender only, whose ring
+    /// is no longer read until it has it reset; every other ring is served on.
+    fn report_ring(&self, error: &ChannelError) {
+        let me = self.node.node_id();
+        match error {
+            ChannelError::Damaged { sender, source } => {
+                let offset = match source {
+                    LogError::Corrupt { offset, .. } => Some(*offset),
+                    _ => None,
+                };
+                tracing::error!(
+                    node = %me,
+                    %sender,
+                    offset = ?offset,
+                    "the log ring of {sender} is damaged at offset {offset:?}: {error}; its \
+                     records from there on are not read, and {sender} fails here until it has \
+                     the ring reset; the other rings are served"
+                );
+            }
+            ChannelError::Reset { sender, reset } => {
+                tracing::error!(
+                    node = %me,
+                    %sender,
+                    resumed_at = reset.resumed_at,
+                    tail_before = ?reset.tail_before,
+                    "{error}"
+                );
+            }
+            other => tracing::error!(node = %me, "a log ring failed: {other}"),
         }
     }
 

@@ -541,19 +541,27 @@ fn sigkill_of_a_writer_mid_append_loses_nothing_acknowledged_and_stalls_no_one()
 
         let delivered = delivered.lock().expect("the reader panicked");
         let laps = delivered.end.get(&KILLED).copied().unwrap_or(0) / RING_BYTES;
+        // Messages whose commit word landed before the kill and whose ack did not get out: the
+        // kills that left the receiver ahead of what the writer knew (most of them also ahead
+        // of the persisted tail).
+        let delivered_count = delivered.ids.get(&KILLED).map_or(0, BTreeSet::len);
+        let orphans = delivered_count.saturating_sub(acked[&KILLED].len());
         let summary = format!(
             "{kill_count} kills ({} before attaching, {} after acks), {} + {} acknowledged \
-             messages delivered ({} delivered in all), about {laps} laps of the killed writer's \
-             ring, in {:.1} s",
+             messages delivered, and {orphans} the killed writers sent but never saw \
+             acknowledged; about {laps} laps of the killed writer's ring, in {:.1} s",
             tally.kills_before_ready,
             tally.kills_after_acks,
             acked[&KILLED].len(),
             acked[&STEADY].len(),
-            delivered.ids.values().map(BTreeSet::len).sum::<usize>(),
             started.elapsed().as_secs_f64()
         );
         // The kills landed where they matter.
-        if tally.kills_after_acks < kill_count / 2 || laps < 2 || acked[&STEADY].is_empty() {
+        if tally.kills_after_acks < kill_count / 4
+            || orphans == 0
+            || laps < 2
+            || acked[&STEADY].is_empty()
+        {
             return Err(format!(
                 "seed {seed}: the run exercised too little: {summary}"
             ));

@@ -73,8 +73,8 @@ const _: () = assert!(
 const _: () = assert!(DATA_OFFSET.is_multiple_of(64) && DATA_OFFSET >= TAIL_SEQ_OFFSET + 8);
 // The reader's words share the head's line, the writer's the tail's.
 const _: () = assert!(STATE_OFFSET / 64 == HEAD_OFFSET / 64);
-const _: () =
-    assert!(RESET_ACK_OFFSET / 64 == HEAD_OFFSET / 64 && RESET_ACK_OFFSET != STATE_OFFSET);
+const _: () = assert!(RESET_ACK_OFFSET / 64 == HEAD_OFFSET / 64);
+const _: () = assert!(RESET_ACK_OFFSET != STATE_OFFSET);
 const _: () = assert!((RESET_REQUEST_OFFSET + 8) / 64 == TAIL_OFFSET / 64);
 const _: () = assert!(RESET_REQUEST_OFFSET >= TAIL_SEQ_OFFSET + 8);
 
@@ -712,9 +712,11 @@ pub(crate) fn scan_chain<M: Media + ?Sized>(
     limit: u64,
     keep_records: bool,
 ) -> Chain {
+    assert!(limit >= from, "scan from {from} to {limit}");
     assert!(
-        limit >= from && limit - from <= geometry.capacity,
-        "scan from {from} to {limit}"
+        limit - from <= geometry.capacity,
+        "scan from {from} to {limit}: more than a lap of {}",
+        geometry.capacity
     );
     let mut chain = Chain {
         end: from,

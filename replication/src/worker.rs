@@ -179,17 +179,17 @@ impl Serving {
         let me = self.node.node_id();
         match error {
             ChannelError::Damaged { sender, source } => {
+                // The offset is in the ring file (or area) of `sender` at this node.
                 let offset = match source {
-                    LogError::Corrupt { offset, .. } => Some(*offset),
-                    _ => None,
+                    LogError::Corrupt { offset, .. } => *offset,
+                    _ => 0,
                 };
                 tracing::error!(
                     node = %me,
                     %sender,
-                    offset = ?offset,
-                    "the log ring of {sender} is damaged at offset {offset:?}: {error}; its \
-                     records from there on are not read, and {sender} fails here until it has \
-                     the ring reset; the other rings are served"
+                    offset,
+                    "{error}; the records of {sender} from offset {offset} on are not read, and \
+                     {sender} fails here until it has the ring reset; the other rings are served"
                 );
             }
             ChannelError::Reset { sender, reset } => {

@@ -3,13 +3,14 @@
 //! commit protocol, in `commit/`, which depends on this module and not the other way round).
 
 use crate::error::TxnError;
+use crate::read::Found;
 use crate::record::{Body, EntryKind, ReplyTo, TxnId, TxnRecord};
 use crate::reply::{Code, REPLIES_PER_TXN_MAX, SlotLease, alloc_failure};
 use crate::txn_node::TxnNode;
 use crate::value;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::slab::AllocError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// What the transaction knows of an object it read.
@@ -38,6 +39,8 @@ pub struct Txn {
     pub(crate) id: TxnId,
     pub(crate) reads: BTreeMap<Addr, ReadInfo>,
     pub(crate) changes: BTreeMap<Addr, Change>,
+    /// Blocks found unclaimed by reads (of addresses that held no slot yet).
+    pub(crate) unclaimed_blocks: BTreeSet<Addr>,
     next_reply_index: usize,
     /// Replies consumed so far; fewer than `next_reply_index` means some may still arrive.
     replies_received: usize,
@@ -63,6 +66,7 @@ impl Txn {
             id,
             reads: BTreeMap::new(),
             changes: BTreeMap::new(),
+            unclaimed_blocks: BTreeSet::new(),
             next_reply_index: 0,
             replies_received: 0,
             finished: false,
@@ -123,7 +127,15 @@ impl Txn {
     /// The recorded read of `addr`, reading it now if this transaction has not.
     fn read_info(&mut self, addr: Addr) -> Result<&ReadInfo, TxnError> {
         if !self.reads.contains_key(&addr) {
-            let slot = self.node.reader().read_slot(addr)?;
+            let slot = match self.node.reader().read(addr)? {
+                Found::Slot(slot) => slot,
+                Found::NeverSlot => return Err(TxnError::NotFound { addr }),
+                Found::UnclaimedBlock { block } => {
+                    // A later allocation may put an object here: validated at commit.
+                    self.unclaimed_blocks.insert(block);
+                    return Err(TxnError::NotFound { addr });
+                }
+            };
             let value = if slot.header.is_allocated() {
                 let value = value::decode(&slot.payload).map_err(|reason| TxnError::Protocol {
                     node: self.node.node_id(),

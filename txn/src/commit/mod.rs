@@ -57,7 +57,8 @@ impl Txn {
 /// one that read a single object serializes at that read and has nothing left to do.
 fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     if txn.changes.is_empty() {
-        if txn.reads.len() <= 1 {
+        if txn.reads.len() + txn.unclaimed_blocks.len() <= 1 {
+            // One observation serializes at the moment it was made.
             return Ok(());
         }
         let reads: Vec<(Addr, u64)> = txn.reads.iter().map(|(a, r)| (*a, r.version)).collect();

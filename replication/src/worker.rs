@@ -16,6 +16,7 @@ use acre_engine::addr::NodeId;
 use acre_engine::channel::{Inbox, Message};
 use acre_engine::slab::AllocError;
 use acre_txn::TxnNode;
+use acre_txn::alloc::ReserveError;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, alloc_failure};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
@@ -68,6 +69,10 @@ pub struct WorkerStats {
     pub records: AtomicU64,
     pub malformed: AtomicU64,
     pub applied: AtomicU64,
+    /// Transactions truncated here (whether or not this node backs up what they changed).
+    pub truncated: AtomicU64,
+    /// Truncated transactions this backup could not apply, kept with their records.
+    pub apply_failures: AtomicU64,
 }
 
 struct Serving {
@@ -243,16 +248,22 @@ impl Serving {
                             reserved.payload_bytes as u64,
                         ],
                     ),
-                    Err(AllocError::RegionFull { .. }) => {
+                    Err(ReserveError::Alloc(AllocError::RegionFull { .. })) => {
                         (Code::AllocFailed, [alloc_failure::REGION_FULL, 0, 0])
                     }
-                    Err(AllocError::TooLarge { max, .. }) => {
+                    Err(ReserveError::Alloc(AllocError::TooLarge { max, .. })) => {
                         (Code::AllocFailed, [alloc_failure::TOO_LARGE, max as u64, 0])
                     }
-                    Err(AllocError::NotAnObject { .. }) => {
+                    Err(ReserveError::Alloc(AllocError::NotAnObject { .. })) => {
                         (Code::AllocFailed, [alloc_failure::NOT_PRIMARY, 0, 0])
                     }
-                    Err(_) => (Code::AllocFailed, [alloc_failure::OTHER, 0, 0]),
+                    Err(ReserveError::Unreplicated { backup, .. }) => (
+                        Code::AllocFailed,
+                        [alloc_failure::UNREPLICATED, backup.0 as u64, 0],
+                    ),
+                    Err(ReserveError::Alloc(_)) => {
+                        (Code::AllocFailed, [alloc_failure::OTHER, 0, 0])
+                    }
                 };
                 self.node.reply(sender, record.reply, seq, code, values);
                 false
@@ -274,18 +285,24 @@ impl Serving {
 
     /// TRUNCATE of `txn`: a backup applies it; every node drops its records.
     fn truncate(&mut self, txn: TxnId) {
+        self.stats.truncated.fetch_add(1, Ordering::Release);
         match self.backup.apply(txn) {
             Ok(applied) => {
                 self.stats
                     .applied
                     .fetch_add(applied.installed as u64, Ordering::Relaxed);
+                self.forget(txn);
             }
-            Err(e) => tracing::error!(
-                node = %self.node.node_id(),
-                "applying {txn} to the backup copies failed: {e}"
-            ),
+            Err(e) => {
+                // The copy lacks a committed update. The transaction stays held and its
+                // records stay in the ring (pinning it) for repair or recovery: never lose it.
+                self.stats.apply_failures.fetch_add(1, Ordering::Release);
+                tracing::error!(
+                    node = %self.node.node_id(),
+                    "applying {txn} to the backup copies failed, keeping it and its records: {e}"
+                );
+            }
         }
-        self.forget(txn);
     }
 
     fn forget(&mut self, txn: TxnId) {

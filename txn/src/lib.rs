@@ -20,6 +20,7 @@
 //! acre-replication; the embedded `Db` API in the `acre` facade.
 #![forbid(unsafe_code)]
 
+pub mod alloc;
 pub mod backoff;
 mod commit;
 pub mod config;

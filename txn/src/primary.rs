@@ -216,6 +216,16 @@ impl Primary {
         }
     }
 
+    /// Publishes a block of `region` whose header is durable at every backup (see
+    /// [`crate::alloc`]).
+    pub fn publish(&self, region: RegionId, block_offset: u32) {
+        let primary = self
+            .regions
+            .get(&region)
+            .unwrap_or_else(|| panic!("published a block of {region}, not a primary region here"));
+        primary.slab.lock().expect(POISONED).publish(block_offset);
+    }
+
     /// Hands back reserved slots that no transaction will install.
     pub fn release(&self, addrs: &[Addr]) {
         for &addr in addrs {

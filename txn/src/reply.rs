@@ -85,6 +85,9 @@ pub mod alloc_failure {
     pub const TOO_LARGE: u64 = 2;
     pub const NOT_PRIMARY: u64 = 3;
     pub const OTHER: u64 = 4;
+    /// The slot's block is new and its header did not reach a backup (`values[1]`: the
+    /// backup's node id).
+    pub const UNREPLICATED: u64 = 5;
 }
 
 /// A reply as the coordinator reads it.

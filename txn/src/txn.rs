@@ -2,6 +2,7 @@
 //! recorded; writes, allocations and frees buffered until [`Txn::commit`] (defined with the
 //! commit protocol, in `commit/`, which depends on this module and not the other way round).
 
+use crate::alloc::ReserveError;
 use crate::error::TxnError;
 use crate::read::Found;
 use crate::record::{Body, EntryKind, ReplyTo, TxnId, TxnRecord};
@@ -9,7 +10,6 @@ use crate::reply::{Code, REPLIES_PER_TXN_MAX, SlotLease, alloc_failure};
 use crate::txn_node::TxnNode;
 use crate::value;
 use acre_engine::addr::{Addr, NodeId, RegionId};
-use acre_engine::slab::AllocError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -235,7 +235,7 @@ impl Txn {
             let reserved = self
                 .node
                 .reserve_here(region, payload_len, near)
-                .map_err(|e| out_of_memory(len, e))?;
+                .map_err(|e| reserve_failed(len, e))?;
             (reserved.addr, reserved.version, reserved.payload_bytes)
         } else {
             self.alloc_remote(primary, region, len, near)?
@@ -291,6 +291,14 @@ impl Txn {
                     alloc_failure::REGION_FULL => format!("{region} is full"),
                     alloc_failure::TOO_LARGE => {
                         format!("the largest object is {} bytes", reply.values[1])
+                    }
+                    alloc_failure::UNREPLICATED => {
+                        return Err(TxnError::Unavailable {
+                            node: NodeId(reply.values[1] as u16),
+                            reason: format!(
+                                "{primary} could not copy a new block's header to this backup"
+                            ),
+                        });
                     }
                     _ => format!("{primary} refused the allocation"),
                 };
@@ -412,9 +420,15 @@ fn check_fits(addr: Addr, len: usize, payload_bytes: usize) -> Result<(), TxnErr
     Ok(())
 }
 
-fn out_of_memory(len: usize, error: AllocError) -> TxnError {
-    TxnError::OutOfMemory {
-        len,
-        reason: error.to_string(),
+fn reserve_failed(len: usize, error: ReserveError) -> TxnError {
+    match error {
+        ReserveError::Alloc(error) => TxnError::OutOfMemory {
+            len,
+            reason: error.to_string(),
+        },
+        ReserveError::Unreplicated { backup, .. } => TxnError::Unavailable {
+            node: backup,
+            reason: error.to_string(),
+        },
     }
 }

@@ -12,9 +12,8 @@ use crate::primary::Primary;
 use crate::read::ObjectReader;
 use crate::record::{ReplyTo, TxnRecord};
 use crate::reply::{Code, Reply, ReplyArea, reply_ops};
-use acre_engine::addr::{Addr, NodeId, RegionId};
-use acre_engine::fabric::{Fabric, Op};
-use acre_engine::slab::{AllocError, BLOCK_HEADER_BYTES, Reserved};
+use acre_engine::addr::{NodeId, RegionId};
+use acre_engine::fabric::Fabric;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,62 +106,6 @@ impl TxnNode {
         if let Some(e) = deliver() {
             tracing::warn!(node = %self.node, to = %to_node, "reply lost: {first}; then {e}");
         }
-    }
-
-    /// Reserves a slot in one of this node's primary regions (`region`, near `near` if given)
-    /// and, when that claimed a new block, copies the block header to the region's backups
-    /// before returning, so backups can apply the object later.
-    pub fn reserve_here(
-        &self,
-        region: RegionId,
-        len: usize,
-        near: Option<Addr>,
-    ) -> Result<Reserved, AllocError> {
-        let reserved = self.primary.reserve(region, len, near)?;
-        if let Some((offset, header)) = &reserved.claimed_block {
-            let placement = self
-                .config
-                .placement(region)
-                .expect("a primary region is in the configuration");
-            for &backup in &placement.backups {
-                let outcome = self
-                    .directory
-                    .lookup(&self.fabric, backup, region)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(key, _)| {
-                        let addr = Addr::new(region, *offset);
-                        let results = self.fabric.execute(
-                            backup,
-                            vec![
-                                Op::Write {
-                                    addr,
-                                    key,
-                                    data: header.clone(),
-                                },
-                                Op::Persist {
-                                    addr,
-                                    key,
-                                    len: BLOCK_HEADER_BYTES as u32,
-                                },
-                            ],
-                        );
-                        results
-                            .into_iter()
-                            .try_for_each(|r| r.map(|_| ()))
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(reason) = outcome {
-                    // The slot stays usable on the primary; the backup cannot apply objects
-                    // in this block until recovery re-replicates the region.
-                    tracing::error!(
-                        node = %self.node,
-                        %backup,
-                        "block header of {region}+{offset:#x} did not reach the backup: {reason}"
-                    );
-                }
-            }
-        }
-        Ok(reserved)
     }
 
     /// Regions this node is primary of, for allocations without a locality hint.

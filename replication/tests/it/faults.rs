@@ -5,18 +5,22 @@
 //! [`FaultPlan`]: acre_engine::fabric::fault::FaultPlan
 
 use crate::fixture::{
-    REGION_BYTES, RING_BYTES, create, primary_header, region_of, start, three_nodes, txn_node,
-    value_at,
+    BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, primary_header, region_of, replica, rings,
+    settle, start, three_nodes, txn_node, value_at,
 };
 use acre_engine::addr::NodeId;
-use acre_engine::channel::appended_kinds;
+use acre_engine::channel::{RING_AREA_BASE, appended_kinds};
+use acre_engine::fabric::Op;
 use acre_engine::fabric::fault::{Action, Rule};
+use acre_engine::slab::BLOCK_HEADER_BYTES;
 use acre_nvm_log::RecordKind;
 use acre_txn::CommitError;
 use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// Matches batches that append a record of `kind`.
-fn appends(kind: RecordKind) -> impl Fn(&[acre_engine::fabric::Op]) -> bool + Send + Sync {
+fn appends(kind: RecordKind) -> impl Fn(&[Op]) -> bool + Send + Sync {
     move |ops| appended_kinds(ops).contains(&kind)
 }
 
@@ -99,4 +103,100 @@ fn a_commit_backup_that_failed_half_way_leaves_the_outcome_to_recovery() {
         primary_header(&cluster, a).is_locked(),
         "a waits for recovery"
     );
+}
+
+/// docs/protocol.md#allocation: a backup can only apply an object in a block whose header it
+/// holds, so no object in a newly claimed block may commit before the header is durable at
+/// every backup. Here the header's copy to n3 is slow; another transaction allocating the same
+/// size class meanwhile must not commit into that block (or, if it does, must wait for the
+/// header), and n3 must end with every committed object.
+#[test]
+fn no_object_commits_in_a_block_before_its_header_reaches_every_backup() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let region = region_of(0); // primary n1, backups n2 and n3
+    let header_copy = |ops: &[Op]| {
+        matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
+            if addr.region().0 < RING_AREA_BASE && addr.offset() as u64 % BLOCK_BYTES == 0)
+    };
+    let slow = cluster.faults().add(
+        Rule::to(NodeId(3), Action::Delay(Duration::from_millis(500)))
+            .from(NodeId(1))
+            .when(header_copy)
+            .times(1),
+    );
+    let claimer = {
+        let n1 = n1.clone();
+        std::thread::spawn(move || create(&n1, region, &[1; 100]))
+    };
+    // Let the claimer get to its header copy, then allocate in the same size class.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.faults().hits(slow) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the claimer never copied a block header"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let second = create(&n1, region, &[2; 100]);
+    let first = claimer.join().expect("the claimer");
+    assert_ne!(first, second);
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("every backup holds every committed object");
+    cluster.stop();
+}
+
+/// docs/protocol.md#record-retention: a backup that cannot apply a committed transaction at
+/// truncation (here its copy of the block header was wiped) keeps the transaction and its
+/// records: dropping them would lose the update at this replica for good. The ring stays
+/// pinned (visible to the operator) until the cause is repaired or recovery takes over.
+#[test]
+fn a_backup_that_cannot_apply_keeps_the_transaction_and_its_records() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(0), b"a0"); // primary n1, backups n2 and n3
+    settle(&cluster);
+    let block = a.offset() as u64 / BLOCK_BYTES * BLOCK_BYTES;
+    let n3_copy = replica(&cluster, NodeId(3))
+        .copy(region_of(0))
+        .expect("n3 backs up region 1");
+    for word in n3_copy.words_at(block as u32, BLOCK_HEADER_BYTES) {
+        word.store(0, Ordering::Release);
+    }
+    let n3 = replica(&cluster, NodeId(3));
+    let truncated = || {
+        n3.worker()
+            .expect("a worker")
+            .stats()
+            .truncated
+            .load(Ordering::Acquire)
+    };
+    let truncated_before = truncated();
+    let mut txn = n1.begin().expect("begin");
+    txn.write(a, b"a1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    n1.links()
+        .flush_truncations(Duration::ZERO)
+        .expect("send the truncation");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while truncated() == truncated_before {
+        assert!(Instant::now() < deadline, "n3 never read the truncation");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        n3.backup().held_count(),
+        1,
+        "n3 dropped a committed transaction"
+    );
+    let ring = rings(&cluster)
+        .into_iter()
+        .find(|ring| ring.receiver == NodeId(3) && ring.sender == NodeId(1))
+        .expect("n1's ring at n3");
+    assert!(
+        ring.head < ring.tail,
+        "n3 truncated the records it could not apply: {ring:?}"
+    );
+    cluster.stop();
 }

@@ -4,8 +4,8 @@
 //!
 //! `acre cluster up` writes the cluster file ([`crate::cluster_file`]) into a cluster directory
 //! and starts one `acre node` process per node; each creates its files in the directory and
-//! publishes a manifest (areas, keys, pid, tcp address) there. Clients
-//! ([`crate::client::ClientNode`]) find everything through the manifests.
+//! publishes a manifest (areas, keys, pid, tcp address) there. Client nodes (the `client`
+//! module, which builds on this one) find everything through the manifests.
 
 use crate::cluster_file::{ClusterFile, ClusterFileError};
 use crate::{ReplicaNode, StartError, Storage};

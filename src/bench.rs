@@ -161,44 +161,42 @@ fn measure_one(
                 (db.clone(), bank.clone(), stop.clone(), measuring.clone());
             std::thread::Builder::new()
                 .name(format!("bench-{t}"))
-                .spawn(
-                    move || -> Result<(u64, u64, Vec<Duration>), acre::TxnError> {
-                        let mut random = acre::nvm_log::fault::SplitMix::new(t as u64 * 7919 + 1);
-                        let (mut committed, mut aborted, mut latencies) = (0u64, 0u64, Vec::new());
-                        let n = bank.accounts.len() as u64;
-                        while !stop.load(Ordering::Relaxed) {
-                            let began = Instant::now();
-                            let outcome = match kind {
-                                Kind::Transfer => {
-                                    let from = bank.accounts[random.below(n) as usize];
-                                    let to = bank.accounts[random.below(n) as usize];
-                                    if from == to {
-                                        continue;
-                                    }
-                                    Bank::transfer(&db, from, to, 1)
+                .spawn(move || -> Result<(u64, u64, Vec<Duration>), acre::Error> {
+                    let mut random = acre::nvm_log::random::SplitMix::new(t as u64 * 7919 + 1);
+                    let (mut committed, mut aborted, mut latencies) = (0u64, 0u64, Vec::new());
+                    let n = bank.accounts.len() as u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let began = Instant::now();
+                        let outcome = match kind {
+                            Kind::Transfer => {
+                                let from = bank.accounts[random.below(n) as usize];
+                                let to = bank.accounts[random.below(n) as usize];
+                                if from == to {
+                                    continue;
                                 }
-                                Kind::ReadOnly4 => (|| {
-                                    let mut txn = db.begin()?;
-                                    for _ in 0..4 {
-                                        txn.read(bank.accounts[random.below(n) as usize])?;
-                                    }
-                                    txn.commit()
-                                })(),
-                            };
-                            let counted = measuring.load(Ordering::Relaxed);
-                            match outcome {
-                                Ok(()) if counted => {
-                                    committed += 1;
-                                    latencies.push(began.elapsed());
-                                }
-                                Ok(()) => {}
-                                Err(e) if e.is_retryable() => aborted += counted as u64,
-                                Err(e) => return Err(e),
+                                Bank::transfer(&db, from, to, 1)
                             }
+                            Kind::ReadOnly4 => (|| -> Result<(), acre::Error> {
+                                let mut txn = db.begin()?;
+                                for _ in 0..4 {
+                                    txn.read(bank.accounts[random.below(n) as usize])?;
+                                }
+                                Ok(txn.commit()?)
+                            })(),
+                        };
+                        let counted = measuring.load(Ordering::Relaxed);
+                        match outcome {
+                            Ok(()) if counted => {
+                                committed += 1;
+                                latencies.push(began.elapsed());
+                            }
+                            Ok(()) => {}
+                            Err(e) if e.is_retryable() => aborted += counted as u64,
+                            Err(e) => return Err(e),
                         }
-                        Ok((committed, aborted, latencies))
-                    },
-                )
+                    }
+                    Ok((committed, aborted, latencies))
+                })
         })
         .collect();
     let mut handles = Vec::with_capacity(threads);

@@ -1,5 +1,5 @@
 //! `acre idle-cpu`: starts a cluster of node processes (`acre cluster up`), leaves it idle, and
-//! reports the CPU time its processes used. The target is under 2% of one core (DESIGN.md §10):
+//! reports the CPU time its processes used. The target is under 2% of one core (docs/ARCHITECTURE.md, "Idle CPU"):
 //! workers must sleep on their doorbells, and the TCP NIC threads in epoll.
 
 use crate::launch::{self, DirArgs, UpArgs};

@@ -20,7 +20,7 @@
 //!
 //! let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
 //! let by_name = HashTable::create(&db, 1000)?; // room for about 1000 keys
-//! let in_order = db.run(BTree::create)?;
+//! let in_order = db.run(|txn| Ok(BTree::create(txn)?))?;
 //! for (name, balance) in [("carol", 7u64), ("alice", 100), ("bob", 30)] {
 //!     db.run(|txn| {
 //!         let row = txn.alloc(8)?;
@@ -30,9 +30,9 @@
 //!         Ok(())
 //!     })?;
 //! }
-//! let bob = db.run(|txn| by_name.get(txn, b"bob"))?.expect("bob was inserted");
+//! let bob = db.run(|txn| Ok(by_name.get(txn, b"bob")?))?.expect("bob was inserted");
 //! assert_eq!(db.read(Addr::from_u64(bob))?, 30u64.to_le_bytes());
-//! let names = db.run(|txn| in_order.range(txn, Bound::Unbounded, Bound::Excluded(b"c"), 10))?;
+//! let names = db.run(|txn| Ok(in_order.range(txn, Bound::Unbounded, Bound::Excluded(b"c"), 10)?))?;
 //! assert_eq!(names.iter().map(|(k, _)| &k[..]).collect::<Vec<_>>(), [&b"alice"[..], b"bob"]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -54,4 +54,4 @@ pub use acre_nvm_log as nvm_log;
 pub use acre_replication as replication;
 pub use acre_txn as txn;
 pub use acre_txn::index;
-pub use db::{Db, EmbeddedOptions, Txn, TxnError};
+pub use db::{CommitError, Db, EmbeddedOptions, Error, IndexError, Txn, TxnError};

@@ -6,7 +6,7 @@
 //! ...`) so that
 //! processes other than the one that created them can find them from one address.
 
-use acre_replication::db::{Addr, Db, NodeId, TxnError};
+use acre_replication::db::{Addr, Db, Error, NodeId, TxnError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ pub const THREADS_MAX: usize = 1024;
 pub enum BankError {
     /// A transaction failed in a way a retry does not fix.
     #[error(transparent)]
-    Txn(#[from] TxnError),
+    Txn(#[from] Error),
     #[error("{threads} threads are too many: a bank run starts at most {max}")]
     TooManyThreads { threads: usize, max: usize },
     #[error("cannot start thread {index} of {threads}: {source}; run fewer threads")]
@@ -97,11 +97,11 @@ fn balance(bytes: &[u8], addr: Addr) -> Result<i64, TxnError> {
 
 impl Bank {
     /// Creates `count` accounts of `initial_balance` each and their directory object.
-    pub fn create(db: &Db, count: usize, initial_balance: i64) -> Result<Bank, TxnError> {
+    pub fn create(db: &Db, count: usize, initial_balance: i64) -> Result<Bank, Error> {
         if count > ACCOUNTS_MAX {
-            return Err(TxnError::TxnTooLarge {
+            return Err(Error::Txn(TxnError::TxnTooLarge {
                 reason: format!("a bank holds at most {ACCOUNTS_MAX} accounts, not {count}"),
-            });
+            }));
         }
         let mut accounts = Vec::with_capacity(count);
         while accounts.len() < count {
@@ -113,7 +113,7 @@ impl Bank {
                         txn.write(addr, &initial_balance.to_le_bytes())?;
                         Ok(addr)
                     })
-                    .collect::<Result<Vec<Addr>, TxnError>>()
+                    .collect::<Result<Vec<Addr>, Error>>()
             })?;
             accounts.extend(created);
         }
@@ -169,19 +169,19 @@ impl Bank {
     }
 
     /// One transfer attempt of up to `amount` from `from` to `to` (less if `from` has less).
-    pub fn transfer(db: &Db, from: Addr, to: Addr, amount: i64) -> Result<(), TxnError> {
+    pub fn transfer(db: &Db, from: Addr, to: Addr, amount: i64) -> Result<(), Error> {
         let mut txn = db.begin()?;
         let a = balance(&txn.read(from)?, from)?;
         let b = balance(&txn.read(to)?, to)?;
         let moved = amount.min(a).max(0);
         txn.write(from, &(a - moved).to_le_bytes())?;
         txn.write(to, &(b + moved).to_le_bytes())?;
-        txn.commit()
+        Ok(txn.commit()?)
     }
 
     /// One read-only audit: the sum of all balances, or why it is wrong. `Err` is a
     /// transaction error (a conflict: the audit is retried by the caller).
-    pub fn audit(&self, db: &Db) -> Result<Result<i64, String>, TxnError> {
+    pub fn audit(&self, db: &Db) -> Result<Result<i64, String>, Error> {
         let mut txn = db.begin()?;
         let mut total = 0i64;
         let mut negative = None;
@@ -233,7 +233,7 @@ impl Bank {
                 .name(format!("bank-{t}"))
                 .spawn(move || {
                     let mut random =
-                        acre_nvm_log::fault::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
+                        acre_nvm_log::random::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
                     let mut report = BankReport::default();
                     while !stopped.load(Ordering::Relaxed) {
                         if audit {

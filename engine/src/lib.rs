@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod channel;
+pub mod cursor;
 pub mod directory;
 pub mod fabric;
 pub mod object;

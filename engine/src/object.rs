@@ -405,8 +405,12 @@ pub fn overwrite<W: AtomicWord>(
         "overwrite of a locked replica slot: header={header}"
     );
     assert!(
-        version > header.version() && version <= VERSION_MAX,
+        version > header.version(),
         "replica versions only grow: header={header} new=v{version}"
+    );
+    assert!(
+        version <= VERSION_MAX,
+        "version past the maximum: header={header} new=v{version}"
     );
     store_installed(words, payload, allocated, version)
 }

@@ -197,7 +197,11 @@ impl Region {
     pub fn words_at(&self, offset: u32, len: u64) -> &[AtomicU64] {
         let start = offset as u64;
         assert!(
-            start.is_multiple_of(8) && len.is_multiple_of(8),
+            start.is_multiple_of(8),
+            "unaligned words: offset={offset} len={len}"
+        );
+        assert!(
+            len.is_multiple_of(8),
             "unaligned words: offset={offset} len={len}"
         );
         assert!(

@@ -618,13 +618,16 @@ impl SlabAllocator {
     }
 
     fn check_region(&self, region: &Region) {
-        assert!(
-            region.id() == self.region && region.len() == self.region_bytes,
-            "allocator of {} ({} bytes) used with {} ({} bytes)",
-            self.region,
-            self.region_bytes,
+        assert_eq!(
             region.id(),
-            region.len()
+            self.region,
+            "allocator used with another region"
+        );
+        assert_eq!(
+            region.len(),
+            self.region_bytes,
+            "allocator of {} used with a region of another size",
+            self.region
         );
     }
 
@@ -747,8 +750,12 @@ impl SlabAllocator {
         let addr = Addr::new(self.region, offset);
         let header = object::load_header(region.words_at(offset, class.slot_bytes()));
         assert!(
-            !header.is_allocated() && !header.is_locked(),
-            "free-list slot {addr} is not free: header={header}"
+            !header.is_allocated(),
+            "free-list slot {addr} is allocated: header={header}"
+        );
+        assert!(
+            !header.is_locked(),
+            "free-list slot {addr} is locked: header={header}"
         );
         Reserved {
             addr,
@@ -821,11 +828,9 @@ impl SlabAllocator {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use acre_nvm_log::fault::SplitMix;
+    use acre_nvm_log::random::{Replay, SplitMix, for_each_seed};
     use std::collections::BTreeSet;
 
-    /// Environment variable that pins the seeded tests to one seed (the one a failure printed).
-    const SEED_ENV: &str = "ACRE_TEST_SEED";
     const REGION: RegionId = RegionId(4);
     const REGION_BYTES: u64 = 64 << 10;
     const BLOCK_BYTES: u64 = 4 << 10;
@@ -836,26 +841,6 @@ mod tests {
 
     fn slab() -> SlabAllocator {
         SlabAllocator::format(REGION, REGION_BYTES, BLOCK_BYTES).unwrap()
-    }
-
-    /// Runs `test` for seeds `0..count` (or the one in [`SEED_ENV`]), naming a failing seed.
-    fn for_each_seed(count: u64, mut test: impl FnMut(u64)) {
-        let seeds: Vec<u64> = match std::env::var(SEED_ENV) {
-            Ok(pinned) => vec![
-                pinned
-                    .trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{SEED_ENV}={pinned:?} is not a u64")),
-            ],
-            Err(_) => (0..count).collect(),
-        };
-        for seed in seeds {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(seed)));
-            if let Err(panic) = outcome {
-                eprintln!("failing seed {seed}: replay with {SEED_ENV}={seed}");
-                std::panic::resume_unwind(panic);
-            }
-        }
     }
 
     fn header_at(region: &Region, slab: &SlabAllocator, addr: Addr) -> Header {
@@ -1247,7 +1232,7 @@ mod tests {
     fn rebuild_after_random_allocs_and_frees_matches_the_model() {
         const OP_COUNT: u64 = 1500;
         const ALLOCS_AFTER_REBUILD_MAX: usize = 4000;
-        for_each_seed(24, |seed| {
+        for_each_seed(24, Replay::Exact, |seed| {
             let mut rng = SplitMix::new(seed);
             let region = region();
             let mut slab = slab();

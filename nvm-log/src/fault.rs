@@ -7,68 +7,11 @@
 //! flushed and drained; lines may also be evicted (persisted) at any earlier moment.
 
 use crate::media::{Media, check_word};
+use crate::random::SplitMix;
 use std::io;
 use std::sync::Mutex;
 
 const LINE_WORDS: usize = 8;
-
-/// Environment variable that pins the seed of every randomised test of the workspace.
-pub const SEED_ENV: &str = "ACRE_TEST_SEED";
-
-/// The seed for the randomised test `test`: [`SEED_ENV`] if set, otherwise fresh. Printed either
-/// way, so the output of a failing test shows how to replay it.
-pub fn test_seed(test: &str) -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    let seed = match std::env::var(SEED_ENV) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
-        Err(_) => RandomState::new().hash_one(test),
-    };
-    eprintln!("{test}: seed={seed} (replay with {SEED_ENV}={seed})");
-    seed
-}
-
-/// A small deterministic generator (splitmix64), so a failing crash schedule replays from its seed.
-#[derive(Clone, Debug)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> SplitMix {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "below(0)");
-        self.next_u64() % n
-    }
-
-    /// A value in `[low, high]`.
-    pub fn range(&mut self, low: u64, high: u64) -> u64 {
-        assert!(low <= high, "low={low} high={high}");
-        low + self.next_u64() % (high - low + 1)
-    }
-
-    /// `len` pseudo-random bytes.
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            out.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
-}
 
 struct State {
     written: Vec<u64>,

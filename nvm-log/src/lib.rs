@@ -12,6 +12,8 @@
 //!   The writer is sans-I/O: it plans the writes and persists, and whoever owns the path to the
 //!   memory (a local store, or the fabric's one-sided WRITE) carries them out.
 //! - [`recovery`]: the scan run when a ring is opened after a crash.
+//! - [`random`]: the workspace's one pseudo-random generator and the seeds of its randomised
+//!   tests (here because this is the lowest crate; `fault` draws its power-loss fates from it).
 //!
 //! The byte layout is drawn in `docs/formats.md`.
 #![deny(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod fault;
 pub mod flush;
 pub mod mapping;
 pub mod media;
+pub mod random;
 pub mod record;
 pub mod recovery;
 pub mod ring;

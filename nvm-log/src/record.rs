@@ -90,10 +90,8 @@ pub(crate) fn encode(pos: u64, seq: u64, kind: RecordKind, payload: &[u8]) -> Ve
 
 /// The 32-byte header of a pad record covering `extent` bytes.
 pub(crate) fn encode_pad(pos: u64, seq: u64, extent: u64) -> Vec<u8> {
-    assert!(
-        extent >= RECORD_HEADER_BYTES && extent.is_multiple_of(RECORD_ALIGN),
-        "pad extent={extent}"
-    );
+    assert!(extent >= RECORD_HEADER_BYTES, "pad extent={extent}");
+    assert!(extent.is_multiple_of(RECORD_ALIGN), "pad extent={extent}");
     let length_kind = length_kind_word(
         u32::try_from(extent).expect("pad < max record"),
         RecordKind::PAD,

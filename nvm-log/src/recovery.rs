@@ -150,7 +150,12 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
         // Clear the commit word so a live reader never takes the remains for a record. A
         // later append here writes its own commit word last.
         let slot_offset = geometry.offset_of(pos);
-        debug_assert_eq!(media.load(slot_offset), commit_word(pos));
+        let found = media.load(slot_offset);
+        assert_eq!(
+            found,
+            commit_word(pos),
+            "the commit word at {slot_offset} is not the one the scan accepted at {pos}"
+        );
         media.store(slot_offset, 0);
         media.persist(slot_offset, 8)?;
     }

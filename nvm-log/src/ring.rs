@@ -386,12 +386,15 @@ impl RingWriter {
     /// to `before`, and `reservation` gets back the room those appends used.
     pub fn rewind(&mut self, before: RingWriter, reservation: &mut Reservation) {
         assert!(
-            before.tail <= self.tail && before.reserved_bytes >= self.reserved_bytes,
-            "rewind to a writer that is not earlier: before tail={} reserved={}, now tail={} \
-             reserved={}",
+            before.tail <= self.tail,
+            "rewind to a writer that is not earlier: before tail={}, now tail={}",
             before.tail,
+            self.tail
+        );
+        assert!(
+            before.reserved_bytes >= self.reserved_bytes,
+            "rewind to a writer that had less reserved: before {}, now {}",
             before.reserved_bytes,
-            self.tail,
             self.reserved_bytes
         );
         reservation.bytes += before.reserved_bytes - self.reserved_bytes;

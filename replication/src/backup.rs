@@ -1,6 +1,6 @@
 //! Backups in the steady state: a backup keeps the COMMIT-BACKUP records of committed
 //! transactions (they are durable in its log) and applies their new values to its copies of
-//! the regions when the coordinator truncates them (DESIGN.md §5, step 5). No backup CPU is on
+//! the regions when the coordinator truncates them (docs/protocol.md#truncate). No backup CPU is on
 //! the commit path.
 //!
 //! Truncations of different coordinators may arrive in any order, so an update is installed

@@ -89,8 +89,8 @@ impl ClientNode {
     pub fn quiesce(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let _ = self.txn().flush_truncations(Duration::ZERO);
-            if !self.txn().has_pending_truncations() {
+            let _ = self.txn().links().flush_truncations(Duration::ZERO);
+            if !self.txn().links().has_pending_truncations() {
                 return true;
             }
             if Instant::now() >= deadline {

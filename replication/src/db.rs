@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use acre_engine::addr::{Addr, NodeId, RegionId};
-pub use acre_txn::{Txn, TxnError, TxnId};
+pub use acre_txn::{CommitError, Error, IndexError, Txn, TxnError, TxnId};
 
 pub use acre_txn::retry::{BACKOFF_FIRST, BACKOFF_MAX, RUN_ATTEMPTS_MAX, Transact};
 
@@ -85,7 +85,8 @@ struct Inner {
 ///     let a = u64::from_le_bytes(txn.read(alice)?.try_into().unwrap());
 ///     let b = u64::from_le_bytes(txn.read(bob)?.try_into().unwrap());
 ///     txn.write(alice, &(a - 30).to_le_bytes())?;
-///     txn.write(bob, &(b + 30).to_le_bytes())
+///     txn.write(bob, &(b + 30).to_le_bytes())?;
+///     Ok(()) // a closure's errors (of reads, writes, indexes) all become `acre::Error`
 /// })?;
 /// assert_eq!(db.read(bob)?, 30u64.to_le_bytes());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -169,33 +170,33 @@ impl Db {
     /// case the error came from a stale view and the transaction is retried.
     ///
     /// ```
-    /// # use acre_replication::db::{Db, EmbeddedOptions, TxnError};
+    /// # use acre_replication::db::{Db, EmbeddedOptions, Error};
     /// # let db = Db::embedded(&EmbeddedOptions { region_bytes: 4 << 20, ..Default::default() })?;
-    /// let counter = db.run(|txn| txn.alloc(8))?;
+    /// let counter = db.run(|txn| Ok(txn.alloc(8)?))?;
     /// let threads: Vec<_> = (0..2).map(|_| {
     ///     let db = db.clone();
     ///     std::thread::spawn(move || {
     ///         for _ in 0..50 {
     ///             db.run(|txn| {
     ///                 let n = u64::from_le_bytes(txn.read(counter)?.try_into().unwrap());
-    ///                 txn.write(counter, &(n + 1).to_le_bytes())
+    ///                 Ok(txn.write(counter, &(n + 1).to_le_bytes())?)
     ///             })?;
     ///         }
-    ///         Ok::<(), TxnError>(())
+    ///         Ok::<(), Error>(())
     ///     })
     /// }).collect();
     /// for t in threads { t.join().unwrap()?; }
     /// assert_eq!(db.read(counter)?, 100u64.to_le_bytes());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn run<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, TxnError>) -> Result<T, TxnError> {
+    pub fn run<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, Error>) -> Result<T, Error> {
         acre_txn::retry::run(|| self.begin(), body)
     }
 
     /// Reads one object without a transaction: a consistent, committed value (lock-free; it
     /// waits only while a commit is installing the object).
     pub fn read(&self, addr: Addr) -> Result<Vec<u8>, TxnError> {
-        let slot = self.coordinator().read_slot(addr)?;
+        let slot = self.coordinator().reader().read_slot(addr)?;
         if !slot.header.is_allocated() {
             return Err(TxnError::NotFound { addr });
         }
@@ -229,10 +230,7 @@ impl Db {
 }
 
 impl Transact for Db {
-    fn transact<T>(
-        &self,
-        body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
-    ) -> Result<T, TxnError> {
+    fn transact<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, Error>) -> Result<T, Error> {
         self.run(body)
     }
 }

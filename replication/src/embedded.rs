@@ -78,7 +78,7 @@ impl EmbeddedCluster {
         let deadline = Instant::now() + timeout;
         loop {
             for node in &self.nodes {
-                if let Err(e) = node.txn().flush_truncations(Duration::ZERO) {
+                if let Err(e) = node.txn().links().flush_truncations(Duration::ZERO) {
                     tracing::warn!(node = %node.node_id(), "sending truncations failed: {e}");
                 }
             }

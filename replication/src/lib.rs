@@ -1,5 +1,5 @@
-//! Acre's replication: the steady state of DESIGN.md §5 and §6 that keeps f+1 copies of every
-//! region.
+//! Acre's replication: the steady state that keeps f+1 copies of every region (backups take
+//! COMMIT-BACKUP and apply it at truncation, docs/protocol.md#commit-backup), and the node runtime.
 //!
 //! - [`backup`]: backups hold COMMIT-BACKUP records and apply them at truncation.
 //! - [`worker`]: the node worker that serves the commit protocol's records and keeps them in

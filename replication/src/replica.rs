@@ -189,7 +189,7 @@ impl ReplicaNode {
     /// and every log ring read and truncated up to its tail (a COMMIT-BACKUP not read yet is
     /// held by nobody, so the held counts alone would not show it).
     pub fn is_quiet(&self) -> bool {
-        !self.txn.has_pending_truncations()
+        !self.txn.links().has_pending_truncations()
             && self.txn.primary().held_count() == 0
             && self.backup.held_count() == 0
             && self.rings_drained()

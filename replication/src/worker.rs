@@ -16,9 +16,9 @@ use acre_engine::addr::NodeId;
 use acre_engine::channel::{Inbox, Message};
 use acre_engine::slab::AllocError;
 use acre_txn::TxnNode;
-use acre_txn::node::TRUNCATE_FLUSH_AFTER;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, alloc_failure};
+use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -141,7 +141,7 @@ impl Serving {
     fn run(&mut self, stop: &AtomicBool) {
         let me = self.node.node_id();
         while !stop.load(Ordering::SeqCst) {
-            let timeout = if self.node.has_pending_truncations() {
+            let timeout = if self.node.links().has_pending_truncations() {
                 TRUNCATE_FLUSH_AFTER
             } else {
                 IDLE_SLEEP_MAX
@@ -166,7 +166,7 @@ impl Serving {
                 next = self.inbox.poll();
             }
             self.truncate_rings();
-            if let Err(e) = self.node.flush_truncations(TRUNCATE_FLUSH_AFTER) {
+            if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
                 tracing::warn!(node = %me, "sending truncations failed: {e}");
             }
         }

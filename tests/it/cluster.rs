@@ -147,14 +147,15 @@ fn clients_that_come_and_go_leave_the_logs_free() {
     let cluster = Cluster::up("churn", "shm");
     let counter = {
         let db = Db::connect(&cluster.file()).expect("connect");
-        db.run(|txn| txn.alloc(8)).expect("allocate the counter")
+        db.run(|txn| Ok(txn.alloc(8)?))
+            .expect("allocate the counter")
     };
     for round in 0..20u64 {
         let db = Db::connect(&cluster.file()).expect("connect");
         for _ in 0..100 {
             db.run(|txn| {
                 let n = u64::from_le_bytes(txn.read(counter)?.try_into().unwrap());
-                txn.write(counter, &(n + 1).to_le_bytes())
+                Ok(txn.write(counter, &(n + 1).to_le_bytes())?)
             })
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         }

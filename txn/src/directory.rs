@@ -2,6 +2,7 @@
 //! reply area, by node. An embedded cluster fills it in at start; a node process learns it from
 //! the manifests peers publish in the cluster directory (and, over tcp, their addresses).
 
+use crate::POISONED;
 use crate::error::TxnError;
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::directory::NodeManifest;
@@ -38,7 +39,7 @@ impl Directory {
     pub fn insert(&self, node: NodeId, area: RegionId, key: AccessKey, bytes: u64) {
         self.known
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(POISONED)
             .insert((node, area), (key, bytes));
     }
 
@@ -47,7 +48,7 @@ impl Directory {
         if self.cluster_dir.is_some() {
             self.known
                 .write()
-                .unwrap_or_else(|p| p.into_inner())
+                .expect(POISONED)
                 .retain(|(n, _), _| *n != node);
         }
     }
@@ -59,12 +60,7 @@ impl Directory {
         node: NodeId,
         area: RegionId,
     ) -> Result<(AccessKey, u64), TxnError> {
-        if let Some(found) = self
-            .known
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(node, area))
-        {
+        if let Some(found) = self.known.read().expect(POISONED).get(&(node, area)) {
             return Ok(*found);
         }
         let Some(dir) = &self.cluster_dir else {
@@ -91,7 +87,7 @@ impl Directory {
         }
         self.known
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(POISONED)
             .get(&(node, area))
             .copied()
             .ok_or_else(|| unavailable(format!("its manifest lists no area {area}")))

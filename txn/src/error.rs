@@ -1,12 +1,20 @@
-//! What can go wrong with a transaction, and what the caller should do about it.
+//! What can go wrong with a transaction, per operation, and what the caller should do about it:
+//! [`TxnError`] for the operations of a running transaction, [`CommitError`] for its commit
+//! (which says whether anything became durable), [`IndexError`] for the indexes, and [`Error`],
+//! any of them, for code that runs whole transactions (`Db::run`).
 
+use crate::record::TxnId;
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::channel::ChannelError;
+use acre_engine::fabric::OpError;
+use acre_nvm_log::LogError;
 
-/// Why a transaction operation or commit failed. Each variant says what to do.
+/// Why an operation of a running transaction (begin, read, write, alloc, free) failed. Nothing
+/// of the transaction is visible to anyone: drop it, or run it again if the variant says so.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TxnError {
-    /// Another transaction changed or locked an object this one used. Nothing was committed.
+    /// Another transaction changed or locked an object this one used.
     #[error("conflict at {addr} ({why}): retry the transaction (Db::run does)")]
     Conflict { addr: Addr, why: &'static str },
     /// A node did not answer or could not be reached.
@@ -43,17 +51,6 @@ pub enum TxnError {
     /// A transaction is bigger than one commit can carry.
     #[error("the transaction is too large: {reason}")]
     TxnTooLarge { reason: String },
-    /// An index key is empty or longer than an index takes.
-    #[error("a {len}-byte key: index keys are 1 to {max} bytes, use a key of that length")]
-    KeyLength { len: usize, max: usize },
-    /// An index has no room left for the key; nothing was changed.
-    #[error("the index at {root} is full ({reason})")]
-    IndexFull { root: Addr, reason: String },
-    /// An index node does not decode. Inside `Db::run` this is retried when the transaction
-    /// read stale data (a node that changed while it was being followed); otherwise the index
-    /// is damaged.
-    #[error("the index node at {addr} is malformed ({reason}): the index is damaged")]
-    Malformed { addr: Addr, reason: String },
     /// A peer broke the protocol or memory is corrupt: stop and report.
     #[error("protocol violation by {node}: {reason}")]
     Protocol { node: NodeId, reason: String },
@@ -66,5 +63,166 @@ impl TxnError {
             self,
             TxnError::Conflict { .. } | TxnError::LogFull { .. } | TxnError::Busy { .. }
         )
+    }
+}
+
+/// Why a commit did not report "committed". Every variant but [`CommitError::Indeterminate`]
+/// means the transaction did not commit and nothing of it is durable: running it again is
+/// safe. `Indeterminate` means it may have committed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// Another transaction changed or locked an object this one used; nothing committed.
+    #[error("conflict at {addr} ({why}): not committed, retry the transaction (Db::run does)")]
+    Conflict { addr: Addr, why: &'static str },
+    /// A participant could not be reached before anything was durable; nothing committed.
+    #[error(
+        "{node} is unavailable ({reason}): not committed; wait for reconfiguration, then retry"
+    )]
+    Unavailable { node: NodeId, reason: String },
+    /// A participant's log had no room; nothing committed.
+    #[error("the log at {node} is full: not committed, retry shortly (truncation frees it)")]
+    LogFull { node: NodeId },
+    /// The transaction is bigger than one commit can carry; nothing committed.
+    #[error("the transaction is too large: {reason}; not committed")]
+    TxnTooLarge { reason: String },
+    /// A peer broke the protocol while nothing was durable: stop and report.
+    #[error("protocol violation by {node}: {reason}; not committed")]
+    Protocol { node: NodeId, reason: String },
+    /// Some backup holds the transaction's COMMIT-BACKUP but the commit could not finish:
+    /// recovery decides whether it committed. Do not run it again blindly (it may apply twice).
+    #[error(
+        "the outcome of {txn} is unknown ({node}: {reason}): recovery decides it; do not \
+         retry blindly"
+    )]
+    Indeterminate {
+        txn: TxnId,
+        node: NodeId,
+        reason: String,
+    },
+}
+
+impl CommitError {
+    /// Whether running the transaction again may succeed and is safe (`Db::run` retries these).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            CommitError::Conflict { .. } | CommitError::LogFull { .. }
+        )
+    }
+
+    /// The commit failed with `error` after some COMMIT-BACKUP of `txn` was durable.
+    pub(crate) fn indeterminate(txn: TxnId, error: TxnError) -> CommitError {
+        let (node, reason) = match error {
+            TxnError::Unavailable { node, reason } | TxnError::Protocol { node, reason } => {
+                (node, reason)
+            }
+            TxnError::LogFull { node } => (node, "its log is full".into()),
+            other => (txn.node, other.to_string()),
+        };
+        CommitError::Indeterminate { txn, node, reason }
+    }
+}
+
+/// A failure of a commit step before anything was durable.
+impl From<TxnError> for CommitError {
+    fn from(error: TxnError) -> CommitError {
+        match error {
+            TxnError::Conflict { addr, why } => CommitError::Conflict { addr, why },
+            TxnError::Unavailable { node, reason } => CommitError::Unavailable { node, reason },
+            TxnError::LogFull { node } => CommitError::LogFull { node },
+            TxnError::TxnTooLarge { reason } => CommitError::TxnTooLarge { reason },
+            TxnError::Protocol { node, reason } => CommitError::Protocol { node, reason },
+            // The commit only touches objects execution already found, in regions of the
+            // configuration, with slots it already holds.
+            other => unreachable!("a commit step failed with an execution error: {other}"),
+        }
+    }
+}
+
+/// Why an index operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// An index key is empty or longer than an index takes.
+    #[error("a {len}-byte key: index keys are 1 to {max} bytes, use a key of that length")]
+    KeyLength { len: usize, max: usize },
+    /// An index has no room left for the key; nothing was changed.
+    #[error("the index at {root} is full ({reason})")]
+    IndexFull { root: Addr, reason: String },
+    /// An index node does not decode. Inside `Db::run` this is retried when the transaction
+    /// read stale data (a node that changed while it was being followed); otherwise the index
+    /// is damaged.
+    #[error("the index node at {addr} is malformed ({reason}): the index is damaged")]
+    Malformed { addr: Addr, reason: String },
+    /// The transaction the index operation ran in failed.
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+}
+
+/// Any failure of running a transaction to completion: an operation, an index operation or
+/// the commit. What `Db::run` returns; a closure passed to it returns this too, and `?` turns
+/// each of the other errors into it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl Error {
+    /// Whether running the transaction again may succeed and is safe (`Db::run` retries these).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Txn(e) | Error::Index(IndexError::Txn(e)) => e.is_retryable(),
+            Error::Commit(e) => e.is_retryable(),
+            Error::Index(_) => false,
+        }
+    }
+
+    /// The conflict, if this is one (in an operation, an index operation or the commit).
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Error::Txn(TxnError::Conflict { .. })
+                | Error::Index(IndexError::Txn(TxnError::Conflict { .. }))
+                | Error::Commit(CommitError::Conflict { .. })
+        )
+    }
+}
+
+/// A failed one-sided operation, as the transaction sees it.
+pub(crate) fn op_error(node: NodeId, error: OpError) -> TxnError {
+    match error {
+        OpError::Access(access) => TxnError::Protocol {
+            node,
+            reason: access.to_string(),
+        },
+        other => TxnError::Unavailable {
+            node,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A failed append to a ring, as the transaction sees it.
+pub(crate) fn channel_error(node: NodeId, error: ChannelError) -> TxnError {
+    match error {
+        ChannelError::Log(LogError::Full { .. }) => TxnError::LogFull { node },
+        ChannelError::Log(LogError::TooLarge { len, max }) => TxnError::TxnTooLarge {
+            reason: format!(
+                "its record for {node} would be {len} bytes, and a log record holds at most \
+                 {max}: split the transaction or use larger rings"
+            ),
+        },
+        ChannelError::Op(op) => op_error(node, op),
+        other => TxnError::Unavailable {
+            node,
+            reason: other.to_string(),
+        },
     }
 }

@@ -1,6 +1,6 @@
 //! The primary's side of the commit protocol: what a node does with the LOCK, VALIDATE,
 //! COMMIT-PRIMARY and ABORT records of transactions that write its primary regions, and the
-//! allocator of those regions (DESIGN.md §5).
+//! allocator of those regions (docs/protocol.md#lock, #commit-primary, #abort, #validate).
 //!
 //! - LOCK: lock every written object by CAS at the version the transaction read; on the first
 //!   failure unlock the ones locked so far and vote no. A reserved slot (an allocation) is
@@ -10,6 +10,7 @@
 //! - ABORT: unlock what LOCK locked and hand back the transaction's reserved slots.
 //! - VALIDATE (by message, for more than `t_r` objects): versions unchanged and unlocked.
 
+use crate::POISONED;
 use crate::record::{Entry, EntryKind, TxnId};
 use acre_engine::addr::{Addr, RegionId};
 use acre_engine::object::{self, Header};
@@ -75,7 +76,7 @@ impl Primary {
 
     /// Transactions holding locks (or reservations) here.
     pub fn held_count(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.held.lock().expect(POISONED).len()
     }
 
     /// Runs `f` on the words of the slot at `addr` (which must be an object slot here).
@@ -88,7 +89,7 @@ impl Primary {
         let words = primary
             .slab
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(POISONED)
             .slot_words(&primary.region, addr)
             .ok()?;
         Some(f(words, primary))
@@ -96,6 +97,7 @@ impl Primary {
 
     /// LOCK: locks every entry's object at its version, all or nothing. Returns the vote.
     pub fn lock(&self, txn: TxnId, entries: Vec<Entry>) -> bool {
+        assert!(!entries.is_empty(), "{txn}: a LOCK without entries");
         let mut locked_count = 0;
         for entry in &entries {
             let locked = self
@@ -118,7 +120,7 @@ impl Primary {
                     .expect("a slot locked a moment ago is still a slot");
             }
         }
-        let previous = self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let previous = self.held.lock().expect(POISONED).insert(
             txn,
             Held {
                 entries,
@@ -131,11 +133,7 @@ impl Primary {
 
     /// COMMIT-PRIMARY: installs the new values and unlocks.
     pub fn commit(&self, txn: TxnId) -> Result<(), UnknownCommit> {
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&txn);
+        let held = self.held.lock().expect(POISONED).remove(&txn);
         let Some(held) = held.filter(|h| h.locked) else {
             return Err(UnknownCommit { txn });
         };
@@ -143,6 +141,11 @@ impl Primary {
             self.with_slot(entry.addr, |words, primary| {
                 let header =
                     object::install_with(words, &entry.payload, entry.kind != EntryKind::Free);
+                assert!(
+                    !header.is_locked(),
+                    "{txn}: {} still locked after install",
+                    entry.addr
+                );
                 assert_eq!(
                     header.version(),
                     entry.version + 1,
@@ -154,7 +157,7 @@ impl Primary {
                     primary
                         .slab
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .expect(POISONED)
                         .release(&primary.region, entry.addr)
                         .expect("a slot whose free was just installed is free");
                 }
@@ -168,11 +171,7 @@ impl Primary {
     /// unknown transaction (its LOCK never came) only has reservations to give back, which
     /// the coordinator sends separately.
     pub fn abort(&self, txn: TxnId) {
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&txn);
+        let held = self.held.lock().expect(POISONED).remove(&txn);
         let Some(held) = held else { return };
         for entry in &held.entries {
             if held.locked {
@@ -210,7 +209,7 @@ impl Primary {
         let primary = self.regions.get(&region).ok_or(AllocError::NotAnObject {
             addr: Addr::new(region, 0),
         })?;
-        let mut slab = primary.slab.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slab = primary.slab.lock().expect(POISONED);
         match near {
             Some(near) => slab.reserve_near(&primary.region, len, near),
             None => slab.reserve(&primary.region, len),
@@ -226,10 +225,10 @@ impl Primary {
             if let Err(e) = primary
                 .slab
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .expect(POISONED)
                 .release(&primary.region, addr)
             {
-                eprintln!("acre: ignoring the release of {addr}: {e}");
+                tracing::warn!("ignoring the release of {addr}: {e}");
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The transaction protocol's log records: LOCK, COMMIT-BACKUP, COMMIT-PRIMARY, ABORT and
-//! TRUNCATE (DESIGN.md §5), plus the requests a coordinator sends through the same rings
+//! TRUNCATE (docs/protocol.md#commit), plus the requests a coordinator sends through the same rings
 //! (VALIDATE by message, ALLOC, RELEASE). Each is one record of an nvm-log ring at the receiver;
 //! the record kind says which, and the payload is drawn in `docs/formats.md`:
 //!
@@ -19,8 +19,8 @@
 //!
 //! Everything is little-endian; decoding checks every length and names what was wrong.
 
-use crate::cursor::Cursor;
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::cursor::Cursor;
 use acre_engine::region::AccessKey;
 use acre_nvm_log::RecordKind;
 use std::fmt;
@@ -43,7 +43,7 @@ pub const ENTRY_HEADER_BYTES: usize = 24;
 
 const _: () = assert!(FIXED_BYTES == TXN_ID_BYTES + 16 + 8);
 
-/// A transaction's identity: `(configuration, node, thread, local sequence)` (DESIGN.md §5).
+/// A transaction's identity: `(configuration, node, thread, local sequence)` (docs/protocol.md#transaction-ids).
 /// The configuration id lets recovery tell transactions of an old configuration apart.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxnId {
@@ -282,6 +282,90 @@ impl<'a> Reader<'a> {
             seq,
         })
     }
+    /// The body of a record of this reader's kind, with `items` entries, reads or addresses.
+    fn body(&mut self, items: u32) -> Result<Body, RecordError> {
+        let kind = self.kind;
+        Ok(match kind {
+            LOCK => {
+                let (regions, entries) = self.regions_and_entries(items)?;
+                Body::Lock { regions, entries }
+            }
+            COMMIT_BACKUP => {
+                let (regions, entries) = self.regions_and_entries(items)?;
+                Body::CommitBackup { regions, entries }
+            }
+            COMMIT_PRIMARY => Body::CommitPrimary,
+            ABORT => Body::Abort,
+            TRUNCATE => Body::Truncate,
+            VALIDATE => {
+                let items = self.count(items, 16)?;
+                let reads = (0..items)
+                    .map(|_| Ok((Addr::from_u64(self.u64()?), self.u64()?)))
+                    .collect::<Result<Vec<_>, RecordError>>()?;
+                Body::Validate { reads }
+            }
+            ALLOC => {
+                let len = self.u32()?;
+                let has_near = self.u32()?;
+                let addr = Addr::from_u64(self.u64()?);
+                let near = match has_near {
+                    0 => None,
+                    1 => Some(addr),
+                    other => return Err(self.fail(format!("near flag {other}"))),
+                };
+                Body::Alloc {
+                    region: addr.region(),
+                    len,
+                    near,
+                }
+            }
+            RELEASE => {
+                let items = self.count(items, 8)?;
+                let addrs = (0..items)
+                    .map(|_| self.u64().map(Addr::from_u64))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Body::Release { addrs }
+            }
+            other => {
+                return Err(self.fail(format!("kind {} is not a transaction record", other.0)));
+            }
+        })
+    }
+
+    /// The regions and entries of a LOCK or COMMIT-BACKUP body holding `items` entries.
+    fn regions_and_entries(
+        &mut self,
+        items: u32,
+    ) -> Result<(Vec<RegionId>, Vec<Entry>), RecordError> {
+        let region_count = self.u32()?;
+        self.u32()?;
+        let region_count = self.count(region_count, 4)?;
+        let regions = (0..region_count)
+            .map(|_| self.u32().map(RegionId))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.pad8()?;
+        let items = self.count(items, ENTRY_HEADER_BYTES)?;
+        let mut entries = Vec::with_capacity(items);
+        for _ in 0..items {
+            let addr = Addr::from_u64(self.u64()?);
+            let version = self.u64()?;
+            let kind_byte = self.u8()?;
+            let kind = EntryKind::from_u8(kind_byte)
+                .ok_or_else(|| self.fail(format!("unknown entry kind {kind_byte}")))?;
+            self.take(3)?;
+            let len = self.u32()? as usize;
+            let payload = self.take(len)?.to_vec();
+            self.pad8()?;
+            entries.push(Entry {
+                addr,
+                version,
+                kind,
+                payload,
+            });
+        }
+        Ok((regions, entries))
+    }
+
     /// A count of items of at least `item_bytes` each, checked against the bytes left so a
     /// corrupt count cannot make the decoder allocate without bound.
     fn count(&self, count: u32, item_bytes: usize) -> Result<usize, RecordError> {
@@ -357,7 +441,13 @@ impl TxnRecord {
                 }
             }
         }
-        debug_assert_eq!(w.0.len(), encoded_bytes(self.truncated.len(), &self.body));
+        assert_eq!(
+            w.0.len(),
+            encoded_bytes(self.truncated.len(), &self.body),
+            "encoded {} of kind {}",
+            self.txn,
+            self.kind().0
+        );
         w.0
     }
 
@@ -378,83 +468,25 @@ impl TxnRecord {
         let truncated = (0..truncated_count)
             .map(|_| r.txn())
             .collect::<Result<Vec<_>, _>>()?;
-        let body = match kind {
-            LOCK | COMMIT_BACKUP => {
-                let region_count = r.u32()?;
-                r.u32()?;
-                let region_count = r.count(region_count, 4)?;
-                let regions = (0..region_count)
-                    .map(|_| r.u32().map(RegionId))
-                    .collect::<Result<Vec<_>, _>>()?;
-                r.pad8()?;
-                let items = r.count(items, ENTRY_HEADER_BYTES)?;
-                let mut entries = Vec::with_capacity(items);
-                for _ in 0..items {
-                    let addr = Addr::from_u64(r.u64()?);
-                    let version = r.u64()?;
-                    let kind_byte = r.u8()?;
-                    let entry_kind = EntryKind::from_u8(kind_byte)
-                        .ok_or_else(|| r.fail(format!("unknown entry kind {kind_byte}")))?;
-                    r.take(3)?;
-                    let len = r.u32()? as usize;
-                    let payload = r.take(len)?.to_vec();
-                    r.pad8()?;
-                    entries.push(Entry {
-                        addr,
-                        version,
-                        kind: entry_kind,
-                        payload,
-                    });
-                }
-                if kind == LOCK {
-                    Body::Lock { regions, entries }
-                } else {
-                    Body::CommitBackup { regions, entries }
-                }
-            }
-            COMMIT_PRIMARY => Body::CommitPrimary,
-            ABORT => Body::Abort,
-            TRUNCATE => Body::Truncate,
-            VALIDATE => {
-                let items = r.count(items, 16)?;
-                let reads = (0..items)
-                    .map(|_| Ok((Addr::from_u64(r.u64()?), r.u64()?)))
-                    .collect::<Result<Vec<_>, RecordError>>()?;
-                Body::Validate { reads }
-            }
-            ALLOC => {
-                let len = r.u32()?;
-                let has_near = r.u32()?;
-                let addr = Addr::from_u64(r.u64()?);
-                let near = match has_near {
-                    0 => None,
-                    1 => Some(addr),
-                    other => return Err(r.fail(format!("near flag {other}"))),
-                };
-                Body::Alloc {
-                    region: addr.region(),
-                    len,
-                    near,
-                }
-            }
-            RELEASE => {
-                let items = r.count(items, 8)?;
-                let addrs = (0..items)
-                    .map(|_| r.u64().map(Addr::from_u64))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Body::Release { addrs }
-            }
-            other => return Err(r.fail(format!("kind {} is not a transaction record", other.0))),
-        };
+        let body = r.body(items)?;
         if r.cursor.remaining() != 0 {
             return Err(r.fail(format!("{} trailing bytes", r.cursor.remaining())));
         }
-        Ok(TxnRecord {
+        let record = TxnRecord {
             txn,
             reply,
             truncated,
             body,
-        })
+        };
+        // The pair of the assert in `encode`: what decoded is exactly what its layout says.
+        assert_eq!(
+            payload.len(),
+            encoded_bytes(record.truncated.len(), &record.body),
+            "decoded {} of kind {}",
+            record.txn,
+            kind.0
+        );
+        Ok(record)
     }
 }
 

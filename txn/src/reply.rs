@@ -8,6 +8,7 @@
 //! Replies need not be durable: a coordinator that crashes loses its transaction's outcome to
 //! recovery, not to a lost reply.
 
+use crate::POISONED;
 use crate::config::REPLY_AREA_ID_MIN;
 use crate::record::ReplyTo;
 use acre_engine::addr::{Addr, RegionId};
@@ -155,11 +156,7 @@ impl ReplyArea {
     /// A free slot and the sequence number of its next transaction, if any slot is free.
     pub fn acquire(&self) -> Option<SlotLease> {
         self.end_quarantines();
-        let slot = self
-            .free_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()?;
+        let slot = self.free_slots.lock().expect(POISONED).pop()?;
         let seq = self.seqs[slot as usize].fetch_add(1, Ordering::Relaxed) + 1;
         Some(SlotLease { slot, seq })
     }
@@ -172,12 +169,12 @@ impl ReplyArea {
         if outstanding {
             self.quarantined
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .expect(POISONED)
                 .push_back((Instant::now(), lease.slot));
             return;
         }
-        let mut free = self.free_slots.lock().unwrap_or_else(|p| p.into_inner());
-        debug_assert!(
+        let mut free = self.free_slots.lock().expect(POISONED);
+        assert!(
             !free.contains(&lease.slot),
             "slot {} released twice",
             lease.slot
@@ -187,16 +184,13 @@ impl ReplyArea {
 
     /// Returns quarantined slots whose time is up to the free list.
     fn end_quarantines(&self) {
-        let mut quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+        let mut quarantined = self.quarantined.lock().expect(POISONED);
         while let Some(&(since, slot)) = quarantined.front() {
             if since.elapsed() < QUARANTINE {
                 break;
             }
             quarantined.pop_front();
-            self.free_slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(slot);
+            self.free_slots.lock().expect(POISONED).push(slot);
         }
     }
 

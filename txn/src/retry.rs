@@ -3,11 +3,11 @@
 //! index, loading a table) asks of its caller: the `Db` facade and a bare [`TxnNode`] both
 //! provide it.
 
-use crate::error::TxnError;
-use crate::node::TxnNode;
+use crate::backoff::Backoff;
+use crate::error::{Error, TxnError};
 use crate::txn::Txn;
+use crate::txn_node::TxnNode;
 use acre_engine::addr::{Addr, RegionId};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,15 +21,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(5);
 /// Something that runs transactions to completion.
 pub trait Transact {
     /// Runs `body` in a transaction and commits it, retrying while it conflicts (see [`run`]).
-    fn transact<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, TxnError>)
-    -> Result<T, TxnError>;
+    fn transact<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, Error>) -> Result<T, Error>;
 }
 
 impl Transact for Arc<TxnNode> {
-    fn transact<T>(
-        &self,
-        body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
-    ) -> Result<T, TxnError> {
+    fn transact<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, Error>) -> Result<T, Error> {
         run(|| self.begin(), body)
     }
 }
@@ -37,27 +33,28 @@ impl Transact for Arc<TxnNode> {
 /// Runs `body` in a transaction from `begin` and commits it, retrying with bounded, jittered
 /// exponential backoff while it conflicts (at most [`RUN_ATTEMPTS_MAX`] times). An error from
 /// `body` ends the run, unless what the transaction read had already changed, in which case the
-/// error came from a stale view and the transaction is retried.
+/// error came from a stale view and the transaction is retried. A commit whose outcome is
+/// unknown ([`CommitError::Indeterminate`](crate::CommitError::Indeterminate)) is never retried: it may have committed.
 pub fn run<T>(
     mut begin: impl FnMut() -> Result<Txn, TxnError>,
-    mut body: impl FnMut(&mut Txn) -> Result<T, TxnError>,
-) -> Result<T, TxnError> {
-    let mut backoff = Backoff::new();
+    mut body: impl FnMut(&mut Txn) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let mut backoff = Backoff::retry(BACKOFF_FIRST, BACKOFF_MAX);
     let mut last = None;
     for _ in 0..RUN_ATTEMPTS_MAX {
         let error = match begin() {
-            Err(e) => e,
+            Err(e) => Error::Txn(e),
             Ok(mut txn) => match body(&mut txn) {
                 Ok(value) => match txn.commit() {
                     Ok(()) => return Ok(value),
-                    Err(e) => e,
+                    Err(e) => Error::Commit(e),
                 },
                 Err(e) if e.is_retryable() => e,
                 Err(e) => match txn.still_valid() {
-                    Ok(false) => TxnError::Conflict {
+                    Ok(false) => Error::Txn(TxnError::Conflict {
                         addr: Addr::new(RegionId(0), 0),
                         why: "the transaction failed on data that had changed",
-                    },
+                    }),
                     _ => return Err(e),
                 },
             },
@@ -69,37 +66,4 @@ pub fn run<T>(
         backoff.wait();
     }
     Err(last.expect("at least one attempt"))
-}
-
-/// Jittered exponential backoff between attempts of [`run`].
-struct Backoff {
-    next: Duration,
-    random: u64,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        // Seeded per run from the process's hash randomness: threads that conflicted with
-        // each other must not retry in lockstep.
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-            | 1;
-        Backoff {
-            next: BACKOFF_FIRST,
-            random,
-        }
-    }
-
-    fn wait(&mut self) {
-        // xorshift64: enough to spread retries.
-        self.random ^= self.random << 13;
-        self.random ^= self.random >> 7;
-        self.random ^= self.random << 17;
-        // Uniform in [next/2, 3*next/2).
-        let base = self.next.as_nanos() as u64;
-        let jittered = base / 2 + self.random % base.max(1);
-        std::thread::sleep(Duration::from_nanos(jittered));
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-    }
 }

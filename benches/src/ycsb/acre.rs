@@ -14,7 +14,7 @@
 //! take 1,010 bytes, which with the value's length word fits the 1 KiB size class exactly.
 
 use super::backend::{Backend, Client, Fields};
-use acre_replication::db::{Addr, Db, TxnError};
+use acre_replication::db::{Addr, Db, Error, IndexError};
 use acre_txn::index::{BTree, HashTable};
 use anyhow::Context;
 
@@ -39,7 +39,9 @@ impl AcreBackend {
             .saturating_add(INSERT_HEADROOM_KEYS);
         let capacity = usize::try_from(capacity).context("size the hash table")?;
         let table = HashTable::create(&db, capacity).context("create the hash table")?;
-        let order = db.run(BTree::create).context("create the B-tree")?;
+        let order = db
+            .run(|txn| Ok(BTree::create(txn)?))
+            .context("create the B-tree")?;
         Ok(AcreBackend { db, table, order })
     }
 }
@@ -75,10 +77,10 @@ impl AcreClient {
             let addr = Addr::from_u64(addr);
             let mut fields = decode(addr, &txn.read(addr)?)?;
             let Some(slot) = fields.get_mut(field) else {
-                return Err(TxnError::Malformed {
+                return Err(Error::Index(IndexError::Malformed {
                     addr,
                     reason: format!("the record has no field {field}"),
-                });
+                }));
             };
             *slot = value.to_vec();
             txn.write(addr, &encode(&fields))?;
@@ -111,7 +113,7 @@ impl Client for AcreClient {
                 return Ok(None);
             };
             let addr = Addr::from_u64(addr);
-            decode(addr, &txn.read(addr)?).map(Some)
+            Ok(Some(decode(addr, &txn.read(addr)?)?))
         })?;
         Ok(fields)
     }
@@ -158,8 +160,8 @@ pub fn encode(fields: &Fields) -> Vec<u8> {
 }
 
 /// The fields of the record at `addr`, or why its bytes are not a record.
-pub fn decode(addr: Addr, mut bytes: &[u8]) -> Result<Fields, TxnError> {
-    let malformed = |reason: String| TxnError::Malformed { addr, reason };
+pub fn decode(addr: Addr, mut bytes: &[u8]) -> Result<Fields, IndexError> {
+    let malformed = |reason: String| IndexError::Malformed { addr, reason };
     let mut fields = Vec::new();
     while !bytes.is_empty() {
         if fields.len() == FIELDS_MAX {
@@ -225,7 +227,7 @@ mod tests {
             &[0xff, 0xff, 0xff, 0xff, 0xff, 1],
         ] {
             assert!(
-                matches!(decode(addr, bytes), Err(TxnError::Malformed { .. })),
+                matches!(decode(addr, bytes), Err(IndexError::Malformed { .. })),
                 "{bytes:?}"
             );
         }

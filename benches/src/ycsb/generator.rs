@@ -5,7 +5,7 @@
 //! keys with the same distribution as YCSB's `CoreWorkload`; where YCSB has a quirk that shapes
 //! the distribution, it is kept and named in a comment.
 
-use acre_nvm_log::fault::SplitMix;
+use acre_nvm_log::random::SplitMix;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -334,7 +334,7 @@ impl AcknowledgedCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use acre_nvm_log::fault::test_seed;
+    use acre_nvm_log::random::test_seed;
 
     /// Draws per distribution test: the standard error of a share p is sqrt(p(1-p)/DRAWS),
     /// about 3e-4 for the hottest item of 1000.

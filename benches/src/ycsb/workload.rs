@@ -344,7 +344,7 @@ impl Chooser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use acre_nvm_log::fault::test_seed;
+    use acre_nvm_log::random::test_seed;
 
     #[test]
     fn workloads_parse_in_either_case_and_unknown_names_list_the_valid_ones() {

@@ -12,6 +12,12 @@ use std::time::Duration;
 
 /// Options of a seeded run of `operations` on `records` from two threads, with no warm-up and
 /// no progress line.
+///
+/// The seed fixes each thread's stream of operations, keys and values, but the two threads
+/// share the backend and the acknowledged-insert counter, so how their operations interleave
+/// is the scheduler's: a pinned seed does not replay that. The tests that run these options take
+/// their seed from a `ConcurrentSeed`, which says so when it prints the seed and when the test
+/// fails.
 fn options(workload: Workload, seed: u64, records: u64, operations: u64) -> Options {
     Options {
         workload,

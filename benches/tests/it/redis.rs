@@ -9,7 +9,7 @@ use acre_benches::ycsb::redis::resp::{Connection, Reply};
 use acre_benches::ycsb::{
     self, Backend, FIELD_COUNT, FIELD_LENGTH_BYTES, Fields, OpKind, Options, Workload, key_name,
 };
-use acre_nvm_log::fault::test_seed;
+use acre_nvm_log::random::ConcurrentSeed;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -156,7 +156,8 @@ fn integer(reply: Reply) -> i64 {
 
 #[test]
 fn load_and_workloads_a_e_f_against_a_real_server() {
-    let seed = test_seed("load_and_workloads_a_e_f_against_a_real_server");
+    let seeded = ConcurrentSeed::new("load_and_workloads_a_e_f_against_a_real_server");
+    let seed = seeded.value();
     let server = RedisServer::start(SHARED_HOST);
     let backend = RedisBackend::connect(&server.url()).expect("connect");
     backend.flush().expect("flush");
@@ -308,7 +309,8 @@ fn a_port_where_nothing_listens_is_an_error_within_two_seconds() {
 
 #[test]
 fn a_server_that_dies_mid_run_stops_the_run_with_an_error() {
-    let seed = test_seed("a_server_that_dies_mid_run_stops_the_run_with_an_error");
+    let seeded = ConcurrentSeed::new("a_server_that_dies_mid_run_stops_the_run_with_an_error");
+    let seed = seeded.value();
     // Alone on its loopback address: once killed, its port may go to another test's server,
     // which this test's clients must not reach.
     let mut server = RedisServer::start("127.0.0.3");

@@ -7,7 +7,7 @@ use acre_benches::ycsb::{
     self, FAILED_STREAK_MAX, FIELD_COUNT, FIELD_LENGTH_BYTES, Fields, OpKind, Options,
     OptionsError, PhaseReport, Workload, key_name,
 };
-use acre_nvm_log::fault::test_seed;
+use acre_nvm_log::random::ConcurrentSeed;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,10 @@ fn snapshot(backend: &MemoryBackend) -> BTreeMap<String, Fields> {
 
 #[test]
 fn load_then_workloads_a_d_e_f_count_what_they_do_and_change_the_records() {
-    let seed = test_seed("load_then_workloads_a_d_e_f_count_what_they_do_and_change_the_records");
+    let seeded = ConcurrentSeed::new(
+        "load_then_workloads_a_d_e_f_count_what_they_do_and_change_the_records",
+    );
+    let seed = seeded.value();
     let backend = MemoryBackend::default();
 
     let load = ycsb::load(&backend, &options(Workload::A, seed)).expect("load");
@@ -158,7 +161,8 @@ fn load_then_workloads_a_d_e_f_count_what_they_do_and_change_the_records() {
 
 #[test]
 fn warm_up_operations_are_done_but_not_counted() {
-    let seed = test_seed("warm_up_operations_are_done_but_not_counted");
+    let seeded = ConcurrentSeed::new("warm_up_operations_are_done_but_not_counted");
+    let seed = seeded.value();
     let backend = MemoryBackend::default();
     let mut options = options(Workload::C, seed);
     options.records = 100;
@@ -194,7 +198,8 @@ fn warm_up_operations_are_done_but_not_counted() {
 
 #[test]
 fn missing_records_are_failed_reads_and_the_run_goes_on() {
-    let seed = test_seed("missing_records_are_failed_reads_and_the_run_goes_on");
+    let seeded = ConcurrentSeed::new("missing_records_are_failed_reads_and_the_run_goes_on");
+    let seed = seeded.value();
     let backend = MemoryBackend::default();
     let options = options(Workload::C, seed);
     ycsb::load(&backend, &options).expect("load");

@@ -3,11 +3,11 @@
 //! wherever it runs. Test names read `fabric::<transport>::<case>`.
 
 use crate::cluster::{self, Cluster, DATA_REGION, DATA_REGION_BYTES, NODE_COUNT, RING_BYTES};
-use crate::seed::{SplitMix, seed};
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, Message, Outbox};
 use acre_engine::fabric::{Completion, Fabric, OP_BYTES_MAX, Op, OpError, OpResult};
 use acre_engine::region::{AccessError, AccessKey};
+use acre_nvm_log::random::{ConcurrentSeed, SplitMix, test_seed};
 use acre_nvm_log::record::record_bytes;
 use acre_nvm_log::ring::DATA_OFFSET;
 use acre_nvm_log::{LogError, RecordKind};
@@ -275,7 +275,7 @@ fn an_access_error_fails_only_its_own_operation_in_a_batch(cluster: Cluster) {
 }
 
 fn reads_of_64_bytes_and_1_kib_return_the_bytes_written(cluster: Cluster) {
-    let seed = seed("reads_of_64_bytes_and_1_kib_return_the_bytes_written");
+    let seed = test_seed("reads_of_64_bytes_and_1_kib_return_the_bytes_written");
     let mut rng = SplitMix::new(seed);
     let [a, b, _] = &cluster.nodes;
     for round in 0..20 {
@@ -600,7 +600,12 @@ fn ring_messages_from_two_senders_arrive_whole_and_in_order_across_wraparounds(
 ) {
     const MESSAGES_PER_SENDER: u64 = 1500;
     const BATCH_MAX: u64 = 4;
-    let seed = seed("ring_messages_from_two_senders_arrive_whole_and_in_order");
+    // The seed fixes every message and the receiver's truncation draws, not how the two
+    // senders' messages interleave at the receiver (the scheduler decides that), and so not
+    // which message a truncation follows. A pinned seed may need several runs to fail the same
+    // way; `seeded` says so when it prints the seed and again if the test fails.
+    let seeded = ConcurrentSeed::new("ring_messages_from_two_senders_arrive_whole_and_in_order");
+    let seed = seeded.value();
     let [a, b, c] = &mut cluster.nodes;
     let sender_ids = [a.id(), c.id()];
     let senders = [(&*a, attach(a, b)), (&*c, attach(c, b))];

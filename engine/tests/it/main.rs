@@ -3,4 +3,3 @@
 
 mod cluster;
 mod fabric;
-mod seed;

@@ -6,7 +6,7 @@
 //! `PROPTEST_RNG_SEED=<n>` (proptest also prints the minimal failing input).
 
 use acre_nvm_log::crc::{Crc32c, crc32c};
-use acre_nvm_log::fault::SplitMix;
+use acre_nvm_log::random::SplitMix;
 use acre_nvm_log::recovery::recover;
 use acre_nvm_log::ring::{
     DATA_OFFSET, HEAD_OFFSET, LocalWriter, RING_MAGIC, RING_VERSION, RingGeometry, RingReader,

@@ -5,7 +5,8 @@
 //! [`child_appends_and_acknowledges_until_the_ring_is_full`], which becomes the child when the
 //! torture's environment is set.
 
-use crate::{for_each_seed, torture};
+use crate::torture;
+use acre_nvm_log::random::{Replay, for_each_seed};
 use acre_nvm_log::recovery::recover;
 use acre_nvm_log::{MapOptions, Mapping, PersistMode};
 use std::collections::BTreeMap;
@@ -43,9 +44,13 @@ fn child_command() -> Command {
     command
 }
 
+/// A seed fixes every record's size and contents, every truncation and every kill delay, but
+/// not where in the child's work a kill lands: that depends on how the OS schedules the child.
+/// A pinned seed may therefore need several runs to hit the same failure again, and the failure
+/// message says so.
 #[test]
 fn sigkill_mid_append_never_loses_or_tears_an_acknowledged_record() {
-    for_each_seed(SEED_COUNT, |seed| {
+    for_each_seed(SEED_COUNT, Replay::ChoicesOnly, |seed| {
         let dir = ring_dir();
         let config = torture::Config {
             iterations: KILLS_PER_SEED,

@@ -7,8 +7,8 @@
 //! cut there; the fate of every unpersisted cache line (lost, kept, torn) is drawn from the seed
 //! and the operation index, so a failure replays from the seed it prints.
 
-use crate::for_each_seed;
-use acre_nvm_log::fault::{FaultMedia, SplitMix};
+use acre_nvm_log::fault::FaultMedia;
+use acre_nvm_log::random::{Replay, SplitMix, for_each_seed, pinned_seed};
 use acre_nvm_log::recovery::recover;
 use acre_nvm_log::ring::{LocalWriter, RingGeometry, RingReader, execute_plan, format};
 use acre_nvm_log::{LogError, MemMedia, Record, RecordKind, Recovery};
@@ -278,7 +278,7 @@ fn power_loss_at_any_operation_keeps_every_acknowledged_record_exactly() {
     let image = formatted_image();
     let mut tally = Tally::default();
     let mut crash_count = 0;
-    for_each_seed(SEED_COUNT, |seed| {
+    for_each_seed(SEED_COUNT, Replay::Exact, |seed| {
         let clean = FaultMedia::from_image(&image, seed);
         let full_run = run(&clean, seed);
         assert!(!full_run.crashed);
@@ -314,7 +314,7 @@ fn power_loss_at_any_operation_keeps_every_acknowledged_record_exactly() {
         }
     });
     // Every case the assertions tell apart happened, so none of them was checked vacuously.
-    let pinned = std::env::var(crate::SEED_ENV).is_ok();
+    let pinned = pinned_seed().is_some();
     if !pinned {
         assert!(tally.in_flight_returned > 0, "{tally:?}");
         assert!(tally.in_flight_dropped > 0, "{tally:?}");
@@ -330,7 +330,7 @@ fn power_loss_at_any_operation_keeps_every_acknowledged_record_exactly() {
 fn a_persisted_truncation_is_never_undone_by_power_loss() {
     let image = formatted_image();
     let geometry = geometry();
-    for_each_seed(SEED_COUNT, |seed| {
+    for_each_seed(SEED_COUNT, Replay::Exact, |seed| {
         // Appends four records, truncates the first two, then appends and truncates more with
         // the power cut at `crash_op` operations after the first truncation completed.
         let script = |media: &FaultMedia, crash_op: Option<u64>| -> (u64, u64) {

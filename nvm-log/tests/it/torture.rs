@@ -8,7 +8,7 @@
 //! the append protocol's ordering, recovery's repair and reattaching, under real processes, real
 //! mappings and both persist paths; durability across power loss is `power_loss`'s business.
 
-use acre_nvm_log::fault::SplitMix;
+use acre_nvm_log::random::SplitMix;
 use acre_nvm_log::record::record_bytes;
 use acre_nvm_log::recovery::recover;
 use acre_nvm_log::ring::{LocalWriter, RingGeometry, RingReader, format};

@@ -2,7 +2,7 @@
 
 use acre_engine::addr::{Addr, NodeId};
 use acre_replication::EmbeddedCluster;
-use acre_txn::{Configuration, TxnError, TxnNode};
+use acre_txn::{Configuration, Error, TxnNode};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ fn balance(bytes: &[u8]) -> i64 {
     i64::from_le_bytes(bytes.try_into().unwrap())
 }
 
-fn transfer(node: &Arc<TxnNode>, from: Addr, to: Addr, amount: i64) -> Result<bool, TxnError> {
+fn transfer(node: &Arc<TxnNode>, from: Addr, to: Addr, amount: i64) -> Result<bool, Error> {
     let mut txn = node.begin()?;
     let a = balance(&txn.read(from)?);
     let b = balance(&txn.read(to)?);

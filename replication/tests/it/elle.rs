@@ -1,5 +1,6 @@
 //! An Elle-style serializability checker for list-append histories, built on std alone so it can
-//! move to a Jepsen-style harness crate unchanged.
+//! move to a Jepsen-style harness crate unchanged (its tests draw their random histories from
+//! the workspace's generator, `acre_nvm_log::random`).
 //!
 //! Why list-append: every read returns the whole list, so a read reveals the order in which the
 //! appends before it were installed. From the longest read of each key the checker recovers that
@@ -887,6 +888,7 @@ fn realtime_edges(txns: &[TxnRecord]) -> Vec<(usize, usize, Why)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use acre_nvm_log::random::{Replay, SplitMix, for_each_seed};
 
     fn append(key: u64, value: u64) -> MicroOp {
         MicroOp::Append { key, value }
@@ -1149,37 +1151,10 @@ mod tests {
         assert_classes(&history, &[], &[]);
     }
 
-    /// A small generator for the randomised tests, so this file needs nothing but std.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) % n
-        }
-    }
-
-    const SEED_ENV: &str = "ACRE_TEST_SEED";
-
-    /// Seeds `0..count`, or the one `ACRE_TEST_SEED` pins.
-    fn seeds(count: u64) -> Vec<u64> {
-        match std::env::var(SEED_ENV) {
-            Ok(text) => vec![
-                text.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
-            ],
-            Err(_) => (0..count).collect(),
-        }
-    }
-
     /// A history produced by running random transactions one after another against a model,
     /// each in its own time slot: strictly serializable by construction.
     fn serial_history(seed: u64, txn_count: u64) -> History {
-        let mut rng = Rng(seed);
+        let mut rng = SplitMix::new(seed);
         let mut lists: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         let mut next_value = 1;
         let mut txns = Vec::new();
@@ -1206,25 +1181,25 @@ mod tests {
 
     #[test]
     fn serial_histories_are_valid_in_any_record_order() {
-        for seed in seeds(50) {
+        for_each_seed(50, Replay::Exact, |seed| {
             let mut history = serial_history(seed, 60);
             let report = check(&history, true);
             assert!(report.is_valid(), "seed={seed}\n{report}");
             // The checker must not lean on the order the records come in.
-            let mut rng = Rng(seed);
+            let mut rng = SplitMix::new(seed);
             for i in (1..history.txns.len()).rev() {
                 let j = rng.below(i as u64 + 1) as usize;
                 history.txns.swap(i, j);
             }
             let report = check(&history, true);
             assert!(report.is_valid(), "seed={seed} (shuffled)\n{report}");
-        }
+        });
     }
 
     #[test]
     fn every_stale_read_in_a_serial_history_is_caught_when_strict() {
         let mut tested_count = 0;
-        for seed in seeds(50) {
+        for_each_seed(50, Replay::Exact, |seed| {
             let mut history = serial_history(seed, 60);
             // Drop the last element of one non-empty read that is not of the reader's own
             // append and that a longer read of another transaction confirms (an element no
@@ -1263,9 +1238,9 @@ mod tests {
                 }
             }
             if candidates.is_empty() {
-                continue;
+                return;
             }
-            let (t, o) = candidates[Rng(seed).below(candidates.len() as u64) as usize];
+            let (t, o) = candidates[SplitMix::new(seed).below(candidates.len() as u64) as usize];
             let stale = match &mut history.txns[t].ops[o] {
                 MicroOp::Read { list, .. } => list.pop(),
                 MicroOp::Append { .. } => None,
@@ -1277,7 +1252,7 @@ mod tests {
                 "seed={seed} stale_txn={stale_txn} dropped={stale:?}\n{report}"
             );
             tested_count += 1;
-        }
+        });
         assert!(tested_count > 0, "no seed had a read to make stale");
     }
 }

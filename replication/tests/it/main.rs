@@ -2,6 +2,7 @@
 
 mod bank;
 mod elle;
+mod fixture;
 mod index;
 mod list_append;
 mod protocol;

@@ -28,11 +28,11 @@
 //! **Bounds.** Every descent is at most [`HEIGHT_MAX`] nodes and checks each node's level and
 //! key range against its parent; every leaf walk stops after `limit` entries and at most
 //! [`LEAVES_SKIPPED_MAX`] leaves that contribute none; every node is decoded with bounds
-//! checks. Nonsense read from memory ends in [`TxnError::Malformed`], never in a panic or a
+//! checks. Nonsense read from memory ends in [`IndexError::Malformed`], never in a panic or a
 //! loop.
 
 use super::{Entry, Node, Reader, check_key, entry_bytes, malformed};
-use crate::error::TxnError;
+use crate::error::{IndexError, TxnError};
 use crate::txn::Txn;
 use crate::value;
 use acre_engine::addr::Addr;
@@ -76,7 +76,7 @@ const _: () = assert!(HEADER_BYTES + value::LEN_BYTES == 32);
 /// used inside transactions. It is only the address of its header: copy it freely.
 ///
 /// `get`, `insert` and `remove` take keys of 1 to [`KEY_BYTES_MAX`](super::KEY_BYTES_MAX) bytes:
-/// any other key is [`TxnError::KeyLength`].
+/// any other key is [`IndexError::KeyLength`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BTree {
     root: Addr,
@@ -109,7 +109,7 @@ struct Descent {
 impl BTree {
     /// Creates an empty tree (its header and an empty root leaf) in `txn`; it exists for others
     /// once `txn` commits.
-    pub fn create(txn: &mut Txn) -> Result<BTree, TxnError> {
+    pub fn create(txn: &mut Txn) -> Result<BTree, IndexError> {
         let leaf = txn.alloc(NODE_VALUE_BYTES)?;
         write_node(txn, leaf, &new_leaf(Vec::new(), 0))?;
         let root = txn.alloc_near(HEADER_BYTES, leaf)?;
@@ -133,7 +133,7 @@ impl BTree {
     }
 
     /// The value of `key`, if it is in the tree.
-    pub fn get(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<u64>, TxnError> {
+    pub fn get(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<u64>, IndexError> {
         check_key(key)?;
         let descent = self.descend(txn, Some(key))?;
         Ok(search(&descent.leaf, key)
@@ -142,7 +142,7 @@ impl BTree {
     }
 
     /// Sets `key` to `value`; returns the previous value. Splits the nodes that overflow.
-    pub fn insert(&self, txn: &mut Txn, key: &[u8], value: u64) -> Result<Option<u64>, TxnError> {
+    pub fn insert(&self, txn: &mut Txn, key: &[u8], value: u64) -> Result<Option<u64>, IndexError> {
         check_key(key)?;
         let Descent {
             mut header,
@@ -172,59 +172,28 @@ impl BTree {
         let might_split =
             |step: &Step| step.node.encoded_bytes() + super::ENTRY_BYTES_MAX > NODE_VALUE_BYTES;
         if header.height as usize >= HEIGHT_MAX && path.iter().all(might_split) {
-            return Err(TxnError::IndexFull {
+            return Err(IndexError::IndexFull {
                 root: self.root,
                 reason: format!("a split would grow the tree past {HEIGHT_MAX} levels"),
             });
         }
 
-        // Split the leaf: the right half moves to a new leaf linked after it.
-        let right_entries = leaf.entries.split_off(split_index(&leaf.entries));
-        let mut separator = right_entries[0].key.clone();
-        let right_addr = txn.alloc_near(NODE_VALUE_BYTES, leaf_addr)?;
-        let right = new_leaf(right_entries, leaf.link);
-        leaf.link = right_addr.to_u64();
-        write_node(txn, right_addr, &right)?;
-        write_node(txn, leaf_addr, &leaf)?;
-        let mut new_child = right_addr;
+        let (separator, new_child) = split_leaf(txn, leaf_addr, leaf)?;
+        let Some((separator, new_child)) = add_to_parents(txn, path, separator, new_child)? else {
+            return Ok(None);
+        };
+        self.grow_root(txn, &mut header, separator, new_child)?;
+        Ok(None)
+    }
 
-        // Add the separator to the parents, splitting those that overflow.
-        for Step {
-            addr,
-            mut node,
-            child_index,
-        } in path.into_iter().rev()
-        {
-            node.entries.insert(
-                child_index,
-                Entry {
-                    key: separator,
-                    value: new_child.to_u64(),
-                },
-            );
-            if node.encoded_bytes() <= NODE_VALUE_BYTES {
-                write_node(txn, addr, &node)?;
-                return Ok(None);
-            }
-            // The middle entry moves up: its key is the separator, its child the right node's
-            // first child.
-            let middle = split_index(&node.entries).clamp(1, node.entries.len() - 2);
-            let right_entries = node.entries.split_off(middle + 1);
-            let promoted = node.entries.pop().expect("middle >= 1");
-            let right_addr = txn.alloc_near(NODE_VALUE_BYTES, addr)?;
-            let right = Node {
-                magic: INNER_MAGIC,
-                level: node.level,
-                link: promoted.value,
-                entries: right_entries,
-            };
-            write_node(txn, right_addr, &right)?;
-            write_node(txn, addr, &node)?;
-            separator = promoted.key;
-            new_child = right_addr;
-        }
-
-        // The root split: a new root above the old one.
+    /// The root split: a new root above the old one, with `separator` and `new_child`.
+    fn grow_root(
+        &self,
+        txn: &mut Txn,
+        header: &mut Header,
+        separator: Vec<u8>,
+        new_child: Addr,
+    ) -> Result<(), IndexError> {
         assert!(
             (header.height as usize) < HEIGHT_MAX,
             "height={} was checked before the split",
@@ -243,12 +212,11 @@ impl BTree {
         write_node(txn, root_addr, &root)?;
         header.height += 1;
         header.root = root_addr;
-        txn.write(self.root, &header.encode())?;
-        Ok(None)
+        Ok(txn.write(self.root, &header.encode())?)
     }
 
     /// Removes `key`; returns its value if it was in the tree. The leaf stays, even if empty.
-    pub fn remove(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<u64>, TxnError> {
+    pub fn remove(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<u64>, IndexError> {
         check_key(key)?;
         let Descent {
             leaf_addr,
@@ -273,7 +241,7 @@ impl BTree {
         lower: Bound<&[u8]>,
         upper: Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, u64)>, TxnError> {
+    ) -> Result<Vec<(Vec<u8>, u64)>, IndexError> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
@@ -287,16 +255,6 @@ impl BTree {
             mut leaf,
             ..
         } = self.descend(txn, start)?;
-        let above_lower = |key: &[u8]| match lower {
-            Bound::Included(bound) => key >= bound,
-            Bound::Excluded(bound) => key > bound,
-            Bound::Unbounded => true,
-        };
-        let below_upper = |key: &[u8]| match upper {
-            Bound::Included(bound) => key <= bound,
-            Bound::Excluded(bound) => key < bound,
-            Bound::Unbounded => true,
-        };
         let mut previous_last: Option<Vec<u8>> = None;
         let mut skipped = 0;
         // Each pass takes at least one entry (at most `limit` passes), ends the walk, or counts
@@ -310,33 +268,22 @@ impl BTree {
                     "the leaf's first key is not above the previous leaf's last",
                 ));
             }
-            let mut taken = false;
-            for entry in &leaf.entries {
-                if !above_lower(&entry.key) {
-                    continue;
-                }
-                if !below_upper(&entry.key) {
-                    return Ok(out);
-                }
-                out.push((entry.key.clone(), entry.value));
-                taken = true;
-                if out.len() == limit {
-                    return Ok(out);
-                }
-            }
+            let Some(taken) = take_in_range(&leaf, lower, upper, limit, &mut out) else {
+                return Ok(out);
+            };
             if leaf.link == 0 {
                 return Ok(out);
             }
             if !taken {
                 skipped += 1;
                 if skipped > LEAVES_SKIPPED_MAX {
-                    return Err(TxnError::TxnTooLarge {
+                    return Err(IndexError::Txn(TxnError::TxnTooLarge {
                         reason: format!(
                             "a range over the B-tree at {} passed more than \
                              {LEAVES_SKIPPED_MAX} leaves without entries",
                             self.root
                         ),
-                    });
+                    }));
                 }
             }
             if let Some(last) = leaf.entries.last() {
@@ -356,17 +303,17 @@ impl BTree {
         txn: &mut Txn,
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, u64)>, TxnError> {
+    ) -> Result<Vec<(Vec<u8>, u64)>, IndexError> {
         self.range(txn, Bound::Included(start), Bound::Unbounded, limit)
     }
 
-    fn read_header(&self, txn: &mut Txn) -> Result<Header, TxnError> {
+    fn read_header(&self, txn: &mut Txn) -> Result<Header, IndexError> {
         Header::decode(self.root, &txn.read(self.root)?)
     }
 
     /// Reads the path from the root to the leaf whose key range holds `key` (the leftmost leaf
     /// for `None`), checking each node's level and keys against what its parent promised.
-    fn descend(&self, txn: &mut Txn, key: Option<&[u8]>) -> Result<Descent, TxnError> {
+    fn descend(&self, txn: &mut Txn, key: Option<&[u8]>) -> Result<Descent, IndexError> {
         let header = self.read_header(txn)?;
         let mut path = Vec::with_capacity(header.height as usize);
         let mut addr = header.root;
@@ -450,7 +397,7 @@ fn check_range(
     node: &Node,
     lower: Option<&[u8]>,
     upper: Option<&[u8]>,
-) -> Result<(), TxnError> {
+) -> Result<(), IndexError> {
     if let (Some(lower), Some(first)) = (lower, node.entries.first())
         && first.key.as_slice() < lower
     {
@@ -464,19 +411,19 @@ fn check_range(
     Ok(())
 }
 
-fn read_node(txn: &mut Txn, addr: Addr) -> Result<Node, TxnError> {
+fn read_node(txn: &mut Txn, addr: Addr) -> Result<Node, IndexError> {
     decode_node(addr, &txn.read(addr)?)
 }
 
-fn write_node(txn: &mut Txn, addr: Addr, node: &Node) -> Result<(), TxnError> {
+fn write_node(txn: &mut Txn, addr: Addr, node: &Node) -> Result<(), IndexError> {
     let bytes = node.encode(NODE_VALUE_BYTES);
     debug_assert!(decode_node(addr, &bytes).is_ok(), "{node:?}");
-    txn.write(addr, &bytes)
+    Ok(txn.write(addr, &bytes)?)
 }
 
 /// A node's bytes decoded and checked: a leaf (level 0) or an inner node (level >= 1, at least
 /// one separator, no zero child), with strictly increasing keys.
-fn decode_node(addr: Addr, bytes: &[u8]) -> Result<Node, TxnError> {
+fn decode_node(addr: Addr, bytes: &[u8]) -> Result<Node, IndexError> {
     let node = Node::decode(addr, bytes, NODE_VALUE_BYTES)?;
     match node.magic {
         LEAF_MAGIC if node.level != 0 => {
@@ -528,7 +475,7 @@ impl Header {
         out
     }
 
-    fn decode(addr: Addr, bytes: &[u8]) -> Result<Header, TxnError> {
+    fn decode(addr: Addr, bytes: &[u8]) -> Result<Header, IndexError> {
         let mut reader = Reader::new(addr, bytes);
         let magic = reader.u64("magic")?;
         if magic != HEADER_MAGIC {
@@ -554,6 +501,102 @@ impl Header {
     }
 }
 
+/// Appends the entries of `leaf` between `lower` and `upper` to `out`, up to `limit` in all.
+/// `None` when the range ends in this leaf (above `upper`, or `limit` reached); else whether
+/// any entry was taken.
+fn take_in_range(
+    leaf: &Node,
+    lower: Bound<&[u8]>,
+    upper: Bound<&[u8]>,
+    limit: usize,
+    out: &mut Vec<(Vec<u8>, u64)>,
+) -> Option<bool> {
+    let above_lower = |key: &[u8]| match lower {
+        Bound::Included(bound) => key >= bound,
+        Bound::Excluded(bound) => key > bound,
+        Bound::Unbounded => true,
+    };
+    let below_upper = |key: &[u8]| match upper {
+        Bound::Included(bound) => key <= bound,
+        Bound::Excluded(bound) => key < bound,
+        Bound::Unbounded => true,
+    };
+    let mut taken = false;
+    for entry in leaf.entries.iter().filter(|entry| above_lower(&entry.key)) {
+        if !below_upper(&entry.key) {
+            return None;
+        }
+        out.push((entry.key.clone(), entry.value));
+        taken = true;
+        if out.len() == limit {
+            return None;
+        }
+    }
+    Some(taken)
+}
+
+/// Splits an overflowing leaf: the right half moves to a new leaf linked after it. Returns the
+/// separator (the right leaf's first key) and the right leaf's address, for the parent.
+fn split_leaf(
+    txn: &mut Txn,
+    leaf_addr: Addr,
+    mut leaf: Node,
+) -> Result<(Vec<u8>, Addr), IndexError> {
+    let right_entries = leaf.entries.split_off(split_index(&leaf.entries));
+    let separator = right_entries[0].key.clone();
+    let right_addr = txn.alloc_near(NODE_VALUE_BYTES, leaf_addr)?;
+    let right = new_leaf(right_entries, leaf.link);
+    leaf.link = right_addr.to_u64();
+    write_node(txn, right_addr, &right)?;
+    write_node(txn, leaf_addr, &leaf)?;
+    Ok((separator, right_addr))
+}
+
+/// Adds `separator` and `new_child` to the parents on `path`, bottom up, splitting those that
+/// overflow. Returns what the root must take when the root itself split.
+fn add_to_parents(
+    txn: &mut Txn,
+    path: Vec<Step>,
+    mut separator: Vec<u8>,
+    mut new_child: Addr,
+) -> Result<Option<(Vec<u8>, Addr)>, IndexError> {
+    for Step {
+        addr,
+        mut node,
+        child_index,
+    } in path.into_iter().rev()
+    {
+        node.entries.insert(
+            child_index,
+            Entry {
+                key: separator,
+                value: new_child.to_u64(),
+            },
+        );
+        if node.encoded_bytes() <= NODE_VALUE_BYTES {
+            write_node(txn, addr, &node)?;
+            return Ok(None);
+        }
+        // The middle entry moves up: its key is the separator, its child the right node's
+        // first child.
+        let middle = split_index(&node.entries).clamp(1, node.entries.len() - 2);
+        let right_entries = node.entries.split_off(middle + 1);
+        let promoted = node.entries.pop().expect("middle >= 1");
+        let right_addr = txn.alloc_near(NODE_VALUE_BYTES, addr)?;
+        let right = Node {
+            magic: INNER_MAGIC,
+            level: node.level,
+            link: promoted.value,
+            entries: right_entries,
+        };
+        write_node(txn, right_addr, &right)?;
+        write_node(txn, addr, &node)?;
+        separator = promoted.key;
+        new_child = right_addr;
+    }
+    Ok(Some((separator, new_child)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,8 +604,8 @@ mod tests {
 
     const ADDR: Addr = Addr::new(RegionId(3), 8192);
 
-    fn is_malformed<T: std::fmt::Debug>(result: Result<T, TxnError>) -> bool {
-        matches!(result, Err(TxnError::Malformed { addr, .. }) if addr == ADDR)
+    fn is_malformed<T: std::fmt::Debug>(result: Result<T, IndexError>) -> bool {
+        matches!(result, Err(IndexError::Malformed { addr, .. }) if addr == ADDR)
     }
 
     fn entries(keys: &[&[u8]]) -> Vec<Entry> {

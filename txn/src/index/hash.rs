@@ -17,7 +17,7 @@
 //!
 //! **Overflow.** A bucket that is full links to an overflow bucket allocated next to it
 //! (`alloc_near`), at most [`OVERFLOW_BUCKETS_MAX`] of them per chain; an insert that finds the
-//! whole chain full fails with [`TxnError::IndexFull`] and changes nothing. Overflow buckets are
+//! whole chain full fails with [`IndexError::IndexFull`] and changes nothing. Overflow buckets are
 //! never freed: a removal leaves its bucket in the chain for later inserts. That keeps the chain
 //! walk bounded and safe under optimistic execution: a transaction that followed an overflow
 //! pointer from a bucket that has changed since still reads a bucket (it fails validation at
@@ -36,7 +36,7 @@
 //! of a key is `key_hash(key) % bucket_count` ([`super::key_hash`]).
 
 use super::{Entry, Node, Reader, check_key, entry_bytes, key_hash, malformed};
-use crate::error::TxnError;
+use crate::error::{Error, IndexError, TxnError};
 use crate::retry::Transact;
 use crate::txn::Txn;
 use crate::value;
@@ -90,9 +90,9 @@ const _: () = assert!(super::NODE_HEADER_BYTES + super::ENTRY_BYTES_MAX <= BUCKE
 /// inside transactions. Cheap to clone: the cached bucket addresses are shared.
 ///
 /// It holds about `capacity` keys (see the module doc): an insert whose bucket chain is full
-/// fails with [`TxnError::IndexFull`]. Every operation takes keys of 1 to
+/// fails with [`IndexError::IndexFull`]. Every operation takes keys of 1 to
 /// [`KEY_BYTES_MAX`](super::KEY_BYTES_MAX) bytes: any other key is
-/// [`TxnError::KeyLength`].
+/// [`IndexError::KeyLength`].
 #[derive(Clone, Debug)]
 pub struct HashTable {
     table: Arc<Table>,
@@ -132,16 +132,16 @@ impl HashTable {
     /// transactions: the buckets in batches of [`BUCKETS_PER_CREATE_TXN`], then each directory,
     /// then the header, so a table whose creation fails half-way is never reachable (its
     /// objects are left allocated).
-    pub fn create(db: &impl Transact, capacity: usize) -> Result<HashTable, TxnError> {
+    pub fn create(db: &impl Transact, capacity: usize) -> Result<HashTable, Error> {
         let bucket_count = capacity.div_ceil(BUCKET_KEYS_PLANNED).max(1);
         if bucket_count > BUCKETS_MAX {
-            return Err(TxnError::OutOfMemory {
+            return Err(Error::Txn(TxnError::OutOfMemory {
                 len: HEADER_VALUE_BYTES_MAX,
                 reason: format!(
                     "a hash table is sized for at most {} keys, not {capacity}",
                     BUCKETS_MAX * BUCKET_KEYS_PLANNED
                 ),
-            });
+            }));
         }
         let empty = empty_bucket().encode(BUCKET_VALUE_BYTES);
         let mut buckets = Vec::with_capacity(bucket_count);
@@ -154,7 +154,7 @@ impl HashTable {
                         txn.write(addr, &empty)?;
                         Ok(addr)
                     })
-                    .collect::<Result<Vec<Addr>, TxnError>>()
+                    .collect::<Result<Vec<Addr>, Error>>()
             })?;
             buckets.extend(created);
         }
@@ -196,22 +196,22 @@ impl HashTable {
     /// Opens the table whose header is at `root`: reads the header and the directories (in
     /// transactions of [`DIRECTORIES_PER_OPEN_TXN`]) and keeps the bucket addresses.
     /// `Malformed` if `root` is not a hash table's header.
-    pub fn open(db: &impl Transact, root: Addr) -> Result<HashTable, TxnError> {
-        let header = db.transact(|txn| Header::decode(root, &txn.read(root)?))?;
+    pub fn open(db: &impl Transact, root: Addr) -> Result<HashTable, Error> {
+        let header = db.transact(|txn| Ok(Header::decode(root, &txn.read(root)?)?))?;
         let bucket_count = header.bucket_count;
         let mut buckets = Vec::with_capacity(bucket_count);
         for chunk in header.directories.chunks(DIRECTORIES_PER_OPEN_TXN) {
             let directories = db.transact(|txn| {
                 chunk
                     .iter()
-                    .map(|&addr| Directory::decode(addr, &txn.read(addr)?))
-                    .collect::<Result<Vec<Directory>, TxnError>>()
+                    .map(|&addr| Ok(Directory::decode(addr, &txn.read(addr)?)?))
+                    .collect::<Result<Vec<Directory>, Error>>()
             })?;
             for (directory, &addr) in directories.into_iter().zip(chunk) {
                 let expected = BUCKETS_PER_DIRECTORY.min(bucket_count - buckets.len());
                 if directory.first as usize != buckets.len() || directory.buckets.len() != expected
                 {
-                    return Err(malformed(
+                    return Err(Error::Index(malformed(
                         addr,
                         format!(
                             "directory lists buckets {}..{}, expected {}..{}",
@@ -220,7 +220,7 @@ impl HashTable {
                             buckets.len(),
                             buckets.len() + expected
                         ),
-                    ));
+                    )));
                 }
                 buckets.extend(directory.buckets);
             }
@@ -256,7 +256,7 @@ impl HashTable {
 
     /// The value of `key`, if it is in the table. One read when the key is in its first bucket
     /// (or the bucket has no overflow).
-    pub fn get(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<u64>, TxnError> {
+    pub fn get(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<u64>, IndexError> {
         check_key(key)?;
         let chain = self.find(txn, key)?;
         Ok(chain
@@ -264,9 +264,9 @@ impl HashTable {
             .map(|(bucket, entry)| chain.buckets[bucket].1.entries[entry].value))
     }
 
-    /// Sets `key` to `value`; returns the previous value. [`TxnError::IndexFull`] (with nothing
+    /// Sets `key` to `value`; returns the previous value. [`IndexError::IndexFull`] (with nothing
     /// changed) when the key is new and its chain has no room.
-    pub fn insert(&self, txn: &mut Txn, key: &[u8], value: u64) -> Result<Option<u64>, TxnError> {
+    pub fn insert(&self, txn: &mut Txn, key: &[u8], value: u64) -> Result<Option<u64>, IndexError> {
         check_key(key)?;
         let mut chain = self.find(txn, key)?;
         if let Some((bucket, entry)) = chain.found {
@@ -290,7 +290,7 @@ impl HashTable {
             return Ok(None);
         }
         if chain.buckets.len() > OVERFLOW_BUCKETS_MAX {
-            return Err(TxnError::IndexFull {
+            return Err(IndexError::IndexFull {
                 root: self.root(),
                 reason: format!(
                     "the hash table is sized for about {} keys: create a larger one and copy \
@@ -315,7 +315,7 @@ impl HashTable {
     }
 
     /// Removes `key`; returns its value if it was in the table. The bucket stays in its chain.
-    pub fn remove(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<u64>, TxnError> {
+    pub fn remove(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<u64>, IndexError> {
         check_key(key)?;
         let mut chain = self.find(txn, key)?;
         let Some((bucket, entry)) = chain.found else {
@@ -334,7 +334,7 @@ impl HashTable {
     }
 
     /// Reads `key`'s chain up to the bucket holding `key`, or to its end.
-    fn find(&self, txn: &mut Txn, key: &[u8]) -> Result<Chain, TxnError> {
+    fn find(&self, txn: &mut Txn, key: &[u8]) -> Result<Chain, IndexError> {
         let mut addr = self.bucket_of(key);
         let mut buckets = Vec::with_capacity(1 + OVERFLOW_BUCKETS_MAX);
         for _ in 0..=OVERFLOW_BUCKETS_MAX {
@@ -375,16 +375,16 @@ fn empty_bucket() -> Node {
     }
 }
 
-fn read_bucket(txn: &mut Txn, addr: Addr) -> Result<Node, TxnError> {
+fn read_bucket(txn: &mut Txn, addr: Addr) -> Result<Node, IndexError> {
     decode_bucket(addr, &txn.read(addr)?)
 }
 
-fn write_bucket(txn: &mut Txn, addr: Addr, bucket: &Node) -> Result<(), TxnError> {
-    txn.write(addr, &bucket.encode(BUCKET_VALUE_BYTES))
+fn write_bucket(txn: &mut Txn, addr: Addr, bucket: &Node) -> Result<(), IndexError> {
+    Ok(txn.write(addr, &bucket.encode(BUCKET_VALUE_BYTES))?)
 }
 
 /// A bucket's bytes decoded and checked: an index node with the bucket magic and level 0.
-fn decode_bucket(addr: Addr, bytes: &[u8]) -> Result<Node, TxnError> {
+fn decode_bucket(addr: Addr, bytes: &[u8]) -> Result<Node, IndexError> {
     let node = Node::decode(addr, bytes, BUCKET_VALUE_BYTES)?;
     if node.magic != BUCKET_MAGIC {
         return Err(malformed(
@@ -421,7 +421,7 @@ impl Header {
         out
     }
 
-    fn decode(addr: Addr, bytes: &[u8]) -> Result<Header, TxnError> {
+    fn decode(addr: Addr, bytes: &[u8]) -> Result<Header, IndexError> {
         let mut reader = Reader::new(addr, bytes);
         let magic = reader.u64("magic")?;
         if magic != HEADER_MAGIC {
@@ -481,7 +481,7 @@ impl Directory {
         out
     }
 
-    fn decode(addr: Addr, bytes: &[u8]) -> Result<Directory, TxnError> {
+    fn decode(addr: Addr, bytes: &[u8]) -> Result<Directory, IndexError> {
         let mut reader = Reader::new(addr, bytes);
         let magic = reader.u64("magic")?;
         if magic != DIRECTORY_MAGIC {
@@ -503,7 +503,7 @@ impl Directory {
     }
 }
 
-fn nonzero_addr(reader: &mut Reader<'_>, what: &str) -> Result<Addr, TxnError> {
+fn nonzero_addr(reader: &mut Reader<'_>, what: &str) -> Result<Addr, IndexError> {
     match reader.u64(what)? {
         0 => Err(reader.error(format!("{what} is 0"))),
         packed => Ok(Addr::from_u64(packed)),
@@ -521,8 +521,8 @@ mod tests {
         Addr::new(RegionId(1 + n % 3), 32 + n * 1040)
     }
 
-    fn is_malformed<T: std::fmt::Debug>(result: Result<T, TxnError>) -> bool {
-        matches!(result, Err(TxnError::Malformed { addr, .. }) if addr == ADDR)
+    fn is_malformed<T: std::fmt::Debug>(result: Result<T, IndexError>) -> bool {
+        matches!(result, Err(IndexError::Malformed { addr, .. }) if addr == ADDR)
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! pointers from nodes that have changed since. Two rules make that safe. Index objects are
 //! never freed, so a stale pointer still leads to an index object, never to a reused slot. And
 //! every decoder checks what it reads (`Reader`: bounds, counts, key lengths, magics) and
-//! every walk is bounded by a named constant, so nonsense ends in [`TxnError::Malformed`],
+//! every walk is bounded by a named constant, so nonsense ends in [`IndexError::Malformed`],
 //! which [`crate::retry::run`] retries when the transaction's reads turn out stale.
 
 pub mod btree;
@@ -24,9 +24,9 @@ pub mod hash;
 pub use btree::BTree;
 pub use hash::HashTable;
 
-use crate::cursor::{Cursor, Short};
-use crate::error::TxnError;
+use crate::error::IndexError;
 use acre_engine::addr::Addr;
+use acre_engine::cursor::{Cursor, Short};
 
 /// The longest key an index takes.
 pub const KEY_BYTES_MAX: usize = 128;
@@ -50,9 +50,9 @@ const _: fn() = || {
 };
 
 /// Checks that `key` can be stored in an index: 1 to [`KEY_BYTES_MAX`] bytes.
-pub(crate) fn check_key(key: &[u8]) -> Result<(), TxnError> {
+pub(crate) fn check_key(key: &[u8]) -> Result<(), IndexError> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX {
-        return Err(TxnError::KeyLength {
+        return Err(IndexError::KeyLength {
             len: key.len(),
             max: KEY_BYTES_MAX,
         });
@@ -85,8 +85,8 @@ pub fn key_hash(key: &[u8]) -> u64 {
 }
 
 /// The error for bytes at `addr` that are not what an index expects.
-pub(crate) fn malformed(addr: Addr, reason: impl Into<String>) -> TxnError {
-    TxnError::Malformed {
+pub(crate) fn malformed(addr: Addr, reason: impl Into<String>) -> IndexError {
+    IndexError::Malformed {
         addr,
         reason: reason.into(),
     }
@@ -144,7 +144,7 @@ impl Node {
     }
 
     /// Decodes the node read at `addr`; `capacity` is the most bytes a node of its kind has.
-    pub fn decode(addr: Addr, bytes: &[u8], capacity: usize) -> Result<Node, TxnError> {
+    pub fn decode(addr: Addr, bytes: &[u8], capacity: usize) -> Result<Node, IndexError> {
         if bytes.len() > capacity {
             return Err(malformed(
                 addr,
@@ -183,7 +183,7 @@ impl Node {
 }
 
 /// A bounds-checked little-endian reader over bytes read from memory: every read that would
-/// pass the end, and every byte left over, is a [`TxnError::Malformed`] naming the object and
+/// pass the end, and every byte left over, is a [`IndexError::Malformed`] naming the object and
 /// the offset.
 pub(crate) struct Reader<'a> {
     addr: Addr,
@@ -204,40 +204,40 @@ impl<'a> Reader<'a> {
     }
 
     /// A malformed-node error at the current offset.
-    pub fn error(&self, reason: impl std::fmt::Display) -> TxnError {
+    pub fn error(&self, reason: impl std::fmt::Display) -> IndexError {
         malformed(
             self.addr,
             format!("{reason} (at byte {})", self.cursor.at()),
         )
     }
 
-    fn short(&self, what: &str, short: Short) -> TxnError {
+    fn short(&self, what: &str, short: Short) -> IndexError {
         self.error(format!("{what} {short}"))
     }
 
     /// The next `len` bytes; `what` names them in the error.
-    pub fn bytes(&mut self, len: usize, what: &str) -> Result<&'a [u8], TxnError> {
+    pub fn bytes(&mut self, len: usize, what: &str) -> Result<&'a [u8], IndexError> {
         self.cursor.take(len).map_err(|s| self.short(what, s))
     }
 
-    pub fn u8(&mut self, what: &str) -> Result<u8, TxnError> {
+    pub fn u8(&mut self, what: &str) -> Result<u8, IndexError> {
         self.cursor.u8().map_err(|s| self.short(what, s))
     }
 
-    pub fn u16(&mut self, what: &str) -> Result<u16, TxnError> {
+    pub fn u16(&mut self, what: &str) -> Result<u16, IndexError> {
         self.cursor.u16().map_err(|s| self.short(what, s))
     }
 
-    pub fn u32(&mut self, what: &str) -> Result<u32, TxnError> {
+    pub fn u32(&mut self, what: &str) -> Result<u32, IndexError> {
         self.cursor.u32().map_err(|s| self.short(what, s))
     }
 
-    pub fn u64(&mut self, what: &str) -> Result<u64, TxnError> {
+    pub fn u64(&mut self, what: &str) -> Result<u64, IndexError> {
         self.cursor.u64().map_err(|s| self.short(what, s))
     }
 
     /// An entry: key length (1 to [`KEY_BYTES_MAX`]), key, value.
-    pub fn entry(&mut self) -> Result<Entry, TxnError> {
+    pub fn entry(&mut self) -> Result<Entry, IndexError> {
         let key_len = usize::from(self.u8("key length")?);
         if !(1..=KEY_BYTES_MAX).contains(&key_len) {
             return Err(self.error(format!(
@@ -250,7 +250,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Checks that every byte was read.
-    pub fn finish(&self) -> Result<(), TxnError> {
+    pub fn finish(&self) -> Result<(), IndexError> {
         if self.remaining() != 0 {
             return Err(self.error(format!("{} bytes left over", self.remaining())));
         }
@@ -327,7 +327,7 @@ mod tests {
         let is_malformed = |bytes: &[u8]| {
             matches!(
                 Node::decode(ADDR, bytes, 1016),
-                Err(TxnError::Malformed { addr, .. }) if addr == ADDR
+                Err(IndexError::Malformed { addr, .. }) if addr == ADDR
             )
         };
         let mut zero_key = bytes.clone();
@@ -372,7 +372,7 @@ mod tests {
     fn an_empty_key_is_refused() {
         assert_eq!(
             check_key(b""),
-            Err(TxnError::KeyLength {
+            Err(IndexError::KeyLength {
                 len: 0,
                 max: KEY_BYTES_MAX
             })
@@ -384,7 +384,7 @@ mod tests {
         assert!(check_key(&[1; KEY_BYTES_MAX]).is_ok());
         assert_eq!(
             check_key(&[1; KEY_BYTES_MAX + 1]),
-            Err(TxnError::KeyLength {
+            Err(IndexError::KeyLength {
                 len: KEY_BYTES_MAX + 1,
                 max: KEY_BYTES_MAX
             })

@@ -68,6 +68,7 @@
 //! - a NOTIFY request's region, offset and key are 0; a reason is valid UTF-8 within its limit.
 
 use crate::addr::{Addr, NodeId, RegionId};
+use crate::cursor::Cursor;
 use crate::fabric::{Completion, OP_BYTES_MAX, Op, OpError, OpResult};
 use crate::region::{AccessError, AccessKey};
 
@@ -440,10 +441,7 @@ pub fn decode_bounded(buf: &[u8], len_max: u32) -> Result<Option<(Frame, usize)>
     let Some(frame_bytes) = buf.get(..total) else {
         return Ok(None);
     };
-    let mut reader = Reader {
-        buf: frame_bytes,
-        pos: LEN_BYTES + 1,
-    };
+    let mut reader = Reader::after_kind(frame_bytes);
     let frame = match kind_byte {
         kind::HELLO => Frame::Hello(Hello {
             magic: reader.array("HELLO magic")?,
@@ -458,7 +456,7 @@ pub fn decode_bounded(buf: &[u8], len_max: u32) -> Result<Option<(Frame, usize)>
         }),
         kind::PROOF => Frame::Proof(reader.array("PROOF")?),
         kind::REFUSED => {
-            let at = reader.pos;
+            let at = reader.at();
             Frame::Refused(match reader.u8("REFUSED reason")? {
                 1 => Refusal::UnsupportedVersion,
                 2 => Refusal::BadProof,
@@ -470,10 +468,10 @@ pub fn decode_bounded(buf: &[u8], len_max: u32) -> Result<Option<(Frame, usize)>
         kind::RESPONSE => Frame::Response(decode_response(&mut reader)?),
         _ => unreachable!("kind {kind_byte} was checked above"),
     };
-    if reader.pos != total {
+    if reader.at() != total {
         return Err(malformed(
             "trailing bytes after the frame's fields",
-            reader.pos,
+            reader.at(),
         ));
     }
     Ok(Some((frame, total)))
@@ -483,32 +481,40 @@ fn malformed(reason: &'static str, offset: usize) -> FrameError {
     FrameError::Malformed { reason, offset }
 }
 
-/// A cursor over one complete frame; every read is checked against its end.
+/// The fields of one complete frame, read through the bounds-checked [`Cursor`]: a field that
+/// does not fit is `Malformed`, named by `what` at the offset where it starts.
 struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    cursor: Cursor<'a>,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, count: usize, what: &'static str) -> Result<&[u8], FrameError> {
-        let end = self
-            .pos
-            .checked_add(count)
-            .filter(|&end| end <= self.buf.len());
-        let Some(end) = end else {
-            return Err(malformed(what, self.pos));
-        };
-        let bytes = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(bytes)
+impl<'a> Reader<'a> {
+    /// A reader of `frame` (length prefix included, so offsets count from the frame's first
+    /// byte), placed at the first field after the kind.
+    fn after_kind(frame: &'a [u8]) -> Reader<'a> {
+        let mut cursor = Cursor::new(frame);
+        cursor
+            .take(LEN_BYTES + 1)
+            .expect("a complete frame holds its length and kind");
+        Reader { cursor }
+    }
+
+    /// The offset of the next field from the start of the frame.
+    fn at(&self) -> usize {
+        self.cursor.at()
+    }
+
+    /// `what` did not fit in what is left of the frame (a short read consumes nothing, so the
+    /// cursor is still at the start of `what`).
+    fn short(&self, what: &'static str) -> FrameError {
+        malformed(what, self.cursor.at())
+    }
+
+    fn take(&mut self, count: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
+        self.cursor.take(count).map_err(|_| self.short(what))
     }
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], FrameError> {
-        let at = self.pos;
-        self.take(N, what)?
-            .first_chunk::<N>()
-            .copied()
-            .ok_or(malformed(what, at))
+        self.cursor.array().map_err(|_| self.short(what))
     }
 
     fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
@@ -536,7 +542,7 @@ impl Reader<'_> {
     /// A `node u16 | len u16 | UTF-8 [len]` field.
     fn node_reason(&mut self) -> Result<(NodeId, String), FrameError> {
         let node = NodeId(self.u16("error node")?);
-        let at = self.pos;
+        let at = self.at();
         let len = self.u16("reason length")? as usize;
         if len > REASON_BYTES_MAX {
             return Err(malformed("reason longer than REASON_BYTES_MAX", at));
@@ -550,7 +556,7 @@ impl Reader<'_> {
 
 fn decode_request(reader: &mut Reader<'_>) -> Result<Request, FrameError> {
     let request_id = reader.u64("request id")?;
-    let op_at = reader.pos;
+    let op_at = reader.at();
     let code = reader.u8("op code")?;
     let region = RegionId(reader.u32("region")?);
     let offset = reader.u32("offset")?;
@@ -594,7 +600,7 @@ fn decode_request(reader: &mut Reader<'_>) -> Result<Request, FrameError> {
 
 fn decode_response(reader: &mut Reader<'_>) -> Result<Response, FrameError> {
     let request_id = reader.u64("request id")?;
-    let status_at = reader.pos;
+    let status_at = reader.at();
     let code = reader.u8("status")?;
     let result = match code {
         status::READ_DONE => Ok(Completion::Read(reader.bytes("READ data")?)),

@@ -1,22 +1,26 @@
-//! A bounds-checked little-endian cursor over bytes that came from a log or from another
-//! node's memory. The crate's decoders (log records, index nodes) read through it, so a length
-//! or count taken from those bytes can never index past them; each decoder turns a [`Short`]
-//! into its own error, naming the record or object.
+//! A bounds-checked little-endian cursor over bytes that came from the network, a log or another
+//! node's memory. Every decoder of such bytes reads through it (the TCP frame decoder here,
+//! acre-txn's log records and index nodes), so a length or count taken from those bytes can
+//! never index past them.
+//!
+//! A read that would pass the end returns [`Short`] and consumes nothing, so [`Cursor::at`] is
+//! still the offset of the field that did not fit; each decoder turns that into its own error,
+//! naming the field, the frame, record or object, and that offset.
 
-/// The cursor ran out of bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Short {
+/// A read needed more bytes than were left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("needs {needed} bytes, {left} left")]
+#[non_exhaustive]
+pub struct Short {
+    /// Bytes the read asked for.
     pub needed: usize,
+    /// Bytes that were left.
     pub left: usize,
 }
 
-impl std::fmt::Display for Short {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "needs {} bytes, {} left", self.needed, self.left)
-    }
-}
-
-pub(crate) struct Cursor<'a> {
+/// Reads fields one after another from the front of `bytes`.
+#[derive(Clone, Debug)]
+pub struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,
 }
@@ -26,7 +30,7 @@ impl<'a> Cursor<'a> {
         Cursor { bytes, at: 0 }
     }
 
-    /// Bytes read so far.
+    /// Bytes read so far: the offset of the next field.
     pub fn at(&self) -> usize {
         self.at
     }
@@ -49,7 +53,8 @@ impl<'a> Cursor<'a> {
         Ok(taken)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Short> {
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], Short> {
         Ok(self
             .take(N)?
             .try_into()
@@ -95,6 +100,18 @@ mod tests {
                 needed: usize::MAX,
                 left: 0
             })
+        );
+    }
+
+    #[test]
+    fn arrays_come_whole_or_not_at_all() {
+        let mut cursor = Cursor::new(b"ACRE!");
+        assert_eq!(cursor.array::<4>(), Ok(*b"ACRE"));
+        assert_eq!(cursor.array::<2>(), Err(Short { needed: 2, left: 1 }));
+        assert_eq!(cursor.at(), 4, "a short read consumes nothing");
+        assert_eq!(
+            Short { needed: 2, left: 1 }.to_string(),
+            "needs 2 bytes, 1 left"
         );
     }
 }

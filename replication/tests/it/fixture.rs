@@ -1,0 +1,120 @@
+//! The embedded cluster the protocol, index and list-append tests run on, and `settle`, which
+//! waits until nothing is in flight in it.
+//!
+//! Layout: three nodes, f = 2, one region per node; region `k + 1` has its primary on node
+//! index `k` (`NodeId(k + 1)`) and its backups on the two others.
+
+use acre_engine::addr::NodeId;
+use acre_engine::channel::ring_area_id;
+use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
+use acre_replication::EmbeddedCluster;
+use acre_txn::Configuration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+pub const REGION_BYTES: u64 = 4 << 20;
+pub const BLOCK_BYTES: u64 = 64 << 10;
+pub const RING_BYTES: u64 = 256 << 10;
+/// Generous: quiescence takes milliseconds, but the test binary shares two cores.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Three nodes with regions of `region_bytes` (blocks of [`BLOCK_BYTES`]), rings of
+/// `ring_bytes`, and `clients` as client-only node ids.
+pub fn start(region_bytes: u64, ring_bytes: u64, clients: Vec<NodeId>) -> EmbeddedCluster {
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let config =
+        Configuration::place(1, ids, clients, 1, 2, region_bytes, BLOCK_BYTES).expect("config");
+    EmbeddedCluster::start(config, ring_bytes).expect("start the cluster")
+}
+
+/// Three nodes with the default sizes and no client-only nodes.
+pub fn three_nodes() -> EmbeddedCluster {
+    start(REGION_BYTES, RING_BYTES, vec![])
+}
+
+/// Head and tail of one log ring.
+#[derive(Debug)]
+pub struct RingState {
+    pub receiver: NodeId,
+    pub sender: NodeId,
+    pub head: u64,
+    pub tail: u64,
+}
+
+/// Every ring of every node: head (what the receiver has truncated) and tail (what the sender
+/// has appended), read from the ring headers.
+pub fn rings(cluster: &EmbeddedCluster) -> Vec<RingState> {
+    let members: Vec<NodeId> = cluster.config().members().collect();
+    let mut states = Vec::new();
+    for node in cluster.nodes() {
+        for &sender in &members {
+            let area = node
+                .txn()
+                .fabric()
+                .memory()
+                .area(ring_area_id(sender))
+                .expect("every member has a ring at every node");
+            let word = |offset: u64| area.words_at(offset as u32, 8)[0].load(Ordering::Acquire);
+            states.push(RingState {
+                receiver: node.node_id(),
+                sender,
+                head: decode_pos_word(word(HEAD_OFFSET), HEAD_OFFSET).expect("head word"),
+                tail: decode_pos_word(word(TAIL_OFFSET), TAIL_OFFSET).expect("tail word"),
+            });
+        }
+    }
+    states
+}
+
+/// Waits until nothing is in flight: every truncation sent and applied, every ring truncated
+/// up to its tail (no record unread or kept alive), and no transaction held by any primary or
+/// backup. Fails the test if that takes longer than [`SETTLE_TIMEOUT`], or if a node still
+/// holds something once every ring is empty.
+///
+/// `EmbeddedCluster::quiesce` alone is not enough: it looks at what the nodes hold, not at
+/// what their rings still hold, so it can return while a backup has yet to read a
+/// COMMIT-BACKUP (and then holds a transaction again). Once every ring is empty, every record
+/// has been handled and none is kept, so nothing can be held.
+///
+/// It does not compare backups with primaries: a test that expects them equal says so with
+/// `cluster.check_replicas()` after it, in its own words.
+pub fn settle(cluster: &EmbeddedCluster) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        assert!(
+            cluster.quiesce(SETTLE_TIMEOUT),
+            "the cluster did not quiesce within {SETTLE_TIMEOUT:?}"
+        );
+        let busy: Vec<RingState> = rings(cluster)
+            .into_iter()
+            .filter(|r| r.head != r.tail)
+            .collect();
+        if busy.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rings still hold records after quiescence: {busy:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for node in cluster.nodes() {
+        assert!(
+            !node.txn().links().has_pending_truncations(),
+            "{} has truncations to send with every ring empty",
+            node.node_id()
+        );
+        assert_eq!(
+            node.txn().primary().held_count(),
+            0,
+            "{} holds transactions as a primary with every ring empty",
+            node.node_id()
+        );
+        assert_eq!(
+            node.backup().held_count(),
+            0,
+            "{} holds transactions as a backup with every ring empty",
+            node.node_id()
+        );
+    }
+}

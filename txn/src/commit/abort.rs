@@ -1,0 +1,49 @@
+//! Abort in message mode (docs/protocol.md#abort): undoes step 1 when LOCK or VALIDATE
+//! failed, before any COMMIT-BACKUP is durable. Every primary that got LOCK gets ABORT in the
+//! same ring (so after the LOCK), which unlocks what it locked and hands back the
+//! transaction's reserved slots there; slots reserved at primaries that got no LOCK are
+//! released directly.
+
+use super::Commit;
+use crate::record::{Body, EntryKind, ReplyTo, TxnRecord};
+use acre_engine::addr::{Addr, NodeId};
+use std::collections::BTreeSet;
+
+impl Commit<'_> {
+    /// Sends ABORT to every primary that got LOCK and releases the reservations at the others.
+    pub(super) fn send_aborts(&mut self) {
+        let txn = self.txn.id;
+        assert_eq!(
+            self.backups_done, 0,
+            "{txn}: abort after COMMIT-BACKUP is durable"
+        );
+        assert_eq!(self.primaries_done, 0, "{txn}: abort after COMMIT-PRIMARY");
+        // A LOCK sent but not voted on yet (a later send failed) still gets its ABORT. Its
+        // vote may arrive late; the slot is then quarantined when the transaction ends.
+        let sent: BTreeSet<NodeId> = self.locks_sent.iter().map(|sent| sent.primary).collect();
+        for &primary in &sent {
+            let record = TxnRecord {
+                txn,
+                reply: ReplyTo::NONE,
+                truncated: Vec::new(),
+                body: Body::Abort,
+            };
+            if let Err(e) = self.send(primary, record) {
+                tracing::warn!(%txn, %primary, "ABORT lost: {e}; its locks wait for recovery");
+            }
+            if primary == self.node.node_id() {
+                self.node.primary().abort(txn);
+            }
+        }
+        let unsent: Vec<Addr> = self
+            .plan
+            .locks
+            .keys()
+            .filter(|primary| !sent.contains(primary))
+            .flat_map(|&primary| self.plan.lock_entries(primary))
+            .filter(|entry| entry.kind == EntryKind::Alloc)
+            .map(|entry| entry.addr)
+            .collect();
+        self.txn.release_reservations(&unsent);
+    }
+}

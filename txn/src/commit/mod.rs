@@ -1,0 +1,316 @@
+//! The coordinator's commit (docs/protocol.md#commit), one module per step of the protocol:
+//!
+//! 0. [`reserve`]: log space at every participant for every record the commit may write, so
+//!    the commit never stops half-way on a full log;
+//! 1. [`lock`]: LOCK at every primary of a written object, and the primaries' votes;
+//! 2. [`validate`]: the objects read but not written are unchanged and unlocked;
+//! 3. [`commit_backup`]: COMMIT-BACKUP durable in every backup's log;
+//! 4. [`commit_primary`]: COMMIT-PRIMARY to every primary, which installs and unlocks; the
+//!    transaction is committed once one primary has it;
+//! 5. [`queue_truncation`](Commit::queue_truncation): the participants may drop the records,
+//!    lazily;
+//!
+//! and [`abort`], which undoes step 1 when step 1 or 2 fails. Steps 1, 4 and abort are where
+//! commit modes differ (which CPU takes the locks and installs the values), so they are the
+//! methods of [`PrimarySteps`]; the driver [`commit`] runs any mode through the same steps.
+
+mod abort;
+mod commit_backup;
+mod commit_primary;
+mod lock;
+mod reserve;
+pub(crate) mod validate;
+
+use crate::error::{CommitError, TxnError};
+use crate::record::{Body, Entry, EntryKind, TxnRecord};
+use crate::txn::Txn;
+use crate::txn_node::TxnNode;
+use crate::value;
+use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_nvm_log::Reservation;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+impl Txn {
+    /// Commits the transaction: `Ok` means it is durable on every replica's log and will not
+    /// be lost. An error says whether anything of it became durable: every [`CommitError`]
+    /// but `Indeterminate` means it did not commit and may be run again.
+    pub fn commit(mut self) -> Result<(), CommitError> {
+        assert!(!self.finished, "{} committed twice", self.id);
+        self.finished = true;
+        commit(&mut self)
+    }
+
+    /// Whether everything this transaction read is still current (unlocked, same version).
+    /// `Db::run` uses it to tell a conflict from a real error when the closure fails.
+    pub fn still_valid(&mut self) -> Result<bool, TxnError> {
+        let reads: Vec<(Addr, u64)> = self.reads.iter().map(|(a, r)| (*a, r.version)).collect();
+        match validate::validate(self, &reads) {
+            Ok(()) => Ok(true),
+            Err(TxnError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Commits `txn` (docs/protocol.md#commit). A transaction that only read validates its reads;
+/// one that read a single object serializes at that read and has nothing left to do.
+fn commit(txn: &mut Txn) -> Result<(), CommitError> {
+    if txn.changes.is_empty() {
+        if txn.reads.len() <= 1 {
+            return Ok(());
+        }
+        let reads: Vec<(Addr, u64)> = txn.reads.iter().map(|(a, r)| (*a, r.version)).collect();
+        return Ok(validate::validate(txn, &reads)?);
+    }
+    let plan = Plan::new(txn);
+    let mut commit = Commit::new(txn, plan);
+    let outcome = commit.run(&Messages);
+    commit.give_back_log_space();
+    outcome
+}
+
+/// The steps that differ between commit modes: who locks the written objects, who installs
+/// their new values, and how an abort undoes the locks. Message mode ([`Messages`], FaRM's) has
+/// the primaries' workers act on LOCK, COMMIT-PRIMARY and ABORT records; a one-sided mode
+/// would have the coordinator CAS and WRITE the objects itself once the same records are
+/// durable in the primaries' logs. Every other step is shared.
+pub(crate) trait PrimarySteps {
+    /// Step 1: every written object is locked at its primary at the version read, or an
+    /// error says why not (the caller then aborts).
+    fn lock(&self, commit: &mut Commit<'_>) -> Result<(), CommitError>;
+    /// Step 4: COMMIT-PRIMARY is durable at the primaries; the new values are installed (or
+    /// will be, by a primary that has the record) and the objects unlocked.
+    fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError>;
+    /// Undoes step 1 before any COMMIT-BACKUP is durable: unlock, hand back reservations.
+    fn abort(&self, commit: &mut Commit<'_>);
+}
+
+/// FaRM's message mode: the primaries' workers lock, install and unlock.
+pub(crate) struct Messages;
+
+impl PrimarySteps for Messages {
+    fn lock(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
+        commit.send_locks()?;
+        commit.collect_votes()
+    }
+
+    fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
+        commit.send_commit_primaries()
+    }
+
+    fn abort(&self, commit: &mut Commit<'_>) {
+        commit.send_aborts();
+    }
+}
+
+/// What a commit writes where, fixed before anything is sent.
+pub(crate) struct Plan {
+    /// The LOCK body for each primary of a written object.
+    pub(crate) locks: BTreeMap<NodeId, Body>,
+    /// The COMMIT-BACKUP body for each backup of a written region.
+    pub(crate) backups: BTreeMap<NodeId, Body>,
+}
+
+impl Plan {
+    /// The records of `txn`'s changes: one entry per object in the LOCK of its primary and in
+    /// the COMMIT-BACKUP of each of its backups, every record listing all regions written.
+    fn new(txn: &Txn) -> Plan {
+        let config = txn.node.config();
+        let mut lock_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
+        let mut backup_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
+        let mut regions = BTreeSet::new();
+        for (addr, change) in &txn.changes {
+            let region = addr.region();
+            // Execution found every changed object in a region of the configuration.
+            let placement = config
+                .placement(region)
+                .unwrap_or_else(|| panic!("{}: {addr} changed outside any region", txn.id));
+            let payload = match change.kind {
+                EntryKind::Free => Vec::new(),
+                EntryKind::Write | EntryKind::Alloc => value::encode(&change.value),
+            };
+            let entry = Entry {
+                addr: *addr,
+                version: change.version,
+                kind: change.kind,
+                payload,
+            };
+            regions.insert(region);
+            for &backup in &placement.backups {
+                assert_ne!(backup, placement.primary, "{region} backs itself up");
+                backup_entries
+                    .entry(backup)
+                    .or_default()
+                    .push(entry.clone());
+            }
+            lock_entries
+                .entry(placement.primary)
+                .or_default()
+                .push(entry);
+        }
+        let regions: Vec<RegionId> = regions.into_iter().collect();
+        let body = |make: fn(Vec<RegionId>, Vec<Entry>) -> Body| {
+            let regions = regions.clone();
+            move |(node, entries)| (node, make(regions.clone(), entries))
+        };
+        let plan = Plan {
+            locks: lock_entries
+                .into_iter()
+                .map(body(|regions, entries| Body::Lock { regions, entries }))
+                .collect(),
+            backups: backup_entries
+                .into_iter()
+                .map(body(|regions, entries| Body::CommitBackup {
+                    regions,
+                    entries,
+                }))
+                .collect(),
+        };
+        assert!(
+            !plan.locks.is_empty(),
+            "{}: a write without a primary",
+            txn.id
+        );
+        plan
+    }
+
+    /// Every node the commit writes a record at.
+    pub(crate) fn participants(&self) -> BTreeSet<NodeId> {
+        self.locks
+            .keys()
+            .chain(self.backups.keys())
+            .copied()
+            .collect()
+    }
+
+    /// The entries of the LOCK sent to `primary`.
+    pub(crate) fn lock_entries(&self, primary: NodeId) -> &[Entry] {
+        match &self.locks[&primary] {
+            Body::Lock { entries, .. } => entries,
+            other => unreachable!("the LOCK body for {primary} is {other:?}"),
+        }
+    }
+}
+
+/// A LOCK that was sent: to whom, and where its vote arrives (`None`: this node's own primary,
+/// which voted inline).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LockSent {
+    pub(crate) primary: NodeId,
+    pub(crate) reply_index: Option<usize>,
+}
+
+/// One commit in progress: its plan and how far it got.
+pub(crate) struct Commit<'t> {
+    pub(crate) txn: &'t mut Txn,
+    pub(crate) node: Arc<TxnNode>,
+    pub(crate) plan: Plan,
+    /// Log space reserved at each participant (step 0).
+    pub(crate) reservations: BTreeMap<NodeId, Reservation>,
+    /// The LOCKs sent so far (step 1).
+    pub(crate) locks_sent: Vec<LockSent>,
+    /// This node's own primary's vote, when it is a participant.
+    pub(crate) inline_vote: Option<bool>,
+    /// Every primary voted yes: every written object is locked.
+    pub(crate) locked: bool,
+    /// Every read-only object was validated (step 2).
+    pub(crate) validated: bool,
+    /// Backups whose COMMIT-BACKUP is durable (step 3).
+    pub(crate) backups_done: usize,
+    /// Primaries whose COMMIT-PRIMARY is durable (step 4).
+    pub(crate) primaries_done: usize,
+}
+
+impl<'t> Commit<'t> {
+    fn new(txn: &'t mut Txn, plan: Plan) -> Commit<'t> {
+        Commit {
+            node: txn.node.clone(),
+            txn,
+            plan,
+            reservations: BTreeMap::new(),
+            locks_sent: Vec::new(),
+            inline_vote: None,
+            locked: false,
+            validated: false,
+            backups_done: 0,
+            primaries_done: 0,
+        }
+    }
+
+    /// The protocol, step by step (docs/protocol.md#commit).
+    fn run(&mut self, mode: &impl PrimarySteps) -> Result<(), CommitError> {
+        // 0. Reserve log space at every participant; nothing is sent yet.
+        if let Err(e) = self.reserve() {
+            self.give_back_log_space();
+            self.txn.release_all_reservations();
+            return Err(e);
+        }
+        // 1. LOCK, then 2. VALIDATE; either failing aborts.
+        if let Err(e) = mode.lock(self).and_then(|()| self.validate_reads()) {
+            mode.abort(self);
+            return Err(e);
+        }
+        // 3. COMMIT-BACKUP: durable at every backup.
+        self.commit_backup(mode)?;
+        // 4. COMMIT-PRIMARY: committed once one primary has it.
+        mode.commit_primary(self)?;
+        // 5. TRUNCATE, lazily.
+        self.queue_truncation();
+        Ok(())
+    }
+
+    /// Step 2: the objects read but not written are still at the versions read, unlocked.
+    fn validate_reads(&mut self) -> Result<(), CommitError> {
+        assert!(
+            self.locked,
+            "{}: VALIDATE before every LOCK held",
+            self.txn.id
+        );
+        assert!(!self.validated, "{}: validated twice", self.txn.id);
+        let reads: Vec<(Addr, u64)> = self
+            .txn
+            .reads
+            .iter()
+            .filter(|(addr, _)| !self.txn.changes.contains_key(addr))
+            .map(|(addr, read)| (*addr, read.version))
+            .collect();
+        validate::validate(self.txn, &reads)?;
+        self.validated = true;
+        Ok(())
+    }
+
+    /// Step 5: every primary has COMMIT-PRIMARY, so the participants may drop the records
+    /// (and backups apply them); the truncation rides on later records.
+    fn queue_truncation(&mut self) {
+        assert_eq!(
+            self.primaries_done,
+            self.plan.locks.len(),
+            "{}: truncated before every COMMIT-PRIMARY",
+            self.txn.id
+        );
+        self.node
+            .links()
+            .queue_truncation(self.txn.id, self.plan.participants());
+    }
+
+    /// Appends `record` at `node` inside the log space step 0 reserved there; returns once
+    /// the record is durable in `node`'s log.
+    pub(crate) fn send(&mut self, node: NodeId, record: TxnRecord) -> Result<(), TxnError> {
+        let txn = self.txn.id;
+        assert_eq!(record.txn, txn, "a record of another transaction");
+        let reservation = self
+            .reservations
+            .get_mut(&node)
+            .unwrap_or_else(|| panic!("{txn}: no log space reserved at {node}"));
+        self.node.links().send(node, reservation, record)
+    }
+
+    /// Gives back what is left of every reservation (the margin the aborts or truncations
+    /// did not use).
+    fn give_back_log_space(&mut self) {
+        for (node, reservation) in std::mem::take(&mut self.reservations) {
+            self.node.links().release(node, reservation);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Step 2 (docs/protocol.md#validate): the objects a transaction read but did not write are
+//! still at the versions it read, and unlocked. Per primary, by one-sided re-reads of their
+//! header words, or, when that primary holds more than [`T_R`] of them, by one VALIDATE message
+//! its worker answers. This node's own primary validates in place. A read-only transaction
+//! commits by this step alone.
+
+use crate::error::TxnError;
+use crate::record::{Body, TxnRecord};
+use crate::reply::{Code, Reply};
+use crate::txn::Txn;
+use crate::txn_node::REPLY_TIMEOUT;
+use acre_engine::addr::{Addr, NodeId};
+use std::collections::BTreeMap;
+
+/// A primary holding more than this many of the objects to validate is sent one VALIDATE
+/// message instead of that many one-sided reads (FaRM's `t_r`).
+pub const T_R: usize = 4;
+
+/// A VALIDATE message sent: to whom, where its reply arrives, and the first object it covers.
+struct ValidateSent {
+    primary: NodeId,
+    reply_index: usize,
+    first: Addr,
+}
+
+/// Validates `(addr, version)` pairs. Every VALIDATE message sent is waited for even after a
+/// conflict is found, so no reply arrives after the transaction gave its slot back.
+pub(crate) fn validate(txn: &mut Txn, reads: &[(Addr, u64)]) -> Result<(), TxnError> {
+    let mut by_primary: BTreeMap<NodeId, Vec<(Addr, u64)>> = BTreeMap::new();
+    for &(addr, version) in reads {
+        let (primary, _) = txn.node.reader().primary_of(addr)?;
+        by_primary.entry(primary).or_default().push((addr, version));
+    }
+    let mut sent = Vec::new();
+    let mut failure = None;
+    for (primary, reads) in by_primary {
+        let outcome = if primary == txn.node.node_id() {
+            validate_here(txn, &reads)
+        } else if reads.len() > T_R {
+            send_validate(txn, primary, reads).map(|message| sent.push(message))
+        } else {
+            validate_one_sided(txn, primary, &reads)
+        };
+        if let Err(e) = outcome {
+            failure = Some(e);
+            break;
+        }
+    }
+    let replies = wait_for_replies(txn, &sent)?;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    check_replies(&sent, &replies)
+}
+
+/// This node's own primary: no message needed.
+fn validate_here(txn: &Txn, reads: &[(Addr, u64)]) -> Result<(), TxnError> {
+    if txn.node.primary().validate(reads) {
+        return Ok(());
+    }
+    Err(TxnError::Conflict {
+        addr: reads[0].0,
+        why: "an object read was changed or is locked",
+    })
+}
+
+/// Re-reads the header words at `primary` with one-sided READs.
+fn validate_one_sided(txn: &Txn, primary: NodeId, reads: &[(Addr, u64)]) -> Result<(), TxnError> {
+    let addrs: Vec<Addr> = reads.iter().map(|(addr, _)| *addr).collect();
+    let headers = txn.node.reader().read_headers(primary, &addrs)?;
+    assert_eq!(headers.len(), reads.len(), "a header per object");
+    for ((addr, version), header) in reads.iter().zip(headers) {
+        if header.is_locked() {
+            return Err(TxnError::Conflict {
+                addr: *addr,
+                why: "an object read is locked by a committing transaction",
+            });
+        }
+        if header.version() != *version {
+            return Err(TxnError::Conflict {
+                addr: *addr,
+                why: "an object read was changed",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sends one VALIDATE message to `primary` for all of `reads`.
+fn send_validate(
+    txn: &mut Txn,
+    primary: NodeId,
+    reads: Vec<(Addr, u64)>,
+) -> Result<ValidateSent, TxnError> {
+    assert!(reads.len() > T_R, "{} reads go one-sided", reads.len());
+    let (reply_index, reply) = txn.next_reply()?;
+    let first = reads[0].0;
+    let record = TxnRecord {
+        txn: txn.id,
+        reply,
+        truncated: Vec::new(),
+        body: Body::Validate { reads },
+    };
+    txn.node.links().send_one(primary, record)?;
+    Ok(ValidateSent {
+        primary,
+        reply_index,
+        first,
+    })
+}
+
+/// Waits for the answers to every VALIDATE message sent, in the order sent.
+fn wait_for_replies(txn: &mut Txn, sent: &[ValidateSent]) -> Result<Vec<Reply>, TxnError> {
+    if sent.is_empty() {
+        return Ok(Vec::new());
+    }
+    let indexes: Vec<usize> = sent.iter().map(|message| message.reply_index).collect();
+    let replies = txn
+        .node
+        .replies()
+        .wait(txn.slot(), txn.id.seq, &indexes, REPLY_TIMEOUT)
+        .map_err(|missing| TxnError::Unavailable {
+            node: sent[missing].primary,
+            reason: format!("no VALIDATE reply within {REPLY_TIMEOUT:?}"),
+        })?;
+    txn.replies_consumed(replies.len());
+    Ok(replies)
+}
+
+/// What the primaries answered: all valid, or the first conflict.
+fn check_replies(sent: &[ValidateSent], replies: &[Reply]) -> Result<(), TxnError> {
+    assert_eq!(sent.len(), replies.len(), "a reply per VALIDATE sent");
+    for (message, reply) in sent.iter().zip(replies) {
+        match reply.code {
+            Code::Valid => {}
+            Code::Invalid => {
+                return Err(TxnError::Conflict {
+                    addr: message.first,
+                    why: "an object read was changed or is locked",
+                });
+            }
+            other => {
+                return Err(TxnError::Protocol {
+                    node: message.primary,
+                    reason: format!("VALIDATE answered with {other:?}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}

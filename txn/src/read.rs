@@ -1,0 +1,168 @@
+//! One-sided object reads: what a transaction does to read an object during execution, and
+//! what VALIDATE does to re-read headers (docs/protocol.md#execution).
+//!
+//! A read goes to the object's primary: one READ of the whole slot, decoded with torn-read
+//! detection, retried while the object is torn or locked by a committing transaction. The slot
+//! size comes from the block header, read once per block and cached (a block keeps its size
+//! class for the life of the region, so the cache never goes stale).
+
+use crate::POISONED;
+use crate::backoff::Backoff;
+use crate::config::Configuration;
+use crate::directory::Directory;
+use crate::error::TxnError;
+use crate::error::op_error;
+use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::fabric::{Completion, Fabric, Op};
+use acre_engine::object::{self, Header};
+use acre_engine::region::AccessKey;
+use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// One-sided reads of an object that is locked or torn before the read reports a conflict.
+pub const READ_ATTEMPTS_MAX: u32 = 200;
+
+/// A consistent read of an object's slot.
+#[derive(Clone, Debug)]
+pub struct SlotRead {
+    pub header: Header,
+    /// The whole payload of the slot.
+    pub payload: Vec<u8>,
+}
+
+/// Reads objects on their primaries.
+pub struct ObjectReader {
+    config: Arc<Configuration>,
+    fabric: Arc<Fabric>,
+    directory: Arc<Directory>,
+    /// Slot size of each claimed block seen so far: `(region, block index) -> slot bytes`.
+    slot_bytes: RwLock<HashMap<(RegionId, u32), u64>>,
+}
+
+impl ObjectReader {
+    pub(crate) fn new(
+        config: Arc<Configuration>,
+        fabric: Arc<Fabric>,
+        directory: Arc<Directory>,
+    ) -> ObjectReader {
+        ObjectReader {
+            config,
+            fabric,
+            directory,
+            slot_bytes: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The primary of the region `addr` is in, and the access key of its copy there.
+    pub fn primary_of(&self, addr: Addr) -> Result<(NodeId, AccessKey), TxnError> {
+        let region = addr.region();
+        let placement = self
+            .config
+            .placement(region)
+            .ok_or(TxnError::NoSuchRegion { addr, region })?;
+        let (key, _) = self
+            .directory
+            .lookup(&self.fabric, placement.primary, region)?;
+        Ok((placement.primary, key))
+    }
+
+    /// A consistent, unlocked read of the slot at `addr` on its primary: one one-sided READ,
+    /// retried (with backoff) while the object is torn or locked by a committing transaction.
+    pub fn read_slot(&self, addr: Addr) -> Result<SlotRead, TxnError> {
+        let (primary, key) = self.primary_of(addr)?;
+        let slot_bytes = self.slot_bytes_at(primary, key, addr)?;
+        let mut backoff = Backoff::poll();
+        for _ in 0..READ_ATTEMPTS_MAX {
+            let bytes = self
+                .fabric
+                .read(primary, addr, key, slot_bytes as u32)
+                .map_err(|e| op_error(primary, e))?;
+            match object::decode(&bytes) {
+                Ok(read) if !read.header.is_locked() => {
+                    return Ok(SlotRead {
+                        header: read.header,
+                        payload: read.payload.to_vec(),
+                    });
+                }
+                Ok(_) | Err(object::DecodeError::Torn(_)) => backoff.wait(),
+                Err(e) => {
+                    return Err(TxnError::Protocol {
+                        node: primary,
+                        reason: format!("read of {addr}: {e}"),
+                    });
+                }
+            }
+        }
+        Err(TxnError::Conflict {
+            addr,
+            why: "the object stayed locked",
+        })
+    }
+
+    /// Re-reads the header words of objects on one node (VALIDATE by one-sided reads).
+    pub fn read_headers(&self, node: NodeId, addrs: &[Addr]) -> Result<Vec<Header>, TxnError> {
+        let mut ops = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let (_, key) = self.primary_of(addr)?;
+            ops.push(Op::Read { addr, key, len: 8 });
+        }
+        let headers: Vec<Header> = self
+            .fabric
+            .execute(node, ops)
+            .into_iter()
+            .map(|result| match result.map_err(|e| op_error(node, e))? {
+                Completion::Read(bytes) if bytes.len() == 8 => Ok(Header::from_u64(
+                    u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
+                )),
+                other => Err(TxnError::Protocol {
+                    node,
+                    reason: format!("header read completed as {other:?}"),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        assert_eq!(headers.len(), addrs.len(), "one completion per READ");
+        Ok(headers)
+    }
+
+    /// The slot size of the object at `addr` (from its block header, read once per block), or
+    /// `NotFound` when `addr` is not the start of a slot.
+    fn slot_bytes_at(&self, primary: NodeId, key: AccessKey, addr: Addr) -> Result<u64, TxnError> {
+        let block_bytes = self.config.block_bytes;
+        let block_index = (addr.offset() as u64 / block_bytes) as u32;
+        let cached = self
+            .slot_bytes
+            .read()
+            .expect(POISONED)
+            .get(&(addr.region(), block_index))
+            .copied();
+        let slot_bytes = match cached {
+            Some(slot_bytes) => slot_bytes,
+            None => {
+                let block = Addr::new(addr.region(), (block_index as u64 * block_bytes) as u32);
+                if block.offset() as u64 + block_bytes > self.config.region_bytes {
+                    return Err(TxnError::NotFound { addr });
+                }
+                let header = self
+                    .fabric
+                    .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
+                    .map_err(|e| op_error(primary, e))?;
+                let slot_bytes = slab::block_slot_bytes(&header, block_bytes)
+                    .ok_or(TxnError::NotFound { addr })?;
+                self.slot_bytes
+                    .write()
+                    .expect(POISONED)
+                    .insert((addr.region(), block_index), slot_bytes);
+                slot_bytes
+            }
+        };
+        let in_block = addr.offset() as u64 % block_bytes;
+        let fits = in_block >= BLOCK_HEADER_BYTES
+            && (in_block - BLOCK_HEADER_BYTES).is_multiple_of(slot_bytes)
+            && in_block + slot_bytes <= block_bytes;
+        if !fits {
+            return Err(TxnError::NotFound { addr });
+        }
+        Ok(slot_bytes)
+    }
+}

@@ -14,7 +14,9 @@ use crate::fabric::doorbell::Doorbell;
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::{Completion, Fabric, Op, OpError};
 use crate::region::{AccessKey, Region};
-use acre_nvm_log::ring::{DATA_OFFSET, HEAD_OFFSET, TAIL_OFFSET, TAIL_SEQ_OFFSET, format};
+use acre_nvm_log::ring::{
+    DATA_OFFSET, HEAD_OFFSET, TAIL_OFFSET, TAIL_SEQ_OFFSET, format, record_kind_written,
+};
 use acre_nvm_log::{
     LogError, LogOp, MapOptions, Media, Record, RecordKind, Reservation, RingGeometry, RingReader,
     RingWriter,
@@ -38,6 +40,19 @@ pub fn ring_geometry(ring_bytes: u64) -> Result<RingGeometry, LogError> {
 /// The area id, at the receiver, of the ring that `sender` writes.
 pub fn ring_area_id(sender: NodeId) -> RegionId {
     RegionId(RING_AREA_BASE | sender.0 as u32)
+}
+
+/// The kinds of the records a batch appends to rings, in order (pads included): what a fault
+/// rule looks at to fail one protocol step's message and not another's.
+pub fn appended_kinds(ops: &[Op]) -> Vec<RecordKind> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Write { addr, data, .. } if addr.region().0 >= RING_AREA_BASE => {
+                record_kind_written(addr.offset() as u64, data)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Why a channel operation failed.

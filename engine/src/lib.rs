@@ -3,6 +3,11 @@
 //! channels on top of it, and the cluster directory node processes find each other through.
 #![deny(unsafe_code)]
 
+/// What `lock().expect` says of a poisoned lock. A thread panicked while holding it, so what
+/// it guards may be half-changed: the process stops rather than go on with it (and in release
+/// builds, where panics abort, no lock is ever poisoned).
+pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
+
 pub mod addr;
 pub mod channel;
 pub mod cursor;

@@ -93,9 +93,7 @@ impl FaultMedia {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().expect(crate::POISONED)
     }
 
     /// Cuts the power when the `op`-th store or persist from now is attempted: that operation and

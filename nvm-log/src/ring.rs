@@ -472,6 +472,19 @@ impl RingWriter {
 
 /// Emits a record's bytes as two writes: everything but the commit word, then the commit word, so
 /// a reader that sees the commit word sees the record.
+/// The kind of the record whose body a planned WRITE at ring `offset` carries, if it is one:
+/// an append writes a record's header words after the commit word, with its payload, in one
+/// WRITE that starts 8 bytes into the record ([`push_record_writes`]). For tools that look at
+/// appends in flight (fault rules, tracing); the reader never needs it.
+pub fn record_kind_written(offset: u64, bytes: &[u8]) -> Option<RecordKind> {
+    let record_offset = offset.checked_sub(8)?;
+    if record_offset < DATA_OFFSET || !(record_offset - DATA_OFFSET).is_multiple_of(RECORD_ALIGN) {
+        return None;
+    }
+    let length_kind = u64::from_le_bytes(bytes.get(8..16)?.try_into().expect("8 bytes"));
+    Some(RecordKind((length_kind >> 32) as u16))
+}
+
 fn push_record_writes(ops: &mut Vec<LogOp>, offset: u64, bytes: Vec<u8>) {
     ops.push(LogOp::Write {
         offset: offset + 8,
@@ -761,6 +774,48 @@ mod tests {
             reader.truncate(record.end()).unwrap();
         }
         assert_eq!(next_expected, 500);
+    }
+
+    #[test]
+    fn the_kinds_an_append_writes_are_found_in_its_plan_and_nowhere_else() {
+        let media = ring(1024);
+        let geometry = RingGeometry::read(&media).unwrap();
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let mut reader = RingReader::new(&media, geometry, 0, 0);
+        let kinds = |plan: &AppendPlan| -> Vec<RecordKind> {
+            plan.ops
+                .iter()
+                .filter_map(|op| match op {
+                    LogOp::Write { offset, bytes } => record_kind_written(*offset, bytes),
+                    LogOp::Persist { .. } => None,
+                })
+                .collect()
+        };
+        // 160-byte records: the seventh no longer fits before the end of the 1 KiB data area,
+        // so its plan writes a pad first.
+        let mut seen = Vec::new();
+        for i in 0..8u16 {
+            let mut reservation = writer.reserve(&[100]).unwrap();
+            let plan = writer
+                .writer()
+                .append(&mut reservation, RecordKind(10 + i), &[7; 100]);
+            writer.writer().release(reservation);
+            execute_plan(&media, &plan.ops).unwrap();
+            let record = reader.poll().unwrap().expect("the record just appended");
+            reader.truncate(record.end()).unwrap();
+            let found = kinds(&plan);
+            assert_eq!(found.last(), Some(&RecordKind(10 + i)), "{found:?}");
+            seen.push(found);
+        }
+        assert!(
+            seen.iter()
+                .any(|kinds| kinds.len() == 2 && kinds[0] == RecordKind::PAD),
+            "no append wrapped: {seen:?}"
+        );
+        assert!(seen.iter().all(|kinds| kinds.len() <= 2), "{seen:?}");
+        // Tail words and commit words are not record bodies.
+        assert_eq!(record_kind_written(TAIL_OFFSET, &[0; 16]), None);
+        assert_eq!(record_kind_written(DATA_OFFSET, &[0; 32]), None);
     }
 
     #[test]

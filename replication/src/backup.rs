@@ -64,7 +64,7 @@ impl Backup {
 
     /// Committed transactions not applied yet.
     pub fn held_count(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.held.lock().expect(crate::POISONED).len()
     }
 
     /// COMMIT-BACKUP: keeps the transaction's entries for this node's copies until truncation.
@@ -72,7 +72,7 @@ impl Backup {
         let previous = self
             .held
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(crate::POISONED)
             .insert(txn, entries);
         assert!(
             previous.is_none(),
@@ -82,11 +82,7 @@ impl Backup {
 
     /// TRUNCATE: applies the transaction to the copies (if this backup holds it).
     pub fn apply(&self, txn: TxnId) -> Result<Applied, ApplyError> {
-        let entries = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&txn);
+        let entries = self.held.lock().expect(crate::POISONED).remove(&txn);
         let mut applied = Applied::default();
         for entry in entries.unwrap_or_default() {
             if self.apply_entry(&entry)? {

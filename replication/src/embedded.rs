@@ -3,6 +3,7 @@
 
 use crate::replica::{ReplicaNode, StartError, Storage};
 use crate::verify::{self, Mismatch};
+use acre_engine::fabric::fault::FaultPlan;
 use acre_engine::fabric::local::{LocalCluster, LocalTransport};
 use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::{Doorbell, Fabric, Transport};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 pub struct EmbeddedCluster {
     config: Arc<Configuration>,
     nodes: Vec<ReplicaNode>,
+    faults: Arc<FaultPlan>,
     _local: Arc<LocalCluster>,
 }
 
@@ -23,6 +25,7 @@ impl EmbeddedCluster {
     pub fn start(config: Configuration, ring_bytes: u64) -> Result<EmbeddedCluster, StartError> {
         let config = Arc::new(config);
         let local = LocalCluster::new();
+        let faults = Arc::new(FaultPlan::new());
         let mut nodes = Vec::new();
         for node in config.members() {
             let doorbell = Doorbell::anonymous().map_err(|source| StartError::Io {
@@ -31,10 +34,10 @@ impl EmbeddedCluster {
             })?;
             let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
             local.add(memory.clone());
-            let fabric = Arc::new(Fabric::new(
-                memory,
-                Transport::Local(LocalTransport::new(local.clone())),
-            ));
+            let fabric = Arc::new(
+                Fabric::new(memory, Transport::Local(LocalTransport::new(local.clone())))
+                    .with_faults(faults.clone()),
+            );
             nodes.push(ReplicaNode::start(
                 config.clone(),
                 fabric,
@@ -60,6 +63,7 @@ impl EmbeddedCluster {
         Ok(EmbeddedCluster {
             config,
             nodes,
+            faults,
             _local: local,
         })
     }
@@ -70,6 +74,12 @@ impl EmbeddedCluster {
 
     pub fn nodes(&self) -> &[ReplicaNode] {
         &self.nodes
+    }
+
+    /// The faults injected into every node's batches to the others (none until a test adds a
+    /// rule): how tests fail, stall or half-execute what one node sends another.
+    pub fn faults(&self) -> &Arc<FaultPlan> {
+        &self.faults
     }
 
     /// Sends every pending truncation and waits until every node has applied and dropped all

@@ -22,22 +22,19 @@ impl LocalCluster {
     pub fn add(&self, memory: Arc<NodeMemory>) {
         self.nodes
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(crate::POISONED)
             .insert(memory.node_id(), memory);
     }
 
     /// Removes a node: operations on it fail as unreachable from now on.
     pub fn remove(&self, node: NodeId) -> Option<Arc<NodeMemory>> {
-        self.nodes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&node)
+        self.nodes.write().expect(crate::POISONED).remove(&node)
     }
 
     pub fn node(&self, node: NodeId) -> Option<Arc<NodeMemory>> {
         self.nodes
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(crate::POISONED)
             .get(&node)
             .cloned()
     }

@@ -41,7 +41,7 @@ impl NodeMemory {
 
     /// Makes `region` reachable by one-sided operations that present its key.
     pub fn register(&self, region: Arc<Region>) -> Result<(), AlreadyRegistered> {
-        let mut areas = self.areas.write().unwrap_or_else(|p| p.into_inner());
+        let mut areas = self.areas.write().expect(crate::POISONED);
         if areas.contains_key(&region.id()) {
             return Err(AlreadyRegistered {
                 node: self.node,
@@ -54,18 +54,11 @@ impl NodeMemory {
 
     /// Stops serving an area; operations already running on it finish.
     pub fn unregister(&self, id: RegionId) -> Option<Arc<Region>> {
-        self.areas
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
+        self.areas.write().expect(crate::POISONED).remove(&id)
     }
 
     pub fn area(&self, id: RegionId) -> Option<Arc<Region>> {
-        self.areas
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+        self.areas.read().expect(crate::POISONED).get(&id).cloned()
     }
 
     /// Every registered area, in id order.
@@ -73,7 +66,7 @@ impl NodeMemory {
         let mut all: Vec<_> = self
             .areas
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(crate::POISONED)
             .values()
             .cloned()
             .collect();

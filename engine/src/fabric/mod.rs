@@ -19,6 +19,7 @@
 
 pub mod doorbell;
 pub mod exec;
+pub mod fault;
 pub mod local;
 pub mod memory;
 pub mod shm;
@@ -164,11 +165,23 @@ pub enum Transport {
 pub struct Fabric {
     memory: std::sync::Arc<NodeMemory>,
     transport: Transport,
+    /// Faults a test or the simulation injects into this node's batches to others.
+    faults: Option<std::sync::Arc<fault::FaultPlan>>,
 }
 
 impl Fabric {
     pub fn new(memory: std::sync::Arc<NodeMemory>, transport: Transport) -> Fabric {
-        Fabric { memory, transport }
+        Fabric {
+            memory,
+            transport,
+            faults: None,
+        }
+    }
+
+    /// This fabric with `plan`'s faults injected into the batches it posts to other nodes.
+    pub fn with_faults(mut self, plan: std::sync::Arc<fault::FaultPlan>) -> Fabric {
+        self.faults = Some(plan);
+        self
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -213,6 +226,32 @@ impl Fabric {
                     .collect(),
             );
         }
+        let action = self
+            .faults
+            .as_ref()
+            .and_then(|plan| plan.decide(self.node_id(), target, &ops));
+        match action {
+            None => self.post_to_transport(target, ops),
+            Some(fault::Action::Fail) => {
+                Pending::ready(ops.iter().map(|_| fault::injected(target)).collect())
+            }
+            Some(fault::Action::Partial(executed)) => {
+                let executed = executed.min(ops.len());
+                let failed = ops.len() - executed;
+                let mut results = self
+                    .post_to_transport(target, ops[..executed].to_vec())
+                    .wait();
+                results.extend((0..failed).map(|_| fault::injected(target)));
+                Pending::ready(results)
+            }
+            Some(fault::Action::Delay(delay)) => {
+                std::thread::sleep(delay);
+                self.post_to_transport(target, ops)
+            }
+        }
+    }
+
+    fn post_to_transport(&self, target: NodeId, ops: Vec<Op>) -> Pending {
         match &self.transport {
             Transport::Local(t) => t.post(target, &ops),
             Transport::Shm(t) => t.post(target, &ops),

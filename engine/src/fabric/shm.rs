@@ -46,19 +46,11 @@ impl ShmTransport {
 
     /// Forgets what was mapped of `node` (it restarted: its areas have new keys).
     pub fn forget(&self, node: NodeId) {
-        self.peers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&node);
+        self.peers.write().expect(crate::POISONED).remove(&node);
     }
 
     fn peer(&self, node: NodeId) -> Result<Arc<ShmPeer>, OpError> {
-        if let Some(peer) = self
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&node)
-        {
+        if let Some(peer) = self.peers.read().expect(crate::POISONED).get(&node) {
             return Ok(peer.clone());
         }
         let unreachable = |reason: String| OpError::Unreachable { node, reason };
@@ -75,18 +67,13 @@ impl ShmTransport {
         });
         self.peers
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(crate::POISONED)
             .insert(node, peer.clone());
         Ok(peer)
     }
 
     fn area(&self, peer: &ShmPeer, id: RegionId, key: AccessKey) -> Result<Arc<Region>, OpError> {
-        if let Some(area) = peer
-            .areas
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
+        if let Some(area) = peer.areas.read().expect(crate::POISONED).get(&id) {
             return Ok(area.clone()); // the key is checked against it by execute_on
         }
         if peer.manifest.area(id).is_none() {
@@ -111,7 +98,7 @@ impl ShmTransport {
         };
         peer.areas
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(crate::POISONED)
             .insert(id, area.clone());
         Ok(area)
     }

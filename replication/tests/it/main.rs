@@ -2,6 +2,7 @@
 
 mod bank;
 mod elle;
+mod faults;
 mod fixture;
 mod index;
 mod list_append;

@@ -7,14 +7,14 @@
 //! `k + 1` has its primary on node index `k` (`NodeId(k + 1)`) and its backups on the two others.
 
 use crate::fixture::{
-    BLOCK_BYTES, REGION_BYTES, RING_BYTES, SETTLE_TIMEOUT, rings, settle, start, three_nodes,
+    BLOCK_BYTES, REGION_BYTES, RING_BYTES, SETTLE_TIMEOUT, create, overwrite, primary_header,
+    region_of, replica, rings, settle, start, three_nodes, txn_node, value_at,
 };
 use acre_engine::addr::{Addr, NodeId, RegionId};
-use acre_engine::object::{Header, SLOT_OVERHEAD_BYTES, load_header};
-use acre_engine::region::Region;
+use acre_engine::object::load_header;
 use acre_engine::slab::{BLOCK_HEADER_BYTES, block_slot_bytes};
 use acre_nvm_log::random::{ConcurrentSeed, SplitMix};
-use acre_replication::{EmbeddedCluster, ReplicaNode};
+use acre_replication::EmbeddedCluster;
 use acre_txn::T_R;
 use acre_txn::{CommitError, Error, TxnError, TxnNode};
 use std::collections::{BTreeMap, HashSet};
@@ -23,70 +23,6 @@ use std::sync::atomic::Ordering;
 
 // ---------------------------------------------------------------------------------------------
 // Cluster and object helpers.
-
-/// The coordinator side of node index `index`.
-fn txn_node(cluster: &EmbeddedCluster, index: usize) -> Arc<TxnNode> {
-    cluster.nodes()[index].txn().clone()
-}
-
-/// The region whose primary is node index `index`.
-fn region_of(index: usize) -> RegionId {
-    RegionId(index as u32 + 1)
-}
-
-fn replica(cluster: &EmbeddedCluster, id: NodeId) -> &ReplicaNode {
-    cluster
-        .nodes()
-        .iter()
-        .find(|n| n.node_id() == id)
-        .unwrap_or_else(|| panic!("{id} is not in the cluster"))
-}
-
-/// The primary's copy of `region`.
-fn primary_copy(cluster: &EmbeddedCluster, region: RegionId) -> &Arc<Region> {
-    let primary = cluster.config().placement(region).expect("placed").primary;
-    replica(cluster, primary)
-        .copy(region)
-        .expect("the primary holds its region")
-}
-
-/// The header of the object at `addr` as its primary's memory holds it right now (no retry
-/// while locked, unlike `TxnNode::read_slot`).
-fn primary_header(cluster: &EmbeddedCluster, addr: Addr) -> Header {
-    let copy = primary_copy(cluster, addr.region());
-    load_header(copy.words_at(addr.offset(), SLOT_OVERHEAD_BYTES as u64))
-}
-
-/// Allocates an object in `region` from `node`, sets it to `value` and commits.
-fn create(node: &Arc<TxnNode>, region: RegionId, value: &[u8]) -> Addr {
-    let mut txn = node.begin().expect("begin");
-    let addr = txn
-        .alloc_near(value.len(), Addr::new(region, 0))
-        .expect("alloc");
-    assert_eq!(
-        addr.region(),
-        region,
-        "alloc_near stays in the region of near"
-    );
-    txn.write(addr, value).expect("write");
-    txn.commit().expect("commit the allocation");
-    addr
-}
-
-/// Writes `value` to `addr` in a transaction of its own, from `node`.
-fn overwrite(node: &Arc<TxnNode>, addr: Addr, value: &[u8]) {
-    let mut txn = node.begin().expect("begin");
-    txn.write(addr, value).expect("write");
-    txn.commit().expect("commit the overwrite");
-}
-
-/// The committed value at `addr`, read by `node`.
-fn value_at(node: &Arc<TxnNode>, addr: Addr) -> Result<Vec<u8>, Error> {
-    let mut txn = node.begin()?;
-    let value = txn.read(addr)?;
-    txn.commit()?;
-    Ok(value)
-}
 
 fn records_handled(cluster: &EmbeddedCluster, index: usize) -> u64 {
     cluster.nodes()[index]

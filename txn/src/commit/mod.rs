@@ -80,7 +80,8 @@ pub(crate) trait PrimarySteps {
     /// error says why not (the caller then aborts).
     fn lock(&self, commit: &mut Commit<'_>) -> Result<(), CommitError>;
     /// Step 4: COMMIT-PRIMARY is durable at the primaries; the new values are installed (or
-    /// will be, by a primary that has the record) and the objects unlocked.
+    /// will be, by a primary that has the record) and the objects unlocked. `Ok` once one
+    /// primary has it (committed), counting in `primaries_done` the primaries that do.
     fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError>;
     /// Undoes step 1 before any COMMIT-BACKUP is durable: unlock, hand back reservations.
     fn abort(&self, commit: &mut Commit<'_>);
@@ -255,8 +256,11 @@ impl<'t> Commit<'t> {
         self.commit_backup(mode)?;
         // 4. COMMIT-PRIMARY: committed once one primary has it.
         mode.commit_primary(self)?;
-        // 5. TRUNCATE, lazily.
-        self.queue_truncation();
+        // 5. TRUNCATE, lazily; not while a primary lacks COMMIT-PRIMARY, whose records
+        // recovery will need.
+        if self.primaries_done == self.plan.locks.len() {
+            self.queue_truncation();
+        }
         Ok(())
     }
 

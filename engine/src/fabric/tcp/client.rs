@@ -48,11 +48,7 @@ const RECEIVE_CHUNK_BYTES: usize = 64 << 10;
 const SILENCE_CHECK_INTERVAL: Duration = Duration::from_millis(2500);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data (slots, maps) that is still
-    // consistent: every update is a single insert or remove.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().expect(crate::POISONED)
 }
 
 /// Why a connection to a peer could not be set up.
@@ -135,16 +131,13 @@ impl TcpTransport {
         });
         self.peers
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(crate::POISONED)
             .insert(node, peer);
     }
 
     /// Forgets `node`; later posts to it fail with `UnknownNode`.
     pub fn remove_peer(&self, node: NodeId) {
-        self.peers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&node);
+        self.peers.write().expect(crate::POISONED).remove(&node);
     }
 
     /// Posts `ops` to `target`; they execute there in order and complete in posting order.
@@ -168,7 +161,7 @@ impl TcpTransport {
         let peer = self
             .peers
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect(crate::POISONED)
             .get(&target)
             .cloned();
         let Some(peer) = peer else {
@@ -422,11 +415,7 @@ impl Link {
                     break;
                 }
                 state.room_waiters += 1;
-                state = self
-                    .shared
-                    .room
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
+                state = self.shared.room.wait(state).expect(crate::POISONED);
                 state.room_waiters -= 1;
             }
             let first_id = state.next_request_id;
@@ -688,7 +677,7 @@ impl PendingBatch {
         }
         let mut results = lock(&batch.results);
         while !batch.is_done() {
-            results = batch.done.wait(results).unwrap_or_else(|p| p.into_inner());
+            results = batch.done.wait(results).expect(crate::POISONED);
         }
         drop(results);
         batch.take()

@@ -5,7 +5,7 @@
 
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Addr, Db, EmbeddedOptions};
-use acre_benches::bank::{Bank, BankReport};
+use acre_benches::bank::{Bank, BankReport, THREADS_MAX};
 use anyhow::Context;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -59,6 +59,13 @@ pub struct BankArgs {
 fn check_workload(args: &WorkloadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
     anyhow::ensure!(args.threads > 0, "--threads must be at least 1");
+    let threads = args.threads.saturating_add(args.audits);
+    anyhow::ensure!(
+        threads <= THREADS_MAX,
+        "--threads {} and --audits {} make {threads} threads: at most {THREADS_MAX}",
+        args.threads,
+        args.audits
+    );
     anyhow::ensure!(args.accounts >= 2, "--accounts must be at least 2");
     Ok(())
 }
@@ -72,7 +79,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         region_bytes: 16 << 20,
         ..EmbeddedOptions::default()
     };
-    let db = Db::embedded(&options).context("start the embedded cluster")?;
+    let db = Db::embedded(&options)?;
     let replicas = db.config().f + 1;
     writeln!(
         out,

@@ -74,7 +74,7 @@ fn measure(args: &IdleArgs) -> anyhow::Result<(Duration, Duration)> {
     let file = ClusterFile::read(&args.dir.join(CLUSTER_FILE))?;
     // Let start-up work finish before measuring.
     std::thread::sleep(Duration::from_secs(1));
-    let pids: Vec<u32> = launch::running_nodes(&args.dir, &file)
+    let pids: Vec<u32> = launch::running_nodes(&args.dir, Some(&file))
         .into_iter()
         .map(|(_, pid)| pid)
         .collect();

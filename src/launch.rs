@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long nodes may take to publish their manifests.
@@ -64,30 +64,75 @@ pub struct DirArgs {
     pub dir: PathBuf,
 }
 
-/// The pids of the cluster's running memory nodes, by node.
-pub fn running_nodes(dir: &Path, file: &ClusterFile) -> Vec<(NodeId, u32)> {
-    file.config
-        .nodes
-        .iter()
-        .filter_map(|&node| {
+/// Whether `node` is a memory node of the cluster: one of `file`'s nodes, or, when the cluster
+/// file is unreadable, an id below the client ids (`up` numbers memory nodes from 1).
+fn is_memory_node(node: NodeId, file: Option<&ClusterFile>) -> bool {
+    match file {
+        Some(file) => file.config.nodes.contains(&node),
+        None => node.0 < CLIENT_ID_BASE,
+    }
+}
+
+/// The pids of the cluster's running memory nodes, by node. Found through the manifests in
+/// `dir`, so a cluster whose cluster file no longer parses (`file` is `None`) can still be seen
+/// and stopped.
+pub fn running_nodes(dir: &Path, file: Option<&ClusterFile>) -> Vec<(NodeId, u32)> {
+    NodeManifest::list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&node| is_memory_node(node, file))
+        .filter_map(|node| {
             let manifest = NodeManifest::read(dir, node).ok()??;
             cluster::process_alive(manifest.pid).then_some((node, manifest.pid))
         })
         .collect()
 }
 
-pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
-    let mut out = crate::output::stdout();
+/// The cluster file `up` writes for `args`, validated: a bad value is refused before the
+/// directory is touched or any node process starts.
+fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
     anyhow::ensure!(
         args.nodes < CLIENT_ID_BASE,
         "--nodes must be below {CLIENT_ID_BASE}"
     );
+    let nodes: Vec<NodeId> = (1..=args.nodes).map(NodeId).collect();
+    let clients: Vec<NodeId> = (0..args.clients)
+        .map(|c| NodeId(CLIENT_ID_BASE + c))
+        .collect();
+    let f = args
+        .f
+        .unwrap_or_else(|| Configuration::default_f(nodes.len()));
+    let config = Configuration::place(
+        1,
+        nodes,
+        clients,
+        args.regions_per_node,
+        f,
+        args.region_bytes,
+        args.block_bytes,
+    )?;
+    let file = ClusterFile {
+        transport: if args.transport == "tcp" {
+            TransportKind::Tcp
+        } else {
+            TransportKind::Shm
+        },
+        persist: args.persist.clone(),
+        ring_bytes: args.ring_bytes,
+        config,
+    };
+    file.validate()?;
+    Ok(file)
+}
+
+pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
+    let file = cluster_file(args)?;
     let dir = &args.dir;
     let file_path = dir.join(CLUSTER_FILE);
-    if let Ok(file) = ClusterFile::read(&file_path)
-        && !running_nodes(dir, &file).is_empty()
-    {
+    let existing = ClusterFile::read(&file_path).ok();
+    if !running_nodes(dir, existing.as_ref()).is_empty() {
         bail!(
             "a cluster is already running in {}: run `acre cluster down --dir {}` first",
             dir.display(),
@@ -99,66 +144,36 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("remove the old cluster in {}", dir.display()))?;
     }
     directory::create_cluster_dir(dir).with_context(|| format!("create {}", dir.display()))?;
-    let transport = if args.transport == "tcp" {
+    if file.transport == TransportKind::Tcp {
         ClusterSecret::generate()
             .write_file(&dir.join(directory::SECRET_FILE))
             .context("write the cluster secret")?;
-        TransportKind::Tcp
-    } else {
-        TransportKind::Shm
-    };
-    let nodes: Vec<NodeId> = (1..=args.nodes).map(NodeId).collect();
-    let clients: Vec<NodeId> = (0..args.clients)
-        .map(|c| NodeId(CLIENT_ID_BASE + c))
-        .collect();
-    let f = args
-        .f
-        .unwrap_or_else(|| Configuration::default_f(nodes.len()));
-    let config = Configuration::place(
-        1,
-        nodes.clone(),
-        clients,
-        args.regions_per_node,
-        f,
-        args.region_bytes,
-        args.block_bytes,
-    )?;
-    let file = ClusterFile {
-        transport,
-        persist: args.persist.clone(),
-        ring_bytes: args.ring_bytes,
-        config,
-    };
-    file.write(&file_path)?;
-    let exe = std::env::current_exe().context("find the acre binary")?;
-    for &node in &nodes {
-        let log = std::fs::File::create(dir.join(format!("n{}.log", node.0)))
-            .context("create a node log")?;
-        std::process::Command::new(&exe)
-            .arg("node")
-            .arg("--cluster")
-            .arg(&file_path)
-            .arg("--id")
-            .arg(node.0.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("share the node log")?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C aimed at `acre cluster up` leaves it running.
-            .process_group(0)
-            .spawn()
-            .context("start a node process")?;
     }
-    if let Err(e) = cluster::wait_for_manifests(dir, nodes.iter().copied(), START_TIMEOUT) {
-        let _ = stop_nodes(dir, &file);
-        bail!("{e}");
+    file.write(&file_path)?;
+    let mut children = Vec::new();
+    let started = start_nodes(dir, &file, &mut children);
+    let waited = started.and_then(|()| {
+        let nodes = file.config.nodes.iter().copied();
+        cluster::wait_for_manifests(dir, nodes, START_TIMEOUT, |node| {
+            let (_, child) = children.iter_mut().find(|(n, _)| *n == node)?;
+            let status = child.try_wait().ok()??;
+            Some(status.to_string())
+        })
+        .map_err(anyhow::Error::from)
+    });
+    if let Err(error) = waited {
+        // Leave the directory (the logs say what happened) but no process.
+        let _ = stop_nodes(dir, Some(&file));
+        stop_children(&mut children);
+        return Err(error);
     }
     writeln!(
         out,
         "cluster up: {} nodes over {}, {} regions with {} replicas each, in {}",
-        args.nodes,
-        transport.name(),
+        file.config.nodes.len(),
+        file.transport.name(),
         file.config.regions.len(),
-        f + 1,
+        file.config.f + 1,
         dir.display()
     )?;
     writeln!(out, "cluster file: {}", file_path.display())?;
@@ -169,6 +184,55 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts one detached `acre node` process per memory node, its output in `n<id>.log`.
+fn start_nodes(
+    dir: &Path,
+    file: &ClusterFile,
+    children: &mut Vec<(NodeId, Child)>,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("find the acre binary")?;
+    for &node in &file.config.nodes {
+        let log = std::fs::File::create(cluster::node_log_path(dir, node))
+            .context("create a node log")?;
+        let child = std::process::Command::new(&exe)
+            .arg("node")
+            .arg("--cluster")
+            .arg(dir.join(CLUSTER_FILE))
+            .arg("--id")
+            .arg(node.0.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("share the node log")?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C aimed at `acre cluster up` leaves it running.
+            .process_group(0)
+            .spawn()
+            .context("start a node process")?;
+        children.push((node, child));
+    }
+    Ok(())
+}
+
+/// SIGTERM to the node processes this `up` started that still run (some may not have
+/// published a manifest yet), then SIGKILL to any that outlive [`STOP_TIMEOUT`].
+fn stop_children(children: &mut [(NodeId, Child)]) {
+    for (_, child) in children.iter_mut() {
+        if let Ok(None) = child.try_wait() {
+            let _ = acre::engine::signal::terminate(child.id());
+        }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (_, child) in children.iter_mut() {
+        while let Ok(None) = child.try_wait() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
@@ -259,8 +323,8 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM to every running node, then waits for them to exit.
-fn stop_nodes(dir: &Path, file: &ClusterFile) -> anyhow::Result<usize> {
+/// SIGTERM to every running memory node, then waits for them to exit.
+fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<usize> {
     let running = running_nodes(dir, file);
     for &(_, pid) in &running {
         let _ = acre::engine::signal::terminate(pid);
@@ -280,9 +344,24 @@ fn stop_nodes(dir: &Path, file: &ClusterFile) -> anyhow::Result<usize> {
 pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
-    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
-        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
-    let stopped = stop_nodes(dir, &file)?;
+    let file_path = dir.join(CLUSTER_FILE);
+    // `down` removes the directory, so it must be a cluster's: a cluster file that parses, or
+    // one that does not beside the manifests of nodes (which are then found through those).
+    let file = match ClusterFile::read(&file_path) {
+        Ok(file) => Some(file),
+        Err(error) => {
+            let manifests = NodeManifest::list(dir).unwrap_or_default();
+            if !file_path.exists() || manifests.is_empty() {
+                bail!("no cluster in {}: {error}", dir.display());
+            }
+            writeln!(
+                out,
+                "cluster file unusable ({error}): stopping the nodes found by their manifests"
+            )?;
+            None
+        }
+    };
+    let stopped = stop_nodes(dir, file.as_ref())?;
     std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
     writeln!(
         out,

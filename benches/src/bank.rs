@@ -15,6 +15,27 @@ use std::time::{Duration, Instant};
 const SETUP_BATCH: usize = 32;
 /// The most accounts one directory object lists (it is one object of at most 64 KiB).
 pub const ACCOUNTS_MAX: usize = 8000;
+/// The most threads (transfers and audits together) one run starts: far more than the cores
+/// of any machine this runs on, few enough that their stacks fit in memory.
+pub const THREADS_MAX: usize = 1024;
+
+/// Why a bank run stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BankError {
+    /// A transaction failed in a way a retry does not fix.
+    #[error(transparent)]
+    Txn(#[from] Error),
+    #[error("{threads} threads are too many: a bank run starts at most {max}")]
+    TooManyThreads { threads: usize, max: usize },
+    #[error("cannot start thread {index} of {threads}: {source}; run fewer threads")]
+    Spawn {
+        index: usize,
+        threads: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The accounts of one bank.
 #[derive(Clone, Debug)]
@@ -185,7 +206,8 @@ impl Bank {
     }
 
     /// Runs `transfer_threads` threads of transfers and `audit_threads` threads of audits for
-    /// `duration`. Non-retryable errors end the run with that error.
+    /// `duration` (at most [`THREADS_MAX`] together). Non-retryable errors end the run with
+    /// that error.
     pub fn run(
         &self,
         db: &Db,
@@ -193,49 +215,73 @@ impl Bank {
         audit_threads: usize,
         duration: Duration,
         seed: u64,
-    ) -> Result<BankReport, Error> {
+    ) -> Result<BankReport, BankError> {
+        let threads = transfer_threads.saturating_add(audit_threads);
+        if threads > THREADS_MAX {
+            return Err(BankError::TooManyThreads {
+                threads,
+                max: THREADS_MAX,
+            });
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
         let mut handles = Vec::new();
-        for t in 0..transfer_threads + audit_threads {
-            let (db, bank, stop) = (db.clone(), self.clone(), stop.clone());
+        for t in 0..threads {
+            let (db, bank, stopped) = (db.clone(), self.clone(), stop.clone());
             let audit = t >= transfer_threads;
-            handles.push(std::thread::spawn(move || {
-                let mut random =
-                    acre_nvm_log::random::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
-                let mut report = BankReport::default();
-                while !stop.load(Ordering::Relaxed) {
-                    if audit {
-                        match bank.audit(&db) {
-                            Ok(Ok(_)) => report.audits_committed += 1,
-                            Ok(Err(violation)) => {
-                                report.audits_committed += 1;
-                                report.violations.push(violation);
+            let spawned = std::thread::Builder::new()
+                .name(format!("bank-{t}"))
+                .spawn(move || {
+                    let mut random =
+                        acre_nvm_log::random::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
+                    let mut report = BankReport::default();
+                    while !stopped.load(Ordering::Relaxed) {
+                        if audit {
+                            match bank.audit(&db) {
+                                Ok(Ok(_)) => report.audits_committed += 1,
+                                Ok(Err(violation)) => {
+                                    report.audits_committed += 1;
+                                    report.violations.push(violation);
+                                }
+                                Err(e) if e.is_retryable() => report.audits_aborted += 1,
+                                Err(e) => return Err(e),
                             }
-                            Err(e) if e.is_retryable() => report.audits_aborted += 1,
+                            continue;
+                        }
+                        let n = bank.accounts.len() as u64;
+                        let from = bank.accounts[random.below(n) as usize];
+                        let to = bank.accounts[random.below(n) as usize];
+                        if from == to {
+                            continue;
+                        }
+                        let amount = 1 + random.below(10) as i64;
+                        let began = Instant::now();
+                        match Bank::transfer(&db, from, to, amount) {
+                            Ok(()) => {
+                                report.committed += 1;
+                                report.commit_latencies.push(began.elapsed());
+                            }
+                            Err(e) if e.is_retryable() => report.aborted += 1,
                             Err(e) => return Err(e),
                         }
-                        continue;
                     }
-                    let n = bank.accounts.len() as u64;
-                    let from = bank.accounts[random.below(n) as usize];
-                    let to = bank.accounts[random.below(n) as usize];
-                    if from == to {
-                        continue;
+                    Ok(report)
+                });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(source) => {
+                    stop.store(true, Ordering::Relaxed);
+                    for handle in handles {
+                        // Their outcome no longer matters: the run did not start.
+                        let _ = handle.join().expect("bank threads do not panic");
                     }
-                    let amount = 1 + random.below(10) as i64;
-                    let began = Instant::now();
-                    match Bank::transfer(&db, from, to, amount) {
-                        Ok(()) => {
-                            report.committed += 1;
-                            report.commit_latencies.push(began.elapsed());
-                        }
-                        Err(e) if e.is_retryable() => report.aborted += 1,
-                        Err(e) => return Err(e),
-                    }
+                    return Err(BankError::Spawn {
+                        index: t,
+                        threads,
+                        source,
+                    });
                 }
-                Ok(report)
-            }));
+            }
         }
         std::thread::sleep(duration);
         stop.store(true, Ordering::Relaxed);
@@ -249,7 +295,7 @@ impl Bank {
         }
         total.elapsed = start.elapsed();
         match failure {
-            Some(e) => Err(e),
+            Some(e) => Err(e.into()),
             None => Ok(total),
         }
     }

@@ -124,6 +124,24 @@ impl NodeManifest {
         Ok(Some(manifest))
     }
 
+    /// The nodes that have a manifest in `dir`, in id order: what a launcher finds even when
+    /// the cluster file is unreadable.
+    pub fn list(dir: &Path) -> io::Result<Vec<NodeId>> {
+        let mut nodes = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|name| name.strip_prefix('n')?.strip_suffix(".manifest"))
+                .and_then(|id| id.parse::<u16>().ok());
+            if let Some(id) = id {
+                nodes.push(NodeId(id));
+            }
+        }
+        nodes.sort_unstable();
+        Ok(nodes)
+    }
+
     pub fn remove(dir: &Path, node: NodeId) -> io::Result<()> {
         match fs::remove_file(NodeManifest::path(dir, node)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -184,6 +202,13 @@ mod tests {
         assert!(NodeManifest::read(dir.path(), NodeId(9)).unwrap().is_none());
         std::fs::write(NodeManifest::path(dir.path(), NodeId(4)), "node = [").unwrap();
         assert!(NodeManifest::read(dir.path(), NodeId(4)).is_err());
+        std::fs::write(dir.path().join("n2.manifest.tmp"), "").unwrap();
+        std::fs::write(dir.path().join("nx.manifest"), "").unwrap();
+        assert_eq!(
+            NodeManifest::list(dir.path()).unwrap(),
+            [NodeId(2), NodeId(4)],
+            "manifests by name, whatever they hold; temporary files are none"
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //!
 //! `acre cluster up` writes the cluster file ([`crate::cluster_file`]) into a cluster directory
 //! and starts one `acre node` process per node; each creates its files in the directory and
-//! publishes a manifest (areas, keys, pid, tcp address) there. Clients
-//! ([`crate::client::ClientNode`]) find everything through the manifests.
+//! publishes a manifest (areas, keys, pid, tcp address) there. Client nodes (the `client`
+//! module, which builds on this one) find everything through the manifests.
 
 use crate::cluster_file::{ClusterFile, ClusterFileError};
 use crate::{ReplicaNode, StartError, Storage};
@@ -73,6 +73,15 @@ pub enum ManifestWaitError {
         node: NodeId,
         timeout: Duration,
         log: PathBuf,
+    },
+    /// The node's process ended before it was serving: its log says why.
+    #[error("{node} exited ({status}) before it published its manifest; {} ends: {tail}", log.display())]
+    Exited {
+        node: NodeId,
+        status: String,
+        log: PathBuf,
+        /// The last lines of the log, joined by ` | `.
+        tail: String,
     },
 }
 
@@ -232,11 +241,18 @@ fn next_incarnation(dir: &Path, node: NodeId) -> io::Result<u64> {
     Ok(previous)
 }
 
-/// Waits until every node in `nodes` has published its manifest.
+/// Lines of a node's log an [`ManifestWaitError::Exited`] quotes.
+pub const LOG_TAIL_LINES: usize = 3;
+
+/// Waits until every node in `nodes` has published its manifest. `exited(node)` tells, for a
+/// node that has not published yet, whether its process has ended and how (a launcher asks its
+/// child processes; a client, which starts no process, answers `None`): waiting for such a
+/// node is pointless, and its log says why it stopped.
 pub fn wait_for_manifests(
     dir: &Path,
     nodes: impl Iterator<Item = NodeId> + Clone,
     timeout: Duration,
+    mut exited: impl FnMut(NodeId) -> Option<String>,
 ) -> Result<(), ManifestWaitError> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -252,6 +268,19 @@ pub fn wait_for_manifests(
             }
         }
         let Some(node) = missing else { return Ok(()) };
+        if let Some(status) = exited(node) {
+            // It may have published just before it exited (and withdrawn on the way out).
+            if let Ok(Some(_)) = NodeManifest::read(dir, node) {
+                continue;
+            }
+            let log = node_log_path(dir, node);
+            return Err(ManifestWaitError::Exited {
+                node,
+                status,
+                tail: log_tail(&log, LOG_TAIL_LINES),
+                log,
+            });
+        }
         if Instant::now() >= deadline {
             return Err(ManifestWaitError::Timeout {
                 node,
@@ -260,6 +289,21 @@ pub fn wait_for_manifests(
             });
         }
         std::thread::sleep(MANIFEST_POLL_INTERVAL);
+    }
+}
+
+/// The last `count` non-empty lines of the log at `path`, joined by ` | `, or why there are
+/// none.
+fn log_tail(path: &Path, count: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            match lines.len() {
+                0 => "nothing".to_string(),
+                n => lines[n.saturating_sub(count)..].join(" | "),
+            }
+        }
+        Err(e) => format!("(cannot read it: {e})"),
     }
 }
 
@@ -307,6 +351,7 @@ mod tests {
             dir.path(),
             [NodeId(1)].into_iter(),
             Duration::from_millis(50),
+            |_| None,
         )
         .unwrap_err();
         match error {
@@ -316,5 +361,40 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    /// A node process that dies before it serves is noticed at once, with the end of its log,
+    /// rather than after the whole timeout.
+    #[test]
+    fn a_node_process_that_exits_is_reported_with_the_end_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(node_log_path(dir.path(), NodeId(1))).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo starting; echo; echo 'n1: invalid ring geometry' >&2; exit 3")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let error = wait_for_manifests(
+            dir.path(),
+            [NodeId(1)].into_iter(),
+            Duration::from_secs(30),
+            |_| child.try_wait().unwrap().map(|status| status.to_string()),
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+        match &error {
+            ManifestWaitError::Exited {
+                node, status, tail, ..
+            } => {
+                assert_eq!(*node, NodeId(1));
+                assert!(status.contains('3'), "{error}");
+                assert_eq!(tail, "starting | n1: invalid ring geometry", "{error}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(!error.to_string().contains('\n'), "{error}");
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Ring space: LOCK, COMMIT-PRIMARY and COMMIT-BACKUP records stay in the ring until their
 //! transaction is truncated (or, for LOCK, aborted), because recovery reads them there. A ring's
-//! head can only move past a prefix of records that are no longer needed, so [`Retention`]
+//! head can only move past a prefix of records that are no longer needed, so `Retention`
 //! tracks which records of each ring are still live.
 //!
 //! The worker sleeps on the node's doorbell when idle; it wakes for new records, or after

@@ -117,7 +117,7 @@ fn no_object_commits_in_a_block_before_its_header_reaches_every_backup() {
     let region = region_of(0); // primary n1, backups n2 and n3
     let header_copy = |ops: &[Op]| {
         matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
-            if addr.region().0 < RING_AREA_BASE && addr.offset() as u64 % BLOCK_BYTES == 0)
+            if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
     };
     let slow = cluster.faults().add(
         Rule::to(NodeId(3), Action::Delay(Duration::from_millis(500)))

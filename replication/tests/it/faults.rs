@@ -15,7 +15,8 @@ use acre_engine::fabric::fault::{Action, Rule};
 use acre_engine::slab::BLOCK_HEADER_BYTES;
 use acre_nvm_log::RecordKind;
 use acre_txn::CommitError;
-use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY};
+use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, TRUNCATE};
+use acre_txn::reply::REPLY_AREA_ID;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -198,5 +199,94 @@ fn a_backup_that_cannot_apply_keeps_the_transaction_and_its_records() {
         ring.head < ring.tail,
         "n3 truncated the records it could not apply: {ring:?}"
     );
+    cluster.stop();
+}
+
+/// docs/failures.md#what-happens-today: a primary's worker answers every coordinator, so it
+/// must never wait on one of them. Here n2's reply to n1 stalls for seconds (n1 paused, or a
+/// slow link); n3's transaction at n2 meanwhile commits at its usual speed.
+#[test]
+fn a_stalled_coordinator_does_not_stall_the_primary_for_others() {
+    const STALL: Duration = Duration::from_secs(3);
+    let cluster = three_nodes();
+    let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
+    let a = create(&n1, region_of(1), b"a0"); // primary n2
+    let b = create(&n3, region_of(1), b"b0"); // primary n2
+    let reply = |ops: &[Op]| matches!(ops, [Op::Write { addr, .. }, Op::Notify] if addr.region() == REPLY_AREA_ID);
+    let stalled = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Delay(STALL))
+            .from(NodeId(2))
+            .when(reply)
+            .times(1),
+    );
+    let slow = {
+        let n1 = n1.clone();
+        std::thread::spawn(move || {
+            let mut txn = n1.begin().expect("begin");
+            txn.write(a, b"a1").expect("write");
+            txn.commit()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.faults().hits(stalled) == 0 {
+        assert!(Instant::now() < deadline, "n2 never answered n1");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let started = Instant::now();
+    let mut txn = n3.begin().expect("begin");
+    txn.write(b, b"b1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let took = started.elapsed();
+    assert!(
+        took < STALL / 3,
+        "n3's commit at n2 waited {took:?} behind n2's stalled reply to n1"
+    );
+    assert_eq!(slow.join().expect("n1's commit"), Ok(()));
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/protocol.md#truncate: truncations go to each participant on its own link; one that
+/// cannot be reached must not hold back the others' (whose backups then never apply).
+#[test]
+fn an_unreachable_participant_does_not_hold_back_the_others_truncations() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(0), b"a0"); // primary n1, backups n2 and n3
+    settle(&cluster);
+    let cut = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Fail)
+            .from(NodeId(1))
+            .when(appends(TRUNCATE)),
+    );
+    let n3 = replica(&cluster, NodeId(3));
+    let truncated = || {
+        n3.worker()
+            .expect("a worker")
+            .stats()
+            .truncated
+            .load(Ordering::Acquire)
+    };
+    let truncated_before = truncated();
+    let mut txn = n1.begin().expect("begin");
+    txn.write(a, b"a1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let flushed = n1.links().flush_truncations(Duration::ZERO);
+    assert!(flushed.is_err(), "n2 was unreachable: {flushed:?}");
+    assert!(cluster.faults().hits(cut) >= 1);
+    // n3 got its truncation all the same and applies the transaction.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while truncated() == truncated_before {
+        assert!(
+            Instant::now() < deadline,
+            "n3 never got its truncation: n2's failure held it back"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cluster.faults().heal();
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("backups match once n2 is reachable");
     cluster.stop();
 }

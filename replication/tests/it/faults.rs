@@ -14,11 +14,30 @@ use acre_engine::fabric::Op;
 use acre_engine::fabric::fault::{Action, Rule};
 use acre_engine::slab::BLOCK_HEADER_BYTES;
 use acre_nvm_log::RecordKind;
+use acre_replication::ReplicaNode;
 use acre_txn::CommitError;
 use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, TRUNCATE};
 use acre_txn::reply::REPLY_AREA_ID;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Transactions `node`'s worker has truncated so far.
+fn truncated(node: &ReplicaNode) -> u64 {
+    node.worker()
+        .expect("a worker")
+        .stats()
+        .truncated
+        .load(Ordering::Acquire)
+}
+
+/// Waits (up to 5 s, else fails the test) until `done`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 /// Matches batches that append a record of `kind`.
 fn appends(kind: RecordKind) -> impl Fn(&[Op]) -> bool + Send + Sync {
@@ -131,14 +150,9 @@ fn no_object_commits_in_a_block_before_its_header_reaches_every_backup() {
         std::thread::spawn(move || create(&n1, region, &[1; 100]))
     };
     // Let the claimer get to its header copy, then allocate in the same size class.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cluster.faults().hits(slow) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the claimer never copied a block header"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("the claimer copies the block header", || {
+        cluster.faults().hits(slow) > 0
+    });
     let second = create(&n1, region, &[2; 100]);
     let first = claimer.join().expect("the claimer");
     assert_ne!(first, second);
@@ -167,25 +181,16 @@ fn a_backup_that_cannot_apply_keeps_the_transaction_and_its_records() {
         word.store(0, Ordering::Release);
     }
     let n3 = replica(&cluster, NodeId(3));
-    let truncated = || {
-        n3.worker()
-            .expect("a worker")
-            .stats()
-            .truncated
-            .load(Ordering::Acquire)
-    };
-    let truncated_before = truncated();
+    let truncated_before = truncated(n3);
     let mut txn = n1.begin().expect("begin");
     txn.write(a, b"a1").expect("write");
     assert_eq!(txn.commit(), Ok(()));
     n1.links()
         .flush_truncations(Duration::ZERO)
         .expect("send the truncation");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while truncated() == truncated_before {
-        assert!(Instant::now() < deadline, "n3 never read the truncation");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("n3 reads the truncation", || {
+        truncated(n3) > truncated_before
+    });
     assert_eq!(
         n3.backup().held_count(),
         1,
@@ -227,11 +232,7 @@ fn a_stalled_coordinator_does_not_stall_the_primary_for_others() {
             txn.commit()
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cluster.faults().hits(stalled) == 0 {
-        assert!(Instant::now() < deadline, "n2 never answered n1");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("n2 answers n1", || cluster.faults().hits(stalled) > 0);
     let started = Instant::now();
     let mut txn = n3.begin().expect("begin");
     txn.write(b, b"b1").expect("write");
@@ -260,14 +261,7 @@ fn an_unreachable_participant_does_not_hold_back_the_others_truncations() {
             .when(appends(TRUNCATE)),
     );
     let n3 = replica(&cluster, NodeId(3));
-    let truncated = || {
-        n3.worker()
-            .expect("a worker")
-            .stats()
-            .truncated
-            .load(Ordering::Acquire)
-    };
-    let truncated_before = truncated();
+    let truncated_before = truncated(n3);
     let mut txn = n1.begin().expect("begin");
     txn.write(a, b"a1").expect("write");
     assert_eq!(txn.commit(), Ok(()));
@@ -275,14 +269,9 @@ fn an_unreachable_participant_does_not_hold_back_the_others_truncations() {
     assert!(flushed.is_err(), "n2 was unreachable: {flushed:?}");
     assert!(cluster.faults().hits(cut) >= 1);
     // n3 got its truncation all the same and applies the transaction.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while truncated() == truncated_before {
-        assert!(
-            Instant::now() < deadline,
-            "n3 never got its truncation: n2's failure held it back"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("n3 gets its truncation though n2 is cut off", || {
+        truncated(n3) > truncated_before
+    });
     cluster.faults().heal();
     settle(&cluster);
     cluster

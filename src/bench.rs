@@ -9,7 +9,7 @@
 //! transaction of four objects is four one-sided reads and four header re-reads: several times
 //! faster. More threads than cores mostly add contention.
 
-use crate::launch::{self, DirArgs, UpArgs};
+use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, EmbeddedOptions};
 use acre_benches::bank::{Bank, THREADS_MAX, quantile};
@@ -84,7 +84,8 @@ pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
     }
     let outcome = measure(args, processes);
     if processes {
-        launch::down(&DirArgs {
+        launch::down(&DownArgs {
+            purge: true,
             dir: args.dir.clone(),
         })?;
     }

@@ -1,7 +1,9 @@
 //! `acre cluster up | status | down`: a cluster of node processes on this host. `up` writes the
 //! cluster file into a cluster directory and starts one detached `acre node` process per node
 //! (its output goes to `n<id>.log` there); `status` reads the file and the nodes' manifests;
-//! `down` sends SIGTERM to every node, waits for them to exit, and removes the directory.
+//! `down` sends SIGTERM to every node and waits for them to exit. The nodes' region copies and
+//! rings stay in the directory (they are what recovery will read) unless `down --purge`, and
+//! `up` refuses a directory that holds them.
 
 use acre::cluster::{self, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile};
 use acre::engine::addr::NodeId;
@@ -62,6 +64,16 @@ pub struct DirArgs {
     /// The cluster directory.
     #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
     pub dir: PathBuf,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DownArgs {
+    /// The cluster directory.
+    #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
+    pub dir: PathBuf,
+    /// Also remove the directory with the nodes' data (region copies, rings, logs).
+    #[arg(long)]
+    pub purge: bool,
 }
 
 /// Whether `node` is a memory node of the cluster: one of `file`'s nodes, or, when the cluster
@@ -140,6 +152,7 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if dir.exists() {
+        check_replaceable(dir)?;
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("remove the old cluster in {}", dir.display()))?;
     }
@@ -184,6 +197,35 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses to let `up` replace `dir` when that would throw data away: a stopped cluster's
+/// region copies and rings (recovery will restart from them; until it exists, only `down
+/// --purge` removes them), or a directory that is not a cluster's at all.
+fn check_replaceable(dir: &Path) -> anyhow::Result<()> {
+    let kept = cluster::kept_data_in(dir)
+        .with_context(|| format!("look for a stopped cluster's data in {}", dir.display()))?;
+    if let Some((node, data)) = kept.first() {
+        bail!(
+            "{} holds the data of a stopped cluster ({} of its nodes keep data; {node}: {data}): \
+             restarting a cluster from its data needs recovery, which is not built yet; remove it \
+             with `acre cluster down --dir {} --purge`, or use another --dir",
+            dir.display(),
+            kept.len(),
+            dir.display()
+        );
+    }
+    let empty = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .next()
+        .is_none();
+    if !empty && !dir.join(CLUSTER_FILE).exists() {
+        bail!(
+            "{} is not empty and holds no cluster ({CLUSTER_FILE}): use another --dir",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Starts one detached `acre node` process per memory node, its output in `n<id>.log`.
@@ -341,12 +383,13 @@ fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<usize> {
     Ok(running.len())
 }
 
-pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
+pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
     let file_path = dir.join(CLUSTER_FILE);
-    // `down` removes the directory, so it must be a cluster's: a cluster file that parses, or
-    // one that does not beside the manifests of nodes (which are then found through those).
+    // `down --purge` removes the directory, so it must be a cluster's: a cluster file that
+    // parses, or one that does not beside the manifests of nodes (which are then found through
+    // those).
     let file = match ClusterFile::read(&file_path) {
         Ok(file) => Some(file),
         Err(error) => {
@@ -362,11 +405,21 @@ pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let stopped = stop_nodes(dir, file.as_ref())?;
-    std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
-    writeln!(
-        out,
-        "cluster down: stopped {stopped} nodes, removed {}",
-        dir.display()
-    )?;
+    if args.purge {
+        std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+        writeln!(
+            out,
+            "cluster down: stopped {stopped} nodes, removed {}",
+            dir.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "cluster down: stopped {stopped} nodes; their data stays in {} (`acre cluster down \
+             --dir {} --purge` removes it)",
+            dir.display(),
+            dir.display()
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,8 @@
 //! - [`cluster_file`], [`process`], [`client`]: clusters of node processes on one host: the
 //!   cluster file, the runtime of a node process (`acre node`), and the client node an
 //!   application process joins a running cluster with.
+//! - [`restart`]: what a node finds of an earlier run (region copies and rings that hold data),
+//!   on which it refuses to start until recovery exists.
 //! - [`db`]: `Db`, the embedded API over an embedded cluster or a client node (re-exported by
 //!   the `acre` facade).
 //! - [`verify`]: backups byte-identical to their primaries.
@@ -29,6 +31,7 @@ pub mod db;
 pub mod embedded;
 pub mod process;
 pub mod replica;
+pub mod restart;
 pub mod verify;
 pub mod worker;
 

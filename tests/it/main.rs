@@ -4,5 +4,6 @@
 
 mod cluster;
 mod command_line;
+mod faults;
 mod restart;
 mod ycsb;

@@ -240,14 +240,17 @@ impl Serving {
             }
             Body::Alloc { region, len, near } => {
                 let (code, values) = match self.node.reserve_here(region, len as usize, near) {
-                    Ok(reserved) => (
-                        Code::Allocated,
-                        [
-                            reserved.addr.to_u64(),
-                            reserved.version,
-                            reserved.payload_bytes as u64,
-                        ],
-                    ),
+                    Ok(reserved) => {
+                        self.node.primary().track_allocation(txn, reserved.addr);
+                        (
+                            Code::Allocated,
+                            [
+                                reserved.addr.to_u64(),
+                                reserved.version,
+                                reserved.payload_bytes as u64,
+                            ],
+                        )
+                    }
                     Err(ReserveError::Alloc(AllocError::RegionFull { .. })) => {
                         (Code::AllocFailed, [alloc_failure::REGION_FULL, 0, 0])
                     }
@@ -269,7 +272,7 @@ impl Serving {
                 false
             }
             Body::Release { addrs } => {
-                self.node.primary().release(&addrs);
+                self.node.primary().release_for(txn, &addrs);
                 false
             }
         };

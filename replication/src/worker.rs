@@ -11,14 +11,13 @@
 //! The worker sleeps on the node's doorbell when idle; it wakes for new records, or after
 //! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending.
 
+use crate::allocations::{AllocRequest, Allocations};
 use crate::backup::Backup;
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{Inbox, Message};
-use acre_engine::slab::AllocError;
 use acre_txn::TxnNode;
-use acre_txn::alloc::ReserveError;
 use acre_txn::record::{Body, TxnId, TxnRecord};
-use acre_txn::reply::{Code, alloc_failure};
+use acre_txn::reply::Code;
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -83,6 +82,8 @@ struct Serving {
     /// Records kept for each transaction: `(sender, position)`.
     kept: HashMap<TxnId, Vec<(NodeId, u64)>>,
     stats: Arc<WorkerStats>,
+    /// Other nodes' ALLOC requests, served on a thread of their own.
+    allocations: Allocations,
 }
 
 /// A running worker; stops when dropped.
@@ -104,6 +105,7 @@ impl Worker {
             rings: HashMap::new(),
             kept: HashMap::new(),
             stats: stats.clone(),
+            allocations: Allocations::spawn(node.clone())?,
         };
         let thread = {
             let stop = stop.clone();
@@ -239,36 +241,14 @@ impl Serving {
                 false
             }
             Body::Alloc { region, len, near } => {
-                let (code, values) = match self.node.reserve_here(region, len as usize, near) {
-                    Ok(reserved) => {
-                        self.node.primary().track_allocation(txn, reserved.addr);
-                        (
-                            Code::Allocated,
-                            [
-                                reserved.addr.to_u64(),
-                                reserved.version,
-                                reserved.payload_bytes as u64,
-                            ],
-                        )
-                    }
-                    Err(ReserveError::Alloc(AllocError::RegionFull { .. })) => {
-                        (Code::AllocFailed, [alloc_failure::REGION_FULL, 0, 0])
-                    }
-                    Err(ReserveError::Alloc(AllocError::TooLarge { max, .. })) => {
-                        (Code::AllocFailed, [alloc_failure::TOO_LARGE, max as u64, 0])
-                    }
-                    Err(ReserveError::Alloc(AllocError::NotAnObject { .. })) => {
-                        (Code::AllocFailed, [alloc_failure::NOT_PRIMARY, 0, 0])
-                    }
-                    Err(ReserveError::Unreplicated { backup, .. }) => (
-                        Code::AllocFailed,
-                        [alloc_failure::UNREPLICATED, backup.0 as u64, 0],
-                    ),
-                    Err(ReserveError::Alloc(_)) => {
-                        (Code::AllocFailed, [alloc_failure::OTHER, 0, 0])
-                    }
-                };
-                self.node.reply(sender, record.reply, seq, code, values);
+                self.allocations.serve(AllocRequest {
+                    sender,
+                    reply: record.reply,
+                    txn,
+                    region,
+                    len,
+                    near,
+                });
                 false
             }
             Body::Release { addrs } => {

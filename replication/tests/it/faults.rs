@@ -331,3 +331,46 @@ fn a_timed_out_alloc_does_not_leak_its_slot() {
     settle(&cluster);
     cluster.stop();
 }
+
+/// docs/failures.md#what-happens-today: serving another node's ALLOC may mean copying a new
+/// block's header to every backup, and a backup can be slow; the primary's worker must not wait
+/// for that while other coordinators wait for its votes.
+#[test]
+fn a_slow_backup_under_an_alloc_does_not_stall_the_primary_for_others() {
+    const STALL: Duration = Duration::from_secs(3);
+    let cluster = three_nodes();
+    let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
+    let b = create(&n3, region_of(1), b"b0"); // primary n2
+    settle(&cluster);
+    let header_copy = |ops: &[Op]| {
+        matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
+            if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
+    };
+    let slow = cluster.faults().add(
+        Rule::to(NodeId(3), Action::Delay(STALL))
+            .from(NodeId(2))
+            .when(header_copy)
+            .times(1),
+    );
+    let allocating = {
+        let n1 = n1.clone();
+        // A size class nothing in n2's region uses yet: its ALLOC claims a block.
+        std::thread::spawn(move || create(&n1, region_of(1), &[1; 1000]))
+    };
+    wait_until("n2 copies the new block's header", || {
+        cluster.faults().hits(slow) > 0
+    });
+    let started = Instant::now();
+    let mut txn = n3.begin().expect("begin");
+    txn.write(b, b"b1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let took = started.elapsed();
+    assert!(
+        took < STALL / 3,
+        "n3's commit at n2 waited {took:?} behind n2's header copy for n1's ALLOC"
+    );
+    allocating.join().expect("n1's allocation");
+    settle(&cluster);
+    cluster.check_replicas().expect("backups match");
+    cluster.stop();
+}

@@ -14,15 +14,14 @@
 //! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending. Every turn of its loop advances the
 //! status area's heartbeat, which is how an observer tells a serving worker from a stopped one.
 
+use crate::allocations::{AllocRequest, Allocations};
 use crate::backup::Backup;
 use crate::status::{RingRetention, StatusArea};
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{Inbox, Message};
-use acre_engine::slab::AllocError;
 use acre_txn::TxnNode;
-use acre_txn::alloc::ReserveError;
 use acre_txn::record::{Body, TxnId, TxnRecord};
-use acre_txn::reply::{Code, alloc_failure};
+use acre_txn::reply::Code;
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -102,6 +101,8 @@ struct Serving {
     status: StatusArea,
     /// Whether what the rings keep changed since it was last published.
     retention_changed: bool,
+    /// Other nodes' ALLOC requests, served on a thread of their own.
+    allocations: Allocations,
 }
 
 /// A running worker; stops when dropped.
@@ -131,6 +132,7 @@ impl Worker {
             stats: stats.clone(),
             status,
             retention_changed: false,
+            allocations: Allocations::spawn(node.clone())?,
         };
         let thread = {
             let stop = stop.clone();
@@ -268,37 +270,18 @@ impl Serving {
                 false
             }
             Body::Alloc { region, len, near } => {
-                let (code, values) = match self.node.reserve_here(region, len as usize, near) {
-                    Ok(reserved) => (
-                        Code::Allocated,
-                        [
-                            reserved.addr.to_u64(),
-                            reserved.version,
-                            reserved.payload_bytes as u64,
-                        ],
-                    ),
-                    Err(ReserveError::Alloc(AllocError::RegionFull { .. })) => {
-                        (Code::AllocFailed, [alloc_failure::REGION_FULL, 0, 0])
-                    }
-                    Err(ReserveError::Alloc(AllocError::TooLarge { max, .. })) => {
-                        (Code::AllocFailed, [alloc_failure::TOO_LARGE, max as u64, 0])
-                    }
-                    Err(ReserveError::Alloc(AllocError::NotAnObject { .. })) => {
-                        (Code::AllocFailed, [alloc_failure::NOT_PRIMARY, 0, 0])
-                    }
-                    Err(ReserveError::Unreplicated { backup, .. }) => (
-                        Code::AllocFailed,
-                        [alloc_failure::UNREPLICATED, backup.0 as u64, 0],
-                    ),
-                    Err(ReserveError::Alloc(_)) => {
-                        (Code::AllocFailed, [alloc_failure::OTHER, 0, 0])
-                    }
-                };
-                self.node.reply(sender, record.reply, seq, code, values);
+                self.allocations.serve(AllocRequest {
+                    sender,
+                    reply: record.reply,
+                    txn,
+                    region,
+                    len,
+                    near,
+                });
                 false
             }
             Body::Release { addrs } => {
-                self.node.primary().release(&addrs);
+                self.node.primary().release_for(txn, &addrs);
                 false
             }
         };

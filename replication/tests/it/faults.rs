@@ -8,16 +8,16 @@ use crate::fixture::{
     BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, primary_header, region_of, replica, rings,
     settle, start, three_nodes, txn_node, value_at,
 };
-use acre_engine::addr::NodeId;
+use acre_engine::addr::{Addr, NodeId};
 use acre_engine::channel::{RING_AREA_BASE, appended_kinds};
 use acre_engine::fabric::Op;
 use acre_engine::fabric::fault::{Action, Rule};
 use acre_engine::slab::BLOCK_HEADER_BYTES;
 use acre_nvm_log::RecordKind;
 use acre_replication::ReplicaNode;
-use acre_txn::CommitError;
 use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, TRUNCATE};
 use acre_txn::reply::REPLY_AREA_ID;
+use acre_txn::{CommitError, TxnError};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Matches a reply to a coordinator: one WRITE into its reply area, then a NOTIFY.
+fn is_reply(ops: &[Op]) -> bool {
+    matches!(ops, [Op::Write { addr, .. }, Op::Notify] if addr.region() == REPLY_AREA_ID)
 }
 
 /// Matches batches that append a record of `kind`.
@@ -224,11 +229,10 @@ fn a_stalled_coordinator_does_not_stall_the_primary_for_others() {
     let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
     let a = create(&n1, region_of(1), b"a0"); // primary n2
     let b = create(&n3, region_of(1), b"b0"); // primary n2
-    let reply = |ops: &[Op]| matches!(ops, [Op::Write { addr, .. }, Op::Notify] if addr.region() == REPLY_AREA_ID);
     let stalled = cluster.faults().add(
         Rule::to(NodeId(1), Action::Delay(STALL))
             .from(NodeId(2))
-            .when(reply)
+            .when(is_reply)
             .times(1),
     );
     let slow = {
@@ -284,5 +288,89 @@ fn an_unreachable_participant_does_not_hold_back_the_others_truncations() {
     cluster
         .check_replicas()
         .expect("backups match once n2 is reachable");
+    cluster.stop();
+}
+
+/// docs/protocol.md#allocation: an ALLOC whose reply is lost leaves a slot reserved at the
+/// primary that the coordinator never learns of. When the transaction ends, the primary must
+/// get the slot back; otherwise every such timeout leaks a slot for good.
+#[test]
+fn a_timed_out_alloc_does_not_leak_its_slot() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let near = Addr::new(region_of(1), 0); // primary n2, nothing allocated there yet
+    let lost = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Fail)
+            .from(NodeId(2))
+            .when(is_reply),
+    );
+    let mut txn = n1.begin().expect("begin");
+    let outcome = txn.alloc_near(8, near);
+    assert!(
+        matches!(
+            outcome,
+            Err(TxnError::Unavailable {
+                node: NodeId(2),
+                ..
+            })
+        ),
+        "the ALLOC reply was lost: {outcome:?}"
+    );
+    assert!(cluster.faults().hits(lost) >= 1);
+    drop(txn);
+    cluster.faults().heal();
+    settle(&cluster);
+    // The slot the lost ALLOC reserved (the first of the block it claimed) is free again: the
+    // next allocation of the same size class gets it.
+    let first_slot = Addr::new(region_of(1), BLOCK_HEADER_BYTES as u32);
+    assert_eq!(
+        create(&n1, region_of(1), &[0; 8]),
+        first_slot,
+        "the slot leaked"
+    );
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/failures.md#what-happens-today: serving another node's ALLOC may mean copying a new
+/// block's header to every backup, and a backup can be slow; the primary's worker must not wait
+/// for that while other coordinators wait for its votes.
+#[test]
+fn a_slow_backup_under_an_alloc_does_not_stall_the_primary_for_others() {
+    const STALL: Duration = Duration::from_secs(3);
+    let cluster = three_nodes();
+    let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
+    let b = create(&n3, region_of(1), b"b0"); // primary n2
+    settle(&cluster);
+    let header_copy = |ops: &[Op]| {
+        matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
+            if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
+    };
+    let slow = cluster.faults().add(
+        Rule::to(NodeId(3), Action::Delay(STALL))
+            .from(NodeId(2))
+            .when(header_copy)
+            .times(1),
+    );
+    let allocating = {
+        let n1 = n1.clone();
+        // A size class nothing in n2's region uses yet: its ALLOC claims a block.
+        std::thread::spawn(move || create(&n1, region_of(1), &[1; 1000]))
+    };
+    wait_until("n2 copies the new block's header", || {
+        cluster.faults().hits(slow) > 0
+    });
+    let started = Instant::now();
+    let mut txn = n3.begin().expect("begin");
+    txn.write(b, b"b1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let took = started.elapsed();
+    assert!(
+        took < STALL / 3,
+        "n3's commit at n2 waited {took:?} behind n2's header copy for n1's ALLOC"
+    );
+    allocating.join().expect("n1's allocation");
+    settle(&cluster);
+    cluster.check_replicas().expect("backups match");
     cluster.stop();
 }

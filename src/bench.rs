@@ -9,10 +9,10 @@
 //! transaction of four objects is four one-sided reads and four header re-reads: several times
 //! faster. More threads than cores mostly add contention.
 
-use crate::launch::{self, DirArgs, UpArgs};
+use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, EmbeddedOptions};
-use acre_benches::bank::{Bank, quantile};
+use acre_benches::bank::{Bank, THREADS_MAX, quantile};
 use anyhow::Context;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -64,6 +64,9 @@ pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
         args.threads.iter().all(|&t| t > 0),
         "--threads takes positive counts"
     );
+    if let Some(&threads) = args.threads.iter().find(|&&t| t > THREADS_MAX) {
+        anyhow::bail!("--threads {threads} is too many: at most {THREADS_MAX}");
+    }
     let processes = args.transport != "local";
     if processes {
         launch::up(&UpArgs {
@@ -81,7 +84,8 @@ pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
     }
     let outcome = measure(args, processes);
     if processes {
-        launch::down(&DirArgs {
+        launch::down(&DownArgs {
+            purge: true,
             dir: args.dir.clone(),
         })?;
     }
@@ -152,48 +156,70 @@ fn measure_one(
 ) -> anyhow::Result<Row> {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..threads)
+    let spawned: Vec<_> = (0..threads)
         .map(|t| {
             let (db, bank, stop, measuring) =
                 (db.clone(), bank.clone(), stop.clone(), measuring.clone());
-            std::thread::spawn(move || -> Result<(u64, u64, Vec<Duration>), acre::Error> {
-                let mut random = acre::nvm_log::random::SplitMix::new(t as u64 * 7919 + 1);
-                let (mut committed, mut aborted, mut latencies) = (0u64, 0u64, Vec::new());
-                let n = bank.accounts.len() as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let began = Instant::now();
-                    let outcome = match kind {
-                        Kind::Transfer => {
-                            let from = bank.accounts[random.below(n) as usize];
-                            let to = bank.accounts[random.below(n) as usize];
-                            if from == to {
-                                continue;
+            std::thread::Builder::new()
+                .name(format!("bench-{t}"))
+                .spawn(move || -> Result<(u64, u64, Vec<Duration>), acre::Error> {
+                    let mut random = acre::nvm_log::random::SplitMix::new(t as u64 * 7919 + 1);
+                    let (mut committed, mut aborted, mut latencies) = (0u64, 0u64, Vec::new());
+                    let n = bank.accounts.len() as u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let began = Instant::now();
+                        let outcome = match kind {
+                            Kind::Transfer => {
+                                let from = bank.accounts[random.below(n) as usize];
+                                let to = bank.accounts[random.below(n) as usize];
+                                if from == to {
+                                    continue;
+                                }
+                                Bank::transfer(&db, from, to, 1)
                             }
-                            Bank::transfer(&db, from, to, 1)
-                        }
-                        Kind::ReadOnly4 => (|| -> Result<(), acre::Error> {
-                            let mut txn = db.begin()?;
-                            for _ in 0..4 {
-                                txn.read(bank.accounts[random.below(n) as usize])?;
+                            Kind::ReadOnly4 => (|| -> Result<(), acre::Error> {
+                                let mut txn = db.begin()?;
+                                for _ in 0..4 {
+                                    txn.read(bank.accounts[random.below(n) as usize])?;
+                                }
+                                Ok(txn.commit()?)
+                            })(),
+                        };
+                        let counted = measuring.load(Ordering::Relaxed);
+                        match outcome {
+                            Ok(()) if counted => {
+                                committed += 1;
+                                latencies.push(began.elapsed());
                             }
-                            Ok(txn.commit()?)
-                        })(),
-                    };
-                    let counted = measuring.load(Ordering::Relaxed);
-                    match outcome {
-                        Ok(()) if counted => {
-                            committed += 1;
-                            latencies.push(began.elapsed());
+                            Ok(()) => {}
+                            Err(e) if e.is_retryable() => aborted += counted as u64,
+                            Err(e) => return Err(e),
                         }
-                        Ok(()) => {}
-                        Err(e) if e.is_retryable() => aborted += counted as u64,
-                        Err(e) => return Err(e),
                     }
-                }
-                Ok((committed, aborted, latencies))
-            })
+                    Ok((committed, aborted, latencies))
+                })
         })
         .collect();
+    let mut handles = Vec::with_capacity(threads);
+    let mut failed = None;
+    for (index, handle) in spawned.into_iter().enumerate() {
+        match handle {
+            Ok(handle) => handles.push(handle),
+            Err(error) => {
+                failed.get_or_insert((index, error));
+            }
+        }
+    }
+    if let Some((index, error)) = failed {
+        stop.store(true, Ordering::Relaxed);
+        for handle in handles {
+            // The measurement did not start; only the spawn error is worth reporting.
+            let _ = handle.join().expect("bench threads do not panic");
+        }
+        return Err(anyhow::Error::new(error).context(format!(
+            "start thread {index} of {threads} (run fewer threads)"
+        )));
+    }
     std::thread::sleep(Duration::from_secs(1)); // warm-up, not counted
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();

@@ -181,8 +181,7 @@ fn describe(target: &Target) -> String {
 fn connect(target: &Target, args: &YcsbArgs) -> anyhow::Result<Box<dyn Backend>> {
     Ok(match target {
         Target::Embedded => {
-            let db = Db::embedded(&embedded_options(args.records))
-                .context("start the embedded cluster")?;
+            let db = Db::embedded(&embedded_options(args.records))?;
             Box::new(AcreBackend::create(db, args.records)?)
         }
         Target::Cluster(dir) => {

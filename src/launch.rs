@@ -1,9 +1,12 @@
 //! `acre cluster up | status | down`: a cluster of node processes on this host. `up` writes the
 //! cluster file into a cluster directory and starts one detached `acre node` process per node
-//! (its output goes to `n<id>.log` there); `status` reads the file and the nodes' manifests;
-//! `down` sends SIGTERM to every node, waits for them to exit, and removes the directory.
+//! (its output goes to `n<id>.log` there); `status` asks every node whether it answers and reads
+//! its rings in the cluster files;
+//! `down` sends SIGTERM to every node and waits for them to exit. The nodes' region copies and
+//! rings stay in the directory (they are what recovery will read) unless `down --purge`, and
+//! `up` refuses a directory that holds them.
 
-use acre::cluster::{self, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile};
+use acre::cluster::{self, Answer, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile, Observation};
 use acre::engine::addr::NodeId;
 use acre::engine::directory::{self, NodeManifest};
 use acre::engine::fabric::tcp::ClusterSecret;
@@ -13,7 +16,7 @@ use anyhow::{Context, bail};
 use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long nodes may take to publish their manifests.
@@ -64,49 +67,48 @@ pub struct DirArgs {
     pub dir: PathBuf,
 }
 
-/// The pids of the cluster's running memory nodes, by node.
-pub fn running_nodes(dir: &Path, file: &ClusterFile) -> Vec<(NodeId, u32)> {
-    file.config
-        .nodes
-        .iter()
-        .filter_map(|&node| {
+#[derive(clap::Args, Clone, Debug)]
+pub struct DownArgs {
+    /// The cluster directory.
+    #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
+    pub dir: PathBuf,
+    /// Also remove the directory with the nodes' data (region copies, rings, logs).
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// Whether `node` is a memory node of the cluster: one of `file`'s nodes, or, when the cluster
+/// file is unreadable, an id below the client ids (`up` numbers memory nodes from 1).
+fn is_memory_node(node: NodeId, file: Option<&ClusterFile>) -> bool {
+    match file {
+        Some(file) => file.config.nodes.contains(&node),
+        None => node.0 < CLIENT_ID_BASE,
+    }
+}
+
+/// The pids of the cluster's running memory nodes, by node. Found through the manifests in
+/// `dir`, so a cluster whose cluster file no longer parses (`file` is `None`) can still be seen
+/// and stopped.
+pub fn running_nodes(dir: &Path, file: Option<&ClusterFile>) -> Vec<(NodeId, u32)> {
+    NodeManifest::list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&node| is_memory_node(node, file))
+        .filter_map(|node| {
             let manifest = NodeManifest::read(dir, node).ok()??;
             cluster::process_alive(manifest.pid).then_some((node, manifest.pid))
         })
         .collect()
 }
 
-pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
-    let mut out = crate::output::stdout();
+/// The cluster file `up` writes for `args`, validated: a bad value is refused before the
+/// directory is touched or any node process starts.
+fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
     anyhow::ensure!(
         args.nodes < CLIENT_ID_BASE,
         "--nodes must be below {CLIENT_ID_BASE}"
     );
-    let dir = &args.dir;
-    let file_path = dir.join(CLUSTER_FILE);
-    if let Ok(file) = ClusterFile::read(&file_path)
-        && !running_nodes(dir, &file).is_empty()
-    {
-        bail!(
-            "a cluster is already running in {}: run `acre cluster down --dir {}` first",
-            dir.display(),
-            dir.display()
-        );
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("remove the old cluster in {}", dir.display()))?;
-    }
-    directory::create_cluster_dir(dir).with_context(|| format!("create {}", dir.display()))?;
-    let transport = if args.transport == "tcp" {
-        ClusterSecret::generate()
-            .write_file(&dir.join(directory::SECRET_FILE))
-            .context("write the cluster secret")?;
-        TransportKind::Tcp
-    } else {
-        TransportKind::Shm
-    };
     let nodes: Vec<NodeId> = (1..=args.nodes).map(NodeId).collect();
     let clients: Vec<NodeId> = (0..args.clients)
         .map(|c| NodeId(CLIENT_ID_BASE + c))
@@ -116,7 +118,7 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| Configuration::default_f(nodes.len()));
     let config = Configuration::place(
         1,
-        nodes.clone(),
+        nodes,
         clients,
         args.regions_per_node,
         f,
@@ -124,41 +126,68 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         args.block_bytes,
     )?;
     let file = ClusterFile {
-        transport,
+        transport: if args.transport == "tcp" {
+            TransportKind::Tcp
+        } else {
+            TransportKind::Shm
+        },
         persist: args.persist.clone(),
         ring_bytes: args.ring_bytes,
         config,
     };
-    file.write(&file_path)?;
-    let exe = std::env::current_exe().context("find the acre binary")?;
-    for &node in &nodes {
-        let log = std::fs::File::create(dir.join(format!("n{}.log", node.0)))
-            .context("create a node log")?;
-        std::process::Command::new(&exe)
-            .arg("node")
-            .arg("--cluster")
-            .arg(&file_path)
-            .arg("--id")
-            .arg(node.0.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("share the node log")?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C aimed at `acre cluster up` leaves it running.
-            .process_group(0)
-            .spawn()
-            .context("start a node process")?;
+    file.validate()?;
+    Ok(file)
+}
+
+pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
+    let file = cluster_file(args)?;
+    let dir = &args.dir;
+    let file_path = dir.join(CLUSTER_FILE);
+    let existing = ClusterFile::read(&file_path).ok();
+    if !running_nodes(dir, existing.as_ref()).is_empty() {
+        bail!(
+            "a cluster is already running in {}: run `acre cluster down --dir {}` first",
+            dir.display(),
+            dir.display()
+        );
     }
-    if let Err(e) = cluster::wait_for_manifests(dir, nodes.iter().copied(), START_TIMEOUT) {
-        let _ = stop_nodes(dir, &file);
-        bail!("{e}");
+    if dir.exists() {
+        check_replaceable(dir)?;
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("remove the old cluster in {}", dir.display()))?;
+    }
+    directory::create_cluster_dir(dir).with_context(|| format!("create {}", dir.display()))?;
+    if file.transport == TransportKind::Tcp {
+        ClusterSecret::generate()
+            .write_file(&dir.join(directory::SECRET_FILE))
+            .context("write the cluster secret")?;
+    }
+    file.write(&file_path)?;
+    let mut children = Vec::new();
+    let started = start_nodes(dir, &file, &mut children);
+    let waited = started.and_then(|()| {
+        let nodes = file.config.nodes.iter().copied();
+        cluster::wait_for_manifests(dir, nodes, START_TIMEOUT, |node| {
+            let (_, child) = children.iter_mut().find(|(n, _)| *n == node)?;
+            let status = child.try_wait().ok()??;
+            Some(status.to_string())
+        })
+        .map_err(anyhow::Error::from)
+    });
+    if let Err(error) = waited {
+        // Leave the directory (the logs say what happened) but no process.
+        let _ = stop_nodes(dir, Some(&file));
+        stop_children(&mut children);
+        return Err(error);
     }
     writeln!(
         out,
         "cluster up: {} nodes over {}, {} regions with {} replicas each, in {}",
-        args.nodes,
-        transport.name(),
+        file.config.nodes.len(),
+        file.transport.name(),
         file.config.regions.len(),
-        f + 1,
+        file.config.f + 1,
         dir.display()
     )?;
     writeln!(out, "cluster file: {}", file_path.display())?;
@@ -171,6 +200,87 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuses to let `up` replace `dir` when that would throw data away: a stopped cluster's
+/// region copies and rings (recovery will restart from them; until it exists, only `down
+/// --purge` removes them), or a directory that is not a cluster's at all.
+fn check_replaceable(dir: &Path) -> anyhow::Result<()> {
+    let kept = cluster::kept_data_in(dir)
+        .with_context(|| format!("look for a stopped cluster's data in {}", dir.display()))?;
+    if let Some((node, data)) = kept.first() {
+        bail!(
+            "{} holds the data of a stopped cluster ({} of its nodes keep data; {node}: {data}): \
+             restarting a cluster from its data needs recovery, which is not built yet; remove it \
+             with `acre cluster down --dir {} --purge`, or use another --dir",
+            dir.display(),
+            kept.len(),
+            dir.display()
+        );
+    }
+    let empty = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .next()
+        .is_none();
+    if !empty && !dir.join(CLUSTER_FILE).exists() {
+        bail!(
+            "{} is not empty and holds no cluster ({CLUSTER_FILE}): use another --dir",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Starts one detached `acre node` process per memory node, its output in `n<id>.log`.
+fn start_nodes(
+    dir: &Path,
+    file: &ClusterFile,
+    children: &mut Vec<(NodeId, Child)>,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("find the acre binary")?;
+    for &node in &file.config.nodes {
+        let log = std::fs::File::create(cluster::node_log_path(dir, node))
+            .context("create a node log")?;
+        let child = std::process::Command::new(&exe)
+            .arg("node")
+            .arg("--cluster")
+            .arg(dir.join(CLUSTER_FILE))
+            .arg("--id")
+            .arg(node.0.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("share the node log")?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C aimed at `acre cluster up` leaves it running.
+            .process_group(0)
+            .spawn()
+            .context("start a node process")?;
+        children.push((node, child));
+    }
+    Ok(())
+}
+
+/// SIGTERM to the node processes this `up` started that still run (some may not have
+/// published a manifest yet), then SIGKILL to any that outlive [`STOP_TIMEOUT`].
+fn stop_children(children: &mut [(NodeId, Child)]) {
+    for (_, child) in children.iter_mut() {
+        if let Ok(None) = child.try_wait() {
+            let _ = acre::engine::signal::terminate(child.id());
+        }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (_, child) in children.iter_mut() {
+        while let Ok(None) = child.try_wait() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `acre cluster status`: every memory node asked whether it answers (a pid is not an
+/// answer), the regions, and every ring that was ever written with its fill and the oldest
+/// transaction its node keeps there. Exit code 1 if a node does not answer.
 pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
@@ -185,26 +295,34 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         file.transport.name(),
         config.f
     )?;
+    let observed = cluster::observe(dir, &file);
     writeln!(
         out,
         "{:<6} {:<8} {:<8} {:<22} regions",
         "node", "pid", "state", "address"
     )?;
-    let mut down = 0;
-    for &node in &config.nodes {
-        let manifest = NodeManifest::read(dir, node).ok().flatten();
-        let (pid, state, address) = match &manifest {
-            Some(m) if cluster::process_alive(m.pid) => (
-                m.pid.to_string(),
-                "up",
-                m.tcp_addr.clone().unwrap_or_else(|| "shm".into()),
-            ),
-            Some(m) => (m.pid.to_string(), "dead", "-".into()),
-            None => ("-".into(), "down", "-".into()),
+    let mut silent = Vec::new();
+    for seen in &observed {
+        let node = seen.node;
+        let pid = seen
+            .manifest
+            .as_ref()
+            .map_or("-".to_string(), |m| m.pid.to_string());
+        let state = match &seen.answer {
+            Answer::Up => "up",
+            Answer::Silent(why) => {
+                silent.push((node, why));
+                "silent"
+            }
+            Answer::Dead => "dead",
+            Answer::Down => "down",
         };
-        if state != "up" {
-            down += 1;
-        }
+        let address = match (&seen.answer, &seen.manifest) {
+            (Answer::Up | Answer::Silent(_), Some(m)) => {
+                m.tcp_addr.clone().unwrap_or_else(|| "shm".into())
+            }
+            _ => "-".into(),
+        };
         let roles: Vec<String> = config
             .replicated_on(node)
             .map(|p| {
@@ -222,6 +340,9 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
             roles.join(" ")
         )?;
     }
+    for (node, why) in &silent {
+        writeln!(out, "{node} runs but does not answer: {why}")?;
+    }
     writeln!(out, "{:<8} {:<8} backups", "region", "primary")?;
     for placement in &config.regions {
         let backups: Vec<String> = placement.backups.iter().map(|b| b.to_string()).collect();
@@ -233,6 +354,7 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
             backups.join(" ")
         )?;
     }
+    print_rings(&mut out, &observed)?;
     let clients = config
         .clients
         .iter()
@@ -248,10 +370,14 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         "clients connected: {clients} of {}",
         config.clients.len()
     )?;
-    if down > 0 {
+    let not_serving = observed
+        .iter()
+        .filter(|seen| seen.answer != Answer::Up)
+        .count();
+    if not_serving > 0 {
         writeln!(
             out,
-            "{down} of {} nodes are not running",
+            "{not_serving} of {} nodes do not answer (down, dead or silent)",
             config.nodes.len()
         )?;
         return Ok(ExitCode::from(1));
@@ -259,8 +385,62 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGTERM to every running node, then waits for them to exit.
-fn stop_nodes(dir: &Path, file: &ClusterFile) -> anyhow::Result<usize> {
+/// The rings that were ever written (or hold anything): fill of capacity, records the node
+/// keeps and the oldest kept record's transaction, which pins the ring's head.
+fn print_rings(out: &mut impl std::io::Write, observed: &[Observation]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<12} {:<32} {:>6}  oldest kept transaction",
+        "ring", "fill (bytes)", "kept"
+    )?;
+    let mut unwritten = 0;
+    for seen in observed {
+        let rings = match &seen.rings {
+            Ok(rings) => rings,
+            Err(why) if seen.manifest.is_some() => {
+                writeln!(
+                    out,
+                    "{:<12} unreadable: {why}",
+                    format!("{} <- *", seen.node)
+                )?;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for ring in rings {
+            let kept = ring.retention.map(|r| r.kept_count);
+            if !ring.written && ring.fill_bytes == 0 && kept.unwrap_or(0) == 0 {
+                unwritten += 1;
+                continue;
+            }
+            let fill = format!(
+                "{} of {} ({:.0}%)",
+                ring.fill_bytes,
+                ring.capacity_bytes,
+                ring.fill_bytes as f64 * 100.0 / ring.capacity_bytes as f64
+            );
+            let oldest = match ring.retention.and_then(|r| r.oldest) {
+                Some((pos, txn)) => format!("{txn} at {pos}"),
+                None if ring.retention.is_some() => "-".to_string(),
+                None => "? (no status area)".to_string(),
+            };
+            writeln!(
+                out,
+                "{:<12} {:<32} {:>6}  {oldest}",
+                format!("{} <- {}", seen.node, ring.sender),
+                fill,
+                kept.map_or("?".to_string(), |k| k.to_string()),
+            )?;
+        }
+    }
+    if unwritten > 0 {
+        writeln!(out, "({unwritten} more rings were never written)")?;
+    }
+    Ok(())
+}
+
+/// SIGTERM to every running memory node, then waits for them to exit.
+fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<usize> {
     let running = running_nodes(dir, file);
     for &(_, pid) in &running {
         let _ = acre::engine::signal::terminate(pid);
@@ -277,17 +457,43 @@ fn stop_nodes(dir: &Path, file: &ClusterFile) -> anyhow::Result<usize> {
     Ok(running.len())
 }
 
-pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
+pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
-    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
-        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
-    let stopped = stop_nodes(dir, &file)?;
-    std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
-    writeln!(
-        out,
-        "cluster down: stopped {stopped} nodes, removed {}",
-        dir.display()
-    )?;
+    let file_path = dir.join(CLUSTER_FILE);
+    // `down --purge` removes the directory, so it must be a cluster's: a cluster file that
+    // parses, or one that does not beside the manifests of nodes (which are then found through
+    // those).
+    let file = match ClusterFile::read(&file_path) {
+        Ok(file) => Some(file),
+        Err(error) => {
+            let manifests = NodeManifest::list(dir).unwrap_or_default();
+            if !file_path.exists() || manifests.is_empty() {
+                bail!("no cluster in {}: {error}", dir.display());
+            }
+            writeln!(
+                out,
+                "cluster file unusable ({error}): stopping the nodes found by their manifests"
+            )?;
+            None
+        }
+    };
+    let stopped = stop_nodes(dir, file.as_ref())?;
+    if args.purge {
+        std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+        writeln!(
+            out,
+            "cluster down: stopped {stopped} nodes, removed {}",
+            dir.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "cluster down: stopped {stopped} nodes; their data stays in {} (`acre cluster down \
+             --dir {} --purge` removes it)",
+            dir.display(),
+            dir.display()
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

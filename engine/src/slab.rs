@@ -225,8 +225,11 @@ pub struct Reserved {
     pub version: u64,
     /// Payload capacity of the slot.
     pub payload_bytes: usize,
-    /// `(block offset, block header bytes)` when the reservation claimed a new block: the
-    /// header must reach the region's backups before any object in the block commits.
+    /// `(block offset, block header bytes)` when the slot's block is not published yet (the
+    /// reservation claimed it, or an earlier claimer could not replicate its header): the
+    /// caller must make the header durable at the region's backups and then
+    /// [`publish`](SlabAllocator::publish) the block before any object in it commits. Until
+    /// then no other reservation gets a slot in the block without this same duty.
     pub claimed_block: Option<(u32, Vec<u8>)>,
 }
 
@@ -241,8 +244,12 @@ struct ClaimedBlock {
     free_slot_indexes: Vec<u32>,
     /// Slots that are not free: allocated ones (and ones `rebuild` withheld).
     allocated_count: u32,
-    /// Listed in its class's `partial_blocks`. Invariant: a block with a free slot is listed.
+    /// Listed in its class's `partial_blocks`. Invariant: a published block with a free slot
+    /// is listed; an unpublished one never is.
     listed: bool,
+    /// Its header is known durable wherever objects in it are replicated (see
+    /// [`SlabAllocator::publish`]); blocks found by `rebuild` are.
+    published: bool,
 }
 
 impl ClaimedBlock {
@@ -285,6 +292,8 @@ pub struct SlabAllocator {
     blocks: Vec<Block>,
     /// Per class: blocks that may have a free slot. Full blocks are dropped lazily when met.
     partial_blocks: Vec<Vec<u32>>,
+    /// Per class: claimed blocks not yet published.
+    unpublished_blocks: Vec<Vec<u32>>,
     /// Unused blocks, the lowest index last (claimed first).
     unused_blocks: Vec<u32>,
 }
@@ -329,6 +338,7 @@ impl SlabAllocator {
             class_count,
             blocks: vec![Block::Unused; block_count as usize],
             partial_blocks: vec![Vec::new(); class_count],
+            unpublished_blocks: vec![Vec::new(); class_count],
             unused_blocks: (0..block_count as u32).rev().collect(),
         })
     }
@@ -360,6 +370,7 @@ impl SlabAllocator {
                 free_slot_indexes: Vec::new(),
                 allocated_count: 0,
                 listed: false,
+                published: true,
             };
             for slot_index in 0..slot_count {
                 let slot_offset = slab.slot_offset(block_index, class, slot_index);
@@ -426,7 +437,7 @@ impl SlabAllocator {
     /// holds them, from a block of that class with a free slot, or from a newly claimed block.
     pub fn alloc(&mut self, region: &Region, len: usize) -> Result<Addr, AllocError> {
         let reserved = self.reserve(region, len)?;
-        Ok(self.allocate_reserved(region, reserved.addr))
+        Ok(self.allocate_reserved(region, reserved))
     }
 
     /// Like [`alloc`](Self::alloc), but in the block of `near` when that block is of the right
@@ -439,7 +450,7 @@ impl SlabAllocator {
         near: Addr,
     ) -> Result<Addr, AllocError> {
         let reserved = self.reserve_near(region, len, near)?;
-        Ok(self.allocate_reserved(region, reserved.addr))
+        Ok(self.allocate_reserved(region, reserved))
     }
 
     /// Takes a free slot for an object of at least `len` bytes *without* allocating it: the slot
@@ -450,11 +461,14 @@ impl SlabAllocator {
     pub fn reserve(&mut self, region: &Region, len: usize) -> Result<Reserved, AllocError> {
         self.check_region(region);
         let class = self.class_for(len)?;
-        let (block_index, claimed) = match self.partial_block(class) {
+        let (block_index, unpublished) = match self.partial_block(class) {
             Some(block_index) => (block_index, false),
-            None => (self.claim_block(region, class)?, true),
+            None => match self.unpublished_block(class) {
+                Some(block_index) => (block_index, true),
+                None => (self.claim_block(region, class)?, true),
+            },
         };
-        Ok(self.reserve_in_block(region, block_index, claimed))
+        Ok(self.reserve_in_block(region, block_index, unpublished))
     }
 
     /// Like [`reserve`](Self::reserve), in the block of `near` when it has a free slot of the
@@ -471,6 +485,7 @@ impl SlabAllocator {
         let block_index = near.offset() as u64 / self.block_bytes;
         if let Some(Block::Claimed(block)) = self.blocks.get(block_index as usize)
             && block.class == class
+            && block.published
             && block.has_free_slot()
         {
             return Ok(self.reserve_in_block(region, block_index as u32, false));
@@ -502,7 +517,7 @@ impl SlabAllocator {
         );
         block.allocated_count -= 1;
         block.free_slot_indexes.push(slot_index);
-        if !block.listed {
+        if block.published && !block.listed {
             block.listed = true;
             self.partial_blocks[class.index].push(block_index);
         }
@@ -688,6 +703,40 @@ impl SlabAllocator {
         }
     }
 
+    /// Publishes the block at `block_offset`: its header is durable wherever objects in it are
+    /// replicated, so any reservation may now get a slot there. Publishing twice is harmless.
+    pub fn publish(&mut self, block_offset: u32) {
+        assert!(
+            (block_offset as u64).is_multiple_of(self.block_bytes),
+            "{}+{block_offset:#x} is not a block",
+            self.region
+        );
+        let block_index = (block_offset as u64 / self.block_bytes) as u32;
+        let block = self.claimed_mut(block_index);
+        if block.published {
+            return;
+        }
+        block.published = true;
+        let class = block.class;
+        let list_it = block.has_free_slot();
+        block.listed = list_it;
+        self.unpublished_blocks[class.index].retain(|&b| b != block_index);
+        if list_it {
+            self.partial_blocks[class.index].push(block_index);
+        }
+    }
+
+    /// An unpublished block of `class` with a free slot.
+    fn unpublished_block(&self, class: SizeClass) -> Option<u32> {
+        self.unpublished_blocks[class.index]
+            .iter()
+            .copied()
+            .find(|&block_index| match &self.blocks[block_index as usize] {
+                Block::Claimed(block) => block.has_free_slot(),
+                Block::Unused => panic!("unused block {block_index} listed as unpublished"),
+            })
+    }
+
     /// A listed block of `class` with a free slot, dropping full ones from the list.
     fn partial_block(&mut self, class: SizeClass) -> Option<u32> {
         while let Some(&block_index) = self.partial_blocks[class.index].last() {
@@ -695,6 +744,7 @@ impl SlabAllocator {
                 Block::Claimed(block) => block,
                 Block::Unused => panic!("unused block {block_index} on the list of {class:?}"),
             };
+            assert!(block.published, "unpublished block {block_index} listed");
             if block.has_free_slot() {
                 return Some(block_index);
             }
@@ -704,7 +754,8 @@ impl SlabAllocator {
         None
     }
 
-    /// Claims the lowest unused block for `class`: writes its header (magic last) and lists it.
+    /// Claims the lowest unused block for `class`: writes its header (magic last), persists it,
+    /// and keeps the block unpublished until [`publish`](Self::publish).
     fn claim_block(&mut self, region: &Region, class: SizeClass) -> Result<u32, AllocError> {
         let Some(block_index) = self.unused_blocks.pop() else {
             return Err(AllocError::RegionFull {
@@ -727,15 +778,26 @@ impl SlabAllocator {
         words[SLOT_BYTES_WORD_INDEX].store(class.slot_bytes(), Release);
         words[BLOCK_BYTES_WORD_INDEX].store(self.block_bytes, Release);
         words[MAGIC_WORD_INDEX].store(BLOCK_MAGIC, Release);
+        if let Err(e) = region
+            .mapping()
+            .persist(offset as usize, BLOCK_HEADER_BYTES as usize)
+        {
+            // The region is mapped memory: a failed persist means the medium is failing.
+            panic!(
+                "persist of the header of {}+{offset:#x} failed: {e}",
+                self.region
+            );
+        }
         self.blocks[block_index as usize] = Block::Claimed(ClaimedBlock {
             class,
             slot_count: self.slot_count(class),
             fresh_slot_index: 0,
             free_slot_indexes: Vec::new(),
             allocated_count: 0,
-            listed: true,
+            listed: false,
+            published: false,
         });
-        self.partial_blocks[class.index].push(block_index);
+        self.unpublished_blocks[class.index].push(block_index);
         Ok(block_index)
     }
 
@@ -765,8 +827,13 @@ impl SlabAllocator {
         }
     }
 
-    /// Marks a slot this allocator just reserved as allocated (a non-transactional allocation).
-    fn allocate_reserved(&mut self, region: &Region, addr: Addr) -> Addr {
+    /// Marks a slot this allocator just reserved as allocated (a non-transactional allocation,
+    /// with no backups: its block is published at once).
+    fn allocate_reserved(&mut self, region: &Region, reserved: Reserved) -> Addr {
+        let addr = reserved.addr;
+        if let Some((block_offset, _)) = reserved.claimed_block {
+            self.publish(block_offset);
+        }
         let words = self
             .slot_words(region, addr)
             .expect("a reserved slot is an object slot");
@@ -883,6 +950,42 @@ mod tests {
                 "block_bytes={bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_claimed_block_is_handed_out_only_with_its_publish_duty_until_published() {
+        let region = region();
+        let mut slab = slab();
+        let first = slab.reserve(&region, 8).unwrap();
+        let (block_offset, header) = first.claimed_block.clone().expect("claims a block");
+        assert_eq!(
+            &header[..8],
+            &BLOCK_MAGIC.to_le_bytes(),
+            "the header, magic first"
+        );
+        // Not published: a reservation of the same class gets the block's next slot only
+        // with the duty to replicate its header, reserve_near too.
+        let second = slab.reserve(&region, 8).unwrap();
+        assert_eq!(second.claimed_block, first.claimed_block);
+        let near = slab.reserve_near(&region, 8, first.addr).unwrap();
+        assert_eq!(near.claimed_block, first.claimed_block);
+        slab.publish(block_offset);
+        slab.publish(block_offset); // harmless twice
+        let third = slab.reserve(&region, 8).unwrap();
+        assert_eq!(third.claimed_block, None, "a published block has no duty");
+        assert_eq!(
+            third.addr.offset() as u64 / BLOCK_BYTES,
+            block_offset as u64 / BLOCK_BYTES
+        );
+        // A released slot of an unpublished block does not list it.
+        let other = slab.reserve(&region, 100).unwrap();
+        let (other_block, _) = other.claimed_block.expect("a new class claims a block");
+        slab.release(&region, other.addr).unwrap();
+        let again = slab.reserve(&region, 100).unwrap();
+        assert_eq!(
+            again.claimed_block.map(|(offset, _)| offset),
+            Some(other_block)
+        );
     }
 
     #[test]

@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-/// Why a committed update could not be applied to a backup copy. The copy then lacks the
-/// update: the caller logs it, and the replicas are no longer identical (the configuration
-/// the coordinator used and this node's disagree, or the block was never replicated).
+/// Why a committed update could not be applied to a backup copy (the configuration the
+/// coordinator used and this node's disagree, or the block was never replicated here). The
+/// transaction stays held and the caller keeps its records: the update must not be lost.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApplyError {
@@ -80,15 +80,26 @@ impl Backup {
         );
     }
 
-    /// TRUNCATE: applies the transaction to the copies (if this backup holds it).
+    /// TRUNCATE: applies the transaction to the copies (if this backup holds it). On an error
+    /// the transaction stays held; applying it again later skips the entries already applied
+    /// (their versions are no longer newer than the copy's).
     pub fn apply(&self, txn: TxnId) -> Result<Applied, ApplyError> {
         let entries = self.held.lock().expect(crate::POISONED).remove(&txn);
+        let Some(entries) = entries else {
+            return Ok(Applied::default());
+        };
         let mut applied = Applied::default();
-        for entry in entries.unwrap_or_default() {
-            if self.apply_entry(&entry)? {
-                applied.installed += 1;
-            } else {
-                applied.skipped += 1;
+        for entry in &entries {
+            match self.apply_entry(entry) {
+                Ok(true) => applied.installed += 1,
+                Ok(false) => applied.skipped += 1,
+                Err(e) => {
+                    self.held
+                        .lock()
+                        .expect(crate::POISONED)
+                        .insert(txn, entries);
+                    return Err(e);
+                }
             }
         }
         Ok(applied)

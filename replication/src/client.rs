@@ -64,7 +64,13 @@ impl ClientNode {
                 continue; // another process is this client
             }
             let node = ProcessNode::start(cluster_file, id)?;
-            wait_for_manifests(dir, file.config.nodes.iter().copied(), CONNECT_TIMEOUT)?;
+            // The memory nodes are not this process's children: only their manifests tell.
+            wait_for_manifests(
+                dir,
+                file.config.nodes.iter().copied(),
+                CONNECT_TIMEOUT,
+                |_| None,
+            )?;
             return Ok(ClientNode {
                 node,
                 _claim: claim,

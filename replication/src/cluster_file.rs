@@ -52,7 +52,7 @@ pub enum ClusterFileError {
     },
     #[error("persist = {persist:?} in the cluster file: expected auto, flush or msync")]
     Persist { persist: String },
-    #[error("ring_bytes = {ring_bytes} in the cluster file is no ring: {source}")]
+    #[error("ring_bytes = {ring_bytes} holds no usable ring: {source}")]
     RingBytes {
         ring_bytes: u64,
         #[source]

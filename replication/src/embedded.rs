@@ -16,16 +16,33 @@ use std::time::{Duration, Instant};
 pub struct EmbeddedCluster {
     config: Arc<Configuration>,
     nodes: Vec<ReplicaNode>,
-    faults: Arc<FaultPlan>,
+    faults: Option<Arc<FaultPlan>>,
     _local: Arc<LocalCluster>,
 }
 
 impl EmbeddedCluster {
     /// Starts every member of `config` with rings of `ring_bytes`.
     pub fn start(config: Configuration, ring_bytes: u64) -> Result<EmbeddedCluster, StartError> {
+        EmbeddedCluster::start_with(config, ring_bytes, None)
+    }
+
+    /// Like [`start`](Self::start), with a [`FaultPlan`] (no rules yet) on every node's
+    /// fabric, so that a test can fail, stall or half-execute what one node sends another.
+    /// The nodes then treat each other as across a network that can stall.
+    pub fn start_faulty(
+        config: Configuration,
+        ring_bytes: u64,
+    ) -> Result<EmbeddedCluster, StartError> {
+        EmbeddedCluster::start_with(config, ring_bytes, Some(Arc::new(FaultPlan::new())))
+    }
+
+    fn start_with(
+        config: Configuration,
+        ring_bytes: u64,
+        faults: Option<Arc<FaultPlan>>,
+    ) -> Result<EmbeddedCluster, StartError> {
         let config = Arc::new(config);
         let local = LocalCluster::new();
-        let faults = Arc::new(FaultPlan::new());
         let mut nodes = Vec::new();
         for node in config.members() {
             let doorbell = Doorbell::anonymous().map_err(|source| StartError::Io {
@@ -34,10 +51,12 @@ impl EmbeddedCluster {
             })?;
             let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
             local.add(memory.clone());
-            let fabric = Arc::new(
-                Fabric::new(memory, Transport::Local(LocalTransport::new(local.clone())))
-                    .with_faults(faults.clone()),
-            );
+            let mut fabric =
+                Fabric::new(memory, Transport::Local(LocalTransport::new(local.clone())));
+            if let Some(plan) = &faults {
+                fabric = fabric.with_faults(plan.clone());
+            }
+            let fabric = Arc::new(fabric);
             nodes.push(ReplicaNode::start(
                 config.clone(),
                 fabric,
@@ -77,9 +96,11 @@ impl EmbeddedCluster {
     }
 
     /// The faults injected into every node's batches to the others (none until a test adds a
-    /// rule): how tests fail, stall or half-execute what one node sends another.
+    /// rule) of a cluster from [`start_faulty`](Self::start_faulty).
     pub fn faults(&self) -> &Arc<FaultPlan> {
-        &self.faults
+        self.faults
+            .as_ref()
+            .expect("a cluster with faults is started with EmbeddedCluster::start_faulty")
     }
 
     /// Sends every pending truncation and waits until every node has applied and dropped all

@@ -4,10 +4,11 @@
 //!
 //! `acre cluster up` writes the cluster file ([`crate::cluster_file`]) into a cluster directory
 //! and starts one `acre node` process per node; each creates its files in the directory and
-//! publishes a manifest (areas, keys, pid, tcp address) there. Clients
-//! ([`crate::client::ClientNode`]) find everything through the manifests.
+//! publishes a manifest (areas, keys, pid, tcp address) there. Client nodes (the `client`
+//! module, which builds on this one) find everything through the manifests.
 
 use crate::cluster_file::{ClusterFile, ClusterFileError};
+use crate::restart::{self, KeptData};
 use crate::{ReplicaNode, StartError, Storage};
 use acre_engine::addr::NodeId;
 use acre_engine::directory::remove_node_files;
@@ -47,6 +48,32 @@ pub enum NodeStartError {
         #[source]
         source: OpenError,
     },
+    /// Another process runs this node.
+    #[error(
+        "{node} is already running (pid {pid}): stop it first, or remove {} if that pid is \
+         not an acre node",
+        manifest.display()
+    )]
+    Running {
+        node: NodeId,
+        pid: u32,
+        manifest: PathBuf,
+    },
+    /// The node's files hold data of an earlier run: starting on them, or replacing them, before
+    /// recovery exists would serve copies that missed what committed meanwhile, or lose data.
+    #[error(
+        "{node} found data of an earlier run in {} ({kept}) and does not start on it: until \
+         recovery is built it would serve copies that missed what committed while it was away; \
+         recovery will make it rejoin as a backup. To start fresh, remove the cluster's data \
+         with `acre cluster down --dir {} --purge` and start a new cluster",
+        dir.display(),
+        dir.display()
+    )]
+    KeptData {
+        node: NodeId,
+        dir: PathBuf,
+        kept: KeptData,
+    },
     #[error("{node} cannot start: {source}")]
     Replica {
         node: NodeId,
@@ -74,6 +101,15 @@ pub enum ManifestWaitError {
         timeout: Duration,
         log: PathBuf,
     },
+    /// The node's process ended before it was serving: its log says why.
+    #[error("{node} exited ({status}) before it published its manifest; {} ends: {tail}", log.display())]
+    Exited {
+        node: NodeId,
+        status: String,
+        log: PathBuf,
+        /// The last lines of the log, joined by ` | `.
+        tail: String,
+    },
 }
 
 /// Where `acre cluster up` sends node `node`'s standard output and error: `n<id>.log` in the
@@ -84,11 +120,18 @@ pub fn node_log_path(dir: &Path, node: NodeId) -> PathBuf {
 
 /// One node of a process cluster running in this process: a memory node (`acre node`) or a
 /// client node (`Db::connect`).
+///
+/// A memory node's region copies and rings outlive the process: it never removes or replaces
+/// them, on stop or on start (they are what recovery will read), and it does not start on files
+/// that hold data (see [`crate::restart`]). A client node holds no region and nobody writes
+/// records into its rings, so its files are removed when it stops and when its id starts again.
 pub struct ProcessNode {
     replica: Option<ReplicaNode>,
     _nic: Option<NicServer>,
     dir: PathBuf,
     node: NodeId,
+    /// Whether the configuration places regions on this node (else it is a client node).
+    memory_node: bool,
 }
 
 impl ProcessNode {
@@ -115,12 +158,18 @@ impl ProcessNode {
                 source,
             }
         };
+        let memory_node = file.config.nodes.contains(&node);
+        if memory_node {
+            ProcessNode::check_earlier_run(&dir, node)?;
+        }
         let incarnation = next_incarnation(&dir, node)
             .map_err(io("count its starts", incarnation_path(&dir, node)))?;
+        // A client's files, or a memory node's that hold nothing (checked above).
         remove_node_files(&dir, node).map_err(io("remove its stale files", dir.clone()))?;
         let started = ProcessNode::start_replica(&file, &dir, node, incarnation);
         if started.is_err() {
-            // Whatever it created before it failed is of no use to the next start.
+            // Whatever it created before it failed holds nothing and is of no use to the next
+            // start.
             let _ = remove_node_files(&dir, node);
         }
         let (replica, nic, tcp_addr) = started?;
@@ -139,7 +188,43 @@ impl ProcessNode {
             _nic: nic,
             dir,
             node,
+            memory_node,
         })
+    }
+
+    /// Refuses to start memory node `node` while another process runs it, or on files of an
+    /// earlier run that hold data.
+    fn check_earlier_run(dir: &Path, node: NodeId) -> Result<(), NodeStartError> {
+        let io = |what: &'static str, path: PathBuf| {
+            move |source| NodeStartError::Io {
+                node,
+                what,
+                path,
+                source,
+            }
+        };
+        let manifest_path = NodeManifest::path(dir, node);
+        let manifest = NodeManifest::read(dir, node)
+            .map_err(io("read its manifest", manifest_path.clone()))?;
+        if let Some(manifest) = manifest.filter(|m| process_alive(m.pid)) {
+            return Err(NodeStartError::Running {
+                node,
+                pid: manifest.pid,
+                manifest: manifest_path,
+            });
+        }
+        let kept = restart::kept_data(dir, node).map_err(io(
+            "look at the files of its earlier run",
+            dir.to_path_buf(),
+        ))?;
+        if !kept.is_empty() {
+            return Err(NodeStartError::KeptData {
+                node,
+                dir: dir.to_path_buf(),
+                kept,
+            });
+        }
+        Ok(())
     }
 
     /// The doorbell, the transport and the replica of a starting node.
@@ -186,7 +271,8 @@ impl ProcessNode {
         self.replica.as_ref().expect("running")
     }
 
-    /// Stops the worker, withdraws the manifest and removes the node's files.
+    /// Withdraws the manifest and stops the worker. A memory node keeps its files (its region
+    /// copies and rings are what recovery will read); a client node's files go.
     pub fn stop(mut self) {
         self.stop_inner();
     }
@@ -195,7 +281,9 @@ impl ProcessNode {
         if let Some(replica) = self.replica.take() {
             let _ = NodeManifest::remove(&self.dir, self.node);
             replica.stop();
-            let _ = remove_node_files(&self.dir, self.node);
+            if !self.memory_node {
+                let _ = remove_node_files(&self.dir, self.node);
+            }
         }
     }
 }
@@ -232,11 +320,18 @@ fn next_incarnation(dir: &Path, node: NodeId) -> io::Result<u64> {
     Ok(previous)
 }
 
-/// Waits until every node in `nodes` has published its manifest.
+/// Lines of a node's log an [`ManifestWaitError::Exited`] quotes.
+pub const LOG_TAIL_LINES: usize = 3;
+
+/// Waits until every node in `nodes` has published its manifest. `exited(node)` tells, for a
+/// node that has not published yet, whether its process has ended and how (a launcher asks its
+/// child processes; a client, which starts no process, answers `None`): waiting for such a
+/// node is pointless, and its log says why it stopped.
 pub fn wait_for_manifests(
     dir: &Path,
     nodes: impl Iterator<Item = NodeId> + Clone,
     timeout: Duration,
+    mut exited: impl FnMut(NodeId) -> Option<String>,
 ) -> Result<(), ManifestWaitError> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -252,6 +347,19 @@ pub fn wait_for_manifests(
             }
         }
         let Some(node) = missing else { return Ok(()) };
+        if let Some(status) = exited(node) {
+            // It may have published just before it exited (and withdrawn on the way out).
+            if let Ok(Some(_)) = NodeManifest::read(dir, node) {
+                continue;
+            }
+            let log = node_log_path(dir, node);
+            return Err(ManifestWaitError::Exited {
+                node,
+                status,
+                tail: log_tail(&log, LOG_TAIL_LINES),
+                log,
+            });
+        }
         if Instant::now() >= deadline {
             return Err(ManifestWaitError::Timeout {
                 node,
@@ -260,6 +368,21 @@ pub fn wait_for_manifests(
             });
         }
         std::thread::sleep(MANIFEST_POLL_INTERVAL);
+    }
+}
+
+/// The last `count` non-empty lines of the log at `path`, joined by ` | `, or why there are
+/// none.
+fn log_tail(path: &Path, count: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            match lines.len() {
+                0 => "nothing".to_string(),
+                n => lines[n.saturating_sub(count)..].join(" | "),
+            }
+        }
+        Err(e) => format!("(cannot read it: {e})"),
     }
 }
 
@@ -307,6 +430,7 @@ mod tests {
             dir.path(),
             [NodeId(1)].into_iter(),
             Duration::from_millis(50),
+            |_| None,
         )
         .unwrap_err();
         match error {
@@ -316,5 +440,40 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    /// A node process that dies before it serves is noticed at once, with the end of its log,
+    /// rather than after the whole timeout.
+    #[test]
+    fn a_node_process_that_exits_is_reported_with_the_end_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(node_log_path(dir.path(), NodeId(1))).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("echo starting; echo; echo 'n1: invalid ring geometry' >&2; exit 3")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let error = wait_for_manifests(
+            dir.path(),
+            [NodeId(1)].into_iter(),
+            Duration::from_secs(30),
+            |_| child.try_wait().unwrap().map(|status| status.to_string()),
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+        match &error {
+            ManifestWaitError::Exited {
+                node, status, tail, ..
+            } => {
+                assert_eq!(*node, NodeId(1));
+                assert!(status.contains('3'), "{error}");
+                assert_eq!(tail, "starting | n1: invalid ring geometry", "{error}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(!error.to_string().contains('\n'), "{error}");
     }
 }

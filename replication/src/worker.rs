@@ -5,25 +5,29 @@
 //!
 //! Ring space: LOCK, COMMIT-PRIMARY and COMMIT-BACKUP records stay in the ring until their
 //! transaction is truncated (or, for LOCK, aborted), because recovery reads them there. A ring's
-//! head can only move past a prefix of records that are no longer needed, so [`Retention`]
-//! tracks which records of each ring are still live.
+//! head can only move past a prefix of records that are no longer needed, so `Retention`
+//! tracks which records of each ring are still live, and for which transaction; the worker
+//! publishes how many it keeps of each ring and the oldest one in the node's status area
+//! ([`crate::status`]), where `acre cluster status` finds the transaction that pins a ring.
 //!
 //! The worker sleeps on the node's doorbell when idle; it wakes for new records, or after
-//! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending.
+//! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending. Every turn of its loop advances the
+//! status area's heartbeat, which is how an observer tells a serving worker from a stopped one.
 //!
 //! A damaged ring concerns its sender only (docs/failures.md#a-damaged-ring): the inbox stops
 //! reading it and says so once, the worker logs it with the sender and the offset and serves the
 //! other rings on, and the ring's records the worker keeps stay where they are, through the
 //! reset its sender asks for.
 
+use crate::allocations::{AllocRequest, Allocations};
 use crate::backup::Backup;
+use crate::status::{RingRetention, StatusArea};
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{ChannelError, Inbox, Message};
-use acre_engine::slab::AllocError;
 use acre_nvm_log::LogError;
 use acre_txn::TxnNode;
 use acre_txn::record::{Body, TxnId, TxnRecord};
-use acre_txn::reply::{Code, alloc_failure};
+use acre_txn::reply::Code;
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,16 +35,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How long an idle worker sleeps before re-checking its stop flag.
-const IDLE_SLEEP_MAX: Duration = Duration::from_millis(200);
+/// How long an idle worker sleeps before re-checking its stop flag (and advancing its
+/// heartbeat: an observer waits several of these for it to move).
+pub const IDLE_SLEEP_MAX: Duration = Duration::from_millis(200);
 /// Records handled between two looks at the truncation timer.
 const BATCH_MAX: usize = 64;
 
 /// The live records of one ring.
 #[derive(Debug, Default)]
 struct Retention {
-    /// Records still needed: position -> end.
-    live: BTreeMap<u64, u64>,
+    /// Records still needed: position -> transaction.
+    live: BTreeMap<u64, TxnId>,
     /// End of the last record read.
     read_end: u64,
     /// Where the ring was last truncated.
@@ -48,15 +53,17 @@ struct Retention {
 }
 
 impl Retention {
-    fn read(&mut self, pos: u64, end: u64, keep: bool) {
+    /// The record at `pos` ending at `end` was read; `keep` is its transaction if the record
+    /// stays until that transaction is truncated (or aborted).
+    fn read(&mut self, pos: u64, end: u64, keep: Option<TxnId>) {
         assert!(
             pos >= self.read_end,
             "records go forward: pos={pos} read_end={}",
             self.read_end
         );
         self.read_end = end;
-        if keep {
-            self.live.insert(pos, end);
+        if let Some(txn) = keep {
+            self.live.insert(pos, txn);
         }
     }
 
@@ -66,6 +73,15 @@ impl Retention {
             .first_key_value()
             .map_or(self.read_end, |(&pos, _)| pos)
     }
+
+    /// What the status area shows of this ring.
+    fn published(&self, sender: NodeId) -> RingRetention {
+        RingRetention {
+            sender,
+            kept_count: self.live.len() as u64,
+            oldest: self.live.first_key_value().map(|(&pos, &txn)| (pos, txn)),
+        }
+    }
 }
 
 /// Counters a worker keeps, for tests and status.
@@ -74,6 +90,10 @@ pub struct WorkerStats {
     pub records: AtomicU64,
     pub malformed: AtomicU64,
     pub applied: AtomicU64,
+    /// Transactions truncated here (whether or not this node backs up what they changed).
+    pub truncated: AtomicU64,
+    /// Truncated transactions this backup could not apply, kept with their records.
+    pub apply_failures: AtomicU64,
 }
 
 struct Serving {
@@ -84,6 +104,11 @@ struct Serving {
     /// Records kept for each transaction: `(sender, position)`.
     kept: HashMap<TxnId, Vec<(NodeId, u64)>>,
     stats: Arc<WorkerStats>,
+    status: StatusArea,
+    /// Whether what the rings keep changed since it was last published.
+    retention_changed: bool,
+    /// Other nodes' ALLOC requests, served on a thread of their own.
+    allocations: Allocations,
 }
 
 /// A running worker; stops when dropped.
@@ -95,7 +120,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn spawn(node: Arc<TxnNode>, backup: Arc<Backup>, inbox: Inbox) -> std::io::Result<Worker> {
+    /// Starts the worker of `node`, serving `inbox` and publishing in `status`.
+    pub fn spawn(
+        node: Arc<TxnNode>,
+        backup: Arc<Backup>,
+        inbox: Inbox,
+        status: StatusArea,
+    ) -> std::io::Result<Worker> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
         let mut serving = Serving {
@@ -105,6 +136,9 @@ impl Worker {
             rings: HashMap::new(),
             kept: HashMap::new(),
             stats: stats.clone(),
+            status,
+            retention_changed: false,
+            allocations: Allocations::spawn(node.clone())?,
         };
         let thread = {
             let stop = stop.clone();
@@ -147,6 +181,7 @@ impl Serving {
     fn run(&mut self, stop: &AtomicBool) {
         let me = self.node.node_id();
         while !stop.load(Ordering::SeqCst) {
+            self.status.beat();
             let timeout = if self.node.links().has_pending_truncations() {
                 TRUNCATE_FLUSH_AFTER
             } else {
@@ -167,6 +202,7 @@ impl Serving {
                 next = self.inbox.poll();
             }
             self.truncate_rings();
+            self.publish_retention();
             if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
                 tracing::warn!(node = %me, "sending truncations failed: {e}");
             }
@@ -217,7 +253,7 @@ impl Serving {
                     node = %self.node.node_id(),
                     "dropping a record from {sender}: {e}"
                 );
-                self.ring(sender).read(pos, end, false);
+                self.ring(sender).read(pos, end, None);
                 return;
             }
         };
@@ -267,37 +303,25 @@ impl Serving {
                 false
             }
             Body::Alloc { region, len, near } => {
-                let (code, values) = match self.node.reserve_here(region, len as usize, near) {
-                    Ok(reserved) => (
-                        Code::Allocated,
-                        [
-                            reserved.addr.to_u64(),
-                            reserved.version,
-                            reserved.payload_bytes as u64,
-                        ],
-                    ),
-                    Err(AllocError::RegionFull { .. }) => {
-                        (Code::AllocFailed, [alloc_failure::REGION_FULL, 0, 0])
-                    }
-                    Err(AllocError::TooLarge { max, .. }) => {
-                        (Code::AllocFailed, [alloc_failure::TOO_LARGE, max as u64, 0])
-                    }
-                    Err(AllocError::NotAnObject { .. }) => {
-                        (Code::AllocFailed, [alloc_failure::NOT_PRIMARY, 0, 0])
-                    }
-                    Err(_) => (Code::AllocFailed, [alloc_failure::OTHER, 0, 0]),
-                };
-                self.node.reply(sender, record.reply, seq, code, values);
+                self.allocations.serve(AllocRequest {
+                    sender,
+                    reply: record.reply,
+                    txn,
+                    region,
+                    len,
+                    near,
+                });
                 false
             }
             Body::Release { addrs } => {
-                self.node.primary().release(&addrs);
+                self.node.primary().release_for(txn, &addrs);
                 false
             }
         };
-        self.ring(sender).read(pos, end, keep);
+        self.ring(sender).read(pos, end, keep.then_some(txn));
         if keep {
             self.kept.entry(txn).or_default().push((sender, pos));
+            self.retention_changed = true;
         }
     }
 
@@ -307,24 +331,47 @@ impl Serving {
 
     /// TRUNCATE of `txn`: a backup applies it; every node drops its records.
     fn truncate(&mut self, txn: TxnId) {
+        self.stats.truncated.fetch_add(1, Ordering::Release);
         match self.backup.apply(txn) {
             Ok(applied) => {
                 self.stats
                     .applied
                     .fetch_add(applied.installed as u64, Ordering::Relaxed);
+                self.forget(txn);
             }
-            Err(e) => tracing::error!(
-                node = %self.node.node_id(),
-                "applying {txn} to the backup copies failed: {e}"
-            ),
+            Err(e) => {
+                // The copy lacks a committed update. The transaction stays held and its
+                // records stay in the ring (pinning it) for repair or recovery: never lose it.
+                self.stats.apply_failures.fetch_add(1, Ordering::Release);
+                tracing::error!(
+                    node = %self.node.node_id(),
+                    "applying {txn} to the backup copies failed, keeping it and its records: {e}"
+                );
+            }
         }
-        self.forget(txn);
     }
 
     fn forget(&mut self, txn: TxnId) {
         for (sender, pos) in self.kept.remove(&txn).unwrap_or_default() {
             self.ring(sender).live.remove(&pos);
+            self.retention_changed = true;
         }
+    }
+
+    /// Shows in the status area what each ring keeps, if that changed.
+    fn publish_retention(&mut self) {
+        if !self.retention_changed {
+            return;
+        }
+        let empty = Retention::default();
+        let rings = &self.rings;
+        self.status.publish(
+            self.status
+                .senders()
+                .iter()
+                .map(|&sender| rings.get(&sender).unwrap_or(&empty).published(sender)),
+        );
+        self.retention_changed = false;
     }
 
     /// Moves every ring's head up to its first live record.
@@ -349,16 +396,32 @@ impl Serving {
 mod tests {
     use super::*;
 
+    fn txn(seq: u64) -> TxnId {
+        TxnId {
+            config: 1,
+            node: NodeId(100),
+            thread: 0,
+            seq,
+        }
+    }
+
     #[test]
     fn the_head_stops_at_the_first_live_record() {
         let mut ring = Retention::default();
-        ring.read(0, 64, true);
-        ring.read(64, 128, false);
-        ring.read(128, 192, true);
+        ring.read(0, 64, Some(txn(1)));
+        ring.read(64, 128, None);
+        ring.read(128, 192, Some(txn(2)));
         assert_eq!(ring.head(), 0);
+        assert_eq!(ring.published(NodeId(100)).oldest, Some((0, txn(1))));
         ring.live.remove(&0);
         assert_eq!(ring.head(), 128);
+        let published = ring.published(NodeId(100));
+        assert_eq!(
+            (published.kept_count, published.oldest),
+            (1, Some((128, txn(2))))
+        );
         ring.live.remove(&128);
         assert_eq!(ring.head(), 192);
+        assert_eq!(ring.published(NodeId(100)).oldest, None);
     }
 }

@@ -20,9 +20,11 @@
 //! acre-replication; the embedded `Db` API in the `acre` facade.
 #![forbid(unsafe_code)]
 
+pub mod alloc;
 pub mod backoff;
 mod commit;
 pub mod config;
+pub mod courier;
 pub mod directory;
 pub mod error;
 pub mod index;

@@ -31,6 +31,26 @@ pub struct SlotRead {
     pub payload: Vec<u8>,
 }
 
+/// What a read found at an address.
+#[derive(Clone, Debug)]
+pub enum Found {
+    /// A slot; its object may or may not be allocated.
+    Slot(SlotRead),
+    /// No slot starts here and none ever will: outside every block, or not on a slot boundary
+    /// of a claimed block (a block keeps its size class for the life of the region).
+    NeverSlot,
+    /// No slot here yet: the block is not claimed. A transaction that relies on that must
+    /// check at commit that `block` is still unclaimed.
+    UnclaimedBlock { block: Addr },
+}
+
+/// Where `addr` stands in its block.
+enum SlotAt {
+    Slot { slot_bytes: u64 },
+    NeverSlot,
+    UnclaimedBlock { block: Addr },
+}
+
 /// Reads objects on their primaries.
 pub struct ObjectReader {
     config: Arc<Configuration>,
@@ -67,11 +87,25 @@ impl ObjectReader {
         Ok((placement.primary, key))
     }
 
-    /// A consistent, unlocked read of the slot at `addr` on its primary: one one-sided READ,
-    /// retried (with backoff) while the object is torn or locked by a committing transaction.
+    /// A consistent, unlocked read of the slot at `addr` on its primary (see [`Self::read`]);
+    /// `NotFound` where there is no slot.
     pub fn read_slot(&self, addr: Addr) -> Result<SlotRead, TxnError> {
+        match self.read(addr)? {
+            Found::Slot(slot) => Ok(slot),
+            Found::NeverSlot | Found::UnclaimedBlock { .. } => Err(TxnError::NotFound { addr }),
+        }
+    }
+
+    /// What is at `addr` on its primary: for a slot, a consistent, unlocked read of it (one
+    /// one-sided READ, retried with backoff while the object is torn or locked by a committing
+    /// transaction).
+    pub fn read(&self, addr: Addr) -> Result<Found, TxnError> {
         let (primary, key) = self.primary_of(addr)?;
-        let slot_bytes = self.slot_bytes_at(primary, key, addr)?;
+        let slot_bytes = match self.slot_at(primary, key, addr)? {
+            SlotAt::Slot { slot_bytes } => slot_bytes,
+            SlotAt::NeverSlot => return Ok(Found::NeverSlot),
+            SlotAt::UnclaimedBlock { block } => return Ok(Found::UnclaimedBlock { block }),
+        };
         let mut backoff = Backoff::poll();
         for _ in 0..READ_ATTEMPTS_MAX {
             let bytes = self
@@ -80,10 +114,10 @@ impl ObjectReader {
                 .map_err(|e| op_error(primary, e))?;
             match object::decode(&bytes) {
                 Ok(read) if !read.header.is_locked() => {
-                    return Ok(SlotRead {
+                    return Ok(Found::Slot(SlotRead {
                         header: read.header,
                         payload: read.payload.to_vec(),
-                    });
+                    }));
                 }
                 Ok(_) | Err(object::DecodeError::Torn(_)) => backoff.wait(),
                 Err(e) => {
@@ -125,11 +159,26 @@ impl ObjectReader {
         Ok(headers)
     }
 
-    /// The slot size of the object at `addr` (from its block header, read once per block), or
-    /// `NotFound` when `addr` is not the start of a slot.
-    fn slot_bytes_at(&self, primary: NodeId, key: AccessKey, addr: Addr) -> Result<u64, TxnError> {
+    /// Whether the block at `block` is still unclaimed on its primary (one READ of its header,
+    /// never cached): how a transaction validates that an address it read held no slot.
+    pub fn block_unclaimed(&self, block: Addr) -> Result<bool, TxnError> {
+        let (primary, key) = self.primary_of(block)?;
+        let header = self
+            .fabric
+            .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
+            .map_err(|e| op_error(primary, e))?;
+        Ok(slab::block_slot_bytes(&header, self.config.block_bytes).is_none())
+    }
+
+    /// Where `addr` stands in its block: the slot size when a slot starts there (from the
+    /// block header, read once per block and cached).
+    fn slot_at(&self, primary: NodeId, key: AccessKey, addr: Addr) -> Result<SlotAt, TxnError> {
         let block_bytes = self.config.block_bytes;
         let block_index = (addr.offset() as u64 / block_bytes) as u32;
+        let block = Addr::new(addr.region(), (block_index as u64 * block_bytes) as u32);
+        if block.offset() as u64 + block_bytes > self.config.region_bytes {
+            return Ok(SlotAt::NeverSlot);
+        }
         let cached = self
             .slot_bytes
             .read()
@@ -139,16 +188,13 @@ impl ObjectReader {
         let slot_bytes = match cached {
             Some(slot_bytes) => slot_bytes,
             None => {
-                let block = Addr::new(addr.region(), (block_index as u64 * block_bytes) as u32);
-                if block.offset() as u64 + block_bytes > self.config.region_bytes {
-                    return Err(TxnError::NotFound { addr });
-                }
                 let header = self
                     .fabric
                     .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
                     .map_err(|e| op_error(primary, e))?;
-                let slot_bytes = slab::block_slot_bytes(&header, block_bytes)
-                    .ok_or(TxnError::NotFound { addr })?;
+                let Some(slot_bytes) = slab::block_slot_bytes(&header, block_bytes) else {
+                    return Ok(SlotAt::UnclaimedBlock { block });
+                };
                 self.slot_bytes
                     .write()
                     .expect(POISONED)
@@ -160,9 +206,10 @@ impl ObjectReader {
         let fits = in_block >= BLOCK_HEADER_BYTES
             && (in_block - BLOCK_HEADER_BYTES).is_multiple_of(slot_bytes)
             && in_block + slot_bytes <= block_bytes;
-        if !fits {
-            return Err(TxnError::NotFound { addr });
-        }
-        Ok(slot_bytes)
+        Ok(if fits {
+            SlotAt::Slot { slot_bytes }
+        } else {
+            SlotAt::NeverSlot
+        })
     }
 }

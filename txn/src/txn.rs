@@ -2,14 +2,15 @@
 //! recorded; writes, allocations and frees buffered until [`Txn::commit`] (defined with the
 //! commit protocol, in `commit/`, which depends on this module and not the other way round).
 
+use crate::alloc::ReserveError;
 use crate::error::TxnError;
+use crate::read::Found;
 use crate::record::{Body, EntryKind, ReplyTo, TxnId, TxnRecord};
 use crate::reply::{Code, REPLIES_PER_TXN_MAX, SlotLease, alloc_failure};
-use crate::txn_node::TxnNode;
+use crate::txn_node::{REPLY_TIMEOUT, TxnNode};
 use crate::value;
 use acre_engine::addr::{Addr, NodeId, RegionId};
-use acre_engine::slab::AllocError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// What the transaction knows of an object it read.
@@ -38,6 +39,11 @@ pub struct Txn {
     pub(crate) id: TxnId,
     pub(crate) reads: BTreeMap<Addr, ReadInfo>,
     pub(crate) changes: BTreeMap<Addr, Change>,
+    /// Blocks found unclaimed by reads (of addresses that held no slot yet).
+    pub(crate) unclaimed_blocks: BTreeSet<Addr>,
+    /// Primaries whose reply to an ALLOC never came: each may hold a slot for this transaction
+    /// that it must be told to hand back when the transaction ends.
+    alloc_uncertain: BTreeSet<NodeId>,
     next_reply_index: usize,
     /// Replies consumed so far; fewer than `next_reply_index` means some may still arrive.
     replies_received: usize,
@@ -63,6 +69,8 @@ impl Txn {
             id,
             reads: BTreeMap::new(),
             changes: BTreeMap::new(),
+            unclaimed_blocks: BTreeSet::new(),
+            alloc_uncertain: BTreeSet::new(),
             next_reply_index: 0,
             replies_received: 0,
             finished: false,
@@ -95,6 +103,26 @@ impl Txn {
         Ok((index, self.node.replies().reply_to(self.slot(), index)))
     }
 
+    /// Sends a request whose answer comes to this transaction's reply slot, and returns where:
+    /// the log space at `target` is reserved first, so a request that never left (no room, too
+    /// large) takes no reply index and cannot make the slot wait for a late answer.
+    pub(crate) fn send_request(&mut self, target: NodeId, body: Body) -> Result<usize, TxnError> {
+        let node = self.node.clone();
+        let links = node.links();
+        let mut reservation = links.reserve(target, &[&body])?;
+        let sent = self.next_reply().and_then(|(index, reply)| {
+            let record = TxnRecord {
+                txn: self.id,
+                reply,
+                truncated: Vec::new(),
+                body,
+            };
+            links.send(target, &mut reservation, record).map(|()| index)
+        });
+        links.release(target, reservation);
+        sent
+    }
+
     /// `count` more replies were read: they can no longer arrive late.
     pub(crate) fn replies_consumed(&mut self, count: usize) {
         self.replies_received += count;
@@ -123,7 +151,15 @@ impl Txn {
     /// The recorded read of `addr`, reading it now if this transaction has not.
     fn read_info(&mut self, addr: Addr) -> Result<&ReadInfo, TxnError> {
         if !self.reads.contains_key(&addr) {
-            let slot = self.node.reader().read_slot(addr)?;
+            let slot = match self.node.reader().read(addr)? {
+                Found::Slot(slot) => slot,
+                Found::NeverSlot => return Err(TxnError::NotFound { addr }),
+                Found::UnclaimedBlock { block } => {
+                    // A later allocation may put an object here: validated at commit.
+                    self.unclaimed_blocks.insert(block);
+                    return Err(TxnError::NotFound { addr });
+                }
+            };
             let value = if slot.header.is_allocated() {
                 let value = value::decode(&slot.payload).map_err(|reason| TxnError::Protocol {
                     node: self.node.node_id(),
@@ -223,7 +259,7 @@ impl Txn {
             let reserved = self
                 .node
                 .reserve_here(region, payload_len, near)
-                .map_err(|e| out_of_memory(len, e))?;
+                .map_err(|e| reserve_failed(len, e))?;
             (reserved.addr, reserved.version, reserved.payload_bytes)
         } else {
             self.alloc_remote(primary, region, len, near)?
@@ -255,18 +291,28 @@ impl Txn {
                 len,
                 reason: "larger than 4 GiB".into(),
             })?;
-        let (index, reply) = self.next_reply()?;
-        let record = TxnRecord {
-            txn: self.id,
-            reply,
-            truncated: Vec::new(),
-            body: Body::Alloc {
-                region,
-                len: payload_len,
-                near,
-            },
+        let body = Body::Alloc {
+            region,
+            len: payload_len,
+            near,
         };
-        let reply = self.node.request(primary, record, self.slot(), index)?;
+        let index = self.send_request(primary, body).inspect_err(|_| {
+            // An append that failed may still have arrived, and the primary reserved a slot.
+            self.alloc_uncertain.insert(primary);
+        })?;
+        let reply = self
+            .node
+            .replies()
+            .wait(self.slot(), self.id.seq, &[index], REPLY_TIMEOUT)
+            .map(|mut replies| replies.remove(0))
+            .map_err(|_| {
+                // The primary may have reserved a slot this transaction never learns of.
+                self.alloc_uncertain.insert(primary);
+                TxnError::Unavailable {
+                    node: primary,
+                    reason: format!("no ALLOC reply within {REPLY_TIMEOUT:?}"),
+                }
+            })?;
         self.replies_consumed(1);
         match reply.code {
             Code::Allocated => Ok((
@@ -279,6 +325,14 @@ impl Txn {
                     alloc_failure::REGION_FULL => format!("{region} is full"),
                     alloc_failure::TOO_LARGE => {
                         format!("the largest object is {} bytes", reply.values[1])
+                    }
+                    alloc_failure::UNREPLICATED => {
+                        return Err(TxnError::Unavailable {
+                            node: NodeId(reply.values[1] as u16),
+                            reason: format!(
+                                "{primary} could not copy a new block's header to this backup"
+                            ),
+                        });
                     }
                     _ => format!("{primary} refused the allocation"),
                 };
@@ -330,6 +384,25 @@ impl Txn {
         }
         self.finished = true;
         self.release_all_reservations();
+        self.release_uncertain_allocations(&BTreeSet::new());
+    }
+
+    /// Sends ABORT to every primary whose ALLOC reply never came, except those in `locked`
+    /// (a LOCK there handed back what the transaction did not use): the primary hands back
+    /// whatever it reserved for this transaction.
+    pub(crate) fn release_uncertain_allocations(&self, locked: &BTreeSet<NodeId>) {
+        for &primary in self.alloc_uncertain.difference(locked) {
+            let record = TxnRecord {
+                txn: self.id,
+                reply: ReplyTo::NONE,
+                truncated: Vec::new(),
+                body: Body::Abort,
+            };
+            if let Err(e) = self.node.links().send_one(primary, record) {
+                // The slot stays reserved (unusable, never visible) until recovery.
+                tracing::warn!(txn = %self.id, %primary, "could not release an ALLOC: {e}");
+            }
+        }
     }
 
     /// Hands back every slot this transaction reserved (it will not install them).
@@ -400,9 +473,15 @@ fn check_fits(addr: Addr, len: usize, payload_bytes: usize) -> Result<(), TxnErr
     Ok(())
 }
 
-fn out_of_memory(len: usize, error: AllocError) -> TxnError {
-    TxnError::OutOfMemory {
-        len,
-        reason: error.to_string(),
+fn reserve_failed(len: usize, error: ReserveError) -> TxnError {
+    match error {
+        ReserveError::Alloc(error) => TxnError::OutOfMemory {
+            len,
+            reason: error.to_string(),
+        },
+        ReserveError::Unreplicated { backup, .. } => TxnError::Unavailable {
+            node: backup,
+            reason: error.to_string(),
+        },
     }
 }

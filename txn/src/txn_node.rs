@@ -5,16 +5,15 @@
 //! arrive in its own rings and answers through [`TxnNode::reply`].
 
 use crate::config::Configuration;
+use crate::courier::Couriers;
 use crate::directory::Directory;
-use crate::error::TxnError;
 use crate::link::Links;
 use crate::primary::Primary;
 use crate::read::ObjectReader;
-use crate::record::{ReplyTo, TxnRecord};
-use crate::reply::{Code, Reply, ReplyArea, reply_ops};
-use acre_engine::addr::{Addr, NodeId, RegionId};
-use acre_engine::fabric::{Fabric, Op};
-use acre_engine::slab::{AllocError, BLOCK_HEADER_BYTES, Reserved};
+use crate::record::ReplyTo;
+use crate::reply::{Code, ReplyArea, reply_ops};
+use acre_engine::addr::{NodeId, RegionId};
+use acre_engine::fabric::Fabric;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ pub struct TxnNode {
     reader: ObjectReader,
     replies: ReplyArea,
     primary: Primary,
+    couriers: Couriers,
 }
 
 impl TxnNode {
@@ -46,6 +46,7 @@ impl TxnNode {
             node: fabric.node_id(),
             links: Links::new(config.id, fabric.clone(), directory.clone()),
             reader: ObjectReader::new(config.clone(), fabric.clone(), directory.clone()),
+            couriers: Couriers::new(fabric.clone(), directory.clone()),
             config,
             fabric,
             directory,
@@ -89,104 +90,15 @@ impl TxnNode {
     }
 
     /// Answers a coordinator on `to_node` (fire and forget: a lost reply becomes the
-    /// coordinator's timeout).
+    /// coordinator's timeout). Never waits on `to_node` where that could take long (see
+    /// [`crate::courier`]).
     pub fn reply(&self, to_node: NodeId, to: ReplyTo, seq: u64, code: Code, values: [u64; 3]) {
-        let deliver = || {
-            self.fabric
-                .execute(to_node, reply_ops(to, seq, code, values))
-                .into_iter()
-                .find_map(Result::err)
-        };
-        let Some(first) = deliver() else { return };
-        // The coordinator's node may have restarted (a client process): look it up afresh.
-        self.fabric.forget_peer(to_node);
-        self.directory.forget(to_node);
-        let _ = self
-            .directory
-            .lookup(&self.fabric, to_node, crate::reply::REPLY_AREA_ID);
-        if let Some(e) = deliver() {
-            tracing::warn!(node = %self.node, to = %to_node, "reply lost: {first}; then {e}");
-        }
-    }
-
-    /// Reserves a slot in one of this node's primary regions (`region`, near `near` if given)
-    /// and, when that claimed a new block, copies the block header to the region's backups
-    /// before returning, so backups can apply the object later.
-    pub fn reserve_here(
-        &self,
-        region: RegionId,
-        len: usize,
-        near: Option<Addr>,
-    ) -> Result<Reserved, AllocError> {
-        let reserved = self.primary.reserve(region, len, near)?;
-        if let Some((offset, header)) = &reserved.claimed_block {
-            let placement = self
-                .config
-                .placement(region)
-                .expect("a primary region is in the configuration");
-            for &backup in &placement.backups {
-                let outcome = self
-                    .directory
-                    .lookup(&self.fabric, backup, region)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(key, _)| {
-                        let addr = Addr::new(region, *offset);
-                        let results = self.fabric.execute(
-                            backup,
-                            vec![
-                                Op::Write {
-                                    addr,
-                                    key,
-                                    data: header.clone(),
-                                },
-                                Op::Persist {
-                                    addr,
-                                    key,
-                                    len: BLOCK_HEADER_BYTES as u32,
-                                },
-                            ],
-                        );
-                        results
-                            .into_iter()
-                            .try_for_each(|r| r.map(|_| ()))
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(reason) = outcome {
-                    // The slot stays usable on the primary; the backup cannot apply objects
-                    // in this block until recovery re-replicates the region.
-                    tracing::error!(
-                        node = %self.node,
-                        %backup,
-                        "block header of {region}+{offset:#x} did not reach the backup: {reason}"
-                    );
-                }
-            }
-        }
-        Ok(reserved)
+        self.couriers
+            .deliver(to_node, reply_ops(to, seq, code, values));
     }
 
     /// Regions this node is primary of, for allocations without a locality hint.
     pub fn local_primary_regions(&self) -> Vec<RegionId> {
         self.primary.region_ids()
-    }
-
-    /// Sends a record that needs no reservation bookkeeping by the caller and waits for the
-    /// reply at `index` of the transaction's slot.
-    pub fn request(
-        &self,
-        target: NodeId,
-        record: TxnRecord,
-        slot: u16,
-        index: usize,
-    ) -> Result<Reply, TxnError> {
-        let seq = record.txn.seq;
-        self.links.send_one(target, record)?;
-        self.replies
-            .wait(slot, seq, &[index], REPLY_TIMEOUT)
-            .map(|mut replies| replies.remove(0))
-            .map_err(|_| TxnError::Unavailable {
-                node: target,
-                reason: format!("no reply within {REPLY_TIMEOUT:?}"),
-            })
     }
 }

@@ -5,18 +5,50 @@
 //! [`FaultPlan`]: acre_engine::fabric::fault::FaultPlan
 
 use crate::fixture::{
-    REGION_BYTES, RING_BYTES, create, primary_header, region_of, start, three_nodes, txn_node,
-    value_at,
+    BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, primary_header, region_of, replica, rings,
+    settle, start, three_nodes, txn_node, value_at,
 };
-use acre_engine::addr::NodeId;
-use acre_engine::channel::appended_kinds;
+use acre_engine::addr::{Addr, NodeId};
+use acre_engine::channel::{RING_AREA_BASE, appended_kinds};
+use acre_engine::fabric::Op;
 use acre_engine::fabric::fault::{Action, Rule};
+use acre_engine::slab::BLOCK_HEADER_BYTES;
 use acre_nvm_log::RecordKind;
-use acre_txn::CommitError;
-use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY};
+use acre_replication::ReplicaNode;
+use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, TRUNCATE};
+use acre_txn::reply::REPLY_AREA_ID;
+use acre_txn::{CommitError, TxnError};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How often a test checks that an object stays locked (2 ms apart).
+const STAYS_LOCKED_CHECKS: usize = 100;
+
+/// Transactions `node`'s worker has truncated so far.
+fn truncated(node: &ReplicaNode) -> u64 {
+    node.worker()
+        .expect("a worker")
+        .stats()
+        .truncated
+        .load(Ordering::Acquire)
+}
+
+/// Waits (up to 5 s, else fails the test) until `done`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Matches a reply to a coordinator: one WRITE into its reply area, then a NOTIFY.
+fn is_reply(ops: &[Op]) -> bool {
+    matches!(ops, [Op::Write { addr, .. }, Op::Notify] if addr.region() == REPLY_AREA_ID)
+}
 
 /// Matches batches that append a record of `kind`.
-fn appends(kind: RecordKind) -> impl Fn(&[acre_engine::fabric::Op]) -> bool + Send + Sync {
+fn appends(kind: RecordKind) -> impl Fn(&[Op]) -> bool + Send + Sync {
     move |ops| appended_kinds(ops).contains(&kind)
 }
 
@@ -94,9 +126,295 @@ fn a_commit_backup_that_failed_half_way_leaves_the_outcome_to_recovery() {
         }
         other => panic!("a COMMIT-BACKUP that may be durable ended as {other:?}"),
     }
-    // Not aborted: the primary keeps the lock for recovery to decide.
-    assert!(
-        primary_header(&cluster, a).is_locked(),
-        "a waits for recovery"
+    // Neither aborted nor installed: the primary keeps the lock for recovery to decide, and
+    // goes on keeping it (its worker has every record it will get within a few ms).
+    for _ in 0..STAYS_LOCKED_CHECKS {
+        assert!(
+            primary_header(&cluster, a).is_locked(),
+            "a waits for recovery"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// docs/protocol.md#allocation: a backup can only apply an object in a block whose header it
+/// holds, so no object in a newly claimed block may commit before the header is durable at
+/// every backup. Here the header's copy to n3 is slow; another transaction allocating the same
+/// size class meanwhile must not commit into that block (or, if it does, must wait for the
+/// header), and n3 must end with every committed object.
+#[test]
+fn no_object_commits_in_a_block_before_its_header_reaches_every_backup() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let region = region_of(0); // primary n1, backups n2 and n3
+    let header_copy = |ops: &[Op]| {
+        matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
+            if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
+    };
+    let slow = cluster.faults().add(
+        Rule::to(NodeId(3), Action::Delay(Duration::from_millis(500)))
+            .from(NodeId(1))
+            .when(header_copy)
+            .times(1),
     );
+    let claimer = {
+        let n1 = n1.clone();
+        std::thread::spawn(move || create(&n1, region, &[1; 100]))
+    };
+    // Let the claimer get to its header copy, then allocate in the same size class.
+    wait_until("the claimer copies the block header", || {
+        cluster.faults().hits(slow) > 0
+    });
+    let second = create(&n1, region, &[2; 100]);
+    let first = claimer.join().expect("the claimer");
+    assert_ne!(first, second);
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("every backup holds every committed object");
+    cluster.stop();
+}
+
+/// docs/protocol.md#record-retention: a backup that cannot apply a committed transaction at
+/// truncation (here its copy of the block header was wiped) keeps the transaction and its
+/// records: dropping them would lose the update at this replica for good. The ring stays
+/// pinned (visible to the operator) until the cause is repaired or recovery takes over.
+#[test]
+fn a_backup_that_cannot_apply_keeps_the_transaction_and_its_records() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(0), b"a0"); // primary n1, backups n2 and n3
+    settle(&cluster);
+    let block = a.offset() as u64 / BLOCK_BYTES * BLOCK_BYTES;
+    let n3_copy = replica(&cluster, NodeId(3))
+        .copy(region_of(0))
+        .expect("n3 backs up region 1");
+    for word in n3_copy.words_at(block as u32, BLOCK_HEADER_BYTES) {
+        word.store(0, Ordering::Release);
+    }
+    let n3 = replica(&cluster, NodeId(3));
+    let truncated_before = truncated(n3);
+    let mut txn = n1.begin().expect("begin");
+    txn.write(a, b"a1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    n1.links()
+        .flush_truncations(Duration::ZERO)
+        .expect("send the truncation");
+    wait_until("n3 reads the truncation", || {
+        truncated(n3) > truncated_before
+    });
+    assert_eq!(
+        n3.backup().held_count(),
+        1,
+        "n3 dropped a committed transaction"
+    );
+    let ring = rings(&cluster)
+        .into_iter()
+        .find(|ring| ring.receiver == NodeId(3) && ring.sender == NodeId(1))
+        .expect("n1's ring at n3");
+    assert!(
+        ring.head < ring.tail,
+        "n3 truncated the records it could not apply: {ring:?}"
+    );
+    cluster.stop();
+}
+
+/// docs/failures.md#what-happens-today: a primary's worker answers every coordinator, so it
+/// must never wait on one of them. Here n2's reply to n1 stalls for seconds (n1 paused, or a
+/// slow link); n3's transaction at n2 meanwhile commits at its usual speed.
+#[test]
+fn a_stalled_coordinator_does_not_stall_the_primary_for_others() {
+    const STALL: Duration = Duration::from_secs(3);
+    let cluster = three_nodes();
+    let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
+    let a = create(&n1, region_of(1), b"a0"); // primary n2
+    let b = create(&n3, region_of(1), b"b0"); // primary n2
+    let stalled = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Delay(STALL))
+            .from(NodeId(2))
+            .when(is_reply)
+            .times(1),
+    );
+    let slow = {
+        let n1 = n1.clone();
+        std::thread::spawn(move || {
+            let mut txn = n1.begin().expect("begin");
+            txn.write(a, b"a1").expect("write");
+            txn.commit()
+        })
+    };
+    wait_until("n2 answers n1", || cluster.faults().hits(stalled) > 0);
+    let started = Instant::now();
+    let mut txn = n3.begin().expect("begin");
+    txn.write(b, b"b1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let took = started.elapsed();
+    assert!(
+        took < STALL / 3,
+        "n3's commit at n2 waited {took:?} behind n2's stalled reply to n1"
+    );
+    assert_eq!(slow.join().expect("n1's commit"), Ok(()));
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/protocol.md#truncate: truncations go to each participant on its own link; one that
+/// cannot be reached must not hold back the others' (whose backups then never apply).
+#[test]
+fn an_unreachable_participant_does_not_hold_back_the_others_truncations() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(0), b"a0"); // primary n1, backups n2 and n3
+    settle(&cluster);
+    let cut = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Fail)
+            .from(NodeId(1))
+            .when(appends(TRUNCATE)),
+    );
+    let n3 = replica(&cluster, NodeId(3));
+    let truncated_before = truncated(n3);
+    let mut txn = n1.begin().expect("begin");
+    txn.write(a, b"a1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let flushed = n1.links().flush_truncations(Duration::ZERO);
+    assert!(flushed.is_err(), "n2 was unreachable: {flushed:?}");
+    assert!(cluster.faults().hits(cut) >= 1);
+    // n3 got its truncation all the same and applies the transaction.
+    wait_until("n3 gets its truncation though n2 is cut off", || {
+        truncated(n3) > truncated_before
+    });
+    cluster.faults().heal();
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("backups match once n2 is reachable");
+    cluster.stop();
+}
+
+/// docs/protocol.md#allocation: an ALLOC whose reply is lost leaves a slot reserved at the
+/// primary that the coordinator never learns of. When the transaction ends, the primary must
+/// get the slot back; otherwise every such timeout leaks a slot for good.
+#[test]
+fn a_timed_out_alloc_does_not_leak_its_slot() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let near = Addr::new(region_of(1), 0); // primary n2, nothing allocated there yet
+    let lost = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Fail)
+            .from(NodeId(2))
+            .when(is_reply),
+    );
+    let mut txn = n1.begin().expect("begin");
+    let outcome = txn.alloc_near(8, near);
+    assert!(
+        matches!(
+            outcome,
+            Err(TxnError::Unavailable {
+                node: NodeId(2),
+                ..
+            })
+        ),
+        "the ALLOC reply was lost: {outcome:?}"
+    );
+    assert!(cluster.faults().hits(lost) >= 1);
+    drop(txn);
+    cluster.faults().heal();
+    settle(&cluster);
+    // The slot the lost ALLOC reserved (the first of the block it claimed) is free again: the
+    // next allocation of the same size class gets it.
+    let first_slot = Addr::new(region_of(1), BLOCK_HEADER_BYTES as u32);
+    assert_eq!(
+        create(&n1, region_of(1), &[0; 8]),
+        first_slot,
+        "the slot leaked"
+    );
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/failures.md#what-happens-today: serving another node's ALLOC may mean copying a new
+/// block's header to every backup, and a backup can be slow; the primary's worker must not wait
+/// for that while other coordinators wait for its votes.
+#[test]
+fn a_slow_backup_under_an_alloc_does_not_stall_the_primary_for_others() {
+    const STALL: Duration = Duration::from_secs(3);
+    let cluster = three_nodes();
+    let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
+    let b = create(&n3, region_of(1), b"b0"); // primary n2
+    settle(&cluster);
+    let header_copy = |ops: &[Op]| {
+        matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
+            if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
+    };
+    let slow = cluster.faults().add(
+        Rule::to(NodeId(3), Action::Delay(STALL))
+            .from(NodeId(2))
+            .when(header_copy)
+            .times(1),
+    );
+    let allocating = {
+        let n1 = n1.clone();
+        // A size class nothing in n2's region uses yet: its ALLOC claims a block.
+        std::thread::spawn(move || create(&n1, region_of(1), &[1; 1000]))
+    };
+    wait_until("n2 copies the new block's header", || {
+        cluster.faults().hits(slow) > 0
+    });
+    let started = Instant::now();
+    let mut txn = n3.begin().expect("begin");
+    txn.write(b, b"b1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let took = started.elapsed();
+    assert!(
+        took < STALL / 3,
+        "n3's commit at n2 waited {took:?} behind n2's header copy for n1's ALLOC"
+    );
+    allocating.join().expect("n1's allocation");
+    settle(&cluster);
+    cluster.check_replicas().expect("backups match");
+    cluster.stop();
+}
+
+/// A request that never left (here a VALIDATE too large for any log record, refused when log
+/// space is reserved) cannot be answered late, so it must not quarantine its transaction's
+/// reply slot: against a pinned ring, audits that fail this way used up all 64 slots in
+/// milliseconds ("all 64 transaction slots ... are in use").
+#[test]
+fn a_request_that_never_left_does_not_quarantine_the_slot() {
+    let cluster = three_nodes();
+    let (n1, n2) = (txn_node(&cluster, 0), txn_node(&cluster, 1));
+    // More objects at n2 than one VALIDATE record can list (16 bytes a read, a record at most a
+    // quarter of a 256 KiB ring).
+    let mut objects = Vec::new();
+    while objects.len() < 4200 {
+        let mut txn = n2.begin().expect("begin");
+        for _ in 0..200 {
+            let addr = txn
+                .alloc_near(8, Addr::new(region_of(1), 0))
+                .expect("alloc");
+            txn.write(addr, b"x").expect("write");
+            objects.push(addr);
+        }
+        assert_eq!(txn.commit(), Ok(()));
+    }
+    let mut reader = n1.begin().expect("begin");
+    let slot = reader.id().thread;
+    for &addr in &objects {
+        reader.read(addr).expect("read");
+    }
+    let outcome = reader.commit();
+    assert!(
+        matches!(outcome, Err(CommitError::TxnTooLarge { .. })),
+        "a VALIDATE of {} reads: {outcome:?}",
+        objects.len()
+    );
+    let next = n1.begin().expect("begin");
+    assert_eq!(
+        next.id().thread,
+        slot,
+        "the slot of a request that never left was quarantined"
+    );
+    drop(next);
+    settle(&cluster);
+    cluster.stop();
 }

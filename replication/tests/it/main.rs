@@ -8,3 +8,4 @@ mod index;
 mod list_append;
 mod protocol;
 mod ring_damage;
+mod status;

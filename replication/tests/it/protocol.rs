@@ -838,6 +838,41 @@ fn addresses_that_are_not_objects_are_refused() {
     cluster.stop();
 }
 
+/// docs/protocol.md#reads: an address in a block nobody has claimed reads as "no object", and a
+/// transaction may act on that, so the read is validated like any other. Otherwise: T1 sees x
+/// absent and writes y; T2 creates x; T1 commits. If T2 also read y, that is write skew.
+#[test]
+fn a_read_of_an_unclaimed_block_is_validated() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let n2 = txn_node(&cluster, 1);
+    let y = create(&n1, region_of(0), b"y0");
+    // Nothing was allocated in n3's region yet: its first allocation claims block 0 and takes
+    // the first slot.
+    let x = Addr::new(region_of(2), BLOCK_HEADER_BYTES as u32);
+    let mut t1 = n1.begin().unwrap();
+    assert_eq!(t1.read(x), Err(TxnError::NotFound { addr: x }));
+    t1.write(y, b"y1").unwrap();
+    assert_eq!(
+        create(&n2, region_of(2), b"x"),
+        x,
+        "the first slot of block 0"
+    );
+    let outcome = t1.commit();
+    assert!(
+        is_conflict(&outcome),
+        "a transaction that saw {x} absent committed after it was created: {outcome:?}"
+    );
+    // A block still unclaimed validates: reading one does not make transactions conflict.
+    let far = Addr::new(region_of(2), (REGION_BYTES - BLOCK_BYTES) as u32);
+    let mut t3 = n1.begin().unwrap();
+    assert_eq!(t3.read(far), Err(TxnError::NotFound { addr: far }));
+    t3.write(y, b"y2").unwrap();
+    assert_eq!(t3.commit(), Ok(()));
+    settle(&cluster);
+    cluster.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Allocation at another node's primary.
 

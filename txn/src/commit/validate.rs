@@ -5,7 +5,7 @@
 //! commits by this step alone.
 
 use crate::error::TxnError;
-use crate::record::{Body, TxnRecord};
+use crate::record::Body;
 use crate::reply::{Code, Reply};
 use crate::txn::Txn;
 use crate::txn_node::REPLY_TIMEOUT;
@@ -23,8 +23,9 @@ struct ValidateSent {
     first: Addr,
 }
 
-/// Validates `(addr, version)` pairs. Every VALIDATE message sent is waited for even after a
-/// conflict is found, so no reply arrives after the transaction gave its slot back.
+/// Validates `(addr, version)` pairs, and the blocks the transaction found unclaimed. Every
+/// VALIDATE message sent is waited for even after a conflict is found, so no reply arrives
+/// after the transaction gave its slot back.
 pub(crate) fn validate(txn: &mut Txn, reads: &[(Addr, u64)]) -> Result<(), TxnError> {
     let mut by_primary: BTreeMap<NodeId, Vec<(Addr, u64)>> = BTreeMap::new();
     for &(addr, version) in reads {
@@ -50,7 +51,22 @@ pub(crate) fn validate(txn: &mut Txn, reads: &[(Addr, u64)]) -> Result<(), TxnEr
     if let Some(failure) = failure {
         return Err(failure);
     }
-    check_replies(&sent, &replies)
+    check_replies(&sent, &replies)?;
+    validate_unclaimed_blocks(txn)
+}
+
+/// The blocks the transaction found unclaimed (reading addresses that held no slot yet) still
+/// are: no object was created where it saw none.
+fn validate_unclaimed_blocks(txn: &Txn) -> Result<(), TxnError> {
+    for &block in &txn.unclaimed_blocks {
+        if !txn.node.reader().block_unclaimed(block)? {
+            return Err(TxnError::Conflict {
+                addr: block,
+                why: "a block read as empty was claimed",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// This node's own primary: no message needed.
@@ -93,15 +109,8 @@ fn send_validate(
     reads: Vec<(Addr, u64)>,
 ) -> Result<ValidateSent, TxnError> {
     assert!(reads.len() > T_R, "{} reads go one-sided", reads.len());
-    let (reply_index, reply) = txn.next_reply()?;
     let first = reads[0].0;
-    let record = TxnRecord {
-        txn: txn.id,
-        reply,
-        truncated: Vec::new(),
-        body: Body::Validate { reads },
-    };
-    txn.node.links().send_one(primary, record)?;
+    let reply_index = txn.send_request(primary, Body::Validate { reads })?;
     Ok(ValidateSent {
         primary,
         reply_index,

@@ -1,0 +1,101 @@
+//! Reserving a slot at a primary for a transaction's allocation (docs/protocol.md#allocation),
+//! and publishing a newly claimed block once its header is durable at every backup.
+//!
+//! A backup applies an object only in a block whose header it holds (the header says how the
+//! block is cut into slots). So the first reservation in a block, and any reservation while
+//! the block is unpublished, carries the duty to copy the header to every backup of the region
+//! and then publish the block; until it is published, no reservation gets a slot there without
+//! that duty (`SlabAllocator::publish`). A reservation whose copy fails is handed back, and the
+//! block stays unpublished for the next reservation to try again.
+
+use crate::error::op_error;
+use crate::txn_node::TxnNode;
+use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::fabric::Op;
+use acre_engine::slab::{AllocError, BLOCK_HEADER_BYTES, Reserved};
+
+/// Why a slot could not be reserved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    /// The allocator refused (region full, too large, not a primary region here).
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// The slot's block is new and its header could not be made durable at a backup.
+    #[error("the header of block {region}+{offset:#x} did not reach backup {backup}: {reason}")]
+    Unreplicated {
+        region: RegionId,
+        offset: u32,
+        backup: NodeId,
+        reason: String,
+    },
+}
+
+impl TxnNode {
+    /// Reserves a slot in one of this node's primary regions (`region`, near `near` if given).
+    /// When the slot's block is not published yet, first copies its header to the region's
+    /// backups (durable there) and publishes it.
+    pub fn reserve_here(
+        &self,
+        region: RegionId,
+        len: usize,
+        near: Option<Addr>,
+    ) -> Result<Reserved, ReserveError> {
+        let reserved = self.primary().reserve(region, len, near)?;
+        let Some((offset, header)) = &reserved.claimed_block else {
+            return Ok(reserved);
+        };
+        let placement = self
+            .config()
+            .placement(region)
+            .expect("a primary region is in the configuration");
+        for &backup in &placement.backups {
+            if let Err(reason) = self.copy_block_header(backup, region, *offset, header) {
+                self.primary().release(&[reserved.addr]);
+                return Err(ReserveError::Unreplicated {
+                    region,
+                    offset: *offset,
+                    backup,
+                    reason,
+                });
+            }
+        }
+        self.primary().publish(region, *offset);
+        Ok(reserved)
+    }
+
+    /// Writes a block header into `backup`'s copy of `region` and makes it durable there.
+    fn copy_block_header(
+        &self,
+        backup: NodeId,
+        region: RegionId,
+        offset: u32,
+        header: &[u8],
+    ) -> Result<(), String> {
+        assert_eq!(
+            header.len() as u64,
+            BLOCK_HEADER_BYTES,
+            "a whole block header"
+        );
+        let (key, _) = self
+            .directory()
+            .lookup(self.fabric(), backup, region)
+            .map_err(|e| e.to_string())?;
+        let addr = Addr::new(region, offset);
+        let ops = vec![
+            Op::Write {
+                addr,
+                key,
+                data: header.to_vec(),
+            },
+            Op::Persist {
+                addr,
+                key,
+                len: BLOCK_HEADER_BYTES as u32,
+            },
+        ];
+        for result in self.fabric().execute(backup, ops) {
+            result.map_err(|e| op_error(backup, e).to_string())?;
+        }
+        Ok(())
+    }
+}

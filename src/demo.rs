@@ -1,10 +1,13 @@
 //! `acre demo` and `acre bank`: concurrent bank transfers with read-only audits checking the
 //! total, on a 3-node embedded cluster with 3 replicas (`demo`) or on a running cluster of node
 //! processes (`bank`). Prints committed and aborted transactions per second, the p50/p99 commit
-//! latency, and whether the invariant held; exit code 1 if it did not.
+//! latency, and whether the invariant held; exit code 1 if it did not. SIGINT (Ctrl-C) or
+//! SIGTERM ends the run early: the transactions in flight finish, the report covers what ran,
+//! and the client's `Db` is dropped as at any other end (a second signal exits at once).
 
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Addr, Db, EmbeddedOptions};
+use acre::engine::signal::{self, Termination};
 use acre_benches::bank::{Bank, BankReport, THREADS_MAX};
 use anyhow::Context;
 use std::io::Write as _;
@@ -70,7 +73,7 @@ fn check_workload(args: &WorkloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+pub fn demo(args: &DemoArgs, termination: &Termination) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     check_workload(&args.workload)?;
     anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
@@ -87,18 +90,21 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         args.nodes, replicas
     )?;
     let bank = Bank::create(&db, args.workload.accounts, 1000).context("create the accounts")?;
-    run_and_report(&db, &bank, &args.workload, true)
+    run_and_report(&db, &bank, &args.workload, true, termination)
 }
 
-pub fn bank(args: &BankArgs) -> anyhow::Result<ExitCode> {
+pub fn bank(args: &BankArgs, termination: &Termination) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     check_workload(&args.workload)?;
     let db = Db::connect(&args.dir.join(CLUSTER_FILE))?;
     writeln!(
         out,
-        "acre bank: connected to the {}-node cluster in {}, {} replicas of every region",
+        "acre bank: connected to the {}-node cluster in {} as client {}, {} replicas of every \
+         region",
         db.config().nodes.len(),
         args.dir.display(),
+        db.client_id()
+            .map_or_else(|| "?".into(), |id| id.to_string()),
         db.config().f + 1
     )?;
     let bank = match args.bank {
@@ -110,7 +116,7 @@ pub fn bank(args: &BankArgs) -> anyhow::Result<ExitCode> {
         "bank directory object: {} (pass --bank {} to reuse it)",
         bank.directory, bank.directory
     )?;
-    run_and_report(&db, &bank, &args.workload, false)
+    run_and_report(&db, &bank, &args.workload, false, termination)
 }
 
 fn run_and_report(
@@ -118,6 +124,7 @@ fn run_and_report(
     bank: &Bank,
     args: &WorkloadArgs,
     embedded: bool,
+    termination: &Termination,
 ) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     writeln!(
@@ -136,8 +143,17 @@ fn run_and_report(
             args.audits,
             Duration::from_secs(args.seconds),
             args.seed,
+            termination,
         )
         .context("run the transfers")?;
+    if let Some(signal) = termination.requested() {
+        writeln!(
+            out,
+            "interrupted by {} after {:.1} s: the transactions in flight finished",
+            signal::signal_name(signal),
+            report.elapsed.as_secs_f64()
+        )?;
+    }
     print_report(&mut report)?;
     let quiet = db.quiesce(QUIESCE_TIMEOUT);
     let final_audit = db

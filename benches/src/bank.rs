@@ -6,6 +6,7 @@
 //! ...`) so that
 //! processes other than the one that created them can find them from one address.
 
+use acre_engine::signal::Termination;
 use acre_replication::db::{Addr, Db, Error, NodeId, TxnError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,8 +207,9 @@ impl Bank {
     }
 
     /// Runs `transfer_threads` threads of transfers and `audit_threads` threads of audits for
-    /// `duration` (at most [`THREADS_MAX`] together). Non-retryable errors end the run with
-    /// that error.
+    /// `duration` (at most [`THREADS_MAX`] together), or until `termination` is requested
+    /// (Ctrl-C): then every thread finishes the transaction it is in and the run reports what
+    /// it measured so far. Non-retryable errors end the run with that error.
     pub fn run(
         &self,
         db: &Db,
@@ -215,6 +217,7 @@ impl Bank {
         audit_threads: usize,
         duration: Duration,
         seed: u64,
+        termination: &Termination,
     ) -> Result<BankReport, BankError> {
         let threads = transfer_threads.saturating_add(audit_threads);
         if threads > THREADS_MAX {
@@ -283,7 +286,7 @@ impl Bank {
                 }
             }
         }
-        std::thread::sleep(duration);
+        termination.sleep(duration);
         stop.store(true, Ordering::Relaxed);
         let mut total = BankReport::default();
         let mut failure = None;

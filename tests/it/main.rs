@@ -2,6 +2,7 @@
 //! stopped, the bank workload from several processes, bad input, and the command-line faults
 //! of issue 10.
 
+mod clients;
 mod cluster;
 mod command_line;
 mod ycsb;

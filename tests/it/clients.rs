@@ -1,0 +1,233 @@
+//! Client processes that stop while they work (issue 11 item 1): stopped by SIGINT or SIGTERM, a
+//! client finishes its run and releases everything it holds; killed, it leaves nothing that
+//! slows the cluster down or that the next client inherits (docs/failures.md#a-client-that-dies).
+
+use crate::cluster::{Cluster, text};
+use acre::engine::addr::NodeId;
+use acre::engine::channel::ring_area_id;
+use acre::nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a client runs transfers before it is stopped.
+const RUN_BEFORE_STOP: Duration = Duration::from_millis(1500);
+/// How long `acre bank` may take to connect and create its accounts.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an interrupted client may take to finish its run, report and exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the memory nodes may take to drop what a stopped client held.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The memory nodes `Cluster::up` starts.
+const MEMORY_NODES: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+
+/// An `acre bank` process of a test, killed if the test fails while it runs.
+struct Running {
+    child: Child,
+    /// The lines of its stdout, as they come.
+    lines: mpsc::Receiver<String>,
+    stdout: String,
+}
+
+impl Running {
+    /// Starts `acre bank` on `cluster` with `args` and waits until its transfers run.
+    fn start(cluster: &Cluster, args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_acre"))
+            .args(["bank", "--dir", cluster.dir()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start acre bank");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut running = Running {
+            child,
+            lines,
+            stdout: String::new(),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !running.stdout.contains("transfer threads") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match running.lines.recv_timeout(left) {
+                Ok(line) => {
+                    running.stdout.push_str(&line);
+                    running.stdout.push('\n');
+                }
+                Err(_) => {
+                    let (status, stderr) = running.kill();
+                    panic!(
+                        "acre bank did not start its transfers within {START_TIMEOUT:?} \
+                         ({status}):\n{}\n{stderr}",
+                        running.stdout
+                    );
+                }
+            }
+        }
+        running
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a name `kill -s` takes).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} failed: {status}");
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its status, stdout and stderr.
+    fn wait(mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for acre bank") {
+                self.stdout.extend(self.lines.try_iter().map(|l| l + "\n"));
+                // The reader thread may still hold the last lines: it ends at end of file.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                    self.stdout.push_str(&line);
+                    self.stdout.push('\n');
+                }
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return (status, std::mem::take(&mut self.stdout), stderr);
+            }
+            if Instant::now() >= deadline {
+                let (status, stderr) = self.kill();
+                panic!(
+                    "acre bank did not exit within {timeout:?} ({status}):\n{}\n{stderr}",
+                    self.stdout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and returns how it ended and its stderr.
+    fn kill(&mut self) -> (ExitStatus, String) {
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("wait for acre bank");
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        (status, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The client id `acre bank` claimed, as the first line of its `stdout` says.
+fn client_of(stdout: &str) -> NodeId {
+    let id = stdout
+        .split_once("as client n")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no client id in:\n{stdout}"));
+    NodeId(id)
+}
+
+/// Head and tail of the ring `sender` writes at memory node `receiver`, read from its file.
+fn ring_positions(dir: &Path, receiver: NodeId, sender: NodeId) -> (u64, u64) {
+    let prefix = format!("{receiver}-r{}-", ring_area_id(sender).0);
+    let path = std::fs::read_dir(dir)
+        .expect("read the cluster directory")
+        .map(|entry| entry.expect("a directory entry").path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".region"))
+        })
+        .unwrap_or_else(|| panic!("no ring file {prefix}* in {}", dir.display()));
+    let bytes = std::fs::read(&path).expect("read a ring file");
+    let word = |offset: u64| {
+        let at = offset as usize;
+        let word = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        decode_pos_word(word, offset).expect("a ring position word")
+    };
+    (word(HEAD_OFFSET), word(TAIL_OFFSET))
+}
+
+/// The rings of `client` at the memory nodes that still hold records: `(node, head, tail)`.
+fn held_rings(dir: &Path, client: NodeId) -> Vec<(NodeId, u64, u64)> {
+    MEMORY_NODES
+        .iter()
+        .map(|&node| {
+            let (head, tail) = ring_positions(dir, node, client);
+            (node, head, tail)
+        })
+        .filter(|(_, head, tail)| head != tail)
+        .collect()
+}
+
+/// Waits up to [`RELEASE_TIMEOUT`] until no memory node holds a record of `client`.
+fn assert_released(dir: &Path, client: NodeId, what: &str) {
+    let deadline = Instant::now() + RELEASE_TIMEOUT;
+    loop {
+        let held = held_rings(dir, client);
+        if held.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: after {RELEASE_TIMEOUT:?} the memory nodes still hold records of {client} \
+             (node, head, tail): {held:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A client stopped by SIGINT (Ctrl-C) or SIGTERM stops its transfers, lets the transactions
+/// in flight finish, reports what it measured, checks the invariant, and drops its `Db`, which
+/// sends its queued truncations: nothing of it stays at any memory node. Before, either signal
+/// killed the process on the spot, with its truncations unsent and its last transactions
+/// half-way, and the memory nodes kept its records (and locks) for good.
+#[test]
+fn a_client_stopped_by_sigint_or_sigterm_finishes_its_run_and_leaves_nothing_held() {
+    let cluster = Cluster::up("interrupt", "shm");
+    for signal in ["INT", "TERM"] {
+        let bank = Running::start(&cluster, &["--seconds", "600", "--accounts", "20"]);
+        std::thread::sleep(RUN_BEFORE_STOP);
+        bank.signal(signal);
+        let started = Instant::now();
+        let (status, stdout, stderr) = bank.wait(EXIT_TIMEOUT);
+        let shown = format!("SIG{signal}: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(status.success(), "{shown}");
+        assert!(
+            stdout.contains(&format!("interrupted by SIG{signal}")),
+            "{shown}"
+        );
+        assert!(stdout.contains("invariant held"), "{shown}");
+        assert!(
+            started.elapsed() < EXIT_TIMEOUT,
+            "took {:?}: {shown}",
+            started.elapsed()
+        );
+        let client = client_of(&stdout);
+        assert_released(&cluster.dir, client, &format!("after SIG{signal}"));
+    }
+    let status = crate::cluster::acre(&["cluster", "status", "--dir", cluster.dir()]);
+    assert!(status.status.success(), "{}", text(&status));
+}

@@ -2,12 +2,15 @@
 //! client finishes its run and releases everything it holds; killed, it leaves nothing that
 //! slows the cluster down or that the next client inherits (docs/failures.md#a-client-that-dies).
 
-use crate::cluster::{Cluster, text};
+use crate::cluster::{Cluster, acre, text};
+use acre::cluster::CLUSTER_FILE;
+use acre::db::Db;
 use acre::engine::addr::NodeId;
 use acre::engine::channel::ring_area_id;
+use acre::engine::directory::NodeManifest;
 use acre::nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -228,6 +231,107 @@ fn a_client_stopped_by_sigint_or_sigterm_finishes_its_run_and_leaves_nothing_hel
         let client = client_of(&stdout);
         assert_released(&cluster.dir, client, &format!("after SIG{signal}"));
     }
-    let status = crate::cluster::acre(&["cluster", "status", "--dir", cluster.dir()]);
+    let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
     assert!(status.status.success(), "{}", text(&status));
+}
+
+/// `acre cluster up` with `extra` arguments, taken down when the test ends.
+fn cluster_with(name: &str, extra: &[&str]) -> Cluster {
+    let cluster = Cluster {
+        dir: PathBuf::from(format!("/dev/shm/acre-test-{name}-{}", std::process::id())),
+    };
+    let up = acre(
+        &[
+            &["cluster", "up", "--dir", cluster.dir()][..],
+            &["--region-bytes", "8388608", "--ring-bytes", "262144"],
+            extra,
+        ]
+        .concat(),
+    );
+    assert!(up.status.success(), "{}", text(&up));
+    cluster
+}
+
+/// The memory nodes' processes, paused (SIGSTOP) until this is dropped (SIGCONT), so that
+/// what a client sends them stays unread in their rings.
+struct Paused {
+    pids: Vec<u32>,
+}
+
+impl Paused {
+    fn nodes(dir: &Path) -> Paused {
+        let pids: Vec<u32> = MEMORY_NODES
+            .iter()
+            .map(|&node| {
+                NodeManifest::read(dir, node)
+                    .expect("read a manifest")
+                    .unwrap_or_else(|| panic!("{node} has no manifest"))
+                    .pid
+            })
+            .collect();
+        for pid in &pids {
+            let status = Command::new("kill")
+                .args(["-s", "STOP", &pid.to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "SIGSTOP {pid}: {status}");
+        }
+        Paused { pids }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = Command::new("kill")
+                .args(["-s", "CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// A client killed while memory nodes hold its records (here: records it appended to paused
+/// nodes, unread) leaves its id to nobody until they are released: the next client takes
+/// another id instead of inheriting the dead one's locks and pinned rings, and with every id
+/// taken, connecting fails and says which ids are taken and why. Before, the next client took
+/// the dead one's id as soon as its lock file was free.
+#[test]
+fn a_killed_clients_id_is_not_reused_while_a_memory_node_holds_its_records() {
+    let cluster = cluster_with("held", &["--clients", "2"]);
+    let mut bank = Running::start(&cluster, &["--seconds", "600", "--accounts", "20"]);
+    let dead = client_of(&bank.stdout);
+    std::thread::sleep(RUN_BEFORE_STOP);
+    let paused = Paused::nodes(&cluster.dir);
+    // Its transactions now wait for votes that do not come, their LOCK records unread.
+    std::thread::sleep(RUN_BEFORE_STOP);
+    bank.kill();
+    let held = held_rings(&cluster.dir, dead);
+    assert!(!held.is_empty(), "the killed client left nothing to hold");
+
+    let file = cluster.dir.join(CLUSTER_FILE);
+    let db = Db::connect(&file).expect("connect while the dead client's id is held");
+    assert_ne!(
+        db.client_id(),
+        Some(dead),
+        "held at (node, head, tail): {held:?}"
+    );
+    let error = match Db::connect(&file) {
+        Ok(other) => panic!(
+            "a third client got {:?} with {dead} held and {:?} running",
+            other.client_id(),
+            db.client_id()
+        ),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("all 2 client ids"), "{error}");
+    assert!(
+        error.contains(&format!("{dead} is held by n")),
+        "the dead client's id: {error}"
+    );
+    let running = db.client_id().expect("a client id");
+    assert!(
+        error.contains(&format!("{running} runs in another process")),
+        "the running client's id: {error}"
+    );
+    drop(paused);
 }

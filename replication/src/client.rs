@@ -9,6 +9,7 @@
 //! held until the memory nodes have released what it left; the next client takes another id.
 
 use crate::cluster_file::{ClusterFile, ClusterFileError};
+use crate::liveness::client_lock_path;
 use crate::process::{ManifestWaitError, NodeStartError, ProcessNode, wait_for_manifests};
 use acre_engine::addr::{Addr, NodeId};
 use acre_engine::channel::ring_area_id;
@@ -188,12 +189,6 @@ impl ClientNode {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-}
-
-/// The lock file whose holder is client `client` (`client-<id>.lock` in the cluster directory):
-/// a process that runs the client holds it locked (flock) until it ends, however it ends.
-pub fn client_lock_path(dir: &Path, client: NodeId) -> PathBuf {
-    dir.join(format!("client-{}.lock", client.0))
 }
 
 /// Whether some memory node in `nodes` holds anything `client` wrote: its ring there is not

@@ -11,6 +11,8 @@
 //!   application process joins a running cluster with.
 //! - [`db`]: `Db`, the embedded API over an embedded cluster or a client node (re-exported by
 //!   the `acre` facade).
+//! - [`liveness`], [`orphan`]: whether a client coordinator is gone, and how the memory nodes
+//!   settle the transactions a client that died left half-way.
 //! - [`verify`]: backups byte-identical to their primaries.
 //!
 //! Recovery (of transactions, data and the allocator after a failure) comes with the failure
@@ -27,6 +29,8 @@ pub mod client;
 pub mod cluster_file;
 pub mod db;
 pub mod embedded;
+pub mod liveness;
+pub mod orphan;
 pub mod process;
 pub mod replica;
 pub mod verify;

@@ -3,6 +3,7 @@
 //! [`TxnNode`] and [`Backup`] state, and the worker that serves incoming records.
 
 use crate::backup::Backup;
+use crate::liveness::Liveness;
 use crate::worker::Worker;
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{ChannelError, Inbox};
@@ -77,7 +78,8 @@ impl ReplicaNode {
     /// Creates the node's areas in `fabric`'s memory and starts its worker. `directory` must
     /// know (or be able to find) the other nodes' areas before transactions start.
     /// `incarnation` counts the starts of this node id (0 for a node that never ran before;
-    /// see [`acre_txn::reply::ReplyArea::new`]).
+    /// see [`acre_txn::reply::ReplyArea::new`]). `clients` tells which client coordinators are
+    /// gone, whose transactions the node then settles ([`crate::orphan`]).
     pub fn start(
         config: Arc<Configuration>,
         fabric: Arc<Fabric>,
@@ -85,6 +87,7 @@ impl ReplicaNode {
         storage: &Storage,
         ring_bytes: u64,
         incarnation: u64,
+        clients: Arc<dyn Liveness>,
     ) -> Result<ReplicaNode, StartError> {
         let node = fabric.node_id();
         if !config.members().any(|m| m == node) {
@@ -136,8 +139,8 @@ impl ReplicaNode {
             replies,
             Primary::new(primaries),
         ));
-        let worker =
-            Worker::spawn(txn.clone(), backup.clone(), inbox).map_err(io("spawn the worker"))?;
+        let worker = Worker::spawn(txn.clone(), backup.clone(), inbox, clients)
+            .map_err(io("spawn the worker"))?;
         Ok(ReplicaNode {
             txn,
             backup,

@@ -351,6 +351,9 @@ const SPEED_KEPT_MIN: f64 = 0.3;
 /// wedged cluster is slow every time.
 const MEASURE_ATTEMPTS: usize = 3;
 
+/// Characters of a failed run's output a failure message quotes.
+const OUTPUT_SHOWN_MAX: usize = 2000;
+
 /// Transfers per second of a short `acre bank` on a fresh bank, or the run's output if it
 /// failed.
 fn transfer_rate(cluster: &Cluster) -> Result<f64, String> {
@@ -376,10 +379,10 @@ fn assert_full_speed(cluster: &Cluster, before: f64, after: &str) {
         match transfer_rate(cluster) {
             Ok(rate) if rate >= before * SPEED_KEPT_MIN => return,
             Ok(rate) => seen.push(format!("{rate:.0}/s")),
-            Err(output) => seen.push(output),
+            Err(output) => seen.push(output.chars().take(OUTPUT_SHOWN_MAX).collect()),
         }
     }
-    panic!("after {after}: {before:.0} transfers/s before, then: {seen:?}");
+    panic!("after {after}: {before:.0} transfers/s before, then: {seen:#?}");
 }
 
 /// Starts a client, lets it run transfers for a while, and stops it with `signal` (`kill -s`);

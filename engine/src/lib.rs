@@ -14,6 +14,7 @@ pub mod cursor;
 pub mod directory;
 pub mod fabric;
 pub mod object;
+pub mod pause;
 pub mod procfs;
 pub mod region;
 pub mod signal;

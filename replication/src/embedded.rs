@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub struct EmbeddedCluster {
     config: Arc<Configuration>,
     nodes: Vec<ReplicaNode>,
-    faults: Arc<FaultPlan>,
+    faults: Option<Arc<FaultPlan>>,
     /// The nodes [`EmbeddedCluster::kill`] stopped.
     stopped: Arc<Stopped>,
     local: Arc<LocalCluster>,
@@ -27,9 +27,26 @@ pub struct EmbeddedCluster {
 impl EmbeddedCluster {
     /// Starts every member of `config` with rings of `ring_bytes`.
     pub fn start(config: Configuration, ring_bytes: u64) -> Result<EmbeddedCluster, StartError> {
+        EmbeddedCluster::start_with(config, ring_bytes, None)
+    }
+
+    /// Like [`start`](Self::start), with a [`FaultPlan`] (no rules yet) on every node's
+    /// fabric, so that a test can fail, stall or half-execute what one node sends another.
+    /// The nodes then treat each other as across a network that can stall.
+    pub fn start_faulty(
+        config: Configuration,
+        ring_bytes: u64,
+    ) -> Result<EmbeddedCluster, StartError> {
+        EmbeddedCluster::start_with(config, ring_bytes, Some(Arc::new(FaultPlan::new())))
+    }
+
+    fn start_with(
+        config: Configuration,
+        ring_bytes: u64,
+        faults: Option<Arc<FaultPlan>>,
+    ) -> Result<EmbeddedCluster, StartError> {
         let config = Arc::new(config);
         let local = LocalCluster::new();
-        let faults = Arc::new(FaultPlan::new());
         let stopped = Arc::new(Stopped::default());
         let mut nodes = Vec::new();
         for node in config.members() {
@@ -39,10 +56,12 @@ impl EmbeddedCluster {
             })?;
             let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
             local.add(memory.clone());
-            let fabric = Arc::new(
-                Fabric::new(memory, Transport::Local(LocalTransport::new(local.clone())))
-                    .with_faults(faults.clone()),
-            );
+            let mut fabric =
+                Fabric::new(memory, Transport::Local(LocalTransport::new(local.clone())));
+            if let Some(plan) = &faults {
+                fabric = fabric.with_faults(plan.clone());
+            }
+            let fabric = Arc::new(fabric);
             nodes.push(ReplicaNode::start(
                 config.clone(),
                 fabric,
@@ -75,13 +94,14 @@ impl EmbeddedCluster {
         })
     }
 
-    /// Stops client node `client` for good, as its process would die: nothing it posts
-    /// reaches anyone from now on ([`FaultPlan::isolate`]; a batch a fault holds back still
-    /// lands, as a dead process's last appends may), the other nodes see it gone and settle
-    /// the transactions it left (docs/failures.md#a-client-that-dies), its worker stops,
-    /// nothing reaches its memory, and it leaves [`EmbeddedCluster::nodes`]. Its application
-    /// threads may still run, as a dead process's do not, but reach nobody. Memory nodes
-    /// cannot be killed: nothing would serve their regions (reconfiguration is issue 13).
+    /// Stops client node `client` for good, as its process would die: in a cluster with a
+    /// fault plan nothing it posts reaches anyone from now on ([`FaultPlan::isolate`]; a batch
+    /// a fault holds back still lands, as a dead process's last appends may), the other nodes
+    /// see it gone and settle the transactions it left (docs/failures.md#a-client-that-dies),
+    /// its worker stops, nothing reaches its memory, and it leaves [`EmbeddedCluster::nodes`].
+    /// Its application threads may still run, as a dead process's do not: with a fault plan
+    /// they reach nobody, without one they must not be used again. Memory nodes cannot be
+    /// killed: nothing would serve their regions (reconfiguration is issue 13).
     pub fn kill(&mut self, client: NodeId) {
         assert!(
             self.config.clients.contains(&client),
@@ -92,7 +112,9 @@ impl EmbeddedCluster {
             .iter()
             .position(|node| node.node_id() == client)
             .unwrap_or_else(|| panic!("{client} is not running"));
-        self.faults.isolate(client);
+        if let Some(faults) = &self.faults {
+            faults.isolate(client);
+        }
         self.stopped.insert(client);
         // Its worker may wait for an append a fault holds back: it stops after that.
         self.nodes.remove(index).stop();
@@ -108,9 +130,11 @@ impl EmbeddedCluster {
     }
 
     /// The faults injected into every node's batches to the others (none until a test adds a
-    /// rule): how tests fail, stall or half-execute what one node sends another.
+    /// rule) of a cluster from [`start_faulty`](Self::start_faulty).
     pub fn faults(&self) -> &Arc<FaultPlan> {
-        &self.faults
+        self.faults
+            .as_ref()
+            .expect("a cluster with faults is started with EmbeddedCluster::start_faulty")
     }
 
     /// Sends every pending truncation and waits until every node has applied and dropped all

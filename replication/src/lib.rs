@@ -24,6 +24,7 @@
 /// builds, where panics abort, no lock is ever poisoned).
 pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
 
+mod allocations;
 pub mod backup;
 pub mod client;
 pub mod cluster_file;

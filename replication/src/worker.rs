@@ -16,6 +16,7 @@
 //! participants for their votes; the worker answers such questions itself (REQUEST-VOTE) and
 //! applies the verdicts (docs/failures.md#a-client-that-dies, [`crate::orphan`]).
 
+use crate::allocations::{AllocRequest, Allocations};
 use crate::backup::Backup;
 use crate::liveness::Liveness;
 use crate::orphan::{
@@ -23,11 +24,9 @@ use crate::orphan::{
 };
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{Inbox, Message};
-use acre_engine::slab::AllocError;
 use acre_txn::TxnNode;
-use acre_txn::alloc::ReserveError;
 use acre_txn::record::{Body, TxnId, TxnRecord};
-use acre_txn::reply::{Code, alloc_failure, vote};
+use acre_txn::reply::{Code, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -129,6 +128,8 @@ struct Serving {
     rings: HashMap<NodeId, Retention>,
     kept: HashMap<TxnId, Kept>,
     stats: Arc<WorkerStats>,
+    /// Other nodes' ALLOC requests, served on a thread of their own.
+    allocations: Allocations,
     /// Which client coordinators are gone.
     clients: Arc<dyn Liveness>,
     /// Transactions this node voted on (see [`Voted`]).
@@ -165,6 +166,7 @@ impl Worker {
             rings: HashMap::new(),
             kept: HashMap::new(),
             stats: stats.clone(),
+            allocations: Allocations::spawn(node.clone())?,
             clients,
             voted: Voted::default(),
             asked: HashMap::new(),
@@ -337,37 +339,18 @@ impl Serving {
                 false
             }
             Body::Alloc { region, len, near } => {
-                let (code, values) = match self.node.reserve_here(region, len as usize, near) {
-                    Ok(reserved) => (
-                        Code::Allocated,
-                        [
-                            reserved.addr.to_u64(),
-                            reserved.version,
-                            reserved.payload_bytes as u64,
-                        ],
-                    ),
-                    Err(ReserveError::Alloc(AllocError::RegionFull { .. })) => {
-                        (Code::AllocFailed, [alloc_failure::REGION_FULL, 0, 0])
-                    }
-                    Err(ReserveError::Alloc(AllocError::TooLarge { max, .. })) => {
-                        (Code::AllocFailed, [alloc_failure::TOO_LARGE, max as u64, 0])
-                    }
-                    Err(ReserveError::Alloc(AllocError::NotAnObject { .. })) => {
-                        (Code::AllocFailed, [alloc_failure::NOT_PRIMARY, 0, 0])
-                    }
-                    Err(ReserveError::Unreplicated { backup, .. }) => (
-                        Code::AllocFailed,
-                        [alloc_failure::UNREPLICATED, backup.0 as u64, 0],
-                    ),
-                    Err(ReserveError::Alloc(_)) => {
-                        (Code::AllocFailed, [alloc_failure::OTHER, 0, 0])
-                    }
-                };
-                self.node.reply(sender, record.reply, seq, code, values);
+                self.allocations.serve(AllocRequest {
+                    sender,
+                    reply: record.reply,
+                    txn,
+                    region,
+                    len,
+                    near,
+                });
                 false
             }
             Body::Release { addrs } => {
-                self.node.primary().release(&addrs);
+                self.node.primary().release_for(txn, &addrs);
                 false
             }
             Body::RequestVote { txn: asked } => {

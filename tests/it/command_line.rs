@@ -44,9 +44,10 @@ fn thread_counts_beyond_the_bound_get_one_line_and_exit_code_2() {
 
 /// Threads within the bound that the system cannot start are an error of one line too, not an
 /// abort. Every thread here asks for a 1 GiB stack (`RUST_MIN_STACK`) under a 3.9 GB
-/// address-space limit: the three node workers of the embedded cluster fit (with 400-900 MB
-/// left for the rest, measured), the first bank thread does not, and what is left keeps small
-/// allocations working (one malloc arena, so no thread reserves an arena of its own).
+/// address-space limit, so some thread of the run cannot start: one of the embedded cluster's
+/// (each node has a worker and a thread for ALLOC requests) or the first bank thread, as the
+/// count of threads per node changes. What is left keeps small allocations working (one malloc
+/// arena, so no thread reserves an arena of its own).
 #[test]
 fn threads_the_system_cannot_start_get_one_line_and_exit_code_2() {
     let output = Command::new("sh")
@@ -60,7 +61,14 @@ fn threads_the_system_cannot_start_get_one_line_and_exit_code_2() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("acre: "), "{stderr}");
-    assert!(stderr.contains("cannot start thread"), "{stderr}");
+    assert!(
+        stderr.contains("cannot start thread") || stderr.contains("spawn"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Resource temporarily unavailable"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 

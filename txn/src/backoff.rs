@@ -1,6 +1,7 @@
 //! Waiting before trying again, the one way the crate does it. On two shared cores a waiter
 //! must hand the CPU to whoever it waits for: spinning is only for the first few checks.
 
+use acre_nvm_log::random::SplitMix;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ pub struct Backoff {
     yields: u32,
     next: Duration,
     max: Duration,
-    /// xorshift64 state when sleeps are jittered.
-    jitter: Option<u64>,
+    /// The generator of the jitter, when sleeps are jittered.
+    jitter: Option<SplitMix>,
 }
 
 impl Backoff {
@@ -46,7 +47,7 @@ impl Backoff {
             yields: 0,
             next: first,
             max,
-            jitter: Some(seed | 1),
+            jitter: Some(SplitMix::new(seed)),
         }
     }
 
@@ -64,12 +65,9 @@ impl Backoff {
         }
         let sleep = match &mut self.jitter {
             None => self.next,
-            Some(state) => {
-                *state ^= *state << 13;
-                *state ^= *state >> 7;
-                *state ^= *state << 17;
+            Some(random) => {
                 let base = self.next.as_nanos() as u64;
-                Duration::from_nanos(base / 2 + *state % base.max(1))
+                Duration::from_nanos(base / 2 + random.below(base.max(1)))
             }
         };
         std::thread::sleep(sleep);

@@ -24,6 +24,7 @@ pub mod alloc;
 pub mod backoff;
 mod commit;
 pub mod config;
+pub mod courier;
 pub mod directory;
 pub mod error;
 pub mod index;

@@ -80,14 +80,17 @@ impl Links {
             .clone())
     }
 
-    /// Every link attached so far.
+    /// Every link attached so far, in node order.
     fn all(&self) -> Vec<(NodeId, Arc<Mutex<Link>>)> {
-        self.links
+        let mut all: Vec<(NodeId, Arc<Mutex<Link>>)> = self
+            .links
             .read()
             .expect(POISONED)
             .iter()
             .map(|(node, link)| (*node, link.clone()))
-            .collect()
+            .collect();
+        all.sort_by_key(|(node, _)| *node);
+        all
     }
 
     /// Reserves room at `target` for records with these bodies, each with a full piggyback of
@@ -207,16 +210,19 @@ impl Links {
             .any(|(_, link)| !locked(link).truncations.is_empty())
     }
 
-    /// Sends TRUNCATE records for truncations that have waited at least `older_than`.
+    /// Sends TRUNCATE records for truncations that have waited at least `older_than`, on
+    /// every link: one that fails keeps its truncations for the next flush and does not hold
+    /// back the others. The first failure is returned.
     pub fn flush_truncations(&self, older_than: Duration) -> Result<(), TxnError> {
         let now = Instant::now();
+        let mut first_failure = None;
         for (node, link) in self.all() {
             let due = locked(&link).truncations.is_due(now, older_than);
-            if due {
-                self.flush_link(node, &link)?;
+            if due && let Err(e) = self.flush_link(node, &link) {
+                first_failure.get_or_insert(e);
             }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// Sends every pending truncation of one link.

@@ -35,6 +35,10 @@ struct Held {
 pub struct Primary {
     regions: HashMap<RegionId, PrimaryRegion>,
     held: Mutex<HashMap<TxnId, Held>>,
+    /// Slots reserved here by other nodes' ALLOC requests, per transaction, until its LOCK,
+    /// ABORT or RELEASE says what becomes of them. A coordinator whose ALLOC timed out does
+    /// not know its slot: the transaction's LOCK or ABORT hands back the ones it does not use.
+    allocated_for: Mutex<HashMap<TxnId, Vec<Addr>>>,
 }
 
 /// Why COMMIT-PRIMARY could not be applied: a coordinator bug or a lost LOCK.
@@ -61,6 +65,7 @@ impl Primary {
                 })
                 .collect(),
             held: Mutex::new(HashMap::new()),
+            allocated_for: Mutex::new(HashMap::new()),
         }
     }
 
@@ -74,9 +79,10 @@ impl Primary {
         self.regions.get(&id).map(|r| &r.region)
     }
 
-    /// Transactions holding locks (or reservations) here.
+    /// Transactions holding locks, or slots reserved by their ALLOC requests, here.
     pub fn held_count(&self) -> usize {
-        self.held.lock().expect(POISONED).len()
+        let allocating = self.allocated_for.lock().expect(POISONED).len();
+        self.held.lock().expect(POISONED).len() + allocating
     }
 
     /// Runs `f` on the words of the slot at `addr` (which must be an object slot here).
@@ -95,9 +101,38 @@ impl Primary {
         Some(f(words, primary))
     }
 
+    /// A slot reserved here by `txn`'s ALLOC request.
+    pub fn track_allocation(&self, txn: TxnId, addr: Addr) {
+        self.allocated_for
+            .lock()
+            .expect(POISONED)
+            .entry(txn)
+            .or_default()
+            .push(addr);
+    }
+
+    /// Hands back the slots `txn`'s ALLOC requests reserved here that `used` does not name:
+    /// the coordinator did not learn of them (a reply lost) or no longer needs them.
+    fn release_unused_allocations(&self, txn: TxnId, used: &[Addr]) {
+        let tracked = self.allocated_for.lock().expect(POISONED).remove(&txn);
+        let unused: Vec<Addr> = tracked
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|addr| !used.contains(addr))
+            .collect();
+        self.release(&unused);
+    }
+
     /// LOCK: locks every entry's object at its version, all or nothing. Returns the vote.
+    /// Slots `txn` reserved here and does not install are handed back: execution is over.
     pub fn lock(&self, txn: TxnId, entries: Vec<Entry>) -> bool {
         assert!(!entries.is_empty(), "{txn}: a LOCK without entries");
+        let installs: Vec<Addr> = entries
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::Alloc)
+            .map(|entry| entry.addr)
+            .collect();
+        self.release_unused_allocations(txn, &installs);
         let mut locked_count = 0;
         for entry in &entries {
             let locked = self
@@ -167,10 +202,10 @@ impl Primary {
         Ok(())
     }
 
-    /// ABORT: unlocks what LOCK locked and gives back the transaction's reservations. An
-    /// unknown transaction (its LOCK never came) only has reservations to give back, which
-    /// the coordinator sends separately.
+    /// ABORT: unlocks what LOCK locked and gives back the transaction's reservations here
+    /// (those its LOCK listed, and those its ALLOC requests made that it never learned of).
     pub fn abort(&self, txn: TxnId) {
+        self.release_unused_allocations(txn, &[]);
         let held = self.held.lock().expect(POISONED).remove(&txn);
         let Some(held) = held else { return };
         for entry in &held.entries {
@@ -224,6 +259,19 @@ impl Primary {
             .get(&region)
             .unwrap_or_else(|| panic!("published a block of {region}, not a primary region here"));
         primary.slab.lock().expect(POISONED).publish(block_offset);
+    }
+
+    /// RELEASE from `txn`: hands back slots it reserved and will not install.
+    pub fn release_for(&self, txn: TxnId, addrs: &[Addr]) {
+        let mut tracked = self.allocated_for.lock().expect(POISONED);
+        if let Some(slots) = tracked.get_mut(&txn) {
+            slots.retain(|addr| !addrs.contains(addr));
+            if slots.is_empty() {
+                tracked.remove(&txn);
+            }
+        }
+        drop(tracked);
+        self.release(addrs);
     }
 
     /// Hands back reserved slots that no transaction will install.

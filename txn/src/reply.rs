@@ -239,11 +239,17 @@ impl ReplyArea {
         if tag_word >> 8 != seq & SEQ_MASK {
             return None;
         }
+        acre_engine::pause::point("reply.poll.tag_read");
         let code = Code::from_u8(tag_word as u8)?;
-        Some(Reply {
-            code,
-            values: std::array::from_fn(|i| words[i].load(Ordering::Acquire)),
-        })
+        let values = std::array::from_fn(|i| words[i].load(Ordering::Acquire));
+        // A late reply of an earlier transaction may have overwritten the values since the tag
+        // was read: its own tag lands after them, so an unchanged tag means they are ours.
+        // (A writer that has stored new values but not yet its tag is excluded by the slot's
+        // quarantine: a late reply is at most QUARANTINE late.)
+        if words[3].load(Ordering::Acquire) != tag_word {
+            return None;
+        }
+        Some(Reply { code, values })
     }
 
     /// Waits up to `timeout` for the replies at `indexes`; returns them in that order, or the
@@ -319,6 +325,46 @@ mod tests {
             area.poll(next.slot, next.seq, 3),
             None,
             "old reply is stale"
+        );
+    }
+
+    /// A late reply of an earlier transaction of the slot (its slot quarantine over) that
+    /// overwrites the words while a poll reads them must not be taken for this one's.
+    #[test]
+    fn a_reply_overwritten_while_it_is_read_is_not_taken() {
+        let doorbell = Arc::new(Doorbell::anonymous().unwrap());
+        let region = Arc::new(Region::anonymous(REPLY_AREA_ID, REPLY_AREA_BYTES).unwrap());
+        let memory = Arc::new(NodeMemory::new(NodeId(1), doorbell.clone()));
+        memory.register(region.clone()).unwrap();
+        let area = Arc::new(ReplyArea::new(region, doorbell, 0));
+        let lease = area.acquire().unwrap();
+        let (slot, seq) = (lease.slot, lease.seq);
+        for op in reply_ops(area.reply_to(slot, 0), seq, Code::Locked, [1, 2, 3]) {
+            exec::execute(&memory, &op).unwrap();
+        }
+        let paused = acre_engine::pause::arm("reply.poll.tag_read");
+        let poller = {
+            let area = area.clone();
+            std::thread::spawn(move || area.poll(slot, seq, 0))
+        };
+        assert!(
+            paused.wait_reached(Duration::from_secs(5)),
+            "the poll read the tag"
+        );
+        // Between the poll's tag and values: a late reply of seq - 1 overwrites all four words.
+        for op in reply_ops(area.reply_to(slot, 0), seq - 1, Code::Conflict, [7, 8, 9]) {
+            exec::execute(&memory, &op).unwrap();
+        }
+        paused.release();
+        let polled = poller.join().unwrap();
+        assert!(
+            polled.is_none()
+                || polled
+                    == Some(Reply {
+                        code: Code::Locked,
+                        values: [1, 2, 3]
+                    }),
+            "took another transaction's reply: {polled:?}"
         );
     }
 }

@@ -41,6 +41,9 @@ pub struct Txn {
     pub(crate) changes: BTreeMap<Addr, Change>,
     /// Blocks found unclaimed by reads (of addresses that held no slot yet).
     pub(crate) unclaimed_blocks: BTreeSet<Addr>,
+    /// Primaries whose reply to an ALLOC never came: each may hold a slot for this transaction
+    /// that it must be told to hand back when the transaction ends.
+    alloc_uncertain: BTreeSet<NodeId>,
     next_reply_index: usize,
     /// Replies consumed so far; fewer than `next_reply_index` means some may still arrive.
     replies_received: usize,
@@ -67,6 +70,7 @@ impl Txn {
             reads: BTreeMap::new(),
             changes: BTreeMap::new(),
             unclaimed_blocks: BTreeSet::new(),
+            alloc_uncertain: BTreeSet::new(),
             next_reply_index: 0,
             replies_received: 0,
             finished: false,
@@ -278,7 +282,11 @@ impl Txn {
                 near,
             },
         };
-        let reply = self.node.request(primary, record, self.slot(), index)?;
+        let reply = self.node.request(primary, record, self.slot(), index);
+        let reply = reply.inspect_err(|_| {
+            // The primary may have reserved a slot this transaction never learns of.
+            self.alloc_uncertain.insert(primary);
+        })?;
         self.replies_consumed(1);
         match reply.code {
             Code::Allocated => Ok((
@@ -350,6 +358,25 @@ impl Txn {
         }
         self.finished = true;
         self.release_all_reservations();
+        self.release_uncertain_allocations(&BTreeSet::new());
+    }
+
+    /// Sends ABORT to every primary whose ALLOC reply never came, except those in `locked`
+    /// (a LOCK there handed back what the transaction did not use): the primary hands back
+    /// whatever it reserved for this transaction.
+    pub(crate) fn release_uncertain_allocations(&self, locked: &BTreeSet<NodeId>) {
+        for &primary in self.alloc_uncertain.difference(locked) {
+            let record = TxnRecord {
+                txn: self.id,
+                reply: ReplyTo::NONE,
+                truncated: Vec::new(),
+                body: Body::Abort,
+            };
+            if let Err(e) = self.node.links().send_one(primary, record) {
+                // The slot stays reserved (unusable, never visible) until recovery.
+                tracing::warn!(txn = %self.id, %primary, "could not release an ALLOC: {e}");
+            }
+        }
     }
 
     /// Hands back every slot this transaction reserved (it will not install them).

@@ -5,6 +5,7 @@
 //! arrive in its own rings and answers through [`TxnNode::reply`].
 
 use crate::config::Configuration;
+use crate::courier::Couriers;
 use crate::directory::Directory;
 use crate::error::TxnError;
 use crate::link::Links;
@@ -30,6 +31,7 @@ pub struct TxnNode {
     reader: ObjectReader,
     replies: ReplyArea,
     primary: Primary,
+    couriers: Couriers,
 }
 
 impl TxnNode {
@@ -45,6 +47,7 @@ impl TxnNode {
             node: fabric.node_id(),
             links: Links::new(config.id, fabric.clone(), directory.clone()),
             reader: ObjectReader::new(config.clone(), fabric.clone(), directory.clone()),
+            couriers: Couriers::new(fabric.clone(), directory.clone()),
             config,
             fabric,
             directory,
@@ -88,24 +91,11 @@ impl TxnNode {
     }
 
     /// Answers a coordinator on `to_node` (fire and forget: a lost reply becomes the
-    /// coordinator's timeout).
+    /// coordinator's timeout). Never waits on `to_node` where that could take long (see
+    /// [`crate::courier`]).
     pub fn reply(&self, to_node: NodeId, to: ReplyTo, seq: u64, code: Code, values: [u64; 3]) {
-        let deliver = || {
-            self.fabric
-                .execute(to_node, reply_ops(to, seq, code, values))
-                .into_iter()
-                .find_map(Result::err)
-        };
-        let Some(first) = deliver() else { return };
-        // The coordinator's node may have restarted (a client process): look it up afresh.
-        self.fabric.forget_peer(to_node);
-        self.directory.forget(to_node);
-        let _ = self
-            .directory
-            .lookup(&self.fabric, to_node, crate::reply::REPLY_AREA_ID);
-        if let Some(e) = deliver() {
-            tracing::warn!(node = %self.node, to = %to_node, "reply lost: {first}; then {e}");
-        }
+        self.couriers
+            .deliver(to_node, reply_ops(to, seq, code, values));
     }
 
     /// Regions this node is primary of, for allocations without a locality hint.

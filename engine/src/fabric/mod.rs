@@ -178,6 +178,12 @@ impl Fabric {
         }
     }
 
+    /// The faults injected into this fabric's batches, if any: a fabric with them stands for
+    /// a network that can stall.
+    pub fn faults(&self) -> Option<&std::sync::Arc<fault::FaultPlan>> {
+        self.faults.as_ref()
+    }
+
     /// This fabric with `plan`'s faults injected into the batches it posts to other nodes.
     pub fn with_faults(mut self, plan: std::sync::Arc<fault::FaultPlan>) -> Fabric {
         self.faults = Some(plan);

@@ -8,16 +8,44 @@ use crate::fixture::{
     BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, primary_header, region_of, replica, rings,
     settle, start, three_nodes, txn_node, value_at,
 };
-use acre_engine::addr::NodeId;
+use acre_engine::addr::{Addr, NodeId};
 use acre_engine::channel::{RING_AREA_BASE, appended_kinds};
 use acre_engine::fabric::Op;
 use acre_engine::fabric::fault::{Action, Rule};
 use acre_engine::slab::BLOCK_HEADER_BYTES;
 use acre_nvm_log::RecordKind;
-use acre_txn::CommitError;
-use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY};
+use acre_replication::ReplicaNode;
+use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, TRUNCATE};
+use acre_txn::reply::REPLY_AREA_ID;
+use acre_txn::{CommitError, TxnError};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// How often a test checks that an object stays locked (2 ms apart).
+const STAYS_LOCKED_CHECKS: usize = 100;
+
+/// Transactions `node`'s worker has truncated so far.
+fn truncated(node: &ReplicaNode) -> u64 {
+    node.worker()
+        .expect("a worker")
+        .stats()
+        .truncated
+        .load(Ordering::Acquire)
+}
+
+/// Waits (up to 5 s, else fails the test) until `done`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Matches a reply to a coordinator: one WRITE into its reply area, then a NOTIFY.
+fn is_reply(ops: &[Op]) -> bool {
+    matches!(ops, [Op::Write { addr, .. }, Op::Notify] if addr.region() == REPLY_AREA_ID)
+}
 
 /// Matches batches that append a record of `kind`.
 fn appends(kind: RecordKind) -> impl Fn(&[Op]) -> bool + Send + Sync {
@@ -98,11 +126,15 @@ fn a_commit_backup_that_failed_half_way_leaves_the_outcome_to_recovery() {
         }
         other => panic!("a COMMIT-BACKUP that may be durable ended as {other:?}"),
     }
-    // Not aborted: the primary keeps the lock for recovery to decide.
-    assert!(
-        primary_header(&cluster, a).is_locked(),
-        "a waits for recovery"
-    );
+    // Neither aborted nor installed: the primary keeps the lock for recovery to decide, and
+    // goes on keeping it (its worker has every record it will get within a few ms).
+    for _ in 0..STAYS_LOCKED_CHECKS {
+        assert!(
+            primary_header(&cluster, a).is_locked(),
+            "a waits for recovery"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// docs/protocol.md#allocation: a backup can only apply an object in a block whose header it
@@ -130,14 +162,9 @@ fn no_object_commits_in_a_block_before_its_header_reaches_every_backup() {
         std::thread::spawn(move || create(&n1, region, &[1; 100]))
     };
     // Let the claimer get to its header copy, then allocate in the same size class.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cluster.faults().hits(slow) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the claimer never copied a block header"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("the claimer copies the block header", || {
+        cluster.faults().hits(slow) > 0
+    });
     let second = create(&n1, region, &[2; 100]);
     let first = claimer.join().expect("the claimer");
     assert_ne!(first, second);
@@ -166,25 +193,16 @@ fn a_backup_that_cannot_apply_keeps_the_transaction_and_its_records() {
         word.store(0, Ordering::Release);
     }
     let n3 = replica(&cluster, NodeId(3));
-    let truncated = || {
-        n3.worker()
-            .expect("a worker")
-            .stats()
-            .truncated
-            .load(Ordering::Acquire)
-    };
-    let truncated_before = truncated();
+    let truncated_before = truncated(n3);
     let mut txn = n1.begin().expect("begin");
     txn.write(a, b"a1").expect("write");
     assert_eq!(txn.commit(), Ok(()));
     n1.links()
         .flush_truncations(Duration::ZERO)
         .expect("send the truncation");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while truncated() == truncated_before {
-        assert!(Instant::now() < deadline, "n3 never read the truncation");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("n3 reads the truncation", || {
+        truncated(n3) > truncated_before
+    });
     assert_eq!(
         n3.backup().held_count(),
         1,
@@ -198,5 +216,161 @@ fn a_backup_that_cannot_apply_keeps_the_transaction_and_its_records() {
         ring.head < ring.tail,
         "n3 truncated the records it could not apply: {ring:?}"
     );
+    cluster.stop();
+}
+
+/// docs/failures.md#what-happens-today: a primary's worker answers every coordinator, so it
+/// must never wait on one of them. Here n2's reply to n1 stalls for seconds (n1 paused, or a
+/// slow link); n3's transaction at n2 meanwhile commits at its usual speed.
+#[test]
+fn a_stalled_coordinator_does_not_stall_the_primary_for_others() {
+    const STALL: Duration = Duration::from_secs(3);
+    let cluster = three_nodes();
+    let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
+    let a = create(&n1, region_of(1), b"a0"); // primary n2
+    let b = create(&n3, region_of(1), b"b0"); // primary n2
+    let stalled = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Delay(STALL))
+            .from(NodeId(2))
+            .when(is_reply)
+            .times(1),
+    );
+    let slow = {
+        let n1 = n1.clone();
+        std::thread::spawn(move || {
+            let mut txn = n1.begin().expect("begin");
+            txn.write(a, b"a1").expect("write");
+            txn.commit()
+        })
+    };
+    wait_until("n2 answers n1", || cluster.faults().hits(stalled) > 0);
+    let started = Instant::now();
+    let mut txn = n3.begin().expect("begin");
+    txn.write(b, b"b1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let took = started.elapsed();
+    assert!(
+        took < STALL / 3,
+        "n3's commit at n2 waited {took:?} behind n2's stalled reply to n1"
+    );
+    assert_eq!(slow.join().expect("n1's commit"), Ok(()));
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/protocol.md#truncate: truncations go to each participant on its own link; one that
+/// cannot be reached must not hold back the others' (whose backups then never apply).
+#[test]
+fn an_unreachable_participant_does_not_hold_back_the_others_truncations() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(0), b"a0"); // primary n1, backups n2 and n3
+    settle(&cluster);
+    let cut = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Fail)
+            .from(NodeId(1))
+            .when(appends(TRUNCATE)),
+    );
+    let n3 = replica(&cluster, NodeId(3));
+    let truncated_before = truncated(n3);
+    let mut txn = n1.begin().expect("begin");
+    txn.write(a, b"a1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let flushed = n1.links().flush_truncations(Duration::ZERO);
+    assert!(flushed.is_err(), "n2 was unreachable: {flushed:?}");
+    assert!(cluster.faults().hits(cut) >= 1);
+    // n3 got its truncation all the same and applies the transaction.
+    wait_until("n3 gets its truncation though n2 is cut off", || {
+        truncated(n3) > truncated_before
+    });
+    cluster.faults().heal();
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("backups match once n2 is reachable");
+    cluster.stop();
+}
+
+/// docs/protocol.md#allocation: an ALLOC whose reply is lost leaves a slot reserved at the
+/// primary that the coordinator never learns of. When the transaction ends, the primary must
+/// get the slot back; otherwise every such timeout leaks a slot for good.
+#[test]
+fn a_timed_out_alloc_does_not_leak_its_slot() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let near = Addr::new(region_of(1), 0); // primary n2, nothing allocated there yet
+    let lost = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Fail)
+            .from(NodeId(2))
+            .when(is_reply),
+    );
+    let mut txn = n1.begin().expect("begin");
+    let outcome = txn.alloc_near(8, near);
+    assert!(
+        matches!(
+            outcome,
+            Err(TxnError::Unavailable {
+                node: NodeId(2),
+                ..
+            })
+        ),
+        "the ALLOC reply was lost: {outcome:?}"
+    );
+    assert!(cluster.faults().hits(lost) >= 1);
+    drop(txn);
+    cluster.faults().heal();
+    settle(&cluster);
+    // The slot the lost ALLOC reserved (the first of the block it claimed) is free again: the
+    // next allocation of the same size class gets it.
+    let first_slot = Addr::new(region_of(1), BLOCK_HEADER_BYTES as u32);
+    assert_eq!(
+        create(&n1, region_of(1), &[0; 8]),
+        first_slot,
+        "the slot leaked"
+    );
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/failures.md#what-happens-today: serving another node's ALLOC may mean copying a new
+/// block's header to every backup, and a backup can be slow; the primary's worker must not wait
+/// for that while other coordinators wait for its votes.
+#[test]
+fn a_slow_backup_under_an_alloc_does_not_stall_the_primary_for_others() {
+    const STALL: Duration = Duration::from_secs(3);
+    let cluster = three_nodes();
+    let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
+    let b = create(&n3, region_of(1), b"b0"); // primary n2
+    settle(&cluster);
+    let header_copy = |ops: &[Op]| {
+        matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
+            if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
+    };
+    let slow = cluster.faults().add(
+        Rule::to(NodeId(3), Action::Delay(STALL))
+            .from(NodeId(2))
+            .when(header_copy)
+            .times(1),
+    );
+    let allocating = {
+        let n1 = n1.clone();
+        // A size class nothing in n2's region uses yet: its ALLOC claims a block.
+        std::thread::spawn(move || create(&n1, region_of(1), &[1; 1000]))
+    };
+    wait_until("n2 copies the new block's header", || {
+        cluster.faults().hits(slow) > 0
+    });
+    let started = Instant::now();
+    let mut txn = n3.begin().expect("begin");
+    txn.write(b, b"b1").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    let took = started.elapsed();
+    assert!(
+        took < STALL / 3,
+        "n3's commit at n2 waited {took:?} behind n2's header copy for n1's ALLOC"
+    );
+    allocating.join().expect("n1's allocation");
+    settle(&cluster);
+    cluster.check_replicas().expect("backups match");
     cluster.stop();
 }

@@ -27,7 +27,7 @@ pub fn start(region_bytes: u64, ring_bytes: u64, clients: Vec<NodeId>) -> Embedd
     let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let config =
         Configuration::place(1, ids, clients, 1, 2, region_bytes, BLOCK_BYTES).expect("config");
-    EmbeddedCluster::start(config, ring_bytes).expect("start the cluster")
+    EmbeddedCluster::start_faulty(config, ring_bytes).expect("start the cluster")
 }
 
 /// Three nodes with the default sizes and no client-only nodes.

@@ -9,8 +9,12 @@ use acre_txn::{CommitError, Error, TxnError, TxnNode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Few keys, so transactions meet on them and the graph has edges to find cycles in.
-const KEY_COUNT: u64 = 8;
+/// Few keys, so transactions meet on them and the graph has edges to find cycles in; enough
+/// that a read of every key reads more than `T_R` at each of the three primaries, so such a
+/// transaction validates by VALIDATE messages.
+const KEY_COUNT: u64 = 16;
+/// One transaction in this many reads every key.
+const READ_ALL_ONE_IN: u64 = 16;
 /// Client threads; more than the two cores of CI, so transactions interleave.
 const THREAD_COUNT: u64 = 4;
 const TXNS_PER_THREAD: u64 = 300;
@@ -67,6 +71,11 @@ fn decode(bytes: &[u8]) -> Result<Vec<u64>, String> {
 enum Planned {
     Read { key: u64 },
     Append { key: u64, value: u64 },
+}
+
+/// A transaction that reads every key.
+fn read_all() -> Vec<Planned> {
+    (0..KEY_COUNT).map(|key| Planned::Read { key }).collect()
 }
 
 /// Why an attempt did not commit.
@@ -158,20 +167,24 @@ fn client(
     let mut next_value = thread_index * VALUES_PER_THREAD;
     for txn_index in 0..TXNS_PER_THREAD {
         let node = &nodes[rng.below(nodes.len() as u64) as usize];
-        let plan: Vec<Planned> = (0..rng.range(1, OPS_PER_TXN_MAX))
-            .map(|_| {
-                let key = rng.below(KEY_COUNT);
-                if rng.below(2) == 0 {
-                    Planned::Read { key }
-                } else {
-                    next_value += 1;
-                    Planned::Append {
-                        key,
-                        value: next_value,
+        let plan: Vec<Planned> = if rng.below(READ_ALL_ONE_IN) == 0 {
+            read_all()
+        } else {
+            (0..rng.range(1, OPS_PER_TXN_MAX))
+                .map(|_| {
+                    let key = rng.below(KEY_COUNT);
+                    if rng.below(2) == 0 {
+                        Planned::Read { key }
+                    } else {
+                        next_value += 1;
+                        Planned::Append {
+                            key,
+                            value: next_value,
+                        }
                     }
-                }
-            })
-            .collect();
+                })
+                .collect()
+        };
         let start_ns = nanos_since(origin);
         let outcome = attempt(node, keys, &plan);
         let end_ns = nanos_since(origin);
@@ -306,6 +319,33 @@ fn list_append_history_is_strictly_serializable() {
         "seed={seed} quiesce"
     );
     cluster.check_replicas().unwrap();
+
+    // Once quiet, every acknowledged append is in its list, and no aborted one is.
+    let final_ops = attempt(&nodes[0], &keys, &read_all())
+        .unwrap_or_else(|failure| panic!("seed={seed}: the final read failed: {failure:?}"));
+    let mut final_lists = std::collections::HashMap::new();
+    for op in final_ops {
+        if let MicroOp::Read { key, list } = op {
+            final_lists.insert(key, list);
+        }
+    }
+    for txn in &history.txns {
+        for op in &txn.ops {
+            if let MicroOp::Append { key, value } = op {
+                assert!(
+                    final_lists[key].contains(value),
+                    "seed={seed}: T{}'s acknowledged append of {value} to key {key} is lost",
+                    txn.id
+                );
+            }
+        }
+    }
+    for (key, value) in &history.aborted_appends {
+        assert!(
+            !final_lists[key].contains(value),
+            "seed={seed}: the aborted append of {value} to key {key} is in its list"
+        );
+    }
     cluster.stop();
     eprintln!("list_append: took {} ms", began.elapsed().as_millis());
 }

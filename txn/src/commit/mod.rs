@@ -57,6 +57,7 @@ impl Txn {
 /// one that read a single object serializes at that read and has nothing left to do.
 fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     if txn.changes.is_empty() {
+        txn.release_uncertain_allocations(&BTreeSet::new());
         if txn.reads.len() + txn.unclaimed_blocks.len() <= 1 {
             // One observation serializes at the moment it was made.
             return Ok(());
@@ -68,6 +69,8 @@ fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     let mut commit = Commit::new(txn, plan);
     let outcome = commit.run(&Messages);
     commit.give_back_log_space();
+    let locked: BTreeSet<NodeId> = commit.locks_sent.iter().map(|sent| sent.primary).collect();
+    commit.txn.release_uncertain_allocations(&locked);
     outcome
 }
 

@@ -710,13 +710,8 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut state = 0x1234_5678_9abc_def1u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = acre_nvm_log::random::SplitMix::new(0x1234_5678_9abc_def1u64);
+        let mut next = move || random.next_u64();
         let leaf = new_leaf(entries(&[b"alpha", b"beta", b"gamma"]), 9).encode(NODE_VALUE_BYTES);
         let header = Header {
             height: 2,
@@ -743,13 +738,8 @@ mod tests {
     /// Splits keep both halves within a node, for every mix of key lengths around a full node.
     #[test]
     fn split_halves_fit_a_node() {
-        let mut state = 0x0bad_5eed_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = acre_nvm_log::random::SplitMix::new(0x0bad_5eed_u64);
+        let mut next = move || random.next_u64();
         for _ in 0..2000 {
             // Fill a node with keys of random lengths, then add one that overflows it.
             let mut node = new_leaf(Vec::new(), 0);

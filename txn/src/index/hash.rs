@@ -624,13 +624,8 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = acre_nvm_log::random::SplitMix::new(0x2545_f491_4f6c_dd1du64);
+        let mut next = move || random.next_u64();
         let header = Header {
             capacity: 100,
             bucket_count: 5,

@@ -349,13 +349,8 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = acre_nvm_log::random::SplitMix::new(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = move || random.next_u64();
         for _ in 0..20_000 {
             let len = (next() % 300) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();

@@ -28,7 +28,7 @@ use acre_txn::TxnNode;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -411,19 +411,32 @@ impl Serving {
     }
 
     /// Hands the resolver the transactions this node keeps records of whose client coordinator
-    /// is gone (and that are not being resolved already), once their rings are read to the end.
+    /// is gone (and that are not being resolved already), once their rings are read to the end;
+    /// hands back the slots such clients reserved for transactions that sent no LOCK here.
     fn find_orphans(&mut self) {
         let now = Instant::now();
         let config = self.node.config().clone();
-        let clients: BTreeSet<NodeId> = self
-            .kept
-            .keys()
-            .map(|txn| txn.node)
-            .filter(|node| config.clients.contains(node))
-            .collect();
+        // The clients this node keeps records of, or holds slots for.
+        let holding = |client: &NodeId| {
+            self.kept.keys().any(|txn| txn.node == *client)
+                || !self.node.primary().allocating(*client).is_empty()
+        };
+        let clients: Vec<NodeId> = config.clients.iter().copied().filter(holding).collect();
         for client in clients {
             if !self.clients.is_gone(client) || !self.drain(client) {
                 continue;
+            }
+            // Slots its ALLOC requests reserved for transactions that never sent LOCK here
+            // (the ring is read to its end: none will): nothing will install them.
+            for txn in self.node.primary().allocating(client) {
+                if !self.kept.contains_key(&txn) {
+                    self.voted.vote(txn);
+                    self.node.primary().abort(txn);
+                    tracing::info!(
+                        node = %self.node.node_id(),
+                        "handed back the slots {txn} reserved: its client coordinator is gone"
+                    );
+                }
             }
             let mut orphans = Vec::new();
             for (&txn, kept) in &self.kept {

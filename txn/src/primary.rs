@@ -12,7 +12,7 @@
 
 use crate::POISONED;
 use crate::record::{Entry, EntryKind, TxnId};
-use acre_engine::addr::{Addr, RegionId};
+use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::object::{self, Header};
 use acre_engine::region::Region;
 use acre_engine::slab::{AllocError, Reserved, SlabAllocator};
@@ -109,6 +109,17 @@ impl Primary {
             .entry(txn)
             .or_default()
             .push(addr);
+    }
+
+    /// The transactions of coordinator `node` whose ALLOC requests reserved slots here.
+    pub fn allocating(&self, node: NodeId) -> Vec<TxnId> {
+        self.allocated_for
+            .lock()
+            .expect(POISONED)
+            .keys()
+            .filter(|txn| txn.node == node)
+            .copied()
+            .collect()
     }
 
     /// Hands back the slots `txn`'s ALLOC requests reserved here that `used` does not name:

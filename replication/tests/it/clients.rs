@@ -340,3 +340,27 @@ fn a_dead_clients_late_commit_backup_is_refused_once_the_participants_voted() {
     settle(&cluster);
     cluster.check_replicas().expect("backups equal primaries");
 }
+
+/// A client that dies while it executes a transaction, after its ALLOC reserved a slot at a
+/// remote primary and before any LOCK, leaves that slot reserved: nothing would ever install or
+/// hand it back. Once the client is gone (and its ring read to the end, so no LOCK of it can
+/// come) the primary hands the slot back. Before, the primary held it for good.
+#[test]
+fn a_dead_clients_reserved_slots_are_handed_back() {
+    let (mut cluster, client) = cluster_with_client();
+    let mut txn = client.begin().expect("begin");
+    let slot = txn
+        .alloc_near(8, Addr::new(region_of(0), 0))
+        .expect("reserve a slot at n1");
+    assert_eq!(slot.region(), region_of(0));
+    assert_eq!(replica(&cluster, NodeId(1)).txn().primary().held_count(), 1);
+    // The process dies here: no commit, no drop (which would send RELEASE).
+    std::mem::forget(txn);
+    drop(client);
+    cluster.kill(CLIENT);
+    settle(&cluster);
+    // The slot is free to reserve again: the next allocation of its size class gets it.
+    let n1 = txn_node(&cluster, 0);
+    let again = create(&n1, region_of(0), &[7; 8]);
+    assert_eq!(again, slot, "the dead client's slot was handed back");
+}

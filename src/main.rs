@@ -106,7 +106,9 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Bank(args)) => {
             watch_termination().and_then(|t| bench::run(&args, &t))
         }
-        Command::Bench(BenchCommand::Ycsb(args)) => bench_ycsb::run(&args),
+        Command::Bench(BenchCommand::Ycsb(args)) => {
+            watch_termination().and_then(|t| bench_ycsb::run(&args, &t))
+        }
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,8 @@ pub struct Termination {
     /// The signal that asked (0 for [`Termination::request`] without one), once one did.
     signal: Mutex<Option<i32>>,
     requested: Condvar,
+    /// Whether `signal` is set, for a check on every operation of a hot loop.
+    asked: AtomicBool,
 }
 
 impl Termination {
@@ -121,7 +124,13 @@ impl Termination {
     pub fn request(&self, signal: i32) {
         let mut requested = self.signal.lock().expect(crate::POISONED);
         requested.get_or_insert(signal);
+        self.asked.store(true, Ordering::Release);
         self.requested.notify_all();
+    }
+
+    /// Whether termination was requested: one atomic load, for loops that check it often.
+    pub fn is_requested(&self) -> bool {
+        self.asked.load(Ordering::Acquire)
     }
 
     /// The signal that requested termination, if one did (`0` for a request without one).
@@ -167,6 +176,7 @@ mod tests {
         let termination = Termination::new();
         assert!(!termination.sleep(Duration::from_millis(10)));
         assert_eq!(termination.requested(), None);
+        assert!(!termination.is_requested());
         let sleeper = {
             let termination = termination.clone();
             std::thread::spawn(move || {
@@ -181,6 +191,7 @@ mod tests {
         termination.request(libc::SIGINT);
         let (requested, slept) = sleeper.join().expect("the sleeper");
         assert!(requested);
+        assert!(termination.is_requested());
         assert!(slept < Duration::from_secs(30), "slept {slept:?}");
         // The first request is the one remembered; a later sleep returns at once.
         termination.request(libc::SIGTERM);

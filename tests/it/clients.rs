@@ -38,8 +38,15 @@ struct Running {
 impl Running {
     /// Starts `acre bank` on `cluster` with `args` and waits until its transfers run.
     fn start(cluster: &Cluster, args: &[&str]) -> Running {
+        Running::spawn(
+            &[&["bank", "--dir", cluster.dir()], args].concat(),
+            "transfer threads",
+        )
+    }
+
+    /// Starts `acre` with `args` and waits until its stdout has a line containing `ready`.
+    fn spawn(args: &[&str], ready: &str) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_acre"))
-            .args(["bank", "--dir", cluster.dir()])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -61,7 +68,7 @@ impl Running {
             stdout: String::new(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        while !running.stdout.contains("transfer threads") {
+        while !running.stdout.contains(ready) {
             let left = deadline.saturating_duration_since(Instant::now());
             match running.lines.recv_timeout(left) {
                 Ok(line) => {
@@ -71,7 +78,7 @@ impl Running {
                 Err(_) => {
                     let (status, stderr) = running.kill();
                     panic!(
-                        "acre bank did not start its transfers within {START_TIMEOUT:?} \
+                        "acre {args:?} printed no {ready:?} within {START_TIMEOUT:?} \
                          ({status}):\n{}\n{stderr}",
                         running.stdout
                     );
@@ -234,6 +241,51 @@ fn a_client_stopped_by_sigint_or_sigterm_finishes_its_run_and_leaves_nothing_hel
     }
     let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
     assert!(status.status.success(), "{}", text(&status));
+}
+
+/// The client ids `Cluster::up` provides.
+const CLIENT_IDS: std::ops::Range<u16> = 100..108;
+
+/// `acre bench ycsb` on a cluster stops its phase on SIGINT as `acre bank` does: its threads
+/// finish the operation they are in, it prints what it measured, and its `Db` is dropped, so
+/// no memory node holds anything of it. Before, SIGINT killed it on the spot.
+#[test]
+fn an_interrupted_ycsb_run_prints_what_it_measured_and_leaves_nothing_held() {
+    let cluster = Cluster::up("ycsb-interrupt", "shm");
+    let target = format!("acre:{}", cluster.dir());
+    let json = cluster.dir.join("interrupted.json");
+    let ycsb = Running::spawn(
+        &[
+            "bench",
+            "ycsb",
+            "--target",
+            &target,
+            "--records",
+            "500",
+            "--duration",
+            "600s",
+            "--json",
+            json.to_str().expect("utf-8 path"),
+        ],
+        "[LOAD]",
+    );
+    std::thread::sleep(RUN_BEFORE_STOP);
+    ycsb.signal("INT");
+    let (status, stdout, stderr) = ycsb.wait(EXIT_TIMEOUT);
+    let shown = format!("{status}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(status.success(), "{shown}");
+    assert!(stdout.contains("[RUN]"), "{shown}");
+    assert!(
+        stdout.contains("interrupted by SIGINT during the run"),
+        "{shown}"
+    );
+    assert!(
+        !json.exists(),
+        "an interrupted run writes no results: {shown}"
+    );
+    for client in CLIENT_IDS.map(NodeId) {
+        assert_released(&cluster.dir, client, "after SIGINT");
+    }
 }
 
 /// `acre cluster up` with `extra` arguments, taken down when the test ends.

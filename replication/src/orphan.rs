@@ -22,9 +22,14 @@
 //! - **No COMMIT-BACKUP or COMMIT-PRIMARY anywhere**: the coordinator never decided to commit
 //!   (COMMIT-BACKUP is sent only after every vote and validation), or decided and told nobody;
 //!   every primary aborts it: unlocks, hands back its reservations, drops its LOCK.
-//! - **COMMIT-BACKUP without COMMIT-PRIMARY**: the coordinator decided to commit, nobody was
-//!   told; that is recovery's to decide (docs/failures.md#decision). Until it exists the
-//!   transaction is reported and keeps its locks: it blocks its own objects, nothing else.
+//! - **COMMIT-BACKUP at every backup of every region, no COMMIT-PRIMARY**: the coordinator
+//!   decided to commit, and every replica holds the values (the primaries' LOCKs, the
+//!   backups' COMMIT-BACKUPs): what recovery would decide (docs/failures.md#decision), with
+//!   nothing to copy first. The primaries install, then the participants truncate.
+//! - **COMMIT-BACKUP at some backups only, no COMMIT-PRIMARY**: the coordinator decided to
+//!   commit, nobody was told, and some backups lack the values; that is recovery's to decide
+//!   (it copies the records first). Until it exists the transaction is reported and keeps its
+//!   locks: it blocks its own objects, nothing else.
 //! - A participant that did not answer (down, paused, or not yet seeing the client gone): ask
 //!   again after [`ORPHAN_RETRY_AFTER`].
 
@@ -64,8 +69,8 @@ pub struct Orphan {
 pub enum Outcome {
     /// No participant holds COMMIT-BACKUP or COMMIT-PRIMARY: abort.
     Abort,
-    /// Some primary holds COMMIT-PRIMARY, not every one: committed; a primary that holds only
-    /// the LOCK installs.
+    /// Some primary holds COMMIT-PRIMARY, not every one, or every backup holds COMMIT-BACKUP:
+    /// committed; a primary that holds only the LOCK installs.
     Install,
     /// Every primary holds COMMIT-PRIMARY (or truncated the transaction): truncate.
     Truncate,
@@ -154,13 +159,25 @@ pub fn decide(
         .iter()
         .map(|&region| config.placement(region).expect("checked above").primary)
         .collect();
+    // Every backup of every region holds its COMMIT-BACKUP (and every primary its LOCK): all
+    // f+1 replicas of every region hold its values, and the coordinator decided to commit.
+    let mut backups = regions
+        .iter()
+        .flat_map(|&region| &config.placement(region).expect("checked above").backups)
+        .peekable();
+    let backed_up = backups.peek().is_some()
+        && backups.all(|backup| {
+            matches!(votes.get(backup), Some(Ok(bits)) if bits & (vote::COMMIT_BACKUP | vote::TRUNCATED) != 0)
+        });
     if primaries.iter().all(|&primary| primary_committed(primary)) {
         Outcome::Truncate
-    } else if primaries.iter().any(|&primary| primary_committed(primary)) {
+    } else if backed_up || primaries.iter().any(|&primary| primary_committed(primary)) {
         Outcome::Install
     } else if all & vote::COMMIT_BACKUP != 0 {
         Outcome::Recovery {
-            reason: "it reached COMMIT-BACKUP, and no primary holds its COMMIT-PRIMARY".into(),
+            reason: "some backups hold its COMMIT-BACKUP, not all, and no primary holds its \
+                     COMMIT-PRIMARY"
+                .into(),
         }
     } else {
         Outcome::Abort
@@ -450,11 +467,17 @@ mod tests {
         let both = [r1, r2];
         // Locked at both primaries, nothing further: the coordinator never decided.
         assert_eq!(decide(&config, &both, &votes([L, L, 0])), Outcome::Abort);
-        // One COMMIT-BACKUP anywhere and no COMMIT-PRIMARY: recovery's.
+        // A COMMIT-BACKUP at some backups only and no COMMIT-PRIMARY: recovery's.
         assert!(matches!(
-            decide(&config, &both, &votes([L, L | CB, CB])),
+            decide(&config, &both, &votes([L, L | CB, 0])),
             Outcome::Recovery { .. }
         ));
+        // At every backup, no COMMIT-PRIMARY: every replica holds the values, the coordinator
+        // decided to commit; the primaries install.
+        assert_eq!(
+            decide(&config, &both, &votes([L | CB, L | CB, CB])),
+            Outcome::Install
+        );
         // One primary committed, the other only locked: committed, the other installs.
         assert_eq!(
             decide(&config, &both, &votes([CP | CB, L | CB, CB])),

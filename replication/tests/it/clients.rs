@@ -364,3 +364,42 @@ fn a_dead_clients_reserved_slots_are_handed_back() {
     let again = create(&n1, region_of(0), &[7; 8]);
     assert_eq!(again, slot, "the dead client's slot was handed back");
 }
+
+/// A client that dies once every backup holds its COMMIT-BACKUP and before any primary holds
+/// COMMIT-PRIMARY decided to commit and left every replica holding the values (the primaries'
+/// LOCKs, the backups' COMMIT-BACKUPs): what recovery would decide, with nothing to copy first.
+/// The primaries install, the participants truncate. Before, both objects stayed locked.
+#[test]
+fn a_dead_clients_transaction_every_backup_holds_is_committed() {
+    let (mut cluster, client) = cluster_with_client();
+    let a = create(&client, region_of(0), b"a0"); // primary n1
+    let b = create(&client, region_of(1), b"b0"); // primary n2
+    settle(&cluster);
+    for primary in [NodeId(1), NodeId(2)] {
+        cluster.faults().add(
+            Rule::to(primary, Action::Fail)
+                .from(CLIENT)
+                .when(appends(COMMIT_PRIMARY)),
+        );
+    }
+    let mut txn = client.begin().expect("begin");
+    txn.write(a, b"a1").expect("write a");
+    txn.write(b, b"b1").expect("write b");
+    assert!(
+        matches!(txn.commit(), Err(CommitError::Indeterminate { .. })),
+        "no primary took COMMIT-PRIMARY"
+    );
+    cluster.faults().heal();
+    drop(client);
+    cluster.kill(CLIENT);
+
+    wait_unlocked(&cluster, a);
+    wait_unlocked(&cluster, b);
+    let n3 = txn_node(&cluster, 2);
+    assert_eq!(value_at(&n3, a).expect("read a"), b"a1", "committed");
+    assert_eq!(value_at(&n3, b).expect("read b"), b"b1", "committed");
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("every backup applied the committed transaction");
+}

@@ -27,11 +27,14 @@
 //!   backups' COMMIT-BACKUPs): what recovery would decide (docs/failures.md#decision), with
 //!   nothing to copy first. The primaries install, then the participants truncate.
 //! - **COMMIT-BACKUP at some backups only, no COMMIT-PRIMARY**: the coordinator decided to
-//!   commit, nobody was told, and some backups lack the values; that is recovery's to decide
-//!   (it copies the records first). Until it exists the transaction is reported and keeps its
-//!   locks: it blocks its own objects, nothing else.
+//!   commit, nobody was told, and some backups lack the values. Each primary copies its
+//!   LOCK's entries to the backups of its regions that lack them, as a COMMIT-BACKUP record
+//!   (recovery's "replicate the records", docs/failures.md#replicate-the-records); once every
+//!   backup holds them, as above.
 //! - A participant that did not answer (down, paused, or not yet seeing the client gone): ask
-//!   again after [`ORPHAN_RETRY_AFTER`].
+//!   again after [`ORPHAN_RETRY_AFTER`]; meanwhile the transaction keeps its locks, blocking
+//!   only its own objects, and is reported once.
+//! - Votes that make no sense together (a bug) are reported and left to recovery.
 
 use acre_engine::addr::{NodeId, RegionId};
 use acre_txn::TxnNode;
@@ -74,7 +77,11 @@ pub enum Outcome {
     Install,
     /// Every primary holds COMMIT-PRIMARY (or truncated the transaction): truncate.
     Truncate,
-    /// Left to recovery, and why.
+    /// Some backups hold COMMIT-BACKUP, the `lacking` ones do not, and no primary holds
+    /// COMMIT-PRIMARY: the coordinator decided to commit. Each primary copies its LOCK's
+    /// entries to the lacking backups of its regions; once every backup holds them, `Install`.
+    Copy { lacking: Vec<NodeId> },
+    /// Votes that make no sense together: left to recovery, and why.
     Recovery { reason: String },
     /// `node` did not vote (why: `reason`): ask again later.
     Unanswered { node: NodeId, reason: String },
@@ -174,11 +181,17 @@ pub fn decide(
     } else if backed_up || primaries.iter().any(|&primary| primary_committed(primary)) {
         Outcome::Install
     } else if all & vote::COMMIT_BACKUP != 0 {
-        Outcome::Recovery {
-            reason: "some backups hold its COMMIT-BACKUP, not all, and no primary holds its \
-                     COMMIT-PRIMARY"
-                .into(),
-        }
+        let mut lacking: Vec<NodeId> = regions
+            .iter()
+            .flat_map(|&region| &config.placement(region).expect("checked above").backups)
+            .filter(|&backup| {
+                matches!(votes.get(backup), Some(Ok(bits)) if bits & vote::COMMIT_BACKUP == 0)
+            })
+            .copied()
+            .collect();
+        lacking.sort();
+        lacking.dedup();
+        Outcome::Copy { lacking }
     } else {
         Outcome::Abort
     }
@@ -424,13 +437,55 @@ fn ask(node: &TxnNode, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
             };
             votes.insert(other, vote);
         }
+        let outcome = decide(config, &orphan.regions, &votes);
+        if let Outcome::Copy { lacking } = &outcome {
+            copy_entries(node, &orphan, lacking);
+        }
         verdicts.push(Verdict {
             txn: orphan.txn,
-            outcome: decide(config, &orphan.regions, &votes),
+            outcome,
         });
     }
     node.replies().release(lease, outstanding);
     verdicts
+}
+
+/// Sends each backup in `lacking` the entries of `orphan`'s LOCK here (if this node is a primary
+/// holding its locks) of the regions the backup holds a copy of, as a COMMIT-BACKUP record: what
+/// the dead coordinator would have sent it (the LOCK and the COMMIT-BACKUP carry the same
+/// entries). Copies that do not arrive are sent again at the next round.
+fn copy_entries(node: &TxnNode, orphan: &Orphan, lacking: &[NodeId]) {
+    let Some(entries) = node.primary().locked_entries(orphan.txn) else {
+        return;
+    };
+    let config = node.config();
+    for &backup in lacking {
+        let backs_up = |entry: &&acre_txn::record::Entry| {
+            config
+                .placement(entry.addr.region())
+                .is_some_and(|placement| placement.backups.contains(&backup))
+        };
+        let part: Vec<_> = entries.iter().filter(backs_up).cloned().collect();
+        if part.is_empty() {
+            continue;
+        }
+        let record = TxnRecord {
+            txn: orphan.txn,
+            reply: ReplyTo::NONE,
+            truncated: Vec::new(),
+            body: Body::CommitBackup {
+                regions: orphan.regions.clone(),
+                entries: part,
+            },
+        };
+        if let Err(e) = node.links().send_one(backup, record) {
+            tracing::warn!(
+                node = %node.node_id(),
+                "copying the entries of {} to {backup} failed: {e}; the next round tries again",
+                orphan.txn
+            );
+        }
+    }
 }
 
 /// Where a REQUEST-VOTE is answered: the reply-to of the asker's record.
@@ -467,11 +522,14 @@ mod tests {
         let both = [r1, r2];
         // Locked at both primaries, nothing further: the coordinator never decided.
         assert_eq!(decide(&config, &both, &votes([L, L, 0])), Outcome::Abort);
-        // A COMMIT-BACKUP at some backups only and no COMMIT-PRIMARY: recovery's.
-        assert!(matches!(
+        // A COMMIT-BACKUP at some backups only and no COMMIT-PRIMARY: the primaries copy their
+        // entries to the others (n3 backs up both regions, n1 region 2's).
+        assert_eq!(
             decide(&config, &both, &votes([L, L | CB, 0])),
-            Outcome::Recovery { .. }
-        ));
+            Outcome::Copy {
+                lacking: vec![NodeId(1), NodeId(3)]
+            }
+        );
         // At every backup, no COMMIT-PRIMARY: every replica holds the values, the coordinator
         // decided to commit; the primaries install.
         assert_eq!(

@@ -28,7 +28,7 @@ use acre_txn::TxnNode;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -92,8 +92,10 @@ pub struct WorkerStats {
     pub orphans_installed: AtomicU64,
     /// Transactions of gone clients this node truncated (every primary held COMMIT-PRIMARY).
     pub orphans_truncated: AtomicU64,
-    /// Transactions of gone clients left to recovery (COMMIT-BACKUP, no COMMIT-PRIMARY).
+    /// Transactions of gone clients left to recovery (votes that make no sense).
     pub orphans_left: AtomicU64,
+    /// Rounds of votes on a gone client's transaction that some participant did not answer.
+    pub orphans_unanswered: AtomicU64,
     /// LOCK, COMMIT-BACKUP and COMMIT-PRIMARY records refused because this node had voted on
     /// their transaction (appends of a dead client that arrived late).
     pub late_refused: AtomicU64,
@@ -136,6 +138,8 @@ struct Serving {
     voted: Voted,
     /// Transactions of gone clients being resolved.
     asked: HashMap<TxnId, Asked>,
+    /// Transactions of gone clients reported as waiting for a vote.
+    unanswered: HashSet<TxnId>,
     resolver: Resolver,
     next_orphan_check: Instant,
 }
@@ -170,6 +174,7 @@ impl Worker {
             clients,
             voted: Voted::default(),
             asked: HashMap::new(),
+            unanswered: HashSet::new(),
             resolver: Resolver::spawn(node.clone())?,
             next_orphan_check: Instant::now() + ORPHAN_CHECK_INTERVAL,
         };
@@ -277,7 +282,8 @@ impl Serving {
         let voted = matches!(
             record.body,
             Body::Lock { .. } | Body::CommitBackup { .. } | Body::CommitPrimary
-        ) && self.voted.has_voted(txn);
+        ) && sender == txn.node
+            && self.voted.has_voted(txn);
         if voted {
             // Its client coordinator is gone and this node has voted on it: an append of the
             // dead client still on its way, which the client never saw acknowledged.
@@ -292,7 +298,7 @@ impl Serving {
             return;
         }
         // Which record this is, for a later vote, and the regions it lists.
-        let (holds, regions) = match &record.body {
+        let (mut holds, regions) = match &record.body {
             Body::Lock { regions, .. } => (vote::LOCK, regions.clone()),
             Body::CommitBackup { regions, .. } => (vote::COMMIT_BACKUP, regions.clone()),
             Body::CommitPrimary => (vote::COMMIT_PRIMARY, Vec::new()),
@@ -323,6 +329,15 @@ impl Serving {
                 self.node.primary().abort(txn);
                 self.forget(txn);
                 false
+            }
+            Body::CommitBackup { entries, .. } if sender != txn.node => {
+                // A primary's copy of its part, its client coordinator being dead
+                // (crate::orphan): this backup holds the transaction once it has every part.
+                let kept = self.backup.hold_part(txn, entries);
+                if !self.backup.covers(txn, &regions) {
+                    holds = 0;
+                }
+                kept
             }
             Body::CommitBackup { entries, .. } => {
                 self.backup.hold(txn, entries);
@@ -530,8 +545,26 @@ impl Serving {
                 );
                 self.asked.insert(txn, Asked::Settled);
             }
+            Outcome::Copy { lacking } => {
+                tracing::info!(
+                    node = %me,
+                    "{txn}: its client coordinator is gone after some backups took its \
+                     COMMIT-BACKUP; its entries are copied to {lacking:?}, then it commits"
+                );
+                self.asked.insert(txn, again);
+            }
             Outcome::Unanswered { node, reason } => {
-                tracing::debug!(node = %me, "{txn}: no vote from {node} ({reason}); asking again later");
+                // Reported once; its locks stay until the vote comes.
+                self.stats
+                    .orphans_unanswered
+                    .fetch_add(1, Ordering::Release);
+                if self.unanswered.insert(txn) {
+                    tracing::warn!(
+                        node = %me,
+                        "{txn}, whose client coordinator is gone, keeps its locks: {node} did \
+                         not vote ({reason}); asking again every {ORPHAN_RETRY_AFTER:?}"
+                    );
+                }
                 self.asked.insert(txn, again);
             }
         }
@@ -568,6 +601,7 @@ impl Serving {
 
     fn forget(&mut self, txn: TxnId) {
         self.asked.remove(&txn);
+        self.unanswered.remove(&txn);
         let kept = self.kept.remove(&txn).unwrap_or_default();
         for (sender, pos) in kept.records {
             self.ring(sender).live.remove(&pos);

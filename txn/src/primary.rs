@@ -177,6 +177,15 @@ impl Primary {
         all
     }
 
+    /// The entries of `txn`'s LOCK here, if it holds its locks (what its COMMIT-PRIMARY would
+    /// install).
+    pub fn locked_entries(&self, txn: TxnId) -> Option<Vec<Entry>> {
+        let held = self.held.lock().expect(POISONED);
+        held.get(&txn)
+            .filter(|held| held.locked)
+            .map(|held| held.entries.clone())
+    }
+
     /// COMMIT-PRIMARY: installs the new values and unlocks.
     pub fn commit(&self, txn: TxnId) -> Result<(), UnknownCommit> {
         let held = self.held.lock().expect(POISONED).remove(&txn);

@@ -15,7 +15,7 @@ use acre_engine::fabric::fault::{Action, Rule};
 use acre_nvm_log::RecordKind;
 use acre_replication::EmbeddedCluster;
 use acre_replication::worker::WorkerStats;
-use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, TRUNCATE};
+use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, REQUEST_VOTE, TRUNCATE};
 use acre_txn::{CommitError, TxnNode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,16 +134,15 @@ fn a_dead_clients_transaction_before_commit_backup_is_aborted_and_its_objects_re
     cluster.check_replicas().expect("backups equal primaries");
 }
 
-/// A client that dies once a COMMIT-BACKUP is durable somewhere but no COMMIT-PRIMARY is has a
-/// transaction only recovery may decide (docs/failures.md#decision): the survivors must not
-/// abort it. They report it, keep its lock and records, and it blocks only the object it locked:
-/// other objects, in the same region, keep committing.
+/// A client that dies once some backups hold its COMMIT-BACKUP, but not all, and no primary
+/// holds COMMIT-PRIMARY, decided to commit and told nobody; the backups that lack the record
+/// lack the values. The primary copies its LOCK's entries to them (what the coordinator would
+/// have sent), then commits as when every backup held it: installs, and the participants
+/// truncate. Before, the object stayed locked and the records pinned the client's rings.
 #[test]
-fn a_dead_clients_transaction_that_reached_commit_backup_is_reported_and_blocks_only_its_objects() {
+fn a_dead_clients_transaction_some_backups_hold_is_copied_to_the_others_and_committed() {
     let (mut cluster, client) = cluster_with_client();
-    let n1 = txn_node(&cluster, 0);
     let a = create(&client, region_of(0), b"a0"); // primary n1, backups n2 and n3
-    let c = create(&client, region_of(0), b"c0");
     settle(&cluster);
     // COMMIT-BACKUP goes to n2, then fails at n3.
     cluster.faults().add(
@@ -160,32 +159,79 @@ fn a_dead_clients_transaction_that_reached_commit_backup_is_reported_and_blocks_
             ..
         })
     ));
+    cluster.faults().heal();
     drop(client);
     cluster.kill(CLIENT);
-    cluster.faults().heal();
 
-    // n1 (its LOCK) and n2 (its COMMIT-BACKUP) each find it left to recovery and report it.
-    for node in [NodeId(1), NodeId(2)] {
-        wait_for_count(
-            &cluster,
-            node,
-            1,
-            |stats| &stats.orphans_left,
-            "report the transaction left to recovery",
-        );
-    }
+    wait_unlocked(&cluster, a);
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a1", "committed");
+    assert_eq!(
+        stats(&cluster, NodeId(1))
+            .orphans_installed
+            .load(Ordering::Acquire),
+        1
+    );
     for node in [NodeId(1), NodeId(2), NodeId(3)] {
         let stats = stats(&cluster, node);
         assert_eq!(stats.orphans_aborted.load(Ordering::Acquire), 0, "{node}");
-        assert_eq!(stats.orphans_truncated.load(Ordering::Acquire), 0, "{node}");
+        assert_eq!(stats.orphans_left.load(Ordering::Acquire), 0, "{node}");
     }
-    assert!(
-        primary_header(&cluster, a).is_locked(),
-        "a waits for recovery"
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("n3 got the entries it lacked and applied them");
+}
+
+/// While a participant cannot vote on a dead client's transaction (here its REQUEST-VOTE
+/// records fail), nothing is decided: the transaction keeps its locks and is reported, and it
+/// blocks only the objects it locked: other objects, in the same region, keep committing. Once
+/// the participant votes again, the transaction is settled.
+#[test]
+fn a_dead_clients_transaction_a_participant_cannot_vote_on_blocks_only_its_objects() {
+    let (mut cluster, client) = cluster_with_client();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&client, region_of(0), b"a0"); // primary n1, backups n2 and n3
+    let c = create(&client, region_of(0), b"c0");
+    settle(&cluster);
+    for backup in [NodeId(2), NodeId(3)] {
+        cluster.faults().add(
+            Rule::to(backup, Action::Fail)
+                .from(CLIENT)
+                .when(appends(COMMIT_BACKUP)),
+        );
+    }
+    let unreachable = cluster
+        .faults()
+        .add(Rule::to(NodeId(3), Action::Fail).when(appends(REQUEST_VOTE)));
+    let mut txn = client.begin().expect("begin");
+    txn.write(a, b"a1").expect("write a");
+    assert!(matches!(
+        txn.commit(),
+        Err(CommitError::Indeterminate { .. })
+    ));
+    drop(client);
+    cluster.kill(CLIENT);
+
+    wait_for_count(
+        &cluster,
+        NodeId(1),
+        2,
+        |stats| &stats.orphans_unanswered,
+        "ask n3 twice in vain",
     );
-    assert_eq!(replica(&cluster, NodeId(2)).backup().held_count(), 1);
+    assert!(primary_header(&cluster, a).is_locked(), "a waits for n3");
     overwrite(&n1, c, b"c1");
     assert_eq!(value_at(&n1, c).expect("read c"), b"c1");
+
+    cluster.faults().remove(unreachable);
+    wait_unlocked(&cluster, a);
+    assert_eq!(
+        value_at(&n1, a).expect("read a"),
+        b"a0",
+        "aborted: a unchanged"
+    );
+    settle(&cluster);
 }
 
 /// A client that dies after every primary took COMMIT-PRIMARY but before its truncation went

@@ -28,7 +28,7 @@ use acre_txn::TxnNode;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -38,6 +38,9 @@ use std::time::{Duration, Instant};
 const IDLE_SLEEP_MAX: Duration = Duration::from_millis(200);
 /// Records handled between two looks at the truncation timer.
 const BATCH_MAX: usize = 64;
+/// Rounds of votes in a row some participant did not answer before a gone client's transaction
+/// is reported as waiting.
+const UNANSWERED_ROUNDS_REPORTED: u32 = 3;
 /// The most records read from one gone client's ring before answering about it: more than a
 /// ring holds (records are at least 64 bytes), so reaching it means the ring is not what it
 /// should be, and the question is refused.
@@ -138,8 +141,9 @@ struct Serving {
     voted: Voted,
     /// Transactions of gone clients being resolved.
     asked: HashMap<TxnId, Asked>,
-    /// Transactions of gone clients reported as waiting for a vote.
-    unanswered: HashSet<TxnId>,
+    /// Transactions of gone clients whose last rounds of votes did not all come: how many in
+    /// a row.
+    unanswered: HashMap<TxnId, u32>,
     resolver: Resolver,
     next_orphan_check: Instant,
 }
@@ -174,7 +178,7 @@ impl Worker {
             clients,
             voted: Voted::default(),
             asked: HashMap::new(),
-            unanswered: HashSet::new(),
+            unanswered: HashMap::new(),
             resolver: Resolver::spawn(node.clone())?,
             next_orphan_check: Instant::now() + ORPHAN_CHECK_INTERVAL,
         };
@@ -490,6 +494,9 @@ impl Serving {
             return;
         };
         let again = Asked::Again(Instant::now() + ORPHAN_RETRY_AFTER);
+        if !matches!(verdict.outcome, Outcome::Unanswered { .. }) {
+            self.unanswered.remove(&txn);
+        }
         match verdict.outcome {
             Outcome::Abort => {
                 assert_eq!(
@@ -554,11 +561,15 @@ impl Serving {
                 self.asked.insert(txn, again);
             }
             Outcome::Unanswered { node, reason } => {
-                // Reported once; its locks stay until the vote comes.
+                // Its locks stay until the vote comes. A refusal or two is expected (a client
+                // connecting holds the dead one's lock file while it looks at its rings): a
+                // vote that keeps not coming is reported, once.
                 self.stats
                     .orphans_unanswered
                     .fetch_add(1, Ordering::Release);
-                if self.unanswered.insert(txn) {
+                let rounds = self.unanswered.entry(txn).or_default();
+                *rounds += 1;
+                if *rounds == UNANSWERED_ROUNDS_REPORTED {
                     tracing::warn!(
                         node = %me,
                         "{txn}, whose client coordinator is gone, keeps its locks: {node} did \

@@ -39,7 +39,7 @@ mkdir -p "$out"
 
 started_redis=""
 cleanup() {
-  ./target/release/acre cluster down --dir "$cluster_dir" >/dev/null 2>&1 || true
+  ./target/release/acre cluster down --dir "$cluster_dir" --purge >/dev/null 2>&1 || true
   if [ -n "$started_redis" ]; then
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$started_redis" 2>/dev/null || true
   fi
@@ -83,12 +83,12 @@ redis_version=$(redis-cli -p "$REDIS_PORT" info server | sed -n 's/^redis_versio
 common=(--records "$records" --threads "$threads" --duration "$duration" --warmup "$warmup")
 for w in $workloads; do
   echo "== workload $w: acre (3 node processes, shm, 3 replicas)"
-  $acre cluster down --dir "$cluster_dir" >/dev/null 2>&1 || true
+  $acre cluster down --dir "$cluster_dir" --purge >/dev/null 2>&1 || true
   $acre cluster up --dir "$cluster_dir" --transport shm --region-bytes $((256 << 20)) \
     --ring-bytes $((4 << 20)) >/dev/null
   $acre bench ycsb --workload "$w" "${common[@]}" --target "acre:$cluster_dir" \
     --json "$out/acre-$w.json"
-  $acre cluster down --dir "$cluster_dir" >/dev/null
+  $acre cluster down --dir "$cluster_dir" --purge >/dev/null
   echo "== workload $w: redis $redis_version"
   $acre bench ycsb --workload "$w" "${common[@]}" --flush \
     --target "redis://127.0.0.1:$REDIS_PORT/$redis_db" --json "$out/redis-$w.json"

@@ -9,7 +9,7 @@
 //! transaction of four objects is four one-sided reads and four header re-reads: several times
 //! faster. More threads than cores mostly add contention.
 
-use crate::launch::{self, DirArgs, UpArgs};
+use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, EmbeddedOptions};
 use acre::engine::signal::{self, Termination};
@@ -85,7 +85,8 @@ pub fn run(args: &BankBenchArgs, termination: &Termination) -> anyhow::Result<Ex
     }
     let outcome = measure(args, processes, termination);
     if processes {
-        launch::down(&DirArgs {
+        launch::down(&DownArgs {
+            purge: true,
             dir: args.dir.clone(),
         })?;
     }

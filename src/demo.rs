@@ -1,14 +1,17 @@
 //! `acre demo` and `acre bank`: concurrent bank transfers with read-only audits checking the
 //! total, on a 3-node embedded cluster with 3 replicas (`demo`) or on a running cluster of node
 //! processes (`bank`). Prints committed and aborted transactions per second, the p50/p99 commit
-//! latency, and whether the invariant held; exit code 1 if it did not. SIGINT (Ctrl-C) or
-//! SIGTERM ends the run early: the transactions in flight finish, the report covers what ran,
-//! and the client's `Db` is dropped as at any other end (a second signal exits at once).
+//! latency, and whether the invariant held; exit code 1 if it did not. A transaction that fails
+//! (a node died or stopped answering) is said on stderr when it happens (rate-limited, see
+//! `acre_benches::bank::Notice`); the run goes on, prints what completed, and exits 2. SIGINT
+//! (Ctrl-C) or SIGTERM ends the run early: the transactions in flight finish, the report covers
+//! what ran, and the client's `Db` is dropped as at any other end (a second signal exits at
+//! once).
 
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Addr, Db, EmbeddedOptions};
 use acre::engine::signal::{self, Termination};
-use acre_benches::bank::{Bank, BankReport, THREADS_MAX};
+use acre_benches::bank::{Bank, BankReport, RunPlan, THREADS_MAX};
 use anyhow::Context;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -90,7 +93,7 @@ pub fn demo(args: &DemoArgs, termination: &Termination) -> anyhow::Result<ExitCo
         args.nodes, replicas
     )?;
     let bank = Bank::create(&db, args.workload.accounts, 1000).context("create the accounts")?;
-    run_and_report(&db, &bank, &args.workload, true, termination)
+    run_and_report(&db, &bank, &args.workload, "acre demo", true, termination)
 }
 
 pub fn bank(args: &BankArgs, termination: &Termination) -> anyhow::Result<ExitCode> {
@@ -116,13 +119,14 @@ pub fn bank(args: &BankArgs, termination: &Termination) -> anyhow::Result<ExitCo
         "bank directory object: {} (pass --bank {} to reuse it)",
         bank.directory, bank.directory
     )?;
-    run_and_report(&db, &bank, &args.workload, false, termination)
+    run_and_report(&db, &bank, &args.workload, "acre bank", false, termination)
 }
 
 fn run_and_report(
     db: &Db,
     bank: &Bank,
     args: &WorkloadArgs,
+    command: &'static str,
     embedded: bool,
     termination: &Termination,
 ) -> anyhow::Result<ExitCode> {
@@ -139,11 +143,15 @@ fn run_and_report(
     let mut report = bank
         .run(
             db,
-            args.threads,
-            args.audits,
-            Duration::from_secs(args.seconds),
-            args.seed,
+            RunPlan {
+                transfer_threads: args.threads,
+                audit_threads: args.audits,
+                duration: Duration::from_secs(args.seconds),
+                seed: args.seed,
+            },
             termination,
+            // Said when it happens, on stderr (where the libraries' warnings go too).
+            move |notice| eprintln!("{command}: {notice}"),
         )
         .context("run the transfers")?;
     if let Some(signal) = termination.requested() {
@@ -155,6 +163,22 @@ fn run_and_report(
         )?;
     }
     print_report(&mut report)?;
+    if let Some(first) = report.failures.first() {
+        // With a node gone, the final audit would wait on what it cannot reach or on what
+        // transactions of unknown outcome keep locked: what was measured is reported above.
+        anyhow::bail!(
+            "{} transactions failed during the run ({}; e.g. {}): the report above counts what \
+             completed; no final audit",
+            report.failure_count(),
+            report
+                .failures
+                .iter()
+                .map(|f| format!("{} {}", f.count, f.kind))
+                .collect::<Vec<_>>()
+                .join(", "),
+            first.first
+        );
+    }
     let quiet = db.quiesce(QUIESCE_TIMEOUT);
     let final_audit = db
         .run(|txn| {
@@ -232,5 +256,13 @@ fn print_report(report: &mut BankReport) -> std::io::Result<()> {
         report.audits_committed as f64 / seconds,
         report.audits_aborted,
         report.violations.len()
-    )
+    )?;
+    for failure in &report.failures {
+        writeln!(
+            out,
+            "failed ({}): {} transactions, e.g. {}",
+            failure.kind, failure.count, failure.first
+        )?;
+    }
+    Ok(())
 }

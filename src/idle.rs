@@ -2,7 +2,7 @@
 //! reports the CPU time its processes used. The target is under 2% of one core (docs/ARCHITECTURE.md, "Idle CPU"):
 //! workers must sleep on their doorbells, and the TCP NIC threads in epoll.
 
-use crate::launch::{self, DirArgs, UpArgs};
+use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::{CLUSTER_FILE, ClusterFile};
 use acre::engine::procfs;
 use anyhow::Context;
@@ -46,7 +46,8 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         persist: "auto".into(),
     };
     launch::up(&up)?;
-    let down = DirArgs {
+    let down = DownArgs {
+        purge: true,
         dir: args.dir.clone(),
     };
     let measured = measure(args);

@@ -1,9 +1,12 @@
 //! `acre cluster up | status | down`: a cluster of node processes on this host. `up` writes the
 //! cluster file into a cluster directory and starts one detached `acre node` process per node
-//! (its output goes to `n<id>.log` there); `status` reads the file and the nodes' manifests;
-//! `down` sends SIGTERM to every node, waits for them to exit, and removes the directory.
+//! (its output goes to `n<id>.log` there); `status` asks every node whether it answers and reads
+//! its rings in the cluster files;
+//! `down` sends SIGTERM to every node and waits for them to exit. The nodes' region copies and
+//! rings stay in the directory (they are what recovery will read) unless `down --purge`, and
+//! `up` refuses a directory that holds them.
 
-use acre::cluster::{self, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile};
+use acre::cluster::{self, Answer, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile, Observation};
 use acre::engine::addr::NodeId;
 use acre::engine::directory::{self, NodeManifest};
 use acre::engine::fabric::tcp::ClusterSecret;
@@ -62,6 +65,16 @@ pub struct DirArgs {
     /// The cluster directory.
     #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
     pub dir: PathBuf,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DownArgs {
+    /// The cluster directory.
+    #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
+    pub dir: PathBuf,
+    /// Also remove the directory with the nodes' data (region copies, rings, logs).
+    #[arg(long)]
+    pub purge: bool,
 }
 
 /// Whether `node` is a memory node of the cluster: one of `file`'s nodes, or, when the cluster
@@ -140,6 +153,7 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if dir.exists() {
+        check_replaceable(dir)?;
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("remove the old cluster in {}", dir.display()))?;
     }
@@ -184,6 +198,35 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses to let `up` replace `dir` when that would throw data away: a stopped cluster's
+/// region copies and rings (recovery will restart from them; until it exists, only `down
+/// --purge` removes them), or a directory that is not a cluster's at all.
+fn check_replaceable(dir: &Path) -> anyhow::Result<()> {
+    let kept = cluster::kept_data_in(dir)
+        .with_context(|| format!("look for a stopped cluster's data in {}", dir.display()))?;
+    if let Some((node, data)) = kept.first() {
+        bail!(
+            "{} holds the data of a stopped cluster ({} of its nodes keep data; {node}: {data}): \
+             restarting a cluster from its data needs recovery, which is not built yet; remove it \
+             with `acre cluster down --dir {} --purge`, or use another --dir",
+            dir.display(),
+            kept.len(),
+            dir.display()
+        );
+    }
+    let empty = std::fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .next()
+        .is_none();
+    if !empty && !dir.join(CLUSTER_FILE).exists() {
+        bail!(
+            "{} is not empty and holds no cluster ({CLUSTER_FILE}): use another --dir",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Starts one detached `acre node` process per memory node, its output in `n<id>.log`.
@@ -235,6 +278,9 @@ fn stop_children(children: &mut [(NodeId, Child)]) {
     }
 }
 
+/// `acre cluster status`: every memory node asked whether it answers (a pid is not an
+/// answer), the regions, and every ring that was ever written with its fill and the oldest
+/// transaction its node keeps there. Exit code 1 if a node does not answer.
 pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
@@ -249,26 +295,34 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         file.transport.name(),
         config.f
     )?;
+    let observed = cluster::observe(dir, &file);
     writeln!(
         out,
         "{:<6} {:<8} {:<8} {:<22} regions",
         "node", "pid", "state", "address"
     )?;
-    let mut down = 0;
-    for &node in &config.nodes {
-        let manifest = NodeManifest::read(dir, node).ok().flatten();
-        let (pid, state, address) = match &manifest {
-            Some(m) if cluster::process_alive(m.pid) => (
-                m.pid.to_string(),
-                "up",
-                m.tcp_addr.clone().unwrap_or_else(|| "shm".into()),
-            ),
-            Some(m) => (m.pid.to_string(), "dead", "-".into()),
-            None => ("-".into(), "down", "-".into()),
+    let mut silent = Vec::new();
+    for seen in &observed {
+        let node = seen.node;
+        let pid = seen
+            .manifest
+            .as_ref()
+            .map_or("-".to_string(), |m| m.pid.to_string());
+        let state = match &seen.answer {
+            Answer::Up => "up",
+            Answer::Silent(why) => {
+                silent.push((node, why));
+                "silent"
+            }
+            Answer::Dead => "dead",
+            Answer::Down => "down",
         };
-        if state != "up" {
-            down += 1;
-        }
+        let address = match (&seen.answer, &seen.manifest) {
+            (Answer::Up | Answer::Silent(_), Some(m)) => {
+                m.tcp_addr.clone().unwrap_or_else(|| "shm".into())
+            }
+            _ => "-".into(),
+        };
         let roles: Vec<String> = config
             .replicated_on(node)
             .map(|p| {
@@ -286,6 +340,9 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
             roles.join(" ")
         )?;
     }
+    for (node, why) in &silent {
+        writeln!(out, "{node} runs but does not answer: {why}")?;
+    }
     writeln!(out, "{:<8} {:<8} backups", "region", "primary")?;
     for placement in &config.regions {
         let backups: Vec<String> = placement.backups.iter().map(|b| b.to_string()).collect();
@@ -297,6 +354,7 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
             backups.join(" ")
         )?;
     }
+    print_rings(&mut out, &observed)?;
     let clients = config
         .clients
         .iter()
@@ -312,15 +370,73 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         "clients connected: {clients} of {}",
         config.clients.len()
     )?;
-    if down > 0 {
+    let not_serving = observed
+        .iter()
+        .filter(|seen| seen.answer != Answer::Up)
+        .count();
+    if not_serving > 0 {
         writeln!(
             out,
-            "{down} of {} nodes are not running",
+            "{not_serving} of {} nodes do not answer (down, dead or silent)",
             config.nodes.len()
         )?;
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rings that were ever written (or hold anything): fill of capacity, records the node
+/// keeps and the oldest kept record's transaction, which pins the ring's head.
+fn print_rings(out: &mut impl std::io::Write, observed: &[Observation]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<12} {:<32} {:>6}  oldest kept transaction",
+        "ring", "fill (bytes)", "kept"
+    )?;
+    let mut unwritten = 0;
+    for seen in observed {
+        let rings = match &seen.rings {
+            Ok(rings) => rings,
+            Err(why) if seen.manifest.is_some() => {
+                writeln!(
+                    out,
+                    "{:<12} unreadable: {why}",
+                    format!("{} <- *", seen.node)
+                )?;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for ring in rings {
+            let kept = ring.retention.map(|r| r.kept_count);
+            if !ring.written && ring.fill_bytes == 0 && kept.unwrap_or(0) == 0 {
+                unwritten += 1;
+                continue;
+            }
+            let fill = format!(
+                "{} of {} ({:.0}%)",
+                ring.fill_bytes,
+                ring.capacity_bytes,
+                ring.fill_bytes as f64 * 100.0 / ring.capacity_bytes as f64
+            );
+            let oldest = match ring.retention.and_then(|r| r.oldest) {
+                Some((pos, txn)) => format!("{txn} at {pos}"),
+                None if ring.retention.is_some() => "-".to_string(),
+                None => "? (no status area)".to_string(),
+            };
+            writeln!(
+                out,
+                "{:<12} {:<32} {:>6}  {oldest}",
+                format!("{} <- {}", seen.node, ring.sender),
+                fill,
+                kept.map_or("?".to_string(), |k| k.to_string()),
+            )?;
+        }
+    }
+    if unwritten > 0 {
+        writeln!(out, "({unwritten} more rings were never written)")?;
+    }
+    Ok(())
 }
 
 /// SIGTERM to every running memory node, then waits for them to exit.
@@ -341,12 +457,13 @@ fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<usize> {
     Ok(running.len())
 }
 
-pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
+pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
     let file_path = dir.join(CLUSTER_FILE);
-    // `down` removes the directory, so it must be a cluster's: a cluster file that parses, or
-    // one that does not beside the manifests of nodes (which are then found through those).
+    // `down --purge` removes the directory, so it must be a cluster's: a cluster file that
+    // parses, or one that does not beside the manifests of nodes (which are then found through
+    // those).
     let file = match ClusterFile::read(&file_path) {
         Ok(file) => Some(file),
         Err(error) => {
@@ -362,11 +479,21 @@ pub fn down(args: &DirArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let stopped = stop_nodes(dir, file.as_ref())?;
-    std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
-    writeln!(
-        out,
-        "cluster down: stopped {stopped} nodes, removed {}",
-        dir.display()
-    )?;
+    if args.purge {
+        std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+        writeln!(
+            out,
+            "cluster down: stopped {stopped} nodes, removed {}",
+            dir.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "cluster down: stopped {stopped} nodes; their data stays in {} (`acre cluster down \
+             --dir {} --purge` removes it)",
+            dir.display(),
+            dir.display()
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -41,12 +41,15 @@
 pub use acre_replication::db;
 
 /// Clusters of node processes on this host: the cluster file, the node process runtime behind
-/// `acre node`, and the client node a [`Db::connect`] runs in the application's process (all
-/// in acre-replication).
+/// `acre node`, what a node finds of an earlier run, what `acre cluster status` observes of each
+/// node, and the client node a [`Db::connect`] runs
+/// in the application's process (all in acre-replication).
 pub mod cluster {
     pub use acre_replication::client::*;
     pub use acre_replication::cluster_file::*;
     pub use acre_replication::process::*;
+    pub use acre_replication::restart::*;
+    pub use acre_replication::status::{Answer, Observation, RingFill, observe};
 }
 
 pub use acre_engine as engine;

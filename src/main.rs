@@ -66,8 +66,8 @@ enum ClusterCommand {
     Up(launch::UpArgs),
     /// Show the nodes and regions of a cluster.
     Status(launch::DirArgs),
-    /// Stop every node of a cluster and remove its directory.
-    Down(launch::DirArgs),
+    /// Stop every node of a cluster; its data stays unless --purge.
+    Down(launch::DownArgs),
 }
 
 fn main() -> ExitCode {

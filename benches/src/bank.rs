@@ -5,11 +5,19 @@
 //! The accounts are listed in a *directory object* (`count u64 | initial balance i64 | addr u64
 //! ...`) so that
 //! processes other than the one that created them can find them from one address.
+//!
+//! A run keeps going through failures (a node that dies or pauses makes transactions fail with
+//! `Unavailable` or `Indeterminate`): it counts them by kind in its report, next to what
+//! completed, and tells its caller as they happen ([`Notice`]): the first failure of a kind at
+//! once, then at most one notice per kind every [`NOTICE_INTERVAL`], and a stall when no
+//! transfer has committed for [`STALL_AFTER`].
 
 use acre_engine::signal::Termination;
-use acre_replication::db::{Addr, Db, Error, NodeId, TxnError};
-use std::sync::Arc;
+use acre_replication::db::{Addr, CommitError, Db, Error, IndexError, NodeId, TxnError};
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Accounts created per setup transaction.
@@ -19,14 +27,31 @@ pub const ACCOUNTS_MAX: usize = 8000;
 /// The most threads (transfers and audits together) one run starts: far more than the cores
 /// of any machine this runs on, few enough that their stacks fit in memory.
 pub const THREADS_MAX: usize = 1024;
+/// After the first notice of a kind of failure, at most one more per kind this often.
+pub const NOTICE_INTERVAL: Duration = Duration::from_secs(5);
+/// A run in which no transfer commits for this long says so (and again every this long): a
+/// transaction that fails is reported on its own, one that keeps aborting is not.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
+/// How long a thread waits after a failure before its next transaction, so that a failure
+/// that comes at once (a malformed bank, a protocol error) does not spin a core.
+const FAILURE_PAUSE: Duration = Duration::from_millis(10);
 
-/// Why a bank run stopped.
+const POISONED: &str = "a bank thread panicked while holding this lock";
+
+/// What a bank run does: threads of transfers and of audits, for how long, from which seed.
+#[derive(Clone, Copy, Debug)]
+pub struct RunPlan {
+    pub transfer_threads: usize,
+    pub audit_threads: usize,
+    pub duration: Duration,
+    /// Seed of the transfer generator (each thread derives its own).
+    pub seed: u64,
+}
+
+/// Why a bank run could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BankError {
-    /// A transaction failed in a way a retry does not fix.
-    #[error(transparent)]
-    Txn(#[from] Error),
     #[error("{threads} threads are too many: a bank run starts at most {max}")]
     TooManyThreads { threads: usize, max: usize },
     #[error("cannot start thread {index} of {threads}: {source}; run fewer threads")]
@@ -51,6 +76,8 @@ pub struct Bank {
 pub struct BankReport {
     pub elapsed: Duration,
     pub committed: u64,
+    /// Transfers that aborted with an error a retry may fix (conflicts, a full log, no free
+    /// transaction slot).
     pub aborted: u64,
     /// Latency of each committed transfer, begin to commit.
     pub commit_latencies: Vec<Duration>,
@@ -58,6 +85,19 @@ pub struct BankReport {
     pub audits_aborted: u64,
     /// Audit failures: a committed audit that saw a wrong total or a negative balance.
     pub violations: Vec<String>,
+    /// Transactions that failed with an error a retry does not fix, by kind, in the order the
+    /// kinds first happened.
+    pub failures: Vec<FailureCount>,
+}
+
+/// The transactions of a run that failed with one kind of error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureCount {
+    /// [`failure_kind`] of the errors.
+    pub kind: &'static str,
+    pub count: u64,
+    /// One such error (the first a thread saw).
+    pub first: String,
 }
 
 impl BankReport {
@@ -68,11 +108,198 @@ impl BankReport {
         self.audits_committed += other.audits_committed;
         self.audits_aborted += other.audits_aborted;
         self.violations.extend(other.violations);
+        for failure in other.failures {
+            match self.failures.iter_mut().find(|f| f.kind == failure.kind) {
+                Some(known) => known.count += failure.count,
+                None => self.failures.push(failure),
+            }
+        }
+    }
+
+    /// Transactions that failed, of every kind.
+    pub fn failure_count(&self) -> u64 {
+        self.failures.iter().map(|f| f.count).sum()
     }
 
     /// The `q`-quantile (0..=1) of the commit latencies.
     pub fn latency_quantile(&mut self, q: f64) -> Duration {
         quantile(&mut self.commit_latencies, q)
+    }
+}
+
+/// A short name for the kind of a failure a retry does not fix: what a report counts by.
+pub fn failure_kind(error: &Error) -> &'static str {
+    match error {
+        Error::Commit(CommitError::Indeterminate { .. }) => "indeterminate",
+        Error::Commit(CommitError::Unavailable { .. })
+        | Error::Txn(TxnError::Unavailable { .. })
+        | Error::Index(IndexError::Txn(TxnError::Unavailable { .. })) => "unavailable",
+        Error::Commit(CommitError::Protocol { .. })
+        | Error::Txn(TxnError::Protocol { .. })
+        | Error::Index(IndexError::Txn(TxnError::Protocol { .. })) => "protocol violation",
+        Error::Txn(TxnError::NotFound { .. }) => "no object",
+        Error::Commit(CommitError::TxnTooLarge { .. })
+        | Error::Txn(TxnError::TxnTooLarge { .. }) => "too large",
+        _ => "other",
+    }
+}
+
+/// What a run tells its caller while it runs.
+#[derive(Debug)]
+pub enum Notice<'a> {
+    /// A transaction failed with an error a retry does not fix: the first of its kind, or the
+    /// first after [`NOTICE_INTERVAL`] of more.
+    Failure {
+        /// `"transfer"` or `"audit"`.
+        what: &'static str,
+        kind: &'static str,
+        error: &'a Error,
+        /// Failures of this kind so far, this one included.
+        count: u64,
+        /// Since the run started.
+        at: Duration,
+    },
+    /// No transfer has committed for `quiet`; transfers keep aborting, the last with `error`.
+    Stalled {
+        quiet: Duration,
+        error: &'a Error,
+        at: Duration,
+    },
+}
+
+impl fmt::Display for Notice<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notice::Failure {
+                what,
+                kind,
+                error,
+                count,
+                at,
+            } => {
+                let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                };
+                let at = at.as_secs_f64();
+                match count {
+                    1 => write!(
+                        f,
+                        "at {at:.1} s {article} {what} failed ({kind}, the first such failure): \
+                         {error}"
+                    ),
+                    count => write!(
+                        f,
+                        "at {at:.1} s {count} failures ({kind}) so far, the latest of {article} \
+                         {what}: {error}"
+                    ),
+                }
+            }
+            Notice::Stalled { quiet, error, at } => write!(
+                f,
+                "at {:.1} s no transfer has committed for {:.1} s; the last abort: {error}",
+                at.as_secs_f64(),
+                quiet.as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// What every thread of a run shares to decide when to tell the caller: failures by kind,
+/// and when a transfer last committed.
+struct Watch {
+    start: Instant,
+    notify: Box<dyn Fn(&Notice<'_>) + Send + Sync>,
+    state: Mutex<WatchState>,
+}
+
+struct WatchState {
+    /// Per kind: failures so far and when the last notice of it went out.
+    kinds: HashMap<&'static str, (u64, Instant)>,
+    last_commit: Instant,
+    last_stall_notice: Option<Instant>,
+}
+
+impl Watch {
+    fn new(notify: Box<dyn Fn(&Notice<'_>) + Send + Sync>) -> Watch {
+        let start = Instant::now();
+        Watch {
+            start,
+            notify,
+            state: Mutex::new(WatchState {
+                kinds: HashMap::new(),
+                last_commit: start,
+                last_stall_notice: None,
+            }),
+        }
+    }
+
+    fn committed(&self) {
+        self.state.lock().expect(POISONED).last_commit = Instant::now();
+    }
+
+    fn failed(&self, what: &'static str, kind: &'static str, error: &Error) {
+        let now = Instant::now();
+        let count = {
+            let mut state = self.state.lock().expect(POISONED);
+            match state.kinds.get_mut(kind) {
+                None => {
+                    state.kinds.insert(kind, (1, now));
+                    Some(1)
+                }
+                Some((count, noticed)) => {
+                    *count += 1;
+                    (now.duration_since(*noticed) >= NOTICE_INTERVAL).then(|| {
+                        *noticed = now;
+                        *count
+                    })
+                }
+            }
+        };
+        if let Some(count) = count {
+            (self.notify)(&Notice::Failure {
+                what,
+                kind,
+                error,
+                count,
+                at: now.duration_since(self.start),
+            });
+        }
+    }
+
+    fn aborted(&self, error: &Error) {
+        let now = Instant::now();
+        let quiet = {
+            let mut state = self.state.lock().expect(POISONED);
+            let quiet = now.duration_since(state.last_commit);
+            let due = quiet >= STALL_AFTER
+                && state
+                    .last_stall_notice
+                    .is_none_or(|noticed| now.duration_since(noticed) >= STALL_AFTER);
+            if !due {
+                return;
+            }
+            state.last_stall_notice = Some(now);
+            quiet
+        };
+        (self.notify)(&Notice::Stalled {
+            quiet,
+            error,
+            at: now.duration_since(self.start),
+        });
+    }
+}
+
+/// One thread's failure of `kind`: counted in its report (the first message kept).
+fn count_failure(report: &mut BankReport, kind: &'static str, error: &Error) {
+    match report.failures.iter_mut().find(|f| f.kind == kind) {
+        Some(known) => known.count += 1,
+        None => report.failures.push(FailureCount {
+            kind,
+            count: 1,
+            first: error.to_string(),
+        }),
     }
 }
 
@@ -206,19 +433,25 @@ impl Bank {
         Ok(Ok(total))
     }
 
-    /// Runs `transfer_threads` threads of transfers and `audit_threads` threads of audits for
-    /// `duration` (at most [`THREADS_MAX`] together), or until `termination` is requested
-    /// (Ctrl-C): then every thread finishes the transaction it is in and the run reports what
-    /// it measured so far. Non-retryable errors end the run with that error.
+    /// Runs the threads of `plan` (at most [`THREADS_MAX`] together) for its duration, or
+    /// until `termination` is requested (Ctrl-C): then every thread finishes the transaction it
+    /// is in and the run reports what it measured so far. A transaction that fails with an
+    /// error a retry does not fix is counted in the report's `failures` and its thread goes on;
+    /// `notify` hears of failures and stalls as they happen (from the run's threads, see
+    /// [`Notice`]).
     pub fn run(
         &self,
         db: &Db,
-        transfer_threads: usize,
-        audit_threads: usize,
-        duration: Duration,
-        seed: u64,
+        plan: RunPlan,
         termination: &Termination,
+        notify: impl Fn(&Notice<'_>) + Send + Sync + 'static,
     ) -> Result<BankReport, BankError> {
+        let RunPlan {
+            transfer_threads,
+            audit_threads,
+            duration,
+            seed,
+        } = plan;
         let threads = transfer_threads.saturating_add(audit_threads);
         if threads > THREADS_MAX {
             return Err(BankError::TooManyThreads {
@@ -227,10 +460,12 @@ impl Bank {
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let start = Instant::now();
+        let watch = Arc::new(Watch::new(Box::new(notify)));
+        let start = watch.start;
         let mut handles = Vec::new();
         for t in 0..threads {
-            let (db, bank, stopped) = (db.clone(), self.clone(), stop.clone());
+            let (db, bank, stopped, watch) =
+                (db.clone(), self.clone(), stop.clone(), watch.clone());
             let audit = t >= transfer_threads;
             let spawned = std::thread::Builder::new()
                 .name(format!("bank-{t}"))
@@ -238,6 +473,12 @@ impl Bank {
                     let mut random =
                         acre_nvm_log::random::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
                     let mut report = BankReport::default();
+                    let fail = |report: &mut BankReport, what, error: &Error| {
+                        let kind = failure_kind(error);
+                        count_failure(report, kind, error);
+                        watch.failed(what, kind, error);
+                        std::thread::sleep(FAILURE_PAUSE);
+                    };
                     while !stopped.load(Ordering::Relaxed) {
                         if audit {
                             match bank.audit(&db) {
@@ -247,7 +488,7 @@ impl Bank {
                                     report.violations.push(violation);
                                 }
                                 Err(e) if e.is_retryable() => report.audits_aborted += 1,
-                                Err(e) => return Err(e),
+                                Err(e) => fail(&mut report, "audit", &e),
                             }
                             continue;
                         }
@@ -263,12 +504,16 @@ impl Bank {
                             Ok(()) => {
                                 report.committed += 1;
                                 report.commit_latencies.push(began.elapsed());
+                                watch.committed();
                             }
-                            Err(e) if e.is_retryable() => report.aborted += 1,
-                            Err(e) => return Err(e),
+                            Err(e) if e.is_retryable() => {
+                                report.aborted += 1;
+                                watch.aborted(&e);
+                            }
+                            Err(e) => fail(&mut report, "transfer", &e),
                         }
                     }
-                    Ok(report)
+                    report
                 });
             match spawned {
                 Ok(handle) => handles.push(handle),
@@ -289,17 +534,10 @@ impl Bank {
         termination.sleep(duration);
         stop.store(true, Ordering::Relaxed);
         let mut total = BankReport::default();
-        let mut failure = None;
         for handle in handles {
-            match handle.join().expect("bank threads do not panic") {
-                Ok(report) => total.merge(report),
-                Err(e) => failure = Some(e),
-            }
+            total.merge(handle.join().expect("bank threads do not panic"));
         }
         total.elapsed = start.elapsed();
-        match failure {
-            Some(e) => Err(e.into()),
-            None => Ok(total),
-        }
+        Ok(total)
     }
 }

@@ -6,7 +6,9 @@
 //!   rename) once the node is serving, removed when it stops cleanly. It stands in for the
 //!   configuration the configuration manager will distribute; because it carries access keys it is
 //!   as private as the cluster secret.
-//! - `n{id}-r{region}-{key}.region`: region and ring files (see [`crate::region`]).
+//! - `n{id}-r{region}-{key}.region`: region and ring files (see [`crate::region`]). They outlive
+//!   the node's process: a node never removes them when it stops, since they are what recovery
+//!   will read.
 //! - `n{id}.doorbell`: the node's doorbell (see [`crate::fabric::doorbell`]).
 //! - `cluster.secret`: the TCP cluster secret.
 
@@ -155,16 +157,34 @@ pub fn doorbell_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.doorbell"))
 }
 
-/// Removes the region, ring and doorbell files a previous run of `node` left in the cluster
-/// directory (a node that stopped cleanly removed them itself).
-pub fn remove_node_files(dir: &Path, node: NodeId) -> io::Result<()> {
-    let prefix = format!("{node}-");
+/// The area files (region copies, rings, reply area: `n{id}-r{area}-{key}.region`) that `node`
+/// has in the cluster directory, by area id, in id order. A file whose name does not parse is
+/// not one of them.
+pub fn node_area_files(dir: &Path, node: NodeId) -> io::Result<Vec<(RegionId, PathBuf)>> {
+    let prefix = format!("{node}-r");
+    let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with(".region") {
-            fs::remove_file(dir.join(name.as_ref()))?;
+        let Some(name) = name.to_str() else { continue };
+        let area = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".region"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(area, _key)| area.parse::<u32>().ok());
+        if let Some(area) = area {
+            files.push((RegionId(area), dir.join(name)));
         }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Removes the area and doorbell files a previous run of `node` left in the cluster directory.
+/// Only for files that hold nothing anyone needs (a client node's, or a memory node's that
+/// never held data): a memory node's region copies and rings are what recovery will read.
+pub fn remove_node_files(dir: &Path, node: NodeId) -> io::Result<()> {
+    for (_, path) in node_area_files(dir, node)? {
+        fs::remove_file(path)?;
     }
     match fs::remove_file(doorbell_path(dir, node)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -208,6 +228,33 @@ mod tests {
             NodeManifest::list(dir.path()).unwrap(),
             [NodeId(2), NodeId(4)],
             "manifests by name, whatever they hold; temporary files are none"
+        );
+    }
+
+    #[test]
+    fn a_nodes_area_files_are_listed_by_area_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "n1-r2147483650-0a.region",
+            "n1-r2-00ff.region",
+            "n12-r1-00ff.region",
+            "n1-rx-00ff.region",
+            "n1.manifest",
+            "n1-r3-00ff.region.tmp",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let found = node_area_files(dir.path(), NodeId(1)).unwrap();
+        assert_eq!(
+            found,
+            [
+                (RegionId(2), dir.path().join("n1-r2-00ff.region")),
+                (
+                    RegionId(0x8000_0002),
+                    dir.path().join("n1-r2147483650-0a.region")
+                ),
+            ]
         );
     }
 

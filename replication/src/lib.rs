@@ -9,6 +9,11 @@
 //! - [`cluster_file`], [`process`], [`client`]: clusters of node processes on one host: the
 //!   cluster file, the runtime of a node process (`acre node`), and the client node an
 //!   application process joins a running cluster with.
+//! - [`status`]: the status area a node's worker publishes its heartbeat and what it keeps of
+//!   each ring in, and what `acre cluster status` learns of each node (whether it answers, its
+//!   rings' fill and the oldest transaction each keeps).
+//! - [`restart`]: what a node finds of an earlier run (region copies and rings that hold data),
+//!   on which it refuses to start until recovery exists.
 //! - [`db`]: `Db`, the embedded API over an embedded cluster or a client node (re-exported by
 //!   the `acre` facade).
 //! - [`liveness`], [`orphan`]: whether a client coordinator is gone, and how the memory nodes
@@ -34,6 +39,8 @@ pub mod liveness;
 pub mod orphan;
 pub mod process;
 pub mod replica;
+pub mod restart;
+pub mod status;
 pub mod verify;
 pub mod worker;
 

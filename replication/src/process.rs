@@ -9,6 +9,7 @@
 
 use crate::cluster_file::{ClusterFile, ClusterFileError};
 use crate::liveness::LockFiles;
+use crate::restart::{self, KeptData};
 use crate::{ReplicaNode, StartError, Storage};
 use acre_engine::addr::NodeId;
 use acre_engine::directory::remove_node_files;
@@ -47,6 +48,32 @@ pub enum NodeStartError {
         node: NodeId,
         #[source]
         source: OpenError,
+    },
+    /// Another process runs this node.
+    #[error(
+        "{node} is already running (pid {pid}): stop it first, or remove {} if that pid is \
+         not an acre node",
+        manifest.display()
+    )]
+    Running {
+        node: NodeId,
+        pid: u32,
+        manifest: PathBuf,
+    },
+    /// The node's files hold data of an earlier run: starting on them, or replacing them, before
+    /// recovery exists would serve copies that missed what committed meanwhile, or lose data.
+    #[error(
+        "{node} found data of an earlier run in {} ({kept}) and does not start on it: until \
+         recovery is built it would serve copies that missed what committed while it was away; \
+         recovery will make it rejoin as a backup. To start fresh, remove the cluster's data \
+         with `acre cluster down --dir {} --purge` and start a new cluster",
+        dir.display(),
+        dir.display()
+    )]
+    KeptData {
+        node: NodeId,
+        dir: PathBuf,
+        kept: KeptData,
     },
     #[error("{node} cannot start: {source}")]
     Replica {
@@ -94,11 +121,18 @@ pub fn node_log_path(dir: &Path, node: NodeId) -> PathBuf {
 
 /// One node of a process cluster running in this process: a memory node (`acre node`) or a
 /// client node (`Db::connect`).
+///
+/// A memory node's region copies and rings outlive the process: it never removes or replaces
+/// them, on stop or on start (they are what recovery will read), and it does not start on files
+/// that hold data (see [`crate::restart`]). A client node holds no region and nobody writes
+/// records into its rings, so its files are removed when it stops and when its id starts again.
 pub struct ProcessNode {
     replica: Option<ReplicaNode>,
     _nic: Option<NicServer>,
     dir: PathBuf,
     node: NodeId,
+    /// Whether the configuration places regions on this node (else it is a client node).
+    memory_node: bool,
 }
 
 impl ProcessNode {
@@ -125,12 +159,18 @@ impl ProcessNode {
                 source,
             }
         };
+        let memory_node = file.config.nodes.contains(&node);
+        if memory_node {
+            ProcessNode::check_earlier_run(&dir, node)?;
+        }
         let incarnation = next_incarnation(&dir, node)
             .map_err(io("count its starts", incarnation_path(&dir, node)))?;
+        // A client's files, or a memory node's that hold nothing (checked above).
         remove_node_files(&dir, node).map_err(io("remove its stale files", dir.clone()))?;
         let started = ProcessNode::start_replica(&file, &dir, node, incarnation);
         if started.is_err() {
-            // Whatever it created before it failed is of no use to the next start.
+            // Whatever it created before it failed holds nothing and is of no use to the next
+            // start.
             let _ = remove_node_files(&dir, node);
         }
         let (replica, nic, tcp_addr) = started?;
@@ -149,7 +189,43 @@ impl ProcessNode {
             _nic: nic,
             dir,
             node,
+            memory_node,
         })
+    }
+
+    /// Refuses to start memory node `node` while another process runs it, or on files of an
+    /// earlier run that hold data.
+    fn check_earlier_run(dir: &Path, node: NodeId) -> Result<(), NodeStartError> {
+        let io = |what: &'static str, path: PathBuf| {
+            move |source| NodeStartError::Io {
+                node,
+                what,
+                path,
+                source,
+            }
+        };
+        let manifest_path = NodeManifest::path(dir, node);
+        let manifest = NodeManifest::read(dir, node)
+            .map_err(io("read its manifest", manifest_path.clone()))?;
+        if let Some(manifest) = manifest.filter(|m| process_alive(m.pid)) {
+            return Err(NodeStartError::Running {
+                node,
+                pid: manifest.pid,
+                manifest: manifest_path,
+            });
+        }
+        let kept = restart::kept_data(dir, node).map_err(io(
+            "look at the files of its earlier run",
+            dir.to_path_buf(),
+        ))?;
+        if !kept.is_empty() {
+            return Err(NodeStartError::KeptData {
+                node,
+                dir: dir.to_path_buf(),
+                kept,
+            });
+        }
+        Ok(())
     }
 
     /// The doorbell, the transport and the replica of a starting node.
@@ -197,7 +273,8 @@ impl ProcessNode {
         self.replica.as_ref().expect("running")
     }
 
-    /// Stops the worker, withdraws the manifest and removes the node's files.
+    /// Withdraws the manifest and stops the worker. A memory node keeps its files (its region
+    /// copies and rings are what recovery will read); a client node's files go.
     pub fn stop(mut self) {
         self.stop_inner();
     }
@@ -206,7 +283,9 @@ impl ProcessNode {
         if let Some(replica) = self.replica.take() {
             let _ = NodeManifest::remove(&self.dir, self.node);
             replica.stop();
-            let _ = remove_node_files(&self.dir, self.node);
+            if !self.memory_node {
+                let _ = remove_node_files(&self.dir, self.node);
+            }
         }
     }
 }

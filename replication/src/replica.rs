@@ -1,9 +1,13 @@
 //! One node of a transactional cluster, assembled: a copy of every region the configuration
-//! places on it (primary or backup), a log ring for every member, the reply area, the node's
-//! [`TxnNode`] and [`Backup`] state, and the worker that serves incoming records.
+//! places on it (primary or backup), a log ring for every member, the reply area, the status
+//! area, the node's [`TxnNode`] and [`Backup`] state, and the worker that serves incoming
+//! records.
 
 use crate::backup::Backup;
 use crate::liveness::Liveness;
+use crate::status::{
+    NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
+};
 use crate::worker::Worker;
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{ChannelError, Inbox};
@@ -131,6 +135,10 @@ impl ReplicaNode {
             .map_err(io("create the reply area"))?;
         let reply = register(Arc::new(reply))?;
         let replies = ReplyArea::new(reply, memory.doorbell().clone(), incarnation);
+        let status = storage
+            .region(node, STATUS_AREA_ID, status_area_bytes(senders.len()))
+            .map_err(io("create the status area"))?;
+        let status = StatusArea::new(register(Arc::new(status))?, &senders);
         let backup = Arc::new(Backup::new(backups, config.block_bytes));
         let txn = Arc::new(TxnNode::new(
             config,
@@ -139,7 +147,7 @@ impl ReplicaNode {
             replies,
             Primary::new(primaries),
         ));
-        let worker = Worker::spawn(txn.clone(), backup.clone(), inbox, clients)
+        let worker = Worker::spawn(txn.clone(), backup.clone(), inbox, status, clients)
             .map_err(io("spawn the worker"))?;
         Ok(ReplicaNode {
             txn,
@@ -168,6 +176,18 @@ impl ReplicaNode {
 
     pub fn worker(&self) -> Option<&Worker> {
         self.worker.as_ref()
+    }
+
+    /// What this node's status area says: its worker's heartbeat and, per ring, the records it
+    /// keeps and the oldest of them ([`crate::status`]).
+    pub fn status(&self) -> Result<NodeStatus, StatusError> {
+        let area = self
+            .txn
+            .fabric()
+            .memory()
+            .area(STATUS_AREA_ID)
+            .expect("the status area is registered at start");
+        read_status(area.words())
     }
 
     /// Every registered area, as a manifest lists them.

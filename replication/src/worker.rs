@@ -6,10 +6,13 @@
 //! Ring space: LOCK, COMMIT-PRIMARY and COMMIT-BACKUP records stay in the ring until their
 //! transaction is truncated (or, for LOCK, aborted), because recovery reads them there. A ring's
 //! head can only move past a prefix of records that are no longer needed, so `Retention`
-//! tracks which records of each ring are still live.
+//! tracks which records of each ring are still live, and for which transaction; the worker
+//! publishes how many it keeps of each ring and the oldest one in the node's status area
+//! ([`crate::status`]), where `acre cluster status` finds the transaction that pins a ring.
 //!
 //! The worker sleeps on the node's doorbell when idle; it wakes for new records, or after
-//! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending.
+//! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending. Every turn of its loop advances the
+//! status area's heartbeat, which is how an observer tells a serving worker from a stopped one.
 //!
 //! Every [`ORPHAN_CHECK_INTERVAL`] it also looks for the transactions it keeps records of whose
 //! client coordinator is gone, and hands them to the node's [`Resolver`], which asks the other
@@ -22,6 +25,7 @@ use crate::liveness::Liveness;
 use crate::orphan::{
     ORPHAN_CHECK_INTERVAL, ORPHAN_RETRY_AFTER, Orphan, Outcome, Resolver, Verdict, Voted,
 };
+use crate::status::{RingRetention, StatusArea};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{Inbox, Message};
 use acre_txn::TxnNode;
@@ -34,8 +38,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long an idle worker sleeps before re-checking its stop flag.
-const IDLE_SLEEP_MAX: Duration = Duration::from_millis(200);
+/// How long an idle worker sleeps before re-checking its stop flag (and advancing its
+/// heartbeat: an observer waits several of these for it to move).
+pub const IDLE_SLEEP_MAX: Duration = Duration::from_millis(200);
 /// Records handled between two looks at the truncation timer.
 const BATCH_MAX: usize = 64;
 /// Rounds of votes in a row some participant did not answer before a gone client's transaction
@@ -49,8 +54,8 @@ const DRAIN_RECORDS_MAX: usize = 1 << 20;
 /// The live records of one ring.
 #[derive(Debug, Default)]
 struct Retention {
-    /// Records still needed: position -> end.
-    live: BTreeMap<u64, u64>,
+    /// Records still needed: position -> transaction.
+    live: BTreeMap<u64, TxnId>,
     /// End of the last record read.
     read_end: u64,
     /// Where the ring was last truncated.
@@ -58,15 +63,17 @@ struct Retention {
 }
 
 impl Retention {
-    fn read(&mut self, pos: u64, end: u64, keep: bool) {
+    /// The record at `pos` ending at `end` was read; `keep` is its transaction if the record
+    /// stays until that transaction is truncated (or aborted).
+    fn read(&mut self, pos: u64, end: u64, keep: Option<TxnId>) {
         assert!(
             pos >= self.read_end,
             "records go forward: pos={pos} read_end={}",
             self.read_end
         );
         self.read_end = end;
-        if keep {
-            self.live.insert(pos, end);
+        if let Some(txn) = keep {
+            self.live.insert(pos, txn);
         }
     }
 
@@ -75,6 +82,15 @@ impl Retention {
         self.live
             .first_key_value()
             .map_or(self.read_end, |(&pos, _)| pos)
+    }
+
+    /// What the status area shows of this ring.
+    fn published(&self, sender: NodeId) -> RingRetention {
+        RingRetention {
+            sender,
+            kept_count: self.live.len() as u64,
+            oldest: self.live.first_key_value().map(|(&pos, &txn)| (pos, txn)),
+        }
     }
 }
 
@@ -133,6 +149,9 @@ struct Serving {
     rings: HashMap<NodeId, Retention>,
     kept: HashMap<TxnId, Kept>,
     stats: Arc<WorkerStats>,
+    status: StatusArea,
+    /// Whether what the rings keep changed since it was last published.
+    retention_changed: bool,
     /// Other nodes' ALLOC requests, served on a thread of their own.
     allocations: Allocations,
     /// Which client coordinators are gone.
@@ -157,12 +176,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker of `node`, serving `inbox`; `clients` tells which client
-    /// coordinators are gone (whose transactions it then settles).
+    /// Starts the worker of `node`, serving `inbox` and publishing in `status`; `clients`
+    /// tells which client coordinators are gone (whose transactions it then settles).
     pub fn spawn(
         node: Arc<TxnNode>,
         backup: Arc<Backup>,
         inbox: Inbox,
+        status: StatusArea,
         clients: Arc<dyn Liveness>,
     ) -> std::io::Result<Worker> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -174,6 +194,8 @@ impl Worker {
             rings: HashMap::new(),
             kept: HashMap::new(),
             stats: stats.clone(),
+            status,
+            retention_changed: false,
             allocations: Allocations::spawn(node.clone())?,
             clients,
             voted: Voted::default(),
@@ -223,6 +245,7 @@ impl Serving {
     fn run(&mut self, stop: &AtomicBool) {
         let me = self.node.node_id();
         while !stop.load(Ordering::SeqCst) {
+            self.status.beat();
             let timeout = if self.node.links().has_pending_truncations() {
                 TRUNCATE_FLUSH_AFTER
             } else {
@@ -255,6 +278,7 @@ impl Serving {
                 self.next_orphan_check = Instant::now() + ORPHAN_CHECK_INTERVAL;
             }
             self.truncate_rings();
+            self.publish_retention();
             if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
                 tracing::warn!(node = %me, "sending truncations failed: {e}");
             }
@@ -274,7 +298,7 @@ impl Serving {
                     node = %self.node.node_id(),
                     "dropping a record from {sender}: {e}"
                 );
-                self.ring(sender).read(pos, end, false);
+                self.ring(sender).read(pos, end, None);
                 return;
             }
         };
@@ -298,7 +322,7 @@ impl Serving {
                 record.kind().0
             );
             self.stats.late_refused.fetch_add(1, Ordering::Release);
-            self.ring(sender).read(pos, end, false);
+            self.ring(sender).read(pos, end, None);
             return;
         }
         // Which record this is, for a later vote, and the regions it lists.
@@ -378,7 +402,7 @@ impl Serving {
                 false
             }
         };
-        self.ring(sender).read(pos, end, keep);
+        self.ring(sender).read(pos, end, keep.then_some(txn));
         if keep {
             let kept = self.kept.entry(txn).or_default();
             kept.records.push((sender, pos));
@@ -386,6 +410,7 @@ impl Serving {
             if kept.regions.is_empty() {
                 kept.regions = regions;
             }
+            self.retention_changed = true;
         }
     }
 
@@ -616,7 +641,24 @@ impl Serving {
         let kept = self.kept.remove(&txn).unwrap_or_default();
         for (sender, pos) in kept.records {
             self.ring(sender).live.remove(&pos);
+            self.retention_changed = true;
         }
+    }
+
+    /// Shows in the status area what each ring keeps, if that changed.
+    fn publish_retention(&mut self) {
+        if !self.retention_changed {
+            return;
+        }
+        let empty = Retention::default();
+        let rings = &self.rings;
+        self.status.publish(
+            self.status
+                .senders()
+                .iter()
+                .map(|&sender| rings.get(&sender).unwrap_or(&empty).published(sender)),
+        );
+        self.retention_changed = false;
     }
 
     /// Moves every ring's head up to its first live record.
@@ -641,16 +683,32 @@ impl Serving {
 mod tests {
     use super::*;
 
+    fn txn(seq: u64) -> TxnId {
+        TxnId {
+            config: 1,
+            node: NodeId(100),
+            thread: 0,
+            seq,
+        }
+    }
+
     #[test]
     fn the_head_stops_at_the_first_live_record() {
         let mut ring = Retention::default();
-        ring.read(0, 64, true);
-        ring.read(64, 128, false);
-        ring.read(128, 192, true);
+        ring.read(0, 64, Some(txn(1)));
+        ring.read(64, 128, None);
+        ring.read(128, 192, Some(txn(2)));
         assert_eq!(ring.head(), 0);
+        assert_eq!(ring.published(NodeId(100)).oldest, Some((0, txn(1))));
         ring.live.remove(&0);
         assert_eq!(ring.head(), 128);
+        let published = ring.published(NodeId(100));
+        assert_eq!(
+            (published.kept_count, published.oldest),
+            (1, Some((128, txn(2))))
+        );
         ring.live.remove(&128);
         assert_eq!(ring.head(), 192);
+        assert_eq!(ring.published(NodeId(100)).oldest, None);
     }
 }

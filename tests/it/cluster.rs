@@ -2,11 +2,17 @@
 //! several processes at once over shm; bad input gets one line and exit code 2.
 
 use acre::cluster::CLUSTER_FILE;
-use acre::db::Db;
+use acre::db::{Db, NodeId};
+use acre::engine::directory::NodeManifest;
 use acre_benches::bank::Bank;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a killed process may take to be gone.
+const DEATH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a bounded wait looks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 pub fn acre(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_acre"))
@@ -24,7 +30,58 @@ pub fn text(output: &Output) -> String {
     )
 }
 
-/// A cluster directory that is taken down when the test ends, even on failure.
+/// Runs `command` with its output captured for at most `timeout`: `Ok` with its output if it
+/// exited, `Err` with what it printed if it had to be killed.
+pub fn run_bounded(mut command: Command, timeout: Duration) -> Result<Output, Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait for the command").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return Err(child
+                .wait_with_output()
+                .expect("collect the command's output"));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Ok(child
+        .wait_with_output()
+        .expect("collect the command's output"))
+}
+
+/// Sends signal `name` (`KILL`, `STOP`, `CONT`, ...) to process `pid`.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}: {status}");
+}
+
+/// Waits until process `pid` is gone.
+pub fn wait_until_dead(pid: u32) {
+    let deadline = Instant::now() + DEATH_TIMEOUT;
+    while acre::cluster::process_alive(pid) {
+        assert!(Instant::now() < deadline, "{pid} still runs");
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The pid of a running node, from its manifest.
+pub fn node_pid(cluster: &Cluster, node: NodeId) -> u32 {
+    NodeManifest::read(&cluster.dir, node)
+        .expect("read a manifest")
+        .expect("a running node has a manifest")
+        .pid
+}
+
+/// A cluster directory that is taken down and removed when the test ends, even on failure.
 pub struct Cluster {
     pub dir: PathBuf,
 }
@@ -53,7 +110,7 @@ impl Cluster {
         self.dir.to_str().expect("utf-8 path")
     }
 
-    fn file(&self) -> PathBuf {
+    pub fn file(&self) -> PathBuf {
         self.dir.join(CLUSTER_FILE)
     }
 }
@@ -61,7 +118,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if Path::new(&self.dir).exists() {
-            let _ = acre(&["cluster", "down", "--dir", self.dir()]);
+            let _ = acre(&["cluster", "down", "--dir", self.dir(), "--purge"]);
         }
     }
 }
@@ -131,9 +188,9 @@ fn bank_transfers_from_several_processes_keep_the_total_over_shm() {
     assert!(db.quiesce(Duration::from_secs(10)));
     drop(db);
 
-    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    let down = acre(&["cluster", "down", "--dir", cluster.dir(), "--purge"]);
     assert!(down.status.success(), "{}", text(&down));
-    assert!(!cluster.dir.exists(), "down removes the directory");
+    assert!(!cluster.dir.exists(), "down --purge removes the directory");
 }
 
 /// Clients that stop right after committing, one after another under the same client id (each

@@ -93,7 +93,7 @@ fn a_ring_too_small_is_refused_before_any_node_starts() {
 }
 
 /// With a garbage cluster file, `up` still sees the running nodes (and leaves them alone), and
-/// `down` still finds and stops them through their manifests.
+/// `down --purge` still finds and stops them through their manifests.
 #[test]
 fn a_garbage_cluster_file_does_not_hide_the_running_nodes() {
     let cluster = Cluster::up("garbage", "shm");
@@ -108,7 +108,7 @@ fn a_garbage_cluster_file_does_not_hide_the_running_nodes() {
     std::fs::write(cluster.dir.join(CLUSTER_FILE), "this is [not toml").expect("garble");
 
     let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
-    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    let down = acre(&["cluster", "down", "--dir", cluster.dir(), "--purge"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|&pid| acre::cluster::process_alive(pid)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -130,5 +130,5 @@ fn a_garbage_cluster_file_does_not_hide_the_running_nodes() {
     );
     assert!(down.status.success(), "{}", text(&down));
     assert_eq!(survivors, Vec::<u32>::new(), "{}", text(&down));
-    assert!(!cluster.dir.exists(), "down removes the directory");
+    assert!(!cluster.dir.exists(), "down --purge removes the directory");
 }

@@ -7,7 +7,7 @@ use crate::error::TxnError;
 use crate::read::Found;
 use crate::record::{Body, EntryKind, ReplyTo, TxnId, TxnRecord};
 use crate::reply::{Code, REPLIES_PER_TXN_MAX, SlotLease, alloc_failure};
-use crate::txn_node::TxnNode;
+use crate::txn_node::{REPLY_TIMEOUT, TxnNode};
 use crate::value;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,6 +101,26 @@ impl Txn {
         }
         self.next_reply_index += 1;
         Ok((index, self.node.replies().reply_to(self.slot(), index)))
+    }
+
+    /// Sends a request whose answer comes to this transaction's reply slot, and returns where:
+    /// the log space at `target` is reserved first, so a request that never left (no room, too
+    /// large) takes no reply index and cannot make the slot wait for a late answer.
+    pub(crate) fn send_request(&mut self, target: NodeId, body: Body) -> Result<usize, TxnError> {
+        let node = self.node.clone();
+        let links = node.links();
+        let mut reservation = links.reserve(target, &[&body])?;
+        let sent = self.next_reply().and_then(|(index, reply)| {
+            let record = TxnRecord {
+                txn: self.id,
+                reply,
+                truncated: Vec::new(),
+                body,
+            };
+            links.send(target, &mut reservation, record).map(|()| index)
+        });
+        links.release(target, reservation);
+        sent
     }
 
     /// `count` more replies were read: they can no longer arrive late.
@@ -271,22 +291,28 @@ impl Txn {
                 len,
                 reason: "larger than 4 GiB".into(),
             })?;
-        let (index, reply) = self.next_reply()?;
-        let record = TxnRecord {
-            txn: self.id,
-            reply,
-            truncated: Vec::new(),
-            body: Body::Alloc {
-                region,
-                len: payload_len,
-                near,
-            },
+        let body = Body::Alloc {
+            region,
+            len: payload_len,
+            near,
         };
-        let reply = self.node.request(primary, record, self.slot(), index);
-        let reply = reply.inspect_err(|_| {
-            // The primary may have reserved a slot this transaction never learns of.
+        let index = self.send_request(primary, body).inspect_err(|_| {
+            // An append that failed may still have arrived, and the primary reserved a slot.
             self.alloc_uncertain.insert(primary);
         })?;
+        let reply = self
+            .node
+            .replies()
+            .wait(self.slot(), self.id.seq, &[index], REPLY_TIMEOUT)
+            .map(|mut replies| replies.remove(0))
+            .map_err(|_| {
+                // The primary may have reserved a slot this transaction never learns of.
+                self.alloc_uncertain.insert(primary);
+                TxnError::Unavailable {
+                    node: primary,
+                    reason: format!("no ALLOC reply within {REPLY_TIMEOUT:?}"),
+                }
+            })?;
         self.replies_consumed(1);
         match reply.code {
             Code::Allocated => Ok((

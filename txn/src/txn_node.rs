@@ -7,12 +7,11 @@
 use crate::config::Configuration;
 use crate::courier::Couriers;
 use crate::directory::Directory;
-use crate::error::TxnError;
 use crate::link::Links;
 use crate::primary::Primary;
 use crate::read::ObjectReader;
-use crate::record::{ReplyTo, TxnRecord};
-use crate::reply::{Code, Reply, ReplyArea, reply_ops};
+use crate::record::ReplyTo;
+use crate::reply::{Code, ReplyArea, reply_ops};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::fabric::Fabric;
 use std::sync::Arc;
@@ -101,25 +100,5 @@ impl TxnNode {
     /// Regions this node is primary of, for allocations without a locality hint.
     pub fn local_primary_regions(&self) -> Vec<RegionId> {
         self.primary.region_ids()
-    }
-
-    /// Sends a record that needs no reservation bookkeeping by the caller and waits for the
-    /// reply at `index` of the transaction's slot.
-    pub fn request(
-        &self,
-        target: NodeId,
-        record: TxnRecord,
-        slot: u16,
-        index: usize,
-    ) -> Result<Reply, TxnError> {
-        let seq = record.txn.seq;
-        self.links.send_one(target, record)?;
-        self.replies
-            .wait(slot, seq, &[index], REPLY_TIMEOUT)
-            .map(|mut replies| replies.remove(0))
-            .map_err(|_| TxnError::Unavailable {
-                node: target,
-                reason: format!("no reply within {REPLY_TIMEOUT:?}"),
-            })
     }
 }

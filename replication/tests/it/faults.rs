@@ -374,3 +374,47 @@ fn a_slow_backup_under_an_alloc_does_not_stall_the_primary_for_others() {
     cluster.check_replicas().expect("backups match");
     cluster.stop();
 }
+
+/// A request that never left (here a VALIDATE too large for any log record, refused when log
+/// space is reserved) cannot be answered late, so it must not quarantine its transaction's
+/// reply slot: against a pinned ring, audits that fail this way used up all 64 slots in
+/// milliseconds ("all 64 transaction slots ... are in use").
+#[test]
+fn a_request_that_never_left_does_not_quarantine_the_slot() {
+    let cluster = three_nodes();
+    let (n1, n2) = (txn_node(&cluster, 0), txn_node(&cluster, 1));
+    // More objects at n2 than one VALIDATE record can list (16 bytes a read, a record at most a
+    // quarter of a 256 KiB ring).
+    let mut objects = Vec::new();
+    while objects.len() < 4200 {
+        let mut txn = n2.begin().expect("begin");
+        for _ in 0..200 {
+            let addr = txn
+                .alloc_near(8, Addr::new(region_of(1), 0))
+                .expect("alloc");
+            txn.write(addr, b"x").expect("write");
+            objects.push(addr);
+        }
+        assert_eq!(txn.commit(), Ok(()));
+    }
+    let mut reader = n1.begin().expect("begin");
+    let slot = reader.id().thread;
+    for &addr in &objects {
+        reader.read(addr).expect("read");
+    }
+    let outcome = reader.commit();
+    assert!(
+        matches!(outcome, Err(CommitError::TxnTooLarge { .. })),
+        "a VALIDATE of {} reads: {outcome:?}",
+        objects.len()
+    );
+    let next = n1.begin().expect("begin");
+    assert_eq!(
+        next.id().thread,
+        slot,
+        "the slot of a request that never left was quarantined"
+    );
+    drop(next);
+    settle(&cluster);
+    cluster.stop();
+}

@@ -8,3 +8,4 @@ mod fixture;
 mod index;
 mod list_append;
 mod protocol;
+mod status;

@@ -5,7 +5,7 @@
 //! commits by this step alone.
 
 use crate::error::TxnError;
-use crate::record::{Body, TxnRecord};
+use crate::record::Body;
 use crate::reply::{Code, Reply};
 use crate::txn::Txn;
 use crate::txn_node::REPLY_TIMEOUT;
@@ -109,15 +109,8 @@ fn send_validate(
     reads: Vec<(Addr, u64)>,
 ) -> Result<ValidateSent, TxnError> {
     assert!(reads.len() > T_R, "{} reads go one-sided", reads.len());
-    let (reply_index, reply) = txn.next_reply()?;
     let first = reads[0].0;
-    let record = TxnRecord {
-        txn: txn.id,
-        reply,
-        truncated: Vec::new(),
-        body: Body::Validate { reads },
-    };
-    txn.node.links().send_one(primary, record)?;
+    let reply_index = txn.send_request(primary, Body::Validate { reads })?;
     Ok(ValidateSent {
         primary,
         reply_index,

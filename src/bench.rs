@@ -12,6 +12,7 @@
 use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, EmbeddedOptions};
+use acre::engine::signal::{self, Termination};
 use acre_benches::bank::{Bank, THREADS_MAX, quantile};
 use anyhow::Context;
 use std::io::Write as _;
@@ -56,7 +57,7 @@ struct Row {
     p99: Duration,
 }
 
-pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &BankBenchArgs, termination: &Termination) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
     anyhow::ensure!(args.accounts >= 8, "--accounts must be at least 8");
@@ -82,7 +83,7 @@ pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
             persist: "auto".into(),
         })?;
     }
-    let outcome = measure(args, processes);
+    let outcome = measure(args, processes, termination);
     if processes {
         launch::down(&DownArgs {
             purge: true,
@@ -90,6 +91,14 @@ pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     let rows = outcome?;
+    if let Some(signal) = termination.requested() {
+        writeln!(
+            out,
+            "interrupted by {}: {} rows measured",
+            signal::signal_name(signal),
+            rows.len()
+        )?;
+    }
     writeln!(
         out,
         "{:<12} {:>7} {:>12} {:>10} {:>10} {:>10}",
@@ -110,7 +119,11 @@ pub fn run(args: &BankBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn measure(args: &BankBenchArgs, processes: bool) -> anyhow::Result<Vec<Row>> {
+fn measure(
+    args: &BankBenchArgs,
+    processes: bool,
+    termination: &Termination,
+) -> anyhow::Result<Vec<Row>> {
     let mut out = crate::output::stdout();
     let db = if processes {
         Db::connect(&args.dir.join(CLUSTER_FILE))?
@@ -135,7 +148,14 @@ fn measure(args: &BankBenchArgs, processes: bool) -> anyhow::Result<Vec<Row>> {
         (Kind::ReadOnly4, "read-only 4"),
     ] {
         for &threads in &args.threads {
-            rows.push(measure_one(&db, &bank, kind, name, threads, args.seconds)?);
+            if termination.requested().is_some() {
+                break;
+            }
+            let row = measure_one(&db, &bank, kind, name, threads, args.seconds, termination)?;
+            // A row cut short by Ctrl-C measured too little to print.
+            if termination.requested().is_none() {
+                rows.push(row);
+            }
         }
     }
     let audit = bank.audit(&db).context("final audit")?;
@@ -153,6 +173,7 @@ fn measure_one(
     name: &'static str,
     threads: usize,
     seconds: u64,
+    termination: &Termination,
 ) -> anyhow::Result<Row> {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -220,10 +241,10 @@ fn measure_one(
             "start thread {index} of {threads} (run fewer threads)"
         )));
     }
-    std::thread::sleep(Duration::from_secs(1)); // warm-up, not counted
+    termination.sleep(Duration::from_secs(1)); // warm-up, not counted
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(seconds));
+    termination.sleep(Duration::from_secs(seconds));
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);

@@ -1,7 +1,9 @@
 //! `acre bench ycsb`: YCSB's core workloads through one driver (`acre_benches::ycsb`) against
 //! Acre (an embedded cluster, or a running cluster started by `acre cluster up`) or Redis.
 //! A load phase inserts the records, a run phase measures after a warm-up; the results are
-//! printed and written to a JSON file.
+//! printed and written to a JSON file. SIGINT (Ctrl-C) or SIGTERM ends the phase early: its
+//! threads finish the operation they are in, what it measured is printed (nothing written), and
+//! a cluster client drops its `Db` as at any other end.
 //!
 //! Expectation on this 2-core machine: Acre's reads are read-only transactions of two one-sided
 //! reads plus two header re-reads, a few µs; its updates commit through LOCK at the primary's
@@ -9,6 +11,7 @@
 //! single-threaded server, around 20-40 µs.
 
 use acre::db::{Db, EmbeddedOptions};
+use acre::engine::signal::{self, Termination};
 use acre_benches::ycsb::acre::AcreBackend;
 use acre_benches::ycsb::{self, Backend, Workload};
 use anyhow::Context;
@@ -16,6 +19,7 @@ use std::io::IsTerminal;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes of object memory an embedded cluster provides per record (a record's 1 KiB slot and
@@ -115,7 +119,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
-pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &YcsbArgs, termination: &Arc<Termination>) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let workload = Workload::parse(&args.workload)?;
     let target = Target::parse(&args.target)?;
@@ -132,6 +136,7 @@ pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         seed: args.seed,
         progress: std::io::stdout().is_terminal(),
+        termination: Some(termination.clone()),
     };
     options.validate()?;
     let backend = connect(&target, args)?;
@@ -145,6 +150,14 @@ pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
     )?;
     let load = ycsb::load(backend.as_ref(), &options).context("load the records")?;
     load.print_text(&mut out)?;
+    if let Some(signal) = termination.requested() {
+        writeln!(
+            out,
+            "interrupted by {} during the load: no run, no results written",
+            signal::signal_name(signal)
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(failed) = load.operations.iter().find(|op| op.failed_count > 0) {
         anyhow::bail!(
             "{} of the {} inserts of the load failed ({}): the run would measure a partial \
@@ -156,6 +169,15 @@ pub fn run(args: &YcsbArgs) -> anyhow::Result<ExitCode> {
     }
     let run = ycsb::run(backend.as_ref(), &options).context("run the workload")?;
     run.print_text(&mut out)?;
+    if let Some(signal) = termination.requested() {
+        writeln!(
+            out,
+            "interrupted by {} during the run: the numbers above cover what ran; no results \
+             written",
+            signal::signal_name(signal)
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let json = args.json.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "ycsb-{}-{}.json",

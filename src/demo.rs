@@ -3,11 +3,15 @@
 //! processes (`bank`). Prints committed and aborted transactions per second, the p50/p99 commit
 //! latency, and whether the invariant held; exit code 1 if it did not. A transaction that fails
 //! (a node died or stopped answering) is said on stderr when it happens (rate-limited, see
-//! `acre_benches::bank::Notice`); the run goes on, prints what completed, and exits 2.
+//! `acre_benches::bank::Notice`); the run goes on, prints what completed, and exits 2. SIGINT
+//! (Ctrl-C) or SIGTERM ends the run early: the transactions in flight finish, the report covers
+//! what ran, and the client's `Db` is dropped as at any other end (a second signal exits at
+//! once).
 
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Addr, Db, EmbeddedOptions};
-use acre_benches::bank::{Bank, BankReport, THREADS_MAX};
+use acre::engine::signal::{self, Termination};
+use acre_benches::bank::{Bank, BankReport, RunPlan, THREADS_MAX};
 use anyhow::Context;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -72,7 +76,7 @@ fn check_workload(args: &WorkloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+pub fn demo(args: &DemoArgs, termination: &Termination) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     check_workload(&args.workload)?;
     anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
@@ -89,18 +93,21 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         args.nodes, replicas
     )?;
     let bank = Bank::create(&db, args.workload.accounts, 1000).context("create the accounts")?;
-    run_and_report(&db, &bank, &args.workload, "acre demo", true)
+    run_and_report(&db, &bank, &args.workload, "acre demo", true, termination)
 }
 
-pub fn bank(args: &BankArgs) -> anyhow::Result<ExitCode> {
+pub fn bank(args: &BankArgs, termination: &Termination) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     check_workload(&args.workload)?;
     let db = Db::connect(&args.dir.join(CLUSTER_FILE))?;
     writeln!(
         out,
-        "acre bank: connected to the {}-node cluster in {}, {} replicas of every region",
+        "acre bank: connected to the {}-node cluster in {} as client {}, {} replicas of every \
+         region",
         db.config().nodes.len(),
         args.dir.display(),
+        db.client_id()
+            .map_or_else(|| "?".into(), |id| id.to_string()),
         db.config().f + 1
     )?;
     let bank = match args.bank {
@@ -112,7 +119,7 @@ pub fn bank(args: &BankArgs) -> anyhow::Result<ExitCode> {
         "bank directory object: {} (pass --bank {} to reuse it)",
         bank.directory, bank.directory
     )?;
-    run_and_report(&db, &bank, &args.workload, "acre bank", false)
+    run_and_report(&db, &bank, &args.workload, "acre bank", false, termination)
 }
 
 fn run_and_report(
@@ -121,6 +128,7 @@ fn run_and_report(
     args: &WorkloadArgs,
     command: &'static str,
     embedded: bool,
+    termination: &Termination,
 ) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     writeln!(
@@ -135,14 +143,25 @@ fn run_and_report(
     let mut report = bank
         .run(
             db,
-            args.threads,
-            args.audits,
-            Duration::from_secs(args.seconds),
-            args.seed,
+            RunPlan {
+                transfer_threads: args.threads,
+                audit_threads: args.audits,
+                duration: Duration::from_secs(args.seconds),
+                seed: args.seed,
+            },
+            termination,
             // Said when it happens, on stderr (where the libraries' warnings go too).
             move |notice| eprintln!("{command}: {notice}"),
         )
         .context("run the transfers")?;
+    if let Some(signal) = termination.requested() {
+        writeln!(
+            out,
+            "interrupted by {} after {:.1} s: the transactions in flight finished",
+            signal::signal_name(signal),
+            report.elapsed.as_secs_f64()
+        )?;
+    }
     print_report(&mut report)?;
     if let Some(first) = report.failures.first() {
         // With a node gone, the final audit would wait on what it cannot reach or on what

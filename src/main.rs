@@ -8,11 +8,13 @@ mod launch;
 mod output;
 
 use acre::db::NodeId;
+use acre::engine::signal::Termination;
 use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -94,15 +96,19 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Demo(args) => demo::demo(&args),
-        Command::Bank(args) => demo::bank(&args),
+        Command::Demo(args) => watch_termination().and_then(|t| demo::demo(&args, &t)),
+        Command::Bank(args) => watch_termination().and_then(|t| demo::bank(&args, &t)),
         Command::Cluster(ClusterCommand::Up(args)) => launch::up(&args),
         Command::Cluster(ClusterCommand::Status(args)) => launch::status(&args),
         Command::Cluster(ClusterCommand::Down(args)) => launch::down(&args),
         Command::Node { cluster, id } => run_node(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
-        Command::Bench(BenchCommand::Bank(args)) => bench::run(&args),
-        Command::Bench(BenchCommand::Ycsb(args)) => bench_ycsb::run(&args),
+        Command::Bench(BenchCommand::Bank(args)) => {
+            watch_termination().and_then(|t| bench::run(&args, &t))
+        }
+        Command::Bench(BenchCommand::Ycsb(args)) => {
+            watch_termination().and_then(|t| bench_ycsb::run(&args, &t))
+        }
     };
     match result {
         Ok(code) => code,
@@ -133,6 +139,14 @@ fn one_line(error: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+/// Takes SIGINT and SIGTERM from here on as a request to stop (see
+/// `acre::engine::signal::Termination`): a client command winds its work down, lets its
+/// transactions finish and drops its `Db` (which sends its queued truncations) instead of dying
+/// with locks and records held at the memory nodes. Called before the command starts any thread.
+fn watch_termination() -> anyhow::Result<Arc<Termination>> {
+    Termination::watch().context("watch for SIGINT and SIGTERM")
 }
 
 fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCode> {

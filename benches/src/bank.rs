@@ -12,6 +12,7 @@
 //! once, then at most one notice per kind every [`NOTICE_INTERVAL`], and a stall when no
 //! transfer has committed for [`STALL_AFTER`].
 
+use acre_engine::signal::Termination;
 use acre_replication::db::{Addr, CommitError, Db, Error, IndexError, NodeId, TxnError};
 use std::collections::HashMap;
 use std::fmt;
@@ -36,6 +37,16 @@ pub const STALL_AFTER: Duration = Duration::from_secs(5);
 const FAILURE_PAUSE: Duration = Duration::from_millis(10);
 
 const POISONED: &str = "a bank thread panicked while holding this lock";
+
+/// What a bank run does: threads of transfers and of audits, for how long, from which seed.
+#[derive(Clone, Copy, Debug)]
+pub struct RunPlan {
+    pub transfer_threads: usize,
+    pub audit_threads: usize,
+    pub duration: Duration,
+    /// Seed of the transfer generator (each thread derives its own).
+    pub seed: u64,
+}
 
 /// Why a bank run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -422,20 +433,25 @@ impl Bank {
         Ok(Ok(total))
     }
 
-    /// Runs `transfer_threads` threads of transfers and `audit_threads` threads of audits for
-    /// `duration` (at most [`THREADS_MAX`] together). A transaction that fails with an error a
-    /// retry does not fix is counted in the report's `failures` and its thread goes on;
+    /// Runs the threads of `plan` (at most [`THREADS_MAX`] together) for its duration, or
+    /// until `termination` is requested (Ctrl-C): then every thread finishes the transaction it
+    /// is in and the run reports what it measured so far. A transaction that fails with an
+    /// error a retry does not fix is counted in the report's `failures` and its thread goes on;
     /// `notify` hears of failures and stalls as they happen (from the run's threads, see
     /// [`Notice`]).
     pub fn run(
         &self,
         db: &Db,
-        transfer_threads: usize,
-        audit_threads: usize,
-        duration: Duration,
-        seed: u64,
+        plan: RunPlan,
+        termination: &Termination,
         notify: impl Fn(&Notice<'_>) + Send + Sync + 'static,
     ) -> Result<BankReport, BankError> {
+        let RunPlan {
+            transfer_threads,
+            audit_threads,
+            duration,
+            seed,
+        } = plan;
         let threads = transfer_threads.saturating_add(audit_threads);
         if threads > THREADS_MAX {
             return Err(BankError::TooManyThreads {
@@ -515,7 +531,7 @@ impl Bank {
                 }
             }
         }
-        std::thread::sleep(duration);
+        termination.sleep(duration);
         stop.store(true, Ordering::Relaxed);
         let mut total = BankReport::default();
         for handle in handles {

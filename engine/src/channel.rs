@@ -263,6 +263,15 @@ impl Inbox {
         Ok(())
     }
 
+    /// The next message from `sender` only, without blocking (`None` also when this inbox has
+    /// no ring for `sender`): how a receiver reads everything one sender has written so far.
+    pub fn poll_from(&mut self, sender: NodeId) -> Result<Option<Message>, ChannelError> {
+        let Some(ring) = self.rings.iter_mut().find(|r| r.sender == sender) else {
+            return Ok(None);
+        };
+        Ok(ring.reader.poll()?.map(|record| Message { sender, record }))
+    }
+
     /// The next message, spinning briefly and then sleeping on the doorbell for up to `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Result<Option<Message>, ChannelError> {
         let doorbell = self.doorbell.clone();

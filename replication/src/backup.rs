@@ -80,6 +80,40 @@ impl Backup {
         );
     }
 
+    /// A copy of part of `txn`'s COMMIT-BACKUP, sent by the primary of the regions of `entries`
+    /// because the coordinator died before this backup got it (docs/failures.md#a-client-that-dies):
+    /// keeps the entries of the regions this backup holds nothing of yet (a part may come
+    /// twice). Returns whether it kept any.
+    pub fn hold_part(&self, txn: TxnId, entries: Vec<Entry>) -> bool {
+        let mut held = self.held.lock().expect(crate::POISONED);
+        let have: Vec<RegionId> = held
+            .get(&txn)
+            .map(|entries| entries.iter().map(|e| e.addr.region()).collect())
+            .unwrap_or_default();
+        let new: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| !have.contains(&e.addr.region()))
+            .collect();
+        if new.is_empty() {
+            return false;
+        }
+        held.entry(txn).or_default().extend(new);
+        true
+    }
+
+    /// Whether this backup holds `txn`'s entries for every region in `regions` it has a copy
+    /// of (every region a transaction writes has entries).
+    pub fn covers(&self, txn: TxnId, regions: &[RegionId]) -> bool {
+        let held = self.held.lock().expect(crate::POISONED);
+        let Some(entries) = held.get(&txn) else {
+            return false;
+        };
+        regions
+            .iter()
+            .filter(|region| self.regions.contains_key(region))
+            .all(|region| entries.iter().any(|e| e.addr.region() == *region))
+    }
+
     /// TRUNCATE: applies the transaction to the copies (if this backup holds it). On an error
     /// the transaction stays held; applying it again later skips the entries already applied
     /// (their versions are no longer newer than the copy's).

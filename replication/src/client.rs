@@ -1,10 +1,21 @@
 //! A client node in an application's process: it holds no regions, claims a client id of a
 //! running cluster with a lock file, and coordinates transactions on the cluster's objects
 //! (what `Db::connect` runs).
+//!
+//! An id is claimed only when nothing of an earlier client with that id is left at the memory
+//! nodes (docs/failures.md#a-client-that-dies): its lock file is free (no process is that
+//! client) and its ring at every memory node is empty (every record it wrote was handled and
+//! dropped: no lock, reservation or record of it is held). A client that died leaves its id
+//! held until the memory nodes have released what it left; the next client takes another id.
 
 use crate::cluster_file::{ClusterFile, ClusterFileError};
+use crate::liveness::client_lock_path;
 use crate::process::{ManifestWaitError, NodeStartError, ProcessNode, wait_for_manifests};
+use acre_engine::addr::{Addr, NodeId};
+use acre_engine::channel::ring_area_id;
+use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
 use acre_txn::TxnNode;
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,15 +41,78 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    /// Every client id is taken: by a running client, or held by what a client that died left
+    /// at the memory nodes (released once they have resolved its transactions; those that
+    /// reached COMMIT-BACKUP without being committed wait for recovery).
     #[error(
-        "all {count} client ids of the cluster are in use: stop a client, or start the cluster \
-         with more (--clients)"
+        "all {count} client ids of the cluster are taken ({}): stop a client, wait until the \
+         memory nodes have released what a client that died left, or start the cluster with \
+         more ids (--clients)",
+        taken.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
     )]
-    ClientsInUse { count: usize },
+    ClientsInUse { count: usize, taken: Vec<Taken> },
     #[error(transparent)]
     Start(#[from] NodeStartError),
     #[error(transparent)]
     Manifests(#[from] ManifestWaitError),
+}
+
+/// Why one client id could not be claimed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Taken {
+    /// Another process holds the id's lock file: it is that client.
+    Running { client: NodeId },
+    /// A memory node's ring for the id holds records (`head` to `tail`) of an earlier client
+    /// with this id: unread, or kept for a transaction not finished yet.
+    Held {
+        client: NodeId,
+        node: NodeId,
+        head: u64,
+        tail: u64,
+    },
+    /// A memory node's ring for the id could not be read, so whether it holds anything is
+    /// unknown.
+    Unknown {
+        client: NodeId,
+        node: NodeId,
+        reason: String,
+    },
+}
+
+impl fmt::Display for Taken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Taken::Running { client } => write!(f, "{client} runs in another process"),
+            Taken::Held {
+                client,
+                node,
+                head,
+                tail,
+            } if head < tail => write!(
+                f,
+                "{client} is held by {node}, whose ring for it still holds {} bytes of records \
+                 of a client that died",
+                tail - head
+            ),
+            Taken::Held {
+                client,
+                node,
+                head,
+                tail,
+            } => write!(
+                f,
+                "{client} is held by {node}, which read its ring up to {head}, past the tail \
+                 {tail} the writer persisted (a client killed in the middle of an append): the \
+                 ring must be reset before the id is used again"
+            ),
+            Taken::Unknown {
+                client,
+                node,
+                reason,
+            } => write!(f, "{client}'s ring at {node} cannot be read: {reason}"),
+        }
+    }
 }
 
 /// A client node in an application process: it holds no regions and coordinates transactions
@@ -50,34 +124,50 @@ pub struct ClientNode {
 }
 
 impl ClientNode {
-    /// Claims a free client id of the cluster in `cluster_file` and starts a node for it.
+    /// Claims a free client id of the cluster in `cluster_file` and starts a node for it. An
+    /// id is free when no process holds its lock file and no memory node holds anything an
+    /// earlier client with that id wrote (see the module docs).
     pub fn connect(cluster_file: &Path) -> Result<ClientNode, ConnectError> {
         let file = ClusterFile::read(cluster_file)?;
         let dir = cluster_file.parent().unwrap_or(Path::new("."));
+        // The memory nodes are not this process's children: only their manifests tell.
+        wait_for_manifests(
+            dir,
+            file.config.nodes.iter().copied(),
+            CONNECT_TIMEOUT,
+            |_| None,
+        )?;
+        let mut taken = Vec::new();
         for &id in &file.config.clients {
-            let path = dir.join(format!("client-{}.lock", id.0));
+            let path = client_lock_path(dir, id);
             let claim = match File::create(&path) {
                 Ok(claim) => claim,
                 Err(source) => return Err(ConnectError::Claim { path, source }),
             };
             if claim.try_lock().is_err() {
-                continue; // another process is this client
+                taken.push(Taken::Running { client: id });
+                continue;
             }
+            // The rings are read through the fabric, as any one-sided operation, so this
+            // needs the node started (over tcp, its connections).
             let node = ProcessNode::start(cluster_file, id)?;
-            // The memory nodes are not this process's children: only their manifests tell.
-            wait_for_manifests(
-                dir,
-                file.config.nodes.iter().copied(),
-                CONNECT_TIMEOUT,
-                |_| None,
-            )?;
-            return Ok(ClientNode {
-                node,
-                _claim: claim,
-            });
+            match held_at(node.txn(), &file.config.nodes, id) {
+                None => {
+                    return Ok(ClientNode {
+                        node,
+                        _claim: claim,
+                    });
+                }
+                Some(held) => {
+                    tracing::info!("{held}; trying the next client id");
+                    taken.push(held);
+                    node.stop();
+                }
+            }
         }
         Err(ConnectError::ClientsInUse {
             count: file.config.clients.len(),
+            taken,
         })
     }
 
@@ -99,6 +189,51 @@ impl ClientNode {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// Whether some memory node in `nodes` holds anything `client` wrote: its ring there is not
+/// empty (head and tail differ), or cannot be read. `txn` is the node reading, over the fabric.
+fn held_at(txn: &TxnNode, nodes: &[NodeId], client: NodeId) -> Option<Taken> {
+    let area = ring_area_id(client);
+    // One READ covers both position words.
+    let len = (TAIL_OFFSET + 8 - HEAD_OFFSET) as u32;
+    for &node in nodes {
+        let unknown = |reason: String| Taken::Unknown {
+            client,
+            node,
+            reason,
+        };
+        let key = match txn.directory().lookup(txn.fabric(), node, area) {
+            Ok((key, _)) => key,
+            Err(e) => return Some(unknown(e.to_string())),
+        };
+        let bytes = match txn
+            .fabric()
+            .read(node, Addr::new(area, HEAD_OFFSET as u32), key, len)
+        {
+            Ok(bytes) if bytes.len() == len as usize => bytes,
+            Ok(bytes) => return Some(unknown(format!("a read returned {} bytes", bytes.len()))),
+            Err(e) => return Some(unknown(e.to_string())),
+        };
+        let word = |offset: u64| {
+            let at = (offset - HEAD_OFFSET) as usize;
+            let word = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+            decode_pos_word(word, offset)
+        };
+        match (word(HEAD_OFFSET), word(TAIL_OFFSET)) {
+            (Ok(head), Ok(tail)) if head == tail => {}
+            (Ok(head), Ok(tail)) => {
+                return Some(Taken::Held {
+                    client,
+                    node,
+                    head,
+                    tail,
+                });
+            }
+            (Err(e), _) | (_, Err(e)) => return Some(unknown(e.to_string())),
+        }
+    }
+    None
 }
 
 impl Drop for ClientNode {

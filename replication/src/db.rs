@@ -136,6 +136,15 @@ impl Db {
         }
     }
 
+    /// The client id this `Db` claimed, for one connected to a cluster of node processes
+    /// ([`Db::connect`]); `None` for an embedded cluster.
+    pub fn client_id(&self) -> Option<NodeId> {
+        match &self.inner.backing {
+            Backing::Embedded(_) => None,
+            Backing::Client(client) => Some(client.txn().node_id()),
+        }
+    }
+
     /// The configuration: nodes, regions, primaries and backups.
     pub fn config(&self) -> &Configuration {
         self.inner.coordinators[0].config()

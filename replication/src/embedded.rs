@@ -1,8 +1,10 @@
 //! An embedded cluster: every node of a configuration in this process, on the `local`
 //! transport, in anonymous memory. What `Db::embedded` runs, and what the tests use.
 
+use crate::liveness::Stopped;
 use crate::replica::{ReplicaNode, StartError, Storage};
 use crate::verify::{self, Mismatch};
+use acre_engine::addr::NodeId;
 use acre_engine::fabric::fault::FaultPlan;
 use acre_engine::fabric::local::{LocalCluster, LocalTransport};
 use acre_engine::fabric::memory::NodeMemory;
@@ -17,7 +19,9 @@ pub struct EmbeddedCluster {
     config: Arc<Configuration>,
     nodes: Vec<ReplicaNode>,
     faults: Option<Arc<FaultPlan>>,
-    _local: Arc<LocalCluster>,
+    /// The nodes [`EmbeddedCluster::kill`] stopped.
+    stopped: Arc<Stopped>,
+    local: Arc<LocalCluster>,
 }
 
 impl EmbeddedCluster {
@@ -43,6 +47,7 @@ impl EmbeddedCluster {
     ) -> Result<EmbeddedCluster, StartError> {
         let config = Arc::new(config);
         let local = LocalCluster::new();
+        let stopped = Arc::new(Stopped::default());
         let mut nodes = Vec::new();
         for node in config.members() {
             let doorbell = Doorbell::anonymous().map_err(|source| StartError::Io {
@@ -64,6 +69,7 @@ impl EmbeddedCluster {
                 &Storage::Anonymous,
                 ring_bytes,
                 0, // every embedded node starts once
+                stopped.clone(),
             )?);
         }
         // Every node learns every area's key (a process cluster reads them from manifests).
@@ -83,8 +89,36 @@ impl EmbeddedCluster {
             config,
             nodes,
             faults,
-            _local: local,
+            stopped,
+            local,
         })
+    }
+
+    /// Stops client node `client` for good, as its process would die: in a cluster with a
+    /// fault plan nothing it posts reaches anyone from now on ([`FaultPlan::isolate`]; a batch
+    /// a fault holds back still lands, as a dead process's last appends may), the other nodes
+    /// see it gone and settle the transactions it left (docs/failures.md#a-client-that-dies),
+    /// its worker stops, nothing reaches its memory, and it leaves [`EmbeddedCluster::nodes`].
+    /// Its application threads may still run, as a dead process's do not: with a fault plan
+    /// they reach nobody, without one they must not be used again. Memory nodes cannot be
+    /// killed: nothing would serve their regions (reconfiguration is issue 13).
+    pub fn kill(&mut self, client: NodeId) {
+        assert!(
+            self.config.clients.contains(&client),
+            "{client} is not a client node; only client nodes can be killed"
+        );
+        let index = self
+            .nodes
+            .iter()
+            .position(|node| node.node_id() == client)
+            .unwrap_or_else(|| panic!("{client} is not running"));
+        if let Some(faults) = &self.faults {
+            faults.isolate(client);
+        }
+        self.stopped.insert(client);
+        // Its worker may wait for an append a fault holds back: it stops after that.
+        self.nodes.remove(index).stop();
+        self.local.remove(client);
     }
 
     pub fn config(&self) -> &Arc<Configuration> {

@@ -16,6 +16,8 @@
 //!   on which it refuses to start until recovery exists.
 //! - [`db`]: `Db`, the embedded API over an embedded cluster or a client node (re-exported by
 //!   the `acre` facade).
+//! - [`liveness`], [`orphan`]: whether a client coordinator is gone, and how the memory nodes
+//!   settle the transactions a client that died left half-way.
 //! - [`verify`]: backups byte-identical to their primaries.
 //!
 //! Recovery (of transactions, data and the allocator after a failure) comes with the failure
@@ -33,6 +35,8 @@ pub mod client;
 pub mod cluster_file;
 pub mod db;
 pub mod embedded;
+pub mod liveness;
+pub mod orphan;
 pub mod process;
 pub mod replica;
 pub mod restart;

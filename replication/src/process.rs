@@ -8,6 +8,7 @@
 //! module, which builds on this one) find everything through the manifests.
 
 use crate::cluster_file::{ClusterFile, ClusterFileError};
+use crate::liveness::LockFiles;
 use crate::restart::{self, KeptData};
 use crate::{ReplicaNode, StartError, Storage};
 use acre_engine::addr::NodeId;
@@ -258,6 +259,7 @@ impl ProcessNode {
             },
             file.ring_bytes,
             incarnation,
+            Arc::new(LockFiles::new(dir.to_path_buf())),
         )
         .map_err(|source| NodeStartError::Replica { node, source })?;
         Ok((replica, nic, tcp_addr))

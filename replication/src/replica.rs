@@ -4,6 +4,7 @@
 //! records.
 
 use crate::backup::Backup;
+use crate::liveness::Liveness;
 use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
 };
@@ -81,7 +82,8 @@ impl ReplicaNode {
     /// Creates the node's areas in `fabric`'s memory and starts its worker. `directory` must
     /// know (or be able to find) the other nodes' areas before transactions start.
     /// `incarnation` counts the starts of this node id (0 for a node that never ran before;
-    /// see [`acre_txn::reply::ReplyArea::new`]).
+    /// see [`acre_txn::reply::ReplyArea::new`]). `clients` tells which client coordinators are
+    /// gone, whose transactions the node then settles ([`crate::orphan`]).
     pub fn start(
         config: Arc<Configuration>,
         fabric: Arc<Fabric>,
@@ -89,6 +91,7 @@ impl ReplicaNode {
         storage: &Storage,
         ring_bytes: u64,
         incarnation: u64,
+        clients: Arc<dyn Liveness>,
     ) -> Result<ReplicaNode, StartError> {
         let node = fabric.node_id();
         if !config.members().any(|m| m == node) {
@@ -144,7 +147,7 @@ impl ReplicaNode {
             replies,
             Primary::new(primaries),
         ));
-        let worker = Worker::spawn(txn.clone(), backup.clone(), inbox, status)
+        let worker = Worker::spawn(txn.clone(), backup.clone(), inbox, status, clients)
             .map_err(io("spawn the worker"))?;
         Ok(ReplicaNode {
             txn,

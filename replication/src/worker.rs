@@ -18,28 +18,44 @@
 //! reading it and says so once, the worker logs it with the sender and the offset and serves the
 //! other rings on, and the ring's records the worker keeps stay where they are, through the
 //! reset its sender asks for.
+//!
+//! Every [`ORPHAN_CHECK_INTERVAL`] it also looks for the transactions it keeps records of whose
+//! client coordinator is gone, and hands them to the node's [`Resolver`], which asks the other
+//! participants for their votes; the worker answers such questions itself (REQUEST-VOTE) and
+//! applies the verdicts (docs/failures.md#a-client-that-dies, [`crate::orphan`]).
 
 use crate::allocations::{AllocRequest, Allocations};
 use crate::backup::Backup;
+use crate::liveness::Liveness;
+use crate::orphan::{
+    ORPHAN_CHECK_INTERVAL, ORPHAN_RETRY_AFTER, Orphan, Outcome, Resolver, Verdict, Voted,
+};
 use crate::status::{RingRetention, StatusArea};
-use acre_engine::addr::NodeId;
+use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, Message};
 use acre_nvm_log::LogError;
 use acre_txn::TxnNode;
 use acre_txn::record::{Body, TxnId, TxnRecord};
-use acre_txn::reply::Code;
+use acre_txn::reply::{Code, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an idle worker sleeps before re-checking its stop flag (and advancing its
 /// heartbeat: an observer waits several of these for it to move).
 pub const IDLE_SLEEP_MAX: Duration = Duration::from_millis(200);
 /// Records handled between two looks at the truncation timer.
 const BATCH_MAX: usize = 64;
+/// Rounds of votes in a row some participant did not answer before a gone client's transaction
+/// is reported as waiting.
+const UNANSWERED_ROUNDS_REPORTED: u32 = 3;
+/// The most records read from one gone client's ring before answering about it: more than a
+/// ring holds (records are at least 64 bytes), so reaching it means the ring is not what it
+/// should be, and the question is refused.
+const DRAIN_RECORDS_MAX: usize = 1 << 20;
 
 /// The live records of one ring.
 #[derive(Debug, Default)]
@@ -94,6 +110,42 @@ pub struct WorkerStats {
     pub truncated: AtomicU64,
     /// Truncated transactions this backup could not apply, kept with their records.
     pub apply_failures: AtomicU64,
+    /// Transactions of gone clients this node aborted (no COMMIT-BACKUP anywhere).
+    pub orphans_aborted: AtomicU64,
+    /// Transactions of gone clients this primary installed from their LOCK (another primary
+    /// held COMMIT-PRIMARY).
+    pub orphans_installed: AtomicU64,
+    /// Transactions of gone clients this node truncated (every primary held COMMIT-PRIMARY).
+    pub orphans_truncated: AtomicU64,
+    /// Transactions of gone clients left to recovery (votes that make no sense).
+    pub orphans_left: AtomicU64,
+    /// Rounds of votes on a gone client's transaction that some participant did not answer.
+    pub orphans_unanswered: AtomicU64,
+    /// LOCK, COMMIT-BACKUP and COMMIT-PRIMARY records refused because this node had voted on
+    /// their transaction (appends of a dead client that arrived late).
+    pub late_refused: AtomicU64,
+}
+
+/// What a node keeps of one transaction.
+#[derive(Debug, Default)]
+struct Kept {
+    /// Its records: `(sender, position)`.
+    records: Vec<(NodeId, u64)>,
+    /// Every region it writes, as its LOCK or COMMIT-BACKUP lists them.
+    regions: Vec<RegionId>,
+    /// Which of its records this node holds (or what it did in their stead), as [`vote`] bits.
+    holds: u64,
+}
+
+/// Where the resolution of a transaction of a gone client stands.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    /// With the resolver.
+    Pending,
+    /// Ask again from then on.
+    Again(Instant),
+    /// Left to recovery (reported once), or kept after a failed apply: not asked again.
+    Settled,
 }
 
 struct Serving {
@@ -101,14 +153,24 @@ struct Serving {
     backup: Arc<Backup>,
     inbox: Inbox,
     rings: HashMap<NodeId, Retention>,
-    /// Records kept for each transaction: `(sender, position)`.
-    kept: HashMap<TxnId, Vec<(NodeId, u64)>>,
+    kept: HashMap<TxnId, Kept>,
     stats: Arc<WorkerStats>,
     status: StatusArea,
     /// Whether what the rings keep changed since it was last published.
     retention_changed: bool,
     /// Other nodes' ALLOC requests, served on a thread of their own.
     allocations: Allocations,
+    /// Which client coordinators are gone.
+    clients: Arc<dyn Liveness>,
+    /// Transactions this node voted on (see [`Voted`]).
+    voted: Voted,
+    /// Transactions of gone clients being resolved.
+    asked: HashMap<TxnId, Asked>,
+    /// Transactions of gone clients whose last rounds of votes did not all come: how many in
+    /// a row.
+    unanswered: HashMap<TxnId, u32>,
+    resolver: Resolver,
+    next_orphan_check: Instant,
 }
 
 /// A running worker; stops when dropped.
@@ -120,12 +182,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker of `node`, serving `inbox` and publishing in `status`.
+    /// Starts the worker of `node`, serving `inbox` and publishing in `status`; `clients`
+    /// tells which client coordinators are gone (whose transactions it then settles).
     pub fn spawn(
         node: Arc<TxnNode>,
         backup: Arc<Backup>,
         inbox: Inbox,
         status: StatusArea,
+        clients: Arc<dyn Liveness>,
     ) -> std::io::Result<Worker> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
@@ -139,6 +203,12 @@ impl Worker {
             status,
             retention_changed: false,
             allocations: Allocations::spawn(node.clone())?,
+            clients,
+            voted: Voted::default(),
+            asked: HashMap::new(),
+            unanswered: HashMap::new(),
+            resolver: Resolver::spawn(node.clone())?,
+            next_orphan_check: Instant::now() + ORPHAN_CHECK_INTERVAL,
         };
         let thread = {
             let stop = stop.clone();
@@ -201,12 +271,20 @@ impl Serving {
                 }
                 next = self.inbox.poll();
             }
+            for verdict in self.resolver.verdicts() {
+                self.settle(verdict);
+            }
+            if Instant::now() >= self.next_orphan_check {
+                self.find_orphans();
+                self.next_orphan_check = Instant::now() + ORPHAN_CHECK_INTERVAL;
+            }
             self.truncate_rings();
             self.publish_retention();
             if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
                 tracing::warn!(node = %me, "sending truncations failed: {e}");
             }
         }
+        self.resolver.stop();
     }
 
     /// A ring's trouble, from [`Inbox::poll`]: it concerns that ring's sender only, whose ring
@@ -262,6 +340,31 @@ impl Serving {
         }
         let txn = record.txn;
         let seq = txn.seq;
+        let voted = matches!(
+            record.body,
+            Body::Lock { .. } | Body::CommitBackup { .. } | Body::CommitPrimary
+        ) && sender == txn.node
+            && self.voted.has_voted(txn);
+        if voted {
+            // Its client coordinator is gone and this node has voted on it: an append of the
+            // dead client still on its way, which the client never saw acknowledged.
+            tracing::warn!(
+                node = %self.node.node_id(),
+                "refusing a record of kind {} of {txn}: its client coordinator is gone and this \
+                 node has voted on it",
+                record.kind().0
+            );
+            self.stats.late_refused.fetch_add(1, Ordering::Release);
+            self.ring(sender).read(pos, end, None);
+            return;
+        }
+        // Which record this is, for a later vote, and the regions it lists.
+        let (mut holds, regions) = match &record.body {
+            Body::Lock { regions, .. } => (vote::LOCK, regions.clone()),
+            Body::CommitBackup { regions, .. } => (vote::COMMIT_BACKUP, regions.clone()),
+            Body::CommitPrimary => (vote::COMMIT_PRIMARY, Vec::new()),
+            _ => (0, Vec::new()),
+        };
         // A coordinator on this node did the primary's part of its own LOCK, COMMIT-PRIMARY and
         // ABORT itself (acre_txn::txn): the worker only keeps or drops those records.
         let local = txn.node == self.node.node_id();
@@ -287,6 +390,15 @@ impl Serving {
                 self.node.primary().abort(txn);
                 self.forget(txn);
                 false
+            }
+            Body::CommitBackup { entries, .. } if sender != txn.node => {
+                // A primary's copy of its part, its client coordinator being dead
+                // (crate::orphan): this backup holds the transaction once it has every part.
+                let kept = self.backup.hold_part(txn, entries);
+                if !self.backup.covers(txn, &regions) {
+                    holds = 0;
+                }
+                kept
             }
             Body::CommitBackup { entries, .. } => {
                 self.backup.hold(txn, entries);
@@ -317,11 +429,213 @@ impl Serving {
                 self.node.primary().release_for(txn, &addrs);
                 false
             }
+            Body::RequestVote { txn: asked } => {
+                let holds = self.vote(asked);
+                crate::orphan::answer(&self.node, sender, record.reply, seq, holds);
+                false
+            }
         };
         self.ring(sender).read(pos, end, keep.then_some(txn));
         if keep {
-            self.kept.entry(txn).or_default().push((sender, pos));
+            let kept = self.kept.entry(txn).or_default();
+            kept.records.push((sender, pos));
+            kept.holds |= holds;
+            if kept.regions.is_empty() {
+                kept.regions = regions;
+            }
             self.retention_changed = true;
+        }
+    }
+
+    /// REQUEST-VOTE on `txn`: what this node holds of it, once it has read everything its
+    /// client coordinator wrote here; `None` (refused) while the coordinator is not gone here
+    /// too, or its ring cannot be read. A vote is final: the node refuses the transaction's
+    /// records from then on.
+    fn vote(&mut self, txn: TxnId) -> Option<u64> {
+        let client = txn.node;
+        if !self.node.config().clients.contains(&client) || !self.clients.is_gone(client) {
+            return None;
+        }
+        if !self.drain(client) {
+            return None;
+        }
+        self.voted.vote(txn);
+        let holds = self.kept.get(&txn).map_or(0, |kept| kept.holds);
+        Some(holds | self.voted.outcome(txn))
+    }
+
+    /// Handles every record already in `client`'s ring (it is gone, so nothing new comes);
+    /// returns whether the ring was read to its end.
+    fn drain(&mut self, client: NodeId) -> bool {
+        for _ in 0..DRAIN_RECORDS_MAX {
+            match self.inbox.poll_from(client) {
+                Ok(Some(message)) => self.handle(message),
+                Ok(None) => return true,
+                Err(e) => {
+                    tracing::error!(
+                        node = %self.node.node_id(),
+                        "reading the ring of {client}, which is gone, failed: {e}"
+                    );
+                    return false;
+                }
+            }
+        }
+        tracing::error!(
+            node = %self.node.node_id(),
+            "the ring of {client}, which is gone, held more than {DRAIN_RECORDS_MAX} records"
+        );
+        false
+    }
+
+    /// Hands the resolver the transactions this node keeps records of whose client coordinator
+    /// is gone (and that are not being resolved already), once their rings are read to the end;
+    /// hands back the slots such clients reserved for transactions that sent no LOCK here.
+    fn find_orphans(&mut self) {
+        let now = Instant::now();
+        let config = self.node.config().clone();
+        // The clients this node keeps records of, or holds slots for.
+        let holding = |client: &NodeId| {
+            self.kept.keys().any(|txn| txn.node == *client)
+                || !self.node.primary().allocating(*client).is_empty()
+        };
+        let clients: Vec<NodeId> = config.clients.iter().copied().filter(holding).collect();
+        for client in clients {
+            if !self.clients.is_gone(client) || !self.drain(client) {
+                continue;
+            }
+            // Slots its ALLOC requests reserved for transactions that never sent LOCK here
+            // (the ring is read to its end: none will): nothing will install them.
+            for txn in self.node.primary().allocating(client) {
+                if !self.kept.contains_key(&txn) {
+                    self.voted.vote(txn);
+                    self.node.primary().abort(txn);
+                    tracing::info!(
+                        node = %self.node.node_id(),
+                        "handed back the slots {txn} reserved: its client coordinator is gone"
+                    );
+                }
+            }
+            let mut orphans = Vec::new();
+            for (&txn, kept) in &self.kept {
+                if txn.node != client {
+                    continue;
+                }
+                let due = match self.asked.get(&txn) {
+                    None => true,
+                    Some(Asked::Again(at)) => now >= *at,
+                    Some(Asked::Pending | Asked::Settled) => false,
+                };
+                if due {
+                    orphans.push(Orphan {
+                        txn,
+                        regions: kept.regions.clone(),
+                        holds: kept.holds,
+                    });
+                }
+            }
+            for orphan in &orphans {
+                // What this node holds is part of the vote: refuse whatever comes later.
+                self.voted.vote(orphan.txn);
+                self.asked.insert(orphan.txn, Asked::Pending);
+            }
+            self.resolver.submit(orphans);
+        }
+    }
+
+    /// Applies the resolver's verdict on a transaction of a gone client.
+    fn settle(&mut self, verdict: Verdict) {
+        let me = self.node.node_id();
+        let txn = verdict.txn;
+        let Some(holds) = self.kept.get(&txn).map(|kept| kept.holds) else {
+            // Dropped meanwhile (an ABORT or a truncation read while the votes were out).
+            self.asked.remove(&txn);
+            return;
+        };
+        let again = Asked::Again(Instant::now() + ORPHAN_RETRY_AFTER);
+        if !matches!(verdict.outcome, Outcome::Unanswered { .. }) {
+            self.unanswered.remove(&txn);
+        }
+        match verdict.outcome {
+            Outcome::Abort => {
+                assert_eq!(
+                    holds & (vote::COMMIT_BACKUP | vote::COMMIT_PRIMARY),
+                    0,
+                    "{txn}: aborted though this node holds {holds:#x}"
+                );
+                self.node.primary().abort(txn);
+                self.forget(txn);
+                self.voted.decided(txn, vote::ABORTED);
+                self.stats.orphans_aborted.fetch_add(1, Ordering::Release);
+                tracing::info!(
+                    node = %me,
+                    "aborted {txn}: its client coordinator is gone and no participant holds \
+                     its COMMIT-BACKUP or COMMIT-PRIMARY; its locks and records are released"
+                );
+            }
+            Outcome::Install => {
+                if holds & vote::LOCK != 0 && holds & vote::COMMIT_PRIMARY == 0 {
+                    // What its COMMIT-PRIMARY would have done (docs/protocol.md CP.5).
+                    match self.node.primary().commit(txn) {
+                        Ok(()) => {
+                            self.stats.orphans_installed.fetch_add(1, Ordering::Release);
+                            tracing::info!(
+                                node = %me,
+                                "installed {txn}: its client coordinator is gone after another \
+                                 primary took its COMMIT-PRIMARY"
+                            );
+                        }
+                        Err(e) => tracing::error!(node = %me, "installing {txn}: {e}"),
+                    }
+                    if let Some(kept) = self.kept.get_mut(&txn) {
+                        kept.holds |= vote::COMMIT_PRIMARY;
+                    }
+                }
+                // Truncated once every primary has installed it.
+                self.asked.insert(txn, again);
+            }
+            Outcome::Truncate => {
+                self.stats.orphans_truncated.fetch_add(1, Ordering::Release);
+                if self.truncate(txn) {
+                    self.voted.decided(txn, vote::TRUNCATED);
+                } else {
+                    self.asked.insert(txn, Asked::Settled);
+                }
+            }
+            Outcome::Recovery { reason } => {
+                self.stats.orphans_left.fetch_add(1, Ordering::Release);
+                tracing::error!(
+                    node = %me,
+                    "{txn} is left to recovery: its client coordinator is gone and {reason}; \
+                     the objects it locked stay locked and its records stay in the log"
+                );
+                self.asked.insert(txn, Asked::Settled);
+            }
+            Outcome::Copy { lacking } => {
+                tracing::info!(
+                    node = %me,
+                    "{txn}: its client coordinator is gone after some backups took its \
+                     COMMIT-BACKUP; its entries are copied to {lacking:?}, then it commits"
+                );
+                self.asked.insert(txn, again);
+            }
+            Outcome::Unanswered { node, reason } => {
+                // Its locks stay until the vote comes. A refusal or two is expected (a client
+                // connecting holds the dead one's lock file while it looks at its rings): a
+                // vote that keeps not coming is reported, once.
+                self.stats
+                    .orphans_unanswered
+                    .fetch_add(1, Ordering::Release);
+                let rounds = self.unanswered.entry(txn).or_default();
+                *rounds += 1;
+                if *rounds == UNANSWERED_ROUNDS_REPORTED {
+                    tracing::warn!(
+                        node = %me,
+                        "{txn}, whose client coordinator is gone, keeps its locks: {node} did \
+                         not vote ({reason}); asking again every {ORPHAN_RETRY_AFTER:?}"
+                    );
+                }
+                self.asked.insert(txn, again);
+            }
         }
     }
 
@@ -329,8 +643,9 @@ impl Serving {
         self.rings.entry(sender).or_default()
     }
 
-    /// TRUNCATE of `txn`: a backup applies it; every node drops its records.
-    fn truncate(&mut self, txn: TxnId) {
+    /// TRUNCATE of `txn`: a backup applies it; every node drops its records. Returns whether
+    /// it did (a backup that cannot apply keeps both).
+    fn truncate(&mut self, txn: TxnId) -> bool {
         self.stats.truncated.fetch_add(1, Ordering::Release);
         match self.backup.apply(txn) {
             Ok(applied) => {
@@ -338,6 +653,7 @@ impl Serving {
                     .applied
                     .fetch_add(applied.installed as u64, Ordering::Relaxed);
                 self.forget(txn);
+                true
             }
             Err(e) => {
                 // The copy lacks a committed update. The transaction stays held and its
@@ -347,12 +663,16 @@ impl Serving {
                     node = %self.node.node_id(),
                     "applying {txn} to the backup copies failed, keeping it and its records: {e}"
                 );
+                false
             }
         }
     }
 
     fn forget(&mut self, txn: TxnId) {
-        for (sender, pos) in self.kept.remove(&txn).unwrap_or_default() {
+        self.asked.remove(&txn);
+        self.unanswered.remove(&txn);
+        let kept = self.kept.remove(&txn).unwrap_or_default();
+        for (sender, pos) in kept.records {
             self.ring(sender).live.remove(&pos);
             self.retention_changed = true;
         }

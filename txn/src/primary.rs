@@ -12,7 +12,7 @@
 
 use crate::POISONED;
 use crate::record::{Entry, EntryKind, TxnId};
-use acre_engine::addr::{Addr, RegionId};
+use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::object::{self, Header};
 use acre_engine::region::Region;
 use acre_engine::slab::{AllocError, Reserved, SlabAllocator};
@@ -111,6 +111,17 @@ impl Primary {
             .push(addr);
     }
 
+    /// The transactions of coordinator `node` whose ALLOC requests reserved slots here.
+    pub fn allocating(&self, node: NodeId) -> Vec<TxnId> {
+        self.allocated_for
+            .lock()
+            .expect(POISONED)
+            .keys()
+            .filter(|txn| txn.node == node)
+            .copied()
+            .collect()
+    }
+
     /// Hands back the slots `txn`'s ALLOC requests reserved here that `used` does not name:
     /// the coordinator did not learn of them (a reply lost) or no longer needs them.
     fn release_unused_allocations(&self, txn: TxnId, used: &[Addr]) {
@@ -164,6 +175,15 @@ impl Primary {
         );
         assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
         all
+    }
+
+    /// The entries of `txn`'s LOCK here, if it holds its locks (what its COMMIT-PRIMARY would
+    /// install).
+    pub fn locked_entries(&self, txn: TxnId) -> Option<Vec<Entry>> {
+        let held = self.held.lock().expect(POISONED);
+        held.get(&txn)
+            .filter(|held| held.locked)
+            .map(|held| held.entries.clone())
     }
 
     /// COMMIT-PRIMARY: installs the new values and unlocks.

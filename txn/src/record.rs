@@ -1,6 +1,8 @@
 //! The transaction protocol's log records: LOCK, COMMIT-BACKUP, COMMIT-PRIMARY, ABORT and
 //! TRUNCATE (docs/protocol.md#commit), plus the requests a coordinator sends through the same rings
-//! (VALIDATE by message, ALLOC, RELEASE). Each is one record of an nvm-log ring at the receiver;
+//! (VALIDATE by message, ALLOC, RELEASE) and the question a participant asks the others about a
+//! transaction whose client coordinator died (REQUEST-VOTE,
+//! docs/failures.md#a-client-that-dies). Each is one record of an nvm-log ring at the receiver;
 //! the record kind says which, and the payload is drawn in `docs/formats.md`:
 //!
 //! ```text
@@ -15,7 +17,8 @@
 //! then `items` entries `addr u64 | version u64 | kind u8 | zero [u8; 3] | len u32 | payload
 //! (padded to 8)`. VALIDATE: `items` pairs `addr u64 | version u64`. ALLOC: `len u32 | near? u32 |
 //! addr u64` (the region to allocate in, at `near` when the flag is set). RELEASE: `items`
-//! addresses. COMMIT-PRIMARY, ABORT and TRUNCATE have no body.
+//! addresses. REQUEST-VOTE: the id of the transaction asked about (the record's own id is the
+//! asker's, for the reply). COMMIT-PRIMARY, ABORT and TRUNCATE have no body.
 //!
 //! Everything is little-endian; decoding checks every length and names what was wrong.
 
@@ -33,6 +36,7 @@ pub const TRUNCATE: RecordKind = RecordKind(20);
 pub const VALIDATE: RecordKind = RecordKind(21);
 pub const ALLOC: RecordKind = RecordKind(22);
 pub const RELEASE: RecordKind = RecordKind(23);
+pub const REQUEST_VOTE: RecordKind = RecordKind(24);
 
 /// Bytes of an encoded [`TxnId`].
 pub const TXN_ID_BYTES: usize = 24;
@@ -153,6 +157,11 @@ pub enum Body {
     Release {
         addrs: Vec<Addr>,
     },
+    /// What does the receiver hold of `txn`, whose client coordinator died? Answered with a
+    /// vote (`reply::Code::Vote`).
+    RequestVote {
+        txn: TxnId,
+    },
 }
 
 impl Body {
@@ -166,6 +175,7 @@ impl Body {
             Body::Validate { .. } => VALIDATE,
             Body::Alloc { .. } => ALLOC,
             Body::Release { .. } => RELEASE,
+            Body::RequestVote { .. } => REQUEST_VOTE,
         }
     }
 
@@ -180,6 +190,7 @@ impl Body {
             Body::Validate { reads } => reads.len() * 16,
             Body::Alloc { .. } => 16,
             Body::Release { addrs } => addrs.len() * 8,
+            Body::RequestVote { .. } => TXN_ID_BYTES,
         }
     }
 }
@@ -326,6 +337,7 @@ impl<'a> Reader<'a> {
                     .collect::<Result<Vec<_>, _>>()?;
                 Body::Release { addrs }
             }
+            REQUEST_VOTE => Body::RequestVote { txn: self.txn()? },
             other => {
                 return Err(self.fail(format!("kind {} is not a transaction record", other.0)));
             }
@@ -398,7 +410,11 @@ impl TxnRecord {
             Body::Lock { entries, .. } | Body::CommitBackup { entries, .. } => entries.len(),
             Body::Validate { reads } => reads.len(),
             Body::Release { addrs } => addrs.len(),
-            Body::CommitPrimary | Body::Abort | Body::Truncate | Body::Alloc { .. } => 0,
+            Body::CommitPrimary
+            | Body::Abort
+            | Body::Truncate
+            | Body::Alloc { .. }
+            | Body::RequestVote { .. } => 0,
         };
         w.u32(u32::try_from(self.truncated.len()).expect("bounded piggyback"));
         w.u32(u32::try_from(items).expect("a record holds fewer than 2^32 items"));
@@ -440,6 +456,7 @@ impl TxnRecord {
                     w.u64(addr.to_u64());
                 }
             }
+            Body::RequestVote { txn } => w.txn(*txn),
         }
         assert_eq!(
             w.0.len(),
@@ -551,6 +568,14 @@ mod tests {
                 near: Some(addr),
             },
             Body::Release { addrs: vec![addr] },
+            Body::RequestVote {
+                txn: TxnId {
+                    config: 7,
+                    node: NodeId(100),
+                    thread: 63,
+                    seq: 5 << 40,
+                },
+            },
         ];
         bodies
             .into_iter()
@@ -597,7 +622,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(kind in 16u16..24, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fn arbitrary_bytes_never_panic(kind in 16u16..25, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = TxnRecord::decode(RecordKind(kind), &bytes);
         }
 

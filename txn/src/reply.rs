@@ -59,8 +59,12 @@ pub enum Code {
     Allocated = 5,
     /// ALLOC: values are `[reason code, max bytes, 0]` (see [`alloc_failure`]).
     AllocFailed = 6,
-    /// The record could not be served (malformed, wrong node); values hold nothing.
+    /// The record could not be served (malformed, wrong node; for REQUEST-VOTE: the receiver
+    /// does not see the coordinator dead, or could not read its ring); values hold nothing.
     Refused = 7,
+    /// REQUEST-VOTE: `values[0]` says what the receiver holds of the transaction (see
+    /// [`vote`]).
+    Vote = 8,
 }
 
 impl Code {
@@ -73,6 +77,7 @@ impl Code {
             Code::Allocated,
             Code::AllocFailed,
             Code::Refused,
+            Code::Vote,
         ]
         .into_iter()
         .find(|code| *code as u8 == byte)
@@ -88,6 +93,25 @@ pub mod alloc_failure {
     /// The slot's block is new and its header did not reach a backup (`values[1]`: the
     /// backup's node id).
     pub const UNREPLICATED: u64 = 5;
+}
+
+/// What a participant holds of a transaction, as the bits of a [`Code::Vote`] reply's
+/// `values[0]` (docs/failures.md#a-client-that-dies). No bit set: nothing.
+pub mod vote {
+    /// Its LOCK (as a primary), not aborted.
+    pub const LOCK: u64 = 1;
+    /// Its COMMIT-BACKUP (as a backup).
+    pub const COMMIT_BACKUP: u64 = 2;
+    /// Its COMMIT-PRIMARY (as a primary), or it installed the transaction's values because
+    /// another primary held COMMIT-PRIMARY.
+    pub const COMMIT_PRIMARY: u64 = 4;
+    /// It truncated the transaction (applied and dropped its records) because every primary
+    /// held COMMIT-PRIMARY.
+    pub const TRUNCATED: u64 = 8;
+    /// It aborted the transaction because no participant held COMMIT-BACKUP or COMMIT-PRIMARY.
+    pub const ABORTED: u64 = 16;
+    /// Every bit a vote may carry.
+    pub const ALL: u64 = LOCK | COMMIT_BACKUP | COMMIT_PRIMARY | TRUNCATED | ABORTED;
 }
 
 /// A reply as the coordinator reads it.

@@ -16,6 +16,7 @@ use super::stats::Stats;
 use super::workload::{
     Chooser, FIELD_COUNT, OpKind, Operation, Workload, key_name, random_record, random_value,
 };
+use acre_engine::signal::Termination;
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,7 +42,7 @@ pub fn load(backend: &dyn Backend, options: &Options) -> anyhow::Result<PhaseRep
     };
     let (stats, finished_at) = run_threads(backend, options, Phase::Load, &plan, |worker| {
         loop {
-            if worker.stop.load(Ordering::Relaxed) {
+            if worker.stopped() {
                 return Ok(());
             }
             let key_number = next.fetch_add(1, Ordering::Relaxed);
@@ -96,7 +97,7 @@ pub fn run(backend: &dyn Backend, options: &Options) -> anyhow::Result<PhaseRepo
         });
         let mut measured_count = 0;
         loop {
-            if worker.stop.load(Ordering::Relaxed) {
+            if worker.stopped() {
                 return Ok(());
             }
             let now = Instant::now();
@@ -141,10 +142,18 @@ struct Worker<'a> {
     tally: &'a Tally,
     /// Set by the first thread that fails; the others stop at their next operation.
     stop: &'a AtomicBool,
+    /// Ctrl-C: every thread stops at its next operation.
+    termination: Option<&'a Termination>,
     failed_streak: u64,
 }
 
 impl Worker<'_> {
+    /// Whether the phase is over for this thread before its end: another thread failed, or
+    /// termination was requested.
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.termination.is_some_and(Termination::is_requested)
+    }
+
     /// Does `operation`, timing only the backend's call, and records it if `measured`. An error
     /// means the thread must stop (see [`FAILED_STREAK_MAX`]).
     fn execute(&mut self, operation: Operation, measured: bool) -> anyhow::Result<()> {
@@ -354,6 +363,7 @@ where
                 stats: Stats::new(),
                 tally: &tallies[index],
                 stop: &stop,
+                termination: options.termination.as_deref(),
                 failed_streak: 0,
             };
             body(&mut worker)?;

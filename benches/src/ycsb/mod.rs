@@ -33,6 +33,7 @@
 //!     warmup: Duration::from_secs(1),
 //!     seed: None,
 //!     progress: false,
+//!     termination: None,
 //! };
 //! let load = ycsb::load(&backend, &options)?;
 //! let run = ycsb::run(&backend, &options)?;

@@ -2,6 +2,8 @@
 //! what the command line checks before it loads anything.
 
 use super::workload::Workload;
+use acre_engine::signal::Termination;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Client threads a phase may start.
@@ -31,6 +33,9 @@ pub struct Options {
     pub seed: Option<u64>,
     /// Redraw a progress line on stdout about four times a second (for a terminal).
     pub progress: bool,
+    /// Ends a phase early when requested (Ctrl-C): every thread finishes the operation it is
+    /// in, and the phase reports what it measured. `None`: the phase runs to its end.
+    pub termination: Option<Arc<Termination>>,
 }
 
 /// Options that cannot run: the command line reports them as usage errors.
@@ -98,6 +103,7 @@ mod tests {
             warmup: Duration::ZERO,
             seed: Some(1),
             progress: false,
+            termination: None,
         }
     }
 

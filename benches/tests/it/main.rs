@@ -28,5 +28,6 @@ fn options(workload: Workload, seed: u64, records: u64, operations: u64) -> Opti
         warmup: Duration::ZERO,
         seed: Some(seed),
         progress: false,
+        termination: None,
     }
 }

@@ -12,6 +12,9 @@
 //!   for a connection that broke half-way through a batch (the sender cannot tell which).
 //! - [`Action::Delay`]: the batch executes after a sleep, as for a slow or paused peer.
 //!
+//! A node can also be cut off for good ([`FaultPlan::isolate`]), as one whose process died:
+//! every batch it posts fails, and healing the plan does not bring it back.
+//!
 //! A plan with no rules costs one atomic load per batch. Batches a node posts to itself never
 //! meet the plan (they are not on the network).
 
@@ -97,6 +100,8 @@ pub struct FaultPlan {
     /// Whether any rule is installed: the fast path of every batch.
     armed: AtomicBool,
     entries: Mutex<Vec<Option<Entry>>>,
+    /// Nodes cut off for good ([`FaultPlan::isolate`]).
+    isolated: Mutex<Vec<NodeId>>,
 }
 
 impl FaultPlan {
@@ -116,15 +121,30 @@ impl FaultPlan {
     pub fn remove(&self, id: RuleId) {
         let mut entries = self.entries.lock().expect(crate::POISONED);
         entries[id.0] = None;
-        self.armed
-            .store(entries.iter().any(Option::is_some), Ordering::Release);
+        let isolated = !self.isolated.lock().expect(crate::POISONED).is_empty();
+        self.armed.store(
+            isolated || entries.iter().any(Option::is_some),
+            Ordering::Release,
+        );
     }
 
-    /// Removes every rule: the fabric is healthy again.
+    /// Removes every rule: the fabric is healthy again (but for isolated nodes).
     pub fn heal(&self) {
         let mut entries = self.entries.lock().expect(crate::POISONED);
         entries.clear();
-        self.armed.store(false, Ordering::Release);
+        let isolated = !self.isolated.lock().expect(crate::POISONED).is_empty();
+        self.armed.store(isolated, Ordering::Release);
+    }
+
+    /// Cuts `node` off for good, as a node whose process died: every batch it posts from now
+    /// on fails `Unreachable`, whatever the rules, and [`FaultPlan::heal`] does not undo it. A
+    /// batch already past the plan (one a rule delays) still lands, as the last appends of a
+    /// process that dies may.
+    pub fn isolate(&self, node: NodeId) {
+        // Under the entries' lock, so that `heal` and `remove` see it when they re-arm.
+        let _entries = self.entries.lock().expect(crate::POISONED);
+        self.isolated.lock().expect(crate::POISONED).push(node);
+        self.armed.store(true, Ordering::Release);
     }
 
     /// Batches the rule acted on so far (not counting the ones it let through).
@@ -142,6 +162,9 @@ impl FaultPlan {
             return None;
         }
         let mut entries = self.entries.lock().expect(crate::POISONED);
+        if self.isolated.lock().expect(crate::POISONED).contains(&from) {
+            return Some(Action::Fail);
+        }
         for entry in entries.iter_mut().flatten() {
             let rule = &entry.rule;
             let applies = rule.to == to
@@ -218,6 +241,25 @@ mod tests {
         plan.remove(delay);
         assert_eq!(plan.decide(NodeId(3), NodeId(2), &notify()), None);
         plan.heal();
+        assert_eq!(plan.decide(NodeId(1), NodeId(2), &notify()), None);
+    }
+
+    #[test]
+    fn an_isolated_node_stays_cut_off_whatever_the_rules() {
+        let plan = FaultPlan::new();
+        plan.isolate(NodeId(100));
+        assert_eq!(
+            plan.decide(NodeId(100), NodeId(1), &notify()),
+            Some(Action::Fail)
+        );
+        assert_eq!(plan.decide(NodeId(1), NodeId(100), &notify()), None);
+        let rule = plan.add(Rule::to(NodeId(2), Action::Fail).from(NodeId(1)));
+        plan.remove(rule);
+        plan.heal();
+        assert_eq!(
+            plan.decide(NodeId(100), NodeId(2), &notify()),
+            Some(Action::Fail)
+        );
         assert_eq!(plan.decide(NodeId(1), NodeId(2), &notify()), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests of the commit protocol over an embedded cluster.
 
 mod bank;
+mod clients;
 mod elle;
 mod faults;
 mod fixture;

@@ -1,0 +1,622 @@
+//! Transactions whose client coordinator died, "orphans" (docs/failures.md#a-client-that-dies):
+//! how the memory nodes settle what a killed client left half-way, so that its locks and the
+//! records pinning its rings do not block the cluster until recovery exists.
+//!
+//! The worker ([`crate::worker`]) finds them: the transactions it keeps records of whose
+//! coordinator is a client that is gone ([`crate::liveness`]), once it has read everything
+//! already in that client's ring. The [`Resolver`], a thread of its own so that no wait for a
+//! peer is ever on the worker's path, asks every other participant (every replica of every
+//! region the transaction writes, as its LOCK and COMMIT-BACKUP records list them) what it holds
+//! of the transaction, with a REQUEST-VOTE record. A participant first reads everything in the
+//! client's ring at its node (a COMMIT-BACKUP does not wake it, so one may be unread), then
+//! answers with the records it holds ([`vote`] bits), and from then on refuses the
+//! transaction's LOCK, COMMIT-BACKUP and COMMIT-PRIMARY records: one arriving later is an
+//! append of the dead client still on its way (over tcp, bytes in a socket), which the client
+//! cannot have seen acknowledged, so nothing it did depends on it. Every vote is therefore final,
+//! and every participant that asks gets the same answers and reaches the same [`decide`]:
+//!
+//! - **Commit-primary anywhere**: the transaction committed (docs/protocol.md#commit-primary,
+//!   CP.5). A primary that missed its COMMIT-PRIMARY installs from its LOCK, as the record would
+//!   have made it; once every primary holds COMMIT-PRIMARY, each participant truncates the
+//!   transaction (a backup applies it), which is what the coordinator's TRUNCATE would have done.
+//! - **No COMMIT-BACKUP or COMMIT-PRIMARY anywhere**: the coordinator never decided to commit
+//!   (COMMIT-BACKUP is sent only after every vote and validation), or decided and told nobody;
+//!   every primary aborts it: unlocks, hands back its reservations, drops its LOCK.
+//! - **COMMIT-BACKUP at every backup of every region, no COMMIT-PRIMARY**: the coordinator
+//!   decided to commit, and every replica holds the values (the primaries' LOCKs, the
+//!   backups' COMMIT-BACKUPs): what recovery would decide (docs/failures.md#decision), with
+//!   nothing to copy first. The primaries install, then the participants truncate.
+//! - **COMMIT-BACKUP at some backups only, no COMMIT-PRIMARY**: the coordinator decided to
+//!   commit, nobody was told, and some backups lack the values. Each primary copies its
+//!   LOCK's entries to the backups of its regions that lack them, as a COMMIT-BACKUP record
+//!   (recovery's "replicate the records", docs/failures.md#replicate-the-records); once every
+//!   backup holds them, as above.
+//! - A participant that did not answer (down, paused, or not yet seeing the client gone): ask
+//!   again after [`ORPHAN_RETRY_AFTER`]; meanwhile the transaction keeps its locks, blocking
+//!   only its own objects, and is reported once.
+//! - Votes that make no sense together (a bug) are reported and left to recovery.
+
+use acre_engine::addr::{NodeId, RegionId};
+use acre_txn::TxnNode;
+use acre_txn::config::Configuration;
+use acre_txn::record::{Body, ReplyTo, TxnId, TxnRecord};
+use acre_txn::reply::{Code, REPLIES_PER_TXN_MAX, vote};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long the resolver waits for the participants' votes of one round.
+pub const VOTE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a worker looks for transactions of clients that are gone.
+pub const ORPHAN_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long before a transaction whose votes did not all come (or that waits for the other
+/// primaries to install it) is asked about again.
+pub const ORPHAN_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Transactions whose votes a node remembers (that it refuses records of, and what it decided
+/// for them), oldest forgotten first: enough for the transactions of many dead clients, while
+/// the late appends a vote guards against arrive within moments.
+pub const VOTED_MAX: usize = 1 << 14;
+
+/// What the worker hands the resolver: a transaction of a client that is gone, the regions it
+/// writes, and what this node holds of it ([`vote`] bits).
+#[derive(Clone, Debug)]
+pub struct Orphan {
+    pub txn: TxnId,
+    pub regions: Vec<RegionId>,
+    pub holds: u64,
+}
+
+/// What the votes on an orphan say to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// No participant holds COMMIT-BACKUP or COMMIT-PRIMARY: abort.
+    Abort,
+    /// Some primary holds COMMIT-PRIMARY, not every one, or every backup holds COMMIT-BACKUP:
+    /// committed; a primary that holds only the LOCK installs.
+    Install,
+    /// Every primary holds COMMIT-PRIMARY (or truncated the transaction): truncate.
+    Truncate,
+    /// Some backups hold COMMIT-BACKUP, the `lacking` ones do not, and no primary holds
+    /// COMMIT-PRIMARY: the coordinator decided to commit. Each primary copies its LOCK's
+    /// entries to the lacking backups of its regions; once every backup holds them, `Install`.
+    Copy { lacking: Vec<NodeId> },
+    /// Votes that make no sense together: left to recovery, and why.
+    Recovery { reason: String },
+    /// `node` did not vote (why: `reason`): ask again later.
+    Unanswered { node: NodeId, reason: String },
+}
+
+/// The outcome for one orphan.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub txn: TxnId,
+    pub outcome: Outcome,
+}
+
+/// Every replica of every region in `regions` (primaries first), or the first region the
+/// configuration does not have.
+fn participants(config: &Configuration, regions: &[RegionId]) -> Result<Vec<NodeId>, RegionId> {
+    let mut nodes = BTreeSet::new();
+    for &region in regions {
+        let placement = config.placement(region).ok_or(region)?;
+        nodes.extend(placement.replicas());
+    }
+    Ok(nodes.into_iter().collect())
+}
+
+/// The outcome of a transaction writing `regions`, from every participant's vote (`Err`: why it
+/// has none). See the module docs.
+pub fn decide(
+    config: &Configuration,
+    regions: &[RegionId],
+    votes: &BTreeMap<NodeId, Result<u64, String>>,
+) -> Outcome {
+    let nodes = match participants(config, regions) {
+        Ok(nodes) if !nodes.is_empty() => nodes,
+        Ok(_) => {
+            return Outcome::Recovery {
+                reason: "its records list no region".into(),
+            };
+        }
+        Err(region) => {
+            return Outcome::Recovery {
+                reason: format!("its records name {region}, which the configuration lacks"),
+            };
+        }
+    };
+    let mut all = 0;
+    for node in &nodes {
+        match votes.get(node) {
+            Some(Ok(bits)) => all |= bits,
+            Some(Err(reason)) => {
+                return Outcome::Unanswered {
+                    node: *node,
+                    reason: reason.clone(),
+                };
+            }
+            None => {
+                return Outcome::Unanswered {
+                    node: *node,
+                    reason: "not asked".into(),
+                };
+            }
+        }
+    }
+    let committed = vote::COMMIT_PRIMARY | vote::TRUNCATED;
+    let decided_to_commit = all & (committed | vote::COMMIT_BACKUP) != 0;
+    if all & vote::ABORTED != 0 && decided_to_commit {
+        // An abort is decided only when nobody holds either: every vote since is final.
+        return Outcome::Recovery {
+            reason: format!("its votes contradict each other: {votes:?}"),
+        };
+    }
+    // A primary that holds nothing of a transaction some participant holds COMMIT-BACKUP of
+    // has truncated it: a COMMIT-BACKUP is sent only after every primary voted on its LOCK,
+    // which it keeps until the transaction is truncated or aborted, and never aborted once a
+    // COMMIT-BACKUP may exist (docs/protocol.md ABORT.1). Truncations ride on whatever record
+    // goes to each participant next, so a dead client may have truncated at some only.
+    let primary_committed = |primary: NodeId| match votes.get(&primary) {
+        Some(Ok(bits)) => {
+            bits & committed != 0 || (decided_to_commit && bits & (vote::LOCK | vote::ABORTED) == 0)
+        }
+        _ => false,
+    };
+    let primaries: BTreeSet<NodeId> = regions
+        .iter()
+        .map(|&region| config.placement(region).expect("checked above").primary)
+        .collect();
+    // Every backup of every region holds its COMMIT-BACKUP (and every primary its LOCK): all
+    // f+1 replicas of every region hold its values, and the coordinator decided to commit.
+    let mut backups = regions
+        .iter()
+        .flat_map(|&region| &config.placement(region).expect("checked above").backups)
+        .peekable();
+    let backed_up = backups.peek().is_some()
+        && backups.all(|backup| {
+            matches!(votes.get(backup), Some(Ok(bits)) if bits & (vote::COMMIT_BACKUP | vote::TRUNCATED) != 0)
+        });
+    if primaries.iter().all(|&primary| primary_committed(primary)) {
+        Outcome::Truncate
+    } else if backed_up || primaries.iter().any(|&primary| primary_committed(primary)) {
+        Outcome::Install
+    } else if all & vote::COMMIT_BACKUP != 0 {
+        let mut lacking: Vec<NodeId> = regions
+            .iter()
+            .flat_map(|&region| &config.placement(region).expect("checked above").backups)
+            .filter(|&backup| {
+                matches!(votes.get(backup), Some(Ok(bits)) if bits & vote::COMMIT_BACKUP == 0)
+            })
+            .copied()
+            .collect();
+        lacking.sort();
+        lacking.dedup();
+        Outcome::Copy { lacking }
+    } else {
+        Outcome::Abort
+    }
+}
+
+/// Transactions a node has voted on: it refuses their LOCK, COMMIT-BACKUP and COMMIT-PRIMARY
+/// records from then on, and remembers what it decided (ABORTED, TRUNCATED) to answer later
+/// votes once their records are gone. Bounded by [`VOTED_MAX`], oldest forgotten first.
+#[derive(Default)]
+pub struct Voted {
+    decided: HashMap<TxnId, u64>,
+    order: VecDeque<TxnId>,
+}
+
+impl Voted {
+    /// Records that this node voted on `txn` (it refuses its records from now on).
+    pub fn vote(&mut self, txn: TxnId) {
+        if self.decided.contains_key(&txn) {
+            return;
+        }
+        if self.order.len() == VOTED_MAX
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.decided.remove(&oldest);
+        }
+        self.decided.insert(txn, 0);
+        self.order.push_back(txn);
+    }
+
+    /// Records what this node did with `txn` ([`vote::ABORTED`] or [`vote::TRUNCATED`]).
+    pub fn decided(&mut self, txn: TxnId, bits: u64) {
+        self.vote(txn);
+        *self.decided.get_mut(&txn).expect("just voted") |= bits;
+    }
+
+    /// Whether this node voted on `txn` (and refuses its records).
+    pub fn has_voted(&self, txn: TxnId) -> bool {
+        self.decided.contains_key(&txn)
+    }
+
+    /// What this node decided for `txn`, as vote bits (0 if nothing).
+    pub fn outcome(&self, txn: TxnId) -> u64 {
+        self.decided.get(&txn).copied().unwrap_or(0)
+    }
+}
+
+/// Orphans waiting to be asked about, and verdicts waiting for the worker.
+#[derive(Default)]
+struct Queue {
+    orphans: VecDeque<Orphan>,
+    verdicts: Vec<Verdict>,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when orphans arrive or the resolver must stop.
+    work: Condvar,
+}
+
+/// The thread that asks the participants of orphans for their votes (see the module docs). It
+/// sleeps on a condition variable while there is nothing to ask.
+pub struct Resolver {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Resolver {
+    pub fn spawn(node: Arc<TxnNode>) -> std::io::Result<Resolver> {
+        let shared = Arc::new(Shared::default());
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("acre-orphans-{}", node.node_id()))
+                .spawn(move || resolve(&node, &shared))?
+        };
+        Ok(Resolver {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues orphans to ask about.
+    pub fn submit(&self, orphans: Vec<Orphan>) {
+        if orphans.is_empty() {
+            return;
+        }
+        self.shared
+            .queue
+            .lock()
+            .expect(crate::POISONED)
+            .orphans
+            .extend(orphans);
+        self.shared.work.notify_one();
+    }
+
+    /// The verdicts reached since the last call.
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        std::mem::take(&mut self.shared.queue.lock().expect(crate::POISONED).verdicts)
+    }
+
+    pub fn stop(&mut self) {
+        self.shared.queue.lock().expect(crate::POISONED).stop = true;
+        self.shared.work.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn resolve(node: &TxnNode, shared: &Shared) {
+    loop {
+        let mut batch = {
+            let mut queue = shared.queue.lock().expect(crate::POISONED);
+            while queue.orphans.is_empty() && !queue.stop {
+                queue = shared.work.wait(queue).expect(crate::POISONED);
+            }
+            if queue.stop {
+                return;
+            }
+            std::mem::take(&mut queue.orphans)
+        };
+        while !batch.is_empty() {
+            let verdicts = ask(node, &mut batch);
+            let mut queue = shared.queue.lock().expect(crate::POISONED);
+            queue.verdicts.extend(verdicts);
+            if queue.stop {
+                return;
+            }
+            drop(queue);
+            // The worker applies verdicts when it wakes.
+            node.fabric().memory().doorbell().ring();
+        }
+    }
+}
+
+/// The votes on an orphan of a round so far (`Err`: why there is none), and the replies it
+/// waits for: `(node, reply index)`.
+type Asking = (
+    Orphan,
+    BTreeMap<NodeId, Result<u64, String>>,
+    Vec<(NodeId, usize)>,
+);
+
+/// One round: asks the other participants of the first orphans of `batch` (as many as one reply
+/// slot holds answers for, taking them off `batch`) and returns their verdicts.
+fn ask(node: &TxnNode, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
+    let me = node.node_id();
+    let config = node.config();
+    let Some(lease) = node.replies().acquire() else {
+        // This node's own coordinators hold every reply slot: the next round will find one.
+        return batch
+            .drain(..)
+            .map(|orphan| Verdict {
+                txn: orphan.txn,
+                outcome: Outcome::Unanswered {
+                    node: me,
+                    reason: "every reply slot of this node is in use".into(),
+                },
+            })
+            .collect();
+    };
+    let asker = TxnId {
+        config: config.id,
+        node: me,
+        thread: lease.slot,
+        seq: lease.seq,
+    };
+    let mut round: Vec<Asking> = Vec::new();
+    let mut verdicts = Vec::new();
+    let mut next_index = 0;
+    while let Some(orphan) = batch.front() {
+        let others: Vec<NodeId> = match participants(config, &orphan.regions) {
+            Ok(nodes) => nodes.into_iter().filter(|&n| n != me).collect(),
+            Err(_) => Vec::new(), // `decide` says why
+        };
+        if others.len() > REPLIES_PER_TXN_MAX {
+            let orphan = batch.pop_front().expect("front");
+            verdicts.push(Verdict {
+                txn: orphan.txn,
+                outcome: Outcome::Recovery {
+                    reason: format!("its {} participants are too many to ask", others.len()),
+                },
+            });
+            continue;
+        }
+        if next_index + others.len() > REPLIES_PER_TXN_MAX {
+            break; // the next round asks about it
+        }
+        let orphan = batch.pop_front().expect("front");
+        let mut votes = BTreeMap::new();
+        votes.insert(me, Ok(orphan.holds));
+        let mut waits = Vec::new();
+        for other in others {
+            let index = next_index;
+            next_index += 1;
+            let record = TxnRecord {
+                txn: asker,
+                reply: node.replies().reply_to(lease.slot, index),
+                truncated: Vec::new(),
+                body: Body::RequestVote { txn: orphan.txn },
+            };
+            match node.links().send_one(other, record) {
+                Ok(()) => waits.push((other, index)),
+                Err(e) => {
+                    votes.insert(other, Err(format!("cannot ask it: {e}")));
+                }
+            }
+        }
+        round.push((orphan, votes, waits));
+    }
+    let indexes: Vec<usize> = round
+        .iter()
+        .flat_map(|(_, _, waits)| waits.iter().map(|&(_, index)| index))
+        .collect();
+    // Whatever is missing after the wait is polled once more below, reply by reply.
+    let _ = node
+        .replies()
+        .wait(lease.slot, lease.seq, &indexes, VOTE_TIMEOUT);
+    let mut outstanding = false;
+    for (orphan, mut votes, waits) in round {
+        for (other, index) in waits {
+            let vote = match node.replies().poll(lease.slot, lease.seq, index) {
+                Some(reply) if reply.code == Code::Vote && reply.values[0] & !vote::ALL == 0 => {
+                    Ok(reply.values[0])
+                }
+                Some(reply) if reply.code == Code::Refused => Err(format!(
+                    "it does not see {} gone, or could not read its ring",
+                    orphan.txn.node
+                )),
+                Some(reply) => Err(format!("it answered {reply:?}")),
+                None => {
+                    outstanding = true;
+                    Err(format!("no vote within {VOTE_TIMEOUT:?}"))
+                }
+            };
+            votes.insert(other, vote);
+        }
+        let outcome = decide(config, &orphan.regions, &votes);
+        if let Outcome::Copy { lacking } = &outcome {
+            copy_entries(node, &orphan, lacking);
+        }
+        verdicts.push(Verdict {
+            txn: orphan.txn,
+            outcome,
+        });
+    }
+    node.replies().release(lease, outstanding);
+    verdicts
+}
+
+/// Sends each backup in `lacking` the entries of `orphan`'s LOCK here (if this node is a primary
+/// holding its locks) of the regions the backup holds a copy of, as a COMMIT-BACKUP record: what
+/// the dead coordinator would have sent it (the LOCK and the COMMIT-BACKUP carry the same
+/// entries). Copies that do not arrive are sent again at the next round.
+fn copy_entries(node: &TxnNode, orphan: &Orphan, lacking: &[NodeId]) {
+    let Some(entries) = node.primary().locked_entries(orphan.txn) else {
+        return;
+    };
+    let config = node.config();
+    for &backup in lacking {
+        let backs_up = |entry: &&acre_txn::record::Entry| {
+            config
+                .placement(entry.addr.region())
+                .is_some_and(|placement| placement.backups.contains(&backup))
+        };
+        let part: Vec<_> = entries.iter().filter(backs_up).cloned().collect();
+        if part.is_empty() {
+            continue;
+        }
+        let record = TxnRecord {
+            txn: orphan.txn,
+            reply: ReplyTo::NONE,
+            truncated: Vec::new(),
+            body: Body::CommitBackup {
+                regions: orphan.regions.clone(),
+                entries: part,
+            },
+        };
+        if let Err(e) = node.links().send_one(backup, record) {
+            tracing::warn!(
+                node = %node.node_id(),
+                "copying the entries of {} to {backup} failed: {e}; the next round tries again",
+                orphan.txn
+            );
+        }
+    }
+}
+
+/// Where a REQUEST-VOTE is answered: the reply-to of the asker's record.
+pub fn answer(node: &TxnNode, asker: NodeId, to: ReplyTo, seq: u64, holds: Option<u64>) {
+    match holds {
+        Some(bits) => node.reply(asker, to, seq, Code::Vote, [bits, 0, 0]),
+        None => node.reply(asker, to, seq, Code::Refused, [0; 3]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three nodes, f = 2: region `k` has its primary on `nk` and backups on the two others.
+    fn config() -> Configuration {
+        let nodes = (1..=3).map(NodeId).collect();
+        Configuration::place(1, nodes, vec![NodeId(100)], 1, 2, 4 << 20, 64 << 10).unwrap()
+    }
+
+    fn votes(bits: [u64; 3]) -> BTreeMap<NodeId, Result<u64, String>> {
+        (1..=3).map(NodeId).zip(bits.map(Ok)).collect()
+    }
+
+    const L: u64 = vote::LOCK;
+    const CB: u64 = vote::COMMIT_BACKUP;
+    const CP: u64 = vote::COMMIT_PRIMARY;
+
+    #[test]
+    fn the_votes_decide_as_the_module_docs_say() {
+        let config = config();
+        let r1 = config.primary_regions(NodeId(1)).next().unwrap().region;
+        let r2 = config.primary_regions(NodeId(2)).next().unwrap().region;
+        let both = [r1, r2];
+        // Locked at both primaries, nothing further: the coordinator never decided.
+        assert_eq!(decide(&config, &both, &votes([L, L, 0])), Outcome::Abort);
+        // A COMMIT-BACKUP at some backups only and no COMMIT-PRIMARY: the primaries copy their
+        // entries to the others (n3 backs up both regions, n1 region 2's).
+        assert_eq!(
+            decide(&config, &both, &votes([L, L | CB, 0])),
+            Outcome::Copy {
+                lacking: vec![NodeId(1), NodeId(3)]
+            }
+        );
+        // At every backup, no COMMIT-PRIMARY: every replica holds the values, the coordinator
+        // decided to commit; the primaries install.
+        assert_eq!(
+            decide(&config, &both, &votes([L | CB, L | CB, CB])),
+            Outcome::Install
+        );
+        // One primary committed, the other only locked: committed, the other installs.
+        assert_eq!(
+            decide(&config, &both, &votes([CP | CB, L | CB, CB])),
+            Outcome::Install
+        );
+        // Every primary committed (or truncated): truncate.
+        assert_eq!(
+            decide(&config, &both, &votes([CP | CB, vote::TRUNCATED, CB])),
+            Outcome::Truncate
+        );
+        assert_eq!(
+            decide(&config, &[r1], &votes([CP, CB, CB])),
+            Outcome::Truncate
+        );
+        // A primary that holds nothing of a transaction a backup holds COMMIT-BACKUP of has
+        // truncated it (its truncation reached that primary, not the backups).
+        assert_eq!(
+            decide(&config, &[r1], &votes([0, CB, CB])),
+            Outcome::Truncate
+        );
+        assert_eq!(
+            decide(&config, &both, &votes([CB, 0, CB])),
+            Outcome::Truncate
+        );
+        // Nothing anywhere but a LOCK: aborted, or never locked everywhere.
+        assert_eq!(decide(&config, &both, &votes([0, L, 0])), Outcome::Abort);
+        // An earlier abort decision stands; a contradiction is reported, never acted on.
+        assert_eq!(
+            decide(&config, &both, &votes([vote::ABORTED, L, 0])),
+            Outcome::Abort
+        );
+        assert!(matches!(
+            decide(&config, &both, &votes([vote::ABORTED, CP, CB])),
+            Outcome::Recovery { .. }
+        ));
+    }
+
+    #[test]
+    fn a_missing_vote_or_an_unknown_region_decides_nothing() {
+        let config = config();
+        let r1 = config.primary_regions(NodeId(1)).next().unwrap().region;
+        let mut partial = votes([L, 0, 0]);
+        partial.insert(NodeId(3), Err("no vote within 1s".into()));
+        assert_eq!(
+            decide(&config, &[r1], &partial),
+            Outcome::Unanswered {
+                node: NodeId(3),
+                reason: "no vote within 1s".into()
+            }
+        );
+        partial.remove(&NodeId(3));
+        assert!(matches!(
+            decide(&config, &[r1], &partial),
+            Outcome::Unanswered {
+                node: NodeId(3),
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(&config, &[RegionId(99)], &votes([L, 0, 0])),
+            Outcome::Recovery { .. }
+        ));
+    }
+
+    #[test]
+    fn votes_are_remembered_up_to_their_bound() {
+        let mut voted = Voted::default();
+        let txn = |seq| TxnId {
+            config: 1,
+            node: NodeId(100),
+            thread: 0,
+            seq,
+        };
+        voted.decided(txn(0), vote::ABORTED);
+        assert!(voted.has_voted(txn(0)));
+        assert_eq!(voted.outcome(txn(0)), vote::ABORTED);
+        for seq in 1..=VOTED_MAX as u64 {
+            voted.vote(txn(seq));
+        }
+        assert!(!voted.has_voted(txn(0)), "the oldest is forgotten first");
+        assert!(voted.has_voted(txn(VOTED_MAX as u64)));
+        assert_eq!(voted.order.len(), VOTED_MAX);
+    }
+}

@@ -263,8 +263,17 @@ impl Inbox {
         Ok(())
     }
 
+    /// Whether `sender`'s ring is damaged: its reader stopped at a damaged record, so `None`
+    /// from [`Inbox::poll_from`] does not mean everything written was read.
+    pub fn is_damaged(&self, sender: NodeId) -> bool {
+        self.rings
+            .iter()
+            .any(|r| r.sender == sender && r.reader.is_damaged())
+    }
+
     /// The next message from `sender` only, without blocking (`None` also when this inbox has
-    /// no ring for `sender`): how a receiver reads everything one sender has written so far.
+    /// no ring for `sender`, or its ring is damaged: see [`Inbox::is_damaged`]): how a receiver
+    /// reads everything one sender has written so far.
     pub fn poll_from(&mut self, sender: NodeId) -> Result<Option<Message>, ChannelError> {
         let Some(ring) = self.rings.iter_mut().find(|r| r.sender == sender) else {
             return Ok(None);

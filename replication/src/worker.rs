@@ -470,6 +470,16 @@ impl Serving {
         for _ in 0..DRAIN_RECORDS_MAX {
             match self.inbox.poll_from(client) {
                 Ok(Some(message)) => self.handle(message),
+                // A damaged ring hides what lies past the damage: nothing can be said of it (the
+                // damage itself is reported where the worker's poll finds it).
+                Ok(None) if self.inbox.is_damaged(client) => {
+                    tracing::debug!(
+                        node = %self.node.node_id(),
+                        "the ring of {client}, which is gone, is damaged: its transactions \
+                         cannot be settled"
+                    );
+                    return false;
+                }
                 Ok(None) => return true,
                 Err(e) => {
                     tracing::error!(

@@ -442,7 +442,11 @@ impl Outbox {
             standing: Standing::Unattached,
             state: 0,
         };
-        outbox.resume(fabric)?;
+        // Look only: the writes that resuming takes wait for the first reserve or append. Two
+        // threads may attach one sender's ring at once (a link attached on first use) and keep
+        // one of the two outboxes; the other must leave the ring as it found it, or it could
+        // zero records the kept one has appended since.
+        outbox.resume_with(fabric, false)?;
         Ok(outbox)
     }
 
@@ -461,6 +465,12 @@ impl Outbox {
     /// records no tail covers yet and the tail after them, and continues there. A ring that
     /// cannot be written gets a reset request.
     fn resume(&mut self, fabric: &Fabric) -> Result<(), ChannelError> {
+        self.resume_with(fabric, true)
+    }
+
+    /// [`Self::resume`]; with `carry_out` false, only checks that the ring can be resumed
+    /// (writing nothing to it but a reset request when it cannot) and stays unattached.
+    fn resume_with(&mut self, fabric: &Fabric, carry_out: bool) -> Result<(), ChannelError> {
         if self.standing == Standing::Synced {
             return Ok(());
         }
@@ -517,6 +527,7 @@ impl Outbox {
             Ok((resume, writer))
         });
         match resumed {
+            Ok(_) if !carry_out => Ok(()),
             Ok((resume, writer)) => {
                 // Clear whatever a batch that failed, or a writer that died, may have left
                 // committed past a hole: everything this writer had planned, or, for a writer
@@ -1009,5 +1020,39 @@ mod tests {
             (at, &b"again"[..])
         );
         assert!(inbox.poll().unwrap().is_none());
+    }
+
+    /// Two threads can attach one sender's ring at once (a link attached on first use) and
+    /// keep one of the two outboxes. The other may have looked at the ring before the kept one
+    /// appended and finish after: if attaching wrote anything (the tail over records it found,
+    /// zeros past them), it would wipe what the kept one appended meanwhile. So attaching
+    /// writes nothing; the writes resuming takes wait for the first reserve or append.
+    #[test]
+    fn attaching_writes_nothing_to_the_ring() {
+        let faults = Arc::new(FaultPlan::new());
+        let (fabric, mut inbox, mut outbox, ring) = pair(faults.clone());
+        outbox.send(&fabric, RecordKind(1), b"one").unwrap();
+        // "two" lands without its tail: a writer attaching now has the tail to write.
+        faults.add(Rule::to(NodeId(2), Action::Partial(2)).times(1));
+        assert!(outbox.send(&fabric, RecordKind(2), b"two").is_err());
+        let snapshot = |ring: &Region| -> Vec<u64> {
+            ring.words()
+                .iter()
+                .map(|word| word.load(std::sync::atomic::Ordering::Acquire))
+                .collect()
+        };
+        let before = snapshot(&ring);
+        let key = ring.key();
+        let late = Outbox::attach(&fabric, NodeId(2), key, RING_BYTES_TEST).unwrap();
+        assert!(
+            before == snapshot(&ring),
+            "attaching changed the ring it attached to"
+        );
+        drop(late);
+        outbox.send(&fabric, RecordKind(3), b"three").unwrap();
+        let mut read = Vec::new();
+        drain(&mut inbox, &mut read);
+        let kinds: Vec<u16> = read.iter().map(|r| r.kind.0).collect();
+        assert_eq!(kinds, vec![1, 2, 3]);
     }
 }

@@ -41,6 +41,7 @@ use acre_engine::fabric::{Fabric, Transport};
 use acre_engine::region::Region;
 use acre_nvm_log::RingGeometry;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
+use acre_txn::backoff::Backoff;
 use acre_txn::config::REPLY_AREA_ID_MIN;
 use acre_txn::record::TxnId;
 use std::path::Path;
@@ -207,10 +208,15 @@ pub fn read_status(words: &[AtomicU64]) -> Result<NodeStatus, StatusError> {
             capacity,
         });
     }
-    for _ in 0..READ_ATTEMPTS_MAX {
+    // The worker may be rewriting the table, and on shared cores be descheduled half-way:
+    // retries give it the CPU rather than spin through every attempt at once.
+    let mut backoff = Backoff::poll();
+    for attempt in 0..READ_ATTEMPTS_MAX {
+        if attempt > 0 {
+            backoff.wait();
+        }
         let before = words[VERSION_WORD].load(Ordering::Acquire);
         if !before.is_multiple_of(2) {
-            std::hint::spin_loop();
             continue;
         }
         let rings = (0..count as usize)

@@ -5,8 +5,8 @@
 //! [`FaultPlan`]: acre_engine::fabric::fault::FaultPlan
 
 use crate::fixture::{
-    BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, primary_header, region_of, replica, rings,
-    settle, start, three_nodes, txn_node, value_at,
+    BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, overwrite, primary_header, region_of, replica,
+    rings, settle, start, three_nodes, txn_node, value_at,
 };
 use acre_engine::addr::{Addr, NodeId};
 use acre_engine::channel::{RING_AREA_BASE, appended_kinds};
@@ -15,7 +15,7 @@ use acre_engine::fabric::fault::{Action, Rule};
 use acre_engine::slab::BLOCK_HEADER_BYTES;
 use acre_nvm_log::RecordKind;
 use acre_replication::ReplicaNode;
-use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, TRUNCATE};
+use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, LOCK, TRUNCATE};
 use acre_txn::reply::REPLY_AREA_ID;
 use acre_txn::{CommitError, TxnError};
 use std::sync::atomic::Ordering;
@@ -416,5 +416,47 @@ fn a_request_that_never_left_does_not_quarantine_the_slot() {
     );
     drop(next);
     settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/protocol.md#abort: a LOCK whose append failed may still have landed (its words arrived,
+/// the persist after them did not), and the primary then locks. The abort must reach that
+/// primary too, or the objects stay locked until recovery.
+#[test]
+fn a_lock_whose_append_failed_is_aborted_too() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(1), b"a0"); // primary n2
+    let b = create(&n1, region_of(1), b"b0");
+    settle(&cluster);
+    let cut = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Partial(2))
+            .from(NodeId(1))
+            .when(appends(LOCK))
+            .times(1),
+    );
+    let mut txn = n1.begin().expect("begin");
+    txn.write(a, b"a1").expect("write");
+    let outcome = txn.commit();
+    assert_eq!(cluster.faults().hits(cut), 1);
+    assert!(
+        matches!(
+            outcome,
+            Err(CommitError::Unavailable {
+                node: NodeId(2),
+                ..
+            })
+        ),
+        "a LOCK that failed to append: {outcome:?}"
+    );
+    // The next append to n2 makes the ring's tail cover the LOCK that landed, so n2 reads it
+    // and locks a; whatever came after it must unlock a again.
+    overwrite(&n1, b, b"b1");
+    settle(&cluster);
+    assert!(
+        !primary_header(&cluster, a).is_locked(),
+        "a is still locked"
+    );
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
     cluster.stop();
 }

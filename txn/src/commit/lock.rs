@@ -36,11 +36,14 @@ impl Commit<'_> {
                 truncated: Vec::new(),
                 body: self.plan.locks[&primary].clone(),
             };
-            self.send(primary, record)?;
+            let sent = self.send(primary, record);
+            // A LOCK whose append failed may still have landed in part, and its primary lock
+            // once it reads it: it counts as sent, so the abort reaches it too.
             self.locks_sent.push(LockSent {
                 primary,
                 reply_index,
             });
+            sent?;
             if primary == me {
                 let entries = self.plan.lock_entries(me).to_vec();
                 self.inline_vote = Some(self.node.primary().lock(self.txn.id, entries));

@@ -339,7 +339,34 @@ impl Serving {
             self.truncate(truncated);
         }
         let txn = record.txn;
-        let seq = txn.seq;
+        if self.refuses_late(sender, &record) {
+            self.ring(sender).read(pos, end, None);
+            return;
+        }
+        // Which record this is, for a later vote, and the regions it lists.
+        let (holds, regions) = match &record.body {
+            Body::Lock { regions, .. } => (vote::LOCK, regions.clone()),
+            Body::CommitBackup { regions, .. } => (vote::COMMIT_BACKUP, regions.clone()),
+            Body::CommitPrimary => (vote::COMMIT_PRIMARY, Vec::new()),
+            _ => (0, Vec::new()),
+        };
+        let (keep, holds) = self.serve(sender, record, holds, &regions);
+        self.ring(sender).read(pos, end, keep.then_some(txn));
+        if keep {
+            let kept = self.kept.entry(txn).or_default();
+            kept.records.push((sender, pos));
+            kept.holds |= holds;
+            if kept.regions.is_empty() {
+                kept.regions = regions;
+            }
+            self.retention_changed = true;
+        }
+    }
+
+    /// Whether `record` is a late append of a dead client coordinator on whose transaction this
+    /// node has voted: refused (and counted) so it cannot contradict the vote.
+    fn refuses_late(&self, sender: NodeId, record: &TxnRecord) -> bool {
+        let txn = record.txn;
         let voted = matches!(
             record.body,
             Body::Lock { .. } | Body::CommitBackup { .. } | Body::CommitPrimary
@@ -355,16 +382,21 @@ impl Serving {
                 record.kind().0
             );
             self.stats.late_refused.fetch_add(1, Ordering::Release);
-            self.ring(sender).read(pos, end, None);
-            return;
         }
-        // Which record this is, for a later vote, and the regions it lists.
-        let (mut holds, regions) = match &record.body {
-            Body::Lock { regions, .. } => (vote::LOCK, regions.clone()),
-            Body::CommitBackup { regions, .. } => (vote::COMMIT_BACKUP, regions.clone()),
-            Body::CommitPrimary => (vote::COMMIT_PRIMARY, Vec::new()),
-            _ => (0, Vec::new()),
-        };
+        voted
+    }
+
+    /// Does what `record` asks of this node as primary or backup; returns whether its ring
+    /// keeps the record, and what it holds of the transaction for a later vote.
+    fn serve(
+        &mut self,
+        sender: NodeId,
+        record: TxnRecord,
+        mut holds: u64,
+        regions: &[RegionId],
+    ) -> (bool, u64) {
+        let txn = record.txn;
+        let seq = txn.seq;
         // A coordinator on this node did the primary's part of its own LOCK, COMMIT-PRIMARY and
         // ABORT itself (acre_txn::txn): the worker only keeps or drops those records.
         let local = txn.node == self.node.node_id();
@@ -395,7 +427,7 @@ impl Serving {
                 // A primary's copy of its part, its client coordinator being dead
                 // (crate::orphan): this backup holds the transaction once it has every part.
                 let kept = self.backup.hold_part(txn, entries);
-                if !self.backup.covers(txn, &regions) {
+                if !self.backup.covers(txn, regions) {
                     holds = 0;
                 }
                 kept
@@ -415,14 +447,16 @@ impl Serving {
                 false
             }
             Body::Alloc { region, len, near } => {
-                self.allocations.serve(AllocRequest {
+                let reply = record.reply;
+                let request = AllocRequest {
                     sender,
-                    reply: record.reply,
+                    reply,
                     txn,
                     region,
                     len,
                     near,
-                });
+                };
+                self.allocations.serve(request);
                 false
             }
             Body::Release { addrs } => {
@@ -435,16 +469,7 @@ impl Serving {
                 false
             }
         };
-        self.ring(sender).read(pos, end, keep.then_some(txn));
-        if keep {
-            let kept = self.kept.entry(txn).or_default();
-            kept.records.push((sender, pos));
-            kept.holds |= holds;
-            if kept.regions.is_empty() {
-                kept.regions = regions;
-            }
-            self.retention_changed = true;
-        }
+        (keep, holds)
     }
 
     /// REQUEST-VOTE on `txn`: what this node holds of it, once it has read everything its

@@ -94,13 +94,7 @@ fn a_commit_one_primary_acknowledged_is_committed_though_another_missed_commit_p
 fn a_commit_backup_that_failed_half_way_leaves_the_outcome_to_recovery() {
     let client = NodeId(100);
     let cluster = start(REGION_BYTES, RING_BYTES, vec![client]);
-    let coordinator = cluster
-        .nodes()
-        .iter()
-        .find(|node| node.node_id() == client)
-        .expect("the client node")
-        .txn()
-        .clone();
+    let coordinator = replica(&cluster, client).txn().clone();
     let a = create(&coordinator, region_of(0), b"a0"); // primary n1, backups n2 and n3
     // The record's words land at n2 (its body, then its commit word); the persists and the
     // tail after them fail.

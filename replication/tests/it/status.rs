@@ -2,7 +2,9 @@
 //! it serves (a heartbeat) and, per ring, how many records it keeps and the oldest of them with
 //! its transaction, so that a transaction that pins a ring can be named from outside.
 
-use crate::fixture::{REGION_BYTES, RING_BYTES, create, overwrite, region_of, rings, start};
+use crate::fixture::{
+    REGION_BYTES, RING_BYTES, create, overwrite, region_of, replica, rings, start,
+};
 use acre_engine::addr::NodeId;
 use acre_engine::channel::appended_kinds;
 use acre_engine::fabric::fault::{Action, Rule};
@@ -47,13 +49,7 @@ fn wait_for_ring(
 fn the_status_area_names_the_transaction_that_pins_a_ring() {
     let client = NodeId(100);
     let cluster = start(REGION_BYTES, RING_BYTES, vec![client]);
-    let coordinator = cluster
-        .nodes()
-        .iter()
-        .find(|node| node.node_id() == client)
-        .expect("the client node")
-        .txn()
-        .clone();
+    let coordinator = replica(&cluster, client).txn().clone();
     let n1 = &cluster.nodes()[0];
     let before = n1.status().expect("read the status area").heartbeat;
     let a = create(&coordinator, region_of(0), b"a0"); // primary n1

@@ -151,14 +151,7 @@ impl ProcessNode {
                 path: cluster_file.to_path_buf(),
             });
         }
-        let io = |what: &'static str, path: PathBuf| {
-            move |source| NodeStartError::Io {
-                node,
-                what,
-                path,
-                source,
-            }
-        };
+        let io = |what, path| start_io(node, what, path);
         let memory_node = file.config.nodes.contains(&node);
         if memory_node {
             ProcessNode::check_earlier_run(&dir, node)?;
@@ -196,14 +189,7 @@ impl ProcessNode {
     /// Refuses to start memory node `node` while another process runs it, or on files of an
     /// earlier run that hold data.
     fn check_earlier_run(dir: &Path, node: NodeId) -> Result<(), NodeStartError> {
-        let io = |what: &'static str, path: PathBuf| {
-            move |source| NodeStartError::Io {
-                node,
-                what,
-                path,
-                source,
-            }
-        };
+        let io = |what, path| start_io(node, what, path);
         let manifest_path = NodeManifest::path(dir, node);
         let manifest = NodeManifest::read(dir, node)
             .map_err(io("read its manifest", manifest_path.clone()))?;
@@ -298,6 +284,20 @@ impl Drop for ProcessNode {
 
 fn incarnation_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.incarnation"))
+}
+
+/// The error of starting `node` when `what` failed on `path`.
+fn start_io(
+    node: NodeId,
+    what: &'static str,
+    path: PathBuf,
+) -> impl FnOnce(std::io::Error) -> NodeStartError {
+    move |source| NodeStartError::Io {
+        node,
+        what,
+        path,
+        source,
+    }
 }
 
 /// Counts a start of `node` in the cluster directory (`n<id>.incarnation`, a decimal number)

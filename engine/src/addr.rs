@@ -24,6 +24,14 @@ impl fmt::Display for RegionId {
 #[serde(transparent)]
 pub struct NodeId(pub u16);
 
+impl NodeId {
+    /// The id of an observer: a read-only tool such as `acre cluster status` that probes nodes.
+    /// No member ever has it, several observers may use it at once, and the tcp transport's
+    /// fence ([`crate::fabric::tcp::server`]) does not apply to it, so an observer must never
+    /// write anything whose order matters.
+    pub const OBSERVER: NodeId = NodeId(u16::MAX);
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "n{}", self.0)

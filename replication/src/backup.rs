@@ -68,16 +68,18 @@ impl Backup {
     }
 
     /// COMMIT-BACKUP: keeps the transaction's entries for this node's copies until truncation.
+    /// A coordinator that finishes its commit (docs/protocol.md#unfinished-commits) may send the
+    /// same COMMIT-BACKUP again when the first append failed but landed.
     pub fn hold(&self, txn: TxnId, entries: Vec<Entry>) {
-        let previous = self
-            .held
-            .lock()
-            .expect(crate::POISONED)
-            .insert(txn, entries);
-        assert!(
-            previous.is_none(),
-            "{txn} sent COMMIT-BACKUP twice to one backup"
-        );
+        let mut held = self.held.lock().expect(crate::POISONED);
+        if let Some(previous) = held.get(&txn) {
+            assert!(
+                *previous == entries,
+                "{txn} sent two different COMMIT-BACKUPs to one backup"
+            );
+            return;
+        }
+        held.insert(txn, entries);
     }
 
     /// A copy of part of `txn`'s COMMIT-BACKUP, sent by the primary of the regions of `entries`

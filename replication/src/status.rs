@@ -69,8 +69,9 @@ const READ_ATTEMPTS_MAX: u32 = 100;
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(600);
 /// How long an observer waits for a node to answer both READs.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(2600);
-/// The node id an observer's fabric uses: `acre cluster up` never gives it to a member.
-pub const OBSERVER: NodeId = NodeId(u16::MAX);
+/// The node id an observer's fabric uses: `acre cluster up` never gives it to a member, and the
+/// tcp fence leaves it alone, so several `acre cluster status` may run at once.
+pub const OBSERVER: NodeId = NodeId::OBSERVER;
 
 /// Bytes of the status area of a node with `rings` rings (a whole number of pages).
 pub fn status_area_bytes(rings: usize) -> u64 {

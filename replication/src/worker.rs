@@ -412,6 +412,11 @@ impl Serving {
                 self.node.reply(sender, record.reply, seq, code, [0; 3]);
                 true
             }
+            Body::CommitPrimary if self.holds(txn, vote::COMMIT_PRIMARY) => {
+                // A second copy from a coordinator finishing its commit
+                // (docs/protocol.md#unfinished-commits): installed at the first.
+                true
+            }
             Body::CommitPrimary => {
                 if let Err(e) = self.node.primary().commit(txn) {
                     tracing::error!(node = %self.node.node_id(), "COMMIT-PRIMARY of {txn}: {e}");
@@ -470,6 +475,13 @@ impl Serving {
             }
         };
         (keep, holds)
+    }
+
+    /// Whether this node keeps a record of `txn` of the kind `bit` ([`vote`] bits).
+    fn holds(&self, txn: TxnId, bit: u64) -> bool {
+        self.kept
+            .get(&txn)
+            .is_some_and(|kept| kept.holds & bit != 0)
     }
 
     /// REQUEST-VOTE on `txn`: what this node holds of it, once it has read everything its

@@ -57,6 +57,11 @@ pub enum ConfigError {
     )]
     DuplicateMember { node: NodeId },
     #[error(
+        "invalid configuration: {node} is the id reserved for observers such as `acre cluster \
+         status`; give the member another id"
+    )]
+    ObserverId { node: NodeId },
+    #[error(
         "invalid configuration: f = {f} needs at least {} nodes, there are {nodes}; lower f or \
          add nodes",
         f + 1
@@ -181,6 +186,11 @@ impl Configuration {
         let mut members = BTreeSet::new();
         if let Some(node) = self.members().find(|&node| !members.insert(node)) {
             return Err(ConfigError::DuplicateMember { node });
+        }
+        if members.contains(&NodeId::OBSERVER) {
+            return Err(ConfigError::ObserverId {
+                node: NodeId::OBSERVER,
+            });
         }
         if self.f >= self.nodes.len() {
             return Err(ConfigError::TooFewNodes {
@@ -313,6 +323,13 @@ mod tests {
         assert!(config.is_err());
         config = Configuration::place(1, nodes(3), vec![], 1, 1, 1 << 20, 1000);
         assert!(config.is_err());
+        let observer =
+            Configuration::place(1, nodes(3), vec![NodeId::OBSERVER], 1, 1, 1 << 20, 4096);
+        let error = observer.unwrap_err();
+        assert!(
+            error.to_string().contains("reserved for observers"),
+            "{error}"
+        );
         assert_eq!(Configuration::default_f(1), 0);
         assert_eq!(Configuration::default_f(2), 1);
         assert_eq!(Configuration::default_f(5), 2);

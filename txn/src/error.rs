@@ -89,11 +89,13 @@ pub enum CommitError {
     /// A peer broke the protocol while nothing was durable: stop and report.
     #[error("protocol violation by {node}: {reason}; not committed")]
     Protocol { node: NodeId, reason: String },
-    /// Some backup holds the transaction's COMMIT-BACKUP but the commit could not finish:
-    /// recovery decides whether it committed. Do not run it again blindly (it may apply twice).
+    /// Some backup may hold the transaction's COMMIT-BACKUP but the commit could not finish.
+    /// The coordinator finishes it once `node` answers (docs/protocol.md#unfinished-commits);
+    /// if the coordinator stops first, the memory nodes settle it. Do not run it again blindly
+    /// (it may apply twice).
     #[error(
-        "the outcome of {txn} is unknown ({node}: {reason}): recovery decides it; do not \
-         retry blindly"
+        "the outcome of {txn} is unknown ({node}: {reason}): this node finishes it once {node} \
+         answers; do not retry blindly"
     )]
     Indeterminate {
         txn: TxnId,

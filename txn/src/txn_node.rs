@@ -4,6 +4,7 @@
 //! threads against a `TxnNode`; the node's worker (acre-replication) serves the records that
 //! arrive in its own rings and answers through [`TxnNode::reply`].
 
+use crate::commit::unfinished::UnfinishedCommits;
 use crate::config::Configuration;
 use crate::courier::Couriers;
 use crate::directory::Directory;
@@ -31,6 +32,7 @@ pub struct TxnNode {
     replies: ReplyArea,
     primary: Primary,
     couriers: Couriers,
+    unfinished: UnfinishedCommits,
 }
 
 impl TxnNode {
@@ -52,7 +54,19 @@ impl TxnNode {
             directory,
             replies,
             primary,
+            unfinished: UnfinishedCommits::default(),
         }
+    }
+
+    /// Commits that decided to commit but have records left to deliver, because a participant
+    /// did not answer: the node's finisher sends them once it does
+    /// (docs/protocol.md#unfinished-commits).
+    pub fn unfinished_commits(&self) -> usize {
+        self.unfinished.count()
+    }
+
+    pub(crate) fn unfinished(&self) -> &UnfinishedCommits {
+        &self.unfinished
     }
 
     pub fn node_id(&self) -> NodeId {

@@ -54,7 +54,8 @@ fn appends(kind: RecordKind) -> impl Fn(&[Op]) -> bool + Send + Sync {
 
 /// docs/protocol.md#commit-outcomes: a transaction is committed once one primary holds its
 /// COMMIT-PRIMARY, whatever happens to the others. `commit` must say so: an error would invite
-/// the application to run it again and apply it twice.
+/// the application to run it again and apply it twice. The primary that missed it gets it again
+/// once it answers (docs/protocol.md#unfinished-commits), and installs.
 #[test]
 fn a_commit_one_primary_acknowledged_is_committed_though_another_missed_commit_primary() {
     let cluster = three_nodes();
@@ -77,21 +78,24 @@ fn a_commit_one_primary_acknowledged_is_committed_though_another_missed_commit_p
         "COMMIT-PRIMARY to n3 was lost"
     );
     assert_eq!(outcome, Ok(()), "n2 acknowledged COMMIT-PRIMARY: committed");
-    cluster.faults().heal();
-    // n2 installed its part; n3 keeps b locked until recovery decides (there is none yet).
     assert_eq!(value_at(&n1, a).expect("read a"), b"a1");
-    assert!(
-        primary_header(&cluster, b).is_locked(),
-        "b waits for recovery"
-    );
+    // The coordinator sends n3 its COMMIT-PRIMARY again: b is installed, and the records are
+    // truncated everywhere.
+    wait_until("n3 installs b", || !primary_header(&cluster, b).is_locked());
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b1");
+    settle(&cluster);
+    assert_eq!(n1.unfinished_commits(), 0);
 }
 
 /// docs/protocol.md#commit-backup: an append that failed may still have executed in part (a
 /// connection that broke after the record's words landed), so a failed COMMIT-BACKUP may be
-/// durable at that backup. The coordinator cannot abort then: the outcome is recovery's, and
-/// `commit` says so with the transaction id instead of "nothing durable, retry".
+/// durable at that backup. The coordinator cannot abort then, and `commit` says so with the
+/// transaction id instead of "nothing durable, retry". Then the coordinator finishes the commit
+/// itself once the backup answers (docs/protocol.md#unfinished-commits): COMMIT-BACKUP again
+/// (the backup may now hold it twice), COMMIT-PRIMARY, truncation. Until then the object is
+/// neither aborted nor installed.
 #[test]
-fn a_commit_backup_that_failed_half_way_leaves_the_outcome_to_recovery() {
+fn a_commit_backup_that_failed_half_way_is_finished_once_the_backup_answers() {
     let client = NodeId(100);
     let cluster = start(REGION_BYTES, RING_BYTES, vec![client]);
     let coordinator = replica(&cluster, client).txn().clone();
@@ -120,15 +124,28 @@ fn a_commit_backup_that_failed_half_way_leaves_the_outcome_to_recovery() {
         }
         other => panic!("a COMMIT-BACKUP that may be durable ended as {other:?}"),
     }
-    // Neither aborted nor installed: the primary keeps the lock for recovery to decide, and
-    // goes on keeping it (its worker has every record it will get within a few ms).
+    // While n2 takes nothing from the client, a is neither aborted nor installed: the primary
+    // keeps the lock (its worker has every record it will get within a few ms).
+    let down = cluster
+        .faults()
+        .add(Rule::to(NodeId(2), Action::Fail).from(client));
     for _ in 0..STAYS_LOCKED_CHECKS {
         assert!(
             primary_header(&cluster, a).is_locked(),
-            "a waits for recovery"
+            "a waits for its coordinator"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
+    assert_eq!(coordinator.unfinished_commits(), 1);
+    cluster.faults().remove(down);
+    wait_until("the coordinator finishes the commit", || {
+        !primary_header(&cluster, a).is_locked()
+    });
+    assert_eq!(value_at(&coordinator, a).expect("read a"), b"a1");
+    settle(&cluster);
+    assert_eq!(coordinator.unfinished_commits(), 0);
+    overwrite(&coordinator, a, b"a2");
+    assert_eq!(value_at(&coordinator, a).expect("read a"), b"a2");
 }
 
 /// docs/protocol.md#allocation: a backup can only apply an object in a block whose header it

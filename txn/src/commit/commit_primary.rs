@@ -38,7 +38,10 @@ impl Commit<'_> {
                             .expect("this coordinator's own LOCK succeeded");
                     }
                 }
-                Err(e) => missed = Some((primary, e)),
+                Err(e) => {
+                    self.primaries_missed.insert(primary);
+                    missed = Some((primary, e));
+                }
             }
         }
         let Some((primary, e)) = missed else {
@@ -48,12 +51,13 @@ impl Commit<'_> {
             return Err(CommitError::indeterminate(txn, e));
         }
         // Committed: one primary has COMMIT-PRIMARY. The one that missed it keeps the objects
-        // locked until recovery, which commits the transaction there too (its LOCK and the
-        // backups' COMMIT-BACKUP decide it); the records are not truncated until then.
+        // locked until it gets the record again (super::unfinished); the records are not
+        // truncated until then.
         tracing::warn!(
             %txn,
             %primary,
-            "committed, but COMMIT-PRIMARY missed a primary, whose locks wait for recovery: {e}"
+            "committed, but COMMIT-PRIMARY missed a primary, which gets it again once it \
+             answers: {e}"
         );
         Ok(())
     }

@@ -19,6 +19,7 @@ mod commit_backup;
 mod commit_primary;
 mod lock;
 mod reserve;
+pub(crate) mod unfinished;
 pub(crate) mod validate;
 
 use crate::error::{CommitError, TxnError};
@@ -30,6 +31,8 @@ use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_nvm_log::Reservation;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
+use unfinished::Unfinished;
 
 impl Txn {
     /// Commits the transaction: `Ok` means it is durable on every replica's log and will not
@@ -69,6 +72,10 @@ fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     let mut commit = Commit::new(txn, plan);
     let outcome = commit.run(&Messages);
     commit.give_back_log_space();
+    if let Some(unfinished) = commit.unfinished() {
+        let node = commit.node.clone();
+        node.unfinished().add(&node, unfinished);
+    }
     let locked: BTreeSet<NodeId> = commit.locks_sent.iter().map(|sent| sent.primary).collect();
     commit.txn.release_uncertain_allocations(&locked);
     outcome
@@ -110,6 +117,7 @@ impl PrimarySteps for Messages {
 }
 
 /// What a commit writes where, fixed before anything is sent.
+#[derive(Clone)]
 pub(crate) struct Plan {
     /// The LOCK body for each primary of a written object.
     pub(crate) locks: BTreeMap<NodeId, Body>,
@@ -225,6 +233,8 @@ pub(crate) struct Commit<'t> {
     pub(crate) backups_done: usize,
     /// Primaries whose COMMIT-PRIMARY is durable (step 4).
     pub(crate) primaries_done: usize,
+    /// Primaries whose COMMIT-PRIMARY append failed (step 4).
+    pub(crate) primaries_missed: BTreeSet<NodeId>,
 }
 
 impl<'t> Commit<'t> {
@@ -240,6 +250,7 @@ impl<'t> Commit<'t> {
             validated: false,
             backups_done: 0,
             primaries_done: 0,
+            primaries_missed: BTreeSet::new(),
         }
     }
 
@@ -266,6 +277,41 @@ impl<'t> Commit<'t> {
             self.queue_truncation();
         }
         Ok(())
+    }
+
+    /// What is left to send of a commit that decided to commit (COMMIT-BACKUP was sent) but
+    /// did not get every record acknowledged; `None` when nothing is (it finished, or aborted).
+    fn unfinished(&self) -> Option<Unfinished> {
+        if !self.validated {
+            return None; // aborted, or never got to decide
+        }
+        let backups_left: BTreeSet<NodeId> = self
+            .plan
+            .backups
+            .keys()
+            .skip(self.backups_done)
+            .copied()
+            .collect();
+        let primaries_left: BTreeSet<NodeId> = if backups_left.is_empty() {
+            self.primaries_missed.clone()
+        } else {
+            assert_eq!(
+                self.primaries_done, 0,
+                "{}: COMMIT-PRIMARY before every COMMIT-BACKUP",
+                self.txn.id
+            );
+            self.plan.locks.keys().copied().collect()
+        };
+        if backups_left.is_empty() && primaries_left.is_empty() {
+            return None;
+        }
+        Some(Unfinished {
+            txn: self.txn.id,
+            plan: self.plan.clone(),
+            backups_left,
+            primaries_left,
+            since: Instant::now(),
+        })
     }
 
     /// Step 2: the objects read but not written are still at the versions read, unlocked.

@@ -9,6 +9,16 @@
 //! connection whose unsent responses exceed [`WRITE_BACKLOG_BYTES_MAX`], so TCP flow control
 //! slows down a client that does not read its responses.
 //!
+//! **The fence.** A node has one connection to each peer; it dials a new one only after giving
+//! up on the old, whose requests it then counts as failed. Those requests may still sit in the
+//! old socket's buffers (the server was paused, or slow), and executing them after the sender
+//! moved on would, for instance, write a ring position twice. So when a connection
+//! authenticates as node X, every older connection of X is closed with its unread requests, and
+//! an older connection of X that authenticates after a newer one is refused. "Older" is accept
+//! order, which is the order the node dialled in. Each request of X thus executes before any
+//! request of X's newer connection, or never. [`NodeId::OBSERVER`] is exempt: read-only tools
+//! share that id and may run at once.
+//!
 //! A peer that sends anything the decoder rejects, the wrong frame for its phase, a bad proof,
 //! or does not finish the handshake within [`HANDSHAKE_DEADLINE`] is disconnected; the other
 //! connections are unaffected. When idle the thread blocks in `epoll_wait` with no timeout
@@ -57,6 +67,8 @@ pub struct NicStats {
     pub connections_rejected: u64,
     /// Closed for any reason (including the rejected ones and peers that hung up).
     pub connections_closed: u64,
+    /// Closed by the fence: an older connection of a node that authenticated a newer one.
+    pub connections_fenced: u64,
     pub requests_executed: u64,
 }
 
@@ -66,6 +78,7 @@ struct Counters {
     connections_authenticated: AtomicU64,
     connections_rejected: AtomicU64,
     connections_closed: AtomicU64,
+    connections_fenced: AtomicU64,
     requests_executed: AtomicU64,
 }
 
@@ -80,6 +93,7 @@ impl Counters {
             connections_authenticated: self.connections_authenticated.load(Ordering::Relaxed),
             connections_rejected: self.connections_rejected.load(Ordering::Relaxed),
             connections_closed: self.connections_closed.load(Ordering::Relaxed),
+            connections_fenced: self.connections_fenced.load(Ordering::Relaxed),
             requests_executed: self.requests_executed.load(Ordering::Relaxed),
         }
     }
@@ -125,6 +139,7 @@ impl NicServer {
             stop: stop.clone(),
             counters: counters.clone(),
             connections: HashMap::new(),
+            newest: HashMap::new(),
             next_token: FIRST_CONNECTION_TOKEN,
             again: VecDeque::new(),
         };
@@ -188,6 +203,8 @@ struct Nic {
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
     connections: HashMap<Token, Connection>,
+    /// Each node's newest authenticated connection (the fence; tokens grow in accept order).
+    newest: HashMap<NodeId, Token>,
     next_token: usize,
     /// Connections that used up their turn with work left: served again before sleeping.
     again: VecDeque<Token>,
@@ -201,7 +218,9 @@ enum Phase {
         client_nonce: Nonce,
         server_nonce: Nonce,
     },
-    Serving,
+    Serving {
+        client: NodeId,
+    },
 }
 
 /// Why a connection was closed.
@@ -218,6 +237,8 @@ enum Turn {
     Idle,
     /// Used its turn with frames or bytes left.
     More,
+    /// Just authenticated as this node: the fence applies before anything else of it runs.
+    Authenticated(NodeId),
 }
 
 struct Connection {
@@ -331,8 +352,46 @@ impl Nic {
                 self.connections.insert(token, connection);
                 self.again.push_back(token);
             }
+            Ok(Turn::Authenticated(client)) => {
+                if self.fence(client, token) {
+                    self.connections.insert(token, connection);
+                    self.again.push_back(token);
+                } else {
+                    Counters::bump(&self.counters.connections_fenced);
+                    self.close(connection, Close::Gone);
+                }
+            }
             Err(close) => self.close(connection, close),
         }
+    }
+
+    /// Applies the fence for `client`'s connection `token`, which just authenticated: closes
+    /// the client's older connections, or returns false if a newer one already authenticated
+    /// (then `token` is the stale one).
+    fn fence(&mut self, client: NodeId, token: Token) -> bool {
+        if client == NodeId::OBSERVER {
+            return true;
+        }
+        if self
+            .newest
+            .get(&client)
+            .is_some_and(|&newest| newest > token)
+        {
+            return false;
+        }
+        self.newest.insert(client, token);
+        let older: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|&(&other, c)| other < token && c.client() == Some(client))
+            .map(|(&other, _)| other)
+            .collect();
+        for other in older {
+            let connection = self.connections.remove(&other).expect("listed just above");
+            Counters::bump(&self.counters.connections_fenced);
+            self.close(connection, Close::Gone);
+        }
+        true
     }
 
     fn close(&mut self, mut connection: Connection, why: Close) {
@@ -373,7 +432,11 @@ impl Nic {
                     break;
                 };
                 frames_count += 1;
-                self.handle(connection, frame)?;
+                if let Some(client) = self.handle(connection, frame)? {
+                    // Just authenticated: nothing more of it runs before the fence.
+                    connection.flush()?;
+                    return Ok(Turn::Authenticated(client));
+                }
             }
             if connection.backlog_bytes() >= WRITE_BACKLOG_BYTES_MAX {
                 connection.flush()?;
@@ -401,7 +464,8 @@ impl Nic {
         }
     }
 
-    fn handle(&self, connection: &mut Connection, frame: Frame) -> Result<(), Close> {
+    /// Handles one frame; returns the peer's node id when this frame completed its handshake.
+    fn handle(&self, connection: &mut Connection, frame: Frame) -> Result<Option<NodeId>, Close> {
         match (&connection.phase, frame) {
             (Phase::AwaitHello, Frame::Hello(hello)) => {
                 if hello.magic != MAGIC {
@@ -425,7 +489,7 @@ impl Nic {
                     client_nonce: hello.client_nonce,
                     server_nonce,
                 };
-                Ok(())
+                Ok(None)
             }
             (
                 Phase::AwaitProof {
@@ -442,12 +506,13 @@ impl Nic {
                 {
                     return Err(connection.refuse(Refusal::BadProof));
                 }
-                connection.phase = Phase::Serving;
+                let client = *client;
+                connection.phase = Phase::Serving { client };
                 connection.deadline = None;
                 Counters::bump(&self.counters.connections_authenticated);
-                Ok(())
+                Ok(Some(client))
             }
-            (Phase::Serving, Frame::Request(Request { request_id, op })) => {
+            (Phase::Serving { .. }, Frame::Request(Request { request_id, op })) => {
                 let result = if exec::op_bytes(&op) > OP_BYTES_MAX as u64 {
                     Err(OpError::TooLarge {
                         len: exec::op_bytes(&op),
@@ -458,7 +523,7 @@ impl Nic {
                 };
                 Counters::bump(&self.counters.requests_executed);
                 connection.queue(&Frame::Response(Response { request_id, result }));
-                Ok(())
+                Ok(None)
             }
             // Any other frame in any phase (a REQUEST before the proof, a second HELLO, a
             // RESPONSE from a client) is a broken or hostile peer.
@@ -471,8 +536,16 @@ impl Connection {
     /// Frames larger than the handshake's are refused until the peer has authenticated.
     fn frame_bytes_max(&self) -> u32 {
         match self.phase {
-            Phase::Serving => FRAME_BYTES_MAX,
+            Phase::Serving { .. } => FRAME_BYTES_MAX,
             Phase::AwaitHello | Phase::AwaitProof { .. } => HANDSHAKE_FRAME_BYTES_MAX,
+        }
+    }
+
+    /// The node this connection speaks for, once it said (in its hello).
+    fn client(&self) -> Option<NodeId> {
+        match self.phase {
+            Phase::AwaitHello => None,
+            Phase::AwaitProof { client, .. } | Phase::Serving { client } => Some(client),
         }
     }
 

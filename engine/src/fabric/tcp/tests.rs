@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 const SERVER: NodeId = NodeId(1);
 const CLIENT: NodeId = NodeId(2);
+/// The node raw connections speak for: another than `CLIENT`, so that the fence leaves them and
+/// a `CLIENT` transport on the same server alone.
+const RAW_CLIENT: NodeId = NodeId(3);
 const REGION_BYTES: u64 = 1 << 20;
 /// How long a test waits for something that should happen within milliseconds.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -60,7 +63,11 @@ impl Node {
     }
 
     fn transport(&self, secret: &ClusterSecret) -> TcpTransport {
-        let transport = TcpTransport::new(CLIENT, secret.clone());
+        self.transport_as(CLIENT, secret)
+    }
+
+    fn transport_as(&self, me: NodeId, secret: &ClusterSecret) -> TcpTransport {
+        let transport = TcpTransport::new(me, secret.clone());
         transport.add_peer(self.memory.node_id(), self.addr());
         transport
     }
@@ -196,9 +203,13 @@ fn assert_rejected_while_serving_others(
     assert_serves(node, good, 0, tag);
 }
 
-/// A raw connection that has completed the handshake as `CLIENT`.
+/// A raw connection that has completed the handshake as `RAW_CLIENT`.
 fn authenticated(node: &Node, secret: &ClusterSecret) -> TcpStream {
-    let (stream, leftover) = client::connect(CLIENT, secret, SERVER, node.addr()).unwrap();
+    authenticated_as(RAW_CLIENT, node, secret)
+}
+
+fn authenticated_as(me: NodeId, node: &Node, secret: &ClusterSecret) -> TcpStream {
+    let (stream, leftover) = client::connect(me, secret, SERVER, node.addr()).unwrap();
     assert!(leftover.is_empty());
     stream
 }
@@ -851,10 +862,10 @@ fn pipelined_batches_from_many_threads_all_complete_correctly() {
     const WORDS: u32 = 32;
     let secret = ClusterSecret::generate();
     let node = Arc::new(Node::start(SERVER, &secret));
-    // Two transports (two connections), four threads on each.
+    // Two transports of two nodes (two connections), four threads on each.
     let transports = [
         Arc::new(node.transport(&secret)),
-        Arc::new(node.transport(&secret)),
+        Arc::new(node.transport_as(RAW_CLIENT, &secret)),
     ];
     let key = node.key();
     let workers: Vec<_> = (0..THREADS)
@@ -1085,4 +1096,91 @@ fn idle_nic_and_receiver_threads_sleep() {
         receiver_ticks <= 2,
         "the idle receiver used {receiver_ticks} ticks"
     );
+}
+
+/// A WRITE of `tag` at `offset`, as a raw REQUEST frame.
+fn raw_write(node: &Node, request_id: u64, offset: u32, tag: u64) -> Frame {
+    request(
+        request_id,
+        Op::Write {
+            addr: at(offset),
+            key: node.key(),
+            data: tag.to_le_bytes().to_vec(),
+        },
+    )
+}
+
+/// The fence (issue 11 item 3): a peer's older connection executes nothing once a newer one of
+/// the same node has authenticated, so the frames of a batch its sender gave up on (still in the
+/// socket's buffers while the server was paused) cannot land after the sender moved on.
+#[test]
+fn a_newer_connection_of_a_node_fences_its_older_one() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let mut older = authenticated_as(CLIENT, &node, &secret);
+    send(&mut older, &raw_write(&node, 1, 64, 11)).unwrap();
+    let mut inbox = Vec::new();
+    assert!(matches!(
+        recv(&mut older, &mut inbox),
+        Some(Frame::Response(_))
+    ));
+    assert_eq!(node.word(64), 11);
+
+    let newer = node.transport(&secret);
+    assert_serves(&node, &newer, 0, 31);
+    node.await_stats("the fence", |s| s.connections_fenced == 1);
+    // What the older connection sends now is never executed: it was closed.
+    let _ = send(&mut older, &raw_write(&node, 2, 64, 12));
+    assert_eq!(assert_closed_by_server(&mut older), Vec::new());
+    assert_serves(&node, &newer, 0, 32);
+    assert_eq!(node.word(64), 11);
+}
+
+/// A connection whose handshake finishes after a newer one of the same node authenticated is
+/// the stale one: it is refused, and the newer one keeps serving.
+#[test]
+fn an_older_connection_that_authenticates_late_is_refused() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let mut older = TcpStream::connect(node.addr()).unwrap();
+    let client_nonce = auth::nonce();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: CLIENT,
+        client_nonce,
+    };
+    send(&mut older, &Frame::Hello(hello)).unwrap();
+    let mut inbox = Vec::new();
+    let Some(Frame::Challenge(challenge)) = recv(&mut older, &mut inbox) else {
+        panic!("expected a challenge");
+    };
+    let newer = node.transport(&secret);
+    assert_serves(&node, &newer, 0, 41);
+
+    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, CLIENT);
+    send(&mut older, &Frame::Proof(proof)).unwrap();
+    let _ = send(&mut older, &raw_write(&node, 1, 64, 13));
+    assert_eq!(assert_closed_by_server(&mut older), Vec::new());
+    node.await_stats("the refusal", |s| s.connections_fenced == 1);
+    assert_eq!(node.word(64), 0);
+    assert_serves(&node, &newer, 0, 42);
+}
+
+/// Observers (status probes) may run several at once under one id: they fence nobody.
+#[test]
+fn observers_do_not_fence_each_other() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let observer = |tag| {
+        let transport = TcpTransport::new(NodeId::OBSERVER, secret.clone());
+        transport.add_peer(SERVER, node.addr());
+        assert_serves(&node, &transport, 0, tag);
+        transport
+    };
+    let first = observer(51);
+    let second = observer(52);
+    assert_serves(&node, &first, 0, 53);
+    assert_serves(&node, &second, 0, 54);
+    assert_eq!(node.server.stats().connections_fenced, 0);
 }

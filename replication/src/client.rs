@@ -175,12 +175,14 @@ impl ClientNode {
         self.node.txn()
     }
 
-    /// Sends this client's pending truncations; returns whether none is left within `timeout`.
+    /// Sends this client's pending truncations and waits for its unfinished commits
+    /// (docs/protocol.md#unfinished-commits); returns whether none is left within `timeout`.
     pub fn quiesce(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let _ = self.txn().links().flush_truncations(Duration::ZERO);
-            if !self.txn().links().has_pending_truncations() {
+            if !self.txn().links().has_pending_truncations() && self.txn().unfinished_commits() == 0
+            {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -240,12 +242,14 @@ impl Drop for ClientNode {
     fn drop(&mut self) {
         // The participants keep every record of a transaction until it is truncated, and a
         // ring's head cannot pass a kept record: truncations this client never sends would pin
-        // its rings until recovery. Send them before the node goes.
+        // its rings until the memory nodes see it gone and settle its transactions. Send them,
+        // and finish what is unfinished, before the node goes.
         if !self.quiesce(CLIENT_STOP_FLUSH_TIMEOUT) {
             tracing::warn!(
                 node = %self.txn().node_id(),
-                "the client stopped with truncations unsent; its records stay in the logs until \
-                 recovery"
+                unfinished_commits = self.txn().unfinished_commits(),
+                "the client stopped with truncations unsent or commits unfinished; the memory \
+                 nodes settle its transactions once it is gone (docs/failures.md#a-client-that-dies)"
             );
         }
     }

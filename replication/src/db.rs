@@ -218,7 +218,8 @@ impl Db {
     }
 
     /// Waits until every committed transaction has been applied to every backup and all logs
-    /// are truncated (embedded clusters; a connected `Db` only flushes its own truncations).
+    /// are truncated (embedded clusters; a connected `Db` only flushes its own truncations and
+    /// finishes its unfinished commits).
     /// Returns whether that happened within `timeout`.
     pub fn quiesce(&self, timeout: Duration) -> bool {
         match &self.inner.backing {

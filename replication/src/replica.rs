@@ -213,6 +213,7 @@ impl ReplicaNode {
     /// held by nobody, so the held counts alone would not show it).
     pub fn is_quiet(&self) -> bool {
         !self.txn.links().has_pending_truncations()
+            && self.txn.unfinished_commits() == 0
             && self.txn.primary().held_count() == 0
             && self.backup.held_count() == 0
             && self.rings_drained()

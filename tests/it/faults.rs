@@ -27,6 +27,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(20);
 const STOPPED_COMMIT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Allocations tried to find an object whose primary is not the node that will be paused
 /// (allocations go round the regions).
+/// How long a client may take to finish its unfinished commit once the paused node resumes:
+/// its connection's silence limit (10 s) plus a reconnect, with room for a loaded machine.
+const RESUMED_FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 const ALLOC_TRIES_MAX: usize = 10;
 
 /// The lines a child process writes to one of its streams, as they come.
@@ -157,11 +160,12 @@ fn node_row(output: &Output, node: &str) -> String {
 
 /// SIGSTOP of a node over tcp (issue 11 item 3). `acre cluster status` used to show every node
 /// up because their pids were alive; now it asks each node and reports the stopped one, and
-/// once it resumes every node answers again. A transaction that needed the stopped node and is
-/// left to recovery keeps its LOCK at its primary: status names it as the oldest record kept in
-/// that ring (item 12). A new client commits after the node resumes, without a restart.
+/// once it resumes every node answers again. A commit that needed the stopped node ends
+/// `Indeterminate`; once the node resumes, the client that lived through the pause finishes it
+/// (docs/protocol.md#unfinished-commits) over a new connection (the old one fenced) and commits
+/// again, and so does a new client, without a restart.
 #[test]
-fn a_paused_node_is_reported_and_new_clients_commit_once_it_resumes() {
+fn a_paused_node_is_reported_and_clients_commit_once_it_resumes() {
     let cluster = Cluster::up("pause", "tcp");
     let db = Db::connect(&cluster.file()).expect("connect");
     let object = (0..ALLOC_TRIES_MAX)
@@ -171,11 +175,6 @@ fn a_paused_node_is_reported_and_new_clients_commit_once_it_resumes() {
             placement.primary != NodeId(2)
         })
         .expect("an object whose primary is not n2");
-    let primary = db
-        .config()
-        .placement(object.region())
-        .expect("a region")
-        .primary;
     assert!(db.quiesce(Duration::from_secs(10)), "truncations sent");
 
     let paused = node_pid(&cluster, NodeId(2));
@@ -210,11 +209,19 @@ fn a_paused_node_is_reported_and_new_clients_commit_once_it_resumes() {
     let outcome = outcome
         .recv_timeout(STOPPED_COMMIT_TIMEOUT)
         .expect("the commit ends while n2 is stopped");
-    let pinned = match outcome {
-        Err(Error::Commit(CommitError::Indeterminate { txn, .. })) => txn,
+    match outcome {
+        Err(Error::Commit(CommitError::Indeterminate { .. })) => {}
         other => panic!("a commit n2 could not back up ended as {other:?}"),
-    };
+    }
     drop(resume);
+    assert!(
+        db.quiesce(RESUMED_FINISH_TIMEOUT),
+        "the client did not finish its commit once n2 resumed"
+    );
+    let value = db.read(object).expect("read the object");
+    assert_eq!(value, 7u64.to_le_bytes(), "the unfinished commit committed");
+    db.run(|txn| Ok(txn.write(object, &8u64.to_le_bytes())?))
+        .expect("the client that lived through the pause commits again");
 
     let resumed = status(&cluster);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
@@ -222,16 +229,6 @@ fn a_paused_node_is_reported_and_new_clients_commit_once_it_resumes() {
         node_row(&resumed, "n2").contains(" up "),
         "{}",
         text(&resumed)
-    );
-    let ring = format!("{primary} <- n100");
-    let row = String::from_utf8_lossy(&resumed.stdout)
-        .lines()
-        .find(|l| l.starts_with(&ring))
-        .unwrap_or_else(|| panic!("no row of the ring {ring}: {}", text(&resumed)))
-        .to_string();
-    assert!(
-        row.contains(&pinned.to_string()),
-        "{pinned} pins {ring}: {row}"
     );
 
     let bank = acre(&[

@@ -14,6 +14,8 @@
 
 use acre_engine::signal::Termination;
 use acre_replication::db::{Addr, CommitError, Db, Error, IndexError, NodeId, TxnError};
+use acre_txn::backoff::Backoff;
+use acre_txn::retry::{BACKOFF_FIRST, BACKOFF_MAX};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -473,6 +475,15 @@ impl Bank {
                     let mut random =
                         acre_nvm_log::random::SplitMix::new(seed ^ ((t as u64 + 1) * 0x9e37));
                     let mut report = BankReport::default();
+                    // After an abort, wait as `Db::run` would before the next attempt: a full
+                    // log or busy slots do not clear faster for being asked a million times a
+                    // second. Reset by a commit.
+                    let mut backoff: Option<Backoff> = None;
+                    let wait = |backoff: &mut Option<Backoff>| {
+                        backoff
+                            .get_or_insert_with(|| Backoff::retry(BACKOFF_FIRST, BACKOFF_MAX))
+                            .wait();
+                    };
                     let fail = |report: &mut BankReport, what, error: &Error| {
                         let kind = failure_kind(error);
                         count_failure(report, kind, error);
@@ -482,12 +493,19 @@ impl Bank {
                     while !stopped.load(Ordering::Relaxed) {
                         if audit {
                             match bank.audit(&db) {
-                                Ok(Ok(_)) => report.audits_committed += 1,
+                                Ok(Ok(_)) => {
+                                    backoff = None;
+                                    report.audits_committed += 1;
+                                }
                                 Ok(Err(violation)) => {
+                                    backoff = None;
                                     report.audits_committed += 1;
                                     report.violations.push(violation);
                                 }
-                                Err(e) if e.is_retryable() => report.audits_aborted += 1,
+                                Err(e) if e.is_retryable() => {
+                                    report.audits_aborted += 1;
+                                    wait(&mut backoff);
+                                }
                                 Err(e) => fail(&mut report, "audit", &e),
                             }
                             continue;
@@ -502,6 +520,7 @@ impl Bank {
                         let began = Instant::now();
                         match Bank::transfer(&db, from, to, amount) {
                             Ok(()) => {
+                                backoff = None;
                                 report.committed += 1;
                                 report.commit_latencies.push(began.elapsed());
                                 watch.committed();
@@ -509,6 +528,7 @@ impl Bank {
                             Err(e) if e.is_retryable() => {
                                 report.aborted += 1;
                                 watch.aborted(&e);
+                                wait(&mut backoff);
                             }
                             Err(e) => fail(&mut report, "transfer", &e),
                         }

@@ -181,14 +181,7 @@ fn run_and_report(
     }
     let quiet = db.quiesce(QUIESCE_TIMEOUT);
     let final_audit = db
-        .run(|txn| {
-            let mut total = 0i64;
-            for &addr in &bank.accounts {
-                let bytes = txn.read(addr)?;
-                total += i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-            }
-            Ok(total)
-        })
+        .run(|txn| Ok(bank.total(txn)?.0))
         .context("final audit")?;
     let mut held = report.violations.is_empty() && final_audit == bank.expected_total();
     writeln!(

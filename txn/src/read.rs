@@ -13,11 +13,11 @@ use crate::directory::Directory;
 use crate::error::TxnError;
 use crate::error::op_error;
 use acre_engine::addr::{Addr, NodeId, RegionId};
-use acre_engine::fabric::{Completion, Fabric, Op};
+use acre_engine::fabric::{Completion, Fabric, Op, Pending};
 use acre_engine::object::{self, Header};
 use acre_engine::region::AccessKey;
 use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// One-sided reads of an object that is locked or torn before the read reports a conflict.
@@ -132,6 +132,72 @@ impl ObjectReader {
             addr,
             why: "the object stayed locked",
         })
+    }
+
+    /// What is at each of `addrs`, as [`Self::read`] says, with one batch of READs per primary,
+    /// all batches in flight together (docs/protocol.md#reads): what a transaction that reads
+    /// many objects (an audit, a scan) waits for is one round trip, not one per object. An
+    /// object found locked or torn is read again alone, as [`Self::read`] does.
+    pub fn read_many(&self, addrs: &[Addr]) -> Vec<Result<Found, TxnError>> {
+        let mut found: Vec<Option<Result<Found, TxnError>>> = vec![None; addrs.len()];
+        // The slots to read, per primary: (index in addrs, READ).
+        let mut batches: BTreeMap<NodeId, Vec<(usize, Op)>> = BTreeMap::new();
+        for (index, &addr) in addrs.iter().enumerate() {
+            let located = self
+                .primary_of(addr)
+                .and_then(|(primary, key)| Ok((primary, key, self.slot_at(primary, key, addr)?)));
+            match located {
+                Ok((primary, key, SlotAt::Slot { slot_bytes })) => {
+                    let len = slot_bytes as u32;
+                    batches
+                        .entry(primary)
+                        .or_default()
+                        .push((index, Op::Read { addr, key, len }));
+                }
+                Ok((_, _, SlotAt::NeverSlot)) => found[index] = Some(Ok(Found::NeverSlot)),
+                Ok((_, _, SlotAt::UnclaimedBlock { block })) => {
+                    found[index] = Some(Ok(Found::UnclaimedBlock { block }));
+                }
+                Err(e) => found[index] = Some(Err(e)),
+            }
+        }
+        let posted: Vec<(NodeId, Vec<usize>, Pending)> = batches
+            .into_iter()
+            .map(|(primary, batch)| {
+                let (indexes, ops): (Vec<usize>, Vec<Op>) = batch.into_iter().unzip();
+                (primary, indexes, self.fabric.post(primary, ops))
+            })
+            .collect();
+        for (primary, indexes, pending) in posted {
+            let results = pending.wait();
+            assert_eq!(results.len(), indexes.len(), "one completion per READ");
+            for (index, result) in indexes.into_iter().zip(results) {
+                let addr = addrs[index];
+                found[index] = Some(match result.map_err(|e| op_error(primary, e)) {
+                    Ok(Completion::Read(bytes)) => match object::decode(&bytes) {
+                        Ok(read) if !read.header.is_locked() => Ok(Found::Slot(SlotRead {
+                            header: read.header,
+                            payload: read.payload.to_vec(),
+                        })),
+                        // Locked by a committing transaction, or torn: wait for it alone.
+                        Ok(_) | Err(object::DecodeError::Torn(_)) => self.read(addr),
+                        Err(e) => Err(TxnError::Protocol {
+                            node: primary,
+                            reason: format!("read of {addr}: {e}"),
+                        }),
+                    },
+                    Ok(other) => Err(TxnError::Protocol {
+                        node: primary,
+                        reason: format!("read of {addr} completed as {other:?}"),
+                    }),
+                    Err(e) => Err(e),
+                });
+            }
+        }
+        found
+            .into_iter()
+            .map(|found| found.expect("every address was read or resolved"))
+            .collect()
     }
 
     /// Re-reads the header words of objects on one node (VALIDATE by one-sided reads).

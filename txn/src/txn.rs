@@ -148,37 +148,71 @@ impl Txn {
             .ok_or(TxnError::NotFound { addr })
     }
 
+    /// Reads the objects at `addrs`, in that order, with one batch of READs per primary all in
+    /// flight together: for a transaction that reads many objects (an audit, a scan), one
+    /// round trip instead of one per object. The same as calling [`Txn::read`] on each (the
+    /// first error is returned, and what was read before it stays recorded).
+    pub fn read_many(&mut self, addrs: &[Addr]) -> Result<Vec<Vec<u8>>, TxnError> {
+        let unread: Vec<Addr> = addrs
+            .iter()
+            .filter(|addr| !self.changes.contains_key(addr) && !self.reads.contains_key(addr))
+            .copied()
+            .collect::<BTreeSet<Addr>>()
+            .into_iter()
+            .collect();
+        let found = self.node.reader().read_many(&unread);
+        let mut first_error = None;
+        for (addr, found) in unread.into_iter().zip(found) {
+            if let Err(e) = found.and_then(|found| self.record_read(addr, found)) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        addrs.iter().map(|&addr| self.read(addr)).collect()
+    }
+
     /// The recorded read of `addr`, reading it now if this transaction has not.
     fn read_info(&mut self, addr: Addr) -> Result<&ReadInfo, TxnError> {
         if !self.reads.contains_key(&addr) {
-            let slot = match self.node.reader().read(addr)? {
-                Found::Slot(slot) => slot,
-                Found::NeverSlot => return Err(TxnError::NotFound { addr }),
-                Found::UnclaimedBlock { block } => {
-                    // A later allocation may put an object here: validated at commit.
-                    self.unclaimed_blocks.insert(block);
-                    return Err(TxnError::NotFound { addr });
-                }
-            };
-            let value = if slot.header.is_allocated() {
-                let value = value::decode(&slot.payload).map_err(|reason| TxnError::Protocol {
-                    node: self.node.node_id(),
-                    reason: format!("object at {addr}: {reason}"),
-                })?;
-                Some(value.to_vec())
-            } else {
-                None
-            };
-            self.reads.insert(
-                addr,
-                ReadInfo {
-                    version: slot.header.version(),
-                    payload_bytes: slot.payload.len(),
-                    value,
-                },
-            );
+            let found = self.node.reader().read(addr)?;
+            self.record_read(addr, found)?;
         }
         Ok(&self.reads[&addr])
+    }
+
+    /// Records what a read found at `addr` in the read set (validated at commit); `NotFound`
+    /// where there is no slot.
+    fn record_read(&mut self, addr: Addr, found: Found) -> Result<(), TxnError> {
+        let slot = match found {
+            Found::Slot(slot) => slot,
+            Found::NeverSlot => return Err(TxnError::NotFound { addr }),
+            Found::UnclaimedBlock { block } => {
+                // A later allocation may put an object here: validated at commit.
+                self.unclaimed_blocks.insert(block);
+                return Err(TxnError::NotFound { addr });
+            }
+        };
+        let value = if slot.header.is_allocated() {
+            let value = value::decode(&slot.payload).map_err(|reason| TxnError::Protocol {
+                node: self.node.node_id(),
+                reason: format!("object at {addr}: {reason}"),
+            })?;
+            Some(value.to_vec())
+        } else {
+            None
+        };
+        let previous = self.reads.insert(
+            addr,
+            ReadInfo {
+                version: slot.header.version(),
+                payload_bytes: slot.payload.len(),
+                value,
+            },
+        );
+        assert!(previous.is_none(), "{}: {addr} read twice", self.id);
+        Ok(())
     }
 
     /// Replaces the value of the object at `addr` (at commit).

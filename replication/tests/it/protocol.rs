@@ -11,6 +11,8 @@ use crate::fixture::{
     region_of, replica, rings, settle, start, three_nodes, txn_node, value_at,
 };
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::fabric::Op;
+use acre_engine::fabric::fault::{Action, Rule};
 use acre_engine::object::load_header;
 use acre_engine::slab::{BLOCK_HEADER_BYTES, block_slot_bytes};
 use acre_nvm_log::random::{ConcurrentSeed, SplitMix};
@@ -20,6 +22,7 @@ use acre_txn::{CommitError, Error, TxnError, TxnNode};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
 // Cluster and object helpers.
@@ -869,6 +872,62 @@ fn a_read_of_an_unclaimed_block_is_validated() {
     assert_eq!(t3.read(far), Err(TxnError::NotFound { addr: far }));
     t3.write(y, b"y2").unwrap();
     assert_eq!(t3.commit(), Ok(()));
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/protocol.md#reads: `read_many` reads like `read` on each address (own changes, values,
+/// "not found", every read recorded and validated) but posts one batch of READs per primary, all
+/// in flight together.
+#[test]
+fn read_many_reads_like_read_with_one_batch_per_primary() {
+    let cluster = three_nodes();
+    let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
+    // Four objects at each primary.
+    let objects: Vec<Addr> = (0..12)
+        .map(|i| create(&n1, region_of(i % 3), format!("v{i}").as_bytes()))
+        .collect();
+    let batches: Vec<_> = (1..=3)
+        .map(|node| {
+            cluster.faults().add(
+                Rule::to(NodeId(node), Action::Delay(Duration::ZERO))
+                    .from(NodeId(1))
+                    .when(|ops| {
+                        ops.len() == 4 && ops.iter().all(|op| matches!(op, Op::Read { .. }))
+                    }),
+            )
+        })
+        .collect();
+    let mut t1 = n1.begin().unwrap();
+    t1.write(objects[0], b"mine").unwrap();
+    let values = t1.read_many(&objects).unwrap();
+    let expected: Vec<Vec<u8>> = (0..12)
+        .map(|i| match i {
+            0 => b"mine".to_vec(),
+            i => format!("v{i}").into_bytes(),
+        })
+        .collect();
+    assert_eq!(values, expected);
+    // objects[0] is this transaction's own write: three READs went to its primary, four to
+    // the others, one batch each.
+    assert_eq!(cluster.faults().hits(batches[0]), 0);
+    assert_eq!(cluster.faults().hits(batches[1]), 1);
+    assert_eq!(cluster.faults().hits(batches[2]), 1);
+    // Every read is in the read set: a concurrent overwrite of one fails validation.
+    overwrite(&n3, objects[5], b"changed");
+    let outcome = t1.commit();
+    assert_eq!(conflict_addr(&outcome), Some(objects[5]), "{outcome:?}");
+
+    // "Not found" as read says it, and the rest still read and recorded.
+    let never = Addr::new(region_of(1), 8);
+    let mut t2 = n1.begin().unwrap();
+    assert_eq!(
+        t2.read_many(&[objects[1], never]),
+        Err(TxnError::NotFound { addr: never })
+    );
+    assert_eq!(t2.read(objects[1]).unwrap(), b"v1");
+    assert_eq!(t2.read_many(&[]), Ok(Vec::new()));
+    drop(t2);
     settle(&cluster);
     cluster.stop();
 }

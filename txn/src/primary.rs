@@ -79,6 +79,14 @@ impl Primary {
         self.regions.get(&id).map(|r| &r.region)
     }
 
+    /// The slots the allocator of region `id` counts as taken (allocated or reserved), in
+    /// address order; `None` if this node is not its primary. O(slots): for checks, such as a
+    /// test's that every freed object went back to the allocator once the cluster is quiet.
+    pub fn allocated_addrs(&self, id: RegionId) -> Option<Vec<Addr>> {
+        let primary = self.regions.get(&id)?;
+        Some(primary.slab.lock().expect(POISONED).allocated_addrs())
+    }
+
     /// Transactions holding locks, or slots reserved by their ALLOC requests, here.
     pub fn held_count(&self) -> usize {
         let allocating = self.allocated_for.lock().expect(POISONED).len();

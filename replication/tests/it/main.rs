@@ -1,4 +1,5 @@
-//! Integration tests of the commit protocol over an embedded cluster.
+//! Integration tests of the commit protocol over embedded clusters (and, for list-append, over
+//! node runtimes that reach each other by shm).
 
 mod bank;
 mod clients;
@@ -9,4 +10,5 @@ mod index;
 mod list_append;
 mod protocol;
 mod ring_damage;
+mod shm_cluster;
 mod status;

@@ -298,6 +298,16 @@ impl Txn {
         } else {
             self.alloc_remote(primary, region, len, near)?
         };
+        if self.changes.contains_key(&addr) || self.reads.contains_key(&addr) {
+            // The primary handed out the slot of an object this transaction read or wrote:
+            // another transaction freed it meanwhile, so what this one saw there is gone and
+            // it cannot commit. Give the slot back and say so (its commit would be refused).
+            self.release_reservations(&[addr]);
+            return Err(TxnError::Conflict {
+                addr,
+                why: "the slot allocated is an object this transaction used, freed meanwhile",
+            });
+        }
         let previous = self.changes.insert(
             addr,
             Change {

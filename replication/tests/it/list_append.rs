@@ -50,14 +50,6 @@ const ROOT_BYTES: usize = 8;
 /// A list object is its key (u64), its capacity and its element count (u32 each), then that
 /// many elements (u64), all little-endian.
 const LIST_HEADER_BYTES: usize = 16;
-/// A transaction moves a list only as its first change, and aborts an append that would move
-/// one later. Because of a bug: a transaction that wrote or freed an object another
-/// transaction freed meanwhile can be handed that slot by its next allocation, and
-/// `Txn::alloc_in` then panics (`reserved twice`) instead of refusing; see
-/// `protocol::an_allocation_handed_the_slot_of_an_object_this_transaction_wrote_conflicts`.
-/// Without this, about one run in five of this workload hits it. Set it to `false` once that
-/// test passes.
-const MOVES_ONLY_FIRST: bool = true;
 /// Values are `thread_index * VALUES_PER_THREAD + counter`: unique per key, as Elle needs, and
 /// they name the thread that appended them.
 const VALUES_PER_THREAD: u64 = 1_000_000;
@@ -197,9 +189,6 @@ enum Failure {
     Stale,
     /// An append would pass `LIST_LEN_MAX`; the workload aborted it.
     Full,
-    /// A move after the transaction's first change; the workload aborted it (see
-    /// [`MOVES_ONLY_FIRST`]).
-    MoveNotFirst,
     /// Anything else is a bug.
     Fatal(String),
 }
@@ -273,7 +262,6 @@ fn attempt(node: &Arc<TxnNode>, roots: &[Addr], plan: &[Planned]) -> Result<Comm
     let mut txn = node.begin()?;
     let mut ops = Vec::with_capacity(plan.len());
     let mut move_count = 0;
-    let mut changed = false;
     for &step in plan {
         let key = match step {
             Planned::Read { key } | Planned::Append { key, .. } => key,
@@ -303,8 +291,6 @@ fn attempt(node: &Arc<TxnNode>, roots: &[Addr], plan: &[Planned]) -> Result<Comm
                 object.list.push(value);
                 if object.list.len() <= object.capacity {
                     txn.write(at, &object.encode())?;
-                } else if MOVES_ONLY_FIRST && changed {
-                    return Err(Failure::MoveNotFirst);
                 } else {
                     object.capacity += CAPACITY_STEP;
                     let moved_to = txn.alloc(ListObject::object_bytes(object.capacity))?;
@@ -313,7 +299,6 @@ fn attempt(node: &Arc<TxnNode>, roots: &[Addr], plan: &[Planned]) -> Result<Comm
                     txn.write(roots[key as usize], &moved_to.to_u64().to_le_bytes())?;
                     move_count += 1;
                 }
-                changed = true;
                 ops.push(MicroOp::Append { key, value });
             }
         }
@@ -333,8 +318,6 @@ struct ThreadLog {
     /// Other retryable refusals (a full log, no free transaction slot).
     busy_count: u64,
     full_count: u64,
-    /// Appends aborted because they would move a list after the transaction's first change.
-    move_not_first_count: u64,
     /// List moves of committed transactions.
     move_count: u64,
 }
@@ -400,7 +383,6 @@ fn client(
             Err(failure) => {
                 match failure {
                     Failure::Full => log.full_count += 1,
-                    Failure::MoveNotFirst => log.move_not_first_count += 1,
                     Failure::Stale => log.stale_count += 1,
                     Failure::Retryable(e) if e.is_conflict() => log.conflict_count += 1,
                     _ => log.busy_count += 1,
@@ -522,7 +504,6 @@ fn run(cluster: &impl Cluster, name: &str) {
         totals.stale_count += log.stale_count;
         totals.busy_count += log.busy_count;
         totals.full_count += log.full_count;
-        totals.move_not_first_count += log.move_not_first_count;
         totals.move_count += log.move_count;
     }
     let workload_ms = origin.elapsed().as_millis();
@@ -538,14 +519,13 @@ fn run(cluster: &impl Cluster, name: &str) {
         .count();
     eprintln!(
         "{name}: seed={seed}: committed={committed_count} conflicts={} stale={} busy={} \
-         full={} moves={} moves_not_first={} overlapping_pairs={overlapping_count} \
+         full={} moves={} overlapping_pairs={overlapping_count} \
          nonempty_reads={nonempty_read_count} workload_ms={workload_ms}\n{report}",
         totals.conflict_count,
         totals.stale_count,
         totals.busy_count,
         totals.full_count,
-        totals.move_count,
-        totals.move_not_first_count
+        totals.move_count
     );
     assert!(report.is_valid(), "seed={seed}\n{report}");
 

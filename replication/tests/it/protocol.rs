@@ -804,9 +804,6 @@ fn alloc_then_free_in_one_transaction_leaves_nothing() {
 /// slot, and its commit must be refused. Found by the list-append workload, whose moves
 /// allocate in transactions that wrote list objects other transactions move and free.
 #[test]
-#[ignore = "bug: Txn::alloc_in asserts `{addr} was reserved twice` (txn/src/txn.rs) and \
-            panics when a primary hands a transaction the slot of an object it wrote that \
-            another transaction freed meanwhile"]
 fn an_allocation_handed_the_slot_of_an_object_this_transaction_wrote_conflicts() {
     let cluster = three_nodes();
     let n1 = txn_node(&cluster, 0);

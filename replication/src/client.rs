@@ -252,5 +252,8 @@ impl Drop for ClientNode {
                  nodes settle its transactions once it is gone (docs/failures.md#a-client-that-dies)"
             );
         }
+        // Before the claim on the id goes (a field dropped after this): from then on the client
+        // counts as gone, and a gone client appends nothing.
+        self.txn().stop_finisher();
     }
 }

@@ -115,6 +115,8 @@ impl EmbeddedCluster {
         if let Some(faults) = &self.faults {
             faults.isolate(client);
         }
+        // A dead process finishes nothing.
+        self.nodes[index].txn().stop_finisher();
         self.stopped.insert(client);
         // Its worker may wait for an append a fault holds back: it stops after that.
         self.nodes.remove(index).stop();

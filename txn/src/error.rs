@@ -95,7 +95,7 @@ pub enum CommitError {
     /// (it may apply twice).
     #[error(
         "the outcome of {txn} is unknown ({node}: {reason}): this node finishes it once {node} \
-         answers; do not retry blindly"
+         answers (if it stops first, the memory nodes settle it); do not retry blindly"
     )]
     Indeterminate {
         txn: TxnId,

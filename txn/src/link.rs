@@ -169,6 +169,26 @@ impl Links {
         Ok(())
     }
 
+    /// Sends `record` inside `reservation` when what is left of it holds the record with a full
+    /// piggyback of truncations, else with a reservation of its own.
+    pub fn send_within(
+        &self,
+        target: NodeId,
+        reservation: Option<&mut Reservation>,
+        record: TxnRecord,
+    ) -> Result<(), TxnError> {
+        let needed = acre_nvm_log::record::record_bytes(record::encoded_bytes(
+            PIGGYBACK_MAX,
+            &record.body,
+        ) as u64);
+        match reservation {
+            Some(reservation) if reservation.bytes() >= needed => {
+                self.send(target, reservation, record)
+            }
+            _ => self.send_one(target, record),
+        }
+    }
+
     /// Sends one record with a reservation of its own.
     pub fn send_one(&self, target: NodeId, record: TxnRecord) -> Result<(), TxnError> {
         let mut reservation = self.reserve(target, &[&record.body])?;

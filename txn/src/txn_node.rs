@@ -65,6 +65,13 @@ impl TxnNode {
         self.unfinished.count()
     }
 
+    /// Stops finishing commits before the node stops: a node that stopped sends nothing more,
+    /// which the memory nodes' settlement of a gone client's transactions relies on. What is
+    /// left stays unfinished for them to settle.
+    pub fn stop_finisher(&self) {
+        self.unfinished.stop(self);
+    }
+
     pub(crate) fn unfinished(&self) -> &UnfinishedCommits {
         &self.unfinished
     }

@@ -471,3 +471,72 @@ fn a_lock_whose_append_failed_is_aborted_too() {
     assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
     cluster.stop();
 }
+
+/// Rings small enough that a few hundred kept records fill one.
+const SMALL_RING_BYTES: u64 = 32 << 10;
+/// How long unfinished commits may take to finish once their participant answers again.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// docs/protocol.md#unfinished-commits: what an unfinished commit still has to send goes inside
+/// the log space its commit reserved, so a ring that filled meanwhile (here with the LOCKs those
+/// very commits pin at their primary) cannot keep it out. Found by review: the finisher reserved
+/// anew and waited on the full ring for good, the objects locked for everyone.
+#[test]
+fn unfinished_commits_finish_though_the_primary_ring_filled_meanwhile() {
+    const OBJECTS: usize = 400;
+    let client = NodeId(100);
+    let cluster = start(REGION_BYTES, SMALL_RING_BYTES, vec![client]);
+    let coordinator = replica(&cluster, client).txn().clone();
+    // Region 1: primary n1, backups n2 and n3; region 3: primary n3, backups n1 and n2.
+    let at_n1: Vec<Addr> = (0..OBJECTS)
+        .map(|_| create(&coordinator, region_of(0), b"a0"))
+        .collect();
+    let at_n3: Vec<Addr> = (0..OBJECTS)
+        .map(|_| create(&coordinator, region_of(2), b"b0"))
+        .collect();
+    settle(&cluster);
+    // n2 backs up both regions and takes no COMMIT-BACKUP from the client: every commit is
+    // unfinished and keeps its LOCK at its primary, until n1's ring is full.
+    let down = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Fail)
+            .from(client)
+            .when(appends(COMMIT_BACKUP)),
+    );
+    let commit = |addr: Addr| {
+        let mut txn = coordinator.begin().expect("begin");
+        txn.write(addr, b"new").expect("write");
+        txn.commit()
+    };
+    let mut written = Vec::new();
+    for objects in [&at_n1, &at_n3] {
+        for &addr in objects {
+            match commit(addr) {
+                Err(CommitError::Indeterminate { .. }) => written.push(addr),
+                Err(CommitError::LogFull { .. }) => break,
+                other => panic!("a commit n2 cannot back up ended as {other:?}"),
+            }
+        }
+    }
+    assert!(
+        written.len() < 2 * OBJECTS,
+        "the rings never filled: {} commits",
+        written.len()
+    );
+    assert_eq!(coordinator.unfinished_commits(), written.len());
+    cluster.faults().remove(down);
+    let deadline = Instant::now() + FINISH_TIMEOUT;
+    while coordinator.unfinished_commits() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} commits still unfinished {FINISH_TIMEOUT:?} after n2 answers again",
+            coordinator.unfinished_commits(),
+            written.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    settle(&cluster);
+    for &addr in &written {
+        assert_eq!(value_at(&coordinator, addr).expect("read"), b"new");
+    }
+    cluster.check_replicas().expect("replicas match");
+}

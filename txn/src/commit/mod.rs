@@ -71,11 +71,13 @@ fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     let plan = Plan::new(txn);
     let mut commit = Commit::new(txn, plan);
     let outcome = commit.run(&Messages);
-    commit.give_back_log_space();
-    if let Some(unfinished) = commit.unfinished() {
+    if let Some(mut unfinished) = commit.unfinished() {
+        // What is left of its reservations goes with it (docs/protocol.md#unfinished-commits).
+        unfinished.reservations = std::mem::take(&mut commit.reservations);
         let node = commit.node.clone();
         node.unfinished().add(&node, unfinished);
     }
+    commit.give_back_log_space();
     let locked: BTreeSet<NodeId> = commit.locks_sent.iter().map(|sent| sent.primary).collect();
     commit.txn.release_uncertain_allocations(&locked);
     outcome
@@ -310,6 +312,7 @@ impl<'t> Commit<'t> {
             plan: self.plan.clone(),
             backups_left,
             primaries_left,
+            reservations: BTreeMap::new(),
             since: Instant::now(),
         })
     }

@@ -12,15 +12,24 @@
 //! If the coordinator stops first, the memory nodes settle the transaction as one of a client
 //! that is gone (docs/failures.md#a-client-that-dies).
 //!
+//! The commit's log-space reservations at the participants still to be sent a record stay with
+//! it: the records they were made for (a COMMIT-PRIMARY never sent) go inside them, so a ring
+//! filled meanwhile, for instance with the very records these commits pin, cannot stop them.
+//!
 //! One finisher thread per node retries every [`FINISH_RETRY_AFTER`] while there is anything to
-//! finish, and exits when there is not: no thread is idle.
+//! finish, and exits when there is not: no thread is idle. A round skips the nodes that already
+//! failed in it, so one unreachable participant costs a round one timeout, not one per commit.
+//! [`UnfinishedCommits::stop`] ends it before the node stops: a client that stopped sends
+//! nothing more, which the memory nodes' settlement of its transactions relies on.
 
 use super::Plan;
 use crate::record::{Body, ReplyTo, TxnId, TxnRecord};
 use crate::txn_node::TxnNode;
 use acre_engine::addr::NodeId;
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, Weak};
+use acre_nvm_log::ring::Reservation;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long the finisher waits between two attempts at the unfinished commits.
@@ -35,6 +44,8 @@ pub(crate) struct Unfinished {
     /// Primaries whose COMMIT-PRIMARY was not acknowledged (all of them while any backup is
     /// left: COMMIT-PRIMARY goes only after every COMMIT-BACKUP is durable).
     pub(crate) primaries_left: BTreeSet<NodeId>,
+    /// What is left of the commit's log-space reservations at the participants.
+    pub(crate) reservations: BTreeMap<NodeId, Reservation>,
     pub(crate) since: Instant,
 }
 
@@ -50,54 +61,97 @@ enum Attempt {
 
 impl Unfinished {
     /// Sends what is left, in the commit's order; stops at the first backup that fails (no
-    /// COMMIT-PRIMARY before every COMMIT-BACKUP is durable), tries every primary left.
-    fn attempt(&mut self, node: &TxnNode) -> Attempt {
-        let txn = self.txn;
-        let record = |body: Body| TxnRecord {
-            txn,
-            reply: ReplyTo::NONE,
-            truncated: Vec::new(),
-            body,
-        };
+    /// COMMIT-PRIMARY before every COMMIT-BACKUP is durable), tries every primary left. Nodes
+    /// in `failed` (this round) are not tried; those that fail now are added.
+    fn attempt(&mut self, node: &TxnNode, failed: &mut BTreeSet<NodeId>) -> Attempt {
         for backup in self.backups_left.clone() {
             let body = self.plan.backups[&backup].clone();
-            if let Err(e) = node.links().send_one(backup, record(body)) {
+            if let Err(reason) = self.send(node, backup, body, failed) {
                 return Attempt::NotYet {
                     node: backup,
-                    reason: e.to_string(),
+                    reason,
                 };
             }
             self.backups_left.remove(&backup);
         }
         let mut missed = None;
         for primary in self.primaries_left.clone() {
-            match node.links().send_one(primary, record(Body::CommitPrimary)) {
+            match self.send(node, primary, Body::CommitPrimary, failed) {
                 Ok(()) => {
                     self.primaries_left.remove(&primary);
                     if primary == node.node_id() {
                         // This node's own primary installs inline, as in step 4 (its worker
                         // only keeps the record).
                         node.primary()
-                            .commit(txn)
+                            .commit(self.txn)
                             .expect("this coordinator's own LOCK succeeded");
                     }
                 }
-                Err(e) => missed = Some((primary, e.to_string())),
+                Err(reason) => missed = Some((primary, reason)),
             }
         }
         if let Some((node, reason)) = missed {
             return Attempt::NotYet { node, reason };
         }
         assert!(self.backups_left.is_empty() && self.primaries_left.is_empty());
-        node.links().queue_truncation(txn, self.plan.participants());
+        node.links()
+            .queue_truncation(self.txn, self.plan.participants());
         Attempt::Finished
+    }
+
+    /// Sends `body` to `to`, inside what is left of the commit's reservation there if it holds
+    /// it; a node that failed this round is not tried again.
+    fn send(
+        &mut self,
+        node: &TxnNode,
+        to: NodeId,
+        body: Body,
+        failed: &mut BTreeSet<NodeId>,
+    ) -> Result<(), String> {
+        if failed.contains(&to) {
+            return Err("it failed earlier in this round".into());
+        }
+        let record = TxnRecord {
+            txn: self.txn,
+            reply: ReplyTo::NONE,
+            truncated: Vec::new(),
+            body,
+        };
+        node.links()
+            .send_within(to, self.reservations.get_mut(&to), record)
+            .map_err(|e| {
+                failed.insert(to);
+                e.to_string()
+            })
+    }
+
+    /// Gives back what is left of the reservations.
+    fn release(self, node: &TxnNode) {
+        for (to, reservation) in self.reservations {
+            node.links().release(to, reservation);
+        }
     }
 }
 
-/// A node's unfinished commits, and whether its finisher thread runs.
+/// A node's unfinished commits, and its finisher thread while there are any.
 #[derive(Default)]
 pub(crate) struct UnfinishedCommits {
+    shared: Arc<Shared>,
+}
+
+/// What the finisher shares with the node: it holds the node only while it tries, so a node
+/// nobody else holds any more is dropped and the finisher ends.
+#[derive(Default)]
+struct Shared {
     state: Mutex<State>,
+    /// Wakes a sleeping finisher to stop.
+    wake: Condvar,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect(crate::POISONED)
+    }
 }
 
 #[derive(Default)]
@@ -106,13 +160,15 @@ struct State {
     commits: Vec<Unfinished>,
     /// Unfinished commits, including those the finisher is trying.
     pending: usize,
-    finisher_running: bool,
+    finisher: Option<JoinHandle<()>>,
+    /// The node stops: no attempt starts any more.
+    stopping: bool,
 }
 
 impl UnfinishedCommits {
     /// How many commits wait to be finished.
     pub(crate) fn count(&self) -> usize {
-        self.state.lock().expect(crate::POISONED).pending
+        self.shared.state().pending
     }
 
     /// Hands `unfinished` to `node`'s finisher, starting it if it does not run.
@@ -122,38 +178,77 @@ impl UnfinishedCommits {
             "{}: nothing left to finish",
             unfinished.txn
         );
-        let mut state = self.state.lock().expect(crate::POISONED);
+        let mut state = self.shared.state();
         state.commits.push(unfinished);
         state.pending += 1;
-        if state.finisher_running {
+        if state.finisher.is_some() || state.stopping {
             return;
         }
-        state.finisher_running = true;
-        let node = Arc::downgrade(node);
+        let (weak, shared) = (Arc::downgrade(node), self.shared.clone());
         let spawned = std::thread::Builder::new()
             .name("acre-finisher".into())
-            .spawn(move || finisher(node));
-        if let Err(e) = spawned {
-            // Nothing finishes them in this process then; if it stops, the memory nodes do.
-            state.finisher_running = false;
-            tracing::error!("cannot start the thread that finishes unfinished commits: {e}");
+            .spawn(move || finisher(&shared, weak));
+        match spawned {
+            Ok(handle) => state.finisher = Some(handle),
+            // Nothing finishes them in this process then; once it stops, the memory nodes do.
+            Err(e) => tracing::error!("cannot start the thread that finishes commits: {e}"),
+        }
+    }
+
+    /// Stops the finisher (after the send it may be in) and gives back the reservations of
+    /// what is left, which stays unfinished: nothing of this node is sent any more.
+    pub(crate) fn stop(&self, node: &TxnNode) {
+        let finisher = {
+            let mut state = self.shared.state();
+            state.stopping = true;
+            state.finisher.take()
+        };
+        self.shared.wake.notify_all();
+        if let Some(finisher) = finisher {
+            finisher.join().expect("the finisher does not panic");
+        }
+        // The finisher put back what it held when it stopped.
+        let left = std::mem::take(&mut self.shared.state().commits);
+        if !left.is_empty() {
+            tracing::warn!(
+                node = %node.node_id(),
+                "stopping with {} commits unfinished (e.g. {}): the memory nodes settle them",
+                left.len(),
+                left[0].txn
+            );
+        }
+        for commit in left {
+            commit.release(node);
         }
     }
 }
 
-/// Retries every unfinished commit of `node` until none is left or the node is gone.
-fn finisher(node: Weak<TxnNode>) {
+/// Retries every unfinished commit of `node` until none is left, the node stops, or it is gone.
+fn finisher(shared: &Shared, node: Weak<TxnNode>) {
     loop {
-        std::thread::sleep(FINISH_RETRY_AFTER);
+        let commits = {
+            let state = shared.state();
+            let (mut state, _) = shared
+                .wake
+                .wait_timeout_while(state, FINISH_RETRY_AFTER, |state| !state.stopping)
+                .expect(crate::POISONED);
+            if state.stopping {
+                return;
+            }
+            std::mem::take(&mut state.commits)
+        };
         let Some(node) = node.upgrade() else {
             return;
         };
-        let unfinished = node.unfinished();
-        let commits = std::mem::take(&mut unfinished.state.lock().expect(crate::POISONED).commits);
         let mut left = Vec::new();
         let mut finished = 0;
+        let mut failed = BTreeSet::new();
         for mut commit in commits {
-            match commit.attempt(&node) {
+            if shared.state().stopping {
+                left.push(commit);
+                continue;
+            }
+            match commit.attempt(&node, &mut failed) {
                 Attempt::Finished => {
                     finished += 1;
                     tracing::info!(
@@ -161,6 +256,7 @@ fn finisher(node: Weak<TxnNode>) {
                         "committed after {:.1?}: every participant took its record",
                         commit.since.elapsed()
                     );
+                    commit.release(&node);
                 }
                 Attempt::NotYet { node, reason } => {
                     tracing::debug!(txn = %commit.txn, %node, "not finished yet: {reason}");
@@ -168,12 +264,16 @@ fn finisher(node: Weak<TxnNode>) {
                 }
             }
         }
-        let mut state = unfinished.state.lock().expect(crate::POISONED);
+        drop(node);
+        let mut state = shared.state();
         state.commits.append(&mut left);
         state.pending -= finished;
         assert!(state.pending >= state.commits.len());
+        if state.stopping {
+            return; // `stop` joins this thread, then takes what is left.
+        }
         if state.commits.is_empty() {
-            state.finisher_running = false;
+            state.finisher = None; // detached: it ends now
             return;
         }
     }

@@ -1184,3 +1184,36 @@ fn observers_do_not_fence_each_other() {
     assert_serves(&node, &second, 0, 54);
     assert_eq!(node.server.stats().connections_fenced, 0);
 }
+
+/// As above, with the older connection silent until the newer one has authenticated: the fence
+/// cannot close it then (it has not said whose it is), so its late handshake is what is refused.
+#[test]
+fn an_older_connection_that_says_hello_late_is_refused() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let mut older = TcpStream::connect(node.addr()).unwrap();
+    node.await_stats("the older connection", |s| s.connections_accepted == 1);
+    let newer = node.transport(&secret);
+    assert_serves(&node, &newer, 0, 61);
+    assert_eq!(node.server.stats().connections_fenced, 0);
+
+    let client_nonce = auth::nonce();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node: CLIENT,
+        client_nonce,
+    };
+    send(&mut older, &Frame::Hello(hello)).unwrap();
+    let mut inbox = Vec::new();
+    let Some(Frame::Challenge(challenge)) = recv(&mut older, &mut inbox) else {
+        panic!("expected a challenge");
+    };
+    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, CLIENT);
+    send(&mut older, &Frame::Proof(proof)).unwrap();
+    let _ = send(&mut older, &raw_write(&node, 1, 64, 14));
+    assert_eq!(assert_closed_by_server(&mut older), Vec::new());
+    node.await_stats("the refusal", |s| s.connections_fenced == 1);
+    assert_eq!(node.word(64), 0);
+    assert_serves(&node, &newer, 0, 62);
+}

@@ -540,3 +540,37 @@ fn unfinished_commits_finish_though_the_primary_ring_filled_meanwhile() {
     }
     cluster.check_replicas().expect("replicas match");
 }
+
+/// docs/protocol.md#unfinished-commits: a client that stops stops its finisher first, so that
+/// once its id is released (and it counts as gone) it sends nothing: the memory nodes settle
+/// what it left, and a late COMMIT-BACKUP or COMMIT-PRIMARY of its finisher could contradict
+/// their votes. Here the participant answers again only after the stop: the commit stays
+/// unfinished, untouched.
+#[test]
+fn a_stopped_finisher_sends_nothing_more() {
+    let client = NodeId(100);
+    let cluster = start(REGION_BYTES, RING_BYTES, vec![client]);
+    let coordinator = replica(&cluster, client).txn().clone();
+    let a = create(&coordinator, region_of(0), b"a0"); // primary n1, backups n2 and n3
+    let down = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Fail)
+            .from(client)
+            .when(appends(COMMIT_BACKUP)),
+    );
+    let mut txn = coordinator.begin().expect("begin");
+    txn.write(a, b"a1").expect("write");
+    assert!(matches!(
+        txn.commit(),
+        Err(CommitError::Indeterminate { .. })
+    ));
+    coordinator.stop_finisher();
+    cluster.faults().remove(down);
+    for _ in 0..STAYS_LOCKED_CHECKS {
+        assert!(
+            primary_header(&cluster, a).is_locked(),
+            "a stopped finisher finished a commit"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(coordinator.unfinished_commits(), 1);
+}

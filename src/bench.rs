@@ -39,6 +39,10 @@ pub struct BankBenchArgs {
     /// Cluster directory for shm and tcp (created and removed).
     #[arg(long, default_value = "/dev/shm/acre-bench")]
     dir: PathBuf,
+    /// Who does the primary's part of a commit: `messages` (the primary's worker, FaRM's) or
+    /// `one-sided` (the coordinator, with one-sided operations); docs/protocol.md#commit-modes.
+    #[arg(long, default_value = "messages", value_parser = ["messages", "one-sided"])]
+    commit: String,
 }
 
 /// The kind of transaction measured.
@@ -81,6 +85,7 @@ pub fn run(args: &BankBenchArgs, termination: &Termination) -> anyhow::Result<Ex
             block_bytes: 1 << 20,
             ring_bytes: 4 << 20,
             persist: "auto".into(),
+            commit: args.commit.clone(),
         })?;
     }
     let outcome = measure(args, processes, termination);

@@ -47,6 +47,10 @@ pub struct DemoArgs {
     /// Nodes of the embedded cluster.
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
+    /// Who does the primary's part of a commit: `messages` (the primary's worker, FaRM's) or
+    /// `one-sided` (the coordinator, with one-sided operations); docs/protocol.md#commit-modes.
+    #[arg(long, default_value = "messages", value_parser = ["messages", "one-sided"])]
+    pub commit: String,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -83,6 +87,7 @@ pub fn demo(args: &DemoArgs, termination: &Termination) -> anyhow::Result<ExitCo
     let options = EmbeddedOptions {
         nodes: args.nodes,
         region_bytes: 16 << 20,
+        commit: crate::launch::commit_mode(&args.commit)?,
         ..EmbeddedOptions::default()
     };
     let db = Db::embedded(&options)?;

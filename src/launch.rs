@@ -11,7 +11,7 @@ use acre::engine::addr::NodeId;
 use acre::engine::directory::{self, NodeManifest};
 use acre::engine::fabric::tcp::ClusterSecret;
 use acre::engine::fabric::transport_kind::TransportKind;
-use acre::txn::Configuration;
+use acre::txn::config::{CommitMode, Configuration};
 use anyhow::{Context, bail};
 use std::io::Write as _;
 use std::os::unix::process::CommandExt;
@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// Persistence of the files: auto, flush or msync.
     #[arg(long, default_value = "auto", value_parser = ["auto", "flush", "msync"])]
     pub persist: String,
+    /// Who does the primary's part of a commit: `messages` (the primary's worker, FaRM's) or
+    /// `one-sided` (the coordinator, with one-sided operations); docs/protocol.md#commit-modes.
+    #[arg(long, default_value = "messages", value_parser = ["messages", "one-sided"])]
+    pub commit: String,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -116,7 +120,7 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let f = args
         .f
         .unwrap_or_else(|| Configuration::default_f(nodes.len()));
-    let config = Configuration::place(
+    let mut config = Configuration::place(
         1,
         nodes,
         clients,
@@ -125,6 +129,7 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
         args.region_bytes,
         args.block_bytes,
     )?;
+    config.commit = commit_mode(&args.commit)?;
     let file = ClusterFile {
         transport: if args.transport == "tcp" {
             TransportKind::Tcp
@@ -496,4 +501,10 @@ pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The commit mode `--commit` names.
+pub fn commit_mode(name: &str) -> anyhow::Result<CommitMode> {
+    CommitMode::parse(name)
+        .ok_or_else(|| anyhow::anyhow!("--commit {name:?}: expected messages or one-sided"))
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use acre_engine::addr::{Addr, NodeId, RegionId};
+pub use acre_txn::config::CommitMode;
 pub use acre_txn::{CommitError, Error, IndexError, Txn, TxnError, TxnId};
 
 pub use acre_txn::retry::{BACKOFF_FIRST, BACKOFF_MAX, RUN_ATTEMPTS_MAX, Transact};
@@ -28,6 +29,8 @@ pub struct EmbeddedOptions {
     pub block_bytes: u64,
     /// Bytes of each log ring (one per pair of nodes).
     pub ring_bytes: u64,
+    /// Who does the primary's part of a commit.
+    pub commit: CommitMode,
 }
 
 impl Default for EmbeddedOptions {
@@ -39,6 +42,7 @@ impl Default for EmbeddedOptions {
             region_bytes: 64 << 20,
             block_bytes: 1 << 20,
             ring_bytes: 1 << 20,
+            commit: CommitMode::default(),
         }
     }
 }
@@ -103,7 +107,7 @@ impl Db {
         let f = options
             .f
             .unwrap_or_else(|| Configuration::default_f(nodes.len()));
-        let config = Configuration::place(
+        let mut config = Configuration::place(
             1,
             nodes,
             Vec::new(),
@@ -112,6 +116,7 @@ impl Db {
             options.region_bytes,
             options.block_bytes,
         )?;
+        config.commit = options.commit;
         let cluster = EmbeddedCluster::start(config, options.ring_bytes)?;
         let coordinators = cluster.nodes().iter().map(|n| n.txn().clone()).collect();
         Ok(Db::new(Backing::Embedded(cluster), coordinators))

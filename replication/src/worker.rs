@@ -35,6 +35,7 @@ use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, Message};
 use acre_nvm_log::LogError;
 use acre_txn::TxnNode;
+use acre_txn::config::CommitMode;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
@@ -150,6 +151,8 @@ enum Asked {
 
 struct Serving {
     node: Arc<TxnNode>,
+    /// The cluster commits in one-sided mode: coordinators lock and install themselves.
+    one_sided: bool,
     backup: Arc<Backup>,
     inbox: Inbox,
     rings: HashMap<NodeId, Retention>,
@@ -194,6 +197,7 @@ impl Worker {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
         let mut serving = Serving {
+            one_sided: node.config().commit == CommitMode::OneSided,
             node: node.clone(),
             backup,
             inbox,
@@ -278,6 +282,7 @@ impl Serving {
                 self.find_orphans();
                 self.next_orphan_check = Instant::now() + ORPHAN_CHECK_INTERVAL;
             }
+            self.node.primary().release_installed_frees();
             self.truncate_rings();
             self.publish_retention();
             if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
@@ -406,6 +411,12 @@ impl Serving {
                 self.forget(txn);
                 false
             }
+            Body::Lock { entries, .. } if self.one_sided => {
+                // Its coordinator locks by compare-and-swap once this record is durable
+                // (docs/protocol.md#one-sided-commit-mode): noted, not answered.
+                self.node.primary().note_lock(txn, entries);
+                true
+            }
             Body::Lock { entries, .. } => {
                 let locked = self.node.primary().lock(txn, entries);
                 let code = if locked { Code::Locked } else { Code::Conflict };
@@ -415,6 +426,12 @@ impl Serving {
             Body::CommitPrimary if self.holds(txn, vote::COMMIT_PRIMARY) => {
                 // A second copy from a coordinator finishing its commit
                 // (docs/protocol.md#unfinished-commits): installed at the first.
+                true
+            }
+            Body::CommitPrimary if self.one_sided => {
+                // Its coordinator installs once this record is durable: noted for the slots
+                // its frees give back.
+                self.node.primary().note_commit(txn);
                 true
             }
             Body::CommitPrimary => {
@@ -499,6 +516,18 @@ impl Serving {
         self.voted.vote(txn);
         let holds = self.kept.get(&txn).map_or(0, |kept| kept.holds);
         Some(holds | self.voted.outcome(txn))
+    }
+
+    /// Handles every record already in every ring; returns whether they were read to their end.
+    fn drain_all(&mut self) -> bool {
+        for _ in 0..DRAIN_RECORDS_MAX {
+            match self.inbox.poll() {
+                Ok(Some(message)) => self.handle(message),
+                Ok(None) => return true,
+                Err(e) => self.report_ring(&e),
+            }
+        }
+        false
     }
 
     /// Handles every record already in `client`'s ring (it is gone, so nothing new comes);
@@ -609,6 +638,12 @@ impl Serving {
                     0,
                     "{txn}: aborted though this node holds {holds:#x}"
                 );
+                // A one-sided coordinator's locks are told apart from others' by the LOCK
+                // records that explain them: every record already appended must be read.
+                if self.one_sided && (!self.drain_all() || !self.node.primary().abort_orphan(txn)) {
+                    self.asked.insert(txn, again);
+                    return;
+                }
                 self.node.primary().abort(txn);
                 self.forget(txn);
                 self.voted.decided(txn, vote::ABORTED);

@@ -26,6 +26,38 @@ impl Placement {
     }
 }
 
+/// Who does the primary's part of a commit (docs/protocol.md#commit-modes): the same for every
+/// transaction of a cluster.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitMode {
+    /// FaRM's: the primary's worker locks on LOCK, installs on COMMIT-PRIMARY, unlocks on ABORT.
+    #[default]
+    Messages,
+    /// The coordinator locks, installs and unlocks with one-sided operations once the records
+    /// are durable in the primary's log; no thread of another node is on the commit path.
+    OneSided,
+}
+
+impl CommitMode {
+    /// The name a cluster file and `--commit` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            CommitMode::Messages => "messages",
+            CommitMode::OneSided => "one-sided",
+        }
+    }
+
+    /// The mode named `name`, as [`CommitMode::name`] spells it.
+    pub fn parse(name: &str) -> Option<CommitMode> {
+        [CommitMode::Messages, CommitMode::OneSided]
+            .into_iter()
+            .find(|mode| mode.name() == name)
+    }
+}
+
 /// The cluster's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +74,9 @@ pub struct Configuration {
     pub region_bytes: u64,
     pub block_bytes: u64,
     pub regions: Vec<Placement>,
+    /// Who does the primary's part of a commit.
+    #[serde(default)]
+    pub commit: CommitMode,
 }
 
 /// Why a configuration is unusable. Every variant is a mistake in the configuration (or the
@@ -173,6 +208,7 @@ impl Configuration {
             region_bytes,
             block_bytes,
             regions,
+            commit: CommitMode::default(),
         };
         config.validate()?;
         Ok(config)

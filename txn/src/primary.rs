@@ -28,7 +28,11 @@ struct PrimaryRegion {
 /// A transaction that has sent LOCK here and not yet COMMIT-PRIMARY or ABORT.
 struct Held {
     entries: Vec<Entry>,
+    /// This primary locked every entry (message mode).
     locked: bool,
+    /// Its coordinator locks by compare-and-swap (one-sided mode): this primary only noted
+    /// the LOCK record, and does not know which locks took.
+    one_sided: bool,
 }
 
 /// The primary regions of one node and the transactions holding locks in them.
@@ -39,6 +43,9 @@ pub struct Primary {
     /// ABORT or RELEASE says what becomes of them. A coordinator whose ALLOC timed out does
     /// not know its slot: the transaction's LOCK or ABORT hands back the ones it does not use.
     allocated_for: Mutex<HashMap<TxnId, Vec<Addr>>>,
+    /// Slots freed by one-sided commits, with the version their install gives them: they go
+    /// back to the free list once the coordinator's install has landed.
+    frees_to_release: Mutex<Vec<(Addr, u64)>>,
 }
 
 /// Why COMMIT-PRIMARY could not be applied: a coordinator bug or a lost LOCK.
@@ -66,6 +73,7 @@ impl Primary {
                 .collect(),
             held: Mutex::new(HashMap::new()),
             allocated_for: Mutex::new(HashMap::new()),
+            frees_to_release: Mutex::new(Vec::new()),
         }
     }
 
@@ -179,10 +187,117 @@ impl Primary {
             Held {
                 entries,
                 locked: all,
+                one_sided: false,
             },
         );
         assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
         all
+    }
+
+    /// A LOCK record of a coordinator in one-sided mode, which locks the objects itself
+    /// (docs/protocol.md#one-sided-commit-mode): noted for its COMMIT-PRIMARY (the slots a free
+    /// gives back) and for the settlement of a dead coordinator. Slots `txn` reserved here and
+    /// does not install are handed back, as in [`Primary::lock`].
+    pub fn note_lock(&self, txn: TxnId, entries: Vec<Entry>) {
+        assert!(!entries.is_empty(), "{txn}: a LOCK without entries");
+        let installs: Vec<Addr> = entries
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::Alloc)
+            .map(|entry| entry.addr)
+            .collect();
+        self.release_unused_allocations(txn, &installs);
+        let held = Held {
+            entries,
+            locked: false,
+            one_sided: true,
+        };
+        let previous = self.held.lock().expect(POISONED).insert(txn, held);
+        assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
+    }
+
+    /// A COMMIT-PRIMARY record of a one-sided coordinator, which installs the objects itself:
+    /// the slots its frees give back go to the free list once their install has landed
+    /// ([`Primary::release_installed_frees`]).
+    pub fn note_commit(&self, txn: TxnId) {
+        let held = self.held.lock().expect(POISONED).remove(&txn);
+        let Some(held) = held else {
+            tracing::warn!("COMMIT-PRIMARY of {txn} without its LOCK here");
+            return;
+        };
+        assert!(held.one_sided, "{txn}: noted a commit of message mode");
+        let frees = held
+            .entries
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::Free)
+            .map(|entry| (entry.addr, entry.version + 1));
+        self.frees_to_release.lock().expect(POISONED).extend(frees);
+        self.release_installed_frees();
+    }
+
+    /// Puts back on their free lists the slots of one-sided frees whose install has landed
+    /// (unlocked, unallocated, at the version the free installed or later). Cheap when there
+    /// are none; the worker calls it every turn.
+    pub fn release_installed_frees(&self) {
+        let mut pending = self.frees_to_release.lock().expect(POISONED);
+        if pending.is_empty() {
+            return;
+        }
+        pending.retain(|&(addr, version)| {
+            let installed = self
+                .with_slot(addr, |words, _| {
+                    let header = object::load_header(words);
+                    !header.is_locked() && header.version() >= version
+                })
+                .unwrap_or(true);
+            if installed {
+                assert!(
+                    self.with_slot(addr, |words, _| !object::load_header(words).is_allocated())
+                        .unwrap_or(true),
+                    "{addr}: freed at v{version}, allocated again before its slot was released"
+                );
+                self.release(&[addr]);
+            }
+            !installed
+        });
+    }
+
+    /// Whether some transaction other than `txn` noted here lists `addr`.
+    fn listed_by_other(&self, txn: TxnId, addr: Addr) -> bool {
+        self.held
+            .lock()
+            .expect(POISONED)
+            .iter()
+            .any(|(&other, held)| other != txn && held.entries.iter().any(|e| e.addr == addr))
+    }
+
+    /// Aborts `txn` for its dead one-sided coordinator (which may have locked some objects by
+    /// compare-and-swap before it died): unlocks each object locked at the version `txn` read
+    /// that no other transaction noted here lists (every lock is explained by a durable LOCK
+    /// record, and the caller has read every ring to its end, so the lock is `txn`'s), and hands
+    /// back its reservations. Returns false, changing nothing, while another transaction lists
+    /// an object `txn` may hold: ask again once that one is settled.
+    pub fn abort_orphan(&self, txn: TxnId) -> bool {
+        let entries = match self.held.lock().expect(POISONED).get(&txn) {
+            Some(held) if held.one_sided => held.entries.clone(),
+            _ => {
+                self.abort(txn);
+                return true;
+            }
+        };
+        if entries.iter().any(|e| self.listed_by_other(txn, e.addr)) {
+            return false;
+        }
+        for entry in &entries {
+            let allocated = entry.kind != EntryKind::Alloc;
+            let locked = Header::new(entry.version, allocated, true);
+            self.with_slot(entry.addr, |words, _| {
+                if object::load_header(words) == locked {
+                    object::unlock(words);
+                }
+            });
+        }
+        self.abort(txn);
+        true
     }
 
     /// The entries of `txn`'s LOCK here, if it holds its locks (what its COMMIT-PRIMARY would
@@ -190,17 +305,27 @@ impl Primary {
     pub fn locked_entries(&self, txn: TxnId) -> Option<Vec<Entry>> {
         let held = self.held.lock().expect(POISONED);
         held.get(&txn)
-            .filter(|held| held.locked)
+            .filter(|held| held.locked || held.one_sided)
             .map(|held| held.entries.clone())
     }
 
-    /// COMMIT-PRIMARY: installs the new values and unlocks.
+    /// COMMIT-PRIMARY: installs the new values and unlocks. For a one-sided transaction (its
+    /// dead coordinator's settlement: some COMMIT-BACKUP exists, so it held every lock), the
+    /// objects it already installed are skipped.
     pub fn commit(&self, txn: TxnId) -> Result<(), UnknownCommit> {
         let held = self.held.lock().expect(POISONED).remove(&txn);
-        let Some(held) = held.filter(|h| h.locked) else {
+        let Some(held) = held.filter(|h| h.locked || h.one_sided) else {
             return Err(UnknownCommit { txn });
         };
         for entry in held.entries {
+            let allocated = entry.kind != EntryKind::Alloc;
+            let still_locked = Header::new(entry.version, allocated, true);
+            if held.one_sided
+                && self.with_slot(entry.addr, |words, _| object::load_header(words))
+                    != Some(still_locked)
+            {
+                continue; // installed by its coordinator before it died
+            }
             self.with_slot(entry.addr, |words, primary| {
                 let header =
                     object::install_with(words, &entry.payload, entry.kind != EntryKind::Free);

@@ -27,7 +27,7 @@ pub(crate) struct ReadInfo {
 pub(crate) struct Change {
     pub(crate) kind: EntryKind,
     pub(crate) version: u64,
-    payload_bytes: usize,
+    pub(crate) payload_bytes: usize,
     pub(crate) value: Vec<u8>,
 }
 

@@ -6,7 +6,7 @@
 
 use crate::fixture::{
     BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, overwrite, primary_header, region_of, replica,
-    rings, settle, start, three_nodes, txn_node, value_at,
+    rings, settle, start, start_in, three_nodes, txn_node, value_at,
 };
 use acre_engine::addr::{Addr, NodeId};
 use acre_engine::channel::{RING_AREA_BASE, appended_kinds};
@@ -15,6 +15,7 @@ use acre_engine::fabric::fault::{Action, Rule};
 use acre_engine::slab::BLOCK_HEADER_BYTES;
 use acre_nvm_log::RecordKind;
 use acre_replication::ReplicaNode;
+use acre_txn::config::CommitMode;
 use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, LOCK, TRUNCATE};
 use acre_txn::reply::REPLY_AREA_ID;
 use acre_txn::{CommitError, TxnError};
@@ -232,11 +233,12 @@ fn a_backup_that_cannot_apply_keeps_the_transaction_and_its_records() {
 
 /// docs/failures.md#what-happens-today: a primary's worker answers every coordinator, so it
 /// must never wait on one of them. Here n2's reply to n1 stalls for seconds (n1 paused, or a
-/// slow link); n3's transaction at n2 meanwhile commits at its usual speed.
+/// slow link); n3's transaction at n2 meanwhile commits at its usual speed. Message mode: in
+/// one-sided mode a write's commit has no reply to stall.
 #[test]
 fn a_stalled_coordinator_does_not_stall_the_primary_for_others() {
     const STALL: Duration = Duration::from_secs(3);
-    let cluster = three_nodes();
+    let cluster = start_in(CommitMode::Messages, REGION_BYTES, RING_BYTES, vec![]);
     let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
     let a = create(&n1, region_of(1), b"a0"); // primary n2
     let b = create(&n3, region_of(1), b"b0"); // primary n2
@@ -573,4 +575,35 @@ fn a_stopped_finisher_sends_nothing_more() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(coordinator.unfinished_commits(), 1);
+}
+
+/// docs/protocol.md#one-sided-commit-mode: the coordinator locks and installs with one-sided
+/// operations, so a commit at another node's primary waits for no reply of that node (in
+/// message mode it would wait for the LOCK vote, here held back for seconds), and its worker
+/// only notes the records.
+#[test]
+fn a_one_sided_commit_waits_for_no_reply_from_the_primary() {
+    const STALL: Duration = Duration::from_secs(3);
+    let cluster = start_in(CommitMode::OneSided, REGION_BYTES, RING_BYTES, vec![]);
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(1), b"a0"); // primary n2
+    let b = create(&n1, region_of(2), b"b0"); // primary n3
+    let held_back = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Delay(STALL))
+            .from(NodeId(2))
+            .when(is_reply),
+    );
+    let started = Instant::now();
+    let mut txn = n1.begin().expect("begin");
+    txn.write(a, b"a1").expect("write a");
+    txn.write(b, b"b1").expect("write b");
+    assert_eq!(txn.commit(), Ok(()));
+    let took = started.elapsed();
+    assert!(took < STALL / 3, "the commit waited {took:?} for n2");
+    assert_eq!(cluster.faults().hits(held_back), 0, "n2 answered nothing");
+    assert!(!primary_header(&cluster, a).is_locked());
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a1");
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b1");
+    settle(&cluster);
+    cluster.check_replicas().expect("replicas match");
 }

@@ -10,6 +10,7 @@ use acre_engine::object::{Header, SLOT_OVERHEAD_BYTES, load_header};
 use acre_engine::region::Region;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
 use acre_replication::{EmbeddedCluster, ReplicaNode};
+use acre_txn::config::CommitMode;
 use acre_txn::{Configuration, Error, TxnNode};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,10 +25,31 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Three nodes with regions of `region_bytes` (blocks of [`BLOCK_BYTES`]), rings of
 /// `ring_bytes`, and `clients` as client-only node ids.
 pub fn start(region_bytes: u64, ring_bytes: u64, clients: Vec<NodeId>) -> EmbeddedCluster {
+    start_in(commit_mode(), region_bytes, ring_bytes, clients)
+}
+
+/// As [`start`], committing in `mode`.
+pub fn start_in(
+    mode: CommitMode,
+    region_bytes: u64,
+    ring_bytes: u64,
+    clients: Vec<NodeId>,
+) -> EmbeddedCluster {
     let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    let config =
+    let mut config =
         Configuration::place(1, ids, clients, 1, 2, region_bytes, BLOCK_BYTES).expect("config");
+    config.commit = mode;
     EmbeddedCluster::start_faulty(config, ring_bytes).expect("start the cluster")
+}
+
+/// The commit mode of the clusters tests start: `ACRE_TEST_COMMIT` (`messages` or
+/// `one-sided`), else the default. CI runs the whole binary in each mode.
+pub fn commit_mode() -> CommitMode {
+    match std::env::var("ACRE_TEST_COMMIT") {
+        Ok(name) => CommitMode::parse(&name)
+            .unwrap_or_else(|| panic!("ACRE_TEST_COMMIT={name:?}: expected messages or one-sided")),
+        Err(_) => CommitMode::default(),
+    }
 }
 
 /// Three nodes with the default sizes and no client-only nodes.

@@ -28,7 +28,7 @@ impl ShmCluster {
     pub fn start() -> ShmCluster {
         let dir = tempfile::tempdir().expect("create the cluster directory");
         let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-        let config = Configuration::place(
+        let mut config = Configuration::place(
             1,
             ids.clone(),
             vec![NodeId(CLIENT_ID_BASE)],
@@ -38,6 +38,7 @@ impl ShmCluster {
             BLOCK_BYTES,
         )
         .expect("config");
+        config.commit = crate::fixture::commit_mode();
         let file = ClusterFile {
             transport: TransportKind::Shm,
             // Flush + drain on the ordinary files of a temporary directory: `auto` would

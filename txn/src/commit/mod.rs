@@ -18,10 +18,12 @@ mod abort;
 mod commit_backup;
 mod commit_primary;
 mod lock;
+pub(crate) mod one_sided;
 mod reserve;
 pub(crate) mod unfinished;
 pub(crate) mod validate;
 
+use crate::config::CommitMode;
 use crate::error::{CommitError, TxnError};
 use crate::record::{Body, Entry, EntryKind, TxnRecord};
 use crate::txn::Txn;
@@ -70,7 +72,10 @@ fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     }
     let plan = Plan::new(txn);
     let mut commit = Commit::new(txn, plan);
-    let outcome = commit.run(&Messages);
+    let outcome = match commit.node.config().commit {
+        CommitMode::Messages => commit.run(&Messages),
+        CommitMode::OneSided => commit.run(&one_sided::OneSided),
+    };
     if let Some(mut unfinished) = commit.unfinished() {
         // What is left of its reservations goes with it (docs/protocol.md#unfinished-commits).
         unfinished.reservations = std::mem::take(&mut commit.reservations);
@@ -125,6 +130,8 @@ pub(crate) struct Plan {
     pub(crate) locks: BTreeMap<NodeId, Body>,
     /// The COMMIT-BACKUP body for each backup of a written region.
     pub(crate) backups: BTreeMap<NodeId, Body>,
+    /// The payload bytes of each written slot (what a one-sided install writes).
+    pub(crate) capacities: BTreeMap<Addr, usize>,
 }
 
 impl Plan {
@@ -135,7 +142,9 @@ impl Plan {
         let mut lock_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
         let mut backup_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
         let mut regions = BTreeSet::new();
+        let mut capacities = BTreeMap::new();
         for (addr, change) in &txn.changes {
+            capacities.insert(*addr, change.payload_bytes);
             let region = addr.region();
             // Execution found every changed object in a region of the configuration.
             let placement = config
@@ -181,6 +190,7 @@ impl Plan {
                     entries,
                 }))
                 .collect(),
+            capacities,
         };
         assert!(
             !plan.locks.is_empty(),
@@ -237,6 +247,8 @@ pub(crate) struct Commit<'t> {
     pub(crate) primaries_done: usize,
     /// Primaries whose COMMIT-PRIMARY append failed (step 4).
     pub(crate) primaries_missed: BTreeSet<NodeId>,
+    /// Objects this coordinator locked by compare-and-swap, per primary (one-sided mode).
+    pub(crate) cas_locked: Vec<(NodeId, Vec<one_sided::CasLock>)>,
 }
 
 impl<'t> Commit<'t> {
@@ -253,6 +265,7 @@ impl<'t> Commit<'t> {
             backups_done: 0,
             primaries_done: 0,
             primaries_missed: BTreeSet::new(),
+            cas_locked: Vec::new(),
         }
     }
 

@@ -23,6 +23,7 @@
 //! nothing more, which the memory nodes' settlement of its transactions relies on.
 
 use super::Plan;
+use crate::config::CommitMode;
 use crate::record::{Body, ReplyTo, TxnId, TxnRecord};
 use crate::txn_node::TxnNode;
 use acre_engine::addr::NodeId;
@@ -85,6 +86,15 @@ impl Unfinished {
                         node.primary()
                             .commit(self.txn)
                             .expect("this coordinator's own LOCK succeeded");
+                    } else if node.config().commit == CommitMode::OneSided {
+                        // The coordinator installs (docs/protocol.md#one-sided-commit-mode).
+                        if let Err(e) = super::one_sided::install(node, &self.plan, primary) {
+                            tracing::error!(
+                                txn = %self.txn,
+                                %primary,
+                                "the one-sided install failed: {e}"
+                            );
+                        }
                     }
                 }
                 Err(reason) => missed = Some((primary, reason)),

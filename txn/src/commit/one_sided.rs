@@ -1,0 +1,278 @@
+//! Steps 1, 4 and abort in one-sided mode (docs/protocol.md#one-sided-commit-mode): the
+//! coordinator does the primary's part itself, so no thread of another node is on the commit
+//! path.
+//!
+//! - **Lock.** The LOCK record is durable in the primary's log first (every lock in a region is
+//!   then explained by a durable LOCK record, which recovery and the settlement of a dead
+//!   client's transactions read), then one batch of compare-and-swaps locks every object at the
+//!   version read. The vote is the outcome of those compare-and-swaps.
+//! - **Commit-primary.** The COMMIT-PRIMARY record is durable first, then one batch installs
+//!   every object (trailer, payload, header with the lock clear: the order the torn-read
+//!   detection relies on, `acre_engine::object`) and persists the slots.
+//! - **Abort.** The coordinator unlocks by compare-and-swap what it locked, then appends ABORT,
+//!   on which the primary's worker hands back the reserved slots.
+//!
+//! The primary's worker only notes what it reads ([`crate::primary::Primary::note_lock`]): the
+//! slots a committed free gives back, and what a dead coordinator's settlement needs. This
+//! node's own primary regions are locked and installed inline, as in message mode.
+
+use super::{Commit, LockSent, Plan, PrimarySteps};
+use crate::error::{CommitError, TxnError, op_error};
+use crate::record::{Body, Entry, EntryKind, ReplyTo, TxnRecord};
+use crate::txn_node::TxnNode;
+use acre_engine::addr::{Addr, NodeId};
+use acre_engine::fabric::{Completion, Op};
+use acre_engine::object::{self, Header, WORD_BYTES};
+use acre_engine::region::AccessKey;
+
+/// FORD's and DrTM+H's mode: the coordinator locks, installs and unlocks.
+pub(crate) struct OneSided;
+
+impl PrimarySteps for OneSided {
+    fn lock(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
+        assert!(
+            commit.locks_sent.is_empty(),
+            "{}: LOCK sent twice",
+            commit.txn.id
+        );
+        let me = commit.node.node_id();
+        let primaries: Vec<NodeId> = commit.plan.locks.keys().copied().collect();
+        for primary in primaries {
+            let record = TxnRecord {
+                txn: commit.txn.id,
+                reply: ReplyTo::NONE,
+                truncated: Vec::new(),
+                body: commit.plan.locks[&primary].clone(),
+            };
+            let sent = commit.send(primary, record);
+            // A LOCK whose append failed may have landed: it counts as sent, so ABORT goes too.
+            commit.locks_sent.push(LockSent {
+                primary,
+                reply_index: None,
+            });
+            sent?;
+            if primary == me {
+                let entries = commit.plan.lock_entries(me).to_vec();
+                if !commit.node.primary().lock(commit.txn.id, entries) {
+                    return Err(conflict(commit.plan.lock_entries(me)[0].addr));
+                }
+                continue;
+            }
+            commit.cas_lock(primary)?;
+        }
+        commit.locked = true;
+        Ok(())
+    }
+
+    fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
+        let txn = commit.txn.id;
+        assert_eq!(
+            commit.backups_done,
+            commit.plan.backups.len(),
+            "{txn}: COMMIT-PRIMARY before every COMMIT-BACKUP is durable"
+        );
+        assert_eq!(commit.primaries_done, 0, "{txn}: COMMIT-PRIMARY sent twice");
+        let me = commit.node.node_id();
+        let primaries: Vec<NodeId> = commit.plan.locks.keys().copied().collect();
+        let mut missed = None;
+        // Primaries whose COMMIT-PRIMARY is durable: one is enough to be committed (CP.5).
+        let mut durable = 0;
+        for primary in primaries {
+            let record = TxnRecord {
+                txn,
+                reply: ReplyTo::NONE,
+                truncated: Vec::new(),
+                body: Body::CommitPrimary,
+            };
+            if let Err(e) = commit.send(primary, record) {
+                commit.primaries_missed.insert(primary);
+                missed = Some((primary, e));
+                continue;
+            }
+            durable += 1;
+            if primary == me {
+                commit
+                    .node
+                    .primary()
+                    .commit(txn)
+                    .expect("this coordinator's own LOCK succeeded");
+            } else if let Err(e) = install(&commit.node, &commit.plan, primary) {
+                // Committed (the record is durable), not installed: the objects stay locked
+                // and the finisher installs them (super::unfinished); no truncation before.
+                commit.primaries_missed.insert(primary);
+                missed = Some((primary, e));
+                continue;
+            }
+            commit.primaries_done += 1;
+        }
+        let Some((primary, e)) = missed else {
+            return Ok(());
+        };
+        if durable == 0 {
+            return Err(CommitError::indeterminate(txn, e));
+        }
+        tracing::warn!(
+            %txn,
+            %primary,
+            "committed, but a primary missed its COMMIT-PRIMARY or install, which it gets \
+             again once it answers: {e}"
+        );
+        Ok(())
+    }
+
+    fn abort(&self, commit: &mut Commit<'_>) {
+        let txn = commit.txn.id;
+        for (primary, cas) in std::mem::take(&mut commit.cas_locked) {
+            let ops: Vec<Op> = cas
+                .iter()
+                .map(|lock| Op::Cas {
+                    addr: lock.addr,
+                    key: lock.key,
+                    expected: lock.locked.to_u64(),
+                    new: lock.unlocked.to_u64(),
+                })
+                .collect();
+            for (lock, result) in cas.iter().zip(commit.node.fabric().execute(primary, ops)) {
+                if !matches!(result, Ok(Completion::Cas { previous }) if previous == lock.locked.to_u64())
+                {
+                    tracing::warn!(
+                        %txn,
+                        %primary,
+                        addr = %lock.addr,
+                        "could not unlock: {result:?}; the lock waits for recovery"
+                    );
+                }
+            }
+        }
+        commit.send_aborts();
+    }
+}
+
+/// One object this coordinator locked by compare-and-swap: where, and its header both ways.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CasLock {
+    addr: Addr,
+    key: AccessKey,
+    unlocked: Header,
+    locked: Header,
+}
+
+fn conflict(addr: Addr) -> CommitError {
+    CommitError::Conflict {
+        addr,
+        why: "an object to write changed or is locked",
+    }
+}
+
+impl Commit<'_> {
+    /// Locks every object of the LOCK at `primary` with one batch of compare-and-swaps at the
+    /// versions read; the ones that took are recorded for the abort.
+    fn cas_lock(&mut self, primary: NodeId) -> Result<(), CommitError> {
+        let mut locks = Vec::new();
+        for entry in self.plan.lock_entries(primary) {
+            let (_, key) = self.node.reader().primary_of(entry.addr)?;
+            // An allocation locks the reserved slot while it is still free.
+            let unlocked = Header::new(entry.version, entry.kind != EntryKind::Alloc, false);
+            locks.push(CasLock {
+                addr: entry.addr,
+                key,
+                unlocked,
+                locked: unlocked.locked(),
+            });
+        }
+        let ops: Vec<Op> = locks
+            .iter()
+            .map(|lock| Op::Cas {
+                addr: lock.addr,
+                key: lock.key,
+                expected: lock.unlocked.to_u64(),
+                new: lock.locked.to_u64(),
+            })
+            .collect();
+        let results = self.node.fabric().execute(primary, ops);
+        assert_eq!(results.len(), locks.len(), "one completion per CAS");
+        let mut taken = Vec::new();
+        let mut outcome = Ok(());
+        for (lock, result) in locks.into_iter().zip(results) {
+            match result.map_err(|e| op_error(primary, e)) {
+                Ok(Completion::Cas { previous }) if previous == lock.unlocked.to_u64() => {
+                    taken.push(lock);
+                }
+                Ok(Completion::Cas { .. }) => {
+                    outcome = outcome.and(Err(conflict(lock.addr)));
+                }
+                Ok(other) => {
+                    outcome = outcome.and(Err(CommitError::Protocol {
+                        node: primary,
+                        reason: format!("CAS of {} completed as {other:?}", lock.addr),
+                    }));
+                }
+                Err(e) => outcome = outcome.and(Err(CommitError::from(e))),
+            }
+        }
+        if !taken.is_empty() {
+            self.cas_locked.push((primary, taken));
+        }
+        outcome
+    }
+}
+
+/// Installs every object of `plan`'s LOCK at `primary`, which the coordinator holds locked
+/// and whose COMMIT-PRIMARY is durable there: one batch of WRITEs in the install order, with a
+/// PERSIST of each slot.
+pub(crate) fn install(node: &TxnNode, plan: &Plan, primary: NodeId) -> Result<(), TxnError> {
+    let entries = plan.lock_entries(primary);
+    let mut ops = Vec::with_capacity(entries.len() * 4);
+    for entry in entries {
+        let (_, key) = node.reader().primary_of(entry.addr)?;
+        ops.extend(install_ops(entry, key, plan.capacities[&entry.addr]));
+    }
+    for result in node.fabric().execute(primary, ops) {
+        result.map_err(|e| op_error(primary, e))?;
+    }
+    Ok(())
+}
+
+/// The operations that install `entry` in a slot of `capacity` payload bytes locked at
+/// `entry.version`: trailer `v + 1`, payload (zero-padded), header `v + 1` with the lock clear
+/// (allocated unless a free), then a PERSIST of the slot. The fabric executes them in order,
+/// each WRITE in increasing address order: the order `object::install_with` stores in.
+pub(crate) fn install_ops(entry: &Entry, key: AccessKey, capacity: usize) -> Vec<Op> {
+    assert!(
+        entry.payload.len() <= capacity,
+        "{}: payload of {} bytes in a slot of {capacity}",
+        entry.addr,
+        entry.payload.len()
+    );
+    let version = entry.version + 1;
+    let slot = entry.addr;
+    let at = |offset: usize| Addr::new(slot.region(), slot.offset() + offset as u32);
+    let mut payload = entry.payload.clone();
+    payload.resize(capacity.div_ceil(WORD_BYTES) * WORD_BYTES, 0);
+    let trailer_offset = WORD_BYTES + payload.len();
+    let header = Header::new(version, entry.kind != EntryKind::Free, false);
+    vec![
+        Op::Write {
+            addr: at(trailer_offset),
+            key,
+            data: version.to_le_bytes().to_vec(),
+        },
+        Op::Write {
+            addr: at(WORD_BYTES),
+            key,
+            data: payload,
+        },
+        Op::Write {
+            addr: slot,
+            key,
+            data: header.to_u64().to_le_bytes().to_vec(),
+        },
+        Op::Persist {
+            addr: slot,
+            key,
+            len: (trailer_offset + WORD_BYTES) as u32,
+        },
+    ]
+}
+
+const _: () = assert!(object::HEADER_BYTES == WORD_BYTES);

@@ -69,9 +69,12 @@ pub fn appended_kinds(ops: &[Op]) -> Vec<RecordKind> {
 
 /// Bytes of a remote ring a sender reads at once while it looks for where to resume.
 const RESUME_READ_BYTES: u64 = 16 << 10;
-/// An inbox looks for reset requests whenever no ring has a message, and at least once every
-/// this many polls that found one, so that a receiver kept busy by other senders still resets
-/// a ring whose sender waits for it.
+/// An inbox looks for reset requests when no ring has a message and its doorbell rang since it
+/// last looked (a sender rings it right after storing a request), and at least once every this
+/// many polls, whatever they found: so a receiver kept busy by other senders still resets a ring
+/// whose sender waits for it, and a request whose ring was lost is still seen. An idle worker
+/// spins through [`crate::fabric::doorbell::SPIN_CHECKS_MAX`] polls each time it waits, so it too
+/// looks within a wait or two.
 const RESET_CHECK_POLLS: u32 = 256;
 /// A sender whose reset request is not carried out within this long asks again, with a new
 /// nonce: the receiver carries out each nonce once, and a reset that failed (a persist error)
@@ -151,8 +154,12 @@ pub struct Inbox {
     rings: Vec<InboxRing>,
     doorbell: Arc<Doorbell>,
     next_index: usize,
-    /// Polls that returned a message since reset requests were last looked for.
+    /// Polls since reset requests were last looked for.
     polls_since_reset_check: u32,
+    /// The doorbell's count when reset requests were last looked for. Looking costs two loads
+    /// per ring; at every empty poll it made the spin before a worker sleeps (200 empty polls,
+    /// CPU taken from the other processes of a small host) about twice as long.
+    reset_checked_rings: u64,
 }
 
 impl Inbox {
@@ -190,6 +197,7 @@ impl Inbox {
             doorbell: memory.doorbell().clone(),
             next_index: 0,
             polls_since_reset_check: 0,
+            reset_checked_rings: 0,
         })
     }
 
@@ -213,13 +221,13 @@ impl Inbox {
     /// An error concerns one ring only and is returned once ([`ChannelError::Damaged`],
     /// [`ChannelError::Reset`], [`ChannelError::ResetFailed`]): report it and poll on. A
     /// damaged ring is skipped until its sender asks for a reset, which is carried out here
-    /// when no ring has a message (the sender writes nothing while it waits for it).
+    /// when no ring has a message (the sender writes nothing while it waits for it), or after
+    /// [`RESET_CHECK_POLLS`] polls.
     pub fn poll(&mut self) -> Result<Option<Message>, ChannelError> {
-        if self.polls_since_reset_check >= RESET_CHECK_POLLS {
-            self.polls_since_reset_check = 0;
-            self.reset_requested_rings()?;
-        }
         self.polls_since_reset_check += 1;
+        if self.polls_since_reset_check >= RESET_CHECK_POLLS {
+            self.check_reset_requests()?;
+        }
         let count = self.rings.len();
         for step in 0..count {
             let index = (self.next_index + step) % count;
@@ -244,9 +252,18 @@ impl Inbox {
                 }
             }
         }
-        self.polls_since_reset_check = 0;
-        self.reset_requested_rings()?;
+        if self.doorbell.rings() != self.reset_checked_rings {
+            self.check_reset_requests()?;
+        }
         Ok(None)
+    }
+
+    /// Looks for reset requests, noting the doorbell's count first: a request stored before a
+    /// ring that comes later is seen at the next empty poll.
+    fn check_reset_requests(&mut self) -> Result<(), ChannelError> {
+        self.polls_since_reset_check = 0;
+        self.reset_checked_rings = self.doorbell.rings();
+        self.reset_requested_rings()
     }
 
     /// Resets the first ring whose sender asks for it, reporting the reset as the error.

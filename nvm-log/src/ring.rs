@@ -897,10 +897,16 @@ pub(crate) enum Slot {
     },
 }
 
+/// Whether the commit word of a record at `pos` is there: the first thing [`read_slot`] checks,
+/// on its own for a reader that polls an empty ring over and over.
+fn is_committed<M: Media + ?Sized>(media: &M, geometry: RingGeometry, pos: u64) -> bool {
+    media.load(geometry.offset_of(pos)) == commit_word(pos)
+}
+
 /// Reads the record at `pos` (which must be 32-aligned).
 pub(crate) fn read_slot<M: Media + ?Sized>(media: &M, geometry: RingGeometry, pos: u64) -> Slot {
     let offset = geometry.offset_of(pos);
-    if media.load(offset) != commit_word(pos) {
+    if !is_committed(media, geometry, pos) {
         return Slot::Empty;
     }
     let seq = media.load(offset + 8);
@@ -965,6 +971,10 @@ pub struct RingReader<M: Media> {
     damaged: bool,
     /// The nonce of the last reset request carried out.
     reset_served: u64,
+    /// The last tail word [`Self::check_hole`] decoded, and the position it holds: an idle
+    /// reader meets the same word at every poll of the spin before its worker sleeps, and
+    /// need not check its CRC-8 again each time.
+    tail_decoded: Option<(u64, u64)>,
 }
 
 /// What a reset did ([`RingReader::reset`]).
@@ -995,6 +1005,7 @@ impl<M: Media> RingReader<M> {
             generation,
             damaged: false,
             reset_served,
+            tail_decoded: None,
         }
     }
 
@@ -1050,6 +1061,10 @@ impl<M: Media> RingReader<M> {
             if self.cursor - self.head >= self.geometry.capacity {
                 return Ok(None); // everything readable is read and not yet truncated
             }
+            // The common case of an idle reader, without building a `Slot`.
+            if !is_committed(&self.media, self.geometry, self.cursor) {
+                return self.check_hole();
+            }
             let slot = read_slot(&self.media, self.geometry, self.cursor);
             let seq = match &slot {
                 Slot::Empty => return self.check_hole(),
@@ -1088,9 +1103,19 @@ impl<M: Media> RingReader<M> {
     /// past it will never come. That is a hole only damage makes (a batch whose operations
     /// failed one by one, stray writes): the ring is treated as damaged, and its writer has it
     /// reset, rather than wait forever. Otherwise the record is in flight, or not written yet.
-    fn check_hole(&self) -> Result<Option<Record>, LogError> {
-        let Ok(tail) = decode_pos_word(self.media.load(TAIL_OFFSET), TAIL_OFFSET) else {
-            return Ok(None); // a damaged tail word says nothing; the writer's resume finds it
+    fn check_hole(&mut self) -> Result<Option<Record>, LogError> {
+        let word = self.media.load(TAIL_OFFSET);
+        let tail = match self.tail_decoded {
+            // The same word decodes to the same position: no need to check it again.
+            Some((seen, tail)) if seen == word => tail,
+            _ => {
+                let Ok(tail) = decode_pos_word(word, TAIL_OFFSET) else {
+                    // A damaged tail word says nothing; the writer's resume finds it.
+                    return Ok(None);
+                };
+                self.tail_decoded = Some((word, tail));
+                tail
+            }
         };
         if tail <= self.cursor || tail - self.cursor > self.geometry.capacity {
             return Ok(None);

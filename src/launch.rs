@@ -59,8 +59,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "flush", "msync"])]
     pub persist: String,
     /// Who does the primary's part of a commit: `messages` (the primary's worker, FaRM's) or
-    /// `one-sided` (the coordinator, with one-sided operations); docs/protocol.md#commit-modes.
-    #[arg(long, default_value = "messages", value_parser = ["messages", "one-sided"])]
+    /// `one-sided` (the coordinator, with one-sided operations); docs/protocol.md#one-sided-commit-mode.
+    #[arg(long, default_value = "one-sided", value_parser = ["messages", "one-sided"])]
     pub commit: String,
 }
 

@@ -867,6 +867,93 @@ mod loom_tests {
         executions.load(StdOrdering::Relaxed)
     }
 
+    /// A one-sided install as a coordinator posts it (`txn/src/commit/one_sided.rs`,
+    /// `install_ops`): three WRITEs executed in order, each storing its words in increasing
+    /// address order with release stores (`fabric/exec.rs`): the trailer, the payload, the
+    /// header with the lock clear.
+    fn install_by_writes(words: &[AtomicU64], payload: &[u8], version: u64) {
+        let last = words.len() - 1;
+        words[last].store(version, Release);
+        for (index, chunk) in payload.chunks(WORD_BYTES).enumerate() {
+            words[1 + index].store(u64::from_le_bytes(chunk.try_into().unwrap()), Release);
+        }
+        words[0].store(Header::new(version, true, false).to_u64(), Release);
+    }
+
+    /// Two coordinators of one-sided commits and a reader: the first locks at v0 by CAS and
+    /// installs v1 with WRITEs; the second locks at v1 (the version it read after the first
+    /// committed) only if the first's install is complete, then installs v2. The lock handoff
+    /// must carry the first install: a second coordinator that holds the lock sees trailer v1.
+    /// Every read the reader accepts holds one install's payload.
+    fn explore_handoff(executions: &'static AtomicUsize) -> usize {
+        executions.store(0, StdOrdering::Relaxed);
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = None;
+        model.check(move || {
+            executions.fetch_add(1, StdOrdering::Relaxed);
+            const PAYLOAD_WORDS: usize = 2;
+            let words: Arc<Vec<AtomicU64>> = Arc::new(
+                (0..PAYLOAD_WORDS + 2)
+                    .map(|i| AtomicU64::new(if i == 0 { ALLOCATED_BIT } else { 0 }))
+                    .collect(),
+            );
+            let coordinator = |version: u64| {
+                let words = words.clone();
+                loom::thread::spawn(move || {
+                    if try_lock(&words[..], version).is_err() {
+                        return false; // the object changed or is locked: abort
+                    }
+                    assert_eq!(
+                        trailer_word(&words[..]).load(Acquire),
+                        version,
+                        "the lock handed over without the last install"
+                    );
+                    install_by_writes(
+                        &words[..],
+                        &payload_of(version + 1, PAYLOAD_WORDS),
+                        version + 1,
+                    );
+                    true
+                })
+            };
+            let first = coordinator(0);
+            let second = coordinator(1);
+            let mut payload = vec![0u8; PAYLOAD_WORDS * WORD_BYTES];
+            if let Ok(header) = try_read(&words[..], &mut payload)
+                && !header.is_locked()
+            {
+                check_accepted(header, &payload);
+            }
+            assert!(
+                first.join().unwrap(),
+                "the first coordinator's CAS at v0 cannot fail"
+            );
+            let second_committed = second.join().unwrap();
+            let header = try_read(&words[..], &mut payload).expect("a quiescent read");
+            let expected = if second_committed { 2 } else { 1 };
+            assert_eq!(header, Header::new(expected, true, false));
+            check_accepted(header, &payload);
+        });
+        executions.load(StdOrdering::Relaxed)
+    }
+
+    #[test]
+    fn loom_one_sided_lock_handoff_and_install_against_a_read() {
+        static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
+        /// Far fewer executions than this means loom stopped early.
+        const EXECUTIONS_MIN: usize = 1_000;
+        let started = std::time::Instant::now();
+        let executions = explore_handoff(&EXECUTIONS);
+        eprintln!(
+            "loom one-sided handoff model: {executions} executions in {:?}",
+            started.elapsed()
+        );
+        assert!(
+            executions >= EXECUTIONS_MIN,
+            "loom explored only {executions} executions (expected >= {EXECUTIONS_MIN})"
+        );
+    }
+
     #[test]
     fn loom_reader_never_accepts_a_torn_install() {
         static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);

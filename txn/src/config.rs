@@ -26,7 +26,7 @@ impl Placement {
     }
 }
 
-/// Who does the primary's part of a commit (docs/protocol.md#commit-modes): the same for every
+/// Who does the primary's part of a commit (docs/protocol.md#one-sided-commit-mode): the same for every
 /// transaction of a cluster.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
@@ -34,10 +34,11 @@ impl Placement {
 #[serde(rename_all = "kebab-case")]
 pub enum CommitMode {
     /// FaRM's: the primary's worker locks on LOCK, installs on COMMIT-PRIMARY, unlocks on ABORT.
-    #[default]
     Messages,
     /// The coordinator locks, installs and unlocks with one-sided operations once the records
-    /// are durable in the primary's log; no thread of another node is on the commit path.
+    /// are durable in the primary's log; no thread of another node is on the commit path. The
+    /// default: about twice the transfers of message mode over shm on two cores.
+    #[default]
     OneSided,
 }
 

@@ -534,7 +534,7 @@ mod tests {
             amount: i64,
         ) -> anyhow::Result<Attempt> {
             self.attempts += 1;
-            if self.attempts % 3 == 0 {
+            if self.attempts.is_multiple_of(3) {
                 return Ok(Attempt::Aborted);
             }
             let mut balances = self.balances.lock().unwrap();

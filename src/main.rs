@@ -54,7 +54,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Transfers and read-only transactions per second, with p50/p99 commit latency.
+    /// Bank transfers and read-only transactions against Acre, Redis or PostgreSQL: committed
+    /// and aborted per second, p50/p99/p99.9 latency per thread count.
     Bank(bench::BankBenchArgs),
     /// YCSB's core workloads (a-f) against Acre or Redis: throughput and latency percentiles.
     Ycsb(bench_ycsb::YcsbArgs),

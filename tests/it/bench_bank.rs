@@ -269,3 +269,49 @@ fn a_postgres_database_with_the_bench_table_is_refused_unless_flush_drops_it() {
         "{queries:?}"
     );
 }
+
+/// A short run on an embedded cluster prints a row per kind and thread count and writes them
+/// as JSON, each with its total checked and its latencies in order.
+#[test]
+fn a_short_run_on_an_embedded_cluster_writes_its_rows_as_json() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let json = dir.path().join("bank.json");
+    let json_arg = json.to_str().expect("a UTF-8 path");
+    let output = bench_bank(&["--threads", "1,2", "--accounts", "16", "--json", json_arg]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("p99.9 µs"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON file")).expect("JSON");
+    assert_eq!(report["target"], "acre");
+    assert_eq!(report["expected_total"], 16 * 1000);
+    let rows = report["rows"].as_array().expect("rows");
+    let kinds: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row["transaction"].as_str().expect("a name"),
+                row["threads"].as_u64().expect("threads"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("transfer", 1),
+            ("transfer", 2),
+            ("read-only 4", 1),
+            ("read-only 4", 2)
+        ]
+    );
+    for row in rows {
+        assert!(row["committed"].as_u64() > Some(0), "{row}");
+        assert_eq!(row["total"]["sum"], 16 * 1000, "{row}");
+        let (p50, p99, p999) = (
+            row["p50_us"].as_f64(),
+            row["p99_us"].as_f64(),
+            row["p999_us"].as_f64(),
+        );
+        assert!(p50 > Some(0.0) && p50 <= p99 && p99 <= p999, "{row}");
+    }
+}

@@ -38,8 +38,8 @@ pub struct BankBenchArgs {
     /// `acre` (a 3-node cluster with 3 replicas, see --transport), `acre:DIR` (the cluster
     /// `acre cluster up --dir DIR` started; this process joins it as a client node),
     /// `redis://HOST[:PORT][/DB]` (rows `transfer lua`, `transfer watch` and `read-only 4`), or
-    /// `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DATABASE]` (trust or password
-    /// authentication; table `acre_bank`, SERIALIZABLE).
+    /// `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DATABASE]` (trust, password or
+    /// scram-sha-256 authentication; table `acre_bank`, SERIALIZABLE).
     #[arg(long, default_value = "acre")]
     target: String,
     /// With --target acre: where the nodes run: local (embedded in this process), shm or tcp

@@ -65,7 +65,7 @@ fn a_peer_that_does_not_answer_gets_one_line_and_exit_code_2() {
     let postgres = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     assert_refused(
         &bench_bank(&["--target", &postgres]),
-        "cannot reach postgres",
+        "cannot connect to postgres",
     );
 }
 

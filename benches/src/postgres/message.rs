@@ -73,6 +73,21 @@ pub fn password(out: &mut Vec<u8>, password: &str) {
     message(out, b'p', |out| cstring(out, password));
 }
 
+/// SASLInitialResponse: the mechanism chosen and the client's first message.
+pub fn sasl_initial_response(out: &mut Vec<u8>, mechanism: &str, data: &[u8]) {
+    message(out, b'p', |out| {
+        cstring(out, mechanism);
+        let len = i32::try_from(data.len()).expect("a SASL message below 2 GiB");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(data);
+    });
+}
+
+/// SASLResponse: the client's next message of the exchange.
+pub fn sasl_response(out: &mut Vec<u8>, data: &[u8]) {
+    message(out, b'p', |out| out.extend_from_slice(data));
+}
+
 /// A simple query: one or more statements in one string, results in text.
 pub fn query(out: &mut Vec<u8>, sql: &str) {
     message(out, b'Q', |out| cstring(out, sql));
@@ -493,6 +508,14 @@ mod tests {
         expected.extend_from_slice(b"42");
         expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0]);
         assert_eq!(out, expected);
+
+        out.clear();
+        sasl_initial_response(&mut out, "SCRAM-SHA-256", b"n,,n=,r=x");
+        sasl_response(&mut out, b"c=biws");
+        assert_eq!(
+            out,
+            b"p\0\0\0\x1fSCRAM-SHA-256\0\0\0\0\x09n,,n=,r=xp\0\0\0\x0ac=biws"
+        );
 
         out.clear();
         execute(&mut out);

@@ -1,5 +1,6 @@
 //! A minimal PostgreSQL client for the benchmarks: one buffered TCP connection (`TCP_NODELAY`,
-//! connect and I/O timeouts), trust or cleartext-password authentication, simple queries for
+//! connect and I/O timeouts), trust, cleartext-password or SCRAM-SHA-256 authentication
+//! ([`scram`]), simple queries for
 //! setup, and the extended protocol for the measured work: statements prepared once
 //! ([`Connection::prepare`]), then each batch of Bind/Execute pairs sent with one Sync and read
 //! back in one round trip ([`Connection::run`]).
@@ -7,8 +8,10 @@
 //! The messages themselves are encoded and decoded, without I/O, in [`message`].
 
 pub mod message;
+pub mod scram;
 
 use message::{Authentication, Backend, DecodeError, ServerError, TxnStatus};
+use scram::{Scram, ScramError};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -147,9 +150,14 @@ pub enum PgError {
     Server(ServerError),
     #[error(
         "postgres asks for {method} authentication, which this client does not speak: use \
-         trust or password (cleartext) authentication for the benchmark's connections"
+         trust, password (cleartext) or scram-sha-256 authentication for the benchmark's \
+         connections"
     )]
     UnsupportedAuthentication { method: String },
+    #[error(transparent)]
+    Scram(#[from] ScramError),
+    #[error("no entropy for a SCRAM nonce: {0}")]
+    Entropy(getrandom::Error),
     #[error("postgres asks for a password and the URL has none")]
     NoPassword,
     #[error("postgres sent {what} where it was not expected")]
@@ -245,6 +253,7 @@ impl Connection {
             ],
         );
         self.send()?;
+        let mut scram_exchange: Option<Scram> = None;
         for _ in 0..MESSAGES_PER_REPLY_MAX {
             match self.receive()? {
                 Backend::Authentication(Authentication::Ok) => {}
@@ -252,6 +261,34 @@ impl Connection {
                     let password = url.password.as_deref().ok_or(PgError::NoPassword)?;
                     message::password(&mut self.out, password);
                     self.send()?;
+                }
+                Backend::Authentication(Authentication::Sasl { mechanisms })
+                    if mechanisms.iter().any(|m| m == scram::MECHANISM) =>
+                {
+                    let password = url.password.as_deref().ok_or(PgError::NoPassword)?;
+                    let nonce = Scram::random_nonce().map_err(PgError::Entropy)?;
+                    let exchange = Scram::new("", password, nonce);
+                    message::sasl_initial_response(
+                        &mut self.out,
+                        scram::MECHANISM,
+                        exchange.client_first().as_bytes(),
+                    );
+                    self.send()?;
+                    scram_exchange = Some(exchange);
+                }
+                Backend::Authentication(Authentication::SaslContinue(server_first)) => {
+                    let exchange = scram_exchange.as_mut().ok_or_else(|| PgError::Unexpected {
+                        what: "SASLContinue before SASL started".into(),
+                    })?;
+                    let client_final = exchange.client_final(&server_first)?;
+                    message::sasl_response(&mut self.out, client_final.as_bytes());
+                    self.send()?;
+                }
+                Backend::Authentication(Authentication::SaslFinal(server_final)) => {
+                    let exchange = scram_exchange.as_ref().ok_or_else(|| PgError::Unexpected {
+                        what: "SASLFinal before SASL started".into(),
+                    })?;
+                    exchange.verify_server_final(&server_final)?;
                 }
                 Backend::Authentication(other) => {
                     return Err(PgError::UnsupportedAuthentication {

@@ -52,7 +52,7 @@ impl PgBank {
     pub fn connect(url: &str, flush: bool) -> anyhow::Result<PgBank> {
         let url = PgUrl::parse(url)?;
         let mut connection = Connection::connect(&url)
-            .with_context(|| format!("cannot reach postgres at {}", url.address()))?;
+            .with_context(|| format!("cannot connect to postgres at {}", url.address()))?;
         if flush {
             connection
                 .query(&format!("DROP TABLE IF EXISTS {TABLE}"))

@@ -114,8 +114,17 @@ if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p "$PG_PORT";
   pg_setup="the server already running on 127.0.0.1:$PG_PORT, as configured"
 else
   if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+    clusters_before=$(pg_lsclusters -h 2>/dev/null || true)
     apt_install postgresql
     pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    # Debian's package creates and may start a cluster of its own ("main" on port 5432): this
+    # script started it by installing, so it stops it; the bench uses a cluster of its own below.
+    pg_lsclusters -h 2>/dev/null | while read -r version name _port status _rest; do
+      if [ "$status" = online ] && ! grep -q "^$version $name " <<<"$clusters_before"; then
+        echo "== stopping the cluster $version/$name the postgresql package started"
+        pg_ctlcluster "$version" "$name" stop || true
+      fi
+    done
   fi
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     echo "bank-vs-peers: there is no postgres user to run initdb as" >&2; exit 2

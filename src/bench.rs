@@ -1,42 +1,73 @@
-//! `acre bench bank`: transactions per second and p50/p99 commit latency of bank transfers
-//! (two reads, two writes) and of read-only transactions of four objects, with 1, 2 and 4
-//! client threads, on a 3-node cluster with 3 replicas: embedded (`local`) or node processes
-//! (`shm`, `tcp`) with the client threads in this process.
+//! `acre bench bank`: the bank benchmark, one driver (`acre_benches::transfer`) against several
+//! targets: Acre (an embedded 3-node cluster with 3 replicas, node processes this command
+//! starts over shm or tcp, or a running cluster from `acre cluster up`), Redis (the transfer
+//! as a Lua script and as WATCH/MULTI/EXEC) or PostgreSQL (SERIALIZABLE transactions of
+//! prepared statements). Every target gets the same accounts, the same transfers from the same
+//! seed, and its total checked after every row; the rows are committed and aborted (retried)
+//! transactions per second and p50/p99/p99.9 latency per thread count, optionally written as
+//! JSON.
 //!
-//! Expectation on this 2-core machine: a transfer costs a LOCK round trip through a worker
-//! thread (two futex wake-ups, ~10-30 µs), COMMIT-BACKUP and COMMIT-PRIMARY appends (~1 µs each
-//! on tmpfs) and lazy truncation; a few tens of thousands of transfers per second. A read-only
-//! transaction of four objects is four one-sided reads and four header re-reads: several times
-//! faster. More threads than cores mostly add contention.
+//! Expectation on this 2-core machine: an Acre transfer costs a LOCK round trip through a
+//! worker thread (two futex wake-ups, ~10-30 µs), COMMIT-BACKUP and COMMIT-PRIMARY appends
+//! (~1 µs each on tmpfs) and lazy truncation; a few tens of thousands of transfers per second.
+//! A read-only transaction of four objects is four one-sided reads and four header re-reads:
+//! several times faster. Redis's Lua transfer is one loopback round trip to a single-threaded
+//! server (~20-40 µs); WATCH/MULTI/EXEC is two. A PostgreSQL transfer is two round trips to a
+//! backend process plus a WAL flush at COMMIT (fsync on by default): ~100 µs to a few ms,
+//! depending on the disk. More threads than cores mostly add contention.
 
 use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, EmbeddedOptions};
 use acre::engine::signal::{self, Termination};
-use acre_benches::bank::{Bank, THREADS_MAX, quantile};
+use acre_benches::transfer::{self, Backend, acre::AcreBackend};
 use anyhow::Context;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// What every account holds at the start.
+const INITIAL_BALANCE: i64 = 1000;
+/// Run before each row and not counted.
+const WARMUP: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BankBenchArgs {
-    /// Where the nodes run: local (embedded), shm or tcp (node processes).
-    #[arg(long, default_value = "local", value_parser = ["local", "shm", "tcp"])]
-    transport: String,
-    /// Client thread counts to measure, comma-separated.
+    /// `acre` (a 3-node cluster with 3 replicas, see --transport), `acre:DIR` (the cluster
+    /// `acre cluster up --dir DIR` started; this process joins it as a client node),
+    /// `redis://HOST[:PORT][/DB]` (rows `transfer lua`, `transfer watch` and `read-only 4`), or
+    /// `postgres://[USER[:PASSWORD]@]HOST[:PORT][/DATABASE]` (trust, password or
+    /// scram-sha-256 authentication; table `acre_bank`, SERIALIZABLE).
+    #[arg(long, default_value = "acre")]
+    target: String,
+    /// With --target acre: where the nodes run: local (embedded in this process), shm or tcp
+    /// (node processes started in --dir and stopped at the end). Default: local.
+    #[arg(long, value_parser = ["local", "shm", "tcp"])]
+    transport: Option<String>,
+    /// Client thread counts to measure, comma-separated: a row per count and transaction kind.
     #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
     threads: Vec<usize>,
-    /// Seconds per measurement (after one second of warm-up).
+    /// Seconds each row measures, after one second of warm-up.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Accounts (objects) in the bank.
+    /// Accounts in the bank (each starts with 1000).
     #[arg(long, default_value_t = 4000)]
     accounts: usize,
-    /// Cluster directory for shm and tcp (created and removed).
+    /// Seed of the transfers (thread t draws from seed ^ ((t + 1) * 0x9e37), as `acre bank`
+    /// does); the same seed gives every target the same transfers.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the results as JSON to this file too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// With a redis target: empty its database first (FLUSHDB). With a postgres target: drop
+    /// the bench's table first (DROP TABLE IF EXISTS acre_bank; no other table). Without it,
+    /// a redis database that holds keys or a postgres database with that table is refused.
+    #[arg(long)]
+    flush: bool,
+    /// Cluster directory for --transport shm and tcp (created and removed).
     #[arg(long, default_value = "/dev/shm/acre-bench")]
     dir: PathBuf,
     /// Who does the primary's part of a commit: `messages` (the primary's worker, FaRM's) or
@@ -45,38 +76,62 @@ pub struct BankBenchArgs {
     commit: String,
 }
 
-/// The kind of transaction measured.
-#[derive(Clone, Copy)]
-enum Kind {
-    Transfer,
-    ReadOnly4,
+/// Where the benchmark runs.
+#[derive(Debug)]
+enum Target {
+    /// A cluster this command makes: embedded (`local`) or node processes (`shm`, `tcp`).
+    Acre {
+        transport: String,
+    },
+    Cluster(PathBuf),
+    Redis(String),
+    Postgres(String),
 }
 
-struct Row {
-    kind: &'static str,
-    threads: usize,
-    committed_per_second: f64,
-    aborted_per_second: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-pub fn run(args: &BankBenchArgs, termination: &Termination) -> anyhow::Result<ExitCode> {
-    let mut out = crate::output::stdout();
-    anyhow::ensure!(args.seconds > 0, "--seconds must be at least 1");
-    anyhow::ensure!(args.accounts >= 8, "--accounts must be at least 8");
-    anyhow::ensure!(
-        args.threads.iter().all(|&t| t > 0),
-        "--threads takes positive counts"
-    );
-    if let Some(&threads) = args.threads.iter().find(|&&t| t > THREADS_MAX) {
-        anyhow::bail!("--threads {threads} is too many: at most {THREADS_MAX}");
+impl Target {
+    fn parse(text: &str, transport: Option<&str>) -> anyhow::Result<Target> {
+        let target = if text == "acre" {
+            Target::Acre {
+                transport: transport.unwrap_or("local").to_string(),
+            }
+        } else if let Some(dir) = text.strip_prefix("acre:") {
+            anyhow::ensure!(!dir.is_empty(), "--target acre:DIR needs a directory");
+            Target::Cluster(PathBuf::from(dir))
+        } else if text.starts_with("redis://") {
+            Target::Redis(text.to_string())
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Target::Postgres(text.to_string())
+        } else {
+            anyhow::bail!(
+                "unknown target {text:?}: use acre, acre:DIR (a cluster from `acre cluster up`), \
+                 redis://HOST:PORT or postgres://USER@HOST:PORT/DATABASE"
+            )
+        };
+        if transport.is_some() && !matches!(target, Target::Acre { .. }) {
+            anyhow::bail!("--transport goes with --target acre only, not {text:?}");
+        }
+        Ok(target)
     }
-    let processes = args.transport != "local";
-    if processes {
+}
+
+pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
+    let target = Target::parse(&args.target, args.transport.as_deref())?;
+    let options = transfer::Options {
+        accounts: args.accounts,
+        initial_balance: INITIAL_BALANCE,
+        threads: args.threads.clone(),
+        duration: Duration::from_secs(args.seconds),
+        warmup: WARMUP,
+        seed: args.seed,
+        termination: Some(termination.clone()),
+    };
+    options.validate()?;
+    let processes = matches!(&target, Target::Acre { transport } if transport != "local");
+    if let (Target::Acre { transport }, true) = (&target, processes) {
         launch::up(&UpArgs {
             nodes: 3,
-            transport: args.transport.clone(),
+            transport: transport.clone(),
             dir: args.dir.clone(),
             clients: 2,
             f: None,
@@ -88,184 +143,133 @@ pub fn run(args: &BankBenchArgs, termination: &Termination) -> anyhow::Result<Ex
             commit: args.commit.clone(),
         })?;
     }
-    let outcome = measure(args, processes, termination);
+    let outcome = measure(args, &target, &options, &mut out);
     if processes {
         launch::down(&DownArgs {
             purge: true,
             dir: args.dir.clone(),
         })?;
     }
-    let rows = outcome?;
+    let report = outcome?;
     if let Some(signal) = termination.requested() {
         writeln!(
             out,
-            "interrupted by {}: {} rows measured",
+            "interrupted by {}: {} rows measured, no results written",
             signal::signal_name(signal),
-            rows.len()
+            report.rows.len()
         )?;
+        return Ok(ExitCode::SUCCESS);
     }
     writeln!(
         out,
-        "{:<12} {:>7} {:>12} {:>10} {:>10} {:>10}",
-        "transaction", "threads", "committed/s", "aborted/s", "p50 µs", "p99 µs"
+        "total checked after every row: {} in {} accounts",
+        report.expected_total, report.accounts
     )?;
-    for row in rows {
-        writeln!(
-            out,
-            "{:<12} {:>7} {:>12.0} {:>10.0} {:>10.1} {:>10.1}",
-            row.kind,
-            row.threads,
-            row.committed_per_second,
-            row.aborted_per_second,
-            row.p50.as_secs_f64() * 1e6,
-            row.p99.as_secs_f64() * 1e6
-        )?;
+    if let Some(json) = &args.json {
+        transfer::write_json(json, &report)
+            .with_context(|| format!("write the results to {}", json.display()))?;
+        writeln!(out, "results written to {}", json.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Connects to the target, runs the driver and prints each row as it is measured.
 fn measure(
     args: &BankBenchArgs,
-    processes: bool,
-    termination: &Termination,
-) -> anyhow::Result<Vec<Row>> {
-    let mut out = crate::output::stdout();
-    let db = if processes {
-        Db::connect(&args.dir.join(CLUSTER_FILE))?
-    } else {
-        Db::embedded(&EmbeddedOptions {
-            ring_bytes: 4 << 20,
-            ..EmbeddedOptions::default()
-        })?
-    };
+    target: &Target,
+    options: &transfer::Options,
+    out: &mut crate::output::Stdout,
+) -> anyhow::Result<transfer::Report> {
+    let mut backend = connect(args, target)?;
     writeln!(
         out,
-        "bank bench: 3 nodes, {} replicas, {} transport, {} accounts, {} s per row",
-        db.config().f + 1,
-        args.transport,
+        "bank bench against {}: {} accounts of {INITIAL_BALANCE}, {} s per row after {} s of \
+         warm-up, seed {}",
+        backend.describe(),
         args.accounts,
-        args.seconds
+        args.seconds,
+        WARMUP.as_secs(),
+        args.seed
     )?;
-    let bank = Bank::create(&db, args.accounts, 1000).context("create the accounts")?;
-    let mut rows = Vec::new();
-    for (kind, name) in [
-        (Kind::Transfer, "transfer"),
-        (Kind::ReadOnly4, "read-only 4"),
-    ] {
-        for &threads in &args.threads {
-            if termination.requested().is_some() {
-                break;
-            }
-            let row = measure_one(&db, &bank, kind, name, threads, args.seconds, termination)?;
-            // A row cut short by Ctrl-C measured too little to print.
-            if termination.requested().is_none() {
-                rows.push(row);
-            }
-        }
-    }
-    let audit = bank.audit(&db).context("final audit")?;
-    anyhow::ensure!(
-        audit.is_ok(),
-        "the bank is inconsistent after the bench: {audit:?}"
-    );
-    Ok(rows)
+    transfer::print_header(out)?;
+    transfer::run(backend.as_mut(), options, |row| {
+        transfer::print_row(out, row)
+    })
 }
 
-fn measure_one(
-    db: &Db,
-    bank: &Bank,
-    kind: Kind,
-    name: &'static str,
-    threads: usize,
-    seconds: u64,
-    termination: &Termination,
-) -> anyhow::Result<Row> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let spawned: Vec<_> = (0..threads)
-        .map(|t| {
-            let (db, bank, stop, measuring) =
-                (db.clone(), bank.clone(), stop.clone(), measuring.clone());
-            std::thread::Builder::new()
-                .name(format!("bench-{t}"))
-                .spawn(move || -> Result<(u64, u64, Vec<Duration>), acre::Error> {
-                    let mut random = acre::nvm_log::random::SplitMix::new(t as u64 * 7919 + 1);
-                    let (mut committed, mut aborted, mut latencies) = (0u64, 0u64, Vec::new());
-                    let n = bank.accounts.len() as u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let began = Instant::now();
-                        let outcome = match kind {
-                            Kind::Transfer => {
-                                let from = bank.accounts[random.below(n) as usize];
-                                let to = bank.accounts[random.below(n) as usize];
-                                if from == to {
-                                    continue;
-                                }
-                                Bank::transfer(&db, from, to, 1)
-                            }
-                            Kind::ReadOnly4 => (|| -> Result<(), acre::Error> {
-                                let mut txn = db.begin()?;
-                                for _ in 0..4 {
-                                    txn.read(bank.accounts[random.below(n) as usize])?;
-                                }
-                                Ok(txn.commit()?)
-                            })(),
-                        };
-                        let counted = measuring.load(Ordering::Relaxed);
-                        match outcome {
-                            Ok(()) if counted => {
-                                committed += 1;
-                                latencies.push(began.elapsed());
-                            }
-                            Ok(()) => {}
-                            Err(e) if e.is_retryable() => aborted += counted as u64,
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    Ok((committed, aborted, latencies))
-                })
-        })
-        .collect();
-    let mut handles = Vec::with_capacity(threads);
-    let mut failed = None;
-    for (index, handle) in spawned.into_iter().enumerate() {
-        match handle {
-            Ok(handle) => handles.push(handle),
-            Err(error) => {
-                failed.get_or_insert((index, error));
-            }
+fn connect(args: &BankBenchArgs, target: &Target) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(match target {
+        Target::Acre { transport } if transport == "local" => {
+            let db = Db::embedded(&EmbeddedOptions {
+                ring_bytes: 4 << 20,
+                commit: launch::commit_mode(&args.commit)?,
+                ..EmbeddedOptions::default()
+            })?;
+            Box::new(AcreBackend::new(
+                db,
+                format!("Acre, 3 nodes embedded (local), {} commits", args.commit),
+            ))
         }
-    }
-    if let Some((index, error)) = failed {
-        stop.store(true, Ordering::Relaxed);
-        for handle in handles {
-            // The measurement did not start; only the spawn error is worth reporting.
-            let _ = handle.join().expect("bench threads do not panic");
+        Target::Acre { transport } => {
+            let db = Db::connect(&args.dir.join(CLUSTER_FILE))?;
+            Box::new(AcreBackend::new(
+                db,
+                format!(
+                    "Acre, 3 node processes over {transport}, {} commits",
+                    args.commit
+                ),
+            ))
         }
-        return Err(anyhow::Error::new(error).context(format!(
-            "start thread {index} of {threads} (run fewer threads)"
-        )));
-    }
-    termination.sleep(Duration::from_secs(1)); // warm-up, not counted
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    termination.sleep(Duration::from_secs(seconds));
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let (mut committed, mut aborted, mut latencies) = (0, 0, Vec::new());
-    for handle in handles {
-        let (c, a, l) = handle.join().expect("bench threads do not panic")?;
-        committed += c;
-        aborted += a;
-        latencies.extend(l);
-    }
-    Ok(Row {
-        kind: name,
-        threads,
-        committed_per_second: committed as f64 / elapsed,
-        aborted_per_second: aborted as f64 / elapsed,
-        p50: quantile(&mut latencies, 0.50),
-        p99: quantile(&mut latencies, 0.99),
+        Target::Cluster(dir) => {
+            let file = dir.join(CLUSTER_FILE);
+            anyhow::ensure!(
+                file.exists(),
+                "no cluster at {}: start one with `acre cluster up --dir {}`",
+                dir.display(),
+                dir.display()
+            );
+            let db = Db::connect(&file)?;
+            let description = format!(
+                "Acre, the cluster in {} ({} nodes)",
+                dir.display(),
+                db.config().nodes.len()
+            );
+            Box::new(AcreBackend::new(db, description))
+        }
+        Target::Redis(url) => Box::new(transfer::redis::RedisBank::connect(url, args.flush)?),
+        Target::Postgres(url) => Box::new(transfer::postgres::PgBank::connect(url, args.flush)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_unknown_ones_are_errors() {
+        assert!(matches!(
+            Target::parse("acre", None),
+            Ok(Target::Acre { transport }) if transport == "local"
+        ));
+        assert!(matches!(
+            Target::parse("acre", Some("shm")),
+            Ok(Target::Acre { transport }) if transport == "shm"
+        ));
+        assert!(matches!(
+            Target::parse("acre:/tmp/c", None),
+            Ok(Target::Cluster(_))
+        ));
+        assert!(matches!(
+            Target::parse("redis://127.0.0.1:6379", None),
+            Ok(Target::Redis(_))
+        ));
+        assert!(matches!(
+            Target::parse("postgresql://u@h/d", None),
+            Ok(Target::Postgres(_))
+        ));
+        for bad in ["", "acre:", "mysql://x", "redis:/x"] {
+            assert!(Target::parse(bad, None).is_err(), "{bad}");
+        }
+        assert!(Target::parse("redis://h", Some("shm")).is_err());
+    }
 }

@@ -54,7 +54,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Transfers and read-only transactions per second, with p50/p99 commit latency.
+    /// Bank transfers and read-only transactions against Acre, Redis or PostgreSQL: committed
+    /// and aborted per second, p50/p99/p99.9 latency per thread count.
+    ///
+    /// Every target gets the same accounts, the same transfers of 1 to 10 between random
+    /// accounts (from --seed) and its total checked after every row. An attempt that aborts
+    /// (an Acre conflict, a changed WATCHed key, a PostgreSQL serialization failure or
+    /// deadlock) is counted in aborted/s and the same transfer retried after a jittered
+    /// backoff; latency runs from the first attempt to the commit. Redis runs the transfer as
+    /// a Lua script (EVALSHA) and as WATCH/MULTI/EXEC; PostgreSQL as a SERIALIZABLE
+    /// transaction of prepared statements in two round trips. benches/bank-vs-peers.sh runs
+    /// all three side by side.
     Bank(bench::BankBenchArgs),
     /// YCSB's core workloads (a-f) against Acre or Redis: throughput and latency percentiles.
     Ycsb(bench_ycsb::YcsbArgs),

@@ -389,3 +389,53 @@ fn read_modify_writes_retry_when_another_client_changes_the_key() {
         "{fields:?}"
     );
 }
+
+/// The bank benchmark's Redis backend: the Lua transfer never aborts, WATCH/MULTI/EXEC
+/// transfers abort and are retried when threads collide (8 accounts, 4 threads), and the total
+/// holds after every row; a database that holds keys is refused unless flushed.
+#[test]
+fn the_bank_transfers_keep_the_total_with_lua_and_with_watch() {
+    use acre_benches::transfer::{self, redis::RedisBank};
+    let server = RedisServer::start(SHARED_HOST);
+    let mut bank = RedisBank::connect(&server.url(), false).expect("an empty database");
+    let options = transfer::Options {
+        accounts: 8,
+        initial_balance: 20,
+        threads: vec![1, 4],
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(50),
+        seed: 3,
+        termination: None,
+    };
+    let report = transfer::run(&mut bank, &options, |_| Ok(())).expect("run");
+    let rows: Vec<(&str, usize)> = report
+        .rows
+        .iter()
+        .map(|row| (row.transaction, row.threads))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("transfer lua", 1),
+            ("transfer lua", 4),
+            ("transfer watch", 1),
+            ("transfer watch", 4),
+            ("read-only 4", 1),
+            ("read-only 4", 4),
+        ]
+    );
+    for row in &report.rows {
+        assert!(row.committed > 0, "{row:?}");
+        assert_eq!(row.total.sum, 160, "{row:?}");
+        assert_eq!(row.total.negative, None, "{row:?}");
+        if row.transaction != "transfer watch" || row.threads == 1 {
+            assert_eq!(row.aborted, 0, "{row:?}");
+        }
+    }
+    let error = RedisBank::connect(&server.url(), false)
+        .err()
+        .expect("the bank's keys are there");
+    assert!(error.to_string().contains("holds 8 keys"), "{error}");
+    RedisBank::connect(&server.url(), true).expect("flushed");
+    assert_eq!(integer(server.command(&[b"DBSIZE"])), 0);
+}

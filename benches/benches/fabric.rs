@@ -11,12 +11,14 @@
 //!   ~50 ns of `local`. The target's memory is a shared file mapping, but once mapped a word is a
 //!   word. [READ 64 B 142 / 120 / 141 ns, READ 1 KiB 322 / 171 / 181 ns, WRITE 64 B
 //!   128 / 110 / 121 ns, CAS 162 / 110 / 130 ns]
-//! - `tcp` (loopback): ~20–60 µs per one-sided operation. Each is a request frame written to a
-//!   socket, a wake-up of the target's NIC thread (mio), its reply, and a wake-up of the
-//!   initiator's receiver thread: 4 syscalls and 2 cross-thread wake-ups of ~5–15 µs each on a
-//!   VM whose 2 cores are shared by every thread in the bench. Payload size hardly matters at
-//!   1 KiB. [READ 64 B 46 / 33 / 68 µs, READ 1 KiB 46 / 30 / 57 µs, WRITE 64 B 34 / 26 / 41 µs,
-//!   CAS 40 / 26 / 43 µs]
+//! - `tcp` (loopback): ~5–15 µs per one-sided operation. Each is a request frame written to a
+//!   socket, a wake-up of the target's NIC thread (mio), its reply, and a wake-up of the posting
+//!   thread, which waits in `read` on the socket itself: 4–5 syscalls and 2 cross-thread
+//!   wake-ups of ~2–5 µs each on a VM whose 2 cores are shared by every thread in the bench.
+//!   Payload size hardly matters at 1 KiB. [READ 64 B p50 6.3–10 µs, p99 11–21 µs; READ 1 KiB
+//!   6.6–11 / 11–27 µs; WRITE 64 B 6.2–10 / 10–24 µs; CAS 6.1–10 / 10–39 µs, on a loaded
+//!   host. With a receiver thread between the socket and the waiter, a third wake-up, it was
+//!   15–36 µs p50.]
 //! - ring round trip 64 B: the ping is record WRITEs + PERSIST, tail WRITE + PERSIST and a
 //!   NOTIFY in one batch, and so is the pong. Each side spins only ~200 polls (a few µs) before
 //!   it sleeps on its doorbell, which is shorter than the other side's work, so a round trip is

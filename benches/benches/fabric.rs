@@ -26,13 +26,23 @@
 //!   4 `msync`s per message on tmpfs, ~1 µs each: ~15–50 µs [38 / 26 / 62 µs]. `tcp` is two
 //!   batched round trips to NIC threads (like the one-sided ops above) plus the two doorbell
 //!   wake-ups: ~60–150 µs [87 / 62 / 163 µs].
+//! - tcp READ 64 B throughput, one connection (`throughput_report`): one thread with one READ
+//!   in flight does one round trip at a time, ~100–150 k/s; with more in flight the NIC thread
+//!   reads many requests per wake-up and answers them in one write, and the waiting thread
+//!   reads many responses per `read`, so the rate grows until the posting thread's `write` per
+//!   batch and the two cores are the limit: ~200–300 k/s at 16–64 in flight. [1 thread: 139 /
+//!   220–244 / 181–279 / 288–316 k/s at 1 / 4 / 16 / 64 in flight; 4 threads: 85–138 k/s at 1,
+//!   133–227 k/s at 16. With a receiver thread: 70–76 / 110–162 / 168–262 / 96–327 k/s, and
+//!   56–66 / 197–224 k/s.]
 //!
 //! Criterion reports a median; the tail matters as much for a commit protocol that waits for
 //! the slowest of several operations, so after criterion this prints p50, p99 and max of
 //! individually timed operations (`acre_benches::testbed::fabric_report`).
 //! `cargo bench --bench fabric -- --p99` prints only that report.
 
-use acre_benches::testbed::{FabricWorkload, Operation, TransportKind, fabric_report};
+use acre_benches::testbed::{
+    FabricWorkload, Operation, TransportKind, fabric_report, throughput_report,
+};
 use criterion::Criterion;
 use std::time::Duration;
 
@@ -40,6 +50,10 @@ use std::time::Duration;
 const REPORT_SAMPLES: usize = 5_000;
 /// The same under `--test`, where everything runs once to show it works.
 const REPORT_SAMPLES_TEST: usize = 10;
+/// How long each line of the tcp throughput report runs.
+const THROUGHPUT_TIME: Duration = Duration::from_millis(500);
+/// The same under `--test`.
+const THROUGHPUT_TIME_TEST: Duration = Duration::from_millis(20);
 
 fn bench_transport(c: &mut Criterion, kind: TransportKind) {
     let mut workload = FabricWorkload::new(kind)
@@ -60,12 +74,16 @@ fn bench_transport(c: &mut Criterion, kind: TransportKind) {
     group.finish();
 }
 
-fn print_report(samples: usize) {
+fn print_report(samples: usize, throughput_time: Duration) {
     for kind in TransportKind::ALL {
         match fabric_report(kind, samples) {
             Ok(report) => print!("{report}"),
             Err(e) => panic!("fabric report on {}: {e}", kind.name()),
         }
+    }
+    match throughput_report(TransportKind::Tcp, throughput_time) {
+        Ok(report) => print!("{report}"),
+        Err(e) => panic!("throughput report on tcp: {e}"),
     }
 }
 
@@ -73,7 +91,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let has = |flag: &str| args.iter().any(|a| a == flag);
     if has("--p99") {
-        print_report(REPORT_SAMPLES);
+        print_report(REPORT_SAMPLES, THROUGHPUT_TIME);
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();
@@ -81,9 +99,9 @@ fn main() {
         bench_transport(&mut criterion, kind);
     }
     criterion.final_summary();
-    print_report(if has("--test") {
-        REPORT_SAMPLES_TEST
+    if has("--test") {
+        print_report(REPORT_SAMPLES_TEST, THROUGHPUT_TIME_TEST);
     } else {
-        REPORT_SAMPLES
-    });
+        print_report(REPORT_SAMPLES, THROUGHPUT_TIME);
+    }
 }

@@ -945,6 +945,90 @@ fn pipelined_batches_from_many_threads_all_complete_correctly() {
 }
 
 #[test]
+fn a_caller_that_only_polls_gets_its_completions() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let transport = node.transport(&secret);
+    let ops = (0..8).map(|_| Op::Notify).collect();
+    let mut pending = transport.post(SERVER, ops);
+    let start = Instant::now();
+    // Nobody waits, so the polls themselves must read what has arrived.
+    let results = loop {
+        if let Some(results) = pending.poll() {
+            break results;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "polls never completed the batch"
+        );
+        std::thread::yield_now();
+    };
+    assert_eq!(results, vec![Ok(Completion::Notify); 8]);
+    assert_eq!(pending.poll(), None, "handed out once");
+}
+
+#[test]
+fn a_post_beyond_the_inflight_limit_reads_completions_to_make_room() {
+    // Three batches nobody waits for yet: the third does not fit beside the first two, and
+    // the posting thread is the only one that could read their responses.
+    const BATCH_OPS: usize = client::INFLIGHT_OPS_MAX / 2;
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let transport = node.transport(&secret);
+    let start = Instant::now();
+    let pendings: Vec<_> = (0..3)
+        .map(|_| transport.post(SERVER, vec![Op::Notify; BATCH_OPS]))
+        .collect();
+    for pending in pendings {
+        assert_eq!(pending.wait(), vec![Ok(Completion::Notify); BATCH_OPS]);
+    }
+    assert!(start.elapsed() < PATIENCE, "took {:?}", start.elapsed());
+}
+
+#[test]
+fn a_post_whose_write_stalls_reads_the_responses_itself() {
+    // 64 MiB of READ responses nobody waits for make the server stop reading the connection
+    // (its backlog limit is 16 MiB); then an 8 MiB WRITE fills the socket. Only the posting
+    // thread can drain the responses that let the server read again.
+    const READS: usize = 8;
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let big = Arc::new(Region::anonymous(RegionId(1), u64::from(OP_BYTES_MAX)).unwrap());
+    node.memory.register(big.clone()).unwrap();
+    let transport = node.transport(&secret);
+    let (addr, key) = (Addr::new(RegionId(1), 0), big.key());
+    let start = Instant::now();
+    let mut pendings: Vec<_> = (0..READS)
+        .map(|_| {
+            let read = Op::Read {
+                addr,
+                key,
+                len: OP_BYTES_MAX,
+            };
+            transport.post(SERVER, vec![read])
+        })
+        .collect();
+    let data = vec![7u8; OP_BYTES_MAX as usize];
+    pendings.push(transport.post(SERVER, vec![Op::Write { addr, key, data }]));
+    let results: Vec<OpResult> = pendings.into_iter().flat_map(|p| p.wait()).collect();
+    assert!(
+        start.elapsed() < client::WRITE_STALL_MAX,
+        "the write stalled until the limit: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        results[..READS]
+            .iter()
+            .all(|r| matches!(r, Ok(Completion::Read(d)) if d.len() == OP_BYTES_MAX as usize))
+    );
+    assert_eq!(results[READS], Ok(Completion::Write));
+    assert_eq!(
+        big.words()[0].load(Ordering::Acquire),
+        u64::from_le_bytes([7; 8])
+    );
+}
+
+#[test]
 fn a_broken_connection_fails_its_inflight_ops() {
     let secret = ClusterSecret::generate();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

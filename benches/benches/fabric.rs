@@ -30,9 +30,13 @@
 //!   in flight does one round trip at a time, ~100–150 k/s; with more in flight the NIC thread
 //!   reads many requests per wake-up and answers them in one write, and the waiting thread
 //!   reads many responses per `read`, so the rate grows until the posting thread's `write` per
-//!   batch and the two cores are the limit: ~200–300 k/s at 16–64 in flight. [1 thread: 139 /
-//!   220–244 / 181–279 / 288–316 k/s at 1 / 4 / 16 / 64 in flight; 4 threads: 85–138 k/s at 1,
-//!   133–227 k/s at 16. With a receiver thread: 70–76 / 110–162 / 168–262 / 96–327 k/s, and
+//!   batch and the two cores are the limit: ~150–300 k/s at 16–64 in flight (noisy: the other
+//!   bench threads and whatever else runs share the cores). Batches of 16 READs share one
+//!   write, one wake-up and one read on each side, so only the encoding, execution and
+//!   decoding of each READ remain, ~0.2 µs: ~0.5–0.9 M/s at 1 in flight, ~0.55–1.3 M/s at 4.
+//!   [1 thread: 100–139 / 117–244 / 135–279 / 96–316 k/s at 1 / 4 / 16 / 64 in flight;
+//!   4 threads: 51–138 k/s at 1, 117–227 k/s at 16; batches of 16: 192–906 k/s at 1,
+//!   550–1325 k/s at 4. With a receiver thread: 70–76 / 110–162 / 168–262 / 96–327 k/s, and
 //!   56–66 / 197–224 k/s.]
 //!
 //! Criterion reports a median; the tail matters as much for a commit protocol that waits for

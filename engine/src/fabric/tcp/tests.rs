@@ -945,6 +945,64 @@ fn pipelined_batches_from_many_threads_all_complete_correctly() {
 }
 
 #[test]
+fn waiters_on_one_connection_hand_the_reading_on_and_none_is_stranded() {
+    // Many threads on one connection: each wait either reads for everyone or parks until the
+    // reader completes it or hands the role on. Some threads poll instead of waiting, and some
+    // drop batches unwaited, whose responses the others must read past.
+    const THREADS: u32 = 12;
+    const ROUNDS: u32 = 300;
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let transport = Arc::new(node.transport(&secret));
+    let key = node.key();
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let transport = transport.clone();
+            scope.spawn(move || {
+                let offset = thread * 8;
+                for round in 0..ROUNDS {
+                    let value = (u64::from(thread) << 32) | u64::from(round);
+                    let ops = vec![
+                        Op::Write {
+                            addr: at(offset),
+                            key,
+                            data: value.to_le_bytes().to_vec(),
+                        },
+                        Op::Read {
+                            addr: at(offset),
+                            key,
+                            len: 8,
+                        },
+                    ];
+                    let mut pending = transport.post(SERVER, ops);
+                    if round % 7 == 3 {
+                        continue; // dropped unwaited
+                    }
+                    let results = match thread % 3 {
+                        0 => loop {
+                            if let Some(results) = pending.poll() {
+                                break results;
+                            }
+                            assert!(start.elapsed() < PATIENCE, "thread {thread} stranded");
+                            std::thread::yield_now();
+                        },
+                        _ => pending.wait(),
+                    };
+                    let expected = vec![
+                        Ok(Completion::Write),
+                        Ok(Completion::Read(value.to_le_bytes().to_vec())),
+                    ];
+                    assert_eq!(results, expected, "thread {thread} round {round}");
+                }
+            });
+        }
+    });
+    assert!(start.elapsed() < PATIENCE, "took {:?}", start.elapsed());
+    assert_eq!(node.server.stats().connections_accepted, 1);
+}
+
+#[test]
 fn a_caller_that_only_polls_gets_its_completions() {
     let secret = ClusterSecret::generate();
     let node = Node::start(SERVER, &secret);

@@ -11,12 +11,14 @@
 //!   ~50 ns of `local`. The target's memory is a shared file mapping, but once mapped a word is a
 //!   word. [READ 64 B 142 / 120 / 141 ns, READ 1 KiB 322 / 171 / 181 ns, WRITE 64 B
 //!   128 / 110 / 121 ns, CAS 162 / 110 / 130 ns]
-//! - `tcp` (loopback): ~20–60 µs per one-sided operation. Each is a request frame written to a
-//!   socket, a wake-up of the target's NIC thread (mio), its reply, and a wake-up of the
-//!   initiator's receiver thread: 4 syscalls and 2 cross-thread wake-ups of ~5–15 µs each on a
-//!   VM whose 2 cores are shared by every thread in the bench. Payload size hardly matters at
-//!   1 KiB. [READ 64 B 46 / 33 / 68 µs, READ 1 KiB 46 / 30 / 57 µs, WRITE 64 B 34 / 26 / 41 µs,
-//!   CAS 40 / 26 / 43 µs]
+//! - `tcp` (loopback): ~5–15 µs per one-sided operation. Each is a request frame written to a
+//!   socket, a wake-up of the target's NIC thread (mio), its reply, and a wake-up of the posting
+//!   thread, which waits in `read` on the socket itself: 4–5 syscalls and 2 cross-thread
+//!   wake-ups of ~2–5 µs each on a VM whose 2 cores are shared by every thread in the bench.
+//!   Payload size hardly matters at 1 KiB. [READ 64 B p50 6.3–10 µs, p99 11–21 µs; READ 1 KiB
+//!   6.6–11 / 11–27 µs; WRITE 64 B 6.2–10 / 10–24 µs; CAS 6.1–10 / 10–39 µs, on a loaded
+//!   host. With a receiver thread between the socket and the waiter, a third wake-up, it was
+//!   15–36 µs p50.]
 //! - ring round trip 64 B: the ping is record WRITEs + PERSIST, tail WRITE + PERSIST and a
 //!   NOTIFY in one batch, and so is the pong. Each side spins only ~200 polls (a few µs) before
 //!   it sleeps on its doorbell, which is shorter than the other side's work, so a round trip is
@@ -24,13 +26,27 @@
 //!   4 `msync`s per message on tmpfs, ~1 µs each: ~15–50 µs [38 / 26 / 62 µs]. `tcp` is two
 //!   batched round trips to NIC threads (like the one-sided ops above) plus the two doorbell
 //!   wake-ups: ~60–150 µs [87 / 62 / 163 µs].
+//! - tcp READ 64 B throughput, one connection (`throughput_report`): one thread with one READ
+//!   in flight does one round trip at a time, ~100–150 k/s; with more in flight the NIC thread
+//!   reads many requests per wake-up and answers them in one write, and the waiting thread
+//!   reads many responses per `read`, so the rate grows until the posting thread's `write` per
+//!   batch and the two cores are the limit: ~150–300 k/s at 16–64 in flight (noisy: the other
+//!   bench threads and whatever else runs share the cores). Batches of 16 READs share one
+//!   write, one wake-up and one read on each side, so only the encoding, execution and
+//!   decoding of each READ remain, ~0.2 µs: ~0.5–0.9 M/s at 1 in flight, ~0.55–1.3 M/s at 4.
+//!   [1 thread: 100–139 / 117–244 / 135–279 / 96–316 k/s at 1 / 4 / 16 / 64 in flight;
+//!   4 threads: 51–138 k/s at 1, 117–227 k/s at 16; batches of 16: 192–906 k/s at 1,
+//!   550–1325 k/s at 4. With a receiver thread: 70–76 / 110–162 / 168–262 / 96–327 k/s, and
+//!   56–66 / 197–224 k/s.]
 //!
 //! Criterion reports a median; the tail matters as much for a commit protocol that waits for
 //! the slowest of several operations, so after criterion this prints p50, p99 and max of
 //! individually timed operations (`acre_benches::testbed::fabric_report`).
 //! `cargo bench --bench fabric -- --p99` prints only that report.
 
-use acre_benches::testbed::{FabricWorkload, Operation, TransportKind, fabric_report};
+use acre_benches::testbed::{
+    FabricWorkload, Operation, TransportKind, fabric_report, throughput_report,
+};
 use criterion::Criterion;
 use std::time::Duration;
 
@@ -38,6 +54,10 @@ use std::time::Duration;
 const REPORT_SAMPLES: usize = 5_000;
 /// The same under `--test`, where everything runs once to show it works.
 const REPORT_SAMPLES_TEST: usize = 10;
+/// How long each line of the tcp throughput report runs.
+const THROUGHPUT_TIME: Duration = Duration::from_millis(500);
+/// The same under `--test`.
+const THROUGHPUT_TIME_TEST: Duration = Duration::from_millis(20);
 
 fn bench_transport(c: &mut Criterion, kind: TransportKind) {
     let mut workload = FabricWorkload::new(kind)
@@ -58,12 +78,16 @@ fn bench_transport(c: &mut Criterion, kind: TransportKind) {
     group.finish();
 }
 
-fn print_report(samples: usize) {
+fn print_report(samples: usize, throughput_time: Duration) {
     for kind in TransportKind::ALL {
         match fabric_report(kind, samples) {
             Ok(report) => print!("{report}"),
             Err(e) => panic!("fabric report on {}: {e}", kind.name()),
         }
+    }
+    match throughput_report(TransportKind::Tcp, throughput_time) {
+        Ok(report) => print!("{report}"),
+        Err(e) => panic!("throughput report on tcp: {e}"),
     }
 }
 
@@ -71,7 +95,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let has = |flag: &str| args.iter().any(|a| a == flag);
     if has("--p99") {
-        print_report(REPORT_SAMPLES);
+        print_report(REPORT_SAMPLES, THROUGHPUT_TIME);
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();
@@ -79,9 +103,9 @@ fn main() {
         bench_transport(&mut criterion, kind);
     }
     criterion.final_summary();
-    print_report(if has("--test") {
-        REPORT_SAMPLES_TEST
+    if has("--test") {
+        print_report(REPORT_SAMPLES_TEST, THROUGHPUT_TIME_TEST);
     } else {
-        REPORT_SAMPLES
-    });
+        print_report(REPORT_SAMPLES, THROUGHPUT_TIME);
+    }
 }

@@ -532,6 +532,104 @@ impl FabricWorkload {
     }
 }
 
+/// How many threads post 64-byte READs to node B, how many batches each keeps in flight, and
+/// how many READs a batch has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pipeline {
+    pub threads: usize,
+    pub depth: usize,
+    pub batch_ops: usize,
+}
+
+impl Pipeline {
+    /// The shapes [`throughput_report`] measures: one thread at growing depths, then several
+    /// threads sharing the connection.
+    pub const ALL: [Pipeline; 8] = [
+        Pipeline::new(1, 1, 1),
+        Pipeline::new(1, 4, 1),
+        Pipeline::new(1, 16, 1),
+        Pipeline::new(1, 64, 1),
+        Pipeline::new(4, 1, 1),
+        Pipeline::new(4, 16, 1),
+        Pipeline::new(1, 1, 16),
+        Pipeline::new(1, 4, 16),
+    ];
+
+    const fn new(threads: usize, depth: usize, batch_ops: usize) -> Pipeline {
+        Pipeline {
+            threads,
+            depth,
+            batch_ops,
+        }
+    }
+}
+
+impl FabricWorkload {
+    /// READs of 64 B completed per second from node A to node B for `duration`, each thread
+    /// keeping `depth` batches posted and waiting for the oldest before it posts the next.
+    pub fn read_throughput(&self, pipeline: Pipeline, duration: Duration) -> io::Result<f64> {
+        assert!(pipeline.depth > 0, "depth={}", pipeline.depth);
+        let (a, b) = (&self.testbed.nodes[0], &self.testbed.nodes[1]);
+        let read = Op::Read {
+            addr: Addr::new(DATA_REGION, TARGET_OFFSET),
+            key: b.data_key,
+            len: 64,
+        };
+        let start = Instant::now();
+        let counts = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..pipeline.threads)
+                .map(|_| {
+                    scope.spawn(|| -> io::Result<u64> {
+                        let mut in_flight = std::collections::VecDeque::new();
+                        let mut completed = 0u64;
+                        while start.elapsed() < duration {
+                            while in_flight.len() < pipeline.depth {
+                                let batch = vec![read.clone(); pipeline.batch_ops];
+                                in_flight.push_back(a.fabric.post(b.id(), batch));
+                            }
+                            let oldest = in_flight.pop_front().expect("depth > 0");
+                            for result in oldest.wait() {
+                                result.map_err(|e| other_error("pipelined read", e))?;
+                            }
+                            completed += pipeline.batch_ops as u64;
+                        }
+                        for pending in in_flight {
+                            pending.wait();
+                        }
+                        Ok(completed)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().expect("a pipelined reader panicked"))
+                .collect::<io::Result<Vec<u64>>>()
+        })?;
+        Ok(counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64())
+    }
+}
+
+/// Builds a two-node test bed on `kind` and reports the READ throughput of every
+/// [`Pipeline`] shape, each run for `duration`, one line each.
+pub fn throughput_report(kind: TransportKind, duration: Duration) -> io::Result<String> {
+    let workload = FabricWorkload::new(kind)?;
+    let mut report = String::new();
+    for pipeline in Pipeline::ALL {
+        let per_second = workload.read_throughput(pipeline, duration)?;
+        writeln!(
+            report,
+            "{:<6} read_64b x{} threads, {:>2} batches of {:>2} in flight each: {:>9.0} ops/s",
+            kind.name(),
+            pipeline.threads,
+            pipeline.depth,
+            pipeline.batch_ops,
+            per_second,
+        )
+        .expect("writing to a String cannot fail");
+    }
+    Ok(report)
+}
+
 /// Median and tail of individually timed operations.
 #[derive(Clone, Copy, Debug)]
 pub struct Latency {

@@ -6,8 +6,9 @@
 //!   the node's [`NodeMemory`](crate::fabric::NodeMemory), answering each connection's requests
 //!   in order.
 //! - [`TcpTransport`] ([`client`]): the initiator side. One connection per peer, made on the
-//!   first post and reused by every thread; a batch's requests are written in one go and its
-//!   completions arrive through a receiver thread. See [`PendingBatch`].
+//!   first post and reused by every thread; a batch's requests are written in one go, and the
+//!   thread that waits for a batch reads its completions from the socket itself unless another
+//!   waiter already does (no receiver thread). See [`PendingBatch`].
 //! - [`frame`]: the wire format (drawn in its module doc and in `docs/formats.md`).
 //! - [`auth`]: the [`ClusterSecret`] and the HMAC-SHA256 challenge/response both sides complete
 //!   before any operation.
@@ -22,6 +23,7 @@
 pub mod auth;
 pub mod client;
 pub mod frame;
+mod recv_now;
 pub mod server;
 
 pub use auth::{ClusterSecret, SecretFileError};

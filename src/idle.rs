@@ -44,7 +44,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         block_bytes: 1 << 20,
         ring_bytes: 1 << 20,
         persist: "auto".into(),
-        commit: "messages".into(),
+        commit: "one-sided".into(),
     };
     launch::up(&up)?;
     let down = DownArgs {

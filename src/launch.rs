@@ -60,7 +60,7 @@ pub struct UpArgs {
     pub persist: String,
     /// Who does the primary's part of a commit: `messages` (the primary's worker, FaRM's) or
     /// `one-sided` (the coordinator, with one-sided operations); docs/protocol.md#one-sided-commit-mode.
-    #[arg(long, default_value = "messages", value_parser = ["messages", "one-sided"])]
+    #[arg(long, default_value = "one-sided", value_parser = ["messages", "one-sided"])]
     pub commit: String,
 }
 

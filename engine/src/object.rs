@@ -7,12 +7,18 @@
 //! `docs/formats.md`:
 //!
 //! ```text
-//! word 0          header   bit 63 lock | bit 62 allocated | bits 0..62 version
+//! word 0          header   bit 63 lock | bit 62 allocated | bits 0..62 version, or while
+//!                          locked the lock holder's [`Owner`]
 //! words 1..n+1    payload  the object's bytes, zero-padded to a whole word
 //! word n+1        trailer  the version of the last completed install
 //! ```
 //!
-//! Invariant when no install is under way: `trailer == header.version`.
+//! Invariant when no install is under way: `trailer` is the object's version, and an unlocked
+//! header holds it too (`trailer == header.version`).
+//!
+//! The lock names its holder so that a lock can be released on behalf of a holder that died
+//! (the settlement of a dead coordinator's transactions, recovery) without taking someone
+//! else's: the version then lives in the trailer alone, which only the lock holder writes.
 //!
 //! # Protocol
 //!
@@ -20,17 +26,20 @@
 //! `AcqRel` on success and `Acquire` on failure.
 //!
 //! - [`try_lock`] (FaRM's LOCK at the version read): CAS the header from `allocated | v` to
-//!   `lock | allocated | v`. Fails with the current header if the version moved on or the lock is
-//!   held.
-//! - [`unlock`] (abort): clear the lock bit, version unchanged.
-//! - [`install`] / [`install_with`] (commit, alloc, free), lock held at version `v`:
+//!   `lock | allocated | owner`. Fails with the current header if the version moved on or the
+//!   lock is held.
+//! - [`unlock`] (abort): store `[allocated] | v`, `v` read back from the trailer.
+//! - [`install`] / [`install_with`] (commit, alloc, free), lock held at version `v` (the
+//!   trailer's):
 //!   1. store `trailer := v + 1`;
 //!   2. store the payload words in increasing address order;
 //!   3. store `header := [allocated] | (v + 1)`, lock clear.
 //! - [`try_read`] / [`read_into`] (local reader) and [`decode`] (the bytes of a slot fetched by
 //!   one one-sided READ): load the header, then the payload words in increasing address order,
-//!   then the trailer. The read is *consistent* iff `header.version == trailer`; otherwise it is
-//!   [`Torn`] and the reader tries again ([`READ_ATTEMPTS_MAX`] times for a local read).
+//!   then the trailer. The read is *consistent* iff the header is unlocked and
+//!   `header.version == trailer`; otherwise it is [`Torn`] (or locked: the payload of a locked
+//!   object is not checked) and the reader tries again ([`READ_ATTEMPTS_MAX`] times for a local
+//!   read).
 //!
 //! # Why a consistent read is never torn
 //!
@@ -48,9 +57,9 @@
 //!   previous install's header store) and each stores a larger version, so trailer values only
 //!   grow: the reader sees a trailer `>= w > v`, not `v`. Contradiction.
 //!
-//! The header's lock and allocated bits do not take part: a reader may consistently read a
-//! locked object (its payload is the last install's), and the caller decides what a locked or
-//! free object means. Versions are 62 bits and only grow (asserted), so they never wrap back to a
+//! The allocated bit does not take part: the caller decides what a free object means. A locked
+//! header holds no version, so a read of a locked object is never consistent; the reader waits
+//! for the holder, as it would anyway. Versions are 62 bits and only grow (asserted), so they never wrap back to a
 //! value a reader holds.
 //!
 //! # The failure it rules out
@@ -85,7 +94,7 @@ pub const SLOT_OVERHEAD_BYTES: usize = HEADER_BYTES + TRAILER_BYTES;
 pub const LOCK_BIT: u64 = 1 << 63;
 /// Header bit 62: the slot holds a live object.
 pub const ALLOCATED_BIT: u64 = 1 << 62;
-/// Header bits 0..62: the version.
+/// Header bits 0..62: the version, or while locked the owner.
 pub const VERSION_MASK: u64 = ALLOCATED_BIT - 1;
 /// The largest version; an install at this version is refused (it would take 2^62 installs).
 pub const VERSION_MAX: u64 = VERSION_MASK;
@@ -150,8 +159,18 @@ impl Header {
         self.0
     }
 
+    /// The version of an unlocked header (a locked one holds its [`Owner`] in these bits).
     pub const fn version(self) -> u64 {
         self.0 & VERSION_MASK
+    }
+
+    /// Who holds the lock, if it is held.
+    pub const fn owner(self) -> Option<Owner> {
+        if self.is_locked() {
+            Some(Owner(self.0 & VERSION_MASK))
+        } else {
+            None
+        }
     }
 
     pub const fn is_locked(self) -> bool {
@@ -162,30 +181,52 @@ impl Header {
         self.0 & ALLOCATED_BIT != 0
     }
 
-    /// This header with the lock bit set.
-    pub const fn locked(self) -> Header {
-        Header(self.0 | LOCK_BIT)
+    /// This header locked by `owner` (the version goes: the trailer keeps it).
+    pub const fn locked_by(self, owner: Owner) -> Header {
+        Header((self.0 & ALLOCATED_BIT) | LOCK_BIT | owner.0)
     }
 
-    /// This header with the lock bit clear.
-    pub const fn unlocked(self) -> Header {
-        Header(self.0 & !LOCK_BIT)
+    /// This header unlocked at `version`.
+    pub fn unlocked_at(self, version: u64) -> Header {
+        Header::new(version, self.is_allocated(), false)
+    }
+}
+
+/// Who holds an object's lock: a tag of 62 bits a lock holder chooses so that it is the only
+/// one using it while it holds locks (a transaction: its node, slot and sequence number,
+/// `acre_txn::record::TxnId::owner`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner(u64);
+
+impl Owner {
+    /// The largest tag.
+    pub const MAX: u64 = VERSION_MASK;
+    /// The slab allocator's own brief locks (no transaction uses it: its node id would be
+    /// `u16::MAX`, the observers').
+    pub const ALLOCATOR: Owner = Owner(VERSION_MASK);
+
+    /// An owner tag; it must fit 62 bits.
+    pub fn new(tag: u64) -> Owner {
+        assert!(tag <= Owner::MAX, "an owner tag has 62 bits: {tag:#x}");
+        Owner(tag)
+    }
+
+    pub const fn to_u64(self) -> u64 {
+        self.0
     }
 }
 
 impl fmt::Display for Header {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "v{} {}{}",
-            self.version(),
-            if self.is_allocated() {
-                "allocated"
-            } else {
-                "free"
-            },
-            if self.is_locked() { " locked" } else { "" }
-        )
+        let state = if self.is_allocated() {
+            "allocated"
+        } else {
+            "free"
+        };
+        match self.owner() {
+            Some(owner) => write!(f, "{state} locked by {:#x}", owner.0),
+            None => write!(f, "v{} {state}", self.version()),
+        }
     }
 }
 
@@ -206,8 +247,8 @@ pub struct LockConflict {
     pub current: Header,
 }
 
-/// One read attempt saw a header and a trailer of different installs: a writer was installing
-/// while the slot was read. Read it again.
+/// One read attempt saw a header and a trailer of different installs (a writer was installing
+/// while the slot was read), or a locked header (which holds no version). Read it again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("torn read: header {header} but trailer v{trailer_version}; read the object again")]
 pub struct Torn {
@@ -285,24 +326,31 @@ pub fn load_header<W: AtomicWord>(words: &[W]) -> Header {
     Header(header_word(words).load(Acquire))
 }
 
-/// Locks an allocated object at the version a transaction read (FaRM's LOCK). Returns the locked
-/// header.
-pub fn try_lock<W: AtomicWord>(words: &[W], expected_version: u64) -> Result<Header, LockConflict> {
-    lock_at(words, expected_version, true)
+/// Locks an allocated object at the version a transaction read (FaRM's LOCK), for `owner`.
+/// Returns the locked header.
+pub fn try_lock<W: AtomicWord>(
+    words: &[W],
+    expected_version: u64,
+    owner: Owner,
+) -> Result<Header, LockConflict> {
+    lock_at(words, expected_version, true, owner)
 }
 
-/// Locks a free slot at `expected_version`, for the allocator: the next install allocates it.
+/// Locks a free slot at `expected_version` for `owner`, for an allocation: the next install
+/// allocates it.
 pub fn try_lock_unallocated<W: AtomicWord>(
     words: &[W],
     expected_version: u64,
+    owner: Owner,
 ) -> Result<Header, LockConflict> {
-    lock_at(words, expected_version, false)
+    lock_at(words, expected_version, false, owner)
 }
 
 fn lock_at<W: AtomicWord>(
     words: &[W],
     expected_version: u64,
     allocated: bool,
+    owner: Owner,
 ) -> Result<Header, LockConflict> {
     check_slot(words);
     if expected_version > VERSION_MAX {
@@ -313,8 +361,9 @@ fn lock_at<W: AtomicWord>(
         });
     }
     let expected = Header::new(expected_version, allocated, false);
-    match header_word(words).compare_exchange(expected.0, expected.locked().0, AcqRel, Acquire) {
-        Ok(_) => Ok(expected.locked()),
+    let locked = expected.locked_by(owner);
+    match header_word(words).compare_exchange(expected.0, locked.0, AcqRel, Acquire) {
+        Ok(_) => Ok(locked),
         Err(current) => Err(LockConflict {
             expected_version,
             current: Header(current),
@@ -322,17 +371,32 @@ fn lock_at<W: AtomicWord>(
     }
 }
 
-/// Releases a lock without installing (abort). The version is unchanged. Returns the unlocked
-/// header.
+/// Releases a lock the caller holds without installing (abort): the header gets back the
+/// version, which the trailer kept. Returns the unlocked header.
 pub fn unlock<W: AtomicWord>(words: &[W]) -> Header {
     let header = load_header(words);
     assert!(
         header.is_locked(),
         "unlock of an object that is not locked: header={header}"
     );
-    let unlocked = header.unlocked();
+    // Only the lock holder stores the trailer, so this load sees the last install's.
+    let unlocked = header.unlocked_at(trailer_word(words).load(Acquire));
     header_word(words).store(unlocked.0, Release);
     unlocked
+}
+
+/// Releases the lock if `owner` holds it (for a holder that died: whoever else holds it keeps
+/// it). Returns whether it did.
+pub fn unlock_if_owner<W: AtomicWord>(words: &[W], owner: Owner) -> bool {
+    let header = load_header(words);
+    if header.owner() != Some(owner) {
+        return false;
+    }
+    // The owner is gone and nobody else can take a held lock, so the trailer is stable.
+    let unlocked = header.unlocked_at(trailer_word(words).load(Acquire));
+    header_word(words)
+        .compare_exchange(header.0, unlocked.0, AcqRel, Acquire)
+        .is_ok()
 }
 
 /// Installs `payload` into an object whose lock the caller holds, leaving it allocated, one
@@ -350,16 +414,12 @@ pub fn install_with<W: AtomicWord>(words: &[W], payload: &[u8], allocated: bool)
         header.is_locked(),
         "install without holding the lock: header={header}"
     );
-    let version = header.version();
+    // Only the lock holder stores the trailer, so this load sees the last install's: the
+    // version the lock was taken at.
+    let version = trailer_word(words).load(Acquire);
     assert!(
         version < VERSION_MAX,
-        "version would overflow 62 bits: header={header}"
-    );
-    // Only the lock holder stores the trailer, so this load sees the last install's.
-    let trailer_version = trailer_word(words).load(Acquire);
-    assert!(
-        trailer_version == version,
-        "trailer disagrees with the locked header: header={header} trailer=v{trailer_version}"
+        "version would overflow 62 bits: header={header} trailer=v{version}"
     );
     store_installed(words, payload, allocated, version + 1)
 }
@@ -433,7 +493,7 @@ pub fn try_read<W: AtomicWord>(words: &[W], payload: &mut [u8]) -> Result<Header
         chunk.copy_from_slice(&bytes[..chunk.len()]);
     }
     let trailer_version = trailer_word(words).load(Acquire);
-    if header.version() == trailer_version {
+    if !header.is_locked() && header.version() == trailer_version {
         Ok(header)
     } else {
         Err(Torn {
@@ -483,7 +543,7 @@ pub fn decode(slot: &[u8]) -> Result<ObjectRead<'_>, DecodeError> {
     };
     let header = Header(u64::from_le_bytes(*header));
     let trailer_version = u64::from_le_bytes(*trailer);
-    if header.version() != trailer_version {
+    if header.is_locked() || header.version() != trailer_version {
         return Err(DecodeError::Torn(Torn {
             header,
             trailer_version,
@@ -495,6 +555,9 @@ pub fn decode(slot: &[u8]) -> Result<ObjectRead<'_>, DecodeError> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// The owner the tests lock for.
+    const O: Owner = Owner(7);
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64};
 
@@ -519,33 +582,56 @@ mod tests {
 
     #[test]
     fn header_bits_are_where_the_format_says() {
-        let h = Header::new(5, true, true);
-        assert_eq!(h.to_u64(), (1 << 63) | (1 << 62) | 5);
-        assert_eq!(h.version(), 5);
+        let h = Header::new(5, true, false).locked_by(O);
+        assert_eq!(h.to_u64(), (1 << 63) | (1 << 62) | O.to_u64());
+        assert_eq!(h.owner(), Some(O));
         assert!(h.is_locked() && h.is_allocated());
-        assert_eq!(h.unlocked().to_u64(), (1 << 62) | 5);
+        assert_eq!(h.unlocked_at(5).to_u64(), (1 << 62) | 5);
         assert_eq!(Header::new(7, false, false).to_u64(), 7);
-        assert_eq!(h.to_string(), "v5 allocated locked");
+        assert_eq!(Header::new(7, false, false).owner(), None);
+        assert_eq!(h.to_string(), "allocated locked by 0x7");
         assert_eq!(Header::new(7, false, false).to_string(), "v7 free");
+    }
+
+    #[test]
+    fn unlock_if_owner_releases_only_the_owners_lock_and_restores_the_version() {
+        let words = slot(2);
+        try_lock(&words, 0, O).unwrap();
+        install(&words, b"x");
+        try_lock(&words, 1, O).unwrap();
+        assert!(
+            !unlock_if_owner(&words, Owner::new(8)),
+            "another owner's lock"
+        );
+        assert_eq!(
+            load_header(&words),
+            Header::new(1, true, false).locked_by(O)
+        );
+        assert!(unlock_if_owner(&words, O));
+        assert_eq!(load_header(&words), Header::new(1, true, false));
+        assert!(!unlock_if_owner(&words, O), "not locked any more");
     }
 
     #[test]
     fn lock_at_the_wrong_version_fails_with_the_current_header() {
         let words = slot(2);
-        let err = try_lock(&words, 1).unwrap_err();
+        let err = try_lock(&words, 1, O).unwrap_err();
         assert_eq!(err.current, Header::new(0, true, false));
         assert_eq!(err.expected_version, 1);
         assert_eq!(load_header(&words), Header::new(0, true, false));
         // A version no header can hold is refused, not asserted on (it may come from a peer).
-        assert!(try_lock(&words, u64::MAX).is_err());
+        assert!(try_lock(&words, u64::MAX, O).is_err());
     }
 
     #[test]
     fn lock_twice_fails() {
         let words = slot(2);
-        assert_eq!(try_lock(&words, 0), Ok(Header::new(0, true, true)));
-        let err = try_lock(&words, 0).unwrap_err();
-        assert_eq!(err.current, Header::new(0, true, true));
+        assert_eq!(
+            try_lock(&words, 0, O),
+            Ok(Header::new(0, true, false).locked_by(O))
+        );
+        let err = try_lock(&words, 0, O).unwrap_err();
+        assert_eq!(err.current, Header::new(0, true, false).locked_by(O));
     }
 
     #[test]
@@ -553,22 +639,25 @@ mod tests {
         let free = slot(1);
         free[0].store(3, Release);
         free[2].store(3, Release);
-        assert!(try_lock(&free, 3).is_err());
+        assert!(try_lock(&free, 3, O).is_err());
         assert_eq!(
-            try_lock_unallocated(&free, 3),
-            Ok(Header::new(3, false, true))
+            try_lock_unallocated(&free, 3, O),
+            Ok(Header::new(3, false, false).locked_by(O))
         );
         let object = slot(1);
-        assert!(try_lock_unallocated(&object, 0).is_err());
+        assert!(try_lock_unallocated(&object, 0, O).is_err());
     }
 
     #[test]
     fn unlock_restores_the_header() {
         let words = slot(2);
-        try_lock(&words, 0).unwrap();
+        try_lock(&words, 0, O).unwrap();
         assert_eq!(unlock(&words), Header::new(0, true, false));
         assert_eq!(load_header(&words), Header::new(0, true, false));
-        assert_eq!(try_lock(&words, 0), Ok(Header::new(0, true, true)));
+        assert_eq!(
+            try_lock(&words, 0, O),
+            Ok(Header::new(0, true, false).locked_by(O))
+        );
     }
 
     #[test]
@@ -586,7 +675,7 @@ mod tests {
     #[test]
     fn install_bumps_the_version_and_makes_the_trailer_equal() {
         let words = slot(2);
-        try_lock(&words, 0).unwrap();
+        try_lock(&words, 0, O).unwrap();
         let installed = install(&words, b"hello, object");
         assert_eq!(installed, Header::new(1, true, false));
         assert_eq!(load_header(&words), installed);
@@ -596,9 +685,9 @@ mod tests {
         assert_eq!(&payload, b"hello, object\0\0\0");
 
         // A shorter payload zero-fills the rest; a free clears the allocated bit.
-        try_lock(&words, 1).unwrap();
+        try_lock(&words, 1, O).unwrap();
         install(&words, b"ab");
-        try_lock(&words, 2).unwrap();
+        try_lock(&words, 2, O).unwrap();
         let freed = install_with(&words, b"", false);
         assert_eq!(freed, Header::new(3, false, false));
         assert_eq!(trailer(&words), 3);
@@ -609,7 +698,7 @@ mod tests {
     #[test]
     fn read_into_a_short_buffer_reads_a_prefix() {
         let words = slot(3);
-        try_lock(&words, 0).unwrap();
+        try_lock(&words, 0, O).unwrap();
         install(&words, &(0u8..24).collect::<Vec<_>>());
         let mut prefix = [0u8; 11];
         assert_eq!(read_into(&words, &mut prefix).unwrap().version(), 1);
@@ -619,13 +708,13 @@ mod tests {
     #[test]
     fn a_read_during_an_install_is_torn() {
         let words = slot(2);
-        try_lock(&words, 0).unwrap();
+        try_lock(&words, 0, O).unwrap();
         // The writer has stored the trailer and one payload word, then stalls.
         words[3].store(1, Release);
         words[1].store(0xdead, Release);
         let mut payload = [0u8; 16];
         let torn = try_read(&words, &mut payload).unwrap_err();
-        assert_eq!(torn.header.version(), 0);
+        assert_eq!(torn.header.owner(), Some(O));
         assert_eq!(torn.trailer_version, 1);
         assert!(matches!(
             read_into(&words, &mut payload),
@@ -639,7 +728,7 @@ mod tests {
     #[test]
     fn decode_accepts_a_consistent_slot() {
         let words = slot(2);
-        try_lock(&words, 0).unwrap();
+        try_lock(&words, 0, O).unwrap();
         install(&words, b"0123456789abcdef");
         let bytes = read_bytes(&words);
         let read = decode(&bytes).unwrap();
@@ -650,7 +739,7 @@ mod tests {
     #[test]
     fn decode_detects_a_header_trailer_mismatch() {
         let words = slot(2);
-        try_lock(&words, 0).unwrap();
+        try_lock(&words, 0, O).unwrap();
         install(&words, b"first");
         let mut bytes = read_bytes(&words);
         // Trailer of a later install, as a READ that overlapped it would return.
@@ -702,7 +791,7 @@ mod tests {
         let writer = std::thread::spawn(move || {
             let _done_guard = done_guard;
             for version in 0..INSTALL_COUNT {
-                try_lock(&writer_words, version).expect("the only writer locks");
+                try_lock(&writer_words, version, O).expect("the only writer locks");
                 let value = (version + 1).to_le_bytes().repeat(PAYLOAD_WORDS);
                 install(&writer_words, &value);
                 // A varying quiet gap, so readers both overlap installs and fall between them.
@@ -800,6 +889,9 @@ mod loom_tests {
     //! `Relaxed`, makes the first model fail within its first executions.
     use super::*;
     use loom::sync::Arc;
+
+    /// The owner the models lock for.
+    const O: Owner = Owner(7);
     use loom::sync::atomic::AtomicU64;
     use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 
@@ -843,7 +935,7 @@ mod loom_tests {
             let writer_words = words.clone();
             let writer = loom::thread::spawn(move || {
                 for version in 0..INSTALL_COUNT {
-                    try_lock(&writer_words[..], version).expect("the only writer locks");
+                    try_lock(&writer_words[..], version, O).expect("the only writer locks");
                     install(&writer_words[..], &payload_of(version + 1, payload_words));
                 }
             });
@@ -900,7 +992,7 @@ mod loom_tests {
             let coordinator = |version: u64| {
                 let words = words.clone();
                 loom::thread::spawn(move || {
-                    if try_lock(&words[..], version).is_err() {
+                    if try_lock(&words[..], version, O).is_err() {
                         return false; // the object changed or is locked: abort
                     }
                     assert_eq!(

@@ -19,7 +19,7 @@
 //! region's words are shared with readers and transactions on other threads and nodes.
 
 use crate::addr::{Addr, RegionId};
-use crate::object::{self, Header};
+use crate::object::{self, Header, Owner};
 use crate::region::{REGION_BYTES_MAX, Region};
 use crate::sync::Ordering::{Acquire, Release};
 use std::sync::atomic::AtomicU64;
@@ -534,7 +534,7 @@ impl SlabAllocator {
         if !header.is_allocated() {
             return Err(AllocError::NotAllocated { addr });
         }
-        if let Err(conflict) = object::try_lock(words, header.version()) {
+        if let Err(conflict) = object::try_lock(words, header.version(), Owner::ALLOCATOR) {
             return Err(AllocError::ObjectBusy {
                 addr,
                 header: conflict.current,
@@ -838,7 +838,9 @@ impl SlabAllocator {
             .slot_words(region, addr)
             .expect("a reserved slot is an object slot");
         let header = object::load_header(words);
-        if let Err(conflict) = object::try_lock_unallocated(words, header.version()) {
+        if let Err(conflict) =
+            object::try_lock_unallocated(words, header.version(), Owner::ALLOCATOR)
+        {
             panic!("free slot {addr} changed under its allocator: {conflict}");
         }
         object::install_with(words, &[], true);
@@ -1003,7 +1005,7 @@ mod tests {
         assert_eq!(payload, [0; 32], "a new object is zeroed");
 
         // Write it like a transaction would, then free it.
-        object::try_lock(words, 1).unwrap();
+        object::try_lock(words, 1, Owner::ALLOCATOR).unwrap();
         object::install(words, b"some bytes");
         slab.free(&region, addr).unwrap();
         let header = header_at(&region, &slab, addr);
@@ -1124,12 +1126,12 @@ mod tests {
         let mut slab = slab();
         let addr = slab.alloc(&region, 64).unwrap();
         let words = slab.slot_words(&region, addr).unwrap();
-        object::try_lock(words, 1).unwrap();
+        object::try_lock(words, 1, Owner::ALLOCATOR).unwrap();
         assert_eq!(
             slab.free(&region, addr),
             Err(AllocError::ObjectBusy {
                 addr,
-                header: Header::new(1, true, true)
+                header: Header::new(1, true, false).locked_by(Owner::ALLOCATOR)
             })
         );
         object::unlock(words);
@@ -1320,7 +1322,7 @@ mod tests {
         // A crash after the allocator locked the free slot, before it installed.
         let words = slab.slot_words(&region, interrupted).unwrap();
         let version = object::load_header(words).version();
-        object::try_lock_unallocated(words, version).unwrap();
+        object::try_lock_unallocated(words, version, Owner::ALLOCATOR).unwrap();
         let mut rebuilt = SlabAllocator::rebuild(&region, BLOCK_BYTES).unwrap();
         assert_eq!(rebuilt.allocated_addrs(), vec![kept, interrupted]);
         let next = rebuilt.alloc(&region, 16).unwrap();

@@ -282,7 +282,7 @@ impl Serving {
                 self.find_orphans();
                 self.next_orphan_check = Instant::now() + ORPHAN_CHECK_INTERVAL;
             }
-            self.node.primary().release_installed_frees();
+            self.node.primary().observe_installs();
             self.truncate_rings();
             self.publish_retention();
             if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
@@ -440,6 +440,13 @@ impl Serving {
                 }
                 true
             }
+            Body::Abort if self.one_sided => {
+                // Its coordinator unlocked what it saw lock; what still names it (a
+                // compare-and-swap whose completion it lost) is unlocked here.
+                self.node.primary().abort_orphan(txn);
+                self.forget(txn);
+                false
+            }
             Body::Abort => {
                 self.node.primary().abort(txn);
                 self.forget(txn);
@@ -516,18 +523,6 @@ impl Serving {
         self.voted.vote(txn);
         let holds = self.kept.get(&txn).map_or(0, |kept| kept.holds);
         Some(holds | self.voted.outcome(txn))
-    }
-
-    /// Handles every record already in every ring; returns whether they were read to their end.
-    fn drain_all(&mut self) -> bool {
-        for _ in 0..DRAIN_RECORDS_MAX {
-            match self.inbox.poll() {
-                Ok(Some(message)) => self.handle(message),
-                Ok(None) => return true,
-                Err(e) => self.report_ring(&e),
-            }
-        }
-        false
     }
 
     /// Handles every record already in `client`'s ring (it is gone, so nothing new comes);
@@ -638,13 +633,12 @@ impl Serving {
                     0,
                     "{txn}: aborted though this node holds {holds:#x}"
                 );
-                // A one-sided coordinator's locks are told apart from others' by the LOCK
-                // records that explain them: every record already appended must be read.
-                if self.one_sided && (!self.drain_all() || !self.node.primary().abort_orphan(txn)) {
-                    self.asked.insert(txn, again);
-                    return;
+                if self.one_sided {
+                    // Its compare-and-swaps may have taken: undo those that name it.
+                    self.node.primary().abort_orphan(txn);
+                } else {
+                    self.node.primary().abort(txn);
                 }
-                self.node.primary().abort(txn);
                 self.forget(txn);
                 self.voted.decided(txn, vote::ABORTED);
                 self.stats.orphans_aborted.fetch_add(1, Ordering::Release);
@@ -653,6 +647,17 @@ impl Serving {
                     "aborted {txn}: its client coordinator is gone and no participant holds \
                      its COMMIT-BACKUP or COMMIT-PRIMARY; its locks and records are released"
                 );
+            }
+            Outcome::Install if self.one_sided => {
+                // What its COMMIT-PRIMARY and install would have done, where the coordinator did
+                // not (docs/protocol.md#one-sided-commit-mode).
+                if self.node.primary().install_orphan(txn) {
+                    self.stats.orphans_installed.fetch_add(1, Ordering::Release);
+                }
+                if let Some(kept) = self.kept.get_mut(&txn) {
+                    kept.holds |= vote::COMMIT_PRIMARY;
+                }
+                self.asked.insert(txn, again);
             }
             Outcome::Install => {
                 if holds & vote::LOCK != 0 && holds & vote::COMMIT_PRIMARY == 0 {
@@ -676,6 +681,10 @@ impl Serving {
                 self.asked.insert(txn, again);
             }
             Outcome::Truncate => {
+                if self.one_sided && self.node.primary().install_orphan(txn) {
+                    // Its coordinator died between COMMIT-PRIMARY and its install.
+                    self.stats.orphans_installed.fetch_add(1, Ordering::Release);
+                }
                 self.stats.orphans_truncated.fetch_add(1, Ordering::Release);
                 if self.truncate(txn) {
                     self.voted.decided(txn, vote::TRUNCATED);

@@ -34,13 +34,11 @@ impl Placement {
 #[serde(rename_all = "kebab-case")]
 pub enum CommitMode {
     /// FaRM's: the primary's worker locks on LOCK, installs on COMMIT-PRIMARY, unlocks on ABORT.
-    #[default]
     Messages,
     /// The coordinator locks, installs and unlocks with one-sided operations once the records
-    /// are durable in the primary's log; no thread of another node is on the commit path.
-    /// About twice the transfers of message mode over shm on two cores; not the default until
-    /// the settlement of a dead coordinator's one-sided locks is sound
-    /// (docs/protocol.md#one-sided-commit-mode).
+    /// are durable in the primary's log; no thread of another node is on the commit path. The
+    /// default: about twice the transfers of message mode over shm on two cores.
+    #[default]
     OneSided,
 }
 

@@ -43,9 +43,9 @@ pub struct Primary {
     /// ABORT or RELEASE says what becomes of them. A coordinator whose ALLOC timed out does
     /// not know its slot: the transaction's LOCK or ABORT hands back the ones it does not use.
     allocated_for: Mutex<HashMap<TxnId, Vec<Addr>>>,
-    /// Slots freed by one-sided commits, with the version their install gives them: they go
-    /// back to the free list once the coordinator's install has landed.
-    frees_to_release: Mutex<Vec<(Addr, u64)>>,
+    /// One-sided transactions whose COMMIT-PRIMARY was read and whose coordinator's install
+    /// has not landed everywhere here yet, with their LOCK's entries.
+    installing: Mutex<HashMap<TxnId, Vec<Entry>>>,
 }
 
 /// Why COMMIT-PRIMARY could not be applied: a coordinator bug or a lost LOCK.
@@ -73,7 +73,7 @@ impl Primary {
                 .collect(),
             held: Mutex::new(HashMap::new()),
             allocated_for: Mutex::new(HashMap::new()),
-            frees_to_release: Mutex::new(Vec::new()),
+            installing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -95,10 +95,12 @@ impl Primary {
         Some(primary.slab.lock().expect(POISONED).allocated_addrs())
     }
 
-    /// Transactions holding locks, or slots reserved by their ALLOC requests, here.
+    /// Transactions holding locks (or installing them, in one-sided mode), or slots reserved
+    /// by their ALLOC requests, here.
     pub fn held_count(&self) -> usize {
         let allocating = self.allocated_for.lock().expect(POISONED).len();
-        self.held.lock().expect(POISONED).len() + allocating
+        let installing = self.installing.lock().expect(POISONED).len();
+        self.held.lock().expect(POISONED).len() + allocating + installing
     }
 
     /// Runs `f` on the words of the slot at `addr` (which must be an object slot here).
@@ -165,9 +167,11 @@ impl Primary {
             let locked = self
                 .with_slot(entry.addr, |words, _| match entry.kind {
                     EntryKind::Write | EntryKind::Free => {
-                        object::try_lock(words, entry.version).is_ok()
+                        object::try_lock(words, entry.version, txn.owner()).is_ok()
                     }
-                    EntryKind::Alloc => object::try_lock_unallocated(words, entry.version).is_ok(),
+                    EntryKind::Alloc => {
+                        object::try_lock_unallocated(words, entry.version, txn.owner()).is_ok()
+                    }
                 })
                 .unwrap_or(false);
             if !locked {
@@ -215,9 +219,11 @@ impl Primary {
         assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
     }
 
-    /// A COMMIT-PRIMARY record of a one-sided coordinator, which installs the objects itself:
-    /// the slots its frees give back go to the free list once their install has landed
-    /// ([`Primary::release_installed_frees`]).
+    /// A COMMIT-PRIMARY record of a one-sided coordinator, which installs the objects itself
+    /// once the record is durable: the transaction is kept as installing until every object is
+    /// installed ([`Primary::observe_installs`]), for the slots its frees give back, and for a
+    /// coordinator that dies before its install (the settlement installs then,
+    /// [`Primary::install_orphan`]).
     pub fn note_commit(&self, txn: TxnId) {
         let held = self.held.lock().expect(POISONED).remove(&txn);
         let Some(held) = held else {
@@ -225,78 +231,100 @@ impl Primary {
             return;
         };
         assert!(held.one_sided, "{txn}: noted a commit of message mode");
-        let frees = held
-            .entries
-            .iter()
-            .filter(|entry| entry.kind == EntryKind::Free)
-            .map(|entry| (entry.addr, entry.version + 1));
-        self.frees_to_release.lock().expect(POISONED).extend(frees);
-        self.release_installed_frees();
-    }
-
-    /// Puts back on their free lists the slots of one-sided frees whose install has landed
-    /// (unlocked, unallocated, at the version the free installed or later). Cheap when there
-    /// are none; the worker calls it every turn.
-    pub fn release_installed_frees(&self) {
-        let mut pending = self.frees_to_release.lock().expect(POISONED);
-        if pending.is_empty() {
-            return;
-        }
-        pending.retain(|&(addr, version)| {
-            let installed = self
-                .with_slot(addr, |words, _| {
-                    let header = object::load_header(words);
-                    !header.is_locked() && header.version() >= version
-                })
-                .unwrap_or(true);
-            if installed {
-                assert!(
-                    self.with_slot(addr, |words, _| !object::load_header(words).is_allocated())
-                        .unwrap_or(true),
-                    "{addr}: freed at v{version}, allocated again before its slot was released"
-                );
-                self.release(&[addr]);
-            }
-            !installed
-        });
-    }
-
-    /// Whether some transaction other than `txn` noted here lists `addr`.
-    fn listed_by_other(&self, txn: TxnId, addr: Addr) -> bool {
-        self.held
+        self.installing
             .lock()
             .expect(POISONED)
-            .iter()
-            .any(|(&other, held)| other != txn && held.entries.iter().any(|e| e.addr == addr))
+            .insert(txn, held.entries);
+        self.observe_installs();
     }
 
-    /// Aborts `txn` for its dead one-sided coordinator (which may have locked some objects by
-    /// compare-and-swap before it died): unlocks each object locked at the version `txn` read
-    /// that no other transaction noted here lists (every lock is explained by a durable LOCK
-    /// record, and the caller has read every ring to its end, so the lock is `txn`'s), and hands
-    /// back its reservations. Returns false, changing nothing, while another transaction lists
-    /// an object `txn` may hold: ask again once that one is settled.
-    pub fn abort_orphan(&self, txn: TxnId) -> bool {
+    /// Forgets the one-sided transactions whose install has landed everywhere here (no object
+    /// still locked by them), putting the slots they freed back on their free lists. Cheap when
+    /// there are none; the worker calls it every turn.
+    pub fn observe_installs(&self) {
+        let mut installing = self.installing.lock().expect(POISONED);
+        if installing.is_empty() {
+            return;
+        }
+        let done: Vec<TxnId> = installing
+            .iter()
+            .filter(|(txn, entries)| entries.iter().all(|e| !self.owned_by(e.addr, **txn)))
+            .map(|(txn, _)| *txn)
+            .collect();
+        for txn in done {
+            let entries = installing.remove(&txn).expect("listed just above");
+            self.release_freed(txn, &entries);
+        }
+    }
+
+    /// Whether `txn` holds the lock of the object at `addr`.
+    fn owned_by(&self, addr: Addr, txn: TxnId) -> bool {
+        self.with_slot(addr, |words, _| {
+            object::load_header(words).owner() == Some(txn.owner())
+        })
+        .unwrap_or(false)
+    }
+
+    /// Puts the slots `txn` freed (installed: unallocated at the version after the one read)
+    /// back on their free lists.
+    fn release_freed(&self, txn: TxnId, entries: &[Entry]) {
+        for entry in entries.iter().filter(|e| e.kind == EntryKind::Free) {
+            let header = self.with_slot(entry.addr, |words, _| object::load_header(words));
+            match header {
+                Some(h) if !h.is_locked() && !h.is_allocated() && h.version() > entry.version => {
+                    self.release(&[entry.addr]);
+                }
+                other => tracing::error!(
+                    "{txn} freed {} but its slot is {other:?}: not put back on the free list",
+                    entry.addr
+                ),
+            }
+        }
+    }
+
+    /// Aborts `txn` for its dead one-sided coordinator, which may have locked some objects by
+    /// compare-and-swap before it died: unlocks those whose lock names `txn` (nobody else's),
+    /// and hands back its reservations.
+    pub fn abort_orphan(&self, txn: TxnId) {
         let entries = match self.held.lock().expect(POISONED).get(&txn) {
             Some(held) if held.one_sided => held.entries.clone(),
-            _ => {
-                self.abort(txn);
-                return true;
-            }
+            _ => Vec::new(),
         };
-        if entries.iter().any(|e| self.listed_by_other(txn, e.addr)) {
-            return false;
-        }
         for entry in &entries {
-            let allocated = entry.kind != EntryKind::Alloc;
-            let locked = Header::new(entry.version, allocated, true);
             self.with_slot(entry.addr, |words, _| {
-                if object::load_header(words) == locked {
-                    object::unlock(words);
-                }
+                object::unlock_if_owner(words, txn.owner())
             });
         }
         self.abort(txn);
+    }
+
+    /// Installs what `txn`'s dead one-sided coordinator committed (some COMMIT-BACKUP exists,
+    /// so every compare-and-swap of it took) and did not install: the objects still locked by
+    /// it, from its LOCK's entries. Returns whether this primary knew the transaction.
+    pub fn install_orphan(&self, txn: TxnId) -> bool {
+        let noted = self.held.lock().expect(POISONED).remove(&txn);
+        let entries = match noted {
+            Some(held) => {
+                assert!(held.one_sided, "{txn}: a one-sided install of message mode");
+                held.entries
+            }
+            None => match self.installing.lock().expect(POISONED).remove(&txn) {
+                Some(entries) => entries,
+                None => return false,
+            },
+        };
+        for entry in &entries {
+            self.with_slot(entry.addr, |words, primary| {
+                if object::load_header(words).owner() != Some(txn.owner()) {
+                    return; // installed by its coordinator before it died
+                }
+                let header =
+                    object::install_with(words, &entry.payload, entry.kind != EntryKind::Free);
+                assert_eq!(header.version(), entry.version + 1, "{txn}: {}", entry.addr);
+                persist_slot(&primary.region, entry.addr, words.len());
+            });
+        }
+        self.release_freed(txn, &entries);
         true
     }
 
@@ -309,23 +337,13 @@ impl Primary {
             .map(|held| held.entries.clone())
     }
 
-    /// COMMIT-PRIMARY: installs the new values and unlocks. For a one-sided transaction (its
-    /// dead coordinator's settlement: some COMMIT-BACKUP exists, so it held every lock), the
-    /// objects it already installed are skipped.
+    /// COMMIT-PRIMARY: installs the new values and unlocks.
     pub fn commit(&self, txn: TxnId) -> Result<(), UnknownCommit> {
         let held = self.held.lock().expect(POISONED).remove(&txn);
-        let Some(held) = held.filter(|h| h.locked || h.one_sided) else {
+        let Some(held) = held.filter(|h| h.locked) else {
             return Err(UnknownCommit { txn });
         };
         for entry in held.entries {
-            let allocated = entry.kind != EntryKind::Alloc;
-            let still_locked = Header::new(entry.version, allocated, true);
-            if held.one_sided
-                && self.with_slot(entry.addr, |words, _| object::load_header(words))
-                    != Some(still_locked)
-            {
-                continue; // installed by its coordinator before it died
-            }
             self.with_slot(entry.addr, |words, primary| {
                 let header =
                     object::install_with(words, &entry.payload, entry.kind != EntryKind::Free);

@@ -24,6 +24,7 @@
 
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::cursor::Cursor;
+use acre_engine::object::Owner;
 use acre_engine::region::AccessKey;
 use acre_nvm_log::RecordKind;
 use std::fmt;
@@ -58,6 +59,19 @@ pub struct TxnId {
     pub thread: u16,
     /// Per slot, grows by one per transaction.
     pub seq: u64,
+}
+
+impl TxnId {
+    /// The tag its locks carry ([`Owner`]): its node (16 bits), slot (10 bits) and the low 36
+    /// bits of its sequence number. Two transactions that hold locks at once never share one:
+    /// a slot runs one transaction at a time, and 2^36 transactions of one slot pass before a
+    /// tag comes again. No transaction has the allocator's tag (its node would be the
+    /// observers', `u16::MAX`).
+    pub fn owner(&self) -> Owner {
+        assert!(self.thread < 1 << 10, "{self}: slot beyond 10 bits");
+        let node = u64::from(self.node.0);
+        Owner::new(node << 46 | u64::from(self.thread) << 36 | (self.seq & ((1 << 36) - 1)))
+    }
 }
 
 impl fmt::Display for TxnId {

@@ -8,6 +8,7 @@ mod faults;
 mod fixture;
 mod index;
 mod list_append;
+mod one_sided;
 mod protocol;
 mod ring_damage;
 mod shm_cluster;

@@ -18,7 +18,7 @@
 
 use super::{Commit, LockSent, Plan, PrimarySteps};
 use crate::error::{CommitError, TxnError, op_error};
-use crate::record::{Body, Entry, EntryKind, ReplyTo, TxnRecord};
+use crate::record::{Body, Entry, EntryKind, ReplyTo, TxnId, TxnRecord};
 use crate::txn_node::TxnNode;
 use acre_engine::addr::{Addr, NodeId};
 use acre_engine::fabric::{Completion, Op};
@@ -96,7 +96,7 @@ impl PrimarySteps for OneSided {
                     .primary()
                     .commit(txn)
                     .expect("this coordinator's own LOCK succeeded");
-            } else if let Err(e) = install(&commit.node, &commit.plan, primary) {
+            } else if let Err(e) = install(&commit.node, &commit.plan, txn, primary, false) {
                 // Committed (the record is durable), not installed: the objects stay locked
                 // and the finisher installs them (super::unfinished); no truncation before.
                 commit.primaries_missed.insert(primary);
@@ -132,15 +132,10 @@ impl PrimarySteps for OneSided {
                     new: lock.unlocked.to_u64(),
                 })
                 .collect();
-            for (lock, result) in cas.iter().zip(commit.node.fabric().execute(primary, ops)) {
-                if !matches!(result, Ok(Completion::Cas { previous }) if previous == lock.locked.to_u64())
-                {
-                    tracing::warn!(
-                        %txn,
-                        %primary,
-                        addr = %lock.addr,
-                        "could not unlock: {result:?}; the lock waits for recovery"
-                    );
+            for result in commit.node.fabric().execute(primary, ops) {
+                if let Err(e) = result {
+                    // The ABORT after this unlocks what still names this transaction.
+                    tracing::debug!(%txn, %primary, "an unlocking CAS failed: {e}");
                 }
             }
         }
@@ -148,7 +143,8 @@ impl PrimarySteps for OneSided {
     }
 }
 
-/// One object this coordinator locked by compare-and-swap: where, and its header both ways.
+/// One object this coordinator locks by compare-and-swap: where, and its header both ways (the
+/// locked one names this transaction's owner).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CasLock {
     addr: Addr,
@@ -177,7 +173,7 @@ impl Commit<'_> {
                 addr: entry.addr,
                 key,
                 unlocked,
-                locked: unlocked.locked(),
+                locked: unlocked.locked_by(self.txn.id.owner()),
             });
         }
         let ops: Vec<Op> = locks
@@ -191,13 +187,14 @@ impl Commit<'_> {
             .collect();
         let results = self.node.fabric().execute(primary, ops);
         assert_eq!(results.len(), locks.len(), "one completion per CAS");
-        let mut taken = Vec::new();
+        // Every compare-and-swap may have taken, even one whose completion says otherwise
+        // (lost with a broken connection): the abort tries to undo all of them, and only
+        // those that name this transaction's owner are undone.
+        self.cas_locked.push((primary, locks.clone()));
         let mut outcome = Ok(());
         for (lock, result) in locks.into_iter().zip(results) {
             match result.map_err(|e| op_error(primary, e)) {
-                Ok(Completion::Cas { previous }) if previous == lock.unlocked.to_u64() => {
-                    taken.push(lock);
-                }
+                Ok(Completion::Cas { previous }) if previous == lock.unlocked.to_u64() => {}
                 Ok(Completion::Cas { .. }) => {
                     outcome = outcome.and(Err(conflict(lock.addr)));
                 }
@@ -210,18 +207,29 @@ impl Commit<'_> {
                 Err(e) => outcome = outcome.and(Err(CommitError::from(e))),
             }
         }
-        if !taken.is_empty() {
-            self.cas_locked.push((primary, taken));
-        }
         outcome
     }
 }
 
 /// Installs every object of `plan`'s LOCK at `primary`, which the coordinator holds locked
 /// and whose COMMIT-PRIMARY is durable there: one batch of WRITEs in the install order, with a
-/// PERSIST of each slot.
-pub(crate) fn install(node: &TxnNode, plan: &Plan, primary: NodeId) -> Result<(), TxnError> {
-    let entries = plan.lock_entries(primary);
+/// PERSIST of each slot. With `again` (an earlier install's outcome is unknown: it may have
+/// landed, and others committed on top since), the headers are read first and only the objects
+/// still locked by `txn` are installed; nobody else can change a header this transaction locks.
+pub(crate) fn install(
+    node: &TxnNode,
+    plan: &Plan,
+    txn: TxnId,
+    primary: NodeId,
+    again: bool,
+) -> Result<(), TxnError> {
+    let mut entries: Vec<&Entry> = plan.lock_entries(primary).iter().collect();
+    if again {
+        let addrs: Vec<Addr> = entries.iter().map(|entry| entry.addr).collect();
+        let headers = node.reader().read_headers(primary, &addrs)?;
+        let mut still_locked = headers.iter().map(|h| h.owner() == Some(txn.owner()));
+        entries.retain(|_| still_locked.next().expect("one header per entry"));
+    }
     let mut ops = Vec::with_capacity(entries.len() * 4);
     for entry in entries {
         let (_, key) = node.reader().primary_of(entry.addr)?;

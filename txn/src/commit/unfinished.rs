@@ -77,28 +77,28 @@ impl Unfinished {
         }
         let mut missed = None;
         for primary in self.primaries_left.clone() {
-            match self.send(node, primary, Body::CommitPrimary, failed) {
-                Ok(()) => {
-                    self.primaries_left.remove(&primary);
-                    if primary == node.node_id() {
-                        // This node's own primary installs inline, as in step 4 (its worker
-                        // only keeps the record).
-                        node.primary()
-                            .commit(self.txn)
-                            .expect("this coordinator's own LOCK succeeded");
-                    } else if node.config().commit == CommitMode::OneSided {
-                        // The coordinator installs (docs/protocol.md#one-sided-commit-mode).
-                        if let Err(e) = super::one_sided::install(node, &self.plan, primary) {
-                            tracing::error!(
-                                txn = %self.txn,
-                                %primary,
-                                "the one-sided install failed: {e}"
-                            );
-                        }
-                    }
-                }
-                Err(reason) => missed = Some((primary, reason)),
+            if let Err(reason) = self.send(node, primary, Body::CommitPrimary, failed) {
+                missed = Some((primary, reason));
+                continue;
             }
+            if primary == node.node_id() {
+                // This node's own primary installs inline, as in step 4 (its worker only keeps
+                // the record).
+                node.primary()
+                    .commit(self.txn)
+                    .expect("this coordinator's own LOCK succeeded");
+            } else if node.config().commit == CommitMode::OneSided {
+                // The coordinator installs (docs/protocol.md#one-sided-commit-mode), only what
+                // it still holds: an earlier install may have landed unseen.
+                let installed =
+                    super::one_sided::install(node, &self.plan, self.txn, primary, true);
+                if let Err(e) = installed {
+                    failed.insert(primary);
+                    missed = Some((primary, format!("the install failed: {e}")));
+                    continue;
+                }
+            }
+            self.primaries_left.remove(&primary);
         }
         if let Some((node, reason)) = missed {
             return Attempt::NotYet { node, reason };

@@ -424,6 +424,34 @@ pub fn install_with<W: AtomicWord>(words: &[W], payload: &[u8], allocated: bool)
     store_installed(words, payload, allocated, version + 1)
 }
 
+/// Installs `payload` at `version` into an object locked for a holder that died, possibly
+/// part-way through its own install of the same (a killed process stops between two stores:
+/// the trailer may already say `version`). The caller holds the lock for it (the header names
+/// the dead holder) and knows the version it was taken at: `version` is one more. Same stores
+/// as [`install_with`]. Returns the new header.
+pub fn install_at<W: AtomicWord>(
+    words: &[W],
+    payload: &[u8],
+    allocated: bool,
+    version: u64,
+) -> Header {
+    let header = load_header(words);
+    assert!(
+        header.is_locked(),
+        "install without holding the lock: header={header}"
+    );
+    let trailer_version = trailer_word(words).load(Acquire);
+    assert!(
+        trailer_version == version || trailer_version + 1 == version,
+        "installing v{version} over trailer v{trailer_version}: header={header}"
+    );
+    assert!(
+        version <= VERSION_MAX,
+        "version past the maximum: v{version}"
+    );
+    store_installed(words, payload, allocated, version)
+}
+
 /// The stores of an install at `version`, in the order the read protocol depends on: trailer,
 /// payload words in increasing address order, header (which also clears the lock).
 fn store_installed<W: AtomicWord>(

@@ -152,16 +152,22 @@ impl Primary {
         self.release(&unused);
     }
 
-    /// LOCK: locks every entry's object at its version, all or nothing. Returns the vote.
-    /// Slots `txn` reserved here and does not install are handed back: execution is over.
-    pub fn lock(&self, txn: TxnId, entries: Vec<Entry>) -> bool {
-        assert!(!entries.is_empty(), "{txn}: a LOCK without entries");
+    /// Hands back the slots `txn`'s ALLOC requests reserved here that its LOCK's `entries` do
+    /// not install: execution is over, so it will not.
+    fn release_allocations_not_in(&self, txn: TxnId, entries: &[Entry]) {
         let installs: Vec<Addr> = entries
             .iter()
             .filter(|entry| entry.kind == EntryKind::Alloc)
             .map(|entry| entry.addr)
             .collect();
         self.release_unused_allocations(txn, &installs);
+    }
+
+    /// LOCK: locks every entry's object at its version, all or nothing. Returns the vote.
+    /// Slots `txn` reserved here and does not install are handed back: execution is over.
+    pub fn lock(&self, txn: TxnId, entries: Vec<Entry>) -> bool {
+        assert!(!entries.is_empty(), "{txn}: a LOCK without entries");
+        self.release_allocations_not_in(txn, &entries);
         let mut locked_count = 0;
         for entry in &entries {
             let locked = self
@@ -204,12 +210,7 @@ impl Primary {
     /// does not install are handed back, as in [`Primary::lock`].
     pub fn note_lock(&self, txn: TxnId, entries: Vec<Entry>) {
         assert!(!entries.is_empty(), "{txn}: a LOCK without entries");
-        let installs: Vec<Addr> = entries
-            .iter()
-            .filter(|entry| entry.kind == EntryKind::Alloc)
-            .map(|entry| entry.addr)
-            .collect();
-        self.release_unused_allocations(txn, &installs);
+        self.release_allocations_not_in(txn, &entries);
         let held = Held {
             entries,
             locked: false,
@@ -318,9 +319,10 @@ impl Primary {
                 if object::load_header(words).owner() != Some(txn.owner()) {
                     return; // installed by its coordinator before it died
                 }
-                let header =
-                    object::install_with(words, &entry.payload, entry.kind != EntryKind::Free);
-                assert_eq!(header.version(), entry.version + 1, "{txn}: {}", entry.addr);
+                // Its coordinator's install may have stopped part-way (the trailer written):
+                // install at the version after the one read, not after the trailer's.
+                let allocated = entry.kind != EntryKind::Free;
+                object::install_at(words, &entry.payload, allocated, entry.version + 1);
                 persist_slot(&primary.region, entry.addr, words.len());
             });
         }

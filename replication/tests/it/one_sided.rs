@@ -27,8 +27,9 @@ fn installs(at: Addr) -> impl Fn(&[Op]) -> bool + Send + Sync {
 }
 
 /// An install whose WRITEs all landed but whose completion was lost (here: the PERSIST fails,
-/// as when a tcp connection breaks after the NIC executed the batch) is installed again by the
-/// finisher, unconditionally, over whatever committed on the object meanwhile.
+/// as when a tcp connection breaks after the NIC executed the batch) is retried by the finisher
+/// only where the header still names the transaction: it once installed again, unconditionally,
+/// over what committed on the object meanwhile.
 #[test]
 fn a_finishers_second_install_does_not_undo_a_later_commit() {
     let cluster = start_in(CommitMode::OneSided, REGION_BYTES, RING_BYTES, vec![]);
@@ -64,21 +65,26 @@ fn a_finishers_second_install_does_not_undo_a_later_commit() {
 }
 
 /// A client that dies after its COMMIT-PRIMARY is durable at a primary but before its install
-/// there: the primary noted the COMMIT-PRIMARY (note_commit dropped its Held), so the
-/// settlement sees "COMMIT-PRIMARY everywhere" and truncates; nobody installs, the object stays
-/// locked for good and the committed value never reaches the primary.
+/// there, or part-way through it (a killed process stops between two stores: here the trailer
+/// landed, the header did not). The settlement installs at the version after the one read. It
+/// once truncated without installing (the object locked for good), and then installed from the
+/// trailer, a version too far (a worker panic).
 #[test]
 fn a_dead_clients_committed_but_uninstalled_object_is_installed() {
+    for landed in [Action::Fail, Action::Partial(1), Action::Partial(2)] {
+        dead_client_committed_but_uninstalled(landed);
+    }
+}
+
+fn dead_client_committed_but_uninstalled(landed: Action) {
     let mut cluster = start_in(CommitMode::OneSided, REGION_BYTES, RING_BYTES, vec![CLIENT]);
     let client = replica(&cluster, CLIENT).txn().clone();
     let n1 = txn_node(&cluster, 0);
     let b = create(&client, region_of(1), b"b0"); // primary n2
     settle(&cluster);
-    cluster.faults().add(
-        Rule::to(NodeId(2), Action::Fail)
-            .from(CLIENT)
-            .when(installs(b)),
-    );
+    cluster
+        .faults()
+        .add(Rule::to(NodeId(2), landed).from(CLIENT).when(installs(b)));
     let mut txn = client.begin().expect("begin");
     txn.write(b, b"b1").expect("write b");
     assert_eq!(txn.commit(), Ok(()), "COMMIT-PRIMARY durable at n2");
@@ -99,10 +105,10 @@ fn a_dead_clients_committed_but_uninstalled_object_is_installed() {
     cluster.check_replicas().expect("replicas match");
 }
 
-/// abort_orphan unlocks an object "locked at the version the dead transaction read" when no
-/// noted transaction lists it. A one-sided commit whose COMMIT-PRIMARY was noted (note_commit
-/// drops its Held) and whose install has not landed holds exactly such a lock: the settlement
-/// of a dead client's transaction that merely listed the object steals it.
+/// A dead client's transaction that listed an object another transaction holds (committed, its
+/// install not landed) must not release that lock when it is aborted: only locks that name the
+/// dead transaction are. Before locks named their owner, the settlement released any lock at
+/// the version read that no noted transaction listed.
 #[test]
 fn a_dead_clients_abort_does_not_unlock_a_committed_transactions_lock() {
     let mut cluster = start_in(CommitMode::OneSided, REGION_BYTES, RING_BYTES, vec![CLIENT]);
@@ -150,57 +156,19 @@ fn a_dead_clients_abort_does_not_unlock_a_committed_transactions_lock() {
 }
 
 /// Two transactions of a dead client both list x at n2: the first holds x locked (it stopped
-/// before COMMIT-BACKUP), the second's CAS failed and its ABORT never landed. Each one's
-/// abort_orphan refuses while the other lists x: x stays locked for good.
+/// before COMMIT-BACKUP), the second's CAS failed and its ABORT never landed. Before locks named
+/// their owner, each one's settlement refused while the other listed x, and x stayed locked for
+/// good; message mode is the control.
 #[test]
 fn two_orphans_listing_one_object_do_not_block_each_other() {
-    use acre_txn::record::COMMIT_BACKUP;
-    let mut cluster = start_in(CommitMode::OneSided, REGION_BYTES, RING_BYTES, vec![CLIENT]);
-    let client = replica(&cluster, CLIENT).txn().clone();
-    let n1 = txn_node(&cluster, 0);
-    let x = create(&n1, region_of(1), b"x0"); // primary n2
-    settle(&cluster);
-    let mut first = client.begin().expect("begin");
-    first.write(x, b"x1").expect("write x");
-    let mut second = client.begin().expect("begin");
-    second.write(x, b"x2").expect("write x");
-    for backup in [NodeId(1), NodeId(3)] {
-        cluster.faults().add(
-            Rule::to(backup, Action::Fail)
-                .from(CLIENT)
-                .when(appends(COMMIT_BACKUP)),
-        );
+    for mode in [CommitMode::OneSided, CommitMode::Messages] {
+        two_orphans_listing_one_object(mode);
     }
-    assert!(matches!(
-        first.commit(),
-        Err(CommitError::Indeterminate { .. })
-    ));
-    assert!(primary_header(&cluster, x).is_locked());
-    cluster.faults().add(
-        Rule::to(NodeId(2), Action::Fail)
-            .from(CLIENT)
-            .when(appends(ABORT)),
-    );
-    assert!(matches!(second.commit(), Err(CommitError::Conflict { .. })));
-    drop(client);
-    cluster.kill(CLIENT);
-    cluster.faults().heal();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while primary_header(&cluster, x).is_locked() {
-        assert!(
-            Instant::now() < deadline,
-            "x is still locked 20 s after the client died"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(value_at(&n1, x).expect("read x"), b"x0");
-    settle(&cluster);
 }
 
-#[test]
-fn two_orphans_listing_one_object_messages_mode_control() {
+fn two_orphans_listing_one_object(mode: CommitMode) {
     use acre_txn::record::COMMIT_BACKUP;
-    let mut cluster = start_in(CommitMode::Messages, REGION_BYTES, RING_BYTES, vec![CLIENT]);
+    let mut cluster = start_in(mode, REGION_BYTES, RING_BYTES, vec![CLIENT]);
     let client = replica(&cluster, CLIENT).txn().clone();
     let n1 = txn_node(&cluster, 0);
     let x = create(&n1, region_of(1), b"x0"); // primary n2

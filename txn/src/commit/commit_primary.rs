@@ -1,17 +1,24 @@
-//! Step 4 in message mode (docs/protocol.md#commit-primary): a COMMIT-PRIMARY record to every
+//! Step 4 (docs/protocol.md#commit-primary), shared by both modes; in message mode: a COMMIT-PRIMARY record to every
 //! primary, whose worker installs the new values (which advances the versions and unlocks).
 //! The transaction is committed once one primary's log holds the record: with every backup
 //! holding COMMIT-BACKUP, recovery would commit it whatever else fails. This node's own
 //! primary installs inline, once its record is durable.
 
 use super::Commit;
-use crate::error::CommitError;
+use crate::error::{CommitError, TxnError};
 use crate::record::{Body, ReplyTo, TxnRecord};
 use acre_engine::addr::NodeId;
 
 impl Commit<'_> {
-    /// Sends COMMIT-PRIMARY to every primary, in node order; reports a primary that missed it.
-    pub(super) fn send_commit_primaries(&mut self) -> Result<(), CommitError> {
+    /// Sends COMMIT-PRIMARY to every primary, in node order, and once a remote primary's record
+    /// is durable has `install_remote` install there (nothing in message mode, where the
+    /// primary's worker installs; the coordinator's WRITEs in one-sided mode). This node's own
+    /// primary installs inline. A primary whose record or install failed is kept for the
+    /// finisher (super::unfinished).
+    pub(super) fn send_commit_primaries(
+        &mut self,
+        mut install_remote: impl FnMut(&Commit<'_>, NodeId) -> Result<(), TxnError>,
+    ) -> Result<(), CommitError> {
         let txn = self.txn.id;
         assert_eq!(
             self.backups_done,
@@ -19,8 +26,11 @@ impl Commit<'_> {
             "{txn}: COMMIT-PRIMARY before every COMMIT-BACKUP is durable"
         );
         assert_eq!(self.primaries_done, 0, "{txn}: COMMIT-PRIMARY sent twice");
+        let me = self.node.node_id();
         let primaries: Vec<NodeId> = self.plan.locks.keys().copied().collect();
         let mut missed = None;
+        // Primaries whose COMMIT-PRIMARY is durable: one is enough to be committed (CP.5).
+        let mut durable = 0;
         for primary in primaries {
             let record = TxnRecord {
                 txn,
@@ -28,36 +38,39 @@ impl Commit<'_> {
                 truncated: Vec::new(),
                 body: Body::CommitPrimary,
             };
-            match self.send(primary, record) {
-                Ok(()) => {
-                    self.primaries_done += 1;
-                    if primary == self.node.node_id() {
-                        self.node
-                            .primary()
-                            .commit(txn)
-                            .expect("this coordinator's own LOCK succeeded");
-                    }
-                }
-                Err(e) => {
-                    self.primaries_missed.insert(primary);
-                    missed = Some((primary, e));
-                }
+            if let Err(e) = self.send(primary, record) {
+                self.primaries_missed.insert(primary);
+                missed = Some((primary, e));
+                continue;
             }
+            durable += 1;
+            if primary == me {
+                self.node
+                    .primary()
+                    .commit(txn)
+                    .expect("this coordinator's own LOCK succeeded");
+            } else if let Err(e) = install_remote(self, primary) {
+                // Committed (the record is durable), not installed: the objects stay locked
+                // until the finisher installs them; no truncation before.
+                self.primaries_missed.insert(primary);
+                missed = Some((primary, e));
+                continue;
+            }
+            self.primaries_done += 1;
         }
         let Some((primary, e)) = missed else {
             return Ok(());
         };
-        if self.primaries_done == 0 {
+        if durable == 0 {
             return Err(CommitError::indeterminate(txn, e));
         }
-        // Committed: one primary has COMMIT-PRIMARY. The one that missed it keeps the objects
-        // locked until it gets the record again (super::unfinished); the records are not
-        // truncated until then.
+        // Committed: one primary has COMMIT-PRIMARY. The one that missed it (or its install)
+        // keeps the objects locked until it gets them again (super::unfinished).
         tracing::warn!(
             %txn,
             %primary,
-            "committed, but COMMIT-PRIMARY missed a primary, which gets it again once it \
-             answers: {e}"
+            "committed, but a primary missed its COMMIT-PRIMARY or install, which it gets \
+             again once it answers: {e}"
         );
         Ok(())
     }

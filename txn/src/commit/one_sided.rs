@@ -18,7 +18,7 @@
 
 use super::{Commit, LockSent, Plan, PrimarySteps};
 use crate::error::{CommitError, TxnError, op_error};
-use crate::record::{Body, Entry, EntryKind, ReplyTo, TxnId, TxnRecord};
+use crate::record::{Entry, EntryKind, ReplyTo, TxnId, TxnRecord};
 use crate::txn_node::TxnNode;
 use acre_engine::addr::{Addr, NodeId};
 use acre_engine::fabric::{Completion, Op};
@@ -66,72 +66,15 @@ impl PrimarySteps for OneSided {
 
     fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
         let txn = commit.txn.id;
-        assert_eq!(
-            commit.backups_done,
-            commit.plan.backups.len(),
-            "{txn}: COMMIT-PRIMARY before every COMMIT-BACKUP is durable"
-        );
-        assert_eq!(commit.primaries_done, 0, "{txn}: COMMIT-PRIMARY sent twice");
-        let me = commit.node.node_id();
-        let primaries: Vec<NodeId> = commit.plan.locks.keys().copied().collect();
-        let mut missed = None;
-        // Primaries whose COMMIT-PRIMARY is durable: one is enough to be committed (CP.5).
-        let mut durable = 0;
-        for primary in primaries {
-            let record = TxnRecord {
-                txn,
-                reply: ReplyTo::NONE,
-                truncated: Vec::new(),
-                body: Body::CommitPrimary,
-            };
-            if let Err(e) = commit.send(primary, record) {
-                commit.primaries_missed.insert(primary);
-                missed = Some((primary, e));
-                continue;
-            }
-            durable += 1;
-            if primary == me {
-                commit
-                    .node
-                    .primary()
-                    .commit(txn)
-                    .expect("this coordinator's own LOCK succeeded");
-            } else if let Err(e) = install(&commit.node, &commit.plan, txn, primary, false) {
-                // Committed (the record is durable), not installed: the objects stay locked
-                // and the finisher installs them (super::unfinished); no truncation before.
-                commit.primaries_missed.insert(primary);
-                missed = Some((primary, e));
-                continue;
-            }
-            commit.primaries_done += 1;
-        }
-        let Some((primary, e)) = missed else {
-            return Ok(());
-        };
-        if durable == 0 {
-            return Err(CommitError::indeterminate(txn, e));
-        }
-        tracing::warn!(
-            %txn,
-            %primary,
-            "committed, but a primary missed its COMMIT-PRIMARY or install, which it gets \
-             again once it answers: {e}"
-        );
-        Ok(())
+        commit.send_commit_primaries(|commit, primary| {
+            install(&commit.node, &commit.plan, txn, primary, false)
+        })
     }
 
     fn abort(&self, commit: &mut Commit<'_>) {
         let txn = commit.txn.id;
         for (primary, cas) in std::mem::take(&mut commit.cas_locked) {
-            let ops: Vec<Op> = cas
-                .iter()
-                .map(|lock| Op::Cas {
-                    addr: lock.addr,
-                    key: lock.key,
-                    expected: lock.locked.to_u64(),
-                    new: lock.unlocked.to_u64(),
-                })
-                .collect();
+            let ops: Vec<Op> = cas.iter().map(CasLock::unlock_op).collect();
             for result in commit.node.fabric().execute(primary, ops) {
                 if let Err(e) = result {
                     // The ABORT after this unlocks what still names this transaction.
@@ -151,6 +94,25 @@ pub(crate) struct CasLock {
     key: AccessKey,
     unlocked: Header,
     locked: Header,
+}
+
+impl CasLock {
+    fn lock_op(&self) -> Op {
+        self.cas(self.unlocked, self.locked)
+    }
+
+    fn unlock_op(&self) -> Op {
+        self.cas(self.locked, self.unlocked)
+    }
+
+    fn cas(&self, expected: Header, new: Header) -> Op {
+        Op::Cas {
+            addr: self.addr,
+            key: self.key,
+            expected: expected.to_u64(),
+            new: new.to_u64(),
+        }
+    }
 }
 
 fn conflict(addr: Addr) -> CommitError {
@@ -176,15 +138,7 @@ impl Commit<'_> {
                 locked: unlocked.locked_by(self.txn.id.owner()),
             });
         }
-        let ops: Vec<Op> = locks
-            .iter()
-            .map(|lock| Op::Cas {
-                addr: lock.addr,
-                key: lock.key,
-                expected: lock.unlocked.to_u64(),
-                new: lock.locked.to_u64(),
-            })
-            .collect();
+        let ops: Vec<Op> = locks.iter().map(CasLock::lock_op).collect();
         let results = self.node.fabric().execute(primary, ops);
         assert_eq!(results.len(), locks.len(), "one completion per CAS");
         // Every compare-and-swap may have taken, even one whose completion says otherwise

@@ -214,6 +214,24 @@ fn authenticated_as(me: NodeId, node: &Node, secret: &ClusterSecret) -> TcpStrea
     stream
 }
 
+/// Sends a HELLO as `node` on a raw connection and returns its nonce and the server's
+/// challenge.
+fn say_hello(stream: &mut TcpStream, node: NodeId) -> (auth::Nonce, Challenge) {
+    let client_nonce = auth::nonce();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        node,
+        client_nonce,
+    };
+    send(stream, &Frame::Hello(hello)).unwrap();
+    let mut inbox = Vec::new();
+    let Some(Frame::Challenge(challenge)) = recv(stream, &mut inbox) else {
+        panic!("expected a challenge");
+    };
+    (client_nonce, challenge)
+}
+
 fn request(request_id: u64, op: Op) -> Frame {
     Frame::Request(Request { request_id, op })
 }
@@ -558,18 +576,7 @@ fn the_server_refuses_a_wrong_proof_and_executes_nothing() {
     let before = node.server.stats();
 
     let mut stream = TcpStream::connect(node.addr()).unwrap();
-    let client_nonce = auth::nonce();
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        node: CLIENT,
-        client_nonce,
-    };
-    send(&mut stream, &Frame::Hello(hello)).unwrap();
-    let mut inbox = Vec::new();
-    let Some(Frame::Challenge(challenge)) = recv(&mut stream, &mut inbox) else {
-        panic!("expected a challenge");
-    };
+    let (client_nonce, challenge) = say_hello(&mut stream, CLIENT);
     // The server proved itself: its proof checks out with the real secret.
     secret
         .verify_server_proof(
@@ -1292,18 +1299,7 @@ fn an_older_connection_that_authenticates_late_is_refused() {
     let secret = ClusterSecret::generate();
     let node = Node::start(SERVER, &secret);
     let mut older = TcpStream::connect(node.addr()).unwrap();
-    let client_nonce = auth::nonce();
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        node: CLIENT,
-        client_nonce,
-    };
-    send(&mut older, &Frame::Hello(hello)).unwrap();
-    let mut inbox = Vec::new();
-    let Some(Frame::Challenge(challenge)) = recv(&mut older, &mut inbox) else {
-        panic!("expected a challenge");
-    };
+    let (client_nonce, challenge) = say_hello(&mut older, CLIENT);
     let newer = node.transport(&secret);
     assert_serves(&node, &newer, 0, 41);
 
@@ -1346,18 +1342,7 @@ fn an_older_connection_that_says_hello_late_is_refused() {
     assert_serves(&node, &newer, 0, 61);
     assert_eq!(node.server.stats().connections_fenced, 0);
 
-    let client_nonce = auth::nonce();
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        node: CLIENT,
-        client_nonce,
-    };
-    send(&mut older, &Frame::Hello(hello)).unwrap();
-    let mut inbox = Vec::new();
-    let Some(Frame::Challenge(challenge)) = recv(&mut older, &mut inbox) else {
-        panic!("expected a challenge");
-    };
+    let (client_nonce, challenge) = say_hello(&mut older, CLIENT);
     let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, CLIENT);
     send(&mut older, &Frame::Proof(proof)).unwrap();
     let _ = send(&mut older, &raw_write(&node, 1, 64, 14));

@@ -144,11 +144,16 @@ fi
 
 common=(--threads "$threads" --seconds "$seconds" --accounts "$accounts" --seed "$seed")
 
-echo "== acre (3 node processes, shm, 3 replicas)"
-$acre cluster down --dir "$cluster_dir" --purge >/dev/null 2>&1 || true
-$acre cluster up --dir "$cluster_dir" --transport shm --ring-bytes $((4 << 20)) >/dev/null
-timeout "$run_timeout" $acre bench bank "${common[@]}" --target "acre:$cluster_dir" --json "$out/acre.json"
-$acre cluster down --dir "$cluster_dir" --purge >/dev/null
+# Both commit modes: one-sided (the default, the base of the ratios) and FaRM's messages.
+for mode in one-sided messages; do
+  echo "== acre (3 node processes, shm, 3 replicas, $mode commits)"
+  $acre cluster down --dir "$cluster_dir" --purge >/dev/null 2>&1 || true
+  $acre cluster up --dir "$cluster_dir" --transport shm --ring-bytes $((4 << 20)) --commit "$mode" >/dev/null
+  json="$out/acre.json"
+  [ "$mode" = messages ] && json="$out/acre-messages.json"
+  timeout "$run_timeout" $acre bench bank "${common[@]}" --target "acre:$cluster_dir" --json "$json"
+  $acre cluster down --dir "$cluster_dir" --purge >/dev/null
+done
 
 echo "== redis"
 timeout "$run_timeout" $acre bench bank "${common[@]}" --flush \
@@ -161,14 +166,16 @@ python3 - "$out" "$redis_setup" "$pg_setup" <<'EOF' > "$out/bank-vs-peers.md"
 import json, sys
 out, redis_setup, pg_setup = sys.argv[1:]
 reports = {}
-for target in ("acre", "redis", "postgres"):
-    with open(f"{out}/{target}.json") as f:
+for target, file in (("acre", "acre"), ("acre, messages", "acre-messages"),
+                     ("redis", "redis"), ("postgres", "postgres")):
+    with open(f"{out}/{file}.json") as f:
         reports[target] = json.load(f)
 a = reports["acre"]
 print(f'Bank transfers, {a["accounts"]} accounts of {a["initial_balance"]}, seed {a["seed"]}, '
       f'{a["duration_s"]:g} s per row after {a["warmup_s"]:g} s of warm-up; every target '
       f'draws the same transfers and its total was checked after every row.\n')
-print(f'- Acre: {a["description"]}; the logs are in /dev/shm (memory).')
+print(f'- Acre: {a["description"]} (the base of the ratios), and {reports["acre, messages"]["description"]}; '
+      'the logs are in /dev/shm (memory).')
 print(f'- Redis: {reports["redis"]["description"]}; {redis_setup}.')
 print(f'- PostgreSQL: {reports["postgres"]["description"]}; {pg_setup}. '
       'fsync and synchronous_commit are at their defaults: each commit waits for its WAL flush.')

@@ -230,9 +230,10 @@ fn connect(args: &BankBenchArgs, target: &Target) -> anyhow::Result<Box<dyn Back
             );
             let db = Db::connect(&file)?;
             let description = format!(
-                "Acre, the cluster in {} ({} nodes)",
+                "Acre, the cluster in {} ({} nodes, {} commits)",
                 dir.display(),
-                db.config().nodes.len()
+                db.config().nodes.len(),
+                db.config().commit.name()
             );
             Box::new(AcreBackend::new(db, description))
         }

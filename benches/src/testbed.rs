@@ -15,7 +15,7 @@ use acre_engine::directory::{self, AreaEntry, AreaKind, NodeManifest};
 use acre_engine::fabric::local::{LocalCluster, LocalTransport};
 use acre_engine::fabric::shm::ShmTransport;
 use acre_engine::fabric::tcp::{ClusterSecret, NicServer, TcpTransport};
-use acre_engine::fabric::{Doorbell, Fabric, NodeMemory, Op, OpError, Transport};
+use acre_engine::fabric::{Doorbell, Fabric, Membership, NodeMemory, Op, OpError, Transport};
 use acre_engine::region::{AccessKey, Region};
 use acre_nvm_log::{LogError, MapOptions, RecordKind};
 use std::any::Any;
@@ -33,6 +33,8 @@ pub const DATA_REGION: RegionId = RegionId(1);
 pub const DATA_REGION_BYTES: u64 = 1 << 20;
 /// How long a ring round trip may take before the benchmark gives up.
 pub const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The configuration the tcp testbed's nodes are members of.
+const CONFIG: u64 = 1;
 /// How long the responder of a ring round trip sleeps before it checks whether to stop.
 const RESPONDER_IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Bounds the attempts of one ring send that finds the ring full.
@@ -256,14 +258,15 @@ impl Testbed {
         let mut parts = Vec::with_capacity(ids.len());
         for &id in ids {
             let (memory, data_key, inbox) = anonymous_memory(id, ids)?;
-            let server = NicServer::start(listen, memory.clone(), secret.clone())?;
+            let membership = Membership::new(CONFIG, ids.iter().copied());
+            let server = NicServer::start(listen, memory.clone(), secret.clone(), membership)?;
             addrs.push((id, server.local_addr()));
             servers.push(server);
             parts.push((id, memory, data_key, inbox));
         }
         let mut nodes = Vec::with_capacity(ids.len());
         for (id, memory, data_key, inbox) in parts {
-            let transport = TcpTransport::new(id, secret.clone());
+            let transport = TcpTransport::new(id, CONFIG, secret.clone());
             for &(peer, addr) in addrs.iter().filter(|(peer, _)| *peer != id) {
                 transport.add_peer(peer, addr);
             }

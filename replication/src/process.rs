@@ -14,11 +14,11 @@ use crate::{ReplicaNode, StartError, Storage};
 use acre_engine::addr::NodeId;
 use acre_engine::directory::remove_node_files;
 use acre_engine::directory::{self, NodeManifest};
-use acre_engine::fabric::Fabric;
 use acre_engine::fabric::doorbell::Doorbell;
 use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::tcp::NicServer;
 use acre_engine::fabric::transport_kind::{self, OpenError};
+use acre_engine::fabric::{Fabric, Membership};
 use acre_txn::TxnNode;
 use acre_txn::directory::Directory;
 use std::io;
@@ -231,9 +231,19 @@ impl ProcessNode {
             })?;
         let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
         let options = file.map_options();
-        let (transport, nic, tcp_addr) =
-            transport_kind::open_transport(dir, node, file.transport, None, options, &memory)
-                .map_err(|source| NodeStartError::Transport { node, source })?;
+        // On tcp the NIC thread serves the configuration's members only (and observers'
+        // reads): a process of another cluster file that holds the same secret is refused.
+        let membership = Membership::new(file.config.id, file.config.members());
+        let (transport, nic, tcp_addr) = transport_kind::open_transport(
+            dir,
+            node,
+            file.transport,
+            None,
+            options,
+            &memory,
+            membership,
+        )
+        .map_err(|source| NodeStartError::Transport { node, source })?;
         let fabric = Arc::new(Fabric::new(memory, transport));
         let replica = ReplicaNode::start(
             Arc::new(file.config.clone()),

@@ -458,7 +458,7 @@ fn observer_fabric(dir: &Path, file: &ClusterFile) -> Result<Fabric, String> {
         TransportKind::Tcp => {
             let secret =
                 ClusterSecret::from_file(&dir.join(SECRET_FILE)).map_err(|e| e.to_string())?;
-            Transport::Tcp(TcpTransport::new(OBSERVER, secret))
+            Transport::Tcp(TcpTransport::new(OBSERVER, file.config.id, secret))
         }
     };
     Ok(Fabric::new(memory, transport))

@@ -21,6 +21,7 @@ pub mod doorbell;
 pub mod exec;
 pub mod fault;
 pub mod local;
+pub mod membership;
 pub mod memory;
 pub mod shm;
 pub mod transport_kind;
@@ -28,6 +29,7 @@ pub mod transport_kind;
 use crate::addr::{Addr, NodeId};
 use crate::region::{AccessError, AccessKey};
 pub use doorbell::Doorbell;
+pub use membership::Membership;
 pub use memory::NodeMemory;
 
 /// Largest READ or WRITE one operation may carry (also bounds TCP frames).
@@ -108,6 +110,16 @@ pub enum OpError {
     PersistFailed { node: NodeId, reason: String },
     #[error("{node} violated the wire protocol: {reason}")]
     Protocol { node: NodeId, reason: String },
+    /// The target refused this node: it is not a member of the target's configuration
+    /// `config`, or it connected as a member of an older one (or it is an observer and the
+    /// operation writes). Nothing of the refused operations executed. Retrying as is cannot
+    /// succeed: learn the current configuration first, or stop if this node was removed.
+    #[error(
+        "{node} refused this node: it is not a member of {node}'s configuration {config} (or \
+         is bound to an older one, or is an observer that may only read); nothing was \
+         executed: learn the current configuration before retrying"
+    )]
+    NotMember { node: NodeId, config: u64 },
 }
 
 pub type OpResult = Result<Completion, OpError>;

@@ -5,6 +5,7 @@
 use crate::addr::NodeId;
 use crate::directory;
 use crate::fabric::Transport;
+use crate::fabric::membership::Membership;
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::shm::ShmTransport;
 use crate::fabric::tcp::{ClusterSecret, NicServer, SecretFileError, TcpTransport};
@@ -50,9 +51,13 @@ pub enum OpenError {
 pub const LISTEN_DEFAULT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
-/// Node `node`'s transport to the others in cluster directory `dir`: shm maps their files
-/// there; tcp starts this node's NIC thread on `listen` (default [`LISTEN_DEFAULT`]) serving
-/// `memory`, and returns it with its address.
+/// Node `node`'s transport to the others in cluster directory `dir`, as a member of
+/// `membership`: shm maps their files there; tcp starts this node's NIC thread on `listen`
+/// (default [`LISTEN_DEFAULT`]) serving `memory` to `membership`'s members only, and returns
+/// it with its address; its connections to the others are bound to `membership`'s id.
+///
+/// Nothing on shm can refuse a non-member (an initiator stores into the target's mapped files
+/// itself): a removed node is fenced by ending its process (docs/failures.md#fencing).
 pub fn open_transport(
     dir: &Path,
     node: NodeId,
@@ -60,6 +65,7 @@ pub fn open_transport(
     listen: Option<SocketAddr>,
     options: MapOptions,
     memory: &Arc<NodeMemory>,
+    membership: Membership,
 ) -> Result<(Transport, Option<NicServer>, Option<SocketAddr>), OpenError> {
     match kind {
         TransportKind::Shm => Ok((
@@ -70,11 +76,12 @@ pub fn open_transport(
         TransportKind::Tcp => {
             let secret = ClusterSecret::from_file(&dir.join(directory::SECRET_FILE))?;
             let addr = listen.unwrap_or(LISTEN_DEFAULT);
-            let nic = NicServer::start(addr, memory.clone(), secret.clone())
+            let config = membership.config();
+            let nic = NicServer::start(addr, memory.clone(), secret.clone(), membership)
                 .map_err(|source| OpenError::Listen { addr, source })?;
             let local = nic.local_addr();
             Ok((
-                Transport::Tcp(TcpTransport::new(node, secret)),
+                Transport::Tcp(TcpTransport::new(node, config, secret)),
                 Some(nic),
                 Some(local),
             ))
@@ -109,6 +116,7 @@ mod tests {
             None,
             MapOptions::default(),
             &memory,
+            Membership::new(1, [NodeId(1)]),
         )
         .err()
         .expect("no secret file");

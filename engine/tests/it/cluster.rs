@@ -11,7 +11,7 @@ use acre_engine::directory::{self, AreaEntry, AreaKind, NodeManifest};
 use acre_engine::fabric::local::{LocalCluster, LocalTransport};
 use acre_engine::fabric::shm::ShmTransport;
 use acre_engine::fabric::tcp::{ClusterSecret, NicServer, TcpTransport};
-use acre_engine::fabric::{Doorbell, Fabric, NodeMemory, Transport};
+use acre_engine::fabric::{Doorbell, Fabric, Membership, NodeMemory, Transport};
 use acre_engine::region::{AccessKey, Region};
 use acre_nvm_log::MapOptions;
 use std::any::Any;
@@ -55,6 +55,9 @@ pub struct Cluster {
     /// them, because fields drop in declaration order.
     _keep: Box<dyn Any>,
 }
+
+/// The configuration the tcp cluster's nodes are members of.
+const CONFIG: u64 = 1;
 
 fn node_ids() -> [NodeId; NODE_COUNT] {
     std::array::from_fn(|index| NodeId(index as u16 + 1))
@@ -165,8 +168,9 @@ pub fn tcp() -> Cluster {
     let mut parts = Vec::with_capacity(NODE_COUNT);
     for id in node_ids() {
         let (memory, data_key, inbox) = anonymous_memory(id);
-        let server =
-            NicServer::start(listen, memory.clone(), secret.clone()).expect("start the NIC server");
+        let membership = Membership::new(CONFIG, node_ids());
+        let server = NicServer::start(listen, memory.clone(), secret.clone(), membership)
+            .expect("start the NIC server");
         addrs.push((id, server.local_addr()));
         servers.push(server);
         parts.push((memory, data_key, inbox));
@@ -174,7 +178,7 @@ pub fn tcp() -> Cluster {
     let mut parts = parts.into_iter();
     let nodes = node_ids().map(|id| {
         let (memory, data_key, inbox) = parts.next().expect("one part per node");
-        let transport = TcpTransport::new(id, secret.clone());
+        let transport = TcpTransport::new(id, CONFIG, secret.clone());
         for &(peer, addr) in addrs.iter().filter(|(peer, _)| *peer != id) {
             transport.add_peer(peer, addr);
         }

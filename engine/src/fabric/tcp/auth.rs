@@ -3,14 +3,18 @@
 //!
 //! The handshake (frame layouts in [`super::frame`]):
 //!
-//! 1. client -> server HELLO { magic, version, client node, client nonce }
+//! 1. client -> server HELLO { magic, version, client node, client config, client nonce }
 //! 2. server -> client CHALLENGE { server node, server nonce,
 //!    HMAC(secret, "acre server" || client nonce || server nonce || server node) }
 //! 3. the client verifies the server's proof, so it never sends an operation to an impostor;
 //! 4. client -> server PROOF { HMAC(secret, "acre client" || server nonce || client nonce ||
-//!    client node) }
+//!    client node || client config) }
 //! 5. the server verifies it (constant-time, through `hmac`'s `verify_slice`) before it reads a
-//!    single REQUEST; on failure it sends REFUSED and closes.
+//!    single REQUEST; on failure it sends REFUSED and closes. Then it checks the client is a
+//!    member of its configuration ([`crate::fabric::membership`]), or refuses it too.
+//!
+//! The proof covers the client's configuration id as well as its node id, so the connection is
+//! bound to both as firmly as the handshake binds anything.
 //!
 //! Both nonces are fresh random bytes, so a recorded handshake cannot be replayed, and the
 //! labels keep a server's proof from being reflected back as a client's. The server includes its
@@ -32,8 +36,9 @@ use std::time::Duration;
 
 /// Bytes of a cluster secret.
 pub const SECRET_BYTES: usize = 32;
-/// The wire protocol version a HELLO announces; a server refuses any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The wire protocol version a HELLO announces; a server refuses any other. Version 2 added
+/// the client's configuration id to HELLO and to the client's proof.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// How long either side waits for the whole handshake before it gives up on the connection.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -149,12 +154,19 @@ impl ClusterSecret {
             .chain_update(server.0.to_le_bytes())
     }
 
-    fn client_mac(&self, server_nonce: &Nonce, client_nonce: &Nonce, client: NodeId) -> HmacSha256 {
+    fn client_mac(
+        &self,
+        server_nonce: &Nonce,
+        client_nonce: &Nonce,
+        client: NodeId,
+        config: u64,
+    ) -> HmacSha256 {
         self.mac()
             .chain_update(CLIENT_LABEL)
             .chain_update(server_nonce)
             .chain_update(client_nonce)
             .chain_update(client.0.to_le_bytes())
+            .chain_update(config.to_le_bytes())
     }
 
     /// The server's proof that it holds the secret, bound to both nonces and its node id.
@@ -180,14 +192,16 @@ impl ClusterSecret {
             .map_err(|_| BadProof)
     }
 
-    /// The client's proof that it holds the secret, bound to both nonces and its node id.
+    /// The client's proof that it holds the secret, bound to both nonces, its node id and its
+    /// configuration id.
     pub fn client_proof(
         &self,
         server_nonce: &Nonce,
         client_nonce: &Nonce,
         client: NodeId,
+        config: u64,
     ) -> Proof {
-        to_proof(self.client_mac(server_nonce, client_nonce, client))
+        to_proof(self.client_mac(server_nonce, client_nonce, client, config))
     }
 
     /// Checks a client's proof in constant time.
@@ -196,9 +210,10 @@ impl ClusterSecret {
         server_nonce: &Nonce,
         client_nonce: &Nonce,
         client: NodeId,
+        config: u64,
         proof: &Proof,
     ) -> Result<(), BadProof> {
-        self.client_mac(server_nonce, client_nonce, client)
+        self.client_mac(server_nonce, client_nonce, client, config)
             .verify_slice(proof)
             .map_err(|_| BadProof)
     }
@@ -259,16 +274,21 @@ mod tests {
         );
         // A server's proof is not a client's proof for the same inputs (different labels).
         assert_eq!(
-            secret.verify_client_proof(&c, &s, NodeId(4), &proof),
+            secret.verify_client_proof(&c, &s, NodeId(4), 0, &proof),
             Err(BadProof)
         );
-        let proof = secret.client_proof(&s, &c, NodeId(2));
+        let proof = secret.client_proof(&s, &c, NodeId(2), 7);
         assert_eq!(
-            secret.verify_client_proof(&s, &c, NodeId(2), &proof),
+            secret.verify_client_proof(&s, &c, NodeId(2), 7, &proof),
             Ok(())
         );
         assert_eq!(
-            secret.verify_client_proof(&s, &c, NodeId(3), &proof),
+            secret.verify_client_proof(&s, &c, NodeId(3), 7, &proof),
+            Err(BadProof)
+        );
+        // The configuration id is bound too: a proof for 7 is not one for 8.
+        assert_eq!(
+            secret.verify_client_proof(&s, &c, NodeId(2), 8, &proof),
             Err(BadProof)
         );
     }

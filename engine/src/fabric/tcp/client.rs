@@ -26,6 +26,14 @@
 //! [`OpError::Unreachable`](crate::fabric::OpError::Unreachable) and the next post reconnects.
 //! Nobody reads an idle connection, so a post first checks, without blocking, that the peer has
 //! not hung up meanwhile, and dials again if it has.
+//!
+//! Every connection is bound at its handshake to this node's configuration id
+//! ([`TcpTransport::set_configuration`] replaces it; later posts dial anew). A peer that does
+//! not count this node as a member of its configuration refuses the handshake, or closes a live
+//! connection after a REFUSED(not a member) frame behind the responses it still sent: the
+//! operations it refused fail with [`OpError::NotMember`](crate::fabric::OpError::NotMember),
+//! which says that none of them executed, and so does every post to it until the configuration
+//! changes.
 
 use crate::addr::NodeId;
 use crate::fabric::exec;
@@ -39,7 +47,7 @@ use crate::fabric::{Op, OpError, OpResult, Pending};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -95,8 +103,8 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     /// Whether another attempt may succeed (the peer may be restarting or busy); failures of
-    /// authentication or identity will not change by retrying.
-    fn is_transient(&self) -> bool {
+    /// authentication, identity or membership will not change by retrying.
+    pub fn is_transient(&self) -> bool {
         match self {
             HandshakeError::Io { .. } | HandshakeError::Timeout { .. } => true,
             HandshakeError::Refused { refusal, .. } => *refusal == Refusal::Busy,
@@ -110,6 +118,8 @@ impl HandshakeError {
 /// This node's side of the TCP transport: the peers it can reach and a connection to each.
 pub struct TcpTransport {
     me: NodeId,
+    /// The configuration this node is in; new connections are bound to it.
+    config: AtomicU64,
     secret: ClusterSecret,
     peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
 }
@@ -118,6 +128,7 @@ impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpTransport")
             .field("me", &self.me)
+            .field("config", &self.configuration())
             .finish_non_exhaustive()
     }
 }
@@ -139,13 +150,33 @@ impl Drop for Peer {
 }
 
 impl TcpTransport {
-    /// A transport for node `me` that authenticates with `secret`. It knows no peers yet.
-    pub fn new(me: NodeId, secret: ClusterSecret) -> TcpTransport {
+    /// A transport for node `me`, a member of configuration `config` (any id for an observer),
+    /// that authenticates with `secret`. It knows no peers yet.
+    pub fn new(me: NodeId, config: u64, secret: ClusterSecret) -> TcpTransport {
         TcpTransport {
             me,
+            config: AtomicU64::new(config),
             secret,
             peers: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The configuration this node's connections are bound to.
+    pub fn configuration(&self) -> u64 {
+        self.config.load(Ordering::Acquire)
+    }
+
+    /// Moves this node to configuration `config`: every later post goes out on a connection
+    /// bound to it, dialled anew (the peer's fence then closes the old connection with any
+    /// requests it has not read). Operations in flight on an old connection still complete or
+    /// fail as they would have. Panics if `config` is lower than the current id: configuration
+    /// ids only grow.
+    pub fn set_configuration(&self, config: u64) {
+        let previous = self.config.fetch_max(config, Ordering::AcqRel);
+        assert!(
+            previous <= config,
+            "config={config} previous={previous}: configuration ids only grow"
+        );
     }
 
     /// Makes `node` reachable at `addr` (the address of its [`NicServer`](super::NicServer)).
@@ -172,8 +203,9 @@ impl TcpTransport {
     /// Returns once the requests are handed to the kernel; the first post to a node (or the
     /// first after its connection broke) also connects and authenticates, which blocks for up
     /// to [`CONNECT_ATTEMPTS_MAX`] attempts. Fails every operation with `UnknownNode` for a node
-    /// never added, `TooLarge` if one moves more than `OP_BYTES_MAX` bytes, and `Unreachable`
-    /// if no connection could be made or the connection breaks before they complete.
+    /// never added, `TooLarge` if one moves more than `OP_BYTES_MAX` bytes, `NotMember` if the
+    /// target does not serve this node in its configuration, and `Unreachable` if no connection
+    /// could be made or the connection breaks before they complete.
     pub fn post(&self, target: NodeId, ops: Vec<Op>) -> Pending {
         Pending::tcp(self.post_batch(target, ops))
     }
@@ -196,50 +228,67 @@ impl TcpTransport {
         };
         match self.link(&peer) {
             Ok(link) => link.post(ops),
-            Err(reason) => PendingBatch::failed(
-                ops.len(),
-                OpError::Unreachable {
-                    node: target,
-                    reason,
-                },
-            ),
+            Err(error) => PendingBatch::failed(ops.len(), error),
         }
     }
 
-    /// The peer's live connection, connecting (with bounded attempts) if there is none.
-    fn link(&self, peer: &Peer) -> Result<Arc<Link>, String> {
+    /// The peer's live connection, connecting (with bounded attempts) if there is none or if
+    /// it is bound to an older configuration.
+    fn link(&self, peer: &Peer) -> Result<Arc<Link>, OpError> {
+        let config = self.configuration();
         let mut slot = lock(&peer.link);
-        if let Some(link) = slot.as_ref().filter(|link| link.is_usable()) {
-            return Ok(link.clone());
+        if let Some(link) = slot.as_ref() {
+            if link.config < config {
+                link.break_link(format!("this node moved to configuration {config}"));
+            } else if link.is_usable() {
+                return Ok(link.clone());
+            }
         }
         *slot = None;
+        let unreachable = |reason| OpError::Unreachable {
+            node: peer.node,
+            reason,
+        };
         let mut last_error = String::new();
         for attempt in 0..CONNECT_ATTEMPTS_MAX {
             if attempt > 0 {
                 std::thread::sleep(CONNECT_BACKOFF * attempt);
             }
-            match connect(self.me, &self.secret, peer.node, peer.addr) {
+            match connect(self.me, config, &self.secret, peer.node, peer.addr) {
                 Ok((stream, leftover)) => {
-                    let link = Arc::new(
-                        Link::start(peer.node, stream, leftover).map_err(|e| e.to_string())?,
-                    );
+                    let link = Link::start(peer.node, config, stream, leftover)
+                        .map_err(|e| unreachable(e.to_string()))?;
+                    let link = Arc::new(link);
                     *slot = Some(link.clone());
                     return Ok(link);
                 }
+                Err(HandshakeError::Refused {
+                    refusal: Refusal::NotMember { config },
+                    ..
+                }) => {
+                    return Err(OpError::NotMember {
+                        node: peer.node,
+                        config,
+                    });
+                }
                 Err(e) if e.is_transient() => last_error = e.to_string(),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(unreachable(e.to_string())),
             }
         }
-        Err(format!(
+        Err(unreachable(format!(
             "{last_error} (gave up after {CONNECT_ATTEMPTS_MAX} attempts)"
-        ))
+        )))
     }
 }
 
-/// Connects to `node` at `addr` and runs the client half of the handshake. Returns the stream
-/// and any bytes already received after the CHALLENGE.
+/// Connects to `node` at `addr` and runs the client half of the handshake as `me`, a member of
+/// configuration `config`. Returns the stream and any bytes already received after the
+/// CHALLENGE. A server that does not admit `me` in `config` refuses the HELLO; if its
+/// membership changes before the PROOF arrives, it refuses after the PROOF instead, which the
+/// first read of the connection sees.
 pub(crate) fn connect(
     me: NodeId,
+    config: u64,
     secret: &ClusterSecret,
     node: NodeId,
     addr: SocketAddr,
@@ -253,6 +302,7 @@ pub(crate) fn connect(
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         node: me,
+        config,
         client_nonce,
     });
     write_before(&stream, &frame::encode_to_vec(&hello), deadline, addr)?;
@@ -281,7 +331,7 @@ pub(crate) fn connect(
             actual: challenge.node,
         });
     }
-    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, me);
+    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, me, config);
     write_before(
         &stream,
         &frame::encode_to_vec(&Frame::Proof(proof)),
@@ -369,6 +419,8 @@ fn read_frame_before(
 /// [`PendingBatch`]es of its operations.
 struct Link {
     node: NodeId,
+    /// The configuration the handshake bound this connection to.
+    config: u64,
     /// A handle on the socket used to shut it down, which ends a reader's blocking read.
     socket: TcpStream,
     /// The sending side. Request ids are assigned under its lock, so requests go out in id
@@ -406,8 +458,9 @@ struct LinkState {
     /// Batches with operations in flight, oldest first (the order responses complete them).
     inflight: VecDeque<Arc<BatchState>>,
     inflight_ops: usize,
-    /// Set once, when the connection breaks; no operation is registered after that.
-    broken: Option<String>,
+    /// Set once, when the connection breaks, to what its operations fail with; no operation is
+    /// registered after that.
+    broken: Option<OpError>,
     /// Whether a thread holds the reader role: it alone reads the socket and completes what it
     /// finds, for every batch. Threads that wait meanwhile park on their own batch.
     reading: bool,
@@ -417,12 +470,13 @@ struct LinkState {
 }
 
 impl Link {
-    fn start(node: NodeId, stream: TcpStream, leftover: Vec<u8>) -> io::Result<Link> {
+    fn start(node: NodeId, config: u64, stream: TcpStream, leftover: Vec<u8>) -> io::Result<Link> {
         stream.set_read_timeout(Some(SILENCE_CHECK_INTERVAL))?;
         stream.set_write_timeout(Some(WRITE_CHECK_INTERVAL))?;
         let end = leftover.len();
         Ok(Link {
             node,
+            config,
             socket: stream.try_clone()?,
             writer: Mutex::new(Writer {
                 stream: stream.try_clone()?,
@@ -479,11 +533,8 @@ impl Link {
         };
         let mut state = lock(&self.state);
         loop {
-            if let Some(reason) = &state.broken {
-                return Err(OpError::Unreachable {
-                    node: self.node,
-                    reason: reason.clone(),
-                });
+            if let Some(error) = &state.broken {
+                return Err(error.clone());
             }
             if has_room(&state) {
                 break;
@@ -620,29 +671,30 @@ impl Link {
     fn lead(&self, goal: &dyn Fn() -> bool) {
         let mut receiver = lock(&self.receiver);
         let outcome = loop {
-            if let Err(reason) = self.complete_received(&mut receiver) {
-                break Err(reason);
+            if let Err(error) = self.complete_received(&mut receiver) {
+                break Err(error);
             }
             if goal() {
                 break Ok(());
             }
             // The goal is not met, so operations are in flight.
             match receiver.read_more(false) {
-                Ok(0) => break Err("the peer closed the connection".to_string()),
+                Ok(0) => break Err(self.unreachable("the peer closed the connection")),
                 Ok(_) => receiver.quiet_since = None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => {
                     let since = *receiver.quiet_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= RESPONSE_SILENCE_MAX {
-                        break Err(format!("no response for {RESPONSE_SILENCE_MAX:?}"));
+                        let reason = format!("no response for {RESPONSE_SILENCE_MAX:?}");
+                        break Err(self.unreachable(reason));
                     }
                 }
-                Err(e) => break Err(format!("receiving failed: {e}")),
+                Err(e) => break Err(self.unreachable(format!("receiving failed: {e}"))),
             }
         };
         drop(receiver);
-        if let Err(reason) = outcome {
-            self.break_link(reason);
+        if let Err(error) = outcome {
+            self.break_with(error);
         }
         self.resign();
     }
@@ -659,11 +711,11 @@ impl Link {
         }
         let mut receiver = lock(&self.receiver);
         let outcome = loop {
-            if let Err(reason) = self.complete_received(&mut receiver) {
-                break Err(reason);
+            if let Err(error) = self.complete_received(&mut receiver) {
+                break Err(error);
             }
             match receiver.read_more(true) {
-                Ok(0) => break Err("the peer closed the connection".to_string()),
+                Ok(0) => break Err(self.unreachable("the peer closed the connection")),
                 Ok(_) => receiver.quiet_since = None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -672,16 +724,17 @@ impl Link {
                     }
                     let since = *receiver.quiet_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= RESPONSE_SILENCE_MAX {
-                        break Err(format!("no response for {RESPONSE_SILENCE_MAX:?}"));
+                        let reason = format!("no response for {RESPONSE_SILENCE_MAX:?}");
+                        break Err(self.unreachable(reason));
                     }
                     break Ok(());
                 }
-                Err(e) => break Err(format!("receiving failed: {e}")),
+                Err(e) => break Err(self.unreachable(format!("receiving failed: {e}"))),
             }
         };
         drop(receiver);
-        if let Err(reason) = outcome {
-            self.break_link(reason);
+        if let Err(error) = outcome {
+            self.break_with(error);
         }
         self.resign();
     }
@@ -706,38 +759,47 @@ impl Link {
     }
 
     /// Decodes the complete frames in the receiver's inbox and completes the operations they
-    /// answer. Any frame but a RESPONSE to the oldest operation in flight breaks the protocol.
-    fn complete_received(&self, receiver: &mut Receiver) -> Result<(), String> {
+    /// answer. Any frame but a RESPONSE to the oldest operation in flight, or a REFUSED that
+    /// ends the connection, breaks the protocol.
+    fn complete_received(&self, receiver: &mut Receiver) -> Result<(), OpError> {
         if receiver.start == receiver.end {
             return Ok(());
         }
         let mut state = lock(&self.state);
-        if let Some(reason) = &state.broken {
-            return Err(reason.clone());
+        if let Some(error) = &state.broken {
+            return Err(error.clone());
         }
         let mut completed_any = false;
         loop {
             match frame::decode(&receiver.inbox[receiver.start..receiver.end]) {
                 Ok(Some((Frame::Response(response), consumed))) => {
                     receiver.start += consumed;
-                    state.complete(response)?;
+                    state.complete(response).map_err(|r| self.unreachable(r))?;
                     completed_any = true;
                 }
+                // The server refused this node after the handshake (its proof, or a change of
+                // its membership) and executed none of the requests it has not answered.
+                Ok(Some((Frame::Refused(Refusal::NotMember { config }), _))) => {
+                    return Err(OpError::NotMember {
+                        node: self.node,
+                        config,
+                    });
+                }
                 Ok(Some((Frame::Refused(refusal), _))) => {
-                    return Err(format!("the peer refused this node: {refusal}"));
+                    return Err(self.unreachable(format!("the peer refused this node: {refusal}")));
                 }
                 Ok(Some((other, _))) => {
-                    return Err(format!(
+                    return Err(self.unreachable(format!(
                         "protocol violation: unexpected frame kind {}",
                         other.kind()
-                    ));
+                    )));
                 }
                 Ok(None) => break,
                 Err(
                     e @ (FrameError::Oversize { .. }
                     | FrameError::UnknownKind { .. }
                     | FrameError::Malformed { .. }),
-                ) => return Err(format!("protocol violation: {e}")),
+                ) => return Err(self.unreachable(format!("protocol violation: {e}"))),
             }
         }
         if completed_any && state.room_waiters > 0 {
@@ -746,24 +808,33 @@ impl Link {
         Ok(())
     }
 
-    /// Marks the connection broken, fails every in-flight operation with `Unreachable` and
-    /// shuts the socket down (which ends a reader's blocking read). The first reason sticks.
+    fn unreachable(&self, reason: impl Into<String>) -> OpError {
+        OpError::Unreachable {
+            node: self.node,
+            reason: reason.into(),
+        }
+    }
+
+    /// Breaks the connection with `Unreachable` for `reason`; see [`Link::break_with`].
     fn break_link(&self, reason: String) {
-        let (orphans, reason) = {
+        self.break_with(self.unreachable(reason));
+    }
+
+    /// Marks the connection broken, fails every in-flight operation with `error` and shuts the
+    /// socket down (which ends a reader's blocking read). The first error sticks.
+    fn break_with(&self, error: OpError) {
+        let (orphans, error) = {
             let mut state = lock(&self.state);
-            let reason = state.broken.get_or_insert(reason).clone();
+            let error = state.broken.get_or_insert(error).clone();
             if state.room_waiters > 0 {
                 self.room.notify_all();
             }
             state.inflight_ops = 0;
-            (std::mem::take(&mut state.inflight), reason)
+            (std::mem::take(&mut state.inflight), error)
         };
         let _ = self.socket.shutdown(Shutdown::Both);
         for batch in orphans {
-            batch.fail_rest(&OpError::Unreachable {
-                node: self.node,
-                reason: reason.clone(),
-            });
+            batch.fail_rest(&error);
         }
     }
 }

@@ -16,8 +16,9 @@
 //! packed (no padding, no alignment).
 //!
 //! ```text
-//! HELLO (kind 1, client -> server, first frame)          40 bytes
-//!  0 magic "ACRE" [4] | 4 version u16 | 6 client node u16 | 8 client nonce [32]
+//! HELLO (kind 1, client -> server, first frame)          48 bytes
+//!  0 magic "ACRE" [4] | 4 version u16 | 6 client node u16 | 8 client config u64
+//!  16 client nonce [32]
 //!
 //! CHALLENGE (kind 2, server -> client)                    66 bytes
 //!  0 server node u16 | 2 server nonce [32] | 34 server proof [32]
@@ -27,10 +28,11 @@
 //! PROOF (kind 3, client -> server)                        32 bytes
 //!  0 client proof [32]
 //!    client proof = HMAC-SHA256(secret, "acre client" || server nonce || client nonce
-//!                                       || client node u16)
+//!                                       || client node u16 || client config u64)
 //!
-//! REFUSED (kind 4, server -> client, then the server closes)  1 byte
-//!  0 reason u8: 1 unsupported version, 2 bad proof, 3 too many connections
+//! REFUSED (kind 4, server -> client, then the server closes)  1 or 9 bytes
+//!  0 reason u8: 1 unsupported version, 2 bad proof, 3 too many connections,
+//!               4 not a member: 1 server config u64
 //!
 //! REQUEST (kind 16, client -> server, only after the handshake)
 //!  0 request id u64 | 8 op u8 | 9 region u32 | 13 offset u32 | 17 key u64 | 25 op fields:
@@ -56,6 +58,7 @@
 //!    status 34 Unreachable      9 node u16 | 11 reason
 //!    status 35 PersistFailed    9 node u16 | 11 reason
 //!    status 36 Protocol         9 node u16 | 11 reason
+//!    status 37 NotMember        9 node u16 | 11 config u64
 //!    reason = len u16 (<= REASON_BYTES_MAX) | UTF-8 [len]
 //!    addr = region u32 << 32 | offset u32, as in `Addr::to_u64`
 //! ```
@@ -98,6 +101,9 @@ const _: () = assert!(1 + RESPONSE_FIXED_BYTES + 4 <= FRAME_HEADER_ROOM_BYTES);
 /// `len` of a CHALLENGE, the largest handshake frame: kind + node + nonce + proof.
 const CHALLENGE_LEN: u32 = 1 + 2 + NONCE_BYTES as u32 + PROOF_BYTES as u32;
 const _: () = assert!(CHALLENGE_LEN <= HANDSHAKE_FRAME_BYTES_MAX);
+/// `len` of a HELLO: kind + magic + version + node + config + nonce.
+const HELLO_LEN: u32 = 1 + 4 + 2 + 2 + 8 + NONCE_BYTES as u32;
+const _: () = assert!(HELLO_LEN <= CHALLENGE_LEN);
 
 /// Frame kinds.
 pub mod kind {
@@ -132,14 +138,19 @@ mod status {
     pub const UNREACHABLE: u8 = 34;
     pub const PERSIST_FAILED: u8 = 35;
     pub const PROTOCOL: u8 = 36;
+    pub const NOT_MEMBER: u8 = 37;
 }
 
-/// The client's first frame: who it is and its challenge to the server.
+/// The client's first frame: who it is, the configuration it is a member of, and its
+/// challenge to the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub magic: [u8; 4],
     pub version: u16,
     pub node: NodeId,
+    /// The configuration the client is in; the connection is bound to it (the client's proof
+    /// covers it), and the server admits it only as a member of its own configuration.
+    pub config: u64,
     pub client_nonce: [u8; NONCE_BYTES],
 }
 
@@ -151,15 +162,30 @@ pub struct Challenge {
     pub server_proof: [u8; PROOF_BYTES],
 }
 
-/// Why a server refused a handshake.
+/// Why a server refused a handshake (or, for `NotMember`, closed a live connection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The client speaks another protocol version: upgrade the older node.
-    UnsupportedVersion = 1,
+    UnsupportedVersion,
     /// The client's proof was wrong: it does not hold this cluster's secret.
-    BadProof = 2,
+    BadProof,
     /// The server has as many connections as it serves: retry later.
-    Busy = 3,
+    Busy,
+    /// The client is not a member of the server's configuration `config`, or is bound to an
+    /// older one: learn the current configuration (or stop: it was removed).
+    NotMember { config: u64 },
+}
+
+impl Refusal {
+    /// The reason byte it is sent with.
+    fn code(&self) -> u8 {
+        match self {
+            Refusal::UnsupportedVersion => 1,
+            Refusal::BadProof => 2,
+            Refusal::Busy => 3,
+            Refusal::NotMember { .. } => 4,
+        }
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -172,6 +198,13 @@ impl std::fmt::Display for Refusal {
                 "this node does not hold its cluster secret: copy the secret again"
             }
             Refusal::Busy => "it serves as many connections as it can: retry later",
+            Refusal::NotMember { config } => {
+                return write!(
+                    f,
+                    "this node is not a member of its configuration {config} (or is bound to \
+                     an older one): learn the current configuration before retrying"
+                );
+            }
         })
     }
 }
@@ -241,6 +274,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&hello.magic);
             out.extend_from_slice(&hello.version.to_le_bytes());
             out.extend_from_slice(&hello.node.0.to_le_bytes());
+            out.extend_from_slice(&hello.config.to_le_bytes());
             out.extend_from_slice(&hello.client_nonce);
         }
         Frame::Challenge(challenge) => {
@@ -249,7 +283,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&challenge.server_proof);
         }
         Frame::Proof(proof) => out.extend_from_slice(proof),
-        Frame::Refused(refusal) => out.push(*refusal as u8),
+        Frame::Refused(refusal) => {
+            out.push(refusal.code());
+            if let Refusal::NotMember { config } = refusal {
+                out.extend_from_slice(&config.to_le_bytes());
+            }
+        }
         Frame::Request(request) => encode_request(request, out),
         Frame::Response(response) => encode_response(response, out),
     }
@@ -394,6 +433,11 @@ fn encode_response(response: &Response, out: &mut Vec<u8>) {
             out.push(status::PROTOCOL);
             put_node_reason(out, *node, reason);
         }
+        Err(OpError::NotMember { node, config }) => {
+            out.push(status::NOT_MEMBER);
+            out.extend_from_slice(&node.0.to_le_bytes());
+            out.extend_from_slice(&config.to_le_bytes());
+        }
     }
 }
 
@@ -447,6 +491,7 @@ pub fn decode_bounded(buf: &[u8], len_max: u32) -> Result<Option<(Frame, usize)>
             magic: reader.array("HELLO magic")?,
             version: reader.u16("HELLO version")?,
             node: NodeId(reader.u16("HELLO node")?),
+            config: reader.u64("HELLO config")?,
             client_nonce: reader.array("HELLO nonce")?,
         }),
         kind::CHALLENGE => Frame::Challenge(Challenge {
@@ -461,6 +506,9 @@ pub fn decode_bounded(buf: &[u8], len_max: u32) -> Result<Option<(Frame, usize)>
                 1 => Refusal::UnsupportedVersion,
                 2 => Refusal::BadProof,
                 3 => Refusal::Busy,
+                4 => Refusal::NotMember {
+                    config: reader.u64("REFUSED config")?,
+                },
                 _ => return Err(malformed("unknown refusal reason", at)),
             })
         }
@@ -646,6 +694,10 @@ fn decode_response(reader: &mut Reader<'_>) -> Result<Response, FrameError> {
             let (node, reason) = reader.node_reason()?;
             Err(OpError::Protocol { node, reason })
         }
+        status::NOT_MEMBER => Err(OpError::NotMember {
+            node: NodeId(reader.u16("error node")?),
+            config: reader.u64("error config")?,
+        }),
         _ => return Err(malformed("unknown response status", status_at)),
     };
     Ok(Response { request_id, result })
@@ -726,8 +778,10 @@ mod tests {
                 .prop_map(|(node, reason)| Err(OpError::Unreachable { node, reason })),
             (node.clone(), reason_strategy())
                 .prop_map(|(node, reason)| Err(OpError::PersistFailed { node, reason })),
-            (node, reason_strategy())
+            (node.clone(), reason_strategy())
                 .prop_map(|(node, reason)| Err(OpError::Protocol { node, reason })),
+            (node, any::<u64>())
+                .prop_map(|(node, config)| Err(OpError::NotMember { node, config })),
         ]
     }
 
@@ -737,14 +791,18 @@ mod tests {
                 any::<[u8; 4]>(),
                 any::<u16>(),
                 any::<u16>(),
+                any::<u64>(),
                 any::<[u8; NONCE_BYTES]>()
             )
-                .prop_map(|(magic, version, node, client_nonce)| Frame::Hello(Hello {
-                    magic,
-                    version,
-                    node: NodeId(node),
-                    client_nonce,
-                })),
+                .prop_map(|(magic, version, node, config, client_nonce)| Frame::Hello(
+                    Hello {
+                        magic,
+                        version,
+                        node: NodeId(node),
+                        config,
+                        client_nonce,
+                    }
+                )),
             (
                 any::<u16>(),
                 any::<[u8; NONCE_BYTES]>(),
@@ -761,7 +819,8 @@ mod tests {
             prop_oneof![
                 Just(Refusal::UnsupportedVersion),
                 Just(Refusal::BadProof),
-                Just(Refusal::Busy)
+                Just(Refusal::Busy),
+                any::<u64>().prop_map(|config| Refusal::NotMember { config })
             ]
             .prop_map(Frame::Refused),
             (any::<u64>(), op_strategy())

@@ -19,6 +19,20 @@
 //! request of X's newer connection, or never. [`NodeId::OBSERVER`] is exempt: read-only tools
 //! share that id and may run at once.
 //!
+//! **Membership.** The thread serves only the members of its node's configuration
+//! ([`Membership`], docs/failures.md#fencing). A connection is bound at the handshake to the
+//! node and the configuration id its HELLO names (the client's proof covers both), and admitted
+//! only if [`Membership::admits`] it: a non-member, or a member bound to an older configuration,
+//! is refused with REFUSED(not a member) after its proof verifies and before any of its
+//! requests runs. When the owner replaces the membership ([`NicServer::set_membership`]), the
+//! thread checks every authenticated connection again and closes those it would now refuse,
+//! with their unread requests, after sending REFUSED(not a member) behind the responses already
+//! queued: the sender learns that every request answered before it executed and none after it
+//! did. Binding at the handshake is as strong as a configuration id on every request, since the
+//! thread executes requests of one connection only while that binding is admitted, and costs
+//! nothing per request. Observers may only READ: any other operation of theirs is answered
+//! with `OpError::NotMember` and not executed.
+//!
 //! A peer that sends anything the decoder rejects, the wrong frame for its phase, a bad proof,
 //! or does not finish the handshake within [`HANDSHAKE_DEADLINE`] is disconnected; the other
 //! connections are unaffected. When idle the thread blocks in `epoll_wait` with no timeout
@@ -26,20 +40,21 @@
 
 use crate::addr::NodeId;
 use crate::fabric::exec;
+use crate::fabric::membership::{Admission, Membership};
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::tcp::auth::{self, ClusterSecret, HANDSHAKE_DEADLINE, Nonce, PROTOCOL_VERSION};
 use crate::fabric::tcp::frame::{
     self, Challenge, FRAME_BYTES_MAX, Frame, FrameError, HANDSHAKE_FRAME_BYTES_MAX, MAGIC, Refusal,
     Request, Response,
 };
-use crate::fabric::{OP_BYTES_MAX, OpError};
+use crate::fabric::{OP_BYTES_MAX, Op, OpError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,6 +68,9 @@ pub const WRITE_BACKLOG_BYTES_MAX: usize = 16 << 20;
 pub const FRAMES_PER_TURN_MAX: usize = 256;
 /// Readiness events taken from the kernel per poll.
 const EVENTS_CAPACITY: usize = 256;
+/// How often [`NicServer::set_membership`] checks that the thread is still alive while it
+/// waits for the thread to adopt the membership.
+const ADOPTION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -69,7 +87,12 @@ pub struct NicStats {
     pub connections_closed: u64,
     /// Closed by the fence: an older connection of a node that authenticated a newer one.
     pub connections_fenced: u64,
+    /// Refused at the handshake, or closed when the membership changed, because the peer is
+    /// not a member of this node's configuration or is bound to an older one.
+    pub connections_not_member: u64,
     pub requests_executed: u64,
+    /// Answered with `NotMember` without executing: an observer's operations that write.
+    pub requests_refused: u64,
 }
 
 #[derive(Default)]
@@ -79,7 +102,9 @@ struct Counters {
     connections_rejected: AtomicU64,
     connections_closed: AtomicU64,
     connections_fenced: AtomicU64,
+    connections_not_member: AtomicU64,
     requests_executed: AtomicU64,
+    requests_refused: AtomicU64,
 }
 
 impl Counters {
@@ -94,9 +119,32 @@ impl Counters {
             connections_rejected: self.connections_rejected.load(Ordering::Relaxed),
             connections_closed: self.connections_closed.load(Ordering::Relaxed),
             connections_fenced: self.connections_fenced.load(Ordering::Relaxed),
+            connections_not_member: self.connections_not_member.load(Ordering::Relaxed),
             requests_executed: self.requests_executed.load(Ordering::Relaxed),
+            requests_refused: self.requests_refused.load(Ordering::Relaxed),
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().expect(crate::POISONED)
+}
+
+/// The membership the owner wants the NIC thread to enforce, and how far the thread got.
+struct MembershipSlot {
+    state: Mutex<MembershipState>,
+    /// Signalled when the thread has adopted a membership.
+    adopted: Condvar,
+    /// `MembershipState::requested`, readable without the lock at every turn of the loop.
+    requested: AtomicU64,
+}
+
+struct MembershipState {
+    membership: Membership,
+    /// How many memberships the owner has set (the one given at start is 0).
+    requested: u64,
+    /// The last of them the thread has adopted, its connections checked against it.
+    adopted: u64,
 }
 
 /// A running NIC thread. Dropping it stops the thread and closes every connection.
@@ -105,6 +153,7 @@ pub struct NicServer {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     counters: Arc<Counters>,
+    membership: Arc<MembershipSlot>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -117,11 +166,13 @@ impl std::fmt::Debug for NicServer {
 }
 
 impl NicServer {
-    /// Listens on `listen` and serves `memory` to peers that hold `secret`.
+    /// Listens on `listen` and serves `memory` to peers that hold `secret` and are members of
+    /// `membership` (observers: READs only).
     pub fn start(
         listen: SocketAddr,
         memory: Arc<NodeMemory>,
         secret: ClusterSecret,
+        membership: Membership,
     ) -> io::Result<NicServer> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(listen)?;
@@ -131,6 +182,15 @@ impl NicServer {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
+        let slot = Arc::new(MembershipSlot {
+            state: Mutex::new(MembershipState {
+                membership: membership.clone(),
+                requested: 0,
+                adopted: 0,
+            }),
+            adopted: Condvar::new(),
+            requested: AtomicU64::new(0),
+        });
         let nic = Nic {
             poll,
             listener,
@@ -138,6 +198,9 @@ impl NicServer {
             secret,
             stop: stop.clone(),
             counters: counters.clone(),
+            slot: slot.clone(),
+            membership,
+            adopted: 0,
             connections: HashMap::new(),
             newest: HashMap::new(),
             next_token: FIRST_CONNECTION_TOKEN,
@@ -151,8 +214,57 @@ impl NicServer {
             stop,
             waker,
             counters,
+            membership: slot,
             thread: Some(thread),
         })
+    }
+
+    /// Replaces the membership the thread enforces, and returns once the thread has adopted
+    /// it: every connection it would now refuse is closed (after a REFUSED(not a member)
+    /// frame), and none of their requests executes after this returns. Connections still
+    /// admitted keep serving undisturbed.
+    ///
+    /// Panics if `membership`'s configuration id is not higher than the current one
+    /// (configuration ids only grow, and one id names one set of members), or if the thread
+    /// died.
+    pub fn set_membership(&self, membership: Membership) {
+        let generation = {
+            let mut state = lock(&self.membership.state);
+            let current = state.membership.config();
+            assert!(
+                membership.config() > current,
+                "config={} current={current}: configuration ids only grow",
+                membership.config()
+            );
+            state.membership = membership;
+            state.requested += 1;
+            self.membership
+                .requested
+                .store(state.requested, Ordering::Release);
+            state.requested
+        };
+        // A failed wake still leaves the thread to see the request at its next event; the
+        // loop below notices a thread that has died.
+        let _ = self.waker.wake();
+        let mut state = lock(&self.membership.state);
+        while state.adopted < generation {
+            let alive = self.thread.as_ref().is_some_and(|t| !t.is_finished());
+            assert!(
+                alive,
+                "generation={generation}: the NIC thread exited before adopting the membership"
+            );
+            state = self
+                .membership
+                .adopted
+                .wait_timeout(state, ADOPTION_CHECK_INTERVAL)
+                .expect(crate::POISONED)
+                .0;
+        }
+    }
+
+    /// The id of the configuration whose members the thread serves (the last one set).
+    pub fn config(&self) -> u64 {
+        lock(&self.membership.state).membership.config()
     }
 
     /// The address peers connect to (the real port when started on port 0).
@@ -202,6 +314,10 @@ struct Nic {
     secret: ClusterSecret,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
+    slot: Arc<MembershipSlot>,
+    /// The membership connections are admitted by: the slot's, as of `adopted`.
+    membership: Membership,
+    adopted: u64,
     connections: HashMap<Token, Connection>,
     /// Each node's newest authenticated connection (the fence; tokens grow in accept order).
     newest: HashMap<NodeId, Token>,
@@ -215,11 +331,14 @@ enum Phase {
     AwaitHello,
     AwaitProof {
         client: NodeId,
+        config: u64,
         client_nonce: Nonce,
         server_nonce: Nonce,
     },
+    /// Authenticated as `client`, bound to configuration `config`.
     Serving {
         client: NodeId,
+        config: u64,
     },
 }
 
@@ -229,6 +348,8 @@ enum Close {
     Rejected,
     /// The peer hung up or the socket failed.
     Gone,
+    /// The peer is not a member of this node's configuration (counted as not a member).
+    NotMember,
 }
 
 /// What a turn of [`Nic::drive`] left behind.
@@ -269,6 +390,7 @@ impl Nic {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => panic!("the NIC thread's epoll failed: {e}"),
             }
+            self.adopt_membership();
             ready.clear();
             ready.extend(self.again.drain(..));
             for event in events.iter() {
@@ -396,10 +518,50 @@ impl Nic {
 
     fn close(&mut self, mut connection: Connection, why: Close) {
         let _ = self.poll.registry().deregister(&mut connection.stream);
-        if matches!(why, Close::Rejected) {
-            Counters::bump(&self.counters.connections_rejected);
+        match why {
+            Close::Rejected => Counters::bump(&self.counters.connections_rejected),
+            Close::NotMember => Counters::bump(&self.counters.connections_not_member),
+            Close::Gone => {}
         }
         Counters::bump(&self.counters.connections_closed);
+    }
+
+    /// Adopts the membership the owner set, if it is new: closes every authenticated
+    /// connection it does not admit, with its unread requests, then tells the owner.
+    fn adopt_membership(&mut self) {
+        if self.slot.requested.load(Ordering::Acquire) == self.adopted {
+            return;
+        }
+        let slot = self.slot.clone();
+        let mut state = lock(&slot.state);
+        assert!(
+            state.membership.config() > self.membership.config(),
+            "config={} adopted={}: configuration ids only grow",
+            state.membership.config(),
+            self.membership.config()
+        );
+        self.membership = state.membership.clone();
+        self.adopted = state.requested;
+        let refused: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| match c.phase {
+                Phase::Serving { client, config } => {
+                    self.membership.admits(client, config) == Admission::Refused
+                }
+                Phase::AwaitHello | Phase::AwaitProof { .. } => false,
+            })
+            .map(|(&token, _)| token)
+            .collect();
+        let config = self.membership.config();
+        for token in refused {
+            let mut connection = self.connections.remove(&token).expect("listed just above");
+            let close = connection.refuse(Refusal::NotMember { config }, Close::NotMember);
+            self.close(connection, close);
+        }
+        state.adopted = self.adopted;
+        drop(state);
+        slot.adopted.notify_all();
     }
 
     fn expire_handshakes(&mut self) {
@@ -480,7 +642,15 @@ impl Nic {
                     return Err(Close::Rejected);
                 }
                 if hello.version != PROTOCOL_VERSION {
-                    return Err(connection.refuse(Refusal::UnsupportedVersion));
+                    return Err(connection.refuse(Refusal::UnsupportedVersion, Close::Rejected));
+                }
+                // Refused now, a non-member learns why from its handshake and costs no HMAC; the
+                // claim is checked again once the proof has authenticated it.
+                if self.membership.admits(hello.node, hello.config) == Admission::Refused {
+                    let refusal = Refusal::NotMember {
+                        config: self.membership.config(),
+                    };
+                    return Err(connection.refuse(refusal, Close::NotMember));
                 }
                 let server_nonce = auth::nonce();
                 let node = self.memory.node_id();
@@ -494,6 +664,7 @@ impl Nic {
                 }));
                 connection.phase = Phase::AwaitProof {
                     client: hello.node,
+                    config: hello.config,
                     client_nonce: hello.client_nonce,
                     server_nonce,
                 };
@@ -502,6 +673,7 @@ impl Nic {
             (
                 Phase::AwaitProof {
                     client,
+                    config,
                     client_nonce,
                     server_nonce,
                 },
@@ -509,27 +681,42 @@ impl Nic {
             ) => {
                 if self
                     .secret
-                    .verify_client_proof(server_nonce, client_nonce, *client, &proof)
+                    .verify_client_proof(server_nonce, client_nonce, *client, *config, &proof)
                     .is_err()
                 {
-                    return Err(connection.refuse(Refusal::BadProof));
+                    return Err(connection.refuse(Refusal::BadProof, Close::Rejected));
                 }
-                let client = *client;
-                connection.phase = Phase::Serving { client };
+                let (client, config) = (*client, *config);
+                if self.membership.admits(client, config) == Admission::Refused {
+                    let refusal = Refusal::NotMember {
+                        config: self.membership.config(),
+                    };
+                    return Err(connection.refuse(refusal, Close::NotMember));
+                }
+                connection.phase = Phase::Serving { client, config };
                 connection.deadline = None;
                 Counters::bump(&self.counters.connections_authenticated);
                 Ok(Some(client))
             }
-            (Phase::Serving { .. }, Frame::Request(Request { request_id, op })) => {
-                let result = if exec::op_bytes(&op) > OP_BYTES_MAX as u64 {
-                    Err(OpError::TooLarge {
-                        len: exec::op_bytes(&op),
-                        max: OP_BYTES_MAX,
+            (Phase::Serving { client, .. }, Frame::Request(Request { request_id, op })) => {
+                let result = if *client == NodeId::OBSERVER && !matches!(op, Op::Read { .. }) {
+                    // An observer is no member: it may look, never touch.
+                    Counters::bump(&self.counters.requests_refused);
+                    Err(OpError::NotMember {
+                        node: self.memory.node_id(),
+                        config: self.membership.config(),
                     })
                 } else {
-                    exec::execute(&self.memory, &op)
+                    Counters::bump(&self.counters.requests_executed);
+                    if exec::op_bytes(&op) > OP_BYTES_MAX as u64 {
+                        Err(OpError::TooLarge {
+                            len: exec::op_bytes(&op),
+                            max: OP_BYTES_MAX,
+                        })
+                    } else {
+                        exec::execute(&self.memory, &op)
+                    }
                 };
-                Counters::bump(&self.counters.requests_executed);
                 connection.queue(&Frame::Response(Response { request_id, result }));
                 Ok(None)
             }
@@ -553,7 +740,7 @@ impl Connection {
     fn client(&self) -> Option<NodeId> {
         match self.phase {
             Phase::AwaitHello => None,
-            Phase::AwaitProof { client, .. } | Phase::Serving { client } => Some(client),
+            Phase::AwaitProof { client, .. } | Phase::Serving { client, .. } => Some(client),
         }
     }
 
@@ -633,10 +820,11 @@ impl Connection {
         let _ = self.stream.write(&self.outbox[self.outbox_start..]);
     }
 
-    /// Tells the peer why it is refused (best effort), then closes.
-    fn refuse(&mut self, refusal: Refusal) -> Close {
+    /// Tells the peer why it is refused (best effort, behind any responses already queued),
+    /// then closes as `close`.
+    fn refuse(&mut self, refusal: Refusal, close: Close) -> Close {
         self.queue(&Frame::Refused(refusal));
         self.flush_once();
-        Close::Rejected
+        close
     }
 }

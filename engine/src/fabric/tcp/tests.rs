@@ -8,9 +8,11 @@ use super::frame::{
     self, Challenge, FRAME_BYTES_MAX, Frame, HANDSHAKE_FRAME_BYTES_MAX, Hello, MAGIC, Refusal,
     Request, Response,
 };
-use super::{NicServer, NicStats, TcpTransport};
+use super::{HandshakeError, NicServer, NicStats, TcpTransport};
 use crate::addr::{Addr, NodeId, RegionId};
-use crate::fabric::{Completion, Doorbell, NodeMemory, OP_BYTES_MAX, Op, OpError, OpResult, exec};
+use crate::fabric::{
+    Completion, Doorbell, Membership, NodeMemory, OP_BYTES_MAX, Op, OpError, OpResult, exec,
+};
 use crate::region::{AccessError, AccessKey, Region};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -23,6 +25,8 @@ const CLIENT: NodeId = NodeId(2);
 /// The node raw connections speak for: another than `CLIENT`, so that the fence leaves them and
 /// a `CLIENT` transport on the same server alone.
 const RAW_CLIENT: NodeId = NodeId(3);
+/// The configuration the tests' servers start in; every node above is a member of it.
+const CONFIG: u64 = 1;
 const REGION_BYTES: u64 = 1 << 20;
 /// How long a test waits for something that should happen within milliseconds.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -33,8 +37,17 @@ struct Node {
     server: NicServer,
 }
 
+/// The membership the tests' servers start with.
+fn members() -> Membership {
+    Membership::new(CONFIG, [SERVER, CLIENT, RAW_CLIENT])
+}
+
 impl Node {
     fn start(id: NodeId, secret: &ClusterSecret) -> Node {
+        Node::start_with(id, secret, members())
+    }
+
+    fn start_with(id: NodeId, secret: &ClusterSecret, membership: Membership) -> Node {
         let memory = Arc::new(NodeMemory::new(
             id,
             Arc::new(Doorbell::anonymous().unwrap()),
@@ -42,7 +55,7 @@ impl Node {
         let region = Arc::new(Region::anonymous(RegionId(0), REGION_BYTES).unwrap());
         memory.register(region.clone()).unwrap();
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = NicServer::start(listen, memory.clone(), secret.clone()).unwrap();
+        let server = NicServer::start(listen, memory.clone(), secret.clone(), membership).unwrap();
         Node {
             memory,
             region,
@@ -67,7 +80,7 @@ impl Node {
     }
 
     fn transport_as(&self, me: NodeId, secret: &ClusterSecret) -> TcpTransport {
-        let transport = TcpTransport::new(me, secret.clone());
+        let transport = TcpTransport::new(me, CONFIG, secret.clone());
         transport.add_peer(self.memory.node_id(), self.addr());
         transport
     }
@@ -209,7 +222,7 @@ fn authenticated(node: &Node, secret: &ClusterSecret) -> TcpStream {
 }
 
 fn authenticated_as(me: NodeId, node: &Node, secret: &ClusterSecret) -> TcpStream {
-    let (stream, leftover) = client::connect(me, secret, SERVER, node.addr()).unwrap();
+    let (stream, leftover) = client::connect(me, CONFIG, secret, SERVER, node.addr()).unwrap();
     assert!(leftover.is_empty());
     stream
 }
@@ -222,6 +235,7 @@ fn say_hello(stream: &mut TcpStream, node: NodeId) -> (auth::Nonce, Challenge) {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         node,
+        config: CONFIG,
         client_nonce,
     };
     send(stream, &Frame::Hello(hello)).unwrap();
@@ -586,8 +600,12 @@ fn the_server_refuses_a_wrong_proof_and_executes_nothing() {
             &challenge.server_proof,
         )
         .unwrap();
-    let forged =
-        ClusterSecret::generate().client_proof(&challenge.server_nonce, &client_nonce, CLIENT);
+    let forged = ClusterSecret::generate().client_proof(
+        &challenge.server_nonce,
+        &client_nonce,
+        CLIENT,
+        CONFIG,
+    );
     send(&mut stream, &Frame::Proof(forged)).unwrap();
     let frames = assert_closed_by_server(&mut stream);
     assert_eq!(frames, vec![Frame::Refused(Refusal::BadProof)]);
@@ -641,7 +659,7 @@ fn a_client_refuses_an_impostor_server() {
         }
         after
     });
-    let transport = TcpTransport::new(CLIENT, secret);
+    let transport = TcpTransport::new(CLIENT, CONFIG, secret);
     transport.add_peer(SERVER, addr);
     let key = AccessKey(7);
     let results = post(
@@ -669,7 +687,7 @@ fn a_client_refuses_an_impostor_server() {
 fn a_peer_at_the_wrong_address_is_detected() {
     let secret = ClusterSecret::generate();
     let node = Node::start(SERVER, &secret);
-    let transport = TcpTransport::new(CLIENT, secret);
+    let transport = TcpTransport::new(CLIENT, CONFIG, secret);
     transport.add_peer(NodeId(3), node.addr());
     let results = post(&transport, NodeId(3), vec![Op::Notify]);
     let [Err(OpError::Unreachable { node: n, reason })] = &results[..] else {
@@ -730,6 +748,7 @@ fn malformed_frames_unknown_kinds_and_wrong_directions_close_the_connection() {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         node: CLIENT,
+        config: CONFIG,
         client_nonce: auth::nonce(),
     }));
     let cases = [unknown_op, unknown_kind, short_cas, response, hello_again];
@@ -794,6 +813,7 @@ fn garbage_before_the_handshake_is_rejected_and_executes_nothing() {
         magic: *b"ACRX",
         version: PROTOCOL_VERSION,
         node: CLIENT,
+        config: CONFIG,
         client_nonce: auth::nonce(),
     }));
     bad_magic.extend_from_slice(&early_write);
@@ -823,6 +843,7 @@ fn a_newer_protocol_version_is_refused_with_a_reason() {
         magic: MAGIC,
         version: PROTOCOL_VERSION + 1,
         node: CLIENT,
+        config: CONFIG,
         client_nonce: auth::nonce(),
     };
     send(&mut stream, &Frame::Hello(hello)).unwrap();
@@ -844,6 +865,7 @@ fn a_silent_peer_is_dropped_at_the_handshake_deadline() {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         node: CLIENT,
+        config: CONFIG,
         client_nonce: auth::nonce(),
     }));
     silent.write_all(&hello[..10]).unwrap();
@@ -1121,7 +1143,7 @@ fn a_broken_connection_fails_its_inflight_ops() {
             panic!("expected a proof");
         };
         server_secret
-            .verify_client_proof(&server_nonce, &hello.client_nonce, CLIENT, &proof)
+            .verify_client_proof(&server_nonce, &hello.client_nonce, CLIENT, CONFIG, &proof)
             .unwrap();
         let mut request_ids = Vec::new();
         while request_ids.len() < 3 {
@@ -1137,7 +1159,7 @@ fn a_broken_connection_fails_its_inflight_ops() {
         send(&mut stream, &Frame::Response(answer)).unwrap();
         stream.shutdown(Shutdown::Both).unwrap();
     });
-    let transport = TcpTransport::new(CLIENT, secret);
+    let transport = TcpTransport::new(CLIENT, CONFIG, secret);
     transport.add_peer(SERVER, addr);
     let start = Instant::now();
     let results = post(&transport, SERVER, vec![Op::Notify, Op::Notify, Op::Notify]);
@@ -1193,7 +1215,7 @@ fn after_a_server_restart_the_next_post_reconnects() {
         "{reason}"
     );
     // Up again on the same address: the next post reconnects.
-    let server = NicServer::start(addr, memory.clone(), secret.clone()).unwrap();
+    let server = NicServer::start(addr, memory.clone(), secret.clone(), members()).unwrap();
     let node = Node {
         memory,
         region,
@@ -1239,7 +1261,7 @@ fn thread_cpu_ticks(name: &str) -> u64 {
 fn an_idle_connection_uses_no_cpu() {
     let secret = ClusterSecret::generate();
     let node = Node::start(NodeId(77), &secret);
-    let transport = TcpTransport::new(CLIENT, secret);
+    let transport = TcpTransport::new(CLIENT, CONFIG, secret);
     transport.add_peer(NodeId(77), node.addr());
     assert_eq!(
         post(&transport, NodeId(77), vec![Op::Notify]),
@@ -1303,7 +1325,7 @@ fn an_older_connection_that_authenticates_late_is_refused() {
     let newer = node.transport(&secret);
     assert_serves(&node, &newer, 0, 41);
 
-    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, CLIENT);
+    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, CLIENT, CONFIG);
     send(&mut older, &Frame::Proof(proof)).unwrap();
     let _ = send(&mut older, &raw_write(&node, 1, 64, 13));
     assert_eq!(assert_closed_by_server(&mut older), Vec::new());
@@ -1312,22 +1334,98 @@ fn an_older_connection_that_authenticates_late_is_refused() {
     assert_serves(&node, &newer, 0, 42);
 }
 
+/// A READ of the word at `offset` by `transport` sees `expected`.
+fn assert_reads(node: &Node, transport: &TcpTransport, offset: u32, expected: u64) {
+    let read = Op::Read {
+        addr: at(offset),
+        key: node.key(),
+        len: 8,
+    };
+    assert_eq!(
+        post(transport, SERVER, vec![read]),
+        vec![Ok(Completion::Read(expected.to_le_bytes().to_vec()))]
+    );
+}
+
 /// Observers (status probes) may run several at once under one id: they fence nobody.
 #[test]
 fn observers_do_not_fence_each_other() {
     let secret = ClusterSecret::generate();
     let node = Node::start(SERVER, &secret);
-    let observer = |tag| {
-        let transport = TcpTransport::new(NodeId::OBSERVER, secret.clone());
+    let member = node.transport(&secret);
+    assert_serves(&node, &member, 0, 51);
+    let observer = || {
+        let transport = TcpTransport::new(NodeId::OBSERVER, CONFIG, secret.clone());
         transport.add_peer(SERVER, node.addr());
-        assert_serves(&node, &transport, 0, tag);
+        assert_reads(&node, &transport, 0, 51 + 7);
         transport
     };
-    let first = observer(51);
-    let second = observer(52);
-    assert_serves(&node, &first, 0, 53);
-    assert_serves(&node, &second, 0, 54);
+    let first = observer();
+    let second = observer();
+    assert_reads(&node, &first, 0, 51 + 7);
+    assert_reads(&node, &second, 0, 51 + 7);
     assert_eq!(node.server.stats().connections_fenced, 0);
+}
+
+/// An observer is no member: it may READ, and anything else it asks is answered with
+/// `NotMember` and not executed, while its connection keeps serving its reads.
+#[test]
+fn an_observer_may_only_read() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let member = node.transport(&secret);
+    assert_serves(&node, &member, 0, 55);
+    let observer = node.transport_as(NodeId::OBSERVER, &secret);
+    let key = node.key();
+    let results = post(
+        &observer,
+        SERVER,
+        vec![
+            Op::Write {
+                addr: at(0),
+                key,
+                data: 1u64.to_le_bytes().to_vec(),
+            },
+            Op::Cas {
+                addr: at(0),
+                key,
+                expected: 55 + 7,
+                new: 2,
+            },
+            Op::Persist {
+                addr: at(0),
+                key,
+                len: 8,
+            },
+            Op::Notify,
+            Op::Read {
+                addr: at(0),
+                key,
+                len: 8,
+            },
+        ],
+    );
+    let refused = Err(OpError::NotMember {
+        node: SERVER,
+        config: CONFIG,
+    });
+    let read = Ok(Completion::Read((55u64 + 7).to_le_bytes().to_vec()));
+    assert_eq!(
+        results,
+        vec![
+            refused.clone(),
+            refused.clone(),
+            refused.clone(),
+            refused,
+            read
+        ]
+    );
+    assert_eq!(node.word(0), 55 + 7);
+    let stats = node.server.stats();
+    assert_eq!(stats.requests_refused, 4, "{stats:?}");
+    assert_eq!(stats.connections_closed, 0, "{stats:?}");
+    assert_reads(&node, &observer, 0, 55 + 7);
+    assert_serves(&node, &member, 0, 56);
 }
 
 /// As above, with the older connection silent until the newer one has authenticated: the fence
@@ -1343,11 +1441,201 @@ fn an_older_connection_that_says_hello_late_is_refused() {
     assert_eq!(node.server.stats().connections_fenced, 0);
 
     let (client_nonce, challenge) = say_hello(&mut older, CLIENT);
-    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, CLIENT);
+    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, CLIENT, CONFIG);
     send(&mut older, &Frame::Proof(proof)).unwrap();
     let _ = send(&mut older, &raw_write(&node, 1, 64, 14));
     assert_eq!(assert_closed_by_server(&mut older), Vec::new());
     node.await_stats("the refusal", |s| s.connections_fenced == 1);
     assert_eq!(node.word(64), 0);
     assert_serves(&node, &newer, 0, 62);
+}
+
+/// A node that is not a member of the server's configuration (docs/failures.md#fencing).
+const OUTSIDER: NodeId = NodeId(9);
+
+/// A non-member's handshake is refused with a typed error that retrying cannot change; its
+/// posts fail with `NotMember` and execute nothing, while members are served.
+#[test]
+fn a_non_member_is_refused_at_the_handshake_and_executes_nothing() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let member = node.transport(&secret);
+    assert_serves(&node, &member, 0, 91);
+
+    let error = client::connect(OUTSIDER, CONFIG, &secret, SERVER, node.addr()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            HandshakeError::Refused {
+                refusal: Refusal::NotMember { config: CONFIG },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(!error.is_transient(), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("not a member of its configuration 1"),
+        "{error}"
+    );
+
+    let outsider = node.transport_as(OUTSIDER, &secret);
+    let executed_before = node.server.stats().requests_executed;
+    let results = post(&outsider, SERVER, vec![raw_write_op(&node, 64, 92)]);
+    assert_eq!(
+        results,
+        vec![Err(OpError::NotMember {
+            node: SERVER,
+            config: CONFIG
+        })]
+    );
+    // The refusal reaches the sender just before the server counts it.
+    let stats = node.await_stats("the refusals", |s| s.connections_not_member == 2);
+    assert_eq!(stats.requests_executed, executed_before, "{stats:?}");
+    assert_eq!(node.word(64), 0);
+    // One attempt each: a refusal is not retried.
+    assert_eq!(stats.connections_accepted, 3, "{stats:?}");
+    assert_serves(&node, &member, 0, 93);
+}
+
+/// A WRITE of `tag` at `offset`.
+fn raw_write_op(node: &Node, offset: u32, tag: u64) -> Op {
+    Op::Write {
+        addr: at(offset),
+        key: node.key(),
+        data: tag.to_le_bytes().to_vec(),
+    }
+}
+
+/// A configuration change forced by the test removes RAW_CLIENT and node 4: RAW_CLIENT's live
+/// connection gets REFUSED(not a member) behind the response to what it executed and is
+/// closed, and what it sends after executes nothing; node 4's transport's next post fails with
+/// `NotMember`; the member that moved to the new configuration keeps being served on the
+/// connection it had.
+#[test]
+fn a_configuration_change_closes_a_removed_nodes_connection() {
+    let secret = ClusterSecret::generate();
+    const REMOVED: NodeId = NodeId(4);
+    let node = Node::start_with(
+        SERVER,
+        &secret,
+        Membership::new(CONFIG, [SERVER, CLIENT, RAW_CLIENT, REMOVED]),
+    );
+    let member = node.transport(&secret);
+    member.set_configuration(CONFIG + 1);
+    assert_serves(&node, &member, 0, 101);
+    let removed = node.transport_as(REMOVED, &secret);
+    assert_serves(&node, &removed, 8, 102);
+    let mut raw = authenticated(&node, &secret);
+    send(&mut raw, &raw_write(&node, 1, 64, 103)).unwrap();
+    let mut inbox = Vec::new();
+    assert!(matches!(
+        recv(&mut raw, &mut inbox),
+        Some(Frame::Response(_))
+    ));
+    let before = node.server.stats();
+
+    node.server
+        .set_membership(Membership::new(CONFIG + 1, [SERVER, CLIENT]));
+    assert_eq!(node.server.config(), CONFIG + 1);
+    // Both removed nodes' connections were closed before set_membership returned.
+    let after = node.server.stats();
+    assert_eq!(
+        after.connections_not_member,
+        before.connections_not_member + 2,
+        "{after:?}"
+    );
+    assert_eq!(
+        assert_closed_by_server(&mut raw),
+        vec![Frame::Refused(Refusal::NotMember { config: CONFIG + 1 })]
+    );
+    let _ = send(&mut raw, &raw_write(&node, 2, 64, 104));
+    let results = post(&removed, SERVER, vec![raw_write_op(&node, 64, 105)]);
+    let not_member = Err(OpError::NotMember {
+        node: SERVER,
+        config: CONFIG + 1,
+    });
+    assert_eq!(results, vec![not_member.clone()]);
+    // And so is every later post: the refusal is not transient.
+    assert_eq!(
+        post(&removed, SERVER, vec![raw_write_op(&node, 64, 106)]),
+        vec![not_member]
+    );
+    assert_eq!(node.word(64), 103);
+    assert_eq!(node.word(8), 102 + 7);
+    assert_serves(&node, &member, 0, 107);
+    let stats = node.server.stats();
+    assert_eq!(
+        stats.connections_authenticated, after.connections_authenticated,
+        "the member kept its connection: {stats:?}"
+    );
+}
+
+/// A member still bound to the older configuration is refused once the server adopts the new
+/// one (it has not learned of it), and served again once it moves to it.
+#[test]
+fn a_sender_bound_to_an_older_configuration_is_refused_after_the_change() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let stale = node.transport(&secret);
+    assert_serves(&node, &stale, 0, 111);
+
+    node.server
+        .set_membership(Membership::new(CONFIG + 1, [SERVER, CLIENT, RAW_CLIENT]));
+    let not_member = Err(OpError::NotMember {
+        node: SERVER,
+        config: CONFIG + 1,
+    });
+    assert_eq!(
+        post(&stale, SERVER, vec![raw_write_op(&node, 64, 112)]),
+        vec![not_member]
+    );
+    let error = client::connect(CLIENT, CONFIG, &secret, SERVER, node.addr()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            HandshakeError::Refused {
+                refusal: Refusal::NotMember { config: 2 },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(node.word(64), 0);
+
+    stale.set_configuration(CONFIG + 1);
+    assert_serves(&node, &stale, 0, 113);
+}
+
+/// A connection whose HELLO was admitted but whose node is removed before its PROOF arrives is
+/// refused after the proof, and executes nothing.
+#[test]
+fn a_node_removed_during_its_handshake_is_refused_after_its_proof() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let mut late = TcpStream::connect(node.addr()).unwrap();
+    let (client_nonce, challenge) = say_hello(&mut late, RAW_CLIENT);
+    node.server
+        .set_membership(Membership::new(CONFIG + 1, [SERVER, CLIENT]));
+
+    let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, RAW_CLIENT, CONFIG);
+    send(&mut late, &Frame::Proof(proof)).unwrap();
+    let _ = send(&mut late, &raw_write(&node, 1, 64, 121));
+    assert_eq!(
+        assert_closed_by_server(&mut late),
+        vec![Frame::Refused(Refusal::NotMember { config: CONFIG + 1 })]
+    );
+    assert_eq!(node.word(64), 0);
+    assert_eq!(node.server.stats().requests_executed, 0);
+}
+
+#[test]
+#[should_panic(expected = "configuration ids only grow")]
+fn a_membership_with_an_older_configuration_id_is_a_programmer_error() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    node.server
+        .set_membership(Membership::new(CONFIG, [SERVER]));
 }

@@ -28,7 +28,8 @@ impl NodeId {
     /// The id of an observer: a read-only tool such as `acre cluster status` that probes nodes.
     /// No member ever has it, several observers may use it at once, and the tcp transport's
     /// fence ([`crate::fabric::tcp::server`]) does not apply to it, so an observer must never
-    /// write anything whose order matters.
+    /// write anything: a tcp NIC thread serves it READs only
+    /// ([`crate::fabric::membership::Admission::Observer`]).
     pub const OBSERVER: NodeId = NodeId(u16::MAX);
 }
 

@@ -17,6 +17,10 @@
 //! as exactly the [`AccessError`](crate::region::AccessError) the target computed and leaves the
 //! connection usable. A broken connection fails every operation in flight on it with
 //! [`OpError::Unreachable`](crate::fabric::OpError::Unreachable); the next post reconnects.
+//! A node that is not a member of the target's configuration, or is bound to an older one, is
+//! refused at the handshake or, when the target's membership changes, on its live connection:
+//! its operations fail with [`OpError::NotMember`](crate::fabric::OpError::NotMember) and none
+//! of them executed (docs/failures.md#fencing).
 //!
 //! Peers are authenticated, frames are not encrypted: see [`auth`] for what that protects.
 

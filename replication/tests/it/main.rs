@@ -1,5 +1,6 @@
 //! Integration tests of the commit protocol over embedded clusters (and, for list-append, over
-//! node runtimes that reach each other by shm).
+//! node runtimes that reach each other by shm), and of node runtimes over tcp refusing nodes
+//! that are not members of their configuration.
 
 mod bank;
 mod clients;
@@ -13,3 +14,4 @@ mod protocol;
 mod ring_damage;
 mod shm_cluster;
 mod status;
+mod tcp_fencing;

@@ -31,9 +31,8 @@
 //! ([`TcpTransport::set_configuration`] replaces it; later posts dial anew). A peer that does
 //! not count this node as a member of its configuration refuses the handshake, or closes a live
 //! connection after a REFUSED(not a member) frame behind the responses it still sent: the
-//! operations it refused fail with [`OpError::NotMember`],
-//! which says that none of them executed, and so does every post to it until the configuration
-//! changes.
+//! operations it refused fail with [`OpError::NotMember`], which says that none of them
+//! executed, and so does every post to it until the configuration changes.
 
 use crate::addr::NodeId;
 use crate::fabric::exec;

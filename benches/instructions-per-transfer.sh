@@ -11,7 +11,11 @@
 # threads' timing, not the work: tens of thousands of instructions per transfer that differ
 # from run to run); the count with waiting is printed next to it. Then the functions that take
 # the most of those instructions, exclusive (in the function itself) and inclusive (with what
-# it calls), also as differences of the two runs per transfer, waiting included.
+# it calls), also as differences of the two runs per transfer, waiting included. The
+# coordinator column is the client thread's share of the work (its Bank::transfer, without
+# ReplyArea::wait): the steadiest number (within 0.2% from run to run here), where the work
+# column moves by a few per cent (how many records a worker's wake-up finds changes its loop's
+# turns).
 #
 # Usage: benches/instructions-per-transfer.sh [--transfers EXTRA] [--base BASE]
 #                                             [--commit one-sided|messages] [--top 10] [--keep]
@@ -30,7 +34,7 @@ out=target/instructions-per-transfer
 # One callgrind run: ~1 minute for 12,000 transfers on this 2-core machine; the bound is wide.
 run_timeout=900
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --transfers) extra=$2; shift 2 ;;
@@ -112,14 +116,17 @@ functions() {
       END { for (f in ir_of) print ir_of[f] "\t" f }'
 }
 
-# The instructions a file spent waiting: polling an empty inbox or reply area, spinning, then
-# sleeping on the doorbell until a record or a reply arrives (the worker's Inbox::wait, the
-# coordinator's ReplyArea::wait). How many polls a wait takes depends on the threads' timing,
-# not on the work, so this part of the count varies from run to run.
-waiting() {
+# What a file spent in three places, inclusive, as "waiting coordinator": waiting is polling an
+# empty inbox or reply area, spinning, then sleeping on the doorbell until a record or a reply
+# arrives (the worker's Inbox::wait, the coordinator's ReplyArea::wait); how many polls a wait
+# takes depends on the threads' timing, not on the work, so this part of the count varies from
+# run to run. The coordinator is the client thread's Bank::transfer without its waiting.
+parts() {
   functions "$1" yes |
-    awk -F '\t' '$2 == "acre_engine::channel::Inbox::wait" || $2 == "acre_txn::reply::ReplyArea::wait" { sum += $1 }
-                 END { print sum + 0 }'
+    awk -F '\t' '$2 == "acre_engine::channel::Inbox::wait" { inbox = $1 }
+                 $2 == "acre_txn::reply::ReplyArea::wait" { reply = $1 }
+                 $2 == "acre_benches::bank::Bank::transfer" { transfer = $1 }
+                 END { printf "%.0f %.0f\n", inbox + reply, transfer - reply }'
 }
 
 # The top functions of the difference of two files per transfer: $1 small, $2 large, $3 yes|no.
@@ -131,10 +138,15 @@ difference() {
     FNR == NR { small[$2] += $1; next }
     { large[$2] += $1 }
     END {
-      for (f in large) { d = (large[f] - small[f]) / extra; if (d > 0) print d "\t" f }
+      for (f in large) {
+        # Every thread starts in these: inclusive, they only say how much ran in all threads.
+        if (f ~ /^(start_thread|clone3?|std::sys::backtrace::__rust_begin_short_backtrace|core::ops::function::FnOnce::call_once\{\{vtable.shim\}\}|<std::sys::thread::unix::Thread>::new::thread_start)$/) continue
+        d = (large[f] - small[f]) / extra
+        if (d > 0) print d "\t" f
+      }
     }' "$out/small.annotate" "$out/large.annotate" |
-    sort -t "$(printf '\t')" -k1,1 -g -r | head -n "$top" |
-    awk -F '\t' '{ printf "  %10.1f  %s\n", $1, $2 }'
+    sort -t "$(printf '\t')" -k1,1 -g -r |
+    awk -F '\t' -v top="$top" 'NR <= top { printf "  %10.1f  %s\n", $1, $2 }'
 }
 
 summary=""
@@ -143,21 +155,23 @@ for mode in $modes; do
   started=$SECONDS
   small=$(count "$mode" "$base")
   large=$(count "$mode" "$((base + extra))")
-  small_wait=$(waiting "$out/$mode-$base.callgrind")
-  large_wait=$(waiting "$out/$mode-$((base + extra)).callgrind")
+  read -r small_wait small_coordinator < <(parts "$out/$mode-$base.callgrind")
+  read -r large_wait large_coordinator < <(parts "$out/$mode-$((base + extra)).callgrind")
   per() { awk -v s="$1" -v l="$2" -v e="$extra" 'BEGIN { printf "%.0f", (l - s) / e }'; }
   all=$(per "$small" "$large")
   waits=$(per "$small_wait" "$large_wait")
+  coordinator=$(per "$small_coordinator" "$large_coordinator")
   work=$((all - waits))
   echo "Ir($base) = $small, Ir($((base + extra))) = $large ($((SECONDS - started)) s)"
   echo "$mode: $work instructions per committed transfer, not counting waiting"
-  echo "  ($all with waiting: $waits per transfer in Inbox::wait and ReplyArea::wait polls, which vary with timing)"
+  echo "  ($all with waiting: $waits per transfer in Inbox::wait and ReplyArea::wait polls, which vary with timing;"
+  echo "  $coordinator of them in the coordinator's Bank::transfer, the rest in the nodes' workers)"
   echo "top $top functions, exclusive instructions per transfer:"
   difference "$out/$mode-$base.callgrind" "$out/$mode-$((base + extra)).callgrind" no
   echo "top $top functions, inclusive instructions per transfer:"
   difference "$out/$mode-$base.callgrind" "$out/$mode-$((base + extra)).callgrind" yes
-  summary="$summary$(printf '%-10s %8s %14s %8s' "$mode" "$work" "$all" "$waits")"$'\n'
+  summary="$summary$(printf '%-10s %8s %12s %14s %8s' "$mode" "$work" "$coordinator" "$all" "$waits")"$'\n'
 done
 echo "== instructions per committed transfer (local transport, 1 thread, 3 replicas)"
-printf '%-10s %8s %14s %8s\n' mode work "with waiting" waiting
+printf '%-10s %8s %12s %14s %8s\n' mode work coordinator "with waiting" waiting
 printf '%s' "$summary"

@@ -21,8 +21,8 @@
 #                                             [--commit one-sided|messages] [--top 10] [--keep]
 # Defaults: EXTRA 10000, BASE 2000, both commit modes, 10 functions: about 1.5 minutes here
 # (--transfers 1000 --base 200 gives the same figures within 1% in half a minute, a smoke run).
-# Builds the release binary first. The callgrind files go to target/instructions-per-transfer/ and are removed at the end
-# unless --keep.
+# Builds the release binary first. The callgrind files go to target/instructions-per-transfer/
+# and are removed at the end unless --keep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,7 +5,9 @@
 //! prepared statements). Every target gets the same accounts, the same transfers from the same
 //! seed, and its total checked after every row; the rows are committed and aborted (retried)
 //! transactions per second and p50/p99/p99.9 latency per thread count, optionally written as
-//! JSON.
+//! JSON. With `--transfers N` a row is instead exactly N committed transfers (no warm-up, no
+//! read-only rows): a fixed amount of work whose instruction count does not depend on the
+//! machine's speed (`benches/instructions-per-transfer.sh` counts it under callgrind).
 //!
 //! Expectation on this 2-core machine: an Acre transfer costs a LOCK round trip through a
 //! worker thread (two futex wake-ups, ~10-30 µs), COMMIT-BACKUP and COMMIT-PRIMARY appends
@@ -52,6 +54,11 @@ pub struct BankBenchArgs {
     /// Seconds each row measures, after one second of warm-up.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Instead of --seconds: each row runs until exactly this many transfers committed (split
+    /// among its threads), with no warm-up and no read-only rows; a fixed amount of work, for
+    /// counting instructions (benches/instructions-per-transfer.sh).
+    #[arg(long, conflicts_with = "seconds")]
+    transfers: Option<u64>,
     /// Accounts in the bank (each starts with 1000).
     #[arg(long, default_value_t = 4000)]
     accounts: usize,
@@ -123,6 +130,7 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
         threads: args.threads.clone(),
         duration: Duration::from_secs(args.seconds),
         warmup: WARMUP,
+        transfers: args.transfers,
         seed: args.seed,
         termination: Some(termination.clone()),
     };
@@ -160,6 +168,19 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
         )?;
         return Ok(ExitCode::SUCCESS);
     }
+    if report.transfers.is_some() {
+        for row in &report.rows {
+            writeln!(
+                out,
+                "{} with {} threads: {} committed, {} aborted (retried) in {:.3} s",
+                row.transaction,
+                row.threads,
+                row.committed,
+                row.aborted,
+                row.elapsed.as_secs_f64()
+            )?;
+        }
+    }
     writeln!(
         out,
         "total checked after every row: {} in {} accounts",
@@ -181,14 +202,19 @@ fn measure(
     out: &mut crate::output::Stdout,
 ) -> anyhow::Result<transfer::Report> {
     let mut backend = connect(args, target)?;
+    let length = match args.transfers {
+        Some(transfers) => format!("{transfers} committed transfers per row"),
+        None => format!(
+            "{} s per row after {} s of warm-up",
+            args.seconds,
+            WARMUP.as_secs()
+        ),
+    };
     writeln!(
         out,
-        "bank bench against {}: {} accounts of {INITIAL_BALANCE}, {} s per row after {} s of \
-         warm-up, seed {}",
+        "bank bench against {}: {} accounts of {INITIAL_BALANCE}, {length}, seed {}",
         backend.describe(),
         args.accounts,
-        args.seconds,
-        WARMUP.as_secs(),
         args.seed
     )?;
     transfer::print_header(out)?;

@@ -2,7 +2,8 @@
 //! loopback that answers just enough of RESP or of PostgreSQL's protocol: a peer that does not
 //! answer, a database that holds data (refused without `--flush`, emptied with it: FLUSHDB on
 //! the chosen Redis database, DROP TABLE of the bench's own table only), zero threads and an
-//! unknown target get one line on stderr and exit code 2.
+//! unknown target get one line on stderr and exit code 2; and the fixed-count runs
+//! (`--transfers`) on an embedded cluster.
 
 use crate::cluster::{run_bounded, text};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -314,4 +315,44 @@ fn a_short_run_on_an_embedded_cluster_writes_its_rows_as_json() {
         );
         assert!(p50 > Some(0.0) && p50 <= p99 && p99 <= p999, "{row}");
     }
+}
+
+/// `--transfers N` (what benches/instructions-per-transfer.sh counts under callgrind): each
+/// row is exactly N committed transfers, in both commit modes, with no read-only row; zero
+/// transfers, or a count with --seconds, is refused.
+#[test]
+fn a_fixed_count_run_commits_exactly_that_many_transfers() {
+    for commit in ["one-sided", "messages"] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_acre"));
+        command.args([
+            "bench",
+            "bank",
+            "--transport",
+            "local",
+            "--threads",
+            "1",
+            "--accounts",
+            "100",
+            "--transfers",
+            "300",
+            "--commit",
+            commit,
+        ]);
+        let output = run_bounded(command, RUN_TIMEOUT)
+            .unwrap_or_else(|output| panic!("a fixed-count run did not end: {}", text(&output)));
+        assert!(output.status.success(), "{}", text(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("transfer with 1 threads: 300 committed, 0 aborted"),
+            "{}",
+            text(&output)
+        );
+        assert!(!stdout.contains("read-only"), "{}", text(&output));
+    }
+    let mut zero = Command::new(env!("CARGO_BIN_EXE_acre"));
+    zero.args(["bench", "bank", "--transfers", "0"]);
+    let output = run_bounded(zero, RUN_TIMEOUT)
+        .unwrap_or_else(|output| panic!("--transfers 0 did not end: {}", text(&output)));
+    assert_refused(&output, "--transfers must be at least 1");
+    assert_refused(&bench_bank(&["--transfers", "10"]), "cannot be used with");
 }

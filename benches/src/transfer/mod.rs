@@ -10,6 +10,10 @@
 //! serialization failure, a WATCHed key changed) is counted and the same transfer is attempted
 //! again after a jittered backoff, so every target does the same sequence of transfers per
 //! thread; a transfer's latency runs from its first attempt to its commit.
+//!
+//! A row runs for a time (after a warm-up), or, with [`Options::transfers`], for a fixed
+//! number of committed transfers: the same work on every run, whatever the machine's speed,
+//! which is what counting instructions needs (`benches/instructions-per-transfer.sh`).
 
 pub mod acre;
 pub mod postgres;
@@ -110,6 +114,11 @@ pub struct Options {
     /// Measured time of each row, after `warmup`.
     pub duration: Duration,
     pub warmup: Duration,
+    /// A fixed-count run: with `Some(n)`, each row runs until exactly `n` transfers committed
+    /// (split among its threads), with no warm-up; `duration` and `warmup` are not used, and
+    /// only the transfer kinds are measured, so the run's work is the setup, `n` transfers per
+    /// kind and thread count, and the totals read after the rows.
+    pub transfers: Option<u64>,
     /// Seed of the transfer generator; thread `t` draws from `seed ^ ((t + 1) * 0x9e37)` as
     /// [`crate::bank::Bank::run`]'s threads do.
     pub seed: u64,
@@ -129,6 +138,8 @@ pub enum OptionsError {
     Accounts { accounts: usize, max: usize },
     #[error("--seconds must be at least 1")]
     ZeroDuration,
+    #[error("--transfers must be at least 1")]
+    ZeroTransfers,
 }
 
 impl Options {
@@ -148,8 +159,11 @@ impl Options {
                 max: ACCOUNTS_MAX,
             });
         }
-        if self.duration.is_zero() {
-            return Err(OptionsError::ZeroDuration);
+        match self.transfers {
+            Some(0) => return Err(OptionsError::ZeroTransfers),
+            Some(_) => {}
+            None if self.duration.is_zero() => return Err(OptionsError::ZeroDuration),
+            None => {}
         }
         Ok(())
     }
@@ -200,6 +214,8 @@ pub struct Report {
     pub duration: Duration,
     #[serde(rename = "warmup_s", serialize_with = "seconds")]
     pub warmup: Duration,
+    /// Committed transfers per row of a fixed-count run ([`Options::transfers`]).
+    pub transfers: Option<u64>,
     pub seed: u64,
     pub rows: Vec<Row>,
     /// Whether Ctrl-C cut the run short (the rows cover what ran).
@@ -267,11 +283,16 @@ pub fn run(
         expected_total: expected,
         duration: options.duration,
         warmup: options.warmup,
+        transfers: options.transfers,
         seed: options.seed,
         rows: Vec::new(),
         interrupted: false,
     };
-    for kind in backend.kinds() {
+    let kinds = backend.kinds().into_iter().filter(|kind| {
+        // A fixed-count run counts transfers only.
+        options.transfers.is_none() || kind.work == Work::Transfer
+    });
+    for kind in kinds {
         for &threads in &options.threads {
             if options.terminated() {
                 break;
@@ -323,13 +344,23 @@ fn measure(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let stop = AtomicBool::new(false);
-    let measuring = AtomicBool::new(false);
+    // A fixed-count run has no warm-up: everything it runs is measured.
+    let measuring = AtomicBool::new(options.transfers.is_some());
     let accounts = options.accounts as u64;
+    // Thread `t`'s share of a fixed-count row: the first `n % threads` threads run one more.
+    let quota = |t: usize| {
+        options.transfers.map(|n| {
+            let threads = threads as u64;
+            n / threads + u64::from((t as u64) < n % threads)
+        })
+    };
+    let started = Instant::now();
     let (tallies, elapsed) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let mut handles = Vec::with_capacity(threads);
         for (t, mut client) in clients.into_iter().enumerate() {
             let (stop, measuring) = (&stop, &measuring);
             let seed = options.seed ^ ((t as u64 + 1) * 0x9e37);
+            let quota = quota(t);
             let spawned = std::thread::Builder::new()
                 .name(format!("bank-{t}"))
                 .spawn_scoped(scope, move || -> anyhow::Result<Tally> {
@@ -340,7 +371,13 @@ fn measure(
                         latency_ns: Histogram::new(HISTOGRAM_SIGNIFICANT_DIGITS)
                             .expect("a valid histogram precision"),
                     };
-                    while !stop.load(Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed)
+                        && quota.is_none_or(|quota| tally.committed < quota)
+                    {
+                        // A timed row is ended by the main thread, a fixed-count one here.
+                        if quota.is_some() && options.terminated() {
+                            break;
+                        }
                         let began = Instant::now();
                         let (attempts, committed) = match kind.work {
                             Work::Transfer => {
@@ -391,13 +428,17 @@ fn measure(
             }
             None => std::thread::sleep(duration),
         };
-        sleep(options.warmup);
-        measuring.store(true, Ordering::Relaxed);
-        let start = Instant::now();
-        sleep(options.duration);
-        measuring.store(false, Ordering::Relaxed);
-        let elapsed = start.elapsed();
-        stop.store(true, Ordering::Relaxed);
+        // A fixed-count row ends when its threads ran their quotas.
+        let mut timed = None;
+        if options.transfers.is_none() {
+            sleep(options.warmup);
+            measuring.store(true, Ordering::Relaxed);
+            let start = Instant::now();
+            sleep(options.duration);
+            measuring.store(false, Ordering::Relaxed);
+            timed = Some(start.elapsed());
+            stop.store(true, Ordering::Relaxed);
+        }
         let mut tallies = Vec::with_capacity(threads);
         let mut failed = None;
         for handle in handles {
@@ -410,7 +451,7 @@ fn measure(
         }
         match failed {
             Some(error) => Err(error),
-            None => Ok((tallies, elapsed)),
+            None => Ok((tallies, timed.unwrap_or_else(|| started.elapsed()))),
         }
     })?;
     let mut latency_ns =
@@ -555,9 +596,69 @@ mod tests {
             threads: vec![1, 3],
             duration: Duration::from_millis(200),
             warmup: Duration::from_millis(20),
+            transfers: None,
             seed: 7,
             termination: None,
         }
+    }
+
+    /// A fixed-count run: each row commits exactly the transfers asked for, split among its
+    /// threads, aborted attempts aside, and the read-only kinds are left out.
+    #[test]
+    fn a_fixed_count_run_commits_exactly_that_many_transfers() {
+        struct WithReads(Memory);
+        impl Backend for WithReads {
+            fn name(&self) -> &'static str {
+                "with reads"
+            }
+            fn describe(&self) -> String {
+                String::new()
+            }
+            fn kinds(&self) -> Vec<Kind> {
+                let mut kinds = self.0.kinds();
+                kinds.push(Kind {
+                    name: "read-only 4",
+                    work: Work::Read4,
+                });
+                kinds
+            }
+            fn create(&mut self, count: usize, initial_balance: i64) -> anyhow::Result<()> {
+                self.0.create(count, initial_balance)
+            }
+            fn client(&self) -> anyhow::Result<Box<dyn Client>> {
+                self.0.client()
+            }
+            fn total(&self) -> anyhow::Result<Total> {
+                self.0.total()
+            }
+        }
+        let options = Options {
+            transfers: Some(1001),
+            // Not used by a fixed-count run.
+            duration: Duration::ZERO,
+            warmup: Duration::from_secs(3600),
+            ..options()
+        };
+        let report = run(&mut WithReads(Memory::default()), &options, |_| Ok(())).expect("run");
+        let rows: Vec<_> = report
+            .rows
+            .iter()
+            .map(|row| (row.transaction, row.threads, row.committed))
+            .collect();
+        assert_eq!(rows, [("transfer", 1, 1001), ("transfer", 3, 1001)]);
+        for row in &report.rows {
+            // Every third attempt aborts and is retried.
+            assert!(row.aborted >= 1001 / 3, "{row:?}");
+            assert_eq!(row.total.sum, 80, "{row:?}");
+        }
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["transfers"], 1001);
+        let zero = Options {
+            transfers: Some(0),
+            ..options
+        };
+        let error = run(&mut Memory::default(), &zero, |_| Ok(())).expect_err("zero transfers");
+        assert!(error.to_string().contains("--transfers"), "{error}");
     }
 
     #[test]

@@ -404,6 +404,7 @@ fn the_bank_transfers_keep_the_total_with_lua_and_with_watch() {
         threads: vec![1, 4],
         duration: Duration::from_millis(300),
         warmup: Duration::from_millis(50),
+        transfers: None,
         seed: 3,
         termination: None,
     };

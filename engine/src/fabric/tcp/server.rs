@@ -583,10 +583,6 @@ impl Nic {
     /// responses, handles complete frames, reads more bytes.
     fn drive(&self, connection: &mut Connection) -> Result<Turn, Close> {
         let mut frames_count = 0;
-        // Whether the last read took less than it could: the socket was empty then. On Linux a
-        // TCP socket that is read empty raises a new edge-triggered event for the next bytes
-        // that arrive, so there is no need for one more `read` only to see `WouldBlock`.
-        let mut drained = false;
         loop {
             connection.flush()?;
             while connection.backlog_bytes() < WRITE_BACKLOG_BYTES_MAX {
@@ -612,18 +608,14 @@ impl Nic {
                 }
                 continue;
             }
-            if drained {
-                connection.flush()?;
-                return Ok(Turn::Idle);
-            }
             match connection.read_some() {
-                Ok((0, _)) => {
+                Ok(0) => {
                     // The peer hung up, possibly in the middle of a frame: whatever it had
                     // sent of that frame is dropped, so a torn request never executes.
                     connection.flush_once();
                     return Err(Close::Gone);
                 }
-                Ok((count, offered)) => drained = count < offered,
+                Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     connection.flush()?;
                     return Ok(Turn::Idle);
@@ -758,10 +750,9 @@ impl Connection {
         }
     }
 
-    /// Reads once from the socket into the inbox; returns the bytes read and the room offered.
-    /// Called only when the inbox holds no complete frame, so it holds at most one partial
-    /// frame plus one chunk.
-    fn read_some(&mut self) -> io::Result<(usize, usize)> {
+    /// Reads once from the socket into the inbox. Called only when the inbox holds no complete
+    /// frame, so it holds at most one partial frame plus one chunk.
+    fn read_some(&mut self) -> io::Result<usize> {
         if self.inbox_start == self.inbox_end {
             self.inbox_start = 0;
             self.inbox_end = 0;
@@ -778,10 +769,9 @@ impl Connection {
                 self.inbox.resize(self.inbox_end + READ_CHUNK_BYTES, 0);
             }
         }
-        let offered = self.inbox.len() - self.inbox_end;
         let count = self.stream.read(&mut self.inbox[self.inbox_end..])?;
         self.inbox_end += count;
-        Ok((count, offered))
+        Ok(count)
     }
 
     fn backlog_bytes(&self) -> usize {

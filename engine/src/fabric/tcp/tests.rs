@@ -1639,3 +1639,39 @@ fn a_membership_with_an_older_configuration_id_is_a_programmer_error() {
     node.server
         .set_membership(Membership::new(CONFIG, [SERVER]));
 }
+
+/// A hang-up that arrives with the last bytes, while the NIC thread is busy with another
+/// connection, is seen: the thread reads a connection until it would block or sees the end.
+/// (Stopping at a short read, as if it meant "empty", missed the end that came with it, and
+/// with edge-triggered readiness no later event reported it: the connection was never closed.)
+#[test]
+fn a_hang_up_that_arrives_with_the_last_bytes_is_seen() {
+    const ROUNDS: usize = 20;
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let good = node.transport(&secret);
+    let big_reads: Vec<Op> = (0..32)
+        .map(|_| Op::Read {
+            addr: at(0),
+            key: node.key(),
+            len: 512 << 10,
+        })
+        .collect();
+    for round in 0..ROUNDS {
+        let closed_before = node.server.stats().connections_closed;
+        let mut bad = authenticated(&node, &secret);
+        // Keep the NIC thread busy, so that the bad peer's bytes and its hang-up arrive
+        // before it looks at that connection again.
+        let busy = good.post(SERVER, big_reads.clone());
+        let write = raw_write(&node, 1, 4096, 0xff);
+        let bytes = frame::encode_to_vec(&write);
+        bad.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        bad.shutdown(Shutdown::Both).unwrap();
+        drop(bad);
+        assert!(busy.wait().iter().all(Result::is_ok));
+        node.await_stats(&format!("round {round}: the hang-up"), |s| {
+            s.connections_closed == closed_before + 1
+        });
+    }
+    assert_eq!(node.word(4096), 0, "a torn write landed");
+}

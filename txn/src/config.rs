@@ -16,7 +16,51 @@ use std::path::{Path, PathBuf};
 pub struct Placement {
     pub region: RegionId,
     pub primary: NodeId,
+    /// At most `f`: fewer while no other node can take a lost backup's place.
     pub backups: Vec<NodeId>,
+    /// Whether the region serves; written by the configuration manager (docs/failures.md).
+    #[serde(default, skip_serializing_if = "RegionState::is_active")]
+    pub state: RegionState,
+}
+
+/// Whether a region serves transactions in a configuration.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegionState {
+    /// Its primary serves reads, locks and commits.
+    #[default]
+    Active,
+    /// Its primary changed: transactions that touch it wait until its locks and log records are
+    /// recovered on the new primary (`Unavailable` until transaction recovery exists).
+    Blocked,
+    /// Every replica failed: its data is gone until a replica's files come back. `primary` names
+    /// the last primary.
+    Lost,
+}
+
+impl RegionState {
+    pub fn is_active(&self) -> bool {
+        *self == RegionState::Active
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RegionState::Active => "active",
+            RegionState::Blocked => "blocked",
+            RegionState::Lost => "lost",
+        }
+    }
+}
+
+/// The failure domain of a node: nodes that can fail together (a host, a rack). Backups of a
+/// region go to other domains than its primary's when there are any.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureDomain {
+    pub node: NodeId,
+    pub domain: String,
 }
 
 impl Placement {
@@ -78,6 +122,17 @@ pub struct Configuration {
     /// Who does the primary's part of a commit.
     #[serde(default)]
     pub commit: CommitMode,
+    /// Failure domains of nodes; a node not listed is a domain of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<FailureDomain>,
+    /// The replicas of the configuration manager's Raft group; empty for a static configuration
+    /// that nothing changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cm_replicas: Vec<NodeId>,
+    /// The replica that acts as configuration manager (the Raft leader that committed this
+    /// configuration); it grants the leases of this configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cm_leader: Option<NodeId>,
 }
 
 /// Why a configuration is unusable. Every variant is a mistake in the configuration (or the
@@ -118,7 +173,7 @@ pub enum ConfigError {
     RegionId { region: RegionId },
     #[error("invalid configuration: region {region} is placed twice")]
     PlacedTwice { region: RegionId },
-    #[error("invalid configuration: region {region} has {backups} backups, f = {f}")]
+    #[error("invalid configuration: region {region} has {backups} backups, more than f = {f}")]
     BackupCount {
         region: RegionId,
         backups: usize,
@@ -128,6 +183,10 @@ pub enum ConfigError {
     TwoReplicasOnOneNode { region: RegionId },
     #[error("invalid configuration: region {region} is placed on {node}, not a node")]
     NotANode { region: RegionId, node: NodeId },
+    #[error("invalid configuration: {node} has a failure domain but is not a node")]
+    DomainOfANonNode { node: NodeId },
+    #[error("invalid configuration: {node} is given two failure domains")]
+    TwoDomains { node: NodeId },
     #[error("invalid configuration: {source}")]
     Parse {
         #[source]
@@ -192,6 +251,9 @@ impl Configuration {
         block_bytes: u64,
     ) -> Result<Configuration, ConfigError> {
         let n = nodes.len();
+        if f >= n {
+            return Err(ConfigError::TooFewNodes { f, nodes: n });
+        }
         let mut regions = Vec::new();
         for k in 0..n * regions_per_node {
             let primary = k % n;
@@ -199,6 +261,7 @@ impl Configuration {
                 region: RegionId(k as u32 + 1),
                 primary: nodes[primary],
                 backups: (1..=f).map(|i| nodes[(primary + i) % n]).collect(),
+                state: RegionState::Active,
             });
         }
         let config = Configuration {
@@ -210,6 +273,9 @@ impl Configuration {
             block_bytes,
             regions,
             commit: CommitMode::default(),
+            domains: Vec::new(),
+            cm_replicas: Vec::new(),
+            cm_leader: None,
         };
         config.validate()?;
         Ok(config)
@@ -227,12 +293,6 @@ impl Configuration {
         if members.contains(&NodeId::OBSERVER) {
             return Err(ConfigError::ObserverId {
                 node: NodeId::OBSERVER,
-            });
-        }
-        if self.f >= self.nodes.len() {
-            return Err(ConfigError::TooFewNodes {
-                f: self.f,
-                nodes: self.nodes.len(),
             });
         }
         if self.region_bytes == 0 || self.region_bytes > REGION_BYTES_MAX {
@@ -261,7 +321,7 @@ impl Configuration {
             if !seen.insert(region) {
                 return Err(ConfigError::PlacedTwice { region });
             }
-            if placement.backups.len() != self.f {
+            if placement.backups.len() > self.f {
                 return Err(ConfigError::BackupCount {
                     region,
                     backups: placement.backups.len(),
@@ -269,14 +329,36 @@ impl Configuration {
                 });
             }
             let replicas: BTreeSet<NodeId> = placement.replicas().collect();
-            if replicas.len() != self.f + 1 {
+            if replicas.len() != placement.backups.len() + 1 {
                 return Err(ConfigError::TwoReplicasOnOneNode { region });
             }
-            if let Some(&node) = replicas.iter().find(|n| !self.nodes.contains(n)) {
+            // A lost region names its last primary, which may have left.
+            let present = |n: &&NodeId| self.nodes.contains(n);
+            let mut named = replicas.iter();
+            if placement.state != RegionState::Lost
+                && let Some(&node) = named.find(|n| !present(n))
+            {
                 return Err(ConfigError::NotANode { region, node });
             }
         }
+        let mut domained = BTreeSet::new();
+        for FailureDomain { node, .. } in &self.domains {
+            if !self.nodes.contains(node) {
+                return Err(ConfigError::DomainOfANonNode { node: *node });
+            }
+            if !domained.insert(*node) {
+                return Err(ConfigError::TwoDomains { node: *node });
+            }
+        }
         Ok(())
+    }
+
+    /// The failure domain of `node`: its own id when none is given.
+    pub fn domain_of(&self, node: NodeId) -> String {
+        self.domains
+            .iter()
+            .find(|d| d.node == node)
+            .map_or_else(|| node.to_string(), |d| d.domain.clone())
     }
 
     /// Every node that takes part: memory nodes, then clients.
@@ -371,6 +453,50 @@ mod tests {
         assert_eq!(Configuration::default_f(2), 1);
         assert_eq!(Configuration::default_f(5), 2);
         assert!(Configuration::from_toml("id = 1").is_err());
+    }
+
+    #[test]
+    fn degraded_lost_and_domained_configurations_round_trip() {
+        let mut config = Configuration::place(3, nodes(3), vec![], 1, 2, 1 << 20, 4096).unwrap();
+        config.regions[0].backups.pop();
+        config.regions[1].state = RegionState::Blocked;
+        config.domains = vec![FailureDomain {
+            node: NodeId(1),
+            domain: "rack-a".into(),
+        }];
+        config.cm_replicas = nodes(3);
+        config.cm_leader = Some(NodeId(2));
+        config.validate().unwrap();
+        assert_eq!(config.domain_of(NodeId(1)), "rack-a");
+        assert_eq!(config.domain_of(NodeId(2)), NodeId(2).to_string());
+        assert_eq!(Configuration::from_toml(&config.to_toml()).unwrap(), config);
+
+        // A lost region may name a primary that left; an active one may not.
+        config.nodes.retain(|&n| n != NodeId(3));
+        config.domains.clear();
+        for placement in &mut config.regions {
+            placement.backups.retain(|&n| n != NodeId(3));
+        }
+        let lost = config
+            .regions
+            .iter()
+            .position(|p| p.primary == NodeId(3))
+            .unwrap();
+        let error = config.validate().unwrap_err();
+        assert!(matches!(error, ConfigError::NotANode { .. }), "{error}");
+        config.regions[lost].state = RegionState::Lost;
+        config.regions[lost].backups.clear();
+        config.validate().unwrap();
+
+        config.domains = vec![FailureDomain {
+            node: NodeId(7),
+            domain: "x".into(),
+        }];
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(error, ConfigError::DomainOfANonNode { .. }),
+            "{error}"
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub mod value;
 pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
 
 pub use commit::validate::T_R;
-pub use config::{Configuration, Placement};
+pub use config::{Configuration, FailureDomain, Placement, RegionState};
 pub use error::{CommitError, Error, IndexError, TxnError};
 pub use record::TxnId;
 pub use retry::Transact;

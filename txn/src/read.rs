@@ -200,16 +200,27 @@ impl ObjectReader {
             .collect()
     }
 
-    /// Re-reads the header words of objects on one node (VALIDATE by one-sided reads).
-    pub fn read_headers(&self, node: NodeId, addrs: &[Addr]) -> Result<Vec<Header>, TxnError> {
+    /// Posts one-sided re-reads of the header words of objects on one node (VALIDATE by
+    /// one-sided reads); [`Self::headers_read`] waits for them. Posting every node's batch
+    /// before waiting for any keeps a validation to one round trip.
+    pub fn post_header_reads(&self, node: NodeId, addrs: &[Addr]) -> Result<Pending, TxnError> {
         let mut ops = Vec::with_capacity(addrs.len());
         for &addr in addrs {
             let (_, key) = self.primary_of(addr)?;
             ops.push(Op::Read { addr, key, len: 8 });
         }
-        let headers: Vec<Header> = self
-            .fabric
-            .execute(node, ops)
+        Ok(self.fabric.post(node, ops))
+    }
+
+    /// The headers a [`Self::post_header_reads`] of `count` objects on `node` read.
+    pub fn headers_read(
+        &self,
+        node: NodeId,
+        pending: Pending,
+        count: usize,
+    ) -> Result<Vec<Header>, TxnError> {
+        let headers: Vec<Header> = pending
+            .wait()
             .into_iter()
             .map(|result| match result.map_err(|e| op_error(node, e))? {
                 Completion::Read(bytes) if bytes.len() == 8 => Ok(Header::from_u64(
@@ -221,8 +232,14 @@ impl ObjectReader {
                 }),
             })
             .collect::<Result<_, _>>()?;
-        assert_eq!(headers.len(), addrs.len(), "one completion per READ");
+        assert_eq!(headers.len(), count, "one completion per READ");
         Ok(headers)
+    }
+
+    /// Re-reads the header words of objects on one node.
+    pub fn read_headers(&self, node: NodeId, addrs: &[Addr]) -> Result<Vec<Header>, TxnError> {
+        let pending = self.post_header_reads(node, addrs)?;
+        self.headers_read(node, pending, addrs.len())
     }
 
     /// Whether the block at `block` is still unclaimed on its primary (one READ of its header,

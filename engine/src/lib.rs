@@ -13,6 +13,7 @@ pub mod channel;
 pub mod cursor;
 pub mod directory;
 pub mod fabric;
+pub mod hash;
 pub mod object;
 pub mod pause;
 pub mod procfs;

@@ -14,8 +14,8 @@ use crate::truncation::{PIGGYBACK_MAX, TruncationQueue};
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{ChannelError, Outbox, ring_area_id};
 use acre_engine::fabric::Fabric;
+use acre_engine::hash::FastMap;
 use acre_nvm_log::{LogError, Reservation};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ pub struct Links {
     config_id: u64,
     fabric: Arc<Fabric>,
     directory: Arc<Directory>,
-    links: RwLock<HashMap<NodeId, Arc<Mutex<Link>>>>,
+    links: RwLock<FastMap<NodeId, Arc<Mutex<Link>>>>,
 }
 
 impl Links {
@@ -44,7 +44,7 @@ impl Links {
             config_id,
             fabric,
             directory,
-            links: RwLock::new(HashMap::new()),
+            links: RwLock::new(FastMap::default()),
         }
     }
 

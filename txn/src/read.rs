@@ -14,10 +14,11 @@ use crate::error::TxnError;
 use crate::error::op_error;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::fabric::{Completion, Fabric, Op, Pending};
+use acre_engine::hash::FastMap;
 use acre_engine::object::{self, Header};
 use acre_engine::region::AccessKey;
 use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 /// One-sided reads of an object that is locked or torn before the read reports a conflict.
@@ -57,7 +58,7 @@ pub struct ObjectReader {
     fabric: Arc<Fabric>,
     directory: Arc<Directory>,
     /// Slot size of each claimed block seen so far: `(region, block index) -> slot bytes`.
-    slot_bytes: RwLock<HashMap<(RegionId, u32), u64>>,
+    slot_bytes: RwLock<FastMap<(RegionId, u32), u64>>,
 }
 
 impl ObjectReader {
@@ -70,7 +71,7 @@ impl ObjectReader {
             config,
             fabric,
             directory,
-            slot_bytes: RwLock::new(HashMap::new()),
+            slot_bytes: RwLock::new(FastMap::default()),
         }
     }
 

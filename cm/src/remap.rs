@@ -152,11 +152,19 @@ impl fmt::Display for RegionChange {
             write!(f, ", dropped {}", list(&self.dropped))?;
         }
         if !self.added.is_empty() {
-            let copy = if self.created { "" } else { " (data copy needed)" };
+            let copy = if self.created {
+                ""
+            } else {
+                " (data copy needed)"
+            };
             write!(f, ", new backups {}{copy}", list(&self.added))?;
         }
         if self.backups_missing_count > 0 {
-            write!(f, ", degraded: {} backups short", self.backups_missing_count)?;
+            write!(
+                f,
+                ", degraded: {} backups short",
+                self.backups_missing_count
+            )?;
         }
         if self.state_before != Some(self.state) {
             write!(f, ", {}", self.state.name())?;
@@ -613,5 +621,345 @@ fn finish(before: &Configuration, next: Configuration) -> Remap {
     Remap {
         config: next,
         changes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acre_txn::config::FailureDomain;
+
+    fn n(id: u16) -> NodeId {
+        NodeId(id)
+    }
+
+    fn nodes(count: u16) -> Vec<NodeId> {
+        (1..=count).map(NodeId).collect()
+    }
+
+    fn failed(ids: &[u16]) -> BTreeSet<NodeId> {
+        ids.iter().copied().map(NodeId).collect()
+    }
+
+    /// `count` nodes with `per_node` regions each: region k has its primary on node k (mod
+    /// count) and its backups on the next f nodes.
+    fn cluster(count: u16, per_node: usize, f: usize) -> Configuration {
+        Configuration::place(7, nodes(count), vec![n(100)], per_node, f, 1 << 20, 4096).unwrap()
+    }
+
+    fn placement(config: &Configuration, region: u32) -> &Placement {
+        config.placement(RegionId(region)).unwrap()
+    }
+
+    fn change(remap: &Remap, region: u32) -> &RegionChange {
+        let found = remap.changes.iter().find(|c| c.region == RegionId(region));
+        found.unwrap_or_else(|| panic!("r{region} did not change: {:?}", remap.changes))
+    }
+
+    // FaRM SOSP'15 §5.2: a backup of a region whose primary failed becomes its primary, and
+    // the region gets a new backup to stay at f+1 copies.
+    #[test]
+    fn a_failed_primary_is_replaced_by_a_backup_and_the_region_blocks() {
+        let config = cluster(4, 1, 1);
+        // r1: n1 [n2]; r2: n2 [n3]; r3: n3 [n4]; r4: n4 [n1].
+        let remap = after_failure(&config, &failed(&[1])).unwrap();
+        let next = &remap.config;
+        assert_eq!(next.id, 8);
+        assert_eq!(next.nodes, vec![n(2), n(3), n(4)]);
+        let r1 = placement(next, 1);
+        assert_eq!((r1.primary, r1.state), (n(2), RegionState::Blocked));
+        // n3 and n4 each hold two replicas and n3 is in a domain r1 does not use: the lower
+        // id wins the tie.
+        assert_eq!(r1.backups, vec![n(3)]);
+        let r4 = placement(next, 4);
+        assert_eq!((r4.primary, r4.state), (n(4), RegionState::Active));
+        // n2 now holds r1 and r2 and n3 holds r1, r2 and r3: n2 is the less loaded.
+        assert_eq!(r4.backups, vec![n(2)]);
+        assert_eq!(placement(next, 2), placement(&config, 2));
+        assert_eq!(placement(next, 3), placement(&config, 3));
+
+        assert_eq!(remap.changes.len(), 2);
+        let c1 = change(&remap, 1);
+        assert_eq!(
+            c1.promoted,
+            Some(Promotion {
+                from: n(1),
+                to: n(2)
+            })
+        );
+        assert_eq!(
+            (c1.dropped.clone(), c1.added.clone()),
+            (vec![n(1)], vec![n(3)])
+        );
+        let c4 = change(&remap, 4);
+        assert_eq!((c4.promoted, c4.state), (None, RegionState::Active));
+        let copies: Vec<DataCopy> = remap.copies().collect();
+        assert_eq!(
+            copies,
+            vec![
+                DataCopy {
+                    region: RegionId(1),
+                    from: n(2),
+                    to: n(3)
+                },
+                DataCopy {
+                    region: RegionId(4),
+                    from: n(4),
+                    to: n(2)
+                },
+            ]
+        );
+        assert_eq!(
+            c1.to_string(),
+            "r1: primary n1 -> n2 (promoted), dropped n1, new backups n3 (data copy needed), \
+             blocked"
+        );
+    }
+
+    #[test]
+    fn promotions_spread_over_the_survivors_with_the_fewest_primaries() {
+        // Regions 1 and 4 have their primary on n1 and backups [n2, n3].
+        let config = cluster(3, 2, 2);
+        let remap = after_failure(&config, &failed(&[1])).unwrap();
+        let next = &remap.config;
+        // n2 and n3 each had two primaries: the first orphan goes to the older backup, the
+        // second to the node that then has fewer.
+        assert_eq!(placement(next, 1).primary, n(2));
+        assert_eq!(placement(next, 4).primary, n(3));
+        for region in [1, 4] {
+            let placement = placement(next, region);
+            assert_eq!(placement.state, RegionState::Blocked);
+            // Two nodes left: one backup only, degraded.
+            assert_eq!(placement.backups.len(), 1);
+            assert_eq!(change(&remap, region).backups_missing_count, 1);
+        }
+        assert_eq!(next.primary_regions(n(2)).count(), 3);
+        assert_eq!(next.primary_regions(n(3)).count(), 3);
+    }
+
+    #[test]
+    fn a_blocked_region_stays_blocked_and_promotes_again() {
+        let config = cluster(3, 1, 2);
+        // r1: n1 [n2, n3].
+        let once = after_failure(&config, &failed(&[1])).unwrap().config;
+        let r1 = placement(&once, 1);
+        assert_eq!((r1.primary, r1.state), (n(2), RegionState::Blocked));
+        assert_eq!(r1.backups, vec![n(3)]);
+        let twice = after_failure(&once, &failed(&[2])).unwrap().config;
+        let r1 = placement(&twice, 1);
+        assert_eq!((r1.primary, r1.state), (n(3), RegionState::Blocked));
+        assert!(r1.backups.is_empty());
+        // A blocked region whose primary survives stays blocked: only recovery unblocks it.
+        let mut blocked = cluster(4, 1, 1);
+        blocked.regions[0].state = RegionState::Blocked;
+        let next = after_failure(&blocked, &failed(&[2])).unwrap().config;
+        let r1 = placement(&next, 1);
+        assert_eq!((r1.primary, r1.state), (n(1), RegionState::Blocked));
+    }
+
+    #[test]
+    fn a_region_whose_every_replica_failed_is_lost_and_stays_lost() {
+        let config = cluster(4, 1, 1);
+        // r1: n1 [n2] loses both; r2: n2 [n3] and r4: n4 [n1] keep one.
+        let remap = after_failure(&config, &failed(&[1, 2])).unwrap();
+        let r1 = placement(&remap.config, 1);
+        assert_eq!(r1.state, RegionState::Lost);
+        assert_eq!((r1.primary, r1.backups.len()), (n(1), 0));
+        let c1 = change(&remap, 1);
+        assert!(c1.is_lost());
+        assert_eq!(c1.dropped, vec![n(1), n(2)]);
+        assert!(remap.copies().all(|copy| copy.region != RegionId(1)));
+        assert_eq!(
+            c1.to_string(),
+            "r1: lost (last primary n1; every replica gone: n1 n2)"
+        );
+        assert_eq!(placement(&remap.config, 2).primary, n(3));
+        assert_eq!(placement(&remap.config, 4).primary, n(4));
+
+        let next = after_failure(&remap.config, &failed(&[3])).unwrap();
+        assert_eq!(placement(&next.config, 1), r1);
+        assert!(next.changes.iter().all(|c| c.region != RegionId(1)));
+        // n4 is the only node left, primary of every region that is not lost.
+        assert_eq!(next.config.primary_regions(n(4)).count(), 3);
+        let error = after_failure(&next.config, &failed(&[4])).unwrap_err();
+        assert!(
+            matches!(error, RemapError::EveryNodeFailed { id: 9 }),
+            "{error}"
+        );
+    }
+
+    fn with_domains(mut config: Configuration, domains: &[(u16, &str)]) -> Configuration {
+        config.domains = domains
+            .iter()
+            .map(|&(node, domain)| FailureDomain {
+                node: n(node),
+                domain: domain.to_string(),
+            })
+            .collect();
+        config.validate().unwrap();
+        config
+    }
+
+    #[test]
+    fn new_backups_go_to_failure_domains_the_region_does_not_use() {
+        // Racks a: n1 n2 n3, b: n4, c: n5 n6. r1: n1 [n2, n3] uses only rack a.
+        let config = with_domains(
+            cluster(6, 1, 2),
+            &[(1, "a"), (2, "a"), (3, "a"), (4, "b"), (5, "c"), (6, "c")],
+        );
+        let next = after_failure(&config, &failed(&[2, 3])).unwrap().config;
+        let r1 = placement(&next, 1);
+        assert_eq!(r1.primary, n(1));
+        // One in b and one in c, not two in c although n5 and n6 are both free of r1.
+        let racks: BTreeSet<String> = r1.backups.iter().map(|&b| next.domain_of(b)).collect();
+        assert_eq!(racks, BTreeSet::from(["b".to_string(), "c".to_string()]));
+    }
+
+    #[test]
+    fn a_degraded_region_gets_its_backups_back_from_a_new_node() {
+        let config = cluster(3, 1, 2);
+        let degraded = after_failure(&config, &failed(&[3])).unwrap().config;
+        assert!(degraded.regions.iter().all(|p| p.backups.len() == 1));
+        let remap = add_node(&degraded, n(3), Some("rack-z".into())).unwrap();
+        let next = &remap.config;
+        assert_eq!(next.nodes, nodes(3));
+        assert_eq!(next.domain_of(n(3)), "rack-z");
+        assert!(next.regions.iter().all(|p| p.backups.len() == 2));
+        // The new node receives one copy of every region, the lost copies of n3.
+        assert_eq!(remap.changes.len(), 3);
+        assert!(remap.copies().all(|copy| copy.to == n(3)));
+        assert_eq!(remap.copies().count(), 3);
+        // Nothing to receive: a new node in a full cluster gets nothing (no rebalancing yet).
+        let remap = add_node(next, n(4), None).unwrap();
+        assert!(remap.changes.is_empty());
+        assert_eq!(remap.config.id, next.id + 1);
+    }
+
+    #[test]
+    fn membership_leaves_with_the_failed_nodes_but_the_raft_group_does_not() {
+        let mut config = with_domains(cluster(3, 1, 1), &[(1, "a"), (2, "b")]);
+        config.cm_replicas = nodes(3);
+        config.cm_leader = Some(n(1));
+        let next = after_failure(&config, &failed(&[1, 100])).unwrap().config;
+        assert!(next.clients.is_empty());
+        assert_eq!(next.domains.len(), 1);
+        assert_eq!(next.cm_replicas, nodes(3));
+        assert_eq!(next.cm_leader, None);
+        let next = after_failure(&next, &failed(&[3])).unwrap().config;
+        assert_eq!(next.cm_leader, None);
+        config.cm_leader = Some(n(2));
+        let next = after_failure(&config, &failed(&[1])).unwrap().config;
+        assert_eq!(next.cm_leader, Some(n(2)));
+    }
+
+    #[test]
+    fn impossible_changes_are_refused_with_what_to_do() {
+        let config = cluster(3, 1, 1);
+        let error = after_failure(&config, &BTreeSet::new()).unwrap_err();
+        assert!(
+            matches!(error, RemapError::NothingFailed { id: 7 }),
+            "{error}"
+        );
+        let error = after_failure(&config, &failed(&[1, 9])).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                RemapError::NotAMember {
+                    node: NodeId(9),
+                    id: 7
+                }
+            ),
+            "{error}"
+        );
+        let error = after_failure(&config, &failed(&[1, 2, 3])).unwrap_err();
+        assert!(error.to_string().contains("restart nodes"), "{error}");
+        let error = add_node(&config, n(2), None).unwrap_err();
+        assert!(matches!(error, RemapError::AlreadyMember { .. }), "{error}");
+        let error = add_node(&config, n(100), None).unwrap_err();
+        assert!(matches!(error, RemapError::AlreadyMember { .. }), "{error}");
+        let error = add_node(&config, NodeId::OBSERVER, None).unwrap_err();
+        assert!(matches!(error, RemapError::ObserverId { .. }), "{error}");
+        let error = remove_node(&config, n(9)).unwrap_err();
+        assert!(matches!(error, RemapError::NotAMember { .. }), "{error}");
+
+        let mut invalid = config.clone();
+        invalid.regions[0].backups = vec![invalid.regions[0].primary];
+        let error = after_failure(&invalid, &failed(&[1])).unwrap_err();
+        assert!(
+            matches!(error, RemapError::Invalid { id: 7, .. }),
+            "{error}"
+        );
+        assert!(add_region(&invalid).is_err());
+
+        // f = 0: every region has one replica, which a graceful removal cannot take away.
+        let single = Configuration::place(1, nodes(2), vec![], 2, 0, 1 << 20, 4096).unwrap();
+        let error = remove_node(&single, n(1)).unwrap_err();
+        assert!(
+            matches!(&error, RemapError::LastReplica { node: NodeId(1), regions }
+                if *regions == [RegionId(1), RegionId(3)]),
+            "{error}"
+        );
+        assert!(error.to_string().contains("r1 r3"), "{error}");
+        let mut alone = Configuration::place(1, nodes(1), vec![], 1, 0, 1 << 20, 4096).unwrap();
+        alone.regions[0].state = RegionState::Lost;
+        let error = remove_node(&alone, n(1)).unwrap_err();
+        assert!(matches!(error, RemapError::LastNode { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_graceful_removal_moves_every_replica_first() {
+        let mut config = cluster(4, 1, 1);
+        config.cm_leader = Some(n(2));
+        // r1: n1 [n2]; r2: n2 [n3]; r3: n3 [n4]; r4: n4 [n1].
+        let remap = remove_node(&config, n(2)).unwrap();
+        let next = &remap.config;
+        assert_eq!(next.nodes, vec![n(1), n(3), n(4)]);
+        assert_eq!(next.cm_leader, None);
+        assert!(next.replicated_on(n(2)).next().is_none());
+        let r2 = placement(next, 2);
+        assert_eq!((r2.primary, r2.state), (n(3), RegionState::Blocked));
+        let r1 = placement(next, 1);
+        assert_eq!((r1.primary, r1.state), (n(1), RegionState::Active));
+        let copies: Vec<String> = remap.copies().map(|c| c.to_string()).collect();
+        assert_eq!(copies, ["copy r1 from n1 to n3", "copy r2 from n3 to n1"]);
+        assert!(next.regions.iter().all(|p| p.backups.len() == 1));
+
+        // A client leaves without moving anything.
+        let remap = remove_node(&config, n(100)).unwrap();
+        assert!(remap.config.clients.is_empty());
+        assert!(remap.changes.is_empty());
+    }
+
+    #[test]
+    fn a_new_region_goes_to_the_least_loaded_nodes_in_other_domains() {
+        let config = with_domains(cluster(4, 1, 1), &[(1, "a"), (2, "a"), (3, "b"), (4, "b")]);
+        let grown = add_region(&config).unwrap();
+        assert_eq!(grown.created().collect::<Vec<_>>(), vec![RegionId(5)]);
+        let r5 = placement(&grown.config, 5);
+        // Every node is primary of one region and holds two replicas: n1 by id; its backup
+        // goes to rack b.
+        assert_eq!((r5.primary, r5.state), (n(1), RegionState::Active));
+        assert_eq!(r5.backups, vec![n(3)]);
+        assert_eq!(grown.copies().count(), 0);
+        assert_eq!(
+            change(&grown, 5).to_string(),
+            "r5: created, primary n1, new backups n3, active"
+        );
+        let again = add_region(&grown.config).unwrap();
+        let r6 = placement(&again.config, 6);
+        assert_eq!((r6.primary, r6.backups.clone()), (n(2), vec![n(4)]));
+        // Ids follow the largest, even past a gap.
+        let mut sparse = config.clone();
+        sparse.regions[1].region = RegionId(40);
+        assert_eq!(
+            add_region(&sparse).unwrap().created().next(),
+            Some(RegionId(41))
+        );
+        sparse.regions[1].region = RegionId(REPLY_AREA_ID_MIN - 1);
+        let error = add_region(&sparse).unwrap_err();
+        assert!(
+            matches!(error, RemapError::RegionIdsExhausted { .. }),
+            "{error}"
+        );
     }
 }

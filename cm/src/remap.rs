@@ -963,3 +963,326 @@ mod tests {
         );
     }
 }
+
+/// Random clusters and random sequences of failures, joins, removals and new regions, with the
+/// rules of the module docs checked after every step.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use acre_nvm_log::random::{Replay, SplitMix, for_each_seed};
+    use acre_txn::config::FailureDomain;
+
+    /// Sequences per run (each seed is one cluster and one sequence): about two seconds in a
+    /// debug build.
+    const SEED_COUNT: u64 = 250;
+    /// Steps per sequence.
+    const STEP_COUNT: usize = 16;
+    const CLIENT: NodeId = NodeId(1000);
+
+    fn random_cluster(rng: &mut SplitMix) -> Configuration {
+        let count = rng.range(3, 9) as u16;
+        let f = rng.range(1, 2) as usize;
+        let per_node = rng.range(1, 4) as usize;
+        let nodes: Vec<NodeId> = (1..=count).map(NodeId).collect();
+        let clients = if rng.below(2) == 0 {
+            vec![CLIENT]
+        } else {
+            vec![]
+        };
+        let mut config =
+            Configuration::place(1, nodes.clone(), clients, per_node, f, 1 << 20, 4096).unwrap();
+        let domain_count = rng.range(1, u64::from(count));
+        for &node in &nodes {
+            // Some nodes are left a domain of their own.
+            if rng.below(4) != 0 {
+                let domain = format!("rack-{}", rng.below(domain_count));
+                config.domains.push(FailureDomain { node, domain });
+            }
+        }
+        config.cm_replicas = nodes.iter().copied().take(2 * f + 1).collect();
+        config.cm_leader =
+            Some(config.cm_replicas[rng.below(config.cm_replicas.len() as u64) as usize]);
+        config.validate().unwrap();
+        config
+    }
+
+    fn pick(rng: &mut SplitMix, nodes: &[NodeId]) -> NodeId {
+        nodes[rng.below(nodes.len() as u64) as usize]
+    }
+
+    /// Checks that hold after every plan.
+    fn check_common(before: &Configuration, remap: &Remap, gone: &BTreeSet<NodeId>) {
+        let next = &remap.config;
+        assert_eq!(next.id, before.id + 1);
+        next.validate().unwrap();
+        assert_eq!(remap.changes, diff(before, next));
+        for old in &before.regions {
+            let placement = next
+                .placement(old.region)
+                .expect("a region never disappears");
+            if old.state == RegionState::Lost {
+                assert_eq!(placement, old, "a lost region stays lost, as it was");
+            }
+            let changed = remap.changes.iter().any(|c| c.region == old.region);
+            assert_eq!(changed, placement != old, "{}", old.region);
+        }
+        for &node in gone {
+            assert!(
+                !next.members().any(|m| m == node),
+                "{node} is still a member"
+            );
+            assert!(
+                next.domains.iter().all(|d| d.node != node),
+                "{node} has a domain"
+            );
+            assert_ne!(next.cm_leader, Some(node));
+        }
+        assert_eq!(next.cm_replicas, before.cm_replicas);
+        let domains: BTreeMap<NodeId, String> = next
+            .nodes
+            .iter()
+            .map(|&node| (node, next.domain_of(node)))
+            .collect();
+        for placement in &next.regions {
+            if placement.state == RegionState::Lost {
+                assert!(placement.backups.is_empty(), "{placement:?}");
+                continue;
+            }
+            for node in placement.replicas() {
+                assert!(
+                    !gone.contains(&node),
+                    "{} on departed {node}",
+                    placement.region
+                );
+            }
+            let free: Vec<NodeId> = next
+                .nodes
+                .iter()
+                .copied()
+                .filter(|&node| !placement.replicas().any(|r| r == node))
+                .collect();
+            if placement.backups.len() < next.f {
+                assert!(
+                    free.is_empty(),
+                    "{placement:?} is degraded but {free:?} are free"
+                );
+            }
+            // Spread over domains: a domain holds two replicas of a region, one of them new,
+            // only if every free node is in a domain the region already uses.
+            let added: Vec<NodeId> = remap
+                .changes
+                .iter()
+                .filter(|c| c.region == placement.region)
+                .flat_map(|c| c.added.clone())
+                .collect();
+            let used: Vec<&String> = placement.replicas().map(|node| &domains[&node]).collect();
+            let crowded = added
+                .iter()
+                .any(|node| used.iter().filter(|&&d| *d == domains[node]).count() > 1);
+            if crowded {
+                for node in &free {
+                    assert!(
+                        used.contains(&&domains[node]),
+                        "{placement:?}: {node} in an unused domain was free, domains {domains:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The rules for a region after its replicas on `gone` left (a failure or a removal).
+    fn check_departure(before: &Configuration, next: &Configuration, gone: &BTreeSet<NodeId>) {
+        for old in &before.regions {
+            let placement = next.placement(old.region).unwrap();
+            if old.state == RegionState::Lost {
+                continue;
+            }
+            let survivors: Vec<NodeId> = old.replicas().filter(|n| !gone.contains(n)).collect();
+            if survivors.is_empty() {
+                assert_eq!(placement.state, RegionState::Lost, "{}", old.region);
+                assert_eq!(placement.primary, old.primary, "names its last primary");
+                continue;
+            }
+            assert_ne!(
+                placement.state,
+                RegionState::Lost,
+                "{} had {survivors:?}",
+                old.region
+            );
+            // Surviving data is never dropped.
+            for node in &survivors {
+                assert!(
+                    placement.replicas().any(|r| r == *node),
+                    "{} lost {node}",
+                    old.region
+                );
+            }
+            if gone.contains(&old.primary) {
+                assert!(
+                    old.backups.contains(&placement.primary),
+                    "{old:?} -> {placement:?}"
+                );
+                assert_eq!(placement.state, RegionState::Blocked);
+            } else {
+                assert_eq!(
+                    (placement.primary, placement.state),
+                    (old.primary, old.state)
+                );
+            }
+        }
+    }
+
+    /// One step: a random change to `config`, checked; returns the next configuration (the
+    /// same one when the change was refused, rightly).
+    fn step(rng: &mut SplitMix, config: &Configuration, next_id: &mut u16) -> Configuration {
+        // Small clusters grow more often than they shrink, but they still shrink: the refusals
+        // (a last replica, a last node, every node failed) need them.
+        let choice = if config.nodes.len() <= 2 && rng.below(2) == 0 {
+            6
+        } else {
+            rng.below(10)
+        };
+        match choice {
+            0..=4 => {
+                let mut failed = BTreeSet::new();
+                let count = rng.range(1, config.f as u64 + 1);
+                for _ in 0..count {
+                    failed.insert(pick(rng, &config.nodes));
+                }
+                if rng.below(4) == 0 && config.clients.contains(&CLIENT) {
+                    failed.insert(CLIENT);
+                }
+                let result = after_failure(config, &failed);
+                assert_eq!(
+                    result.as_ref().ok(),
+                    after_failure(config, &failed).as_ref().ok()
+                );
+                if config.nodes.iter().all(|node| failed.contains(node)) {
+                    let error = result.unwrap_err();
+                    assert!(
+                        matches!(error, RemapError::EveryNodeFailed { .. }),
+                        "{error}"
+                    );
+                    return config.clone();
+                }
+                let remap = result.unwrap();
+                check_common(config, &remap, &failed);
+                check_departure(config, &remap.config, &failed);
+                remap.config
+            }
+            5 => {
+                let node = pick(rng, &config.nodes);
+                let result = remove_node(config, node);
+                assert_eq!(
+                    result.as_ref().ok(),
+                    remove_node(config, node).as_ref().ok()
+                );
+                let last: Vec<RegionId> = config
+                    .regions
+                    .iter()
+                    .filter(|p| p.state != RegionState::Lost)
+                    .filter(|p| p.primary == node && p.backups.is_empty())
+                    .map(|p| p.region)
+                    .collect();
+                if !last.is_empty() {
+                    let error = result.unwrap_err();
+                    assert!(
+                        matches!(&error, RemapError::LastReplica { regions, .. } if *regions == last),
+                        "{error}"
+                    );
+                    return config.clone();
+                }
+                if config.nodes == [node] {
+                    let error = result.unwrap_err();
+                    assert!(matches!(error, RemapError::LastNode { .. }), "{error}");
+                    return config.clone();
+                }
+                let remap = result.unwrap();
+                let gone = BTreeSet::from([node]);
+                check_common(config, &remap, &gone);
+                check_departure(config, &remap.config, &gone);
+                for copy in remap.copies() {
+                    assert_ne!(copy.from, node);
+                    assert_ne!(copy.to, node);
+                }
+                remap.config
+            }
+            6..=8 => {
+                // A fresh id, or sometimes one that left (a node back from the dead with a
+                // new life, possibly the last primary of a lost region).
+                let departed: Vec<NodeId> = (1..*next_id)
+                    .map(NodeId)
+                    .filter(|&node| !config.members().any(|m| m == node))
+                    .collect();
+                let node = if !departed.is_empty() && rng.below(3) == 0 {
+                    pick(rng, &departed)
+                } else {
+                    *next_id += 1;
+                    NodeId(*next_id - 1)
+                };
+                let domain = (rng.below(2) == 0).then(|| format!("rack-{}", rng.below(4)));
+                let remap = add_node(config, node, domain.clone()).unwrap();
+                assert_eq!(remap, add_node(config, node, domain).unwrap());
+                check_common(config, &remap, &BTreeSet::new());
+                let error = add_node(&remap.config, node, None).unwrap_err();
+                assert!(matches!(error, RemapError::AlreadyMember { .. }), "{error}");
+                for old in &config.regions {
+                    let placement = remap.config.placement(old.region).unwrap();
+                    assert_eq!(
+                        (placement.primary, placement.state),
+                        (old.primary, old.state)
+                    );
+                    assert!(old.backups.iter().all(|b| placement.backups.contains(b)));
+                }
+                assert!(remap.copies().all(|copy| copy.to == node));
+                remap.config
+            }
+            _ => {
+                let remap = add_region(config).unwrap();
+                assert_eq!(remap, add_region(config).unwrap());
+                check_common(config, &remap, &BTreeSet::new());
+                let created: Vec<RegionId> = remap.created().collect();
+                assert_eq!(created.len(), 1);
+                let largest = config.regions.iter().map(|p| p.region).max().unwrap();
+                assert_eq!(created[0].0, largest.0 + 1);
+                let placement = remap.config.placement(created[0]).unwrap();
+                assert_eq!(placement.state, RegionState::Active);
+                assert_eq!(remap.changes.len(), 1, "only the new region changes");
+                assert_eq!(remap.copies().count(), 0, "a new region is empty");
+                remap.config
+            }
+        }
+    }
+
+    // FaRM SOSP'15 §5.2: remapping keeps every region with a surviving replica and loses only
+    // those whose every replica failed.
+    #[test]
+    fn random_sequences_of_changes_keep_every_rule() {
+        for_each_seed(SEED_COUNT, Replay::Exact, |seed| {
+            let mut rng = SplitMix::new(seed);
+            let mut config = random_cluster(&mut rng);
+            let mut next_id = config.nodes.len() as u16 + 1;
+            // Model: the replicas of every region; a region is lost exactly when a failure
+            // takes the last of them.
+            let mut lost = BTreeSet::new();
+            for _ in 0..STEP_COUNT {
+                let next = step(&mut rng, &config, &mut next_id);
+                for placement in &config.regions {
+                    let after = next.placement(placement.region).unwrap();
+                    if placement.state != RegionState::Lost && after.state == RegionState::Lost {
+                        assert!(placement.replicas().all(|n| !next.nodes.contains(&n)));
+                        lost.insert(placement.region);
+                    }
+                }
+                config = next;
+            }
+            let lost_now: BTreeSet<RegionId> = config
+                .regions
+                .iter()
+                .filter(|p| p.state == RegionState::Lost)
+                .map(|p| p.region)
+                .collect();
+            assert_eq!(lost_now, lost);
+        });
+    }
+}

@@ -54,23 +54,13 @@ pub struct Remap {
     pub config: Configuration,
     /// One entry per region that changed (or was created), in the order of `config.regions`.
     pub changes: Vec<RegionChange>,
+    /// The data copies the plan needs: one per new backup of a region that has data, in the
+    /// order of `changes`. Where they come from and when they must be done depends on the plan:
+    /// see [`after_failure`], [`add_node`] and [`remove_node`].
+    pub copies: Vec<DataCopy>,
 }
 
 impl Remap {
-    /// The data copies the plan needs: one per new replica, from the region's primary in the
-    /// new configuration. After a failure they run in the background (data recovery); before a
-    /// graceful removal they must complete before the configuration is installed.
-    pub fn copies(&self) -> impl Iterator<Item = DataCopy> + '_ {
-        let moved = self.changes.iter().filter(|change| !change.created);
-        moved.flat_map(|change| {
-            change.added.iter().map(|&to| DataCopy {
-                region: change.region,
-                from: change.primary,
-                to,
-            })
-        })
-    }
-
     /// The regions the plan creates.
     pub fn created(&self) -> impl Iterator<Item = RegionId> + '_ {
         self.changes
@@ -84,7 +74,7 @@ impl Remap {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataCopy {
     pub region: RegionId,
-    /// A replica that holds the data: the region's primary in the new configuration.
+    /// The replica that holds the authoritative data: a primary.
     pub from: NodeId,
     /// The new backup.
     pub to: NodeId,
@@ -243,6 +233,10 @@ fn region_list(regions: &[RegionId]) -> String {
 /// replicas leave, regions that lost their primary get a surviving backup as primary and become
 /// blocked, regions get new backups where a node can take them, and regions whose every replica
 /// failed become lost (module docs, "Rules").
+///
+/// The copies come from each region's primary in c+1 and run in the background once it is
+/// installed (data recovery); a blocked region's copy starts when recovery has made its new
+/// primary's data current. Until its copy completes a new backup is a replica in name only.
 pub fn after_failure(
     config: &Configuration,
     failed: &BTreeSet<NodeId>,
@@ -280,12 +274,13 @@ pub fn after_failure(
     }
     promote(&mut next, &orphaned);
     fill_backups(&mut next);
-    Ok(finish(config, next))
+    Ok(finish(config, next, CopyFrom::NewPrimary))
 }
 
 /// Configuration c+1 with the memory node `node` added (in failure domain `domain`, or a domain
 /// of its own). Degraded regions get their missing backups, on the new node first as it holds
-/// nothing yet; the changes say which regions it receives. Primaries do not move.
+/// nothing yet; the changes say which regions it receives, and the copies (from each region's
+/// primary, in the background once c+1 is installed) what it must fetch. Primaries do not move.
 pub fn add_node(
     config: &Configuration,
     node: NodeId,
@@ -309,14 +304,15 @@ pub fn add_node(
             .push(acre_txn::config::FailureDomain { node, domain });
     }
     fill_backups(&mut next);
-    Ok(finish(config, next))
+    Ok(finish(config, next, CopyFrom::NewPrimary))
 }
 
 /// Configuration c+1 without `node` (a memory node or a client), which leaves gracefully: every
 /// region it holds a replica of gets a new one elsewhere, and a region it is primary of gets one
 /// of its backups as primary (blocked, as after a failure, since the new primary holds none of
-/// the locks of transactions in flight). The copies ([`Remap::copies`]) must complete before the
-/// configuration is installed.
+/// the locks of transactions in flight). The copies ([`Remap::copies`]) come from each region's
+/// primary in c, which is still live and the one replica whose memory is current (a backup
+/// applies committed writes only at truncation), and must complete before c+1 is installed.
 ///
 /// Refused when the node is not a member, when it holds the only replica of a region, or when
 /// it is the last memory node.
@@ -360,7 +356,7 @@ pub fn remove_node(config: &Configuration, node: NodeId) -> Result<Remap, RemapE
     }
     promote(&mut next, &orphaned);
     fill_backups(&mut next);
-    Ok(finish(config, next))
+    Ok(finish(config, next, CopyFrom::OldPrimary))
 }
 
 /// Configuration c+1 with one more region (as data grows), of the configuration's
@@ -391,15 +387,17 @@ pub fn add_region(config: &Configuration) -> Result<Remap, RemapError> {
         state: RegionState::Active,
     });
     fill_backups(&mut next);
-    Ok(finish(config, next))
+    // A new region is empty: nothing to copy.
+    Ok(finish(config, next, CopyFrom::NewPrimary))
 }
 
 /// The changes from `before` to `after`, one per region of `after` that differs, in its order.
 /// Every plan returns them; `acre cluster status` can compute them for any two configurations.
 pub fn diff(before: &Configuration, after: &Configuration) -> Vec<RegionChange> {
+    let placements = by_region(before);
     let mut changes = Vec::new();
     for placement in &after.regions {
-        let old = before.placement(placement.region);
+        let old = placements.get(&placement.region).copied();
         if old == Some(placement) {
             continue;
         }
@@ -490,14 +488,9 @@ impl Load {
 /// Gives each region at `orphaned` (indexes into `config.regions`, whose primary is gone and
 /// whose `backups` are the survivors) one of its backups as primary and blocks it.
 fn promote(config: &mut Configuration, orphaned: &[usize]) {
-    // Count the primaries that stay, so that the first promotions do not see the departed
-    // primaries' regions as load.
-    let mut primary_count: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for (index, placement) in config.regions.iter().enumerate() {
-        if placement.state != RegionState::Lost && !orphaned.contains(&index) {
-            *primary_count.entry(placement.primary).or_default() += 1;
-        }
-    }
+    // Orphaned regions still name their departed primary, which counts it as load; that does
+    // no harm, since a departed node is never a candidate.
+    let mut load = Load::of(config);
     for &index in orphaned {
         let placement = &mut config.regions[index];
         assert!(
@@ -510,12 +503,12 @@ fn promote(config: &mut Configuration, orphaned: &[usize]) {
             .backups
             .iter()
             .enumerate()
-            .min_by_key(|(_, node)| primary_count.get(node).copied().unwrap_or(0))
+            .min_by_key(|&(_, &node)| load.primaries(node))
             .expect("checked non-empty above");
         placement.backups.remove(position);
         placement.primary = primary;
         placement.state = RegionState::Blocked;
-        *primary_count.entry(primary).or_default() += 1;
+        *load.primary_count.entry(primary).or_default() += 1;
     }
 }
 
@@ -586,8 +579,22 @@ fn next_id(config: &Configuration) -> u64 {
         .unwrap_or_else(|| panic!("configuration id {} cannot grow", config.id))
 }
 
-/// Checks the plan's invariants (a failure is a bug here, not in the input) and adds its changes.
-fn finish(before: &Configuration, next: Configuration) -> Remap {
+fn by_region(config: &Configuration) -> BTreeMap<RegionId, &Placement> {
+    config.regions.iter().map(|p| (p.region, p)).collect()
+}
+
+/// Which primary a plan's copies come from.
+#[derive(Clone, Copy)]
+enum CopyFrom {
+    /// The region's primary in c+1 (after a failure, c's may be gone).
+    NewPrimary,
+    /// The region's primary in c (a graceful removal: still live, and current).
+    OldPrimary,
+}
+
+/// Checks the plan's invariants (a failure is a bug here, not in the input) and adds its changes
+/// and copies.
+fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> Remap {
     assert!(
         next.id == before.id + 1,
         "next id={} before id={}",
@@ -597,9 +604,9 @@ fn finish(before: &Configuration, next: Configuration) -> Remap {
     if let Err(error) = next.validate() {
         panic!("planned configuration {} is invalid: {error}", next.id);
     }
+    let placements = by_region(before);
     for placement in &next.regions {
-        let old = before.placement(placement.region);
-        if let Some(old) = old {
+        if let Some(old) = placements.get(&placement.region) {
             let lost = placement.state == RegionState::Lost;
             assert!(
                 lost || old.state != RegionState::Lost,
@@ -618,9 +625,22 @@ fn finish(before: &Configuration, next: Configuration) -> Remap {
         }
     }
     let changes = diff(before, &next);
+    let mut copies = Vec::new();
+    for change in changes.iter().filter(|change| !change.created) {
+        let from = match copy_from {
+            CopyFrom::NewPrimary => change.primary,
+            CopyFrom::OldPrimary => placements[&change.region].primary,
+        };
+        copies.extend(change.added.iter().map(|&to| DataCopy {
+            region: change.region,
+            from,
+            to,
+        }));
+    }
     Remap {
         config: next,
         changes,
+        copies,
     }
 }
 
@@ -693,7 +713,7 @@ mod tests {
         );
         let c4 = change(&remap, 4);
         assert_eq!((c4.promoted, c4.state), (None, RegionState::Active));
-        let copies: Vec<DataCopy> = remap.copies().collect();
+        let copies: Vec<DataCopy> = remap.copies.clone();
         assert_eq!(
             copies,
             vec![
@@ -768,7 +788,7 @@ mod tests {
         let c1 = change(&remap, 1);
         assert!(c1.is_lost());
         assert_eq!(c1.dropped, vec![n(1), n(2)]);
-        assert!(remap.copies().all(|copy| copy.region != RegionId(1)));
+        assert!(remap.copies.iter().all(|copy| copy.region != RegionId(1)));
         assert_eq!(
             c1.to_string(),
             "r1: lost (last primary n1; every replica gone: n1 n2)"
@@ -827,8 +847,8 @@ mod tests {
         assert!(next.regions.iter().all(|p| p.backups.len() == 2));
         // The new node receives one copy of every region, the lost copies of n3.
         assert_eq!(remap.changes.len(), 3);
-        assert!(remap.copies().all(|copy| copy.to == n(3)));
-        assert_eq!(remap.copies().count(), 3);
+        assert!(remap.copies.iter().all(|copy| copy.to == n(3)));
+        assert_eq!(remap.copies.len(), 3);
         // Nothing to receive: a new node in a full cluster gets nothing (no rebalancing yet).
         let remap = add_node(next, n(4), None).unwrap();
         assert!(remap.changes.is_empty());
@@ -920,8 +940,8 @@ mod tests {
         assert_eq!((r2.primary, r2.state), (n(3), RegionState::Blocked));
         let r1 = placement(next, 1);
         assert_eq!((r1.primary, r1.state), (n(1), RegionState::Active));
-        let copies: Vec<String> = remap.copies().map(|c| c.to_string()).collect();
-        assert_eq!(copies, ["copy r1 from n1 to n3", "copy r2 from n3 to n1"]);
+        let copies: Vec<String> = remap.copies.iter().map(|c| c.to_string()).collect();
+        assert_eq!(copies, ["copy r1 from n1 to n3", "copy r2 from n2 to n1"]);
         assert!(next.regions.iter().all(|p| p.backups.len() == 1));
 
         // A client leaves without moving anything.
@@ -940,7 +960,7 @@ mod tests {
         // goes to rack b.
         assert_eq!((r5.primary, r5.state), (n(1), RegionState::Active));
         assert_eq!(r5.backups, vec![n(3)]);
-        assert_eq!(grown.copies().count(), 0);
+        assert_eq!(grown.copies.len(), 0);
         assert_eq!(
             change(&grown, 5).to_string(),
             "r5: created, primary n1, new backups n3, active"
@@ -1201,8 +1221,12 @@ mod properties {
                 let gone = BTreeSet::from([node]);
                 check_common(config, &remap, &gone);
                 check_departure(config, &remap.config, &gone);
-                for copy in remap.copies() {
-                    assert_ne!(copy.from, node);
+                for copy in &remap.copies {
+                    let old = config.placement(copy.region).unwrap();
+                    assert_eq!(
+                        copy.from, old.primary,
+                        "the current copy is the old primary's"
+                    );
                     assert_ne!(copy.to, node);
                 }
                 remap.config
@@ -1234,7 +1258,7 @@ mod properties {
                     );
                     assert!(old.backups.iter().all(|b| placement.backups.contains(b)));
                 }
-                assert!(remap.copies().all(|copy| copy.to == node));
+                assert!(remap.copies.iter().all(|copy| copy.to == node));
                 remap.config
             }
             _ => {
@@ -1248,7 +1272,7 @@ mod properties {
                 let placement = remap.config.placement(created[0]).unwrap();
                 assert_eq!(placement.state, RegionState::Active);
                 assert_eq!(remap.changes.len(), 1, "only the new region changes");
-                assert_eq!(remap.copies().count(), 0, "a new region is empty");
+                assert_eq!(remap.copies.len(), 0, "a new region is empty");
                 remap.config
             }
         }

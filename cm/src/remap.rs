@@ -4,7 +4,7 @@
 //!
 //! They are pure: no I/O, no clock, no randomness, and the same input gives the same output, so
 //! every CM replica that replays a Raft entry computes the same configuration, and a test can
-//! check a plan by value. Each returns a [`Remap`]: the next configuration (validated, id + 1)
+//! check a plan by value. Each returns a [`Plan`]: the next configuration (validated, id + 1)
 //! and what changed in every region, or a [`RemapError`] that says why no configuration can
 //! follow and what to do instead.
 //!
@@ -33,7 +33,7 @@
 //!   spread), lowest node id. When there is no candidate the region runs with fewer backups
 //!   (degraded); every membership change ([`after_failure`], [`add_node`], [`remove_node`])
 //!   tries again, so after any of them a region is degraded only if every memory node already
-//!   holds a replica of it. A new backup needs a copy of the region's data ([`Remap::copies`]).
+//!   holds a replica of it. A new backup needs a copy of the region's data ([`Plan::copies`]).
 //! - **Membership.** Failed or removed nodes leave `nodes`, `clients` and `domains`; a failed or
 //!   removed CM leader is cleared, but `cm_replicas` is left alone: the Raft group's membership
 //!   changes through Raft, not through these plans.
@@ -41,15 +41,25 @@
 //! Loads (primaries and replicas per node) count regions that are not lost, and are updated as
 //! each region is placed, in the order of `regions`, so a plan that moves many regions at once
 //! spreads them rather than sending them all to the node that was least loaded at the start.
+//!
+//! # Not yet
+//!
+//! The configuration does not record whether a new backup's data copy has completed, so a
+//! promotion can pick a backup that is still being filled, if it has the fewest primaries,
+//! while an older one survives. The oldest-first tie-break lowers the odds; only a record of
+//! completed copies in the configuration removes them. Nor do these plans move primaries to
+//! balance load after a join, or change f.
 
 use acre_engine::addr::{NodeId, RegionId};
-use acre_txn::config::{ConfigError, Configuration, Placement, REPLY_AREA_ID_MIN, RegionState};
+use acre_txn::config::{
+    ConfigError, Configuration, FailureDomain, Placement, REPLY_AREA_ID_MIN, RegionState,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Configuration c+1 and what it changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Remap {
+pub struct Plan {
     /// The next configuration: validated, its id one more than the one it follows.
     pub config: Configuration,
     /// One entry per region that changed (or was created), in the order of `config.regions`.
@@ -60,7 +70,7 @@ pub struct Remap {
     pub copies: Vec<DataCopy>,
 }
 
-impl Remap {
+impl Plan {
     /// The regions the plan creates.
     pub fn created(&self) -> impl Iterator<Item = RegionId> + '_ {
         self.changes
@@ -101,7 +111,7 @@ pub struct RegionChange {
     pub promoted: Option<Promotion>,
     /// Replicas the region no longer has (on failed or removed nodes). All of them when lost.
     pub dropped: Vec<NodeId>,
-    /// New backups: each needs a copy of the region's data ([`Remap::copies`]), unless created.
+    /// New backups: each needs a copy of the region's data ([`Plan::copies`]), unless created.
     pub added: Vec<NodeId>,
     /// How many backups short of f the region is after the change (degraded when not 0).
     pub backups_missing_count: usize,
@@ -156,7 +166,7 @@ impl fmt::Display for RegionChange {
                 self.backups_missing_count
             )?;
         }
-        if self.state_before != Some(self.state) {
+        if self.state_before != Some(self.state) || !self.state.is_active() {
             write!(f, ", {}", self.state.name())?;
         }
         Ok(())
@@ -204,8 +214,9 @@ pub enum RemapError {
     )]
     ObserverId { node: NodeId },
     #[error(
-        "removing {node} would remove the last replica of {}: add a node first (it gives \
-         degraded regions their backups), or stop the node instead and let the regions be lost",
+        "removing {node} would remove the last replica of {}: they have no backup to take over; \
+         add a node first, which gives degraded regions their missing backups (with f = 0 there \
+         are none to give: raise f first)",
         region_list(regions)
     )]
     LastReplica {
@@ -240,7 +251,7 @@ fn region_list(regions: &[RegionId]) -> String {
 pub fn after_failure(
     config: &Configuration,
     failed: &BTreeSet<NodeId>,
-) -> Result<Remap, RemapError> {
+) -> Result<Plan, RemapError> {
     check(config)?;
     if failed.is_empty() {
         return Err(RemapError::NothingFailed { id: config.id });
@@ -261,8 +272,8 @@ pub fn after_failure(
             continue;
         }
         if placement.replicas().all(|node| failed.contains(&node)) {
-            // FaRM SOSP'15 §5.2: with every replica gone nothing can serve the region. It stays
-            // in the configuration, lost, so that everyone sees why its addresses fail.
+            // With every replica gone nothing can serve the region. It stays in the
+            // configuration, lost, so that everyone sees why its addresses fail.
             placement.state = RegionState::Lost;
             placement.backups.clear();
             continue;
@@ -278,14 +289,15 @@ pub fn after_failure(
 }
 
 /// Configuration c+1 with the memory node `node` added (in failure domain `domain`, or a domain
-/// of its own). Degraded regions get their missing backups, on the new node first as it holds
-/// nothing yet; the changes say which regions it receives, and the copies (from each region's
-/// primary, in the background once c+1 is installed) what it must fetch. Primaries do not move.
+/// of its own). Degraded regions get their missing backups, mostly on the new node since it
+/// holds nothing yet (a node in a domain the region does not use comes first); the changes say
+/// which regions it receives, and the copies (from each region's primary, in the background
+/// once c+1 is installed) what it must fetch. Primaries do not move: no rebalancing yet.
 pub fn add_node(
     config: &Configuration,
     node: NodeId,
     domain: Option<String>,
-) -> Result<Remap, RemapError> {
+) -> Result<Plan, RemapError> {
     check(config)?;
     if node == NodeId::OBSERVER {
         return Err(RemapError::ObserverId { node });
@@ -300,8 +312,7 @@ pub fn add_node(
     next.id = next_id(config);
     next.nodes.push(node);
     if let Some(domain) = domain {
-        next.domains
-            .push(acre_txn::config::FailureDomain { node, domain });
+        next.domains.push(FailureDomain { node, domain });
     }
     fill_backups(&mut next);
     Ok(finish(config, next, CopyFrom::NewPrimary))
@@ -310,13 +321,13 @@ pub fn add_node(
 /// Configuration c+1 without `node` (a memory node or a client), which leaves gracefully: every
 /// region it holds a replica of gets a new one elsewhere, and a region it is primary of gets one
 /// of its backups as primary (blocked, as after a failure, since the new primary holds none of
-/// the locks of transactions in flight). The copies ([`Remap::copies`]) come from each region's
+/// the locks of transactions in flight). The copies ([`Plan::copies`]) come from each region's
 /// primary in c, which is still live and the one replica whose memory is current (a backup
 /// applies committed writes only at truncation), and must complete before c+1 is installed.
 ///
 /// Refused when the node is not a member, when it holds the only replica of a region, or when
 /// it is the last memory node.
-pub fn remove_node(config: &Configuration, node: NodeId) -> Result<Remap, RemapError> {
+pub fn remove_node(config: &Configuration, node: NodeId) -> Result<Plan, RemapError> {
     check(config)?;
     if !is_member(config, node) {
         return Err(RemapError::NotAMember {
@@ -364,7 +375,9 @@ pub fn remove_node(config: &Configuration, node: NodeId) -> Result<Remap, RemapE
 /// of a lost region never points into a new one), its primary on the node with the fewest
 /// primaries (then fewest replicas, then lowest id), and up to f backups chosen as new backups
 /// are (module docs). The region is new and empty: it is active at once and needs no copy.
-pub fn add_region(config: &Configuration) -> Result<Remap, RemapError> {
+/// (Like the other plans, it would also give a degraded region a missing backup if a node could
+/// take one, which no configuration these plans produce leaves.)
+pub fn add_region(config: &Configuration) -> Result<Plan, RemapError> {
     check(config)?;
     let largest = config.regions.iter().map(|p| p.region.0).max().unwrap_or(0);
     let region = largest + 1;
@@ -594,7 +607,7 @@ enum CopyFrom {
 
 /// Checks the plan's invariants (a failure is a bug here, not in the input) and adds its changes
 /// and copies.
-fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> Remap {
+fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> Plan {
     assert!(
         next.id == before.id + 1,
         "next id={} before id={}",
@@ -637,7 +650,7 @@ fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> R
             to,
         }));
     }
-    Remap {
+    Plan {
         config: next,
         changes,
         copies,
@@ -671,9 +684,9 @@ mod tests {
         config.placement(RegionId(region)).unwrap()
     }
 
-    fn change(remap: &Remap, region: u32) -> &RegionChange {
-        let found = remap.changes.iter().find(|c| c.region == RegionId(region));
-        found.unwrap_or_else(|| panic!("r{region} did not change: {:?}", remap.changes))
+    fn change(plan: &Plan, region: u32) -> &RegionChange {
+        let found = plan.changes.iter().find(|c| c.region == RegionId(region));
+        found.unwrap_or_else(|| panic!("r{region} did not change: {:?}", plan.changes))
     }
 
     // FaRM SOSP'15 §5.2: a backup of a region whose primary failed becomes its primary, and
@@ -682,8 +695,8 @@ mod tests {
     fn a_failed_primary_is_replaced_by_a_backup_and_the_region_blocks() {
         let config = cluster(4, 1, 1);
         // r1: n1 [n2]; r2: n2 [n3]; r3: n3 [n4]; r4: n4 [n1].
-        let remap = after_failure(&config, &failed(&[1])).unwrap();
-        let next = &remap.config;
+        let plan = after_failure(&config, &failed(&[1])).unwrap();
+        let next = &plan.config;
         assert_eq!(next.id, 8);
         assert_eq!(next.nodes, vec![n(2), n(3), n(4)]);
         let r1 = placement(next, 1);
@@ -698,8 +711,8 @@ mod tests {
         assert_eq!(placement(next, 2), placement(&config, 2));
         assert_eq!(placement(next, 3), placement(&config, 3));
 
-        assert_eq!(remap.changes.len(), 2);
-        let c1 = change(&remap, 1);
+        assert_eq!(plan.changes.len(), 2);
+        let c1 = change(&plan, 1);
         assert_eq!(
             c1.promoted,
             Some(Promotion {
@@ -711,9 +724,9 @@ mod tests {
             (c1.dropped.clone(), c1.added.clone()),
             (vec![n(1)], vec![n(3)])
         );
-        let c4 = change(&remap, 4);
+        let c4 = change(&plan, 4);
         assert_eq!((c4.promoted, c4.state), (None, RegionState::Active));
-        let copies: Vec<DataCopy> = remap.copies.clone();
+        let copies: Vec<DataCopy> = plan.copies.clone();
         assert_eq!(
             copies,
             vec![
@@ -740,8 +753,8 @@ mod tests {
     fn promotions_spread_over_the_survivors_with_the_fewest_primaries() {
         // Regions 1 and 4 have their primary on n1 and backups [n2, n3].
         let config = cluster(3, 2, 2);
-        let remap = after_failure(&config, &failed(&[1])).unwrap();
-        let next = &remap.config;
+        let plan = after_failure(&config, &failed(&[1])).unwrap();
+        let next = &plan.config;
         // n2 and n3 each had two primaries: the first orphan goes to the older backup, the
         // second to the node that then has fewer.
         assert_eq!(placement(next, 1).primary, n(2));
@@ -751,7 +764,7 @@ mod tests {
             assert_eq!(placement.state, RegionState::Blocked);
             // Two nodes left: one backup only, degraded.
             assert_eq!(placement.backups.len(), 1);
-            assert_eq!(change(&remap, region).backups_missing_count, 1);
+            assert_eq!(change(&plan, region).backups_missing_count, 1);
         }
         assert_eq!(next.primary_regions(n(2)).count(), 3);
         assert_eq!(next.primary_regions(n(3)).count(), 3);
@@ -781,22 +794,22 @@ mod tests {
     fn a_region_whose_every_replica_failed_is_lost_and_stays_lost() {
         let config = cluster(4, 1, 1);
         // r1: n1 [n2] loses both; r2: n2 [n3] and r4: n4 [n1] keep one.
-        let remap = after_failure(&config, &failed(&[1, 2])).unwrap();
-        let r1 = placement(&remap.config, 1);
+        let plan = after_failure(&config, &failed(&[1, 2])).unwrap();
+        let r1 = placement(&plan.config, 1);
         assert_eq!(r1.state, RegionState::Lost);
         assert_eq!((r1.primary, r1.backups.len()), (n(1), 0));
-        let c1 = change(&remap, 1);
+        let c1 = change(&plan, 1);
         assert!(c1.is_lost());
         assert_eq!(c1.dropped, vec![n(1), n(2)]);
-        assert!(remap.copies.iter().all(|copy| copy.region != RegionId(1)));
+        assert!(plan.copies.iter().all(|copy| copy.region != RegionId(1)));
         assert_eq!(
             c1.to_string(),
             "r1: lost (last primary n1; every replica gone: n1 n2)"
         );
-        assert_eq!(placement(&remap.config, 2).primary, n(3));
-        assert_eq!(placement(&remap.config, 4).primary, n(4));
+        assert_eq!(placement(&plan.config, 2).primary, n(3));
+        assert_eq!(placement(&plan.config, 4).primary, n(4));
 
-        let next = after_failure(&remap.config, &failed(&[3])).unwrap();
+        let next = after_failure(&plan.config, &failed(&[3])).unwrap();
         assert_eq!(placement(&next.config, 1), r1);
         assert!(next.changes.iter().all(|c| c.region != RegionId(1)));
         // n4 is the only node left, primary of every region that is not lost.
@@ -840,19 +853,19 @@ mod tests {
         let config = cluster(3, 1, 2);
         let degraded = after_failure(&config, &failed(&[3])).unwrap().config;
         assert!(degraded.regions.iter().all(|p| p.backups.len() == 1));
-        let remap = add_node(&degraded, n(3), Some("rack-z".into())).unwrap();
-        let next = &remap.config;
+        let plan = add_node(&degraded, n(3), Some("rack-z".into())).unwrap();
+        let next = &plan.config;
         assert_eq!(next.nodes, nodes(3));
         assert_eq!(next.domain_of(n(3)), "rack-z");
         assert!(next.regions.iter().all(|p| p.backups.len() == 2));
         // The new node receives one copy of every region, the lost copies of n3.
-        assert_eq!(remap.changes.len(), 3);
-        assert!(remap.copies.iter().all(|copy| copy.to == n(3)));
-        assert_eq!(remap.copies.len(), 3);
+        assert_eq!(plan.changes.len(), 3);
+        assert!(plan.copies.iter().all(|copy| copy.to == n(3)));
+        assert_eq!(plan.copies.len(), 3);
         // Nothing to receive: a new node in a full cluster gets nothing (no rebalancing yet).
-        let remap = add_node(next, n(4), None).unwrap();
-        assert!(remap.changes.is_empty());
-        assert_eq!(remap.config.id, next.id + 1);
+        let plan = add_node(next, n(4), None).unwrap();
+        assert!(plan.changes.is_empty());
+        assert_eq!(plan.config.id, next.id + 1);
     }
 
     #[test]
@@ -931,8 +944,8 @@ mod tests {
         let mut config = cluster(4, 1, 1);
         config.cm_leader = Some(n(2));
         // r1: n1 [n2]; r2: n2 [n3]; r3: n3 [n4]; r4: n4 [n1].
-        let remap = remove_node(&config, n(2)).unwrap();
-        let next = &remap.config;
+        let plan = remove_node(&config, n(2)).unwrap();
+        let next = &plan.config;
         assert_eq!(next.nodes, vec![n(1), n(3), n(4)]);
         assert_eq!(next.cm_leader, None);
         assert!(next.replicated_on(n(2)).next().is_none());
@@ -940,14 +953,14 @@ mod tests {
         assert_eq!((r2.primary, r2.state), (n(3), RegionState::Blocked));
         let r1 = placement(next, 1);
         assert_eq!((r1.primary, r1.state), (n(1), RegionState::Active));
-        let copies: Vec<String> = remap.copies.iter().map(|c| c.to_string()).collect();
+        let copies: Vec<String> = plan.copies.iter().map(|c| c.to_string()).collect();
         assert_eq!(copies, ["copy r1 from n1 to n3", "copy r2 from n2 to n1"]);
         assert!(next.regions.iter().all(|p| p.backups.len() == 1));
 
         // A client leaves without moving anything.
-        let remap = remove_node(&config, n(100)).unwrap();
-        assert!(remap.config.clients.is_empty());
-        assert!(remap.changes.is_empty());
+        let plan = remove_node(&config, n(100)).unwrap();
+        assert!(plan.config.clients.is_empty());
+        assert!(plan.changes.is_empty());
     }
 
     #[test]
@@ -1031,11 +1044,11 @@ mod properties {
     }
 
     /// Checks that hold after every plan.
-    pub(super) fn check_common(before: &Configuration, remap: &Remap, gone: &BTreeSet<NodeId>) {
-        let next = &remap.config;
+    pub(super) fn check_common(before: &Configuration, plan: &Plan, gone: &BTreeSet<NodeId>) {
+        let next = &plan.config;
         assert_eq!(next.id, before.id + 1);
         next.validate().unwrap();
-        assert_eq!(remap.changes, diff(before, next));
+        assert_eq!(plan.changes, diff(before, next));
         for old in &before.regions {
             let placement = next
                 .placement(old.region)
@@ -1043,7 +1056,7 @@ mod properties {
             if old.state == RegionState::Lost {
                 assert_eq!(placement, old, "a lost region stays lost, as it was");
             }
-            let changed = remap.changes.iter().any(|c| c.region == old.region);
+            let changed = plan.changes.iter().any(|c| c.region == old.region);
             assert_eq!(changed, placement != old, "{}", old.region);
         }
         for &node in gone {
@@ -1089,7 +1102,7 @@ mod properties {
             }
             // Spread over domains: a domain holds two replicas of a region, one of them new,
             // only if every free node is in a domain the region already uses.
-            let added: Vec<NodeId> = remap
+            let added: Vec<NodeId> = plan
                 .changes
                 .iter()
                 .filter(|c| c.region == placement.region)
@@ -1189,10 +1202,10 @@ mod properties {
                     );
                     return config.clone();
                 }
-                let remap = result.unwrap();
-                check_common(config, &remap, &failed);
-                check_departure(config, &remap.config, &failed);
-                remap.config
+                let plan = result.unwrap();
+                check_common(config, &plan, &failed);
+                check_departure(config, &plan.config, &failed);
+                plan.config
             }
             5 => {
                 let node = pick(rng, &config.nodes);
@@ -1221,11 +1234,11 @@ mod properties {
                     assert!(matches!(error, RemapError::LastNode { .. }), "{error}");
                     return config.clone();
                 }
-                let remap = result.unwrap();
+                let plan = result.unwrap();
                 let gone = BTreeSet::from([node]);
-                check_common(config, &remap, &gone);
-                check_departure(config, &remap.config, &gone);
-                for copy in &remap.copies {
+                check_common(config, &plan, &gone);
+                check_departure(config, &plan.config, &gone);
+                for copy in &plan.copies {
                     let old = config.placement(copy.region).unwrap();
                     assert_eq!(
                         copy.from, old.primary,
@@ -1233,7 +1246,7 @@ mod properties {
                     );
                     assert_ne!(copy.to, node);
                 }
-                remap.config
+                plan.config
             }
             6..=8 => {
                 // A fresh id, or sometimes one that left (a node back from the dead with a
@@ -1249,35 +1262,35 @@ mod properties {
                     NodeId(*next_id - 1)
                 };
                 let domain = (rng.below(2) == 0).then(|| format!("rack-{}", rng.below(4)));
-                let remap = add_node(config, node, domain.clone()).unwrap();
-                assert_eq!(remap, add_node(config, node, domain).unwrap());
-                check_common(config, &remap, &BTreeSet::new());
-                let error = add_node(&remap.config, node, None).unwrap_err();
+                let plan = add_node(config, node, domain.clone()).unwrap();
+                assert_eq!(plan, add_node(config, node, domain).unwrap());
+                check_common(config, &plan, &BTreeSet::new());
+                let error = add_node(&plan.config, node, None).unwrap_err();
                 assert!(matches!(error, RemapError::AlreadyMember { .. }), "{error}");
                 for old in &config.regions {
-                    let placement = remap.config.placement(old.region).unwrap();
+                    let placement = plan.config.placement(old.region).unwrap();
                     assert_eq!(
                         (placement.primary, placement.state),
                         (old.primary, old.state)
                     );
                     assert!(old.backups.iter().all(|b| placement.backups.contains(b)));
                 }
-                assert!(remap.copies.iter().all(|copy| copy.to == node));
-                remap.config
+                assert!(plan.copies.iter().all(|copy| copy.to == node));
+                plan.config
             }
             _ => {
-                let remap = add_region(config).unwrap();
-                assert_eq!(remap, add_region(config).unwrap());
-                check_common(config, &remap, &BTreeSet::new());
-                let created: Vec<RegionId> = remap.created().collect();
+                let plan = add_region(config).unwrap();
+                assert_eq!(plan, add_region(config).unwrap());
+                check_common(config, &plan, &BTreeSet::new());
+                let created: Vec<RegionId> = plan.created().collect();
                 assert_eq!(created.len(), 1);
                 let largest = config.regions.iter().map(|p| p.region).max().unwrap();
                 assert_eq!(created[0].0, largest.0 + 1);
-                let placement = remap.config.placement(created[0]).unwrap();
+                let placement = plan.config.placement(created[0]).unwrap();
                 assert_eq!(placement.state, RegionState::Active);
-                assert_eq!(remap.changes.len(), 1, "only the new region changes");
-                assert_eq!(remap.copies.len(), 0, "a new region is empty");
-                remap.config
+                assert_eq!(plan.changes.len(), 1, "only the new region changes");
+                assert_eq!(plan.copies.len(), 0, "a new region is empty");
+                plan.config
             }
         }
     }
@@ -1356,10 +1369,10 @@ mod shrinking {
                     prop_assert!(nodes.iter().all(|n| failed.contains(n)));
                 }
                 Err(error) => prop_assert!(false, "{error}"),
-                Ok(remap) => {
-                    super::properties::check_common(&config, &remap, &failed);
-                    super::properties::check_departure(&config, &remap.config, &failed);
-                    prop_assert_eq!(&after_failure(&config, &failed).unwrap(), &remap);
+                Ok(plan) => {
+                    super::properties::check_common(&config, &plan, &failed);
+                    super::properties::check_departure(&config, &plan.config, &failed);
+                    prop_assert_eq!(&after_failure(&config, &failed).unwrap(), &plan);
                 }
             }
         }

@@ -782,6 +782,17 @@ mod tests {
         let r1 = placement(&twice, 1);
         assert_eq!((r1.primary, r1.state), (n(3), RegionState::Blocked));
         assert!(r1.backups.is_empty());
+        // A blocked region whose every replica fails is lost, naming the promoted primary.
+        let once = after_failure(&cluster(4, 1, 1), &failed(&[1]))
+            .unwrap()
+            .config;
+        assert_eq!(
+            placement(&once, 1).replicas().collect::<Vec<_>>(),
+            [n(2), n(3)]
+        );
+        let lost = after_failure(&once, &failed(&[2, 3])).unwrap().config;
+        let r1 = placement(&lost, 1);
+        assert_eq!((r1.primary, r1.state), (n(2), RegionState::Lost));
         // A blocked region whose primary survives stays blocked: only recovery unblocks it.
         let mut blocked = cluster(4, 1, 1);
         blocked.regions[0].state = RegionState::Blocked;

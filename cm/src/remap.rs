@@ -8,6 +8,25 @@
 //! and what changed in every region, or a [`RemapError`] that says why no configuration can
 //! follow and what to do instead.
 //!
+//! ```
+//! use acre_cm::remap::after_failure;
+//! use acre_engine::addr::{NodeId, RegionId};
+//! use acre_txn::config::{Configuration, RegionState};
+//! use std::collections::BTreeSet;
+//!
+//! // Three nodes, f = 1: region 1 has its primary on n1 and its backup on n2.
+//! let nodes = vec![NodeId(1), NodeId(2), NodeId(3)];
+//! let config = Configuration::place(1, nodes, vec![], 1, 1, 1 << 20, 4096)?;
+//! let plan = after_failure(&config, &BTreeSet::from([NodeId(1)]))?;
+//! let region = plan.config.placement(RegionId(1)).unwrap();
+//! assert_eq!((region.primary, region.state), (NodeId(2), RegionState::Blocked));
+//! assert_eq!(region.backups, [NodeId(3)]);
+//! for change in &plan.changes {
+//!     println!("{change}"); // r1: primary n1 -> n2 (promoted), dropped n1, new backups n3 ...
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Rules
 //!
 //! - **Surviving data is never dropped.** A live replica of a region stays one of its replicas;

@@ -418,6 +418,14 @@ impl Serving {
                 self.node.primary().note_lock(txn, entries);
                 true
             }
+            Body::Lock { .. } if txn.config < self.node.config_id() => {
+                // Begun in an older configuration: it must not lock in this one
+                // (docs/failures.md#reconfiguration). Kept, as every LOCK is, until its ABORT.
+                let current = self.node.config_id();
+                self.node
+                    .reply(sender, record.reply, seq, Code::Stale, [current, 0, 0]);
+                true
+            }
             Body::Lock { entries, .. } => {
                 let locked = self.node.primary().lock(txn, entries);
                 let code = if locked { Code::Locked } else { Code::Conflict };
@@ -467,6 +475,12 @@ impl Serving {
                 true
             }
             Body::Truncate => false,
+            Body::Validate { .. } if txn.config < self.node.config_id() => {
+                let current = self.node.config_id();
+                self.node
+                    .reply(sender, record.reply, seq, Code::Stale, [current, 0, 0]);
+                false
+            }
             Body::Validate { reads } => {
                 let code = if self.node.primary().validate(&reads) {
                     Code::Valid

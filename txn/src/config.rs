@@ -3,7 +3,7 @@
 //! in memory by the embedded cluster. The configuration manager of a later issue changes it
 //! through Raft; its `id` is the first part of every transaction id.
 
-use acre_engine::addr::{NodeId, RegionId};
+use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::RING_AREA_BASE;
 use acre_engine::region::REGION_BYTES_MAX;
 use acre_engine::slab::BLOCK_BYTES_MIN;
@@ -403,6 +403,74 @@ impl Configuration {
             path: path.to_path_buf(),
             source: Box::new(source),
         })
+    }
+}
+
+/// A node's current configuration, which the configuration manager replaces with newer ones
+/// (docs/failures.md#reconfiguration). Readers take the whole configuration at once
+/// ([`CurrentConfiguration::get`]); a transaction keeps the one it began in.
+#[derive(Debug)]
+pub struct CurrentConfiguration {
+    current: std::sync::RwLock<std::sync::Arc<Configuration>>,
+}
+
+/// Why a configuration was not adopted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "configuration {offered} is not newer than the current {current}: a node adopts only \
+     higher ids, so this one is stale; ask the configuration manager for the current one"
+)]
+pub struct StaleConfiguration {
+    pub offered: u64,
+    pub current: u64,
+}
+
+impl CurrentConfiguration {
+    pub fn new(config: std::sync::Arc<Configuration>) -> CurrentConfiguration {
+        CurrentConfiguration {
+            current: std::sync::RwLock::new(config),
+        }
+    }
+
+    /// The configuration now.
+    pub fn get(&self) -> std::sync::Arc<Configuration> {
+        self.current.read().expect(crate::POISONED).clone()
+    }
+
+    /// The id of the configuration now.
+    pub fn id(&self) -> u64 {
+        self.current.read().expect(crate::POISONED).id
+    }
+
+    /// Replaces the configuration with `newer`, if its id is higher: ids only grow at a node.
+    pub fn adopt(&self, newer: std::sync::Arc<Configuration>) -> Result<(), StaleConfiguration> {
+        let mut current = self.current.write().expect(crate::POISONED);
+        if newer.id <= current.id {
+            return Err(StaleConfiguration {
+                offered: newer.id,
+                current: current.id,
+            });
+        }
+        *current = newer;
+        Ok(())
+    }
+}
+
+impl Configuration {
+    /// The placement of `region` when it serves in this configuration.
+    pub fn serving(&self, addr: Addr) -> Result<&Placement, crate::error::TxnError> {
+        let region = addr.region();
+        let placement = self
+            .placement(region)
+            .ok_or(crate::error::TxnError::NoSuchRegion { addr, region })?;
+        match placement.state {
+            RegionState::Active => Ok(placement),
+            state => Err(crate::error::TxnError::RegionUnavailable {
+                region,
+                state,
+                config: self.id,
+            }),
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! ride on whatever record goes to their node next ([`crate::truncation`]).
 
 use crate::POISONED;
+use crate::config::CurrentConfiguration;
 use crate::directory::Directory;
 use crate::error::{TxnError, channel_error};
 use crate::record::{self, Body, TxnId, TxnRecord};
@@ -31,17 +32,21 @@ struct Link {
 /// Every link of one node, attached on first use.
 pub struct Links {
     node: NodeId,
-    config_id: u64,
+    config: Arc<CurrentConfiguration>,
     fabric: Arc<Fabric>,
     directory: Arc<Directory>,
     links: RwLock<FastMap<NodeId, Arc<Mutex<Link>>>>,
 }
 
 impl Links {
-    pub(crate) fn new(config_id: u64, fabric: Arc<Fabric>, directory: Arc<Directory>) -> Links {
+    pub(crate) fn new(
+        config: Arc<CurrentConfiguration>,
+        fabric: Arc<Fabric>,
+        directory: Arc<Directory>,
+    ) -> Links {
         Links {
             node: fabric.node_id(),
-            config_id,
+            config,
             fabric,
             directory,
             links: RwLock::new(FastMap::default()),
@@ -51,7 +56,7 @@ impl Links {
     /// The id that records not belonging to a transaction (TRUNCATE) carry.
     fn system_txn(&self) -> TxnId {
         TxnId {
-            config: self.config_id,
+            config: self.config.id(),
             node: self.node,
             thread: u16::MAX,
             seq: 0,

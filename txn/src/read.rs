@@ -8,7 +8,7 @@
 
 use crate::POISONED;
 use crate::backoff::Backoff;
-use crate::config::Configuration;
+use crate::config::CurrentConfiguration;
 use crate::directory::Directory;
 use crate::error::TxnError;
 use crate::error::op_error;
@@ -54,7 +54,10 @@ enum SlotAt {
 
 /// Reads objects on their primaries.
 pub struct ObjectReader {
-    config: Arc<Configuration>,
+    config: Arc<CurrentConfiguration>,
+    /// The sizes every configuration of a cluster shares.
+    block_bytes: u64,
+    region_bytes: u64,
     fabric: Arc<Fabric>,
     directory: Arc<Directory>,
     /// Slot size of each claimed block seen so far: `(region, block index) -> slot bytes`.
@@ -63,11 +66,14 @@ pub struct ObjectReader {
 
 impl ObjectReader {
     pub(crate) fn new(
-        config: Arc<Configuration>,
+        config: Arc<CurrentConfiguration>,
         fabric: Arc<Fabric>,
         directory: Arc<Directory>,
     ) -> ObjectReader {
+        let first = config.get();
         ObjectReader {
+            block_bytes: first.block_bytes,
+            region_bytes: first.region_bytes,
             config,
             fabric,
             directory,
@@ -76,16 +82,13 @@ impl ObjectReader {
     }
 
     /// The primary of the region `addr` is in, and the access key of its copy there.
+    /// Refused when the region does not serve in the node's configuration now.
     pub fn primary_of(&self, addr: Addr) -> Result<(NodeId, AccessKey), TxnError> {
-        let region = addr.region();
-        let placement = self
-            .config
-            .placement(region)
-            .ok_or(TxnError::NoSuchRegion { addr, region })?;
+        let primary = self.config.get().serving(addr)?.primary;
         let (key, _) = self
             .directory
-            .lookup(&self.fabric, placement.primary, region)?;
-        Ok((placement.primary, key))
+            .lookup(&self.fabric, primary, addr.region())?;
+        Ok((primary, key))
     }
 
     /// A consistent, unlocked read of the slot at `addr` on its primary (see [`Self::read`]);
@@ -251,16 +254,16 @@ impl ObjectReader {
             .fabric
             .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
             .map_err(|e| op_error(primary, e))?;
-        Ok(slab::block_slot_bytes(&header, self.config.block_bytes).is_none())
+        Ok(slab::block_slot_bytes(&header, self.block_bytes).is_none())
     }
 
     /// Where `addr` stands in its block: the slot size when a slot starts there (from the
     /// block header, read once per block and cached).
     fn slot_at(&self, primary: NodeId, key: AccessKey, addr: Addr) -> Result<SlotAt, TxnError> {
-        let block_bytes = self.config.block_bytes;
+        let block_bytes = self.block_bytes;
         let block_index = (addr.offset() as u64 / block_bytes) as u32;
         let block = Addr::new(addr.region(), (block_index as u64 * block_bytes) as u32);
-        if block.offset() as u64 + block_bytes > self.config.region_bytes {
+        if block.offset() as u64 + block_bytes > self.region_bytes {
             return Ok(SlotAt::NeverSlot);
         }
         let cached = self

@@ -47,7 +47,7 @@ pub(crate) fn validate(txn: &mut Txn, reads: &[(Addr, u64)]) -> Result<(), TxnEr
         let (primary, _) = txn.node.reader().primary_of(addr)?;
         by_primary.entry(primary).or_default().push((addr, version));
     }
-    let by_message = txn.node.config().commit == CommitMode::Messages;
+    let by_message = txn.config.commit == CommitMode::Messages;
     let mut sent = Vec::new();
     let mut posted = Vec::new();
     let mut local = None;
@@ -101,7 +101,7 @@ pub(crate) fn validate(txn: &mut Txn, reads: &[(Addr, u64)]) -> Result<(), TxnEr
     if let Some(failure) = failure {
         return Err(failure);
     }
-    check_replies(&sent, &replies)?;
+    check_replies(&sent, &replies, txn.id.config)?;
     validate_unclaimed_blocks(txn)
 }
 
@@ -185,11 +185,17 @@ fn wait_for_replies(txn: &mut Txn, sent: &[ValidateSent]) -> Result<Vec<Reply>, 
 }
 
 /// What the primaries answered: all valid, or the first conflict.
-fn check_replies(sent: &[ValidateSent], replies: &[Reply]) -> Result<(), TxnError> {
+fn check_replies(sent: &[ValidateSent], replies: &[Reply], began_in: u64) -> Result<(), TxnError> {
     assert_eq!(sent.len(), replies.len(), "a reply per VALIDATE sent");
     for (message, reply) in sent.iter().zip(replies) {
         match reply.code {
             Code::Valid => {}
+            Code::Stale => {
+                return Err(TxnError::ConfigurationChanged {
+                    began: began_in,
+                    current: reply.values[0],
+                });
+            }
             Code::Invalid => {
                 return Err(TxnError::Conflict {
                     addr: message.first,

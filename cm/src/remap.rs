@@ -416,6 +416,7 @@ pub fn add_region(config: &Configuration) -> Result<Plan, RemapError> {
         region: RegionId(region),
         primary,
         backups: Vec::new(),
+        copying: Vec::new(),
         state: RegionState::Active,
     });
     fill_backups(&mut next);

@@ -18,6 +18,11 @@ pub struct Placement {
     pub primary: NodeId,
     /// At most `f`: fewer while no other node can take a lost backup's place.
     pub backups: Vec<NodeId>,
+    /// The backups still receiving their copy of the region (data recovery): they take
+    /// COMMIT-BACKUP records like the others, but their copy is incomplete, so they are never
+    /// promoted and do not count as a copy of the data (docs/failures.md#configuration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copying: Vec<NodeId>,
     /// Whether the region serves; written by the configuration manager (docs/failures.md).
     #[serde(default, skip_serializing_if = "RegionState::is_active")]
     pub state: RegionState,
@@ -67,6 +72,11 @@ impl Placement {
     /// Primary first, then the backups.
     pub fn replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
         std::iter::once(self.primary).chain(self.backups.iter().copied())
+    }
+
+    /// The replicas whose copy is complete: the primary, then the backups not copying.
+    pub fn complete_replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.replicas().filter(|node| !self.copying.contains(node))
     }
 }
 
@@ -183,6 +193,11 @@ pub enum ConfigError {
     TwoReplicasOnOneNode { region: RegionId },
     #[error("invalid configuration: region {region} is placed on {node}, not a node")]
     NotANode { region: RegionId, node: NodeId },
+    #[error(
+        "invalid configuration: region {region} lists {node} as copying, but it is not one of \
+         its backups"
+    )]
+    CopyingNotABackup { region: RegionId, node: NodeId },
     #[error("invalid configuration: {node} has a failure domain but is not a node")]
     DomainOfANonNode { node: NodeId },
     #[error("invalid configuration: {node} is given two failure domains")]
@@ -261,6 +276,7 @@ impl Configuration {
                 region: RegionId(k as u32 + 1),
                 primary: nodes[primary],
                 backups: (1..=f).map(|i| nodes[(primary + i) % n]).collect(),
+                copying: Vec::new(),
                 state: RegionState::Active,
             });
         }
@@ -331,6 +347,13 @@ impl Configuration {
             let replicas: BTreeSet<NodeId> = placement.replicas().collect();
             if replicas.len() != placement.backups.len() + 1 {
                 return Err(ConfigError::TwoReplicasOnOneNode { region });
+            }
+            if let Some(&node) = placement
+                .copying
+                .iter()
+                .find(|n| !placement.backups.contains(n))
+            {
+                return Err(ConfigError::CopyingNotABackup { region, node });
             }
             // A lost region names its last primary, which may have left.
             let present = |n: &&NodeId| self.nodes.contains(n);
@@ -527,6 +550,7 @@ mod tests {
     fn degraded_lost_and_domained_configurations_round_trip() {
         let mut config = Configuration::place(3, nodes(3), vec![], 1, 2, 1 << 20, 4096).unwrap();
         config.regions[0].backups.pop();
+        config.regions[0].copying = vec![config.regions[0].backups[0]];
         config.regions[1].state = RegionState::Blocked;
         config.domains = vec![FailureDomain {
             node: NodeId(1),
@@ -536,6 +560,8 @@ mod tests {
         config.cm_leader = Some(NodeId(2));
         config.validate().unwrap();
         assert_eq!(config.domain_of(NodeId(1)), "rack-a");
+        let complete: Vec<NodeId> = config.regions[0].complete_replicas().collect();
+        assert_eq!(complete, [config.regions[0].primary]);
         assert_eq!(config.domain_of(NodeId(2)), NodeId(2).to_string());
         assert_eq!(Configuration::from_toml(&config.to_toml()).unwrap(), config);
 
@@ -563,6 +589,19 @@ mod tests {
         let error = config.validate().unwrap_err();
         assert!(
             matches!(error, ConfigError::DomainOfANonNode { .. }),
+            "{error}"
+        );
+        config.domains.clear();
+
+        let active = config
+            .regions
+            .iter()
+            .position(|p| p.state.is_active())
+            .unwrap();
+        config.regions[active].copying = vec![config.regions[active].primary];
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(error, ConfigError::CopyingNotABackup { .. }),
             "{error}"
         );
     }

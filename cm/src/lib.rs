@@ -4,3 +4,4 @@
 #![forbid(unsafe_code)]
 
 pub mod lease;
+pub mod lease_thread;

@@ -567,8 +567,30 @@ pub struct CmLeases {
     cm: NodeId,
     config: u64,
     timing: LeaseTiming,
-    /// Sorted by node id.
+    /// Sorted by node id; capacity [`MEMBERS_MAX`], so a new configuration never allocates.
     nodes: Vec<NodeEntry>,
+    /// Where a new configuration's table is built, then swapped with `nodes`.
+    spare: Vec<NodeEntry>,
+    /// The latest expiry of a lease granted to a node no longer a member.
+    removed_until: Option<Time>,
+}
+
+/// The most members a CM's lease table holds (FaRM ran 90 machines).
+pub const MEMBERS_MAX: usize = 1024;
+
+impl NodeEntry {
+    /// A member's entry with one lease of grace from `now` for a first handshake.
+    fn new(node: NodeId, now: Time, timing: &LeaseTiming) -> NodeEntry {
+        NodeEntry {
+            node,
+            granted_until: now + timing.lease,
+            last_request: None,
+            asked: None,
+            held_until: None,
+            suspected: false,
+            reported: false,
+        }
+    }
 }
 
 impl CmLeases {
@@ -581,18 +603,13 @@ impl CmLeases {
         members: &[NodeId],
         now: Time,
     ) -> CmLeases {
-        let mut nodes: Vec<NodeEntry> = members
-            .iter()
-            .map(|&node| NodeEntry {
-                node,
-                granted_until: now + timing.lease,
-                last_request: None,
-                asked: None,
-                held_until: None,
-                suspected: false,
-                reported: false,
-            })
-            .collect();
+        assert!(members.len() <= MEMBERS_MAX, "members={}", members.len());
+        let mut nodes = Vec::with_capacity(MEMBERS_MAX);
+        nodes.extend(
+            members
+                .iter()
+                .map(|&node| NodeEntry::new(node, now, &timing)),
+        );
         nodes.sort_by_key(|entry| entry.node);
         let unique = nodes.windows(2).all(|pair| pair[0].node != pair[1].node);
         assert!(unique, "members listed twice: {members:?}");
@@ -601,11 +618,65 @@ impl CmLeases {
             config,
             timing,
             nodes,
+            spare: Vec::with_capacity(MEMBERS_MAX),
+            removed_until: None,
         }
+    }
+
+    /// Moves to a newer configuration with `members` (in increasing id order). A member that
+    /// stays keeps its lease and, if it was suspected, is no longer: the configuration that
+    /// kept it is the verdict on the suspicion; it gets one lease of grace, as a new member
+    /// does, to renew under the new configuration id. Allocates nothing.
+    pub fn set_configuration(&mut self, config: u64, members: &[NodeId], now: Time) {
+        assert!(
+            config > self.config,
+            "config={config} current={}",
+            self.config
+        );
+        assert!(members.len() <= MEMBERS_MAX, "members={}", members.len());
+        let sorted = members.windows(2).all(|pair| pair[0] < pair[1]);
+        assert!(
+            sorted,
+            "members must be unique and in id order: {members:?}"
+        );
+        let grace = now + self.timing.lease;
+        self.spare.clear();
+        for &node in members {
+            let entry = match self.entry(node) {
+                Some(old) => NodeEntry {
+                    granted_until: old.granted_until.max(grace),
+                    suspected: false,
+                    reported: false,
+                    ..*old
+                },
+                None => NodeEntry::new(node, now, &self.timing),
+            };
+            self.spare.push(entry);
+        }
+        for old in &self.nodes {
+            if members.binary_search(&old.node).is_err() {
+                let until = old.granted_until;
+                self.removed_until = Some(self.removed_until.map_or(until, |u| u.max(until)));
+            }
+        }
+        std::mem::swap(&mut self.nodes, &mut self.spare);
+        self.config = config;
     }
 
     pub fn config(&self) -> u64 {
         self.config
+    }
+
+    /// This CM's id.
+    pub fn cm(&self) -> NodeId {
+        self.cm
+    }
+
+    /// The members and until when the CM considers each one's lease valid, in id order.
+    pub fn members(&self) -> impl Iterator<Item = (NodeId, Time)> + '_ {
+        self.nodes
+            .iter()
+            .map(|entry| (entry.node, entry.granted_until))
     }
 
     fn entry(&self, node: NodeId) -> Option<&NodeEntry> {
@@ -702,8 +773,10 @@ impl CmLeases {
 
     /// When every lease this CM granted has expired: what a reconfiguration waits out before
     /// it hands a removed node's regions to others.
+    /// Nodes removed by a configuration change count too.
     pub fn all_granted_until(&self) -> Option<Time> {
-        self.nodes.iter().map(|entry| entry.granted_until).max()
+        let members = self.nodes.iter().map(|entry| entry.granted_until).max();
+        members.max(self.removed_until)
     }
 
     /// The next time a lease not yet suspected expires.
@@ -1141,6 +1214,51 @@ mod tests {
             node.next_request_at,
             "an expiry seen is no deadline"
         );
+    }
+
+    #[test]
+    fn a_cms_new_configuration_keeps_members_leases_and_waits_out_removed_ones() {
+        let (mut cm, mut node, clock, manual) = pair();
+        handshake(&mut cm, &mut node, clock.now());
+        let removed_until = cm.node_lease_until(NodeId(1)).unwrap();
+        manual.advance(100 * MS);
+        assert_eq!(cm.next_suspect(clock.now()), Some(NodeId(1)));
+        assert_eq!(cm.next_suspect(clock.now()), Some(NodeId(2)));
+        // Node 1 is removed, node 2 (suspected) stays, node 3 joins.
+        let capacity = cm.nodes.capacity();
+        cm.set_configuration(CONFIG + 1, &[NodeId(2), NodeId(3)], clock.now());
+        assert_eq!(cm.nodes.capacity(), capacity, "no allocation");
+        assert_eq!(cm.config(), CONFIG + 1);
+        assert!(
+            !cm.is_suspected(NodeId(2)),
+            "kept: the suspicion is settled"
+        );
+        assert_eq!(cm.node_lease_until(NodeId(3)), Some(clock.now() + 100 * MS));
+        assert_eq!(cm.node_lease_until(NodeId(1)), None);
+        assert!(cm.all_granted_until() >= Some(removed_until));
+        // The removed node's requests are refused, old configuration or new.
+        let request = node.poll(clock.now()).unwrap();
+        assert!(matches!(
+            cm.receive(clock.now(), &request),
+            Err(LeaseError::StaleConfiguration { .. })
+        ));
+        node.set_configuration(CONFIG + 1, CM, clock.now());
+        let request = node.poll(clock.now()).unwrap();
+        assert_eq!(
+            cm.receive(clock.now(), &request),
+            Err(LeaseError::NotAMember { node: NodeId(1) })
+        );
+        // A member renews under the new id.
+        let mut other = NodeLease::new(NodeId(3), CM, CONFIG + 1, timing(), 1, clock.now());
+        handshake(&mut cm, &mut other, clock.now());
+        assert!(other.is_valid(clock.now()));
+    }
+
+    #[test]
+    #[should_panic(expected = "config=7 current=7")]
+    fn a_configuration_id_never_goes_back() {
+        let (mut cm, ..) = pair();
+        cm.set_configuration(CONFIG, &[NodeId(1)], Time::ZERO);
     }
 
     #[test]

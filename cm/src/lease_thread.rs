@@ -19,14 +19,16 @@
 //! zero-length datagram to the socket to cut the wait short, and joins.
 #![forbid(unsafe_code)]
 
-use crate::lease::{CmLeases, Kind, LeaseExpiry, LeaseKey, LeaseTiming, NodeLease, Packet};
+use crate::lease::{
+    CmLeases, Kind, LeaseExpiry, LeaseKey, LeaseTiming, MEMBERS_MAX, NodeLease, Packet,
+};
 use acre_engine::NodeId;
 use acre_engine::clock::{Clock, Time, WAIT_SLICE_MAX};
 use acre_engine::fabric::tcp::auth::ClusterSecret;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -40,8 +42,11 @@ const WAIT_MIN: Duration = Duration::from_micros(100);
 /// a renewal sent this late still leaves the lease most of a period, and a suspicion reported
 /// this late is only a slower one.
 const WAIT_SLACK: Duration = Duration::from_millis(1);
-/// Words of the suspect bitmap: one bit for every possible node id.
-const SUSPECT_WORDS: usize = (u16::MAX as usize + 1) / 64;
+/// What `lock().expect` says of a poisoned lock: a writer panicked half-way through a
+/// configuration, which the process must not go on with.
+const POISONED: &str = "a thread panicked while holding this lock";
+/// Words of a bitmap of node ids: one bit for every possible node id.
+const NODE_BITMAP_WORDS: usize = (u16::MAX as usize + 1) / 64;
 
 /// The node's part of a lease thread.
 #[derive(Clone, Debug)]
@@ -85,7 +90,7 @@ pub struct Suspects {
 impl Suspects {
     fn new() -> Suspects {
         Suspects {
-            words: (0..SUSPECT_WORDS).map(|_| AtomicU64::new(0)).collect(),
+            words: (0..NODE_BITMAP_WORDS).map(|_| AtomicU64::new(0)).collect(),
             published: AtomicU64::new(0),
         }
     }
@@ -118,6 +123,75 @@ impl Suspects {
     }
 }
 
+/// A configuration handed to a running lease thread ([`LeaseThread::set_configuration`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NewConfiguration<'a> {
+    pub config: u64,
+    pub cm: NodeId,
+    pub cm_addr: SocketAddr,
+    /// In any order; at most [`MEMBERS_MAX`].
+    pub members: &'a [NodeId],
+}
+
+/// Where other threads leave a new configuration for the lease thread. Writers take `writer`
+/// (a lock the lease thread never takes) and publish under a sequence number, odd while they
+/// write; the lease thread reads it when the number changed and is even, and checks it did not
+/// change meanwhile (else it reads again on its next turn).
+#[derive(Debug)]
+struct Mailbox {
+    writer: Mutex<()>,
+    seq: AtomicU64,
+    config: AtomicU64,
+    cm: AtomicU64,
+    /// The CM's address: IPv6 (IPv4 mapped) in two words, the port in the third.
+    cm_addr: [AtomicU64; 3],
+    /// The members, one bit per node id.
+    members: Box<[AtomicU64]>,
+}
+
+impl Mailbox {
+    fn new() -> Mailbox {
+        Mailbox {
+            writer: Mutex::new(()),
+            seq: AtomicU64::new(0),
+            config: AtomicU64::new(0),
+            cm: AtomicU64::new(0),
+            cm_addr: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            members: (0..NODE_BITMAP_WORDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn post(&self, new: &NewConfiguration<'_>) {
+        assert!(
+            new.members.len() <= MEMBERS_MAX,
+            "members={}",
+            new.members.len()
+        );
+        let _writer = self.writer.lock().expect(POISONED);
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.config.store(new.config, Ordering::Relaxed);
+        self.cm.store(u64::from(new.cm.0), Ordering::Relaxed);
+        let ip = match new.cm_addr.ip() {
+            IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+            IpAddr::V6(ip) => ip,
+        };
+        let ip = u128::from(ip);
+        self.cm_addr[0].store((ip >> 64) as u64, Ordering::Relaxed);
+        self.cm_addr[1].store(ip as u64, Ordering::Relaxed);
+        self.cm_addr[2].store(u64::from(new.cm_addr.port()), Ordering::Relaxed);
+        for word in self.members.iter() {
+            word.store(0, Ordering::Relaxed);
+        }
+        for member in new.members {
+            let index = usize::from(member.0);
+            self.members[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
+        }
+        self.seq.store(seq + 2, Ordering::Release);
+    }
+}
+
 /// What the lease thread publishes; the handle and its clones read it.
 #[derive(Debug)]
 struct Shared {
@@ -126,9 +200,10 @@ struct Shared {
     expiry: LeaseExpiry,
     cm_expired: AtomicBool,
     suspects: Suspects,
-    /// The CM's members, sorted, and each one's lease expiry as the CM sees it (nanoseconds).
-    members: Vec<NodeId>,
+    /// With the CM's role: every node's lease expiry as the CM sees it, in nanoseconds, indexed
+    /// by node id (0: not a member). Empty without the role.
     member_until: Box<[AtomicU64]>,
+    mailbox: Mailbox,
     packets_received: AtomicU64,
     packets_refused: AtomicU64,
     /// Turns of the thread's loop: its wake-ups.
@@ -167,26 +242,21 @@ impl LeaseThread {
             .cm
             .as_ref()
             .map(|role| CmLeases::new(role.cm, role.config, config.timing, &role.members, now));
-        let mut members = config
-            .cm
-            .as_ref()
-            .map_or_else(Vec::new, |role| role.members.clone());
-        members.sort();
-        let member_until = members
-            .iter()
-            .map(|&member| {
-                let until = cm.as_ref().and_then(|cm| cm.node_lease_until(member));
-                AtomicU64::new(until.map_or(0, Time::as_nanos))
-            })
-            .collect();
+        let member_until: Box<[AtomicU64]> = match &cm {
+            Some(_) => (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
+            None => Box::new([]),
+        };
+        if let Some(cm) = &cm {
+            publish_members(cm, &member_until);
+        }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             expiry: node.as_ref().map(NodeLease::expiry).unwrap_or_default(),
             cm_expired: AtomicBool::new(false),
             suspects: Suspects::new(),
-            members,
             member_until,
+            mailbox: Mailbox::new(),
             packets_received: AtomicU64::new(0),
             packets_refused: AtomicU64::new(0),
             turns: AtomicU64::new(0),
@@ -206,6 +276,8 @@ impl LeaseThread {
             shared: Arc::clone(&shared),
             buffer: [0u8; RECEIVE_BYTES],
             timeout: None,
+            applied_seq: 0,
+            members: Vec::with_capacity(MEMBERS_MAX),
         };
         let thread = std::thread::Builder::new()
             .name(name)
@@ -246,8 +318,8 @@ impl LeaseThread {
 
     /// Until when the CM considers `node`'s lease valid, by this thread's clock.
     pub fn node_lease_until(&self, node: NodeId) -> Option<Time> {
-        let index = self.shared.members.binary_search(&node).ok()?;
-        match self.shared.member_until[index].load(Ordering::Acquire) {
+        let until = self.shared.member_until.get(usize::from(node.0))?;
+        match until.load(Ordering::Acquire) {
             0 => None,
             nanos => Some(Time::from_nanos(nanos)),
         }
@@ -276,6 +348,19 @@ impl LeaseThread {
 impl Drop for LeaseThread {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.wake();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(addr = %self.local_addr, "the lease thread panicked");
+        }
+    }
+}
+
+impl LeaseThread {
+    /// Cuts the thread's wait short with a zero-length datagram; if it is lost, the thread
+    /// still looks at its flags and mailbox within one wait.
+    fn wake(&self) {
         let mut wake = self.local_addr;
         if wake.ip().is_unspecified() {
             wake.set_ip(match wake {
@@ -283,13 +368,16 @@ impl Drop for LeaseThread {
                 SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
             });
         }
-        // If the wake-up is lost, the thread still sees the flag within one wait.
         let _ = self.waker.send_to(&[], wake);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!(addr = %self.local_addr, "the lease thread panicked");
-        }
+    }
+
+    /// Hands the thread a newer configuration: the node's side asks the new CM at once, and
+    /// the CM's side (if this thread has it and `new.cm` is still this CM) keeps the members'
+    /// leases and grants new members one lease of grace. A thread whose CM is replaced by
+    /// another stops granting. (Gaining the CM's role needs a new thread.)
+    pub fn set_configuration(&self, new: &NewConfiguration<'_>) {
+        self.shared.mailbox.post(new);
+        self.wake();
     }
 }
 
@@ -317,18 +405,75 @@ struct Turn {
     buffer: [u8; RECEIVE_BYTES],
     /// The socket's current read timeout, so it is only set when it changes.
     timeout: Option<Duration>,
+    /// The mailbox's sequence number last applied.
+    applied_seq: u64,
+    /// Where a new configuration's members are gathered; capacity [`MEMBERS_MAX`].
+    members: Vec<NodeId>,
 }
 
 impl Turn {
     fn run(&mut self) {
         while !self.shared.stop.load(Ordering::Acquire) {
             self.shared.turns.fetch_add(1, Ordering::Relaxed);
+            self.take_configuration();
             let now = self.clock.now();
             let paused = self.shared.paused.load(Ordering::Acquire);
             if !paused {
                 self.tick(now);
             }
             self.wait_and_receive(now, paused);
+        }
+    }
+
+    /// Applies a configuration left in the mailbox, if there is a new one.
+    fn take_configuration(&mut self) {
+        let mailbox = &self.shared.mailbox;
+        let seq = mailbox.seq.load(Ordering::Acquire);
+        if seq == self.applied_seq || !seq.is_multiple_of(2) {
+            return;
+        }
+        let config = mailbox.config.load(Ordering::Relaxed);
+        let cm_id = NodeId(u16::try_from(mailbox.cm.load(Ordering::Relaxed)).unwrap_or(0));
+        let ip = (u128::from(mailbox.cm_addr[0].load(Ordering::Relaxed)) << 64)
+            | u128::from(mailbox.cm_addr[1].load(Ordering::Relaxed));
+        let port = u16::try_from(mailbox.cm_addr[2].load(Ordering::Relaxed)).unwrap_or(0);
+        self.members.clear();
+        for (word_index, word) in mailbox.members.iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 && self.members.len() < MEMBERS_MAX {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let id = u16::try_from(word_index * 64 + bit).expect("the bitmap has 2^16 bits");
+                self.members.push(NodeId(id));
+            }
+        }
+        fence(Ordering::Acquire);
+        if mailbox.seq.load(Ordering::Relaxed) != seq {
+            return; // a writer came in meanwhile: read it all again next turn
+        }
+        self.applied_seq = seq;
+        let ip = Ipv6Addr::from(ip);
+        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+        let now = self.clock.now();
+        if let Some(node) = &mut self.node
+            && config > node.config()
+        {
+            node.set_configuration(config, cm_id, now);
+            self.cm_addr = Some(SocketAddr::new(ip, port));
+        }
+        if let Some(cm) = &mut self.cm
+            && config > cm.config()
+        {
+            if cm.cm() == cm_id {
+                cm.set_configuration(config, &self.members, now);
+                for slot in self.shared.member_until.iter() {
+                    slot.store(0, Ordering::Relaxed);
+                }
+                publish_members(cm, &self.shared.member_until);
+            } else {
+                tracing::info!(cm = %cm_id, config, "another CM took over: no more grants here");
+                self.cm = None;
+            }
         }
     }
 
@@ -426,11 +571,11 @@ impl Turn {
                 let reply = cm.receive(now, &packet)?;
                 // Published before the reply goes out, so whoever sees the node's lease
                 // renewed also sees the CM's view of it.
-                if let (Ok(index), Some(until)) = (
-                    self.shared.members.binary_search(&packet.node),
+                if let (Some(slot), Some(until)) = (
+                    self.shared.member_until.get(usize::from(packet.node.0)),
                     cm.node_lease_until(packet.node),
                 ) {
-                    self.shared.member_until[index].store(until.as_nanos(), Ordering::Release);
+                    slot.store(until.as_nanos(), Ordering::Release);
                 }
                 if let Some(reply) = reply {
                     send(&self.socket, &reply.encode(&self.key), from);
@@ -438,6 +583,13 @@ impl Turn {
             }
         }
         Ok(())
+    }
+}
+
+/// Publishes every member's lease expiry as `cm` sees it.
+fn publish_members(cm: &CmLeases, member_until: &[AtomicU64]) {
+    for (node, until) in cm.members() {
+        member_until[usize::from(node.0)].store(until.as_nanos(), Ordering::Release);
     }
 }
 
@@ -658,6 +810,34 @@ mod tests {
             }
             assert!(!node.is_valid(), "rate {rate:?}");
         }
+    }
+
+    #[test]
+    fn a_new_configuration_keeps_the_lease_and_brings_new_members_in() {
+        let cm = cm_thread(&[NodeId(1)]);
+        let node = node_thread(NodeId(1), cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        assert_eq!(cm.node_lease_until(NodeId(2)), None, "not a member yet");
+        let new = NewConfiguration {
+            config: CONFIG + 1,
+            cm: CM,
+            cm_addr: cm.local_addr(),
+            members: &[NodeId(2), NodeId(1)],
+        };
+        cm.set_configuration(&new);
+        node.set_configuration(&new);
+        assert!(eventually(Duration::from_secs(1), || cm
+            .node_lease_until(NodeId(2))
+            .is_some()));
+        let start = Instant::now();
+        while start.elapsed() < 3 * timing().lease {
+            assert!(node.is_valid(), "lost after {:?}", start.elapsed());
+            std::thread::sleep(2 * MS);
+        }
+        // Node 2 never spoke: suspected one lease after it joined; node 1 renewed under the
+        // new id.
+        assert_eq!(taken(cm.suspects()), [NodeId(2)]);
+        assert!(cm.node_lease_until(NodeId(1)).unwrap() > Clock::system().now());
     }
 
     #[test]

@@ -97,11 +97,8 @@ type HmacSha256 = Hmac<Sha256>;
 /// Lease length and the drift bound, the same in every process of a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseTiming {
-    /// How long a grantor considers a lease valid after granting it.
-    pub lease: Duration,
-    /// ρ in parts per million: over any interval one process's clock advances at most
-    /// `1 + ρ` times as much as another's.
-    pub drift_ppm: u32,
+    lease: Duration,
+    drift_ppm: u32,
 }
 
 impl Default for LeaseTiming {
@@ -121,6 +118,17 @@ impl LeaseTiming {
         assert!(lease <= Duration::from_secs(3600), "lease={lease:?}");
         assert!(drift_ppm < 1_000_000, "drift_ppm={drift_ppm}");
         LeaseTiming { lease, drift_ppm }
+    }
+
+    /// How long a grantor considers a lease valid after granting it.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// ρ in parts per million: over any interval one process's clock advances at most `1 + ρ`
+    /// times as much as another's.
+    pub fn drift_ppm(&self) -> u32 {
+        self.drift_ppm
     }
 
     /// How often a lease is renewed.
@@ -366,7 +374,7 @@ fn check_common(
     if packet.lease_nanos != timing.lease_nanos() {
         return Err(LeaseError::LeaseMismatch {
             packet: Duration::from_nanos(packet.lease_nanos),
-            ours: timing.lease,
+            ours: timing.lease(),
         });
     }
     Ok(())
@@ -439,7 +447,7 @@ impl NodeLease {
             sent: [None; REQUESTS_REMEMBERED],
             next_request_at: now,
             expiry: LeaseExpiry::default(),
-            cm_granted_until: now + timing.lease,
+            cm_granted_until: now + timing.lease(),
         }
     }
 
@@ -514,7 +522,7 @@ impl NodeLease {
             _ => return Err(LeaseError::UnknownRequest { seq: packet.seq }),
         };
         self.expiry.extend_to(sent_at + self.timing.held());
-        self.cm_granted_until = self.cm_granted_until.max(now + self.timing.lease);
+        self.cm_granted_until = self.cm_granted_until.max(now + self.timing.lease());
         Ok(Packet {
             kind: Kind::Grant,
             ..*packet
@@ -533,8 +541,8 @@ impl NodeLease {
         self.cm = cm;
         self.sent = [None; REQUESTS_REMEMBERED];
         self.next_request_at = now;
-        if self.cm_granted_until < now + self.timing.lease {
-            self.cm_granted_until = now + self.timing.lease;
+        if self.cm_granted_until < now + self.timing.lease() {
+            self.cm_granted_until = now + self.timing.lease();
         }
     }
 }
@@ -583,7 +591,7 @@ impl NodeEntry {
     fn new(node: NodeId, now: Time, timing: &LeaseTiming) -> NodeEntry {
         NodeEntry {
             node,
-            granted_until: now + timing.lease,
+            granted_until: now + timing.lease(),
             last_request: None,
             asked: None,
             held_until: None,
@@ -639,7 +647,7 @@ impl CmLeases {
             sorted,
             "members must be unique and in id order: {members:?}"
         );
-        let grace = now + self.timing.lease;
+        let grace = now + self.timing.lease();
         self.spare.clear();
         for &node in members {
             let entry = match self.entry(node) {
@@ -699,7 +707,7 @@ impl CmLeases {
             return Err(LeaseError::WrongSide { kind: packet.kind });
         }
         check_common(packet, self.config, self.cm, &self.timing)?;
-        let lease = self.timing.lease;
+        let lease = self.timing.lease();
         let held = self.timing.held();
         let entry = self.entry_mut(packet.node)?;
         // An expiry seen is final for this configuration: the reconfiguration that follows
@@ -1162,7 +1170,7 @@ mod tests {
             ) + step;
             outlived |= watch(&mut clocks, &cm, &node, span);
         }
-        outlived |= watch(&mut clocks, &cm, &node, 2 * timing().lease);
+        outlived |= watch(&mut clocks, &cm, &node, 2 * timing().lease());
         assert_eq!(
             cm.next_suspect(clocks.cm.now()),
             Some(NodeId(1)),

@@ -4,19 +4,25 @@
 //! It owns a UDP socket (UDP, so a partition made with `nft` drop rules cuts leases exactly as it
 //! cuts other traffic, and no connection state outlives a partition), the [`NodeLease`] of its
 //! node and, in the CM's process, the [`CmLeases`] table. On its path it touches only its own
-//! preallocated buffers and state, the clock (which reads without locks) and atomics it
-//! publishes to, so no lock is shared with another thread and nothing allocates:
+//! preallocated buffers and state, the clock (which reads without locks) and atomics, so no lock
+//! is shared with another thread and nothing allocates (but for the log lines of rare events:
+//! a suspicion, a change of CM, a refused packet at debug level). It publishes:
 //!
 //! - the node's lease expiry, a [`LeaseExpiry`] a worker reads before it serves;
 //! - whether the lease this node granted the CM has expired ([`LeaseThread::cm_expired`]);
 //! - the CM's suspects, an atomic bitmap of node ids ([`Suspects`]) the CM's logic takes from:
 //!   a bitmap cannot overflow, and a node suspected twice before it is taken is one suspicion;
-//! - for the CM, each member's lease expiry as the CM sees it ([`LeaseThread::node_lease_until`]).
+//! - for the CM, each member's lease expiry as the CM sees it ([`LeaseThread::node_lease_until`],
+//!   a table of 2^16 words indexed by node id, 512 KiB in the CM's process only).
 //!
-//! It sleeps in `recv_from` with a timeout until the next renewal is due (or [`WAIT_SLICE_MAX`]
-//! on a controlled clock, whose rate may change), so an idle cluster's lease threads cost a few
-//! wake-ups per renewal period. Dropping the handle stops the thread: it sets a flag, sends a
-//! zero-length datagram to the socket to cut the wait short, and joins.
+//! Other threads reach it through atomics too: a pause flag (tests, harness), a stop flag, and
+//! a mailbox for a new configuration ([`LeaseThread::set_configuration`]) written under a
+//! sequence number, with a lock only writers take.
+//!
+//! It sleeps in `recv_from` with a timeout until the next renewal or expiry is due, at most
+//! [`WAIT_SLICE_MAX`] (a controlled clock's rate may change meanwhile), so an idle cluster's
+//! lease threads cost a few wake-ups per renewal period. Stopping (dropping the handle) and
+//! posting a configuration send a zero-length datagram to the socket to cut the wait short.
 #![forbid(unsafe_code)]
 
 use crate::lease::{
@@ -527,7 +533,9 @@ impl Turn {
         }
         match self.socket.recv_from(&mut self.buffer) {
             Ok((len, from)) => {
-                if self.shared.stop.load(Ordering::Acquire) || paused {
+                // A zero-length datagram is a wake-up (stop, or a new configuration); anyone
+                // may send one, and it does no more than cut a wait short.
+                if len == 0 || self.shared.stop.load(Ordering::Acquire) || paused {
                     return;
                 }
                 self.shared.packets_received.fetch_add(1, Ordering::Relaxed);
@@ -686,7 +694,7 @@ mod tests {
         assert!(eventually(Duration::from_secs(2), || node.is_valid()));
         // Ten leases: valid at every check, never suspected, the CM never expired.
         let start = Instant::now();
-        while start.elapsed() < 10 * timing().lease {
+        while start.elapsed() < 10 * timing().lease() {
             assert!(node.is_valid(), "lost after {:?}", start.elapsed());
             assert!(!node.cm_expired());
             assert_eq!(cm.suspects().published(), 0);
@@ -706,7 +714,7 @@ mod tests {
         assert!(eventually(Duration::from_secs(2), || node.is_valid()));
         // Let a renewal or two pass so the lease is a fresh one.
         std::thread::sleep(50 * MS);
-        let last_grant = cm.node_lease_until(NodeId(1)).unwrap() - timing().lease;
+        let last_grant = cm.node_lease_until(NodeId(1)).unwrap() - timing().lease();
         node.pause(true);
         let paused_at = Clock::system().now();
         assert!(eventually(Duration::from_secs(2), || cm
@@ -718,9 +726,9 @@ mod tests {
         assert!(!node.is_valid());
         assert_eq!(taken(cm.suspects()), [NodeId(1)]);
         let since_grant = Clock::system().now() - last_grant;
-        assert!(since_grant >= timing().lease, "{since_grant:?}");
+        assert!(since_grant >= timing().lease(), "{since_grant:?}");
         assert!(
-            suspected_after <= timing().lease + 50 * MS,
+            suspected_after <= timing().lease() + 50 * MS,
             "suspected {suspected_after:?} after the pause"
         );
         // Resuming does not bring the lease back in this configuration.
@@ -798,13 +806,13 @@ mod tests {
                 assert!(!(node_believes && cm_expired), "rate {rate:?}");
             };
             let start = Instant::now();
-            while start.elapsed() < 3 * timing().lease {
+            while start.elapsed() < 3 * timing().lease() {
                 check();
                 std::thread::sleep(Duration::from_micros(200));
             }
             node.pause(true);
             let start = Instant::now();
-            while start.elapsed() < 2 * timing().lease {
+            while start.elapsed() < 2 * timing().lease() {
                 check();
                 std::thread::sleep(Duration::from_micros(200));
             }
@@ -830,7 +838,7 @@ mod tests {
             .node_lease_until(NodeId(2))
             .is_some()));
         let start = Instant::now();
-        while start.elapsed() < 3 * timing().lease {
+        while start.elapsed() < 3 * timing().lease() {
             assert!(node.is_valid(), "lost after {:?}", start.elapsed());
             std::thread::sleep(2 * MS);
         }

@@ -403,7 +403,8 @@ impl Line {
 struct Change {
     /// Added to the clock's time (negative: backwards).
     jump_nanos: i64,
-    rate: Rate,
+    /// The new rate; `None` keeps the current one.
+    rate: Option<Rate>,
     backward: Backward,
 }
 
@@ -520,7 +521,8 @@ impl Controlled {
         let base = at.saturating_add_signed(change.jump_nanos);
         self.base_real.store(real, Ordering::Relaxed);
         self.base.store(base, Ordering::Relaxed);
-        self.rate_ppm.store(change.rate.0, Ordering::Relaxed);
+        let rate = change.rate.unwrap_or(line.rate);
+        self.rate_ppm.store(rate.0, Ordering::Relaxed);
         if change.jump_nanos < 0 && change.backward == Backward::Jump {
             self.floor.store(base, Ordering::Relaxed);
         }
@@ -553,7 +555,7 @@ impl Controlled {
             };
             self.apply_locked(&Change {
                 jump_nanos: offset.wrapping_sub(applied),
-                rate: Rate(rate_ppm),
+                rate: Some(Rate(rate_ppm)),
                 backward,
             });
             watch.applied_offset.store(offset as u64, Ordering::Relaxed);
@@ -586,27 +588,25 @@ impl ClockControl {
     pub fn set_rate(&self, rate: Rate) {
         self.controlled.apply(&Change {
             jump_nanos: 0,
-            rate,
+            rate: Some(rate),
             backward: Backward::Stall,
         });
     }
 
     /// Moves the clock forward by `by` at once.
     pub fn jump_forward(&self, by: Duration) {
-        let rate = self.controlled.line().rate;
         self.controlled.apply(&Change {
             jump_nanos: i64::try_from(saturating_nanos(by)).unwrap_or(i64::MAX),
-            rate,
+            rate: None,
             backward: Backward::Stall,
         });
     }
 
     /// Moves the clock's line back by `by`, taken as `backward` says.
     pub fn jump_back(&self, by: Duration, backward: Backward) {
-        let rate = self.controlled.line().rate;
         self.controlled.apply(&Change {
             jump_nanos: -i64::try_from(saturating_nanos(by)).unwrap_or(i64::MAX),
-            rate,
+            rate: None,
             backward,
         });
     }

@@ -282,6 +282,21 @@ impl Clock {
 
     /// A clock that starts at the system clock's time and runs at real rate until `control`
     /// changes it.
+    ///
+    /// ```
+    /// use acre_engine::clock::{Backward, Clock, Rate};
+    /// use std::time::Duration;
+    ///
+    /// let (clock, control) = Clock::controlled();
+    /// let before = clock.now();
+    /// control.set_rate(Rate::from_ratio(3, 2)); // 1.5 times real time from now on
+    /// control.jump_forward(Duration::from_secs(5));
+    /// assert!(clock.now() - before >= Duration::from_secs(5));
+    /// // Backwards only stalls the clock, unless a nemesis asks for a real jump.
+    /// let ahead = clock.now();
+    /// control.jump_back(Duration::from_secs(60), Backward::Stall);
+    /// assert!(clock.now() >= ahead);
+    /// ```
     pub fn controlled() -> (Clock, ClockControl) {
         let controlled = Arc::new(Controlled::new(None));
         let clock = Clock {

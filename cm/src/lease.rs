@@ -896,24 +896,23 @@ mod tests {
         assert!(cm.holds_lease_from(NodeId(1), clock.now()));
         assert!(!node.cm_expired(clock.now()));
 
-        // Renew at every period for ten leases: both stay valid throughout.
+        // Node 2 renews too, so only silence makes a suspect.
+        let mut other = NodeLease::new(NodeId(2), CM, CONFIG, timing(), 1, clock.now());
+        handshake(&mut cm, &mut other, clock.now());
+
+        // Renew at every period for ten leases: both leases are still valid when each renewal
+        // is due, and renewed by it.
         for _ in 0..50 {
-            manual.advance(timing().renewal_period());
-            assert!(
-                node.poll(clock.now() - MS).is_none(),
-                "not before the period"
-            );
-            handshake(&mut cm, &mut node, clock.now());
+            manual.advance(timing().renewal_period() - MS);
+            assert!(node.poll(clock.now()).is_none(), "not before the period");
+            manual.advance(MS);
             assert!(node.is_valid(clock.now()));
             assert!(cm.holds_lease_from(NodeId(1), clock.now()));
-            // Node 2 renews too, so only silence makes a suspect.
-            let mut other = NodeLease::new(NodeId(2), CM, CONFIG, timing(), 1, clock.now());
-            other.next_seq = cm
-                .entry(NodeId(2))
-                .and_then(|e| e.last_request)
-                .unwrap_or(0)
-                + 1;
+            let until = node.expiry().until();
+            handshake(&mut cm, &mut node, clock.now());
             handshake(&mut cm, &mut other, clock.now());
+            assert!(node.expiry().until() > until, "renewed");
+            assert!(!node.cm_expired(clock.now()));
             assert_eq!(cm.next_suspect(clock.now()), None);
         }
     }

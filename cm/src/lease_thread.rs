@@ -861,6 +861,20 @@ mod tests {
     }
 
     #[test]
+    fn a_node_suspects_a_cm_that_went_silent_after_one_lease() {
+        let cm = cm_thread(&[NodeId(1)]);
+        let node = node_thread(NodeId(1), cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        assert!(!node.cm_expired());
+        let stopped_at = Instant::now();
+        drop(cm);
+        assert!(eventually(Duration::from_secs(2), || node.cm_expired()));
+        let after = stopped_at.elapsed();
+        assert!(after <= timing().lease() + 50 * MS, "{after:?}");
+        assert!(!node.is_valid(), "its own lease ran out first");
+    }
+
+    #[test]
     fn dropping_the_handle_stops_the_thread_at_once() {
         let cm = cm_thread(&[NodeId(1)]);
         let start = Instant::now();

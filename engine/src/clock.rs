@@ -1049,6 +1049,54 @@ mod tests {
         assert!(second.now() - s0 >= Duration::from_secs(1));
     }
 
+    /// Set in the child process of the next test: the control file it reads its clock from.
+    const CHILD_ENV: &str = "ACRE_CLOCK_TEST_CHILD_FILE";
+
+    /// The same test binary, run again as another process, reads its clock through the control
+    /// file while this one changes it, as the harness will.
+    #[test]
+    fn another_process_changes_this_ones_clock_through_the_file() {
+        if let Ok(path) = std::env::var(CHILD_ENV) {
+            // The child: wait (at most 5 s) to see the jump, then measure the rate.
+            let clock = Clock::controlled_by_file(Path::new(&path)).unwrap();
+            let start = Instant::now();
+            while clock.now() - Clock::system().now() < Duration::from_secs(99) {
+                assert!(start.elapsed() < Duration::from_secs(5), "no jump seen");
+                std::thread::sleep(MS);
+            }
+            println!("child rate {}%", percent_over(&clock, 100 * MS));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = control_file_path(dir.path(), NodeId(1));
+        let harness = ClockControlFile::create(&path).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "clock::tests::another_process_changes_this_ones_clock_through_the_file",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(20 * MS);
+        harness.set_rate(Rate::from_ppm(2 * PPM));
+        harness.jump_forward(Duration::from_secs(100));
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        // The test harness prints it after "test ... " on the same line.
+        let percent: u128 = stdout
+            .split("child rate ")
+            .nth(1)
+            .and_then(|rest| rest.split('%').next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in the child's output: {stdout}"));
+        assert!((190..=210).contains(&percent), "rate 2: {percent}%");
+    }
+
     #[test]
     fn files_that_are_not_control_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();

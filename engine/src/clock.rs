@@ -21,13 +21,13 @@
 //!
 //! # It never goes backwards, unless asked to
 //!
-//! Every reading goes through a floor, the largest value the clock has returned (an atomic
-//! `fetch_max`). So a backward jump made with [`Backward::Stall`] holds the clock still until its
-//! line catches up with the floor, like an NTP slew that never steps back, and readers racing a
-//! change of rate never see time go back. Only [`Backward::Jump`], the nemesis that tests what
-//! code does when a monotonic clock is not, lowers the floor and makes `now()` return less than
-//! before. (A reader that read the old line just before the jump may push the floor up once more
-//! by the nanoseconds it was ahead; the clock then holds still that long.)
+//! Every reading goes through a floor, the largest value the clock has returned (raised with a
+//! compare-exchange). So a backward jump made with [`Backward::Stall`] holds the clock still
+//! until its line catches up with the floor, like an NTP slew that never steps back, and readers
+//! racing a change of rate never see time go back. Only [`Backward::Jump`], the nemesis that
+//! tests what code does when a monotonic clock is not, lowers the floor (under the sequence lock)
+//! and makes `now()` return less than before; a reader raises the floor only if the line it read
+//! is still current, so a reading of the old line cannot undo the jump.
 //!
 //! # The control file
 //!
@@ -464,14 +464,37 @@ impl Controlled {
         if let Some(watch) = &self.file {
             self.apply_file_if_changed(watch);
         }
-        let line = self.line();
-        let computed = line.at(system_nanos());
-        let floor = self.floor.fetch_max(computed, Ordering::Relaxed);
-        Time(floor.max(computed))
+        loop {
+            let (line, seq) = self.line_and_seq();
+            let computed = line.at(system_nanos());
+            let floor = self.floor.load(Ordering::Acquire);
+            if computed <= floor {
+                return Time(floor);
+            }
+            // Raise the floor only if no change came in since the line was read: a backward
+            // jump lowers the floor under the lock, and a reading of the old line must not
+            // raise it again (the jump would become a stall). A change between the floor's
+            // load and here shows in `seq`; one after it makes the exchange fail.
+            if self.seq.load(Ordering::Acquire) != seq {
+                continue;
+            }
+            if self
+                .floor
+                .compare_exchange(floor, computed, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Time(computed);
+            }
+        }
     }
 
     /// The current line, read under the sequence lock.
     fn line(&self) -> Line {
+        self.line_and_seq().0
+    }
+
+    /// The current line and the (even) sequence number it was read at.
+    fn line_and_seq(&self) -> (Line, u64) {
         let mut spins = 0u32;
         loop {
             let before = self.seq.load(Ordering::Acquire);
@@ -483,7 +506,7 @@ impl Controlled {
                 };
                 fence(Ordering::Acquire);
                 if self.seq.load(Ordering::Relaxed) == before {
-                    return line;
+                    return (line, before);
                 }
             }
             // A writer is in its few stores. It never blocks while it holds the lock, so this
@@ -971,6 +994,39 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         for reader in readers {
             assert!(reader.join().unwrap() > 0);
+        }
+    }
+
+    #[test]
+    fn readers_racing_a_backward_jump_do_not_undo_it() {
+        let (clock, control) = Clock::controlled();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (clock, stop) = (clock.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::black_box(clock.now());
+                    }
+                })
+            })
+            .collect();
+        // Many jumps, so a reader of the old line often races one; each is undone by a jump
+        // forward so time does not run back to the clock's origin. A jump of a second stands
+        // out from any preemption of this thread between its two readings.
+        for _ in 0..10_000 {
+            let before = clock.now();
+            control.jump_back(Duration::from_secs(1), Backward::Jump);
+            let after = clock.now();
+            assert!(
+                before - after > Duration::from_millis(500),
+                "before={before} after={after}"
+            );
+            control.jump_forward(Duration::from_secs(1));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            reader.join().unwrap();
         }
     }
 

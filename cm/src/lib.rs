@@ -2,7 +2,12 @@
 //!
 //! - [`remap`]: the pure functions that compute configuration c+1 from c when nodes fail, join
 //!   or leave, and when a region is created.
+//! - [`lease`]: the leases that tell the CM which nodes are alive and tell every node whether it
+//!   may still act, as state machines driven by explicit time.
+//! - [`lease_thread`]: the dedicated thread per process that keeps them over UDP.
 
 #![forbid(unsafe_code)]
 
+pub mod lease;
+pub mod lease_thread;
 pub mod remap;

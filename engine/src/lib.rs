@@ -10,6 +10,7 @@ pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
 
 pub mod addr;
 pub mod channel;
+pub mod clock;
 pub mod cursor;
 pub mod directory;
 pub mod fabric;

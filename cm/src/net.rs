@@ -236,7 +236,8 @@ pub struct LinkStats {
     pub connected_count: u64,
     /// Incoming connections that completed the handshake.
     pub accepted_count: u64,
-    /// Incoming connections closed for a failed handshake or bad bytes (not for socket errors).
+    /// Incoming connections that failed the handshake, or were closed for bad bytes after it
+    /// (not for a socket error after it).
     pub refused_count: u64,
 }
 
@@ -740,7 +741,11 @@ fn read_loop(alive: Alive, id: u64, stream: TcpStream, addr: SocketAddr) {
         Err(_) if is_closed(shared, id) => {}
         Err(error) => {
             tracing::warn!(peer = %addr, %error, "closing an incoming CM link");
-            if !matches!(error, LinkError::Io(_)) {
+            let authenticated = lock(&shared.connections)
+                .by_id
+                .get(&id)
+                .is_some_and(|c| c.node.is_some());
+            if !authenticated || !matches!(error, LinkError::Io(_)) {
                 Counters::add(&shared.counters.refused, 1);
             }
         }

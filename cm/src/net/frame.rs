@@ -138,7 +138,7 @@ impl Refusal {
             [2] => Ok(Refusal::BadProof),
             [3] => Ok(Refusal::UnknownNode),
             [4] => Ok(Refusal::Busy),
-            [1 | 2 | 3 | 4, ..] | [] => Err(malformed),
+            [1..=4, ..] | [] => Err(malformed),
             [reason, ..] => Err(FrameError::UnknownRefusal { reason: *reason }),
         }
     }

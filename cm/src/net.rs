@@ -66,7 +66,8 @@
 //!
 //! # Errors
 //!
-//! A peer that sends a wrong magic, another version, a wrong proof, a frame over
+//! A peer that does not finish the handshake within [`HANDSHAKE_DEADLINE`], sends a wrong
+//! magic, another version, a wrong proof, a frame over
 //! [`FRAME_PAYLOAD_BYTES_MAX`] (refused from its header, before anything is allocated), a bad
 //! checksum or any malformed bytes is disconnected with a [`LinkError`], logged with
 //! `tracing::warn!` naming its address; nothing it sent after its last good frame is delivered,
@@ -274,6 +275,14 @@ impl Counters {
         }
     }
 }
+
+// The owner shares one `Links` among its threads (the Raft loop, NEW-CONFIG, admin requests)
+// and moves the `Inbox` to the thread that drains it.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Links>();
+    send_and_sync::<Inbox>();
+};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().expect(POISONED)
@@ -757,14 +766,10 @@ fn read_loop(alive: Alive, id: u64, stream: TcpStream, addr: SocketAddr) {
 }
 
 fn serve(shared: &Arc<Shared>, id: u64, stream: &TcpStream) -> Result<NodeId, LinkError> {
-    stream.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
     stream.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
     let mut reader = BufReader::new(stream);
     let node = {
-        let mut duplex = Duplex {
-            reader: &mut reader,
-            writer: stream,
-        };
+        let mut duplex = Duplex::new(&mut reader, stream);
         handshake::accept(&mut duplex, shared.me, &shared.secret, |node| {
             admit_node(shared, id, node)
         })?
@@ -810,6 +815,10 @@ fn is_closed(shared: &Shared, id: u64) -> bool {
 /// socket times out.
 fn admit_node(shared: &Shared, id: u64, node: NodeId) -> Result<(), Refusal> {
     let mut connections = lock(&shared.connections);
+    // Only shutdown takes a running reader's connection out of the registry.
+    if shared.stopping.load(Ordering::SeqCst) || !connections.by_id.contains_key(&id) {
+        return Err(Refusal::Busy);
+    }
     // Lock order: connections, then peers (remove_peer takes them one after the other).
     if !lock(&shared.peers).contains_key(&node) {
         return Err(Refusal::UnknownNode);
@@ -819,23 +828,41 @@ fn admit_node(shared: &Shared, id: u64, node: NodeId) -> Result<(), Refusal> {
             connection.close();
         }
     }
-    let connection = connections
-        .by_id
-        .get_mut(&id)
-        .expect("a reader's connection stays registered while it runs");
+    let connection = connections.by_id.get_mut(&id).expect("checked above");
     assert!(connection.node.is_none(), "connection {id} admitted twice");
     connection.node = Some(node);
     Ok(())
 }
 
-/// A socket seen through a read buffer for reading and directly for writing.
+/// A socket during the handshake: read through a buffer, written directly, and every read
+/// bounded by the handshake's deadline, so a peer that trickles bytes cannot hold a thread for
+/// longer than [`HANDSHAKE_DEADLINE`] in all.
 struct Duplex<'a, R> {
     reader: &'a mut R,
     writer: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a, R> Duplex<'a, R> {
+    fn new(reader: &'a mut R, writer: &'a TcpStream) -> Duplex<'a, R> {
+        Duplex {
+            reader,
+            writer,
+            deadline: Instant::now() + HANDSHAKE_DEADLINE,
+        }
+    }
 }
 
 impl<R: io::Read> io::Read for Duplex<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the handshake did not finish within its deadline",
+            ));
+        }
+        self.writer.set_read_timeout(Some(remaining))?;
         self.reader.read(buf)
     }
 }
@@ -949,7 +976,6 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
 fn connect(shared: &Shared, outbox: &Outbox) -> Result<Option<TcpStream>, LinkError> {
     let stream = TcpStream::connect_timeout(&outbox.addr, CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
     stream.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
     {
         let mut state = lock(&outbox.state);
@@ -961,10 +987,7 @@ fn connect(shared: &Shared, outbox: &Outbox) -> Result<Option<TcpStream>, LinkEr
     }
     let result = {
         let mut reader = BufReader::new(&stream);
-        let mut duplex = Duplex {
-            reader: &mut reader,
-            writer: &stream,
-        };
+        let mut duplex = Duplex::new(&mut reader, &stream);
         handshake::connect(&mut duplex, shared.me, outbox.node, &shared.secret)
     };
     if let Err(e) = result {

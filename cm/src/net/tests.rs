@@ -420,3 +420,73 @@ fn dropping_the_links_joins_every_thread_promptly() {
     b.shutdown();
     assert_eq!(b_inbox.try_recv(), Err(RecvError::Closed));
 }
+
+#[test]
+fn a_frame_of_a_handshake_kind_after_the_handshake_closes_the_connection() {
+    let secret = ClusterSecret::generate();
+    let (b, b_inbox) = endpoint(2, &secret);
+    b.add_peer(NodeId(1), dead_addr());
+    let mut stream = raw_client(&b, NodeId(1), &secret).unwrap();
+    frame::write_frame(&mut stream, Kind::Proof, &[0; 32]).unwrap();
+    frame::write_frame(&mut stream, Kind::Message, b"late").unwrap();
+    assert_closed_by_server(&mut stream);
+    wait_until("the refusal is counted", || b.stats().refused_count == 1);
+    assert_eq!(b_inbox.try_recv(), Err(RecvError::Timeout));
+}
+
+#[test]
+fn a_newer_connection_of_a_node_closes_its_older_one() {
+    let secret = ClusterSecret::generate();
+    let (b, b_inbox) = endpoint(2, &secret);
+    b.add_peer(NodeId(1), dead_addr());
+    let mut older = raw_client(&b, NodeId(1), &secret).unwrap();
+    frame::write_frame(&mut older, Kind::Message, b"older").unwrap();
+    assert_eq!(recv(&b_inbox).payload, b"older");
+    let mut newer = raw_client(&b, NodeId(1), &secret).unwrap();
+    assert_closed_by_server(&mut older);
+    frame::write_frame(&mut newer, Kind::Message, b"newer").unwrap();
+    assert_eq!(
+        recv(&b_inbox),
+        Incoming {
+            from: NodeId(1),
+            payload: b"newer".to_vec()
+        }
+    );
+    // Closing the older one was this side's doing, not the peer's fault.
+    assert_eq!(b.stats().refused_count, 0);
+    assert_eq!(b.stats().accepted_count, 2);
+}
+
+#[test]
+fn a_full_inbox_drops_and_counts_what_arrives() {
+    const EXTRA: usize = 10;
+    let secret = ClusterSecret::generate();
+    let (a, _a_inbox) = endpoint(1, &secret);
+    let (b, b_inbox) = endpoint(2, &secret);
+    link(&a, &b);
+    let total = INBOX_FRAMES_MAX + EXTRA;
+    let mut queued = 0;
+    while queued < total {
+        // Stay within the outgoing queue's bound, so every drop is the inbox's.
+        let chunk = (total - queued).min(OUTBOX_FRAMES_MAX / 2);
+        for _ in 0..chunk {
+            a.send(NodeId(2), b"m".to_vec()).unwrap();
+        }
+        queued += chunk;
+        wait_until("the chunk is written", || {
+            a.stats().sent_count == queued as u64
+        });
+    }
+    wait_until("every frame arrived", || {
+        let stats = b.stats();
+        stats.delivered_count + stats.dropped_inbox_full_count == total as u64
+    });
+    assert_eq!(b.stats().dropped_inbox_full_count, EXTRA as u64);
+    assert_eq!(b_inbox.len(), INBOX_FRAMES_MAX);
+    // Taking messages makes room again.
+    assert_eq!(recv(&b_inbox).from, NodeId(1));
+    a.send(NodeId(2), b"room".to_vec()).unwrap();
+    wait_until("the next frame is delivered", || {
+        b.stats().delivered_count == INBOX_FRAMES_MAX as u64 + 1
+    });
+}

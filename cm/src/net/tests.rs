@@ -490,3 +490,41 @@ fn a_full_inbox_drops_and_counts_what_arrives() {
         b.stats().delivered_count == INBOX_FRAMES_MAX as u64 + 1
     });
 }
+
+#[test]
+fn a_peer_that_trickles_its_handshake_is_closed_at_the_deadline() {
+    // One byte every 400 ms keeps each read short of any per-read timeout; only a deadline on
+    // the whole handshake stops it.
+    const TRICKLE_INTERVAL: Duration = Duration::from_millis(400);
+    let secret = ClusterSecret::generate();
+    let (b, b_inbox) = endpoint(2, &secret);
+    b.add_peer(NodeId(1), dead_addr());
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        node: NodeId(1),
+        client_nonce: [1; 32],
+    }
+    .encode();
+    let mut stream = TcpStream::connect(b.local_addr()).unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in hello {
+        if stream.write_all(&[byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(TRICKLE_INTERVAL);
+        if b.stats().refused_count == 1 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the trickling peer was never closed");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= HANDSHAKE_DEADLINE && elapsed < HANDSHAKE_DEADLINE + Duration::from_secs(2),
+        "closed after {elapsed:?}"
+    );
+    assert_closed_by_server(&mut stream);
+    assert_eq!(b_inbox.try_recv(), Err(RecvError::Timeout));
+}

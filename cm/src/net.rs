@@ -314,6 +314,26 @@ impl Drop for Alive {
 ///
 /// Dropping it (or [`Links::shutdown`]) stops and joins every thread; the [`Inbox`] then hands
 /// out what it holds and reports [`RecvError::Closed`].
+///
+/// ```
+/// use acre_cm::net::Links;
+/// use acre_engine::NodeId;
+/// use acre_engine::fabric::tcp::ClusterSecret;
+/// use std::time::Duration;
+///
+/// let secret = ClusterSecret::generate();
+/// let loopback = "127.0.0.1:0".parse().unwrap();
+/// let (one, _one_inbox) = Links::bind(NodeId(1), loopback, secret.clone()).unwrap();
+/// let (two, two_inbox) = Links::bind(NodeId(2), loopback, secret).unwrap();
+/// // Each side names the other: a connection from a node that is not a peer is refused.
+/// one.add_peer(NodeId(2), two.local_addr());
+/// two.add_peer(NodeId(1), one.local_addr());
+///
+/// one.send(NodeId(2), b"vote for me".to_vec()).unwrap();
+/// let incoming = two_inbox.recv_timeout(Duration::from_secs(5)).unwrap();
+/// assert_eq!(incoming.from, NodeId(1)); // the node the connection proved, not a field
+/// assert_eq!(incoming.payload, b"vote for me");
+/// ```
 pub struct Links {
     shared: Arc<Shared>,
     local_addr: SocketAddr,

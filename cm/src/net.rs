@@ -926,7 +926,7 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
         retry_at = None;
         if link.as_ref().is_some_and(|l| !is_open(l.get_ref())) {
             tracing::debug!(node = %outbox.node, addr = %outbox.addr, "CM link closed by its peer; reconnecting");
-            link = None;
+            close_link(&mut link, &mut lock(&outbox.state));
         }
         if link.is_none() {
             match connect(shared, outbox) {

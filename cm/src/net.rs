@@ -583,7 +583,11 @@ impl Links {
         if let Err(e) = self.waker.wake() {
             // The listener would then block until a connection arrives: say so, since the
             // join below may hang.
-            tracing::error!(addr = %self.local_addr, error = %e, "cannot wake the CM link listener");
+            tracing::error!(
+                addr = %self.local_addr,
+                error = %e,
+                "cannot wake the CM link listener"
+            );
         }
         join(listener, "listener");
         // Signal every sender before joining any, so their connect timeouts overlap.
@@ -736,7 +740,11 @@ fn admit(shared: &Arc<Shared>, stream: mio::net::TcpStream, addr: SocketAddr) {
     }
     if connections.by_id.len() >= CONNECTIONS_MAX {
         drop(connections);
-        tracing::warn!(peer = %addr, connections_max = CONNECTIONS_MAX, "refusing a CM link: too many connections");
+        tracing::warn!(
+            peer = %addr,
+            connections_max = CONNECTIONS_MAX,
+            "refusing a CM link: too many connections"
+        );
         Counters::add(&shared.counters.refused, 1);
         let mut stream = stream;
         handshake::refuse(&mut stream, Refusal::Busy);
@@ -925,14 +933,23 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
         }
         retry_at = None;
         if link.as_ref().is_some_and(|l| !is_open(l.get_ref())) {
-            tracing::debug!(node = %outbox.node, addr = %outbox.addr, "CM link closed by its peer; reconnecting");
+            tracing::debug!(
+                node = %outbox.node,
+                addr = %outbox.addr,
+                "CM link closed by its peer; reconnecting"
+            );
             close_link(&mut link, &mut lock(&outbox.state));
         }
         if link.is_none() {
             match connect(shared, outbox) {
                 Ok(Some(stream)) => {
                     if failures_in_a_row > 0 {
-                        tracing::info!(node = %outbox.node, addr = %outbox.addr, failures_in_a_row, "CM link reconnected");
+                        tracing::info!(
+                            node = %outbox.node,
+                            addr = %outbox.addr,
+                            failures_in_a_row,
+                            "CM link reconnected"
+                        );
                     }
                     failures_in_a_row = 0;
                     backoff = RECONNECT_BACKOFF_MIN;
@@ -944,9 +961,20 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
                     failures_in_a_row += 1;
                     // The first failure is news; the retries of a peer that stays down are not.
                     if failures_in_a_row == 1 {
-                        tracing::warn!(node = %outbox.node, addr = %outbox.addr, %error, "cannot link to a CM peer; dropping its messages while it is unreachable");
+                        tracing::warn!(
+                            node = %outbox.node,
+                            addr = %outbox.addr,
+                            %error,
+                            "cannot link to a CM peer; its messages are dropped until it answers"
+                        );
                     } else {
-                        tracing::debug!(node = %outbox.node, addr = %outbox.addr, %error, failures_in_a_row, "cannot link to a CM peer");
+                        tracing::debug!(
+                            node = %outbox.node,
+                            addr = %outbox.addr,
+                            %error,
+                            failures_in_a_row,
+                            "cannot link to a CM peer"
+                        );
                     }
                     let mut state = lock(&outbox.state);
                     let dropped = state.frames.len() as u64;
@@ -981,7 +1009,12 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
             Err(error) => {
                 // Frames still in the write buffer were not sent either.
                 if !lock(&outbox.state).closing {
-                    tracing::warn!(node = %outbox.node, addr = %outbox.addr, %error, "CM link failed while writing; reconnecting");
+                    tracing::warn!(
+                        node = %outbox.node,
+                        addr = %outbox.addr,
+                        %error,
+                        "CM link failed while writing; reconnecting"
+                    );
                 }
                 Counters::add(&shared.counters.dropped_unreachable, batch.len() as u64);
                 let mut state = lock(&outbox.state);

@@ -210,7 +210,11 @@ mod tests {
         })
         .unwrap_err();
         assert!(
-            matches!(err, LinkError::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs } if theirs == PROTOCOL_VERSION + 1),
+            matches!(
+                err,
+                LinkError::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs }
+                    if theirs == PROTOCOL_VERSION + 1
+            ),
             "{err}"
         );
         let reply = frame::read_frame(&mut &script.output[..], HANDSHAKE_PAYLOAD_BYTES_MAX)

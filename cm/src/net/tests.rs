@@ -101,7 +101,10 @@ fn two_endpoints_exchange_messages_in_both_directions_in_order() {
             }
         );
     }
-    assert_eq!(a.stats().sent_count, u64::from(COUNT));
+    // The sender counts a batch after writing it, which may be after it arrived.
+    wait_until("a counted what it sent", || {
+        a.stats().sent_count == u64::from(COUNT)
+    });
     assert_eq!(b.stats().delivered_count, u64::from(COUNT));
     assert_eq!(a.stats().connected_count, 1);
     assert_eq!(b.stats().accepted_count, 1);

@@ -42,8 +42,10 @@
 //!
 //! # Authentication
 //!
-//! The handshake (layouts in [`frame`]) reuses the cluster secret and the HMAC-SHA256 proofs of
-//! the fabric ([`acre_engine::fabric::tcp::auth`]):
+//! The handshake (layouts in [`frame`]) uses the HMAC-SHA256 proofs of the fabric
+//! ([`acre_engine::fabric::tcp::auth`]) under a secret of the links' own, derived from the
+//! cluster secret ([`ClusterSecret::derive`] with [`SECRET_LABEL`]), so no proof of one protocol
+//! is worth anything in the other:
 //!
 //! 1. client -> server HELLO { magic "ACRE-CM\0", version, client node, client nonce };
 //! 2. server -> client CHALLENGE { server node, server nonce, server proof }, or REFUSED if it
@@ -59,9 +61,8 @@
 //!
 //! What this does not protect: frames are neither encrypted nor signed. Someone on the path
 //! between two processes can read them, change them (the CRC32C of each frame catches damage,
-//! not tampering), or relay a handshake. The proofs use the fabric's labels, so such an
-//! attacker could also relay a CM link's handshake into a fabric connection; the magic only
-//! keeps honest peers from confusing the two. Run the cluster on a trusted network, as FaRM
+//! not tampering), or relay a handshake between two CM link endpoints (never into a fabric
+//! connection: the secrets differ). Run the cluster on a trusted network, as FaRM
 //! does, or under a VPN or TLS tunnel. Anyone who holds the secret can claim any node id.
 //!
 //! # Errors
@@ -393,6 +394,9 @@ struct Connection {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What the links' own secret is derived with from the cluster secret.
+pub const SECRET_LABEL: &str = "acre cm links";
+
 impl Links {
     /// Listens on `listen` (port 0 picks a free one: see [`Links::local_addr`]) as node `me` of
     /// the cluster whose secret is `secret`, and returns the links and the inbox where peers'
@@ -424,7 +428,7 @@ impl Links {
         let inbox = Arc::new(InboxShared::default());
         let shared = Arc::new(Shared {
             me,
-            secret,
+            secret: secret.derive(SECRET_LABEL),
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
             live_threads: LiveThreads::default(),

@@ -52,11 +52,12 @@ fn message(sender: u16, index: u32) -> Vec<u8> {
     bytes
 }
 
-/// A raw client that completes the handshake as `me` and may then write anything.
+/// A raw client that completes the handshake as `me` (with the links' secret derived from the
+/// cluster secret `secret`, as `Links` does) and may then write anything.
 fn raw_client(server: &Links, me: NodeId, secret: &ClusterSecret) -> Result<TcpStream, LinkError> {
     let mut stream = TcpStream::connect(server.local_addr())?;
     stream.set_read_timeout(Some(PATIENCE))?;
-    handshake::connect(&mut stream, me, server.me(), secret)?;
+    handshake::connect(&mut stream, me, server.me(), &secret.derive(SECRET_LABEL))?;
     Ok(stream)
 }
 
@@ -209,6 +210,24 @@ fn a_peer_with_another_secret_is_refused_in_both_directions_and_nothing_delivere
     assert_eq!(b_inbox.try_recv(), Err(RecvError::Timeout));
     assert_eq!(a.stats().connected_count + b.stats().connected_count, 0);
     assert_eq!(a.stats().accepted_count + b.stats().accepted_count, 0);
+}
+
+/// A proof made with the cluster secret itself (what a fabric handshake carries) is not a CM
+/// link's: the links prove under a secret derived for them, so a fabric handshake relayed here
+/// (or the reverse) fails both ways.
+#[test]
+fn a_handshake_under_the_cluster_secret_itself_is_refused() {
+    let secret = ClusterSecret::generate();
+    let (b, b_inbox) = endpoint(2, &secret);
+    b.add_peer(NodeId(1), dead_addr());
+    let mut stream = TcpStream::connect(b.local_addr()).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let refused = handshake::connect(&mut stream, NodeId(1), NodeId(2), &secret);
+    assert!(
+        refused.is_err(),
+        "the server's proof verified under the cluster secret"
+    );
+    assert_eq!(b_inbox.try_recv(), Err(RecvError::Timeout));
 }
 
 #[test]

@@ -64,8 +64,15 @@ fn wait_for_line(
 }
 
 /// `kill -9` of a node under `acre bank` over shm: the client used to print nothing until its
-/// run ended, then only the error, dropping what it had measured. Now the first failure is on
-/// stderr within seconds, the run goes on, and it ends with its report and exit code 2.
+/// run ended, then only the error, dropping what it had measured. Now what stops the transfers
+/// is on stderr within seconds, naming the node, the run goes on, and it ends with its report.
+///
+/// What stops them depends on what still needs the dead node's CPU. Over shm its memory stays
+/// mapped, and in one-sided mode no step of a transfer or an audit waits for its worker: commits
+/// go on until its log fills (nothing truncates it), then stall with "the log at n2 is full".
+/// A step that waits for its worker (an ALLOC, a VALIDATE message in message mode) fails as
+/// unavailable instead, and the run exits 2. Until leases detect the death (the configuration
+/// manager), both are what a client can see.
 #[test]
 fn a_client_under_a_node_that_dies_says_so_at_once_and_keeps_what_it_measured() {
     let cluster = Cluster::up("dies", "shm");
@@ -94,7 +101,7 @@ fn a_client_under_a_node_that_dies_says_so_at_once_and_keeps_what_it_measured() 
 
     send_signal(node_pid(&cluster, NodeId(2)), "KILL");
     let killed = Instant::now();
-    let notice = wait_for_line(&stderr, "failed (", killed + NOTICE_TIMEOUT, &mut err);
+    let notice = wait_for_line(&stderr, "n2", killed + NOTICE_TIMEOUT, &mut err);
     let running_at_notice = bank.try_wait().expect("poll acre bank").is_none();
     let status = loop {
         if let Some(status) = bank.try_wait().expect("poll acre bank") {
@@ -113,8 +120,6 @@ fn a_client_under_a_node_that_dies_says_so_at_once_and_keeps_what_it_measured() 
         panic!("nothing on stderr within {NOTICE_TIMEOUT:?} of the kill: {err:?}")
     });
     assert!(running_at_notice, "said only at the end: {notice}");
-    assert!(notice.contains("n2"), "{notice}");
-    assert_eq!(status.code(), Some(2), "{out:?} {err:?}");
     let committed: u64 = out
         .iter()
         .find_map(|l| l.strip_prefix("transfers: "))
@@ -122,13 +127,19 @@ fn a_client_under_a_node_that_dies_says_so_at_once_and_keeps_what_it_measured() 
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no report of what completed: {out:?} {err:?}"));
     assert!(committed > 0, "{out:?}");
-    assert!(
-        out.iter().any(|l| l.starts_with("failed (unavailable)")),
-        "{out:?}"
-    );
-    let last = err.last().expect("a last line on stderr");
-    assert!(last.starts_with("acre: "), "{err:?}");
-    assert!(last.contains("transactions failed"), "{last}");
+    if notice.contains("failed (") {
+        assert!(
+            out.iter().any(|l| l.starts_with("failed (unavailable)")),
+            "{out:?}"
+        );
+        let last = err.last().expect("a last line on stderr");
+        assert!(last.starts_with("acre: "), "{err:?}");
+        assert!(last.contains("transactions failed"), "{last}");
+        assert_eq!(status.code(), Some(2), "{out:?} {err:?}");
+    } else {
+        assert!(notice.contains("the log at n2 is full"), "{notice}");
+        assert!(notice.contains("no transfer has committed"), "{notice}");
+    }
 }
 
 /// Sends SIGCONT to a process it was given when dropped: a test that fails while a node is

@@ -15,5 +15,8 @@ pub mod state;
 pub mod storage;
 pub mod wire;
 
+pub use replica::{
+    CmReplica, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
+};
 pub use state::{CmState, Rejection};
 pub use storage::{CmStorage, Durability, StorageError, StorageOptions};

@@ -47,12 +47,8 @@ impl CmState {
     }
 
     /// Applies the committed entry `index` holding `data` (empty: raft's no-op of a new leader).
-    /// Returns the decoded command's proposer and sequence, if any, with the outcome.
-    pub fn apply(
-        &mut self,
-        index: u64,
-        data: &[u8],
-    ) -> Option<((u64, u64), Result<Configuration, Rejection>)> {
+    /// Returns the outcome of the command, if the entry held one.
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Option<Result<Configuration, Rejection>> {
         assert!(
             index == self.applied_index + 1,
             "applying entry {index} after {}",
@@ -70,14 +66,12 @@ impl CmState {
                 return None;
             }
         };
-        let proposal = (command.proposer, command.proposal_seq);
-        let outcome = match command.install {
+        Some(match command.install {
             Some(install) => self.install(index, &install),
             None => Err(Rejection::Malformed {
                 reason: "no install".into(),
             }),
-        };
-        Some((proposal, outcome))
+        })
     }
 
     fn install(&mut self, index: u64, install: &Install) -> Result<Configuration, Rejection> {
@@ -137,15 +131,8 @@ impl CmState {
 }
 
 /// The command that installs `configuration` if `expected_id` is current.
-pub fn install_command(
-    proposer: u64,
-    proposal_seq: u64,
-    expected_id: u64,
-    configuration: &Configuration,
-) -> Command {
+pub fn install_command(expected_id: u64, configuration: &Configuration) -> Command {
     Command {
-        proposer,
-        proposal_seq,
         install: Some(Install {
             expected_id,
             configuration: Some(ConfigurationMessage::from(configuration)),
@@ -164,10 +151,8 @@ mod tests {
     }
 
     fn install(state: &mut CmState, index: u64, expected: u64, new: &Configuration) -> bool {
-        let data = install_command(1, index, expected, new).encode();
-        let (proposal, outcome) = state.apply(index, &data).unwrap();
-        assert_eq!(proposal, (1, index));
-        outcome.is_ok()
+        let data = install_command(expected, new).encode();
+        state.apply(index, &data).unwrap().is_ok()
     }
 
     #[test]
@@ -178,8 +163,8 @@ mod tests {
         assert!(!install(&mut state, 2, 0, &config(1)));
         assert!(!install(&mut state, 3, 1, &config(3)));
         assert!(state.apply(4, &[]).is_none());
-        let data = install_command(1, 5, 0, &config(1)).encode();
-        match state.apply(5, &data).unwrap().1 {
+        let data = install_command(0, &config(1)).encode();
+        match state.apply(5, &data).unwrap() {
             Err(Rejection::Stale {
                 expected_id: 0,
                 current: Some(current),

@@ -821,3 +821,253 @@ fn write_file_atomic(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage as _;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut entry = Entry::default();
+        entry.index = index;
+        entry.term = term;
+        entry.data = format!("entry {index} of term {term}").into_bytes().into();
+        entry
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        range.map(|index| entry(index, term)).collect()
+    }
+
+    fn options(compact_entry_count: u64) -> StorageOptions {
+        StorageOptions {
+            durability: Durability::Fsync,
+            compact_entry_count,
+        }
+    }
+
+    fn open(dir: &Path) -> CmStorage {
+        CmStorage::open(dir, &[1, 2, 3], options(100)).unwrap()
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        let mut hs = HardState::default();
+        hs.term = term;
+        hs.vote = vote;
+        hs.commit = commit;
+        hs
+    }
+
+    fn all(storage: &CmStorage) -> Vec<Entry> {
+        let first = storage.first_index().unwrap();
+        let last = storage.last_index();
+        storage
+            .entries(first, last + 1, None, GetEntriesContext::empty(false))
+            .unwrap()
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        let state = storage.initial_state().unwrap();
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(storage.first_index().unwrap(), 1);
+        assert_eq!(storage.last_index(), 0);
+        storage.append(&entries(1..=5, 1)).unwrap();
+        storage.set_hard_state(hard_state(1, 2, 3));
+        storage.set_applied(2, b"machine".to_vec());
+        storage.sync().unwrap();
+        drop(storage);
+
+        let storage = open(dir.path());
+        assert_eq!(all(&storage), entries(1..=5, 1));
+        assert_eq!(storage.hard_state(), &hard_state(1, 2, 3));
+        assert_eq!(storage.applied_index(), 2);
+        assert_eq!(storage.machine(), b"machine");
+        assert_eq!(storage.term(0).unwrap(), 0);
+        assert_eq!(storage.term(4).unwrap(), 1);
+        assert!(matches!(
+            storage.term(6),
+            Err(raft::Error::Store(raft::StorageError::Unavailable))
+        ));
+        let limited = storage
+            .entries(1, 6, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(limited.len(), 1, "max_size still returns one entry");
+    }
+
+    #[test]
+    fn a_conflicting_suffix_is_cut_at_its_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=5, 1)).unwrap();
+        storage.sync().unwrap();
+        let third_offset = storage.frames[2].offset;
+        storage.append(&entries(3..=4, 2)).unwrap();
+        storage.sync().unwrap();
+        assert_eq!(storage.frames[2].offset, third_offset);
+        let mut expected = entries(1..=2, 1);
+        expected.extend(entries(3..=4, 2));
+        assert_eq!(all(&storage), expected);
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(all(&storage), expected);
+        let file_bytes = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        assert_eq!(file_bytes, storage.log_bytes);
+    }
+
+    #[test]
+    fn compaction_keeps_a_snapshot_and_the_entries_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = CmStorage::open(dir.path(), &[1, 2, 3], options(4)).unwrap();
+        storage.append(&entries(1..=3, 1)).unwrap();
+        storage.append(&entries(4..=7, 2)).unwrap();
+        storage.set_hard_state(hard_state(2, 1, 6));
+        storage.set_applied(3, b"three".to_vec());
+        storage.sync().unwrap();
+        assert!(!storage.maybe_compact().unwrap(), "only 3 applied entries");
+        storage.set_applied(5, b"five".to_vec());
+        assert!(storage.maybe_compact().unwrap());
+        let check = |storage: &CmStorage| {
+            assert_eq!(storage.first_index().unwrap(), 6);
+            assert_eq!(storage.last_index(), 7);
+            assert_eq!(storage.term(5).unwrap(), 2);
+            assert!(matches!(
+                storage.term(4),
+                Err(raft::Error::Store(raft::StorageError::Compacted))
+            ));
+            assert!(matches!(
+                storage.entries(5, 7, None, GetEntriesContext::empty(false)),
+                Err(raft::Error::Store(raft::StorageError::Compacted))
+            ));
+            assert_eq!(all(storage), entries(6..=7, 2));
+            let snapshot = storage.snapshot(5, 2).unwrap();
+            assert_eq!(snapshot.get_metadata().index, 5);
+            assert_eq!(snapshot.get_metadata().term, 2);
+            assert_eq!(&snapshot.data[..], b"five");
+            assert_eq!(
+                snapshot.get_metadata().get_conf_state().voters,
+                vec![1, 2, 3]
+            );
+        };
+        check(&storage);
+        drop(storage);
+        let storage = CmStorage::open(dir.path(), &[1, 2, 3], options(4)).unwrap();
+        check(&storage);
+        assert_eq!(storage.applied_index(), 5);
+    }
+
+    #[test]
+    fn a_received_snapshot_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=3, 1)).unwrap();
+        storage.set_hard_state(hard_state(1, 0, 1));
+        storage.sync().unwrap();
+        let mut metadata = SnapshotMetadata::default();
+        metadata.index = 10;
+        metadata.term = 3;
+        metadata.set_conf_state(storage.conf_state().clone());
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(metadata);
+        snapshot.data = b"ten".to_vec().into();
+        storage.apply_snapshot(snapshot).unwrap();
+        storage.append(&entries(11..=11, 3)).unwrap();
+        storage.sync().unwrap();
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(storage.first_index().unwrap(), 11);
+        assert_eq!(all(&storage), entries(11..=11, 3));
+        assert_eq!(storage.applied_index(), 10);
+        assert_eq!(storage.machine(), b"ten");
+        assert_eq!(storage.hard_state().commit, 10);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_an_error_naming_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=3, 1)).unwrap();
+        storage.sync().unwrap();
+        let second = storage.frames[1].offset;
+        drop(storage);
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[second as usize + FRAME_HEADER_BYTES as usize + 3] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = CmStorage::open(dir.path(), &[1, 2, 3], options(100))
+            .err()
+            .expect("a flipped byte is damage");
+        match &error {
+            StorageError::Corrupt {
+                path: at, offset, ..
+            } => {
+                assert_eq!(at, &path);
+                assert_eq!(*offset, second);
+            }
+            other => panic!("{other}"),
+        }
+        assert!(
+            error.to_string().contains(&format!("byte {second}")),
+            "{error}"
+        );
+        // The file is left as it was: no repair behind the operator's back.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+        // The state file too.
+        let state = dir.path().join(STATE_FILE);
+        let mut bytes = std::fs::read(&state).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&state, &bytes).unwrap();
+        let error = CmStorage::open(dir.path(), &[1, 2, 3], options(100))
+            .err()
+            .expect("a damaged state file is an error");
+        assert!(error.to_string().contains("state is damaged"), "{error}");
+    }
+
+    #[test]
+    fn an_incomplete_last_frame_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=3, 1)).unwrap();
+        storage.sync().unwrap();
+        let third = storage.frames[2].offset;
+        drop(storage);
+        let path = dir.path().join(LOG_FILE);
+        let file_bytes = std::fs::metadata(&path).unwrap().len();
+        for cut in [file_bytes - 1, third + 5, third + 1] {
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(cut).unwrap();
+            drop(file);
+            let mut storage = open(dir.path());
+            assert_eq!(all(&storage), entries(1..=2, 1), "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), third);
+            // Appends go on at the cut.
+            storage.append(&entries(3..=3, 1)).unwrap();
+            storage.sync().unwrap();
+            drop(storage);
+            assert_eq!(all(&open(dir.path())), entries(1..=3, 1));
+        }
+    }
+
+    #[test]
+    fn a_simulated_crash_keeps_only_what_was_synced_and_a_torn_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=2, 1)).unwrap();
+        storage.set_hard_state(hard_state(1, 1, 0));
+        storage.sync().unwrap();
+        storage.append(&entries(3..=6, 1)).unwrap();
+        storage.set_hard_state(hard_state(2, 3, 0));
+        storage.crash_at_next_sync();
+        assert!(matches!(storage.sync(), Err(StorageError::Crashed { .. })));
+        drop(storage);
+        let storage = open(dir.path());
+        assert_eq!(storage.hard_state(), &hard_state(1, 1, 0));
+        let kept = all(&storage);
+        assert!(kept.len() >= 2 && kept.len() < 6, "{}", kept.len());
+        assert_eq!(kept, entries(1..=kept.len() as u64, 1));
+    }
+}

@@ -10,12 +10,8 @@ use acre_txn::config::{CommitMode, Configuration, FailureDomain, Placement, Regi
 /// An entry of the CM's Raft log.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    /// Who proposed it, to match the outcome to the proposal; not part of what is applied.
-    #[prost(uint64, tag = "1")]
-    pub proposer: u64,
-    #[prost(uint64, tag = "2")]
-    pub proposal_seq: u64,
-    #[prost(message, optional, tag = "3")]
+    /// The only command so far; a later one takes another tag.
+    #[prost(message, optional, tag = "1")]
     pub install: Option<Install>,
 }
 

@@ -3,14 +3,13 @@
 //!
 //! This crate holds the group's core without networking: durable Raft storage ([`storage`]),
 //! the replicated state machine ([`state`]) and its messages ([`wire`]), the driver around
-//! `raft::RawNode` ([`replica`]), and a deterministic simulation of a group under message loss,
-//! partitions and crashes ([`sim`]). A later step puts the messages on sockets.
+//! `raft::RawNode` ([`replica`]). The integration tests run a deterministic simulation of a
+//! group under message loss, partitions and crashes. A later step puts the messages on sockets.
 
 #![forbid(unsafe_code)]
 
 pub mod logger;
 pub mod replica;
-pub mod sim;
 pub mod state;
 pub mod storage;
 pub mod wire;

@@ -10,8 +10,8 @@
 //! sync of the applied state before any proposal's outcome is reported, so that a replica never
 //! reports a configuration it could forget in a crash.
 //!
-//! No networking here: the caller carries the messages ([`crate::sim`] for tests, a transport
-//! later).
+//! No networking here: the caller carries the messages (the simulation of the integration
+//! tests, a transport later).
 
 use crate::logger::raft_logger;
 use crate::state::{CmState, Rejection, install_command};
@@ -170,6 +170,11 @@ impl CmReplica {
         self.raw.raft.id
     }
 
+    /// Whether [`CmReplica::handle_ready`] has work.
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
     /// Advances raft's clock by one tick (heartbeats, election timeouts).
     pub fn tick(&mut self) {
         self.raw.tick();
@@ -179,6 +184,19 @@ impl CmReplica {
     /// this group (a bad peer): drop it.
     pub fn step(&mut self, message: Message) -> Result<(), ReplicaError> {
         Ok(self.raw.step(message)?)
+    }
+
+    /// Tells raft whether a snapshot this replica sent to `to` arrived: the transport's part.
+    /// Until it hears either, the leader sends `to` nothing else, so a transport that loses a
+    /// snapshot must report [`raft::SnapshotStatus::Failure`].
+    pub fn report_snapshot(&mut self, to: u64, status: raft::SnapshotStatus) {
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Tells raft that a message to `to` could not be sent: it probes `to` again instead of
+    /// streaming appends into the void.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
     }
 
     pub fn is_leader(&self) -> bool {

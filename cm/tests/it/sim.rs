@@ -13,12 +13,14 @@ use acre_cm::{
 use acre_engine::addr::NodeId;
 use acre_nvm_log::random::{SEED_ENV, SplitMix, pinned_seed};
 use acre_txn::config::Configuration;
-use raft::SnapshotStatus;
 use raft::eraftpb::{Message, MessageType};
+use raft::{SnapshotStatus, Storage as _};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 
+/// Set to print every delivered message (to follow a pinned seed).
+const TRACE_ENV: &str = "ACRE_CM_SIM_TRACE";
 /// Ticks of one phase of network conditions (healthy, partitioned, crashing).
 const PHASE_TICKS: u64 = 150;
 /// A side with a majority, healthy enough, installs a new configuration within this many ticks.
@@ -27,8 +29,14 @@ const LIVENESS_TICKS_MAX: u64 = PHASE_TICKS;
 const CONVERGE_TICKS_MAX: u64 = 300;
 const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
+/// How much later than the one before it each replica's election timeout falls.
+const ELECTION_SPACING_TICKS: usize = 2 * DELAY_TICKS_MAX as usize + 1;
+/// A replica's clock skips a tick once in this many (clocks drift).
+const TICK_SKIP_ONE_IN: u64 = 8;
 /// Messages arrive 0 to this many ticks after they are sent.
 const DELAY_TICKS_MAX: u64 = 3;
+/// The client proposes on one tick in this many.
+const PROPOSE_ONE_IN: u64 = 4;
 /// Rounds of `handle_ready` per replica per tick (a replica with more work continues next tick).
 const READY_ROUNDS_MAX: usize = 4;
 
@@ -77,12 +85,17 @@ impl Sim {
             .iter()
             .map(|id| root.path().join(format!("cm-{id}")))
             .collect();
+        // raft draws election timeouts from a thread-local generator: a range of width 1 per
+        // replica, spaced further apart than a message's delay there and back and shuffled by
+        // the seed, keeps the run deterministic and lets one candidate go first. Clocks that
+        // skip ticks (below) do the rest of raft's randomisation.
+        let mut order: Vec<usize> = (0..n).collect();
+        shuffle(&mut rng, &mut order);
         let configs: Vec<ReplicaConfig> = voters
             .iter()
-            .map(|&id| {
-                // raft draws election timeouts from a thread-local generator: a range of width 1,
-                // drawn from the seed, keeps the run deterministic and the replicas apart.
-                let min = ELECTION_TICKS + rng.below(ELECTION_TICKS as u64) as usize;
+            .zip(&order)
+            .map(|(&id, &rank)| {
+                let min = ELECTION_TICKS + rank * ELECTION_SPACING_TICKS;
                 ReplicaConfig {
                     election_tick: ELECTION_TICKS,
                     heartbeat_tick: HEARTBEAT_TICKS,
@@ -167,7 +180,9 @@ impl Sim {
     fn tick(&mut self) {
         self.now += 1;
         for replica in self.replicas.iter_mut().flatten() {
-            replica.tick();
+            if self.rng.below(TICK_SKIP_ONE_IN) != 0 {
+                replica.tick();
+            }
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.network)
             .into_iter()
@@ -177,6 +192,21 @@ impl Sim {
             let (from, to) = (message.from as usize - 1, message.to as usize - 1);
             let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             let connected = self.connected(from, to);
+            if std::env::var_os(TRACE_ENV).is_some() {
+                eprintln!(
+                    "t{} {:?} {}->{} term {} idx {} logterm {} commit {} reject {} up {} conn {connected}",
+                    self.now,
+                    message.get_msg_type(),
+                    message.from,
+                    message.to,
+                    message.term,
+                    message.index,
+                    message.log_term,
+                    message.commit,
+                    message.reject,
+                    self.replicas[to].is_some()
+                );
+            }
             match self.replicas[to].as_mut() {
                 Some(replica) if connected => {
                     replica.step(message).expect("a message of the group steps");
@@ -187,7 +217,7 @@ impl Sim {
                 _ => self.lost(&message),
             }
         }
-        if self.rng.below(4) == 0 {
+        if self.rng.below(PROPOSE_ONE_IN) == 0 {
             self.propose();
         }
         for i in 0..self.n {
@@ -196,15 +226,19 @@ impl Sim {
         self.check();
     }
 
+    /// A client of the CM: asks a replica that believes it leads (there may be two, of two
+    /// terms) to install the successor of what that replica has applied, or now and then of
+    /// an older one (rejected as stale).
     fn propose(&mut self) {
-        let i = self.rng.below(self.n as u64) as usize;
-        let stale = self.rng.below(8) == 0;
-        let Some(replica) = self.replicas[i].as_mut() else {
-            return;
-        };
-        if !replica.is_leader() {
+        let leaders: Vec<usize> = (0..self.n)
+            .filter(|&i| self.replicas[i].as_ref().is_some_and(|r| r.is_leader()))
+            .collect();
+        if leaders.is_empty() {
             return;
         }
+        let i = leaders[self.rng.below(leaders.len() as u64) as usize];
+        let stale = self.rng.below(8) == 0;
+        let replica = self.replicas[i].as_mut().expect("a leader is up");
         let current = replica.state().configuration_id();
         let expected = if stale {
             current.saturating_sub(1)
@@ -212,7 +246,15 @@ impl Sim {
             current
         };
         let config = configuration(expected + 1, i as u64 + 1, self.n);
-        if let Ok(proposal) = replica.propose_install(expected, &config) {
+        let result = replica.propose_install(expected, &config);
+        if std::env::var_os(TRACE_ENV).is_some() {
+            eprintln!(
+                "t{} replica {} proposes {expected}: {result:?}",
+                self.now,
+                i + 1
+            );
+        }
+        if let Ok(proposal) = result {
             self.proposed
                 .insert((i as u64 + 1, proposal), (expected, config));
         }
@@ -345,8 +387,9 @@ impl Sim {
                 let took = self.run_until_progress(&all, LIVENESS_TICKS_MAX);
                 assert!(
                     took.is_some(),
-                    "healthy group made no progress in {LIVENESS_TICKS_MAX} ticks (loss {}‰)",
-                    self.loss_per_mille
+                    "healthy group made no progress in {LIVENESS_TICKS_MAX} ticks (loss {}‰):\n{}",
+                    self.loss_per_mille,
+                    self.describe()
                 );
                 let rest = PHASE_TICKS - took.unwrap();
                 self.run(rest);
@@ -361,14 +404,26 @@ impl Sim {
                     side[i] = true;
                 }
                 let minority: Vec<usize> = order[majority..].to_vec();
-                let commit_at_start = self.max_commit;
+                // Entries already on a majority may still commit on the minority side (its old
+                // leader may count acknowledgements that arrived before the split); nothing
+                // after them may.
+                let commit_at_start = self.max_commit.max(self.replicated_on_majority());
+                if std::env::var_os(TRACE_ENV).is_some() {
+                    eprintln!(
+                        "t{} partition {:?} | {minority:?}, commit {commit_at_start}\n{}",
+                        self.now,
+                        &order[..majority],
+                        self.describe()
+                    );
+                }
                 self.side = Some(side);
                 let start = self.now;
                 let took = self.run_until_progress(&order[..majority], LIVENESS_TICKS_MAX);
                 assert!(
                     took.is_some(),
-                    "the majority side {:?} made no progress in {LIVENESS_TICKS_MAX} ticks",
-                    &order[..majority]
+                    "the majority side {:?} made no progress in {LIVENESS_TICKS_MAX} ticks:\n{}",
+                    &order[..majority],
+                    self.describe()
                 );
                 while self.now < start + PHASE_TICKS {
                     self.tick();
@@ -426,6 +481,24 @@ impl Sim {
         }
     }
 
+    /// The last index whose entry (same index, same term) is in the durable logs of a majority.
+    fn replicated_on_majority(&self) -> u64 {
+        let mut copies: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+        for replica in self.replicas.iter().flatten() {
+            let storage = replica.storage();
+            for index in storage.snapshot_index() + 1..=storage.last_index() {
+                let term = storage.term(index).expect("an entry of the log has a term");
+                *copies.entry((index, term)).or_default() += 1;
+            }
+        }
+        copies
+            .into_iter()
+            .filter(|&(_, count)| count > self.n / 2)
+            .map(|((index, _), _)| index)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Every replica's view, one line each, for failure messages.
     fn describe(&self) -> String {
         let mut text = String::new();
@@ -465,7 +538,8 @@ impl Sim {
         let all: Vec<usize> = (0..self.n).collect();
         assert!(
             self.run_until_progress(&all, CONVERGE_TICKS_MAX).is_some(),
-            "the healed group installs nothing in {CONVERGE_TICKS_MAX} ticks"
+            "the healed group installs nothing in {CONVERGE_TICKS_MAX} ticks:\n{}",
+            self.describe()
         );
         for _ in 0..CONVERGE_TICKS_MAX {
             self.tick();
@@ -550,8 +624,8 @@ fn simulate(seed: u64, n: usize, phase_count: usize) -> Sim {
 #[test]
 fn three_replicas_agree_under_loss_partitions_and_crashes() {
     let mut crashes = 0;
-    for_seeds("three_replicas_agree", 8, |seed| {
-        let sim = simulate(seed, 3, 6);
+    for_seeds("three_replicas_agree", 16, |seed| {
+        let sim = simulate(seed, 3, 10);
         assert!(
             sim.installs_reported > 0,
             "seed {seed}: no install reported"
@@ -564,8 +638,8 @@ fn three_replicas_agree_under_loss_partitions_and_crashes() {
 #[test]
 fn five_replicas_agree_under_loss_partitions_and_crashes() {
     let mut crashes = 0;
-    for_seeds("five_replicas_agree", 4, |seed| {
-        let sim = simulate(seed, 5, 6);
+    for_seeds("five_replicas_agree", 8, |seed| {
+        let sim = simulate(seed, 5, 10);
         assert!(
             sim.installs_reported > 0,
             "seed {seed}: no install reported"

@@ -14,7 +14,7 @@ use acre_engine::addr::NodeId;
 use acre_nvm_log::random::{SEED_ENV, SplitMix, pinned_seed};
 use acre_txn::config::Configuration;
 use raft::eraftpb::{Message, MessageType};
-use raft::{SnapshotStatus, Storage as _};
+use raft::SnapshotStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
@@ -404,10 +404,12 @@ impl Sim {
                     side[i] = true;
                 }
                 let minority: Vec<usize> = order[majority..].to_vec();
-                // Entries already on a majority may still commit on the minority side (its old
-                // leader may count acknowledgements that arrived before the split); nothing
-                // after them may.
-                let commit_at_start = self.max_commit.max(self.replicated_on_majority());
+                // The minority side may still commit an entry that a replica on the majority
+                // side holds (its old leader may count an acknowledgement that arrived before
+                // the split: the f + 1 copies are there); nothing after the majority side's logs.
+                let commit_at_start = self
+                    .max_commit
+                    .max(self.last_durable_index(&order[..majority]));
                 if std::env::var_os(TRACE_ENV).is_some() {
                     eprintln!(
                         "t{} partition {:?} | {minority:?}, commit {commit_at_start}\n{}",
@@ -481,20 +483,12 @@ impl Sim {
         }
     }
 
-    /// The last index whose entry (same index, same term) is in the durable logs of a majority.
-    fn replicated_on_majority(&self) -> u64 {
-        let mut copies: BTreeMap<(u64, u64), usize> = BTreeMap::new();
-        for replica in self.replicas.iter().flatten() {
-            let storage = replica.storage();
-            for index in storage.snapshot_index() + 1..=storage.last_index() {
-                let term = storage.term(index).expect("an entry of the log has a term");
-                *copies.entry((index, term)).or_default() += 1;
-            }
-        }
-        copies
-            .into_iter()
-            .filter(|&(_, count)| count > self.n / 2)
-            .map(|((index, _), _)| index)
+    /// The last index in the durable logs of the replicas on `members`.
+    fn last_durable_index(&self, members: &[usize]) -> u64 {
+        members
+            .iter()
+            .filter_map(|&i| self.replicas[i].as_ref())
+            .map(|r| r.storage().last_index())
             .max()
             .unwrap_or(0)
     }

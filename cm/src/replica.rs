@@ -376,3 +376,100 @@ impl CmReplica {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acre_engine::addr::NodeId;
+
+    fn config(id: u64) -> Configuration {
+        let nodes = (1..=3).map(NodeId).collect();
+        Configuration::place(id, nodes, vec![], 1, 1, 1 << 20, 4096).unwrap()
+    }
+
+    fn replica_config() -> ReplicaConfig {
+        ReplicaConfig {
+            storage: StorageOptions {
+                compact_entry_count: 2,
+                ..StorageOptions::default()
+            },
+            ..ReplicaConfig::new(1, vec![1])
+        }
+    }
+
+    /// Ticks and handles readies until `done` or a bound.
+    fn run_until(replica: &mut CmReplica, mut done: impl FnMut(&mut CmReplica) -> bool) {
+        const TICKS_MAX: usize = 100;
+        for _ in 0..TICKS_MAX {
+            replica.tick();
+            replica
+                .handle_ready(&mut |m| panic!("a group of one sends nothing: {m:?}"))
+                .unwrap();
+            if done(replica) {
+                return;
+            }
+        }
+        panic!("not done in {TICKS_MAX} ticks");
+    }
+
+    fn outcome(replica: &mut CmReplica, proposal: ProposalId) -> ProposalOutcome {
+        let mut found = None;
+        run_until(replica, |r| {
+            found = r
+                .take_outcomes()
+                .into_iter()
+                .find(|(id, _)| *id == proposal)
+                .map(|(_, outcome)| outcome);
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    #[test]
+    fn installs_are_compare_and_set_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = CmReplica::open(dir.path(), replica_config()).unwrap();
+        assert!(matches!(
+            replica.propose_install(0, &config(1)),
+            Err(ProposeError::NotLeader { leader_id: None })
+        ));
+        run_until(&mut replica, |r| r.is_leader());
+        assert_eq!(replica.leader_id(), Some(1));
+        let first = replica.propose_install(0, &config(1)).unwrap();
+        assert_eq!(
+            outcome(&mut replica, first),
+            ProposalOutcome::Installed(config(1))
+        );
+        let stale = replica.propose_install(0, &config(1)).unwrap();
+        match outcome(&mut replica, stale) {
+            ProposalOutcome::Rejected(Rejection::Stale { current, .. }) => {
+                assert_eq!(current.as_deref(), Some(&config(1)));
+            }
+            other => panic!("{other:?}"),
+        }
+        for id in 2..=5 {
+            let proposal = replica.propose_install(id - 1, &config(id)).unwrap();
+            assert_eq!(
+                outcome(&mut replica, proposal),
+                ProposalOutcome::Installed(config(id))
+            );
+        }
+        let applied = replica.state().applied_index;
+        assert!(
+            replica.storage().snapshot_index() > 0,
+            "compacted every 2 entries"
+        );
+        drop(replica);
+
+        // The applied state comes back from the files; nothing is applied twice.
+        let mut replica = CmReplica::open(dir.path(), replica_config()).unwrap();
+        assert_eq!(replica.configuration(), Some(&config(5)));
+        assert_eq!(replica.state().applied_index, applied);
+        run_until(&mut replica, |r| r.is_leader());
+        let next = replica.propose_install(5, &config(6)).unwrap();
+        assert_eq!(
+            outcome(&mut replica, next),
+            ProposalOutcome::Installed(config(6))
+        );
+    }
+}

@@ -192,7 +192,7 @@ impl CmStorage {
                 }
                 None => {
                     let mut conf_state = ConfState::default();
-                    conf_state.voters = voters.to_vec();
+                    conf_state.set_voters(voters.to_vec());
                     (HardState::default(), conf_state, 0, Vec::new(), true)
                 }
             };
@@ -380,6 +380,13 @@ impl CmStorage {
             self.log
                 .set_len(offset)
                 .map_err(io("truncate", &self.log_path()))?;
+            // The cut is made durable before new frames go where the old ones were: a crash must
+            // not leave new frames after a stale suffix whose cut it forgot.
+            if self.options.durability == Durability::Fsync {
+                self.log
+                    .sync_data()
+                    .map_err(io("fsync", &self.log_path()))?;
+            }
             self.entries.truncate(keep);
             self.frames.truncate(keep);
             self.log_bytes = offset;
@@ -517,14 +524,15 @@ impl CmStorage {
     /// A snapshot of the applied state machine.
     fn applied_snapshot(&self) -> Snapshot {
         let mut metadata = SnapshotMetadata::default();
-        metadata.index = self.applied_index;
-        metadata.term = self
-            .term_of(self.applied_index)
-            .expect("the applied entry is in the log or the snapshot");
+        metadata.set_index(self.applied_index);
+        metadata.set_term(
+            self.term_of(self.applied_index)
+                .expect("the applied entry is in the log or the snapshot"),
+        );
         metadata.set_conf_state(self.conf_state.clone());
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(metadata);
-        snapshot.data = self.machine.clone().into();
+        snapshot.set_data(self.machine.clone().into());
         snapshot
     }
 
@@ -829,9 +837,9 @@ mod tests {
 
     fn entry(index: u64, term: u64) -> Entry {
         let mut entry = Entry::default();
-        entry.index = index;
-        entry.term = term;
-        entry.data = format!("entry {index} of term {term}").into_bytes().into();
+        entry.set_index(index);
+        entry.set_term(term);
+        entry.set_data(format!("entry {index} of term {term}").into_bytes().into());
         entry
     }
 
@@ -852,9 +860,9 @@ mod tests {
 
     fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
         let mut hs = HardState::default();
-        hs.term = term;
-        hs.vote = vote;
-        hs.commit = commit;
+        hs.set_term(term);
+        hs.set_vote(vote);
+        hs.set_commit(commit);
         hs
     }
 
@@ -966,12 +974,12 @@ mod tests {
         storage.set_hard_state(hard_state(1, 0, 1));
         storage.sync().unwrap();
         let mut metadata = SnapshotMetadata::default();
-        metadata.index = 10;
-        metadata.term = 3;
+        metadata.set_index(10);
+        metadata.set_term(3);
         metadata.set_conf_state(storage.conf_state().clone());
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(metadata);
-        snapshot.data = b"ten".to_vec().into();
+        snapshot.set_data(b"ten".to_vec().into());
         storage.apply_snapshot(snapshot).unwrap();
         storage.append(&entries(11..=11, 3)).unwrap();
         storage.sync().unwrap();

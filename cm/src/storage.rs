@@ -220,7 +220,7 @@ impl CmStorage {
             .iter()
             .take_while(|e| e.index <= snapshot_index)
             .count();
-        if let Some(at) = entries.get(covered.wrapping_sub(1))
+        if let Some(at) = covered.checked_sub(1).and_then(|k| entries.get(k))
             && at.index == snapshot_index
             && at.term != snapshot.get_metadata().term
         {
@@ -990,6 +990,36 @@ mod tests {
         assert_eq!(storage.applied_index(), 10);
         assert_eq!(storage.machine(), b"ten");
         assert_eq!(storage.hard_state().commit, 10);
+    }
+
+    /// A crash while installing a received snapshot: the snapshot file is new, the log and the
+    /// state are old.
+    #[test]
+    fn a_crash_while_installing_a_snapshot_leaves_the_snapshot_in_charge() {
+        for (snapshot_term, kept) in [(1, entries(3..=4, 1)), (2, Vec::new())] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut storage = open(dir.path());
+            storage.append(&entries(1..=4, 1)).unwrap();
+            storage.set_hard_state(hard_state(2, 0, 1));
+            storage.sync().unwrap();
+            let mut metadata = SnapshotMetadata::default();
+            metadata.set_index(2);
+            metadata.set_term(snapshot_term);
+            metadata.set_conf_state(storage.conf_state().clone());
+            let mut snapshot = Snapshot::default();
+            snapshot.set_metadata(metadata);
+            snapshot.set_data(b"two".to_vec().into());
+            storage.write_snapshot(&snapshot).unwrap();
+            drop(storage);
+
+            let storage = open(dir.path());
+            assert_eq!(storage.snapshot_index(), 2);
+            assert_eq!(storage.applied_index(), 2);
+            assert_eq!(storage.machine(), b"two");
+            assert_eq!(storage.hard_state().commit, 2);
+            // Entries that continue the snapshot (same term at its index) stay; others go.
+            assert_eq!(all(&storage), kept, "snapshot term {snapshot_term}");
+        }
     }
 
     #[test]

@@ -247,11 +247,21 @@ impl CmStorage {
             entries.drain(..covered);
             frames.drain(..covered);
         }
+        // The state is written only after the entries it covers are durable: a state ahead of
+        // the log means the log lost durable entries.
         let last_index = snapshot_index + entries.len() as u64;
-        assert!(
-            applied_index <= last_index,
-            "applied={applied_index} last={last_index}"
-        );
+        let ahead = [("applied", applied_index), ("committed", hard_state.commit)]
+            .into_iter()
+            .find(|&(_, index)| index > last_index);
+        if let Some((what, index)) = ahead {
+            return Err(StorageError::Corrupt {
+                path: log_path,
+                offset: log_bytes,
+                what: format!(
+                    "the state says entry {index} is {what}, the log ends at entry {last_index}"
+                ),
+            });
+        }
         let mut storage = CmStorage {
             dir: dir.to_path_buf(),
             options,
@@ -1020,6 +1030,30 @@ mod tests {
             // Entries that continue the snapshot (same term at its index) stay; others go.
             assert_eq!(all(&storage), kept, "snapshot term {snapshot_term}");
         }
+    }
+
+    #[test]
+    fn a_log_shorter_than_the_state_says_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = open(dir.path());
+        storage.append(&entries(1..=3, 1)).unwrap();
+        storage.set_hard_state(hard_state(1, 0, 3));
+        storage.sync().unwrap();
+        let second = storage.frames[1].offset;
+        drop(storage);
+        let path = dir.path().join(LOG_FILE);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(second).unwrap();
+        drop(file);
+        let error = CmStorage::open(dir.path(), &[1, 2, 3], options(100))
+            .err()
+            .expect("committed entries are missing");
+        assert!(
+            error
+                .to_string()
+                .contains("entry 3 is committed, the log ends at entry 1"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,14 +1,24 @@
-//! Acre's configuration manager (CM): a Raft group of 2f+1 replicas (the `raft` crate) that
-//! replicates the cluster configuration, changed only by compare-and-set on its id.
+//! Acre's configuration manager (docs/failures.md#configuration-manager): a Raft group of 2f+1
+//! replicas (the `raft` crate) that replicates the cluster configuration, changed only by
+//! compare-and-set on its id, and the leases that tell it which nodes are alive.
 //!
-//! This crate holds the group's core without networking: durable Raft storage ([`storage`]),
-//! the replicated state machine ([`state`]) and its messages ([`wire`]), the driver around
-//! `raft::RawNode` ([`replica`]). The integration tests run a deterministic simulation of a
-//! group under message loss, partitions and crashes. A later step puts the messages on sockets.
+//! - [`remap`]: the pure functions that compute configuration c+1 from c when nodes fail, join
+//!   or leave, and when a region is created.
+//! - [`lease`]: the leases that tell the CM which nodes are alive and tell every node whether it
+//!   may still act, as state machines driven by explicit time.
+//! - [`lease_thread`]: the dedicated thread per process that keeps them over UDP.
+//! - [`replica`]: one replica of the Raft group, the driver around `raft::RawNode`, over
+//!   durable Raft storage ([`storage`]), the replicated state machine ([`state`]) and its
+//!   messages ([`wire`]); raft logs through [`logger`]. No networking yet: the caller carries
+//!   the messages. The integration tests run a deterministic simulation of a group under
+//!   message loss, partitions and crashes.
 
 #![forbid(unsafe_code)]
 
+pub mod lease;
+pub mod lease_thread;
 pub mod logger;
+pub mod remap;
 pub mod replica;
 pub mod state;
 pub mod storage;

@@ -70,6 +70,8 @@ pub struct PlacementMessage {
     /// 0 active, 1 blocked, 2 lost.
     #[prost(uint32, tag = "4")]
     pub state: u32,
+    #[prost(uint32, repeated, tag = "5")]
+    pub copying: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -130,6 +132,7 @@ impl From<&Configuration> for ConfigurationMessage {
                     region: p.region.0,
                     primary: u32::from(p.primary.0),
                     backups: ids(&p.backups),
+                    copying: ids(&p.copying),
                     state: match p.state {
                         RegionState::Active => 0,
                         RegionState::Blocked => 1,
@@ -169,6 +172,7 @@ impl TryFrom<&ConfigurationMessage> for Configuration {
                     region: RegionId(p.region),
                     primary: node("primary", p.primary)?,
                     backups: nodes("backups", &p.backups)?,
+                    copying: nodes("copying", &p.copying)?,
                     state: match p.state {
                         0 => RegionState::Active,
                         1 => RegionState::Blocked,
@@ -241,6 +245,7 @@ mod tests {
             Configuration::place(7, nodes, vec![NodeId(9)], 2, 2, 1 << 20, 4096).unwrap();
         config.regions[1].state = RegionState::Blocked;
         config.regions[2].state = RegionState::Lost;
+        config.regions[3].copying = vec![config.regions[3].backups[1]];
         config.commit = CommitMode::Messages;
         config.domains = vec![FailureDomain {
             node: NodeId(2),

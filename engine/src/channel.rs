@@ -23,6 +23,7 @@ use crate::directory::{AreaEntry, AreaKind};
 use crate::fabric::doorbell::Doorbell;
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::{Completion, Fabric, Op, OpError};
+use crate::hash::FastMap;
 use crate::region::{AccessKey, Region};
 use acre_nvm_log::ring::{
     DATA_OFFSET, HEAD_OFFSET, RESET_ACK_OFFSET, RESET_REQUEST_OFFSET, RingReset, STATE_DAMAGED,
@@ -32,7 +33,6 @@ use acre_nvm_log::{
     LogError, LogOp, MapOptions, Media, Record, RecordKind, Reservation, RingGeometry, RingReader,
     RingWriter,
 };
-use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -332,7 +332,7 @@ struct RemoteRing<'a> {
     key: AccessKey,
     area_bytes: u64,
     header: Vec<u64>,
-    pieces: Mutex<HashMap<u64, Vec<u64>>>,
+    pieces: Mutex<FastMap<u64, Vec<u64>>>,
     failure: Mutex<Option<OpError>>,
 }
 
@@ -523,7 +523,7 @@ impl Outbox {
             key: self.key,
             area_bytes: self.area_bytes,
             header,
-            pieces: Mutex::new(HashMap::new()),
+            pieces: Mutex::new(FastMap::default()),
             failure: Mutex::new(None),
         };
         let found = resume_point(&view, self.geometry);

@@ -10,9 +10,11 @@ pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
 
 pub mod addr;
 pub mod channel;
+pub mod clock;
 pub mod cursor;
 pub mod directory;
 pub mod fabric;
+pub mod hash;
 pub mod object;
 pub mod pause;
 pub mod procfs;

@@ -8,12 +8,12 @@
 //! the whole object, so skipping an older update leaves the copy as the primary has it.
 
 use acre_engine::addr::{Addr, RegionId};
+use acre_engine::hash::FastMap;
 use acre_engine::object;
 use acre_engine::region::Region;
 use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
 use acre_txn::primary::persist_slot;
 use acre_txn::record::{Entry, EntryKind, TxnId};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -36,9 +36,9 @@ pub enum ApplyError {
 
 /// One node's backup copies and the committed transactions waiting to be applied to them.
 pub struct Backup {
-    regions: HashMap<RegionId, Arc<Region>>,
+    regions: FastMap<RegionId, Arc<Region>>,
     block_bytes: u64,
-    held: Mutex<HashMap<TxnId, Vec<Entry>>>,
+    held: Mutex<FastMap<TxnId, Vec<Entry>>>,
 }
 
 /// What applying one transaction did.
@@ -54,7 +54,7 @@ impl Backup {
         Backup {
             regions: regions.into_iter().map(|r| (r.id(), r)).collect(),
             block_bytes,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(FastMap::default()),
         }
     }
 

@@ -150,8 +150,8 @@ impl Db {
         }
     }
 
-    /// The configuration: nodes, regions, primaries and backups.
-    pub fn config(&self) -> &Configuration {
+    /// The configuration now: nodes, regions, primaries and backups.
+    pub fn config(&self) -> Arc<Configuration> {
         self.inner.coordinators[0].config()
     }
 

@@ -371,7 +371,7 @@ fn ask(node: &TxnNode, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     let mut next_index = 0;
     while let Some(orphan) = batch.front() {
-        let others: Vec<NodeId> = match participants(config, &orphan.regions) {
+        let others: Vec<NodeId> = match participants(&config, &orphan.regions) {
             Ok(nodes) => nodes.into_iter().filter(|&n| n != me).collect(),
             Err(_) => Vec::new(), // `decide` says why
         };
@@ -437,7 +437,7 @@ fn ask(node: &TxnNode, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
             };
             votes.insert(other, vote);
         }
-        let outcome = decide(config, &orphan.regions, &votes);
+        let outcome = decide(&config, &orphan.regions, &votes);
         if let Outcome::Copy { lacking } = &outcome {
             copy_entries(node, &orphan, lacking);
         }

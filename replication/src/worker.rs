@@ -33,13 +33,14 @@ use crate::orphan::{
 use crate::status::{RingRetention, StatusArea};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, Message};
+use acre_engine::hash::FastMap;
 use acre_nvm_log::LogError;
 use acre_txn::TxnNode;
 use acre_txn::config::CommitMode;
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -155,8 +156,8 @@ struct Serving {
     one_sided: bool,
     backup: Arc<Backup>,
     inbox: Inbox,
-    rings: HashMap<NodeId, Retention>,
-    kept: HashMap<TxnId, Kept>,
+    rings: FastMap<NodeId, Retention>,
+    kept: FastMap<TxnId, Kept>,
     stats: Arc<WorkerStats>,
     status: StatusArea,
     /// Whether what the rings keep changed since it was last published.
@@ -168,10 +169,10 @@ struct Serving {
     /// Transactions this node voted on (see [`Voted`]).
     voted: Voted,
     /// Transactions of gone clients being resolved.
-    asked: HashMap<TxnId, Asked>,
+    asked: FastMap<TxnId, Asked>,
     /// Transactions of gone clients whose last rounds of votes did not all come: how many in
     /// a row.
-    unanswered: HashMap<TxnId, u32>,
+    unanswered: FastMap<TxnId, u32>,
     resolver: Resolver,
     next_orphan_check: Instant,
 }
@@ -201,16 +202,16 @@ impl Worker {
             node: node.clone(),
             backup,
             inbox,
-            rings: HashMap::new(),
-            kept: HashMap::new(),
+            rings: FastMap::default(),
+            kept: FastMap::default(),
             stats: stats.clone(),
             status,
             retention_changed: false,
             allocations: Allocations::spawn(node.clone())?,
             clients,
             voted: Voted::default(),
-            asked: HashMap::new(),
-            unanswered: HashMap::new(),
+            asked: FastMap::default(),
+            unanswered: FastMap::default(),
             resolver: Resolver::spawn(node.clone())?,
             next_orphan_check: Instant::now() + ORPHAN_CHECK_INTERVAL,
         };
@@ -417,6 +418,14 @@ impl Serving {
                 self.node.primary().note_lock(txn, entries);
                 true
             }
+            Body::Lock { .. } if txn.config < self.node.config_id() => {
+                // Begun in an older configuration: it must not lock in this one
+                // (docs/failures.md#reconfiguration). Kept, as every LOCK is, until its ABORT.
+                let current = self.node.config_id();
+                self.node
+                    .reply(sender, record.reply, seq, Code::Stale, [current, 0, 0]);
+                true
+            }
             Body::Lock { entries, .. } => {
                 let locked = self.node.primary().lock(txn, entries);
                 let code = if locked { Code::Locked } else { Code::Conflict };
@@ -466,6 +475,12 @@ impl Serving {
                 true
             }
             Body::Truncate => false,
+            Body::Validate { .. } if txn.config < self.node.config_id() => {
+                let current = self.node.config_id();
+                self.node
+                    .reply(sender, record.reply, seq, Code::Stale, [current, 0, 0]);
+                false
+            }
             Body::Validate { reads } => {
                 let code = if self.node.primary().validate(&reads) {
                     Code::Valid

@@ -171,7 +171,8 @@ fn a_paused_node_is_reported_and_clients_commit_once_it_resumes() {
     let object = (0..ALLOC_TRIES_MAX)
         .map(|_| db.run(|txn| Ok(txn.alloc(8)?)).expect("allocate"))
         .find(|addr| {
-            let placement = db.config().placement(addr.region()).expect("a region");
+            let config = db.config();
+            let placement = config.placement(addr.region()).expect("a region");
             placement.primary != NodeId(2)
         })
         .expect("an object whose primary is not n2");

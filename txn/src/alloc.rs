@@ -44,8 +44,8 @@ impl TxnNode {
         let Some((offset, header)) = &reserved.claimed_block else {
             return Ok(reserved);
         };
-        let placement = self
-            .config()
+        let config = self.config();
+        let placement = config
             .placement(region)
             .expect("a primary region is in the configuration");
         for &backup in &placement.backups {

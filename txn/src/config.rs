@@ -3,7 +3,7 @@
 //! in memory by the embedded cluster. The configuration manager of a later issue changes it
 //! through Raft; its `id` is the first part of every transaction id.
 
-use acre_engine::addr::{NodeId, RegionId};
+use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::RING_AREA_BASE;
 use acre_engine::region::REGION_BYTES_MAX;
 use acre_engine::slab::BLOCK_BYTES_MIN;
@@ -18,6 +18,11 @@ pub struct Placement {
     pub primary: NodeId,
     /// At most `f`: fewer while no other node can take a lost backup's place.
     pub backups: Vec<NodeId>,
+    /// The backups still receiving their copy of the region (data recovery): they take
+    /// COMMIT-BACKUP records like the others, but their copy is incomplete, so they are never
+    /// promoted and do not count as a copy of the data (docs/failures.md#configuration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copying: Vec<NodeId>,
     /// Whether the region serves; written by the configuration manager (docs/failures.md).
     #[serde(default, skip_serializing_if = "RegionState::is_active")]
     pub state: RegionState,
@@ -67,6 +72,11 @@ impl Placement {
     /// Primary first, then the backups.
     pub fn replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
         std::iter::once(self.primary).chain(self.backups.iter().copied())
+    }
+
+    /// The replicas whose copy is complete: the primary, then the backups not copying.
+    pub fn complete_replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.replicas().filter(|node| !self.copying.contains(node))
     }
 }
 
@@ -183,6 +193,11 @@ pub enum ConfigError {
     TwoReplicasOnOneNode { region: RegionId },
     #[error("invalid configuration: region {region} is placed on {node}, not a node")]
     NotANode { region: RegionId, node: NodeId },
+    #[error(
+        "invalid configuration: region {region} lists {node} as copying, but it is not one of \
+         its backups"
+    )]
+    CopyingNotABackup { region: RegionId, node: NodeId },
     #[error("invalid configuration: {node} has a failure domain but is not a node")]
     DomainOfANonNode { node: NodeId },
     #[error("invalid configuration: {node} is given two failure domains")]
@@ -261,6 +276,7 @@ impl Configuration {
                 region: RegionId(k as u32 + 1),
                 primary: nodes[primary],
                 backups: (1..=f).map(|i| nodes[(primary + i) % n]).collect(),
+                copying: Vec::new(),
                 state: RegionState::Active,
             });
         }
@@ -331,6 +347,13 @@ impl Configuration {
             let replicas: BTreeSet<NodeId> = placement.replicas().collect();
             if replicas.len() != placement.backups.len() + 1 {
                 return Err(ConfigError::TwoReplicasOnOneNode { region });
+            }
+            if let Some(&node) = placement
+                .copying
+                .iter()
+                .find(|n| !placement.backups.contains(n))
+            {
+                return Err(ConfigError::CopyingNotABackup { region, node });
             }
             // A lost region names its last primary, which may have left.
             let present = |n: &&NodeId| self.nodes.contains(n);
@@ -406,6 +429,74 @@ impl Configuration {
     }
 }
 
+/// A node's current configuration, which the configuration manager replaces with newer ones
+/// (docs/failures.md#reconfiguration). Readers take the whole configuration at once
+/// ([`CurrentConfiguration::get`]); a transaction keeps the one it began in.
+#[derive(Debug)]
+pub struct CurrentConfiguration {
+    current: std::sync::RwLock<std::sync::Arc<Configuration>>,
+}
+
+/// Why a configuration was not adopted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "configuration {offered} is not newer than the current {current}: a node adopts only \
+     higher ids, so this one is stale; ask the configuration manager for the current one"
+)]
+pub struct StaleConfiguration {
+    pub offered: u64,
+    pub current: u64,
+}
+
+impl CurrentConfiguration {
+    pub fn new(config: std::sync::Arc<Configuration>) -> CurrentConfiguration {
+        CurrentConfiguration {
+            current: std::sync::RwLock::new(config),
+        }
+    }
+
+    /// The configuration now.
+    pub fn get(&self) -> std::sync::Arc<Configuration> {
+        self.current.read().expect(crate::POISONED).clone()
+    }
+
+    /// The id of the configuration now.
+    pub fn id(&self) -> u64 {
+        self.current.read().expect(crate::POISONED).id
+    }
+
+    /// Replaces the configuration with `newer`, if its id is higher: ids only grow at a node.
+    pub fn adopt(&self, newer: std::sync::Arc<Configuration>) -> Result<(), StaleConfiguration> {
+        let mut current = self.current.write().expect(crate::POISONED);
+        if newer.id <= current.id {
+            return Err(StaleConfiguration {
+                offered: newer.id,
+                current: current.id,
+            });
+        }
+        *current = newer;
+        Ok(())
+    }
+}
+
+impl Configuration {
+    /// The placement of `region` when it serves in this configuration.
+    pub fn serving(&self, addr: Addr) -> Result<&Placement, crate::error::TxnError> {
+        let region = addr.region();
+        let placement = self
+            .placement(region)
+            .ok_or(crate::error::TxnError::NoSuchRegion { addr, region })?;
+        match placement.state {
+            RegionState::Active => Ok(placement),
+            state => Err(crate::error::TxnError::RegionUnavailable {
+                region,
+                state,
+                config: self.id,
+            }),
+        }
+    }
+}
+
 /// Area ids from here up (and below the rings) are not regions: the reply area lives here.
 pub const REPLY_AREA_ID_MIN: u32 = 0x7000_0000;
 const _: () = assert!(REPLY_AREA_ID_MIN < RING_AREA_BASE);
@@ -459,6 +550,7 @@ mod tests {
     fn degraded_lost_and_domained_configurations_round_trip() {
         let mut config = Configuration::place(3, nodes(3), vec![], 1, 2, 1 << 20, 4096).unwrap();
         config.regions[0].backups.pop();
+        config.regions[0].copying = vec![config.regions[0].backups[0]];
         config.regions[1].state = RegionState::Blocked;
         config.domains = vec![FailureDomain {
             node: NodeId(1),
@@ -468,6 +560,8 @@ mod tests {
         config.cm_leader = Some(NodeId(2));
         config.validate().unwrap();
         assert_eq!(config.domain_of(NodeId(1)), "rack-a");
+        let complete: Vec<NodeId> = config.regions[0].complete_replicas().collect();
+        assert_eq!(complete, [config.regions[0].primary]);
         assert_eq!(config.domain_of(NodeId(2)), NodeId(2).to_string());
         assert_eq!(Configuration::from_toml(&config.to_toml()).unwrap(), config);
 
@@ -495,6 +589,19 @@ mod tests {
         let error = config.validate().unwrap_err();
         assert!(
             matches!(error, ConfigError::DomainOfANonNode { .. }),
+            "{error}"
+        );
+        config.domains.clear();
+
+        let active = config
+            .regions
+            .iter()
+            .position(|p| p.state.is_active())
+            .unwrap();
+        config.regions[active].copying = vec![config.regions[active].primary];
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(error, ConfigError::CopyingNotABackup { .. }),
             "{error}"
         );
     }

@@ -7,14 +7,14 @@ use crate::error::TxnError;
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::directory::NodeManifest;
 use acre_engine::fabric::{Fabric, Transport};
+use acre_engine::hash::FastMap;
 use acre_engine::region::AccessKey;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
 /// Keys and sizes of the areas of every node this one talks to.
 pub struct Directory {
-    known: RwLock<HashMap<(NodeId, RegionId), (AccessKey, u64)>>,
+    known: RwLock<FastMap<(NodeId, RegionId), (AccessKey, u64)>>,
     /// Where manifests are read from when an area is not known yet.
     cluster_dir: Option<PathBuf>,
 }
@@ -23,7 +23,7 @@ impl Directory {
     /// A directory filled in by the caller (embedded cluster).
     pub fn fixed() -> Directory {
         Directory {
-            known: RwLock::new(HashMap::new()),
+            known: RwLock::new(FastMap::default()),
             cluster_dir: None,
         }
     }
@@ -31,7 +31,7 @@ impl Directory {
     /// A directory that reads manifests from `cluster_dir` on a miss.
     pub fn manifests(cluster_dir: PathBuf) -> Directory {
         Directory {
-            known: RwLock::new(HashMap::new()),
+            known: RwLock::new(FastMap::default()),
             cluster_dir: Some(cluster_dir),
         }
     }

@@ -3,6 +3,7 @@
 //! (which says whether anything became durable), [`IndexError`] for the indexes, and [`Error`],
 //! any of them, for code that runs whole transactions (`Db::run`).
 
+use crate::config::RegionState;
 use crate::record::TxnId;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::ChannelError;
@@ -54,6 +55,29 @@ pub enum TxnError {
     /// A peer broke the protocol or memory is corrupt: stop and report.
     #[error("protocol violation by {node}: {reason}")]
     Protocol { node: NodeId, reason: String },
+    /// The region does not serve in the node's configuration (docs/failures.md#configuration).
+    #[error(
+        "{region} is {} in configuration {config}: {}",
+        state.name(),
+        match state {
+            RegionState::Blocked => "its primary changed, and it serves again once its locks \
+                are recovered on the new primary; retry later",
+            RegionState::Lost => "every replica of it failed; its data is gone until a \
+                replica's files come back",
+            RegionState::Active => "it serves",
+        }
+    )]
+    RegionUnavailable {
+        region: RegionId,
+        state: RegionState,
+        config: u64,
+    },
+    /// The node adopted a newer configuration while the transaction ran: it began in `began`.
+    #[error(
+        "the configuration changed from {began} to {current} while the transaction ran: run \
+         it again (Db::run does)"
+    )]
+    ConfigurationChanged { began: u64, current: u64 },
 }
 
 impl TxnError {
@@ -61,7 +85,10 @@ impl TxnError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TxnError::Conflict { .. } | TxnError::LogFull { .. } | TxnError::Busy { .. }
+            TxnError::Conflict { .. }
+                | TxnError::LogFull { .. }
+                | TxnError::Busy { .. }
+                | TxnError::ConfigurationChanged { .. }
         )
     }
 }
@@ -89,6 +116,13 @@ pub enum CommitError {
     /// A peer broke the protocol while nothing was durable: stop and report.
     #[error("protocol violation by {node}: {reason}; not committed")]
     Protocol { node: NodeId, reason: String },
+    /// The node adopted a newer configuration before the transaction decided to commit;
+    /// nothing committed.
+    #[error(
+        "the configuration changed from {began} to {current} before the commit: not committed, \
+         run it again (Db::run does)"
+    )]
+    ConfigurationChanged { began: u64, current: u64 },
     /// Some backup may hold the transaction's COMMIT-BACKUP but the commit could not finish.
     /// The coordinator finishes it once `node` answers (docs/protocol.md#unfinished-commits);
     /// if the coordinator stops first, the memory nodes settle it. Do not run it again blindly
@@ -109,7 +143,9 @@ impl CommitError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            CommitError::Conflict { .. } | CommitError::LogFull { .. }
+            CommitError::Conflict { .. }
+                | CommitError::LogFull { .. }
+                | CommitError::ConfigurationChanged { .. }
         )
     }
 
@@ -135,6 +171,9 @@ impl From<TxnError> for CommitError {
             TxnError::LogFull { node } => CommitError::LogFull { node },
             TxnError::TxnTooLarge { reason } => CommitError::TxnTooLarge { reason },
             TxnError::Protocol { node, reason } => CommitError::Protocol { node, reason },
+            TxnError::ConfigurationChanged { began, current } => {
+                CommitError::ConfigurationChanged { began, current }
+            }
             // The commit only touches objects execution already found, in regions of the
             // configuration, with slots it already holds.
             other => unreachable!("a commit step failed with an execution error: {other}"),

@@ -7,6 +7,7 @@
 //! ride on whatever record goes to their node next ([`crate::truncation`]).
 
 use crate::POISONED;
+use crate::config::CurrentConfiguration;
 use crate::directory::Directory;
 use crate::error::{TxnError, channel_error};
 use crate::record::{self, Body, TxnId, TxnRecord};
@@ -14,8 +15,8 @@ use crate::truncation::{PIGGYBACK_MAX, TruncationQueue};
 use acre_engine::addr::NodeId;
 use acre_engine::channel::{ChannelError, Outbox, ring_area_id};
 use acre_engine::fabric::Fabric;
+use acre_engine::hash::FastMap;
 use acre_nvm_log::{LogError, Reservation};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,27 +32,31 @@ struct Link {
 /// Every link of one node, attached on first use.
 pub struct Links {
     node: NodeId,
-    config_id: u64,
+    config: Arc<CurrentConfiguration>,
     fabric: Arc<Fabric>,
     directory: Arc<Directory>,
-    links: RwLock<HashMap<NodeId, Arc<Mutex<Link>>>>,
+    links: RwLock<FastMap<NodeId, Arc<Mutex<Link>>>>,
 }
 
 impl Links {
-    pub(crate) fn new(config_id: u64, fabric: Arc<Fabric>, directory: Arc<Directory>) -> Links {
+    pub(crate) fn new(
+        config: Arc<CurrentConfiguration>,
+        fabric: Arc<Fabric>,
+        directory: Arc<Directory>,
+    ) -> Links {
         Links {
             node: fabric.node_id(),
-            config_id,
+            config,
             fabric,
             directory,
-            links: RwLock::new(HashMap::new()),
+            links: RwLock::new(FastMap::default()),
         }
     }
 
     /// The id that records not belonging to a transaction (TRUNCATE) carry.
     fn system_txn(&self) -> TxnId {
         TxnId {
-            config: self.config_id,
+            config: self.config.id(),
             node: self.node,
             thread: u16::MAX,
             seq: 0,

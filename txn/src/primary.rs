@@ -13,10 +13,10 @@
 use crate::POISONED;
 use crate::record::{Entry, EntryKind, TxnId};
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::hash::FastMap;
 use acre_engine::object::{self, Header};
 use acre_engine::region::Region;
 use acre_engine::slab::{AllocError, Reserved, SlabAllocator};
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -37,15 +37,15 @@ struct Held {
 
 /// The primary regions of one node and the transactions holding locks in them.
 pub struct Primary {
-    regions: HashMap<RegionId, PrimaryRegion>,
-    held: Mutex<HashMap<TxnId, Held>>,
+    regions: FastMap<RegionId, PrimaryRegion>,
+    held: Mutex<FastMap<TxnId, Held>>,
     /// Slots reserved here by other nodes' ALLOC requests, per transaction, until its LOCK,
     /// ABORT or RELEASE says what becomes of them. A coordinator whose ALLOC timed out does
     /// not know its slot: the transaction's LOCK or ABORT hands back the ones it does not use.
-    allocated_for: Mutex<HashMap<TxnId, Vec<Addr>>>,
+    allocated_for: Mutex<FastMap<TxnId, Vec<Addr>>>,
     /// One-sided transactions whose COMMIT-PRIMARY was read and whose coordinator's install
     /// has not landed everywhere here yet, with their LOCK's entries.
-    installing: Mutex<HashMap<TxnId, Vec<Entry>>>,
+    installing: Mutex<FastMap<TxnId, Vec<Entry>>>,
 }
 
 /// Why COMMIT-PRIMARY could not be applied: a coordinator bug or a lost LOCK.
@@ -71,9 +71,9 @@ impl Primary {
                     )
                 })
                 .collect(),
-            held: Mutex::new(HashMap::new()),
-            allocated_for: Mutex::new(HashMap::new()),
-            installing: Mutex::new(HashMap::new()),
+            held: Mutex::new(FastMap::default()),
+            allocated_for: Mutex::new(FastMap::default()),
+            installing: Mutex::new(FastMap::default()),
         }
     }
 

@@ -8,16 +8,17 @@
 
 use crate::POISONED;
 use crate::backoff::Backoff;
-use crate::config::Configuration;
+use crate::config::CurrentConfiguration;
 use crate::directory::Directory;
 use crate::error::TxnError;
 use crate::error::op_error;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::fabric::{Completion, Fabric, Op, Pending};
+use acre_engine::hash::FastMap;
 use acre_engine::object::{self, Header};
 use acre_engine::region::AccessKey;
 use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 /// One-sided reads of an object that is locked or torn before the read reports a conflict.
@@ -53,38 +54,41 @@ enum SlotAt {
 
 /// Reads objects on their primaries.
 pub struct ObjectReader {
-    config: Arc<Configuration>,
+    config: Arc<CurrentConfiguration>,
+    /// The sizes every configuration of a cluster shares.
+    block_bytes: u64,
+    region_bytes: u64,
     fabric: Arc<Fabric>,
     directory: Arc<Directory>,
     /// Slot size of each claimed block seen so far: `(region, block index) -> slot bytes`.
-    slot_bytes: RwLock<HashMap<(RegionId, u32), u64>>,
+    slot_bytes: RwLock<FastMap<(RegionId, u32), u64>>,
 }
 
 impl ObjectReader {
     pub(crate) fn new(
-        config: Arc<Configuration>,
+        config: Arc<CurrentConfiguration>,
         fabric: Arc<Fabric>,
         directory: Arc<Directory>,
     ) -> ObjectReader {
+        let first = config.get();
         ObjectReader {
+            block_bytes: first.block_bytes,
+            region_bytes: first.region_bytes,
             config,
             fabric,
             directory,
-            slot_bytes: RwLock::new(HashMap::new()),
+            slot_bytes: RwLock::new(FastMap::default()),
         }
     }
 
     /// The primary of the region `addr` is in, and the access key of its copy there.
+    /// Refused when the region does not serve in the node's configuration now.
     pub fn primary_of(&self, addr: Addr) -> Result<(NodeId, AccessKey), TxnError> {
-        let region = addr.region();
-        let placement = self
-            .config
-            .placement(region)
-            .ok_or(TxnError::NoSuchRegion { addr, region })?;
+        let primary = self.config.get().serving(addr)?.primary;
         let (key, _) = self
             .directory
-            .lookup(&self.fabric, placement.primary, region)?;
-        Ok((placement.primary, key))
+            .lookup(&self.fabric, primary, addr.region())?;
+        Ok((primary, key))
     }
 
     /// A consistent, unlocked read of the slot at `addr` on its primary (see [`Self::read`]);
@@ -200,16 +204,27 @@ impl ObjectReader {
             .collect()
     }
 
-    /// Re-reads the header words of objects on one node (VALIDATE by one-sided reads).
-    pub fn read_headers(&self, node: NodeId, addrs: &[Addr]) -> Result<Vec<Header>, TxnError> {
+    /// Posts one-sided re-reads of the header words of objects on one node (VALIDATE by
+    /// one-sided reads); [`Self::headers_read`] waits for them. Posting every node's batch
+    /// before waiting for any keeps a validation to one round trip.
+    pub fn post_header_reads(&self, node: NodeId, addrs: &[Addr]) -> Result<Pending, TxnError> {
         let mut ops = Vec::with_capacity(addrs.len());
         for &addr in addrs {
             let (_, key) = self.primary_of(addr)?;
             ops.push(Op::Read { addr, key, len: 8 });
         }
-        let headers: Vec<Header> = self
-            .fabric
-            .execute(node, ops)
+        Ok(self.fabric.post(node, ops))
+    }
+
+    /// The headers a [`Self::post_header_reads`] of `count` objects on `node` read.
+    pub fn headers_read(
+        &self,
+        node: NodeId,
+        pending: Pending,
+        count: usize,
+    ) -> Result<Vec<Header>, TxnError> {
+        let headers: Vec<Header> = pending
+            .wait()
             .into_iter()
             .map(|result| match result.map_err(|e| op_error(node, e))? {
                 Completion::Read(bytes) if bytes.len() == 8 => Ok(Header::from_u64(
@@ -221,8 +236,14 @@ impl ObjectReader {
                 }),
             })
             .collect::<Result<_, _>>()?;
-        assert_eq!(headers.len(), addrs.len(), "one completion per READ");
+        assert_eq!(headers.len(), count, "one completion per READ");
         Ok(headers)
+    }
+
+    /// Re-reads the header words of objects on one node.
+    pub fn read_headers(&self, node: NodeId, addrs: &[Addr]) -> Result<Vec<Header>, TxnError> {
+        let pending = self.post_header_reads(node, addrs)?;
+        self.headers_read(node, pending, addrs.len())
     }
 
     /// Whether the block at `block` is still unclaimed on its primary (one READ of its header,
@@ -233,16 +254,16 @@ impl ObjectReader {
             .fabric
             .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
             .map_err(|e| op_error(primary, e))?;
-        Ok(slab::block_slot_bytes(&header, self.config.block_bytes).is_none())
+        Ok(slab::block_slot_bytes(&header, self.block_bytes).is_none())
     }
 
     /// Where `addr` stands in its block: the slot size when a slot starts there (from the
     /// block header, read once per block and cached).
     fn slot_at(&self, primary: NodeId, key: AccessKey, addr: Addr) -> Result<SlotAt, TxnError> {
-        let block_bytes = self.config.block_bytes;
+        let block_bytes = self.block_bytes;
         let block_index = (addr.offset() as u64 / block_bytes) as u32;
         let block = Addr::new(addr.region(), (block_index as u64 * block_bytes) as u32);
-        if block.offset() as u64 + block_bytes > self.config.region_bytes {
+        if block.offset() as u64 + block_bytes > self.region_bytes {
             return Ok(SlotAt::NeverSlot);
         }
         let cached = self

@@ -65,6 +65,9 @@ pub enum Code {
     /// REQUEST-VOTE: `values[0]` says what the receiver holds of the transaction (see
     /// [`vote`]).
     Vote = 8,
+    /// LOCK or VALIDATE of a transaction that began in an older configuration than the
+    /// receiver's (`values[0]`): refused, nothing locked (docs/failures.md#reconfiguration).
+    Stale = 9,
 }
 
 impl Code {
@@ -78,6 +81,7 @@ impl Code {
             Code::AllocFailed,
             Code::Refused,
             Code::Vote,
+            Code::Stale,
         ]
         .into_iter()
         .find(|code| *code as u8 == byte)

@@ -3,6 +3,7 @@
 //! commit protocol, in `commit/`, which depends on this module and not the other way round).
 
 use crate::alloc::ReserveError;
+use crate::config::{Configuration, Placement};
 use crate::error::TxnError;
 use crate::read::Found;
 use crate::record::{Body, EntryKind, ReplyTo, TxnId, TxnRecord};
@@ -35,6 +36,9 @@ pub(crate) struct Change {
 /// abort may have seen objects from different moments (never a torn object).
 pub struct Txn {
     pub(crate) node: Arc<TxnNode>,
+    /// The configuration the transaction began in; it commits only if the node is still in it
+    /// at the commit's decision.
+    pub(crate) config: Arc<Configuration>,
     lease: Option<SlotLease>,
     pub(crate) id: TxnId,
     pub(crate) reads: BTreeMap<Addr, ReadInfo>,
@@ -57,14 +61,16 @@ impl Txn {
             node: node.node_id(),
             slots: crate::reply::SLOTS_MAX,
         })?;
+        let config = node.config();
         let id = TxnId {
-            config: node.config().id,
+            config: config.id,
             node: node.node_id(),
             thread: lease.slot,
             seq: lease.seq,
         };
         Ok(Txn {
             node,
+            config,
             lease: Some(lease),
             id,
             reads: BTreeMap::new(),
@@ -243,17 +249,29 @@ impl Txn {
     /// Allocates an object holding `len` zero bytes, in a region whose primary is this node
     /// when there is one. It exists for others once the transaction commits.
     pub fn alloc(&mut self, len: usize) -> Result<Addr, TxnError> {
-        let local = self.node.local_primary_regions();
+        let me = self.node.node_id();
+        let serving: Vec<&Placement> = self
+            .config
+            .regions
+            .iter()
+            .filter(|p| p.state.is_active())
+            .collect();
+        let local: Vec<RegionId> = serving
+            .iter()
+            .filter(|p| p.primary == me)
+            .map(|p| p.region)
+            .collect();
         let regions: Vec<RegionId> = if local.is_empty() {
-            self.node
-                .config()
-                .regions
-                .iter()
-                .map(|p| p.region)
-                .collect()
+            serving.iter().map(|p| p.region).collect()
         } else {
             local
         };
+        if regions.is_empty() {
+            return Err(TxnError::OutOfMemory {
+                len,
+                reason: format!("no region serves in configuration {}", self.config.id),
+            });
+        }
         let start = (self.id.seq as usize + self.changes.len()) % regions.len();
         let mut last = None;
         for k in 0..regions.len() {
@@ -279,14 +297,7 @@ impl Txn {
         len: usize,
         near: Option<Addr>,
     ) -> Result<Addr, TxnError> {
-        let placement = self
-            .node
-            .config()
-            .placement(region)
-            .ok_or(TxnError::NoSuchRegion {
-                addr: near.unwrap_or(Addr::new(region, 0)),
-                region,
-            })?;
+        let placement = self.config.serving(near.unwrap_or(Addr::new(region, 0)))?;
         let primary = placement.primary;
         let payload_len = value::LEN_BYTES + len;
         let (addr, version, payload_bytes) = if primary == self.node.node_id() {
@@ -464,7 +475,7 @@ impl Txn {
     pub(crate) fn release_reservations(&self, addrs: &[Addr]) {
         let mut by_primary: BTreeMap<NodeId, Vec<Addr>> = BTreeMap::new();
         for &addr in addrs {
-            if let Some(p) = self.node.config().placement(addr.region()) {
+            if let Some(p) = self.config.placement(addr.region()) {
                 by_primary.entry(p.primary).or_default().push(addr);
             }
         }

@@ -5,7 +5,7 @@
 //! arrive in its own rings and answers through [`TxnNode::reply`].
 
 use crate::commit::unfinished::UnfinishedCommits;
-use crate::config::Configuration;
+use crate::config::{Configuration, CurrentConfiguration, StaleConfiguration};
 use crate::courier::Couriers;
 use crate::directory::Directory;
 use crate::link::Links;
@@ -13,7 +13,7 @@ use crate::primary::Primary;
 use crate::read::ObjectReader;
 use crate::record::ReplyTo;
 use crate::reply::{Code, ReplyArea, reply_ops};
-use acre_engine::addr::{NodeId, RegionId};
+use acre_engine::addr::NodeId;
 use acre_engine::fabric::Fabric;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// One node's transactional state.
 pub struct TxnNode {
     node: NodeId,
-    config: Arc<Configuration>,
+    config: Arc<CurrentConfiguration>,
     fabric: Arc<Fabric>,
     directory: Arc<Directory>,
     links: Links,
@@ -44,9 +44,10 @@ impl TxnNode {
         primary: Primary,
     ) -> TxnNode {
         let directory = Arc::new(directory);
+        let config = Arc::new(CurrentConfiguration::new(config));
         TxnNode {
             node: fabric.node_id(),
-            links: Links::new(config.id, fabric.clone(), directory.clone()),
+            links: Links::new(config.clone(), fabric.clone(), directory.clone()),
             reader: ObjectReader::new(config.clone(), fabric.clone(), directory.clone()),
             couriers: Couriers::new(fabric.clone(), directory.clone()),
             config,
@@ -80,8 +81,23 @@ impl TxnNode {
         self.node
     }
 
-    pub fn config(&self) -> &Arc<Configuration> {
-        &self.config
+    /// The node's configuration now. A transaction keeps the one it began in
+    /// ([`crate::Txn::config`]).
+    pub fn config(&self) -> Arc<Configuration> {
+        self.config.get()
+    }
+
+    /// The id of the node's configuration now.
+    pub fn config_id(&self) -> u64 {
+        self.config.id()
+    }
+
+    /// Adopts configuration `newer` if it is newer than the current one
+    /// (docs/failures.md#reconfiguration): transactions begun in an older one do not commit
+    /// (`ConfigurationChanged`, which `Db::run` retries), and regions that do not serve in it
+    /// are refused (`RegionUnavailable`).
+    pub fn adopt(&self, newer: Arc<Configuration>) -> Result<(), StaleConfiguration> {
+        self.config.adopt(newer)
     }
 
     pub fn fabric(&self) -> &Arc<Fabric> {
@@ -116,10 +132,5 @@ impl TxnNode {
     pub fn reply(&self, to_node: NodeId, to: ReplyTo, seq: u64, code: Code, values: [u64; 3]) {
         self.couriers
             .deliver(to_node, reply_ops(to, seq, code, values));
-    }
-
-    /// Regions this node is primary of, for allocations without a locality hint.
-    pub fn local_primary_regions(&self) -> Vec<RegionId> {
-        self.primary.region_ids()
     }
 }

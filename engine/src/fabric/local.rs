@@ -4,13 +4,13 @@
 use crate::addr::NodeId;
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::{Op, OpError, Pending, exec};
-use std::collections::HashMap;
+use crate::hash::FastMap;
 use std::sync::{Arc, RwLock};
 
 /// The nodes of an in-process cluster, by id.
 #[derive(Default)]
 pub struct LocalCluster {
-    nodes: RwLock<HashMap<NodeId, Arc<NodeMemory>>>,
+    nodes: RwLock<FastMap<NodeId, Arc<NodeMemory>>>,
 }
 
 impl LocalCluster {

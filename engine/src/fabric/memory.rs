@@ -3,8 +3,8 @@
 
 use crate::addr::{NodeId, RegionId};
 use crate::fabric::doorbell::Doorbell;
+use crate::hash::FastMap;
 use crate::region::Region;
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 /// Why a registration was refused.
@@ -18,7 +18,7 @@ pub struct AlreadyRegistered {
 /// The registered memory of one node.
 pub struct NodeMemory {
     node: NodeId,
-    areas: RwLock<HashMap<RegionId, Arc<Region>>>,
+    areas: RwLock<FastMap<RegionId, Arc<Region>>>,
     doorbell: Arc<Doorbell>,
 }
 
@@ -26,7 +26,7 @@ impl NodeMemory {
     pub fn new(node: NodeId, doorbell: Arc<Doorbell>) -> NodeMemory {
         NodeMemory {
             node,
-            areas: RwLock::new(HashMap::new()),
+            areas: RwLock::new(FastMap::default()),
             doorbell,
         }
     }

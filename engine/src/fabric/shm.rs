@@ -11,9 +11,9 @@ use crate::addr::{NodeId, RegionId};
 use crate::directory::{NodeManifest, doorbell_path};
 use crate::fabric::doorbell::Doorbell;
 use crate::fabric::{Completion, Op, OpError, OpResult, Pending, exec};
+use crate::hash::FastMap;
 use crate::region::{AccessError, AccessKey, Region};
 use acre_nvm_log::MapOptions;
-use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -24,14 +24,14 @@ struct ShmPeer {
     manifest: NodeManifest,
     doorbell: Doorbell,
     /// Areas mapped so far, by id (mapped with the key that found them).
-    areas: RwLock<HashMap<RegionId, Arc<Region>>>,
+    areas: RwLock<FastMap<RegionId, Arc<Region>>>,
 }
 
 /// One node's path to the other processes of its host.
 pub struct ShmTransport {
     dir: PathBuf,
     options: MapOptions,
-    peers: RwLock<HashMap<NodeId, Arc<ShmPeer>>>,
+    peers: RwLock<FastMap<NodeId, Arc<ShmPeer>>>,
 }
 
 impl ShmTransport {
@@ -40,7 +40,7 @@ impl ShmTransport {
         ShmTransport {
             dir,
             options,
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(FastMap::default()),
         }
     }
 
@@ -63,7 +63,7 @@ impl ShmTransport {
             node,
             manifest,
             doorbell,
-            areas: RwLock::new(HashMap::new()),
+            areas: RwLock::new(FastMap::default()),
         });
         self.peers
             .write()

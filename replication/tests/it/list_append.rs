@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Few keys, so transactions meet on them and the graph has edges to find cycles in; enough
 /// that a read of every key (a root and a list object each) reads more than `T_R` at each of
-/// the three primaries, so such a transaction validates by VALIDATE messages.
+/// the three primaries, so such a transaction validates by VALIDATE messages in message mode
+/// and by one batch of re-reads per primary in one-sided mode.
 const KEY_COUNT: u64 = 16;
 /// One transaction in this many reads every key.
 const READ_ALL_ONE_IN: u64 = 16;

@@ -11,6 +11,7 @@ mod index;
 mod list_append;
 mod one_sided;
 mod protocol;
+mod reconfiguration;
 mod ring_damage;
 mod shm_cluster;
 mod status;

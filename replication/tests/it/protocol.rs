@@ -8,7 +8,7 @@
 
 use crate::fixture::{
     BLOCK_BYTES, REGION_BYTES, RING_BYTES, SETTLE_TIMEOUT, create, overwrite, primary_header,
-    region_of, replica, rings, settle, start, three_nodes, txn_node, value_at,
+    region_of, replica, rings, settle, start, start_in, three_nodes, txn_node, value_at,
 };
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::fabric::Op;
@@ -18,6 +18,7 @@ use acre_engine::slab::{BLOCK_HEADER_BYTES, block_slot_bytes};
 use acre_nvm_log::random::{ConcurrentSeed, SplitMix};
 use acre_replication::EmbeddedCluster;
 use acre_txn::T_R;
+use acre_txn::config::CommitMode;
 use acre_txn::{CommitError, Error, TxnError, TxnNode};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -188,12 +189,20 @@ fn a_read_only_transaction_with_an_overwritten_read_conflicts() {
     cluster.stop();
 }
 
-/// FaRM SOSP'15 §4, VALIDATE: a primary holding more than t_r of the objects to validate is
-/// sent one VALIDATE message instead of that many one-sided reads. The primary's worker counts
-/// the records it handles, which shows which path was taken.
+/// FaRM SOSP'15 §4, VALIDATE: in message mode a primary holding more than t_r of the objects
+/// to validate is sent one VALIDATE message instead of that many one-sided reads; one-sided
+/// mode re-reads them in one batch and sends no message. The primary's worker counts the
+/// records it handles, which shows which path was taken.
 #[test]
-fn more_than_t_r_reads_at_one_primary_validate_by_one_message() {
-    let cluster = three_nodes();
+fn more_than_t_r_reads_at_one_primary_validate_by_one_message_or_one_batch() {
+    for mode in [CommitMode::Messages, CommitMode::OneSided] {
+        validate_more_than_t_r_reads_at_one_primary(mode);
+    }
+}
+
+fn validate_more_than_t_r_reads_at_one_primary(mode: CommitMode) {
+    let cluster = start_in(mode, REGION_BYTES, RING_BYTES, vec![]);
+    let messages = u64::from(mode == CommitMode::Messages);
     let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
     // Coordinator n1; the reads are in region 2, whose primary is node index 1.
     let objects: Vec<Addr> = (0..=T_R)
@@ -223,17 +232,17 @@ fn more_than_t_r_reads_at_one_primary_validate_by_one_message() {
     assert!(is_conflict(&outcome), "{outcome:?}");
     assert_eq!(records, 0, "{T_R} reads validated by message");
 
-    // t_r + 1 objects: exactly one VALIDATE record.
+    // t_r + 1 objects: exactly one VALIDATE record in message mode, none in one-sided mode.
     let (outcome, records) = read_only(&objects, None);
     assert_eq!(outcome, Ok(()), "nothing changed");
-    assert_eq!(records, 1, "{} reads not validated by one message", T_R + 1);
+    assert_eq!(records, messages, "{} reads in {mode:?} mode", T_R + 1);
     for stale in [objects[0], objects[T_R]] {
         let (outcome, records) = read_only(&objects, Some(stale));
         assert!(
             is_conflict(&outcome),
             "stale {stale} validated: {outcome:?}"
         );
-        assert_eq!(records, 1, "{} reads not validated by one message", T_R + 1);
+        assert_eq!(records, messages, "{} reads in {mode:?} mode", T_R + 1);
     }
 
     // Read-write: the reads at the primary of region 2, the write at region 3's.

@@ -76,19 +76,25 @@ impl Commit<'_> {
                 reason: format!("no LOCK vote within {REPLY_TIMEOUT:?}"),
             })?;
         self.txn.replies_consumed(replies.len());
-        let mut votes: Vec<(NodeId, Code)> = remote
+        let mut votes: Vec<(NodeId, Code, u64)> = remote
             .iter()
             .zip(replies)
-            .map(|((primary, _), reply)| (*primary, reply.code))
+            .map(|((primary, _), reply)| (*primary, reply.code, reply.values[0]))
             .collect();
         if let Some(locked) = self.inline_vote {
             let code = if locked { Code::Locked } else { Code::Conflict };
-            votes.push((self.node.node_id(), code));
+            votes.push((self.node.node_id(), code, 0));
         }
         assert_eq!(votes.len(), self.locks_sent.len(), "one vote per LOCK sent");
-        for (primary, code) in votes {
+        for (primary, code, value) in votes {
             match code {
                 Code::Locked => {}
+                Code::Stale => {
+                    return Err(CommitError::ConfigurationChanged {
+                        began: self.txn.id.config,
+                        current: value,
+                    });
+                }
                 Code::Conflict => {
                     return Err(CommitError::Conflict {
                         addr: self.plan.lock_entries(primary)[0].addr,

@@ -67,12 +67,13 @@ fn commit(txn: &mut Txn) -> Result<(), CommitError> {
             // One observation serializes at the moment it was made.
             return Ok(());
         }
+        same_configuration(txn)?;
         let reads: Vec<(Addr, u64)> = txn.reads.iter().map(|(a, r)| (*a, r.version)).collect();
         return Ok(validate::validate(txn, &reads)?);
     }
     let plan = Plan::new(txn);
     let mut commit = Commit::new(txn, plan);
-    let outcome = match commit.node.config().commit {
+    let outcome = match commit.txn.config.commit {
         CommitMode::Messages => commit.run(&Messages),
         CommitMode::OneSided => commit.run(&one_sided::OneSided),
     };
@@ -86,6 +87,21 @@ fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     let locked: BTreeSet<NodeId> = commit.locks_sent.iter().map(|sent| sent.primary).collect();
     commit.txn.release_uncertain_allocations(&locked);
     outcome
+}
+
+/// The node is still in the configuration `txn` began in (docs/failures.md#reconfiguration).
+/// Checked before anything is sent and again at the decision, after VALIDATE: a transaction
+/// decides to commit only in the configuration it ran in. (A change between the check and the
+/// COMMIT-BACKUPs is the case transaction recovery handles.)
+fn same_configuration(txn: &Txn) -> Result<(), TxnError> {
+    let current = txn.node.config_id();
+    if current == txn.config.id {
+        return Ok(());
+    }
+    Err(TxnError::ConfigurationChanged {
+        began: txn.config.id,
+        current,
+    })
 }
 
 /// The steps that differ between commit modes: who locks the written objects, who installs
@@ -139,7 +155,7 @@ impl Plan {
     /// The records of `txn`'s changes: one entry per object in the LOCK of its primary and in
     /// the COMMIT-BACKUP of each of its backups, every record listing all regions written.
     fn new(txn: &Txn) -> Plan {
-        let config = txn.node.config();
+        let config = &txn.config;
         let mut lock_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
         let mut backup_entries: BTreeMap<NodeId, Vec<Entry>> = BTreeMap::new();
         let mut regions = BTreeSet::new();
@@ -273,13 +289,21 @@ impl<'t> Commit<'t> {
     /// The protocol, step by step (docs/protocol.md#commit).
     fn run(&mut self, mode: &impl PrimarySteps) -> Result<(), CommitError> {
         // 0. Reserve log space at every participant; nothing is sent yet.
-        if let Err(e) = self.reserve() {
+        let reserved = same_configuration(self.txn)
+            .map_err(CommitError::from)
+            .and_then(|()| self.reserve());
+        if let Err(e) = reserved {
             self.give_back_log_space();
             self.txn.release_all_reservations();
             return Err(e);
         }
-        // 1. LOCK, then 2. VALIDATE; either failing aborts.
-        if let Err(e) = mode.lock(self).and_then(|()| self.validate_reads()) {
+        // 1. LOCK, then 2. VALIDATE, in the configuration the transaction began in; any of
+        // them failing aborts.
+        let decided = mode
+            .lock(self)
+            .and_then(|()| self.validate_reads())
+            .and_then(|()| Ok(same_configuration(self.txn)?));
+        if let Err(e) = decided {
             mode.abort(self);
             return Err(e);
         }

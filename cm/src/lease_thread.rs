@@ -1,0 +1,898 @@
+//! The lease thread: one per process, the only thing that sends and receives lease packets, so
+//! nothing the application or the workers do can delay a renewal.
+//!
+//! It owns a UDP socket (UDP, so a partition made with `nft` drop rules cuts leases exactly as it
+//! cuts other traffic, and no connection state outlives a partition), the [`NodeLease`] of its
+//! node and, in the CM's process, the [`CmLeases`] table. On its path it touches only its own
+//! preallocated buffers and state, the clock (which reads without locks) and atomics, so no lock
+//! is shared with another thread and nothing allocates (but for the log lines of rare events:
+//! a suspicion, a change of CM, a refused packet at debug level). It publishes:
+//!
+//! - the node's lease expiry, a [`LeaseExpiry`] a worker reads before it serves;
+//! - whether the lease this node granted the CM has expired ([`LeaseThread::cm_expired`]);
+//! - the CM's suspects, an atomic bitmap of node ids ([`Suspects`]) the CM's logic takes from:
+//!   a bitmap cannot overflow, and a node suspected twice before it is taken is one suspicion;
+//! - for the CM, each member's lease expiry as the CM sees it ([`LeaseThread::node_lease_until`],
+//!   a table of 2^16 words indexed by node id, 512 KiB in the CM's process only).
+//!
+//! Other threads reach it through atomics too: a pause flag (tests, harness), a stop flag, and
+//! a mailbox for a new configuration ([`LeaseThread::set_configuration`]) written under a
+//! sequence number, with a lock only writers take.
+//!
+//! It sleeps in `recv_from` with a timeout until the next renewal or expiry is due, at most
+//! [`WAIT_SLICE_MAX`] (a controlled clock's rate may change meanwhile), so an idle cluster's
+//! lease threads cost a few wake-ups per renewal period. Stopping (dropping the handle) and
+//! posting a configuration send a zero-length datagram to the socket to cut the wait short.
+#![forbid(unsafe_code)]
+
+use crate::lease::{
+    CmLeases, Kind, LeaseExpiry, LeaseKey, LeaseTiming, MEMBERS_MAX, NodeLease, Packet,
+};
+use acre_engine::NodeId;
+use acre_engine::clock::{Clock, Time, WAIT_SLICE_MAX};
+use acre_engine::fabric::tcp::auth::ClusterSecret;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Bytes of the receive buffer: larger than a packet, so an oversized datagram is seen as such
+/// rather than truncated into something that might decode.
+const RECEIVE_BYTES: usize = 256;
+/// The shortest socket timeout: `set_read_timeout` refuses zero, and a deadline that has just
+/// passed is handled on the next turn.
+const WAIT_MIN: Duration = Duration::from_micros(100);
+/// How much later than due a turn may start, to save setting the socket's timeout every turn:
+/// a renewal sent this late still leaves the lease most of a period, and a suspicion reported
+/// this late is only a slower one.
+const WAIT_SLACK: Duration = Duration::from_millis(1);
+/// What `lock().expect` says of a poisoned lock: a writer panicked half-way through a
+/// configuration, which the process must not go on with.
+const POISONED: &str = "a thread panicked while holding this lock";
+/// Words of a bitmap of node ids: one bit for every possible node id.
+const NODE_BITMAP_WORDS: usize = (u16::MAX as usize + 1) / 64;
+
+/// The node's part of a lease thread.
+#[derive(Clone, Debug)]
+pub struct NodeRole {
+    pub node: NodeId,
+    pub cm: NodeId,
+    /// Where the CM's lease thread listens.
+    pub cm_addr: SocketAddr,
+    pub config: u64,
+}
+
+/// The CM's part of a lease thread.
+#[derive(Clone, Debug)]
+pub struct CmRole {
+    pub cm: NodeId,
+    pub config: u64,
+    pub members: Vec<NodeId>,
+}
+
+/// What a lease thread is started with.
+#[derive(Clone, Debug)]
+pub struct LeaseThreadConfig {
+    /// Where its socket listens (port 0: any free port, see [`LeaseThread::local_addr`]).
+    pub bind: SocketAddr,
+    pub secret: ClusterSecret,
+    /// The clock every lease time of this process is read from.
+    pub clock: Clock,
+    pub timing: LeaseTiming,
+    pub node: Option<NodeRole>,
+    pub cm: Option<CmRole>,
+}
+
+/// Nodes the CM suspects: an atomic bitmap set by the lease thread and taken by the CM's logic.
+#[derive(Debug)]
+pub struct Suspects {
+    words: Box<[AtomicU64]>,
+    /// How many suspicions were published; a cheap "anything new?" check.
+    published: AtomicU64,
+}
+
+impl Suspects {
+    fn new() -> Suspects {
+        Suspects {
+            words: (0..NODE_BITMAP_WORDS).map(|_| AtomicU64::new(0)).collect(),
+            published: AtomicU64::new(0),
+        }
+    }
+
+    fn insert(&self, node: NodeId) {
+        let index = usize::from(node.0);
+        self.words[index / 64].fetch_or(1 << (index % 64), Ordering::Release);
+        self.published.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many suspicions have been published so far.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Removes the suspects published so far and calls `each` with every one, in id order.
+    pub fn take(&self, mut each: impl FnMut(NodeId)) {
+        for (word_index, word) in self.words.iter().enumerate() {
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = word.swap(0, Ordering::Acquire);
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let id = u16::try_from(word_index * 64 + bit).expect("the bitmap has 2^16 bits");
+                each(NodeId(id));
+            }
+        }
+    }
+}
+
+/// A configuration handed to a running lease thread ([`LeaseThread::set_configuration`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NewConfiguration<'a> {
+    pub config: u64,
+    pub cm: NodeId,
+    pub cm_addr: SocketAddr,
+    /// In any order; at most [`MEMBERS_MAX`].
+    pub members: &'a [NodeId],
+}
+
+/// Where other threads leave a new configuration for the lease thread. Writers take `writer`
+/// (a lock the lease thread never takes) and publish under a sequence number, odd while they
+/// write; the lease thread reads it when the number changed and is even, and checks it did not
+/// change meanwhile (else it reads again on its next turn).
+#[derive(Debug)]
+struct Mailbox {
+    writer: Mutex<()>,
+    seq: AtomicU64,
+    config: AtomicU64,
+    cm: AtomicU64,
+    /// The CM's address: IPv6 (IPv4 mapped) in two words, the port in the third.
+    cm_addr: [AtomicU64; 3],
+    /// The members, one bit per node id.
+    members: Box<[AtomicU64]>,
+}
+
+impl Mailbox {
+    fn new() -> Mailbox {
+        Mailbox {
+            writer: Mutex::new(()),
+            seq: AtomicU64::new(0),
+            config: AtomicU64::new(0),
+            cm: AtomicU64::new(0),
+            cm_addr: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            members: (0..NODE_BITMAP_WORDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn post(&self, new: &NewConfiguration<'_>) {
+        assert!(
+            new.members.len() <= MEMBERS_MAX,
+            "members={}",
+            new.members.len()
+        );
+        let _writer = self.writer.lock().expect(POISONED);
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.config.store(new.config, Ordering::Relaxed);
+        self.cm.store(u64::from(new.cm.0), Ordering::Relaxed);
+        let ip = match new.cm_addr.ip() {
+            IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+            IpAddr::V6(ip) => ip,
+        };
+        let ip = u128::from(ip);
+        self.cm_addr[0].store((ip >> 64) as u64, Ordering::Relaxed);
+        self.cm_addr[1].store(ip as u64, Ordering::Relaxed);
+        self.cm_addr[2].store(u64::from(new.cm_addr.port()), Ordering::Relaxed);
+        for word in self.members.iter() {
+            word.store(0, Ordering::Relaxed);
+        }
+        for member in new.members {
+            let index = usize::from(member.0);
+            self.members[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
+        }
+        self.seq.store(seq + 2, Ordering::Release);
+    }
+}
+
+/// What the lease thread publishes; the handle and its clones read it.
+#[derive(Debug)]
+struct Shared {
+    stop: AtomicBool,
+    paused: AtomicBool,
+    expiry: LeaseExpiry,
+    cm_expired: AtomicBool,
+    suspects: Suspects,
+    /// With the CM's role: every node's lease expiry as the CM sees it, in nanoseconds, indexed
+    /// by node id (0: not a member). Empty without the role.
+    member_until: Box<[AtomicU64]>,
+    mailbox: Mailbox,
+    packets_received: AtomicU64,
+    packets_refused: AtomicU64,
+    /// Turns of the thread's loop: its wake-ups.
+    turns: AtomicU64,
+}
+
+/// A running lease thread; dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct LeaseThread {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    /// A clone of the thread's socket, to wake it when stopping.
+    waker: UdpSocket,
+    clock: Clock,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LeaseThread {
+    /// Binds the socket and starts the thread.
+    pub fn spawn(config: LeaseThreadConfig) -> io::Result<LeaseThread> {
+        let socket = UdpSocket::bind(config.bind)?;
+        let local_addr = socket.local_addr()?;
+        let waker = socket.try_clone()?;
+        let now = config.clock.now();
+        let node = config.node.as_ref().map(|role| {
+            NodeLease::new(
+                role.node,
+                role.cm,
+                role.config,
+                config.timing,
+                first_seq(),
+                now,
+            )
+        });
+        let cm = config
+            .cm
+            .as_ref()
+            .map(|role| CmLeases::new(role.cm, role.config, config.timing, &role.members, now));
+        let member_until: Box<[AtomicU64]> = match &cm {
+            Some(_) => (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
+            None => Box::new([]),
+        };
+        if let Some(cm) = &cm {
+            publish_members(cm, &member_until);
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            expiry: node.as_ref().map(NodeLease::expiry).unwrap_or_default(),
+            cm_expired: AtomicBool::new(false),
+            suspects: Suspects::new(),
+            member_until,
+            mailbox: Mailbox::new(),
+            packets_received: AtomicU64::new(0),
+            packets_refused: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+        });
+        let name = match (&config.node, &config.cm) {
+            (Some(role), _) => format!("lease-{}", role.node),
+            (None, Some(role)) => format!("lease-cm-{}", role.cm),
+            (None, None) => "lease".to_string(),
+        };
+        let mut turn = Turn {
+            socket,
+            key: LeaseKey::new(&config.secret),
+            clock: config.clock.clone(),
+            cm_addr: config.node.as_ref().map(|role| role.cm_addr),
+            node,
+            cm,
+            shared: Arc::clone(&shared),
+            buffer: [0u8; RECEIVE_BYTES],
+            timeout: None,
+            applied_seq: 0,
+            members: Vec::with_capacity(MEMBERS_MAX),
+        };
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || turn.run())?;
+        Ok(LeaseThread {
+            shared,
+            local_addr,
+            waker,
+            clock: config.clock,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where the thread's socket listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This node's lease expiry, for the threads that must check it before they act.
+    pub fn lease(&self) -> LeaseExpiry {
+        self.shared.expiry.clone()
+    }
+
+    /// Whether this node holds a valid lease now, by the thread's clock.
+    pub fn is_valid(&self) -> bool {
+        self.shared.expiry.is_valid(self.clock.now())
+    }
+
+    /// Whether the lease this node granted the CM has run out: suspect the CM.
+    pub fn cm_expired(&self) -> bool {
+        self.shared.cm_expired.load(Ordering::Acquire)
+    }
+
+    /// The nodes the CM suspects (empty unless this thread has the CM role).
+    pub fn suspects(&self) -> &Suspects {
+        &self.shared.suspects
+    }
+
+    /// Until when the CM considers `node`'s lease valid, by this thread's clock.
+    pub fn node_lease_until(&self, node: NodeId) -> Option<Time> {
+        let until = self.shared.member_until.get(usize::from(node.0))?;
+        match until.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(Time::from_nanos(nanos)),
+        }
+    }
+
+    /// Datagrams received, and those refused (malformed, wrong secret, stale, replayed...).
+    pub fn packet_counts(&self) -> (u64, u64) {
+        (
+            self.shared.packets_received.load(Ordering::Acquire),
+            self.shared.packets_refused.load(Ordering::Acquire),
+        )
+    }
+
+    /// How many times the thread has woken up (what an idle cluster's lease CPU is made of).
+    pub fn turns(&self) -> u64 {
+        self.shared.turns.load(Ordering::Relaxed)
+    }
+
+    /// Stops (`true`) or resumes sending and answering, as if the process were frozen; for tests
+    /// and the fault-injection harness.
+    pub fn pause(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::Release);
+    }
+}
+
+impl Drop for LeaseThread {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.wake();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(addr = %self.local_addr, "the lease thread panicked");
+        }
+    }
+}
+
+impl LeaseThread {
+    /// Cuts the thread's wait short with a zero-length datagram; if it is lost, the thread
+    /// still looks at its flags and mailbox within one wait.
+    fn wake(&self) {
+        let mut wake = self.local_addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = self.waker.send_to(&[], wake);
+    }
+
+    /// Hands the thread a newer configuration: the node's side asks the new CM at once, and
+    /// the CM's side (if this thread has it and `new.cm` is still this CM) keeps the members'
+    /// leases and grants new members one lease of grace. A thread whose CM is replaced by
+    /// another stops granting. (Gaining the CM's role needs a new thread.)
+    pub fn set_configuration(&self, new: &NewConfiguration<'_>) {
+        self.shared.mailbox.post(new);
+        self.wake();
+    }
+}
+
+/// The first sequence number of this process's requests: the wall clock in nanoseconds, so a
+/// restarted process continues above its previous incarnation unless the wall clock stepped
+/// back (then the CM ignores it as a replay until it suspects it: the safe outcome).
+fn first_seq() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_nanos())
+        .unwrap_or(u64::MAX / 2)
+        .max(1)
+}
+
+/// The thread's state: everything its loop touches, owned by it.
+struct Turn {
+    socket: UdpSocket,
+    key: LeaseKey,
+    clock: Clock,
+    cm_addr: Option<SocketAddr>,
+    node: Option<NodeLease>,
+    cm: Option<CmLeases>,
+    shared: Arc<Shared>,
+    buffer: [u8; RECEIVE_BYTES],
+    /// The socket's current read timeout, so it is only set when it changes.
+    timeout: Option<Duration>,
+    /// The mailbox's sequence number last applied.
+    applied_seq: u64,
+    /// Where a new configuration's members are gathered; capacity [`MEMBERS_MAX`].
+    members: Vec<NodeId>,
+}
+
+impl Turn {
+    fn run(&mut self) {
+        while !self.shared.stop.load(Ordering::Acquire) {
+            self.shared.turns.fetch_add(1, Ordering::Relaxed);
+            self.take_configuration();
+            let now = self.clock.now();
+            let paused = self.shared.paused.load(Ordering::Acquire);
+            if !paused {
+                self.tick(now);
+            }
+            self.wait_and_receive(now, paused);
+        }
+    }
+
+    /// Applies a configuration left in the mailbox, if there is a new one.
+    fn take_configuration(&mut self) {
+        let mailbox = &self.shared.mailbox;
+        let seq = mailbox.seq.load(Ordering::Acquire);
+        if seq == self.applied_seq || !seq.is_multiple_of(2) {
+            return;
+        }
+        let config = mailbox.config.load(Ordering::Relaxed);
+        let cm_id = NodeId(u16::try_from(mailbox.cm.load(Ordering::Relaxed)).unwrap_or(0));
+        let ip = (u128::from(mailbox.cm_addr[0].load(Ordering::Relaxed)) << 64)
+            | u128::from(mailbox.cm_addr[1].load(Ordering::Relaxed));
+        let port = u16::try_from(mailbox.cm_addr[2].load(Ordering::Relaxed)).unwrap_or(0);
+        self.members.clear();
+        for (word_index, word) in mailbox.members.iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 && self.members.len() < MEMBERS_MAX {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let id = u16::try_from(word_index * 64 + bit).expect("the bitmap has 2^16 bits");
+                self.members.push(NodeId(id));
+            }
+        }
+        fence(Ordering::Acquire);
+        if mailbox.seq.load(Ordering::Relaxed) != seq {
+            return; // a writer came in meanwhile: read it all again next turn
+        }
+        self.applied_seq = seq;
+        let ip = Ipv6Addr::from(ip);
+        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+        let now = self.clock.now();
+        if let Some(node) = &mut self.node
+            && config > node.config()
+        {
+            node.set_configuration(config, cm_id, now);
+            self.cm_addr = Some(SocketAddr::new(ip, port));
+        }
+        if let Some(cm) = &mut self.cm
+            && config > cm.config()
+        {
+            if cm.cm() == cm_id {
+                cm.set_configuration(config, &self.members, now);
+                for slot in self.shared.member_until.iter() {
+                    slot.store(0, Ordering::Relaxed);
+                }
+                publish_members(cm, &self.shared.member_until);
+            } else {
+                tracing::info!(cm = %cm_id, config, "another CM took over: no more grants here");
+                self.cm = None;
+            }
+        }
+    }
+
+    /// Sends a due request and publishes what time alone changes.
+    fn tick(&mut self, now: Time) {
+        if let (Some(node), Some(cm_addr)) = (&mut self.node, self.cm_addr) {
+            if let Some(request) = node.poll(now) {
+                send(&self.socket, &request.encode(&self.key), cm_addr);
+            }
+            self.shared
+                .cm_expired
+                .store(node.cm_expired(now), Ordering::Release);
+        }
+        if let Some(cm) = &mut self.cm {
+            while let Some(suspect) = cm.next_suspect(now) {
+                tracing::warn!(node = %suspect, config = cm.config(), "lease expired: suspect");
+                self.shared.suspects.insert(suspect);
+            }
+        }
+    }
+
+    fn next_deadline(&self, now: Time) -> Time {
+        let node = self.node.as_ref().map(|node| node.next_deadline(now));
+        let cm = self.cm.as_ref().and_then(CmLeases::next_deadline);
+        [node, cm]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + WAIT_SLICE_MAX)
+    }
+
+    fn wait_and_receive(&mut self, now: Time, paused: bool) {
+        // Paused, nothing is due: deadlines that passed meanwhile must not make it spin.
+        let wait = if paused {
+            WAIT_SLICE_MAX
+        } else {
+            self.clock
+                .real_duration_until(self.next_deadline(now))
+                .clamp(WAIT_MIN, WAIT_SLICE_MAX)
+        };
+        // The socket's timeout stays if it ends no earlier than `wait` and at most WAIT_SLACK
+        // later: in the steady state (a reply shortly after each request) no turn sets it.
+        if self
+            .timeout
+            .is_none_or(|current| current < wait || current > wait + WAIT_SLACK)
+        {
+            if let Err(error) = self.socket.set_read_timeout(Some(wait)) {
+                tracing::error!(%error, "cannot set the lease socket's timeout");
+            }
+            self.timeout = Some(wait);
+        }
+        match self.socket.recv_from(&mut self.buffer) {
+            Ok((len, from)) => {
+                // A zero-length datagram is a wake-up (stop, or a new configuration); anyone
+                // may send one, and it does no more than cut a wait short.
+                if len == 0 || self.shared.stop.load(Ordering::Acquire) || paused {
+                    return;
+                }
+                self.shared.packets_received.fetch_add(1, Ordering::Relaxed);
+                if let Err(error) = self.handle(len, from) {
+                    self.shared.packets_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%from, %error, "lease packet refused");
+                }
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(error) => {
+                // An ICMP error reported on the socket, for instance: nothing to undo.
+                tracing::debug!(%error, "lease socket receive failed");
+            }
+        }
+    }
+
+    fn handle(&mut self, len: usize, from: SocketAddr) -> Result<(), crate::lease::LeaseError> {
+        let packet = Packet::decode(&self.buffer[..len], &self.key)?;
+        let now = self.clock.now();
+        match packet.kind {
+            Kind::GrantAndRequest => {
+                let Some(node) = &mut self.node else {
+                    return Err(crate::lease::LeaseError::WrongSide { kind: packet.kind });
+                };
+                let grant = node.receive(now, &packet)?;
+                send(&self.socket, &grant.encode(&self.key), from);
+                self.shared
+                    .cm_expired
+                    .store(node.cm_expired(now), Ordering::Release);
+            }
+            Kind::Request | Kind::Grant => {
+                let Some(cm) = &mut self.cm else {
+                    return Err(crate::lease::LeaseError::WrongSide { kind: packet.kind });
+                };
+                let reply = cm.receive(now, &packet)?;
+                // Published before the reply goes out, so whoever sees the node's lease
+                // renewed also sees the CM's view of it.
+                if let (Some(slot), Some(until)) = (
+                    self.shared.member_until.get(usize::from(packet.node.0)),
+                    cm.node_lease_until(packet.node),
+                ) {
+                    slot.store(until.as_nanos(), Ordering::Release);
+                }
+                if let Some(reply) = reply {
+                    send(&self.socket, &reply.encode(&self.key), from);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes every member's lease expiry as `cm` sees it.
+fn publish_members(cm: &CmLeases, member_until: &[AtomicU64]) {
+    for (node, until) in cm.members() {
+        member_until[usize::from(node.0)].store(until.as_nanos(), Ordering::Release);
+    }
+}
+
+fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    // A lost packet is a lost renewal: the next period sends another.
+    if let Err(error) = socket.send_to(bytes, to) {
+        tracing::debug!(%to, %error, "lease packet not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::PACKET_BYTES;
+    use acre_engine::clock::Rate;
+    use std::time::Instant;
+
+    const CONFIG: u64 = 3;
+    const CM: NodeId = NodeId(0);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn secret() -> ClusterSecret {
+        ClusterSecret::from_bytes([9; 32])
+    }
+
+    fn timing() -> LeaseTiming {
+        LeaseTiming::new(100 * MS, 10_000)
+    }
+
+    fn loopback() -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, 0).into()
+    }
+
+    fn cm_thread(members: &[NodeId]) -> LeaseThread {
+        cm_thread_with(members, timing())
+    }
+
+    fn cm_thread_with(members: &[NodeId], timing: LeaseTiming) -> LeaseThread {
+        LeaseThread::spawn(LeaseThreadConfig {
+            bind: loopback(),
+            secret: secret(),
+            clock: Clock::system(),
+            timing,
+            node: None,
+            cm: Some(CmRole {
+                cm: CM,
+                config: CONFIG,
+                members: members.to_vec(),
+            }),
+        })
+        .unwrap()
+    }
+
+    fn node_thread(node: NodeId, cm_addr: SocketAddr, clock: Clock) -> LeaseThread {
+        LeaseThread::spawn(LeaseThreadConfig {
+            bind: loopback(),
+            secret: secret(),
+            clock,
+            timing: timing(),
+            node: Some(NodeRole {
+                node,
+                cm: CM,
+                cm_addr,
+                config: CONFIG,
+            }),
+            cm: None,
+        })
+        .unwrap()
+    }
+
+    /// Waits up to `limit` for `condition`, checking every millisecond.
+    fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(MS);
+        }
+        condition()
+    }
+
+    fn taken(suspects: &Suspects) -> Vec<NodeId> {
+        let mut nodes = Vec::new();
+        suspects.take(|node| nodes.push(node));
+        nodes
+    }
+
+    // FaRM SOSP'15 §5.1: renewals every 1/5 of the lease keep both leases alive.
+    #[test]
+    fn a_cm_and_a_node_keep_the_lease_alive_over_loopback() {
+        let cm = cm_thread(&[NodeId(1)]);
+        let node = node_thread(NodeId(1), cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        // Ten leases: valid at every check, never suspected, the CM never expired.
+        let start = Instant::now();
+        while start.elapsed() < 10 * timing().lease() {
+            assert!(node.is_valid(), "lost after {:?}", start.elapsed());
+            assert!(!node.cm_expired());
+            assert_eq!(cm.suspects().published(), 0);
+            std::thread::sleep(2 * MS);
+        }
+        let (received, refused) = cm.packet_counts();
+        // Two packets per renewal period (20 ms) for over a second; timers run late on a
+        // loaded machine, so ask for half of them.
+        assert!(received >= 50, "{received} packets");
+        assert_eq!(refused, 0);
+    }
+
+    #[test]
+    fn a_paused_node_is_suspected_after_about_one_lease() {
+        let cm = cm_thread(&[NodeId(1)]);
+        let node = node_thread(NodeId(1), cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        // Let a renewal or two pass so the lease is a fresh one.
+        std::thread::sleep(50 * MS);
+        let last_grant = cm.node_lease_until(NodeId(1)).unwrap() - timing().lease();
+        node.pause(true);
+        let paused_at = Clock::system().now();
+        assert!(eventually(Duration::from_secs(2), || cm
+            .suspects()
+            .published()
+            > 0));
+        let suspected_after = Clock::system().now() - paused_at;
+        // The node's own view expired first: it stopped acting before the CM suspected it.
+        assert!(!node.is_valid());
+        assert_eq!(taken(cm.suspects()), [NodeId(1)]);
+        let since_grant = Clock::system().now() - last_grant;
+        assert!(since_grant >= timing().lease(), "{since_grant:?}");
+        assert!(
+            suspected_after <= timing().lease() + 50 * MS,
+            "suspected {suspected_after:?} after the pause"
+        );
+        // Resuming does not bring the lease back in this configuration.
+        node.pause(false);
+        std::thread::sleep(2 * timing().renewal_period());
+        assert!(!node.is_valid());
+    }
+
+    #[test]
+    fn forged_and_malformed_packets_are_refused_and_answered_by_nothing() {
+        // A long lease, so the node's grace outlasts the test.
+        let long = LeaseTiming::new(Duration::from_secs(60), 10_000);
+        let cm = cm_thread_with(&[NodeId(1)], long);
+        let grace_until = cm.node_lease_until(NodeId(1));
+        let attacker = UdpSocket::bind(loopback()).unwrap();
+        attacker.set_read_timeout(Some(100 * MS)).unwrap();
+        let request = |config| Packet {
+            kind: Kind::Request,
+            node: NodeId(1),
+            cm: CM,
+            config,
+            seq: 10,
+            lease_nanos: 60_000_000_000,
+        };
+        let right = LeaseKey::new(&secret());
+        let wrong = LeaseKey::new(&ClusterSecret::from_bytes([8; 32]));
+        let forged = [
+            request(CONFIG).encode(&wrong).to_vec(),
+            request(CONFIG - 1).encode(&right).to_vec(),
+            vec![0xab; PACKET_BYTES],
+            vec![1, 2, 3],
+            {
+                let mut long = request(CONFIG).encode(&right).to_vec();
+                long.push(0);
+                long
+            },
+        ];
+        let mut reply = [0u8; RECEIVE_BYTES];
+        for bytes in &forged {
+            attacker.send_to(bytes, cm.local_addr()).unwrap();
+            let answer = attacker.recv_from(&mut reply);
+            assert!(answer.is_err(), "{bytes:02x?} was answered");
+        }
+        assert_eq!(cm.packet_counts(), (5, 5));
+        assert_eq!(
+            cm.node_lease_until(NodeId(1)),
+            grace_until,
+            "nothing extended"
+        );
+        // The same request signed with the right secret is answered: the test can fail.
+        attacker
+            .send_to(&request(CONFIG).encode(&right), cm.local_addr())
+            .unwrap();
+        let (len, _) = attacker.recv_from(&mut reply).unwrap();
+        let answer = Packet::decode(&reply[..len], &right).unwrap();
+        assert_eq!((answer.kind, answer.seq), (Kind::GrantAndRequest, 10));
+        assert!(cm.node_lease_until(NodeId(1)) > grace_until, "granted");
+    }
+
+    #[test]
+    fn a_node_clock_running_fast_or_slow_within_the_bound_never_outlives_the_cms_view() {
+        // 1.5: fast (gives up early); 0.9901: slow by the whole 1% bound.
+        for rate in [Rate::from_ratio(3, 2), Rate::from_ppm(990_100)] {
+            assert!(!node_outlives_cm(rate), "rate {rate:?}");
+        }
+        // Outside the bound the rule cannot hold, and the check sees it: it can fail.
+        assert!(node_outlives_cm(Rate::from_ppm(800_000)), "rate 0.8");
+    }
+
+    /// Runs a CM on the system clock and a node on a clock at `rate`, renewing for three
+    /// leases and then paused for two; returns whether the node ever believed in its lease
+    /// after the CM's view of it had expired.
+    fn node_outlives_cm(rate: Rate) -> bool {
+        let cm = cm_thread(&[NodeId(1)]);
+        let (node_clock, control) = Clock::controlled();
+        control.set_rate(rate);
+        let node = node_thread(NodeId(1), cm.local_addr(), node_clock.clone());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        let lease = node.lease();
+        // The CM's view is read first: a node that believes at a later instant than the CM
+        // has stopped believing is a real violation, not an artefact of the order.
+        let outlives = || {
+            let cm_expired = cm
+                .node_lease_until(NodeId(1))
+                .is_none_or(|until| Clock::system().now() >= until);
+            cm_expired && lease.is_valid(node_clock.now())
+        };
+        let mut outlived = false;
+        let start = Instant::now();
+        while start.elapsed() < 3 * timing().lease() {
+            outlived |= outlives();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        node.pause(true);
+        let start = Instant::now();
+        while start.elapsed() < 2 * timing().lease() {
+            outlived |= outlives();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(!node.is_valid(), "rate {rate:?}: the lease ran out");
+        outlived
+    }
+
+    #[test]
+    fn a_new_configuration_keeps_the_lease_and_brings_new_members_in() {
+        let cm = cm_thread(&[NodeId(1)]);
+        let node = node_thread(NodeId(1), cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        assert_eq!(cm.node_lease_until(NodeId(2)), None, "not a member yet");
+        let new = NewConfiguration {
+            config: CONFIG + 1,
+            cm: CM,
+            cm_addr: cm.local_addr(),
+            members: &[NodeId(2), NodeId(1)],
+        };
+        cm.set_configuration(&new);
+        node.set_configuration(&new);
+        assert!(eventually(Duration::from_secs(1), || cm
+            .node_lease_until(NodeId(2))
+            .is_some()));
+        let start = Instant::now();
+        while start.elapsed() < 3 * timing().lease() {
+            assert!(node.is_valid(), "lost after {:?}", start.elapsed());
+            std::thread::sleep(2 * MS);
+        }
+        // Node 2 never spoke: suspected one lease after it joined; node 1 renewed under the
+        // new id.
+        assert_eq!(taken(cm.suspects()), [NodeId(2)]);
+        assert!(cm.node_lease_until(NodeId(1)).unwrap() > Clock::system().now());
+    }
+
+    #[test]
+    fn a_node_suspects_a_cm_that_went_silent_after_one_lease() {
+        let cm = cm_thread(&[NodeId(1)]);
+        let node = node_thread(NodeId(1), cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        assert!(!node.cm_expired());
+        let stopped_at = Instant::now();
+        drop(cm);
+        assert!(eventually(Duration::from_secs(2), || node.cm_expired()));
+        let after = stopped_at.elapsed();
+        assert!(after <= timing().lease() + 50 * MS, "{after:?}");
+        assert!(!node.is_valid(), "its own lease ran out first");
+    }
+
+    #[test]
+    fn dropping_the_handle_stops_the_thread_at_once() {
+        let cm = cm_thread(&[NodeId(1)]);
+        let start = Instant::now();
+        drop(cm);
+        assert!(start.elapsed() < 40 * MS, "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn suspects_are_taken_once_in_id_order() {
+        let suspects = Suspects::new();
+        for id in [700, 3, 65_535, 3, 64] {
+            suspects.insert(NodeId(id));
+        }
+        assert_eq!(suspects.published(), 5);
+        assert_eq!(
+            taken(&suspects),
+            [NodeId(3), NodeId(64), NodeId(700), NodeId(65_535)]
+        );
+        assert_eq!(taken(&suspects), []);
+    }
+}

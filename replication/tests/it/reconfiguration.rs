@@ -1,0 +1,187 @@
+//! A node adopting a newer configuration (docs/failures.md#reconfiguration), as the
+//! configuration manager's NEW-CONFIG will have it do; here the test hands every node the new
+//! configuration itself.
+
+use crate::fixture::{
+    REGION_BYTES, RING_BYTES, create, overwrite, region_of, settle, start_in, three_nodes,
+    txn_node, value_at,
+};
+use acre_engine::addr::Addr;
+use acre_replication::EmbeddedCluster;
+use acre_txn::config::{CommitMode, StaleConfiguration};
+use acre_txn::{CommitError, Configuration, Error, RegionState, TxnError};
+use std::sync::Arc;
+
+/// The configuration after `config`, changed by `change`.
+fn next(config: &Configuration, change: impl FnOnce(&mut Configuration)) -> Arc<Configuration> {
+    let mut newer = config.clone();
+    newer.id += 1;
+    change(&mut newer);
+    newer.validate().expect("a valid configuration");
+    Arc::new(newer)
+}
+
+fn adopt_everywhere(cluster: &EmbeddedCluster, newer: &Arc<Configuration>) {
+    for node in cluster.nodes() {
+        node.txn()
+            .adopt(newer.clone())
+            .expect("a newer configuration");
+    }
+}
+
+/// A transaction decides to commit only in the configuration it began in: one that began
+/// before the node adopted a newer one does not commit, nothing of it is visible, and run again
+/// it commits in the new one. In both commit modes, read-write and read-only.
+#[test]
+fn a_transaction_begun_in_an_older_configuration_does_not_commit() {
+    for mode in [CommitMode::Messages, CommitMode::OneSided] {
+        let cluster = start_in(mode, REGION_BYTES, RING_BYTES, vec![]);
+        let n1 = txn_node(&cluster, 0);
+        let a = create(&n1, region_of(1), b"a0");
+        let b = create(&n1, region_of(2), b"b0");
+
+        let mut writer = n1.begin().expect("begin");
+        assert_eq!(writer.read(a).expect("read"), b"a0");
+        writer.write(b, b"b1").expect("write");
+        let mut reader = n1.begin().expect("begin");
+        reader.read(a).expect("read");
+        reader.read(b).expect("read");
+
+        let newer = next(cluster.config(), |_| {});
+        adopt_everywhere(&cluster, &newer);
+        let changed = CommitError::ConfigurationChanged {
+            began: 1,
+            current: 2,
+        };
+        assert_eq!(writer.commit(), Err(changed.clone()), "{mode:?}");
+        assert_eq!(reader.commit(), Err(changed.clone()), "{mode:?}");
+        assert!(Error::from(changed).is_retryable(), "Db::run runs it again");
+        assert_eq!(value_at(&n1, b).expect("read"), b"b0", "nothing committed");
+
+        let mut again = n1.begin().expect("begin");
+        assert_eq!(
+            again.id().config,
+            2,
+            "transaction ids carry the new configuration"
+        );
+        again.write(b, b"b2").expect("write");
+        assert_eq!(again.commit(), Ok(()));
+        assert_eq!(value_at(&n1, b).expect("read"), b"b2");
+
+        settle(&cluster);
+        cluster.check_replicas().expect("backups match");
+        cluster.stop();
+    }
+}
+
+/// Ids only grow at a node: the configuration it has, or an older one, is refused.
+#[test]
+fn a_node_adopts_only_higher_configuration_ids() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let second = next(cluster.config(), |_| {});
+    n1.adopt(second.clone()).expect("newer");
+    for stale in [second.clone(), cluster.config().clone()] {
+        assert_eq!(
+            n1.adopt(stale.clone()),
+            Err(StaleConfiguration {
+                offered: stale.id,
+                current: 2,
+            })
+        );
+    }
+    assert_eq!(n1.config_id(), 2);
+    cluster.stop();
+}
+
+/// A region that is blocked (its primary changed) or lost in the node's configuration is
+/// refused with the reason, for reads, writes and allocations; the other regions keep
+/// committing.
+#[test]
+fn regions_that_do_not_serve_are_refused_and_the_others_keep_committing() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let serving = create(&n1, region_of(0), b"s0");
+    let blocked = create(&n1, region_of(1), b"b0");
+    let lost = create(&n1, region_of(2), b"l0");
+    let newer = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == region_of(1) {
+                placement.state = RegionState::Blocked;
+            }
+            if placement.region == region_of(2) {
+                placement.state = RegionState::Lost;
+            }
+        }
+    });
+    adopt_everywhere(&cluster, &newer);
+
+    for (addr, state) in [(blocked, RegionState::Blocked), (lost, RegionState::Lost)] {
+        let refused = TxnError::RegionUnavailable {
+            region: addr.region(),
+            state,
+            config: 2,
+        };
+        let mut txn = n1.begin().expect("begin");
+        assert_eq!(txn.read(addr), Err(refused.clone()));
+        assert_eq!(txn.write(addr, b"x"), Err(refused.clone()));
+        assert_eq!(
+            txn.alloc_near(8, Addr::new(addr.region(), 0)),
+            Err(refused.clone())
+        );
+        assert!(!Error::from(refused.clone()).is_retryable());
+        let message = refused.to_string();
+        assert!(message.contains(state.name()), "{message}");
+    }
+
+    overwrite(&n1, serving, b"s1");
+    assert_eq!(value_at(&n1, serving).expect("read"), b"s1");
+    for _ in 0..20 {
+        let mut txn = n1.begin().expect("begin");
+        let addr = txn.alloc(8).expect("an allocation in a region that serves");
+        assert_eq!(addr.region(), region_of(0), "the one region that serves");
+        txn.write(addr, b"new").expect("write");
+        assert_eq!(txn.commit(), Ok(()));
+    }
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// In message mode a primary that adopted a newer configuration refuses the LOCK and the
+/// VALIDATE of a transaction begun in an older one, from a coordinator that has not adopted it
+/// yet: the transaction does not commit, and nothing stays locked.
+#[test]
+fn a_primary_in_a_newer_configuration_refuses_lock_and_validate_of_an_older_one() {
+    let cluster = start_in(CommitMode::Messages, REGION_BYTES, RING_BYTES, vec![]);
+    let (n1, n2) = (txn_node(&cluster, 0), txn_node(&cluster, 1));
+    // Region 2's primary is n2; more than T_R objects there, so a read of all of them
+    // validates by one VALIDATE message.
+    let objects: Vec<Addr> = (0..=acre_txn::T_R)
+        .map(|i| create(&n1, region_of(1), &[i as u8; 8]))
+        .collect();
+    let newer = next(cluster.config(), |_| {});
+    for node in &cluster.nodes()[1..] {
+        node.txn().adopt(newer.clone()).expect("newer");
+    }
+    assert_eq!(n1.config_id(), 1, "the coordinator has not heard of it");
+
+    let changed = Err(CommitError::ConfigurationChanged {
+        began: 1,
+        current: 2,
+    });
+    let mut writer = n1.begin().expect("begin");
+    writer.write(objects[0], b"changed!").expect("write");
+    assert_eq!(writer.commit(), changed, "LOCK refused");
+    let mut reader = n1.begin().expect("begin");
+    for &addr in &objects {
+        reader.read(addr).expect("read");
+    }
+    assert_eq!(reader.commit(), changed, "VALIDATE refused");
+
+    n1.adopt(newer).expect("newer");
+    assert_eq!(value_at(&n2, objects[0]).expect("read"), [0u8; 8]);
+    overwrite(&n1, objects[0], b"changed!");
+    settle(&cluster);
+    cluster.check_replicas().expect("backups match");
+    cluster.stop();
+}

@@ -90,6 +90,7 @@ struct Sim {
     proposed: HashMap<(u64, ProposalId), (u64, Configuration)>,
     max_commit: u64,
     installs_reported: u64,
+    losses_reported: u64,
     crashes: u64,
     /// The most ticks a healthy group or a majority side took to install a configuration.
     slowest_progress_ticks: u64,
@@ -148,6 +149,7 @@ impl Sim {
             proposed: HashMap::new(),
             max_commit: 0,
             installs_reported: 0,
+            losses_reported: 0,
             crashes: 0,
             slowest_progress_ticks: 0,
         }
@@ -354,7 +356,7 @@ impl Sim {
                 ProposalOutcome::Rejected(other) => {
                     panic!("replica {proposer}: {proposal:?} rejected for {other}")
                 }
-                ProposalOutcome::Lost => {}
+                ProposalOutcome::Lost => self.losses_reported += 1,
             }
         }
     }
@@ -650,7 +652,7 @@ fn simulate(seed: u64, n: usize, phase_count: usize) -> Sim {
 }
 
 fn simulate_seeds(test: &str, seed_count: usize, n: usize) {
-    let (mut crashes, mut installs, mut slowest) = (0, 0, 0);
+    let (mut crashes, mut installs, mut losses, mut slowest) = (0, 0, 0, 0);
     for_seeds(test, seed_count, |seed| {
         let sim = simulate(seed, n, PHASE_COUNT);
         assert!(
@@ -659,10 +661,12 @@ fn simulate_seeds(test: &str, seed_count: usize, n: usize) {
         );
         crashes += sim.crashes;
         installs += sim.installs_reported;
+        losses += sim.losses_reported;
         slowest = slowest.max(sim.slowest_progress_ticks);
     });
     eprintln!(
-        "{test}: {crashes} crashes, {installs} installs reported, progress within {slowest} ticks"
+        "{test}: {crashes} crashes, {installs} installs and {losses} losses reported, progress \
+         within {slowest} ticks"
     );
 }
 

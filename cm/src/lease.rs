@@ -160,19 +160,16 @@ impl fmt::Debug for LeaseKey {
     }
 }
 
-/// Constants the lease key is derived with (see [`LeaseKey::new`]).
-const KEY_LABEL_A: [u8; 32] = *b"acre lease key, derivation input";
-const KEY_LABEL_B: [u8; 32] = *b"not a nonce: tcp servers draw it";
+/// What the lease key is derived with from the cluster secret.
+pub const SECRET_LABEL: &str = "acre leases";
 
 impl LeaseKey {
-    /// Derives the lease key from the cluster secret. `ClusterSecret` keeps its bytes private
-    /// and offers HMAC-SHA256 proofs, a pseudo-random function of the secret; the key is that
-    /// function at fixed inputs. A TCP server never proves at these inputs: it draws its own
-    /// nonce at random, and the id used is the observers', which no server has.
+    /// The lease key: a secret of the leases' own, derived from the cluster secret
+    /// ([`ClusterSecret::derive`]), so no packet or proof of another protocol verifies here.
     pub fn new(secret: &ClusterSecret) -> LeaseKey {
-        let key = secret.server_proof(&KEY_LABEL_A, &KEY_LABEL_B, NodeId::OBSERVER);
+        let key = secret.derive(SECRET_LABEL);
         LeaseKey {
-            mac: HmacSha256::new_from_slice(&key).expect("HMAC takes a key of any length"),
+            mac: HmacSha256::new_from_slice(key.bytes()).expect("HMAC takes a key of any length"),
         }
     }
 

@@ -9,15 +9,18 @@
 //! - [`lease_thread`]: the dedicated thread per process that keeps them over UDP.
 //! - [`replica`]: one replica of the Raft group, the driver around `raft::RawNode`, over
 //!   durable Raft storage ([`storage`]), the replicated state machine ([`state`]) and its
-//!   messages ([`wire`]); raft logs through [`logger`]. No networking yet: the caller carries
-//!   the messages. The integration tests run a deterministic simulation of a group under
-//!   message loss, partitions and crashes.
+//!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages (over
+//!   [`net`] in a later step). The integration tests run a deterministic simulation of a group
+//!   under message loss, partitions and crashes.
+//! - [`net`]: authenticated, framed message links over TCP between CM replicas and nodes (Raft
+//!   messages, NEW-CONFIG, admin requests); lossy by design, as Raft tolerates.
 
 #![forbid(unsafe_code)]
 
 pub mod lease;
 pub mod lease_thread;
 pub mod logger;
+pub mod net;
 pub mod remap;
 pub mod replica;
 pub mod state;

@@ -44,6 +44,7 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 
 const SERVER_LABEL: &[u8] = b"acre server";
 const CLIENT_LABEL: &[u8] = b"acre client";
+const DERIVE_LABEL: &[u8] = b"acre derive";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -140,6 +141,23 @@ impl ClusterSecret {
         };
         file.write_all(&self.0).map_err(unwritable)?;
         file.sync_all().map_err(unwritable)
+    }
+
+    /// A secret of its own for one protocol (`label` names it, e.g. `"acre cm links"`), derived
+    /// from this one: HMAC(secret, "acre derive" || label). Proofs and MACs made with a derived
+    /// secret are useless in any other protocol, so a handshake of one cannot be relayed into
+    /// another; the fabric's own handshake uses the cluster secret itself.
+    pub fn derive(&self, label: &str) -> ClusterSecret {
+        let mac = self
+            .mac()
+            .chain_update(DERIVE_LABEL)
+            .chain_update(label.as_bytes());
+        ClusterSecret(mac.finalize().into_bytes().into())
+    }
+
+    /// The secret's bytes, for a MAC of a protocol's own over a [`Self::derive`]d secret.
+    pub fn bytes(&self) -> &[u8; SECRET_BYTES] {
+        &self.0
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -248,6 +266,31 @@ pub fn nonce() -> Nonce {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn derived_secrets_differ_per_label_and_from_the_secret() {
+        let secret = ClusterSecret::from_bytes([7; SECRET_BYTES]);
+        let a = secret.derive("acre leases");
+        let b = secret.derive("acre cm links");
+        assert_ne!(a.bytes(), b.bytes());
+        assert_ne!(a.bytes(), secret.bytes());
+        assert_eq!(
+            a.bytes(),
+            secret.derive("acre leases").bytes(),
+            "deterministic"
+        );
+        let other = ClusterSecret::from_bytes([8; SECRET_BYTES]).derive("acre leases");
+        assert_ne!(a.bytes(), other.bytes());
+        // A proof under a derived secret does not verify under the cluster secret.
+        let (n1, n2) = ([1; NONCE_BYTES], [2; NONCE_BYTES]);
+        let proof = a.server_proof(&n1, &n2, NodeId(1));
+        assert!(
+            secret
+                .verify_server_proof(&n1, &n2, NodeId(1), &proof)
+                .is_err()
+        );
+        assert!(a.verify_server_proof(&n1, &n2, NodeId(1), &proof).is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -260,8 +260,21 @@ impl CmReplica {
         let index = self.raw.raft.raft_log.last_index();
         assert!(index == before + 1, "index={index} before={before}");
         let term = self.raw.raft.term;
-        let previous = self.pending.insert(index, Pending { term });
-        assert!(previous.is_none(), "two proposals at index {index}");
+        // A proposal of an earlier term at this index was cut from the log (this replica lost
+        // and won the lead again between two readies): it will never apply.
+        if let Some(previous) = self.pending.insert(index, Pending { term }) {
+            assert!(
+                previous.term < term,
+                "two proposals at index {index} in term {term}"
+            );
+            self.staged.push((
+                ProposalId {
+                    term: previous.term,
+                    index,
+                },
+                ProposalOutcome::Lost,
+            ));
+        }
         Ok(ProposalId { term, index })
     }
 

@@ -1,10 +1,17 @@
-//! Acre's configuration manager (docs/failures.md#configuration-manager).
+//! Acre's configuration manager (docs/failures.md#configuration-manager): a Raft group of 2f+1
+//! replicas (the `raft` crate) that replicates the cluster configuration, changed only by
+//! compare-and-set on its id, and the leases that tell it which nodes are alive.
 //!
 //! - [`remap`]: the pure functions that compute configuration c+1 from c when nodes fail, join
 //!   or leave, and when a region is created.
 //! - [`lease`]: the leases that tell the CM which nodes are alive and tell every node whether it
 //!   may still act, as state machines driven by explicit time.
 //! - [`lease_thread`]: the dedicated thread per process that keeps them over UDP.
+//! - [`replica`]: one replica of the Raft group, the driver around `raft::RawNode`, over
+//!   durable Raft storage ([`storage`]), the replicated state machine ([`state`]) and its
+//!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages (over
+//!   [`net`] in a later step). The integration tests run a deterministic simulation of a group
+//!   under message loss, partitions and crashes.
 //! - [`net`]: authenticated, framed message links over TCP between CM replicas and nodes (Raft
 //!   messages, NEW-CONFIG, admin requests); lossy by design, as Raft tolerates.
 
@@ -12,5 +19,16 @@
 
 pub mod lease;
 pub mod lease_thread;
+pub mod logger;
 pub mod net;
 pub mod remap;
+pub mod replica;
+pub mod state;
+pub mod storage;
+pub mod wire;
+
+pub use replica::{
+    CmReplica, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
+};
+pub use state::{CmState, Rejection};
+pub use storage::{CmStorage, Durability, StorageError, StorageOptions};

@@ -1,0 +1,294 @@
+//! The CM's own messages, `prost`-derived (no protoc): the commands in the Raft log and a
+//! mirror of [`Configuration`] with conversions both ways. They are bytes from a log or a
+//! peer, so decoding returns an error that says what was wrong, never a panic.
+//!
+//! Tags are the format: never reuse or renumber one.
+
+use acre_engine::addr::{NodeId, RegionId};
+use acre_txn::config::{CommitMode, Configuration, FailureDomain, Placement, RegionState};
+
+/// An entry of the CM's Raft log.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Command {
+    /// The only command so far; a later one takes another tag.
+    #[prost(message, optional, tag = "1")]
+    pub install: Option<Install>,
+}
+
+/// Compare-and-set of the configuration: applied only if the current id is `expected_id` and
+/// the new configuration has id `expected_id + 1` and validates.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Install {
+    #[prost(uint64, tag = "1")]
+    pub expected_id: u64,
+    #[prost(message, optional, tag = "2")]
+    pub configuration: Option<ConfigurationMessage>,
+}
+
+/// The state machine's bytes (snapshots and the state file): the applied configuration, if any.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MachineMessage {
+    #[prost(message, optional, tag = "1")]
+    pub configuration: Option<ConfigurationMessage>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigurationMessage {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub f: u64,
+    #[prost(uint32, repeated, tag = "3")]
+    pub nodes: Vec<u32>,
+    #[prost(uint32, repeated, tag = "4")]
+    pub clients: Vec<u32>,
+    #[prost(uint64, tag = "5")]
+    pub region_bytes: u64,
+    #[prost(uint64, tag = "6")]
+    pub block_bytes: u64,
+    #[prost(message, repeated, tag = "7")]
+    pub regions: Vec<PlacementMessage>,
+    /// 0 messages, 1 one-sided.
+    #[prost(uint32, tag = "8")]
+    pub commit: u32,
+    #[prost(message, repeated, tag = "9")]
+    pub domains: Vec<FailureDomainMessage>,
+    #[prost(uint32, repeated, tag = "10")]
+    pub cm_replicas: Vec<u32>,
+    #[prost(uint32, optional, tag = "11")]
+    pub cm_leader: Option<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PlacementMessage {
+    #[prost(uint32, tag = "1")]
+    pub region: u32,
+    #[prost(uint32, tag = "2")]
+    pub primary: u32,
+    #[prost(uint32, repeated, tag = "3")]
+    pub backups: Vec<u32>,
+    /// 0 active, 1 blocked, 2 lost.
+    #[prost(uint32, tag = "4")]
+    pub state: u32,
+    #[prost(uint32, repeated, tag = "5")]
+    pub copying: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FailureDomainMessage {
+    #[prost(uint32, tag = "1")]
+    pub node: u32,
+    #[prost(string, tag = "2")]
+    pub domain: String,
+}
+
+/// Why bytes are not a CM message. The sender (or the log) is broken: a peer that sends one is
+/// disconnected; a log entry that holds one is rejected by every replica alike.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("undecodable CM message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("CM message lacks its {field}")]
+    Missing { field: &'static str },
+    #[error(
+        "CM message: {field} = {value} is not a node id (at most {})",
+        u16::MAX
+    )]
+    NodeId { field: &'static str, value: u32 },
+    #[error("CM message: {field} = {value} is not a known value")]
+    Unknown { field: &'static str, value: u32 },
+    #[error("CM message: f = {f} does not fit this machine")]
+    F { f: u64 },
+}
+
+fn node(field: &'static str, value: u32) -> Result<NodeId, WireError> {
+    u16::try_from(value)
+        .map(NodeId)
+        .map_err(|_| WireError::NodeId { field, value })
+}
+
+fn nodes(field: &'static str, values: &[u32]) -> Result<Vec<NodeId>, WireError> {
+    values.iter().map(|&v| node(field, v)).collect()
+}
+
+fn ids(nodes: &[NodeId]) -> Vec<u32> {
+    nodes.iter().map(|n| u32::from(n.0)).collect()
+}
+
+impl From<&Configuration> for ConfigurationMessage {
+    fn from(config: &Configuration) -> Self {
+        ConfigurationMessage {
+            id: config.id,
+            f: config.f as u64,
+            nodes: ids(&config.nodes),
+            clients: ids(&config.clients),
+            region_bytes: config.region_bytes,
+            block_bytes: config.block_bytes,
+            regions: config
+                .regions
+                .iter()
+                .map(|p| PlacementMessage {
+                    region: p.region.0,
+                    primary: u32::from(p.primary.0),
+                    backups: ids(&p.backups),
+                    copying: ids(&p.copying),
+                    state: match p.state {
+                        RegionState::Active => 0,
+                        RegionState::Blocked => 1,
+                        RegionState::Lost => 2,
+                    },
+                })
+                .collect(),
+            commit: match config.commit {
+                CommitMode::Messages => 0,
+                CommitMode::OneSided => 1,
+            },
+            domains: config
+                .domains
+                .iter()
+                .map(|d| FailureDomainMessage {
+                    node: u32::from(d.node.0),
+                    domain: d.domain.clone(),
+                })
+                .collect(),
+            cm_replicas: ids(&config.cm_replicas),
+            cm_leader: config.cm_leader.map(|n| u32::from(n.0)),
+        }
+    }
+}
+
+impl TryFrom<&ConfigurationMessage> for Configuration {
+    type Error = WireError;
+
+    /// Checks the encoding only; whether the configuration is usable is
+    /// [`Configuration::validate`]'s question.
+    fn try_from(message: &ConfigurationMessage) -> Result<Configuration, WireError> {
+        let regions = message
+            .regions
+            .iter()
+            .map(|p| {
+                Ok(Placement {
+                    region: RegionId(p.region),
+                    primary: node("primary", p.primary)?,
+                    backups: nodes("backups", &p.backups)?,
+                    copying: nodes("copying", &p.copying)?,
+                    state: match p.state {
+                        0 => RegionState::Active,
+                        1 => RegionState::Blocked,
+                        2 => RegionState::Lost,
+                        value => {
+                            return Err(WireError::Unknown {
+                                field: "region state",
+                                value,
+                            });
+                        }
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, WireError>>()?;
+        let domains = message
+            .domains
+            .iter()
+            .map(|d| {
+                Ok(FailureDomain {
+                    node: node("domain node", d.node)?,
+                    domain: d.domain.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, WireError>>()?;
+        Ok(Configuration {
+            id: message.id,
+            f: usize::try_from(message.f).map_err(|_| WireError::F { f: message.f })?,
+            nodes: nodes("nodes", &message.nodes)?,
+            clients: nodes("clients", &message.clients)?,
+            region_bytes: message.region_bytes,
+            block_bytes: message.block_bytes,
+            regions,
+            commit: match message.commit {
+                0 => CommitMode::Messages,
+                1 => CommitMode::OneSided,
+                value => {
+                    return Err(WireError::Unknown {
+                        field: "commit mode",
+                        value,
+                    });
+                }
+            },
+            domains,
+            cm_replicas: nodes("cm_replicas", &message.cm_replicas)?,
+            cm_leader: message
+                .cm_leader
+                .map(|n| node("cm_leader", n))
+                .transpose()?,
+        })
+    }
+}
+
+impl Command {
+    pub fn decode_from(bytes: &[u8]) -> Result<Command, WireError> {
+        Ok(<Command as prost::Message>::decode(bytes)?)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Configuration {
+        let nodes = (1..=4).map(NodeId).collect();
+        let mut config =
+            Configuration::place(7, nodes, vec![NodeId(9)], 2, 2, 1 << 20, 4096).unwrap();
+        config.regions[1].state = RegionState::Blocked;
+        config.regions[2].state = RegionState::Lost;
+        config.regions[3].copying = vec![config.regions[3].backups[1]];
+        config.commit = CommitMode::Messages;
+        config.domains = vec![FailureDomain {
+            node: NodeId(2),
+            domain: "rack-b".into(),
+        }];
+        config.cm_replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
+        config.cm_leader = Some(NodeId(3));
+        config
+    }
+
+    #[test]
+    fn configurations_round_trip_through_bytes() {
+        let config = sample();
+        let bytes = prost::Message::encode_to_vec(&ConfigurationMessage::from(&config));
+        let message = <ConfigurationMessage as prost::Message>::decode(&bytes[..]).unwrap();
+        assert_eq!(Configuration::try_from(&message).unwrap(), config);
+        let mut plain = config.clone();
+        plain.cm_leader = None;
+        plain.commit = CommitMode::OneSided;
+        let message = ConfigurationMessage::from(&plain);
+        assert_eq!(Configuration::try_from(&message).unwrap(), plain);
+    }
+
+    #[test]
+    fn malformed_messages_say_what_is_wrong() {
+        let mut message = ConfigurationMessage::from(&sample());
+        message.nodes[0] = 70_000;
+        let error = Configuration::try_from(&message).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WireError::NodeId {
+                    field: "nodes",
+                    value: 70_000
+                }
+            ),
+            "{error}"
+        );
+        let mut message = ConfigurationMessage::from(&sample());
+        message.regions[0].state = 9;
+        let error = Configuration::try_from(&message).unwrap_err();
+        assert!(error.to_string().contains("region state = 9"), "{error}");
+        let error = Command::decode_from(&[0xff, 0xff, 0xff]).unwrap_err();
+        assert!(matches!(error, WireError::Decode(_)), "{error}");
+    }
+}

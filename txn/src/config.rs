@@ -430,11 +430,21 @@ impl Configuration {
 }
 
 /// A node's current configuration, which the configuration manager replaces with newer ones
-/// (docs/failures.md#reconfiguration). Readers take the whole configuration at once
+/// in two steps (docs/failures.md#reconfiguration): NEW-CONFIG makes a node adopt it
+/// ([`CurrentConfiguration::adopt`]: from then on it refuses what belongs to older ones), and
+/// NEW-CONFIG-COMMIT, sent once every member adopted it, lets transactions commit in it
+/// ([`CurrentConfiguration::commit`]). Readers take the whole configuration at once
 /// ([`CurrentConfiguration::get`]); a transaction keeps the one it began in.
 #[derive(Debug)]
 pub struct CurrentConfiguration {
-    current: std::sync::RwLock<std::sync::Arc<Configuration>>,
+    current: std::sync::RwLock<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    config: std::sync::Arc<Configuration>,
+    /// Every member adopted it (NEW-CONFIG-COMMIT): transactions may commit in it.
+    committed: bool,
 }
 
 /// Why a configuration was not adopted.
@@ -448,33 +458,72 @@ pub struct StaleConfiguration {
     pub current: u64,
 }
 
+/// Why a NEW-CONFIG-COMMIT was not taken: it is not for the configuration the node adopted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a commit of configuration {offered}, but this node is in configuration {current}: only the \
+     configuration a node adopted can be committed there"
+)]
+pub struct NotAdopted {
+    pub offered: u64,
+    pub current: u64,
+}
+
 impl CurrentConfiguration {
+    /// A node's first configuration, committed: a cluster starts in it.
     pub fn new(config: std::sync::Arc<Configuration>) -> CurrentConfiguration {
         CurrentConfiguration {
-            current: std::sync::RwLock::new(config),
+            current: std::sync::RwLock::new(Current {
+                config,
+                committed: true,
+            }),
         }
     }
 
     /// The configuration now.
     pub fn get(&self) -> std::sync::Arc<Configuration> {
-        self.current.read().expect(crate::POISONED).clone()
+        self.current.read().expect(crate::POISONED).config.clone()
     }
 
     /// The id of the configuration now.
     pub fn id(&self) -> u64 {
-        self.current.read().expect(crate::POISONED).id
+        self.current.read().expect(crate::POISONED).config.id
     }
 
-    /// Replaces the configuration with `newer`, if its id is higher: ids only grow at a node.
+    /// The id of the configuration now, and whether it is committed.
+    pub fn state(&self) -> (u64, bool) {
+        let current = self.current.read().expect(crate::POISONED);
+        (current.config.id, current.committed)
+    }
+
+    /// NEW-CONFIG: replaces the configuration with `newer`, not committed yet, if its id is
+    /// higher: ids only grow at a node.
     pub fn adopt(&self, newer: std::sync::Arc<Configuration>) -> Result<(), StaleConfiguration> {
         let mut current = self.current.write().expect(crate::POISONED);
-        if newer.id <= current.id {
+        if newer.id <= current.config.id {
             return Err(StaleConfiguration {
                 offered: newer.id,
-                current: current.id,
+                current: current.config.id,
             });
         }
-        *current = newer;
+        *current = Current {
+            config: newer,
+            committed: false,
+        };
+        Ok(())
+    }
+
+    /// NEW-CONFIG-COMMIT of configuration `id`: transactions may commit in it. Taking it twice
+    /// is harmless.
+    pub fn commit(&self, id: u64) -> Result<(), NotAdopted> {
+        let mut current = self.current.write().expect(crate::POISONED);
+        if current.config.id != id {
+            return Err(NotAdopted {
+                offered: id,
+                current: current.config.id,
+            });
+        }
+        current.committed = true;
         Ok(())
     }
 }

@@ -78,6 +78,10 @@ pub enum TxnError {
          it again (Db::run does)"
     )]
     ConfigurationChanged { began: u64, current: u64 },
+    /// The node adopted configuration `config`, which is not committed yet (not every member
+    /// has adopted it): nothing commits in it until it is.
+    #[error("configuration {config} is being installed: retry shortly (Db::run does)")]
+    Reconfiguring { config: u64 },
 }
 
 impl TxnError {
@@ -89,6 +93,7 @@ impl TxnError {
                 | TxnError::LogFull { .. }
                 | TxnError::Busy { .. }
                 | TxnError::ConfigurationChanged { .. }
+                | TxnError::Reconfiguring { .. }
         )
     }
 }
@@ -123,6 +128,11 @@ pub enum CommitError {
          run it again (Db::run does)"
     )]
     ConfigurationChanged { began: u64, current: u64 },
+    /// The configuration is being installed; nothing committed.
+    #[error(
+        "configuration {config} is being installed: not committed, retry shortly (Db::run does)"
+    )]
+    Reconfiguring { config: u64 },
     /// Some backup may hold the transaction's COMMIT-BACKUP but the commit could not finish.
     /// The coordinator finishes it once `node` answers (docs/protocol.md#unfinished-commits);
     /// if the coordinator stops first, the memory nodes settle it. Do not run it again blindly
@@ -146,6 +156,7 @@ impl CommitError {
             CommitError::Conflict { .. }
                 | CommitError::LogFull { .. }
                 | CommitError::ConfigurationChanged { .. }
+                | CommitError::Reconfiguring { .. }
         )
     }
 
@@ -174,6 +185,7 @@ impl From<TxnError> for CommitError {
             TxnError::ConfigurationChanged { began, current } => {
                 CommitError::ConfigurationChanged { began, current }
             }
+            TxnError::Reconfiguring { config } => CommitError::Reconfiguring { config },
             // The commit only touches objects execution already found, in regions of the
             // configuration, with slots it already holds.
             other => unreachable!("a commit step failed with an execution error: {other}"),

@@ -5,7 +5,7 @@
 //! arrive in its own rings and answers through [`TxnNode::reply`].
 
 use crate::commit::unfinished::UnfinishedCommits;
-use crate::config::{Configuration, CurrentConfiguration, StaleConfiguration};
+use crate::config::{Configuration, CurrentConfiguration, NotAdopted, StaleConfiguration};
 use crate::courier::Couriers;
 use crate::directory::Directory;
 use crate::link::Links;
@@ -92,12 +92,26 @@ impl TxnNode {
         self.config.id()
     }
 
-    /// Adopts configuration `newer` if it is newer than the current one
-    /// (docs/failures.md#reconfiguration): transactions begun in an older one do not commit
-    /// (`ConfigurationChanged`, which `Db::run` retries), and regions that do not serve in it
-    /// are refused (`RegionUnavailable`).
+    /// The id of the node's configuration now, and whether it is committed (every member
+    /// adopted it).
+    pub fn config_state(&self) -> (u64, bool) {
+        self.config.state()
+    }
+
+    /// NEW-CONFIG: adopts configuration `newer` if it is newer than the current one
+    /// (docs/failures.md#reconfiguration). From then on transactions begun in an older one do
+    /// not commit (`ConfigurationChanged`, which `Db::run` retries), a primary refuses their
+    /// LOCK and VALIDATE, and regions that do not serve in it are refused
+    /// (`RegionUnavailable`). Transactions begun in it commit once it is committed
+    /// ([`Self::commit_config`]); until then they fail with `Reconfiguring`, retried too.
     pub fn adopt(&self, newer: Arc<Configuration>) -> Result<(), StaleConfiguration> {
         self.config.adopt(newer)
+    }
+
+    /// NEW-CONFIG-COMMIT of configuration `id`: every member adopted it, so transactions may
+    /// commit in it.
+    pub fn commit_config(&self, id: u64) -> Result<(), NotAdopted> {
+        self.config.commit(id)
     }
 
     pub fn fabric(&self) -> &Arc<Fabric> {

@@ -8,7 +8,7 @@ use crate::fixture::{
 };
 use acre_engine::addr::Addr;
 use acre_replication::EmbeddedCluster;
-use acre_txn::config::{CommitMode, StaleConfiguration};
+use acre_txn::config::{CommitMode, NotAdopted, StaleConfiguration};
 use acre_txn::{CommitError, Configuration, Error, RegionState, TxnError};
 use std::sync::Arc;
 
@@ -21,11 +21,17 @@ fn next(config: &Configuration, change: impl FnOnce(&mut Configuration)) -> Arc<
     Arc::new(newer)
 }
 
+/// NEW-CONFIG to every node, then NEW-CONFIG-COMMIT to every node.
 fn adopt_everywhere(cluster: &EmbeddedCluster, newer: &Arc<Configuration>) {
     for node in cluster.nodes() {
         node.txn()
             .adopt(newer.clone())
             .expect("a newer configuration");
+    }
+    for node in cluster.nodes() {
+        node.txn()
+            .commit_config(newer.id)
+            .expect("the adopted configuration");
     }
 }
 
@@ -72,6 +78,40 @@ fn a_transaction_begun_in_an_older_configuration_does_not_commit() {
         cluster.check_replicas().expect("backups match");
         cluster.stop();
     }
+}
+
+/// Between NEW-CONFIG and NEW-CONFIG-COMMIT nothing commits in the new configuration (some
+/// member may not have adopted it yet): a transaction begun in it fails with `Reconfiguring`,
+/// which `Db::run` retries, and commits once it is committed.
+#[test]
+fn nothing_commits_in_a_configuration_until_it_is_committed() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(1), b"a0");
+    let newer = next(cluster.config(), |_| {});
+    for node in cluster.nodes() {
+        node.txn().adopt(newer.clone()).expect("newer");
+    }
+    let mut txn = n1.begin().expect("begin");
+    assert_eq!(txn.id().config, 2);
+    txn.write(a, b"a1").expect("write");
+    let refused = CommitError::Reconfiguring { config: 2 };
+    assert_eq!(txn.commit(), Err(refused.clone()));
+    assert!(Error::from(refused).is_retryable());
+    assert_eq!(
+        n1.commit_config(3),
+        Err(NotAdopted {
+            offered: 3,
+            current: 2
+        })
+    );
+    for node in cluster.nodes() {
+        node.txn().commit_config(2).expect("adopted");
+    }
+    overwrite(&n1, a, b"a2");
+    assert_eq!(value_at(&n1, a).expect("read"), b"a2");
+    settle(&cluster);
+    cluster.stop();
 }
 
 /// Ids only grow at a node: the configuration it has, or an older one, is refused.
@@ -162,6 +202,7 @@ fn a_primary_in_a_newer_configuration_refuses_lock_and_validate_of_an_older_one(
     let newer = next(cluster.config(), |_| {});
     for node in &cluster.nodes()[1..] {
         node.txn().adopt(newer.clone()).expect("newer");
+        node.txn().commit_config(2).expect("adopted");
     }
     assert_eq!(n1.config_id(), 1, "the coordinator has not heard of it");
 
@@ -179,6 +220,7 @@ fn a_primary_in_a_newer_configuration_refuses_lock_and_validate_of_an_older_one(
     assert_eq!(reader.commit(), changed, "VALIDATE refused");
 
     n1.adopt(newer).expect("newer");
+    n1.commit_config(2).expect("adopted");
     assert_eq!(value_at(&n2, objects[0]).expect("read"), [0u8; 8]);
     overwrite(&n1, objects[0], b"changed!");
     settle(&cluster);

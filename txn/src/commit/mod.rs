@@ -89,19 +89,23 @@ fn commit(txn: &mut Txn) -> Result<(), CommitError> {
     outcome
 }
 
-/// The node is still in the configuration `txn` began in (docs/failures.md#reconfiguration).
+/// The node is still in the configuration `txn` began in, and that configuration is committed
+/// (docs/failures.md#reconfiguration).
 /// Checked before anything is sent and again at the decision, after VALIDATE: a transaction
 /// decides to commit only in the configuration it ran in. (A change between the check and the
 /// COMMIT-BACKUPs is the case transaction recovery handles.)
 fn same_configuration(txn: &Txn) -> Result<(), TxnError> {
-    let current = txn.node.config_id();
-    if current == txn.config.id {
-        return Ok(());
+    let (current, committed) = txn.node.config_state();
+    if current != txn.config.id {
+        return Err(TxnError::ConfigurationChanged {
+            began: txn.config.id,
+            current,
+        });
     }
-    Err(TxnError::ConfigurationChanged {
-        began: txn.config.id,
-        current,
-    })
+    if !committed {
+        return Err(TxnError::Reconfiguring { config: current });
+    }
+    Ok(())
 }
 
 /// The steps that differ between commit modes: who locks the written objects, who installs

@@ -15,7 +15,7 @@ use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
 use acre_txn::primary::persist_slot;
 use acre_txn::record::{Entry, EntryKind, TxnId};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Why a committed update could not be applied to a backup copy (the configuration the
 /// coordinator used and this node's disagree, or the block was never replicated here). The
@@ -34,11 +34,32 @@ pub enum ApplyError {
     NotASlot { addr: Addr, slot_bytes: u64 },
 }
 
+/// What applying one entry did.
+enum Installed {
+    Yes,
+    /// The copy already holds this version or a newer one.
+    Older,
+    /// The copy is being filled and has not received the entry's block yet.
+    Uncopied,
+}
+
 /// One node's backup copies and the committed transactions waiting to be applied to them.
 pub struct Backup {
-    regions: FastMap<RegionId, Arc<Region>>,
+    copies: RwLock<FastMap<RegionId, BackupCopy>>,
     block_bytes: u64,
     held: Mutex<FastMap<TxnId, Vec<Entry>>>,
+}
+
+/// One backup copy of a region.
+#[derive(Clone)]
+struct BackupCopy {
+    region: Arc<Region>,
+    /// The copy is still being filled from the primary (data recovery): an update of a block
+    /// the copy has not received yet is skipped, since the copy of that block brings it. That
+    /// holds because an object stays locked at the primary until the update is installed there,
+    /// and the copy of a block must take each object unlocked (waiting out a lock), so it is
+    /// taken after the install (docs/failures.md#data-recovery: a requirement on the copy).
+    copying: bool,
 }
 
 /// What applying one transaction did.
@@ -47,19 +68,62 @@ pub struct Applied {
     pub installed: usize,
     /// Updates older than the copy's version (a later transaction was applied first).
     pub skipped: usize,
+    /// Updates of blocks a copy still being filled has not received yet.
+    pub uncopied: usize,
 }
 
 impl Backup {
     pub fn new(regions: Vec<Arc<Region>>, block_bytes: u64) -> Backup {
         Backup {
-            regions: regions.into_iter().map(|r| (r.id(), r)).collect(),
+            copies: RwLock::new(
+                regions
+                    .into_iter()
+                    .map(|region| {
+                        let copy = BackupCopy {
+                            region,
+                            copying: false,
+                        };
+                        (copy.region.id(), copy)
+                    })
+                    .collect(),
+            ),
             block_bytes,
             held: Mutex::new(FastMap::default()),
         }
     }
 
-    pub fn region(&self, id: RegionId) -> Option<&Arc<Region>> {
-        self.regions.get(&id)
+    /// This node's backup copy of `id`, if it holds one.
+    pub fn region(&self, id: RegionId) -> Option<Arc<Region>> {
+        self.copies
+            .read()
+            .expect(crate::POISONED)
+            .get(&id)
+            .map(|copy| copy.region.clone())
+    }
+
+    /// Starts backing up a region this node holds no copy of (a configuration made it a new
+    /// backup): `copying` while the copy is being filled from the primary.
+    pub fn add(&self, region: Arc<Region>, copying: bool) {
+        let mut copies = self.copies.write().expect(crate::POISONED);
+        let id = region.id();
+        let previous = copies.insert(id, BackupCopy { region, copying });
+        assert!(previous.is_none(), "{id} added twice to the backup copies");
+    }
+
+    /// Whether the copy of `id` is still being filled (`None`: no copy).
+    pub fn is_copying(&self, id: RegionId) -> Option<bool> {
+        self.copies
+            .read()
+            .expect(crate::POISONED)
+            .get(&id)
+            .map(|copy| copy.copying)
+    }
+
+    /// The copy of `id` is complete (data recovery finished it), or not.
+    pub fn set_copying(&self, id: RegionId, copying: bool) {
+        if let Some(copy) = self.copies.write().expect(crate::POISONED).get_mut(&id) {
+            copy.copying = copying;
+        }
     }
 
     /// Committed transactions not applied yet.
@@ -110,9 +174,10 @@ impl Backup {
         let Some(entries) = held.get(&txn) else {
             return false;
         };
+        let copies = self.copies.read().expect(crate::POISONED);
         regions
             .iter()
-            .filter(|region| self.regions.contains_key(region))
+            .filter(|region| copies.contains_key(region))
             .all(|region| entries.iter().any(|e| e.addr.region() == *region))
     }
 
@@ -127,8 +192,9 @@ impl Backup {
         let mut applied = Applied::default();
         for entry in &entries {
             match self.apply_entry(entry) {
-                Ok(true) => applied.installed += 1,
-                Ok(false) => applied.skipped += 1,
+                Ok(Installed::Yes) => applied.installed += 1,
+                Ok(Installed::Older) => applied.skipped += 1,
+                Ok(Installed::Uncopied) => applied.uncopied += 1,
                 Err(e) => {
                     self.held
                         .lock()
@@ -141,16 +207,29 @@ impl Backup {
         Ok(applied)
     }
 
-    fn apply_entry(&self, entry: &Entry) -> Result<bool, ApplyError> {
+    fn apply_entry(&self, entry: &Entry) -> Result<Installed, ApplyError> {
         let addr = entry.addr;
-        let region = self.regions.get(&addr.region()).ok_or(ApplyError::NoCopy {
-            region: addr.region(),
-            addr,
-        })?;
-        let words = self.slot_words(region, addr)?;
+        let copy = self
+            .copies
+            .read()
+            .expect(crate::POISONED)
+            .get(&addr.region())
+            .cloned()
+            .ok_or(ApplyError::NoCopy {
+                region: addr.region(),
+                addr,
+            })?;
+        let region = &copy.region;
+        let words = match self.slot_words(region, addr) {
+            Ok(words) => words,
+            Err(ApplyError::NoBlockHeader { .. }) if copy.copying => {
+                return Ok(Installed::Uncopied);
+            }
+            Err(e) => return Err(e),
+        };
         let version = entry.version + 1;
         if object::load_header(words).version() >= version {
-            return Ok(false);
+            return Ok(Installed::Older);
         }
         object::overwrite(
             words,
@@ -159,7 +238,7 @@ impl Backup {
             version,
         );
         persist_slot(region, addr, words.len());
-        Ok(true)
+        Ok(Installed::Yes)
     }
 
     /// The words of the slot at `addr`, sized by the block header the primary replicated

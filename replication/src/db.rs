@@ -61,7 +61,7 @@ pub enum DbError {
 
 enum Backing {
     Embedded(EmbeddedCluster),
-    Client(crate::client::ClientNode),
+    Client(Box<crate::client::ClientNode>),
 }
 
 struct Inner {
@@ -128,7 +128,7 @@ impl Db {
     pub fn connect(cluster_file: &std::path::Path) -> Result<Db, DbError> {
         let client = crate::client::ClientNode::connect(cluster_file)?;
         let coordinators = vec![client.txn().clone()];
-        Ok(Db::new(Backing::Client(client), coordinators))
+        Ok(Db::new(Backing::Client(Box::new(client)), coordinators))
     }
 
     fn new(backing: Backing, coordinators: Vec<Arc<TxnNode>>) -> Db {

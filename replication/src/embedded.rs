@@ -2,7 +2,7 @@
 //! transport, in anonymous memory. What `Db::embedded` runs, and what the tests use.
 
 use crate::liveness::Stopped;
-use crate::replica::{ReplicaNode, StartError, Storage};
+use crate::replica::{AdoptError, ReplicaNode, StartError, Storage};
 use crate::verify::{self, Mismatch};
 use acre_engine::addr::NodeId;
 use acre_engine::fabric::fault::FaultPlan;
@@ -159,20 +159,72 @@ impl EmbeddedCluster {
         }
     }
 
-    /// Compares every backup copy with its primary's copy (lock bits aside).
+    /// Compares every complete backup copy with its primary's copy (lock bits aside), in
+    /// regions that serve (a copying backup's copy is incomplete by design).
     pub fn check_replicas(&self) -> Result<(), Mismatch> {
-        for placement in &self.config.regions {
+        for placement in self.config.regions.iter().filter(|p| p.state.is_active()) {
             let node = |id| self.nodes.iter().find(|n| n.node_id() == id);
             let primary = node(placement.primary)
                 .and_then(|n| n.copy(placement.region))
                 .expect("the primary holds its region");
-            for &backup in &placement.backups {
+            for backup in placement.complete_replicas().skip(1) {
                 let copy = node(backup)
                     .and_then(|n| n.copy(placement.region))
                     .expect("a backup holds its region");
-                verify::compare(primary, copy, self.config.block_bytes)?;
+                verify::compare(&primary, &copy, self.config.block_bytes)?;
             }
         }
+        Ok(())
+    }
+
+    /// Installs configuration `newer` on every running node as the configuration manager
+    /// will (docs/failures.md#reconfiguration): NEW-CONFIG to each (which creates the copies
+    /// it asks of it), every node told the keys of the areas created, then NEW-CONFIG-COMMIT
+    /// to each. Nodes it does not list are stopped first, as the configuration manager has a
+    /// removed node stopped before it commits (their fabric is cut off with a fault plan).
+    pub fn reconfigure(&mut self, newer: Configuration) -> Result<(), AdoptError> {
+        let newer = Arc::new(newer);
+        let removed: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .map(|n| n.node_id())
+            .filter(|&id| !newer.members().any(|member| member == id))
+            .collect();
+        for node in removed {
+            if let Some(faults) = &self.faults {
+                faults.isolate(node);
+            }
+            let index = self
+                .nodes
+                .iter()
+                .position(|n| n.node_id() == node)
+                .expect("running");
+            let gone = self.nodes.remove(index);
+            gone.txn().stop_finisher();
+            self.stopped.insert(node);
+            gone.stop();
+            self.local.remove(node);
+        }
+        let mut created = Vec::new();
+        for node in &self.nodes {
+            let adopted = node.adopt(newer.clone())?;
+            created.push((node.node_id(), adopted.new_areas));
+        }
+        for (owner, areas) in created {
+            for area in areas {
+                for node in &self.nodes {
+                    let key = area.access_key().expect("a key this process formatted");
+                    node.txn()
+                        .directory()
+                        .insert(owner, area.id, key, area.bytes);
+                }
+            }
+        }
+        for node in &self.nodes {
+            node.commit_config(newer.id)
+                .expect("every node adopted it just now");
+        }
+        self.config = newer;
         Ok(())
     }
 

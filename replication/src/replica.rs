@@ -9,7 +9,7 @@ use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
 };
 use crate::worker::Worker;
-use acre_engine::addr::NodeId;
+use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox};
 use acre_engine::directory::{AreaEntry, AreaKind};
 use acre_engine::fabric::Fabric;
@@ -18,14 +18,14 @@ use acre_engine::slab::{AllocError, SlabAllocator};
 use acre_nvm_log::MapOptions;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
 use acre_txn::TxnNode;
-use acre_txn::config::Configuration;
+use acre_txn::config::{Configuration, NotAdopted, StaleConfiguration};
 use acre_txn::directory::Directory;
 use acre_txn::primary::Primary;
 use acre_txn::reply::{REPLY_AREA_BYTES, REPLY_AREA_ID, ReplyArea};
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
 /// Where a node's areas live.
 #[derive(Clone, Debug)]
@@ -37,12 +37,7 @@ pub enum Storage {
 }
 
 impl Storage {
-    fn region(
-        &self,
-        node: NodeId,
-        id: acre_engine::addr::RegionId,
-        bytes: u64,
-    ) -> io::Result<Region> {
+    fn region(&self, node: NodeId, id: RegionId, bytes: u64) -> io::Result<Region> {
         match self {
             Storage::Anonymous => Region::anonymous(id, bytes),
             Storage::Files { dir, options } => Region::create_file(dir, node, id, bytes, *options),
@@ -69,12 +64,44 @@ fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Io { what, source }
 }
 
+/// Why a node did not adopt a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdoptError {
+    #[error(transparent)]
+    Stale(#[from] StaleConfiguration),
+    #[error(
+        "{node} is not a member of configuration {config}: it was removed, and must stop (it \
+         may rejoin as a new node)"
+    )]
+    Removed { node: NodeId, config: u64 },
+    #[error(
+        "cannot create the copy of {region} that configuration {config} gives this node: {source}"
+    )]
+    Copy {
+        region: RegionId,
+        config: u64,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What adopting a configuration changed at a node: the areas it created, which every other
+/// node must learn (their keys) before the configuration is committed.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    pub new_areas: Vec<AreaEntry>,
+}
+
 /// A running node.
 pub struct ReplicaNode {
     txn: Arc<TxnNode>,
     backup: Arc<Backup>,
     /// Every copy this node holds, primary or backup.
-    copies: Vec<Arc<Region>>,
+    copies: RwLock<Vec<Arc<Region>>>,
+    /// Where new copies go.
+    storage: Storage,
+    region_bytes: u64,
     worker: Option<Worker>,
 }
 
@@ -94,6 +121,7 @@ impl ReplicaNode {
         clients: Arc<dyn Liveness>,
     ) -> Result<ReplicaNode, StartError> {
         let node = fabric.node_id();
+        let region_bytes = config.region_bytes;
         if !config.members().any(|m| m == node) {
             return Err(StartError::NotAMember {
                 node,
@@ -152,9 +180,82 @@ impl ReplicaNode {
         Ok(ReplicaNode {
             txn,
             backup,
-            copies,
+            copies: RwLock::new(copies),
+            storage: storage.clone(),
+            region_bytes,
             worker: Some(worker),
         })
+    }
+
+    /// NEW-CONFIG (docs/failures.md#reconfiguration): adopts `newer` if its id is higher than
+    /// the node's. First the node makes what `newer` asks of it ready: a copy, empty and marked
+    /// copying, of every region it becomes a new backup of (data recovery fills it), registered
+    /// so that others can write it; then it adopts `newer` ([`TxnNode::adopt`]). The caller
+    /// tells the other nodes of [`Adopted::new_areas`] before the configuration is committed
+    /// ([`Self::commit_config`]). A node `newer` does not list is refused: it was removed.
+    pub fn adopt(&self, newer: Arc<Configuration>) -> Result<Adopted, AdoptError> {
+        let node = self.node_id();
+        let current = self.txn.config_id();
+        if newer.id <= current {
+            return Err(AdoptError::Stale(StaleConfiguration {
+                offered: newer.id,
+                current,
+            }));
+        }
+        if !newer.members().any(|member| member == node) {
+            return Err(AdoptError::Removed {
+                node,
+                config: newer.id,
+            });
+        }
+        let mut adopted = Adopted::default();
+        for placement in newer.replicated_on(node) {
+            let copying = placement.copying.contains(&node);
+            if self.copy(placement.region).is_some() {
+                // A copy it held already: a backup's copy may have completed meanwhile.
+                self.backup.set_copying(placement.region, copying);
+                continue;
+            }
+            assert_ne!(
+                placement.primary, node,
+                "{node} made primary of {} in configuration {}, which it holds no copy of",
+                placement.region, newer.id
+            );
+            let region = self
+                .storage
+                .region(node, placement.region, self.region_bytes)
+                .map_err(|source| AdoptError::Copy {
+                    region: placement.region,
+                    config: newer.id,
+                    source,
+                })?;
+            let region = Arc::new(region);
+            self.txn
+                .fabric()
+                .memory()
+                .register(region.clone())
+                .map_err(|e| AdoptError::Copy {
+                    region: placement.region,
+                    config: newer.id,
+                    source: io::Error::new(io::ErrorKind::AlreadyExists, e),
+                })?;
+            adopted.new_areas.push(AreaEntry::new(
+                region.id(),
+                AreaKind::Region,
+                region.len(),
+                region.key(),
+            ));
+            self.backup.add(region.clone(), copying);
+            self.copies.write().expect(crate::POISONED).push(region);
+        }
+        self.txn.adopt(newer)?;
+        Ok(adopted)
+    }
+
+    /// NEW-CONFIG-COMMIT of configuration `id`: every member adopted it, so transactions
+    /// commit in it.
+    pub fn commit_config(&self, id: u64) -> Result<(), NotAdopted> {
+        self.txn.commit_config(id)
     }
 
     pub fn txn(&self) -> &Arc<TxnNode> {
@@ -170,8 +271,13 @@ impl ReplicaNode {
     }
 
     /// This node's copy of `region`, if it holds one.
-    pub fn copy(&self, region: acre_engine::addr::RegionId) -> Option<&Arc<Region>> {
-        self.copies.iter().find(|r| r.id() == region)
+    pub fn copy(&self, region: RegionId) -> Option<Arc<Region>> {
+        self.copies
+            .read()
+            .expect(crate::POISONED)
+            .iter()
+            .find(|r| r.id() == region)
+            .cloned()
     }
 
     pub fn worker(&self) -> Option<&Worker> {

@@ -228,6 +228,12 @@ impl Links {
         }
     }
 
+    /// Drops the link to `node`, removed from the configuration: nothing is sent to it any
+    /// more, its queued truncations included (recovery settles what it held).
+    pub(crate) fn remove(&self, node: NodeId) {
+        self.links.write().expect(POISONED).remove(&node);
+    }
+
     /// Whether any truncation waits to be sent.
     pub fn has_pending_truncations(&self) -> bool {
         self.all()

@@ -105,7 +105,16 @@ impl TxnNode {
     /// (`RegionUnavailable`). Transactions begun in it commit once it is committed
     /// ([`Self::commit_config`]); until then they fail with `Reconfiguring`, retried too.
     pub fn adopt(&self, newer: Arc<Configuration>) -> Result<(), StaleConfiguration> {
-        self.config.adopt(newer)
+        let older = self.config.get();
+        self.config.adopt(newer.clone())?;
+        // Precise membership: nothing more goes to a node the configuration removed.
+        for gone in older
+            .members()
+            .filter(|&n| !newer.members().any(|m| m == n))
+        {
+            self.links.remove(gone);
+        }
+        Ok(())
     }
 
     /// NEW-CONFIG-COMMIT of configuration `id`: every member adopted it, so transactions may

@@ -165,7 +165,7 @@ pub fn replica(cluster: &EmbeddedCluster, id: NodeId) -> &ReplicaNode {
 }
 
 /// The primary's copy of `region`.
-pub fn primary_copy(cluster: &EmbeddedCluster, region: RegionId) -> &Arc<Region> {
+pub fn primary_copy(cluster: &EmbeddedCluster, region: RegionId) -> Arc<Region> {
     let primary = cluster.config().placement(region).expect("placed").primary;
     replica(cluster, primary)
         .copy(region)

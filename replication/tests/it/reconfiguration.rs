@@ -3,14 +3,15 @@
 //! configuration itself.
 
 use crate::fixture::{
-    REGION_BYTES, RING_BYTES, create, overwrite, region_of, settle, start_in, three_nodes,
-    txn_node, value_at,
+    BLOCK_BYTES, REGION_BYTES, RING_BYTES, commit_mode, create, overwrite, region_of, replica,
+    settle, start_in, three_nodes, txn_node, value_at,
 };
-use acre_engine::addr::Addr;
+use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_replication::EmbeddedCluster;
 use acre_txn::config::{CommitMode, NotAdopted, StaleConfiguration};
 use acre_txn::{CommitError, Configuration, Error, RegionState, TxnError};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// The configuration after `config`, changed by `change`.
 fn next(config: &Configuration, change: impl FnOnce(&mut Configuration)) -> Arc<Configuration> {
@@ -225,5 +226,100 @@ fn a_primary_in_a_newer_configuration_refuses_lock_and_validate_of_an_older_one(
     overwrite(&n1, objects[0], b"changed!");
     settle(&cluster);
     cluster.check_replicas().expect("backups match");
+    cluster.stop();
+}
+
+/// Four nodes, one backup each region; n4 (primary of r4, backup of r3) leaves. In the new
+/// configuration r3 keeps committing with a new backup whose copy is still being filled (it
+/// takes the COMMIT-BACKUPs and skips updates of blocks it has not received), r4, whose primary
+/// changed, is refused with the reason, and the regions that did not change serve as before.
+#[test]
+fn after_a_node_leaves_surviving_primaries_commit_with_new_backups_and_its_regions_are_blocked() {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.commit = commit_mode();
+    let mut cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let n1 = txn_node(&cluster, 0);
+    let r = |k: u32| RegionId(k);
+    assert_eq!(
+        cluster.config().placement(r(3)).unwrap().backups,
+        [NodeId(4)]
+    );
+    let before: Vec<Addr> = (1..=4).map(|k| create(&n1, r(k), b"v0")).collect();
+    settle(&cluster);
+    // A commit whose truncation at n4 is still queued when n4 leaves: the queue to a removed
+    // node is dropped, or the cluster never quiesces.
+    overwrite(&n1, before[2], b"v0.5");
+    assert!(n1.links().has_pending_truncations());
+
+    let newer = next(cluster.config(), |config| {
+        config.nodes.retain(|&n| n != NodeId(4));
+        for placement in &mut config.regions {
+            if placement.region == r(3) {
+                placement.backups = vec![NodeId(1)];
+                placement.copying = vec![NodeId(1)];
+            }
+            if placement.region == r(4) {
+                placement.primary = NodeId(1);
+                placement.backups = vec![];
+                placement.state = RegionState::Blocked;
+            }
+        }
+    });
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    let n1 = txn_node(&cluster, 0);
+    assert!(
+        replica(&cluster, NodeId(1)).copy(r(3)).is_some(),
+        "a new copy"
+    );
+    assert_eq!(
+        replica(&cluster, NodeId(1)).backup().is_copying(r(3)),
+        Some(true)
+    );
+
+    // r3: an object from before (its block is not in the new copy) and new ones of another
+    // size class, so in a block claimed now, whose header reaches the new backup as it is
+    // claimed, commit in the new configuration.
+    overwrite(&n1, before[2], b"v1");
+    let fresh: Vec<Addr> = (0..40).map(|_| create(&n1, r(3), &[1; 500])).collect();
+    for &addr in &fresh {
+        overwrite(&n1, addr, &[2; 500]);
+    }
+    assert_eq!(value_at(&n1, before[2]).expect("read"), b"v1");
+    for k in [1, 2] {
+        overwrite(&n1, before[k - 1], b"v1");
+    }
+    let refused = value_at(&n1, before[3]).unwrap_err();
+    assert_eq!(
+        refused,
+        Error::Txn(TxnError::RegionUnavailable {
+            region: r(4),
+            state: RegionState::Blocked,
+            config: 2,
+        })
+    );
+    settle(&cluster);
+    for node in cluster.nodes() {
+        let failures = node
+            .worker()
+            .expect("running")
+            .stats()
+            .apply_failures
+            .load(Relaxed);
+        assert_eq!(failures, 0, "{} failed to apply", node.node_id());
+    }
+    // The new backup holds what it applied: the objects of blocks claimed after it joined.
+    let copy = replica(&cluster, NodeId(1)).copy(r(3)).expect("a copy");
+    let held = acre_engine::object::load_header(copy.words_at(
+        fresh[0].offset(),
+        acre_engine::object::SLOT_OVERHEAD_BYTES as u64,
+    ));
+    assert!(
+        held.version() >= 2,
+        "the new backup applied {}: {held:?}",
+        fresh[0]
+    );
+    cluster.check_replicas().expect("complete backups match");
     cluster.stop();
 }

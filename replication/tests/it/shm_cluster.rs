@@ -110,7 +110,7 @@ impl ShmCluster {
             let primary = copy(placement.primary);
             for &backup in &placement.backups {
                 if let Err(mismatch) =
-                    verify::compare(primary, copy(backup), self.config.block_bytes)
+                    verify::compare(&primary, &copy(backup), self.config.block_bytes)
                 {
                     panic!("the copy at {backup} differs from its primary's: {mismatch}");
                 }

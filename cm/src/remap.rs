@@ -21,30 +21,47 @@
 //! let region = plan.config.placement(RegionId(1)).unwrap();
 //! assert_eq!((region.primary, region.state), (NodeId(2), RegionState::Blocked));
 //! assert_eq!(region.backups, [NodeId(3)]);
+//! // n3 receives its copy of the region in the background: until data recovery says it is
+//! // complete, it is no copy of the data and cannot be promoted.
+//! assert_eq!(region.copying, [NodeId(3)]);
 //! for change in &plan.changes {
-//!     println!("{change}"); // r1: primary n1 -> n2 (promoted), dropped n1, new backups n3 ...
+//!     // r1: primary n1 -> n2 (promoted), dropped n1, new backups n3 (copying), blocked
+//!     println!("{change}");
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Rules
 //!
-//! - **Surviving data is never dropped.** A live replica of a region stays one of its replicas;
-//!   only replicas on failed or removed nodes leave. A new primary is always one of the region's
-//!   backups in c, which hold every committed write (FaRM commits only after every backup has the
-//!   COMMIT-BACKUP record).
-//! - **Promotion.** When a region's primary fails (or leaves), the surviving backup with the
-//!   fewest primaries becomes primary, ties going to the earlier backup in the list (backups are
-//!   kept oldest first: new ones are appended). The domain of the primary does not matter for
-//!   safety, every replica has the data, but load does: the primary serves every read and lock.
-//!   The region becomes [`RegionState::Blocked`]: the new primary holds none of the locks of the
-//!   transactions in flight, and serves only once transaction recovery has rebuilt them.
+//! - **Complete replicas.** A backup's copy of a region counts only once it is complete. Every
+//!   backup a plan adds is `copying` ([`Placement::copying`]) until data recovery installs a
+//!   configuration that says its copy is complete; no plan here takes a backup out of `copying`.
+//!   A copying backup takes COMMIT-BACKUP records like the others, so it keeps up once copied,
+//!   but until then it misses whatever the copy has not reached: a plan never promotes it and
+//!   never counts it as a copy of the data. The primary is always complete (only complete
+//!   backups are promoted, and a new region's replicas are complete at once, being empty), so
+//!   a region that is not lost always has a complete replica.
+//! - **Surviving data is never dropped.** Only replicas on failed or removed nodes leave: a live
+//!   complete replica stays one, and a live copying backup stays one, still copying, unless its
+//!   region is lost. A new primary is always a complete backup of the region in c, which holds
+//!   every committed write (FaRM commits only after every backup has the COMMIT-BACKUP record,
+//!   and a complete backup also has everything committed before it joined).
+//! - **Promotion.** When a region's primary fails (or leaves), the surviving complete backup
+//!   with the fewest primaries becomes primary, ties going to the earlier backup in the list
+//!   (new backups are appended, so the list is oldest first). The domain of the primary does
+//!   not matter for safety, every complete replica has the data, but load does: the primary
+//!   serves every read and lock. The region becomes [`RegionState::Blocked`]: the new primary
+//!   holds none of the locks of the transactions in flight, and serves only once transaction
+//!   recovery has rebuilt them.
+//! - **Lost.** A region is lost exactly when every complete replica of it has failed: its
+//!   surviving copying backups hold a part of its data at best, so they are dropped with the
+//!   rest (there is nothing left to finish their copy from). A lost region is
+//!   [`RegionState::Lost`], naming its last primary, with no backups and none copying: an
+//!   explicit state shown everywhere, never a silently dropped region; it stays lost (its data
+//!   comes back only with a replica's files, which is not planned here).
 //! - **States last.** A blocked region stays blocked through later changes (even when its new
 //!   primary fails too and another backup is promoted) until recovery, not a remap, unblocks it.
-//!   An active region whose primary survives stays active. A region whose every replica fails is
-//!   [`RegionState::Lost`], naming its last primary, with no backups: an explicit state shown
-//!   everywhere, never a silently dropped region; a lost region stays lost (its data comes back
-//!   only with a replica's files, which is not planned here).
+//!   An active region whose primary survives stays active.
 //! - **New backups.** A region with fewer than f backups gets new ones on live memory nodes that
 //!   hold no replica of it, chosen one at a time by, in order: fewest of the region's replicas in
 //!   the candidate's failure domain (so replicas spread over domains, and a domain that fails
@@ -52,22 +69,24 @@
 //!   spread), lowest node id. When there is no candidate the region runs with fewer backups
 //!   (degraded); every membership change ([`after_failure`], [`add_node`], [`remove_node`])
 //!   tries again, so after any of them a region is degraded only if every memory node already
-//!   holds a replica of it. A new backup needs a copy of the region's data ([`Plan::copies`]).
+//!   holds a replica of it. A new backup is copying and needs a copy of the region's data
+//!   ([`Plan::copies`]), except in a region [`add_region`] creates, which is empty.
+//! - **Removal.** A graceful removal ([`remove_node`]) never loses data: it is refused for a node
+//!   that holds some region's last complete replica. Since the primary is always complete and
+//!   on another node than its backups, that is a primary whose backups are all copying (or
+//!   which has none); a backup is never the last complete replica, its primary is another.
 //! - **Membership.** Failed or removed nodes leave `nodes`, `clients` and `domains`; a failed or
 //!   removed CM leader is cleared, but `cm_replicas` is left alone: the Raft group's membership
 //!   changes through Raft, not through these plans.
 //!
-//! Loads (primaries and replicas per node) count regions that are not lost, and are updated as
-//! each region is placed, in the order of `regions`, so a plan that moves many regions at once
-//! spreads them rather than sending them all to the node that was least loaded at the start.
+//! Loads (primaries and replicas per node, copying or not) count regions that are not lost, and
+//! are updated as each region is placed, in the order of `regions`, so a plan that moves many
+//! regions at once spreads them rather than sending them all to the node that was least loaded
+//! at the start.
 //!
 //! # Not yet
 //!
-//! The configuration does not record whether a new backup's data copy has completed, so a
-//! promotion can pick a backup that is still being filled, if it has the fewest primaries,
-//! while an older one survives. The oldest-first tie-break lowers the odds; only a record of
-//! completed copies in the configuration removes them. Nor do these plans move primaries to
-//! balance load after a join, or change f.
+//! These plans do not move primaries to balance load after a join, or change f.
 
 use acre_engine::addr::{NodeId, RegionId};
 use acre_txn::config::{
@@ -128,10 +147,17 @@ pub struct RegionChange {
     pub primary: NodeId,
     /// The backup promoted to primary, with the primary it replaces.
     pub promoted: Option<Promotion>,
-    /// Replicas the region no longer has (on failed or removed nodes). All of them when lost.
+    /// Replicas the region no longer has (on failed or removed nodes, or copying backups of a
+    /// region that is lost). All of them when lost.
     pub dropped: Vec<NodeId>,
     /// New backups: each needs a copy of the region's data ([`Plan::copies`]), unless created.
     pub added: Vec<NodeId>,
+    /// The backups copying before the change (none when created): with `copying`, what tells a
+    /// reader which of `dropped` cost no data, and which copies completed.
+    pub copying_before: Vec<NodeId>,
+    /// The backups copying after the change, new or not: replicas in name only, which a reader
+    /// should not count as copies of the data.
+    pub copying: Vec<NodeId>,
     /// How many backups short of f the region is after the change (degraded when not 0).
     pub backups_missing_count: usize,
 }
@@ -147,18 +173,39 @@ impl RegionChange {
     pub fn is_lost(&self) -> bool {
         self.state == RegionState::Lost
     }
+
+    /// The backups whose copy completed with this change (data recovery's configurations).
+    pub fn copied(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.copying_before
+            .iter()
+            .copied()
+            .filter(|node| !self.copying.contains(node) && !self.dropped.contains(node))
+    }
 }
 
 impl fmt::Display for RegionChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.region)?;
+        // Which of a list were copying: a reader counts copies of the data, and a copying
+        // backup is none.
+        let split = |nodes: &[NodeId], copying: &[NodeId]| -> (Vec<NodeId>, Vec<NodeId>) {
+            nodes
+                .iter()
+                .copied()
+                .partition(|node| !copying.contains(node))
+        };
+        let (dropped_complete, dropped_copying) = split(&self.dropped, &self.copying_before);
         if self.is_lost() {
-            return write!(
+            write!(
                 f,
-                "lost (last primary {}; every replica gone: {})",
+                "lost (last primary {}; every complete replica gone: {}",
                 self.primary,
-                list(&self.dropped)
-            );
+                list(&dropped_complete)
+            )?;
+            if !dropped_copying.is_empty() {
+                write!(f, "; dropped {} (copying)", list(&dropped_copying))?;
+            }
+            return write!(f, ")");
         }
         if self.created {
             write!(f, "created, primary {}", self.primary)?;
@@ -167,16 +214,21 @@ impl fmt::Display for RegionChange {
         } else {
             write!(f, "primary {}", self.primary)?;
         }
-        if !self.dropped.is_empty() {
-            write!(f, ", dropped {}", list(&self.dropped))?;
+        write_split(f, "dropped", &dropped_complete, &dropped_copying)?;
+        let (added_complete, added_copying) = split(&self.added, &self.copying);
+        write_split(f, "new backups", &added_complete, &added_copying)?;
+        let still: Vec<NodeId> = self
+            .copying
+            .iter()
+            .copied()
+            .filter(|node| !self.added.contains(node))
+            .collect();
+        if !still.is_empty() {
+            write!(f, ", {} still copying", list(&still))?;
         }
-        if !self.added.is_empty() {
-            let copy = if self.created {
-                ""
-            } else {
-                " (data copy needed)"
-            };
-            write!(f, ", new backups {}{copy}", list(&self.added))?;
+        let copied: Vec<NodeId> = self.copied().collect();
+        if !copied.is_empty() {
+            write!(f, ", copy complete on {}", list(&copied))?;
         }
         if self.backups_missing_count > 0 {
             write!(
@@ -189,6 +241,27 @@ impl fmt::Display for RegionChange {
             write!(f, ", {}", self.state.name())?;
         }
         Ok(())
+    }
+}
+
+/// `, {what} n1 n2 and n3 (copying)`: the nodes of a list, those copying last and marked; nothing
+/// when both are empty.
+fn write_split(
+    f: &mut fmt::Formatter<'_>,
+    what: &str,
+    complete: &[NodeId],
+    copying: &[NodeId],
+) -> fmt::Result {
+    match (complete.is_empty(), copying.is_empty()) {
+        (true, true) => Ok(()),
+        (false, true) => write!(f, ", {what} {}", list(complete)),
+        (true, false) => write!(f, ", {what} {} (copying)", list(copying)),
+        (false, false) => write!(
+            f,
+            ", {what} {} and {} (copying)",
+            list(complete),
+            list(copying)
+        ),
     }
 }
 
@@ -233,9 +306,10 @@ pub enum RemapError {
     )]
     ObserverId { node: NodeId },
     #[error(
-        "removing {node} would remove the last replica of {}: they have no backup to take over; \
-         add a node first, which gives degraded regions their missing backups (with f = 0 there \
-         are none to give: raise f first)",
+        "removing {node} would remove the last complete replica of {}: none of their backups \
+         has a complete copy to take over; wait until data recovery completes a backup's copy, \
+         or add a node first, which gives degraded regions their missing backups to copy (with \
+         f = 0 there are none to give: raise f first)",
         region_list(regions)
     )]
     LastReplica {
@@ -260,13 +334,14 @@ fn region_list(regions: &[RegionId]) -> String {
 }
 
 /// Configuration c+1 after the nodes in `failed` (memory nodes or clients) failed: their
-/// replicas leave, regions that lost their primary get a surviving backup as primary and become
-/// blocked, regions get new backups where a node can take them, and regions whose every replica
-/// failed become lost (module docs, "Rules").
+/// replicas leave, regions that lost their primary get a surviving complete backup as primary
+/// and become blocked, regions get new (copying) backups where a node can take them, and regions
+/// whose every complete replica failed become lost (module docs, "Rules").
 ///
 /// The copies come from each region's primary in c+1 and run in the background once it is
 /// installed (data recovery); a blocked region's copy starts when recovery has made its new
-/// primary's data current. Until its copy completes a new backup is a replica in name only.
+/// primary's data current. Until its copy completes a new backup is a replica in name only,
+/// which its place in `copying` says.
 pub fn after_failure(
     config: &Configuration,
     failed: &BTreeSet<NodeId>,
@@ -290,20 +365,25 @@ pub fn after_failure(
         if placement.state == RegionState::Lost {
             continue;
         }
-        if placement.replicas().all(|node| failed.contains(&node)) {
-            // With every replica gone nothing can serve the region. It stays in the
-            // configuration, lost, so that everyone sees why its addresses fail.
-            placement.state = RegionState::Lost;
-            placement.backups.clear();
+        if placement
+            .complete_replicas()
+            .all(|node| failed.contains(&node))
+        {
+            // With every complete replica gone nothing can serve the region: a copying backup
+            // that survives holds a part of the data at best, and nothing is left to finish its
+            // copy from. The region stays in the configuration, lost, so that everyone sees why
+            // its addresses fail.
+            lose(placement);
             continue;
         }
         placement.backups.retain(|node| !failed.contains(node));
+        placement.copying.retain(|node| !failed.contains(node));
         if failed.contains(&placement.primary) {
             orphaned.push(index);
         }
     }
     promote(&mut next, &orphaned);
-    fill_backups(&mut next);
+    fill_backups(&mut next, None);
     Ok(finish(config, next, CopyFrom::NewPrimary))
 }
 
@@ -311,7 +391,8 @@ pub fn after_failure(
 /// of its own). Degraded regions get their missing backups, mostly on the new node since it
 /// holds nothing yet (a node in a domain the region does not use comes first); the changes say
 /// which regions it receives, and the copies (from each region's primary, in the background
-/// once c+1 is installed) what it must fetch. Primaries do not move: no rebalancing yet.
+/// once c+1 is installed) what it must fetch; it is copying in those regions until data
+/// recovery says its copies are complete. Primaries do not move: no rebalancing yet.
 pub fn add_node(
     config: &Configuration,
     node: NodeId,
@@ -333,7 +414,7 @@ pub fn add_node(
     if let Some(domain) = domain {
         next.domains.push(FailureDomain { node, domain });
     }
-    fill_backups(&mut next);
+    fill_backups(&mut next, None);
     Ok(finish(config, next, CopyFrom::NewPrimary))
 }
 
@@ -343,9 +424,13 @@ pub fn add_node(
 /// the locks of transactions in flight). The copies ([`Plan::copies`]) come from each region's
 /// primary in c, which is still live and the one replica whose memory is current (a backup
 /// applies committed writes only at truncation), and must complete before c+1 is installed.
+/// The new backups are copying in c+1 all the same: a write committed between a copy and the
+/// install reaches a new backup only once c+1 makes it one, so only data recovery, having seen
+/// the copy through in c+1, can say that it is complete.
 ///
-/// Refused when the node is not a member, when it holds the only replica of a region, or when
-/// it is the last memory node.
+/// Refused when the node is not a member, when it holds the last complete replica of a region
+/// (a primary whose backups are all copying, or which has none: module docs, "Removal"), or
+/// when it is the last memory node.
 pub fn remove_node(config: &Configuration, node: NodeId) -> Result<Plan, RemapError> {
     check(config)?;
     if !is_member(config, node) {
@@ -357,7 +442,8 @@ pub fn remove_node(config: &Configuration, node: NodeId) -> Result<Plan, RemapEr
     let last: Vec<RegionId> = config
         .regions
         .iter()
-        .filter(|p| p.state != RegionState::Lost && p.primary == node && p.backups.is_empty())
+        .filter(|p| p.state != RegionState::Lost)
+        .filter(|p| p.complete_replicas().all(|replica| replica == node))
         .map(|p| p.region)
         .collect();
     if !last.is_empty() {
@@ -379,13 +465,16 @@ pub fn remove_node(config: &Configuration, node: NodeId) -> Result<Plan, RemapEr
         if placement.state == RegionState::Lost {
             continue;
         }
+        // The refusal above leaves every region a complete replica elsewhere: a removal never
+        // makes one lost.
         placement.backups.retain(|&backup| backup != node);
+        placement.copying.retain(|&backup| backup != node);
         if placement.primary == node {
             orphaned.push(index);
         }
     }
     promote(&mut next, &orphaned);
-    fill_backups(&mut next);
+    fill_backups(&mut next, None);
     Ok(finish(config, next, CopyFrom::OldPrimary))
 }
 
@@ -393,7 +482,8 @@ pub fn remove_node(config: &Configuration, node: NodeId) -> Result<Plan, RemapEr
 /// `region_bytes`: the next id after the largest in use (ids are never reused, so an address
 /// of a lost region never points into a new one), its primary on the node with the fewest
 /// primaries (then fewest replicas, then lowest id), and up to f backups chosen as new backups
-/// are (module docs). The region is new and empty: it is active at once and needs no copy.
+/// are (module docs). The region is new and empty: it is active at once, and its backups are
+/// complete at once (not copying) and need no copy.
 /// (Like the other plans, it would also give a degraded region a missing backup if a node could
 /// take one, which no configuration these plans produce leaves.)
 pub fn add_region(config: &Configuration) -> Result<Plan, RemapError> {
@@ -419,7 +509,7 @@ pub fn add_region(config: &Configuration) -> Result<Plan, RemapError> {
         copying: Vec::new(),
         state: RegionState::Active,
     });
-    fill_backups(&mut next);
+    fill_backups(&mut next, Some(RegionId(region)));
     // A new region is empty: nothing to copy.
     Ok(finish(config, next, CopyFrom::NewPrimary))
 }
@@ -479,6 +569,8 @@ pub fn diff(before: &Configuration, after: &Configuration) -> Vec<RegionChange> 
                 .copied()
                 .filter(|node| !held_before.contains(node))
                 .collect(),
+            copying_before: old.map(|p| p.copying.clone()).unwrap_or_default(),
+            copying: placement.copying.clone(),
             backups_missing_count,
         });
     }
@@ -519,25 +611,29 @@ impl Load {
 }
 
 /// Gives each region at `orphaned` (indexes into `config.regions`, whose primary is gone and
-/// whose `backups` are the survivors) one of its backups as primary and blocks it.
+/// whose `backups` and `copying` are the survivors) one of its complete backups as primary and
+/// blocks it.
 fn promote(config: &mut Configuration, orphaned: &[usize]) {
     // Orphaned regions still name their departed primary, which counts it as load; that does
     // no harm, since a departed node is never a candidate.
     let mut load = Load::of(config);
     for &index in orphaned {
         let placement = &mut config.regions[index];
-        assert!(
-            !placement.backups.is_empty(),
-            "{} has no surviving backup to promote: it should be lost",
-            placement.region
-        );
         // `min_by_key` keeps the first of equal keys: the oldest backup among the least loaded.
-        let (position, &primary) = placement
+        // A copying backup is never a candidate: its copy may lack committed writes.
+        let chosen = placement
             .backups
             .iter()
             .enumerate()
-            .min_by_key(|&(_, &node)| load.primaries(node))
-            .expect("checked non-empty above");
+            .filter(|(_, node)| !placement.copying.contains(node))
+            .min_by_key(|&(_, &node)| load.primaries(node));
+        let Some((position, &primary)) = chosen else {
+            panic!(
+                "{} has no surviving complete backup to promote (backups {:?}, copying {:?}): it \
+                 should be lost",
+                placement.region, placement.backups, placement.copying
+            );
+        };
         placement.backups.remove(position);
         placement.primary = primary;
         placement.state = RegionState::Blocked;
@@ -545,9 +641,19 @@ fn promote(config: &mut Configuration, orphaned: &[usize]) {
     }
 }
 
+/// Makes `placement` lost: every complete replica of it is gone. It keeps its last primary and
+/// drops its backups, copying ones included (`validate` does not check that a lost region has
+/// none, so [`finish`] does).
+fn lose(placement: &mut Placement) {
+    placement.state = RegionState::Lost;
+    placement.backups.clear();
+    placement.copying.clear();
+}
+
 /// Gives every region that is not lost new backups up to f where a memory node can take them
-/// (module docs, "New backups").
-fn fill_backups(config: &mut Configuration) {
+/// (module docs, "New backups"). They are copying, except in `created`, the region the plan
+/// creates: it is empty, so an empty backup is a complete copy of it.
+fn fill_backups(config: &mut Configuration, created: Option<RegionId>) {
     let mut load = Load::of(config);
     let domains: BTreeMap<NodeId, String> = config
         .nodes
@@ -576,6 +682,9 @@ fn fill_backups(config: &mut Configuration) {
                 break; // Degraded: every node holds a replica already.
             };
             placement.backups.push(node);
+            if created != Some(placement.region) {
+                placement.copying.push(node);
+            }
             *load.replica_count.entry(node).or_default() += 1;
         }
     }
@@ -639,23 +748,29 @@ fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> P
     }
     let placements = by_region(before);
     for placement in &next.regions {
-        if let Some(old) = placements.get(&placement.region) {
-            let lost = placement.state == RegionState::Lost;
+        let region = placement.region;
+        if placement.state == RegionState::Lost {
+            // `validate` lets a lost region through with backups; nothing here makes one.
             assert!(
-                lost || old.state != RegionState::Lost,
-                "{} came back from lost",
-                placement.region
+                placement.backups.is_empty(),
+                "{region} is lost with backups {:?}",
+                placement.backups
             );
-            // Surviving data is never dropped: a region that still has data keeps a replica
-            // that had it, as primary.
             assert!(
-                lost || old.replicas().any(|node| node == placement.primary),
-                "{}: primary {} held no copy in configuration {}",
-                placement.region,
-                placement.primary,
-                before.id
+                placement.copying.is_empty(),
+                "{region} is lost with copying {:?}",
+                placement.copying
             );
         }
+        let Some(old) = placements.get(&region) else {
+            assert!(
+                placement.copying.is_empty(),
+                "new {region} is empty, yet copying {:?}",
+                placement.copying
+            );
+            continue;
+        };
+        check_region(before, old, &next, placement);
     }
     let changes = diff(before, &next);
     let mut copies = Vec::new();
@@ -674,6 +789,59 @@ fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> P
         config: next,
         changes,
         copies,
+    }
+}
+
+/// The rules between a region `old` of `before` and the same region `placement` of `next`
+/// (module docs, "Rules"); only failed or removed nodes leave `nodes` in a plan.
+fn check_region(
+    before: &Configuration,
+    old: &Placement,
+    next: &Configuration,
+    placement: &Placement,
+) {
+    let region = placement.region;
+    let lost = placement.state == RegionState::Lost;
+    if old.state == RegionState::Lost {
+        assert!(lost, "{region} came back from lost");
+        return;
+    }
+    let live = |node: &NodeId| next.nodes.contains(node);
+    if lost {
+        // Lost exactly when every complete replica left.
+        let survivor = old.complete_replicas().find(live);
+        assert!(
+            survivor.is_none(),
+            "{region} is lost, yet its complete replica {survivor:?} is live"
+        );
+        return;
+    }
+    // Surviving data is never dropped: the primary held a complete copy in c, and every live
+    // replica of c stays one.
+    assert!(
+        old.complete_replicas()
+            .any(|node| node == placement.primary),
+        "{region}: primary {} held no complete copy in configuration {}",
+        placement.primary,
+        before.id
+    );
+    for node in old.replicas().filter(live) {
+        assert!(
+            placement.replicas().any(|replica| replica == node),
+            "{region} dropped its live replica {node}"
+        );
+    }
+    // A plan marks every new backup copying and never completes a copy or undoes one.
+    for node in &placement.backups {
+        let new = !old.replicas().any(|replica| replica == *node);
+        let copying = new || old.copying.contains(node);
+        assert_eq!(
+            placement.copying.contains(node),
+            copying,
+            "{region}: backup {node} new={new}, copying in c {:?}, in c+1 {:?}",
+            old.copying,
+            placement.copying
+        );
     }
 }
 

@@ -890,12 +890,14 @@ mod tests {
         let r1 = placement(next, 1);
         assert_eq!((r1.primary, r1.state), (n(2), RegionState::Blocked));
         // n3 and n4 each hold two replicas and n3 is in a domain r1 does not use: the lower
-        // id wins the tie.
+        // id wins the tie. It has no copy of r1 yet.
         assert_eq!(r1.backups, vec![n(3)]);
+        assert_eq!(r1.copying, vec![n(3)]);
         let r4 = placement(next, 4);
         assert_eq!((r4.primary, r4.state), (n(4), RegionState::Active));
         // n2 now holds r1 and r2 and n3 holds r1, r2 and r3: n2 is the less loaded.
         assert_eq!(r4.backups, vec![n(2)]);
+        assert_eq!(r4.copying, vec![n(2)]);
         assert_eq!(placement(next, 2), placement(&config, 2));
         assert_eq!(placement(next, 3), placement(&config, 3));
 
@@ -932,8 +934,7 @@ mod tests {
         );
         assert_eq!(
             c1.to_string(),
-            "r1: primary n1 -> n2 (promoted), dropped n1, new backups n3 (data copy needed), \
-             blocked"
+            "r1: primary n1 -> n2 (promoted), dropped n1, new backups n3 (copying), blocked"
         );
     }
 
@@ -1003,7 +1004,7 @@ mod tests {
         assert!(plan.copies.iter().all(|copy| copy.region != RegionId(1)));
         assert_eq!(
             c1.to_string(),
-            "r1: lost (last primary n1; every replica gone: n1 n2)"
+            "r1: lost (last primary n1; every complete replica gone: n1 n2)"
         );
         assert_eq!(placement(&plan.config, 2).primary, n(3));
         assert_eq!(placement(&plan.config, 4).primary, n(4));
@@ -1011,8 +1012,11 @@ mod tests {
         let next = after_failure(&plan.config, &failed(&[3])).unwrap();
         assert_eq!(placement(&next.config, 1), r1);
         assert!(next.changes.iter().all(|c| c.region != RegionId(1)));
-        // n4 is the only node left, primary of every region that is not lost.
-        assert_eq!(next.config.primary_regions(n(4)).count(), 3);
+        // r2 (n3 [n4]) is lost too: n4 joined it in the first plan and its copy is incomplete.
+        let r2 = placement(&next.config, 2);
+        assert_eq!((r2.primary, r2.state), (n(3), RegionState::Lost));
+        // n4 is the only node left, primary of every region that is not lost: r3 and r4.
+        assert_eq!(next.config.primary_regions(n(4)).count(), 2);
         let error = after_failure(&next.config, &failed(&[4])).unwrap_err();
         assert!(
             matches!(error, RemapError::EveryNodeFailed { id: 9 }),
@@ -1155,11 +1159,151 @@ mod tests {
         let copies: Vec<String> = plan.copies.iter().map(|c| c.to_string()).collect();
         assert_eq!(copies, ["copy r1 from n1 to n3", "copy r2 from n2 to n1"]);
         assert!(next.regions.iter().all(|p| p.backups.len() == 1));
+        // Copied before c+1 or not, a new backup is complete only once data recovery says so.
+        assert_eq!(
+            (r1.copying.clone(), r2.copying.clone()),
+            (vec![n(3)], vec![n(1)])
+        );
 
         // A client leaves without moving anything.
         let plan = remove_node(&config, n(100)).unwrap();
         assert!(plan.config.clients.is_empty());
         assert!(plan.changes.is_empty());
+    }
+
+    /// `config` after data recovery completed the copy of `region` on `node`: what the CM will
+    /// install then, which no plan here makes.
+    fn copied(config: &Configuration, region: u32, node: u16) -> Configuration {
+        let mut next = config.clone();
+        next.id += 1;
+        let placement = next
+            .regions
+            .iter_mut()
+            .find(|p| p.region == RegionId(region))
+            .unwrap();
+        assert!(placement.copying.contains(&n(node)), "{placement:?}");
+        placement.copying.retain(|&copying| copying != n(node));
+        next.validate().unwrap();
+        next
+    }
+
+    #[test]
+    fn a_copying_backup_is_not_promoted_while_a_complete_one_survives() {
+        let mut config = cluster(4, 1, 2);
+        // r1: n1 [n2, n3], n2 still copying. Every node is primary of one region, so without
+        // the mark the older n2 would win.
+        config.regions[0].copying = vec![n(2)];
+        let plan = after_failure(&config, &failed(&[1])).unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!((r1.primary, r1.state), (n(3), RegionState::Blocked));
+        // n2 stays, still copying; n4 joins, copying.
+        assert_eq!(r1.backups, vec![n(2), n(4)]);
+        assert_eq!(r1.copying, vec![n(2), n(4)]);
+        assert_eq!(
+            change(&plan, 1).to_string(),
+            "r1: primary n1 -> n3 (promoted), dropped n1, new backups n4 (copying), n2 still \
+             copying, blocked"
+        );
+        // A copying backup that fails leaves `copying` with `backups`.
+        let plan = after_failure(&config, &failed(&[2])).unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!((r1.primary, r1.state), (n(1), RegionState::Active));
+        assert_eq!(
+            (r1.backups.clone(), r1.copying.clone()),
+            (vec![n(3), n(4)], vec![n(4)])
+        );
+        assert_eq!(
+            change(&plan, 1).to_string(),
+            "r1: primary n1, dropped n2 (copying), new backups n4 (copying)"
+        );
+    }
+
+    #[test]
+    fn a_region_whose_only_survivors_are_copying_is_lost() {
+        // r1: n1 [n2] -> n2 [n3], n3 copying.
+        let once = after_failure(&cluster(4, 1, 1), &failed(&[1]))
+            .unwrap()
+            .config;
+        let r1 = placement(&once, 1);
+        assert_eq!((r1.primary, r1.copying.clone()), (n(2), vec![n(3)]));
+        let plan = after_failure(&once, &failed(&[2])).unwrap();
+        let r1 = placement(&plan.config, 1);
+        // n3 is live, but its copy may lack any write: nothing of r1 is left to serve or to
+        // finish the copy from.
+        assert!(plan.config.nodes.contains(&n(3)));
+        assert_eq!((r1.primary, r1.state), (n(2), RegionState::Lost));
+        assert!(r1.backups.is_empty() && r1.copying.is_empty(), "{r1:?}");
+        let c1 = change(&plan, 1);
+        assert_eq!(c1.dropped, vec![n(2), n(3)]);
+        assert!(plan.copies.iter().all(|copy| copy.region != RegionId(1)));
+        assert_eq!(
+            c1.to_string(),
+            "r1: lost (last primary n2; every complete replica gone: n2; dropped n3 (copying))"
+        );
+        // The other regions keep their complete replicas: r2 (n2 [n3], both complete) promotes
+        // n3.
+        assert_eq!(placement(&plan.config, 2).primary, n(3));
+    }
+
+    #[test]
+    fn a_backup_whose_copy_completed_can_be_promoted() {
+        let once = after_failure(&cluster(4, 1, 1), &failed(&[1]))
+            .unwrap()
+            .config;
+        let recovered = copied(&once, 1, 3);
+        let changes = diff(&once, &recovered);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].copied().collect::<Vec<_>>(), [n(3)]);
+        assert_eq!(
+            changes[0].to_string(),
+            "r1: primary n2, copy complete on n3, blocked"
+        );
+        let plan = after_failure(&recovered, &failed(&[2])).unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!((r1.primary, r1.state), (n(3), RegionState::Blocked));
+        assert_eq!(
+            change(&plan, 1).promoted,
+            Some(Promotion {
+                from: n(2),
+                to: n(3)
+            })
+        );
+    }
+
+    #[test]
+    fn removing_the_last_complete_replica_is_refused() {
+        // r1: n1 [n2] -> n2 [n3], n3 copying: n2 holds r1's only complete copy.
+        let once = after_failure(&cluster(4, 1, 1), &failed(&[1]))
+            .unwrap()
+            .config;
+        let error = remove_node(&once, n(2)).unwrap_err();
+        assert!(
+            matches!(&error, RemapError::LastReplica { node: NodeId(2), regions }
+                if *regions == [RegionId(1)]),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("last complete replica of r1"),
+            "{error}"
+        );
+        // The copying backup may leave: another takes its place, copying.
+        let plan = remove_node(&once, n(3)).unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!((r1.primary, r1.backups.clone()), (n(2), vec![n(4)]));
+        assert_eq!(r1.copying, vec![n(4)]);
+        // Once n3's copy is complete, n2 may leave and n3 takes over.
+        let plan = remove_node(&copied(&once, 1, 3), n(2)).unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!((r1.primary, r1.state), (n(3), RegionState::Blocked));
+
+        // The only complete backup may leave while the primary stays: the primary is complete.
+        let mut config = cluster(4, 1, 2);
+        // r1: n1 [n2, n3], n3 copying.
+        config.regions[0].copying = vec![n(3)];
+        let plan = remove_node(&config, n(2)).unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!((r1.primary, r1.state), (n(1), RegionState::Active));
+        assert_eq!(r1.copying, vec![n(3), n(4)]);
     }
 
     #[test]
@@ -1172,6 +1316,8 @@ mod tests {
         // goes to rack b.
         assert_eq!((r5.primary, r5.state), (n(1), RegionState::Active));
         assert_eq!(r5.backups, vec![n(3)]);
+        // An empty backup of an empty region is a complete copy of it.
+        assert!(r5.copying.is_empty());
         assert_eq!(grown.copies.len(), 0);
         assert_eq!(
             change(&grown, 5).to_string(),
@@ -1231,6 +1377,12 @@ mod properties {
                 config.domains.push(FailureDomain { node, domain });
             }
         }
+        // Some backups are still receiving their copy, as if the cluster had been through
+        // changes already.
+        for placement in &mut config.regions {
+            let backups = placement.backups.clone();
+            placement.copying = backups.into_iter().filter(|_| rng.below(3) == 0).collect();
+        }
         config.cm_replicas = nodes.iter().copied().take(2 * f + 1).collect();
         config.cm_leader =
             Some(config.cm_replicas[rng.below(config.cm_replicas.len() as u64) as usize]);
@@ -1255,6 +1407,12 @@ mod properties {
             if old.state == RegionState::Lost {
                 assert_eq!(placement, old, "a lost region stays lost, as it was");
             }
+            // No plan completes a copy: only data recovery does.
+            for node in &old.copying {
+                if placement.backups.contains(node) {
+                    assert!(placement.copying.contains(node), "{old:?} -> {placement:?}");
+                }
+            }
             let changed = plan.changes.iter().any(|c| c.region == old.region);
             assert_eq!(changed, placement != old, "{}", old.region);
         }
@@ -1278,7 +1436,18 @@ mod properties {
         for placement in &next.regions {
             if placement.state == RegionState::Lost {
                 assert!(placement.backups.is_empty(), "{placement:?}");
+                assert!(placement.copying.is_empty(), "{placement:?}");
                 continue;
+            }
+            // Every backup a plan adds is copying, unless its region is new (and empty).
+            if let Some(change) = plan.changes.iter().find(|c| c.region == placement.region) {
+                for node in &change.added {
+                    assert_eq!(
+                        placement.copying.contains(node),
+                        !change.created,
+                        "{change:?} {placement:?}"
+                    );
+                }
             }
             for node in placement.replicas() {
                 assert!(
@@ -1322,6 +1491,23 @@ mod properties {
         }
     }
 
+    /// The copies are exactly the new backups of regions that have data (so exactly the
+    /// backups a plan marks copying).
+    pub(super) fn check_copies(plan: &Plan) {
+        let copied: Vec<(RegionId, NodeId)> = plan
+            .copies
+            .iter()
+            .map(|copy| (copy.region, copy.to))
+            .collect();
+        let added: Vec<(RegionId, NodeId)> = plan
+            .changes
+            .iter()
+            .filter(|change| !change.created)
+            .flat_map(|change| change.added.iter().map(|&node| (change.region, node)))
+            .collect();
+        assert_eq!(copied, added);
+    }
+
     /// The rules for a region after its replicas on `gone` left (a failure or a removal).
     pub(super) fn check_departure(
         before: &Configuration,
@@ -1333,7 +1519,11 @@ mod properties {
             if old.state == RegionState::Lost {
                 continue;
             }
-            let survivors: Vec<NodeId> = old.replicas().filter(|n| !gone.contains(n)).collect();
+            // Lost exactly when every complete replica left: copying ones do not count.
+            let survivors: Vec<NodeId> = old
+                .complete_replicas()
+                .filter(|n| !gone.contains(n))
+                .collect();
             if survivors.is_empty() {
                 assert_eq!(placement.state, RegionState::Lost, "{}", old.region);
                 assert_eq!(placement.primary, old.primary, "names its last primary");
@@ -1345,17 +1535,29 @@ mod properties {
                 "{} had {survivors:?}",
                 old.region
             );
-            // Surviving data is never dropped.
-            for node in &survivors {
+            // Surviving data is never dropped, nor a surviving copy in progress, which stays
+            // in progress.
+            for node in old.replicas().filter(|n| !gone.contains(n)) {
                 assert!(
-                    placement.replicas().any(|r| r == *node),
+                    placement.replicas().any(|r| r == node),
                     "{} lost {node}",
                     old.region
                 );
+                if old.copying.contains(&node) {
+                    assert!(
+                        placement.copying.contains(&node),
+                        "{old:?} -> {placement:?}"
+                    );
+                }
             }
             if gone.contains(&old.primary) {
+                // The promoted primary was a complete backup of c.
                 assert!(
                     old.backups.contains(&placement.primary),
+                    "{old:?} -> {placement:?}"
+                );
+                assert!(
+                    !old.copying.contains(&placement.primary),
                     "{old:?} -> {placement:?}"
                 );
                 assert_eq!(placement.state, RegionState::Blocked);
@@ -1368,6 +1570,31 @@ mod properties {
         }
     }
 
+    /// Data recovery completes some copies: what the CM will install when they end, which no
+    /// plan here makes. Checked with [`diff`].
+    fn complete_copies(rng: &mut SplitMix, config: &Configuration) -> Configuration {
+        let mut next = config.clone();
+        next.id += 1;
+        let mut completed = Vec::new();
+        for placement in &mut next.regions {
+            let copying = std::mem::take(&mut placement.copying);
+            for node in copying {
+                if rng.below(2) == 0 {
+                    completed.push((placement.region, node));
+                } else {
+                    placement.copying.push(node);
+                }
+            }
+        }
+        next.validate().unwrap();
+        let copied: Vec<(RegionId, NodeId)> = diff(config, &next)
+            .iter()
+            .flat_map(|change| change.copied().map(|node| (change.region, node)))
+            .collect();
+        assert_eq!(copied, completed);
+        next
+    }
+
     /// One step: a random change to `config`, checked; returns the next configuration (the
     /// same one when the change was refused, rightly).
     fn step(rng: &mut SplitMix, config: &Configuration, next_id: &mut u16) -> Configuration {
@@ -1376,7 +1603,7 @@ mod properties {
         let choice = if config.nodes.len() <= 2 && rng.below(2) == 0 {
             6
         } else {
-            rng.below(10)
+            rng.below(12)
         };
         match choice {
             0..=4 => {
@@ -1403,6 +1630,7 @@ mod properties {
                 }
                 let plan = result.unwrap();
                 check_common(config, &plan, &failed);
+                check_copies(&plan);
                 check_departure(config, &plan.config, &failed);
                 plan.config
             }
@@ -1417,7 +1645,7 @@ mod properties {
                     .regions
                     .iter()
                     .filter(|p| p.state != RegionState::Lost)
-                    .filter(|p| p.primary == node && p.backups.is_empty())
+                    .filter(|p| p.complete_replicas().all(|replica| replica == node))
                     .map(|p| p.region)
                     .collect();
                 if !last.is_empty() {
@@ -1436,6 +1664,7 @@ mod properties {
                 let plan = result.unwrap();
                 let gone = BTreeSet::from([node]);
                 check_common(config, &plan, &gone);
+                check_copies(&plan);
                 check_departure(config, &plan.config, &gone);
                 for copy in &plan.copies {
                     let old = config.placement(copy.region).unwrap();
@@ -1464,6 +1693,7 @@ mod properties {
                 let plan = add_node(config, node, domain.clone()).unwrap();
                 assert_eq!(plan, add_node(config, node, domain).unwrap());
                 check_common(config, &plan, &BTreeSet::new());
+                check_copies(&plan);
                 let error = add_node(&plan.config, node, None).unwrap_err();
                 assert!(matches!(error, RemapError::AlreadyMember { .. }), "{error}");
                 for old in &config.regions {
@@ -1473,14 +1703,16 @@ mod properties {
                         (old.primary, old.state)
                     );
                     assert!(old.backups.iter().all(|b| placement.backups.contains(b)));
+                    assert!(old.copying.iter().all(|b| placement.copying.contains(b)));
                 }
                 assert!(plan.copies.iter().all(|copy| copy.to == node));
                 plan.config
             }
-            _ => {
+            9 => {
                 let plan = add_region(config).unwrap();
                 assert_eq!(plan, add_region(config).unwrap());
                 check_common(config, &plan, &BTreeSet::new());
+                check_copies(&plan);
                 let created: Vec<RegionId> = plan.created().collect();
                 assert_eq!(created.len(), 1);
                 let largest = config.regions.iter().map(|p| p.region).max().unwrap();
@@ -1489,28 +1721,41 @@ mod properties {
                 assert_eq!(placement.state, RegionState::Active);
                 assert_eq!(plan.changes.len(), 1, "only the new region changes");
                 assert_eq!(plan.copies.len(), 0, "a new region is empty");
+                assert!(placement.copying.is_empty(), "{placement:?}");
                 plan.config
             }
+            _ => complete_copies(rng, config),
         }
     }
 
-    // FaRM SOSP'15 §5.2: remapping keeps every region with a surviving replica and loses only
-    // those whose every replica failed.
+    // FaRM SOSP'15 §5.2: remapping keeps every region with a surviving complete replica and
+    // loses only those whose every complete replica failed.
     #[test]
     fn random_sequences_of_changes_keep_every_rule() {
         for_each_seed(SEED_COUNT, Replay::Exact, |seed| {
             let mut rng = SplitMix::new(seed);
             let mut config = random_cluster(&mut rng);
             let mut next_id = config.nodes.len() as u16 + 1;
-            // Model: the replicas of every region; a region is lost exactly when a failure
-            // takes the last of them.
+            // Model: the complete replicas of every region; a region is lost exactly when a
+            // failure takes the last of them, whatever copying backups survive.
             let mut lost = BTreeSet::new();
             for _ in 0..STEP_COUNT {
                 let next = step(&mut rng, &config, &mut next_id);
-                for placement in &config.regions {
+                for placement in config
+                    .regions
+                    .iter()
+                    .filter(|p| p.state != RegionState::Lost)
+                {
                     let after = next.placement(placement.region).unwrap();
-                    if placement.state != RegionState::Lost && after.state == RegionState::Lost {
-                        assert!(placement.replicas().all(|n| !next.nodes.contains(&n)));
+                    let gone = placement
+                        .complete_replicas()
+                        .all(|n| !next.nodes.contains(&n));
+                    assert_eq!(
+                        after.state == RegionState::Lost,
+                        gone,
+                        "{placement:?} -> {after:?}"
+                    );
+                    if gone {
                         lost.insert(placement.region);
                     }
                 }
@@ -1539,14 +1784,15 @@ mod shrinking {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
-        // FaRM SOSP'15 §5.2: any failure that leaves a replica of a region keeps the region,
-        // with a surviving replica as primary.
+        // FaRM SOSP'15 §5.2: any failure that leaves a complete replica of a region keeps the
+        // region, with a surviving complete replica as primary; copying backups do not count.
         #[test]
         fn any_failed_set_keeps_every_rule(
             count in 3u16..=9,
             f in 1usize..=2,
             per_node in 1usize..=4,
             racks in proptest::collection::vec(0u8..4, 9),
+            copying_mask in 0u16..512,
             failed_mask in 1u16..512,
         ) {
             let nodes: Vec<NodeId> = (1..=count).map(NodeId).collect();
@@ -1560,6 +1806,11 @@ mod shrinking {
                     domain: format!("rack-{}", racks[usize::from(node.0) - 1]),
                 })
                 .collect();
+            // The nodes in `copying_mask` are still copying every region they are a backup of.
+            let copying = |node: &NodeId| copying_mask & (1 << (node.0 - 1)) != 0;
+            for placement in &mut config.regions {
+                placement.copying = placement.backups.iter().copied().filter(copying).collect();
+            }
             let failed: BTreeSet<NodeId> =
                 nodes.iter().copied().filter(|n| failed_mask & (1 << (n.0 - 1)) != 0).collect();
             prop_assume!(!failed.is_empty());
@@ -1570,6 +1821,7 @@ mod shrinking {
                 Err(error) => prop_assert!(false, "{error}"),
                 Ok(plan) => {
                     super::properties::check_common(&config, &plan, &failed);
+                    super::properties::check_copies(&plan);
                     super::properties::check_departure(&config, &plan.config, &failed);
                     prop_assert_eq!(&after_failure(&config, &failed).unwrap(), &plan);
                 }

@@ -283,6 +283,12 @@ pub enum RemapError {
         #[source]
         source: ConfigError,
     },
+    #[error(
+        "configuration {id} is invalid, so nothing can follow it: {region} is lost but lists \
+         backups, and a lost region has none; this is a bug in whatever produced it (the CM's \
+         state or a hand-written file): fix it there"
+    )]
+    LostWithBackups { id: u64, region: RegionId },
     #[error("no failed node given: configuration {id} stays; install nothing")]
     NothingFailed { id: u64 },
     #[error(
@@ -643,7 +649,7 @@ fn promote(config: &mut Configuration, orphaned: &[usize]) {
 
 /// Makes `placement` lost: every complete replica of it is gone. It keeps its last primary and
 /// drops its backups, copying ones included (`validate` does not check that a lost region has
-/// none, so [`finish`] does).
+/// none, so [`check`] refuses one in c and [`finish`] asserts there is none in c+1).
 fn lose(placement: &mut Placement) {
     placement.state = RegionState::Lost;
     placement.backups.clear();
@@ -707,11 +713,25 @@ fn is_member(config: &Configuration, node: NodeId) -> bool {
     config.members().any(|member| member == node)
 }
 
+/// Refuses a configuration no plan should follow: an invalid one, or one with a lost region
+/// that lists backups, which `validate` lets through but a plan would carry into c+1 (where
+/// [`finish`] asserts there is none).
 fn check(config: &Configuration) -> Result<(), RemapError> {
     config.validate().map_err(|source| RemapError::Invalid {
         id: config.id,
         source,
-    })
+    })?;
+    let lost_with_backups = config
+        .regions
+        .iter()
+        .find(|p| p.state == RegionState::Lost && !p.backups.is_empty());
+    if let Some(placement) = lost_with_backups {
+        return Err(RemapError::LostWithBackups {
+            id: config.id,
+            region: placement.region,
+        });
+    }
+    Ok(())
 }
 
 fn next_id(config: &Configuration) -> u64 {
@@ -1126,6 +1146,22 @@ mod tests {
             "{error}"
         );
         assert!(add_region(&invalid).is_err());
+        // `validate` lets a lost region with backups through; a plan, which would carry it
+        // into the next configuration, does not.
+        let mut lost = config.clone();
+        lost.regions[0].state = RegionState::Lost;
+        lost.validate().unwrap();
+        let error = add_node(&lost, n(4), None).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                RemapError::LostWithBackups {
+                    id: 7,
+                    region: RegionId(1)
+                }
+            ),
+            "{error}"
+        );
 
         // f = 0: every region has one replica, which a graceful removal cannot take away.
         let single = Configuration::place(1, nodes(2), vec![], 2, 0, 1 << 20, 4096).unwrap();
@@ -1232,7 +1268,8 @@ mod tests {
         // finish the copy from.
         assert!(plan.config.nodes.contains(&n(3)));
         assert_eq!((r1.primary, r1.state), (n(2), RegionState::Lost));
-        assert!(r1.backups.is_empty() && r1.copying.is_empty(), "{r1:?}");
+        assert!(r1.backups.is_empty(), "{r1:?}");
+        assert!(r1.copying.is_empty(), "{r1:?}");
         let c1 = change(&plan, 1);
         assert_eq!(c1.dropped, vec![n(2), n(3)]);
         assert!(plan.copies.iter().all(|copy| copy.region != RegionId(1)));

@@ -828,7 +828,8 @@ fn check_region(
     }
     let live = |node: &NodeId| next.nodes.contains(node);
     if lost {
-        // Lost exactly when every complete replica left.
+        // Lost only when every complete replica left. The converse follows from the primary
+        // check below and `validate`: a region that is not lost has a member as primary.
         let survivor = old.complete_replicas().find(live);
         assert!(
             survivor.is_none(),

@@ -235,9 +235,92 @@ impl Command {
     }
 }
 
+/// Every message on the CM links ([`crate::net`]), one per frame: raft's between CM replicas,
+/// and the reconfiguration protocol's between the CM and the members
+/// (docs/failures.md#reconfiguration).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Envelope {
+    #[prost(oneof = "envelope::Body", tags = "1, 2, 3, 4, 5, 6")]
+    pub body: Option<envelope::Body>,
+}
+
+pub mod envelope {
+    /// What an [`super::Envelope`] carries.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Body {
+        /// A raft message between CM replicas, in raft's own protobuf encoding.
+        #[prost(bytes, tag = "1")]
+        Raft(Vec<u8>),
+        /// NEW-CONFIG: the CM asks a member to adopt the configuration.
+        #[prost(message, tag = "2")]
+        NewConfig(super::ConfigurationMessage),
+        /// A member's answer to NEW-CONFIG.
+        #[prost(message, tag = "3")]
+        NewConfigAck(super::NewConfigAck),
+        /// NEW-CONFIG-COMMIT of the configuration with this id: every member adopted it.
+        #[prost(uint64, tag = "4")]
+        NewConfigCommit(u64),
+        /// The CM asks a member whether it is alive before it reconfigures (the number is the
+        /// probe's, echoed in the reply).
+        #[prost(uint64, tag = "5")]
+        Probe(u64),
+        /// A member's answer to a probe.
+        #[prost(uint64, tag = "6")]
+        ProbeReply(u64),
+    }
+}
+
+/// A member's answer to NEW-CONFIG of configuration `id`: adopted (`refused` empty), or why
+/// not (a stale id, or the member was removed).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NewConfigAck {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub refused: String,
+}
+
+impl Envelope {
+    pub fn new(body: envelope::Body) -> Envelope {
+        Envelope { body: Some(body) }
+    }
+
+    /// The envelope in `bytes`, or what is wrong with them (an envelope without a body is
+    /// malformed too).
+    pub fn decode_from(bytes: &[u8]) -> Result<envelope::Body, WireError> {
+        let envelope = <Envelope as prost::Message>::decode(bytes)?;
+        envelope.body.ok_or(WireError::Missing {
+            field: "envelope body",
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_garbage_is_refused() {
+        for body in [
+            envelope::Body::Raft(vec![1, 2, 3]),
+            envelope::Body::NewConfigAck(NewConfigAck {
+                id: 7,
+                refused: "removed".into(),
+            }),
+            envelope::Body::NewConfigCommit(7),
+            envelope::Body::Probe(9),
+            envelope::Body::ProbeReply(9),
+        ] {
+            let bytes = Envelope::new(body.clone()).encode();
+            assert_eq!(Envelope::decode_from(&bytes).unwrap(), body);
+        }
+        assert!(Envelope::decode_from(&[]).is_err(), "no body");
+        assert!(Envelope::decode_from(&[0xff; 9]).is_err());
+    }
 
     pub(crate) fn sample() -> Configuration {
         let nodes = (1..=4).map(NodeId).collect();

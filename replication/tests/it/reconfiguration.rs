@@ -12,6 +12,7 @@ use acre_engine::fabric::Op;
 use acre_engine::fabric::fault::{Action, Rule};
 use acre_nvm_log::RecordKind;
 use acre_replication::EmbeddedCluster;
+use acre_replication::replica::AdoptError;
 use acre_txn::config::{CommitMode, NotAdopted, StaleConfiguration};
 use acre_txn::record::{COMMIT_BACKUP, LOCK};
 use acre_txn::{CommitError, Configuration, Error, RegionState, TxnError};
@@ -592,5 +593,65 @@ fn an_unfinished_commit_at_a_removed_backup_stops_cleanly() {
     cluster.check_replicas().expect("complete backups match");
     // A clean stop of the coordinator stops its finisher first (what a client's stop does).
     n1.stop_finisher();
+    cluster.stop();
+}
+
+/// A configuration that creates a region (as the CM does when data grows): its primary
+/// formats it, its backups take it complete (there is nothing to copy), and it serves at once;
+/// a configuration that makes a node primary of an existing region it holds no copy of is
+/// refused.
+#[test]
+fn a_region_created_by_a_configuration_serves_at_once() {
+    let mut cluster = three_nodes();
+    let created = RegionId(4);
+    let newer = next(cluster.config(), |config| {
+        config.regions.push(acre_txn::config::Placement {
+            region: created,
+            primary: NodeId(1),
+            backups: vec![NodeId(2), NodeId(3)],
+            copying: vec![],
+            state: RegionState::Active,
+        });
+    });
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    let n2 = txn_node(&cluster, 1);
+    let objects: Vec<Addr> = (0..10).map(|i| create(&n2, created, &[i; 16])).collect();
+    for &addr in &objects {
+        overwrite(&n2, addr, b"again");
+    }
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("the new region's backups match");
+    assert_eq!(
+        replica(&cluster, NodeId(2)).backup().is_copying(created),
+        Some(false)
+    );
+    cluster.stop();
+}
+
+/// A configuration that makes a node primary of an existing region it holds no copy of (a
+/// primary is only ever a promoted backup) is refused, and the node stays where it was.
+#[test]
+fn a_node_refuses_to_be_primary_of_a_region_it_holds_no_copy_of() {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    let cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let r3 = RegionId(3);
+    assert!(replica(&cluster, NodeId(1)).copy(r3).is_none());
+    let wrong = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == r3 {
+                placement.primary = NodeId(1);
+            }
+        }
+    });
+    let refused = replica(&cluster, NodeId(1)).adopt(wrong).unwrap_err();
+    assert!(
+        matches!(refused, AdoptError::PrimaryWithoutCopy { region, config: 2 } if region == r3),
+        "{refused}"
+    );
+    assert_eq!(txn_node(&cluster, 0).config_id(), 1);
     cluster.stop();
 }

@@ -1,0 +1,854 @@
+//! The CM leader's reconfiguration driver (docs/failures.md#reconfiguration, FaRM SOSP'15
+//! §5.2), as a sans-I/O state machine: events and the time come in as arguments, what to do
+//! goes out as [`Action`]s, so the group thread can drive it and a test can run it step by step.
+//!
+//! # The protocol
+//!
+//! 1. **Suspect.** The lease table reports a member whose lease expired ([`Manager::suspect`]).
+//! 2. **Probe.** The CM probes every other member of configuration `c` and waits up to
+//!    [`ManagerTiming::probe_timeout`] (less when all answer). It needs a majority of `c`'s
+//!    members (itself included when it is one, suspects counted in the total) to answer, or it
+//!    stands down ([`Action::StandDown`]): a CM that reaches only a minority is more likely the
+//!    one cut off, and must not evict the majority.
+//! 3. **Plan.** The nodes that failed are the suspects plus the members that did not answer a
+//!    probe in time, as in FaRM: a member silent to the CM now will see its lease run out soon,
+//!    and removing it with the suspects saves a second reconfiguration a lease later. The plan
+//!    is [`remap::after_failure`], with this CM named as the new configuration's CM
+//!    (`cm_leader`), since members check NEW-CONFIG against the CM its configuration names.
+//! 4. **Install** `c + 1` through Raft by compare-and-set on the id ([`Action::ProposeInstall`],
+//!    expected id `c`); the caller reports the outcome ([`Manager::install_outcome`]). A `Lost`
+//!    proposal is proposed again; a `Stale` one means another CM installed a configuration: the
+//!    manager takes it as `c` and plans again from it (the failed nodes it still lists), or, if
+//!    nothing is left to remove and it already names this CM, distributes it as its own. Both
+//!    are bounded by [`INSTALL_ATTEMPTS_MAX`], after which the CM stands down.
+//! 5. **NEW-CONFIG** to every member of `c + 1`, sent again every
+//!    [`ManagerTiming::resend_period`] to those that have not acknowledged it (the links drop
+//!    messages). Before that, [`Action::UpdateLeaseMembers`] tells the caller to move the lease
+//!    table to `c + 1`; the caller answers with [`Manager::leases_updated`], until when leases
+//!    granted to nodes `c + 1` removed may still run.
+//! 6. **Wait** until every member acknowledged `c + 1` *and* every removed node's lease has
+//!    expired, so that the removed nodes have stopped on their own (precise membership: they
+//!    cannot be told, and a one-sided operation of theirs cannot be refused).
+//! 7. **NEW-CONFIG-COMMIT** to every member. A member that missed it keeps repeating its
+//!    acknowledgement ([`crate::member`]); an acknowledgement of the configuration this CM
+//!    committed is answered with the commit again, so a lost commit costs a resend period.
+//!
+//! Suspicions that arrive during a reconfiguration wait for the next one, which starts as soon
+//! as the current one commits.
+//!
+//! # Decisions
+//!
+//! - **A member that never acknowledges.** After [`ManagerTiming::ack_timeout`] the members
+//!   that did not acknowledge are suspected, and the next reconfiguration (which probes, so a
+//!   cut-off CM still stands down) starts at once from `c + 1` without committing it: a commit
+//!   says every member adopted the configuration, which is not true, and the next
+//!   configuration supersedes it (members adopt any higher id). The same happens at once to a
+//!   member that refuses NEW-CONFIG for any reason but a stale id.
+//! - **A member that refuses as stale** holds a higher id than the one offered: another CM
+//!   installed a newer configuration, so this one stands down.
+//! - **The removed leases** are a running maximum over every report: a reconfiguration that
+//!   supersedes an uncommitted one also waits out the leases of the nodes that one removed.
+//! - **A new leader** ([`Manager::became_leader`]) first installs `c + 1` that is `c` naming it
+//!   as CM (members accept NEW-CONFIG only from the CM the configuration names, and the lease
+//!   handshake names the CM too), unless `c` names it already, in which case it distributes
+//!   and commits `c` again (members acknowledge an id they hold again). Its caller reports the
+//!   removed leases as one lease from now: it cannot know when the previous CM last granted.
+//!
+//! Each reconfiguration leaves a [`Reconfiguration`] record with its timings, for `acre cluster
+//! status` and the measurements of issue 13.
+
+use crate::remap;
+use crate::wire::NewConfigAck;
+use acre_engine::addr::NodeId;
+use acre_engine::clock::Time;
+use acre_txn::config::Configuration;
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Proposals of one reconfiguration (lost or stale) before the CM gives up and stands down:
+/// a leader whose proposals keep failing is not the leader any longer, or not for long.
+pub const INSTALL_ATTEMPTS_MAX: u32 = 8;
+/// Reconfiguration records kept for `acre cluster status`.
+pub const RECORDS_KEPT: usize = 32;
+/// The most members a configuration has (the lease table's bound): bounds the suspects queued.
+pub const MEMBERS_MAX: usize = crate::lease::MEMBERS_MAX;
+
+/// How long the probe waits for answers by default: a member that answers nothing in this
+/// time on a loaded two-core machine is as good as gone.
+pub const PROBE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(100);
+/// How often NEW-CONFIG is sent again to a member that has not acknowledged it, by default.
+pub const RESEND_PERIOD_DEFAULT: Duration = Duration::from_millis(20);
+/// How long the CM waits for a member's acknowledgement before it suspects it, by default:
+/// many resends, and several leases of the default length.
+pub const ACK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+
+/// The manager's timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManagerTiming {
+    pub probe_timeout: Duration,
+    pub resend_period: Duration,
+    pub ack_timeout: Duration,
+}
+
+impl Default for ManagerTiming {
+    fn default() -> ManagerTiming {
+        ManagerTiming {
+            probe_timeout: PROBE_TIMEOUT_DEFAULT,
+            resend_period: RESEND_PERIOD_DEFAULT,
+            ack_timeout: ACK_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// What the caller does for the manager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `Probe(nonce)` to `to`; its `ProbeReply` goes to [`Manager::probe_reply`].
+    SendProbe { to: NodeId, nonce: u64 },
+    /// Propose `Install { expected_id, configuration }` through Raft and report the outcome to
+    /// [`Manager::install_outcome`].
+    ProposeInstall {
+        expected_id: u64,
+        configuration: Arc<Configuration>,
+    },
+    /// Move the lease table to `configuration`, then report until when the leases granted to
+    /// the nodes it no longer lists may run ([`Manager::leases_updated`]).
+    UpdateLeaseMembers { configuration: Arc<Configuration> },
+    /// Send NEW-CONFIG of `configuration` to `to`; its ack goes to [`Manager::ack`].
+    SendNewConfig {
+        to: NodeId,
+        configuration: Arc<Configuration>,
+    },
+    /// Send NEW-CONFIG-COMMIT of configuration `id` to `to`.
+    SendNewConfigCommit { to: NodeId, id: u64 },
+    /// Stop acting as CM (give up Raft leadership); the manager is a follower from now on.
+    StandDown { reason: String },
+}
+
+/// The outcome of an [`Action::ProposeInstall`], as the Raft replica reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstallOutcome {
+    /// Applied: this is the configuration now.
+    Installed(Configuration),
+    /// The expected id was not current: this one is.
+    Stale(Configuration),
+    /// Its fate is unknown (leadership changed, or another entry took its place).
+    Lost,
+    /// Applied as rejected for another reason (invalid, not the successor, malformed): a bug
+    /// in the plan or the replica.
+    Rejected(String),
+}
+
+/// Why a reconfiguration started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// These members' leases expired (or they did not acknowledge a configuration in time).
+    Failure { suspects: Vec<NodeId> },
+    /// This CM became leader and names itself in the configuration.
+    NewLeader,
+}
+
+/// How a reconfiguration ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    InProgress,
+    /// NEW-CONFIG-COMMIT went out.
+    Committed,
+    /// Installed, but a member did not acknowledge it: the next reconfiguration replaces it.
+    Superseded,
+    /// Nothing to do after all (the suspects are no longer members).
+    NothingToDo,
+    /// The CM stood down or lost leadership.
+    StoodDown {
+        reason: String,
+    },
+    /// No configuration can follow (the remap refused, or Raft rejected the plan).
+    Failed {
+        reason: String,
+    },
+}
+
+/// One reconfiguration's record, with the times of its steps (the caller's clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconfiguration {
+    pub cause: Cause,
+    /// The configuration it started from.
+    pub from_id: u64,
+    /// The configuration installed, once installed.
+    pub to_id: Option<u64>,
+    /// The nodes it removes: the suspects and the members that did not answer the probe.
+    pub failed: Vec<NodeId>,
+    /// When the first of its suspects was reported (or leadership began).
+    pub suspected_at: Time,
+    pub probed_at: Option<Time>,
+    pub installed_at: Option<Time>,
+    /// When the last member acknowledged NEW-CONFIG.
+    pub acked_at: Option<Time>,
+    pub committed_at: Option<Time>,
+    pub outcome: Outcome,
+}
+
+impl fmt::Display for Reconfiguration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let since = |t: Option<Time>| {
+            t.map_or_else(
+                || "-".to_string(),
+                |t| format!("{:?}", t.saturating_duration_since(self.suspected_at)),
+            )
+        };
+        match &self.cause {
+            Cause::Failure { suspects } => write!(f, "suspects {suspects:?}")?,
+            Cause::NewLeader => write!(f, "new CM leader")?,
+        }
+        write!(f, ": {} -> ", self.from_id)?;
+        match self.to_id {
+            Some(id) => write!(f, "{id}")?,
+            None => write!(f, "-")?,
+        }
+        write!(
+            f,
+            ", removed {:?}, probed +{}, installed +{}, acked +{}, committed +{}, {:?}",
+            self.failed,
+            since(self.probed_at),
+            since(self.installed_at),
+            since(self.acked_at),
+            since(self.committed_at),
+            self.outcome
+        )
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Not the leader: every event but [`Manager::became_leader`] is ignored.
+    Follower,
+    Idle,
+    Probing {
+        nonce: u64,
+        suspects: BTreeSet<NodeId>,
+        probed: BTreeSet<NodeId>,
+        answered: BTreeSet<NodeId>,
+        deadline: Time,
+    },
+    Installing {
+        failed: BTreeSet<NodeId>,
+        proposed: Arc<Configuration>,
+        attempt_count: u32,
+    },
+    Distributing {
+        config: Arc<Configuration>,
+        acked: BTreeSet<NodeId>,
+        /// The caller reported the removed leases for this configuration.
+        leases_known: bool,
+        resend_at: Time,
+        ack_deadline: Time,
+    },
+}
+
+/// The reconfiguration driver of the CM leader (module docs).
+#[derive(Debug)]
+pub struct Manager {
+    me: NodeId,
+    timing: ManagerTiming,
+    /// The latest configuration installed, as far as this manager knows.
+    config: Option<Arc<Configuration>>,
+    phase: Phase,
+    /// Suspects waiting for the next reconfiguration, and when the first was reported.
+    queued: BTreeSet<NodeId>,
+    queued_since: Option<Time>,
+    nonce_next: u64,
+    /// Until when leases granted to removed nodes may run: the maximum of every report.
+    removed_until: Option<Time>,
+    /// The last configuration this manager committed: its acks are answered with the commit.
+    committed_id: Option<u64>,
+    record: Option<Reconfiguration>,
+    history: VecDeque<Reconfiguration>,
+}
+
+impl Manager {
+    /// The manager of CM replica `me`, a follower until [`Manager::became_leader`].
+    pub fn new(me: NodeId, timing: ManagerTiming) -> Manager {
+        Manager {
+            me,
+            timing,
+            config: None,
+            phase: Phase::Follower,
+            queued: BTreeSet::new(),
+            queued_since: None,
+            nonce_next: 1,
+            removed_until: None,
+            committed_id: None,
+            record: None,
+            history: VecDeque::with_capacity(RECORDS_KEPT),
+        }
+    }
+
+    /// Whether this manager acts as CM.
+    pub fn is_leader(&self) -> bool {
+        !matches!(self.phase, Phase::Follower)
+    }
+
+    /// Whether no reconfiguration is under way (and none queued).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Idle) && self.queued.is_empty()
+    }
+
+    /// The latest configuration installed, as far as this manager knows.
+    pub fn configuration(&self) -> Option<&Arc<Configuration>> {
+        self.config.as_ref()
+    }
+
+    /// The reconfiguration under way, if any.
+    pub fn in_progress(&self) -> Option<&Reconfiguration> {
+        self.record.as_ref()
+    }
+
+    /// The last [`RECORDS_KEPT`] finished reconfigurations, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &Reconfiguration> + '_ {
+        self.history.iter()
+    }
+
+    /// When the caller should call [`Manager::tick`] next, if anything waits on time.
+    pub fn next_deadline(&self) -> Option<Time> {
+        match &self.phase {
+            Phase::Probing { deadline, .. } => Some(*deadline),
+            Phase::Distributing {
+                resend_at,
+                ack_deadline,
+                ..
+            } => {
+                let mut next = (*resend_at).min(*ack_deadline);
+                if let Some(until) = self.removed_until {
+                    next = next.min(until);
+                }
+                Some(next)
+            }
+            _ => None,
+        }
+    }
+
+    /// This replica became the Raft leader with `config` applied: it acts as CM from now on
+    /// (module docs, "A new leader").
+    pub fn became_leader(&mut self, config: Configuration, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.is_leader() {
+            self.lost_leadership();
+        }
+        let config = Arc::new(config);
+        self.config = Some(config.clone());
+        self.record = Some(Reconfiguration {
+            cause: Cause::NewLeader,
+            from_id: config.id,
+            to_id: None,
+            failed: Vec::new(),
+            suspected_at: now,
+            probed_at: None,
+            installed_at: None,
+            acked_at: None,
+            committed_at: None,
+            outcome: Outcome::InProgress,
+        });
+        if config.cm_leader == Some(self.me) {
+            self.distribute(config, now, &mut out);
+        } else {
+            self.propose(BTreeSet::new(), 1, &mut out);
+        }
+        out
+    }
+
+    /// This replica is no longer the Raft leader: whatever was under way stops here (the next
+    /// leader starts again from the configuration Raft holds).
+    pub fn lost_leadership(&mut self) {
+        self.finish(Outcome::StoodDown {
+            reason: "lost leadership".into(),
+        });
+        self.phase = Phase::Follower;
+        self.queued.clear();
+        self.queued_since = None;
+        self.committed_id = None;
+    }
+
+    /// The lease table reports that `node`'s lease expired at `now`.
+    pub fn suspect(&mut self, node: NodeId, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.is_leader() {
+            return out;
+        }
+        if node == self.me {
+            tracing::warn!(%node, "the CM was reported as its own suspect; ignored");
+            return out;
+        }
+        assert!(
+            self.queued.len() < MEMBERS_MAX,
+            "queued={}",
+            self.queued.len()
+        );
+        if self.queued.insert(node) && self.queued_since.is_none() {
+            self.queued_since = Some(now);
+        }
+        self.start_next(now, &mut out);
+        out
+    }
+
+    /// `from` answered the probe `nonce`.
+    pub fn probe_reply(&mut self, from: NodeId, nonce: u64, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Phase::Probing {
+            nonce: current,
+            probed,
+            answered,
+            ..
+        } = &mut self.phase
+        {
+            if *current == nonce && probed.contains(&from) {
+                answered.insert(from);
+                if answered.len() == probed.len() {
+                    self.finish_probing(now, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// The outcome of the latest [`Action::ProposeInstall`].
+    pub fn install_outcome(&mut self, outcome: InstallOutcome, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Phase::Installing {
+            failed,
+            proposed,
+            attempt_count,
+        } = &mut self.phase
+        else {
+            return out;
+        };
+        let failed = std::mem::take(failed);
+        let proposed = proposed.clone();
+        let attempt_count = *attempt_count;
+        match outcome {
+            InstallOutcome::Installed(config) => {
+                let current = self.config.as_ref().map_or(0, |c| c.id);
+                assert_eq!(
+                    config.id,
+                    current + 1,
+                    "installed {} over {current}",
+                    config.id
+                );
+                assert_eq!(
+                    *proposed, config,
+                    "Raft installed another plan than proposed"
+                );
+                let config = Arc::new(config);
+                self.config = Some(config.clone());
+                if let Some(record) = &mut self.record {
+                    record.to_id = Some(config.id);
+                    record.installed_at = Some(now);
+                }
+                self.distribute(config, now, &mut out);
+            }
+            InstallOutcome::Stale(current) => {
+                let known = self.config.as_ref().map_or(0, |c| c.id);
+                if current.id <= known {
+                    tracing::warn!(
+                        current = current.id,
+                        known,
+                        "install reported stale with a configuration not newer; retrying"
+                    );
+                } else {
+                    self.config = Some(Arc::new(current));
+                }
+                self.retry(failed, attempt_count, now, &mut out);
+            }
+            InstallOutcome::Lost => self.retry(failed, attempt_count, now, &mut out),
+            InstallOutcome::Rejected(reason) => {
+                tracing::error!(%reason, "Raft rejected the planned configuration");
+                self.finish(Outcome::Failed { reason });
+                self.phase = Phase::Idle;
+                self.start_next(now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The caller moved the lease table to configuration `id`: leases granted to the nodes it
+    /// removed run until `removed_until` at the latest (`now` if it removed none, or their
+    /// leases already expired).
+    pub fn leases_updated(&mut self, id: u64, removed_until: Time, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.is_leader() {
+            return out;
+        }
+        self.removed_until = Some(
+            self.removed_until
+                .map_or(removed_until, |u| u.max(removed_until)),
+        );
+        if let Phase::Distributing {
+            config,
+            leases_known,
+            ..
+        } = &mut self.phase
+            && config.id == id
+        {
+            *leases_known = true;
+        }
+        self.maybe_commit(now, &mut out);
+        out
+    }
+
+    /// `from` answered NEW-CONFIG.
+    pub fn ack(&mut self, from: NodeId, ack: &NewConfigAck, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.is_leader() {
+            return out;
+        }
+        if let Phase::Distributing { config, acked, .. } = &mut self.phase
+            && ack.id == config.id
+            && config.members().any(|m| m == from)
+        {
+            if ack.refused.is_empty() {
+                acked.insert(from);
+                self.maybe_commit(now, &mut out);
+                return out;
+            }
+            let refusal = crate::member::Refusal::parse(&ack.refused);
+            if refusal == Some(crate::member::Refusal::Stale) {
+                let reason = format!(
+                    "{from} refused configuration {} as stale: another CM installed a newer one",
+                    ack.id
+                );
+                self.stand_down(reason, &mut out);
+                return out;
+            }
+            tracing::warn!(%from, id = ack.id, refused = %ack.refused, "member refused NEW-CONFIG; suspecting it");
+            self.supersede(&[from], now, &mut out);
+            return out;
+        }
+        // A member that missed NEW-CONFIG-COMMIT repeats its ack: commit again.
+        if ack.refused.is_empty() && self.committed_id == Some(ack.id) {
+            out.push(Action::SendNewConfigCommit {
+                to: from,
+                id: ack.id,
+            });
+        }
+        out
+    }
+
+    /// Time passed: probe timeouts, NEW-CONFIG resends, the ack bound and the lease wait.
+    pub fn tick(&mut self, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        match &mut self.phase {
+            Phase::Probing { deadline, .. } if now >= *deadline => {
+                self.finish_probing(now, &mut out);
+            }
+            Phase::Distributing {
+                config,
+                acked,
+                resend_at,
+                ack_deadline,
+                ..
+            } => {
+                if now >= *ack_deadline {
+                    let silent: Vec<NodeId> =
+                        config.members().filter(|m| !acked.contains(m)).collect();
+                    if !silent.is_empty() {
+                        tracing::warn!(
+                            ?silent,
+                            id = config.id,
+                            "members did not acknowledge NEW-CONFIG in time; suspecting them"
+                        );
+                        self.supersede(&silent, now, &mut out);
+                        return out;
+                    }
+                }
+                if now >= *resend_at {
+                    *resend_at = now + self.timing.resend_period;
+                    for to in config.members().filter(|m| !acked.contains(m)) {
+                        out.push(Action::SendNewConfig {
+                            to,
+                            configuration: config.clone(),
+                        });
+                    }
+                }
+                self.maybe_commit(now, &mut out);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Starts the next reconfiguration if none is under way and suspects wait.
+    fn start_next(&mut self, now: Time, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Idle) || self.queued.is_empty() {
+            return;
+        }
+        let config = self
+            .config
+            .clone()
+            .expect("a leader knows its configuration");
+        let suspects: BTreeSet<NodeId> = std::mem::take(&mut self.queued)
+            .into_iter()
+            .filter(|&node| config.members().any(|m| m == node))
+            .collect();
+        let suspected_at = self.queued_since.take().unwrap_or(now);
+        if suspects.is_empty() {
+            return;
+        }
+        self.record = Some(Reconfiguration {
+            cause: Cause::Failure {
+                suspects: suspects.iter().copied().collect(),
+            },
+            from_id: config.id,
+            to_id: None,
+            failed: Vec::new(),
+            suspected_at,
+            probed_at: None,
+            installed_at: None,
+            acked_at: None,
+            committed_at: None,
+            outcome: Outcome::InProgress,
+        });
+        let probed: BTreeSet<NodeId> = config
+            .members()
+            .filter(|m| *m != self.me && !suspects.contains(m))
+            .collect();
+        let nonce = self.nonce_next;
+        self.nonce_next += 1;
+        for &to in &probed {
+            out.push(Action::SendProbe { to, nonce });
+        }
+        let nobody = probed.is_empty();
+        self.phase = Phase::Probing {
+            nonce,
+            suspects,
+            probed,
+            answered: BTreeSet::new(),
+            deadline: now + self.timing.probe_timeout,
+        };
+        if nobody {
+            self.finish_probing(now, out);
+        }
+    }
+
+    fn finish_probing(&mut self, now: Time, out: &mut Vec<Action>) {
+        let Phase::Probing {
+            suspects,
+            probed,
+            answered,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            unreachable!("finish_probing outside probing");
+        };
+        let config = self
+            .config
+            .clone()
+            .expect("a leader knows its configuration");
+        let member_count = config.members().count();
+        let me_counted = usize::from(config.members().any(|m| m == self.me));
+        let reached = answered.len() + me_counted;
+        if let Some(record) = &mut self.record {
+            record.probed_at = Some(now);
+        }
+        if reached * 2 <= member_count {
+            let reason = format!(
+                "only {reached} of the {member_count} members of configuration {} answered the \
+                 probe: this CM is likely the one cut off",
+                config.id
+            );
+            self.stand_down(reason, out);
+            return;
+        }
+        let mut failed = suspects;
+        failed.extend(probed.difference(&answered).copied());
+        self.propose(failed, 1, out);
+        if matches!(self.phase, Phase::Idle) {
+            self.start_next(now, out);
+        }
+    }
+
+    /// Plans from the current configuration and proposes it (attempt `attempt_count`).
+    fn propose(&mut self, mut failed: BTreeSet<NodeId>, attempt_count: u32, out: &mut Vec<Action>) {
+        let config = self
+            .config
+            .clone()
+            .expect("a leader knows its configuration");
+        failed.retain(|&node| config.members().any(|m| m == node));
+        if let Some(record) = &mut self.record {
+            record.failed = failed.iter().copied().collect();
+        }
+        let next = if failed.is_empty() {
+            if matches!(
+                self.record.as_ref().map(|r| &r.cause),
+                Some(Cause::Failure { .. })
+            ) {
+                self.finish(Outcome::NothingToDo);
+                self.phase = Phase::Idle;
+                return;
+            }
+            let mut next = (*config).clone();
+            next.id = config.id + 1;
+            next
+        } else {
+            match remap::after_failure(&config, &failed) {
+                Ok(plan) => plan.config,
+                Err(e) => {
+                    tracing::error!(?failed, "no configuration can follow {}: {e}", config.id);
+                    self.finish(Outcome::Failed {
+                        reason: e.to_string(),
+                    });
+                    self.phase = Phase::Idle;
+                    return;
+                }
+            }
+        };
+        let mut next = next;
+        next.cm_leader = Some(self.me);
+        let next = Arc::new(next);
+        out.push(Action::ProposeInstall {
+            expected_id: config.id,
+            configuration: next.clone(),
+        });
+        self.phase = Phase::Installing {
+            failed,
+            proposed: next,
+            attempt_count,
+        };
+    }
+
+    /// After a lost or stale proposal: propose again from the configuration now known, or,
+    /// when it already is what was wanted (it names this CM and lists none of the failed),
+    /// distribute it.
+    fn retry(
+        &mut self,
+        mut failed: BTreeSet<NodeId>,
+        attempt_count: u32,
+        now: Time,
+        out: &mut Vec<Action>,
+    ) {
+        if attempt_count >= INSTALL_ATTEMPTS_MAX {
+            let reason = format!("{attempt_count} proposals of a configuration failed");
+            self.stand_down(reason, out);
+            return;
+        }
+        let config = self
+            .config
+            .clone()
+            .expect("a leader knows its configuration");
+        failed.retain(|&node| config.members().any(|m| m == node));
+        if failed.is_empty() && config.cm_leader == Some(self.me) {
+            if let Some(record) = &mut self.record {
+                record.to_id = Some(config.id);
+                record.installed_at = Some(now);
+            }
+            self.distribute(config, now, out);
+            return;
+        }
+        if failed.is_empty()
+            && matches!(
+                self.record.as_ref().map(|r| &r.cause),
+                Some(Cause::Failure { .. })
+            )
+        {
+            // The failed nodes are gone already, but the configuration names another CM: make
+            // it name this one, as a new leader does.
+            if let Some(record) = &mut self.record {
+                record.cause = Cause::NewLeader;
+            }
+        }
+        self.propose(failed, attempt_count + 1, out);
+    }
+
+    fn distribute(&mut self, config: Arc<Configuration>, now: Time, out: &mut Vec<Action>) {
+        out.push(Action::UpdateLeaseMembers {
+            configuration: config.clone(),
+        });
+        for to in config.members() {
+            out.push(Action::SendNewConfig {
+                to,
+                configuration: config.clone(),
+            });
+        }
+        self.phase = Phase::Distributing {
+            config,
+            acked: BTreeSet::new(),
+            leases_known: false,
+            resend_at: now + self.timing.resend_period,
+            ack_deadline: now + self.timing.ack_timeout,
+        };
+    }
+
+    fn maybe_commit(&mut self, now: Time, out: &mut Vec<Action>) {
+        let Phase::Distributing {
+            config,
+            acked,
+            leases_known,
+            ..
+        } = &self.phase
+        else {
+            return;
+        };
+        let all_acked = config.members().all(|m| acked.contains(&m));
+        if all_acked
+            && let Some(record) = &mut self.record
+            && record.acked_at.is_none()
+        {
+            record.acked_at = Some(now);
+        }
+        let leases_out = *leases_known && self.removed_until.is_some_and(|until| now >= until);
+        if !all_acked || !leases_out {
+            return;
+        }
+        let config = config.clone();
+        for to in config.members() {
+            out.push(Action::SendNewConfigCommit { to, id: config.id });
+        }
+        self.committed_id = Some(config.id);
+        if let Some(record) = &mut self.record {
+            record.committed_at = Some(now);
+        }
+        self.finish(Outcome::Committed);
+        self.phase = Phase::Idle;
+        self.start_next(now, out);
+    }
+
+    /// Gives up committing the configuration being distributed: `silent` is suspected and the
+    /// next reconfiguration starts from it now.
+    fn supersede(&mut self, silent: &[NodeId], now: Time, out: &mut Vec<Action>) {
+        self.finish(Outcome::Superseded);
+        self.phase = Phase::Idle;
+        for &node in silent {
+            if node != self.me {
+                self.queued.insert(node);
+            }
+        }
+        if !self.queued.is_empty() {
+            self.queued_since = Some(self.queued_since.map_or(now, |t| t.min(now)));
+        }
+        self.start_next(now, out);
+    }
+
+    fn stand_down(&mut self, reason: String, out: &mut Vec<Action>) {
+        tracing::warn!(%reason, "CM stands down");
+        self.finish(Outcome::StoodDown {
+            reason: reason.clone(),
+        });
+        self.phase = Phase::Follower;
+        self.queued.clear();
+        self.queued_since = None;
+        self.committed_id = None;
+        out.push(Action::StandDown { reason });
+    }
+
+    /// Moves the reconfiguration under way, if any, to the history with `outcome`.
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(mut record) = self.record.take() {
+            record.outcome = outcome;
+            tracing::info!("reconfiguration: {record}");
+            if self.history.len() == RECORDS_KEPT {
+                self.history.pop_front();
+            }
+            self.history.push_back(record);
+        }
+    }
+}

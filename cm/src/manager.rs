@@ -852,3 +852,391 @@ impl Manager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acre_engine::addr::RegionId;
+    use acre_txn::config::RegionState;
+
+    const ME: NodeId = NodeId(1);
+
+    fn ms(ms: u64) -> Time {
+        Time::from_nanos(ms * 1_000_000)
+    }
+
+    /// Five nodes, f = 1; region k has its primary on node k and its backup on node k + 1, and
+    /// n5 holds only the backup of r4. The CM is n1.
+    fn cluster() -> Configuration {
+        let nodes = (1..=5).map(NodeId).collect();
+        let mut config = Configuration::place(1, nodes, vec![], 1, 1, 1 << 20, 4096).unwrap();
+        config.regions.pop();
+        config.cm_replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
+        config.cm_leader = Some(ME);
+        config.validate().unwrap();
+        config
+    }
+
+    fn probes(actions: &[Action]) -> Vec<(NodeId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendProbe { to, nonce } => Some((*to, *nonce)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn proposal(actions: &[Action]) -> Option<(u64, Configuration)> {
+        actions.iter().find_map(|a| match a {
+            Action::ProposeInstall {
+                expected_id,
+                configuration,
+            } => Some((*expected_id, (**configuration).clone())),
+            _ => None,
+        })
+    }
+
+    fn new_configs(actions: &[Action]) -> Vec<(NodeId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendNewConfig { to, configuration } => Some((*to, configuration.id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn commits(actions: &[Action]) -> Vec<(NodeId, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendNewConfigCommit { to, id } => Some((*to, *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stood_down(actions: &[Action]) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::StandDown { .. }))
+    }
+
+    fn ok(id: u64) -> NewConfigAck {
+        NewConfigAck {
+            id,
+            refused: String::new(),
+        }
+    }
+
+    /// A manager that led configuration 1 through its first distribution and committed it.
+    fn lead() -> Manager {
+        let config = cluster();
+        let mut manager = Manager::new(ME, ManagerTiming::default());
+        let actions = manager.became_leader(config.clone(), ms(0));
+        assert!(matches!(actions[0], Action::UpdateLeaseMembers { .. }));
+        assert_eq!(new_configs(&actions).len(), 5, "{actions:?}");
+        assert!(manager.leases_updated(1, ms(0), ms(0)).is_empty());
+        let mut last = Vec::new();
+        for node in config.members() {
+            last = manager.ack(node, &ok(1), ms(1));
+        }
+        assert_eq!(commits(&last).len(), 5, "{last:?}");
+        assert!(manager.is_idle());
+        manager
+    }
+
+    /// Suspects `node` at `at`, answers every probe, returns the proposal.
+    fn suspect_and_probe(manager: &mut Manager, node: NodeId, at: Time) -> (u64, Configuration) {
+        let actions = manager.suspect(node, at);
+        let sent = probes(&actions);
+        assert!(
+            !sent.iter().any(|(to, _)| *to == node || *to == ME),
+            "{sent:?}"
+        );
+        let mut last = Vec::new();
+        for (to, nonce) in sent {
+            last = manager.probe_reply(to, nonce, at + Duration::from_millis(1));
+        }
+        proposal(&last).expect("every probe answered: a proposal")
+    }
+
+    // FaRM SOSP'15 §5.2: suspect, probe, install, NEW-CONFIG, wait out the leases, commit.
+    #[test]
+    fn a_backup_only_node_fails_and_commit_waits_for_its_lease() {
+        let mut manager = lead();
+        let (expected_id, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        assert_eq!(expected_id, 1);
+        assert_eq!(next.id, 2);
+        assert!(!next.nodes.contains(&NodeId(5)));
+        assert_eq!(next.cm_leader, Some(ME));
+        // n5 held only r4's backup: r4 gets a new one; no primary moved, nothing blocked.
+        let r4 = next.placement(RegionId(4)).unwrap();
+        assert_eq!(r4.primary, NodeId(4));
+        assert_eq!(r4.backups.len(), 1);
+        assert!(next.regions.iter().all(|p| p.state == RegionState::Active));
+
+        let actions = manager.install_outcome(InstallOutcome::Installed(next.clone()), ms(12));
+        assert!(
+            matches!(&actions[0], Action::UpdateLeaseMembers { configuration } if configuration.id == 2)
+        );
+        let sent: Vec<NodeId> = new_configs(&actions).iter().map(|(to, _)| *to).collect();
+        assert_eq!(sent, [1, 2, 3, 4].map(NodeId));
+        for node in 1..=4 {
+            let actions = manager.ack(NodeId(node), &ok(2), ms(13));
+            assert!(commits(&actions).is_empty(), "lease wait not reported yet");
+        }
+        // n5's lease, granted before it failed, runs until 200 ms.
+        assert!(commits(&manager.leases_updated(2, ms(200), ms(14))).is_empty());
+        assert!(
+            commits(&manager.tick(ms(199))).is_empty(),
+            "n5 may still act"
+        );
+        assert_eq!(
+            manager.next_deadline(),
+            Some(ms(200)),
+            "the lease wait is a deadline"
+        );
+        let actions = manager.tick(ms(200));
+        assert_eq!(commits(&actions), [1, 2, 3, 4].map(|n| (NodeId(n), 2)));
+        assert!(manager.is_idle());
+
+        let record = manager.history().last().unwrap();
+        assert_eq!(record.outcome, Outcome::Committed);
+        assert_eq!((record.from_id, record.to_id), (1, Some(2)));
+        assert_eq!(record.failed, [NodeId(5)]);
+        assert_eq!(record.suspected_at, ms(10));
+        assert_eq!(record.probed_at, Some(ms(11)));
+        assert_eq!(record.installed_at, Some(ms(12)));
+        assert_eq!(record.acked_at, Some(ms(13)));
+        assert_eq!(record.committed_at, Some(ms(200)));
+    }
+
+    #[test]
+    fn a_primary_fails_and_its_region_is_blocked() {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(2), ms(10));
+        let r2 = next.placement(RegionId(2)).unwrap();
+        assert_eq!(r2.primary, NodeId(3), "its backup promoted");
+        assert_eq!(r2.state, RegionState::Blocked);
+        let r1 = next.placement(RegionId(1)).unwrap();
+        assert_eq!((r1.primary, r1.state), (NodeId(1), RegionState::Active));
+    }
+
+    #[test]
+    fn a_minority_of_probes_answered_stands_down_and_installs_nothing() {
+        let mut manager = lead();
+        let actions = manager.suspect(NodeId(5), ms(10));
+        let sent = probes(&actions);
+        assert_eq!(sent.len(), 3);
+        // n2 answers: n1 and n2 are 2 of 5 members.
+        let (to, nonce) = sent[0];
+        assert!(manager.probe_reply(to, nonce, ms(11)).is_empty());
+        // A reply to an older probe counts for nothing.
+        assert!(manager.probe_reply(sent[1].0, nonce + 7, ms(11)).is_empty());
+        assert!(
+            manager
+                .tick(ms(10) + PROBE_TIMEOUT_DEFAULT - Duration::from_nanos(1))
+                .is_empty()
+        );
+        let actions = manager.tick(ms(10) + PROBE_TIMEOUT_DEFAULT);
+        assert!(stood_down(&actions), "{actions:?}");
+        assert!(proposal(&actions).is_none());
+        assert!(!manager.is_leader());
+        assert!(
+            manager.suspect(NodeId(4), ms(200)).is_empty(),
+            "a follower does nothing"
+        );
+        assert!(matches!(
+            manager.history().last().unwrap().outcome,
+            Outcome::StoodDown { .. }
+        ));
+    }
+
+    #[test]
+    fn members_that_do_not_answer_the_probe_are_removed_too() {
+        let mut manager = lead();
+        let sent = probes(&manager.suspect(NodeId(5), ms(10)));
+        for &(to, nonce) in &sent[..2] {
+            assert!(manager.probe_reply(to, nonce, ms(11)).is_empty());
+        }
+        let (_, next) = proposal(&manager.tick(ms(10) + PROBE_TIMEOUT_DEFAULT)).unwrap();
+        let silent = sent[2].0;
+        assert!(!next.nodes.contains(&silent) && !next.nodes.contains(&NodeId(5)));
+        assert_eq!(manager.in_progress().unwrap().failed, [silent, NodeId(5)]);
+    }
+
+    #[test]
+    fn a_stale_outcome_plans_again_from_the_current_configuration() {
+        let mut manager = lead();
+        let (_, ours) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        // Another CM installed 2 meanwhile: it names n2 and still lists n5.
+        let mut theirs = cluster();
+        theirs.id = 2;
+        theirs.cm_leader = Some(NodeId(2));
+        let actions = manager.install_outcome(InstallOutcome::Stale(theirs), ms(12));
+        let (expected_id, next) = proposal(&actions).expect("a new plan");
+        assert_eq!((expected_id, next.id), (2, 3));
+        assert!(!next.nodes.contains(&NodeId(5)));
+        assert_eq!(next.cm_leader, Some(ME));
+        // And a stale outcome whose current configuration is our own plan, applied after all
+        // (a lost proposal that was not lost): nothing left to plan, it is distributed.
+        let mut next_ours = ours.clone();
+        next_ours.id = 3;
+        let actions = manager.install_outcome(InstallOutcome::Stale(next_ours), ms(13));
+        assert!(proposal(&actions).is_none());
+        assert_eq!(new_configs(&actions).len(), 4, "{actions:?}");
+    }
+
+    #[test]
+    fn a_lost_proposal_is_proposed_again_a_bounded_number_of_times() {
+        let mut manager = lead();
+        let (_, first) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        for attempt in 2..=INSTALL_ATTEMPTS_MAX {
+            let actions = manager.install_outcome(InstallOutcome::Lost, ms(11));
+            let (expected_id, again) =
+                proposal(&actions).unwrap_or_else(|| panic!("attempt {attempt}"));
+            assert_eq!((expected_id, &again), (1, &first));
+        }
+        let actions = manager.install_outcome(InstallOutcome::Lost, ms(12));
+        assert!(stood_down(&actions), "{actions:?}");
+    }
+
+    #[test]
+    fn suspects_during_a_reconfiguration_go_into_the_next_one() {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        let actions = manager.install_outcome(InstallOutcome::Installed(next), ms(12));
+        assert!(!new_configs(&actions).is_empty());
+        // n4 and n5 (again) are suspected while 2 is distributed: nothing starts now.
+        assert!(manager.suspect(NodeId(4), ms(13)).is_empty());
+        assert!(manager.suspect(NodeId(5), ms(14)).is_empty());
+        assert!(manager.leases_updated(2, ms(15), ms(15)).is_empty());
+        let mut actions = Vec::new();
+        for node in 1..=4 {
+            actions = manager.ack(NodeId(node), &ok(2), ms(16));
+        }
+        assert_eq!(commits(&actions).len(), 4);
+        // The commit starts the next one: n5 is no member of 2, so only n4 is suspected.
+        let sent = probes(&actions);
+        assert_eq!(
+            sent.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [NodeId(2), NodeId(3)]
+        );
+        let record = manager.in_progress().unwrap();
+        assert_eq!(
+            record.cause,
+            Cause::Failure {
+                suspects: vec![NodeId(4)]
+            }
+        );
+        assert_eq!(record.suspected_at, ms(13));
+        let mut last = Vec::new();
+        for (to, nonce) in sent {
+            last = manager.probe_reply(to, nonce, ms(17));
+        }
+        let (expected_id, next) = proposal(&last).unwrap();
+        assert_eq!((expected_id, next.id), (2, 3));
+        assert_eq!(next.nodes, [1, 2, 3].map(NodeId));
+    }
+
+    #[test]
+    fn new_config_is_sent_again_until_acked_and_a_silent_member_is_suspected() {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        manager.install_outcome(InstallOutcome::Installed(next), ms(12));
+        manager.leases_updated(2, ms(12), ms(12));
+        for node in 1..=3 {
+            assert!(commits(&manager.ack(NodeId(node), &ok(2), ms(13))).is_empty());
+        }
+        let mut now = ms(12);
+        let mut resends = 0;
+        let bound = ms(12) + ACK_TIMEOUT_DEFAULT;
+        while now + RESEND_PERIOD_DEFAULT < bound {
+            now += RESEND_PERIOD_DEFAULT;
+            let actions = manager.tick(now);
+            assert_eq!(new_configs(&actions), [(NodeId(4), 2)], "at {now}");
+            resends += 1;
+        }
+        assert!(resends >= 40, "resends={resends}");
+        // n4 never acknowledged: suspected, and 2 is superseded without a commit.
+        let actions = manager.tick(bound);
+        assert!(commits(&actions).is_empty());
+        let sent = probes(&actions);
+        assert_eq!(
+            sent.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [NodeId(2), NodeId(3)]
+        );
+        assert_eq!(
+            manager.history().last().unwrap().outcome,
+            Outcome::Superseded
+        );
+        let mut last = Vec::new();
+        for (to, nonce) in sent {
+            last = manager.probe_reply(to, nonce, bound);
+        }
+        let (expected_id, next) = proposal(&last).unwrap();
+        assert_eq!((expected_id, next.id), (2, 3));
+        assert!(!next.nodes.contains(&NodeId(4)));
+    }
+
+    #[test]
+    fn refusals_stale_stands_down_and_removed_is_suspected() {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        manager.install_outcome(InstallOutcome::Installed(next.clone()), ms(12));
+        let removed = NewConfigAck {
+            id: 2,
+            refused: "removed: not listed".into(),
+        };
+        let actions = manager.ack(NodeId(4), &removed, ms(13));
+        assert_eq!(
+            manager.history().last().unwrap().outcome,
+            Outcome::Superseded
+        );
+        assert!(probes(&actions).iter().all(|p| p.0 != NodeId(4)));
+
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        manager.install_outcome(InstallOutcome::Installed(next), ms(12));
+        let stale = NewConfigAck {
+            id: 2,
+            refused: "stale: n4 holds configuration 3".into(),
+        };
+        assert!(stood_down(&manager.ack(NodeId(4), &stale, ms(13))));
+    }
+
+    #[test]
+    fn a_repeated_ack_of_the_committed_configuration_gets_the_commit_again() {
+        let mut manager = lead();
+        assert_eq!(
+            manager.ack(NodeId(3), &ok(1), ms(50)),
+            [Action::SendNewConfigCommit {
+                to: NodeId(3),
+                id: 1
+            }]
+        );
+        assert!(manager.ack(NodeId(3), &ok(0), ms(50)).is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_installs_a_configuration_that_names_it() {
+        let mut config = cluster();
+        config.cm_leader = Some(NodeId(2));
+        let mut manager = Manager::new(ME, ManagerTiming::default());
+        let actions = manager.became_leader(config.clone(), ms(0));
+        let (expected_id, next) = proposal(&actions).unwrap();
+        assert_eq!((expected_id, next.id, next.cm_leader), (1, 2, Some(ME)));
+        assert_eq!(next.nodes, config.nodes);
+        assert_eq!(next.regions, config.regions);
+        assert_eq!(manager.in_progress().unwrap().cause, Cause::NewLeader);
+        manager.lost_leadership();
+        assert!(!manager.is_leader());
+        assert!(
+            manager
+                .install_outcome(InstallOutcome::Installed(next), ms(1))
+                .is_empty()
+        );
+    }
+}

@@ -240,3 +240,195 @@ impl<A: Adopter> Member<A> {
 fn sent_by_its_cm(config: &Configuration, from: NodeId) -> bool {
     config.cm_leader.is_none_or(|cm| cm == from)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::wire::ConfigurationMessage;
+    use std::cell::RefCell;
+
+    /// An adopter that keeps the id and whether it is committed, and checks the rules a real
+    /// node enforces: ids only grow, and only the adopted id is committed.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeNode {
+        pub(crate) state: RefCell<FakeState>,
+    }
+
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeState {
+        pub(crate) id: u64,
+        pub(crate) committed: bool,
+        pub(crate) adopt_count: usize,
+        pub(crate) fail_next: bool,
+    }
+
+    impl FakeNode {
+        pub(crate) fn at(id: u64) -> FakeNode {
+            let node = FakeNode::default();
+            node.state.borrow_mut().id = id;
+            node.state.borrow_mut().committed = true;
+            node
+        }
+    }
+
+    impl Adopter for FakeNode {
+        fn adopt(&self, config: Arc<Configuration>) -> Result<(), String> {
+            let mut state = self.state.borrow_mut();
+            assert!(
+                config.id > state.id,
+                "offered={} current={}",
+                config.id,
+                state.id
+            );
+            if std::mem::take(&mut state.fail_next) {
+                return Err("no memory for the copy".into());
+            }
+            state.id = config.id;
+            state.committed = false;
+            state.adopt_count += 1;
+            Ok(())
+        }
+
+        fn commit(&self, id: u64) -> Result<(), String> {
+            let mut state = self.state.borrow_mut();
+            assert_eq!(id, state.id, "commit of {id} in {}", state.id);
+            state.committed = true;
+            Ok(())
+        }
+
+        fn current_id(&self) -> u64 {
+            self.state.borrow().id
+        }
+    }
+
+    const CM: NodeId = NodeId(1);
+    const ME: NodeId = NodeId(3);
+
+    fn ms(ms: u64) -> Time {
+        Time::from_nanos(ms * 1_000_000)
+    }
+
+    fn config(id: u64, nodes: &[u16]) -> Arc<Configuration> {
+        let nodes = nodes.iter().copied().map(NodeId).collect();
+        let mut config = Configuration::place(id, nodes, vec![], 1, 1, 1 << 20, 4096).unwrap();
+        config.cm_leader = Some(CM);
+        Arc::new(config)
+    }
+
+    fn acked(ack: Option<NewConfigAck>, id: u64) {
+        assert_eq!(
+            ack,
+            Some(NewConfigAck {
+                id,
+                refused: String::new()
+            })
+        );
+    }
+
+    fn refused(ack: Option<NewConfigAck>) -> Refusal {
+        let ack = ack.expect("an answer");
+        Refusal::parse(&ack.refused).unwrap_or_else(|| panic!("{ack:?}"))
+    }
+
+    #[test]
+    fn higher_ids_are_adopted_equal_ones_acked_again_lower_ones_refused() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        acked(member.new_config(CM, config(6, &[1, 2, 3]), ms(0)), 6);
+        assert_eq!(member.pending_id(), Some(6));
+        // The CM resends: acknowledged again, adopted once.
+        acked(member.new_config(CM, config(6, &[1, 2, 3]), ms(1)), 6);
+        assert_eq!(member.adopter().state.borrow().adopt_count, 1);
+        assert_eq!(
+            refused(member.new_config(CM, config(4, &[1, 2, 3]), ms(2))),
+            Refusal::Stale
+        );
+        assert_eq!(member.adopter().current_id(), 6);
+        // A node's first configuration, committed, is acknowledged too (a new CM resends it).
+        let mut member = Member::new(ME, FakeNode::at(5));
+        acked(member.new_config(CM, config(5, &[1, 2, 3]), ms(0)), 5);
+        assert_eq!(member.pending_id(), None);
+    }
+
+    #[test]
+    fn a_configuration_without_the_node_is_refused_as_removed_and_not_adopted() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert_eq!(
+            refused(member.new_config(CM, config(6, &[1, 2, 4]), ms(0))),
+            Refusal::Removed
+        );
+        assert_eq!(member.adopter().current_id(), 5);
+        assert_eq!(member.pending_id(), None);
+        member.adopter().state.borrow_mut().fail_next = true;
+        assert_eq!(
+            refused(member.new_config(CM, config(6, &[1, 2, 3]), ms(0))),
+            Refusal::Failed
+        );
+        assert_eq!(member.pending_id(), None);
+    }
+
+    #[test]
+    fn commit_applies_only_to_the_adopted_id_from_its_cm() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert!(!member.commit(CM, 5), "nothing adopted");
+        acked(member.new_config(CM, config(6, &[1, 2, 3]), ms(0)), 6);
+        assert!(!member.commit(CM, 7), "not adopted");
+        assert!(!member.commit(CM, 5), "an older one");
+        assert!(!member.commit(NodeId(2), 6), "n2 is not the CM of 6");
+        assert!(!member.adopter().state.borrow().committed);
+        assert!(member.commit(CM, 6));
+        assert!(member.adopter().state.borrow().committed);
+        assert_eq!(member.pending_id(), None);
+        assert!(!member.commit(CM, 6), "taken once");
+    }
+
+    #[test]
+    fn new_config_from_another_node_than_its_cm_is_ignored() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert_eq!(
+            member.new_config(NodeId(2), config(6, &[1, 2, 3]), ms(0)),
+            None
+        );
+        assert_eq!(member.adopter().current_id(), 5);
+        // A configuration that names no CM (a static cluster) is taken from anyone.
+        let mut plain = (*config(6, &[1, 2, 3])).clone();
+        plain.cm_leader = None;
+        acked(member.new_config(NodeId(2), Arc::new(plain), ms(0)), 6);
+        assert!(member.commit(NodeId(2), 6));
+    }
+
+    #[test]
+    fn the_ack_is_repeated_until_the_commit_comes() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert_eq!(member.tick(ms(100)), None, "nothing pending");
+        let body = Body::NewConfig(ConfigurationMessage::from(&*config(6, &[1, 2, 3])));
+        let (to, reply) = member.receive(CM, &body, ms(0)).unwrap();
+        assert_eq!(to, CM);
+        assert!(
+            matches!(reply, Body::NewConfigAck(ref ack) if ack.id == 6 && ack.refused.is_empty())
+        );
+        assert_eq!(member.tick(ms(19)), None);
+        assert_eq!(member.tick(ms(20)), Some((CM, reply.clone())));
+        assert_eq!(member.tick(ms(21)), None);
+        assert_eq!(member.next_deadline(), Some(ms(40)));
+        assert_eq!(member.receive(CM, &Body::NewConfigCommit(6), ms(22)), None);
+        assert_eq!(member.tick(ms(100)), None, "committed");
+        assert_eq!(
+            member.receive(CM, &Body::Probe(3), ms(22)),
+            None,
+            "not this machine's"
+        );
+    }
+
+    #[test]
+    fn refusal_names_round_trip() {
+        for refusal in [Refusal::Stale, Refusal::Removed, Refusal::Failed] {
+            assert_eq!(Refusal::parse(refusal.name()), Some(refusal));
+            assert_eq!(
+                Refusal::parse(&format!("{}: why", refusal.name())),
+                Some(refusal)
+            );
+        }
+        assert_eq!(Refusal::parse(""), None);
+        assert_eq!(Refusal::parse("tired"), None);
+    }
+}

@@ -1240,3 +1240,391 @@ mod tests {
         );
     }
 }
+
+/// A seeded simulation of the manager and five members over a network that loses, delays and
+/// reorders messages, with nodes that crash, a Raft group that loses proposals (some of them
+/// applied after all) and a CM that stands down and is elected again.
+#[cfg(test)]
+mod simulation {
+    use super::*;
+    use crate::member::tests::FakeNode;
+    use crate::member::{Adopter, Member};
+    use crate::wire::{ConfigurationMessage, envelope::Body};
+    use acre_nvm_log::random::{Replay, SplitMix, for_each_seed, pinned_seed};
+    use std::collections::BTreeMap;
+
+    /// Runs per test run: about a second in a debug build.
+    const SEED_COUNT: u64 = 60;
+    const CM: NodeId = NodeId(1);
+    const NODE_COUNT: u16 = 5;
+    const LEASE: Duration = Duration::from_millis(200);
+    const STEP: Duration = Duration::from_millis(1);
+    const STEP_COUNT: u64 = 6_000;
+    /// Nodes crash only before this step, and messages are lost only before the next.
+    const FAULTS_UNTIL_STEP: u64 = 2_500;
+    const LOSS_UNTIL_STEP: u64 = 3_500;
+    const CRASHES_MAX: usize = 2;
+    const DELAY_MS_MAX: u64 = 8;
+
+    enum Message {
+        ToCm { from: NodeId, body: Body },
+        ToMember { to: NodeId, body: Body },
+    }
+
+    struct Sim {
+        rng: SplitMix,
+        now: Time,
+        lossy: bool,
+        manager: Manager,
+        members: BTreeMap<NodeId, Member<FakeNode>>,
+        crashed: BTreeSet<NodeId>,
+        /// What Raft applied, and the proposal in flight: when it resolves, what, and its plan.
+        raft: Configuration,
+        raft_pending: Option<(Time, u64, Arc<Configuration>)>,
+        net: Vec<(Time, Message)>,
+        lease_reports: Vec<(Time, u64, Time)>,
+        suspicions: Vec<(Time, NodeId)>,
+        elect_at: Option<Time>,
+        /// Until when each node may act on a lease the CM granted: crashed nodes from their
+        /// crash, nodes a configuration removed from when the lease table dropped them.
+        lease_end: BTreeMap<NodeId, Time>,
+        removed_until_reported: Time,
+        cm_committed: BTreeMap<u64, Time>,
+    }
+
+    fn cluster() -> Configuration {
+        let nodes = (1..=NODE_COUNT).map(NodeId).collect();
+        let mut config = Configuration::place(1, nodes, vec![], 1, 1, 1 << 20, 4096).unwrap();
+        config.cm_replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
+        config.cm_leader = Some(CM);
+        config
+    }
+
+    impl Sim {
+        fn new(seed: u64) -> Sim {
+            let raft = cluster();
+            let members = raft
+                .members()
+                .map(|node| (node, Member::new(node, FakeNode::at(1))))
+                .collect();
+            let mut sim = Sim {
+                rng: SplitMix::new(seed),
+                now: Time::from_nanos(1_000_000_000),
+                lossy: true,
+                manager: Manager::new(CM, ManagerTiming::default()),
+                members,
+                crashed: BTreeSet::new(),
+                raft,
+                raft_pending: None,
+                net: Vec::new(),
+                lease_reports: Vec::new(),
+                suspicions: Vec::new(),
+                elect_at: None,
+                lease_end: BTreeMap::new(),
+                removed_until_reported: Time::ZERO,
+                cm_committed: BTreeMap::new(),
+            };
+            sim.elect();
+            sim
+        }
+
+        fn later(&mut self, ms_max: u64) -> Time {
+            self.now + Duration::from_millis(self.rng.range(0, ms_max))
+        }
+
+        fn send(&mut self, message: Message) {
+            if self.lossy && self.rng.below(100) < 15 {
+                return;
+            }
+            let at = self.later(DELAY_MS_MAX);
+            self.net.push((at, message));
+        }
+
+        fn elect(&mut self) {
+            let actions = self.manager.became_leader(self.raft.clone(), self.now);
+            // The new leader's lease table gives every member a lease of grace: crashed
+            // members are suspected one lease from now.
+            for &node in &self.crashed {
+                if self.raft.members().any(|m| m == node) {
+                    self.suspicions.push((self.now + LEASE, node));
+                }
+            }
+            self.handle(actions);
+        }
+
+        fn handle(&mut self, actions: Vec<Action>) {
+            for action in actions {
+                match action {
+                    Action::SendProbe { to, nonce } => {
+                        self.send(Message::ToMember {
+                            to,
+                            body: Body::Probe(nonce),
+                        });
+                    }
+                    Action::ProposeInstall {
+                        expected_id,
+                        configuration,
+                    } => {
+                        assert!(self.raft_pending.is_none(), "one proposal at a time");
+                        let at = self.later(5);
+                        self.raft_pending = Some((at, expected_id, configuration));
+                    }
+                    Action::UpdateLeaseMembers { configuration } => {
+                        let mut until = self.now;
+                        for (&node, end) in &mut self.lease_end {
+                            if !configuration.members().any(|m| m == node) {
+                                until = until.max(*end);
+                            }
+                        }
+                        for node in 1..=NODE_COUNT {
+                            let node = NodeId(node);
+                            if configuration.members().any(|m| m == node)
+                                || self.lease_end.contains_key(&node)
+                            {
+                                continue;
+                            }
+                            // A live node the table drops now keeps its last grant: one lease.
+                            let end = self.now + LEASE;
+                            self.lease_end.insert(node, end);
+                            until = until.max(end);
+                        }
+                        let at = self.later(3);
+                        self.lease_reports.push((at, configuration.id, until));
+                    }
+                    Action::SendNewConfig { to, configuration } => {
+                        let body = Body::NewConfig(ConfigurationMessage::from(&*configuration));
+                        self.send(Message::ToMember { to, body });
+                    }
+                    Action::SendNewConfigCommit { to, id } => {
+                        assert!(
+                            self.now >= self.removed_until_reported,
+                            "commit of {id} at {} before the removed leases end at {}",
+                            self.now,
+                            self.removed_until_reported
+                        );
+                        self.cm_committed.entry(id).or_insert(self.now);
+                        self.send(Message::ToMember {
+                            to,
+                            body: Body::NewConfigCommit(id),
+                        });
+                    }
+                    Action::StandDown { .. } => {
+                        assert!(!self.manager.is_leader());
+                        self.elect_at = Some(self.now + Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+
+        fn deliver(&mut self, message: Message) {
+            match message {
+                Message::ToCm { from, body } => {
+                    let actions = match body {
+                        Body::ProbeReply(nonce) => self.manager.probe_reply(from, nonce, self.now),
+                        Body::NewConfigAck(ack) => self.manager.ack(from, &ack, self.now),
+                        _ => unreachable!("members send only these"),
+                    };
+                    self.handle(actions);
+                }
+                Message::ToMember { to, body } => {
+                    if self.crashed.contains(&to) {
+                        return;
+                    }
+                    if let Body::Probe(nonce) = body {
+                        self.send(Message::ToCm {
+                            from: to,
+                            body: Body::ProbeReply(nonce),
+                        });
+                        return;
+                    }
+                    let member = self.members.get_mut(&to).expect("a node");
+                    let before = member.adopter().state.borrow().committed;
+                    let reply = member.receive(CM, &body, self.now);
+                    let (id, committed) = {
+                        let state = member.adopter().state.borrow();
+                        (state.id, state.committed)
+                    };
+                    if committed && !before {
+                        self.check_commit(to, id);
+                    }
+                    if let Some((cm, body)) = reply {
+                        assert_eq!(cm, CM);
+                        self.send(Message::ToCm { from: to, body });
+                    }
+                }
+            }
+        }
+
+        /// A member committed configuration `id`: the CM sent its commit, and every node it
+        /// does not list holds no lease any more.
+        fn check_commit(&self, node: NodeId, id: u64) {
+            assert!(
+                self.cm_committed.contains_key(&id),
+                "{node} committed {id}, which the CM never committed"
+            );
+            let config = if self.raft.id == id {
+                self.raft.clone()
+            } else {
+                return;
+            };
+            for (&removed, &end) in &self.lease_end {
+                if !config.members().any(|m| m == removed) {
+                    assert!(
+                        end <= self.now,
+                        "{node} committed {id} at {} while removed {removed} holds a lease until {end}",
+                        self.now
+                    );
+                }
+            }
+        }
+
+        fn step(&mut self, step_index: u64) {
+            self.now += STEP;
+            self.lossy = step_index < LOSS_UNTIL_STEP;
+            // Due messages, in a random order among those due.
+            let mut due = Vec::new();
+            let mut index = 0;
+            while index < self.net.len() {
+                if self.net[index].0 <= self.now {
+                    due.push(self.net.swap_remove(index).1);
+                } else {
+                    index += 1;
+                }
+            }
+            while !due.is_empty() {
+                let pick = self.rng.below(due.len() as u64) as usize;
+                let message = due.swap_remove(pick);
+                self.deliver(message);
+            }
+            if let Some((at, expected_id, plan)) = self.raft_pending.clone()
+                && at <= self.now
+            {
+                self.raft_pending = None;
+                let applies = expected_id == self.raft.id;
+                let lost = self.rng.below(100) < 10;
+                if applies && (!lost || self.rng.below(2) == 0) {
+                    assert_eq!(plan.id, self.raft.id + 1);
+                    self.raft = (*plan).clone();
+                }
+                let outcome = if lost {
+                    InstallOutcome::Lost
+                } else if applies {
+                    InstallOutcome::Installed((*plan).clone())
+                } else {
+                    InstallOutcome::Stale(self.raft.clone())
+                };
+                let actions = self.manager.install_outcome(outcome, self.now);
+                self.handle(actions);
+            }
+            let now = self.now;
+            let reports: Vec<_> = self.lease_reports.extract_if(.., |r| r.0 <= now).collect();
+            for (_, id, until) in reports {
+                self.removed_until_reported = self.removed_until_reported.max(until);
+                let actions = self.manager.leases_updated(id, until, now);
+                self.handle(actions);
+            }
+            let suspects: Vec<_> = self.suspicions.extract_if(.., |s| s.0 <= now).collect();
+            for (_, node) in suspects {
+                let actions = self.manager.suspect(node, now);
+                self.handle(actions);
+            }
+            if self.elect_at.is_some_and(|at| at <= now) {
+                self.elect_at = None;
+                self.elect();
+            }
+            if self.manager.next_deadline().is_some_and(|at| at <= now) {
+                let actions = self.manager.tick(now);
+                self.handle(actions);
+            }
+            let live: Vec<NodeId> = self
+                .members
+                .keys()
+                .copied()
+                .filter(|n| !self.crashed.contains(n))
+                .collect();
+            for node in live {
+                if let Some((cm, body)) = self.members.get_mut(&node).unwrap().tick(now) {
+                    assert_eq!(cm, CM);
+                    self.send(Message::ToCm { from: node, body });
+                }
+            }
+            if step_index < FAULTS_UNTIL_STEP
+                && self.crashed.len() < CRASHES_MAX
+                && self.rng.below(1_000) == 0
+            {
+                let node = NodeId(self.rng.range(2, u64::from(NODE_COUNT)) as u16);
+                if self.crashed.insert(node) {
+                    // Its last renewal was at most a lease ago; the CM suspects it when the
+                    // lease it granted runs out.
+                    self.lease_end.entry(node).or_insert(now + LEASE);
+                    self.suspicions.push((now + LEASE, node));
+                }
+            }
+            if step_index < FAULTS_UNTIL_STEP && self.rng.below(2_000) == 0 {
+                self.manager.lost_leadership();
+                self.elect_at = Some(now + Duration::from_millis(30));
+            }
+        }
+    }
+
+    /// One run; returns how many crashed nodes were removed, and how many reconfigurations the
+    /// CM stood down from (or lost its leadership in), so the test can tell it exercised them.
+    fn run(seed: u64) -> (usize, usize) {
+        let mut sim = Sim::new(seed);
+        let mut ids_seen: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for step_index in 0..STEP_COUNT {
+            sim.step(step_index);
+            for (&node, member) in &sim.members {
+                let id = member.adopter().current_id();
+                let last = ids_seen.insert(node, id).unwrap_or(0);
+                assert!(id >= last, "{node} went from {last} to {id}");
+                assert!(
+                    id <= sim.raft.id,
+                    "{node} holds {id}, Raft only {}",
+                    sim.raft.id
+                );
+            }
+        }
+        // Without faults the cluster settles: the crashed nodes are out, and every member
+        // holds the current configuration, committed.
+        assert!(
+            sim.manager.is_leader() && sim.manager.is_idle(),
+            "{:?}",
+            sim.manager.phase
+        );
+        for &node in &sim.crashed {
+            assert!(
+                !sim.raft.members().any(|m| m == node),
+                "{node} crashed, still a member"
+            );
+        }
+        for node in sim.raft.members() {
+            let state = sim.members[&node].adopter().state.borrow();
+            assert_eq!((state.id, state.committed), (sim.raft.id, true), "{node}");
+        }
+        let removed = sim.crashed.len();
+        let stood_down = sim
+            .manager
+            .history()
+            .filter(|r| matches!(r.outcome, Outcome::StoodDown { .. }))
+            .count();
+        (removed, stood_down)
+    }
+
+    #[test]
+    fn reconfigurations_under_loss_crashes_and_elections() {
+        let (mut removed, mut stood_down) = (0, 0);
+        for_each_seed(SEED_COUNT, Replay::Exact, |seed| {
+            let (r, s) = run(seed);
+            removed += r;
+            stood_down += s;
+        });
+        if pinned_seed().is_none() {
+            assert!(removed >= SEED_COUNT as usize / 2, "removed={removed}");
+            assert!(
+                stood_down > 0,
+                "the CM never stood down: the faults are too mild"
+            );
+        }
+    }
+}

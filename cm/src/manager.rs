@@ -401,12 +401,12 @@ impl Manager {
             answered,
             ..
         } = &mut self.phase
+            && *current == nonce
+            && probed.contains(&from)
         {
-            if *current == nonce && probed.contains(&from) {
-                answered.insert(from);
-                if answered.len() == probed.len() {
-                    self.finish_probing(now, &mut out);
-                }
+            answered.insert(from);
+            if answered.len() == probed.len() {
+                self.finish_probing(now, &mut out);
             }
         }
         out

@@ -108,7 +108,8 @@ pub enum Action {
     /// Send `Probe(nonce)` to `to`; its `ProbeReply` goes to [`Manager::probe_reply`].
     SendProbe { to: NodeId, nonce: u64 },
     /// Propose `Install { expected_id, configuration }` through Raft and report the outcome to
-    /// [`Manager::install_outcome`].
+    /// [`Manager::install_outcome`]: every proposal's, a timeout as [`InstallOutcome::Lost`]
+    /// (the manager waits for it and for nothing else meanwhile).
     ProposeInstall {
         expected_id: u64,
         configuration: Arc<Configuration>,
@@ -315,12 +316,21 @@ impl Manager {
         match &self.phase {
             Phase::Probing { deadline, .. } => Some(*deadline),
             Phase::Distributing {
+                config,
+                acked,
+                leases_known,
                 resend_at,
                 ack_deadline,
-                ..
             } => {
                 let mut next = (*resend_at).min(*ack_deadline);
-                if let Some(until) = self.removed_until {
+                // Once every member acknowledged and the leases are reported, the commit waits
+                // for the removed leases alone (still ahead: `maybe_commit` ran at the last
+                // event). Before that their end is no deadline, or a driver would spin on it.
+                let all_acked = config.members().all(|m| acked.contains(&m));
+                if *leases_known
+                    && all_acked
+                    && let Some(until) = self.removed_until
+                {
                     next = next.min(until);
                 }
                 Some(next)
@@ -351,6 +361,9 @@ impl Manager {
             outcome: Outcome::InProgress,
         });
         if config.cm_leader == Some(self.me) {
+            if let Some(record) = &mut self.record {
+                record.to_id = Some(config.id);
+            }
             self.distribute(config, now, &mut out);
         } else {
             self.propose(BTreeSet::new(), 1, &mut out);

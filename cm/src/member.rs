@@ -36,6 +36,12 @@ use std::time::Duration;
 pub const ACK_RESEND_PERIOD: Duration = Duration::from_millis(20);
 
 /// What a node does at NEW-CONFIG and NEW-CONFIG-COMMIT.
+///
+/// A memory node's is `acre_replication::ReplicaNode` (`adopt`, `commit_config`), with one
+/// more duty no implementation here takes on yet: `ReplicaNode::adopt` creates the areas of the
+/// regions the node becomes a new backup of, and the other members must learn their keys before
+/// the configuration commits (`EmbeddedCluster::reconfigure` does it in one process). `adopt`
+/// returns only once that is done, so that the acknowledgement the CM counts means it.
 pub trait Adopter {
     /// NEW-CONFIG: make ready what `config` asks of the node, then adopt it. Called only with
     /// an id higher than [`Adopter::current_id`] and a configuration that lists the node.

@@ -1234,6 +1234,59 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_plan_is_recorded_and_the_next_suspects_go_on() {
+        let mut manager = lead();
+        suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        assert!(manager.suspect(NodeId(4), ms(11)).is_empty());
+        let actions = manager.install_outcome(InstallOutcome::Rejected("invalid".into()), ms(12));
+        assert!(matches!(
+            manager.history().last().unwrap().outcome,
+            Outcome::Failed { .. }
+        ));
+        assert_eq!(
+            probes(&actions).len(),
+            3,
+            "n4's reconfiguration starts: {actions:?}"
+        );
+    }
+
+    #[test]
+    fn with_nobody_else_to_probe_a_cm_alone_stands_down() {
+        let nodes = vec![ME, NodeId(2)];
+        let mut config = Configuration::place(1, nodes, vec![], 1, 1, 1 << 20, 4096).unwrap();
+        config.cm_leader = Some(ME);
+        let mut manager = Manager::new(ME, ManagerTiming::default());
+        manager.became_leader(config, ms(0));
+        manager.leases_updated(1, ms(0), ms(0));
+        manager.ack(ME, &ok(1), ms(0));
+        manager.ack(NodeId(2), &ok(1), ms(0));
+        // One of two members is no majority.
+        assert!(stood_down(&manager.suspect(NodeId(2), ms(10))));
+    }
+
+    #[test]
+    fn the_lease_wait_is_a_deadline_only_once_it_is_known() {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        manager.install_outcome(InstallOutcome::Installed(next), ms(12));
+        for node in 1..=4 {
+            manager.ack(NodeId(node), &ok(2), ms(13));
+        }
+        // Not reported yet: the next deadline is the resend, not a lease end in the past.
+        assert_eq!(
+            manager.next_deadline(),
+            Some(ms(12) + RESEND_PERIOD_DEFAULT)
+        );
+        manager.leases_updated(2, ms(150), ms(14));
+        assert_eq!(
+            manager.next_deadline(),
+            Some(ms(12) + RESEND_PERIOD_DEFAULT)
+        );
+        manager.tick(ms(140));
+        assert_eq!(manager.next_deadline(), Some(ms(150)));
+    }
+
+    #[test]
     fn a_new_leader_installs_a_configuration_that_names_it() {
         let mut config = cluster();
         config.cm_leader = Some(NodeId(2));

@@ -426,6 +426,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_malformed_new_config_is_ignored() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        let mut message = ConfigurationMessage::from(&*config(6, &[1, 2, 3]));
+        message.nodes[0] = 70_000;
+        assert_eq!(member.receive(CM, &Body::NewConfig(message), ms(0)), None);
+        assert_eq!(member.adopter().current_id(), 5);
+    }
+
+    #[test]
     fn refusal_names_round_trip() {
         for refusal in [Refusal::Stale, Refusal::Removed, Refusal::Failed] {
             assert_eq!(Refusal::parse(refusal.name()), Some(refusal));

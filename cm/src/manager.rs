@@ -1024,6 +1024,12 @@ mod tests {
         assert_eq!(record.installed_at, Some(ms(12)));
         assert_eq!(record.acked_at, Some(ms(13)));
         assert_eq!(record.committed_at, Some(ms(200)));
+        let line = record.to_string();
+        assert!(line.contains(": 1 -> 2, removed [NodeId(5)]"), "{line}");
+        assert!(
+            line.contains("installed +2ms") && line.contains("committed +190ms"),
+            "{line}"
+        );
     }
 
     #[test]

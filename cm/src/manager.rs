@@ -54,6 +54,18 @@
 //!   and commits `c` again (members acknowledge an id they hold again). Its caller reports the
 //!   removed leases as one lease from now: it cannot know when the previous CM last granted.
 //!
+//!
+//! # Driving it
+//!
+//! The caller (the CM group's thread) feeds it the lease table's suspects, the replies and
+//! acknowledgements from the CM links, Raft's outcomes and leadership changes, and calls
+//! [`Manager::tick`] at [`Manager::next_deadline`]. For [`Manager::leases_updated`] it reads
+//! [`crate::lease::CmLeases::node_lease_until`] of every node the new configuration drops
+//! *before* [`crate::lease::CmLeases::set_configuration`] (after it, the table keeps only their
+//! maximum with the members' leases, which members renew forever). The CM's own member, when
+//! it is one, gets its NEW-CONFIG like any other, looped back locally. Probe nonces start at 1
+//! in every process: a reply to a probe of an earlier run only makes a live node look live.
+//!
 //! Each reconfiguration leaves a [`Reconfiguration`] record with its timings, for `acre cluster
 //! status` and the measurements of issue 13.
 

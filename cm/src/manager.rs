@@ -1486,6 +1486,13 @@ mod simulation {
                             self.now,
                             self.removed_until_reported
                         );
+                        // FaRM's rule: a configuration commits once every member adopted it.
+                        let config = self.manager.configuration().expect("a leader's");
+                        assert_eq!(config.id, id);
+                        for node in config.members() {
+                            let held = self.members[&node].adopter().current_id();
+                            assert!(held >= id, "commit of {id} while {node} holds {held}");
+                        }
                         self.cm_committed.entry(id).or_insert(self.now);
                         self.send(Message::ToMember {
                             to,

@@ -782,6 +782,9 @@ impl Manager {
             }
         }
         self.propose(failed, attempt_count + 1, out);
+        if matches!(self.phase, Phase::Idle) {
+            self.start_next(now, out);
+        }
     }
 
     fn distribute(&mut self, config: Arc<Configuration>, now: Time, out: &mut Vec<Action>) {

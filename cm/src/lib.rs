@@ -12,6 +12,9 @@
 //!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages (over
 //!   [`net`] in a later step). The integration tests run a deterministic simulation of a group
 //!   under message loss, partitions and crashes.
+//! - [`manager`]: the CM leader's reconfiguration driver (suspect, probe, install through Raft,
+//!   NEW-CONFIG, wait out removed leases, NEW-CONFIG-COMMIT), and [`member`] a node's side of
+//!   it, both sans-I/O state machines.
 //! - [`net`]: authenticated, framed message links over TCP between CM replicas and nodes (Raft
 //!   messages, NEW-CONFIG, admin requests); lossy by design, as Raft tolerates.
 
@@ -20,6 +23,8 @@
 pub mod lease;
 pub mod lease_thread;
 pub mod logger;
+pub mod manager;
+pub mod member;
 pub mod net;
 pub mod remap;
 pub mod replica;

@@ -381,6 +381,11 @@ impl Txn {
                     alloc_failure::TOO_LARGE => {
                         format!("the largest object is {} bytes", reply.values[1])
                     }
+                    alloc_failure::RECONFIGURING => {
+                        return Err(TxnError::Reconfiguring {
+                            config: reply.values[1],
+                        });
+                    }
                     alloc_failure::UNREPLICATED => {
                         return Err(TxnError::Unavailable {
                             node: NodeId(reply.values[1] as u16),
@@ -538,5 +543,6 @@ fn reserve_failed(len: usize, error: ReserveError) -> TxnError {
             node: backup,
             reason: error.to_string(),
         },
+        ReserveError::Reconfiguring { config, .. } => TxnError::Reconfiguring { config },
     }
 }

@@ -655,3 +655,41 @@ fn a_node_refuses_to_be_primary_of_a_region_it_holds_no_copy_of() {
     assert_eq!(txn_node(&cluster, 0).config_id(), 1);
     cluster.stop();
 }
+
+/// Between NEW-CONFIG and NEW-CONFIG-COMMIT a primary may claim a block whose header it cannot
+/// copy to a new backup that has not adopted the configuration yet (it holds no copy): the
+/// allocation fails with `Reconfiguring`, which `Db::run` retries, locally and for another
+/// node's ALLOC alike (it used to be a non-retryable `Unavailable`).
+#[test]
+fn an_allocation_that_meets_a_new_backup_not_ready_yet_is_retried() {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.commit = commit_mode();
+    let cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let (n1, n2) = (txn_node(&cluster, 0), txn_node(&cluster, 1));
+    let r1 = RegionId(1);
+    assert_eq!(cluster.config().placement(r1).unwrap().backups, [NodeId(2)]);
+    let newer = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == r1 {
+                placement.backups = vec![NodeId(3)];
+                placement.copying = vec![NodeId(3)];
+            }
+        }
+    });
+    // NEW-CONFIG has reached n1 only.
+    replica(&cluster, NodeId(1)).adopt(newer).expect("adopt");
+    for (coordinator, len) in [(&n1, 300), (&n2, 600)] {
+        let mut txn = coordinator.begin().expect("begin");
+        let refused = txn.alloc_near(len, Addr::new(r1, 0)).unwrap_err();
+        assert_eq!(
+            refused,
+            TxnError::Reconfiguring { config: 2 },
+            "{}",
+            coordinator.node_id()
+        );
+        assert!(Error::from(refused).is_retryable());
+    }
+    cluster.stop();
+}

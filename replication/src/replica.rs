@@ -82,6 +82,15 @@ pub enum AdoptError {
     )]
     PrimaryWithoutCopy { region: RegionId, config: u64 },
     #[error(
+        "cannot republish the manifest after adopting configuration {config}: {source}; the \
+         others cannot find this node's new areas"
+    )]
+    Publish {
+        config: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
         "cannot create the copy of {region} that configuration {config} gives this node: {source}"
     )]
     Copy {

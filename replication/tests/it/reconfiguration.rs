@@ -693,3 +693,88 @@ fn an_allocation_that_meets_a_new_backup_not_ready_yet_is_retried() {
     }
     cluster.stop();
 }
+
+/// Node processes over tcp (four `ProcessNode`s in this test process) adopt a configuration
+/// without n4: n1 publishes its new copy of r3 in its manifest, r3 commits with it, r4 (whose
+/// primary was n4) is refused, and n4, which did not adopt it, is refused by the others' NIC
+/// threads: it can no longer reach their memory.
+#[test]
+fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
+    use acre_engine::directory::{NodeManifest, SECRET_FILE};
+    use acre_engine::fabric::tcp::ClusterSecret;
+    use acre_engine::fabric::transport_kind::TransportKind;
+    use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile};
+    use acre_replication::process::ProcessNode;
+
+    let dir = tempfile::tempdir().expect("create the cluster directory");
+    ClusterSecret::generate()
+        .write_file(&dir.path().join(SECRET_FILE))
+        .expect("write the secret");
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mut config = Configuration::place(1, ids.clone(), vec![], 1, 1, REGION_BYTES, BLOCK_BYTES)
+        .expect("config");
+    config.commit = commit_mode();
+    let path = dir.path().join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Tcp,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        config: config.clone(),
+    }
+    .write(&path)
+    .expect("write the cluster file");
+    let nodes: Vec<ProcessNode> = ids
+        .iter()
+        .map(|&id| ProcessNode::start(&path, id).unwrap_or_else(|e| panic!("start {id}: {e}")))
+        .collect();
+    let r = |k: u32| RegionId(k);
+    let (n1, n2, n4) = (nodes[0].txn(), nodes[1].txn(), nodes[3].txn());
+    let x = create(n2, r(3), b"v0"); // primary n3, backup n4
+    let y = create(n2, r(1), b"y0"); // primary n1, backup n2
+
+    let newer = next(&config, |config| {
+        config.nodes.retain(|&n| n != NodeId(4));
+        for placement in &mut config.regions {
+            if placement.region == r(3) {
+                placement.backups = vec![NodeId(1)];
+                placement.copying = vec![NodeId(1)];
+            }
+            if placement.region == r(4) {
+                placement.primary = NodeId(1);
+                placement.backups = vec![];
+                placement.state = RegionState::Blocked;
+            }
+        }
+    });
+    for node in &nodes[..3] {
+        node.adopt(newer.clone()).expect("adopt");
+    }
+    for node in &nodes[..3] {
+        node.commit_config(2).expect("commit");
+    }
+    let manifest = NodeManifest::read(dir.path(), NodeId(1))
+        .expect("read")
+        .expect("published");
+    assert!(
+        manifest.areas.iter().any(|area| area.id == r(3)),
+        "n1's manifest lists its new copy of r3"
+    );
+
+    overwrite(n2, x, b"v1");
+    overwrite(n1, y, b"y1");
+    assert_eq!(value_at(n2, x).expect("read"), b"v1");
+    let blocked = value_at(n2, Addr::new(r(4), 64)).unwrap_err();
+    assert!(
+        matches!(blocked, Error::Txn(TxnError::RegionUnavailable { .. })),
+        "{blocked}"
+    );
+    // n4 still runs in configuration 1: the others no longer serve it.
+    let fenced = value_at(n4, y).unwrap_err();
+    assert!(
+        matches!(fenced, Error::Txn(TxnError::Unavailable { node, .. }) if node == NodeId(1)),
+        "{fenced}"
+    );
+    for node in nodes {
+        node.stop();
+    }
+}

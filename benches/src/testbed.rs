@@ -234,6 +234,7 @@ impl Testbed {
                 transport: "shm".into(),
                 tcp_addr: None,
                 areas,
+                started: None,
             }
             .write(&dir)?;
             let transport = Transport::Shm(ShmTransport::new(dir.clone(), options));

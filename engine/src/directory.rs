@@ -76,6 +76,10 @@ pub struct NodeManifest {
     /// `host:port` of the node's NIC thread, for the tcp transport.
     pub tcp_addr: Option<String>,
     pub areas: Vec<AreaEntry>,
+    /// When process `pid` started (`procfs::start_time`): tells it from a later process that
+    /// reused the pid, so that nothing kills the wrong one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -214,6 +218,7 @@ mod tests {
             transport: "shm".into(),
             tcp_addr: None,
             areas: vec![AreaEntry::new(RegionId(3), AreaKind::Region, 1 << 20, key)],
+            started: None,
         };
         manifest.write(dir.path()).unwrap();
         let read = NodeManifest::read(dir.path(), NodeId(2)).unwrap().unwrap();

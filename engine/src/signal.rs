@@ -52,22 +52,25 @@ pub fn wait_for_termination() -> io::Result<i32> {
 
 /// Sends SIGTERM to process `pid` (a node this process started).
 pub fn terminate(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
-    // SAFETY: kill has no memory-safety preconditions; a wrong pid is an error, not UB.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    send(pid, libc::SIGTERM)
 }
 
 /// Sends SIGINT to process `pid` (what Ctrl-C sends to a foreground process).
 pub fn interrupt(pid: u32) -> io::Result<()> {
+    send(pid, libc::SIGINT)
+}
+
+/// Sends SIGKILL to process `pid`: how a removed node of a shared-memory cluster is fenced
+/// (docs/failures.md#fencing).
+pub fn kill(pid: u32) -> io::Result<()> {
+    send(pid, libc::SIGKILL)
+}
+
+fn send(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
     // SAFETY: kill has no memory-safety preconditions; a wrong pid is an error, not UB.
-    let rc = unsafe { libc::kill(pid, libc::SIGINT) };
+    let rc = unsafe { libc::kill(pid, signal) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -19,6 +19,7 @@ use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::tcp::NicServer;
 use acre_engine::fabric::transport_kind::{self, OpenError};
 use acre_engine::fabric::{Fabric, Membership, Transport};
+use acre_engine::{procfs, signal};
 use acre_txn::TxnNode;
 use acre_txn::config::{Configuration, NotAdopted};
 use acre_txn::directory::Directory;
@@ -195,6 +196,7 @@ impl ProcessNode {
             transport: self.transport.clone(),
             tcp_addr: self.tcp_addr.clone(),
             areas: self.replica().area_entries(),
+            started: procfs::start_time(std::process::id()).ok(),
         }
         .write(&self.dir)
     }
@@ -442,6 +444,86 @@ fn log_tail(path: &Path, count: usize) -> String {
 /// How often [`wait_for_manifests`] looks for the manifests.
 const MANIFEST_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// What fencing a node by killing its process found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// Its process was killed and is gone.
+    Killed { pid: u32 },
+    /// No process runs it: no manifest, or its process is gone (its pid may run another).
+    NotRunning,
+}
+
+/// Why a node could not be fenced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FenceError {
+    #[error("cannot read the manifest of {node}: {source}")]
+    Manifest {
+        node: NodeId,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the manifest of {node} does not say when its process {pid} started, so it cannot be told \
+         from a later process with that pid: kill it by hand, then reconfigure"
+    )]
+    Unverifiable { node: NodeId, pid: u32 },
+    #[error("cannot kill {node}'s process {pid}: {source}")]
+    Kill {
+        node: NodeId,
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{node}'s process {pid} still runs {waited:?} after SIGKILL")]
+    StillAlive {
+        node: NodeId,
+        pid: u32,
+        waited: Duration,
+    },
+}
+
+/// Fences node `node` of the cluster in `dir` on a host whose processes share memory
+/// (docs/failures.md#fencing): kills its process with SIGKILL and waits until it is gone, so
+/// that it can no longer touch the memory it maps. A removed node of a shared-memory cluster
+/// cannot be refused at a NIC (its operations are loads and stores), so the configuration that
+/// removes it is committed only after this. The process is the one the node's manifest names,
+/// and only if it is still the process that wrote it (same pid and start time): a pid the
+/// kernel gave to another process since is left alone.
+pub fn fence_by_kill(dir: &Path, node: NodeId, timeout: Duration) -> Result<Fenced, FenceError> {
+    let manifest =
+        NodeManifest::read(dir, node).map_err(|source| FenceError::Manifest { node, source })?;
+    let Some(manifest) = manifest else {
+        return Ok(Fenced::NotRunning);
+    };
+    let pid = manifest.pid;
+    let Some(started) = manifest.started else {
+        return Err(FenceError::Unverifiable { node, pid });
+    };
+    let same = || procfs::start_time(pid).is_ok_and(|now| now == started) && process_alive(pid);
+    if !same() {
+        return Ok(Fenced::NotRunning);
+    }
+    match signal::kill(pid) {
+        Ok(()) => {}
+        // It exited between the look and the kill.
+        Err(_) if !process_alive(pid) => return Ok(Fenced::NotRunning),
+        Err(source) => return Err(FenceError::Kill { node, pid, source }),
+    }
+    let deadline = Instant::now() + timeout;
+    while same() {
+        if Instant::now() >= deadline {
+            return Err(FenceError::StillAlive {
+                node,
+                pid,
+                waited: timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(Fenced::Killed { pid })
+}
+
 /// Whether process `pid` is running (Linux: it has a /proc entry and is not a zombie, which
 /// nobody may reap in a container without an init).
 pub fn process_alive(pid: u32) -> bool {
@@ -457,6 +539,72 @@ pub fn process_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn manifest_of(node: NodeId, pid: u32, started: Option<u64>) -> NodeManifest {
+        NodeManifest {
+            node,
+            pid,
+            transport: "shm".into(),
+            tcp_addr: None,
+            areas: Vec::new(),
+            started,
+        }
+    }
+
+    #[test]
+    fn fencing_kills_the_process_its_manifest_names_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeId(2);
+        assert_eq!(
+            fence_by_kill(dir.path(), node, Duration::from_secs(5)).unwrap(),
+            Fenced::NotRunning,
+            "no manifest"
+        );
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let started = procfs::start_time(pid).unwrap();
+
+        // A manifest whose start time is not the process's: its pid runs another process now.
+        manifest_of(node, pid, Some(started + 1))
+            .write(dir.path())
+            .unwrap();
+        assert_eq!(
+            fence_by_kill(dir.path(), node, Duration::from_secs(5)).unwrap(),
+            Fenced::NotRunning
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "another process was killed"
+        );
+        // One that does not say when it started cannot be trusted to name the node.
+        manifest_of(node, pid, None).write(dir.path()).unwrap();
+        let error = fence_by_kill(dir.path(), node, Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(error, FenceError::Unverifiable { .. }), "{error}");
+        assert!(child.try_wait().unwrap().is_none());
+
+        manifest_of(node, pid, Some(started))
+            .write(dir.path())
+            .unwrap();
+        assert_eq!(
+            fence_by_kill(dir.path(), node, Duration::from_secs(5)).unwrap(),
+            Fenced::Killed { pid }
+        );
+        assert_eq!(child.wait().unwrap().signal(), Some(libc_sigkill()));
+        assert_eq!(
+            fence_by_kill(dir.path(), node, Duration::from_secs(5)).unwrap(),
+            Fenced::NotRunning,
+            "a second fence finds it gone"
+        );
+    }
+
+    /// SIGKILL's number on Linux.
+    fn libc_sigkill() -> i32 {
+        9
+    }
 
     #[test]
     fn starts_are_counted_and_a_damaged_count_is_an_error() {

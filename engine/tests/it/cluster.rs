@@ -142,6 +142,7 @@ pub fn shm() -> Cluster {
             transport: "shm".into(),
             tcp_addr: None,
             areas,
+            started: None,
         }
         .write(path)
         .expect("publish the manifest");

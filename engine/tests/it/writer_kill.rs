@@ -140,6 +140,7 @@ fn receiver(dir: &Path) -> (Arc<NodeMemory>, Inbox) {
         transport: "shm".into(),
         tcp_addr: None,
         areas: inbox.area_entries(),
+        started: None,
     }
     .write(dir)
     .expect("publish the receiver's manifest");

@@ -9,14 +9,18 @@
 //! - [`lease_thread`]: the dedicated thread per process that keeps them over UDP.
 //! - [`replica`]: one replica of the Raft group, the driver around `raft::RawNode`, over
 //!   durable Raft storage ([`storage`]), the replicated state machine ([`state`]) and its
-//!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages (over
-//!   [`net`] in a later step). The integration tests run a deterministic simulation of a group
-//!   under message loss, partitions and crashes.
+//!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages. The
+//!   integration tests run a deterministic simulation of a group under message loss,
+//!   partitions and crashes.
+//! - [`group`]: a replica run by a thread of its own over [`net`], ticked on the process's
+//!   clock, with the blocking compare-and-set install, the leader and a watch of the applied
+//!   configuration for the rest of the process.
 //! - [`net`]: authenticated, framed message links over TCP between CM replicas and nodes (Raft
 //!   messages, NEW-CONFIG, admin requests); lossy by design, as Raft tolerates.
 
 #![forbid(unsafe_code)]
 
+pub mod group;
 pub mod lease;
 pub mod lease_thread;
 pub mod logger;
@@ -27,6 +31,9 @@ pub mod state;
 pub mod storage;
 pub mod wire;
 
+pub use group::{
+    CmGroup, CmStatus, GroupOptions, GroupStats, InstallError, LinkMessage, StartError,
+};
 pub use replica::{
     CmReplica, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
 };

@@ -604,7 +604,9 @@ fn run(shared: &Shared, inbox: Inbox, routed: &mpsc::SyncSender<LinkMessage>) ->
             }
             next_tick = tick(shared, replica, next_tick);
         } else {
+            // Stopped: the thread only routes, and wakes once a tick to see whether to stop.
             batch.clear();
+            next_tick = shared.clock.now().saturating_add(shared.tick);
         }
         drive(shared, &mut driver);
     }

@@ -7,6 +7,7 @@ use acre_cm::group::{CmGroup, CmStatus, GroupOptions, InstallError, LinkMessage}
 use acre_cm::net::Links;
 use acre_cm::wire::{Envelope, envelope};
 use acre_engine::addr::NodeId;
+use acre_engine::clock::{Clock, Rate};
 use acre_engine::fabric::tcp::auth::ClusterSecret;
 use acre_txn::config::Configuration;
 use std::net::{SocketAddr, TcpListener};
@@ -237,11 +238,12 @@ fn a_new_leader_follows_a_dropped_one_and_installs_go_on() {
         .unwrap();
     let dropped_at = Instant::now();
     drop(processes.remove(index));
+    let drop_took = dropped_at.elapsed();
 
     let survivors: Vec<&Process> = processes.iter().collect();
     let new_leader = wait_leader(&survivors);
     let elected_after = dropped_at.elapsed();
-    eprintln!("new leader {new_leader} after {elected_after:?}");
+    eprintln!("new leader {new_leader} after {elected_after:?} (the drop took {drop_took:?})");
     assert_ne!(new_leader, leader);
     assert!(survivors[process(&survivors, new_leader)].group.term() > term);
     // raft draws the election timeout in [300, 600) ms; a pre-vote and a vote round follow.
@@ -425,4 +427,41 @@ fn other_envelopes_reach_the_owner_and_bad_ones_are_dropped() {
     assert_eq!(install(&all, 0, &config(1, 1)).unwrap(), config(1, 1));
     let inbox = process.group.shutdown();
     assert!(inbox.is_empty());
+}
+
+#[test]
+fn ticks_follow_the_clock() {
+    let root = tempfile::tempdir().unwrap();
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (links, inbox) = Links::bind(NodeId(1), loopback, ClusterSecret::generate()).unwrap();
+    let (clock, control) = Clock::controlled();
+    control.set_rate(Rate::STOPPED);
+    let mut options = GroupOptions::new(
+        NodeId(1),
+        vec![(NodeId(1), links.local_addr())],
+        root.path(),
+    );
+    options.clock = clock;
+    let (group, _routed) = CmGroup::start(options, Arc::new(links), inbox).unwrap();
+    // At real rate a group of one elects itself within 600 ms; on a stopped clock it never
+    // ticks. (A plain sleep: the group's own waits read the stopped clock.) The term only
+    // grows, so reading it once at the end covers the whole wait.
+    std::thread::sleep(Duration::from_millis(800));
+    let status = group.status();
+    assert_eq!(status.term, 0, "{status:?}");
+    assert!(!status.is_leader, "{status:?}");
+
+    // Ten times real time: elected within a tenth of the election timeout.
+    control.set_rate(Rate::from_ratio(10, 1));
+    let started = Instant::now();
+    let deadline = started + WAIT_MAX;
+    let mut status = group.status();
+    while !status.is_leader {
+        assert!(Instant::now() < deadline, "{status:?}");
+        status = group.wait_status(status.epoch, POLL);
+    }
+    eprintln!(
+        "elected after {:?} at ten times real time",
+        started.elapsed()
+    );
 }

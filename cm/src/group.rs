@@ -235,6 +235,8 @@ pub struct GroupStats {
     pub routed_dropped_count: u64,
     /// Raft messages the links refused at once.
     pub send_refused_count: u64,
+    /// Snapshots the links took (a follower too far behind the leader's log).
+    pub snapshot_sent_count: u64,
 }
 
 #[derive(Default)]
@@ -244,6 +246,7 @@ struct Counters {
     routed: AtomicU64,
     routed_dropped: AtomicU64,
     send_refused: AtomicU64,
+    snapshot_sent: AtomicU64,
 }
 
 fn count(counter: &AtomicU64) {
@@ -523,6 +526,7 @@ impl CmGroup {
             routed_count: load(&counters.routed),
             routed_dropped_count: load(&counters.routed_dropped),
             send_refused_count: load(&counters.send_refused),
+            snapshot_sent_count: load(&counters.snapshot_sent),
         }
     }
 
@@ -724,6 +728,7 @@ fn drive(shared: &Shared, driver: &mut Driver) {
             if snapshot {
                 // Module docs: a snapshot the links took is as good as delivered to raft.
                 let status = if sent {
+                    count(&shared.counters.snapshot_sent);
                     raft::SnapshotStatus::Finish
                 } else {
                     raft::SnapshotStatus::Failure

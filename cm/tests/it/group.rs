@@ -287,6 +287,15 @@ fn a_restarted_replica_catches_up_and_ids_keep_growing() {
     // What it applied before is back from its files at once.
     assert_eq!(restarted.group.configuration().unwrap().id, 3);
     wait_configuration(&restarted, 8);
+    let snapshots: u64 = processes
+        .iter()
+        .flatten()
+        .map(|p| p.group.stats().snapshot_sent_count)
+        .sum();
+    assert!(
+        snapshots > 0,
+        "the log it missed was compacted: a snapshot brought it"
+    );
     processes[follower] = Some(restarted);
     let all: Vec<&Process> = processes.iter().flatten().collect();
     install(&all, 8, &config(9, 1)).unwrap();

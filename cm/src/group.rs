@@ -120,6 +120,12 @@ pub fn replica_dir(cluster_dir: &Path, node: NodeId) -> PathBuf {
     cluster_dir.join(format!("cm-n{}", node.0))
 }
 
+/// `[n1, n2]`.
+fn list(nodes: &[NodeId]) -> String {
+    let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+    format!("[{}]", names.join(", "))
+}
+
 /// How a [`CmGroup`] runs.
 #[derive(Clone, Debug)]
 pub struct GroupOptions {
@@ -166,21 +172,22 @@ impl GroupOptions {
         let mut nodes: Vec<NodeId> = self.voters.iter().map(|(node, _)| *node).collect();
         nodes.sort();
         if nodes.windows(2).any(|pair| pair[0] == pair[1]) {
-            return Err(format!("a CM replica is listed twice in {nodes:?}"));
+            return Err(format!("a CM replica is listed twice in {}", list(&nodes)));
         }
         if let Some(bad) = nodes
             .iter()
             .find(|&&n| node_of(raft_id(n)).is_none() || n == NodeId::OBSERVER)
         {
             return Err(format!(
-                "node {bad} cannot host a CM replica (raft ids are node ids, above 0; the \
-                 observer id is no node)"
+                "{bad} cannot host a CM replica (raft ids are node ids, above 0; the observer \
+                 id is no node)"
             ));
         }
         if !nodes.contains(&self.node) {
             return Err(format!(
-                "node {} is not one of the CM replicas {nodes:?}",
-                self.node
+                "{} is not one of the CM replicas {}",
+                self.node,
+                list(&nodes)
             ));
         }
         if self.tick.is_zero() {
@@ -259,7 +266,7 @@ fn count(counter: &AtomicU64) {
 pub enum StartError {
     #[error("CM group options: {reason}; fix the list of CM replicas")]
     Options { reason: String },
-    #[error("CM replica of node {node} cannot open: {source}")]
+    #[error("the CM replica of {node} cannot open: {source}")]
     Replica {
         node: NodeId,
         #[source]
@@ -345,7 +352,7 @@ impl CmGroup {
         if links.me() != options.node {
             return Err(StartError::Options {
                 reason: format!(
-                    "the links are node {}'s, the replica node {}'s",
+                    "the links are {}'s, the replica {}'s",
                     links.me(),
                     options.node
                 ),
@@ -821,5 +828,44 @@ fn publish(shared: &Shared, driver: &Driver) {
         next.epoch = status.epoch + 1;
         *status = next;
         shared.status_changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(node: u16, voters: &[u16]) -> GroupOptions {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let voters = voters.iter().map(|&n| (NodeId(n), addr)).collect();
+        GroupOptions::new(NodeId(node), voters, Path::new("/cluster"))
+    }
+
+    #[test]
+    fn raft_ids_are_node_ids_above_zero() {
+        assert_eq!(raft_id(NodeId(7)), 7);
+        assert_eq!(node_of(7), Some(NodeId(7)));
+        assert_eq!(node_of(0), None);
+        assert_eq!(node_of(1 << 16), None);
+        assert_eq!(options(2, &[1, 2, 3]).dir, PathBuf::from("/cluster/cm-n2"));
+    }
+
+    #[test]
+    fn options_that_cannot_run_say_why() {
+        assert_eq!(options(2, &[1, 2, 3]).check(), Ok(()));
+        let error = options(2, &[1, 3]).check().unwrap_err();
+        assert!(
+            error.contains("n2 is not one of the CM replicas [n1, n3]"),
+            "{error}"
+        );
+        let error = options(2, &[2, 2, 3]).check().unwrap_err();
+        assert!(error.contains("listed twice"), "{error}");
+        let error = options(2, &[0, 2, 3]).check().unwrap_err();
+        assert!(error.contains("cannot host a CM replica"), "{error}");
+        let error = options(2, &[2, u16::MAX]).check().unwrap_err();
+        assert!(error.contains("cannot host a CM replica"), "{error}");
+        let mut zero_tick = options(2, &[2]);
+        zero_tick.tick = Duration::ZERO;
+        assert!(zero_tick.check().is_err());
     }
 }

@@ -474,3 +474,60 @@ fn ticks_follow_the_clock() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_replica_whose_storage_fails_stops_and_still_routes() {
+    let secret = ClusterSecret::generate();
+    let root = tempfile::tempdir().unwrap();
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (links, inbox) = Links::bind(NodeId(1), loopback, secret.clone()).unwrap();
+    let addr = links.local_addr();
+    let options = GroupOptions::new(NodeId(1), vec![(NodeId(1), addr)], root.path());
+    let dir = options.dir.clone();
+    let (group, routed) = CmGroup::start(options, Arc::new(links), inbox).unwrap();
+    let process = Process {
+        group,
+        routed: Mutex::new(routed),
+    };
+    let all = [&process];
+    install(&all, 0, &config(1, 1)).unwrap();
+
+    // The state file is replaced through a temporary file in the directory: without the
+    // directory the next sync fails.
+    std::fs::remove_dir_all(&dir).unwrap();
+    match process
+        .group
+        .propose_install(1, &config(2, 1), INSTALL_TIMEOUT)
+    {
+        Err(InstallError::Stopped) => {}
+        other => panic!("{other:?}"),
+    }
+    let status = process.group.status();
+    assert!(status.stopped && !status.is_leader, "{status:?}");
+    assert_eq!(status.configuration_id(), 1, "what it applied stays shown");
+    match process
+        .group
+        .propose_install(1, &config(2, 1), INSTALL_TIMEOUT)
+    {
+        Err(InstallError::Stopped) => {}
+        other => panic!("{other:?}"),
+    }
+
+    // The member side of the process still gets its messages.
+    let (member, _member_inbox) = Links::bind(NodeId(4), loopback, secret).unwrap();
+    process
+        .group
+        .links()
+        .add_peer(NodeId(4), member.local_addr());
+    member.add_peer(NodeId(1), addr);
+    member
+        .send(NodeId(1), Envelope::new(envelope::Body::Probe(3)).encode())
+        .unwrap();
+    let message = process
+        .routed
+        .lock()
+        .unwrap()
+        .recv_timeout(WAIT_MAX)
+        .unwrap();
+    assert_eq!(message.body, envelope::Body::Probe(3));
+}

@@ -46,7 +46,8 @@
 //! sends a follower in the snapshot state nothing more until it hears one or the other. Saying
 //! `Finish` is safe: the leader then probes the follower just past the snapshot, and a follower
 //! that lost it rejects the probe, which makes the leader send the snapshot again. (The probe
-//! goes on the same connection after the snapshot, so one that arrives is applied first.)
+//! goes on the same connection after the snapshot, so a snapshot that arrives is applied
+//! first; across a reconnection the probe may overtake it, and is rejected like a loss.)
 //!
 //! # Failures
 //!
@@ -307,6 +308,12 @@ pub enum InstallError {
     )]
     Stopped,
 }
+
+// The owner shares the group among its threads (the manager, admin requests) behind an `Arc`.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<CmGroup>();
+};
 
 /// This process's handle on the CM's Raft group (module docs). Dropping it stops its thread.
 pub struct CmGroup {

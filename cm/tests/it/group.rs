@@ -531,3 +531,35 @@ fn a_replica_whose_storage_fails_stops_and_still_routes() {
         .unwrap();
     assert_eq!(message.body, envelope::Body::Probe(3));
 }
+
+#[test]
+fn a_damaged_directory_is_refused_at_start_naming_the_file_and_offset() {
+    let secret = ClusterSecret::generate();
+    let root = tempfile::tempdir().unwrap();
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let start = || {
+        let (links, inbox) = Links::bind(NodeId(1), loopback, secret.clone()).unwrap();
+        let voters = vec![(NodeId(1), links.local_addr())];
+        CmGroup::start(
+            GroupOptions::new(NodeId(1), voters, root.path()),
+            Arc::new(links),
+            inbox,
+        )
+    };
+    let (group, routed) = start().unwrap();
+    let process = Process {
+        group,
+        routed: Mutex::new(routed),
+    };
+    install(&[&process], 0, &config(1, 1)).unwrap();
+    drop(process);
+
+    let log = acre_cm::group::replica_dir(root.path(), NodeId(1)).join(acre_cm::storage::LOG_FILE);
+    let mut bytes = std::fs::read(&log).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&log, bytes).unwrap();
+    let error = start().map(|_| ()).unwrap_err().to_string();
+    assert!(error.contains(&log.display().to_string()), "{error}");
+    assert!(error.contains("at byte"), "{error}");
+}

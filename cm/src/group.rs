@@ -347,7 +347,9 @@ struct Driver {
 impl CmGroup {
     /// Opens the replica in `options.dir` and starts its thread, which takes `inbox` (the
     /// inbox of `links`) and hands every non-Raft envelope to the returned receiver. See the
-    /// module docs for who owns what.
+    /// module docs for who owns what. On an error the inbox is dropped: a process whose
+    /// replica cannot start binds its links again once the cause is fixed (the error says
+    /// what it is), or runs without a replica.
     pub fn start(
         options: GroupOptions,
         links: Arc<Links>,

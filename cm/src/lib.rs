@@ -15,6 +15,9 @@
 //! - [`group`]: a replica run by a thread of its own over [`net`], ticked on the process's
 //!   clock, with the blocking compare-and-set install, the leader and a watch of the applied
 //!   configuration for the rest of the process.
+//! - [`manager`]: the CM leader's reconfiguration driver (suspect, probe, install through Raft,
+//!   NEW-CONFIG, wait out removed leases, NEW-CONFIG-COMMIT), and [`member`] a node's side of
+//!   it, both sans-I/O state machines.
 //! - [`net`]: authenticated, framed message links over TCP between CM replicas and nodes (Raft
 //!   messages, NEW-CONFIG, admin requests); lossy by design, as Raft tolerates.
 
@@ -24,6 +27,8 @@ pub mod group;
 pub mod lease;
 pub mod lease_thread;
 pub mod logger;
+pub mod manager;
+pub mod member;
 pub mod net;
 pub mod remap;
 pub mod replica;

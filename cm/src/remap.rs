@@ -1679,11 +1679,14 @@ mod properties {
                     result.as_ref().ok(),
                     remove_node(config, node).as_ref().ok()
                 );
+                // The model, derived apart from the code: the primary is always complete, so
+                // the node is a region's last complete replica exactly when it is the primary
+                // and every backup is still copying.
                 let last: Vec<RegionId> = config
                     .regions
                     .iter()
-                    .filter(|p| p.state != RegionState::Lost)
-                    .filter(|p| p.complete_replicas().all(|replica| replica == node))
+                    .filter(|p| p.state != RegionState::Lost && p.primary == node)
+                    .filter(|p| p.backups.iter().all(|b| p.copying.contains(b)))
                     .map(|p| p.region)
                     .collect();
                 if !last.is_empty() {

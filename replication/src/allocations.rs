@@ -88,6 +88,9 @@ fn reserve(node: &TxnNode, request: &AllocRequest) -> (Code, [u64; 3]) {
             Code::AllocFailed,
             [alloc_failure::UNREPLICATED, backup.0 as u64, 0],
         ),
+        Err(ReserveError::Reconfiguring { config, .. }) => {
+            (Code::AllocFailed, [alloc_failure::RECONFIGURING, config, 0])
+        }
         Err(ReserveError::Alloc(_)) => (Code::AllocFailed, [alloc_failure::OTHER, 0, 0]),
     }
 }

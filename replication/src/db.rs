@@ -210,7 +210,10 @@ impl Db {
     /// Reads one object without a transaction: a consistent, committed value (lock-free; it
     /// waits only while a commit is installing the object).
     pub fn read(&self, addr: Addr) -> Result<Vec<u8>, TxnError> {
-        let slot = self.coordinator().reader().read_slot(addr)?;
+        let coordinator = self.coordinator();
+        let slot = coordinator
+            .reader()
+            .read_slot(&coordinator.config(), addr)?;
         if !slot.header.is_allocated() {
             return Err(TxnError::NotFound { addr });
         }

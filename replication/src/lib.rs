@@ -45,4 +45,4 @@ pub mod verify;
 pub mod worker;
 
 pub use embedded::EmbeddedCluster;
-pub use replica::{ReplicaNode, StartError, Storage};
+pub use replica::{AdoptError, Adopted, ReplicaNode, StartError, Storage};

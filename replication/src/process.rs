@@ -10,7 +10,7 @@
 use crate::cluster_file::{ClusterFile, ClusterFileError};
 use crate::liveness::LockFiles;
 use crate::restart::{self, KeptData};
-use crate::{ReplicaNode, StartError, Storage};
+use crate::{AdoptError, ReplicaNode, StartError, Storage};
 use acre_engine::addr::NodeId;
 use acre_engine::directory::remove_node_files;
 use acre_engine::directory::{self, NodeManifest};
@@ -18,8 +18,9 @@ use acre_engine::fabric::doorbell::Doorbell;
 use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::tcp::NicServer;
 use acre_engine::fabric::transport_kind::{self, OpenError};
-use acre_engine::fabric::{Fabric, Membership};
+use acre_engine::fabric::{Fabric, Membership, Transport};
 use acre_txn::TxnNode;
+use acre_txn::config::{Configuration, NotAdopted};
 use acre_txn::directory::Directory;
 use std::io;
 use std::net::SocketAddr;
@@ -128,11 +129,14 @@ pub fn node_log_path(dir: &Path, node: NodeId) -> PathBuf {
 /// records into its rings, so its files are removed when it stops and when its id starts again.
 pub struct ProcessNode {
     replica: Option<ReplicaNode>,
-    _nic: Option<NicServer>,
+    nic: Option<NicServer>,
     dir: PathBuf,
     node: NodeId,
     /// Whether the configuration places regions on this node (else it is a client node).
     memory_node: bool,
+    /// What its manifest says besides its areas.
+    transport: String,
+    tcp_addr: Option<String>,
 }
 
 impl ProcessNode {
@@ -167,23 +171,60 @@ impl ProcessNode {
             let _ = remove_node_files(&dir, node);
         }
         let (replica, nic, tcp_addr) = started?;
-        let manifest = NodeManifest {
-            node,
-            pid: std::process::id(),
-            transport: file.transport.name().to_string(),
-            tcp_addr: tcp_addr.map(|a| a.to_string()),
-            areas: replica.area_entries(),
-        };
-        manifest
-            .write(&dir)
-            .map_err(io("publish its manifest", NodeManifest::path(&dir, node)))?;
-        Ok(ProcessNode {
+        let process = ProcessNode {
             replica: Some(replica),
-            _nic: nic,
+            nic,
             dir,
             node,
             memory_node,
-        })
+            transport: file.transport.name().to_string(),
+            tcp_addr: tcp_addr.map(|a| a.to_string()),
+        };
+        process.publish().map_err(io(
+            "publish its manifest",
+            NodeManifest::path(&process.dir, node),
+        ))?;
+        Ok(process)
+    }
+
+    /// Writes the node's manifest: its areas (their keys), pid and address.
+    fn publish(&self) -> io::Result<()> {
+        NodeManifest {
+            node: self.node,
+            pid: std::process::id(),
+            transport: self.transport.clone(),
+            tcp_addr: self.tcp_addr.clone(),
+            areas: self.replica().area_entries(),
+        }
+        .write(&self.dir)
+    }
+
+    /// NEW-CONFIG (docs/failures.md#reconfiguration): the node adopts `newer`
+    /// ([`ReplicaNode::adopt`]: the copies it asks of this node, then the configuration),
+    /// republishes its manifest so that the others find the areas it created before the
+    /// configuration is committed, and on tcp serves only `newer`'s members from now on (its
+    /// NIC thread closes connections of removed nodes and of configurations older than
+    /// `newer`) and dials with `newer`'s id.
+    pub fn adopt(&self, newer: Arc<Configuration>) -> Result<(), AdoptError> {
+        let id = newer.id;
+        let members = newer.members().collect::<Vec<_>>();
+        let adopted = self.replica().adopt(newer)?;
+        if !adopted.new_areas.is_empty() {
+            self.publish()
+                .map_err(|source| AdoptError::Publish { config: id, source })?;
+        }
+        if let Transport::Tcp(tcp) = self.txn().fabric().transport() {
+            tcp.set_configuration(id);
+        }
+        if let Some(nic) = &self.nic {
+            nic.set_membership(Membership::new(id, members));
+        }
+        Ok(())
+    }
+
+    /// NEW-CONFIG-COMMIT of configuration `id`.
+    pub fn commit_config(&self, id: u64) -> Result<(), NotAdopted> {
+        self.replica().commit_config(id)
     }
 
     /// Refuses to start memory node `node` while another process runs it, or on files of an

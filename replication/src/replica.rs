@@ -76,6 +76,21 @@ pub enum AdoptError {
     )]
     Removed { node: NodeId, config: u64 },
     #[error(
+        "configuration {config} makes this node primary of {region}, which it holds no copy of \
+         (a primary is promoted from a backup, or a region is created): the configuration is \
+         wrong"
+    )]
+    PrimaryWithoutCopy { region: RegionId, config: u64 },
+    #[error(
+        "cannot republish the manifest after adopting configuration {config}: {source}; the \
+         others cannot find this node's new areas"
+    )]
+    Publish {
+        config: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
         "cannot create the copy of {region} that configuration {config} gives this node: {source}"
     )]
     Copy {
@@ -208,6 +223,7 @@ impl ReplicaNode {
                 config: newer.id,
             });
         }
+        let older = self.txn.config();
         let mut adopted = Adopted::default();
         for placement in newer.replicated_on(node) {
             let copying = placement.copying.contains(&node);
@@ -216,11 +232,15 @@ impl ReplicaNode {
                 self.backup.set_copying(placement.region, copying);
                 continue;
             }
-            assert_ne!(
-                placement.primary, node,
-                "{node} made primary of {} in configuration {}, which it holds no copy of",
-                placement.region, newer.id
-            );
+            // A region this node holds no copy of: a new region (`add_region`: empty, active,
+            // its primary here or a backup), or a new backup's copy of an existing one.
+            let created = older.placement(placement.region).is_none();
+            if placement.primary == node && !created {
+                return Err(AdoptError::PrimaryWithoutCopy {
+                    region: placement.region,
+                    config: newer.id,
+                });
+            }
             let region = self
                 .storage
                 .region(node, placement.region, self.region_bytes)
@@ -245,7 +265,19 @@ impl ReplicaNode {
                 region.len(),
                 region.key(),
             ));
-            self.backup.add(region.clone(), copying);
+            if placement.primary == node {
+                let slab =
+                    SlabAllocator::format(region.id(), newer.region_bytes, newer.block_bytes)
+                        .map_err(|e| AdoptError::Copy {
+                            region: placement.region,
+                            config: newer.id,
+                            source: io::Error::other(e),
+                        })?;
+                self.txn.primary().add_region(region.clone(), slab);
+            } else {
+                // A new region's backups hold nothing to copy: complete at once.
+                self.backup.add(region.clone(), copying && !created);
+            }
             self.copies.write().expect(crate::POISONED).push(region);
         }
         self.txn.adopt(newer)?;

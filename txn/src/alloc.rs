@@ -28,6 +28,13 @@ pub enum ReserveError {
         backup: NodeId,
         reason: String,
     },
+    /// As `Unreplicated`, while the node's configuration `config` is not committed: the new
+    /// backup may not have adopted it yet (its copy is not there); retried once it is.
+    #[error(
+        "the header of a new block did not reach backup {backup}, which may not have adopted \
+         configuration {config} yet: retry shortly"
+    )]
+    Reconfiguring { config: u64, backup: NodeId },
 }
 
 impl TxnNode {
@@ -51,6 +58,13 @@ impl TxnNode {
         for &backup in &placement.backups {
             if let Err(reason) = self.copy_block_header(backup, region, *offset, header) {
                 self.primary().release(&[reserved.addr]);
+                let (current, committed) = self.config_state();
+                if !committed {
+                    return Err(ReserveError::Reconfiguring {
+                        config: current,
+                        backup,
+                    });
+                }
                 return Err(ReserveError::Unreplicated {
                     region,
                     offset: *offset,

@@ -128,6 +128,16 @@ pub enum CommitError {
          run it again (Db::run does)"
     )]
     ConfigurationChanged { began: u64, current: u64 },
+    /// A region the transaction used does not serve in its configuration; nothing committed.
+    #[error(
+        "{region} is {} in configuration {config}: not committed",
+        state.name()
+    )]
+    RegionUnavailable {
+        region: RegionId,
+        state: RegionState,
+        config: u64,
+    },
     /// The configuration is being installed; nothing committed.
     #[error(
         "configuration {config} is being installed: not committed, retry shortly (Db::run does)"
@@ -186,6 +196,15 @@ impl From<TxnError> for CommitError {
                 CommitError::ConfigurationChanged { began, current }
             }
             TxnError::Reconfiguring { config } => CommitError::Reconfiguring { config },
+            TxnError::RegionUnavailable {
+                region,
+                state,
+                config,
+            } => CommitError::RegionUnavailable {
+                region,
+                state,
+                config,
+            },
             // The commit only touches objects execution already found, in regions of the
             // configuration, with slots it already holds.
             other => unreachable!("a commit step failed with an execution error: {other}"),

@@ -17,6 +17,7 @@ use acre_engine::channel::{ChannelError, Outbox, ring_area_id};
 use acre_engine::fabric::Fabric;
 use acre_engine::hash::FastMap;
 use acre_nvm_log::{LogError, Reservation};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,9 @@ pub struct Links {
     fabric: Arc<Fabric>,
     directory: Arc<Directory>,
     links: RwLock<FastMap<NodeId, Arc<Mutex<Link>>>>,
+    /// Nodes a configuration removed: never attached again, and what is left for them
+    /// (reservations, truncations) is dropped, since nothing more goes to them.
+    removed: RwLock<BTreeSet<NodeId>>,
 }
 
 impl Links {
@@ -50,6 +54,7 @@ impl Links {
             fabric,
             directory,
             links: RwLock::new(FastMap::default()),
+            removed: RwLock::new(BTreeSet::new()),
         }
     }
 
@@ -68,12 +73,24 @@ impl Links {
         if let Some(link) = self.links.read().expect(POISONED).get(&target) {
             return Ok(link.clone());
         }
+        let removed = || TxnError::Unavailable {
+            node: target,
+            reason: "it was removed from the configuration".into(),
+        };
+        if self.is_removed(target) {
+            return Err(removed());
+        }
         let (key, bytes) = self
             .directory
             .lookup(&self.fabric, target, ring_area_id(self.node))?;
         let outbox = Outbox::attach(&self.fabric, target, key, bytes)
             .map_err(|e| channel_error(target, e))?;
         let mut links = self.links.write().expect(POISONED);
+        // `remove` marks a node under this lock: checked again, no link to a removed node
+        // can be attached after it returned.
+        if self.is_removed(target) {
+            return Err(removed());
+        }
         Ok(links
             .entry(target)
             .or_insert_with(|| {
@@ -141,9 +158,12 @@ impl Links {
     /// Gives back what is left of a reservation at `target`.
     pub fn release(&self, target: NodeId, reservation: Reservation) {
         let link = self.links.read().expect(POISONED).get(&target).cloned();
-        let link =
-            link.unwrap_or_else(|| panic!("released a reservation at {target} without a link"));
-        locked(&link).outbox.release(reservation);
+        match link {
+            Some(link) => locked(&link).outbox.release(reservation),
+            // The link went with the node, and the room with it.
+            None if self.is_removed(target) => {}
+            None => panic!("released a reservation at {target} without a link"),
+        }
     }
 
     /// Appends `record` at `target` inside `reservation`, with pending truncations riding on
@@ -216,6 +236,9 @@ impl Links {
     pub fn queue_truncation(&self, txn: TxnId, nodes: impl IntoIterator<Item = NodeId>) {
         let mut first = false;
         for node in nodes {
+            if self.is_removed(node) {
+                continue; // nothing more goes to it
+            }
             // Every participant's link was attached when the commit reserved room there.
             let link = self
                 .link(node)
@@ -231,7 +254,14 @@ impl Links {
     /// Drops the link to `node`, removed from the configuration: nothing is sent to it any
     /// more, its queued truncations included (recovery settles what it held).
     pub(crate) fn remove(&self, node: NodeId) {
-        self.links.write().expect(POISONED).remove(&node);
+        let mut links = self.links.write().expect(POISONED);
+        self.removed.write().expect(POISONED).insert(node);
+        links.remove(&node);
+    }
+
+    /// Whether a configuration removed `node`.
+    pub(crate) fn is_removed(&self, node: NodeId) -> bool {
+        self.removed.read().expect(POISONED).contains(&node)
     }
 
     /// Whether any truncation waits to be sent.

@@ -18,11 +18,21 @@ use acre_engine::object::{self, Header};
 use acre_engine::region::Region;
 use acre_engine::slab::{AllocError, Reserved, SlabAllocator};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 struct PrimaryRegion {
     region: Arc<Region>,
     slab: Mutex<SlabAllocator>,
+}
+
+impl PrimaryRegion {
+    fn new(region: Arc<Region>, slab: SlabAllocator) -> Arc<PrimaryRegion> {
+        assert_eq!(region.id(), slab.region(), "allocator of another region");
+        Arc::new(PrimaryRegion {
+            region,
+            slab: Mutex::new(slab),
+        })
+    }
 }
 
 /// A transaction that has sent LOCK here and not yet COMMIT-PRIMARY or ABORT.
@@ -37,7 +47,8 @@ struct Held {
 
 /// The primary regions of one node and the transactions holding locks in them.
 pub struct Primary {
-    regions: FastMap<RegionId, PrimaryRegion>,
+    /// Grows when a configuration creates a region with its primary here.
+    regions: RwLock<FastMap<RegionId, Arc<PrimaryRegion>>>,
     held: Mutex<FastMap<TxnId, Held>>,
     /// Slots reserved here by other nodes' ALLOC requests, per transaction, until its LOCK,
     /// ABORT or RELEASE says what becomes of them. A coordinator whose ALLOC timed out does
@@ -58,40 +69,57 @@ pub struct UnknownCommit {
 impl Primary {
     pub fn new(regions: Vec<(Arc<Region>, SlabAllocator)>) -> Primary {
         Primary {
-            regions: regions
-                .into_iter()
-                .map(|(region, slab)| {
-                    assert_eq!(region.id(), slab.region(), "allocator of another region");
-                    (
-                        region.id(),
-                        PrimaryRegion {
-                            region,
-                            slab: Mutex::new(slab),
-                        },
-                    )
-                })
-                .collect(),
+            regions: RwLock::new(
+                regions
+                    .into_iter()
+                    .map(|(region, slab)| (region.id(), PrimaryRegion::new(region, slab)))
+                    .collect(),
+            ),
             held: Mutex::new(FastMap::default()),
             allocated_for: Mutex::new(FastMap::default()),
             installing: Mutex::new(FastMap::default()),
         }
     }
 
+    /// Becomes the primary of a new, empty region (a configuration created it here).
+    pub fn add_region(&self, region: Arc<Region>, slab: SlabAllocator) {
+        let id = region.id();
+        let previous = self
+            .regions
+            .write()
+            .expect(POISONED)
+            .insert(id, PrimaryRegion::new(region, slab));
+        assert!(
+            previous.is_none(),
+            "{id} added twice to the primary regions"
+        );
+    }
+
+    fn region_state(&self, id: RegionId) -> Option<Arc<PrimaryRegion>> {
+        self.regions.read().expect(POISONED).get(&id).cloned()
+    }
+
     pub fn region_ids(&self) -> Vec<RegionId> {
-        let mut ids: Vec<RegionId> = self.regions.keys().copied().collect();
+        let mut ids: Vec<RegionId> = self
+            .regions
+            .read()
+            .expect(POISONED)
+            .keys()
+            .copied()
+            .collect();
         ids.sort();
         ids
     }
 
-    pub fn region(&self, id: RegionId) -> Option<&Arc<Region>> {
-        self.regions.get(&id).map(|r| &r.region)
+    pub fn region(&self, id: RegionId) -> Option<Arc<Region>> {
+        self.region_state(id).map(|r| r.region.clone())
     }
 
     /// The slots the allocator of region `id` counts as taken (allocated or reserved), in
     /// address order; `None` if this node is not its primary. O(slots): for checks, such as a
     /// test's that every freed object went back to the allocator once the cluster is quiet.
     pub fn allocated_addrs(&self, id: RegionId) -> Option<Vec<Addr>> {
-        let primary = self.regions.get(&id)?;
+        let primary = self.region_state(id)?;
         Some(primary.slab.lock().expect(POISONED).allocated_addrs())
     }
 
@@ -109,14 +137,14 @@ impl Primary {
         addr: Addr,
         f: impl FnOnce(&[AtomicU64], &PrimaryRegion) -> T,
     ) -> Option<T> {
-        let primary = self.regions.get(&addr.region())?;
+        let primary = self.region_state(addr.region())?;
         let words = primary
             .slab
             .lock()
             .expect(POISONED)
             .slot_words(&primary.region, addr)
             .ok()?;
-        Some(f(words, primary))
+        Some(f(words, &primary))
     }
 
     /// A slot reserved here by `txn`'s ALLOC request.
@@ -414,7 +442,7 @@ impl Primary {
         len: usize,
         near: Option<Addr>,
     ) -> Result<Reserved, AllocError> {
-        let primary = self.regions.get(&region).ok_or(AllocError::NotAnObject {
+        let primary = self.region_state(region).ok_or(AllocError::NotAnObject {
             addr: Addr::new(region, 0),
         })?;
         let mut slab = primary.slab.lock().expect(POISONED);
@@ -428,8 +456,7 @@ impl Primary {
     /// [`crate::alloc`]).
     pub fn publish(&self, region: RegionId, block_offset: u32) {
         let primary = self
-            .regions
-            .get(&region)
+            .region_state(region)
             .unwrap_or_else(|| panic!("published a block of {region}, not a primary region here"));
         primary.slab.lock().expect(POISONED).publish(block_offset);
     }
@@ -450,7 +477,7 @@ impl Primary {
     /// Hands back reserved slots that no transaction will install.
     pub fn release(&self, addrs: &[Addr]) {
         for &addr in addrs {
-            let Some(primary) = self.regions.get(&addr.region()) else {
+            let Some(primary) = self.region_state(addr.region()) else {
                 continue;
             };
             if let Err(e) = primary

@@ -8,7 +8,7 @@
 
 use crate::POISONED;
 use crate::backoff::Backoff;
-use crate::config::CurrentConfiguration;
+use crate::config::Configuration;
 use crate::directory::Directory;
 use crate::error::TxnError;
 use crate::error::op_error;
@@ -52,49 +52,55 @@ enum SlotAt {
     UnclaimedBlock { block: Addr },
 }
 
-/// Reads objects on their primaries.
+/// Reads objects on their primaries. Which node is a region's primary comes from the
+/// configuration the caller passes: a transaction's own (the one it began in), so that every
+/// step of it resolves primaries alike however the node's configuration changes meanwhile.
 pub struct ObjectReader {
-    config: Arc<CurrentConfiguration>,
+    fabric: Arc<Fabric>,
+    directory: Arc<Directory>,
     /// The sizes every configuration of a cluster shares.
     block_bytes: u64,
     region_bytes: u64,
-    fabric: Arc<Fabric>,
-    directory: Arc<Directory>,
     /// Slot size of each claimed block seen so far: `(region, block index) -> slot bytes`.
     slot_bytes: RwLock<FastMap<(RegionId, u32), u64>>,
 }
 
 impl ObjectReader {
     pub(crate) fn new(
-        config: Arc<CurrentConfiguration>,
+        config: &Configuration,
         fabric: Arc<Fabric>,
         directory: Arc<Directory>,
     ) -> ObjectReader {
-        let first = config.get();
         ObjectReader {
-            block_bytes: first.block_bytes,
-            region_bytes: first.region_bytes,
-            config,
+            block_bytes: config.block_bytes,
+            region_bytes: config.region_bytes,
             fabric,
             directory,
             slot_bytes: RwLock::new(FastMap::default()),
         }
     }
 
-    /// The primary of the region `addr` is in, and the access key of its copy there.
-    /// Refused when the region does not serve in the node's configuration now.
-    pub fn primary_of(&self, addr: Addr) -> Result<(NodeId, AccessKey), TxnError> {
-        let primary = self.config.get().serving(addr)?.primary;
-        let (key, _) = self
-            .directory
-            .lookup(&self.fabric, primary, addr.region())?;
-        Ok((primary, key))
+    /// The primary of the region `addr` is in, in `config`, and the access key of its copy
+    /// there. Refused when the region does not serve in `config`.
+    pub fn primary_of(
+        &self,
+        config: &Configuration,
+        addr: Addr,
+    ) -> Result<(NodeId, AccessKey), TxnError> {
+        let primary = config.serving(addr)?.primary;
+        Ok((primary, self.key_at(primary, addr)?))
+    }
+
+    /// The access key of `node`'s copy of the region `addr` is in.
+    pub fn key_at(&self, node: NodeId, addr: Addr) -> Result<AccessKey, TxnError> {
+        let (key, _) = self.directory.lookup(&self.fabric, node, addr.region())?;
+        Ok(key)
     }
 
     /// A consistent, unlocked read of the slot at `addr` on its primary (see [`Self::read`]);
     /// `NotFound` where there is no slot.
-    pub fn read_slot(&self, addr: Addr) -> Result<SlotRead, TxnError> {
-        match self.read(addr)? {
+    pub fn read_slot(&self, config: &Configuration, addr: Addr) -> Result<SlotRead, TxnError> {
+        match self.read(config, addr)? {
             Found::Slot(slot) => Ok(slot),
             Found::NeverSlot | Found::UnclaimedBlock { .. } => Err(TxnError::NotFound { addr }),
         }
@@ -103,8 +109,8 @@ impl ObjectReader {
     /// What is at `addr` on its primary: for a slot, a consistent, unlocked read of it (one
     /// one-sided READ, retried with backoff while the object is torn or locked by a committing
     /// transaction).
-    pub fn read(&self, addr: Addr) -> Result<Found, TxnError> {
-        let (primary, key) = self.primary_of(addr)?;
+    pub fn read(&self, config: &Configuration, addr: Addr) -> Result<Found, TxnError> {
+        let (primary, key) = self.primary_of(config, addr)?;
         let slot_bytes = match self.slot_at(primary, key, addr)? {
             SlotAt::Slot { slot_bytes } => slot_bytes,
             SlotAt::NeverSlot => return Ok(Found::NeverSlot),
@@ -142,13 +148,17 @@ impl ObjectReader {
     /// all batches in flight together (docs/protocol.md#reads): what a transaction that reads
     /// many objects (an audit, a scan) waits for is one round trip, not one per object. An
     /// object found locked or torn is read again alone, as [`Self::read`] does.
-    pub fn read_many(&self, addrs: &[Addr]) -> Vec<Result<Found, TxnError>> {
+    pub fn read_many(
+        &self,
+        config: &Configuration,
+        addrs: &[Addr],
+    ) -> Vec<Result<Found, TxnError>> {
         let mut found: Vec<Option<Result<Found, TxnError>>> = vec![None; addrs.len()];
         // The slots to read, per primary: (index in addrs, READ).
         let mut batches: BTreeMap<NodeId, Vec<(usize, Op)>> = BTreeMap::new();
         for (index, &addr) in addrs.iter().enumerate() {
             let located = self
-                .primary_of(addr)
+                .primary_of(config, addr)
                 .and_then(|(primary, key)| Ok((primary, key, self.slot_at(primary, key, addr)?)));
             match located {
                 Ok((primary, key, SlotAt::Slot { slot_bytes })) => {
@@ -184,7 +194,7 @@ impl ObjectReader {
                             payload: read.payload.to_vec(),
                         })),
                         // Locked by a committing transaction, or torn: wait for it alone.
-                        Ok(_) | Err(object::DecodeError::Torn(_)) => self.read(addr),
+                        Ok(_) | Err(object::DecodeError::Torn(_)) => self.read(config, addr),
                         Err(e) => Err(TxnError::Protocol {
                             node: primary,
                             reason: format!("read of {addr}: {e}"),
@@ -210,8 +220,11 @@ impl ObjectReader {
     pub fn post_header_reads(&self, node: NodeId, addrs: &[Addr]) -> Result<Pending, TxnError> {
         let mut ops = Vec::with_capacity(addrs.len());
         for &addr in addrs {
-            let (_, key) = self.primary_of(addr)?;
-            ops.push(Op::Read { addr, key, len: 8 });
+            ops.push(Op::Read {
+                addr,
+                key: self.key_at(node, addr)?,
+                len: 8,
+            });
         }
         Ok(self.fabric.post(node, ops))
     }
@@ -248,8 +261,8 @@ impl ObjectReader {
 
     /// Whether the block at `block` is still unclaimed on its primary (one READ of its header,
     /// never cached): how a transaction validates that an address it read held no slot.
-    pub fn block_unclaimed(&self, block: Addr) -> Result<bool, TxnError> {
-        let (primary, key) = self.primary_of(block)?;
+    pub fn block_unclaimed(&self, config: &Configuration, block: Addr) -> Result<bool, TxnError> {
+        let (primary, key) = self.primary_of(config, block)?;
         let header = self
             .fabric
             .read(primary, block, key, BLOCK_HEADER_BYTES as u32)

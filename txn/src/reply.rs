@@ -97,6 +97,8 @@ pub mod alloc_failure {
     /// The slot's block is new and its header did not reach a backup (`values[1]`: the
     /// backup's node id).
     pub const UNREPLICATED: u64 = 5;
+    /// As `UNREPLICATED`, while the primary's configuration (`values[1]`) is not committed.
+    pub const RECONFIGURING: u64 = 6;
 }
 
 /// What a participant holds of a transaction, as the bits of a [`Code::Vote`] reply's

@@ -166,7 +166,7 @@ impl Txn {
             .collect::<BTreeSet<Addr>>()
             .into_iter()
             .collect();
-        let found = self.node.reader().read_many(&unread);
+        let found = self.node.reader().read_many(&self.config, &unread);
         let mut first_error = None;
         for (addr, found) in unread.into_iter().zip(found) {
             if let Err(e) = found.and_then(|found| self.record_read(addr, found)) {
@@ -182,7 +182,7 @@ impl Txn {
     /// The recorded read of `addr`, reading it now if this transaction has not.
     fn read_info(&mut self, addr: Addr) -> Result<&ReadInfo, TxnError> {
         if !self.reads.contains_key(&addr) {
-            let found = self.node.reader().read(addr)?;
+            let found = self.node.reader().read(&self.config, addr)?;
             self.record_read(addr, found)?;
         }
         Ok(&self.reads[&addr])
@@ -381,6 +381,11 @@ impl Txn {
                     alloc_failure::TOO_LARGE => {
                         format!("the largest object is {} bytes", reply.values[1])
                     }
+                    alloc_failure::RECONFIGURING => {
+                        return Err(TxnError::Reconfiguring {
+                            config: reply.values[1],
+                        });
+                    }
                     alloc_failure::UNREPLICATED => {
                         return Err(TxnError::Unavailable {
                             node: NodeId(reply.values[1] as u16),
@@ -538,5 +543,6 @@ fn reserve_failed(len: usize, error: ReserveError) -> TxnError {
             node: backup,
             reason: error.to_string(),
         },
+        ReserveError::Reconfiguring { config, .. } => TxnError::Reconfiguring { config },
     }
 }

@@ -48,7 +48,7 @@ impl TxnNode {
         TxnNode {
             node: fabric.node_id(),
             links: Links::new(config.clone(), fabric.clone(), directory.clone()),
-            reader: ObjectReader::new(config.clone(), fabric.clone(), directory.clone()),
+            reader: ObjectReader::new(&config.get(), fabric.clone(), directory.clone()),
             couriers: Couriers::new(fabric.clone(), directory.clone()),
             config,
             fabric,

@@ -453,7 +453,7 @@ fn check_allocators(cluster: &impl Cluster, live: &BTreeSet<Addr>, seed: u64) {
             let copy = primary
                 .region(region)
                 .expect("the primary holds its region");
-            let headers = SlabAllocator::rebuild(copy, node.config().block_bytes)
+            let headers = SlabAllocator::rebuild(&copy, node.config().block_bytes)
                 .unwrap_or_else(|e| panic!("seed={seed}: rebuild {region}'s allocator: {e}"))
                 .allocated_addrs();
             assert_eq!(

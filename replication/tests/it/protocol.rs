@@ -750,9 +750,15 @@ fn a_transaction_sees_its_own_writes_allocations_and_frees() {
             value_at(&n3, doomed),
             Err(Error::Txn(TxnError::NotFound { addr: doomed }))
         );
-        let header = n3.reader().read_slot(doomed).unwrap().header;
+        let header = n3.reader().read_slot(&n3.config(), doomed).unwrap().header;
         assert!(!header.is_allocated(), "freed {doomed}: {header}");
-        assert!(n3.reader().read_slot(fresh).unwrap().header.is_allocated());
+        assert!(
+            n3.reader()
+                .read_slot(&n3.config(), fresh)
+                .unwrap()
+                .header
+                .is_allocated()
+        );
     }
     settle(&cluster);
     cluster.check_replicas().unwrap();

@@ -7,11 +7,18 @@ use crate::fixture::{
     settle, start_in, three_nodes, txn_node, value_at,
 };
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::channel::appended_kinds;
+use acre_engine::fabric::Op;
+use acre_engine::fabric::fault::{Action, Rule};
+use acre_nvm_log::RecordKind;
 use acre_replication::EmbeddedCluster;
+use acre_replication::replica::AdoptError;
 use acre_txn::config::{CommitMode, NotAdopted, StaleConfiguration};
+use acre_txn::record::{COMMIT_BACKUP, LOCK};
 use acre_txn::{CommitError, Configuration, Error, RegionState, TxnError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 /// The configuration after `config`, changed by `change`.
 fn next(config: &Configuration, change: impl FnOnce(&mut Configuration)) -> Arc<Configuration> {
@@ -322,4 +329,452 @@ fn after_a_node_leaves_surviving_primaries_commit_with_new_backups_and_its_regio
     );
     cluster.check_replicas().expect("complete backups match");
     cluster.stop();
+}
+
+// Races between a node adopting a configuration and a commit in flight (found by review):
+// each delays one record of the commit with the fault plan and has the coordinator's node
+// adopt a newer configuration meanwhile, as NEW-CONFIG reaching the coordinator first would.
+
+const DELAY: Duration = Duration::from_millis(400);
+const ADOPT_AFTER: Duration = Duration::from_millis(100);
+
+fn appends(kind: RecordKind) -> impl Fn(&[Op]) -> bool + Send + Sync {
+    move |ops| appended_kinds(ops).contains(&kind)
+}
+
+/// A commit whose decision check (after VALIDATE) fails aborts; it must not then be handed
+/// to the finisher, which would send COMMIT-BACKUP and COMMIT-PRIMARY of an aborted
+/// transaction: the backups apply it, the primary (which got ABORT) does not.
+#[test]
+fn a_commit_aborted_at_the_decision_check_is_not_finished_later() {
+    for mode in [CommitMode::OneSided, CommitMode::Messages] {
+        let cluster = start_in(mode, REGION_BYTES, RING_BYTES, vec![]);
+        let n1 = txn_node(&cluster, 0);
+        let a = create(&n1, region_of(1), b"a0"); // primary n2, backups n3 and n1
+        let rule = cluster.faults().add(
+            Rule::to(NodeId(2), Action::Delay(DELAY))
+                .from(NodeId(1))
+                .when(appends(LOCK))
+                .times(1),
+        );
+        let coordinator = n1.clone();
+        let committing = std::thread::spawn(move || {
+            let mut txn = coordinator.begin().expect("begin");
+            txn.write(a, b"a1").expect("write");
+            txn.commit()
+        });
+        std::thread::sleep(ADOPT_AFTER);
+        let newer = next(cluster.config(), |_| {});
+        n1.adopt(newer.clone()).expect("newer"); // NEW-CONFIG reaches the coordinator first
+        let outcome = committing.join().expect("the commit does not panic");
+        assert_eq!(cluster.faults().hits(rule), 1);
+        assert_eq!(
+            outcome,
+            Err(CommitError::ConfigurationChanged {
+                began: 1,
+                current: 2
+            }),
+            "{mode:?}"
+        );
+        let handed = n1.unfinished_commits();
+        for node in &cluster.nodes()[1..] {
+            node.txn().adopt(newer.clone()).expect("newer");
+        }
+        for node in cluster.nodes() {
+            node.txn().commit_config(2).expect("adopted");
+        }
+        std::thread::sleep(Duration::from_millis(600)); // the finisher's rounds
+        settle(&cluster);
+        assert_eq!(value_at(&n1, a).expect("read"), b"a0", "{mode:?}");
+        assert_eq!(
+            handed, 0,
+            "{mode:?}: an aborted commit was handed to the finisher"
+        );
+        cluster
+            .check_replicas()
+            .unwrap_or_else(|e| panic!("{mode:?}: the backups applied an aborted commit: {e}"));
+        cluster.stop();
+    }
+}
+
+/// A commit that read an object of a region which becomes blocked in the configuration its
+/// node adopts while the commit's LOCK travels: every step resolves primaries in the
+/// transaction's own configuration (VALIDATE used to look the region up in the node's
+/// configuration now and panic on `RegionUnavailable`), and the decision check aborts it.
+#[test]
+fn a_region_blocked_during_a_commit_does_not_panic_validate() {
+    for mode in [CommitMode::Messages, CommitMode::OneSided] {
+        let cluster = start_in(mode, REGION_BYTES, RING_BYTES, vec![]);
+        let n1 = txn_node(&cluster, 0);
+        let b = create(&n1, region_of(1), b"b0"); // primary n2
+        let a = create(&n1, region_of(2), b"a0"); // primary n3
+        let other = create(&n1, region_of(2), b"o0");
+        let _rule = cluster.faults().add(
+            Rule::to(NodeId(3), Action::Delay(DELAY))
+                .from(NodeId(1))
+                .when(appends(LOCK))
+                .times(1),
+        );
+        let coordinator = n1.clone();
+        let committing = std::thread::spawn(move || {
+            let mut txn = coordinator.begin().expect("begin");
+            txn.read(b).expect("read b");
+            txn.read(other).expect("read other");
+            txn.write(a, b"a1").expect("write");
+            txn.commit()
+        });
+        std::thread::sleep(ADOPT_AFTER);
+        let newer = next(cluster.config(), |config| {
+            for placement in &mut config.regions {
+                if placement.region == region_of(1) {
+                    placement.state = RegionState::Blocked;
+                }
+            }
+        });
+        n1.adopt(newer).expect("newer");
+        let outcome = committing.join();
+        assert!(
+            matches!(outcome, Ok(Err(CommitError::ConfigurationChanged { .. }))),
+            "{mode:?}: the commit panicked or did not say the configuration changed"
+        );
+        // (no settle: the others are still in configuration 1)
+    }
+}
+
+/// A backup removed by the configuration the coordinator adopts while its COMMIT-BACKUP
+/// travels: the commit decided before the change and commits; nothing re-attaches a link to
+/// the removed node (giving back the reservation there used to panic, and poison the link).
+#[test]
+fn a_backup_removed_during_a_commit_does_not_panic_it() {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.commit = crate::fixture::commit_mode();
+    let cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let n1 = txn_node(&cluster, 0);
+    let r = |k: u32| RegionId(k);
+    assert_eq!(
+        cluster.config().placement(r(3)).unwrap().backups,
+        [NodeId(4)]
+    );
+    let x: Addr = create(&n1, r(3), b"v0");
+    let _rule = cluster.faults().add(
+        Rule::to(NodeId(4), Action::Delay(DELAY))
+            .from(NodeId(1))
+            .when(appends(COMMIT_BACKUP))
+            .times(1),
+    );
+    let coordinator = n1.clone();
+    let committing = std::thread::spawn(move || {
+        let mut txn = coordinator.begin().expect("begin");
+        txn.write(x, b"v1").expect("write");
+        txn.commit()
+    });
+    std::thread::sleep(ADOPT_AFTER);
+    let newer = next(cluster.config(), |config| {
+        config.nodes.retain(|&n| n != NodeId(4));
+        for placement in &mut config.regions {
+            if placement.region == r(3) {
+                placement.backups = vec![NodeId(1)];
+                placement.copying = vec![NodeId(1)];
+            }
+            if placement.region == r(4) {
+                placement.primary = NodeId(1);
+                placement.backups = vec![];
+                placement.state = RegionState::Blocked;
+            }
+        }
+    });
+    replica(&cluster, NodeId(1)).adopt(newer).expect("adopt");
+    let outcome = committing.join();
+    assert!(
+        matches!(outcome, Ok(Ok(()))),
+        "the commit decided before the change panicked or failed"
+    );
+}
+
+/// As the first, with the coordinator's own node one of the primaries: the finisher would
+/// install an aborted transaction inline (and panic: its own LOCK was undone).
+#[test]
+fn an_aborted_commit_with_a_local_primary_is_not_finished_later() {
+    for mode in [CommitMode::Messages, CommitMode::OneSided] {
+        let cluster = start_in(mode, REGION_BYTES, RING_BYTES, vec![]);
+        let n1 = txn_node(&cluster, 0);
+        let here = create(&n1, region_of(0), b"h0"); // primary n1
+        let a = create(&n1, region_of(1), b"a0"); // primary n2
+        let _rule = cluster.faults().add(
+            Rule::to(NodeId(2), Action::Delay(DELAY))
+                .from(NodeId(1))
+                .when(appends(LOCK))
+                .times(1),
+        );
+        let coordinator = n1.clone();
+        let committing = std::thread::spawn(move || {
+            let mut txn = coordinator.begin().expect("begin");
+            txn.write(here, b"h1").expect("write");
+            txn.write(a, b"a1").expect("write");
+            txn.commit()
+        });
+        std::thread::sleep(ADOPT_AFTER);
+        let newer = next(cluster.config(), |_| {});
+        n1.adopt(newer.clone()).expect("newer");
+        let outcome = committing.join().expect("the commit does not panic");
+        assert!(matches!(
+            outcome,
+            Err(CommitError::ConfigurationChanged { .. })
+        ));
+        for node in &cluster.nodes()[1..] {
+            node.txn().adopt(newer.clone()).expect("newer");
+        }
+        for node in cluster.nodes() {
+            node.txn().commit_config(2).expect("adopted");
+        }
+        std::thread::sleep(Duration::from_millis(600)); // the finisher's rounds
+        assert_eq!(n1.unfinished_commits(), 0, "{mode:?}");
+        assert_eq!(value_at(&n1, here).expect("read"), b"h0");
+        assert_eq!(value_at(&n1, a).expect("read"), b"a0");
+        settle(&cluster);
+        cluster.check_replicas().expect("replicas");
+        cluster.stop();
+    }
+}
+
+/// An unfinished commit whose backup is removed by a reconfiguration: the removed backup is
+/// recovery's now, so the finisher drops it (and its reservation there, whose link went with
+/// the node) and finishes the commit at the primary; a stop afterwards is clean.
+#[test]
+fn an_unfinished_commit_at_a_removed_backup_stops_cleanly() {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.commit = crate::fixture::commit_mode();
+    let mut cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let n1 = txn_node(&cluster, 0);
+    let r = |k: u32| RegionId(k);
+    let x: Addr = create(&n1, r(3), b"v0"); // primary n3, backup n4
+    cluster.faults().add(
+        Rule::to(NodeId(4), Action::Fail)
+            .from(NodeId(1))
+            .when(appends(COMMIT_BACKUP)),
+    );
+    let mut txn = n1.begin().expect("begin");
+    txn.write(x, b"v1").expect("write");
+    assert!(matches!(
+        txn.commit(),
+        Err(CommitError::Indeterminate { .. })
+    ));
+    assert_eq!(n1.unfinished_commits(), 1);
+    let newer = next(cluster.config(), |config| {
+        config.nodes.retain(|&n| n != NodeId(4));
+        for placement in &mut config.regions {
+            if placement.region == r(3) {
+                placement.backups = vec![NodeId(1)];
+                placement.copying = vec![NodeId(1)];
+            }
+            if placement.region == r(4) {
+                placement.primary = NodeId(1);
+                placement.backups = vec![];
+                placement.state = RegionState::Blocked;
+            }
+        }
+    });
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    cluster.faults().heal();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while n1.unfinished_commits() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit was not finished"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(value_at(&n1, x).expect("read"), b"v1");
+    settle(&cluster);
+    cluster.check_replicas().expect("complete backups match");
+    // A clean stop of the coordinator stops its finisher first (what a client's stop does).
+    n1.stop_finisher();
+    cluster.stop();
+}
+
+/// A configuration that creates a region (as the CM does when data grows): its primary
+/// formats it, its backups take it complete (there is nothing to copy), and it serves at once;
+/// a configuration that makes a node primary of an existing region it holds no copy of is
+/// refused.
+#[test]
+fn a_region_created_by_a_configuration_serves_at_once() {
+    let mut cluster = three_nodes();
+    let created = RegionId(4);
+    let newer = next(cluster.config(), |config| {
+        config.regions.push(acre_txn::config::Placement {
+            region: created,
+            primary: NodeId(1),
+            backups: vec![NodeId(2), NodeId(3)],
+            copying: vec![],
+            state: RegionState::Active,
+        });
+    });
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    let n2 = txn_node(&cluster, 1);
+    let objects: Vec<Addr> = (0..10).map(|i| create(&n2, created, &[i; 16])).collect();
+    for &addr in &objects {
+        overwrite(&n2, addr, b"again");
+    }
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("the new region's backups match");
+    assert_eq!(
+        replica(&cluster, NodeId(2)).backup().is_copying(created),
+        Some(false)
+    );
+    cluster.stop();
+}
+
+/// A configuration that makes a node primary of an existing region it holds no copy of (a
+/// primary is only ever a promoted backup) is refused, and the node stays where it was.
+#[test]
+fn a_node_refuses_to_be_primary_of_a_region_it_holds_no_copy_of() {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    let cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let r3 = RegionId(3);
+    assert!(replica(&cluster, NodeId(1)).copy(r3).is_none());
+    let wrong = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == r3 {
+                placement.primary = NodeId(1);
+            }
+        }
+    });
+    let refused = replica(&cluster, NodeId(1)).adopt(wrong).unwrap_err();
+    assert!(
+        matches!(refused, AdoptError::PrimaryWithoutCopy { region, config: 2 } if region == r3),
+        "{refused}"
+    );
+    assert_eq!(txn_node(&cluster, 0).config_id(), 1);
+    cluster.stop();
+}
+
+/// Between NEW-CONFIG and NEW-CONFIG-COMMIT a primary may claim a block whose header it cannot
+/// copy to a new backup that has not adopted the configuration yet (it holds no copy): the
+/// allocation fails with `Reconfiguring`, which `Db::run` retries, locally and for another
+/// node's ALLOC alike (it used to be a non-retryable `Unavailable`).
+#[test]
+fn an_allocation_that_meets_a_new_backup_not_ready_yet_is_retried() {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.commit = commit_mode();
+    let cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let (n1, n2) = (txn_node(&cluster, 0), txn_node(&cluster, 1));
+    let r1 = RegionId(1);
+    assert_eq!(cluster.config().placement(r1).unwrap().backups, [NodeId(2)]);
+    let newer = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == r1 {
+                placement.backups = vec![NodeId(3)];
+                placement.copying = vec![NodeId(3)];
+            }
+        }
+    });
+    // NEW-CONFIG has reached n1 only.
+    replica(&cluster, NodeId(1)).adopt(newer).expect("adopt");
+    for (coordinator, len) in [(&n1, 300), (&n2, 600)] {
+        let mut txn = coordinator.begin().expect("begin");
+        let refused = txn.alloc_near(len, Addr::new(r1, 0)).unwrap_err();
+        assert_eq!(
+            refused,
+            TxnError::Reconfiguring { config: 2 },
+            "{}",
+            coordinator.node_id()
+        );
+        assert!(Error::from(refused).is_retryable());
+    }
+    cluster.stop();
+}
+
+/// Node processes over tcp (four `ProcessNode`s in this test process) adopt a configuration
+/// without n4: n1 publishes its new copy of r3 in its manifest, r3 commits with it, r4 (whose
+/// primary was n4) is refused, and n4, which did not adopt it, is refused by the others' NIC
+/// threads: it can no longer reach their memory.
+#[test]
+fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
+    use acre_engine::directory::{NodeManifest, SECRET_FILE};
+    use acre_engine::fabric::tcp::ClusterSecret;
+    use acre_engine::fabric::transport_kind::TransportKind;
+    use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile};
+    use acre_replication::process::ProcessNode;
+
+    let dir = tempfile::tempdir().expect("create the cluster directory");
+    ClusterSecret::generate()
+        .write_file(&dir.path().join(SECRET_FILE))
+        .expect("write the secret");
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mut config = Configuration::place(1, ids.clone(), vec![], 1, 1, REGION_BYTES, BLOCK_BYTES)
+        .expect("config");
+    config.commit = commit_mode();
+    let path = dir.path().join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Tcp,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        config: config.clone(),
+    }
+    .write(&path)
+    .expect("write the cluster file");
+    let nodes: Vec<ProcessNode> = ids
+        .iter()
+        .map(|&id| ProcessNode::start(&path, id).unwrap_or_else(|e| panic!("start {id}: {e}")))
+        .collect();
+    let r = |k: u32| RegionId(k);
+    let (n1, n2, n4) = (nodes[0].txn(), nodes[1].txn(), nodes[3].txn());
+    let x = create(n2, r(3), b"v0"); // primary n3, backup n4
+    let y = create(n2, r(1), b"y0"); // primary n1, backup n2
+
+    let newer = next(&config, |config| {
+        config.nodes.retain(|&n| n != NodeId(4));
+        for placement in &mut config.regions {
+            if placement.region == r(3) {
+                placement.backups = vec![NodeId(1)];
+                placement.copying = vec![NodeId(1)];
+            }
+            if placement.region == r(4) {
+                placement.primary = NodeId(1);
+                placement.backups = vec![];
+                placement.state = RegionState::Blocked;
+            }
+        }
+    });
+    for node in &nodes[..3] {
+        node.adopt(newer.clone()).expect("adopt");
+    }
+    for node in &nodes[..3] {
+        node.commit_config(2).expect("commit");
+    }
+    let manifest = NodeManifest::read(dir.path(), NodeId(1))
+        .expect("read")
+        .expect("published");
+    assert!(
+        manifest.areas.iter().any(|area| area.id == r(3)),
+        "n1's manifest lists its new copy of r3"
+    );
+
+    overwrite(n2, x, b"v1");
+    overwrite(n1, y, b"y1");
+    assert_eq!(value_at(n2, x).expect("read"), b"v1");
+    let blocked = value_at(n2, Addr::new(r(4), 64)).unwrap_err();
+    assert!(
+        matches!(blocked, Error::Txn(TxnError::RegionUnavailable { .. })),
+        "{blocked}"
+    );
+    // n4 still runs in configuration 1: the others no longer serve it.
+    let fenced = value_at(n4, y).unwrap_err();
+    assert!(
+        matches!(fenced, Error::Txn(TxnError::Unavailable { node, .. }) if node == NodeId(1)),
+        "{fenced}"
+    );
+    for node in nodes {
+        node.stop();
+    }
 }

@@ -21,8 +21,8 @@ impl Commit<'_> {
             self.txn.id
         );
         assert!(
-            self.validated,
-            "{}: COMMIT-BACKUP before VALIDATE",
+            self.validated && self.decided,
+            "{}: COMMIT-BACKUP before VALIDATE and the decision",
             self.txn.id
         );
         assert_eq!(

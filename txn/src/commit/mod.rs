@@ -262,6 +262,9 @@ pub(crate) struct Commit<'t> {
     pub(crate) locked: bool,
     /// Every read-only object was validated (step 2).
     pub(crate) validated: bool,
+    /// The commit decided to commit: locked, validated, and still in the configuration it
+    /// began in. From here on it cannot abort; before, it has nothing left to finish.
+    pub(crate) decided: bool,
     /// Backups whose COMMIT-BACKUP is durable (step 3).
     pub(crate) backups_done: usize,
     /// Primaries whose COMMIT-PRIMARY is durable (step 4).
@@ -283,6 +286,7 @@ impl<'t> Commit<'t> {
             inline_vote: None,
             locked: false,
             validated: false,
+            decided: false,
             backups_done: 0,
             primaries_done: 0,
             primaries_missed: BTreeSet::new(),
@@ -311,6 +315,7 @@ impl<'t> Commit<'t> {
             mode.abort(self);
             return Err(e);
         }
+        self.decided = true;
         // 3. COMMIT-BACKUP: durable at every backup.
         self.commit_backup()?;
         // 4. COMMIT-PRIMARY: committed once one primary has it.
@@ -326,7 +331,7 @@ impl<'t> Commit<'t> {
     /// What is left to send of a commit that decided to commit (COMMIT-BACKUP was sent) but
     /// did not get every record acknowledged; `None` when nothing is (it finished, or aborted).
     fn unfinished(&self) -> Option<Unfinished> {
-        if !self.validated {
+        if !self.decided {
             return None; // aborted, or never got to decide
         }
         let backups_left: BTreeSet<NodeId> = self

@@ -128,7 +128,7 @@ impl Commit<'_> {
     fn cas_lock(&mut self, primary: NodeId) -> Result<(), CommitError> {
         let mut locks = Vec::new();
         for entry in self.plan.lock_entries(primary) {
-            let (_, key) = self.node.reader().primary_of(entry.addr)?;
+            let key = self.node.reader().key_at(primary, entry.addr)?;
             // An allocation locks the reserved slot while it is still free.
             let unlocked = Header::new(entry.version, entry.kind != EntryKind::Alloc, false);
             locks.push(CasLock {
@@ -186,7 +186,7 @@ pub(crate) fn install(
     }
     let mut ops = Vec::with_capacity(entries.len() * 4);
     for entry in entries {
-        let (_, key) = node.reader().primary_of(entry.addr)?;
+        let key = node.reader().key_at(primary, entry.addr)?;
         ops.extend(install_ops(entry, key, plan.capacities[&entry.addr]));
     }
     for result in node.fabric().execute(primary, ops) {

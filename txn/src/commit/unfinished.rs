@@ -65,6 +65,14 @@ impl Unfinished {
     /// COMMIT-PRIMARY before every COMMIT-BACKUP is durable), tries every primary left. Nodes
     /// in `failed` (this round) are not tried; those that fail now are added.
     fn attempt(&mut self, node: &TxnNode, failed: &mut BTreeSet<NodeId>) -> Attempt {
+        // A participant a configuration removed is recovery's now (its records, the locks it
+        // held as primary): nothing more goes to it.
+        let links = node.links();
+        self.backups_left
+            .retain(|&backup| !links.is_removed(backup));
+        self.primaries_left
+            .retain(|&primary| !links.is_removed(primary));
+        self.reservations.retain(|&to, _| !links.is_removed(to));
         for backup in self.backups_left.clone() {
             let body = self.plan.backups[&backup].clone();
             if let Err(reason) = self.send(node, backup, body, failed) {

@@ -44,7 +44,7 @@ struct HeadersPosted {
 pub(crate) fn validate(txn: &mut Txn, reads: &[(Addr, u64)]) -> Result<(), TxnError> {
     let mut by_primary: BTreeMap<NodeId, Vec<(Addr, u64)>> = BTreeMap::new();
     for &(addr, version) in reads {
-        let (primary, _) = txn.node.reader().primary_of(addr)?;
+        let (primary, _) = txn.node.reader().primary_of(&txn.config, addr)?;
         by_primary.entry(primary).or_default().push((addr, version));
     }
     let by_message = txn.config.commit == CommitMode::Messages;
@@ -109,7 +109,7 @@ pub(crate) fn validate(txn: &mut Txn, reads: &[(Addr, u64)]) -> Result<(), TxnEr
 /// are: no object was created where it saw none.
 fn validate_unclaimed_blocks(txn: &Txn) -> Result<(), TxnError> {
     for &block in &txn.unclaimed_blocks {
-        if !txn.node.reader().block_unclaimed(block)? {
+        if !txn.node.reader().block_unclaimed(&txn.config, block)? {
             return Err(TxnError::Conflict {
                 addr: block,
                 why: "a block read as empty was claimed",

@@ -1,0 +1,449 @@
+//! A member's side of reconfiguration (docs/failures.md#reconfiguration, FaRM SOSP'15 §5.2): the
+//! small sans-I/O state machine a node runs on the NEW-CONFIG and NEW-CONFIG-COMMIT envelopes
+//! from the CM, over an [`Adopter`] that does the work (`ReplicaNode::adopt` and
+//! `commit_config` on a memory node).
+//!
+//! - **NEW-CONFIG** of a higher id than the node's is adopted and acknowledged; an id equal to
+//!   the one the node holds is acknowledged again without adopting anything (the CM resends
+//!   until it hears an acknowledgement, and a new CM leader distributes the current
+//!   configuration again); a lower id is refused as [`Refusal::Stale`], and a configuration
+//!   that does not list the node as [`Refusal::Removed`] (the node must stop: its lease will
+//!   not be renewed).
+//! - **NEW-CONFIG-COMMIT** is applied only for the configuration the node adopted; any other id
+//!   is ignored (a late commit of an older configuration, or one the node never heard of).
+//! - **Lost commits.** Between adopting a configuration and its commit, the node repeats its
+//!   acknowledgement every [`ACK_RESEND_PERIOD`] ([`Member::tick`]); the CM answers an
+//!   acknowledgement of the configuration it committed with the commit again. No commit is
+//!   ever lost for good, and nothing needs a timer on the CM's side once it is done.
+//! - **Who may send them.** A configuration installed through Raft names the CM that installed
+//!   it (`cm_leader`), so the node checks a NEW-CONFIG against the configuration it carries:
+//!   it is taken only from the CM that configuration names, and a NEW-CONFIG-COMMIT only from
+//!   the CM of the configuration adopted. Checking against the CM of the node's *current*
+//!   configuration would shut out a new CM after the old one failed. A configuration that names
+//!   no CM (a static cluster, built from a file) is taken from any sender: the links already
+//!   admit only nodes that know the cluster secret. Envelopes from anyone else are ignored,
+//!   not answered: a reply would tell a confused sender nothing it can act on.
+
+use crate::wire::{NewConfigAck, envelope::Body};
+use acre_engine::addr::NodeId;
+use acre_engine::clock::Time;
+use acre_txn::config::Configuration;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a node that adopted a configuration repeats its acknowledgement until the commit
+/// comes.
+pub const ACK_RESEND_PERIOD: Duration = Duration::from_millis(20);
+
+/// What a node does at NEW-CONFIG and NEW-CONFIG-COMMIT.
+///
+/// A memory node's is `acre_replication::ReplicaNode` (`adopt`, `commit_config`), with one
+/// more duty no implementation here takes on yet: `ReplicaNode::adopt` creates the areas of the
+/// regions the node becomes a new backup of, and the other members must learn their keys before
+/// the configuration commits (`EmbeddedCluster::reconfigure` does it in one process). `adopt`
+/// returns only once that is done, so that the acknowledgement the CM counts means it.
+pub trait Adopter {
+    /// NEW-CONFIG: make ready what `config` asks of the node, then adopt it. Called only with
+    /// an id higher than [`Adopter::current_id`] and a configuration that lists the node.
+    fn adopt(&self, config: Arc<Configuration>) -> Result<(), String>;
+    /// NEW-CONFIG-COMMIT of the configuration adopted, `id`.
+    fn commit(&self, id: u64) -> Result<(), String>;
+    /// The id of the configuration the node holds.
+    fn current_id(&self) -> u64;
+}
+
+/// Why a member refused NEW-CONFIG, as the ack's `refused` text starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node holds a higher id already.
+    Stale,
+    /// The configuration does not list the node.
+    Removed,
+    /// The node could not make ready what the configuration asks of it.
+    Failed,
+}
+
+impl Refusal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Stale => "stale",
+            Refusal::Removed => "removed",
+            Refusal::Failed => "failed",
+        }
+    }
+
+    /// The refusal an ack's `refused` text names (`name` or `name: detail`); `None` for an
+    /// empty text (not refused) or an unknown name.
+    pub fn parse(refused: &str) -> Option<Refusal> {
+        let name = refused.split(':').next().unwrap_or("").trim();
+        [Refusal::Stale, Refusal::Removed, Refusal::Failed]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+}
+
+/// A member's side of reconfiguration (module docs).
+#[derive(Debug)]
+pub struct Member<A> {
+    me: NodeId,
+    adopter: A,
+    /// The configuration adopted through NEW-CONFIG and not committed yet, and when the ack
+    /// goes out again.
+    pending: Option<(Arc<Configuration>, Time)>,
+}
+
+/// A message for one node.
+pub type Reply = (NodeId, Body);
+
+impl<A: Adopter> Member<A> {
+    pub fn new(me: NodeId, adopter: A) -> Member<A> {
+        Member {
+            me,
+            adopter,
+            pending: None,
+        }
+    }
+
+    pub fn adopter(&self) -> &A {
+        &self.adopter
+    }
+
+    /// The configuration adopted and waiting for its commit, if any.
+    pub fn pending_id(&self) -> Option<u64> {
+        self.pending.as_ref().map(|(config, _)| config.id)
+    }
+
+    /// Takes an envelope's body from `from`; returns the answer, if any. Bodies other than
+    /// NEW-CONFIG and NEW-CONFIG-COMMIT are not this machine's and are ignored.
+    pub fn receive(&mut self, from: NodeId, body: &Body, now: Time) -> Option<Reply> {
+        match body {
+            Body::NewConfig(message) => {
+                let config = match Configuration::try_from(message) {
+                    Ok(config) => config,
+                    Err(e) => {
+                        tracing::warn!(%from, "malformed NEW-CONFIG ignored: {e}");
+                        return None;
+                    }
+                };
+                self.new_config(from, Arc::new(config), now)
+                    .map(|ack| (from, Body::NewConfigAck(ack)))
+            }
+            Body::NewConfigCommit(id) => {
+                self.commit(from, *id);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// NEW-CONFIG of `config` from `from`: the acknowledgement to send back, if any.
+    pub fn new_config(
+        &mut self,
+        from: NodeId,
+        config: Arc<Configuration>,
+        now: Time,
+    ) -> Option<NewConfigAck> {
+        if !sent_by_its_cm(&config, from) {
+            tracing::warn!(%from, id = config.id, cm = ?config.cm_leader, "NEW-CONFIG from a node that is not its CM ignored");
+            return None;
+        }
+        let current = self.adopter.current_id();
+        let refuse = |refusal: Refusal, detail: String| {
+            Some(NewConfigAck {
+                id: config.id,
+                refused: format!("{}: {detail}", refusal.name()),
+            })
+        };
+        if config.id < current {
+            return refuse(
+                Refusal::Stale,
+                format!("{} holds configuration {current}", self.me),
+            );
+        }
+        if !config.members().any(|m| m == self.me) {
+            return refuse(
+                Refusal::Removed,
+                format!("configuration {} does not list {}", config.id, self.me),
+            );
+        }
+        if config.id > current {
+            if let Err(reason) = self.adopter.adopt(config.clone()) {
+                tracing::warn!(id = config.id, %reason, "could not adopt NEW-CONFIG");
+                return refuse(Refusal::Failed, reason);
+            }
+            let adopted = self.adopter.current_id();
+            assert_eq!(
+                adopted, config.id,
+                "adopted={adopted} offered={}",
+                config.id
+            );
+            self.pending = Some((config.clone(), now + ACK_RESEND_PERIOD));
+        }
+        // Equal ids: adopted already (or the node's first configuration): acknowledge again.
+        Some(NewConfigAck {
+            id: config.id,
+            refused: String::new(),
+        })
+    }
+
+    /// NEW-CONFIG-COMMIT of configuration `id` from `from`: applied only for the configuration
+    /// adopted and from its CM. Returns whether it was applied.
+    pub fn commit(&mut self, from: NodeId, id: u64) -> bool {
+        let Some((config, _)) = &self.pending else {
+            return false;
+        };
+        if config.id != id {
+            tracing::debug!(
+                id,
+                adopted = config.id,
+                "NEW-CONFIG-COMMIT of another configuration ignored"
+            );
+            return false;
+        }
+        if !sent_by_its_cm(config, from) {
+            tracing::warn!(%from, id, "NEW-CONFIG-COMMIT from a node that is not the CM ignored");
+            return false;
+        }
+        match self.adopter.commit(id) {
+            Ok(()) => {
+                self.pending = None;
+                true
+            }
+            Err(reason) => {
+                // Adopted and not committed: only a newer adoption behind our back does that.
+                tracing::warn!(id, %reason, "NEW-CONFIG-COMMIT not applied");
+                false
+            }
+        }
+    }
+
+    /// Time passed: the acknowledgement of the configuration adopted goes again to its CM, if
+    /// its period is up (module docs, "Lost commits").
+    pub fn tick(&mut self, now: Time) -> Option<Reply> {
+        let (config, resend_at) = self.pending.as_mut()?;
+        if now < *resend_at {
+            return None;
+        }
+        *resend_at = now + ACK_RESEND_PERIOD;
+        let cm = config.cm_leader?;
+        Some((
+            cm,
+            Body::NewConfigAck(NewConfigAck {
+                id: config.id,
+                refused: String::new(),
+            }),
+        ))
+    }
+
+    /// When [`Member::tick`] has something to do next.
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.pending.as_ref().map(|(_, at)| *at)
+    }
+}
+
+/// Whether `from` may send NEW-CONFIG (or its commit) of `config` (module docs, "Who may send
+/// them").
+fn sent_by_its_cm(config: &Configuration, from: NodeId) -> bool {
+    config.cm_leader.is_none_or(|cm| cm == from)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::wire::ConfigurationMessage;
+    use std::cell::RefCell;
+
+    /// An adopter that keeps the id and whether it is committed, and checks the rules a real
+    /// node enforces: ids only grow, and only the adopted id is committed.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeNode {
+        pub(crate) state: RefCell<FakeState>,
+    }
+
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeState {
+        pub(crate) id: u64,
+        pub(crate) committed: bool,
+        pub(crate) adopt_count: usize,
+        pub(crate) fail_next: bool,
+    }
+
+    impl FakeNode {
+        pub(crate) fn at(id: u64) -> FakeNode {
+            let node = FakeNode::default();
+            node.state.borrow_mut().id = id;
+            node.state.borrow_mut().committed = true;
+            node
+        }
+    }
+
+    impl Adopter for FakeNode {
+        fn adopt(&self, config: Arc<Configuration>) -> Result<(), String> {
+            let mut state = self.state.borrow_mut();
+            assert!(
+                config.id > state.id,
+                "offered={} current={}",
+                config.id,
+                state.id
+            );
+            if std::mem::take(&mut state.fail_next) {
+                return Err("no memory for the copy".into());
+            }
+            state.id = config.id;
+            state.committed = false;
+            state.adopt_count += 1;
+            Ok(())
+        }
+
+        fn commit(&self, id: u64) -> Result<(), String> {
+            let mut state = self.state.borrow_mut();
+            assert_eq!(id, state.id, "commit of {id} in {}", state.id);
+            state.committed = true;
+            Ok(())
+        }
+
+        fn current_id(&self) -> u64 {
+            self.state.borrow().id
+        }
+    }
+
+    const CM: NodeId = NodeId(1);
+    const ME: NodeId = NodeId(3);
+
+    fn ms(ms: u64) -> Time {
+        Time::from_nanos(ms * 1_000_000)
+    }
+
+    fn config(id: u64, nodes: &[u16]) -> Arc<Configuration> {
+        let nodes = nodes.iter().copied().map(NodeId).collect();
+        let mut config = Configuration::place(id, nodes, vec![], 1, 1, 1 << 20, 4096).unwrap();
+        config.cm_leader = Some(CM);
+        Arc::new(config)
+    }
+
+    fn acked(ack: Option<NewConfigAck>, id: u64) {
+        assert_eq!(
+            ack,
+            Some(NewConfigAck {
+                id,
+                refused: String::new()
+            })
+        );
+    }
+
+    fn refused(ack: Option<NewConfigAck>) -> Refusal {
+        let ack = ack.expect("an answer");
+        Refusal::parse(&ack.refused).unwrap_or_else(|| panic!("{ack:?}"))
+    }
+
+    #[test]
+    fn higher_ids_are_adopted_equal_ones_acked_again_lower_ones_refused() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        acked(member.new_config(CM, config(6, &[1, 2, 3]), ms(0)), 6);
+        assert_eq!(member.pending_id(), Some(6));
+        // The CM resends: acknowledged again, adopted once.
+        acked(member.new_config(CM, config(6, &[1, 2, 3]), ms(1)), 6);
+        assert_eq!(member.adopter().state.borrow().adopt_count, 1);
+        assert_eq!(
+            refused(member.new_config(CM, config(4, &[1, 2, 3]), ms(2))),
+            Refusal::Stale
+        );
+        assert_eq!(member.adopter().current_id(), 6);
+        // A node's first configuration, committed, is acknowledged too (a new CM resends it).
+        let mut member = Member::new(ME, FakeNode::at(5));
+        acked(member.new_config(CM, config(5, &[1, 2, 3]), ms(0)), 5);
+        assert_eq!(member.pending_id(), None);
+    }
+
+    #[test]
+    fn a_configuration_without_the_node_is_refused_as_removed_and_not_adopted() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert_eq!(
+            refused(member.new_config(CM, config(6, &[1, 2, 4]), ms(0))),
+            Refusal::Removed
+        );
+        assert_eq!(member.adopter().current_id(), 5);
+        assert_eq!(member.pending_id(), None);
+        member.adopter().state.borrow_mut().fail_next = true;
+        assert_eq!(
+            refused(member.new_config(CM, config(6, &[1, 2, 3]), ms(0))),
+            Refusal::Failed
+        );
+        assert_eq!(member.pending_id(), None);
+    }
+
+    #[test]
+    fn commit_applies_only_to_the_adopted_id_from_its_cm() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert!(!member.commit(CM, 5), "nothing adopted");
+        acked(member.new_config(CM, config(6, &[1, 2, 3]), ms(0)), 6);
+        assert!(!member.commit(CM, 7), "not adopted");
+        assert!(!member.commit(CM, 5), "an older one");
+        assert!(!member.commit(NodeId(2), 6), "n2 is not the CM of 6");
+        assert!(!member.adopter().state.borrow().committed);
+        assert!(member.commit(CM, 6));
+        assert!(member.adopter().state.borrow().committed);
+        assert_eq!(member.pending_id(), None);
+        assert!(!member.commit(CM, 6), "taken once");
+    }
+
+    #[test]
+    fn new_config_from_another_node_than_its_cm_is_ignored() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert_eq!(
+            member.new_config(NodeId(2), config(6, &[1, 2, 3]), ms(0)),
+            None
+        );
+        assert_eq!(member.adopter().current_id(), 5);
+        // A configuration that names no CM (a static cluster) is taken from anyone.
+        let mut plain = (*config(6, &[1, 2, 3])).clone();
+        plain.cm_leader = None;
+        acked(member.new_config(NodeId(2), Arc::new(plain), ms(0)), 6);
+        assert!(member.commit(NodeId(2), 6));
+    }
+
+    #[test]
+    fn the_ack_is_repeated_until_the_commit_comes() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert_eq!(member.tick(ms(100)), None, "nothing pending");
+        let body = Body::NewConfig(ConfigurationMessage::from(&*config(6, &[1, 2, 3])));
+        let (to, reply) = member.receive(CM, &body, ms(0)).unwrap();
+        assert_eq!(to, CM);
+        assert!(
+            matches!(reply, Body::NewConfigAck(ref ack) if ack.id == 6 && ack.refused.is_empty())
+        );
+        assert_eq!(member.tick(ms(19)), None);
+        assert_eq!(member.tick(ms(20)), Some((CM, reply.clone())));
+        assert_eq!(member.tick(ms(21)), None);
+        assert_eq!(member.next_deadline(), Some(ms(40)));
+        assert_eq!(member.receive(CM, &Body::NewConfigCommit(6), ms(22)), None);
+        assert_eq!(member.tick(ms(100)), None, "committed");
+        assert_eq!(
+            member.receive(CM, &Body::Probe(3), ms(22)),
+            None,
+            "not this machine's"
+        );
+    }
+
+    #[test]
+    fn a_malformed_new_config_is_ignored() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        let mut message = ConfigurationMessage::from(&*config(6, &[1, 2, 3]));
+        message.nodes[0] = 70_000;
+        assert_eq!(member.receive(CM, &Body::NewConfig(message), ms(0)), None);
+        assert_eq!(member.adopter().current_id(), 5);
+    }
+
+    #[test]
+    fn refusal_names_round_trip() {
+        for refusal in [Refusal::Stale, Refusal::Removed, Refusal::Failed] {
+            assert_eq!(Refusal::parse(refusal.name()), Some(refusal));
+            assert_eq!(
+                Refusal::parse(&format!("{}: why", refusal.name())),
+                Some(refusal)
+            );
+        }
+        assert_eq!(Refusal::parse(""), None);
+        assert_eq!(Refusal::parse("tired"), None);
+    }
+}

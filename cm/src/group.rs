@@ -315,6 +315,33 @@ const _: () = {
     send_and_sync::<CmGroup>();
 };
 
+impl InstallError {
+    /// What the manager makes of an install's result ([`crate::manager::Action::ProposeInstall`]):
+    /// everything whose fate is unknown or that may succeed when proposed again (lost, timed
+    /// out, not or no longer the leader, busy, stopped) is `Lost`, which the manager proposes
+    /// again a bounded number of times before it stands down.
+    pub fn outcome(result: Result<Configuration, InstallError>) -> crate::manager::InstallOutcome {
+        use crate::manager::InstallOutcome;
+        match result {
+            Ok(installed) => InstallOutcome::Installed(installed),
+            Err(InstallError::Stale {
+                current: Some(current),
+            }) => InstallOutcome::Stale(*current),
+            // Nothing is installed, yet the proposal expected something: the proposer's bug.
+            Err(e @ (InstallError::Stale { current: None } | InstallError::Rejected(_))) => {
+                InstallOutcome::Rejected(e.to_string())
+            }
+            Err(
+                InstallError::NotLeader { .. }
+                | InstallError::Lost
+                | InstallError::Timeout
+                | InstallError::Busy
+                | InstallError::Stopped,
+            ) => InstallOutcome::Lost,
+        }
+    }
+}
+
 /// This process's handle on the CM's Raft group (module docs). Dropping it stops its thread.
 pub struct CmGroup {
     shared: Arc<Shared>,
@@ -857,6 +884,44 @@ mod tests {
         assert_eq!(node_of(0), None);
         assert_eq!(node_of(1 << 16), None);
         assert_eq!(options(2, &[1, 2, 3]).dir, PathBuf::from("/cluster/cm-n2"));
+    }
+
+    #[test]
+    fn install_results_map_to_what_the_manager_expects() {
+        use crate::manager::InstallOutcome;
+        let nodes = (1..=3).map(NodeId).collect();
+        let config = Configuration::place(4, nodes, vec![], 1, 1, 1 << 20, 4096).unwrap();
+        assert_eq!(
+            InstallError::outcome(Ok(config.clone())),
+            InstallOutcome::Installed(config.clone())
+        );
+        let stale = InstallError::Stale {
+            current: Some(Box::new(config.clone())),
+        };
+        assert_eq!(
+            InstallError::outcome(Err(stale)),
+            InstallOutcome::Stale(config)
+        );
+        for unknown in [
+            InstallError::Lost,
+            InstallError::Timeout,
+            InstallError::Busy,
+            InstallError::Stopped,
+            InstallError::NotLeader { leader: None },
+        ] {
+            assert_eq!(InstallError::outcome(Err(unknown)), InstallOutcome::Lost);
+        }
+        let invalid = InstallError::Rejected(Rejection::Invalid {
+            reason: "no nodes".into(),
+        });
+        assert!(matches!(
+            InstallError::outcome(Err(invalid)),
+            InstallOutcome::Rejected(reason) if reason.contains("no nodes")
+        ));
+        assert!(matches!(
+            InstallError::outcome(Err(InstallError::Stale { current: None })),
+            InstallOutcome::Rejected(_)
+        ));
     }
 
     #[test]

@@ -315,6 +315,18 @@ const _: () = {
     send_and_sync::<CmGroup>();
 };
 
+/// Why [`CmGroup::transfer_leadership`] did nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    #[error("this CM replica is not the leader (leader: {leader:?}); ask there")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("{node} is not another replica of this CM group; name one of the others")]
+    NotAPeer { node: NodeId },
+    #[error("this process's CM replica stopped on a storage error (logged)")]
+    Stopped,
+}
+
 impl InstallError {
     /// What the manager makes of an install's result ([`crate::manager::Action::ProposeInstall`]):
     /// everything whose fate is unknown or that may succeed when proposed again (lost, timed
@@ -506,6 +518,38 @@ impl CmGroup {
             }
             driver = shared.decided.wait_timeout(driver, wait).expect(POISONED).0;
         }
+    }
+
+    /// Asks raft to hand this leader's role to `to` (the manager's stand-down), and returns
+    /// at once: watch [`CmGroup::status`] for the outcome. The leader brings `to` up to date,
+    /// then tells it to stand for election at once (without a pre-vote, and the others vote
+    /// for it even though they hear from a leader). Meanwhile proposals are refused as
+    /// [`InstallError::Busy`]; if `to` is not caught up within an election timeout, raft
+    /// abandons the transfer and this replica leads on.
+    pub fn transfer_leadership(&self, to: NodeId) -> Result<(), TransferError> {
+        let shared = &*self.shared;
+        if to == shared.me || !shared.voters.contains(&to) {
+            return Err(TransferError::NotAPeer { node: to });
+        }
+        let mut driver = lock(&shared.driver);
+        let Some(replica) = driver.replica.as_mut() else {
+            return Err(TransferError::Stopped);
+        };
+        if !replica.is_leader() {
+            return Err(TransferError::NotLeader {
+                leader: replica.leader_id().and_then(node_of),
+            });
+        }
+        // What `RawNode::transfer_leader` steps: the request as if `to` had sent it.
+        let mut request = Message::default();
+        request.set_msg_type(MessageType::MsgTransferLeader);
+        request.from = raft_id(to);
+        request.to = raft_id(shared.me);
+        if let Err(e) = replica.step(request) {
+            panic!("raft refused a leader transfer to a voter: {e}");
+        }
+        drive(shared, &mut driver);
+        Ok(())
     }
 
     /// What the group knows now.

@@ -38,6 +38,7 @@ pub mod wire;
 
 pub use group::{
     CmGroup, CmStatus, GroupOptions, GroupStats, InstallError, LinkMessage, StartError,
+    TransferError,
 };
 pub use replica::{
     CmReplica, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,

@@ -3,7 +3,7 @@
 //! while replicas are dropped and restarted. Every wait is bounded by a deadline; nothing
 //! sleeps for a fixed time.
 
-use acre_cm::group::{CmGroup, CmStatus, GroupOptions, InstallError, LinkMessage};
+use acre_cm::group::{CmGroup, CmStatus, GroupOptions, InstallError, LinkMessage, TransferError};
 use acre_cm::net::Links;
 use acre_cm::wire::{Envelope, envelope};
 use acre_engine::addr::NodeId;
@@ -562,4 +562,45 @@ fn a_damaged_directory_is_refused_at_start_naming_the_file_and_offset() {
     let error = start().map(|_| ()).unwrap_err().to_string();
     assert!(error.contains(&log.display().to_string()), "{error}");
     assert!(error.contains("at byte"), "{error}");
+}
+
+#[test]
+fn a_leader_hands_its_role_to_a_follower() {
+    let cluster = Cluster::new();
+    let processes: Vec<Process> = (1..=3).map(|n| cluster.start(n)).collect();
+    let all: Vec<&Process> = processes.iter().collect();
+    install(&all, 0, &config(1, 1)).unwrap();
+    let leader = all[process(&all, wait_leader(&all))];
+    let follower = all
+        .iter()
+        .find(|p| p.group.node() != leader.group.node())
+        .unwrap();
+    match follower.group.transfer_leadership(leader.group.node()) {
+        Err(TransferError::NotLeader { leader: hint }) => {
+            assert_eq!(hint, Some(leader.group.node()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        leader.group.transfer_leadership(leader.group.node()),
+        Err(TransferError::NotAPeer { .. })
+    ));
+
+    let started = Instant::now();
+    leader
+        .group
+        .transfer_leadership(follower.group.node())
+        .unwrap();
+    let deadline = started + WAIT_MAX;
+    let mut status = follower.group.status();
+    while !status.is_leader {
+        assert!(Instant::now() < deadline, "{status:?}");
+        status = follower.group.wait_status(status.epoch, POLL);
+    }
+    eprintln!("leadership handed over in {:?}", started.elapsed());
+    assert!(status.term > term, "a new term: {status:?} after {term}");
+    assert_eq!(install(&all, 1, &config(2, 1)).unwrap(), config(2, 1));
+    for process in &processes {
+        wait_configuration(process, 2);
+    }
 }

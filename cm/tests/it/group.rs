@@ -586,6 +586,7 @@ fn a_leader_hands_its_role_to_a_follower() {
         Err(TransferError::NotAPeer { .. })
     ));
 
+    let term = leader.group.term();
     let started = Instant::now();
     leader
         .group

@@ -1,7 +1,8 @@
 //! [`CmGroup`]: this process's seat in the CM's Raft group. It runs one [`CmReplica`] over the
 //! [CM links](crate::net), ticks it on the process's [`Clock`], and lets other threads install
-//! configurations by compare-and-set, ask who leads, and wait for the applied configuration
-//! to change (docs/failures.md#configuration-manager).
+//! configurations by compare-and-set, ask who leads, hand the leadership to another replica
+//! (the manager's stand-down), and wait for the applied configuration or the leadership to
+//! change (docs/failures.md#configuration-manager).
 //!
 //! # Who owns what
 //!

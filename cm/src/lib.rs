@@ -9,9 +9,12 @@
 //! - [`lease_thread`]: the dedicated thread per process that keeps them over UDP.
 //! - [`replica`]: one replica of the Raft group, the driver around `raft::RawNode`, over
 //!   durable Raft storage ([`storage`]), the replicated state machine ([`state`]) and its
-//!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages (over
-//!   [`net`] in a later step). The integration tests run a deterministic simulation of a group
-//!   under message loss, partitions and crashes.
+//!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages. The
+//!   integration tests run a deterministic simulation of a group under message loss,
+//!   partitions and crashes.
+//! - [`group`]: a replica run by a thread of its own over [`net`], ticked on the process's
+//!   clock, with the blocking compare-and-set install, the leader and a watch of the applied
+//!   configuration for the rest of the process.
 //! - [`manager`]: the CM leader's reconfiguration driver (suspect, probe, install through Raft,
 //!   NEW-CONFIG, wait out removed leases, NEW-CONFIG-COMMIT), and [`member`] a node's side of
 //!   it, both sans-I/O state machines.
@@ -20,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod group;
 pub mod lease;
 pub mod lease_thread;
 pub mod logger;
@@ -32,6 +36,10 @@ pub mod state;
 pub mod storage;
 pub mod wire;
 
+pub use group::{
+    CmGroup, CmStatus, GroupOptions, GroupStats, InstallError, LinkMessage, StartError,
+    TransferError,
+};
 pub use replica::{
     CmReplica, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
 };

@@ -14,7 +14,9 @@ pub use acre_engine::addr::{Addr, NodeId, RegionId};
 pub use acre_txn::config::CommitMode;
 pub use acre_txn::{CommitError, Error, IndexError, Txn, TxnError, TxnId};
 
-pub use acre_txn::retry::{BACKOFF_FIRST, BACKOFF_MAX, RUN_ATTEMPTS_MAX, Transact};
+pub use acre_txn::retry::{
+    BACKOFF_FIRST, BACKOFF_MAX, RECONFIGURATION_WAIT_MAX, RUN_ATTEMPTS_MAX, Transact,
+};
 
 /// How an embedded cluster is laid out.
 #[derive(Clone, Debug)]
@@ -179,7 +181,8 @@ impl Db {
     }
 
     /// Runs `body` in a transaction and commits it, retrying with bounded, jittered
-    /// exponential backoff while it conflicts (at most [`RUN_ATTEMPTS_MAX`] times). An error
+    /// exponential backoff while it conflicts (at most [`RUN_ATTEMPTS_MAX`] times) and through a
+    /// reconfiguration (for up to [`RECONFIGURATION_WAIT_MAX`]). An error
     /// from `body` ends the run, unless what the transaction read had already changed, in which
     /// case the error came from a stale view and the transaction is retried.
     ///

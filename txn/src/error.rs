@@ -256,6 +256,21 @@ impl Error {
         }
     }
 
+    /// Whether the transaction failed because the node's configuration is changing: run it
+    /// again once the new one is committed.
+    pub fn is_reconfiguring(&self) -> bool {
+        matches!(
+            self,
+            Error::Txn(TxnError::Reconfiguring { .. } | TxnError::ConfigurationChanged { .. })
+                | Error::Index(IndexError::Txn(
+                    TxnError::Reconfiguring { .. } | TxnError::ConfigurationChanged { .. }
+                ))
+                | Error::Commit(
+                    CommitError::Reconfiguring { .. } | CommitError::ConfigurationChanged { .. }
+                )
+        )
+    }
+
     /// The conflict, if this is one (in an operation, an index operation or the commit).
     pub fn is_conflict(&self) -> bool {
         matches!(

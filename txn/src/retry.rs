@@ -9,7 +9,7 @@ use crate::txn::Txn;
 use crate::txn_node::TxnNode;
 use acre_engine::addr::{Addr, RegionId};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Attempts [`run`] makes before giving up with the last conflict.
 pub const RUN_ATTEMPTS_MAX: u32 = 1000;
@@ -17,6 +17,11 @@ pub const RUN_ATTEMPTS_MAX: u32 = 1000;
 pub const BACKOFF_FIRST: Duration = Duration::from_micros(10);
 /// ...up to this.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(5);
+/// How long [`run`] waits through a reconfiguration (`Reconfiguring`, `ConfigurationChanged`)
+/// before it gives up: attempts that fail that way do not count against
+/// [`RUN_ATTEMPTS_MAX`], since the configuration manager waits out removed nodes' leases before
+/// it commits a configuration, which can take longer than those attempts last.
+pub const RECONFIGURATION_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Something that runs transactions to completion.
 pub trait Transact {
@@ -31,7 +36,8 @@ impl Transact for Arc<TxnNode> {
 }
 
 /// Runs `body` in a transaction from `begin` and commits it, retrying with bounded, jittered
-/// exponential backoff while it conflicts (at most [`RUN_ATTEMPTS_MAX`] times). An error from
+/// exponential backoff while it conflicts (at most [`RUN_ATTEMPTS_MAX`] times), and through a
+/// reconfiguration for up to [`RECONFIGURATION_WAIT_MAX`]. An error from
 /// `body` ends the run, unless what the transaction read had already changed, in which case the
 /// error came from a stale view and the transaction is retried. A commit whose outcome is
 /// unknown ([`CommitError::Indeterminate`](crate::CommitError::Indeterminate)) is never retried: it may have committed.
@@ -40,8 +46,9 @@ pub fn run<T>(
     mut body: impl FnMut(&mut Txn) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut backoff = Backoff::retry(BACKOFF_FIRST, BACKOFF_MAX);
-    let mut last = None;
-    for _ in 0..RUN_ATTEMPTS_MAX {
+    let mut attempts = 0;
+    let mut reconfiguring_since: Option<Instant> = None;
+    loop {
         let error = match begin() {
             Err(e) => Error::Txn(e),
             Ok(mut txn) => match body(&mut txn) {
@@ -62,8 +69,18 @@ pub fn run<T>(
         if !error.is_retryable() {
             return Err(error);
         }
-        last = Some(error);
+        if error.is_reconfiguring() {
+            let since = *reconfiguring_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= RECONFIGURATION_WAIT_MAX {
+                return Err(error);
+            }
+        } else {
+            reconfiguring_since = None;
+            attempts += 1;
+            if attempts >= RUN_ATTEMPTS_MAX {
+                return Err(error);
+            }
+        }
         backoff.wait();
     }
-    Err(last.expect("at least one attempt"))
 }

@@ -778,3 +778,36 @@ fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
         node.stop();
     }
 }
+
+/// A transaction run to completion (`Transact`, what `Db::run` does) waits through a
+/// reconfiguration longer than its conflict retries last (about 5 s of attempts): the
+/// configuration manager waits out removed nodes' leases before it commits, and the run must
+/// not give up meanwhile.
+#[test]
+fn a_run_waits_through_a_long_reconfiguration() {
+    use acre_txn::Transact;
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let a = create(&n1, region_of(1), b"a0");
+    let newer = next(cluster.config(), |_| {});
+    for node in cluster.nodes() {
+        node.txn().adopt(newer.clone()).expect("newer");
+    }
+    let committing = {
+        let nodes: Vec<_> = cluster.nodes().iter().map(|n| n.txn().clone()).collect();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(7));
+            for node in nodes {
+                node.commit_config(2).expect("adopted");
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    n1.transact(|txn| Ok(txn.write(a, b"a1")?))
+        .expect("the run waited for the configuration to be committed");
+    assert!(started.elapsed() >= Duration::from_secs(6));
+    committing.join().expect("committed");
+    assert_eq!(value_at(&n1, a).expect("read"), b"a1");
+    settle(&cluster);
+    cluster.stop();
+}

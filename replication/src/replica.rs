@@ -25,7 +25,7 @@ use acre_txn::reply::{REPLY_AREA_BYTES, REPLY_AREA_ID, ReplyArea};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Where a node's areas live.
 #[derive(Clone, Debug)]
@@ -117,6 +117,9 @@ pub struct ReplicaNode {
     /// Where new copies go.
     storage: Storage,
     region_bytes: u64,
+    /// Held while a configuration is adopted: one adoption at a time, so that the copies made
+    /// for one and the stale check agree.
+    adopting: Mutex<()>,
     worker: Option<Worker>,
 }
 
@@ -198,6 +201,7 @@ impl ReplicaNode {
             copies: RwLock::new(copies),
             storage: storage.clone(),
             region_bytes,
+            adopting: Mutex::new(()),
             worker: Some(worker),
         })
     }
@@ -209,6 +213,7 @@ impl ReplicaNode {
     /// tells the other nodes of [`Adopted::new_areas`] before the configuration is committed
     /// ([`Self::commit_config`]). A node `newer` does not list is refused: it was removed.
     pub fn adopt(&self, newer: Arc<Configuration>) -> Result<Adopted, AdoptError> {
+        let _one_at_a_time = self.adopting.lock().expect(crate::POISONED);
         let node = self.node_id();
         let current = self.txn.config_id();
         if newer.id <= current {

@@ -166,7 +166,6 @@ impl CmDriver {
                     manager: Manager::new(node, seat.timing),
                     seat,
                     install: None,
-                    install_generation: 0,
                     lease_members: Vec::new(),
                     first_update: false,
                     removed: BTreeSet::new(),
@@ -242,9 +241,9 @@ impl std::fmt::Debug for CmDriver {
 struct CmState {
     manager: Manager,
     seat: CmSeat,
-    /// The install under way: its generation and where its outcome comes.
-    install: Option<(u64, mpsc::Receiver<Result<Configuration, InstallError>>)>,
-    install_generation: u64,
+    /// Where the outcome of the install under way comes. Dropped when the leadership is
+    /// lost, so a late outcome goes nowhere.
+    install: Option<mpsc::Receiver<Result<Configuration, InstallError>>>,
     /// The members last handed to the lease thread.
     lease_members: Vec<NodeId>,
     /// Whether the next lease update is the first since this driver became leader.
@@ -385,14 +384,9 @@ impl<A: Adopter> Turn<A> {
             tracing::info!(%node, "lease expired; suspecting it");
             actions.extend(manager.suspect(node, now));
         });
-        if let Some((generation, outcome)) = &cm.install {
+        if let Some(outcome) = &cm.install {
             match outcome.try_recv() {
                 Ok(result) => {
-                    assert_eq!(
-                        *generation, cm.install_generation,
-                        "generation={generation} current={}",
-                        cm.install_generation
-                    );
                     cm.install = None;
                     if let Err(e) = &result {
                         tracing::warn!("install through Raft failed: {e}");
@@ -516,7 +510,6 @@ impl<A: Adopter> Turn<A> {
                 configuration,
             } => {
                 assert!(cm.install.is_none(), "an install is already under way");
-                cm.install_generation += 1;
                 let (sender, receiver) = mpsc::sync_channel(1);
                 let group = cm.seat.group.clone();
                 let timeout = self.options.install_timeout;
@@ -528,7 +521,7 @@ impl<A: Adopter> Turn<A> {
                         let _ = sender.send(result);
                     });
                 match spawned {
-                    Ok(_) => cm.install = Some((cm.install_generation, receiver)),
+                    Ok(_) => cm.install = Some(receiver),
                     Err(e) => {
                         tracing::warn!("could not start an install thread: {e}");
                         return cm

@@ -17,6 +17,7 @@ use acre_engine::fabric::tcp::auth::ClusterSecret;
 use acre_replication::EmbeddedCluster;
 use acre_txn::{Configuration, RegionState, TxnError};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,8 @@ fn since(later: Option<Time>, earlier: Time) -> Duration {
 
 /// FaRM SOSP'15 §5.2: a node whose lease expires is suspected, probed around, removed by
 /// configuration c+1 committed through the CM's Raft group, and the cluster goes on: the region
-/// it was primary of is blocked (until recovery), the others commit.
+/// it was primary of is blocked (until recovery), the others commit. The removed node is fenced
+/// before any member commits, and a fence that fails holds the commit back until it succeeds.
 #[test]
 fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
     let clock = Clock::system();
@@ -197,6 +199,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
     });
 
     // A driver per node.
+    let fence_attempts = Arc::new(AtomicU32::new(0));
     let mut drivers: Vec<Option<CmDriver>> = Vec::new();
     for node in (1..=4).map(NodeId) {
         let index = usize::from(node.0) - 1;
@@ -204,8 +207,23 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
             Source::Inbox(inboxes[index].take().unwrap())
         } else {
             let fenced = cluster.clone();
+            let attempts = fence_attempts.clone();
             let fence: Fence = Box::new(move |removed| {
-                fenced.lock().unwrap().fence_member(removed);
+                let mut cluster = fenced.lock().unwrap();
+                // Fencing comes before NEW-CONFIG-COMMIT reaches anyone.
+                for node in cluster.nodes() {
+                    assert_ne!(
+                        node.txn().config_state(),
+                        (2, true),
+                        "{} committed before {removed} was fenced",
+                        node.node_id()
+                    );
+                }
+                // The first attempt fails, as a kill might: the commit must wait for a second.
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(format!("simulated: could not kill {removed}"));
+                }
+                cluster.fence_member(removed);
                 Ok(())
             });
             Source::Cm(CmSeat {
@@ -331,7 +349,14 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
         }
     }
 
-    // The manager's record of it.
+    assert_eq!(
+        fence_attempts.load(Ordering::SeqCst),
+        2,
+        "the failed fence was tried again, and once it held no more"
+    );
+
+    // The manager's record of it (its commit time is the first NEW-CONFIG-COMMIT it asked
+    // for, which the failed fence held back from one member until it acknowledged again).
     let history = drivers[cm_index].as_ref().unwrap().history();
     let record = history
         .iter()

@@ -106,7 +106,8 @@ pub struct CmSeat {
     pub group: Arc<CmGroup>,
     /// The channel [`CmGroup::start`] returned.
     pub routed: mpsc::Receiver<LinkMessage>,
-    /// The other replicas, to hand the leadership to when the manager stands down.
+    /// The group's replicas, to hand the leadership to when the manager stands down (this
+    /// one is skipped).
     pub voters: Vec<NodeId>,
     pub timing: ManagerTiming,
     pub fence: Fence,
@@ -142,7 +143,9 @@ pub struct CmDriver {
 
 impl CmDriver {
     /// Starts the thread. `lease_thread` is this process's; `links` are the process's links,
-    /// whose inbox is in `source` (directly, or behind the CM group).
+    /// whose inbox is in `source` (directly, or behind the CM group). Fails only when the
+    /// thread cannot be spawned (out of threads or memory: nothing was started, retry later or
+    /// stop the process). Panics if `links` are another node's (the caller's bug).
     pub fn start<A: Adopter + Send + 'static>(
         options: DriverOptions,
         links: Arc<Links>,
@@ -207,8 +210,9 @@ impl CmDriver {
         self.history.lock().expect(POISONED).clone()
     }
 
-    /// Stops the thread and waits for it (at most about [`LEADERSHIP_POLL`], plus an install
-    /// under way, which its helper thread finishes on its own).
+    /// Stops the thread and waits for it: at most about [`LEADERSHIP_POLL`] plus the turn under
+    /// way. An install's helper thread is not waited for: it ends on its own within
+    /// [`DriverOptions::install_timeout`], and its outcome goes nowhere.
     pub fn stop(mut self) {
         self.join();
     }

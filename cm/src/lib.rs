@@ -18,11 +18,14 @@
 //! - [`manager`]: the CM leader's reconfiguration driver (suspect, probe, install through Raft,
 //!   NEW-CONFIG, wait out removed leases, NEW-CONFIG-COMMIT), and [`member`] a node's side of
 //!   it, both sans-I/O state machines.
+//! - [`driver`]: the thread per process that runs the manager (while its replica leads) and
+//!   the member over the links, and executes their actions.
 //! - [`net`]: authenticated, framed message links over TCP between CM replicas and nodes (Raft
 //!   messages, NEW-CONFIG, admin requests); lossy by design, as Raft tolerates.
 
 #![forbid(unsafe_code)]
 
+pub mod driver;
 pub mod group;
 pub mod lease;
 pub mod lease_thread;

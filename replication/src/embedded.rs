@@ -228,6 +228,63 @@ impl EmbeddedCluster {
         Ok(())
     }
 
+    /// NEW-CONFIG at one node, as the CM's driver delivers it to each node on its own (where
+    /// [`reconfigure`](Self::reconfigure) hands it to every node at once): `node` adopts
+    /// `newer`, and every running node learns the keys of the areas `node` created for the
+    /// regions it becomes a new backup of, as a process cluster reads them from its manifest.
+    /// Nodes `newer` removes are not touched: fence them with
+    /// [`fence_member`](Self::fence_member) before the configuration commits.
+    pub fn adopt_at(&mut self, node: NodeId, newer: Arc<Configuration>) -> Result<(), AdoptError> {
+        let index = self.running(node);
+        let adopted = self.nodes[index].adopt(newer.clone())?;
+        for area in adopted.new_areas {
+            let key = area.access_key().expect("a key this process formatted");
+            for other in &self.nodes {
+                other
+                    .txn()
+                    .directory()
+                    .insert(node, area.id, key, area.bytes);
+            }
+        }
+        if newer.id > self.config.id {
+            self.config = newer;
+        }
+        Ok(())
+    }
+
+    /// NEW-CONFIG-COMMIT of configuration `id` at `node`, which adopted it.
+    pub fn commit_at(&self, node: NodeId, id: u64) -> Result<(), acre_txn::config::NotAdopted> {
+        self.nodes[self.running(node)].commit_config(id)
+    }
+
+    /// Stops memory node `node` for good, as fencing by killing its process would (on shm,
+    /// `process::fence_by_kill`): what [`reconfigure`](Self::reconfigure) does to the nodes a
+    /// configuration removes, for a CM that fences each removed node itself before
+    /// NEW-CONFIG-COMMIT. Its regions are served by nobody until the configuration that
+    /// removes it is adopted. Does nothing to a node that is not running (fenced already).
+    pub fn fence_member(&mut self, node: NodeId) {
+        let Some(index) = self.nodes.iter().position(|n| n.node_id() == node) else {
+            return;
+        };
+        if let Some(faults) = &self.faults {
+            faults.isolate(node);
+        }
+        let gone = self.nodes.remove(index);
+        gone.txn().stop_finisher();
+        self.stopped.insert(node);
+        gone.stop();
+        self.local.remove(node);
+    }
+
+    /// The index of running node `node`; panics on a node that is not running (the caller's
+    /// bug: a removed node gets no NEW-CONFIG).
+    fn running(&self, node: NodeId) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.node_id() == node)
+            .unwrap_or_else(|| panic!("{node} is not running"))
+    }
+
     pub fn stop(self) {
         for node in self.nodes {
             node.stop();

@@ -1,0 +1,636 @@
+//! [`CmDriver`]: the thread that connects a process's part in reconfiguration to the CM links
+//! (docs/failures.md#reconfiguration). It runs the node's [`Member`] in every process, and the
+//! [`Manager`] in a process that hosts a CM replica while that replica leads the Raft group.
+//!
+//! # Threads
+//!
+//! One thread per process, named `cm-driver-<node>`. It waits for the next envelope on the CM
+//! group's channel ([`CmGroup::start`] hands it every non-Raft envelope), or on the links'
+//! [`Inbox`] in a process without a replica, for at most the earliest of
+//!
+//! - the manager's and the member's deadlines ([`Manager::next_deadline`],
+//!   [`Member::next_deadline`]),
+//! - [`SUSPECT_POLL`] while it leads: the lease thread publishes its suspects in atomics
+//!   ([`crate::lease_thread::Suspects`]) and wakes nobody (its path must not block on another
+//!   thread), so the driver looks at them every few milliseconds. That is a sleep between
+//!   looks, not a spin: each turn costs a few atomic loads (about a microsecond), 200 turns a
+//!   second are well under 0.1% of a core, and a suspicion waits at most [`SUSPECT_POLL`] on
+//!   top of a lease of hundreds of milliseconds;
+//! - [`LEADERSHIP_POLL`] otherwise, which bounds how late the driver notices that its replica
+//!   became the leader (against Raft's election timeout of 300 ms or more) and how long
+//!   [`CmDriver::stop`] waits.
+//!
+//! A Raft proposal ([`Action::ProposeInstall`]) blocks until the group decides it, which takes
+//! fsyncs and a round trip to a majority, so the driver runs it on a short-lived helper thread
+//! (at most one at a time: the manager waits for the outcome and proposes nothing else) and
+//! takes its outcome at its next turn, polled like the suspects. Meanwhile the loop goes on
+//! answering probes and acknowledgements, including its own member's.
+//!
+//! # What the driver does for the manager
+//!
+//! - **Leadership** is read from [`CmGroup::is_leader`] every turn: when the replica leads and
+//!   the manager does not, [`Manager::became_leader`] with the configuration Raft applied;
+//!   when it no longer leads, [`Manager::lost_leadership`].
+//! - **Envelopes** go over the [`Links`]; the ones for this node itself (the CM's own member)
+//!   are looped back in the same turn, since a process has no link to itself.
+//! - **Leases.** [`Action::UpdateLeaseMembers`] reads [`LeaseThread::node_lease_until`] of
+//!   every node the new configuration drops *before* it hands the configuration to the lease
+//!   thread (after that the thread forgets them), and reports their maximum. A node the lease
+//!   table does not know (this lease thread is not the one that granted it) is counted as
+//!   holding a lease of [`DriverOptions::lease`] from now, and so is every removed node in the
+//!   first update after the driver became leader: it cannot know when the previous CM last
+//!   granted (manager.rs, "A new leader").
+//! - **Fencing.** The manager has no step of its own for it: before the first
+//!   NEW-CONFIG-COMMIT of a configuration goes out, the driver calls the [`Fence`] hook for
+//!   every node removed since the last commit (on shm: `acre_replication::process::fence_by_kill`).
+//!   A fence that fails holds the commit back: the members keep repeating their
+//!   acknowledgements, the manager answers each with the commit again, and the driver tries
+//!   the fence again then.
+//! - **Stand-down** hands the Raft leadership to another replica ([`CmGroup::transfer_leadership`])
+//!   and does not take the manager's role again for [`STAND_DOWN_HOLD`], so that a transfer
+//!   raft abandons does not make it stand up and down in a loop.
+//!
+//! # What it does for the member
+//!
+//! NEW-CONFIG and NEW-CONFIG-COMMIT go to [`Member::receive`] and its acknowledgement goes
+//! back to the CM; a probe is answered with its nonce. When the member adopted a configuration,
+//! the node's lease thread is told, so it asks the configuration's CM for its lease under the
+//! new id (the lease table refuses requests of another configuration).
+//!
+//! # Limitations
+//!
+//! A lease thread cannot gain the CM's role while it runs ([`LeaseThread::set_configuration`]),
+//! so suspects come only from a process whose lease thread was started with the CM role; a
+//! replica that becomes leader elsewhere acts as CM for NEW-CONFIG and installs, but learns
+//! of no failures until its process starts a CM-role lease thread.
+
+use crate::group::{CmGroup, InstallError, LinkMessage};
+use crate::lease_thread::{LeaseThread, NewConfiguration};
+use crate::manager::{Action, Manager, ManagerTiming, Reconfiguration};
+use crate::member::{Adopter, Member};
+use crate::net::{Inbox, Links, RecvError};
+use crate::wire::{ConfigurationMessage, Envelope, envelope::Body};
+use acre_engine::NodeId;
+use acre_engine::clock::{Clock, Time};
+use acre_txn::config::Configuration;
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often a leading driver looks at the lease thread's suspects and at an install's
+/// outcome (module docs, "Threads").
+pub const SUSPECT_POLL: Duration = Duration::from_millis(5);
+/// How long a driver that does not lead waits at most for an envelope: how late it notices
+/// that its replica leads, and how long [`CmDriver::stop`] takes at most.
+pub const LEADERSHIP_POLL: Duration = Duration::from_millis(20);
+/// How long after a stand-down the driver does not act as CM even if its replica still leads.
+pub const STAND_DOWN_HOLD: Duration = Duration::from_secs(1);
+/// How long one install proposal waits for Raft; a timeout is reported as lost, which the
+/// manager proposes again a bounded number of times.
+pub const INSTALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Envelopes looped back to this node in one turn (the CM's own member): a bound that a
+/// correct exchange never reaches (NEW-CONFIG, its ack, the commit).
+const LOOPBACK_MAX: usize = 64;
+
+const POISONED: &str = "a thread panicked while holding the driver's history lock";
+
+/// What the driver calls to fence a removed node before NEW-CONFIG-COMMIT (module docs).
+pub type Fence = Box<dyn Fn(NodeId) -> Result<(), String> + Send>;
+
+/// The CM's side of a driver: the process hosts a CM replica.
+pub struct CmSeat {
+    pub group: Arc<CmGroup>,
+    /// The channel [`CmGroup::start`] returned.
+    pub routed: mpsc::Receiver<LinkMessage>,
+    /// The group's replicas, to hand the leadership to when the manager stands down (this
+    /// one is skipped).
+    pub voters: Vec<NodeId>,
+    pub timing: ManagerTiming,
+    pub fence: Fence,
+}
+
+/// Where the driver reads its envelopes from.
+pub enum Source {
+    /// The process hosts a CM replica, whose thread reads the inbox.
+    Cm(CmSeat),
+    /// The process hosts none: the driver reads the links' inbox itself.
+    Inbox(Inbox),
+}
+
+/// What a driver is started with.
+pub struct DriverOptions {
+    pub node: NodeId,
+    pub clock: Clock,
+    /// The lease length every lease thread of the cluster uses.
+    pub lease: Duration,
+    /// Where the lease thread with the CM's role listens, for every node that may be CM:
+    /// where a node's lease thread asks for its lease after it adopted a configuration.
+    pub cm_lease_addrs: Vec<(NodeId, SocketAddr)>,
+    pub install_timeout: Duration,
+}
+
+/// A process's reconfiguration thread (module docs). Dropping it stops the thread.
+pub struct CmDriver {
+    node: NodeId,
+    stopping: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Reconfiguration>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CmDriver {
+    /// Starts the thread. `lease_thread` is this process's; `links` are the process's links,
+    /// whose inbox is in `source` (directly, or behind the CM group). Fails only when the
+    /// thread cannot be spawned (out of threads or memory: nothing was started, retry later or
+    /// stop the process). Panics if `links` are another node's (the caller's bug).
+    pub fn start<A: Adopter + Send + 'static>(
+        options: DriverOptions,
+        links: Arc<Links>,
+        lease_thread: Arc<LeaseThread>,
+        adopter: A,
+        source: Source,
+    ) -> std::io::Result<CmDriver> {
+        assert_eq!(
+            links.me(),
+            options.node,
+            "links={} driver={}",
+            links.me(),
+            options.node
+        );
+        let stopping = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let node = options.node;
+        let (cm, inbox) = match source {
+            Source::Cm(seat) => (
+                Some(CmState {
+                    manager: Manager::new(node, seat.timing),
+                    seat,
+                    install: None,
+                    lease_members: Vec::new(),
+                    first_update: false,
+                    removed: BTreeSet::new(),
+                    fenced_for: None,
+                    hold_until: None,
+                }),
+                None,
+            ),
+            Source::Inbox(inbox) => (None, Some(inbox)),
+        };
+        let turn = Turn {
+            member: Member::new(node, adopter),
+            cm,
+            inbox,
+            links,
+            lease_thread,
+            loopback: VecDeque::new(),
+            history: history.clone(),
+            stopping: stopping.clone(),
+            options,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("cm-driver-{}", node.0))
+            .spawn(move || turn.run())?;
+        Ok(CmDriver {
+            node,
+            stopping,
+            history,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The reconfigurations this process's manager finished, oldest first (empty unless it led).
+    pub fn history(&self) -> Vec<Reconfiguration> {
+        self.history.lock().expect(POISONED).clone()
+    }
+
+    /// Stops the thread and waits for it: at most about [`LEADERSHIP_POLL`] plus the turn under
+    /// way. An install's helper thread is not waited for: it ends on its own within
+    /// [`DriverOptions::install_timeout`], and its outcome goes nowhere.
+    pub fn stop(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(node = %self.node, "the CM driver thread panicked");
+        }
+    }
+}
+
+impl Drop for CmDriver {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+impl std::fmt::Debug for CmDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CmDriver")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+/// The manager's part of the thread's state.
+struct CmState {
+    manager: Manager,
+    seat: CmSeat,
+    /// Where the outcome of the install under way comes. Dropped when the leadership is
+    /// lost, so a late outcome goes nowhere.
+    install: Option<mpsc::Receiver<Result<Configuration, InstallError>>>,
+    /// The members last handed to the lease thread.
+    lease_members: Vec<NodeId>,
+    /// Whether the next lease update is the first since this driver became leader.
+    first_update: bool,
+    /// Nodes removed since the last fence, to fence before the next commit.
+    removed: BTreeSet<NodeId>,
+    /// The configuration whose commit the removed nodes were fenced for.
+    fenced_for: Option<u64>,
+    /// No acting as CM before then (after a stand-down).
+    hold_until: Option<Time>,
+}
+
+/// Everything the thread's loop touches, owned by it.
+struct Turn<A> {
+    options: DriverOptions,
+    member: Member<A>,
+    cm: Option<CmState>,
+    inbox: Option<Inbox>,
+    links: Arc<Links>,
+    lease_thread: Arc<LeaseThread>,
+    /// Envelopes for this node itself, handled in the same turn.
+    loopback: VecDeque<(NodeId, Body)>,
+    history: Arc<Mutex<Vec<Reconfiguration>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl<A: Adopter> Turn<A> {
+    fn run(mut self) {
+        while !self.stopping.load(Ordering::Acquire) {
+            let now = self.options.clock.now();
+            self.follow_leadership(now);
+            self.poll_cm(now);
+            let wait = self.wait();
+            if let Some((from, body)) = self.receive(wait) {
+                self.handle(from, body);
+            }
+            let now = self.options.clock.now();
+            if let Some(reply) = self.member.tick(now) {
+                self.send(reply.0, reply.1);
+            }
+            if let Some(cm) = self.cm.as_mut() {
+                let actions = cm.manager.tick(now);
+                self.execute(actions);
+            }
+            self.drain_loopback();
+            self.publish_history();
+        }
+    }
+
+    /// How long to wait for an envelope (module docs, "Threads").
+    fn wait(&self) -> Duration {
+        let leading = self.cm.as_ref().is_some_and(|cm| cm.manager.is_leader());
+        let mut wait = if leading {
+            SUSPECT_POLL
+        } else {
+            LEADERSHIP_POLL
+        };
+        let deadlines = [
+            self.member.next_deadline(),
+            self.cm.as_ref().and_then(|cm| cm.manager.next_deadline()),
+        ];
+        for deadline in deadlines.into_iter().flatten() {
+            wait = wait.min(self.options.clock.real_duration_until(deadline));
+        }
+        wait
+    }
+
+    fn receive(&mut self, wait: Duration) -> Option<(NodeId, Body)> {
+        if let Some(cm) = &self.cm {
+            return match cm.seat.routed.recv_timeout(wait) {
+                Ok(message) => Some((message.from, message.body)),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // The group stopped routing (it was shut down): wait as if idle.
+                    std::thread::sleep(wait);
+                    None
+                }
+            };
+        }
+        let inbox = self.inbox.as_ref()?;
+        match inbox.recv_timeout(wait) {
+            Ok(incoming) => match Envelope::decode_from(&incoming.payload) {
+                Ok(body) => Some((incoming.from, body)),
+                Err(e) => {
+                    tracing::warn!(node = %self.options.node, from = %incoming.from, "dropped a CM link message: {e}");
+                    None
+                }
+            },
+            Err(RecvError::Timeout) => None,
+            Err(RecvError::Closed) => {
+                std::thread::sleep(wait);
+                None
+            }
+        }
+    }
+
+    /// Takes or gives up the manager's role as the replica's leadership changed.
+    fn follow_leadership(&mut self, now: Time) {
+        let Some(cm) = self.cm.as_mut() else {
+            return;
+        };
+        let leading = cm.seat.group.is_leader();
+        if cm.manager.is_leader() && !leading {
+            tracing::info!(node = %self.options.node, "no longer the CM leader");
+            cm.manager.lost_leadership();
+            cm.install = None;
+            return;
+        }
+        if !leading || cm.manager.is_leader() {
+            return;
+        }
+        if cm.hold_until.is_some_and(|until| now < until) {
+            return;
+        }
+        let Some(config) = cm.seat.group.configuration() else {
+            return; // Nothing installed yet: the first configuration comes from the operator.
+        };
+        tracing::info!(node = %self.options.node, id = config.id, "acting as CM");
+        cm.lease_members = config.members().collect();
+        cm.first_update = true;
+        // Suspicions published before this process led are stale.
+        self.lease_thread.suspects().take(|_| {});
+        let actions = cm.manager.became_leader((*config).clone(), now);
+        self.execute(actions);
+    }
+
+    /// The lease thread's suspects and the install's outcome.
+    fn poll_cm(&mut self, now: Time) {
+        let Some(cm) = self.cm.as_mut() else {
+            return;
+        };
+        if !cm.manager.is_leader() {
+            return;
+        }
+        let mut actions = Vec::new();
+        let manager = &mut cm.manager;
+        self.lease_thread.suspects().take(|node| {
+            tracing::info!(%node, "lease expired; suspecting it");
+            actions.extend(manager.suspect(node, now));
+        });
+        if let Some(outcome) = &cm.install {
+            match outcome.try_recv() {
+                Ok(result) => {
+                    cm.install = None;
+                    if let Err(e) = &result {
+                        tracing::warn!("install through Raft failed: {e}");
+                    }
+                    actions.extend(
+                        cm.manager
+                            .install_outcome(InstallError::outcome(result), now),
+                    );
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    cm.install = None;
+                    actions.extend(
+                        cm.manager
+                            .install_outcome(InstallError::outcome(Err(InstallError::Lost)), now),
+                    );
+                }
+            }
+        }
+        self.execute(actions);
+    }
+
+    fn handle(&mut self, from: NodeId, body: Body) {
+        let now = self.options.clock.now();
+        match body {
+            Body::Probe(nonce) => self.send(from, Body::ProbeReply(nonce)),
+            Body::ProbeReply(nonce) => {
+                if let Some(cm) = self.cm.as_mut() {
+                    let actions = cm.manager.probe_reply(from, nonce, now);
+                    self.execute(actions);
+                }
+            }
+            Body::NewConfigAck(ack) => {
+                if let Some(cm) = self.cm.as_mut() {
+                    let actions = cm.manager.ack(from, &ack, now);
+                    self.execute(actions);
+                }
+            }
+            body @ (Body::NewConfig(_) | Body::NewConfigCommit(_)) => {
+                let before = self.member.adopter().current_id();
+                let reply = self.member.receive(from, &body, now);
+                let after = self.member.adopter().current_id();
+                if after > before
+                    && let Body::NewConfig(message) = &body
+                    && let Ok(config) = Configuration::try_from(message)
+                {
+                    self.lease_follows(&config);
+                }
+                if let Some((to, reply)) = reply {
+                    self.send(to, reply);
+                }
+            }
+            Body::Raft(_) => {
+                tracing::debug!(%from, "a Raft message reached a process without a replica; dropped");
+            }
+        }
+    }
+
+    /// The node's lease thread asks the CM of `config` (the member adopted it).
+    fn lease_follows(&self, config: &Configuration) {
+        let Some(cm) = config.cm_leader else {
+            return;
+        };
+        let Some(&(_, cm_addr)) = self.options.cm_lease_addrs.iter().find(|(n, _)| *n == cm) else {
+            tracing::warn!(%cm, "no lease address known for the CM; the node's lease will lapse");
+            return;
+        };
+        let members: Vec<NodeId> = config.members().collect();
+        self.lease_thread.set_configuration(&NewConfiguration {
+            config: config.id,
+            cm,
+            cm_addr,
+            members: &members,
+        });
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            let more = self.execute_one(action);
+            // An action's follow-ups (a lease update's commit) go the same way, bounded by the
+            // manager: each is a step of a protocol that ends.
+            if !more.is_empty() {
+                self.execute(more);
+            }
+        }
+    }
+
+    fn execute_one(&mut self, action: Action) -> Vec<Action> {
+        let now = self.options.clock.now();
+        let node = self.options.node;
+        let Some(cm) = self.cm.as_mut() else {
+            unreachable!("a driver without a CM seat has no manager to act for");
+        };
+        match action {
+            Action::SendProbe { to, nonce } => self.send(to, Body::Probe(nonce)),
+            Action::SendNewConfig { to, configuration } => self.send(
+                to,
+                Body::NewConfig(ConfigurationMessage::from(&*configuration)),
+            ),
+            Action::SendNewConfigCommit { to, id } => {
+                if cm.fenced_for != Some(id) {
+                    let fence = &cm.seat.fence;
+                    let mut failed = Vec::new();
+                    for &removed in &cm.removed {
+                        if let Err(reason) = fence(removed) {
+                            tracing::error!(%removed, %reason, id, "could not fence a removed node; NEW-CONFIG-COMMIT waits");
+                            failed.push(removed);
+                        }
+                    }
+                    if !failed.is_empty() {
+                        cm.removed = failed.into_iter().collect();
+                        return Vec::new();
+                    }
+                    cm.removed.clear();
+                    cm.fenced_for = Some(id);
+                }
+                self.send(to, Body::NewConfigCommit(id));
+            }
+            Action::ProposeInstall {
+                expected_id,
+                configuration,
+            } => {
+                assert!(cm.install.is_none(), "an install is already under way");
+                let (sender, receiver) = mpsc::sync_channel(1);
+                let group = cm.seat.group.clone();
+                let timeout = self.options.install_timeout;
+                let spawned = std::thread::Builder::new()
+                    .name(format!("cm-install-{}", node.0))
+                    .spawn(move || {
+                        let result = group.propose_install(expected_id, &configuration, timeout);
+                        // The driver may have moved on (lost leadership): nobody listens then.
+                        let _ = sender.send(result);
+                    });
+                match spawned {
+                    Ok(_) => cm.install = Some(receiver),
+                    Err(e) => {
+                        tracing::warn!("could not start an install thread: {e}");
+                        return cm
+                            .manager
+                            .install_outcome(InstallError::outcome(Err(InstallError::Lost)), now);
+                    }
+                }
+            }
+            Action::UpdateLeaseMembers { configuration } => {
+                let members: Vec<NodeId> = configuration.members().collect();
+                let removed: Vec<NodeId> = cm
+                    .lease_members
+                    .iter()
+                    .copied()
+                    .filter(|n| !members.contains(n))
+                    .collect();
+                // Read before the update: the lease thread forgets the removed nodes after it.
+                let unknown = now + self.options.lease;
+                let mut removed_until = now;
+                for &gone in &removed {
+                    let until = match self.lease_thread.node_lease_until(gone) {
+                        Some(until) if !cm.first_update => until,
+                        Some(until) => until.max(unknown),
+                        None => unknown,
+                    };
+                    removed_until = removed_until.max(until);
+                }
+                let own_addr = self.lease_thread.local_addr();
+                let cm_addr = self
+                    .options
+                    .cm_lease_addrs
+                    .iter()
+                    .find(|(n, _)| *n == node)
+                    .map_or(own_addr, |&(_, addr)| addr);
+                self.lease_thread.set_configuration(&NewConfiguration {
+                    config: configuration.id,
+                    cm: node,
+                    cm_addr,
+                    members: &members,
+                });
+                cm.lease_members = members;
+                cm.first_update = false;
+                cm.removed.extend(removed);
+                return cm
+                    .manager
+                    .leases_updated(configuration.id, removed_until, now);
+            }
+            Action::StandDown { reason } => {
+                tracing::warn!(%node, %reason, "the CM stands down");
+                cm.hold_until = Some(now + STAND_DOWN_HOLD);
+                cm.install = None;
+                let transferred = cm
+                    .seat
+                    .voters
+                    .iter()
+                    .filter(|&&v| v != node)
+                    .find(|&&to| cm.seat.group.transfer_leadership(to).is_ok());
+                if transferred.is_none() {
+                    tracing::warn!(%node, "no replica took the leadership; this one leads on without acting as CM for a while");
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// Sends `body` to `to`, looping it back when `to` is this node.
+    fn send(&mut self, to: NodeId, body: Body) {
+        if to == self.options.node {
+            if self.loopback.len() < LOOPBACK_MAX {
+                self.loopback.push_back((to, body));
+            } else {
+                tracing::warn!(%to, "loopback queue full; envelope dropped (it is sent again)");
+            }
+            return;
+        }
+        if let Err(e) = self.links.send(to, Envelope::new(body).encode()) {
+            // Lossy by design: every sender here resends (manager.rs, member.rs).
+            tracing::debug!(%to, "CM link send refused: {e}");
+        }
+    }
+
+    fn drain_loopback(&mut self) {
+        for _ in 0..LOOPBACK_MAX {
+            let Some((from, body)) = self.loopback.pop_front() else {
+                return;
+            };
+            self.handle(from, body);
+        }
+    }
+
+    fn publish_history(&self) {
+        let Some(cm) = &self.cm else {
+            return;
+        };
+        let count = cm.manager.history().count();
+        let mut history = self.history.lock().expect(POISONED);
+        if history.len() != count
+            || history.last().map(|r| (r.from_id, r.outcome.clone()))
+                != cm
+                    .manager
+                    .history()
+                    .last()
+                    .map(|r| (r.from_id, r.outcome.clone()))
+        {
+            *history = cm.manager.history().cloned().collect();
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The CM driver end to end, in one process: four memory nodes of an embedded cluster (f = 1,
+//! one region each), three of them hosting a CM replica on loopback CM links, a lease thread
+//! and a driver per node. Node 4 dies (its lease thread and driver stop); the CM suspects it,
+//! installs configuration c+1 through Raft, distributes and commits it, and the cluster
+//! serves on without node 4's region. Every wait is bounded by a deadline.
+
+use acre_cm::driver::{CmDriver, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source};
+use acre_cm::group::{CmGroup, GroupOptions};
+use acre_cm::lease::{DRIFT_PPM_DEFAULT, LeaseTiming};
+use acre_cm::lease_thread::{CmRole, LeaseThread, LeaseThreadConfig, NodeRole};
+use acre_cm::manager::{Cause, ManagerTiming, Outcome};
+use acre_cm::member::Adopter;
+use acre_cm::net::Links;
+use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::clock::{Clock, Time};
+use acre_engine::fabric::tcp::auth::ClusterSecret;
+use acre_replication::EmbeddedCluster;
+use acre_txn::{Configuration, RegionState, TxnError};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The lease: short, so the test is quick, and long enough that no live node's lease lapses on
+/// a loaded two-core machine (renewals go every 1/5 of it).
+const LEASE: Duration = Duration::from_millis(250);
+const REGION_BYTES: u64 = 4 << 20;
+const BLOCK_BYTES: u64 = 64 << 10;
+const RING_BYTES: u64 = 256 << 10;
+/// Electing a leader, installing the first configuration, granting the first leases.
+const SETUP_MAX: Duration = Duration::from_secs(10);
+/// From node 4's death to configuration c+1 committed everywhere: a lease to suspect it, the
+/// probe (100 ms at most), a Raft install, the acknowledgements, a lease of the removed node
+/// waited out: about 3 leases; 16 leave room for a loaded machine.
+const RECONFIGURE_MAX: Duration = Duration::from_secs(4);
+const POLL: Duration = Duration::from_millis(10);
+const CM_REPLICAS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+const DEAD: NodeId = NodeId(4);
+
+/// A node of the embedded cluster, as its driver's member sees it.
+struct EmbeddedAdopter {
+    node: NodeId,
+    cluster: Arc<Mutex<EmbeddedCluster>>,
+}
+
+impl Adopter for EmbeddedAdopter {
+    fn adopt(&self, config: Arc<Configuration>) -> Result<(), String> {
+        let mut cluster = self.cluster.lock().unwrap();
+        cluster
+            .adopt_at(self.node, config)
+            .map_err(|e| e.to_string())
+    }
+
+    fn commit(&self, id: u64) -> Result<(), String> {
+        let cluster = self.cluster.lock().unwrap();
+        cluster.commit_at(self.node, id).map_err(|e| e.to_string())
+    }
+
+    fn current_id(&self) -> u64 {
+        let cluster = self.cluster.lock().unwrap();
+        cluster
+            .nodes()
+            .iter()
+            .find(|n| n.node_id() == self.node)
+            .map_or(0, |n| n.txn().config_id())
+    }
+}
+
+fn free_tcp_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn wait_until(what: &str, max: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + max;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {max:?}");
+        std::thread::sleep(POLL);
+    }
+}
+
+fn since(later: Option<Time>, earlier: Time) -> Duration {
+    later.expect("reached").saturating_duration_since(earlier)
+}
+
+/// FaRM SOSP'15 §5.2: a node whose lease expires is suspected, probed around, removed by
+/// configuration c+1 committed through the CM's Raft group, and the cluster goes on: the region
+/// it was primary of is blocked (until recovery), the others commit. The removed node is fenced
+/// before any member commits, and a fence that fails holds the commit back until it succeeds.
+#[test]
+fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
+    let clock = Clock::system();
+    let secret = ClusterSecret::generate();
+    let root = tempfile::tempdir().unwrap();
+    let voters: Vec<(NodeId, SocketAddr)> =
+        CM_REPLICAS.iter().map(|&n| (n, free_tcp_port())).collect();
+
+    // CM links for every node, and the CM's Raft group on the first three.
+    let mut links = Vec::new();
+    let mut inboxes = Vec::new();
+    for node in (1..=4).map(NodeId) {
+        let addr = voters
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map_or((Ipv4Addr::LOCALHOST, 0).into(), |(_, a)| *a);
+        let (node_links, inbox) = Links::bind(node, addr, secret.clone()).unwrap();
+        links.push(Arc::new(node_links));
+        inboxes.push(Some(inbox));
+    }
+    let dead_addr = links[3].local_addr();
+    for (node, addr) in &voters {
+        links[3].add_peer(*node, *addr);
+        links[usize::from(node.0) - 1].add_peer(DEAD, dead_addr);
+    }
+    let mut groups = Vec::new();
+    let mut routed = Vec::new();
+    for &node in &CM_REPLICAS {
+        let index = usize::from(node.0) - 1;
+        let options = GroupOptions::new(node, voters.clone(), root.path());
+        let (group, receiver) = CmGroup::start(
+            options,
+            links[index].clone(),
+            inboxes[index].take().unwrap(),
+        )
+        .unwrap();
+        groups.push(Arc::new(group));
+        routed.push(Some(receiver));
+    }
+
+    // The first configuration, naming the leader as CM, installed through Raft.
+    let mut leader = None;
+    wait_until("a CM leader", SETUP_MAX, || {
+        leader = groups.iter().find(|g| g.is_leader()).cloned();
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    let cm = leader.node();
+    let mut first = Configuration::place(
+        1,
+        (1..=4).map(NodeId).collect(),
+        vec![],
+        1,
+        1,
+        REGION_BYTES,
+        BLOCK_BYTES,
+    )
+    .unwrap();
+    first.cm_leader = Some(cm);
+    let installed = leader.propose_install(0, &first, INSTALL_TIMEOUT_DEFAULT);
+    assert!(
+        matches!(&installed, Ok(c) if *c == first),
+        "install the first configuration: {installed:?}"
+    );
+
+    let cluster = Arc::new(Mutex::new(
+        EmbeddedCluster::start_faulty(first.clone(), RING_BYTES).unwrap(),
+    ));
+
+    // Lease threads: the CM's role in the leader's process (a running lease thread cannot
+    // gain it later: driver.rs, "Limitations"), a node's role everywhere.
+    let timing = LeaseTiming::new(LEASE, DRIFT_PPM_DEFAULT);
+    let cm_lease_addr = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut lease_threads: Vec<Option<Arc<LeaseThread>>> = (1..=4)
+        .map(NodeId)
+        .map(|node| {
+            Some(Arc::new(
+                LeaseThread::spawn(LeaseThreadConfig {
+                    bind: if node == cm {
+                        cm_lease_addr
+                    } else {
+                        (Ipv4Addr::LOCALHOST, 0).into()
+                    },
+                    secret: secret.clone(),
+                    clock: clock.clone(),
+                    timing,
+                    node: Some(NodeRole {
+                        node,
+                        cm,
+                        cm_addr: cm_lease_addr,
+                        config: 1,
+                    }),
+                    cm: (node == cm).then(|| CmRole {
+                        cm,
+                        config: 1,
+                        members: first.members().collect(),
+                    }),
+                })
+                .unwrap(),
+            ))
+        })
+        .collect();
+    wait_until("every node's lease granted", SETUP_MAX, || {
+        lease_threads.iter().flatten().all(|t| t.is_valid())
+    });
+
+    // A driver per node.
+    let fence_attempts = Arc::new(AtomicU32::new(0));
+    let mut drivers: Vec<Option<CmDriver>> = Vec::new();
+    for node in (1..=4).map(NodeId) {
+        let index = usize::from(node.0) - 1;
+        let source = if node == DEAD {
+            Source::Inbox(inboxes[index].take().unwrap())
+        } else {
+            let fenced = cluster.clone();
+            let attempts = fence_attempts.clone();
+            let fence: Fence = Box::new(move |removed| {
+                let mut cluster = fenced.lock().unwrap();
+                // Fencing comes before NEW-CONFIG-COMMIT reaches anyone.
+                for node in cluster.nodes() {
+                    assert_ne!(
+                        node.txn().config_state(),
+                        (2, true),
+                        "{} committed before {removed} was fenced",
+                        node.node_id()
+                    );
+                }
+                // The first attempt fails, as a kill might: the commit must wait for a second.
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(format!("simulated: could not kill {removed}"));
+                }
+                cluster.fence_member(removed);
+                Ok(())
+            });
+            Source::Cm(CmSeat {
+                group: groups[index].clone(),
+                routed: routed[index].take().unwrap(),
+                voters: CM_REPLICAS.to_vec(),
+                timing: ManagerTiming::default(),
+                fence,
+            })
+        };
+        let driver = CmDriver::start(
+            DriverOptions {
+                node,
+                clock: clock.clone(),
+                lease: LEASE,
+                cm_lease_addrs: vec![(cm, cm_lease_addr)],
+                install_timeout: INSTALL_TIMEOUT_DEFAULT,
+            },
+            links[index].clone(),
+            lease_threads[index].clone().unwrap(),
+            EmbeddedAdopter {
+                node,
+                cluster: cluster.clone(),
+            },
+            source,
+        )
+        .unwrap();
+        drivers.push(Some(driver));
+    }
+    let cm_index = usize::from(cm.0) - 1;
+    // The new CM distributes and commits the configuration it holds before anything else.
+    wait_until("the CM's first round committed", SETUP_MAX, || {
+        drivers[cm_index]
+            .as_ref()
+            .unwrap()
+            .history()
+            .iter()
+            .any(|r| r.cause == Cause::NewLeader && r.outcome == Outcome::Committed)
+    });
+    let settled = leader.configuration().unwrap();
+    assert_eq!(settled.id, 1, "the CM kept configuration 1: {settled:?}");
+
+    // An object in every region, written through a node that survives.
+    let coordinator = |cluster: &EmbeddedCluster| {
+        cluster
+            .nodes()
+            .iter()
+            .find(|n| n.node_id() == NodeId(1))
+            .unwrap()
+            .txn()
+            .clone()
+    };
+    let regions: Vec<RegionId> = first.regions.iter().map(|p| p.region).collect();
+    let objects: Vec<Addr> = {
+        let n1 = coordinator(&cluster.lock().unwrap());
+        regions
+            .iter()
+            .map(|&region| {
+                let mut txn = n1.begin().unwrap();
+                let addr = txn.alloc_near(8, Addr::new(region, 0)).unwrap();
+                txn.write(addr, b"before").unwrap();
+                txn.commit().unwrap();
+                addr
+            })
+            .collect()
+    };
+
+    // Node 4 dies: its driver and lease thread stop.
+    let died_at = clock.now();
+    drivers[3].take().unwrap().stop();
+    lease_threads[3] = None;
+
+    wait_until(
+        "configuration 2 committed at every remaining node",
+        RECONFIGURE_MAX,
+        || {
+            let cluster = cluster.lock().unwrap();
+            cluster.nodes().len() == 3
+                && cluster
+                    .nodes()
+                    .iter()
+                    .all(|n| n.txn().config_state() == (2, true))
+        },
+    );
+    for group in &groups {
+        wait_until(
+            "every CM replica applied configuration 2",
+            SETUP_MAX,
+            || group.configuration().is_some_and(|c| c.id == 2),
+        );
+    }
+    let second = leader.configuration().unwrap();
+    assert_eq!(second.cm_leader, Some(cm));
+    assert!(!second.members().any(|n| n == DEAD), "{second:?}");
+    for placement in &second.regions {
+        assert_ne!(placement.primary, DEAD, "{placement:?}");
+        assert!(!placement.backups.contains(&DEAD), "{placement:?}");
+        assert!(!placement.copying.contains(&DEAD), "{placement:?}");
+    }
+
+    // The region node 4 was primary of is blocked and refused; the others commit.
+    let orphan = first.primary_regions(DEAD).next().unwrap().region;
+    assert_eq!(
+        second.placement(orphan).unwrap().state,
+        RegionState::Blocked
+    );
+    let n1 = coordinator(&cluster.lock().unwrap());
+    for (&region, &addr) in regions.iter().zip(&objects) {
+        let mut txn = n1.begin().unwrap();
+        if region == orphan {
+            assert_eq!(
+                txn.read(addr),
+                Err(TxnError::RegionUnavailable {
+                    region,
+                    state: RegionState::Blocked,
+                    config: 2,
+                })
+            );
+        } else {
+            assert_eq!(txn.read(addr).unwrap(), b"before");
+            txn.write(addr, b"after!").unwrap();
+            assert_eq!(txn.commit(), Ok(()), "commit in {region:?}");
+        }
+    }
+
+    assert_eq!(
+        fence_attempts.load(Ordering::SeqCst),
+        2,
+        "the failed fence was tried again, and once it held no more"
+    );
+
+    // The manager's record of it (its commit time is the first NEW-CONFIG-COMMIT it asked
+    // for, which the failed fence held back from one member until it acknowledged again).
+    let history = drivers[cm_index].as_ref().unwrap().history();
+    let record = history
+        .iter()
+        .find(|r| matches!(&r.cause, Cause::Failure { .. }))
+        .expect("a failure reconfiguration recorded");
+    assert_eq!(record.outcome, Outcome::Committed, "{record}");
+    assert_eq!(record.failed, vec![DEAD], "{record}");
+    assert_eq!((record.from_id, record.to_id), (1, Some(2)), "{record}");
+    println!("{record}");
+    println!(
+        "lease {LEASE:?}: suspected {:?} after the death, installed {:?} after the suspicion, \
+         committed {:?} after the suspicion ({:?} after the death)",
+        record.suspected_at.saturating_duration_since(died_at),
+        since(record.installed_at, record.suspected_at),
+        since(record.committed_at, record.suspected_at),
+        since(record.committed_at, died_at),
+    );
+
+    for driver in drivers.into_iter().flatten() {
+        driver.stop();
+    }
+    drop(lease_threads);
+    let cluster = Arc::try_unwrap(cluster)
+        .ok()
+        .expect("the drivers are gone")
+        .into_inner()
+        .unwrap();
+    cluster.stop();
+    drop(leader);
+    drop(groups);
+}

@@ -107,20 +107,23 @@ impl EmbeddedCluster {
             self.config.clients.contains(&client),
             "{client} is not a client node; only client nodes can be killed"
         );
-        let index = self
-            .nodes
-            .iter()
-            .position(|node| node.node_id() == client)
-            .unwrap_or_else(|| panic!("{client} is not running"));
+        let index = self.running(client);
+        self.stop_for_good(index);
+    }
+
+    /// Stops the node at `index` as its process would die: isolated by the fault plan (if the
+    /// cluster has one), its finisher stopped (a dead process finishes nothing), seen gone by
+    /// the others, its worker stopped (after an append a fault holds back), its memory out of
+    /// reach.
+    fn stop_for_good(&mut self, index: usize) {
+        let node = self.nodes[index].node_id();
         if let Some(faults) = &self.faults {
-            faults.isolate(client);
+            faults.isolate(node);
         }
-        // A dead process finishes nothing.
         self.nodes[index].txn().stop_finisher();
-        self.stopped.insert(client);
-        // Its worker may wait for an append a fault holds back: it stops after that.
+        self.stopped.insert(node);
         self.nodes.remove(index).stop();
-        self.local.remove(client);
+        self.local.remove(node);
     }
 
     pub fn config(&self) -> &Arc<Configuration> {
@@ -191,34 +194,11 @@ impl EmbeddedCluster {
             .filter(|&id| !newer.members().any(|member| member == id))
             .collect();
         for node in removed {
-            if let Some(faults) = &self.faults {
-                faults.isolate(node);
-            }
-            let index = self
-                .nodes
-                .iter()
-                .position(|n| n.node_id() == node)
-                .expect("running");
-            let gone = self.nodes.remove(index);
-            gone.txn().stop_finisher();
-            self.stopped.insert(node);
-            gone.stop();
-            self.local.remove(node);
+            self.fence_member(node);
         }
-        let mut created = Vec::new();
-        for node in &self.nodes {
-            let adopted = node.adopt(newer.clone())?;
-            created.push((node.node_id(), adopted.new_areas));
-        }
-        for (owner, areas) in created {
-            for area in areas {
-                for node in &self.nodes {
-                    let key = area.access_key().expect("a key this process formatted");
-                    node.txn()
-                        .directory()
-                        .insert(owner, area.id, key, area.bytes);
-                }
-            }
+        let running: Vec<NodeId> = self.nodes.iter().map(|n| n.node_id()).collect();
+        for node in running {
+            self.adopt_at(node, newer.clone())?;
         }
         for node in &self.nodes {
             node.commit_config(newer.id)
@@ -263,17 +243,9 @@ impl EmbeddedCluster {
     /// NEW-CONFIG-COMMIT. Its regions are served by nobody until the configuration that
     /// removes it is adopted. Does nothing to a node that is not running (fenced already).
     pub fn fence_member(&mut self, node: NodeId) {
-        let Some(index) = self.nodes.iter().position(|n| n.node_id() == node) else {
-            return;
-        };
-        if let Some(faults) = &self.faults {
-            faults.isolate(node);
+        if let Some(index) = self.nodes.iter().position(|n| n.node_id() == node) {
+            self.stop_for_good(index);
         }
-        let gone = self.nodes.remove(index);
-        gone.txn().stop_finisher();
-        self.stopped.insert(node);
-        gone.stop();
-        self.local.remove(node);
     }
 
     /// The index of running node `node`; panics on a node that is not running (the caller's

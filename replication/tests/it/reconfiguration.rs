@@ -29,6 +29,39 @@ fn next(config: &Configuration, change: impl FnOnce(&mut Configuration)) -> Arc<
     Arc::new(newer)
 }
 
+/// Four nodes, one region each (`rk`'s primary on `nk`, its backup on the next node), f = 1.
+fn four_nodes() -> EmbeddedCluster {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.commit = commit_mode();
+    EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start")
+}
+
+/// What the configuration manager plans when n4 of [`four_nodes`] fails: r3 (primary n3) gets
+/// n1 as a new, copying backup; r4 (primary n4) is promoted to its backup n1, blocked.
+fn without_n4(config: &mut Configuration) {
+    config.nodes.retain(|&n| n != NodeId(4));
+    for placement in &mut config.regions {
+        if placement.region == RegionId(3) {
+            placement.backups = vec![NodeId(1)];
+            placement.copying = vec![NodeId(1)];
+        }
+        if placement.region == RegionId(4) {
+            placement.primary = NodeId(1);
+            placement.backups = vec![];
+            placement.state = RegionState::Blocked;
+        }
+    }
+}
+
+/// NEW-CONFIG to every node, without NEW-CONFIG-COMMIT.
+fn adopt_only(cluster: &EmbeddedCluster, newer: &Arc<Configuration>) {
+    for node in cluster.nodes() {
+        node.txn().adopt(newer.clone()).expect("newer");
+    }
+}
+
 /// NEW-CONFIG to every node, then NEW-CONFIG-COMMIT to every node.
 fn adopt_everywhere(cluster: &EmbeddedCluster, newer: &Arc<Configuration>) {
     for node in cluster.nodes() {
@@ -97,9 +130,7 @@ fn nothing_commits_in_a_configuration_until_it_is_committed() {
     let n1 = txn_node(&cluster, 0);
     let a = create(&n1, region_of(1), b"a0");
     let newer = next(cluster.config(), |_| {});
-    for node in cluster.nodes() {
-        node.txn().adopt(newer.clone()).expect("newer");
-    }
+    adopt_only(&cluster, &newer);
     let mut txn = n1.begin().expect("begin");
     assert_eq!(txn.id().config, 2);
     txn.write(a, b"a1").expect("write");
@@ -242,11 +273,7 @@ fn a_primary_in_a_newer_configuration_refuses_lock_and_validate_of_an_older_one(
 /// changed, is refused with the reason, and the regions that did not change serve as before.
 #[test]
 fn after_a_node_leaves_surviving_primaries_commit_with_new_backups_and_its_regions_are_blocked() {
-    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
-    let mut config =
-        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
-    config.commit = commit_mode();
-    let mut cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let mut cluster = four_nodes();
     let n1 = txn_node(&cluster, 0);
     let r = |k: u32| RegionId(k);
     assert_eq!(
@@ -260,20 +287,7 @@ fn after_a_node_leaves_surviving_primaries_commit_with_new_backups_and_its_regio
     overwrite(&n1, before[2], b"v0.5");
     assert!(n1.links().has_pending_truncations());
 
-    let newer = next(cluster.config(), |config| {
-        config.nodes.retain(|&n| n != NodeId(4));
-        for placement in &mut config.regions {
-            if placement.region == r(3) {
-                placement.backups = vec![NodeId(1)];
-                placement.copying = vec![NodeId(1)];
-            }
-            if placement.region == r(4) {
-                placement.primary = NodeId(1);
-                placement.backups = vec![];
-                placement.state = RegionState::Blocked;
-            }
-        }
-    });
+    let newer = next(cluster.config(), without_n4);
     cluster.reconfigure((*newer).clone()).expect("reconfigure");
     let n1 = txn_node(&cluster, 0);
     assert!(
@@ -446,11 +460,7 @@ fn a_region_blocked_during_a_commit_does_not_panic_validate() {
 /// the removed node (giving back the reservation there used to panic, and poison the link).
 #[test]
 fn a_backup_removed_during_a_commit_does_not_panic_it() {
-    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
-    let mut config =
-        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
-    config.commit = crate::fixture::commit_mode();
-    let cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let cluster = four_nodes();
     let n1 = txn_node(&cluster, 0);
     let r = |k: u32| RegionId(k);
     assert_eq!(
@@ -471,20 +481,7 @@ fn a_backup_removed_during_a_commit_does_not_panic_it() {
         txn.commit()
     });
     std::thread::sleep(ADOPT_AFTER);
-    let newer = next(cluster.config(), |config| {
-        config.nodes.retain(|&n| n != NodeId(4));
-        for placement in &mut config.regions {
-            if placement.region == r(3) {
-                placement.backups = vec![NodeId(1)];
-                placement.copying = vec![NodeId(1)];
-            }
-            if placement.region == r(4) {
-                placement.primary = NodeId(1);
-                placement.backups = vec![];
-                placement.state = RegionState::Blocked;
-            }
-        }
-    });
+    let newer = next(cluster.config(), without_n4);
     replica(&cluster, NodeId(1)).adopt(newer).expect("adopt");
     let outcome = committing.join();
     assert!(
@@ -544,11 +541,7 @@ fn an_aborted_commit_with_a_local_primary_is_not_finished_later() {
 /// the node) and finishes the commit at the primary; a stop afterwards is clean.
 #[test]
 fn an_unfinished_commit_at_a_removed_backup_stops_cleanly() {
-    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
-    let mut config =
-        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
-    config.commit = crate::fixture::commit_mode();
-    let mut cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let mut cluster = four_nodes();
     let n1 = txn_node(&cluster, 0);
     let r = |k: u32| RegionId(k);
     let x: Addr = create(&n1, r(3), b"v0"); // primary n3, backup n4
@@ -564,20 +557,7 @@ fn an_unfinished_commit_at_a_removed_backup_stops_cleanly() {
         Err(CommitError::Indeterminate { .. })
     ));
     assert_eq!(n1.unfinished_commits(), 1);
-    let newer = next(cluster.config(), |config| {
-        config.nodes.retain(|&n| n != NodeId(4));
-        for placement in &mut config.regions {
-            if placement.region == r(3) {
-                placement.backups = vec![NodeId(1)];
-                placement.copying = vec![NodeId(1)];
-            }
-            if placement.region == r(4) {
-                placement.primary = NodeId(1);
-                placement.backups = vec![];
-                placement.state = RegionState::Blocked;
-            }
-        }
-    });
+    let newer = next(cluster.config(), without_n4);
     cluster.reconfigure((*newer).clone()).expect("reconfigure");
     cluster.faults().heal();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -634,10 +614,7 @@ fn a_region_created_by_a_configuration_serves_at_once() {
 /// primary is only ever a promoted backup) is refused, and the node stays where it was.
 #[test]
 fn a_node_refuses_to_be_primary_of_a_region_it_holds_no_copy_of() {
-    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
-    let config =
-        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
-    let cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let cluster = four_nodes();
     let r3 = RegionId(3);
     assert!(replica(&cluster, NodeId(1)).copy(r3).is_none());
     let wrong = next(cluster.config(), |config| {
@@ -662,11 +639,7 @@ fn a_node_refuses_to_be_primary_of_a_region_it_holds_no_copy_of() {
 /// node's ALLOC alike (it used to be a non-retryable `Unavailable`).
 #[test]
 fn an_allocation_that_meets_a_new_backup_not_ready_yet_is_retried() {
-    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
-    let mut config =
-        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
-    config.commit = commit_mode();
-    let cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let cluster = four_nodes();
     let (n1, n2) = (txn_node(&cluster, 0), txn_node(&cluster, 1));
     let r1 = RegionId(1);
     assert_eq!(cluster.config().placement(r1).unwrap().backups, [NodeId(2)]);
@@ -732,20 +705,7 @@ fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
     let x = create(n2, r(3), b"v0"); // primary n3, backup n4
     let y = create(n2, r(1), b"y0"); // primary n1, backup n2
 
-    let newer = next(&config, |config| {
-        config.nodes.retain(|&n| n != NodeId(4));
-        for placement in &mut config.regions {
-            if placement.region == r(3) {
-                placement.backups = vec![NodeId(1)];
-                placement.copying = vec![NodeId(1)];
-            }
-            if placement.region == r(4) {
-                placement.primary = NodeId(1);
-                placement.backups = vec![];
-                placement.state = RegionState::Blocked;
-            }
-        }
-    });
+    let newer = next(&config, without_n4);
     for node in &nodes[..3] {
         node.adopt(newer.clone()).expect("adopt");
     }
@@ -790,9 +750,7 @@ fn a_run_waits_through_a_long_reconfiguration() {
     let n1 = txn_node(&cluster, 0);
     let a = create(&n1, region_of(1), b"a0");
     let newer = next(cluster.config(), |_| {});
-    for node in cluster.nodes() {
-        node.txn().adopt(newer.clone()).expect("newer");
-    }
+    adopt_only(&cluster, &newer);
     let committing = {
         let nodes: Vec<_> = cluster.nodes().iter().map(|n| n.txn().clone()).collect();
         std::thread::spawn(move || {

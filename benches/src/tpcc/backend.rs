@@ -6,9 +6,7 @@
 //! the order total, the bad-credit customer's C_DATA, the middle customer by first name) are
 //! functions here, so the backends differ only in how they store and find rows.
 
-use super::input::{
-    DeliveryInput, NewOrderInput, OrderStatusInput, PaymentInput, StockLevelInput,
-};
+use super::input::{DeliveryInput, NewOrderInput, OrderStatusInput, PaymentInput, StockLevelInput};
 use super::rows::{DistrictRows, Item, Stock, Warehouse};
 
 /// A database the driver can load, run and check. Shared by all client threads.

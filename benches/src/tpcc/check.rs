@@ -19,9 +19,15 @@ pub const CONDITIONS: [(u8, &str); 12] = [
     (2, "D_NEXT_O_ID - 1 = max(O_ID) = max(NO_O_ID)"),
     (3, "max(NO_O_ID) - min(NO_O_ID) + 1 = count(NEW-ORDER)"),
     (4, "sum(O_OL_CNT) = count(ORDER-LINE)"),
-    (5, "O_CARRIER_ID is null exactly for the orders in NEW-ORDER"),
+    (
+        5,
+        "O_CARRIER_ID is null exactly for the orders in NEW-ORDER",
+    ),
     (6, "O_OL_CNT = the order's count(ORDER-LINE)"),
-    (7, "OL_DELIVERY_D is null exactly when its order's O_CARRIER_ID is"),
+    (
+        7,
+        "OL_DELIVERY_D is null exactly when its order's O_CARRIER_ID is",
+    ),
     (8, "W_YTD = sum(H_AMOUNT) of its payments"),
     (9, "D_YTD = sum(H_AMOUNT) of its payments"),
     (

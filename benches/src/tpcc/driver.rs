@@ -13,9 +13,7 @@
 //! the first attempt to the commit, and each aborted attempt is counted.
 
 use super::backend::{Attempt, Backend, Client, NewOrderOutcome};
-use super::input::{
-    Constants, DISTRICTS_PER_WAREHOUSE, ITEM_COUNT, NewOrderInput, Terminal,
-};
+use super::input::{Constants, DISTRICTS_PER_WAREHOUSE, ITEM_COUNT, NewOrderInput, Terminal};
 use super::rows;
 use crate::ycsb::generator::Rng;
 use crate::ycsb::progress::{self, Plan, Tally};
@@ -376,7 +374,14 @@ impl Report {
         writeln!(
             out,
             "{:<13} {:>10} {:>9} {:>8} {:>10} {:>10} {:>10} {:>10}",
-            "transaction", "committed", "aborted", "abort%", "p50 us", "p99 us", "p99.9 us", "max us"
+            "transaction",
+            "committed",
+            "aborted",
+            "abort%",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "max us"
         )?;
         for kind in Kind::ALL {
             let stats = self.kind(kind);

@@ -363,7 +363,10 @@ mod tests {
             let delta = c.last_load.abs_diff(c.last_run);
             assert!((65..=119).contains(&delta), "{c:?}");
             assert!(delta != 96 && delta != 112, "{c:?}");
-            assert!(c.customer_id <= A_CUSTOMER_ID && c.item_id <= A_ITEM_ID, "{c:?}");
+            assert!(
+                c.customer_id <= A_CUSTOMER_ID && c.item_id <= A_ITEM_ID,
+                "{c:?}"
+            );
         }
         assert!(!Constants::valid_delta(0, 96));
         assert!(!Constants::valid_delta(200, 88));

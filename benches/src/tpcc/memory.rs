@@ -46,7 +46,9 @@ impl MemoryBackend {
 
     /// The tables, for a test to look at or break.
     pub fn tables(&self) -> MutexGuard<'_, Tables> {
-        self.tables.lock().expect("a thread panicked holding the tables")
+        self.tables
+            .lock()
+            .expect("a thread panicked holding the tables")
     }
 }
 
@@ -129,7 +131,9 @@ impl Client for MemoryBackend {
         }
         tables.history.extend(rows.history.iter().cloned());
         for order in &rows.orders {
-            tables.orders.insert((w_id, d_id, order.o_id), order.clone());
+            tables
+                .orders
+                .insert((w_id, d_id, order.o_id), order.clone());
         }
         for o_id in rows.new_orders() {
             tables.new_orders.insert((w_id, d_id, o_id));
@@ -223,11 +227,13 @@ impl Client for MemoryBackend {
             );
         }
         let sum = lines.iter().map(|line| line.amount).sum();
-        Ok(Attempt::Committed(NewOrderOutcome::Placed(NewOrderOutput {
-            o_id,
-            total: new_order_total(sum, discount, w_tax, d_tax),
-            lines,
-        })))
+        Ok(Attempt::Committed(NewOrderOutcome::Placed(
+            NewOrderOutput {
+                o_id,
+                total: new_order_total(sum, discount, w_tax, d_tax),
+                lines,
+            },
+        )))
     }
 
     fn payment(&mut self, input: &PaymentInput) -> anyhow::Result<Attempt<PaymentOutput>> {

@@ -26,6 +26,7 @@ pub mod check;
 pub mod driver;
 pub mod input;
 pub mod memory;
+pub mod postgres;
 pub mod rows;
 
 pub use backend::{Attempt, Backend, Client};

@@ -290,11 +290,7 @@ pub fn district(
                 supply_w_id: w_id,
                 delivery_d: delivered.then_some(now),
                 quantity: 5,
-                amount: if delivered {
-                    0
-                } else {
-                    cents(rng, 1, 999_999)
-                },
+                amount: if delivered { 0 } else { cents(rng, 1, 999_999) },
                 dist_info: a_string(rng, 24, 24),
             });
         }

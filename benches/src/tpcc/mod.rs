@@ -21,6 +21,7 @@
 //!   load, run, report; [`check`]: the conditions; [`memory`]: the reference model;
 //!   [`postgres`]: PostgreSQL; [`acre`]: Acre.
 
+pub mod acre;
 pub mod backend;
 pub mod check;
 pub mod driver;

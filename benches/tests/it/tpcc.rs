@@ -723,3 +723,48 @@ mod postgres {
         }
     }
 }
+
+mod acre {
+    //! The Acre backend on an embedded cluster of three nodes with three replicas.
+
+    use super::*;
+    use acre_benches::tpcc::acre::AcreTpcc;
+    use acre_replication::db::{Db, EmbeddedOptions};
+
+    fn embedded(regions_per_node: usize, region_bytes: u64) -> AcreTpcc {
+        let db = Db::embedded(&EmbeddedOptions {
+            regions_per_node,
+            region_bytes,
+            ring_bytes: 4 << 20,
+            ..EmbeddedOptions::default()
+        })
+        .expect("start an embedded cluster");
+        AcreTpcc::new(db, "an embedded cluster".into())
+    }
+
+    #[test]
+    fn the_acre_backend_computes_what_the_spec_says() {
+        hand_checked(&mut embedded(1, 16 << 20));
+    }
+
+    /// The spec's population of one warehouse, checked; the full mix from two threads; every
+    /// condition checked again.
+    #[test]
+    fn a_load_and_a_run_on_an_embedded_cluster_pass_every_check() {
+        let seed = ConcurrentSeed::new("tpcc_acre_run");
+        let mut backend = embedded(2, 256 << 20);
+        let options = options(1, 2, seed.value(), Duration::from_secs(2));
+        backend.create(1).expect("create");
+        let loaded = tpcc::load(&backend, &options).expect("load");
+        eprintln!("loaded one warehouse in {:?}", loaded.elapsed);
+        let mut client = backend.client().expect("client");
+        let report = check(client.as_mut(), 1, true).expect("check");
+        assert!(report.holds(), "after the load: {report:?}");
+        let run = tpcc::run(&backend, &options, &loaded.constants).expect("run");
+        for kind in tpcc::Kind::ALL {
+            assert!(run.kind(kind).committed_count() > 0, "{kind:?}");
+        }
+        let report = check(client.as_mut(), 1, false).expect("check");
+        assert!(report.holds(), "after the run: {report:?}");
+    }
+}

@@ -449,6 +449,25 @@ impl Report {
     }
 }
 
+impl Report {
+    /// Writes [`Report::to_json`] as pretty JSON to `path`, with whether every consistency
+    /// condition held after the run and the seed.
+    pub fn write_json(
+        &self,
+        path: &std::path::Path,
+        load: Option<&Loaded>,
+        consistent: bool,
+        seed: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let mut json = self.to_json(load);
+        json["consistent"] = serde_json::json!(consistent);
+        json["seed"] = serde_json::json!(seed);
+        let text = serde_json::to_string_pretty(&json).context("encode the results")?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("write the results to {}", path.display()))
+    }
+}
+
 /// Runs the mix against a database [`load`]ed with `constants`: a warm-up, then
 /// `options.duration` measured.
 pub fn run(

@@ -62,6 +62,8 @@ use std::sync::{Arc, Mutex};
 /// Hash-table keys per warehouse: its two warehouse objects, four per district, its
 /// customers and its stock.
 pub const KEYS_PER_WAREHOUSE: usize = 2 + 10 * 4 + 30_000 + 100_000;
+/// C_DATA's most characters (clause 1.3.1: varchar(500)).
+pub const CUSTOMER_DATA_BYTES_MAX: usize = 500;
 /// Rows one load transaction writes.
 pub const LOAD_ROWS_PER_TXN: usize = 50;
 /// Entries one transaction of the checks reads.
@@ -612,17 +614,29 @@ impl Tables {
     /// Allocates `bytes` near warehouse `w_id`'s rows, moving on to another region when its
     /// region is full.
     fn alloc_near(&self, txn: &mut Txn, w_id: u32, bytes: &[u8]) -> Result<Addr, Error> {
+        self.alloc_near_sized(txn, w_id, bytes.len(), bytes)
+    }
+
+    /// [`Tables::alloc_near`] with room for `capacity` bytes, for a row that grows.
+    fn alloc_near_sized(
+        &self,
+        txn: &mut Txn,
+        w_id: u32,
+        capacity: usize,
+        bytes: &[u8],
+    ) -> Result<Addr, Error> {
+        let capacity = capacity.max(bytes.len());
         let near = self.near.lock().expect(POISONED).get(&w_id).copied();
         let addr = match near {
-            Some(near) => match txn.alloc_near(bytes.len(), near) {
+            Some(near) => match txn.alloc_near(capacity, near) {
                 Err(TxnError::OutOfMemory { .. }) => {
-                    let addr = txn.alloc(bytes.len())?;
+                    let addr = txn.alloc(capacity)?;
                     self.near.lock().expect(POISONED).insert(w_id, addr);
                     addr
                 }
                 other => other?,
             },
-            None => txn.alloc(bytes.len())?,
+            None => txn.alloc(capacity)?,
         };
         txn.write(addr, bytes)?;
         Ok(addr)
@@ -845,7 +859,11 @@ impl Client for AcreClient {
             Ok(())
         })?;
         self.load_rows(&rows.customers, |tables, txn, c| {
-            let addr = tables.alloc_near(txn, w_id, &c.encode())?;
+            // C_DATA grows to 500 characters with a bad-credit customer's payments: the object
+            // has room for that from the start (an object never grows).
+            let bytes = c.encode();
+            let capacity = bytes.len() - c.data.len() + CUSTOMER_DATA_BYTES_MAX;
+            let addr = tables.alloc_near_sized(txn, w_id, capacity, &bytes)?;
             tables
                 .rows
                 .insert(txn, &key(b'C', &[w_id, d_id, c.c_id]), addr.to_u64())?;

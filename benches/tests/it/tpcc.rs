@@ -48,7 +48,13 @@ fn customer(c_id: u32, first: &str, last: &str, discount: u32) -> Customer {
         ytd_payment: 1000,
         payment_cnt: 1,
         delivery_cnt: 0,
-        data: "customer data".into(),
+        // Bob (2) has bad credit and a long C_DATA, which his payments make longer (up to
+        // the 500 characters it is cut to).
+        data: if c_id == 2 {
+            "d".repeat(490)
+        } else {
+            "customer data".into()
+        },
     }
 }
 
@@ -373,7 +379,12 @@ fn hand_checked(backend: &mut dyn Backend) {
 
 #[test]
 fn the_memory_backend_computes_what_the_spec_says() {
-    hand_checked(&mut MemoryBackend::new());
+    let mut backend = MemoryBackend::new();
+    hand_checked(&mut backend);
+    // Bob's bad credit put the payment in front of his C_DATA, cut to 500 characters.
+    let data = backend.tables().customers[&(1, 1, 2)].data.clone();
+    assert!(data.starts_with("2 1 1 1 1 3.00 ddd"), "{data}");
+    assert_eq!(data.len(), 500);
 }
 
 /// Every condition, broken on purpose in a database that passes them all, is reported as

@@ -201,14 +201,19 @@ fn tree_key(ids: &[u32]) -> Vec<u8> {
     ids.iter().flat_map(|id| id.to_be_bytes()).collect()
 }
 
-/// The key just above every key that starts with `prefix` (ids never reach u32::MAX, so the
-/// last byte can be incremented).
+/// The key just above every key that starts with `prefix`: the prefix plus one, as a
+/// big-endian number (ids never reach u32::MAX, so it never overflows).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
-    let last = end.last_mut().expect("a non-empty prefix");
-    assert!(*last < u8::MAX, "prefix={prefix:?}");
-    *last += 1;
-    end
+    for byte in end.iter_mut().rev() {
+        if *byte == u8::MAX {
+            *byte = 0;
+        } else {
+            *byte += 1;
+            return end;
+        }
+    }
+    panic!("prefix={prefix:?} has no successor");
 }
 
 /// A name zero-padded to 16 bytes (C_LAST and C_FIRST are at most 16 characters).
@@ -1357,5 +1362,6 @@ mod tests {
         assert!(name_key(1, 1, "BAR", "Al", 9) < name_key(1, 1, "BAR", "Ala", 1));
         assert!(name_key(1, 1, "BAR", "Zed", 9) < name_key(1, 1, "BARA", "Al", 1));
         assert_eq!(prefix_end(&[1, 2, 3]), vec![1, 2, 4]);
+        assert_eq!(prefix_end(&[0, 0, 11, 255]), vec![0, 0, 12, 0]);
     }
 }

@@ -518,7 +518,11 @@ pub fn run(
                 if measured && let Some(done) = done {
                     let kind_stats = &mut stats[kind as usize];
                     let ns = u64::try_from(done.latency.as_nanos()).unwrap_or(u64::MAX);
-                    kind_stats.latency_ns.saturating_record(ns.max(1));
+                    // `record` grows the histogram to fit; clamping is the fallback only if
+                    // the counts could not be indexed.
+                    if kind_stats.latency_ns.record(ns.max(1)).is_err() {
+                        kind_stats.latency_ns.saturating_record(ns);
+                    }
                     kind_stats.aborted_count += u64::from(done.attempts - 1);
                     kind_stats.rolled_back_count += u64::from(done.rolled_back);
                 }

@@ -484,6 +484,10 @@ fn a_load_and_a_run_on_the_memory_backend_pass_every_check() {
     assert!(payments > 80, "{payments}");
     for kind in tpcc::Kind::ALL {
         assert!(run.kind(kind).committed_count() > 0, "{kind:?}");
+        // Latencies are recorded as they were (a transaction takes well over 100 ns).
+        let latency = &run.kind(kind).latency_ns;
+        let p50 = latency.value_at_quantile(0.5);
+        assert!(p50 >= 100 && latency.max() >= p50, "{kind:?}: p50={p50}");
     }
     let report = check(client.as_mut(), options.warehouses, false).expect("check");
     assert!(report.holds(), "after the run: {report:?}");

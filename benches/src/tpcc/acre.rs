@@ -94,6 +94,9 @@ struct Tables {
     /// Addresses of warehouse and district objects, by hash key: they never move, so a
     /// client looks each up once.
     fixed: Mutex<HashMap<Vec<u8>, Addr>>,
+    /// Whether the run's new rows go to the coordinator's own regions (see
+    /// [`Tables::alloc_run`]).
+    alloc_at_coordinator: bool,
 }
 
 const POISONED: &str = "a thread panicked holding the TPC-C backend's maps";
@@ -163,6 +166,7 @@ impl Backend for AcreTpcc {
             history,
             near: Mutex::new(HashMap::new()),
             fixed: Mutex::new(HashMap::new()),
+            alloc_at_coordinator: self.db.client_id().is_none(),
         }));
         Ok(())
     }
@@ -622,6 +626,22 @@ impl Tables {
         self.alloc_near_sized(txn, w_id, bytes.len(), bytes)
     }
 
+    /// Allocates a row a transaction of the run inserts (an order, its lines, a history row).
+    /// In an embedded cluster the coordinator is a node with regions of its own, chosen by
+    /// `Db` in turn, not by warehouse: allocating near the warehouse would cost a message to
+    /// its primary per object whenever the coordinator is another node (eleven for a
+    /// New-Order of ten lines), allocating at the coordinator costs none. A client of a
+    /// cluster of node processes has no regions, so every allocation is a message anyway, and
+    /// its rows go near their warehouse.
+    fn alloc_run(&self, txn: &mut Txn, w_id: u32, bytes: &[u8]) -> Result<Addr, Error> {
+        if !self.alloc_at_coordinator {
+            return self.alloc_near(txn, w_id, bytes);
+        }
+        let addr = txn.alloc(bytes.len())?;
+        txn.write(addr, bytes)?;
+        Ok(addr)
+    }
+
     /// [`Tables::alloc_near`] with room for `capacity` bytes, for a row that grows.
     fn alloc_near_sized(
         &self,
@@ -961,7 +981,7 @@ impl Client for AcreClient {
                 ol_cnt: input.lines.len() as u32,
                 all_local: input.all_local(),
             };
-            let order_addr = tables.alloc_near(txn, w_id, &order.encode())?;
+            let order_addr = tables.alloc_run(txn, w_id, &order.encode())?;
             tables
                 .new_orders
                 .insert(txn, &tree_key(&[w_id, d_id, o_id]), order_addr.to_u64())?;
@@ -1011,7 +1031,7 @@ impl Client for AcreClient {
                     amount,
                     dist_info: stock.dist[d_id as usize - 1].clone(),
                 };
-                let line_addr = tables.alloc_near(txn, w_id, &order_line.encode())?;
+                let line_addr = tables.alloc_run(txn, w_id, &order_line.encode())?;
                 tables.lines.insert(
                     txn,
                     &tree_key(&[w_id, d_id, o_id, number]),
@@ -1064,7 +1084,7 @@ impl Client for AcreClient {
                 amount: input.h_amount,
                 data: history_data(&w_name, &d_name),
             };
-            let history_addr = tables.alloc_near(txn, w_id, &history.encode())?;
+            let history_addr = tables.alloc_run(txn, w_id, &history.encode())?;
             let key = tree_key(&[
                 w_id,
                 d_id,

@@ -35,6 +35,10 @@
 //! the cluster's regions are fixed when it starts, so "adding a region" is moving on to
 //! another of them. The items, read by every warehouse, go wherever `alloc` puts them.
 //!
+//! After the load the hash table never changes and its rows never move, so a client keeps
+//! the address of every row it has found through it and reads the row directly the next time
+//! (as FaRM's applications cache addresses); the first lookup of a key reads its bucket.
+//!
 //! The hash table's capacity is fixed at creation: it is sized for the keys the load inserts,
 //! which are all the keys there are (no transaction inserts into it). The B-trees grow with
 //! the orders; they never merge, which the cursor above makes harmless.
@@ -91,9 +95,8 @@ struct Tables {
     history: BTree,
     /// Per warehouse, the object its rows are allocated near (moves on when a region fills).
     near: Mutex<HashMap<u32, Addr>>,
-    /// Addresses of warehouse and district objects, by hash key: they never move, so a
-    /// client looks each up once.
-    fixed: Mutex<HashMap<Vec<u8>, Addr>>,
+    /// Addresses of the rows found through the hash table, by key (see [`Tables::lookup`]).
+    located: Mutex<HashMap<Vec<u8>, Addr>>,
     /// Whether the run's new rows go to the coordinator's own regions (see
     /// [`Tables::alloc_run`]).
     alloc_at_coordinator: bool,
@@ -165,7 +168,7 @@ impl Backend for AcreTpcc {
             lines,
             history,
             near: Mutex::new(HashMap::new()),
-            fixed: Mutex::new(HashMap::new()),
+            located: Mutex::new(HashMap::new()),
             alloc_at_coordinator: self.db.client_id().is_none(),
         }));
         Ok(())
@@ -603,21 +606,30 @@ enum Finish<T> {
 }
 
 impl Tables {
-    fn find(&self, txn: &mut Txn, key: &[u8], what: impl Fn() -> String) -> Result<Addr, Error> {
-        match self.rows.get(txn, key)? {
-            Some(addr) => Ok(Addr::from_u64(addr)),
-            None => Err(missing(what())),
+    /// The address of the row `key` names, through the hash table the first time and from
+    /// [`Tables::located`] after: rows with hash keys are never freed or moved, and the hash
+    /// table does not change once loaded, so an address found once stays right.
+    fn lookup(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<Addr>, Error> {
+        if let Some(&addr) = self.located.lock().expect(POISONED).get(key) {
+            return Ok(Some(addr));
         }
+        let found = self.rows.get(txn, key)?.map(Addr::from_u64);
+        if let Some(addr) = found {
+            self.located
+                .lock()
+                .expect(POISONED)
+                .insert(key.to_vec(), addr);
+        }
+        Ok(found)
     }
 
-    /// The address of a warehouse or district object (looked up once, then remembered).
+    fn find(&self, txn: &mut Txn, key: &[u8], what: impl Fn() -> String) -> Result<Addr, Error> {
+        self.lookup(txn, key)?.ok_or_else(|| missing(what()))
+    }
+
+    /// The address of a warehouse or district object.
     fn fixed(&self, txn: &mut Txn, key: Vec<u8>) -> Result<Addr, Error> {
-        if let Some(&addr) = self.fixed.lock().expect(POISONED).get(&key) {
-            return Ok(addr);
-        }
-        let addr = self.find(txn, &key, || format!("the row of key {key:?}"))?;
-        self.fixed.lock().expect(POISONED).insert(key, addr);
-        Ok(addr)
+        self.find(txn, &key, || format!("the row of key {key:?}"))
     }
 
     /// Allocates `bytes` near warehouse `w_id`'s rows, moving on to another region when its
@@ -948,8 +960,8 @@ impl Client for AcreClient {
         self.attempt(|tables, txn| {
             let mut item_addrs = Vec::with_capacity(input.lines.len());
             for line in &input.lines {
-                match tables.rows.get(txn, &key(b'I', &[line.i_id]))? {
-                    Some(addr) => item_addrs.push(Addr::from_u64(addr)),
+                match tables.lookup(txn, &key(b'I', &[line.i_id]))? {
+                    Some(addr) => item_addrs.push(addr),
                     // The spec's 1%: the unused item is not found, and everything is undone.
                     None => return Ok(Finish::Abort(NewOrderOutcome::RolledBack)),
                 }

@@ -8,13 +8,19 @@
 //!   `C` w d c (customer), `S` w i (stock).
 //! - **Ordered and secondary access through B-trees**, keys the ids big-endian so byte order
 //!   is id order: customers by name (w d C_LAST C_FIRST c, names zero-padded to 16 bytes so
-//!   the entries of one last name sort by first name), orders by customer (w d c !o, so the
-//!   first entry of a customer is the latest order), NEW-ORDER (w d o, the value the order's
-//!   address: the row has no other column), order lines (w d o n) and history (h_w h_d c_w
-//!   c_d c n, n the customer's payment count, which makes the key unique; HISTORY has no
-//!   primary key in the spec). NEW-ORDER and ORDER-LINE are only ever reached in key order,
-//!   so their B-trees are their primary key indexes, and ORDER's is the orders-by-customer
-//!   tree: an extra hash entry would be written by every New-Order and read by nothing.
+//!   the entries of one last name sort by first name), orders (w d o: Stock-Level's last 20
+//!   orders), orders by customer (w d c !o, so the first entry of a customer is the latest
+//!   order), NEW-ORDER (w d o, the value the order's address: the row has no other column)
+//!   and history (h_w h_d c_w c_d c n, n the customer's payment count, which makes the key
+//!   unique; HISTORY has no primary key in the spec). ORDER, NEW-ORDER and ORDER-LINE are only
+//!   ever reached in key order, so their B-trees are their primary key indexes: a hash entry
+//!   would be written by every New-Order and read by nothing.
+//! - **An order's lines are kept in its object** (`OrderRows`, at most 15 lines of 59 bytes
+//!   after the order's 37, within the 1 KiB size class): New-Order creates them together,
+//!   Delivery updates them together, Order-Status and Stock-Level read them by order, and
+//!   clause 1.4 lets an implementation cluster rows of different tables. One object instead
+//!   of eleven is one allocation instead of eleven, which in a cluster of node processes are
+//!   eleven messages to the primary.
 //!
 //! Departures from one-row-one-object, each to keep optimistic transactions from conflicting
 //! where a lock-based engine's row locks would not:
@@ -51,7 +57,7 @@ use super::backend::{
 };
 use super::input::{
     CustomerChoice, DISTRICTS_PER_WAREHOUSE, DeliveryInput, ITEM_COUNT, NewOrderInput,
-    OrderStatusInput, PaymentInput, StockLevelInput,
+    ORDER_LINES_MAX, OrderStatusInput, PaymentInput, StockLevelInput,
 };
 use super::rows::{
     Address, Customer, DistrictRows, History, Item, Order, OrderLine, Stock, Warehouse,
@@ -75,8 +81,8 @@ pub const CHECK_ENTRIES_PER_TXN: usize = 500;
 /// Bytes a warehouse takes once loaded, in objects and index entries, rounded up from a load
 /// of one (every size class rounded up, half-full B-tree leaves).
 pub const LOADED_BYTES_PER_WAREHOUSE: u64 = 160 << 20;
-/// Bytes a New-Order adds on average (an order, ten lines and their index entries).
-pub const BYTES_PER_NEW_ORDER: u64 = 2 << 10;
+/// Bytes a New-Order adds on average (its order object and three index entries).
+pub const BYTES_PER_NEW_ORDER: u64 = 1 << 10;
 
 /// An Acre database holding (or about to hold) the TPC-C tables.
 pub struct AcreTpcc {
@@ -91,7 +97,7 @@ struct Tables {
     by_name: BTree,
     by_customer: BTree,
     new_orders: BTree,
-    lines: BTree,
+    orders: BTree,
     history: BTree,
     /// Per warehouse, the object its rows are allocated near (moves on when a region fills).
     near: Mutex<HashMap<u32, Addr>>,
@@ -159,13 +165,13 @@ impl Backend for AcreTpcc {
                 ])
             })
             .context("create the B-trees")?;
-        let [by_name, by_customer, new_orders, lines, history] = trees;
+        let [by_name, by_customer, new_orders, orders, history] = trees;
         self.tables = Some(Arc::new(Tables {
             rows,
             by_name,
             by_customer,
             new_orders,
-            lines,
+            orders,
             history,
             near: Mutex::new(HashMap::new()),
             located: Mutex::new(HashMap::new()),
@@ -551,34 +557,55 @@ impl Record for Order {
     }
 }
 
-impl Record for OrderLine {
+/// An order and its lines, kept together in one object: the lines of an order are always
+/// read and written with it (New-Order creates them together, Delivery updates them
+/// together, Order-Status and Stock-Level read them by order), and clause 1.4 lets an
+/// implementation cluster the rows of different tables. A line's W, D and O ids are its
+/// order's and are not repeated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OrderRows {
+    order: Order,
+    lines: Vec<OrderLine>,
+}
+
+impl Record for OrderRows {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Out::default();
-        out.u32(self.w_id)
-            .u32(self.d_id)
-            .u32(self.o_id)
-            .u32(self.number)
-            .u32(self.i_id)
-            .u32(self.supply_w_id)
-            .opt_i64(self.delivery_d)
-            .u32(self.quantity)
-            .i64(self.amount)
-            .str(&self.dist_info);
+        let mut out = Out(self.order.encode());
+        out.u32(self.lines.len() as u32);
+        for line in &self.lines {
+            out.u32(line.number)
+                .u32(line.i_id)
+                .u32(line.supply_w_id)
+                .opt_i64(line.delivery_d)
+                .u32(line.quantity)
+                .i64(line.amount)
+                .str(&line.dist_info);
+        }
         out.0
     }
-    fn decode(input: &mut In<'_>) -> Result<OrderLine, IndexError> {
-        Ok(OrderLine {
-            w_id: input.u32("OL_W_ID")?,
-            d_id: input.u32("OL_D_ID")?,
-            o_id: input.u32("OL_O_ID")?,
-            number: input.u32("OL_NUMBER")?,
-            i_id: input.u32("OL_I_ID")?,
-            supply_w_id: input.u32("OL_SUPPLY_W_ID")?,
-            delivery_d: input.opt_i64("OL_DELIVERY_D")?,
-            quantity: input.u32("OL_QUANTITY")?,
-            amount: input.i64("OL_AMOUNT")?,
-            dist_info: input.str("OL_DIST_INFO")?,
-        })
+    fn decode(input: &mut In<'_>) -> Result<OrderRows, IndexError> {
+        let order = Order::decode(input)?;
+        let count = input.u32("line count")?;
+        if count > ORDER_LINES_MAX {
+            return Err(input.malformed(format!("{count} order lines")));
+        }
+        let lines = (0..count)
+            .map(|_| {
+                Ok(OrderLine {
+                    w_id: order.w_id,
+                    d_id: order.d_id,
+                    o_id: order.o_id,
+                    number: input.u32("OL_NUMBER")?,
+                    i_id: input.u32("OL_I_ID")?,
+                    supply_w_id: input.u32("OL_SUPPLY_W_ID")?,
+                    delivery_d: input.opt_i64("OL_DELIVERY_D")?,
+                    quantity: input.u32("OL_QUANTITY")?,
+                    amount: input.i64("OL_AMOUNT")?,
+                    dist_info: input.str("OL_DIST_INFO")?,
+                })
+            })
+            .collect::<Result<_, IndexError>>()?;
+        Ok(OrderRows { order, lines })
     }
 }
 
@@ -638,11 +665,11 @@ impl Tables {
         self.alloc_near_sized(txn, w_id, bytes.len(), bytes)
     }
 
-    /// Allocates a row a transaction of the run inserts (an order, its lines, a history row).
+    /// Allocates a row a transaction of the run inserts (an order with its lines, a history row).
     /// In an embedded cluster the coordinator is a node with regions of its own, chosen by
     /// `Db` in turn, not by warehouse: allocating near the warehouse would cost a message to
-    /// its primary per object whenever the coordinator is another node (eleven for a
-    /// New-Order of ten lines), allocating at the coordinator costs none. A client of a
+    /// its primary per object whenever the coordinator is another node, allocating at the
+    /// coordinator costs none. A client of a
     /// cluster of node processes has no regions, so every allocation is a message anyway, and
     /// its rows go near their warehouse.
     fn alloc_run(&self, txn: &mut Txn, w_id: u32, bytes: &[u8]) -> Result<Addr, Error> {
@@ -930,27 +957,37 @@ impl Client for AcreClient {
             Ok(())
         })?;
         let new_orders: BTreeSet<u32> = rows.new_orders().collect();
-        self.load_rows(&rows.orders, |tables, txn, o| {
-            let addr = tables.alloc_near(txn, w_id, &o.encode())?;
-            tables.by_customer.insert(
-                txn,
-                &tree_key(&[w_id, d_id, o.c_id, !o.o_id]),
-                addr.to_u64(),
-            )?;
+        let mut lines: HashMap<u32, Vec<OrderLine>> = HashMap::new();
+        for line in &rows.order_lines {
+            lines.entry(line.o_id).or_default().push(line.clone());
+        }
+        let orders: Vec<OrderRows> = rows
+            .orders
+            .iter()
+            .map(|order| OrderRows {
+                order: order.clone(),
+                lines: lines.remove(&order.o_id).unwrap_or_default(),
+            })
+            .collect();
+        anyhow::ensure!(
+            lines.is_empty(),
+            "order lines of orders the district does not have: {:?}",
+            lines.keys().collect::<Vec<_>>()
+        );
+        self.load_rows(&orders, |tables, txn, rows| {
+            let o = &rows.order;
+            let addr = tables.alloc_near(txn, w_id, &rows.encode())?.to_u64();
+            tables
+                .orders
+                .insert(txn, &tree_key(&[w_id, d_id, o.o_id]), addr)?;
+            tables
+                .by_customer
+                .insert(txn, &tree_key(&[w_id, d_id, o.c_id, !o.o_id]), addr)?;
             if new_orders.contains(&o.o_id) {
                 tables
                     .new_orders
-                    .insert(txn, &tree_key(&[w_id, d_id, o.o_id]), addr.to_u64())?;
+                    .insert(txn, &tree_key(&[w_id, d_id, o.o_id]), addr)?;
             }
-            Ok(())
-        })?;
-        self.load_rows(&rows.order_lines, |tables, txn, l| {
-            let addr = tables.alloc_near(txn, w_id, &l.encode())?;
-            tables.lines.insert(
-                txn,
-                &tree_key(&[w_id, d_id, l.o_id, l.number]),
-                addr.to_u64(),
-            )?;
             Ok(())
         })
     }
@@ -983,25 +1020,6 @@ impl Client for AcreClient {
             let d_tax = decode::<Fixed>(district, &read[1])?.tax;
             let discount = decode::<Customer>(customer, &read[2])?.discount;
             let o_id = add(txn, next, 1)? as u32;
-            let order = Order {
-                w_id,
-                d_id,
-                o_id,
-                c_id: input.c_id,
-                entry_d: input.entry_d,
-                carrier_id: None,
-                ol_cnt: input.lines.len() as u32,
-                all_local: input.all_local(),
-            };
-            let order_addr = tables.alloc_run(txn, w_id, &order.encode())?;
-            tables
-                .new_orders
-                .insert(txn, &tree_key(&[w_id, d_id, o_id]), order_addr.to_u64())?;
-            tables.by_customer.insert(
-                txn,
-                &tree_key(&[w_id, d_id, input.c_id, !o_id]),
-                order_addr.to_u64(),
-            )?;
             let mut stock_addrs = Vec::with_capacity(input.lines.len());
             for line in &input.lines {
                 stock_addrs.push(tables.find(
@@ -1012,6 +1030,7 @@ impl Client for AcreClient {
             }
             let stock_rows = txn.read_many(&stock_addrs)?;
             let mut lines = Vec::with_capacity(input.lines.len());
+            let mut order_lines = Vec::with_capacity(input.lines.len());
             for (index, line) in input.lines.iter().enumerate() {
                 // A line may name an item an earlier line named: read it again (the
                 // transaction sees its own write).
@@ -1030,25 +1049,18 @@ impl Client for AcreClient {
                 txn.write(addr, &stock.encode())?;
                 let item = &items[index];
                 let amount = i64::from(line.quantity) * item.price;
-                let number = index as u32 + 1;
-                let order_line = OrderLine {
+                order_lines.push(OrderLine {
                     w_id,
                     d_id,
                     o_id,
-                    number,
+                    number: index as u32 + 1,
                     i_id: line.i_id,
                     supply_w_id: line.supply_w_id,
                     delivery_d: None,
                     quantity: line.quantity,
                     amount,
                     dist_info: stock.dist[d_id as usize - 1].clone(),
-                };
-                let line_addr = tables.alloc_run(txn, w_id, &order_line.encode())?;
-                tables.lines.insert(
-                    txn,
-                    &tree_key(&[w_id, d_id, o_id, number]),
-                    line_addr.to_u64(),
-                )?;
+                });
                 lines.push(LineOutput {
                     i_price: item.price,
                     s_quantity: stock.quantity,
@@ -1056,6 +1068,26 @@ impl Client for AcreClient {
                     amount,
                 });
             }
+            let order = OrderRows {
+                order: Order {
+                    w_id,
+                    d_id,
+                    o_id,
+                    c_id: input.c_id,
+                    entry_d: input.entry_d,
+                    carrier_id: None,
+                    ol_cnt: input.lines.len() as u32,
+                    all_local: input.all_local(),
+                },
+                lines: order_lines,
+            };
+            let addr = tables.alloc_run(txn, w_id, &order.encode())?.to_u64();
+            let order_key = tree_key(&[w_id, d_id, o_id]);
+            tables.orders.insert(txn, &order_key, addr)?;
+            tables.new_orders.insert(txn, &order_key, addr)?;
+            tables
+                .by_customer
+                .insert(txn, &tree_key(&[w_id, d_id, input.c_id, !o_id]), addr)?;
             let sum = lines.iter().map(|l| l.amount).sum();
             Ok(Finish::Commit(NewOrderOutcome::Placed(NewOrderOutput {
                 o_id,
@@ -1132,28 +1164,15 @@ impl Client for AcreClient {
                 None => None,
                 Some((_, order_addr)) => {
                     let order_addr = Addr::from_u64(*order_addr);
-                    let order: Order = decode(order_addr, &txn.read(order_addr)?)?;
-                    let prefix = tree_key(&[w_id, d_id, order.o_id]);
-                    let entries = tables.lines.range(
-                        txn,
-                        Bound::Included(&prefix),
-                        Bound::Excluded(&prefix_end(&prefix)),
-                        64,
-                    )?;
-                    let addrs: Vec<Addr> = entries.iter().map(|e| Addr::from_u64(e.1)).collect();
-                    let lines = txn
-                        .read_many(&addrs)?
-                        .iter()
-                        .zip(&addrs)
-                        .map(|(bytes, addr)| {
-                            let l: OrderLine = decode(*addr, bytes)?;
-                            Ok((l.i_id, l.supply_w_id, l.quantity, l.amount, l.delivery_d))
-                        })
-                        .collect::<Result<_, Error>>()?;
+                    let rows: OrderRows = decode(order_addr, &txn.read(order_addr)?)?;
                     Some(OrderSummary {
-                        o_id: order.o_id,
-                        carrier_id: order.carrier_id,
-                        lines,
+                        o_id: rows.order.o_id,
+                        carrier_id: rows.order.carrier_id,
+                        lines: rows
+                            .lines
+                            .iter()
+                            .map(|l| (l.i_id, l.supply_w_id, l.quantity, l.amount, l.delivery_d))
+                            .collect(),
                     })
                 }
             };
@@ -1184,25 +1203,16 @@ impl Client for AcreClient {
                 };
                 tables.new_orders.remove(txn, &no_key)?;
                 let order_addr = Addr::from_u64(order_addr);
-                let mut order: Order = decode(order_addr, &txn.read(order_addr)?)?;
-                order.carrier_id = Some(input.carrier_id);
-                txn.write(order_addr, &order.encode())?;
-                txn.write(cursor_addr, &i64::from(order.o_id + 1).to_le_bytes())?;
-                let prefix = tree_key(&[w_id, d_id, order.o_id]);
-                let entries = tables.lines.range(
-                    txn,
-                    Bound::Included(&prefix),
-                    Bound::Excluded(&prefix_end(&prefix)),
-                    64,
-                )?;
-                let addrs: Vec<Addr> = entries.iter().map(|e| Addr::from_u64(e.1)).collect();
+                let mut rows: OrderRows = decode(order_addr, &txn.read(order_addr)?)?;
+                rows.order.carrier_id = Some(input.carrier_id);
                 let mut sum = 0;
-                for (bytes, addr) in txn.read_many(&addrs)?.iter().zip(&addrs) {
-                    let mut line: OrderLine = decode(*addr, bytes)?;
+                for line in &mut rows.lines {
                     line.delivery_d = Some(input.delivery_d);
                     sum += line.amount;
-                    txn.write(*addr, &line.encode())?;
                 }
+                txn.write(order_addr, &rows.encode())?;
+                let order = rows.order;
+                txn.write(cursor_addr, &i64::from(order.o_id + 1).to_le_bytes())?;
                 let customer_addr =
                     tables.find(txn, &key(b'C', &[w_id, d_id, order.c_id]), || {
                         format!("customer {w_id}/{d_id}/{}", order.c_id)
@@ -1222,16 +1232,17 @@ impl Client for AcreClient {
         self.attempt(|tables, txn| {
             let next_addr = tables.fixed(txn, key(b'N', &[w_id, d_id]))?;
             let next = number(next_addr, &txn.read(next_addr)?)? as u32;
-            let entries = tables.lines.range(
+            let entries = tables.orders.range(
                 txn,
                 Bound::Included(&tree_key(&[w_id, d_id, next.saturating_sub(20)])),
                 Bound::Excluded(&tree_key(&[w_id, d_id, next])),
-                20 * 16,
+                20,
             )?;
             let addrs: Vec<Addr> = entries.iter().map(|e| Addr::from_u64(e.1)).collect();
             let mut items = BTreeSet::new();
             for (bytes, addr) in txn.read_many(&addrs)?.iter().zip(&addrs) {
-                items.insert(decode::<OrderLine>(*addr, bytes)?.i_id);
+                let rows: OrderRows = decode(*addr, bytes)?;
+                items.extend(rows.lines.iter().map(|line| line.i_id));
             }
             let mut stock_addrs = Vec::with_capacity(items.len());
             for &i_id in &items {
@@ -1260,24 +1271,26 @@ impl Client for AcreClient {
         let next_o_id = self.read_number(key(b'N', &[w_id, d_id]))? as u32;
         let district = tree_key(&[w_id, d_id]);
         let district_end = prefix_end(&district);
-        let orders = tables
-            .scan_all(
-                db,
-                tables.by_customer,
-                district.clone(),
-                district_end.clone(),
-            )?
-            .into_iter()
-            .map(|(addr, bytes)| {
-                let o: Order = decode(addr, &bytes)?;
-                Ok(OrderState {
-                    o_id: o.o_id,
-                    c_id: o.c_id,
-                    carrier_id: o.carrier_id,
-                    ol_cnt: o.ol_cnt,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut orders = Vec::new();
+        let mut order_lines = Vec::new();
+        for (addr, bytes) in
+            tables.scan_all(db, tables.orders, district.clone(), district_end.clone())?
+        {
+            let rows: OrderRows = decode(addr, &bytes)?;
+            let o = rows.order;
+            orders.push(OrderState {
+                o_id: o.o_id,
+                c_id: o.c_id,
+                carrier_id: o.carrier_id,
+                ol_cnt: o.ol_cnt,
+            });
+            order_lines.extend(rows.lines.into_iter().map(|l| LineState {
+                o_id: l.o_id,
+                number: l.number,
+                delivery_d: l.delivery_d,
+                amount: l.amount,
+            }));
+        }
         // NEW-ORDER is read by looking up each order id (and anything past the last), not by a
         // range from the district's start: see the module doc on the leaves Delivery empties.
         let mut new_orders = Vec::new();
@@ -1314,19 +1327,6 @@ impl Client for AcreClient {
                 .context("a NEW-ORDER key shorter than 12 bytes")?;
             new_orders.push(o_id);
         }
-        let order_lines = tables
-            .scan_all(db, tables.lines, district.clone(), district_end.clone())?
-            .into_iter()
-            .map(|(addr, bytes)| {
-                let l: OrderLine = decode(addr, &bytes)?;
-                Ok(LineState {
-                    o_id: l.o_id,
-                    number: l.number,
-                    delivery_d: l.delivery_d,
-                    amount: l.amount,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
         let customers = tables
             .scan_all(db, tables.by_name, district.clone(), district_end.clone())?
             .into_iter()
@@ -1377,10 +1377,20 @@ mod tests {
         let addr = Addr::new(RegionId(1), 64);
         let c = &rows.customers[7];
         assert_eq!(&decode::<Customer>(addr, &c.encode()).unwrap(), c);
-        let o = &rows.orders[2500];
-        assert_eq!(&decode::<Order>(addr, &o.encode()).unwrap(), o);
-        let l = &rows.order_lines[3];
-        assert_eq!(&decode::<OrderLine>(addr, &l.encode()).unwrap(), l);
+        let order = OrderRows {
+            order: rows.orders[0].clone(),
+            lines: rows
+                .order_lines
+                .iter()
+                .filter(|l| l.o_id == 1)
+                .cloned()
+                .collect(),
+        };
+        assert_eq!(decode::<OrderRows>(addr, &order.encode()).unwrap(), order);
+        // Fifteen lines fit the 1 KiB size class.
+        let mut full = order.clone();
+        full.lines = (1..=15).map(|_| order.lines[0].clone()).collect();
+        assert!(full.encode().len() + acre_txn::value::LEN_BYTES <= 1024);
         let h = &rows.history[0];
         assert_eq!(&decode::<History>(addr, &h.encode()).unwrap(), h);
         let s = &super::super::rows::stock(&mut rng, 3, 1, 1)[0];

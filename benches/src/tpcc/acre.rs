@@ -62,12 +62,13 @@ use super::input::{
 use super::rows::{
     Address, Customer, DistrictRows, History, Item, Order, OrderLine, Stock, Warehouse,
 };
+use acre_engine::hash::FastMap;
 use acre_replication::db::{Addr, Db, Error, IndexError, Txn, TxnError};
 use acre_txn::index::{BTree, HashTable};
 use anyhow::Context;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Hash-table keys per warehouse: its two warehouse objects, four per district, its
 /// customers and its stock.
@@ -101,8 +102,9 @@ struct Tables {
     history: BTree,
     /// Per warehouse, the object its rows are allocated near (moves on when a region fills).
     near: Mutex<HashMap<u32, Addr>>,
-    /// Addresses of the rows found through the hash table, by key (see [`Tables::lookup`]).
-    located: Mutex<HashMap<Vec<u8>, Addr>>,
+    /// Addresses of the rows found through the hash table, by [`packed`] key (see
+    /// [`Tables::lookup`]).
+    located: RwLock<FastMap<u128, Addr>>,
     /// Whether the run's new rows go to the coordinator's own regions (see
     /// [`Tables::alloc_run`]).
     alloc_at_coordinator: bool,
@@ -174,7 +176,7 @@ impl Backend for AcreTpcc {
             orders,
             history,
             near: Mutex::new(HashMap::new()),
-            located: Mutex::new(HashMap::new()),
+            located: RwLock::new(FastMap::default()),
             alloc_at_coordinator: self.db.client_id().is_none(),
         }));
         Ok(())
@@ -207,6 +209,14 @@ fn key(tag: u8, ids: &[u32]) -> Vec<u8> {
         key.extend_from_slice(&id.to_be_bytes());
     }
     key
+}
+
+/// A hash key (a tag and at most three ids: 13 bytes) as one number. Keys of one tag have one
+/// length, so two keys that differ pack differently.
+fn packed(key: &[u8]) -> u128 {
+    assert!(key.len() <= 16, "key={key:?}");
+    key.iter()
+        .fold(0u128, |packed, &byte| packed << 8 | u128::from(byte))
 }
 
 /// A B-tree key: the ids big-endian.
@@ -327,10 +337,12 @@ impl<'a> In<'a> {
         ))
     }
     fn str(&mut self, what: &str) -> Result<String, IndexError> {
+        Ok(self.str_ref(what)?.to_string())
+    }
+    fn str_ref(&mut self, what: &str) -> Result<&'a str, IndexError> {
         let len = u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes"));
         let bytes = self.take(usize::from(len), what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| self.malformed(format!("its {what} is not UTF-8")))
+        std::str::from_utf8(bytes).map_err(|_| self.malformed(format!("its {what} is not UTF-8")))
     }
     fn flag(&mut self, what: &str) -> Result<bool, IndexError> {
         match self.take(1, what)?[0] {
@@ -425,22 +437,29 @@ impl Record for Fixed {
 }
 
 impl Record for Stock {
+    /// The numbers first ([`STOCK_NUMBERS_BYTES`]), so New-Order and Stock-Level reach them
+    /// at fixed offsets without decoding the strings.
     fn encode(&self) -> Vec<u8> {
         let mut out = Out::default();
-        out.u32(self.i_id).u32(self.w_id).u32(self.quantity);
+        out.u32(self.i_id)
+            .u32(self.w_id)
+            .u32(self.quantity)
+            .u32(self.ytd)
+            .u32(self.order_cnt)
+            .u32(self.remote_cnt);
         for dist in &self.dist {
             out.str(dist);
         }
-        out.u32(self.ytd)
-            .u32(self.order_cnt)
-            .u32(self.remote_cnt)
-            .str(&self.data);
+        out.str(&self.data);
         out.0
     }
     fn decode(input: &mut In<'_>) -> Result<Stock, IndexError> {
         let i_id = input.u32("S_I_ID")?;
         let w_id = input.u32("S_W_ID")?;
         let quantity = input.u32("S_QUANTITY")?;
+        let ytd = input.u32("S_YTD")?;
+        let order_cnt = input.u32("S_ORDER_CNT")?;
+        let remote_cnt = input.u32("S_REMOTE_CNT")?;
         let mut dist: [String; DISTRICTS_PER_WAREHOUSE as usize] = Default::default();
         for slot in &mut dist {
             *slot = input.str("S_DIST")?;
@@ -450,11 +469,74 @@ impl Record for Stock {
             w_id,
             quantity,
             dist,
-            ytd: input.u32("S_YTD")?,
-            order_cnt: input.u32("S_ORDER_CNT")?,
-            remote_cnt: input.u32("S_REMOTE_CNT")?,
+            ytd,
+            order_cnt,
+            remote_cnt,
             data: input.str("S_DATA")?,
         })
+    }
+}
+
+/// Bytes of a stock row's numbers: S_I_ID, S_W_ID, S_QUANTITY, S_YTD, S_ORDER_CNT,
+/// S_REMOTE_CNT, four bytes each.
+const STOCK_NUMBERS_BYTES: usize = 24;
+
+/// A stock row's bytes, read and updated where they lie: what a New-Order line needs
+/// (S_QUANTITY and the counters it changes, S_DIST_xx and S_DATA) without decoding the rest.
+struct StockBytes {
+    addr: Addr,
+    bytes: Vec<u8>,
+}
+
+impl StockBytes {
+    fn new(addr: Addr, bytes: Vec<u8>) -> Result<StockBytes, IndexError> {
+        if bytes.len() < STOCK_NUMBERS_BYTES {
+            return Err(IndexError::Malformed {
+                addr,
+                reason: format!("a stock row of {} bytes", bytes.len()),
+            });
+        }
+        Ok(StockBytes { addr, bytes })
+    }
+
+    fn number(&self, index: usize) -> u32 {
+        let at = 4 * index;
+        u32::from_le_bytes(self.bytes[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    fn set_number(&mut self, index: usize, value: u32) {
+        let at = 4 * index;
+        self.bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn quantity(&self) -> u32 {
+        self.number(2)
+    }
+
+    /// Takes `ordered` units for an order line (clause 2.4.2.2); `remote` if the line's
+    /// warehouse is not the order's.
+    fn order(&mut self, ordered: u32, remote: bool) {
+        self.set_number(2, stock_after(self.quantity(), ordered));
+        self.set_number(3, self.number(3) + ordered);
+        self.set_number(4, self.number(4) + 1);
+        if remote {
+            self.set_number(5, self.number(5) + 1);
+        }
+    }
+
+    /// S_DIST of district `d_id` and S_DATA.
+    fn strings(&self, d_id: u32) -> Result<(&str, &str), IndexError> {
+        let mut input = In::new(self.addr, &self.bytes[STOCK_NUMBERS_BYTES..]);
+        let mut dist = "";
+        for index in 1..=DISTRICTS_PER_WAREHOUSE {
+            let text = input.str_ref("S_DIST")?;
+            if index == d_id {
+                dist = text;
+            }
+        }
+        let data = input.str_ref("S_DATA")?;
+        input.end()?;
+        Ok((dist, data))
     }
 }
 
@@ -637,15 +719,13 @@ impl Tables {
     /// [`Tables::located`] after: rows with hash keys are never freed or moved, and the hash
     /// table does not change once loaded, so an address found once stays right.
     fn lookup(&self, txn: &mut Txn, key: &[u8]) -> Result<Option<Addr>, Error> {
-        if let Some(&addr) = self.located.lock().expect(POISONED).get(key) {
+        let packed = packed(key);
+        if let Some(&addr) = self.located.read().expect(POISONED).get(&packed) {
             return Ok(Some(addr));
         }
         let found = self.rows.get(txn, key)?.map(Addr::from_u64);
         if let Some(addr) = found {
-            self.located
-                .lock()
-                .expect(POISONED)
-                .insert(key.to_vec(), addr);
+            self.located.write().expect(POISONED).insert(packed, addr);
         }
         Ok(found)
     }
@@ -1031,22 +1111,19 @@ impl Client for AcreClient {
             let stock_rows = txn.read_many(&stock_addrs)?;
             let mut lines = Vec::with_capacity(input.lines.len());
             let mut order_lines = Vec::with_capacity(input.lines.len());
-            for (index, line) in input.lines.iter().enumerate() {
+            for (index, (line, bytes)) in input.lines.iter().zip(stock_rows).enumerate() {
                 // A line may name an item an earlier line named: read it again (the
                 // transaction sees its own write).
                 let addr = stock_addrs[index];
-                let mut stock: Stock = if stock_addrs[..index].contains(&addr) {
-                    decode(addr, &txn.read(addr)?)?
+                let bytes = if stock_addrs[..index].contains(&addr) {
+                    txn.read(addr)?
                 } else {
-                    decode(addr, &stock_rows[index])?
+                    bytes
                 };
-                stock.quantity = stock_after(stock.quantity, line.quantity);
-                stock.ytd += line.quantity;
-                stock.order_cnt += 1;
-                if line.supply_w_id != w_id {
-                    stock.remote_cnt += 1;
-                }
-                txn.write(addr, &stock.encode())?;
+                let mut stock = StockBytes::new(addr, bytes)?;
+                stock.order(line.quantity, line.supply_w_id != w_id);
+                txn.write(addr, &stock.bytes)?;
+                let (dist, s_data) = stock.strings(d_id)?;
                 let item = &items[index];
                 let amount = i64::from(line.quantity) * item.price;
                 order_lines.push(OrderLine {
@@ -1059,12 +1136,12 @@ impl Client for AcreClient {
                     delivery_d: None,
                     quantity: line.quantity,
                     amount,
-                    dist_info: stock.dist[d_id as usize - 1].clone(),
+                    dist_info: dist.to_string(),
                 });
                 lines.push(LineOutput {
                     i_price: item.price,
-                    s_quantity: stock.quantity,
-                    brand_generic: brand_generic(&item.data, &stock.data),
+                    s_quantity: stock.quantity(),
+                    brand_generic: brand_generic(&item.data, s_data),
                     amount,
                 });
             }
@@ -1251,8 +1328,8 @@ impl Client for AcreClient {
                 })?);
             }
             let mut low = 0;
-            for (bytes, addr) in txn.read_many(&stock_addrs)?.iter().zip(&stock_addrs) {
-                if decode::<Stock>(*addr, bytes)?.quantity < input.threshold {
+            for (bytes, addr) in txn.read_many(&stock_addrs)?.into_iter().zip(&stock_addrs) {
+                if StockBytes::new(*addr, bytes)?.quantity() < input.threshold {
                     low += 1;
                 }
             }
@@ -1395,6 +1472,21 @@ mod tests {
         assert_eq!(&decode::<History>(addr, &h.encode()).unwrap(), h);
         let s = &super::super::rows::stock(&mut rng, 3, 1, 1)[0];
         assert_eq!(&decode::<Stock>(addr, &s.encode()).unwrap(), s);
+        // New-Order's update in place is the spec's rule on the decoded row.
+        let mut bytes = StockBytes::new(addr, s.encode()).unwrap();
+        bytes.order(5, true);
+        bytes.order(2, false);
+        let (dist, data) = bytes.strings(4).unwrap();
+        assert_eq!((dist, data), (s.dist[3].as_str(), s.data.as_str()));
+        let updated: Stock = decode(addr, &bytes.bytes).unwrap();
+        let expected = Stock {
+            quantity: stock_after(stock_after(s.quantity, 5), 2),
+            ytd: 7,
+            order_cnt: 2,
+            remote_cnt: 1,
+            ..s.clone()
+        };
+        assert_eq!(updated, expected);
         let bytes = c.encode();
         assert!(decode::<Customer>(addr, &bytes[..bytes.len() - 1]).is_err());
         let mut longer = bytes.clone();

@@ -12,7 +12,8 @@
 //!   of lines from a remote warehouse, S_YTD, S_ORDER_CNT and S_REMOTE_CNT kept; Payment with
 //!   15% remote customers and 60% by last name (the middle one by first name); Order-Status
 //!   (60% by last name, the customer's latest order); Delivery of the oldest undelivered order
-//!   of each of the ten districts, as **one** transaction; Stock-Level over the last 20 orders;
+//!   of each of the ten districts, as **one** transaction; Stock-Level over the last 20 orders
+//!   (at the same isolation as the others, though clause 3.4 would let it run at a lower one);
 //! - the mix 45/43/4/4/4 without keying or think times ([`driver`]);
 //! - the consistency conditions of clause 3.3.2 after the load and after a run ([`check`]).
 //!

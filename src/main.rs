@@ -1,6 +1,7 @@
 //! The `acre` command line: the demo, node processes, local clusters, and the bank workload.
 
 mod bench;
+mod bench_tpcc;
 mod bench_ycsb;
 mod demo;
 mod idle;
@@ -68,6 +69,10 @@ enum BenchCommand {
     Bank(bench::BankBenchArgs),
     /// YCSB's core workloads (a-f) against Acre or Redis: throughput and latency percentiles.
     Ycsb(bench_ycsb::YcsbArgs),
+    /// TPC-C's full mix (45/43/4/4/4, no think times) against Acre or PostgreSQL: new-order/s,
+    /// tpmC, committed and aborted per transaction, latency percentiles, and the spec's
+    /// consistency conditions checked after the load and after the run (exit 1 if violated).
+    Tpcc(bench_tpcc::TpccArgs),
 }
 
 #[derive(Subcommand)]
@@ -118,6 +123,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(BenchCommand::Ycsb(args)) => {
             watch_termination().and_then(|t| bench_ycsb::run(&args, &t))
+        }
+        Command::Bench(BenchCommand::Tpcc(args)) => {
+            watch_termination().and_then(|t| bench_tpcc::run(&args, &t))
         }
     };
     match result {

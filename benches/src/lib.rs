@@ -10,5 +10,6 @@ pub mod bank;
 pub mod log;
 pub mod postgres;
 pub mod testbed;
+pub mod tpcc;
 pub mod transfer;
 pub mod ycsb;

@@ -9,4 +9,5 @@ mod cluster;
 mod command_line;
 mod faults;
 mod restart;
+mod tpcc;
 mod ycsb;

@@ -5,6 +5,7 @@
 mod acre;
 mod memory;
 mod redis;
+mod tpcc;
 mod ycsb;
 
 use acre_benches::ycsb::{Options, Workload};

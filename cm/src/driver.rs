@@ -57,12 +57,12 @@
 //! the node's lease thread is told, so it asks the configuration's CM for its lease under the
 //! new id (the lease table refuses requests of another configuration).
 //!
-//! # Limitations
+//! # Leadership moving
 //!
-//! A lease thread cannot gain the CM's role while it runs ([`LeaseThread::set_configuration`]),
-//! so suspects come only from a process whose lease thread was started with the CM role; a
-//! replica that becomes leader elsewhere acts as CM for NEW-CONFIG and installs, but learns
-//! of no failures until its process starts a CM-role lease thread.
+//! A replica that becomes leader installs a configuration naming itself CM; handing the lease
+//! thread that configuration ([`Action::UpdateLeaseMembers`]) makes the thread take up the
+//! CM's role ([`LeaseThread::set_configuration`]), so suspects then come from the new
+//! leader's process. Not yet tested end to end here: the test kills a member, not the leader.
 
 use crate::group::{CmGroup, InstallError, LinkMessage};
 use crate::lease_thread::{LeaseThread, NewConfiguration};

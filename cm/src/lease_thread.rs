@@ -34,7 +34,7 @@ use acre_engine::fabric::tcp::auth::ClusterSecret;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -207,8 +207,8 @@ struct Shared {
     cm_expired: AtomicBool,
     suspects: Suspects,
     /// With the CM's role: every node's lease expiry as the CM sees it, in nanoseconds, indexed
-    /// by node id (0: not a member). Empty without the role.
-    member_until: Box<[AtomicU64]>,
+    /// by node id (0: not a member). Made when the thread first has the role.
+    member_until: OnceLock<Box<[AtomicU64]>>,
     mailbox: Mailbox,
     packets_received: AtomicU64,
     packets_refused: AtomicU64,
@@ -248,12 +248,9 @@ impl LeaseThread {
             .cm
             .as_ref()
             .map(|role| CmLeases::new(role.cm, role.config, config.timing, &role.members, now));
-        let member_until: Box<[AtomicU64]> = match &cm {
-            Some(_) => (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
-            None => Box::new([]),
-        };
+        let member_until = OnceLock::new();
         if let Some(cm) = &cm {
-            publish_members(cm, &member_until);
+            publish_members(cm, member_table(&member_until));
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -284,6 +281,15 @@ impl LeaseThread {
             timeout: None,
             applied_seq: 0,
             members: Vec::with_capacity(MEMBERS_MAX),
+            timing: config.timing,
+            cm_config: config
+                .node
+                .as_ref()
+                .map(|role| role.config)
+                .into_iter()
+                .chain(config.cm.as_ref().map(|role| role.config))
+                .max()
+                .unwrap_or(0),
         };
         let thread = std::thread::Builder::new()
             .name(name)
@@ -324,7 +330,7 @@ impl LeaseThread {
 
     /// Until when the CM considers `node`'s lease valid, by this thread's clock.
     pub fn node_lease_until(&self, node: NodeId) -> Option<Time> {
-        let until = self.shared.member_until.get(usize::from(node.0))?;
+        let until = self.shared.member_until.get()?.get(usize::from(node.0))?;
         match until.load(Ordering::Acquire) {
             0 => None,
             nanos => Some(Time::from_nanos(nanos)),
@@ -380,7 +386,8 @@ impl LeaseThread {
     /// Hands the thread a newer configuration: the node's side asks the new CM at once, and
     /// the CM's side (if this thread has it and `new.cm` is still this CM) keeps the members'
     /// leases and grants new members one lease of grace. A thread whose CM is replaced by
-    /// another stops granting. (Gaining the CM's role needs a new thread.)
+    /// another stops granting; a thread whose own node becomes the CM takes the role up, every
+    /// member given one lease of grace.
     pub fn set_configuration(&self, new: &NewConfiguration<'_>) {
         self.shared.mailbox.post(new);
         self.wake();
@@ -415,6 +422,10 @@ struct Turn {
     applied_seq: u64,
     /// Where a new configuration's members are gathered; capacity [`MEMBERS_MAX`].
     members: Vec<NodeId>,
+    /// The lease timing, for a CM's table made when the thread gains the role.
+    timing: LeaseTiming,
+    /// The newest configuration id the thread has seen: the role is gained only in a newer one.
+    cm_config: u64,
 }
 
 impl Turn {
@@ -472,15 +483,33 @@ impl Turn {
         {
             if cm.cm() == cm_id {
                 cm.set_configuration(config, &self.members, now);
-                for slot in self.shared.member_until.iter() {
+                let table = member_table(&self.shared.member_until);
+                for slot in table.iter() {
                     slot.store(0, Ordering::Relaxed);
                 }
-                publish_members(cm, &self.shared.member_until);
+                publish_members(cm, table);
             } else {
                 tracing::info!(cm = %cm_id, config, "another CM took over: no more grants here");
                 self.cm = None;
             }
+        } else if self.cm.is_none()
+            && self.node.as_ref().is_some_and(|node| node.node() == cm_id)
+            && config > self.cm_config
+        {
+            // This process's node became the CM (a new Raft leader named itself in the
+            // configuration): it takes over the leases, each member given one lease of grace to
+            // renew with it, as a CM that cannot know when its predecessor last granted one
+            // must. A rare event: the table is made here, off the steady path.
+            tracing::info!(cm = %cm_id, config, "this process's node is the CM: it takes over the leases");
+            let cm = CmLeases::new(cm_id, config, self.timing, &self.members, now);
+            let table = member_table(&self.shared.member_until);
+            for slot in table.iter() {
+                slot.store(0, Ordering::Relaxed);
+            }
+            publish_members(&cm, table);
+            self.cm = Some(cm);
         }
+        self.cm_config = self.cm_config.max(config);
     }
 
     /// Sends a due request and publishes what time alone changes.
@@ -580,7 +609,10 @@ impl Turn {
                 // Published before the reply goes out, so whoever sees the node's lease
                 // renewed also sees the CM's view of it.
                 if let (Some(slot), Some(until)) = (
-                    self.shared.member_until.get(usize::from(packet.node.0)),
+                    self.shared
+                        .member_until
+                        .get()
+                        .and_then(|table| table.get(usize::from(packet.node.0))),
                     cm.node_lease_until(packet.node),
                 ) {
                     slot.store(until.as_nanos(), Ordering::Release);
@@ -595,6 +627,12 @@ impl Turn {
 }
 
 /// Publishes every member's lease expiry as `cm` sees it.
+/// The table of members' lease expiries, made (512 KiB) the first time a thread has the CM's
+/// role.
+fn member_table(member_until: &OnceLock<Box<[AtomicU64]>>) -> &[AtomicU64] {
+    member_until.get_or_init(|| (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect())
+}
+
 fn publish_members(cm: &CmLeases, member_until: &[AtomicU64]) {
     for (node, until) in cm.members() {
         member_until[usize::from(node.0)].store(until.as_nanos(), Ordering::Release);
@@ -709,6 +747,54 @@ mod tests {
         // machine, so ask for half of them.
         assert!(received >= 50, "{received} packets");
         assert_eq!(refused, 0);
+    }
+
+    /// A new CM (a Raft leader that named itself in a configuration) takes over the leases in
+    /// its process's running lease thread: it grants, keeps the members' expiries, and
+    /// suspects a member that stops renewing.
+    #[test]
+    fn a_node_that_becomes_the_cm_takes_over_the_leases() {
+        let old_cm = cm_thread(&[NodeId(1), NodeId(2)]);
+        let one = node_thread(NodeId(1), old_cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || one.is_valid()));
+        assert_eq!(one.node_lease_until(NodeId(2)), None, "not a CM yet");
+        let members = [NodeId(1), NodeId(2)];
+        let new_config = CONFIG + 1;
+        one.set_configuration(&NewConfiguration {
+            config: new_config,
+            cm: NodeId(1),
+            cm_addr: one.local_addr(),
+            members: &members,
+        });
+        let two = LeaseThread::spawn(LeaseThreadConfig {
+            bind: loopback(),
+            secret: secret(),
+            clock: Clock::system(),
+            timing: timing(),
+            node: Some(NodeRole {
+                node: NodeId(2),
+                cm: NodeId(1),
+                cm_addr: one.local_addr(),
+                config: new_config,
+            }),
+            cm: None,
+        })
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || two.is_valid()),
+            "the new CM grants"
+        );
+        assert!(one.node_lease_until(NodeId(2)).is_some());
+        assert!(
+            eventually(Duration::from_secs(2), || one.is_valid()),
+            "the new CM's own node renews with it"
+        );
+        two.pause(true);
+        assert!(eventually(Duration::from_secs(3), || one
+            .suspects()
+            .published()
+            > 0));
+        assert_eq!(taken(one.suspects()), [NodeId(2)]);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! two cores is the order of magnitude. PostgreSQL at SERIALIZABLE spends several round trips
 //! and fsyncs per transaction and serialization failures grow with the threads: hundreds.
 
+use crate::bench_ycsb::parse_duration;
 use acre::db::{Db, EmbeddedOptions};
 use acre::engine::signal::{self, Termination};
 use acre_benches::tpcc::acre::AcreTpcc;
@@ -96,30 +97,6 @@ impl Target {
             Target::Postgres(_) => "postgres",
         }
     }
-}
-
-/// Parses `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use e.g. 60s, 500ms or 2m"))?;
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 1e-3,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{text:?}: {e}"))
 }
 
 fn parse_isolation(text: &str) -> anyhow::Result<Isolation> {

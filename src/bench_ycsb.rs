@@ -96,7 +96,7 @@ impl Target {
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')

@@ -342,6 +342,15 @@ impl Connection {
         Err(too_many_messages())
     }
 
+    /// Prepares every `(name, sql)` of `statements` (a backend's statements, once per session);
+    /// an error names the statement that failed.
+    pub fn prepare_all(&mut self, statements: &[(&str, &str)]) -> anyhow::Result<()> {
+        for (name, sql) in statements {
+            anyhow::Context::with_context(self.prepare(name, sql), || format!("prepare {sql:?}"))?;
+        }
+        Ok(())
+    }
+
     /// Prepares `sql` as the statement `name` for the session (Parse, then Sync).
     pub fn prepare(&mut self, name: &str, sql: &str) -> Result<(), PgError> {
         message::parse(&mut self.out, name, sql);

@@ -279,11 +279,7 @@ impl Backend for PgTpcc {
 
     fn client(&self) -> anyhow::Result<Box<dyn Client>> {
         let mut connection = Connection::connect(&self.url)?;
-        for (name, sql) in STATEMENTS {
-            connection
-                .prepare(name, sql)
-                .with_context(|| format!("prepare {sql:?}"))?;
-        }
+        connection.prepare_all(&STATEMENTS)?;
         let begin = format!("BEGIN ISOLATION LEVEL {}", self.isolation.sql());
         connection
             .prepare("begin", &begin)

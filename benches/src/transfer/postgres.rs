@@ -140,11 +140,7 @@ impl Backend for PgBank {
 
     fn client(&self) -> anyhow::Result<Box<dyn Client>> {
         let mut connection = Connection::connect(&self.url)?;
-        for (name, sql) in STATEMENTS {
-            connection
-                .prepare(name, sql)
-                .with_context(|| format!("prepare {sql:?}"))?;
-        }
+        connection.prepare_all(&STATEMENTS)?;
         Ok(Box::new(PgTeller { connection }))
     }
 

@@ -148,6 +148,8 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
             block_bytes: 1 << 20,
             ring_bytes: 4 << 20,
             persist: "auto".into(),
+            cm: None,
+            lease_ms: launch::LEASE_MS_DEFAULT,
             commit: args.commit.clone(),
         })?;
     }

@@ -44,6 +44,8 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         block_bytes: 1 << 20,
         ring_bytes: 1 << 20,
         persist: "auto".into(),
+        cm: None,
+        lease_ms: launch::LEASE_MS_DEFAULT,
         commit: "one-sided".into(),
     };
     launch::up(&up)?;

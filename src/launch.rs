@@ -62,7 +62,21 @@ pub struct UpArgs {
     /// `one-sided` (the coordinator, with one-sided operations); docs/protocol.md#one-sided-commit-mode.
     #[arg(long, default_value = "one-sided", value_parser = ["messages", "one-sided"])]
     pub commit: String,
+    /// Replicas of the configuration manager, a Raft group hosted by the first N node
+    /// processes: 1, 3, 5 or 7, at most --nodes; 0 runs no CM (nothing notices a failure and
+    /// the configuration never changes). Default: 2f+1, at most the nodes.
+    #[arg(long)]
+    pub cm: Option<u16>,
+    /// Length of the leases between the CM and every memory node, in milliseconds: a node
+    /// silent for this long is suspected and removed from the configuration.
+    #[arg(long, default_value_t = LEASE_MS_DEFAULT)]
+    pub lease_ms: u64,
 }
+
+/// The default lease (docs/failures.md#leases says how it was chosen).
+pub const LEASE_MS_DEFAULT: u64 = 1000;
+/// How long `up` waits for the CM to commit its first configuration.
+pub const CM_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct DirArgs {
@@ -120,9 +134,23 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let f = args
         .f
         .unwrap_or_else(|| Configuration::default_f(nodes.len()));
+    let cm_replicas = match args.cm {
+        Some(count) => count,
+        None => u16::try_from(2 * f + 1).unwrap_or(u16::MAX).min(args.nodes),
+    };
+    anyhow::ensure!(
+        cm_replicas <= args.nodes,
+        "--cm {cm_replicas} is more than the {} nodes: the CM's replicas run in node processes",
+        args.nodes
+    );
+    anyhow::ensure!(
+        cm_replicas == 0 || cm_replicas % 2 == 1,
+        "--cm {cm_replicas}: a Raft group of an even size tolerates no more failures than one \
+         replica fewer; use 1, 3, 5 or 7 (or 0 for no CM)"
+    );
     let mut config = Configuration::place(
         1,
-        nodes,
+        nodes.clone(),
         clients,
         args.regions_per_node,
         f,
@@ -130,6 +158,7 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
         args.block_bytes,
     )?;
     config.commit = commit_mode(&args.commit)?;
+    config.cm_replicas = nodes[..usize::from(cm_replicas)].to_vec();
     let file = ClusterFile {
         transport: if args.transport == "tcp" {
             TransportKind::Tcp
@@ -138,6 +167,9 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
         },
         persist: args.persist.clone(),
         ring_bytes: args.ring_bytes,
+        cm: (cm_replicas > 0).then_some(cluster::CmSettings {
+            lease_ms: args.lease_ms,
+        }),
         config,
     };
     file.validate()?;
@@ -163,7 +195,7 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("remove the old cluster in {}", dir.display()))?;
     }
     directory::create_cluster_dir(dir).with_context(|| format!("create {}", dir.display()))?;
-    if file.transport == TransportKind::Tcp {
+    if file.transport == TransportKind::Tcp || file.cm.is_some() {
         ClusterSecret::generate()
             .write_file(&dir.join(directory::SECRET_FILE))
             .context("write the cluster secret")?;
@@ -180,12 +212,19 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         })
         .map_err(anyhow::Error::from)
     });
-    if let Err(error) = waited {
-        // Leave the directory (the logs say what happened) but no process.
-        let _ = stop_nodes(dir, Some(&file));
-        stop_children(&mut children);
-        return Err(error);
-    }
+    let waited = waited.and_then(|()| match &file.cm {
+        Some(_) => wait_for_cm(dir, &mut children).map(Some),
+        None => Ok(None),
+    });
+    let cm_status = match waited {
+        Ok(status) => status,
+        Err(error) => {
+            // Leave the directory (the logs say what happened) but no process.
+            let _ = stop_nodes(dir, Some(&file));
+            stop_children(&mut children);
+            return Err(error);
+        }
+    };
     writeln!(
         out,
         "cluster up: {} nodes over {}, {} regions with {} replicas each, in {}",
@@ -196,6 +235,18 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     )?;
     writeln!(out, "cluster file: {}", file_path.display())?;
+    if let Some(status) = &cm_status {
+        writeln!(
+            out,
+            "configuration manager: {} replicas ({}), leader {}, configuration {} committed, \
+             leases of {} ms",
+            status.replicas.len(),
+            node_list(&status.replicas),
+            status.leader,
+            status.committed.id,
+            status.lease_ms
+        )?;
+    }
     writeln!(
         out,
         "try: acre bank --dir {}    stop: acre cluster down --dir {}",
@@ -203,6 +254,47 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until the CM's leader has committed its first configuration (it names itself CM),
+/// at most [`CM_READY_TIMEOUT`]; fails at once if a node process exits meanwhile.
+fn wait_for_cm(
+    dir: &Path,
+    children: &mut [(NodeId, Child)],
+) -> anyhow::Result<cluster::CmStatusFile> {
+    let deadline = Instant::now() + CM_READY_TIMEOUT;
+    loop {
+        if let Some(status) = cluster::CmStatusFile::read(dir)?
+            && status.committed.cm_leader.is_some()
+        {
+            return Ok(status);
+        }
+        for (node, child) in children.iter_mut() {
+            if let Ok(Some(exit)) = child.try_wait() {
+                bail!(
+                    "{node} exited ({exit}) before the configuration manager was ready; see {}",
+                    cluster::node_log_path(dir, *node).display()
+                );
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the configuration manager committed no configuration within {CM_READY_TIMEOUT:?}: \
+                 see the CM replicas' logs (n1.log, ...) in {}",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `n1, n2, n3`.
+fn node_list(nodes: &[NodeId]) -> String {
+    nodes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Refuses to let `up` replace `dir` when that would throw data away: a stopped cluster's

@@ -173,9 +173,31 @@ fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCo
     acre::engine::signal::block_termination().context("block termination signals")?;
     let node = acre::cluster::ProcessNode::start(cluster_file, id)
         .with_context(|| format!("start {id}"))?;
+    let node = Arc::new(node);
+    let file = acre::cluster::ClusterFile::read(cluster_file)?;
+    // The CM's machinery, when the cluster has one (memory nodes only: `acre node` runs no
+    // client).
+    let agent = match &file.cm {
+        Some(settings) if node.is_memory_node() => Some(
+            acre::cluster::CmAgent::start(
+                node.clone(),
+                &file,
+                settings,
+                acre::engine::clock::Clock::system(),
+            )
+            .with_context(|| format!("start {id}'s part in the configuration manager"))?,
+        ),
+        _ => None,
+    };
     tracing::info!(node = %id, "serving (pid {})", std::process::id());
     acre::engine::signal::wait_for_termination().context("wait for a signal")?;
-    node.stop();
+    drop(agent);
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.stop(),
+        Err(_) => {
+            tracing::warn!(node = %id, "a thread still holds the node; it stops with the process")
+        }
+    }
     tracing::info!(node = %id, "stopped");
     Ok(ExitCode::SUCCESS)
 }

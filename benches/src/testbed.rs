@@ -235,6 +235,8 @@ impl Testbed {
                 tcp_addr: None,
                 areas,
                 started: None,
+                cm_link: None,
+                lease: None,
             }
             .write(&dir)?;
             let transport = Transport::Shm(ShmTransport::new(dir.clone(), options));

@@ -366,7 +366,7 @@ impl<A: Adopter> Turn<A> {
             return; // Nothing installed yet: the first configuration comes from the operator.
         };
         tracing::info!(node = %self.options.node, id = config.id, "acting as CM");
-        cm.lease_members = config.members().collect();
+        cm.lease_members = config.leased().collect();
         cm.first_update = true;
         // Suspicions published before this process led are stale.
         self.lease_thread.suspects().take(|_| {});
@@ -458,7 +458,7 @@ impl<A: Adopter> Turn<A> {
             tracing::warn!(%cm, "no lease address known for the CM; the node's lease will lapse");
             return;
         };
-        let members: Vec<NodeId> = config.members().collect();
+        let members: Vec<NodeId> = config.leased().collect();
         self.lease_thread.set_configuration(&NewConfiguration {
             config: config.id,
             cm,
@@ -535,7 +535,7 @@ impl<A: Adopter> Turn<A> {
                 }
             }
             Action::UpdateLeaseMembers { configuration } => {
-                let members: Vec<NodeId> = configuration.members().collect();
+                let members: Vec<NodeId> = configuration.leased().collect();
                 let removed: Vec<NodeId> = cm
                     .lease_members
                     .iter()

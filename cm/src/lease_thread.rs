@@ -59,8 +59,10 @@ const NODE_BITMAP_WORDS: usize = (u16::MAX as usize + 1) / 64;
 pub struct NodeRole {
     pub node: NodeId,
     pub cm: NodeId,
-    /// Where the CM's lease thread listens.
-    pub cm_addr: SocketAddr,
+    /// Where the CM's lease thread listens; `None` while the process does not know it yet (a
+    /// node starting before the CM's group installed a configuration): the thread asks for
+    /// nothing until [`LeaseThread::set_configuration`] names the CM.
+    pub cm_addr: Option<SocketAddr>,
     pub config: u64,
 }
 
@@ -273,7 +275,7 @@ impl LeaseThread {
             socket,
             key: LeaseKey::new(&config.secret),
             clock: config.clock.clone(),
-            cm_addr: config.node.as_ref().map(|role| role.cm_addr),
+            cm_addr: config.node.as_ref().and_then(|role| role.cm_addr),
             node,
             cm,
             shared: Arc::clone(&shared),
@@ -702,7 +704,7 @@ mod tests {
             node: Some(NodeRole {
                 node,
                 cm: CM,
-                cm_addr,
+                cm_addr: Some(cm_addr),
                 config: CONFIG,
             }),
             cm: None,
@@ -774,7 +776,7 @@ mod tests {
             node: Some(NodeRole {
                 node: NodeId(2),
                 cm: NodeId(1),
-                cm_addr: one.local_addr(),
+                cm_addr: Some(one.local_addr()),
                 config: new_config,
             }),
             cm: None,

@@ -338,7 +338,7 @@ impl Manager {
                 // Once every member acknowledged and the leases are reported, the commit waits
                 // for the removed leases alone (still ahead: `maybe_commit` ran at the last
                 // event). Before that their end is no deadline, or a driver would spin on it.
-                let all_acked = config.members().all(|m| acked.contains(&m));
+                let all_acked = config.leased().all(|m| acked.contains(&m));
                 if *leases_known
                     && all_acked
                     && let Some(until) = self.removed_until
@@ -529,7 +529,7 @@ impl Manager {
         }
         if let Phase::Distributing { config, acked, .. } = &mut self.phase
             && ack.id == config.id
-            && config.members().any(|m| m == from)
+            && config.leased().any(|m| m == from)
         {
             if ack.refused.is_empty() {
                 acked.insert(from);
@@ -575,7 +575,7 @@ impl Manager {
             } => {
                 if now >= *ack_deadline {
                     let silent: Vec<NodeId> =
-                        config.members().filter(|m| !acked.contains(m)).collect();
+                        config.leased().filter(|m| !acked.contains(m)).collect();
                     if !silent.is_empty() {
                         tracing::warn!(
                             ?silent,
@@ -588,7 +588,7 @@ impl Manager {
                 }
                 if now >= *resend_at {
                     *resend_at = now + self.timing.resend_period;
-                    for to in config.members().filter(|m| !acked.contains(m)) {
+                    for to in config.leased().filter(|m| !acked.contains(m)) {
                         out.push(Action::SendNewConfig {
                             to,
                             configuration: config.clone(),
@@ -613,7 +613,7 @@ impl Manager {
             .expect("a leader knows its configuration");
         let suspects: BTreeSet<NodeId> = std::mem::take(&mut self.queued)
             .into_iter()
-            .filter(|&node| config.members().any(|m| m == node))
+            .filter(|&node| config.leased().any(|m| m == node))
             .collect();
         let suspected_at = self.queued_since.take().unwrap_or(now);
         if suspects.is_empty() {
@@ -634,7 +634,7 @@ impl Manager {
             outcome: Outcome::InProgress,
         });
         let probed: BTreeSet<NodeId> = config
-            .members()
+            .leased()
             .filter(|m| *m != self.me && !suspects.contains(m))
             .collect();
         let nonce = self.nonce_next;
@@ -669,8 +669,8 @@ impl Manager {
             .config
             .clone()
             .expect("a leader knows its configuration");
-        let member_count = config.members().count();
-        let me_counted = usize::from(config.members().any(|m| m == self.me));
+        let member_count = config.leased().count();
+        let me_counted = usize::from(config.leased().any(|m| m == self.me));
         let reached = answered.len() + me_counted;
         if let Some(record) = &mut self.record {
             record.probed_at = Some(now);
@@ -698,7 +698,7 @@ impl Manager {
             .config
             .clone()
             .expect("a leader knows its configuration");
-        failed.retain(|&node| config.members().any(|m| m == node));
+        failed.retain(|&node| config.leased().any(|m| m == node));
         if let Some(record) = &mut self.record {
             record.failed = failed.iter().copied().collect();
         }
@@ -760,7 +760,7 @@ impl Manager {
             .config
             .clone()
             .expect("a leader knows its configuration");
-        failed.retain(|&node| config.members().any(|m| m == node));
+        failed.retain(|&node| config.leased().any(|m| m == node));
         if failed.is_empty() && config.cm_leader == Some(self.me) {
             if let Some(record) = &mut self.record {
                 record.to_id = Some(config.id);
@@ -791,7 +791,7 @@ impl Manager {
         out.push(Action::UpdateLeaseMembers {
             configuration: config.clone(),
         });
-        for to in config.members() {
+        for to in config.leased() {
             out.push(Action::SendNewConfig {
                 to,
                 configuration: config.clone(),
@@ -816,7 +816,7 @@ impl Manager {
         else {
             return;
         };
-        let all_acked = config.members().all(|m| acked.contains(&m));
+        let all_acked = config.leased().all(|m| acked.contains(&m));
         if all_acked
             && let Some(record) = &mut self.record
             && record.acked_at.is_none()
@@ -828,7 +828,7 @@ impl Manager {
             return;
         }
         let config = config.clone();
-        for to in config.members() {
+        for to in config.leased() {
             out.push(Action::SendNewConfigCommit { to, id: config.id });
         }
         self.committed_id = Some(config.id);

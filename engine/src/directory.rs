@@ -80,6 +80,12 @@ pub struct NodeManifest {
     /// reused the pid, so that nothing kills the wrong one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<u64>,
+    /// `host:port` of the node's configuration-manager links (TCP), when the cluster runs a CM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cm_link: Option<String>,
+    /// `host:port` of the node's lease thread (UDP), when the cluster runs a CM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -219,6 +225,8 @@ mod tests {
             tcp_addr: None,
             areas: vec![AreaEntry::new(RegionId(3), AreaKind::Region, 1 << 20, key)],
             started: None,
+            cm_link: None,
+            lease: None,
         };
         manifest.write(dir.path()).unwrap();
         let read = NodeManifest::read(dir.path(), NodeId(2)).unwrap().unwrap();

@@ -8,6 +8,7 @@
 //! dropped: no lock, reservation or record of it is held). A client that died leaves its id
 //! held until the memory nodes have released what it left; the next client takes another id.
 
+use crate::agent::ConfigFollower;
 use crate::cluster_file::{ClusterFile, ClusterFileError};
 use crate::liveness::client_lock_path;
 use crate::process::{ManifestWaitError, NodeStartError, ProcessNode, wait_for_manifests};
@@ -55,6 +56,12 @@ pub enum ConnectError {
     Start(#[from] NodeStartError),
     #[error(transparent)]
     Manifests(#[from] ManifestWaitError),
+    #[error("{client} cannot start the thread that follows the CM's configurations: {source}")]
+    Follower {
+        client: NodeId,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why one client id could not be claimed.
@@ -119,7 +126,9 @@ impl fmt::Display for Taken {
 /// on the cluster's objects. Its id is claimed with a lock file, released when it stops (or
 /// its process dies).
 pub struct ClientNode {
-    node: ProcessNode,
+    /// Adopts the configurations the CM commits (a cluster with a CM); stopped before the node.
+    _follower: Option<ConfigFollower>,
+    node: Arc<ProcessNode>,
     _claim: File,
 }
 
@@ -128,8 +137,9 @@ impl ClientNode {
     /// id is free when no process holds its lock file and no memory node holds anything an
     /// earlier client with that id wrote (see the module docs).
     pub fn connect(cluster_file: &Path) -> Result<ClientNode, ConnectError> {
-        let file = ClusterFile::read(cluster_file)?;
+        let mut file = ClusterFile::read(cluster_file)?;
         let dir = cluster_file.parent().unwrap_or(Path::new("."));
+        file.config = crate::agent::current_configuration(dir, &file);
         // The memory nodes are not this process's children: only their manifests tell.
         wait_for_manifests(
             dir,
@@ -153,7 +163,16 @@ impl ClientNode {
             let node = ProcessNode::start(cluster_file, id)?;
             match held_at(node.txn(), &file.config.nodes, id) {
                 None => {
+                    let node = Arc::new(node);
+                    let follower = match file.cm {
+                        Some(_) => Some(
+                            ConfigFollower::start(node.clone())
+                                .map_err(|source| ConnectError::Follower { client: id, source })?,
+                        ),
+                        None => None,
+                    };
                     return Ok(ClientNode {
+                        _follower: follower,
                         node,
                         _claim: claim,
                     });

@@ -23,7 +23,31 @@ pub struct ClusterFile {
     /// auto | flush | msync (acre-nvm-log's PersistMode).
     pub persist: String,
     pub ring_bytes: u64,
+    /// The configuration manager, when the cluster runs one (its replicas are the
+    /// configuration's `cm_replicas`); without it the configuration never changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cm: Option<CmSettings>,
     pub config: Configuration,
+}
+
+/// How the cluster's configuration manager runs (docs/failures.md#configuration-manager).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmSettings {
+    /// The length of the leases between the CM and every memory node, in milliseconds.
+    pub lease_ms: u64,
+}
+
+impl CmSettings {
+    /// The shortest lease a cluster file may ask for: below it, renewals every fifth of a lease
+    /// come faster than this host schedules a thread reliably.
+    pub const LEASE_MS_MIN: u64 = 10;
+    /// The longest: a failure would go unnoticed for longer than anyone waits.
+    pub const LEASE_MS_MAX: u64 = 60_000;
+
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_ms)
+    }
 }
 
 /// Why a cluster file could not be read or written. Each says what to fix; none is worth a
@@ -58,6 +82,21 @@ pub enum ClusterFileError {
         #[source]
         source: LogError,
     },
+    #[error(
+        "lease_ms = {lease_ms} in the cluster file: expected {} to {} milliseconds",
+        CmSettings::LEASE_MS_MIN,
+        CmSettings::LEASE_MS_MAX
+    )]
+    LeaseMs { lease_ms: u64 },
+    #[error(
+        "the cluster file has a [cm] section but its configuration names no CM replica \
+         (cm_replicas): name 1, 3 or 5 of its memory nodes, or remove the section"
+    )]
+    NoCmReplicas,
+    #[error(
+        "CM replica {replica} is not a memory node of the configuration: name memory nodes only"
+    )]
+    CmReplicaNotANode { replica: acre_engine::addr::NodeId },
     #[error("cannot encode the cluster file: {source}")]
     Encode {
         #[source]
@@ -101,6 +140,24 @@ impl ClusterFile {
             ring_bytes: self.ring_bytes,
             source,
         })?;
+        if let Some(cm) = &self.cm {
+            if !(CmSettings::LEASE_MS_MIN..=CmSettings::LEASE_MS_MAX).contains(&cm.lease_ms) {
+                return Err(ClusterFileError::LeaseMs {
+                    lease_ms: cm.lease_ms,
+                });
+            }
+            if self.config.cm_replicas.is_empty() {
+                return Err(ClusterFileError::NoCmReplicas);
+            }
+            if let Some(&replica) = self
+                .config
+                .cm_replicas
+                .iter()
+                .find(|r| !self.config.nodes.contains(r))
+            {
+                return Err(ClusterFileError::CmReplicaNotANode { replica });
+            }
+        }
         Ok(())
     }
 

@@ -19,6 +19,9 @@
 //! - [`liveness`], [`orphan`]: whether a client coordinator is gone, and how the memory nodes
 //!   settle the transactions a client that died left half-way.
 //! - [`verify`]: backups byte-identical to their primaries.
+//! - [`agent`], [`cm_status`]: a node process's part in the configuration manager (its
+//!   replica, leases and reconfiguration driver; a client's following of the configuration),
+//!   and the status file the CM publishes for `acre cluster status` and the clients.
 //!
 //! Recovery (of transactions, data and the allocator after a failure) comes with the failure
 //! handling issue and lives here too.
@@ -29,10 +32,12 @@
 /// builds, where panics abort, no lock is ever poisoned).
 pub(crate) const POISONED: &str = "a thread panicked while holding this lock";
 
+pub mod agent;
 mod allocations;
 pub mod backup;
 pub mod client;
 pub mod cluster_file;
+pub mod cm_status;
 pub mod db;
 pub mod embedded;
 pub mod liveness;

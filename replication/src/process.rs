@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+const CM_ADDRS_POISONED: &str = "a thread panicked while publishing the CM addresses";
+
 /// Why a node process could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -138,18 +140,22 @@ pub struct ProcessNode {
     /// What its manifest says besides its areas.
     transport: String,
     tcp_addr: Option<String>,
+    /// Where its CM links and lease thread listen, once its [`crate::agent::CmAgent`] bound them.
+    cm_addrs: std::sync::Mutex<Option<(SocketAddr, SocketAddr)>>,
 }
 
 impl ProcessNode {
     /// Starts node `node` of the cluster in `cluster_file`'s directory and publishes its
     /// manifest.
     pub fn start(cluster_file: &Path, node: NodeId) -> Result<ProcessNode, NodeStartError> {
-        let file = ClusterFile::read(cluster_file)?;
+        let mut file = ClusterFile::read(cluster_file)?;
         let dir = cluster_file
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
+        // With a CM, the configuration may have moved on since the cluster file was written.
+        file.config = crate::agent::current_configuration(&dir, &file);
         if !file.config.members().any(|m| m == node) {
             return Err(NodeStartError::NotAMember {
                 node,
@@ -180,6 +186,7 @@ impl ProcessNode {
             memory_node,
             transport: file.transport.name().to_string(),
             tcp_addr: tcp_addr.map(|a| a.to_string()),
+            cm_addrs: std::sync::Mutex::new(None),
         };
         process.publish().map_err(io(
             "publish its manifest",
@@ -188,8 +195,30 @@ impl ProcessNode {
         Ok(process)
     }
 
-    /// Writes the node's manifest: its areas (their keys), pid and address.
+    /// Publishes where the node's CM links (`link`, TCP) and lease thread (`lease`, UDP)
+    /// listen, so that the CM's replicas and the other nodes find them in its manifest.
+    pub fn publish_cm_addrs(&self, link: SocketAddr, lease: SocketAddr) -> io::Result<()> {
+        *self.cm_addrs.lock().expect(CM_ADDRS_POISONED) = Some((link, lease));
+        self.publish()
+    }
+
+    /// The cluster directory the node's files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// Whether the configuration places regions on this node (else it is a client node).
+    pub fn is_memory_node(&self) -> bool {
+        self.memory_node
+    }
+
+    /// Writes the node's manifest: its areas (their keys), pid and addresses.
     fn publish(&self) -> io::Result<()> {
+        let cm_addrs = *self.cm_addrs.lock().expect(CM_ADDRS_POISONED);
         NodeManifest {
             node: self.node,
             pid: std::process::id(),
@@ -197,6 +226,8 @@ impl ProcessNode {
             tcp_addr: self.tcp_addr.clone(),
             areas: self.replica().area_entries(),
             started: procfs::start_time(std::process::id()).ok(),
+            cm_link: cm_addrs.map(|(link, _)| link.to_string()),
+            lease: cm_addrs.map(|(_, lease)| lease.to_string()),
         }
         .write(&self.dir)
     }
@@ -549,6 +580,8 @@ mod tests {
             tcp_addr: None,
             areas: Vec::new(),
             started,
+            cm_link: None,
+            lease: None,
         }
     }
 

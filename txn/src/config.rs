@@ -389,6 +389,16 @@ impl Configuration {
         self.nodes.iter().chain(self.clients.iter()).copied()
     }
 
+    /// The members the configuration manager leases, probes, and waits for when it changes
+    /// the configuration: the memory nodes. Client ids are provisioned ahead of the processes
+    /// that will use them and come and go with applications, so they hold no lease (a client
+    /// that dies is settled through its lock file, docs/failures.md#a-client-that-dies); a client learns
+    /// each configuration once it is committed, and the memory nodes refuse what it sends under
+    /// an older one.
+    pub fn leased(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.iter().copied()
+    }
+
     pub fn placement(&self, region: RegionId) -> Option<&Placement> {
         self.regions.iter().find(|p| p.region == region)
     }

@@ -181,7 +181,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
                     node: Some(NodeRole {
                         node,
                         cm,
-                        cm_addr: cm_lease_addr,
+                        cm_addr: Some(cm_lease_addr),
                         config: 1,
                     }),
                     cm: (node == cm).then(|| CmRole {

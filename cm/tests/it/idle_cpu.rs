@@ -64,7 +64,7 @@ fn an_idle_five_node_clusters_lease_threads_use_well_under_two_percent_of_a_core
                 node: Some(NodeRole {
                     node,
                     cm: NODES[0],
-                    cm_addr: cm_port,
+                    cm_addr: Some(cm_port),
                     config: 1,
                 }),
                 cm: (index == 0).then(|| CmRole {

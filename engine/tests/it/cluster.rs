@@ -143,6 +143,8 @@ pub fn shm() -> Cluster {
             tcp_addr: None,
             areas,
             started: None,
+            cm_link: None,
+            lease: None,
         }
         .write(path)
         .expect("publish the manifest");

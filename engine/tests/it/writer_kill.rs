@@ -141,6 +141,8 @@ fn receiver(dir: &Path) -> (Arc<NodeMemory>, Inbox) {
         tcp_addr: None,
         areas: inbox.area_entries(),
         started: None,
+        cm_link: None,
+        lease: None,
     }
     .write(dir)
     .expect("publish the receiver's manifest");

@@ -692,6 +692,7 @@ fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
         transport: TransportKind::Tcp,
         persist: "flush".to_string(),
         ring_bytes: RING_BYTES,
+        cm: None,
         config: config.clone(),
     }
     .write(&path)

@@ -45,6 +45,7 @@ impl ShmCluster {
             // msync every persist, which only makes the test slower.
             persist: "flush".to_string(),
             ring_bytes: RING_BYTES,
+            cm: None,
             config: config.clone(),
         };
         let path = dir.path().join(CLUSTER_FILE);

@@ -1,0 +1,618 @@
+//! A node process's part in the configuration manager (docs/failures.md#the-cm-in-node-processes):
+//! [`CmAgent`] runs in every memory node process of a cluster whose cluster file has a `[cm]`
+//! section, and [`ConfigFollower`] in every client node of such a cluster.
+//!
+//! # What a memory node runs
+//!
+//! - **CM links** ([`acre_cm::net::Links`], TCP on loopback) and a **lease thread**
+//!   ([`acre_cm::lease_thread::LeaseThread`], UDP on loopback), both on free ports that the
+//!   node publishes in its manifest (`cm_link`, `lease`), where the others find them.
+//! - In the processes of the configuration's `cm_replicas`, a **CM replica**
+//!   ([`acre_cm::CmGroup`], its Raft files under `cm/n<id>/` in the cluster directory). A
+//!   replica's process waits (at most [`PEERS_WAIT`]) for the other replicas' manifests before it
+//!   starts its replica, since Raft needs every voter's address.
+//! - The **driver** ([`acre_cm::driver::CmDriver`]): the node's member of the reconfiguration
+//!   protocol, and the CM's manager while its replica leads. Its adopter is the
+//!   [`ProcessNode`]: NEW-CONFIG is [`ProcessNode::adopt`], NEW-CONFIG-COMMIT
+//!   [`ProcessNode::commit_config`].
+//! - A **housekeeping thread** that wakes every [`AGENT_TICK`] (a sleep, never a spin) and, in a
+//!   replica's process only: installs the cluster file's configuration through Raft when the
+//!   replica leads a group that holds none yet (the first configuration; its compare-and-set on
+//!   id 0 lets exactly one replica's install succeed); makes every memory node a peer of the
+//!   links once its manifest names its address, and forgets removed ones; and, while its
+//!   replica leads and a configuration is committed, writes the CM status file
+//!   ([`crate::cm_status`]).
+//!
+//! Fencing a removed node before NEW-CONFIG-COMMIT: over shm by killing its process
+//! ([`crate::process::fence_by_kill`]); over tcp the members' NIC threads already refuse it once
+//! they adopted the configuration (docs/failures.md#fencing), so nothing more is done.
+//!
+//! # What a client node runs
+//!
+//! Clients hold no lease ([`acre_txn::Configuration::leased`]): a [`ConfigFollower`] thread
+//! looks at the CM status file every [`FOLLOW_TICK`] and adopts and commits each newer
+//! configuration the CM committed.
+
+use crate::cluster_file::{ClusterFile, CmSettings};
+use crate::cm_status::{CmStatusFile, HISTORY_MAX, LeaseRow, ReconfigurationRow, STATUS_REFRESH};
+use crate::process::{ProcessNode, fence_by_kill};
+use acre_cm::driver::{CmDriver, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source};
+use acre_cm::group::{CmGroup, GroupOptions};
+use acre_cm::lease::{DRIFT_PPM_DEFAULT, LeaseTiming};
+use acre_cm::lease_thread::{LeaseThread, LeaseThreadConfig, NodeRole};
+use acre_cm::manager::{Cause, ManagerTiming, Outcome, Reconfiguration};
+use acre_cm::member::Adopter;
+use acre_cm::net::Links;
+use acre_engine::addr::NodeId;
+use acre_engine::clock::{Clock, Time};
+use acre_engine::directory::{self, NodeManifest};
+use acre_engine::fabric::tcp::ClusterSecret;
+use acre_engine::fabric::transport_kind::TransportKind;
+use acre_txn::Configuration;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a CM replica's process waits for the other replicas' manifests at start.
+pub const PEERS_WAIT: Duration = Duration::from_secs(30);
+/// The housekeeping thread's period.
+pub const AGENT_TICK: Duration = Duration::from_millis(100);
+/// How often a client node looks at the CM status file.
+pub const FOLLOW_TICK: Duration = Duration::from_millis(50);
+/// How long fencing a removed node by killing it may take.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a wait for manifests looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Why a node's CM agent could not start; the node process stops with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(
+        "the cluster runs a CM but its secret {path} cannot be read: {reason}; start the \
+         cluster with `acre cluster up`, which writes it"
+    )]
+    Secret { path: PathBuf, reason: String },
+    #[error("{node} cannot open its CM links: {reason}")]
+    Links { node: NodeId, reason: String },
+    #[error("{node} cannot start its lease thread: {source}")]
+    Lease {
+        node: NodeId,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{node} cannot publish its CM addresses in its manifest: {source}")]
+    Publish {
+        node: NodeId,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{node}: CM replica {replica} did not publish its CM addresses within {waited:?}; see \
+         its log n{}.log in the cluster directory",
+        replica.0
+    )]
+    PeerMissing {
+        node: NodeId,
+        replica: NodeId,
+        waited: Duration,
+    },
+    #[error("{node} cannot start its CM replica: {reason}")]
+    Group { node: NodeId, reason: String },
+    #[error("{node} cannot start a thread: {source}")]
+    Thread {
+        node: NodeId,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The member's side of a reconfiguration, carried out by the node process.
+struct ProcessAdopter(Arc<ProcessNode>);
+
+impl Adopter for ProcessAdopter {
+    fn adopt(&self, config: Arc<Configuration>) -> Result<(), String> {
+        self.0.adopt(config).map_err(|e| e.to_string())
+    }
+
+    fn commit(&self, id: u64) -> Result<(), String> {
+        self.0.commit_config(id).map_err(|e| e.to_string())
+    }
+
+    fn current_id(&self) -> u64 {
+        self.0.txn().config_id()
+    }
+}
+
+/// A memory node process's CM machinery (module docs). Dropping it stops every thread.
+pub struct CmAgent {
+    node: NodeId,
+    stopping: Arc<AtomicBool>,
+    housekeeping: Option<JoinHandle<()>>,
+    driver: Option<Arc<CmDriver>>,
+    group: Option<Arc<CmGroup>>,
+    lease_thread: Arc<LeaseThread>,
+}
+
+/// The manifests' CM addresses of `node`, once it published them.
+fn cm_addrs(dir: &Path, node: NodeId) -> Option<(SocketAddr, SocketAddr)> {
+    let manifest = NodeManifest::read(dir, node).ok()??;
+    let link = manifest.cm_link?.parse().ok()?;
+    let lease = manifest.lease?.parse().ok()?;
+    Some((link, lease))
+}
+
+impl CmAgent {
+    /// Starts the CM machinery of memory node `node`, which runs in this process, for the
+    /// cluster of `file` (which has a `[cm]` section).
+    pub fn start(
+        node: Arc<ProcessNode>,
+        file: &ClusterFile,
+        settings: &CmSettings,
+        clock: Clock,
+    ) -> Result<CmAgent, AgentError> {
+        let me = node.node_id();
+        let dir = node.dir().to_path_buf();
+        let secret_path = dir.join(directory::SECRET_FILE);
+        let secret = ClusterSecret::from_file(&secret_path).map_err(|e| AgentError::Secret {
+            path: secret_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let (links, inbox) =
+            Links::bind(me, loopback, secret.clone()).map_err(|e| AgentError::Links {
+                node: me,
+                reason: e.to_string(),
+            })?;
+        let links = Arc::new(links);
+        let current = node.txn().config();
+        let lease_thread = Arc::new(
+            LeaseThread::spawn(LeaseThreadConfig {
+                bind: loopback,
+                secret,
+                clock: clock.clone(),
+                timing: LeaseTiming::new(settings.lease(), DRIFT_PPM_DEFAULT),
+                // The CM is not known before a configuration names it: the thread asks for
+                // nothing until the driver hands it the first one it adopts.
+                node: Some(NodeRole {
+                    node: me,
+                    cm: current.cm_leader.unwrap_or(current.cm_replicas[0]),
+                    cm_addr: None,
+                    config: 0,
+                }),
+                cm: None,
+            })
+            .map_err(|source| AgentError::Lease { node: me, source })?,
+        );
+        node.publish_cm_addrs(links.local_addr(), lease_thread.local_addr())
+            .map_err(|source| AgentError::Publish { node: me, source })?;
+
+        // Every replica's addresses: Raft's voters, and where the CM's lease thread listens.
+        let replicas = current.cm_replicas.clone();
+        let deadline = Instant::now() + PEERS_WAIT;
+        let mut voters = Vec::new();
+        let mut cm_lease_addrs = Vec::new();
+        for &replica in &replicas {
+            let (link, lease) = loop {
+                if let Some(addrs) = cm_addrs(&dir, replica) {
+                    break addrs;
+                }
+                if Instant::now() >= deadline {
+                    return Err(AgentError::PeerMissing {
+                        node: me,
+                        replica,
+                        waited: PEERS_WAIT,
+                    });
+                }
+                std::thread::sleep(POLL);
+            };
+            if replica != me {
+                links.add_peer(replica, link);
+            }
+            voters.push((replica, link));
+            cm_lease_addrs.push((replica, lease));
+        }
+
+        let options = DriverOptions {
+            node: me,
+            clock: clock.clone(),
+            lease: settings.lease(),
+            cm_lease_addrs,
+            install_timeout: INSTALL_TIMEOUT_DEFAULT,
+        };
+        let adopter = ProcessAdopter(node.clone());
+        let (source, group) = if replicas.contains(&me) {
+            let mut group_options = GroupOptions::new(me, voters, &dir);
+            group_options.clock = clock.clone();
+            let (group, routed) =
+                CmGroup::start(group_options, links.clone(), inbox).map_err(|e| {
+                    AgentError::Group {
+                        node: me,
+                        reason: e.to_string(),
+                    }
+                })?;
+            let group = Arc::new(group);
+            let fence: Fence = match file.transport {
+                TransportKind::Shm => {
+                    let dir = dir.clone();
+                    Box::new(move |removed| {
+                        fence_by_kill(&dir, removed, FENCE_TIMEOUT)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                }
+                // The members' NIC threads refuse a removed node once they adopted c+1.
+                _ => Box::new(|_| Ok(())),
+            };
+            let seat = CmSeat {
+                group: group.clone(),
+                routed,
+                voters: replicas.clone(),
+                timing: ManagerTiming::default(),
+                fence,
+            };
+            (Source::Cm(seat), Some(group))
+        } else {
+            (Source::Inbox(inbox), None)
+        };
+        let driver = Arc::new(
+            CmDriver::start(
+                options,
+                links.clone(),
+                lease_thread.clone(),
+                adopter,
+                source,
+            )
+            .map_err(|source| AgentError::Thread { node: me, source })?,
+        );
+
+        let stopping = Arc::new(AtomicBool::new(false));
+        let housekeeping = match &group {
+            Some(group) => {
+                let keeper = Keeper {
+                    node,
+                    dir,
+                    first: file.config.clone(),
+                    lease_ms: settings.lease_ms,
+                    group: group.clone(),
+                    driver: driver.clone(),
+                    links,
+                    lease_thread: lease_thread.clone(),
+                    clock,
+                    stopping: stopping.clone(),
+                    committed: None,
+                    last_written: None,
+                    last_discovery: None,
+                };
+                Some(
+                    std::thread::Builder::new()
+                        .name(format!("cm-agent-{}", me.0))
+                        .spawn(move || keeper.run())
+                        .map_err(|source| AgentError::Thread { node: me, source })?,
+                )
+            }
+            None => None,
+        };
+        Ok(CmAgent {
+            node: me,
+            stopping,
+            housekeeping,
+            driver: Some(driver),
+            group,
+            lease_thread,
+        })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Whether this process's replica leads the CM's Raft group.
+    pub fn is_cm_leader(&self) -> bool {
+        self.group.as_ref().is_some_and(|g| g.is_leader())
+    }
+
+    /// Whether this node holds a valid lease from the CM.
+    pub fn lease_is_valid(&self) -> bool {
+        self.lease_thread.is_valid()
+    }
+
+    /// Stops every thread: the housekeeping, the driver, the replica, the lease thread.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(thread) = self.housekeeping.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(node = %self.node, "the CM agent's thread panicked");
+        }
+        // The housekeeping thread held the other clones: these are the last ones.
+        if let Some(driver) = self.driver.take() {
+            drop(driver);
+        }
+        self.group = None;
+    }
+}
+
+impl Drop for CmAgent {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// The housekeeping thread of a replica's process (module docs).
+struct Keeper {
+    node: Arc<ProcessNode>,
+    dir: PathBuf,
+    /// The cluster file's configuration: the first one installed.
+    first: Configuration,
+    lease_ms: u64,
+    group: Arc<CmGroup>,
+    driver: Arc<CmDriver>,
+    links: Arc<Links>,
+    lease_thread: Arc<LeaseThread>,
+    clock: Clock,
+    stopping: Arc<AtomicBool>,
+    /// The configuration this CM last committed.
+    committed: Option<Arc<Configuration>>,
+    /// When the status file was last written, and what it said (but its time).
+    last_written: Option<(Instant, CmStatusFile)>,
+    last_discovery: Option<Instant>,
+}
+
+impl Keeper {
+    fn run(mut self) {
+        while !self.stopping.load(Ordering::Acquire) {
+            self.bootstrap();
+            self.discover_peers();
+            self.publish_status();
+            std::thread::sleep(AGENT_TICK);
+        }
+    }
+
+    /// Installs the cluster file's configuration when this replica leads a group that holds
+    /// none (module docs).
+    fn bootstrap(&self) {
+        if !self.group.is_leader() || self.group.configuration().is_some() {
+            return;
+        }
+        match self
+            .group
+            .propose_install(0, &self.first, INSTALL_TIMEOUT_DEFAULT)
+        {
+            Ok(config) => tracing::info!(id = config.id, "installed the first configuration"),
+            Err(e) => tracing::info!("installing the first configuration: {e}; trying again"),
+        }
+    }
+
+    /// Makes every memory node of the configuration a peer of the links (the CM sends it
+    /// NEW-CONFIG and probes), at every turn while one is missing and every
+    /// [`STATUS_REFRESH`] otherwise (a restarted node publishes a new address).
+    fn discover_peers(&mut self) {
+        let config = self.node.txn().config();
+        let peers = self.links.peers();
+        let me = self.node.node_id();
+        let missing = config
+            .leased()
+            .any(|n| n != me && !peers.iter().any(|(p, _)| *p == n));
+        let due = self
+            .last_discovery
+            .is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
+        if !missing && !due {
+            return;
+        }
+        self.last_discovery = Some(Instant::now());
+        for member in config.leased().filter(|&n| n != me) {
+            if let Some((link, _)) = cm_addrs(&self.dir, member)
+                && !peers.contains(&(member, link))
+            {
+                self.links.add_peer(member, link);
+            }
+        }
+        for (peer, _) in peers {
+            if !config.members().any(|m| m == peer) && !config.cm_replicas.contains(&peer) {
+                self.links.remove_peer(peer);
+            }
+        }
+    }
+
+    /// Writes the status file while this replica acts as CM (module docs).
+    fn publish_status(&mut self) {
+        let status = self.group.status();
+        if !status.is_leader {
+            self.committed = None;
+            self.last_written = None;
+            return;
+        }
+        let history = self.driver.history();
+        let committed_id = history
+            .iter()
+            .rev()
+            .find(|r| r.outcome == Outcome::Committed)
+            .and_then(|r| r.to_id);
+        if let Some(installed) = &status.configuration
+            && Some(installed.id) == committed_id
+        {
+            self.committed = Some(installed.clone());
+        }
+        let Some(committed) = self.committed.clone() else {
+            return;
+        };
+        let now = self.clock.now();
+        let leases = committed
+            .leased()
+            .map(|node| LeaseRow {
+                node,
+                remaining_ms: self
+                    .lease_thread
+                    .node_lease_until(node)
+                    .map(|until| signed_ms(until, now)),
+            })
+            .collect();
+        let skip = history.len().saturating_sub(HISTORY_MAX);
+        let file = CmStatusFile {
+            written_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            leader: self.node.node_id(),
+            term: status.term,
+            replicas: committed.cm_replicas.clone(),
+            lease_ms: self.lease_ms,
+            installed_id: status.configuration_id(),
+            leases,
+            history: history.iter().skip(skip).map(row).collect(),
+            committed: (*committed).clone(),
+        };
+        let changed = self.last_written.as_ref().is_none_or(|(at, last)| {
+            at.elapsed() >= STATUS_REFRESH
+                || last.installed_id != file.installed_id
+                || last.committed.id != file.committed.id
+                || last.history != file.history
+                || last.term != file.term
+        });
+        if !changed {
+            return;
+        }
+        match file.write(&self.dir) {
+            Ok(()) => self.last_written = Some((Instant::now(), file)),
+            Err(e) => tracing::warn!("cannot write the CM status file: {e}"),
+        }
+    }
+}
+
+/// `until - now` in milliseconds, negative when `until` has passed.
+fn signed_ms(until: Time, now: Time) -> i64 {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    if until >= now {
+        ms(until.saturating_duration_since(now))
+    } else {
+        -ms(now.saturating_duration_since(until))
+    }
+}
+
+fn row(record: &Reconfiguration) -> ReconfigurationRow {
+    let step = |at: Option<Time>| {
+        at.map(|t| {
+            t.saturating_duration_since(record.suspected_at)
+                .as_secs_f64()
+                * 1e3
+        })
+    };
+    ReconfigurationRow {
+        cause: match &record.cause {
+            Cause::Failure { suspects } => format!(
+                "failure of {}",
+                suspects
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Cause::NewLeader => "new CM leader".into(),
+        },
+        from_id: record.from_id,
+        to_id: record.to_id,
+        failed: record.failed.clone(),
+        probed_ms: step(record.probed_at),
+        installed_ms: step(record.installed_at),
+        acked_ms: step(record.acked_at),
+        committed_ms: step(record.committed_at),
+        outcome: match &record.outcome {
+            Outcome::InProgress => "in progress".into(),
+            Outcome::Committed => "committed".into(),
+            Outcome::Superseded => "superseded".into(),
+            Outcome::NothingToDo => "nothing to do".into(),
+            Outcome::StoodDown { reason } => format!("stood down: {reason}"),
+            Outcome::Failed { reason } => format!("failed: {reason}"),
+        },
+    }
+}
+
+/// A client node's thread that adopts each configuration the CM committed (module docs).
+/// Dropping it stops the thread.
+pub struct ConfigFollower {
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConfigFollower {
+    pub fn start(node: Arc<ProcessNode>) -> std::io::Result<ConfigFollower> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("cm-follow-{}", node.node_id().0))
+            .spawn(move || {
+                let mut seen = None;
+                while !stop.load(Ordering::Acquire) {
+                    follow_once(&node, &mut seen);
+                    std::thread::sleep(FOLLOW_TICK);
+                }
+            })?;
+        Ok(ConfigFollower {
+            stopping,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ConfigFollower {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Adopts and commits the status file's committed configuration if it is newer than the
+/// node's. `seen` is the file's modification time last read, so an unchanged file is not
+/// parsed again.
+pub fn follow_once(node: &ProcessNode, seen: &mut Option<SystemTime>) {
+    let path = CmStatusFile::path(node.dir());
+    let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+        return;
+    };
+    if *seen == Some(modified) {
+        return;
+    }
+    let status = match CmStatusFile::read(node.dir()) {
+        Ok(Some(status)) => status,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!("{e}");
+            return;
+        }
+    };
+    *seen = Some(modified);
+    let newer = status.committed;
+    let id = newer.id;
+    if id <= node.txn().config_id() {
+        return;
+    }
+    if let Err(e) = node.adopt(Arc::new(newer)) {
+        tracing::warn!(id, "cannot adopt the CM's configuration: {e}");
+        *seen = None;
+        return;
+    }
+    if let Err(e) = node.commit_config(id) {
+        tracing::warn!(id, "cannot commit the CM's configuration: {e}");
+    }
+}
+
+/// The configuration a starting node or client should start from: the CM's committed one
+/// when the cluster in `dir` has a CM that committed one newer than `file`'s, else `file`'s.
+pub fn current_configuration(dir: &Path, file: &ClusterFile) -> Configuration {
+    if file.cm.is_none() {
+        return file.config.clone();
+    }
+    match CmStatusFile::read(dir) {
+        Ok(Some(status)) if status.committed.id > file.config.id => status.committed,
+        _ => file.config.clone(),
+    }
+}

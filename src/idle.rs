@@ -45,6 +45,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: 1 << 20,
         persist: "auto".into(),
         cm: None,
+        backup_only: 0,
         lease_ms: launch::LEASE_MS_DEFAULT,
         commit: "one-sided".into(),
     };

@@ -67,6 +67,10 @@ pub struct UpArgs {
     /// the configuration never changes). Default: 2f+1, at most the nodes.
     #[arg(long)]
     pub cm: Option<u16>,
+    /// Nodes, the last ones, that hold backups only and no primary (to watch a backup-only
+    /// node fail, or keep room for new backups).
+    #[arg(long, default_value_t = 0)]
+    pub backup_only: u16,
     /// Length of the leases between the CM and every memory node, in milliseconds: a node
     /// silent for this long is suspected and removed from the configuration.
     #[arg(long, default_value_t = LEASE_MS_DEFAULT)]
@@ -83,6 +87,15 @@ pub struct DirArgs {
     /// The cluster directory.
     #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
     pub dir: PathBuf,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct KillArgs {
+    /// The cluster directory.
+    #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
+    pub dir: PathBuf,
+    /// The memory node to kill (its id: 3 or n3).
+    pub node: String,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -148,9 +161,16 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
         "--cm {cm_replicas}: a Raft group of an even size tolerates no more failures than one \
          replica fewer; use 1, 3, 5 or 7 (or 0 for no CM)"
     );
-    let mut config = Configuration::place(
+    anyhow::ensure!(
+        args.backup_only < args.nodes,
+        "--backup-only {} leaves no node for the primaries (--nodes {})",
+        args.backup_only,
+        args.nodes
+    );
+    let mut config = Configuration::place_primaries_on(
         1,
         nodes.clone(),
+        usize::from(args.nodes - args.backup_only),
         clients,
         args.regions_per_node,
         f,
@@ -254,6 +274,52 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `acre cluster kill N`: SIGKILL to memory node N's process, for demonstrations and tests
+/// of failure handling. The process is the one its manifest names, checked by its start time so
+/// that a pid reused by another process is left alone.
+pub fn kill(args: &KillArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
+    let dir = &args.dir;
+    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
+        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
+    let id: u16 = args
+        .node
+        .trim_start_matches('n')
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{:?} is not a node id: give 3 or n3", args.node))?;
+    let node = NodeId(id);
+    if !file.config.nodes.contains(&node) {
+        bail!(
+            "{node} is not a memory node of the cluster in {} (its nodes: {})",
+            dir.display(),
+            node_list(&file.config.nodes)
+        );
+    }
+    match cluster::fence_by_kill(dir, node, STOP_TIMEOUT)? {
+        cluster::Fenced::Killed { pid } => {
+            writeln!(out, "killed {node} (pid {pid}) with SIGKILL")?;
+            match &file.cm {
+                Some(cm) => writeln!(
+                    out,
+                    "the configuration manager suspects it when its lease ({} ms) expires and \
+                     removes it from the configuration: see `acre cluster status --dir {}`",
+                    cm.lease_ms,
+                    dir.display()
+                )?,
+                None => writeln!(
+                    out,
+                    "the cluster runs no configuration manager: nothing notices; clients that \
+                     need {node} fail"
+                )?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        cluster::Fenced::NotRunning => {
+            bail!("{node} is not running (no live process matches its manifest)")
+        }
+    }
 }
 
 /// Waits until the CM's leader has committed its first configuration (it names itself CM),
@@ -383,7 +449,15 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
     let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
         .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
-    let config = &file.config;
+    // With a CM, the configuration is the one it committed last; without, the cluster file's.
+    let cm = match cluster::CmStatusFile::read(dir) {
+        Ok(cm) => cm,
+        Err(e) => {
+            writeln!(out, "{e}")?;
+            None
+        }
+    };
+    let config = cm.as_ref().map_or(&file.config, |cm| &cm.committed);
     writeln!(
         out,
         "cluster in {}: configuration {}, transport {}, f = {}",
@@ -392,15 +466,18 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         file.transport.name(),
         config.f
     )?;
+    print_cm(&mut out, &file, cm.as_ref())?;
     let observed = cluster::observe(dir, &file);
     writeln!(
         out,
-        "{:<6} {:<8} {:<8} {:<22} regions",
-        "node", "pid", "state", "address"
+        "{:<6} {:<8} {:<8} {:<22} {:<10} regions",
+        "node", "pid", "state", "address", "lease"
     )?;
     let mut silent = Vec::new();
+    let mut members_not_serving = 0;
     for seen in &observed {
         let node = seen.node;
+        let member = config.nodes.contains(&node);
         let pid = seen
             .manifest
             .as_ref()
@@ -414,11 +491,29 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
             Answer::Dead => "dead",
             Answer::Down => "down",
         };
+        if member && seen.answer != Answer::Up {
+            members_not_serving += 1;
+        }
         let address = match (&seen.answer, &seen.manifest) {
             (Answer::Up | Answer::Silent(_), Some(m)) => {
                 m.tcp_addr.clone().unwrap_or_else(|| "shm".into())
             }
             _ => "-".into(),
+        };
+        let lease = match &cm {
+            None => "-".to_string(),
+            Some(_) if !member => "removed".to_string(),
+            Some(cm) => match cm.leases.iter().find(|l| l.node == node) {
+                Some(cluster::LeaseRow {
+                    remaining_ms: Some(ms),
+                    ..
+                }) if *ms >= 0 => format!("{ms} ms"),
+                Some(cluster::LeaseRow {
+                    remaining_ms: Some(ms),
+                    ..
+                }) => format!("expired {} ms", -ms),
+                _ => "none yet".to_string(),
+            },
         };
         let roles: Vec<String> = config
             .replicated_on(node)
@@ -429,26 +524,52 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
             .collect();
         writeln!(
             out,
-            "{:<6} {:<8} {:<8} {:<22} {}",
+            "{:<6} {:<8} {:<8} {:<22} {:<10} {}",
             node.to_string(),
             pid,
             state,
             address,
+            lease,
             roles.join(" ")
         )?;
     }
     for (node, why) in &silent {
         writeln!(out, "{node} runs but does not answer: {why}")?;
     }
-    writeln!(out, "{:<8} {:<8} backups", "region", "primary")?;
+    writeln!(
+        out,
+        "{:<8} {:<8} {:<10} {:<14} copying",
+        "region", "primary", "state", "backups"
+    )?;
+    let mut unavailable = 0;
     for placement in &config.regions {
         let backups: Vec<String> = placement.backups.iter().map(|b| b.to_string()).collect();
+        let copying: Vec<String> = placement.copying.iter().map(|b| b.to_string()).collect();
+        if !placement.state.is_active() {
+            unavailable += 1;
+        }
         writeln!(
             out,
-            "{:<8} {:<8} {}",
+            "{:<8} {:<8} {:<10} {:<14} {}",
             placement.region.to_string(),
             placement.primary.to_string(),
-            backups.join(" ")
+            placement.state.name(),
+            backups.join(" "),
+            if copying.is_empty() {
+                "-".to_string()
+            } else {
+                copying.join(" ")
+            }
+        )?;
+    }
+    if unavailable > 0 {
+        writeln!(
+            out,
+            "{unavailable} region(s) unavailable: a blocked region lost its primary and waits for \
+             transaction recovery (not built yet), so that no committed update is lost; a lost \
+             region lost every replica. Transactions on them fail with RegionUnavailable; the \
+             other regions commit. Backups marked copying hold no copy yet and wait for data \
+             recovery."
         )?;
     }
     print_rings(&mut out, &observed)?;
@@ -467,19 +588,91 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         "clients connected: {clients} of {}",
         config.clients.len()
     )?;
-    let not_serving = observed
-        .iter()
-        .filter(|seen| seen.answer != Answer::Up)
-        .count();
-    if not_serving > 0 {
+    if members_not_serving > 0 {
         writeln!(
             out,
-            "{not_serving} of {} nodes do not answer (down, dead or silent)",
+            "{members_not_serving} of {} nodes do not answer (down, dead or silent)",
             config.nodes.len()
         )?;
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The CM's part of `status`: its leader and replicas, how fresh its status is, and the last
+/// reconfigurations with the times of their steps.
+fn print_cm(
+    out: &mut impl std::io::Write,
+    file: &ClusterFile,
+    cm: Option<&cluster::CmStatusFile>,
+) -> std::io::Result<()> {
+    let Some(settings) = &file.cm else {
+        return writeln!(
+            out,
+            "configuration manager: none (started with --cm 0): failures are not detected"
+        );
+    };
+    let Some(cm) = cm else {
+        return writeln!(
+            out,
+            "configuration manager: {} replicas ({}), leases of {} ms; it has committed no \
+             configuration yet",
+            file.config.cm_replicas.len(),
+            node_list(&file.config.cm_replicas),
+            settings.lease_ms
+        );
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let age_ms = now_ms.saturating_sub(cm.written_unix_ms);
+    writeln!(
+        out,
+        "configuration manager: leader {} (Raft term {}), replicas {}, leases of {} ms; \
+         configuration {} installed; status written {:.1} s ago",
+        cm.leader,
+        cm.term,
+        node_list(&cm.replicas),
+        cm.lease_ms,
+        cm.installed_id,
+        age_ms as f64 / 1e3
+    )?;
+    let refresh_ms = u64::try_from(cluster::STATUS_REFRESH.as_millis()).unwrap_or(u64::MAX);
+    if age_ms > 3 * refresh_ms {
+        writeln!(
+            out,
+            "  the CM has not written its status for {:.1} s: its leader may have failed and \
+             no other replica leads yet (a majority of the replicas must run)",
+            age_ms as f64 / 1e3
+        )?;
+    }
+    if !cm.history.is_empty() {
+        writeln!(out, "last reconfigurations (ms from the suspicion):")?;
+    }
+    for row in &cm.history {
+        let step = |name: &str, ms: Option<f64>| ms.map(|ms| format!(" {name} +{ms:.1}"));
+        let steps: String = [
+            step("probed", row.probed_ms),
+            step("installed", row.installed_ms),
+            step("acked", row.acked_ms),
+            step("committed", row.committed_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let to = row.to_id.map_or("?".to_string(), |id| id.to_string());
+        let removed = if row.failed.is_empty() {
+            String::new()
+        } else {
+            format!(", removed {}", node_list(&row.failed))
+        };
+        writeln!(
+            out,
+            "  {} -> {to}: {}{removed};{steps} ({})",
+            row.from_id, row.cause, row.outcome
+        )?;
+    }
+    Ok(())
 }
 
 /// The rings that were ever written (or hold anything): fill of capacity, records the node

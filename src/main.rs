@@ -83,6 +83,8 @@ enum ClusterCommand {
     Status(launch::DirArgs),
     /// Stop every node of a cluster; its data stays unless --purge.
     Down(launch::DownArgs),
+    /// SIGKILL one memory node (to watch the configuration manager remove it).
+    Kill(launch::KillArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Up(args)) => launch::up(&args),
         Command::Cluster(ClusterCommand::Status(args)) => launch::status(&args),
         Command::Cluster(ClusterCommand::Down(args)) => launch::down(&args),
+        Command::Cluster(ClusterCommand::Kill(args)) => launch::kill(&args),
         Command::Node { cluster, id } => run_node(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
         Command::Bench(BenchCommand::Bank(args)) => {

@@ -232,6 +232,13 @@ impl Db {
     /// are truncated (embedded clusters; a connected `Db` only flushes its own truncations and
     /// finishes its unfinished commits).
     /// Returns whether that happened within `timeout`.
+    /// The id of the configuration this process's coordinators hold (with a CM, the last one it
+    /// committed that the process has adopted: a client learns it within about
+    /// `acre_replication::agent::FOLLOW_TICK` of the CM's status file).
+    pub fn configuration_id(&self) -> u64 {
+        self.coordinator().config_id()
+    }
+
     pub fn quiesce(&self, timeout: Duration) -> bool {
         match &self.inner.backing {
             Backing::Embedded(cluster) => cluster.quiesce(timeout),

@@ -6,6 +6,7 @@
 mod bench_bank;
 mod clients;
 mod cluster;
+mod cm;
 mod command_line;
 mod faults;
 mod restart;

@@ -266,12 +266,45 @@ impl Configuration {
         block_bytes: u64,
     ) -> Result<Configuration, ConfigError> {
         let n = nodes.len();
+        Configuration::place_primaries_on(
+            id,
+            nodes,
+            n,
+            clients,
+            regions_per_node,
+            f,
+            region_bytes,
+            block_bytes,
+        )
+    }
+
+    /// As [`Configuration::place`], with primaries on the first `primaries` nodes only
+    /// (`regions_per_node` regions each): the others hold backups only. Region `k` has its
+    /// primary on node `k mod primaries` and its backups on the next `f` nodes of the whole
+    /// list, so with `primaries = nodes - 1` and `f = 1` the last node backs up the last
+    /// primary's regions and holds no primary.
+    #[allow(clippy::too_many_arguments)]
+    pub fn place_primaries_on(
+        id: u64,
+        nodes: Vec<NodeId>,
+        primaries: usize,
+        clients: Vec<NodeId>,
+        regions_per_node: usize,
+        f: usize,
+        region_bytes: u64,
+        block_bytes: u64,
+    ) -> Result<Configuration, ConfigError> {
+        let n = nodes.len();
         if f >= n {
             return Err(ConfigError::TooFewNodes { f, nodes: n });
         }
+        assert!(
+            (1..=n).contains(&primaries),
+            "primaries={primaries} nodes={n}"
+        );
         let mut regions = Vec::new();
-        for k in 0..n * regions_per_node {
-            let primary = k % n;
+        for k in 0..primaries * regions_per_node {
+            let primary = k % primaries;
             regions.push(Placement {
                 region: RegionId(k as u32 + 1),
                 primary: nodes[primary],

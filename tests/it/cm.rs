@@ -1,0 +1,287 @@
+//! The configuration manager with real node processes (`acre cluster up` with a CM): kill -9 of
+//! a backup-only node, of a primary, of the CM leader, and SIGSTOP beyond the lease. Each test
+//! waits for the CM's status file to show the configuration that removes the node, then checks
+//! what the issue asks: which regions still commit, which are blocked, that no healthy node was
+//! suspected, and that a removed node writes nothing after. Every wait has a deadline.
+
+use crate::cluster::{acre, send_signal, text, wait_until_dead};
+use acre::cluster::{CLUSTER_FILE, CmStatusFile};
+use acre::db::{Addr, Db, Error, NodeId, RegionId, TxnError};
+use acre::engine::directory::NodeManifest;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Short, so the tests are quick, and long enough that no live node's lease lapses on a
+/// loaded two-core machine (renewals go every fifth of it).
+const LEASE_MS: &str = "300";
+/// From a kill to the configuration without the node committed: a lease, the probe, the
+/// install, the acknowledgements and the removed node's lease waited out, about three leases;
+/// much more for a loaded machine (and a new leader's grace when the CM leader dies).
+const RECONFIGURE_MAX: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(20);
+
+/// A cluster with a CM, taken down and removed when the test ends, even on failure.
+struct CmCluster {
+    dir: PathBuf,
+}
+
+impl CmCluster {
+    fn up(name: &str, extra: &[&str]) -> CmCluster {
+        let dir = PathBuf::from(format!(
+            "/dev/shm/acre-test-cm-{name}-{}",
+            std::process::id()
+        ));
+        let cluster = CmCluster { dir };
+        let mut args = vec![
+            "cluster",
+            "up",
+            "--dir",
+            cluster.dir(),
+            "--region-bytes",
+            "8388608",
+            "--ring-bytes",
+            "262144",
+            "--lease-ms",
+            LEASE_MS,
+        ];
+        args.extend_from_slice(extra);
+        let up = acre(&args);
+        assert!(up.status.success(), "{}", text(&up));
+        cluster
+    }
+
+    fn dir(&self) -> &str {
+        self.dir.to_str().expect("utf-8 path")
+    }
+
+    fn status(&self) -> CmStatusFile {
+        CmStatusFile::read(&self.dir)
+            .expect("read the CM status")
+            .expect("a CM status")
+    }
+
+    /// Waits until the CM committed a configuration for which `done` holds.
+    fn wait_for(&self, what: &str, mut done: impl FnMut(&CmStatusFile) -> bool) -> CmStatusFile {
+        let deadline = Instant::now() + RECONFIGURE_MAX;
+        loop {
+            if let Ok(Some(status)) = CmStatusFile::read(&self.dir)
+                && done(&status)
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {RECONFIGURE_MAX:?}; last status: {:?}",
+                CmStatusFile::read(&self.dir)
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn kill(&self, node: NodeId) {
+        let pid = node_pid_of(&self.dir, node);
+        let out = acre(&["cluster", "kill", "--dir", self.dir(), &node.0.to_string()]);
+        assert!(out.status.success(), "{}", text(&out));
+        wait_until_dead(pid);
+    }
+}
+
+impl Drop for CmCluster {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = acre(&["cluster", "down", "--dir", self.dir(), "--purge"]);
+        }
+    }
+}
+
+fn node_pid_of(dir: &std::path::Path, node: NodeId) -> u32 {
+    NodeManifest::read(dir, node)
+        .expect("read a manifest")
+        .expect("a running node has a manifest")
+        .pid
+}
+
+/// Waits until the client holds configuration `id` (or a later one).
+fn wait_for_client(db: &Db, id: u64) {
+    let deadline = Instant::now() + RECONFIGURE_MAX;
+    while db.configuration_id() < id {
+        assert!(
+            Instant::now() < deadline,
+            "the client did not adopt configuration {id}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Allocates and writes an 8-byte object in `region`.
+fn create_in(db: &Db, region: u32, value: u64) -> Addr {
+    db.run(|txn| {
+        let addr = txn.alloc_near(8, Addr::new(RegionId(region), 0))?;
+        txn.write(addr, &value.to_le_bytes())?;
+        Ok(addr)
+    })
+    .expect("create an object")
+}
+
+/// Overwrites `addr` with `value`.
+fn update(db: &Db, addr: Addr, value: u64) -> Result<(), Error> {
+    db.run(|txn| {
+        txn.write(addr, &value.to_le_bytes())?;
+        Ok(())
+    })
+}
+
+fn read(db: &Db, addr: Addr) -> u64 {
+    u64::from_le_bytes(db.read(addr).expect("read").try_into().expect("8 bytes"))
+}
+
+/// n4 holds only backups (of r3). Killed, it is removed: r3 keeps committing with a new backup
+/// (copying), the other regions too, and no other node is suspected.
+#[test]
+fn a_killed_backup_only_node_is_removed_and_every_region_keeps_committing() {
+    let cluster = CmCluster::up(
+        "backup",
+        &[
+            "--nodes",
+            "4",
+            "--f",
+            "1",
+            "--backup-only",
+            "1",
+            "--cm",
+            "3",
+        ],
+    );
+    let before = cluster.status();
+    let r3 = before.committed.placement(RegionId(3)).expect("r3").clone();
+    assert_eq!(r3.backups, vec![NodeId(4)], "{before:?}");
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<Addr> = (1..=3).map(|r| create_in(&db, r, u64::from(r))).collect();
+
+    cluster.kill(NodeId(4));
+    let after = cluster.wait_for("n4 removed", |s| {
+        !s.committed.nodes.contains(&NodeId(4)) && s.committed.id > before.committed.id
+    });
+    assert_eq!(
+        after.committed.nodes,
+        vec![NodeId(1), NodeId(2), NodeId(3)],
+        "only n4 is removed: {after:?}"
+    );
+    for placement in &after.committed.regions {
+        assert!(placement.state.is_active(), "{after:?}");
+    }
+    let r3 = after.committed.placement(RegionId(3)).unwrap();
+    assert!(
+        !r3.backups.contains(&NodeId(4)) && r3.backups.len() == 1,
+        "{r3:?}"
+    );
+    for (i, &addr) in objects.iter().enumerate() {
+        update(&db, addr, 100 + i as u64).expect("every region commits without n4");
+        assert_eq!(read(&db, addr), 100 + i as u64);
+    }
+    let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
+    assert!(status.status.success(), "{}", text(&status));
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("removed"), "{shown}");
+    assert!(shown.contains("failure of n4"), "{shown}");
+}
+
+/// n2 is r2's primary. Killed, r2 is blocked with the reason (a backup's copy may lack
+/// committed updates until recovery exists); r1 and r3 keep committing.
+#[test]
+fn a_killed_primary_blocks_its_region_and_the_others_keep_committing() {
+    let cluster = CmCluster::up("primary", &["--nodes", "3", "--f", "1", "--cm", "3"]);
+    let before = cluster.status();
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<Addr> = (1..=3).map(|r| create_in(&db, r, u64::from(r))).collect();
+
+    cluster.kill(NodeId(2));
+    let after = cluster.wait_for("n2 removed", |s| {
+        !s.committed.nodes.contains(&NodeId(2)) && s.committed.id > before.committed.id
+    });
+    let r2 = after.committed.placement(RegionId(2)).unwrap();
+    assert!(!r2.state.is_active(), "r2 lost its primary: {r2:?}");
+    // The client learns the configuration from the CM's status file, a moment after the
+    // members (it holds no lease: docs/failures.md#clients-and-the-configuration).
+    wait_for_client(&db, after.committed.id);
+    update(&db, objects[0], 10).expect("r1 commits");
+    update(&db, objects[2], 30).expect("r3 commits");
+    match update(&db, objects[1], 20) {
+        Err(Error::Txn(TxnError::RegionUnavailable { .. })) => {}
+        other => panic!("r2 is blocked, not {other:?}"),
+    }
+    let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("blocked") && shown.contains("transaction recovery"),
+        "{shown}"
+    );
+}
+
+/// The CM leader is killed: another replica leads within a bounded time, takes over the
+/// leases (no healthy node is suspected: only the old leader leaves), and the regions whose
+/// primary survived commit.
+#[test]
+fn a_killed_cm_leader_is_replaced_and_no_healthy_node_is_suspected() {
+    let cluster = CmCluster::up("leader", &["--nodes", "4", "--f", "1", "--cm", "3"]);
+    let before = cluster.status();
+    let leader = before.leader;
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<(u32, Addr)> = (1..=4).map(|r| (r, create_in(&db, r, 1))).collect();
+
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let after = cluster.wait_for("a new leader without the old one", |s| {
+        s.leader != leader && !s.committed.nodes.contains(&leader)
+    });
+    let took = killed_at.elapsed();
+    let expected: Vec<NodeId> = before
+        .committed
+        .nodes
+        .iter()
+        .copied()
+        .filter(|&n| n != leader)
+        .collect();
+    assert_eq!(
+        after.committed.nodes, expected,
+        "no false suspicion: {after:?}"
+    );
+    eprintln!(
+        "new CM leader {} committed {} in {took:?}",
+        after.leader, after.committed.id
+    );
+    for (region, addr) in objects {
+        let placement = after.committed.placement(RegionId(region)).unwrap();
+        if placement.state.is_active() {
+            update(&db, addr, 2).expect("a region whose primary survived commits");
+        }
+    }
+}
+
+/// A node stopped (SIGSTOP) beyond its lease is removed, and fenced: over shm the CM kills it
+/// before it commits the configuration, so it can write nothing after SIGCONT.
+#[test]
+fn a_node_paused_beyond_its_lease_is_removed_and_fenced() {
+    let cluster = CmCluster::up(
+        "pause",
+        &[
+            "--nodes",
+            "4",
+            "--f",
+            "1",
+            "--backup-only",
+            "1",
+            "--cm",
+            "3",
+        ],
+    );
+    let before = cluster.status();
+    let pid = node_pid_of(&cluster.dir, NodeId(4));
+    send_signal(pid, "STOP");
+    let after = cluster.wait_for("n4 removed", |s| {
+        !s.committed.nodes.contains(&NodeId(4)) && s.committed.id > before.committed.id
+    });
+    // Fenced before the commit went out: the process is gone, and SIGCONT wakes nothing.
+    wait_until_dead(pid);
+    assert_eq!(after.committed.nodes, vec![NodeId(1), NodeId(2), NodeId(3)]);
+}

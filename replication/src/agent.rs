@@ -519,6 +519,7 @@ fn row(record: &Reconfiguration) -> ReconfigurationRow {
         from_id: record.from_id,
         to_id: record.to_id,
         failed: record.failed.clone(),
+        started_ns: record.suspected_at.as_nanos(),
         probed_ms: step(record.probed_at),
         installed_ms: step(record.installed_at),
         acked_ms: step(record.acked_at),

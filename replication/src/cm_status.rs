@@ -67,6 +67,10 @@ pub struct ReconfigurationRow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_id: Option<u64>,
     pub failed: Vec<NodeId>,
+    /// When it started on the CM's clock (`acre_engine::clock`, in nanoseconds; the host's
+    /// monotonic clock unless the CM's process clock is controlled), so a tool on the same host
+    /// can time it from an event it caused.
+    pub started_ns: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probed_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,6 +164,7 @@ mod tests {
                 from_id: 2,
                 to_id: Some(3),
                 failed: vec![NodeId(4)],
+                started_ns: 7,
                 probed_ms: Some(1.5),
                 installed_ms: None,
                 acked_ms: None,

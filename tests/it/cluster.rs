@@ -88,9 +88,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn up(name: &str, transport: &str) -> Cluster {
+        Cluster::up_with(name, transport, &[])
+    }
+
+    /// As [`Cluster::up`], with more arguments for `acre cluster up`.
+    pub fn up_with(name: &str, transport: &str, extra: &[&str]) -> Cluster {
         let dir = PathBuf::from(format!("/dev/shm/acre-test-{name}-{}", std::process::id()));
         let cluster = Cluster { dir };
-        let up = acre(&[
+        let mut args = vec![
             "cluster",
             "up",
             "--dir",
@@ -101,7 +106,9 @@ impl Cluster {
             "8388608",
             "--ring-bytes",
             "262144",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let up = acre(&args);
         assert!(up.status.success(), "{}", text(&up));
         cluster
     }

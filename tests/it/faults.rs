@@ -75,7 +75,9 @@ fn wait_for_line(
 /// manager), both are what a client can see.
 #[test]
 fn a_client_under_a_node_that_dies_says_so_at_once_and_keeps_what_it_measured() {
-    let cluster = Cluster::up("dies", "shm");
+    // Without a CM: what a client says on its own (with one, the node is removed a lease
+    // later and its regions blocked: tests/it/cm.rs).
+    let cluster = Cluster::up_with("dies", "shm", &["--cm", "0"]);
     let mut bank = Command::new(env!("CARGO_BIN_EXE_acre"))
         .args(["bank", "--dir", cluster.dir(), "--accounts", "30"])
         .args(["--seconds", &BANK_SECONDS.to_string()])
@@ -177,7 +179,8 @@ fn node_row(output: &Output, node: &str) -> String {
 /// again, and so does a new client, without a restart.
 #[test]
 fn a_paused_node_is_reported_and_clients_commit_once_it_resumes() {
-    let cluster = Cluster::up("pause", "tcp");
+    // Without a CM, which would remove n2 once its lease ran out (tests/it/cm.rs).
+    let cluster = Cluster::up_with("pause", "tcp", &["--cm", "0"]);
     let db = Db::connect(&cluster.file()).expect("connect");
     let object = (0..ALLOC_TRIES_MAX)
         .map(|_| db.run(|txn| Ok(txn.alloc(8)?)).expect("allocate"))

@@ -136,6 +136,11 @@ pub fn failure_kind(error: &Error) -> &'static str {
         Error::Commit(CommitError::Unavailable { .. })
         | Error::Txn(TxnError::Unavailable { .. })
         | Error::Index(IndexError::Txn(TxnError::Unavailable { .. })) => "unavailable",
+        Error::Commit(CommitError::RegionUnavailable { .. })
+        | Error::Txn(TxnError::RegionUnavailable { .. })
+        | Error::Index(IndexError::Txn(TxnError::RegionUnavailable { .. })) => {
+            "region unavailable"
+        }
         Error::Commit(CommitError::Protocol { .. })
         | Error::Txn(TxnError::Protocol { .. })
         | Error::Index(IndexError::Txn(TxnError::Protocol { .. })) => "protocol violation",

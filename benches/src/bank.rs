@@ -138,9 +138,7 @@ pub fn failure_kind(error: &Error) -> &'static str {
         | Error::Index(IndexError::Txn(TxnError::Unavailable { .. })) => "unavailable",
         Error::Commit(CommitError::RegionUnavailable { .. })
         | Error::Txn(TxnError::RegionUnavailable { .. })
-        | Error::Index(IndexError::Txn(TxnError::RegionUnavailable { .. })) => {
-            "region unavailable"
-        }
+        | Error::Index(IndexError::Txn(TxnError::RegionUnavailable { .. })) => "region unavailable",
         Error::Commit(CommitError::Protocol { .. })
         | Error::Txn(TxnError::Protocol { .. })
         | Error::Index(IndexError::Txn(TxnError::Protocol { .. })) => "protocol violation",

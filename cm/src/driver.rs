@@ -10,12 +10,14 @@
 //!
 //! - the manager's and the member's deadlines ([`Manager::next_deadline`],
 //!   [`Member::next_deadline`]),
-//! - [`SUSPECT_POLL`] while it leads: the lease thread publishes its suspects in atomics
-//!   ([`crate::lease_thread::Suspects`]) and wakes nobody (its path must not block on another
-//!   thread), so the driver looks at them every few milliseconds. That is a sleep between
-//!   looks, not a spin: each turn costs a few atomic loads (about a microsecond), 200 turns a
-//!   second are well under 0.1% of a core, and a suspicion waits at most [`SUSPECT_POLL`] on
-//!   top of a lease of hundreds of milliseconds;
+//! - while it leads, the end of the earliest lease it granted (as the lease thread publishes
+//!   it, [`LeaseThread::node_lease_until`]), and from then every [`SUSPECT_POLL`] until the
+//!   lease is renewed or its node suspected: the lease thread publishes its suspects in
+//!   atomics ([`crate::lease_thread::Suspects`]) and wakes nobody (its path must not block on
+//!   another thread), so the driver looks. In the steady state every lease ends most of a lease
+//!   ahead, so the driver sleeps [`LEADERSHIP_POLL`] at a time, and a suspicion is seen within
+//!   a millisecond or so of the lease's end; [`SUSPECT_POLL`] also while an install's outcome
+//!   is awaited;
 //! - [`LEADERSHIP_POLL`] otherwise, which bounds how late the driver notices that its replica
 //!   became the leader (against Raft's election timeout of 300 ms or more) and how long
 //!   [`CmDriver::stop`] waits.
@@ -81,12 +83,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How often a leading driver looks at the lease thread's suspects and at an install's
-/// outcome (module docs, "Threads").
+/// How often a leading driver looks at the lease thread's suspects once a lease may have
+/// expired, and at an install's outcome while one is under way (module docs, "Threads").
 pub const SUSPECT_POLL: Duration = Duration::from_millis(5);
-/// How long a driver that does not lead waits at most for an envelope: how late it notices
-/// that its replica leads, and how long [`CmDriver::stop`] takes at most.
-pub const LEADERSHIP_POLL: Duration = Duration::from_millis(20);
+/// How long a driver waits at most for an envelope: how late it notices that its replica
+/// leads (against Raft's election timeout of 300 ms or more), and how long [`CmDriver::stop`]
+/// takes at most.
+pub const LEADERSHIP_POLL: Duration = Duration::from_millis(100);
+/// How long after the earliest lease's end a leading driver first looks for the suspicion:
+/// the lease thread publishes it at that end, on its own wake-up.
+const WAIT_SLACK: Duration = Duration::from_millis(1);
 /// How long after a stand-down the driver does not act as CM even if its replica still leads.
 pub const STAND_DOWN_HOLD: Duration = Duration::from_secs(1);
 /// How long one install proposal waits for Raft; a timeout is reported as lost, which the
@@ -299,12 +305,28 @@ impl<A: Adopter> Turn<A> {
 
     /// How long to wait for an envelope (module docs, "Threads").
     fn wait(&self) -> Duration {
-        let leading = self.cm.as_ref().is_some_and(|cm| cm.manager.is_leader());
-        let mut wait = if leading {
-            SUSPECT_POLL
-        } else {
-            LEADERSHIP_POLL
-        };
+        let mut wait = LEADERSHIP_POLL;
+        if let Some(cm) = self.cm.as_ref().filter(|cm| cm.manager.is_leader()) {
+            // Until the earliest lease can have expired (a suspicion cannot come sooner), then
+            // every SUSPECT_POLL until it is renewed or suspected; an install's outcome is
+            // polled too.
+            let earliest = cm
+                .lease_members
+                .iter()
+                .filter(|&&n| n != self.options.node)
+                .filter_map(|&n| self.lease_thread.node_lease_until(n))
+                .min();
+            wait = match earliest {
+                _ if cm.install.is_some() => SUSPECT_POLL,
+                Some(until) => self
+                    .options
+                    .clock
+                    .real_duration_until(until)
+                    .saturating_add(WAIT_SLACK)
+                    .clamp(SUSPECT_POLL, LEADERSHIP_POLL),
+                None => LEADERSHIP_POLL,
+            };
+        }
         let deadlines = [
             self.member.next_deadline(),
             self.cm.as_ref().and_then(|cm| cm.manager.next_deadline()),

@@ -58,8 +58,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How long a CM replica's process waits for the other replicas' manifests at start.
 pub const PEERS_WAIT: Duration = Duration::from_secs(30);
-/// The housekeeping thread's period.
+/// The housekeeping thread's period while it has something to do soon: before the first
+/// configuration, while a peer's address is missing, and while its replica acts as CM (the
+/// status file a client follows).
 pub const AGENT_TICK: Duration = Duration::from_millis(100);
+/// Its period otherwise.
+pub const AGENT_IDLE_TICK: Duration = Duration::from_millis(500);
 /// How often a client node looks at the CM status file.
 pub const FOLLOW_TICK: Duration = Duration::from_millis(50);
 /// How long fencing a removed node by killing it may take.
@@ -370,9 +374,17 @@ impl Keeper {
     fn run(mut self) {
         while !self.stopping.load(Ordering::Acquire) {
             self.bootstrap();
-            self.discover_peers();
-            self.publish_status();
-            std::thread::sleep(AGENT_TICK);
+            let missing = self.discover_peers();
+            let leading = self.publish_status();
+            // Busy only while something is to be done soon: the first install, a peer's
+            // address, the status a client follows.
+            let settled = !missing && !leading && self.group.configuration().is_some();
+            let mut rest = if settled { AGENT_IDLE_TICK } else { AGENT_TICK };
+            while !rest.is_zero() && !self.stopping.load(Ordering::Acquire) {
+                let step = rest.min(AGENT_TICK);
+                std::thread::sleep(step);
+                rest -= step;
+            }
         }
     }
 
@@ -393,8 +405,9 @@ impl Keeper {
 
     /// Makes every memory node of the configuration a peer of the links (the CM sends it
     /// NEW-CONFIG and probes), at every turn while one is missing and every
-    /// [`STATUS_REFRESH`] otherwise (a restarted node publishes a new address).
-    fn discover_peers(&mut self) {
+    /// [`STATUS_REFRESH`] otherwise (a restarted node publishes a new address). Returns whether
+    /// one is still missing.
+    fn discover_peers(&mut self) -> bool {
         let config = self.node.txn().config();
         let peers = self.links.peers();
         let me = self.node.node_id();
@@ -405,7 +418,7 @@ impl Keeper {
             .last_discovery
             .is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
         if !missing && !due {
-            return;
+            return false;
         }
         self.last_discovery = Some(Instant::now());
         for member in config.leased().filter(|&n| n != me) {
@@ -420,15 +433,17 @@ impl Keeper {
                 self.links.remove_peer(peer);
             }
         }
+        missing
     }
 
-    /// Writes the status file while this replica acts as CM (module docs).
-    fn publish_status(&mut self) {
+    /// Writes the status file while this replica acts as CM (module docs); returns whether it
+    /// leads.
+    fn publish_status(&mut self) -> bool {
         let status = self.group.status();
         if !status.is_leader {
             self.committed = None;
             self.last_written = None;
-            return;
+            return false;
         }
         let history = self.driver.history();
         let committed_id = history
@@ -442,8 +457,22 @@ impl Keeper {
             self.committed = Some(installed.clone());
         }
         let Some(committed) = self.committed.clone() else {
-            return;
+            return true;
         };
+        // Built and compared only when something it shows may have changed, or it is due.
+        if let Some((at, last)) = &self.last_written
+            && at.elapsed() < STATUS_REFRESH
+            && last.installed_id == status.configuration_id()
+            && last.committed.id == committed.id
+            && last.term == status.term
+            && last.history.len() == history.len().min(HISTORY_MAX)
+            && last.history.last().map(|r| (r.outcome.clone(), r.from_id))
+                == history
+                    .last()
+                    .map(|r| (outcome_name(&r.outcome), r.from_id))
+        {
+            return true;
+        }
         let now = self.clock.now();
         let leases = committed
             .leased()
@@ -469,20 +498,11 @@ impl Keeper {
             history: history.iter().skip(skip).map(row).collect(),
             committed: (*committed).clone(),
         };
-        let changed = self.last_written.as_ref().is_none_or(|(at, last)| {
-            at.elapsed() >= STATUS_REFRESH
-                || last.installed_id != file.installed_id
-                || last.committed.id != file.committed.id
-                || last.history != file.history
-                || last.term != file.term
-        });
-        if !changed {
-            return;
-        }
         match file.write(&self.dir) {
             Ok(()) => self.last_written = Some((Instant::now(), file)),
             Err(e) => tracing::warn!("cannot write the CM status file: {e}"),
         }
+        true
     }
 }
 
@@ -524,14 +544,18 @@ fn row(record: &Reconfiguration) -> ReconfigurationRow {
         installed_ms: step(record.installed_at),
         acked_ms: step(record.acked_at),
         committed_ms: step(record.committed_at),
-        outcome: match &record.outcome {
-            Outcome::InProgress => "in progress".into(),
-            Outcome::Committed => "committed".into(),
-            Outcome::Superseded => "superseded".into(),
-            Outcome::NothingToDo => "nothing to do".into(),
-            Outcome::StoodDown { reason } => format!("stood down: {reason}"),
-            Outcome::Failed { reason } => format!("failed: {reason}"),
-        },
+        outcome: outcome_name(&record.outcome),
+    }
+}
+
+fn outcome_name(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::InProgress => "in progress".into(),
+        Outcome::Committed => "committed".into(),
+        Outcome::Superseded => "superseded".into(),
+        Outcome::NothingToDo => "nothing to do".into(),
+        Outcome::StoodDown { reason } => format!("stood down: {reason}"),
+        Outcome::Failed { reason } => format!("failed: {reason}"),
     }
 }
 

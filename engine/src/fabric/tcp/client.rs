@@ -267,7 +267,14 @@ impl TcpTransport {
             if attempt > 0 {
                 self.clock.sleep(CONNECT_BACKOFF * attempt);
             }
-            match connect(&self.clock, self.me, config, &self.secret, peer.node, peer.addr) {
+            match connect(
+                &self.clock,
+                self.me,
+                config,
+                &self.secret,
+                peer.node,
+                peer.addr,
+            ) {
                 Ok((stream, leftover)) => {
                     let link = Link::start(&self.clock, peer.node, config, stream, leftover)
                         .map_err(|e| unreachable(e.to_string()))?;

@@ -223,7 +223,8 @@ fn authenticated(node: &Node, secret: &ClusterSecret) -> TcpStream {
 }
 
 fn authenticated_as(me: NodeId, node: &Node, secret: &ClusterSecret) -> TcpStream {
-    let (stream, leftover) = client::connect(&Clock::system(), me, CONFIG, secret, SERVER, node.addr()).unwrap();
+    let (stream, leftover) =
+        client::connect(&Clock::system(), me, CONFIG, secret, SERVER, node.addr()).unwrap();
     assert!(leftover.is_empty());
     stream
 }
@@ -1496,7 +1497,15 @@ fn a_non_member_is_refused_at_the_handshake_and_executes_nothing() {
     let member = node.transport(&secret);
     assert_serves(&node, &member, 0, 91);
 
-    let error = client::connect(&Clock::system(), OUTSIDER, CONFIG, &secret, SERVER, node.addr()).unwrap_err();
+    let error = client::connect(
+        &Clock::system(),
+        OUTSIDER,
+        CONFIG,
+        &secret,
+        SERVER,
+        node.addr(),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             error,
@@ -1626,7 +1635,15 @@ fn a_sender_bound_to_an_older_configuration_is_refused_after_the_change() {
         post(&stale, SERVER, vec![raw_write_op(&node, 64, 112)]),
         vec![not_member]
     );
-    let error = client::connect(&Clock::system(), CLIENT, CONFIG, &secret, SERVER, node.addr()).unwrap_err();
+    let error = client::connect(
+        &Clock::system(),
+        CLIENT,
+        CONFIG,
+        &secret,
+        SERVER,
+        node.addr(),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             error,

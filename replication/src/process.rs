@@ -430,6 +430,8 @@ pub fn wait_for_manifests(
     timeout: Duration,
     mut exited: impl FnMut(NodeId) -> Option<String>,
 ) -> Result<(), ManifestWaitError> {
+    // Real time, not a node's clock: it waits for other processes to start, before this one
+    // is a node (a client claims its id, hence its clock, after this).
     let deadline = Instant::now() + timeout;
     loop {
         let mut missing = None;
@@ -552,6 +554,8 @@ pub fn fence_by_kill(dir: &Path, node: NodeId, timeout: Duration) -> Result<Fenc
         Err(_) if !process_alive(pid) => return Ok(Fenced::NotRunning),
         Err(source) => return Err(FenceError::Kill { node, pid, source }),
     }
+    // Real time, not a node's clock: it bounds how long the kernel takes to end the process,
+    // and nothing is decided by it running out (`same()` decides).
     let deadline = Instant::now() + timeout;
     while same() {
         if Instant::now() >= deadline {

@@ -274,6 +274,7 @@ impl Fabric {
                 Pending::ready(results)
             }
             Some(fault::Action::Delay(delay)) => {
+                // A network's delay is real time, whatever this node's clock says.
                 std::thread::sleep(delay);
                 self.post_to_transport(target, ops)
             }

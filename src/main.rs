@@ -186,7 +186,8 @@ fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCo
                 node.clone(),
                 &file,
                 settings,
-                acre::engine::clock::Clock::system(),
+                // The node's clock: controlled by its control file if the harness left one.
+                node.txn().clock().clone(),
             )
             .with_context(|| format!("start {id}'s part in the configuration manager"))?,
         ),

@@ -19,6 +19,7 @@
 //! as before.
 
 use crate::addr::{Addr, NodeId, RegionId};
+use crate::clock::{Clock, Time};
 use crate::directory::{AreaEntry, AreaKind};
 use crate::fabric::doorbell::Doorbell;
 use crate::fabric::memory::NodeMemory;
@@ -36,7 +37,7 @@ use acre_nvm_log::{
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Area ids at or above this are message rings: ring of sender `s` is `RING_AREA_BASE | s`.
 pub const RING_AREA_BASE: u32 = 0x8000_0000;
@@ -153,6 +154,8 @@ struct InboxRing {
 pub struct Inbox {
     rings: Vec<InboxRing>,
     doorbell: Arc<Doorbell>,
+    /// The node's clock, which [`Inbox::wait`]'s timeout is measured on.
+    clock: Clock,
     next_index: usize,
     /// Polls since reset requests were last looked for.
     polls_since_reset_check: u32,
@@ -195,6 +198,7 @@ impl Inbox {
         Ok(Inbox {
             rings,
             doorbell: memory.doorbell().clone(),
+            clock: memory.clock().clone(),
             next_index: 0,
             polls_since_reset_check: 0,
             reset_checked_rings: 0,
@@ -298,11 +302,14 @@ impl Inbox {
         Ok(ring.reader.poll()?.map(|record| Message { sender, record }))
     }
 
-    /// The next message, spinning briefly and then sleeping on the doorbell for up to `timeout`.
+    /// The next message, spinning briefly and then sleeping on the doorbell for up to `timeout`
+    /// of the node's clock.
     pub fn wait(&mut self, timeout: Duration) -> Result<Option<Message>, ChannelError> {
         let doorbell = self.doorbell.clone();
+        let clock = self.clock.clone();
+        let deadline = clock.now().saturating_add(timeout);
         let mut found = Ok(None);
-        doorbell.wait_for(timeout, || {
+        doorbell.wait_until(&clock, deadline, || {
             found = self.poll();
             !matches!(found, Ok(None))
         });
@@ -417,7 +424,7 @@ enum Standing {
     InDoubt,
     /// The ring cannot be written (damaged, or no longer read): ask the receiver to reset it
     /// (`requested`: the nonce and when, once asked), then resume from it.
-    Damaged { requested: Option<(u64, Instant)> },
+    Damaged { requested: Option<(u64, Time)> },
 }
 
 /// The sending end of the channel from this node to one receiver.
@@ -500,7 +507,7 @@ impl Outbox {
             let done =
                 header[(RESET_ACK_OFFSET / 8) as usize] == nonce && state & STATE_DAMAGED == 0;
             if !done {
-                if asked.elapsed() < RESET_ASK_AGAIN_AFTER {
+                if fabric.clock().now() - asked < RESET_ASK_AGAIN_AFTER {
                     return Err(ChannelError::ResetPending {
                         node: self.target,
                         reason: "waiting for the receiver".into(),
@@ -587,7 +594,7 @@ impl Outbox {
         ];
         self.execute(fabric, ops)?;
         self.standing = Standing::Damaged {
-            requested: Some((nonce, Instant::now())),
+            requested: Some((nonce, fabric.clock().now())),
         };
         Err(ChannelError::ResetPending {
             node: self.target,

@@ -674,6 +674,21 @@ pub fn control_file_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.clock"))
 }
 
+/// The clock of the process that runs `node` of the cluster in `dir`: controlled through the
+/// node's control file ([`control_file_path`]) if one is there when the process starts (the
+/// fault-injection harness creates it to skew this one process's clock), else the system
+/// clock. A file created later is not looked at. A file that is there but cannot be mapped, or
+/// is not a control file, is an error naming it: a process does not start on a clock other than
+/// the one it was given.
+pub fn node_clock(dir: &Path, node: NodeId) -> Result<Clock, ControlFileError> {
+    let path = control_file_path(dir, node);
+    match path.try_exists() {
+        Ok(false) => Ok(Clock::system()),
+        Ok(true) => Clock::controlled_by_file(&path),
+        Err(source) => Err(ControlFileError::Io { path, source }),
+    }
+}
+
 /// Why a clock control file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1103,6 +1118,34 @@ mod tests {
         let s0 = second.now();
         harness.jump_forward(Duration::from_secs(1));
         assert!(second.now() - s0 >= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_node_reads_its_control_file_if_there_is_one_and_refuses_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = node_clock(dir.path(), NodeId(2)).unwrap();
+        assert!(matches!(clock.inner, Inner::System), "{clock:?}");
+        assert!(
+            !control_file_path(dir.path(), NodeId(2)).exists(),
+            "no file is created for a node on the system clock"
+        );
+
+        let harness = ClockControlFile::create(&control_file_path(dir.path(), NodeId(2))).unwrap();
+        harness.jump_forward(Duration::from_secs(100));
+        let clock = node_clock(dir.path(), NodeId(2)).unwrap();
+        assert!(
+            clock.now() - Clock::system().now() >= Duration::from_secs(99),
+            "the skew the harness set before the start: {clock:?}"
+        );
+
+        let damaged = control_file_path(dir.path(), NodeId(3));
+        std::fs::write(&damaged, [0xffu8; CONTROL_FILE_BYTES]).unwrap();
+        let err = node_clock(dir.path(), NodeId(3)).unwrap_err();
+        assert!(
+            matches!(err, ControlFileError::NotAControlFile { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("n3.clock"), "{err}");
     }
 
     /// Set in the child process of the next test: the control file it reads its clock from.

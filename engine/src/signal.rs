@@ -141,7 +141,9 @@ impl Termination {
         *self.signal.lock().expect(crate::POISONED)
     }
 
-    /// Sleeps for `duration`, or until termination is requested; returns whether it was.
+    /// Sleeps for `duration` of real time, or until termination is requested; returns whether
+    /// it was. Real time, not a node's clock: it measures how long a command (a benchmark)
+    /// runs, which no protocol decision depends on.
     pub fn sleep(&self, duration: Duration) -> bool {
         let deadline = Instant::now() + duration;
         let mut requested = self.signal.lock().expect(crate::POISONED);

@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a client node that stops waits for its last truncations to be sent.
 pub const CLIENT_STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -195,16 +195,18 @@ impl ClientNode {
     }
 
     /// Sends this client's pending truncations and waits for its unfinished commits
-    /// (docs/protocol.md#unfinished-commits); returns whether none is left within `timeout`.
+    /// (docs/protocol.md#unfinished-commits); returns whether none is left within `timeout`
+    /// of the node's clock.
     pub fn quiesce(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let clock = self.txn().clock();
+        let deadline = clock.now().saturating_add(timeout);
         loop {
             let _ = self.txn().links().flush_truncations(Duration::ZERO);
             if !self.txn().links().has_pending_truncations() && self.txn().unfinished_commits() == 0
             {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if clock.now() >= deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));

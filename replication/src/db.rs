@@ -5,6 +5,7 @@
 //! serializable and every committed transaction is durable in the logs of f+1 replicas.
 
 use crate::EmbeddedCluster;
+use acre_engine::clock::Clock;
 use acre_txn::{Configuration, TxnNode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -157,6 +158,12 @@ impl Db {
         self.inner.coordinators[0].config()
     }
 
+    /// The clock this process's nodes read every lease and timeout through
+    /// (docs/failures.md#clock).
+    pub fn clock(&self) -> &Clock {
+        self.inner.coordinators[0].clock()
+    }
+
     fn coordinator(&self) -> &Arc<TxnNode> {
         let coordinators = &self.inner.coordinators;
         let index = self.inner.next_coordinator.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +214,7 @@ impl Db {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn run<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, Error>) -> Result<T, Error> {
-        acre_txn::retry::run(|| self.begin(), body)
+        acre_txn::retry::run(self.clock(), || self.begin(), body)
     }
 
     /// Reads one object without a transaction: a consistent, committed value (lock-free; it

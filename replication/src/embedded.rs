@@ -1,10 +1,12 @@
 //! An embedded cluster: every node of a configuration in this process, on the `local`
-//! transport, in anonymous memory. What `Db::embedded` runs, and what the tests use.
+//! transport, in anonymous memory, reading time through the process's one clock. What
+//! `Db::embedded` runs, and what the tests use.
 
 use crate::liveness::Stopped;
 use crate::replica::{AdoptError, ReplicaNode, StartError, Storage};
 use crate::verify::{self, Mismatch};
 use acre_engine::addr::NodeId;
+use acre_engine::clock::Clock;
 use acre_engine::fabric::fault::FaultPlan;
 use acre_engine::fabric::local::{LocalCluster, LocalTransport};
 use acre_engine::fabric::memory::NodeMemory;
@@ -12,7 +14,7 @@ use acre_engine::fabric::{Doorbell, Fabric, Transport};
 use acre_txn::config::Configuration;
 use acre_txn::directory::Directory;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// All nodes of a configuration, in this process.
 pub struct EmbeddedCluster {
@@ -22,12 +24,14 @@ pub struct EmbeddedCluster {
     /// The nodes [`EmbeddedCluster::kill`] stopped.
     stopped: Arc<Stopped>,
     local: Arc<LocalCluster>,
+    /// The clock every node reads (they share a process).
+    clock: Clock,
 }
 
 impl EmbeddedCluster {
     /// Starts every member of `config` with rings of `ring_bytes`.
     pub fn start(config: Configuration, ring_bytes: u64) -> Result<EmbeddedCluster, StartError> {
-        EmbeddedCluster::start_with(config, ring_bytes, None)
+        EmbeddedCluster::start_with(config, ring_bytes, None, Clock::system())
     }
 
     /// Like [`start`](Self::start), with a [`FaultPlan`] (no rules yet) on every node's
@@ -37,13 +41,26 @@ impl EmbeddedCluster {
         config: Configuration,
         ring_bytes: u64,
     ) -> Result<EmbeddedCluster, StartError> {
-        EmbeddedCluster::start_with(config, ring_bytes, Some(Arc::new(FaultPlan::new())))
+        EmbeddedCluster::start_faulty_with_clock(config, ring_bytes, Clock::system())
+    }
+
+    /// Like [`start_faulty`](Self::start_faulty), every node reading time through `clock`
+    /// instead of the system clock: a test that controls it moves every lease and timeout of
+    /// the cluster (docs/failures.md#clock).
+    pub fn start_faulty_with_clock(
+        config: Configuration,
+        ring_bytes: u64,
+        clock: Clock,
+    ) -> Result<EmbeddedCluster, StartError> {
+        let faults = Some(Arc::new(FaultPlan::new()));
+        EmbeddedCluster::start_with(config, ring_bytes, faults, clock)
     }
 
     fn start_with(
         config: Configuration,
         ring_bytes: u64,
         faults: Option<Arc<FaultPlan>>,
+        clock: Clock,
     ) -> Result<EmbeddedCluster, StartError> {
         let config = Arc::new(config);
         let local = LocalCluster::new();
@@ -54,7 +71,8 @@ impl EmbeddedCluster {
                 what: "create a doorbell".into(),
                 source,
             })?;
-            let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
+            let memory =
+                Arc::new(NodeMemory::new(node, Arc::new(doorbell)).with_clock(clock.clone()));
             local.add(memory.clone());
             let mut fabric =
                 Fabric::new(memory, Transport::Local(LocalTransport::new(local.clone())));
@@ -91,6 +109,7 @@ impl EmbeddedCluster {
             faults,
             stopped,
             local,
+            clock,
         })
     }
 
@@ -143,9 +162,10 @@ impl EmbeddedCluster {
     }
 
     /// Sends every pending truncation and waits until every node has applied and dropped all
-    /// it holds. Returns whether that happened within `timeout`.
+    /// it holds. Returns whether that happened within `timeout` of the cluster's clock (looked
+    /// at every millisecond of real time).
     pub fn quiesce(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = self.clock.now().saturating_add(timeout);
         loop {
             for node in &self.nodes {
                 if let Err(e) = node.txn().links().flush_truncations(Duration::ZERO) {
@@ -155,7 +175,7 @@ impl EmbeddedCluster {
             if self.nodes.iter().all(ReplicaNode::is_quiet) {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if self.clock.now() >= deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));

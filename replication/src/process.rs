@@ -12,6 +12,7 @@ use crate::liveness::LockFiles;
 use crate::restart::{self, KeptData};
 use crate::{AdoptError, ReplicaNode, StartError, Storage};
 use acre_engine::addr::NodeId;
+use acre_engine::clock::{self, ControlFileError};
 use acre_engine::directory::remove_node_files;
 use acre_engine::directory::{self, NodeManifest};
 use acre_engine::fabric::doorbell::Doorbell;
@@ -52,6 +53,13 @@ pub enum NodeStartError {
         node: NodeId,
         #[source]
         source: OpenError,
+    },
+    /// Its clock control file (docs/failures.md#clock) is there but cannot be used.
+    #[error("{node} cannot read its clock: {source}")]
+    Clock {
+        node: NodeId,
+        #[source]
+        source: ControlFileError,
     },
     /// Another process runs this node.
     #[error(
@@ -288,13 +296,16 @@ impl ProcessNode {
         Ok(())
     }
 
-    /// The doorbell, the transport and the replica of a starting node.
+    /// The clock, the doorbell, the transport and the replica of a starting node.
     fn start_replica(
         file: &ClusterFile,
         dir: &Path,
         node: NodeId,
         incarnation: u64,
     ) -> Result<(ReplicaNode, Option<NicServer>, Option<SocketAddr>), NodeStartError> {
+        // Controlled by its control file if the harness left one, else the system clock.
+        let clock = clock::node_clock(dir, node)
+            .map_err(|source| NodeStartError::Clock { node, source })?;
         let doorbell_path = directory::doorbell_path(dir, node);
         let doorbell =
             Doorbell::create_file(&doorbell_path).map_err(|source| NodeStartError::Io {
@@ -303,7 +314,7 @@ impl ProcessNode {
                 path: doorbell_path,
                 source,
             })?;
-        let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)));
+        let memory = Arc::new(NodeMemory::new(node, Arc::new(doorbell)).with_clock(clock));
         let options = file.map_options();
         // On tcp the NIC thread serves the configuration's members only (and observers'
         // reads): a process of another cluster file that holds the same secret is refused.
@@ -419,6 +430,8 @@ pub fn wait_for_manifests(
     timeout: Duration,
     mut exited: impl FnMut(NodeId) -> Option<String>,
 ) -> Result<(), ManifestWaitError> {
+    // Real time, not a node's clock: it waits for other processes to start, before this one
+    // is a node (a client claims its id, hence its clock, after this).
     let deadline = Instant::now() + timeout;
     loop {
         let mut missing = None;
@@ -541,6 +554,8 @@ pub fn fence_by_kill(dir: &Path, node: NodeId, timeout: Duration) -> Result<Fenc
         Err(_) if !process_alive(pid) => return Ok(Fenced::NotRunning),
         Err(source) => return Err(FenceError::Kill { node, pid, source }),
     }
+    // Real time, not a node's clock: it bounds how long the kernel takes to end the process,
+    // and nothing is decided by it running out (`same()` decides).
     let deadline = Instant::now() + timeout;
     while same() {
         if Instant::now() >= deadline {

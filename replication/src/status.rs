@@ -47,7 +47,7 @@ use acre_txn::record::TxnId;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The area id of every node's status area (right after the reply area's).
 pub const STATUS_AREA_ID: RegionId = RegionId(REPLY_AREA_ID_MIN + 1);
@@ -370,11 +370,19 @@ fn probe(
             }
         }
     }
-    let deadline = Instant::now() + PROBE_TIMEOUT;
-    for _ in 0..asked {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if finished.recv_timeout(left).is_err() {
+    // The observer's clock: a probe is not a node, and reads the system clock.
+    let clock = fabric.clock();
+    let deadline = clock.now() + PROBE_TIMEOUT;
+    let mut answered = 0;
+    while answered < asked {
+        let left = clock.real_duration_until(deadline);
+        if left.is_zero() {
             break;
+        }
+        match finished.recv_timeout(left) {
+            Ok(()) => answered += 1,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     let answers = answers.lock().expect(POISONED).clone();
@@ -435,7 +443,7 @@ fn ask(fabric: &Fabric, node: NodeId, manifest: &NodeManifest) -> Answer {
         Ok(first) => first,
         Err(e) => return Answer::Silent(e),
     };
-    std::thread::sleep(PROBE_INTERVAL);
+    fabric.clock().sleep(PROBE_INTERVAL);
     match heartbeat() {
         Ok(second) if second != first => Answer::Up,
         Ok(_) => Answer::Silent(format!(

@@ -33,6 +33,7 @@ use crate::orphan::{
 use crate::status::{RingRetention, StatusArea};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, Message};
+use acre_engine::clock::Time;
 use acre_engine::hash::FastMap;
 use acre_nvm_log::LogError;
 use acre_txn::TxnNode;
@@ -44,7 +45,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long an idle worker sleeps before re-checking its stop flag (and advancing its
 /// heartbeat: an observer waits several of these for it to move).
@@ -144,8 +145,8 @@ struct Kept {
 enum Asked {
     /// With the resolver.
     Pending,
-    /// Ask again from then on.
-    Again(Instant),
+    /// Ask again from then on (on the node's clock).
+    Again(Time),
     /// Left to recovery (reported once), or kept after a failed apply: not asked again.
     Settled,
 }
@@ -174,7 +175,8 @@ struct Serving {
     /// a row.
     unanswered: FastMap<TxnId, u32>,
     resolver: Resolver,
-    next_orphan_check: Instant,
+    /// When to look for transactions of gone clients next, on the node's clock.
+    next_orphan_check: Time,
 }
 
 /// A running worker; stops when dropped.
@@ -213,7 +215,7 @@ impl Worker {
             asked: FastMap::default(),
             unanswered: FastMap::default(),
             resolver: Resolver::spawn(node.clone())?,
-            next_orphan_check: Instant::now() + ORPHAN_CHECK_INTERVAL,
+            next_orphan_check: node.clock().now() + ORPHAN_CHECK_INTERVAL,
         };
         let thread = {
             let stop = stop.clone();
@@ -279,9 +281,9 @@ impl Serving {
             for verdict in self.resolver.verdicts() {
                 self.settle(verdict);
             }
-            if Instant::now() >= self.next_orphan_check {
+            if self.node.clock().now() >= self.next_orphan_check {
                 self.find_orphans();
-                self.next_orphan_check = Instant::now() + ORPHAN_CHECK_INTERVAL;
+                self.next_orphan_check = self.node.clock().now() + ORPHAN_CHECK_INTERVAL;
             }
             self.node.primary().observe_installs();
             self.truncate_rings();
@@ -577,7 +579,7 @@ impl Serving {
     /// is gone (and that are not being resolved already), once their rings are read to the end;
     /// hands back the slots such clients reserved for transactions that sent no LOCK here.
     fn find_orphans(&mut self) {
-        let now = Instant::now();
+        let now = self.node.clock().now();
         let config = self.node.config().clone();
         // The clients this node keeps records of, or holds slots for.
         let holding = |client: &NodeId| {
@@ -637,7 +639,7 @@ impl Serving {
             self.asked.remove(&txn);
             return;
         };
-        let again = Asked::Again(Instant::now() + ORPHAN_RETRY_AFTER);
+        let again = Asked::Again(self.node.clock().now() + ORPHAN_RETRY_AFTER);
         if !matches!(verdict.outcome, Outcome::Unanswered { .. }) {
             self.unanswered.remove(&txn);
         }

@@ -1,6 +1,9 @@
 //! Waiting before trying again, the one way the crate does it. On two shared cores a waiter
-//! must hand the CPU to whoever it waits for: spinning is only for the first few checks.
+//! must hand the CPU to whoever it waits for: spinning is only for the first few checks. Its
+//! sleeps are on a [`Clock`]: the node's, given with [`Backoff::with_clock`], in the data path
+//! (docs/failures.md#clock).
 
+use acre_engine::clock::Clock;
 use acre_nvm_log::random::SplitMix;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
@@ -15,6 +18,8 @@ pub struct Backoff {
     max: Duration,
     /// The generator of the jitter, when sleeps are jittered.
     jitter: Option<SplitMix>,
+    /// What the sleeps are measured on.
+    clock: Clock,
 }
 
 impl Backoff {
@@ -28,6 +33,7 @@ impl Backoff {
             next: Duration::from_micros(1),
             max: Duration::from_millis(1),
             jitter: None,
+            clock: Clock::system(),
         }
     }
 
@@ -48,7 +54,14 @@ impl Backoff {
             next: first,
             max,
             jitter: Some(SplitMix::new(seed)),
+            clock: Clock::system(),
         }
+    }
+
+    /// This backoff with its sleeps on `clock` (the system clock otherwise).
+    pub fn with_clock(mut self, clock: &Clock) -> Backoff {
+        self.clock = clock.clone();
+        self
     }
 
     /// Waits once, longer than the time before (up to the maximum).
@@ -70,7 +83,7 @@ impl Backoff {
                 Duration::from_nanos(base / 2 + random.below(base.max(1)))
             }
         };
-        std::thread::sleep(sleep);
+        self.clock.sleep(sleep);
         self.next = (self.next * 2).min(self.max);
     }
 }

@@ -19,7 +19,7 @@ use acre_engine::hash::FastMap;
 use acre_nvm_log::{LogError, Reservation};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Times a reservation is retried while a log is full (with backoff) before giving up.
 pub const RESERVE_ATTEMPTS_MAX: u32 = 50;
@@ -126,7 +126,7 @@ impl Links {
         let mut with_margin = lens.clone();
         with_margin.push(record::encoded_bytes(PIGGYBACK_MAX, &Body::Truncate));
         let link = self.link(target)?;
-        let mut backoff = crate::backoff::Backoff::poll();
+        let mut backoff = crate::backoff::Backoff::poll().with_clock(self.fabric.clock());
         for _ in 0..RESERVE_ATTEMPTS_MAX {
             let outcome = {
                 let mut link = locked(&link);
@@ -235,6 +235,7 @@ impl Links {
     /// there, or goes on its own after [`crate::truncation::TRUNCATE_FLUSH_AFTER`].
     pub fn queue_truncation(&self, txn: TxnId, nodes: impl IntoIterator<Item = NodeId>) {
         let mut first = false;
+        let now = self.fabric.clock().now();
         for node in nodes {
             if self.is_removed(node) {
                 continue; // nothing more goes to it
@@ -243,7 +244,7 @@ impl Links {
             let link = self
                 .link(node)
                 .unwrap_or_else(|e| panic!("{txn} committed at {node} without a link: {e}"));
-            first |= locked(&link).truncations.push(txn);
+            first |= locked(&link).truncations.push(txn, now);
         }
         if first {
             // Wake this node's worker so it arms its flush timer.
@@ -271,11 +272,11 @@ impl Links {
             .any(|(_, link)| !locked(link).truncations.is_empty())
     }
 
-    /// Sends TRUNCATE records for truncations that have waited at least `older_than`, on
-    /// every link: one that fails keeps its truncations for the next flush and does not hold
+    /// Sends TRUNCATE records for truncations that have waited at least `older_than` of the
+    /// node's clock, on every link: one that fails keeps its truncations for the next flush and does not hold
     /// back the others. The first failure is returned.
     pub fn flush_truncations(&self, older_than: Duration) -> Result<(), TxnError> {
-        let now = Instant::now();
+        let now = self.fabric.clock().now();
         let mut first_failure = None;
         for (node, link) in self.all() {
             let due = locked(&link).truncations.is_due(now, older_than);

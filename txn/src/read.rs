@@ -116,7 +116,7 @@ impl ObjectReader {
             SlotAt::NeverSlot => return Ok(Found::NeverSlot),
             SlotAt::UnclaimedBlock { block } => return Ok(Found::UnclaimedBlock { block }),
         };
-        let mut backoff = Backoff::poll();
+        let mut backoff = Backoff::poll().with_clock(self.fabric.clock());
         for _ in 0..READ_ATTEMPTS_MAX {
             let bytes = self
                 .fabric

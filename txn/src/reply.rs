@@ -12,19 +12,20 @@ use crate::POISONED;
 use crate::config::REPLY_AREA_ID_MIN;
 use crate::record::ReplyTo;
 use acre_engine::addr::{Addr, RegionId};
+use acre_engine::clock::{Clock, Time};
 use acre_engine::fabric::{Doorbell, Op};
 use acre_engine::region::Region;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Transactions in flight per node.
 pub const SLOTS_MAX: usize = 64;
 /// Requests one transaction may have answered (locks, validations, remote allocations).
 pub const REPLIES_PER_TXN_MAX: usize = 128;
 /// How long the slot of a transaction that may still get replies stays out of use: longer
-/// than a coordinator waits for any reply.
+/// than a coordinator waits for any reply (both on the node's clock).
 pub const QUARANTINE: Duration = Duration::from_secs(10);
 /// Bytes of one reply.
 pub const REPLY_BYTES: usize = 32;
@@ -160,8 +161,11 @@ pub struct ReplyArea {
     region: Arc<Region>,
     doorbell: Arc<Doorbell>,
     free_slots: Mutex<Vec<u16>>,
-    quarantined: Mutex<VecDeque<(Instant, u16)>>,
+    quarantined: Mutex<VecDeque<(Time, u16)>>,
     seqs: Vec<AtomicU64>,
+    /// What reply waits and quarantines are measured on: the node's clock, once the area is
+    /// given to its [`crate::TxnNode`].
+    clock: Clock,
 }
 
 impl ReplyArea {
@@ -179,7 +183,13 @@ impl ReplyArea {
             free_slots: Mutex::new((0..SLOTS_MAX as u16).rev().collect()),
             quarantined: Mutex::new(VecDeque::new()),
             seqs: (0..SLOTS_MAX).map(|_| AtomicU64::new(first_seq)).collect(),
+            clock: Clock::system(),
         }
+    }
+
+    /// Measures waits and quarantines on `clock` (the system clock until then).
+    pub(crate) fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
     }
 
     pub fn region(&self) -> &Arc<Region> {
@@ -203,7 +213,7 @@ impl ReplyArea {
             self.quarantined
                 .lock()
                 .expect(POISONED)
-                .push_back((Instant::now(), lease.slot));
+                .push_back((self.clock.now(), lease.slot));
             return;
         }
         let mut free = self.free_slots.lock().expect(POISONED);
@@ -218,8 +228,9 @@ impl ReplyArea {
     /// Returns quarantined slots whose time is up to the free list.
     fn end_quarantines(&self) {
         let mut quarantined = self.quarantined.lock().expect(POISONED);
+        let now = self.clock.now();
         while let Some(&(since, slot)) = quarantined.front() {
-            if since.elapsed() < QUARANTINE {
+            if now - since < QUARANTINE {
                 break;
             }
             quarantined.pop_front();
@@ -258,8 +269,8 @@ impl ReplyArea {
         Some(Reply { code, values })
     }
 
-    /// Waits up to `timeout` for the replies at `indexes`; returns them in that order, or the
-    /// position in `indexes` of the first one still missing.
+    /// Waits up to `timeout` of the node's clock for the replies at `indexes`; returns them in
+    /// that order, or the position in `indexes` of the first one still missing.
     pub fn wait(
         &self,
         slot: u16,
@@ -276,7 +287,11 @@ impl ReplyArea {
             }
             replies.iter().all(Option::is_some)
         };
-        if !self.doorbell.wait_for(timeout, || fill(&mut replies)) {
+        let deadline = self.clock.now().saturating_add(timeout);
+        if !self
+            .doorbell
+            .wait_until(&self.clock, deadline, || fill(&mut replies))
+        {
             return Err(replies.iter().position(Option::is_none).unwrap_or(0));
         }
         Ok(replies
@@ -332,6 +347,45 @@ mod tests {
             None,
             "old reply is stale"
         );
+    }
+
+    /// docs/failures.md#clock: a coordinator's wait for a reply and a slot's quarantine are on
+    /// the node's clock. A jump past the timeout ends a wait at once (real time: 5 s at most
+    /// here, 10 s without the clock), and a jump past [`QUARANTINE`] frees the slot.
+    #[test]
+    fn reply_waits_and_quarantines_are_on_the_nodes_clock() {
+        use acre_engine::clock::Clock;
+        use std::time::Instant;
+        let doorbell = Arc::new(Doorbell::anonymous().unwrap());
+        let region = Arc::new(Region::anonymous(REPLY_AREA_ID, REPLY_AREA_BYTES).unwrap());
+        let mut area = ReplyArea::new(region, doorbell, 0);
+        let (clock, control) = Clock::controlled();
+        area.set_clock(clock);
+        let area = Arc::new(area);
+        let lease = area.acquire().unwrap();
+        let (slot, seq) = (lease.slot, lease.seq);
+        let waiter = {
+            let area = area.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let outcome = area.wait(slot, seq, &[0], Duration::from_secs(10));
+                (outcome, start.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "no reply yet, and no time passed");
+        control.jump_forward(Duration::from_secs(11));
+        let (outcome, waited) = waiter.join().unwrap();
+        assert_eq!(outcome, Err(0));
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+
+        // The slot may still get its reply: quarantined, so every other slot goes first.
+        area.release(lease, true);
+        let others: Vec<SlotLease> = std::iter::from_fn(|| area.acquire()).collect();
+        assert_eq!(others.len(), SLOTS_MAX - 1);
+        assert!(others.iter().all(|other| other.slot != slot));
+        control.jump_forward(QUARANTINE);
+        assert_eq!(area.acquire().map(|lease| lease.slot), Some(slot));
     }
 
     /// A late reply of an earlier transaction of the slot (its slot quarantine over) that

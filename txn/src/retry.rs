@@ -8,8 +8,9 @@ use crate::error::{Error, TxnError};
 use crate::txn::Txn;
 use crate::txn_node::TxnNode;
 use acre_engine::addr::{Addr, RegionId};
+use acre_engine::clock::{Clock, Time};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Attempts [`run`] makes before giving up with the last conflict.
 pub const RUN_ATTEMPTS_MAX: u32 = 1000;
@@ -31,23 +32,25 @@ pub trait Transact {
 
 impl Transact for Arc<TxnNode> {
     fn transact<T>(&self, body: impl FnMut(&mut Txn) -> Result<T, Error>) -> Result<T, Error> {
-        run(|| self.begin(), body)
+        run(self.clock(), || self.begin(), body)
     }
 }
 
 /// Runs `body` in a transaction from `begin` and commits it, retrying with bounded, jittered
 /// exponential backoff while it conflicts (at most [`RUN_ATTEMPTS_MAX`] times), and through a
-/// reconfiguration for up to [`RECONFIGURATION_WAIT_MAX`]. An error from
-/// `body` ends the run, unless what the transaction read had already changed, in which case the
-/// error came from a stale view and the transaction is retried. A commit whose outcome is
-/// unknown ([`CommitError::Indeterminate`](crate::CommitError::Indeterminate)) is never retried: it may have committed.
+/// reconfiguration for up to [`RECONFIGURATION_WAIT_MAX`], both waits on `clock` (the node's).
+/// An error from `body` ends the run, unless what the transaction read had already changed, in
+/// which case the error came from a stale view and the transaction is retried. A commit whose
+/// outcome is unknown ([`CommitError::Indeterminate`](crate::CommitError::Indeterminate)) is
+/// never retried: it may have committed.
 pub fn run<T>(
+    clock: &Clock,
     mut begin: impl FnMut() -> Result<Txn, TxnError>,
     mut body: impl FnMut(&mut Txn) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let mut backoff = Backoff::retry(BACKOFF_FIRST, BACKOFF_MAX);
+    let mut backoff = Backoff::retry(BACKOFF_FIRST, BACKOFF_MAX).with_clock(clock);
     let mut attempts = 0;
-    let mut reconfiguring_since: Option<Instant> = None;
+    let mut reconfiguring_since: Option<Time> = None;
     loop {
         let error = match begin() {
             Err(e) => Error::Txn(e),
@@ -70,8 +73,9 @@ pub fn run<T>(
             return Err(error);
         }
         if error.is_reconfiguring() {
-            let since = *reconfiguring_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= RECONFIGURATION_WAIT_MAX {
+            let now = clock.now();
+            let since = *reconfiguring_since.get_or_insert(now);
+            if now - since >= RECONFIGURATION_WAIT_MAX {
                 return Err(error);
             }
         } else {

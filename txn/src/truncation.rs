@@ -7,13 +7,15 @@
 
 use crate::record::{Body, ReplyTo, TxnId, TxnRecord};
 use acre_engine::channel::{ChannelError, Outbox};
+use acre_engine::clock::Time;
 use acre_engine::fabric::Fabric;
 use acre_nvm_log::LogError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Truncations one record carries at most.
 pub const PIGGYBACK_MAX: usize = 32;
-/// Pending truncations are sent on their own once the oldest has waited this long.
+/// Pending truncations are sent on their own once the oldest has waited this long (on the
+/// node's clock).
 pub const TRUNCATE_FLUSH_AFTER: Duration = Duration::from_millis(2);
 
 /// The truncations waiting to be sent on one link, oldest first.
@@ -21,15 +23,15 @@ pub const TRUNCATE_FLUSH_AFTER: Duration = Duration::from_millis(2);
 pub(crate) struct TruncationQueue {
     pending: Vec<TxnId>,
     /// When the oldest pending truncation was queued.
-    since: Option<Instant>,
+    since: Option<Time>,
 }
 
 impl TruncationQueue {
-    /// Queues `txn`; true if the queue was empty (someone must arm the flush timer).
-    pub(crate) fn push(&mut self, txn: TxnId) -> bool {
+    /// Queues `txn` at `now`; true if the queue was empty (someone must arm the flush timer).
+    pub(crate) fn push(&mut self, txn: TxnId, now: Time) -> bool {
         let first = self.pending.is_empty();
         if first {
-            self.since = Some(Instant::now());
+            self.since = Some(now);
         }
         self.pending.push(txn);
         first
@@ -58,9 +60,8 @@ impl TruncationQueue {
     }
 
     /// Whether the oldest pending truncation has waited at least `older_than`.
-    pub(crate) fn is_due(&self, now: Instant, older_than: Duration) -> bool {
-        self.since
-            .is_some_and(|since| now.duration_since(since) >= older_than)
+    pub(crate) fn is_due(&self, now: Time, older_than: Duration) -> bool {
+        self.since.is_some_and(|since| now - since >= older_than)
     }
 
     /// Sends every pending truncation through `outbox` in TRUNCATE records carrying `system`

@@ -14,11 +14,12 @@ use crate::read::ObjectReader;
 use crate::record::ReplyTo;
 use crate::reply::{Code, ReplyArea, reply_ops};
 use acre_engine::addr::NodeId;
+use acre_engine::clock::Clock;
 use acre_engine::fabric::Fabric;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a coordinator waits for a participant's reply.
+/// How long a coordinator waits for a participant's reply, on the node's clock.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One node's transactional state.
@@ -36,13 +37,17 @@ pub struct TxnNode {
 }
 
 impl TxnNode {
+    /// The node on `fabric`. Every timeout of the node (reply waits, backoff, truncation
+    /// delays, the finisher's rounds) reads the fabric's clock ([`Fabric::clock`]), `replies`'s
+    /// included.
     pub fn new(
         config: Arc<Configuration>,
         fabric: Arc<Fabric>,
         directory: Directory,
-        replies: ReplyArea,
+        mut replies: ReplyArea,
         primary: Primary,
     ) -> TxnNode {
+        replies.set_clock(fabric.clock().clone());
         let directory = Arc::new(directory);
         let config = Arc::new(CurrentConfiguration::new(config));
         TxnNode {
@@ -79,6 +84,12 @@ impl TxnNode {
 
     pub fn node_id(&self) -> NodeId {
         self.node
+    }
+
+    /// The node's clock: what every lease and timeout of the node reads
+    /// (docs/failures.md#clock).
+    pub fn clock(&self) -> &Clock {
+        self.fabric.clock()
     }
 
     /// The node's configuration now. A transaction keeps the one it began in

@@ -13,11 +13,12 @@
 //! of its own node.
 #![allow(unsafe_code)]
 
+use crate::clock::{Clock, Time};
 use acre_nvm_log::{MapOptions, Mapping};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bytes of a doorbell area.
 pub const DOORBELL_BYTES: usize = 4096;
@@ -80,26 +81,33 @@ impl Doorbell {
         self.word(SLEEPERS_WORD).fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Calls `work` until it reports progress (returns true) or `timeout` passes: spins briefly,
-    /// then sleeps on the doorbell between checks. Returns whether there was progress.
-    pub fn wait_for(&self, timeout: Duration, mut work: impl FnMut() -> bool) -> bool {
+    /// Calls `work` until it reports progress (returns true) or `clock` reads `deadline`:
+    /// spins briefly, then sleeps on the doorbell between checks, each sleep as long in real
+    /// time as `clock` says is left ([`Clock::real_duration_until`]: a slice of it on a
+    /// controlled clock, whose rate may change), and looks at the clock again when it wakes.
+    /// Returns whether there was progress.
+    pub fn wait_until(
+        &self,
+        clock: &Clock,
+        deadline: Time,
+        mut work: impl FnMut() -> bool,
+    ) -> bool {
         for _ in 0..SPIN_CHECKS_MAX {
             if work() {
                 return true;
             }
             std::hint::spin_loop();
         }
-        let deadline = Instant::now() + timeout;
         loop {
             let seen = self.rings();
             if work() {
                 return true;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let left = clock.real_duration_until(deadline);
+            if left.is_zero() {
                 return false;
             }
-            self.sleep(seen, deadline - now);
+            self.sleep(seen, left);
         }
     }
 }
@@ -147,6 +155,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
 
     #[test]
     fn a_ring_wakes_a_sleeping_poller() {
@@ -155,7 +164,9 @@ mod tests {
         let (b, f) = (bell.clone(), flag.clone());
         let poller = std::thread::spawn(move || {
             let start = Instant::now();
-            let woke = b.wait_for(Duration::from_secs(10), || f.load(Ordering::SeqCst));
+            let clock = Clock::system();
+            let deadline = clock.now() + Duration::from_secs(10);
+            let woke = b.wait_until(&clock, deadline, || f.load(Ordering::SeqCst));
             (woke, start.elapsed())
         });
         std::thread::sleep(Duration::from_millis(50));
@@ -169,9 +180,35 @@ mod tests {
     #[test]
     fn wait_times_out_without_work() {
         let bell = Doorbell::anonymous().unwrap();
+        let clock = Clock::system();
         let start = Instant::now();
-        assert!(!bell.wait_for(Duration::from_millis(30), || false));
+        assert!(!bell.wait_until(&clock, clock.now() + Duration::from_millis(30), || false));
         assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+
+    /// The wait ends when the clock it was given reaches the deadline, not when real time
+    /// does: a clock jumped forward ends it at once, a stopped one holds it however long.
+    #[test]
+    fn a_wait_follows_its_clock() {
+        use crate::clock::Rate;
+        let bell = Arc::new(Doorbell::anonymous().unwrap());
+        let (clock, control) = Clock::controlled();
+        control.set_rate(Rate::STOPPED);
+        let waiter = {
+            let (bell, clock) = (bell.clone(), clock.clone());
+            std::thread::spawn(move || {
+                let deadline = clock.now() + Duration::from_millis(10);
+                let start = Instant::now();
+                let woke = bell.wait_until(&clock, deadline, || false);
+                (woke, start.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "10 ms of a stopped clock passed");
+        control.jump_forward(Duration::from_secs(60));
+        let (woke, waited) = waiter.join().unwrap();
+        assert!(!woke);
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A node's registered memory: the areas (regions, log rings) that others may operate on, each
-//! under its access key, and the node's doorbell.
+//! under its access key, the node's doorbell, and the node's clock, which every timeout of the
+//! node's fabric and of the protocol above it reads (docs/failures.md#clock).
 
 use crate::addr::{NodeId, RegionId};
+use crate::clock::Clock;
 use crate::fabric::doorbell::Doorbell;
 use crate::hash::FastMap;
 use crate::region::Region;
@@ -20,15 +22,30 @@ pub struct NodeMemory {
     node: NodeId,
     areas: RwLock<FastMap<RegionId, Arc<Region>>>,
     doorbell: Arc<Doorbell>,
+    clock: Clock,
 }
 
 impl NodeMemory {
+    /// The memory of `node`, on the system clock.
     pub fn new(node: NodeId, doorbell: Arc<Doorbell>) -> NodeMemory {
         NodeMemory {
             node,
             areas: RwLock::new(FastMap::default()),
             doorbell,
+            clock: Clock::system(),
         }
+    }
+
+    /// This memory with `clock` as the node's clock: the one its fabric (the tcp transport and
+    /// NIC thread), its pollers and the transactions on it read time through.
+    pub fn with_clock(mut self, clock: Clock) -> NodeMemory {
+        self.clock = clock;
+        self
+    }
+
+    /// The node's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn node_id(&self) -> NodeId {

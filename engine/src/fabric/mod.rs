@@ -182,12 +182,23 @@ pub struct Fabric {
 }
 
 impl Fabric {
-    pub fn new(memory: std::sync::Arc<NodeMemory>, transport: Transport) -> Fabric {
+    /// The endpoint of the node whose memory is `memory`. Its tcp transport, if that is what
+    /// `transport` is, reads the node's clock ([`NodeMemory::clock`]) from now on, so a node
+    /// has one clock however its pieces were made.
+    pub fn new(memory: std::sync::Arc<NodeMemory>, mut transport: Transport) -> Fabric {
+        if let Transport::Tcp(tcp) = &mut transport {
+            tcp.set_clock(memory.clock().clone());
+        }
         Fabric {
             memory,
             transport,
             faults: None,
         }
+    }
+
+    /// The node's clock: what every timeout of the node reads (docs/failures.md#clock).
+    pub fn clock(&self) -> &crate::clock::Clock {
+        self.memory.clock()
     }
 
     /// The faults injected into this fabric's batches, if any: a fabric with them stands for
@@ -263,6 +274,7 @@ impl Fabric {
                 Pending::ready(results)
             }
             Some(fault::Action::Delay(delay)) => {
+                // A network's delay is real time, whatever this node's clock says.
                 std::thread::sleep(delay);
                 self.post_to_transport(target, ops)
             }

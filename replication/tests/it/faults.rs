@@ -6,10 +6,11 @@
 
 use crate::fixture::{
     BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, overwrite, primary_header, region_of, replica,
-    rings, settle, start, start_in, three_nodes, txn_node, value_at,
+    rings, settle, start, start_in, three_nodes, three_nodes_on, txn_node, value_at,
 };
 use acre_engine::addr::{Addr, NodeId};
 use acre_engine::channel::{RING_AREA_BASE, appended_kinds};
+use acre_engine::clock::Clock;
 use acre_engine::fabric::Op;
 use acre_engine::fabric::fault::{Action, Rule};
 use acre_engine::slab::BLOCK_HEADER_BYTES;
@@ -18,6 +19,7 @@ use acre_replication::ReplicaNode;
 use acre_txn::config::CommitMode;
 use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, LOCK, TRUNCATE};
 use acre_txn::reply::REPLY_AREA_ID;
+use acre_txn::txn_node::REPLY_TIMEOUT;
 use acre_txn::{CommitError, TxnError};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -341,6 +343,59 @@ fn a_timed_out_alloc_does_not_leak_its_slot() {
         first_slot,
         "the slot leaked"
     );
+    settle(&cluster);
+    cluster.stop();
+}
+
+/// docs/failures.md#clock: a coordinator waits for a reply on its process's clock, not on real
+/// time. Its ALLOC reply lost, it gives up as soon as the clock jumps past [`REPLY_TIMEOUT`],
+/// not [`REPLY_TIMEOUT`] of real time later.
+#[test]
+fn a_reply_wait_times_out_when_the_clock_passes_its_deadline() {
+    let (clock, control) = Clock::controlled();
+    let cluster = three_nodes_on(clock);
+    let n1 = txn_node(&cluster, 0);
+    let near = Addr::new(region_of(1), 0); // primary n2
+    let lost = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Fail)
+            .from(NodeId(2))
+            .when(is_reply),
+    );
+    let allocating = {
+        let n1 = n1.clone();
+        std::thread::spawn(move || {
+            let mut txn = n1.begin().expect("begin");
+            let outcome = txn.alloc_near(8, near);
+            (outcome, Instant::now())
+        })
+    };
+    wait_until("n2's ALLOC reply is lost", || {
+        cluster.faults().hits(lost) > 0
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !allocating.is_finished(),
+        "n1 waits for the reply while its clock stands short of the deadline"
+    );
+    let jumped = Instant::now();
+    control.jump_forward(REPLY_TIMEOUT);
+    let (outcome, ended) = allocating.join().expect("the allocating thread");
+    assert!(
+        matches!(
+            outcome,
+            Err(TxnError::Unavailable {
+                node: NodeId(2),
+                ..
+            })
+        ),
+        "the ALLOC reply was lost: {outcome:?}"
+    );
+    let after = ended.saturating_duration_since(jumped);
+    assert!(
+        after < REPLY_TIMEOUT / 2,
+        "the wait ended {after:?} of real time after the clock passed its deadline"
+    );
+    cluster.faults().heal();
     settle(&cluster);
     cluster.stop();
 }

@@ -6,6 +6,7 @@
 
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::ring_area_id;
+use acre_engine::clock::Clock;
 use acre_engine::object::{Header, SLOT_OVERHEAD_BYTES, load_header};
 use acre_engine::region::Region;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
@@ -40,6 +41,15 @@ pub fn start_in(
         Configuration::place(1, ids, clients, 1, 2, region_bytes, BLOCK_BYTES).expect("config");
     config.commit = mode;
     EmbeddedCluster::start_faulty(config, ring_bytes).expect("start the cluster")
+}
+
+/// [`three_nodes`], every node reading time through `clock`.
+pub fn three_nodes_on(clock: Clock) -> EmbeddedCluster {
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 2, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.commit = commit_mode();
+    EmbeddedCluster::start_faulty_with_clock(config, RING_BYTES, clock).expect("start the cluster")
 }
 
 /// The commit mode of the clusters tests start: `ACRE_TEST_COMMIT` (`messages` or

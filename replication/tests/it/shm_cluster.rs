@@ -129,3 +129,81 @@ impl ShmCluster {
         }
     }
 }
+
+/// docs/failures.md#clock: a node process, memory node or client, reads its clock through the
+/// control file the harness left for it in the cluster directory, from its start on, and
+/// refuses to start on a damaged one; a node without one is on the system clock.
+#[test]
+fn node_processes_read_the_clock_their_control_files_set() {
+    use acre_engine::clock::{Clock, ClockControlFile, control_file_path};
+    use acre_replication::process::NodeStartError;
+    let dir = tempfile::tempdir().expect("create the cluster directory");
+    let client_id = NodeId(CLIENT_ID_BASE);
+    let config = Configuration::place(
+        1,
+        vec![NodeId(1), NodeId(2)],
+        vec![client_id],
+        1,
+        1,
+        REGION_BYTES,
+        BLOCK_BYTES,
+    )
+    .expect("config");
+    let path = dir.path().join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Shm,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        config,
+        cm: None,
+    }
+    .write(&path)
+    .expect("write the cluster file");
+    let skew =
+        |clock: &Clock| clock.now().as_nanos() as i128 - Clock::system().now().as_nanos() as i128;
+    let secs = |s: i128| s * 1_000_000_000;
+
+    let n1_file = ClockControlFile::create(&control_file_path(dir.path(), NodeId(1)))
+        .expect("create n1's control file");
+    n1_file.jump_forward(Duration::from_secs(1000));
+    let damaged = control_file_path(dir.path(), NodeId(2));
+    std::fs::write(&damaged, [0xff; 4096]).expect("write a damaged control file");
+    let error = ProcessNode::start(&path, NodeId(2))
+        .err()
+        .expect("n2 does not start on a damaged control file");
+    assert!(matches!(error, NodeStartError::Clock { .. }), "{error}");
+    assert!(error.to_string().contains("n2.clock"), "{error}");
+    std::fs::remove_file(&damaged).expect("remove the damaged control file");
+
+    let n1 = ProcessNode::start(&path, NodeId(1)).expect("start n1");
+    let n2 = ProcessNode::start(&path, NodeId(2)).expect("start n2");
+    assert!(skew(n1.txn().clock()) >= secs(999), "n1 runs 1000 s ahead");
+    n1_file.jump_forward(Duration::from_secs(100));
+    assert!(skew(n1.txn().clock()) >= secs(1099), "n1 sees a later jump");
+    assert!(
+        skew(n2.txn().clock()).abs() < secs(1),
+        "n2 is on the system clock"
+    );
+    assert!(
+        !control_file_path(dir.path(), NodeId(2)).exists(),
+        "a node on the system clock creates no control file"
+    );
+
+    let client_file = ClockControlFile::create(&control_file_path(dir.path(), client_id))
+        .expect("create the client's control file");
+    client_file.jump_forward(Duration::from_secs(500));
+    let client = ClientNode::connect(&path).expect("connect a client node");
+    assert_eq!(client.txn().node_id(), client_id);
+    assert!(
+        skew(client.txn().clock()) >= secs(499),
+        "the client runs 500 s ahead"
+    );
+    // Clocks that disagree by minutes change no outcome: only timeouts read them.
+    let mut txn = client.txn().begin().expect("begin");
+    let addr = txn.alloc(8).expect("alloc");
+    txn.write(addr, b"skewed").expect("write");
+    assert_eq!(txn.commit(), Ok(()));
+    drop(client);
+    n1.stop();
+    n2.stop();
+}

@@ -33,7 +33,6 @@ use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_nvm_log::Reservation;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
 use unfinished::Unfinished;
 
 impl Txn {
@@ -360,7 +359,7 @@ impl<'t> Commit<'t> {
             backups_left,
             primaries_left,
             reservations: BTreeMap::new(),
-            since: Instant::now(),
+            since: self.node.clock().now(),
         })
     }
 

@@ -16,9 +16,10 @@
 //! it: the records they were made for (a COMMIT-PRIMARY never sent) go inside them, so a ring
 //! filled meanwhile, for instance with the very records these commits pin, cannot stop them.
 //!
-//! One finisher thread per node retries every [`FINISH_RETRY_AFTER`] while there is anything to
-//! finish, and exits when there is not: no thread is idle. A round skips the nodes that already
-//! failed in it, so one unreachable participant costs a round one timeout, not one per commit.
+//! One finisher thread per node retries every [`FINISH_RETRY_AFTER`] of the node's clock while
+//! there is anything to finish, and exits when there is not: no thread is idle. A round skips
+//! the nodes that already failed in it, so one unreachable participant costs a round one
+//! timeout, not one per commit.
 //! [`UnfinishedCommits::stop`] ends it before the node stops: a client that stopped sends
 //! nothing more, which the memory nodes' settlement of its transactions relies on.
 
@@ -27,11 +28,12 @@ use crate::config::CommitMode;
 use crate::record::{Body, ReplyTo, TxnId, TxnRecord};
 use crate::txn_node::TxnNode;
 use acre_engine::addr::NodeId;
+use acre_engine::clock::{Clock, Time};
 use acre_nvm_log::ring::Reservation;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the finisher waits between two attempts at the unfinished commits.
 pub const FINISH_RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -47,7 +49,8 @@ pub(crate) struct Unfinished {
     pub(crate) primaries_left: BTreeSet<NodeId>,
     /// What is left of the commit's log-space reservations at the participants.
     pub(crate) reservations: BTreeMap<NodeId, Reservation>,
-    pub(crate) since: Instant,
+    /// When the commit decided to commit, on the node's clock.
+    pub(crate) since: Time,
 }
 
 /// What one attempt at an unfinished commit did.
@@ -203,9 +206,10 @@ impl UnfinishedCommits {
             return;
         }
         let (weak, shared) = (Arc::downgrade(node), self.shared.clone());
+        let clock = node.clock().clone();
         let spawned = std::thread::Builder::new()
             .name("acre-finisher".into())
-            .spawn(move || finisher(&shared, weak));
+            .spawn(move || finisher(&shared, weak, &clock));
         match spawned {
             Ok(handle) => state.finisher = Some(handle),
             // Nothing finishes them in this process then; once it stops, the memory nodes do.
@@ -242,14 +246,22 @@ impl UnfinishedCommits {
 }
 
 /// Retries every unfinished commit of `node` until none is left, the node stops, or it is gone.
-fn finisher(shared: &Shared, node: Weak<TxnNode>) {
+fn finisher(shared: &Shared, node: Weak<TxnNode>, clock: &Clock) {
     loop {
         let commits = {
-            let state = shared.state();
-            let (mut state, _) = shared
-                .wake
-                .wait_timeout_while(state, FINISH_RETRY_AFTER, |state| !state.stopping)
-                .expect(crate::POISONED);
+            let mut state = shared.state();
+            let deadline = clock.now() + FINISH_RETRY_AFTER;
+            loop {
+                let left = clock.real_duration_until(deadline);
+                if state.stopping || left.is_zero() {
+                    break;
+                }
+                state = shared
+                    .wake
+                    .wait_timeout(state, left)
+                    .expect(crate::POISONED)
+                    .0;
+            }
             if state.stopping {
                 return;
             }
@@ -272,7 +284,7 @@ fn finisher(shared: &Shared, node: Weak<TxnNode>) {
                     tracing::info!(
                         txn = %commit.txn,
                         "committed after {:.1?}: every participant took its record",
-                        commit.since.elapsed()
+                        clock.now() - commit.since
                     );
                     commit.release(&node);
                 }

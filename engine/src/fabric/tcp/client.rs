@@ -33,8 +33,14 @@
 //! connection after a REFUSED(not a member) frame behind the responses it still sent: the
 //! operations it refused fail with [`OpError::NotMember`], which says that none of them
 //! executed, and so does every post to it until the configuration changes.
+//!
+//! Every deadline (the handshake's, the silence and write-stall limits, the pause between
+//! connect attempts) is on the node's [`Clock`] (docs/failures.md#clock). The socket timeouts
+//! that wake a blocked thread to look at them are real time: [`CONNECT_TIMEOUT`], which bounds
+//! one `connect` system call, and the check intervals, which say how often a limit is looked at.
 
 use crate::addr::NodeId;
+use crate::clock::{Clock, Time};
 use crate::fabric::exec;
 use crate::fabric::tcp::auth::{self, ClusterSecret, HANDSHAKE_DEADLINE, PROTOCOL_VERSION};
 use crate::fabric::tcp::frame::Frame;
@@ -48,7 +54,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Times a post tries to connect and authenticate to a peer before its operations fail.
 pub const CONNECT_ATTEMPTS_MAX: u32 = 3;
@@ -121,6 +127,8 @@ pub struct TcpTransport {
     config: AtomicU64,
     secret: ClusterSecret,
     peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    /// The node's clock; [`crate::fabric::Fabric::new`] sets it to its memory's.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -157,7 +165,13 @@ impl TcpTransport {
             config: AtomicU64::new(config),
             secret,
             peers: RwLock::new(HashMap::new()),
+            clock: Clock::system(),
         }
+    }
+
+    /// Reads time through `clock` (the system clock until then).
+    pub(crate) fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
     }
 
     /// The configuration this node's connections are bound to.
@@ -251,11 +265,18 @@ impl TcpTransport {
         let mut last_error = String::new();
         for attempt in 0..CONNECT_ATTEMPTS_MAX {
             if attempt > 0 {
-                std::thread::sleep(CONNECT_BACKOFF * attempt);
+                self.clock.sleep(CONNECT_BACKOFF * attempt);
             }
-            match connect(self.me, config, &self.secret, peer.node, peer.addr) {
+            match connect(
+                &self.clock,
+                self.me,
+                config,
+                &self.secret,
+                peer.node,
+                peer.addr,
+            ) {
                 Ok((stream, leftover)) => {
-                    let link = Link::start(peer.node, config, stream, leftover)
+                    let link = Link::start(&self.clock, peer.node, config, stream, leftover)
                         .map_err(|e| unreachable(e.to_string()))?;
                     let link = Arc::new(link);
                     *slot = Some(link.clone());
@@ -281,11 +302,12 @@ impl TcpTransport {
 }
 
 /// Connects to `node` at `addr` and runs the client half of the handshake as `me`, a member of
-/// configuration `config`. Returns the stream and any bytes already received after the
+/// configuration `config`, within [`HANDSHAKE_DEADLINE`] of `clock`. Returns the stream and any bytes already received after the
 /// CHALLENGE. A server that does not admit `me` in `config` refuses the HELLO; if its
 /// membership changes before the PROOF arrives, it refuses after the PROOF instead, which the
 /// first read of the connection sees.
 pub(crate) fn connect(
+    clock: &Clock,
     me: NodeId,
     config: u64,
     secret: &ClusterSecret,
@@ -295,7 +317,12 @@ pub(crate) fn connect(
     let io_error = |source| HandshakeError::Io { addr, source };
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(io_error)?;
     stream.set_nodelay(true).map_err(io_error)?;
-    let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    let deadline = clock.now() + HANDSHAKE_DEADLINE;
+    let before = Before {
+        clock,
+        deadline,
+        addr,
+    };
     let client_nonce = auth::nonce();
     let hello = Frame::Hello(Hello {
         magic: MAGIC,
@@ -304,9 +331,9 @@ pub(crate) fn connect(
         config,
         client_nonce,
     });
-    write_before(&stream, &frame::encode_to_vec(&hello), deadline, addr)?;
+    before.write(&stream, &frame::encode_to_vec(&hello))?;
     let mut inbox = Vec::new();
-    let challenge = match read_frame_before(&stream, &mut inbox, deadline, addr)? {
+    let challenge = match before.read_frame(&stream, &mut inbox)? {
         Frame::Challenge(challenge) => challenge,
         Frame::Refused(refusal) => return Err(HandshakeError::Refused { addr, refusal }),
         other => {
@@ -331,21 +358,89 @@ pub(crate) fn connect(
         });
     }
     let proof = secret.client_proof(&challenge.server_nonce, &client_nonce, me, config);
-    write_before(
-        &stream,
-        &frame::encode_to_vec(&Frame::Proof(proof)),
-        deadline,
-        addr,
-    )?;
+    before.write(&stream, &frame::encode_to_vec(&Frame::Proof(proof)))?;
     Ok((stream, inbox))
 }
 
-fn remaining(deadline: Instant, addr: SocketAddr) -> Result<Duration, HandshakeError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(HandshakeError::Timeout { addr });
+/// The handshake's deadline on the node's clock, for the socket reads and writes under it.
+struct Before<'a> {
+    clock: &'a Clock,
+    deadline: Time,
+    addr: SocketAddr,
+}
+
+impl Before<'_> {
+    /// How long the next blocking socket call may wait in real time (at most a slice of it on
+    /// a controlled clock: the caller looks at the clock again when it returns).
+    fn remaining(&self) -> Result<Duration, HandshakeError> {
+        let left = self.clock.real_duration_until(self.deadline);
+        if left.is_zero() {
+            return Err(HandshakeError::Timeout { addr: self.addr });
+        }
+        Ok(left)
     }
-    Ok(left)
+
+    /// Writes all of `bytes`, retrying writes that time out until the deadline.
+    fn write(&self, mut stream: &TcpStream, mut bytes: &[u8]) -> Result<(), HandshakeError> {
+        let addr = self.addr;
+        let io_error = |source| HandshakeError::Io { addr, source };
+        while !bytes.is_empty() {
+            stream
+                .set_write_timeout(Some(self.remaining()?))
+                .map_err(io_error)?;
+            match stream.write(bytes) {
+                Ok(0) => return Err(io_error(io::ErrorKind::WriteZero.into())),
+                Ok(count) => bytes = &bytes[count..],
+                // A timed-out write wrote nothing: the deadline decides whether to go on.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one handshake frame (at most [`HANDSHAKE_FRAME_BYTES_MAX`]); bytes after it stay
+    /// in `inbox`.
+    fn read_frame(
+        &self,
+        mut stream: &TcpStream,
+        inbox: &mut Vec<u8>,
+    ) -> Result<Frame, HandshakeError> {
+        let addr = self.addr;
+        let mut chunk = [0u8; 256];
+        loop {
+            match frame::decode_bounded(inbox, HANDSHAKE_FRAME_BYTES_MAX) {
+                Ok(Some((frame, consumed))) => {
+                    inbox.drain(..consumed);
+                    return Ok(frame);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(HandshakeError::Protocol {
+                        addr,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            let io_error = |source| HandshakeError::Io { addr, source };
+            stream
+                .set_read_timeout(Some(self.remaining()?))
+                .map_err(io_error)?;
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    let source = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection during the handshake",
+                    );
+                    return Err(io_error(source));
+                }
+                Ok(count) => inbox.extend_from_slice(&chunk[..count]),
+                // The deadline decides whether to go on.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+    }
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -355,69 +450,12 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn write_before(
-    mut stream: &TcpStream,
-    bytes: &[u8],
-    deadline: Instant,
-    addr: SocketAddr,
-) -> Result<(), HandshakeError> {
-    let io_error = |source| HandshakeError::Io { addr, source };
-    stream
-        .set_write_timeout(Some(remaining(deadline, addr)?))
-        .map_err(io_error)?;
-    stream.write_all(bytes).map_err(|e| match is_timeout(&e) {
-        true => HandshakeError::Timeout { addr },
-        false => io_error(e),
-    })
-}
-
-/// Reads one handshake frame (at most [`HANDSHAKE_FRAME_BYTES_MAX`]); bytes after it stay in
-/// `inbox`.
-fn read_frame_before(
-    mut stream: &TcpStream,
-    inbox: &mut Vec<u8>,
-    deadline: Instant,
-    addr: SocketAddr,
-) -> Result<Frame, HandshakeError> {
-    let mut chunk = [0u8; 256];
-    loop {
-        match frame::decode_bounded(inbox, HANDSHAKE_FRAME_BYTES_MAX) {
-            Ok(Some((frame, consumed))) => {
-                inbox.drain(..consumed);
-                return Ok(frame);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(HandshakeError::Protocol {
-                    addr,
-                    reason: e.to_string(),
-                });
-            }
-        }
-        let io_error = |source| HandshakeError::Io { addr, source };
-        stream
-            .set_read_timeout(Some(remaining(deadline, addr)?))
-            .map_err(io_error)?;
-        match stream.read(&mut chunk) {
-            Ok(0) => {
-                let source = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed the connection during the handshake",
-                );
-                return Err(io_error(source));
-            }
-            Ok(count) => inbox.extend_from_slice(&chunk[..count]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(&e) => return Err(HandshakeError::Timeout { addr }),
-            Err(e) => return Err(io_error(e)),
-        }
-    }
-}
-
 /// One authenticated connection to a peer, shared by the threads that post to it and by the
 /// [`PendingBatch`]es of its operations.
 struct Link {
     node: NodeId,
+    /// The node's clock, which the silence and write-stall limits are measured on.
+    clock: Clock,
     /// The configuration the handshake bound this connection to.
     config: u64,
     /// A handle on the socket used to shut it down, which ends a reader's blocking read.
@@ -447,7 +485,7 @@ struct Receiver {
     start: usize,
     end: usize,
     /// Since when a reader has found nothing new while operations were in flight.
-    quiet_since: Option<Instant>,
+    quiet_since: Option<Time>,
 }
 
 struct LinkState {
@@ -469,12 +507,19 @@ struct LinkState {
 }
 
 impl Link {
-    fn start(node: NodeId, config: u64, stream: TcpStream, leftover: Vec<u8>) -> io::Result<Link> {
+    fn start(
+        clock: &Clock,
+        node: NodeId,
+        config: u64,
+        stream: TcpStream,
+        leftover: Vec<u8>,
+    ) -> io::Result<Link> {
         stream.set_read_timeout(Some(SILENCE_CHECK_INTERVAL))?;
         stream.set_write_timeout(Some(WRITE_CHECK_INTERVAL))?;
         let end = leftover.len();
         Ok(Link {
             node,
+            clock: clock.clone(),
             config,
             socket: stream.try_clone()?,
             writer: Mutex::new(Writer {
@@ -580,7 +625,7 @@ impl Link {
     /// have arrived: the server stops reading a connection whose responses pile up, and this
     /// thread may be the only one that would read them.
     fn write_all(&self, mut stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-        let mut stalled_since: Option<Instant> = None;
+        let mut stalled_since: Option<Time> = None;
         while !bytes.is_empty() {
             match stream.write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -590,8 +635,9 @@ impl Link {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => {
-                    let since = *stalled_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= WRITE_STALL_MAX {
+                    let now = self.clock.now();
+                    let since = *stalled_since.get_or_insert(now);
+                    if now - since >= WRITE_STALL_MAX {
                         return Err(e);
                     }
                     self.receive_available();
@@ -682,8 +728,9 @@ impl Link {
                 Ok(_) => receiver.quiet_since = None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => {
-                    let since = *receiver.quiet_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= RESPONSE_SILENCE_MAX {
+                    let now = self.clock.now();
+                    let since = *receiver.quiet_since.get_or_insert(now);
+                    if now - since >= RESPONSE_SILENCE_MAX {
                         let reason = format!("no response for {RESPONSE_SILENCE_MAX:?}");
                         break Err(self.unreachable(reason));
                     }
@@ -721,8 +768,9 @@ impl Link {
                     if lock(&self.state).inflight.is_empty() {
                         break Ok(());
                     }
-                    let since = *receiver.quiet_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= RESPONSE_SILENCE_MAX {
+                    let now = self.clock.now();
+                    let since = *receiver.quiet_since.get_or_insert(now);
+                    if now - since >= RESPONSE_SILENCE_MAX {
                         let reason = format!("no response for {RESPONSE_SILENCE_MAX:?}");
                         break Err(self.unreachable(reason));
                     }

@@ -36,9 +36,11 @@
 //! A peer that sends anything the decoder rejects, the wrong frame for its phase, a bad proof,
 //! or does not finish the handshake within [`HANDSHAKE_DEADLINE`] is disconnected; the other
 //! connections are unaffected. When idle the thread blocks in `epoll_wait` with no timeout
-//! (or until the earliest handshake deadline); [`NicServer::stop`] wakes it with a mio `Waker`.
+//! (or until the earliest handshake deadline, on the node's clock: docs/failures.md#clock);
+//! [`NicServer::stop`] wakes it with a mio `Waker`.
 
 use crate::addr::NodeId;
+use crate::clock::Time;
 use crate::fabric::exec;
 use crate::fabric::membership::{Admission, Membership};
 use crate::fabric::memory::NodeMemory;
@@ -56,7 +58,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Connections one NIC thread serves at once; more are refused with REFUSED(busy).
 pub const CONNECTIONS_MAX: usize = 1024;
@@ -365,8 +367,8 @@ enum Turn {
 struct Connection {
     stream: TcpStream,
     phase: Phase,
-    /// When the handshake must be done; `None` once authenticated.
-    deadline: Option<Instant>,
+    /// When the handshake must be done, on the node's clock; `None` once authenticated.
+    deadline: Option<Time>,
     inbox: Vec<u8>,
     inbox_start: usize,
     inbox_end: usize,
@@ -380,8 +382,9 @@ impl Nic {
         let mut ready = Vec::new();
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = if self.again.is_empty() {
+                // On a controlled clock, a slice of it: the loop looks at the clock again.
                 self.earliest_deadline()
-                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .map(|at| self.memory.clock().real_duration_until(at))
             } else {
                 Some(Duration::ZERO)
             };
@@ -413,7 +416,7 @@ impl Nic {
         }
     }
 
-    fn earliest_deadline(&self) -> Option<Instant> {
+    fn earliest_deadline(&self) -> Option<Time> {
         self.connections.values().filter_map(|c| c.deadline).min()
     }
 
@@ -451,7 +454,7 @@ impl Nic {
             let connection = Connection {
                 stream,
                 phase: Phase::AwaitHello,
-                deadline: Some(Instant::now() + HANDSHAKE_DEADLINE),
+                deadline: Some(self.memory.clock().now() + HANDSHAKE_DEADLINE),
                 inbox: Vec::new(),
                 inbox_start: 0,
                 inbox_end: 0,
@@ -565,7 +568,7 @@ impl Nic {
     }
 
     fn expire_handshakes(&mut self) {
-        let now = Instant::now();
+        let now = self.memory.clock().now();
         let expired: Vec<Token> = self
             .connections
             .iter()

@@ -10,6 +10,7 @@ use super::frame::{
 };
 use super::{HandshakeError, NicServer, NicStats, TcpTransport};
 use crate::addr::{Addr, NodeId, RegionId};
+use crate::clock::Clock;
 use crate::fabric::{
     Completion, Doorbell, Membership, NodeMemory, OP_BYTES_MAX, Op, OpError, OpResult, exec,
 };
@@ -222,7 +223,8 @@ fn authenticated(node: &Node, secret: &ClusterSecret) -> TcpStream {
 }
 
 fn authenticated_as(me: NodeId, node: &Node, secret: &ClusterSecret) -> TcpStream {
-    let (stream, leftover) = client::connect(me, CONFIG, secret, SERVER, node.addr()).unwrap();
+    let (stream, leftover) =
+        client::connect(&Clock::system(), me, CONFIG, secret, SERVER, node.addr()).unwrap();
     assert!(leftover.is_empty());
     stream
 }
@@ -884,6 +886,39 @@ fn a_silent_peer_is_dropped_at_the_handshake_deadline() {
     assert_serves(&node, &good, 0, 72);
 }
 
+/// docs/failures.md#clock: the handshake's deadline is on the node's clock. A peer that
+/// accepts and then says nothing is given up on as soon as the clock passes the deadline, here
+/// at once when it jumps, not after the deadline's length of real time.
+#[test]
+fn the_client_handshake_deadline_is_on_the_nodes_clock() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+    let (clock, control) = Clock::controlled();
+    let secret = ClusterSecret::generate();
+    let connecting = {
+        let clock = clock.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let outcome = client::connect(&clock, CLIENT, CONFIG, &secret, SERVER, addr);
+            (outcome.err(), start.elapsed())
+        })
+    };
+    let _silent = holder.join().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!connecting.is_finished(), "the handshake is still waiting");
+    control.jump_forward(auth::HANDSHAKE_DEADLINE * 2);
+    let (error, waited) = connecting.join().unwrap();
+    assert!(
+        matches!(error, Some(HandshakeError::Timeout { .. })),
+        "{error:?}"
+    );
+    assert!(
+        waited < auth::HANDSHAKE_DEADLINE / 2,
+        "gave up after {waited:?} of real time"
+    );
+}
+
 #[test]
 fn pipelined_batches_from_many_threads_all_complete_correctly() {
     const THREADS: u32 = 8;
@@ -1462,7 +1497,15 @@ fn a_non_member_is_refused_at_the_handshake_and_executes_nothing() {
     let member = node.transport(&secret);
     assert_serves(&node, &member, 0, 91);
 
-    let error = client::connect(OUTSIDER, CONFIG, &secret, SERVER, node.addr()).unwrap_err();
+    let error = client::connect(
+        &Clock::system(),
+        OUTSIDER,
+        CONFIG,
+        &secret,
+        SERVER,
+        node.addr(),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             error,
@@ -1592,7 +1635,15 @@ fn a_sender_bound_to_an_older_configuration_is_refused_after_the_change() {
         post(&stale, SERVER, vec![raw_write_op(&node, 64, 112)]),
         vec![not_member]
     );
-    let error = client::connect(CLIENT, CONFIG, &secret, SERVER, node.addr()).unwrap_err();
+    let error = client::connect(
+        &Clock::system(),
+        CLIENT,
+        CONFIG,
+        &secret,
+        SERVER,
+        node.addr(),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             error,

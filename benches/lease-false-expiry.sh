@@ -5,7 +5,10 @@
 # killed, so every reconfiguration that removes a node is a false expiry: a healthy node whose
 # lease lapsed. Prints, per lease, the reconfigurations seen in each phase and the nodes removed.
 #
-#   benches/lease-false-expiry.sh [--leases 50,100,250] [--idle 600] [--load 600] [--acre PATH]
+#   benches/lease-false-expiry.sh [--leases 50,100,250] [--idle 600] [--load 600] [--acre PATH] [--keep]
+#
+# --keep stops the clusters but keeps their directories (/dev/shm/acre-lease-*: the node logs
+# say when and why each suspicion happened).
 #
 # The shortest lease with none in both phases, with a margin, is the default of `acre cluster
 # up --lease-ms` (docs/failures.md#leases).
@@ -15,13 +18,15 @@ leases=50,100,250
 idle=600
 load=600
 acre=target/release/acre
+keep=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --leases) leases=$2; shift 2 ;;
         --idle) idle=$2; shift 2 ;;
         --load) load=$2; shift 2 ;;
         --acre) acre=$2; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --keep) keep=1; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "lease-false-expiry.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -34,7 +39,11 @@ IFS=, read -r -a lease_list <<< "$leases"
 dirs=()
 cleanup() {
     for dir in "${dirs[@]}"; do
-        "$acre" cluster down --dir "$dir" --purge > /dev/null 2>&1 || true
+        if [[ $keep = 1 ]]; then
+            "$acre" cluster down --dir "$dir" > /dev/null 2>&1 || true
+        else
+            "$acre" cluster down --dir "$dir" --purge > /dev/null 2>&1 || true
+        fi
     done
 }
 trap cleanup EXIT

@@ -759,6 +759,24 @@ impl CmLeases {
         None
     }
 
+    /// The CM's lease thread did not run from `from` to `to` (descheduled on a busy host, or
+    /// stopped): the requests that arrived meanwhile wait unread in its socket, so a lease that
+    /// was still valid at `from` is not judged on that gap: it is extended by `to - from`.
+    /// Safe: the CM only believes a node's lease ends later than it does (it suspects later and
+    /// waits longer for a removed node's lease); what the node holds is unchanged. A lease that
+    /// had ended by `from`, or a node already suspected, is left as it is.
+    pub fn excuse_gap(&mut self, from: Time, to: Time) {
+        let gap = to.saturating_duration_since(from);
+        if gap.is_zero() {
+            return;
+        }
+        for entry in &mut self.nodes {
+            if !entry.suspected && entry.granted_until > from {
+                entry.granted_until = entry.granted_until.saturating_add(gap);
+            }
+        }
+    }
+
     /// Whether the CM has seen `node`'s lease expire in this configuration.
     pub fn is_suspected(&self, node: NodeId) -> bool {
         self.entry(node).is_some_and(|entry| entry.suspected)
@@ -830,6 +848,45 @@ mod tests {
         let grant = Packet::decode(&grant.encode(&key), &key).unwrap();
         assert_eq!(cm.receive(now, &grant).unwrap(), None);
         request.seq
+    }
+
+    /// A CM whose thread stalled past a member's lease does not suspect it for the stall: its
+    /// renewals were waiting unread. A lease that had ended before the stall is still suspected.
+    #[test]
+    fn a_stall_of_the_cms_thread_is_not_held_against_the_members() {
+        let (clock, manual) = Clock::manual(Time::ZERO);
+        let t = timing();
+        let members = [NodeId(1), NodeId(2)];
+        let mut cm = CmLeases::new(CM, CONFIG, t, &members, clock.now());
+        let lease = Duration::from_nanos(t.lease_nanos());
+        // n1 renews at once; n2 never does, and its grace ends at `lease`.
+        let request = Packet {
+            kind: Kind::Request,
+            node: NodeId(1),
+            cm: CM,
+            config: CONFIG,
+            seq: 1,
+            lease_nanos: t.lease_nanos(),
+        };
+        manual.advance(lease / 2);
+        cm.receive(clock.now(), &request).unwrap();
+        // n2's grace ends; then the thread stalls for two leases.
+        manual.advance(lease / 2 + lease / 10);
+        let stalled_from = clock.now();
+        manual.advance(2 * lease);
+        cm.excuse_gap(stalled_from, clock.now());
+        assert_eq!(cm.next_suspect(clock.now()), Some(NodeId(2)));
+        assert_eq!(
+            cm.next_suspect(clock.now()),
+            None,
+            "n1 is excused the stall"
+        );
+        // Without the excuse n1 would be suspected now.
+        let mut unexcused = CmLeases::new(CM, CONFIG, t, &members, Time::ZERO);
+        unexcused.receive(Time::ZERO + lease / 2, &request).unwrap();
+        let suspects: Vec<NodeId> =
+            std::iter::from_fn(|| unexcused.next_suspect(clock.now())).collect();
+        assert_eq!(suspects, members);
     }
 
     #[test]

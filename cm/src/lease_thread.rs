@@ -48,6 +48,9 @@ const WAIT_MIN: Duration = Duration::from_micros(100);
 /// a renewal sent this late still leaves the lease most of a period, and a suspicion reported
 /// this late is only a slower one.
 const WAIT_SLACK: Duration = Duration::from_millis(1);
+/// How much later than due a turn must start to count as a stall of the thread (see
+/// `Turn::run`): more than the ordinary lateness of a wake-up.
+const STALL_MIN: Duration = Duration::from_millis(2);
 /// What `lock().expect` says of a poisoned lock: a writer panicked half-way through a
 /// configuration, which the process must not go on with.
 const POISONED: &str = "a thread panicked while holding this lock";
@@ -205,6 +208,8 @@ impl Mailbox {
 struct Shared {
     stop: AtomicBool,
     paused: AtomicBool,
+    /// A stall asked for ([`LeaseThread::stall`]), in nanoseconds; 0: none.
+    stall_nanos: AtomicU64,
     expiry: LeaseExpiry,
     cm_expired: AtomicBool,
     suspects: Suspects,
@@ -257,6 +262,7 @@ impl LeaseThread {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
+            stall_nanos: AtomicU64::new(0),
             expiry: node.as_ref().map(NodeLease::expiry).unwrap_or_default(),
             cm_expired: AtomicBool::new(false),
             suspects: Suspects::new(),
@@ -292,6 +298,7 @@ impl LeaseThread {
                 .chain(config.cm.as_ref().map(|role| role.config))
                 .max()
                 .unwrap_or(0),
+            wake_due: None,
         };
         let thread = std::thread::Builder::new()
             .name(name)
@@ -356,6 +363,14 @@ impl LeaseThread {
     /// and the fault-injection harness.
     pub fn pause(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Release);
+    }
+
+    /// Makes the thread sleep for `duration` at its next turn without reading its socket, as a
+    /// thread the host did not schedule; for tests and the fault-injection harness.
+    pub fn stall(&self, duration: Duration) {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.stall_nanos.store(nanos, Ordering::Release);
+        self.wake();
     }
 }
 
@@ -428,15 +443,30 @@ struct Turn {
     timing: LeaseTiming,
     /// The newest configuration id the thread has seen: the role is gained only in a newer one.
     cm_config: u64,
+    /// When the current wait ends at the latest: a turn that starts well after it was stalled.
+    wake_due: Option<Time>,
 }
 
 impl Turn {
     fn run(&mut self) {
         while !self.shared.stop.load(Ordering::Acquire) {
             self.shared.turns.fetch_add(1, Ordering::Relaxed);
+            let stall = self.shared.stall_nanos.swap(0, Ordering::AcqRel);
+            if stall > 0 {
+                std::thread::sleep(Duration::from_nanos(stall));
+            }
             self.take_configuration();
             let now = self.clock.now();
             let paused = self.shared.paused.load(Ordering::Acquire);
+            // Woken later than it asked to be: the thread did not run meanwhile, and the
+            // members' renewals wait unread in the socket. The CM's side does not judge their
+            // leases on that gap (`CmLeases::excuse_gap`), or one stall of this thread on a
+            // busy host would make it suspect every member at once.
+            if let (Some(cm), Some(due)) = (&mut self.cm, self.wake_due.take())
+                && now > due + STALL_MIN
+            {
+                cm.excuse_gap(due, now);
+            }
             if !paused {
                 self.tick(now);
             }
@@ -562,6 +592,7 @@ impl Turn {
             }
             self.timeout = Some(wait);
         }
+        self.wake_due = Some(now.saturating_add(wait));
         match self.socket.recv_from(&mut self.buffer) {
             Ok((len, from)) => {
                 // A zero-length datagram is a wake-up (stop, or a new configuration); anyone
@@ -728,6 +759,27 @@ mod tests {
         let mut nodes = Vec::new();
         suspects.take(|node| nodes.push(node));
         nodes
+    }
+
+    /// The CM's thread stalls (descheduled) for several leases while its members renew: it
+    /// does not suspect them when it runs again. Before, it ticked before reading its socket
+    /// and suspected every member at once.
+    #[test]
+    fn a_stalled_cm_thread_does_not_suspect_members_that_kept_renewing() {
+        let members = [NodeId(1), NodeId(2)];
+        let cm = cm_thread(&members);
+        let nodes: Vec<LeaseThread> = members
+            .iter()
+            .map(|&n| node_thread(n, cm.local_addr(), Clock::system()))
+            .collect();
+        assert!(eventually(Duration::from_secs(2), || nodes
+            .iter()
+            .all(LeaseThread::is_valid)));
+        cm.stall(4 * timing().lease());
+        // The stall, then two leases more of ordinary running.
+        std::thread::sleep(6 * timing().lease());
+        assert_eq!(taken(cm.suspects()), Vec::<NodeId>::new());
+        assert!(nodes.iter().all(LeaseThread::is_valid));
     }
 
     // FaRM SOSP'15 §5.1: renewals every 1/5 of the lease keep both leases alive.

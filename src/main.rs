@@ -1,6 +1,7 @@
 //! The `acre` command line: the demo, node processes, local clusters, and the bank workload.
 
 mod bench;
+mod bench_failover;
 mod bench_tpcc;
 mod bench_ycsb;
 mod demo;
@@ -73,6 +74,12 @@ enum BenchCommand {
     /// tpmC, committed and aborted per transaction, latency percentiles, and the spec's
     /// consistency conditions checked after the load and after the run (exit 1 if violated).
     Tpcc(bench_tpcc::TpccArgs),
+    /// Kills of a backup-only node, a primary or the CM leader, each on a fresh cluster of node
+    /// processes: milliseconds from the SIGKILL to the suspicion, to the configuration without
+    /// the node committed, and to the first commit again on a region that kept its primary
+    /// (median, p99, max per victim kind; exit 1 if a kill was not reconfigured in time or a
+    /// cluster could not be set up).
+    Failover(bench_failover::FailoverArgs),
 }
 
 #[derive(Subcommand)]
@@ -129,6 +136,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(BenchCommand::Tpcc(args)) => {
             watch_termination().and_then(|t| bench_tpcc::run(&args, &t))
+        }
+        Command::Bench(BenchCommand::Failover(args)) => {
+            watch_termination().and_then(|t| bench_failover::run(&args, &t))
         }
     };
     match result {

@@ -410,6 +410,18 @@ impl Manager {
             "queued={}",
             self.queued.len()
         );
+        // A member that has not acknowledged the configuration being distributed and whose
+        // lease expired will not acknowledge it: the configuration is superseded now rather
+        // than at the acknowledgement timeout (a new leader's first configuration still lists
+        // the old leader, which is usually why there is a new leader).
+        if let Phase::Distributing { config, acked, .. } = &self.phase
+            && config.leased().any(|m| m == node)
+            && !acked.contains(&node)
+        {
+            tracing::warn!(%node, id = config.id, "a member that did not acknowledge NEW-CONFIG lost its lease; superseding it");
+            self.supersede(&[node], now, &mut out);
+            return out;
+        }
         if self.queued.insert(node) && self.queued_since.is_none() {
             self.queued_since = Some(now);
         }
@@ -1143,14 +1155,15 @@ mod tests {
         let (_, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
         let actions = manager.install_outcome(InstallOutcome::Installed(next), ms(12));
         assert!(!new_configs(&actions).is_empty());
-        // n4 and n5 (again) are suspected while 2 is distributed: nothing starts now.
-        assert!(manager.suspect(NodeId(4), ms(13)).is_empty());
-        assert!(manager.suspect(NodeId(5), ms(14)).is_empty());
-        assert!(manager.leases_updated(2, ms(15), ms(15)).is_empty());
-        let mut actions = Vec::new();
+        // Every member acknowledged 2, whose commit waits for the lease update; n4 (after its
+        // acknowledgement) and n5 (again) are suspected meanwhile: nothing starts now. (A
+        // member suspected before it acknowledged supersedes 2 at once: the test above.)
         for node in 1..=4 {
-            actions = manager.ack(NodeId(node), &ok(2), ms(16));
+            assert!(commits(&manager.ack(NodeId(node), &ok(2), ms(13))).is_empty());
         }
+        assert!(manager.suspect(NodeId(4), ms(14)).is_empty());
+        assert!(manager.suspect(NodeId(5), ms(14)).is_empty());
+        let actions = manager.leases_updated(2, ms(15), ms(16));
         assert_eq!(commits(&actions).len(), 4);
         // The commit starts the next one: n5 is no member of 2, so only n4 is suspected.
         let sent = probes(&actions);
@@ -1165,7 +1178,7 @@ mod tests {
                 suspects: vec![NodeId(4)]
             }
         );
-        assert_eq!(record.suspected_at, ms(13));
+        assert_eq!(record.suspected_at, ms(14));
         let mut last = Vec::new();
         for (to, nonce) in sent {
             last = manager.probe_reply(to, nonce, ms(17));
@@ -1213,6 +1226,32 @@ mod tests {
         let (expected_id, next) = proposal(&last).unwrap();
         assert_eq!((expected_id, next.id), (2, 3));
         assert!(!next.nodes.contains(&NodeId(4)));
+    }
+
+    /// A member whose lease expires while it has not acknowledged the configuration being
+    /// distributed supersedes it at once, not at the acknowledgement timeout.
+    #[test]
+    fn a_silent_member_whose_lease_expires_supersedes_the_distribution_at_once() {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        manager.install_outcome(InstallOutcome::Installed(next), ms(12));
+        manager.leases_updated(2, ms(12), ms(12));
+        for node in 1..=3 {
+            assert!(commits(&manager.ack(NodeId(node), &ok(2), ms(13))).is_empty());
+        }
+        let actions = manager.suspect(NodeId(4), ms(20));
+        assert!(commits(&actions).is_empty());
+        assert_eq!(
+            manager.history().last().unwrap().outcome,
+            Outcome::Superseded
+        );
+        let sent = probes(&actions);
+        assert_eq!(
+            sent.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [NodeId(2), NodeId(3)],
+            "probed at once, {:?} before the acknowledgement timeout",
+            ACK_TIMEOUT_DEFAULT
+        );
     }
 
     #[test]

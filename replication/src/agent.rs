@@ -64,8 +64,10 @@ pub const PEERS_WAIT: Duration = Duration::from_secs(30);
 pub const AGENT_TICK: Duration = Duration::from_millis(100);
 /// Its period otherwise.
 pub const AGENT_IDLE_TICK: Duration = Duration::from_millis(500);
-/// How often a client node looks at the CM status file.
-pub const FOLLOW_TICK: Duration = Duration::from_millis(50);
+/// Its period while its replica acts as CM and a configuration is being distributed.
+pub const DISTRIBUTING_TICK: Duration = Duration::from_millis(2);
+/// How often a client node looks at the CM status file (its modification time: a `stat`).
+pub const FOLLOW_TICK: Duration = Duration::from_millis(10);
 /// How long fencing a removed node by killing it may take.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a wait for manifests looks again.
@@ -290,6 +292,7 @@ impl CmAgent {
                     committed: None,
                     last_written: None,
                     last_discovery: None,
+                    epoch: 0,
                 };
                 Some(
                     std::thread::Builder::new()
@@ -368,6 +371,19 @@ struct Keeper {
     /// When the status file was last written, and what it said (but its time).
     last_written: Option<(Instant, CmStatusFile)>,
     last_discovery: Option<Instant>,
+    /// The group's status epoch last seen.
+    epoch: u64,
+}
+
+/// How soon the housekeeping thread looks again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pace {
+    /// The replica does not lead.
+    Follower,
+    Leading,
+    /// A configuration is installed and not yet committed: its commit is due within
+    /// milliseconds, and clients follow the status file.
+    Distributing,
 }
 
 impl Keeper {
@@ -375,15 +391,24 @@ impl Keeper {
         while !self.stopping.load(Ordering::Acquire) {
             self.bootstrap();
             let missing = self.discover_peers();
-            let leading = self.publish_status();
+            let pace = self.publish_status();
             // Busy only while something is to be done soon: the first install, a peer's
-            // address, the status a client follows.
-            let settled = !missing && !leading && self.group.configuration().is_some();
-            let mut rest = if settled { AGENT_IDLE_TICK } else { AGENT_TICK };
+            // address, the status a client follows; and woken at once when Raft applies a
+            // configuration or the leadership moves (the group's status watch).
+            let settled =
+                !missing && pace == Pace::Follower && self.group.configuration().is_some();
+            let mut rest = match pace {
+                Pace::Distributing => DISTRIBUTING_TICK,
+                _ if settled => AGENT_IDLE_TICK,
+                _ => AGENT_TICK,
+            };
             while !rest.is_zero() && !self.stopping.load(Ordering::Acquire) {
                 let step = rest.min(AGENT_TICK);
-                std::thread::sleep(step);
-                rest -= step;
+                let status = self.group.wait_status(self.epoch, step);
+                if status.epoch > self.epoch {
+                    break;
+                }
+                rest = rest.saturating_sub(step);
             }
         }
     }
@@ -436,14 +461,15 @@ impl Keeper {
         missing
     }
 
-    /// Writes the status file while this replica acts as CM (module docs); returns whether it
-    /// leads.
-    fn publish_status(&mut self) -> bool {
+    /// Writes the status file while this replica acts as CM (module docs); says how soon to
+    /// look again.
+    fn publish_status(&mut self) -> Pace {
         let status = self.group.status();
+        self.epoch = status.epoch;
         if !status.is_leader {
             self.committed = None;
             self.last_written = None;
-            return false;
+            return Pace::Follower;
         }
         let history = self.driver.history();
         let committed_id = history
@@ -457,7 +483,18 @@ impl Keeper {
             self.committed = Some(installed.clone());
         }
         let Some(committed) = self.committed.clone() else {
-            return true;
+            return Pace::Leading;
+        };
+        // Installed through Raft and being distributed: clients adopt it with the members.
+        let installing = status
+            .configuration
+            .as_ref()
+            .filter(|c| c.id > committed.id)
+            .map(|c| (**c).clone());
+        let pace = if installing.is_some() {
+            Pace::Distributing
+        } else {
+            Pace::Leading
         };
         // Built and compared only when something it shows may have changed, or it is due.
         if let Some((at, last)) = &self.last_written
@@ -471,7 +508,7 @@ impl Keeper {
                     .last()
                     .map(|r| (outcome_name(&r.outcome), r.from_id))
         {
-            return true;
+            return pace;
         }
         let now = self.clock.now();
         let leases = committed
@@ -497,12 +534,13 @@ impl Keeper {
             leases,
             history: history.iter().skip(skip).map(row).collect(),
             committed: (*committed).clone(),
+            installing,
         };
         match file.write(&self.dir) {
             Ok(()) => self.last_written = Some((Instant::now(), file)),
             Err(e) => tracing::warn!("cannot write the CM status file: {e}"),
         }
-        true
+        pace
     }
 }
 
@@ -615,18 +653,28 @@ pub fn follow_once(node: &ProcessNode, seen: &mut Option<SystemTime>) {
         }
     };
     *seen = Some(modified);
-    let newer = status.committed;
-    let id = newer.id;
-    if id <= node.txn().config_id() {
-        return;
-    }
-    if let Err(e) = node.adopt(Arc::new(newer)) {
-        tracing::warn!(id, "cannot adopt the CM's configuration: {e}");
-        *seen = None;
-        return;
-    }
-    if let Err(e) = node.commit_config(id) {
-        tracing::warn!(id, "cannot commit the CM's configuration: {e}");
+    // The one being distributed first (adopted, not committed: the node's transactions wait
+    // for its commit, as a member's do), then the committed one.
+    for (newer, commit) in [(status.installing, false), (Some(status.committed), true)] {
+        let Some(newer) = newer else {
+            continue;
+        };
+        let id = newer.id;
+        if id > node.txn().config_id()
+            && let Err(e) = node.adopt(Arc::new(newer))
+        {
+            tracing::warn!(id, "cannot adopt the CM's configuration: {e}");
+            *seen = None;
+            return;
+        }
+        let (current, committed) = node.txn().config_state();
+        if commit
+            && current == id
+            && !committed
+            && let Err(e) = node.commit_config(id)
+        {
+            tracing::warn!(id, "cannot commit the CM's configuration: {e}");
+        }
     }
 }
 

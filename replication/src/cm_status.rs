@@ -42,6 +42,10 @@ pub struct CmStatusFile {
     pub history: Vec<ReconfigurationRow>,
     /// The configuration last committed (NEW-CONFIG-COMMIT sent).
     pub committed: Configuration,
+    /// The configuration Raft installed after it, while the CM distributes it (NEW-CONFIG
+    /// sent, not yet committed): clients adopt it with the members and commit it with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installing: Option<Configuration>,
 }
 
 /// Reconfigurations kept in the file.
@@ -172,6 +176,7 @@ mod tests {
                 outcome: "committed".into(),
             }],
             committed,
+            installing: None,
         };
         status.write(dir.path()).unwrap();
         assert_eq!(CmStatusFile::read(dir.path()).unwrap(), Some(status));

@@ -19,6 +19,17 @@ const LEASE_MS: &str = "300";
 /// much more for a loaded machine (and a new leader's grace when the CM leader dies).
 const RECONFIGURE_MAX: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(20);
+/// Four nodes, f = 1, n4 holding only backups (of r3), the CM on n1-n3.
+const FOUR_NODES_N4_BACKUP_ONLY: &[&str] = &[
+    "--nodes",
+    "4",
+    "--f",
+    "1",
+    "--backup-only",
+    "1",
+    "--cm",
+    "3",
+];
 
 /// A cluster with a CM, taken down and removed when the test ends, even on failure.
 struct CmCluster {
@@ -139,19 +150,7 @@ fn read(db: &Db, addr: Addr) -> u64 {
 /// (copying), the other regions too, and no other node is suspected.
 #[test]
 fn a_killed_backup_only_node_is_removed_and_every_region_keeps_committing() {
-    let cluster = CmCluster::up(
-        "backup",
-        &[
-            "--nodes",
-            "4",
-            "--f",
-            "1",
-            "--backup-only",
-            "1",
-            "--cm",
-            "3",
-        ],
-    );
+    let cluster = CmCluster::up("backup", FOUR_NODES_N4_BACKUP_ONLY);
     let before = cluster.status();
     let r3 = before.committed.placement(RegionId(3)).expect("r3").clone();
     assert_eq!(r3.backups, vec![NodeId(4)], "{before:?}");
@@ -262,19 +261,7 @@ fn a_killed_cm_leader_is_replaced_and_no_healthy_node_is_suspected() {
 /// before it commits the configuration, so it can write nothing after SIGCONT.
 #[test]
 fn a_node_paused_beyond_its_lease_is_removed_and_fenced() {
-    let cluster = CmCluster::up(
-        "pause",
-        &[
-            "--nodes",
-            "4",
-            "--f",
-            "1",
-            "--backup-only",
-            "1",
-            "--cm",
-            "3",
-        ],
-    );
+    let cluster = CmCluster::up("pause", FOUR_NODES_N4_BACKUP_ONLY);
     let before = cluster.status();
     let pid = node_pid_of(&cluster.dir, NodeId(4));
     send_signal(pid, "STOP");

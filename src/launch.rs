@@ -284,12 +284,7 @@ pub fn kill(args: &KillArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
     let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
         .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
-    let id: u16 = args
-        .node
-        .trim_start_matches('n')
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{:?} is not a node id: give 3 or n3", args.node))?;
-    let node = NodeId(id);
+    let node = parse_node(&args.node)?;
     if !file.config.nodes.contains(&node) {
         bail!(
             "{node} is not a memory node of the cluster in {} (its nodes: {})",
@@ -320,6 +315,144 @@ pub fn kill(args: &KillArgs) -> anyhow::Result<ExitCode> {
             bail!("{node} is not running (no live process matches its manifest)")
         }
     }
+}
+
+/// How long `remove-node` waits for the acting CM to answer its request.
+const REQUEST_ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long `remove-node` waits for the configuration without the node to be committed.
+const REMOVAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `acre cluster remove-node N`: asks the acting CM to remove memory node N gracefully
+/// (docs/failures.md#the-cm-in-node-processes): its primaries handed to complete backups, new
+/// backups chosen, refused when N holds some region's last complete replica. Waits for the
+/// configuration without N, then stops N's process if it still runs.
+pub fn remove_node(args: &KillArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
+    let dir = &args.dir;
+    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
+        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
+    anyhow::ensure!(
+        file.cm.is_some(),
+        "the cluster in {} runs no configuration manager (started with --cm 0): its membership \
+         cannot change",
+        dir.display()
+    );
+    let node = parse_node(&args.node)?;
+    let status = cluster::CmStatusFile::read(dir)?
+        .ok_or_else(|| anyhow::anyhow!("the CM has committed no configuration yet"))?;
+    if !status.committed.nodes.contains(&node) {
+        bail!(
+            "{node} is not a memory node of configuration {} (its nodes: {})",
+            status.committed.id,
+            node_list(&status.committed.nodes)
+        );
+    }
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let request_path = dir.join(cluster::CM_REQUEST_FILE);
+    cluster::write_toml(
+        &request_path,
+        &cluster::CmRequest {
+            nonce,
+            remove: node,
+        },
+    )
+    .with_context(|| format!("write {}", request_path.display()))?;
+    let deadline = Instant::now() + REQUEST_ANSWER_TIMEOUT;
+    let reply = loop {
+        if let Ok(Some(reply)) =
+            cluster::read_toml::<cluster::CmReply>(&dir.join(cluster::CM_REPLY_FILE))
+            && reply.nonce == nonce
+        {
+            break Some(reply);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_file(&request_path);
+    let Some(reply) = reply else {
+        bail!(
+            "no acting CM answered within {REQUEST_ANSWER_TIMEOUT:?}: see `acre cluster status \
+             --dir {}` (a majority of the CM replicas must run)",
+            dir.display()
+        );
+    };
+    if !reply.accepted {
+        bail!("the CM refused to remove {node}: {}", reply.message);
+    }
+    writeln!(out, "the CM accepted: {}", reply.message)?;
+    let deadline = Instant::now() + REMOVAL_TIMEOUT;
+    let removed = loop {
+        if let Ok(Some(status)) = cluster::CmStatusFile::read(dir)
+            && !status.committed.nodes.contains(&node)
+        {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the configuration without {node} was not committed within {REMOVAL_TIMEOUT:?}: \
+                 see `acre cluster status --dir {}`",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    writeln!(
+        out,
+        "configuration {} committed without {node}",
+        removed.committed.id
+    )?;
+    if let Some(row) = removed
+        .history
+        .iter()
+        .rev()
+        .find(|r| r.failed.contains(&node))
+    {
+        writeln!(
+            out,
+            "  {} -> {}: installed +{:.1} ms, committed +{:.1} ms after the request was taken",
+            row.from_id,
+            row.to_id.unwrap_or(0),
+            row.installed_ms.unwrap_or(f64::NAN),
+            row.committed_ms.unwrap_or(f64::NAN)
+        )?;
+    }
+    for placement in &removed.committed.regions {
+        if !placement.state.is_active() {
+            writeln!(
+                out,
+                "  {} is {} (its primary moved; it serves again once recovery exists)",
+                placement.region,
+                placement.state.name()
+            )?;
+        }
+    }
+    // Over shm the CM fenced it (killed) before the commit; over tcp it runs on, refused by
+    // every member: stop it.
+    if let Some((_, pid)) = running_nodes(dir, Some(&file))
+        .into_iter()
+        .find(|(n, _)| *n == node)
+    {
+        let _ = acre::engine::signal::terminate(pid);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while cluster::process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        writeln!(out, "stopped {node}'s process (pid {pid})")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A node id as an operator writes it: `3` or `n3`.
+fn parse_node(text: &str) -> anyhow::Result<NodeId> {
+    let id: u16 = text
+        .trim_start_matches('n')
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a node id: give 3 or n3"))?;
+    Ok(NodeId(id))
 }
 
 /// Waits until the CM's leader has committed its first configuration (it names itself CM),

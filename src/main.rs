@@ -92,6 +92,8 @@ enum ClusterCommand {
     Down(launch::DownArgs),
     /// SIGKILL one memory node (to watch the configuration manager remove it).
     Kill(launch::KillArgs),
+    /// Remove one memory node gracefully through the configuration manager.
+    RemoveNode(launch::KillArgs),
 }
 
 fn main() -> ExitCode {
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Status(args)) => launch::status(&args),
         Command::Cluster(ClusterCommand::Down(args)) => launch::down(&args),
         Command::Cluster(ClusterCommand::Kill(args)) => launch::kill(&args),
+        Command::Cluster(ClusterCommand::RemoveNode(args)) => launch::remove_node(&args),
         Command::Node { cluster, id } => run_node(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
         Command::Bench(BenchCommand::Bank(args)) => {

@@ -139,9 +139,14 @@ pub struct DriverOptions {
     pub install_timeout: Duration,
 }
 
+/// An operator's request to the CM, and where its answer goes.
+type AdminRequest = (NodeId, mpsc::SyncSender<Result<(), String>>);
+
 /// A process's reconfiguration thread (module docs). Dropping it stops the thread.
 pub struct CmDriver {
     node: NodeId,
+    /// Operators' removal requests, for the manager (taken at every turn).
+    admin: Mutex<mpsc::Sender<AdminRequest>>,
     stopping: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Reconfiguration>>>,
     thread: Option<JoinHandle<()>>,
@@ -169,6 +174,7 @@ impl CmDriver {
         let stopping = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(Vec::new()));
         let node = options.node;
+        let (admin, admin_requests) = mpsc::channel();
         let (cm, inbox) = match source {
             Source::Cm(seat) => (
                 Some(CmState {
@@ -186,6 +192,7 @@ impl CmDriver {
             Source::Inbox(inbox) => (None, Some(inbox)),
         };
         let turn = Turn {
+            admin_requests,
             member: Member::new(node, adopter),
             cm,
             inbox,
@@ -201,6 +208,7 @@ impl CmDriver {
             .spawn(move || turn.run())?;
         Ok(CmDriver {
             node,
+            admin: Mutex::new(admin),
             stopping,
             history,
             thread: Some(thread),
@@ -209,6 +217,21 @@ impl CmDriver {
 
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// Asks this process's manager to remove `node` gracefully ([`Manager::remove`]) and waits
+    /// at most `timeout` for it to accept (the reconfiguration then runs on; its outcome is in
+    /// [`CmDriver::history`]) or refuse, with the reason.
+    pub fn remove(&self, node: NodeId, timeout: Duration) -> Result<(), String> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.admin
+            .lock()
+            .expect(POISONED)
+            .send((node, reply))
+            .map_err(|_| "the CM driver has stopped".to_string())?;
+        answer
+            .recv_timeout(timeout)
+            .map_err(|_| format!("the CM driver did not answer within {timeout:?}"))?
     }
 
     /// The reconfigurations this process's manager finished, oldest first (empty unless it led).
@@ -269,6 +292,7 @@ struct CmState {
 /// Everything the thread's loop touches, owned by it.
 struct Turn<A> {
     options: DriverOptions,
+    admin_requests: mpsc::Receiver<AdminRequest>,
     member: Member<A>,
     cm: Option<CmState>,
     inbox: Option<Inbox>,
@@ -286,6 +310,7 @@ impl<A: Adopter> Turn<A> {
             let now = self.options.clock.now();
             self.follow_leadership(now);
             self.poll_cm(now);
+            self.take_admin_requests(now);
             let wait = self.wait();
             if let Some((from, body)) = self.receive(wait) {
                 self.handle(from, body);
@@ -394,6 +419,26 @@ impl<A: Adopter> Turn<A> {
         self.lease_thread.suspects().take(|_| {});
         let actions = cm.manager.became_leader((*config).clone(), now);
         self.execute(actions);
+    }
+
+    /// Operators' requests: answered at once, refused unless this process acts as CM.
+    fn take_admin_requests(&mut self, now: Time) {
+        while let Ok((node, reply)) = self.admin_requests.try_recv() {
+            let result = match self.cm.as_mut() {
+                Some(cm) => cm.manager.remove(node, now),
+                None => Err("this process hosts no CM replica".into()),
+            };
+            match result {
+                Ok(actions) => {
+                    tracing::info!(%node, "removing on an operator's request");
+                    let _ = reply.send(Ok(()));
+                    self.execute(actions);
+                }
+                Err(reason) => {
+                    let _ = reply.send(Err(reason));
+                }
+            }
+        }
     }
 
     /// The lease thread's suspects and the install's outcome.

@@ -161,6 +161,8 @@ pub enum Cause {
     Failure { suspects: Vec<NodeId> },
     /// This CM became leader and names itself in the configuration.
     NewLeader,
+    /// An operator asked for the node's removal ([`Manager::remove`]).
+    Removal { node: NodeId },
 }
 
 /// How a reconfiguration ended.
@@ -214,6 +216,7 @@ impl fmt::Display for Reconfiguration {
         match &self.cause {
             Cause::Failure { suspects } => write!(f, "suspects {suspects:?}")?,
             Cause::NewLeader => write!(f, "new CM leader")?,
+            Cause::Removal { node } => write!(f, "removal of {node}")?,
         }
         write!(f, ": {} -> ", self.from_id)?;
         match self.to_id {
@@ -427,6 +430,57 @@ impl Manager {
         }
         self.start_next(now, &mut out);
         out
+    }
+
+    /// An operator asks for `node`'s graceful removal (`acre cluster remove-node`): planned with
+    /// [`remap::remove_node`] (its primaries handed to complete backups, new backups chosen;
+    /// refused when the node holds some region's last complete replica), installed through Raft
+    /// and distributed as any reconfiguration; the removed node's lease is waited out and it is
+    /// fenced before the commit. Refused, with the reason, when this CM does not lead, when a
+    /// reconfiguration is under way (ask again once it ends), or when the plan is refused.
+    pub fn remove(&mut self, node: NodeId, now: Time) -> Result<Vec<Action>, String> {
+        if !self.is_leader() {
+            return Err("this replica does not act as CM".into());
+        }
+        if !self.is_idle() || !self.queued.is_empty() {
+            return Err("a reconfiguration is under way: ask again once it ends".into());
+        }
+        if node == self.me {
+            return Err(format!(
+                "{node} runs the acting CM: stop it instead (a new CM takes over and removes it)"
+            ));
+        }
+        let config = self
+            .config
+            .clone()
+            .expect("a leader knows its configuration");
+        let plan = remap::remove_node(&config, node).map_err(|e| e.to_string())?;
+        self.record = Some(Reconfiguration {
+            cause: Cause::Removal { node },
+            from_id: config.id,
+            to_id: None,
+            failed: vec![node],
+            suspected_at: now,
+            probed_at: None,
+            installed_at: None,
+            acked_at: None,
+            committed_at: None,
+            outcome: Outcome::InProgress,
+        });
+        let mut next = plan.config;
+        next.cm_leader = Some(self.me);
+        let next = Arc::new(next);
+        let mut out = vec![Action::ProposeInstall {
+            expected_id: config.id,
+            configuration: next.clone(),
+        }];
+        self.phase = Phase::Installing {
+            failed: BTreeSet::from([node]),
+            proposed: next,
+            attempt_count: 1,
+        };
+        out.shrink_to_fit();
+        Ok(out)
     }
 
     /// `from` answered the probe `nonce`.
@@ -727,7 +781,13 @@ impl Manager {
             next.id = config.id + 1;
             next
         } else {
-            match remap::after_failure(&config, &failed) {
+            let planned = match self.record.as_ref().map(|r| &r.cause) {
+                Some(Cause::Removal { node }) if failed.len() == 1 && failed.contains(node) => {
+                    remap::remove_node(&config, *node)
+                }
+                _ => remap::after_failure(&config, &failed),
+            };
+            match planned {
                 Ok(plan) => plan.config,
                 Err(e) => {
                     tracing::error!(?failed, "no configuration can follow {}: {e}", config.id);
@@ -1226,6 +1286,28 @@ mod tests {
         let (expected_id, next) = proposal(&last).unwrap();
         assert_eq!((expected_id, next.id), (2, 3));
         assert!(!next.nodes.contains(&NodeId(4)));
+    }
+
+    /// An operator's removal is planned with `remove_node`, installed and distributed to the
+    /// remaining members; refused while a reconfiguration is under way and for the acting CM.
+    #[test]
+    fn a_removal_is_installed_and_distributed_without_the_node() {
+        let mut manager = lead();
+        assert!(manager.remove(ME, ms(5)).is_err(), "the acting CM");
+        let actions = manager.remove(NodeId(5), ms(5)).expect("removal accepted");
+        let (expected_id, next) = proposal(&actions).expect("a proposal");
+        assert_eq!((expected_id, next.id), (1, 2));
+        assert!(!next.nodes.contains(&NodeId(5)));
+        assert!(
+            manager.remove(NodeId(4), ms(6)).is_err(),
+            "busy with the first removal"
+        );
+        let actions = manager.install_outcome(InstallOutcome::Installed(next), ms(7));
+        assert_eq!(new_configs(&actions).len(), 4, "{actions:?}");
+        assert_eq!(
+            manager.in_progress().unwrap().cause,
+            Cause::Removal { node: NodeId(5) }
+        );
     }
 
     /// A member whose lease expires while it has not acknowledged the configuration being

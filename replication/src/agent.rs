@@ -34,7 +34,10 @@
 //! configuration the CM committed.
 
 use crate::cluster_file::{ClusterFile, CmSettings};
-use crate::cm_status::{CmStatusFile, HISTORY_MAX, LeaseRow, ReconfigurationRow, STATUS_REFRESH};
+use crate::cm_status::{
+    CM_REPLY_FILE, CM_REQUEST_FILE, CmReply, CmRequest, CmStatusFile, HISTORY_MAX, LeaseRow,
+    ReconfigurationRow, STATUS_REFRESH, read_toml, write_toml,
+};
 use crate::process::{ProcessNode, fence_by_kill};
 use acre_cm::driver::{CmDriver, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source};
 use acre_cm::group::{CmGroup, GroupOptions};
@@ -68,6 +71,10 @@ pub const AGENT_IDLE_TICK: Duration = Duration::from_millis(500);
 pub const DISTRIBUTING_TICK: Duration = Duration::from_millis(2);
 /// How often a client node looks at the CM status file (its modification time: a `stat`).
 pub const FOLLOW_TICK: Duration = Duration::from_millis(10);
+/// How old an operator's request may be and still be acted on.
+pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(5);
+/// How long the driver may take to accept or refuse an operator's request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long fencing a removed node by killing it may take.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a wait for manifests looks again.
@@ -293,6 +300,7 @@ impl CmAgent {
                     last_written: None,
                     last_discovery: None,
                     epoch: 0,
+                    answered: None,
                 };
                 Some(
                     std::thread::Builder::new()
@@ -373,6 +381,8 @@ struct Keeper {
     last_discovery: Option<Instant>,
     /// The group's status epoch last seen.
     epoch: u64,
+    /// The nonce of the operator's request last answered.
+    answered: Option<u64>,
 }
 
 /// How soon the housekeeping thread looks again.
@@ -392,6 +402,9 @@ impl Keeper {
             self.bootstrap();
             let missing = self.discover_peers();
             let pace = self.publish_status();
+            if pace != Pace::Follower {
+                self.answer_request();
+            }
             // Busy only while something is to be done soon: the first install, a peer's
             // address, the status a client follows; and woken at once when Raft applies a
             // configuration or the leadership moves (the group's status watch).
@@ -410,6 +423,51 @@ impl Keeper {
                 }
                 rest = rest.saturating_sub(step);
             }
+        }
+    }
+
+    /// An operator's request (`cm-request.toml`, written by `acre cluster remove-node`), taken
+    /// once by its nonce and answered in `cm-reply.toml` while this replica acts as CM.
+    fn answer_request(&mut self) {
+        let path = self.dir.join(CM_REQUEST_FILE);
+        // A request its operator stopped waiting for is not acted on later (by a CM that
+        // became leader since, say).
+        let fresh = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age < REQUEST_MAX_AGE));
+        if !fresh {
+            return;
+        }
+        let request: CmRequest = match read_toml(&path) {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        };
+        if self.answered == Some(request.nonce) {
+            return;
+        }
+        self.answered = Some(request.nonce);
+        let node = request.remove;
+        let reply = match self.driver.remove(node, REQUEST_TIMEOUT) {
+            Ok(()) => CmReply {
+                nonce: request.nonce,
+                accepted: true,
+                message: format!(
+                    "removing {node}: configuration {} + 1 is being installed",
+                    self.node.txn().config_id()
+                ),
+            },
+            Err(reason) => CmReply {
+                nonce: request.nonce,
+                accepted: false,
+                message: reason,
+            },
+        };
+        if let Err(e) = write_toml(&self.dir.join(CM_REPLY_FILE), &reply) {
+            tracing::warn!("cannot answer the operator's request: {e}");
         }
     }
 
@@ -573,6 +631,7 @@ fn row(record: &Reconfiguration) -> ReconfigurationRow {
                     .join(", ")
             ),
             Cause::NewLeader => "new CM leader".into(),
+            Cause::Removal { node } => format!("removal of {node}"),
         },
         from_id: record.from_id,
         to_id: record.to_id,

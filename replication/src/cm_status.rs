@@ -109,29 +109,64 @@ impl CmStatusFile {
     /// Reads the status file of the cluster in `dir`; `Ok(None)` when there is none (no CM, or
     /// none has committed a configuration yet).
     pub fn read(dir: &Path) -> Result<Option<CmStatusFile>, CmStatusError> {
-        let path = CmStatusFile::path(dir);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(CmStatusError::Read { path, source }),
-        };
-        toml::from_str(&text)
-            .map(Some)
-            .map_err(|e| CmStatusError::Parse {
-                path,
-                message: e.to_string(),
-            })
+        read_toml(&CmStatusFile::path(dir))
     }
 
     /// Publishes the file atomically (a temporary file renamed over it).
     pub fn write(&self, dir: &Path) -> io::Result<()> {
-        let text = toml::to_string(self)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let path = CmStatusFile::path(dir);
-        let tmp = path.with_extension(format!("toml.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &path)
+        write_toml(&CmStatusFile::path(dir), self)
     }
+}
+
+/// Name of an operator's request to the CM in a cluster directory (`acre cluster remove-node`).
+pub const CM_REQUEST_FILE: &str = "cm-request.toml";
+/// Name of the acting CM's answer to it.
+pub const CM_REPLY_FILE: &str = "cm-reply.toml";
+
+/// An operator's request to the CM: one at a time, told apart by its nonce.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmRequest {
+    pub nonce: u64,
+    /// Remove this memory node gracefully.
+    pub remove: NodeId,
+}
+
+/// The acting CM's answer to the request with `nonce`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmReply {
+    pub nonce: u64,
+    pub accepted: bool,
+    /// Why it was refused, or what was started.
+    pub message: String,
+}
+
+/// Reads a small TOML file of the cluster directory; `Ok(None)` when it does not exist.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, CmStatusError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CmStatusError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| CmStatusError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Writes a small TOML file atomically (a temporary file renamed over it).
+pub fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let text = toml::to_string(value)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let tmp = path.with_extension(format!("toml.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -272,3 +272,38 @@ fn a_node_paused_beyond_its_lease_is_removed_and_fenced() {
     wait_until_dead(pid);
     assert_eq!(after.committed.nodes, vec![NodeId(1), NodeId(2), NodeId(3)]);
 }
+
+/// `acre cluster remove-node`: a backup-only node is removed gracefully (its region keeps
+/// committing, its process is stopped); removing the last complete replica of a region is
+/// refused with the reason, and nothing changes.
+#[test]
+fn remove_node_removes_a_backup_and_refuses_a_regions_last_complete_replica() {
+    let cluster = CmCluster::up("remove", FOUR_NODES_N4_BACKUP_ONLY);
+    let before = cluster.status();
+    let pid = node_pid_of(&cluster.dir, NodeId(4));
+    let removed = acre(&["cluster", "remove-node", "--dir", cluster.dir(), "4"]);
+    assert!(removed.status.success(), "{}", text(&removed));
+    let after = cluster.status();
+    assert_eq!(after.committed.nodes, vec![NodeId(1), NodeId(2), NodeId(3)]);
+    assert!(after.committed.id > before.committed.id);
+    assert!(
+        after
+            .history
+            .iter()
+            .any(|r| r.cause == "removal of n4" && r.outcome == "committed"),
+        "{after:?}"
+    );
+    wait_until_dead(pid);
+    // r3's only complete replica is now n3 (its new backup is still copying).
+    let r3 = after.committed.placement(RegionId(3)).unwrap();
+    assert!(r3.state.is_active() && r3.primary == NodeId(3), "{r3:?}");
+    let refused = acre(&["cluster", "remove-node", "--dir", cluster.dir(), "n3"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("last complete replica of r3"), "{said}");
+    assert_eq!(
+        cluster.status().committed.id,
+        after.committed.id,
+        "nothing changed"
+    );
+}

@@ -25,6 +25,9 @@ pub struct IdleArgs {
     /// Number of node processes.
     #[arg(long, default_value_t = 3)]
     nodes: u16,
+    /// Length of the CM's leases, in milliseconds (renewals every fifth of it).
+    #[arg(long, default_value_t = launch::LEASE_MS_DEFAULT)]
+    lease_ms: u64,
     /// The cluster directory (created and removed).
     #[arg(long, default_value = "/dev/shm/acre-idle")]
     dir: PathBuf,
@@ -46,7 +49,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         persist: "auto".into(),
         cm: None,
         backup_only: 0,
-        lease_ms: launch::LEASE_MS_DEFAULT,
+        lease_ms: args.lease_ms,
         commit: "one-sided".into(),
     };
     launch::up(&up)?;

@@ -65,7 +65,8 @@ pub const PEERS_WAIT: Duration = Duration::from_secs(30);
 /// configuration, while a peer's address is missing, and while its replica acts as CM (the
 /// status file a client follows).
 pub const AGENT_TICK: Duration = Duration::from_millis(100);
-/// Its period otherwise.
+/// Its period otherwise, and while its replica acts as CM with nothing under way (it answers
+/// operators' requests at this pace).
 pub const AGENT_IDLE_TICK: Duration = Duration::from_millis(500);
 /// Its period while its replica acts as CM and a configuration is being distributed.
 pub const DISTRIBUTING_TICK: Duration = Duration::from_millis(2);
@@ -408,21 +409,14 @@ impl Keeper {
             // Busy only while something is to be done soon: the first install, a peer's
             // address, the status a client follows; and woken at once when Raft applies a
             // configuration or the leadership moves (the group's status watch).
-            let settled =
-                !missing && pace == Pace::Follower && self.group.configuration().is_some();
-            let mut rest = match pace {
+            let settled = !missing && self.group.configuration().is_some();
+            let wait = match pace {
                 Pace::Distributing => DISTRIBUTING_TICK,
                 _ if settled => AGENT_IDLE_TICK,
                 _ => AGENT_TICK,
             };
-            while !rest.is_zero() && !self.stopping.load(Ordering::Acquire) {
-                let step = rest.min(AGENT_TICK);
-                let status = self.group.wait_status(self.epoch, step);
-                if status.epoch > self.epoch {
-                    break;
-                }
-                rest = rest.saturating_sub(step);
-            }
+            // One wait, cut short by the watch: a stop waits for it (at most AGENT_IDLE_TICK).
+            self.group.wait_status(self.epoch, wait);
         }
     }
 
@@ -541,7 +535,8 @@ impl Keeper {
             self.committed = Some(installed.clone());
         }
         let Some(committed) = self.committed.clone() else {
-            return Pace::Leading;
+            // The first configurations are being installed and distributed.
+            return Pace::Distributing;
         };
         // Installed through Raft and being distributed: clients adopt it with the members.
         let installing = status

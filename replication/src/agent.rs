@@ -266,6 +266,7 @@ impl CmAgent {
                 voters: replicas.clone(),
                 timing: ManagerTiming::default(),
                 fence,
+                known_nodes: file.config.nodes.clone(),
             };
             (Source::Cm(seat), Some(group))
         } else {

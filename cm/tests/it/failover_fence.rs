@@ -187,6 +187,7 @@ fn a_node_removed_by_an_uncommitted_configuration_of_the_previous_cm_is_fenced()
                     voters: REPLICAS.to_vec(),
                     timing: ManagerTiming::default(),
                     fence,
+                    known_nodes: (1..=4).map(NodeId).collect(),
                 }),
             )
             .unwrap(),

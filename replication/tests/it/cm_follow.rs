@@ -90,3 +90,54 @@ fn a_commit_written_in_the_same_mtime_tick_as_the_install_is_not_missed() {
     n1.stop();
     n2.stop();
 }
+
+/// A memory node the CM removed (its configuration 2 no longer lists n2) is restarted with
+/// `acre node`: it must not start, and the error must say why. The cluster file lists n2, so
+/// "use an id the cluster file lists" sends the operator the wrong way.
+#[test]
+fn a_node_the_cm_removed_is_told_so_when_it_restarts() {
+    use acre_replication::cluster_file::CmSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let client = NodeId(CLIENT_ID_BASE);
+    let mut first = Configuration::place(
+        1,
+        vec![NodeId(1), NodeId(2)],
+        vec![client],
+        1,
+        1,
+        REGION_BYTES,
+        BLOCK_BYTES,
+    )
+    .unwrap();
+    first.cm_replicas = vec![NodeId(1)];
+    let path = dir.path().join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Shm,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        config: first.clone(),
+        cm: Some(CmSettings { lease_ms: 200 }),
+    }
+    .write(&path)
+    .unwrap();
+    let mut second = Configuration::place(
+        2,
+        vec![NodeId(1)],
+        vec![client],
+        1,
+        0,
+        REGION_BYTES,
+        BLOCK_BYTES,
+    )
+    .unwrap();
+    second.cm_replicas = vec![NodeId(1)];
+    status(&second, None).write(dir.path()).unwrap();
+    let error = ProcessNode::start(&path, NodeId(2))
+        .err()
+        .expect("n2 was removed");
+    let message = error.to_string();
+    assert!(
+        message.contains("configuration 2") || message.contains("removed"),
+        "the error does not say that the CM removed n2: {message}"
+    );
+}

@@ -206,7 +206,9 @@ fn a_node_removed_by_an_uncommitted_configuration_of_the_previous_cm_is_fenced()
     let committed = leader.configuration().unwrap();
     assert!(!committed.members().any(|n| n == REMOVED), "{committed:?}");
     assert!(
-        members.iter().any(|m| *m.0.lock().unwrap() == (committed.id, true)),
+        members
+            .iter()
+            .any(|m| *m.0.lock().unwrap() == (committed.id, true)),
         "configuration {} committed at a member",
         committed.id
     );

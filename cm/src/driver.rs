@@ -117,6 +117,11 @@ pub struct CmSeat {
     pub voters: Vec<NodeId>,
     pub timing: ManagerTiming,
     pub fence: Fence,
+    /// Every memory node the cluster has had (the cluster file's). A driver that becomes the
+    /// CM fences those its configuration does not list before its first commit: a previous CM
+    /// may have installed the configuration that removed them and lost its leadership before
+    /// it fenced them, and Raft keeps no record of which removals were fenced.
+    pub known_nodes: Vec<NodeId>,
 }
 
 /// Where the driver reads its envelopes from.
@@ -415,6 +420,15 @@ impl<A: Adopter> Turn<A> {
         tracing::info!(node = %self.options.node, id = config.id, "acting as CM");
         cm.lease_members = config.leased().collect();
         cm.first_update = true;
+        // Removals a previous CM may not have fenced (CmSeat::known_nodes).
+        let unlisted: Vec<NodeId> = cm
+            .seat
+            .known_nodes
+            .iter()
+            .copied()
+            .filter(|&n| !config.leased().any(|m| m == n))
+            .collect();
+        cm.removed.extend(unlisted);
         // Suspicions published before this process led are stale.
         self.lease_thread.suspects().take(|_| {});
         let actions = cm.manager.became_leader((*config).clone(), now);

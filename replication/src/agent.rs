@@ -267,6 +267,7 @@ impl CmAgent {
                 voters: replicas.clone(),
                 timing: ManagerTiming::default(),
                 fence,
+                known_nodes: file.config.nodes.clone(),
             };
             (Source::Cm(seat), Some(group))
         } else {
@@ -695,7 +696,11 @@ pub fn follow_once(node: &ProcessNode, seen: &mut Option<SystemTime>) {
     let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
         return;
     };
-    if *seen == Some(modified) {
+    // Keyed on the modification time only while the node's configuration is committed: two
+    // writes within one tick of the file system's clock (coarse on many kernels: a jiffy) carry
+    // the same time, and the CM writes every 2 ms while it distributes. A node waiting for a
+    // commit reads the file at every look.
+    if *seen == Some(modified) && node.txn().config_state().1 {
         return;
     }
     let status = match CmStatusFile::read(node.dir()) {

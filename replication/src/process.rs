@@ -40,6 +40,13 @@ pub enum NodeStartError {
     ClusterFile(#[from] ClusterFileError),
     #[error("{node} is not a node of the cluster in {path}: use an id the cluster file lists")]
     NotAMember { node: NodeId, path: PathBuf },
+    /// The cluster file lists it, but the configuration manager removed it since (its lease
+    /// expired): it cannot rejoin until nodes can be added back.
+    #[error(
+        "{node} was removed from the cluster by its configuration manager (configuration \
+         {config} no longer lists it; see `acre cluster status`): it cannot rejoin"
+    )]
+    Removed { node: NodeId, config: u64 },
     #[error("{node} cannot {what} ({path}): {source}")]
     Io {
         node: NodeId,
@@ -163,7 +170,14 @@ impl ProcessNode {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         // With a CM, the configuration may have moved on since the cluster file was written.
+        let listed = file.config.members().any(|m| m == node);
         file.config = crate::agent::current_configuration(&dir, &file);
+        if listed && !file.config.members().any(|m| m == node) {
+            return Err(NodeStartError::Removed {
+                node,
+                config: file.config.id,
+            });
+        }
         if !file.config.members().any(|m| m == node) {
             return Err(NodeStartError::NotAMember {
                 node,

@@ -232,6 +232,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
                 voters: CM_REPLICAS.to_vec(),
                 timing: ManagerTiming::default(),
                 fence,
+                known_nodes: (1..=4).map(NodeId).collect(),
             })
         };
         let driver = CmDriver::start(

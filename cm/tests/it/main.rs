@@ -3,6 +3,7 @@
 //! the driver reconfiguring an embedded cluster end to end.
 
 mod driver;
+mod failover_fence;
 mod group;
 mod idle_cpu;
 mod sim;

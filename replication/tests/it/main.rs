@@ -4,6 +4,7 @@
 
 mod bank;
 mod clients;
+mod cm_follow;
 mod elle;
 mod faults;
 mod fixture;

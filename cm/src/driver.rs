@@ -89,7 +89,7 @@ pub const SUSPECT_POLL: Duration = Duration::from_millis(5);
 /// How long a driver waits at most for an envelope: how late it notices that its replica
 /// leads (against Raft's election timeout of 300 ms or more), and how long [`CmDriver::stop`]
 /// takes at most.
-pub const LEADERSHIP_POLL: Duration = Duration::from_millis(100);
+pub const LEADERSHIP_POLL: Duration = Duration::from_millis(250);
 /// How long after the earliest lease's end a leading driver first looks for the suspicion:
 /// the lease thread publishes it at that end, on its own wake-up.
 const WAIT_SLACK: Duration = Duration::from_millis(1);
@@ -152,6 +152,8 @@ pub struct CmDriver {
     node: NodeId,
     /// Operators' removal requests, for the manager (taken at every turn).
     admin: Mutex<mpsc::Sender<AdminRequest>>,
+    /// The configuration this process's manager last committed.
+    committed: Arc<Mutex<Option<Arc<Configuration>>>>,
     stopping: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Reconfiguration>>>,
     thread: Option<JoinHandle<()>>,
@@ -180,6 +182,7 @@ impl CmDriver {
         let history = Arc::new(Mutex::new(Vec::new()));
         let node = options.node;
         let (admin, admin_requests) = mpsc::channel();
+        let committed = Arc::new(Mutex::new(None));
         let (cm, inbox) = match source {
             Source::Cm(seat) => (
                 Some(CmState {
@@ -198,6 +201,7 @@ impl CmDriver {
         };
         let turn = Turn {
             admin_requests,
+            committed: committed.clone(),
             member: Member::new(node, adopter),
             cm,
             inbox,
@@ -214,6 +218,7 @@ impl CmDriver {
         Ok(CmDriver {
             node,
             admin: Mutex::new(admin),
+            committed,
             stopping,
             history,
             thread: Some(thread),
@@ -237,6 +242,12 @@ impl CmDriver {
         answer
             .recv_timeout(timeout)
             .map_err(|_| format!("the CM driver did not answer within {timeout:?}"))?
+    }
+
+    /// The configuration this process's manager last committed (`None` unless it led and
+    /// committed one).
+    pub fn committed(&self) -> Option<Arc<Configuration>> {
+        self.committed.lock().expect(POISONED).clone()
     }
 
     /// The reconfigurations this process's manager finished, oldest first (empty unless it led).
@@ -298,6 +309,7 @@ struct CmState {
 struct Turn<A> {
     options: DriverOptions,
     admin_requests: mpsc::Receiver<AdminRequest>,
+    committed: Arc<Mutex<Option<Arc<Configuration>>>>,
     member: Member<A>,
     cm: Option<CmState>,
     inbox: Option<Inbox>,
@@ -701,6 +713,12 @@ impl<A: Adopter> Turn<A> {
         let Some(cm) = &self.cm else {
             return;
         };
+        let committed = cm.manager.last_committed();
+        let mut published = self.committed.lock().expect(POISONED);
+        if published.as_ref().map(|c| c.id) != committed.map(|c| c.id) {
+            *published = committed.cloned();
+        }
+        drop(published);
         let count = cm.manager.history().count();
         let mut history = self.history.lock().expect(POISONED);
         if history.len() != count

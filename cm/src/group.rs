@@ -80,15 +80,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The default length of a Raft tick: 100 ms. The group thread wakes at every tick even when
-/// idle, so the tick is as long as the timeouts below allow: at 10 ms ticks and 50 ms
-/// heartbeats, five idle replicas cost about 1% of a core in wake-ups alone.
-pub const TICK_DEFAULT: Duration = Duration::from_millis(100);
-/// The default election timeout, in ticks: 500 ms, drawn by raft in `[500, 1000)` ms. Long
-/// enough that a leader whose fsync or scheduling stalls on a shared 2-core machine is not
-/// deposed by `check_quorum`; short enough that a dead CM is replaced within about a second.
+/// The default length of a Raft tick: 200 ms. The group thread wakes at every tick even when
+/// idle and the leader sends a heartbeat every tick, so the tick is as long as the timeouts
+/// below allow: the budget is an idle 5-node cluster under 2% of a core, leases included (at
+/// 10 ms ticks and 50 ms heartbeats, five idle replicas cost about 1% of a core alone).
+pub const TICK_DEFAULT: Duration = Duration::from_millis(200);
+/// The default election timeout, in ticks: 1 s, drawn by raft in `[1, 2)` s. Long enough that
+/// a leader whose fsync or scheduling stalls on a shared 2-core machine is not deposed by
+/// `check_quorum`; a dead CM is replaced within about two seconds.
 pub const ELECTION_TICKS_DEFAULT: usize = 5;
-/// The default heartbeat interval, in ticks: 100 ms, five heartbeats per election timeout.
+/// The default heartbeat interval, in ticks: 200 ms, five heartbeats per election timeout.
 pub const HEARTBEAT_TICKS_DEFAULT: usize = 1;
 /// Messages the group thread takes from the inbox before it handles a ready: bounds how long
 /// a flood of messages keeps the replica's lock and a tick waiting.

@@ -279,6 +279,9 @@ pub struct Manager {
     removed_until: Option<Time>,
     /// The last configuration this manager committed: its acks are answered with the commit.
     committed_id: Option<u64>,
+    /// The configuration this manager last committed (kept across leaderships: a committed
+    /// configuration stays committed).
+    last_committed: Option<Arc<Configuration>>,
     record: Option<Reconfiguration>,
     history: VecDeque<Reconfiguration>,
 }
@@ -296,6 +299,7 @@ impl Manager {
             nonce_next: 1,
             removed_until: None,
             committed_id: None,
+            last_committed: None,
             record: None,
             history: VecDeque::with_capacity(RECORDS_KEPT),
         }
@@ -309,6 +313,11 @@ impl Manager {
     /// Whether no reconfiguration is under way (and none queued).
     pub fn is_idle(&self) -> bool {
         matches!(self.phase, Phase::Idle) && self.queued.is_empty()
+    }
+
+    /// The configuration this manager last committed (NEW-CONFIG-COMMIT sent), if any.
+    pub fn last_committed(&self) -> Option<&Arc<Configuration>> {
+        self.last_committed.as_ref()
     }
 
     /// The latest configuration installed, as far as this manager knows.
@@ -904,6 +913,7 @@ impl Manager {
             out.push(Action::SendNewConfigCommit { to, id: config.id });
         }
         self.committed_id = Some(config.id);
+        self.last_committed = Some(config.clone());
         if let Some(record) = &mut self.record {
             record.committed_at = Some(now);
         }

@@ -8,20 +8,22 @@
 //!   ([`acre_cm::lease_thread::LeaseThread`], UDP on loopback), both on free ports that the
 //!   node publishes in its manifest (`cm_link`, `lease`), where the others find them.
 //! - In the processes of the configuration's `cm_replicas`, a **CM replica**
-//!   ([`acre_cm::CmGroup`], its Raft files under `cm/n<id>/` in the cluster directory). A
+//!   ([`acre_cm::CmGroup`], its Raft files under `cm-n<id>/` in the cluster directory). A
 //!   replica's process waits (at most [`PEERS_WAIT`]) for the other replicas' manifests before it
 //!   starts its replica, since Raft needs every voter's address.
 //! - The **driver** ([`acre_cm::driver::CmDriver`]): the node's member of the reconfiguration
 //!   protocol, and the CM's manager while its replica leads. Its adopter is the
 //!   [`ProcessNode`]: NEW-CONFIG is [`ProcessNode::adopt`], NEW-CONFIG-COMMIT
 //!   [`ProcessNode::commit_config`].
-//! - A **housekeeping thread** that wakes every [`AGENT_TICK`] (a sleep, never a spin) and, in a
-//!   replica's process only: installs the cluster file's configuration through Raft when the
-//!   replica leads a group that holds none yet (the first configuration; its compare-and-set on
+//! - A **housekeeping thread** (a replica's process only) woken by the group's status watch
+//!   and otherwise after [`AGENT_TICK`], [`AGENT_IDLE_TICK`] once settled, or
+//!   [`DISTRIBUTING_TICK`] while a configuration is being distributed (a wait, never a spin).
+//!   It installs the cluster file's configuration through Raft when the replica leads a group
+//!   that holds none yet (the first configuration; its compare-and-set on
 //!   id 0 lets exactly one replica's install succeed); makes every memory node a peer of the
 //!   links once its manifest names its address, and forgets removed ones; and, while its
 //!   replica leads and a configuration is committed, writes the CM status file
-//!   ([`crate::cm_status`]).
+//!   ([`crate::cm_status`]) and answers operators' requests (`acre cluster remove-node`).
 //!
 //! Fencing a removed node before NEW-CONFIG-COMMIT: over shm by killing its process
 //! ([`crate::process::fence_by_kill`]); over tcp the members' NIC threads already refuse it once
@@ -30,8 +32,8 @@
 //! # What a client node runs
 //!
 //! Clients hold no lease ([`acre_txn::Configuration::leased`]): a [`ConfigFollower`] thread
-//! looks at the CM status file every [`FOLLOW_TICK`] and adopts and commits each newer
-//! configuration the CM committed.
+//! looks at the CM status file every [`FOLLOW_TICK`], adopts the configuration the CM is
+//! distributing (uncommitted: its transactions wait) and commits each one the CM committed.
 
 use crate::cluster_file::{ClusterFile, CmSettings};
 use crate::cm_status::{
@@ -525,15 +527,20 @@ impl Keeper {
             return Pace::Follower;
         }
         let history = self.driver.history();
-        let committed_id = history
-            .iter()
-            .rev()
-            .find(|r| r.outcome == Outcome::Committed)
-            .and_then(|r| r.to_id);
-        if let Some(installed) = &status.configuration
-            && Some(installed.id) == committed_id
+        // The driver says what its manager committed; Raft's configuration may be newer
+        // (being distributed).
+        if let Some(committed) = self.driver.committed()
+            && self.committed.as_ref().is_none_or(|c| c.id < committed.id)
         {
-            self.committed = Some(installed.clone());
+            self.committed = Some(committed);
+        }
+        // A new leader before its first commit starts from what the previous CM published as
+        // committed, so that it shows (and clients adopt) what it distributes meanwhile.
+        if self.committed.is_none()
+            && let Ok(Some(previous)) = CmStatusFile::read(&self.dir)
+            && previous.committed.id <= status.configuration_id()
+        {
+            self.committed = Some(Arc::new(previous.committed));
         }
         let Some(committed) = self.committed.clone() else {
             // The first configurations are being installed and distributed.

@@ -48,9 +48,13 @@ const WAIT_MIN: Duration = Duration::from_micros(100);
 /// a renewal sent this late still leaves the lease most of a period, and a suspicion reported
 /// this late is only a slower one.
 const WAIT_SLACK: Duration = Duration::from_millis(1);
-/// How much later than due a turn must start to count as a stall of the thread (see
-/// `Turn::run`): more than the ordinary lateness of a wake-up.
+/// How much later than due a turn must start, at least, to count as a stall of the thread
+/// (see `Turn::run`): more than the ordinary lateness of a wake-up.
 const STALL_MIN: Duration = Duration::from_millis(2);
+/// ... and at least this share of a lease: a smaller lateness cannot make a renewed lease
+/// look expired, and excusing every late wake-up would add up to a late suspicion of a node
+/// that really died (measured: +12% of a lease).
+const STALL_MIN_LEASE_DIVISOR: u32 = 8;
 /// What `lock().expect` says of a poisoned lock: a writer panicked half-way through a
 /// configuration, which the process must not go on with.
 const POISONED: &str = "a thread panicked while holding this lock";
@@ -463,7 +467,7 @@ impl Turn {
             // leases on that gap (`CmLeases::excuse_gap`), or one stall of this thread on a
             // busy host would make it suspect every member at once.
             if let (Some(cm), Some(due)) = (&mut self.cm, self.wake_due.take())
-                && now > due + STALL_MIN
+                && now > due + STALL_MIN.max(self.timing.lease() / STALL_MIN_LEASE_DIVISOR)
             {
                 cm.excuse_gap(due, now);
             }

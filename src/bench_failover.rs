@@ -29,13 +29,13 @@
 //! learned from the CM status file: over tcp, members that adopted a newer one refuse it until
 //! it follows (docs/failures.md#clients-and-the-configuration), which the longest stall shows.
 //!
-//! Measured here (release, 3 nodes, leases of 250 ms, 5 kills each; median and max in ms from
-//! the kill): over shm a backup-only node was suspected at 242 (247) and removed at 248 (253),
-//! a primary at 246 (254) and 254 (260), the CM leader at 742 (1717) and 1552 (2469), the
-//! reconfiguration's own steps taking 6-11 ms but a new leader waiting about 3 leases between
-//! its suspicion and its probe; the region kept committing (longest stall 2 ms, 151 ms with the
-//! leader). Over tcp the times were alike, but the region stalled for 202 ms at the commit of
-//! every configuration, and for 1.0-1.2 s from a new leader's start to the removal.
+//! Measured here (release, leases of 500 ms, 20 kills each, f = 1; median and p99 in ms from
+//! the kill): a backup-only node or a primary was suspected at 450-485 (p99 under 495) and the
+//! configuration without it committed 5-15 ms later, on 3 and 5 nodes, shm and tcp; a killed
+//! CM leader was removed at about 1,740 (p99 3,500): a Raft election of 1-2 s, then a lease of
+//! grace from the new leader. The watched region's longest stall was 4-21 ms at the median
+//! (p99 up to 210 over tcp) for a backup or primary kill, and about 525 with the leader, whose
+//! replacement's first configuration waits for the dead leader's lease of grace.
 
 use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::{self, CLUSTER_FILE, CM_STATUS_FILE, ClusterFile, CmSettings, CmStatusFile};

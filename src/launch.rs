@@ -113,10 +113,9 @@ pub struct DownArgs {
 /// Whether `node` is a memory node of the cluster: one of `file`'s nodes, or, when the cluster
 /// file is unreadable, an id below the client ids (`up` numbers memory nodes from 1).
 fn is_memory_node(node: NodeId, file: Option<&ClusterFile>) -> bool {
-    match file {
-        Some(file) => file.config.nodes.contains(&node),
-        None => node.0 < CLIENT_ID_BASE,
-    }
+    // A node `add-node` started is in no cluster file, and its id below the clients'.
+    file.is_some_and(|file| file.config.nodes.contains(&node))
+        || (node.0 < CLIENT_ID_BASE && file.is_none_or(|f| !f.config.clients.contains(&node)))
 }
 
 /// The pids of the cluster's running memory nodes, by node. Found through the manifests in
@@ -287,11 +286,12 @@ pub fn kill(args: &KillArgs) -> anyhow::Result<ExitCode> {
     let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
         .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
     let node = parse_node(&args.node)?;
-    if !file.config.nodes.contains(&node) {
+    let current = cluster::current_configuration(dir, &file);
+    if !file.config.nodes.contains(&node) && !current.nodes.contains(&node) {
         bail!(
             "{node} is not a memory node of the cluster in {} (its nodes: {})",
             dir.display(),
-            node_list(&file.config.nodes)
+            node_list(&current.nodes)
         );
     }
     match cluster::fence_by_kill(dir, node, STOP_TIMEOUT)? {
@@ -317,6 +317,196 @@ pub fn kill(args: &KillArgs) -> anyhow::Result<ExitCode> {
             bail!("{node} is not running (no live process matches its manifest)")
         }
     }
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct AddNodeArgs {
+    #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
+    pub dir: PathBuf,
+    /// The new node's id (the next free one if not given; ids are never reused).
+    #[arg(long)]
+    pub id: Option<u16>,
+    /// Its failure domain (a domain of its own if not given).
+    #[arg(long)]
+    pub domain: Option<String>,
+}
+
+/// `acre cluster add-node`: starts a memory node process that joins (`acre node --join`),
+/// waits until it runs and published its CM addresses, asks the acting CM to add it
+/// ([`cluster::cm_request`]) and waits for the configuration that names it. The new node
+/// takes the missing backups of degraded regions and, as data grows, the new regions (placed
+/// on the node with the fewest primaries). Stops the process again if the CM refuses.
+pub fn add_node(args: &AddNodeArgs) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
+    let dir = &args.dir;
+    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
+        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
+    anyhow::ensure!(
+        file.cm.is_some(),
+        "the cluster in {} runs no configuration manager (started with --cm 0): its membership \
+         cannot change",
+        dir.display()
+    );
+    let status = cluster::CmStatusFile::read(dir)?
+        .ok_or_else(|| anyhow::anyhow!("the CM has committed no configuration yet"))?;
+    let node = match args.id {
+        Some(id) => NodeId(id),
+        None => free_node_id(dir, &file, &status.committed)?,
+    };
+    anyhow::ensure!(
+        node.0 > 0 && node.0 < CLIENT_ID_BASE,
+        "--id {} is out of range: memory node ids run from 1 to {}",
+        node.0,
+        CLIENT_ID_BASE - 1
+    );
+    let mut extra = vec!["--join".to_string()];
+    if let Some(domain) = &args.domain {
+        extra.extend(["--domain".to_string(), domain.clone()]);
+    }
+    let mut child = spawn_node(dir, node, &extra)?;
+    writeln!(out, "started {node} (pid {})", child.id())?;
+    let stop_child = |child: &mut Child| {
+        let _ = acre::engine::signal::terminate(child.id());
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while let Ok(None) = child.try_wait() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Running, with its CM links and lease thread published (the CM reaches it there).
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(manifest)) = NodeManifest::read(dir, node)
+            && manifest.cm_link.is_some()
+        {
+            break;
+        }
+        if let Ok(Some(exit)) = child.try_wait() {
+            bail!(
+                "{node} exited ({exit}) before it was serving; see {}",
+                cluster::node_log_path(dir, node).display()
+            );
+        }
+        if Instant::now() >= deadline {
+            stop_child(&mut child);
+            bail!(
+                "{node} did not publish its CM addresses within {START_TIMEOUT:?}; see {}",
+                cluster::node_log_path(dir, node).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let change = cluster::cm_request::Change::AddNode {
+        node,
+        domain: args.domain.clone(),
+    };
+    let reply = match cluster::cm_request::ask(dir, change, REQUEST_ANSWER_TIMEOUT) {
+        Ok(reply) if reply.accepted => reply,
+        Ok(reply) => {
+            stop_child(&mut child);
+            bail!(
+                "the CM refused to add {node}: {}; stopped its process",
+                reply.message
+            );
+        }
+        Err(e) => {
+            stop_child(&mut child);
+            bail!("{e}; stopped {node}'s process");
+        }
+    };
+    writeln!(out, "the CM accepted: {}", reply.message)?;
+    let deadline = Instant::now() + REMOVAL_TIMEOUT;
+    let added = loop {
+        if let Ok(Some(status)) = cluster::CmStatusFile::read(dir)
+            && status.committed.nodes.contains(&node)
+        {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the configuration with {node} was not committed within {REMOVAL_TIMEOUT:?}: \
+                 see `acre cluster status --dir {}` and {}",
+                dir.display(),
+                cluster::node_log_path(dir, node).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    writeln!(
+        out,
+        "configuration {} committed with {node}",
+        added.committed.id
+    )?;
+    if let Some(row) =
+        added.history.iter().rev().find(|r| {
+            r.to_id == Some(added.committed.id) || r.cause == format!("addition of {node}")
+        })
+    {
+        writeln!(
+            out,
+            "  {} -> {}: installed +{:.1} ms, committed +{:.1} ms after the request was taken",
+            row.from_id,
+            row.to_id.unwrap_or(0),
+            row.installed_ms.unwrap_or(f64::NAN),
+            row.committed_ms.unwrap_or(f64::NAN)
+        )?;
+    }
+    let roles: Vec<String> = added
+        .committed
+        .replicated_on(node)
+        .map(|p| {
+            let copying = if p.copying.contains(&node) {
+                " (copying)"
+            } else {
+                ""
+            };
+            let role = if p.primary == node {
+                "primary"
+            } else {
+                "backup"
+            };
+            format!("{} {role}{copying}", p.region)
+        })
+        .collect();
+    if roles.is_empty() {
+        writeln!(
+            out,
+            "  {node} holds no region yet: every region has its backups; new regions go to the \
+             node with the fewest primaries as data grows"
+        )?;
+    } else {
+        writeln!(out, "  {node} holds {}", roles.join(", "))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The next memory node id nobody used in the cluster in `dir`: above every id its cluster
+/// file, its current configuration and its manifests name (ids are never reused).
+fn free_node_id(dir: &Path, file: &ClusterFile, current: &Configuration) -> anyhow::Result<NodeId> {
+    let manifests = NodeManifest::list(dir).unwrap_or_default();
+    let used = file
+        .config
+        .nodes
+        .iter()
+        .chain(&file.config.cm_replicas)
+        .chain(&current.nodes)
+        .chain(&current.cm_replicas)
+        .chain(&manifests)
+        .map(|n| n.0)
+        .filter(|&id| id < CLIENT_ID_BASE)
+        .max()
+        .unwrap_or(0);
+    let next = used + 1;
+    anyhow::ensure!(
+        next < CLIENT_ID_BASE,
+        "no memory node id is free: they run from 1 to {}",
+        CLIENT_ID_BASE - 1
+    );
+    Ok(NodeId(next))
 }
 
 /// How long `remove-node` waits for the acting CM to answer its request.
@@ -349,39 +539,11 @@ pub fn remove_node(args: &KillArgs) -> anyhow::Result<ExitCode> {
             node_list(&status.committed.nodes)
         );
     }
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let request_path = dir.join(cluster::CM_REQUEST_FILE);
-    cluster::write_toml(
-        &request_path,
-        &cluster::CmRequest {
-            nonce,
-            remove: node,
-        },
-    )
-    .with_context(|| format!("write {}", request_path.display()))?;
-    let deadline = Instant::now() + REQUEST_ANSWER_TIMEOUT;
-    let reply = loop {
-        if let Ok(Some(reply)) =
-            cluster::read_toml::<cluster::CmReply>(&dir.join(cluster::CM_REPLY_FILE))
-            && reply.nonce == nonce
-        {
-            break Some(reply);
-        }
-        if Instant::now() >= deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = std::fs::remove_file(&request_path);
-    let Some(reply) = reply else {
-        bail!(
-            "no acting CM answered within {REQUEST_ANSWER_TIMEOUT:?}: see `acre cluster status \
-             --dir {}` (a majority of the CM replicas must run)",
-            dir.display()
-        );
-    };
+    let reply = cluster::cm_request::ask(
+        dir,
+        cluster::cm_request::Change::Remove { node },
+        REQUEST_ANSWER_TIMEOUT,
+    )?;
     if !reply.accepted {
         bail!("the CM refused to remove {node}: {}", reply.message);
     }
@@ -549,26 +711,32 @@ fn start_nodes(
     file: &ClusterFile,
     children: &mut Vec<(NodeId, Child)>,
 ) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("find the acre binary")?;
     for &node in &file.config.nodes {
-        let log = std::fs::File::create(cluster::node_log_path(dir, node))
-            .context("create a node log")?;
-        let child = std::process::Command::new(&exe)
-            .arg("node")
-            .arg("--cluster")
-            .arg(dir.join(CLUSTER_FILE))
-            .arg("--id")
-            .arg(node.0.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("share the node log")?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C aimed at `acre cluster up` leaves it running.
-            .process_group(0)
-            .spawn()
-            .context("start a node process")?;
-        children.push((node, child));
+        children.push((node, spawn_node(dir, node, &[])?));
     }
     Ok(())
+}
+
+/// Starts a detached `acre node` process for `node` with `extra` arguments, its output in
+/// `n<id>.log`.
+fn spawn_node(dir: &Path, node: NodeId, extra: &[String]) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("find the acre binary")?;
+    let log =
+        std::fs::File::create(cluster::node_log_path(dir, node)).context("create a node log")?;
+    std::process::Command::new(&exe)
+        .arg("node")
+        .arg("--cluster")
+        .arg(dir.join(CLUSTER_FILE))
+        .arg("--id")
+        .arg(node.0.to_string())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("share the node log")?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C aimed at `acre cluster up` leaves it running.
+        .process_group(0)
+        .spawn()
+        .context("start a node process")
 }
 
 /// SIGTERM to the node processes this `up` started that still run (some may not have
@@ -618,7 +786,15 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         config.f
     )?;
     print_cm(&mut out, &file, cm.as_ref())?;
-    let observed = cluster::observe(dir, &file);
+    // Every memory node the cluster had: the current ones (added ones too) and removed ones.
+    let mut seen = file.clone();
+    seen.config = config.clone();
+    for &node in &file.config.nodes {
+        if !seen.config.nodes.contains(&node) {
+            seen.config.nodes.push(node);
+        }
+    }
+    let observed = cluster::observe(dir, &seen);
     writeln!(
         out,
         "{:<6} {:<8} {:<8} {:<22} {:<10} regions",

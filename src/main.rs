@@ -46,6 +46,14 @@ enum Command {
         /// This node's id in the cluster file.
         #[arg(long)]
         id: u16,
+        /// Join a running cluster as a new memory node whose id no configuration names yet
+        /// (`acre cluster add-node` starts these, then asks the configuration manager to add
+        /// it).
+        #[arg(long)]
+        join: bool,
+        /// With --join: the node's failure domain (a domain of its own if not given).
+        #[arg(long, requires = "join")]
+        domain: Option<String>,
     },
     /// Start a cluster of node processes, leave it idle, and report the CPU time it uses.
     IdleCpu(idle::IdleArgs),
@@ -94,6 +102,8 @@ enum ClusterCommand {
     Kill(launch::KillArgs),
     /// Remove one memory node gracefully through the configuration manager.
     RemoveNode(launch::KillArgs),
+    /// Start a new memory node process and have the configuration manager add it.
+    AddNode(launch::AddNodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -129,7 +139,13 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Down(args)) => launch::down(&args),
         Command::Cluster(ClusterCommand::Kill(args)) => launch::kill(&args),
         Command::Cluster(ClusterCommand::RemoveNode(args)) => launch::remove_node(&args),
-        Command::Node { cluster, id } => run_node(&cluster, NodeId(id)),
+        Command::Cluster(ClusterCommand::AddNode(args)) => launch::add_node(&args),
+        Command::Node {
+            cluster,
+            id,
+            join,
+            domain,
+        } => run_node(&cluster, NodeId(id), join.then_some(domain)),
         Command::IdleCpu(args) => idle::run(&args),
         Command::Bench(BenchCommand::Bank(args)) => {
             watch_termination().and_then(|t| bench::run(&args, &t))
@@ -183,12 +199,20 @@ fn watch_termination() -> anyhow::Result<Arc<Termination>> {
     Termination::watch().context("watch for SIGINT and SIGTERM")
 }
 
-fn run_node(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCode> {
+/// `join` is `Some(domain)` for a node joining a running cluster (`acre node --join`).
+fn run_node(
+    cluster_file: &std::path::Path,
+    id: NodeId,
+    join: Option<Option<String>>,
+) -> anyhow::Result<ExitCode> {
     // Block the termination signals before any thread starts, so only `wait_for_termination`
     // receives them and shutdown is ordinary code.
     acre::engine::signal::block_termination().context("block termination signals")?;
-    let node = acre::cluster::ProcessNode::start(cluster_file, id)
-        .with_context(|| format!("start {id}"))?;
+    let node = match join {
+        None => acre::cluster::ProcessNode::start(cluster_file, id),
+        Some(domain) => acre::cluster::ProcessNode::join(cluster_file, id, domain),
+    }
+    .with_context(|| format!("start {id}"))?;
     let node = Arc::new(node);
     let file = acre::cluster::ClusterFile::read(cluster_file)?;
     // The CM's machinery, when the cluster has one (memory nodes only: `acre node` runs no

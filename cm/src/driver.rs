@@ -69,7 +69,7 @@
 
 use crate::group::{CmGroup, InstallError, LinkMessage};
 use crate::lease_thread::{LeaseThread, NewConfiguration};
-use crate::manager::{Action, Manager, ManagerTiming, Reconfiguration};
+use crate::manager::{Action, Change, Manager, ManagerTiming, Reconfiguration};
 use crate::member::{Adopter, Member};
 use crate::net::{Inbox, Links, RecvError};
 use crate::wire::{ConfigurationMessage, Envelope, envelope::Body};
@@ -145,8 +145,9 @@ pub struct DriverOptions {
     pub install_timeout: Duration,
 }
 
-/// An operator's request to the CM, and where its answer goes.
-type AdminRequest = (NodeId, mpsc::SyncSender<Result<(), String>>);
+/// An operator's request to the CM, and where its answer goes: whether a reconfiguration
+/// started, or why it was refused.
+type AdminRequest = (Change, mpsc::SyncSender<Result<bool, String>>);
 
 /// A process's reconfiguration thread (module docs). Dropping it stops the thread.
 pub struct CmDriver {
@@ -230,15 +231,16 @@ impl CmDriver {
         self.node
     }
 
-    /// Asks this process's manager to remove `node` gracefully ([`Manager::remove`]) and waits
-    /// at most `timeout` for it to accept (the reconfiguration then runs on; its outcome is in
-    /// [`CmDriver::history`]) or refuse, with the reason.
-    pub fn remove(&self, node: NodeId, timeout: Duration) -> Result<(), String> {
+    /// Asks this process's manager for `change` ([`Manager::change`]) and waits at most
+    /// `timeout` for it to accept or refuse, with the reason. Accepted, it says whether a
+    /// reconfiguration started (it then runs on; its outcome is in [`CmDriver::history`]) or
+    /// there was nothing to do.
+    pub fn change(&self, change: Change, timeout: Duration) -> Result<bool, String> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.admin
             .lock()
             .expect(POISONED)
-            .send((node, reply))
+            .send((change, reply))
             .map_err(|_| "the CM driver has stopped".to_string())?;
         answer
             .recv_timeout(timeout)
@@ -450,15 +452,15 @@ impl<A: Adopter> Turn<A> {
 
     /// Operators' requests: answered at once, refused unless this process acts as CM.
     fn take_admin_requests(&mut self, now: Time) {
-        while let Ok((node, reply)) = self.admin_requests.try_recv() {
+        while let Ok((change, reply)) = self.admin_requests.try_recv() {
             let result = match self.cm.as_mut() {
-                Some(cm) => cm.manager.remove(node, now),
+                Some(cm) => cm.manager.change(change.clone(), now),
                 None => Err("this process hosts no CM replica".into()),
             };
             match result {
                 Ok(actions) => {
-                    tracing::info!(%node, "removing on an operator's request");
-                    let _ = reply.send(Ok(()));
+                    tracing::info!(?change, "changing the configuration on request");
+                    let _ = reply.send(Ok(!actions.is_empty()));
                     self.execute(actions);
                 }
                 Err(reason) => {

@@ -71,7 +71,7 @@
 
 use crate::remap;
 use crate::wire::NewConfigAck;
-use acre_engine::addr::NodeId;
+use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::clock::Time;
 use acre_txn::config::Configuration;
 use std::collections::{BTreeSet, VecDeque};
@@ -161,8 +161,49 @@ pub enum Cause {
     Failure { suspects: Vec<NodeId> },
     /// This CM became leader and names itself in the configuration.
     NewLeader,
-    /// An operator asked for the node's removal ([`Manager::remove`]).
+    /// An operator asked for the node's removal ([`Manager::change`]).
     Removal { node: NodeId },
+    /// An operator added the node ([`Manager::change`]).
+    Addition { node: NodeId },
+    /// A client found every region full; the CM created `region` ([`Manager::change`]).
+    Growth { region: RegionId },
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Failure { suspects } => {
+                write!(f, "failure of ")?;
+                for (k, node) in suspects.iter().enumerate() {
+                    let sep = if k == 0 { "" } else { ", " };
+                    write!(f, "{sep}{node}")?;
+                }
+                Ok(())
+            }
+            Cause::NewLeader => write!(f, "new CM leader"),
+            Cause::Removal { node } => write!(f, "removal of {node}"),
+            Cause::Addition { node } => write!(f, "addition of {node}"),
+            Cause::Growth { region } => write!(f, "new region {region}"),
+        }
+    }
+}
+
+/// A change asked of the CM ([`Manager::change`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "change", rename_all = "kebab-case")]
+pub enum Change {
+    /// Remove a member gracefully: `acre cluster remove-node`.
+    Remove { node: NodeId },
+    /// Add a memory node (whose process runs already and published its CM addresses), in
+    /// failure domain `domain` or one of its own: `acre cluster add-node`.
+    AddNode {
+        node: NodeId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+    },
+    /// Add a region, unless the configuration holds more than `known_regions` regions already
+    /// (another request grew it since the asker looked).
+    AddRegion { known_regions: usize },
 }
 
 /// How a reconfiguration ended.
@@ -213,12 +254,7 @@ impl fmt::Display for Reconfiguration {
                 |t| format!("{:?}", t.saturating_duration_since(self.suspected_at)),
             )
         };
-        match &self.cause {
-            Cause::Failure { suspects } => write!(f, "suspects {suspects:?}")?,
-            Cause::NewLeader => write!(f, "new CM leader")?,
-            Cause::Removal { node } => write!(f, "removal of {node}")?,
-        }
-        write!(f, ": {} -> ", self.from_id)?;
+        write!(f, "{}: {} -> ", self.cause, self.from_id)?;
         match self.to_id {
             Some(id) => write!(f, "{id}")?,
             None => write!(f, "-")?,
@@ -441,34 +477,53 @@ impl Manager {
         out
     }
 
-    /// An operator asks for `node`'s graceful removal (`acre cluster remove-node`): planned with
-    /// [`remap::remove_node`] (its primaries handed to complete backups, new backups chosen;
-    /// refused when the node holds some region's last complete replica), installed through Raft
-    /// and distributed as any reconfiguration; the removed node's lease is waited out and it is
-    /// fenced before the commit. Refused, with the reason, when this CM does not lead, when a
-    /// reconfiguration is under way (ask again once it ends), or when the plan is refused.
-    pub fn remove(&mut self, node: NodeId, now: Time) -> Result<Vec<Action>, String> {
+    /// An operator (or a client out of memory) asks for a change of membership or of the
+    /// regions ([`Change`]), planned with [`remap`] and installed through Raft and distributed
+    /// as any reconfiguration. A removed node's lease is waited out and it is fenced before the
+    /// commit; an added node must acknowledge NEW-CONFIG as every member does. Returns no action
+    /// when there is nothing to do ([`Change::AddRegion`] that another request satisfied
+    /// already). Refused, with the reason, when this CM does not lead, when a reconfiguration
+    /// is under way (ask again once it ends), or when the plan is refused.
+    pub fn change(&mut self, change: Change, now: Time) -> Result<Vec<Action>, String> {
         if !self.is_leader() {
             return Err("this replica does not act as CM".into());
         }
         if !self.is_idle() || !self.queued.is_empty() {
             return Err("a reconfiguration is under way: ask again once it ends".into());
         }
-        if node == self.me {
-            return Err(format!(
-                "{node} runs the acting CM: stop it instead (a new CM takes over and removes it)"
-            ));
-        }
         let config = self
             .config
             .clone()
             .expect("a leader knows its configuration");
-        let plan = remap::remove_node(&config, node).map_err(|e| e.to_string())?;
+        let (plan, cause, failed) = match change {
+            Change::Remove { node } => {
+                if node == self.me {
+                    return Err(format!(
+                        "{node} runs the acting CM: stop it instead (a new CM takes over and \
+                         removes it)"
+                    ));
+                }
+                let plan = remap::remove_node(&config, node).map_err(|e| e.to_string())?;
+                (plan, Cause::Removal { node }, BTreeSet::from([node]))
+            }
+            Change::AddNode { node, domain } => {
+                let plan = remap::add_node(&config, node, domain).map_err(|e| e.to_string())?;
+                (plan, Cause::Addition { node }, BTreeSet::new())
+            }
+            Change::AddRegion { known_regions } => {
+                if config.regions.len() > known_regions {
+                    return Ok(Vec::new());
+                }
+                let plan = remap::add_region(&config).map_err(|e| e.to_string())?;
+                let region = plan.created().next().expect("add_region creates a region");
+                (plan, Cause::Growth { region }, BTreeSet::new())
+            }
+        };
         self.record = Some(Reconfiguration {
-            cause: Cause::Removal { node },
+            cause,
             from_id: config.id,
             to_id: None,
-            failed: vec![node],
+            failed: failed.iter().copied().collect(),
             suspected_at: now,
             probed_at: None,
             installed_at: None,
@@ -484,7 +539,7 @@ impl Manager {
             configuration: next.clone(),
         }];
         self.phase = Phase::Installing {
-            failed: BTreeSet::from([node]),
+            failed,
             proposed: next,
             attempt_count: 1,
         };
@@ -1303,13 +1358,20 @@ mod tests {
     #[test]
     fn a_removal_is_installed_and_distributed_without_the_node() {
         let mut manager = lead();
-        assert!(manager.remove(ME, ms(5)).is_err(), "the acting CM");
-        let actions = manager.remove(NodeId(5), ms(5)).expect("removal accepted");
+        assert!(
+            manager.change(Change::Remove { node: ME }, ms(5)).is_err(),
+            "the acting CM"
+        );
+        let actions = manager
+            .change(Change::Remove { node: NodeId(5) }, ms(5))
+            .expect("removal accepted");
         let (expected_id, next) = proposal(&actions).expect("a proposal");
         assert_eq!((expected_id, next.id), (1, 2));
         assert!(!next.nodes.contains(&NodeId(5)));
         assert!(
-            manager.remove(NodeId(4), ms(6)).is_err(),
+            manager
+                .change(Change::Remove { node: NodeId(4) }, ms(6))
+                .is_err(),
             "busy with the first removal"
         );
         let actions = manager.install_outcome(InstallOutcome::Installed(next), ms(7));

@@ -23,7 +23,8 @@
 //!   id 0 lets exactly one replica's install succeed); makes every memory node a peer of the
 //!   links once its manifest names its address, and forgets removed ones; and, while its
 //!   replica leads and a configuration is committed, writes the CM status file
-//!   ([`crate::cm_status`]) and answers operators' requests (`acre cluster remove-node`).
+//!   ([`crate::cm_status`]) and answers the requests to the CM ([`crate::cm_request`]:
+//!   `acre cluster add-node` and `remove-node`, a client's new region).
 //!
 //! Fencing a removed node before NEW-CONFIG-COMMIT: over shm by killing its process
 //! ([`crate::process::fence_by_kill`]); over tcp the members' NIC threads already refuse it once
@@ -36,16 +37,14 @@
 //! distributing (uncommitted: its transactions wait) and commits each one the CM committed.
 
 use crate::cluster_file::{ClusterFile, CmSettings};
-use crate::cm_status::{
-    CM_REPLY_FILE, CM_REQUEST_FILE, CmReply, CmRequest, CmStatusFile, HISTORY_MAX, LeaseRow,
-    ReconfigurationRow, STATUS_REFRESH, read_toml, write_toml,
-};
+use crate::cm_request::{self, CmReply, REQUEST_MAX_AGE};
+use crate::cm_status::{CmStatusFile, HISTORY_MAX, LeaseRow, ReconfigurationRow, STATUS_REFRESH};
 use crate::process::{ProcessNode, fence_by_kill};
 use acre_cm::driver::{CmDriver, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source};
 use acre_cm::group::{CmGroup, GroupOptions};
 use acre_cm::lease::{DRIFT_PPM_DEFAULT, LeaseTiming};
 use acre_cm::lease_thread::{LeaseThread, LeaseThreadConfig, NodeRole};
-use acre_cm::manager::{Cause, ManagerTiming, Outcome, Reconfiguration};
+use acre_cm::manager::{Change, ManagerTiming, Outcome, Reconfiguration};
 use acre_cm::member::Adopter;
 use acre_cm::net::Links;
 use acre_engine::addr::NodeId;
@@ -74,8 +73,6 @@ pub const AGENT_IDLE_TICK: Duration = Duration::from_millis(500);
 pub const DISTRIBUTING_TICK: Duration = Duration::from_millis(2);
 /// How often a client node looks at the CM status file (its modification time: a `stat`).
 pub const FOLLOW_TICK: Duration = Duration::from_millis(10);
-/// How old an operator's request may be and still be acted on.
-pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(5);
 /// How long the driver may take to accept or refuse an operator's request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long fencing a removed node by killing it may take.
@@ -304,7 +301,7 @@ impl CmAgent {
                     last_written: None,
                     last_discovery: None,
                     epoch: 0,
-                    answered: None,
+                    joining: None,
                 };
                 Some(
                     std::thread::Builder::new()
@@ -385,8 +382,9 @@ struct Keeper {
     last_discovery: Option<Instant>,
     /// The group's status epoch last seen.
     epoch: u64,
-    /// The nonce of the operator's request last answered.
-    answered: Option<u64>,
+    /// The node an accepted request adds, and when: a peer of the links before any
+    /// configuration names it.
+    joining: Option<(NodeId, Instant)>,
 }
 
 /// How soon the housekeeping thread looks again.
@@ -407,7 +405,7 @@ impl Keeper {
             let missing = self.discover_peers();
             let pace = self.publish_status();
             if pace != Pace::Follower {
-                self.answer_request();
+                self.answer_requests();
             }
             // Busy only while something is to be done soon: the first install, a peer's
             // address, the status a client follows; and woken at once when Raft applies a
@@ -423,49 +421,69 @@ impl Keeper {
         }
     }
 
-    /// An operator's request (`cm-request.toml`, written by `acre cluster remove-node`), taken
-    /// once by its nonce and answered in `cm-reply.toml` while this replica acts as CM.
-    fn answer_request(&mut self) {
-        let path = self.dir.join(CM_REQUEST_FILE);
-        // A request its operator stopped waiting for is not acted on later (by a CM that
-        // became leader since, say).
-        let fresh = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age < REQUEST_MAX_AGE));
-        if !fresh {
-            return;
-        }
-        let request: CmRequest = match read_toml(&path) {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!("{e}");
-                return;
+    /// The requests to the CM ([`crate::cm_request`]): each fresh one handed to the driver
+    /// and answered while this replica acts as CM.
+    fn answer_requests(&mut self) {
+        for request in cm_request::pending(&self.dir) {
+            let from_id = self.node.txn().config_id();
+            let reply = match self.prepare(&request.change) {
+                Err(reason) => Err(reason),
+                Ok(()) => self.driver.change(request.change.clone(), REQUEST_TIMEOUT),
+            };
+            let reply = match reply {
+                Ok(started) => CmReply {
+                    nonce: request.nonce,
+                    accepted: true,
+                    started,
+                    message: if started {
+                        format!(
+                            "{}: configuration {from_id} + 1 is being installed",
+                            describe(&request.change)
+                        )
+                    } else {
+                        format!(
+                            "{}: nothing to do in configuration {from_id}",
+                            describe(&request.change)
+                        )
+                    },
+                    from_id,
+                },
+                Err(reason) => CmReply {
+                    nonce: request.nonce,
+                    accepted: false,
+                    started: false,
+                    message: reason,
+                    from_id,
+                },
+            };
+            if let Err(e) = cm_request::answer(&self.dir, &reply) {
+                tracing::warn!("cannot answer a request to the CM: {e}");
             }
-        };
-        if self.answered == Some(request.nonce) {
-            return;
         }
-        self.answered = Some(request.nonce);
-        let node = request.remove;
-        let reply = match self.driver.remove(node, REQUEST_TIMEOUT) {
-            Ok(()) => CmReply {
-                nonce: request.nonce,
-                accepted: true,
-                message: format!(
-                    "removing {node}: configuration {} + 1 is being installed",
-                    self.node.txn().config_id()
-                ),
-            },
-            Err(reason) => CmReply {
-                nonce: request.nonce,
-                accepted: false,
-                message: reason,
-            },
+    }
+
+    /// What a change needs before the CM plans it: a node to add must run and have published
+    /// its CM addresses, and becomes a peer of the links (NEW-CONFIG reaches it there).
+    fn prepare(&mut self, change: &Change) -> Result<(), String> {
+        let Change::AddNode { node, .. } = change else {
+            return Ok(());
         };
-        if let Err(e) = write_toml(&self.dir.join(CM_REPLY_FILE), &reply) {
-            tracing::warn!("cannot answer the operator's request: {e}");
+        let config = self.node.txn().config();
+        if config.members().any(|m| m == *node) || config.cm_replicas.contains(node) {
+            return Err(format!(
+                "{node} is in use in configuration {}: pick another id",
+                config.id
+            ));
         }
+        let Some((link, _)) = cm_addrs(&self.dir, *node) else {
+            return Err(format!(
+                "{node} has not published its CM addresses in its manifest: start its process \
+                 with `acre node --join` first"
+            ));
+        };
+        self.links.add_peer(*node, link);
+        self.joining = Some((*node, Instant::now()));
+        Ok(())
     }
 
     /// Installs the cluster file's configuration when this replica leads a group that holds
@@ -508,8 +526,16 @@ impl Keeper {
                 self.links.add_peer(member, link);
             }
         }
+        // A node being added is a peer before a configuration names it.
+        let joining = self
+            .joining
+            .filter(|(_, at)| at.elapsed() < REQUEST_MAX_AGE)
+            .map(|(node, _)| node);
         for (peer, _) in peers {
-            if !config.members().any(|m| m == peer) && !config.cm_replicas.contains(&peer) {
+            if !config.members().any(|m| m == peer)
+                && !config.cm_replicas.contains(&peer)
+                && joining != Some(peer)
+            {
                 self.links.remove_peer(peer);
             }
         }
@@ -605,6 +631,15 @@ impl Keeper {
     }
 }
 
+/// A change in an answer's words.
+fn describe(change: &Change) -> String {
+    match change {
+        Change::Remove { node } => format!("removing {node}"),
+        Change::AddNode { node, .. } => format!("adding {node}"),
+        Change::AddRegion { .. } => "adding a region".into(),
+    }
+}
+
 /// `until - now` in milliseconds, negative when `until` has passed.
 fn signed_ms(until: Time, now: Time) -> i64 {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
@@ -624,18 +659,7 @@ fn row(record: &Reconfiguration) -> ReconfigurationRow {
         })
     };
     ReconfigurationRow {
-        cause: match &record.cause {
-            Cause::Failure { suspects } => format!(
-                "failure of {}",
-                suspects
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Cause::NewLeader => "new CM leader".into(),
-            Cause::Removal { node } => format!("removal of {node}"),
-        },
+        cause: record.cause.to_string(),
         from_id: record.from_id,
         to_id: record.to_id,
         failed: record.failed.clone(),
@@ -742,6 +766,43 @@ pub fn follow_once(node: &ProcessNode, seen: &mut Option<SystemTime>) {
             tracing::warn!(id, "cannot commit the CM's configuration: {e}");
         }
     }
+}
+
+/// How long a client waits for the CM to answer its request for a new region.
+pub const GROWTH_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client counts on a request the CM accepted before it asks again: the new
+/// configuration normally reaches it within milliseconds of the acceptance.
+pub const GROWTH_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A client's [`Grower`](acre_txn::txn_node::Grower) (docs/failures.md#region-growth): asks
+/// the CM of the cluster in `dir` for a region when an allocation finds every region full.
+/// One request per number of regions seen: the threads of a client that find the same
+/// regions full wait for the one request (the CM's answer to a request whose regions grew
+/// meanwhile is "nothing to do", so clients that ask at once add one region, not several).
+pub fn region_grower(dir: PathBuf) -> acre_txn::txn_node::Grower {
+    let asked: std::sync::Mutex<Option<(usize, Instant)>> = std::sync::Mutex::new(None);
+    Box::new(move |config: &Configuration| {
+        let known_regions = config.regions.len();
+        let mut asked = asked.lock().expect(crate::POISONED);
+        if let Some((regions, at)) = *asked
+            && regions == known_regions
+            && at.elapsed() < GROWTH_PATIENCE
+        {
+            return Ok(());
+        }
+        let reply = cm_request::ask(
+            &dir,
+            Change::AddRegion { known_regions },
+            GROWTH_ANSWER_TIMEOUT,
+        )
+        .map_err(|e| e.to_string())?;
+        if !reply.accepted {
+            return Err(format!("the CM refused a new region: {}", reply.message));
+        }
+        tracing::info!(known_regions, "{}", reply.message);
+        *asked = Some((known_regions, Instant::now()));
+        Ok(())
+    })
 }
 
 /// The configuration a starting node or client should start from: the CM's committed one

@@ -164,13 +164,17 @@ impl ClientNode {
             match held_at(node.txn(), &file.config.nodes, id) {
                 None => {
                     let node = Arc::new(node);
-                    let follower = match file.cm {
-                        Some(_) => Some(
-                            ConfigFollower::start(node.clone())
-                                .map_err(|source| ConnectError::Follower { client: id, source })?,
-                        ),
-                        None => None,
-                    };
+                    let follower =
+                        match file.cm {
+                            Some(_) => {
+                                node.txn()
+                                    .set_grower(crate::agent::region_grower(dir.to_path_buf()));
+                                Some(ConfigFollower::start(node.clone()).map_err(|source| {
+                                    ConnectError::Follower { client: id, source }
+                                })?)
+                            }
+                            None => None,
+                        };
                     return Ok(ClientNode {
                         _follower: follower,
                         node,

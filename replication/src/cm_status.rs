@@ -118,28 +118,6 @@ impl CmStatusFile {
     }
 }
 
-/// Name of an operator's request to the CM in a cluster directory (`acre cluster remove-node`).
-pub const CM_REQUEST_FILE: &str = "cm-request.toml";
-/// Name of the acting CM's answer to it.
-pub const CM_REPLY_FILE: &str = "cm-reply.toml";
-
-/// An operator's request to the CM: one at a time, told apart by its nonce.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CmRequest {
-    pub nonce: u64,
-    /// Remove this memory node gracefully.
-    pub remove: NodeId,
-}
-
-/// The acting CM's answer to the request with `nonce`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CmReply {
-    pub nonce: u64,
-    pub accepted: bool,
-    /// Why it was refused, or what was started.
-    pub message: String,
-}
-
 /// Reads a small TOML file of the cluster directory; `Ok(None)` when it does not exist.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, CmStatusError> {
     let text = match std::fs::read_to_string(path) {

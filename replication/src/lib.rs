@@ -37,6 +37,7 @@ mod allocations;
 pub mod backup;
 pub mod client;
 pub mod cluster_file;
+pub mod cm_request;
 pub mod cm_status;
 pub mod db;
 pub mod embedded;

@@ -47,6 +47,16 @@ pub enum NodeStartError {
          {config} no longer lists it; see `acre cluster status`): it cannot rejoin"
     )]
     Removed { node: NodeId, config: u64 },
+    #[error(
+        "{node} cannot join the cluster in {path}: it runs no configuration manager (started \
+         with --cm 0), so its membership cannot change"
+    )]
+    NoCm { node: NodeId, path: PathBuf },
+    #[error(
+        "{node} cannot join: the id is in use (configuration {config} or the cluster file names \
+         it, and ids are never reused); `acre cluster add-node` picks a free one"
+    )]
+    InUse { node: NodeId, config: u64 },
     #[error("{node} cannot {what} ({path}): {source}")]
     Io {
         node: NodeId,
@@ -132,6 +142,15 @@ pub enum ManifestWaitError {
     },
 }
 
+/// The directory of a cluster file: the cluster directory.
+fn cluster_dir(cluster_file: &Path) -> PathBuf {
+    cluster_file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
 /// Where `acre cluster up` sends node `node`'s standard output and error: `n<id>.log` in the
 /// cluster directory.
 pub fn node_log_path(dir: &Path, node: NodeId) -> PathBuf {
@@ -164,11 +183,7 @@ impl ProcessNode {
     /// manifest.
     pub fn start(cluster_file: &Path, node: NodeId) -> Result<ProcessNode, NodeStartError> {
         let mut file = ClusterFile::read(cluster_file)?;
-        let dir = cluster_file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let dir = cluster_dir(cluster_file);
         // With a CM, the configuration may have moved on since the cluster file was written.
         let listed = file.config.members().any(|m| m == node);
         file.config = crate::agent::current_configuration(&dir, &file);
@@ -184,6 +199,55 @@ impl ProcessNode {
                 path: cluster_file.to_path_buf(),
             });
         }
+        ProcessNode::start_in(file, dir, node)
+    }
+
+    /// Starts memory node `node`, which no configuration names yet, to join the cluster in
+    /// `cluster_file`'s directory (`acre cluster add-node`; docs/failures.md#adding-a-node):
+    /// it starts from the CM's current configuration c with itself added as a memory node that
+    /// holds no region, a view no other member shares. Nothing is addressed to it in c (no
+    /// other member knows it); once its process runs, the CM is asked to add it, and it adopts
+    /// c+1, which names it, as any member does. Refused when the cluster runs no CM, or when
+    /// `node` is in use: a member, a CM replica, or listed by the cluster file (ids are never
+    /// reused, so no message meant for an earlier holder of the id reaches it).
+    pub fn join(
+        cluster_file: &Path,
+        node: NodeId,
+        domain: Option<String>,
+    ) -> Result<ProcessNode, NodeStartError> {
+        let mut file = ClusterFile::read(cluster_file)?;
+        let dir = cluster_dir(cluster_file);
+        if file.cm.is_none() {
+            return Err(NodeStartError::NoCm {
+                node,
+                path: cluster_file.to_path_buf(),
+            });
+        }
+        let listed =
+            file.config.members().any(|m| m == node) || file.config.cm_replicas.contains(&node);
+        file.config = crate::agent::current_configuration(&dir, &file);
+        let config = &mut file.config;
+        if listed || config.members().any(|m| m == node) || config.cm_replicas.contains(&node) {
+            return Err(NodeStartError::InUse {
+                node,
+                config: config.id,
+            });
+        }
+        config.nodes.push(node);
+        if let Some(domain) = domain {
+            config
+                .domains
+                .push(acre_txn::config::FailureDomain { node, domain });
+        }
+        ProcessNode::start_in(file, dir, node)
+    }
+
+    /// Starts `node` of `file.config` (which names it) in cluster directory `dir`.
+    fn start_in(
+        file: ClusterFile,
+        dir: PathBuf,
+        node: NodeId,
+    ) -> Result<ProcessNode, NodeStartError> {
         let io = |what, path| start_io(node, what, path);
         let memory_node = file.config.nodes.contains(&node);
         if memory_node {

@@ -48,13 +48,14 @@ impl CmCluster {
             "up",
             "--dir",
             cluster.dir(),
-            "--region-bytes",
-            "8388608",
             "--ring-bytes",
             "262144",
             "--lease-ms",
             LEASE_MS,
         ];
+        if !extra.contains(&"--region-bytes") {
+            args.extend_from_slice(&["--region-bytes", "8388608"]);
+        }
         args.extend_from_slice(extra);
         let up = acre(&args);
         assert!(up.status.success(), "{}", text(&up));
@@ -306,4 +307,103 @@ fn remove_node_removes_a_backup_and_refuses_a_regions_last_complete_replica() {
         after.committed.id,
         "nothing changed"
     );
+}
+
+/// `acre cluster add-node` starts n4 and the CM adds it (it holds nothing: every region has its
+/// backups). A client then fills every region: its allocations keep succeeding, because the
+/// CM adds a region, placed on n4 (the node with the fewest primaries), which serves at once.
+/// An id in use is refused.
+#[test]
+fn add_node_joins_and_the_regions_grow_onto_it_as_data_grows_shm() {
+    add_node_and_grow("shm");
+}
+
+/// As over shm: over tcp the members' NIC threads take n4 once they adopt the configuration
+/// that names it, and the client finds n4's new region through its manifest.
+#[test]
+fn add_node_joins_and_the_regions_grow_onto_it_as_data_grows_tcp() {
+    add_node_and_grow("tcp");
+}
+
+fn add_node_and_grow(transport: &str) {
+    let cluster = CmCluster::up(
+        &format!("add-{transport}"),
+        &[
+            "--transport",
+            transport,
+            "--nodes",
+            "3",
+            "--f",
+            "1",
+            "--cm",
+            "3",
+            "--region-bytes",
+            "262144",
+            "--block-bytes",
+            "32768",
+        ],
+    );
+    let before = cluster.status();
+    let added = acre(&["cluster", "add-node", "--dir", cluster.dir()]);
+    assert!(added.status.success(), "{}", text(&added));
+    let after = cluster.status();
+    assert_eq!(after.committed.id, before.committed.id + 1, "{after:?}");
+    assert!(after.committed.nodes.contains(&NodeId(4)), "{after:?}");
+    assert!(
+        after
+            .history
+            .iter()
+            .any(|r| r.cause == "addition of n4" && r.outcome == "committed"),
+        "{after:?}"
+    );
+    let lease = after.leases.iter().find(|l| l.node == NodeId(4));
+    assert!(lease.is_some(), "the CM leases n4: {after:?}");
+
+    let in_use = acre(&["cluster", "add-node", "--dir", cluster.dir(), "--id", "2"]);
+    assert_eq!(in_use.status.code(), Some(2), "{}", text(&in_use));
+    assert!(text(&in_use).contains("in use"), "{}", text(&in_use));
+    assert_eq!(cluster.status().committed.id, after.committed.id);
+
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    wait_for_client(&db, after.committed.id);
+    // 3 regions of 256 KiB: about 700 objects of 1000 bytes fill them.
+    let mut objects = Vec::new();
+    for k in 0..1500u64 {
+        let addr = db
+            .run(|txn| {
+                let addr = txn.alloc(1000)?;
+                txn.write(addr, &k.to_le_bytes())?;
+                Ok(addr)
+            })
+            .unwrap_or_else(|e| panic!("allocation {k}: {e}"));
+        objects.push(addr);
+        if addr.region() == RegionId(4) {
+            break;
+        }
+    }
+    let grown = cluster.status();
+    let r4 = grown
+        .committed
+        .placement(RegionId(4))
+        .unwrap_or_else(|| panic!("no region was added: {grown:?}"));
+    assert_eq!(r4.primary, NodeId(4), "{r4:?}");
+    assert_eq!(r4.backups.len(), 1, "{r4:?}");
+    assert!(r4.state.is_active() && r4.copying.is_empty(), "{r4:?}");
+    assert!(
+        grown
+            .history
+            .iter()
+            .any(|r| r.cause == "new region r4" && r.outcome == "committed"),
+        "{grown:?}"
+    );
+    let last = *objects.last().unwrap();
+    assert_eq!(last.region(), RegionId(4), "{objects:?}");
+    assert_eq!(
+        db.read(last).expect("read")[..8],
+        (objects.len() as u64 - 1).to_le_bytes()
+    );
+    // Every object written before the growth is still there.
+    for (k, &addr) in objects.iter().enumerate().step_by(97) {
+        assert_eq!(db.read(addr).expect("read")[..8], (k as u64).to_le_bytes());
+    }
 }

@@ -40,6 +40,11 @@ pub enum TxnError {
     /// No region can hold the allocation.
     #[error("cannot allocate {len} bytes: {reason}")]
     OutOfMemory { len: usize, reason: String },
+    /// The region asked for ([`Txn::alloc_near`](crate::Txn::alloc_near)) has no room for the
+    /// allocation; [`Txn::alloc`](crate::Txn::alloc) tries every region (and, with a
+    /// configuration manager, asks it for a new one when all are full).
+    #[error("{region} has no room for {len} bytes: allocate in another region (Txn::alloc does)")]
+    RegionFull { region: RegionId, len: usize },
     /// A participant's log has no room until it truncates.
     #[error("the log at {node} is full: retry shortly (truncation frees it)")]
     LogFull { node: NodeId },
@@ -289,6 +294,12 @@ pub(crate) fn op_error(node: NodeId, error: OpError) -> TxnError {
             node,
             reason: access.to_string(),
         },
+        // `node` adopted configuration `config` and this node's connection is bound to an
+        // older one (or this node is not a member): nothing executed, and this node learns the
+        // configuration within moments (a member by NEW-CONFIG, a client from the CM), so the
+        // transaction runs again in it (Db::run waits, as for any reconfiguration). A node
+        // that was removed learns that too, and stops.
+        OpError::NotMember { config, .. } => TxnError::Reconfiguring { config },
         other => TxnError::Unavailable {
             node,
             reason: other.to_string(),

@@ -11,6 +11,7 @@ use crate::reply::{Code, REPLIES_PER_TXN_MAX, SlotLease, alloc_failure};
 use crate::txn_node::{REPLY_TIMEOUT, TxnNode};
 use crate::value;
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::slab::AllocError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -247,7 +248,11 @@ impl Txn {
     }
 
     /// Allocates an object holding `len` zero bytes, in a region whose primary is this node
-    /// when there is one. It exists for others once the transaction commits.
+    /// when there is one. It exists for others once the transaction commits. When every
+    /// region is full and the node has a [`Grower`](crate::txn_node::Grower) (a client of a
+    /// cluster with a configuration manager), it asks for a new region and fails with
+    /// [`TxnError::Reconfiguring`]: `Db::run` runs the transaction again once the configuration
+    /// with the new region is adopted.
     pub fn alloc(&mut self, len: usize) -> Result<Addr, TxnError> {
         let me = self.node.node_id();
         let serving: Vec<&Placement> = self
@@ -273,16 +278,32 @@ impl Txn {
             });
         }
         let start = (self.id.seq as usize + self.changes.len()) % regions.len();
-        let mut last = None;
         for k in 0..regions.len() {
             match self.alloc_in(regions[(start + k) % regions.len()], len, None) {
-                Err(TxnError::OutOfMemory { len, reason }) => {
-                    last = Some(TxnError::OutOfMemory { len, reason })
-                }
+                Err(TxnError::RegionFull { .. }) => {}
                 other => return other,
             }
         }
-        Err(last.expect("at least one region"))
+        // Every region tried is full.
+        let full = format!(
+            "every region that serves in configuration {} is full ({} of {} bytes)",
+            self.config.id,
+            regions.len(),
+            self.config.region_bytes
+        );
+        match self.node.grower() {
+            None => Err(TxnError::OutOfMemory { len, reason: full }),
+            // Retried (Db::run does) once the configuration with the new region is adopted.
+            Some(grow) => match grow(&self.config) {
+                Ok(()) => Err(TxnError::Reconfiguring {
+                    config: self.config.id,
+                }),
+                Err(reason) => Err(TxnError::OutOfMemory {
+                    len,
+                    reason: format!("{full}, and no region was added: {reason}"),
+                }),
+            },
+        }
     }
 
     /// Allocates an object holding `len` zero bytes in the region of `near`, in the same block
@@ -377,7 +398,7 @@ impl Txn {
             )),
             Code::AllocFailed => {
                 let reason = match reply.values[0] {
-                    alloc_failure::REGION_FULL => format!("{region} is full"),
+                    alloc_failure::REGION_FULL => return Err(TxnError::RegionFull { region, len }),
                     alloc_failure::TOO_LARGE => {
                         format!("the largest object is {} bytes", reply.values[1])
                     }
@@ -535,6 +556,9 @@ fn check_fits(addr: Addr, len: usize, payload_bytes: usize) -> Result<(), TxnErr
 
 fn reserve_failed(len: usize, error: ReserveError) -> TxnError {
     match error {
+        ReserveError::Alloc(AllocError::RegionFull { region, .. }) => {
+            TxnError::RegionFull { region, len }
+        }
         ReserveError::Alloc(error) => TxnError::OutOfMemory {
             len,
             reason: error.to_string(),

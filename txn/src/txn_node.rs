@@ -16,7 +16,7 @@ use crate::reply::{Code, ReplyArea, reply_ops};
 use acre_engine::addr::NodeId;
 use acre_engine::clock::Clock;
 use acre_engine::fabric::Fabric;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long a coordinator waits for a participant's reply, on the node's clock.
@@ -34,7 +34,16 @@ pub struct TxnNode {
     primary: Primary,
     couriers: Couriers,
     unfinished: UnfinishedCommits,
+    /// Asks for a new region when every region is full; none unless set.
+    grower: OnceLock<Grower>,
 }
+
+/// What a node calls when an allocation finds every serving region of `config` full
+/// (docs/failures.md#region-growth): asks the configuration manager for a new region and
+/// returns once the request is accepted (the new configuration is then on its way), or why
+/// no region will come. Called by application threads; it may block for as long as the CM
+/// takes to answer.
+pub type Grower = Box<dyn Fn(&Configuration) -> Result<(), String> + Send + Sync>;
 
 impl TxnNode {
     /// The node on `fabric`. Every timeout of the node (reply waits, backoff, truncation
@@ -61,7 +70,19 @@ impl TxnNode {
             replies,
             primary,
             unfinished: UnfinishedCommits::default(),
+            grower: OnceLock::new(),
         }
+    }
+
+    /// Lets allocations that find every region full ask for a new one (a client of a cluster
+    /// with a configuration manager). Only the first grower set is kept; returns whether this
+    /// one was.
+    pub fn set_grower(&self, grower: Grower) -> bool {
+        self.grower.set(grower).is_ok()
+    }
+
+    pub(crate) fn grower(&self) -> Option<&Grower> {
+        self.grower.get()
     }
 
     /// Commits that decided to commit but have records left to deliver, because a participant

@@ -778,7 +778,7 @@ impl Tables {
         let near = self.near.lock().expect(POISONED).get(&w_id).copied();
         let addr = match near {
             Some(near) => match txn.alloc_near(capacity, near) {
-                Err(TxnError::OutOfMemory { .. }) => {
+                Err(TxnError::RegionFull { .. } | TxnError::OutOfMemory { .. }) => {
                     let addr = txn.alloc(capacity)?;
                     self.near.lock().expect(POISONED).insert(w_id, addr);
                     addr

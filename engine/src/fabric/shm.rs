@@ -76,7 +76,17 @@ impl ShmTransport {
         if let Some(area) = peer.areas.read().expect(crate::POISONED).get(&id) {
             return Ok(area.clone()); // the key is checked against it by execute_on
         }
-        if peer.manifest.area(id).is_none() {
+        // An area the node created since its manifest was first read (a region a new
+        // configuration placed on it): its manifest, republished, lists it now.
+        if peer.manifest.area(id).is_none()
+            && !NodeManifest::read(&self.dir, peer.node)
+                .ok()
+                .flatten()
+                .is_some_and(|m| {
+                    (m.pid, m.started) == (peer.manifest.pid, peer.manifest.started)
+                        && m.area(id).is_some()
+                })
+        {
             return Err(AccessError::UnknownRegion {
                 node: peer.node,
                 region: id,

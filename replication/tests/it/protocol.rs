@@ -996,7 +996,7 @@ fn large_capacity(node: &Arc<TxnNode>, region: RegionId) -> usize {
     for count in 0..LARGE_OBJECT_COUNT_MAX {
         match txn.alloc_near(LARGE_VALUE_BYTES, Addr::new(region, 0)) {
             Ok(addr) => assert_eq!(addr.region(), region),
-            Err(TxnError::OutOfMemory { .. }) => {
+            Err(TxnError::RegionFull { .. }) => {
                 txn.abort();
                 return count;
             }

@@ -1382,6 +1382,79 @@ mod tests {
         );
     }
 
+    /// An added node is in the proposal and gets NEW-CONFIG with the members (it must
+    /// acknowledge too); an id in use is refused.
+    #[test]
+    fn an_addition_is_installed_and_distributed_to_the_new_node_too() {
+        let mut manager = lead();
+        let refused = manager.change(
+            Change::AddNode {
+                node: NodeId(3),
+                domain: None,
+            },
+            ms(5),
+        );
+        assert!(refused.is_err_and(|reason| reason.contains("n3")), "a member");
+        let actions = manager
+            .change(
+                Change::AddNode {
+                    node: NodeId(6),
+                    domain: Some("rack-b".into()),
+                },
+                ms(5),
+            )
+            .expect("addition accepted");
+        let (expected_id, next) = proposal(&actions).expect("a proposal");
+        assert_eq!((expected_id, next.id), (1, 2));
+        assert!(next.nodes.contains(&NodeId(6)));
+        assert_eq!(next.domain_of(NodeId(6)), "rack-b");
+        let actions = manager.install_outcome(InstallOutcome::Installed(next), ms(7));
+        let sent: Vec<NodeId> = new_configs(&actions).iter().map(|m| m.0).collect();
+        assert_eq!(sent.len(), 6, "{actions:?}");
+        assert!(sent.contains(&NodeId(6)), "{sent:?}");
+        assert_eq!(
+            manager.in_progress().unwrap().cause,
+            Cause::Addition { node: NodeId(6) }
+        );
+    }
+
+    /// A new region is proposed when the asker saw every region of the configuration; a
+    /// request from an asker that saw fewer (another request grew them since) does nothing.
+    #[test]
+    fn a_region_is_added_once_for_askers_that_saw_the_same_regions() {
+        let mut manager = lead();
+        let regions = manager.config.as_ref().unwrap().regions.len();
+        let nothing = manager
+            .change(
+                Change::AddRegion {
+                    known_regions: regions - 1,
+                },
+                ms(5),
+            )
+            .expect("accepted");
+        assert!(nothing.is_empty() && manager.is_idle(), "{nothing:?}");
+        let actions = manager
+            .change(
+                Change::AddRegion {
+                    known_regions: regions,
+                },
+                ms(5),
+            )
+            .expect("accepted");
+        let (_, next) = proposal(&actions).expect("a proposal");
+        assert_eq!(next.regions.len(), regions + 1);
+        let created = next.regions.last().unwrap().region;
+        manager.install_outcome(InstallOutcome::Installed(next), ms(7));
+        assert_eq!(
+            manager.in_progress().unwrap().cause,
+            Cause::Growth { region: created }
+        );
+        assert_eq!(
+            manager.in_progress().unwrap().cause.to_string(),
+            format!("new region {created}")
+        );
+    }
+
     /// A member whose lease expires while it has not acknowledged the configuration being
     /// distributed supersedes it at once, not at the acknowledgement timeout.
     #[test]

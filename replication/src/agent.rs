@@ -198,6 +198,7 @@ impl CmAgent {
                     cm: current.cm_leader.unwrap_or(current.cm_replicas[0]),
                     cm_addr: None,
                     config: 0,
+                    gate: Some(node.txn().fabric().memory().lease_gate().clone()),
                 }),
                 cm: None,
             })

@@ -36,7 +36,11 @@
 //! **The lease.** A node whose own lease from the CM has lapsed acts for nobody
 //! (docs/failures.md#leases): the thread checks the node's lease gate
 //! ([`NodeMemory::lease_is_open`], one atomic load and a clock read) before every request of a
-//! member, and answers `OpError::LeaseExpired` without executing it while the gate is shut.
+//! member, and answers `OpError::LeaseExpired` without executing it while the gate is shut,
+//! then closes the connection with its unread requests: what a connection executed stays a
+//! prefix of what it sent, even if the lease is renewed while a batch is in flight (a ring
+//! append whose record WRITE was refused must not have its tail WRITE executed). The sender's
+//! later operations of that batch fail as unreachable, and its next post dials again.
 //! That covers every one-sided operation of the protocol at this node: a coordinator's READs of
 //! objects (so nothing is read from a primary the CM may be replacing), its CAS of locks in
 //! one-sided mode, and the WRITEs of records into this node's rings (LOCK, VALIDATE,
@@ -369,6 +373,9 @@ enum Close {
     Gone,
     /// The peer is not a member of this node's configuration (counted as not a member).
     NotMember,
+    /// This node's lease lapsed and it refused one of the peer's requests: nothing after it
+    /// executes on this connection (see "The lease" in the module docs).
+    LeaseExpired,
 }
 
 /// What a turn of [`Nic::drive`] left behind.
@@ -541,7 +548,7 @@ impl Nic {
         match why {
             Close::Rejected => Counters::bump(&self.counters.connections_rejected),
             Close::NotMember => Counters::bump(&self.counters.connections_not_member),
-            Close::Gone => {}
+            Close::Gone | Close::LeaseExpired => {}
         }
         Counters::bump(&self.counters.connections_closed);
     }
@@ -721,11 +728,17 @@ impl Nic {
                 } else if *client != NodeId::OBSERVER && !self.memory.lease_is_open() {
                     // This node's lease lapsed: the CM may be waiting it out to hand its
                     // regions to others, so it touches nothing for a member (observers' reads
-                    // stay: they serve no transaction, and show an operator the node).
+                    // stay: they serve no transaction, and show an operator the node). The
+                    // connection closes behind the refusal, so that nothing later of it runs
+                    // should the lease be renewed meanwhile: a batch whose first WRITE was
+                    // refused must not see its next ones (a ring's tail) executed.
                     Counters::bump(&self.counters.requests_lease_refused);
-                    Err(OpError::LeaseExpired {
+                    let result = Err(OpError::LeaseExpired {
                         node: self.memory.node_id(),
-                    })
+                    });
+                    connection.queue(&Frame::Response(Response { request_id, result }));
+                    connection.flush_once();
+                    return Err(Close::LeaseExpired);
                 } else {
                     Counters::bump(&self.counters.requests_executed);
                     if exec::op_bytes(&op) > OP_BYTES_MAX as u64 {

@@ -1464,9 +1464,10 @@ fn an_observer_may_only_read() {
 }
 
 /// FaRM SOSP'15 §5.1: a node whose lease from the CM has lapsed serves nobody. Its NIC thread
-/// answers a member's READ, WRITE and CAS with `LeaseExpired` without executing them (on the
-/// same connection, which stays up), an observer may still read, and once the lease is granted
-/// again the member is served. A node that never asked for a lease is served throughout (the
+/// answers a member's operation with `LeaseExpired` without executing it, and closes the
+/// connection behind it, so nothing later of the batch executes (the other operations fail
+/// unexecuted); an observer may still read, and once the lease is granted again the member is
+/// served on a new connection. A node that never asked for a lease is served throughout (the
 /// other tests).
 #[test]
 fn a_node_whose_lease_lapsed_refuses_members_operations() {
@@ -1502,38 +1503,38 @@ fn a_node_whose_lease_lapsed_refuses_members_operations() {
             },
         ],
     );
-    let refused = Err(OpError::LeaseExpired { node: SERVER });
-    assert_eq!(results, vec![refused.clone(), refused.clone(), refused]);
+    assert_eq!(results[0], Err(OpError::LeaseExpired { node: SERVER }));
+    for result in &results[1..] {
+        assert!(result.is_err(), "{results:?}");
+    }
     assert_eq!(
         node.word(0),
         before,
-        "nothing of the refused operations executed"
+        "nothing of the refused batch executed"
     );
     assert_reads(&node, &observer, 0, before);
 
-    // Granted, and lapsed again: shut.
+    // Granted, and lapsed again: shut, on the connection dialled anew.
     let now = node.memory.clock().now();
     node.memory.lease_gate().extend_to(now);
-    let results = post(
-        &member,
-        SERVER,
-        vec![Op::Read {
-            addr: at(0),
-            key,
-            len: 8,
-        }],
-    );
-    assert_eq!(results, vec![Err(OpError::LeaseExpired { node: SERVER })]);
+    let write = |value: u64| Op::Write {
+        addr: at(0),
+        key,
+        data: value.to_le_bytes().to_vec(),
+    };
+    let results = post(&member, SERVER, vec![write(3), write(4)]);
+    assert_eq!(results[0], Err(OpError::LeaseExpired { node: SERVER }));
+    assert!(results[1].is_err(), "{results:?}");
+    assert_eq!(node.word(0), before);
 
-    // Renewed: the same connection is served again.
+    // Renewed: served again.
     let now = node.memory.clock().now();
     node.memory
         .lease_gate()
         .extend_to(now + Duration::from_secs(3600));
     assert_serves(&node, &member, 0, 71);
     let stats = node.server.stats();
-    assert_eq!(stats.requests_lease_refused, 4, "{stats:?}");
-    assert_eq!(stats.connections_closed, 0, "{stats:?}");
+    assert_eq!(stats.requests_lease_refused, 2, "{stats:?}");
 }
 
 /// As above, with the older connection silent until the newer one has authenticated: the fence

@@ -336,7 +336,8 @@ impl LeaseThread {
         self.shared.expiry.clone()
     }
 
-    /// Whether this node holds a valid lease now, by the thread's clock.
+    /// Whether this node may act now, by the thread's clock: it holds a valid lease, or it has
+    /// asked no CM yet ([`acre_engine::lease::LeaseGate`]).
     pub fn is_valid(&self) -> bool {
         self.shared.expiry.is_valid(self.clock.now())
     }

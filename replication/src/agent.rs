@@ -335,7 +335,9 @@ impl CmAgent {
         self.group.as_ref().is_some_and(|g| g.is_leader())
     }
 
-    /// Whether this node holds a valid lease from the CM.
+    /// Whether this node may act: it holds a valid lease from the CM, or has asked none yet (it
+    /// has adopted no configuration naming a CM). Its worker and NIC thread check the same gate
+    /// (docs/failures.md#leases).
     pub fn lease_is_valid(&self) -> bool {
         self.lease_thread.is_valid()
     }

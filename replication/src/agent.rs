@@ -6,7 +6,11 @@
 //!
 //! - **CM links** ([`acre_cm::net::Links`], TCP on loopback) and a **lease thread**
 //!   ([`acre_cm::lease_thread::LeaseThread`], UDP on loopback), both on free ports that the
-//!   node publishes in its manifest (`cm_link`, `lease`), where the others find them.
+//!   node publishes in its manifest (`cm_link`, `lease`), where the others find them. The
+//!   lease thread publishes the node's lease into its memory's lease gate
+//!   ([`acre_engine::fabric::NodeMemory::lease_gate`]), which the node's NIC thread, worker and
+//!   coordinators check before they act (docs/failures.md#leases); the gate stays open until
+//!   the node adopts a configuration naming a CM, and from then on needs a grant.
 //! - In the processes of the configuration's `cm_replicas`, a **CM replica**
 //!   ([`acre_cm::CmGroup`], its Raft files under `cm-n<id>/` in the cluster directory). A
 //!   replica's process waits (at most [`PEERS_WAIT`]) for the other replicas' manifests before it

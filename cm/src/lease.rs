@@ -60,11 +60,11 @@
 use acre_engine::NodeId;
 use acre_engine::clock::Time;
 use acre_engine::fabric::tcp::auth::ClusterSecret;
+use acre_engine::lease::LeaseGate;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Bytes of every lease packet.
@@ -378,31 +378,48 @@ fn check_common(
 }
 
 /// The expiry of a node's lease from the CM, readable by any thread without a lock: a worker
-/// checks [`LeaseExpiry::is_valid`] before it serves.
-#[derive(Clone, Debug, Default)]
+/// checks [`LeaseExpiry::is_valid`] before it serves. It is the node's [`LeaseGate`]: in a node
+/// process, the one its memory holds, which the NIC thread and the worker check
+/// (docs/failures.md#leases).
+#[derive(Clone, Debug)]
 pub struct LeaseExpiry {
-    /// Nanoseconds of the node's clock; 0 while no lease was ever granted.
-    until_nanos: Arc<AtomicU64>,
+    gate: Arc<LeaseGate>,
+}
+
+impl Default for LeaseExpiry {
+    /// A node that asks at once and holds nothing yet.
+    fn default() -> LeaseExpiry {
+        LeaseExpiry {
+            gate: Arc::new(LeaseGate::asked()),
+        }
+    }
 }
 
 impl LeaseExpiry {
-    /// Whether the lease is valid at `now` (a reading of the node's lease clock).
+    /// The expiry published into `gate` (a node memory's, so that its data path sees it).
+    pub fn with_gate(gate: Arc<LeaseGate>) -> LeaseExpiry {
+        LeaseExpiry { gate }
+    }
+
+    /// Whether the lease is valid at `now` (a reading of the node's lease clock); a node that
+    /// asked no CM yet may act ([`LeaseGate`]).
     pub fn is_valid(&self, now: Time) -> bool {
-        now.as_nanos() < self.until_nanos.load(Ordering::Acquire)
+        self.gate.is_open(now)
     }
 
     /// When the lease expires, if one was ever granted.
     pub fn until(&self) -> Option<Time> {
-        match self.until_nanos.load(Ordering::Acquire) {
-            0 => None,
-            nanos => Some(Time::from_nanos(nanos)),
-        }
+        self.gate.until()
+    }
+
+    /// The node asks a CM: from now on it may act only while a grant holds.
+    pub fn ask(&self) {
+        self.gate.ask();
     }
 
     /// Only ever extends: a grant that arrives late never shortens a later one.
     fn extend_to(&self, until: Time) {
-        self.until_nanos
-            .fetch_max(until.as_nanos(), Ordering::AcqRel);
+        self.gate.extend_to(until);
     }
 }
 
@@ -448,6 +465,13 @@ impl NodeLease {
         }
     }
 
+    /// This node publishing its lease into `gate` (its memory's, so that the node's data path
+    /// sees it) rather than a gate of its own. The gate is asked at the first request.
+    pub fn with_gate(mut self, gate: Arc<LeaseGate>) -> NodeLease {
+        self.expiry = LeaseExpiry::with_gate(gate);
+        self
+    }
+
     pub fn node(&self) -> NodeId {
         self.node
     }
@@ -487,6 +511,9 @@ impl NodeLease {
         if now < self.next_request_at {
             return None;
         }
+        // The CM's grace for this node may start from here: the node's gate counts on a grant
+        // from now on (a no-op after the first request).
+        self.expiry.ask();
         let seq = self.next_seq;
         self.next_seq += 1;
         self.sent[slot(seq)] = Some((seq, now));
@@ -534,6 +561,7 @@ impl NodeLease {
             "config={config} current={}",
             self.config
         );
+        self.expiry.ask();
         self.config = config;
         self.cm = cm;
         self.sent = [None; REQUESTS_REMEMBERED];

@@ -31,6 +31,7 @@ use crate::lease::{
 use acre_engine::NodeId;
 use acre_engine::clock::{Clock, Time, WAIT_SLICE_MAX};
 use acre_engine::fabric::tcp::auth::ClusterSecret;
+use acre_engine::lease::LeaseGate;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
@@ -71,6 +72,11 @@ pub struct NodeRole {
     /// nothing until [`LeaseThread::set_configuration`] names the CM.
     pub cm_addr: Option<SocketAddr>,
     pub config: u64,
+    /// Where the node's lease is published: its memory's gate
+    /// ([`acre_engine::fabric::NodeMemory::lease_gate`]), which its NIC thread and worker check
+    /// before they serve; `None`: a gate of the thread's own. The thread asks it (shuts it until
+    /// a grant) when it first asks a CM ([`acre_engine::lease::LeaseGate`]).
+    pub gate: Option<Arc<LeaseGate>>,
 }
 
 /// The CM's part of a lease thread.
@@ -246,14 +252,18 @@ impl LeaseThread {
         let waker = socket.try_clone()?;
         let now = config.clock.now();
         let node = config.node.as_ref().map(|role| {
-            NodeLease::new(
+            let lease = NodeLease::new(
                 role.node,
                 role.cm,
                 role.config,
                 config.timing,
                 first_seq(),
                 now,
-            )
+            );
+            match &role.gate {
+                Some(gate) => lease.with_gate(gate.clone()),
+                None => lease,
+            }
         });
         let cm = config
             .cm
@@ -326,7 +336,8 @@ impl LeaseThread {
         self.shared.expiry.clone()
     }
 
-    /// Whether this node holds a valid lease now, by the thread's clock.
+    /// Whether this node may act now, by the thread's clock: it holds a valid lease, or it has
+    /// asked no CM yet ([`acre_engine::lease::LeaseGate`]).
     pub fn is_valid(&self) -> bool {
         self.shared.expiry.is_valid(self.clock.now())
     }
@@ -409,7 +420,13 @@ impl LeaseThread {
     /// leases and grants new members one lease of grace. A thread whose CM is replaced by
     /// another stops granting; a thread whose own node becomes the CM takes the role up, every
     /// member given one lease of grace.
+    ///
+    /// The node's gate is asked here, in the caller's thread, before the configuration is
+    /// posted: the member acknowledges NEW-CONFIG after this returns, and the CM's grace for the
+    /// node has started by then, so the gate must not wait for this thread's next turn to count
+    /// on a grant.
     pub fn set_configuration(&self, new: &NewConfiguration<'_>) {
+        self.shared.expiry.ask();
         self.shared.mailbox.post(new);
         self.wake();
     }
@@ -741,6 +758,7 @@ mod tests {
                 cm: CM,
                 cm_addr: Some(cm_addr),
                 config: CONFIG,
+                gate: None,
             }),
             cm: None,
         })
@@ -834,6 +852,7 @@ mod tests {
                 cm: NodeId(1),
                 cm_addr: Some(one.local_addr()),
                 config: new_config,
+                gate: None,
             }),
             cm: None,
         })

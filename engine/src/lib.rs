@@ -15,6 +15,7 @@ pub mod cursor;
 pub mod directory;
 pub mod fabric;
 pub mod hash;
+pub mod lease;
 pub mod object;
 pub mod pause;
 pub mod procfs;

@@ -6,7 +6,11 @@
 //!
 //! - **CM links** ([`acre_cm::net::Links`], TCP on loopback) and a **lease thread**
 //!   ([`acre_cm::lease_thread::LeaseThread`], UDP on loopback), both on free ports that the
-//!   node publishes in its manifest (`cm_link`, `lease`), where the others find them.
+//!   node publishes in its manifest (`cm_link`, `lease`), where the others find them. The
+//!   lease thread publishes the node's lease into its memory's lease gate
+//!   ([`acre_engine::fabric::NodeMemory::lease_gate`]), which the node's NIC thread, worker and
+//!   coordinators check before they act (docs/failures.md#leases); the gate stays open until
+//!   the node adopts a configuration naming a CM, and from then on needs a grant.
 //! - In the processes of the configuration's `cm_replicas`, a **CM replica**
 //!   ([`acre_cm::CmGroup`], its Raft files under `cm-n<id>/` in the cluster directory). A
 //!   replica's process waits (at most [`PEERS_WAIT`]) for the other replicas' manifests before it
@@ -195,6 +199,7 @@ impl CmAgent {
                     cm: current.cm_leader.unwrap_or(current.cm_replicas[0]),
                     cm_addr: None,
                     config: 0,
+                    gate: Some(node.txn().fabric().memory().lease_gate().clone()),
                 }),
                 cm: None,
             })
@@ -331,7 +336,9 @@ impl CmAgent {
         self.group.as_ref().is_some_and(|g| g.is_leader())
     }
 
-    /// Whether this node holds a valid lease from the CM.
+    /// Whether this node may act: it holds a valid lease from the CM, or has asked none yet (it
+    /// has adopted no configuration naming a CM). Its worker and NIC thread check the same gate
+    /// (docs/failures.md#leases).
     pub fn lease_is_valid(&self) -> bool {
         self.lease_thread.is_valid()
     }

@@ -19,6 +19,43 @@
 //! other rings on, and the ring's records the worker keeps stay where they are, through the
 //! reset its sender asks for.
 //!
+//! **The lease** (docs/failures.md#leases). A node whose own lease from the CM has lapsed acts
+//! for nobody: the CM may be waiting that lease out to hand the node's regions to others, and
+//! only a node that stops on its own makes that wait sound. The worker checks the node's lease
+//! gate ([`acre_engine::fabric::NodeMemory::lease_is_open`]: one atomic load and a clock read; a
+//! node without a CM is never refused) before the steps that act as a primary, and answers
+//! them with [`Code::LeaseExpired`], which the coordinator treats as a reconfiguration in
+//! progress (`Db::run` retries):
+//!
+//! - **LOCK** (message mode) is refused: locking is the primary's vote that the transaction may
+//!   commit, and a primary the CM is replacing must not give it (the new primary would not hold
+//!   the lock). The record stays kept until its ABORT, as every LOCK does.
+//! - **VALIDATE** is refused: a primary that may already have been replaced cannot vouch that
+//!   a version is still current.
+//! - **COMMIT-PRIMARY is not refused.** It comes after the commit point: every backup holds the
+//!   transaction, and it installs values that are already decided and releases locks this
+//!   primary took while its lease held (LOCK is gated). Refusing it would leave those locks
+//!   held and the decided values missing here should the lease be renewed, and would undo
+//!   nothing should the node be removed (recovery installs from the backups' logs). What a
+//!   lapsed primary installs is seen by nobody: over tcp its NIC thread refuses every member's
+//!   operation while the lease is lapsed, and over shm the CM kills it before it commits a
+//!   configuration without it.
+//! - **COMMIT-BACKUP is not refused here either**, because a backup's acknowledgement is not the
+//!   worker's: it is the completion of the coordinator's WRITE into the ring. Over tcp the NIC
+//!   thread refuses that WRITE while the lease is lapsed (an ack from a backup the next
+//!   configuration excludes would count a replica recovery does not read); over shm nothing can
+//!   refuse a store, and the kill before the commit is the fence. A record that did arrive is
+//!   kept: dropping it would only lose a copy.
+//! - **ABORT, TRUNCATE, ALLOC, RELEASE and REQUEST-VOTE** are not gated: they release what a
+//!   transaction holds, apply what was decided, or answer recovery, and none of them lets a
+//!   transaction commit on this node's word. (An ALLOC only reserves a slot, and the
+//!   transaction that uses it still needs LOCK here to commit.)
+//! - One-sided mode's LOCK and COMMIT-PRIMARY records are only noted: the coordinator's CAS and
+//!   WRITEs do the primary's part, and over tcp the NIC thread refuses them.
+//!
+//! A coordinator on this node checks the same gate before it sends anything and again at its
+//! decision (acre-txn's commit), which also covers the part of its LOCK it does itself.
+//!
 //! Every [`ORPHAN_CHECK_INTERVAL`] it also looks for the transactions it keeps records of whose
 //! client coordinator is gone, and hands them to the node's [`Resolver`], which asks the other
 //! participants for their votes; the worker answers such questions itself (REQUEST-VOTE) and
@@ -113,6 +150,8 @@ pub struct WorkerStats {
     pub truncated: AtomicU64,
     /// Truncated transactions this backup could not apply, kept with their records.
     pub apply_failures: AtomicU64,
+    /// LOCK and VALIDATE records answered with `LeaseExpired`: this node's lease had lapsed.
+    pub lease_refused: AtomicU64,
     /// Transactions of gone clients this node aborted (no COMMIT-BACKUP anywhere).
     pub orphans_aborted: AtomicU64,
     /// Transactions of gone clients this primary installed from their LOCK (another primary
@@ -420,6 +459,15 @@ impl Serving {
                 self.node.primary().note_lock(txn, entries);
                 true
             }
+            Body::Lock { .. } if !self.lease_is_open() => {
+                // This node's lease lapsed: the CM may be waiting it out to give its regions to
+                // others, so it locks nothing (module docs, "The lease"). Kept, as every LOCK
+                // is, until its ABORT.
+                self.stats.lease_refused.fetch_add(1, Ordering::Relaxed);
+                self.node
+                    .reply(sender, record.reply, seq, Code::LeaseExpired, [0; 3]);
+                true
+            }
             Body::Lock { .. } if txn.config < self.node.config_id() => {
                 // Begun in an older configuration: it must not lock in this one
                 // (docs/failures.md#reconfiguration). Kept, as every LOCK is, until its ABORT.
@@ -477,6 +525,12 @@ impl Serving {
                 true
             }
             Body::Truncate => false,
+            Body::Validate { .. } if !self.lease_is_open() => {
+                self.stats.lease_refused.fetch_add(1, Ordering::Relaxed);
+                self.node
+                    .reply(sender, record.reply, seq, Code::LeaseExpired, [0; 3]);
+                false
+            }
             Body::Validate { .. } if txn.config < self.node.config_id() => {
                 let current = self.node.config_id();
                 self.node
@@ -516,6 +570,12 @@ impl Serving {
             }
         };
         (keep, holds)
+    }
+
+    /// Whether this node's lease from the CM holds (or no CM runs): one atomic load and, with a
+    /// CM, a clock read.
+    fn lease_is_open(&self) -> bool {
+        self.node.fabric().memory().lease_is_open()
     }
 
     /// Whether this node keeps a record of `txn` of the kind `bit` ([`vote`] bits).

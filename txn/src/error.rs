@@ -87,6 +87,16 @@ pub enum TxnError {
     /// has adopted it): nothing commits in it until it is.
     #[error("configuration {config} is being installed: retry shortly (Db::run does)")]
     Reconfiguring { config: u64 },
+    /// `node`'s own lease from the configuration manager has lapsed, so it acts for nobody
+    /// (docs/failures.md#leases): it refused what this transaction asked of it, or it is this
+    /// node and will not commit. Nothing of the transaction is durable. The lease is renewed
+    /// or the CM installs a configuration without `node`: retry (Db::run does, as through a
+    /// reconfiguration).
+    #[error(
+        "{node}'s lease from the configuration manager has lapsed: retry once it is renewed or \
+         a configuration without {node} is installed (Db::run does)"
+    )]
+    LeaseExpired { node: NodeId },
 }
 
 impl TxnError {
@@ -99,6 +109,7 @@ impl TxnError {
                 | TxnError::Busy { .. }
                 | TxnError::ConfigurationChanged { .. }
                 | TxnError::Reconfiguring { .. }
+                | TxnError::LeaseExpired { .. }
         )
     }
 }
@@ -148,6 +159,13 @@ pub enum CommitError {
         "configuration {config} is being installed: not committed, retry shortly (Db::run does)"
     )]
     Reconfiguring { config: u64 },
+    /// `node`'s lease from the configuration manager has lapsed (a primary refused LOCK or
+    /// VALIDATE, a participant's NIC refused a record, or it is this node); nothing committed.
+    #[error(
+        "{node}'s lease from the configuration manager has lapsed: not committed, retry once it \
+         is renewed or a configuration without {node} is installed (Db::run does)"
+    )]
+    LeaseExpired { node: NodeId },
     /// Some backup may hold the transaction's COMMIT-BACKUP but the commit could not finish.
     /// The coordinator finishes it once `node` answers (docs/protocol.md#unfinished-commits);
     /// if the coordinator stops first, the memory nodes settle it. Do not run it again blindly
@@ -172,6 +190,7 @@ impl CommitError {
                 | CommitError::LogFull { .. }
                 | CommitError::ConfigurationChanged { .. }
                 | CommitError::Reconfiguring { .. }
+                | CommitError::LeaseExpired { .. }
         )
     }
 
@@ -201,6 +220,7 @@ impl From<TxnError> for CommitError {
                 CommitError::ConfigurationChanged { began, current }
             }
             TxnError::Reconfiguring { config } => CommitError::Reconfiguring { config },
+            TxnError::LeaseExpired { node } => CommitError::LeaseExpired { node },
             TxnError::RegionUnavailable {
                 region,
                 state,
@@ -261,18 +281,25 @@ impl Error {
         }
     }
 
-    /// Whether the transaction failed because the node's configuration is changing: run it
-    /// again once the new one is committed.
+    /// Whether the transaction failed because the node's configuration is changing, or may be
+    /// about to (a participant's lease lapsed: the CM renews it or removes the participant):
+    /// run it again once the new one is committed.
     pub fn is_reconfiguring(&self) -> bool {
         matches!(
             self,
-            Error::Txn(TxnError::Reconfiguring { .. } | TxnError::ConfigurationChanged { .. })
-                | Error::Index(IndexError::Txn(
-                    TxnError::Reconfiguring { .. } | TxnError::ConfigurationChanged { .. }
-                ))
-                | Error::Commit(
-                    CommitError::Reconfiguring { .. } | CommitError::ConfigurationChanged { .. }
-                )
+            Error::Txn(
+                TxnError::Reconfiguring { .. }
+                    | TxnError::ConfigurationChanged { .. }
+                    | TxnError::LeaseExpired { .. }
+            ) | Error::Index(IndexError::Txn(
+                TxnError::Reconfiguring { .. }
+                    | TxnError::ConfigurationChanged { .. }
+                    | TxnError::LeaseExpired { .. }
+            )) | Error::Commit(
+                CommitError::Reconfiguring { .. }
+                    | CommitError::ConfigurationChanged { .. }
+                    | CommitError::LeaseExpired { .. }
+            )
         )
     }
 
@@ -300,6 +327,8 @@ pub(crate) fn op_error(node: NodeId, error: OpError) -> TxnError {
         // transaction runs again in it (Db::run waits, as for any reconfiguration). A node
         // that was removed learns that too, and stops.
         OpError::NotMember { config, .. } => TxnError::Reconfiguring { config },
+        // Nothing executed, and the CM renews the lease or replaces the node: retried.
+        OpError::LeaseExpired { node } => TxnError::LeaseExpired { node },
         other => TxnError::Unavailable {
             node,
             reason: other.to_string(),

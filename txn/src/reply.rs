@@ -69,6 +69,9 @@ pub enum Code {
     /// LOCK or VALIDATE of a transaction that began in an older configuration than the
     /// receiver's (`values[0]`): refused, nothing locked (docs/failures.md#reconfiguration).
     Stale = 9,
+    /// LOCK or VALIDATE refused because the receiver's own lease from the CM has lapsed
+    /// (docs/failures.md#leases): nothing locked, nothing checked. `values` hold nothing.
+    LeaseExpired = 10,
 }
 
 impl Code {
@@ -83,6 +86,7 @@ impl Code {
             Code::Refused,
             Code::Vote,
             Code::Stale,
+            Code::LeaseExpired,
         ]
         .into_iter()
         .find(|code| *code as u8 == byte)

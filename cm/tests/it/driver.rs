@@ -183,6 +183,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
                         cm,
                         cm_addr: Some(cm_lease_addr),
                         config: 1,
+                        gate: None,
                     }),
                     cm: (node == cm).then(|| CmRole {
                         cm,

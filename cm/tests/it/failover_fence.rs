@@ -145,6 +145,7 @@ fn a_node_removed_by_an_uncommitted_configuration_of_the_previous_cm_is_fenced()
                         cm: previous,
                         cm_addr: None,
                         config: 0,
+                        gate: None,
                     }),
                     cm: None,
                 })

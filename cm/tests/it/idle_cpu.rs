@@ -66,6 +66,7 @@ fn an_idle_five_node_clusters_lease_threads_use_well_under_two_percent_of_a_core
                     cm: NODES[0],
                     cm_addr: Some(cm_port),
                     config: 1,
+                    gate: None,
                 }),
                 cm: (index == 0).then(|| CmRole {
                     cm: NODES[0],

@@ -1,11 +1,13 @@
 //! A node's registered memory: the areas (regions, log rings) that others may operate on, each
 //! under its access key, the node's doorbell, and the node's clock, which every timeout of the
-//! node's fabric and of the protocol above it reads (docs/failures.md#clock).
+//! node's fabric and of the protocol above it reads (docs/failures.md#clock), and the node's
+//! lease gate, which its NIC thread and worker check before they serve.
 
 use crate::addr::{NodeId, RegionId};
 use crate::clock::Clock;
 use crate::fabric::doorbell::Doorbell;
 use crate::hash::FastMap;
+use crate::lease::LeaseGate;
 use crate::region::Region;
 use std::sync::{Arc, RwLock};
 
@@ -23,6 +25,9 @@ pub struct NodeMemory {
     areas: RwLock<FastMap<RegionId, Arc<Region>>>,
     doorbell: Arc<Doorbell>,
     clock: Clock,
+    /// The node's lease from the CM, on `clock`: open unless a lease thread asked for one
+    /// ([`crate::lease`]).
+    lease: Arc<LeaseGate>,
 }
 
 impl NodeMemory {
@@ -33,6 +38,7 @@ impl NodeMemory {
             areas: RwLock::new(FastMap::default()),
             doorbell,
             clock: Clock::system(),
+            lease: Arc::new(LeaseGate::unleased()),
         }
     }
 
@@ -50,6 +56,19 @@ impl NodeMemory {
 
     pub fn node_id(&self) -> NodeId {
         self.node
+    }
+
+    /// The node's lease gate, for the lease thread that publishes the node's lease into it.
+    pub fn lease_gate(&self) -> &Arc<LeaseGate> {
+        &self.lease
+    }
+
+    /// Whether the node may act as a member now: it asked no CM for a lease, or holds one by its
+    /// clock (docs/failures.md#leases). What the NIC thread and the worker check before they
+    /// serve; a node without a CM reads one atomic word and no clock.
+    #[inline]
+    pub fn lease_is_open(&self) -> bool {
+        self.lease.is_open_now(|| self.clock.now())
     }
 
     pub fn doorbell(&self) -> &Arc<Doorbell> {

@@ -120,6 +120,15 @@ pub enum OpError {
          executed: learn the current configuration before retrying"
     )]
     NotMember { node: NodeId, config: u64 },
+    /// The target's own lease from the configuration manager has lapsed
+    /// (docs/failures.md#leases): it serves nothing until it holds one again, or the CM removes
+    /// it. Nothing of the refused operation executed. Retry once the CM has renewed the lease or
+    /// installed a configuration without the target.
+    #[error(
+        "{node}'s lease from the configuration manager has lapsed: nothing was executed; retry \
+         once it is renewed or a new configuration is installed"
+    )]
+    LeaseExpired { node: NodeId },
 }
 
 pub type OpResult = Result<Completion, OpError>;

@@ -9,6 +9,7 @@ mod elle;
 mod faults;
 mod fixture;
 mod index;
+mod lease;
 mod list_append;
 mod one_sided;
 mod protocol;

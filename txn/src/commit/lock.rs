@@ -95,6 +95,9 @@ impl Commit<'_> {
                         current: value,
                     });
                 }
+                Code::LeaseExpired => {
+                    return Err(CommitError::LeaseExpired { node: primary });
+                }
                 Code::Conflict => {
                     return Err(CommitError::Conflict {
                         addr: self.plan.lock_entries(primary)[0].addr,

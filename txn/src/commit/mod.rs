@@ -89,11 +89,19 @@ fn commit(txn: &mut Txn) -> Result<(), CommitError> {
 }
 
 /// The node is still in the configuration `txn` began in, and that configuration is committed
-/// (docs/failures.md#reconfiguration).
+/// (docs/failures.md#reconfiguration), and the node's own lease from the CM has not lapsed
+/// (docs/failures.md#leases).
 /// Checked before anything is sent and again at the decision, after VALIDATE: a transaction
 /// decides to commit only in the configuration it ran in. (A change between the check and the
-/// COMMIT-BACKUPs is the case transaction recovery handles.)
+/// COMMIT-BACKUPs is the case transaction recovery handles.) The lease check keeps a node whose
+/// lease lapsed from locking its own objects as their primary (the coordinator does that part
+/// of its LOCK itself) and from starting a commit the CM may be waiting out.
 fn same_configuration(txn: &Txn) -> Result<(), TxnError> {
+    if !txn.node.fabric().memory().lease_is_open() {
+        return Err(TxnError::LeaseExpired {
+            node: txn.node.node_id(),
+        });
+    }
     let (current, committed) = txn.node.config_state();
     if current != txn.config.id {
         return Err(TxnError::ConfigurationChanged {

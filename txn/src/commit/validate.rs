@@ -196,6 +196,11 @@ fn check_replies(sent: &[ValidateSent], replies: &[Reply], began_in: u64) -> Res
                     current: reply.values[0],
                 });
             }
+            Code::LeaseExpired => {
+                return Err(TxnError::LeaseExpired {
+                    node: message.primary,
+                });
+            }
             Code::Invalid => {
                 return Err(TxnError::Conflict {
                     addr: message.first,

@@ -59,6 +59,7 @@
 //!    status 35 PersistFailed    9 node u16 | 11 reason
 //!    status 36 Protocol         9 node u16 | 11 reason
 //!    status 37 NotMember        9 node u16 | 11 config u64
+//!    status 38 LeaseExpired     9 node u16
 //!    reason = len u16 (<= REASON_BYTES_MAX) | UTF-8 [len]
 //!    addr = region u32 << 32 | offset u32, as in `Addr::to_u64`
 //! ```
@@ -139,6 +140,7 @@ mod status {
     pub const PERSIST_FAILED: u8 = 35;
     pub const PROTOCOL: u8 = 36;
     pub const NOT_MEMBER: u8 = 37;
+    pub const LEASE_EXPIRED: u8 = 38;
 }
 
 /// The client's first frame: who it is, the configuration it is a member of, and its
@@ -438,6 +440,10 @@ fn encode_response(response: &Response, out: &mut Vec<u8>) {
             out.extend_from_slice(&node.0.to_le_bytes());
             out.extend_from_slice(&config.to_le_bytes());
         }
+        Err(OpError::LeaseExpired { node }) => {
+            out.push(status::LEASE_EXPIRED);
+            out.extend_from_slice(&node.0.to_le_bytes());
+        }
     }
 }
 
@@ -698,6 +704,9 @@ fn decode_response(reader: &mut Reader<'_>) -> Result<Response, FrameError> {
             node: NodeId(reader.u16("error node")?),
             config: reader.u64("error config")?,
         }),
+        status::LEASE_EXPIRED => Err(OpError::LeaseExpired {
+            node: NodeId(reader.u16("error node")?),
+        }),
         _ => return Err(malformed("unknown response status", status_at)),
     };
     Ok(Response { request_id, result })
@@ -780,8 +789,9 @@ mod tests {
                 .prop_map(|(node, reason)| Err(OpError::PersistFailed { node, reason })),
             (node.clone(), reason_strategy())
                 .prop_map(|(node, reason)| Err(OpError::Protocol { node, reason })),
-            (node, any::<u64>())
+            (node.clone(), any::<u64>())
                 .prop_map(|(node, config)| Err(OpError::NotMember { node, config })),
+            node.prop_map(|node| Err(OpError::LeaseExpired { node })),
         ]
     }
 

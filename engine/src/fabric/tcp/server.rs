@@ -33,6 +33,22 @@
 //! nothing per request. Observers may only READ: any other operation of theirs is answered
 //! with `OpError::NotMember` and not executed.
 //!
+//! **The lease.** A node whose own lease from the CM has lapsed acts for nobody
+//! (docs/failures.md#leases): the thread checks the node's lease gate
+//! ([`NodeMemory::lease_is_open`], one atomic load and a clock read) before every request of a
+//! member, and answers `OpError::LeaseExpired` without executing it while the gate is shut,
+//! then closes the connection with its unread requests: what a connection executed stays a
+//! prefix of what it sent, even if the lease is renewed while a batch is in flight (a ring
+//! append whose record WRITE was refused must not have its tail WRITE executed). The sender's
+//! later operations of that batch fail as unreachable, and its next post dials again.
+//! That covers every one-sided operation of the protocol at this node: a coordinator's READs of
+//! objects (so nothing is read from a primary the CM may be replacing), its CAS of locks in
+//! one-sided mode, and the WRITEs of records into this node's rings (LOCK, VALIDATE,
+//! COMMIT-PRIMARY, and COMMIT-BACKUP: an ack from a backup whose lease lapsed would count a
+//! replica the next configuration excludes and recovery does not read). Observers' READs are
+//! served: they serve no transaction. A node that asked no CM for a lease (no CM runs) is never
+//! refused.
+//!
 //! A peer that sends anything the decoder rejects, the wrong frame for its phase, a bad proof,
 //! or does not finish the handshake within [`HANDSHAKE_DEADLINE`] is disconnected; the other
 //! connections are unaffected. When idle the thread blocks in `epoll_wait` with no timeout
@@ -95,6 +111,9 @@ pub struct NicStats {
     pub requests_executed: u64,
     /// Answered with `NotMember` without executing: an observer's operations that write.
     pub requests_refused: u64,
+    /// Answered with `LeaseExpired` without executing: a member's operations that arrived
+    /// while this node's own lease had lapsed.
+    pub requests_lease_refused: u64,
 }
 
 #[derive(Default)]
@@ -107,6 +126,7 @@ struct Counters {
     connections_not_member: AtomicU64,
     requests_executed: AtomicU64,
     requests_refused: AtomicU64,
+    requests_lease_refused: AtomicU64,
 }
 
 impl Counters {
@@ -124,6 +144,7 @@ impl Counters {
             connections_not_member: self.connections_not_member.load(Ordering::Relaxed),
             requests_executed: self.requests_executed.load(Ordering::Relaxed),
             requests_refused: self.requests_refused.load(Ordering::Relaxed),
+            requests_lease_refused: self.requests_lease_refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -352,6 +373,9 @@ enum Close {
     Gone,
     /// The peer is not a member of this node's configuration (counted as not a member).
     NotMember,
+    /// This node's lease lapsed and it refused one of the peer's requests: nothing after it
+    /// executes on this connection (see "The lease" in the module docs).
+    LeaseExpired,
 }
 
 /// What a turn of [`Nic::drive`] left behind.
@@ -524,7 +548,7 @@ impl Nic {
         match why {
             Close::Rejected => Counters::bump(&self.counters.connections_rejected),
             Close::NotMember => Counters::bump(&self.counters.connections_not_member),
-            Close::Gone => {}
+            Close::Gone | Close::LeaseExpired => {}
         }
         Counters::bump(&self.counters.connections_closed);
     }
@@ -701,6 +725,20 @@ impl Nic {
                         node: self.memory.node_id(),
                         config: self.membership.config(),
                     })
+                } else if *client != NodeId::OBSERVER && !self.memory.lease_is_open() {
+                    // This node's lease lapsed: the CM may be waiting it out to hand its
+                    // regions to others, so it touches nothing for a member (observers' reads
+                    // stay: they serve no transaction, and show an operator the node). The
+                    // connection closes behind the refusal, so that nothing later of it runs
+                    // should the lease be renewed meanwhile: a batch whose first WRITE was
+                    // refused must not see its next ones (a ring's tail) executed.
+                    Counters::bump(&self.counters.requests_lease_refused);
+                    let result = Err(OpError::LeaseExpired {
+                        node: self.memory.node_id(),
+                    });
+                    connection.queue(&Frame::Response(Response { request_id, result }));
+                    connection.flush_once();
+                    return Err(Close::LeaseExpired);
                 } else {
                     Counters::bump(&self.counters.requests_executed);
                     if exec::op_bytes(&op) > OP_BYTES_MAX as u64 {

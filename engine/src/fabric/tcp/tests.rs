@@ -1463,6 +1463,80 @@ fn an_observer_may_only_read() {
     assert_serves(&node, &member, 0, 56);
 }
 
+/// FaRM SOSP'15 §5.1: a node whose lease from the CM has lapsed serves nobody. Its NIC thread
+/// answers a member's operation with `LeaseExpired` without executing it, and closes the
+/// connection behind it, so nothing later of the batch executes (the other operations fail
+/// unexecuted); an observer may still read, and once the lease is granted again the member is
+/// served on a new connection. A node that never asked for a lease is served throughout (the
+/// other tests).
+#[test]
+fn a_node_whose_lease_lapsed_refuses_members_operations() {
+    let secret = ClusterSecret::generate();
+    let node = Node::start(SERVER, &secret);
+    let member = node.transport(&secret);
+    let observer = node.transport_as(NodeId::OBSERVER, &secret);
+    assert_serves(&node, &member, 0, 70);
+    let before = node.word(0);
+
+    // Asked a CM, granted nothing yet: shut.
+    node.memory.lease_gate().ask();
+    let key = node.key();
+    let results = post(
+        &member,
+        SERVER,
+        vec![
+            Op::Read {
+                addr: at(0),
+                key,
+                len: 8,
+            },
+            Op::Write {
+                addr: at(0),
+                key,
+                data: 1u64.to_le_bytes().to_vec(),
+            },
+            Op::Cas {
+                addr: at(0),
+                key,
+                expected: before,
+                new: 2,
+            },
+        ],
+    );
+    assert_eq!(results[0], Err(OpError::LeaseExpired { node: SERVER }));
+    for result in &results[1..] {
+        assert!(result.is_err(), "{results:?}");
+    }
+    assert_eq!(
+        node.word(0),
+        before,
+        "nothing of the refused batch executed"
+    );
+    assert_reads(&node, &observer, 0, before);
+
+    // Granted, and lapsed again: shut, on the connection dialled anew.
+    let now = node.memory.clock().now();
+    node.memory.lease_gate().extend_to(now);
+    let write = |value: u64| Op::Write {
+        addr: at(0),
+        key,
+        data: value.to_le_bytes().to_vec(),
+    };
+    let results = post(&member, SERVER, vec![write(3), write(4)]);
+    assert_eq!(results[0], Err(OpError::LeaseExpired { node: SERVER }));
+    assert!(results[1].is_err(), "{results:?}");
+    assert_eq!(node.word(0), before);
+
+    // Renewed: served again.
+    let now = node.memory.clock().now();
+    node.memory
+        .lease_gate()
+        .extend_to(now + Duration::from_secs(3600));
+    assert_serves(&node, &member, 0, 71);
+    let stats = node.server.stats();
+    assert_eq!(stats.requests_lease_refused, 2, "{stats:?}");
+}
+
 /// As above, with the older connection silent until the newer one has authenticated: the fence
 /// cannot close it then (it has not said whose it is), so its late handshake is what is refused.
 #[test]

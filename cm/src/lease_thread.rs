@@ -92,6 +92,10 @@ pub struct LeaseThreadConfig {
     pub timing: LeaseTiming,
     pub node: Option<NodeRole>,
     pub cm: Option<CmRole>,
+    /// The id of the CM replica of a process that runs no memory node (a standalone `acre cm`,
+    /// `node` is `None`): the thread takes up the CM's role when a configuration names that id
+    /// as CM, as it does for its node's id otherwise.
+    pub standalone_cm: Option<NodeId>,
 }
 
 /// Nodes the CM suspects: an atomic bitmap set by the lease thread and taken by the CM's logic.
@@ -184,6 +188,13 @@ impl Mailbox {
         );
         let _writer = self.writer.lock().expect(POISONED);
         let seq = self.seq.load(Ordering::Relaxed);
+        // The thread applies only a configuration newer than what it holds, so a post of one
+        // no newer than the last posted is of no use, and must not hide a newer one the thread
+        // has not read yet (two threads of a process post: a standalone CM's driver and its
+        // housekeeping).
+        if seq > 0 && new.config <= self.config.load(Ordering::Relaxed) {
+            return;
+        }
         self.seq.store(seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
         self.config.store(new.config, Ordering::Relaxed);
@@ -294,6 +305,7 @@ impl LeaseThread {
             applied_seq: 0,
             members: Vec::with_capacity(MEMBERS_MAX),
             timing: config.timing,
+            standalone_cm: config.standalone_cm,
             cm_config: config
                 .node
                 .as_ref()
@@ -447,6 +459,8 @@ struct Turn {
     timing: LeaseTiming,
     /// The newest configuration id the thread has seen: the role is gained only in a newer one.
     cm_config: u64,
+    /// [`LeaseThreadConfig::standalone_cm`].
+    standalone_cm: Option<NodeId>,
     /// When the current wait ends at the latest: a turn that starts well after it was stalled.
     wake_due: Option<Time>,
 }
@@ -529,10 +543,11 @@ impl Turn {
                 self.cm = None;
             }
         } else if self.cm.is_none()
-            && self.node.as_ref().is_some_and(|node| node.node() == cm_id)
+            && (self.node.as_ref().is_some_and(|node| node.node() == cm_id)
+                || self.standalone_cm == Some(cm_id))
             && config > self.cm_config
         {
-            // This process's node became the CM (a new Raft leader named itself in the
+            // This process's node (or standalone replica) became the CM (a new Raft leader named itself in the
             // configuration): it takes over the leases, each member given one lease of grace to
             // renew with it, as a CM that cannot know when its predecessor last granted one
             // must. A rare event: the table is made here, off the steady path.
@@ -726,6 +741,7 @@ mod tests {
                 config: CONFIG,
                 members: members.to_vec(),
             }),
+            standalone_cm: None,
         })
         .unwrap()
     }
@@ -743,6 +759,7 @@ mod tests {
                 config: CONFIG,
             }),
             cm: None,
+            standalone_cm: None,
         })
         .unwrap()
     }
@@ -836,6 +853,7 @@ mod tests {
                 config: new_config,
             }),
             cm: None,
+            standalone_cm: None,
         })
         .unwrap();
         assert!(

@@ -147,6 +147,7 @@ fn a_node_removed_by_an_uncommitted_configuration_of_the_previous_cm_is_fenced()
                         config: 0,
                     }),
                     cm: None,
+                    standalone_cm: None,
                 })
                 .unwrap(),
             )

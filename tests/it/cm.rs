@@ -307,3 +307,174 @@ fn remove_node_removes_a_backup_and_refuses_a_regions_last_complete_replica() {
         "nothing changed"
     );
 }
+
+/// Three memory nodes and the CM as three standalone `acre cm` processes: the CM's replicas
+/// hold no memory and are no members, one of them acts as CM, the bank commits, `status`
+/// shows them as CM replicas, `acre cm` refuses an id that is not a standalone replica, and
+/// `down` stops them cleanly.
+#[test]
+fn standalone_cm_processes_run_the_cm_and_the_bank_commits() {
+    let cluster = CmCluster::up("standalone", &["--nodes", "3", "--cm-processes", "3"]);
+    let status = cluster.status();
+    let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+    assert_eq!(status.committed.nodes, nodes, "{status:?}");
+    assert_eq!(status.replicas.len(), 3, "{status:?}");
+    let mut pids = Vec::new();
+    for &replica in &status.replicas {
+        assert!(
+            !status.committed.members().any(|m| m == replica),
+            "a standalone replica is no member: {status:?}"
+        );
+        let manifest = NodeManifest::read(&cluster.dir, replica)
+            .expect("read a manifest")
+            .expect("a standalone replica publishes a manifest");
+        assert!(manifest.areas.is_empty(), "no memory: {manifest:?}");
+        assert!(manifest.cm_link.is_some() && manifest.lease.is_some());
+        pids.push(manifest.pid);
+    }
+    assert!(status.replicas.contains(&status.leader), "{status:?}");
+    assert_eq!(status.committed.cm_leader, Some(status.leader));
+    // The CM leases the memory nodes alone.
+    let leased: Vec<NodeId> = status.leases.iter().map(|l| l.node).collect();
+    assert_eq!(leased, nodes);
+
+    let bank = acre(&[
+        "bank",
+        "--dir",
+        cluster.dir(),
+        "--seconds",
+        "1",
+        "--accounts",
+        "10",
+    ]);
+    assert!(bank.status.success(), "{}", text(&bank));
+    assert!(
+        String::from_utf8_lossy(&bank.stdout).contains("invariant held"),
+        "{}",
+        text(&bank)
+    );
+
+    let shown = acre(&["cluster", "status", "--dir", cluster.dir()]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let leader_row = format!(
+        "{:<6} {:<8} running  CM replica, acting as CM",
+        status.leader.to_string(),
+        pids[status
+            .replicas
+            .iter()
+            .position(|&r| r == status.leader)
+            .unwrap()]
+    );
+    assert!(shown.contains(&leader_row), "{shown}");
+
+    // `acre cm` runs standalone replicas only.
+    let file = cluster.dir.join(CLUSTER_FILE);
+    let file = file.to_str().expect("utf-8 path");
+    for (id, said) in [
+        ("1", "n1 is a memory node of the cluster"),
+        ("100", "n100 is a client id of the cluster"),
+        ("50", "n50 is not a CM replica of the cluster"),
+    ] {
+        let refused = acre(&["cm", "--cluster", file, "--id", id]);
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+    }
+    let again = status.replicas[0].0.to_string();
+    let refused = acre(&["cm", "--cluster", file, "--id", &again]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("already runs"),
+        "{}",
+        text(&refused)
+    );
+
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    for (&replica, &pid) in status.replicas.iter().zip(&pids) {
+        assert!(!acre::cluster::process_alive(pid), "{replica} still runs");
+        assert!(
+            NodeManifest::read(&cluster.dir, replica).unwrap().is_none(),
+            "{replica} stopped cleanly and withdrew its manifest"
+        );
+        let log = std::fs::read_to_string(acre::cluster::node_log_path(&cluster.dir, replica))
+            .expect("read its log");
+        assert!(log.contains("stopped"), "{log}");
+    }
+}
+
+/// kill -9 of the standalone CM leader: another standalone replica leads within a bounded
+/// time, and no memory node is suspected (the dead leader holds no lease); a memory node
+/// killed afterwards is removed by the new CM, and the regions whose primary survived commit.
+#[test]
+fn a_killed_standalone_cm_leader_is_replaced_and_the_new_cm_removes_a_killed_node() {
+    let cluster = CmCluster::up(
+        "standalone-leader",
+        &["--nodes", "3", "--f", "1", "--cm-processes", "3"],
+    );
+    let before = cluster.status();
+    let leader = before.leader;
+    assert!(!before.committed.nodes.contains(&leader), "{before:?}");
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<(u32, Addr)> = (1..=3).map(|r| (r, create_in(&db, r, 1))).collect();
+
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let after = cluster.wait_for("a new CM leader", |s| {
+        s.leader != leader && s.committed.cm_leader == Some(s.leader)
+    });
+    let took = killed_at.elapsed();
+    eprintln!(
+        "new CM leader {} committed {} in {took:?}",
+        after.leader, after.committed.id
+    );
+    assert!(took < RECONFIGURE_MAX, "{took:?}");
+    assert!(before.replicas.contains(&after.leader), "{after:?}");
+    assert_eq!(
+        after.committed.nodes, before.committed.nodes,
+        "no memory node is suspected: {after:?}"
+    );
+
+    cluster.kill(NodeId(3));
+    let removed = cluster.wait_for("n3 removed by the new CM", |s| {
+        !s.committed.nodes.contains(&NodeId(3)) && s.committed.id > after.committed.id
+    });
+    assert_eq!(removed.leader, after.leader, "{removed:?}");
+    assert_eq!(removed.committed.nodes, vec![NodeId(1), NodeId(2)]);
+    assert!(
+        removed
+            .history
+            .iter()
+            .any(|r| r.cause == "failure of n3" && r.outcome == "committed"),
+        "{removed:?}"
+    );
+    wait_for_client(&db, removed.committed.id);
+    for (region, addr) in objects {
+        let placement = removed.committed.placement(RegionId(region)).unwrap();
+        if placement.state.is_active() {
+            update(&db, addr, 2).expect("a region whose primary survived commits");
+        }
+    }
+}
+
+/// `--cm-processes` with `--cm N > 0`, or of an even count, is refused before anything starts.
+#[test]
+fn cm_processes_with_cm_replicas_in_nodes_or_of_an_even_count_are_refused() {
+    let dir = format!("/dev/shm/acre-test-cm-refused-{}", std::process::id());
+    for (args, said) in [
+        (
+            vec!["--cm", "3", "--cm-processes", "3"],
+            "--cm 3 and --cm-processes 3",
+        ),
+        (vec!["--cm-processes", "2"], "--cm-processes 2"),
+    ] {
+        let mut all = vec!["cluster", "up", "--dir", &dir, "--nodes", "3"];
+        all.extend(args);
+        let refused = acre(&all);
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+        assert!(!PathBuf::from(&dir).exists(), "nothing was started");
+    }
+}

@@ -873,6 +873,70 @@ mod tests {
         assert_eq!(taken(one.suspects()), [NodeId(2)]);
     }
 
+    /// A standalone CM replica's thread (no node role) takes up the CM's role when a
+    /// configuration names its id, gives it up when a newer one names another CM, ignores an
+    /// older configuration posted late, and takes the role afresh (a lease of grace for every
+    /// member) when a configuration names it again.
+    #[test]
+    fn a_standalone_cms_thread_takes_up_gives_up_and_retakes_the_role() {
+        const STANDALONE: NodeId = NodeId(9);
+        let cm = LeaseThread::spawn(LeaseThreadConfig {
+            bind: loopback(),
+            secret: secret(),
+            clock: Clock::system(),
+            timing: timing(),
+            node: None,
+            cm: None,
+            standalone_cm: Some(STANDALONE),
+        })
+        .unwrap();
+        let members = [NodeId(1)];
+        let post = |config, by| {
+            cm.set_configuration(&NewConfiguration {
+                config,
+                cm: by,
+                cm_addr: cm.local_addr(),
+                members: &members,
+            })
+        };
+        post(CONFIG, STANDALONE);
+        let node = LeaseThread::spawn(LeaseThreadConfig {
+            bind: loopback(),
+            secret: secret(),
+            clock: Clock::system(),
+            timing: timing(),
+            node: Some(NodeRole {
+                node: NodeId(1),
+                cm: STANDALONE,
+                cm_addr: Some(cm.local_addr()),
+                config: CONFIG,
+            }),
+            cm: None,
+            standalone_cm: None,
+        })
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || node.is_valid()),
+            "the standalone CM grants"
+        );
+        assert!(cm.node_lease_until(NodeId(1)).is_some());
+        // Another replica's configuration: the role is given up, so the member's renewals go
+        // unanswered and its lease runs out; a late post of an older configuration naming this
+        // replica changes nothing.
+        post(CONFIG + 1, NodeId(2));
+        post(CONFIG, STANDALONE);
+        assert!(eventually(3 * timing().lease(), || !node.is_valid()));
+        assert_eq!(cm.suspects().published(), 0, "no CM, no suspicion");
+        // Named again: a fresh table, the member given a lease of grace from now rather than
+        // suspected at once for the renewals nobody answered.
+        let before = Clock::system().now();
+        post(CONFIG + 2, STANDALONE);
+        assert!(eventually(Duration::from_secs(2), || cm
+            .node_lease_until(NodeId(1))
+            .is_some_and(|until| until >= before + timing().lease())));
+        assert_eq!(cm.suspects().published(), 0);
+    }
+
     #[test]
     fn a_paused_node_is_suspected_after_about_one_lease() {
         let cm = cm_thread(&[NodeId(1)]);

@@ -1,6 +1,7 @@
 //! `acre cluster up | status | down`: a cluster of node processes on this host. `up` writes the
 //! cluster file into a cluster directory and starts one detached `acre node` process per node
-//! (its output goes to `n<id>.log` there); `status` asks every node whether it answers and reads
+//! and one `acre cm` process per standalone CM replica (`--cm-processes`; each one's output
+//! goes to `n<id>.log` there); `status` asks every node whether it answers and reads
 //! its rings in the cluster files;
 //! `down` sends SIGTERM to every node and waits for them to exit. The nodes' region copies and
 //! rings stay in the directory (they are what recovery will read) unless `down --purge`, and
@@ -350,8 +351,8 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `acre cluster kill N`: SIGKILL to memory node N's process, for demonstrations and tests
-/// of failure handling. The process is the one its manifest names, checked by its start time so
+/// `acre cluster kill N`: SIGKILL to memory node N's process, or standalone CM replica N's,
+/// for demonstrations and tests of failure handling. The process is the one its manifest names, checked by its start time so
 /// that a pid reused by another process is left alone.
 pub fn kill(args: &KillArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();

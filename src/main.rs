@@ -101,7 +101,8 @@ enum ClusterCommand {
     Status(launch::DirArgs),
     /// Stop every node of a cluster; its data stays unless --purge.
     Down(launch::DownArgs),
-    /// SIGKILL one memory node (to watch the configuration manager remove it).
+    /// SIGKILL one memory node (to watch the configuration manager remove it), or one
+    /// standalone CM replica (to watch another replica take over as CM).
     Kill(launch::KillArgs),
     /// Remove one memory node gracefully through the configuration manager.
     RemoveNode(launch::KillArgs),

@@ -1,6 +1,7 @@
-//! A node process's part in the configuration manager (docs/failures.md#the-cm-in-node-processes):
+//! A process's part in the configuration manager (docs/failures.md#the-cm-in-node-processes):
 //! [`CmAgent`] runs in every memory node process of a cluster whose cluster file has a `[cm]`
-//! section, and [`ConfigFollower`] in every client node of such a cluster.
+//! section and in every standalone CM replica's process ([`StandaloneCm`], `acre cm`), and
+//! [`ConfigFollower`] in every client node of such a cluster.
 //!
 //! # What a memory node runs
 //!
@@ -24,6 +25,17 @@
 //!   links once its manifest names its address, and forgets removed ones; and, while its
 //!   replica leads and a configuration is committed, writes the CM status file
 //!   ([`crate::cm_status`]) and answers operators' requests (`acre cluster remove-node`).
+//!
+//! # What a standalone CM replica runs
+//!
+//! The same, through the same code ([`CmHost`] says which process it serves), minus the
+//! memory: a standalone replica is no member of any configuration and holds no lease, so its
+//! lease thread has no node role and takes up the CM's role for the replica's id when its
+//! driver hands it a configuration naming it. Its driver's member only records configurations
+//! (none reaches it: the CM sends NEW-CONFIG to members). Its housekeeping thread keeps the
+//! newest configuration Raft applied as the process's current one, and tells the lease thread
+//! when one names another replica as CM (a memory node's thread learns it by adopting
+//! NEW-CONFIG), so that a replica that leads again later starts a fresh lease table.
 //!
 //! Fencing a removed node before NEW-CONFIG-COMMIT: over shm by killing its process
 //! ([`crate::process::fence_by_kill`]); over tcp the members' NIC threads already refuse it once

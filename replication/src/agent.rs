@@ -28,7 +28,7 @@
 //!
 //! # What a standalone CM replica runs
 //!
-//! The same, through the same code ([`CmHost`] says which process it serves), minus the
+//! The same, through the same code (`CmHost` says which process it serves), minus the
 //! memory: a standalone replica is no member of any configuration and holds no lease, so its
 //! lease thread has no node role and takes up the CM's role for the replica's id when its
 //! driver hands it a configuration naming it. Its driver's member only records configurations

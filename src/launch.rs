@@ -194,12 +194,14 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
         "--cm-processes {cm_processes}: a Raft group of an even size tolerates no more failures \
          than one replica fewer; use 1, 3, 5 or 7"
     );
-    let cm_processes_first = CLIENT_ID_BASE + args.clients;
+    // Below the observers' id, which no member or replica may take.
+    let cm_processes_first = u32::from(CLIENT_ID_BASE) + u32::from(args.clients);
     anyhow::ensure!(
-        u32::from(cm_processes_first) + u32::from(cm_processes) < u32::from(NodeId::OBSERVER.0),
+        cm_processes_first + u32::from(cm_processes) < u32::from(NodeId::OBSERVER.0),
         "--clients {} and --cm-processes {cm_processes} leave no ids for the CM processes",
         args.clients
     );
+    let cm_processes_first = u16::try_from(cm_processes_first).expect("checked above");
     let cm_replicas = match args.cm {
         Some(count) => count,
         None if cm_processes > 0 => 0,
@@ -1034,9 +1036,10 @@ fn print_rings(out: &mut impl std::io::Write, observed: &[Observation]) -> std::
 }
 
 /// SIGTERM to every running memory node and standalone CM replica, then waits for them to
-/// exit.
-fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<usize> {
+/// exit. Returns how many of each it stopped.
+fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<(usize, usize)> {
     let mut running = running_nodes(dir, file);
+    let node_count = running.len();
     running.extend(running_cms(dir, file));
     for &(_, pid) in &running {
         let _ = acre::engine::signal::terminate(pid);
@@ -1050,7 +1053,7 @@ fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<usize> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    Ok(running.len())
+    Ok((node_count, running.len() - node_count))
 }
 
 pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
@@ -1074,18 +1077,23 @@ pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let stopped = stop_nodes(dir, file.as_ref())?;
+    let (node_count, cm_count) = stop_nodes(dir, file.as_ref())?;
+    let stopped = match cm_count {
+        0 => format!("{node_count} nodes"),
+        1 => format!("{node_count} nodes and 1 CM process"),
+        _ => format!("{node_count} nodes and {cm_count} CM processes"),
+    };
     if args.purge {
         std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
         writeln!(
             out,
-            "cluster down: stopped {stopped} nodes, removed {}",
+            "cluster down: stopped {stopped}, removed {}",
             dir.display()
         )?;
     } else {
         writeln!(
             out,
-            "cluster down: stopped {stopped} nodes; their data stays in {} (`acre cluster down \
+            "cluster down: stopped {stopped}; their data stays in {} (`acre cluster down \
              --dir {} --purge` removes it)",
             dir.display(),
             dir.display()

@@ -406,6 +406,11 @@ fn standalone_cm_processes_run_the_cm_and_the_bank_commits() {
 
     let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
     assert!(down.status.success(), "{}", text(&down));
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("stopped 3 nodes and 3 CM processes"),
+        "{}",
+        text(&down)
+    );
     for (&replica, &pid) in status.replicas.iter().zip(&pids) {
         assert!(!acre::cluster::process_alive(pid), "{replica} still runs");
         assert!(

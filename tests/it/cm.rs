@@ -1,5 +1,6 @@
 //! The configuration manager with real node processes (`acre cluster up` with a CM): kill -9 of
-//! a backup-only node, of a primary, of the CM leader, and SIGSTOP beyond the lease. Each test
+//! a backup-only node, of a primary, of the CM leader, and SIGSTOP beyond the lease; the CM as
+//! standalone `acre cm` processes (`--cm-processes`), their leader killed, and bad input. Each test
 //! waits for the CM's status file to show the configuration that removes the node, then checks
 //! what the issue asks: which regions still commit, which are blocked, that no healthy node was
 //! suspected, and that a removed node writes nothing after. Every wait has a deadline.

@@ -149,6 +149,7 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
             ring_bytes: 4 << 20,
             persist: "auto".into(),
             cm: None,
+            cm_processes: 0,
             backup_only: 0,
             lease_ms: launch::LEASE_MS_DEFAULT,
             commit: args.commit.clone(),

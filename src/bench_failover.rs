@@ -456,6 +456,7 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
             persist: "auto".into(),
             commit: "one-sided".into(),
             cm: None,
+            cm_processes: 0,
             backup_only: u16::from(victim == Victim::Backup),
             lease_ms: args.lease_ms,
         })

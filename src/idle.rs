@@ -48,6 +48,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: 1 << 20,
         persist: "auto".into(),
         cm: None,
+        cm_processes: 0,
         backup_only: 0,
         lease_ms: args.lease_ms,
         commit: "one-sided".into(),

@@ -1,6 +1,7 @@
 //! `acre cluster up | status | down`: a cluster of node processes on this host. `up` writes the
 //! cluster file into a cluster directory and starts one detached `acre node` process per node
-//! (its output goes to `n<id>.log` there); `status` asks every node whether it answers and reads
+//! and one `acre cm` process per standalone CM replica (`--cm-processes`; each one's output
+//! goes to `n<id>.log` there); `status` asks every node whether it answers and reads
 //! its rings in the cluster files;
 //! `down` sends SIGTERM to every node and waits for them to exit. The nodes' region copies and
 //! rings stay in the directory (they are what recovery will read) unless `down --purge`, and
@@ -64,9 +65,15 @@ pub struct UpArgs {
     pub commit: String,
     /// Replicas of the configuration manager, a Raft group hosted by the first N node
     /// processes: 1, 3, 5 or 7, at most --nodes; 0 runs no CM (nothing notices a failure and
-    /// the configuration never changes). Default: 2f+1, at most the nodes.
+    /// the configuration never changes). Default: 2f+1, at most the nodes, unless
+    /// --cm-processes is given.
     #[arg(long)]
     pub cm: Option<u16>,
+    /// Run the configuration manager's replicas as K standalone `acre cm` processes (1, 3, 5
+    /// or 7) instead of inside node processes: they hold no memory, and their ids follow the
+    /// memory nodes' and the clients'. Not with --cm N > 0.
+    #[arg(long, default_value_t = 0)]
+    pub cm_processes: u16,
     /// Nodes, the last ones, that hold backups only and no primary (to watch a backup-only
     /// node fail, or keep room for new backups).
     #[arg(long, default_value_t = 0)]
@@ -118,6 +125,29 @@ fn is_memory_node(node: NodeId, file: Option<&ClusterFile>) -> bool {
         || (node.0 < CLIENT_ID_BASE && file.is_none_or(|f| !f.config.clients.contains(&node)))
 }
 
+/// Whether `node`, whose manifest is `manifest`, is a standalone CM replica of the cluster (an
+/// `acre cm` process): one of `file`'s, or, when the cluster file is unreadable, a manifest
+/// with CM addresses and no memory.
+fn is_cm_process(node: NodeId, manifest: &NodeManifest, file: Option<&ClusterFile>) -> bool {
+    match file {
+        Some(file) => file.is_standalone_cm(node),
+        None => manifest.areas.is_empty() && manifest.cm_link.is_some(),
+    }
+}
+
+/// The pids of the cluster's running standalone CM replicas, by id (as [`running_nodes`]).
+pub fn running_cms(dir: &Path, file: Option<&ClusterFile>) -> Vec<(NodeId, u32)> {
+    NodeManifest::list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|node| {
+            let manifest = NodeManifest::read(dir, node).ok()??;
+            (is_cm_process(node, &manifest, file) && cluster::process_alive(manifest.pid))
+                .then_some((node, manifest.pid))
+        })
+        .collect()
+}
+
 /// The pids of the cluster's running memory nodes, by node. Found through the manifests in
 /// `dir`, so a cluster whose cluster file no longer parses (`file` is `None`) can still be seen
 /// and stopped.
@@ -148,8 +178,32 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let f = args
         .f
         .unwrap_or_else(|| Configuration::default_f(nodes.len()));
+    let cm_processes = args.cm_processes;
+    if cm_processes > 0
+        && let Some(count) = args.cm
+        && count > 0
+    {
+        bail!(
+            "--cm {count} and --cm-processes {cm_processes}: the CM's replicas run either inside \
+             node processes (--cm) or as standalone `acre cm` processes (--cm-processes), not both"
+        );
+    }
+    anyhow::ensure!(
+        cm_processes % 2 == 1 || cm_processes == 0,
+        "--cm-processes {cm_processes}: a Raft group of an even size tolerates no more failures \
+         than one replica fewer; use 1, 3, 5 or 7"
+    );
+    // Below the observers' id, which no member or replica may take.
+    let cm_processes_first = u32::from(CLIENT_ID_BASE) + u32::from(args.clients);
+    anyhow::ensure!(
+        cm_processes_first + u32::from(cm_processes) < u32::from(NodeId::OBSERVER.0),
+        "--clients {} and --cm-processes {cm_processes} leave no ids for the CM processes",
+        args.clients
+    );
+    let cm_processes_first = u16::try_from(cm_processes_first).expect("checked above");
     let cm_replicas = match args.cm {
         Some(count) => count,
+        None if cm_processes > 0 => 0,
         None => u16::try_from(2 * f + 1).unwrap_or(u16::MAX).min(args.nodes),
     };
     anyhow::ensure!(
@@ -180,6 +234,10 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     )?;
     config.commit = commit_mode(&args.commit)?;
     config.cm_replicas = nodes[..usize::from(cm_replicas)].to_vec();
+    // Standalone replicas: the ids after the memory nodes' and the clients'.
+    config
+        .cm_replicas
+        .extend((0..cm_processes).map(|i| NodeId(cm_processes_first + i)));
     let file = ClusterFile {
         transport: if args.transport == "tcp" {
             TransportKind::Tcp
@@ -188,7 +246,7 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
         },
         persist: args.persist.clone(),
         ring_bytes: args.ring_bytes,
-        cm: (cm_replicas > 0).then_some(cluster::CmSettings {
+        cm: (cm_replicas > 0 || cm_processes > 0).then_some(cluster::CmSettings {
             lease_ms: args.lease_ms,
         }),
         config,
@@ -203,7 +261,9 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
     let file_path = dir.join(CLUSTER_FILE);
     let existing = ClusterFile::read(&file_path).ok();
-    if !running_nodes(dir, existing.as_ref()).is_empty() {
+    if !running_nodes(dir, existing.as_ref()).is_empty()
+        || !running_cms(dir, existing.as_ref()).is_empty()
+    {
         bail!(
             "a cluster is already running in {}: run `acre cluster down --dir {}` first",
             dir.display(),
@@ -225,8 +285,14 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut children = Vec::new();
     let started = start_nodes(dir, &file, &mut children);
     let waited = started.and_then(|()| {
-        let nodes = file.config.nodes.iter().copied();
-        cluster::wait_for_manifests(dir, nodes, START_TIMEOUT, |node| {
+        let processes: Vec<NodeId> = file
+            .config
+            .nodes
+            .iter()
+            .copied()
+            .chain(file.standalone_cms())
+            .collect();
+        cluster::wait_for_manifests(dir, processes.into_iter(), START_TIMEOUT, |node| {
             let (_, child) = children.iter_mut().find(|(n, _)| *n == node)?;
             let status = child.try_wait().ok()??;
             Some(status.to_string())
@@ -257,11 +323,20 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(out, "cluster file: {}", file_path.display())?;
     if let Some(status) = &cm_status {
+        let standalone = file.standalone_cms();
+        let replicas = if standalone.is_empty() {
+            format!("{} replicas", status.replicas.len())
+        } else {
+            format!(
+                "{} replicas, {} of them standalone `acre cm` processes",
+                status.replicas.len(),
+                standalone.len()
+            )
+        };
         writeln!(
             out,
-            "configuration manager: {} replicas ({}), leader {}, configuration {} committed, \
+            "configuration manager: {replicas} ({}), leader {}, configuration {} committed, \
              leases of {} ms",
-            status.replicas.len(),
             node_list(&status.replicas),
             status.leader,
             status.committed.id,
@@ -277,8 +352,8 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `acre cluster kill N`: SIGKILL to memory node N's process, for demonstrations and tests
-/// of failure handling. The process is the one its manifest names, checked by its start time so
+/// `acre cluster kill N`: SIGKILL to memory node N's process, or standalone CM replica N's,
+/// for demonstrations and tests of failure handling. The process is the one its manifest names, checked by its start time so
 /// that a pid reused by another process is left alone.
 pub fn kill(args: &KillArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
@@ -287,14 +362,33 @@ pub fn kill(args: &KillArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
     let node = parse_node(&args.node)?;
     let current = cluster::current_configuration(dir, &file);
-    if !file.config.nodes.contains(&node) && !current.nodes.contains(&node) {
+    let standalone = file.standalone_cms();
+    if !file.config.nodes.contains(&node)
+        && !current.nodes.contains(&node)
+        && !standalone.contains(&node)
+    {
+        let cms = if standalone.is_empty() {
+            String::new()
+        } else {
+            format!(", its standalone CM replicas: {}", node_list(&standalone))
+        };
         bail!(
-            "{node} is not a memory node of the cluster in {} (its nodes: {})",
+            "{node} is not a memory node of the cluster in {} (its nodes: {}{cms})",
             dir.display(),
             node_list(&current.nodes)
         );
     }
     match cluster::fence_by_kill(dir, node, STOP_TIMEOUT)? {
+        cluster::Fenced::Killed { pid } if standalone.contains(&node) => {
+            writeln!(out, "killed CM replica {node} (pid {pid}) with SIGKILL")?;
+            writeln!(
+                out,
+                "if it led, another replica is elected (a majority must run) and acts as CM: \
+                 see `acre cluster status --dir {}`",
+                dir.display()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         cluster::Fenced::Killed { pid } => {
             writeln!(out, "killed {node} (pid {pid}) with SIGKILL")?;
             match &file.cm {
@@ -363,7 +457,7 @@ pub fn add_node(args: &AddNodeArgs) -> anyhow::Result<ExitCode> {
     if let Some(domain) = &args.domain {
         extra.extend(["--domain".to_string(), domain.clone()]);
     }
-    let mut child = spawn_node(dir, node, &extra)?;
+    let mut child = spawn_node(dir, "node", node, &extra)?;
     writeln!(out, "started {node} (pid {})", child.id())?;
     let stop_child = |child: &mut Child| {
         let _ = acre::engine::signal::terminate(child.id());
@@ -659,7 +753,13 @@ fn wait_for_cm(
         if Instant::now() >= deadline {
             bail!(
                 "the configuration manager committed no configuration within {CM_READY_TIMEOUT:?}: \
-                 see the CM replicas' logs (n1.log, ...) in {}",
+                 see the CM replicas' logs ({}) in {}",
+                file.config
+                    .cm_replicas
+                    .iter()
+                    .map(|r| format!("{r}.log"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 dir.display()
             );
         }
@@ -705,26 +805,30 @@ fn check_replaceable(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts one detached `acre node` process per memory node, its output in `n<id>.log`.
+/// Starts one detached `acre node` process per memory node and one `acre cm` process per
+/// standalone CM replica, each one's output in `n<id>.log`.
 fn start_nodes(
     dir: &Path,
     file: &ClusterFile,
     children: &mut Vec<(NodeId, Child)>,
 ) -> anyhow::Result<()> {
     for &node in &file.config.nodes {
-        children.push((node, spawn_node(dir, node, &[])?));
+        children.push((node, spawn_node(dir, "node", node, &[])?));
+    }
+    for node in file.standalone_cms() {
+        children.push((node, spawn_node(dir, "cm", node, &[])?));
     }
     Ok(())
 }
 
-/// Starts a detached `acre node` process for `node` with `extra` arguments, its output in
-/// `n<id>.log`.
-fn spawn_node(dir: &Path, node: NodeId, extra: &[String]) -> anyhow::Result<Child> {
+/// Starts a detached `acre <command>` process (`node`, or `cm` for a standalone CM replica)
+/// for `node` with `extra` arguments, its output in `n<id>.log`.
+fn spawn_node(dir: &Path, command: &str, node: NodeId, extra: &[String]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("find the acre binary")?;
     let log =
         std::fs::File::create(cluster::node_log_path(dir, node)).context("create a node log")?;
     std::process::Command::new(&exe)
-        .arg("node")
+        .arg(command)
         .arg("--cluster")
         .arg(dir.join(CLUSTER_FILE))
         .arg("--id")
@@ -863,6 +967,7 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
     for (node, why) in &silent {
         writeln!(out, "{node} runs but does not answer: {why}")?;
     }
+    print_cm_processes(&mut out, dir, &file, cm.as_ref())?;
     writeln!(
         out,
         "{:<8} {:<8} {:<10} {:<14} copying",
@@ -924,6 +1029,45 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The standalone CM replicas (`acre cm` processes), when the cluster runs them: their pids,
+/// whether they run, and which one acts as CM. They hold no memory, so nothing is asked of
+/// them over the fabric; the CM's status file says which one leads.
+fn print_cm_processes(
+    out: &mut impl std::io::Write,
+    dir: &Path,
+    file: &ClusterFile,
+    cm: Option<&cluster::CmStatusFile>,
+) -> std::io::Result<()> {
+    let standalone = file.standalone_cms();
+    if standalone.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "{:<6} {:<8} {:<8} role", "cm", "pid", "state")?;
+    for node in standalone {
+        let manifest = NodeManifest::read(dir, node).ok().flatten();
+        let pid = manifest
+            .as_ref()
+            .map_or("-".to_string(), |m| m.pid.to_string());
+        let state = match &manifest {
+            None => "down",
+            Some(m) if cluster::process_alive(m.pid) => "running",
+            Some(_) => "dead",
+        };
+        let role = match cm {
+            Some(cm) if cm.leader == node => "CM replica, acting as CM",
+            _ => "CM replica",
+        };
+        writeln!(
+            out,
+            "{:<6} {:<8} {:<8} {role}",
+            node.to_string(),
+            pid,
+            state
+        )?;
+    }
+    Ok(())
 }
 
 /// The CM's part of `status`: its leader and replicas, how fresh its status is, and the last
@@ -1056,9 +1200,12 @@ fn print_rings(out: &mut impl std::io::Write, observed: &[Observation]) -> std::
     Ok(())
 }
 
-/// SIGTERM to every running memory node, then waits for them to exit.
-fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<usize> {
-    let running = running_nodes(dir, file);
+/// SIGTERM to every running memory node and standalone CM replica, then waits for them to
+/// exit. Returns how many of each it stopped.
+fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<(usize, usize)> {
+    let mut running = running_nodes(dir, file);
+    let node_count = running.len();
+    running.extend(running_cms(dir, file));
     for &(_, pid) in &running {
         let _ = acre::engine::signal::terminate(pid);
     }
@@ -1071,7 +1218,7 @@ fn stop_nodes(dir: &Path, file: Option<&ClusterFile>) -> anyhow::Result<usize> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    Ok(running.len())
+    Ok((node_count, running.len() - node_count))
 }
 
 pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
@@ -1095,18 +1242,23 @@ pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let stopped = stop_nodes(dir, file.as_ref())?;
+    let (node_count, cm_count) = stop_nodes(dir, file.as_ref())?;
+    let stopped = match cm_count {
+        0 => format!("{node_count} nodes"),
+        1 => format!("{node_count} nodes and 1 CM process"),
+        _ => format!("{node_count} nodes and {cm_count} CM processes"),
+    };
     if args.purge {
         std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
         writeln!(
             out,
-            "cluster down: stopped {stopped} nodes, removed {}",
+            "cluster down: stopped {stopped}, removed {}",
             dir.display()
         )?;
     } else {
         writeln!(
             out,
-            "cluster down: stopped {stopped} nodes; their data stays in {} (`acre cluster down \
+            "cluster down: stopped {stopped}; their data stays in {} (`acre cluster down \
              --dir {} --purge` removes it)",
             dir.display(),
             dir.display()

@@ -45,7 +45,9 @@ pub use acre_replication::db;
 /// node, and the client node a [`Db::connect`] runs
 /// in the application's process (all in acre-replication).
 pub mod cluster {
-    pub use acre_replication::agent::{CmAgent, ConfigFollower, current_configuration};
+    pub use acre_replication::agent::{
+        CmAgent, ConfigFollower, StandaloneCm, StandaloneError, current_configuration,
+    };
     pub use acre_replication::client::*;
     pub use acre_replication::cluster_file::*;
     pub use acre_replication::cm_request;

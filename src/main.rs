@@ -55,6 +55,17 @@ enum Command {
         #[arg(long, requires = "join")]
         domain: Option<String>,
     },
+    /// Run one standalone replica of a cluster's configuration manager until SIGTERM or SIGINT:
+    /// a CM replica with no memory (`acre cluster up --cm-processes K` starts these).
+    Cm {
+        /// The cluster file (`cluster.toml` in the cluster directory).
+        #[arg(long)]
+        cluster: PathBuf,
+        /// This replica's id: one of the cluster file's `cm_replicas` that is neither a memory
+        /// node nor a client.
+        #[arg(long)]
+        id: u16,
+    },
     /// Start a cluster of node processes, leave it idle, and report the CPU time it uses.
     IdleCpu(idle::IdleArgs),
     /// Benchmarks that print numbers.
@@ -98,7 +109,8 @@ enum ClusterCommand {
     Status(launch::DirArgs),
     /// Stop every node of a cluster; its data stays unless --purge.
     Down(launch::DownArgs),
-    /// SIGKILL one memory node (to watch the configuration manager remove it).
+    /// SIGKILL one memory node (to watch the configuration manager remove it), or one
+    /// standalone CM replica (to watch another replica take over as CM).
     Kill(launch::KillArgs),
     /// Remove one memory node gracefully through the configuration manager.
     RemoveNode(launch::KillArgs),
@@ -146,6 +158,7 @@ fn main() -> ExitCode {
             join,
             domain,
         } => run_node(&cluster, NodeId(id), join.then_some(domain)),
+        Command::Cm { cluster, id } => run_cm(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
         Command::Bench(BenchCommand::Bank(args)) => {
             watch_termination().and_then(|t| bench::run(&args, &t))
@@ -239,6 +252,42 @@ fn run_node(
             tracing::warn!(node = %id, "a thread still holds the node; it stops with the process")
         }
     }
+    tracing::info!(node = %id, "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `acre cm`: one standalone CM replica, run as a memory node's process runs its part in the
+/// configuration manager, minus the memory (docs/failures.md#the-cm-in-node-processes).
+fn run_cm(cluster_file: &std::path::Path, id: NodeId) -> anyhow::Result<ExitCode> {
+    // As in `run_node`: the termination signals are blocked before any thread starts.
+    acre::engine::signal::block_termination().context("block termination signals")?;
+    let (cm, file) = acre::cluster::StandaloneCm::start(cluster_file, id)
+        .with_context(|| format!("start CM replica {id}"))?;
+    let cm = Arc::new(cm);
+    let settings = file
+        .cm
+        .clone()
+        .expect("StandaloneCm::start refuses a cluster without a CM");
+    // The process's clock: controlled by its control file if the harness left one, as a
+    // node's is.
+    let agent = acre::engine::clock::node_clock(cm.dir(), id)
+        .map_err(anyhow::Error::from)
+        .and_then(|clock| {
+            acre::cluster::CmAgent::start_standalone(cm.clone(), &file, &settings, clock)
+                .map_err(anyhow::Error::from)
+        });
+    let agent = match agent {
+        Ok(agent) => agent,
+        Err(error) => {
+            cm.stop();
+            return Err(error).with_context(|| format!("start CM replica {id}"));
+        }
+    };
+    tracing::info!(node = %id, "serving as a standalone CM replica (pid {})", std::process::id());
+    let waited = acre::engine::signal::wait_for_termination().context("wait for a signal");
+    agent.stop();
+    cm.stop();
+    waited?;
     tracing::info!(node = %id, "stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -98,6 +98,10 @@ pub struct LeaseThreadConfig {
     pub timing: LeaseTiming,
     pub node: Option<NodeRole>,
     pub cm: Option<CmRole>,
+    /// The id of the CM replica of a process that runs no memory node (a standalone `acre cm`,
+    /// `node` is `None`): the thread takes up the CM's role when a configuration names that id
+    /// as CM, as it does for its node's id otherwise.
+    pub standalone_cm: Option<NodeId>,
 }
 
 /// Nodes the CM suspects: an atomic bitmap set by the lease thread and taken by the CM's logic.
@@ -190,6 +194,13 @@ impl Mailbox {
         );
         let _writer = self.writer.lock().expect(POISONED);
         let seq = self.seq.load(Ordering::Relaxed);
+        // The thread applies only a configuration newer than what it holds, so a post of one
+        // no newer than the last posted is of no use, and must not hide a newer one the thread
+        // has not read yet (two threads of a process post: a standalone CM's driver and its
+        // housekeeping).
+        if seq > 0 && new.config <= self.config.load(Ordering::Relaxed) {
+            return;
+        }
         self.seq.store(seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
         self.config.store(new.config, Ordering::Relaxed);
@@ -304,6 +315,7 @@ impl LeaseThread {
             applied_seq: 0,
             members: Vec::with_capacity(MEMBERS_MAX),
             timing: config.timing,
+            standalone_cm: config.standalone_cm,
             cm_config: config
                 .node
                 .as_ref()
@@ -464,6 +476,8 @@ struct Turn {
     timing: LeaseTiming,
     /// The newest configuration id the thread has seen: the role is gained only in a newer one.
     cm_config: u64,
+    /// [`LeaseThreadConfig::standalone_cm`].
+    standalone_cm: Option<NodeId>,
     /// When the current wait ends at the latest: a turn that starts well after it was stalled.
     wake_due: Option<Time>,
 }
@@ -546,10 +560,11 @@ impl Turn {
                 self.cm = None;
             }
         } else if self.cm.is_none()
-            && self.node.as_ref().is_some_and(|node| node.node() == cm_id)
+            && (self.node.as_ref().is_some_and(|node| node.node() == cm_id)
+                || self.standalone_cm == Some(cm_id))
             && config > self.cm_config
         {
-            // This process's node became the CM (a new Raft leader named itself in the
+            // This process's node (or standalone replica) became the CM (a new Raft leader named itself in the
             // configuration): it takes over the leases, each member given one lease of grace to
             // renew with it, as a CM that cannot know when its predecessor last granted one
             // must. A rare event: the table is made here, off the steady path.
@@ -743,6 +758,7 @@ mod tests {
                 config: CONFIG,
                 members: members.to_vec(),
             }),
+            standalone_cm: None,
         })
         .unwrap()
     }
@@ -761,6 +777,7 @@ mod tests {
                 gate: None,
             }),
             cm: None,
+            standalone_cm: None,
         })
         .unwrap()
     }
@@ -855,6 +872,7 @@ mod tests {
                 gate: None,
             }),
             cm: None,
+            standalone_cm: None,
         })
         .unwrap();
         assert!(
@@ -872,6 +890,71 @@ mod tests {
             .published()
             > 0));
         assert_eq!(taken(one.suspects()), [NodeId(2)]);
+    }
+
+    /// A standalone CM replica's thread (no node role) takes up the CM's role when a
+    /// configuration names its id, gives it up when a newer one names another CM, ignores an
+    /// older configuration posted late, and takes the role afresh (a lease of grace for every
+    /// member) when a configuration names it again.
+    #[test]
+    fn a_standalone_cms_thread_takes_up_gives_up_and_retakes_the_role() {
+        const STANDALONE: NodeId = NodeId(9);
+        let cm = LeaseThread::spawn(LeaseThreadConfig {
+            bind: loopback(),
+            secret: secret(),
+            clock: Clock::system(),
+            timing: timing(),
+            node: None,
+            cm: None,
+            standalone_cm: Some(STANDALONE),
+        })
+        .unwrap();
+        let members = [NodeId(1)];
+        let post = |config, by| {
+            cm.set_configuration(&NewConfiguration {
+                config,
+                cm: by,
+                cm_addr: cm.local_addr(),
+                members: &members,
+            })
+        };
+        post(CONFIG, STANDALONE);
+        let node = LeaseThread::spawn(LeaseThreadConfig {
+            bind: loopback(),
+            secret: secret(),
+            clock: Clock::system(),
+            timing: timing(),
+            node: Some(NodeRole {
+                node: NodeId(1),
+                cm: STANDALONE,
+                cm_addr: Some(cm.local_addr()),
+                config: CONFIG,
+                gate: None,
+            }),
+            cm: None,
+            standalone_cm: None,
+        })
+        .unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || node.is_valid()),
+            "the standalone CM grants"
+        );
+        assert!(cm.node_lease_until(NodeId(1)).is_some());
+        // Another replica's configuration: the role is given up, so the member's renewals go
+        // unanswered and its lease runs out; a late post of an older configuration naming this
+        // replica changes nothing.
+        post(CONFIG + 1, NodeId(2));
+        post(CONFIG, STANDALONE);
+        assert!(eventually(3 * timing().lease(), || !node.is_valid()));
+        assert_eq!(cm.suspects().published(), 0, "no CM, no suspicion");
+        // Named again: a fresh table, the member given a lease of grace from now rather than
+        // suspected at once for the renewals nobody answered.
+        let before = Clock::system().now();
+        post(CONFIG + 2, STANDALONE);
+        assert!(eventually(Duration::from_secs(2), || cm
+            .node_lease_until(NodeId(1))
+            .is_some_and(|until| until >= before + timing().lease())));
+        assert_eq!(cm.suspects().published(), 0);
     }
 
     #[test]

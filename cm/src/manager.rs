@@ -497,13 +497,14 @@ impl Manager {
             .expect("a leader knows its configuration");
         let (plan, cause, failed) = match change {
             Change::Remove { node } => {
+                // The plan's refusal first: it holds whoever acts as CM.
+                let plan = remap::remove_node(&config, node).map_err(|e| e.to_string())?;
                 if node == self.me {
                     return Err(format!(
                         "{node} runs the acting CM: stop it instead (a new CM takes over and \
                          removes it)"
                     ));
                 }
-                let plan = remap::remove_node(&config, node).map_err(|e| e.to_string())?;
                 (plan, Cause::Removal { node }, BTreeSet::from([node]))
             }
             Change::AddNode { node, domain } => {
@@ -1127,6 +1128,75 @@ mod tests {
         proposal(&last).expect("every probe answered: a proposal")
     }
 
+    /// A standalone CM replica (`acre cm`, an id that is no member) leads: it sends its own
+    /// process no NEW-CONFIG, probes and waits for the members alone, and counts no vote of its
+    /// own in the probe's majority.
+    #[test]
+    fn a_cm_that_is_no_member_distributes_and_probes_the_members_alone() {
+        const STANDALONE: NodeId = NodeId(9);
+        let mut config = cluster();
+        config.cm_replicas = vec![NodeId(8), STANDALONE, NodeId(10)];
+        config.cm_leader = None;
+        config.validate().unwrap();
+        let mut manager = Manager::new(STANDALONE, ManagerTiming::default());
+        let actions = manager.became_leader(config.clone(), ms(0));
+        let (expected_id, named) = proposal(&actions).expect("it names itself first");
+        assert_eq!((expected_id, named.cm_leader), (1, Some(STANDALONE)));
+        let actions = manager.install_outcome(InstallOutcome::Installed(named.clone()), ms(1));
+        let sent: Vec<NodeId> = new_configs(&actions).iter().map(|(to, _)| *to).collect();
+        assert_eq!(sent, config.nodes, "the members alone: {actions:?}");
+        assert!(manager.leases_updated(2, ms(1), ms(1)).is_empty());
+        let mut last = Vec::new();
+        for node in config.members() {
+            last = manager.ack(node, &ok(2), ms(2));
+        }
+        assert_eq!(
+            commits(&last).len(),
+            5,
+            "committed without its own ack: {last:?}"
+        );
+
+        // n5 suspected: the four others are probed; two answers of five members are no
+        // majority (the CM's own vote is not counted), three are.
+        let actions = manager.suspect(NodeId(5), ms(10));
+        let sent = probes(&actions);
+        assert_eq!(sent.len(), 4, "{sent:?}");
+        let mut last = Vec::new();
+        for &(to, nonce) in &sent[..3] {
+            last = manager.probe_reply(to, nonce, ms(11));
+        }
+        assert!(
+            proposal(&last).is_none(),
+            "waits for the probe's deadline or the last answer"
+        );
+        let last = manager.tick(ms(10) + PROBE_TIMEOUT_DEFAULT);
+        assert!(!stood_down(&last), "{last:?}");
+        let (_, next) = proposal(&last).expect("three of five answered: a proposal");
+        assert_eq!(next.cm_leader, Some(STANDALONE));
+        assert_eq!(
+            next.cm_replicas, config.cm_replicas,
+            "the Raft group is left alone"
+        );
+        assert!(!next.nodes.contains(&NodeId(5)) && !next.nodes.contains(&sent[3].0));
+
+        let mut manager = Manager::new(STANDALONE, ManagerTiming::default());
+        let mut named = config.clone();
+        named.cm_leader = Some(STANDALONE);
+        manager.became_leader(named, ms(0));
+        manager.leases_updated(1, ms(0), ms(0));
+        for node in config.members() {
+            manager.ack(node, &ok(1), ms(1));
+        }
+        assert!(manager.is_idle());
+        let actions = manager.suspect(NodeId(5), ms(10));
+        let sent = probes(&actions);
+        for &(to, nonce) in &sent[..2] {
+            manager.probe_reply(to, nonce, ms(11));
+        }
+        let last = manager.tick(ms(10) + PROBE_TIMEOUT_DEFAULT);
+        assert!(stood_down(&last), "two of five is no majority: {last:?}");
+    }
+
     // FaRM SOSP'15 §5.2: suspect, probe, install, NEW-CONFIG, wait out the leases, commit.
     #[test]
     fn a_backup_only_node_fails_and_commit_waits_for_its_lease() {
@@ -1394,7 +1464,10 @@ mod tests {
             },
             ms(5),
         );
-        assert!(refused.is_err_and(|reason| reason.contains("n3")), "a member");
+        assert!(
+            refused.is_err_and(|reason| reason.contains("n3")),
+            "a member"
+        );
         let actions = manager
             .change(
                 Change::AddNode {

@@ -6,6 +6,8 @@
 //!   rename) once the node is serving, removed when it stops cleanly. It stands in for the
 //!   configuration the configuration manager will distribute; because it carries access keys it is
 //!   as private as the cluster secret.
+//!   A standalone CM replica's process (`acre cm`) publishes one too: its pid and CM addresses,
+//!   and no areas.
 //! - `n{id}-r{region}-{key}.region`: region and ring files (see [`crate::region`]). They outlive
 //!   the node's process: a node never removes them when it stops, since they are what recovery
 //!   will read.

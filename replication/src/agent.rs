@@ -1,6 +1,7 @@
-//! A node process's part in the configuration manager (docs/failures.md#the-cm-in-node-processes):
+//! A process's part in the configuration manager (docs/failures.md#the-cm-in-node-processes):
 //! [`CmAgent`] runs in every memory node process of a cluster whose cluster file has a `[cm]`
-//! section, and [`ConfigFollower`] in every client node of such a cluster.
+//! section and in every standalone CM replica's process ([`StandaloneCm`], `acre cm`), and
+//! [`ConfigFollower`] in every client node of such a cluster.
 //!
 //! # What a memory node runs
 //!
@@ -30,6 +31,17 @@
 //!   ([`crate::cm_status`]) and answers the requests to the CM ([`crate::cm_request`]:
 //!   `acre cluster add-node` and `remove-node`, a client's new region).
 //!
+//! # What a standalone CM replica runs
+//!
+//! The same, through the same code (`CmHost` says which process it serves), minus the
+//! memory: a standalone replica is no member of any configuration and holds no lease, so its
+//! lease thread has no node role and takes up the CM's role for the replica's id when its
+//! driver hands it a configuration naming it. Its driver's member only records configurations
+//! (none reaches it: the CM sends NEW-CONFIG to members). Its housekeeping thread keeps the
+//! newest configuration Raft applied as the process's current one, and tells the lease thread
+//! when one names another replica as CM (a memory node's thread learns it by adopting
+//! NEW-CONFIG), so that a replica that leads again later starts a fresh lease table.
+//!
 //! Fencing a removed node before NEW-CONFIG-COMMIT: over shm by killing its process
 //! ([`crate::process::fence_by_kill`]); over tcp the members' NIC threads already refuse it once
 //! they adopted the configuration (docs/failures.md#fencing), so nothing more is done.
@@ -40,14 +52,14 @@
 //! looks at the CM status file every [`FOLLOW_TICK`], adopts the configuration the CM is
 //! distributing (uncommitted: its transactions wait) and commits each one the CM committed.
 
-use crate::cluster_file::{ClusterFile, CmSettings};
+use crate::cluster_file::{ClusterFile, ClusterFileError, CmSettings};
 use crate::cm_request::{self, CmReply, REQUEST_MAX_AGE};
 use crate::cm_status::{CmStatusFile, HISTORY_MAX, LeaseRow, ReconfigurationRow, STATUS_REFRESH};
 use crate::process::{ProcessNode, fence_by_kill};
 use acre_cm::driver::{CmDriver, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source};
 use acre_cm::group::{CmGroup, GroupOptions};
 use acre_cm::lease::{DRIFT_PPM_DEFAULT, LeaseTiming};
-use acre_cm::lease_thread::{LeaseThread, LeaseThreadConfig, NodeRole};
+use acre_cm::lease_thread::{LeaseThread, LeaseThreadConfig, NewConfiguration, NodeRole};
 use acre_cm::manager::{Change, ManagerTiming, Outcome, Reconfiguration};
 use acre_cm::member::Adopter;
 use acre_cm::net::Links;
@@ -59,8 +71,8 @@ use acre_engine::fabric::transport_kind::TransportKind;
 use acre_txn::Configuration;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -127,20 +139,273 @@ pub enum AgentError {
     },
 }
 
-/// The member's side of a reconfiguration, carried out by the node process.
-struct ProcessAdopter(Arc<ProcessNode>);
+/// The process the CM machinery serves: a memory node's, or a standalone CM replica's (`acre
+/// cm`), which has no memory.
+#[derive(Clone)]
+enum CmHost {
+    Node(Arc<ProcessNode>),
+    Standalone(Arc<StandaloneCm>),
+}
 
-impl Adopter for ProcessAdopter {
+impl CmHost {
+    fn id(&self) -> NodeId {
+        match self {
+            CmHost::Node(node) => node.node_id(),
+            CmHost::Standalone(cm) => cm.node,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            CmHost::Node(node) => node.dir(),
+            CmHost::Standalone(cm) => &cm.dir,
+        }
+    }
+
+    /// The process's current configuration: the node's, or the one a standalone replica
+    /// recorded last.
+    fn configuration(&self) -> Arc<Configuration> {
+        match self {
+            CmHost::Node(node) => node.txn().config(),
+            CmHost::Standalone(cm) => cm.configuration(),
+        }
+    }
+
+    fn publish_cm_addrs(&self, link: SocketAddr, lease: SocketAddr) -> std::io::Result<()> {
+        match self {
+            CmHost::Node(node) => node.publish_cm_addrs(link, lease),
+            CmHost::Standalone(cm) => cm.publish(Some((link, lease))),
+        }
+    }
+}
+
+/// The member's side of a reconfiguration: carried out by the node process, or recorded by a
+/// standalone replica (which is no member: the CM sends it nothing to adopt, but a driver has
+/// a member in every process).
+struct HostAdopter(CmHost);
+
+impl Adopter for HostAdopter {
     fn adopt(&self, config: Arc<Configuration>) -> Result<(), String> {
-        self.0.adopt(config).map_err(|e| e.to_string())
+        match &self.0 {
+            CmHost::Node(node) => node.adopt(config).map_err(|e| e.to_string()),
+            CmHost::Standalone(cm) => cm.adopt(config),
+        }
     }
 
     fn commit(&self, id: u64) -> Result<(), String> {
-        self.0.commit_config(id).map_err(|e| e.to_string())
+        match &self.0 {
+            CmHost::Node(node) => node.commit_config(id).map_err(|e| e.to_string()),
+            CmHost::Standalone(cm) => cm.commit(id),
+        }
     }
 
     fn current_id(&self) -> u64 {
-        self.0.txn().config_id()
+        self.0.configuration().id
+    }
+}
+
+/// Why a standalone CM replica (`acre cm`) could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StandaloneError {
+    #[error(transparent)]
+    File(#[from] ClusterFileError),
+    #[error(
+        "the cluster in {} runs no configuration manager (its cluster file has no [cm] \
+         section): there is no CM replica to run",
+        dir.display()
+    )]
+    NoCm { dir: PathBuf },
+    #[error(
+        "{node} is a memory node of the cluster: its own process (`acre node`) hosts its CM \
+         replica; `acre cm` runs only the standalone replicas ({})",
+        list(standalone)
+    )]
+    MemoryNode {
+        node: NodeId,
+        standalone: Vec<NodeId>,
+    },
+    #[error(
+        "{node} is a client id of the cluster: a client runs no CM replica; `acre cm` runs only \
+         the standalone replicas ({})",
+        list(standalone)
+    )]
+    Client {
+        node: NodeId,
+        standalone: Vec<NodeId>,
+    },
+    #[error(
+        "{node} is not a CM replica of the cluster (cm_replicas: {}); `acre cm` runs only the \
+         standalone replicas ({})",
+        list(replicas),
+        list(standalone)
+    )]
+    NotAReplica {
+        node: NodeId,
+        replicas: Vec<NodeId>,
+        standalone: Vec<NodeId>,
+    },
+    #[error("{node} already runs (pid {pid}, manifest {}): stop it first", manifest.display())]
+    Running {
+        node: NodeId,
+        pid: u32,
+        manifest: PathBuf,
+    },
+    #[error("{node} cannot read its manifest {}: {source}", path.display())]
+    Manifest {
+        node: NodeId,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `n1, n2` (`none` when empty).
+fn list(nodes: &[NodeId]) -> String {
+    if nodes.is_empty() {
+        return "none".into();
+    }
+    nodes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A standalone CM replica's process (`acre cm`): a CM replica with no memory
+/// (docs/failures.md#the-cm-in-node-processes). It publishes a manifest with its pid and,
+/// once its [`CmAgent`] bound them, its CM addresses and no areas; it is no member of any
+/// configuration and holds no lease, and it keeps the newest configuration it knows (Raft's
+/// applied one) as its current one.
+pub struct StandaloneCm {
+    node: NodeId,
+    dir: PathBuf,
+    transport: String,
+    /// The configuration known last, and whether it was committed.
+    current: Mutex<(Arc<Configuration>, bool)>,
+}
+
+const CURRENT_POISONED: &str = "a thread panicked while holding a standalone CM's configuration";
+
+impl StandaloneCm {
+    /// Checks that `node` is a standalone CM replica of the cluster in `cluster_file` (one of
+    /// its `cm_replicas` that is neither a memory node nor a client) and that no process runs
+    /// it, and publishes its manifest (its pid, no CM addresses yet).
+    pub fn start(
+        cluster_file: &Path,
+        node: NodeId,
+    ) -> Result<(StandaloneCm, ClusterFile), StandaloneError> {
+        let file = ClusterFile::read(cluster_file)?;
+        let dir = cluster_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        if file.cm.is_none() {
+            return Err(StandaloneError::NoCm { dir });
+        }
+        let standalone = file.standalone_cms();
+        if file.config.nodes.contains(&node) {
+            return Err(StandaloneError::MemoryNode { node, standalone });
+        }
+        if file.config.clients.contains(&node) {
+            return Err(StandaloneError::Client { node, standalone });
+        }
+        if !file.is_standalone_cm(node) {
+            return Err(StandaloneError::NotAReplica {
+                node,
+                replicas: file.config.cm_replicas.clone(),
+                standalone,
+            });
+        }
+        let path = NodeManifest::path(&dir, node);
+        let manifest =
+            NodeManifest::read(&dir, node).map_err(|source| StandaloneError::Manifest {
+                node,
+                path: path.clone(),
+                source,
+            })?;
+        if let Some(manifest) = manifest.filter(|m| crate::process::process_alive(m.pid)) {
+            return Err(StandaloneError::Running {
+                node,
+                pid: manifest.pid,
+                manifest: path,
+            });
+        }
+        let current = current_configuration(&dir, &file);
+        let cm = StandaloneCm {
+            node,
+            dir,
+            transport: file.transport.name().to_string(),
+            current: Mutex::new((Arc::new(current), true)),
+        };
+        cm.publish(None)
+            .map_err(|source| StandaloneError::Manifest { node, path, source })?;
+        Ok((cm, file))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration known last.
+    pub fn configuration(&self) -> Arc<Configuration> {
+        self.current.lock().expect(CURRENT_POISONED).0.clone()
+    }
+
+    /// Records `config` as the current one unless it is older (refused as stale).
+    fn adopt(&self, config: Arc<Configuration>) -> Result<(), String> {
+        let mut current = self.current.lock().expect(CURRENT_POISONED);
+        if config.id < current.0.id {
+            return Err(format!(
+                "stale: {} holds configuration {}",
+                self.node, current.0.id
+            ));
+        }
+        if config.id > current.0.id {
+            *current = (config, false);
+        }
+        Ok(())
+    }
+
+    /// Records that configuration `id`, the current one, is committed.
+    fn commit(&self, id: u64) -> Result<(), String> {
+        let mut current = self.current.lock().expect(CURRENT_POISONED);
+        if current.0.id != id {
+            return Err(format!(
+                "{} holds configuration {}, not {id}",
+                self.node, current.0.id
+            ));
+        }
+        current.1 = true;
+        Ok(())
+    }
+
+    /// Writes the manifest: the pid, its start time, and the CM addresses once bound.
+    fn publish(&self, cm_addrs: Option<(SocketAddr, SocketAddr)>) -> std::io::Result<()> {
+        let pid = std::process::id();
+        NodeManifest {
+            node: self.node,
+            pid,
+            transport: self.transport.clone(),
+            tcp_addr: None,
+            areas: Vec::new(),
+            started: acre_engine::procfs::start_time(pid).ok(),
+            cm_link: cm_addrs.map(|(link, _)| link.to_string()),
+            lease: cm_addrs.map(|(_, lease)| lease.to_string()),
+        }
+        .write(&self.dir)
+    }
+
+    /// Withdraws the manifest: the process stops cleanly (after its [`CmAgent`] stopped).
+    pub fn stop(&self) {
+        if let Err(e) = NodeManifest::remove(&self.dir, self.node) {
+            tracing::warn!(node = %self.node, "cannot remove its manifest: {e}");
+        }
     }
 }
 
@@ -171,8 +436,29 @@ impl CmAgent {
         settings: &CmSettings,
         clock: Clock,
     ) -> Result<CmAgent, AgentError> {
-        let me = node.node_id();
-        let dir = node.dir().to_path_buf();
+        CmAgent::start_in(CmHost::Node(node), file, settings, clock)
+    }
+
+    /// Starts the CM machinery of a standalone CM replica (`acre cm`): the same as a memory
+    /// node's, but for the memory: its lease thread holds no lease and takes up the CM's role
+    /// when its replica leads, and its driver's member only records configurations.
+    pub fn start_standalone(
+        cm: Arc<StandaloneCm>,
+        file: &ClusterFile,
+        settings: &CmSettings,
+        clock: Clock,
+    ) -> Result<CmAgent, AgentError> {
+        CmAgent::start_in(CmHost::Standalone(cm), file, settings, clock)
+    }
+
+    fn start_in(
+        host: CmHost,
+        file: &ClusterFile,
+        settings: &CmSettings,
+        clock: Clock,
+    ) -> Result<CmAgent, AgentError> {
+        let me = host.id();
+        let dir = host.dir().to_path_buf();
         let secret_path = dir.join(directory::SECRET_FILE);
         let secret = ClusterSecret::from_file(&secret_path).map_err(|e| AgentError::Secret {
             path: secret_path.clone(),
@@ -185,27 +471,37 @@ impl CmAgent {
                 reason: e.to_string(),
             })?;
         let links = Arc::new(links);
-        let current = node.txn().config();
-        let lease_thread = Arc::new(
-            LeaseThread::spawn(LeaseThreadConfig {
-                bind: loopback,
-                secret,
-                clock: clock.clone(),
-                timing: LeaseTiming::new(settings.lease(), DRIFT_PPM_DEFAULT),
-                // The CM is not known before a configuration names it: the thread asks for
-                // nothing until the driver hands it the first one it adopts.
-                node: Some(NodeRole {
+        let current = host.configuration();
+        // A memory node holds a lease from the CM; a standalone replica is no member and
+        // holds none, and its thread takes up the CM's role when a configuration names it.
+        let (node_role, standalone_cm) = match &host {
+            // The CM is not known before a configuration names it: the thread asks for
+            // nothing until the driver hands it the first one it adopts.
+            CmHost::Node(node) => (
+                Some(NodeRole {
                     node: me,
                     cm: current.cm_leader.unwrap_or(current.cm_replicas[0]),
                     cm_addr: None,
                     config: 0,
                     gate: Some(node.txn().fabric().memory().lease_gate().clone()),
                 }),
+                None,
+            ),
+            CmHost::Standalone(_) => (None, Some(me)),
+        };
+        let lease_thread = Arc::new(
+            LeaseThread::spawn(LeaseThreadConfig {
+                bind: loopback,
+                secret,
+                clock: clock.clone(),
+                timing: LeaseTiming::new(settings.lease(), DRIFT_PPM_DEFAULT),
+                node: node_role,
                 cm: None,
+                standalone_cm,
             })
             .map_err(|source| AgentError::Lease { node: me, source })?,
         );
-        node.publish_cm_addrs(links.local_addr(), lease_thread.local_addr())
+        host.publish_cm_addrs(links.local_addr(), lease_thread.local_addr())
             .map_err(|source| AgentError::Publish { node: me, source })?;
 
         // Every replica's addresses: Raft's voters, and where the CM's lease thread listens.
@@ -234,6 +530,7 @@ impl CmAgent {
             cm_lease_addrs.push((replica, lease));
         }
 
+        let options_lease_addrs = cm_lease_addrs.clone();
         let options = DriverOptions {
             node: me,
             clock: clock.clone(),
@@ -241,7 +538,7 @@ impl CmAgent {
             cm_lease_addrs,
             install_timeout: INSTALL_TIMEOUT_DEFAULT,
         };
-        let adopter = ProcessAdopter(node.clone());
+        let adopter = HostAdopter(host.clone());
         let (source, group) = if replicas.contains(&me) {
             let mut group_options = GroupOptions::new(me, voters, &dir);
             group_options.clock = clock.clone();
@@ -292,8 +589,9 @@ impl CmAgent {
         let housekeeping = match &group {
             Some(group) => {
                 let keeper = Keeper {
-                    node,
+                    host,
                     dir,
+                    cm_lease_addrs: options_lease_addrs,
                     first: file.config.clone(),
                     lease_ms: settings.lease_ms,
                     group: group.clone(),
@@ -307,6 +605,7 @@ impl CmAgent {
                     last_discovery: None,
                     epoch: 0,
                     joining: None,
+                    lease_followed: 0,
                 };
                 Some(
                     std::thread::Builder::new()
@@ -371,8 +670,11 @@ impl Drop for CmAgent {
 
 /// The housekeeping thread of a replica's process (module docs).
 struct Keeper {
-    node: Arc<ProcessNode>,
+    host: CmHost,
     dir: PathBuf,
+    /// Where each replica's lease thread listens (a standalone replica tells its own which CM
+    /// another replica's configuration names).
+    cm_lease_addrs: Vec<(NodeId, SocketAddr)>,
     /// The cluster file's configuration: the first one installed.
     first: Configuration,
     lease_ms: u64,
@@ -392,6 +694,8 @@ struct Keeper {
     /// The node an accepted request adds, and when: a peer of the links before any
     /// configuration names it.
     joining: Option<(NodeId, Instant)>,
+    /// The configuration id a standalone replica last handed its lease thread.
+    lease_followed: u64,
 }
 
 /// How soon the housekeeping thread looks again.
@@ -409,6 +713,7 @@ impl Keeper {
     fn run(mut self) {
         while !self.stopping.load(Ordering::Acquire) {
             self.bootstrap();
+            self.follow_group();
             let missing = self.discover_peers();
             let pace = self.publish_status();
             if pace != Pace::Follower {
@@ -432,7 +737,7 @@ impl Keeper {
     /// and answered while this replica acts as CM.
     fn answer_requests(&mut self) {
         for request in cm_request::pending(&self.dir) {
-            let from_id = self.node.txn().config_id();
+            let from_id = self.host.configuration().id;
             let reply = match self.prepare(&request.change) {
                 Err(reason) => Err(reason),
                 Ok(()) => self.driver.change(request.change.clone(), REQUEST_TIMEOUT),
@@ -475,7 +780,7 @@ impl Keeper {
         let Change::AddNode { node, .. } = change else {
             return Ok(());
         };
-        let config = self.node.txn().config();
+        let config = self.host.configuration();
         if config.members().any(|m| m == *node) || config.cm_replicas.contains(node) {
             return Err(format!(
                 "{node} is in use in configuration {}: pick another id",
@@ -508,14 +813,48 @@ impl Keeper {
         }
     }
 
+    /// A standalone replica's current configuration is the newest Raft applied (no CM sends
+    /// it NEW-CONFIG: it is no member). Its lease thread is told which CM a configuration
+    /// names when that is another replica, so that a thread that had the CM's role gives it up
+    /// (a memory node's learns it by adopting NEW-CONFIG), and takes it up afresh, with a
+    /// lease of grace for every member, when this replica leads again.
+    fn follow_group(&mut self) {
+        let CmHost::Standalone(cm) = &self.host else {
+            return;
+        };
+        let Some(config) = self.group.configuration() else {
+            return;
+        };
+        if let Err(e) = cm.adopt(config.clone()) {
+            tracing::warn!("Raft applied an older configuration than this replica holds: {e}");
+        }
+        let Some(leader) = config.cm_leader.filter(|&l| l != cm.node) else {
+            return;
+        };
+        if config.id <= self.lease_followed {
+            return;
+        }
+        let Some(&(_, cm_addr)) = self.cm_lease_addrs.iter().find(|(n, _)| *n == leader) else {
+            return;
+        };
+        self.lease_followed = config.id;
+        let members: Vec<NodeId> = config.leased().collect();
+        self.lease_thread.set_configuration(&NewConfiguration {
+            config: config.id,
+            cm: leader,
+            cm_addr,
+            members: &members,
+        });
+    }
+
     /// Makes every memory node of the configuration a peer of the links (the CM sends it
     /// NEW-CONFIG and probes), at every turn while one is missing and every
     /// [`STATUS_REFRESH`] otherwise (a restarted node publishes a new address). Returns whether
     /// one is still missing.
     fn discover_peers(&mut self) -> bool {
-        let config = self.node.txn().config();
+        let config = self.host.configuration();
         let peers = self.links.peers();
-        let me = self.node.node_id();
+        let me = self.host.id();
         let missing = config
             .leased()
             .any(|n| n != me && !peers.iter().any(|(p, _)| *p == n));
@@ -620,7 +959,7 @@ impl Keeper {
             written_unix_ms: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            leader: self.node.node_id(),
+            leader: self.host.id(),
             term: status.term,
             replicas: committed.cm_replicas.clone(),
             lease_ms: self.lease_ms,

@@ -24,7 +24,9 @@ pub struct ClusterFile {
     pub persist: String,
     pub ring_bytes: u64,
     /// The configuration manager, when the cluster runs one (its replicas are the
-    /// configuration's `cm_replicas`); without it the configuration never changes.
+    /// configuration's `cm_replicas`: memory nodes, whose processes host them, and ids that are
+    /// neither nodes nor clients, each a standalone `acre cm` process); without it the
+    /// configuration never changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cm: Option<CmSettings>,
     pub config: Configuration,
@@ -90,13 +92,9 @@ pub enum ClusterFileError {
     LeaseMs { lease_ms: u64 },
     #[error(
         "the cluster file has a [cm] section but its configuration names no CM replica \
-         (cm_replicas): name 1, 3 or 5 of its memory nodes, or remove the section"
+         (cm_replicas): name 1, 3 or 5 memory nodes or standalone CM ids, or remove the section"
     )]
     NoCmReplicas,
-    #[error(
-        "CM replica {replica} is not a memory node of the configuration: name memory nodes only"
-    )]
-    CmReplicaNotANode { replica: acre_engine::addr::NodeId },
     #[error("cannot encode the cluster file: {source}")]
     Encode {
         #[source]
@@ -146,16 +144,10 @@ impl ClusterFile {
                     lease_ms: cm.lease_ms,
                 });
             }
+            // A replica is a memory node (its process hosts it) or a standalone `acre cm`
+            // process; the configuration refuses a client id.
             if self.config.cm_replicas.is_empty() {
                 return Err(ClusterFileError::NoCmReplicas);
-            }
-            if let Some(&replica) = self
-                .config
-                .cm_replicas
-                .iter()
-                .find(|r| !self.config.nodes.contains(r))
-            {
-                return Err(ClusterFileError::CmReplicaNotANode { replica });
             }
         }
         Ok(())
@@ -169,6 +161,24 @@ impl ClusterFile {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// Whether `node` is a standalone CM replica of this cluster: one of its `cm_replicas`
+    /// that is neither a memory node nor a client (an `acre cm` process).
+    pub fn is_standalone_cm(&self, node: acre_engine::addr::NodeId) -> bool {
+        self.cm.is_some()
+            && self.config.cm_replicas.contains(&node)
+            && !self.config.members().any(|m| m == node)
+    }
+
+    /// The standalone CM replicas (`acre cm` processes), in the order the file lists them.
+    pub fn standalone_cms(&self) -> Vec<acre_engine::addr::NodeId> {
+        self.config
+            .cm_replicas
+            .iter()
+            .copied()
+            .filter(|&r| self.is_standalone_cm(r))
+            .collect()
     }
 
     pub(crate) fn map_options(&self) -> MapOptions {

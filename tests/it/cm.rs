@@ -1,5 +1,6 @@
 //! The configuration manager with real node processes (`acre cluster up` with a CM): kill -9 of
-//! a backup-only node, of a primary, of the CM leader, and SIGSTOP beyond the lease. Each test
+//! a backup-only node, of a primary, of the CM leader, and SIGSTOP beyond the lease; the CM as
+//! standalone `acre cm` processes (`--cm-processes`), their leader killed, and bad input. Each test
 //! waits for the CM's status file to show the configuration that removes the node, then checks
 //! what the issue asks: which regions still commit, which are blocked, that no healthy node was
 //! suspected, and that a removed node writes nothing after. Every wait has a deadline.
@@ -276,10 +277,24 @@ fn a_node_paused_beyond_its_lease_is_removed_and_fenced() {
 
 /// `acre cluster remove-node`: a backup-only node is removed gracefully (its region keeps
 /// committing, its process is stopped); removing the last complete replica of a region is
-/// refused with the reason, and nothing changes.
+/// refused with the reason, and nothing changes. The CM runs as standalone processes: hosted
+/// by n1-n3, it would refuse to remove n3 when n3's replica leads (the acting CM is never
+/// removed by command), for another reason than the one checked here.
 #[test]
 fn remove_node_removes_a_backup_and_refuses_a_regions_last_complete_replica() {
-    let cluster = CmCluster::up("remove", FOUR_NODES_N4_BACKUP_ONLY);
+    let cluster = CmCluster::up(
+        "remove",
+        &[
+            "--nodes",
+            "4",
+            "--f",
+            "1",
+            "--backup-only",
+            "1",
+            "--cm-processes",
+            "3",
+        ],
+    );
     let before = cluster.status();
     let pid = node_pid_of(&cluster.dir, NodeId(4));
     let removed = acre(&["cluster", "remove-node", "--dir", cluster.dir(), "4"]);
@@ -405,5 +420,181 @@ fn add_node_and_grow(transport: &str) {
     // Every object written before the growth is still there.
     for (k, &addr) in objects.iter().enumerate().step_by(97) {
         assert_eq!(db.read(addr).expect("read")[..8], (k as u64).to_le_bytes());
+    }
+}
+
+/// Three memory nodes and the CM as three standalone `acre cm` processes: the CM's replicas
+/// hold no memory and are no members, one of them acts as CM, the bank commits, `status`
+/// shows them as CM replicas, `acre cm` refuses an id that is not a standalone replica, and
+/// `down` stops them cleanly.
+#[test]
+fn standalone_cm_processes_run_the_cm_and_the_bank_commits() {
+    let cluster = CmCluster::up("standalone", &["--nodes", "3", "--cm-processes", "3"]);
+    let status = cluster.status();
+    let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+    assert_eq!(status.committed.nodes, nodes, "{status:?}");
+    assert_eq!(status.replicas.len(), 3, "{status:?}");
+    let mut pids = Vec::new();
+    for &replica in &status.replicas {
+        assert!(
+            !status.committed.members().any(|m| m == replica),
+            "a standalone replica is no member: {status:?}"
+        );
+        let manifest = NodeManifest::read(&cluster.dir, replica)
+            .expect("read a manifest")
+            .expect("a standalone replica publishes a manifest");
+        assert!(manifest.areas.is_empty(), "no memory: {manifest:?}");
+        assert!(manifest.cm_link.is_some() && manifest.lease.is_some());
+        pids.push(manifest.pid);
+    }
+    assert!(status.replicas.contains(&status.leader), "{status:?}");
+    assert_eq!(status.committed.cm_leader, Some(status.leader));
+    // The CM leases the memory nodes alone.
+    let leased: Vec<NodeId> = status.leases.iter().map(|l| l.node).collect();
+    assert_eq!(leased, nodes);
+
+    let bank = acre(&[
+        "bank",
+        "--dir",
+        cluster.dir(),
+        "--seconds",
+        "1",
+        "--accounts",
+        "10",
+    ]);
+    assert!(bank.status.success(), "{}", text(&bank));
+    assert!(
+        String::from_utf8_lossy(&bank.stdout).contains("invariant held"),
+        "{}",
+        text(&bank)
+    );
+
+    let shown = acre(&["cluster", "status", "--dir", cluster.dir()]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let leader_row = format!(
+        "{:<6} {:<8} running  CM replica, acting as CM",
+        status.leader.to_string(),
+        pids[status
+            .replicas
+            .iter()
+            .position(|&r| r == status.leader)
+            .unwrap()]
+    );
+    assert!(shown.contains(&leader_row), "{shown}");
+
+    // `acre cm` runs standalone replicas only.
+    let file = cluster.dir.join(CLUSTER_FILE);
+    let file = file.to_str().expect("utf-8 path");
+    for (id, said) in [
+        ("1", "n1 is a memory node of the cluster"),
+        ("100", "n100 is a client id of the cluster"),
+        ("50", "n50 is not a CM replica of the cluster"),
+    ] {
+        let refused = acre(&["cm", "--cluster", file, "--id", id]);
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+    }
+    let again = status.replicas[0].0.to_string();
+    let refused = acre(&["cm", "--cluster", file, "--id", &again]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("already runs"),
+        "{}",
+        text(&refused)
+    );
+
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(
+        String::from_utf8_lossy(&down.stdout).contains("stopped 3 nodes and 3 CM processes"),
+        "{}",
+        text(&down)
+    );
+    for (&replica, &pid) in status.replicas.iter().zip(&pids) {
+        assert!(!acre::cluster::process_alive(pid), "{replica} still runs");
+        assert!(
+            NodeManifest::read(&cluster.dir, replica).unwrap().is_none(),
+            "{replica} stopped cleanly and withdrew its manifest"
+        );
+        let log = std::fs::read_to_string(acre::cluster::node_log_path(&cluster.dir, replica))
+            .expect("read its log");
+        assert!(log.contains("stopped"), "{log}");
+    }
+}
+
+/// kill -9 of the standalone CM leader: another standalone replica leads within a bounded
+/// time, and no memory node is suspected (the dead leader holds no lease); a memory node
+/// killed afterwards is removed by the new CM, and the regions whose primary survived commit.
+#[test]
+fn a_killed_standalone_cm_leader_is_replaced_and_the_new_cm_removes_a_killed_node() {
+    let cluster = CmCluster::up(
+        "standalone-leader",
+        &["--nodes", "3", "--f", "1", "--cm-processes", "3"],
+    );
+    let before = cluster.status();
+    let leader = before.leader;
+    assert!(!before.committed.nodes.contains(&leader), "{before:?}");
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<(u32, Addr)> = (1..=3).map(|r| (r, create_in(&db, r, 1))).collect();
+
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let after = cluster.wait_for("a new CM leader", |s| {
+        s.leader != leader && s.committed.cm_leader == Some(s.leader)
+    });
+    let took = killed_at.elapsed();
+    eprintln!(
+        "new CM leader {} committed {} in {took:?}",
+        after.leader, after.committed.id
+    );
+    assert!(took < RECONFIGURE_MAX, "{took:?}");
+    assert!(before.replicas.contains(&after.leader), "{after:?}");
+    assert_eq!(
+        after.committed.nodes, before.committed.nodes,
+        "no memory node is suspected: {after:?}"
+    );
+
+    cluster.kill(NodeId(3));
+    let removed = cluster.wait_for("n3 removed by the new CM", |s| {
+        !s.committed.nodes.contains(&NodeId(3)) && s.committed.id > after.committed.id
+    });
+    assert_eq!(removed.leader, after.leader, "{removed:?}");
+    assert_eq!(removed.committed.nodes, vec![NodeId(1), NodeId(2)]);
+    assert!(
+        removed
+            .history
+            .iter()
+            .any(|r| r.cause == "failure of n3" && r.outcome == "committed"),
+        "{removed:?}"
+    );
+    wait_for_client(&db, removed.committed.id);
+    for (region, addr) in objects {
+        let placement = removed.committed.placement(RegionId(region)).unwrap();
+        if placement.state.is_active() {
+            update(&db, addr, 2).expect("a region whose primary survived commits");
+        }
+    }
+}
+
+/// `--cm-processes` with `--cm N > 0`, or of an even count, is refused before anything starts.
+#[test]
+fn cm_processes_with_cm_replicas_in_nodes_or_of_an_even_count_are_refused() {
+    let dir = format!("/dev/shm/acre-test-cm-refused-{}", std::process::id());
+    for (args, said) in [
+        (
+            vec!["--cm", "3", "--cm-processes", "3"],
+            "--cm 3 and --cm-processes 3",
+        ),
+        (vec!["--cm-processes", "2"], "--cm-processes 2"),
+    ] {
+        let mut all = vec!["cluster", "up", "--dir", &dir, "--nodes", "3"];
+        all.extend(args);
+        let refused = acre(&all);
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+        assert!(!PathBuf::from(&dir).exists(), "nothing was started");
     }
 }

@@ -202,6 +202,14 @@ pub enum ConfigError {
     DomainOfANonNode { node: NodeId },
     #[error("invalid configuration: {node} is given two failure domains")]
     TwoDomains { node: NodeId },
+    #[error(
+        "invalid configuration: CM replica {replica} is a client id; a CM replica runs in a \
+         memory node's process or in a standalone `acre cm` process whose id is neither a node \
+         nor a client"
+    )]
+    CmReplicaIsClient { replica: NodeId },
+    #[error("invalid configuration: CM replica {replica} is listed twice")]
+    CmReplicaTwice { replica: NodeId },
     #[error("invalid configuration: {source}")]
     Parse {
         #[source]
@@ -406,6 +414,19 @@ impl Configuration {
                 return Err(ConfigError::TwoDomains { node: *node });
             }
         }
+        // A CM replica runs in a memory node's process or in a standalone `acre cm` process
+        // (an id that is neither a node nor a client); a removed memory node that hosted one
+        // keeps its place in the Raft group, so a replica that is no longer a node is not an
+        // error. A client's process runs no replica.
+        let mut replicas = BTreeSet::new();
+        for &replica in &self.cm_replicas {
+            if self.clients.contains(&replica) {
+                return Err(ConfigError::CmReplicaIsClient { replica });
+            }
+            if !replicas.insert(replica) {
+                return Err(ConfigError::CmReplicaTwice { replica });
+            }
+        }
         Ok(())
     }
 
@@ -415,6 +436,15 @@ impl Configuration {
             .iter()
             .find(|d| d.node == node)
             .map_or_else(|| node.to_string(), |d| d.domain.clone())
+    }
+
+    /// The CM replicas that are not members: standalone `acre cm` processes (and memory nodes
+    /// that hosted a replica and were removed since).
+    pub fn cm_replicas_outside(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.cm_replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.members().any(|m| m == *r))
     }
 
     /// Every node that takes part: memory nodes, then clients.
@@ -694,6 +724,33 @@ mod tests {
         let error = config.validate().unwrap_err();
         assert!(
             matches!(error, ConfigError::CopyingNotABackup { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn cm_replicas_are_nodes_or_standalone_never_clients() {
+        let mut config =
+            Configuration::place(1, nodes(3), vec![NodeId(100)], 1, 2, 1 << 20, 4096).unwrap();
+        // Standalone `acre cm` processes: ids in neither nodes nor clients.
+        config.cm_replicas = vec![NodeId(101), NodeId(102), NodeId(103)];
+        config.validate().unwrap();
+        let outside: Vec<NodeId> = config.cm_replicas_outside().collect();
+        assert_eq!(outside, config.cm_replicas);
+        config.cm_replicas = nodes(3);
+        config.validate().unwrap();
+        assert_eq!(config.cm_replicas_outside().count(), 0);
+        config.cm_replicas = vec![NodeId(1), NodeId(100), NodeId(2)];
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(error, ConfigError::CmReplicaIsClient { replica } if replica == NodeId(100)),
+            "{error}"
+        );
+        assert!(error.to_string().contains("acre cm"), "{error}");
+        config.cm_replicas = vec![NodeId(1), NodeId(1)];
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(error, ConfigError::CmReplicaTwice { .. }),
             "{error}"
         );
     }

@@ -190,6 +190,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
                         config: 1,
                         members: first.members().collect(),
                     }),
+                    standalone_cm: None,
                 })
                 .unwrap(),
             ))

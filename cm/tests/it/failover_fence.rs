@@ -148,6 +148,7 @@ fn a_node_removed_by_an_uncommitted_configuration_of_the_previous_cm_is_fenced()
                         gate: None,
                     }),
                     cm: None,
+                    standalone_cm: None,
                 })
                 .unwrap(),
             )

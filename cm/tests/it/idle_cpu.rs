@@ -73,6 +73,7 @@ fn an_idle_five_node_clusters_lease_threads_use_well_under_two_percent_of_a_core
                     config: 1,
                     members: NODES.to_vec(),
                 }),
+                standalone_cm: None,
             })
             .expect("spawn a lease thread")
         })

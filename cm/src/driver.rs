@@ -444,7 +444,11 @@ impl<A: Adopter> Turn<A> {
             .filter(|&n| !config.leased().any(|m| m == n))
             .collect();
         cm.removed.extend(unlisted);
-        // Suspicions published before this process led are stale.
+        // Suspicions published before this process led are stale; and a suspicion this
+        // replica stood down from earlier is not reported again by its lease table, which only
+        // a new configuration resets: a lease of grace for every member, after which a silent
+        // one is suspected (again).
+        self.lease_thread.regrace();
         self.lease_thread.suspects().take(|_| {});
         let actions = cm.manager.became_leader((*config).clone(), now);
         self.execute(actions);

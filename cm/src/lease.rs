@@ -805,6 +805,22 @@ impl CmLeases {
         }
     }
 
+    /// This CM takes up its role again (its replica leads again, in a configuration that
+    /// already names it, so no new configuration resets the table): every member is given one
+    /// lease of grace from `now`, as a new configuration gives it, and its suspicion is
+    /// cleared, so a member still silent one lease from now is suspected and reported again.
+    /// The suspicion this CM stood down from is otherwise never reported again: the table
+    /// reports each once. Safe for the reason [`CmLeases::excuse_gap`] is: the CM only believes
+    /// a lease ends later than the node does.
+    pub fn regrace(&mut self, now: Time) {
+        let grace = now + self.timing.lease();
+        for entry in &mut self.nodes {
+            entry.granted_until = entry.granted_until.max(grace);
+            entry.suspected = false;
+            entry.reported = false;
+        }
+    }
+
     /// Whether the CM has seen `node`'s lease expire in this configuration.
     pub fn is_suspected(&self, node: NodeId) -> bool {
         self.entry(node).is_some_and(|entry| entry.suspected)
@@ -997,6 +1013,21 @@ mod tests {
             assert!(!node.cm_expired(clock.now()));
             assert_eq!(cm.next_suspect(clock.now()), None);
         }
+    }
+
+    #[test]
+    fn a_suspect_is_reported_again_one_lease_after_a_regrace() {
+        let timing = LeaseTiming::new(Duration::from_millis(100), 0);
+        let mut cm = CmLeases::new(NodeId(9), 1, timing, &[NodeId(1), NodeId(2)], Time::ZERO);
+        let at = |ms| Time::ZERO + Duration::from_millis(ms);
+        assert_eq!(cm.next_suspect(at(150)), Some(NodeId(1)));
+        assert_eq!(cm.next_suspect(at(150)), Some(NodeId(2)));
+        assert_eq!(cm.next_suspect(at(300)), None, "each reported once");
+        cm.regrace(at(300));
+        assert!(!cm.is_suspected(NodeId(1)));
+        assert_eq!(cm.next_suspect(at(399)), None, "a lease of grace");
+        assert_eq!(cm.next_suspect(at(400)), Some(NodeId(1)));
+        assert_eq!(cm.next_suspect(at(400)), Some(NodeId(2)));
     }
 
     #[test]

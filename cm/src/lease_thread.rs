@@ -231,6 +231,8 @@ struct Shared {
     paused: AtomicBool,
     /// A stall asked for ([`LeaseThread::stall`]), in nanoseconds; 0: none.
     stall_nanos: AtomicU64,
+    /// Asked by [`LeaseThread::regrace`], taken at the thread's next turn.
+    regrace: AtomicBool,
     expiry: LeaseExpiry,
     cm_expired: AtomicBool,
     suspects: Suspects,
@@ -288,6 +290,7 @@ impl LeaseThread {
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             stall_nanos: AtomicU64::new(0),
+            regrace: AtomicBool::new(false),
             expiry: node.as_ref().map(NodeLease::expiry).unwrap_or_default(),
             cm_expired: AtomicBool::new(false),
             suspects: Suspects::new(),
@@ -392,6 +395,16 @@ impl LeaseThread {
         self.shared.paused.store(paused, Ordering::Release);
     }
 
+    /// The CM's role is taken up again by a replica that leads again in a configuration that
+    /// already names it (the driver calls this when its manager becomes leader): at its next
+    /// turn the thread, if it has the role, gives every member one lease of grace and clears
+    /// their suspicions ([`CmLeases::regrace`]), so a member that is still silent is suspected
+    /// and reported again one lease later, rather than never.
+    pub fn regrace(&self) {
+        self.shared.regrace.store(true, Ordering::Release);
+        self.wake();
+    }
+
     /// Makes the thread sleep for `duration` at its next turn without reading its socket, as a
     /// thread the host did not schedule; for tests and the fault-injection harness.
     pub fn stall(&self, duration: Duration) {
@@ -492,6 +505,12 @@ impl Turn {
             }
             self.take_configuration();
             let now = self.clock.now();
+            if self.shared.regrace.swap(false, Ordering::AcqRel)
+                && let Some(cm) = &mut self.cm
+            {
+                cm.regrace(now);
+                publish_members(cm, member_table(&self.shared.member_until));
+            }
             let paused = self.shared.paused.load(Ordering::Acquire);
             // Woken later than it asked to be: the thread did not run meanwhile, and the
             // members' renewals wait unread in the socket. The CM's side does not judge their

@@ -1729,8 +1729,6 @@ mod simulation {
         net: Vec<(Time, Message)>,
         lease_reports: Vec<(Time, u64, Time)>,
         elect_at: Option<Time>,
-        /// Suspicions handed to the manager again after an election (see `elect`).
-        suspicions_again: Vec<(Time, NodeId)>,
         /// The CM's lease table, and each node's side of its lease (its gate).
         cm_leases: CmLeases,
         node_leases: BTreeMap<NodeId, NodeLease>,
@@ -1789,7 +1787,6 @@ mod simulation {
                 net: Vec::new(),
                 lease_reports: Vec::new(),
                 elect_at: None,
-                suspicions_again: Vec::new(),
                 cm_leases,
                 node_leases,
                 stalled: BTreeMap::new(),
@@ -1824,17 +1821,11 @@ mod simulation {
         }
 
         fn elect(&mut self) {
-            // A new leader's first configuration gives every member a lease of grace (its lease
-            // table clears their suspicions), so crashed members are suspected again one lease
-            // after it. A leader whose configuration already names it installs nothing new, and
-            // the table reports a suspect once per configuration: a suspicion the CM stood down
-            // from is handed to it again here, one lease after the election. (The driver does not
-            // do this yet: see docs/failures.md#reconfiguration, "Not yet".)
-            for (node, _) in self.cm_leases.members() {
-                if self.cm_leases.is_suspected(node) {
-                    self.suspicions_again.push((self.now + LEASE, node));
-                }
-            }
+            // As the driver does: the lease table gives every member a lease of grace and
+            // forgets its suspicions (`CmLeases::regrace`), so a member still silent one lease
+            // later is suspected again, even when the leader's configuration already names it
+            // and nothing new resets the table.
+            self.cm_leases.regrace(self.now);
             self.first_update = true;
             let actions = self.manager.became_leader(self.raft.clone(), self.now);
             self.handle(actions);
@@ -2111,14 +2102,9 @@ mod simulation {
                 let actions = self.manager.leases_updated(id, until, now);
                 self.handle(actions);
             }
-            let again: Vec<_> = self
-                .suspicions_again
-                .extract_if(.., |s| s.0 <= now)
-                .collect();
-            let again = again.into_iter().map(|(_, node)| node);
             let fresh: Vec<NodeId> =
                 std::iter::from_fn(|| self.cm_leases.next_suspect(now)).collect();
-            for node in again.chain(fresh) {
+            for node in fresh {
                 let actions = self.manager.suspect(node, now);
                 self.handle(actions);
             }

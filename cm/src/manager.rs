@@ -1692,7 +1692,7 @@ mod simulation {
     use std::collections::BTreeMap;
 
     /// Runs per test run: about a second in a debug build.
-    const SEED_COUNT: u64 = 60;
+    const SEED_COUNT: u64 = 100;
     const CM: NodeId = NodeId(1);
     const NODE_COUNT: u16 = 5;
     const LEASE: Duration = Duration::from_millis(200);

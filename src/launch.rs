@@ -433,16 +433,7 @@ pub struct AddNodeArgs {
 pub fn add_node(args: &AddNodeArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
-    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
-        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
-    anyhow::ensure!(
-        file.cm.is_some(),
-        "the cluster in {} runs no configuration manager (started with --cm 0): its membership \
-         cannot change",
-        dir.display()
-    );
-    let status = cluster::CmStatusFile::read(dir)?
-        .ok_or_else(|| anyhow::anyhow!("the CM has committed no configuration yet"))?;
+    let (file, status) = cm_cluster(dir)?;
     let node = match args.id {
         Some(id) => NodeId(id),
         None => free_node_id(dir, &file, &status.committed)?,
@@ -513,42 +504,15 @@ pub fn add_node(args: &AddNodeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     writeln!(out, "the CM accepted: {}", reply.message)?;
-    let deadline = Instant::now() + REMOVAL_TIMEOUT;
-    let added = loop {
-        if let Ok(Some(status)) = cluster::CmStatusFile::read(dir)
-            && status.committed.nodes.contains(&node)
-        {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the configuration with {node} was not committed within {REMOVAL_TIMEOUT:?}: \
-                 see `acre cluster status --dir {}` and {}",
-                dir.display(),
-                cluster::node_log_path(dir, node).display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let added = wait_for_commit(dir, &format!("the configuration with {node}"), |c| {
+        c.nodes.contains(&node)
+    })?;
     writeln!(
         out,
         "configuration {} committed with {node}",
         added.committed.id
     )?;
-    if let Some(row) =
-        added.history.iter().rev().find(|r| {
-            r.to_id == Some(added.committed.id) || r.cause == format!("addition of {node}")
-        })
-    {
-        writeln!(
-            out,
-            "  {} -> {}: installed +{:.1} ms, committed +{:.1} ms after the request was taken",
-            row.from_id,
-            row.to_id.unwrap_or(0),
-            row.installed_ms.unwrap_or(f64::NAN),
-            row.committed_ms.unwrap_or(f64::NAN)
-        )?;
-    }
+    print_timings(&mut out, &added, &format!("addition of {node}"))?;
     let roles: Vec<String> = added
         .committed
         .replicated_on(node)
@@ -603,9 +567,69 @@ fn free_node_id(dir: &Path, file: &ClusterFile, current: &Configuration) -> anyh
     Ok(NodeId(next))
 }
 
+/// The cluster file of the cluster in `dir`, which must run a CM, and the CM's status.
+fn cm_cluster(dir: &Path) -> anyhow::Result<(ClusterFile, cluster::CmStatusFile)> {
+    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
+        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
+    anyhow::ensure!(
+        file.cm.is_some(),
+        "the cluster in {} runs no configuration manager (started with --cm 0): its membership \
+         cannot change",
+        dir.display()
+    );
+    let status = cluster::CmStatusFile::read(dir)?
+        .ok_or_else(|| anyhow::anyhow!("the CM has committed no configuration yet"))?;
+    Ok((file, status))
+}
+
+/// Waits (at most [`REMOVAL_TIMEOUT`]) until the CM of the cluster in `dir` committed a
+/// configuration for which `done` holds; `what` names it in the error.
+fn wait_for_commit(
+    dir: &Path,
+    what: &str,
+    done: impl Fn(&Configuration) -> bool,
+) -> anyhow::Result<cluster::CmStatusFile> {
+    let deadline = Instant::now() + REMOVAL_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = cluster::CmStatusFile::read(dir)
+            && done(&status.committed)
+        {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{what} was not committed within {REMOVAL_TIMEOUT:?}: see `acre cluster status \
+                 --dir {}` and the nodes' logs there",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The times of the latest reconfiguration for `cause` in `status`'s history.
+fn print_timings(
+    out: &mut impl std::io::Write,
+    status: &cluster::CmStatusFile,
+    cause: &str,
+) -> anyhow::Result<()> {
+    if let Some(row) = status.history.iter().rev().find(|r| r.cause == cause) {
+        writeln!(
+            out,
+            "  {} -> {}: installed +{:.1} ms, committed +{:.1} ms after the request was taken",
+            row.from_id,
+            row.to_id.unwrap_or(0),
+            row.installed_ms.unwrap_or(f64::NAN),
+            row.committed_ms.unwrap_or(f64::NAN)
+        )?;
+    }
+    Ok(())
+}
+
 /// How long `remove-node` waits for the acting CM to answer its request.
 const REQUEST_ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
-/// How long `remove-node` waits for the configuration without the node to be committed.
+/// How long `add-node` and `remove-node` wait for the configuration that adds or removes the
+/// node to be committed.
 const REMOVAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `acre cluster remove-node N`: asks the acting CM to remove memory node N gracefully
@@ -615,17 +639,8 @@ const REMOVAL_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn remove_node(args: &KillArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
-    let file = ClusterFile::read(&dir.join(CLUSTER_FILE))
-        .map_err(|e| anyhow::anyhow!("no cluster in {}: {e}", dir.display()))?;
-    anyhow::ensure!(
-        file.cm.is_some(),
-        "the cluster in {} runs no configuration manager (started with --cm 0): its membership \
-         cannot change",
-        dir.display()
-    );
+    let (file, status) = cm_cluster(dir)?;
     let node = parse_node(&args.node)?;
-    let status = cluster::CmStatusFile::read(dir)?
-        .ok_or_else(|| anyhow::anyhow!("the CM has committed no configuration yet"))?;
     if !status.committed.nodes.contains(&node) {
         bail!(
             "{node} is not a memory node of configuration {} (its nodes: {})",
@@ -642,42 +657,15 @@ pub fn remove_node(args: &KillArgs) -> anyhow::Result<ExitCode> {
         bail!("the CM refused to remove {node}: {}", reply.message);
     }
     writeln!(out, "the CM accepted: {}", reply.message)?;
-    let deadline = Instant::now() + REMOVAL_TIMEOUT;
-    let removed = loop {
-        if let Ok(Some(status)) = cluster::CmStatusFile::read(dir)
-            && !status.committed.nodes.contains(&node)
-        {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the configuration without {node} was not committed within {REMOVAL_TIMEOUT:?}: \
-                 see `acre cluster status --dir {}`",
-                dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let removed = wait_for_commit(dir, &format!("the configuration without {node}"), |c| {
+        !c.nodes.contains(&node)
+    })?;
     writeln!(
         out,
         "configuration {} committed without {node}",
         removed.committed.id
     )?;
-    if let Some(row) = removed
-        .history
-        .iter()
-        .rev()
-        .find(|r| r.failed.contains(&node))
-    {
-        writeln!(
-            out,
-            "  {} -> {}: installed +{:.1} ms, committed +{:.1} ms after the request was taken",
-            row.from_id,
-            row.to_id.unwrap_or(0),
-            row.installed_ms.unwrap_or(f64::NAN),
-            row.committed_ms.unwrap_or(f64::NAN)
-        )?;
-    }
+    print_timings(&mut out, &removed, &format!("removal of {node}"))?;
     for placement in &removed.committed.regions {
         if !placement.state.is_active() {
             writeln!(

@@ -144,6 +144,17 @@ fn update(db: &Db, addr: Addr, value: u64) -> Result<(), Error> {
     })
 }
 
+/// Overwrites the object of each region that is active in `status`'s configuration: a region
+/// whose primary survived commits.
+fn update_active(db: &Db, status: &CmStatusFile, objects: impl IntoIterator<Item = (u32, Addr)>) {
+    for (region, addr) in objects {
+        let placement = status.committed.placement(RegionId(region)).unwrap();
+        if placement.state.is_active() {
+            update(db, addr, 2).expect("a region whose primary survived commits");
+        }
+    }
+}
+
 fn read(db: &Db, addr: Addr) -> u64 {
     u64::from_le_bytes(db.read(addr).expect("read").try_into().expect("8 bytes"))
 }
@@ -251,12 +262,7 @@ fn a_killed_cm_leader_is_replaced_and_no_healthy_node_is_suspected() {
         "new CM leader {} committed {} in {took:?}",
         after.leader, after.committed.id
     );
-    for (region, addr) in objects {
-        let placement = after.committed.placement(RegionId(region)).unwrap();
-        if placement.state.is_active() {
-            update(&db, addr, 2).expect("a region whose primary survived commits");
-        }
-    }
+    update_active(&db, &after, objects);
 }
 
 /// A node stopped (SIGSTOP) beyond its lease is removed, and fenced: over shm the CM kills it
@@ -570,12 +576,7 @@ fn a_killed_standalone_cm_leader_is_replaced_and_the_new_cm_removes_a_killed_nod
         "{removed:?}"
     );
     wait_for_client(&db, removed.committed.id);
-    for (region, addr) in objects {
-        let placement = removed.committed.placement(RegionId(region)).unwrap();
-        if placement.state.is_active() {
-            update(&db, addr, 2).expect("a region whose primary survived commits");
-        }
-    }
+    update_active(&db, &removed, objects);
 }
 
 /// `--cm-processes` with `--cm N > 0`, or of an even count, is refused before anything starts.

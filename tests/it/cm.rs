@@ -389,7 +389,9 @@ fn add_node_and_grow(transport: &str) {
     wait_for_client(&db, after.committed.id);
     // 3 regions of 256 KiB: about 700 objects of 1000 bytes fill them.
     let mut objects = Vec::new();
+    let mut slowest = Duration::ZERO;
     for k in 0..1500u64 {
+        let started = Instant::now();
         let addr = db
             .run(|txn| {
                 let addr = txn.alloc(1000)?;
@@ -397,11 +399,17 @@ fn add_node_and_grow(transport: &str) {
                 Ok(addr)
             })
             .unwrap_or_else(|e| panic!("allocation {k}: {e}"));
+        slowest = slowest.max(started.elapsed());
         objects.push(addr);
         if addr.region() == RegionId(4) {
             break;
         }
     }
+    eprintln!(
+        "{transport}: {} allocations, the slowest (the one that waited for the new region) took \
+         {slowest:?}",
+        objects.len()
+    );
     let grown = cluster.status();
     let r4 = grown
         .committed

@@ -239,19 +239,44 @@ fn connect(
                 dir.display(),
                 dir.display()
             );
+            let runs_cm = acre::cluster::ClusterFile::read(&file)?.cm.is_some();
             let db = Db::connect(&file)?;
             let backend = AcreTpcc::new(db, format!("the cluster in {}", dir.display()));
             let needed = AcreTpcc::bytes_needed(args.warehouses, 0);
-            anyhow::ensure!(
-                needed <= backend.bytes_available(),
-                "{} warehouses need {} MiB of object memory once loaded, and the cluster in {} \
-                 has {} MiB of regions: start it with more or larger regions (acre cluster up \
-                 --regions-per-node, --region-bytes) or use fewer warehouses",
-                args.warehouses,
-                needed / MIB,
-                dir.display(),
-                backend.bytes_available() / MIB
-            );
+            let available = backend.bytes_available();
+            if runs_cm {
+                // Its CM adds regions as the load fills them: what must fit is every replica
+                // of the regions still to come, in the file system that holds the cluster.
+                let copies = backend.replicas() as u64;
+                let more = needed.saturating_sub(available).saturating_mul(copies);
+                let free = acre::engine::space::free_bytes(dir)
+                    .with_context(|| format!("how much room {} has", dir.display()))?;
+                anyhow::ensure!(
+                    more <= free,
+                    "{} warehouses need {} MiB of object memory once loaded; the cluster in {} \
+                     has {} MiB of regions and its CM adds more as the load fills them, {} MiB \
+                     with {copies} replicas each, but {} has {} MiB free: use fewer warehouses",
+                    args.warehouses,
+                    needed / MIB,
+                    dir.display(),
+                    available / MIB,
+                    more / MIB,
+                    dir.display(),
+                    free / MIB
+                );
+            } else {
+                anyhow::ensure!(
+                    needed <= available,
+                    "{} warehouses need {} MiB of object memory once loaded, and the cluster in {} \
+                     has {} MiB of regions and no CM to add more: start it with more or larger \
+                     regions (acre cluster up --regions-per-node, --region-bytes) or use fewer \
+                     warehouses",
+                    args.warehouses,
+                    needed / MIB,
+                    dir.display(),
+                    available / MIB
+                );
+            }
             Box::new(backend)
         }
         Target::Postgres(url) => Box::new(PgTpcc::connect(url, isolation, args.flush)?),

@@ -543,9 +543,16 @@ pub fn add_node(args: &AddNodeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The next memory node id nobody used in the cluster in `dir`: above every id its cluster
-/// file, its current configuration and its manifests name (ids are never reused).
+/// file, its current configuration, its manifests and the logs of its node processes name
+/// (ids are never reused: a log stays when its node is removed or stopped).
 fn free_node_id(dir: &Path, file: &ClusterFile, current: &Configuration) -> anyhow::Result<NodeId> {
-    let manifests = NodeManifest::list(dir).unwrap_or_default();
+    let mut manifests = NodeManifest::list(dir).unwrap_or_default();
+    let logs = std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))?;
+    manifests.extend(logs.flatten().filter_map(|entry| {
+        let name = entry.file_name();
+        let id = name.to_str()?.strip_prefix('n')?.strip_suffix(".log")?;
+        id.parse().ok().map(NodeId)
+    }));
     let used = file
         .config
         .nodes

@@ -147,7 +147,13 @@ pub struct DriverOptions {
 
 /// An operator's request to the CM, and where its answer goes: whether a reconfiguration
 /// started, or why it was refused.
-type AdminRequest = (Change, mpsc::SyncSender<Result<bool, String>>);
+/// An asker that stopped waiting (its deadline passed) has answered "no answer" already: the
+/// request is dropped, not carried out against that answer.
+type AdminRequest = (
+    Change,
+    std::time::Instant,
+    mpsc::SyncSender<Result<bool, String>>,
+);
 
 /// A process's reconfiguration thread (module docs). Dropping it stops the thread.
 pub struct CmDriver {
@@ -237,10 +243,12 @@ impl CmDriver {
     /// there was nothing to do.
     pub fn change(&self, change: Change, timeout: Duration) -> Result<bool, String> {
         let (reply, answer) = mpsc::sync_channel(1);
+        // Real time, as the wait below: the asker's patience, not a protocol timeout.
+        let deadline = std::time::Instant::now() + timeout;
         self.admin
             .lock()
             .expect(POISONED)
-            .send((change, reply))
+            .send((change, deadline, reply))
             .map_err(|_| "the CM driver has stopped".to_string())?;
         answer
             .recv_timeout(timeout)
@@ -419,6 +427,8 @@ impl<A: Adopter> Turn<A> {
         let leading = cm.seat.group.is_leader();
         if cm.manager.is_leader() && !leading {
             tracing::info!(node = %self.options.node, "no longer the CM leader");
+            // No grant from here on: the new CM counts leases from its own grants.
+            self.lease_thread.resign();
             cm.manager.lost_leadership();
             cm.install = None;
             return;
@@ -456,7 +466,11 @@ impl<A: Adopter> Turn<A> {
 
     /// Operators' requests: answered at once, refused unless this process acts as CM.
     fn take_admin_requests(&mut self, now: Time) {
-        while let Ok((change, reply)) = self.admin_requests.try_recv() {
+        while let Ok((change, deadline, reply)) = self.admin_requests.try_recv() {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(?change, "a request whose asker stopped waiting: dropped");
+                continue;
+            }
             let result = match self.cm.as_mut() {
                 Some(cm) => cm.manager.change(change.clone(), now),
                 None => Err("this process hosts no CM replica".into()),

@@ -233,6 +233,8 @@ struct Shared {
     stall_nanos: AtomicU64,
     /// Asked by [`LeaseThread::regrace`], taken at the thread's next turn.
     regrace: AtomicBool,
+    /// Asked by [`LeaseThread::resign`], taken at the thread's next turn (before a regrace).
+    resign: AtomicBool,
     expiry: LeaseExpiry,
     cm_expired: AtomicBool,
     suspects: Suspects,
@@ -291,6 +293,7 @@ impl LeaseThread {
             paused: AtomicBool::new(false),
             stall_nanos: AtomicU64::new(0),
             regrace: AtomicBool::new(false),
+            resign: AtomicBool::new(false),
             expiry: node.as_ref().map(NodeLease::expiry).unwrap_or_default(),
             cm_expired: AtomicBool::new(false),
             suspects: Suspects::new(),
@@ -316,7 +319,18 @@ impl LeaseThread {
             buffer: [0u8; RECEIVE_BYTES],
             timeout: None,
             applied_seq: 0,
-            members: Vec::with_capacity(MEMBERS_MAX),
+            members: {
+                let mut members = Vec::with_capacity(MEMBERS_MAX);
+                if let Some(role) = &config.cm {
+                    members.extend(role.members.iter().copied().take(MEMBERS_MAX));
+                    members.sort_unstable();
+                }
+                members
+            },
+            // Only a configuration that was handed over (or the CM role it starts with) names a
+            // CM: a node's starting role may name a placeholder.
+            config_cm: config.cm.as_ref().map(|role| role.cm),
+            started_as: config.cm.as_ref().map(|role| role.cm),
             timing: config.timing,
             standalone_cm: config.standalone_cm,
             cm_config: config
@@ -400,8 +414,25 @@ impl LeaseThread {
     /// turn the thread, if it has the role, gives every member one lease of grace and clears
     /// their suspicions ([`CmLeases::regrace`]), so a member that is still silent is suspected
     /// and reported again one lease later, rather than never.
+    ///
+    /// A thread without the role (it resigned) takes it up again with a fresh table, every
+    /// member given a lease of grace, if the newest configuration it was handed names this
+    /// process's node or standalone replica as CM.
     pub fn regrace(&self) {
         self.shared.regrace.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// The replica of this process no longer leads the CM's Raft group (the driver calls this
+    /// the moment it sees the leadership gone): at its next turn the thread gives up the CM's
+    /// role and grants nothing more, even to members that have not learned of the new CM yet.
+    /// A CM that granted on after losing its leadership would keep leases alive that the new CM
+    /// counts as expired, and a node removed by the new CM would act on them. [`regrace`]
+    /// takes the role up again if the replica leads again.
+    ///
+    /// [`regrace`]: LeaseThread::regrace
+    pub fn resign(&self) {
+        self.shared.resign.store(true, Ordering::Release);
         self.wake();
     }
 
@@ -489,6 +520,10 @@ struct Turn {
     timing: LeaseTiming,
     /// The newest configuration id the thread has seen: the role is gained only in a newer one.
     cm_config: u64,
+    /// The CM that configuration names.
+    config_cm: Option<NodeId>,
+    /// The CM this thread was started as ([`LeaseThreadConfig::cm`]), if it was.
+    started_as: Option<NodeId>,
     /// [`LeaseThreadConfig::standalone_cm`].
     standalone_cm: Option<NodeId>,
     /// When the current wait ends at the latest: a turn that starts well after it was stalled.
@@ -505,11 +540,16 @@ impl Turn {
             }
             self.take_configuration();
             let now = self.clock.now();
-            if self.shared.regrace.swap(false, Ordering::AcqRel)
-                && let Some(cm) = &mut self.cm
+            if self.shared.resign.swap(false, Ordering::AcqRel)
+                && let Some(cm) = self.cm.take()
             {
-                cm.regrace(now);
-                publish_members(cm, member_table(&self.shared.member_until));
+                tracing::info!(cm = %cm.cm(), config = cm.config(), "no longer leading: no more grants here");
+                for slot in member_table(&self.shared.member_until) {
+                    slot.store(0, Ordering::Relaxed);
+                }
+            }
+            if self.shared.regrace.swap(false, Ordering::AcqRel) {
+                self.regrace(now);
             }
             let paused = self.shared.paused.load(Ordering::Acquire);
             // Woken later than it asked to be: the thread did not run meanwhile, and the
@@ -525,6 +565,33 @@ impl Turn {
                 self.tick(now);
             }
             self.wait_and_receive(now, paused);
+        }
+    }
+
+    /// [`LeaseThread::regrace`]: every member a lease of grace in the table, or a fresh table
+    /// if the thread resigned and the newest configuration names this process's CM.
+    fn regrace(&mut self, now: Time) {
+        let table = member_table(&self.shared.member_until);
+        if let Some(cm) = &mut self.cm {
+            cm.regrace(now);
+            publish_members(cm, table);
+            return;
+        }
+        let mine = |id: NodeId| {
+            self.node.as_ref().is_some_and(|node| node.node() == id)
+                || self.standalone_cm == Some(id)
+                || self.started_as == Some(id)
+        };
+        if let Some(cm_id) = self.config_cm
+            && mine(cm_id)
+        {
+            tracing::info!(cm = %cm_id, config = self.cm_config, "leading again: this process takes the leases up again");
+            let cm = CmLeases::new(cm_id, self.cm_config, self.timing, &self.members, now);
+            for slot in table {
+                slot.store(0, Ordering::Relaxed);
+            }
+            publish_members(&cm, table);
+            self.cm = Some(cm);
         }
     }
 
@@ -595,6 +662,9 @@ impl Turn {
             }
             publish_members(&cm, table);
             self.cm = Some(cm);
+        }
+        if config >= self.cm_config {
+            self.config_cm = Some(cm_id);
         }
         self.cm_config = self.cm_config.max(config);
     }
@@ -974,6 +1044,27 @@ mod tests {
             .node_lease_until(NodeId(1))
             .is_some_and(|until| until >= before + timing().lease())));
         assert_eq!(cm.suspects().published(), 0);
+    }
+
+    /// A CM whose replica lost its leadership grants nothing more, so a member that has not
+    /// learned of the new CM lets its lease run out; leading again, it takes the leases up with
+    /// a fresh table and the member's lease holds again.
+    #[test]
+    fn a_cm_that_resigns_grants_nothing_until_it_leads_again() {
+        let cm = cm_thread(&[NodeId(1)]);
+        let node = node_thread(NodeId(1), cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        cm.resign();
+        assert!(
+            eventually(3 * timing().lease(), || !node.is_valid()),
+            "a resigned CM still grants"
+        );
+        assert_eq!(cm.suspects().published(), 0, "no table, no suspicion");
+        cm.regrace();
+        assert!(
+            eventually(Duration::from_secs(2), || node.is_valid()),
+            "leading again, it grants again"
+        );
     }
 
     #[test]

@@ -481,14 +481,20 @@ impl Manager {
     /// regions ([`Change`]), planned with [`remap`] and installed through Raft and distributed
     /// as any reconfiguration. A removed node's lease is waited out and it is fenced before the
     /// commit; an added node must acknowledge NEW-CONFIG as every member does. Returns no action
-    /// when there is nothing to do ([`Change::AddRegion`] that another request satisfied
-    /// already). Refused, with the reason, when this CM does not lead, when a reconfiguration
+    /// when there is nothing to do now: a [`Change::AddRegion`] that another request satisfied
+    /// already, or that comes while a reconfiguration runs (its asker asks again if its regions
+    /// are still full once it ends). Refused, with the reason, when this CM does not lead, when a reconfiguration
     /// is under way (ask again once it ends), or when the plan is refused.
     pub fn change(&mut self, change: Change, now: Time) -> Result<Vec<Action>, String> {
         if !self.is_leader() {
             return Err("this replica does not act as CM".into());
         }
         if !self.is_idle() || !self.queued.is_empty() {
+            // A client that found its regions full asks again if they still are once this
+            // reconfiguration ends (often another client's new region): no error for it.
+            if matches!(change, Change::AddRegion { .. }) {
+                return Ok(Vec::new());
+            }
             return Err("a reconfiguration is under way: ask again once it ends".into());
         }
         let config = self
@@ -1489,6 +1495,33 @@ mod tests {
             manager.in_progress().unwrap().cause,
             Cause::Addition { node: NodeId(6) }
         );
+    }
+
+    /// Two clients that found the same regions full at once: the second request, taken while
+    /// the first growth is installed, is answered with nothing to do (its asker asks again if
+    /// it still needs a region), not refused, which its grower would turn into `OutOfMemory`.
+    #[test]
+    fn a_second_growth_request_for_the_same_regions_is_not_refused() {
+        let mut manager = lead();
+        let regions = manager.config.as_ref().unwrap().regions.len();
+        let first = manager
+            .change(
+                Change::AddRegion {
+                    known_regions: regions,
+                },
+                ms(5),
+            )
+            .expect("accepted");
+        assert!(proposal(&first).is_some());
+        let second = manager
+            .change(
+                Change::AddRegion {
+                    known_regions: regions,
+                },
+                ms(5),
+            )
+            .expect("not refused");
+        assert!(second.is_empty(), "{second:?}");
     }
 
     /// A new region is proposed when the asker saw every region of the configuration; a

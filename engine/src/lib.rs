@@ -22,6 +22,7 @@ pub mod procfs;
 pub mod region;
 pub mod signal;
 pub mod slab;
+pub mod space;
 mod sync;
 
 pub use addr::{Addr, AddrParseError, NodeId, RegionId};

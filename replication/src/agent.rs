@@ -742,6 +742,11 @@ impl Keeper {
                 Err(reason) => Err(reason),
                 Ok(()) => self.driver.change(request.change.clone(), REQUEST_TIMEOUT),
             };
+            // A node being added stays a peer until a configuration names it (only once
+            // accepted: a refused request does not displace it).
+            if let (Ok(true), Change::AddNode { node, .. }) = (&reply, &request.change) {
+                self.joining = Some((*node, Instant::now()));
+            }
             let reply = match reply {
                 Ok(started) => CmReply {
                     nonce: request.nonce,
@@ -794,7 +799,6 @@ impl Keeper {
             ));
         };
         self.links.add_peer(*node, link);
-        self.joining = Some((*node, Instant::now()));
         Ok(())
     }
 
@@ -1146,7 +1150,11 @@ pub fn region_grower(dir: PathBuf) -> acre_txn::txn_node::Grower {
             return Err(format!("the CM refused a new region: {}", reply.message));
         }
         tracing::info!(known_regions, "{}", reply.message);
-        *asked = Some((known_regions, Instant::now()));
+        // Remembered only when a region is on its way: "nothing to do now" (a reconfiguration
+        // was under way) is asked again by the next attempt if the regions are still full.
+        if reply.started {
+            *asked = Some((known_regions, Instant::now()));
+        }
         Ok(())
     })
 }

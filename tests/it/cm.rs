@@ -283,24 +283,11 @@ fn a_node_paused_beyond_its_lease_is_removed_and_fenced() {
 
 /// `acre cluster remove-node`: a backup-only node is removed gracefully (its region keeps
 /// committing, its process is stopped); removing the last complete replica of a region is
-/// refused with the reason, and nothing changes. The CM runs as standalone processes: hosted
-/// by n1-n3, it would refuse to remove n3 when n3's replica leads (the acting CM is never
-/// removed by command), for another reason than the one checked here.
+/// refused with the reason, and nothing changes, even when that node's replica acts as CM (the
+/// plan's refusal comes first).
 #[test]
 fn remove_node_removes_a_backup_and_refuses_a_regions_last_complete_replica() {
-    let cluster = CmCluster::up(
-        "remove",
-        &[
-            "--nodes",
-            "4",
-            "--f",
-            "1",
-            "--backup-only",
-            "1",
-            "--cm-processes",
-            "3",
-        ],
-    );
+    let cluster = CmCluster::up("remove", FOUR_NODES_N4_BACKUP_ONLY);
     let before = cluster.status();
     let pid = node_pid_of(&cluster.dir, NodeId(4));
     let removed = acre(&["cluster", "remove-node", "--dir", cluster.dir(), "4"]);
@@ -605,5 +592,67 @@ fn cm_processes_with_cm_replicas_in_nodes_or_of_an_even_count_are_refused() {
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(stderr.contains(said), "{stderr}");
         assert!(!PathBuf::from(&dir).exists(), "nothing was started");
+    }
+}
+
+/// Two clients that find every region full at about the same time both keep allocating: the
+/// second client's request, taken while the first growth runs, is answered "nothing to do now"
+/// (not refused, which its grower would turn into `OutOfMemory`), and it asks again if its
+/// regions are still full once the growth ends.
+#[test]
+fn two_clients_that_fill_the_regions_at_once_both_keep_allocating() {
+    let cluster = CmCluster::up(
+        "grow2",
+        &[
+            "--nodes",
+            "3",
+            "--f",
+            "1",
+            "--cm",
+            "3",
+            "--clients",
+            "2",
+            "--region-bytes",
+            "262144",
+            "--block-bytes",
+            "32768",
+        ],
+    );
+    let start = cluster.status();
+    let dbs: Vec<Db> = (0..2)
+        .map(|_| Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect"))
+        .collect();
+    for db in &dbs {
+        wait_for_client(db, start.committed.id);
+    }
+    let results: Vec<Result<usize, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = dbs
+            .iter()
+            .map(|db| {
+                s.spawn(move || {
+                    for k in 0..1500usize {
+                        let addr = db
+                            .run(|txn| {
+                                let addr = txn.alloc(1000)?;
+                                txn.write(addr, &(k as u64).to_le_bytes())?;
+                                Ok(addr)
+                            })
+                            .map_err(|e| format!("allocation {k}: {e}"))?;
+                        if addr.region().0 >= 4 {
+                            return Ok(k);
+                        }
+                    }
+                    Ok(1500)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for result in &results {
+        assert!(
+            result.is_ok(),
+            "{results:?}; status: {:?}",
+            cluster.status().history
+        );
     }
 }

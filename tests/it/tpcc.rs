@@ -40,3 +40,78 @@ fn bad_tpcc_input_gets_one_line_and_exit_code_2() {
         assert!(output.stdout.is_empty(), "{args:?}: {}", text(&output));
     }
 }
+
+/// Against a cluster whose CM adds regions (`acre cluster up` with its default CM) the load is
+/// not refused for want of regions: one warehouse (about 160 MiB) loads into three regions of
+/// 32 MiB, the CM adds regions as the load fills them, and the run's consistency checks hold.
+/// A warehouse count whose replicas would not fit in the cluster directory's file system is
+/// refused before anything is loaded, with the memory it needs.
+#[test]
+fn a_load_into_a_cluster_with_a_cm_grows_its_regions() {
+    let dir = format!("/dev/shm/acre-test-tpcc-grow-{}", std::process::id());
+    let up = acre(&[
+        "cluster",
+        "up",
+        "--dir",
+        &dir,
+        "--nodes",
+        "3",
+        "--f",
+        "1",
+        "--region-bytes",
+        "33554432",
+        "--ring-bytes",
+        "1048576",
+    ]);
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = acre(&["cluster", "down", "--dir", &self.0, "--purge"]);
+        }
+    }
+    let _down = Down(dir.clone());
+    assert!(up.status.success(), "{}", text(&up));
+    let target = format!("acre:{dir}");
+    let refused = acre(&[
+        "bench",
+        "tpcc",
+        "--target",
+        &target,
+        "--warehouses",
+        "10000",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("MiB free"), "{}", text(&refused));
+
+    let run = acre(&[
+        "bench",
+        "tpcc",
+        "--target",
+        &target,
+        "--warehouses",
+        "1",
+        "--threads",
+        "2",
+        "--warmup",
+        "0s",
+        "--duration",
+        "2s",
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let status = acre::cluster::CmStatusFile::read(std::path::Path::new(&dir))
+        .expect("read the CM status")
+        .expect("a CM status");
+    assert!(
+        status.committed.regions.len() > 3,
+        "no region was added: {status:?}"
+    );
+    assert!(
+        status
+            .history
+            .iter()
+            .any(|r| r.cause.starts_with("new region") && r.outcome == "committed"),
+        "{status:?}"
+    );
+}

@@ -8,17 +8,23 @@
 //! injected faults (which stand for a network), it goes through the peer's courier.
 
 use crate::POISONED;
+use crate::backoff::Backoff;
 use crate::directory::Directory;
 use crate::reply::REPLY_AREA_ID;
 use acre_engine::addr::NodeId;
-use acre_engine::fabric::{Fabric, Op};
+use acre_engine::fabric::{Fabric, Op, OpError};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Deliveries waiting for one peer's courier; more are dropped (their coordinators time out).
 pub const COURIER_QUEUE_MAX: usize = 1024;
+/// How long a reply refused by a peer in a newer configuration is tried again (see `deliver`).
+pub const BEHIND_RETRY_MAX: Duration = Duration::from_millis(500);
+/// The first wait before it is.
+const BEHIND_RETRY_FIRST: Duration = Duration::from_millis(1);
 
 /// The couriers of one node.
 pub(crate) struct Couriers {
@@ -96,12 +102,29 @@ fn run(
     }
 }
 
-/// One delivery, tried again once after looking `to` up afresh (it may have restarted).
+/// One delivery. Refused because `to` adopted a newer configuration than this node holds
+/// (`NotMember`; nothing was executed), it is tried again, backing off, for up to
+/// [`BEHIND_RETRY_MAX`]: this node adopts that configuration within milliseconds (a client
+/// adopts a configuration the CM is distributing as soon as it is published, often before a
+/// member has it). Otherwise it is tried again once after looking `to` up afresh (it may have
+/// restarted).
 fn deliver(node: NodeId, fabric: &Fabric, directory: &Directory, to: NodeId, ops: Vec<Op>) {
     let attempt = |ops: Vec<Op>| fabric.execute(to, ops).into_iter().find_map(Result::err);
-    let Some(first) = attempt(ops.clone()) else {
+    let Some(mut first) = attempt(ops.clone()) else {
         return;
     };
+    if matches!(first, OpError::NotMember { .. }) {
+        let clock = fabric.clock();
+        let deadline = clock.now() + BEHIND_RETRY_MAX;
+        let mut backoff = Backoff::retry(BEHIND_RETRY_FIRST, BEHIND_RETRY_MAX).with_clock(clock);
+        while matches!(first, OpError::NotMember { .. }) && clock.now() < deadline {
+            backoff.wait();
+            match attempt(ops.clone()) {
+                None => return,
+                Some(e) => first = e,
+            }
+        }
+    }
     // The coordinator's node may have restarted (a client process): look it up afresh.
     fabric.forget_peer(to);
     directory.forget(to);

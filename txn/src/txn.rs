@@ -286,7 +286,7 @@ impl Txn {
         }
         // Every region tried is full.
         let full = format!(
-            "every region that serves in configuration {} is full ({} of {} bytes)",
+            "every region that serves in configuration {} is full ({} regions of {} bytes)",
             self.config.id,
             regions.len(),
             self.config.region_bytes
@@ -307,9 +307,20 @@ impl Txn {
     }
 
     /// Allocates an object holding `len` zero bytes in the region of `near`, in the same block
-    /// when it has room (objects used together share pages).
+    /// when it has room (objects used together share pages). Fails with
+    /// [`TxnError::RegionFull`] when that region has no room.
     pub fn alloc_near(&mut self, len: usize, near: Addr) -> Result<Addr, TxnError> {
         self.alloc_in(near.region(), len, Some(near))
+    }
+
+    /// As [`Txn::alloc_near`] when the region of `near` has room, else as [`Txn::alloc`]
+    /// (another region, or a new one): for objects that are best near `near` but must exist
+    /// anyway (an index's nodes, a table's rows).
+    pub fn alloc_preferably_near(&mut self, len: usize, near: Addr) -> Result<Addr, TxnError> {
+        match self.alloc_near(len, near) {
+            Err(TxnError::RegionFull { .. }) => self.alloc(len),
+            other => other,
+        }
     }
 
     fn alloc_in(

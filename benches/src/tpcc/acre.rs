@@ -63,7 +63,7 @@ use super::rows::{
     Address, Customer, DistrictRows, History, Item, Order, OrderLine, Stock, Warehouse,
 };
 use acre_engine::hash::FastMap;
-use acre_replication::db::{Addr, Db, Error, IndexError, Txn, TxnError};
+use acre_replication::db::{Addr, Db, Error, IndexError, Txn};
 use acre_txn::index::{BTree, HashTable};
 use anyhow::Context;
 use std::collections::{BTreeSet, HashMap};
@@ -135,6 +135,11 @@ impl AcreTpcc {
             + (ITEM_COUNT as u64) * 128
     }
 
+    /// Copies of every region: its primary and its backups.
+    pub fn replicas(&self) -> usize {
+        self.db.config().f + 1
+    }
+
     /// Bytes of primary memory the cluster has (the sum of its regions).
     pub fn bytes_available(&self) -> u64 {
         let config = self.db.config();
@@ -151,7 +156,7 @@ impl Backend for AcreTpcc {
         format!(
             "{}, {} replicas of every region",
             self.description,
-            self.db.config().f + 1
+            self.replicas()
         )
     }
 
@@ -777,14 +782,14 @@ impl Tables {
         let capacity = capacity.max(bytes.len());
         let near = self.near.lock().expect(POISONED).get(&w_id).copied();
         let addr = match near {
-            Some(near) => match txn.alloc_near(capacity, near) {
-                Err(TxnError::RegionFull { .. } | TxnError::OutOfMemory { .. }) => {
-                    let addr = txn.alloc(capacity)?;
+            Some(near) => {
+                let addr = txn.alloc_preferably_near(capacity, near)?;
+                if addr.region() != near.region() {
+                    // The warehouse's region is full: its next rows go near this one.
                     self.near.lock().expect(POISONED).insert(w_id, addr);
-                    addr
                 }
-                other => other?,
-            },
+                addr
+            }
             None => txn.alloc(capacity)?,
         };
         txn.write(addr, bytes)?;

@@ -16,8 +16,9 @@
 //! it: the records they were made for (a COMMIT-PRIMARY never sent) go inside them, so a ring
 //! filled meanwhile, for instance with the very records these commits pin, cannot stop them.
 //!
-//! One finisher thread per node retries every [`FINISH_RETRY_AFTER`] of the node's clock while
-//! there is anything to finish, and exits when there is not: no thread is idle. A round skips
+//! One finisher thread per node retries while there is anything to finish, after
+//! [`FINISH_RETRY_FIRST`] and then at doubling intervals up to [`FINISH_RETRY_AFTER`] of the
+//! node's clock while nothing finishes, and exits when nothing is left: no thread is idle. A round skips
 //! the nodes that already failed in it, so one unreachable participant costs a round one
 //! timeout, not one per commit.
 //! [`UnfinishedCommits::stop`] ends it before the node stops: a client that stopped sends
@@ -35,7 +36,13 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How long the finisher waits between two attempts at the unfinished commits.
+/// How soon the finisher first tries the unfinished commits, and again after a round that
+/// finished one: the usual cause, a participant that moved to a newer configuration and refused
+/// the record (`NotMember`), is over as soon as this node adopts it, within milliseconds, and
+/// the written objects stay locked at their primaries until the commit finishes.
+pub const FINISH_RETRY_FIRST: Duration = Duration::from_millis(2);
+/// The longest wait between two rounds: each round that finishes nothing doubles the wait from
+/// [`FINISH_RETRY_FIRST`] up to this (a participant that does not answer).
 pub const FINISH_RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// A commit that decided to commit and has records left to deliver.
@@ -247,10 +254,11 @@ impl UnfinishedCommits {
 
 /// Retries every unfinished commit of `node` until none is left, the node stops, or it is gone.
 fn finisher(shared: &Shared, node: Weak<TxnNode>, clock: &Clock) {
+    let mut wait = FINISH_RETRY_FIRST;
     loop {
         let commits = {
             let mut state = shared.state();
-            let deadline = clock.now() + FINISH_RETRY_AFTER;
+            let deadline = clock.now() + wait;
             loop {
                 let left = clock.real_duration_until(deadline);
                 if state.stopping || left.is_zero() {
@@ -295,6 +303,11 @@ fn finisher(shared: &Shared, node: Weak<TxnNode>, clock: &Clock) {
             }
         }
         drop(node);
+        wait = if finished > 0 {
+            FINISH_RETRY_FIRST
+        } else {
+            (wait * 2).min(FINISH_RETRY_AFTER)
+        };
         let mut state = shared.state();
         state.commits.append(&mut left);
         state.pending -= finished;

@@ -112,7 +112,7 @@ impl BTree {
     pub fn create(txn: &mut Txn) -> Result<BTree, IndexError> {
         let leaf = txn.alloc(NODE_VALUE_BYTES)?;
         write_node(txn, leaf, &new_leaf(Vec::new(), 0))?;
-        let root = txn.alloc_near(HEADER_BYTES, leaf)?;
+        let root = txn.alloc_preferably_near(HEADER_BYTES, leaf)?;
         let header = Header {
             height: 1,
             root: leaf,
@@ -199,7 +199,7 @@ impl BTree {
             "height={} was checked before the split",
             header.height
         );
-        let root_addr = txn.alloc_near(NODE_VALUE_BYTES, header.root)?;
+        let root_addr = txn.alloc_preferably_near(NODE_VALUE_BYTES, header.root)?;
         let root = Node {
             magic: INNER_MAGIC,
             level: header.height as u8,
@@ -544,7 +544,7 @@ fn split_leaf(
 ) -> Result<(Vec<u8>, Addr), IndexError> {
     let right_entries = leaf.entries.split_off(split_index(&leaf.entries));
     let separator = right_entries[0].key.clone();
-    let right_addr = txn.alloc_near(NODE_VALUE_BYTES, leaf_addr)?;
+    let right_addr = txn.alloc_preferably_near(NODE_VALUE_BYTES, leaf_addr)?;
     let right = new_leaf(right_entries, leaf.link);
     leaf.link = right_addr.to_u64();
     write_node(txn, right_addr, &right)?;
@@ -582,7 +582,7 @@ fn add_to_parents(
         let middle = split_index(&node.entries).clamp(1, node.entries.len() - 2);
         let right_entries = node.entries.split_off(middle + 1);
         let promoted = node.entries.pop().expect("middle >= 1");
-        let right_addr = txn.alloc_near(NODE_VALUE_BYTES, addr)?;
+        let right_addr = txn.alloc_preferably_near(NODE_VALUE_BYTES, addr)?;
         let right = Node {
             magic: INNER_MAGIC,
             level: node.level,

@@ -167,7 +167,7 @@ impl HashTable {
             };
             let bytes = directory.encode();
             let addr = db.transact(|txn| {
-                let addr = txn.alloc_near(bytes.len(), chunk[0])?;
+                let addr = txn.alloc_preferably_near(bytes.len(), chunk[0])?;
                 txn.write(addr, &bytes)?;
                 Ok(addr)
             })?;
@@ -300,7 +300,7 @@ impl HashTable {
             });
         }
         let first = chain.buckets[0].0;
-        let overflow = txn.alloc_near(BUCKET_VALUE_BYTES, first)?;
+        let overflow = txn.alloc_preferably_near(BUCKET_VALUE_BYTES, first)?;
         let mut bucket = empty_bucket();
         bucket.entries.push(entry);
         write_bucket(txn, overflow, &bucket)?;

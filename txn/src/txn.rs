@@ -341,7 +341,14 @@ impl Txn {
         } else {
             self.alloc_remote(primary, region, len, near)?
         };
-        if self.changes.contains_key(&addr) || self.reads.contains_key(&addr) {
+        // A slot this transaction saw free (it freed its own allocation there and read it
+        // again, say) is no conflict: nothing it saw there is gone, and the slot is reserved
+        // for it until it commits, so no other transaction puts an object there meanwhile.
+        let saw_object = self
+            .reads
+            .get(&addr)
+            .is_some_and(|read| read.value.is_some());
+        if self.changes.contains_key(&addr) || saw_object {
             // The primary handed out the slot of an object this transaction read or wrote:
             // another transaction freed it meanwhile, so what this one saw there is gone and
             // it cannot commit. Give the slot back and say so (its commit would be refused).

@@ -57,8 +57,7 @@ fn the_status_area_names_the_transaction_that_pins_a_ring() {
     let rule = cluster.faults().add(
         Rule::to(NodeId(2), Action::Fail)
             .from(client)
-            .when(move |ops| appended_kinds(ops).contains(&COMMIT_BACKUP))
-            .times(1),
+            .when(move |ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
     );
     let mut txn = coordinator.begin().expect("begin");
     let pinned = txn.id();
@@ -67,7 +66,11 @@ fn the_status_area_names_the_transaction_that_pins_a_ring() {
         Err(CommitError::Indeterminate { txn, .. }) => assert_eq!(txn, pinned),
         other => panic!("a failed COMMIT-BACKUP ended as {other:?}"),
     }
-    assert_eq!(cluster.faults().hits(rule), 1);
+    // Left to recovery: its coordinator's finisher is stopped while n2 still refuses the
+    // record (the finisher tries again within milliseconds), then n2 takes records again.
+    coordinator.stop_finisher();
+    assert!(cluster.faults().hits(rule) >= 1);
+    cluster.faults().remove(rule);
     for round in 0..LATER_TXN_COUNT {
         overwrite(&coordinator, b, format!("b{round}").as_bytes());
     }

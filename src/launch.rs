@@ -450,18 +450,7 @@ pub fn add_node(args: &AddNodeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut child = spawn_node(dir, "node", node, &extra)?;
     writeln!(out, "started {node} (pid {})", child.id())?;
-    let stop_child = |child: &mut Child| {
-        let _ = acre::engine::signal::terminate(child.id());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while let Ok(None) = child.try_wait() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let stop_child = |child: &mut Child| stop_processes(vec![child]);
     // Running, with its CM links and lease thread published (the CM reaches it there).
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -841,13 +830,19 @@ fn spawn_node(dir: &Path, command: &str, node: NodeId, extra: &[String]) -> anyh
 /// SIGTERM to the node processes this `up` started that still run (some may not have
 /// published a manifest yet), then SIGKILL to any that outlive [`STOP_TIMEOUT`].
 fn stop_children(children: &mut [(NodeId, Child)]) {
-    for (_, child) in children.iter_mut() {
+    stop_processes(children.iter_mut().map(|(_, child)| child).collect());
+}
+
+/// SIGTERM to each of `children` that still runs, then SIGKILL to any that outlives
+/// [`STOP_TIMEOUT`].
+fn stop_processes(mut children: Vec<&mut Child>) {
+    for child in children.iter_mut() {
         if let Ok(None) = child.try_wait() {
             let _ = acre::engine::signal::terminate(child.id());
         }
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
-    for (_, child) in children.iter_mut() {
+    for child in children {
         while let Ok(None) = child.try_wait() {
             if Instant::now() >= deadline {
                 let _ = child.kill();

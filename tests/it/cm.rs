@@ -5,7 +5,7 @@
 //! what the issue asks: which regions still commit, which are blocked, that no healthy node was
 //! suspected, and that a removed node writes nothing after. Every wait has a deadline.
 
-use crate::cluster::{acre, send_signal, text, wait_until_dead};
+use crate::cluster::{acre, bank_holds, send_signal, text, wait_until_dead};
 use acre::cluster::{CLUSTER_FILE, CmStatusFile};
 use acre::db::{Addr, Db, Error, NodeId, RegionId, TxnError};
 use acre::engine::directory::NodeManifest;
@@ -454,21 +454,7 @@ fn standalone_cm_processes_run_the_cm_and_the_bank_commits() {
     let leased: Vec<NodeId> = status.leases.iter().map(|l| l.node).collect();
     assert_eq!(leased, nodes);
 
-    let bank = acre(&[
-        "bank",
-        "--dir",
-        cluster.dir(),
-        "--seconds",
-        "1",
-        "--accounts",
-        "10",
-    ]);
-    assert!(bank.status.success(), "{}", text(&bank));
-    assert!(
-        String::from_utf8_lossy(&bank.stdout).contains("invariant held"),
-        "{}",
-        text(&bank)
-    );
+    bank_holds(cluster.dir());
 
     let shown = acre(&["cluster", "status", "--dir", cluster.dir()]);
     assert!(shown.status.success(), "{}", text(&shown));

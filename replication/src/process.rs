@@ -11,7 +11,7 @@ use crate::cluster_file::{ClusterFile, ClusterFileError};
 use crate::liveness::LockFiles;
 use crate::restart::{self, KeptData};
 use crate::{AdoptError, ReplicaNode, StartError, Storage};
-use acre_engine::addr::NodeId;
+use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::clock::{self, ControlFileError};
 use acre_engine::directory::remove_node_files;
 use acre_engine::directory::{self, NodeManifest};
@@ -344,6 +344,12 @@ impl ProcessNode {
     /// NEW-CONFIG-COMMIT of configuration `id`.
     pub fn commit_config(&self, id: u64) -> Result<(), NotAdopted> {
         self.replica().commit_config(id)
+    }
+
+    /// Blocked regions whose transaction recovery this node finished
+    /// ([`ReplicaNode::recovered_regions`]): what it reports to the CM.
+    pub fn recovered_regions(&self) -> Vec<RegionId> {
+        self.replica().recovered_regions()
     }
 
     /// Refuses to start memory node `node` while another process runs it, or on files of an

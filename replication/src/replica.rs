@@ -18,7 +18,7 @@ use acre_engine::slab::{AllocError, SlabAllocator};
 use acre_nvm_log::MapOptions;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
 use acre_txn::TxnNode;
-use acre_txn::config::{Configuration, NotAdopted, StaleConfiguration};
+use acre_txn::config::{Configuration, NotAdopted, RegionState, StaleConfiguration};
 use acre_txn::directory::Directory;
 use acre_txn::primary::Primary;
 use acre_txn::reply::{REPLY_AREA_BYTES, REPLY_AREA_ID, ReplyArea};
@@ -120,6 +120,9 @@ pub struct ReplicaNode {
     /// Held while a configuration is adopted: one adoption at a time, so that the copies made
     /// for one and the stale check agree.
     adopting: Mutex<()>,
+    /// Regions whose transaction recovery this node finished, with the configuration it was
+    /// done in (filled by the worker).
+    recovered: Arc<Mutex<Vec<(RegionId, u64)>>>,
     worker: Option<Worker>,
 }
 
@@ -202,6 +205,7 @@ impl ReplicaNode {
             storage: storage.clone(),
             region_bytes,
             adopting: Mutex::new(()),
+            recovered: Arc::new(Mutex::new(Vec::new())),
             worker: Some(worker),
         })
     }
@@ -297,6 +301,29 @@ impl ReplicaNode {
 
     pub fn txn(&self) -> &Arc<TxnNode> {
         &self.txn
+    }
+
+    /// Regions blocked in the node's configuration whose transaction recovery this node (their
+    /// new primary) has finished: the CM may install a configuration that makes them active
+    /// again (docs/failures.md#transaction-recovery). Empty once the configuration shows them
+    /// active.
+    pub fn recovered_regions(&self) -> Vec<RegionId> {
+        let config = self.txn.config();
+        let mut regions: Vec<RegionId> = self
+            .recovered
+            .lock()
+            .expect(crate::POISONED)
+            .iter()
+            .filter(|(_, id)| *id == config.id)
+            .map(|(region, _)| *region)
+            .filter(|region| {
+                config
+                    .placement(*region)
+                    .is_some_and(|p| p.state == RegionState::Blocked)
+            })
+            .collect();
+        regions.sort();
+        regions
     }
 
     pub fn backup(&self) -> &Arc<Backup> {

@@ -167,6 +167,27 @@ impl Backup {
         true
     }
 
+    /// Stops backing up `id` (its primary moved here: transaction recovery hands the copy to
+    /// the node's primary regions) and returns the copy.
+    pub fn remove(&self, id: RegionId) -> Option<Arc<Region>> {
+        self.copies
+            .write()
+            .expect(crate::POISONED)
+            .remove(&id)
+            .map(|copy| copy.region)
+    }
+
+    /// The entries of `txn`'s COMMIT-BACKUP held here, if any (what recovery copies to a
+    /// replica that lacks them).
+    pub fn held_entries(&self, txn: TxnId) -> Option<Vec<Entry>> {
+        self.held.lock().expect(crate::POISONED).get(&txn).cloned()
+    }
+
+    /// Drops `txn`'s entries without applying them: recovery aborted it.
+    pub fn discard(&self, txn: TxnId) {
+        self.held.lock().expect(crate::POISONED).remove(&txn);
+    }
+
     /// Whether this backup holds `txn`'s entries for every region in `regions` it has a copy
     /// of (every region a transaction writes has entries).
     pub fn covers(&self, txn: TxnId, regions: &[RegionId]) -> bool {

@@ -44,6 +44,7 @@ pub mod embedded;
 pub mod liveness;
 pub mod orphan;
 pub mod process;
+pub mod recovery;
 pub mod replica;
 pub mod restart;
 pub mod status;

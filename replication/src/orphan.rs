@@ -36,6 +36,7 @@
 //!   only its own objects, and is reported once.
 //! - Votes that make no sense together (a bug) are reported and left to recovery.
 
+use crate::backup::Backup;
 use acre_engine::addr::{NodeId, RegionId};
 use acre_txn::TxnNode;
 use acre_txn::config::Configuration;
@@ -106,7 +107,23 @@ fn participants(config: &Configuration, regions: &[RegionId]) -> Result<Vec<Node
 }
 
 /// The outcome of a transaction writing `regions`, from every participant's vote (`Err`: why it
-/// has none). See the module docs.
+/// has none), the participants being the replicas of those regions in `config`. The same rule
+/// settles the transactions of a client that died (module docs) and recovers those a
+/// reconfiguration left half-done (docs/failures.md#decision), FaRM's per-region votes:
+///
+/// - nobody holds COMMIT-BACKUP, COMMIT-PRIMARY or a truncation: the coordinator never decided
+///   to commit, or told nobody: **abort**;
+/// - otherwise it decided to commit, and it commits if every region still has its values: a
+///   replica holds its COMMIT-BACKUP, COMMIT-PRIMARY or LOCK, or the region truncated it
+///   (said, or implied: a primary that held the LOCK role and holds nothing has truncated, since
+///   a COMMIT-BACKUP is sent only after every primary voted on its LOCK, which it keeps until
+///   truncation, and no transaction is aborted once a COMMIT-BACKUP may exist, ABORT.1). A
+///   region without its values is FaRM's *unknown*: **abort**, unless one of its replicas
+///   cannot tell whether it truncated the transaction (its memory does not reach back): left to
+///   an operator (`Recovery`), never guessed;
+/// - a commit proceeds in stages, one per round: the replicas lacking the values get them
+///   copied (`Copy`), then the primaries install them (`Install`: from their LOCK, or a
+///   promoted primary from its COMMIT-BACKUP), then everybody truncates (`Truncate`).
 pub fn decide(
     config: &Configuration,
     regions: &[RegionId],
@@ -143,57 +160,81 @@ pub fn decide(
             }
         }
     }
-    let committed = vote::COMMIT_PRIMARY | vote::TRUNCATED;
-    let decided_to_commit = all & (committed | vote::COMMIT_BACKUP) != 0;
-    if all & vote::ABORTED != 0 && decided_to_commit {
+    let bits = |node: &NodeId| match votes.get(node) {
+        Some(Ok(bits)) => *bits,
+        _ => 0,
+    };
+    let decided_to_commit = all & (vote::COMMIT_PRIMARY | vote::TRUNCATED | vote::COMMIT_BACKUP);
+    if all & vote::ABORTED != 0 && decided_to_commit != 0 {
         // An abort is decided only when nobody holds either: every vote since is final.
         return Outcome::Recovery {
             reason: format!("its votes contradict each other: {votes:?}"),
         };
     }
-    // A primary that holds nothing of a transaction some participant holds COMMIT-BACKUP of
-    // has truncated it: a COMMIT-BACKUP is sent only after every primary voted on its LOCK,
-    // which it keeps until the transaction is truncated or aborted, and never aborted once a
-    // COMMIT-BACKUP may exist (docs/protocol.md ABORT.1). Truncations ride on whatever record
-    // goes to each participant next, so a dead client may have truncated at some only.
-    let primary_committed = |primary: NodeId| match votes.get(&primary) {
-        Some(Ok(bits)) => {
-            bits & committed != 0 || (decided_to_commit && bits & (vote::LOCK | vote::ABORTED) == 0)
-        }
-        _ => false,
+    if decided_to_commit == 0 {
+        return Outcome::Abort;
+    }
+    // A primary that held the LOCK role and holds nothing (no LOCK, not aborted) has truncated
+    // the transaction; a promoted one's silence says nothing.
+    let primary_done = |primary: &NodeId| {
+        let bits = bits(primary);
+        bits & (vote::COMMIT_PRIMARY | vote::TRUNCATED) != 0
+            || bits & (vote::LOCK | vote::ABORTED | vote::NEW_PRIMARY) == 0
     };
+    let mut lacking = BTreeSet::new();
+    for &region in regions {
+        let placement = config.placement(region).expect("checked above");
+        let replicas: Vec<NodeId> = placement.replicas().collect();
+        let any = |bit: u64| replicas.iter().any(|node| bits(node) & bit != 0);
+        let truncated = any(vote::TRUNCATED) || primary_done(&placement.primary);
+        let has_values = truncated
+            || any(vote::COMMIT_BACKUP | vote::COMMIT_PRIMARY)
+            || bits(&placement.primary) & vote::LOCK != 0;
+        if !has_values {
+            if any(vote::UNSURE) {
+                return Outcome::Recovery {
+                    reason: format!(
+                        "{region} holds nothing of it and a replica cannot tell whether it \
+                         truncated it"
+                    ),
+                };
+            }
+            // FaRM's "unknown" region: its values are gone with the replicas that held them,
+            // and the coordinator cannot have reported a commit.
+            return Outcome::Abort;
+        }
+        if truncated {
+            // Every backup got its COMMIT-BACKUP before any truncation was sent; those holding
+            // none have applied it.
+            continue;
+        }
+        // Replicas that must hold the values before anybody installs: complete backups, and a
+        // promoted primary (it installs from a COMMIT-BACKUP).
+        let mut must_hold: Vec<NodeId> = placement
+            .backups
+            .iter()
+            .filter(|backup| !placement.copying.contains(backup))
+            .copied()
+            .collect();
+        if bits(&placement.primary) & vote::NEW_PRIMARY != 0 {
+            must_hold.push(placement.primary);
+        }
+        lacking.extend(must_hold.into_iter().filter(|node| {
+            bits(node) & (vote::COMMIT_BACKUP | vote::COMMIT_PRIMARY | vote::TRUNCATED) == 0
+        }));
+    }
     let primaries: BTreeSet<NodeId> = regions
         .iter()
         .map(|&region| config.placement(region).expect("checked above").primary)
         .collect();
-    // Every backup of every region holds its COMMIT-BACKUP (and every primary its LOCK): all
-    // f+1 replicas of every region hold its values, and the coordinator decided to commit.
-    let mut backups = regions
-        .iter()
-        .flat_map(|&region| &config.placement(region).expect("checked above").backups)
-        .peekable();
-    let backed_up = backups.peek().is_some()
-        && backups.all(|backup| {
-            matches!(votes.get(backup), Some(Ok(bits)) if bits & (vote::COMMIT_BACKUP | vote::TRUNCATED) != 0)
-        });
-    if primaries.iter().all(|&primary| primary_committed(primary)) {
+    if primaries.iter().all(primary_done) {
         Outcome::Truncate
-    } else if backed_up || primaries.iter().any(|&primary| primary_committed(primary)) {
-        Outcome::Install
-    } else if all & vote::COMMIT_BACKUP != 0 {
-        let mut lacking: Vec<NodeId> = regions
-            .iter()
-            .flat_map(|&region| &config.placement(region).expect("checked above").backups)
-            .filter(|&backup| {
-                matches!(votes.get(backup), Some(Ok(bits)) if bits & vote::COMMIT_BACKUP == 0)
-            })
-            .copied()
-            .collect();
-        lacking.sort();
-        lacking.dedup();
-        Outcome::Copy { lacking }
+    } else if !lacking.is_empty() {
+        Outcome::Copy {
+            lacking: lacking.into_iter().collect(),
+        }
     } else {
-        Outcome::Abort
+        Outcome::Install
     }
 }
 
@@ -238,11 +279,27 @@ impl Voted {
     }
 }
 
-/// Orphans waiting to be asked about, and verdicts waiting for the worker.
+/// What the other replicas of a region a node is recovering said to its RECOVERY-QUERY
+/// ([`crate::recovery`]).
+#[derive(Clone, Debug)]
+pub struct QueryAnswer {
+    pub region: RegionId,
+    /// The configuration the node asked in.
+    pub config: u64,
+    /// Every other replica answered, and holds no undecided transaction needing recovery that
+    /// writes the region.
+    pub quiet: bool,
+}
+
+/// Orphans and queries waiting to be asked about, and verdicts and answers waiting for the
+/// worker.
 #[derive(Default)]
 struct Queue {
     orphans: VecDeque<Orphan>,
     verdicts: Vec<Verdict>,
+    /// Regions to ask about, with the replicas to ask.
+    queries: Vec<(RegionId, Vec<NodeId>)>,
+    answers: Vec<QueryAnswer>,
     stop: bool,
 }
 
@@ -261,13 +318,13 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn spawn(node: Arc<TxnNode>) -> std::io::Result<Resolver> {
+    pub fn spawn(node: Arc<TxnNode>, backup: Arc<Backup>) -> std::io::Result<Resolver> {
         let shared = Arc::new(Shared::default());
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("acre-orphans-{}", node.node_id()))
-                .spawn(move || resolve(&node, &shared))?
+                .spawn(move || resolve(&node, &backup, &shared))?
         };
         Ok(Resolver {
             shared,
@@ -287,6 +344,23 @@ impl Resolver {
             .orphans
             .extend(orphans);
         self.shared.work.notify_one();
+    }
+
+    /// Asks `replicas` whether they hold undecided transactions needing recovery that write
+    /// `region` (a RECOVERY-QUERY each); the answer comes with [`Self::answers`].
+    pub fn query(&self, region: RegionId, replicas: Vec<NodeId>) {
+        self.shared
+            .queue
+            .lock()
+            .expect(crate::POISONED)
+            .queries
+            .push((region, replicas));
+        self.shared.work.notify_one();
+    }
+
+    /// The answers to queries since the last call.
+    pub fn answers(&self) -> Vec<QueryAnswer> {
+        std::mem::take(&mut self.shared.queue.lock().expect(crate::POISONED).answers)
     }
 
     /// The verdicts reached since the last call.
@@ -309,20 +383,33 @@ impl Drop for Resolver {
     }
 }
 
-fn resolve(node: &TxnNode, shared: &Shared) {
+fn resolve(node: &TxnNode, backup: &Backup, shared: &Shared) {
     loop {
-        let mut batch = {
+        let (mut batch, queries) = {
             let mut queue = shared.queue.lock().expect(crate::POISONED);
-            while queue.orphans.is_empty() && !queue.stop {
+            while queue.orphans.is_empty() && queue.queries.is_empty() && !queue.stop {
                 queue = shared.work.wait(queue).expect(crate::POISONED);
             }
             if queue.stop {
                 return;
             }
-            std::mem::take(&mut queue.orphans)
+            (
+                std::mem::take(&mut queue.orphans),
+                std::mem::take(&mut queue.queries),
+            )
         };
+        if !queries.is_empty() {
+            let answers = query(node, queries);
+            shared
+                .queue
+                .lock()
+                .expect(crate::POISONED)
+                .answers
+                .extend(answers);
+            node.fabric().memory().doorbell().ring();
+        }
         while !batch.is_empty() {
-            let verdicts = ask(node, &mut batch);
+            let verdicts = ask(node, backup, &mut batch);
             let mut queue = shared.queue.lock().expect(crate::POISONED);
             queue.verdicts.extend(verdicts);
             if queue.stop {
@@ -345,7 +432,7 @@ type Asking = (
 
 /// One round: asks the other participants of the first orphans of `batch` (as many as one reply
 /// slot holds answers for, taking them off `batch`) and returns their verdicts.
-fn ask(node: &TxnNode, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
+fn ask(node: &TxnNode, backup: &Backup, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
     let me = node.node_id();
     let config = node.config();
     let Some(lease) = node.replies().acquire() else {
@@ -439,7 +526,7 @@ fn ask(node: &TxnNode, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
         }
         let outcome = decide(&config, &orphan.regions, &votes);
         if let Outcome::Copy { lacking } = &outcome {
-            copy_entries(node, &orphan, lacking);
+            copy_entries(node, backup, &orphan, lacking);
         }
         verdicts.push(Verdict {
             txn: orphan.txn,
@@ -450,22 +537,26 @@ fn ask(node: &TxnNode, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
     verdicts
 }
 
-/// Sends each backup in `lacking` the entries of `orphan`'s LOCK here (if this node is a primary
-/// holding its locks) of the regions the backup holds a copy of, as a COMMIT-BACKUP record: what
-/// the dead coordinator would have sent it (the LOCK and the COMMIT-BACKUP carry the same
-/// entries). Copies that do not arrive are sent again at the next round.
-fn copy_entries(node: &TxnNode, orphan: &Orphan, lacking: &[NodeId]) {
-    let Some(entries) = node.primary().locked_entries(orphan.txn) else {
+/// Sends each replica in `lacking` the entries this node holds of `orphan` (its LOCK here as a
+/// primary, or its COMMIT-BACKUP as a backup) of the regions that replica holds a copy of, as a
+/// COMMIT-BACKUP record: what the coordinator would have sent it (a LOCK and a COMMIT-BACKUP
+/// carry the same entries). Copies that do not arrive are sent again at the next round.
+fn copy_entries(node: &TxnNode, backup: &Backup, orphan: &Orphan, lacking: &[NodeId]) {
+    let Some(entries) = node
+        .primary()
+        .locked_entries(orphan.txn)
+        .or_else(|| backup.held_entries(orphan.txn))
+    else {
         return;
     };
     let config = node.config();
-    for &backup in lacking {
-        let backs_up = |entry: &&acre_txn::record::Entry| {
+    for &target in lacking.iter().filter(|&&n| n != node.node_id()) {
+        let replicates = |entry: &&acre_txn::record::Entry| {
             config
                 .placement(entry.addr.region())
-                .is_some_and(|placement| placement.backups.contains(&backup))
+                .is_some_and(|placement| placement.replicas().any(|n| n == target))
         };
-        let part: Vec<_> = entries.iter().filter(backs_up).cloned().collect();
+        let part: Vec<_> = entries.iter().filter(replicates).cloned().collect();
         if part.is_empty() {
             continue;
         }
@@ -478,14 +569,89 @@ fn copy_entries(node: &TxnNode, orphan: &Orphan, lacking: &[NodeId]) {
                 entries: part,
             },
         };
-        if let Err(e) = node.links().send_one(backup, record) {
+        if let Err(e) = node.links().send_one(target, record) {
             tracing::warn!(
                 node = %node.node_id(),
-                "copying the entries of {} to {backup} failed: {e}; the next round tries again",
+                "copying the entries of {} to {target} failed: {e}; the next round tries again",
                 orphan.txn
             );
         }
     }
+}
+
+/// Asks the replicas of each region in `queries` with a RECOVERY-QUERY, and returns whether
+/// each region's replicas all answered that they hold nothing undecided of it.
+fn query(node: &TxnNode, queries: Vec<(RegionId, Vec<NodeId>)>) -> Vec<QueryAnswer> {
+    let config = node.config_id();
+    let Some(lease) = node.replies().acquire() else {
+        return queries
+            .into_iter()
+            .map(|(region, _)| QueryAnswer {
+                region,
+                config,
+                quiet: false,
+            })
+            .collect();
+    };
+    let asker = TxnId {
+        config,
+        node: node.node_id(),
+        thread: lease.slot,
+        seq: lease.seq,
+    };
+    let mut next_index = 0;
+    let mut asked = Vec::new();
+    for (region, replicas) in queries {
+        let mut waits = Vec::new();
+        let mut failed = false;
+        for replica in replicas {
+            if next_index == REPLIES_PER_TXN_MAX {
+                failed = true; // asked again at the next round
+                break;
+            }
+            let index = next_index;
+            next_index += 1;
+            let record = TxnRecord {
+                txn: asker,
+                reply: node.replies().reply_to(lease.slot, index),
+                truncated: Vec::new(),
+                body: Body::RecoveryQuery { region },
+            };
+            match node.links().send_one(replica, record) {
+                Ok(()) => waits.push(index),
+                Err(_) => failed = true,
+            }
+        }
+        asked.push((region, waits, failed));
+    }
+    let indexes: Vec<usize> = asked.iter().flat_map(|(_, w, _)| w.clone()).collect();
+    let _ = node
+        .replies()
+        .wait(lease.slot, lease.seq, &indexes, VOTE_TIMEOUT);
+    let mut outstanding = false;
+    let answers = asked
+        .into_iter()
+        .map(|(region, waits, failed)| {
+            let mut quiet = !failed;
+            for index in waits {
+                match node.replies().poll(lease.slot, lease.seq, index) {
+                    Some(reply) if reply.code == Code::Vote && reply.values[0] == 0 => {}
+                    Some(_) => quiet = false,
+                    None => {
+                        outstanding = true;
+                        quiet = false;
+                    }
+                }
+            }
+            QueryAnswer {
+                region,
+                config,
+                quiet,
+            }
+        })
+        .collect();
+    node.replies().release(lease, outstanding);
+    answers
 }
 
 /// Where a REQUEST-VOTE is answered: the reply-to of the asker's record.

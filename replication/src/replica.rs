@@ -8,7 +8,7 @@ use crate::liveness::Liveness;
 use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
 };
-use crate::worker::Worker;
+use crate::worker::{RecoveredRegions, Worker};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox};
 use acre_engine::directory::{AreaEntry, AreaKind};
@@ -122,7 +122,7 @@ pub struct ReplicaNode {
     adopting: Mutex<()>,
     /// Regions whose transaction recovery this node finished, with the configuration it was
     /// done in (filled by the worker).
-    recovered: Arc<Mutex<Vec<(RegionId, u64)>>>,
+    recovered: RecoveredRegions,
     worker: Option<Worker>,
 }
 
@@ -196,8 +196,16 @@ impl ReplicaNode {
             replies,
             Primary::new(primaries),
         ));
-        let worker = Worker::spawn(txn.clone(), backup.clone(), inbox, status, clients)
-            .map_err(io("spawn the worker"))?;
+        let recovered = RecoveredRegions::default();
+        let worker = Worker::spawn(
+            txn.clone(),
+            backup.clone(),
+            inbox,
+            status,
+            clients,
+            recovered.clone(),
+        )
+        .map_err(io("spawn the worker"))?;
         Ok(ReplicaNode {
             txn,
             backup,
@@ -205,7 +213,7 @@ impl ReplicaNode {
             storage: storage.clone(),
             region_bytes,
             adopting: Mutex::new(()),
-            recovered: Arc::new(Mutex::new(Vec::new())),
+            recovered,
             worker: Some(worker),
         })
     }
@@ -296,7 +304,10 @@ impl ReplicaNode {
     /// NEW-CONFIG-COMMIT of configuration `id`: every member adopted it, so transactions
     /// commit in it.
     pub fn commit_config(&self, id: u64) -> Result<(), NotAdopted> {
-        self.txn.commit_config(id)
+        self.txn.commit_config(id)?;
+        // The worker drains its rings for it and recovers what needs recovery.
+        self.txn.fabric().memory().doorbell().ring();
+        Ok(())
     }
 
     pub fn txn(&self) -> &Arc<TxnNode> {

@@ -65,22 +65,25 @@ use crate::allocations::{AllocRequest, Allocations};
 use crate::backup::Backup;
 use crate::liveness::Liveness;
 use crate::orphan::{
-    ORPHAN_CHECK_INTERVAL, ORPHAN_RETRY_AFTER, Orphan, Outcome, Resolver, Verdict, Voted,
+    ORPHAN_CHECK_INTERVAL, ORPHAN_RETRY_AFTER, Orphan, Outcome, QueryAnswer, Resolver, Verdict,
+    Voted,
 };
+use crate::recovery::{RECOVERY_RETRY_AFTER, Recovery, RegionStep};
 use crate::status::{RingRetention, StatusArea};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, Message};
 use acre_engine::clock::Time;
-use acre_engine::hash::FastMap;
+use acre_engine::hash::{FastMap, FastSet};
+use acre_engine::slab::SlabAllocator;
 use acre_nvm_log::LogError;
 use acre_txn::TxnNode;
-use acre_txn::config::CommitMode;
+use acre_txn::config::{CommitMode, Configuration};
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::{Code, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -96,6 +99,13 @@ const UNANSWERED_ROUNDS_REPORTED: u32 = 3;
 /// ring holds (records are at least 64 bytes), so reaching it means the ring is not what it
 /// should be, and the question is refused.
 const DRAIN_RECORDS_MAX: usize = 1 << 20;
+/// Rounds of votes in a row on a transaction needing recovery that some participant did not
+/// answer before it is reported (rounds come every few milliseconds: about a second).
+const RECOVERY_UNANSWERED_REPORTED: u32 = 200;
+
+/// Regions whose transaction recovery a node finished, with the configuration it was done in
+/// (what [`crate::ReplicaNode::recovered_regions`] reports).
+pub type RecoveredRegions = Arc<Mutex<Vec<(RegionId, u64)>>>;
 
 /// The live records of one ring.
 #[derive(Debug, Default)]
@@ -163,6 +173,12 @@ pub struct WorkerStats {
     pub orphans_left: AtomicU64,
     /// Rounds of votes on a gone client's transaction that some participant did not answer.
     pub orphans_unanswered: AtomicU64,
+    /// Transactions needing recovery after a reconfiguration that this node committed
+    /// (installed or applied) or aborted.
+    pub recovered_committed: AtomicU64,
+    pub recovered_aborted: AtomicU64,
+    /// Regions this node recovered as their new primary.
+    pub regions_recovered: AtomicU64,
     /// LOCK, COMMIT-BACKUP and COMMIT-PRIMARY records refused because this node had voted on
     /// their transaction (appends of a dead client that arrived late).
     pub late_refused: AtomicU64,
@@ -216,6 +232,13 @@ struct Serving {
     resolver: Resolver,
     /// When to look for transactions of gone clients next, on the node's clock.
     next_orphan_check: Time,
+    /// Transaction recovery after reconfigurations ([`crate::recovery`]).
+    recovery: Recovery,
+    /// Transactions needing recovery this node is settling.
+    recovering: FastSet<TxnId>,
+    /// When to look at recovery next.
+    next_recovery_look: Time,
+    recovered: RecoveredRegions,
 }
 
 /// A running worker; stops when dropped.
@@ -235,13 +258,18 @@ impl Worker {
         inbox: Inbox,
         status: StatusArea,
         clients: Arc<dyn Liveness>,
+        recovered: RecoveredRegions,
     ) -> std::io::Result<Worker> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
         let mut serving = Serving {
+            recovery: Recovery::new(node.config()),
+            recovering: FastSet::default(),
+            next_recovery_look: node.clock().now(),
+            recovered,
             one_sided: node.config().commit == CommitMode::OneSided,
             node: node.clone(),
-            backup,
+            backup: backup.clone(),
             inbox,
             rings: FastMap::default(),
             kept: FastMap::default(),
@@ -253,7 +281,7 @@ impl Worker {
             voted: Voted::default(),
             asked: FastMap::default(),
             unanswered: FastMap::default(),
-            resolver: Resolver::spawn(node.clone())?,
+            resolver: Resolver::spawn(node.clone(), backup.clone())?,
             next_orphan_check: node.clock().now() + ORPHAN_CHECK_INTERVAL,
         };
         let thread = {
@@ -298,7 +326,9 @@ impl Serving {
         let me = self.node.node_id();
         while !stop.load(Ordering::SeqCst) {
             self.status.beat();
-            let timeout = if self.node.links().has_pending_truncations() {
+            let timeout = if self.is_recovering() {
+                RECOVERY_RETRY_AFTER
+            } else if self.node.links().has_pending_truncations() {
                 TRUNCATE_FLUSH_AFTER
             } else {
                 IDLE_SLEEP_MAX
@@ -320,6 +350,10 @@ impl Serving {
             for verdict in self.resolver.verdicts() {
                 self.settle(verdict);
             }
+            for answer in self.resolver.answers() {
+                self.answered(answer);
+            }
+            self.recover();
             if self.node.clock().now() >= self.next_orphan_check {
                 self.find_orphans();
                 self.next_orphan_check = self.node.clock().now() + ORPHAN_CHECK_INTERVAL;
@@ -414,11 +448,30 @@ impl Serving {
     /// node has voted: refused (and counted) so it cannot contradict the vote.
     fn refuses_late(&self, sender: NodeId, record: &TxnRecord) -> bool {
         let txn = record.txn;
-        let voted = matches!(
+        let coordinated = matches!(
             record.body,
             Body::Lock { .. } | Body::CommitBackup { .. } | Body::CommitPrimary
-        ) && sender == txn.node
-            && self.voted.has_voted(txn);
+        ) && sender == txn.node;
+        if !coordinated {
+            return false;
+        }
+        let regions = match &record.body {
+            Body::Lock { regions, .. } | Body::CommitBackup { regions, .. } => regions.as_slice(),
+            _ => self.kept.get(&txn).map_or(&[][..], |kept| &kept.regions),
+        };
+        if self.recovery.needs(txn, regions) {
+            // Begun before the configuration this node drained for, and it needs recovery: its
+            // votes are being (or were) cast without it (docs/failures.md#drain).
+            tracing::warn!(
+                node = %self.node.node_id(),
+                "refusing a record of kind {} of {txn}: it needs recovery after configuration {}",
+                record.kind().0,
+                self.recovery.drained_for()
+            );
+            self.stats.late_refused.fetch_add(1, Ordering::Release);
+            return true;
+        }
+        let voted = self.voted.has_voted(txn);
         if voted {
             // Its client coordinator is gone and this node has voted on it: an append of the
             // dead client still on its way, which the client never saw acknowledged.
@@ -564,8 +617,13 @@ impl Serving {
                 false
             }
             Body::RequestVote { txn: asked } => {
-                let holds = self.vote(asked);
+                let holds = self.vote(asked, txn.config);
                 crate::orphan::answer(&self.node, sender, record.reply, seq, holds);
+                false
+            }
+            Body::RecoveryQuery { region } => {
+                let undecided = self.undecided_writing(region, txn.config);
+                crate::orphan::answer(&self.node, sender, record.reply, seq, undecided);
                 false
             }
         };
@@ -589,17 +647,52 @@ impl Serving {
     /// client coordinator wrote here; `None` (refused) while the coordinator is not gone here
     /// too, or its ring cannot be read. A vote is final: the node refuses the transaction's
     /// records from then on.
-    fn vote(&mut self, txn: TxnId) -> Option<u64> {
+    ///
+    /// After a reconfiguration it also votes on a transaction begun before the configuration
+    /// it drained for, when the asker (in configuration `asker_config`) recovers it
+    /// ([`crate::recovery`]); refused until this node has drained for the asker's.
+    fn vote(&mut self, txn: TxnId, asker_config: u64) -> Option<u64> {
         let client = txn.node;
-        if !self.node.config().clients.contains(&client) || !self.clients.is_gone(client) {
-            return None;
-        }
-        if !self.drain(client) {
+        let orphan = self.node.config().clients.contains(&client) && self.clients.is_gone(client);
+        if orphan {
+            if !self.drain(client) {
+                return None;
+            }
+        } else if !self.recovery.may_vote(txn, asker_config) {
             return None;
         }
         self.voted.vote(txn);
-        let holds = self.kept.get(&txn).map_or(0, |kept| kept.holds);
-        Some(holds | self.voted.outcome(txn))
+        Some(self.my_vote(txn))
+    }
+
+    /// What this node holds of `txn` (or did in its stead), as [`vote`] bits.
+    fn my_vote(&self, txn: TxnId) -> u64 {
+        let held = self.kept.get(&txn).map(|kept| kept.holds);
+        let decided = self.voted.outcome(txn);
+        let mut bits = held.unwrap_or(0) | decided | self.recovery.new_primary_bit(txn);
+        if held.is_none() && decided == 0 {
+            bits |= self.recovery.truncations.vote(txn);
+        }
+        bits
+    }
+
+    /// RECOVERY-QUERY of the new primary of `region`: how many transactions needing recovery
+    /// that write it this node holds undecided; `None` (refused) until it has drained for the
+    /// asker's configuration `asker_config`.
+    fn undecided_writing(&self, region: RegionId, asker_config: u64) -> Option<u64> {
+        if self.recovery.drained_for() < asker_config {
+            return None;
+        }
+        let count = self
+            .kept
+            .iter()
+            .filter(|(txn, kept)| {
+                kept.regions.contains(&region)
+                    && (self.recovering.contains(txn) || self.recovery.needs(**txn, &kept.regions))
+                    && !self.recovery.decided.contains(txn)
+            })
+            .count();
+        Some(count as u64)
     }
 
     /// Handles every record already in `client`'s ring (it is gone, so nothing new comes);
@@ -677,7 +770,7 @@ impl Serving {
                     orphans.push(Orphan {
                         txn,
                         regions: kept.regions.clone(),
-                        holds: kept.holds,
+                        holds: self.my_vote(txn),
                     });
                 }
             }
@@ -699,17 +792,40 @@ impl Serving {
             self.asked.remove(&txn);
             return;
         };
-        let again = Asked::Again(self.node.clock().now() + ORPHAN_RETRY_AFTER);
+        let recovering = self.recovering.contains(&txn);
+        let retry = if recovering {
+            RECOVERY_RETRY_AFTER
+        } else {
+            ORPHAN_RETRY_AFTER
+        };
+        let again = Asked::Again(self.node.clock().now() + retry);
         if !matches!(verdict.outcome, Outcome::Unanswered { .. }) {
             self.unanswered.remove(&txn);
         }
+        if matches!(
+            verdict.outcome,
+            Outcome::Install | Outcome::Copy { .. } | Outcome::Truncate
+        ) {
+            self.recovery.decided.insert(txn);
+        }
         match verdict.outcome {
             Outcome::Abort => {
-                assert_eq!(
-                    holds & (vote::COMMIT_BACKUP | vote::COMMIT_PRIMARY),
-                    0,
-                    "{txn}: aborted though this node holds {holds:#x}"
-                );
+                if holds & vote::COMMIT_PRIMARY != 0 {
+                    // Installed here already: a contradiction (a bug), never acted on.
+                    tracing::error!(
+                        node = %me,
+                        "{txn}: the votes say abort though this node installed it; its records \
+                         stay"
+                    );
+                    self.asked.insert(txn, Asked::Settled);
+                    return;
+                }
+                // A COMMIT-BACKUP held here is dropped unapplied: a region lost the values
+                // (docs/failures.md#decision).
+                self.backup.discard(txn);
+                if recovering {
+                    self.stats.recovered_aborted.fetch_add(1, Ordering::Release);
+                }
                 if self.one_sided {
                     // Its compare-and-swaps may have taken: undo those that name it.
                     self.node.primary().abort_orphan(txn);
@@ -736,8 +852,40 @@ impl Serving {
                 }
                 self.asked.insert(txn, again);
             }
+            Outcome::Install
+                if holds & vote::COMMIT_BACKUP != 0
+                    && holds & vote::COMMIT_PRIMARY == 0
+                    && self.is_new_primary_for(txn) =>
+            {
+                // A promoted primary installs from its COMMIT-BACKUP, as the LOCK it never got
+                // would have had it (docs/failures.md#decision).
+                match self.backup.apply(txn) {
+                    Ok(applied) => {
+                        self.stats
+                            .recovered_committed
+                            .fetch_add(1, Ordering::Release);
+                        tracing::info!(
+                            node = %me,
+                            "recovered {txn}: committed, {} updates installed in the copies \
+                             this node is the new primary of",
+                            applied.installed
+                        );
+                        if let Some(kept) = self.kept.get_mut(&txn) {
+                            kept.holds |= vote::COMMIT_PRIMARY;
+                        }
+                    }
+                    Err(e) => tracing::error!(node = %me, "installing {txn} from its \
+                        COMMIT-BACKUP failed: {e}; asked again"),
+                }
+                self.asked.insert(txn, again);
+            }
             Outcome::Install => {
                 if holds & vote::LOCK != 0 && holds & vote::COMMIT_PRIMARY == 0 {
+                    if recovering {
+                        self.stats
+                            .recovered_committed
+                            .fetch_add(1, Ordering::Release);
+                    }
                     // What its COMMIT-PRIMARY would have done (docs/protocol.md CP.5).
                     match self.node.primary().commit(txn) {
                         Ok(()) => {
@@ -795,7 +943,12 @@ impl Serving {
                     .fetch_add(1, Ordering::Release);
                 let rounds = self.unanswered.entry(txn).or_default();
                 *rounds += 1;
-                if *rounds == UNANSWERED_ROUNDS_REPORTED {
+                let reported = if recovering {
+                    RECOVERY_UNANSWERED_REPORTED
+                } else {
+                    UNANSWERED_ROUNDS_REPORTED
+                };
+                if *rounds == reported {
                     tracing::warn!(
                         node = %me,
                         "{txn}, whose client coordinator is gone, keeps its locks: {node} did \
@@ -805,6 +958,214 @@ impl Serving {
                 self.asked.insert(txn, again);
             }
         }
+    }
+
+    /// Whether this node was promoted to the primary of a region `txn` writes after `txn`
+    /// began.
+    fn is_new_primary_for(&self, txn: TxnId) -> bool {
+        self.kept.get(&txn).is_some_and(|kept| {
+            kept.regions
+                .iter()
+                .any(|&region| self.recovery.is_new_primary_of(region, txn))
+        })
+    }
+
+    /// Whether transaction recovery has work here: transactions to settle or regions to
+    /// recover (the worker then looks every [`RECOVERY_RETRY_AFTER`]).
+    fn is_recovering(&self) -> bool {
+        !self.recovering.is_empty() || !self.recovery.regions.is_empty()
+    }
+
+    /// Transaction recovery's turn of the loop ([`crate::recovery`]): drains once a newer
+    /// configuration is committed, then settles what needs recovery and serves the regions
+    /// recovered.
+    fn recover(&mut self) {
+        let (id, committed) = self.node.config_state();
+        if committed && id > self.recovery.drained_for() {
+            let config = self.node.config();
+            if config.id == id {
+                self.drain_for(config);
+            }
+        }
+        if !self.is_recovering() {
+            return;
+        }
+        let now = self.node.clock().now();
+        if now < self.next_recovery_look {
+            return;
+        }
+        self.next_recovery_look = now + RECOVERY_RETRY_AFTER;
+        self.find_recovering(now);
+        self.advance_regions(now);
+    }
+
+    /// Drain (docs/failures.md#drain): handles every record already in the rings, after which
+    /// records of transactions that need recovery in `config` are refused.
+    fn drain_for(&mut self, config: Arc<Configuration>) {
+        let me = self.node.node_id();
+        self.drain_rings();
+        let id = config.id;
+        let mine = self.recovery.drained(me, config);
+        let now = self.node.clock().now();
+        for region in mine {
+            self.recovery.regions.insert(region, RegionStep::AskAt(now));
+        }
+        let needing = self
+            .kept
+            .iter()
+            .filter(|(txn, kept)| self.recovery.needs(**txn, &kept.regions))
+            .count();
+        if needing > 0 || !self.recovery.regions.is_empty() {
+            tracing::info!(
+                node = %me,
+                "drained for configuration {id}: {needing} transactions here need recovery; \
+                 recovering regions {:?}",
+                self.recovery.regions.keys().collect::<Vec<_>>()
+            );
+        }
+        self.next_recovery_look = now;
+    }
+
+    /// Handles every record in every ring, up to the last one written.
+    fn drain_rings(&mut self) {
+        for _ in 0..DRAIN_RECORDS_MAX {
+            match self.inbox.poll() {
+                Ok(Some(message)) => self.handle(message),
+                Ok(None) => return,
+                Err(e) => self.report_ring(&e),
+            }
+        }
+    }
+
+    /// Hands the resolver the transactions needing recovery that are due to be asked about.
+    fn find_recovering(&mut self, now: Time) {
+        let mut due = Vec::new();
+        for (&txn, kept) in &self.kept {
+            if !self.recovering.contains(&txn) && !self.recovery.needs(txn, &kept.regions) {
+                continue;
+            }
+            let is_due = match self.asked.get(&txn) {
+                None => true,
+                Some(Asked::Again(at)) => now >= *at,
+                Some(Asked::Pending | Asked::Settled) => false,
+            };
+            if is_due {
+                due.push(Orphan {
+                    txn,
+                    regions: kept.regions.clone(),
+                    holds: self.my_vote(txn),
+                });
+            }
+        }
+        for orphan in &due {
+            self.voted.vote(orphan.txn);
+            self.asked.insert(orphan.txn, Asked::Pending);
+            self.recovering.insert(orphan.txn);
+        }
+        self.resolver.submit(due);
+    }
+
+    /// The answer to a RECOVERY-QUERY about a region this node recovers.
+    fn answered(&mut self, answer: QueryAnswer) {
+        if answer.config != self.recovery.drained_for() {
+            return; // asked in an older configuration: asked again
+        }
+        if let Some(step) = self.recovery.regions.get_mut(&answer.region) {
+            *step = if answer.quiet {
+                RegionStep::Quiet
+            } else {
+                RegionStep::AskAt(self.node.clock().now() + RECOVERY_RETRY_AFTER)
+            };
+        }
+    }
+
+    /// Asks the other replicas of the regions being recovered, and serves those whose
+    /// transactions are all decided (and installed here).
+    fn advance_regions(&mut self, now: Time) {
+        let me = self.node.node_id();
+        let config = self.recovery.config().clone();
+        let steps: Vec<(RegionId, RegionStep)> = self
+            .recovery
+            .regions
+            .iter()
+            .map(|(&region, &step)| (region, step))
+            .collect();
+        let mut quiet = Vec::new();
+        for (region, step) in steps {
+            match step {
+                RegionStep::AskAt(at) if now >= at => {
+                    let others: Vec<NodeId> = config
+                        .placement(region)
+                        .map(|p| p.replicas().filter(|&n| n != me).collect())
+                        .unwrap_or_default();
+                    self.recovery.regions.insert(region, RegionStep::Asking);
+                    self.resolver.query(region, others);
+                }
+                RegionStep::Quiet => quiet.push(region),
+                _ => {}
+            }
+        }
+        if quiet.is_empty() {
+            return;
+        }
+        // Whatever the other replicas copied here before they answered is in the rings.
+        self.drain_rings();
+        for region in quiet {
+            let undecided = self.kept.iter().any(|(txn, kept)| {
+                kept.regions.contains(&region)
+                    && (self.recovering.contains(txn) || self.recovery.needs(*txn, &kept.regions))
+                    && kept.holds & vote::COMMIT_PRIMARY == 0
+            });
+            if undecided {
+                self.recovery
+                    .regions
+                    .insert(region, RegionStep::AskAt(now + RECOVERY_RETRY_AFTER));
+            } else {
+                self.serve_region(region);
+            }
+        }
+    }
+
+    /// Makes this node the primary of `region`, whose transactions are recovered: its copy
+    /// leaves the backup copies, its allocator is rebuilt from the allocated bits, and the
+    /// node reports it recovered (the CM then installs a configuration where it is active).
+    fn serve_region(&mut self, region: RegionId) {
+        let me = self.node.node_id();
+        let config_id = self.recovery.drained_for();
+        if self.node.primary().region(region).is_none() {
+            let Some(copy) = self.backup.remove(region) else {
+                tracing::error!(
+                    node = %me,
+                    "{region}: this node is its new primary but holds no copy of it"
+                );
+                self.recovery.regions.remove(&region);
+                return;
+            };
+            let block_bytes = self.recovery.config().block_bytes;
+            match SlabAllocator::rebuild(&copy, block_bytes) {
+                Ok(slab) => self.node.primary().add_region(copy, slab),
+                Err(e) => {
+                    tracing::error!(
+                        node = %me,
+                        "{region}: rebuilding its allocator failed: {e}; it stays blocked"
+                    );
+                    self.backup.add(copy, false);
+                    self.recovery.regions.remove(&region);
+                    return;
+                }
+            }
+        }
+        self.recovery.regions.remove(&region);
+        self.stats.regions_recovered.fetch_add(1, Ordering::Release);
+        self.recovered
+            .lock()
+            .expect(crate::POISONED)
+            .push((region, config_id));
+        tracing::info!(
+            node = %me,
+            "{region} is recovered in configuration {config_id}: this node serves it as primary \
+             once the CM makes it active"
+        );
     }
 
     fn ring(&mut self, sender: NodeId) -> &mut Retention {
@@ -821,6 +1182,7 @@ impl Serving {
                     .applied
                     .fetch_add(applied.installed as u64, Ordering::Relaxed);
                 self.forget(txn);
+                self.recovery.truncations.record(txn);
                 true
             }
             Err(e) => {
@@ -839,6 +1201,8 @@ impl Serving {
     fn forget(&mut self, txn: TxnId) {
         self.asked.remove(&txn);
         self.unanswered.remove(&txn);
+        self.recovering.remove(&txn);
+        self.recovery.decided.remove(&txn);
         let kept = self.kept.remove(&txn).unwrap_or_default();
         for (sender, pos) in kept.records {
             self.ring(sender).live.remove(&pos);

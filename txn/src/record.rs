@@ -38,6 +38,7 @@ pub const VALIDATE: RecordKind = RecordKind(21);
 pub const ALLOC: RecordKind = RecordKind(22);
 pub const RELEASE: RecordKind = RecordKind(23);
 pub const REQUEST_VOTE: RecordKind = RecordKind(24);
+pub const RECOVERY_QUERY: RecordKind = RecordKind(25);
 
 /// Bytes of an encoded [`TxnId`].
 pub const TXN_ID_BYTES: usize = 24;
@@ -176,6 +177,13 @@ pub enum Body {
     RequestVote {
         txn: TxnId,
     },
+    /// Transaction recovery (docs/failures.md#transaction-recovery): how many transactions
+    /// writing `region` that need recovery does the receiver hold undecided? Asked by the
+    /// region's new primary before it serves the region; answered with a vote whose value is
+    /// the count (`reply::Code::Vote`), or refused until the receiver has drained its logs.
+    RecoveryQuery {
+        region: RegionId,
+    },
 }
 
 impl Body {
@@ -190,6 +198,7 @@ impl Body {
             Body::Alloc { .. } => ALLOC,
             Body::Release { .. } => RELEASE,
             Body::RequestVote { .. } => REQUEST_VOTE,
+            Body::RecoveryQuery { .. } => RECOVERY_QUERY,
         }
     }
 
@@ -205,6 +214,7 @@ impl Body {
             Body::Alloc { .. } => 16,
             Body::Release { addrs } => addrs.len() * 8,
             Body::RequestVote { .. } => TXN_ID_BYTES,
+            Body::RecoveryQuery { .. } => 8,
         }
     }
 }
@@ -352,6 +362,11 @@ impl<'a> Reader<'a> {
                 Body::Release { addrs }
             }
             REQUEST_VOTE => Body::RequestVote { txn: self.txn()? },
+            RECOVERY_QUERY => {
+                let region = RegionId(self.u32()?);
+                self.u32()?;
+                Body::RecoveryQuery { region }
+            }
             other => {
                 return Err(self.fail(format!("kind {} is not a transaction record", other.0)));
             }
@@ -428,7 +443,8 @@ impl TxnRecord {
             | Body::Abort
             | Body::Truncate
             | Body::Alloc { .. }
-            | Body::RequestVote { .. } => 0,
+            | Body::RequestVote { .. }
+            | Body::RecoveryQuery { .. } => 0,
         };
         w.u32(u32::try_from(self.truncated.len()).expect("bounded piggyback"));
         w.u32(u32::try_from(items).expect("a record holds fewer than 2^32 items"));
@@ -471,6 +487,10 @@ impl TxnRecord {
                 }
             }
             Body::RequestVote { txn } => w.txn(*txn),
+            Body::RecoveryQuery { region } => {
+                w.u32(region.0);
+                w.u32(0);
+            }
         }
         assert_eq!(
             w.0.len(),
@@ -589,6 +609,9 @@ mod tests {
                     thread: 63,
                     seq: 5 << 40,
                 },
+            },
+            Body::RecoveryQuery {
+                region: RegionId(3),
             },
         ];
         bodies

@@ -121,8 +121,16 @@ pub mod vote {
     pub const TRUNCATED: u64 = 8;
     /// It aborted the transaction because no participant held COMMIT-BACKUP or COMMIT-PRIMARY.
     pub const ABORTED: u64 = 16;
+    /// It is the primary of a region it was not the primary of when the transaction locked
+    /// (a backup promoted by a reconfiguration): holding no LOCK says nothing about the
+    /// transaction (docs/failures.md#votes).
+    pub const NEW_PRIMARY: u64 = 32;
+    /// It holds nothing of the transaction and cannot tell whether it truncated it: its memory
+    /// of truncated transactions no longer reaches back that far.
+    pub const UNSURE: u64 = 64;
     /// Every bit a vote may carry.
-    pub const ALL: u64 = LOCK | COMMIT_BACKUP | COMMIT_PRIMARY | TRUNCATED | ABORTED;
+    pub const ALL: u64 =
+        LOCK | COMMIT_BACKUP | COMMIT_PRIMARY | TRUNCATED | ABORTED | NEW_PRIMARY | UNSURE;
 }
 
 /// A reply as the coordinator reads it.

@@ -183,6 +183,15 @@ impl Backup {
         self.held.lock().expect(crate::POISONED).get(&txn).cloned()
     }
 
+    /// Whether `txn`'s entries held here (not applied yet) include some of `region`.
+    pub fn holds_in(&self, txn: TxnId, region: RegionId) -> bool {
+        self.held
+            .lock()
+            .expect(crate::POISONED)
+            .get(&txn)
+            .is_some_and(|entries| entries.iter().any(|e| e.addr.region() == region))
+    }
+
     /// Drops `txn`'s entries without applying them: recovery aborted it.
     pub fn discard(&self, txn: TxnId) {
         self.held.lock().expect(crate::POISONED).remove(&txn);

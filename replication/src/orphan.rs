@@ -186,10 +186,13 @@ pub fn decide(
         let placement = config.placement(region).expect("checked above");
         let replicas: Vec<NodeId> = placement.replicas().collect();
         let any = |bit: u64| replicas.iter().any(|node| bits(node) & bit != 0);
+        // Whether the region's primary was promoted after the transaction locked: a LOCK it
+        // holds is of another region.
+        let promoted = bits(&placement.primary) & vote::new_primary_of(region.0) != 0;
         let truncated = any(vote::TRUNCATED) || primary_done(&placement.primary);
         let has_values = truncated
             || any(vote::COMMIT_BACKUP | vote::COMMIT_PRIMARY)
-            || bits(&placement.primary) & vote::LOCK != 0;
+            || (!promoted && bits(&placement.primary) & vote::LOCK != 0);
         if !has_values {
             if any(vote::UNSURE) {
                 return Outcome::Recovery {
@@ -216,7 +219,7 @@ pub fn decide(
             .filter(|backup| !placement.copying.contains(backup))
             .copied()
             .collect();
-        if bits(&placement.primary) & vote::NEW_PRIMARY != 0 {
+        if promoted {
             must_hold.push(placement.primary);
         }
         lacking.extend(must_hold.into_iter().filter(|node| {
@@ -737,6 +740,138 @@ mod tests {
             decide(&config, &both, &votes([vote::ABORTED, CP, CB])),
             Outcome::Recovery { .. }
         ));
+    }
+
+    /// Four nodes, f = 1, after n4 (primary of r4, whose backup n1 is promoted) died: r1 has
+    /// its primary on n1 and its backup on n2, r4 only its promoted primary n1; with `f2`, r4
+    /// keeps a second, complete backup on n3 (as with f = 2).
+    fn after_n4(f2: bool) -> Configuration {
+        let nodes = (1..=4).map(NodeId).collect();
+        let mut config =
+            Configuration::place(1, nodes, vec![NodeId(100)], 1, 1, 4 << 20, 64 << 10).unwrap();
+        config.id = 2;
+        config.nodes.retain(|&n| n != NodeId(4));
+        for placement in &mut config.regions {
+            placement.backups.retain(|&b| b != NodeId(4));
+            if placement.region == RegionId(4) {
+                placement.primary = NodeId(1);
+                placement.backups = if f2 { vec![NodeId(3)] } else { vec![] };
+                placement.state = acre_txn::RegionState::Blocked;
+            }
+        }
+        config
+    }
+
+    fn votes_of(bits: &[(u16, u64)]) -> BTreeMap<NodeId, Result<u64, String>> {
+        bits.iter().map(|&(n, b)| (NodeId(n), Ok(b))).collect()
+    }
+
+    /// n1's promotion to r4's primary, as its votes say it.
+    const NP: u64 = vote::NEW_PRIMARY | (1 << (32 + 4));
+
+    /// FaRM's decision rules (docs/failures.md#decision), each staged by hand for a transaction
+    /// writing r4 (whose primary died; n1 was promoted) and r1 (primary n1, backup n2).
+    #[test]
+    fn recovery_decides_by_the_votes_of_each_region() {
+        let config = after_n4(false);
+        let both = [RegionId(4), RegionId(1)];
+        // Commit-primary somewhere (a second surviving primary took it): committed; n1
+        // installs r4's part from its COMMIT-BACKUP and r1's from its LOCK.
+        let three = [RegionId(4), RegionId(1), RegionId(2)];
+        assert_eq!(
+            decide(
+                &config,
+                &three,
+                &votes_of(&[(1, L | CB | NP), (2, CP | CB), (3, CB)])
+            ),
+            Outcome::Install
+        );
+        // Commit-backup at r4 and lock at r1: committed; r1's backup lacks the values and gets
+        // them copied first.
+        assert_eq!(
+            decide(
+                &config,
+                &both,
+                &votes_of(&[(1, L | CB | NP), (2, 0), (3, 0)])
+            ),
+            Outcome::Copy {
+                lacking: vec![NodeId(2)]
+            }
+        );
+        assert_eq!(
+            decide(
+                &config,
+                &both,
+                &votes_of(&[(1, L | CB | NP), (2, CB), (3, 0)])
+            ),
+            Outcome::Install
+        );
+        // Lock only: nobody holds a COMMIT-BACKUP, so the coordinator never decided: abort.
+        assert_eq!(
+            decide(&config, &both, &votes_of(&[(1, L | NP), (2, 0), (3, 0)])),
+            Outcome::Abort
+        );
+        // A truncated region: r1 truncated it (n2 remembers, n1 holds nothing of r1's part);
+        // r4 holds its COMMIT-BACKUP: committed.
+        assert_eq!(
+            decide(
+                &config,
+                &both,
+                &votes_of(&[(1, CB | NP), (2, vote::TRUNCATED), (3, 0)])
+            ),
+            Outcome::Install
+        );
+        // An unknown region: r4's promoted primary holds nothing and never truncated it, while
+        // r1's backup holds a COMMIT-BACKUP: r4's values died with n4 (its COMMIT-BACKUP never
+        // reached n1, so the coordinator cannot have reported a commit): abort.
+        assert_eq!(
+            decide(&config, &both, &votes_of(&[(1, L | NP), (2, CB), (3, 0)])),
+            Outcome::Abort
+        );
+        // The same with n1 unable to tell whether it truncated it: not guessed.
+        assert!(matches!(
+            decide(
+                &config,
+                &both,
+                &votes_of(&[(1, L | NP | vote::UNSURE), (2, CB), (3, 0)])
+            ),
+            Outcome::Recovery { .. }
+        ));
+        // Once n1 holds COMMIT-PRIMARY every primary is done: truncate (n1 applies r4's part
+        // from its COMMIT-BACKUP as it truncates, if it had not installed it yet).
+        assert_eq!(
+            decide(
+                &config,
+                &both,
+                &votes_of(&[(1, CP | CB | NP), (2, CB), (3, 0)])
+            ),
+            Outcome::Truncate
+        );
+        assert_eq!(
+            decide(
+                &config,
+                &[RegionId(4)],
+                &votes_of(&[(1, CP | CB | NP), (3, 0)])
+            ),
+            Outcome::Truncate
+        );
+    }
+
+    /// With f = 2 a region's other backup may hold the COMMIT-BACKUP its promoted primary
+    /// lacks: the values are copied to the new primary before it installs.
+    #[test]
+    fn a_promoted_primary_that_lacks_the_values_gets_them_copied() {
+        let config = after_n4(true);
+        assert_eq!(
+            decide(&config, &[RegionId(4)], &votes_of(&[(1, NP), (3, CB)])),
+            Outcome::Copy {
+                lacking: vec![NodeId(1)]
+            }
+        );
+        assert_eq!(
+            decide(&config, &[RegionId(4)], &votes_of(&[(1, CB | NP), (3, CB)])),
+            Outcome::Install
+        );
     }
 
     #[test]

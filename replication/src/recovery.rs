@@ -193,11 +193,16 @@ impl Recovery {
         txn.config < drained_for && asker_config <= drained_for
     }
 
-    /// [`vote::NEW_PRIMARY`] if this node was promoted to the primary of some region after
-    /// `txn` began (its holding no LOCK then says nothing), else 0.
+    /// [`vote::NEW_PRIMARY`] and the regions' [`vote::new_primary_of`] bits if this node was
+    /// promoted to the primary of some regions after `txn` began (its holding no LOCK of those
+    /// says nothing), else 0.
     pub fn new_primary_bit(&self, txn: TxnId) -> u64 {
-        let promoted_since = self.primary_since.values().any(|&since| since > txn.config);
-        if promoted_since { vote::NEW_PRIMARY } else { 0 }
+        self.primary_since
+            .iter()
+            .filter(|(_, since)| **since > txn.config)
+            .fold(0, |bits, (region, _)| {
+                bits | vote::NEW_PRIMARY | vote::new_primary_of(region.0)
+            })
     }
 
     /// Whether this node became the primary of `region` after `txn` began.
@@ -289,7 +294,10 @@ mod tests {
         let newer = TxnId { config: 2, ..old };
         assert!(!recovery.needs(newer, &[r1.region]), "begun in the new one");
         assert!(recovery.is_new_primary_of(r1.region, old));
-        assert_eq!(recovery.new_primary_bit(old), vote::NEW_PRIMARY);
+        assert_eq!(
+            recovery.new_primary_bit(old),
+            vote::NEW_PRIMARY | vote::new_primary_of(r1.region.0)
+        );
         assert_eq!(recovery.new_primary_bit(newer), 0);
         assert!(recovery.may_vote(old, 2) && !recovery.may_vote(old, 3));
     }

@@ -841,66 +841,9 @@ impl Serving {
                      its COMMIT-BACKUP or COMMIT-PRIMARY; its locks and records are released"
                 );
             }
-            Outcome::Install if self.one_sided => {
-                // What its COMMIT-PRIMARY and install would have done, where the coordinator did
-                // not (docs/protocol.md#one-sided-commit-mode).
-                if self.node.primary().install_orphan(txn) {
-                    self.stats.orphans_installed.fetch_add(1, Ordering::Release);
-                }
-                if let Some(kept) = self.kept.get_mut(&txn) {
-                    kept.holds |= vote::COMMIT_PRIMARY;
-                }
-                self.asked.insert(txn, again);
-            }
-            Outcome::Install
-                if holds & vote::COMMIT_BACKUP != 0
-                    && holds & vote::COMMIT_PRIMARY == 0
-                    && self.is_new_primary_for(txn) =>
-            {
-                // A promoted primary installs from its COMMIT-BACKUP, as the LOCK it never got
-                // would have had it (docs/failures.md#decision).
-                match self.backup.apply(txn) {
-                    Ok(applied) => {
-                        self.stats
-                            .recovered_committed
-                            .fetch_add(1, Ordering::Release);
-                        tracing::info!(
-                            node = %me,
-                            "recovered {txn}: committed, {} updates installed in the copies \
-                             this node is the new primary of",
-                            applied.installed
-                        );
-                        if let Some(kept) = self.kept.get_mut(&txn) {
-                            kept.holds |= vote::COMMIT_PRIMARY;
-                        }
-                    }
-                    Err(e) => tracing::error!(node = %me, "installing {txn} from its \
-                        COMMIT-BACKUP failed: {e}; asked again"),
-                }
-                self.asked.insert(txn, again);
-            }
             Outcome::Install => {
-                if holds & vote::LOCK != 0 && holds & vote::COMMIT_PRIMARY == 0 {
-                    if recovering {
-                        self.stats
-                            .recovered_committed
-                            .fetch_add(1, Ordering::Release);
-                    }
-                    // What its COMMIT-PRIMARY would have done (docs/protocol.md CP.5).
-                    match self.node.primary().commit(txn) {
-                        Ok(()) => {
-                            self.stats.orphans_installed.fetch_add(1, Ordering::Release);
-                            tracing::info!(
-                                node = %me,
-                                "installed {txn}: its client coordinator is gone after another \
-                                 primary took its COMMIT-PRIMARY"
-                            );
-                        }
-                        Err(e) => tracing::error!(node = %me, "installing {txn}: {e}"),
-                    }
-                    if let Some(kept) = self.kept.get_mut(&txn) {
-                        kept.holds |= vote::COMMIT_PRIMARY;
-                    }
+                if holds & vote::COMMIT_PRIMARY == 0 {
+                    self.install(txn, holds, recovering);
                 }
                 // Truncated once every primary has installed it.
                 self.asked.insert(txn, again);
@@ -957,6 +900,54 @@ impl Serving {
                 }
                 self.asked.insert(txn, again);
             }
+        }
+    }
+
+    /// The Install verdict here: what `txn`'s COMMIT-PRIMARY and install would have done
+    /// (docs/protocol.md CP.5), where its coordinator did not: a primary installs from its LOCK
+    /// (in one-sided mode, the objects still locked by the transaction), and a primary promoted
+    /// after the transaction began installs from its COMMIT-BACKUP (docs/failures.md#decision).
+    /// The node then votes COMMIT-PRIMARY.
+    fn install(&mut self, txn: TxnId, holds: u64, recovering: bool) {
+        let me = self.node.node_id();
+        let mut installed = false;
+        let mut primary = self.one_sided;
+        if self.one_sided {
+            installed |= self.node.primary().install_orphan(txn);
+        } else if holds & vote::LOCK != 0 {
+            primary = true;
+            match self.node.primary().commit(txn) {
+                Ok(()) => installed = true,
+                Err(e) => tracing::error!(node = %me, "installing {txn}: {e}"),
+            }
+        }
+        if holds & vote::COMMIT_BACKUP != 0 && self.is_new_primary_for(txn) {
+            primary = true;
+            match self.backup.apply(txn) {
+                Ok(_) => installed = true,
+                Err(e) => {
+                    tracing::error!(
+                        node = %me,
+                        "installing {txn} from its COMMIT-BACKUP failed: {e}; asked again"
+                    );
+                    return;
+                }
+            }
+        }
+        if installed {
+            self.stats.orphans_installed.fetch_add(1, Ordering::Release);
+            if recovering {
+                self.stats
+                    .recovered_committed
+                    .fetch_add(1, Ordering::Release);
+            }
+            tracing::info!(
+                node = %me,
+                "installed {txn}: the votes of its participants say it committed"
+            );
+        }
+        if primary && let Some(kept) = self.kept.get_mut(&txn) {
+            kept.holds |= vote::COMMIT_PRIMARY;
         }
     }
 
@@ -1111,10 +1102,13 @@ impl Serving {
         // Whatever the other replicas copied here before they answered is in the rings.
         self.drain_rings();
         for region in quiet {
+            // Undecided, or decided and not installed in this copy yet (a COMMIT-BACKUP of it
+            // still held, unapplied).
             let undecided = self.kept.iter().any(|(txn, kept)| {
                 kept.regions.contains(&region)
                     && (self.recovering.contains(txn) || self.recovery.needs(*txn, &kept.regions))
-                    && kept.holds & vote::COMMIT_PRIMARY == 0
+                    && (kept.holds & vote::COMMIT_PRIMARY == 0
+                        || self.backup.holds_in(*txn, region))
             });
             if undecided {
                 self.recovery

@@ -128,9 +128,23 @@ pub mod vote {
     /// It holds nothing of the transaction and cannot tell whether it truncated it: its memory
     /// of truncated transactions no longer reaches back that far.
     pub const UNSURE: u64 = 64;
+    /// With [`NEW_PRIMARY`], which of the transaction's regions: bit `32 + id % 32` for each
+    /// (two regions may share a bit, which only makes the vote say less).
+    pub const NEW_PRIMARY_OF: u64 = 0xffff_ffff << 32;
     /// Every bit a vote may carry.
-    pub const ALL: u64 =
-        LOCK | COMMIT_BACKUP | COMMIT_PRIMARY | TRUNCATED | ABORTED | NEW_PRIMARY | UNSURE;
+    pub const ALL: u64 = LOCK
+        | COMMIT_BACKUP
+        | COMMIT_PRIMARY
+        | TRUNCATED
+        | ABORTED
+        | NEW_PRIMARY
+        | UNSURE
+        | NEW_PRIMARY_OF;
+
+    /// The [`NEW_PRIMARY_OF`] bit of region `id`.
+    pub fn new_primary_of(id: u32) -> u64 {
+        1 << (32 + id % 32)
+    }
 }
 
 /// A reply as the coordinator reads it.

@@ -14,6 +14,7 @@ mod list_append;
 mod one_sided;
 mod protocol;
 mod reconfiguration;
+mod recovery;
 mod ring_damage;
 mod shm_cluster;
 mod status;

@@ -21,7 +21,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 /// The configuration after `config`, changed by `change`.
-fn next(config: &Configuration, change: impl FnOnce(&mut Configuration)) -> Arc<Configuration> {
+pub(crate) fn next(
+    config: &Configuration,
+    change: impl FnOnce(&mut Configuration),
+) -> Arc<Configuration> {
     let mut newer = config.clone();
     newer.id += 1;
     change(&mut newer);
@@ -30,7 +33,7 @@ fn next(config: &Configuration, change: impl FnOnce(&mut Configuration)) -> Arc<
 }
 
 /// Four nodes, one region each (`rk`'s primary on `nk`, its backup on the next node), f = 1.
-fn four_nodes() -> EmbeddedCluster {
+pub(crate) fn four_nodes() -> EmbeddedCluster {
     let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
     let mut config =
         Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
@@ -40,7 +43,7 @@ fn four_nodes() -> EmbeddedCluster {
 
 /// What the configuration manager plans when n4 of [`four_nodes`] fails: r3 (primary n3) gets
 /// n1 as a new, copying backup; r4 (primary n4) is promoted to its backup n1, blocked.
-fn without_n4(config: &mut Configuration) {
+pub(crate) fn without_n4(config: &mut Configuration) {
     config.nodes.retain(|&n| n != NodeId(4));
     for placement in &mut config.regions {
         if placement.region == RegionId(3) {

@@ -1,0 +1,190 @@
+//! Transaction recovery (docs/failures.md#transaction-recovery): a region whose primary left
+//! the configuration serves again from its promoted backup, with every transaction the change
+//! left half-done committed or aborted by the votes of the new configuration's replicas. The
+//! test plays the configuration manager: it installs the configuration without the node, waits
+//! for the new primary to report the region recovered, and installs the one that makes it
+//! active, as the CM does on that report.
+
+use crate::fixture::{create, overwrite, replica, settle, txn_node, value_at};
+use crate::reconfiguration::{four_nodes, next, without_n4};
+use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::channel::appended_kinds;
+use acre_engine::fabric::fault::{Action, Rule};
+use acre_replication::EmbeddedCluster;
+use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY};
+use acre_txn::{CommitError, RegionState};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// Bound on a recovery: a few rounds of votes of milliseconds each, on two busy cores.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits until `node` reports `region` recovered.
+fn wait_recovered(cluster: &EmbeddedCluster, node: NodeId, region: RegionId) {
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while !replica(cluster, node).recovered_regions().contains(&region) {
+        assert!(
+            Instant::now() < deadline,
+            "{node} did not recover {region} within {RECOVERY_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// n4 leaves (fenced, as the CM has it killed), r4 is promoted to n1 and blocked; once n1
+/// reports it recovered, a configuration makes it active.
+fn fail_n4_and_recover(cluster: &mut EmbeddedCluster) {
+    let newer = next(cluster.config(), without_n4);
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    wait_recovered(cluster, NodeId(1), RegionId(4));
+    let active = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == RegionId(4) {
+                placement.state = RegionState::Active;
+            }
+        }
+    });
+    cluster.reconfigure((*active).clone()).expect("activate");
+    assert!(
+        replica(cluster, NodeId(1)).recovered_regions().is_empty(),
+        "an active region is no longer reported"
+    );
+}
+
+/// A transaction writing `a` and `b` from `coordinator`, whose commit the faults stop part-way.
+fn write_both(
+    coordinator: &std::sync::Arc<acre_txn::TxnNode>,
+    a: Addr,
+    b: Addr,
+) -> Result<(), CommitError> {
+    let mut txn = coordinator.begin().expect("begin");
+    txn.write(a, b"a1").expect("write a");
+    txn.write(b, b"b1").expect("write b");
+    txn.commit()
+}
+
+fn recovered(cluster: &EmbeddedCluster, node: NodeId) -> (u64, u64) {
+    let stats = replica(cluster, node).worker().expect("running").stats();
+    (
+        stats.recovered_committed.load(Relaxed),
+        stats.recovered_aborted.load(Relaxed),
+    )
+}
+
+/// FaRM's commit-backup rule: n3 coordinates a transaction writing r4 (primary n4, backup n1)
+/// and r1 (primary n1, backup n2); every COMMIT-BACKUP is durable and locked at both primaries,
+/// but no COMMIT-PRIMARY arrives, and n4 dies. r4 votes commit-backup (its promoted primary n1
+/// holds the COMMIT-BACKUP), r1 lock: the transaction commits, n1 installs r4's part from its
+/// COMMIT-BACKUP and r1's from its LOCK, and both regions serve the new values.
+#[test]
+fn a_transaction_held_by_every_backup_commits_when_its_primary_dies() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0");
+    let b = create(&n3, RegionId(1), b"b0");
+    settle(&cluster);
+    let rules: Vec<_> = [NodeId(4), NodeId(1)]
+        .into_iter()
+        .map(|to| {
+            cluster.faults().add(
+                Rule::to(to, Action::Fail)
+                    .from(NodeId(3))
+                    .when(|ops| appended_kinds(ops).contains(&COMMIT_PRIMARY)),
+            )
+        })
+        .collect();
+    let outcome = write_both(&n3, a, b);
+    assert!(
+        matches!(outcome, Err(CommitError::Indeterminate { .. })),
+        "{outcome:?}"
+    );
+    fail_n4_and_recover(&mut cluster);
+    for rule in rules {
+        cluster.faults().remove(rule);
+    }
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a1");
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b1");
+    assert_eq!(recovered(&cluster, NodeId(1)).0, 1, "n1 committed it");
+    // Both serve: the locks are gone and r4 takes new transactions at n1.
+    overwrite(&n1, a, b"a2");
+    overwrite(&n1, b, b"b2");
+    let c = create(&n1, RegionId(4), b"c0");
+    assert_eq!(value_at(&txn_node(&cluster, 1), c).expect("read c"), b"c0");
+    settle(&cluster);
+    cluster.check_replicas().expect("replicas match");
+    cluster.stop();
+}
+
+/// FaRM's lock-only rule: the same transaction locks at both primaries but no COMMIT-BACKUP
+/// lands anywhere before n4 dies. r4's promoted primary holds nothing and was no primary when
+/// it locked, r1 votes lock: nothing says the coordinator decided to commit, so it aborts, and
+/// n1 releases r1's locks.
+#[test]
+fn a_transaction_no_backup_holds_aborts_when_its_primary_dies() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0");
+    let b = create(&n3, RegionId(1), b"b0");
+    settle(&cluster);
+    let rules: Vec<_> = [NodeId(1), NodeId(2)]
+        .into_iter()
+        .map(|to| {
+            cluster.faults().add(
+                Rule::to(to, Action::Fail)
+                    .from(NodeId(3))
+                    .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
+            )
+        })
+        .collect();
+    let outcome = write_both(&n3, a, b);
+    assert!(outcome.is_err(), "{outcome:?}");
+    fail_n4_and_recover(&mut cluster);
+    for rule in rules {
+        cluster.faults().remove(rule);
+    }
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
+    overwrite(&n1, a, b"a2");
+    overwrite(&n1, b, b"b2");
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b2");
+    settle(&cluster);
+    cluster.check_replicas().expect("replicas match");
+    cluster.stop();
+}
+
+/// A committed transaction whose truncation had not reached the backup when the primary died:
+/// the promoted backup installs it before it serves (without recovery it would serve the
+/// value from before).
+#[test]
+fn a_committed_update_not_yet_applied_at_the_backup_survives_its_primary() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0");
+    settle(&cluster);
+    // Truncations ride on later records or go after a short delay: hold every record from n3
+    // to n1 back so that n1 keeps the COMMIT-BACKUP unapplied.
+    let hold =
+        cluster.faults().add(
+            Rule::to(NodeId(1), Action::Fail)
+                .from(NodeId(3))
+                .when(|ops| {
+                    !appended_kinds(ops).contains(&COMMIT_BACKUP) && !appended_kinds(ops).is_empty()
+                }),
+        );
+    overwrite(&n3, a, b"a1");
+    // A COMMIT-BACKUP does not wake its backup: n1 reads it at its next turn.
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while replica(&cluster, NodeId(1)).backup().held_count() != 1 {
+        assert!(Instant::now() < deadline, "n1 never held the COMMIT-BACKUP");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    fail_n4_and_recover(&mut cluster);
+    cluster.faults().remove(hold);
+    let n2 = txn_node(&cluster, 1);
+    assert_eq!(value_at(&n2, a).expect("read a"), b"a1");
+    settle(&cluster);
+    cluster.check_replicas().expect("replicas match");
+    cluster.stop();
+}

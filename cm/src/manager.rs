@@ -73,7 +73,7 @@ use crate::remap;
 use crate::wire::NewConfigAck;
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::clock::Time;
-use acre_txn::config::Configuration;
+use acre_txn::config::{Configuration, RegionState};
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -167,6 +167,9 @@ pub enum Cause {
     Addition { node: NodeId },
     /// A client found every region full; the CM created `region` ([`Manager::change`]).
     Growth { region: RegionId },
+    /// The new primaries of these blocked regions recovered their transactions; the CM made
+    /// them active ([`Change::Activate`]).
+    Recovery { regions: Vec<RegionId> },
 }
 
 impl fmt::Display for Cause {
@@ -184,6 +187,14 @@ impl fmt::Display for Cause {
             Cause::Removal { node } => write!(f, "removal of {node}"),
             Cause::Addition { node } => write!(f, "addition of {node}"),
             Cause::Growth { region } => write!(f, "new region {region}"),
+            Cause::Recovery { regions } => {
+                write!(f, "recovery of ")?;
+                for (k, region) in regions.iter().enumerate() {
+                    let sep = if k == 0 { "" } else { ", " };
+                    write!(f, "{sep}{region}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -204,6 +215,10 @@ pub enum Change {
     /// Add a region, unless the configuration holds more than `known_regions` regions already
     /// (another request grew it since the asker looked).
     AddRegion { known_regions: usize },
+    /// Make `regions` active again: their new primary finished transaction recovery in
+    /// configuration `config` (docs/failures.md#transaction-recovery). Nothing to do unless
+    /// `config` is the current configuration and one of them is still blocked in it.
+    Activate { config: u64, regions: Vec<RegionId> },
 }
 
 /// How a reconfiguration ended.
@@ -483,16 +498,20 @@ impl Manager {
     /// commit; an added node must acknowledge NEW-CONFIG as every member does. Returns no action
     /// when there is nothing to do now: a [`Change::AddRegion`] that another request satisfied
     /// already, or that comes while a reconfiguration runs (its asker asks again if its regions
-    /// are still full once it ends). Refused, with the reason, when this CM does not lead, when a reconfiguration
-    /// is under way (ask again once it ends), or when the plan is refused.
+    /// are still full once it ends), and a [`Change::Activate`] of another configuration than
+    /// the current one, of regions none of which is still blocked, or that comes while a
+    /// reconfiguration runs (its node reports again until its regions are active). Refused, with
+    /// the reason, when this CM does not lead, when a reconfiguration is under way (ask again
+    /// once it ends), or when the plan is refused.
     pub fn change(&mut self, change: Change, now: Time) -> Result<Vec<Action>, String> {
         if !self.is_leader() {
             return Err("this replica does not act as CM".into());
         }
         if !self.is_idle() || !self.queued.is_empty() {
             // A client that found its regions full asks again if they still are once this
-            // reconfiguration ends (often another client's new region): no error for it.
-            if matches!(change, Change::AddRegion { .. }) {
+            // reconfiguration ends (often another client's new region), and a node whose
+            // regions are recovered reports again: no error for them.
+            if matches!(change, Change::AddRegion { .. } | Change::Activate { .. }) {
                 return Ok(Vec::new());
             }
             return Err("a reconfiguration is under way: ask again once it ends".into());
@@ -524,6 +543,26 @@ impl Manager {
                 let plan = remap::add_region(&config).map_err(|e| e.to_string())?;
                 let region = plan.created().next().expect("add_region creates a region");
                 (plan, Cause::Growth { region }, BTreeSet::new())
+            }
+            Change::Activate {
+                config: id,
+                regions,
+            } => {
+                // A report of an older configuration (the node adopts the current one and
+                // reports again if its regions are still blocked there), or one that crossed the
+                // activation: nothing to do.
+                let blocked = |region: &RegionId| {
+                    config
+                        .placement(*region)
+                        .is_some_and(|p| p.state == RegionState::Blocked)
+                };
+                if id != config.id || !regions.iter().any(blocked) {
+                    return Ok(Vec::new());
+                }
+                let plan = remap::activate(&config, &regions).map_err(|e| e.to_string())?;
+                let activated: Vec<RegionId> = regions.iter().copied().filter(blocked).collect();
+                let cause = Cause::Recovery { regions: activated };
+                (plan, cause, BTreeSet::new())
             }
         };
         self.record = Some(Reconfiguration {
@@ -1559,6 +1598,113 @@ mod tests {
             manager.in_progress().unwrap().cause.to_string(),
             format!("new region {created}")
         );
+    }
+
+    /// A manager that committed configuration 2 without n2 (failed): n2's r2 is blocked at n3.
+    fn after_n2_failed() -> (Manager, Configuration) {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(2), ms(10));
+        manager.install_outcome(InstallOutcome::Installed(next.clone()), ms(12));
+        manager.leases_updated(2, ms(12), ms(12));
+        let mut last = Vec::new();
+        for node in next.leased() {
+            last = manager.ack(node, &ok(2), ms(13));
+        }
+        assert_eq!(commits(&last).len(), 4, "{last:?}");
+        let r2 = next.placement(RegionId(2)).unwrap();
+        assert_eq!((r2.primary, r2.state), (NodeId(3), RegionState::Blocked));
+        (manager, next)
+    }
+
+    // docs/failures.md#transaction-recovery: once the new primary recovered a blocked region's
+    // transactions, the CM installs and commits a configuration in which it is active again.
+    #[test]
+    fn a_recovered_region_is_activated_and_committed_everywhere() {
+        let (mut manager, second) = after_n2_failed();
+        let activate = |config: u64, regions: &[u32]| Change::Activate {
+            config,
+            regions: regions.iter().copied().map(RegionId).collect(),
+        };
+        let actions = manager.change(activate(2, &[2]), ms(20)).expect("accepted");
+        let (expected_id, third) = proposal(&actions).expect("a proposal");
+        assert_eq!((expected_id, third.id), (2, 3));
+        let mut expected = second.clone();
+        expected.id = 3;
+        expected.regions[1].state = RegionState::Active;
+        assert_eq!(third, expected, "r2 active, nothing else changed");
+        assert_eq!(
+            manager.change(activate(2, &[2]), ms(21)),
+            Ok(Vec::new()),
+            "the same report again while it is installed: nothing to do, not refused"
+        );
+
+        let actions = manager.install_outcome(InstallOutcome::Installed(third.clone()), ms(22));
+        let sent: Vec<(NodeId, u64)> = new_configs(&actions);
+        assert_eq!(sent, [1, 3, 4, 5].map(|n| (NodeId(n), 3)));
+        let record = manager.in_progress().unwrap();
+        assert_eq!(
+            record.cause,
+            Cause::Recovery {
+                regions: vec![RegionId(2)]
+            }
+        );
+        assert_eq!(record.cause.to_string(), "recovery of r2");
+        assert!(record.failed.is_empty());
+        manager.leases_updated(3, ms(22), ms(22));
+        let mut last = Vec::new();
+        for node in third.leased() {
+            last = manager.ack(node, &ok(3), ms(23));
+        }
+        assert_eq!(commits(&last), [1, 3, 4, 5].map(|n| (NodeId(n), 3)));
+        assert!(manager.is_idle());
+        let record = manager.history().last().unwrap();
+        assert_eq!(record.outcome, Outcome::Committed);
+        assert_eq!((record.from_id, record.to_id), (2, Some(3)));
+        assert_eq!(manager.last_committed().map(|c| c.id), Some(3));
+
+        // A late report of configuration 2, and one of 3 whose region is active already.
+        assert_eq!(manager.change(activate(2, &[2]), ms(30)), Ok(Vec::new()));
+        assert_eq!(manager.change(activate(3, &[2]), ms(30)), Ok(Vec::new()));
+        assert!(manager.is_idle());
+    }
+
+    /// A report that is stale, of active regions, or that comes while another reconfiguration
+    /// runs gives nothing to do (its node reports again); one naming a region that does not
+    /// exist is refused with the reason.
+    #[test]
+    fn an_activation_that_is_stale_or_comes_while_busy_does_nothing() {
+        let (mut manager, _) = after_n2_failed();
+        let activate = |config: u64, regions: &[u32]| Change::Activate {
+            config,
+            regions: regions.iter().copied().map(RegionId).collect(),
+        };
+        assert_eq!(manager.change(activate(1, &[2]), ms(20)), Ok(Vec::new()));
+        assert_eq!(manager.change(activate(3, &[2]), ms(20)), Ok(Vec::new()));
+        assert_eq!(
+            manager.change(activate(2, &[1, 3]), ms(20)),
+            Ok(Vec::new()),
+            "active regions"
+        );
+        assert!(manager.is_idle());
+        let refused = manager.change(activate(2, &[2, 9]), ms(20));
+        assert!(refused.is_err_and(|reason| reason.contains("r9")));
+        assert!(manager.is_idle());
+
+        // Busy with a failure of n5: nothing now, and no refusal.
+        let _ = suspect_and_probe(&mut manager, NodeId(5), ms(30));
+        assert!(!manager.is_idle());
+        assert_eq!(manager.change(activate(2, &[2]), ms(31)), Ok(Vec::new()));
+
+        let mut follower = Manager::new(ME, ManagerTiming::default());
+        assert!(follower.change(activate(2, &[2]), ms(31)).is_err());
+    }
+
+    #[test]
+    fn a_recovery_names_its_regions() {
+        let cause = Cause::Recovery {
+            regions: vec![RegionId(3), RegionId(5)],
+        };
+        assert_eq!(cause.to_string(), "recovery of r3, r5");
     }
 
     /// A member whose lease expires while it has not acknowledged the configuration being

@@ -53,6 +53,12 @@
 //!   handshake names the CM too), unless `c` names it already, in which case it distributes
 //!   and commits `c` again (members acknowledge an id they hold again). Its caller reports the
 //!   removed leases as one lease from now: it cannot know when the previous CM last granted.
+//! - **Recovered regions** ([`Change::Activate`]): a region blocked by a new primary becomes
+//!   active only by a configuration the CM installs when that primary reports its transactions
+//!   recovered ([`remap::activate`]), run as any other change. A report of another
+//!   configuration than the current one, of regions that are no longer blocked, or that comes
+//!   while a reconfiguration runs is nothing to do, not an error: its node reports again until
+//!   its configuration shows the regions active ([`crate::member`], "Recovered regions").
 //!
 //!
 //! # Driving it
@@ -1929,6 +1935,8 @@ mod simulation {
         /// the manager: a configuration commits only after those of it and of every older one.
         removed_until_reported: BTreeMap<u64, Time>,
         cm_committed: BTreeMap<u64, Time>,
+        /// Recovery reports that started a reconfiguration.
+        activations: usize,
     }
 
     fn cluster() -> Configuration {
@@ -1977,6 +1985,7 @@ mod simulation {
                 removed_while_live: BTreeSet::new(),
                 removed_until_reported: BTreeMap::new(),
                 cm_committed: BTreeMap::new(),
+                activations: 0,
             };
             sim.elect();
             sim
@@ -2123,6 +2132,18 @@ mod simulation {
                     let actions = match body {
                         Body::ProbeReply(nonce) => self.manager.probe_reply(from, nonce, self.now),
                         Body::NewConfigAck(ack) => self.manager.ack(from, &ack, self.now),
+                        Body::RegionsRecovered(report) => {
+                            let change = Change::Activate {
+                                config: report.config,
+                                regions: report.regions.iter().copied().map(RegionId).collect(),
+                            };
+                            // Refused only while this CM does not lead: the node reports again.
+                            let actions = self.manager.change(change, self.now).unwrap_or_default();
+                            if !actions.is_empty() {
+                                self.activations += 1;
+                            }
+                            actions
+                        }
                         _ => unreachable!("members send only these"),
                     };
                     self.handle(actions);
@@ -2315,7 +2336,24 @@ mod simulation {
                 .filter(|n| !self.crashed.contains(n))
                 .collect();
             for node in live {
-                if let Some((cm, body)) = self.members.get_mut(&node).unwrap().tick(now) {
+                let member = self.members.get_mut(&node).unwrap();
+                // Transaction recovery ends as soon as a configuration is committed: the regions
+                // blocked at the node in it are recovered.
+                {
+                    let mut state = member.adopter().state.borrow_mut();
+                    let recovered = match &state.config {
+                        Some(config) if state.committed => config
+                            .regions
+                            .iter()
+                            .filter(|p| p.state == RegionState::Blocked && p.primary == node)
+                            .map(|p| p.region)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    state.recovered = recovered;
+                }
+                let replies = [member.tick(now), member.recovery_report(now)];
+                for (cm, body) in replies.into_iter().flatten() {
                     assert_eq!(cm, CM);
                     self.send(Message::ToCm { from: node, body });
                 }
@@ -2367,6 +2405,8 @@ mod simulation {
         removed_while_live: usize,
         /// Node-steps at which a node acted.
         acts: u64,
+        /// Recovery reports that started a reconfiguration.
+        activations: usize,
     }
 
     /// One run.
@@ -2403,6 +2443,16 @@ mod simulation {
             let state = sim.members[&node].adopter().state.borrow();
             assert_eq!((state.id, state.committed), (sim.raft.id, true), "{node}");
         }
+        // Every region that lost its primary was recovered by the new one and is active again
+        // (or lost: then it has no replica to recover).
+        for placement in &sim.raft.regions {
+            assert_ne!(
+                placement.state,
+                RegionState::Blocked,
+                "{placement:?} is still blocked in {}",
+                sim.raft.id
+            );
+        }
         let stood_down = sim
             .manager
             .history()
@@ -2413,6 +2463,7 @@ mod simulation {
             stood_down,
             removed_while_live: sim.removed_while_live.len(),
             acts: sim.acts,
+            activations: sim.activations,
         }
     }
 
@@ -2425,6 +2476,7 @@ mod simulation {
             total.stood_down += run.stood_down;
             total.removed_while_live += run.removed_while_live;
             total.acts += run.acts;
+            total.activations += run.activations;
         });
         if pinned_seed().is_none() {
             let Exercised {
@@ -2432,6 +2484,7 @@ mod simulation {
                 stood_down,
                 removed_while_live,
                 acts,
+                activations,
             } = total;
             assert!(removed >= SEED_COUNT as usize / 2, "removed={removed}");
             assert!(
@@ -2445,6 +2498,10 @@ mod simulation {
                 "removed_while_live={removed_while_live}"
             );
             assert!(acts > 0, "no node ever acted");
+            assert!(
+                activations >= SEED_COUNT as usize / 2,
+                "activations={activations}"
+            );
         }
     }
 }

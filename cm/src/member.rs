@@ -335,6 +335,8 @@ pub(crate) mod tests {
         pub(crate) adopt_count: usize,
         pub(crate) fail_next: bool,
         pub(crate) recovered: Vec<RegionId>,
+        /// The configuration adopted last.
+        pub(crate) config: Option<Arc<Configuration>>,
     }
 
     impl FakeNode {
@@ -359,6 +361,7 @@ pub(crate) mod tests {
                 return Err("no memory for the copy".into());
             }
             state.id = config.id;
+            state.config = Some(config.clone());
             state.committed = false;
             state.adopt_count += 1;
             Ok(())

@@ -59,6 +59,15 @@
 //! the node's lease thread is told, so it asks the configuration's CM for its lease under the
 //! new id (the lease table refuses requests of another configuration).
 //!
+//! **Recovered regions.** Every turn the member may report the regions whose transactions the
+//! node recovered ([`Member::recovery_report`]: it looks every [`crate::member::RECOVERY_POLL`]
+//! while its committed configuration has a region blocked at the node, a deadline of the wait
+//! like the others, and sends at most every [`crate::member::RECOVERY_REPORT_PERIOD`]) to the
+//! configuration's CM, looped back when that is this process. The driver that acts as CM turns
+//! a report into [`Change::Activate`] for its manager and runs the actions as it runs an
+//! operator's change; a report of regions the sender is not primary of is ignored, and so is
+//! every report in a process that does not act as CM.
+//!
 //! # Leadership moving
 //!
 //! A replica that becomes leader installs a configuration naming itself CM; handing the lease
@@ -72,8 +81,9 @@ use crate::lease_thread::{LeaseThread, NewConfiguration};
 use crate::manager::{Action, Change, Manager, ManagerTiming, Reconfiguration};
 use crate::member::{Adopter, Member};
 use crate::net::{Inbox, Links, RecvError};
-use crate::wire::{ConfigurationMessage, Envelope, envelope::Body};
+use crate::wire::{ConfigurationMessage, Envelope, RegionsRecovered, envelope::Body};
 use acre_engine::NodeId;
+use acre_engine::addr::RegionId;
 use acre_engine::clock::{Clock, Time};
 use acre_txn::config::Configuration;
 use std::collections::{BTreeSet, VecDeque};
@@ -347,6 +357,9 @@ impl<A: Adopter> Turn<A> {
             if let Some(reply) = self.member.tick(now) {
                 self.send(reply.0, reply.1);
             }
+            if let Some(report) = self.member.recovery_report(now) {
+                self.send(report.0, report.1);
+            }
             if let Some(cm) = self.cm.as_mut() {
                 let actions = cm.manager.tick(now);
                 self.execute(actions);
@@ -557,8 +570,48 @@ impl<A: Adopter> Turn<A> {
                     self.send(to, reply);
                 }
             }
+            Body::RegionsRecovered(report) => self.regions_recovered(from, &report, now),
             Body::Raft(_) => {
                 tracing::debug!(%from, "a Raft message reached a process without a replica; dropped");
+            }
+        }
+    }
+
+    /// A member's report of regions it recovered: for the manager to make them active
+    /// ([`Change::Activate`]), as an operator's change is run. Ignored unless this process acts
+    /// as CM; the member reports again until its configuration shows them active.
+    fn regions_recovered(&mut self, from: NodeId, report: &RegionsRecovered, now: Time) {
+        let Some(cm) = self.cm.as_mut().filter(|cm| cm.manager.is_leader()) else {
+            tracing::debug!(%from, "a recovery report reached a process that does not act as CM; ignored");
+            return;
+        };
+        let regions: Vec<RegionId> = report.regions.iter().copied().map(RegionId).collect();
+        // Only a region's primary recovers it: a report of another node's region is a bug in
+        // its sender, and activating on it could serve a region whose locks nobody took again.
+        if let Some(config) = cm.manager.configuration().filter(|c| c.id == report.config) {
+            let foreign: Vec<RegionId> = regions
+                .iter()
+                .copied()
+                .filter(|&r| config.placement(r).is_some_and(|p| p.primary != from))
+                .collect();
+            if !foreign.is_empty() {
+                tracing::warn!(%from, ?foreign, id = report.config, "a recovery report of regions the sender is not primary of; ignored");
+                return;
+            }
+        }
+        let change = Change::Activate {
+            config: report.config,
+            regions,
+        };
+        match cm.manager.change(change.clone(), now) {
+            Ok(actions) => {
+                if !actions.is_empty() {
+                    tracing::info!(%from, ?change, "activating recovered regions");
+                }
+                self.execute(actions);
+            }
+            Err(reason) => {
+                tracing::warn!(%from, ?change, %reason, "a recovery report was refused");
             }
         }
     }

@@ -53,6 +53,12 @@
 //!   handshake names the CM too), unless `c` names it already, in which case it distributes
 //!   and commits `c` again (members acknowledge an id they hold again). Its caller reports the
 //!   removed leases as one lease from now: it cannot know when the previous CM last granted.
+//! - **Recovered regions** ([`Change::Activate`]): a region blocked by a new primary becomes
+//!   active only by a configuration the CM installs when that primary reports its transactions
+//!   recovered ([`remap::activate`]), run as any other change. A report of another
+//!   configuration than the current one, of regions that are no longer blocked, or that comes
+//!   while a reconfiguration runs is nothing to do, not an error: its node reports again until
+//!   its configuration shows the regions active ([`crate::member`], "Recovered regions").
 //!
 //!
 //! # Driving it
@@ -73,7 +79,7 @@ use crate::remap;
 use crate::wire::NewConfigAck;
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::clock::Time;
-use acre_txn::config::Configuration;
+use acre_txn::config::{Configuration, RegionState};
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -167,6 +173,9 @@ pub enum Cause {
     Addition { node: NodeId },
     /// A client found every region full; the CM created `region` ([`Manager::change`]).
     Growth { region: RegionId },
+    /// The new primaries of these blocked regions recovered their transactions; the CM made
+    /// them active ([`Change::Activate`]).
+    Recovery { regions: Vec<RegionId> },
 }
 
 impl fmt::Display for Cause {
@@ -184,6 +193,14 @@ impl fmt::Display for Cause {
             Cause::Removal { node } => write!(f, "removal of {node}"),
             Cause::Addition { node } => write!(f, "addition of {node}"),
             Cause::Growth { region } => write!(f, "new region {region}"),
+            Cause::Recovery { regions } => {
+                write!(f, "recovery of ")?;
+                for (k, region) in regions.iter().enumerate() {
+                    let sep = if k == 0 { "" } else { ", " };
+                    write!(f, "{sep}{region}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -204,6 +221,10 @@ pub enum Change {
     /// Add a region, unless the configuration holds more than `known_regions` regions already
     /// (another request grew it since the asker looked).
     AddRegion { known_regions: usize },
+    /// Make `regions` active again: their new primary finished transaction recovery in
+    /// configuration `config` (docs/failures.md#transaction-recovery). Nothing to do unless
+    /// `config` is the current configuration and one of them is still blocked in it.
+    Activate { config: u64, regions: Vec<RegionId> },
 }
 
 /// How a reconfiguration ended.
@@ -483,16 +504,20 @@ impl Manager {
     /// commit; an added node must acknowledge NEW-CONFIG as every member does. Returns no action
     /// when there is nothing to do now: a [`Change::AddRegion`] that another request satisfied
     /// already, or that comes while a reconfiguration runs (its asker asks again if its regions
-    /// are still full once it ends). Refused, with the reason, when this CM does not lead, when a reconfiguration
-    /// is under way (ask again once it ends), or when the plan is refused.
+    /// are still full once it ends), and a [`Change::Activate`] of another configuration than
+    /// the current one, of regions none of which is still blocked, or that comes while a
+    /// reconfiguration runs (its node reports again until its regions are active). Refused, with
+    /// the reason, when this CM does not lead, when a reconfiguration is under way (ask again
+    /// once it ends), or when the plan is refused.
     pub fn change(&mut self, change: Change, now: Time) -> Result<Vec<Action>, String> {
         if !self.is_leader() {
             return Err("this replica does not act as CM".into());
         }
         if !self.is_idle() || !self.queued.is_empty() {
             // A client that found its regions full asks again if they still are once this
-            // reconfiguration ends (often another client's new region): no error for it.
-            if matches!(change, Change::AddRegion { .. }) {
+            // reconfiguration ends (often another client's new region), and a node whose
+            // regions are recovered reports again: no error for them.
+            if matches!(change, Change::AddRegion { .. } | Change::Activate { .. }) {
                 return Ok(Vec::new());
             }
             return Err("a reconfiguration is under way: ask again once it ends".into());
@@ -524,6 +549,26 @@ impl Manager {
                 let plan = remap::add_region(&config).map_err(|e| e.to_string())?;
                 let region = plan.created().next().expect("add_region creates a region");
                 (plan, Cause::Growth { region }, BTreeSet::new())
+            }
+            Change::Activate {
+                config: id,
+                regions,
+            } => {
+                // A report of an older configuration (the node adopts the current one and
+                // reports again if its regions are still blocked there), or one that crossed the
+                // activation: nothing to do.
+                let blocked = |region: &RegionId| {
+                    config
+                        .placement(*region)
+                        .is_some_and(|p| p.state == RegionState::Blocked)
+                };
+                if id != config.id || !regions.iter().any(blocked) {
+                    return Ok(Vec::new());
+                }
+                let plan = remap::activate(&config, &regions).map_err(|e| e.to_string())?;
+                let activated: Vec<RegionId> = regions.iter().copied().filter(blocked).collect();
+                let cause = Cause::Recovery { regions: activated };
+                (plan, cause, BTreeSet::new())
             }
         };
         self.record = Some(Reconfiguration {
@@ -1561,6 +1606,113 @@ mod tests {
         );
     }
 
+    /// A manager that committed configuration 2 without n2 (failed): n2's r2 is blocked at n3.
+    fn after_n2_failed() -> (Manager, Configuration) {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(2), ms(10));
+        manager.install_outcome(InstallOutcome::Installed(next.clone()), ms(12));
+        manager.leases_updated(2, ms(12), ms(12));
+        let mut last = Vec::new();
+        for node in next.leased() {
+            last = manager.ack(node, &ok(2), ms(13));
+        }
+        assert_eq!(commits(&last).len(), 4, "{last:?}");
+        let r2 = next.placement(RegionId(2)).unwrap();
+        assert_eq!((r2.primary, r2.state), (NodeId(3), RegionState::Blocked));
+        (manager, next)
+    }
+
+    // docs/failures.md#transaction-recovery: once the new primary recovered a blocked region's
+    // transactions, the CM installs and commits a configuration in which it is active again.
+    #[test]
+    fn a_recovered_region_is_activated_and_committed_everywhere() {
+        let (mut manager, second) = after_n2_failed();
+        let activate = |config: u64, regions: &[u32]| Change::Activate {
+            config,
+            regions: regions.iter().copied().map(RegionId).collect(),
+        };
+        let actions = manager.change(activate(2, &[2]), ms(20)).expect("accepted");
+        let (expected_id, third) = proposal(&actions).expect("a proposal");
+        assert_eq!((expected_id, third.id), (2, 3));
+        let mut expected = second.clone();
+        expected.id = 3;
+        expected.regions[1].state = RegionState::Active;
+        assert_eq!(third, expected, "r2 active, nothing else changed");
+        assert_eq!(
+            manager.change(activate(2, &[2]), ms(21)),
+            Ok(Vec::new()),
+            "the same report again while it is installed: nothing to do, not refused"
+        );
+
+        let actions = manager.install_outcome(InstallOutcome::Installed(third.clone()), ms(22));
+        let sent: Vec<(NodeId, u64)> = new_configs(&actions);
+        assert_eq!(sent, [1, 3, 4, 5].map(|n| (NodeId(n), 3)));
+        let record = manager.in_progress().unwrap();
+        assert_eq!(
+            record.cause,
+            Cause::Recovery {
+                regions: vec![RegionId(2)]
+            }
+        );
+        assert_eq!(record.cause.to_string(), "recovery of r2");
+        assert!(record.failed.is_empty());
+        manager.leases_updated(3, ms(22), ms(22));
+        let mut last = Vec::new();
+        for node in third.leased() {
+            last = manager.ack(node, &ok(3), ms(23));
+        }
+        assert_eq!(commits(&last), [1, 3, 4, 5].map(|n| (NodeId(n), 3)));
+        assert!(manager.is_idle());
+        let record = manager.history().last().unwrap();
+        assert_eq!(record.outcome, Outcome::Committed);
+        assert_eq!((record.from_id, record.to_id), (2, Some(3)));
+        assert_eq!(manager.last_committed().map(|c| c.id), Some(3));
+
+        // A late report of configuration 2, and one of 3 whose region is active already.
+        assert_eq!(manager.change(activate(2, &[2]), ms(30)), Ok(Vec::new()));
+        assert_eq!(manager.change(activate(3, &[2]), ms(30)), Ok(Vec::new()));
+        assert!(manager.is_idle());
+    }
+
+    /// A report that is stale, of active regions, or that comes while another reconfiguration
+    /// runs gives nothing to do (its node reports again); one naming a region that does not
+    /// exist is refused with the reason.
+    #[test]
+    fn an_activation_that_is_stale_or_comes_while_busy_does_nothing() {
+        let (mut manager, _) = after_n2_failed();
+        let activate = |config: u64, regions: &[u32]| Change::Activate {
+            config,
+            regions: regions.iter().copied().map(RegionId).collect(),
+        };
+        assert_eq!(manager.change(activate(1, &[2]), ms(20)), Ok(Vec::new()));
+        assert_eq!(manager.change(activate(3, &[2]), ms(20)), Ok(Vec::new()));
+        assert_eq!(
+            manager.change(activate(2, &[1, 3]), ms(20)),
+            Ok(Vec::new()),
+            "active regions"
+        );
+        assert!(manager.is_idle());
+        let refused = manager.change(activate(2, &[2, 9]), ms(20));
+        assert!(refused.is_err_and(|reason| reason.contains("r9")));
+        assert!(manager.is_idle());
+
+        // Busy with a failure of n5: nothing now, and no refusal.
+        let _ = suspect_and_probe(&mut manager, NodeId(5), ms(30));
+        assert!(!manager.is_idle());
+        assert_eq!(manager.change(activate(2, &[2]), ms(31)), Ok(Vec::new()));
+
+        let mut follower = Manager::new(ME, ManagerTiming::default());
+        assert!(follower.change(activate(2, &[2]), ms(31)).is_err());
+    }
+
+    #[test]
+    fn a_recovery_names_its_regions() {
+        let cause = Cause::Recovery {
+            regions: vec![RegionId(3), RegionId(5)],
+        };
+        assert_eq!(cause.to_string(), "recovery of r3, r5");
+    }
+
     /// A member whose lease expires while it has not acknowledged the configuration being
     /// distributed supersedes it at once, not at the acknowledgement timeout.
     #[test]
@@ -1783,6 +1935,8 @@ mod simulation {
         /// the manager: a configuration commits only after those of it and of every older one.
         removed_until_reported: BTreeMap<u64, Time>,
         cm_committed: BTreeMap<u64, Time>,
+        /// Recovery reports that started a reconfiguration.
+        activations: usize,
     }
 
     fn cluster() -> Configuration {
@@ -1831,6 +1985,7 @@ mod simulation {
                 removed_while_live: BTreeSet::new(),
                 removed_until_reported: BTreeMap::new(),
                 cm_committed: BTreeMap::new(),
+                activations: 0,
             };
             sim.elect();
             sim
@@ -1977,6 +2132,18 @@ mod simulation {
                     let actions = match body {
                         Body::ProbeReply(nonce) => self.manager.probe_reply(from, nonce, self.now),
                         Body::NewConfigAck(ack) => self.manager.ack(from, &ack, self.now),
+                        Body::RegionsRecovered(report) => {
+                            let change = Change::Activate {
+                                config: report.config,
+                                regions: report.regions.iter().copied().map(RegionId).collect(),
+                            };
+                            // Refused only while this CM does not lead: the node reports again.
+                            let actions = self.manager.change(change, self.now).unwrap_or_default();
+                            if !actions.is_empty() {
+                                self.activations += 1;
+                            }
+                            actions
+                        }
                         _ => unreachable!("members send only these"),
                     };
                     self.handle(actions);
@@ -2169,7 +2336,24 @@ mod simulation {
                 .filter(|n| !self.crashed.contains(n))
                 .collect();
             for node in live {
-                if let Some((cm, body)) = self.members.get_mut(&node).unwrap().tick(now) {
+                let member = self.members.get_mut(&node).unwrap();
+                // Transaction recovery ends as soon as a configuration is committed: the regions
+                // blocked at the node in it are recovered.
+                {
+                    let mut state = member.adopter().state.borrow_mut();
+                    let recovered = match &state.config {
+                        Some(config) if state.committed => config
+                            .regions
+                            .iter()
+                            .filter(|p| p.state == RegionState::Blocked && p.primary == node)
+                            .map(|p| p.region)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    state.recovered = recovered;
+                }
+                let replies = [member.tick(now), member.recovery_report(now)];
+                for (cm, body) in replies.into_iter().flatten() {
                     assert_eq!(cm, CM);
                     self.send(Message::ToCm { from: node, body });
                 }
@@ -2221,6 +2405,8 @@ mod simulation {
         removed_while_live: usize,
         /// Node-steps at which a node acted.
         acts: u64,
+        /// Recovery reports that started a reconfiguration.
+        activations: usize,
     }
 
     /// One run.
@@ -2257,6 +2443,16 @@ mod simulation {
             let state = sim.members[&node].adopter().state.borrow();
             assert_eq!((state.id, state.committed), (sim.raft.id, true), "{node}");
         }
+        // Every region that lost its primary was recovered by the new one and is active again
+        // (or lost: then it has no replica to recover).
+        for placement in &sim.raft.regions {
+            assert_ne!(
+                placement.state,
+                RegionState::Blocked,
+                "{placement:?} is still blocked in {}",
+                sim.raft.id
+            );
+        }
         let stood_down = sim
             .manager
             .history()
@@ -2267,6 +2463,7 @@ mod simulation {
             stood_down,
             removed_while_live: sim.removed_while_live.len(),
             acts: sim.acts,
+            activations: sim.activations,
         }
     }
 
@@ -2279,6 +2476,7 @@ mod simulation {
             total.stood_down += run.stood_down;
             total.removed_while_live += run.removed_while_live;
             total.acts += run.acts;
+            total.activations += run.activations;
         });
         if pinned_seed().is_none() {
             let Exercised {
@@ -2286,6 +2484,7 @@ mod simulation {
                 stood_down,
                 removed_while_live,
                 acts,
+                activations,
             } = total;
             assert!(removed >= SEED_COUNT as usize / 2, "removed={removed}");
             assert!(
@@ -2299,6 +2498,10 @@ mod simulation {
                 "removed_while_live={removed_while_live}"
             );
             assert!(acts > 0, "no node ever acted");
+            assert!(
+                activations >= SEED_COUNT as usize / 2,
+                "activations={activations}"
+            );
         }
     }
 }

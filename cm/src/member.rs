@@ -23,17 +23,33 @@
 //!   no CM (a static cluster, built from a file) is taken from any sender: the links already
 //!   admit only nodes that know the cluster secret. Envelopes from anyone else are ignored,
 //!   not answered: a reply would tell a confused sender nothing it can act on.
+//! - **Recovered regions.** Once a configuration in which a region is blocked with this node
+//!   as its primary is committed, the node runs transaction recovery for it
+//!   (docs/failures.md#transaction-recovery) and the CM must then make it active again. The
+//!   member looks at [`Adopter::recovered`] every [`RECOVERY_POLL`] while such a region exists
+//!   ([`Member::recovery_report`]) and, when the list is not empty, sends it to the CM of the
+//!   configuration (`RegionsRecovered`), again every [`RECOVERY_REPORT_PERIOD`] until a newer
+//!   configuration is adopted (the CM's, with the regions active, or any other: the report
+//!   names the configuration it holds for, so a late one does nothing at the CM). Nothing is
+//!   sent between NEW-CONFIG and its commit: recovery runs in a committed configuration.
 
-use crate::wire::{NewConfigAck, envelope::Body};
-use acre_engine::addr::NodeId;
+use crate::wire::{NewConfigAck, RegionsRecovered, envelope::Body};
+use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::clock::Time;
-use acre_txn::config::Configuration;
+use acre_txn::config::{Configuration, RegionState};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a node that adopted a configuration repeats its acknowledgement until the commit
 /// comes.
 pub const ACK_RESEND_PERIOD: Duration = Duration::from_millis(20);
+/// How often the member asks its adopter for recovered regions while a region is blocked with
+/// this node as primary in its committed configuration: bounds how long a recovered region
+/// waits before its report leaves (a few atomics and a lock per look, not a spin).
+pub const RECOVERY_POLL: Duration = Duration::from_millis(5);
+/// How often a recovery report goes to the CM again while the regions are still recovered and
+/// blocked (the CM is busy with another reconfiguration, or the report was lost).
+pub const RECOVERY_REPORT_PERIOD: Duration = Duration::from_millis(20);
 
 /// What a node does at NEW-CONFIG and NEW-CONFIG-COMMIT.
 ///
@@ -50,6 +66,12 @@ pub trait Adopter {
     fn commit(&self, id: u64) -> Result<(), String>;
     /// The id of the configuration the node holds.
     fn current_id(&self) -> u64;
+    /// The regions blocked in the node's configuration whose transactions it recovered (as
+    /// their primary), for the CM to make active; empty once the configuration shows them
+    /// active. A node without regions, or without recovery, has none.
+    fn recovered(&self) -> Vec<RegionId> {
+        Vec::new()
+    }
 }
 
 /// Why a member refused NEW-CONFIG, as the ack's `refused` text starts.
@@ -90,6 +112,10 @@ pub struct Member<A> {
     /// The configuration adopted through NEW-CONFIG and not committed yet, and when the ack
     /// goes out again.
     pending: Option<(Arc<Configuration>, Time)>,
+    /// The configuration adopted through NEW-CONFIG and committed last, and when the member
+    /// looks at the recovered regions next: only while a region is blocked with this node as
+    /// primary in it, and it names a CM to tell (module docs, "Recovered regions").
+    recovering: Option<(Arc<Configuration>, Time)>,
 }
 
 /// A message for one node.
@@ -101,6 +127,7 @@ impl<A: Adopter> Member<A> {
             me,
             adopter,
             pending: None,
+            recovering: None,
         }
     }
 
@@ -178,6 +205,8 @@ impl<A: Adopter> Member<A> {
                 config.id
             );
             self.pending = Some((config.clone(), now + ACK_RESEND_PERIOD));
+            // Recovery runs in a committed configuration: reports wait for this one's commit.
+            self.recovering = None;
         }
         // Equal ids: adopted already (or the node's first configuration): acknowledge again.
         Some(NewConfigAck {
@@ -206,7 +235,14 @@ impl<A: Adopter> Member<A> {
         }
         match self.adopter.commit(id) {
             Ok(()) => {
-                self.pending = None;
+                let (config, _) = self.pending.take().expect("checked above");
+                let recovers = config.cm_leader.is_some()
+                    && config
+                        .regions
+                        .iter()
+                        .any(|p| p.state == RegionState::Blocked && p.primary == self.me);
+                // The first look at the next tick: recovery starts now, and usually takes longer.
+                self.recovering = recovers.then_some((config, Time::ZERO));
                 true
             }
             Err(reason) => {
@@ -235,9 +271,41 @@ impl<A: Adopter> Member<A> {
         ))
     }
 
-    /// When [`Member::tick`] has something to do next.
+    /// Time passed: the regions whose transactions the node recovered, if any, go to the CM of
+    /// its committed configuration, at most every [`RECOVERY_REPORT_PERIOD`] (module docs,
+    /// "Recovered regions").
+    pub fn recovery_report(&mut self, now: Time) -> Option<Reply> {
+        let (config, look_at) = self.recovering.as_mut()?;
+        if now < *look_at {
+            return None;
+        }
+        if self.adopter.current_id() != config.id {
+            // The node moved on without this member (it never does through NEW-CONFIG): its
+            // configuration is not the one to report for.
+            self.recovering = None;
+            return None;
+        }
+        let regions = self.adopter.recovered();
+        if regions.is_empty() {
+            *look_at = now + RECOVERY_POLL;
+            return None;
+        }
+        *look_at = now + RECOVERY_REPORT_PERIOD;
+        let cm = config.cm_leader?;
+        Some((
+            cm,
+            Body::RegionsRecovered(RegionsRecovered {
+                config: config.id,
+                regions: regions.iter().map(|region| region.0).collect(),
+            }),
+        ))
+    }
+
+    /// When [`Member::tick`] or [`Member::recovery_report`] has something to do next.
     pub fn next_deadline(&self) -> Option<Time> {
-        self.pending.as_ref().map(|(_, at)| *at)
+        let pending = self.pending.as_ref().map(|(_, at)| *at);
+        let recovering = self.recovering.as_ref().map(|(_, at)| *at);
+        pending.into_iter().chain(recovering).min()
     }
 }
 
@@ -266,6 +334,9 @@ pub(crate) mod tests {
         pub(crate) committed: bool,
         pub(crate) adopt_count: usize,
         pub(crate) fail_next: bool,
+        pub(crate) recovered: Vec<RegionId>,
+        /// The configuration adopted last.
+        pub(crate) config: Option<Arc<Configuration>>,
     }
 
     impl FakeNode {
@@ -290,6 +361,7 @@ pub(crate) mod tests {
                 return Err("no memory for the copy".into());
             }
             state.id = config.id;
+            state.config = Some(config.clone());
             state.committed = false;
             state.adopt_count += 1;
             Ok(())
@@ -304,6 +376,10 @@ pub(crate) mod tests {
 
         fn current_id(&self) -> u64 {
             self.state.borrow().id
+        }
+
+        fn recovered(&self) -> Vec<RegionId> {
+            self.state.borrow().recovered.clone()
         }
     }
 
@@ -423,6 +499,74 @@ pub(crate) mod tests {
             None,
             "not this machine's"
         );
+    }
+
+    /// `config(id, [1, 2, 3])` with `blocked` regions blocked (region k has its primary on
+    /// node k).
+    fn with_blocked(id: u64, blocked: &[u32]) -> Arc<Configuration> {
+        let mut config = (*config(id, &[1, 2, 3])).clone();
+        for placement in &mut config.regions {
+            if blocked.contains(&placement.region.0) {
+                placement.state = RegionState::Blocked;
+            }
+        }
+        Arc::new(config)
+    }
+
+    fn report(config: u64, regions: &[u32]) -> Option<Reply> {
+        Some((
+            CM,
+            Body::RegionsRecovered(RegionsRecovered {
+                config,
+                regions: regions.to_vec(),
+            }),
+        ))
+    }
+
+    // docs/failures.md#transaction-recovery: a new primary reports its recovered regions to
+    // the CM of its committed configuration until a configuration shows them active.
+    #[test]
+    fn recovered_regions_are_reported_to_the_cm_until_a_new_configuration_comes() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        assert_eq!(
+            member.recovery_report(ms(0)),
+            None,
+            "nothing committed here"
+        );
+        acked(member.new_config(CM, with_blocked(6, &[3]), ms(0)), 6);
+        member.adopter().state.borrow_mut().recovered = vec![RegionId(3)];
+        assert_eq!(member.recovery_report(ms(1)), None, "not committed yet");
+        assert!(member.commit(CM, 6));
+        assert_eq!(member.next_deadline(), Some(Time::ZERO), "look at once");
+        assert_eq!(member.recovery_report(ms(2)), report(6, &[3]));
+        // Again after the report period, not before.
+        assert_eq!(member.recovery_report(ms(21)), None);
+        assert_eq!(member.next_deadline(), Some(ms(22)));
+        assert_eq!(member.recovery_report(ms(22)), report(6, &[3]));
+        // Nothing recovered: looked at again after the poll, not reported.
+        member.adopter().state.borrow_mut().recovered.clear();
+        assert_eq!(member.recovery_report(ms(42)), None);
+        assert_eq!(member.next_deadline(), Some(ms(42) + RECOVERY_POLL));
+
+        // The CM's next configuration, r3 active: adopted, then committed, and no more
+        // reports or looks.
+        member.adopter().state.borrow_mut().recovered = vec![RegionId(3)];
+        acked(member.new_config(CM, with_blocked(7, &[]), ms(50)), 7);
+        assert_eq!(member.recovery_report(ms(60)), None, "7 is not committed");
+        assert_eq!(
+            member.next_deadline(),
+            Some(ms(70)),
+            "the ack's resend only"
+        );
+        assert!(member.commit(CM, 7));
+        assert_eq!(member.next_deadline(), None);
+        assert_eq!(member.recovery_report(ms(100)), None);
+
+        // A region blocked at another node is none of this member's.
+        acked(member.new_config(CM, with_blocked(8, &[1]), ms(110)), 8);
+        assert!(member.commit(CM, 8));
+        assert_eq!(member.next_deadline(), None);
+        assert_eq!(member.recovery_report(ms(120)), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reconfiguration planning: the functions that compute configuration c+1 from c when nodes
-//! fail ([`after_failure`]), join ([`add_node`]) or leave ([`remove_node`]), and when a region
-//! is created ([`add_region`]) (docs/failures.md#reconfiguration, FaRM SOSP'15 §5.2).
+//! fail ([`after_failure`]), join ([`add_node`]) or leave ([`remove_node`]), when a region is
+//! created ([`add_region`]), and when transaction recovery unblocks regions ([`activate`])
+//! (docs/failures.md#reconfiguration, FaRM SOSP'15 §5.2).
 //!
 //! They are pure: no I/O, no clock, no randomness, and the same input gives the same output, so
 //! every CM replica that replays a Raft entry computes the same configuration, and a test can
@@ -60,8 +61,10 @@
 //!   explicit state shown everywhere, never a silently dropped region; it stays lost (its data
 //!   comes back only with a replica's files, which is not planned here).
 //! - **States last.** A blocked region stays blocked through later changes (even when its new
-//!   primary fails too and another backup is promoted) until recovery, not a remap, unblocks it.
-//!   An active region whose primary survives stays active.
+//!   primary fails too and another backup is promoted) until recovery, not a remap, unblocks it:
+//!   [`activate`], which its new primary's report of its recovered transactions asks for, is
+//!   the only plan that makes a blocked region active. An active region whose primary survives
+//!   stays active.
 //! - **New backups.** A region with fewer than f backups gets new ones on live memory nodes that
 //!   hold no replica of it, chosen one at a time by, in order: fewest of the region's replicas in
 //!   the candidate's failure domain (so replicas spread over domains, and a domain that fails
@@ -207,10 +210,18 @@ impl fmt::Display for RegionChange {
             }
             return write!(f, ")");
         }
+        // Unblocked by transaction recovery ([`activate`]): said once, first when nothing else
+        // about the primary changed.
+        let recovered =
+            self.state_before == Some(RegionState::Blocked) && self.state == RegionState::Active;
+        let mut recovered_said = false;
         if self.created {
             write!(f, "created, primary {}", self.primary)?;
         } else if let Some(Promotion { from, to }) = self.promoted {
             write!(f, "primary {from} -> {to} (promoted)")?;
+        } else if recovered {
+            write!(f, "{RECOVERED}")?;
+            recovered_said = true;
         } else {
             write!(f, "primary {}", self.primary)?;
         }
@@ -237,12 +248,19 @@ impl fmt::Display for RegionChange {
                 self.backups_missing_count
             )?;
         }
-        if self.state_before != Some(self.state) || !self.state.is_active() {
+        if recovered {
+            if !recovered_said {
+                write!(f, ", {RECOVERED}")?;
+            }
+        } else if self.state_before != Some(self.state) || !self.state.is_active() {
             write!(f, ", {}", self.state.name())?;
         }
         Ok(())
     }
 }
+
+/// What a change line says of a region that [`activate`] unblocked.
+const RECOVERED: &str = "active again (its transactions are recovered)";
 
 /// `, {what} n1 n2 and n3 (copying)`: the nodes of a list, those copying last and marked; nothing
 /// when both are empty.
@@ -332,6 +350,21 @@ pub enum RemapError {
          larger instead of creating more"
     )]
     RegionIdsExhausted { id: u64 },
+    #[error(
+        "{region} is no region of configuration {id}: a report of its recovery is for another \
+         configuration, or a bug in its sender; leave it out"
+    )]
+    UnknownRegion { region: RegionId, id: u64 },
+    #[error(
+        "{region} is lost in configuration {id}: it has no replica to recover, and stays lost; \
+         leave it out"
+    )]
+    RegionLost { region: RegionId, id: u64 },
+    #[error(
+        "none of {} is blocked in configuration {id}: they are active already; install nothing",
+        region_list(regions)
+    )]
+    NothingBlocked { regions: Vec<RegionId>, id: u64 },
 }
 
 fn region_list(regions: &[RegionId]) -> String {
@@ -517,6 +550,51 @@ pub fn add_region(config: &Configuration) -> Result<Plan, RemapError> {
     });
     fill_backups(&mut next, Some(RegionId(region)));
     // A new region is empty: nothing to copy.
+    Ok(finish(config, next, CopyFrom::NewPrimary))
+}
+
+/// Configuration c+1 with every region of `regions` that is blocked in c active again: their new
+/// primaries finished transaction recovery (docs/failures.md#transaction-recovery: the locks of
+/// the transactions in flight are taken again, so the region can serve). Nothing else changes:
+/// replicas, copying backups and members stay as they are, so the plan needs no copy.
+///
+/// A region of `regions` that is active already is skipped (a report that crossed the
+/// configuration that activated it). Refused when a region of `regions` does not exist
+/// ([`RemapError::UnknownRegion`]) or is lost ([`RemapError::RegionLost`]), and when none of
+/// them is blocked ([`RemapError::NothingBlocked`]: there is nothing to install).
+pub fn activate(config: &Configuration, regions: &[RegionId]) -> Result<Plan, RemapError> {
+    check(config)?;
+    let mut next = config.clone();
+    next.id = next_id(config);
+    let mut activated_count = 0;
+    for &region in regions {
+        let Some(placement) = next.regions.iter_mut().find(|p| p.region == region) else {
+            return Err(RemapError::UnknownRegion {
+                region,
+                id: config.id,
+            });
+        };
+        match placement.state {
+            RegionState::Lost => {
+                return Err(RemapError::RegionLost {
+                    region,
+                    id: config.id,
+                });
+            }
+            RegionState::Active => {}
+            RegionState::Blocked => {
+                placement.state = RegionState::Active;
+                activated_count += 1;
+            }
+        }
+    }
+    if activated_count == 0 {
+        return Err(RemapError::NothingBlocked {
+            regions: regions.to_vec(),
+            id: config.id,
+        });
+    }
+    // Active regions keep their backups, so `finish` finds none added: no copy.
     Ok(finish(config, next, CopyFrom::NewPrimary))
 }
 
@@ -1009,6 +1087,85 @@ mod tests {
         let next = after_failure(&blocked, &failed(&[2])).unwrap().config;
         let r1 = placement(&next, 1);
         assert_eq!((r1.primary, r1.state), (n(1), RegionState::Blocked));
+    }
+
+    // docs/failures.md#transaction-recovery: a new primary that took the locks of the
+    // transactions in flight again reports its regions recovered, and the CM makes them active.
+    #[test]
+    fn recovered_regions_become_active_and_nothing_else_changes() {
+        let config = cluster(4, 1, 1);
+        // r1: n1 [n2]; r2: n2 [n3]; r3: n3 [n4]; r4: n4 [n1]. n1 and n3 fail: r1 and r3 are
+        // blocked at n2 and n4, with new copying backups.
+        let blocked = after_failure(&config, &failed(&[1, 3])).unwrap().config;
+        assert_eq!(placement(&blocked, 1).state, RegionState::Blocked);
+        assert_eq!(placement(&blocked, 3).state, RegionState::Blocked);
+
+        // r2 is active already (a report that crossed another activation): skipped.
+        let plan = activate(&blocked, &[RegionId(1), RegionId(2)]).unwrap();
+        assert_eq!(plan.config.id, blocked.id + 1);
+        let mut expected = blocked.clone();
+        expected.id += 1;
+        expected.regions[0].state = RegionState::Active;
+        assert_eq!(
+            plan.config, expected,
+            "r1 active, everything else as it was"
+        );
+        assert!(plan.copies.is_empty());
+        assert_eq!(plan.changes.len(), 1);
+        let c1 = change(&plan, 1);
+        assert_eq!(
+            (c1.state_before, c1.state, c1.promoted),
+            (Some(RegionState::Blocked), RegionState::Active, None)
+        );
+        assert!(c1.added.is_empty() && c1.dropped.is_empty(), "{c1:?}");
+        let copying = placement(&blocked, 1).copying.clone();
+        assert_eq!(
+            c1.to_string(),
+            format!(
+                "r1: active again (its transactions are recovered), {} still copying",
+                list(&copying)
+            )
+        );
+
+        // Both at once, in any order.
+        let both = activate(&blocked, &[RegionId(3), RegionId(1)]).unwrap();
+        assert!(both.config.regions.iter().all(|p| p.state.is_active()));
+        let lines: Vec<String> = both.changes.iter().map(|c| c.region.to_string()).collect();
+        assert_eq!(lines, ["r1", "r3"]);
+
+        // Nothing blocked among them: nothing to install.
+        let error = activate(&plan.config, &[RegionId(1), RegionId(2)]).unwrap_err();
+        assert!(
+            matches!(&error, RemapError::NothingBlocked { regions, id }
+                if *regions == [RegionId(1), RegionId(2)] && *id == blocked.id + 1),
+            "{error}"
+        );
+        assert!(activate(&blocked, &[]).is_err(), "nothing listed");
+        let error = activate(&blocked, &[RegionId(1), RegionId(9)]).unwrap_err();
+        assert!(
+            matches!(error, RemapError::UnknownRegion { region: RegionId(9), id } if id == blocked.id),
+            "{error}"
+        );
+        assert!(error.to_string().contains("r9"), "{error}");
+
+        // A lost region has nothing to recover: refused, naming it.
+        let lost = after_failure(&blocked, &failed(&[2])).unwrap().config;
+        let (lost_region, still_blocked): (Vec<_>, Vec<_>) = lost
+            .regions
+            .iter()
+            .filter(|p| !p.state.is_active())
+            .partition(|p| p.state == RegionState::Lost);
+        assert!(
+            !lost_region.is_empty() && !still_blocked.is_empty(),
+            "{lost:?}"
+        );
+        let region = lost_region[0].region;
+        let error = activate(&lost, &[still_blocked[0].region, region]).unwrap_err();
+        assert!(
+            matches!(error, RemapError::RegionLost { region: r, .. } if r == region),
+            "{error}"
+        );
+        assert!(error.to_string().contains("stays lost"), "{error}");
     }
 
     #[test]
@@ -1641,7 +1798,7 @@ mod properties {
         let choice = if config.nodes.len() <= 2 && rng.below(2) == 0 {
             6
         } else {
-            rng.below(12)
+            rng.below(13)
         };
         match choice {
             0..=4 => {
@@ -1763,6 +1920,49 @@ mod properties {
                 assert_eq!(plan.changes.len(), 1, "only the new region changes");
                 assert_eq!(plan.copies.len(), 0, "a new region is empty");
                 assert!(placement.copying.is_empty(), "{placement:?}");
+                plan.config
+            }
+            12 => {
+                // Recovery finished in some regions (active ones among them: a late report).
+                let chosen: Vec<RegionId> = config
+                    .regions
+                    .iter()
+                    .filter(|p| p.state != RegionState::Lost)
+                    .map(|p| p.region)
+                    .filter(|_| rng.below(2) == 0)
+                    .collect();
+                let blocked = |region: &RegionId| {
+                    config.placement(*region).unwrap().state == RegionState::Blocked
+                };
+                let result = activate(config, &chosen);
+                if !chosen.iter().any(blocked) {
+                    let error = result.unwrap_err();
+                    assert!(
+                        matches!(error, RemapError::NothingBlocked { .. }),
+                        "{error}"
+                    );
+                    return config.clone();
+                }
+                let plan = result.unwrap();
+                assert_eq!(plan, activate(config, &chosen).unwrap());
+                check_common(config, &plan, &BTreeSet::new());
+                check_copies(&plan);
+                assert!(plan.copies.is_empty(), "{:?}", plan.copies);
+                for old in &config.regions {
+                    let placement = plan.config.placement(old.region).unwrap();
+                    let state = if chosen.contains(&old.region) && blocked(&old.region) {
+                        RegionState::Active
+                    } else {
+                        old.state
+                    };
+                    let mut expected = old.clone();
+                    expected.state = state;
+                    assert_eq!(*placement, expected);
+                }
+                let mut unchanged = plan.config.clone();
+                unchanged.id = config.id;
+                unchanged.regions = config.regions.clone();
+                assert_eq!(unchanged, *config, "only region states change");
                 plan.config
             }
             _ => complete_copies(rng, config),

@@ -240,7 +240,7 @@ impl Command {
 /// (docs/failures.md#reconfiguration).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
-    #[prost(oneof = "envelope::Body", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "envelope::Body", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub body: Option<envelope::Body>,
 }
 
@@ -267,7 +267,24 @@ pub mod envelope {
         /// A member's answer to a probe.
         #[prost(uint64, tag = "6")]
         ProbeReply(u64),
+        /// A member to the CM: it recovered the transactions of these regions, blocked in its
+        /// configuration, and they can be active again.
+        #[prost(message, tag = "7")]
+        RegionsRecovered(super::RegionsRecovered),
     }
+}
+
+/// A new primary's report to the CM (docs/failures.md#transaction-recovery): in configuration
+/// `config`, committed at the node, it recovered the transactions of `regions` (blocked there),
+/// so the CM can install a configuration in which they are active. Sent again every
+/// [`crate::member::RECOVERY_REPORT_PERIOD`] until the node's configuration shows them active.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegionsRecovered {
+    #[prost(uint64, tag = "1")]
+    pub config: u64,
+    /// Region ids.
+    #[prost(uint32, repeated, tag = "2")]
+    pub regions: Vec<u32>,
 }
 
 /// A member's answer to NEW-CONFIG of configuration `id`: adopted (`refused` empty), or why
@@ -314,10 +331,25 @@ mod tests {
             envelope::Body::NewConfigCommit(7),
             envelope::Body::Probe(9),
             envelope::Body::ProbeReply(9),
+            envelope::Body::RegionsRecovered(RegionsRecovered {
+                config: 7,
+                regions: vec![3, 5],
+            }),
+            envelope::Body::RegionsRecovered(RegionsRecovered {
+                config: 8,
+                regions: Vec::new(),
+            }),
         ] {
             let bytes = Envelope::new(body.clone()).encode();
             assert_eq!(Envelope::decode_from(&bytes).unwrap(), body);
         }
+        // Tags are the format: a recovery report is field 7, length-delimited.
+        let bytes = Envelope::new(envelope::Body::RegionsRecovered(RegionsRecovered {
+            config: 1,
+            regions: vec![2],
+        }))
+        .encode();
+        assert_eq!(bytes[0], 7 << 3 | 2, "{bytes:?}");
         assert!(Envelope::decode_from(&[]).is_err(), "no body");
         assert!(Envelope::decode_from(&[0xff; 9]).is_err());
     }

@@ -19,7 +19,8 @@
 //! - The **driver** ([`acre_cm::driver::CmDriver`]): the node's member of the reconfiguration
 //!   protocol, and the CM's manager while its replica leads. Its adopter is the
 //!   [`ProcessNode`]: NEW-CONFIG is [`ProcessNode::adopt`], NEW-CONFIG-COMMIT
-//!   [`ProcessNode::commit_config`].
+//!   [`ProcessNode::commit_config`], and the regions it reports to the CM as recovered (for
+//!   the CM to make them active again) are [`ProcessNode::recovered_regions`].
 //! - A **housekeeping thread** (a replica's process only) woken by the group's status watch
 //!   and otherwise after [`AGENT_TICK`], [`AGENT_IDLE_TICK`] once settled, or
 //!   [`DISTRIBUTING_TICK`] while a configuration is being distributed (a wait, never a spin).
@@ -63,7 +64,7 @@ use acre_cm::lease_thread::{LeaseThread, LeaseThreadConfig, NewConfiguration, No
 use acre_cm::manager::{Change, ManagerTiming, Outcome, Reconfiguration};
 use acre_cm::member::Adopter;
 use acre_cm::net::Links;
-use acre_engine::addr::NodeId;
+use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::clock::{Clock, Time};
 use acre_engine::directory::{self, NodeManifest};
 use acre_engine::fabric::tcp::ClusterSecret;
@@ -201,6 +202,15 @@ impl Adopter for HostAdopter {
 
     fn current_id(&self) -> u64 {
         self.0.configuration().id
+    }
+
+    /// A memory node's blocked regions whose transactions it recovered; a standalone replica
+    /// holds no region.
+    fn recovered(&self) -> Vec<RegionId> {
+        match &self.0 {
+            CmHost::Node(node) => node.recovered_regions(),
+            CmHost::Standalone(_) => Vec::new(),
+        }
     }
 }
 
@@ -987,6 +997,10 @@ fn describe(change: &Change) -> String {
         Change::Remove { node } => format!("removing {node}"),
         Change::AddNode { node, .. } => format!("adding {node}"),
         Change::AddRegion { .. } => "adding a region".into(),
+        Change::Activate { regions, .. } => {
+            let names: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+            format!("activating {}", names.join(" "))
+        }
     }
 }
 

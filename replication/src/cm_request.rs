@@ -180,7 +180,7 @@ fn sweep(dir: &Path, max_age: Duration) -> Vec<(PathBuf, SystemTime)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use acre_engine::addr::NodeId;
+    use acre_engine::addr::{NodeId, RegionId};
 
     #[test]
     fn a_request_is_answered_once_and_both_files_go() {
@@ -250,6 +250,10 @@ mod tests {
                 domain: None,
             },
             Change::AddRegion { known_regions: 4 },
+            Change::Activate {
+                config: 7,
+                regions: vec![RegionId(3), RegionId(5)],
+            },
         ] {
             let request = CmRequest { nonce: 11, change };
             let text = toml::to_string(&request).unwrap();

@@ -2,7 +2,9 @@
 //! one region each), three of them hosting a CM replica on loopback CM links, a lease thread
 //! and a driver per node. Node 4 dies (its lease thread and driver stop); the CM suspects it,
 //! installs configuration c+1 through Raft, distributes and commits it, and the cluster
-//! serves on without node 4's region. Every wait is bounded by a deadline.
+//! serves on without node 4's region. Then the region's new primary reports it recovered, and
+//! the CM commits configuration c+2 in which it is active again. Every wait is bounded by a
+//! deadline.
 
 use acre_cm::driver::{CmDriver, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source};
 use acre_cm::group::{CmGroup, GroupOptions};
@@ -41,6 +43,10 @@ const DEAD: NodeId = NodeId(4);
 struct EmbeddedAdopter {
     node: NodeId,
     cluster: Arc<Mutex<EmbeddedCluster>>,
+    /// The regions whose transactions the test says are recovered (transaction recovery does
+    /// not run here), shared by every node: each reports those blocked at it as primary, as
+    /// `ReplicaNode::recovered_regions` does.
+    recovered: Arc<Mutex<Vec<RegionId>>>,
 }
 
 impl Adopter for EmbeddedAdopter {
@@ -63,6 +69,21 @@ impl Adopter for EmbeddedAdopter {
             .iter()
             .find(|n| n.node_id() == self.node)
             .map_or(0, |n| n.txn().config_id())
+    }
+
+    fn recovered(&self) -> Vec<RegionId> {
+        let cluster = self.cluster.lock().unwrap();
+        let Some(node) = cluster.nodes().iter().find(|n| n.node_id() == self.node) else {
+            return Vec::new();
+        };
+        let config = node.txn().config();
+        let blocked_here = |region: &RegionId| {
+            config
+                .placement(*region)
+                .is_some_and(|p| p.state == RegionState::Blocked && p.primary == self.node)
+        };
+        let recovered = self.recovered.lock().unwrap();
+        recovered.iter().copied().filter(blocked_here).collect()
     }
 }
 
@@ -89,6 +110,8 @@ fn since(later: Option<Time>, earlier: Time) -> Duration {
 /// configuration c+1 committed through the CM's Raft group, and the cluster goes on: the region
 /// it was primary of is blocked (until recovery), the others commit. The removed node is fenced
 /// before any member commits, and a fence that fails holds the commit back until it succeeds.
+/// docs/failures.md#transaction-recovery: once the region's new primary reports it recovered,
+/// the CM commits a configuration in which it is active again.
 #[test]
 fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
     let clock = Clock::system();
@@ -202,6 +225,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
 
     // A driver per node.
     let fence_attempts = Arc::new(AtomicU32::new(0));
+    let recovered = Arc::new(Mutex::new(Vec::new()));
     let mut drivers: Vec<Option<CmDriver>> = Vec::new();
     for node in (1..=4).map(NodeId) {
         let index = usize::from(node.0) - 1;
@@ -250,6 +274,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
             EmbeddedAdopter {
                 node,
                 cluster: cluster.clone(),
+                recovered: recovered.clone(),
             },
             source,
         )
@@ -377,6 +402,69 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
         since(record.committed_at, record.suspected_at),
         since(record.committed_at, died_at),
     );
+
+    // Transaction recovery finished at the orphan's new primary: it reports the region, and
+    // the CM installs and commits configuration 3 in which it is active, nothing else changed.
+    let recovered_at = clock.now();
+    recovered.lock().unwrap().push(orphan);
+    wait_until(
+        "configuration 3 with the region active committed at every node",
+        RECONFIGURE_MAX,
+        || {
+            let cluster = cluster.lock().unwrap();
+            cluster.nodes().iter().all(|n| {
+                n.txn().config_state() == (3, true)
+                    && n.txn().config().placement(orphan).unwrap().state == RegionState::Active
+            })
+        },
+    );
+    for group in &groups {
+        wait_until(
+            "every CM replica applied configuration 3",
+            SETUP_MAX,
+            || group.configuration().is_some_and(|c| c.id == 3),
+        );
+    }
+    let third = leader.configuration().unwrap();
+    let mut expected = (*second).clone();
+    expected.id = 3;
+    for placement in &mut expected.regions {
+        if placement.region == orphan {
+            placement.state = RegionState::Active;
+        }
+    }
+    assert_eq!(*third, expected);
+    let n1 = coordinator(&cluster.lock().unwrap());
+    let mut txn = n1.begin().unwrap();
+    let orphan_addr = objects[regions.iter().position(|&r| r == orphan).unwrap()];
+    let read = txn.read(orphan_addr);
+    assert!(
+        !matches!(read, Err(TxnError::RegionUnavailable { .. })),
+        "{orphan:?} serves again: {read:?}"
+    );
+    drop(txn);
+    let history = drivers[cm_index].as_ref().unwrap().history();
+    let record = history
+        .iter()
+        .find(|r| matches!(&r.cause, Cause::Recovery { .. }))
+        .expect("an activation recorded");
+    assert_eq!(
+        record.cause,
+        Cause::Recovery {
+            regions: vec![orphan]
+        }
+    );
+    assert_eq!(record.outcome, Outcome::Committed, "{record}");
+    assert_eq!((record.from_id, record.to_id), (2, Some(3)), "{record}");
+    println!("{record}");
+    println!(
+        "reported {:?} after recovery ended, committed {:?} after the report",
+        record.suspected_at.saturating_duration_since(recovered_at),
+        since(record.committed_at, record.suspected_at),
+    );
+    // The report stops once the region is active: no further configuration.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(leader.configuration().unwrap().id, 3);
 
     for driver in drivers.into_iter().flatten() {
         driver.stop();

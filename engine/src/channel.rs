@@ -27,8 +27,8 @@ use crate::fabric::{Completion, Fabric, Op, OpError};
 use crate::hash::FastMap;
 use crate::region::{AccessKey, Region};
 use acre_nvm_log::ring::{
-    DATA_OFFSET, HEAD_OFFSET, RESET_ACK_OFFSET, RESET_REQUEST_OFFSET, RingReset, STATE_DAMAGED,
-    STATE_OFFSET, format, record_kind_written, resume_point,
+    DATA_OFFSET, FENCE_OFFSET, HEAD_OFFSET, RESET_ACK_OFFSET, RESET_REQUEST_OFFSET, RingReset,
+    STATE_DAMAGED, STATE_OFFSET, format, record_kind_written, resume_point,
 };
 use acre_nvm_log::{
     LogError, LogOp, MapOptions, Media, Record, RecordKind, Reservation, RingGeometry, RingReader,
@@ -206,6 +206,19 @@ impl Inbox {
     }
 
     /// The rings as manifest entries (so senders can find them).
+    /// Raises every ring's fence to configuration `id` (docs/failures.md#drain): a writer whose
+    /// append lands after this reads it back. Call it before the drain that reads the rings to
+    /// their end: a record appended before the fence is raised is read by the drain, one
+    /// appended after sees the fence (both sides' accesses are sequentially consistent: the
+    /// writer's read of the fence is a compare-and-swap).
+    pub fn raise_fence(&self, id: u64) {
+        for ring in &self.rings {
+            let word = &ring.region.words_at(FENCE_OFFSET as u32, 8)[0];
+            word.fetch_max(id, std::sync::atomic::Ordering::SeqCst);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn area_entries(&self) -> Vec<AreaEntry> {
         self.rings
             .iter()
@@ -661,13 +674,18 @@ impl Outbox {
     /// landed, so it never writes over a record the receiver may have read, and never leaves a
     /// hole before where the receiver waits. The failed messages are delivered if and only if
     /// their commit words landed.
+    ///
+    /// With `read_fence`, the reader's fence is read back after the records landed (a
+    /// compare-and-swap that changes nothing) and returned: the configuration the receiver
+    /// last drained its rings for (docs/failures.md#drain); otherwise 0.
     pub fn append_reserved(
         &mut self,
         fabric: &Fabric,
         reservation: &mut Reservation,
         messages: &[(RecordKind, &[u8])],
         wake: bool,
-    ) -> Result<(), ChannelError> {
+        read_fence: bool,
+    ) -> Result<u64, ChannelError> {
         self.resume(fabric)?;
         let mut plans = Vec::new();
         for (kind, payload) in messages {
@@ -680,11 +698,19 @@ impl Outbox {
             key: self.key,
             len: 8,
         });
+        if read_fence {
+            ops.push(Op::Cas {
+                addr: self.addr(FENCE_OFFSET),
+                key: self.key,
+                expected: 0,
+                new: 0,
+            });
+        }
         if wake {
             ops.push(Op::Notify);
         }
-        let state = match self.execute(fabric, ops) {
-            Ok(state) => state,
+        let (state, fence) = match self.execute(fabric, ops) {
+            Ok(words) => words,
             Err(error) => {
                 self.standing = Standing::InDoubt;
                 return Err(error);
@@ -695,7 +721,7 @@ impl Outbox {
             self.standing = Standing::Damaged { requested: None };
             return Err(ChannelError::Stopped { node: self.target });
         }
-        Ok(())
+        Ok(fence.unwrap_or(0))
     }
 
     /// Sends messages in one batch; returns once all are durable in the receiver's ring. Fails
@@ -707,9 +733,9 @@ impl Outbox {
     ) -> Result<(), ChannelError> {
         let lens: Vec<usize> = messages.iter().map(|(_, payload)| payload.len()).collect();
         let mut reservation = self.reserve(fabric, &lens)?;
-        let outcome = self.append_reserved(fabric, &mut reservation, messages, true);
+        let outcome = self.append_reserved(fabric, &mut reservation, messages, true, false);
         self.release(reservation);
-        outcome
+        outcome.map(|_| ())
     }
 
     /// Sends one message.
@@ -741,26 +767,24 @@ impl Outbox {
     }
 
     /// Executes `ops` at the receiver; fails if any of them failed. Returns the word the last
-    /// READ among them returned, if there was one.
-    fn execute(&self, fabric: &Fabric, ops: Vec<Op>) -> Result<Option<u64>, ChannelError> {
+    /// READ among them returned and the word the last CAS found, if there were any.
+    fn execute(
+        &self,
+        fabric: &Fabric,
+        ops: Vec<Op>,
+    ) -> Result<(Option<u64>, Option<u64>), ChannelError> {
         if ops.is_empty() {
-            return Ok(None);
+            return Ok((None, None));
         }
-        let mut word = None;
+        let (mut word, mut cas) = (None, None);
         for result in fabric.execute(self.target, ops) {
             match result? {
                 Completion::Write | Completion::Persist | Completion::Notify => {}
                 Completion::Read(bytes) => word = Some(words_of(self.target, &bytes, 8)?[0]),
-                other => {
-                    return Err(OpError::Protocol {
-                        node: self.target,
-                        reason: format!("ring operation completed as {other:?}"),
-                    }
-                    .into());
-                }
+                Completion::Cas { previous } => cas = Some(previous),
             }
         }
-        Ok(word)
+        Ok((word, cas))
     }
 
     fn addr(&self, offset: u64) -> Addr {

@@ -49,6 +49,12 @@ pub const STATE_OFFSET: u64 = 72;
 /// Offset of the reset acknowledgement, in the head's line: the nonce of the last reset request
 /// the reader carried out.
 pub const RESET_ACK_OFFSET: u64 = 80;
+/// Offset of the reader's fence, in the head's line: the id of the configuration for which the
+/// reader last drained its rings (transaction recovery, docs/failures.md#drain); after that,
+/// records of transactions begun in an older configuration that need recovery are refused. A
+/// writer reads it back after an append whose record must not be lost that way (a
+/// COMMIT-BACKUP). Zero until the first drain; a reset keeps it.
+pub const FENCE_OFFSET: u64 = 88;
 /// Offset of the persisted tail word (its own cache line: written by the writer only).
 pub const TAIL_OFFSET: u64 = 128;
 /// Offset of the sequence number of the record at the tail (a hint, rebuilt by recovery).
@@ -75,6 +81,8 @@ const _: () = assert!(DATA_OFFSET.is_multiple_of(64) && DATA_OFFSET >= TAIL_SEQ_
 const _: () = assert!(STATE_OFFSET / 64 == HEAD_OFFSET / 64);
 const _: () = assert!(RESET_ACK_OFFSET / 64 == HEAD_OFFSET / 64);
 const _: () = assert!(RESET_ACK_OFFSET != STATE_OFFSET);
+const _: () = assert!(FENCE_OFFSET / 64 == HEAD_OFFSET / 64);
+const _: () = assert!(FENCE_OFFSET != STATE_OFFSET && FENCE_OFFSET != RESET_ACK_OFFSET);
 const _: () = assert!((RESET_REQUEST_OFFSET + 8) / 64 == TAIL_OFFSET / 64);
 const _: () = assert!(RESET_REQUEST_OFFSET >= TAIL_SEQ_OFFSET + 8);
 
@@ -239,6 +247,7 @@ pub fn format<M: Media + ?Sized>(media: &M, geometry: RingGeometry) -> Result<()
     media.store(HEAD_OFFSET, encode_pos_word(0));
     media.store(STATE_OFFSET, 0);
     media.store(RESET_ACK_OFFSET, 0);
+    media.store(FENCE_OFFSET, 0);
     media.store(TAIL_OFFSET, encode_pos_word(0));
     media.store(TAIL_SEQ_OFFSET, 0);
     media.store(RESET_REQUEST_OFFSET, 0);

@@ -990,10 +990,13 @@ impl Serving {
         self.advance_regions(now);
     }
 
-    /// Drain (docs/failures.md#drain): handles every record already in the rings, after which
-    /// records of transactions that need recovery in `config` are refused.
+    /// Drain (docs/failures.md#drain): raises the rings' fence to `config`, then handles every
+    /// record already in the rings, after which records of transactions that need recovery in
+    /// `config` are refused. A coordinator whose COMMIT-BACKUP lands after the fence went up
+    /// reads it back and leaves its transaction to recovery rather than count the record.
     fn drain_for(&mut self, config: Arc<Configuration>) {
         let me = self.node.node_id();
+        self.inbox.raise_fence(config.id);
         self.drain_rings();
         let id = config.id;
         let mine = self.recovery.drained(me, config);

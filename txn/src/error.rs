@@ -65,8 +65,8 @@ pub enum TxnError {
         "{region} is {} in configuration {config}: {}",
         state.name(),
         match state {
-            RegionState::Blocked => "its primary changed, and it serves again once its locks \
-                are recovered on the new primary; retry later",
+            RegionState::Blocked => "its primary changed, and it serves again once its \
+                transactions are recovered on the new primary; retry shortly (Db::run does)",
             RegionState::Lost => "every replica of it failed; its data is gone until a \
                 replica's files come back",
             RegionState::Active => "it serves",
@@ -110,6 +110,10 @@ impl TxnError {
                 | TxnError::ConfigurationChanged { .. }
                 | TxnError::Reconfiguring { .. }
                 | TxnError::LeaseExpired { .. }
+                | TxnError::RegionUnavailable {
+                    state: RegionState::Blocked,
+                    ..
+                }
         )
     }
 }
@@ -191,6 +195,10 @@ impl CommitError {
                 | CommitError::ConfigurationChanged { .. }
                 | CommitError::Reconfiguring { .. }
                 | CommitError::LeaseExpired { .. }
+                | CommitError::RegionUnavailable {
+                    state: RegionState::Blocked,
+                    ..
+                }
         )
     }
 
@@ -282,8 +290,9 @@ impl Error {
     }
 
     /// Whether the transaction failed because the node's configuration is changing, or may be
-    /// about to (a participant's lease lapsed: the CM renews it or removes the participant):
-    /// run it again once the new one is committed.
+    /// about to (a participant's lease lapsed: the CM renews it or removes the participant), or
+    /// a region it touched is blocked until its transactions are recovered (a configuration
+    /// makes it active again): run it again once the new one is committed.
     pub fn is_reconfiguring(&self) -> bool {
         matches!(
             self,
@@ -291,14 +300,26 @@ impl Error {
                 TxnError::Reconfiguring { .. }
                     | TxnError::ConfigurationChanged { .. }
                     | TxnError::LeaseExpired { .. }
+                    | TxnError::RegionUnavailable {
+                        state: RegionState::Blocked,
+                        ..
+                    }
             ) | Error::Index(IndexError::Txn(
                 TxnError::Reconfiguring { .. }
                     | TxnError::ConfigurationChanged { .. }
                     | TxnError::LeaseExpired { .. }
+                    | TxnError::RegionUnavailable {
+                        state: RegionState::Blocked,
+                        ..
+                    }
             )) | Error::Commit(
                 CommitError::Reconfiguring { .. }
                     | CommitError::ConfigurationChanged { .. }
                     | CommitError::LeaseExpired { .. }
+                    | CommitError::RegionUnavailable {
+                        state: RegionState::Blocked,
+                        ..
+                    }
             )
         )
     }

@@ -167,13 +167,16 @@ impl Links {
     }
 
     /// Appends `record` at `target` inside `reservation`, with pending truncations riding on
-    /// it; returns once the record is durable in the target's log.
+    /// it; returns once the record is durable in the target's log. For a COMMIT-BACKUP it
+    /// returns the target's fence, read back after the record landed: the configuration for
+    /// which the target last drained its rings (docs/failures.md#drain), which refuses the
+    /// record if its transaction began before that and needs recovery; 0 for other records.
     pub fn send(
         &self,
         target: NodeId,
         reservation: &mut Reservation,
         mut record: TxnRecord,
-    ) -> Result<(), TxnError> {
+    ) -> Result<u64, TxnError> {
         let link = self.link(target)?;
         let mut link = locked(&link);
         record.truncated = link.truncations.piggyback();
@@ -181,17 +184,19 @@ impl Links {
         assert!(carried <= PIGGYBACK_MAX, "carried={carried}");
         let payload = record.encode();
         // A backup's CPU is not on the commit path: its COMMIT-BACKUP waits for the next wake-up.
-        let wake = !matches!(record.body, Body::CommitBackup { .. });
-        link.outbox
+        let backup = matches!(record.body, Body::CommitBackup { .. });
+        let fence = link
+            .outbox
             .append_reserved(
                 &self.fabric,
                 reservation,
                 &[(record.kind(), &payload)],
-                wake,
+                !backup,
+                backup,
             )
             .map_err(|e| channel_error(target, e))?;
         link.truncations.sent(carried);
-        Ok(())
+        Ok(fence)
     }
 
     /// Sends `record` inside `reservation` when what is left of it holds the record with a full
@@ -201,7 +206,7 @@ impl Links {
         target: NodeId,
         reservation: Option<&mut Reservation>,
         record: TxnRecord,
-    ) -> Result<(), TxnError> {
+    ) -> Result<u64, TxnError> {
         let needed = acre_nvm_log::record::record_bytes(record::encoded_bytes(
             PIGGYBACK_MAX,
             &record.body,
@@ -210,16 +215,18 @@ impl Links {
             Some(reservation) if reservation.bytes() >= needed => {
                 self.send(target, reservation, record)
             }
-            _ => self.send_one(target, record),
+            _ => {
+                let mut reservation = self.reserve(target, &[&record.body])?;
+                let outcome = self.send(target, &mut reservation, record);
+                self.release(target, reservation);
+                outcome
+            }
         }
     }
 
     /// Sends one record with a reservation of its own.
     pub fn send_one(&self, target: NodeId, record: TxnRecord) -> Result<(), TxnError> {
-        let mut reservation = self.reserve(target, &[&record.body])?;
-        let outcome = self.send(target, &mut reservation, record);
-        self.release(target, reservation);
-        outcome
+        self.send_within(target, None, record).map(|_| ())
     }
 }
 

@@ -124,7 +124,7 @@ impl Txn {
                 truncated: Vec::new(),
                 body,
             };
-            links.send(target, &mut reservation, record).map(|()| index)
+            links.send(target, &mut reservation, record).map(|_| index)
         });
         links.release(target, reservation);
         sent

@@ -80,6 +80,12 @@ pub fn execute_on(region: &Region, node: NodeId, op: &Op) -> OpResult {
         } => {
             region.check(*key, *addr, 8)?;
             let word = &region.words_at(addr.offset(), 8)[0];
+            // A compare-and-swap is ordered after every store of its batch before it, even when
+            // it fails (a read, then): a ring writer that appends and then reads the reader's
+            // fence this way sees a fence raised before its record could be drained, or its
+            // record is drained (`Inbox::raise_fence`). One fence per CAS; on x86 the locked
+            // instruction is a full barrier anyway.
+            std::sync::atomic::fence(Ordering::SeqCst);
             let previous =
                 match word.compare_exchange(*expected, *new, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(previous) | Err(previous) => previous,

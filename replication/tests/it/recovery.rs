@@ -188,3 +188,61 @@ fn a_committed_update_not_yet_applied_at_the_backup_survives_its_primary() {
     cluster.check_replicas().expect("replicas match");
     cluster.stop();
 }
+
+/// The fence (docs/failures.md#drain): a coordinator stalled between its decision and its
+/// COMMIT-BACKUP to n1 while n4 dies and n1 drains its log for the new configuration. Its
+/// record lands after the drain, so n1 refuses it and recovery aborts the transaction (r4's
+/// values are nowhere). The coordinator reads n1's fence back with the append, so it must not
+/// report a commit, nor send COMMIT-PRIMARY: without the fence it would, and r1's primary's
+/// acknowledgement would make it report a commit that recovery undid.
+#[test]
+fn a_commit_backup_that_lands_after_the_drain_is_never_reported_committed() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0");
+    let b = create(&n3, RegionId(1), b"b0");
+    settle(&cluster);
+    let stall = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Delay(Duration::from_millis(500)))
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP))
+            .times(1),
+    );
+    let coordinator = n3.clone();
+    let committing = std::thread::spawn(move || write_both(&coordinator, a, b));
+    std::thread::sleep(Duration::from_millis(100));
+    let newer = next(cluster.config(), without_n4);
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    let outcome = committing.join().expect("the commit does not panic");
+    assert_eq!(
+        cluster.faults().hits(stall),
+        1,
+        "the COMMIT-BACKUP was held back"
+    );
+    assert!(
+        matches!(
+            outcome,
+            Err(CommitError::Indeterminate {
+                node: NodeId(1),
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    wait_recovered(&cluster, NodeId(1), RegionId(4));
+    let active = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.state = RegionState::Active;
+        }
+    });
+    cluster.reconfigure((*active).clone()).expect("activate");
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
+    assert_eq!(recovered(&cluster, NodeId(1)).1, 1, "n1 aborted it");
+    assert_eq!(n3.unfinished_commits(), 0, "nothing left to finish");
+    overwrite(&n1, b, b"b2");
+    settle(&cluster);
+    cluster.check_replicas().expect("replicas match");
+    cluster.stop();
+}

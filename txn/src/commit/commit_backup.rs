@@ -38,10 +38,29 @@ impl Commit<'_> {
                 truncated: Vec::new(),
                 body: self.plan.backups[&backup].clone(),
             };
-            if let Err(e) = self.send(backup, record) {
-                // This backup may hold COMMIT-BACKUP (the append may have executed in part),
-                // and earlier ones do: an ABORT now could contradict what recovery decides.
-                return Err(CommitError::indeterminate(self.txn.id, e));
+            match self.send(backup, record) {
+                Err(e) => {
+                    // This backup may hold COMMIT-BACKUP (the append may have executed in
+                    // part), and earlier ones do: an ABORT now could contradict what recovery
+                    // decides.
+                    return Err(CommitError::indeterminate(self.txn.id, e));
+                }
+                Ok(fence) if fence > self.txn.id.config => {
+                    // The backup drained its log for a newer configuration, which recovers
+                    // this transaction if it needs recovery, and then refuses its records: the
+                    // record may not count. Nothing more is sent (no COMMIT-PRIMARY, not even
+                    // by the finisher): recovery's votes decide it (docs/failures.md#drain).
+                    self.left_to_recovery = true;
+                    return Err(CommitError::Indeterminate {
+                        txn: self.txn.id,
+                        node: backup,
+                        reason: format!(
+                            "it drained its log for configuration {fence}, whose recovery \
+                             decides this transaction"
+                        ),
+                    });
+                }
+                Ok(_) => {}
             }
             self.backups_done += 1;
         }

@@ -274,6 +274,9 @@ pub(crate) struct Commit<'t> {
     pub(crate) decided: bool,
     /// Backups whose COMMIT-BACKUP is durable (step 3).
     pub(crate) backups_done: usize,
+    /// A backup's fence said a newer configuration's recovery decides this transaction: the
+    /// commit stops, and nothing of it is finished later.
+    pub(crate) left_to_recovery: bool,
     /// Primaries whose COMMIT-PRIMARY is durable (step 4).
     pub(crate) primaries_done: usize,
     /// Primaries whose COMMIT-PRIMARY append failed (step 4).
@@ -295,6 +298,7 @@ impl<'t> Commit<'t> {
             validated: false,
             decided: false,
             backups_done: 0,
+            left_to_recovery: false,
             primaries_done: 0,
             primaries_missed: BTreeSet::new(),
             cas_locked: Vec::new(),
@@ -338,8 +342,8 @@ impl<'t> Commit<'t> {
     /// What is left to send of a commit that decided to commit (COMMIT-BACKUP was sent) but
     /// did not get every record acknowledged; `None` when nothing is (it finished, or aborted).
     fn unfinished(&self) -> Option<Unfinished> {
-        if !self.decided {
-            return None; // aborted, or never got to decide
+        if !self.decided || self.left_to_recovery {
+            return None; // aborted, never got to decide, or recovery decides it
         }
         let backups_left: BTreeSet<NodeId> = self
             .plan
@@ -406,8 +410,9 @@ impl<'t> Commit<'t> {
     }
 
     /// Appends `record` at `node` inside the log space step 0 reserved there; returns once
-    /// the record is durable in `node`'s log.
-    pub(crate) fn send(&mut self, node: NodeId, record: TxnRecord) -> Result<(), TxnError> {
+    /// the record is durable in `node`'s log, with `node`'s fence for a COMMIT-BACKUP
+    /// ([`crate::link::Links::send`]).
+    pub(crate) fn send(&mut self, node: NodeId, record: TxnRecord) -> Result<u64, TxnError> {
         let txn = self.txn.id;
         assert_eq!(record.txn, txn, "a record of another transaction");
         let reservation = self

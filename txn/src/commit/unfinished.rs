@@ -68,6 +68,12 @@ enum Attempt {
         node: NodeId,
         reason: String,
     },
+    /// A backup drained its log for configuration `fence`, whose recovery decides the
+    /// transaction: nothing more is sent.
+    LeftToRecovery {
+        node: NodeId,
+        fence: u64,
+    },
 }
 
 impl Unfinished {
@@ -85,17 +91,29 @@ impl Unfinished {
         self.reservations.retain(|&to, _| !links.is_removed(to));
         for backup in self.backups_left.clone() {
             let body = self.plan.backups[&backup].clone();
-            if let Err(reason) = self.send(node, backup, body, failed) {
-                return Attempt::NotYet {
-                    node: backup,
-                    reason,
-                };
+            match self.send(node, backup, body, failed) {
+                Err(reason) => {
+                    return Attempt::NotYet {
+                        node: backup,
+                        reason,
+                    };
+                }
+                Ok(fence) if fence > self.txn.config => {
+                    return Attempt::LeftToRecovery {
+                        node: backup,
+                        fence,
+                    };
+                }
+                Ok(_) => {}
             }
             self.backups_left.remove(&backup);
         }
         let mut missed = None;
         for primary in self.primaries_left.clone() {
-            if let Err(reason) = self.send(node, primary, Body::CommitPrimary, failed) {
+            if let Err(reason) = self
+                .send(node, primary, Body::CommitPrimary, failed)
+                .map(|_| ())
+            {
                 missed = Some((primary, reason));
                 continue;
             }
@@ -135,7 +153,7 @@ impl Unfinished {
         to: NodeId,
         body: Body,
         failed: &mut BTreeSet<NodeId>,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         if failed.contains(&to) {
             return Err("it failed earlier in this round".into());
         }
@@ -299,6 +317,18 @@ fn finisher(shared: &Shared, node: Weak<TxnNode>, clock: &Clock) {
                 Attempt::NotYet { node, reason } => {
                     tracing::debug!(txn = %commit.txn, %node, "not finished yet: {reason}");
                     left.push(commit);
+                }
+                Attempt::LeftToRecovery {
+                    node: backup,
+                    fence,
+                } => {
+                    finished += 1;
+                    tracing::info!(
+                        txn = %commit.txn,
+                        "left to recovery: {backup} drained its log for configuration {fence}, \
+                         whose recovery decides it"
+                    );
+                    commit.release(&node);
                 }
             }
         }

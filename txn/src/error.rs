@@ -324,6 +324,17 @@ impl Error {
         )
     }
 
+    /// Whether a participant could not be reached (nothing of the transaction is durable):
+    /// with a configuration manager, it comes back or a configuration removes it.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Txn(TxnError::Unavailable { .. })
+                | Error::Index(IndexError::Txn(TxnError::Unavailable { .. }))
+                | Error::Commit(CommitError::Unavailable { .. })
+        )
+    }
+
     /// The conflict, if this is one (in an operation, an index operation or the commit).
     pub fn is_conflict(&self) -> bool {
         matches!(

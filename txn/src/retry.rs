@@ -51,28 +51,35 @@ pub fn run<T>(
     let mut backoff = Backoff::retry(BACKOFF_FIRST, BACKOFF_MAX).with_clock(clock);
     let mut attempts = 0;
     let mut reconfiguring_since: Option<Time> = None;
+    // With a configuration manager, a participant that cannot be reached is either back soon or
+    // removed by a new configuration: waited through like a reconfiguration.
+    let mut managed = false;
     loop {
         let error = match begin() {
             Err(e) => Error::Txn(e),
-            Ok(mut txn) => match body(&mut txn) {
-                Ok(value) => match txn.commit() {
-                    Ok(()) => return Ok(value),
-                    Err(e) => Error::Commit(e),
-                },
-                Err(e) if e.is_retryable() => e,
-                Err(e) => match txn.still_valid() {
-                    Ok(false) => Error::Txn(TxnError::Conflict {
-                        addr: Addr::new(RegionId(0), 0),
-                        why: "the transaction failed on data that had changed",
-                    }),
-                    _ => return Err(e),
-                },
-            },
+            Ok(mut txn) => {
+                managed = !txn.config.cm_replicas.is_empty();
+                match body(&mut txn) {
+                    Ok(value) => match txn.commit() {
+                        Ok(()) => return Ok(value),
+                        Err(e) => Error::Commit(e),
+                    },
+                    Err(e) if e.is_retryable() || (managed && e.is_unavailable()) => e,
+                    Err(e) => match txn.still_valid() {
+                        Ok(false) => Error::Txn(TxnError::Conflict {
+                            addr: Addr::new(RegionId(0), 0),
+                            why: "the transaction failed on data that had changed",
+                        }),
+                        _ => return Err(e),
+                    },
+                }
+            }
         };
-        if !error.is_retryable() {
+        let waits = error.is_reconfiguring() || (managed && error.is_unavailable());
+        if !error.is_retryable() && !waits {
             return Err(error);
         }
-        if error.is_reconfiguring() {
+        if waits {
             let now = clock.now();
             let since = *reconfiguring_since.get_or_insert(now);
             if now - since >= RECONFIGURATION_WAIT_MAX {

@@ -246,3 +246,45 @@ fn a_commit_backup_that_lands_after_the_drain_is_never_reported_committed() {
     cluster.check_replicas().expect("replicas match");
     cluster.stop();
 }
+
+/// The other side of the fence: a transaction that needs no recovery (it writes only r1, whose
+/// primary survives) and whose COMMIT-BACKUP lands after its backup drained for the
+/// configuration without n4 counts as usual: the coordinator sees the fence, finds that no
+/// primary it locked at moved, and commits. (Left to recovery, it would keep its locks for
+/// good: no recovery looks at a transaction that needs none.)
+#[test]
+fn a_commit_backup_after_the_drain_of_a_transaction_needing_no_recovery_commits() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let b = create(&n3, RegionId(1), b"b0"); // primary n1, backup n2
+    settle(&cluster);
+    let stall = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Delay(Duration::from_millis(500)))
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP))
+            .times(1),
+    );
+    let coordinator = n3.clone();
+    let committing = std::thread::spawn(move || {
+        let mut txn = coordinator.begin().expect("begin");
+        txn.write(b, b"b1").expect("write b");
+        txn.commit()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let newer = next(cluster.config(), without_n4);
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    let outcome = committing.join().expect("the commit does not panic");
+    assert_eq!(
+        cluster.faults().hits(stall),
+        1,
+        "the COMMIT-BACKUP was held back"
+    );
+    assert_eq!(outcome, Ok(()));
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b1");
+    overwrite(&n1, b, b"b2");
+    wait_recovered(&cluster, NodeId(1), RegionId(4));
+    settle(&cluster);
+    cluster.check_replicas().expect("replicas match");
+    cluster.stop();
+}

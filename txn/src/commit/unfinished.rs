@@ -99,10 +99,23 @@ impl Unfinished {
                     };
                 }
                 Ok(fence) if fence > self.txn.config => {
-                    return Attempt::LeftToRecovery {
-                        node: backup,
-                        fence,
-                    };
+                    match super::commit_backup::fenced(node, &self.plan, fence, Duration::ZERO) {
+                        super::commit_backup::Fenced::Counted => {}
+                        super::commit_backup::Fenced::LeftToRecovery => {
+                            return Attempt::LeftToRecovery {
+                                node: backup,
+                                fence,
+                            };
+                        }
+                        super::commit_backup::Fenced::Unknown => {
+                            return Attempt::NotYet {
+                                node: backup,
+                                reason: format!(
+                                    "its fence names configuration {fence}, not known here yet"
+                                ),
+                            };
+                        }
+                    }
                 }
                 Ok(_) => {}
             }

@@ -514,7 +514,7 @@ impl Bank {
                                     report.audits_committed += 1;
                                     report.violations.push(violation);
                                 }
-                                Err(e) if e.is_retryable() => {
+                                Err(e) if db.is_transient(&e) => {
                                     report.audits_aborted += 1;
                                     wait(&mut backoff);
                                 }
@@ -537,7 +537,7 @@ impl Bank {
                                 report.commit_latencies.push(began.elapsed());
                                 watch.committed();
                             }
-                            Err(e) if e.is_retryable() => {
+                            Err(e) if db.is_transient(&e) => {
                                 report.aborted += 1;
                                 watch.aborted(&e);
                                 wait(&mut backoff);

@@ -235,10 +235,6 @@ impl Db {
             })
     }
 
-    /// Waits until every committed transaction has been applied to every backup and all logs
-    /// are truncated (embedded clusters; a connected `Db` only flushes its own truncations and
-    /// finishes its unfinished commits).
-    /// Returns whether that happened within `timeout`.
     /// The id of the configuration this process's coordinators hold (with a CM, the last one it
     /// committed that the process has adopted: a client learns it within about
     /// `acre_replication::agent::FOLLOW_TICK` of the CM's status file).
@@ -246,6 +242,19 @@ impl Db {
         self.coordinator().config_id()
     }
 
+    /// Whether a transaction that failed with `error` may be run again and should be, as
+    /// [`Db::run`] does: a conflict, a full log, a reconfiguration, a region being recovered,
+    /// or, with a configuration manager, a participant that cannot be reached (it comes back,
+    /// or a configuration removes it). For callers that run their own attempts.
+    pub fn is_transient(&self, error: &Error) -> bool {
+        error.is_retryable()
+            || (error.is_unavailable() && !self.coordinator().config().cm_replicas.is_empty())
+    }
+
+    /// Waits until every committed transaction has been applied to every backup and all logs
+    /// are truncated (embedded clusters; a connected `Db` only flushes its own truncations and
+    /// finishes its unfinished commits).
+    /// Returns whether that happened within `timeout`.
     pub fn quiesce(&self, timeout: Duration) -> bool {
         match &self.inner.backing {
             Backing::Embedded(cluster) => cluster.quiesce(timeout),

@@ -242,6 +242,14 @@ impl Db {
         self.coordinator().config_id()
     }
 
+    /// What became of `txn`, whose commit reported `CommitError::Indeterminate` (its id is in
+    /// the error): committed, aborted, or still pending (its coordinator is finishing it, or
+    /// recovery is deciding it: ask again). Asks every memory node (a round trip, bounded by a
+    /// second).
+    pub fn outcome(&self, txn: TxnId) -> crate::outcome::TxnOutcome {
+        crate::outcome::outcome(self.coordinator(), txn)
+    }
+
     /// Whether a transaction that failed with `error` may be run again and should be, as
     /// [`Db::run`] does: a conflict, a full log, a reconfiguration, a region being recovered,
     /// or, with a configuration manager, a participant that cannot be reached (it comes back,

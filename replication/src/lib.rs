@@ -43,6 +43,7 @@ pub mod db;
 pub mod embedded;
 pub mod liveness;
 pub mod orphan;
+pub mod outcome;
 pub mod process;
 pub mod recovery;
 pub mod replica;

@@ -626,6 +626,11 @@ impl Serving {
                 crate::orphan::answer(&self.node, sender, record.reply, seq, undecided);
                 false
             }
+            Body::OutcomeQuery { txn: asked } => {
+                let known = self.my_vote(asked);
+                crate::orphan::answer(&self.node, sender, record.reply, seq, Some(known));
+                false
+            }
         };
         (keep, holds)
     }

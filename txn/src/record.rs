@@ -39,6 +39,7 @@ pub const ALLOC: RecordKind = RecordKind(22);
 pub const RELEASE: RecordKind = RecordKind(23);
 pub const REQUEST_VOTE: RecordKind = RecordKind(24);
 pub const RECOVERY_QUERY: RecordKind = RecordKind(25);
+pub const OUTCOME_QUERY: RecordKind = RecordKind(26);
 
 /// Bytes of an encoded [`TxnId`].
 pub const TXN_ID_BYTES: usize = 24;
@@ -184,6 +185,12 @@ pub enum Body {
     RecoveryQuery {
         region: RegionId,
     },
+    /// What does the receiver hold or know of `txn`? Asked by a coordinator that reported it
+    /// `Indeterminate` (`Db::outcome`); answered with a vote (`reply::Code::Vote`), which,
+    /// unlike REQUEST-VOTE's, binds the receiver to nothing.
+    OutcomeQuery {
+        txn: TxnId,
+    },
 }
 
 impl Body {
@@ -199,6 +206,7 @@ impl Body {
             Body::Release { .. } => RELEASE,
             Body::RequestVote { .. } => REQUEST_VOTE,
             Body::RecoveryQuery { .. } => RECOVERY_QUERY,
+            Body::OutcomeQuery { .. } => OUTCOME_QUERY,
         }
     }
 
@@ -215,6 +223,7 @@ impl Body {
             Body::Release { addrs } => addrs.len() * 8,
             Body::RequestVote { .. } => TXN_ID_BYTES,
             Body::RecoveryQuery { .. } => 8,
+            Body::OutcomeQuery { .. } => TXN_ID_BYTES,
         }
     }
 }
@@ -362,6 +371,7 @@ impl<'a> Reader<'a> {
                 Body::Release { addrs }
             }
             REQUEST_VOTE => Body::RequestVote { txn: self.txn()? },
+            OUTCOME_QUERY => Body::OutcomeQuery { txn: self.txn()? },
             RECOVERY_QUERY => {
                 let region = RegionId(self.u32()?);
                 self.u32()?;
@@ -444,7 +454,8 @@ impl TxnRecord {
             | Body::Truncate
             | Body::Alloc { .. }
             | Body::RequestVote { .. }
-            | Body::RecoveryQuery { .. } => 0,
+            | Body::RecoveryQuery { .. }
+            | Body::OutcomeQuery { .. } => 0,
         };
         w.u32(u32::try_from(self.truncated.len()).expect("bounded piggyback"));
         w.u32(u32::try_from(items).expect("a record holds fewer than 2^32 items"));
@@ -491,6 +502,7 @@ impl TxnRecord {
                 w.u32(region.0);
                 w.u32(0);
             }
+            Body::OutcomeQuery { txn } => w.txn(*txn),
         }
         assert_eq!(
             w.0.len(),
@@ -612,6 +624,14 @@ mod tests {
             },
             Body::RecoveryQuery {
                 region: RegionId(3),
+            },
+            Body::OutcomeQuery {
+                txn: TxnId {
+                    config: 2,
+                    node: NodeId(100),
+                    thread: 1,
+                    seq: 9,
+                },
             },
         ];
         bodies

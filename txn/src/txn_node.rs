@@ -92,6 +92,11 @@ impl TxnNode {
         self.unfinished.count()
     }
 
+    /// Whether this node's finisher still has records of `txn` to deliver.
+    pub fn is_unfinished(&self, txn: crate::record::TxnId) -> bool {
+        self.unfinished.holds(txn)
+    }
+
     /// Stops finishing commits before the node stops: a node that stopped sends nothing more,
     /// which the memory nodes' settlement of a gone client's transactions relies on. What is
     /// left stays unfinished for them to settle.

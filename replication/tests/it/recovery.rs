@@ -11,6 +11,7 @@ use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::appended_kinds;
 use acre_engine::fabric::fault::{Action, Rule};
 use acre_replication::EmbeddedCluster;
+use acre_replication::outcome::{TxnOutcome, outcome};
 use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY};
 use acre_txn::{CommitError, RegionState};
 use std::sync::atomic::Ordering::Relaxed;
@@ -63,6 +64,22 @@ fn write_both(
     txn.commit()
 }
 
+/// What became of `txn`, asked until it is decided (a node may still hold its records for
+/// the truncation that follows the decision).
+fn wait_decided(
+    coordinator: &std::sync::Arc<acre_txn::TxnNode>,
+    txn: acre_txn::TxnId,
+) -> TxnOutcome {
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    loop {
+        let found = outcome(coordinator, txn);
+        if !matches!(found, TxnOutcome::Pending { .. }) || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn recovered(cluster: &EmbeddedCluster, node: NodeId) -> (u64, u64) {
     let stats = replica(cluster, node).worker().expect("running").stats();
     (
@@ -93,11 +110,10 @@ fn a_transaction_held_by_every_backup_commits_when_its_primary_dies() {
             )
         })
         .collect();
-    let outcome = write_both(&n3, a, b);
-    assert!(
-        matches!(outcome, Err(CommitError::Indeterminate { .. })),
-        "{outcome:?}"
-    );
+    let committed = write_both(&n3, a, b);
+    let Err(CommitError::Indeterminate { txn, .. }) = committed else {
+        panic!("{committed:?}");
+    };
     fail_n4_and_recover(&mut cluster);
     for rule in rules {
         cluster.faults().remove(rule);
@@ -106,6 +122,7 @@ fn a_transaction_held_by_every_backup_commits_when_its_primary_dies() {
     assert_eq!(value_at(&n1, a).expect("read a"), b"a1");
     assert_eq!(value_at(&n1, b).expect("read b"), b"b1");
     assert_eq!(recovered(&cluster, NodeId(1)).0, 1, "n1 committed it");
+    assert_eq!(wait_decided(&n3, txn), TxnOutcome::Committed);
     // Both serve: the locks are gone and r4 takes new transactions at n1.
     overwrite(&n1, a, b"a2");
     overwrite(&n1, b, b"b2");
@@ -137,8 +154,10 @@ fn a_transaction_no_backup_holds_aborts_when_its_primary_dies() {
             )
         })
         .collect();
-    let outcome = write_both(&n3, a, b);
-    assert!(outcome.is_err(), "{outcome:?}");
+    let committed = write_both(&n3, a, b);
+    let Err(CommitError::Indeterminate { txn, .. }) = committed else {
+        panic!("{committed:?}");
+    };
     fail_n4_and_recover(&mut cluster);
     for rule in rules {
         cluster.faults().remove(rule);
@@ -146,6 +165,7 @@ fn a_transaction_no_backup_holds_aborts_when_its_primary_dies() {
     let n1 = txn_node(&cluster, 0);
     assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
     assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
+    assert_eq!(wait_decided(&n3, txn), TxnOutcome::Aborted);
     overwrite(&n1, a, b"a2");
     overwrite(&n1, b, b"b2");
     assert_eq!(value_at(&n1, b).expect("read b"), b"b2");
@@ -213,22 +233,20 @@ fn a_commit_backup_that_lands_after_the_drain_is_never_reported_committed() {
     std::thread::sleep(Duration::from_millis(100));
     let newer = next(cluster.config(), without_n4);
     cluster.reconfigure((*newer).clone()).expect("reconfigure");
-    let outcome = committing.join().expect("the commit does not panic");
+    let committed = committing.join().expect("the commit does not panic");
     assert_eq!(
         cluster.faults().hits(stall),
         1,
         "the COMMIT-BACKUP was held back"
     );
-    assert!(
-        matches!(
-            outcome,
-            Err(CommitError::Indeterminate {
-                node: NodeId(1),
-                ..
-            })
-        ),
-        "{outcome:?}"
-    );
+    let Err(CommitError::Indeterminate {
+        txn,
+        node: NodeId(1),
+        ..
+    }) = committed
+    else {
+        panic!("{committed:?}");
+    };
     wait_recovered(&cluster, NodeId(1), RegionId(4));
     let active = next(cluster.config(), |config| {
         for placement in &mut config.regions {
@@ -240,6 +258,7 @@ fn a_commit_backup_that_lands_after_the_drain_is_never_reported_committed() {
     assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
     assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
     assert_eq!(recovered(&cluster, NodeId(1)).1, 1, "n1 aborted it");
+    assert_eq!(outcome(&n3, txn), TxnOutcome::Aborted);
     assert_eq!(n3.unfinished_commits(), 0, "nothing left to finish");
     overwrite(&n1, b, b"b2");
     settle(&cluster);

@@ -230,6 +230,11 @@ impl UnfinishedCommits {
         self.shared.state().pending
     }
 
+    /// Whether `txn` waits to be finished (not counting one the finisher is trying now).
+    pub(crate) fn holds(&self, txn: TxnId) -> bool {
+        self.shared.state().commits.iter().any(|c| c.txn == txn)
+    }
+
     /// Hands `unfinished` to `node`'s finisher, starting it if it does not run.
     pub(crate) fn add(&self, node: &Arc<TxnNode>, unfinished: Unfinished) {
         assert!(

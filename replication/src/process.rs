@@ -352,6 +352,12 @@ impl ProcessNode {
         self.replica().recovered_regions()
     }
 
+    /// Regions whose copy this node completed ([`ReplicaNode::copied_regions`]): what it
+    /// reports to the CM.
+    pub fn copied_regions(&self) -> Vec<RegionId> {
+        self.replica().copied_regions()
+    }
+
     /// Refuses to start memory node `node` while another process runs it, or on files of an
     /// earlier run that hold data.
     fn check_earlier_run(dir: &Path, node: NodeId) -> Result<(), NodeStartError> {

@@ -123,6 +123,9 @@ pub struct ReplicaNode {
     /// Regions whose transaction recovery this node finished, with the configuration it was
     /// done in (filled by the worker).
     recovered: RecoveredRegions,
+    /// Regions whose copy this node, a new backup, completed (data recovery), with the
+    /// configuration it was done in.
+    copied: RecoveredRegions,
     worker: Option<Worker>,
 }
 
@@ -214,6 +217,7 @@ impl ReplicaNode {
             region_bytes,
             adopting: Mutex::new(()),
             recovered,
+            copied: RecoveredRegions::default(),
             worker: Some(worker),
         })
     }
@@ -318,6 +322,29 @@ impl ReplicaNode {
     /// new primary) has finished: the CM may install a configuration that makes them active
     /// again (docs/failures.md#transaction-recovery). Empty once the configuration shows them
     /// active.
+    /// Regions this node backs up whose copy it completed (data recovery,
+    /// docs/failures.md#data-recovery) while the configuration still lists it as copying: the
+    /// CM may install a configuration that counts the copy complete.
+    pub fn copied_regions(&self) -> Vec<RegionId> {
+        let config = self.txn.config();
+        let me = self.node_id();
+        let mut regions: Vec<RegionId> = self
+            .copied
+            .lock()
+            .expect(crate::POISONED)
+            .iter()
+            .map(|(region, _)| *region)
+            .filter(|region| {
+                config
+                    .placement(*region)
+                    .is_some_and(|p| p.copying.contains(&me))
+            })
+            .collect();
+        regions.sort();
+        regions.dedup();
+        regions
+    }
+
     pub fn recovered_regions(&self) -> Vec<RegionId> {
         let config = self.txn.config();
         let mut regions: Vec<RegionId> = self

@@ -60,6 +60,10 @@ struct BackupCopy {
     /// and the copy of a block must take each object unlocked (waiting out a lock), so it is
     /// taken after the install (docs/failures.md#data-recovery: a requirement on the copy).
     copying: bool,
+    /// Held while a slot of this copy is written: by the worker applying a transaction, and by
+    /// data recovery installing what it copied, so that each install's version check and
+    /// write happen together.
+    writing: Arc<Mutex<()>>,
 }
 
 /// What applying one transaction did.
@@ -82,6 +86,7 @@ impl Backup {
                         let copy = BackupCopy {
                             region,
                             copying: false,
+                            writing: Arc::default(),
                         };
                         (copy.region.id(), copy)
                     })
@@ -106,7 +111,14 @@ impl Backup {
     pub fn add(&self, region: Arc<Region>, copying: bool) {
         let mut copies = self.copies.write().expect(crate::POISONED);
         let id = region.id();
-        let previous = copies.insert(id, BackupCopy { region, copying });
+        let previous = copies.insert(
+            id,
+            BackupCopy {
+                region,
+                copying,
+                writing: Arc::default(),
+            },
+        );
         assert!(previous.is_none(), "{id} added twice to the backup copies");
     }
 
@@ -250,6 +262,7 @@ impl Backup {
                 addr,
             })?;
         let region = &copy.region;
+        let _writing = copy.writing.lock().expect(crate::POISONED);
         let words = match self.slot_words(region, addr) {
             Ok(words) => words,
             Err(ApplyError::NoBlockHeader { .. }) if copy.copying => {
@@ -269,6 +282,79 @@ impl Backup {
         );
         persist_slot(region, addr, words.len());
         Ok(Installed::Yes)
+    }
+
+    /// Data recovery: gives the copy of `region` the block header at `block_offset` (its
+    /// [`BLOCK_HEADER_BYTES`] as the primary holds them) if the copy has no valid header there
+    /// yet; the magic word goes last, so a header with the magic is whole. Returns whether the
+    /// copy has that header now.
+    pub fn copy_block_header(&self, region: RegionId, block_offset: u32, header: &[u8]) -> bool {
+        let Some(copy) = self.copy(region) else {
+            return false;
+        };
+        if slab::block_slot_bytes(header, self.block_bytes).is_none() {
+            return false;
+        }
+        let _writing = copy.writing.lock().expect(crate::POISONED);
+        let words = copy.region.words_at(block_offset, BLOCK_HEADER_BYTES);
+        let have: Vec<u8> = words
+            .iter()
+            .flat_map(|w| w.load(Ordering::Acquire).to_le_bytes())
+            .collect();
+        if have == header {
+            return true;
+        }
+        for (index, word) in words.iter().enumerate().skip(1).rev() {
+            let bytes = header[index * 8..index * 8 + 8]
+                .try_into()
+                .expect("8 bytes");
+            word.store(u64::from_le_bytes(bytes), Ordering::Release);
+        }
+        let magic = header[..8].try_into().expect("8 bytes");
+        words[0].store(u64::from_le_bytes(magic), Ordering::Release);
+        persist_slot(
+            &copy.region,
+            Addr::new(region, block_offset),
+            (BLOCK_HEADER_BYTES / 8) as usize,
+        );
+        true
+    }
+
+    /// Data recovery: installs in the copy of `region` the slot at `addr` as read at the
+    /// primary (`slot`: header, payload, trailer, unlocked and consistent) if it is newer than
+    /// the copy's. Returns whether it installed.
+    pub fn install_copied(&self, addr: Addr, slot: &[u8]) -> Result<bool, ApplyError> {
+        let copy = self.copy(addr.region()).ok_or(ApplyError::NoCopy {
+            region: addr.region(),
+            addr,
+        })?;
+        let read = object::decode(slot).map_err(|_| ApplyError::NotASlot {
+            addr,
+            slot_bytes: slot.len() as u64,
+        })?;
+        let _writing = copy.writing.lock().expect(crate::POISONED);
+        let words = self.slot_words(&copy.region, addr)?;
+        if words.len() * 8 != slot.len() {
+            return Err(ApplyError::NotASlot {
+                addr,
+                slot_bytes: slot.len() as u64,
+            });
+        }
+        if object::load_header(words).version() >= read.header.version() {
+            return Ok(false);
+        }
+        object::overwrite(
+            words,
+            read.payload,
+            read.header.is_allocated(),
+            read.header.version(),
+        );
+        persist_slot(&copy.region, addr, words.len());
+        Ok(true)
+    }
+
+    fn copy(&self, id: RegionId) -> Option<BackupCopy> {
+        self.copies.read().expect(crate::POISONED).get(&id).cloned()
     }
 
     /// The words of the slot at `addr`, sized by the block header the primary replicated

@@ -39,6 +39,7 @@ pub mod client;
 pub mod cluster_file;
 pub mod cm_request;
 pub mod cm_status;
+pub mod copier;
 pub mod db;
 pub mod embedded;
 pub mod liveness;

@@ -4,6 +4,7 @@
 //! records.
 
 use crate::backup::Backup;
+use crate::copier::{Copier, CopyProgress};
 use crate::liveness::Liveness;
 use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
@@ -22,6 +23,7 @@ use acre_txn::config::{Configuration, NotAdopted, RegionState, StaleConfiguratio
 use acre_txn::directory::Directory;
 use acre_txn::primary::Primary;
 use acre_txn::reply::{REPLY_AREA_BYTES, REPLY_AREA_ID, ReplyArea};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -126,6 +128,9 @@ pub struct ReplicaNode {
     /// Regions whose copy this node, a new backup, completed (data recovery), with the
     /// configuration it was done in.
     copied: RecoveredRegions,
+    /// Where this node's copies stand (data recovery).
+    copy_progress: Arc<CopyProgress>,
+    copier: Option<Copier>,
     worker: Option<Worker>,
 }
 
@@ -209,6 +214,15 @@ impl ReplicaNode {
             recovered.clone(),
         )
         .map_err(io("spawn the worker"))?;
+        let copied = RecoveredRegions::default();
+        let copy_progress = Arc::new(CopyProgress::default());
+        let copier = Copier::spawn(
+            txn.clone(),
+            backup.clone(),
+            copied.clone(),
+            copy_progress.clone(),
+        )
+        .map_err(io("spawn the copier"))?;
         Ok(ReplicaNode {
             txn,
             backup,
@@ -217,7 +231,9 @@ impl ReplicaNode {
             region_bytes,
             adopting: Mutex::new(()),
             recovered,
-            copied: RecoveredRegions::default(),
+            copied,
+            copy_progress,
+            copier: Some(copier),
             worker: Some(worker),
         })
     }
@@ -444,8 +460,17 @@ impl ReplicaNode {
             })
     }
 
-    /// Stops the worker.
+    /// Where this node's copies of regions it became a new backup of stand: per region,
+    /// `(blocks copied, blocks)` (data recovery).
+    pub fn copy_progress(&self) -> BTreeMap<RegionId, (u64, u64)> {
+        self.copy_progress.snapshot()
+    }
+
+    /// Stops the copier and the worker.
     pub fn stop(mut self) {
+        if let Some(mut copier) = self.copier.take() {
+            copier.stop();
+        }
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }

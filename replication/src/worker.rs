@@ -626,6 +626,11 @@ impl Serving {
                 crate::orphan::answer(&self.node, sender, record.reply, seq, undecided);
                 false
             }
+            Body::CopyQuery { region, older_than } => {
+                let locked = self.locked_before(region, older_than);
+                crate::orphan::answer(&self.node, sender, record.reply, seq, locked);
+                false
+            }
             Body::OutcomeQuery { txn: asked } => {
                 let known = self.my_vote(asked);
                 crate::orphan::answer(&self.node, sender, record.reply, seq, Some(known));
@@ -679,6 +684,27 @@ impl Serving {
             bits |= self.recovery.truncations.vote(txn);
         }
         bits
+    }
+
+    /// COPY-QUERY of a new backup of `region`: how many transactions begun before configuration
+    /// `older_than` hold its LOCK here (they may still install in `region` and send their
+    /// COMMIT-BACKUP to the older backups only); `None` (refused) until this node has drained
+    /// for `older_than`, after which no such transaction locks here any more (a one-sided
+    /// coordinator reads the fence with its LOCK, a message-mode LOCK is refused as stale).
+    fn locked_before(&self, region: RegionId, older_than: u64) -> Option<u64> {
+        if self.recovery.drained_for() < older_than {
+            return None;
+        }
+        let count = self
+            .kept
+            .iter()
+            .filter(|(txn, kept)| {
+                txn.config < older_than
+                    && kept.holds & vote::LOCK != 0
+                    && kept.regions.contains(&region)
+            })
+            .count();
+        Some(count as u64)
     }
 
     /// RECOVERY-QUERY of the new primary of `region`: how many transactions needing recovery

@@ -167,10 +167,12 @@ impl Links {
     }
 
     /// Appends `record` at `target` inside `reservation`, with pending truncations riding on
-    /// it; returns once the record is durable in the target's log. For a COMMIT-BACKUP it
-    /// returns the target's fence, read back after the record landed: the configuration for
-    /// which the target last drained its rings (docs/failures.md#drain), which refuses the
-    /// record if its transaction began before that and needs recovery; 0 for other records.
+    /// it; returns once the record is durable in the target's log. For a COMMIT-BACKUP or a
+    /// LOCK it returns the target's fence, read back after the record landed: the
+    /// configuration for which the target last drained its rings (docs/failures.md#drain),
+    /// which refuses a COMMIT-BACKUP whose transaction began before that and needs recovery,
+    /// and after which a one-sided coordinator must not lock there in an older one; 0 for
+    /// other records.
     pub fn send(
         &self,
         target: NodeId,
@@ -185,6 +187,7 @@ impl Links {
         let payload = record.encode();
         // A backup's CPU is not on the commit path: its COMMIT-BACKUP waits for the next wake-up.
         let backup = matches!(record.body, Body::CommitBackup { .. });
+        let fenced = backup || matches!(record.body, Body::Lock { .. });
         let fence = link
             .outbox
             .append_reserved(
@@ -192,7 +195,7 @@ impl Links {
                 reservation,
                 &[(record.kind(), &payload)],
                 !backup,
-                backup,
+                fenced,
             )
             .map_err(|e| channel_error(target, e))?;
         link.truncations.sent(carried);

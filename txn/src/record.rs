@@ -40,6 +40,7 @@ pub const RELEASE: RecordKind = RecordKind(23);
 pub const REQUEST_VOTE: RecordKind = RecordKind(24);
 pub const RECOVERY_QUERY: RecordKind = RecordKind(25);
 pub const OUTCOME_QUERY: RecordKind = RecordKind(26);
+pub const COPY_QUERY: RecordKind = RecordKind(27);
 
 /// Bytes of an encoded [`TxnId`].
 pub const TXN_ID_BYTES: usize = 24;
@@ -191,6 +192,14 @@ pub enum Body {
     OutcomeQuery {
         txn: TxnId,
     },
+    /// Data recovery (docs/failures.md#data-recovery): how many transactions begun before
+    /// configuration `older_than` hold locks in `region` at the receiver, its primary? Asked by
+    /// a new backup before it copies the region; answered with a vote whose value 0 is the
+    /// count, or refused until the receiver has drained its logs for `older_than`.
+    CopyQuery {
+        region: RegionId,
+        older_than: u64,
+    },
 }
 
 impl Body {
@@ -207,6 +216,7 @@ impl Body {
             Body::RequestVote { .. } => REQUEST_VOTE,
             Body::RecoveryQuery { .. } => RECOVERY_QUERY,
             Body::OutcomeQuery { .. } => OUTCOME_QUERY,
+            Body::CopyQuery { .. } => COPY_QUERY,
         }
     }
 
@@ -224,6 +234,7 @@ impl Body {
             Body::RequestVote { .. } => TXN_ID_BYTES,
             Body::RecoveryQuery { .. } => 8,
             Body::OutcomeQuery { .. } => TXN_ID_BYTES,
+            Body::CopyQuery { .. } => 16,
         }
     }
 }
@@ -372,6 +383,12 @@ impl<'a> Reader<'a> {
             }
             REQUEST_VOTE => Body::RequestVote { txn: self.txn()? },
             OUTCOME_QUERY => Body::OutcomeQuery { txn: self.txn()? },
+            COPY_QUERY => {
+                let region = RegionId(self.u32()?);
+                self.u32()?;
+                let older_than = self.u64()?;
+                Body::CopyQuery { region, older_than }
+            }
             RECOVERY_QUERY => {
                 let region = RegionId(self.u32()?);
                 self.u32()?;
@@ -455,7 +472,8 @@ impl TxnRecord {
             | Body::Alloc { .. }
             | Body::RequestVote { .. }
             | Body::RecoveryQuery { .. }
-            | Body::OutcomeQuery { .. } => 0,
+            | Body::OutcomeQuery { .. }
+            | Body::CopyQuery { .. } => 0,
         };
         w.u32(u32::try_from(self.truncated.len()).expect("bounded piggyback"));
         w.u32(u32::try_from(items).expect("a record holds fewer than 2^32 items"));
@@ -503,6 +521,11 @@ impl TxnRecord {
                 w.u32(0);
             }
             Body::OutcomeQuery { txn } => w.txn(*txn),
+            Body::CopyQuery { region, older_than } => {
+                w.u32(region.0);
+                w.u32(0);
+                w.u64(*older_than);
+            }
         }
         assert_eq!(
             w.0.len(),
@@ -632,6 +655,10 @@ mod tests {
                     thread: 1,
                     seq: 9,
                 },
+            },
+            Body::CopyQuery {
+                region: RegionId(4),
+                older_than: 7,
             },
         ];
         bodies

@@ -307,3 +307,89 @@ fn a_commit_backup_after_the_drain_of_a_transaction_needing_no_recovery_commits(
     cluster.check_replicas().expect("replicas match");
     cluster.stop();
 }
+
+/// Data recovery (docs/failures.md#data-recovery): n4 leaves, r3 (primary n3) gets n1 as a new
+/// backup whose copy starts empty. n1's copier fills it from n3 while a writer keeps updating,
+/// allocating and freeing r3's objects; once it reports the copy done and the CM (the test)
+/// counts it complete, n1's copy is identical to n3's, and it keeps up afterwards.
+#[test]
+fn a_new_backup_copies_its_region_while_it_is_written_and_ends_identical() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let objects: Vec<Addr> = (0..300)
+        .map(|k| {
+            let size = [8, 100, 700][k % 3];
+            create(&n3, RegionId(3), &vec![k as u8; size])
+        })
+        .collect();
+    settle(&cluster);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (n3, objects, stop) = (n3.clone(), objects.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(Relaxed) {
+                round += 1;
+                let addr = objects[(round as usize * 7) % objects.len()];
+                let value = round.to_le_bytes();
+                // Conflicts and reconfigurations are retried by the next round.
+                if let Ok(mut txn) = n3.begin() {
+                    let _ = txn.write(addr, &value).map(|()| txn.commit());
+                }
+                if round.is_multiple_of(10)
+                    && let Ok(mut txn) = n3.begin()
+                    && let Ok(fresh) = txn.alloc_near(50, Addr::new(RegionId(3), 0))
+                    && txn.write(fresh, b"fresh").is_ok()
+                {
+                    let _ = txn.commit();
+                }
+            }
+            round
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let newer = next(cluster.config(), without_n4);
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while !replica(&cluster, NodeId(1))
+        .copied_regions()
+        .contains(&RegionId(3))
+    {
+        assert!(Instant::now() < deadline, "n1 did not copy r3");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Relaxed);
+    let rounds = writer.join().expect("the writer does not panic");
+    assert!(
+        rounds > 10,
+        "the writer ran during the copy: {rounds} rounds"
+    );
+    let (done, blocks) = replica(&cluster, NodeId(1)).copy_progress()[&RegionId(3)];
+    assert_eq!(done, blocks);
+    let complete = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.copying.clear();
+            if placement.region == RegionId(4) {
+                placement.state = RegionState::Active;
+            }
+        }
+    });
+    wait_recovered(&cluster, NodeId(1), RegionId(4));
+    cluster.reconfigure((*complete).clone()).expect("complete");
+    assert_eq!(
+        replica(&cluster, NodeId(1))
+            .backup()
+            .is_copying(RegionId(3)),
+        Some(false)
+    );
+    assert!(replica(&cluster, NodeId(1)).copied_regions().is_empty());
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("the new backup's copy matches its primary");
+    overwrite(&n3, objects[0], b"after");
+    settle(&cluster);
+    cluster.check_replicas().expect("and keeps up");
+    cluster.stop();
+}

@@ -50,7 +50,16 @@ impl PrimarySteps for OneSided {
                 primary,
                 reply_index: None,
             });
-            sent?;
+            let fence = sent?;
+            if fence > commit.txn.id.config {
+                // The primary drained its log for a newer configuration: no transaction of an
+                // older one locks there any more (a new backup's copy waits for the older ones
+                // it holds, docs/failures.md#data-recovery). Run it again in the new one.
+                return Err(CommitError::ConfigurationChanged {
+                    began: commit.txn.id.config,
+                    current: fence,
+                });
+            }
             if primary == me {
                 let entries = commit.plan.lock_entries(me).to_vec();
                 if !commit.node.primary().lock(commit.txn.id, entries) {

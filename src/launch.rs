@@ -966,7 +966,20 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
     let mut unavailable = 0;
     for placement in &config.regions {
         let backups: Vec<String> = placement.backups.iter().map(|b| b.to_string()).collect();
-        let copying: Vec<String> = placement.copying.iter().map(|b| b.to_string()).collect();
+        // A copying backup's progress, as its copier last wrote it.
+        let copying: Vec<String> = placement
+            .copying
+            .iter()
+            .map(|&b| {
+                let progress = acre::cluster::read_copy_progress(dir, b);
+                match progress.get(&placement.region) {
+                    Some(&(done, blocks)) if blocks > 0 => {
+                        format!("{b} {}%", done * 100 / blocks)
+                    }
+                    _ => b.to_string(),
+                }
+            })
+            .collect();
         if !placement.state.is_active() {
             unavailable += 1;
         }
@@ -987,11 +1000,11 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
     if unavailable > 0 {
         writeln!(
             out,
-            "{unavailable} region(s) unavailable: a blocked region lost its primary and waits for \
-             transaction recovery (not built yet), so that no committed update is lost; a lost \
-             region lost every replica. Transactions on them fail with RegionUnavailable; the \
-             other regions commit. Backups marked copying hold no copy yet and wait for data \
-             recovery."
+            "{unavailable} region(s) unavailable: a blocked region lost its primary and serves \
+             again once its new primary has recovered its transactions (milliseconds), so that \
+             no committed update is lost; a lost region lost every replica. Transactions on a \
+             blocked region are retried by Db::run; on a lost one they fail with \
+             RegionUnavailable; the other regions commit."
         )?;
     }
     print_rings(&mut out, &observed)?;

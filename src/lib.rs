@@ -52,6 +52,7 @@ pub mod cluster {
     pub use acre_replication::cluster_file::*;
     pub use acre_replication::cm_request;
     pub use acre_replication::cm_status::*;
+    pub use acre_replication::copier::read_progress_file as read_copy_progress;
     pub use acre_replication::process::*;
     pub use acre_replication::restart::*;
     pub use acre_replication::status::{Answer, Observation, RingFill, observe};

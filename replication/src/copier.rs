@@ -40,6 +40,7 @@ use acre_txn::config::{Configuration, RegionState};
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::Code;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -58,24 +59,82 @@ const OLDER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// The pause between two questions to the primary about its older transactions.
 const OLDER_POLL: Duration = Duration::from_millis(5);
 
-/// Where the copies of one node stand: per region, blocks done and blocks in all.
+/// How often a node process rewrites its copy-progress file while copying.
+const PROGRESS_FILE_EVERY: Duration = Duration::from_millis(200);
+
+/// Where the copies of one node stand: per region, blocks done and blocks in all; a node
+/// process also writes them to `n<id>.copy` in the cluster directory, where `acre cluster
+/// status` reads them ([`read_progress_file`]).
 #[derive(Debug, Default)]
 pub struct CopyProgress {
     regions: Mutex<BTreeMap<RegionId, (u64, u64)>>,
+    file: Option<PathBuf>,
+    written: Mutex<Option<Instant>>,
 }
 
 impl CopyProgress {
+    /// Progress kept in memory, and written to `file` if given.
+    pub fn new(file: Option<PathBuf>) -> CopyProgress {
+        CopyProgress {
+            file,
+            ..CopyProgress::default()
+        }
+    }
+
     /// Per region being copied or copied: `(blocks done, blocks)`.
     pub fn snapshot(&self) -> BTreeMap<RegionId, (u64, u64)> {
         self.regions.lock().expect(crate::POISONED).clone()
     }
 
     fn set(&self, region: RegionId, done: u64, blocks: u64) {
-        self.regions
-            .lock()
-            .expect(crate::POISONED)
-            .insert(region, (done, blocks));
+        let snapshot = {
+            let mut regions = self.regions.lock().expect(crate::POISONED);
+            regions.insert(region, (done, blocks));
+            regions.clone()
+        };
+        let Some(file) = &self.file else { return };
+        let mut written = self.written.lock().expect(crate::POISONED);
+        let due = written.is_none_or(|at| at.elapsed() >= PROGRESS_FILE_EVERY) || done == blocks;
+        if !due {
+            return;
+        }
+        *written = Some(Instant::now());
+        let text: String = snapshot
+            .iter()
+            .map(|(region, (done, blocks))| format!("{} {done} {blocks}\n", region.0))
+            .collect();
+        let temporary = file.with_extension("copy.tmp");
+        let replaced =
+            std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, file));
+        if let Err(e) = replaced {
+            tracing::debug!("cannot write {}: {e}", file.display());
+        }
     }
+}
+
+/// The copy-progress file of node `node` in the cluster directory `dir`.
+pub fn progress_file(dir: &Path, node: NodeId) -> PathBuf {
+    dir.join(format!("{node}.copy"))
+}
+
+/// What node `node` last wrote of its copies (empty if nothing, or unreadable): per region,
+/// `(blocks done, blocks)`.
+pub fn read_progress_file(dir: &Path, node: NodeId) -> BTreeMap<RegionId, (u64, u64)> {
+    let Ok(text) = std::fs::read_to_string(progress_file(dir, node)) else {
+        return BTreeMap::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace().map(str::parse::<u64>);
+            let (Some(Ok(region)), Some(Ok(done)), Some(Ok(blocks))) =
+                (words.next(), words.next(), words.next())
+            else {
+                return None;
+            };
+            let region = u32::try_from(region).ok()?;
+            Some((RegionId(region), (done, blocks)))
+        })
+        .collect()
 }
 
 struct Shared {

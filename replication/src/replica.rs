@@ -215,7 +215,11 @@ impl ReplicaNode {
         )
         .map_err(io("spawn the worker"))?;
         let copied = RecoveredRegions::default();
-        let copy_progress = Arc::new(CopyProgress::default());
+        let progress_file = match &storage {
+            Storage::Files { dir, .. } => Some(crate::copier::progress_file(dir, txn.node_id())),
+            Storage::Anonymous => None,
+        };
+        let copy_progress = Arc::new(CopyProgress::new(progress_file));
         let copier = Copier::spawn(
             txn.clone(),
             backup.clone(),

@@ -7,7 +7,7 @@
 
 use crate::cluster::{acre, bank_holds, send_signal, text, wait_until_dead};
 use acre::cluster::{CLUSTER_FILE, CmStatusFile};
-use acre::db::{Addr, Db, Error, NodeId, RegionId, TxnError};
+use acre::db::{Addr, Db, Error, NodeId, RegionId};
 use acre::engine::directory::NodeManifest;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

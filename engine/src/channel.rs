@@ -150,6 +150,12 @@ struct InboxRing {
     region: Arc<Region>,
 }
 
+/// Stores `fence` in `ring`'s fence word (sequentially consistent: see [`Inbox::raise_fence`]).
+fn store_fence(ring: &InboxRing, fence: u64) {
+    ring.region.words_at(FENCE_OFFSET as u32, 8)[0]
+        .store(fence, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The receiving end of every channel to one node.
 pub struct Inbox {
     rings: Vec<InboxRing>,
@@ -163,6 +169,9 @@ pub struct Inbox {
     /// per ring; at every empty poll it made the spin before a worker sleeps (200 empty polls,
     /// CPU taken from the other processes of a small host) about twice as long.
     reset_checked_rings: u64,
+    /// The fence last raised ([`Inbox::raise_fence`]): what a reset writes back, since a damaged
+    /// header may hold anything there.
+    fence: u64,
 }
 
 impl Inbox {
@@ -202,6 +211,7 @@ impl Inbox {
             next_index: 0,
             polls_since_reset_check: 0,
             reset_checked_rings: 0,
+            fence: 0,
         })
     }
 
@@ -211,10 +221,10 @@ impl Inbox {
     /// their end: a record appended before the fence is raised is read by the drain, one
     /// appended after sees the fence (both sides' accesses are sequentially consistent: the
     /// writer's read of the fence is a compare-and-swap).
-    pub fn raise_fence(&self, id: u64) {
+    pub fn raise_fence(&mut self, id: u64) {
+        self.fence = self.fence.max(id);
         for ring in &self.rings {
-            let word = &ring.region.words_at(FENCE_OFFSET as u32, 8)[0];
-            word.fetch_max(id, std::sync::atomic::Ordering::SeqCst);
+            store_fence(ring, self.fence);
         }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
@@ -288,7 +298,10 @@ impl Inbox {
         for ring in &mut self.rings {
             if let Some(nonce) = ring.reader.reset_requested() {
                 let sender = ring.sender;
-                return Err(match ring.reader.reset(nonce) {
+                let reset = ring.reader.reset(nonce);
+                // The header was damaged: its fence may be anything.
+                store_fence(ring, self.fence);
+                return Err(match reset {
                     Ok(reset) => ChannelError::Reset { sender, reset },
                     Err(source) => ChannelError::ResetFailed { sender, source },
                 });

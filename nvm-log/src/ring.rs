@@ -53,7 +53,7 @@ pub const RESET_ACK_OFFSET: u64 = 80;
 /// reader last drained its rings (transaction recovery, docs/failures.md#drain); after that,
 /// records of transactions begun in an older configuration that need recovery are refused. A
 /// writer reads it back after an append whose record must not be lost that way (a
-/// COMMIT-BACKUP). Zero until the first drain; a reset keeps it.
+/// COMMIT-BACKUP or a LOCK). Zero until the first drain; a reset has the reader write it back.
 pub const FENCE_OFFSET: u64 = 88;
 /// Offset of the persisted tail word (its own cache line: written by the writer only).
 pub const TAIL_OFFSET: u64 = 128;

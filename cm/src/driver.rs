@@ -66,7 +66,9 @@
 //! configuration's CM, looped back when that is this process. The driver that acts as CM turns
 //! a report into [`Change::Activate`] for its manager and runs the actions as it runs an
 //! operator's change; a report of regions the sender is not primary of is ignored, and so is
-//! every report in a process that does not act as CM.
+//! every report in a process that does not act as CM. Completed copies come in the same report
+//! (`copied`, [`crate::member::Adopter::copied`]) and the same change: a report of a copy in a
+//! region whose `copying` list does not name the sender is ignored.
 //!
 //! # Leadership moving
 //!
@@ -577,18 +579,21 @@ impl<A: Adopter> Turn<A> {
         }
     }
 
-    /// A member's report of regions it recovered: for the manager to make them active
-    /// ([`Change::Activate`]), as an operator's change is run. Ignored unless this process acts
-    /// as CM; the member reports again until its configuration shows them active.
+    /// A member's report of regions it recovered and of copies it completed: for the manager
+    /// to make the regions active and count the copies complete ([`Change::Activate`]), as an
+    /// operator's change is run. Ignored unless this process acts as CM; the member reports
+    /// again until its configuration shows them done.
     fn regions_recovered(&mut self, from: NodeId, report: &RegionsRecovered, now: Time) {
         let Some(cm) = self.cm.as_mut().filter(|cm| cm.manager.is_leader()) else {
             tracing::debug!(%from, "a recovery report reached a process that does not act as CM; ignored");
             return;
         };
         let regions: Vec<RegionId> = report.regions.iter().copied().map(RegionId).collect();
-        // Only a region's primary recovers it: a report of another node's region is a bug in
-        // its sender, and activating on it could serve a region whose locks nobody took again.
+        let copied: Vec<RegionId> = report.copied.iter().copied().map(RegionId).collect();
         if let Some(config) = cm.manager.configuration().filter(|c| c.id == report.config) {
+            // Only a region's primary recovers it: a report of another node's region is a bug
+            // in its sender, and activating on it could serve a region whose locks nobody took
+            // again.
             let foreign: Vec<RegionId> = regions
                 .iter()
                 .copied()
@@ -598,15 +603,32 @@ impl<A: Adopter> Turn<A> {
                 tracing::warn!(%from, ?foreign, id = report.config, "a recovery report of regions the sender is not primary of; ignored");
                 return;
             }
+            // Only a copying backup completes its copy: counting another node's report would
+            // make a backup promotable whose copy may lack committed writes.
+            let foreign: Vec<RegionId> = copied
+                .iter()
+                .copied()
+                .filter(|&r| {
+                    config
+                        .placement(r)
+                        .is_some_and(|p| !p.copying.contains(&from))
+                })
+                .collect();
+            if !foreign.is_empty() {
+                tracing::warn!(%from, ?foreign, id = report.config, "a report of completed copies of regions the sender does not copy; ignored");
+                return;
+            }
         }
         let change = Change::Activate {
             config: report.config,
             regions,
+            node: Some(from),
+            copied,
         };
         match cm.manager.change(change.clone(), now) {
             Ok(actions) => {
                 if !actions.is_empty() {
-                    tracing::info!(%from, ?change, "activating recovered regions");
+                    tracing::info!(%from, ?change, "activating recovered regions, counting completed copies");
                 }
                 self.execute(actions);
             }

@@ -2112,6 +2112,9 @@ mod simulation {
     const STEP_COUNT: u64 = 6_000;
     /// Nodes crash only before this step, and messages are lost only before the next.
     const FAULTS_UNTIL_STEP: u64 = 2_500;
+    /// How long data recovery takes to fill a new backup's copy, from the commit of the first
+    /// configuration that lists it as copying.
+    const COPY_TIME: Duration = Duration::from_millis(40);
     const LOSS_UNTIL_STEP: u64 = 3_500;
     /// Nodes that crash or whose lease side stalls, per run: with the members lost to probes
     /// that go unanswered, more would leave too few for a majority.
@@ -2164,6 +2167,11 @@ mod simulation {
         cm_committed: BTreeMap<u64, Time>,
         /// Recovery reports that started a reconfiguration.
         activations: usize,
+        /// When each node first held a committed configuration listing it as copying a region:
+        /// its copy completes [`COPY_TIME`] later.
+        copy_started: BTreeMap<(NodeId, RegionId), Time>,
+        /// Reports of completed copies that started a reconfiguration.
+        copies_counted: usize,
     }
 
     fn cluster() -> Configuration {
@@ -2213,6 +2221,8 @@ mod simulation {
                 removed_until_reported: BTreeMap::new(),
                 cm_committed: BTreeMap::new(),
                 activations: 0,
+                copy_started: BTreeMap::new(),
+                copies_counted: 0,
             };
             sim.elect();
             sim
@@ -2370,6 +2380,9 @@ mod simulation {
                             let actions = self.manager.change(change, self.now).unwrap_or_default();
                             if !actions.is_empty() {
                                 self.activations += 1;
+                                if !report.copied.is_empty() {
+                                    self.copies_counted += 1;
+                                }
                             }
                             actions
                         }
@@ -2580,6 +2593,30 @@ mod simulation {
                         _ => Vec::new(),
                     };
                     state.recovered = recovered;
+                    // Data recovery fills a copy some time after the configuration that made
+                    // the node a copying backup committed.
+                    let mut copied = Vec::new();
+                    if let Some(config) = state.config.as_ref().filter(|_| state.committed) {
+                        // A copy counted complete and started again later starts from then.
+                        self.copy_started.retain(|&(n, region), _| {
+                            n != node
+                                || config
+                                    .placement(region)
+                                    .is_some_and(|p| p.copying.contains(&node))
+                        });
+                        for placement in &config.regions {
+                            if placement.copying.contains(&node) {
+                                let started = self
+                                    .copy_started
+                                    .entry((node, placement.region))
+                                    .or_insert(now);
+                                if now >= *started + COPY_TIME {
+                                    copied.push(placement.region);
+                                }
+                            }
+                        }
+                    }
+                    state.copied = copied;
                 }
                 let replies = [member.tick(now), member.recovery_report(now)];
                 for (cm, body) in replies.into_iter().flatten() {
@@ -2636,6 +2673,8 @@ mod simulation {
         acts: u64,
         /// Recovery reports that started a reconfiguration.
         activations: usize,
+        /// Reports of completed copies that started a reconfiguration.
+        copies_counted: usize,
     }
 
     /// One run.
@@ -2681,6 +2720,13 @@ mod simulation {
                 "{placement:?} is still blocked in {}",
                 sim.raft.id
             );
+            // Every member is live at the end (crashed nodes are out): each completed its
+            // copies and the CM counted them.
+            assert!(
+                placement.copying.is_empty(),
+                "{placement:?} is still copying in {}",
+                sim.raft.id
+            );
         }
         let stood_down = sim
             .manager
@@ -2693,6 +2739,7 @@ mod simulation {
             removed_while_live: sim.removed_while_live.len(),
             acts: sim.acts,
             activations: sim.activations,
+            copies_counted: sim.copies_counted,
         }
     }
 
@@ -2706,6 +2753,7 @@ mod simulation {
             total.removed_while_live += run.removed_while_live;
             total.acts += run.acts;
             total.activations += run.activations;
+            total.copies_counted += run.copies_counted;
         });
         if pinned_seed().is_none() {
             let Exercised {
@@ -2714,6 +2762,7 @@ mod simulation {
                 removed_while_live,
                 acts,
                 activations,
+                copies_counted,
             } = total;
             assert!(removed >= SEED_COUNT as usize / 2, "removed={removed}");
             assert!(
@@ -2730,6 +2779,10 @@ mod simulation {
             assert!(
                 activations >= SEED_COUNT as usize / 2,
                 "activations={activations}"
+            );
+            assert!(
+                copies_counted >= SEED_COUNT as usize / 2,
+                "copies_counted={copies_counted}"
             );
         }
     }

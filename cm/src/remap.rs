@@ -64,9 +64,9 @@
 //!   comes back only with a replica's files, which is not planned here).
 //! - **States last.** A blocked region stays blocked through later changes (even when its new
 //!   primary fails too and another backup is promoted) until recovery, not a remap, unblocks it:
-//!   [`activate`], which its new primary's report of its recovered transactions asks for, is
-//!   the only plan that makes a blocked region active. An active region whose primary survives
-//!   stays active.
+//!   [`activate`] (or [`after_recovery`], with completed copies in the same report), which its
+//!   new primary's report of its recovered transactions asks for, is the only plan that makes a
+//!   blocked region active. An active region whose primary survives stays active.
 //! - **New backups.** A region with fewer than f backups gets new ones on live memory nodes that
 //!   hold no replica of it, chosen one at a time by, in order: fewest of the region's replicas in
 //!   the candidate's failure domain (so replicas spread over domains, and a domain that fails

@@ -514,7 +514,11 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
             let cluster = cluster.lock().unwrap();
             cluster.nodes().iter().all(|n| {
                 n.txn().config_state() == (last_id, true)
-                    && n.txn().config().regions.iter().all(|p| p.copying.is_empty())
+                    && n.txn()
+                        .config()
+                        .regions
+                        .iter()
+                        .all(|p| p.copying.is_empty())
             })
         },
     );
@@ -547,7 +551,11 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
     expected_counted.sort();
     assert_eq!(counted, expected_counted);
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(leader.configuration().unwrap().id, last_id, "reports stopped");
+    assert_eq!(
+        leader.configuration().unwrap().id,
+        last_id,
+        "reports stopped"
+    );
 
     for driver in drivers.into_iter().flatten() {
         driver.stop();

@@ -66,7 +66,9 @@
 //! configuration's CM, looped back when that is this process. The driver that acts as CM turns
 //! a report into [`Change::Activate`] for its manager and runs the actions as it runs an
 //! operator's change; a report of regions the sender is not primary of is ignored, and so is
-//! every report in a process that does not act as CM.
+//! every report in a process that does not act as CM. Completed copies come in the same report
+//! (`copied`, [`crate::member::Adopter::copied`]) and the same change: a report of a copy in a
+//! region whose `copying` list does not name the sender is ignored.
 //!
 //! # Leadership moving
 //!
@@ -577,36 +579,33 @@ impl<A: Adopter> Turn<A> {
         }
     }
 
-    /// A member's report of regions it recovered: for the manager to make them active
-    /// ([`Change::Activate`]), as an operator's change is run. Ignored unless this process acts
-    /// as CM; the member reports again until its configuration shows them active.
+    /// A member's report of regions it recovered and of copies it completed: for the manager
+    /// to make the regions active and count the copies complete ([`Change::Activate`]), as an
+    /// operator's change is run. Ignored unless this process acts as CM; the member reports
+    /// again until its configuration shows them done.
     fn regions_recovered(&mut self, from: NodeId, report: &RegionsRecovered, now: Time) {
         let Some(cm) = self.cm.as_mut().filter(|cm| cm.manager.is_leader()) else {
             tracing::debug!(%from, "a recovery report reached a process that does not act as CM; ignored");
             return;
         };
         let regions: Vec<RegionId> = report.regions.iter().copied().map(RegionId).collect();
-        // Only a region's primary recovers it: a report of another node's region is a bug in
-        // its sender, and activating on it could serve a region whose locks nobody took again.
-        if let Some(config) = cm.manager.configuration().filter(|c| c.id == report.config) {
-            let foreign: Vec<RegionId> = regions
-                .iter()
-                .copied()
-                .filter(|&r| config.placement(r).is_some_and(|p| p.primary != from))
-                .collect();
-            if !foreign.is_empty() {
-                tracing::warn!(%from, ?foreign, id = report.config, "a recovery report of regions the sender is not primary of; ignored");
-                return;
-            }
+        let copied: Vec<RegionId> = report.copied.iter().copied().map(RegionId).collect();
+        if let Some(config) = cm.manager.configuration().filter(|c| c.id == report.config)
+            && let Some((what, foreign)) = misdirected(config, from, &regions, &copied)
+        {
+            tracing::warn!(%from, ?foreign, id = report.config, "a report of {what}; ignored");
+            return;
         }
         let change = Change::Activate {
             config: report.config,
             regions,
+            node: Some(from),
+            copied,
         };
         match cm.manager.change(change.clone(), now) {
             Ok(actions) => {
                 if !actions.is_empty() {
-                    tracing::info!(%from, ?change, "activating recovered regions");
+                    tracing::info!(%from, ?change, "activating recovered regions, counting completed copies");
                 }
                 self.execute(actions);
             }
@@ -805,5 +804,75 @@ impl<A: Adopter> Turn<A> {
         {
             *history = cm.manager.history().cloned().collect();
         }
+    }
+}
+/// What in a report from `from` in `config` names regions not its own, if anything: recovered
+/// regions it is not primary of, or copies of regions whose `copying` list does not name it.
+/// Only a region's primary recovers it (activating on another node's word could serve a region
+/// whose locks nobody took again), and only a copying backup completes its copy (counting
+/// another node's word would make a backup promotable whose copy may lack committed writes).
+fn misdirected(
+    config: &Configuration,
+    from: NodeId,
+    regions: &[RegionId],
+    copied: &[RegionId],
+) -> Option<(&'static str, Vec<RegionId>)> {
+    let foreign = |regions: &[RegionId], own: &dyn Fn(&acre_txn::config::Placement) -> bool| {
+        let foreign: Vec<RegionId> = regions
+            .iter()
+            .copied()
+            .filter(|&r| config.placement(r).is_some_and(|p| !own(p)))
+            .collect();
+        (!foreign.is_empty()).then_some(foreign)
+    };
+    if let Some(regions) = foreign(regions, &|p| p.primary == from) {
+        return Some(("recovered regions the sender is not primary of", regions));
+    }
+    foreign(copied, &|p| p.copying.contains(&from)).map(|regions| {
+        (
+            "completed copies of regions the sender does not copy",
+            regions,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regions r1..r3 on n1..n3 (region k's primary is node k, its backup node k+1), n3
+    /// copying r2.
+    fn config() -> Configuration {
+        let nodes = (1..=3).map(NodeId).collect();
+        let mut config = Configuration::place(4, nodes, vec![], 1, 1, 1 << 20, 4096).unwrap();
+        let r2 = config
+            .regions
+            .iter_mut()
+            .find(|p| p.region == RegionId(2))
+            .unwrap();
+        assert_eq!(r2.backups, [NodeId(3)], "{r2:?}");
+        r2.copying = vec![NodeId(3)];
+        config
+    }
+
+    #[test]
+    fn a_report_counts_only_its_senders_own_regions_and_copies() {
+        let config = config();
+        let r = |ids: &[u32]| -> Vec<RegionId> { ids.iter().copied().map(RegionId).collect() };
+        assert_eq!(misdirected(&config, NodeId(3), &r(&[3]), &r(&[2])), None);
+        assert_eq!(
+            misdirected(&config, NodeId(2), &r(&[]), &r(&[2])),
+            Some((
+                "completed copies of regions the sender does not copy",
+                r(&[2])
+            )),
+            "the primary of r2 is no copying backup"
+        );
+        assert_eq!(
+            misdirected(&config, NodeId(3), &r(&[2, 3]), &r(&[])),
+            Some(("recovered regions the sender is not primary of", r(&[2])))
+        );
+        // Regions the configuration does not hold are the manager's to refuse.
+        assert_eq!(misdirected(&config, NodeId(3), &r(&[9]), &r(&[9])), None);
     }
 }

@@ -59,6 +59,10 @@
 //!   configuration than the current one, of regions that are no longer blocked, or that comes
 //!   while a reconfiguration runs is nothing to do, not an error: its node reports again until
 //!   its configuration shows the regions active ([`crate::member`], "Recovered regions").
+//!   Completed copies take the same path: a new backup whose copy data recovery filled
+//!   reports it in the same change, and the CM installs a configuration in which it is no
+//!   longer copying ([`remap::copy_complete`], both at once: [`remap::after_recovery`]);
+//!   a report of regions it no longer copies is nothing to do.
 //!
 //!
 //! # Driving it
@@ -173,9 +177,14 @@ pub enum Cause {
     Addition { node: NodeId },
     /// A client found every region full; the CM created `region` ([`Manager::change`]).
     Growth { region: RegionId },
-    /// The new primaries of these blocked regions recovered their transactions; the CM made
-    /// them active ([`Change::Activate`]).
-    Recovery { regions: Vec<RegionId> },
+    /// The new primaries of these blocked regions recovered their transactions, and `node`
+    /// completed its copies of `copied`; the CM made the regions active and counts the copies
+    /// complete ([`Change::Activate`]).
+    Recovery {
+        regions: Vec<RegionId>,
+        node: Option<NodeId>,
+        copied: Vec<RegionId>,
+    },
 }
 
 impl fmt::Display for Cause {
@@ -193,11 +202,25 @@ impl fmt::Display for Cause {
             Cause::Removal { node } => write!(f, "removal of {node}"),
             Cause::Addition { node } => write!(f, "addition of {node}"),
             Cause::Growth { region } => write!(f, "new region {region}"),
-            Cause::Recovery { regions } => {
-                write!(f, "recovery of ")?;
-                for (k, region) in regions.iter().enumerate() {
-                    let sep = if k == 0 { "" } else { ", " };
-                    write!(f, "{sep}{region}")?;
+            Cause::Recovery {
+                regions,
+                node,
+                copied,
+            } => {
+                let names = |regions: &[RegionId]| {
+                    let names: Vec<String> = regions.iter().map(RegionId::to_string).collect();
+                    names.join(", ")
+                };
+                if !regions.is_empty() {
+                    write!(f, "recovery of {}", names(regions))?;
+                }
+                if !copied.is_empty() {
+                    let sep = if regions.is_empty() { "" } else { "; " };
+                    write!(f, "{sep}copy of {}", names(copied))?;
+                    if let Some(node) = node {
+                        write!(f, " by {node}")?;
+                    }
+                    write!(f, " complete")?;
                 }
                 Ok(())
             }
@@ -222,9 +245,19 @@ pub enum Change {
     /// (another request grew it since the asker looked).
     AddRegion { known_regions: usize },
     /// Make `regions` active again: their new primary finished transaction recovery in
-    /// configuration `config` (docs/failures.md#transaction-recovery). Nothing to do unless
-    /// `config` is the current configuration and one of them is still blocked in it.
-    Activate { config: u64, regions: Vec<RegionId> },
+    /// configuration `config` (docs/failures.md#transaction-recovery); and count `node`'s
+    /// copies of `copied` complete: data recovery filled them (docs/failures.md#data-recovery).
+    /// Nothing to do unless `config` is the current configuration and one of `regions` is
+    /// still blocked in it or `node` still copying one of `copied`. `node` (the reporting
+    /// node) and `copied` are absent from requests written before copies were reported.
+    Activate {
+        config: u64,
+        regions: Vec<RegionId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<NodeId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        copied: Vec<RegionId>,
+    },
 }
 
 /// How a reconfiguration ended.
@@ -505,7 +538,8 @@ impl Manager {
     /// when there is nothing to do now: a [`Change::AddRegion`] that another request satisfied
     /// already, or that comes while a reconfiguration runs (its asker asks again if its regions
     /// are still full once it ends), and a [`Change::Activate`] of another configuration than
-    /// the current one, of regions none of which is still blocked, or that comes while a
+    /// the current one, of regions none of which is still blocked (or copying at its node), or
+    /// that comes while a
     /// reconfiguration runs (its node reports again until its regions are active). Refused, with
     /// the reason, when this CM does not lead, when a reconfiguration is under way (ask again
     /// once it ends), or when the plan is refused.
@@ -553,21 +587,42 @@ impl Manager {
             Change::Activate {
                 config: id,
                 regions,
+                node,
+                copied,
             } => {
+                if node.is_none() && !copied.is_empty() {
+                    return Err(format!(
+                        "copies of {copied:?} reported complete without the node that holds \
+                         them: name it"
+                    ));
+                }
                 // A report of an older configuration (the node adopts the current one and
-                // reports again if its regions are still blocked there), or one that crossed the
-                // activation: nothing to do.
+                // reports again if its regions are still blocked or copying there), or one that
+                // crossed the configuration that did it: nothing to do.
                 let blocked = |region: &RegionId| {
                     config
                         .placement(*region)
                         .is_some_and(|p| p.state == RegionState::Blocked)
                 };
-                if id != config.id || !regions.iter().any(blocked) {
+                let copying = |region: &RegionId| {
+                    config
+                        .placement(*region)
+                        .is_some_and(|p| node.is_some_and(|node| p.copying.contains(&node)))
+                };
+                if id != config.id || !(regions.iter().any(blocked) || copied.iter().any(copying)) {
                     return Ok(Vec::new());
                 }
-                let plan = remap::activate(&config, &regions).map_err(|e| e.to_string())?;
-                let activated: Vec<RegionId> = regions.iter().copied().filter(blocked).collect();
-                let cause = Cause::Recovery { regions: activated };
+                let report = node.map(|node| remap::Copied {
+                    node,
+                    regions: &copied,
+                });
+                let plan =
+                    remap::after_recovery(&config, &regions, report).map_err(|e| e.to_string())?;
+                let cause = Cause::Recovery {
+                    regions: regions.iter().copied().filter(blocked).collect(),
+                    node,
+                    copied: copied.iter().copied().filter(copying).collect(),
+                };
                 (plan, cause, BTreeSet::new())
             }
         };
@@ -1630,6 +1685,8 @@ mod tests {
         let activate = |config: u64, regions: &[u32]| Change::Activate {
             config,
             regions: regions.iter().copied().map(RegionId).collect(),
+            node: Some(NodeId(3)),
+            copied: Vec::new(),
         };
         let actions = manager.change(activate(2, &[2]), ms(20)).expect("accepted");
         let (expected_id, third) = proposal(&actions).expect("a proposal");
@@ -1651,7 +1708,9 @@ mod tests {
         assert_eq!(
             record.cause,
             Cause::Recovery {
-                regions: vec![RegionId(2)]
+                regions: vec![RegionId(2)],
+                node: Some(NodeId(3)),
+                copied: Vec::new(),
             }
         );
         assert_eq!(record.cause.to_string(), "recovery of r2");
@@ -1683,6 +1742,8 @@ mod tests {
         let activate = |config: u64, regions: &[u32]| Change::Activate {
             config,
             regions: regions.iter().copied().map(RegionId).collect(),
+            node: Some(NodeId(3)),
+            copied: Vec::new(),
         };
         assert_eq!(manager.change(activate(1, &[2]), ms(20)), Ok(Vec::new()));
         assert_eq!(manager.change(activate(3, &[2]), ms(20)), Ok(Vec::new()));
@@ -1707,10 +1768,176 @@ mod tests {
 
     #[test]
     fn a_recovery_names_its_regions() {
-        let cause = Cause::Recovery {
-            regions: vec![RegionId(3), RegionId(5)],
+        let cause = |regions: &[u32], copied: &[u32]| Cause::Recovery {
+            regions: regions.iter().copied().map(RegionId).collect(),
+            node: Some(NodeId(2)),
+            copied: copied.iter().copied().map(RegionId).collect(),
         };
-        assert_eq!(cause.to_string(), "recovery of r3, r5");
+        assert_eq!(cause(&[3, 5], &[]).to_string(), "recovery of r3, r5");
+        assert_eq!(cause(&[], &[3]).to_string(), "copy of r3 by n2 complete");
+        assert_eq!(
+            cause(&[2], &[3, 4]).to_string(),
+            "recovery of r2; copy of r3, r4 by n2 complete"
+        );
+    }
+
+    /// The first (region, node) copying in `config`.
+    fn a_copy(config: &Configuration) -> (RegionId, NodeId) {
+        config
+            .regions
+            .iter()
+            .find_map(|p| p.copying.first().map(|&node| (p.region, node)))
+            .expect("a copying backup")
+    }
+
+    // docs/failures.md#data-recovery: once a new backup reports its copy filled, the CM
+    // installs and commits a configuration in which it is no longer copying.
+    #[test]
+    fn a_completed_copy_is_committed_everywhere_without_the_backup_copying() {
+        let (mut manager, second) = after_n2_failed();
+        let (region, node) = a_copy(&second);
+        let copied = |config: u64, from: NodeId, regions: &[RegionId]| Change::Activate {
+            config,
+            regions: Vec::new(),
+            node: Some(from),
+            copied: regions.to_vec(),
+        };
+        // Not the copying node's report (the driver ignores such reports; the manager finds
+        // nothing to do), and a stale one.
+        let other = second
+            .members()
+            .find(|&n| !second.placement(region).unwrap().copying.contains(&n))
+            .unwrap();
+        assert_eq!(
+            manager.change(copied(2, other, &[region]), ms(20)),
+            Ok(Vec::new())
+        );
+        assert_eq!(
+            manager.change(copied(1, node, &[region]), ms(20)),
+            Ok(Vec::new())
+        );
+        assert!(manager.is_idle());
+
+        let actions = manager
+            .change(copied(2, node, &[region]), ms(20))
+            .expect("accepted");
+        let (expected_id, third) = proposal(&actions).expect("a proposal");
+        assert_eq!((expected_id, third.id), (2, 3));
+        let mut expected = second.clone();
+        expected.id = 3;
+        for placement in &mut expected.regions {
+            if placement.region == region {
+                placement.copying.retain(|&n| n != node);
+            }
+        }
+        assert_eq!(
+            third, expected,
+            "{node}'s copy complete, nothing else changed"
+        );
+        assert_eq!(
+            manager.change(copied(2, node, &[region]), ms(21)),
+            Ok(Vec::new()),
+            "the same report again while it is installed: nothing to do"
+        );
+        manager.install_outcome(InstallOutcome::Installed(third.clone()), ms(22));
+        let record = manager.in_progress().unwrap();
+        assert_eq!(
+            record.cause,
+            Cause::Recovery {
+                regions: Vec::new(),
+                node: Some(node),
+                copied: vec![region],
+            }
+        );
+        assert_eq!(
+            record.cause.to_string(),
+            format!("copy of {region} by {node} complete")
+        );
+        manager.leases_updated(3, ms(22), ms(22));
+        let mut last = Vec::new();
+        for member in third.leased() {
+            last = manager.ack(member, &ok(3), ms(23));
+        }
+        assert_eq!(commits(&last).len(), 4, "{last:?}");
+        assert!(manager.is_idle());
+        assert_eq!(
+            manager.history().last().unwrap().outcome,
+            Outcome::Committed
+        );
+        assert_eq!(
+            manager.change(copied(3, node, &[region]), ms(30)),
+            Ok(Vec::new()),
+            "a late report of a complete copy"
+        );
+
+        // Recovered and copied regions in one report: one configuration, both named.
+        let both = Change::Activate {
+            config: 3,
+            regions: vec![RegionId(2)],
+            node: Some(NodeId(3)),
+            copied: vec![RegionId(2)],
+        };
+        let copies_r2 = third
+            .placement(RegionId(2))
+            .unwrap()
+            .copying
+            .contains(&NodeId(3));
+        let actions = manager.change(both, ms(40)).expect("accepted");
+        let (_, fourth) = proposal(&actions).expect("a proposal");
+        assert_eq!(
+            fourth.placement(RegionId(2)).unwrap().state,
+            RegionState::Active
+        );
+        manager.install_outcome(InstallOutcome::Installed(fourth), ms(41));
+        let expected_copied = if copies_r2 {
+            vec![RegionId(2)]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(
+            manager.in_progress().unwrap().cause,
+            Cause::Recovery {
+                regions: vec![RegionId(2)],
+                node: Some(NodeId(3)),
+                copied: expected_copied,
+            }
+        );
+
+        // A replica that does not lead refuses it.
+        let mut follower = Manager::new(ME, ManagerTiming::default());
+        assert!(follower.change(copied(3, node, &[region]), ms(50)).is_err());
+    }
+
+    #[test]
+    fn copies_reported_without_their_node_are_refused_and_busy_reports_wait() {
+        let (mut manager, second) = after_n2_failed();
+        let (region, node) = a_copy(&second);
+        let nameless = Change::Activate {
+            config: 2,
+            regions: Vec::new(),
+            node: None,
+            copied: vec![region],
+        };
+        let refused = manager.change(nameless, ms(20));
+        assert!(refused.is_err_and(|reason| reason.contains("name it")));
+        let unknown = Change::Activate {
+            config: 2,
+            regions: Vec::new(),
+            node: Some(node),
+            copied: vec![region, RegionId(9)],
+        };
+        let refused = manager.change(unknown, ms(20));
+        assert!(refused.is_err_and(|reason| reason.contains("r9")));
+        assert!(manager.is_idle());
+        // Busy with a failure of n5: nothing now, and no refusal.
+        let _ = suspect_and_probe(&mut manager, NodeId(5), ms(30));
+        let report = Change::Activate {
+            config: 2,
+            regions: Vec::new(),
+            node: Some(node),
+            copied: vec![region],
+        };
+        assert_eq!(manager.change(report, ms(31)), Ok(Vec::new()));
     }
 
     /// A member whose lease expires while it has not acknowledged the configuration being
@@ -1885,6 +2112,9 @@ mod simulation {
     const STEP_COUNT: u64 = 6_000;
     /// Nodes crash only before this step, and messages are lost only before the next.
     const FAULTS_UNTIL_STEP: u64 = 2_500;
+    /// How long data recovery takes to fill a new backup's copy, from the commit of the first
+    /// configuration that lists it as copying.
+    const COPY_TIME: Duration = Duration::from_millis(40);
     const LOSS_UNTIL_STEP: u64 = 3_500;
     /// Nodes that crash or whose lease side stalls, per run: with the members lost to probes
     /// that go unanswered, more would leave too few for a majority.
@@ -1937,6 +2167,11 @@ mod simulation {
         cm_committed: BTreeMap<u64, Time>,
         /// Recovery reports that started a reconfiguration.
         activations: usize,
+        /// When each node first held a committed configuration listing it as copying a region:
+        /// its copy completes [`COPY_TIME`] later.
+        copy_started: BTreeMap<(NodeId, RegionId), Time>,
+        /// Reports of completed copies that started a reconfiguration.
+        copies_counted: usize,
     }
 
     fn cluster() -> Configuration {
@@ -1986,6 +2221,8 @@ mod simulation {
                 removed_until_reported: BTreeMap::new(),
                 cm_committed: BTreeMap::new(),
                 activations: 0,
+                copy_started: BTreeMap::new(),
+                copies_counted: 0,
             };
             sim.elect();
             sim
@@ -2136,11 +2373,16 @@ mod simulation {
                             let change = Change::Activate {
                                 config: report.config,
                                 regions: report.regions.iter().copied().map(RegionId).collect(),
+                                node: Some(from),
+                                copied: report.copied.iter().copied().map(RegionId).collect(),
                             };
                             // Refused only while this CM does not lead: the node reports again.
                             let actions = self.manager.change(change, self.now).unwrap_or_default();
                             if !actions.is_empty() {
                                 self.activations += 1;
+                                if !report.copied.is_empty() {
+                                    self.copies_counted += 1;
+                                }
                             }
                             actions
                         }
@@ -2351,6 +2593,30 @@ mod simulation {
                         _ => Vec::new(),
                     };
                     state.recovered = recovered;
+                    // Data recovery fills a copy some time after the configuration that made
+                    // the node a copying backup committed.
+                    let mut copied = Vec::new();
+                    if let Some(config) = state.config.as_ref().filter(|_| state.committed) {
+                        // A copy counted complete and started again later starts from then.
+                        self.copy_started.retain(|&(n, region), _| {
+                            n != node
+                                || config
+                                    .placement(region)
+                                    .is_some_and(|p| p.copying.contains(&node))
+                        });
+                        for placement in &config.regions {
+                            if placement.copying.contains(&node) {
+                                let started = self
+                                    .copy_started
+                                    .entry((node, placement.region))
+                                    .or_insert(now);
+                                if now >= *started + COPY_TIME {
+                                    copied.push(placement.region);
+                                }
+                            }
+                        }
+                    }
+                    state.copied = copied;
                 }
                 let replies = [member.tick(now), member.recovery_report(now)];
                 for (cm, body) in replies.into_iter().flatten() {
@@ -2407,6 +2673,8 @@ mod simulation {
         acts: u64,
         /// Recovery reports that started a reconfiguration.
         activations: usize,
+        /// Reports of completed copies that started a reconfiguration.
+        copies_counted: usize,
     }
 
     /// One run.
@@ -2452,6 +2720,13 @@ mod simulation {
                 "{placement:?} is still blocked in {}",
                 sim.raft.id
             );
+            // Every member is live at the end (crashed nodes are out): each completed its
+            // copies and the CM counted them.
+            assert!(
+                placement.copying.is_empty(),
+                "{placement:?} is still copying in {}",
+                sim.raft.id
+            );
         }
         let stood_down = sim
             .manager
@@ -2464,6 +2739,7 @@ mod simulation {
             removed_while_live: sim.removed_while_live.len(),
             acts: sim.acts,
             activations: sim.activations,
+            copies_counted: sim.copies_counted,
         }
     }
 
@@ -2477,6 +2753,7 @@ mod simulation {
             total.removed_while_live += run.removed_while_live;
             total.acts += run.acts;
             total.activations += run.activations;
+            total.copies_counted += run.copies_counted;
         });
         if pinned_seed().is_none() {
             let Exercised {
@@ -2485,6 +2762,7 @@ mod simulation {
                 removed_while_live,
                 acts,
                 activations,
+                copies_counted,
             } = total;
             assert!(removed >= SEED_COUNT as usize / 2, "removed={removed}");
             assert!(
@@ -2501,6 +2779,10 @@ mod simulation {
             assert!(
                 activations >= SEED_COUNT as usize / 2,
                 "activations={activations}"
+            );
+            assert!(
+                copies_counted >= SEED_COUNT as usize / 2,
+                "copies_counted={copies_counted}"
             );
         }
     }

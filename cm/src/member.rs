@@ -32,6 +32,10 @@
 //!   configuration is adopted (the CM's, with the regions active, or any other: the report
 //!   names the configuration it holds for, so a late one does nothing at the CM). Nothing is
 //!   sent between NEW-CONFIG and its commit: recovery runs in a committed configuration.
+//!   Completed copies go the same way in the same report: while the committed configuration
+//!   lists this node as copying in a region, the member also looks at [`Adopter::copied`] and
+//!   reports those of its regions still copying in that configuration, until a configuration
+//!   that no longer lists it as copying there is adopted (docs/failures.md#data-recovery).
 
 use crate::wire::{NewConfigAck, RegionsRecovered, envelope::Body};
 use acre_engine::addr::{NodeId, RegionId};
@@ -70,6 +74,13 @@ pub trait Adopter {
     /// their primary), for the CM to make active; empty once the configuration shows them
     /// active. A node without regions, or without recovery, has none.
     fn recovered(&self) -> Vec<RegionId> {
+        Vec::new()
+    }
+    /// The regions whose copy the node completed (data recovery, as a backup its
+    /// configuration lists as copying), for the CM to count complete; empty once the
+    /// configuration no longer lists it as copying. A node without regions, or without data
+    /// recovery, has none.
+    fn copied(&self) -> Vec<RegionId> {
         Vec::new()
     }
 }
@@ -237,10 +248,10 @@ impl<A: Adopter> Member<A> {
             Ok(()) => {
                 let (config, _) = self.pending.take().expect("checked above");
                 let recovers = config.cm_leader.is_some()
-                    && config
-                        .regions
-                        .iter()
-                        .any(|p| p.state == RegionState::Blocked && p.primary == self.me);
+                    && config.regions.iter().any(|p| {
+                        (p.state == RegionState::Blocked && p.primary == self.me)
+                            || p.copying.contains(&self.me)
+                    });
                 // The first look at the next tick: recovery starts now, and usually takes longer.
                 self.recovering = recovers.then_some((config, Time::ZERO));
                 true
@@ -286,7 +297,20 @@ impl<A: Adopter> Member<A> {
             return None;
         }
         let regions = self.adopter.recovered();
-        if regions.is_empty() {
+        // Only copies this configuration still counts as copying: the CM ignores a report of
+        // any other, and a complete one needs no report.
+        let copying_here = |region: &RegionId| {
+            config
+                .placement(*region)
+                .is_some_and(|p| p.copying.contains(&self.me))
+        };
+        let copied: Vec<RegionId> = self
+            .adopter
+            .copied()
+            .into_iter()
+            .filter(copying_here)
+            .collect();
+        if regions.is_empty() && copied.is_empty() {
             *look_at = now + RECOVERY_POLL;
             return None;
         }
@@ -297,6 +321,7 @@ impl<A: Adopter> Member<A> {
             Body::RegionsRecovered(RegionsRecovered {
                 config: config.id,
                 regions: regions.iter().map(|region| region.0).collect(),
+                copied: copied.iter().map(|region| region.0).collect(),
             }),
         ))
     }
@@ -335,6 +360,7 @@ pub(crate) mod tests {
         pub(crate) adopt_count: usize,
         pub(crate) fail_next: bool,
         pub(crate) recovered: Vec<RegionId>,
+        pub(crate) copied: Vec<RegionId>,
         /// The configuration adopted last.
         pub(crate) config: Option<Arc<Configuration>>,
     }
@@ -380,6 +406,10 @@ pub(crate) mod tests {
 
         fn recovered(&self) -> Vec<RegionId> {
             self.state.borrow().recovered.clone()
+        }
+
+        fn copied(&self) -> Vec<RegionId> {
+            self.state.borrow().copied.clone()
         }
     }
 
@@ -514,13 +544,74 @@ pub(crate) mod tests {
     }
 
     fn report(config: u64, regions: &[u32]) -> Option<Reply> {
+        report_with_copies(config, regions, &[])
+    }
+
+    fn report_with_copies(config: u64, regions: &[u32], copied: &[u32]) -> Option<Reply> {
         Some((
             CM,
             Body::RegionsRecovered(RegionsRecovered {
                 config,
                 regions: regions.to_vec(),
+                copied: copied.to_vec(),
             }),
         ))
+    }
+
+    /// `with_blocked(id, blocked)` with this node (n3, r2's backup) copying r2 when `copying`.
+    fn with_copying(id: u64, blocked: &[u32], copying: bool) -> Arc<Configuration> {
+        let mut config = (*with_blocked(id, blocked)).clone();
+        let r2 = config.regions.iter_mut().find(|p| p.region == RegionId(2));
+        let r2 = r2.unwrap();
+        assert_eq!(r2.backups, [ME], "{r2:?}");
+        if copying {
+            r2.copying = vec![ME];
+        }
+        Arc::new(config)
+    }
+
+    // docs/failures.md#data-recovery: a new backup reports its completed copies to the CM of
+    // its committed configuration, in the report recovered regions go in, until a
+    // configuration no longer lists it as copying.
+    #[test]
+    fn completed_copies_are_reported_until_a_configuration_counts_them() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        acked(member.new_config(CM, with_copying(6, &[], true), ms(0)), 6);
+        // r1's copy is none of this node's in configuration 6: never reported.
+        member.adopter().state.borrow_mut().copied = vec![RegionId(1), RegionId(2)];
+        assert_eq!(member.recovery_report(ms(1)), None, "not committed yet");
+        assert!(member.commit(CM, 6));
+        assert_eq!(member.next_deadline(), Some(Time::ZERO), "look at once");
+        assert_eq!(
+            member.recovery_report(ms(2)),
+            report_with_copies(6, &[], &[2])
+        );
+        assert_eq!(member.recovery_report(ms(21)), None, "paced");
+        assert_eq!(
+            member.recovery_report(ms(22)),
+            report_with_copies(6, &[], &[2])
+        );
+        // Recovered regions and copies in one report.
+        member.adopter().state.borrow_mut().recovered = vec![RegionId(3)];
+        assert_eq!(
+            member.recovery_report(ms(42)),
+            report_with_copies(6, &[3], &[2])
+        );
+        // Neither: looked at again after the poll.
+        member.adopter().state.borrow_mut().recovered.clear();
+        member.adopter().state.borrow_mut().copied.clear();
+        assert_eq!(member.recovery_report(ms(62)), None);
+        assert_eq!(member.next_deadline(), Some(ms(62) + RECOVERY_POLL));
+
+        // The CM's next configuration counts the copy complete: no more looks.
+        member.adopter().state.borrow_mut().copied = vec![RegionId(2)];
+        acked(
+            member.new_config(CM, with_copying(7, &[], false), ms(70)),
+            7,
+        );
+        assert!(member.commit(CM, 7));
+        assert_eq!(member.next_deadline(), None);
+        assert_eq!(member.recovery_report(ms(100)), None);
     }
 
     // docs/failures.md#transaction-recovery: a new primary reports its recovered regions to

@@ -1,6 +1,7 @@
 //! Reconfiguration planning: the functions that compute configuration c+1 from c when nodes
 //! fail ([`after_failure`]), join ([`add_node`]) or leave ([`remove_node`]), when a region is
-//! created ([`add_region`]), and when transaction recovery unblocks regions ([`activate`])
+//! created ([`add_region`]), when transaction recovery unblocks regions ([`activate`]), and when
+//! data recovery completes a backup's copy ([`copy_complete`], both at once: [`after_recovery`])
 //! (docs/failures.md#reconfiguration, FaRM SOSP'15 §5.2).
 //!
 //! They are pure: no I/O, no clock, no randomness, and the same input gives the same output, so
@@ -36,7 +37,8 @@
 //!
 //! - **Complete replicas.** A backup's copy of a region counts only once it is complete. Every
 //!   backup a plan adds is `copying` ([`Placement::copying`]) until data recovery installs a
-//!   configuration that says its copy is complete; no plan here takes a backup out of `copying`.
+//!   configuration that says its copy is complete ([`copy_complete`], which its report asks
+//!   for); no other plan here takes a backup out of `copying`.
 //!   A copying backup takes COMMIT-BACKUP records like the others, so it keeps up once copied,
 //!   but until then it misses whatever the copy has not reached: a plan never promotes it and
 //!   never counts it as a copy of the data. The primary is always complete (only complete
@@ -62,9 +64,9 @@
 //!   comes back only with a replica's files, which is not planned here).
 //! - **States last.** A blocked region stays blocked through later changes (even when its new
 //!   primary fails too and another backup is promoted) until recovery, not a remap, unblocks it:
-//!   [`activate`], which its new primary's report of its recovered transactions asks for, is
-//!   the only plan that makes a blocked region active. An active region whose primary survives
-//!   stays active.
+//!   [`activate`] (or [`after_recovery`], with completed copies in the same report), which its
+//!   new primary's report of its recovered transactions asks for, is the only plan that makes a
+//!   blocked region active. An active region whose primary survives stays active.
 //! - **New backups.** A region with fewer than f backups gets new ones on live memory nodes that
 //!   hold no replica of it, chosen one at a time by, in order: fewest of the region's replicas in
 //!   the candidate's failure domain (so replicas spread over domains, and a domain that fails
@@ -351,8 +353,8 @@ pub enum RemapError {
     )]
     RegionIdsExhausted { id: u64 },
     #[error(
-        "{region} is no region of configuration {id}: a report of its recovery is for another \
-         configuration, or a bug in its sender; leave it out"
+        "{region} is no region of configuration {id}: a report of its recovery or of a copy of \
+         it is for another configuration, or a bug in its sender; leave it out"
     )]
     UnknownRegion { region: RegionId, id: u64 },
     #[error(
@@ -365,6 +367,16 @@ pub enum RemapError {
         region_list(regions)
     )]
     NothingBlocked { regions: Vec<RegionId>, id: u64 },
+    #[error(
+        "{node} is copying none of {} in configuration {id}: its copies are complete already, \
+         or it is no backup of them; install nothing",
+        region_list(regions)
+    )]
+    NothingCopying {
+        node: NodeId,
+        regions: Vec<RegionId>,
+        id: u64,
+    },
 }
 
 fn region_list(regions: &[RegionId]) -> String {
@@ -563,39 +575,106 @@ pub fn add_region(config: &Configuration) -> Result<Plan, RemapError> {
 /// ([`RemapError::UnknownRegion`]) or is lost ([`RemapError::RegionLost`]), and when none of
 /// them is blocked ([`RemapError::NothingBlocked`]: there is nothing to install).
 pub fn activate(config: &Configuration, regions: &[RegionId]) -> Result<Plan, RemapError> {
+    after_recovery(config, regions, None)
+}
+
+/// Configuration c+1 in which `node` is no longer copying in `regions`: data recovery filled its
+/// copy of each (docs/failures.md#data-recovery), so it counts as a complete backup from then
+/// on and may be promoted. Nothing else changes, so the plan needs no copy.
+///
+/// A region of `regions` in which `node` is not a copying backup is skipped (a report that
+/// crossed the configuration that completed the copy, or one that dropped the backup). Refused
+/// as [`activate`] is: an unknown or lost region, and [`RemapError::NothingCopying`] when
+/// `node` copies none of them.
+pub fn copy_complete(
+    config: &Configuration,
+    node: NodeId,
+    regions: &[RegionId],
+) -> Result<Plan, RemapError> {
+    after_recovery(config, &[], Some(Copied { node, regions }))
+}
+
+/// A node's report that data recovery completed its copies of `regions` ([`after_recovery`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Copied<'a> {
+    pub node: NodeId,
+    pub regions: &'a [RegionId],
+}
+
+/// Configuration c+1 after a node's report of what recovery finished: the blocked regions of
+/// `recovered` active again ([`activate`]), and the copies of `copied` complete
+/// ([`copy_complete`]), both in one configuration. The rules and refusals are theirs; when
+/// neither list changes anything, the refusal is [`RemapError::NothingBlocked`] if `recovered`
+/// names a region, [`RemapError::NothingCopying`] otherwise.
+pub fn after_recovery(
+    config: &Configuration,
+    recovered: &[RegionId],
+    copied: Option<Copied<'_>>,
+) -> Result<Plan, RemapError> {
     check(config)?;
     let mut next = config.clone();
     next.id = next_id(config);
-    let mut activated_count = 0;
-    for &region in regions {
-        let Some(placement) = next.regions.iter_mut().find(|p| p.region == region) else {
-            return Err(RemapError::UnknownRegion {
-                region,
-                id: config.id,
-            });
-        };
-        match placement.state {
-            RegionState::Lost => {
+    let copied_regions = copied.map_or(&[][..], |c| c.regions);
+    // Lost or unknown in either list: refused before anything changes.
+    for &region in recovered.iter().chain(copied_regions) {
+        match next.placement(region).map(|p| p.state) {
+            None => {
+                return Err(RemapError::UnknownRegion {
+                    region,
+                    id: config.id,
+                });
+            }
+            Some(RegionState::Lost) => {
                 return Err(RemapError::RegionLost {
                     region,
                     id: config.id,
                 });
             }
-            RegionState::Active => {}
-            RegionState::Blocked => {
-                placement.state = RegionState::Active;
-                activated_count += 1;
+            Some(RegionState::Active | RegionState::Blocked) => {}
+        }
+    }
+    let mut changed_count = 0;
+    for placement in &mut next.regions {
+        let region = placement.region;
+        if recovered.contains(&region) && placement.state == RegionState::Blocked {
+            placement.state = RegionState::Active;
+            changed_count += 1;
+        }
+    }
+    let mut completed = BTreeSet::new();
+    if let Some(Copied { node, regions }) = copied {
+        for placement in next
+            .regions
+            .iter_mut()
+            .filter(|p| regions.contains(&p.region))
+        {
+            if placement.copying.contains(&node) {
+                placement.copying.retain(|&backup| backup != node);
+                completed.insert((placement.region, node));
+                changed_count += 1;
             }
         }
     }
-    if activated_count == 0 {
-        return Err(RemapError::NothingBlocked {
-            regions: regions.to_vec(),
-            id: config.id,
+    if changed_count == 0 {
+        return Err(match copied {
+            Some(Copied { node, regions }) if recovered.is_empty() => RemapError::NothingCopying {
+                node,
+                regions: regions.to_vec(),
+                id: config.id,
+            },
+            _ => RemapError::NothingBlocked {
+                regions: recovered.to_vec(),
+                id: config.id,
+            },
         });
     }
-    // Active regions keep their backups, so `finish` finds none added: no copy.
-    Ok(finish(config, next, CopyFrom::NewPrimary))
+    // Regions keep their backups, so `finish` finds none added: no copy.
+    Ok(finish_completing(
+        config,
+        next,
+        CopyFrom::NewPrimary,
+        &completed,
+    ))
 }
 
 /// The changes from `before` to `after`, one per region of `after` that differs, in its order.
@@ -835,6 +914,17 @@ enum CopyFrom {
 /// Checks the plan's invariants (a failure is a bug here, not in the input) and adds its changes
 /// and copies.
 fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> Plan {
+    finish_completing(before, next, copy_from, &BTreeSet::new())
+}
+
+/// [`finish`] for a plan that completes the copies `completed` (region, backup): the only
+/// backups it may take out of `copying` ([`copy_complete`]).
+fn finish_completing(
+    before: &Configuration,
+    next: Configuration,
+    copy_from: CopyFrom,
+    completed: &BTreeSet<(RegionId, NodeId)>,
+) -> Plan {
     assert!(
         next.id == before.id + 1,
         "next id={} before id={}",
@@ -868,7 +958,7 @@ fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> P
             );
             continue;
         };
-        check_region(before, old, &next, placement);
+        check_region(before, old, &next, placement, completed);
     }
     let changes = diff(before, &next);
     let mut copies = Vec::new();
@@ -891,12 +981,14 @@ fn finish(before: &Configuration, next: Configuration, copy_from: CopyFrom) -> P
 }
 
 /// The rules between a region `old` of `before` and the same region `placement` of `next`
-/// (module docs, "Rules"); only failed or removed nodes leave `nodes` in a plan.
+/// (module docs, "Rules"); only failed or removed nodes leave `nodes` in a plan, and only the
+/// copies of `completed` complete.
 fn check_region(
     before: &Configuration,
     old: &Placement,
     next: &Configuration,
     placement: &Placement,
+    completed: &BTreeSet<(RegionId, NodeId)>,
 ) {
     let region = placement.region;
     let lost = placement.state == RegionState::Lost;
@@ -930,10 +1022,11 @@ fn check_region(
             "{region} dropped its live replica {node}"
         );
     }
-    // A plan marks every new backup copying and never completes a copy or undoes one.
+    // A plan marks every new backup copying and never completes a copy or undoes one, except
+    // the copies data recovery reported complete.
     for node in &placement.backups {
         let new = !old.replicas().any(|replica| replica == *node);
-        let copying = new || old.copying.contains(node);
+        let copying = new || (old.copying.contains(node) && !completed.contains(&(region, *node)));
         assert_eq!(
             placement.copying.contains(node),
             copying,
@@ -1166,6 +1259,131 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("stays lost"), "{error}");
+    }
+
+    // docs/failures.md#data-recovery: a new backup whose copy is filled reports it, and the CM
+    // counts it complete: out of `copying`, promotable from then on.
+    #[test]
+    fn a_completed_copy_leaves_copying_and_nothing_else_changes() {
+        let config = cluster(4, 1, 1);
+        // n1 fails: r1 is blocked at n2 and r4 (n4 [n1]) lost its backup; both get copying
+        // backups.
+        let blocked = after_failure(&config, &failed(&[1])).unwrap().config;
+        let copiers: Vec<(u32, NodeId)> = blocked
+            .regions
+            .iter()
+            .flat_map(|p| p.copying.iter().map(|&node| (p.region.0, node)))
+            .collect();
+        assert_eq!(copiers.len(), 2, "{copiers:?}");
+        let (region, node) = copiers[0];
+        let other_region = copiers[1].0;
+
+        // Where the other region copies to another node, it is skipped; where it copies to
+        // `node` too, both complete.
+        let plan =
+            copy_complete(&blocked, node, &[RegionId(region), RegionId(other_region)]).unwrap();
+        let mut expected = blocked.clone();
+        expected.id += 1;
+        for placement in &mut expected.regions {
+            if [region, other_region].contains(&placement.region.0) {
+                placement.copying.retain(|&backup| backup != node);
+            }
+        }
+        assert_eq!(plan.config, expected, "only {node}'s copies complete");
+        assert!(plan.copies.is_empty());
+        let c = change(&plan, region);
+        assert_eq!(c.copied().collect::<Vec<_>>(), [node]);
+        assert_eq!(
+            (c.state_before, c.state),
+            (Some(RegionState::Blocked), RegionState::Blocked),
+            "a completed copy does not unblock"
+        );
+        let line = c.to_string();
+        assert!(
+            line.ends_with(&format!("copy complete on {node}, blocked")),
+            "{line}"
+        );
+        assert!(line.starts_with(&format!("r{region}: primary ")), "{line}");
+
+        // Done already: nothing to install.
+        let error = copy_complete(&plan.config, node, &[RegionId(region)]).unwrap_err();
+        assert!(
+            matches!(&error, RemapError::NothingCopying { node: who, regions, id }
+                if *who == node && *regions == [RegionId(region)] && *id == blocked.id + 1),
+            "{error}"
+        );
+        assert!(error.to_string().contains("install nothing"), "{error}");
+        // A node that is no backup of the region: nothing either.
+        let primary = placement(&blocked, region).primary;
+        assert!(matches!(
+            copy_complete(&blocked, primary, &[RegionId(region)]),
+            Err(RemapError::NothingCopying { .. })
+        ));
+        assert!(
+            copy_complete(&blocked, node, &[]).is_err(),
+            "nothing listed"
+        );
+        let error = copy_complete(&blocked, node, &[RegionId(region), RegionId(9)]).unwrap_err();
+        assert!(
+            matches!(error, RemapError::UnknownRegion { region: RegionId(9), id } if id == blocked.id),
+            "{error}"
+        );
+
+        // The copy complete and r1 recovered in one configuration: one change line for r1 when
+        // it is the region copied.
+        let both = after_recovery(
+            &blocked,
+            &[RegionId(1)],
+            Some(Copied {
+                node,
+                regions: &[RegionId(region)],
+            }),
+        )
+        .unwrap();
+        assert_eq!(placement(&both.config, 1).state, RegionState::Active);
+        assert!(!placement(&both.config, region).copying.contains(&node));
+        if region == 1 {
+            assert_eq!(both.changes.len(), 1);
+            assert_eq!(
+                both.changes[0].to_string(),
+                format!(
+                    "r1: active again (its transactions are recovered), copy complete on {node}"
+                )
+            );
+        }
+        // Neither does anything: the recovery's refusal names the recovered regions.
+        let error = after_recovery(
+            &both.config,
+            &[RegionId(1)],
+            Some(Copied {
+                node,
+                regions: &[RegionId(region)],
+            }),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, RemapError::NothingBlocked { .. }),
+            "{error}"
+        );
+
+        // A complete backup can be promoted: its primary fails and it takes over.
+        let primary = placement(&plan.config, region).primary;
+        let promoted = after_failure(&plan.config, &failed(&[primary.0])).unwrap();
+        assert_eq!(placement(&promoted.config, region).primary, node);
+
+        // A lost region has no copy to complete: refused, naming it.
+        let lost = after_failure(&blocked, &failed(&[2])).unwrap().config;
+        let lost_region = lost
+            .regions
+            .iter()
+            .find(|p| p.state == RegionState::Lost)
+            .expect("r1 lost with n1 and n2")
+            .region;
+        let error = copy_complete(&lost, node, &[lost_region]).unwrap_err();
+        assert!(
+            matches!(error, RemapError::RegionLost { region: r, .. } if r == lost_region),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1591,6 +1809,16 @@ mod properties {
 
     /// Checks that hold after every plan.
     pub(super) fn check_common(before: &Configuration, plan: &Plan, gone: &BTreeSet<NodeId>) {
+        check_common_completing(before, plan, gone, &[]);
+    }
+
+    /// [`check_common`] for a plan that completes the copies `completed` (region, backup).
+    fn check_common_completing(
+        before: &Configuration,
+        plan: &Plan,
+        gone: &BTreeSet<NodeId>,
+        completed: &[(RegionId, NodeId)],
+    ) {
         let next = &plan.config;
         assert_eq!(next.id, before.id + 1);
         next.validate().unwrap();
@@ -1602,9 +1830,9 @@ mod properties {
             if old.state == RegionState::Lost {
                 assert_eq!(placement, old, "a lost region stays lost, as it was");
             }
-            // No plan completes a copy: only data recovery does.
+            // No plan completes a copy: only data recovery's report does.
             for node in &old.copying {
-                if placement.backups.contains(node) {
+                if placement.backups.contains(node) && !completed.contains(&(old.region, *node)) {
                     assert!(placement.copying.contains(node), "{old:?} -> {placement:?}");
                 }
             }
@@ -1963,6 +2191,87 @@ mod properties {
                 unchanged.id = config.id;
                 unchanged.regions = config.regions.clone();
                 assert_eq!(unchanged, *config, "only region states change");
+                plan.config
+            }
+            11 => {
+                // A node's copies complete in some regions (some where it copies nothing: a
+                // late report), sometimes with recovered regions in the same report.
+                let node = pick(rng, &config.nodes);
+                let choose = |rng: &mut SplitMix| -> Vec<RegionId> {
+                    config
+                        .regions
+                        .iter()
+                        .filter(|p| p.state != RegionState::Lost)
+                        .map(|p| p.region)
+                        .filter(|_| rng.below(2) == 0)
+                        .collect()
+                };
+                let copied = choose(rng);
+                let recovered = if rng.below(3) == 0 {
+                    choose(rng)
+                } else {
+                    Vec::new()
+                };
+                let copying =
+                    |region: &RegionId| config.placement(*region).unwrap().copying.contains(&node);
+                let blocked = |region: &RegionId| {
+                    config.placement(*region).unwrap().state == RegionState::Blocked
+                };
+                let report = Copied {
+                    node,
+                    regions: &copied,
+                };
+                let result = after_recovery(config, &recovered, Some(report));
+                if !copied.iter().any(copying) && !recovered.iter().any(blocked) {
+                    let error = result.unwrap_err();
+                    assert!(
+                        matches!(
+                            error,
+                            RemapError::NothingCopying { .. } | RemapError::NothingBlocked { .. }
+                        ),
+                        "{error}"
+                    );
+                    return config.clone();
+                }
+                let plan = result.unwrap();
+                assert_eq!(
+                    plan,
+                    after_recovery(config, &recovered, Some(report)).unwrap()
+                );
+                let completed: Vec<(RegionId, NodeId)> = copied
+                    .iter()
+                    .copied()
+                    .filter(copying)
+                    .map(|region| (region, node))
+                    .collect();
+                check_common_completing(config, &plan, &BTreeSet::new(), &completed);
+                check_copies(&plan);
+                assert!(plan.copies.is_empty(), "{:?}", plan.copies);
+                for old in &config.regions {
+                    let placement = plan.config.placement(old.region).unwrap();
+                    let mut expected = old.clone();
+                    if recovered.contains(&old.region) && blocked(&old.region) {
+                        expected.state = RegionState::Active;
+                    }
+                    if copied.contains(&old.region) && copying(&old.region) {
+                        expected.copying.retain(|&backup| backup != node);
+                    }
+                    assert_eq!(*placement, expected);
+                }
+                let mut reported: Vec<(RegionId, NodeId)> = plan
+                    .changes
+                    .iter()
+                    .flat_map(|change| change.copied().map(|node| (change.region, node)))
+                    .collect();
+                reported.sort();
+                let mut completed = completed;
+                completed.sort();
+                completed.dedup();
+                assert_eq!(reported, completed);
+                let mut unchanged = plan.config.clone();
+                unchanged.id = config.id;
+                unchanged.regions = config.regions.clone();
+                assert_eq!(unchanged, *config, "only regions change");
                 plan.config
             }
             _ => complete_copies(rng, config),

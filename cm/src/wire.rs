@@ -268,7 +268,7 @@ pub mod envelope {
         #[prost(uint64, tag = "6")]
         ProbeReply(u64),
         /// A member to the CM: it recovered the transactions of these regions, blocked in its
-        /// configuration, and they can be active again.
+        /// configuration, and they can be active again; or it completed copies.
         #[prost(message, tag = "7")]
         RegionsRecovered(super::RegionsRecovered),
     }
@@ -276,8 +276,10 @@ pub mod envelope {
 
 /// A new primary's report to the CM (docs/failures.md#transaction-recovery): in configuration
 /// `config`, committed at the node, it recovered the transactions of `regions` (blocked there),
-/// so the CM can install a configuration in which they are active. Sent again every
-/// [`crate::member::RECOVERY_REPORT_PERIOD`] until the node's configuration shows them active.
+/// so the CM can install a configuration in which they are active; and a new backup's
+/// (docs/failures.md#data-recovery): it completed its copies of `copied`, so the CM can install
+/// a configuration in which it is no longer copying. Sent again every
+/// [`crate::member::RECOVERY_REPORT_PERIOD`] until the node's configuration shows them done.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RegionsRecovered {
     #[prost(uint64, tag = "1")]
@@ -285,6 +287,11 @@ pub struct RegionsRecovered {
     /// Region ids.
     #[prost(uint32, repeated, tag = "2")]
     pub regions: Vec<u32>,
+    /// Ids of the regions whose copy the sender completed (data recovery) while `config` lists
+    /// it as copying: the CM counts them complete. Absent (empty) in reports of nodes that
+    /// predate copy reports.
+    #[prost(uint32, repeated, tag = "3")]
+    pub copied: Vec<u32>,
 }
 
 /// A member's answer to NEW-CONFIG of configuration `id`: adopted (`refused` empty), or why
@@ -334,10 +341,17 @@ mod tests {
             envelope::Body::RegionsRecovered(RegionsRecovered {
                 config: 7,
                 regions: vec![3, 5],
+                copied: Vec::new(),
             }),
             envelope::Body::RegionsRecovered(RegionsRecovered {
                 config: 8,
                 regions: Vec::new(),
+                copied: vec![4, 6],
+            }),
+            envelope::Body::RegionsRecovered(RegionsRecovered {
+                config: 9,
+                regions: vec![2],
+                copied: vec![3],
             }),
         ] {
             let bytes = Envelope::new(body.clone()).encode();
@@ -347,11 +361,52 @@ mod tests {
         let bytes = Envelope::new(envelope::Body::RegionsRecovered(RegionsRecovered {
             config: 1,
             regions: vec![2],
+            copied: Vec::new(),
         }))
         .encode();
         assert_eq!(bytes[0], 7 << 3 | 2, "{bytes:?}");
         assert!(Envelope::decode_from(&[]).is_err(), "no body");
         assert!(Envelope::decode_from(&[0xff; 9]).is_err());
+    }
+
+    /// A recovery report as nodes sent it before copies were reported: fields 1 and 2 only.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RegionsRecoveredBeforeCopies {
+        #[prost(uint64, tag = "1")]
+        config: u64,
+        #[prost(uint32, repeated, tag = "2")]
+        regions: Vec<u32>,
+    }
+
+    #[test]
+    fn a_report_without_copies_decodes_with_none_and_old_readers_skip_them() {
+        use prost::Message;
+        let old = RegionsRecoveredBeforeCopies {
+            config: 5,
+            regions: vec![2, 4],
+        };
+        let decoded = RegionsRecovered::decode(old.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(
+            decoded,
+            RegionsRecovered {
+                config: 5,
+                regions: vec![2, 4],
+                copied: Vec::new(),
+            }
+        );
+        let new = RegionsRecovered {
+            config: 5,
+            regions: vec![2],
+            copied: vec![3],
+        };
+        let bytes = new.encode_to_vec();
+        // Field 3, repeated uint32 (packed: length-delimited).
+        assert!(
+            bytes.windows(3).any(|w| w == [3 << 3 | 2, 1, 3]),
+            "{bytes:?}"
+        );
+        let read_by_old = RegionsRecoveredBeforeCopies::decode(bytes.as_slice()).unwrap();
+        assert_eq!((read_by_old.config, read_by_old.regions), (5, vec![2]));
     }
 
     pub(crate) fn sample() -> Configuration {

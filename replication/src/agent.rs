@@ -20,7 +20,8 @@
 //!   protocol, and the CM's manager while its replica leads. Its adopter is the
 //!   [`ProcessNode`]: NEW-CONFIG is [`ProcessNode::adopt`], NEW-CONFIG-COMMIT
 //!   [`ProcessNode::commit_config`], and the regions it reports to the CM as recovered (for
-//!   the CM to make them active again) are [`ProcessNode::recovered_regions`].
+//!   the CM to make them active again) are [`ProcessNode::recovered_regions`], those whose copy
+//!   it completed (for the CM to count it complete) [`ProcessNode::copied_regions`].
 //! - A **housekeeping thread** (a replica's process only) woken by the group's status watch
 //!   and otherwise after [`AGENT_TICK`], [`AGENT_IDLE_TICK`] once settled, or
 //!   [`DISTRIBUTING_TICK`] while a configuration is being distributed (a wait, never a spin).
@@ -209,6 +210,15 @@ impl Adopter for HostAdopter {
     fn recovered(&self) -> Vec<RegionId> {
         match &self.0 {
             CmHost::Node(node) => node.recovered_regions(),
+            CmHost::Standalone(_) => Vec::new(),
+        }
+    }
+
+    /// A memory node's regions whose copy it completed while still listed as copying; a
+    /// standalone replica holds no region.
+    fn copied(&self) -> Vec<RegionId> {
+        match &self.0 {
+            CmHost::Node(node) => node.copied_regions(),
             CmHost::Standalone(_) => Vec::new(),
         }
     }
@@ -997,9 +1007,28 @@ fn describe(change: &Change) -> String {
         Change::Remove { node } => format!("removing {node}"),
         Change::AddNode { node, .. } => format!("adding {node}"),
         Change::AddRegion { .. } => "adding a region".into(),
-        Change::Activate { regions, .. } => {
-            let names: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
-            format!("activating {}", names.join(" "))
+        Change::Activate {
+            regions,
+            node,
+            copied,
+            ..
+        } => {
+            let names = |regions: &[RegionId]| {
+                let names: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+                names.join(" ")
+            };
+            let mut words = Vec::new();
+            if !regions.is_empty() {
+                words.push(format!("activating {}", names(regions)));
+            }
+            if !copied.is_empty() {
+                let by = node.map(|node| format!(" by {node}")).unwrap_or_default();
+                words.push(format!(
+                    "counting the copy of {}{by} complete",
+                    names(copied)
+                ));
+            }
+            words.join(", ")
         }
     }
 }

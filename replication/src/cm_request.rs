@@ -253,6 +253,14 @@ mod tests {
             Change::Activate {
                 config: 7,
                 regions: vec![RegionId(3), RegionId(5)],
+                node: None,
+                copied: Vec::new(),
+            },
+            Change::Activate {
+                config: 7,
+                regions: vec![RegionId(3)],
+                node: Some(NodeId(2)),
+                copied: vec![RegionId(4)],
             },
         ] {
             let request = CmRequest { nonce: 11, change };
@@ -263,5 +271,21 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// A request written before copies were reported (no `node`, no `copied`) still reads.
+    #[test]
+    fn an_activation_without_copies_reads() {
+        let text = "nonce = 3\n[change]\nchange = \"activate\"\nconfig = 7\nregions = [2]\n";
+        let request: CmRequest = toml::from_str(text).unwrap();
+        assert_eq!(
+            request.change,
+            Change::Activate {
+                config: 7,
+                regions: vec![RegionId(2)],
+                node: None,
+                copied: Vec::new(),
+            }
+        );
     }
 }

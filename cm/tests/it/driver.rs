@@ -3,8 +3,9 @@
 //! and a driver per node. Node 4 dies (its lease thread and driver stop); the CM suspects it,
 //! installs configuration c+1 through Raft, distributes and commits it, and the cluster
 //! serves on without node 4's region. Then the region's new primary reports it recovered, and
-//! the CM commits configuration c+2 in which it is active again. Every wait is bounded by a
-//! deadline.
+//! the CM commits configuration c+2 in which it is active again; then the new backups report
+//! their copies complete, and the CM commits configurations in which none is copying. Every
+//! wait is bounded by a deadline.
 
 use acre_cm::driver::{CmDriver, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source};
 use acre_cm::group::{CmGroup, GroupOptions};
@@ -47,6 +48,10 @@ struct EmbeddedAdopter {
     /// not run here), shared by every node: each reports those blocked at it as primary, as
     /// `ReplicaNode::recovered_regions` does.
     recovered: Arc<Mutex<Vec<RegionId>>>,
+    /// The copies the test says are complete (data recovery does not run here): each node
+    /// reports its own among those its configuration lists it as copying, as
+    /// `ReplicaNode::copied_regions` does.
+    copied: Arc<Mutex<Vec<(RegionId, NodeId)>>>,
 }
 
 impl Adopter for EmbeddedAdopter {
@@ -84,6 +89,25 @@ impl Adopter for EmbeddedAdopter {
         };
         let recovered = self.recovered.lock().unwrap();
         recovered.iter().copied().filter(blocked_here).collect()
+    }
+
+    fn copied(&self) -> Vec<RegionId> {
+        let cluster = self.cluster.lock().unwrap();
+        let Some(node) = cluster.nodes().iter().find(|n| n.node_id() == self.node) else {
+            return Vec::new();
+        };
+        let config = node.txn().config();
+        let copied = self.copied.lock().unwrap();
+        copied
+            .iter()
+            .filter(|&&(region, copier)| {
+                copier == self.node
+                    && config
+                        .placement(region)
+                        .is_some_and(|p| p.copying.contains(&self.node))
+            })
+            .map(|&(region, _)| region)
+            .collect()
     }
 }
 
@@ -226,6 +250,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
     // A driver per node.
     let fence_attempts = Arc::new(AtomicU32::new(0));
     let recovered = Arc::new(Mutex::new(Vec::new()));
+    let copied = Arc::new(Mutex::new(Vec::new()));
     let mut drivers: Vec<Option<CmDriver>> = Vec::new();
     for node in (1..=4).map(NodeId) {
         let index = usize::from(node.0) - 1;
@@ -275,6 +300,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
                 node,
                 cluster: cluster.clone(),
                 recovered: recovered.clone(),
+                copied: copied.clone(),
             },
             source,
         )
@@ -451,7 +477,9 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
     assert_eq!(
         record.cause,
         Cause::Recovery {
-            regions: vec![orphan]
+            regions: vec![orphan],
+            node: Some(third.placement(orphan).unwrap().primary),
+            copied: Vec::new(),
         }
     );
     assert_eq!(record.outcome, Outcome::Committed, "{record}");
@@ -465,6 +493,69 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
     // The report stops once the region is active: no further configuration.
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(leader.configuration().unwrap().id, 3);
+
+    // docs/failures.md#data-recovery: the new backups of configuration 2 (the orphan's, and
+    // that of the region node 4 backed up) finish their copies and report them; the CM counts
+    // each node's copies complete in a configuration of its own, one report at a time.
+    let copies: Vec<(RegionId, NodeId)> = third
+        .regions
+        .iter()
+        .flat_map(|p| p.copying.iter().map(|&node| (p.region, node)))
+        .collect();
+    assert!(!copies.is_empty(), "configuration 2 added copying backups");
+    let copiers: std::collections::BTreeSet<NodeId> =
+        copies.iter().map(|&(_, node)| node).collect();
+    let last_id = 3 + copiers.len() as u64;
+    copied.lock().unwrap().extend(copies.iter().copied());
+    wait_until(
+        "a configuration without copying backups committed at every node",
+        RECONFIGURE_MAX * copiers.len() as u32,
+        || {
+            let cluster = cluster.lock().unwrap();
+            cluster.nodes().iter().all(|n| {
+                n.txn().config_state() == (last_id, true)
+                    && n.txn()
+                        .config()
+                        .regions
+                        .iter()
+                        .all(|p| p.copying.is_empty())
+            })
+        },
+    );
+    let last = leader.configuration().unwrap();
+    let mut expected = (*third).clone();
+    expected.id = last_id;
+    for placement in &mut expected.regions {
+        placement.copying.clear();
+    }
+    assert_eq!(*last, expected, "only the copies changed");
+    let history = drivers[cm_index].as_ref().unwrap().history();
+    let mut counted: Vec<(RegionId, NodeId)> = Vec::new();
+    for record in &history {
+        if let Cause::Recovery {
+            regions,
+            node,
+            copied,
+        } = &record.cause
+            && !copied.is_empty()
+        {
+            assert!(regions.is_empty(), "{record}");
+            assert_eq!(record.outcome, Outcome::Committed, "{record}");
+            let node = node.expect("a copy report names its node");
+            counted.extend(copied.iter().map(|&region| (region, node)));
+            println!("{record}");
+        }
+    }
+    counted.sort();
+    let mut expected_counted = copies.clone();
+    expected_counted.sort();
+    assert_eq!(counted, expected_counted);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        leader.configuration().unwrap().id,
+        last_id,
+        "reports stopped"
+    );
 
     for driver in drivers.into_iter().flatten() {
         driver.stop();

@@ -163,6 +163,15 @@ impl Backup {
     /// keeps the entries of the regions this backup holds nothing of yet (a part may come
     /// twice). Returns whether it kept any.
     pub fn hold_part(&self, txn: TxnId, entries: Vec<Entry>) -> bool {
+        // Only the regions this node backs up (a region whose primary moved here is served,
+        // and its transactions installed, before it leaves the backup copies).
+        let entries: Vec<Entry> = {
+            let copies = self.copies.read().expect(crate::POISONED);
+            entries
+                .into_iter()
+                .filter(|e| copies.contains_key(&e.addr.region()))
+                .collect()
+        };
         let mut held = self.held.lock().expect(crate::POISONED);
         let have: Vec<RegionId> = held
             .get(&txn)

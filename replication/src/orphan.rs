@@ -27,10 +27,10 @@
 //!   backups' COMMIT-BACKUPs): what recovery would decide (docs/failures.md#decision), with
 //!   nothing to copy first. The primaries install, then the participants truncate.
 //! - **COMMIT-BACKUP at some backups only, no COMMIT-PRIMARY**: the coordinator decided to
-//!   commit, nobody was told, and some backups lack the values. Each primary copies its
-//!   LOCK's entries to the backups of its regions that lack them, as a COMMIT-BACKUP record
-//!   (recovery's "replicate the records", docs/failures.md#replicate-the-records); once every
-//!   backup holds them, as above.
+//!   commit, nobody was told, and some backups lack the values. Each replica holding them
+//!   copies the entries to the replicas that lack them, as a COPY record (recovery's
+//!   "replicate the records", docs/failures.md#replicate-the-records); once every backup
+//!   holds them, as above.
 //! - A participant that did not answer (down, paused, or not yet seeing the client gone): ask
 //!   again after [`ORPHAN_RETRY_AFTER`]; meanwhile the transaction keeps its locks, blocking
 //!   only its own objects, and is reported once.
@@ -306,11 +306,19 @@ struct Queue {
     stop: bool,
 }
 
-#[derive(Default)]
 struct Shared {
     queue: Mutex<Queue>,
     /// Signalled when orphans arrive or the resolver must stop.
     work: Condvar,
+    /// The configuration the node's worker last drained its logs for: the one votes are asked
+    /// and decided in (a node may have adopted a newer one it has not drained for yet).
+    config: Mutex<Arc<Configuration>>,
+}
+
+impl Shared {
+    fn config(&self) -> Arc<Configuration> {
+        self.config.lock().expect(crate::POISONED).clone()
+    }
 }
 
 /// The thread that asks the participants of orphans for their votes (see the module docs). It
@@ -322,7 +330,11 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn spawn(node: Arc<TxnNode>, backup: Arc<Backup>) -> std::io::Result<Resolver> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            work: Condvar::new(),
+            config: Mutex::new(node.config()),
+        });
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -333,6 +345,11 @@ impl Resolver {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// The worker drained its logs for `config`: votes are asked and decided in it from now on.
+    pub fn drained(&self, config: Arc<Configuration>) {
+        *self.shared.config.lock().expect(crate::POISONED) = config;
     }
 
     /// Queues orphans to ask about.
@@ -402,7 +419,7 @@ fn resolve(node: &TxnNode, backup: &Backup, shared: &Shared) {
             )
         };
         if !queries.is_empty() {
-            let answers = query(node, queries);
+            let answers = query(node, &shared.config(), queries);
             shared
                 .queue
                 .lock()
@@ -412,7 +429,7 @@ fn resolve(node: &TxnNode, backup: &Backup, shared: &Shared) {
             node.fabric().memory().doorbell().ring();
         }
         while !batch.is_empty() {
-            let verdicts = ask(node, backup, &mut batch);
+            let verdicts = ask(node, backup, &shared.config(), &mut batch);
             let mut queue = shared.queue.lock().expect(crate::POISONED);
             queue.verdicts.extend(verdicts);
             if queue.stop {
@@ -435,9 +452,14 @@ type Asking = (
 
 /// One round: asks the other participants of the first orphans of `batch` (as many as one reply
 /// slot holds answers for, taking them off `batch`) and returns their verdicts.
-fn ask(node: &TxnNode, backup: &Backup, batch: &mut VecDeque<Orphan>) -> Vec<Verdict> {
+fn ask(
+    node: &TxnNode,
+    backup: &Backup,
+    config: &Arc<Configuration>,
+    batch: &mut VecDeque<Orphan>,
+) -> Vec<Verdict> {
     let me = node.node_id();
-    let config = node.config();
+    let config = config.clone();
     let Some(lease) = node.replies().acquire() else {
         // This node's own coordinators hold every reply slot: the next round will find one.
         return batch
@@ -529,7 +551,7 @@ fn ask(node: &TxnNode, backup: &Backup, batch: &mut VecDeque<Orphan>) -> Vec<Ver
         }
         let outcome = decide(&config, &orphan.regions, &votes);
         if let Outcome::Copy { lacking } = &outcome {
-            copy_entries(node, backup, &orphan, lacking);
+            copy_entries(node, backup, &config, &orphan, lacking);
         }
         verdicts.push(Verdict {
             txn: orphan.txn,
@@ -541,18 +563,25 @@ fn ask(node: &TxnNode, backup: &Backup, batch: &mut VecDeque<Orphan>) -> Vec<Ver
 }
 
 /// Sends each replica in `lacking` the entries this node holds of `orphan` (its LOCK here as a
-/// primary, or its COMMIT-BACKUP as a backup) of the regions that replica holds a copy of, as a
-/// COMMIT-BACKUP record: what the coordinator would have sent it (a LOCK and a COMMIT-BACKUP
-/// carry the same entries). Copies that do not arrive are sent again at the next round.
-fn copy_entries(node: &TxnNode, backup: &Backup, orphan: &Orphan, lacking: &[NodeId]) {
-    let Some(entries) = node
+/// primary and its COMMIT-BACKUP as a backup) of the regions that replica holds a copy of, as a
+/// COPY record: what the coordinator would have sent it (a LOCK and a COMMIT-BACKUP carry the
+/// same entries). Copies that do not arrive are sent again at the next round.
+fn copy_entries(
+    node: &TxnNode,
+    backup: &Backup,
+    config: &Configuration,
+    orphan: &Orphan,
+    lacking: &[NodeId],
+) {
+    // Both parts: a primary of one region may back up another the transaction writes.
+    let mut entries = node
         .primary()
         .locked_entries(orphan.txn)
-        .or_else(|| backup.held_entries(orphan.txn))
-    else {
+        .unwrap_or_default();
+    entries.extend(backup.held_entries(orphan.txn).unwrap_or_default());
+    if entries.is_empty() {
         return;
-    };
-    let config = node.config();
+    }
     for &target in lacking.iter().filter(|&&n| n != node.node_id()) {
         let replicates = |entry: &&acre_txn::record::Entry| {
             config
@@ -567,7 +596,7 @@ fn copy_entries(node: &TxnNode, backup: &Backup, orphan: &Orphan, lacking: &[Nod
             txn: orphan.txn,
             reply: ReplyTo::NONE,
             truncated: Vec::new(),
-            body: Body::CommitBackup {
+            body: Body::Copy {
                 regions: orphan.regions.clone(),
                 entries: part,
             },
@@ -584,8 +613,12 @@ fn copy_entries(node: &TxnNode, backup: &Backup, orphan: &Orphan, lacking: &[Nod
 
 /// Asks the replicas of each region in `queries` with a RECOVERY-QUERY, and returns whether
 /// each region's replicas all answered that they hold nothing undecided of it.
-fn query(node: &TxnNode, queries: Vec<(RegionId, Vec<NodeId>)>) -> Vec<QueryAnswer> {
-    let config = node.config_id();
+fn query(
+    node: &TxnNode,
+    config: &Configuration,
+    queries: Vec<(RegionId, Vec<NodeId>)>,
+) -> Vec<QueryAnswer> {
+    let config = config.id;
     let Some(lease) = node.replies().acquire() else {
         return queries
             .into_iter()

@@ -119,11 +119,12 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// A node starting in `config`: nothing to recover.
+    /// A node starting in `config`: nothing to recover, and nothing older to drain (it holds
+    /// no record of an older configuration).
     pub fn new(config: Arc<Configuration>) -> Recovery {
         Recovery {
             config,
-            drained: false,
+            drained: true,
             removed: BTreeSet::new(),
             primary_since: FastMap::default(),
             regions: BTreeMap::new(),
@@ -275,7 +276,15 @@ mod tests {
         }
         let mut recovery = Recovery::new(c1.clone());
         let old = txn(0, 1);
-        assert!(!recovery.needs(old, &[r1.region]), "nothing drained yet");
+        assert!(
+            !recovery.needs(old, &[r1.region]),
+            "nothing to recover at the start"
+        );
+        assert_eq!(
+            recovery.drained_for(),
+            1,
+            "the start configuration needs no drain"
+        );
         let mine = recovery.drained(promoted, Arc::new(c2));
         assert_eq!(mine, vec![r1.region]);
         assert!(recovery.needs(old, &[r1.region]));

@@ -427,7 +427,9 @@ impl Serving {
         // Which record this is, for a later vote, and the regions it lists.
         let (holds, regions) = match &record.body {
             Body::Lock { regions, .. } => (vote::LOCK, regions.clone()),
-            Body::CommitBackup { regions, .. } => (vote::COMMIT_BACKUP, regions.clone()),
+            Body::CommitBackup { regions, .. } | Body::Copy { regions, .. } => {
+                (vote::COMMIT_BACKUP, regions.clone())
+            }
             Body::CommitPrimary => (vote::COMMIT_PRIMARY, Vec::new()),
             _ => (0, Vec::new()),
         };
@@ -441,6 +443,11 @@ impl Serving {
                 kept.regions = regions;
             }
             self.retention_changed = true;
+            // A record of a transaction that needs recovery (a copy of its entries sent by a
+            // participant, or one read at the drain): settled here too.
+            if self.recovery.needs(txn, &self.kept[&txn].regions) {
+                self.recovering.insert(txn);
+            }
         }
     }
 
@@ -564,9 +571,9 @@ impl Serving {
                 self.forget(txn);
                 false
             }
-            Body::CommitBackup { entries, .. } if sender != txn.node => {
-                // A primary's copy of its part, its client coordinator being dead
-                // (crate::orphan): this backup holds the transaction once it has every part.
+            Body::Copy { entries, .. } => {
+                // A participant's copy of its part, the votes having decided to commit
+                // (crate::orphan): this replica holds the transaction once it has every part.
                 let kept = self.backup.hold_part(txn, entries);
                 if !self.backup.covers(txn, regions) {
                     holds = 0;
@@ -662,6 +669,11 @@ impl Serving {
     /// it drained for, when the asker (in configuration `asker_config`) recovers it
     /// ([`crate::recovery`]); refused until this node has drained for the asker's.
     fn vote(&mut self, txn: TxnId, asker_config: u64) -> Option<u64> {
+        // Never before this node drained for the asker's configuration: its vote would miss
+        // what the configuration changed (a promoted primary's role, records still unread).
+        if self.recovery.drained_for() < asker_config {
+            return None;
+        }
         let client = txn.node;
         let orphan = self.node.config().clients.contains(&client) && self.clients.is_gone(client);
         if orphan {
@@ -833,10 +845,9 @@ impl Serving {
         if !matches!(verdict.outcome, Outcome::Unanswered { .. }) {
             self.unanswered.remove(&txn);
         }
-        if matches!(
-            verdict.outcome,
-            Outcome::Install | Outcome::Copy { .. } | Outcome::Truncate
-        ) {
+        // A Copy is not decided yet for a new primary's RECOVERY-QUERY: the replicas lacking
+        // the values (the new primary among them) may not have them yet.
+        if matches!(verdict.outcome, Outcome::Install | Outcome::Truncate) {
             self.recovery.decided.insert(txn);
         }
         match verdict.outcome {
@@ -943,7 +954,7 @@ impl Serving {
         let me = self.node.node_id();
         let mut installed = false;
         let mut primary = self.one_sided;
-        if self.one_sided {
+        if self.one_sided && !self.node.primary().locked_here(txn) {
             installed |= self.node.primary().install_orphan(txn);
         } else if holds & vote::LOCK != 0 {
             primary = true;
@@ -1030,11 +1041,26 @@ impl Serving {
         self.inbox.raise_fence(config.id);
         self.drain_rings();
         let id = config.id;
+        self.resolver.drained(config.clone());
         let mine = self.recovery.drained(me, config);
         let now = self.node.clock().now();
         for region in mine {
             self.recovery.regions.insert(region, RegionStep::AskAt(now));
         }
+        // Every node settles what it holds of the transactions needing recovery, not only a
+        // region's new primary; at once, also those a dead client's settlement was waiting to
+        // ask about again (the new configuration may decide them).
+        for (txn, asked) in self.asked.iter_mut() {
+            if matches!(asked, Asked::Again(_))
+                && self
+                    .kept
+                    .get(txn)
+                    .is_some_and(|kept| self.recovery.needs(*txn, &kept.regions))
+            {
+                *asked = Asked::Again(now);
+            }
+        }
+        self.find_recovering(now);
         let needing = self
             .kept
             .iter()

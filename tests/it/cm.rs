@@ -224,9 +224,23 @@ fn a_killed_primary_s_region_is_recovered_and_serves_again() {
     assert_eq!(read(&db, objects[1]), 2, "r2's committed value survived");
     update(&db, objects[1], 20).expect("r2 commits again");
     assert_eq!(read(&db, objects[1]), 20);
+    // Data recovery: the new backups copy their regions and the CM counts them complete.
+    let copied = cluster.wait_for("every new backup's copy complete", |s| {
+        s.committed.id > after.committed.id
+            && s.committed.regions.iter().all(|p| p.copying.is_empty())
+    });
+    assert!(
+        copied
+            .committed
+            .regions
+            .iter()
+            .all(|p| p.backups.len() == 1 && p.state.is_active()),
+        "{copied:?}"
+    );
     let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
     let shown = String::from_utf8_lossy(&status.stdout);
     assert!(shown.contains("recovery of r2"), "{shown}");
+    assert!(shown.contains("complete"), "{shown}");
 }
 
 /// kill -9 of a primary while `acre bank` transfers between accounts in every region: no

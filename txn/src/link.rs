@@ -187,7 +187,7 @@ impl Links {
         let payload = record.encode();
         // A backup's CPU is not on the commit path: its COMMIT-BACKUP waits for the next wake-up.
         let backup = matches!(record.body, Body::CommitBackup { .. });
-        let fenced = backup || matches!(record.body, Body::Lock { .. });
+        let fenced = backup || matches!(record.body, Body::Lock { .. } | Body::CommitPrimary);
         let fence = link
             .outbox
             .append_reserved(

@@ -358,6 +358,16 @@ impl Primary {
         true
     }
 
+    /// Whether this primary locked `txn`'s objects itself (message mode, or a coordinator on
+    /// this node locking its own regions in either mode).
+    pub fn locked_here(&self, txn: TxnId) -> bool {
+        self.held
+            .lock()
+            .expect(POISONED)
+            .get(&txn)
+            .is_some_and(|held| held.locked)
+    }
+
     /// The entries of `txn`'s LOCK here, if it holds its locks (what its COMMIT-PRIMARY would
     /// install).
     pub fn locked_entries(&self, txn: TxnId) -> Option<Vec<Entry>> {

@@ -41,6 +41,7 @@ pub const REQUEST_VOTE: RecordKind = RecordKind(24);
 pub const RECOVERY_QUERY: RecordKind = RecordKind(25);
 pub const OUTCOME_QUERY: RecordKind = RecordKind(26);
 pub const COPY_QUERY: RecordKind = RecordKind(27);
+pub const COPY: RecordKind = RecordKind(28);
 
 /// Bytes of an encoded [`TxnId`].
 pub const TXN_ID_BYTES: usize = 24;
@@ -192,6 +193,14 @@ pub enum Body {
     OutcomeQuery {
         txn: TxnId,
     },
+    /// The entries of a transaction's LOCK or COMMIT-BACKUP, copied by a participant to a
+    /// replica that lacks them once the votes decided to commit it (docs/failures.md#replicate-
+    /// the-records): the receiver holds them as it would the COMMIT-BACKUP. Never refused as a
+    /// late record of the coordinator, whatever node sends it.
+    Copy {
+        regions: Vec<RegionId>,
+        entries: Vec<Entry>,
+    },
     /// Data recovery (docs/failures.md#data-recovery): how many transactions begun before
     /// configuration `older_than` hold locks in `region` at the receiver, its primary? Asked by
     /// a new backup before it copies the region; answered with a vote whose value 0 is the
@@ -217,13 +226,16 @@ impl Body {
             Body::RecoveryQuery { .. } => RECOVERY_QUERY,
             Body::OutcomeQuery { .. } => OUTCOME_QUERY,
             Body::CopyQuery { .. } => COPY_QUERY,
+            Body::Copy { .. } => COPY,
         }
     }
 
     /// Bytes of the encoded body.
     pub fn encoded_bytes(&self) -> usize {
         match self {
-            Body::Lock { regions, entries } | Body::CommitBackup { regions, entries } => {
+            Body::Lock { regions, entries }
+            | Body::CommitBackup { regions, entries }
+            | Body::Copy { regions, entries } => {
                 8 + (regions.len() * 4).next_multiple_of(8)
                     + entries.iter().map(Entry::encoded_bytes).sum::<usize>()
             }
@@ -349,6 +361,10 @@ impl<'a> Reader<'a> {
                 let (regions, entries) = self.regions_and_entries(items)?;
                 Body::CommitBackup { regions, entries }
             }
+            COPY => {
+                let (regions, entries) = self.regions_and_entries(items)?;
+                Body::Copy { regions, entries }
+            }
             COMMIT_PRIMARY => Body::CommitPrimary,
             ABORT => Body::Abort,
             TRUNCATE => Body::Truncate,
@@ -463,7 +479,9 @@ impl TxnRecord {
         w.u32(self.reply.offset);
         w.u64(self.reply.key.0);
         let items = match &self.body {
-            Body::Lock { entries, .. } | Body::CommitBackup { entries, .. } => entries.len(),
+            Body::Lock { entries, .. }
+            | Body::CommitBackup { entries, .. }
+            | Body::Copy { entries, .. } => entries.len(),
             Body::Validate { reads } => reads.len(),
             Body::Release { addrs } => addrs.len(),
             Body::CommitPrimary
@@ -481,7 +499,9 @@ impl TxnRecord {
             w.txn(id);
         }
         match &self.body {
-            Body::Lock { regions, entries } | Body::CommitBackup { regions, entries } => {
+            Body::Lock { regions, entries }
+            | Body::CommitBackup { regions, entries }
+            | Body::Copy { regions, entries } => {
                 w.u32(regions.len() as u32);
                 w.u32(0);
                 for region in regions {
@@ -618,6 +638,10 @@ mod tests {
             },
             Body::CommitBackup {
                 regions: vec![RegionId(2)],
+                entries: entries.clone(),
+            },
+            Body::Copy {
+                regions: vec![RegionId(2), RegionId(5)],
                 entries,
             },
             Body::CommitPrimary,

@@ -423,9 +423,15 @@ fn review_a_copy_from_the_coordinators_own_node_is_not_refused() {
     eprintln!("commit: {committed:?}");
     assert_eq!(cluster.faults().hits(stall), 1, "held back");
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
-    while !replica(&cluster, NodeId(1)).recovered_regions().contains(&RegionId(4)) {
+    while !replica(&cluster, NodeId(1))
+        .recovered_regions()
+        .contains(&RegionId(4))
+    {
         if Instant::now() >= deadline {
-            let n2 = replica(&cluster, NodeId(2)).worker().expect("running").stats();
+            let n2 = replica(&cluster, NodeId(2))
+                .worker()
+                .expect("running")
+                .stats();
             panic!(
                 "n1 never recovered r4; late records refused at n2: {}; n1 recovered {:?}",
                 n2.late_refused.load(Relaxed),
@@ -449,10 +455,9 @@ fn review_an_orphan_vote_before_the_drain_does_not_commit_half_a_transaction() {
     use crate::fixture::{BLOCK_BYTES, REGION_BYTES, RING_BYTES, commit_mode};
     const CLIENT: NodeId = NodeId(100);
     let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
-    let mut config = acre_txn::Configuration::place(
-        1, ids, vec![CLIENT], 1, 1, REGION_BYTES, BLOCK_BYTES,
-    )
-    .expect("config");
+    let mut config =
+        acre_txn::Configuration::place(1, ids, vec![CLIENT], 1, 1, REGION_BYTES, BLOCK_BYTES)
+            .expect("config");
     config.commit = commit_mode();
     let mut cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
     let client = replica(&cluster, CLIENT).txn().clone();
@@ -466,7 +471,13 @@ fn review_an_orphan_vote_before_the_drain_does_not_commit_half_a_transaction() {
     );
     let committed = write_both(&client, b, c);
     eprintln!("commit: {committed:?}");
-    assert!(matches!(committed, Err(CommitError::Indeterminate { node: NodeId(4), .. })));
+    assert!(matches!(
+        committed,
+        Err(CommitError::Indeterminate {
+            node: NodeId(4),
+            ..
+        })
+    ));
     // n3 dies; r3 is promoted to n4 (blocked), r2 gets n4 as a copying backup.
     let without_n3 = next(cluster.config(), |config| {
         config.nodes.retain(|&n| n != NodeId(3));
@@ -490,7 +501,10 @@ fn review_an_orphan_vote_before_the_drain_does_not_commit_half_a_transaction() {
     cluster.kill(CLIENT);
     // Let the orphan rounds run (every 500 ms, retried after 1 s) before n4 commits.
     std::thread::sleep(Duration::from_secs(4));
-    let n1_stats = replica(&cluster, NodeId(1)).worker().expect("running").stats();
+    let n1_stats = replica(&cluster, NodeId(1))
+        .worker()
+        .expect("running")
+        .stats();
     let installed = n1_stats.orphans_installed.load(Relaxed);
     let aborted = n1_stats.orphans_aborted.load(Relaxed);
     eprintln!("n1: orphans installed {installed}, aborted {aborted}");
@@ -507,14 +521,24 @@ fn review_an_orphan_vote_before_the_drain_does_not_commit_half_a_transaction() {
     });
     cluster.reconfigure((*active).clone()).expect("activate");
     let n1 = txn_node(&cluster, 0);
-    let (vb, vc) = (value_at(&n1, b).expect("read b"), value_at(&n1, c).expect("read c"));
-    eprintln!("b = {:?}, c = {:?}", String::from_utf8_lossy(&vb), String::from_utf8_lossy(&vc));
+    let (vb, vc) = (
+        value_at(&n1, b).expect("read b"),
+        value_at(&n1, c).expect("read c"),
+    );
+    eprintln!(
+        "b = {:?}, c = {:?}",
+        String::from_utf8_lossy(&vb),
+        String::from_utf8_lossy(&vc)
+    );
     assert_eq!(
         (vb == b"b1", vc == b"c1"),
         (vc == b"c1", vb == b"b1"),
         "all or nothing: b = {vb:?}, c = {vc:?}"
     );
-    assert_eq!(installed, 0, "nothing of it may be installed: r3's values are nowhere");
+    assert_eq!(
+        installed, 0,
+        "nothing of it may be installed: r3's values are nowhere"
+    );
     cluster.stop();
 }
 
@@ -530,10 +554,9 @@ fn review_control_orphan_vote_after_the_drain_aborts() {
     use crate::fixture::{BLOCK_BYTES, REGION_BYTES, RING_BYTES, commit_mode};
     const CLIENT: NodeId = NodeId(100);
     let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
-    let mut config = acre_txn::Configuration::place(
-        1, ids, vec![CLIENT], 1, 1, REGION_BYTES, BLOCK_BYTES,
-    )
-    .expect("config");
+    let mut config =
+        acre_txn::Configuration::place(1, ids, vec![CLIENT], 1, 1, REGION_BYTES, BLOCK_BYTES)
+            .expect("config");
     config.commit = commit_mode();
     let mut cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
     let client = replica(&cluster, CLIENT).txn().clone();
@@ -547,7 +570,13 @@ fn review_control_orphan_vote_after_the_drain_aborts() {
     );
     let committed = write_both(&client, b, c);
     eprintln!("commit: {committed:?}");
-    assert!(matches!(committed, Err(CommitError::Indeterminate { node: NodeId(4), .. })));
+    assert!(matches!(
+        committed,
+        Err(CommitError::Indeterminate {
+            node: NodeId(4),
+            ..
+        })
+    ));
     // n3 dies; r3 is promoted to n4 (blocked), r2 gets n4 as a copying backup.
     let without_n3 = next(cluster.config(), |config| {
         config.nodes.retain(|&n| n != NodeId(3));
@@ -574,7 +603,10 @@ fn review_control_orphan_vote_after_the_drain_aborts() {
     cluster.kill(CLIENT);
     // Let the orphan rounds run (every 500 ms, retried after 1 s) before n4 commits.
     std::thread::sleep(Duration::from_secs(4));
-    let n1_stats = replica(&cluster, NodeId(1)).worker().expect("running").stats();
+    let n1_stats = replica(&cluster, NodeId(1))
+        .worker()
+        .expect("running")
+        .stats();
     let installed = n1_stats.orphans_installed.load(Relaxed);
     let aborted = n1_stats.orphans_aborted.load(Relaxed);
     eprintln!("n1: orphans installed {installed}, aborted {aborted}");
@@ -588,112 +620,24 @@ fn review_control_orphan_vote_after_the_drain_aborts() {
     });
     cluster.reconfigure((*active).clone()).expect("activate");
     let n1 = txn_node(&cluster, 0);
-    let (vb, vc) = (value_at(&n1, b).expect("read b"), value_at(&n1, c).expect("read c"));
-    eprintln!("b = {:?}, c = {:?}", String::from_utf8_lossy(&vb), String::from_utf8_lossy(&vc));
+    let (vb, vc) = (
+        value_at(&n1, b).expect("read b"),
+        value_at(&n1, c).expect("read c"),
+    );
+    eprintln!(
+        "b = {:?}, c = {:?}",
+        String::from_utf8_lossy(&vb),
+        String::from_utf8_lossy(&vc)
+    );
     assert_eq!(
         (vb == b"b1", vc == b"c1"),
         (vc == b"c1", vb == b"b1"),
         "all or nothing: b = {vb:?}, c = {vc:?}"
     );
-    assert_eq!(installed, 0, "nothing of it may be installed: r3's values are nowhere");
-    cluster.stop();
-}
-
-/// REVIEW (finding 3, one-sided mode only): a coordinator (n3) whose COMMIT-BACKUPs all
-/// counted stalls before its COMMIT-PRIMARY to n1 while n4 dies. Recovery commits the
-/// transaction (installs at n1, unlocks), r4 is activated, and another transaction overwrites
-/// b. Then the stalled coordinator appends COMMIT-PRIMARY (refused by n1's worker, but an
-/// acknowledged append) and installs b by WRITEs: the later committed value is lost.
-#[test]
-fn review_a_stalled_one_sided_coordinator_does_not_overwrite_a_later_commit() {
-    use acre_txn::config::CommitMode;
-    let mut cluster = four_nodes();
-    if cluster.config().commit != CommitMode::OneSided {
-        eprintln!("one-sided only: run with ACRE_TEST_COMMIT=one-sided");
-        cluster.stop();
-        return;
-    }
-    let n3 = txn_node(&cluster, 2);
-    let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
-    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
-    settle(&cluster);
-    let stall = cluster.faults().add(
-        Rule::to(NodeId(1), Action::Delay(Duration::from_secs(4)))
-            .from(NodeId(3))
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_PRIMARY))
-            .times(1),
+    assert_eq!(
+        installed, 0,
+        "nothing of it may be installed: r3's values are nowhere"
     );
-    let coordinator = n3.clone();
-    let committing = std::thread::spawn(move || write_both(&coordinator, a, b));
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(cluster.faults().hits(stall), 1, "COMMIT-PRIMARY held back");
-    fail_n4_and_recover(&mut cluster);
-    let n1 = txn_node(&cluster, 0);
-    assert_eq!(value_at(&n1, b).expect("read b"), b"b1", "recovery committed it");
-    overwrite(&n1, b, b"b2");
-    assert_eq!(value_at(&n1, b).expect("read b"), b"b2");
-    let committed = committing.join().expect("no panic");
-    eprintln!("commit: {committed:?}");
-    let header = crate::fixture::primary_header(&cluster, b);
-    let now = value_at(&n1, b).expect("read b");
-    eprintln!("b at n1 after the stalled coordinator: {:?} {header:?}", String::from_utf8_lossy(&now));
-    assert_eq!(now, b"b2", "a committed overwrite was lost");
-    cluster.stop();
-}
-
-/// REVIEW (finding 4, f = 2): n1 is r1's primary (holds the LOCK) and r3's backup (holds the
-/// COMMIT-BACKUP). The coordinator n3 dies after its COMMIT-BACKUP reached n1 and before the
-/// one to n2; r3 is promoted to n2. The votes say Copy{n2} (r3's values are at n1, r1's at n1's
-/// LOCK). `copy_entries` sends `locked_entries().or_else(held_entries)`: only n1's LOCK
-/// entries (r1), never r3's, so n2 never covers the transaction: Copy forever, r3 never
-/// served, b locked for good.
-#[test]
-fn review_a_primary_that_also_backs_up_copies_both_parts() {
-    let mut cluster = crate::fixture::three_nodes();
-    eprintln!("{:?}", cluster.config().regions);
-    let n3 = txn_node(&cluster, 2);
-    let a = create(&n3, RegionId(3), b"a0"); // n3 [n1 n2]
-    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2 n3]
-    settle(&cluster);
-    cluster.faults().add(
-        Rule::to(NodeId(2), Action::Fail)
-            .from(NodeId(3))
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
-    );
-    let committed = write_both(&n3, a, b);
-    eprintln!("commit: {committed:?}");
-    let without_n3 = next(cluster.config(), |config| {
-        config.nodes.retain(|&n| n != NodeId(3));
-        for placement in &mut config.regions {
-            placement.backups.retain(|&n| n != NodeId(3));
-            if placement.region == RegionId(3) {
-                placement.primary = NodeId(2);
-                placement.backups = vec![NodeId(1)];
-                placement.state = RegionState::Blocked;
-            }
-        }
-    });
-    cluster.reconfigure((*without_n3).clone()).expect("reconfigure");
-    let deadline = Instant::now() + RECOVERY_TIMEOUT;
-    while !replica(&cluster, NodeId(2)).recovered_regions().contains(&RegionId(3)) {
-        if Instant::now() >= deadline {
-            for id in [1, 2] {
-                let st = replica(&cluster, NodeId(id)).worker().unwrap().stats();
-                eprintln!("n{id}: unanswered {} late_refused {} installed {} aborted {} left {}",
-                    st.orphans_unanswered.load(Relaxed), st.late_refused.load(Relaxed),
-                    st.orphans_installed.load(Relaxed), st.orphans_aborted.load(Relaxed),
-                    st.orphans_left.load(Relaxed));
-            }
-            panic!(
-                "n2 never recovered r3; n1 recovered {:?}, n2 recovered {:?}, n2 holds {} \
-                 COMMIT-BACKUPs",
-                recovered(&cluster, NodeId(1)),
-                recovered(&cluster, NodeId(2)),
-                replica(&cluster, NodeId(2)).backup().held_count()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
     cluster.stop();
 }
 
@@ -726,9 +670,14 @@ fn review_copy_entries_sends_both_the_lock_and_the_commit_backup_parts() {
             }
         }
     });
-    cluster.reconfigure((*without_n3).clone()).expect("reconfigure");
+    cluster
+        .reconfigure((*without_n3).clone())
+        .expect("reconfigure");
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
-    while !replica(&cluster, NodeId(1)).recovered_regions().contains(&RegionId(3)) {
+    while !replica(&cluster, NodeId(1))
+        .recovered_regions()
+        .contains(&RegionId(3))
+    {
         if Instant::now() >= deadline {
             panic!(
                 "n1 never recovered r3; n1 recovered {:?}, n2 holds {} COMMIT-BACKUPs",
@@ -768,6 +717,120 @@ fn review_a_surviving_primary_that_recovers_no_region_settles_its_transactions()
             panic!("b is still locked at n2 {RECOVERY_TIMEOUT:?} after recovery");
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+    cluster.stop();
+}
+
+/// REVIEW (finding 3, one-sided mode only): a coordinator (n3) whose COMMIT-BACKUPs all
+/// counted stalls before its COMMIT-PRIMARY to n1 while n4 dies. Recovery commits the
+/// transaction (installs at n1, unlocks), r4 is activated, and another transaction overwrites
+/// b. Then the stalled coordinator appends COMMIT-PRIMARY (refused by n1's worker, but an
+/// acknowledged append) and installs b by WRITEs: the later committed value is lost.
+#[test]
+fn review_a_stalled_one_sided_coordinator_does_not_overwrite_a_later_commit() {
+    use acre_txn::config::CommitMode;
+    let mut cluster = four_nodes();
+    if cluster.config().commit != CommitMode::OneSided {
+        eprintln!("one-sided only: run with ACRE_TEST_COMMIT=one-sided");
+        cluster.stop();
+        return;
+    }
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
+    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
+    settle(&cluster);
+    let stall = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Delay(Duration::from_secs(4)))
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&COMMIT_PRIMARY))
+            .times(1),
+    );
+    let coordinator = n3.clone();
+    let committing = std::thread::spawn(move || write_both(&coordinator, a, b));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(cluster.faults().hits(stall), 1, "COMMIT-PRIMARY held back");
+    fail_n4_and_recover(&mut cluster);
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(
+        value_at(&n1, b).expect("read b"),
+        b"b1",
+        "recovery committed it"
+    );
+    overwrite(&n1, b, b"b2");
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b2");
+    let committed = committing.join().expect("no panic");
+    eprintln!("commit: {committed:?}");
+    let header = crate::fixture::primary_header(&cluster, b);
+    let now = value_at(&n1, b).expect("read b");
+    eprintln!(
+        "b at n1 after the stalled coordinator: {:?} {header:?}",
+        String::from_utf8_lossy(&now)
+    );
+    assert_eq!(now, b"b2", "a committed overwrite was lost");
+    cluster.stop();
+}
+
+/// REVIEW (finding 4, f = 2): n1 is r1's primary (holds the LOCK) and r3's backup (holds the
+/// COMMIT-BACKUP). The coordinator n3 dies after its COMMIT-BACKUP reached n1 and before the
+/// one to n2; r3 is promoted to n2. The votes say Copy{n2} (r3's values are at n1, r1's at n1's
+/// LOCK). `copy_entries` sends `locked_entries().or_else(held_entries)`: only n1's LOCK
+/// entries (r1), never r3's, so n2 never covers the transaction: Copy forever, r3 never
+/// served, b locked for good.
+#[test]
+fn review_a_primary_that_also_backs_up_copies_both_parts() {
+    let mut cluster = crate::fixture::three_nodes();
+    eprintln!("{:?}", cluster.config().regions);
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(3), b"a0"); // n3 [n1 n2]
+    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2 n3]
+    settle(&cluster);
+    cluster.faults().add(
+        Rule::to(NodeId(2), Action::Fail)
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
+    );
+    let committed = write_both(&n3, a, b);
+    eprintln!("commit: {committed:?}");
+    let without_n3 = next(cluster.config(), |config| {
+        config.nodes.retain(|&n| n != NodeId(3));
+        for placement in &mut config.regions {
+            placement.backups.retain(|&n| n != NodeId(3));
+            if placement.region == RegionId(3) {
+                placement.primary = NodeId(2);
+                placement.backups = vec![NodeId(1)];
+                placement.state = RegionState::Blocked;
+            }
+        }
+    });
+    cluster
+        .reconfigure((*without_n3).clone())
+        .expect("reconfigure");
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while !replica(&cluster, NodeId(2))
+        .recovered_regions()
+        .contains(&RegionId(3))
+    {
+        if Instant::now() >= deadline {
+            for id in [1, 2] {
+                let st = replica(&cluster, NodeId(id)).worker().unwrap().stats();
+                eprintln!(
+                    "n{id}: unanswered {} late_refused {} installed {} aborted {} left {}",
+                    st.orphans_unanswered.load(Relaxed),
+                    st.late_refused.load(Relaxed),
+                    st.orphans_installed.load(Relaxed),
+                    st.orphans_aborted.load(Relaxed),
+                    st.orphans_left.load(Relaxed)
+                );
+            }
+            panic!(
+                "n2 never recovered r3; n1 recovered {:?}, n2 recovered {:?}, n2 holds {} \
+                 COMMIT-BACKUPs",
+                recovered(&cluster, NodeId(1)),
+                recovered(&cluster, NodeId(2)),
+                replica(&cluster, NodeId(2)).backup().held_count()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
     cluster.stop();
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// How long a commit waits to learn the configuration a backup's fence names (a client
 /// follows the CM within milliseconds) before it leaves the rest to the finisher.
-const FENCE_CONFIG_WAIT: Duration = Duration::from_secs(1);
+pub(super) const FENCE_CONFIG_WAIT: Duration = Duration::from_secs(1);
 
 /// What a COMMIT-BACKUP whose receiver's fence is newer than its transaction's configuration
 /// means (docs/failures.md#drain).

@@ -38,17 +38,54 @@ impl Commit<'_> {
                 truncated: Vec::new(),
                 body: Body::CommitPrimary,
             };
-            if let Err(e) = self.send(primary, record) {
-                self.primaries_missed.insert(primary);
-                missed = Some((primary, e));
-                continue;
-            }
+            let fence = match self.send(primary, record) {
+                Ok(fence) => fence,
+                Err(e) => {
+                    self.primaries_missed.insert(primary);
+                    missed = Some((primary, e));
+                    continue;
+                }
+            };
             durable += 1;
+            if fence > txn.config {
+                // The primary drained its log for a newer configuration since this commit's
+                // COMMIT-BACKUPs were counted. If the transaction needs recovery there, the
+                // votes commit it (every backup holds it) and recovery installs it: an install
+                // of ours could land after theirs and after a later commit, so none goes
+                // (docs/failures.md#known-gaps: a stall right after this check remains).
+                match super::commit_backup::fenced(
+                    &self.node,
+                    &self.plan,
+                    fence,
+                    super::commit_backup::FENCE_CONFIG_WAIT,
+                ) {
+                    super::commit_backup::Fenced::LeftToRecovery => {
+                        self.primaries_done += 1;
+                        continue;
+                    }
+                    super::commit_backup::Fenced::Counted => {}
+                    super::commit_backup::Fenced::Unknown => {
+                        self.primaries_missed.insert(primary);
+                        missed = Some((
+                            primary,
+                            TxnError::Unavailable {
+                                node: primary,
+                                reason: format!(
+                                    "it drained its log for configuration {fence}, not known here \
+                                     yet"
+                                ),
+                            },
+                        ));
+                        continue;
+                    }
+                }
+            }
             if primary == me {
-                self.node
-                    .primary()
-                    .commit(txn)
-                    .expect("this coordinator's own LOCK succeeded");
+                if let Err(e) = self.node.primary().commit(txn) {
+                    // Recovery on this node decided the transaction first (its votes count
+                    // this node's COMMIT-BACKUPs): nothing left to install here.
+                    tracing::debug!(%txn, "installing here: {e}; recovery settled it");
+                }
             } else if let Err(e) = install_remote(self, primary) {
                 // Committed (the record is durable), not installed: the objects stay locked
                 // until the finisher installs them; no truncation before.

@@ -123,19 +123,38 @@ impl Unfinished {
         }
         let mut missed = None;
         for primary in self.primaries_left.clone() {
-            if let Err(reason) = self
-                .send(node, primary, Body::CommitPrimary, failed)
-                .map(|_| ())
-            {
-                missed = Some((primary, reason));
-                continue;
+            let fence = match self.send(node, primary, Body::CommitPrimary, failed) {
+                Ok(fence) => fence,
+                Err(reason) => {
+                    missed = Some((primary, reason));
+                    continue;
+                }
+            };
+            if fence > self.txn.config {
+                // As in step 4: a transaction that needs recovery there is installed by it.
+                use super::commit_backup::{Fenced, fenced};
+                match fenced(node, &self.plan, fence, Duration::ZERO) {
+                    Fenced::LeftToRecovery => {
+                        self.primaries_left.remove(&primary);
+                        continue;
+                    }
+                    Fenced::Counted => {}
+                    Fenced::Unknown => {
+                        missed = Some((
+                            primary,
+                            format!("its fence names configuration {fence}, not known here yet"),
+                        ));
+                        continue;
+                    }
+                }
             }
             if primary == node.node_id() {
                 // This node's own primary installs inline, as in step 4 (its worker only keeps
                 // the record).
-                node.primary()
-                    .commit(self.txn)
-                    .expect("this coordinator's own LOCK succeeded");
+                if let Err(e) = node.primary().commit(self.txn) {
+                    // Recovery on this node decided the transaction first.
+                    tracing::debug!(txn = %self.txn, "installing here: {e}; recovery settled it");
+                }
             } else if node.config().commit == CommitMode::OneSided {
                 // The coordinator installs (docs/protocol.md#one-sided-commit-mode), only what
                 // it still holds: an earlier install may have landed unseen.

@@ -199,6 +199,9 @@ struct RecoveryTimes {
     /// When the configuration that made the region active again committed (its row's
     /// `started_ns` + `committed_ms`).
     active_ms: f64,
+    /// When the CM started that reconfiguration: the promoted primary's report that it
+    /// recovered the region reached it.
+    started_ms: f64,
     /// When the first update of the region that started after the kill committed, of those
     /// that committed after the configuration without the victim did (which blocks the region
     /// until it is active again).
@@ -442,8 +445,12 @@ struct Setup {
     region_had_victim: bool,
     db: Db,
     object: Addr,
-    /// The victim's first primary region and an object in it.
-    recovering: Option<(RegionId, Addr)>,
+    /// The victim's first primary region, an object in it, and a client of its own to update
+    /// it: the cluster's second client, so that the updates waiting through the region's
+    /// recovery share nothing in this process (connections to the dead node, a coordinator's
+    /// slots) with those of the unaffected region, whose figures stay comparable with a kill
+    /// that has no second loop.
+    recovering: Option<(RegionId, Addr, Db)>,
 }
 
 /// One kill on a fresh cluster, taken down after. `Err` when the cluster could not be set up
@@ -466,7 +473,7 @@ fn kill_once(
             role: setup.role,
             region: setup.region,
             region_had_victim: setup.region_had_victim,
-            recovering: setup.recovering.map(|(region, _)| region),
+            recovering: setup.recovering.as_ref().map(|(region, ..)| *region),
             outcome,
         }
     });
@@ -560,6 +567,12 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
         .find(|p| p.primary == node && p.state.is_active())
         .map(|p| p.region);
     let db = Db::connect(&args.dir.join(CLUSTER_FILE)).context("connect a client")?;
+    let recovering_db = match recovering_region {
+        Some(_) => {
+            Some(Db::connect(&args.dir.join(CLUSTER_FILE)).context("connect a second client")?)
+        }
+        None => None,
+    };
     let mut object = None;
     let mut recovering = None;
     for placement in &config.regions {
@@ -586,7 +599,9 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
         region_had_victim,
         db,
         object: object.context("the chosen region is in the configuration")?,
-        recovering,
+        recovering: recovering
+            .zip(recovering_db)
+            .map(|((region, addr), db)| (region, addr, db)),
     })
 }
 
@@ -624,10 +639,10 @@ fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Res
     let clock = Clock::system();
     let commits = CommitLoop::start(setup.db.clone(), setup.object, clock.clone())
         .map_err(|e| format!("start the commit loop: {e}"))?;
-    let recovering = match setup.recovering {
+    let recovering = match &setup.recovering {
         None => None,
-        Some((region, object)) => {
-            match CommitLoop::start(setup.db.clone(), object, clock.clone()) {
+        Some((region, object, db)) => {
+            match CommitLoop::start(db.clone(), *object, clock.clone()) {
                 Ok(commits) => Some(commits),
                 Err(e) => {
                     // The first loop's outcome adds nothing to this reason; it is stopped so
@@ -677,8 +692,8 @@ fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Res
         ));
     };
     let ms = |ns: u64| (ns as f64 - kill_ns as f64) / 1e6;
-    let recovery = match (setup.recovering, recovering_progress) {
-        (Some((region, _)), Some(progress)) => {
+    let recovery = match (setup.recovering.as_ref(), recovering_progress) {
+        (Some(&(region, ..)), Some(progress)) => {
             let row = recovery_row(&status, region, kill_ns)
                 .ok_or_else(|| format!("the reconfiguration that made {region} active vanished"))?;
             let Some(again_ns) = progress.removed_done_ns else {
@@ -691,6 +706,7 @@ fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Res
             };
             Some(RecoveryTimes {
                 active_ms: ms(committed_ns_of(row)),
+                started_ms: ms(row.started_ns),
                 recovered_commit_ms: ms(again_ns),
                 recovered_stall_ms: progress.stall_ns as f64 / 1e6,
                 recovered_stall_from_ms: ms(progress.stall_from_ns),
@@ -769,8 +785,8 @@ fn kill_and_wait(
             && recovering.is_none_or(|r| r.progress().last_start_ns > warm)
     })
     .map_err(|why| {
-        let regions = match setup.recovering {
-            Some((region, _)) => format!("{} and {region}", setup.region),
+        let regions = match &setup.recovering {
+            Some((region, ..)) => format!("{} and {region}", setup.region),
             None => setup.region.to_string(),
         };
         format!("{regions} did not commit before the kill: {why}")
@@ -833,7 +849,7 @@ fn kill_and_wait(
             commits.progress().errors()
         )
     })?;
-    let (Some((region, _)), Some(recovering)) = (setup.recovering, recovering) else {
+    let (Some(&(region, ..)), Some(recovering)) = (setup.recovering.as_ref(), recovering) else {
         return Ok(Waited {
             status,
             kill_ns,
@@ -1122,8 +1138,8 @@ impl CommitLoop {
 /// `primary kill 2/5: n2 (primary of r2, backup of r1), suspected +245.6 ms, committed +252.3 ms
 /// (failure of n2: 2 -> 3; probed/installed/acked +0.4/5.6/6.1 ms after the suspicion), r3
 /// commits again +0.1 ms (longest stall 2.1 ms from +250.2 ms); r2 (the victim's) active again
-/// +270.4 ms (recovery of r2: 3 -> 4), region commits again +270.9 ms (region stall 268.0 ms
-/// from +0.2 ms)`.
+/// +270.4 ms (recovery of r2: 3 -> 4, started +264.1 ms), region commits again +280.9 ms (region
+/// stall 250.0 ms from +30.9 ms; 757 commits between the kill and the removal)`.
 fn sample_line(args: &FailoverArgs, victim: Victim, index: usize, sample: &Sample) -> String {
     let head = format!(
         "{victim} kill {}/{}: {} ({})",
@@ -1161,12 +1177,14 @@ fn sample_line(args: &FailoverArgs, victim: Victim, index: usize, sample: &Sampl
             let step = |ms: Option<f64>| ms.map_or("?".to_string(), |ms| format!("{ms:.1}"));
             let recovery = match (&t.recovery, sample.recovering) {
                 (Some(r), Some(recovering)) => format!(
-                    "; {recovering} (the victim's) active again +{:.1} ms ({}: {} -> {}), region \
+                    "; {recovering} (the victim's) active again +{:.1} ms ({}: {} -> {}, started \
+                     +{:.1} ms), region \
                      commits again +{:.1} ms (region stall {:.1} ms from +{:.1} ms{})",
                     r.active_ms,
                     r.cause,
                     r.from_id,
                     r.to_id,
+                    r.started_ms,
                     r.recovered_commit_ms,
                     r.recovered_stall_ms,
                     r.recovered_stall_from_ms,
@@ -1393,11 +1411,12 @@ fn json_of(args: &FailoverArgs, all: &[Series]) -> String {
                         .collect::<Vec<_>>()
                         .join(", "),
                     t.recovery.as_ref().map_or("null".into(), |r| format!(
-                        "{{\"active_ms\": {}, \"recovered_commit_ms\": {}, \
+                        "{{\"active_ms\": {}, \"started_ms\": {}, \"recovered_commit_ms\": {}, \
                          \"recovered_stall_ms\": {}, \"recovered_stall_from_ms\": {}, \
                          \"before_removal_commit_count\": {}, \"cause\": {}, \"from_id\": {}, \
                          \"to_id\": {}}}",
                         json_number(r.active_ms),
+                        json_number(r.started_ms),
                         json_number(r.recovered_commit_ms),
                         json_number(r.recovered_stall_ms),
                         json_number(r.recovered_stall_from_ms),

@@ -62,6 +62,21 @@
 //! grace from the new leader. The watched region's longest stall was 4-21 ms at the median
 //! (p99 up to 210 over tcp) for a backup or primary kill, and about 525 with the leader, whose
 //! replacement's first configuration waits for the dead leader's lease of grace.
+//!
+//! The victim's region, measured here with `acre bench failover --victim primary --kills 20
+//! --lease-ms 500 --nodes N --transport T` on 3 and 5 nodes, shm and tcp (release, f = 1;
+//! median/p99 in ms from the kill; in those runs the victim was suspected at 471-482, p99 up to
+//! 603, the removal committed 7-9 ms later, and the unaffected region's longest stall was
+//! 12-14, p99 up to 248): it was active again at 516-518 over shm and 503
+//! over tcp (p99 530-631), 20-30 ms after the configuration without the victim (the promoted
+//! primary's drain, and its report, sent every 20 ms; then a reconfiguration of about 6 ms).
+//! One outlier of the 80: on 3 nodes over shm a CM leader change during the removal put both
+//! the removal and the activation past 2,180. The region's first update committed 10-15 ms
+//! after its activation over shm (the client's look at the status file every 10 ms, and a
+//! retry's backoff), but at 607-609 over tcp (p99 758), in two groups, 605-615 and 755-760: an
+//! attempt that was reaching the dead node when the configuration changed first ends its three
+//! connects (the client's backoff of 0, 50 and 100 ms between them: 150 ms a round), so the
+//! first commit lands as the fourth or fifth such round from the kill ends.
 
 use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::{self, CLUSTER_FILE, CM_STATUS_FILE, ClusterFile, CmSettings, CmStatusFile};
@@ -1050,6 +1065,8 @@ struct Shared {
 struct CommitLoop {
     shared: Arc<Shared>,
     thread: JoinHandle<()>,
+    /// The region it updates, for its errors.
+    region: RegionId,
 }
 
 impl CommitLoop {
@@ -1090,7 +1107,11 @@ impl CommitLoop {
                     }
                 }
             })?;
-        Ok(CommitLoop { shared, thread })
+        Ok(CommitLoop {
+            shared,
+            thread,
+            region: object.region(),
+        })
     }
 
     /// Tells the loop to stop after its update in flight, without waiting for it ([`stop`]
@@ -1112,19 +1133,23 @@ impl CommitLoop {
     /// Stops the loop and returns what it saw; `Err` if it does not stop within
     /// [`LOOP_STOP_MAX`] (it is left to end on its own, with its clone of the `Db`).
     fn stop(self) -> Result<Progress, String> {
-        let CommitLoop { shared, thread } = self;
+        let CommitLoop {
+            shared,
+            thread,
+            region,
+        } = self;
         shared.stop.store(true, Ordering::Release);
         let deadline = std::time::Instant::now() + LOOP_STOP_MAX;
         while !thread.is_finished() {
             if std::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "the commit loop's update did not finish within {LOOP_STOP_MAX:?}"
+                    "the commit loop's update of {region} did not finish within {LOOP_STOP_MAX:?}"
                 ));
             }
             std::thread::sleep(POLL);
         }
         if thread.join().is_err() {
-            return Err("the commit loop panicked".into());
+            return Err(format!("the commit loop on {region} panicked"));
         }
         let progress = shared
             .progress

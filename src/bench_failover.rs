@@ -13,11 +13,31 @@
 //!   its longest stall: the longest time without a commit from the kill until an update that
 //!   started after the new configuration committed.
 //!
+//! When the victim was the primary of a region (a primary's kill, and a CM leader's that was
+//! one), the first such region in the configuration is blocked in the configuration without
+//! the victim until its promoted backup has recovered its transactions
+//! (docs/failures.md#transaction-recovery). A second commit loop updates an object in it
+//! throughout, and three more times are taken:
+//!
+//! - **active again**: when the CM committed the configuration that makes the region active
+//!   again, the one whose cause names it (`recovery of r2`, `recovery of r2, r5`): its row's
+//!   `started_ns` + `committed_ms`;
+//! - **region commits again**: when the first update of that region that started after the
+//!   kill committed, of those that committed after the configuration without the victim did.
+//!   Over shm the commits in between are not recovery: a dead primary's region and rings stay
+//!   mapped, and one-sided commits go on reaching them until its rings are full (a few hundred,
+//!   in the first tens of ms); they are counted apart in each kill's line;
+//! - **region stall**: that loop's longest time without a commit from the kill until an update
+//!   that started after the region was active again.
+//!
 //! Each kill's times are printed as it ends, then the median, p99 and max of each per victim
-//! kind. A kill whose reconfiguration does not commit within [`reconfigure_max`], or after which
-//! the region commits nothing, is counted as failed and the run goes on, as does a kill whose
-//! cluster could not be set up (counted apart: nothing was killed); the exit code is 1 when
-//! either happened. A failed kill's node logs and CM status are kept beside `--dir`.
+//! kind (the victim's region's in a table of their own). A kill is counted as failed, and the
+//! run goes on, when its reconfiguration does not commit within [`reconfigure_max`], when the
+//! region commits nothing after it within [`COMMIT_AGAIN_MAX`], or when the victim's region is
+//! not active again within [`ACTIVE_AGAIN_MAX`] after that or commits nothing after it within
+//! [`COMMIT_AGAIN_MAX`]; so is a kill whose cluster could not be set up (counted apart: nothing
+//! was killed). The exit code is 1 when either happened. A failed kill's node logs and CM
+//! status are kept beside `--dir`.
 //!
 //! Expectation: a node is suspected when the lease the CM granted it runs out, between 4/5 of a
 //! lease and a lease after the kill (renewals go every fifth of a lease), plus the CM's margin
@@ -28,6 +48,12 @@
 //! reconfiguration to commit, but a client still coordinates under the configuration it last
 //! learned from the CM status file: over tcp, members that adopted a newer one refuse it until
 //! it follows (docs/failures.md#clients-and-the-configuration), which the longest stall shows.
+//! The victim's region is active again one reconfiguration later: the promoted primary drains
+//! its rings, asks the other replicas for their votes on the transactions in flight (none
+//! undecided but the update in flight at the kill), reports the region recovered every 20 ms,
+//! and the CM installs and commits a configuration without waiting out a lease, a few ms to a
+//! few tens of ms after the removal. Its first update after that commits once the client has
+//! learned the new configuration from the status file and its retry (`Db::run`) comes round.
 //!
 //! Measured here (release, leases of 500 ms, 20 kills each, f = 1; median and p99 in ms from
 //! the kill): a backup-only node or a primary was suspected at 450-485 (p99 under 495) and the
@@ -36,6 +62,21 @@
 //! grace from the new leader. The watched region's longest stall was 4-21 ms at the median
 //! (p99 up to 210 over tcp) for a backup or primary kill, and about 525 with the leader, whose
 //! replacement's first configuration waits for the dead leader's lease of grace.
+//!
+//! The victim's region, measured here with `acre bench failover --victim primary --kills 20
+//! --lease-ms 500 --nodes N --transport T` on 3 and 5 nodes, shm and tcp (release, f = 1;
+//! median/p99 in ms from the kill; in those runs the victim was suspected at 471-482, p99 up to
+//! 603, the removal committed 7-9 ms later, and the unaffected region's longest stall was
+//! 12-14, p99 up to 248): it was active again at 516-518 over shm and 503
+//! over tcp (p99 530-631), 20-30 ms after the configuration without the victim (the promoted
+//! primary's drain, and its report, sent every 20 ms; then a reconfiguration of about 6 ms).
+//! One outlier of the 80: on 3 nodes over shm a CM leader change during the removal put both
+//! the removal and the activation past 2,180. The region's first update committed 10-15 ms
+//! after its activation over shm (the client's look at the status file every 10 ms, and a
+//! retry's backoff), but at 607-609 over tcp (p99 758), in two groups, 605-615 and 755-760: an
+//! attempt that was reaching the dead node when the configuration changed first ends its three
+//! connects (the client's backoff of 0, 50 and 100 ms between them: 150 ms a round), so the
+//! first commit lands as the fourth or fifth such round from the kill ends.
 
 use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::{self, CLUSTER_FILE, CM_STATUS_FILE, ClusterFile, CmSettings, CmStatusFile};
@@ -65,6 +106,11 @@ const RECONFIGURE_LEASES: u32 = 10;
 /// After the configuration without the victim committed, how long the region may take to
 /// commit an update that started after it.
 const COMMIT_AGAIN_MAX: Duration = Duration::from_secs(10);
+/// After the configuration without the victim committed, how long the CM may take to commit the
+/// one that makes the victim's region active again (`recovery of r2`): the promoted primary's
+/// drain and a round of votes, milliseconds on one host, then a reconfiguration without a lease
+/// to wait out. The region then has [`COMMIT_AGAIN_MAX`] to commit an update started after it.
+const ACTIVE_AGAIN_MAX: Duration = Duration::from_secs(10);
 /// How long the commit loop may take to stop: an update in flight retries through a
 /// reconfiguration for up to [`RECONFIGURATION_WAIT_MAX`].
 const LOOP_STOP_MAX: Duration = RECONFIGURATION_WAIT_MAX.saturating_add(Duration::from_secs(5));
@@ -158,6 +204,36 @@ struct Times {
     to_id: u64,
     /// Nodes the new configuration lacks besides the victim: false suspicions.
     also_removed: Vec<NodeId>,
+    /// The victim's primary region recovered, when the victim was the primary of one.
+    recovery: Option<RecoveryTimes>,
+}
+
+/// How the victim's primary region came back: ms from the kill, as [`Times`].
+#[derive(Clone, Debug)]
+struct RecoveryTimes {
+    /// When the configuration that made the region active again committed (its row's
+    /// `started_ns` + `committed_ms`).
+    active_ms: f64,
+    /// When the CM started that reconfiguration: the promoted primary's report that it
+    /// recovered the region reached it.
+    started_ms: f64,
+    /// When the first update of the region that started after the kill committed, of those
+    /// that committed after the configuration without the victim did (which blocks the region
+    /// until it is active again).
+    recovered_commit_ms: f64,
+    /// Updates of the region that committed between the kill and the configuration without the
+    /// victim: over shm a dead primary's region and rings stay mapped, and one-sided commits go
+    /// on reaching them (docs/failures.md#what-happens-today) until its rings fill or the
+    /// removal is drained. They say nothing of the recovery, so they are counted apart.
+    before_removal_commit_count: u64,
+    /// The region's commit loop's longest time without a commit from the kill until an update
+    /// that started after the region was active again, and when it began.
+    recovered_stall_ms: f64,
+    recovered_stall_from_ms: f64,
+    /// That reconfiguration's cause (`recovery of r2`, `recovery of r2, r5`) and ids.
+    cause: String,
+    from_id: u64,
+    to_id: u64,
 }
 
 /// One kill.
@@ -171,6 +247,9 @@ struct Sample {
     /// Whether the victim was one of that region's replicas (a backup: the region stops
     /// committing until the victim is removed).
     region_had_victim: bool,
+    /// The region the victim was the primary of (the first in the configuration), which a
+    /// second commit loop updated throughout.
+    recovering: Option<RegionId>,
     /// The times, or why the kill failed (no reconfiguration in time, no commit after it).
     outcome: Result<Times, String>,
 }
@@ -381,6 +460,12 @@ struct Setup {
     region_had_victim: bool,
     db: Db,
     object: Addr,
+    /// The victim's first primary region, an object in it, and a client of its own to update
+    /// it: the cluster's second client, so that the updates waiting through the region's
+    /// recovery share nothing in this process (connections to the dead node, a coordinator's
+    /// slots) with those of the unaffected region, whose figures stay comparable with a kill
+    /// that has no second loop.
+    recovering: Option<(RegionId, Addr, Db)>,
 }
 
 /// One kill on a fresh cluster, taken down after. `Err` when the cluster could not be set up
@@ -403,6 +488,7 @@ fn kill_once(
             role: setup.role,
             region: setup.region,
             region_had_victim: setup.region_had_victim,
+            recovering: setup.recovering.as_ref().map(|(region, ..)| *region),
             outcome,
         }
     });
@@ -490,8 +576,20 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
     let region_had_victim = config
         .placement(region)
         .is_some_and(|p| p.replicas().any(|n| n == node));
+    let recovering_region = config
+        .regions
+        .iter()
+        .find(|p| p.primary == node && p.state.is_active())
+        .map(|p| p.region);
     let db = Db::connect(&args.dir.join(CLUSTER_FILE)).context("connect a client")?;
+    let recovering_db = match recovering_region {
+        Some(_) => {
+            Some(Db::connect(&args.dir.join(CLUSTER_FILE)).context("connect a second client")?)
+        }
+        None => None,
+    };
     let mut object = None;
+    let mut recovering = None;
     for placement in &config.regions {
         let addr = db
             .run(|txn| {
@@ -503,6 +601,9 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
         if placement.region == region {
             object = Some(addr);
         }
+        if Some(placement.region) == recovering_region {
+            recovering = Some((placement.region, addr));
+        }
     }
     let role = role_of(config, status.leader, node);
     Ok(Setup {
@@ -513,6 +614,9 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
         region_had_victim,
         db,
         object: object.context("the chosen region is in the configuration")?,
+        recovering: recovering
+            .zip(recovering_db)
+            .map(|((region, addr), db)| (region, addr, db)),
     })
 }
 
@@ -543,16 +647,50 @@ fn role_of(config: &Configuration, leader: NodeId, node: NodeId) -> String {
     roles.join(", ")
 }
 
-/// Runs the commit loop, kills the victim, waits for the configuration without it and for the
-/// region to commit after it, and reads the times.
+/// Runs the commit loops, kills the victim, waits for the configuration without it and for the
+/// region to commit after it (and, when the victim was a primary, for its region to be active
+/// again and commit after that), and reads the times.
 fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Result<Times, String> {
     let clock = Clock::system();
     let commits = CommitLoop::start(setup.db.clone(), setup.object, clock.clone())
         .map_err(|e| format!("start the commit loop: {e}"))?;
-    let result = kill_and_wait(args, setup, termination, &clock, &commits);
+    let recovering = match &setup.recovering {
+        None => None,
+        Some((region, object, db)) => {
+            match CommitLoop::start(db.clone(), *object, clock.clone()) {
+                Ok(commits) => Some(commits),
+                Err(e) => {
+                    // The first loop's outcome adds nothing to this reason; it is stopped so
+                    // that it does not outlive the kill.
+                    let _stopped = commits.stop();
+                    return Err(format!("start the commit loop on {region}: {e}"));
+                }
+            }
+        }
+    };
+    let result = kill_and_wait(
+        args,
+        setup,
+        termination,
+        &clock,
+        &commits,
+        recovering.as_ref(),
+    );
+    // Both loops are told first: an update of a region that never came back retries for up to
+    // RECONFIGURATION_WAIT_MAX, and the other loop's stop need not wait behind it.
+    commits.ask_to_stop();
+    if let Some(recovering) = &recovering {
+        recovering.ask_to_stop();
+    }
     let stopped = commits.stop();
-    let (status, kill_ns, committed_ns) = result?;
+    let recovering_stopped = recovering.map(CommitLoop::stop).transpose();
+    let Waited {
+        status,
+        kill_ns,
+        committed_ns,
+    } = result?;
     let progress = stopped?;
+    let recovering_progress = recovering_stopped?;
     let victim = setup.victim;
     let rows = status
         .history
@@ -562,17 +700,39 @@ fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Res
     let row = committing_row(&status, victim).ok_or("the removing reconfiguration vanished")?;
     let Some(again_ns) = progress.again_done_ns else {
         return Err(format!(
-            "{} committed nothing that started after the kill ({} commits, {} errors{})",
+            "{} committed nothing that started after the kill ({} commits, {})",
             setup.region,
             progress.commit_count,
-            progress.error_count,
-            progress
-                .first_error
-                .as_ref()
-                .map_or(String::new(), |e| format!(", first: {e}"))
+            progress.errors()
         ));
     };
     let ms = |ns: u64| (ns as f64 - kill_ns as f64) / 1e6;
+    let recovery = match (setup.recovering.as_ref(), recovering_progress) {
+        (Some(&(region, ..)), Some(progress)) => {
+            let row = recovery_row(&status, region, kill_ns)
+                .ok_or_else(|| format!("the reconfiguration that made {region} active vanished"))?;
+            let Some(again_ns) = progress.removed_done_ns else {
+                return Err(format!(
+                    "{region} (the victim's) committed nothing that started after the kill once \
+                     the victim was removed ({} commits, {})",
+                    progress.commit_count,
+                    progress.errors()
+                ));
+            };
+            Some(RecoveryTimes {
+                active_ms: ms(committed_ns_of(row)),
+                started_ms: ms(row.started_ns),
+                recovered_commit_ms: ms(again_ns),
+                recovered_stall_ms: progress.stall_ns as f64 / 1e6,
+                recovered_stall_from_ms: ms(progress.stall_from_ns),
+                before_removal_commit_count: progress.before_removal_commit_count,
+                cause: row.cause.clone(),
+                from_id: row.from_id,
+                to_id: row.to_id.unwrap_or(status.committed.id),
+            })
+        }
+        _ => None,
+    };
     // Any leader change the status file did not show when the victim was chosen: the CM
     // leader's kill, or one that happened on its own (negative: before the kill, when the
     // victim may have been the leader after all).
@@ -595,6 +755,8 @@ fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Res
         new_leader_ms,
         cause: row.cause.clone(),
         from_id: row.from_id,
+        // A committed row has its `to_id` (set when Raft installed it); the fallback is for a
+        // status file of an older CM.
         to_id: row.to_id.unwrap_or(status.committed.id),
         also_removed: setup
             .before
@@ -604,30 +766,53 @@ fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Res
             .copied()
             .filter(|&n| n != victim && !status.committed.nodes.contains(&n))
             .collect(),
+        recovery,
     })
 }
 
+/// What [`kill_and_wait`] saw: the last status it read (it shows the removal, and the recovery
+/// when there was one), the kill time and when the configuration without the victim committed
+/// (on the CM's clock, in ns).
+struct Waited {
+    status: CmStatusFile,
+    kill_ns: u64,
+    committed_ns: u64,
+}
+
 /// Kills the victim and waits (bounded) for the configuration without it to commit, then for
-/// an update that started after that to commit. Returns the status that shows the removal, the
-/// kill time and the commit time (on the CM's clock, in ns).
+/// an update that started after that to commit; when the victim was a primary, then for the
+/// configuration that makes its region active again, and for an update of that region that
+/// started after it to commit.
 fn kill_and_wait(
     args: &FailoverArgs,
     setup: &Setup,
     termination: &Termination,
     clock: &Clock,
     commits: &CommitLoop,
-) -> Result<(CmStatusFile, u64, u64), String> {
+    recovering: Option<&CommitLoop>,
+) -> Result<Waited, String> {
     let victim = setup.victim;
-    // Let the loop commit before the kill, so that its stall is measured from a running start.
+    // Let the loops commit before the kill, so that their stalls are measured from a running
+    // start.
     let warm = clock.now().as_nanos();
     wait(termination, COMMIT_AGAIN_MAX, || {
         commits.progress().last_start_ns > warm
+            && recovering.is_none_or(|r| r.progress().last_start_ns > warm)
     })
-    .map_err(|why| format!("{} did not commit before the kill: {why}", setup.region))?;
+    .map_err(|why| {
+        let regions = match &setup.recovering {
+            Some((region, ..)) => format!("{} and {region}", setup.region),
+            None => setup.region.to_string(),
+        };
+        format!("{regions} did not commit before the kill: {why}")
+    })?;
     // The time goes down just before the signal: fence_by_kill reads the manifest and checks
     // the process's start time first (tens of µs), then sends SIGKILL.
     let kill_ns = clock.now().as_nanos();
     commits.shared.kill_ns.store(kill_ns, Ordering::Release);
+    if let Some(recovering) = recovering {
+        recovering.shared.kill_ns.store(kill_ns, Ordering::Release);
+    }
     match cluster::fence_by_kill(&args.dir, victim, launch::STOP_TIMEOUT) {
         Ok(cluster::Fenced::Killed { .. }) => {}
         Ok(cluster::Fenced::NotRunning) => return Err(format!("{victim} was not running")),
@@ -650,42 +835,122 @@ fn kill_and_wait(
         done
     });
     if let Err(why) = removed {
-        let last = seen.as_ref().map_or("no status file".to_string(), |s| {
-            format!(
-                "configuration {} committed by {}, last reconfiguration: {}",
-                s.committed.id,
-                s.leader,
-                s.history.last().map_or("none".to_string(), |r| format!(
-                    "{} ({})",
-                    r.cause, r.outcome
-                ))
-            )
-        });
         return Err(format!(
-            "{victim} was not removed from the configuration: {why}; {last}"
+            "{victim} was not removed from the configuration: {why}; {}",
+            last_seen(seen.as_ref())
         ));
     }
     let status = seen.expect("the wait succeeded on a status it saw");
     let row = committing_row(&status, victim).expect("the wait checked it");
-    let committed_ns =
-        row.started_ns + (row.committed_ms.expect("a committing row") * 1e6).round() as u64;
+    let committed_ns = committed_ns_of(row);
+    commits
+        .shared
+        .removed_ns
+        .store(committed_ns, Ordering::Release);
+    if let Some(recovering) = recovering {
+        recovering
+            .shared
+            .removed_ns
+            .store(committed_ns, Ordering::Release);
+    }
     wait(termination, COMMIT_AGAIN_MAX, || {
         commits.progress().last_start_ns >= committed_ns
     })
     .map_err(|why| {
-        let progress = commits.progress();
         format!(
-            "{} committed no update started after configuration {} committed: {why} ({} errors{})",
+            "{} committed no update started after configuration {} committed: {why} ({})",
             setup.region,
             status.committed.id,
-            progress.error_count,
-            progress
-                .first_error
-                .as_ref()
-                .map_or(String::new(), |e| format!(", first: {e}"))
+            commits.progress().errors()
         )
     })?;
-    Ok((status, kill_ns, committed_ns))
+    let (Some(&(region, ..)), Some(recovering)) = (setup.recovering.as_ref(), recovering) else {
+        return Ok(Waited {
+            status,
+            kill_ns,
+            committed_ns,
+        });
+    };
+    let mut seen = None;
+    let active = wait(termination, ACTIVE_AGAIN_MAX, || {
+        let Ok(Some(status)) = CmStatusFile::read(&args.dir) else {
+            return false;
+        };
+        let done = recovery_row(&status, region, kill_ns).is_some();
+        seen = Some(status);
+        done
+    });
+    if let Err(why) = active {
+        let blocked = seen
+            .as_ref()
+            .and_then(|s| s.committed.placement(region))
+            .map_or("absent", |p| p.state.name());
+        return Err(format!(
+            "{region} (the victim's) was not made active again: {why}; it is {blocked} in {}",
+            last_seen(seen.as_ref())
+        ));
+    }
+    let status = seen.expect("the wait succeeded on a status it saw");
+    let active_ns = committed_ns_of(recovery_row(&status, region, kill_ns).expect("checked"));
+    wait(termination, COMMIT_AGAIN_MAX, || {
+        recovering.progress().last_start_ns >= active_ns
+    })
+    .map_err(|why| {
+        format!(
+            "{region} (the victim's) committed no update started after it was active again: \
+             {why} ({})",
+            recovering.progress().errors()
+        )
+    })?;
+    Ok(Waited {
+        status,
+        kill_ns,
+        committed_ns,
+    })
+}
+
+/// `configuration 3 committed by n1, last reconfiguration: failure of n2 (in progress)`, from
+/// the last status file a wait read.
+fn last_seen(seen: Option<&CmStatusFile>) -> String {
+    seen.map_or("no status file".to_string(), |s| {
+        format!(
+            "configuration {} committed by {}, last reconfiguration: {}",
+            s.committed.id,
+            s.leader,
+            s.history.last().map_or("none".to_string(), |r| format!(
+                "{} ({})",
+                r.cause, r.outcome
+            ))
+        )
+    })
+}
+
+/// When a committed reconfiguration's row says it committed, on the CM's clock in ns.
+fn committed_ns_of(row: &cluster::ReconfigurationRow) -> u64 {
+    let committed_ms = row.committed_ms.expect("a committed row");
+    row.started_ns + (committed_ms * 1e6).round() as u64
+}
+
+/// The committed reconfiguration, started after the kill at `kill_ns`, that made `region`
+/// active again (`recovery of r2, r5`), if the status file shows one.
+fn recovery_row(
+    status: &CmStatusFile,
+    region: RegionId,
+    kill_ns: u64,
+) -> Option<&cluster::ReconfigurationRow> {
+    status.history.iter().find(|row| {
+        row.started_ns >= kill_ns
+            && row.committed_ms.is_some()
+            && cause_recovers(&row.cause, region)
+    })
+}
+
+/// Whether a reconfiguration's cause (`recovery of r2, r5`) names `region`.
+fn cause_recovers(cause: &str, region: RegionId) -> bool {
+    let region = region.to_string();
+    cause
+        .strip_prefix("recovery of ")
+        .is_some_and(|regions| regions.split(", ").any(|r| r == region))
 }
 
 /// The committed reconfiguration that removed `victim`, if the status file shows one.
@@ -737,14 +1002,38 @@ struct Progress {
     last_done_ns: u64,
     /// When the first update that started after the kill committed.
     again_done_ns: Option<u64>,
+    /// When the first update that started after the kill committed after the configuration
+    /// without the victim did (once [`Shared::removed_ns`] is set).
+    removed_done_ns: Option<u64>,
+    /// Updates that committed after the kill and before the configuration without the victim
+    /// was seen committed: over shm, one-sided commits that reach a dead primary's memory.
+    before_removal_commit_count: u64,
     /// The longest time without a commit since the kill, and when it began.
     stall_ns: u64,
     stall_from_ns: u64,
 }
 
 impl Progress {
-    fn committed(&mut self, start_ns: u64, done_ns: u64, kill_ns: u64) {
+    /// `3 errors, first: ...`, for a failed kill's reason.
+    fn errors(&self) -> String {
+        format!(
+            "{} errors{}",
+            self.error_count,
+            self.first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(", first: {e}"))
+        )
+    }
+
+    /// Counts an update that started at `start_ns` and committed at `done_ns`, given the kill
+    /// and removal times the loop knew then (0: not yet).
+    fn committed(&mut self, start_ns: u64, done_ns: u64, kill_ns: u64, removed_ns: u64) {
         if kill_ns != 0 && done_ns > kill_ns {
+            if removed_ns == 0 || done_ns < removed_ns {
+                self.before_removal_commit_count += 1;
+            } else if start_ns >= kill_ns && self.removed_done_ns.is_none() {
+                self.removed_done_ns = Some(done_ns);
+            }
             let since = self.last_done_ns.max(kill_ns);
             if done_ns - since > self.stall_ns {
                 self.stall_ns = done_ns - since;
@@ -764,6 +1053,10 @@ struct Shared {
     stop: AtomicBool,
     /// The kill time, 0 until the kill.
     kill_ns: AtomicU64,
+    /// When the configuration without the victim committed, 0 until the bench saw it (a poll
+    /// later: a commit in between counts as before the removal, which only happens where the
+    /// removal does not block the region, or while a client has not learned it).
+    removed_ns: AtomicU64,
     progress: Mutex<Progress>,
 }
 
@@ -772,6 +1065,8 @@ struct Shared {
 struct CommitLoop {
     shared: Arc<Shared>,
     thread: JoinHandle<()>,
+    /// The region it updates, for its errors.
+    region: RegionId,
 }
 
 impl CommitLoop {
@@ -779,6 +1074,7 @@ impl CommitLoop {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             kill_ns: AtomicU64::new(0),
+            removed_ns: AtomicU64::new(0),
             progress: Mutex::new(Progress::default()),
         });
         let looped = shared.clone();
@@ -795,12 +1091,13 @@ impl CommitLoop {
                     });
                     let done_ns = clock.now().as_nanos();
                     let kill_ns = looped.kill_ns.load(Ordering::Acquire);
+                    let removed_ns = looped.removed_ns.load(Ordering::Acquire);
                     let mut progress = looped
                         .progress
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
                     match result {
-                        Ok(()) => progress.committed(start_ns, done_ns, kill_ns),
+                        Ok(()) => progress.committed(start_ns, done_ns, kill_ns, removed_ns),
                         Err(error) => {
                             progress.error_count += 1;
                             progress.first_error.get_or_insert(error.to_string());
@@ -810,7 +1107,19 @@ impl CommitLoop {
                     }
                 }
             })?;
-        Ok(CommitLoop { shared, thread })
+        Ok(CommitLoop {
+            shared,
+            thread,
+            region: object.region(),
+        })
+    }
+
+    /// Tells the loop to stop after its update in flight, without waiting for it ([`stop`]
+    /// waits).
+    ///
+    /// [`stop`]: CommitLoop::stop
+    fn ask_to_stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
     }
 
     fn progress(&self) -> Progress {
@@ -824,19 +1133,23 @@ impl CommitLoop {
     /// Stops the loop and returns what it saw; `Err` if it does not stop within
     /// [`LOOP_STOP_MAX`] (it is left to end on its own, with its clone of the `Db`).
     fn stop(self) -> Result<Progress, String> {
-        let CommitLoop { shared, thread } = self;
+        let CommitLoop {
+            shared,
+            thread,
+            region,
+        } = self;
         shared.stop.store(true, Ordering::Release);
         let deadline = std::time::Instant::now() + LOOP_STOP_MAX;
         while !thread.is_finished() {
             if std::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "the commit loop's update did not finish within {LOOP_STOP_MAX:?}"
+                    "the commit loop's update of {region} did not finish within {LOOP_STOP_MAX:?}"
                 ));
             }
             std::thread::sleep(POLL);
         }
         if thread.join().is_err() {
-            return Err("the commit loop panicked".into());
+            return Err(format!("the commit loop on {region} panicked"));
         }
         let progress = shared
             .progress
@@ -849,7 +1162,9 @@ impl CommitLoop {
 
 /// `primary kill 2/5: n2 (primary of r2, backup of r1), suspected +245.6 ms, committed +252.3 ms
 /// (failure of n2: 2 -> 3; probed/installed/acked +0.4/5.6/6.1 ms after the suspicion), r3
-/// commits again +0.1 ms (longest stall 2.1 ms from +250.2 ms)`.
+/// commits again +0.1 ms (longest stall 2.1 ms from +250.2 ms); r2 (the victim's) active again
+/// +270.4 ms (recovery of r2: 3 -> 4, started +264.1 ms), region commits again +280.9 ms (region
+/// stall 250.0 ms from +30.9 ms; 757 commits between the kill and the removal)`.
 fn sample_line(args: &FailoverArgs, victim: Victim, index: usize, sample: &Sample) -> String {
     let head = format!(
         "{victim} kill {}/{}: {} ({})",
@@ -885,10 +1200,34 @@ fn sample_line(args: &FailoverArgs, victim: Victim, index: usize, sample: &Sampl
                 )
             };
             let step = |ms: Option<f64>| ms.map_or("?".to_string(), |ms| format!("{ms:.1}"));
+            let recovery = match (&t.recovery, sample.recovering) {
+                (Some(r), Some(recovering)) => format!(
+                    "; {recovering} (the victim's) active again +{:.1} ms ({}: {} -> {}, started \
+                     +{:.1} ms), region \
+                     commits again +{:.1} ms (region stall {:.1} ms from +{:.1} ms{})",
+                    r.active_ms,
+                    r.cause,
+                    r.from_id,
+                    r.to_id,
+                    r.started_ms,
+                    r.recovered_commit_ms,
+                    r.recovered_stall_ms,
+                    r.recovered_stall_from_ms,
+                    if r.before_removal_commit_count == 0 {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} commits between the kill and the removal",
+                            r.before_removal_commit_count
+                        )
+                    }
+                ),
+                _ => String::new(),
+            };
             format!(
                 "{head}{leader}, suspected +{:.1} ms, committed +{:.1} ms ({}: {} -> {}; \
                  probed/installed/acked +{}/{}/{} ms after the suspicion), {region} commits again \
-                 +{:.1} ms (longest stall {:.1} ms from +{:.1} ms){false_suspicions}",
+                 +{:.1} ms (longest stall {:.1} ms from +{:.1} ms){recovery}{false_suspicions}",
                 t.suspected_ms,
                 t.committed_ms,
                 t.cause,
@@ -902,7 +1241,12 @@ fn sample_line(args: &FailoverArgs, victim: Victim, index: usize, sample: &Sampl
                 t.stall_from_ms
             )
         }
-        Err(why) => format!("{head}: FAILED: {why} (committing on {region})"),
+        Err(why) => {
+            let recovering = sample
+                .recovering
+                .map_or(String::new(), |r| format!(" and {r}, the victim's"));
+            format!("{head}: FAILED: {why} (committing on {region}{recovering})")
+        }
     }
 }
 
@@ -930,6 +1274,9 @@ fn spread(values: impl Iterator<Item = f64>) -> String {
 
 /// The header of the summary, which tests look for.
 const SUMMARY_HEADER: &str = "failover summary, ms from the kill (median/p99/max):";
+/// The header of the summary of the victims' primary regions, which tests look for.
+const RECOVERY_HEADER: &str =
+    "the victim's primary region, recovered: ms from the kill (median/p99/max):";
 
 fn print_summary(
     out: &mut crate::output::Stdout,
@@ -966,6 +1313,39 @@ fn print_summary(
             spread(series.times().map(|t| t.commit_again_ms)),
             spread(series.times().map(|t| t.stall_ms)),
         )?;
+    }
+    // The victim's primary region, in a table of its own: only kills of a primary have one,
+    // and the first table keeps its columns for every victim.
+    let recovering = |series: &&Series| series.samples.iter().any(|s| s.recovering.is_some());
+    if all.iter().any(|series| recovering(&series)) {
+        writeln!(out, "{RECOVERY_HEADER}")?;
+        writeln!(
+            out,
+            "{:<6} {:<9} {:<8} {:>8} {:>9}  {:<22} {:<22} {:<22}",
+            "nodes",
+            "transport",
+            "victim",
+            "lease ms",
+            "recovered",
+            "active again",
+            "region commits again",
+            "region stall"
+        )?;
+        for series in all.iter().filter(recovering) {
+            let recoveries = || series.times().filter_map(|t| t.recovery.as_ref());
+            writeln!(
+                out,
+                "{:<6} {:<9} {:<8} {:>8} {:>9}  {:<22} {:<22} {:<22}",
+                args.nodes,
+                args.transport,
+                series.victim.name(),
+                args.lease_ms,
+                recoveries().count(),
+                spread(recoveries().map(|r| r.active_ms)),
+                spread(recoveries().map(|r| r.recovered_commit_ms)),
+                spread(recoveries().map(|r| r.recovered_stall_ms)),
+            )?;
+        }
     }
     let unset: usize = all.iter().map(|s| s.setup_failures.len()).sum();
     if unset > 0 {
@@ -1022,18 +1402,22 @@ fn json_of(args: &FailoverArgs, all: &[Series]) -> String {
         let mut samples = Vec::new();
         for sample in &series.samples {
             let head = format!(
-                "\"victim\": {}, \"role\": {}, \"region\": {}, \"region_had_victim\": {}",
+                "\"victim\": {}, \"role\": {}, \"region\": {}, \"region_had_victim\": {}, \
+                 \"recovering_region\": {}",
                 json_string(&sample.victim.to_string()),
                 json_string(&sample.role),
                 json_string(&sample.region.to_string()),
-                sample.region_had_victim
+                sample.region_had_victim,
+                sample
+                    .recovering
+                    .map_or("null".into(), |r| json_string(&r.to_string()))
             );
             samples.push(match &sample.outcome {
                 Ok(t) => format!(
                     "{{{head}, \"suspected_ms\": {}, \"committed_ms\": {}, \"commit_again_ms\": \
                      {}, \"stall_ms\": {}, \"stall_from_ms\": {}, \"probed_ms\": {}, \
                      \"installed_ms\": {}, \"acked_ms\": {}, \"new_leader_ms\": {}, \"cause\": {}, \
-                     \"from_id\": {}, \"to_id\": {}, \"also_removed\": [{}]}}",
+                     \"from_id\": {}, \"to_id\": {}, \"also_removed\": [{}], \"recovery\": {}}}",
                     json_number(t.suspected_ms),
                     json_number(t.committed_ms),
                     json_number(t.commit_again_ms),
@@ -1050,7 +1434,22 @@ fn json_of(args: &FailoverArgs, all: &[Series]) -> String {
                         .iter()
                         .map(|n| json_string(&n.to_string()))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    t.recovery.as_ref().map_or("null".into(), |r| format!(
+                        "{{\"active_ms\": {}, \"started_ms\": {}, \"recovered_commit_ms\": {}, \
+                         \"recovered_stall_ms\": {}, \"recovered_stall_from_ms\": {}, \
+                         \"before_removal_commit_count\": {}, \"cause\": {}, \"from_id\": {}, \
+                         \"to_id\": {}}}",
+                        json_number(r.active_ms),
+                        json_number(r.started_ms),
+                        json_number(r.recovered_commit_ms),
+                        json_number(r.recovered_stall_ms),
+                        json_number(r.recovered_stall_from_ms),
+                        r.before_removal_commit_count,
+                        json_string(&r.cause),
+                        r.from_id,
+                        r.to_id
+                    ))
                 ),
                 Err(why) => format!("{{{head}, \"failure\": {}}}", json_string(why)),
             });
@@ -1087,24 +1486,42 @@ mod tests {
     #[test]
     fn the_stall_and_the_first_commit_again_count_from_the_kill() {
         let mut progress = Progress::default();
-        progress.committed(10, 20, 0);
-        progress.committed(20, 30, 0);
+        progress.committed(10, 20, 0, 0);
+        progress.committed(20, 30, 0, 0);
         assert_eq!((progress.stall_ns, progress.again_done_ns), (0, None));
         // Started before the kill at 35, done after: part of the stall, not a commit again.
-        progress.committed(30, 40, 35);
+        progress.committed(30, 40, 35, 0);
         assert_eq!((progress.stall_ns, progress.again_done_ns), (5, None));
-        progress.committed(40, 140, 35);
+        progress.committed(40, 140, 35, 0);
         assert_eq!(
             (progress.stall_ns, progress.again_done_ns),
             (100, Some(140))
         );
         assert_eq!(progress.stall_from_ns, 40);
-        progress.committed(140, 150, 35);
+        progress.committed(140, 150, 35, 0);
         assert_eq!(
             (progress.stall_ns, progress.again_done_ns),
             (100, Some(140))
         );
         assert_eq!(progress.commit_count, 5);
+        assert_eq!(progress.removed_done_ns, None);
+    }
+
+    #[test]
+    fn a_region_commits_again_only_after_the_removal() {
+        let mut progress = Progress::default();
+        progress.committed(10, 20, 0, 0);
+        // Over shm, commits reaching the dead primary after the kill at 25, before the removal.
+        progress.committed(30, 40, 25, 0);
+        progress.committed(40, 50, 25, 0);
+        // The removal committed at 60 and blocks the region until it is active at 400: an
+        // update waits through it.
+        progress.committed(50, 410, 25, 60);
+        progress.committed(410, 420, 25, 60);
+        assert_eq!(progress.before_removal_commit_count, 2);
+        assert_eq!(progress.again_done_ns, Some(40));
+        assert_eq!(progress.removed_done_ns, Some(410));
+        assert_eq!((progress.stall_ns, progress.stall_from_ns), (360, 50));
     }
 
     #[test]
@@ -1113,6 +1530,15 @@ mod tests {
         assert!(cause_names("failure of n1, n3", NodeId(3)));
         assert!(!cause_names("failure of n30", NodeId(3)));
         assert!(!cause_names("new CM leader", NodeId(1)));
+        assert!(!cause_names("recovery of r1", NodeId(1)));
+    }
+
+    #[test]
+    fn recovery_causes_name_their_regions_exactly() {
+        assert!(cause_recovers("recovery of r2", RegionId(2)));
+        assert!(cause_recovers("recovery of r2, r5", RegionId(5)));
+        assert!(!cause_recovers("recovery of r25", RegionId(2)));
+        assert!(!cause_recovers("failure of n2", RegionId(2)));
     }
 
     #[test]

@@ -338,7 +338,8 @@ fn the_failure_demo_shows_the_recovery_and_keeps_the_invariant() {
     assert!(configured >= suspected, "{shown}");
     assert!(active >= configured, "{shown}");
     line("SIGKILL to n");
-    line("data re-replicated: not built yet");
+    // f = 1: the new backups' copies complete, each region has 2 copies again.
+    line("data re-replicated: every region has 2 complete copies again");
     line("throughput around the kill (committed transfers per 100 ms):");
     let throughput: Vec<&str> = stdout
         .lines()

@@ -514,7 +514,12 @@ fn demo_failure(args: &DemoArgs, termination: &Termination) -> anyhow::Result<Ex
         Some(Ok(kill)) => kill,
         Some(Err(why)) => anyhow::bail!("{why}"),
         None => {
-            writeln!(out, "the run ended before the kill: nothing to show")?;
+            let why = if termination.is_requested() {
+                "interrupted before the kill"
+            } else {
+                "the run ended before the kill"
+            };
+            writeln!(out, "{why}: nothing to show")?;
             return Ok(ExitCode::from(2));
         }
     };
@@ -524,6 +529,11 @@ fn demo_failure(args: &DemoArgs, termination: &Termination) -> anyhow::Result<Ex
     print_throughput(&mut out, &kill, &sampled.samples, status)?;
     if let Some(why) = &recovery.failure {
         writeln!(out, "the cluster did not recover from the kill: {why}")?;
+    } else if recovery.interrupted {
+        writeln!(
+            out,
+            "interrupted while the cluster recovered: the timeline shows what happened before"
+        )?;
     }
     if !db.quiesce(QUIESCE_TIMEOUT) {
         writeln!(
@@ -554,7 +564,12 @@ fn demo_failure(args: &DemoArgs, termination: &Termination) -> anyhow::Result<Ex
         // The totals seen were right, but the demo's promise is a cluster that serves again.
         writeln!(
             out,
-            "NOT RECOVERED: no audit saw a wrong total, but the final audit could not confirm it"
+            "NOT RECOVERED: no audit saw a wrong total, but {}",
+            if final_audit.is_err() {
+                "the final audit could not run"
+            } else {
+                "the cluster did not recover in time"
+            }
         )?;
         Ok(ExitCode::from(1))
     } else {
@@ -650,10 +665,11 @@ fn kill_a_primary(dir: &std::path::Path, clock: &Clock) -> Result<Kill, String> 
 }
 
 /// What the wait for the recovery saw: the last CM status read, and why it is not a recovered
-/// one (`None`: recovered).
+/// one (`None`: recovered, or the wait was interrupted).
 struct Recovery {
     status: Option<CmStatusFile>,
     failure: Option<String>,
+    interrupted: bool,
 }
 
 /// Waits (bounded) until the CM committed a configuration without the victim in which every
@@ -680,6 +696,7 @@ fn wait_for_recovery(dir: &std::path::Path, kill: &Kill, termination: &Terminati
                 return Recovery {
                     status: Some(status),
                     failure,
+                    interrupted: false,
                 };
             }
             last = Some(status);
@@ -687,12 +704,14 @@ fn wait_for_recovery(dir: &std::path::Path, kill: &Kill, termination: &Terminati
             return Recovery {
                 status: last,
                 failure: Some(format!("no CM status file within {RECOVERY_WAIT:?}")),
+                interrupted: false,
             };
         }
         if termination.sleep(STATUS_POLL) {
             return Recovery {
                 status: last,
-                failure: Some("interrupted".into()),
+                failure: None,
+                interrupted: true,
             };
         }
     }

@@ -364,6 +364,35 @@ fn the_failure_demo_shows_the_recovery_and_keeps_the_invariant() {
     assert!(!Path::new(dir).exists(), "{dir} is removed: {shown}");
 }
 
+/// The options of the failure demo are refused without `--failure`, in one line that names it,
+/// and bad values before any node starts.
+#[test]
+fn the_failure_demo_refuses_bad_input_in_one_line() {
+    for (args, expected) in [
+        (&["demo", "--transport", "tcp"][..], "--failure"),
+        (&["demo", "--kill-after-ms", "500"], "--failure"),
+        (&["demo", "--failure", "--nodes", "2"], "at least 3"),
+        (
+            &[
+                "demo",
+                "--failure",
+                "--seconds",
+                "2",
+                "--kill-after-ms",
+                "2000",
+            ],
+            "less than --seconds 2",
+        ),
+    ] {
+        let output = acre(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}: {}", text(&output));
+    }
+}
+
 /// The libraries and the binary log through `tracing`; the binary's subscriber writes to
 /// stderr, which `cluster up` points at each node's `n<id>.log`.
 #[test]

@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run concurrent bank transfers with audits on a 3-node embedded cluster (3 replicas).
+    /// Run concurrent bank transfers with audits on a 3-node embedded cluster (3 replicas); with
+    /// --failure, on node processes with a CM, killing a primary midway and showing the recovery.
     Demo(demo::DemoArgs),
     /// Run the bank workload against a cluster started by `acre cluster up`.
     Bank(demo::BankArgs),
@@ -136,9 +137,16 @@ fn main() -> ExitCode {
             error.exit()
         }
         Err(error) => {
-            // Usage errors get one line, like every other bad input.
+            // Usage errors get one line, like every other bad input: clap's first paragraph,
+            // which lists what it names on the lines after a colon (`the following required
+            // arguments were not provided:` / `--failure`).
             let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
+            let first = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
             eprintln!("acre: {} (see --help)", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }

@@ -18,7 +18,7 @@ use acre_txn::backoff::Backoff;
 use acre_txn::retry::{BACKOFF_FIRST, BACKOFF_MAX};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -460,6 +460,21 @@ impl Bank {
         termination: &Termination,
         notify: impl Fn(&Notice<'_>) + Send + Sync + 'static,
     ) -> Result<BankReport, BankError> {
+        let committed = Arc::new(AtomicU64::new(0));
+        self.run_counting(db, plan, termination, &committed, notify)
+    }
+
+    /// [`Bank::run`], adding one to `committed` at every committed transfer as it happens, so
+    /// that another thread can sample the throughput while the run goes on (`acre demo
+    /// --failure` draws it around a kill).
+    pub fn run_counting(
+        &self,
+        db: &Db,
+        plan: RunPlan,
+        termination: &Termination,
+        committed: &Arc<AtomicU64>,
+        notify: impl Fn(&Notice<'_>) + Send + Sync + 'static,
+    ) -> Result<BankReport, BankError> {
         let RunPlan {
             transfer_threads,
             audit_threads,
@@ -478,8 +493,13 @@ impl Bank {
         let start = watch.start;
         let mut handles = Vec::new();
         for t in 0..threads {
-            let (db, bank, stopped, watch) =
-                (db.clone(), self.clone(), stop.clone(), watch.clone());
+            let (db, bank, stopped, watch, counter) = (
+                db.clone(),
+                self.clone(),
+                stop.clone(),
+                watch.clone(),
+                committed.clone(),
+            );
             let audit = t >= transfer_threads;
             let spawned = std::thread::Builder::new()
                 .name(format!("bank-{t}"))
@@ -535,6 +555,7 @@ impl Bank {
                                 backoff = None;
                                 report.committed += 1;
                                 report.commit_latencies.push(began.elapsed());
+                                counter.fetch_add(1, Ordering::Relaxed);
                                 watch.committed();
                             }
                             Err(e) if db.is_transient(&e) => {

@@ -298,6 +298,101 @@ fn the_demo_reports_and_checks_the_invariant() {
     }
 }
 
+/// How long `acre demo --failure --seconds 4` may take: a cluster up, 4 s of transfers, the
+/// recovery waited for, the cluster down, in a debug build on a loaded machine.
+const DEMO_FAILURE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `acre demo --failure`: a primary killed at 2 s of a 4 s run; the timeline comes from the CM
+/// status file, the throughput from the run, and the cluster is gone after.
+#[test]
+fn the_failure_demo_shows_the_recovery_and_keeps_the_invariant() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_acre"));
+    command.args(["demo", "--failure", "--seconds", "4", "--accounts", "20"]);
+    let output = run_bounded(command, DEMO_FAILURE_TIMEOUT).unwrap_or_else(|output| {
+        panic!(
+            "not done within {DEMO_FAILURE_TIMEOUT:?}: {}",
+            text(&output)
+        )
+    });
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = |needle: &str| {
+        stdout
+            .lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}: {shown}"))
+    };
+    // `+486.1  n1 suspected: ...`: a time after the kill, on the CM's clock.
+    let ms = |line: &str| -> f64 {
+        line.split_whitespace()
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?} does not start with ms: {shown}"))
+    };
+    let suspected = ms(line(" suspected: its lease ran out"));
+    let configured = ms(line("new configuration "));
+    let active = ms(line(" active again: \"recovery of r"));
+    // Suspected when the lease runs out: renewals go every fifth of a 500 ms lease.
+    assert!(suspected >= 300.0, "suspected too early: {shown}");
+    assert!(configured >= suspected, "{shown}");
+    assert!(active >= configured, "{shown}");
+    line("SIGKILL to n");
+    // f = 1: the new backups' copies complete, each region has 2 copies again.
+    line("data re-replicated: every region has 2 complete copies again");
+    line("throughput around the kill (committed transfers per 100 ms):");
+    let throughput: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains(" ms ") && line.trim_start().contains(" to "))
+        .collect();
+    // A second before the kill and two after, one line per 100 ms (give or take the edges).
+    assert!(
+        throughput.len() >= 25,
+        "{} throughput lines: {shown}",
+        throughput.len()
+    );
+    assert!(
+        throughput.iter().any(|line| line.contains("<- kill")),
+        "{shown}"
+    );
+    line("final audit: total 20000 (expected 20000)");
+    line("invariant held");
+    let dir = line("acre demo --failure: ")
+        .rsplit(' ')
+        .next()
+        .expect("the line names the directory");
+    assert!(!Path::new(dir).exists(), "{dir} is removed: {shown}");
+}
+
+/// The options of the failure demo are refused without `--failure`, in one line that names it,
+/// and bad values before any node starts.
+#[test]
+fn the_failure_demo_refuses_bad_input_in_one_line() {
+    for (args, expected) in [
+        (&["demo", "--transport", "tcp"][..], "--failure"),
+        (&["demo", "--kill-after-ms", "500"], "--failure"),
+        (&["demo", "--failure", "--nodes", "2"], "at least 3"),
+        (
+            &[
+                "demo",
+                "--failure",
+                "--seconds",
+                "2",
+                "--kill-after-ms",
+                "2000",
+            ],
+            "less than --seconds 2",
+        ),
+    ] {
+        let output = acre(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}: {}", text(&output));
+    }
+}
+
 /// The libraries and the binary log through `tracing`; the binary's subscriber writes to
 /// stderr, which `cluster up` points at each node's `n<id>.log`.
 #[test]

@@ -663,3 +663,38 @@ fn a_one_sided_commit_waits_for_no_reply_from_the_primary() {
     settle(&cluster);
     cluster.check_replicas().expect("replicas match");
 }
+
+/// An ABORT whose append fails (here twice, as while a configuration is being installed and
+/// the primary refuses the sender's older one) is tried again: nothing else would release the
+/// locks its LOCK took while that primary stays a member (found by `acre demo --failure`, where
+/// the final audit met a lock left that way).
+#[test]
+fn an_abort_whose_append_failed_is_sent_again() {
+    let cluster = three_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let read = create(&n3, region_of(0), b"r0"); // primary n1
+    let written = create(&n3, region_of(1), b"w0"); // primary n2
+    settle(&cluster);
+    let lost = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Fail)
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&acre_txn::record::ABORT))
+            .times(2),
+    );
+    // The read is overwritten after the transaction read it: VALIDATE fails after LOCK at n2.
+    let mut txn = n3.begin().expect("begin");
+    txn.read(read).expect("read");
+    txn.write(written, b"w1").expect("write");
+    overwrite(&txn_node(&cluster, 0), read, b"r1");
+    let outcome = txn.commit();
+    assert!(
+        matches!(outcome, Err(CommitError::Conflict { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(cluster.faults().hits(lost), 2, "two ABORT appends failed");
+    // The lock is released: the object can be written.
+    overwrite(&n3, written, b"w2");
+    assert_eq!(value_at(&n3, written).expect("read"), b"w2");
+    settle(&cluster);
+    cluster.stop();
+}

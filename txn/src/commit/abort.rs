@@ -5,9 +5,16 @@
 //! released directly.
 
 use super::Commit;
+use crate::backoff::Backoff;
 use crate::record::{Body, EntryKind, ReplyTo, TxnRecord};
 use acre_engine::addr::{Addr, NodeId};
 use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// How long an ABORT whose append failed is tried again (a reconfiguration being installed,
+/// a full ring, a peer that does not answer for a moment). A primary that stays unreachable
+/// longer is being removed: its locks go with it.
+const ABORT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Commit<'_> {
     /// Sends ABORT to every primary that got LOCK and releases the reservations at the others.
@@ -28,8 +35,33 @@ impl Commit<'_> {
                 truncated: Vec::new(),
                 body: Body::Abort,
             };
-            if let Err(e) = self.send(primary, record) {
-                tracing::warn!(%txn, %primary, "ABORT lost: {e}; its locks wait for recovery");
+            if let Err(first) = self.send(primary, record.clone()) {
+                // Nothing else would release its locks while the primary stays a member (no
+                // recovery looks at a transaction that needs none): try again, bounded.
+                let deadline = self.node.clock().now() + ABORT_RETRY_MAX;
+                let mut backoff =
+                    Backoff::retry(Duration::from_millis(2), Duration::from_millis(50))
+                        .with_clock(self.node.clock());
+                let mut last = first;
+                loop {
+                    if self.node.links().is_removed(primary) {
+                        break; // its locks went with it
+                    }
+                    if self.node.clock().now() >= deadline {
+                        tracing::warn!(
+                            %txn,
+                            %primary,
+                            "ABORT lost: {last}; its locks stay until {primary} answers or a \
+                             configuration removes it"
+                        );
+                        break;
+                    }
+                    backoff.wait();
+                    match self.node.links().send_one(primary, record.clone()) {
+                        Ok(()) => break,
+                        Err(e) => last = e,
+                    }
+                }
             }
             if primary == self.node.node_id() {
                 self.node.primary().abort(txn);

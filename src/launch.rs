@@ -478,7 +478,7 @@ pub fn add_node(args: &AddNodeArgs) -> anyhow::Result<ExitCode> {
         node,
         domain: args.domain.clone(),
     };
-    let reply = match cluster::cm_request::ask(dir, change, REQUEST_ANSWER_TIMEOUT) {
+    let reply = match ask_when_idle(dir, change) {
         Ok(reply) if reply.accepted => reply,
         Ok(reply) => {
             stop_child(&mut child);
@@ -632,6 +632,26 @@ const REMOVAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// (docs/failures.md#the-cm-in-node-processes): its primaries handed to complete backups, new
 /// backups chosen, refused when N holds some region's last complete replica. Waits for the
 /// configuration without N, then stops N's process if it still runs.
+/// How long a request waits out the reconfigurations the CM runs on its own (a recovered
+/// region made active, a copy counted complete) before it gives up.
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// Asks the CM for `change`, again while it answers that another reconfiguration is under way.
+fn ask_when_idle(
+    dir: &Path,
+    change: cluster::cm_request::Change,
+) -> Result<cluster::cm_request::CmReply, cluster::cm_request::AskError> {
+    let started = Instant::now();
+    loop {
+        let reply = cluster::cm_request::ask(dir, change.clone(), REQUEST_ANSWER_TIMEOUT)?;
+        let busy = !reply.accepted && reply.message.contains(cluster::cm_request::BUSY);
+        if !busy || started.elapsed() >= BUSY_WAIT_MAX {
+            return Ok(reply);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn remove_node(args: &KillArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let dir = &args.dir;
@@ -644,11 +664,7 @@ pub fn remove_node(args: &KillArgs) -> anyhow::Result<ExitCode> {
             node_list(&status.committed.nodes)
         );
     }
-    let reply = cluster::cm_request::ask(
-        dir,
-        cluster::cm_request::Change::Remove { node },
-        REQUEST_ANSWER_TIMEOUT,
-    )?;
+    let reply = ask_when_idle(dir, cluster::cm_request::Change::Remove { node })?;
     if !reply.accepted {
         bail!("the CM refused to remove {node}: {}", reply.message);
     }
@@ -666,7 +682,8 @@ pub fn remove_node(args: &KillArgs) -> anyhow::Result<ExitCode> {
         if !placement.state.is_active() {
             writeln!(
                 out,
-                "  {} is {} (its primary moved; it serves again once recovery exists)",
+                "  {} is {} (its primary moved; it serves again once its transactions are \
+                 recovered)",
                 placement.region,
                 placement.state.name()
             )?;

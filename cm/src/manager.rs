@@ -228,6 +228,10 @@ impl fmt::Display for Cause {
     }
 }
 
+/// What [`Manager::change`] answers, in its refusal, while another reconfiguration runs: the
+/// asker may ask again once it ends.
+pub const BUSY: &str = "a reconfiguration is under way";
+
 /// A change asked of the CM ([`Manager::change`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "change", rename_all = "kebab-case")]
@@ -554,7 +558,7 @@ impl Manager {
             if matches!(change, Change::AddRegion { .. } | Change::Activate { .. }) {
                 return Ok(Vec::new());
             }
-            return Err("a reconfiguration is under way: ask again once it ends".into());
+            return Err(format!("{BUSY}: ask again once it ends"));
         }
         let config = self
             .config

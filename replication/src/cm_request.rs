@@ -11,7 +11,7 @@
 //! read is removed after [`REPLY_MAX_AGE`].
 
 use crate::cm_status::{CmStatusError, read_toml, write_toml};
-pub use acre_cm::manager::Change;
+pub use acre_cm::manager::{BUSY, Change};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};

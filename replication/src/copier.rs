@@ -20,8 +20,9 @@
 //!    installed there, so the copy takes every update that is not already on its way to this
 //!    node as a COMMIT-BACKUP. Both paths install only newer versions, under the copy's write
 //!    lock, so they converge in whatever order they come.
-//! 3. It paces itself to [`COPY_BYTES_PER_SECOND`] of blocks read, sleeping between blocks, so
-//!    that foreground transactions keep most of the primary's time and the fabric.
+//! 3. It paces itself to [`COPY_BYTES_PER_SECOND`] of blocks read (or what
+//!    [`COPY_RATE_VARIABLE`] says), sleeping between blocks, so that foreground transactions
+//!    keep most of the primary's time and the fabric.
 //! 4. Done, it records the region as copied ([`crate::ReplicaNode::copied_regions`]); the node
 //!    reports it to the CM, which installs a configuration that counts the copy complete.
 //!
@@ -48,8 +49,31 @@ use std::time::{Duration, Instant};
 
 /// How often an idle copier looks for copies to make.
 pub const COPIER_IDLE: Duration = Duration::from_millis(100);
-/// The pace of a copy: bytes of blocks read per second, at most.
+/// The pace of a copy: bytes of blocks read per second, at most, unless the node process's
+/// environment sets [`COPY_RATE_VARIABLE`].
 pub const COPY_BYTES_PER_SECOND: u64 = 256 << 20;
+/// The environment variable that sets another pace (bytes per second, a positive integer):
+/// slower to spare a busy cluster's foreground, faster on a quiet one, and very slow in tests
+/// that need a copy still running.
+pub const COPY_RATE_VARIABLE: &str = "ACRE_COPY_BYTES_PER_SECOND";
+
+/// The pace the environment sets, or [`COPY_BYTES_PER_SECOND`] (a value that is not a positive
+/// integer is reported and ignored).
+fn copy_rate() -> u64 {
+    match std::env::var(COPY_RATE_VARIABLE) {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(rate) if rate > 0 => rate,
+            _ => {
+                tracing::warn!(
+                    "{COPY_RATE_VARIABLE}={text:?} is not a positive number of bytes per \
+                     second: copying at {COPY_BYTES_PER_SECOND}"
+                );
+                COPY_BYTES_PER_SECOND
+            }
+        },
+        Err(_) => COPY_BYTES_PER_SECOND,
+    }
+}
 /// How long a slot may stay locked or torn at the primary before the copy gives up and starts
 /// again later.
 const SLOT_SETTLE_MAX: Duration = Duration::from_secs(10);
@@ -167,6 +191,7 @@ impl Copier {
                 .name(format!("acre-copier-{}", node.node_id()))
                 .spawn(move || {
                     let copier = Copying {
+                        rate: copy_rate(),
                         node,
                         backup,
                         copied,
@@ -201,6 +226,8 @@ impl Drop for Copier {
 }
 
 struct Copying {
+    /// Bytes per second, at most.
+    rate: u64,
     node: Arc<TxnNode>,
     backup: Arc<Backup>,
     copied: RecoveredRegions,
@@ -311,8 +338,8 @@ impl Copying {
             read_bytes += block_bytes;
             self.copy_block(primary, key, region, offset, &data)?;
             self.progress.set(region, block + 1, blocks);
-            // Pace: no faster than COPY_BYTES_PER_SECOND on average.
-            let due = Duration::from_secs_f64(read_bytes as f64 / COPY_BYTES_PER_SECOND as f64);
+            // Pace: no faster than the rate on average.
+            let due = Duration::from_secs_f64(read_bytes as f64 / self.rate as f64);
             if let Some(early) = due.checked_sub(started.elapsed())
                 && self.sleep(early)
             {

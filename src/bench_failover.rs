@@ -79,7 +79,7 @@
 //! first commit lands as the fourth or fifth such round from the kill ends.
 
 use crate::launch::{self, DownArgs, UpArgs};
-use acre::cluster::{self, CLUSTER_FILE, CM_STATUS_FILE, ClusterFile, CmSettings, CmStatusFile};
+use acre::cluster::{self, CLUSTER_FILE, CM_STATUS_FILE, ClusterFile, CmStatusFile};
 use acre::db::{Addr, Db, NodeId, RECONFIGURATION_WAIT_MAX, RegionId};
 use acre::engine::clock::Clock;
 use acre::engine::signal::{self, Termination};
@@ -289,13 +289,7 @@ fn validate(args: &FailoverArgs) -> anyhow::Result<Vec<Victim>> {
         cluster::CLIENT_ID_BASE
     );
     anyhow::ensure!(args.kills > 0, "--kills must be at least 1");
-    anyhow::ensure!(
-        (CmSettings::LEASE_MS_MIN..=CmSettings::LEASE_MS_MAX).contains(&args.lease_ms),
-        "--lease-ms {}: expected {} to {}",
-        args.lease_ms,
-        CmSettings::LEASE_MS_MIN,
-        CmSettings::LEASE_MS_MAX
-    );
+    crate::launch::check_lease_ms(args.lease_ms)?;
     let mut victims = Vec::new();
     for &victim in &args.victim {
         anyhow::ensure!(!victims.contains(&victim), "--victim names {victim} twice");
@@ -631,7 +625,7 @@ fn unaffected_region(config: &Configuration, victim: NodeId) -> Option<RegionId>
 }
 
 /// `CM leader, primary of r1, backup of r3`.
-fn role_of(config: &Configuration, leader: NodeId, node: NodeId) -> String {
+pub(crate) fn role_of(config: &Configuration, leader: NodeId, node: NodeId) -> String {
     let mut roles = Vec::new();
     if node == leader {
         roles.push("CM leader".to_string());
@@ -962,7 +956,7 @@ fn committing_row(status: &CmStatusFile, victim: NodeId) -> Option<&cluster::Rec
 }
 
 /// Whether a reconfiguration's cause (`failure of n2, n3`) names `node`.
-fn cause_names(cause: &str, node: NodeId) -> bool {
+pub(crate) fn cause_names(cause: &str, node: NodeId) -> bool {
     let node = node.to_string();
     cause
         .strip_prefix("failure of ")

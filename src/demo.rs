@@ -18,7 +18,7 @@
 //! (sampled from a counter the bank run bumps at every commit). Exit code 0 if the invariant
 //! held and the cluster recovered, 1 if not, 2 when the cluster could not be set up or killed.
 
-use acre::cluster::{CLUSTER_FILE, CmSettings, CmStatusFile, Fenced};
+use acre::cluster::{CLUSTER_FILE, CmStatusFile, Fenced};
 use acre::db::{Addr, Db, EmbeddedOptions, NodeId};
 use acre::engine::clock::Clock;
 use acre::engine::signal::{self, Termination};
@@ -420,13 +420,7 @@ fn demo_failure(args: &DemoArgs, termination: &Termination) -> anyhow::Result<Ex
         SAMPLE_INTERVAL.as_millis(),
         workload.seconds
     );
-    anyhow::ensure!(
-        (CmSettings::LEASE_MS_MIN..=CmSettings::LEASE_MS_MAX).contains(&args.lease_ms),
-        "--lease-ms {}: expected {} to {}",
-        args.lease_ms,
-        CmSettings::LEASE_MS_MIN,
-        CmSettings::LEASE_MS_MAX
-    );
+    crate::launch::check_lease_ms(args.lease_ms)?;
     let dir = failure_dir();
     writeln!(
         out,
@@ -635,18 +629,7 @@ fn kill_a_primary(dir: &std::path::Path, clock: &Clock) -> Result<Kill, String> 
         .map(|p| p.primary)
         .find(|&p| p != before.leader)
         .ok_or("every region's primary is the CM leader")?;
-    let role = config
-        .replicated_on(victim)
-        .map(|p| {
-            let what = if p.primary == victim {
-                "primary"
-            } else {
-                "backup"
-            };
-            format!("{what} of {}", p.region)
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let role = crate::bench_failover::role_of(config, before.leader, victim);
     // The time goes down just before the signal (fence_by_kill checks the manifest first).
     let kill_ns = clock.now().as_nanos();
     match acre::cluster::fence_by_kill(dir, victim, crate::launch::STOP_TIMEOUT) {
@@ -717,14 +700,6 @@ fn wait_for_recovery(dir: &std::path::Path, kill: &Kill, termination: &Terminati
     }
 }
 
-/// Whether a reconfiguration's cause (`failure of n2, n3`) names `node`.
-fn cause_names(cause: &str, node: NodeId) -> bool {
-    let node = node.to_string();
-    cause
-        .strip_prefix("failure of ")
-        .is_some_and(|suspects| suspects.split(", ").any(|s| s == node))
-}
-
 /// What a line of the timeline says happened (and the throughput lines mark).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EventKind {
@@ -777,7 +752,7 @@ fn events(kill: &Kill, status: &CmStatusFile) -> Vec<Event> {
             );
             continue;
         };
-        if row.failed.contains(&victim) || cause_names(&row.cause, victim) {
+        if row.failed.contains(&victim) || crate::bench_failover::cause_names(&row.cause, victim) {
             push(
                 ms(started),
                 EventKind::Suspected,

@@ -632,6 +632,17 @@ const REMOVAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// (docs/failures.md#the-cm-in-node-processes): its primaries handed to complete backups, new
 /// backups chosen, refused when N holds some region's last complete replica. Waits for the
 /// configuration without N, then stops N's process if it still runs.
+/// Refuses a lease length outside what the CM accepts, naming the option.
+pub(crate) fn check_lease_ms(lease_ms: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (cluster::CmSettings::LEASE_MS_MIN..=cluster::CmSettings::LEASE_MS_MAX).contains(&lease_ms),
+        "--lease-ms {lease_ms}: expected {} to {}",
+        cluster::CmSettings::LEASE_MS_MIN,
+        cluster::CmSettings::LEASE_MS_MAX
+    );
+    Ok(())
+}
+
 /// How long a request waits out the reconfigurations the CM runs on its own (a recovered
 /// region made active, a copy counted complete) before it gives up.
 const BUSY_WAIT_MAX: Duration = Duration::from_secs(10);

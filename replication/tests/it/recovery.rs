@@ -452,105 +452,18 @@ fn review_a_copy_from_the_coordinators_own_node_is_not_refused() {
 /// `decide` reads its silence as "r3 truncated": n1 installs r1's half.
 #[test]
 fn review_an_orphan_vote_before_the_drain_does_not_commit_half_a_transaction() {
-    use crate::fixture::{BLOCK_BYTES, REGION_BYTES, RING_BYTES, commit_mode};
-    const CLIENT: NodeId = NodeId(100);
-    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
-    let mut config =
-        acre_txn::Configuration::place(1, ids, vec![CLIENT], 1, 1, REGION_BYTES, BLOCK_BYTES)
-            .expect("config");
-    config.commit = commit_mode();
-    let mut cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
-    let client = replica(&cluster, CLIENT).txn().clone();
-    let b = create(&client, RegionId(1), b"b0"); // n1 [n2]
-    let c = create(&client, RegionId(3), b"c0"); // n3 [n4]
-    settle(&cluster);
-    cluster.faults().add(
-        Rule::to(NodeId(4), Action::Fail)
-            .from(CLIENT)
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
-    );
-    let committed = write_both(&client, b, c);
-    eprintln!("commit: {committed:?}");
-    assert!(matches!(
-        committed,
-        Err(CommitError::Indeterminate {
-            node: NodeId(4),
-            ..
-        })
-    ));
-    // n3 dies; r3 is promoted to n4 (blocked), r2 gets n4 as a copying backup.
-    let without_n3 = next(cluster.config(), |config| {
-        config.nodes.retain(|&n| n != NodeId(3));
-        for placement in &mut config.regions {
-            if placement.region == RegionId(2) {
-                placement.backups = vec![NodeId(4)];
-                placement.copying = vec![NodeId(4)];
-            }
-            if placement.region == RegionId(3) {
-                placement.primary = NodeId(4);
-                placement.backups = vec![];
-                placement.state = RegionState::Blocked;
-            }
-        }
-    });
-    cluster.fence_member(NodeId(3));
-    for node in [1, 2, 4].map(NodeId) {
-        cluster.adopt_at(node, without_n3.clone()).expect("adopt");
-    }
-    drop(client);
-    cluster.kill(CLIENT);
-    // Let the orphan rounds run (every 500 ms, retried after 1 s) before n4 commits.
-    std::thread::sleep(Duration::from_secs(4));
-    let n1_stats = replica(&cluster, NodeId(1))
-        .worker()
-        .expect("running")
-        .stats();
-    let installed = n1_stats.orphans_installed.load(Relaxed);
-    let aborted = n1_stats.orphans_aborted.load(Relaxed);
-    eprintln!("n1: orphans installed {installed}, aborted {aborted}");
-    let header = crate::fixture::primary_header(&cluster, b);
-    eprintln!("b at n1: {header:?}");
-    for node in [1, 2, 4].map(NodeId) {
-        cluster.commit_at(node, without_n3.id).expect("commit");
-    }
-    wait_recovered(&cluster, NodeId(4), RegionId(3));
-    let active = next(cluster.config(), |config| {
-        for placement in &mut config.regions {
-            placement.state = RegionState::Active;
-        }
-    });
-    cluster.reconfigure((*active).clone()).expect("activate");
-    let n1 = txn_node(&cluster, 0);
-    let (vb, vc) = (
-        value_at(&n1, b).expect("read b"),
-        value_at(&n1, c).expect("read c"),
-    );
-    eprintln!(
-        "b = {:?}, c = {:?}",
-        String::from_utf8_lossy(&vb),
-        String::from_utf8_lossy(&vc)
-    );
-    assert_eq!(
-        (vb == b"b1", vc == b"c1"),
-        (vc == b"c1", vb == b"b1"),
-        "all or nothing: b = {vb:?}, c = {vc:?}"
-    );
-    assert_eq!(
-        installed, 0,
-        "nothing of it may be installed: r3's values are nowhere"
-    );
-    cluster.stop();
+    orphan_of_a_client_and_n3(false);
 }
 
-/// REVIEW control for finding 2: the same with the configuration committed (drained) first: a dead client's transaction writes r1 (primary n1, backup n2) and r3
-/// (primary n3, backup n4); its COMMIT-BACKUP lands at n2 only (the one to n4 fails), so r3's
-/// values exist nowhere once n3 dies: the only right outcome is abort. n3 dies and the
-/// configuration promoting n4 to r3's primary is adopted, not committed yet at n4 (the CM's
-/// NEW-CONFIG-COMMIT has not reached it, or its worker has not drained). The orphan path of
-/// `Serving::vote` answers without `may_vote`, so n4 votes 0 without its NEW_PRIMARY bits and
-/// `decide` reads its silence as "r3 truncated": n1 installs r1's half.
+/// REVIEW control for finding 2: the same with the configuration committed (drained) first.
 #[test]
 fn review_control_orphan_vote_after_the_drain_aborts() {
+    orphan_of_a_client_and_n3(true);
+}
+
+/// The scenario of the two tests above; `drained_first`: NEW-CONFIG-COMMIT reaches the nodes
+/// before the dead client's transaction is voted on.
+fn orphan_of_a_client_and_n3(drained_first: bool) {
     use crate::fixture::{BLOCK_BYTES, REGION_BYTES, RING_BYTES, commit_mode};
     const CLIENT: NodeId = NodeId(100);
     let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
@@ -596,8 +509,10 @@ fn review_control_orphan_vote_after_the_drain_aborts() {
     for node in [1, 2, 4].map(NodeId) {
         cluster.adopt_at(node, without_n3.clone()).expect("adopt");
     }
-    for node in [1, 2, 4].map(NodeId) {
-        cluster.commit_at(node, without_n3.id).expect("commit");
+    if drained_first {
+        for node in [1, 2, 4].map(NodeId) {
+            cluster.commit_at(node, without_n3.id).expect("commit");
+        }
     }
     drop(client);
     cluster.kill(CLIENT);
@@ -612,6 +527,11 @@ fn review_control_orphan_vote_after_the_drain_aborts() {
     eprintln!("n1: orphans installed {installed}, aborted {aborted}");
     let header = crate::fixture::primary_header(&cluster, b);
     eprintln!("b at n1: {header:?}");
+    if !drained_first {
+        for node in [1, 2, 4].map(NodeId) {
+            cluster.commit_at(node, without_n3.id).expect("commit");
+        }
+    }
     wait_recovered(&cluster, NodeId(4), RegionId(3));
     let active = next(cluster.config(), |config| {
         for placement in &mut config.regions {
@@ -647,47 +567,7 @@ fn review_control_orphan_vote_after_the_drain_aborts() {
 /// only, so n2 never covers r3: Copy forever, b locked and n1's copy of r3 never installed.
 #[test]
 fn review_copy_entries_sends_both_the_lock_and_the_commit_backup_parts() {
-    let mut cluster = crate::fixture::three_nodes();
-    let n3 = txn_node(&cluster, 2);
-    let a = create(&n3, RegionId(3), b"a0"); // n3 [n1 n2]
-    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2 n3]
-    settle(&cluster);
-    cluster.faults().add(
-        Rule::to(NodeId(2), Action::Fail)
-            .from(NodeId(3))
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
-    );
-    let committed = write_both(&n3, a, b);
-    eprintln!("commit: {committed:?}");
-    let without_n3 = next(cluster.config(), |config| {
-        config.nodes.retain(|&n| n != NodeId(3));
-        for placement in &mut config.regions {
-            placement.backups.retain(|&n| n != NodeId(3));
-            if placement.region == RegionId(3) {
-                placement.primary = NodeId(1);
-                placement.backups = vec![NodeId(2)];
-                placement.state = RegionState::Blocked;
-            }
-        }
-    });
-    cluster
-        .reconfigure((*without_n3).clone())
-        .expect("reconfigure");
-    let deadline = Instant::now() + RECOVERY_TIMEOUT;
-    while !replica(&cluster, NodeId(1))
-        .recovered_regions()
-        .contains(&RegionId(3))
-    {
-        if Instant::now() >= deadline {
-            panic!(
-                "n1 never recovered r3; n1 recovered {:?}, n2 holds {} COMMIT-BACKUPs",
-                recovered(&cluster, NodeId(1)),
-                replica(&cluster, NodeId(2)).backup().held_count()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    cluster.stop();
+    r3_promoted_after_its_coordinator_died(NodeId(1), NodeId(2));
 }
 
 /// REVIEW (finding: nodes that recover no region never look for transactions). Four nodes:
@@ -778,8 +658,15 @@ fn review_a_stalled_one_sided_coordinator_does_not_overwrite_a_later_commit() {
 /// served, b locked for good.
 #[test]
 fn review_a_primary_that_also_backs_up_copies_both_parts() {
+    r3_promoted_after_its_coordinator_died(NodeId(2), NodeId(1));
+}
+
+/// Three nodes, f = 2: n3 coordinates a transaction writing r3 (its own) and r1 (primary n1);
+/// its COMMIT-BACKUP reaches n1 but not n2, then n3 dies and r3 is promoted to `promoted`, with
+/// `other` its backup. The promoted primary must recover r3: the votes commit the transaction,
+/// and the replica lacking the values gets both parts copied.
+fn r3_promoted_after_its_coordinator_died(promoted: NodeId, other: NodeId) {
     let mut cluster = crate::fixture::three_nodes();
-    eprintln!("{:?}", cluster.config().regions);
     let n3 = txn_node(&cluster, 2);
     let a = create(&n3, RegionId(3), b"a0"); // n3 [n1 n2]
     let b = create(&n3, RegionId(1), b"b0"); // n1 [n2 n3]
@@ -790,14 +677,14 @@ fn review_a_primary_that_also_backs_up_copies_both_parts() {
             .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
     );
     let committed = write_both(&n3, a, b);
-    eprintln!("commit: {committed:?}");
+    assert!(committed.is_err(), "{committed:?}");
     let without_n3 = next(cluster.config(), |config| {
         config.nodes.retain(|&n| n != NodeId(3));
         for placement in &mut config.regions {
             placement.backups.retain(|&n| n != NodeId(3));
             if placement.region == RegionId(3) {
-                placement.primary = NodeId(2);
-                placement.backups = vec![NodeId(1)];
+                placement.primary = promoted;
+                placement.backups = vec![other];
                 placement.state = RegionState::Blocked;
             }
         }
@@ -806,30 +693,17 @@ fn review_a_primary_that_also_backs_up_copies_both_parts() {
         .reconfigure((*without_n3).clone())
         .expect("reconfigure");
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
-    while !replica(&cluster, NodeId(2))
+    while !replica(&cluster, promoted)
         .recovered_regions()
         .contains(&RegionId(3))
     {
-        if Instant::now() >= deadline {
-            for id in [1, 2] {
-                let st = replica(&cluster, NodeId(id)).worker().unwrap().stats();
-                eprintln!(
-                    "n{id}: unanswered {} late_refused {} installed {} aborted {} left {}",
-                    st.orphans_unanswered.load(Relaxed),
-                    st.late_refused.load(Relaxed),
-                    st.orphans_installed.load(Relaxed),
-                    st.orphans_aborted.load(Relaxed),
-                    st.orphans_left.load(Relaxed)
-                );
-            }
-            panic!(
-                "n2 never recovered r3; n1 recovered {:?}, n2 recovered {:?}, n2 holds {} \
-                 COMMIT-BACKUPs",
-                recovered(&cluster, NodeId(1)),
-                recovered(&cluster, NodeId(2)),
-                replica(&cluster, NodeId(2)).backup().held_count()
-            );
-        }
+        assert!(
+            Instant::now() < deadline,
+            "{promoted} never recovered r3; {promoted} recovered {:?}, n2 holds {} \
+             COMMIT-BACKUPs",
+            recovered(&cluster, promoted),
+            replica(&cluster, NodeId(2)).backup().held_count()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     cluster.stop();

@@ -37,8 +37,9 @@ pub enum RegionState {
     /// Its primary serves reads, locks and commits.
     #[default]
     Active,
-    /// Its primary changed: transactions that touch it wait until its locks and log records are
-    /// recovered on the new primary (`Unavailable` until transaction recovery exists).
+    /// Its primary changed: transactions that touch it wait until its transactions are
+    /// recovered on the new primary (`RegionUnavailable`, which `Db::run` waits through) and a
+    /// configuration makes it active again.
     Blocked,
     /// Every replica failed: its data is gone until a replica's files come back. `primary` names
     /// the last primary.

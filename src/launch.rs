@@ -797,7 +797,7 @@ fn check_replaceable(dir: &Path) -> anyhow::Result<()> {
     if let Some((node, data)) = kept.first() {
         bail!(
             "{} holds the data of a stopped cluster ({} of its nodes keep data; {node}: {data}): \
-             restarting a cluster from its data needs recovery, which is not built yet; remove it \
+             restarting a cluster from its data is not built yet; remove it \
              with `acre cluster down --dir {} --purge`, or use another --dir",
             dir.display(),
             kept.len(),

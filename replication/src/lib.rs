@@ -13,7 +13,7 @@
 //!   each ring in, and what `acre cluster status` learns of each node (whether it answers, its
 //!   rings' fill and the oldest transaction each keeps).
 //! - [`restart`]: what a node finds of an earlier run (region copies and rings that hold data),
-//!   on which it refuses to start until recovery exists.
+//!   on which it refuses to start until a node can rejoin from its files.
 //! - [`db`]: `Db`, the embedded API over an embedded cluster or a client node (re-exported by
 //!   the `acre` facade).
 //! - [`liveness`], [`orphan`]: whether a client coordinator is gone, and how the memory nodes

@@ -1,6 +1,6 @@
 //! Transactions whose client coordinator died, "orphans" (docs/failures.md#a-client-that-dies):
 //! how the memory nodes settle what a killed client left half-way, so that its locks and the
-//! records pinning its rings do not block the cluster until recovery exists.
+//! records pinning its rings do not block the cluster.
 //!
 //! The worker ([`crate::worker`]) finds them: the transactions it keeps records of whose
 //! coordinator is a client that is gone ([`crate::liveness`]), once it has read everything

@@ -90,11 +90,13 @@ pub enum NodeStartError {
         manifest: PathBuf,
     },
     /// The node's files hold data of an earlier run: starting on them, or replacing them, before
-    /// recovery exists would serve copies that missed what committed meanwhile, or lose data.
+    /// a node can rejoin from its files would serve copies that missed what committed
+    /// meanwhile, or lose data.
     #[error(
         "{node} found data of an earlier run in {} ({kept}) and does not start on it: until \
-         recovery is built it would serve copies that missed what committed while it was away; \
-         recovery will make it rejoin as a backup. To start fresh, remove the cluster's data \
+         a node can rejoin from its files it would serve copies that missed what committed while \
+         it was away; recovery will make it rejoin as a backup (not built yet: add a new node \
+         with `acre cluster add-node` instead). To start fresh, remove the cluster's data \
          with `acre cluster down --dir {} --purge` and start a new cluster",
         dir.display(),
         dir.display()

@@ -1,6 +1,6 @@
 //! What a memory node finds of an earlier run in the cluster directory. Its region copies and
 //! log rings outlive its process on purpose: they are what recovery will read
-//! (docs/failures.md#a-node-that-comes-back). Until recovery exists, a node that finds them
+//! (docs/failures.md#a-node-that-comes-back). Until a node can rejoin from its files, a node that finds them
 //! holding data refuses to start on top of them, and `acre cluster up` refuses a directory
 //! that holds a stopped cluster's data, rather than serve or throw away what they hold.
 

@@ -797,8 +797,8 @@ fn check_replaceable(dir: &Path) -> anyhow::Result<()> {
     if let Some((node, data)) = kept.first() {
         bail!(
             "{} holds the data of a stopped cluster ({} of its nodes keep data; {node}: {data}): \
-             restarting a cluster from its data is not built yet; remove it \
-             with `acre cluster down --dir {} --purge`, or use another --dir",
+             restarting a cluster from its data (its recovery from the files) is not built yet; \
+             remove it with `acre cluster down --dir {} --purge`, or use another --dir",
             dir.display(),
             kept.len(),
             dir.display()

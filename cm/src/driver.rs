@@ -471,8 +471,11 @@ impl<A: Adopter> Turn<A> {
         cm.removed.extend(unlisted);
         // Suspicions published before this process led are stale; and a suspicion this
         // replica stood down from earlier is not reported again by its lease table, which only
-        // a new configuration resets: a lease of grace for every member, after which a silent
-        // one is suspected (again).
+        // a new configuration resets: a lease of grace for every member from now, after which
+        // a silent one is suspected (again). After a whole-cluster restart this is what lets
+        // members still starting from their files ask for a lease. The lease thread clears
+        // the stale suspects when it applies the regrace, and `poll_cm` takes none until then:
+        // clearing them here could miss one the thread publishes in the same instant.
         self.lease_thread.regrace();
         self.lease_thread.suspects().take(|_| {});
         let actions = cm.manager.became_leader((*config).clone(), now);
@@ -513,10 +516,14 @@ impl<A: Adopter> Turn<A> {
         }
         let mut actions = Vec::new();
         let manager = &mut cm.manager;
-        self.lease_thread.suspects().take(|node| {
-            tracing::info!(%node, "lease expired; suspecting it");
-            actions.extend(manager.suspect(node, now));
-        });
+        // Until the lease thread applied the regrace of `follow_leadership`, what it published
+        // was judged without the grace (and it clears it when it applies the regrace).
+        if !self.lease_thread.regrace_pending() {
+            self.lease_thread.suspects().take(|node| {
+                tracing::info!(%node, "lease expired; suspecting it");
+                actions.extend(manager.suspect(node, now));
+            });
+        }
         if let Some(outcome) = &cm.install {
             match outcome.try_recv() {
                 Ok(result) => {

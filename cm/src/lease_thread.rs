@@ -231,8 +231,11 @@ struct Shared {
     paused: AtomicBool,
     /// A stall asked for ([`LeaseThread::stall`]), in nanoseconds; 0: none.
     stall_nanos: AtomicU64,
-    /// Asked by [`LeaseThread::regrace`], taken at the thread's next turn.
-    regrace: AtomicBool,
+    /// Regraces asked by [`LeaseThread::regrace`], counted; taken at the thread's next turn.
+    regrace_asked: AtomicU64,
+    /// The count of `regrace_asked` the thread has applied, stale suspects cleared with it
+    /// ([`LeaseThread::regrace_pending`]).
+    regrace_done: AtomicU64,
     /// Asked by [`LeaseThread::resign`], taken at the thread's next turn (before a regrace).
     resign: AtomicBool,
     expiry: LeaseExpiry,
@@ -292,7 +295,8 @@ impl LeaseThread {
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             stall_nanos: AtomicU64::new(0),
-            regrace: AtomicBool::new(false),
+            regrace_asked: AtomicU64::new(0),
+            regrace_done: AtomicU64::new(0),
             resign: AtomicBool::new(false),
             expiry: node.as_ref().map(NodeLease::expiry).unwrap_or_default(),
             cm_expired: AtomicBool::new(false),
@@ -418,9 +422,21 @@ impl LeaseThread {
     /// A thread without the role (it resigned) takes it up again with a fresh table, every
     /// member given a lease of grace, if the newest configuration it was handed names this
     /// process's node or standalone replica as CM.
+    ///
+    /// The thread also clears the suspects published before it applied the regrace (stale:
+    /// judged without the grace), and until it has, [`LeaseThread::regrace_pending`] says so:
+    /// a caller that took suspects in between could take one the thread published in the
+    /// same instant, from its table as it was before the grace.
     pub fn regrace(&self) {
-        self.shared.regrace.store(true, Ordering::Release);
+        self.shared.regrace_asked.fetch_add(1, Ordering::AcqRel);
         self.wake();
+    }
+
+    /// Whether a [`LeaseThread::regrace`] is asked and not applied yet: until it is, the
+    /// published suspects are stale and should not be taken (module docs of `driver`).
+    pub fn regrace_pending(&self) -> bool {
+        self.shared.regrace_done.load(Ordering::Acquire)
+            != self.shared.regrace_asked.load(Ordering::Acquire)
     }
 
     /// The replica of this process no longer leads the CM's Raft group (the driver calls this
@@ -548,8 +564,15 @@ impl Turn {
                     slot.store(0, Ordering::Relaxed);
                 }
             }
-            if self.shared.regrace.swap(false, Ordering::AcqRel) {
+            let regrace_asked = self.shared.regrace_asked.load(Ordering::Acquire);
+            if regrace_asked != self.shared.regrace_done.load(Ordering::Relaxed) {
                 self.regrace(now);
+                // Published before the grace, from the table as it was: stale. Cleared before
+                // the regrace is said done, so a caller that waits for it takes none of them.
+                self.shared.suspects.take(|_| {});
+                self.shared
+                    .regrace_done
+                    .store(regrace_asked, Ordering::Release);
             }
             let paused = self.shared.paused.load(Ordering::Acquire);
             // Woken later than it asked to be: the thread did not run meanwhile, and the
@@ -1065,6 +1088,33 @@ mod tests {
             eventually(Duration::from_secs(2), || node.is_valid()),
             "leading again, it grants again"
         );
+    }
+
+    /// A new CM leader's regrace (docs/failures.md#reconfiguration, "A CM that leads again"):
+    /// a member silent since the table was made (a process restarted from its files, still
+    /// starting) is suspected by a table older than the leadership; once the regrace is
+    /// applied that suspicion is gone, and the member is suspected again only one lease after
+    /// the regrace, not at once.
+    #[test]
+    fn a_regrace_clears_stale_suspects_and_gives_a_lease_from_then() {
+        let cm = cm_thread(&[NodeId(1)]);
+        assert!(
+            eventually(Duration::from_secs(2), || cm.suspects().published() > 0),
+            "n1 never asked: suspected one lease after the table was made"
+        );
+        let published = cm.suspects().published();
+        let asked_at = Clock::system().now();
+        cm.regrace();
+        assert!(eventually(Duration::from_secs(2), || !cm.regrace_pending()));
+        assert_eq!(taken(cm.suspects()), [], "the stale suspicion is cleared");
+        assert!(
+            eventually(Duration::from_secs(2), || cm.suspects().published()
+                > published),
+            "still silent: suspected again"
+        );
+        let again_after = Clock::system().now() - asked_at;
+        assert!(again_after >= timing().lease(), "{again_after:?}");
+        assert_eq!(taken(cm.suspects()), [NodeId(1)]);
     }
 
     #[test]

@@ -63,6 +63,12 @@
 //!   reports it in the same change, and the CM installs a configuration in which it is no
 //!   longer copying ([`remap::copy_complete`], both at once: [`remap::after_recovery`]);
 //!   a report of regions it no longer copies is nothing to do.
+//! - **Restarted nodes** ([`Change::Restart`]): node processes restarted from their files
+//!   (a whole-cluster restart) stay members; their regions block and their backups copy
+//!   again ([`remap::restart`]). Nobody is removed, so no lease is waited out: the restarted
+//!   nodes ask for fresh leases as any member renews, under the new configuration. A lost or
+//!   stale proposal is planned again from the configuration then known, and a restart that
+//!   plan finds in it already (a lost proposal that was applied) is distributed as it is.
 //!
 //!
 //! # Driving it
@@ -185,6 +191,17 @@ pub enum Cause {
         node: Option<NodeId>,
         copied: Vec<RegionId>,
     },
+    /// The processes of these members restarted from their files ([`Change::Restart`]).
+    Restart { nodes: Vec<NodeId> },
+}
+
+/// `n1, n2, n3`.
+fn write_nodes(f: &mut fmt::Formatter<'_>, nodes: &[NodeId]) -> fmt::Result {
+    for (k, node) in nodes.iter().enumerate() {
+        let sep = if k == 0 { "" } else { ", " };
+        write!(f, "{sep}{node}")?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for Cause {
@@ -192,11 +209,11 @@ impl fmt::Display for Cause {
         match self {
             Cause::Failure { suspects } => {
                 write!(f, "failure of ")?;
-                for (k, node) in suspects.iter().enumerate() {
-                    let sep = if k == 0 { "" } else { ", " };
-                    write!(f, "{sep}{node}")?;
-                }
-                Ok(())
+                write_nodes(f, suspects)
+            }
+            Cause::Restart { nodes } => {
+                write!(f, "restart of ")?;
+                write_nodes(f, nodes)
             }
             Cause::NewLeader => write!(f, "new CM leader"),
             Cause::Removal { node } => write!(f, "removal of {node}"),
@@ -262,6 +279,11 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         copied: Vec<RegionId>,
     },
+    /// The processes of the memory nodes `nodes` restarted from their region files and logs
+    /// (`acre cluster up` on a stopped cluster's directory, once they all run): they stay
+    /// members, the regions they are primary of block until recovered, and they copy the
+    /// regions they are backup of again ([`remap::restart`]).
+    Restart { nodes: Vec<NodeId> },
 }
 
 /// How a reconfiguration ended.
@@ -629,6 +651,16 @@ impl Manager {
                 };
                 (plan, cause, BTreeSet::new())
             }
+            Change::Restart { nodes } => {
+                let plan = remap::restart(&config, &nodes).map_err(|e| e.to_string())?;
+                // In id order, each once: the history names each node once.
+                let nodes: BTreeSet<NodeId> = nodes.into_iter().collect();
+                let cause = Cause::Restart {
+                    nodes: nodes.into_iter().collect(),
+                };
+                // Nobody leaves: no lease to wait out, no node to fence.
+                (plan, cause, BTreeSet::new())
+            }
         };
         self.record = Some(Reconfiguration {
             cause,
@@ -952,9 +984,28 @@ impl Manager {
                 self.phase = Phase::Idle;
                 return;
             }
-            let mut next = (*config).clone();
-            next.id = config.id + 1;
-            next
+            let restart = match self.record.as_ref().map(|r| &r.cause) {
+                Some(Cause::Restart { nodes }) => Some(remap::restart(&config, nodes)),
+                _ => None,
+            };
+            match restart {
+                Some(Ok(plan)) => plan.config,
+                // Nothing left to change: the restart is in `config` already (a proposal of
+                // it reported lost was applied); only the CM it names may need changing.
+                Some(Err(remap::RemapError::NothingToRestart { .. })) | None => {
+                    let mut next = (*config).clone();
+                    next.id = config.id + 1;
+                    next
+                }
+                Some(Err(e)) => {
+                    tracing::error!("no configuration can follow {}: {e}", config.id);
+                    self.finish(Outcome::Failed {
+                        reason: e.to_string(),
+                    });
+                    self.phase = Phase::Idle;
+                    return;
+                }
+            }
         } else {
             let planned = match self.record.as_ref().map(|r| &r.cause) {
                 Some(Cause::Removal { node }) if failed.len() == 1 && failed.contains(node) => {
@@ -1008,7 +1059,14 @@ impl Manager {
             .clone()
             .expect("a leader knows its configuration");
         failed.retain(|&node| config.leased().any(|m| m == node));
-        if failed.is_empty() && config.cm_leader == Some(self.me) {
+        // A restart that the configuration now known does not hold yet is planned again from
+        // it: distributing that configuration as it is would let restarted primaries serve
+        // without recovering their transactions.
+        let restart_pending = match self.record.as_ref().map(|r| &r.cause) {
+            Some(Cause::Restart { nodes }) => remap::restart(&config, nodes).is_ok(),
+            _ => false,
+        };
+        if failed.is_empty() && config.cm_leader == Some(self.me) && !restart_pending {
             if let Some(record) = &mut self.record {
                 record.to_id = Some(config.id);
                 record.installed_at = Some(now);
@@ -1599,6 +1657,140 @@ mod tests {
             manager.in_progress().unwrap().cause,
             Cause::Addition { node: NodeId(6) }
         );
+    }
+
+    /// Nodes restarted from their files stay members: their regions block, their backups copy
+    /// again, nobody's lease is waited out, and the history names the restart.
+    #[test]
+    fn a_restart_is_installed_and_committed_without_removing_anyone() {
+        let mut manager = lead();
+        let config = (**manager.configuration().unwrap()).clone();
+        let refused = manager.change(Change::Restart { nodes: Vec::new() }, ms(5));
+        assert!(refused.is_err_and(|reason| reason.contains("no restarted node")));
+        let refused = manager.change(
+            Change::Restart {
+                nodes: vec![NodeId(9)],
+            },
+            ms(5),
+        );
+        assert!(refused.is_err_and(|reason| reason.contains("n9")));
+
+        // r1: n1 [n2]; r2: n2 [n3]; r3: n3 [n4]; r4: n4 [n5]. n2 and n3 restarted (named
+        // out of order and twice, as an asker may).
+        let restart = Change::Restart {
+            nodes: vec![NodeId(3), NodeId(2), NodeId(3)],
+        };
+        let actions = manager.change(restart.clone(), ms(5)).expect("accepted");
+        let (expected_id, next) = proposal(&actions).expect("a proposal");
+        let mut expected = config.clone();
+        expected.id = 2;
+        expected.regions[0].copying = vec![NodeId(2)];
+        expected.regions[1].state = RegionState::Blocked;
+        expected.regions[1].copying = vec![NodeId(3)];
+        expected.regions[2].state = RegionState::Blocked;
+        assert_eq!((expected_id, &next), (1, &expected));
+        assert!(
+            manager
+                .change(restart.clone(), ms(6))
+                .is_err_and(|reason| reason.starts_with(BUSY)),
+            "busy with the first restart"
+        );
+
+        let actions = manager.install_outcome(InstallOutcome::Installed(next.clone()), ms(7));
+        assert!(matches!(actions[0], Action::UpdateLeaseMembers { .. }));
+        assert_eq!(
+            new_configs(&actions),
+            (1..=5).map(|n| (NodeId(n), 2)).collect::<Vec<_>>()
+        );
+        let record = manager.in_progress().unwrap();
+        assert_eq!(
+            record.cause,
+            Cause::Restart {
+                nodes: vec![NodeId(2), NodeId(3)]
+            }
+        );
+        assert_eq!(record.cause.to_string(), "restart of n2, n3");
+        assert!(record.failed.is_empty(), "{record}");
+        // Nobody left: the caller reports no lease running past now, and the commit follows
+        // the last acknowledgement at once.
+        assert!(manager.leases_updated(2, ms(7), ms(7)).is_empty());
+        let mut last = Vec::new();
+        for node in next.leased() {
+            last = manager.ack(node, &ok(2), ms(8));
+        }
+        assert_eq!(commits(&last).len(), 5, "{last:?}");
+        let record = manager.history().last().unwrap();
+        assert_eq!(record.outcome, Outcome::Committed);
+        assert_eq!((record.from_id, record.to_id), (1, Some(2)));
+        assert_eq!(record.cause.to_string(), "restart of n2, n3");
+
+        // n2 recovered r2's transactions, its primary unchanged: the region is active again.
+        let actions = manager
+            .change(
+                Change::Activate {
+                    config: 2,
+                    regions: vec![RegionId(2)],
+                    node: Some(NodeId(2)),
+                    copied: Vec::new(),
+                },
+                ms(20),
+            )
+            .expect("accepted");
+        let (_, third) = proposal(&actions).expect("a proposal");
+        let r2 = third.placement(RegionId(2)).unwrap();
+        assert_eq!((r2.primary, r2.state), (NodeId(2), RegionState::Active));
+        assert_eq!(r2.copying, [NodeId(3)], "n3 still copies r2 again");
+    }
+
+    /// A restart whose proposal is lost is proposed again, not distributed as the configuration
+    /// before it (whose restarted primaries would serve unrecovered); one found applied after
+    /// all is distributed.
+    #[test]
+    fn a_lost_restart_is_proposed_again_and_one_found_applied_is_distributed() {
+        let mut manager = lead();
+        let restart = Change::Restart {
+            nodes: vec![NodeId(4)],
+        };
+        let actions = manager.change(restart, ms(5)).expect("accepted");
+        let (_, planned) = proposal(&actions).expect("a proposal");
+        let actions = manager.install_outcome(InstallOutcome::Lost, ms(6));
+        assert_eq!(
+            proposal(&actions),
+            Some((1, planned.clone())),
+            "{actions:?}"
+        );
+        assert!(new_configs(&actions).is_empty(), "{actions:?}");
+        // The first proposal was applied after all: the second finds it and distributes it.
+        let actions = manager.install_outcome(InstallOutcome::Stale(planned.clone()), ms(7));
+        assert!(proposal(&actions).is_none(), "{actions:?}");
+        assert_eq!(new_configs(&actions).len(), 5, "{actions:?}");
+        assert_eq!(manager.in_progress().unwrap().to_id, Some(planned.id));
+    }
+
+    /// The request file of a restart, as `acre cluster up` writes it, reads back (in the shape
+    /// of `acre_replication::cm_request::CmRequest`: that crate's `Change` is another copy of
+    /// this one in this crate's tests).
+    #[test]
+    fn a_restart_request_reads_back_as_written() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct CmRequest {
+            nonce: u64,
+            change: Change,
+        }
+        let request = CmRequest {
+            nonce: 11,
+            change: Change::Restart {
+                nodes: vec![NodeId(1), NodeId(2), NodeId(3)],
+            },
+        };
+        let text = toml::to_string(&request).unwrap();
+        assert_eq!(
+            toml::from_str::<CmRequest>(&text).unwrap(),
+            request,
+            "{text}"
+        );
+        let written = "nonce = 11\n[change]\nchange = \"restart\"\nnodes = [1, 2, 3]\n";
+        assert_eq!(toml::from_str::<CmRequest>(written).unwrap(), request);
     }
 
     /// Two clients that found the same regions full at once: the second request, taken while

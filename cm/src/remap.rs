@@ -1,7 +1,8 @@
 //! Reconfiguration planning: the functions that compute configuration c+1 from c when nodes
 //! fail ([`after_failure`]), join ([`add_node`]) or leave ([`remove_node`]), when a region is
-//! created ([`add_region`]), when transaction recovery unblocks regions ([`activate`]), and when
-//! data recovery completes a backup's copy ([`copy_complete`], both at once: [`after_recovery`])
+//! created ([`add_region`]), when transaction recovery unblocks regions ([`activate`]), when
+//! data recovery completes a backup's copy ([`copy_complete`], both at once: [`after_recovery`]),
+//! and when node processes restarted from their files ([`restart`])
 //! (docs/failures.md#reconfiguration, FaRM SOSP'15 §5.2).
 //!
 //! They are pure: no I/O, no clock, no randomness, and the same input gives the same output, so
@@ -38,7 +39,8 @@
 //! - **Complete replicas.** A backup's copy of a region counts only once it is complete. Every
 //!   backup a plan adds is `copying` ([`Placement::copying`]) until data recovery installs a
 //!   configuration that says its copy is complete ([`copy_complete`], which its report asks
-//!   for); no other plan here takes a backup out of `copying`.
+//!   for); no other plan here takes a backup out of `copying`. The one plan that puts a backup
+//!   it keeps back into `copying` is [`restart`]: a restarted backup's copy may miss updates.
 //!   A copying backup takes COMMIT-BACKUP records like the others, so it keeps up once copied,
 //!   but until then it misses whatever the copy has not reached: a plan never promotes it and
 //!   never counts it as a copy of the data. The primary is always complete (only complete
@@ -107,9 +109,10 @@ pub struct Plan {
     pub config: Configuration,
     /// One entry per region that changed (or was created), in the order of `config.regions`.
     pub changes: Vec<RegionChange>,
-    /// The data copies the plan needs: one per new backup of a region that has data, in the
-    /// order of `changes`. Where they come from and when they must be done depends on the plan:
-    /// see [`after_failure`], [`add_node`] and [`remove_node`].
+    /// The data copies the plan needs: one per new backup of a region that has data, and one
+    /// per restarted backup copying again ([`restart`]), in the order of `changes`. Where they
+    /// come from and when they must be done depends on the plan: see [`after_failure`],
+    /// [`add_node`], [`remove_node`] and [`restart`].
     pub copies: Vec<DataCopy>,
 }
 
@@ -186,6 +189,15 @@ impl RegionChange {
             .copied()
             .filter(|node| !self.copying.contains(node) && !self.dropped.contains(node))
     }
+
+    /// The backups the region kept that copy again with this change: their processes restarted
+    /// from their files ([`restart`]).
+    pub fn copying_again(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.copying
+            .iter()
+            .copied()
+            .filter(|node| !self.copying_before.contains(node) && !self.added.contains(node))
+    }
 }
 
 impl fmt::Display for RegionChange {
@@ -234,10 +246,14 @@ impl fmt::Display for RegionChange {
             .copying
             .iter()
             .copied()
-            .filter(|node| !self.added.contains(node))
+            .filter(|node| !self.added.contains(node) && self.copying_before.contains(node))
             .collect();
         if !still.is_empty() {
             write!(f, ", {} still copying", list(&still))?;
+        }
+        let again: Vec<NodeId> = self.copying_again().collect();
+        if !again.is_empty() {
+            write!(f, ", {} copying again (restarted)", list(&again))?;
         }
         let copied: Vec<NodeId> = self.copied().collect();
         if !copied.is_empty() {
@@ -377,6 +393,20 @@ pub enum RemapError {
         regions: Vec<RegionId>,
         id: u64,
     },
+    #[error("no restarted node given: configuration {id} stays; install nothing")]
+    NothingRestarted { id: u64 },
+    #[error(
+        "{node} is a client of configuration {id}, not a memory node: it holds no region to \
+         recover; leave it out of the restart"
+    )]
+    NotAMemoryNode { node: NodeId, id: u64 },
+    #[error(
+        "restarting {} changes nothing in configuration {id}: the regions they are primary of \
+         are blocked or lost already, and they copy every region they are backup of already; \
+         install nothing",
+        list(nodes)
+    )]
+    NothingToRestart { nodes: Vec<NodeId>, id: u64 },
 }
 
 fn region_list(regions: &[RegionId]) -> String {
@@ -677,6 +707,89 @@ pub fn after_recovery(
     ))
 }
 
+/// Configuration c+1 after the processes of the memory nodes `nodes` restarted from their files
+/// (a whole-cluster restart, docs/failures.md#whole-cluster-restart): their region copies and
+/// logs are intact, but what they held in memory is gone: the locks of the transactions in
+/// flight, which transactions they voted on, and which truncations they applied. Nothing moves:
+/// members, primaries and backups stay as they are. Then, per region (not lost):
+///
+/// - one whose primary restarted becomes [`RegionState::Blocked`], as after a failure: its
+///   primary holds the data but none of the locks, and serves again only once it has recovered
+///   its transactions from its logs and reported them ([`activate`]); one blocked already stays
+///   blocked;
+/// - a backup that restarted goes back to `copying` (unless it is copying already): the
+///   COMMIT-BACKUP records it had not applied yet are in its log, but which it applied is not
+///   known, so its copy counts for nothing until data recovery has copied the region again from
+///   its primary ([`copy_complete`]). Its copier thread starts once the region is active
+///   (after the primary's recovery, when the primary's memory is current). The plan lists
+///   these copies ([`Plan::copies`]), from the region's primary; the CM copies nothing itself.
+///
+/// A lost region stays lost: its last primary's files may hold its data, but bringing a lost
+/// region back is not planned here. A region whose every replica restarted keeps its primary,
+/// which is complete: its files hold every committed write, as its log holds the records it
+/// has not applied.
+///
+/// Refused when `nodes` is empty ([`RemapError::NothingRestarted`]), names a node that is no
+/// member ([`RemapError::NotAMember`]) or a client ([`RemapError::NotAMemoryNode`]), and when
+/// nothing would change ([`RemapError::NothingToRestart`]).
+pub fn restart(config: &Configuration, nodes: &[NodeId]) -> Result<Plan, RemapError> {
+    check(config)?;
+    if nodes.is_empty() {
+        return Err(RemapError::NothingRestarted { id: config.id });
+    }
+    for &node in nodes {
+        if !is_member(config, node) {
+            return Err(RemapError::NotAMember {
+                node,
+                id: config.id,
+            });
+        }
+        if !config.nodes.contains(&node) {
+            return Err(RemapError::NotAMemoryNode {
+                node,
+                id: config.id,
+            });
+        }
+    }
+    let restarted: BTreeSet<NodeId> = nodes.iter().copied().collect();
+    let mut next = config.clone();
+    next.id = next_id(config);
+    let mut again = BTreeSet::new();
+    let mut changed_count = 0;
+    for placement in &mut next.regions {
+        if placement.state == RegionState::Lost {
+            continue;
+        }
+        if restarted.contains(&placement.primary) && placement.state == RegionState::Active {
+            placement.state = RegionState::Blocked;
+            changed_count += 1;
+        }
+        for &backup in &placement.backups {
+            if restarted.contains(&backup) && !placement.copying.contains(&backup) {
+                placement.copying.push(backup);
+                again.insert((placement.region, backup));
+                changed_count += 1;
+            }
+        }
+    }
+    if changed_count == 0 {
+        return Err(RemapError::NothingToRestart {
+            nodes: restarted.into_iter().collect(),
+            id: config.id,
+        });
+    }
+    // The primaries stay, so a copy comes from the region's primary in c and c+1 alike.
+    Ok(finish_checked(
+        config,
+        next,
+        CopyFrom::NewPrimary,
+        &Exceptions {
+            completed: &BTreeSet::new(),
+            copying_again: &again,
+        },
+    ))
+}
+
 /// The changes from `before` to `after`, one per region of `after` that differs, in its order.
 /// Every plan returns them; `acre cluster status` can compute them for any two configurations.
 pub fn diff(before: &Configuration, after: &Configuration) -> Vec<RegionChange> {
@@ -925,6 +1038,29 @@ fn finish_completing(
     copy_from: CopyFrom,
     completed: &BTreeSet<(RegionId, NodeId)>,
 ) -> Plan {
+    let exceptions = Exceptions {
+        completed,
+        copying_again: &BTreeSet::new(),
+    };
+    finish_checked(before, next, copy_from, &exceptions)
+}
+
+/// The (region, backup) pairs a plan may move in or out of `copying` although the backup stays:
+/// the rules otherwise forbid both.
+struct Exceptions<'a> {
+    /// Copies data recovery reported complete ([`copy_complete`]): out of `copying`.
+    completed: &'a BTreeSet<(RegionId, NodeId)>,
+    /// Restarted backups ([`restart`]): into `copying`, to copy their region again.
+    copying_again: &'a BTreeSet<(RegionId, NodeId)>,
+}
+
+/// [`finish`] with the exceptions to the copying rule that the plan makes.
+fn finish_checked(
+    before: &Configuration,
+    next: Configuration,
+    copy_from: CopyFrom,
+    exceptions: &Exceptions<'_>,
+) -> Plan {
     assert!(
         next.id == before.id + 1,
         "next id={} before id={}",
@@ -958,7 +1094,7 @@ fn finish_completing(
             );
             continue;
         };
-        check_region(before, old, &next, placement, completed);
+        check_region(before, old, &next, placement, exceptions);
     }
     let changes = diff(before, &next);
     let mut copies = Vec::new();
@@ -967,7 +1103,8 @@ fn finish_completing(
             CopyFrom::NewPrimary => change.primary,
             CopyFrom::OldPrimary => placements[&change.region].primary,
         };
-        copies.extend(change.added.iter().map(|&to| DataCopy {
+        let to = change.added.iter().copied().chain(change.copying_again());
+        copies.extend(to.map(|to| DataCopy {
             region: change.region,
             from,
             to,
@@ -981,14 +1118,15 @@ fn finish_completing(
 }
 
 /// The rules between a region `old` of `before` and the same region `placement` of `next`
-/// (module docs, "Rules"); only failed or removed nodes leave `nodes` in a plan, and only the
-/// copies of `completed` complete.
+/// (module docs, "Rules"); only failed or removed nodes leave `nodes` in a plan, only the
+/// copies of `exceptions.completed` complete, and only the backups of
+/// `exceptions.copying_again` copy again.
 fn check_region(
     before: &Configuration,
     old: &Placement,
     next: &Configuration,
     placement: &Placement,
-    completed: &BTreeSet<(RegionId, NodeId)>,
+    exceptions: &Exceptions<'_>,
 ) {
     let region = placement.region;
     let lost = placement.state == RegionState::Lost;
@@ -1023,10 +1161,13 @@ fn check_region(
         );
     }
     // A plan marks every new backup copying and never completes a copy or undoes one, except
-    // the copies data recovery reported complete.
+    // the copies data recovery reported complete and the restarted backups that copy again.
     for node in &placement.backups {
         let new = !old.replicas().any(|replica| replica == *node);
-        let copying = new || (old.copying.contains(node) && !completed.contains(&(region, *node)));
+        let key = (region, *node);
+        let copying = new
+            || exceptions.copying_again.contains(&key)
+            || (old.copying.contains(node) && !exceptions.completed.contains(&key));
         assert_eq!(
             placement.copying.contains(node),
             copying,
@@ -1581,6 +1722,144 @@ mod tests {
         let plan = remove_node(&config, n(100)).unwrap();
         assert!(plan.config.clients.is_empty());
         assert!(plan.changes.is_empty());
+    }
+
+    // docs/failures.md#whole-cluster-restart: a restarted primary holds its data but none of
+    // the locks of the transactions in flight, and a restarted backup does not know which
+    // COMMIT-BACKUP records it applied.
+    #[test]
+    fn a_restarted_primary_blocks_its_region_and_a_restarted_backup_copies_again() {
+        let config = cluster(4, 1, 1);
+        // r1: n1 [n2]; r2: n2 [n3]; r3: n3 [n4]; r4: n4 [n1]. n1 restarted.
+        let plan = restart(&config, &[n(1)]).unwrap();
+        let mut expected = config.clone();
+        expected.id += 1;
+        expected.regions[0].state = RegionState::Blocked;
+        expected.regions[3].copying = vec![n(1)];
+        assert_eq!(plan.config, expected, "nothing moves, nobody leaves");
+        assert_eq!(plan.changes.len(), 2, "{:?}", plan.changes);
+        assert_eq!(change(&plan, 1).to_string(), "r1: primary n1, blocked");
+        assert_eq!(
+            change(&plan, 4).to_string(),
+            "r4: primary n4, n1 copying again (restarted)"
+        );
+        assert_eq!(change(&plan, 4).copying_again().collect::<Vec<_>>(), [n(1)]);
+        assert_eq!(
+            plan.copies,
+            [DataCopy {
+                region: RegionId(4),
+                from: n(4),
+                to: n(1)
+            }]
+        );
+
+        // Its recovery unblocks r1 with its primary unchanged; n1's copy of r4 completes later.
+        let recovered = activate(&plan.config, &[RegionId(1)]).unwrap();
+        assert_eq!(placement(&recovered.config, 1).state, RegionState::Active);
+        assert_eq!(placement(&recovered.config, 1).primary, n(1));
+        assert_eq!(placement(&recovered.config, 4).copying, [n(1)]);
+        let copied = copy_complete(&recovered.config, n(1), &[RegionId(4)]).unwrap();
+        assert_eq!(
+            copied.config.regions, config.regions,
+            "as before the restart"
+        );
+    }
+
+    #[test]
+    fn a_whole_cluster_restart_blocks_every_region_and_every_backup_copies_again() {
+        let config = cluster(4, 2, 2);
+        let plan = restart(&config, &nodes(4)).unwrap();
+        assert_eq!(plan.config.nodes, config.nodes);
+        assert_eq!(plan.config.clients, config.clients);
+        for (before, after) in config.regions.iter().zip(&plan.config.regions) {
+            assert_eq!(
+                (after.primary, &after.backups),
+                (before.primary, &before.backups)
+            );
+            assert_eq!(after.state, RegionState::Blocked, "{after:?}");
+            assert_eq!(after.copying, after.backups, "{after:?}");
+        }
+        assert_eq!(plan.changes.len(), config.regions.len());
+        assert_eq!(plan.copies.len(), config.regions.len() * 2);
+        assert!(
+            plan.copies
+                .iter()
+                .all(|copy| copy.from == placement(&config, copy.region.0).primary),
+            "{:?}",
+            plan.copies
+        );
+        // Every backup copies again, but every region keeps a complete replica: its primary.
+        for placement in &plan.config.regions {
+            assert_eq!(
+                placement.complete_replicas().collect::<Vec<_>>(),
+                [placement.primary]
+            );
+        }
+    }
+
+    #[test]
+    fn a_restart_leaves_lost_regions_lost_and_blocked_regions_blocked() {
+        let config = cluster(4, 1, 1);
+        // n1 and n2 fail: r1 is lost; r2 is blocked at n3 with n4 copying; r4 keeps n4 with n3
+        // copying; r3 (n3 [n4]) is untouched.
+        let failed = after_failure(&config, &failed(&[1, 2])).unwrap().config;
+        assert_eq!(placement(&failed, 1).state, RegionState::Lost);
+        assert_eq!(placement(&failed, 2).state, RegionState::Blocked);
+        let plan = restart(&failed, &[n(3), n(4)]).unwrap();
+        assert_eq!(
+            placement(&plan.config, 1),
+            placement(&failed, 1),
+            "still lost"
+        );
+        assert_eq!(
+            placement(&plan.config, 2),
+            placement(&failed, 2),
+            "still blocked"
+        );
+        let r3 = placement(&plan.config, 3);
+        assert_eq!((r3.primary, r3.state), (n(3), RegionState::Blocked));
+        assert_eq!(r3.copying, [n(4)]);
+        let r4 = placement(&plan.config, 4);
+        assert_eq!((r4.primary, r4.state), (n(4), RegionState::Blocked));
+        assert_eq!(r4.copying, [n(3)], "copying already: not listed twice");
+        let changed: Vec<RegionId> = plan.changes.iter().map(|c| c.region).collect();
+        assert_eq!(changed, [RegionId(3), RegionId(4)]);
+        assert_eq!(
+            plan.copies,
+            [DataCopy {
+                region: RegionId(3),
+                from: n(3),
+                to: n(4)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_restart_of_nobody_of_a_stranger_or_of_nothing_to_change_is_refused() {
+        let config = cluster(4, 1, 1);
+        let error = restart(&config, &[]).unwrap_err();
+        assert!(
+            matches!(error, RemapError::NothingRestarted { id: 7 }),
+            "{error}"
+        );
+        let error = restart(&config, &[n(1), n(9)]).unwrap_err();
+        assert!(
+            matches!(error, RemapError::NotAMember { node, id: 7 } if node == n(9)),
+            "{error}"
+        );
+        let error = restart(&config, &[n(100)]).unwrap_err();
+        assert!(
+            matches!(error, RemapError::NotAMemoryNode { node, id: 7 } if node == n(100)),
+            "{error}"
+        );
+        // Once restarted, n1's region is blocked and its backup copying: again is nothing.
+        let restarted = restart(&config, &[n(1)]).unwrap().config;
+        let error = restart(&restarted, &[n(1), n(1)]).unwrap_err();
+        assert!(
+            matches!(&error, RemapError::NothingToRestart { nodes, id: 8 } if nodes == &[n(1)]),
+            "{error}"
+        );
+        assert!(error.to_string().contains("install nothing"), "{error}");
     }
 
     /// `config` after data recovery completed the copy of `region` on `node`: what the CM will

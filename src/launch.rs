@@ -270,6 +270,11 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
+    if let Some(existing) = existing.filter(|f| f.cm.is_some())
+        && !cluster::kept_data_in(dir).unwrap_or_default().is_empty()
+    {
+        return restart(dir, existing);
+    }
     if dir.exists() {
         check_replaceable(dir)?;
         std::fs::remove_dir_all(dir)
@@ -341,6 +346,129 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             status.leader,
             status.committed.id,
             status.lease_ms
+        )?;
+    }
+    writeln!(
+        out,
+        "try: acre bank --dir {}    stop: acre cluster down --dir {}",
+        dir.display(),
+        dir.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `acre cluster up` on a directory holding the data of a stopped (or killed) cluster that ran
+/// a CM: restarts every memory node of the CM's last configuration from its region copies and
+/// logs, and the standalone CM replicas, asks the CM for the restart configuration, and waits
+/// until every region serves again (docs/failures.md#whole-cluster-restart).
+fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
+    let mut out = crate::output::stdout();
+    let began = Instant::now();
+    let config = cluster::current_configuration(dir, &file);
+    let nodes = config.nodes.clone();
+    writeln!(
+        out,
+        "restarting the stopped cluster in {}: {} from their region copies and logs, in \
+         configuration {} (the cluster file's settings; the other options of `up` are not used)",
+        dir.display(),
+        node_list(&nodes),
+        config.id
+    )?;
+    // The manifests the stopped processes left name dead processes and their old addresses:
+    // the restarted ones would look for each other (and the launcher for them) there. None
+    // runs (checked by `up`).
+    for node in NodeManifest::list(dir).unwrap_or_default() {
+        NodeManifest::remove(dir, node)
+            .with_context(|| format!("remove the manifest {node}'s stopped process left"))?;
+    }
+    let mut children = Vec::new();
+    let restarted = (|| -> anyhow::Result<cluster::CmStatusFile> {
+        for &node in &nodes {
+            children.push((
+                node,
+                spawn_node(dir, "node", node, &["--restart".to_string()])?,
+            ));
+        }
+        for node in file.standalone_cms() {
+            children.push((node, spawn_node(dir, "cm", node, &[])?));
+        }
+        let processes: Vec<NodeId> = nodes.iter().copied().chain(file.standalone_cms()).collect();
+        cluster::wait_for_manifests(dir, processes.into_iter(), START_TIMEOUT, |node| {
+            let (_, child) = children.iter_mut().find(|(n, _)| *n == node)?;
+            let status = child.try_wait().ok()??;
+            Some(status.to_string())
+        })?;
+        let running = began.elapsed();
+        writeln!(
+            out,
+            "  processes running after {:.0} ms; asking the CM for the restart configuration",
+            running.as_secs_f64() * 1e3
+        )?;
+        let change = cluster::cm_request::Change::Restart {
+            nodes: nodes.clone(),
+        };
+        let deadline = Instant::now() + REMOVAL_TIMEOUT;
+        let reply = loop {
+            match ask_when_idle(dir, change.clone()) {
+                Ok(reply) if reply.accepted => break reply,
+                Ok(reply) if Instant::now() >= deadline => {
+                    bail!("the CM refused the restart: {}", reply.message)
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    bail!("the CM did not answer the restart request: {e}")
+                }
+                // No CM elected yet, or it is busy: ask again.
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let from = reply.from_id;
+        let status = wait_for_commit(dir, "the configuration with every region active", |c| {
+            c.id > from + 1
+                && c.regions
+                    .iter()
+                    .all(|p| p.state != acre::txn::RegionState::Blocked)
+        })?;
+        Ok(status)
+    })();
+    let status = match restarted {
+        Ok(status) => status,
+        Err(error) => {
+            let _ = stop_nodes(dir, Some(&file));
+            stop_children(&mut children);
+            return Err(error);
+        }
+    };
+    let lost: Vec<String> = status
+        .committed
+        .regions
+        .iter()
+        .filter(|p| p.state == acre::txn::RegionState::Lost)
+        .map(|p| p.region.to_string())
+        .collect();
+    writeln!(
+        out,
+        "cluster up: restarted; every region serves again in configuration {}, {:.0} ms after \
+         the start{}",
+        status.committed.id,
+        began.elapsed().as_secs_f64() * 1e3,
+        if lost.is_empty() {
+            String::new()
+        } else {
+            format!(" (lost, no replica's files came back: {})", lost.join(", "))
+        }
+    )?;
+    let copying: usize = status
+        .committed
+        .regions
+        .iter()
+        .map(|p| p.copying.len())
+        .sum();
+    if copying > 0 {
+        writeln!(
+            out,
+            "  the backups re-copy their regions from the primaries in the background ({copying} \
+             copies): progress in `acre cluster status --dir {}`",
+            dir.display()
         )?;
     }
     writeln!(

@@ -55,6 +55,11 @@ enum Command {
         /// With --join: the node's failure domain (a domain of its own if not given).
         #[arg(long, requires = "join")]
         domain: Option<String>,
+        /// Start again from the region copies and logs of this node's earlier run (`acre
+        /// cluster up` on a stopped cluster's directory starts these, then asks the
+        /// configuration manager for the restart configuration).
+        #[arg(long, conflicts_with = "join")]
+        restart: bool,
     },
     /// Run one standalone replica of a cluster's configuration manager until SIGTERM or SIGINT:
     /// a CM replica with no memory (`acre cluster up --cm-processes K` starts these).
@@ -165,7 +170,8 @@ fn main() -> ExitCode {
             id,
             join,
             domain,
-        } => run_node(&cluster, NodeId(id), join.then_some(domain)),
+            restart,
+        } => run_node(&cluster, NodeId(id), join.then_some(domain), restart),
         Command::Cm { cluster, id } => run_cm(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
         Command::Bench(BenchCommand::Bank(args)) => {
@@ -225,11 +231,13 @@ fn run_node(
     cluster_file: &std::path::Path,
     id: NodeId,
     join: Option<Option<String>>,
+    restart: bool,
 ) -> anyhow::Result<ExitCode> {
     // Block the termination signals before any thread starts, so only `wait_for_termination`
     // receives them and shutdown is ordinary code.
     acre::engine::signal::block_termination().context("block termination signals")?;
     let node = match join {
+        None if restart => acre::cluster::ProcessNode::restart(cluster_file, id),
         None => acre::cluster::ProcessNode::start(cluster_file, id),
         Some(domain) => acre::cluster::ProcessNode::join(cluster_file, id, domain),
     }

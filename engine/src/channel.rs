@@ -156,6 +156,16 @@ fn store_fence(ring: &InboxRing, fence: u64) {
         .store(fence, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// What [`Inbox::reopen`] found in one ring of an earlier run.
+#[derive(Clone, Debug)]
+pub struct ReopenedRing {
+    pub sender: NodeId,
+    /// Complete records from the persisted head on, which the inbox returns first.
+    pub records: usize,
+    /// Why the scan cut off an append at the end (torn by the stop, never acknowledged).
+    pub discarded: Vec<String>,
+}
+
 /// The receiving end of every channel to one node.
 pub struct Inbox {
     rings: Vec<InboxRing>,
@@ -213,6 +223,89 @@ impl Inbox {
             reset_checked_rings: 0,
             fence: 0,
         })
+    }
+
+    /// Maps again the rings of a node restarted from its files (docs/failures.md#whole-cluster-restart):
+    /// `existing` are the ring areas found in `dir` with their keys. Each is checked with the
+    /// crash scan ([`acre_nvm_log::recovery::recover`], which cuts off an append the crash tore
+    /// and refuses a ring whose acknowledged records are damaged), and its reader starts at the
+    /// persisted head, so that the first polls return every record the earlier run kept. A
+    /// sender without a ring gets a new one. Returns the inbox and what each reopened ring held.
+    pub fn reopen(
+        memory: &NodeMemory,
+        senders: &[NodeId],
+        ring_bytes: u64,
+        dir: &Path,
+        options: MapOptions,
+        existing: &[(RegionId, AccessKey)],
+    ) -> Result<(Inbox, Vec<ReopenedRing>), ChannelError> {
+        let geometry = ring_geometry(ring_bytes)?;
+        let mut rings = Vec::with_capacity(senders.len());
+        let mut kept = Vec::new();
+        let mut fence = 0;
+        for &sender in senders {
+            let id = ring_area_id(sender);
+            let found = existing.iter().find(|(area, _)| *area == id);
+            let (region, head) = match found {
+                Some(&(_, key)) => {
+                    let region = Region::open_file(dir, memory.node_id(), id, key, options)?;
+                    let path = dir.join(Region::file_name(memory.node_id(), id, key));
+                    let scan = acre_nvm_log::recovery::recover(&region).map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the ring of {sender} ({}) is damaged: {e}", path.display()),
+                        )
+                    })?;
+                    if scan.geometry != geometry {
+                        return Err(ChannelError::Io(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "the ring of {sender} ({}) holds {} bytes of records, the \
+                                 cluster file asks for rings of {ring_bytes} bytes",
+                                path.display(),
+                                scan.geometry.capacity
+                            ),
+                        )));
+                    }
+                    fence = fence.max(
+                        region.words_at(FENCE_OFFSET as u32, 8)[0]
+                            .load(std::sync::atomic::Ordering::SeqCst),
+                    );
+                    kept.push(ReopenedRing {
+                        sender,
+                        records: scan.records.len(),
+                        discarded: scan.discarded.into_iter().map(|d| d.reason).collect(),
+                    });
+                    (region, scan.head)
+                }
+                None => {
+                    let region =
+                        Region::create_file(dir, memory.node_id(), id, ring_bytes, options)?;
+                    format(&region, geometry)?;
+                    (region, 0)
+                }
+            };
+            let region = Arc::new(region);
+            memory
+                .register(region.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::AlreadyExists, e))?;
+            let reader = RingReader::new(region.clone(), geometry, head, head);
+            rings.push(InboxRing {
+                sender,
+                reader,
+                region,
+            });
+        }
+        let inbox = Inbox {
+            rings,
+            doorbell: memory.doorbell().clone(),
+            clock: memory.clock().clone(),
+            next_index: 0,
+            polls_since_reset_check: 0,
+            reset_checked_rings: 0,
+            fence,
+        };
+        Ok((inbox, kept))
     }
 
     /// The rings as manifest entries (so senders can find them).

@@ -173,6 +173,15 @@ pub fn doorbell_path(dir: &Path, node: NodeId) -> PathBuf {
 /// has in the cluster directory, by area id, in id order. A file whose name does not parse is
 /// not one of them.
 pub fn node_area_files(dir: &Path, node: NodeId) -> io::Result<Vec<(RegionId, PathBuf)>> {
+    Ok(node_areas(dir, node)?
+        .into_iter()
+        .map(|(area, _key, path)| (area, path))
+        .collect())
+}
+
+/// The area files of `node` in `dir` with their access keys (as [`crate::region::Region::file_name`] writes
+/// them), sorted by area: what a node restarted from its files maps again.
+pub fn node_areas(dir: &Path, node: NodeId) -> io::Result<Vec<(RegionId, AccessKey, PathBuf)>> {
     let prefix = format!("{node}-r");
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -182,12 +191,16 @@ pub fn node_area_files(dir: &Path, node: NodeId) -> io::Result<Vec<(RegionId, Pa
             .strip_prefix(&prefix)
             .and_then(|rest| rest.strip_suffix(".region"))
             .and_then(|rest| rest.split_once('-'))
-            .and_then(|(area, _key)| area.parse::<u32>().ok());
-        if let Some(area) = area {
-            files.push((RegionId(area), dir.join(name)));
+            .and_then(|(area, key)| {
+                let area = area.parse::<u32>().ok()?;
+                let key = u64::from_str_radix(key, 16).ok()?;
+                Some((RegionId(area), AccessKey(key)))
+            });
+        if let Some((area, key)) = area {
+            files.push((area, key, dir.join(name)));
         }
     }
-    files.sort();
+    files.sort_by_key(|(area, key, _)| (*area, key.0));
     Ok(files)
 }
 

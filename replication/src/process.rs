@@ -20,6 +20,7 @@ use acre_engine::fabric::memory::NodeMemory;
 use acre_engine::fabric::tcp::NicServer;
 use acre_engine::fabric::transport_kind::{self, OpenError};
 use acre_engine::fabric::{Fabric, Membership, Transport};
+use acre_engine::region::AccessKey;
 use acre_engine::{procfs, signal};
 use acre_txn::TxnNode;
 use acre_txn::config::{Configuration, NotAdopted};
@@ -201,7 +202,33 @@ impl ProcessNode {
                 path: cluster_file.to_path_buf(),
             });
         }
-        ProcessNode::start_in(file, dir, node)
+        ProcessNode::start_in(file, dir, node, false)
+    }
+
+    /// Starts memory node `node` again from the region copies and rings its earlier run left
+    /// in the cluster directory: `acre cluster up` on a stopped cluster's directory
+    /// (docs/failures.md#whole-cluster-restart). The node starts in the CM's last committed
+    /// configuration, reads what its rings kept, and locks nothing until the CM's restart
+    /// configuration, which blocks its regions until their transactions are recovered. Refused
+    /// when the cluster runs no CM (nobody would recover them), when the configuration does not
+    /// name the node as a memory node, and when it lacks a copy the configuration places here.
+    pub fn restart(cluster_file: &Path, node: NodeId) -> Result<ProcessNode, NodeStartError> {
+        let mut file = ClusterFile::read(cluster_file)?;
+        let dir = cluster_dir(cluster_file);
+        if file.cm.is_none() {
+            return Err(NodeStartError::NoCm {
+                node,
+                path: cluster_file.to_path_buf(),
+            });
+        }
+        file.config = crate::agent::current_configuration(&dir, &file);
+        if !file.config.nodes.contains(&node) {
+            return Err(NodeStartError::NotAMember {
+                node,
+                path: cluster_file.to_path_buf(),
+            });
+        }
+        ProcessNode::start_in(file, dir, node, true)
     }
 
     /// Starts memory node `node`, which no configuration names yet, to join the cluster in
@@ -241,26 +268,38 @@ impl ProcessNode {
                 .domains
                 .push(acre_txn::config::FailureDomain { node, domain });
         }
-        ProcessNode::start_in(file, dir, node)
+        ProcessNode::start_in(file, dir, node, false)
     }
 
-    /// Starts `node` of `file.config` (which names it) in cluster directory `dir`.
+    /// Starts `node` of `file.config` (which names it) in cluster directory `dir`; with
+    /// `restart`, from the files of its earlier run.
     fn start_in(
         file: ClusterFile,
         dir: PathBuf,
         node: NodeId,
+        restart: bool,
     ) -> Result<ProcessNode, NodeStartError> {
         let io = |what, path| start_io(node, what, path);
         let memory_node = file.config.nodes.contains(&node);
-        if memory_node {
+        if restart {
+            ProcessNode::check_not_running(&dir, node)?;
+        } else if memory_node {
             ProcessNode::check_earlier_run(&dir, node)?;
         }
         let incarnation = next_incarnation(&dir, node)
             .map_err(io("count its starts", incarnation_path(&dir, node)))?;
-        // A client's files, or a memory node's that hold nothing (checked above).
-        remove_node_files(&dir, node).map_err(io("remove its stale files", dir.clone()))?;
-        let started = ProcessNode::start_replica(&file, &dir, node, incarnation);
-        if started.is_err() {
+        let reopen = if restart {
+            Some(
+                restart::areas_to_reopen(&dir, node)
+                    .map_err(io("find the files of its earlier run", dir.clone()))?,
+            )
+        } else {
+            // A client's files, or a memory node's that hold nothing (checked above).
+            remove_node_files(&dir, node).map_err(io("remove its stale files", dir.clone()))?;
+            None
+        };
+        let started = ProcessNode::start_replica(&file, &dir, node, incarnation, reopen.as_deref());
+        if started.is_err() && !restart {
             // Whatever it created before it failed holds nothing and is of no use to the next
             // start.
             let _ = remove_node_files(&dir, node);
@@ -360,9 +399,8 @@ impl ProcessNode {
         self.replica().copied_regions()
     }
 
-    /// Refuses to start memory node `node` while another process runs it, or on files of an
-    /// earlier run that hold data.
-    fn check_earlier_run(dir: &Path, node: NodeId) -> Result<(), NodeStartError> {
+    /// Refuses to start memory node `node` while another process runs it.
+    fn check_not_running(dir: &Path, node: NodeId) -> Result<(), NodeStartError> {
         let io = |what, path| start_io(node, what, path);
         let manifest_path = NodeManifest::path(dir, node);
         let manifest = NodeManifest::read(dir, node)
@@ -374,6 +412,14 @@ impl ProcessNode {
                 manifest: manifest_path,
             });
         }
+        Ok(())
+    }
+
+    /// Refuses to start memory node `node` while another process runs it, or on files of an
+    /// earlier run that hold data.
+    fn check_earlier_run(dir: &Path, node: NodeId) -> Result<(), NodeStartError> {
+        let io = |what, path| start_io(node, what, path);
+        ProcessNode::check_not_running(dir, node)?;
         let kept = restart::kept_data(dir, node).map_err(io(
             "look at the files of its earlier run",
             dir.to_path_buf(),
@@ -394,6 +440,7 @@ impl ProcessNode {
         dir: &Path,
         node: NodeId,
         incarnation: u64,
+        reopen: Option<&[(RegionId, AccessKey)]>,
     ) -> Result<(ReplicaNode, Option<NicServer>, Option<SocketAddr>), NodeStartError> {
         // Controlled by its control file if the harness left one, else the system clock.
         let clock = clock::node_clock(dir, node)
@@ -422,18 +469,34 @@ impl ProcessNode {
         )
         .map_err(|source| NodeStartError::Transport { node, source })?;
         let fabric = Arc::new(Fabric::new(memory, transport));
-        let replica = ReplicaNode::start(
-            Arc::new(file.config.clone()),
-            fabric,
-            Directory::manifests(dir.to_path_buf()),
-            &Storage::Files {
-                dir: dir.to_path_buf(),
+        let config = Arc::new(file.config.clone());
+        let directory = Directory::manifests(dir.to_path_buf());
+        let clients = Arc::new(LockFiles::new(dir.to_path_buf()));
+        let replica = match reopen {
+            None => ReplicaNode::start(
+                config,
+                fabric,
+                directory,
+                &Storage::Files {
+                    dir: dir.to_path_buf(),
+                    options,
+                },
+                file.ring_bytes,
+                incarnation,
+                clients,
+            ),
+            Some(areas) => ReplicaNode::restart(
+                config,
+                fabric,
+                directory,
+                dir,
                 options,
-            },
-            file.ring_bytes,
-            incarnation,
-            Arc::new(LockFiles::new(dir.to_path_buf())),
-        )
+                file.ring_bytes,
+                incarnation,
+                clients,
+                areas,
+            ),
+        }
         .map_err(|source| NodeStartError::Replica { node, source })?;
         Ok((replica, nic, tcp_addr))
     }

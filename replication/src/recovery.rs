@@ -116,6 +116,27 @@ pub struct Recovery {
     /// Transactions needing recovery whose votes decided to commit (their entries may be
     /// on their way to the replicas lacking them): no longer undecided here.
     pub decided: FastSet<TxnId>,
+    /// Regions this node recovered, with their replicas and the members when it did: still
+    /// recovered in a newer configuration that blocks them with the same replicas and members
+    /// (one that made another region active), see [`Recovery::drained`].
+    recovered: FastMap<RegionId, Recovered>,
+}
+
+/// What a region's recovery held for ([`Recovery::recovered`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Recovered {
+    replicas: Vec<NodeId>,
+    members: Vec<NodeId>,
+}
+
+impl Recovered {
+    fn of(config: &Configuration, region: RegionId) -> Option<Recovered> {
+        let placement = config.placement(region)?;
+        Some(Recovered {
+            replicas: placement.replicas().collect(),
+            members: config.members().collect(),
+        })
+    }
 }
 
 impl Recovery {
@@ -130,6 +151,14 @@ impl Recovery {
             regions: BTreeMap::new(),
             truncations: Truncations::default(),
             decided: FastSet::default(),
+            recovered: FastMap::default(),
+        }
+    }
+
+    /// This node, `region`'s primary, finished its recovery in the configuration drained for.
+    pub fn note_recovered(&mut self, region: RegionId) {
+        if let Some(recovered) = Recovered::of(&self.config, region) {
+            self.recovered.insert(region, recovered);
         }
     }
 
@@ -145,8 +174,20 @@ impl Recovery {
 
     /// The node drained its rings for `newer`, which followed the configuration it last
     /// drained for (or started in): notes who was removed and which regions `me` is the new
-    /// primary of, and returns the blocked regions whose recovery `me` runs.
-    pub fn drained(&mut self, me: NodeId, newer: Arc<Configuration>) -> Vec<RegionId> {
+    /// primary of, and returns the blocked regions whose recovery `me` runs, and those of them
+    /// it recovered already.
+    ///
+    /// A region `me` recovered in an older configuration is still recovered in `newer` if
+    /// `newer` blocks it with the same replicas and members: nothing could write it meanwhile
+    /// (it was blocked), and no participant of its transactions left. The configurations
+    /// between only made other regions active (the CM takes one node's report at a time, and
+    /// a report of an older configuration is stale), so without this a restart of many nodes
+    /// would recover each node's regions once per node before it.
+    pub fn drained(
+        &mut self,
+        me: NodeId,
+        newer: Arc<Configuration>,
+    ) -> (Vec<RegionId>, Vec<RegionId>) {
         let older = std::mem::replace(&mut self.config, newer.clone());
         self.drained = true;
         self.removed.extend(
@@ -163,15 +204,20 @@ impl Recovery {
             }
         }
         self.regions.clear();
-        let mine: Vec<RegionId> = newer
+        let (already, mine): (Vec<RegionId>, Vec<RegionId>) = newer
             .primary_regions(me)
             .filter(|p| p.state == RegionState::Blocked)
             .map(|p| p.region)
-            .collect();
+            .partition(|&region| {
+                self.recovered.get(&region).is_some_and(|recovered| {
+                    Recovered::of(&newer, region).as_ref() == Some(recovered)
+                })
+            });
+        self.recovered.retain(|region, _| already.contains(region));
         for &region in &mine {
             self.regions.insert(region, RegionStep::Asking);
         }
-        mine
+        (mine, already)
     }
 
     /// Whether a transaction writing `regions` needs recovery in the configuration drained
@@ -285,8 +331,10 @@ mod tests {
             1,
             "the start configuration needs no drain"
         );
-        let mine = recovery.drained(promoted, Arc::new(c2));
+        let c2 = Arc::new(c2);
+        let (mine, already) = recovery.drained(promoted, c2.clone());
         assert_eq!(mine, vec![r1.region]);
+        assert!(already.is_empty());
         assert!(recovery.needs(old, &[r1.region]));
         let other = c1
             .regions
@@ -309,5 +357,24 @@ mod tests {
         );
         assert_eq!(recovery.new_primary_bit(newer), 0);
         assert!(recovery.may_vote(old, 2) && !recovery.may_vote(old, 3));
+
+        // Recovered in c2; c3 makes another region active and keeps r1 blocked with the same
+        // replicas: still recovered. c4 changes its replicas: recovered again.
+        recovery.note_recovered(r1.region);
+        let mut c3 = (*c2).clone();
+        c3.id = 3;
+        let (mine, already) = recovery.drained(promoted, Arc::new(c3.clone()));
+        assert!(mine.is_empty());
+        assert_eq!(already, vec![r1.region]);
+        let mut c4 = c3;
+        c4.id = 4;
+        for placement in &mut c4.regions {
+            if placement.region == r1.region {
+                placement.backups.push(NodeId(3));
+            }
+        }
+        let (mine, already) = recovery.drained(promoted, Arc::new(c4));
+        assert_eq!(mine, vec![r1.region]);
+        assert!(already.is_empty());
     }
 }

@@ -14,7 +14,7 @@ use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox};
 use acre_engine::directory::{AreaEntry, AreaKind};
 use acre_engine::fabric::Fabric;
-use acre_engine::region::Region;
+use acre_engine::region::{AccessKey, Region};
 use acre_engine::slab::{AllocError, SlabAllocator};
 use acre_nvm_log::MapOptions;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
@@ -45,6 +45,27 @@ impl Storage {
             Storage::Files { dir, options } => Region::create_file(dir, node, id, bytes, *options),
         }
     }
+
+    /// The copy of region `id` an earlier run of `node` left, among `areas`.
+    fn reopen(
+        &self,
+        node: NodeId,
+        id: RegionId,
+        areas: &[(RegionId, AccessKey)],
+    ) -> Result<Region, StartError> {
+        let Storage::Files { dir, options } = self else {
+            unreachable!("only a node in files restarts");
+        };
+        let Some(&(_, key)) = areas.iter().find(|(area, _)| *area == id) else {
+            return Err(StartError::MissingCopy {
+                node,
+                region: id,
+                dir: dir.clone(),
+            });
+        };
+        Region::open_file(dir, node, id, key, *options)
+            .map_err(io(format!("map {node}'s copy of {id} again")))
+    }
 }
 
 /// Why a node could not start.
@@ -59,6 +80,16 @@ pub enum StartError {
     Alloc(#[from] AllocError),
     #[error("{node} is not a member of configuration {config}")]
     NotAMember { node: NodeId, config: u64 },
+    #[error(
+        "{node} holds a copy of {region} in the configuration, but {} has no file of it: it \
+         cannot restart from its files (restore the file, or start a new cluster)",
+        dir.display()
+    )]
+    MissingCopy {
+        node: NodeId,
+        region: RegionId,
+        dir: PathBuf,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
@@ -149,6 +180,65 @@ impl ReplicaNode {
         incarnation: u64,
         clients: Arc<dyn Liveness>,
     ) -> Result<ReplicaNode, StartError> {
+        ReplicaNode::assemble(
+            config,
+            fabric,
+            directory,
+            storage,
+            ring_bytes,
+            incarnation,
+            clients,
+            None,
+        )
+    }
+
+    /// Starts a node again from the region copies and rings its earlier run left in `dir`
+    /// (docs/failures.md#whole-cluster-restart): `areas` are its area files with their keys
+    /// ([`acre_engine::directory::node_areas`]). Every copy `config` places on the node must be
+    /// among them. The worker reads what the rings kept before this returns, and the node
+    /// locks nothing until it adopts a configuration newer than `config` (the CM's restart
+    /// configuration, which blocks its regions until their transactions are recovered).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restart(
+        config: Arc<Configuration>,
+        fabric: Arc<Fabric>,
+        directory: Directory,
+        dir: &std::path::Path,
+        options: MapOptions,
+        ring_bytes: u64,
+        incarnation: u64,
+        clients: Arc<dyn Liveness>,
+        areas: &[(RegionId, AccessKey)],
+    ) -> Result<ReplicaNode, StartError> {
+        let storage = Storage::Files {
+            dir: dir.to_path_buf(),
+            options,
+        };
+        ReplicaNode::assemble(
+            config,
+            fabric,
+            directory,
+            &storage,
+            ring_bytes,
+            incarnation,
+            clients,
+            Some(areas),
+        )
+    }
+
+    /// [`ReplicaNode::start`], or with `reopen` (the areas found in the directory)
+    /// [`ReplicaNode::restart`].
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        config: Arc<Configuration>,
+        fabric: Arc<Fabric>,
+        directory: Directory,
+        storage: &Storage,
+        ring_bytes: u64,
+        incarnation: u64,
+        clients: Arc<dyn Liveness>,
+        reopen: Option<&[(RegionId, AccessKey)]>,
+    ) -> Result<ReplicaNode, StartError> {
         let node = fabric.node_id();
         let region_bytes = config.region_bytes;
         if !config.members().any(|m| m == node) {
@@ -168,14 +258,23 @@ impl ReplicaNode {
         let mut backups = Vec::new();
         let mut copies = Vec::new();
         for placement in config.replicated_on(node) {
-            let region = storage
-                .region(node, placement.region, config.region_bytes)
-                .map_err(io(format!("create {}", placement.region)))?;
+            let region = match reopen {
+                None => storage
+                    .region(node, placement.region, config.region_bytes)
+                    .map_err(io(format!("create {}", placement.region)))?,
+                Some(areas) => storage.reopen(node, placement.region, areas)?,
+            };
             let region = register(Arc::new(region))?;
             copies.push(region.clone());
             if placement.primary == node {
-                let slab =
-                    SlabAllocator::format(region.id(), config.region_bytes, config.block_bytes)?;
+                let slab = match reopen {
+                    None => {
+                        SlabAllocator::format(region.id(), config.region_bytes, config.block_bytes)?
+                    }
+                    // Provisional: rebuilt again once the earlier run's transactions are
+                    // recovered, before the region serves.
+                    Some(_) => SlabAllocator::rebuild(&region, config.block_bytes)?,
+                };
                 primaries.push((region, slab));
             } else {
                 backups.push(region);
@@ -186,7 +285,32 @@ impl ReplicaNode {
             Storage::Anonymous => (None, MapOptions::default()),
             Storage::Files { dir, options } => (Some(dir.as_path()), *options),
         };
-        let inbox = Inbox::create(&memory, &senders, ring_bytes, dir, options)?;
+        let inbox = match (reopen, dir) {
+            (Some(areas), Some(dir)) => {
+                let (inbox, rings) =
+                    Inbox::reopen(&memory, &senders, ring_bytes, dir, options, areas)?;
+                for ring in rings
+                    .iter()
+                    .filter(|r| r.records > 0 || !r.discarded.is_empty())
+                {
+                    tracing::info!(
+                        %node,
+                        "the ring of {} kept {} records{}",
+                        ring.sender,
+                        ring.records,
+                        match ring.discarded.first() {
+                            Some(why) => format!(
+                                "; an append the stop cut short (never acknowledged) is dropped: \
+                                 {why}"
+                            ),
+                            None => String::new(),
+                        }
+                    );
+                }
+                inbox
+            }
+            _ => Inbox::create(&memory, &senders, ring_bytes, dir, options)?,
+        };
         let reply = storage
             .region(node, REPLY_AREA_ID, REPLY_AREA_BYTES)
             .map_err(io("create the reply area"))?;
@@ -212,6 +336,7 @@ impl ReplicaNode {
             status,
             clients,
             recovered.clone(),
+            reopen.is_some(),
         )
         .map_err(io("spawn the worker"))?;
         let copied = RecoveredRegions::default();

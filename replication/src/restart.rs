@@ -6,7 +6,8 @@
 
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::RING_AREA_BASE;
-use acre_engine::directory::node_area_files;
+use acre_engine::directory::{node_area_files, node_areas};
+use acre_engine::region::AccessKey;
 use acre_nvm_log::ring::{DATA_OFFSET, HEAD_OFFSET, RING_MAGIC, TAIL_OFFSET, decode_pos_word};
 use acre_txn::config::REPLY_AREA_ID_MIN;
 use std::fmt;
@@ -80,6 +81,26 @@ pub fn kept_data(dir: &Path, node: NodeId) -> io::Result<KeptData> {
         } else if is_ring(area) && ring_holds_records(&path)? {
             kept.rings.push(path);
         }
+    }
+    Ok(kept)
+}
+
+/// The areas of `node` in `dir` a restart maps again (its region copies and rings, with their
+/// keys), after removing those that hold nothing beyond a run (its reply and status areas) and
+/// its doorbell, which the restarted process creates anew
+/// (docs/failures.md#whole-cluster-restart). Only while no process runs the node.
+pub fn areas_to_reopen(dir: &Path, node: NodeId) -> io::Result<Vec<(RegionId, AccessKey)>> {
+    let mut kept = Vec::new();
+    for (area, key, path) in node_areas(dir, node)? {
+        if is_region_copy(area) || is_ring(area) {
+            kept.push((area, key));
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    match std::fs::remove_file(acre_engine::directory::doorbell_path(dir, node)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
     Ok(kept)
 }

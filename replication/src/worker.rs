@@ -239,6 +239,11 @@ struct Serving {
     /// When to look at recovery next.
     next_recovery_look: Time,
     recovered: RecoveredRegions,
+    /// For a node restarted from its files: its primary regions not recovered yet. While any
+    /// is, it locks, validates and allocates nothing (docs/failures.md#whole-cluster-restart).
+    unrecovered: FastSet<RegionId>,
+    /// Whether the records being handled are the earlier run's, read again at a restart.
+    replaying: bool,
 }
 
 /// A running worker; stops when dropped.
@@ -252,6 +257,10 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker of `node`, serving `inbox` and publishing in `status`; `clients`
     /// tells which client coordinators are gone (whose transactions it then settles).
+    ///
+    /// `restarted`: the node restarted from its files, and `inbox` holds what its rings kept
+    /// from the earlier run. The worker reads all of it before it returns ([`Serving::replay`]),
+    /// so call it before anyone can append.
     pub fn spawn(
         node: Arc<TxnNode>,
         backup: Arc<Backup>,
@@ -259,6 +268,7 @@ impl Worker {
         status: StatusArea,
         clients: Arc<dyn Liveness>,
         recovered: RecoveredRegions,
+        restarted: bool,
     ) -> std::io::Result<Worker> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
@@ -283,7 +293,16 @@ impl Worker {
             unanswered: FastMap::default(),
             resolver: Resolver::spawn(node.clone(), backup.clone())?,
             next_orphan_check: node.clock().now() + ORPHAN_CHECK_INTERVAL,
+            unrecovered: if restarted {
+                node.primary().region_ids().into_iter().collect()
+            } else {
+                FastSet::default()
+            },
+            replaying: false,
         };
+        if restarted {
+            serving.replay();
+        }
         let thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
@@ -417,6 +436,11 @@ impl Serving {
             }
         };
         for &truncated in &record.truncated {
+            if self.replaying && self.node.primary().noted(truncated) {
+                // Truncated: every COMMIT-PRIMARY was acknowledged. What the earlier run did
+                // not install of it here (a one-sided install cut short) it installs now.
+                self.node.primary().install_orphan(truncated);
+            }
             self.truncate(truncated);
         }
         let txn = record.txn;
@@ -504,6 +528,9 @@ impl Serving {
     ) -> (bool, u64) {
         let txn = record.txn;
         let seq = txn.seq;
+        if self.replaying {
+            return self.replayed(record, holds, regions);
+        }
         // A coordinator on this node did the primary's part of its own LOCK, COMMIT-PRIMARY and
         // ABORT itself (acre_txn::txn): the worker only keeps or drops those records.
         let local = txn.node == self.node.node_id();
@@ -606,6 +633,13 @@ impl Serving {
                 self.node.reply(sender, record.reply, seq, code, [0; 3]);
                 false
             }
+            Body::Alloc { .. } if self.restarting() => {
+                let current = self.node.config_id();
+                let values = [acre_txn::reply::alloc_failure::RECONFIGURING, current, 0];
+                self.node
+                    .reply(sender, record.reply, seq, Code::AllocFailed, values);
+                false
+            }
             Body::Alloc { region, len, near } => {
                 let reply = record.reply;
                 let request = AllocRequest {
@@ -648,9 +682,79 @@ impl Serving {
     }
 
     /// Whether this node's lease from the CM holds (or no CM runs): one atomic load and, with a
-    /// CM, a clock read.
+    /// CM, a clock read. A node restarted from its files counts its lease shut until it adopts
+    /// a configuration newer than the one it started in.
     fn lease_is_open(&self) -> bool {
-        self.node.fabric().memory().lease_is_open()
+        self.node.fabric().memory().lease_is_open() && !self.restarting()
+    }
+
+    /// Whether this node restarted from its files and has not recovered all its primary
+    /// regions yet: it then locks, validates and allocates nothing. Its locks and allocators
+    /// are those the earlier run left, with that run's transactions not recovered; the CM's
+    /// restart configuration blocks its regions until they are, but a configuration may come
+    /// first that shows them active (a new CM leader distributes the one it found)
+    /// (docs/failures.md#whole-cluster-restart).
+    fn restarting(&self) -> bool {
+        !self.unrecovered.is_empty()
+    }
+
+    /// Reads every record the rings kept from the earlier run of a node restarted from its
+    /// files, before anyone can append (docs/failures.md#whole-cluster-restart). Every
+    /// coordinator of those records is gone, so nothing is answered and nothing is locked: the
+    /// node keeps what it holds of each transaction for the votes of its recovery, as it would
+    /// have kept it had it never stopped.
+    fn replay(&mut self) {
+        self.replaying = true;
+        self.drain_rings();
+        self.replaying = false;
+        self.retention_changed = true;
+        let kept = self.kept.len();
+        let noted = self
+            .kept
+            .keys()
+            .filter(|txn| self.node.primary().noted(**txn))
+            .count();
+        tracing::info!(
+            node = %self.node.node_id(),
+            "read what the rings kept from the earlier run: {} records, {kept} transactions not \
+             truncated ({noted} with their LOCK here); they are recovered once the CM's restart \
+             configuration is committed",
+            self.stats.records.load(Ordering::Relaxed)
+        );
+    }
+
+    /// [`Serving::serve`] of a record of the earlier run, read again by [`Serving::replay`]:
+    /// what the node keeps of it. A LOCK is noted, not taken again: the copy's lock words say
+    /// whether the earlier run locked (or a one-sided coordinator did), and recovery installs
+    /// or unlocks by them ([`acre_txn::primary::Primary::install_orphan`], `abort_orphan`).
+    fn replayed(&mut self, record: TxnRecord, mut holds: u64, regions: &[RegionId]) -> (bool, u64) {
+        let txn = record.txn;
+        let keep = match record.body {
+            Body::Lock { entries, .. } => {
+                self.node.primary().note_lock(txn, entries);
+                true
+            }
+            Body::CommitPrimary => true,
+            Body::CommitBackup { entries, .. } => {
+                self.backup.hold(txn, entries);
+                true
+            }
+            Body::Copy { entries, .. } => {
+                let kept = self.backup.hold_part(txn, entries);
+                if !self.backup.covers(txn, regions) {
+                    holds = 0;
+                }
+                kept
+            }
+            Body::Abort => {
+                self.node.primary().abort_orphan(txn);
+                self.forget(txn);
+                false
+            }
+            // Asked by coordinators that are gone: nobody waits for an answer.
+            _ => false,
+        };
+        (keep, holds)
     }
 
     /// Whether this node keeps a record of `txn` of the kind `bit` ([`vote`] bits).
@@ -868,12 +972,10 @@ impl Serving {
                 if recovering {
                     self.stats.recovered_aborted.fetch_add(1, Ordering::Release);
                 }
-                if self.one_sided {
-                    // Its compare-and-swaps may have taken: undo those that name it.
-                    self.node.primary().abort_orphan(txn);
-                } else {
-                    self.node.primary().abort(txn);
-                }
+                // Locked here (message mode): unlocked. Noted from its LOCK record (one-sided
+                // mode, or read again at a restart): its compare-and-swaps may have taken, and
+                // the locks that name it are undone.
+                self.node.primary().abort_orphan(txn);
                 self.forget(txn);
                 self.voted.decided(txn, vote::ABORTED);
                 self.stats.orphans_aborted.fetch_add(1, Ordering::Release);
@@ -891,7 +993,7 @@ impl Serving {
                 self.asked.insert(txn, again);
             }
             Outcome::Truncate => {
-                if self.one_sided && self.node.primary().install_orphan(txn) {
+                if self.node.primary().noted(txn) && self.node.primary().install_orphan(txn) {
                     // Its coordinator died between COMMIT-PRIMARY and its install.
                     self.stats.orphans_installed.fetch_add(1, Ordering::Release);
                 }
@@ -954,7 +1056,12 @@ impl Serving {
         let me = self.node.node_id();
         let mut installed = false;
         let mut primary = self.one_sided;
-        if self.one_sided && !self.node.primary().locked_here(txn) {
+        if self.node.primary().noted(txn) {
+            // Noted from its LOCK record (one-sided mode, or read again at a restart): installed
+            // by what the lock words say.
+            primary = true;
+            installed |= self.node.primary().install_orphan(txn);
+        } else if self.one_sided && !self.node.primary().locked_here(txn) {
             installed |= self.node.primary().install_orphan(txn);
         } else if holds & vote::LOCK != 0 {
             primary = true;
@@ -1042,10 +1149,15 @@ impl Serving {
         self.drain_rings();
         let id = config.id;
         self.resolver.drained(config.clone());
-        let mine = self.recovery.drained(me, config);
+        let (mine, already) = self.recovery.drained(me, config);
         let now = self.node.clock().now();
         for region in mine {
             self.recovery.regions.insert(region, RegionStep::AskAt(now));
+        }
+        if !already.is_empty() {
+            // Reported again at once, for this configuration.
+            let mut recovered = self.recovered.lock().expect(crate::POISONED);
+            recovered.extend(already.iter().map(|&region| (region, id)));
         }
         // Every node settles what it holds of the transactions needing recovery, not only a
         // region's new primary; at once, also those a dead client's settlement was waiting to
@@ -1208,8 +1320,28 @@ impl Serving {
                     return;
                 }
             }
+        } else if let Some(copy) = self.node.primary().region(region) {
+            // Its primary already (restarted from its files): the allocator it started with
+            // came from the copy as the earlier run left it, with that run's allocations
+            // undecided; rebuilt now that they are settled.
+            let block_bytes = self.recovery.config().block_bytes;
+            match SlabAllocator::rebuild(&copy, block_bytes) {
+                Ok(slab) => {
+                    self.node.primary().replace_slab(region, slab);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        node = %me,
+                        "{region}: rebuilding its allocator failed: {e}; it stays blocked"
+                    );
+                    self.recovery.regions.remove(&region);
+                    return;
+                }
+            }
         }
         self.recovery.regions.remove(&region);
+        self.recovery.note_recovered(region);
+        self.unrecovered.remove(&region);
         self.stats.regions_recovered.fetch_add(1, Ordering::Release);
         self.recovered
             .lock()

@@ -1,8 +1,11 @@
-//! A node that comes back (issue 11 item 2): its region copies and rings outlive its process,
-//! a restarted node refuses to start on them (until recovery exists) and changes nothing,
-//! `cluster down` keeps them unless `--purge`, and `cluster up` says what to do with them.
+//! A node's region copies and rings outlive its process: a node started again on its own
+//! refuses them and changes nothing, `cluster down` keeps them unless `--purge`, and `cluster
+//! up` restarts the whole cluster from them (docs/failures.md#whole-cluster-restart), after a
+//! clean stop or a kill -9 of every node.
 
-use crate::cluster::{Cluster, acre, node_pid, run_bounded, send_signal, text, wait_until_dead};
+use crate::cluster::{
+    Cluster, acre, bank_holds, node_pid, run_bounded, send_signal, text, wait_until_dead,
+};
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, NodeId};
 use acre_benches::bank::Bank;
@@ -10,6 +13,7 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long a node given data of an earlier run may take to refuse (it reads its region
@@ -58,11 +62,12 @@ fn snapshot(dir: &Path, node: NodeId, areas: Areas) -> BTreeMap<PathBuf, u64> {
 }
 
 /// Puts data into every region (the bank's accounts are spread over all of them) and waits
-/// until every backup has applied it.
-fn fill(cluster: &Cluster) {
+/// until every backup has applied it; returns the bank's directory.
+fn fill(cluster: &Cluster) -> acre::db::Addr {
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
-    Bank::create(&db, 30, 1000).expect("create accounts");
+    let bank = Bank::create(&db, 30, 1000).expect("create accounts");
     assert!(db.quiesce(QUIESCE_TIMEOUT), "the cluster did not quiesce");
+    bank.directory
 }
 
 /// `acre node` for `node` of the cluster, bounded in time: a node that starts serves until it
@@ -103,7 +108,7 @@ fn assert_refused(output: &std::process::Output, cluster: &Cluster, node: u16) {
 #[test]
 fn a_node_killed_and_started_again_refuses_its_data_and_leaves_it_untouched() {
     let cluster = Cluster::up("restart-kill", "shm");
-    fill(&cluster);
+    let _ = fill(&cluster);
     let pid = node_pid(&cluster, NodeId(2));
     send_signal(pid, "KILL");
     wait_until_dead(pid);
@@ -121,12 +126,13 @@ fn a_node_killed_and_started_again_refuses_its_data_and_leaves_it_untouched() {
 }
 
 /// SIGTERM used to make a node delete its region and ring files, and `cluster down` removed
-/// the directory. Now `down` keeps the data; a node or `up` started on it refuses and says how
-/// to start fresh; `down --purge` removes it.
+/// the directory. Now `down` keeps the data, a node started on it alone refuses (only a
+/// restart of the cluster recovers it), `up` restarts the cluster from it with every account
+/// intact and every region committing again, and `down --purge` removes it.
 #[test]
-fn cluster_down_keeps_the_data_and_up_says_how_to_start_fresh() {
+fn cluster_down_keeps_the_data_and_up_restarts_from_it() {
     let cluster = Cluster::up("restart-down", "shm");
-    fill(&cluster);
+    let bank = fill(&cluster);
     let before: Vec<_> = (1..=3)
         .map(|n| snapshot(&cluster.dir, NodeId(n), Areas::Data))
         .collect();
@@ -145,29 +151,140 @@ fn cluster_down_keeps_the_data_and_up_says_how_to_start_fresh() {
             "n{n}'s files"
         );
     }
-
     let node = start_node(&cluster, 1);
     assert_refused(&node, &cluster, 1);
+
     let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
-    assert_eq!(up.status.code(), Some(2), "{}", text(&up));
-    let stderr = String::from_utf8_lossy(&up.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    for expected in [
-        "holds the data of a stopped cluster",
-        "recovery",
-        &format!("acre cluster down --dir {} --purge", cluster.dir()),
-    ] {
-        assert!(stderr.contains(expected), "{expected:?} not in: {stderr}");
-    }
-    for (n, files) in (1..=3).zip(&before) {
-        assert_eq!(
-            &snapshot(&cluster.dir, NodeId(n), Areas::Data),
-            files,
-            "n{n}'s files"
-        );
-    }
+    assert!(up.status.success(), "{}", text(&up));
+    let shown = String::from_utf8_lossy(&up.stdout);
+    assert!(shown.contains("restarted"), "{shown}");
+    audit_holds(&cluster, bank);
+    bank_holds(cluster.dir());
 
     let purge = acre(&["cluster", "down", "--dir", cluster.dir(), "--purge"]);
     assert!(purge.status.success(), "{}", text(&purge));
     assert!(!cluster.dir.exists(), "down --purge removes the directory");
+}
+
+/// kill -9 of every node at once while transfers commit, then `acre cluster up`: every
+/// acknowledged transfer is there, none is applied in part (the total holds), and every region
+/// commits again. In both commit modes: message mode recovers locks the workers took, one-sided
+/// mode those the coordinators took by compare-and-swap.
+#[test]
+fn every_node_killed_during_transfers_restarts_with_every_acknowledged_transfer() {
+    for commit in ["messages", "one-sided"] {
+        let cluster = Cluster::up_with(
+            &format!("restart-all-{commit}"),
+            "shm",
+            &["--commit", commit],
+        );
+        let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+        // Balances no run of transfers drains: every transfer moves 1.
+        let bank = Bank::create(&db, 30, INITIAL_BALANCE).expect("create accounts");
+        let directory = bank.directory;
+        let stop = AtomicBool::new(false);
+        // Thread k moves 1 from account 2k to account 2k+1, over and over, and counts the
+        // transfers acknowledged: after the restart, account 2k+1 has gained that many, or one
+        // more (the transfer in flight at the kill, if it committed).
+        let threads = 3;
+        let acknowledged: Vec<u64> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|k| {
+                    let (db, bank, stop) = (&db, &bank, &stop);
+                    scope.spawn(move || {
+                        let (from, to) = (bank.accounts[2 * k], bank.accounts[2 * k + 1]);
+                        let mut count = 0;
+                        while !stop.load(Ordering::Relaxed) {
+                            if Bank::transfer(db, from, to, 1).is_ok() {
+                                count += 1;
+                            }
+                        }
+                        count
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(1500));
+            let pids: Vec<u32> = (1..=3).map(|n| node_pid(&cluster, NodeId(n))).collect();
+            for &pid in &pids {
+                send_signal(pid, "KILL");
+            }
+            for pid in pids {
+                wait_until_dead(pid);
+            }
+            stop.store(true, Ordering::Relaxed);
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a transfer thread"))
+                .collect()
+        });
+        drop(db);
+        assert!(
+            acknowledged.iter().all(|&n| n > 0),
+            "{commit}: transfers before the kill: {acknowledged:?}"
+        );
+
+        let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+        assert!(
+            up.status.success(),
+            "{commit}: {}{}",
+            text(&up),
+            node_logs(&cluster)
+        );
+        let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+        let bank = Bank::open(&db, directory).expect("the bank's directory survives");
+        for (k, &count) in acknowledged.iter().enumerate() {
+            let gained = balance_of(&db, bank.accounts[2 * k + 1]) - INITIAL_BALANCE;
+            assert!(
+                gained == count as i64 || gained == count as i64 + 1,
+                "{commit}: thread {k} had {count} transfers acknowledged, its account gained \
+                 {gained}"
+            );
+        }
+        assert_eq!(audit(&db, &bank), Ok(bank.expected_total()), "{commit}");
+        drop(db);
+        bank_holds(cluster.dir());
+    }
+}
+
+/// The balance of the accounts of the transfers a kill interrupts.
+const INITIAL_BALANCE: i64 = 1 << 40;
+
+/// The bank `fill` made holds its total after a restart.
+fn audit_holds(cluster: &Cluster, directory: acre::db::Addr) {
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let bank = Bank::open(&db, directory).expect("the bank's directory survives");
+    assert_eq!(audit(&db, &bank), Ok(bank.expected_total()));
+}
+
+/// One audit of `bank`, retried while it fails as transactions may (a conflict, a region not
+/// serving yet).
+fn audit(db: &Db, bank: &Bank) -> Result<i64, String> {
+    let mut tries = 0;
+    loop {
+        match bank.audit(db) {
+            Ok(result) => return result,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                eprintln!("audit: {e}; again");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("audit: {e}"),
+        }
+    }
+}
+
+/// The nodes' logs, for a failure's message.
+fn node_logs(cluster: &Cluster) -> String {
+    (1..=3)
+        .map(|n| {
+            let log =
+                std::fs::read_to_string(cluster.dir.join(format!("n{n}.log"))).unwrap_or_default();
+            format!("\n--- n{n}.log:\n{log}")
+        })
+        .collect()
+}
+
+fn balance_of(db: &Db, account: acre::db::Addr) -> i64 {
+    let bytes = db.read(account).expect("read an account");
+    i64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
 }

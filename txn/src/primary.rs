@@ -95,6 +95,21 @@ impl Primary {
         );
     }
 
+    /// Replaces the allocator of primary region `id` by `slab`, rebuilt from its allocated
+    /// bits once its transactions are recovered (a node restarted from its files serves its
+    /// regions with allocators rebuilt then, not from the copy as it found it:
+    /// docs/failures.md#whole-cluster-restart). Returns false if `id` is not a primary region
+    /// here.
+    pub fn replace_slab(&self, id: RegionId, slab: SlabAllocator) -> bool {
+        match self.region_state(id) {
+            Some(state) => {
+                *state.slab.lock().expect(POISONED) = slab;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn region_state(&self, id: RegionId) -> Option<Arc<PrimaryRegion>> {
         self.regions.read().expect(POISONED).get(&id).cloned()
     }
@@ -327,15 +342,31 @@ impl Primary {
         self.abort(txn);
     }
 
+    /// Whether this primary knows `txn` only from its LOCK record, not from locking for it: a
+    /// one-sided coordinator's (or any coordinator's, read again by a node restarted from its
+    /// files), whose locks name it or not. [`Primary::install_orphan`] and
+    /// [`Primary::abort_orphan`] settle it by what the lock words say.
+    pub fn noted(&self, txn: TxnId) -> bool {
+        self.held
+            .lock()
+            .expect(POISONED)
+            .get(&txn)
+            .is_some_and(|held| held.one_sided)
+            || self.installing.lock().expect(POISONED).contains_key(&txn)
+    }
+
     /// Installs what `txn`'s dead one-sided coordinator committed (some COMMIT-BACKUP exists,
     /// so every compare-and-swap of it took) and did not install: the objects still locked by
     /// it, from its LOCK's entries. Returns whether this primary knew the transaction.
     pub fn install_orphan(&self, txn: TxnId) -> bool {
         let noted = self.held.lock().expect(POISONED).remove(&txn);
         let entries = match noted {
+            Some(held) if held.one_sided => held.entries,
             Some(held) => {
-                assert!(held.one_sided, "{txn}: a one-sided install of message mode");
-                held.entries
+                // Locked here (message mode): not this function's to install.
+                tracing::error!("{txn}: an install by lock words of a transaction locked here");
+                self.held.lock().expect(POISONED).insert(txn, held);
+                return false;
             }
             None => match self.installing.lock().expect(POISONED).remove(&txn) {
                 Some(entries) => entries,

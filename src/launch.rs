@@ -406,6 +406,7 @@ fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         )?;
         let change = cluster::cm_request::Change::Restart {
             nodes: nodes.clone(),
+            lost_records: false,
         };
         let deadline = Instant::now() + REMOVAL_TIMEOUT;
         let reply = loop {

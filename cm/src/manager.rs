@@ -191,8 +191,12 @@ pub enum Cause {
         node: Option<NodeId>,
         copied: Vec<RegionId>,
     },
-    /// The processes of these members restarted from their files ([`Change::Restart`]).
-    Restart { nodes: Vec<NodeId> },
+    /// The processes of these members restarted from their files ([`Change::Restart`]), or,
+    /// with `lost_records`, one of them lost log records it had acknowledged.
+    Restart {
+        nodes: Vec<NodeId>,
+        lost_records: bool,
+    },
 }
 
 /// `n1, n2, n3`.
@@ -211,8 +215,18 @@ impl fmt::Display for Cause {
                 write!(f, "failure of ")?;
                 write_nodes(f, suspects)
             }
-            Cause::Restart { nodes } => {
+            Cause::Restart {
+                nodes,
+                lost_records: false,
+            } => {
                 write!(f, "restart of ")?;
+                write_nodes(f, nodes)
+            }
+            Cause::Restart {
+                nodes,
+                lost_records: true,
+            } => {
+                write!(f, "log records lost at ")?;
                 write_nodes(f, nodes)
             }
             Cause::NewLeader => write!(f, "new CM leader"),
@@ -283,7 +297,16 @@ pub enum Change {
     /// (`acre cluster up` on a stopped cluster's directory, once they all run): they stay
     /// members, the regions they are primary of block until recovered, and they copy the
     /// regions they are backup of again ([`remap::restart`]).
-    Restart { nodes: Vec<NodeId> },
+    ///
+    /// With `lost_records`: the one node of `nodes` runs on, but a damaged ring's reset lost
+    /// log records it had acknowledged (docs/failures.md#a-damaged-ring), so what it holds no
+    /// longer covers what it promised, as after a restart; the same configuration recovers its
+    /// primaries' transactions and has its backups copy again.
+    Restart {
+        nodes: Vec<NodeId>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lost_records: bool,
+    },
 }
 
 /// How a reconfiguration ended.
@@ -651,12 +674,16 @@ impl Manager {
                 };
                 (plan, cause, BTreeSet::new())
             }
-            Change::Restart { nodes } => {
+            Change::Restart {
+                nodes,
+                lost_records,
+            } => {
                 let plan = remap::restart(&config, &nodes).map_err(|e| e.to_string())?;
                 // In id order, each once: the history names each node once.
                 let nodes: BTreeSet<NodeId> = nodes.into_iter().collect();
                 let cause = Cause::Restart {
                     nodes: nodes.into_iter().collect(),
+                    lost_records,
                 };
                 // Nobody leaves: no lease to wait out, no node to fence.
                 (plan, cause, BTreeSet::new())
@@ -985,7 +1012,7 @@ impl Manager {
                 return;
             }
             let restart = match self.record.as_ref().map(|r| &r.cause) {
-                Some(Cause::Restart { nodes }) => Some(remap::restart(&config, nodes)),
+                Some(Cause::Restart { nodes, .. }) => Some(remap::restart(&config, nodes)),
                 _ => None,
             };
             match restart {
@@ -1063,7 +1090,7 @@ impl Manager {
         // it: distributing that configuration as it is would let restarted primaries serve
         // without recovering their transactions.
         let restart_pending = match self.record.as_ref().map(|r| &r.cause) {
-            Some(Cause::Restart { nodes }) => remap::restart(&config, nodes).is_ok(),
+            Some(Cause::Restart { nodes, .. }) => remap::restart(&config, nodes).is_ok(),
             _ => false,
         };
         if failed.is_empty() && config.cm_leader == Some(self.me) && !restart_pending {
@@ -1665,11 +1692,18 @@ mod tests {
     fn a_restart_is_installed_and_committed_without_removing_anyone() {
         let mut manager = lead();
         let config = (**manager.configuration().unwrap()).clone();
-        let refused = manager.change(Change::Restart { nodes: Vec::new() }, ms(5));
+        let refused = manager.change(
+            Change::Restart {
+                nodes: Vec::new(),
+                lost_records: false,
+            },
+            ms(5),
+        );
         assert!(refused.is_err_and(|reason| reason.contains("no restarted node")));
         let refused = manager.change(
             Change::Restart {
                 nodes: vec![NodeId(9)],
+                lost_records: false,
             },
             ms(5),
         );
@@ -1679,6 +1713,7 @@ mod tests {
         // out of order and twice, as an asker may).
         let restart = Change::Restart {
             nodes: vec![NodeId(3), NodeId(2), NodeId(3)],
+            lost_records: false,
         };
         let actions = manager.change(restart.clone(), ms(5)).expect("accepted");
         let (expected_id, next) = proposal(&actions).expect("a proposal");
@@ -1706,7 +1741,8 @@ mod tests {
         assert_eq!(
             record.cause,
             Cause::Restart {
-                nodes: vec![NodeId(2), NodeId(3)]
+                nodes: vec![NodeId(2), NodeId(3)],
+                lost_records: false,
             }
         );
         assert_eq!(record.cause.to_string(), "restart of n2, n3");
@@ -1750,6 +1786,7 @@ mod tests {
         let mut manager = lead();
         let restart = Change::Restart {
             nodes: vec![NodeId(4)],
+            lost_records: false,
         };
         let actions = manager.change(restart, ms(5)).expect("accepted");
         let (_, planned) = proposal(&actions).expect("a proposal");
@@ -1781,6 +1818,7 @@ mod tests {
             nonce: 11,
             change: Change::Restart {
                 nodes: vec![NodeId(1), NodeId(2), NodeId(3)],
+                lost_records: false,
             },
         };
         let text = toml::to_string(&request).unwrap();

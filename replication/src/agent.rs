@@ -1007,7 +1007,7 @@ fn describe(change: &Change) -> String {
         Change::Remove { node } => format!("removing {node}"),
         Change::AddNode { node, .. } => format!("adding {node}"),
         Change::AddRegion { .. } => "adding a region".into(),
-        Change::Restart { nodes } => {
+        Change::Restart { nodes, .. } => {
             let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
             format!("restarting {}", names.join(" "))
         }

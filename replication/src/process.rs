@@ -305,6 +305,10 @@ impl ProcessNode {
             let _ = remove_node_files(&dir, node);
         }
         let (replica, nic, tcp_addr) = started?;
+        if file.cm.is_some() && memory_node {
+            let dir = dir.clone();
+            replica.on_acknowledged_loss(move |sender| ask_to_recover(&dir, node, sender));
+        }
         let process = ProcessNode {
             replica: Some(replica),
             nic,
@@ -531,6 +535,58 @@ impl Drop for ProcessNode {
         self.stop_inner();
     }
 }
+
+/// A damaged ring's reset lost records `node` had acknowledged to `sender`: asks the acting CM,
+/// from a thread of its own, for the configuration that recovers `node`'s regions as after a
+/// restart (docs/failures.md#a-damaged-ring).
+fn ask_to_recover(dir: &Path, node: NodeId, sender: NodeId) {
+    tracing::error!(
+        %node,
+        "the reset of {sender}'s ring lost records this node had acknowledged: asking the CM to \
+         recover its regions (its primaries' transactions decided again by the votes, its \
+         backups copied again)"
+    );
+    let dir = dir.to_path_buf();
+    let asked = std::thread::Builder::new()
+        .name(format!("acre-lost-{}", node.0))
+        .spawn(move || {
+            let change = crate::cm_request::Change::Restart {
+                nodes: vec![node],
+                lost_records: true,
+            };
+            let deadline = Instant::now() + LOSS_REPORT_TIMEOUT;
+            loop {
+                match crate::cm_request::ask(&dir, change.clone(), LOSS_ASK_TIMEOUT) {
+                    Ok(reply) if reply.accepted => {
+                        tracing::warn!(%node, "the CM recovers this node's regions: {}", reply.message);
+                        return;
+                    }
+                    Ok(reply) if !reply.message.contains(crate::cm_request::BUSY) => {
+                        tracing::error!(%node, "the CM refused to recover this node's regions: {}", reply.message);
+                        return;
+                    }
+                    _ if Instant::now() >= deadline => {
+                        tracing::error!(
+                            %node,
+                            "the CM did not take the request to recover this node's regions \
+                             within {LOSS_REPORT_TIMEOUT:?}: its copies may lack what the lost \
+                             records committed"
+                        );
+                        return;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+    if let Err(e) = asked {
+        tracing::error!(%node, "cannot ask the CM to recover this node's regions: {e}");
+    }
+}
+
+/// How long a node keeps asking the CM to recover its regions after a loss of log records.
+const LOSS_REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one such request waits for its answer.
+const LOSS_ASK_TIMEOUT: Duration = Duration::from_secs(4);
 
 fn incarnation_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.incarnation"))

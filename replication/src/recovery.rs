@@ -178,8 +178,9 @@ impl Recovery {
     /// it recovered already.
     ///
     /// A region `me` recovered in an older configuration is still recovered in `newer` if
-    /// `newer` blocks it with the same replicas and members: nothing could write it meanwhile
-    /// (it was blocked), and no participant of its transactions left. The configurations
+    /// `newer` blocks it with the same replicas and members, and the node drained for every
+    /// configuration between, each blocking it too: nothing could write it meanwhile (it was
+    /// blocked), and no participant of its transactions left. The configurations
     /// between only made other regions active (the CM takes one node's report at a time, and
     /// a report of an older configuration is stale), so without this a restart of many nodes
     /// would recover each node's regions once per node before it.
@@ -190,6 +191,11 @@ impl Recovery {
     ) -> (Vec<RegionId>, Vec<RegionId>) {
         let older = std::mem::replace(&mut self.config, newer.clone());
         self.drained = true;
+        if newer.id != older.id + 1 {
+            // A configuration this node never drained for came between: its region may have
+            // been active there.
+            self.recovered.clear();
+        }
         self.removed.extend(
             older
                 .members()

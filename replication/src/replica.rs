@@ -9,7 +9,7 @@ use crate::liveness::Liveness;
 use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
 };
-use crate::worker::{RecoveredRegions, Worker};
+use crate::worker::{LossHandler, RecoveredRegions, Worker, WorkerShared};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox};
 use acre_engine::directory::{AreaEntry, AreaKind};
@@ -156,6 +156,7 @@ pub struct ReplicaNode {
     /// Regions whose transaction recovery this node finished, with the configuration it was
     /// done in (filled by the worker).
     recovered: RecoveredRegions,
+    on_loss: LossHandler,
     /// Regions whose copy this node, a new backup, completed (data recovery), with the
     /// configuration it was done in.
     copied: RecoveredRegions,
@@ -329,14 +330,18 @@ impl ReplicaNode {
             Primary::new(primaries),
         ));
         let recovered = RecoveredRegions::default();
+        let on_loss = LossHandler::default();
         let worker = Worker::spawn(
             txn.clone(),
             backup.clone(),
             inbox,
             status,
             clients,
-            recovered.clone(),
-            reopen.is_some(),
+            WorkerShared {
+                recovered: recovered.clone(),
+                on_loss: on_loss.clone(),
+                restarted: reopen.is_some(),
+            },
         )
         .map_err(io("spawn the worker"))?;
         let copied = RecoveredRegions::default();
@@ -360,6 +365,7 @@ impl ReplicaNode {
             region_bytes,
             adopting: Mutex::new(()),
             recovered,
+            on_loss,
             copied,
             copy_progress,
             copier: Some(copier),
@@ -507,6 +513,13 @@ impl ReplicaNode {
             .collect();
         regions.sort();
         regions
+    }
+
+    /// Sets what the node does when a ring reset loses records it had acknowledged (a damaged
+    /// ring, docs/failures.md#a-damaged-ring): called with the ring's sender, at most once per
+    /// reset. The first handler set stays.
+    pub fn on_acknowledged_loss(&self, handler: impl Fn(NodeId) + Send + Sync + 'static) {
+        let _ = self.on_loss.set(Box::new(handler));
     }
 
     pub fn backup(&self) -> &Arc<Backup> {

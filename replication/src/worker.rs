@@ -107,6 +107,11 @@ const RECOVERY_UNANSWERED_REPORTED: u32 = 200;
 /// (what [`crate::ReplicaNode::recovered_regions`] reports).
 pub type RecoveredRegions = Arc<Mutex<Vec<(RegionId, u64)>>>;
 
+/// What a node does when a ring reset lost records it had acknowledged (its sender's ring was
+/// damaged before its tail): called with the sender, from the worker, once per such reset. Set
+/// by [`crate::ReplicaNode::on_acknowledged_loss`].
+pub type LossHandler = Arc<std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>>;
+
 /// The live records of one ring.
 #[derive(Debug, Default)]
 struct Retention {
@@ -182,6 +187,8 @@ pub struct WorkerStats {
     /// LOCK, COMMIT-BACKUP and COMMIT-PRIMARY records refused because this node had voted on
     /// their transaction (appends of a dead client that arrived late).
     pub late_refused: AtomicU64,
+    /// Ring resets that lost records this node had acknowledged.
+    pub acknowledged_lost: AtomicU64,
 }
 
 /// What a node keeps of one transaction.
@@ -244,6 +251,17 @@ struct Serving {
     unrecovered: FastSet<RegionId>,
     /// Whether the records being handled are the earlier run's, read again at a restart.
     replaying: bool,
+    on_loss: LossHandler,
+}
+
+/// What a worker shares with its node besides the rings and the status area.
+pub struct WorkerShared {
+    /// Where it reports the regions whose recovery it finished.
+    pub recovered: RecoveredRegions,
+    /// What it calls when a ring reset lost records it had acknowledged.
+    pub on_loss: LossHandler,
+    /// The node restarted from its files: the rings hold the earlier run's records.
+    pub restarted: bool,
 }
 
 /// A running worker; stops when dropped.
@@ -258,8 +276,8 @@ impl Worker {
     /// Starts the worker of `node`, serving `inbox` and publishing in `status`; `clients`
     /// tells which client coordinators are gone (whose transactions it then settles).
     ///
-    /// `restarted`: the node restarted from its files, and `inbox` holds what its rings kept
-    /// from the earlier run. The worker reads all of it before it returns ([`Serving::replay`]),
+    /// `shared.restarted`: the node restarted from its files, and `inbox` holds what its rings
+    /// kept from the earlier run. The worker reads all of it before it returns ([`Serving::replay`]),
     /// so call it before anyone can append.
     pub fn spawn(
         node: Arc<TxnNode>,
@@ -267,9 +285,13 @@ impl Worker {
         inbox: Inbox,
         status: StatusArea,
         clients: Arc<dyn Liveness>,
-        recovered: RecoveredRegions,
-        restarted: bool,
+        shared: WorkerShared,
     ) -> std::io::Result<Worker> {
+        let WorkerShared {
+            recovered,
+            on_loss,
+            restarted,
+        } = shared;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
         let mut serving = Serving {
@@ -299,6 +321,7 @@ impl Worker {
                 FastSet::default()
             },
             replaying: false,
+            on_loss,
         };
         if restarted {
             serving.replay();
@@ -389,6 +412,11 @@ impl Serving {
 
     /// A ring's trouble, from [`Inbox::poll`]: it concerns that ring's sender only, whose ring
     /// is no longer read until it has it reset; every other ring is served on.
+    ///
+    /// A reset that lost records before the tail lost records this node had acknowledged (a
+    /// COMMIT-BACKUP whose commit its coordinator counted, a COMMIT-PRIMARY it never installed):
+    /// what it holds no longer covers what it promised, and the loss handler is told
+    /// (docs/failures.md#a-damaged-ring).
     fn report_ring(&self, error: &ChannelError) {
         let me = self.node.node_id();
         match error {
@@ -414,6 +442,23 @@ impl Serving {
                     tail_before = ?reset.tail_before,
                     "{error}"
                 );
+                let lost = reset
+                    .tail_before
+                    .is_some_and(|tail| tail > reset.resumed_at);
+                if lost {
+                    self.stats.acknowledged_lost.fetch_add(1, Ordering::Release);
+                    match self.on_loss.get() {
+                        Some(handler) => handler(*sender),
+                        None => tracing::error!(
+                            node = %me,
+                            "records {sender} appended here and this node acknowledged are lost \
+                             (positions {} to {:?}); without a CM to recover them, what they \
+                             committed may be missing from this node's copies",
+                            reset.resumed_at,
+                            reset.tail_before
+                        ),
+                    }
+                }
             }
             other => tracing::error!(node = %me, "a log ring failed: {other}"),
         }

@@ -368,6 +368,98 @@ fn two_nodes_killed_at_once_with_f_2_on_5_nodes_lose_nothing() {
     bank_holds(cluster.dir());
 }
 
+/// A bit flipped in a record n3 acknowledged and had not read yet (a COMMIT-BACKUP whose commit
+/// counted, appended while n3 was stopped): n3's worker finds it damaged, the client has its
+/// ring reset, the reset loses the record, and n3 asks the CM to recover its regions
+/// (docs/failures.md#a-damaged-ring). The configuration "log records lost at n3" has n3 copy
+/// its backups again, so the committed value is back in n3's copy; the bank holds.
+#[test]
+fn a_log_record_lost_to_a_bit_flip_makes_its_node_recover_its_regions() {
+    let cluster = CmCluster::up("bitflip", &["--nodes", "3", "--f", "1", "--cm", "3"]);
+    let before = cluster.status();
+    let victim = NodeId(3);
+    let region = before
+        .committed
+        .regions
+        .iter()
+        .find(|p| p.backups.contains(&victim) && p.primary != victim)
+        .expect("a region n3 backs up")
+        .region;
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let addr = create_in(&db, region.0, 1);
+    let ring = ring_file(&cluster.dir, victim, db.client_id().expect("a client"));
+    let pid = node_pid_of(&cluster.dir, victim);
+
+    // Stopped for a few milliseconds (well within its lease): the records appended meanwhile
+    // are acknowledged (one-sided appends) and not read.
+    send_signal(pid, "STOP");
+    let tail = ring_tail(&ring);
+    update(&db, addr, 2).expect("commits while n3 is stopped");
+    flip_a_bit(&ring, tail);
+    send_signal(pid, "CONT");
+
+    // The client's next commits touching n3 find its ring stopped, have it reset, and go on.
+    update(&db, addr, 3).expect("commits once the ring is reset");
+    let after = cluster.wait_for("log records lost at n3, recovered, copied again", |s| {
+        s.history
+            .iter()
+            .any(|row| row.cause == format!("log records lost at {victim}"))
+            && s.committed
+                .regions
+                .iter()
+                .all(|p| p.state.is_active() && p.copying.is_empty())
+    });
+    assert!(after.committed.nodes.contains(&victim), "{after:?}");
+    assert_eq!(read(&db, addr), 3);
+    drop(db);
+    bank_holds(cluster.dir());
+}
+
+/// The ring `sender` writes at `receiver`, in the cluster directory.
+fn ring_file(dir: &std::path::Path, receiver: NodeId, sender: NodeId) -> PathBuf {
+    let prefix = format!(
+        "{receiver}-r{}-",
+        acre::engine::channel::ring_area_id(sender).0
+    );
+    std::fs::read_dir(dir)
+        .expect("list the cluster directory")
+        .map(|entry| entry.expect("an entry").path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".region"))
+        })
+        .unwrap_or_else(|| panic!("no ring file {prefix}*"))
+}
+
+/// The tail position a ring file's header holds.
+fn ring_tail(ring: &std::path::Path) -> u64 {
+    use acre::nvm_log::ring::{TAIL_OFFSET, decode_pos_word};
+    let bytes = std::fs::read(ring).expect("read the ring");
+    let at = TAIL_OFFSET as usize;
+    let word = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    decode_pos_word(word, TAIL_OFFSET).expect("a tail word")
+}
+
+/// Flips a bit in the body of the record at position `pos` of a ring file (past its commit
+/// word and header, inside what its checksum covers).
+fn flip_a_bit(ring: &std::path::Path, pos: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let geometry = acre::engine::channel::ring_geometry(262144).expect("the tests' rings");
+    let offset = geometry.offset_of(pos) + 40;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ring)
+        .expect("open the ring");
+    let mut byte = [0u8; 1];
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    file.read_exact(&mut byte).expect("read a byte");
+    byte[0] ^= 0x10;
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    file.write_all(&byte).expect("write the byte back");
+}
+
 /// The CM leader is killed: another replica leads within a bounded time, takes over the
 /// leases (no healthy node is suspected: only the old leader leaves), and the regions whose
 /// primary survived commit.

@@ -253,7 +253,13 @@ impl Inbox {
                     let scan = acre_nvm_log::recovery::recover(&region).map_err(|e| {
                         io::Error::new(
                             io::ErrorKind::InvalidData,
-                            format!("the ring of {sender} ({}) is damaged: {e}", path.display()),
+                            format!(
+                                "the ring of {sender} ({}) is damaged: {e}; the records it \
+                                 acknowledged from there on cannot be read, so the node cannot \
+                                 vouch for what it promised: restore the file, or start a new \
+                                 cluster",
+                                path.display()
+                            ),
                         )
                     })?;
                     if scan.geometry != geometry {

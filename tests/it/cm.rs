@@ -416,7 +416,7 @@ fn a_log_record_lost_to_a_bit_flip_makes_its_node_recover_its_regions() {
 }
 
 /// The ring `sender` writes at `receiver`, in the cluster directory.
-fn ring_file(dir: &std::path::Path, receiver: NodeId, sender: NodeId) -> PathBuf {
+pub fn ring_file(dir: &std::path::Path, receiver: NodeId, sender: NodeId) -> PathBuf {
     let prefix = format!(
         "{receiver}-r{}-",
         acre::engine::channel::ring_area_id(sender).0
@@ -433,7 +433,7 @@ fn ring_file(dir: &std::path::Path, receiver: NodeId, sender: NodeId) -> PathBuf
 }
 
 /// The tail position a ring file's header holds.
-fn ring_tail(ring: &std::path::Path) -> u64 {
+pub fn ring_tail(ring: &std::path::Path) -> u64 {
     use acre::nvm_log::ring::{TAIL_OFFSET, decode_pos_word};
     let bytes = std::fs::read(ring).expect("read the ring");
     let at = TAIL_OFFSET as usize;
@@ -443,7 +443,7 @@ fn ring_tail(ring: &std::path::Path) -> u64 {
 
 /// Flips a bit in the body of the record at position `pos` of a ring file (past its commit
 /// word and header, inside what its checksum covers).
-fn flip_a_bit(ring: &std::path::Path, pos: u64) {
+pub fn flip_a_bit(ring: &std::path::Path, pos: u64) {
     use std::io::{Read, Seek, SeekFrom, Write};
     let geometry = acre::engine::channel::ring_geometry(262144).expect("the tests' rings");
     let offset = geometry.offset_of(pos) + 40;

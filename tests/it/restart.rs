@@ -249,6 +249,63 @@ fn every_node_killed_during_transfers_restarts_with_every_acknowledged_transfer(
 /// The balance of the accounts of the transfers a kill interrupts.
 const INITIAL_BALANCE: i64 = 1 << 40;
 
+/// A bit flipped in a record a node acknowledged (a COMMIT-BACKUP appended while it was
+/// stopped, then every node killed): the restart refuses to start on it, naming the ring, the
+/// position and what to do, rather than serve without what the record committed.
+#[test]
+fn a_restart_refuses_a_ring_whose_acknowledged_record_is_damaged() {
+    let cluster = Cluster::up_with("restart-flip", "shm", &["--f", "1"]);
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let client = db.client_id().expect("a client");
+    let status = acre::cluster::CmStatusFile::read(&cluster.dir)
+        .expect("read the CM status")
+        .expect("a CM status");
+    let victim = NodeId(2);
+    let region = status
+        .committed
+        .regions
+        .iter()
+        .find(|p| p.backups.contains(&victim) && p.primary != victim)
+        .expect("a region n2 backs up")
+        .region;
+    let addr = db
+        .run(|txn| {
+            let addr = txn.alloc_near(8, acre::db::Addr::new(region, 0))?;
+            txn.write(addr, &1u64.to_le_bytes())?;
+            Ok(addr)
+        })
+        .expect("create an object");
+    let ring = crate::cm::ring_file(&cluster.dir, victim, client);
+    let pid = node_pid(&cluster, victim);
+    send_signal(pid, "STOP");
+    let tail = crate::cm::ring_tail(&ring);
+    db.run(|txn| Ok(txn.write(addr, &2u64.to_le_bytes())?))
+        .expect("commits while n2 is stopped");
+    let pids: Vec<u32> = (1..=3).map(|n| node_pid(&cluster, NodeId(n))).collect();
+    for &pid in &pids {
+        send_signal(pid, "KILL");
+    }
+    for pid in pids {
+        wait_until_dead(pid);
+    }
+    drop(db);
+    crate::cm::flip_a_bit(&ring, tail);
+
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert_eq!(up.status.code(), Some(2), "{}", text(&up));
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    let ring_name = ring.file_name().unwrap().to_string_lossy().to_string();
+    for expected in [
+        "n2 exited",
+        "is damaged",
+        ring_name.as_str(),
+        &format!("acknowledged record at position {tail}"),
+        "restore the file",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in: {stderr}");
+    }
+}
+
 /// The bank `fill` made holds its total after a restart.
 fn audit_holds(cluster: &Cluster, directory: acre::db::Addr) {
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");

@@ -348,12 +348,7 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             status.lease_ms
         )?;
     }
-    writeln!(
-        out,
-        "try: acre bank --dir {}    stop: acre cluster down --dir {}",
-        dir.display(),
-        dir.display()
-    )?;
+    print_try(&mut out, dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -412,6 +407,9 @@ fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         let reply = loop {
             match ask_when_idle(dir, change.clone()) {
                 Ok(reply) if reply.accepted => break reply,
+                // Killed during an earlier restart: its restart configuration is the one the
+                // nodes started in, and they recover what it blocks.
+                Ok(reply) if reply.message.contains("changes nothing") => break reply,
                 Ok(reply) if Instant::now() >= deadline => {
                     bail!("the CM refused the restart: {}", reply.message)
                 }
@@ -422,9 +420,10 @@ fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         };
-        let from = reply.from_id;
+        // The restart configuration: the one the request installs, or the one in force.
+        let restart_id = reply.from_id + u64::from(reply.accepted);
         let status = wait_for_commit(dir, "the configuration with every region active", |c| {
-            c.id > from + 1
+            c.id > restart_id
                 && c.regions
                     .iter()
                     .all(|p| p.state != acre::txn::RegionState::Blocked)
@@ -472,12 +471,7 @@ fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
             dir.display()
         )?;
     }
-    writeln!(
-        out,
-        "try: acre bank --dir {}    stop: acre cluster down --dir {}",
-        dir.display(),
-        dir.display()
-    )?;
+    print_try(&mut out, dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -906,6 +900,16 @@ fn wait_for_cm(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The last line of `up`: what to try, and how to stop.
+fn print_try(out: &mut impl std::io::Write, dir: &Path) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "try: acre bank --dir {}    stop: acre cluster down --dir {}",
+        dir.display(),
+        dir.display()
+    )
 }
 
 /// `n1, n2, n3`.

@@ -569,9 +569,12 @@ impl<A: Adopter> Turn<A> {
                 let before = self.member.adopter().current_id();
                 let reply = self.member.receive(from, &body, now);
                 let after = self.member.adopter().current_id();
-                if after > before
-                    && let Body::NewConfig(message) = &body
+                // Also the configuration the node has already, from a CM that distributes it
+                // again: a node restarted in it learns its CM so (a new leader that led before
+                // keeps the id it committed last, and its first configuration is no newer).
+                if let Body::NewConfig(message) = &body
                     && let Ok(config) = Configuration::try_from(message)
+                    && (after > before || config.id == after)
                 {
                     self.lease_follows(&config);
                 }

@@ -214,15 +214,20 @@ impl Inbox {
                 region,
             });
         }
-        Ok(Inbox {
+        Ok(Inbox::of(memory, rings, 0))
+    }
+
+    /// The inbox of `memory`'s node over `rings`, whose fence stands at `fence`.
+    fn of(memory: &NodeMemory, rings: Vec<InboxRing>, fence: u64) -> Inbox {
+        Inbox {
             rings,
             doorbell: memory.doorbell().clone(),
             clock: memory.clock().clone(),
             next_index: 0,
             polls_since_reset_check: 0,
             reset_checked_rings: 0,
-            fence: 0,
-        })
+            fence,
+        }
     }
 
     /// Maps again the rings of a node restarted from its files (docs/failures.md#whole-cluster-restart):
@@ -302,16 +307,7 @@ impl Inbox {
                 region,
             });
         }
-        let inbox = Inbox {
-            rings,
-            doorbell: memory.doorbell().clone(),
-            clock: memory.clock().clone(),
-            next_index: 0,
-            polls_since_reset_check: 0,
-            reset_checked_rings: 0,
-            fence,
-        };
-        Ok((inbox, kept))
+        Ok((Inbox::of(memory, rings, fence), kept))
     }
 
     /// The rings as manifest entries (so senders can find them).

@@ -49,8 +49,9 @@ pub enum NodeStartError {
     )]
     Removed { node: NodeId, config: u64 },
     #[error(
-        "{node} cannot join the cluster in {path}: it runs no configuration manager (started \
-         with --cm 0), so its membership cannot change"
+        "{node} cannot join or restart from its files in the cluster in {path}: it runs no \
+         configuration manager (started with --cm 0), so its membership cannot change and \
+         nothing would recover its transactions"
     )]
     NoCm { node: NodeId, path: PathBuf },
     #[error(
@@ -154,6 +155,22 @@ fn cluster_dir(cluster_file: &Path) -> PathBuf {
         .to_path_buf()
 }
 
+/// The cluster file at `cluster_file` and its directory, for starting `node` in a way only a
+/// cluster with a CM allows (joining, restarting).
+fn read_with_cm(
+    cluster_file: &Path,
+    node: NodeId,
+) -> Result<(ClusterFile, PathBuf), NodeStartError> {
+    let file = ClusterFile::read(cluster_file)?;
+    if file.cm.is_none() {
+        return Err(NodeStartError::NoCm {
+            node,
+            path: cluster_file.to_path_buf(),
+        });
+    }
+    Ok((file, cluster_dir(cluster_file)))
+}
+
 /// Where `acre cluster up` sends node `node`'s standard output and error: `n<id>.log` in the
 /// cluster directory.
 pub fn node_log_path(dir: &Path, node: NodeId) -> PathBuf {
@@ -213,14 +230,7 @@ impl ProcessNode {
     /// when the cluster runs no CM (nobody would recover them), when the configuration does not
     /// name the node as a memory node, and when it lacks a copy the configuration places here.
     pub fn restart(cluster_file: &Path, node: NodeId) -> Result<ProcessNode, NodeStartError> {
-        let mut file = ClusterFile::read(cluster_file)?;
-        let dir = cluster_dir(cluster_file);
-        if file.cm.is_none() {
-            return Err(NodeStartError::NoCm {
-                node,
-                path: cluster_file.to_path_buf(),
-            });
-        }
+        let (mut file, dir) = read_with_cm(cluster_file, node)?;
         file.config = crate::agent::current_configuration(&dir, &file);
         if !file.config.nodes.contains(&node) {
             return Err(NodeStartError::NotAMember {
@@ -244,14 +254,7 @@ impl ProcessNode {
         node: NodeId,
         domain: Option<String>,
     ) -> Result<ProcessNode, NodeStartError> {
-        let mut file = ClusterFile::read(cluster_file)?;
-        let dir = cluster_dir(cluster_file);
-        if file.cm.is_none() {
-            return Err(NodeStartError::NoCm {
-                node,
-                path: cluster_file.to_path_buf(),
-            });
-        }
+        let (mut file, dir) = read_with_cm(cluster_file, node)?;
         let listed =
             file.config.members().any(|m| m == node) || file.config.cm_replicas.contains(&node);
         file.config = crate::agent::current_configuration(&dir, &file);

@@ -265,6 +265,18 @@ impl Recovery {
             .is_some_and(|&since| since > txn.config)
     }
 
+    /// A node restarted from its files in `config`: its rings hold records of the earlier run,
+    /// so it has not drained for `config` yet. It does at once (the worker drains for a
+    /// committed configuration newer than what it drained for), which recovers the regions
+    /// `config` blocks already: a cluster killed during its restart starts in its restart
+    /// configuration, and no newer one may come (docs/failures.md#whole-cluster-restart).
+    pub fn restarted(config: Arc<Configuration>) -> Recovery {
+        Recovery {
+            drained: false,
+            ..Recovery::new(config)
+        }
+    }
+
     /// The configuration drained for.
     pub fn config(&self) -> &Arc<Configuration> {
         &self.config

@@ -295,7 +295,11 @@ impl Worker {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
         let mut serving = Serving {
-            recovery: Recovery::new(node.config()),
+            recovery: if restarted {
+                Recovery::restarted(node.config())
+            } else {
+                Recovery::new(node.config())
+            },
             recovering: FastSet::default(),
             next_recovery_look: node.clock().now(),
             recovered,
@@ -1365,10 +1369,13 @@ impl Serving {
                     return;
                 }
             }
-        } else if let Some(copy) = self.node.primary().region(region) {
-            // Its primary already (restarted from its files): the allocator it started with
+        } else if self.unrecovered.contains(&region)
+            && let Some(copy) = self.node.primary().region(region)
+        {
+            // Its primary already, restarted from its files: the allocator it started with
             // came from the copy as the earlier run left it, with that run's allocations
-            // undecided; rebuilt now that they are settled.
+            // undecided; rebuilt now that they are settled. (A primary that did not restart
+            // keeps its allocator: it holds reservations a rebuild would forget.)
             let block_bytes = self.recovery.config().block_bytes;
             match SlabAllocator::rebuild(&copy, block_bytes) {
                 Ok(slab) => {

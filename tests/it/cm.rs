@@ -116,6 +116,19 @@ impl Drop for CmCluster {
     }
 }
 
+/// `acre bank` on the cluster in `dir` for `seconds` over `accounts` accounts, in the
+/// background, its output captured.
+fn spawn_bank(dir: &str, seconds: u32, accounts: u32) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_acre"))
+        .args(["bank", "--dir", dir])
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--accounts", &accounts.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start acre bank")
+}
+
 fn node_pid_of(dir: &std::path::Path, node: NodeId) -> u32 {
     NodeManifest::read(dir, node)
         .expect("read a manifest")
@@ -272,20 +285,7 @@ fn a_primary_killed_during_the_bank_loses_nothing() {
             ],
         );
         let before = cluster.status();
-        let bank = std::process::Command::new(env!("CARGO_BIN_EXE_acre"))
-            .args([
-                "bank",
-                "--dir",
-                cluster.dir(),
-                "--seconds",
-                "4",
-                "--accounts",
-                "30",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start acre bank");
+        let bank = spawn_bank(cluster.dir(), 4, 30);
         std::thread::sleep(Duration::from_millis(1500));
         cluster.kill(NodeId(2));
         let out = bank.wait_with_output().expect("acre bank ends");
@@ -322,20 +322,7 @@ fn two_nodes_killed_at_once_with_f_2_on_5_nodes_lose_nothing() {
         ],
     );
     let before = cluster.status();
-    let bank = std::process::Command::new(env!("CARGO_BIN_EXE_acre"))
-        .args([
-            "bank",
-            "--dir",
-            cluster.dir(),
-            "--seconds",
-            "5",
-            "--accounts",
-            "40",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start acre bank");
+    let bank = spawn_bank(cluster.dir(), 5, 40);
     std::thread::sleep(Duration::from_millis(1500));
     // Neither is the CM's leader: its replacement is another test's subject.
     let victims: Vec<NodeId> = (1..=5)

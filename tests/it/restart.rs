@@ -345,3 +345,132 @@ fn balance_of(db: &Db, account: acre::db::Addr) -> i64 {
     let bytes = db.read(account).expect("read an account");
     i64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
 }
+
+/// Review: the cluster is killed (kill -9 of every node) during its restart, once the CM's
+/// restart configuration is committed (every region blocked, the backups copying) and before
+/// the regions serve again; `cluster up` then has to restart it a second time. The nodes start
+/// in a configuration that already blocks their regions: no newer configuration comes for
+/// them to drain for (the CM refuses a second `restart`: nothing to change), so the regions are
+/// never recovered; and the replay refuses, as records of transactions needing recovery, the
+/// LOCK / COMMIT-BACKUP / COMMIT-PRIMARY records of the earlier run (`refuses_late` with
+/// `Recovery::new(start)` counting as drained for the start configuration).
+#[test]
+fn a_cluster_killed_during_its_restart_restarts_again() {
+    use acre::cluster::CmStatusFile;
+    use acre::txn::RegionState;
+    let commit = "messages";
+    let cluster = Cluster::up_with("restart-twice", "shm", &["--commit", commit]);
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let bank = Bank::create(&db, 30, INITIAL_BALANCE).expect("create accounts");
+    let directory = bank.directory;
+    let stop = AtomicBool::new(false);
+    let threads = 3;
+    let acknowledged: Vec<u64> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                let (db, bank, stop) = (&db, &bank, &stop);
+                scope.spawn(move || {
+                    let (from, to) = (bank.accounts[2 * k], bank.accounts[2 * k + 1]);
+                    let mut count = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if Bank::transfer(db, from, to, 1).is_ok() {
+                            count += 1;
+                        }
+                    }
+                    count
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        let pids: Vec<u32> = (1..=3).map(|n| node_pid(&cluster, NodeId(n))).collect();
+        for &pid in &pids {
+            send_signal(pid, "KILL");
+        }
+        for pid in pids {
+            wait_until_dead(pid);
+        }
+        stop.store(true, Ordering::Relaxed);
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a transfer thread"))
+            .collect()
+    });
+    // The client process stays (an application outliving the memory nodes): its transactions
+    // are not settled as a dead client's, only by the restart configuration's recovery.
+    let killed_in = CmStatusFile::read(&cluster.dir)
+        .expect("read the CM status")
+        .expect("a CM status")
+        .committed
+        .id;
+
+    // The first restart, killed once the restart configuration is committed.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_acre"))
+        .args(["cluster", "up", "--dir", cluster.dir()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the first restart");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no restart configuration");
+        if let Ok(Some(status)) = CmStatusFile::read(&cluster.dir)
+            && status.committed.id > killed_in
+            && status
+                .committed
+                .regions
+                .iter()
+                .any(|p| p.state == RegionState::Blocked)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pids: Vec<u32> = (1..=3).map(|n| node_pid(&cluster, NodeId(n))).collect();
+    for &pid in &pids {
+        send_signal(pid, "KILL");
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    for pid in pids {
+        wait_until_dead(pid);
+    }
+    let status = CmStatusFile::read(&cluster.dir).unwrap().unwrap();
+    eprintln!(
+        "killed during the restart in configuration {}: {:?}",
+        status.committed.id,
+        status
+            .committed
+            .regions
+            .iter()
+            .map(|p| (p.region, p.state, p.copying.clone()))
+            .collect::<Vec<_>>()
+    );
+
+    if std::env::var("REVIEW_LOGS").is_ok() {
+        eprintln!("FIRST RESTART LOGS{}", node_logs(&cluster));
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_acre"));
+    command.args(["cluster", "up", "--dir", cluster.dir()]);
+    let up = run_bounded(command, Duration::from_secs(120)).unwrap_or_else(|output| output);
+    eprintln!("second up: {}", text(&up));
+    if std::env::var("REVIEW_LOGS").is_ok() {
+        eprintln!("{}", node_logs(&cluster));
+    }
+    assert!(
+        up.status.success(),
+        "the second restart: {}{}",
+        text(&up),
+        node_logs(&cluster)
+    );
+    drop(db);
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    let bank = Bank::open(&db, directory).expect("the bank's directory survives");
+    for (k, &count) in acknowledged.iter().enumerate() {
+        let gained = balance_of(&db, bank.accounts[2 * k + 1]) - INITIAL_BALANCE;
+        assert!(
+            gained == count as i64 || gained == count as i64 + 1,
+            "thread {k} had {count} transfers acknowledged, its account gained {gained}"
+        );
+    }
+    assert_eq!(audit(&db, &bank), Ok(bank.expected_total()));
+}

@@ -453,6 +453,24 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
     command.args(["cluster", "up", "--dir", cluster.dir()]);
     let up = run_bounded(command, Duration::from_secs(120)).unwrap_or_else(|output| output);
     eprintln!("second up: {}", text(&up));
+    if let Ok(Some(status)) = CmStatusFile::read(&cluster.dir) {
+        eprintln!(
+            "after the second up, configuration {} members {:?}: {:?}; history {:?}",
+            status.committed.id,
+            status.committed.nodes,
+            status
+                .committed
+                .regions
+                .iter()
+                .map(|p| (p.region, p.state, p.primary, p.backups.clone(), p.copying.clone()))
+                .collect::<Vec<_>>(),
+            status
+                .history
+                .iter()
+                .map(|row| format!("{} c{}->{:?}", row.cause, row.from_id, row.to_id))
+                .collect::<Vec<_>>()
+        );
+    }
     if std::env::var("REVIEW_LOGS").is_ok() {
         eprintln!("{}", node_logs(&cluster));
     }
@@ -473,4 +491,69 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
         );
     }
     assert_eq!(audit(&db, &bank), Ok(bank.expected_total()));
+}
+
+/// Review: a restarted memory node's lease thread learns where the CM is only from a NEW-CONFIG
+/// it adopts (agent.rs: "asks for nothing until the driver hands it the first one it adopts").
+/// When the replica that led before the stop leads again, its first commit keeps the
+/// configuration id ("new CM leader: c -> c"), so no member adopts anything until the restart
+/// configuration; the CM gives one lease of grace (500 ms) and then suspects and removes the
+/// restarted nodes. Here the launcher is held (SIGSTOP) for 2 s once a node runs (before it asks), as a slow
+/// launcher or a loaded host would be; whenever the old leader wins the election again a node
+/// is removed (`failure of nX`) and `up` fails ("nX is not a member").
+#[test]
+fn a_restart_removes_no_node_when_the_cm_asks_late() {
+    use acre::cluster::CmStatusFile;
+    let cluster = Cluster::up("restart-late", "shm");
+    let bank = fill(&cluster);
+    for round in 0..6 {
+        let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+        assert!(down.status.success(), "{}", text(&down));
+        let mut up = Command::new(env!("CARGO_BIN_EXE_acre"))
+            .args(["cluster", "up", "--dir", cluster.dir()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start cluster up");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "the nodes did not start");
+            // As soon as one node runs: the launcher waits for all three before it asks.
+            let running = (1..=3).any(|n| {
+                acre::engine::directory::NodeManifest::read(&cluster.dir, NodeId(n))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| acre::cluster::process_alive(m.pid))
+            });
+            if running {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        send_signal(up.id(), "STOP");
+        std::thread::sleep(Duration::from_secs(2));
+        send_signal(up.id(), "CONT");
+        let output = up.wait_with_output().expect("cluster up");
+        let status = CmStatusFile::read(&cluster.dir).unwrap().unwrap();
+        let failures: Vec<String> = status
+            .history
+            .iter()
+            .filter(|row| row.cause.contains("failure") || !row.failed.is_empty())
+            .map(|row| format!("{} from c{}", row.cause, row.from_id))
+            .collect();
+        let leaders: Vec<String> = status
+            .history
+            .iter()
+            .filter(|row| row.cause.contains("leader"))
+            .map(|row| format!("{} c{} -> {:?}", row.cause, row.from_id, row.to_id))
+            .collect();
+        eprintln!("round {round}: leader changes {leaders:?}, failures {failures:?}");
+        assert!(
+            output.status.success() && failures.is_empty(),
+            "round {round}: {}\nfailures: {failures:?}\n{}",
+            text(&output),
+            node_logs(&cluster)
+        );
+    }
+    audit_holds(&cluster, bank);
 }

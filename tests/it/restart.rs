@@ -347,13 +347,16 @@ fn balance_of(db: &Db, account: acre::db::Addr) -> i64 {
 }
 
 /// Review: the cluster is killed (kill -9 of every node) during its restart, once the CM's
-/// restart configuration is committed (every region blocked, the backups copying) and before
-/// the regions serve again; `cluster up` then has to restart it a second time. The nodes start
-/// in a configuration that already blocks their regions: no newer configuration comes for
-/// them to drain for (the CM refuses a second `restart`: nothing to change), so the regions are
-/// never recovered; and the replay refuses, as records of transactions needing recovery, the
-/// LOCK / COMMIT-BACKUP / COMMIT-PRIMARY records of the earlier run (`refuses_late` with
-/// `Recovery::new(start)` counting as drained for the start configuration).
+/// restart configuration is committed (every region blocked, every backup copying) and before
+/// any region serves again; `cluster up` then restarts it a second time. The nodes start in
+/// that configuration and `Recovery::new` counts it as drained for, so they recover nothing
+/// until a newer one comes. When the CM replica that led before leads again, its first commit
+/// keeps the id ("new CM leader: c -> c"), and the launcher's `restart` is refused (every
+/// region is blocked and every backup copying already: NothingToRestart): no NEW-CONFIG
+/// reaches the members, whose lease threads learn where the CM is only from one they adopt
+/// (driver.rs `lease_follows`), so after the one lease of grace the CM suspects them and
+/// removes one as failed. Its regions' backups are all copying: the region is Lost, and `up`
+/// fails ("nX is not a member"). Fails about half the runs (whenever the same replica leads).
 #[test]
 fn a_cluster_killed_during_its_restart_restarts_again() {
     use acre::cluster::CmStatusFile;
@@ -493,67 +496,3 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
     assert_eq!(audit(&db, &bank), Ok(bank.expected_total()));
 }
 
-/// Review: a restarted memory node's lease thread learns where the CM is only from a NEW-CONFIG
-/// it adopts (agent.rs: "asks for nothing until the driver hands it the first one it adopts").
-/// When the replica that led before the stop leads again, its first commit keeps the
-/// configuration id ("new CM leader: c -> c"), so no member adopts anything until the restart
-/// configuration; the CM gives one lease of grace (500 ms) and then suspects and removes the
-/// restarted nodes. Here the launcher is held (SIGSTOP) for 2 s once a node runs (before it asks), as a slow
-/// launcher or a loaded host would be; whenever the old leader wins the election again a node
-/// is removed (`failure of nX`) and `up` fails ("nX is not a member").
-#[test]
-fn a_restart_removes_no_node_when_the_cm_asks_late() {
-    use acre::cluster::CmStatusFile;
-    let cluster = Cluster::up("restart-late", "shm");
-    let bank = fill(&cluster);
-    for round in 0..6 {
-        let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
-        assert!(down.status.success(), "{}", text(&down));
-        let mut up = Command::new(env!("CARGO_BIN_EXE_acre"))
-            .args(["cluster", "up", "--dir", cluster.dir()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start cluster up");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(std::time::Instant::now() < deadline, "the nodes did not start");
-            // As soon as one node runs: the launcher waits for all three before it asks.
-            let running = (1..=3).any(|n| {
-                acre::engine::directory::NodeManifest::read(&cluster.dir, NodeId(n))
-                    .ok()
-                    .flatten()
-                    .is_some_and(|m| acre::cluster::process_alive(m.pid))
-            });
-            if running {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        send_signal(up.id(), "STOP");
-        std::thread::sleep(Duration::from_secs(2));
-        send_signal(up.id(), "CONT");
-        let output = up.wait_with_output().expect("cluster up");
-        let status = CmStatusFile::read(&cluster.dir).unwrap().unwrap();
-        let failures: Vec<String> = status
-            .history
-            .iter()
-            .filter(|row| row.cause.contains("failure") || !row.failed.is_empty())
-            .map(|row| format!("{} from c{}", row.cause, row.from_id))
-            .collect();
-        let leaders: Vec<String> = status
-            .history
-            .iter()
-            .filter(|row| row.cause.contains("leader"))
-            .map(|row| format!("{} c{} -> {:?}", row.cause, row.from_id, row.to_id))
-            .collect();
-        eprintln!("round {round}: leader changes {leaders:?}, failures {failures:?}");
-        assert!(
-            output.status.success() && failures.is_empty(),
-            "round {round}: {}\nfailures: {failures:?}\n{}",
-            text(&output),
-            node_logs(&cluster)
-        );
-    }
-    audit_holds(&cluster, bank);
-}

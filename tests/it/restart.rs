@@ -415,7 +415,10 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
         .expect("start the first restart");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(std::time::Instant::now() < deadline, "no restart configuration");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restart configuration"
+        );
         if let Ok(Some(status)) = CmStatusFile::read(&cluster.dir)
             && status.committed.id > killed_in
             && status
@@ -465,7 +468,13 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
                 .committed
                 .regions
                 .iter()
-                .map(|p| (p.region, p.state, p.primary, p.backups.clone(), p.copying.clone()))
+                .map(|p| (
+                    p.region,
+                    p.state,
+                    p.primary,
+                    p.backups.clone(),
+                    p.copying.clone()
+                ))
                 .collect::<Vec<_>>(),
             status
                 .history
@@ -495,4 +504,3 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
     }
     assert_eq!(audit(&db, &bank), Ok(bank.expected_total()));
 }
-

@@ -708,3 +708,49 @@ fn r3_promoted_after_its_coordinator_died(promoted: NodeId, other: NodeId) {
     }
     cluster.stop();
 }
+
+/// A primary whose region is blocked with itself as primary while it runs (the CM's restart
+/// change for a node whose log lost acknowledged records, or one that lands on nodes that
+/// recovered already) recovers and serves it keeping its allocator. It used to rebuild it from
+/// the allocated bits, which forgot a slot reserved by a transaction still running: that
+/// transaction's abort then released a slot the new allocator had never handed out, and the
+/// worker panicked.
+#[test]
+fn a_primary_blocked_in_place_keeps_the_reservations_of_its_allocator() {
+    let mut cluster = four_nodes();
+    let (n1, n2) = (txn_node(&cluster, 0), txn_node(&cluster, 1));
+    let first = create(&n2, RegionId(1), b"first"); // r1: primary n1
+    let mut running = n2.begin().expect("begin");
+    let reserved = running
+        .alloc_near(8, first)
+        .expect("a slot reserved at n1 for a transaction still running");
+    assert_eq!(reserved.region(), RegionId(1));
+
+    let blocked = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == RegionId(1) {
+                placement.state = RegionState::Blocked;
+            }
+        }
+    });
+    cluster
+        .reconfigure((*blocked).clone())
+        .expect("block r1 in place");
+    wait_recovered(&cluster, NodeId(1), RegionId(1));
+    let active = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == RegionId(1) {
+                placement.state = RegionState::Active;
+            }
+        }
+    });
+    cluster.reconfigure((*active).clone()).expect("activate");
+
+    // Its transaction began in an older configuration: it aborts, handing the slot back.
+    running.abort();
+    // n1's worker serves on: a write to r1 and a new object in it commit.
+    overwrite(&n2, first, b"again");
+    assert_eq!(value_at(&n1, first).expect("read"), b"again");
+    let another = create(&n2, RegionId(1), b"another");
+    assert_ne!(another, first);
+}

@@ -445,17 +445,27 @@ fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         .filter(|p| p.state == acre::txn::RegionState::Lost)
         .map(|p| p.region.to_string())
         .collect();
+    if !lost.is_empty() {
+        // The processes run on (the other regions serve), but the restart did not bring
+        // everything back: say so and fail.
+        bail!(
+            "the cluster in {} restarted in configuration {}, but {} {} lost: no replica of \
+             {} is left in the configuration (see `acre cluster status --dir {}` and the nodes' \
+             logs)",
+            dir.display(),
+            status.committed.id,
+            lost.join(", "),
+            if lost.len() == 1 { "is" } else { "are" },
+            if lost.len() == 1 { "it" } else { "them" },
+            dir.display()
+        );
+    }
     writeln!(
         out,
         "cluster up: restarted; every region serves again in configuration {}, {:.0} ms after \
-         the start{}",
+         the start",
         status.committed.id,
         began.elapsed().as_secs_f64() * 1e3,
-        if lost.is_empty() {
-            String::new()
-        } else {
-            format!(" (lost, no replica's files came back: {})", lost.join(", "))
-        }
     )?;
     let copying: usize = status
         .committed

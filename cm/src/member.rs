@@ -220,6 +220,12 @@ impl<A: Adopter> Member<A> {
             self.recovering = None;
         }
         // Equal ids: adopted already (or the node's first configuration): acknowledge again.
+        // A node that holds it committed and has not heard from its CM (restarted in it: a new
+        // CM leader that led before distributes it again, with the same id) reports what it
+        // recovers in it from now on.
+        if config.id == current && self.pending.is_none() && self.recovering.is_none() {
+            self.recovering = self.recovers_in(&config).then_some((config.clone(), now));
+        }
         Some(NewConfigAck {
             id: config.id,
             refused: String::new(),
@@ -247,11 +253,7 @@ impl<A: Adopter> Member<A> {
         match self.adopter.commit(id) {
             Ok(()) => {
                 let (config, _) = self.pending.take().expect("checked above");
-                let recovers = config.cm_leader.is_some()
-                    && config.regions.iter().any(|p| {
-                        (p.state == RegionState::Blocked && p.primary == self.me)
-                            || p.copying.contains(&self.me)
-                    });
+                let recovers = self.recovers_in(&config);
                 // The first look at the next tick: recovery starts now, and usually takes longer.
                 self.recovering = recovers.then_some((config, Time::ZERO));
                 true
@@ -280,6 +282,16 @@ impl<A: Adopter> Member<A> {
                 refused: String::new(),
             }),
         ))
+    }
+
+    /// Whether this node has something to report in `config`: a blocked region it is the
+    /// primary of, or a region it copies.
+    fn recovers_in(&self, config: &Configuration) -> bool {
+        config.cm_leader.is_some()
+            && config.regions.iter().any(|p| {
+                (p.state == RegionState::Blocked && p.primary == self.me)
+                    || p.copying.contains(&self.me)
+            })
     }
 
     /// Time passed: the regions whose transactions the node recovered, if any, go to the CM of
@@ -612,6 +624,23 @@ pub(crate) mod tests {
         assert!(member.commit(CM, 7));
         assert_eq!(member.next_deadline(), None);
         assert_eq!(member.recovery_report(ms(100)), None);
+    }
+
+    // docs/failures.md#whole-cluster-restart: a node restarted in a configuration that blocks
+    // its region (the cluster was killed during its restart) hears it again, same id, from a
+    // new CM that led before: it reports what it recovers there.
+    #[test]
+    fn a_node_started_in_a_blocking_configuration_reports_once_its_cm_sends_it() {
+        let mut member = Member::new(ME, FakeNode::at(6));
+        member.adopter().state.borrow_mut().recovered = vec![RegionId(3)];
+        assert_eq!(member.recovery_report(ms(0)), None, "no CM heard from yet");
+        acked(member.new_config(CM, with_blocked(6, &[3]), ms(1)), 6);
+        assert_eq!(member.pending_id(), None, "nothing to adopt");
+        assert_eq!(member.recovery_report(ms(2)), report(6, &[3]));
+        // A configuration blocking nothing of this node's starts nothing.
+        let mut member = Member::new(ME, FakeNode::at(6));
+        acked(member.new_config(CM, with_blocked(6, &[]), ms(1)), 6);
+        assert_eq!(member.next_deadline(), None);
     }
 
     // docs/failures.md#transaction-recovery: a new primary reports its recovered regions to

@@ -181,42 +181,8 @@ fn every_node_killed_during_transfers_restarts_with_every_acknowledged_transfer(
         let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
         // Balances no run of transfers drains: every transfer moves 1.
         let bank = Bank::create(&db, 30, INITIAL_BALANCE).expect("create accounts");
-        let directory = bank.directory;
-        let stop = AtomicBool::new(false);
-        // Thread k moves 1 from account 2k to account 2k+1, over and over, and counts the
-        // transfers acknowledged: after the restart, account 2k+1 has gained that many, or one
-        // more (the transfer in flight at the kill, if it committed).
-        let threads = 3;
-        let acknowledged: Vec<u64> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|k| {
-                    let (db, bank, stop) = (&db, &bank, &stop);
-                    scope.spawn(move || {
-                        let (from, to) = (bank.accounts[2 * k], bank.accounts[2 * k + 1]);
-                        let mut count = 0;
-                        while !stop.load(Ordering::Relaxed) {
-                            if Bank::transfer(db, from, to, 1).is_ok() {
-                                count += 1;
-                            }
-                        }
-                        count
-                    })
-                })
-                .collect();
-            std::thread::sleep(Duration::from_millis(1500));
-            let pids: Vec<u32> = (1..=3).map(|n| node_pid(&cluster, NodeId(n))).collect();
-            for &pid in &pids {
-                send_signal(pid, "KILL");
-            }
-            for pid in pids {
-                wait_until_dead(pid);
-            }
-            stop.store(true, Ordering::Relaxed);
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("a transfer thread"))
-                .collect()
-        });
+        let acknowledged =
+            transfer_until_killed(&cluster, &db, &bank, 3, Duration::from_millis(1500));
         drop(db);
         assert!(
             acknowledged.iter().all(|&n| n > 0),
@@ -231,19 +197,73 @@ fn every_node_killed_during_transfers_restarts_with_every_acknowledged_transfer(
             node_logs(&cluster)
         );
         let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
-        let bank = Bank::open(&db, directory).expect("the bank's directory survives");
-        for (k, &count) in acknowledged.iter().enumerate() {
-            let gained = balance_of(&db, bank.accounts[2 * k + 1]) - INITIAL_BALANCE;
-            assert!(
-                gained == count as i64 || gained == count as i64 + 1,
-                "{commit}: thread {k} had {count} transfers acknowledged, its account gained \
-                 {gained}"
-            );
-        }
-        assert_eq!(audit(&db, &bank), Ok(bank.expected_total()), "{commit}");
+        let bank = Bank::open(&db, bank.directory).expect("the bank's directory survives");
+        check_acknowledged(&db, &bank, &acknowledged, commit);
         drop(db);
         bank_holds(cluster.dir());
     }
+}
+
+/// Transfers from `threads` threads until every node of `cluster` is killed (kill -9 at once,
+/// after `run`): thread k moves 1 from account 2k to account 2k+1 over and over, and counts
+/// the transfers acknowledged. After a restart, account 2k+1 has gained that many, or one more
+/// (the transfer in flight at the kill, if it committed): see [`check_acknowledged`].
+fn transfer_until_killed(
+    cluster: &Cluster,
+    db: &Db,
+    bank: &Bank,
+    threads: usize,
+    run: Duration,
+) -> Vec<u64> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    let (from, to) = (bank.accounts[2 * k], bank.accounts[2 * k + 1]);
+                    let mut count = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if Bank::transfer(db, from, to, 1).is_ok() {
+                            count += 1;
+                        }
+                    }
+                    count
+                })
+            })
+            .collect();
+        std::thread::sleep(run);
+        kill_every_node(cluster);
+        stop.store(true, Ordering::Relaxed);
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a transfer thread"))
+            .collect()
+    })
+}
+
+/// kill -9 of every node of `cluster` at once; returns once they are dead.
+fn kill_every_node(cluster: &Cluster) {
+    let pids: Vec<u32> = (1..=3).map(|n| node_pid(cluster, NodeId(n))).collect();
+    for &pid in &pids {
+        send_signal(pid, "KILL");
+    }
+    for pid in pids {
+        wait_until_dead(pid);
+    }
+}
+
+/// Every transfer [`transfer_until_killed`] saw acknowledged is in the restarted cluster, and
+/// the bank's total holds.
+fn check_acknowledged(db: &Db, bank: &Bank, acknowledged: &[u64], what: &str) {
+    for (k, &count) in acknowledged.iter().enumerate() {
+        let gained = balance_of(db, bank.accounts[2 * k + 1]) - INITIAL_BALANCE;
+        assert!(
+            gained == count as i64 || gained == count as i64 + 1,
+            "{what}: thread {k} had {count} transfers acknowledged, its account gained {gained}"
+        );
+    }
+    assert_eq!(audit(db, bank), Ok(bank.expected_total()), "{what}");
 }
 
 /// The balance of the accounts of the transfers a kill interrupts.
@@ -346,60 +366,23 @@ fn balance_of(db: &Db, account: acre::db::Addr) -> i64 {
     i64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
 }
 
-/// Review: the cluster is killed (kill -9 of every node) during its restart, once the CM's
-/// restart configuration is committed (every region blocked, every backup copying) and before
-/// any region serves again; `cluster up` then restarts it a second time. The nodes start in
-/// that configuration and `Recovery::new` counts it as drained for, so they recover nothing
-/// until a newer one comes. When the CM replica that led before leads again, its first commit
-/// keeps the id ("new CM leader: c -> c"), and the launcher's `restart` is refused (every
-/// region is blocked and every backup copying already: NothingToRestart): no NEW-CONFIG
-/// reaches the members, whose lease threads learn where the CM is only from one they adopt
-/// (driver.rs `lease_follows`), so after the one lease of grace the CM suspects them and
-/// removes one as failed. Its regions' backups are all copying: the region is Lost, and `up`
-/// fails ("nX is not a member"). Fails about half the runs (whenever the same replica leads).
+/// The cluster is killed (kill -9 of every node) during its restart, once the CM's restart
+/// configuration is committed (every region blocked, every backup copying) and before any
+/// region serves again; `cluster up` restarts it a second time. The nodes start in that
+/// configuration and recover what it blocks at once; when the CM replica that led before leads
+/// again, it distributes that configuration with the same id, from which the nodes learn their
+/// CM (their leases and their reports), and the launcher's `restart` changes nothing. It used
+/// to leave the nodes without a CM until one was removed as failed, and its region lost.
 #[test]
 fn a_cluster_killed_during_its_restart_restarts_again() {
     use acre::cluster::CmStatusFile;
     use acre::txn::RegionState;
-    let commit = "messages";
-    let cluster = Cluster::up_with("restart-twice", "shm", &["--commit", commit]);
+    let cluster = Cluster::up_with("restart-twice", "shm", &["--commit", "messages"]);
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
     let bank = Bank::create(&db, 30, INITIAL_BALANCE).expect("create accounts");
-    let directory = bank.directory;
-    let stop = AtomicBool::new(false);
-    let threads = 3;
-    let acknowledged: Vec<u64> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|k| {
-                let (db, bank, stop) = (&db, &bank, &stop);
-                scope.spawn(move || {
-                    let (from, to) = (bank.accounts[2 * k], bank.accounts[2 * k + 1]);
-                    let mut count = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        if Bank::transfer(db, from, to, 1).is_ok() {
-                            count += 1;
-                        }
-                    }
-                    count
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(1500));
-        let pids: Vec<u32> = (1..=3).map(|n| node_pid(&cluster, NodeId(n))).collect();
-        for &pid in &pids {
-            send_signal(pid, "KILL");
-        }
-        for pid in pids {
-            wait_until_dead(pid);
-        }
-        stop.store(true, Ordering::Relaxed);
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("a transfer thread"))
-            .collect()
-    });
+    let acknowledged = transfer_until_killed(&cluster, &db, &bank, 3, Duration::from_millis(1500));
     // The client process stays (an application outliving the memory nodes): its transactions
-    // are not settled as a dead client's, only by the restart configuration's recovery.
+    // are settled by the restart configuration's recovery.
     let killed_in = CmStatusFile::read(&cluster.dir)
         .expect("read the CM status")
         .expect("a CM status")
@@ -431,61 +414,13 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let pids: Vec<u32> = (1..=3).map(|n| node_pid(&cluster, NodeId(n))).collect();
-    for &pid in &pids {
-        send_signal(pid, "KILL");
-    }
+    kill_every_node(&cluster);
     let _ = first.kill();
     let _ = first.wait();
-    for pid in pids {
-        wait_until_dead(pid);
-    }
-    let status = CmStatusFile::read(&cluster.dir).unwrap().unwrap();
-    eprintln!(
-        "killed during the restart in configuration {}: {:?}",
-        status.committed.id,
-        status
-            .committed
-            .regions
-            .iter()
-            .map(|p| (p.region, p.state, p.copying.clone()))
-            .collect::<Vec<_>>()
-    );
 
-    if std::env::var("REVIEW_LOGS").is_ok() {
-        eprintln!("FIRST RESTART LOGS{}", node_logs(&cluster));
-    }
     let mut command = Command::new(env!("CARGO_BIN_EXE_acre"));
     command.args(["cluster", "up", "--dir", cluster.dir()]);
     let up = run_bounded(command, Duration::from_secs(120)).unwrap_or_else(|output| output);
-    eprintln!("second up: {}", text(&up));
-    if let Ok(Some(status)) = CmStatusFile::read(&cluster.dir) {
-        eprintln!(
-            "after the second up, configuration {} members {:?}: {:?}; history {:?}",
-            status.committed.id,
-            status.committed.nodes,
-            status
-                .committed
-                .regions
-                .iter()
-                .map(|p| (
-                    p.region,
-                    p.state,
-                    p.primary,
-                    p.backups.clone(),
-                    p.copying.clone()
-                ))
-                .collect::<Vec<_>>(),
-            status
-                .history
-                .iter()
-                .map(|row| format!("{} c{}->{:?}", row.cause, row.from_id, row.to_id))
-                .collect::<Vec<_>>()
-        );
-    }
-    if std::env::var("REVIEW_LOGS").is_ok() {
-        eprintln!("{}", node_logs(&cluster));
-    }
     assert!(
         up.status.success(),
         "the second restart: {}{}",
@@ -494,13 +429,6 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
     );
     drop(db);
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
-    let bank = Bank::open(&db, directory).expect("the bank's directory survives");
-    for (k, &count) in acknowledged.iter().enumerate() {
-        let gained = balance_of(&db, bank.accounts[2 * k + 1]) - INITIAL_BALANCE;
-        assert!(
-            gained == count as i64 || gained == count as i64 + 1,
-            "thread {k} had {count} transfers acknowledged, its account gained {gained}"
-        );
-    }
-    assert_eq!(audit(&db, &bank), Ok(bank.expected_total()));
+    let bank = Bank::open(&db, bank.directory).expect("the bank's directory survives");
+    check_acknowledged(&db, &bank, &acknowledged, "killed during its restart");
 }

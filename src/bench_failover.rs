@@ -273,7 +273,7 @@ impl Series {
 }
 
 /// The longest a kill may take to be reconfigured away with leases of `lease_ms`.
-fn reconfigure_max(lease_ms: u64) -> Duration {
+pub(crate) fn reconfigure_max(lease_ms: u64) -> Duration {
     RECONFIGURE_MIN.max(Duration::from_millis(lease_ms).saturating_mul(RECONFIGURE_LEASES))
 }
 
@@ -418,8 +418,8 @@ pub fn run(args: &FailoverArgs, termination: &Arc<Termination>) -> anyhow::Resul
 
 /// Takes down and removes the cluster in `dir` when dropped, if there is one: the run's end,
 /// an error, or an interruption leave no node process behind.
-struct Cleanup {
-    dir: PathBuf,
+pub(crate) struct Cleanup {
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for Cleanup {
@@ -430,7 +430,7 @@ impl Drop for Cleanup {
 
 /// `acre cluster down --purge` on `dir` if it holds a cluster; errors are reported, not
 /// returned (this runs on every way out).
-fn take_down(dir: &Path) {
+pub(crate) fn take_down(dir: &Path) {
     if !dir.join(CLUSTER_FILE).exists() {
         return;
     }
@@ -920,7 +920,7 @@ fn last_seen(seen: Option<&CmStatusFile>) -> String {
 }
 
 /// When a committed reconfiguration's row says it committed, on the CM's clock in ns.
-fn committed_ns_of(row: &cluster::ReconfigurationRow) -> u64 {
+pub(crate) fn committed_ns_of(row: &cluster::ReconfigurationRow) -> u64 {
     let committed_ms = row.committed_ms.expect("a committed row");
     row.started_ns + (committed_ms * 1e6).round() as u64
 }
@@ -1365,7 +1365,7 @@ fn print_summary(
 }
 
 /// A JSON string literal.
-fn json_string(text: &str) -> String {
+pub(crate) fn json_string(text: &str) -> String {
     let mut quoted = String::with_capacity(text.len() + 2);
     quoted.push('"');
     for c in text.chars() {
@@ -1380,7 +1380,7 @@ fn json_string(text: &str) -> String {
     quoted
 }
 
-fn json_number(value: f64) -> String {
+pub(crate) fn json_number(value: f64) -> String {
     if value.is_finite() {
         format!("{value:.3}")
     } else {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_failover;
+mod bench_recopy;
 mod bench_tpcc;
 mod bench_ycsb;
 mod demo;
@@ -105,6 +106,12 @@ enum BenchCommand {
     /// (median, p99, max per victim kind; exit 1 if a kill was not reconfigured in time or a
     /// cluster could not be set up).
     Failover(bench_failover::FailoverArgs),
+    /// Data re-replication after a node's loss on a cluster of node processes filled with
+    /// --data-mib of objects: bytes of regions copied, the time from the configuration that
+    /// starts the copies to the last copy complete, the rate, and the foreground's bank
+    /// transfers per 100 ms before, during and after the copies (exit 1 if the copies do not
+    /// complete in time).
+    Recopy(bench_recopy::RecopyArgs),
 }
 
 #[derive(Subcommand)]
@@ -185,6 +192,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(BenchCommand::Failover(args)) => {
             watch_termination().and_then(|t| bench_failover::run(&args, &t))
+        }
+        Command::Bench(BenchCommand::Recopy(args)) => {
+            watch_termination().and_then(|t| bench_recopy::run(&args, &t))
         }
     };
     match result {

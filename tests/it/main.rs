@@ -1,7 +1,8 @@
 //! Integration tests of the `acre` binary and facade: real node processes started, used and
 //! stopped, the bank workload from several processes, bad input, the command-line faults of
 //! issue 10, nodes that come back (issue 11), the bank benchmark's targets refusing bad input
-//! (fake Redis and PostgreSQL servers, no real one), and the failover benchmark (issue 13).
+//! (fake Redis and PostgreSQL servers, no real one), the failover benchmark (issue 13), and the
+//! re-replication benchmark (issue 14).
 
 mod bench_bank;
 mod clients;
@@ -10,6 +11,7 @@ mod cm;
 mod command_line;
 mod failover;
 mod faults;
+mod recopy;
 mod restart;
 mod tpcc;
 mod ycsb;

@@ -226,6 +226,11 @@ impl Recovery {
         (mine, already)
     }
 
+    /// Every member a configuration this node drained for removed.
+    pub fn removed(&self) -> &BTreeSet<NodeId> {
+        &self.removed
+    }
+
     /// Whether a transaction writing `regions` needs recovery in the configuration drained
     /// for: begun before it, and writing a region it blocks or coordinated by a removed member.
     pub fn needs(&self, txn: TxnId, regions: &[RegionId]) -> bool {

@@ -1199,6 +1199,7 @@ impl Serving {
         let id = config.id;
         self.resolver.drained(config.clone());
         let (mine, already) = self.recovery.drained(me, config);
+        self.release_reservations_of_removed();
         let now = self.node.clock().now();
         for region in mine {
             self.recovery.regions.insert(region, RegionStep::AskAt(now));
@@ -1236,6 +1237,26 @@ impl Serving {
             );
         }
         self.next_recovery_look = now;
+    }
+
+    /// Hands back the slots removed members' coordinators reserved here for transactions that
+    /// sent no LOCK here: none will now (a removed coordinator's records are refused), and
+    /// nothing else would (recovery looks only at the transactions a node keeps records of;
+    /// [`Serving::find_orphans`] does the same for dead clients).
+    fn release_reservations_of_removed(&mut self) {
+        let removed: Vec<NodeId> = self.recovery.removed().iter().copied().collect();
+        for gone in removed {
+            for txn in self.node.primary().allocating(gone) {
+                if !self.kept.contains_key(&txn) {
+                    self.voted.vote(txn);
+                    self.node.primary().abort(txn);
+                    tracing::info!(
+                        node = %self.node.node_id(),
+                        "handed back the slots {txn} reserved: its coordinator {gone} was removed"
+                    );
+                }
+            }
+        }
     }
 
     /// Handles every record in every ring, up to the last one written.

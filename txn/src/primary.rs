@@ -389,6 +389,12 @@ impl Primary {
         true
     }
 
+    /// Whether this primary holds anything of `txn`'s LOCK (locked here, refused here, or
+    /// noted).
+    pub fn holds(&self, txn: TxnId) -> bool {
+        self.held.lock().expect(POISONED).contains_key(&txn)
+    }
+
     /// Whether this primary locked `txn`'s objects itself (message mode, or a coordinator on
     /// this node locking its own regions in either mode).
     pub fn locked_here(&self, txn: TxnId) -> bool {

@@ -11,12 +11,23 @@
 //! primary, the backup-only holder, or the client node (a coordinator and nothing else); every
 //! memory node coordinates too, so a memory node's crash is also a coordinator's. A crash is
 //! [`EmbeddedCluster::fence_member`] (or [`EmbeddedCluster::kill`] for the client): the fault
-//! plan isolates the node, so nothing it still posts reaches anyone, and it stops. The test-CM
-//! then does what the CM does (docs/failures.md#reconfiguration): it plans the next
-//! configuration with [`acre_cm::remap::after_failure`] (promoted backups, blocked regions, new
-//! copying backups), installs it, and installs what [`acre_cm::remap::after_recovery`] plans
-//! from each node's report of recovered regions and completed copies until every region is
-//! active and no backup is copying. Then a second crash, if the seed asks for one.
+//! plan isolates the node, so nothing it still posts reaches anyone, and it stops.
+//!
+//! A dead client is settled by the memory nodes through its liveness
+//! (docs/failures.md#a-client-that-dies); the CM does not watch clients (they hold no lease),
+//! so neither does the test-CM, and the client's id stays in the configuration. After a memory
+//! node's crash the test-CM does what the CM does (docs/failures.md#reconfiguration): it plans
+//! the next configuration with [`acre_cm::remap::after_failure`] (promoted backups, blocked
+//! regions, new copying backups), installs it, and installs what
+//! [`acre_cm::remap::after_recovery`] plans from each node's report of recovered regions and
+//! completed copies until every region is active and no backup is copying. Then a second
+//! crash, if the seed asks for one, and the workload goes on until the cluster has served
+//! again.
+//!
+//! A commit that reports `Indeterminate` is decided by the final reads: all of its appends are
+//! there (it committed: it joins the history, its end time unknown, so set to the final read's
+//! start) or none is (it aborted); some of them only fails the test. The bank explains its
+//! final balances by the acknowledged transfers and some subset of those in doubt.
 //!
 //! What is simulated and what is not:
 //! - A "CM crash" is a pause: the test-CM waits four leases ([`LEASE_DEFAULT`]) before it
@@ -50,14 +61,14 @@ use acre_txn::{CommitError, Configuration, Error, RegionState, TxnError, TxnNode
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Seeds each test tries per run: a few, so the file stays well under a minute and a half in a
 /// debug build on two busy cores.
-const SEED_COUNT_DEFAULT: u64 = 2;
+const SEED_COUNT_DEFAULT: u64 = 5;
 /// Set to run more seeds (a soak), e.g. `ACRE_SIM_TXN_SEEDS=50`.
 const SEED_COUNT_ENV: &str = "ACRE_SIM_TXN_SEEDS";
 
@@ -76,15 +87,18 @@ const CRASH_AFTER_MS_MAX: u64 = 700;
 const CM_DELAY_MS_MAX: u64 = 150;
 /// A "CM crash": the test-CM waits this long before it acts (module docs).
 const CM_CRASH_PAUSE: Duration = Duration::from_millis(4 * LEASE_DEFAULT.as_millis() as u64);
-/// The workload goes on this long after the last recovery: the cluster must serve again.
-const AFTER_RECOVERY: Duration = Duration::from_millis(400);
+/// The workload goes on this long once the cluster served again after the last crash.
+const AFTER_RECOVERY: Duration = Duration::from_millis(300);
+/// Bound on the wait for commits after the last crash (a dead client's locks are settled by
+/// the memory nodes' look every 500 ms, then their votes).
+const SERVE_AGAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on one recovery (votes, activation, copies) on two busy cores.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on a whole workload: a client thread starts no transaction after this long.
 const WORKLOAD_TIME_MAX: Duration = Duration::from_secs(30);
-/// Commits a run must see for its verdict to mean something, and after its last recovery.
+/// Commits a run must see for its verdict to mean something, and after its last crash.
 const COMMITTED_MIN: usize = 40;
-const COMMITTED_AFTER_RECOVERY_MIN: usize = 5;
+const COMMITTED_AFTER_RECOVERY_MIN: u64 = 5;
 /// Transactions whose outcome a crash leaves in doubt are few (those in flight at the crash);
 /// the bank explains final balances by trying every subset of them.
 const UNSURE_TRANSFERS_MAX: usize = 16;
@@ -127,13 +141,19 @@ impl fmt::Display for Schedule {
         for (index, crash) in self.crashes.iter().enumerate() {
             write!(
                 f,
-                "; crash {index}: {} ({:?}) after {} ms, CM acts after {} ms{}",
+                "; crash {index}: {} ({:?}) after {} ms",
                 crash.victim,
                 crash.role,
                 crash.after.as_millis(),
-                crash.cm_pause.as_millis(),
-                if crash.cm_crashed { " (CM crash)" } else { "" }
             )?;
+            if crash.victim == CLIENT {
+                write!(f, ", settled by the memory nodes")?;
+            } else {
+                write!(f, ", CM acts after {} ms", crash.cm_pause.as_millis())?;
+                if crash.cm_crashed {
+                    write!(f, " (CM crash)")?;
+                }
+            }
         }
         Ok(())
     }
@@ -159,12 +179,13 @@ impl Schedule {
         let mut config = initial_config(f, mode);
         let crash_count = 1 + rng.below(2);
         let mut crashes = Vec::new();
+        let mut crashed = BTreeSet::new();
         for _ in 0..crash_count {
             let wanted =
                 [Role::Primary, Role::BackupOnly, Role::Coordinator][rng.below(3) as usize];
             let (role, candidates) = [wanted, Role::Primary]
                 .into_iter()
-                .map(|role| (role, candidates(&config, role)))
+                .map(|role| (role, candidates(&config, &crashed, role)))
                 .find(|(_, candidates)| !candidates.is_empty())
                 .expect("some memory node is a primary");
             let victim = candidates[rng.below(candidates.len() as u64) as usize];
@@ -182,7 +203,10 @@ impl Schedule {
                 cm_pause,
                 cm_crashed,
             });
-            config = recovered_without(&config, victim);
+            crashed.insert(victim);
+            if victim != CLIENT {
+                config = recovered_without(&config, victim);
+            }
         }
         Schedule {
             seed,
@@ -211,8 +235,8 @@ fn initial_config(f: usize, mode: CommitMode) -> Configuration {
     config
 }
 
-/// The nodes of `config` that play `role`.
-fn candidates(config: &Configuration, role: Role) -> Vec<NodeId> {
+/// The nodes of `config` that play `role` and have not crashed.
+fn candidates(config: &Configuration, crashed: &BTreeSet<NodeId>, role: Role) -> Vec<NodeId> {
     let is_primary = |node: NodeId| config.regions.iter().any(|p| p.primary == node);
     match role {
         Role::Primary => config
@@ -227,7 +251,12 @@ fn candidates(config: &Configuration, role: Role) -> Vec<NodeId> {
             .copied()
             .filter(|&n| !is_primary(n) && config.regions.iter().any(|p| p.backups.contains(&n)))
             .collect(),
-        Role::Coordinator => config.clients.clone(),
+        Role::Coordinator => config
+            .clients
+            .iter()
+            .copied()
+            .filter(|client| !crashed.contains(client))
+            .collect(),
     }
 }
 
@@ -365,14 +394,13 @@ fn reconfigure_without(cluster: &mut EmbeddedCluster, victim: NodeId) {
     }
 }
 
-/// Plays the schedule on `cluster` while the workload runs; returns when the cluster last
-/// became whole, in nanoseconds since `origin`.
+/// Plays the schedule on `cluster` while the workload runs.
 fn play(
     cluster: &mut EmbeddedCluster,
     coordinators: &Coordinators,
     schedule: &Schedule,
     origin: Instant,
-) -> u64 {
+) {
     for crash_step in &schedule.crashes {
         std::thread::sleep(crash_step.after);
         eprintln!(
@@ -382,6 +410,12 @@ fn play(
             origin.elapsed().as_millis()
         );
         crash(cluster, coordinators, crash_step.victim);
+        if crash_step.victim == CLIENT {
+            // The CM does not watch clients (they hold no lease): the memory nodes settle what
+            // a dead client left through its liveness (docs/failures.md#a-client-that-dies),
+            // and its id stays in the configuration.
+            continue;
+        }
         std::thread::sleep(crash_step.cm_pause);
         reconfigure_without(cluster, crash_step.victim);
         eprintln!(
@@ -390,7 +424,6 @@ fn play(
             cluster.config().id
         );
     }
-    nanos_since(origin)
 }
 
 /// The nodes client threads coordinate on, and which of them crashed: a thread starts no
@@ -399,6 +432,8 @@ fn play(
 struct Coordinators {
     nodes: Vec<Arc<TxnNode>>,
     crashed: Mutex<HashSet<NodeId>>,
+    /// Commits acknowledged so far, all threads together.
+    committed_count: AtomicU64,
 }
 
 impl Coordinators {
@@ -406,6 +441,27 @@ impl Coordinators {
         Coordinators {
             nodes: cluster.nodes().iter().map(|n| n.txn().clone()).collect(),
             crashed: Mutex::new(HashSet::new()),
+            committed_count: AtomicU64::new(0),
+        }
+    }
+
+    fn note_commit(&self) {
+        self.committed_count.fetch_add(1, Relaxed);
+    }
+
+    /// Waits until [`COMMITTED_AFTER_RECOVERY_MIN`] more commits are acknowledged: the cluster
+    /// serves again after the last crash.
+    fn wait_served_again(&self, seed: u64) {
+        let before = self.committed_count.load(Relaxed);
+        let deadline = Instant::now() + SERVE_AGAIN_TIMEOUT;
+        while self.committed_count.load(Relaxed) < before + COMMITTED_AFTER_RECOVERY_MIN {
+            assert!(
+                Instant::now() < deadline,
+                "seed={seed}: {} commits in the {SERVE_AGAIN_TIMEOUT:?} after the last crash: \
+                 the cluster did not serve again",
+                self.committed_count.load(Relaxed) - before
+            );
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -506,12 +562,15 @@ fn list_client(
         let id = thread_index * VALUES_PER_THREAD + txn_index;
         let here = || format!("thread {thread_index} T{id} on {}", node.node_id());
         match outcome {
-            Ok(committed) => log.committed.push(TxnRecord {
-                id,
-                ops: committed.ops,
-                start_ns,
-                end_ns,
-            }),
+            Ok(committed) => {
+                coordinators.note_commit();
+                log.committed.push(TxnRecord {
+                    id,
+                    ops: committed.ops,
+                    start_ns,
+                    end_ns,
+                });
+            }
             Err(Failure::Fatal(reason)) => return Err(format!("{}: {reason}", here())),
             Err(Failure::Refused(e)) if !is_crash_refusal(&e) => {
                 return Err(format!("{}: {e}", here()));
@@ -648,10 +707,15 @@ fn describe_leaks(cluster: &EmbeddedCluster, seed: u64) {
                     .into_iter()
                     .collect();
             for addr in taken.into_iter().filter(|a| !headers.contains(a)) {
+                // Free and unlocked but taken, in one-sided mode at a primary whose own
+                // coordinators allocate there: the leak that
+                // `found_a_one_sided_lock_stopped_by_its_own_nodes_fence_leaks_its_local_allocation`
+                // reduces (a known cause, not the only possible one).
                 eprintln!(
-                    "seed={seed}: {} counts {addr} taken; its header: {:?}",
+                    "seed={seed}: {} counts {addr} taken; its header: {:?} (mode {:?})",
                     node.node_id(),
-                    fixture::primary_header(cluster, addr)
+                    fixture::primary_header(cluster, addr),
+                    cluster.config().commit
                 );
             }
         }
@@ -682,7 +746,8 @@ fn list_append_run(schedule: &Schedule) {
             })
         })
         .collect();
-    let whole_ns = play(&mut cluster, &coordinators, schedule, origin);
+    play(&mut cluster, &coordinators, schedule, origin);
+    coordinators.wait_served_again(seed);
     std::thread::sleep(AFTER_RECOVERY);
     stop.store(true, Relaxed);
     let mut history = History::default();
@@ -759,11 +824,6 @@ fn list_append_run(schedule: &Schedule) {
         }
     }
     let acknowledged_count = history.txns.len() - unsure_committed;
-    let after_recovery_count = history
-        .txns
-        .iter()
-        .filter(|t| t.start_ns > whole_ns)
-        .count();
     // Every acknowledged append is in its list, no aborted one is.
     for txn in &history.txns {
         for op in &txn.ops {
@@ -797,7 +857,7 @@ fn list_append_run(schedule: &Schedule) {
     let report = elle::check(&history, true);
     eprintln!(
         "  seed={seed}: acknowledged={acknowledged_count} in_doubt={} (committed {unsure_committed}) \
-         after_recovery={after_recovery_count} conflicts={} refused={} other={} \
+         conflicts={} refused={} other={} \
          overlapping_pairs={}\n{report}",
         unsure.len(),
         counts.0,
@@ -809,11 +869,6 @@ fn list_append_run(schedule: &Schedule) {
     assert!(
         acknowledged_count >= COMMITTED_MIN,
         "seed={seed}: acknowledged_count={acknowledged_count} COMMITTED_MIN={COMMITTED_MIN}"
-    );
-    assert!(
-        after_recovery_count >= COMMITTED_AFTER_RECOVERY_MIN,
-        "seed={seed}: after_recovery_count={after_recovery_count}: the cluster did not serve \
-         again"
     );
     check_identical_replicas(&cluster, seed);
     describe_leaks(&cluster, seed);
@@ -933,8 +988,14 @@ fn bank_client(
         });
         let here = || format!("thread {thread_index} on {}", node.node_id());
         match bank_txn(&node, accounts, transfer) {
-            Ok(BankOutcome::Transferred) => log.acknowledged.push(transfer.expect("a transfer")),
-            Ok(BankOutcome::Audited) => log.audit_count += 1,
+            Ok(BankOutcome::Transferred) => {
+                coordinators.note_commit();
+                log.acknowledged.push(transfer.expect("a transfer"));
+            }
+            Ok(BankOutcome::Audited) => {
+                coordinators.note_commit();
+                log.audit_count += 1;
+            }
             Ok(BankOutcome::Skipped) => {}
             Err(Failure::Fatal(reason)) => return Err(format!("{}: {reason}", here())),
             Err(Failure::Refused(e)) if !is_crash_refusal(&e) => {
@@ -1014,6 +1075,7 @@ fn bank_run(schedule: &Schedule) {
         })
         .collect();
     play(&mut cluster, &coordinators, schedule, origin);
+    coordinators.wait_served_again(seed);
     std::thread::sleep(AFTER_RECOVERY);
     stop.store(true, Relaxed);
     let mut acknowledged = Vec::new();
@@ -1160,5 +1222,43 @@ fn found_a_one_sided_lock_stopped_by_its_own_nodes_fence_leaks_its_local_allocat
         before,
         "the slot the aborted transaction reserved in n2's own region was not handed back"
     );
+    cluster.stop();
+}
+
+/// FOUND by the simulation (list-append, message mode: the backup-only n4 crashed while its
+/// coordinator threads ran; once quiet, n1 and n2 still held ALLOC reservations of one of its
+/// transactions, and the cluster never quiesced). A coordinator on memory node n4 reserves a
+/// slot at n1 with an ALLOC request and has sent no LOCK there when n4 crashes. The
+/// configuration without n4 is installed and every region recovered, but nothing hands the
+/// slot back: transaction recovery looks only at transactions a node keeps records of, and the
+/// settlement of slots reserved by a coordinator that is gone looks only at clients
+/// (`Serving::find_orphans`, over `config.clients`). n1 keeps the reservation for good: its
+/// `held_count` never returns to 0 and the slot is never reused.
+#[test]
+fn found_alloc_reservations_of_a_crashed_memory_node_coordinator_are_never_handed_back() {
+    let mut cluster = crate::reconfiguration::four_nodes();
+    let n4 = fixture::txn_node(&cluster, 3);
+    let r1 = RegionId(1); // primary n1
+    let mut txn = n4.begin().expect("begin");
+    let reserved = txn
+        .alloc_near(8, Addr::new(r1, 0))
+        .expect("a slot reserved at n1 by an ALLOC request");
+    assert_eq!(reserved.region(), r1);
+    let n1 = fixture::replica(&cluster, NodeId(1)).txn().clone();
+    assert_eq!(n1.primary().allocating(NodeId(4)).len(), 1, "n1 tracks it");
+    cluster.fence_member(NodeId(4)); // n4 crashes with the transaction open
+    drop(txn); // what its RELEASE would say reaches nobody now
+    reconfigure_without(&mut cluster, NodeId(4));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !n1.primary().allocating(NodeId(4)).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "n1 still holds the slot {reserved} that n4's transaction reserved, 5 s after the \
+             configuration without n4 recovered: {:?}",
+            n1.primary().allocating(NodeId(4))
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fixture::settle(&cluster);
     cluster.stop();
 }

@@ -19,6 +19,7 @@ use acre_engine::addr::Addr;
 use acre_engine::slab::SlabAllocator;
 use acre_nvm_log::random::{ConcurrentSeed, SplitMix};
 use acre_replication::EmbeddedCluster;
+use acre_txn::record::TxnId;
 use acre_txn::{CommitError, Error, Txn, TxnError, TxnNode};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,13 +29,13 @@ use std::time::{Duration, Instant};
 /// that a read of every key (a root and a list object each) reads more than `T_R` at each of
 /// the three primaries, so such a transaction validates by VALIDATE messages in message mode
 /// and by one batch of re-reads per primary in one-sided mode.
-const KEY_COUNT: u64 = 16;
+pub(crate) const KEY_COUNT: u64 = 16;
 /// One transaction in this many reads every key.
-const READ_ALL_ONE_IN: u64 = 16;
+pub(crate) const READ_ALL_ONE_IN: u64 = 16;
 /// Client threads; more than the two cores of CI, so transactions interleave.
 const THREAD_COUNT: u64 = 4;
 const TXNS_PER_THREAD: u64 = 300;
-const OPS_PER_TXN_MAX: u64 = 4;
+pub(crate) const OPS_PER_TXN_MAX: u64 = 4;
 /// A client thread starts no transaction after this long: a slow cluster makes the run
 /// shorter (and the richness checks below say if it became too short), never a hang.
 const WORKLOAD_TIME_MAX: Duration = Duration::from_secs(15);
@@ -53,25 +54,25 @@ const ROOT_BYTES: usize = 8;
 const LIST_HEADER_BYTES: usize = 16;
 /// Values are `thread_index * VALUES_PER_THREAD + counter`: unique per key, as Elle needs, and
 /// they name the thread that appended them.
-const VALUES_PER_THREAD: u64 = 1_000_000;
+pub(crate) const VALUES_PER_THREAD: u64 = 1_000_000;
 
 const _: () = assert!(TXNS_PER_THREAD * OPS_PER_TXN_MAX < VALUES_PER_THREAD);
 const _: () = assert!(CAPACITY_FIRST <= LIST_LEN_MAX);
 
 /// A key's list as its list object holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct ListObject {
-    key: u64,
-    capacity: usize,
-    list: Vec<u64>,
+pub(crate) struct ListObject {
+    pub(crate) key: u64,
+    pub(crate) capacity: usize,
+    pub(crate) list: Vec<u64>,
 }
 
 impl ListObject {
-    fn object_bytes(capacity: usize) -> usize {
+    pub(crate) fn object_bytes(capacity: usize) -> usize {
         LIST_HEADER_BYTES + 8 * capacity
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         assert!(
             self.list.len() <= self.capacity,
             "len={} capacity={}",
@@ -128,7 +129,7 @@ fn decode_root(bytes: &[u8]) -> Result<Addr, String> {
 }
 
 /// What the workload needs of a cluster, so the same workload and checks run on every kind.
-trait Cluster {
+pub(crate) trait Cluster {
     /// The nodes client threads coordinate transactions on.
     fn txn_nodes(&self) -> Vec<Arc<TxnNode>>;
     /// The memory nodes' coordinators: their `primary()` holds the regions' allocators.
@@ -170,19 +171,19 @@ impl Cluster for ShmCluster {
 /// One planned operation; appends carry the value decided before the transaction starts, so a
 /// failed attempt's appends are known for the aborted set.
 #[derive(Clone, Copy, Debug)]
-enum Planned {
+pub(crate) enum Planned {
     Read { key: u64 },
     Append { key: u64, value: u64 },
 }
 
 /// A transaction that reads every key.
-fn read_all() -> Vec<Planned> {
+pub(crate) fn read_all() -> Vec<Planned> {
     (0..KEY_COUNT).map(|key| Planned::Read { key }).collect()
 }
 
 /// Why an attempt did not commit.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// The cluster refused it in a way that means nothing happened (conflict and the like).
     Retryable(Error),
     /// It followed a root to a freed object or another key's list, and its commit was
@@ -190,16 +191,23 @@ enum Failure {
     Stale,
     /// An append would pass `LIST_LEN_MAX`; the workload aborted it.
     Full,
+    /// The cluster refused it for a reason that is not retried (a participant unreachable,
+    /// a region lost) and that means nothing committed. On a cluster where nothing fails
+    /// ([`run`]) it is a bug; where nodes crash ([`crate::sim_txn`]) it is expected.
+    Refused(Error),
+    /// The commit may have happened ([`CommitError::Indeterminate`]): what became of it is
+    /// asked later. A bug where nothing fails, as `Refused`.
+    Indeterminate(TxnId),
     /// Anything else is a bug.
     Fatal(String),
 }
 
 impl From<CommitError> for Failure {
     fn from(e: CommitError) -> Failure {
-        if e.is_retryable() {
-            Failure::Retryable(Error::Commit(e))
-        } else {
-            Failure::Fatal(e.to_string())
+        match e {
+            CommitError::Indeterminate { txn, .. } => Failure::Indeterminate(txn),
+            e if e.is_retryable() => Failure::Retryable(Error::Commit(e)),
+            e => Failure::Refused(Error::Commit(e)),
         }
     }
 }
@@ -209,13 +217,13 @@ impl From<TxnError> for Failure {
         if e.is_retryable() {
             Failure::Retryable(Error::Txn(e))
         } else {
-            Failure::Fatal(e.to_string())
+            Failure::Refused(Error::Txn(e))
         }
     }
 }
 
 /// What a transaction found by following a key's root.
-enum Followed {
+pub(crate) enum Followed {
     /// The key's list object, at `at`.
     List { at: Addr, object: ListObject },
     /// Not the key's list: the root was read before a move that freed or reused what it
@@ -224,7 +232,7 @@ enum Followed {
 }
 
 /// Reads key `key`'s root and the list object it points at, in `txn`.
-fn follow(txn: &mut Txn, roots: &[Addr], key: u64) -> Result<Followed, Failure> {
+pub(crate) fn follow(txn: &mut Txn, roots: &[Addr], key: u64) -> Result<Followed, Failure> {
     let root = roots[key as usize];
     let at = decode_root(&txn.read(root)?)
         .map_err(|reason| Failure::Fatal(format!("key {key}'s root at {root}: {reason}")))?;
@@ -252,14 +260,18 @@ fn follow(txn: &mut Txn, roots: &[Addr], key: u64) -> Result<Followed, Failure> 
 }
 
 /// What a committed attempt did.
-struct Committed {
-    ops: Vec<MicroOp>,
+pub(crate) struct Committed {
+    pub(crate) ops: Vec<MicroOp>,
     /// Lists it moved to a new object (allocating it and freeing the old one).
-    move_count: u64,
+    pub(crate) move_count: u64,
 }
 
 /// Runs `plan` as one transaction on `node`.
-fn attempt(node: &Arc<TxnNode>, roots: &[Addr], plan: &[Planned]) -> Result<Committed, Failure> {
+pub(crate) fn attempt(
+    node: &Arc<TxnNode>,
+    roots: &[Addr],
+    plan: &[Planned],
+) -> Result<Committed, Failure> {
     let mut txn = node.begin()?;
     let mut ops = Vec::with_capacity(plan.len());
     let mut move_count = 0;
@@ -276,7 +288,13 @@ fn attempt(node: &Arc<TxnNode>, roots: &[Addr], plan: &[Planned]) -> Result<Comm
                         "committed a transaction that read an inconsistent state: {reason}"
                     ))),
                     Err(e) if e.is_retryable() => Err(Failure::Stale),
-                    Err(e) => Err(Failure::Fatal(e.to_string())),
+                    // Validation refuses it before any COMMIT-BACKUP is written, so its
+                    // outcome is never in doubt.
+                    Err(e @ CommitError::Indeterminate { .. }) => Err(Failure::Fatal(format!(
+                        "a transaction that read an inconsistent state may have committed: \
+                         {e}; {reason}"
+                    ))),
+                    Err(e) => Err(e.into()),
                 };
             }
         };
@@ -323,7 +341,7 @@ struct ThreadLog {
     move_count: u64,
 }
 
-fn nanos_since(origin: Instant) -> u64 {
+pub(crate) fn nanos_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).expect("a test runs for less than 584 years")
 }
 
@@ -381,6 +399,18 @@ fn client(
                     node.node_id()
                 ));
             }
+            Err(Failure::Refused(e)) => {
+                return Err(format!(
+                    "thread {thread_index} T{id} on {}: {e}",
+                    node.node_id()
+                ));
+            }
+            Err(Failure::Indeterminate(txn)) => {
+                return Err(format!(
+                    "thread {thread_index} T{id} on {}: the outcome of {txn} is unknown",
+                    node.node_id()
+                ));
+            }
             Err(failure) => {
                 match failure {
                     Failure::Full => log.full_count += 1,
@@ -401,7 +431,7 @@ fn client(
 
 /// Pairs of committed transactions whose client-side intervals overlap: without them every
 /// history would be serial and the check would prove little.
-fn overlapping_pair_count(txns: &[TxnRecord]) -> usize {
+pub(crate) fn overlapping_pair_count(txns: &[TxnRecord]) -> usize {
     let mut by_start: Vec<&TxnRecord> = txns.iter().collect();
     by_start.sort_by_key(|t| t.start_ns);
     let mut count = 0;
@@ -416,7 +446,7 @@ fn overlapping_pair_count(txns: &[TxnRecord]) -> usize {
 
 /// Creates every key's root and first list object, the roots spread over the primaries so
 /// commits span nodes.
-fn create_keys(nodes: &[Arc<TxnNode>]) -> Vec<Addr> {
+pub(crate) fn create_keys(nodes: &[Arc<TxnNode>]) -> Vec<Addr> {
     let mut roots = Vec::new();
     for key in 0..KEY_COUNT {
         let node = &nodes[key as usize % nodes.len()];
@@ -442,7 +472,7 @@ fn create_keys(nodes: &[Arc<TxnNode>]) -> Vec<Addr> {
 /// Once quiet: what every allocator counts as taken is exactly the roots and the lists they
 /// point at (so every object a move freed, and every slot an aborted move reserved, went
 /// back), and the object headers of each primary's copy say the same.
-fn check_allocators(cluster: &impl Cluster, live: &BTreeSet<Addr>, seed: u64) {
+pub(crate) fn check_allocators(cluster: &impl Cluster, live: &BTreeSet<Addr>, seed: u64) {
     let mut taken = BTreeSet::new();
     for node in cluster.memory_txn_nodes() {
         let primary = node.primary();

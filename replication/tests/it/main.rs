@@ -17,5 +17,6 @@ mod reconfiguration;
 mod recovery;
 mod ring_damage;
 mod shm_cluster;
+mod sim_txn;
 mod status;
 mod tcp_fencing;

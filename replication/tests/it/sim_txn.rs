@@ -1,0 +1,1264 @@
+//! The seeded in-process simulation of failures with transactions (issue 14): Elle's
+//! list-append workload ([`crate::list_append`]) and bank transfers with audits run from
+//! coordinator threads on every node of an embedded cluster while, at seeded moments, a seeded
+//! victim crashes and the test, playing the configuration manager, reconfigures around it. After
+//! every run the history must be strictly serializable, every acknowledged commit must be in the
+//! final reads (and no aborted one), the bank's total must hold, and once quiet every region's
+//! replicas must be identical word for word.
+//!
+//! The cluster: four memory nodes, primaries on n1..n3 only (one region each), so n4 holds
+//! backups only, f = 1 or 2 as the seed picks, and a client-only node, n100. A victim is a
+//! primary, the backup-only holder, or the client node (a coordinator and nothing else); every
+//! memory node coordinates too, so a memory node's crash is also a coordinator's. A crash is
+//! [`EmbeddedCluster::fence_member`] (or [`EmbeddedCluster::kill`] for the client): the fault
+//! plan isolates the node, so nothing it still posts reaches anyone, and it stops.
+//!
+//! A dead client is settled by the memory nodes through its liveness
+//! (docs/failures.md#a-client-that-dies); the CM does not watch clients (they hold no lease),
+//! so neither does the test-CM, and the client's id stays in the configuration. After a memory
+//! node's crash the test-CM does what the CM does (docs/failures.md#reconfiguration): it plans
+//! the next configuration with [`acre_cm::remap::after_failure`] (promoted backups, blocked
+//! regions, new copying backups), installs it, and installs what
+//! [`acre_cm::remap::after_recovery`] plans from each node's report of recovered regions and
+//! completed copies until every region is active and no backup is copying. Then a second
+//! crash, if the seed asks for one, and the workload goes on until the cluster has served
+//! again.
+//!
+//! A commit that reports `Indeterminate` is decided by the final reads: all of its appends are
+//! there (it committed: it joins the history, its end time unknown, so set to the final read's
+//! start) or none is (it aborted); some of them only fails the test. The bank explains its
+//! final balances by the acknowledged transfers and some subset of those in doubt.
+//!
+//! What is simulated and what is not:
+//! - A "CM crash" is a pause: the test-CM waits four leases ([`LEASE_DEFAULT`]) before it
+//!   acts, the time a CM replica would take to notice and take over. Embedded nodes hold no
+//!   leases (no CM grants them), so no lease lapses here; the pause only stretches the time
+//!   in which the victim's regions do not serve and coordinators keep meeting the dead node.
+//! - NEW-CONFIG and NEW-CONFIG-COMMIT reach every node at once ([`EmbeddedCluster::reconfigure`]),
+//!   not one by one as the CM's driver sends them.
+//! - The seed fixes the schedule (which victims, when, how long the CM waits), the commit mode
+//!   and f, and each thread's transactions; not how threads interleave, so a pinned seed
+//!   replays the schedule and the choices, not the history.
+//!
+//! `ACRE_TEST_SEED=<seed>` runs that one seed; [`SEED_COUNT_ENV`] raises the number of seeds a
+//! run tries (a soak). `ACRE_TEST_COMMIT` pins the commit mode, as for every test here.
+
+use crate::elle::{self, History, MicroOp, TxnRecord};
+use crate::fixture::{self, BLOCK_BYTES, REGION_BYTES, RING_BYTES, create};
+use crate::list_append::{
+    self, Failure, Followed, KEY_COUNT, OPS_PER_TXN_MAX, Planned, READ_ALL_ONE_IN,
+    VALUES_PER_THREAD, attempt, check_allocators, create_keys, follow, nanos_since, read_all,
+};
+use acre_cm::lease::LEASE_DEFAULT;
+use acre_cm::remap::{Copied, after_failure, after_recovery};
+use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::object::LOCK_BIT;
+use acre_nvm_log::random::{SEED_ENV, SplitMix, pinned_seed};
+use acre_replication::EmbeddedCluster;
+use acre_txn::config::CommitMode;
+use acre_txn::record::TxnId;
+use acre_txn::{CommitError, Configuration, Error, RegionState, TxnError, TxnNode};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Seeds each test tries per run: a few, so the file stays well under a minute and a half in a
+/// debug build on two busy cores.
+const SEED_COUNT_DEFAULT: u64 = 5;
+/// Set to run more seeds (a soak), e.g. `ACRE_SIM_TXN_SEEDS=50`.
+const SEED_COUNT_ENV: &str = "ACRE_SIM_TXN_SEEDS";
+
+const MEMORY_NODE_COUNT: u16 = 4;
+/// n1..n3 hold a primary each; n4 holds backups only.
+const PRIMARY_COUNT: usize = 3;
+/// The client-only node: a coordinator and nothing else.
+const CLIENT: NodeId = NodeId(100);
+/// Coordinator threads; each runs every transaction on a live node it picks at random.
+const THREAD_COUNT: u64 = 4;
+/// When the first crash comes, after the workload starts (and the second after the cluster
+/// recovered from the first): early enough that most of the run is spent around failures.
+const CRASH_AFTER_MS_MIN: u64 = 150;
+const CRASH_AFTER_MS_MAX: u64 = 700;
+/// How long the test-CM takes to act on a crash, when it does not "crash" itself.
+const CM_DELAY_MS_MAX: u64 = 150;
+/// A "CM crash": the test-CM waits this long before it acts (module docs).
+const CM_CRASH_PAUSE: Duration = Duration::from_millis(4 * LEASE_DEFAULT.as_millis() as u64);
+/// The workload goes on this long once the cluster served again after the last crash.
+const AFTER_RECOVERY: Duration = Duration::from_millis(300);
+/// Bound on the wait for commits after the last crash (a dead client's locks are settled by
+/// the memory nodes' look every 500 ms, then their votes).
+const SERVE_AGAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one recovery (votes, activation, copies) on two busy cores.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on a whole workload: a client thread starts no transaction after this long.
+const WORKLOAD_TIME_MAX: Duration = Duration::from_secs(30);
+/// Commits a run must see for its verdict to mean something, and after its last crash.
+const COMMITTED_MIN: usize = 40;
+const COMMITTED_AFTER_RECOVERY_MIN: u64 = 5;
+/// Transactions whose outcome a crash leaves in doubt are few (those in flight at the crash);
+/// the bank explains final balances by trying every subset of them.
+const UNSURE_TRANSFERS_MAX: usize = 16;
+
+/// Who a crash takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// A memory node that is the primary of some region (and coordinates).
+    Primary,
+    /// A memory node that is a primary of nothing, only a backup (and coordinates).
+    BackupOnly,
+    /// The client-only node: its coordinators and nothing else.
+    Coordinator,
+}
+
+/// One crash of the schedule.
+#[derive(Clone, Debug)]
+struct Crash {
+    victim: NodeId,
+    role: Role,
+    /// After the workload started (the first) or the cluster recovered from the one before.
+    after: Duration,
+    /// How long the test-CM waits before it acts.
+    cm_pause: Duration,
+    cm_crashed: bool,
+}
+
+/// Everything the seed decides about a run but the threads' transactions.
+#[derive(Clone, Debug)]
+struct Schedule {
+    seed: u64,
+    f: usize,
+    mode: CommitMode,
+    crashes: Vec<Crash>,
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seed={} f={} mode={:?}", self.seed, self.f, self.mode)?;
+        for (index, crash) in self.crashes.iter().enumerate() {
+            write!(
+                f,
+                "; crash {index}: {} ({:?}) after {} ms",
+                crash.victim,
+                crash.role,
+                crash.after.as_millis(),
+            )?;
+            if crash.victim == CLIENT {
+                write!(f, ", settled by the memory nodes")?;
+            } else {
+                write!(f, ", CM acts after {} ms", crash.cm_pause.as_millis())?;
+                if crash.cm_crashed {
+                    write!(f, " (CM crash)")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Schedule {
+    /// The schedule of `seed`. Victims are picked from the configuration the cluster will be
+    /// in when they crash, which the planning functions compute from the victims before them
+    /// (they are pure), so the whole schedule is known, and printed, before the run.
+    fn new(seed: u64) -> Schedule {
+        let mut rng = SplitMix::new(seed);
+        let f = 1 + rng.below(2) as usize;
+        let seeded_mode = if rng.below(2) == 0 {
+            CommitMode::Messages
+        } else {
+            CommitMode::OneSided
+        };
+        let mode = if std::env::var("ACRE_TEST_COMMIT").is_ok() {
+            fixture::commit_mode()
+        } else {
+            seeded_mode
+        };
+        let mut config = initial_config(f, mode);
+        let crash_count = 1 + rng.below(2);
+        let mut crashes = Vec::new();
+        let mut crashed = BTreeSet::new();
+        for _ in 0..crash_count {
+            let wanted =
+                [Role::Primary, Role::BackupOnly, Role::Coordinator][rng.below(3) as usize];
+            let (role, candidates) = [wanted, Role::Primary]
+                .into_iter()
+                .map(|role| (role, candidates(&config, &crashed, role)))
+                .find(|(_, candidates)| !candidates.is_empty())
+                .expect("some memory node is a primary");
+            let victim = candidates[rng.below(candidates.len() as u64) as usize];
+            let after = Duration::from_millis(rng.range(CRASH_AFTER_MS_MIN, CRASH_AFTER_MS_MAX));
+            let cm_crashed = rng.below(4) == 0;
+            let cm_pause = if cm_crashed {
+                CM_CRASH_PAUSE
+            } else {
+                Duration::from_millis(rng.below(CM_DELAY_MS_MAX))
+            };
+            crashes.push(Crash {
+                victim,
+                role,
+                after,
+                cm_pause,
+                cm_crashed,
+            });
+            crashed.insert(victim);
+            if victim != CLIENT {
+                config = recovered_without(&config, victim);
+            }
+        }
+        Schedule {
+            seed,
+            f,
+            mode,
+            crashes,
+        }
+    }
+}
+
+/// Four memory nodes, primaries on n1..n3, f backups each, and [`CLIENT`].
+fn initial_config(f: usize, mode: CommitMode) -> Configuration {
+    let ids: Vec<NodeId> = (1..=MEMORY_NODE_COUNT).map(NodeId).collect();
+    let mut config = Configuration::place_primaries_on(
+        1,
+        ids,
+        PRIMARY_COUNT,
+        vec![CLIENT],
+        1,
+        f,
+        REGION_BYTES,
+        BLOCK_BYTES,
+    )
+    .expect("a valid configuration");
+    config.commit = mode;
+    config
+}
+
+/// The nodes of `config` that play `role` and have not crashed.
+fn candidates(config: &Configuration, crashed: &BTreeSet<NodeId>, role: Role) -> Vec<NodeId> {
+    let is_primary = |node: NodeId| config.regions.iter().any(|p| p.primary == node);
+    match role {
+        Role::Primary => config
+            .nodes
+            .iter()
+            .copied()
+            .filter(|&n| is_primary(n))
+            .collect(),
+        Role::BackupOnly => config
+            .nodes
+            .iter()
+            .copied()
+            .filter(|&n| !is_primary(n) && config.regions.iter().any(|p| p.backups.contains(&n)))
+            .collect(),
+        Role::Coordinator => config
+            .clients
+            .iter()
+            .copied()
+            .filter(|client| !crashed.contains(client))
+            .collect(),
+    }
+}
+
+/// The configuration the test-CM ends with after `victim` fails in `config`: every region
+/// active again, every copy complete.
+fn recovered_without(config: &Configuration, victim: NodeId) -> Configuration {
+    let mut next = after_failure(config, &BTreeSet::from([victim]))
+        .expect("a plan")
+        .config;
+    let blocked: Vec<RegionId> = next
+        .regions
+        .iter()
+        .filter(|p| p.state == RegionState::Blocked)
+        .map(|p| p.region)
+        .collect();
+    if !blocked.is_empty() {
+        next = after_recovery(&next, &blocked, None)
+            .expect("activate")
+            .config;
+    }
+    let copying: BTreeSet<NodeId> = next
+        .regions
+        .iter()
+        .flat_map(|p| p.copying.iter().copied())
+        .collect();
+    for node in copying {
+        let regions: Vec<RegionId> = next.regions.iter().map(|p| p.region).collect();
+        let copied = Copied {
+            node,
+            regions: &regions,
+        };
+        next = after_recovery(&next, &[], Some(copied))
+            .expect("complete")
+            .config;
+    }
+    next
+}
+
+/// Runs `run` for the seeds of one test run, or the one `ACRE_TEST_SEED` pins; a failing
+/// seed is printed with its schedule and how to pin it.
+fn for_seeds(test: &str, mut run: impl FnMut(&Schedule)) {
+    let seeds: Vec<u64> = match pinned_seed() {
+        Some(seed) => vec![seed],
+        None => {
+            let count = match std::env::var(SEED_COUNT_ENV) {
+                Ok(text) => text
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{SEED_COUNT_ENV}={text:?} is not a count")),
+                Err(_) => SEED_COUNT_DEFAULT,
+            };
+            let mut rng = SplitMix::new(RandomState::new().hash_one(test));
+            (0..count).map(|_| rng.next_u64()).collect()
+        }
+    };
+    for seed in seeds {
+        let schedule = Schedule::new(seed);
+        eprintln!("{test}: {schedule}");
+        let began = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&schedule)));
+        if let Err(panic) = outcome {
+            eprintln!(
+                "{test} FAILED: {schedule}\npin it with {SEED_ENV}={seed}, which replays the \
+                 schedule and each thread's transactions, not how the threads interleave"
+            );
+            std::panic::resume_unwind(panic);
+        }
+        eprintln!(
+            "{test}: seed={seed} took {} ms",
+            began.elapsed().as_millis()
+        );
+    }
+}
+
+// The test-CM.
+
+/// Crashes `victim` as the schedule says (module docs).
+fn crash(cluster: &mut EmbeddedCluster, coordinators: &Coordinators, victim: NodeId) {
+    coordinators.crash(victim);
+    if victim == CLIENT {
+        cluster.kill(victim);
+    } else {
+        cluster.fence_member(victim);
+    }
+}
+
+/// What the CM does once it acts on `victim`'s crash: the configuration without it, then
+/// every recovery report until the cluster is whole again.
+fn reconfigure_without(cluster: &mut EmbeddedCluster, victim: NodeId) {
+    let plan = after_failure(cluster.config(), &BTreeSet::from([victim]))
+        .unwrap_or_else(|e| panic!("plan the configuration without {victim}: {e}"));
+    for change in &plan.changes {
+        eprintln!("  test-CM: {change}");
+    }
+    cluster
+        .reconfigure(plan.config)
+        .unwrap_or_else(|e| panic!("install the configuration without {victim}: {e}"));
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    loop {
+        let config = cluster.config().clone();
+        let whole = config
+            .regions
+            .iter()
+            .all(|p| p.state == RegionState::Active && p.copying.is_empty());
+        if whole {
+            return;
+        }
+        let report = cluster.nodes().iter().find_map(|node| {
+            let (recovered, copied) = (node.recovered_regions(), node.copied_regions());
+            (!recovered.is_empty() || !copied.is_empty())
+                .then(|| (node.node_id(), recovered, copied))
+        });
+        match report {
+            Some((node, recovered, copied)) => {
+                let copied = (!copied.is_empty()).then_some(Copied {
+                    node,
+                    regions: &copied,
+                });
+                let plan = after_recovery(&config, &recovered, copied).unwrap_or_else(|e| {
+                    panic!("plan after {node}'s report (recovered {recovered:?}): {e}")
+                });
+                cluster
+                    .reconfigure(plan.config)
+                    .unwrap_or_else(|e| panic!("install the plan after {node}'s report: {e}"));
+            }
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not recover from {victim}'s crash within \
+                     {RECOVERY_TIMEOUT:?}: configuration {config:?}"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Plays the schedule on `cluster` while the workload runs.
+fn play(
+    cluster: &mut EmbeddedCluster,
+    coordinators: &Coordinators,
+    schedule: &Schedule,
+    origin: Instant,
+) {
+    for crash_step in &schedule.crashes {
+        std::thread::sleep(crash_step.after);
+        eprintln!(
+            "  crash {} ({:?}) at {} ms",
+            crash_step.victim,
+            crash_step.role,
+            origin.elapsed().as_millis()
+        );
+        crash(cluster, coordinators, crash_step.victim);
+        if crash_step.victim == CLIENT {
+            // The CM does not watch clients (they hold no lease): the memory nodes settle what
+            // a dead client left through its liveness (docs/failures.md#a-client-that-dies),
+            // and its id stays in the configuration.
+            continue;
+        }
+        std::thread::sleep(crash_step.cm_pause);
+        reconfigure_without(cluster, crash_step.victim);
+        eprintln!(
+            "  whole again at {} ms in configuration {}",
+            origin.elapsed().as_millis(),
+            cluster.config().id
+        );
+    }
+}
+
+/// The nodes client threads coordinate on, and which of them crashed: a thread starts no
+/// transaction on a crashed node (a dead process's threads run no more), while one already
+/// running there goes on and meets the isolation.
+struct Coordinators {
+    nodes: Vec<Arc<TxnNode>>,
+    crashed: Mutex<HashSet<NodeId>>,
+    /// Commits acknowledged so far, all threads together.
+    committed_count: AtomicU64,
+}
+
+impl Coordinators {
+    fn new(cluster: &EmbeddedCluster) -> Coordinators {
+        Coordinators {
+            nodes: cluster.nodes().iter().map(|n| n.txn().clone()).collect(),
+            crashed: Mutex::new(HashSet::new()),
+            committed_count: AtomicU64::new(0),
+        }
+    }
+
+    fn note_commit(&self) {
+        self.committed_count.fetch_add(1, Relaxed);
+    }
+
+    /// Waits until [`COMMITTED_AFTER_RECOVERY_MIN`] more commits are acknowledged: the cluster
+    /// serves again after the last crash.
+    fn wait_served_again(&self, seed: u64) {
+        let before = self.committed_count.load(Relaxed);
+        let deadline = Instant::now() + SERVE_AGAIN_TIMEOUT;
+        while self.committed_count.load(Relaxed) < before + COMMITTED_AFTER_RECOVERY_MIN {
+            assert!(
+                Instant::now() < deadline,
+                "seed={seed}: {} commits in the {SERVE_AGAIN_TIMEOUT:?} after the last crash: \
+                 the cluster did not serve again",
+                self.committed_count.load(Relaxed) - before
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn crash(&self, node: NodeId) {
+        self.crashed.lock().expect("poisoned").insert(node);
+    }
+
+    /// A live node, picked by `rng`.
+    fn pick(&self, rng: &mut SplitMix) -> Arc<TxnNode> {
+        let crashed = self.crashed.lock().expect("poisoned");
+        let live: Vec<&Arc<TxnNode>> = self
+            .nodes
+            .iter()
+            .filter(|n| !crashed.contains(&n.node_id()))
+            .collect();
+        live[rng.below(live.len() as u64) as usize].clone()
+    }
+}
+
+/// Whether `error`, met by a transaction while nodes crash, means only that a participant is
+/// gone (so nothing committed and the workload moves on); anything else is a bug.
+fn is_crash_refusal(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Txn(TxnError::Unavailable { .. }) | Error::Commit(CommitError::Unavailable { .. })
+    )
+}
+
+/// A transaction whose commit was `Indeterminate`: what it appended is looked for in the
+/// final reads, which decide it.
+#[derive(Clone, Debug)]
+struct Unsure {
+    id: u64,
+    txn: TxnId,
+    appends: Vec<(u64, u64)>,
+    start_ns: u64,
+}
+
+#[derive(Default)]
+struct ListLog {
+    committed: Vec<TxnRecord>,
+    aborted_appends: Vec<(u64, u64)>,
+    unsure: Vec<Unsure>,
+    conflict_count: u64,
+    refused_count: u64,
+    other_count: u64,
+}
+
+fn appends_of(plan: &[Planned]) -> Vec<(u64, u64)> {
+    plan.iter()
+        .filter_map(|step| match *step {
+            Planned::Append { key, value } => Some((key, value)),
+            Planned::Read { .. } => None,
+        })
+        .collect()
+}
+
+fn list_client(
+    thread_index: u64,
+    seed: u64,
+    coordinators: &Coordinators,
+    roots: &[Addr],
+    origin: Instant,
+    stop: &AtomicBool,
+) -> Result<ListLog, String> {
+    let mut rng = SplitMix::new(seed ^ (thread_index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut log = ListLog::default();
+    let mut next_value = thread_index * VALUES_PER_THREAD;
+    let mut txn_index = 0;
+    while !stop.load(Relaxed) && origin.elapsed() < WORKLOAD_TIME_MAX {
+        txn_index += 1;
+        let node = coordinators.pick(&mut rng);
+        let plan: Vec<Planned> = if rng.below(READ_ALL_ONE_IN) == 0 {
+            read_all()
+        } else {
+            (0..rng.range(1, OPS_PER_TXN_MAX))
+                .map(|_| {
+                    let key = rng.below(KEY_COUNT);
+                    if rng.below(2) == 0 {
+                        Planned::Read { key }
+                    } else {
+                        next_value += 1;
+                        Planned::Append {
+                            key,
+                            value: next_value,
+                        }
+                    }
+                })
+                .collect()
+        };
+        assert!(
+            next_value < (thread_index + 1) * VALUES_PER_THREAD,
+            "values stay unique per thread"
+        );
+        let start_ns = nanos_since(origin);
+        let outcome = attempt(&node, roots, &plan);
+        let end_ns = nanos_since(origin);
+        let id = thread_index * VALUES_PER_THREAD + txn_index;
+        let here = || format!("thread {thread_index} T{id} on {}", node.node_id());
+        match outcome {
+            Ok(committed) => {
+                coordinators.note_commit();
+                log.committed.push(TxnRecord {
+                    id,
+                    ops: committed.ops,
+                    start_ns,
+                    end_ns,
+                });
+            }
+            Err(Failure::Fatal(reason)) => return Err(format!("{}: {reason}", here())),
+            Err(Failure::Refused(e)) if !is_crash_refusal(&e) => {
+                return Err(format!("{}: {e}", here()));
+            }
+            Err(Failure::Indeterminate(txn)) => log.unsure.push(Unsure {
+                id,
+                txn,
+                appends: appends_of(&plan),
+                start_ns,
+            }),
+            Err(failure) => {
+                match failure {
+                    Failure::Refused(_) => log.refused_count += 1,
+                    Failure::Retryable(e) if e.is_conflict() => log.conflict_count += 1,
+                    _ => log.other_count += 1,
+                }
+                log.aborted_appends.extend(appends_of(&plan));
+            }
+        }
+    }
+    Ok(log)
+}
+
+/// Waits until nothing is in flight ([`fixture::settle`]); if the cluster does not quiesce,
+/// says first what each node still holds, which `settle` does not.
+fn settle(cluster: &EmbeddedCluster, seed: u64) {
+    if !cluster.quiesce(fixture::SETTLE_TIMEOUT) {
+        for node in cluster.nodes() {
+            let txn = node.txn();
+            eprintln!(
+                "seed={seed}: {} quiet={} pending_truncations={} unfinished_commits={} \
+                 held_as_primary={} held_as_backup={}",
+                node.node_id(),
+                node.is_quiet(),
+                txn.links().has_pending_truncations(),
+                txn.unfinished_commits(),
+                txn.primary().held_count(),
+                node.backup().held_count()
+            );
+        }
+        for node in cluster.nodes() {
+            let primary = node.txn().primary();
+            for coordinator in [1, 2, 3, 4, 100].map(NodeId) {
+                let allocating = primary.allocating(coordinator);
+                if !allocating.is_empty() {
+                    eprintln!(
+                        "seed={seed}: {} holds ALLOC reservations of {allocating:?}",
+                        node.node_id()
+                    );
+                }
+            }
+            let stats = node.worker().expect("running").stats();
+            eprintln!(
+                "seed={seed}: {} orphans aborted={} installed={} truncated={} left={} \
+                 unanswered={} recovered committed={} aborted={} late_refused={}",
+                node.node_id(),
+                stats.orphans_aborted.load(Relaxed),
+                stats.orphans_installed.load(Relaxed),
+                stats.orphans_truncated.load(Relaxed),
+                stats.orphans_left.load(Relaxed),
+                stats.orphans_unanswered.load(Relaxed),
+                stats.recovered_committed.load(Relaxed),
+                stats.recovered_aborted.load(Relaxed),
+                stats.late_refused.load(Relaxed),
+            );
+        }
+        let busy: Vec<fixture::RingState> = fixture::rings(cluster)
+            .into_iter()
+            .filter(|r| r.head != r.tail)
+            .collect();
+        panic!("seed={seed}: the cluster did not quiesce; rings not drained: {busy:?}");
+    }
+    fixture::settle(cluster);
+}
+
+/// Every region active, no backup copying, and every complete replica of every region equal
+/// to its primary's copy word for word, lock bits included (once quiet nothing is locked;
+/// `check_replicas` forgives lock bits, this does not, and says if a lock bit is all that
+/// differs).
+fn check_identical_replicas(cluster: &EmbeddedCluster, seed: u64) {
+    let config = cluster.config();
+    for placement in &config.regions {
+        assert_eq!(
+            (placement.state, placement.copying.as_slice()),
+            (RegionState::Active, &[][..]),
+            "seed={seed}: {} is not whole once quiet: {placement:?}",
+            placement.region
+        );
+        let copy_at = |node: NodeId| {
+            fixture::replica(cluster, node)
+                .copy(placement.region)
+                .unwrap_or_else(|| {
+                    panic!("seed={seed}: {node} holds no copy of {}", placement.region)
+                })
+        };
+        let primary = copy_at(placement.primary);
+        for &backup in &placement.backups {
+            let copy = copy_at(backup);
+            for (index, (p, b)) in primary.words().iter().zip(copy.words()).enumerate() {
+                let (p, b) = (p.load(Relaxed), b.load(Relaxed));
+                assert!(
+                    p == b,
+                    "seed={seed}: {}'s copies differ at offset {:#x}: primary {} {p:#018x}, \
+                     backup {backup} {b:#018x}{}",
+                    placement.region,
+                    index * 8,
+                    placement.primary,
+                    if p ^ b == LOCK_BIT {
+                        " (the lock bit only)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    cluster
+        .check_replicas()
+        .unwrap_or_else(|mismatch| panic!("seed={seed}: {mismatch}"));
+}
+
+/// Before `check_allocators` fails on them: the slots each primary's allocator counts taken
+/// whose headers say free, with those headers, so the failure says what the slot went through.
+fn describe_leaks(cluster: &EmbeddedCluster, seed: u64) {
+    for node in cluster.nodes() {
+        let primary = node.txn().primary();
+        for region in primary.region_ids() {
+            let taken = primary.allocated_addrs(region).expect("a primary region");
+            let copy = primary.region(region).expect("a primary region");
+            let headers: BTreeSet<Addr> =
+                acre_engine::slab::SlabAllocator::rebuild(&copy, BLOCK_BYTES)
+                    .expect("rebuild")
+                    .allocated_addrs()
+                    .into_iter()
+                    .collect();
+            for addr in taken.into_iter().filter(|a| !headers.contains(a)) {
+                // Free and unlocked but taken, in one-sided mode at a primary whose own
+                // coordinators allocate there: the leak that
+                // `found_a_one_sided_lock_stopped_by_its_own_nodes_fence_leaks_its_local_allocation`
+                // reduces (a known cause, not the only possible one).
+                eprintln!(
+                    "seed={seed}: {} counts {addr} taken; its header: {:?} (mode {:?})",
+                    node.node_id(),
+                    fixture::primary_header(cluster, addr),
+                    cluster.config().commit
+                );
+            }
+        }
+    }
+}
+
+/// One list-append run of `schedule`.
+fn list_append_run(schedule: &Schedule) {
+    let seed = schedule.seed;
+    let mut cluster =
+        EmbeddedCluster::start_faulty(initial_config(schedule.f, schedule.mode), RING_BYTES)
+            .expect("start the cluster");
+    let memory_nodes: Vec<Arc<TxnNode>> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.node_id() != CLIENT)
+        .map(|n| n.txn().clone())
+        .collect();
+    let roots = Arc::new(create_keys(&memory_nodes));
+    let coordinators = Arc::new(Coordinators::new(&cluster));
+    let stop = Arc::new(AtomicBool::new(false));
+    let origin = Instant::now();
+    let threads: Vec<_> = (0..THREAD_COUNT)
+        .map(|thread_index| {
+            let (coordinators, roots, stop) = (coordinators.clone(), roots.clone(), stop.clone());
+            std::thread::spawn(move || {
+                list_client(thread_index, seed, &coordinators, &roots, origin, &stop)
+            })
+        })
+        .collect();
+    play(&mut cluster, &coordinators, schedule, origin);
+    coordinators.wait_served_again(seed);
+    std::thread::sleep(AFTER_RECOVERY);
+    stop.store(true, Relaxed);
+    let mut history = History::default();
+    let mut unsure = Vec::new();
+    let mut counts = (0, 0, 0);
+    for thread in threads {
+        let log = thread
+            .join()
+            .unwrap_or_else(|_| panic!("seed={seed}: a client thread panicked (see above)"))
+            .unwrap_or_else(|reason| panic!("seed={seed}: {reason}"));
+        history.txns.extend(log.committed);
+        history.aborted_appends.extend(log.aborted_appends);
+        unsure.extend(log.unsure);
+        counts.0 += log.conflict_count;
+        counts.1 += log.refused_count;
+        counts.2 += log.other_count;
+    }
+
+    settle(&cluster, seed);
+    // The final read, from a live memory node.
+    let reader = cluster.nodes()[0].txn().clone();
+    let mut final_lists = HashMap::new();
+    let mut live = BTreeSet::from_iter(roots.iter().copied());
+    let final_start_ns = nanos_since(origin);
+    let mut txn = reader.begin().expect("begin the final read");
+    for key in 0..KEY_COUNT {
+        match follow(&mut txn, &roots, key) {
+            Ok(Followed::List { at, object }) => {
+                live.insert(at);
+                final_lists.insert(key, object.list);
+            }
+            Ok(Followed::Stale(reason)) => panic!("seed={seed}: once quiet, {reason}"),
+            Err(failure) => panic!("seed={seed}: the final read failed: {failure:?}"),
+        }
+    }
+    txn.commit()
+        .unwrap_or_else(|e| panic!("seed={seed}: the final read did not commit: {e}"));
+    let final_end_ns = nanos_since(origin);
+
+    // The final reads decide the transactions whose commit was in doubt: all of their appends
+    // are there (committed) or none is (aborted).
+    let mut unsure_committed = 0;
+    for doubt in &unsure {
+        let found: Vec<bool> = doubt
+            .appends
+            .iter()
+            .map(|(key, value)| final_lists[key].contains(value))
+            .collect();
+        if found.iter().all(|&f| f) && !found.is_empty() {
+            unsure_committed += 1;
+            history.txns.push(TxnRecord {
+                id: doubt.id,
+                ops: doubt
+                    .appends
+                    .iter()
+                    .map(|&(key, value)| MicroOp::Append { key, value })
+                    .collect(),
+                start_ns: doubt.start_ns,
+                // Its acknowledgement never came: it ended at the latest before the final read.
+                end_ns: final_start_ns,
+            });
+        } else {
+            assert!(
+                !found.iter().any(|&f| f),
+                "seed={seed}: only some appends of T{} ({}) are in the final reads: {:?} of {:?}",
+                doubt.id,
+                doubt.txn,
+                found,
+                doubt.appends
+            );
+            history
+                .aborted_appends
+                .extend(doubt.appends.iter().copied());
+        }
+    }
+    let acknowledged_count = history.txns.len() - unsure_committed;
+    // Every acknowledged append is in its list, no aborted one is.
+    for txn in &history.txns {
+        for op in &txn.ops {
+            if let MicroOp::Append { key, value } = op {
+                assert!(
+                    final_lists[key].contains(value),
+                    "seed={seed}: T{}'s acknowledged append of {value} to key {key} is lost",
+                    txn.id
+                );
+            }
+        }
+    }
+    for (key, value) in &history.aborted_appends {
+        assert!(
+            !final_lists[key].contains(value),
+            "seed={seed}: the aborted append of {value} to key {key} is in its list"
+        );
+    }
+    // The final read joins the history: its lists must follow every commit before it.
+    history.txns.push(TxnRecord {
+        id: u64::MAX,
+        ops: (0..KEY_COUNT)
+            .map(|key| MicroOp::Read {
+                key,
+                list: final_lists[&key].clone(),
+            })
+            .collect(),
+        start_ns: final_start_ns,
+        end_ns: final_end_ns,
+    });
+    let report = elle::check(&history, true);
+    eprintln!(
+        "  seed={seed}: acknowledged={acknowledged_count} in_doubt={} (committed {unsure_committed}) \
+         conflicts={} refused={} other={} \
+         overlapping_pairs={}\n{report}",
+        unsure.len(),
+        counts.0,
+        counts.1,
+        counts.2,
+        list_append::overlapping_pair_count(&history.txns),
+    );
+    assert!(report.is_valid(), "seed={seed}\n{report}");
+    assert!(
+        acknowledged_count >= COMMITTED_MIN,
+        "seed={seed}: acknowledged_count={acknowledged_count} COMMITTED_MIN={COMMITTED_MIN}"
+    );
+    check_identical_replicas(&cluster, seed);
+    describe_leaks(&cluster, seed);
+    check_allocators(&cluster, &live, seed);
+    cluster.stop();
+}
+
+/// Elle's list-append workload under seeded crashes (module docs): strictly serializable,
+/// nothing acknowledged lost, nothing aborted visible, replicas identical once quiet.
+#[test]
+fn list_append_under_seeded_crashes_is_strictly_serializable() {
+    for_seeds("sim_txn_list_append", list_append_run);
+}
+
+// The bank.
+
+const ACCOUNT_COUNT: usize = 12;
+const BALANCE_FIRST: i64 = 100;
+const TOTAL: i64 = ACCOUNT_COUNT as i64 * BALANCE_FIRST;
+/// One transaction in this many is an audit (reads every account).
+const AUDIT_ONE_IN: u64 = 8;
+const AMOUNT_MAX: u64 = 10;
+
+fn balance(bytes: &[u8]) -> Result<i64, String> {
+    let word: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| format!("a balance of {} bytes", bytes.len()))?;
+    Ok(i64::from_le_bytes(word))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    from: usize,
+    to: usize,
+    amount: i64,
+}
+
+#[derive(Default)]
+struct BankLog {
+    acknowledged: Vec<Transfer>,
+    unsure: Vec<(TxnId, Transfer)>,
+    audit_count: u64,
+    refused_count: u64,
+    other_count: u64,
+}
+
+/// What one bank transaction did.
+enum BankOutcome {
+    Transferred,
+    /// Too little in the source account: nothing written.
+    Skipped,
+    Audited,
+}
+
+fn as_failure(e: impl Into<Failure>) -> Failure {
+    e.into()
+}
+
+fn bank_txn(
+    node: &Arc<TxnNode>,
+    accounts: &[Addr],
+    transfer: Option<Transfer>,
+) -> Result<BankOutcome, Failure> {
+    let mut txn = node.begin().map_err(as_failure)?;
+    let Some(Transfer { from, to, amount }) = transfer else {
+        let mut sum = 0;
+        for &account in accounts {
+            let value = balance(&txn.read(account).map_err(as_failure)?).map_err(Failure::Fatal)?;
+            if value < 0 {
+                // Only a commit makes what it read a fact.
+                txn.commit().map_err(as_failure)?;
+                return Err(Failure::Fatal(format!("an audit saw {account} at {value}")));
+            }
+            sum += value;
+        }
+        txn.commit().map_err(as_failure)?;
+        if sum != TOTAL {
+            return Err(Failure::Fatal(format!(
+                "an audit summed {sum}, not {TOTAL}"
+            )));
+        }
+        return Ok(BankOutcome::Audited);
+    };
+    let a = balance(&txn.read(accounts[from]).map_err(as_failure)?).map_err(Failure::Fatal)?;
+    let b = balance(&txn.read(accounts[to]).map_err(as_failure)?).map_err(Failure::Fatal)?;
+    if a < amount {
+        return Ok(BankOutcome::Skipped);
+    }
+    txn.write(accounts[from], &(a - amount).to_le_bytes())
+        .map_err(as_failure)?;
+    txn.write(accounts[to], &(b + amount).to_le_bytes())
+        .map_err(as_failure)?;
+    txn.commit().map_err(as_failure)?;
+    Ok(BankOutcome::Transferred)
+}
+
+fn bank_client(
+    thread_index: u64,
+    seed: u64,
+    coordinators: &Coordinators,
+    accounts: &[Addr],
+    origin: Instant,
+    stop: &AtomicBool,
+) -> Result<BankLog, String> {
+    let mut rng = SplitMix::new(seed ^ (thread_index + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut log = BankLog::default();
+    while !stop.load(Relaxed) && origin.elapsed() < WORKLOAD_TIME_MAX {
+        let node = coordinators.pick(&mut rng);
+        let transfer = (rng.below(AUDIT_ONE_IN) != 0).then(|| {
+            let from = rng.below(ACCOUNT_COUNT as u64) as usize;
+            let to = (from + 1 + rng.below(ACCOUNT_COUNT as u64 - 1) as usize) % ACCOUNT_COUNT;
+            Transfer {
+                from,
+                to,
+                amount: rng.range(1, AMOUNT_MAX) as i64,
+            }
+        });
+        let here = || format!("thread {thread_index} on {}", node.node_id());
+        match bank_txn(&node, accounts, transfer) {
+            Ok(BankOutcome::Transferred) => {
+                coordinators.note_commit();
+                log.acknowledged.push(transfer.expect("a transfer"));
+            }
+            Ok(BankOutcome::Audited) => {
+                coordinators.note_commit();
+                log.audit_count += 1;
+            }
+            Ok(BankOutcome::Skipped) => {}
+            Err(Failure::Fatal(reason)) => return Err(format!("{}: {reason}", here())),
+            Err(Failure::Refused(e)) if !is_crash_refusal(&e) => {
+                return Err(format!("{}: {e}", here()));
+            }
+            Err(Failure::Refused(_)) => log.refused_count += 1,
+            // An audit writes nothing: whether it committed changes no balance.
+            Err(Failure::Indeterminate(txn)) => {
+                if let Some(transfer) = transfer {
+                    log.unsure.push((txn, transfer));
+                }
+            }
+            Err(_) => log.other_count += 1,
+        }
+    }
+    Ok(log)
+}
+
+/// Final balances are the first ones moved by every acknowledged transfer and by some subset
+/// of the transfers in doubt (each committed or not, as a whole).
+fn check_balances(finals: &[i64], acknowledged: &[Transfer], unsure: &[Transfer], seed: u64) {
+    let mut expected = vec![BALANCE_FIRST; ACCOUNT_COUNT];
+    for t in acknowledged {
+        expected[t.from] -= t.amount;
+        expected[t.to] += t.amount;
+    }
+    assert!(
+        unsure.len() <= UNSURE_TRANSFERS_MAX,
+        "seed={seed}: {} transfers in doubt, more than the {UNSURE_TRANSFERS_MAX} a crash \
+         leaves",
+        unsure.len()
+    );
+    let explained = (0u32..1 << unsure.len()).any(|subset| {
+        let mut balances = expected.clone();
+        for (index, t) in unsure.iter().enumerate() {
+            if subset & (1 << index) != 0 {
+                balances[t.from] -= t.amount;
+                balances[t.to] += t.amount;
+            }
+        }
+        balances == finals
+    });
+    assert!(
+        explained,
+        "seed={seed}: final balances {finals:?} are not the first ones moved by the {} \
+         acknowledged transfers ({expected:?}) and some of the {} in doubt {unsure:?}: an \
+         acknowledged transfer is lost or an aborted one applied",
+        acknowledged.len(),
+        unsure.len()
+    );
+}
+
+fn bank_run(schedule: &Schedule) {
+    let seed = schedule.seed;
+    let mut cluster =
+        EmbeddedCluster::start_faulty(initial_config(schedule.f, schedule.mode), RING_BYTES)
+            .expect("start the cluster");
+    let creator = cluster.nodes()[0].txn().clone();
+    let accounts: Arc<Vec<Addr>> = Arc::new(
+        (0..ACCOUNT_COUNT)
+            .map(|index| {
+                let region = RegionId(1 + (index % PRIMARY_COUNT) as u32);
+                create(&creator, region, &BALANCE_FIRST.to_le_bytes())
+            })
+            .collect(),
+    );
+    let coordinators = Arc::new(Coordinators::new(&cluster));
+    let stop = Arc::new(AtomicBool::new(false));
+    let origin = Instant::now();
+    let threads: Vec<_> = (0..THREAD_COUNT)
+        .map(|thread_index| {
+            let (coordinators, accounts, stop) =
+                (coordinators.clone(), accounts.clone(), stop.clone());
+            std::thread::spawn(move || {
+                bank_client(thread_index, seed, &coordinators, &accounts, origin, &stop)
+            })
+        })
+        .collect();
+    play(&mut cluster, &coordinators, schedule, origin);
+    coordinators.wait_served_again(seed);
+    std::thread::sleep(AFTER_RECOVERY);
+    stop.store(true, Relaxed);
+    let mut acknowledged = Vec::new();
+    let mut unsure = Vec::new();
+    let (mut audit_count, mut refused_count, mut other_count) = (0, 0, 0);
+    for thread in threads {
+        let log = thread
+            .join()
+            .unwrap_or_else(|_| panic!("seed={seed}: a client thread panicked (see above)"))
+            .unwrap_or_else(|reason| panic!("seed={seed}: {reason}"));
+        acknowledged.extend(log.acknowledged);
+        unsure.extend(log.unsure);
+        audit_count += log.audit_count;
+        refused_count += log.refused_count;
+        other_count += log.other_count;
+    }
+    settle(&cluster, seed);
+    let reader = cluster.nodes()[0].txn().clone();
+    let mut txn = reader.begin().expect("begin the final audit");
+    let finals: Vec<i64> = accounts
+        .iter()
+        .map(|&account| {
+            let bytes = txn
+                .read(account)
+                .unwrap_or_else(|e| panic!("seed={seed}: the final audit read {account}: {e}"));
+            balance(&bytes).unwrap_or_else(|reason| panic!("seed={seed}: {reason}"))
+        })
+        .collect();
+    txn.commit()
+        .unwrap_or_else(|e| panic!("seed={seed}: the final audit did not commit: {e}"));
+    eprintln!(
+        "  seed={seed}: transfers acknowledged={} in_doubt={} audits={audit_count} \
+         refused={refused_count} other={other_count}",
+        acknowledged.len(),
+        unsure.len()
+    );
+    assert_eq!(finals.iter().sum::<i64>(), TOTAL, "seed={seed}: {finals:?}");
+    assert!(
+        finals.iter().all(|&b| b >= 0),
+        "seed={seed}: a negative balance: {finals:?}"
+    );
+    let in_doubt: Vec<Transfer> = unsure.iter().map(|(_, t)| *t).collect();
+    check_balances(&finals, &acknowledged, &in_doubt, seed);
+    assert!(
+        acknowledged.len() >= COMMITTED_MIN,
+        "seed={seed}: {} transfers acknowledged, fewer than {COMMITTED_MIN}",
+        acknowledged.len()
+    );
+    assert!(audit_count > 0, "seed={seed}: no audit committed");
+    check_identical_replicas(&cluster, seed);
+    cluster.stop();
+}
+
+/// Bank transfers with audits under seeded crashes (module docs): every committed audit sums
+/// to the total, final balances are explained by the acknowledged transfers and some of those
+/// in doubt, replicas identical once quiet.
+#[test]
+fn bank_under_seeded_crashes_keeps_its_total_and_loses_no_transfer() {
+    for_seeds("sim_txn_bank", bank_run);
+}
+
+// What the simulation found, each reduced to a scenario that fails without the simulation.
+
+/// FOUND by the simulation (list-append, one-sided mode: a slot counted taken by the allocator
+/// of a primary that never changed, its header free; reproduced without any crash by
+/// reconfigurations alone). A one-sided coordinator on n2 allocates in r2, whose primary is
+/// its own node (reserved locally, not tracked per transaction), and writes an object of n1.
+/// Its compare-and-swaps locking at n1 are held back while n2 (only) adopts and commits
+/// configuration 2, so n2's worker drains and raises the fence of the rings it reads. The LOCK
+/// to n1 counted (n1 is still in configuration 1); the LOCK to n2 itself, appended next, reads
+/// the newer fence, and the commit stops with `ConfigurationChanged` before `Primary::lock`
+/// ran for it. The abort sends
+/// ABORT to n2 as a primary the LOCK was sent to, so the local reservation is not among the
+/// unsent ones it releases directly, and `Primary::abort` finds nothing held for the
+/// transaction and releases nothing: the slot stays reserved for good.
+#[test]
+fn found_a_one_sided_lock_stopped_by_its_own_nodes_fence_leaks_its_local_allocation() {
+    use acre_engine::fabric::Op;
+    use acre_engine::fabric::fault::{Action, Rule};
+    let mut cluster = fixture::start_in(CommitMode::OneSided, REGION_BYTES, RING_BYTES, vec![]);
+    let n2 = fixture::txn_node(&cluster, 1);
+    let here = fixture::region_of(1); // primary n2
+    let remote = create(&n2, fixture::region_of(0), b"r0"); // primary n1
+    fixture::settle(&cluster);
+    let before = n2
+        .primary()
+        .allocated_addrs(here)
+        .expect("n2 is r2's primary");
+    let rule = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Delay(Duration::from_millis(1000)))
+            .from(NodeId(2))
+            // Only compare-and-swaps: the locks (an append reads its fence with one too).
+            .when(|ops| ops.iter().all(|op| matches!(op, Op::Cas { .. })))
+            .times(1),
+    );
+    let coordinator = n2.clone();
+    let committing = std::thread::spawn(move || {
+        let mut txn = coordinator.begin().expect("begin");
+        let fresh = txn
+            .alloc_near(8, Addr::new(here, 0))
+            .expect("a slot of n2's own region");
+        txn.write(fresh, b"fresh").expect("write");
+        txn.write(remote, b"r1").expect("write");
+        txn.commit()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let newer = crate::reconfiguration::next(cluster.config(), |_| {});
+    cluster.adopt_at(NodeId(2), newer.clone()).expect("adopt");
+    cluster.commit_at(NodeId(2), newer.id).expect("commit");
+    // Until n2's worker has drained, its own LOCK could still lock (and the abort would then
+    // find it held): wait for the fence of the ring n2 writes at itself.
+    let ring = fixture::replica(&cluster, NodeId(2))
+        .txn()
+        .fabric()
+        .memory()
+        .area(acre_engine::channel::ring_area_id(NodeId(2)))
+        .expect("n2's ring at itself");
+    let deadline = Instant::now() + Duration::from_millis(800);
+    while ring.words_at(acre_nvm_log::ring::FENCE_OFFSET as u32, 8)[0].load(Relaxed) < newer.id {
+        assert!(Instant::now() < deadline, "n2 did not drain in time");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let outcome = committing.join().expect("the commit does not panic");
+    assert_eq!(
+        cluster.faults().hits(rule),
+        1,
+        "the locks at n1 were held back"
+    );
+    assert!(
+        matches!(outcome, Err(CommitError::ConfigurationChanged { .. })),
+        "{outcome:?}"
+    );
+    for node in [NodeId(1), NodeId(3)] {
+        cluster.adopt_at(node, newer.clone()).expect("adopt");
+    }
+    for node in [NodeId(1), NodeId(3)] {
+        cluster.commit_at(node, newer.id).expect("commit");
+    }
+    fixture::settle(&cluster);
+    assert_eq!(
+        n2.primary()
+            .allocated_addrs(here)
+            .expect("n2 is r2's primary"),
+        before,
+        "the slot the aborted transaction reserved in n2's own region was not handed back"
+    );
+    cluster.stop();
+}
+
+/// FOUND by the simulation (list-append, message mode: the backup-only n4 crashed while its
+/// coordinator threads ran; once quiet, n1 and n2 still held ALLOC reservations of one of its
+/// transactions, and the cluster never quiesced). A coordinator on memory node n4 reserves a
+/// slot at n1 with an ALLOC request and has sent no LOCK there when n4 crashes. The
+/// configuration without n4 is installed and every region recovered, but nothing hands the
+/// slot back: transaction recovery looks only at transactions a node keeps records of, and the
+/// settlement of slots reserved by a coordinator that is gone looks only at clients
+/// (`Serving::find_orphans`, over `config.clients`). n1 keeps the reservation for good: its
+/// `held_count` never returns to 0 and the slot is never reused.
+#[test]
+fn found_alloc_reservations_of_a_crashed_memory_node_coordinator_are_never_handed_back() {
+    let mut cluster = crate::reconfiguration::four_nodes();
+    let n4 = fixture::txn_node(&cluster, 3);
+    let r1 = RegionId(1); // primary n1
+    let mut txn = n4.begin().expect("begin");
+    let reserved = txn
+        .alloc_near(8, Addr::new(r1, 0))
+        .expect("a slot reserved at n1 by an ALLOC request");
+    assert_eq!(reserved.region(), r1);
+    let n1 = fixture::replica(&cluster, NodeId(1)).txn().clone();
+    assert_eq!(n1.primary().allocating(NodeId(4)).len(), 1, "n1 tracks it");
+    cluster.fence_member(NodeId(4)); // n4 crashes with the transaction open
+    drop(txn); // what its RELEASE would say reaches nobody now
+    reconfigure_without(&mut cluster, NodeId(4));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !n1.primary().allocating(NodeId(4)).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "n1 still holds the slot {reserved} that n4's transaction reserved, 5 s after the \
+             configuration without n4 recovered: {:?}",
+            n1.primary().allocating(NodeId(4))
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fixture::settle(&cluster);
+    cluster.stop();
+}

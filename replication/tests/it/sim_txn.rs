@@ -709,7 +709,7 @@ fn describe_leaks(cluster: &EmbeddedCluster, seed: u64) {
             for addr in taken.into_iter().filter(|a| !headers.contains(a)) {
                 // Free and unlocked but taken, in one-sided mode at a primary whose own
                 // coordinators allocate there: the leak that
-                // `found_a_one_sided_lock_stopped_by_its_own_nodes_fence_leaks_its_local_allocation`
+                // `a_one_sided_lock_stopped_by_its_own_nodes_fence_hands_back_its_local_allocation`
                 // reduces (a known cause, not the only possible one).
                 eprintln!(
                     "seed={seed}: {} counts {addr} taken; its header: {:?} (mode {:?})",
@@ -1139,7 +1139,7 @@ fn bank_under_seeded_crashes_keeps_its_total_and_loses_no_transfer() {
 
 // What the simulation found, each reduced to a scenario that fails without the simulation.
 
-/// FOUND by the simulation (list-append, one-sided mode: a slot counted taken by the allocator
+/// Found by the simulation, fixed since (list-append, one-sided mode: a slot counted taken by the allocator
 /// of a primary that never changed, its header free; reproduced without any crash by
 /// reconfigurations alone). A one-sided coordinator on n2 allocates in r2, whose primary is
 /// its own node (reserved locally, not tracked per transaction), and writes an object of n1.
@@ -1150,9 +1150,10 @@ fn bank_under_seeded_crashes_keeps_its_total_and_loses_no_transfer() {
 /// ran for it. The abort sends
 /// ABORT to n2 as a primary the LOCK was sent to, so the local reservation is not among the
 /// unsent ones it releases directly, and `Primary::abort` finds nothing held for the
-/// transaction and releases nothing: the slot stays reserved for good.
+/// transaction and released nothing: the slot stayed reserved for good. Now `send_aborts`
+/// hands back the slots its own primary holds nothing of.
 #[test]
-fn found_a_one_sided_lock_stopped_by_its_own_nodes_fence_leaks_its_local_allocation() {
+fn a_one_sided_lock_stopped_by_its_own_nodes_fence_hands_back_its_local_allocation() {
     use acre_engine::fabric::Op;
     use acre_engine::fabric::fault::{Action, Rule};
     let mut cluster = fixture::start_in(CommitMode::OneSided, REGION_BYTES, RING_BYTES, vec![]);
@@ -1225,17 +1226,19 @@ fn found_a_one_sided_lock_stopped_by_its_own_nodes_fence_leaks_its_local_allocat
     cluster.stop();
 }
 
-/// FOUND by the simulation (list-append, message mode: the backup-only n4 crashed while its
+/// Found by the simulation, fixed since (list-append, message mode: the backup-only n4 crashed while its
 /// coordinator threads ran; once quiet, n1 and n2 still held ALLOC reservations of one of its
 /// transactions, and the cluster never quiesced). A coordinator on memory node n4 reserves a
 /// slot at n1 with an ALLOC request and has sent no LOCK there when n4 crashes. The
 /// configuration without n4 is installed and every region recovered, but nothing hands the
 /// slot back: transaction recovery looks only at transactions a node keeps records of, and the
 /// settlement of slots reserved by a coordinator that is gone looks only at clients
-/// (`Serving::find_orphans`, over `config.clients`). n1 keeps the reservation for good: its
-/// `held_count` never returns to 0 and the slot is never reused.
+/// (`Serving::find_orphans`, over `config.clients`). n1 kept the reservation for good: its
+/// `held_count` never returned to 0 and the slot was never reused. Now a node drained for a
+/// configuration hands back the reservations of removed members' transactions it keeps no
+/// record of.
 #[test]
-fn found_alloc_reservations_of_a_crashed_memory_node_coordinator_are_never_handed_back() {
+fn a_removed_memory_node_coordinators_reservations_are_handed_back() {
     let mut cluster = crate::reconfiguration::four_nodes();
     let n4 = fixture::txn_node(&cluster, 3);
     let r1 = RegionId(1); // primary n1

@@ -26,10 +26,9 @@
 //! 4. Done, it records the region as copied ([`crate::ReplicaNode::copied_regions`]); the node
 //!    reports it to the CM, which installs a configuration that counts the copy complete.
 //!
-//! A copy that fails part-way (the primary unreachable, a configuration that changes the
-//! region's replicas or state) is started again from the first block at the next look: what it
-//! installed stays, and installs only move versions forward. A configuration that leaves the
-//! region as it was (another region's copy counted complete, say) does not stop it.
+//! A copy that fails part-way (the primary unreachable, the configuration changed under it) is
+//! started again from the first block at the next look: what it installed stays, and installs
+//! only move versions forward.
 
 use crate::backup::Backup;
 use crate::worker::RecoveredRegions;
@@ -327,10 +326,9 @@ impl Copying {
             if self.stopped() {
                 return Err("the node stops".into());
             }
-            if self.node.config_id() != config.id && !self.unchanged(config, region) {
+            if self.node.config_id() != config.id {
                 return Err(format!(
-                    "the configuration changed from {} to {}, and with it {region}'s replicas \
-                     or state",
+                    "the configuration changed from {} to {}",
                     config.id,
                     self.node.config_id()
                 ));
@@ -349,26 +347,6 @@ impl Copying {
             }
         }
         Ok(read_bytes)
-    }
-
-    /// Whether the node's configuration, newer than `config`, leaves `region` as it was there:
-    /// the same primary and backups, active, and this node still copying it. The copy then goes
-    /// on: what it waited for in `config` (the older transactions' locks) still holds, and every
-    /// transaction begun since sends its COMMIT-BACKUP here. (Each copy completed by another
-    /// node is a configuration of its own: stopping at every one made the copies of a whole
-    /// node's regions start over again and again.)
-    fn unchanged(&self, config: &Configuration, region: RegionId) -> bool {
-        let me = self.node.node_id();
-        let now = self.node.config();
-        match (config.placement(region), now.placement(region)) {
-            (Some(then), Some(now)) => {
-                now.primary == then.primary
-                    && now.backups == then.backups
-                    && now.state == RegionState::Active
-                    && now.copying.contains(&me)
-            }
-            _ => false,
-        }
     }
 
     /// One claimed block: its header, then every slot newer than the copy's.

@@ -780,7 +780,7 @@ impl Serving {
         let txn = record.txn;
         let keep = match record.body {
             Body::Lock { entries, .. } => {
-                self.node.primary().note_lock(txn, entries);
+                self.node.primary().note_replayed_lock(txn, entries);
                 true
             }
             Body::CommitPrimary => true,

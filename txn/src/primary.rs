@@ -43,6 +43,10 @@ struct Held {
     /// Its coordinator locks by compare-and-swap (one-sided mode): this primary only noted
     /// the LOCK record, and does not know which locks took.
     one_sided: bool,
+    /// Noted from the log of an earlier run by a node restarted from its files: the slots its
+    /// entries name are not in the allocator (rebuilt from the allocated bits once recovery
+    /// settles the transaction), so neither an abort nor an install gives any back to it.
+    replayed: bool,
 }
 
 /// The primary regions of one node and the transactions holding locks in them.
@@ -241,6 +245,7 @@ impl Primary {
                 entries,
                 locked: all,
                 one_sided: false,
+                replayed: false,
             },
         );
         assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
@@ -258,6 +263,24 @@ impl Primary {
             entries,
             locked: false,
             one_sided: true,
+            replayed: false,
+        };
+        let previous = self.held.lock().expect(POISONED).insert(txn, held);
+        assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
+    }
+
+    /// A LOCK record of an earlier run, read again by a node restarted from its files
+    /// (docs/failures.md#whole-cluster-restart): noted as a one-sided coordinator's is, settled
+    /// by the lock words ([`Primary::install_orphan`], [`Primary::abort_orphan`]), and never
+    /// giving a slot back to the allocator, which knows nothing of that run's reservations and
+    /// is rebuilt before the region serves.
+    pub fn note_replayed_lock(&self, txn: TxnId, entries: Vec<Entry>) {
+        assert!(!entries.is_empty(), "{txn}: a LOCK without entries");
+        let held = Held {
+            entries,
+            locked: false,
+            one_sided: true,
+            replayed: true,
         };
         let previous = self.held.lock().expect(POISONED).insert(txn, held);
         assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
@@ -360,6 +383,7 @@ impl Primary {
     /// it, from its LOCK's entries. Returns whether this primary knew the transaction.
     pub fn install_orphan(&self, txn: TxnId) -> bool {
         let noted = self.held.lock().expect(POISONED).remove(&txn);
+        let replayed = noted.as_ref().is_some_and(|held| held.replayed);
         let entries = match noted {
             Some(held) if held.one_sided => held.entries,
             Some(held) => {
@@ -385,7 +409,9 @@ impl Primary {
                 persist_slot(&primary.region, entry.addr, words.len());
             });
         }
-        self.release_freed(txn, &entries);
+        if !replayed {
+            self.release_freed(txn, &entries);
+        }
         true
     }
 
@@ -461,6 +487,9 @@ impl Primary {
                 self.with_slot(entry.addr, |words, _| object::unlock(words))
                     .expect("a locked slot is a slot");
             }
+        }
+        if held.replayed {
+            return; // the allocator is rebuilt before the region serves
         }
         let reserved: Vec<Addr> = held
             .entries
@@ -547,5 +576,45 @@ pub fn persist_slot(region: &Region, addr: Addr, word_count: usize) {
     {
         // The region is mapped memory: a failed msync means the medium is failing.
         panic!("persist of {addr} failed: {e}; stopping rather than acknowledging");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGION_BYTES: u64 = 1 << 20;
+    const BLOCK_BYTES: u64 = 64 << 10;
+
+    /// A node restarted from its files reads again the LOCK of a transaction whose allocation
+    /// the earlier run reserved and never installed; the allocator it starts with is rebuilt
+    /// from the allocated bits, which know nothing of the reservation. Recovery aborts the
+    /// transaction: the abort must give nothing back to that allocator (it used to, and the
+    /// allocator's check that a released slot was handed out panicked the worker).
+    #[test]
+    fn a_replayed_lock_gives_no_slot_back_to_a_rebuilt_allocator() {
+        let region = Arc::new(Region::anonymous(RegionId(1), REGION_BYTES).unwrap());
+        let mut earlier = SlabAllocator::format(RegionId(1), REGION_BYTES, BLOCK_BYTES).unwrap();
+        let _live = earlier.alloc(&region, 16).unwrap();
+        let reserved = earlier.reserve(&region, 16).unwrap();
+        let rebuilt = SlabAllocator::rebuild(&region, BLOCK_BYTES).unwrap();
+        let primary = Primary::new(vec![(region.clone(), rebuilt)]);
+        let txn = TxnId {
+            config: 1,
+            node: NodeId(100),
+            thread: 0,
+            seq: 1,
+        };
+        let entry = Entry {
+            addr: reserved.addr,
+            version: reserved.version,
+            kind: EntryKind::Alloc,
+            payload: vec![0; 8],
+        };
+        primary.note_replayed_lock(txn, vec![entry]);
+        primary.abort_orphan(txn);
+        assert!(!primary.holds(txn));
+        // The allocator serves on.
+        assert!(primary.region(RegionId(1)).is_some());
     }
 }

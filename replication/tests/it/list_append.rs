@@ -176,6 +176,28 @@ pub(crate) enum Planned {
     Append { key: u64, value: u64 },
 }
 
+/// One transaction's plan, drawn from `rng`: now and then a read of every key, otherwise a few
+/// reads and appends of random keys, each append of the next of `next_value`.
+pub(crate) fn random_plan(rng: &mut SplitMix, next_value: &mut u64) -> Vec<Planned> {
+    if rng.below(READ_ALL_ONE_IN) == 0 {
+        return read_all();
+    }
+    (0..rng.range(1, OPS_PER_TXN_MAX))
+        .map(|_| {
+            let key = rng.below(KEY_COUNT);
+            if rng.below(2) == 0 {
+                Planned::Read { key }
+            } else {
+                *next_value += 1;
+                Planned::Append {
+                    key,
+                    value: *next_value,
+                }
+            }
+        })
+        .collect()
+}
+
 /// A transaction that reads every key.
 pub(crate) fn read_all() -> Vec<Planned> {
     (0..KEY_COUNT).map(|key| Planned::Read { key }).collect()
@@ -361,24 +383,7 @@ fn client(
             break;
         }
         let node = &nodes[rng.below(nodes.len() as u64) as usize];
-        let plan: Vec<Planned> = if rng.below(READ_ALL_ONE_IN) == 0 {
-            read_all()
-        } else {
-            (0..rng.range(1, OPS_PER_TXN_MAX))
-                .map(|_| {
-                    let key = rng.below(KEY_COUNT);
-                    if rng.below(2) == 0 {
-                        Planned::Read { key }
-                    } else {
-                        next_value += 1;
-                        Planned::Append {
-                            key,
-                            value: next_value,
-                        }
-                    }
-                })
-                .collect()
-        };
+        let plan = random_plan(&mut rng, &mut next_value);
         let start_ns = nanos_since(origin);
         let outcome = attempt(node, roots, &plan);
         let end_ns = nanos_since(origin);

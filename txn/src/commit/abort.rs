@@ -64,19 +64,6 @@ impl Commit<'_> {
                 }
             }
             if primary == self.node.node_id() {
-                if !self.node.primary().holds(txn) {
-                    // Its LOCK went into this node's log, but the coordinator stopped before
-                    // locking here (a newer fence): the slots it reserved here are its own to
-                    // hand back, as at a primary that got no LOCK.
-                    let own: Vec<Addr> = self
-                        .plan
-                        .lock_entries(primary)
-                        .iter()
-                        .filter(|entry| entry.kind == EntryKind::Alloc)
-                        .map(|entry| entry.addr)
-                        .collect();
-                    self.txn.release_reservations(&own);
-                }
                 self.node.primary().abort(txn);
             }
         }

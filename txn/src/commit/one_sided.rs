@@ -52,6 +52,20 @@ impl PrimarySteps for OneSided {
             });
             let fence = sent?;
             if fence > commit.txn.id.config {
+                if primary == me {
+                    // Not locked here: the slots it reserved here (untracked, local) are its
+                    // own to hand back, and nothing else would (this primary holds nothing of
+                    // it, so the ABORT it gets releases nothing). Not later, in the abort: by
+                    // then recovery may have settled the transaction's LOCK record here.
+                    let own: Vec<_> = commit
+                        .plan
+                        .lock_entries(me)
+                        .iter()
+                        .filter(|entry| entry.kind == crate::record::EntryKind::Alloc)
+                        .map(|entry| entry.addr)
+                        .collect();
+                    commit.txn.release_reservations(&own);
+                }
                 // The primary drained its log for a newer configuration: no transaction of an
                 // older one locks there any more (a new backup's copy waits for the older ones
                 // it holds, docs/failures.md#data-recovery). Run it again in the new one.

@@ -170,7 +170,10 @@ impl Txn {
         let found = self.node.reader().read_many(&self.config, &unread);
         let mut first_error = None;
         for (addr, found) in unread.into_iter().zip(found) {
-            if let Err(e) = found.and_then(|found| self.record_read(addr, found)) {
+            if let Err(e) = found
+                .map_err(|e| self.newer_region(e))
+                .and_then(|found| self.record_read(addr, found))
+            {
                 first_error.get_or_insert(e);
             }
         }
@@ -180,10 +183,32 @@ impl Txn {
         addrs.iter().map(|&addr| self.read(addr)).collect()
     }
 
+    /// `error`, unless it is an address in a region this transaction's configuration does not
+    /// know while the node has a newer configuration: another transaction of this client
+    /// created the region's first objects in it (the CM added the region) and this one, begun
+    /// before, found their address. That is a configuration change to run again in, not a bad
+    /// address.
+    fn newer_region(&self, error: TxnError) -> TxnError {
+        let current = self.node.config_id();
+        match error {
+            TxnError::NoSuchRegion { .. } if current > self.config.id => {
+                TxnError::ConfigurationChanged {
+                    began: self.config.id,
+                    current,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The recorded read of `addr`, reading it now if this transaction has not.
     fn read_info(&mut self, addr: Addr) -> Result<&ReadInfo, TxnError> {
         if !self.reads.contains_key(&addr) {
-            let found = self.node.reader().read(&self.config, addr)?;
+            let found = self
+                .node
+                .reader()
+                .read(&self.config, addr)
+                .map_err(|e| self.newer_region(e))?;
             self.record_read(addr, found)?;
         }
         Ok(&self.reads[&addr])
@@ -329,7 +354,10 @@ impl Txn {
         len: usize,
         near: Option<Addr>,
     ) -> Result<Addr, TxnError> {
-        let placement = self.config.serving(near.unwrap_or(Addr::new(region, 0)))?;
+        let placement = self
+            .config
+            .serving(near.unwrap_or(Addr::new(region, 0)))
+            .map_err(|e| self.newer_region(e))?;
         let primary = placement.primary;
         let payload_len = value::LEN_BYTES + len;
         let (addr, version, payload_bytes) = if primary == self.node.node_id() {

@@ -808,23 +808,7 @@ fn list_append_run(schedule: &Schedule) {
     }
     let acknowledged_count = history.txns.len() - unsure_committed;
     // Every acknowledged append is in its list, no aborted one is.
-    for txn in &history.txns {
-        for op in &txn.ops {
-            if let MicroOp::Append { key, value } = op {
-                assert!(
-                    final_lists[key].contains(value),
-                    "seed={seed}: T{}'s acknowledged append of {value} to key {key} is lost",
-                    txn.id
-                );
-            }
-        }
-    }
-    for (key, value) in &history.aborted_appends {
-        assert!(
-            !final_lists[key].contains(value),
-            "seed={seed}: the aborted append of {value} to key {key} is in its list"
-        );
-    }
+    list_append::check_appends(&history, &final_lists, seed);
     // The final read joins the history: its lists must follow every commit before it.
     history.txns.push(TxnRecord {
         id: u64::MAX,

@@ -4,8 +4,9 @@
 //! goes to `n<id>.log` there); `status` asks every node whether it answers and reads
 //! its rings in the cluster files;
 //! `down` sends SIGTERM to every node and waits for them to exit. The nodes' region copies and
-//! rings stay in the directory (they are what recovery will read) unless `down --purge`, and
-//! `up` refuses a directory that holds them.
+//! rings stay in the directory (they are what recovery will read) unless `down --purge`; `up`
+//! on a directory that holds them restarts the cluster from them ([`restart`]), and `up` on a
+//! running cluster brings back the nodes it lost ([`crate::rejoin`]).
 
 use acre::cluster::{self, Answer, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile, Observation};
 use acre::engine::addr::NodeId;
@@ -264,6 +265,10 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     if !running_nodes(dir, existing.as_ref()).is_empty()
         || !running_cms(dir, existing.as_ref()).is_empty()
     {
+        // Some of its processes run: bring back those that do not, if a CM can say which.
+        if let Some(existing) = existing.filter(|f| f.cm.is_some()) {
+            return crate::rejoin::up_running(dir, existing);
+        }
         bail!(
             "a cluster is already running in {}: run `acre cluster down --dir {}` first",
             dir.display(),
@@ -273,7 +278,8 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(existing) = existing.filter(|f| f.cm.is_some())
         && !cluster::kept_data_in(dir).unwrap_or_default().is_empty()
     {
-        return restart(dir, existing);
+        let config = cluster::current_configuration(dir, &existing);
+        return restart(dir, &existing, &config.nodes, &existing.standalone_cms());
     }
     if dir.exists() {
         check_replaceable(dir)?;
@@ -353,26 +359,49 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `acre cluster up` on a directory holding the data of a stopped (or killed) cluster that ran
-/// a CM: restarts every memory node of the CM's last configuration from its region copies and
-/// logs, and the standalone CM replicas, asks the CM for the restart configuration, and waits
-/// until every region serves again (docs/failures.md#whole-cluster-restart).
-fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
+/// a CM: restarts the memory nodes `nodes` of the CM's last configuration from their region
+/// copies and logs, and the standalone CM replicas `cms`, asks the CM for the restart
+/// configuration, and waits until every region serves again
+/// (docs/failures.md#whole-cluster-restart). `nodes` are every memory node of that
+/// configuration when the whole cluster stopped, or the ones whose processes are gone while
+/// the others run (docs/failures.md#a-node-that-comes-back).
+pub(crate) fn restart(
+    dir: &Path,
+    file: &ClusterFile,
+    nodes: &[NodeId],
+    cms: &[NodeId],
+) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let began = Instant::now();
-    let config = cluster::current_configuration(dir, &file);
-    let nodes = config.nodes.clone();
-    writeln!(
-        out,
-        "restarting the stopped cluster in {}: {} from their region copies and logs, in \
-         configuration {} (the cluster file's settings; the other options of `up` are not used)",
-        dir.display(),
-        node_list(&nodes),
-        config.id
-    )?;
+    let config = cluster::current_configuration(dir, file);
+    let whole = nodes == config.nodes.as_slice();
+    let nodes = nodes.to_vec();
+    if whole {
+        writeln!(
+            out,
+            "restarting the stopped cluster in {}: {} from their region copies and logs, in \
+             configuration {} (the cluster file's settings; the other options of `up` are not \
+             used)",
+            dir.display(),
+            node_list(&nodes),
+            config.id
+        )?;
+    } else {
+        let processes: Vec<NodeId> = nodes.iter().chain(cms).copied().collect();
+        writeln!(
+            out,
+            "the cluster in {} runs without {}: restarting {} from {} files, in configuration {}",
+            dir.display(),
+            node_list(&processes),
+            if processes.len() == 1 { "it" } else { "them" },
+            if processes.len() == 1 { "its" } else { "their" },
+            config.id
+        )?;
+    }
     // The manifests the stopped processes left name dead processes and their old addresses:
     // the restarted ones would look for each other (and the launcher for them) there. None
-    // runs (checked by `up`).
-    for node in NodeManifest::list(dir).unwrap_or_default() {
+    // of these runs (checked by the caller).
+    for &node in nodes.iter().chain(cms) {
         NodeManifest::remove(dir, node)
             .with_context(|| format!("remove the manifest {node}'s stopped process left"))?;
     }
@@ -384,10 +413,10 @@ fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
                 spawn_node(dir, "node", node, &["--restart".to_string()])?,
             ));
         }
-        for node in file.standalone_cms() {
+        for &node in cms {
             children.push((node, spawn_node(dir, "cm", node, &[])?));
         }
-        let processes: Vec<NodeId> = nodes.iter().copied().chain(file.standalone_cms()).collect();
+        let processes: Vec<NodeId> = nodes.iter().chain(cms).copied().collect();
         cluster::wait_for_manifests(dir, processes.into_iter(), START_TIMEOUT, |node| {
             let (_, child) = children.iter_mut().find(|(n, _)| *n == node)?;
             let status = child.try_wait().ok()??;
@@ -433,7 +462,10 @@ fn restart(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     let status = match restarted {
         Ok(status) => status,
         Err(error) => {
-            let _ = stop_nodes(dir, Some(&file));
+            // Stop what this restart started; the processes that ran before run on.
+            if whole {
+                let _ = stop_nodes(dir, Some(file));
+            }
             stop_children(&mut children);
             return Err(error);
         }
@@ -846,6 +878,19 @@ pub fn remove_node(args: &KillArgs) -> anyhow::Result<ExitCode> {
         }
         writeln!(out, "stopped {node}'s process (pid {pid})")?;
     }
+    // Its files hold no region's last complete copy (the CM refuses such a removal): they move
+    // aside, so that a later `up` does not take it for a failed node to replace.
+    if running_nodes(dir, Some(&file))
+        .iter()
+        .all(|(n, _)| *n != node)
+    {
+        let retired = crate::rejoin::retire(dir, node)?;
+        writeln!(
+            out,
+            "its files of this run are in {} (nothing needs them: remove them when you like)",
+            retired.display()
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -939,9 +984,10 @@ fn check_replaceable(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("look for a stopped cluster's data in {}", dir.display()))?;
     if let Some((node, data)) = kept.first() {
         bail!(
-            "{} holds the data of a stopped cluster ({} of its nodes keep data; {node}: {data}): \
-             restarting a cluster from its data (its recovery from the files) is not built yet; \
-             remove it with `acre cluster down --dir {} --purge`, or use another --dir",
+            "{} holds the data of a stopped cluster ({} of its nodes keep data; {node}: {data}) \
+             that ran no configuration manager, so nothing can recover its transactions and it \
+             cannot restart from its data; remove it with `acre cluster down --dir {} --purge`, \
+             or use another --dir",
             dir.display(),
             kept.len(),
             dir.display()

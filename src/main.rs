@@ -9,6 +9,7 @@ mod demo;
 mod idle;
 mod launch;
 mod output;
+mod rejoin;
 
 use acre::db::NodeId;
 use acre::engine::signal::Termination;

@@ -553,6 +553,23 @@ impl NodeLease {
         })
     }
 
+    /// The CM of this configuration.
+    pub fn cm(&self) -> NodeId {
+        self.cm
+    }
+
+    /// The CM of the current configuration moved (its process restarted and leads again in
+    /// the same configuration): asks it for a lease at once, as for a new configuration, with
+    /// the replies the old process owed forgotten.
+    pub fn cm_moved(&mut self, now: Time) {
+        self.expiry.ask();
+        self.sent = [None; REQUESTS_REMEMBERED];
+        self.next_request_at = now;
+        if self.cm_granted_until < now + self.timing.lease() {
+            self.cm_granted_until = now + self.timing.lease();
+        }
+    }
+
     /// Moves to a newer configuration (and maybe another CM) and asks for a lease at once. The
     /// lease held so far stays: the CM of the new configuration waits out the old leases.
     pub fn set_configuration(&mut self, config: u64, cm: NodeId, now: Time) {

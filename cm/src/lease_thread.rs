@@ -197,8 +197,16 @@ impl Mailbox {
         // The thread applies only a configuration newer than what it holds, so a post of one
         // no newer than the last posted is of no use, and must not hide a newer one the thread
         // has not read yet (two threads of a process post: a standalone CM's driver and its
-        // housekeeping).
-        if seq > 0 && new.config <= self.config.load(Ordering::Relaxed) {
+        // housekeeping). The same configuration from a CM at another address is of use: its
+        // process restarted (a new leader named in it already, as when the CM's replicas all
+        // went down and came back), and its members must renew there.
+        let posted = self.config.load(Ordering::Relaxed);
+        if seq > 0
+            && (new.config < posted
+                || (new.config == posted
+                    && u64::from(new.cm.0) == self.cm.load(Ordering::Relaxed)
+                    && self.posted_addr() == new.cm_addr))
+        {
             return;
         }
         self.seq.store(seq + 1, Ordering::Relaxed);
@@ -221,6 +229,16 @@ impl Mailbox {
             self.members[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
         }
         self.seq.store(seq + 2, Ordering::Release);
+    }
+
+    /// The CM address last posted; only under `writer` (or from the lease thread, checking the
+    /// sequence number around it).
+    fn posted_addr(&self) -> SocketAddr {
+        let ip = (u128::from(self.cm_addr[0].load(Ordering::Relaxed)) << 64)
+            | u128::from(self.cm_addr[1].load(Ordering::Relaxed));
+        let port = u16::try_from(self.cm_addr[2].load(Ordering::Relaxed)).unwrap_or(0);
+        let ip = Ipv6Addr::from(ip);
+        SocketAddr::new(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4), port)
     }
 }
 
@@ -627,9 +645,7 @@ impl Turn {
         }
         let config = mailbox.config.load(Ordering::Relaxed);
         let cm_id = NodeId(u16::try_from(mailbox.cm.load(Ordering::Relaxed)).unwrap_or(0));
-        let ip = (u128::from(mailbox.cm_addr[0].load(Ordering::Relaxed)) << 64)
-            | u128::from(mailbox.cm_addr[1].load(Ordering::Relaxed));
-        let port = u16::try_from(mailbox.cm_addr[2].load(Ordering::Relaxed)).unwrap_or(0);
+        let cm_addr = mailbox.posted_addr();
         self.members.clear();
         for (word_index, word) in mailbox.members.iter().enumerate() {
             let mut bits = word.load(Ordering::Relaxed);
@@ -645,14 +661,19 @@ impl Turn {
             return; // a writer came in meanwhile: read it all again next turn
         }
         self.applied_seq = seq;
-        let ip = Ipv6Addr::from(ip);
-        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
         let now = self.clock.now();
-        if let Some(node) = &mut self.node
-            && config > node.config()
-        {
-            node.set_configuration(config, cm_id, now);
-            self.cm_addr = Some(SocketAddr::new(ip, port));
+        if let Some(node) = &mut self.node {
+            if config > node.config() {
+                node.set_configuration(config, cm_id, now);
+                self.cm_addr = Some(cm_addr);
+            } else if config == node.config() && cm_id == node.cm() && self.cm_addr != Some(cm_addr)
+            {
+                // The CM's process restarted and leads again in the same configuration
+                // (Mailbox::post): renew there at once, within the lease of grace it gives.
+                tracing::info!(cm = %cm_id, config, addr = %cm_addr, "the CM moved: renewing there");
+                node.cm_moved(now);
+                self.cm_addr = Some(cm_addr);
+            }
         }
         if let Some(cm) = &mut self.cm
             && config > cm.config()
@@ -1002,6 +1023,32 @@ mod tests {
             .published()
             > 0));
         assert_eq!(taken(one.suspects()), [NodeId(2)]);
+    }
+
+    /// The CM's process restarts and leads again in the same configuration (as when every
+    /// CM replica went down and came back): the member renews with it at its new address.
+    /// Before, the thread ignored a configuration no newer than its own, went on renewing at
+    /// the dead address, and was suspected once the new CM's lease of grace ran out.
+    #[test]
+    fn a_member_renews_with_its_cm_restarted_at_a_new_address_in_the_same_configuration() {
+        let old_cm = cm_thread(&[NodeId(1)]);
+        let node = node_thread(NodeId(1), old_cm.local_addr(), Clock::system());
+        assert!(eventually(Duration::from_secs(2), || node.is_valid()));
+        let new_cm = cm_thread(&[NodeId(1)]);
+        drop(old_cm);
+        for _ in 0..2 {
+            // Posted twice, as the driver may: the second changes nothing.
+            node.set_configuration(&NewConfiguration {
+                config: CONFIG,
+                cm: CM,
+                cm_addr: new_cm.local_addr(),
+                members: &[NodeId(1)],
+            });
+        }
+        // Three leases: the new CM's grace ran out long ago; the member renewed within it.
+        std::thread::sleep(3 * timing().lease());
+        assert_eq!(taken(new_cm.suspects()), Vec::<NodeId>::new());
+        assert!(node.is_valid());
     }
 
     /// A standalone CM replica's thread (no node role) takes up the CM's role when a

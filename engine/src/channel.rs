@@ -156,6 +156,30 @@ fn store_fence(ring: &InboxRing, fence: u64) {
         .store(fence, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// A ring made for a sender that joined after its receiver's inbox ([`Inbox::new_ring`]),
+/// on its way to the inbox ([`Inbox::add`]).
+pub struct NewRing(InboxRing);
+
+impl NewRing {
+    pub fn sender(&self) -> NodeId {
+        self.0.sender
+    }
+
+    /// The ring as a manifest lists it (so that its sender can find it).
+    pub fn area_entry(&self) -> AreaEntry {
+        ring_entry(&self.0)
+    }
+}
+
+fn ring_entry(ring: &InboxRing) -> AreaEntry {
+    AreaEntry::new(
+        ring.region.id(),
+        AreaKind::Ring,
+        ring.region.len(),
+        ring.region.key(),
+    )
+}
+
 /// What [`Inbox::reopen`] found in one ring of an earlier run.
 #[derive(Clone, Debug)]
 pub struct ReopenedRing {
@@ -215,6 +239,52 @@ impl Inbox {
             });
         }
         Ok(Inbox::of(memory, rings, 0))
+    }
+
+    /// Formats `region` as the ring of `sender`, a node that joined the cluster after this
+    /// inbox was made (docs/failures.md#adding-a-node), and registers it in `memory` so that
+    /// the sender can write it; the inbox's owner adds it with [`Inbox::add`]. What the sender
+    /// appends meanwhile waits in the ring.
+    pub fn new_ring(
+        memory: &NodeMemory,
+        sender: NodeId,
+        region: Region,
+    ) -> Result<NewRing, ChannelError> {
+        let geometry = ring_geometry(region.len())?;
+        assert_eq!(
+            region.id(),
+            ring_area_id(sender),
+            "the ring area of {sender}"
+        );
+        format(&region, geometry)?;
+        let region = Arc::new(region);
+        memory
+            .register(region.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::AlreadyExists, e))?;
+        let reader = RingReader::new(region.clone(), geometry, 0, 0);
+        Ok(NewRing(InboxRing {
+            sender,
+            reader,
+            region,
+        }))
+    }
+
+    /// Starts reading a ring [`Inbox::new_ring`] made, behind the same fence as the others.
+    pub fn add(&mut self, ring: NewRing) {
+        let NewRing(ring) = ring;
+        assert!(
+            !self.has_sender(ring.sender),
+            "a second ring for {}",
+            ring.sender
+        );
+        store_fence(&ring, self.fence);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.rings.push(ring);
+    }
+
+    /// Whether this inbox reads a ring of `sender`.
+    pub fn has_sender(&self, sender: NodeId) -> bool {
+        self.rings.iter().any(|r| r.sender == sender)
     }
 
     /// The inbox of `memory`'s node over `rings`, whose fence stands at `fence`.
@@ -325,17 +395,7 @@ impl Inbox {
     }
 
     pub fn area_entries(&self) -> Vec<AreaEntry> {
-        self.rings
-            .iter()
-            .map(|r| {
-                AreaEntry::new(
-                    r.region.id(),
-                    AreaKind::Ring,
-                    r.region.len(),
-                    r.region.key(),
-                )
-            })
-            .collect()
+        self.rings.iter().map(ring_entry).collect()
     }
 
     /// The next message from any sender (round robin), without blocking.

@@ -91,15 +91,17 @@ pub enum NodeStartError {
         pid: u32,
         manifest: PathBuf,
     },
-    /// The node's files hold data of an earlier run: starting on them, or replacing them, before
-    /// a node can rejoin from its files would serve copies that missed what committed
-    /// meanwhile, or lose data.
+    /// The node's files hold data of an earlier run: starting on them alone, or replacing
+    /// them, would serve copies that missed what committed meanwhile, or lose data; `acre
+    /// cluster up` brings the node back (docs/failures.md#a-node-that-comes-back).
     #[error(
-        "{node} found data of an earlier run in {} ({kept}) and does not start on it: until \
-         a node can rejoin from its files it would serve copies that missed what committed while \
-         it was away; recovery will make it rejoin as a backup (not built yet: add a new node \
-         with `acre cluster add-node` instead). To start fresh, remove the cluster's data \
-         with `acre cluster down --dir {} --purge` and start a new cluster",
+        "{node} found data of an earlier run in {} ({kept}) and does not start on it alone: \
+         it would serve copies that missed what committed while it was away. `acre cluster up \
+         --dir {}` brings it back: restarted from its files, with recovery, while its \
+         configuration lists it, or rejoining as a new node that copies its regions from live \
+         replicas once the CM removed it. To start fresh, remove the cluster's data with `acre \
+         cluster down --dir {} --purge` and start a new cluster",
+        dir.display(),
         dir.display(),
         dir.display()
     )]

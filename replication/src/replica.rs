@@ -9,9 +9,9 @@ use crate::liveness::Liveness;
 use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
 };
-use crate::worker::{LossHandler, RecoveredRegions, Worker, WorkerShared};
+use crate::worker::{JoinedRings, LossHandler, RecoveredRegions, Worker, WorkerShared};
 use acre_engine::addr::{NodeId, RegionId};
-use acre_engine::channel::{ChannelError, Inbox};
+use acre_engine::channel::{ChannelError, Inbox, ring_area_id};
 use acre_engine::directory::{AreaEntry, AreaKind};
 use acre_engine::fabric::Fabric;
 use acre_engine::region::{AccessKey, Region};
@@ -23,7 +23,7 @@ use acre_txn::config::{Configuration, NotAdopted, RegionState, StaleConfiguratio
 use acre_txn::directory::Directory;
 use acre_txn::primary::Primary;
 use acre_txn::reply::{REPLY_AREA_BYTES, REPLY_AREA_ID, ReplyArea};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -115,6 +115,16 @@ pub enum AdoptError {
     )]
     PrimaryWithoutCopy { region: RegionId, config: u64 },
     #[error(
+        "cannot make the ring of {sender}, which configuration {config} adds: {source}; check \
+         the space left in the cluster directory"
+    )]
+    Ring {
+        sender: NodeId,
+        config: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
         "cannot republish the manifest after adopting configuration {config}: {source}; the \
          others cannot find this node's new areas"
     )]
@@ -150,6 +160,12 @@ pub struct ReplicaNode {
     /// Where new copies go.
     storage: Storage,
     region_bytes: u64,
+    /// The size of each ring this node keeps for a sender.
+    ring_bytes: u64,
+    /// The senders this node keeps a ring for: the members of its first configuration, and
+    /// the nodes that joined since ([`JoinedRings`]).
+    ring_senders: Mutex<BTreeSet<NodeId>>,
+    joined: JoinedRings,
     /// Held while a configuration is adopted: one adoption at a time, so that the copies made
     /// for one and the stale check agree.
     adopting: Mutex<()>,
@@ -331,6 +347,7 @@ impl ReplicaNode {
         ));
         let recovered = RecoveredRegions::default();
         let on_loss = LossHandler::default();
+        let joined = JoinedRings::default();
         let worker = Worker::spawn(
             txn.clone(),
             backup.clone(),
@@ -341,6 +358,7 @@ impl ReplicaNode {
                 recovered: recovered.clone(),
                 on_loss: on_loss.clone(),
                 restarted: reopen.is_some(),
+                joined: joined.clone(),
             },
         )
         .map_err(io("spawn the worker"))?;
@@ -363,6 +381,9 @@ impl ReplicaNode {
             copies: RwLock::new(copies),
             storage: storage.clone(),
             region_bytes,
+            ring_bytes,
+            ring_senders: Mutex::new(senders.into_iter().collect()),
+            joined,
             adopting: Mutex::new(()),
             recovered,
             on_loss,
@@ -452,7 +473,32 @@ impl ReplicaNode {
             }
             self.copies.write().expect(crate::POISONED).push(region);
         }
+        // A node that joined gets a ring here before the configuration naming it commits:
+        // it sends COPY-QUERY and recovery's messages like any member.
+        let older_members: BTreeSet<NodeId> = older.members().collect();
+        for joined in newer.members().filter(|m| !older_members.contains(m)) {
+            let mut senders = self.ring_senders.lock().expect(crate::POISONED);
+            if senders.contains(&joined) {
+                continue;
+            }
+            let ring_error = |source: io::Error| AdoptError::Ring {
+                sender: joined,
+                config: newer.id,
+                source,
+            };
+            let region = self
+                .storage
+                .region(node, ring_area_id(joined), self.ring_bytes)
+                .map_err(ring_error)?;
+            let ring = Inbox::new_ring(self.txn.fabric().memory(), joined, region)
+                .map_err(|e| ring_error(io::Error::other(e)))?;
+            adopted.new_areas.push(ring.area_entry());
+            self.joined.push(ring);
+            senders.insert(joined);
+        }
         self.txn.adopt(newer)?;
+        // The worker reads the new rings at its next turn.
+        self.txn.fabric().memory().doorbell().ring();
         Ok(adopted)
     }
 

@@ -108,6 +108,18 @@ pub fn areas_to_reopen(dir: &Path, node: NodeId) -> io::Result<Vec<(RegionId, Ac
 /// [`kept_data`] of every node that has area files in `dir`, for the nodes whose files hold
 /// data, in id order.
 pub fn kept_data_in(dir: &Path) -> io::Result<Vec<(NodeId, KeptData)>> {
+    let mut found = Vec::new();
+    for node in nodes_with_area_files(dir)? {
+        let kept = kept_data(dir, node)?;
+        if !kept.is_empty() {
+            found.push((node, kept));
+        }
+    }
+    Ok(found)
+}
+
+/// The nodes that have area files in `dir`, in id order.
+pub fn nodes_with_area_files(dir: &Path) -> io::Result<Vec<NodeId>> {
     let mut nodes: Vec<NodeId> = std::fs::read_dir(dir)?
         .filter_map(|entry| {
             let name = entry.ok()?.file_name();
@@ -119,14 +131,7 @@ pub fn kept_data_in(dir: &Path) -> io::Result<Vec<(NodeId, KeptData)>> {
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
-    let mut found = Vec::new();
-    for node in nodes {
-        let kept = kept_data(dir, node)?;
-        if !kept.is_empty() {
-            found.push((node, kept));
-        }
-    }
-    Ok(found)
+    Ok(nodes)
 }
 
 fn has_a_set_byte(path: &Path) -> io::Result<bool> {

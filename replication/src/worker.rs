@@ -71,7 +71,7 @@ use crate::orphan::{
 use crate::recovery::{RECOVERY_RETRY_AFTER, Recovery, RegionStep};
 use crate::status::{RingRetention, StatusArea};
 use acre_engine::addr::{NodeId, RegionId};
-use acre_engine::channel::{ChannelError, Inbox, Message};
+use acre_engine::channel::{ChannelError, Inbox, Message, NewRing};
 use acre_engine::clock::Time;
 use acre_engine::hash::{FastMap, FastSet};
 use acre_engine::slab::SlabAllocator;
@@ -110,6 +110,28 @@ pub type RecoveredRegions = Arc<Mutex<Vec<(RegionId, u64)>>>;
 /// What a node does when a ring reset lost records it had acknowledged (its sender's ring was
 /// damaged before its tail): called with the sender, from the worker, once per such reset. Set
 /// by [`crate::ReplicaNode::on_acknowledged_loss`].
+/// Rings a node made for senders that joined the cluster after it started
+/// ([`crate::ReplicaNode::adopt`]), waiting for its worker to read them.
+#[derive(Clone, Default)]
+pub struct JoinedRings(Arc<(AtomicBool, Mutex<Vec<NewRing>>)>);
+
+impl JoinedRings {
+    pub fn push(&self, ring: NewRing) {
+        let (waiting, rings) = &*self.0;
+        rings.lock().expect(crate::POISONED).push(ring);
+        waiting.store(true, Ordering::Release);
+    }
+
+    /// The rings pushed since the last call; one atomic load when there are none.
+    fn take(&self) -> Vec<NewRing> {
+        let (waiting, rings) = &*self.0;
+        if !waiting.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *rings.lock().expect(crate::POISONED))
+    }
+}
+
 pub type LossHandler = Arc<std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>>;
 
 /// The live records of one ring.
@@ -252,6 +274,7 @@ struct Serving {
     /// Whether the records being handled are the earlier run's, read again at a restart.
     replaying: bool,
     on_loss: LossHandler,
+    joined: JoinedRings,
 }
 
 /// What a worker shares with its node besides the rings and the status area.
@@ -262,6 +285,8 @@ pub struct WorkerShared {
     pub on_loss: LossHandler,
     /// The node restarted from its files: the rings hold the earlier run's records.
     pub restarted: bool,
+    /// Where rings of senders that joined later arrive.
+    pub joined: JoinedRings,
 }
 
 /// A running worker; stops when dropped.
@@ -291,6 +316,7 @@ impl Worker {
             recovered,
             on_loss,
             restarted,
+            joined,
         } = shared;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
@@ -326,6 +352,7 @@ impl Worker {
             },
             replaying: false,
             on_loss,
+            joined,
         };
         if restarted {
             serving.replay();
@@ -372,6 +399,10 @@ impl Serving {
         let me = self.node.node_id();
         while !stop.load(Ordering::SeqCst) {
             self.status.beat();
+            for ring in self.joined.take() {
+                tracing::info!(node = %me, "reading the ring of {}, which joined", ring.sender());
+                self.inbox.add(ring);
+            }
             let timeout = if self.is_recovering() {
                 RECOVERY_RETRY_AFTER
             } else if self.node.links().has_pending_truncations() {

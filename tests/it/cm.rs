@@ -864,3 +864,127 @@ fn two_clients_that_fill_the_regions_at_once_both_keep_allocating() {
         );
     }
 }
+
+/// kill -9 of n2 while `acre bank` runs: the CM removes it. `acre cluster up` on the running
+/// cluster then makes it rejoin as a new node (ids are never reused): n2's files move to
+/// `retired/n2`, the new node takes the missing backups of every region (all degraded: f = 2
+/// on 3 nodes) and copies them from their primaries, and each region counts three complete
+/// replicas again; no transfer is lost. A second `up` finds nothing missing and refuses.
+#[test]
+fn a_node_the_cm_removed_rejoins_as_a_new_node_through_cluster_up() {
+    let cluster = CmCluster::up("rejoin", &["--nodes", "3", "--f", "2", "--cm", "3"]);
+    let before = cluster.status();
+    let bank = spawn_bank(cluster.dir(), 4, 40);
+    std::thread::sleep(Duration::from_millis(1000));
+    let victim = (1..=3).map(NodeId).find(|&n| n != before.leader).unwrap();
+    cluster.kill(victim);
+    cluster.wait_for("the victim removed", |s| {
+        !s.committed.nodes.contains(&victim)
+    });
+
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+
+    assert!(up.status.success(), "{}", text(&up));
+    let shown = String::from_utf8_lossy(&up.stdout);
+    assert!(shown.contains("rejoins as a new node"), "{shown}");
+    let retired = cluster.dir.join("retired").join(victim.to_string());
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        names(&retired).iter().any(|n| n.ends_with(".region")),
+        "{:?}",
+        names(&retired)
+    );
+    let prefix = format!("{victim}-");
+    assert!(
+        !names(&cluster.dir).iter().any(|n| n.starts_with(&prefix)),
+        "{:?}",
+        names(&cluster.dir)
+    );
+    let newcomer = NodeId(4);
+    let after = cluster.wait_for("the new node's copies complete", |s| {
+        s.committed.nodes.contains(&newcomer)
+            && s.committed.regions.iter().all(|p| {
+                p.state.is_active()
+                    && p.copying.is_empty()
+                    && p.backups.len() == 2
+                    && (p.primary == newcomer || p.backups.contains(&newcomer))
+            })
+    });
+    assert!(!after.committed.nodes.contains(&victim), "{after:?}");
+    let out = bank.wait_with_output().expect("acre bank ends");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("invariant held"), "{}", text(&out));
+    bank_holds(cluster.dir());
+
+    let again = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(text(&again).contains("already running"), "{}", text(&again));
+}
+
+/// kill -9 of n1 and n2 at once, two of the CM's three replicas: no majority is left, so
+/// nothing removes them and the cluster stands still. `acre cluster up` restarts them in place
+/// from their region copies and logs (the CM is back with them, and its restart configuration
+/// has them recover what they held); every region serves again with every value written before
+/// the kill, and the bank holds.
+#[test]
+fn nodes_killed_with_the_cm_s_majority_restart_in_place_through_cluster_up() {
+    let cluster = CmCluster::up("inplace", &["--nodes", "3", "--f", "2", "--cm", "3"]);
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<Addr> = (1..=3).map(|r| create_in(&db, r, u64::from(r))).collect();
+    for (k, &addr) in objects.iter().enumerate() {
+        update(&db, addr, 10 + k as u64).expect("update before the kill");
+    }
+    drop(db);
+    let victims = [NodeId(1), NodeId(2)];
+    let pids: Vec<u32> = victims
+        .iter()
+        .map(|&n| node_pid_of(&cluster.dir, n))
+        .collect();
+    for &pid in &pids {
+        send_signal(pid, "KILL");
+    }
+    for pid in pids {
+        wait_until_dead(pid);
+    }
+    // Longer than a lease: a CM with a majority would have removed them by now.
+    std::thread::sleep(Duration::from_millis(1000));
+    let stalled = cluster.status();
+    assert!(
+        victims.iter().all(|v| stalled.committed.nodes.contains(v)),
+        "{stalled:?}"
+    );
+
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+
+    assert!(up.status.success(), "{}", text(&up));
+    let shown = String::from_utf8_lossy(&up.stdout);
+    assert!(shown.contains("runs without n1, n2"), "{shown}");
+    let after = cluster.wait_for("every region active again", |s| {
+        s.committed.nodes == [NodeId(1), NodeId(2), NodeId(3)]
+            && s.committed.regions.iter().all(|p| p.state.is_active())
+    });
+    assert!(
+        after.history.iter().any(|r| r.cause == "restart of n1, n2"),
+        "{:?}",
+        after.history
+    );
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    for (k, &addr) in objects.iter().enumerate() {
+        assert_eq!(
+            read(&db, addr),
+            10 + k as u64,
+            "object {k} after the restart"
+        );
+    }
+    drop(db);
+    bank_holds(cluster.dir());
+}

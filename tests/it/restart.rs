@@ -83,7 +83,7 @@ fn start_node(cluster: &Cluster, node: u16) -> std::process::Output {
         .unwrap_or_else(|output| panic!("n{node} started on its old data: {}", text(&output)))
 }
 
-/// The refusal is one line that says what the node found, that recovery will make it rejoin,
+/// The refusal is one line that says what the node found, how `cluster up` brings it back,
 /// and how to start fresh.
 fn assert_refused(output: &std::process::Output, cluster: &Cluster, node: u16) {
     assert_eq!(output.status.code(), Some(2), "{}", text(output));
@@ -95,7 +95,7 @@ fn assert_refused(output: &std::process::Output, cluster: &Cluster, node: u16) {
     for expected in [
         format!("n{node} found data of an earlier run in {}", cluster.dir()),
         "region copies".to_string(),
-        "recovery will make it rejoin".to_string(),
+        format!("acre cluster up --dir {}` brings it back", cluster.dir()),
         format!("acre cluster down --dir {} --purge", cluster.dir()),
     ] {
         assert!(line.contains(&expected), "{expected:?} not in: {line}");

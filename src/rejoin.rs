@@ -1,0 +1,169 @@
+//! `acre cluster up` on a cluster that runs but lost processes
+//! (docs/failures.md#a-node-that-comes-back). `up` brings back what its CM's last configuration
+//! is missing:
+//! - a memory node that the configuration still lists but whose process is gone (killed while
+//!   the CM could not reconfigure, for instance with a majority of its replicas down, or
+//!   before its lease expired) restarts in place from its region copies and logs, as in a
+//!   whole-cluster restart ([`launch::restart`] with those nodes); so does a standalone CM
+//!   replica whose process is gone;
+//! - a memory node the CM removed after its failure (its lease expired) whose files are still
+//!   in place rejoins as a new node (`remove-node` moves a gracefully removed node's files aside, so
+//!   they do not count):
+//!   ids are never reused, since records, locks and votes of its earlier run still name the old
+//!   id and recovery treats them as a removed node's. Its files move to `retired/<node>` in the
+//!   cluster directory (kept: if a region was lost, they may hold its last copy), and
+//!   `add-node` starts a node in its failure domain, which takes the missing backups of the
+//!   degraded regions and copies them from their primaries before it counts as a replica.
+
+use crate::launch::{self, AddNodeArgs};
+use acre::cluster::{self, ClusterFile};
+use acre::engine::addr::NodeId;
+use acre::engine::directory;
+use anyhow::{Context, bail};
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Where the files of a node that rejoined as a new node go, under the cluster directory.
+pub const RETIRED_DIR: &str = "retired";
+
+/// What `up` finds missing in a running cluster.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Missing {
+    /// Memory nodes of the configuration whose processes are gone.
+    pub members: Vec<NodeId>,
+    /// Standalone CM replicas whose processes are gone.
+    pub cms: Vec<NodeId>,
+    /// Memory nodes the configuration no longer lists whose files are still in place.
+    pub removed: Vec<NodeId>,
+}
+
+impl Missing {
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.cms.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// What the cluster in `dir` (cluster file `file`, which runs a CM) is missing.
+pub fn missing(dir: &Path, file: &ClusterFile) -> anyhow::Result<Missing> {
+    let config = cluster::current_configuration(dir, file);
+    let running: BTreeSet<NodeId> = launch::running_nodes(dir, Some(file))
+        .into_iter()
+        .map(|(node, _)| node)
+        .collect();
+    let running_cms: BTreeSet<NodeId> = launch::running_cms(dir, Some(file))
+        .into_iter()
+        .map(|(node, _)| node)
+        .collect();
+    let with_files = cluster::nodes_with_area_files(dir)
+        .with_context(|| format!("look for nodes' files in {}", dir.display()))?;
+    Ok(Missing {
+        members: (config.nodes.iter())
+            .filter(|node| !running.contains(node))
+            .copied()
+            .collect(),
+        cms: (file.standalone_cms().into_iter())
+            .filter(|node| !running_cms.contains(node))
+            .collect(),
+        removed: (with_files.into_iter())
+            .filter(|node| {
+                node.0 < cluster::CLIENT_ID_BASE
+                    && !config.nodes.contains(node)
+                    && !running.contains(node)
+            })
+            .collect(),
+    })
+}
+
+/// `acre cluster up` on the directory of a running cluster with a CM: restarts its members
+/// and standalone CM replicas whose processes are gone, and adds a new node in place of each
+/// node the CM removed whose files remain. Refuses, as before, when nothing is missing.
+pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
+    let missing = missing(dir, &file)?;
+    if missing.is_empty() {
+        bail!(
+            "a cluster is already running in {} with every node of its configuration: run \
+             `acre cluster down --dir {}` first to start another",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if !missing.members.is_empty() || !missing.cms.is_empty() {
+        let code = launch::restart(dir, &file, &missing.members, &missing.cms)?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
+    let mut out = crate::output::stdout();
+    for &node in &missing.removed {
+        let retired = retire(dir, node)?;
+        writeln!(
+            out,
+            "{node} was removed from the cluster (its lease expired): it rejoins as a new node; \
+             the files of its earlier run are in {} (remove them once `acre cluster status` \
+             shows every region with all its replicas)",
+            retired.display()
+        )?;
+        let domain = (file.config.domains.iter())
+            .find(|d| d.node == node)
+            .map(|d| d.domain.clone());
+        launch::add_node(&AddNodeArgs {
+            dir: dir.to_path_buf(),
+            id: None,
+            domain,
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Moves the area files (region copies, rings, and whatever sits next to them) and the
+/// doorbell of `node`, which the CM removed, to `retired/<node>` in `dir`. Its log stays, so
+/// that its id is never used again, and so does its manifest: a process that starts links to
+/// every CM replica and waits for each one's addresses there, a dead one's included (a Raft
+/// voter's address, dialled in vain until it comes back). Returns the directory.
+pub fn retire(dir: &Path, node: NodeId) -> anyhow::Result<PathBuf> {
+    let retired = dir.join(RETIRED_DIR).join(node.to_string());
+    std::fs::create_dir_all(&retired).with_context(|| format!("create {}", retired.display()))?;
+    let prefix = format!("{node}-");
+    let doorbell = directory::doorbell_path(dir, node);
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(&prefix) || path == doorbell {
+            let to = retired.join(name);
+            std::fs::rename(&path, &to)
+                .with_context(|| format!("move {} to {}", path.display(), to.display()))?;
+        }
+    }
+    Ok(retired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retire_moves_the_node_s_files_and_only_them() {
+        let dir = std::env::temp_dir().join(format!("acre-retire-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mine = ["n2-r1-00ab.region", "n2-r1-00ab.region.sums", "n2.doorbell"];
+        let others = ["n20-r1-00ab.region", "n1-r2-00cd.region", "n2.log"];
+        for name in mine.iter().chain(&others) {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+
+        let retired = retire(&dir, NodeId(2)).unwrap();
+
+        assert_eq!(retired, dir.join("retired").join("n2"));
+        for name in mine {
+            assert!(retired.join(name).exists(), "{name} retired");
+            assert!(!dir.join(name).exists(), "{name} moved");
+        }
+        for name in others {
+            assert!(dir.join(name).exists(), "{name} stays");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -55,10 +55,11 @@ pub struct Backup {
 struct BackupCopy {
     region: Arc<Region>,
     /// The copy is still being filled from the primary (data recovery): an update of a block
-    /// the copy has not received yet is skipped, since the copy of that block brings it. That
-    /// holds because an object stays locked at the primary until the update is installed there,
-    /// and the copy of a block must take each object unlocked (waiting out a lock), so it is
-    /// taken after the install (docs/failures.md#data-recovery: a requirement on the copy).
+    /// whose header the copy does not hold yet is skipped, since the copy of that block brings
+    /// it. That holds because an object stays locked at the primary until the update is
+    /// installed there, and the copy of a block must take each object unlocked (waiting out a
+    /// lock), and read it only after the block's header is here, so it is taken after the
+    /// install (docs/failures.md#data-recovery: requirements on the copy).
     copying: bool,
     /// Held while a slot of this copy is written: by the worker applying a transaction, and by
     /// data recovery installing what it copied, so that each install's version check and

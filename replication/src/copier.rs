@@ -13,13 +13,16 @@
 //!    configuration locks there any more: in message mode the primary refuses its LOCK as
 //!    stale, and a one-sided coordinator reads the primary's fence with its LOCK and aborts.
 //! 2. It reads the region block by block with one-sided READs of the primary's memory. An
-//!    unclaimed block is skipped. A claimed block's header goes into the copy first (so that
-//!    the slots can be found), then every slot whose version is newer than the copy's
-//!    ([`Backup::install_copied`]). A slot that reads locked or torn is read again alone until
-//!    it is unlocked and whole: an object stays locked at the primary until its update is
-//!    installed there, so the copy takes every update that is not already on its way to this
-//!    node as a COMMIT-BACKUP. Both paths install only newer versions, under the copy's write
-//!    lock, so they converge in whatever order they come.
+//!    unclaimed block is skipped. A claimed block's header is read and goes into the copy
+//!    first (so that the slots can be found, and so that this node applies the block's
+//!    truncated updates from then on), and only then are the block's slots read, every slot
+//!    whose version is newer than the copy's installed ([`Backup::install_copied`]): a slot
+//!    read before the header went in could miss an update that this node skipped meanwhile,
+//!    as one of a block its copy had not received. A slot that reads locked or torn is read
+//!    again alone until it is unlocked and whole: an object stays locked at the primary until
+//!    its update is installed there, so the copy takes every update that is not already on its
+//!    way to this node as a COMMIT-BACKUP. Both paths install only newer versions, under the
+//!    copy's write lock, so they converge in whatever order they come.
 //! 3. It paces itself to [`COPY_BYTES_PER_SECOND`] of blocks read (or what
 //!    [`COPY_RATE_VARIABLE`] says), sleeping between blocks, so that foreground transactions
 //!    keep most of the primary's time and the fabric.
@@ -334,9 +337,8 @@ impl Copying {
                 ));
             }
             let offset = u32::try_from(block * block_bytes).expect("regions are under 4 GiB");
-            let data = self.read(primary, Addr::new(region, offset), key, block_bytes)?;
+            self.copy_block(primary, key, region, offset, block_bytes)?;
             read_bytes += block_bytes;
-            self.copy_block(primary, key, region, offset, &data)?;
             self.progress.set(region, block + 1, blocks);
             // Pace: no faster than the rate on average.
             let due = Duration::from_secs_f64(read_bytes as f64 / self.rate as f64);
@@ -349,24 +351,35 @@ impl Copying {
         Ok(read_bytes)
     }
 
-    /// One claimed block: its header, then every slot newer than the copy's.
+    /// One block: if claimed, its header, then every slot newer than the copy's.
+    ///
+    /// The slots are read only once the header is in the copy. From that moment this node
+    /// applies every truncated update of the block itself; before it, it skips them as updates
+    /// of a block its copy has not received ([`Backup::apply`]), counting on this read to bring
+    /// them. A slot read before the header went in could miss an update installed at the
+    /// primary and truncated here in between, and the copy would then install the older slot
+    /// for good (the simulation found a free lost so).
     fn copy_block(
         &self,
         primary: NodeId,
         key: AccessKey,
         region: RegionId,
         offset: u32,
-        data: &[u8],
+        block_bytes: u64,
     ) -> Result<(), String> {
-        let header = &data[..BLOCK_HEADER_BYTES as usize];
-        let Some(slot_bytes) = slab::block_slot_bytes(header, data.len() as u64) else {
+        let at = Addr::new(region, offset);
+        let header = self.read(primary, at, key, BLOCK_HEADER_BYTES)?;
+        let Some(slot_bytes) = slab::block_slot_bytes(&header, block_bytes) else {
             return Ok(()); // unclaimed
         };
-        if !self.backup.copy_block_header(region, offset, header) {
+        if !self.backup.copy_block_header(region, offset, &header) {
             return Err(format!(
                 "{region}: the block header at {offset:#x} did not take"
             ));
         }
+        let data = self.read(primary, at, key, block_bytes)?;
+        // A test stops the copy here to truncate an update of this block meanwhile.
+        acre_engine::pause::point("copier.slots_read");
         let slot_bytes = slot_bytes as usize;
         let mut pos = BLOCK_HEADER_BYTES as usize;
         while pos + slot_bytes <= data.len() {

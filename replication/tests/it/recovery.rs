@@ -394,6 +394,70 @@ fn a_new_backup_copies_its_region_while_it_is_written_and_ends_identical() {
     cluster.stop();
 }
 
+/// Data recovery, the order within one block (found by the list-append simulation, seed
+/// 9653117908617154388: a new backup's copy one free behind its primary's once quiet). n1
+/// copies r3 from n3 and stops after reading the slots of a block it has no header of yet;
+/// meanwhile n3 frees an object of that block and the free is truncated, which n1 skips as an
+/// update of a block its copy has not received yet. Whatever the copy then installs from that
+/// block must not be older than the free: the copy's read of the slots has to come after its
+/// copy of the block header, from which on n1 applies the block's updates itself.
+#[test]
+fn a_free_truncated_while_the_copy_holds_a_block_read_reaches_the_new_backup() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    // Same size, so one block: the first claimed block of r3, where the copier stops.
+    let kept = create(&n3, RegionId(3), b"kept");
+    let freed = create(&n3, RegionId(3), b"free");
+    settle(&cluster);
+    let read = acre_engine::pause::arm("copier.slots_read");
+    let newer = next(cluster.config(), without_n4);
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    assert!(
+        read.wait_reached(RECOVERY_TIMEOUT),
+        "n1 read the slots of r3's first block"
+    );
+    let mut txn = n3.begin().expect("begin");
+    txn.free(freed).expect("free");
+    txn.commit().expect("commit the free");
+    // Truncated: n1 has applied (or skipped) it.
+    settle(&cluster);
+    read.release();
+    count_the_copy_of_r3_complete(&mut cluster);
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("the new backup's copy has the free");
+    assert_eq!(value_at(&n3, kept).expect("read"), b"kept");
+    cluster.stop();
+}
+
+/// Waits until n1 has copied r3 (after [`without_n4`]), then installs the configuration that
+/// counts the copy complete and makes r4 active (once n1 recovered it), as the CM would.
+fn count_the_copy_of_r3_complete(cluster: &mut EmbeddedCluster) {
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while !replica(cluster, NodeId(1))
+        .copied_regions()
+        .contains(&RegionId(3))
+    {
+        assert!(Instant::now() < deadline, "n1 did not copy r3");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let complete = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.copying.clear();
+            if placement.region == RegionId(4) {
+                placement.state = RegionState::Active;
+            }
+        }
+    });
+    wait_recovered(cluster, NodeId(1), RegionId(4));
+    cluster.reconfigure((*complete).clone()).expect("complete");
+    assert_eq!(
+        replica(cluster, NodeId(1)).backup().is_copying(RegionId(3)),
+        Some(false)
+    );
+}
+
 /// REVIEW (finding 1): a coordinator on a surviving member (n1) whose COMMIT-BACKUP to n2
 /// (backup of r1) lands after n2 drained. n1 holds r4's COMMIT-BACKUP (it backs up r4) and r1's
 /// LOCK (it is r1's primary). Votes: commit-backup somewhere, r4 has values at its promoted

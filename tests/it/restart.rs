@@ -545,3 +545,51 @@ fn flip_a_byte_bit(path: &Path, offset: u64) {
     bytes[offset as usize] ^= 0x10;
     std::fs::write(path, bytes).expect("write the copy back");
 }
+
+/// Every replica of a region damaged while the cluster is down (f = 1: its primary's copy and
+/// its backup's): no copy can be vouched for, so the region is lost rather than served, `up`
+/// says so and fails, and a read of an account in it fails instead of returning a wrong
+/// balance; accounts in the other regions read as committed.
+#[test]
+fn a_region_whose_every_copy_is_damaged_is_lost_not_served() {
+    use acre::cluster::CmStatusFile;
+    let cluster = Cluster::up_with("restart-sums-lost", "shm", &["--f", "1"]);
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let bank = Bank::create(&db, 30, 1000).expect("create accounts");
+    assert!(db.quiesce(QUIESCE_TIMEOUT), "the cluster did not quiesce");
+    drop(db);
+    let account = bank.accounts[0];
+    let region = account.region();
+    let status = CmStatusFile::read(&cluster.dir)
+        .expect("read the CM status")
+        .expect("a CM status");
+    let placement = status
+        .committed
+        .placement(region)
+        .expect("the region")
+        .clone();
+    let replicas: Vec<NodeId> = placement.replicas().collect();
+    assert_eq!(replicas.len(), 2, "{placement:?}");
+
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    for &node in &replicas {
+        let copy = copy_file(&cluster.dir, node, region);
+        flip_a_byte_bit(&copy, u64::from(account.offset()) + 16 + 1);
+    }
+
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(!up.status.success(), "{}{}", text(&up), node_logs(&cluster));
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(
+        stderr.contains(&format!("{region} is lost")),
+        "{}",
+        text(&up)
+    );
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    let read = db.read(account);
+    assert!(read.is_err(), "a lost region's account read {read:?}");
+    for &other in bank.accounts.iter().filter(|a| a.region() != region) {
+        assert_eq!(balance_of(&db, other), 1000, "{other}");
+    }
+}

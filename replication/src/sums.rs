@@ -208,9 +208,7 @@ impl CopySums {
     /// and the directory synced, so that after a crash `path` holds these sums whole or what
     /// it held before.
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = PathBuf::from(temporary);
+        let temporary = temporary_path(path);
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -278,6 +276,11 @@ impl CopySums {
 /// behind would describe a copy that has changed since.
 pub fn check_and_remove(region: &Region, copy_file: &Path) -> io::Result<Verdict> {
     let path = sums_path(copy_file);
+    // A stop killed while it wrote the sums left its temporary file: it proves nothing.
+    match fs::remove_file(temporary_path(&path)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let verdict = match CopySums::read(&path) {
         Ok(None) => return Ok(Verdict::NoSums),
         Ok(Some(sums)) => sums.check(region),
@@ -288,6 +291,13 @@ pub fn check_and_remove(region: &Region, copy_file: &Path) -> io::Result<Verdict
         fs::File::open(dir)?.sync_all()?;
     }
     Ok(verdict)
+}
+
+/// Where [`CopySums::write`] writes the sums for `path` before renaming them there.
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    PathBuf::from(temporary)
 }
 
 /// One CRC32C per `block_bytes` of `region`, read through atomic word loads.
@@ -345,8 +355,11 @@ mod tests {
             "{verdict:?}"
         );
         assert!(!sums_path(&file).exists(), "sums never outlive their check");
+        // A stop killed while writing leaves a temporary file only: no sums, and it goes.
+        fs::write(temporary_path(&sums_path(&file)), b"half").unwrap();
         let verdict = check_and_remove(&region, &file).unwrap();
         assert!(matches!(verdict, Verdict::NoSums), "{verdict:?}");
+        assert!(!temporary_path(&sums_path(&file)).exists());
     }
 
     #[test]

@@ -428,9 +428,25 @@ pub(crate) fn restart(
             "  processes running after {:.0} ms; asking the CM for the restart configuration",
             running.as_secs_f64() * 1e3
         )?;
+        // The copies the nodes found damaged (their block sums did not match): never served,
+        // and the restart configuration takes them into account.
+        let mut damaged = Vec::new();
+        for &node in &nodes {
+            let manifest =
+                NodeManifest::read(dir, node).with_context(|| format!("read {node}'s manifest"))?;
+            for region in manifest.map(|m| m.damaged).unwrap_or_default() {
+                writeln!(
+                    out,
+                    "  {node}'s copy of {region} is damaged (see {}): it is not served",
+                    cluster::node_log_path(dir, node).display()
+                )?;
+                damaged.push((node, region));
+            }
+        }
         let change = cluster::cm_request::Change::Restart {
             nodes: nodes.clone(),
             lost_records: false,
+            damaged,
         };
         let deadline = Instant::now() + REMOVAL_TIMEOUT;
         let reply = loop {

@@ -237,6 +237,7 @@ impl Testbed {
                 started: None,
                 cm_link: None,
                 lease: None,
+                damaged: Vec::new(),
             }
             .write(&dir)?;
             let transport = Transport::Shm(ShmTransport::new(dir.clone(), options));

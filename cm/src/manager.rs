@@ -196,6 +196,8 @@ pub enum Cause {
     Restart {
         nodes: Vec<NodeId>,
         lost_records: bool,
+        /// The copies the restarted nodes found damaged, which they do not serve.
+        damaged: Vec<(NodeId, RegionId)>,
     },
 }
 
@@ -218,13 +220,20 @@ impl fmt::Display for Cause {
             Cause::Restart {
                 nodes,
                 lost_records: false,
+                damaged,
             } => {
                 write!(f, "restart of ")?;
-                write_nodes(f, nodes)
+                write_nodes(f, nodes)?;
+                for (k, (node, region)) in damaged.iter().enumerate() {
+                    let sep = if k == 0 { ", damaged copies: " } else { ", " };
+                    write!(f, "{sep}{node}'s {region}")?;
+                }
+                Ok(())
             }
             Cause::Restart {
                 nodes,
                 lost_records: true,
+                ..
             } => {
                 write!(f, "log records lost at ")?;
                 write_nodes(f, nodes)
@@ -306,6 +315,11 @@ pub enum Change {
         nodes: Vec<NodeId>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         lost_records: bool,
+        /// The region copies the restarted nodes found damaged
+        /// (docs/failures.md#whole-cluster-restart): a damaged primary's region gets an intact
+        /// backup as primary, or is lost.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        damaged: Vec<(NodeId, RegionId)>,
     },
 }
 
@@ -677,13 +691,16 @@ impl Manager {
             Change::Restart {
                 nodes,
                 lost_records,
+                damaged,
             } => {
-                let plan = remap::restart(&config, &nodes).map_err(|e| e.to_string())?;
+                let plan = remap::restart(&config, &nodes, &damaged).map_err(|e| e.to_string())?;
                 // In id order, each once: the history names each node once.
                 let nodes: BTreeSet<NodeId> = nodes.into_iter().collect();
+                let damaged: BTreeSet<(NodeId, RegionId)> = damaged.into_iter().collect();
                 let cause = Cause::Restart {
                     nodes: nodes.into_iter().collect(),
                     lost_records,
+                    damaged: damaged.into_iter().collect(),
                 };
                 // Nobody leaves: no lease to wait out, no node to fence.
                 (plan, cause, BTreeSet::new())
@@ -1012,7 +1029,9 @@ impl Manager {
                 return;
             }
             let restart = match self.record.as_ref().map(|r| &r.cause) {
-                Some(Cause::Restart { nodes, .. }) => Some(remap::restart(&config, nodes)),
+                Some(Cause::Restart { nodes, damaged, .. }) => {
+                    Some(remap::restart(&config, nodes, damaged))
+                }
                 _ => None,
             };
             match restart {
@@ -1090,7 +1109,9 @@ impl Manager {
         // it: distributing that configuration as it is would let restarted primaries serve
         // without recovering their transactions.
         let restart_pending = match self.record.as_ref().map(|r| &r.cause) {
-            Some(Cause::Restart { nodes, .. }) => remap::restart(&config, nodes).is_ok(),
+            Some(Cause::Restart { nodes, damaged, .. }) => {
+                remap::restart(&config, nodes, damaged).is_ok()
+            }
             _ => false,
         };
         if failed.is_empty() && config.cm_leader == Some(self.me) && !restart_pending {
@@ -1696,6 +1717,7 @@ mod tests {
             Change::Restart {
                 nodes: Vec::new(),
                 lost_records: false,
+                damaged: Vec::new(),
             },
             ms(5),
         );
@@ -1704,6 +1726,7 @@ mod tests {
             Change::Restart {
                 nodes: vec![NodeId(9)],
                 lost_records: false,
+                damaged: Vec::new(),
             },
             ms(5),
         );
@@ -1714,6 +1737,7 @@ mod tests {
         let restart = Change::Restart {
             nodes: vec![NodeId(3), NodeId(2), NodeId(3)],
             lost_records: false,
+            damaged: Vec::new(),
         };
         let actions = manager.change(restart.clone(), ms(5)).expect("accepted");
         let (expected_id, next) = proposal(&actions).expect("a proposal");
@@ -1743,6 +1767,7 @@ mod tests {
             Cause::Restart {
                 nodes: vec![NodeId(2), NodeId(3)],
                 lost_records: false,
+                damaged: Vec::new(),
             }
         );
         assert_eq!(record.cause.to_string(), "restart of n2, n3");
@@ -1787,6 +1812,7 @@ mod tests {
         let restart = Change::Restart {
             nodes: vec![NodeId(4)],
             lost_records: false,
+            damaged: Vec::new(),
         };
         let actions = manager.change(restart, ms(5)).expect("accepted");
         let (_, planned) = proposal(&actions).expect("a proposal");
@@ -1819,6 +1845,7 @@ mod tests {
             change: Change::Restart {
                 nodes: vec![NodeId(1), NodeId(2), NodeId(3)],
                 lost_records: false,
+                damaged: Vec::new(),
             },
         };
         let text = toml::to_string(&request).unwrap();
@@ -1828,7 +1855,44 @@ mod tests {
             "{text}"
         );
         let written = "nonce = 11\n[change]\nchange = \"restart\"\nnodes = [1, 2, 3]\n";
-        assert_eq!(toml::from_str::<CmRequest>(written).unwrap(), request);
+        assert_eq!(
+            toml::from_str::<CmRequest>(written).unwrap(),
+            request,
+            "a request written before damaged copies were reported reads as none"
+        );
+        let damaged = CmRequest {
+            nonce: 12,
+            change: Change::Restart {
+                nodes: vec![NodeId(1), NodeId(2), NodeId(3)],
+                lost_records: false,
+                damaged: vec![(NodeId(1), RegionId(1))],
+            },
+        };
+        let text = toml::to_string(&damaged).unwrap();
+        assert!(text.contains("damaged = [[1, 1]]"), "{text}");
+        assert_eq!(toml::from_str::<CmRequest>(&text).unwrap(), damaged);
+    }
+
+    /// A restart whose node found its primary copy damaged hands the region to a backup, and
+    /// the history names the damaged copy.
+    #[test]
+    fn a_restart_with_a_damaged_primary_copy_promotes_a_backup() {
+        let mut manager = lead();
+        // r1: n1 [n2]; n1's copy of r1 is damaged.
+        let restart = Change::Restart {
+            nodes: vec![NodeId(1), NodeId(2)],
+            lost_records: false,
+            damaged: vec![(NodeId(1), RegionId(1))],
+        };
+        let actions = manager.change(restart, ms(5)).expect("accepted");
+        let (_, next) = proposal(&actions).expect("a proposal");
+        let r1 = next.placement(RegionId(1)).unwrap();
+        assert_eq!((r1.primary, r1.state), (NodeId(2), RegionState::Blocked));
+        assert_eq!(r1.copying, [NodeId(1)]);
+        assert_eq!(
+            manager.in_progress().unwrap().cause.to_string(),
+            "restart of n1, n2, damaged copies: n1's r1"
+        );
     }
 
     /// Two clients that found the same regions full at once: the second request, taken while

@@ -40,7 +40,8 @@
 //!   backup a plan adds is `copying` ([`Placement::copying`]) until data recovery installs a
 //!   configuration that says its copy is complete ([`copy_complete`], which its report asks
 //!   for); no other plan here takes a backup out of `copying`. The one plan that puts a backup
-//!   it keeps back into `copying` is [`restart`]: a restarted backup's copy may miss updates.
+//!   it keeps back into `copying` is [`restart`]: a restarted backup's copy may miss updates,
+//!   and a primary whose copy its restart found damaged stays as a backup copying again.
 //!   A copying backup takes COMMIT-BACKUP records like the others, so it keeps up once copied,
 //!   but until then it misses whatever the copy has not reached: a plan never promotes it and
 //!   never counts it as a copy of the data. The primary is always complete (only complete
@@ -51,19 +52,20 @@
 //!   region is lost. A new primary is always a complete backup of the region in c, which holds
 //!   every committed write (FaRM commits only after every backup has the COMMIT-BACKUP record,
 //!   and a complete backup also has everything committed before it joined).
-//! - **Promotion.** When a region's primary fails (or leaves), the surviving complete backup
-//!   with the fewest primaries becomes primary, ties going to the earlier backup in the list
-//!   (new backups are appended, so the list is oldest first). The domain of the primary does
+//! - **Promotion.** When a region's primary fails (or leaves, or its restart found its copy
+//!   damaged: then only a backup whose copy is intact is a candidate), the surviving complete
+//!   backup with the fewest primaries becomes primary, ties going to the earlier backup in the
+//!   list (new backups are appended, so the list is oldest first). The domain of the primary does
 //!   not matter for safety, every complete replica has the data, but load does: the primary
 //!   serves every read and lock. The region becomes [`RegionState::Blocked`]: the new primary
 //!   holds none of the locks of the transactions in flight, and serves only once transaction
 //!   recovery has rebuilt them.
-//! - **Lost.** A region is lost exactly when every complete replica of it has failed: its
-//!   surviving copying backups hold a part of its data at best, so they are dropped with the
-//!   rest (there is nothing left to finish their copy from). A lost region is
-//!   [`RegionState::Lost`], naming its last primary, with no backups and none copying: an
-//!   explicit state shown everywhere, never a silently dropped region; it stays lost (its data
-//!   comes back only with a replica's files, which is not planned here).
+//! - **Lost.** A region is lost exactly when every complete replica of it has failed (or, at a
+//!   [`restart`], was found damaged): its surviving copying backups hold a part of its data at
+//!   best, so they are dropped with the rest (there is nothing left to finish their copy from).
+//!   A lost region is [`RegionState::Lost`], naming its last primary, with no backups and none
+//!   copying: an explicit state shown everywhere, never a silently dropped region; it stays
+//!   lost (its data comes back only with a replica's files, which is not planned here).
 //! - **States last.** A blocked region stays blocked through later changes (even when its new
 //!   primary fails too and another backup is promoted) until recovery, not a remap, unblocks it:
 //!   [`activate`] (or [`after_recovery`], with completed copies in the same report), which its
@@ -407,6 +409,16 @@ pub enum RemapError {
         list(nodes)
     )]
     NothingToRestart { nodes: Vec<NodeId>, id: u64 },
+    #[error(
+        "{node}'s copy of {region} is reported damaged, but no restarted node of configuration \
+         {id} holds that copy: the report is for another configuration, or a bug in its \
+         sender; leave it out"
+    )]
+    DamagedNotHeld {
+        node: NodeId,
+        region: RegionId,
+        id: u64,
+    },
 }
 
 fn region_list(regions: &[RegionId]) -> String {
@@ -709,9 +721,10 @@ pub fn after_recovery(
 
 /// Configuration c+1 after the processes of the memory nodes `nodes` restarted from their files
 /// (a whole-cluster restart, docs/failures.md#whole-cluster-restart): their region copies and
-/// logs are intact, but what they held in memory is gone: the locks of the transactions in
-/// flight, which transactions they voted on, and which truncations they applied. Nothing moves:
-/// members, primaries and backups stay as they are. Then, per region (not lost):
+/// logs are intact, but for the copies of `damaged`, and what they held in memory is gone: the
+/// locks of the transactions in flight, which transactions they voted on, and which
+/// truncations they applied. Members stay; primaries and backups stay but where a primary's
+/// copy is damaged. Then, per region (not lost):
 ///
 /// - one whose primary restarted becomes [`RegionState::Blocked`], as after a failure: its
 ///   primary holds the data but none of the locks, and serves again only once it has recovered
@@ -723,16 +736,30 @@ pub fn after_recovery(
 ///   its primary ([`copy_complete`]). Its copier thread starts once the region is active
 ///   (after the primary's recovery, when the primary's memory is current). The plan lists
 ///   these copies ([`Plan::copies`]), from the region's primary; the CM copies nothing itself.
+/// - one whose primary's copy is damaged (`damaged`: its restarted node found that the copy
+///   does not match the block sums it wrote when it stopped, and serves none of it) gets a
+///   complete backup whose copy is not damaged as primary, chosen as after a failure (fewest
+///   primaries, then oldest), and is blocked: the promoted backup holds every committed write
+///   of the region, applied or in its log, as after its primary's failure. The damaged replica
+///   stays, as a backup copying the region again (its node emptied its copy, so the copy is
+///   taken whole). With no such backup the region is lost: no replica can vouch for its data,
+///   and a damaged copy is never served.
 ///
 /// A lost region stays lost: its last primary's files may hold its data, but bringing a lost
-/// region back is not planned here. A region whose every replica restarted keeps its primary,
-/// which is complete: its files hold every committed write, as its log holds the records it
+/// region back is not planned here. A region whose every replica restarted keeps its primary
+/// if its copy is intact: its files hold every committed write, as its log holds the records it
 /// has not applied.
 ///
 /// Refused when `nodes` is empty ([`RemapError::NothingRestarted`]), names a node that is no
-/// member ([`RemapError::NotAMember`]) or a client ([`RemapError::NotAMemoryNode`]), and when
-/// nothing would change ([`RemapError::NothingToRestart`]).
-pub fn restart(config: &Configuration, nodes: &[NodeId]) -> Result<Plan, RemapError> {
+/// member ([`RemapError::NotAMember`]) or a client ([`RemapError::NotAMemoryNode`]), when
+/// `damaged` names a copy that no restarted node holds ([`RemapError::DamagedNotHeld`]; a copy
+/// of a lost region is left out), and when nothing would change
+/// ([`RemapError::NothingToRestart`]).
+pub fn restart(
+    config: &Configuration,
+    nodes: &[NodeId],
+    damaged: &[(NodeId, RegionId)],
+) -> Result<Plan, RemapError> {
     check(config)?;
     if nodes.is_empty() {
         return Err(RemapError::NothingRestarted { id: config.id });
@@ -752,22 +779,65 @@ pub fn restart(config: &Configuration, nodes: &[NodeId]) -> Result<Plan, RemapEr
         }
     }
     let restarted: BTreeSet<NodeId> = nodes.iter().copied().collect();
+    let mut damaged_copies = BTreeSet::new();
+    for &(node, region) in damaged {
+        let held = config.placement(region).is_some_and(|p| {
+            p.state == RegionState::Lost || p.replicas().any(|replica| replica == node)
+        });
+        if !restarted.contains(&node) || !held {
+            return Err(RemapError::DamagedNotHeld {
+                node,
+                region,
+                id: config.id,
+            });
+        }
+        damaged_copies.insert((region, node));
+    }
     let mut next = config.clone();
     next.id = next_id(config);
+    let mut load = Load::of(&next);
     let mut again = BTreeSet::new();
     let mut changed_count = 0;
     for placement in &mut next.regions {
         if placement.state == RegionState::Lost {
             continue;
         }
-        if restarted.contains(&placement.primary) && placement.state == RegionState::Active {
+        let region = placement.region;
+        let is_damaged = |node: NodeId| damaged_copies.contains(&(region, node));
+        if is_damaged(placement.primary) {
+            // As `promote`: the least loaded complete backup, the oldest of equals, and here
+            // one whose copy is intact.
+            let chosen = placement
+                .backups
+                .iter()
+                .enumerate()
+                .filter(|(_, node)| !placement.copying.contains(node) && !is_damaged(**node))
+                .min_by_key(|&(_, &node)| load.primaries(node));
+            let Some((position, &primary)) = chosen else {
+                lose(placement);
+                changed_count += 1;
+                continue;
+            };
+            let demoted = placement.primary;
+            placement.backups.remove(position);
+            placement.primary = primary;
+            placement.backups.push(demoted);
+            placement.copying.push(demoted);
+            placement.state = RegionState::Blocked;
+            again.insert((region, demoted));
+            *load.primary_count.entry(primary).or_default() += 1;
+            if let Some(count) = load.primary_count.get_mut(&demoted) {
+                *count = count.saturating_sub(1);
+            }
+            changed_count += 1;
+        } else if restarted.contains(&placement.primary) && placement.state == RegionState::Active {
             placement.state = RegionState::Blocked;
             changed_count += 1;
         }
         for &backup in &placement.backups {
             if restarted.contains(&backup) && !placement.copying.contains(&backup) {
                 placement.copying.push(backup);
-                again.insert((placement.region, backup));
+                again.insert((region, backup));
                 changed_count += 1;
             }
         }
@@ -778,7 +848,8 @@ pub fn restart(config: &Configuration, nodes: &[NodeId]) -> Result<Plan, RemapEr
             id: config.id,
         });
     }
-    // The primaries stay, so a copy comes from the region's primary in c and c+1 alike.
+    // The primaries stay, or a backup took over with the region blocked: a copy comes from the
+    // region's primary in c+1.
     Ok(finish_checked(
         config,
         next,
@@ -786,6 +857,7 @@ pub fn restart(config: &Configuration, nodes: &[NodeId]) -> Result<Plan, RemapEr
         &Exceptions {
             completed: &BTreeSet::new(),
             copying_again: &again,
+            damaged: &damaged_copies,
         },
     ))
 }
@@ -1041,6 +1113,7 @@ fn finish_completing(
     let exceptions = Exceptions {
         completed,
         copying_again: &BTreeSet::new(),
+        damaged: &BTreeSet::new(),
     };
     finish_checked(before, next, copy_from, &exceptions)
 }
@@ -1052,6 +1125,9 @@ struct Exceptions<'a> {
     completed: &'a BTreeSet<(RegionId, NodeId)>,
     /// Restarted backups ([`restart`]): into `copying`, to copy their region again.
     copying_again: &'a BTreeSet<(RegionId, NodeId)>,
+    /// Copies a restarted node found damaged ([`restart`]): no longer complete replicas, so a
+    /// region may be lost although they live.
+    damaged: &'a BTreeSet<(RegionId, NodeId)>,
 }
 
 /// [`finish`] with the exceptions to the copying rule that the plan makes.
@@ -1135,10 +1211,12 @@ fn check_region(
         return;
     }
     let live = |node: &NodeId| next.nodes.contains(node);
+    let intact = |node: &NodeId| !exceptions.damaged.contains(&(region, *node));
     if lost {
-        // Lost only when every complete replica left. The converse follows from the primary
-        // check below and `validate`: a region that is not lost has a member as primary.
-        let survivor = old.complete_replicas().find(live);
+        // Lost only when every complete replica left or was found damaged. The converse
+        // follows from the primary check below and `validate`: a region that is not lost has a
+        // member as primary.
+        let survivor = old.complete_replicas().filter(intact).find(live);
         assert!(
             survivor.is_none(),
             "{region} is lost, yet its complete replica {survivor:?} is live"
@@ -1149,6 +1227,7 @@ fn check_region(
     // replica of c stays one.
     assert!(
         old.complete_replicas()
+            .filter(intact)
             .any(|node| node == placement.primary),
         "{region}: primary {} held no complete copy in configuration {}",
         placement.primary,
@@ -1731,7 +1810,7 @@ mod tests {
     fn a_restarted_primary_blocks_its_region_and_a_restarted_backup_copies_again() {
         let config = cluster(4, 1, 1);
         // r1: n1 [n2]; r2: n2 [n3]; r3: n3 [n4]; r4: n4 [n1]. n1 restarted.
-        let plan = restart(&config, &[n(1)]).unwrap();
+        let plan = restart(&config, &[n(1)], &[]).unwrap();
         let mut expected = config.clone();
         expected.id += 1;
         expected.regions[0].state = RegionState::Blocked;
@@ -1768,7 +1847,7 @@ mod tests {
     #[test]
     fn a_whole_cluster_restart_blocks_every_region_and_every_backup_copies_again() {
         let config = cluster(4, 2, 2);
-        let plan = restart(&config, &nodes(4)).unwrap();
+        let plan = restart(&config, &nodes(4), &[]).unwrap();
         assert_eq!(plan.config.nodes, config.nodes);
         assert_eq!(plan.config.clients, config.clients);
         for (before, after) in config.regions.iter().zip(&plan.config.regions) {
@@ -1805,7 +1884,7 @@ mod tests {
         let failed = after_failure(&config, &failed(&[1, 2])).unwrap().config;
         assert_eq!(placement(&failed, 1).state, RegionState::Lost);
         assert_eq!(placement(&failed, 2).state, RegionState::Blocked);
-        let plan = restart(&failed, &[n(3), n(4)]).unwrap();
+        let plan = restart(&failed, &[n(3), n(4)], &[]).unwrap();
         assert_eq!(
             placement(&plan.config, 1),
             placement(&failed, 1),
@@ -1837,29 +1916,161 @@ mod tests {
     #[test]
     fn a_restart_of_nobody_of_a_stranger_or_of_nothing_to_change_is_refused() {
         let config = cluster(4, 1, 1);
-        let error = restart(&config, &[]).unwrap_err();
+        let error = restart(&config, &[], &[]).unwrap_err();
         assert!(
             matches!(error, RemapError::NothingRestarted { id: 7 }),
             "{error}"
         );
-        let error = restart(&config, &[n(1), n(9)]).unwrap_err();
+        let error = restart(&config, &[n(1), n(9)], &[]).unwrap_err();
         assert!(
             matches!(error, RemapError::NotAMember { node, id: 7 } if node == n(9)),
             "{error}"
         );
-        let error = restart(&config, &[n(100)]).unwrap_err();
+        let error = restart(&config, &[n(100)], &[]).unwrap_err();
         assert!(
             matches!(error, RemapError::NotAMemoryNode { node, id: 7 } if node == n(100)),
             "{error}"
         );
         // Once restarted, n1's region is blocked and its backup copying: again is nothing.
-        let restarted = restart(&config, &[n(1)]).unwrap().config;
-        let error = restart(&restarted, &[n(1), n(1)]).unwrap_err();
+        let restarted = restart(&config, &[n(1)], &[]).unwrap().config;
+        let error = restart(&restarted, &[n(1), n(1)], &[]).unwrap_err();
         assert!(
             matches!(&error, RemapError::NothingToRestart { nodes, id: 8 } if nodes == &[n(1)]),
             "{error}"
         );
         assert!(error.to_string().contains("install nothing"), "{error}");
+    }
+
+    // docs/failures.md#whole-cluster-restart: a restarted node never serves a copy it cannot
+    // vouch for.
+    #[test]
+    fn a_damaged_primary_copy_hands_its_region_to_an_intact_backup() {
+        let config = cluster(4, 1, 2);
+        // r1: n1 [n2 n3]; r2: n2 [n3 n4]; r3: n3 [n4 n1]; r4: n4 [n1 n2]. All restart; n1's
+        // copy of r1 is damaged.
+        let plan = restart(&config, &nodes(4), &[(n(1), RegionId(1))]).unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!(r1.primary, n(2), "the least loaded intact complete backup");
+        assert_eq!(r1.state, RegionState::Blocked);
+        assert_eq!(
+            r1.backups,
+            [n(3), n(1)],
+            "the damaged copy stays, as a backup"
+        );
+        assert_eq!(r1.copying, [n(1), n(3)], "both copy again");
+        assert!(
+            !plan.config.regions[0]
+                .complete_replicas()
+                .any(|r| r == n(1))
+        );
+        assert_eq!(
+            change(&plan, 1).to_string(),
+            "r1: primary n1 -> n2 (promoted), n1 n3 copying again (restarted), blocked"
+        );
+        let from_r1: Vec<DataCopy> = plan
+            .copies
+            .iter()
+            .copied()
+            .filter(|c| c.region == RegionId(1))
+            .collect();
+        assert_eq!(
+            from_r1,
+            [
+                DataCopy {
+                    region: RegionId(1),
+                    from: n(2),
+                    to: n(1)
+                },
+                DataCopy {
+                    region: RegionId(1),
+                    from: n(2),
+                    to: n(3)
+                }
+            ],
+            "from the new primary, the damaged copy whole"
+        );
+        // The other regions restart as without damage.
+        let undamaged = restart(&config, &nodes(4), &[]).unwrap();
+        for region in 2..=4 {
+            assert_eq!(
+                placement(&plan.config, region),
+                placement(&undamaged.config, region)
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_backup_copy_copies_again_and_is_never_promoted() {
+        let config = cluster(3, 1, 2);
+        // r1: n1 [n2 n3]. n2's copy is damaged, and n1's too: n3 takes over.
+        let plan = restart(
+            &config,
+            &nodes(3),
+            &[(n(2), RegionId(1)), (n(1), RegionId(1))],
+        )
+        .unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!((r1.primary, r1.state), (n(3), RegionState::Blocked));
+        assert_eq!(r1.backups, [n(2), n(1)]);
+        assert_eq!(r1.copying, [n(1), n(2)]);
+        // Only n2's copy damaged: n1 keeps its region, n2 copies again as every restarted
+        // backup does.
+        let plan = restart(&config, &nodes(3), &[(n(2), RegionId(1))]).unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!((r1.primary, r1.state), (n(1), RegionState::Blocked));
+        assert_eq!(r1.copying, [n(2), n(3)]);
+        // A copying backup is no candidate either: n2 was copying before the restart.
+        let mut copying = config.clone();
+        copying.regions[0].copying = vec![n(2)];
+        let plan = restart(&copying, &nodes(3), &[(n(1), RegionId(1))]).unwrap();
+        assert_eq!(placement(&plan.config, 1).primary, n(3));
+    }
+
+    #[test]
+    fn a_region_with_no_intact_complete_replica_is_lost_never_served() {
+        let config = cluster(3, 1, 1);
+        // r1: n1 [n2]. Both copies damaged.
+        let plan = restart(
+            &config,
+            &nodes(3),
+            &[(n(1), RegionId(1)), (n(2), RegionId(1))],
+        )
+        .unwrap();
+        let r1 = placement(&plan.config, 1);
+        assert_eq!(r1.state, RegionState::Lost);
+        assert!(r1.backups.is_empty() && r1.copying.is_empty(), "{r1:?}");
+        assert!(change(&plan, 1).is_lost());
+        // The primary damaged and its only backup copying: nothing can vouch for the data.
+        let mut copying = config.clone();
+        copying.regions[0].copying = vec![n(2)];
+        let plan = restart(&copying, &nodes(3), &[(n(1), RegionId(1))]).unwrap();
+        assert_eq!(placement(&plan.config, 1).state, RegionState::Lost);
+        // A lost region stays lost, and its damaged copy is no error.
+        let again = restart(&plan.config, &nodes(3), &[(n(1), RegionId(1))]);
+        assert!(again.is_ok() || matches!(again, Err(RemapError::NothingToRestart { .. })));
+    }
+
+    #[test]
+    fn a_damaged_copy_no_restarted_node_holds_is_refused() {
+        let config = cluster(4, 1, 1);
+        // r1: n1 [n2]: n3 holds no copy of it; n2 did not restart.
+        for damaged in [
+            (n(3), RegionId(1)),
+            (n(9), RegionId(1)),
+            (n(1), RegionId(77)),
+        ] {
+            let error = restart(&config, &nodes(4), &[damaged]).unwrap_err();
+            assert!(
+                matches!(error, RemapError::DamagedNotHeld { node, region, id: 7 }
+                    if (node, region) == damaged),
+                "{error}"
+            );
+        }
+        let error = restart(&config, &[n(1)], &[(n(2), RegionId(1))]).unwrap_err();
+        assert!(
+            matches!(error, RemapError::DamagedNotHeld { .. }),
+            "{error}"
+        );
     }
 
     /// `config` after data recovery completed the copy of `region` on `node`: what the CM will

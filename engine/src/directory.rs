@@ -88,6 +88,12 @@ pub struct NodeManifest {
     /// `host:port` of the node's lease thread (UDP), when the cluster runs a CM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// The region copies this node, restarted from its files, found damaged (their blocks did
+    /// not match the sums it wrote when it stopped, or the sums file was damaged): it does not
+    /// serve them, and the launcher asks the CM for a restart configuration that takes them
+    /// into account (docs/failures.md#whole-cluster-restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<RegionId>,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -242,6 +248,7 @@ mod tests {
             started: None,
             cm_link: None,
             lease: None,
+            damaged: vec![RegionId(3)],
         };
         manifest.write(dir.path()).unwrap();
         let read = NodeManifest::read(dir.path(), NodeId(2)).unwrap().unwrap();

@@ -417,6 +417,7 @@ impl StandaloneCm {
             started: acre_engine::procfs::start_time(pid).ok(),
             cm_link: cm_addrs.map(|(link, _)| link.to_string()),
             lease: cm_addrs.map(|(_, lease)| lease.to_string()),
+            damaged: Vec::new(),
         }
         .write(&self.dir)
     }

@@ -14,6 +14,8 @@
 //!   rings' fill and the oldest transaction each keeps).
 //! - [`restart`]: what a node finds of an earlier run (region copies and rings that hold data),
 //!   on which it refuses to start until a node can rejoin from its files.
+//! - [`sums`]: the block sums a memory node writes of its region copies when it stops cleanly,
+//!   by which it proves them intact when it restarts.
 //! - [`db`]: `Db`, the embedded API over an embedded cluster or a client node (re-exported by
 //!   the `acre` facade).
 //! - [`liveness`], [`orphan`]: whether a client coordinator is gone, and how the memory nodes
@@ -50,6 +52,7 @@ pub mod recovery;
 pub mod replica;
 pub mod restart;
 pub mod status;
+pub mod sums;
 pub mod verify;
 pub mod worker;
 

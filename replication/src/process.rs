@@ -364,6 +364,7 @@ impl ProcessNode {
             started: procfs::start_time(std::process::id()).ok(),
             cm_link: cm_addrs.map(|(link, _)| link.to_string()),
             lease: cm_addrs.map(|(_, lease)| lease.to_string()),
+            damaged: self.replica().damaged_copies().to_vec(),
         }
         .write(&self.dir)
     }
@@ -558,6 +559,7 @@ fn ask_to_recover(dir: &Path, node: NodeId, sender: NodeId) {
             let change = crate::cm_request::Change::Restart {
                 nodes: vec![node],
                 lost_records: true,
+                damaged: Vec::new(),
             };
             let deadline = Instant::now() + LOSS_REPORT_TIMEOUT;
             loop {
@@ -813,6 +815,7 @@ mod tests {
             started,
             cm_link: None,
             lease: None,
+            damaged: Vec::new(),
         }
     }
 

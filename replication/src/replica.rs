@@ -9,6 +9,7 @@ use crate::liveness::Liveness;
 use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
 };
+use crate::sums::{self, CopySums, Verdict, sums_path};
 use crate::worker::{JoinedRings, LossHandler, RecoveredRegions, Worker, WorkerShared};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, ring_area_id};
@@ -157,6 +158,9 @@ pub struct ReplicaNode {
     backup: Arc<Backup>,
     /// Every copy this node holds, primary or backup.
     copies: RwLock<Vec<Arc<Region>>>,
+    /// The copies a restart found damaged ([`vouch_for`]): emptied, held as backup copies, and
+    /// reported in the manifest until the restart configuration copies them again.
+    damaged: Vec<RegionId>,
     /// Where new copies go.
     storage: Storage,
     region_bytes: u64,
@@ -274,6 +278,7 @@ impl ReplicaNode {
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
         let mut copies = Vec::new();
+        let mut damaged = Vec::new();
         for placement in config.replicated_on(node) {
             let region = match reopen {
                 None => storage
@@ -281,6 +286,18 @@ impl ReplicaNode {
                     .map_err(io(format!("create {}", placement.region)))?,
                 Some(areas) => storage.reopen(node, placement.region, areas)?,
             };
+            // Before anything reads the copy (the worker's replay, the allocator's rebuild,
+            // the fabric once registered).
+            if reopen.is_some() && !vouch_for(node, &region)? {
+                damaged.push(region.id());
+                // Not served: held as a backup copy, empty, that the restart configuration
+                // has copied again from the region's primary (a promoted backup if this node
+                // was the primary), from block 0 since every version in it is 0.
+                let region = register(Arc::new(region))?;
+                copies.push(region.clone());
+                backups.push(region);
+                continue;
+            }
             let region = register(Arc::new(region))?;
             copies.push(region.clone());
             if placement.primary == node {
@@ -379,6 +396,7 @@ impl ReplicaNode {
             txn,
             backup,
             copies: RwLock::new(copies),
+            damaged,
             storage: storage.clone(),
             region_bytes,
             ring_bytes,
@@ -654,7 +672,15 @@ impl ReplicaNode {
         self.copy_progress.snapshot()
     }
 
-    /// Stops the copier and the worker.
+    /// The region copies this node's restart found damaged and does not serve
+    /// (docs/failures.md#whole-cluster-restart).
+    pub fn damaged_copies(&self) -> &[RegionId] {
+        &self.damaged
+    }
+
+    /// Stops the copier and the worker, then, for a node in files, writes the block sums of
+    /// every copy ([`crate::sums`]), by which its restart proves them intact: nothing of this
+    /// node changes them any more.
     pub fn stop(mut self) {
         if let Some(mut copier) = self.copier.take() {
             copier.stop();
@@ -662,5 +688,101 @@ impl ReplicaNode {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
+        if matches!(self.storage, Storage::Files { .. }) {
+            self.write_sums();
+        }
     }
+
+    /// Writes the sums of every copy next to its file. A copy whose sums cannot be written is
+    /// reported and has none: its restart then trusts it as after a kill.
+    fn write_sums(&self) {
+        let node = self.node_id();
+        let config_id = self.txn.config_id();
+        let copies = self.copies.read().expect(crate::POISONED).clone();
+        let mut written_count = 0;
+        for region in copies {
+            let Some(file) = region.path() else { continue };
+            let sums = CopySums::of(&region, config_id);
+            match sums.write(&sums_path(&file)) {
+                Ok(()) => written_count += 1,
+                Err(e) => tracing::error!(
+                    %node,
+                    "cannot write the block sums of its copy of {} ({}): {e}; its restart \
+                     cannot prove the copy intact",
+                    region.id(),
+                    file.display()
+                ),
+            }
+        }
+        tracing::info!(
+            %node,
+            "wrote the block sums of {written_count} region copies (configuration {config_id})"
+        );
+    }
+}
+
+/// Checks a copy a restarted node kept against the sums it wrote when it stopped
+/// ([`crate::sums`]), and says whether the node may serve it. A copy that does not match, or
+/// whose sums file is damaged, is reported and emptied (every word zero, persisted) before
+/// anything reads it: nothing of it is served, and a copy of the region from a live replica
+/// fills it again, installing every object since none is older than a version 0. A copy
+/// without sums (its node was killed) is served as memory that outlived its process.
+fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
+    let id = region.id();
+    let Some(file) = region.path() else {
+        return Ok(true);
+    };
+    let verdict = sums::check_and_remove(region, &file).map_err(io(format!(
+        "remove the block sums of {node}'s copy of {id} ({})",
+        sums_path(&file).display()
+    )))?;
+    match &verdict {
+        Verdict::Intact { config_id } => {
+            tracing::info!(
+                %node,
+                "its copy of {id} matches the block sums written when it stopped (configuration \
+                 {config_id})"
+            );
+        }
+        Verdict::NoSums => {
+            tracing::warn!(
+                %node,
+                "its copy of {id} has no block sums (the node was killed, or its stop could not \
+                 write them): served as the memory its earlier run left"
+            );
+        }
+        Verdict::Damaged { blocks, count } => {
+            let offsets: Vec<String> = blocks
+                .iter()
+                .map(|block| format!("{:#x}", block * sums::SUMS_BLOCK_BYTES))
+                .collect();
+            tracing::error!(
+                %node,
+                "its copy of {id} is damaged: {count} blocks of {} bytes do not match the sums \
+                 written when it stopped (at offsets {}); the copy is not served, and is copied \
+                 again from a live replica",
+                sums::SUMS_BLOCK_BYTES,
+                offsets.join(" ")
+            );
+        }
+        Verdict::Unreadable(e) => {
+            tracing::error!(
+                %node,
+                "its copy of {id} cannot be vouched for: its block sums file {} {e}; the copy \
+                 is not served, and is copied again from a live replica",
+                sums_path(&file).display()
+            );
+        }
+    }
+    if !verdict.is_damaged() {
+        return Ok(true);
+    }
+    for word in region.words() {
+        word.store(0, Ordering::Relaxed);
+    }
+    region
+        .mapping()
+        .persist(0, region.len() as usize)
+        .map_err(io(format!("empty {node}'s damaged copy of {id}")))?;
+    Ok(false)
 }

@@ -145,6 +145,7 @@ pub fn shm() -> Cluster {
             started: None,
             cm_link: None,
             lease: None,
+            damaged: Vec::new(),
         }
         .write(path)
         .expect("publish the manifest");

@@ -143,6 +143,7 @@ fn receiver(dir: &Path) -> (Arc<NodeMemory>, Inbox) {
         started: None,
         cm_link: None,
         lease: None,
+        damaged: Vec::new(),
     }
     .write(dir)
     .expect("publish the receiver's manifest");

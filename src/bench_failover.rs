@@ -30,8 +30,17 @@
 //! - **region stall**: that loop's longest time without a commit from the kill until an update
 //!   that started after the region was active again.
 //!
+//! And what the recovery the kill caused settled: **transactions recovered**, committed and
+//! aborted, and **regions recovered** by their new primary. Each memory node's worker counts
+//! them and publishes the counts in its status area (`acre::cluster::SettledCounts`, read from
+//! the area's file with `read_settled`, as `acre cluster status` does); the bench reads every
+//! node's before the kill and once they stop moving after its last wait, and sums the
+//! differences over the nodes (a transaction is counted by each node that settled its part; the
+//! bench's updates write one object each, so each once).
+//!
 //! Each kill's times are printed as it ends, then the median, p99 and max of each per victim
-//! kind (the victim's region's in a table of their own). A kill is counted as failed, and the
+//! kind (the victim's region's in a table of their own), and the median, p99, max and total of
+//! the transactions and regions recovered per kill. A kill is counted as failed, and the
 //! run goes on, when its reconfiguration does not commit within [`reconfigure_max`], when the
 //! region commits nothing after it within [`COMMIT_AGAIN_MAX`], or when the victim's region is
 //! not active again within [`ACTIVE_AGAIN_MAX`] after that or commits nothing after it within
@@ -74,17 +83,21 @@
 //! the removal and the activation past 2,180. The region's first update committed 10-15 ms
 //! after its activation over shm (the client's look at the status file every 10 ms, and a
 //! retry's backoff), but at 607-609 over tcp (p99 758), in two groups, 605-615 and 755-760: an
-//! attempt that was reaching the dead node when the configuration changed first ends its three
-//! connects (the client's backoff of 0, 50 and 100 ms between them: 150 ms a round), so the
-//! first commit lands as the fourth or fifth such round from the kill ends.
+//! attempt that was reaching the dead node when the configuration changed first ended its three
+//! connects (pauses of 50 and 100 ms between them: 150 ms a round), and a post queued behind
+//! another thread's round ran one of its own, so the first commit landed as the fourth or fifth
+//! such round from the kill ended. The tcp transport now ends the attempts when the node moves
+//! to another configuration; the figures since are in docs/failures.md#the-cm-in-node-processes,
+//! with the transactions recovered.
 
 use crate::launch::{self, DownArgs, UpArgs};
-use acre::cluster::{self, CLUSTER_FILE, CM_STATUS_FILE, ClusterFile, CmStatusFile};
+use acre::cluster::{self, CLUSTER_FILE, CM_STATUS_FILE, ClusterFile, CmStatusFile, SettledCounts};
 use acre::db::{Addr, Db, NodeId, RECONFIGURATION_WAIT_MAX, RegionId};
 use acre::engine::clock::Clock;
 use acre::engine::signal::{self, Termination};
 use acre::txn::config::Configuration;
 use anyhow::Context;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -126,6 +139,13 @@ const LEADER_REROLL_MAX: usize = 6;
 const SETUP_FAILURES_IN_A_ROW_MAX: usize = 2;
 /// Failed kills per victim kind whose logs are kept (`keep_logs`).
 const KEPT_LOGS_MAX: usize = 100;
+/// After the kill's last wait, how long the nodes' settled counts may keep moving before they
+/// are read as they are: the promoted primary settles what writes its region before it serves
+/// it, but other participants settle their part of the same transactions on their own turn.
+const SETTLED_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Readings of the settled counts in a row, [`POLL`] apart, that must agree before they count
+/// as settled.
+const SETTLED_QUIET_READINGS: usize = 3;
 /// Failures tolerated per region in every cluster.
 const F: usize = 1;
 
@@ -152,7 +172,7 @@ pub struct FailoverArgs {
     /// The cluster directory (created for each kill and removed after it).
     #[arg(long, default_value = DIR_DEFAULT)]
     dir: PathBuf,
-    /// Also write every kill's times to this file, as JSON.
+    /// Also write every kill's times and what its recovery settled to this file, as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -206,6 +226,116 @@ struct Times {
     also_removed: Vec<NodeId>,
     /// The victim's primary region recovered, when the victim was the primary of one.
     recovery: Option<RecoveryTimes>,
+    /// The transactions the recovery the kill caused settled.
+    recovered: Recovered,
+}
+
+/// What the nodes' workers settled because of a kill: their status areas' counts
+/// (`SettledCounts`) after the kill's last wait, less those before the kill, summed over the
+/// cluster's memory nodes. A transaction is counted by each node that settled its part (a
+/// commit by each primary that installed it, an abort by each node that held its records); the
+/// bench's updates write one object each, so each is counted once.
+#[derive(Clone, Debug, Default)]
+struct Recovered {
+    /// Transactions needing recovery that were committed (installed by recovery).
+    committed: u64,
+    /// Transactions needing recovery that were aborted.
+    aborted: u64,
+    /// Regions recovered by their new primary.
+    regions: u64,
+    /// What makes the counts partial: nodes whose status area could not be read (the counts
+    /// leave them out), counts that still moved when they were read.
+    caveats: Vec<String>,
+}
+
+impl Recovered {
+    /// What the cluster in `dir` settled since `before` (per node, read before the kill).
+    fn since(
+        dir: &Path,
+        file: &ClusterFile,
+        before: &BTreeMap<NodeId, SettledCounts>,
+    ) -> Recovered {
+        let (after, caveats) = settled_by_node(dir, file);
+        let mut total = SettledCounts::default();
+        for (node, counts) in &after {
+            let earlier = before.get(node).copied().unwrap_or_default();
+            total = total.plus(&counts.since(&earlier));
+        }
+        Recovered {
+            committed: total.recovered_committed,
+            aborted: total.recovered_aborted,
+            regions: total.regions_recovered,
+            caveats,
+        }
+    }
+
+    /// `recovered 1 committed, 0 aborted, 1 region`, for a kill's line.
+    fn describe(&self) -> String {
+        let caveats = if self.caveats.is_empty() {
+            String::new()
+        } else {
+            format!(" (partial: {})", self.caveats.join("; "))
+        };
+        format!(
+            "recovered {} committed, {} aborted, {} {}{caveats}",
+            self.committed,
+            self.aborted,
+            self.regions,
+            if self.regions == 1 {
+                "region"
+            } else {
+                "regions"
+            }
+        )
+    }
+}
+
+/// Every memory node's settled counts from its status area's file, and the nodes that could
+/// not be read, with why.
+fn settled_by_node(
+    dir: &Path,
+    file: &ClusterFile,
+) -> (BTreeMap<NodeId, SettledCounts>, Vec<String>) {
+    let mut counts = BTreeMap::new();
+    let mut unread = Vec::new();
+    for &node in &file.config.nodes {
+        match cluster::read_settled(dir, file, node) {
+            Ok(settled) => {
+                counts.insert(node, settled);
+            }
+            Err(why) => unread.push(format!("{node}: {why}")),
+        }
+    }
+    (counts, unread)
+}
+
+/// Reads the nodes' settled counts until [`SETTLED_QUIET_READINGS`] readings in a row agree,
+/// at most [`SETTLED_WAIT_MAX`], and returns what they settled since `before`.
+fn recovered_once_quiet(
+    dir: &Path,
+    file: &ClusterFile,
+    before: &BTreeMap<NodeId, SettledCounts>,
+    termination: &Termination,
+) -> Recovered {
+    let mut last = None;
+    let mut same = 0;
+    let quiet = wait(termination, SETTLED_WAIT_MAX, || {
+        let now = settled_by_node(dir, file).0;
+        if last.as_ref() == Some(&now) {
+            same += 1;
+        } else {
+            same = 1;
+            last = Some(now);
+        }
+        same >= SETTLED_QUIET_READINGS
+    });
+    let mut recovered = Recovered::since(dir, file, before);
+    if let Err(why) = quiet {
+        recovered
+            .caveats
+            .push(format!("the counts still moved when read ({why})"));
+    }
+    recovered
 }
 
 /// How the victim's primary region came back: ms from the kill, as [`Times`].
@@ -646,6 +776,11 @@ pub(crate) fn role_of(config: &Configuration, leader: NodeId, node: NodeId) -> S
 /// again and commit after that), and reads the times.
 fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Result<Times, String> {
     let clock = Clock::system();
+    let file = ClusterFile::read(&args.dir.join(CLUSTER_FILE))
+        .map_err(|e| format!("read the cluster file: {e}"))?;
+    // What the workers settled before the kill (nothing, on a fresh cluster), so that the
+    // figures are the kill's alone.
+    let (settled_before, _) = settled_by_node(&args.dir, &file);
     let commits = CommitLoop::start(setup.db.clone(), setup.object, clock.clone())
         .map_err(|e| format!("start the commit loop: {e}"))?;
     let recovering = match &setup.recovering {
@@ -685,6 +820,7 @@ fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Res
     } = result?;
     let progress = stopped?;
     let recovering_progress = recovering_stopped?;
+    let recovered = recovered_once_quiet(&args.dir, &file, &settled_before, termination);
     let victim = setup.victim;
     let rows = status
         .history
@@ -761,6 +897,7 @@ fn measure(args: &FailoverArgs, setup: &Setup, termination: &Termination) -> Res
             .filter(|&n| n != victim && !status.committed.nodes.contains(&n))
             .collect(),
         recovery,
+        recovered,
     })
 }
 
@@ -1221,7 +1358,7 @@ fn sample_line(args: &FailoverArgs, victim: Victim, index: usize, sample: &Sampl
             format!(
                 "{head}{leader}, suspected +{:.1} ms, committed +{:.1} ms ({}: {} -> {}; \
                  probed/installed/acked +{}/{}/{} ms after the suspicion), {region} commits again \
-                 +{:.1} ms (longest stall {:.1} ms from +{:.1} ms){recovery}{false_suspicions}",
+                 +{:.1} ms (longest stall {:.1} ms from +{:.1} ms){recovery}; {}{false_suspicions}",
                 t.suspected_ms,
                 t.committed_ms,
                 t.cause,
@@ -1232,7 +1369,8 @@ fn sample_line(args: &FailoverArgs, victim: Victim, index: usize, sample: &Sampl
                 step(t.acked_ms),
                 t.commit_again_ms,
                 t.stall_ms,
-                t.stall_from_ms
+                t.stall_from_ms,
+                t.recovered.describe()
             )
         }
         Err(why) => {
@@ -1266,11 +1404,30 @@ fn spread(values: impl Iterator<Item = f64>) -> String {
     )
 }
 
+/// `median/p99/max (total)` of counts, or `-` when there are none.
+fn count_spread(values: impl Iterator<Item = u64>) -> String {
+    let mut values: Vec<f64> = values.map(|v| v as f64).collect();
+    if values.is_empty() {
+        return "-".into();
+    }
+    values.sort_by(f64::total_cmp);
+    format!(
+        "{:.0}/{:.0}/{:.0} ({:.0})",
+        nearest_rank(&values, 0.5),
+        nearest_rank(&values, 0.99),
+        nearest_rank(&values, 1.0),
+        values.iter().sum::<f64>()
+    )
+}
+
 /// The header of the summary, which tests look for.
 const SUMMARY_HEADER: &str = "failover summary, ms from the kill (median/p99/max):";
 /// The header of the summary of the victims' primary regions, which tests look for.
 const RECOVERY_HEADER: &str =
     "the victim's primary region, recovered: ms from the kill (median/p99/max):";
+/// The header of the summary of what recovery settled, which tests look for.
+const RECOVERED_HEADER: &str =
+    "transactions recovered per kill, summed over the nodes (median/p99/max (total)):";
 
 fn print_summary(
     out: &mut crate::output::Stdout,
@@ -1340,6 +1497,39 @@ fn print_summary(
                 spread(recoveries().map(|r| r.recovered_stall_ms)),
             )?;
         }
+    }
+    writeln!(out, "{RECOVERED_HEADER}")?;
+    writeln!(
+        out,
+        "{:<6} {:<9} {:<8} {:>8} {:>5}  {:<18} {:<18} {:<18}",
+        "nodes", "transport", "victim", "lease ms", "kills", "committed", "aborted", "regions"
+    )?;
+    for series in all {
+        let recovered = || series.times().map(|t| &t.recovered);
+        writeln!(
+            out,
+            "{:<6} {:<9} {:<8} {:>8} {:>5}  {:<18} {:<18} {:<18}",
+            args.nodes,
+            args.transport,
+            series.victim.name(),
+            args.lease_ms,
+            recovered().count(),
+            count_spread(recovered().map(|r| r.committed)),
+            count_spread(recovered().map(|r| r.aborted)),
+            count_spread(recovered().map(|r| r.regions)),
+        )?;
+    }
+    let partial = all
+        .iter()
+        .flat_map(Series::times)
+        .filter(|t| !t.recovered.caveats.is_empty())
+        .count();
+    if partial > 0 {
+        writeln!(
+            out,
+            "{partial} kill(s) whose recovered counts are partial: a status area that could not \
+             be read, or counts still moving (see the kills above)"
+        )?;
     }
     let unset: usize = all.iter().map(|s| s.setup_failures.len()).sum();
     if unset > 0 {
@@ -1411,7 +1601,8 @@ fn json_of(args: &FailoverArgs, all: &[Series]) -> String {
                     "{{{head}, \"suspected_ms\": {}, \"committed_ms\": {}, \"commit_again_ms\": \
                      {}, \"stall_ms\": {}, \"stall_from_ms\": {}, \"probed_ms\": {}, \
                      \"installed_ms\": {}, \"acked_ms\": {}, \"new_leader_ms\": {}, \"cause\": {}, \
-                     \"from_id\": {}, \"to_id\": {}, \"also_removed\": [{}], \"recovery\": {}}}",
+                     \"from_id\": {}, \"to_id\": {}, \"also_removed\": [{}], \"recovery\": {}, \
+                     \"recovered\": {}}}",
                     json_number(t.suspected_ms),
                     json_number(t.committed_ms),
                     json_number(t.commit_again_ms),
@@ -1443,7 +1634,8 @@ fn json_of(args: &FailoverArgs, all: &[Series]) -> String {
                         json_string(&r.cause),
                         r.from_id,
                         r.to_id
-                    ))
+                    )),
+                    recovered_json(&t.recovered)
                 ),
                 Err(why) => format!("{{{head}, \"failure\": {}}}", json_string(why)),
             });
@@ -1453,11 +1645,22 @@ fn json_of(args: &FailoverArgs, all: &[Series]) -> String {
             .iter()
             .map(|why| json_string(why))
             .collect();
+        let total = series
+            .times()
+            .map(|t| &t.recovered)
+            .fold(Recovered::default(), |total, r| Recovered {
+                committed: total.committed + r.committed,
+                aborted: total.aborted + r.aborted,
+                regions: total.regions + r.regions,
+                caveats: Vec::new(),
+            });
         series_json.push(format!(
-            "    {{\"victim\": {}, \"kills\": [\n      {}\n    ], \"setup_failures\": [{}]}}",
+            "    {{\"victim\": {}, \"kills\": [\n      {}\n    ], \"setup_failures\": [{}], \
+             \"recovered_total\": {}}}",
             json_string(series.victim.name()),
             samples.join(",\n      "),
-            setup_failures.join(", ")
+            setup_failures.join(", "),
+            recovered_json(&total)
         ));
     }
     format!(
@@ -1466,6 +1669,22 @@ fn json_of(args: &FailoverArgs, all: &[Series]) -> String {
         json_string(&args.transport),
         args.lease_ms,
         series_json.join(",\n")
+    )
+}
+
+/// `{"committed": 1, "aborted": 0, "regions": 1, "caveats": []}`.
+fn recovered_json(recovered: &Recovered) -> String {
+    format!(
+        "{{\"committed\": {}, \"aborted\": {}, \"regions\": {}, \"caveats\": [{}]}}",
+        recovered.committed,
+        recovered.aborted,
+        recovered.regions,
+        recovered
+            .caveats
+            .iter()
+            .map(|why| json_string(why))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -1539,6 +1758,12 @@ mod tests {
     fn spreads_are_nearest_ranks() {
         assert_eq!(spread([3.0, 1.0, 2.0].into_iter()), "2.0/3.0/3.0");
         assert_eq!(spread(std::iter::empty()), "-");
+    }
+
+    #[test]
+    fn count_spreads_are_nearest_ranks_with_their_total() {
+        assert_eq!(count_spread([1, 0, 1, 3].into_iter()), "1/3/3 (5)");
+        assert_eq!(count_spread(std::iter::empty()), "-");
     }
 
     #[test]

@@ -1241,6 +1241,7 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     print_rings(&mut out, &observed)?;
+    print_settled(&mut out, &observed)?;
     let clients = config
         .clients
         .iter()
@@ -1377,6 +1378,42 @@ fn print_cm(
             out,
             "  {} -> {to}: {}{removed};{steps} ({})",
             row.from_id, row.cause, row.outcome
+        )?;
+    }
+    Ok(())
+}
+
+/// What each node's worker settled since it started, from its status area: the transactions
+/// it recovered after reconfigurations (committed, aborted), the regions it recovered as their
+/// new primary, and the transactions of dead coordinators it left to an operator
+/// (docs/failures.md#transaction-recovery). Nodes that settled nothing are left out.
+fn print_settled(out: &mut impl std::io::Write, observed: &[Observation]) -> std::io::Result<()> {
+    let settled: Vec<_> = observed
+        .iter()
+        .filter_map(|seen| Some((seen.node, *seen.settled.as_ref().ok()?)))
+        .filter(|(_, counts)| *counts != cluster::SettledCounts::default())
+        .collect();
+    if settled.is_empty() {
+        return writeln!(out, "transactions recovered: none");
+    }
+    writeln!(
+        out,
+        "transactions and regions recovered since each node started:"
+    )?;
+    writeln!(
+        out,
+        "{:<6} {:>9} {:>7} {:>7}  left to an operator",
+        "node", "committed", "aborted", "regions"
+    )?;
+    for (node, counts) in settled {
+        writeln!(
+            out,
+            "{:<6} {:>9} {:>7} {:>7}  {}",
+            node.to_string(),
+            counts.recovered_committed,
+            counts.recovered_aborted,
+            counts.regions_recovered,
+            counts.orphans_left
         )?;
     }
     Ok(())

@@ -55,7 +55,9 @@ pub mod cluster {
     pub use acre_replication::copier::read_progress_file as read_copy_progress;
     pub use acre_replication::process::*;
     pub use acre_replication::restart::*;
-    pub use acre_replication::status::{Answer, Observation, RingFill, observe};
+    pub use acre_replication::status::{
+        Answer, Observation, RingFill, SettledCounts, observe, read_settled,
+    };
 }
 
 pub use acre_engine as engine;

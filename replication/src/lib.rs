@@ -9,9 +9,10 @@
 //! - [`cluster_file`], [`process`], [`client`]: clusters of node processes on one host: the
 //!   cluster file, the runtime of a node process (`acre node`), and the client node an
 //!   application process joins a running cluster with.
-//! - [`status`]: the status area a node's worker publishes its heartbeat and what it keeps of
-//!   each ring in, and what `acre cluster status` learns of each node (whether it answers, its
-//!   rings' fill and the oldest transaction each keeps).
+//! - [`status`]: the status area a node's worker publishes its heartbeat, what it settled
+//!   (transactions recovered) and what it keeps of each ring in, and what `acre cluster status`
+//!   learns of each node (whether it answers, what it settled, its rings' fill and the oldest
+//!   transaction each keeps).
 //! - [`restart`]: what a node finds of an earlier run (region copies and rings that hold data),
 //!   on which it refuses to start until a node can rejoin from its files.
 //! - [`sums`]: the block sums a memory node writes of its region copies when it stops cleanly,

@@ -1,10 +1,12 @@
 //! A node's status area, and what `acre cluster status` learns of a node.
 //!
-//! Every node registers a small status area next to its reply area. Its worker writes two things
-//! there: a heartbeat, a counter it advances on every turn of its loop (at least every
-//! `IDLE_SLEEP_MAX`, 200 ms, when idle), and, per ring, how many records it keeps and the oldest
-//! of them with its transaction (the worker's `Retention`). Nothing there is durable or needed
-//! by the protocol; it is there to be looked at.
+//! Every node registers a small status area next to its reply area. Its worker writes three
+//! things there: a heartbeat, a counter it advances on every turn of its loop (at least every
+//! `IDLE_SLEEP_MAX`, 200 ms, when idle); what it settled since the node started
+//! ([`SettledCounts`]: transactions recovered after reconfigurations, committed and aborted,
+//! regions recovered as their new primary, a dead client's transactions); and, per ring, how many
+//! records it keeps and the oldest of them with its transaction (the worker's `Retention`).
+//! Nothing there is durable or needed by the protocol; it is there to be looked at.
 //!
 //! An observer ([`observe`]) learns of each node of a cluster on this host:
 //! - whether it answers: two one-sided READs of the heartbeat over the node's own transport,
@@ -14,6 +16,7 @@
 //! - each ring's fill, from the ring's header in its file in the cluster directory, and the
 //!   retention the worker last published, from the status area's file: both without the node's
 //!   help, so a stopped or killed node's pinned rings show too.
+//! - what its worker settled, from the same file ([`read_settled`] for one node).
 //!
 //! Layout (8-byte words, little-endian, written with atomic stores):
 //!
@@ -22,7 +25,9 @@
 //! word 1  heartbeat
 //! word 2  table version: odd while the worker rewrites the table (a seqlock)
 //! word 3  ring count n
-//! word 4 + 6i .. : ring i: sender node, records kept, position of the oldest kept record,
+//! word 4 .. 10: settled counts: recovered committed, recovered aborted, regions recovered,
+//!               orphans aborted, orphans installed, orphans truncated, orphans left
+//! word 11 + 6i .. : ring i: sender node, records kept, position of the oldest kept record,
 //!                  and its transaction: configuration, node << 16 | slot, sequence
 //! ```
 
@@ -57,7 +62,9 @@ const MAGIC_WORD: usize = 0;
 const HEARTBEAT_WORD: usize = 1;
 const VERSION_WORD: usize = 2;
 const RING_COUNT_WORD: usize = 3;
-const TABLE_WORD: usize = 4;
+const SETTLED_WORD: usize = 4;
+const SETTLED_WORDS: usize = 7;
+const TABLE_WORD: usize = SETTLED_WORD + SETTLED_WORDS;
 const ENTRY_WORDS: usize = 6;
 /// Byte offset of the heartbeat, what a probe READs.
 pub const HEARTBEAT_OFFSET: u32 = (HEARTBEAT_WORD * 8) as u32;
@@ -90,10 +97,85 @@ pub struct RingRetention {
     pub oldest: Option<(u64, TxnId)>,
 }
 
+/// What a node's worker settled since the node started, as its status area shows it
+/// (`WorkerStats` in `crate::worker` keeps the counters; docs/failures.md#transaction-recovery and
+/// #a-client-that-dies say what is settled). A transaction is counted by every node that
+/// settled its part: a recovered commit by each primary that installed it, an abort by each
+/// node that held its records; one that writes a single region is counted once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SettledCounts {
+    /// Transactions needing recovery after a reconfiguration that this node installed.
+    pub recovered_committed: u64,
+    /// Transactions needing recovery after a reconfiguration that this node aborted.
+    pub recovered_aborted: u64,
+    /// Regions this node recovered as their new primary.
+    pub regions_recovered: u64,
+    /// Transactions of dead coordinators (a dead client's, or recovered ones) aborted here.
+    pub orphans_aborted: u64,
+    /// ... installed here from their LOCK or COMMIT-BACKUP.
+    pub orphans_installed: u64,
+    /// ... truncated here (every primary held COMMIT-PRIMARY).
+    pub orphans_truncated: u64,
+    /// ... left to an operator (votes that make no sense).
+    pub orphans_left: u64,
+}
+
+impl SettledCounts {
+    fn words(&self) -> [u64; SETTLED_WORDS] {
+        [
+            self.recovered_committed,
+            self.recovered_aborted,
+            self.regions_recovered,
+            self.orphans_aborted,
+            self.orphans_installed,
+            self.orphans_truncated,
+            self.orphans_left,
+        ]
+    }
+
+    fn from_words(words: [u64; SETTLED_WORDS]) -> SettledCounts {
+        let [
+            recovered_committed,
+            recovered_aborted,
+            regions_recovered,
+            orphans_aborted,
+            orphans_installed,
+            orphans_truncated,
+            orphans_left,
+        ] = words;
+        SettledCounts {
+            recovered_committed,
+            recovered_aborted,
+            regions_recovered,
+            orphans_aborted,
+            orphans_installed,
+            orphans_truncated,
+            orphans_left,
+        }
+    }
+
+    /// What `self` counts beyond `earlier` (the same node's, read before): counters only grow,
+    /// and one that went back (another run of the node) counts from zero.
+    pub fn since(&self, earlier: &SettledCounts) -> SettledCounts {
+        let words = self.words();
+        let before = earlier.words();
+        SettledCounts::from_words(std::array::from_fn(|i| {
+            words[i].checked_sub(before[i]).unwrap_or(words[i])
+        }))
+    }
+
+    /// The sum of `self` and `other`, counter by counter.
+    pub fn plus(&self, other: &SettledCounts) -> SettledCounts {
+        let (a, b) = (self.words(), other.words());
+        SettledCounts::from_words(std::array::from_fn(|i| a[i].saturating_add(b[i])))
+    }
+}
+
 /// What a status area says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStatus {
     pub heartbeat: u64,
+    pub settled: SettledCounts,
     pub rings: Vec<RingRetention>,
 }
 
@@ -150,6 +232,15 @@ impl StatusArea {
     /// One more turn of the worker's loop.
     pub fn beat(&self) {
         self.region.words()[HEARTBEAT_WORD].fetch_add(1, Ordering::Release);
+    }
+
+    /// Publishes what the worker settled so far. Each counter is a word of its own, stored
+    /// atomically; a reader may see one counter's newer value with another's older one.
+    pub fn publish_settled(&self, settled: &SettledCounts) {
+        let words = self.region.words();
+        for (word, value) in words[SETTLED_WORD..TABLE_WORD].iter().zip(settled.words()) {
+            word.store(value, Ordering::Release);
+        }
     }
 
     /// Publishes what the worker keeps of each ring, in [`StatusArea::senders`] order.
@@ -245,6 +336,7 @@ pub fn read_status(words: &[AtomicU64]) -> Result<NodeStatus, StatusError> {
         if words[VERSION_WORD].load(Ordering::Relaxed) == before {
             return Ok(NodeStatus {
                 heartbeat: words[HEARTBEAT_WORD].load(Ordering::Acquire),
+                settled: read_settled_words(words),
                 rings,
             });
         }
@@ -252,6 +344,48 @@ pub fn read_status(words: &[AtomicU64]) -> Result<NodeStatus, StatusError> {
     Err(StatusError::Busy {
         attempts: READ_ATTEMPTS_MAX,
     })
+}
+
+/// The settled counts of a status area's words.
+fn read_settled_words(words: &[AtomicU64]) -> SettledCounts {
+    SettledCounts::from_words(std::array::from_fn(|i| {
+        words[SETTLED_WORD + i].load(Ordering::Acquire)
+    }))
+}
+
+/// What the worker of `node` of the cluster in `dir` has settled, from its status area's file
+/// (through its manifest): the node need not answer, so a killed node shows what it had
+/// settled when it died. `Err` says why the area could not be read.
+pub fn read_settled(dir: &Path, file: &ClusterFile, node: NodeId) -> Result<SettledCounts, String> {
+    let manifest = NodeManifest::read(dir, node)
+        .map_err(|e| format!("the manifest of {node}: {e}"))?
+        .ok_or_else(|| format!("{node} has no manifest"))?;
+    let area = open_area(dir, file, &manifest, STATUS_AREA_ID)?;
+    settled_of(area.words())
+}
+
+/// The settled counts of a status area's words, once its magic says it is one.
+fn settled_of(words: &[AtomicU64]) -> Result<SettledCounts, String> {
+    let magic = words[MAGIC_WORD].load(Ordering::Acquire);
+    if magic != STATUS_MAGIC {
+        return Err(StatusError::BadMagic { found: magic }.to_string());
+    }
+    Ok(read_settled_words(words))
+}
+
+/// Maps the area `id` of the node `manifest` describes from its file in `dir`.
+fn open_area(
+    dir: &Path,
+    file: &ClusterFile,
+    manifest: &NodeManifest,
+    id: RegionId,
+) -> Result<Region, String> {
+    let entry = manifest
+        .area(id)
+        .ok_or_else(|| format!("its manifest lists no area {id}"))?;
+    let key = entry.access_key().map_err(|e| e.to_string())?;
+    Region::open_file(dir, manifest.node, id, key, file.map_options())
+        .map_err(|e| format!("open {id}: {e}"))
 }
 
 /// Whether a node answered a probe.
@@ -289,6 +423,8 @@ pub struct Observation {
     pub answer: Answer,
     /// The node's rings (from its files), or why they could not be read.
     pub rings: Result<Vec<RingFill>, String>,
+    /// What its worker settled (from its status area's file), or why it could not be read.
+    pub settled: Result<SettledCounts, String>,
 }
 
 /// Observes every memory node of the cluster in `dir`: asks each whether it answers (in
@@ -305,15 +441,21 @@ pub fn observe(dir: &Path, file: &ClusterFile) -> Vec<Observation> {
         .into_iter()
         .zip(answers)
         .map(|((node, manifest), answer)| {
-            let rings = match &manifest {
-                Some(manifest) => ring_fills(dir, file, manifest),
-                None => Err("no manifest: its files cannot be found".to_string()),
+            let no_manifest = "no manifest: its files cannot be found";
+            let (rings, settled) = match &manifest {
+                Some(manifest) => (
+                    ring_fills(dir, file, manifest),
+                    open_area(dir, file, manifest, STATUS_AREA_ID)
+                        .and_then(|area| settled_of(area.words())),
+                ),
+                None => (Err(no_manifest.to_string()), Err(no_manifest.to_string())),
             };
             Observation {
                 node,
                 manifest,
                 answer,
                 rings,
+                settled,
             }
         })
         .collect()
@@ -479,15 +621,7 @@ fn ring_fills(
     file: &ClusterFile,
     manifest: &NodeManifest,
 ) -> Result<Vec<RingFill>, String> {
-    let node = manifest.node;
-    let options = file.map_options();
-    let open = |id: RegionId| -> Result<Region, String> {
-        let entry = manifest
-            .area(id)
-            .ok_or_else(|| format!("its manifest lists no area {id}"))?;
-        let key = entry.access_key().map_err(|e| e.to_string())?;
-        Region::open_file(dir, node, id, key, options).map_err(|e| format!("open {id}: {e}"))
-    };
+    let open = |id: RegionId| open_area(dir, file, manifest, id);
     let retention = open(STATUS_AREA_ID)
         .ok()
         .and_then(|area| read_status(area.words()).ok());
@@ -571,9 +705,55 @@ mod tests {
             },
         ];
         area.publish(rings.into_iter());
+        let settled = SettledCounts {
+            recovered_committed: 3,
+            recovered_aborted: 1,
+            regions_recovered: 2,
+            orphans_aborted: 5,
+            orphans_installed: 4,
+            orphans_truncated: 6,
+            orphans_left: 7,
+        };
+        area.publish_settled(&settled);
         let read = area.read().unwrap();
         assert_eq!(read.heartbeat, 2);
         assert_eq!(read.rings, rings);
+        assert_eq!(read.settled, settled);
+        // The counts sit apart from the ring table: rewriting one leaves the other.
+        area.publish(rings.into_iter());
+        assert_eq!(area.read().unwrap().settled, settled);
+        assert_eq!(settled_of(region_words(&area)), Ok(settled));
+    }
+
+    fn region_words(area: &StatusArea) -> &[AtomicU64] {
+        area.region.words()
+    }
+
+    #[test]
+    fn settled_counts_since_an_earlier_reading_and_summed() {
+        let before = SettledCounts {
+            recovered_committed: 2,
+            regions_recovered: 1,
+            ..SettledCounts::default()
+        };
+        let after = SettledCounts {
+            recovered_committed: 5,
+            recovered_aborted: 1,
+            regions_recovered: 1,
+            ..SettledCounts::default()
+        };
+        let since = after.since(&before);
+        assert_eq!(
+            (
+                since.recovered_committed,
+                since.recovered_aborted,
+                since.regions_recovered
+            ),
+            (3, 1, 0)
+        );
+        // A node started again counts from zero: what it shows is all new.
+        assert_eq!(before.since(&after).recovered_committed, 2);
+        assert_eq!(since.plus(&before).recovered_committed, 5);
     }
 
     #[test]

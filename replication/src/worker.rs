@@ -12,7 +12,10 @@
 //!
 //! The worker sleeps on the node's doorbell when idle; it wakes for new records, or after
 //! [`TRUNCATE_FLUSH_AFTER`] when truncations are pending. Every turn of its loop advances the
-//! status area's heartbeat, which is how an observer tells a serving worker from a stopped one.
+//! status area's heartbeat, which is how an observer tells a serving worker from a stopped one,
+//! and publishes there what it settled ([`WorkerStats::settled`]: transactions recovered, regions
+//! recovered, dead coordinators' transactions), which `acre cluster status` and `acre bench
+//! failover` read.
 //!
 //! A damaged ring concerns its sender only (docs/failures.md#a-damaged-ring): the inbox stops
 //! reading it and says so once, the worker logs it with the sender and the offset and serves the
@@ -69,7 +72,7 @@ use crate::orphan::{
     Voted,
 };
 use crate::recovery::{RECOVERY_RETRY_AFTER, Recovery, RegionStep};
-use crate::status::{RingRetention, StatusArea};
+use crate::status::{RingRetention, SettledCounts, StatusArea};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, Message, NewRing};
 use acre_engine::clock::Time;
@@ -211,6 +214,22 @@ pub struct WorkerStats {
     pub late_refused: AtomicU64,
     /// Ring resets that lost records this node had acknowledged.
     pub acknowledged_lost: AtomicU64,
+}
+
+impl WorkerStats {
+    /// The counters of what this worker settled, as the status area shows them.
+    pub fn settled(&self) -> SettledCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Acquire);
+        SettledCounts {
+            recovered_committed: load(&self.recovered_committed),
+            recovered_aborted: load(&self.recovered_aborted),
+            regions_recovered: load(&self.regions_recovered),
+            orphans_aborted: load(&self.orphans_aborted),
+            orphans_installed: load(&self.orphans_installed),
+            orphans_truncated: load(&self.orphans_truncated),
+            orphans_left: load(&self.orphans_left),
+        }
+    }
 }
 
 /// What a node keeps of one transaction.
@@ -438,6 +457,7 @@ impl Serving {
             self.node.primary().observe_installs();
             self.truncate_rings();
             self.publish_retention();
+            self.status.publish_settled(&self.stats.settled());
             if let Err(e) = self.node.links().flush_truncations(TRUNCATE_FLUSH_AFTER) {
                 tracing::warn!(node = %me, "sending truncations failed: {e}");
             }

@@ -263,6 +263,22 @@ fn a_killed_primary_s_region_is_recovered_and_serves_again() {
     let shown = String::from_utf8_lossy(&status.stdout);
     assert!(shown.contains("recovery of r2"), "{shown}");
     assert!(shown.contains("complete"), "{shown}");
+    // What the nodes settled, from their status areas: r2's promoted backup recovered one
+    // region, and no other node any (node, recovered, aborted, regions, left to an operator;
+    // nodes that settled nothing are left out).
+    let settled: Vec<Vec<&str>> = shown
+        .lines()
+        .skip_while(|line| !line.ends_with("left to an operator"))
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .take_while(|fields| fields.len() == 5 && fields[0].starts_with('n'))
+        .collect();
+    let regions: Vec<&str> = settled
+        .iter()
+        .map(|fields| fields[3])
+        .filter(|&regions| regions != "0")
+        .collect();
+    assert_eq!(regions, ["1"], "{shown}");
 }
 
 /// kill -9 of a primary while `acre bank` transfers between accounts in every region: no

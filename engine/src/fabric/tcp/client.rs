@@ -62,6 +62,14 @@ pub const CONNECT_ATTEMPTS_MAX: u32 = 3;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause before the second connect attempt; it grows linearly with the attempt number.
 pub const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often a pause between connect attempts looks whether this node moved to another
+/// configuration (which ends the attempts).
+const CONFIGURATION_CHECK_INTERVAL: Duration = Duration::from_millis(2);
+/// Steps of a pause between connect attempts: the longest pause in steps of
+/// [`CONFIGURATION_CHECK_INTERVAL`], and one more.
+const PAUSE_STEPS_MAX: u32 = CONNECT_ATTEMPTS_MAX
+    * (CONNECT_BACKOFF.as_millis() as u32 / CONFIGURATION_CHECK_INTERVAL.as_millis() as u32)
+    + 1;
 /// A connection with operations in flight on which nothing arrives for this long is broken.
 pub const RESPONSE_SILENCE_MAX: Duration = Duration::from_secs(10);
 /// A connection whose socket accepts no bytes for this long is broken.
@@ -247,25 +255,46 @@ impl TcpTransport {
 
     /// The peer's live connection, connecting (with bounded attempts) if there is none or if
     /// it is bound to an older configuration.
+    ///
+    /// The attempts belong to the configuration this node is in when the post arrives: if it
+    /// moves meanwhile (while the post waits for another thread's attempts to the same peer, or
+    /// between attempts), the post fails at once with `Unreachable`. Its caller runs again in
+    /// the new configuration, which may not send it to this peer at all: a dead primary's
+    /// replacement is reached at once, where finishing the attempts to the dead node cost up
+    /// to 150 ms after the new configuration was known, and as much again for every post
+    /// queued behind them (docs/failures.md#clients-and-the-configuration).
     fn link(&self, peer: &Peer) -> Result<Arc<Link>, OpError> {
         let config = self.configuration();
+        let unreachable = |reason| OpError::Unreachable {
+            node: peer.node,
+            reason,
+        };
+        let moved = |now: u64| {
+            unreachable(format!(
+                "this node moved from configuration {config} to {now} while connecting; \
+                 run again in the new one"
+            ))
+        };
         let mut slot = lock(&peer.link);
+        // Read again: the post may have waited for the slot while another thread connected.
+        let now = self.configuration();
         if let Some(link) = slot.as_ref() {
-            if link.config < config {
-                link.break_link(format!("this node moved to configuration {config}"));
+            if link.config < now {
+                link.break_link(format!("this node moved to configuration {now}"));
             } else if link.is_usable() {
                 return Ok(link.clone());
             }
         }
         *slot = None;
-        let unreachable = |reason| OpError::Unreachable {
-            node: peer.node,
-            reason,
-        };
+        if now != config {
+            return Err(moved(now));
+        }
         let mut last_error = String::new();
         for attempt in 0..CONNECT_ATTEMPTS_MAX {
-            if attempt > 0 {
-                self.clock.sleep(CONNECT_BACKOFF * attempt);
+            if attempt > 0
+                && let Some(now) = self.pause_unless_moved(CONNECT_BACKOFF * attempt, config)
+            {
+                return Err(moved(now));
             }
             match connect(
                 &self.clock,
@@ -298,6 +327,26 @@ impl TcpTransport {
         Err(unreachable(format!(
             "{last_error} (gave up after {CONNECT_ATTEMPTS_MAX} attempts)"
         )))
+    }
+}
+
+impl TcpTransport {
+    /// Sleeps `pause` on the node's clock, in steps of at most [`CONFIGURATION_CHECK_INTERVAL`],
+    /// unless this node moves from configuration `config` first: then returns the new one.
+    fn pause_unless_moved(&self, pause: Duration, config: u64) -> Option<u64> {
+        let deadline = self.clock.now().saturating_add(pause);
+        for _ in 0..PAUSE_STEPS_MAX {
+            let now = self.configuration();
+            if now != config {
+                return Some(now);
+            }
+            let left = deadline - self.clock.now();
+            if left.is_zero() {
+                return None;
+            }
+            self.clock.sleep(left.min(CONFIGURATION_CHECK_INTERVAL));
+        }
+        None
     }
 }
 

@@ -1800,3 +1800,55 @@ fn a_hang_up_that_arrives_with_the_last_bytes_is_seen() {
     }
     assert_eq!(node.word(4096), 0, "a torn write landed");
 }
+
+/// A post that is connecting to a peer that refuses connections (a dead node) gives up as soon
+/// as this node moves to another configuration, and so does a post waiting behind it for the
+/// same peer: both belong to the old configuration, and their callers run again in the new one,
+/// which may send them elsewhere. Before, they went through every attempt and pause (150 ms
+/// each, one after the other), which delayed a dead primary's region over tcp by 100-250 ms
+/// after it was active again (docs/failures.md#clients-and-the-configuration).
+#[test]
+fn connect_attempts_stop_when_the_configuration_moves() {
+    // A port nobody listens on: connects are refused at once.
+    let refused = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let (clock, manual) = Clock::manual(crate::clock::Time::from_nanos(1));
+    let mut transport = TcpTransport::new(CLIENT, CONFIG, ClusterSecret::generate());
+    transport.set_clock(clock);
+    transport.add_peer(SERVER, refused);
+    let transport = Arc::new(transport);
+    let (done, finished) = std::sync::mpsc::channel();
+    for _ in 0..2 {
+        let (transport, done) = (transport.clone(), done.clone());
+        std::thread::spawn(move || {
+            let _ = done.send(transport.post(SERVER, vec![Op::Notify]).wait());
+        });
+    }
+    // The manual clock stands still: one post waits in its pause after the first refusal, the
+    // other behind it for the peer.
+    std::thread::sleep(Duration::from_millis(100));
+    transport.set_configuration(CONFIG + 1);
+    // Less than the first pause (CONNECT_BACKOFF, 50 ms): without the move both would still
+    // be waiting.
+    for _ in 0..5 {
+        manual.advance(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..2 {
+        let results = finished
+            .recv_timeout(PATIENCE)
+            .expect("a post went on connecting after the configuration moved");
+        let [Err(OpError::Unreachable { reason, .. })] = &results[..] else {
+            panic!("expected Unreachable: {results:?}");
+        };
+        assert!(
+            reason.contains(&format!(
+                "moved from configuration {CONFIG} to {}",
+                CONFIG + 1
+            )),
+            "{reason}"
+        );
+    }
+}

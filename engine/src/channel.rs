@@ -218,7 +218,8 @@ impl Inbox {
         dir: Option<&Path>,
         options: MapOptions,
     ) -> Result<Inbox, ChannelError> {
-        let geometry = ring_geometry(ring_bytes)?;
+        // Checked before any file is made.
+        ring_geometry(ring_bytes)?;
         let mut rings = Vec::with_capacity(senders.len());
         for &sender in senders {
             let id = ring_area_id(sender);
@@ -226,17 +227,8 @@ impl Inbox {
                 None => Region::anonymous(id, ring_bytes)?,
                 Some(dir) => Region::create_file(dir, memory.node_id(), id, ring_bytes, options)?,
             };
-            format(&region, geometry)?;
-            let region = Arc::new(region);
-            memory
-                .register(region.clone())
-                .map_err(|e| io::Error::new(io::ErrorKind::AlreadyExists, e))?;
-            let reader = RingReader::new(region.clone(), geometry, 0, 0);
-            rings.push(InboxRing {
-                sender,
-                reader,
-                region,
-            });
+            let NewRing(ring) = Inbox::new_ring(memory, sender, region)?;
+            rings.push(ring);
         }
         Ok(Inbox::of(memory, rings, 0))
     }

@@ -714,10 +714,13 @@ impl ReplicaNode {
                 ),
             }
         }
-        tracing::info!(
-            %node,
-            "wrote the block sums of {written_count} region copies (configuration {config_id})"
-        );
+        // A client holds no copy: nothing to say.
+        if written_count > 0 {
+            tracing::info!(
+                %node,
+                "wrote the block sums of {written_count} region copies (configuration {config_id})"
+            );
+        }
     }
 }
 

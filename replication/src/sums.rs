@@ -100,12 +100,19 @@ pub enum Verdict {
     /// A sums file is there but cannot be read or does not check: written at a clean stop and
     /// damaged since, so nothing vouches for the copy, which is not served.
     Unreadable(SumsError),
+    /// An earlier restart found the copy damaged and emptied it ([`mark_damaged`]), and no
+    /// configuration has counted it complete since: it holds zeros, or a part of a copy from a
+    /// live replica, and is not served.
+    NotCopiedAgain,
 }
 
 impl Verdict {
     /// Whether the copy must not be served: re-copied from a live replica, or lost.
     pub fn is_damaged(&self) -> bool {
-        matches!(self, Verdict::Damaged { .. } | Verdict::Unreadable(_))
+        matches!(
+            self,
+            Verdict::Damaged { .. } | Verdict::Unreadable(_) | Verdict::NotCopiedAgain
+        )
     }
 }
 
@@ -270,8 +277,52 @@ impl CopySums {
     }
 }
 
+/// The file whose presence says that the copy in `copy_file` was found damaged and emptied at
+/// a restart, and has not been counted complete since: next to it, `.damaged` appended.
+pub fn damaged_path(copy_file: &Path) -> PathBuf {
+    let mut name = copy_file.as_os_str().to_owned();
+    name.push(".damaged");
+    PathBuf::from(name)
+}
+
+/// Marks the copy in `copy_file` damaged, durably, before it is emptied: until
+/// [`clear_damaged`], every restart finds it [`Verdict::NotCopiedAgain`], whatever sums or
+/// none sit next to it. Without the mark, a clean stop before the copy is taken again would
+/// write sums of the emptied copy, and a kill would leave none: either way the next restart
+/// would serve it, while the configuration in force may still count it complete (the CM's
+/// restart configuration, which makes it a backup copying again, may never have committed).
+pub fn mark_damaged(copy_file: &Path) -> io::Result<()> {
+    let path = damaged_path(copy_file);
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?
+        .sync_all()?;
+    sync_parent(&path)
+}
+
+/// Removes the mark of [`mark_damaged`]: a configuration counts the copy complete again.
+pub fn clear_damaged(copy_file: &Path) -> io::Result<()> {
+    let path = damaged_path(copy_file);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    }
+    sync_parent(&path)
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Checks the copy `region`, mapped from `copy_file`, against the sums its node wrote when it
 /// stopped, then removes the sums file (also when it is damaged): the copy is about to change.
+/// A copy [`mark_damaged`] marked is [`Verdict::NotCopiedAgain`], whatever its sums say.
 /// An error only when the sums file cannot be removed, which must stop the start: sums left
 /// behind would describe a copy that has changed since.
 pub fn check_and_remove(region: &Region, copy_file: &Path) -> io::Result<Verdict> {
@@ -281,9 +332,13 @@ pub fn check_and_remove(region: &Region, copy_file: &Path) -> io::Result<Verdict
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
+    let marked = damaged_path(copy_file).exists();
     let verdict = match CopySums::read(&path) {
+        Ok(None) if marked => return Ok(Verdict::NotCopiedAgain),
         Ok(None) => return Ok(Verdict::NoSums),
+        Ok(Some(_)) if marked => Verdict::NotCopiedAgain,
         Ok(Some(sums)) => sums.check(region),
+        Err(_) if marked => Verdict::NotCopiedAgain,
         Err(e) => Verdict::Unreadable(e),
     };
     fs::remove_file(&path)?;

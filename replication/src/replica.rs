@@ -793,7 +793,7 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
         return Ok(true);
     };
     let verdict = sums::check_and_remove(region, &file).map_err(io(format!(
-        "remove the block sums of {node}'s copy of {id} ({})",
+        "check and remove the block sums of {node}'s copy of {id} ({})",
         sums_path(&file).display()
     )))?;
     match &verdict {

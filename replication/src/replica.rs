@@ -161,6 +161,12 @@ pub struct ReplicaNode {
     /// The copies a restart found damaged ([`vouch_for`]): emptied, held as backup copies, and
     /// reported in the manifest until the restart configuration copies them again.
     damaged: Vec<RegionId>,
+    /// The damaged copies ([`Self::damaged`]) whose mark ([`sums::mark_damaged`]) stays until
+    /// a configuration newer than `restart_config_id` counts them complete; their clean stop
+    /// writes no sums for them.
+    not_copied_again: Mutex<BTreeSet<RegionId>>,
+    /// The configuration this node restarted in (0 for a fresh start).
+    restart_config_id: u64,
     /// Where new copies go.
     storage: Storage,
     region_bytes: u64,
@@ -262,6 +268,7 @@ impl ReplicaNode {
     ) -> Result<ReplicaNode, StartError> {
         let node = fabric.node_id();
         let region_bytes = config.region_bytes;
+        let start_config_id = config.id;
         if !config.members().any(|m| m == node) {
             return Err(StartError::NotAMember {
                 node,
@@ -396,6 +403,8 @@ impl ReplicaNode {
             txn,
             backup,
             copies: RwLock::new(copies),
+            not_copied_again: Mutex::new(damaged.iter().copied().collect()),
+            restart_config_id: if reopen.is_some() { start_config_id } else { 0 },
             damaged,
             storage: storage.clone(),
             region_bytes,
@@ -515,6 +524,7 @@ impl ReplicaNode {
             senders.insert(joined);
         }
         self.txn.adopt(newer)?;
+        self.forget_copied_damage();
         // The worker reads the new rings at its next turn.
         self.txn.fabric().memory().doorbell().ring();
         Ok(adopted)
@@ -689,8 +699,52 @@ impl ReplicaNode {
             worker.stop();
         }
         if matches!(self.storage, Storage::Files { .. }) {
+            self.forget_copied_damage();
             self.write_sums();
         }
+    }
+
+    /// Clears the damage mark of every damaged copy that a configuration newer than the one
+    /// this node restarted in counts complete: the CM's restart configuration made it a backup
+    /// copying again, and only data recovery's report takes it out of `copying`.
+    fn forget_copied_damage(&self) {
+        let mut marked = self.not_copied_again.lock().expect(crate::POISONED);
+        if marked.is_empty() {
+            return;
+        }
+        let config = self.txn.config();
+        if config.id <= self.restart_config_id {
+            return;
+        }
+        let node = self.node_id();
+        let copies = self.copies.read().expect(crate::POISONED).clone();
+        marked.retain(|&region| {
+            let complete = config
+                .placement(region)
+                .is_some_and(|p| p.complete_replicas().any(|r| r == node));
+            if !complete {
+                return true;
+            }
+            let Some(file) = copies
+                .iter()
+                .find(|c| c.id() == region)
+                .and_then(|c| c.path())
+            else {
+                return false;
+            };
+            match sums::clear_damaged(&file) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::error!(
+                        %node,
+                        "cannot clear the damage mark of its copy of {region}, copied again \
+                         ({}): {e}; its next restart copies it again",
+                        sums::damaged_path(&file).display()
+                    );
+                    true
+                }
+            }
+        });
     }
 
     /// Writes the sums of every copy next to its file. A copy whose sums cannot be written is
@@ -700,8 +754,14 @@ impl ReplicaNode {
         let config_id = self.txn.config_id();
         let copies = self.copies.read().expect(crate::POISONED).clone();
         let mut written_count = 0;
+        let marked = self.not_copied_again.lock().expect(crate::POISONED).clone();
         for region in copies {
             let Some(file) = region.path() else { continue };
+            if marked.contains(&region.id()) {
+                // Emptied at the restart and not counted complete since: its mark, not sums,
+                // speaks for it at the next restart.
+                continue;
+            }
             let sums = CopySums::of(&region, config_id);
             match sums.write(&sums_path(&file)) {
                 Ok(()) => written_count += 1,
@@ -736,7 +796,7 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
         return Ok(true);
     };
     let verdict = sums::check_and_remove(region, &file).map_err(io(format!(
-        "remove the block sums of {node}'s copy of {id} ({})",
+        "check and remove the block sums of {node}'s copy of {id} ({})",
         sums_path(&file).display()
     )))?;
     match &verdict {
@@ -776,10 +836,25 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
                 sums_path(&file).display()
             );
         }
+        Verdict::NotCopiedAgain => {
+            tracing::error!(
+                %node,
+                "its copy of {id} was found damaged at an earlier restart and has not been \
+                 copied again since ({}): the copy is not served, and is copied again from a \
+                 live replica",
+                sums::damaged_path(&file).display()
+            );
+        }
     }
     if !verdict.is_damaged() {
         return Ok(true);
     }
+    // Durable before the copy changes: every later restart finds it damaged until a
+    // configuration counts its copy complete again.
+    sums::mark_damaged(&file).map_err(io(format!(
+        "mark {node}'s copy of {id} damaged ({})",
+        sums::damaged_path(&file).display()
+    )))?;
     for word in region.words() {
         word.store(0, Ordering::Relaxed);
     }

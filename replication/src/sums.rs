@@ -97,15 +97,23 @@ pub enum Verdict {
     /// `count` blocks do not match their sums (the first of them listed, by index): the copy
     /// changed after the stop, and is not served.
     Damaged { blocks: Vec<u64>, count: u64 },
-    /// A sums file is there but cannot be read or does not check: written at a clean stop and
-    /// damaged since, so nothing vouches for the copy, which is not served.
+    /// A sums file is there but does not decode or check: written at a clean stop and damaged
+    /// since, so nothing vouches for the copy, which is not served. (A file that cannot be read
+    /// at all fails the check instead: [`check_and_remove`].)
     Unreadable(SumsError),
+    /// An earlier restart found the copy damaged and emptied it ([`mark_damaged`]), and no
+    /// configuration has counted it complete since: it holds zeros, or a part of a copy from a
+    /// live replica, and is not served.
+    NotCopiedAgain,
 }
 
 impl Verdict {
     /// Whether the copy must not be served: re-copied from a live replica, or lost.
     pub fn is_damaged(&self) -> bool {
-        matches!(self, Verdict::Damaged { .. } | Verdict::Unreadable(_))
+        matches!(
+            self,
+            Verdict::Damaged { .. } | Verdict::Unreadable(_) | Verdict::NotCopiedAgain
+        )
     }
 }
 
@@ -270,10 +278,55 @@ impl CopySums {
     }
 }
 
+/// The file whose presence says that the copy in `copy_file` was found damaged and emptied at
+/// a restart, and has not been counted complete since: next to it, `.damaged` appended.
+pub fn damaged_path(copy_file: &Path) -> PathBuf {
+    let mut name = copy_file.as_os_str().to_owned();
+    name.push(".damaged");
+    PathBuf::from(name)
+}
+
+/// Marks the copy in `copy_file` damaged, durably, before it is emptied: until
+/// [`clear_damaged`], every restart finds it [`Verdict::NotCopiedAgain`], whatever sums or
+/// none sit next to it. Without the mark, a clean stop before the copy is taken again would
+/// write sums of the emptied copy, and a kill would leave none: either way the next restart
+/// would serve it, while the configuration in force may still count it complete (the CM's
+/// restart configuration, which makes it a backup copying again, may never have committed).
+pub fn mark_damaged(copy_file: &Path) -> io::Result<()> {
+    let path = damaged_path(copy_file);
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?
+        .sync_all()?;
+    sync_parent(&path)
+}
+
+/// Removes the mark of [`mark_damaged`]: a configuration counts the copy complete again.
+pub fn clear_damaged(copy_file: &Path) -> io::Result<()> {
+    let path = damaged_path(copy_file);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    }
+    sync_parent(&path)
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Checks the copy `region`, mapped from `copy_file`, against the sums its node wrote when it
 /// stopped, then removes the sums file (also when it is damaged): the copy is about to change.
-/// An error only when the sums file cannot be removed, which must stop the start: sums left
-/// behind would describe a copy that has changed since.
+/// A copy [`mark_damaged`] marked is [`Verdict::NotCopiedAgain`], whatever its sums say.
+/// An error when the sums file is there but cannot be read (it proves nothing either way), or
+/// cannot be removed, which must stop the start: sums left behind would describe a copy that
+/// has changed since.
 pub fn check_and_remove(region: &Region, copy_file: &Path) -> io::Result<Verdict> {
     let path = sums_path(copy_file);
     // A stop killed while it wrote the sums left its temporary file: it proves nothing.
@@ -281,9 +334,22 @@ pub fn check_and_remove(region: &Region, copy_file: &Path) -> io::Result<Verdict
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
+    let marked = damaged_path(copy_file).exists();
     let verdict = match CopySums::read(&path) {
+        Ok(None) if marked => return Ok(Verdict::NotCopiedAgain),
         Ok(None) => return Ok(Verdict::NoSums),
+        Ok(Some(_)) if marked => Verdict::NotCopiedAgain,
         Ok(Some(sums)) => sums.check(region),
+        Err(_) if marked => Verdict::NotCopiedAgain,
+        // The file is there but could not be read: nothing is known of the copy, and deciding
+        // it damaged would empty a copy that may be the region's last intact one. The start
+        // fails, the file stays, and the operator looks.
+        Err(SumsError::Io { path, source }) => {
+            return Err(io::Error::new(
+                source.kind(),
+                format!("read the block sums {}: {source}", path.display()),
+            ));
+        }
         Err(e) => Verdict::Unreadable(e),
     };
     fs::remove_file(&path)?;
@@ -432,6 +498,25 @@ mod tests {
         assert!(
             matches!(verdict, Verdict::Unreadable(SumsError::OtherCopy { .. })),
             "{verdict:?}"
+        );
+    }
+
+    /// A sums file that cannot be read (an I/O error, not a missing file: here a symbolic link
+    /// to itself, ELOOP; on a real node EIO or EMFILE) says nothing of the copy: the start
+    /// fails and leaves both alone. Before, the error was taken for damage, the sums file was
+    /// removed and the caller emptied an intact copy (`Verdict::Unreadable`), its region lost
+    /// if that copy was its last intact replica.
+    #[test]
+    fn an_error_reading_the_sums_file_fails_the_check_and_decides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (region, file) = copy(dir.path());
+        let path = sums_path(&file);
+        std::os::unix::fs::symlink(&path, &path).unwrap();
+        let checked = check_and_remove(&region, &file);
+        assert!(checked.is_err(), "{checked:?}");
+        assert!(
+            fs::symlink_metadata(&path).is_ok(),
+            "the sums file stays for the operator"
         );
     }
 

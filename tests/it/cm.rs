@@ -1004,3 +1004,202 @@ fn nodes_killed_with_the_cm_s_majority_restart_in_place_through_cluster_up() {
     drop(db);
     bank_holds(cluster.dir());
 }
+
+/// As `nodes_killed_with_the_cm_s_majority_restart_in_place_through_cluster_up`, over tcp,
+/// with the CM's leader among the victims: the two restart in place at new tcp and lease
+/// addresses (ephemeral ports) while the survivor ran on. Every region serves again, the values
+/// read as written, transfers commit, and no member loses its lease.
+///
+/// Fails today whenever a restarted replica wins the CM's leadership (two runs of three here):
+/// `every region active again: not within 20s`, the history showing `failure of n1` (the
+/// survivor) right after `new CM leader`. The survivor's agent read every CM replica's lease
+/// address once, at its start (`CmAgent::start`'s `cm_lease_addrs`), so it renews at the
+/// restarted leader's old address and is removed when its lease runs out. `Mailbox::post`
+/// would take the same configuration at a new address (`NodeLease::cm_moved`), but nothing in
+/// a process that ran on ever posts it.
+#[test]
+#[ignore = "review: a member that ran on keeps renewing at a restarted CM leader's old lease address and is removed (docs/failures.md known gaps)"]
+fn nodes_killed_with_the_cm_s_majority_restart_in_place_over_tcp() {
+    let cluster = CmCluster::up(
+        "inplace-tcp",
+        &[
+            "--nodes",
+            "3",
+            "--f",
+            "2",
+            "--cm",
+            "3",
+            "--transport",
+            "tcp",
+        ],
+    );
+    let leader = cluster.status().leader;
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<Addr> = (1..=3).map(|r| create_in(&db, r, u64::from(r))).collect();
+    for (k, &addr) in objects.iter().enumerate() {
+        update(&db, addr, 10 + k as u64).expect("update before the kill");
+    }
+    drop(db);
+    let survivor = (1..=3).map(NodeId).find(|&n| n != leader).unwrap();
+    let victims: Vec<NodeId> = (1..=3).map(NodeId).filter(|&n| n != survivor).collect();
+    let pids: Vec<u32> = victims
+        .iter()
+        .map(|&n| node_pid_of(&cluster.dir, n))
+        .collect();
+    for &pid in &pids {
+        send_signal(pid, "KILL");
+    }
+    for pid in pids {
+        wait_until_dead(pid);
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+
+    assert!(up.status.success(), "{}", text(&up));
+    cluster.wait_for("every region active again", |s| {
+        s.committed.nodes == [NodeId(1), NodeId(2), NodeId(3)]
+            && s.committed.regions.iter().all(|p| p.state.is_active())
+    });
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    for (k, &addr) in objects.iter().enumerate() {
+        assert_eq!(
+            read(&db, addr),
+            10 + k as u64,
+            "object {k} after the restart"
+        );
+        update(&db, addr, 20 + k as u64).expect("update after the restart");
+    }
+    drop(db);
+    // The nodes keep every member: nobody lost its lease with a CM that moved.
+    std::thread::sleep(Duration::from_millis(2000));
+    let after = cluster.status();
+    assert_eq!(
+        after.committed.nodes,
+        [NodeId(1), NodeId(2), NodeId(3)],
+        "{:?}",
+        after.history
+    );
+    let out = spawn_bank(cluster.dir(), 2, 10)
+        .wait_with_output()
+        .expect("acre bank ends");
+    assert!(out.status.success(), "{}", text(&out));
+    bank_holds(cluster.dir());
+}
+
+/// SIGTERM to the two nodes of three that do not lead the CM (its majority, so nothing removes
+/// them): each stops cleanly and writes the block sums of its copies. While they are down a
+/// client commits an update over shm in a region whose primary is a victim (one-sided: the
+/// install lands in the stopped primary's region file), so that copy changes after its sums.
+/// `acre cluster up` restarts them in place; the primary finds its copy "damaged" (a false
+/// alarm: the update is committed and in the file) and empties it in place, in the file the
+/// running client still maps as the region's primary copy in the configuration in force, until
+/// the CM's restart configuration hands the region to a backup. A client reading the object
+/// all along must never be told it does not exist; every member stays.
+///
+/// Fails today: `1265 wrong reads, the first: Some("no object at r1+0x20: use an address
+/// returned by alloc that has not been freed")` (the reader saw the zeroed header for the
+/// whole window). In one run of four, `up` itself failed instead: `the CM refused the restart:
+/// n1 is not a member of configuration 4` (the CM removed the restarted member meanwhile).
+#[test]
+#[ignore = "review: an in-place restart empties a 'damaged' primary copy that running shm clients still read (docs/failures.md known gaps)"]
+fn an_in_place_restart_after_a_clean_stop_and_a_write_keeps_every_member() {
+    let cluster = CmCluster::up("inplace-sums", &["--nodes", "3", "--f", "2", "--cm", "3"]);
+    let before = cluster.status();
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let (region, victim) = (1..=3)
+        .map(|r| {
+            let placement = before.committed.placement(RegionId(r)).expect("a region");
+            (r, placement.primary)
+        })
+        .find(|&(_, primary)| primary != before.leader)
+        .expect("a region whose primary does not lead the CM");
+    let addr = create_in(&db, region, 1);
+    let victims: Vec<NodeId> = (1..=3)
+        .map(NodeId)
+        .filter(|&n| n != before.leader)
+        .collect();
+    let pids: Vec<u32> = victims
+        .iter()
+        .map(|&n| node_pid_of(&cluster.dir, n))
+        .collect();
+    for &pid in &pids {
+        send_signal(pid, "TERM");
+    }
+    for pid in pids {
+        wait_until_dead(pid);
+    }
+    // Committed while the primary is down: its copy changes after its sums.
+    let (sent, committed) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = sent.send(update(&db, addr, 99));
+        });
+        let result = committed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the update while the primary is down ends");
+        result.expect("one-sided over shm: the update commits with the primary down");
+    });
+    // A client reads the object all along, as the running cluster's clients do.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (wrong, up) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut wrong = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match db.read(addr) {
+                    Ok(bytes) if bytes == 99u64.to_le_bytes() => {}
+                    Ok(bytes) => wrong.push(format!("read {bytes:?}")),
+                    Err(e) if e.to_string().contains("no object at") => wrong.push(e.to_string()),
+                    Err(_) => {} // unavailable while the region is reconfigured: fine
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            wrong
+        });
+        let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (reader.join().expect("the reader"), up)
+    });
+    drop(db);
+
+    let log = |node: NodeId| {
+        let text = std::fs::read_to_string(acre::cluster::node_log_path(&cluster.dir, node))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+    assert!(
+        up.status.success(),
+        "{}\n{:?}\n{victim}'s log:\n{}",
+        text(&up),
+        cluster.status().history,
+        log(victim)
+    );
+    let shown = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        shown.contains(&format!("{victim}'s copy of r{region} is damaged")),
+        "the scenario: the primary's copy changed after its sums\n{shown}"
+    );
+    let after = cluster.wait_for("every region active again", |s| {
+        s.committed.regions.iter().all(|p| p.state.is_active())
+    });
+    assert_eq!(
+        after.committed.nodes,
+        [NodeId(1), NodeId(2), NodeId(3)],
+        "{:?}",
+        after.history
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} wrong reads, the first: {:?}",
+        wrong.len(),
+        wrong.first()
+    );
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    assert_eq!(
+        read(&db, addr),
+        99,
+        "the update committed while the primary was down"
+    );
+}

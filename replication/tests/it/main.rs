@@ -19,4 +19,5 @@ mod ring_damage;
 mod shm_cluster;
 mod sim_txn;
 mod status;
+mod sums_restart;
 mod tcp_fencing;

@@ -1,0 +1,97 @@
+//! A restarted node's region copy that failed its block sums stays unserved until a live
+//! replica's copy fills it again, whatever stops and starts come in between
+//! (docs/failures.md#whole-cluster-restart).
+
+use crate::fixture::{BLOCK_BYTES, REGION_BYTES, RING_BYTES};
+use acre_engine::addr::{NodeId, RegionId};
+use acre_engine::directory::node_area_files;
+use acre_engine::fabric::transport_kind::TransportKind;
+use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile, CmSettings};
+use acre_replication::process::ProcessNode;
+use acre_txn::Configuration;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+fn flip_a_bit(path: &Path, offset: u64) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open the copy");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).expect("read a byte");
+    byte[0] ^= 0x10;
+    file.write_all_at(&byte, offset).expect("write it back");
+    file.sync_all().expect("sync the copy");
+}
+
+/// n1 stops cleanly (sums written), a bit of its copy of r1 flips, it restarts: the copy is
+/// found damaged and emptied. Before the CM's restart configuration (which makes it a backup
+/// copying again) commits, the restart is given up and n1 stopped cleanly, as `acre cluster
+/// up` does when the restart fails (`stop_nodes`: SIGTERM). Its next restart must still find
+/// the copy damaged: the configuration in force still counts it as r1's complete primary
+/// copy, and it holds nothing but zeros.
+///
+/// Before the fix the clean stop wrote fresh sums over the emptied copy and the next restart
+/// vouched for it (`Verdict::Intact`): a region of zeros served as its primary's data.
+#[test]
+fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() {
+    let dir = tempfile::tempdir().expect("create the cluster directory");
+    let ids: Vec<NodeId> = (1..=2).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.cm_replicas = vec![NodeId(1)];
+    let path = dir.path().join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Shm,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        cm: Some(CmSettings { lease_ms: 1000 }),
+        config,
+    }
+    .write(&path)
+    .expect("write the cluster file");
+    let n1 = NodeId(1);
+    let r1 = RegionId(1);
+    ProcessNode::start(&path, n1).expect("start n1").stop();
+    let copy = node_area_files(dir.path(), n1)
+        .expect("list n1's files")
+        .into_iter()
+        .find(|(area, _)| *area == r1)
+        .map(|(_, file)| file)
+        .expect("n1's copy of r1");
+    flip_a_bit(&copy, 4096 + 1);
+
+    let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
+    assert_eq!(restarted.replica().damaged_copies(), [r1]);
+    // The restart is given up before the CM commits anything: a clean stop.
+    restarted.stop();
+
+    let again = ProcessNode::restart(&path, n1).expect("restart n1 again");
+    assert_eq!(
+        again.replica().damaged_copies(),
+        [r1],
+        "the emptied copy, never copied again, is vouched for at the next restart"
+    );
+    // A kill leaves no sums: the mark still speaks.
+    drop(again);
+    let sums = acre_replication::sums::sums_path(&copy);
+    let _ = std::fs::remove_file(&sums);
+    let again = ProcessNode::restart(&path, n1).expect("restart n1 after a kill");
+    assert_eq!(again.replica().damaged_copies(), [r1]);
+
+    // A newer configuration counts n1's copy complete (data recovery copied it again): the
+    // mark goes, and the clean stop's sums vouch for the copy.
+    let mut copied = ClusterFile::read(&path)
+        .expect("read the cluster file")
+        .config;
+    copied.id = 2;
+    again
+        .adopt(Arc::new(copied))
+        .expect("adopt configuration 2");
+    again.stop();
+    let last = ProcessNode::restart(&path, n1).expect("restart n1 once copied");
+    assert_eq!(last.replica().damaged_copies(), [] as [RegionId; 0]);
+    last.stop();
+}

@@ -398,6 +398,9 @@ pub(crate) fn restart(
             config.id
         )?;
     }
+    // Nodes start again: a node stopped alone from now on writes no block sums.
+    acre::replication::sums::clear_cluster_stopping(dir)
+        .with_context(|| format!("clear the stopping mark in {}", dir.display()))?;
     // The manifests the stopped processes left name dead processes and their old addresses:
     // the restarted ones would look for each other (and the launcher for them) there. None
     // of these runs (checked by the caller).
@@ -1515,6 +1518,9 @@ pub fn down(args: &DownArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    // Every node stops: each writes the block sums of its copies (nobody writes them after).
+    acre::replication::sums::mark_cluster_stopping(dir)
+        .with_context(|| format!("mark the cluster in {} as stopping", dir.display()))?;
     let (node_count, cm_count) = stop_nodes(dir, file.as_ref())?;
     let stopped = match cm_count {
         0 => format!("{node_count} nodes"),

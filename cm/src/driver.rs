@@ -153,8 +153,36 @@ pub struct DriverOptions {
     pub lease: Duration,
     /// Where the lease thread with the CM's role listens, for every node that may be CM:
     /// where a node's lease thread asks for its lease after it adopted a configuration.
-    pub cm_lease_addrs: Vec<(NodeId, SocketAddr)>,
+    pub cm_lease_addrs: CmLeaseAddrs,
     pub install_timeout: Duration,
+}
+
+/// Where each CM replica's lease thread listens, looked up each time a node follows a CM: a
+/// replica whose process restarted (`acre cluster up` on a cluster that lost it) listens at a
+/// new address, and may lead again in the same configuration. Members that kept the address
+/// their process started with renewed at the dead one and were removed once the new CM's
+/// grace ran out.
+#[derive(Clone)]
+pub struct CmLeaseAddrs(Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>);
+
+impl CmLeaseAddrs {
+    /// Addresses that never change (tests, in-process clusters).
+    pub fn fixed(addrs: Vec<(NodeId, SocketAddr)>) -> CmLeaseAddrs {
+        CmLeaseAddrs(Arc::new(move |node| {
+            addrs.iter().find(|(n, _)| *n == node).map(|&(_, a)| a)
+        }))
+    }
+
+    /// Addresses `lookup` finds anew at every call (a node process reads the manifests).
+    pub fn lookup(
+        lookup: impl Fn(NodeId) -> Option<SocketAddr> + Send + Sync + 'static,
+    ) -> CmLeaseAddrs {
+        CmLeaseAddrs(Arc::new(lookup))
+    }
+
+    pub fn get(&self, node: NodeId) -> Option<SocketAddr> {
+        (self.0)(node)
+    }
 }
 
 /// An operator's request to the CM, and where its answer goes: whether a reconfiguration
@@ -630,7 +658,7 @@ impl<A: Adopter> Turn<A> {
         let Some(cm) = config.cm_leader else {
             return;
         };
-        let Some(&(_, cm_addr)) = self.options.cm_lease_addrs.iter().find(|(n, _)| *n == cm) else {
+        let Some(cm_addr) = self.options.cm_lease_addrs.get(cm) else {
             tracing::warn!(%cm, "no lease address known for the CM; the node's lease will lapse");
             return;
         };
@@ -730,12 +758,7 @@ impl<A: Adopter> Turn<A> {
                     removed_until = removed_until.max(until);
                 }
                 let own_addr = self.lease_thread.local_addr();
-                let cm_addr = self
-                    .options
-                    .cm_lease_addrs
-                    .iter()
-                    .find(|(n, _)| *n == node)
-                    .map_or(own_addr, |&(_, addr)| addr);
+                let cm_addr = self.options.cm_lease_addrs.get(node).unwrap_or(own_addr);
                 self.lease_thread.set_configuration(&NewConfiguration {
                     config: configuration.id,
                     cm: node,

@@ -58,7 +58,9 @@ use crate::cluster_file::{ClusterFile, ClusterFileError, CmSettings};
 use crate::cm_request::{self, CmReply, REQUEST_MAX_AGE};
 use crate::cm_status::{CmStatusFile, HISTORY_MAX, LeaseRow, ReconfigurationRow, STATUS_REFRESH};
 use crate::process::{ProcessNode, fence_by_kill};
-use acre_cm::driver::{CmDriver, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source};
+use acre_cm::driver::{
+    CmDriver, CmLeaseAddrs, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source,
+};
 use acre_cm::group::{CmGroup, GroupOptions};
 use acre_cm::lease::{DRIFT_PPM_DEFAULT, LeaseTiming};
 use acre_cm::lease_thread::{LeaseThread, LeaseThreadConfig, NewConfiguration, NodeRole};
@@ -551,12 +553,22 @@ impl CmAgent {
             cm_lease_addrs.push((replica, lease));
         }
 
-        let options_lease_addrs = cm_lease_addrs.clone();
+        // Looked up in the manifests each time: a replica restarted since listens elsewhere.
+        let options_lease_addrs = {
+            let dir = dir.clone();
+            CmLeaseAddrs::lookup(move |node| {
+                cm_addrs(&dir, node).map(|(_, lease)| lease).or_else(|| {
+                    (cm_lease_addrs.iter())
+                        .find(|(n, _)| *n == node)
+                        .map(|&(_, addr)| addr)
+                })
+            })
+        };
         let options = DriverOptions {
             node: me,
             clock: clock.clone(),
             lease: settings.lease(),
-            cm_lease_addrs,
+            cm_lease_addrs: options_lease_addrs.clone(),
             install_timeout: INSTALL_TIMEOUT_DEFAULT,
         };
         let adopter = HostAdopter(host.clone());
@@ -695,7 +707,7 @@ struct Keeper {
     dir: PathBuf,
     /// Where each replica's lease thread listens (a standalone replica tells its own which CM
     /// another replica's configuration names).
-    cm_lease_addrs: Vec<(NodeId, SocketAddr)>,
+    cm_lease_addrs: CmLeaseAddrs,
     /// The cluster file's configuration: the first one installed.
     first: Configuration,
     lease_ms: u64,
@@ -859,7 +871,7 @@ impl Keeper {
         if config.id <= self.lease_followed {
             return;
         }
-        let Some(&(_, cm_addr)) = self.cm_lease_addrs.iter().find(|(n, _)| *n == leader) else {
+        let Some(cm_addr) = self.cm_lease_addrs.get(leader) else {
             return;
         };
         self.lease_followed = config.id;

@@ -688,9 +688,10 @@ impl ReplicaNode {
         &self.damaged
     }
 
-    /// Stops the copier and the worker, then, for a node in files, writes the block sums of
-    /// every copy ([`crate::sums`]), by which its restart proves them intact: nothing of this
-    /// node changes them any more.
+    /// Stops the copier and the worker, then, for a node in files stopped with the whole
+    /// cluster ([`sums::CLUSTER_STOPPING_FILE`]), writes the block sums of every copy
+    /// ([`crate::sums`]), by which its restart proves them intact: nothing changes them any
+    /// more.
     pub fn stop(mut self) {
         if let Some(mut copier) = self.copier.take() {
             copier.stop();
@@ -698,9 +699,18 @@ impl ReplicaNode {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
-        if matches!(self.storage, Storage::Files { .. }) {
+        if let Storage::Files { dir, .. } = &self.storage {
             self.forget_copied_damage();
-            self.write_sums();
+            if sums::cluster_stopping(dir) {
+                self.write_sums();
+            } else {
+                tracing::info!(
+                    node = %self.node_id(),
+                    "stopped alone (not by `acre cluster down`): no block sums written, since \
+                     the running nodes may still write its copies; its restart trusts them as \
+                     after a kill"
+                );
+            }
         }
     }
 

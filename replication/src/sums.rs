@@ -118,6 +118,32 @@ impl Verdict {
 }
 
 /// The sums file of the copy in `copy_file`: next to it, `.sums` appended.
+/// The file `acre cluster down` leaves in the cluster directory while it stops every node: a
+/// node writes the block sums of its copies at a clean stop only then. A node stopped alone
+/// (SIGTERM to its process while the others run) writes none: over shm, running coordinators
+/// go on writing its primary copies one-sided until the CM moves them, so sums taken at its
+/// stop would call committed writes damage, and its restart would empty a copy clients still
+/// read. Its restart then trusts its copies as after a kill.
+pub const CLUSTER_STOPPING_FILE: &str = "stopping";
+
+/// Marks the cluster in `dir` as stopping as a whole ([`CLUSTER_STOPPING_FILE`]).
+pub fn mark_cluster_stopping(dir: &Path) -> io::Result<()> {
+    std::fs::write(dir.join(CLUSTER_STOPPING_FILE), b"acre cluster down\n")
+}
+
+/// Clears the mark (`acre cluster up` starts nodes again).
+pub fn clear_cluster_stopping(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(CLUSTER_STOPPING_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `acre cluster down` is stopping the whole cluster in `dir`.
+pub fn cluster_stopping(dir: &Path) -> bool {
+    dir.join(CLUSTER_STOPPING_FILE).exists()
+}
+
 pub fn sums_path(copy_file: &Path) -> PathBuf {
     let mut name = copy_file.as_os_str().to_owned();
     name.push(".sums");

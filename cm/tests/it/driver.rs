@@ -291,7 +291,7 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
                 node,
                 clock: clock.clone(),
                 lease: LEASE,
-                cm_lease_addrs: vec![(cm, cm_lease_addr)],
+                cm_lease_addrs: acre_cm::driver::CmLeaseAddrs::fixed(vec![(cm, cm_lease_addr)]),
                 install_timeout: INSTALL_TIMEOUT_DEFAULT,
             },
             links[index].clone(),

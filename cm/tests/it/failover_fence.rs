@@ -177,7 +177,7 @@ fn a_node_removed_by_an_uncommitted_configuration_of_the_previous_cm_is_fenced()
                     node,
                     clock: clock.clone(),
                     lease: LEASE,
-                    cm_lease_addrs: cm_lease_addrs.clone(),
+                    cm_lease_addrs: acre_cm::driver::CmLeaseAddrs::fixed(cm_lease_addrs.clone()),
                     install_timeout: INSTALL_TIMEOUT_DEFAULT,
                 },
                 links[i].clone(),

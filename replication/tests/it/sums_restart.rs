@@ -52,6 +52,8 @@ fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() 
     }
     .write(&path)
     .expect("write the cluster file");
+    // Every stop below is one of the whole cluster (`acre cluster down`): sums are written.
+    acre_replication::sums::mark_cluster_stopping(dir.path()).expect("mark the cluster stopping");
     let n1 = NodeId(1);
     let r1 = RegionId(1);
     ProcessNode::start(&path, n1).expect("start n1").stop();

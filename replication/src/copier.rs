@@ -76,6 +76,7 @@
 
 use crate::backup::Backup;
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::fabric::OpError;
 use acre_engine::object;
 use acre_engine::region::AccessKey;
 use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
@@ -123,6 +124,11 @@ const SLOT_SETTLE_MAX: Duration = Duration::from_secs(10);
 /// How long the primary's older transactions may keep their locks before the copy starts again
 /// later (they finish within milliseconds, unless they wait for recovery).
 const OLDER_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How many times one READ refused by a primary in a newer configuration is tried again, once
+/// this node has that configuration too.
+const REFUSED_READS_MAX: u32 = 3;
+/// How long a refused READ waits for this node to learn the primary's configuration.
+const REFUSED_WAIT_MAX: Duration = Duration::from_secs(1);
 /// The pause between two questions to the primary about its older transactions.
 const OLDER_POLL: Duration = Duration::from_millis(5);
 
@@ -582,10 +588,34 @@ impl Copying {
         len: u64,
     ) -> Result<Vec<u8>, String> {
         let len = u32::try_from(len).expect("blocks are under 4 GiB");
-        self.node
-            .fabric()
-            .read(primary, addr, key, len)
-            .map_err(|e| format!("reading {addr} at {primary}: {e}"))
+        let mut refused_count = 0;
+        loop {
+            match self.node.fabric().read(primary, addr, key, len) {
+                Ok(bytes) => return Ok(bytes),
+                // The primary adopted a newer configuration before this node, and refuses a
+                // connection bound to the older one: once this node has it too, the READ
+                // goes through (over tcp this stopped copies that could go on). Whether the
+                // copy may go on there is the caller's check, before its next block.
+                Err(OpError::NotMember { config, .. })
+                    if refused_count < REFUSED_READS_MAX && self.learns(config) =>
+                {
+                    refused_count += 1;
+                }
+                Err(e) => return Err(format!("reading {addr} at {primary}: {e}")),
+            }
+        }
+    }
+
+    /// Waits until this node's configuration is at least `config` (bounded by
+    /// [`REFUSED_WAIT_MAX`]); returns whether it is.
+    fn learns(&self, config: u64) -> bool {
+        let deadline = Instant::now() + REFUSED_WAIT_MAX;
+        while self.node.config_id() < config {
+            if Instant::now() >= deadline || self.sleep(Duration::from_millis(1)) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Waits until `primary` holds no LOCK in `region` of a transaction begun before

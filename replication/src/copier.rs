@@ -29,13 +29,54 @@
 //! 4. Done, it records the region as copied ([`crate::ReplicaNode::copied_regions`]); the node
 //!    reports it to the CM, which installs a configuration that counts the copy complete.
 //!
-//! A copy that fails part-way (the primary unreachable, the configuration changed under it) is
-//! started again from the first block at the next look: what it installed stays, and installs
-//! only move versions forward.
+//! A copy that fails part-way (the primary unreachable, a configuration it may not go on
+//! through) is started again from the first block at the next look: what it installed stays,
+//! and installs only move versions forward.
+//!
+//! # Through configurations
+//!
+//! Every completed copy is a configuration of its own (the CM counts it complete), so a copy
+//! that stopped at every configuration made the copies of a whole node's regions start over
+//! again and again. A copy begun in configuration `s` goes on through a newer one, `x`, when
+//! nothing that it relies on changed ([`continues_through`], checked by [`CopyLedger`] for every
+//! configuration the node adopts, so that none between two looks of the copier goes unseen):
+//!
+//! - *Older transactions.* What it waited for in `s` (step 1: no LOCK at the primary of a
+//!   transaction begun before `s`, and none can come) holds for good once true.
+//! - *Transactions begun in `s` or later* write the region with this node among its backups
+//!   (the region's primary and backups as in `s`, this node still copying): their coordinator
+//!   sends it their COMMIT-BACKUP before any COMMIT-PRIMARY, in both commit modes (the plan's
+//!   backups are the placement's, copying ones included; one-sided mode differs only in the
+//!   primary's part). What the copy does not read, the new backup receives.
+//! - *Unless recovery decides them.* Recovery and its replication of records leave out backups
+//!   still copying ("data recovery fills them"): a transaction that recovery commits may reach
+//!   the primary without reaching this node. A transaction needs recovery in a configuration
+//!   that removes its coordinator or blocks a region it writes (`Recovery::needs`); a restart
+//!   in place blocks regions or has backups copy again. So `x` may differ from its predecessor
+//!   only in what cannot start a recovery: copies counted complete (a `copying` list loses
+//!   nodes), regions made active again (blocked to active), new regions, new members, and the
+//!   CM leader. Any other change (a member removed, a region blocked, replicas moved, a node set
+//!   copying) breaks the copy: it starts again in the newer configuration, whose COPY-QUERY
+//!   waits for the transactions recovery settles there (they began before it), as before.
+//!
+//! A configuration the node skips (adopted `x` without `x - 1`) was never committed, so no
+//! transaction committed in it and no recovery ran for it; comparing with the one before it is
+//! enough.
+//!
+//! Completion is reported with the same rule. The copy records the configuration it was
+//! complete in (the node's when the last block was done and nothing broke it); the node
+//! reports it ([`CopyLedger::complete`], [`crate::ReplicaNode::copied_regions`]) only while no
+//! configuration adopted since broke it, and the copier copies such a region again. The member
+//! reports it in its current configuration, the only one the CM counts a report in: a copy
+//! complete in `x` and unbroken since is complete in every later configuration up to the
+//! node's, and the CM's configuration is never older than a node's, so the CM never counts a
+//! copy in a configuration where it is not complete. (Before, the copy recorded only where it
+//! began, and a configuration that broke it between its last block and the CM's count went
+//! unnoticed.)
 
 use crate::backup::Backup;
-use crate::worker::RecoveredRegions;
 use acre_engine::addr::{Addr, NodeId, RegionId};
+use acre_engine::fabric::OpError;
 use acre_engine::object;
 use acre_engine::region::AccessKey;
 use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
@@ -45,7 +86,7 @@ use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::Code;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,6 +124,11 @@ const SLOT_SETTLE_MAX: Duration = Duration::from_secs(10);
 /// How long the primary's older transactions may keep their locks before the copy starts again
 /// later (they finish within milliseconds, unless they wait for recovery).
 const OLDER_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How many times one READ refused by a primary in a newer configuration is tried again, once
+/// this node has that configuration too.
+const REFUSED_READS_MAX: u32 = 3;
+/// How long a refused READ waits for this node to learn the primary's configuration.
+const REFUSED_WAIT_MAX: Duration = Duration::from_secs(1);
 /// The pause between two questions to the primary about its older transactions.
 const OLDER_POLL: Duration = Duration::from_millis(5);
 
@@ -164,6 +210,89 @@ pub fn read_progress_file(dir: &Path, node: NodeId) -> BTreeMap<RegionId, (u64, 
         .collect()
 }
 
+/// Whether a copy may go on from configuration `older` into `newer`, its successor at this node
+/// (module docs, "Through configurations"): `newer` changes nothing but `copying` lists that
+/// lose nodes, regions made active again, new regions and members, and the CM leader.
+pub fn continues_through(older: &Configuration, newer: &Configuration) -> bool {
+    let members_kept = |old: &[NodeId], new: &[NodeId]| old.iter().all(|m| new.contains(m));
+    let same_setup = older.f == newer.f
+        && older.region_bytes == newer.region_bytes
+        && older.block_bytes == newer.block_bytes
+        && older.commit == newer.commit
+        && older.domains == newer.domains
+        && older.cm_replicas == newer.cm_replicas
+        && members_kept(&older.nodes, &newer.nodes)
+        && members_kept(&older.clients, &newer.clients);
+    if !same_setup || newer.regions.len() < older.regions.len() {
+        return false;
+    }
+    older.regions.iter().zip(&newer.regions).all(|(then, now)| {
+        let state_kept = now.state == then.state
+            || (then.state == RegionState::Blocked && now.state == RegionState::Active);
+        now.region == then.region
+            && now.primary == then.primary
+            && now.backups == then.backups
+            && now.copying.iter().all(|node| then.copying.contains(node))
+            && state_kept
+    })
+}
+
+/// A node's completed copies, and the configurations a copy may not go on through (module docs,
+/// "Through configurations"). Shared by the copier, the node's adoption of configurations
+/// ([`Self::note_adopted`]) and its reports to the CM ([`Self::complete`]).
+#[derive(Debug, Default)]
+pub struct CopyLedger {
+    /// The id of the newest configuration the node adopted that a copy may not go on through
+    /// (0: none since it started).
+    break_id: AtomicU64,
+    /// Completed copies, each with the configuration it was complete in.
+    done: Mutex<Vec<(RegionId, u64)>>,
+}
+
+impl CopyLedger {
+    /// The node adopts `newer` after `older`: called before the node's configuration becomes
+    /// `newer`, so that a copier that sees `newer` sees the break too.
+    pub fn note_adopted(&self, older: &Configuration, newer: &Configuration) {
+        assert!(newer.id > older.id, "older={} newer={}", older.id, newer.id);
+        if !continues_through(older, newer) {
+            self.break_id.fetch_max(newer.id, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether nothing adopted since configuration `id` breaks a copy begun or complete in it.
+    fn unbroken_since(&self, id: u64) -> bool {
+        self.break_id.load(Ordering::SeqCst) <= id
+    }
+
+    fn record(&self, region: RegionId, complete_in: u64) {
+        self.done
+            .lock()
+            .expect(crate::POISONED)
+            .push((region, complete_in));
+    }
+
+    /// Whether the copy of `region` is complete and unbroken; a broken one is forgotten, to be
+    /// copied again.
+    fn holds(&self, region: RegionId) -> bool {
+        let mut done = self.done.lock().expect(crate::POISONED);
+        done.retain(|&(_, complete_in)| self.unbroken_since(complete_in));
+        done.iter().any(|&(copied, _)| copied == region)
+    }
+
+    /// The regions whose copy is complete and that no configuration adopted since broke, sorted.
+    pub fn complete(&self) -> Vec<RegionId> {
+        let done = self.done.lock().expect(crate::POISONED);
+        let mut regions: Vec<RegionId> = done
+            .iter()
+            .filter(|&&(_, complete_in)| self.unbroken_since(complete_in))
+            .map(|&(region, _)| region)
+            .collect();
+        regions.sort();
+        regions.dedup();
+        regions
+    }
+}
+
 struct Shared {
     stop: AtomicBool,
     lock: Mutex<()>,
@@ -180,7 +309,7 @@ impl Copier {
     pub fn spawn(
         node: Arc<TxnNode>,
         backup: Arc<Backup>,
-        copied: RecoveredRegions,
+        ledger: Arc<CopyLedger>,
         progress: Arc<CopyProgress>,
     ) -> std::io::Result<Copier> {
         let shared = Arc::new(Shared {
@@ -197,7 +326,7 @@ impl Copier {
                         rate: copy_rate(),
                         node,
                         backup,
-                        copied,
+                        ledger,
                         progress,
                         shared,
                     };
@@ -233,7 +362,7 @@ struct Copying {
     rate: u64,
     node: Arc<TxnNode>,
     backup: Arc<Backup>,
-    copied: RecoveredRegions,
+    ledger: Arc<CopyLedger>,
     progress: Arc<CopyProgress>,
     shared: Arc<Shared>,
 }
@@ -263,12 +392,11 @@ impl Copying {
             let (id, committed) = self.node.config_state();
             let config = self.node.config();
             let todo: Vec<RegionId> = if committed && config.id == id {
-                let copied = self.copied.lock().expect(crate::POISONED).clone();
                 config
                     .regions
                     .iter()
                     .filter(|p| p.copying.contains(&me) && p.state == RegionState::Active)
-                    .filter(|p| !copied.iter().any(|(region, _)| *region == p.region))
+                    .filter(|p| !self.ledger.holds(p.region))
                     .map(|p| p.region)
                     .collect()
             } else {
@@ -277,18 +405,18 @@ impl Copying {
             for region in todo {
                 let started = Instant::now();
                 match self.copy_region(&config, region) {
-                    Ok(bytes) => {
-                        self.copied
-                            .lock()
-                            .expect(crate::POISONED)
-                            .push((region, config.id));
+                    Ok((bytes, complete_in)) => {
+                        self.ledger.record(region, complete_in);
                         let seconds = started.elapsed().as_secs_f64();
                         tracing::info!(
                             node = %me,
+                            // `acre bench recopy` reads the words up to the rate.
                             "copied {region} from its primary: {} MiB in {seconds:.2} s \
-                             ({:.0} MiB/s); the CM counts the copy complete next",
+                             ({:.0} MiB/s); begun in configuration {}, complete in \
+                             {complete_in}; the CM counts the copy complete next",
                             bytes >> 20,
-                            (bytes >> 20) as f64 / seconds.max(1e-9)
+                            (bytes >> 20) as f64 / seconds.max(1e-9),
+                            config.id
                         );
                     }
                     Err(reason) => {
@@ -309,8 +437,10 @@ impl Copying {
         }
     }
 
-    /// Copies `region` from its primary in `config` (module docs); returns the bytes read.
-    fn copy_region(&self, config: &Configuration, region: RegionId) -> Result<u64, String> {
+    /// Copies `region` from its primary, begun in `config` (module docs); returns the bytes
+    /// read and the configuration the copy was complete in (`config` or a later one it went on
+    /// through).
+    fn copy_region(&self, config: &Configuration, region: RegionId) -> Result<(u64, u64), String> {
         let placement = config
             .placement(region)
             .ok_or_else(|| format!("{region} is not in configuration {}", config.id))?;
@@ -329,13 +459,7 @@ impl Copying {
             if self.stopped() {
                 return Err("the node stops".into());
             }
-            if self.node.config_id() != config.id {
-                return Err(format!(
-                    "the configuration changed from {} to {}",
-                    config.id,
-                    self.node.config_id()
-                ));
-            }
+            self.goes_on(config, region)?;
             let offset = u32::try_from(block * block_bytes).expect("regions are under 4 GiB");
             self.copy_block(primary, key, region, offset, block_bytes)?;
             read_bytes += block_bytes;
@@ -348,7 +472,38 @@ impl Copying {
                 return Err("the node stops".into());
             }
         }
-        Ok(read_bytes)
+        let complete_in = self.goes_on(config, region)?;
+        Ok((read_bytes, complete_in))
+    }
+
+    /// Whether the copy of `region` begun in `config` may go on in the node's configuration now
+    /// (module docs, "Through configurations"); returns that configuration's id. The node's
+    /// configuration is read before the ledger: the ledger notes a break before the node adopts
+    /// the configuration that brings it.
+    fn goes_on(&self, config: &Configuration, region: RegionId) -> Result<u64, String> {
+        let me = self.node.node_id();
+        let now = self.node.config();
+        if now.id == config.id {
+            return Ok(now.id);
+        }
+        let region_kept = match (config.placement(region), now.placement(region)) {
+            (Some(then), Some(placement)) => {
+                placement.primary == then.primary
+                    && placement.backups == then.backups
+                    && placement.state == RegionState::Active
+                    && placement.copying.contains(&me)
+            }
+            _ => false,
+        };
+        // The ledger sees every configuration the node adopts; the direct comparison also
+        // covers one adopted around it (a test's `TxnNode::adopt`).
+        if region_kept && self.ledger.unbroken_since(config.id) && continues_through(config, &now) {
+            return Ok(now.id);
+        }
+        Err(format!(
+            "the configuration changed from {} to {}, and a copy may not go on through it",
+            config.id, now.id
+        ))
     }
 
     /// One block: if claimed, its header, then every slot newer than the copy's.
@@ -433,10 +588,34 @@ impl Copying {
         len: u64,
     ) -> Result<Vec<u8>, String> {
         let len = u32::try_from(len).expect("blocks are under 4 GiB");
-        self.node
-            .fabric()
-            .read(primary, addr, key, len)
-            .map_err(|e| format!("reading {addr} at {primary}: {e}"))
+        let mut refused_count = 0;
+        loop {
+            match self.node.fabric().read(primary, addr, key, len) {
+                Ok(bytes) => return Ok(bytes),
+                // The primary adopted a newer configuration before this node, and refuses a
+                // connection bound to the older one: once this node has it too, the READ
+                // goes through (over tcp this stopped copies that could go on). Whether the
+                // copy may go on there is the caller's check, before its next block.
+                Err(OpError::NotMember { config, .. })
+                    if refused_count < REFUSED_READS_MAX && self.learns(config) =>
+                {
+                    refused_count += 1;
+                }
+                Err(e) => return Err(format!("reading {addr} at {primary}: {e}")),
+            }
+        }
+    }
+
+    /// Waits until this node's configuration is at least `config` (bounded by
+    /// [`REFUSED_WAIT_MAX`]); returns whether it is.
+    fn learns(&self, config: u64) -> bool {
+        let deadline = Instant::now() + REFUSED_WAIT_MAX;
+        while self.node.config_id() < config {
+            if Instant::now() >= deadline || self.sleep(Duration::from_millis(1)) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Waits until `primary` holds no LOCK in `region` of a transaction begun before
@@ -494,5 +673,123 @@ impl Copying {
             Some(reply) if reply.code == Code::Vote => Some(reply.values[0]),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acre_txn::config::Configuration;
+
+    /// Three nodes, one region each, f = 1, and a fourth node copying r1 (as after an addition).
+    fn copying() -> Configuration {
+        let nodes: Vec<NodeId> = (1..=4).map(NodeId).collect();
+        let mut config = Configuration::place(1, nodes, vec![NodeId(9)], 1, 1, 1 << 20, 1 << 16)
+            .expect("config");
+        let r1 = &mut config.regions[0];
+        r1.backups.push(NodeId(4));
+        r1.copying = vec![NodeId(4)];
+        config.regions[2].state = RegionState::Blocked;
+        config
+    }
+
+    fn next(config: &Configuration, change: impl FnOnce(&mut Configuration)) -> Configuration {
+        let mut newer = config.clone();
+        newer.id += 1;
+        change(&mut newer);
+        newer
+    }
+
+    #[test]
+    fn a_copy_goes_on_through_what_cannot_start_a_recovery() {
+        let older = copying();
+        let kept: [(&str, Configuration); 6] = [
+            ("nothing but the id", next(&older, |_| {})),
+            (
+                "another copy counted complete",
+                next(&older, |c| c.regions[0].copying.clear()),
+            ),
+            (
+                "a region made active again",
+                next(&older, |c| c.regions[2].state = RegionState::Active),
+            ),
+            (
+                "a new region",
+                next(&older, |c| {
+                    let mut new = c.regions[1].clone();
+                    new.region = RegionId(99);
+                    c.regions.push(new);
+                }),
+            ),
+            ("a new client", next(&older, |c| c.clients.push(NodeId(10)))),
+            (
+                "another CM leader",
+                next(&older, |c| c.cm_leader = Some(NodeId(2))),
+            ),
+        ];
+        for (what, newer) in kept {
+            assert!(continues_through(&older, &newer), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_copy_stops_at_what_may_start_a_recovery_or_moves_replicas() {
+        let older = copying();
+        let broken: [(&str, Configuration); 7] = [
+            (
+                "a node removed",
+                next(&older, |c| c.nodes.retain(|&n| n != NodeId(3))),
+            ),
+            ("a client removed", next(&older, |c| c.clients.clear())),
+            (
+                "a region blocked (its primary changed, or a restart in place)",
+                next(&older, |c| c.regions[1].state = RegionState::Blocked),
+            ),
+            (
+                "a primary changed",
+                next(&older, |c| {
+                    let r = &mut c.regions[1];
+                    std::mem::swap(&mut r.primary, &mut r.backups[0]);
+                }),
+            ),
+            (
+                "backups moved",
+                next(&older, |c| c.regions[1].backups = vec![NodeId(4)]),
+            ),
+            (
+                "a node set copying again",
+                next(&older, |c| {
+                    c.regions[1].copying = c.regions[1].backups.clone()
+                }),
+            ),
+            (
+                "a region gone",
+                next(&older, |c| {
+                    c.regions.pop();
+                }),
+            ),
+        ];
+        for (what, newer) in broken {
+            assert!(!continues_through(&older, &newer), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_break_forgets_the_copies_complete_before_it() {
+        let ledger = CopyLedger::default();
+        let older = copying();
+        let counted = next(&older, |c| c.regions[0].copying.clear());
+        ledger.note_adopted(&older, &counted);
+        ledger.record(RegionId(1), counted.id);
+        assert_eq!(ledger.complete(), vec![RegionId(1)]);
+        let activated = next(&counted, |c| c.regions[2].state = RegionState::Active);
+        ledger.note_adopted(&counted, &activated);
+        assert!(ledger.holds(RegionId(1)), "nothing broke it");
+        let removal = next(&activated, |c| c.clients.clear());
+        ledger.note_adopted(&activated, &removal);
+        assert!(ledger.complete().is_empty(), "a member removed since");
+        assert!(!ledger.holds(RegionId(1)), "copied again");
+        assert!(ledger.unbroken_since(removal.id));
+        assert!(!ledger.unbroken_since(activated.id));
     }
 }

@@ -4,7 +4,7 @@
 //! records.
 
 use crate::backup::Backup;
-use crate::copier::{Copier, CopyProgress};
+use crate::copier::{Copier, CopyLedger, CopyProgress};
 use crate::liveness::Liveness;
 use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
@@ -183,9 +183,9 @@ pub struct ReplicaNode {
     /// done in (filled by the worker).
     recovered: RecoveredRegions,
     on_loss: LossHandler,
-    /// Regions whose copy this node, a new backup, completed (data recovery), with the
-    /// configuration it was done in.
-    copied: RecoveredRegions,
+    /// Regions whose copy this node, a new backup, completed (data recovery), and the
+    /// configurations a copy may not go on through.
+    copies_done: Arc<CopyLedger>,
     /// Where this node's copies stand (data recovery).
     copy_progress: Arc<CopyProgress>,
     copier: Option<Copier>,
@@ -386,7 +386,7 @@ impl ReplicaNode {
             },
         )
         .map_err(io("spawn the worker"))?;
-        let copied = RecoveredRegions::default();
+        let copies_done = Arc::new(CopyLedger::default());
         let progress_file = match &storage {
             Storage::Files { dir, .. } => Some(crate::copier::progress_file(dir, txn.node_id())),
             Storage::Anonymous => None,
@@ -395,7 +395,7 @@ impl ReplicaNode {
         let copier = Copier::spawn(
             txn.clone(),
             backup.clone(),
-            copied.clone(),
+            copies_done.clone(),
             copy_progress.clone(),
         )
         .map_err(io("spawn the copier"))?;
@@ -414,7 +414,7 @@ impl ReplicaNode {
             adopting: Mutex::new(()),
             recovered,
             on_loss,
-            copied,
+            copies_done,
             copy_progress,
             copier: Some(copier),
             worker: Some(worker),
@@ -523,6 +523,9 @@ impl ReplicaNode {
             self.joined.push(ring);
             senders.insert(joined);
         }
+        // Before the node's configuration changes: a copier that sees `newer` sees whether it
+        // may go on through it.
+        self.copies_done.note_adopted(&older, &newer);
         self.txn.adopt(newer)?;
         self.forget_copied_damage();
         // The worker reads the new rings at its next turn.
@@ -543,33 +546,28 @@ impl ReplicaNode {
         &self.txn
     }
 
-    /// Regions blocked in the node's configuration whose transaction recovery this node (their
-    /// new primary) has finished: the CM may install a configuration that makes them active
-    /// again (docs/failures.md#transaction-recovery). Empty once the configuration shows them
-    /// active.
     /// Regions this node backs up whose copy it completed (data recovery,
-    /// docs/failures.md#data-recovery) while the configuration still lists it as copying: the
-    /// CM may install a configuration that counts the copy complete.
+    /// docs/failures.md#data-recovery), that no configuration adopted since broke, while the
+    /// configuration still lists it as copying: the CM may install a configuration that counts
+    /// the copy complete.
     pub fn copied_regions(&self) -> Vec<RegionId> {
         let config = self.txn.config();
         let me = self.node_id();
-        let mut regions: Vec<RegionId> = self
-            .copied
-            .lock()
-            .expect(crate::POISONED)
-            .iter()
-            .map(|(region, _)| *region)
+        self.copies_done
+            .complete()
+            .into_iter()
             .filter(|region| {
                 config
                     .placement(*region)
                     .is_some_and(|p| p.copying.contains(&me))
             })
-            .collect();
-        regions.sort();
-        regions.dedup();
-        regions
+            .collect()
     }
 
+    /// Regions blocked in the node's configuration whose transaction recovery this node (their
+    /// new primary) has finished: the CM may install a configuration that makes them active
+    /// again (docs/failures.md#transaction-recovery). Empty once the configuration shows them
+    /// active.
     pub fn recovered_regions(&self) -> Vec<RegionId> {
         let config = self.txn.config();
         let mut regions: Vec<RegionId> = self

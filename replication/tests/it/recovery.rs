@@ -403,6 +403,7 @@ fn a_new_backup_copies_its_region_while_it_is_written_and_ends_identical() {
 /// copy of the block header, from which on n1 applies the block's updates itself.
 #[test]
 fn a_free_truncated_while_the_copy_holds_a_block_read_reaches_the_new_backup() {
+    let _paused = copier_pause_to_myself();
     let mut cluster = four_nodes();
     let n3 = txn_node(&cluster, 2);
     // Same size, so one block: the first claimed block of r3, where the copier stops.
@@ -428,6 +429,152 @@ fn a_free_truncated_while_the_copy_holds_a_block_read_reaches_the_new_backup() {
         .check_replicas()
         .expect("the new backup's copy has the free");
     assert_eq!(value_at(&n3, kept).expect("read"), b"kept");
+    cluster.stop();
+}
+
+/// Held by the tests that arm `copier.slots_read`: a pause point is armed once at a time, for
+/// whichever copier of the test binary reaches it first.
+static COPIER_PAUSED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn copier_pause_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    COPIER_PAUSED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// n4 leaves ([`without_n4`], configuration 2): n1 copies r3 from n3, and stops right after
+/// reading the slots of r3's only claimed block (two objects of one size), which it returns
+/// with the two objects.
+fn copy_of_r3_held_at_its_block(
+    cluster: &mut EmbeddedCluster,
+) -> (acre_engine::pause::Armed, Addr, Addr) {
+    let n3 = txn_node(cluster, 2);
+    let first = create(&n3, RegionId(3), b"one");
+    let second = create(&n3, RegionId(3), b"two");
+    settle(cluster);
+    let read = acre_engine::pause::arm("copier.slots_read");
+    let newer = next(cluster.config(), without_n4);
+    cluster.reconfigure((*newer).clone()).expect("reconfigure");
+    assert!(
+        read.wait_reached(RECOVERY_TIMEOUT),
+        "n1 read the slots of r3's block"
+    );
+    (read, first, second)
+}
+
+/// Data recovery through configurations (docs/failures.md#data-recovery): a configuration that
+/// leaves the copied region as it was and can start no recovery (r4 made active again, as the
+/// CM does once n1 recovered it) does not stop n1's copy of r3: it goes on from where it was
+/// (its block is not read again) and is reported complete in that configuration, where the CM
+/// counts it. A write committed in the newer configuration while the copy was held reaches n1
+/// as a COMMIT-BACKUP, and the copy ends identical to the primary's.
+#[test]
+fn a_copy_goes_on_through_a_configuration_that_leaves_its_region_as_it_was() {
+    let _paused = copier_pause_to_myself();
+    let mut cluster = four_nodes();
+    let (read, first, second) = copy_of_r3_held_at_its_block(&mut cluster);
+    wait_recovered(&cluster, NodeId(1), RegionId(4));
+    let activated = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == RegionId(4) {
+                placement.state = RegionState::Active;
+            }
+        }
+    });
+    cluster
+        .reconfigure((*activated).clone())
+        .expect("activate r4");
+    let n3 = txn_node(&cluster, 2);
+    overwrite(&n3, second, b"during");
+    settle(&cluster);
+    read.release();
+    // A copy that started again would read r3's block again and stop here.
+    let again = acre_engine::pause::arm("copier.slots_read");
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while !replica(&cluster, NodeId(1))
+        .copied_regions()
+        .contains(&RegionId(3))
+    {
+        assert!(
+            !again.wait_reached(Duration::from_millis(5)),
+            "n1's copy of r3 started again at configuration {}",
+            activated.id
+        );
+        assert!(Instant::now() < deadline, "n1 did not copy r3");
+    }
+    again.release();
+    assert_eq!(cluster.config().id, activated.id, "no other configuration");
+    let complete = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.copying.clear();
+        }
+    });
+    cluster.reconfigure((*complete).clone()).expect("complete");
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("the new backup's copy matches its primary");
+    assert_eq!(value_at(&n3, first).expect("read"), b"one");
+    assert_eq!(value_at(&n3, second).expect("read"), b"during");
+    cluster.stop();
+}
+
+/// The other side of the test above: a configuration that may start a recovery, here r2 blocked
+/// in place (a restart of n2 as the CM plans it), stops n1's copy of r3 although r3's placement
+/// is as it was; the copy starts again from its first block in the newer configuration (its
+/// block is read again), and completes there.
+#[test]
+fn a_copy_starts_again_at_a_configuration_that_may_start_a_recovery() {
+    let _paused = copier_pause_to_myself();
+    let mut cluster = four_nodes();
+    let (read, _first, second) = copy_of_r3_held_at_its_block(&mut cluster);
+    let blocked = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == RegionId(2) {
+                placement.state = RegionState::Blocked;
+            }
+        }
+    });
+    cluster
+        .reconfigure((*blocked).clone())
+        .expect("block r2 in place");
+    read.release();
+    let again = acre_engine::pause::arm("copier.slots_read");
+    assert!(
+        again.wait_reached(RECOVERY_TIMEOUT),
+        "n1's copy of r3 read its block again in configuration {}",
+        blocked.id
+    );
+    assert!(
+        !replica(&cluster, NodeId(1))
+            .copied_regions()
+            .contains(&RegionId(3)),
+        "the copy stopped is not complete"
+    );
+    again.release();
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while !replica(&cluster, NodeId(1))
+        .copied_regions()
+        .contains(&RegionId(3))
+    {
+        assert!(Instant::now() < deadline, "n1 did not copy r3 again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    wait_recovered(&cluster, NodeId(2), RegionId(2));
+    wait_recovered(&cluster, NodeId(1), RegionId(4));
+    let complete = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.copying.clear();
+            placement.state = RegionState::Active;
+        }
+    });
+    cluster.reconfigure((*complete).clone()).expect("complete");
+    let n3 = txn_node(&cluster, 2);
+    overwrite(&n3, second, b"after");
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("the new backup's copy matches its primary");
     cluster.stop();
 }
 

@@ -81,9 +81,12 @@ fn reserve(node: &TxnNode, request: &AllocRequest) -> (Code, [u64; 3]) {
         Err(ReserveError::Alloc(AllocError::TooLarge { max, .. })) => {
             (Code::AllocFailed, [alloc_failure::TOO_LARGE, max as u64, 0])
         }
-        Err(ReserveError::Alloc(AllocError::NotAnObject { .. })) => {
-            (Code::AllocFailed, [alloc_failure::NOT_PRIMARY, 0, 0])
-        }
+        // No such primary region here: this node has not adopted the configuration that
+        // creates it or makes it primary here (the asker adopted it first), or moved on.
+        Err(ReserveError::Alloc(AllocError::NotAnObject { .. })) => (
+            Code::AllocFailed,
+            [alloc_failure::NOT_PRIMARY, node.config_id(), 0],
+        ),
         Err(ReserveError::Unreplicated { backup, .. }) => (
             Code::AllocFailed,
             [alloc_failure::UNREPLICATED, backup.0 as u64, 0],

@@ -699,9 +699,10 @@ impl ReplicaNode {
         }
         if let Storage::Files { dir, .. } = &self.storage {
             self.forget_copied_damage();
+            let holds_copies = !self.copies.read().expect(crate::POISONED).is_empty();
             if sums::cluster_stopping(dir) {
                 self.write_sums();
-            } else {
+            } else if holds_copies {
                 tracing::info!(
                     node = %self.node_id(),
                     "stopped alone (not by `acre cluster down`): no block sums written, since \

@@ -97,6 +97,7 @@ impl Code {
 pub mod alloc_failure {
     pub const REGION_FULL: u64 = 1;
     pub const TOO_LARGE: u64 = 2;
+    /// The node holds no such primary region (`values[1]`: its configuration id).
     pub const NOT_PRIMARY: u64 = 3;
     pub const OTHER: u64 = 4;
     /// The slot's block is new and its header did not reach a backup (`values[1]`: the

@@ -448,6 +448,14 @@ impl Txn {
                     alloc_failure::TOO_LARGE => {
                         format!("the largest object is {} bytes", reply.values[1])
                     }
+                    // The primary holds no such region (yet): it has not adopted the
+                    // configuration this one did (a client adopts one while it is being
+                    // distributed), or it adopted a newer one. Run again.
+                    alloc_failure::NOT_PRIMARY => {
+                        return Err(TxnError::Reconfiguring {
+                            config: reply.values[1],
+                        });
+                    }
                     alloc_failure::RECONFIGURING => {
                         return Err(TxnError::Reconfiguring {
                             config: reply.values[1],

@@ -779,3 +779,41 @@ fn a_run_waits_through_a_long_reconfiguration() {
     settle(&cluster);
     cluster.stop();
 }
+
+/// A coordinator that adopted a configuration creating a region (a client adopts one while the
+/// CM distributes it) asks the region's primary for a slot before the primary has adopted it:
+/// the primary holds no such region yet. The ALLOC is answered "not primary here", which the
+/// coordinator must take for a configuration on its way (retried by `Db::run`), not for memory
+/// that is gone. Before, it failed the transaction with `OutOfMemory` ("n1 refused the
+/// allocation"): the TPC-C load and the two-clients growth test failed so under load.
+#[test]
+fn an_alloc_that_reaches_a_primary_before_it_adopted_the_region_is_retried() {
+    let cluster = crate::fixture::three_nodes();
+    let r4 = RegionId(4);
+    let newer = next(cluster.config(), |config| {
+        config.regions.push(acre_txn::config::Placement {
+            region: r4,
+            primary: NodeId(1),
+            backups: vec![NodeId(2)],
+            copying: Vec::new(),
+            state: RegionState::Active,
+        });
+    });
+    let mut cluster = cluster;
+    for node in [NodeId(2), NodeId(3)] {
+        cluster.adopt_at(node, newer.clone()).expect("adopt");
+    }
+    let coordinator = crate::fixture::txn_node(&cluster, 1);
+    let mut txn = coordinator.begin().expect("begin");
+
+    let result = txn.alloc_near(8, Addr::new(r4, 0));
+
+    assert!(
+        matches!(result, Err(TxnError::Reconfiguring { .. })),
+        "{result:?}"
+    );
+    assert!(result.unwrap_err().is_retryable());
+    drop(txn);
+    cluster.adopt_at(NodeId(1), newer.clone()).expect("adopt");
+    cluster.stop();
+}

@@ -129,6 +129,18 @@ fn spawn_bank(dir: &str, seconds: u32, accounts: u32) -> std::process::Child {
         .expect("start acre bank")
 }
 
+/// Sends `signal` to the processes of `nodes` at once (they fail together), then waits until
+/// each one is dead.
+fn signal_at_once(dir: &std::path::Path, nodes: &[NodeId], signal: &str) {
+    let pids: Vec<u32> = nodes.iter().map(|&n| node_pid_of(dir, n)).collect();
+    for &pid in &pids {
+        send_signal(pid, signal);
+    }
+    for pid in pids {
+        wait_until_dead(pid);
+    }
+}
+
 fn node_pid_of(dir: &std::path::Path, node: NodeId) -> u32 {
     NodeManifest::read(dir, node)
         .expect("read a manifest")
@@ -346,13 +358,7 @@ fn two_nodes_killed_at_once_with_f_2_on_5_nodes_lose_nothing() {
         .filter(|&n| n != before.leader)
         .take(2)
         .collect();
-    let pids: Vec<u32> = victims
-        .iter()
-        .map(|&n| node_pid_of(&cluster.dir, n))
-        .collect();
-    for &pid in &pids {
-        send_signal(pid, "KILL");
-    }
+    signal_at_once(&cluster.dir, &victims, "KILL");
     let out = bank.wait_with_output().expect("acre bank ends");
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
@@ -991,16 +997,7 @@ fn restart_in_place(transport: &str) {
     drop(db);
     let survivor = (1..=3).map(NodeId).find(|&n| n != leader).unwrap();
     let victims: Vec<NodeId> = (1..=3).map(NodeId).filter(|&n| n != survivor).collect();
-    let pids: Vec<u32> = victims
-        .iter()
-        .map(|&n| node_pid_of(&cluster.dir, n))
-        .collect();
-    for &pid in &pids {
-        send_signal(pid, "KILL");
-    }
-    for pid in pids {
-        wait_until_dead(pid);
-    }
+    signal_at_once(&cluster.dir, &victims, "KILL");
     // Longer than a lease: a CM with a majority would have removed them by now.
     std::thread::sleep(Duration::from_millis(1000));
     let stalled = cluster.status();
@@ -1076,16 +1073,7 @@ fn an_in_place_restart_after_a_clean_stop_and_a_write_keeps_every_member() {
         .map(NodeId)
         .filter(|&n| n != before.leader)
         .collect();
-    let pids: Vec<u32> = victims
-        .iter()
-        .map(|&n| node_pid_of(&cluster.dir, n))
-        .collect();
-    for &pid in &pids {
-        send_signal(pid, "TERM");
-    }
-    for pid in pids {
-        wait_until_dead(pid);
-    }
+    signal_at_once(&cluster.dir, &victims, "TERM");
     // Committed while the primary is down: its copy changes after its sums.
     let (sent, committed) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {

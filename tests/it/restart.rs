@@ -450,14 +450,7 @@ fn a_primary_copy_damaged_while_down_is_never_served() {
     drop(db);
     let account = bank.accounts[0];
     let region = account.region();
-    let status = CmStatusFile::read(&cluster.dir)
-        .expect("read the CM status")
-        .expect("a CM status");
-    let victim = status
-        .committed
-        .placement(region)
-        .expect("the account's region")
-        .primary;
+    let victim = placement_of(&cluster, region).primary;
 
     let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
     assert!(down.status.success(), "{}", text(&down));
@@ -552,7 +545,6 @@ fn flip_a_byte_bit(path: &Path, offset: u64) {
 /// balance; accounts in the other regions read as committed.
 #[test]
 fn a_region_whose_every_copy_is_damaged_is_lost_not_served() {
-    use acre::cluster::CmStatusFile;
     let cluster = Cluster::up_with("restart-sums-lost", "shm", &["--f", "1"]);
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
     let bank = Bank::create(&db, 30, 1000).expect("create accounts");
@@ -560,14 +552,7 @@ fn a_region_whose_every_copy_is_damaged_is_lost_not_served() {
     drop(db);
     let account = bank.accounts[0];
     let region = account.region();
-    let status = CmStatusFile::read(&cluster.dir)
-        .expect("read the CM status")
-        .expect("a CM status");
-    let placement = status
-        .committed
-        .placement(region)
-        .expect("the region")
-        .clone();
+    let placement = placement_of(&cluster, region);
     let replicas: Vec<NodeId> = placement.replicas().collect();
     assert_eq!(replicas.len(), 2, "{placement:?}");
 
@@ -592,4 +577,15 @@ fn a_region_whose_every_copy_is_damaged_is_lost_not_served() {
     for &other in bank.accounts.iter().filter(|a| a.region() != region) {
         assert_eq!(balance_of(&db, other), 1000, "{other}");
     }
+}
+
+/// Where the CM's last committed configuration places `region`.
+fn placement_of(cluster: &Cluster, region: acre::db::RegionId) -> acre::txn::config::Placement {
+    acre::cluster::CmStatusFile::read(&cluster.dir)
+        .expect("read the CM status")
+        .expect("a CM status")
+        .committed
+        .placement(region)
+        .expect("the region is in the configuration")
+        .clone()
 }

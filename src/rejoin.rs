@@ -90,10 +90,7 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         );
     }
     if !missing.members.is_empty() || !missing.cms.is_empty() {
-        let code = launch::restart(dir, &file, &missing.members, &missing.cms)?;
-        if code != ExitCode::SUCCESS {
-            return Ok(code);
-        }
+        launch::restart(dir, &file, &missing.members, &missing.cms)?;
     }
     let mut out = crate::output::stdout();
     for &node in &missing.removed {

@@ -153,6 +153,7 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
             backup_only: 0,
             lease_ms: launch::LEASE_MS_DEFAULT,
             commit: args.commit.clone(),
+            clock_control: false,
         })?;
     }
     let outcome = measure(args, &target, &options, &mut out);

@@ -669,6 +669,7 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
             cm_processes: 0,
             backup_only: u16::from(victim == Victim::Backup),
             lease_ms: args.lease_ms,
+            clock_control: false,
         })
         .context("start the cluster")?;
         let status = CmStatusFile::read(&args.dir)?

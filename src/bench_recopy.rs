@@ -351,6 +351,7 @@ fn start(args: &RecopyArgs, layout: &Layout, backup_only: u16) -> anyhow::Result
             cm_processes: 0,
             backup_only,
             lease_ms: args.lease_ms,
+            clock_control: false,
         })
         .context("start the cluster")?;
         let status = CmStatusFile::read(&args.dir)?

@@ -450,6 +450,7 @@ fn demo_failure(args: &DemoArgs, termination: &Termination) -> anyhow::Result<Ex
         cm_processes: 0,
         backup_only: 0,
         lease_ms: args.lease_ms,
+        clock_control: false,
     })
     .context("start the cluster")?;
     let db = Db::connect(&dir.join(CLUSTER_FILE)).context("connect a client")?;

@@ -52,6 +52,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         backup_only: 0,
         lease_ms: args.lease_ms,
         commit: "one-sided".into(),
+        clock_control: false,
     };
     launch::up(&up)?;
     let down = DownArgs {

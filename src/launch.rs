@@ -83,6 +83,11 @@ pub struct UpArgs {
     /// silent for this long is suspected and removed from the configuration.
     #[arg(long, default_value_t = LEASE_MS_DEFAULT)]
     pub lease_ms: u64,
+    /// Give every node process a clock control file (`n<id>.clock` in the directory) before
+    /// it starts, through which another process can skew that node's clock: what `acre
+    /// jepsen`'s clock nemesis does. Nodes started later (`add-node`) run on the system clock.
+    #[arg(long)]
+    pub clock_control: bool,
 }
 
 /// The default lease (docs/failures.md#leases says how it was chosen): ten times the shortest
@@ -293,6 +298,13 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             .context("write the cluster secret")?;
     }
     file.write(&file_path)?;
+    if args.clock_control {
+        for &node in &file.config.nodes {
+            let path = acre::engine::clock::control_file_path(dir, node);
+            acre::engine::clock::ClockControlFile::create(&path)
+                .with_context(|| format!("create {}", path.display()))?;
+        }
+    }
     let mut children = Vec::new();
     let started = start_nodes(dir, &file, &mut children);
     let waited = started.and_then(|()| {

@@ -7,6 +7,7 @@ mod bench_tpcc;
 mod bench_ycsb;
 mod demo;
 mod idle;
+mod jepsen;
 mod launch;
 mod output;
 mod rejoin;
@@ -76,6 +77,10 @@ enum Command {
     },
     /// Start a cluster of node processes, leave it idle, and report the CPU time it uses.
     IdleCpu(idle::IdleArgs),
+    /// The fault-injection harness: a cluster of node processes under faults (kills, pauses,
+    /// clock skew, damaged logs) while clients record every operation, then the history
+    /// checked (exit 0: valid, 1: anomalies found, 2: bad usage or the run could not be done).
+    Jepsen(jepsen::JepsenArgs),
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
         } => run_node(&cluster, NodeId(id), join.then_some(domain), restart),
         Command::Cm { cluster, id } => run_cm(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
+        Command::Jepsen(args) => watch_termination().and_then(|t| jepsen::run(&args, &t)),
         Command::Bench(BenchCommand::Bank(args)) => {
             watch_termination().and_then(|t| bench::run(&args, &t))
         }

@@ -66,6 +66,17 @@ pub fn kill(pid: u32) -> io::Result<()> {
     send(pid, libc::SIGKILL)
 }
 
+/// Sends SIGSTOP to process `pid`: it stops where it is, holding whatever it holds, until
+/// [`resume`] (the fault-injection harness's pause).
+pub fn pause(pid: u32) -> io::Result<()> {
+    send(pid, libc::SIGSTOP)
+}
+
+/// Sends SIGCONT to process `pid`, stopped by [`pause`].
+pub fn resume(pid: u32) -> io::Result<()> {
+    send(pid, libc::SIGCONT)
+}
+
 fn send(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;

@@ -5,6 +5,19 @@
 //!
 //! - [`history`]: the recorded operations (`history.jsonl`), one line each.
 //! - [`results`]: what a run concludes (`results.json`): validity, anomalies, counts, faults.
+//! - [`cluster`] (feature `harness`): the cluster under test, driven through the `acre`
+//!   command line.
+//! - [`workload`]: bank, list-append and register operations as Acre transactions.
+//! - [`nemesis`]: kill, pause, clock and bitflip faults, and their heals.
+//! - [`run`]: one run, from an empty directory to a history.
 
+#[cfg(feature = "harness")]
+pub mod cluster;
 pub mod history;
+#[cfg(feature = "harness")]
+pub mod nemesis;
 pub mod results;
+#[cfg(feature = "harness")]
+pub mod run;
+#[cfg(feature = "harness")]
+pub mod workload;

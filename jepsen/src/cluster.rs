@@ -1,0 +1,202 @@
+//! The cluster under test: node processes started, restarted and stopped through the `acre`
+//! command line, as an operator would (`acre cluster up`, `acre cluster down`), and the
+//! processes found through the manifests they publish in the cluster directory.
+//!
+//! The harness never starts a node itself: a node it killed comes back through `acre cluster
+//! up --dir D` on the running cluster, which restarts in place a member the configuration
+//! still lists and rejoins as a new node one the configuration manager removed. So the
+//! harness tests the recovery an operator would get.
+
+use acre_engine::addr::NodeId;
+use acre_engine::clock::{ClockControlFile, control_file_path};
+use acre_engine::directory::NodeManifest;
+use acre_engine::procfs;
+use acre_replication::cluster_file::{CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile};
+use acre_replication::cm_status::CmStatusFile;
+use acre_replication::process::process_alive;
+use acre_txn::config::Configuration;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// How the cluster is built.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub nodes: u16,
+    /// `shm` or `tcp`.
+    pub transport: String,
+    /// `one-sided` or `messages`.
+    pub commit: String,
+    pub lease_ms: u64,
+    pub region_bytes: u64,
+    /// Client ids the cluster provides (each client worker process needs one; a `Db` is one).
+    pub clients: u16,
+}
+
+/// A running cluster of node processes in `dir`.
+pub struct Cluster {
+    acre: PathBuf,
+    dir: PathBuf,
+    /// Where the output of every `acre cluster` command goes (appended).
+    log: PathBuf,
+}
+
+/// A memory node process found through its manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeProcess {
+    pub node: NodeId,
+    pub pid: u32,
+}
+
+impl Cluster {
+    /// Starts a cluster with a configuration manager in every node's process (2f+1 of them, at
+    /// most the nodes) and a clock control file per node, so the clock nemesis can skew each
+    /// node's clock. `log` receives the commands' output.
+    pub fn up(acre: &Path, dir: &Path, spec: &Spec, log: &Path) -> Result<Cluster, String> {
+        let cluster = Cluster {
+            acre: acre.to_path_buf(),
+            dir: dir.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        cluster.acre_command(&[
+            "cluster",
+            "up",
+            "--dir",
+            &dir.display().to_string(),
+            "--nodes",
+            &spec.nodes.to_string(),
+            "--transport",
+            &spec.transport,
+            "--commit",
+            &spec.commit,
+            "--lease-ms",
+            &spec.lease_ms.to_string(),
+            "--region-bytes",
+            &spec.region_bytes.to_string(),
+            "--clients",
+            &spec.clients.to_string(),
+            "--clock-control",
+        ])?;
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cluster file clients connect with.
+    pub fn cluster_file(&self) -> PathBuf {
+        self.dir.join(CLUSTER_FILE)
+    }
+
+    /// Runs `acre ARGS`, its output appended to the log; an exit code other than 0 is an error
+    /// with the code (the log says why).
+    fn acre_command(&self, args: &[&str]) -> Result<(), String> {
+        let output = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let errors = output
+            .try_clone()
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let status = Command::new(&self.acre)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(errors)
+            .status()
+            .map_err(|e| format!("run {}: {e}", self.acre.display()))?;
+        match status.code() {
+            Some(0) => Ok(()),
+            _ => Err(format!(
+                "`acre {}` ended with {status} (its output: {})",
+                args.join(" "),
+                self.log.display()
+            )),
+        }
+    }
+
+    /// Brings back every member that is not running (`acre cluster up --dir D` on the running
+    /// cluster). Nothing missing is not an error.
+    pub fn restore(&self) -> Result<(), String> {
+        if self.missing().is_empty() {
+            return Ok(());
+        }
+        self.acre_command(&["cluster", "up", "--dir", &self.dir.display().to_string()])
+    }
+
+    /// Stops every process of the cluster and keeps its files (`acre cluster down`).
+    pub fn down(&self) -> Result<(), String> {
+        self.acre_command(&["cluster", "down", "--dir", &self.dir.display().to_string()])
+    }
+
+    /// The memory node processes that run now, by node id.
+    pub fn processes(&self) -> Vec<NodeProcess> {
+        NodeManifest::list(&self.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|node| node.0 < CLIENT_ID_BASE)
+            .filter_map(|node| {
+                let manifest = NodeManifest::read(&self.dir, node).ok()??;
+                (!manifest.areas.is_empty() && process_alive(manifest.pid)).then_some(NodeProcess {
+                    node,
+                    pid: manifest.pid,
+                })
+            })
+            .collect()
+    }
+
+    /// Members of the CM's last configuration whose process does not run.
+    pub fn missing(&self) -> Vec<NodeId> {
+        let running: Vec<NodeId> = self.processes().iter().map(|p| p.node).collect();
+        let members = self.configuration().map(|c| c.nodes).unwrap_or_default();
+        members
+            .into_iter()
+            .filter(|node| !running.contains(node))
+            .collect()
+    }
+
+    /// What the configuration manager last published: its committed configuration and the
+    /// leader that wrote it. `None` before the first one, or when it cannot be read.
+    pub fn status(&self) -> Option<CmStatusFile> {
+        CmStatusFile::read(&self.dir).ok().flatten()
+    }
+
+    /// The configuration in force (the CM's committed one, else the cluster file's).
+    pub fn configuration(&self) -> Option<Configuration> {
+        match self.status() {
+            Some(status) => Some(status.committed),
+            None => ClusterFile::read(&self.cluster_file())
+                .ok()
+                .map(|f| f.config),
+        }
+    }
+
+    /// The clock control file of `node`'s process (created by `up`); `None` for a node that
+    /// joined later (it runs on the system clock).
+    pub fn clock(&self, node: NodeId) -> Option<ClockControlFile> {
+        ClockControlFile::open(&control_file_path(&self.dir, node)).ok()
+    }
+
+    /// Applies `action` (SIGKILL, SIGSTOP, SIGCONT: `acre_engine::signal`) to `node`'s process,
+    /// if it runs. A pid reused by another process since the manifest was written is left
+    /// alone (its start time differs).
+    pub fn signal(
+        &self,
+        node: NodeId,
+        action: fn(u32) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        let manifest = NodeManifest::read(&self.dir, node)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("{node} has no manifest"))?;
+        let same = manifest
+            .started
+            .is_none_or(|started| procfs::start_time(manifest.pid).is_ok_and(|now| now == started));
+        if !same || !process_alive(manifest.pid) {
+            return Err(format!("{node} does not run"));
+        }
+        action(manifest.pid).map_err(|e| format!("{node} (pid {}): {e}", manifest.pid))
+    }
+}

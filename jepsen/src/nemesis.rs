@@ -1,0 +1,283 @@
+//! The nemesis: faults injected into the cluster's processes on a seeded schedule, each healed
+//! after a while.
+//!
+//! - **kill**: SIGKILL of the targets; healed by `acre cluster up --dir D` on the running
+//!   cluster, which restarts a member in place or rejoins as a new node one the configuration
+//!   manager removed meanwhile ([`Cluster::restore`]).
+//! - **pause**: SIGSTOP of the targets, SIGCONT to heal: a process that stops where it is,
+//!   holding its locks and leases, and wakes up later believing nothing happened.
+//! - **clock**: the targets' clocks (each node process reads its clock through a control file
+//!   the harness created, `acre_engine::clock`) jump forward by up to two leases and run
+//!   fast or slow; healed by running them at real speed again (the offset stays, as a clock
+//!   an operator corrected would).
+//! - **bitflip**: SIGKILL of the targets, then random bits flipped in the data of their log
+//!   rings (every record carries a checksum: the damage must be refused, and the records
+//!   recovered from the senders and replicas); healed as a kill.
+//!
+//! Targets, drawn per fault: one node, a node that is the primary of a region, a minority
+//! (fewer than half of the members), or the configuration manager's leader.
+
+use crate::cluster::Cluster;
+use crate::history::Fault;
+use acre_engine::addr::NodeId;
+use acre_engine::clock::Rate;
+use acre_engine::directory::node_area_files;
+use acre_nvm_log::random::SplitMix;
+use std::fmt;
+use std::time::Duration;
+
+/// A nemesis class, as `--nemesis` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    Kill,
+    Pause,
+    Clock,
+    Bitflip,
+}
+
+impl Class {
+    pub const ALL: [Class; 4] = [Class::Kill, Class::Pause, Class::Clock, Class::Bitflip];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Kill => "kill",
+            Class::Pause => "pause",
+            Class::Clock => "clock",
+            Class::Bitflip => "bitflip",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which processes a fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Aim {
+    One,
+    Primary,
+    Minority,
+    Leader,
+}
+
+/// A fault in force, to be healed.
+pub struct Active {
+    pub class: Class,
+    pub targets: Vec<NodeId>,
+    pub fault: Fault,
+}
+
+/// The ring areas' ids have the high bit set (`acre_engine::directory`); regions do not.
+const RING_AREA_BIT: u32 = 1 << 31;
+/// A ring file's header bytes (nvm-log's ring layout): the bits are flipped after it, in the
+/// records.
+const RING_HEADER_BYTES: u64 = 256;
+/// Bits flipped per bitflip fault, spread over the targets' rings.
+const BITS_FLIPPED: u64 = 16;
+
+/// Chooses the targets of a fault aimed at `aim`, among the running members.
+fn targets(cluster: &Cluster, aim: Aim, rng: &mut SplitMix) -> Vec<NodeId> {
+    let running: Vec<NodeId> = cluster.processes().iter().map(|p| p.node).collect();
+    let config = cluster.configuration();
+    let members: Vec<NodeId> = match &config {
+        Some(config) => running
+            .iter()
+            .copied()
+            .filter(|n| config.nodes.contains(n))
+            .collect(),
+        None => running.clone(),
+    };
+    let pick = |candidates: &[NodeId], rng: &mut SplitMix| -> Option<NodeId> {
+        (!candidates.is_empty()).then(|| candidates[rng.below(candidates.len() as u64) as usize])
+    };
+    let chosen = match aim {
+        Aim::One => pick(&members, rng).into_iter().collect(),
+        Aim::Primary => {
+            let primaries: Vec<NodeId> = config
+                .iter()
+                .flat_map(|c| c.regions.iter().map(|p| p.primary))
+                .filter(|n| members.contains(n))
+                .collect();
+            pick(&primaries, rng).into_iter().collect()
+        }
+        Aim::Minority => {
+            let mut left = members.clone();
+            let count = (config
+                .as_ref()
+                .map_or(members.len(), |c| c.nodes.len())
+                .saturating_sub(1)
+                / 2)
+            .max(1);
+            let mut chosen = Vec::new();
+            while chosen.len() < count && !left.is_empty() {
+                chosen.push(left.remove(rng.below(left.len() as u64) as usize));
+            }
+            chosen
+        }
+        Aim::Leader => match cluster.status() {
+            Some(status) if members.contains(&status.leader) => vec![status.leader],
+            _ => pick(&members, rng).into_iter().collect(),
+        },
+    };
+    let mut chosen: Vec<NodeId> = chosen;
+    chosen.sort();
+    chosen
+}
+
+fn aim_name(aim: Aim, targets: &[NodeId]) -> String {
+    let names: Vec<String> = targets.iter().map(|n| n.to_string()).collect();
+    let what = match aim {
+        Aim::One => "a node",
+        Aim::Primary => "a primary",
+        Aim::Minority => "a minority",
+        Aim::Leader => "the CM leader",
+    };
+    format!("{} ({what})", names.join(" "))
+}
+
+/// Starts a fault of `class`; `None` when no process could be targeted.
+pub fn start(
+    cluster: &Cluster,
+    class: Class,
+    lease: Duration,
+    rng: &mut SplitMix,
+) -> Result<Option<Active>, String> {
+    let aim = [Aim::One, Aim::Primary, Aim::Minority, Aim::Leader][rng.below(4) as usize];
+    let targets = targets(cluster, aim, rng);
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let who = aim_name(aim, &targets);
+    let detail = match class {
+        Class::Kill => {
+            for &node in &targets {
+                cluster.signal(node, acre_engine::signal::kill)?;
+            }
+            format!("SIGKILL of {who}")
+        }
+        Class::Pause => {
+            for &node in &targets {
+                cluster.signal(node, acre_engine::signal::pause)?;
+            }
+            format!("SIGSTOP of {who}")
+        }
+        Class::Clock => {
+            let jump = Duration::from_millis(rng.below(2 * lease.as_millis() as u64 + 1));
+            let ppm = [250_000, 500_000, 2_000_000, 4_000_000][rng.below(4) as usize];
+            let mut skewed = Vec::new();
+            for &node in &targets {
+                // A node that joined after the start has no control file: it keeps real time.
+                if let Some(clock) = cluster.clock(node) {
+                    clock.jump_forward(jump);
+                    clock.set_rate(Rate::from_ppm(ppm));
+                    skewed.push(node.to_string());
+                }
+            }
+            if skewed.is_empty() {
+                return Ok(None);
+            }
+            format!(
+                "clocks of {who} {} ms ahead, running at {:.2}x (skewed: {})",
+                jump.as_millis(),
+                ppm as f64 / 1e6,
+                skewed.join(" ")
+            )
+        }
+        Class::Bitflip => {
+            for &node in &targets {
+                cluster.signal(node, acre_engine::signal::kill)?;
+            }
+            let flipped = flip_ring_bits(cluster, &targets, rng)?;
+            format!("SIGKILL of {who}, then {flipped}")
+        }
+    };
+    let fault = Fault {
+        class: class.name().into(),
+        targets: targets.iter().map(|n| u32::from(n.0)).collect(),
+        detail,
+    };
+    Ok(Some(Active {
+        class,
+        targets,
+        fault,
+    }))
+}
+
+/// Flips [`BITS_FLIPPED`] random bits in the record space of `targets`' ring files (their
+/// processes are dead: nothing maps them). Says what it flipped.
+fn flip_ring_bits(
+    cluster: &Cluster,
+    targets: &[NodeId],
+    rng: &mut SplitMix,
+) -> Result<String, String> {
+    use std::os::unix::fs::FileExt;
+    let mut rings = Vec::new();
+    for &node in targets {
+        let files = node_area_files(cluster.dir(), node)
+            .map_err(|e| format!("list {node}'s files: {e}"))?;
+        rings.extend(
+            files
+                .into_iter()
+                .filter(|(area, _)| area.0 & RING_AREA_BIT != 0)
+                .map(|(_, path)| path),
+        );
+    }
+    if rings.is_empty() {
+        return Ok("no ring file to damage".into());
+    }
+    let mut flipped = Vec::new();
+    for _ in 0..BITS_FLIPPED {
+        let path = &rings[rng.below(rings.len() as u64) as usize];
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        if len <= RING_HEADER_BYTES {
+            continue;
+        }
+        let offset = RING_HEADER_BYTES + rng.below(len - RING_HEADER_BYTES);
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset)
+            .map_err(|e| e.to_string())?;
+        byte[0] ^= 1 << rng.below(8);
+        file.write_all_at(&byte, offset)
+            .map_err(|e| e.to_string())?;
+        flipped.push(offset);
+    }
+    Ok(format!(
+        "{} bits flipped in {} ring files",
+        flipped.len(),
+        rings.len()
+    ))
+}
+
+/// Heals `active`, then brings back any member whose process is gone (a killed one, or a
+/// paused one the configuration manager fenced by killing it meanwhile).
+pub fn heal(cluster: &Cluster, active: &Active) -> Result<(), String> {
+    match active.class {
+        Class::Kill | Class::Bitflip => {}
+        Class::Pause => {
+            for &node in &active.targets {
+                // A paused process fenced meanwhile is gone: nothing to wake.
+                let _ = cluster.signal(node, acre_engine::signal::resume);
+            }
+        }
+        Class::Clock => {
+            for &node in &active.targets {
+                if let Some(clock) = cluster.clock(node) {
+                    clock.set_rate(Rate::REAL);
+                }
+            }
+        }
+    }
+    cluster.restore()
+}

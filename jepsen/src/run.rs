@@ -1,0 +1,365 @@
+//! One run of the harness, from an empty directory to a checked history:
+//!
+//! 1. start a cluster of node processes with a configuration manager (`acre cluster up`);
+//! 2. create the workload's objects, then run `concurrency` client workers (threads of this
+//!    process, each with its own `Db::connect`, so each is a client of its own) that invoke
+//!    operations at `rate` per second in all, recording each invocation and completion;
+//! 3. meanwhile the nemesis waits `interval`, starts a fault, waits 1 s to `fault_max`, heals
+//!    it, and again, on a schedule drawn from `seed`;
+//! 4. at `time_limit`, stop the workers, heal everything, wait for the cluster to settle
+//!    (every member running, every region active), and do the final reads;
+//! 5. stop the cluster and hand the history to the checkers.
+//!
+//! Everything random (operations, faults, targets, durations) comes from `seed`; the cluster's
+//! own timing does not, so a seed replays the same schedule, not the same interleaving.
+
+use crate::cluster::{Cluster, Spec};
+use crate::history::{Kind, Op, Process, Value};
+use crate::nemesis::{self, Class};
+use crate::workload::{Bank, Completion, ListAppend, Register, Workload};
+use acre_nvm_log::random::SplitMix;
+use acre_replication::db::Db;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadName {
+    Bank,
+    ListAppend,
+    Register,
+}
+
+impl WorkloadName {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadName::Bank => "bank",
+            WorkloadName::ListAppend => "list-append",
+            WorkloadName::Register => "register",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<WorkloadName> {
+        [
+            WorkloadName::Bank,
+            WorkloadName::ListAppend,
+            WorkloadName::Register,
+        ]
+        .into_iter()
+        .find(|w| w.name() == name)
+    }
+}
+
+/// What a run does; `acre jepsen`'s flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub workload: WorkloadName,
+    /// Empty: no faults.
+    pub nemesis: Vec<Class>,
+    pub nodes: u16,
+    pub transport: String,
+    pub commit: String,
+    pub lease_ms: u64,
+    pub time_limit: Duration,
+    /// Operations per second, all workers together.
+    pub rate: f64,
+    pub concurrency: u32,
+    pub seed: u64,
+    /// Where the history, the results and the report go (and the cluster's command output).
+    pub out: PathBuf,
+    /// The cluster directory (removed at the end unless `keep_cluster`).
+    pub cluster_dir: PathBuf,
+    pub keep_cluster: bool,
+    /// Time between a heal and the next fault.
+    pub interval: Duration,
+    /// The longest a fault lasts (at least 1 s).
+    pub fault_max: Duration,
+    /// The `acre` binary that runs the cluster's commands.
+    pub acre: PathBuf,
+}
+
+/// How long the final phase waits for the cluster to settle, and for each final read.
+pub const SETTLE_MAX: Duration = Duration::from_secs(60);
+
+/// The history so far, appended to by every worker and the nemesis.
+#[derive(Clone)]
+struct Recorder {
+    ops: Arc<Mutex<Vec<Op>>>,
+    start: Instant,
+}
+
+impl Recorder {
+    fn record(&self, process: Process, kind: Kind, value: Value, error: Option<String>) {
+        let mut ops = self.ops.lock().expect("the history's lock");
+        let index = ops.len() as u64;
+        ops.push(Op {
+            index,
+            time_ns: self.start.elapsed().as_nanos() as u64,
+            process,
+            kind,
+            value,
+            error,
+        });
+    }
+
+    fn counts(&self) -> (u64, u64, u64) {
+        let ops = self.ops.lock().expect("the history's lock");
+        let count = |k: Kind| {
+            ops.iter()
+                .filter(|o| o.kind == k && o.process != Process::Nemesis)
+                .count() as u64
+        };
+        (count(Kind::Ok), count(Kind::Fail), count(Kind::Info))
+    }
+}
+
+/// What a run produced: the history, and the facts the checkers need about the workload.
+pub struct Ran {
+    pub ops: Vec<Op>,
+    /// Bank: accounts and total.
+    pub bank: Option<(u32, u64)>,
+}
+
+/// Runs `options`; `progress` gets a line every few seconds; `interrupted` ends the run early
+/// (the final phase still runs, so the history is complete).
+pub fn run(
+    options: &Options,
+    progress: &dyn Fn(&str),
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Ran, String> {
+    std::fs::create_dir_all(&options.out)
+        .map_err(|e| format!("create {}: {e}", options.out.display()))?;
+    let spec = Spec {
+        nodes: options.nodes,
+        transport: options.transport.clone(),
+        commit: options.commit.clone(),
+        lease_ms: options.lease_ms,
+        region_bytes: 64 << 20,
+        // Every worker is a client of its own, and so is the set-up's and the final reads'.
+        clients: u16::try_from(options.concurrency + 2)
+            .map_err(|_| "--concurrency is too large".to_string())?,
+    };
+    let log = options.out.join("cluster.log");
+    progress(&format!(
+        "starting {} nodes over {} in {}",
+        spec.nodes,
+        spec.transport,
+        options.cluster_dir.display()
+    ));
+    let cluster = Cluster::up(&options.acre, &options.cluster_dir, &spec, &log)?;
+    let result = run_on(options, &cluster, progress, interrupted);
+    let down = cluster.down();
+    if !options.keep_cluster {
+        let _ = std::fs::remove_dir_all(&options.cluster_dir);
+    }
+    let ran = result?;
+    down?;
+    Ok(ran)
+}
+
+fn run_on(
+    options: &Options,
+    cluster: &Cluster,
+    progress: &dyn Fn(&str),
+    interrupted: &dyn Fn() -> bool,
+) -> Result<Ran, String> {
+    let connect =
+        || Db::connect(&cluster.cluster_file()).map_err(|e| format!("connect a client: {e}"));
+    let setup = connect()?;
+    let operations = (options.rate * options.time_limit.as_secs_f64()) as u64;
+    let (workload, bank): (Arc<dyn Workload>, _) = match options.workload {
+        WorkloadName::Bank => {
+            let bank = Bank::create(&setup, 8, 100)?;
+            let facts = (bank.accounts(), bank.total());
+            (Arc::new(bank), Some(facts))
+        }
+        WorkloadName::ListAppend => (
+            Arc::new(ListAppend::create(
+                &setup,
+                ListAppend::keys_for(operations),
+            )?),
+            None,
+        ),
+        WorkloadName::Register => (Arc::new(Register::create(&setup, 8)?), None),
+    };
+    let recorder = Recorder {
+        ops: Arc::default(),
+        start: Instant::now(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut seeds = SplitMix::new(options.seed);
+    let mut workers = Vec::new();
+    let period = Duration::from_secs_f64(f64::from(options.concurrency) / options.rate.max(0.001));
+    for worker in 0..options.concurrency {
+        let db = connect()?;
+        let (workload, recorder, stop) = (workload.clone(), recorder.clone(), stop.clone());
+        let mut rng = SplitMix::new(seeds.next_u64());
+        let processes = options.concurrency;
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("jepsen-client-{worker}"))
+                .spawn(move || {
+                    let mut process = worker;
+                    // Workers start spread over one period, so invocations do not come in bursts.
+                    let mut next = Instant::now() + period.mul_f64(rng.below(1000) as f64 / 1000.0);
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        next += period;
+                        let Some(value) = workload.generate(&mut rng) else {
+                            break;
+                        };
+                        recorder.record(
+                            Process::Client(process),
+                            Kind::Invoke,
+                            value.clone(),
+                            None,
+                        );
+                        let Completion { kind, value, error } = workload.invoke(&db, &value);
+                        recorder.record(Process::Client(process), kind, value, error);
+                        if kind == Kind::Info {
+                            // The operation may still take effect: this process is done.
+                            process += processes;
+                        }
+                    }
+                })
+                .map_err(|e| format!("start a client worker: {e}"))?,
+        );
+    }
+
+    // The nemesis, on this thread.
+    let lease = Duration::from_millis(options.lease_ms);
+    let mut rng = SplitMix::new(seeds.next_u64());
+    let deadline = recorder.start + options.time_limit;
+    let mut next_fault = Instant::now() + options.interval;
+    let mut active: Option<(nemesis::Active, Instant)> = None;
+    let mut errors = Vec::new();
+    let mut last_progress = Instant::now();
+    while Instant::now() < deadline && !interrupted() {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = Instant::now();
+        if let Some((fault, until)) = &active {
+            if now >= *until {
+                if let Err(error) = nemesis::heal(cluster, fault) {
+                    errors.push(format!("heal {}: {error}", fault.fault.detail));
+                }
+                recorder.record(
+                    Process::Nemesis,
+                    Kind::Ok,
+                    Value::Fault(fault.fault.clone()),
+                    None,
+                );
+                active = None;
+                next_fault = Instant::now() + options.interval;
+            }
+        } else if !options.nemesis.is_empty() && now >= next_fault {
+            let class = options.nemesis[rng.below(options.nemesis.len() as u64) as usize];
+            match nemesis::start(cluster, class, lease, &mut rng) {
+                Ok(Some(fault)) => {
+                    recorder.record(
+                        Process::Nemesis,
+                        Kind::Invoke,
+                        Value::Fault(fault.fault.clone()),
+                        None,
+                    );
+                    let max_ms = options.fault_max.as_millis().max(1000) as u64;
+                    let lasts = Duration::from_millis(1000 + rng.below(max_ms - 999));
+                    active = Some((fault, Instant::now() + lasts));
+                }
+                Ok(None) => next_fault = now + options.interval,
+                Err(error) => {
+                    errors.push(format!("start a {class} fault: {error}"));
+                    next_fault = now + options.interval;
+                }
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            let (ok, fail, info) = recorder.counts();
+            let fault = active
+                .as_ref()
+                .map_or("none".to_string(), |(f, _)| f.fault.detail.clone());
+            progress(&format!(
+                "{:>4.0} s: ok {ok}, fail {fail}, info {info}; fault: {fault}",
+                recorder.start.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
+    // The final phase: stop the workers, heal, settle, read everything.
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    if let Some((fault, _)) = active.take() {
+        if let Err(error) = nemesis::heal(cluster, &fault) {
+            errors.push(format!("heal {}: {error}", fault.fault.detail));
+        }
+        recorder.record(
+            Process::Nemesis,
+            Kind::Ok,
+            Value::Fault(fault.fault.clone()),
+            None,
+        );
+    }
+    progress("healed; waiting for the cluster to settle");
+    settle(cluster)?;
+    progress("final reads");
+    let reader = connect()?;
+    for (i, value) in workload.final_reads().into_iter().enumerate() {
+        let process = Process::Final(i as u32);
+        let started = Instant::now();
+        loop {
+            recorder.record(process, Kind::Invoke, value.clone(), None);
+            let Completion {
+                kind,
+                value: seen,
+                error,
+            } = workload.invoke(&reader, &value);
+            recorder.record(process, kind, seen, error.clone());
+            if kind == Kind::Ok {
+                break;
+            }
+            if started.elapsed() >= SETTLE_MAX {
+                return Err(format!(
+                    "a final read did not succeed within {SETTLE_MAX:?}: {}",
+                    error.unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if !errors.is_empty() {
+        progress(&format!("nemesis errors: {}", errors.join("; ")));
+    }
+    let ops = std::mem::take(&mut *recorder.ops.lock().expect("the history's lock"));
+    Ok(Ran { ops, bank })
+}
+
+/// Waits until every member of the configuration runs and every region is active, with no
+/// configuration being installed.
+fn settle(cluster: &Cluster) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let missing = cluster.missing();
+        if !missing.is_empty() {
+            cluster.restore()?;
+        }
+        let status = cluster.status();
+        let settled = status.as_ref().is_some_and(|s| {
+            s.installing.is_none() && s.committed.regions.iter().all(|p| p.state.is_active())
+        }) && missing.is_empty();
+        if settled {
+            return Ok(());
+        }
+        if started.elapsed() >= SETTLE_MAX {
+            return Err(format!(
+                "the cluster did not settle within {SETTLE_MAX:?} (members not running: {missing:?})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

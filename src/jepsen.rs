@@ -1,0 +1,192 @@
+//! `acre jepsen`: the fault-injection harness (the `acre-jepsen` crate) on a cluster of node
+//! processes this command starts through this same binary.
+
+use acre::engine::signal::Termination;
+use acre_jepsen::history;
+use acre_jepsen::nemesis::Class;
+use acre_jepsen::run::{Options, WorkloadName};
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct JepsenArgs {
+    /// bank (transfers and full reads: the total never changes), list-append (transactions of
+    /// appends and reads, checked for strict serializability) or register (reads, writes and
+    /// compare-and-sets, checked for linearizability per register).
+    #[arg(long, default_value = "list-append")]
+    pub workload: String,
+    /// Faults, comma-separated: kill, pause, clock, bitflip (partition is not built yet), or
+    /// none.
+    #[arg(long, default_value = "kill,pause")]
+    pub nemesis: String,
+    /// Memory nodes (each also hosts a replica of the configuration manager, up to 2f+1).
+    #[arg(long, default_value_t = 5)]
+    pub nodes: u16,
+    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp"])]
+    pub transport: String,
+    #[arg(long, default_value = "one-sided", value_parser = ["messages", "one-sided"])]
+    pub commit: String,
+    /// How long the clients run: 60s, 2m, or seconds.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub time_limit: Duration,
+    /// Operations per second, all clients together.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Client workers (each a client of the cluster of its own).
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: u32,
+    /// Seed of the operations and of the faults' schedule (default: from the time).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where the history, results and report go.
+    #[arg(long, default_value = "jepsen-out")]
+    pub out: PathBuf,
+    /// The cluster directory (default /dev/shm/acre-jepsen-<pid>; removed at the end).
+    #[arg(long)]
+    pub cluster_dir: Option<PathBuf>,
+    /// Keep the cluster directory at the end (the nodes' logs and files).
+    #[arg(long)]
+    pub keep_cluster: bool,
+    /// Time between a heal and the next fault.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// The longest a fault lasts (each lasts 1 s to this, drawn from the seed).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub fault_max: Duration,
+    /// Lease between the CM and every node, in milliseconds.
+    #[arg(long, default_value_t = crate::launch::LEASE_MS_DEFAULT)]
+    pub lease_ms: u64,
+}
+
+/// `60s`, `2m`, `500ms`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration: use 60s, 2m, 500ms or a number of seconds");
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(bad()),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn options(args: &JepsenArgs) -> anyhow::Result<Options> {
+    let Some(workload) = WorkloadName::parse(&args.workload) else {
+        bail!(
+            "--workload {}: use bank, list-append or register",
+            args.workload
+        );
+    };
+    let mut nemesis = Vec::new();
+    for name in args.nemesis.split(',').map(str::trim) {
+        match name {
+            "none" | "" => {}
+            "partition" => bail!(
+                "--nemesis partition: network partitions are not built yet; use kill, pause, \
+                 clock or bitflip"
+            ),
+            _ => match Class::parse(name) {
+                Some(class) if !nemesis.contains(&class) => nemesis.push(class),
+                Some(_) => {}
+                None => bail!(
+                    "--nemesis {name}: use kill, pause, clock, bitflip or none, comma-separated"
+                ),
+            },
+        }
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency 0: at least one client is needed");
+    }
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        bail!(
+            "--rate {}: give a positive number of operations per second",
+            args.rate
+        );
+    }
+    if args.nodes < 3 {
+        bail!(
+            "--nodes {}: the harness needs at least 3 nodes, so that a fault leaves a majority",
+            args.nodes
+        );
+    }
+    if args.time_limit < Duration::from_secs(1) {
+        bail!("--time-limit: at least 1s");
+    }
+    crate::launch::check_lease_ms(args.lease_ms)?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let cluster_dir = args
+        .cluster_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/acre-jepsen-{}", std::process::id())));
+    Ok(Options {
+        workload,
+        nemesis,
+        nodes: args.nodes,
+        transport: args.transport.clone(),
+        commit: args.commit.clone(),
+        lease_ms: args.lease_ms,
+        time_limit: args.time_limit,
+        rate: args.rate,
+        concurrency: args.concurrency,
+        seed,
+        out: args.out.clone(),
+        cluster_dir,
+        keep_cluster: args.keep_cluster,
+        interval: args.interval,
+        fault_max: args.fault_max,
+        acre: std::env::current_exe().context("find the acre binary")?,
+    })
+}
+
+pub fn run(args: &JepsenArgs, termination: &Termination) -> anyhow::Result<ExitCode> {
+    let options = options(args)?;
+    let started = std::time::Instant::now();
+    let progress = |line: &str| {
+        eprintln!("jepsen {:>5.1} s: {line}", started.elapsed().as_secs_f64());
+    };
+    progress(&format!(
+        "{} with nemesis {} on {} nodes over {}, seed {}, for {:?}",
+        options.workload.name(),
+        if options.nemesis.is_empty() {
+            "none".to_string()
+        } else {
+            options
+                .nemesis
+                .iter()
+                .map(|c| c.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        options.nodes,
+        options.transport,
+        options.seed,
+        options.time_limit
+    ));
+    let ran = acre_jepsen::run::run(&options, &progress, &|| termination.requested().is_some())
+        .map_err(anyhow::Error::msg)?;
+    let history_path = options.out.join("history.jsonl");
+    let file = std::fs::File::create(&history_path)
+        .with_context(|| format!("create {}", history_path.display()))?;
+    history::write_jsonl(&ran.ops, std::io::BufWriter::new(file))
+        .with_context(|| format!("write {}", history_path.display()))?;
+    progress(&format!(
+        "{} history entries in {}",
+        ran.ops.len(),
+        history_path.display()
+    ));
+    Ok(ExitCode::SUCCESS)
+}

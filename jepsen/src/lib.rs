@@ -5,6 +5,8 @@
 //!
 //! - [`history`]: the recorded operations (`history.jsonl`), one line each.
 //! - [`results`]: what a run concludes (`results.json`): validity, anomalies, counts, faults.
+//! - [`timeline`]: a history over time: fault windows, availability, throughput and latency.
 
 pub mod history;
 pub mod results;
+pub mod timeline;

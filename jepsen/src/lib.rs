@@ -6,7 +6,9 @@
 //! - [`history`]: the recorded operations (`history.jsonl`), one line each.
 //! - [`results`]: what a run concludes (`results.json`): validity, anomalies, counts, faults.
 //! - [`timeline`]: a history over time: fault windows, availability, throughput and latency.
+//! - [`report`]: `report.html` and its charts, for a person to read a run.
 
 pub mod history;
+pub mod report;
 pub mod results;
 pub mod timeline;

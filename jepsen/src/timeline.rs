@@ -78,6 +78,17 @@ pub struct Bucket {
     pub info_per_s: f64,
 }
 
+impl Bucket {
+    /// The rate of completions with `outcome`.
+    pub fn per_s(&self, outcome: Outcome) -> f64 {
+        match outcome {
+            Outcome::Ok => self.ok_per_s,
+            Outcome::Fail => self.fail_per_s,
+            Outcome::Info => self.info_per_s,
+        }
+    }
+}
+
 /// A history read for its timing: see the module's documentation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Timeline {

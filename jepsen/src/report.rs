@@ -1,7 +1,8 @@
 //! `report.html`: a run for a person to read, beside `history.jsonl` and `results.json`.
 //!
 //! The page is one self-contained HTML file with no script; it shows the verdict and the run's
-//! settings, the operations by outcome, two charts (`latency.svg`: each client operation's
+//! settings, the operations by outcome and their latencies (p50, p99, max per operation and
+//! outcome), two charts (`latency.svg`: each client operation's
 //! latency at its invocation; `throughput.svg`: completions per second by outcome) with the
 //! fault windows shaded, the faults with the service seen during each, the findings with the
 //! checkers' explanations, the lost writes, and each checker's verdict.
@@ -14,6 +15,7 @@ use crate::results::{Counts, FaultWindow, Results};
 use crate::timeline::{self, Completion, Outcome, Timeline};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -416,6 +418,49 @@ fn counts(page: &mut String, counts: &Counts, timeline: &Timeline) {
         counts.fail,
         counts.info
     );
+    latencies(page, &timeline.completions);
+}
+
+/// Client operations' latencies by what they did and how they ended.
+fn latencies(page: &mut String, completions: &[Completion]) {
+    let mut groups: BTreeMap<(&str, Outcome), Vec<f64>> = BTreeMap::new();
+    for completion in completions {
+        groups
+            .entry((completion.f, completion.outcome))
+            .or_default()
+            .push(completion.latency_ms);
+    }
+    if groups.is_empty() {
+        return;
+    }
+    page.push_str(
+        "<table>\n<tr><th>client operation</th><th>outcome</th><th class=\"number\">count</th>\
+         <th class=\"number\">p50 (ms)</th><th class=\"number\">p99 (ms)</th>\
+         <th class=\"number\">max (ms)</th></tr>\n",
+    );
+    for ((f, outcome), mut latencies_ms) in groups {
+        latencies_ms.sort_by(f64::total_cmp);
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td class=\"{name}\">{name}</td><td class=\"number\">{}</td>\
+             <td class=\"number\">{:.2}</td><td class=\"number\">{:.2}</td>\
+             <td class=\"number\">{:.2}</td></tr>",
+            escape(f),
+            latencies_ms.len(),
+            percentile(&latencies_ms, 0.5),
+            percentile(&latencies_ms, 0.99),
+            latencies_ms[latencies_ms.len() - 1],
+            name = outcome.name(),
+        );
+    }
+    page.push_str("</table>\n");
+}
+
+/// The nearest-rank percentile `share` (0 to 1] of `sorted`, which is not empty.
+fn percentile(sorted: &[f64], share: f64) -> f64 {
+    assert!(!sorted.is_empty());
+    let rank = (share * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn faults(page: &mut String, faults: &[FaultWindow]) {
@@ -678,6 +723,90 @@ mod tests {
         assert!(page.contains("No faults were injected"), "{page}");
         assert!(page.contains("found no anomaly"), "{page}");
         assert!(page.contains("Every acknowledged write"), "{page}");
+    }
+
+    #[test]
+    fn an_empty_run_still_has_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = Results {
+            valid: true,
+            findings: Vec::new(),
+            anomalies: Default::default(),
+            lost_writes: Vec::new(),
+            verdicts: Vec::new(),
+            faults: Vec::new(),
+            ..results(&[])
+        };
+        write_report(dir.path(), &[], &results).unwrap();
+        let page = fs::read_to_string(dir.path().join("report.html")).unwrap();
+        assert!(page.contains("0 operations"), "{page}");
+        assert!(page.contains("No checker ran"), "{page}");
+        let latency = fs::read_to_string(dir.path().join("latency.svg")).unwrap();
+        assert!(latency.contains("ok (0)"), "{latency}");
+    }
+
+    #[test]
+    fn a_long_run_draws_every_nth_point_and_says_so() {
+        let write = || Value::Write { key: 1, value: 2 };
+        let ok_count = 2 * POINT_COUNT_MAX as u64 + 1;
+        let mut ops: Vec<Op> = (0..ok_count)
+            .flat_map(|n| {
+                [
+                    op(2 * n, Process::Client(0), Kind::Invoke, write()),
+                    op(2 * n + 1, Process::Client(0), Kind::Ok, write()),
+                ]
+            })
+            .collect();
+        ops.push(op(2 * ok_count, Process::Client(0), Kind::Invoke, write()));
+        ops.push(op(
+            2 * ok_count + 1,
+            Process::Client(0),
+            Kind::Fail,
+            write(),
+        ));
+        for (index, op) in ops.iter_mut().enumerate() {
+            op.index = index as u64;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write_report(dir.path(), &ops, &results(&ops)).unwrap();
+        let latency = fs::read_to_string(dir.path().join("latency.svg")).unwrap();
+        assert!(
+            latency.contains(&format!("ok ({ok_count}, 1 in 3 drawn)")),
+            "{}",
+            &latency[latency.len() - 2000..]
+        );
+        assert!(latency.contains("fail (1)"));
+        let circles = latency.matches("<circle").count();
+        // The drawn points and the legend's three markers.
+        let drawn = ok_count.div_ceil(3) as usize + 1;
+        assert_eq!(circles, drawn + 3);
+    }
+
+    #[test]
+    fn latencies_are_summed_up_per_operation_and_outcome() {
+        let mut page = String::new();
+        let completion = |f, outcome, latency_ms| Completion {
+            f,
+            outcome,
+            invoke_s: 0.0,
+            complete_s: latency_ms / 1000.0,
+            latency_ms,
+        };
+        let mut completions: Vec<Completion> = (1..=100)
+            .map(|ms| completion("transfer", Outcome::Ok, ms as f64))
+            .collect();
+        completions.push(completion("transfer", Outcome::Info, 1000.0));
+        completions.push(completion("read-balances", Outcome::Ok, 3.0));
+        latencies(&mut page, &completions);
+        let rows: Vec<&str> = page.lines().filter(|l| l.starts_with("<tr><td>")).collect();
+        assert_eq!(rows.len(), 3, "{page}");
+        assert!(rows[0].starts_with("<tr><td>read-balances</td>"), "{page}");
+        assert!(
+            rows[1].contains(">ok</td><td class=\"number\">100</td><td class=\"number\">50.00</td><td class=\"number\">99.00</td><td class=\"number\">100.00<"),
+            "{page}"
+        );
+        assert!(rows[2].contains(">info</td>"), "{page}");
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
     }
 
     #[test]

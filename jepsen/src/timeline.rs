@@ -22,7 +22,7 @@ const BUCKET_COUNT_TARGET: f64 = 300.0;
 const BUCKET_COUNT_MAX: u64 = 1_000_000;
 
 /// How an operation ended, once it ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
     /// It took effect.
     Ok,

@@ -1,11 +1,12 @@
 //! `report.html`: a run for a person to read, beside `history.jsonl` and `results.json`.
 //!
-//! The page is one self-contained HTML file with no script; it shows the verdict and the run's
-//! settings, the operations by outcome and their latencies (p50, p99, max per operation and
-//! outcome), two charts (`latency.svg`: each client operation's
-//! latency at its invocation; `throughput.svg`: completions per second by outcome) with the
-//! fault windows shaded, the faults with the service seen during each, the findings with the
-//! checkers' explanations, the lost writes, and each checker's verdict.
+//! The page is one HTML file with no script and nothing from the network (its two charts are
+//! SVG files beside it). It shows the verdict and the run's settings, the operations by
+//! outcome and their latencies (p50, p99, max per operation and outcome), two charts
+//! (`latency.svg`: each client operation's latency at its invocation; `throughput.svg`:
+//! completions per second by outcome) with the fault windows shaded, the faults with the
+//! service seen during each, the findings with the checkers' explanations, the lost writes,
+//! and each checker's verdict.
 //!
 //! The verdict, findings and fault windows come from [`Results`] (what the run concluded and
 //! `results.json` says); the charts from the history itself.

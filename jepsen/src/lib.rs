@@ -5,19 +5,25 @@
 //!
 //! - [`history`]: the recorded operations (`history.jsonl`), one line each.
 //! - [`results`]: what a run concludes (`results.json`): validity, anomalies, counts, faults.
-//! - [`cluster`] (feature `harness`): the cluster under test, driven through the `acre`
-//!   command line.
+//! - [`timeline`]: a history over time: fault windows, availability, throughput and latency.
+//!
+//! With the feature `harness` (default; without it the crate is std and serde only):
+//! - [`cluster`]: the cluster under test, driven through the `acre` command line.
 //! - [`workload`]: bank, list-append and register operations as Acre transactions.
 //! - [`nemesis`]: kill, pause, clock and bitflip faults, and their heals.
 //! - [`run`]: one run, from an empty directory to a history.
+//! - [`report`]: `report.html` and its charts, for a person to read a run.
 
 #[cfg(feature = "harness")]
 pub mod cluster;
 pub mod history;
 #[cfg(feature = "harness")]
 pub mod nemesis;
+#[cfg(feature = "harness")]
+pub mod report;
 pub mod results;
 #[cfg(feature = "harness")]
 pub mod run;
+pub mod timeline;
 #[cfg(feature = "harness")]
 pub mod workload;

@@ -138,13 +138,6 @@ enum ClusterCommand {
 }
 
 fn main() -> ExitCode {
-    // The libraries report what they handle through `tracing`; their messages go to stderr,
-    // which `acre cluster up` points at each node's `n<id>.log`.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
-        .with_target(false)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help, --version, and a command without its subcommand: clap prints the help.
@@ -169,6 +162,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The libraries report what they handle through `tracing`; their messages go to stderr,
+    // which `acre cluster up` points at each node's `n<id>.log`. The harness's clients would
+    // drown its progress lines in what each of them handles: it shows their warnings only.
+    let level = match cli.command {
+        Command::Jepsen(_) => tracing::Level::WARN,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .init();
     let result = match cli.command {
         Command::Demo(args) => watch_termination().and_then(|t| demo::demo(&args, &t)),
         Command::Bank(args) => watch_termination().and_then(|t| demo::bank(&args, &t)),

@@ -55,6 +55,10 @@ pub struct JepsenArgs {
     /// The longest a fault lasts (each lasts 1 s to this, drawn from the seed).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub fault_max: Duration,
+    /// Run each client worker's operations in a client process of its own, which the kill
+    /// nemesis may also kill (a client that dies in the middle of a commit).
+    #[arg(long)]
+    pub client_processes: bool,
     /// Lease between the CM and every node, in milliseconds.
     #[arg(long, default_value_t = crate::launch::LEASE_MS_DEFAULT)]
     pub lease_ms: u64,
@@ -149,6 +153,7 @@ fn options(args: &JepsenArgs) -> anyhow::Result<Options> {
         interval: args.interval,
         fault_max: args.fault_max,
         acre: std::env::current_exe().context("find the acre binary")?,
+        client_processes: args.client_processes,
     })
 }
 

@@ -81,6 +81,17 @@ enum Command {
     /// clock skew, damaged logs) while clients record every operation, then the history
     /// checked (exit 0: valid, 1: anomalies found, 2: bad usage or the run could not be done).
     Jepsen(jepsen::JepsenArgs),
+    /// One client process of `acre jepsen --client-processes`: runs the operations it reads on
+    /// stdin (JSON lines) against the cluster and writes their completions on stdout.
+    #[command(hide = true)]
+    JepsenClient {
+        /// The cluster file.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// The workload's objects (JSON, written by the harness).
+        #[arg(long)]
+        objects: PathBuf,
+    },
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -166,7 +177,7 @@ fn main() -> ExitCode {
     // which `acre cluster up` points at each node's `n<id>.log`. The harness's clients would
     // drown its progress lines in what each of them handles: it shows their warnings only.
     let level = match cli.command {
-        Command::Jepsen(_) => tracing::Level::WARN,
+        Command::Jepsen(_) | Command::JepsenClient { .. } => tracing::Level::WARN,
         _ => tracing::Level::INFO,
     };
     tracing_subscriber::fmt()
@@ -193,6 +204,11 @@ fn main() -> ExitCode {
         Command::Cm { cluster, id } => run_cm(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
         Command::Jepsen(args) => watch_termination().and_then(|t| jepsen::run(&args, &t)),
+        Command::JepsenClient { cluster, objects } => {
+            acre_jepsen::client::serve(&cluster, &objects)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::msg)
+        }
         Command::Bench(BenchCommand::Bank(args)) => {
             watch_termination().and_then(|t| bench::run(&args, &t))
         }

@@ -16,6 +16,7 @@ use acre_replication::cm_status::CmStatusFile;
 use acre_replication::process::process_alive;
 use acre_txn::config::Configuration;
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -39,6 +40,8 @@ pub struct Cluster {
     dir: PathBuf,
     /// Where the output of every `acre cluster` command goes (appended).
     log: PathBuf,
+    /// Memory nodes the cluster started with: a fault that took one is healed when as many run.
+    nodes: usize,
 }
 
 /// A memory node process found through its manifest.
@@ -57,6 +60,7 @@ impl Cluster {
             acre: acre.to_path_buf(),
             dir: dir.to_path_buf(),
             log: log.to_path_buf(),
+            nodes: usize::from(spec.nodes),
         };
         cluster.acre_command(&[
             "cluster",
@@ -100,6 +104,10 @@ impl Cluster {
         let errors = output
             .try_clone()
             .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let started = std::time::Instant::now();
+        let mut log = errors
+            .try_clone()
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
         let status = Command::new(&self.acre)
             .args(args)
             .stdin(Stdio::null())
@@ -107,6 +115,13 @@ impl Cluster {
             .stderr(errors)
             .status()
             .map_err(|e| format!("run {}: {e}", self.acre.display()))?;
+        // What the harness ran and how long it took, between the commands' own lines.
+        let _ = writeln!(
+            log,
+            "[jepsen] `acre {}`: {status} after {:.1} s",
+            args.join(" "),
+            started.elapsed().as_secs_f64()
+        );
         match status.code() {
             Some(0) => Ok(()),
             _ => Err(format!(
@@ -117,10 +132,12 @@ impl Cluster {
         }
     }
 
-    /// Brings back every member that is not running (`acre cluster up --dir D` on the running
-    /// cluster). Nothing missing is not an error.
+    /// Brings back every member that is not running, and a node for each one the
+    /// configuration manager removed (`acre cluster up --dir D` on the running cluster: it
+    /// restarts a member in place, and rejoins a removed node as a new one). Nothing missing
+    /// is not an error.
     pub fn restore(&self) -> Result<(), String> {
-        if self.missing().is_empty() {
+        if self.missing().is_empty() && self.processes().len() >= self.nodes {
             return Ok(());
         }
         self.acre_command(&["cluster", "up", "--dir", &self.dir.display().to_string()])
@@ -145,6 +162,11 @@ impl Cluster {
                 })
             })
             .collect()
+    }
+
+    /// Whether every member runs and as many memory nodes as the cluster started with.
+    pub fn whole(&self) -> bool {
+        self.missing().is_empty() && self.processes().len() >= self.nodes
     }
 
     /// Members of the CM's last configuration whose process does not run.

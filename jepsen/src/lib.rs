@@ -9,11 +9,14 @@
 //!
 //! With the feature `harness` (default; without it the crate is std and serde only):
 //! - [`cluster`]: the cluster under test, driven through the `acre` command line.
+//! - [`client`]: client processes (`--client-processes`), each a client of the cluster.
 //! - [`workload`]: bank, list-append and register operations as Acre transactions.
 //! - [`nemesis`]: kill, pause, clock and bitflip faults, and their heals.
 //! - [`run`]: one run, from an empty directory to a history.
 //! - [`report`]: `report.html` and its charts, for a person to read a run.
 
+#[cfg(feature = "harness")]
+pub mod client;
 #[cfg(feature = "harness")]
 pub mod cluster;
 pub mod history;

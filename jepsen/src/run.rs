@@ -13,12 +13,14 @@
 //! Everything random (operations, faults, targets, durations) comes from `seed`; the cluster's
 //! own timing does not, so a seed replays the same schedule, not the same interleaving.
 
+use crate::client::{self, ClientProcess};
 use crate::cluster::{Cluster, Spec};
-use crate::history::{Kind, Op, Process, Value};
+use crate::history::{Fault, Kind, Op, Process, Value};
 use crate::nemesis::{self, Class};
 use crate::workload::{Bank, Completion, ListAppend, Register, Workload};
 use acre_nvm_log::random::SplitMix;
 use acre_replication::db::Db;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,6 +80,9 @@ pub struct Options {
     pub fault_max: Duration,
     /// The `acre` binary that runs the cluster's commands.
     pub acre: PathBuf,
+    /// Run each client worker's operations in a client process of its own (`acre
+    /// jepsen-client`), which the kill nemesis may kill too.
+    pub client_processes: bool,
 }
 
 /// How long the final phase waits for the cluster to settle, and for each final read.
@@ -189,12 +194,38 @@ fn run_on(
         start: Instant::now(),
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let objects_file = options.out.join("objects.json");
+    if options.client_processes {
+        let objects = serde_json::to_string(&workload.objects()).map_err(|e| e.to_string())?;
+        std::fs::write(&objects_file, objects)
+            .map_err(|e| format!("write {}: {e}", objects_file.display()))?;
+    }
+    // The running client processes by worker: (pid, client id), for the kill nemesis.
+    let client_pids: Arc<Mutex<BTreeMap<u32, (u32, u32)>>> = Arc::default();
     let mut seeds = SplitMix::new(options.seed);
     let mut workers = Vec::new();
     let period = Duration::from_secs_f64(f64::from(options.concurrency) / options.rate.max(0.001));
     for worker in 0..options.concurrency {
-        let db = connect()?;
-        let (workload, recorder, stop) = (workload.clone(), recorder.clone(), stop.clone());
+        let db = if options.client_processes {
+            None
+        } else {
+            Some(connect()?)
+        };
+        let (workload, recorder, stop, client_pids) = (
+            workload.clone(),
+            recorder.clone(),
+            stop.clone(),
+            client_pids.clone(),
+        );
+        let spawn = {
+            let (acre, cluster_file, objects_file) = (
+                options.acre.clone(),
+                cluster.cluster_file(),
+                objects_file.clone(),
+            );
+            let log = options.out.join("clients.log");
+            move || ClientProcess::spawn(&acre, &cluster_file, &objects_file, &log)
+        };
         let mut rng = SplitMix::new(seeds.next_u64());
         let processes = options.concurrency;
         workers.push(
@@ -202,6 +233,7 @@ fn run_on(
                 .name(format!("jepsen-client-{worker}"))
                 .spawn(move || {
                     let mut process = worker;
+                    let mut child: Option<ClientProcess> = None;
                     // Workers start spread over one period, so invocations do not come in bursts.
                     let mut next = Instant::now() + period.mul_f64(rng.below(1000) as f64 / 1000.0);
                     while !stop.load(Ordering::Relaxed) {
@@ -218,13 +250,43 @@ fn run_on(
                             value.clone(),
                             None,
                         );
-                        let Completion { kind, value, error } = workload.invoke(&db, &value);
+                        let Completion { kind, value, error } = match &db {
+                            Some(db) => workload.invoke(db, &value),
+                            None => {
+                                if child.is_none() {
+                                    child = spawn()
+                                        .inspect(|c| {
+                                            client_pids
+                                                .lock()
+                                                .expect("the pids' lock")
+                                                .insert(worker, (c.pid(), c.client));
+                                        })
+                                        .inspect_err(|e| eprintln!("jepsen: {e}"))
+                                        .ok();
+                                }
+                                match child.as_mut().map(|c| c.invoke(&value)) {
+                                    Some(Ok(completion)) => completion,
+                                    Some(Err(error)) => {
+                                        client_pids.lock().expect("the pids' lock").remove(&worker);
+                                        child = None;
+                                        client::lost(&value, error)
+                                    }
+                                    // Nothing was sent: the operation did not happen.
+                                    None => Completion {
+                                        kind: Kind::Fail,
+                                        value,
+                                        error: Some("no client process could be started".into()),
+                                    },
+                                }
+                            }
+                        };
                         recorder.record(Process::Client(process), kind, value, error);
                         if kind == Kind::Info {
                             // The operation may still take effect: this process is done.
                             process += processes;
                         }
                     }
+                    client_pids.lock().expect("the pids' lock").remove(&worker);
                 })
                 .map_err(|e| format!("start a client worker: {e}"))?,
         );
@@ -257,6 +319,33 @@ fn run_on(
             }
         } else if !options.nemesis.is_empty() && now >= next_fault {
             let class = options.nemesis[rng.below(options.nemesis.len() as u64) as usize];
+            let pids: Vec<(u32, u32)> = client_pids
+                .lock()
+                .expect("the pids' lock")
+                .values()
+                .copied()
+                .collect();
+            if class == Class::Kill && !pids.is_empty() && rng.below(4) == 0 {
+                // A client process killed in the middle of whatever it does; its worker starts
+                // another for its next operation, so the fault heals itself.
+                let (pid, client) = pids[rng.below(pids.len() as u64) as usize];
+                let fault = Fault {
+                    class: "kill".into(),
+                    targets: vec![client],
+                    detail: format!("SIGKILL of client n{client} (pid {pid})"),
+                };
+                if acre_engine::signal::kill(pid).is_ok() {
+                    recorder.record(
+                        Process::Nemesis,
+                        Kind::Invoke,
+                        Value::Fault(fault.clone()),
+                        None,
+                    );
+                    recorder.record(Process::Nemesis, Kind::Ok, Value::Fault(fault), None);
+                }
+                next_fault = now + options.interval;
+                continue;
+            }
             match nemesis::start(cluster, class, lease, &mut rng) {
                 Ok(Some(fault)) => {
                     recorder.record(
@@ -343,21 +432,35 @@ fn run_on(
 /// configuration being installed.
 fn settle(cluster: &Cluster) -> Result<(), String> {
     let started = Instant::now();
+    let mut restore_error = None;
     loop {
         let missing = cluster.missing();
-        if !missing.is_empty() {
-            cluster.restore()?;
+        let whole = cluster.whole();
+        if !whole {
+            // A restore that fails (the CM could not answer yet, or removed a node the
+            // restore meant to restart in place) is tried again until the end.
+            restore_error = cluster.restore().err();
         }
         let status = cluster.status();
         let settled = status.as_ref().is_some_and(|s| {
             s.installing.is_none() && s.committed.regions.iter().all(|p| p.state.is_active())
-        }) && missing.is_empty();
+        }) && whole;
         if settled {
             return Ok(());
         }
         if started.elapsed() >= SETTLE_MAX {
+            let unsettled: Vec<String> = status
+                .iter()
+                .flat_map(|s| s.committed.regions.iter())
+                .filter(|p| !p.state.is_active())
+                .map(|p| format!("{} {}", p.region, p.state.name()))
+                .collect();
             return Err(format!(
-                "the cluster did not settle within {SETTLE_MAX:?} (members not running: {missing:?})"
+                "the cluster did not settle within {SETTLE_MAX:?}: members not running: \
+                 {missing:?}; regions not active: {unsettled:?}; a configuration being \
+                 installed: {}; last restore: {}",
+                status.as_ref().is_some_and(|s| s.installing.is_some()),
+                restore_error.as_deref().unwrap_or("none failed")
             ));
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 /// How long a worker asks what became of a transaction whose commit was indeterminate.
 pub const OUTCOME_WAIT: Duration = Duration::from_secs(5);
 
-/// How one operation ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How one operation ended (also what a client process reports, as one JSON line).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Completion {
     pub kind: Kind,
     pub value: Value,
@@ -128,6 +128,40 @@ pub trait Workload: Send + Sync {
     fn invoke(&self, db: &Db, value: &Value) -> Completion;
     /// The reads to invoke at the end, once every fault is healed.
     fn final_reads(&self) -> Vec<Value>;
+    /// The workload's objects, so that a client process can invoke its operations
+    /// ([`Objects::workload`]).
+    fn objects(&self) -> Objects;
+}
+
+/// A workload's objects, as the harness hands them to its client processes (a JSON file).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "workload", rename_all = "kebab-case")]
+pub enum Objects {
+    Bank { accounts: Vec<u64>, initial: u64 },
+    ListAppend { keys: Vec<u64> },
+    Register { registers: Vec<u64> },
+}
+
+impl Objects {
+    /// The workload over these objects, for invoking operations only (a client process's:
+    /// the harness generates them).
+    pub fn workload(&self) -> Box<dyn Workload> {
+        let addrs = |words: &[u64]| words.iter().map(|&w| Addr::from_u64(w)).collect();
+        match self {
+            Objects::Bank { accounts, initial } => Box::new(Bank {
+                accounts: addrs(accounts),
+                initial: *initial,
+            }),
+            Objects::ListAppend { keys } => Box::new(ListAppend::over(addrs(keys))),
+            Objects::Register { registers } => Box::new(Register {
+                registers: addrs(registers),
+            }),
+        }
+    }
+}
+
+fn words(addrs: &[Addr]) -> Vec<u64> {
+    addrs.iter().map(|a| a.to_u64()).collect()
 }
 
 /// Allocates `count` objects of `len` bytes, each holding `initial(i)`, in transactions of up
@@ -235,6 +269,13 @@ impl Workload for Bank {
         }
     }
 
+    fn objects(&self) -> Objects {
+        Objects::Bank {
+            accounts: words(&self.accounts),
+            initial: self.initial,
+        }
+    }
+
     fn final_reads(&self) -> Vec<Value> {
         vec![Value::ReadBalances { balances: None }]
     }
@@ -265,14 +306,18 @@ impl ListAppend {
     /// `keys`: the pool; the run stops appending once every key is retired.
     pub fn create(db: &Db, keys: usize) -> Result<ListAppend, String> {
         let keys = allocate(db, keys.max(ACTIVE_KEYS), 8 * LIST_CAPACITY, |_| Vec::new())?;
+        Ok(ListAppend::over(keys))
+    }
+
+    fn over(keys: Vec<Addr>) -> ListAppend {
         let active = (0..ACTIVE_KEYS as u64).map(|k| (k, 0)).collect();
-        Ok(ListAppend {
+        ListAppend {
             keys,
             generator: Mutex::new(ListGenerator {
                 active,
                 next_key: ACTIVE_KEYS as u64,
             }),
-        })
+        }
     }
 
     /// Keys for a run of `operations` transactions.
@@ -348,6 +393,12 @@ impl Workload for ListAppend {
             Ok(Body::Commit(done))
         });
         complete(value.clone(), result, |ops| Value::Txn { ops })
+    }
+
+    fn objects(&self) -> Objects {
+        Objects::ListAppend {
+            keys: words(&self.keys),
+        }
     }
 
     fn final_reads(&self) -> Vec<Value> {
@@ -446,6 +497,12 @@ impl Workload for Register {
                 complete(value.clone(), result, |()| value.clone())
             }
             ref other => panic!("the register workload got {other:?}"),
+        }
+    }
+
+    fn objects(&self) -> Objects {
+        Objects::Register {
+            registers: words(&self.registers),
         }
     }
 

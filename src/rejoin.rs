@@ -89,11 +89,31 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    if !missing.members.is_empty() || !missing.cms.is_empty() {
-        launch::restart(dir, &file, &missing.members, &missing.cms)?;
-    }
     let mut out = crate::output::stdout();
-    for &node in &missing.removed {
+    let mut removed = missing.removed.clone();
+    if (!missing.members.is_empty() || !missing.cms.is_empty())
+        && let Err(error) = launch::restart(dir, &file, &missing.members, &missing.cms)
+    {
+        // The CM may have removed a dead member between the look above and the restart
+        // request (its lease ran out meanwhile): that node now rejoins as a new one. Any
+        // other failure stands.
+        let now = self::missing(dir, &file)?;
+        let overtaken = removed_meanwhile(&missing, &now);
+        if overtaken.is_empty() {
+            return Err(error);
+        }
+        writeln!(
+            out,
+            "{error:#}: the CM removed {} meanwhile",
+            overtaken
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        removed = now.removed;
+    }
+    for &node in &removed {
         let retired = retire(dir, node)?;
         writeln!(
             out,
@@ -119,6 +139,14 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
 /// that its id is never used again, and so does its manifest: a process that starts links to
 /// every CM replica and waits for each one's addresses there, a dead one's included (a Raft
 /// voter's address, dialled in vain until it comes back). Returns the directory.
+/// The members `before` meant to restart in place that `now` finds removed by the CM.
+fn removed_meanwhile(before: &Missing, now: &Missing) -> Vec<NodeId> {
+    (before.members.iter())
+        .filter(|node| now.removed.contains(node))
+        .copied()
+        .collect()
+}
+
 pub fn retire(dir: &Path, node: NodeId) -> anyhow::Result<PathBuf> {
     let retired = dir.join(RETIRED_DIR).join(node.to_string());
     std::fs::create_dir_all(&retired).with_context(|| format!("create {}", retired.display()))?;
@@ -139,6 +167,21 @@ pub fn retire(dir: &Path, node: NodeId) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_removed_while_its_restart_was_asked_for_is_found_removed_meanwhile() {
+        let before = Missing {
+            members: vec![NodeId(1), NodeId(3)],
+            ..Missing::default()
+        };
+        let now = Missing {
+            members: vec![NodeId(3)],
+            removed: vec![NodeId(1), NodeId(7)],
+            ..Missing::default()
+        };
+        assert_eq!(removed_meanwhile(&before, &now), vec![NodeId(1)]);
+        assert!(removed_meanwhile(&before, &before).is_empty());
+    }
 
     #[test]
     fn retire_moves_the_node_s_files_and_only_them() {

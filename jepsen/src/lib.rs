@@ -5,6 +5,8 @@
 //!
 //! - [`history`]: the recorded operations (`history.jsonl`), one line each.
 //! - [`results`]: what a run concludes (`results.json`): validity, anomalies, counts, faults.
+//! - [`check`]: the checkers, from a history to verdicts, findings and lost writes.
 
+pub mod check;
 pub mod history;
 pub mod results;

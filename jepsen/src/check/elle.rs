@@ -1,6 +1,7 @@
-//! An Elle-style serializability checker for list-append histories, built on std alone so it can
-//! move to a Jepsen-style harness crate unchanged (its tests draw their random histories from
-//! the workspace's generator, `acre_nvm_log::random`).
+//! An Elle-style serializability checker for list-append histories, on std alone: it knows
+//! nothing of Acre, so the same code checks the fault-injection harness's histories and
+//! acre-replication's in-process list-append tests (its own tests draw their random histories
+//! from the workspace's generator, `acre_nvm_log::random`, a dev-dependency).
 //!
 //! Why list-append: every read returns the whole list, so a read reveals the order in which the
 //! appends before it were installed. From the longest read of each key the checker recovers that

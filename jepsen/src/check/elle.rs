@@ -39,9 +39,14 @@ pub struct TxnRecord {
     /// When the client began the transaction, in nanoseconds since an origin common to the
     /// whole history.
     pub start_ns: u64,
-    /// When the client saw the commit succeed, on the same clock.
+    /// When the client saw the commit succeed, on the same clock; [`END_UNKNOWN`] for a
+    /// transaction whose client never learned the outcome (it may have committed at any time
+    /// after its start, so real time orders nothing after it).
     pub end_ns: u64,
 }
+
+/// The end of a transaction whose outcome its client never learned (`info` in a history).
+pub const END_UNKNOWN: u64 = u64::MAX;
 
 /// What the checker is given: the committed transactions, and the appends of transactions known
 /// to have aborted (so a read of one is G1a rather than a value from nowhere).
@@ -256,7 +261,11 @@ impl fmt::Display for Step {
 
 impl fmt::Display for TxnRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "T{} [{}..{} ns]:", self.id, self.start_ns, self.end_ns)?;
+        if self.end_ns == END_UNKNOWN {
+            write!(f, "T{} [{} ns.., outcome unknown]:", self.id, self.start_ns)?;
+        } else {
+            write!(f, "T{} [{}..{} ns]:", self.id, self.start_ns, self.end_ns)?;
+        }
         for op in &self.ops {
             match op {
                 MicroOp::Append { key, value } => write!(f, " append({key}, {value})")?,

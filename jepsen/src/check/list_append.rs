@@ -444,6 +444,23 @@ mod tests {
     }
 
     #[test]
+    fn an_info_txn_may_commit_after_its_client_gave_up() {
+        // T0's client gave up on it before T2 began, and T2 does not see its append, which T4
+        // does: T0 committed after T2, which real time allows as T0 has no known end.
+        let mut history = Builder::default();
+        run(&mut history, 0, Kind::Info, &[append(1, 5)]);
+        run(&mut history, 1, Kind::Ok, &[read(1, &[])]);
+        run(&mut history, 1, Kind::Ok, &[read(1, &[5])]);
+        let checked = checked(&history);
+        assert!(checked.valid(), "{checked:#?}");
+        // Acknowledged instead, T0 ended before T2 began: T2's read is stale.
+        let mut ops = history.ops.clone();
+        ops[1].kind = Kind::Ok;
+        let checked = check_history(&Workload::ListAppend, &ops);
+        assert_eq!(elle_classes(&checked), ["realtime"], "{checked:#?}");
+    }
+
+    #[test]
     fn a_stale_final_read_seen_elsewhere_is_a_realtime_cycle_and_a_lost_write() {
         let mut history = Builder::default();
         run(&mut history, 0, Kind::Ok, &[append(1, 1)]);

@@ -467,6 +467,17 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_never_took_effect() {
+        let mut history = Builder::default();
+        history.run(0, Kind::Fail, write(1, 1), write(1, 1));
+        history.run(1, Kind::Ok, read(1, None), read(1, None));
+        assert!(checked(&history).valid());
+        history.run(1, Kind::Ok, read(1, None), read(1, Some(1)));
+        let checked = checked(&history);
+        assert_eq!(checked.classes(), ["nonlinearizable"], "{checked:#?}");
+    }
+
+    #[test]
     fn an_acknowledged_write_missing_from_the_final_read_is_lost() {
         let mut history = Builder::default();
         history.run(0, Kind::Ok, write(1, 1), write(1, 1));

@@ -164,6 +164,124 @@ mod tests {
         Value::Txn { ops: micros }
     }
 
+    #[cfg(feature = "adya")]
+    mod cross_check {
+        use super::super::cross_check;
+        use crate::check::test_history::{Builder, Drop, corrupt_a_read, random_list_append};
+        use crate::check::{Checked, Workload, check};
+        use crate::history::{Kind, Micro, Op, Value};
+        use acre_nvm_log::random::{Replay, SplitMix, for_each_seed};
+
+        fn verdict<'c>(checked: &'c Checked, checker: &str) -> &'c crate::results::Verdict {
+            let found = checked.verdicts.iter().find(|v| v.checker == checker);
+            found.unwrap_or_else(|| panic!("no {checker} verdict in {checked:#?}"))
+        }
+
+        /// Write skew between two transactions whose appends a final read shows.
+        fn write_skew() -> Vec<Op> {
+            let txn = |micros: Vec<Micro>| Value::Txn { ops: micros };
+            let mut history = Builder::default();
+            let first = vec![
+                Micro::Read {
+                    key: 1,
+                    list: Some(vec![]),
+                },
+                Micro::Append { key: 2, value: 1 },
+            ];
+            let second = vec![
+                Micro::Read {
+                    key: 2,
+                    list: Some(vec![]),
+                },
+                Micro::Append { key: 1, value: 1 },
+            ];
+            history.invoke(0, txn(first.clone()));
+            history.invoke(1, txn(second.clone()));
+            history.complete(0, Kind::Ok, txn(first));
+            history.complete(1, Kind::Ok, txn(second));
+            let reads = vec![
+                Micro::Read {
+                    key: 1,
+                    list: Some(vec![1]),
+                },
+                Micro::Read {
+                    key: 2,
+                    list: Some(vec![1]),
+                },
+            ];
+            history.final_read(0, txn(reads.clone()), txn(reads));
+            history.ops
+        }
+
+        #[test]
+        fn adya_finds_what_elle_finds() {
+            let checked = check(&Workload::ListAppend, &write_skew());
+            assert!(!verdict(&checked, "adya").valid, "{checked:#?}");
+            let adya_classes: Vec<&str> = checked
+                .findings
+                .iter()
+                .filter(|f| f.checker == "adya")
+                .map(|f| f.class.as_str())
+                .collect();
+            assert_eq!(adya_classes, ["G2-item"], "{checked:#?}");
+        }
+
+        #[test]
+        fn a_disagreement_is_a_finding_and_makes_the_run_invalid() {
+            // adya finds write skew where (as if) elle found nothing ...
+            let (verdict, findings) = cross_check(&write_skew(), true);
+            assert!(!verdict.valid, "{verdict:?}");
+            let disagreement = findings
+                .iter()
+                .find(|f| f.class == "checker-disagreement")
+                .unwrap_or_else(|| panic!("no disagreement in {findings:#?}"));
+            assert!(
+                disagreement
+                    .text
+                    .starts_with("adya finds the history invalid and elle finds it valid"),
+                "{disagreement:?}"
+            );
+            // ... and finds nothing where (as if) elle found something.
+            let (verdict, findings) = cross_check(&random_list_append(1, 30), false);
+            assert!(!verdict.valid, "{verdict:?}");
+            assert_eq!(findings.len(), 1, "{findings:#?}");
+            assert_eq!(findings[0].class, "checker-disagreement");
+        }
+
+        #[test]
+        fn adya_and_elle_agree_on_random_histories() {
+            // Stale reads: some are still valid (the dropped element's transaction overlaps
+            // the reader), the others cycles through real time or rw edges.
+            let (mut valid_count, mut invalid_count) = (0, 0);
+            for_each_seed(40, Replay::Exact, |seed| {
+                let ops = random_list_append(seed, 60);
+                let checked = check(&Workload::ListAppend, &ops);
+                assert!(checked.valid(), "seed={seed}\n{checked:#?}");
+                for drop in [Drop::Last, Drop::Any] {
+                    let mut ops = ops.clone();
+                    let mut rng = SplitMix::new(seed);
+                    let Some(corruption) = corrupt_a_read(&mut ops, &mut rng, drop) else {
+                        continue;
+                    };
+                    let checked = check(&Workload::ListAppend, &ops);
+                    assert!(
+                        !checked.classes().contains(&"checker-disagreement"),
+                        "seed={seed} {corruption}\n{checked:#?}"
+                    );
+                    if verdict(&checked, "elle").valid {
+                        valid_count += 1;
+                    } else {
+                        invalid_count += 1;
+                    }
+                }
+            });
+            assert!(
+                valid_count > 5 && invalid_count > 10,
+                "valid_count={valid_count} invalid_count={invalid_count}"
+            );
+        }
+    }
+
     #[test]
     fn the_elle_form_names_its_fields_as_elle_does() {
         let mut history = Builder::default();

@@ -240,8 +240,9 @@ pub fn check(ops: &[Op], operations: &[Operation<'_>]) -> Checked {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::test_history::Builder;
+    use crate::check::test_history::{Builder, Drop, corrupt_a_read, random_list_append};
     use crate::check::{Workload, check as check_history};
+    use acre_nvm_log::random::{Replay, SplitMix, for_each_seed};
 
     fn append(key: u64, value: u64) -> Micro {
         Micro::Append { key, value }
@@ -468,6 +469,36 @@ mod tests {
         ops[1].kind = Kind::Ok;
         let checked = check_history(&Workload::ListAppend, &ops);
         assert_eq!(elle_classes(&checked), ["realtime"], "{checked:#?}");
+    }
+
+    #[test]
+    fn random_strictly_serializable_histories_are_valid() {
+        for_each_seed(40, Replay::Exact, |seed| {
+            let ops = random_list_append(seed, 60);
+            let checked = check_history(&Workload::ListAppend, &ops);
+            assert!(checked.valid(), "seed={seed}\n{checked:#?}");
+        });
+    }
+
+    #[test]
+    fn a_final_read_missing_an_acknowledged_append_is_caught() {
+        let mut tested_count = 0;
+        for_each_seed(40, Replay::Exact, |seed| {
+            let mut ops = random_list_append(seed, 60);
+            let mut rng = SplitMix::new(seed);
+            let Some(corruption) = corrupt_a_read(&mut ops, &mut rng, Drop::AcknowledgedFinal)
+            else {
+                return;
+            };
+            let checked = check_history(&Workload::ListAppend, &ops);
+            assert_eq!(
+                checked.lost_writes.len(),
+                1,
+                "seed={seed} {corruption}\n{checked:#?}"
+            );
+            tested_count += 1;
+        });
+        assert!(tested_count > 0, "no seed's final read showed an append");
     }
 
     #[test]

@@ -226,7 +226,9 @@ pub fn operations(ops: &[Op]) -> Result<Vec<Operation<'_>>, String> {
 /// Builders of histories for the checkers' tests.
 #[cfg(test)]
 pub(crate) mod test_history {
-    use crate::history::{Kind, Op, Process, Value};
+    use crate::history::{Kind, Micro, Op, Process, Value};
+    use acre_nvm_log::random::SplitMix;
+    use std::collections::BTreeMap;
 
     /// Appends entries one at a time, each 1 ms after the last.
     #[derive(Default)]
@@ -269,6 +271,190 @@ pub(crate) mod test_history {
             self.push(Process::Final(reader), Kind::Ok, completed);
             index
         }
+    }
+
+    /// Where a client of [`random_list_append`] is.
+    enum Slot {
+        Idle,
+        /// Invoked, not yet run: it may still fail or be given up on.
+        Invoked(Vec<Micro>),
+        /// Ran atomically against the model (its reads filled in), not yet completed.
+        Ran(Vec<Micro>),
+    }
+
+    /// A list-append history of `txn_count` transactions from a few clients, each run
+    /// atomically at one instant between its invocation and its completion against a model
+    /// of the lists, so strictly serializable by construction; some fail before running, some
+    /// end `info` before or after running (their client takes a fresh process number), and one
+    /// final read of every key ends it.
+    pub fn random_list_append(seed: u64, txn_count: u64) -> Vec<Op> {
+        const CLIENT_COUNT: u64 = 4;
+        const KEY_COUNT: u64 = 4;
+        let mut rng = SplitMix::new(seed);
+        let mut lists: BTreeMap<u64, Vec<u64>> = (0..KEY_COUNT).map(|k| (k, vec![])).collect();
+        let mut next_value = 1;
+        let mut history = Builder::default();
+        let mut slots: Vec<(u32, Slot)> =
+            (0..CLIENT_COUNT as u32).map(|n| (n, Slot::Idle)).collect();
+        let mut next_process = CLIENT_COUNT as u32;
+        let mut started_count = 0;
+        let txn = |micros: &[Micro]| Value::Txn {
+            ops: micros.to_vec(),
+        };
+        while started_count < txn_count || slots.iter().any(|(_, s)| !matches!(s, Slot::Idle)) {
+            let slot_index = rng.below(CLIENT_COUNT) as usize;
+            let (process, slot) = &mut slots[slot_index];
+            let process = *process;
+            let mut gave_up = false;
+            match std::mem::replace(slot, Slot::Idle) {
+                Slot::Idle if started_count < txn_count => {
+                    let micros: Vec<Micro> = (0..=rng.below(3))
+                        .map(|_| {
+                            let key = rng.below(KEY_COUNT);
+                            if rng.below(2) == 0 {
+                                Micro::Read { key, list: None }
+                            } else {
+                                next_value += 1;
+                                Micro::Append {
+                                    key,
+                                    value: next_value,
+                                }
+                            }
+                        })
+                        .collect();
+                    history.invoke(process, txn(&micros));
+                    started_count += 1;
+                    *slot = Slot::Invoked(micros);
+                }
+                Slot::Idle => {}
+                Slot::Invoked(micros) => match rng.below(16) {
+                    0 | 1 => {
+                        history.complete(process, Kind::Fail, txn(&micros));
+                    }
+                    2 => {
+                        history.complete(process, Kind::Info, txn(&micros));
+                        gave_up = true;
+                    }
+                    _ => {
+                        let ran = micros
+                            .into_iter()
+                            .map(|micro| match micro {
+                                Micro::Read { key, .. } => Micro::Read {
+                                    key,
+                                    list: Some(lists[&key].clone()),
+                                },
+                                Micro::Append { key, value } => {
+                                    lists.entry(key).or_default().push(value);
+                                    Micro::Append { key, value }
+                                }
+                            })
+                            .collect();
+                        *slot = Slot::Ran(ran);
+                    }
+                },
+                Slot::Ran(micros) => {
+                    if rng.below(10) == 0 {
+                        history.complete(process, Kind::Info, txn(&micros));
+                        gave_up = true;
+                    } else {
+                        history.complete(process, Kind::Ok, txn(&micros));
+                    }
+                }
+            }
+            if gave_up {
+                slots[slot_index].0 = next_process;
+                next_process += 1;
+            }
+        }
+        let reads: Vec<Micro> = (0..KEY_COUNT)
+            .map(|key| Micro::Read { key, list: None })
+            .collect();
+        let finals: Vec<Micro> = lists
+            .iter()
+            .map(|(&key, list)| Micro::Read {
+                key,
+                list: Some(list.clone()),
+            })
+            .collect();
+        history.final_read(0, txn(&reads), txn(&finals));
+        history.ops
+    }
+
+    /// Which element [`corrupt_a_read`] may drop.
+    // `Any` and `Last` serve the adya cross-check's tests only.
+    #[cfg_attr(not(feature = "adya"), allow(dead_code))]
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub enum Drop {
+        /// Any element of any `ok` read.
+        Any,
+        /// The last element of an `ok` read: a stale read, which may still be valid when the
+        /// element's transaction overlaps the reader.
+        Last,
+        /// An element of the final read that an `ok` transaction appended: a lost write.
+        AcknowledgedFinal,
+    }
+
+    /// Drops one element (which, `drop` says) from one `ok` read, and says which; `None` when
+    /// there is no such element.
+    pub fn corrupt_a_read(ops: &mut [Op], rng: &mut SplitMix, drop: Drop) -> Option<String> {
+        let acknowledged_final = drop == Drop::AcknowledgedFinal;
+        let mut acknowledged = std::collections::HashSet::new();
+        for op in ops.iter().filter(|op| op.kind == Kind::Ok) {
+            if let Value::Txn { ops: micros } = &op.value {
+                for micro in micros {
+                    if let Micro::Append { key, value } = micro {
+                        acknowledged.insert((*key, *value));
+                    }
+                }
+            }
+        }
+        let mut candidates = Vec::new();
+        for (position, op) in ops.iter().enumerate() {
+            let is_final = matches!(op.process, Process::Final(_));
+            if op.kind != Kind::Ok || (acknowledged_final && !is_final) {
+                continue;
+            }
+            let Value::Txn { ops: micros } = &op.value else {
+                continue;
+            };
+            for (micro_index, micro) in micros.iter().enumerate() {
+                let Micro::Read {
+                    key,
+                    list: Some(list),
+                } = micro
+                else {
+                    continue;
+                };
+                for (element_index, value) in list.iter().enumerate() {
+                    let last = element_index + 1 == list.len();
+                    let fits = match drop {
+                        Drop::Any => true,
+                        Drop::Last => last,
+                        Drop::AcknowledgedFinal => acknowledged.contains(&(*key, *value)),
+                    };
+                    if fits {
+                        candidates.push((position, micro_index, element_index));
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let (position, micro_index, element_index) =
+            candidates[rng.below(candidates.len() as u64) as usize];
+        let Value::Txn { ops: micros } = &mut ops[position].value else {
+            unreachable!("a candidate is a transaction");
+        };
+        let Micro::Read {
+            key,
+            list: Some(list),
+        } = &mut micros[micro_index]
+        else {
+            unreachable!("a candidate is a read with a list");
+        };
+        let dropped = list.remove(element_index);
+        Some(format!("entry {position} read key {key} without {dropped}"))
     }
 }
 

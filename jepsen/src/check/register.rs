@@ -376,6 +376,7 @@ mod tests {
     use super::*;
     use crate::check::test_history::Builder;
     use crate::check::{Workload, check as check_history};
+    use acre_nvm_log::random::{Replay, SplitMix, for_each_seed};
 
     fn read(key: u64, value: Option<u64>) -> Value {
         Value::Read { key, value }
@@ -467,6 +468,21 @@ mod tests {
     }
 
     #[test]
+    fn an_acknowledged_cas_found_the_value_it_expected() {
+        let mut history = Builder::default();
+        history.run(0, Kind::Ok, write(1, 1), write(1, 1));
+        history.run(0, Kind::Ok, cas(1, 2, 3), cas(1, 2, 3));
+        let checked = checked(&history);
+        assert_eq!(checked.classes(), ["nonlinearizable"], "{checked:#?}");
+        assert!(
+            checked.findings[0]
+                .text
+                .contains("op 2 (cas of key 1 from 2 to 3; client 0"),
+            "{checked:#?}"
+        );
+    }
+
+    #[test]
     fn a_failed_write_never_took_effect() {
         let mut history = Builder::default();
         history.run(0, Kind::Fail, write(1, 1), write(1, 1));
@@ -499,6 +515,126 @@ mod tests {
             text.contains("ended last: op 2 (cas of key 1 from 1 to 2; client 0"),
             "{text}"
         );
+    }
+
+    /// A register history from a few clients over two keys, each operation taking effect at
+    /// one instant between its invocation and its completion against a model, so
+    /// linearizable by construction: writes and compare-and-sets may fail before they run
+    /// (and a compare-and-set that finds another value fails), any operation may end `info`
+    /// before or after it runs, and a final read of each key ends it.
+    fn random_registers(seed: u64, op_count: u64) -> Vec<crate::history::Op> {
+        const CLIENT_COUNT: u64 = 3;
+        const KEY_COUNT: u64 = 2;
+        /// Few values, so that compare-and-sets often find the value they expect.
+        const VALUE_COUNT: u64 = 4;
+        let mut rng = SplitMix::new(seed);
+        let mut registers: Vec<Option<u64>> = vec![None; KEY_COUNT as usize];
+        let mut history = Builder::default();
+        /// A client's operation: invoked and not run, or run (its completion's kind and value).
+        enum Pending {
+            Invoked(Value),
+            Ran(Kind, Value),
+        }
+        let mut clients: Vec<(u32, Option<Pending>)> =
+            (0..CLIENT_COUNT as u32).map(|n| (n, None)).collect();
+        let mut next_process = CLIENT_COUNT as u32;
+        let mut started_count = 0;
+        while started_count < op_count || clients.iter().any(|(_, op)| op.is_some()) {
+            let client = &mut clients[rng.below(CLIENT_COUNT) as usize];
+            let process = client.0;
+            let mut gave_up = false;
+            match client.1.take() {
+                None if started_count < op_count => {
+                    let key = rng.below(KEY_COUNT);
+                    let value = match rng.below(3) {
+                        0 => read(key, None),
+                        1 => write(key, rng.below(VALUE_COUNT)),
+                        _ => cas(key, rng.below(VALUE_COUNT), rng.below(VALUE_COUNT)),
+                    };
+                    history.invoke(process, value.clone());
+                    started_count += 1;
+                    client.1 = Some(Pending::Invoked(value));
+                }
+                None => {}
+                Some(Pending::Invoked(invoked)) => match rng.below(12) {
+                    0 if !matches!(invoked, Value::Read { .. }) => {
+                        history.complete(process, Kind::Fail, invoked);
+                    }
+                    1 => {
+                        history.complete(process, Kind::Info, invoked);
+                        gave_up = true;
+                    }
+                    _ => {
+                        let ran = match invoked {
+                            Value::Read { key, .. } => {
+                                (Kind::Ok, read(key, registers[key as usize]))
+                            }
+                            Value::Write { key, value } => {
+                                registers[key as usize] = Some(value);
+                                (Kind::Ok, invoked)
+                            }
+                            Value::Cas { key, from, to } => {
+                                if registers[key as usize] == Some(from) {
+                                    registers[key as usize] = Some(to);
+                                    (Kind::Ok, invoked)
+                                } else {
+                                    (Kind::Fail, invoked)
+                                }
+                            }
+                            _ => unreachable!("only register operations are invoked"),
+                        };
+                        client.1 = Some(Pending::Ran(ran.0, ran.1));
+                    }
+                },
+                Some(Pending::Ran(kind, value)) => {
+                    if rng.below(10) == 0 {
+                        history.complete(process, Kind::Info, value);
+                        gave_up = true;
+                    } else {
+                        history.complete(process, kind, value);
+                    }
+                }
+            }
+            if gave_up {
+                client.0 = next_process;
+                next_process += 1;
+            }
+        }
+        for key in 0..KEY_COUNT {
+            history.final_read(0, read(key, None), read(key, registers[key as usize]));
+        }
+        history.ops
+    }
+
+    #[test]
+    fn random_linearizable_histories_are_valid() {
+        for_each_seed(40, Replay::Exact, |seed| {
+            let ops = random_registers(seed, 80);
+            let checked = check_history(&Workload::Register, &ops);
+            assert!(checked.valid(), "seed={seed}\n{checked:#?}");
+        });
+    }
+
+    #[test]
+    fn a_read_of_a_value_never_written_is_caught() {
+        for_each_seed(40, Replay::Exact, |seed| {
+            let mut ops = random_registers(seed, 80);
+            let mut rng = SplitMix::new(seed);
+            let reads: Vec<usize> = (0..ops.len())
+                .filter(|&i| ops[i].kind == Kind::Ok && matches!(ops[i].value, Value::Read { .. }))
+                .collect();
+            let position = reads[rng.below(reads.len() as u64) as usize];
+            let Value::Read { value, .. } = &mut ops[position].value else {
+                unreachable!("a read was chosen");
+            };
+            *value = Some(1000);
+            let checked = check_history(&Workload::Register, &ops);
+            // (A final read so changed is a lost write as well.)
+            assert!(
+                checked.classes().contains(&"nonlinearizable"),
+                "seed={seed} entry {position}\n{checked:#?}"
+            );
+        });
     }
 
     #[test]

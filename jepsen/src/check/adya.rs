@@ -18,6 +18,12 @@
 use crate::history::{Kind, Micro, Op, Process, Value};
 use serde_json::{Value as Json, json};
 
+/// The `elle` anomaly classes that adya 0.1 does not judge, left out of the comparison: a
+/// value no transaction appended (adya reports nothing), and a value appended twice (adya
+/// calls the history undecidable and leaves that out of its verdict). Both still make the run
+/// invalid through `elle`.
+pub const NOT_JUDGED_BY_ADYA: &[&str] = &["garbage", "duplicate-append"];
+
 /// Final reader `n` is process `FINAL_PROCESS_BASE + n` in Elle's form.
 pub const FINAL_PROCESS_BASE: i64 = 1_000_000_000;
 
@@ -77,9 +83,9 @@ pub fn elle_json(ops: &[Op]) -> String {
 }
 
 /// adya's verdict on the list-append history `ops` (strict serializability), and its findings:
-/// its anomalies, and a `checker-disagreement` when `elle_valid` says otherwise. adya's
-/// "unknown" (too little to go on, or a search that timed out) counts as no objection, with a
-/// note.
+/// its anomalies, and a `checker-disagreement` when `elle_valid` (whether `elle` found no
+/// anomaly outside [`NOT_JUDGED_BY_ADYA`]) says otherwise. adya's "unknown" (too little to go
+/// on, or a search that timed out) counts as no objection, with a note.
 #[cfg(feature = "adya")]
 pub fn cross_check(
     ops: &[Op],
@@ -211,6 +217,27 @@ mod tests {
             ];
             history.final_read(0, txn(reads.clone()), txn(reads));
             history.ops
+        }
+
+        #[test]
+        fn what_adya_does_not_judge_is_no_disagreement() {
+            // A value nobody appended: elle calls it garbage, adya 0.1 sees nothing wrong.
+            let txn = |micros: Vec<Micro>| Value::Txn { ops: micros };
+            let mut history = Builder::default();
+            let append = vec![Micro::Append { key: 1, value: 1 }];
+            history.run(0, Kind::Ok, txn(append.clone()), txn(append));
+            let read = vec![
+                Micro::Read {
+                    key: 1,
+                    list: Some(vec![1, 9]),
+                },
+                Micro::Append { key: 2, value: 3 },
+            ];
+            history.run(1, Kind::Ok, txn(read.clone()), txn(read));
+            let checked = check(&Workload::ListAppend, &history.ops);
+            assert!(!checked.valid(), "{checked:#?}");
+            assert_eq!(checked.classes(), ["garbage"], "{checked:#?}");
+            assert!(verdict(&checked, "adya").valid, "{checked:#?}");
         }
 
         #[test]

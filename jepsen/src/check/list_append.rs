@@ -228,7 +228,11 @@ pub fn check(ops: &[Op], operations: &[Operation<'_>]) -> Checked {
 
     #[cfg(feature = "adya")]
     {
-        let (verdict, findings) = super::adya::cross_check(ops, report.is_valid());
+        let elle_valid = report
+            .anomalies
+            .iter()
+            .all(|anomaly| super::adya::NOT_JUDGED_BY_ADYA.contains(&anomaly.class()));
+        let (verdict, findings) = super::adya::cross_check(ops, elle_valid);
         checked.verdicts.push(verdict);
         checked.findings.extend(findings);
     }

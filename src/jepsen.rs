@@ -2,9 +2,11 @@
 //! processes this command starts through this same binary.
 
 use acre::engine::signal::Termination;
-use acre_jepsen::history;
 use acre_jepsen::nemesis::Class;
+use acre_jepsen::results::Results;
 use acre_jepsen::run::{Options, WorkloadName};
+use acre_jepsen::timeline::Timeline;
+use acre_jepsen::{check, history, report};
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -189,9 +191,106 @@ pub fn run(args: &JepsenArgs, termination: &Termination) -> anyhow::Result<ExitC
     history::write_jsonl(&ran.ops, std::io::BufWriter::new(file))
         .with_context(|| format!("write {}", history_path.display()))?;
     progress(&format!(
-        "{} history entries in {}",
+        "{} history entries in {}; checking",
         ran.ops.len(),
         history_path.display()
     ));
-    Ok(ExitCode::SUCCESS)
+    let workload = match (options.workload, ran.bank) {
+        (WorkloadName::Bank, Some((accounts, total))) => check::Workload::Bank { accounts, total },
+        (WorkloadName::Bank, None) => bail!("the bank run reported no accounts"),
+        (WorkloadName::ListAppend, _) => check::Workload::ListAppend,
+        (WorkloadName::Register, _) => check::Workload::Register,
+    };
+    let checked = check::check(&workload, &ran.ops);
+    let timeline = Timeline::of(&ran.ops).context("read the history as a timeline")?;
+    let results = Results {
+        valid: checked.valid(),
+        workload: workload.name().into(),
+        nemesis: options
+            .nemesis
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect(),
+        transport: options.transport.clone(),
+        nodes: u32::from(options.nodes),
+        seed: options.seed,
+        time_limit_s: options.time_limit.as_secs_f64(),
+        counts: timeline.counts,
+        anomalies: checked.anomaly_counts(),
+        findings: checked.findings.clone(),
+        lost_writes: checked.lost_writes.clone(),
+        verdicts: checked.verdicts.clone(),
+        faults: timeline.faults.clone(),
+    };
+    report::write_results(&options.out, &results)
+        .with_context(|| format!("write results.json in {}", options.out.display()))?;
+    report::write_report(&options.out, &ran.ops, &results)
+        .with_context(|| format!("write report.html in {}", options.out.display()))?;
+    print_summary(&results, &options.out);
+    Ok(if results.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The verdict and the figures, on stdout.
+fn print_summary(results: &Results, out: &std::path::Path) {
+    let c = results.counts;
+    println!(
+        "{}: {} with nemesis {} on {} nodes over {}, seed {}",
+        if results.valid {
+            "valid"
+        } else {
+            "ANOMALIES FOUND"
+        },
+        results.workload,
+        if results.nemesis.is_empty() {
+            "none".to_string()
+        } else {
+            results.nemesis.join(",")
+        },
+        results.nodes,
+        results.transport,
+        results.seed
+    );
+    println!("operations: {} ok, {} fail, {} info", c.ok, c.fail, c.info);
+    for verdict in &results.verdicts {
+        println!(
+            "  {:<12} {}{}",
+            verdict.checker,
+            if verdict.valid { "valid" } else { "INVALID" },
+            if verdict.notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", verdict.notes.join("; "))
+            }
+        );
+    }
+    for (class, count) in &results.anomalies {
+        println!("  anomaly {class}: {count}");
+    }
+    for lost in results.lost_writes.iter().take(10) {
+        println!("  lost: {lost}");
+    }
+    for fault in &results.faults {
+        println!(
+            "  fault {:>6.1}-{:<6} {}: availability {}, recovered after {}",
+            fault.start_s,
+            fault
+                .stop_s
+                .map_or("end".to_string(), |s| format!("{s:.1} s")),
+            fault.detail,
+            fault
+                .availability
+                .map_or("-".to_string(), |a| format!("{:.0}%", 100.0 * a)),
+            fault
+                .recovered_after_s
+                .map_or("-".to_string(), |s| format!("{s:.2} s")),
+        );
+    }
+    println!(
+        "history, results and report: {}",
+        out.join("report.html").display()
+    );
 }

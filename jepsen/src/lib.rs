@@ -6,6 +6,7 @@
 //! - [`history`]: the recorded operations (`history.jsonl`), one line each.
 //! - [`results`]: what a run concludes (`results.json`): validity, anomalies, counts, faults.
 //! - [`timeline`]: a history over time: fault windows, availability, throughput and latency.
+//! - [`check`]: the checkers, from a history to verdicts, findings and lost writes.
 //!
 //! With the feature `harness` (default; without it the crate is std and serde only):
 //! - [`cluster`]: the cluster under test, driven through the `acre` command line.
@@ -15,6 +16,7 @@
 //! - [`run`]: one run, from an empty directory to a history.
 //! - [`report`]: `report.html` and its charts, for a person to read a run.
 
+pub mod check;
 #[cfg(feature = "harness")]
 pub mod client;
 #[cfg(feature = "harness")]

@@ -12,11 +12,11 @@
 //! A transaction that follows a root to a freed object, or to another key's list, has read an
 //! inconsistent state: it must not commit, and the workload fails the test if it does.
 
-use crate::elle::{self, EdgeKind, History, MicroOp, TxnRecord};
 use crate::fixture::{self, three_nodes};
 use crate::shm_cluster::ShmCluster;
 use acre_engine::addr::Addr;
 use acre_engine::slab::SlabAllocator;
+use acre_jepsen::check::elle::{self, EdgeKind, History, MicroOp, TxnRecord};
 use acre_nvm_log::random::{ConcurrentSeed, SplitMix};
 use acre_replication::EmbeddedCluster;
 use acre_txn::record::TxnId;

@@ -5,7 +5,6 @@
 mod bank;
 mod clients;
 mod cm_follow;
-mod elle;
 mod faults;
 mod fixture;
 mod index;

@@ -43,7 +43,6 @@
 //! `ACRE_TEST_SEED=<seed>` runs that one seed; [`SEED_COUNT_ENV`] raises the number of seeds a
 //! run tries (a soak). `ACRE_TEST_COMMIT` pins the commit mode, as for every test here.
 
-use crate::elle::{self, History, MicroOp, TxnRecord};
 use crate::fixture::{self, BLOCK_BYTES, REGION_BYTES, RING_BYTES, create};
 use crate::list_append::{
     self, Failure, Followed, KEY_COUNT, Planned, VALUES_PER_THREAD, attempt, check_allocators,
@@ -53,6 +52,7 @@ use acre_cm::lease::LEASE_DEFAULT;
 use acre_cm::remap::{Copied, after_failure, after_recovery};
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::object::LOCK_BIT;
+use acre_jepsen::check::elle::{self, History, MicroOp, TxnRecord};
 use acre_nvm_log::random::{SEED_ENV, SplitMix, pinned_seed};
 use acre_replication::EmbeddedCluster;
 use acre_txn::config::CommitMode;

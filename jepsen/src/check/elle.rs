@@ -1,11 +1,13 @@
-//! An Elle-style serializability checker for list-append histories, built on std alone so it can
-//! move to a Jepsen-style harness crate unchanged (its tests draw their random histories from
-//! the workspace's generator, `acre_nvm_log::random`).
+//! An Elle-style serializability checker for list-append histories, on std alone: it knows
+//! nothing of Acre, so the same code checks the fault-injection harness's histories and
+//! acre-replication's in-process list-append tests (its own tests draw their random histories
+//! from the workspace's generator, `acre_nvm_log::random`, a dev-dependency).
 //!
 //! Why list-append: every read returns the whole list, so a read reveals the order in which the
 //! appends before it were installed. From the longest read of each key the checker recovers that
 //! key's version order, builds the dependency graph between committed transactions (ww, wr, rw
-//! and, for strict serializability, real-time edges) and reports its cycles under Adya's names:
+//! and, for strict serializability, real-time edges; a committed append no read shows comes
+//! after every element the longest read shows) and reports its cycles under Adya's names:
 //! G0 (ww only), G1c (ww and wr), G-single (exactly one rw), G2 (two or more rw), and a separate
 //! real-time class for cycles that exist only because of real-time order. Some anomalies need no
 //! cycle and are reported directly: G1a (a read saw an aborted append), G1b (a read saw another
@@ -38,9 +40,14 @@ pub struct TxnRecord {
     /// When the client began the transaction, in nanoseconds since an origin common to the
     /// whole history.
     pub start_ns: u64,
-    /// When the client saw the commit succeed, on the same clock.
+    /// When the client saw the commit succeed, on the same clock; [`END_UNKNOWN`] for a
+    /// transaction whose client never learned the outcome (it may have committed at any time
+    /// after its start, so real time orders nothing after it).
     pub end_ns: u64,
 }
+
+/// The end of a transaction whose outcome its client never learned (`info` in a history).
+pub const END_UNKNOWN: u64 = u64::MAX;
 
 /// What the checker is given: the committed transactions, and the appends of transactions known
 /// to have aborted (so a read of one is G1a rather than a value from nowhere).
@@ -81,14 +88,24 @@ pub enum Why {
     },
     /// `from` ended at `end_ns`, before `to` started at `start_ns`.
     Realtime { end_ns: u64, start_ns: u64 },
+    /// `from` appended `last`, the last element of `key`'s longest read, and `to` appended
+    /// `value`, which no read shows: committed, it comes after every element a read shows.
+    WwUnseen { key: u64, last: u64, value: u64 },
+    /// `from` read `key` as its longest list (ending with `seen`; `None`: empty), without
+    /// `value`, which `to` appended and no read shows.
+    RwUnseen {
+        key: u64,
+        seen: Option<u64>,
+        value: u64,
+    },
 }
 
 impl Why {
     pub fn kind(&self) -> EdgeKind {
         match self {
-            Why::Ww { .. } => EdgeKind::Ww,
+            Why::Ww { .. } | Why::WwUnseen { .. } => EdgeKind::Ww,
             Why::Wr { .. } => EdgeKind::Wr,
-            Why::Rw { .. } => EdgeKind::Rw,
+            Why::Rw { .. } | Why::RwUnseen { .. } => EdgeKind::Rw,
             Why::Realtime { .. } => EdgeKind::Realtime,
         }
     }
@@ -244,6 +261,17 @@ impl fmt::Display for Step {
                  element {next}",
                 fmt_seen(seen)
             ),
+            Why::WwUnseen { key, last, value } => write!(
+                f,
+                "T{from} -ww-> T{to}: T{from} appended {last}, the last element any read of key \
+                 {key} shows, and T{to} appended {value}, which no read shows, so after it"
+            ),
+            Why::RwUnseen { key, seen, value } => write!(
+                f,
+                "T{from} -rw-> T{to}: T{from} read key {key} {}, its longest read, without \
+                 {value}, which T{to} appended and no read shows",
+                fmt_seen(seen)
+            ),
             Why::Realtime { end_ns, start_ns } => write!(
                 f,
                 "T{from} -rt-> T{to}: T{from} ended at {end_ns} ns, before T{to} started at \
@@ -255,7 +283,11 @@ impl fmt::Display for Step {
 
 impl fmt::Display for TxnRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "T{} [{}..{} ns]:", self.id, self.start_ns, self.end_ns)?;
+        if self.end_ns == END_UNKNOWN {
+            write!(f, "T{} [{} ns.., outcome unknown]:", self.id, self.start_ns)?;
+        } else {
+            write!(f, "T{} [{}..{} ns]:", self.id, self.start_ns, self.end_ns)?;
+        }
         for op in &self.ops {
             match op {
                 MicroOp::Append { key, value } => write!(f, " append({key}, {value})")?,
@@ -768,8 +800,7 @@ pub fn check(history: &History, strict: bool) -> Report {
         {
             add(writer, read.txn_index, Why::Wr { key, value });
         }
-        // Appends that no read observed have no known place in the order, so they get no rw
-        // edge: the checker only reports what the reads prove.
+        // Appends that no read observed get their edges below.
         let order = orders[&key];
         if order.starts_with(read.list)
             && let Some(&next) = order.get(read.list.len())
@@ -777,6 +808,35 @@ pub fn check(history: &History, strict: bool) -> Report {
         {
             let seen = read.list.last().copied();
             add(read.txn_index, writer, Why::Rw { key, seen, next });
+        }
+    }
+    // A committed append that no read shows still comes after every element of its key's
+    // longest read: the transaction that read it committed without seeing the append. Its
+    // place among the other unseen appends is unknown, so it is ordered after the last element
+    // seen (ww) and after the reads of the whole longest list (rw), and nothing else.
+    let seen: HashSet<(u64, u64)> = reads_by_key
+        .values()
+        .flatten()
+        .flat_map(|read| read.list.iter().map(|&value| (read.key, value)))
+        .collect();
+    let mut unseen: Vec<(u64, u64, usize)> = appender
+        .iter()
+        .filter(|&(&(key, value), _)| orders.contains_key(&key) && !seen.contains(&(key, value)))
+        .map(|(&(key, value), &writer)| (key, value, writer))
+        .collect();
+    unseen.sort_unstable();
+    for (key, value, writer) in unseen {
+        let order = orders[&key];
+        if let Some(&last) = order.last()
+            && let Some(&last_writer) = appender.get(&(key, last))
+        {
+            add(last_writer, writer, Why::WwUnseen { key, last, value });
+        }
+        for read in &reads_by_key[&key] {
+            if read.list == order {
+                let seen = order.last().copied();
+                add(read.txn_index, writer, Why::RwUnseen { key, seen, value });
+            }
         }
     }
     if strict {
@@ -989,6 +1049,41 @@ mod tests {
             vec![read(1, &[1]), read(2, &[1])],
         ]);
         assert_classes(&history, &["G2"], &["G2"]);
+    }
+
+    #[test]
+    fn appends_no_read_shows_come_after_the_longest_read() {
+        // Write skew where neither append is ever read: each transaction read, as the whole
+        // list, the key the other appended to, so each committed before the other's append.
+        let history = concurrent(vec![
+            vec![read(1, &[]), append(2, 1)],
+            vec![read(2, &[]), append(1, 1)],
+        ]);
+        assert_classes(&history, &["G2"], &["G2"]);
+        let report = check(&history, false);
+        assert!(
+            report.to_string().contains(
+                "T1 -rw-> T2: T1 read key 1 empty, its longest read, without 1, which T2 \
+                 appended and no read shows"
+            ),
+            "{report}"
+        );
+        // Lost update: T2 and T3 both read [1] and appended, and T4's read shows only T2's
+        // append: T3's must come after it, yet T3 read the list without it.
+        let history = concurrent(vec![
+            vec![append(1, 1)],
+            vec![read(1, &[1]), append(1, 2)],
+            vec![read(1, &[1]), append(1, 3), append(2, 1)],
+            vec![read(1, &[1, 2]), read(2, &[])],
+        ]);
+        let report = check(&history, false);
+        assert_eq!(report.classes(), ["G-single"], "{report}");
+        assert!(
+            report
+                .to_string()
+                .contains("T2 -ww-> T3: T2 appended 2, the last element any read of key 1 shows"),
+            "{report}"
+        );
     }
 
     #[test]

@@ -83,9 +83,10 @@ pub struct UpArgs {
     /// silent for this long is suspected and removed from the configuration.
     #[arg(long, default_value_t = LEASE_MS_DEFAULT)]
     pub lease_ms: u64,
-    /// Give every node process a clock control file (`n<id>.clock` in the directory) before
-    /// it starts, through which another process can skew that node's clock: what `acre
-    /// jepsen`'s clock nemesis does. Nodes started later (`add-node`) run on the system clock.
+    /// Give every node and standalone CM process a clock control file (`n<id>.clock` in the
+    /// directory) before it starts, through which another process can skew that process's
+    /// clock: what `acre jepsen`'s clock nemesis does. Nodes started later (`add-node`) run on
+    /// the system clock.
     #[arg(long)]
     pub clock_control: bool,
 }
@@ -299,7 +300,13 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     }
     file.write(&file_path)?;
     if args.clock_control {
-        for &node in &file.config.nodes {
+        for node in file
+            .config
+            .nodes
+            .iter()
+            .copied()
+            .chain(file.standalone_cms())
+        {
             let path = acre::engine::clock::control_file_path(dir, node);
             acre::engine::clock::ClockControlFile::create(&path)
                 .with_context(|| format!("create {}", path.display()))?;
@@ -421,7 +428,7 @@ pub(crate) fn restart(
             .with_context(|| format!("remove the manifest {node}'s stopped process left"))?;
     }
     let mut children = Vec::new();
-    let restarted = (|| -> anyhow::Result<cluster::CmStatusFile> {
+    let restarted = (|| -> anyhow::Result<Option<cluster::CmStatusFile>> {
         for &node in &nodes {
             children.push((
                 node,
@@ -438,6 +445,17 @@ pub(crate) fn restart(
             Some(status.to_string())
         })?;
         let running = began.elapsed();
+        if nodes.is_empty() {
+            // Only standalone CM replicas: they rejoin their Raft group by themselves, and no
+            // memory node's data changes hands, so there is no restart configuration to ask.
+            writeln!(
+                out,
+                "  {} running again after {:.0} ms",
+                node_list(cms),
+                running.as_secs_f64() * 1e3
+            )?;
+            return Ok(None);
+        }
         writeln!(
             out,
             "  processes running after {:.0} ms; asking the CM for the restart configuration",
@@ -488,10 +506,11 @@ pub(crate) fn restart(
                     .iter()
                     .all(|p| p.state != acre::txn::RegionState::Blocked)
         })?;
-        Ok(status)
+        Ok(Some(status))
     })();
     let status = match restarted {
-        Ok(status) => status,
+        Ok(Some(status)) => status,
+        Ok(None) => return Ok(ExitCode::SUCCESS),
         Err(error) => {
             // Stop what this restart started; the processes that ran before run on.
             if whole {

@@ -20,6 +20,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Standalone CM processes (`acre cm`): the configuration manager runs apart from the memory
+/// nodes, so that a memory node the CM removes and that rejoins as a new node takes no CM
+/// replica with it; a CM process that dies restarts in place under its id.
+pub const CM_PROCESSES: u16 = 3;
+
 /// How the cluster is built.
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -52,9 +57,9 @@ pub struct NodeProcess {
 }
 
 impl Cluster {
-    /// Starts a cluster with a configuration manager in every node's process (2f+1 of them, at
-    /// most the nodes) and a clock control file per node, so the clock nemesis can skew each
-    /// node's clock. `log` receives the commands' output.
+    /// Starts a cluster with its configuration manager in [`CM_PROCESSES`] standalone
+    /// processes and a clock control file per process, so the clock nemesis can skew each
+    /// one's clock. `log` receives the commands' output.
     pub fn up(acre: &Path, dir: &Path, spec: &Spec, log: &Path) -> Result<Cluster, String> {
         let cluster = Cluster {
             acre: acre.to_path_buf(),
@@ -79,6 +84,8 @@ impl Cluster {
             &spec.region_bytes.to_string(),
             "--clients",
             &spec.clients.to_string(),
+            "--cm-processes",
+            &CM_PROCESSES.to_string(),
             "--clock-control",
         ])?;
         Ok(cluster)
@@ -137,7 +144,7 @@ impl Cluster {
     /// restarts a member in place, and rejoins a removed node as a new one). Nothing missing
     /// is not an error.
     pub fn restore(&self) -> Result<(), String> {
-        if self.missing().is_empty() && self.processes().len() >= self.nodes {
+        if self.whole() {
             return Ok(());
         }
         self.acre_command(&["cluster", "up", "--dir", &self.dir.display().to_string()])
@@ -164,9 +171,30 @@ impl Cluster {
             .collect()
     }
 
-    /// Whether every member runs and as many memory nodes as the cluster started with.
+    /// Whether every member runs, as many memory nodes as the cluster started with, and every
+    /// CM process.
     pub fn whole(&self) -> bool {
-        self.missing().is_empty() && self.processes().len() >= self.nodes
+        self.missing().is_empty()
+            && self.processes().len() >= self.nodes
+            && self.cm_processes().len() >= usize::from(CM_PROCESSES)
+    }
+
+    /// The standalone CM processes that run now.
+    pub fn cm_processes(&self) -> Vec<NodeProcess> {
+        NodeManifest::list(&self.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|node| {
+                let manifest = NodeManifest::read(&self.dir, node).ok()??;
+                (manifest.areas.is_empty()
+                    && manifest.cm_link.is_some()
+                    && process_alive(manifest.pid))
+                .then_some(NodeProcess {
+                    node,
+                    pid: manifest.pid,
+                })
+            })
+            .collect()
     }
 
     /// Members of the CM's last configuration whose process does not run.

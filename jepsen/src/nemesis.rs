@@ -15,7 +15,8 @@
 //!   recovered from the senders and replicas); healed as a kill.
 //!
 //! Targets, drawn per fault: one node, a node that is the primary of a region, a minority
-//! (fewer than half of the members), or the configuration manager's leader.
+//! (fewer than half of the members), or the configuration manager's leader (a standalone CM
+//! process, restarted in place by the heal).
 
 use crate::cluster::Cluster;
 use crate::history::Fault;
@@ -121,10 +122,17 @@ fn targets(cluster: &Cluster, aim: Aim, rng: &mut SplitMix) -> Vec<NodeId> {
             }
             chosen
         }
-        Aim::Leader => match cluster.status() {
-            Some(status) if members.contains(&status.leader) => vec![status.leader],
-            _ => pick(&members, rng).into_iter().collect(),
-        },
+        Aim::Leader => {
+            let cms: Vec<NodeId> = cluster.cm_processes().iter().map(|p| p.node).collect();
+            match cluster.status() {
+                Some(status)
+                    if cms.contains(&status.leader) || members.contains(&status.leader) =>
+                {
+                    vec![status.leader]
+                }
+                _ => pick(&cms, rng).into_iter().collect(),
+            }
+        }
     };
     let mut chosen: Vec<NodeId> = chosen;
     chosen.sort();

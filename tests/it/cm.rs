@@ -755,6 +755,35 @@ fn standalone_cm_processes_run_the_cm_and_the_bank_commits() {
     }
 }
 
+/// kill -9 of a standalone CM process, then `acre cluster up` on the running cluster: the
+/// process starts again under its id (no memory node restarted, so no restart configuration
+/// is asked for), and the CM group is whole again.
+#[test]
+fn a_killed_standalone_cm_process_comes_back_through_cluster_up() {
+    let cluster = CmCluster::up("standalone-back", &["--nodes", "3", "--cm-processes", "3"]);
+    let before = cluster.status();
+    let victim = before.leader;
+    cluster.kill(victim);
+    cluster.wait_for("a new CM leader", |s| s.leader != victim);
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(up.status.success(), "{}", text(&up));
+    let manifest = NodeManifest::read(&cluster.dir, victim)
+        .expect("read the manifest")
+        .expect("the restarted CM process publishes a manifest");
+    assert!(
+        acre::cluster::process_alive(manifest.pid),
+        "{victim} runs again"
+    );
+    assert_eq!(cluster.status().committed.nodes, before.committed.nodes);
+    let again = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "nothing is missing: {}",
+        text(&again)
+    );
+}
+
 /// kill -9 of the standalone CM leader: another standalone replica leads within a bounded
 /// time, and no memory node is suspected (the dead leader holds no lease); a memory node
 /// killed afterwards is removed by the new CM, and the regions whose primary survived commit.

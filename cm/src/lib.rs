@@ -44,7 +44,7 @@ pub use group::{
     TransferError,
 };
 pub use replica::{
-    CmReplica, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
+    CmReplica, Membership, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
 };
 pub use state::{CmState, Rejection};
 pub use storage::{CmStorage, Durability, StorageError, StorageOptions};

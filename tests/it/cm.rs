@@ -952,6 +952,82 @@ fn a_node_the_cm_removed_rejoins_as_a_new_node_through_cluster_up() {
     assert!(text(&again).contains("already running"), "{}", text(&again));
 }
 
+/// kill -9 of a node hosting a CM replica (not the leader), on 4 nodes with the CM on n1-n3:
+/// the CM removes it, then replaces its Raft replica with n4's through Raft's membership change
+/// (a learner caught up, the dead voter removed, the learner promoted) and names n4 in
+/// `cm_replicas`. `acre cluster up` brings the killed node back as a new node. Then a second
+/// original replica is killed: the group {the leader, the other, n4} still has a majority, so
+/// the CM removes it too (without the replacement, the leader alone of {n1, n2, n3} could commit
+/// nothing), and the rejoined node's replica takes its place.
+#[test]
+fn a_cm_replica_whose_node_was_removed_is_replaced_and_a_second_loss_leaves_a_majority() {
+    let cluster = CmCluster::up("replace", &["--nodes", "4", "--f", "1", "--cm", "3"]);
+    let leader = cluster.status().leader;
+    let originals: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let first = *originals.iter().find(|&&n| n != leader).unwrap();
+    cluster.kill(first);
+    let replaced = cluster.wait_for("n4 named a CM replica in first's place", |s| {
+        !s.committed.nodes.contains(&first)
+            && !s.committed.cm_replicas.contains(&first)
+            && s.committed.cm_replicas.contains(&NodeId(4))
+    });
+    assert_eq!(replaced.committed.cm_replicas.len(), 3, "{replaced:?}");
+    assert!(
+        cluster.dir.join("cm-n4").join("state").exists(),
+        "n4 runs a replica with its own Raft files"
+    );
+    assert!(
+        replaced
+            .history
+            .iter()
+            .any(|r| r.cause.starts_with("CM replicas")),
+        "{:?}",
+        replaced.history
+    );
+
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(
+        String::from_utf8_lossy(&up.stdout).contains("rejoins as a new node"),
+        "{}",
+        text(&up)
+    );
+    let rejoined = cluster.wait_for("the killed node back as a new node", |s| {
+        s.committed.nodes.len() == 4
+    });
+    let newcomer = *rejoined
+        .committed
+        .nodes
+        .iter()
+        .find(|&&n| n.0 > 4)
+        .unwrap_or_else(|| panic!("{rejoined:?}"));
+    assert!(
+        !rejoined.committed.cm_replicas.contains(&newcomer),
+        "the group is full again: the newcomer hosts no replica ({rejoined:?})"
+    );
+
+    // A second original replica, not the acting CM.
+    let acting = cluster.status().leader;
+    let second = *originals
+        .iter()
+        .find(|&&n| n != first && n != acting)
+        .unwrap();
+    cluster.kill(second);
+    let after = cluster.wait_for("the second victim removed", |s| {
+        !s.committed.nodes.contains(&second)
+    });
+    assert!(
+        after
+            .history
+            .iter()
+            .any(|r| r.cause == format!("failure of {second}")),
+        "{after:?}"
+    );
+    cluster.wait_for("the newcomer named a CM replica in second's place", |s| {
+        s.committed.cm_replicas.contains(&newcomer) && !s.committed.cm_replicas.contains(&second)
+    });
+}
+
 /// kill -9 of two of the CM's three replicas at once, its leader among them: no majority is
 /// left, so nothing removes them and the cluster stands still. `acre cluster up` restarts them
 /// in place from their region copies and logs, at new addresses (ephemeral ports), while the

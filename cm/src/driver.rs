@@ -70,6 +70,17 @@
 //! (`copied`, [`crate::member::Adopter::copied`]) and the same change: a report of a copy in a
 //! region whose `copying` list does not name the sender is ignored.
 //!
+//! # Joining the group
+//!
+//! A process that hosts no replica but may become one ([`Source::Joinable`]: every memory node,
+//! since the leader replaces a replica whose node left with a memory node's,
+//! [`crate::replacement`]) reads the links' inbox itself until a Raft message arrives: only a
+//! leader that added this node to the group sends it one (ids are never reused). The driver
+//! then hands the inbox to its [`Join`], which starts the replica ([`CmGroup::join`]: empty, it
+//! learns the group from the leader's snapshot) and returns its seat; from then on the driver
+//! runs as in a process that hosted a replica from its start, and takes the manager's role if
+//! its replica leads one day.
+//!
 //! # Leadership moving
 //!
 //! A replica that becomes leader installs a configuration naming itself CM; handing the lease

@@ -20,6 +20,16 @@
 //! why node 0 cannot host a CM replica, and using the node id itself means a raft message's
 //! `from` can be checked against the node its link proved without a table.
 //!
+//! # Membership
+//!
+//! The group's voters are what Raft applied ([`CmStatus::voters`], [`CmStatus::learners`]),
+//! changed one conf change at a time by the leader ([`CmGroup::propose_conf_change`], decided by
+//! [`crate::replacement`]); [`GroupOptions::voters`] only seeds a new group's storage. Raft
+//! messages are taken from the group's voters and learners only, and a replica that joins
+//! ([`CmGroup::join`]: the leader added its node, and the process starts it when the leader's
+//! first message arrives) takes them from any node its links authenticated until the leader's
+//! snapshot tells it the membership.
+//!
 //! # Threads
 //!
 //! One thread per group, named `cm-group-<node>`. It blocks in [`Inbox::recv_timeout`] until

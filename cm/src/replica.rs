@@ -486,10 +486,15 @@ impl CmReplica {
         };
         match applied {
             Ok(conf_state) => {
+                let sorted = |ids: &[u64]| {
+                    let mut ids = ids.to_vec();
+                    ids.sort_unstable();
+                    ids
+                };
                 tracing::info!(
                     index = entry.index,
-                    voters = ?conf_state.voters,
-                    learners = ?conf_state.learners,
+                    voters = ?sorted(&conf_state.voters),
+                    learners = ?sorted(&conf_state.learners),
                     "CM group membership changed"
                 );
                 self.raw.mut_store().set_conf_state(conf_state);

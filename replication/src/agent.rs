@@ -15,7 +15,10 @@
 //! - In the processes of the configuration's `cm_replicas`, a **CM replica**
 //!   ([`acre_cm::CmGroup`], its Raft files under `cm-n<id>/` in the cluster directory). A
 //!   replica's process waits (at most [`PEERS_WAIT`]) for the other replicas' manifests before it
-//!   starts its replica, since Raft needs every voter's address.
+//!   starts its replica, since Raft needs every voter's address. Any other memory node starts
+//!   one at run time, with its housekeeping thread, when the group's leader adds it to replace
+//!   a replica whose node left ([`acre_cm::replacement`], [`acre_cm::driver::Source::Joinable`]);
+//!   its CM addresses are in its manifest already, where the others look them up.
 //! - The **driver** ([`acre_cm::driver::CmDriver`]): the node's member of the reconfiguration
 //!   protocol, and the CM's manager while its replica leads. Its adopter is the
 //!   [`ProcessNode`]: NEW-CONFIG is [`ProcessNode::adopt`], NEW-CONFIG-COMMIT
@@ -31,7 +34,10 @@
 //!   links once its manifest names its address, and forgets removed ones; and, while its
 //!   replica leads and a configuration is committed, writes the CM status file
 //!   ([`crate::cm_status`]) and answers the requests to the CM ([`crate::cm_request`]:
-//!   `acre cluster add-node` and `remove-node`, a client's new region).
+//!   `acre cluster add-node` and `remove-node`, a client's new region); and, while it acts as
+//!   CM with nothing being distributed, takes the next step of replacing a replica whose node
+//!   left ([`acre_cm::replacement::next_step`]: a Raft conf change, or the configuration that
+//!   names the new voters).
 //!
 //! # What a standalone CM replica runs
 //!

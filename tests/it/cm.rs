@@ -961,7 +961,30 @@ fn a_node_the_cm_removed_rejoins_as_a_new_node_through_cluster_up() {
 /// nothing), and the rejoined node's replica takes its place.
 #[test]
 fn a_cm_replica_whose_node_was_removed_is_replaced_and_a_second_loss_leaves_a_majority() {
-    let cluster = CmCluster::up("replace", &["--nodes", "4", "--f", "1", "--cm", "3"]);
+    replace_a_cm_replica("shm");
+}
+
+/// As over shm: the removed node is fenced by the members' NIC threads, not killed by the CM,
+/// and nothing else differs for the group.
+#[test]
+fn a_cm_replica_whose_node_was_removed_is_replaced_over_tcp() {
+    replace_a_cm_replica("tcp");
+}
+
+fn replace_a_cm_replica(transport: &str) {
+    let cluster = CmCluster::up(
+        &format!("replace-{transport}"),
+        &[
+            "--nodes",
+            "4",
+            "--f",
+            "1",
+            "--cm",
+            "3",
+            "--transport",
+            transport,
+        ],
+    );
     let leader = cluster.status().leader;
     let originals: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let first = *originals.iter().find(|&&n| n != leader).unwrap();

@@ -256,3 +256,187 @@ fn a_learner_whose_node_is_gone_is_removed_without_touching_the_voters() {
     assert_eq!(group.membership(group.leader().unwrap()).voters, [1, 2, 3]);
     group.install_next();
 }
+
+/// Rounds the seeded run below may take to finish the replacement under loss and crashes, and
+/// then to install after the second loss. A replacement is four decisions of the leader, each
+/// a commit; an election after a crash takes up to about 20 rounds.
+const SEEDED_ROUNDS_MAX: usize = 3_000;
+/// Messages lost, per mille.
+const LOSS_PER_MILLE: u64 = 100;
+/// A live replica crashes in a round with this chance, per mille (and comes back after a few).
+const CRASH_PER_MILLE: u64 = 120;
+
+/// The replacement as [`acre_cm::replacement::next_step`] decides it, taken by whichever replica
+/// leads, under message loss and crashes with restarts from the files, one replica down at a
+/// time besides the lost one; checked after every round: at most one leader a term, and one
+/// configuration per id wherever it was applied. At the end the group is {1, 3, 4} everywhere,
+/// the configuration names it, and the group installs again after its leader is lost for good.
+#[test]
+fn the_replacement_rule_finishes_under_loss_and_crashes() {
+    use acre_cm::replacement::{GroupView, Step, next_step};
+    use acre_nvm_log::random::{Replay, SplitMix, for_each_seed};
+
+    for_each_seed(64, Replay::Exact, |seed| {
+        let mut rng = SplitMix::new(seed);
+        let mut group = Group::new(&[1, 2, 3]);
+        group.install_next();
+        // n2's node is removed (its lease expired) and n4 is a memory node with no replica.
+        group.crash(2);
+        let leader = group.elect();
+        let current = group.replica(leader).configuration().unwrap().id;
+        let mut removed = configuration(current + 1);
+        removed.nodes = vec![NodeId(1), NodeId(3), NodeId(4)];
+        removed.cm_replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
+        removed.regions.iter_mut().for_each(|p| {
+            p.backups.retain(|&b| b != NodeId(2));
+            if p.primary == NodeId(2) {
+                p.primary = NodeId(1);
+            }
+            p.backups.retain(|&b| b != p.primary);
+        });
+        removed.validate().unwrap();
+        group
+            .replica(leader)
+            .propose_install(current, &removed)
+            .unwrap();
+        group.run_until("the removal applied", |g| {
+            g.leader()
+                .is_some_and(|l| g.replicas[&l].as_ref().unwrap().configuration() == Some(&removed))
+        });
+        group.open(4, Vec::new());
+
+        let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut applied: BTreeMap<u64, Configuration> = BTreeMap::new();
+        let mut down: Option<(u64, usize)> = None;
+        let mut done = false;
+        for round in 0..SEEDED_ROUNDS_MAX {
+            // The leader decides and proposes (each step is idempotent until applied).
+            if let Some(leader) = group.leader() {
+                let replica = group.replica(leader);
+                let membership = replica.membership();
+                let config = replica.configuration().unwrap().clone();
+                let ids = |ids: &[u64]| -> Vec<NodeId> {
+                    ids.iter().map(|&id| NodeId(id as u16)).collect()
+                };
+                let view = GroupView {
+                    me: NodeId(leader as u16),
+                    voters: ids(&membership.voters),
+                    learners: ids(&membership.learners),
+                    caught_up: ids(&membership.caught_up),
+                    conf_change_pending: membership.conf_change_pending,
+                };
+                match next_step(&config, &[], 3, &view) {
+                    Some(Step::AddLearner(n)) => {
+                        let _ =
+                            replica.propose_conf_change(ConfChangeType::AddLearnerNode, n.0.into());
+                    }
+                    Some(Step::Promote(n)) => {
+                        let _ = replica.propose_conf_change(ConfChangeType::AddNode, n.0.into());
+                    }
+                    Some(Step::Remove(n)) => {
+                        let _ = replica.propose_conf_change(ConfChangeType::RemoveNode, n.0.into());
+                    }
+                    Some(Step::Name(replicas)) => {
+                        let mut next = config.clone();
+                        next.id += 1;
+                        next.cm_replicas = replicas;
+                        // At most one in flight: a second is rejected as stale, harmlessly.
+                        if round % 8 == 0 {
+                            let _ = replica.propose_install(config.id, &next);
+                        }
+                    }
+                    None => {
+                        let settled = config.cm_replicas == [NodeId(1), NodeId(3), NodeId(4)]
+                            && membership.voters == [1, 3, 4]
+                            && membership.learners.is_empty();
+                        if settled && down.is_none() {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            // Crashes, one at a time, and restarts from the files.
+            match down {
+                Some((id, back_at)) if round >= back_at => {
+                    group.open(id, Vec::new());
+                    down = None;
+                }
+                None if rng.below(1000) < CRASH_PER_MILLE => {
+                    let live: Vec<u64> = [1, 3, 4]
+                        .into_iter()
+                        .filter(|id| group.replicas.get(id).is_some_and(Option::is_some))
+                        .collect();
+                    let id = live[rng.below(live.len() as u64) as usize];
+                    group.crash(id);
+                    down = Some((id, round + 5 + rng.below(30) as usize));
+                }
+                _ => {}
+            }
+            group.lossy_round(&mut rng);
+            for replica in group.replicas.values().flatten() {
+                if replica.is_leader() {
+                    let previous = leaders.insert(replica.term(), replica.id());
+                    assert!(
+                        previous.is_none_or(|p| p == replica.id()),
+                        "two leaders in term {}: {previous:?} and {}",
+                        replica.term(),
+                        replica.id()
+                    );
+                }
+                if let Some(config) = replica.configuration() {
+                    let first = applied.entry(config.id).or_insert_with(|| config.clone());
+                    assert_eq!(first, config, "two configurations with id {}", config.id);
+                }
+            }
+        }
+        assert!(
+            done,
+            "the replacement did not finish in {SEEDED_ROUNDS_MAX} rounds"
+        );
+        group.run_until("every replica has the new group", |g| {
+            [1, 3, 4].iter().all(|&id| {
+                g.membership(id).voters == [1, 3, 4]
+                    && g.replica(id).configuration().unwrap().cm_replicas
+                        == [NodeId(1), NodeId(3), NodeId(4)]
+            })
+        });
+        let leader = group.elect();
+        group.crash(leader);
+        group.install_next();
+    });
+}
+
+impl Group {
+    /// [`Group::round`] over a network that loses [`LOSS_PER_MILLE`] of the messages and
+    /// delivers the rest in a shuffled order.
+    fn lossy_round(&mut self, rng: &mut acre_nvm_log::random::SplitMix) {
+        for replica in self.replicas.values_mut().flatten() {
+            replica.tick();
+            let network = &mut self.network;
+            replica.handle_ready(&mut |m| network.push(m)).unwrap();
+        }
+        let mut messages = std::mem::take(&mut self.network);
+        for k in (1..messages.len()).rev() {
+            let other = rng.below(k as u64 + 1) as usize;
+            messages.swap(k, other);
+        }
+        for message in messages {
+            let (from, to) = (message.from, message.to);
+            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let lost = rng.below(1000) < LOSS_PER_MILLE;
+            let delivered = match self.replicas.get_mut(&to) {
+                Some(Some(receiver)) if !lost => receiver.step(message).is_ok(),
+                _ => false,
+            };
+            if snapshot && let Some(Some(sender)) = self.replicas.get_mut(&from) {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                sender.report_snapshot(to, status);
+            }
+        }
+    }
+}

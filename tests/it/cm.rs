@@ -958,7 +958,9 @@ fn a_node_the_cm_removed_rejoins_as_a_new_node_through_cluster_up() {
 /// `cm_replicas`. `acre cluster up` brings the killed node back as a new node. Then a second
 /// original replica is killed: the group {the leader, the other, n4} still has a majority, so
 /// the CM removes it too (without the replacement, the leader alone of {n1, n2, n3} could commit
-/// nothing), and the rejoined node's replica takes its place.
+/// nothing), and the rejoined node's replica takes its place. Then `cluster down` and `up`: the
+/// CM comes back from the replicas the configuration names, and every value written at the
+/// start reads back.
 #[test]
 fn a_cm_replica_whose_node_was_removed_is_replaced_and_a_second_loss_leaves_a_majority() {
     replace_a_cm_replica("shm");
@@ -985,9 +987,19 @@ fn replace_a_cm_replica(transport: &str) {
             transport,
         ],
     );
-    let leader = cluster.status().leader;
+    let start = cluster.status();
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<(Addr, u64)> = (start.committed.regions.iter())
+        .map(|p| {
+            (
+                create_in(&db, p.region.0, u64::from(p.region.0)),
+                u64::from(p.region.0),
+            )
+        })
+        .collect();
+    drop(db);
     let originals: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    let first = *originals.iter().find(|&&n| n != leader).unwrap();
+    let first = *originals.iter().find(|&&n| n != start.leader).unwrap();
     cluster.kill(first);
     let replaced = cluster.wait_for("n4 named a CM replica in first's place", |s| {
         !s.committed.nodes.contains(&first)
@@ -1029,6 +1041,11 @@ fn replace_a_cm_replica(transport: &str) {
         "the group is full again: the newcomer hosts no replica ({rejoined:?})"
     );
 
+    // With f = 1, a second loss is survived by the regions once their copies are complete.
+    cluster.wait_for("every region with two complete replicas", |s| {
+        (s.committed.regions.iter())
+            .all(|p| p.state.is_active() && p.copying.is_empty() && p.backups.len() == 1)
+    });
     // A second original replica, not the acting CM.
     let acting = cluster.status().leader;
     let second = *originals
@@ -1046,9 +1063,38 @@ fn replace_a_cm_replica(transport: &str) {
             .any(|r| r.cause == format!("failure of {second}")),
         "{after:?}"
     );
-    cluster.wait_for("the newcomer named a CM replica in second's place", |s| {
+    let full = cluster.wait_for("the newcomer named a CM replica in second's place", |s| {
         s.committed.cm_replicas.contains(&newcomer) && !s.committed.cm_replicas.contains(&second)
     });
+
+    // The whole cluster stopped and started from its files: the replicas are the ones the
+    // configuration names (none of them an original's but one), and they form a CM again.
+    cluster.wait_for("every region serving again", |s| {
+        (s.committed.regions.iter()).all(|p| p.state.is_active() && p.copying.is_empty())
+    });
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(up.status.success(), "{}", text(&up));
+    let restarted = cluster.wait_for("the CM back after the restart", |s| {
+        s.committed.id > full.committed.id
+            && (s.history.iter()).any(|r| r.cause.starts_with("restart of"))
+    });
+    assert_eq!(
+        restarted.committed.cm_replicas, full.committed.cm_replicas,
+        "{restarted:?}"
+    );
+    cluster.wait_for("every region serving after the restart", |s| {
+        (s.committed.regions.iter()).all(|p| p.state.is_active())
+    });
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    for &(addr, value) in &objects {
+        assert_eq!(
+            read(&db, addr),
+            value,
+            "{addr} after two losses and a restart"
+        );
+    }
 }
 
 /// kill -9 of two of the CM's three replicas at once, its leader among them: no majority is

@@ -958,9 +958,10 @@ fn a_node_the_cm_removed_rejoins_as_a_new_node_through_cluster_up() {
 /// `cm_replicas`. `acre cluster up` brings the killed node back as a new node. Then a second
 /// original replica is killed: the group {the leader, the other, n4} still has a majority, so
 /// the CM removes it too (without the replacement, the leader alone of {n1, n2, n3} could commit
-/// nothing), and the rejoined node's replica takes its place. Then `cluster down` and `up`: the
-/// CM comes back from the replicas the configuration names, and every value written at the
-/// start reads back.
+/// nothing), and the rejoined node's replica takes its place. Then the last original replica,
+/// the acting CM, is killed: n4 or the rejoined node leads and removes it. Then `cluster down`
+/// and `up`: the CM comes back from the replicas the configuration names, and every value
+/// written at the start reads back.
 #[test]
 fn a_cm_replica_whose_node_was_removed_is_replaced_and_a_second_loss_leaves_a_majority() {
     replace_a_cm_replica("shm");
@@ -1063,15 +1064,30 @@ fn replace_a_cm_replica(transport: &str) {
             .any(|r| r.cause == format!("failure of {second}")),
         "{after:?}"
     );
-    let full = cluster.wait_for("the newcomer named a CM replica in second's place", |s| {
+    cluster.wait_for("the newcomer named a CM replica in second's place", |s| {
         s.committed.cm_replicas.contains(&newcomer) && !s.committed.cm_replicas.contains(&second)
     });
 
+    // The last original replica, the acting CM: the replicas added since elect one of them,
+    // which acts as CM (its lease thread takes up the role) and removes it.
+    cluster.wait_for("every region with two complete replicas again", |s| {
+        (s.committed.regions.iter())
+            .all(|p| p.state.is_active() && p.copying.is_empty() && p.backups.len() == 1)
+    });
+    let last = cluster.status().leader;
+    assert!(originals.contains(&last), "{last} leads");
+    cluster.kill(last);
+    let after = cluster.wait_for("the last original removed by a new replica", |s| {
+        !s.committed.nodes.contains(&last) && s.leader != last
+    });
+    assert!([NodeId(4), newcomer].contains(&after.leader), "{after:?}");
+
     // The whole cluster stopped and started from its files: the replicas are the ones the
-    // configuration names (none of them an original's but one), and they form a CM again.
+    // configuration names (none of them an original's), and they form a CM again.
     cluster.wait_for("every region serving again", |s| {
         (s.committed.regions.iter()).all(|p| p.state.is_active() && p.copying.is_empty())
     });
+    let full = cluster.status();
     let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
     assert!(down.status.success(), "{}", text(&down));
     let up = acre(&["cluster", "up", "--dir", cluster.dir()]);

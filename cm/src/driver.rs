@@ -160,7 +160,7 @@ pub enum Source {
 
 /// Starts this process's CM replica when the group's leader adds it ([`Source::Joinable`]):
 /// given the links' inbox and the node whose Raft message arrived, the seat of the replica it
-/// started, or the inbox back (the sender is no replica of the node's configuration, or the
+/// started, or the inbox back (the sender is no node of the node's configuration, or the
 /// replica cannot start: the driver goes on without one and tries again at the next message).
 pub type Join = Box<dyn FnMut(Inbox, NodeId) -> Result<CmSeat, Inbox> + Send>;
 

@@ -1008,8 +1008,17 @@ impl Keeper {
     }
 
     /// What a change needs before the CM plans it: a node to add must run and have published
-    /// its CM addresses, and becomes a peer of the links (NEW-CONFIG reaches it there).
+    /// its CM addresses, and becomes a peer of the links (NEW-CONFIG reaches it there); the CM's
+    /// replicas are not a request's to name.
     fn prepare(&mut self, change: &Change) -> Result<(), String> {
+        if let Change::CmReplicas { .. } = change {
+            // The configuration names the voters Raft applied, which only the acting CM
+            // knows: a request could make it name others.
+            return Err(
+                "the CM names its replicas itself, once its Raft group changed; ask for nothing"
+                    .into(),
+            );
+        }
         let Change::AddNode { node, .. } = change else {
             return Ok(());
         };

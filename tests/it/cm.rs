@@ -942,6 +942,15 @@ fn a_node_the_cm_removed_rejoins_as_a_new_node_through_cluster_up() {
             })
     });
     assert!(!after.committed.nodes.contains(&victim), "{after:?}");
+    // Every node hosted a CM replica, so the victim's waited for the newcomer, which hosts it
+    // now (docs/failures.md#membership-of-the-group).
+    cluster.wait_for(
+        "the newcomer named a CM replica in the victim's place",
+        |s| {
+            s.committed.cm_replicas.contains(&newcomer)
+                && !s.committed.cm_replicas.contains(&victim)
+        },
+    );
     let out = bank.wait_with_output().expect("acre bank ends");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("invariant held"), "{}", text(&out));

@@ -70,6 +70,17 @@
 //! (`copied`, [`crate::member::Adopter::copied`]) and the same change: a report of a copy in a
 //! region whose `copying` list does not name the sender is ignored.
 //!
+//! # Joining the group
+//!
+//! A process that hosts no replica but may become one ([`Source::Joinable`]: every memory node,
+//! since the leader replaces a replica whose node left with a memory node's,
+//! [`crate::replacement`]) reads the links' inbox itself until a Raft message arrives: only a
+//! leader that added this node to the group sends it one (ids are never reused). The driver
+//! then hands the inbox to its [`Join`], which starts the replica ([`CmGroup::join`]: empty, it
+//! learns the group from the leader's snapshot) and returns its seat; from then on the driver
+//! runs as in a process that hosted a replica from its start, and takes the manager's role if
+//! its replica leads one day.
+//!
 //! # Leadership moving
 //!
 //! A replica that becomes leader installs a configuration naming itself CM; handing the lease
@@ -125,9 +136,6 @@ pub struct CmSeat {
     pub group: Arc<CmGroup>,
     /// The channel [`CmGroup::start`] returned.
     pub routed: mpsc::Receiver<LinkMessage>,
-    /// The group's replicas, to hand the leadership to when the manager stands down (this
-    /// one is skipped).
-    pub voters: Vec<NodeId>,
     pub timing: ManagerTiming,
     pub fence: Fence,
     /// Every memory node the cluster has had (the cluster file's). A driver that becomes the
@@ -143,7 +151,18 @@ pub enum Source {
     Cm(CmSeat),
     /// The process hosts none: the driver reads the links' inbox itself.
     Inbox(Inbox),
+    /// The process hosts none yet, but may be made one of the group's replicas: the driver
+    /// reads the links' inbox, and when a Raft message arrives (the leader added this node to
+    /// the group, module docs "Joining the group") hands the inbox to `join`, which starts the
+    /// replica and gives the seat back, or the inbox when it cannot.
+    Joinable { inbox: Inbox, join: Join },
 }
+
+/// Starts this process's CM replica when the group's leader adds it ([`Source::Joinable`]):
+/// given the links' inbox and the node whose Raft message arrived, the seat of the replica it
+/// started, or the inbox back (the sender is no node of the node's configuration, or the
+/// replica cannot start: the driver goes on without one and tries again at the next message).
+pub type Join = Box<dyn FnMut(Inbox, NodeId) -> Result<CmSeat, Inbox> + Send>;
 
 /// What a driver is started with.
 pub struct DriverOptions {
@@ -231,21 +250,14 @@ impl CmDriver {
         let node = options.node;
         let (admin, admin_requests) = mpsc::channel();
         let committed = Arc::new(Mutex::new(None));
+        let mut joiner = None;
         let (cm, inbox) = match source {
-            Source::Cm(seat) => (
-                Some(CmState {
-                    manager: Manager::new(node, seat.timing),
-                    seat,
-                    install: None,
-                    lease_members: Vec::new(),
-                    first_update: false,
-                    removed: BTreeSet::new(),
-                    fenced_for: None,
-                    hold_until: None,
-                }),
-                None,
-            ),
+            Source::Cm(seat) => (Some(CmState::new(node, seat)), None),
             Source::Inbox(inbox) => (None, Some(inbox)),
+            Source::Joinable { inbox, join } => {
+                joiner = Some(join);
+                (None, Some(inbox))
+            }
         };
         let turn = Turn {
             admin_requests,
@@ -253,6 +265,7 @@ impl CmDriver {
             member: Member::new(node, adopter),
             cm,
             inbox,
+            joiner,
             links,
             lease_thread,
             loopback: VecDeque::new(),
@@ -356,6 +369,21 @@ struct CmState {
     hold_until: Option<Time>,
 }
 
+impl CmState {
+    fn new(node: NodeId, seat: CmSeat) -> CmState {
+        CmState {
+            manager: Manager::new(node, seat.timing),
+            seat,
+            install: None,
+            lease_members: Vec::new(),
+            first_update: false,
+            removed: BTreeSet::new(),
+            fenced_for: None,
+            hold_until: None,
+        }
+    }
+}
+
 /// Everything the thread's loop touches, owned by it.
 struct Turn<A> {
     options: DriverOptions,
@@ -364,6 +392,8 @@ struct Turn<A> {
     member: Member<A>,
     cm: Option<CmState>,
     inbox: Option<Inbox>,
+    /// Starts a replica in this process when the group adds it ([`Source::Joinable`]).
+    joiner: Option<Join>,
     links: Arc<Links>,
     lease_thread: Arc<LeaseThread>,
     /// Envelopes for this node itself, handled in the same turn.
@@ -612,7 +642,32 @@ impl<A: Adopter> Turn<A> {
             }
             Body::RegionsRecovered(report) => self.regions_recovered(from, &report, now),
             Body::Raft(_) => {
-                tracing::debug!(%from, "a Raft message reached a process without a replica; dropped");
+                if !self.join_group(from) {
+                    tracing::debug!(%from, "a Raft message reached a process without a replica; dropped");
+                }
+            }
+        }
+    }
+
+    /// The group's leader added this node (its Raft message arrived): starts the replica
+    /// through the joiner and takes the seat. The message is dropped; Raft sends again.
+    fn join_group(&mut self, from: NodeId) -> bool {
+        let (Some(join), None) = (self.joiner.as_mut(), self.cm.as_ref()) else {
+            return false;
+        };
+        let Some(inbox) = self.inbox.take() else {
+            return false;
+        };
+        match join(inbox, from) {
+            Ok(seat) => {
+                tracing::info!(node = %self.options.node, %from, "added to the CM group: its replica runs");
+                self.cm = Some(CmState::new(self.options.node, seat));
+                self.joiner = None;
+                true
+            }
+            Err(inbox) => {
+                self.inbox = Some(inbox);
+                false
             }
         }
     }
@@ -776,9 +831,9 @@ impl<A: Adopter> Turn<A> {
                 tracing::warn!(%node, %reason, "the CM stands down");
                 cm.hold_until = Some(now + STAND_DOWN_HOLD);
                 cm.install = None;
-                let transferred = cm
-                    .seat
-                    .voters
+                // The group's voters as Raft applied them (they change, docs/failures.md).
+                let voters = cm.seat.group.status().voters;
+                let transferred = voters
                     .iter()
                     .filter(|&&v| v != node)
                     .find(|&&to| cm.seat.group.transfer_leadership(to).is_ok());

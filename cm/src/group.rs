@@ -20,6 +20,16 @@
 //! why node 0 cannot host a CM replica, and using the node id itself means a raft message's
 //! `from` can be checked against the node its link proved without a table.
 //!
+//! # Membership
+//!
+//! The group's voters are what Raft applied ([`CmStatus::voters`], [`CmStatus::learners`]),
+//! changed one conf change at a time by the leader ([`CmGroup::propose_conf_change`], decided by
+//! [`crate::replacement`]); [`GroupOptions::voters`] only seeds a new group's storage. Raft
+//! messages are taken from the group's voters and learners only, and a replica that joins
+//! ([`CmGroup::join`]: the leader added its node, and the process starts it when the leader's
+//! first message arrives) takes them from any node its links authenticated until the leader's
+//! snapshot tells it the membership.
+//!
 //! # Threads
 //!
 //! One thread per group, named `cm-group-<node>`. It blocks in [`Inbox::recv_timeout`] until
@@ -61,7 +71,7 @@
 
 use crate::net::{Inbox, Links, RecvError};
 use crate::replica::{
-    CmReplica, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
+    CmReplica, Membership, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
 };
 use crate::state::Rejection;
 use crate::storage::StorageOptions;
@@ -70,6 +80,7 @@ use acre_engine::NodeId;
 use acre_engine::clock::{Clock, Time};
 use acre_txn::config::Configuration;
 use protobuf::Message as _;
+pub use raft::eraftpb::ConfChangeType;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -138,7 +149,9 @@ pub struct GroupOptions {
     pub node: NodeId,
     /// Every replica of the group (this one too) and its CM links address, the same list on
     /// every replica. The group makes the others peers of the links; this node's own address
-    /// is not used.
+    /// is not used. Only a new replica's storage reads the list: from then on the group's
+    /// membership is what Raft applied (docs/failures.md#configuration-manager). Empty for a
+    /// replica that joins a running group ([`CmGroup::join`]).
     pub voters: Vec<(NodeId, SocketAddr)>,
     /// The replica's directory ([`replica_dir`]).
     pub dir: PathBuf,
@@ -188,7 +201,7 @@ impl GroupOptions {
                  id is no node)"
             ));
         }
-        if !nodes.contains(&self.node) {
+        if !nodes.is_empty() && !nodes.contains(&self.node) {
             return Err(format!(
                 "{} is not one of the CM replicas {}",
                 self.node,
@@ -221,6 +234,10 @@ pub struct CmStatus {
     pub is_leader: bool,
     /// The applied configuration: durable at this replica, and its id only grows.
     pub configuration: Option<Arc<Configuration>>,
+    /// The group's voters and learners as this replica applied them, in id order; both empty
+    /// in a replica that joins and has not heard from the leader yet.
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
     /// The replica stopped on a storage error (logged): restart the group from its directory
     /// once the cause is fixed.
     pub stopped: bool,
@@ -366,7 +383,6 @@ pub struct CmGroup {
 
 struct Shared {
     me: NodeId,
-    voters: Vec<NodeId>,
     links: Arc<Links>,
     clock: Clock,
     tick: Duration,
@@ -398,17 +414,42 @@ impl CmGroup {
         links: Arc<Links>,
         inbox: Inbox,
     ) -> Result<(CmGroup, mpsc::Receiver<LinkMessage>), StartError> {
-        options
-            .check()
-            .map_err(|reason| StartError::Options { reason })?;
+        CmGroup::start_with(options, links, inbox).map_err(|(e, _inbox)| e)
+    }
+
+    /// Starts the replica of a node that the group's leader is adding (its first Raft message
+    /// arrived): `options.voters` is empty, and the replica learns the group's membership and
+    /// state from the leader's snapshot. Its directory may hold the files of an earlier start
+    /// as a learner, which it opens as any replica does. On an error the inbox is handed back,
+    /// so the owner goes on reading it as a process without a replica.
+    pub fn join(
+        options: GroupOptions,
+        links: Arc<Links>,
+        inbox: Inbox,
+    ) -> Result<(CmGroup, mpsc::Receiver<LinkMessage>), (StartError, Inbox)> {
+        assert!(
+            options.voters.is_empty(),
+            "a joining replica knows no voters: {:?}",
+            options.voters
+        );
+        CmGroup::start_with(options, links, inbox)
+    }
+
+    fn start_with(
+        options: GroupOptions,
+        links: Arc<Links>,
+        inbox: Inbox,
+    ) -> Result<(CmGroup, mpsc::Receiver<LinkMessage>), (StartError, Inbox)> {
+        if let Err(reason) = options.check() {
+            return Err((StartError::Options { reason }, inbox));
+        }
         if links.me() != options.node {
-            return Err(StartError::Options {
-                reason: format!(
-                    "the links are {}'s, the replica {}'s",
-                    links.me(),
-                    options.node
-                ),
-            });
+            let reason = format!(
+                "the links are {}'s, the replica {}'s",
+                links.me(),
+                options.node
+            );
+            return Err((StartError::Options { reason }, inbox));
         }
         let voters: Vec<NodeId> = options.voters.iter().map(|(node, _)| *node).collect();
         let config = ReplicaConfig {
@@ -420,11 +461,13 @@ impl CmGroup {
                 voters.iter().map(|&n| raft_id(n)).collect(),
             )
         };
-        let replica =
-            CmReplica::open(&options.dir, config).map_err(|source| StartError::Replica {
-                node: options.node,
-                source,
-            })?;
+        let replica = match CmReplica::open(&options.dir, config) {
+            Ok(replica) => replica,
+            Err(source) => {
+                let node = options.node;
+                return Err((StartError::Replica { node, source }, inbox));
+            }
+        };
         for &(node, addr) in &options.voters {
             if node != options.node {
                 links.add_peer(node, addr);
@@ -432,7 +475,6 @@ impl CmGroup {
         }
         let shared = Arc::new(Shared {
             me: options.node,
-            voters,
             links,
             clock: options.clock,
             tick: options.tick,
@@ -448,13 +490,24 @@ impl CmGroup {
         });
         publish(&shared, &lock(&shared.driver));
         let (routed, receiver) = mpsc::sync_channel(ROUTED_MESSAGES_MAX);
+        // The inbox goes to the thread only once it runs: a spawn that fails hands it back.
+        let (handover, handed) = mpsc::sync_channel::<Inbox>(1);
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("cm-group-{}", options.node.0))
-                .spawn(move || run(&shared, inbox, &routed))
-                .map_err(StartError::Thread)?
+                .spawn(move || match handed.recv() {
+                    Ok(inbox) => run(&shared, inbox, &routed),
+                    Err(_) => unreachable!("the inbox is handed over once the thread runs"),
+                })
         };
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(e) => return Err((StartError::Thread(e), inbox)),
+        };
+        handover
+            .send(inbox)
+            .expect("the group thread waits for its inbox");
         Ok((
             CmGroup {
                 shared,
@@ -532,7 +585,7 @@ impl CmGroup {
     /// abandons the transfer and this replica leads on.
     pub fn transfer_leadership(&self, to: NodeId) -> Result<(), TransferError> {
         let shared = &*self.shared;
-        if to == shared.me || !shared.voters.contains(&to) {
+        if to == shared.me || !lock(&shared.status).voters.contains(&to) {
             return Err(TransferError::NotAPeer { node: to });
         }
         let mut driver = lock(&shared.driver);
@@ -551,6 +604,41 @@ impl CmGroup {
         request.to = raft_id(shared.me);
         if let Err(e) = replica.step(request) {
             panic!("raft refused a leader transfer to a voter: {e}");
+        }
+        drive(shared, &mut driver);
+        Ok(())
+    }
+
+    /// The group's membership as this replica sees it now, in raft ids (the leader's view
+    /// tells which learners caught up), or `None` once the replica stopped.
+    pub fn membership(&self) -> Option<Membership> {
+        lock(&self.shared.driver)
+            .replica
+            .as_ref()
+            .map(CmReplica::membership)
+    }
+
+    /// Proposes one change of the group's membership at this replica, which must lead
+    /// ([`CmReplica::propose_conf_change`]), and returns without waiting: it takes effect when
+    /// applied; watch [`CmGroup::status`]'s voters and learners.
+    pub fn propose_conf_change(
+        &self,
+        change: ConfChangeType,
+        node: NodeId,
+    ) -> Result<(), InstallError> {
+        let shared = &*self.shared;
+        let mut driver = lock(&shared.driver);
+        let Some(replica) = driver.replica.as_mut() else {
+            return Err(InstallError::Stopped);
+        };
+        match replica.propose_conf_change(change, raft_id(node)) {
+            Ok(()) => {}
+            Err(ProposeError::NotLeader { leader_id }) => {
+                return Err(InstallError::NotLeader {
+                    leader: leader_id.and_then(node_of),
+                });
+            }
+            Err(_) => return Err(InstallError::Busy),
         }
         drive(shared, &mut driver);
         Ok(())
@@ -760,7 +848,16 @@ fn accept(
             return None;
         }
     };
-    if !shared.voters.contains(&from) {
+    // From the group's replicas only, learners included; a replica that joins knows none
+    // until the leader's snapshot names them, and takes what the links proved came from a
+    // node of the cluster (ids are never reused, so only a leader that added it writes to it).
+    let known = {
+        let status = lock(&shared.status);
+        (status.voters.is_empty() && status.learners.is_empty())
+            || status.voters.contains(&from)
+            || status.learners.contains(&from)
+    };
+    if !known {
         count(&shared.counters.refused);
         tracing::warn!(node = %shared.me, %from, "dropped a raft message from a node that is no CM replica");
         return None;
@@ -887,6 +984,11 @@ fn publish(shared: &Shared, driver: &Driver) {
             next.term = replica.term();
             next.leader = replica.leader_id().and_then(node_of);
             next.is_leader = replica.is_leader();
+            let membership = replica.membership();
+            let nodes =
+                |ids: &[u64]| -> Vec<NodeId> { ids.iter().filter_map(|&id| node_of(id)).collect() };
+            next.voters = nodes(&membership.voters);
+            next.learners = nodes(&membership.learners);
             let id = replica.configuration().map_or(0, |c| c.id);
             let current = status.configuration_id();
             assert!(
@@ -907,7 +1009,9 @@ fn publish(shared: &Shared, driver: &Driver) {
         || next.leader != status.leader
         || next.is_leader != status.is_leader
         || next.configuration_id() != status.configuration_id()
-        || next.stopped != status.stopped;
+        || next.stopped != status.stopped
+        || next.voters != status.voters
+        || next.learners != status.learners;
     if changed {
         next.epoch = status.epoch + 1;
         *status = next;

@@ -12,6 +12,8 @@
 //!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages. The
 //!   integration tests run a deterministic simulation of a group under message loss,
 //!   partitions and crashes.
+//! - [`replacement`]: the rule by which the leader replaces a replica whose node left the
+//!   cluster with a memory node's, one Raft conf change at a time.
 //! - [`group`]: a replica run by a thread of its own over [`net`], ticked on the process's
 //!   clock, with the blocking compare-and-set install, the leader and a watch of the applied
 //!   configuration for the rest of the process.
@@ -34,6 +36,7 @@ pub mod manager;
 pub mod member;
 pub mod net;
 pub mod remap;
+pub mod replacement;
 pub mod replica;
 pub mod state;
 pub mod storage;
@@ -44,7 +47,7 @@ pub use group::{
     TransferError,
 };
 pub use replica::{
-    CmReplica, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
+    CmReplica, Membership, ProposalId, ProposalOutcome, ProposeError, ReplicaConfig, ReplicaError,
 };
 pub use state::{CmState, Rejection};
 pub use storage::{CmStorage, Durability, StorageError, StorageOptions};

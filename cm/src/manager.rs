@@ -191,6 +191,8 @@ pub enum Cause {
         node: Option<NodeId>,
         copied: Vec<RegionId>,
     },
+    /// The CM's Raft group changed its membership to these voters ([`Change::CmReplicas`]).
+    CmReplicas { replicas: Vec<NodeId> },
     /// The processes of these members restarted from their files ([`Change::Restart`]), or,
     /// with `lost_records`, one of them lost log records it had acknowledged.
     Restart {
@@ -239,6 +241,10 @@ impl fmt::Display for Cause {
                 write_nodes(f, nodes)
             }
             Cause::NewLeader => write!(f, "new CM leader"),
+            Cause::CmReplicas { replicas } => {
+                write!(f, "CM replicas ")?;
+                write_nodes(f, replicas)
+            }
             Cause::Removal { node } => write!(f, "removal of {node}"),
             Cause::Addition { node } => write!(f, "addition of {node}"),
             Cause::Growth { region } => write!(f, "new region {region}"),
@@ -302,6 +308,10 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         copied: Vec<RegionId>,
     },
+    /// The CM's Raft group changed its membership: name its voters, `replicas`, in the
+    /// configuration's `cm_replicas` ([`remap::name_cm_replicas`]; the leader's
+    /// [`crate::replacement`] asks for it once the group's change is applied).
+    CmReplicas { replicas: Vec<NodeId> },
     /// The processes of the memory nodes `nodes` restarted from their region files and logs
     /// (`acre cluster up` on a stopped cluster's directory, once they all run): they stay
     /// members, the regions they are primary of block until recovered, and they copy the
@@ -687,6 +697,12 @@ impl Manager {
                     copied: copied.iter().copied().filter(copying).collect(),
                 };
                 (plan, cause, BTreeSet::new())
+            }
+            Change::CmReplicas { replicas } => {
+                let plan =
+                    remap::name_cm_replicas(&config, &replicas).map_err(|e| e.to_string())?;
+                // Nobody leaves the configuration: no lease to wait out, no node to fence.
+                (plan, Cause::CmReplicas { replicas }, BTreeSet::new())
             }
             Change::Restart {
                 nodes,

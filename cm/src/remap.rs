@@ -86,7 +86,8 @@
 //!   which has none); a backup is never the last complete replica, its primary is another.
 //! - **Membership.** Failed or removed nodes leave `nodes`, `clients` and `domains`; a failed or
 //!   removed CM leader is cleared, but `cm_replicas` is left alone: the Raft group's membership
-//!   changes through Raft, not through these plans.
+//!   changes through Raft, not through these plans. Once it changed, [`name_cm_replicas`]
+//!   makes `cm_replicas` say so, and changes nothing else ([`crate::replacement`]).
 //!
 //! Loads (primaries and replicas per node, copying or not) count regions that are not lost, and
 //! are updated as each region is placed, in the order of `regions`, so a plan that moves many
@@ -395,6 +396,13 @@ pub enum RemapError {
         regions: Vec<RegionId>,
         id: u64,
     },
+    #[error("configuration {id} names these CM replicas already; install nothing")]
+    CmReplicasUnchanged { id: u64 },
+    #[error(
+        "a configuration after {id} would name no CM replica: the CM's Raft group always has \
+         one; name its voters"
+    )]
+    NoCmReplicas { id: u64 },
     #[error("no restarted node given: configuration {id} stays; install nothing")]
     NothingRestarted { id: u64 },
     #[error(
@@ -604,6 +612,30 @@ pub fn add_region(config: &Configuration) -> Result<Plan, RemapError> {
     });
     fill_backups(&mut next, Some(RegionId(region)));
     // A new region is empty: nothing to copy.
+    Ok(finish(config, next, CopyFrom::NewPrimary))
+}
+
+/// Configuration c+1 whose `cm_replicas` are `replicas`: the CM's Raft group changed its
+/// membership (a removed node's replica replaced by a memory node's, [`crate::replacement`]), and
+/// the configuration names the voters Raft applied, where the nodes find their addresses and
+/// whether to run a replica. Nothing else changes, so the plan needs no copy. Refused when
+/// `replicas` is what c says already ([`RemapError::CmReplicasUnchanged`]), and when it names
+/// nobody or a client (the configuration would not validate: [`RemapError::Invalid`]).
+pub fn name_cm_replicas(config: &Configuration, replicas: &[NodeId]) -> Result<Plan, RemapError> {
+    check(config)?;
+    if config.cm_replicas == replicas {
+        return Err(RemapError::CmReplicasUnchanged { id: config.id });
+    }
+    let mut next = config.clone();
+    next.id = next_id(config);
+    next.cm_replicas = replicas.to_vec();
+    if replicas.is_empty() {
+        return Err(RemapError::NoCmReplicas { id: config.id });
+    }
+    next.validate().map_err(|source| RemapError::Invalid {
+        id: next.id,
+        source,
+    })?;
     Ok(finish(config, next, CopyFrom::NewPrimary))
 }
 

@@ -10,6 +10,15 @@
 //! sync of the applied state before any proposal's outcome is reported, so that a replica never
 //! reports a configuration it could forget in a crash.
 //!
+//! **Membership.** The group's voters change through Raft's own conf changes, one replica at
+//! a time ([`CmReplica::propose_conf_change`]: a learner added, promoted, or a replica
+//! removed; never joint consensus). A committed change is applied in the same pass as the
+//! entries around it, and the membership after it is stored with the applied index in the
+//! state file, made durable before the next `Ready` is handled. A replica that joins starts
+//! with no voters and takes the membership from the snapshot the leader sends it (the storage
+//! compacts after every applied change so that it always gets one,
+//! [`CmStorage::maybe_compact`]).
+//!
 //! No networking here: the caller carries the messages (the simulation of the integration
 //! tests, a transport later).
 
@@ -18,7 +27,10 @@ use crate::state::{CmState, Rejection, install_command};
 use crate::storage::{CmStorage, StorageError, StorageOptions};
 use crate::wire::WireError;
 use acre_txn::config::Configuration;
-use raft::eraftpb::{EntryType, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType, Message,
+};
 use raft::{RawNode, StateRole};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,7 +48,10 @@ const INFLIGHT_MESSAGES_MAX: usize = 64;
 pub struct ReplicaConfig {
     /// Raft id of this replica: positive, distinct in the group.
     pub id: u64,
-    /// Raft ids of every replica of the group (this one included), the same on all of them.
+    /// Raft ids of every replica of a new group (this one included), the same on all of them;
+    /// empty for a replica that joins a running group (it learns the membership from the
+    /// leader's snapshot). Read only when the replica's storage is created: from then on the
+    /// membership is the storage's, changed through Raft ([`CmReplica::propose_conf_change`]).
     pub voters: Vec<u64>,
     /// Ticks without a leader before a follower stands; more than `heartbeat_tick`.
     pub election_tick: usize,
@@ -62,6 +77,19 @@ impl ReplicaConfig {
             storage: StorageOptions::default(),
         }
     }
+}
+
+/// The group's membership as one replica sees it ([`CmReplica::membership`]), in raft ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// In id order, as the other lists.
+    pub voters: Vec<u64>,
+    /// Replicas that receive the log but do not vote or count for a quorum.
+    pub learners: Vec<u64>,
+    /// A conf change is proposed and not yet applied here (raft takes one at a time).
+    pub conf_change_pending: bool,
+    /// At the leader, the learners that hold every committed entry; empty elsewhere.
+    pub caught_up: Vec<u64>,
 }
 
 /// A proposal, named by where its entry went in the leader's log: the index and the term are
@@ -135,7 +163,7 @@ impl CmReplica {
     /// after the applied index its storage kept.
     pub fn open(dir: &Path, config: ReplicaConfig) -> Result<CmReplica, ReplicaError> {
         assert!(
-            config.voters.contains(&config.id),
+            config.voters.is_empty() || config.voters.contains(&config.id),
             "id={} voters={:?}",
             config.id,
             config.voters
@@ -233,6 +261,65 @@ impl CmReplica {
     /// The commit index raft knows.
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
+    }
+
+    /// The group's membership as this replica applied it (durable: the storage keeps it with
+    /// the applied index), whether a conf change is proposed and not yet applied, and, at the
+    /// leader, which learners hold every committed entry (caught up: promoting one makes a
+    /// voter that does not hold the quorum back).
+    pub fn membership(&self) -> Membership {
+        let mut conf = self.raw.raft.prs().conf().to_conf_state();
+        // Raft keeps them in hash sets.
+        conf.voters.sort_unstable();
+        conf.learners.sort_unstable();
+        let committed = self.commit_index();
+        let caught_up = if self.is_leader() {
+            conf.learners
+                .iter()
+                .copied()
+                .filter(|&id| {
+                    self.raw.raft.prs().get(id).is_some_and(|progress| {
+                        progress.state == raft::ProgressState::Replicate
+                            && progress.matched >= committed
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Membership {
+            voters: conf.voters,
+            learners: conf.learners,
+            conf_change_pending: self.raw.raft.has_pending_conf(),
+            caught_up,
+        }
+    }
+
+    /// Proposes one change of the group's membership (a simple conf change: one replica added
+    /// as a learner, promoted to voter, or removed). It takes effect at every replica when it
+    /// is applied ([`CmReplica::handle_ready`]); watch [`CmReplica::membership`] for it. Raft
+    /// takes one at a time: a change proposed while another is not yet applied is turned into
+    /// an empty entry, and nothing changes (propose again once the first is applied).
+    pub fn propose_conf_change(
+        &mut self,
+        change: ConfChangeType,
+        id: u64,
+    ) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader {
+                leader_id: self.leader_id(),
+            });
+        }
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change);
+        single.node_id = id;
+        let mut request = ConfChangeV2::default();
+        request.set_changes(vec![single].into());
+        match self.raw.propose_conf_change(Vec::new(), request) {
+            Ok(()) => Ok(()),
+            Err(raft::Error::ProposalDropped) => Err(ProposeError::Dropped),
+            Err(e) => panic!("raft refused a conf change for another reason than a drop: {e}"),
+        }
     }
 
     /// Proposes to install `configuration` if `expected_id` is the current id (it must have id
@@ -349,10 +436,8 @@ impl CmReplica {
         for entry in entries {
             let outcome = match entry.get_entry_type() {
                 EntryType::EntryNormal => self.state.apply(entry.index, &entry.data),
-                other => {
-                    // This group never changes its membership through raft (yet): a conf change
-                    // is skipped alike by every replica.
-                    tracing::error!(index = entry.index, "CM log holds a {other:?}; skipped");
+                kind @ (EntryType::EntryConfChange | EntryType::EntryConfChangeV2) => {
+                    self.apply_conf_change(kind, &entry);
                     self.state.apply(entry.index, &[])
                 }
             };
@@ -373,6 +458,51 @@ impl CmReplica {
         }
         let machine = self.state.encode();
         self.raw.mut_store().set_applied(last, machine);
+    }
+
+    /// Applies a committed conf change: raft's membership, then the storage's, so the state
+    /// file that records this entry applied records the membership after it (raft-rs: the
+    /// conf state is stored before the next `Ready`; the sync at the end of this one does it).
+    /// A change raft refuses (it cannot leave a group without voters, for one) is refused alike
+    /// by every replica, which apply the same entries to the same membership.
+    fn apply_conf_change(&mut self, kind: EntryType, entry: &raft::eraftpb::Entry) {
+        // Raft checked the bytes when the leader took the proposal; a committed entry that
+        // does not decode is damage no replica could agree past.
+        let undecodable = |e: protobuf::ProtobufError| -> ! {
+            panic!(
+                "committed conf change at {} does not decode: {e}",
+                entry.index
+            )
+        };
+        // This replica proposes only V2 changes; a V1 one is applied as raft reads it.
+        let (applied, change) = if kind == EntryType::EntryConfChange {
+            let change =
+                ConfChange::parse_from_bytes(&entry.data).unwrap_or_else(|e| undecodable(e));
+            (self.raw.apply_conf_change(&change), format!("{change:?}"))
+        } else {
+            let change =
+                ConfChangeV2::parse_from_bytes(&entry.data).unwrap_or_else(|e| undecodable(e));
+            (self.raw.apply_conf_change(&change), format!("{change:?}"))
+        };
+        match applied {
+            Ok(conf_state) => {
+                let sorted = |ids: &[u64]| {
+                    let mut ids = ids.to_vec();
+                    ids.sort_unstable();
+                    ids
+                };
+                tracing::info!(
+                    index = entry.index,
+                    voters = ?sorted(&conf_state.voters),
+                    learners = ?sorted(&conf_state.learners),
+                    "CM group membership changed"
+                );
+                self.raw.mut_store().set_conf_state(conf_state);
+            }
+            Err(e) => {
+                tracing::warn!(index = entry.index, %change, "raft refused a conf change: {e}");
+            }
+        }
     }
 
     /// Reports every pending proposal up to `index` lost.

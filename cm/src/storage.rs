@@ -147,7 +147,9 @@ pub struct CmStorage {
 
 impl CmStorage {
     /// Opens the storage in `dir`, or creates an empty one whose voters are `voters` (every
-    /// replica of a new group starts with the same voters and an empty log).
+    /// replica of a new group starts with the same voters and an empty log; a replica that
+    /// joins a running group starts with none and learns them from the snapshot the leader
+    /// sends it, [`CmStorage::maybe_compact`]).
     pub fn open(
         dir: &Path,
         voters: &[u64],
@@ -165,7 +167,16 @@ impl CmStorage {
                 offset: FILE_HEADER_BYTES as u64,
                 what: format!("undecodable snapshot: {e}"),
             })?,
-            None => Snapshot::default(),
+            // No snapshot yet: the group's first voters are what it starts from, as a snapshot
+            // at index 0 would say (maybe_compact compares the membership with it).
+            None => {
+                let mut snapshot = Snapshot::default();
+                snapshot
+                    .mut_metadata()
+                    .mut_conf_state()
+                    .set_voters(voters.to_vec());
+                snapshot
+            }
         };
         let state_path = dir.join(STATE_FILE);
         let (mut hard_state, mut conf_state, mut applied_index, mut machine, fresh) =
@@ -287,6 +298,8 @@ impl CmStorage {
             storage.rewrite_log()?;
         }
         storage.sync()?;
+        // A crash between applying a conf change and compacting (maybe_compact's reason).
+        storage.maybe_compact()?;
         Ok(storage)
     }
 
@@ -357,6 +370,16 @@ impl CmStorage {
         self.applied_index = index;
         self.machine = machine;
         self.state_dirty = true;
+    }
+
+    /// Records the group's membership after a conf change applied at the applied index that
+    /// [`CmStorage::set_applied`] records with it (one state file holds both, so a crash keeps
+    /// both or neither). raft-rs asks for it to be stored before the next `Ready` is handled.
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        if conf_state != self.conf_state {
+            self.conf_state = conf_state;
+            self.state_dirty = true;
+        }
     }
 
     /// Appends `entries` (written, durable at the next sync), first cutting any entries from
@@ -447,11 +470,23 @@ impl CmStorage {
     }
 
     /// Compacts the log if [`StorageOptions::compact_entry_count`] applied entries follow the
-    /// snapshot: a new snapshot of the applied state, then a log without the entries it covers.
-    /// Returns whether it compacted.
+    /// snapshot, or if the applied membership is not the snapshot's: a new snapshot of the
+    /// applied state, then a log without the entries it covers. Returns whether it compacted.
+    ///
+    /// Why the membership: a replica that joins the group starts empty, with no voters, and
+    /// must learn the membership from a snapshot, never by replaying the log from its start:
+    /// the group's first voters are in no entry (every replica of a new group starts with them,
+    /// [`CmStorage::open`]), so a joiner that replayed the log would apply the conf changes to
+    /// an empty membership and count itself in a group of its own. Raft sends a snapshot to a
+    /// follower whose next entry the leader's log no longer holds; compacting once a conf change
+    /// is applied means that every replica that knows of a joiner (it applied the change that
+    /// added it) has compacted past that change, so the joiner always gets a snapshot first.
     pub fn maybe_compact(&mut self) -> Result<bool, StorageError> {
         let snapshot_index = self.snapshot_index();
-        if self.applied_index < snapshot_index + self.options.compact_entry_count {
+        let members_moved = self.applied_index > snapshot_index
+            && self.conf_state != *self.snapshot.get_metadata().get_conf_state();
+        if self.applied_index < snapshot_index + self.options.compact_entry_count && !members_moved
+        {
             return Ok(false);
         }
         // The state file must not be behind the snapshot we are about to write.

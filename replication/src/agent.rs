@@ -15,7 +15,10 @@
 //! - In the processes of the configuration's `cm_replicas`, a **CM replica**
 //!   ([`acre_cm::CmGroup`], its Raft files under `cm-n<id>/` in the cluster directory). A
 //!   replica's process waits (at most [`PEERS_WAIT`]) for the other replicas' manifests before it
-//!   starts its replica, since Raft needs every voter's address.
+//!   starts its replica, since Raft needs every voter's address. Any other memory node starts
+//!   one at run time, with its housekeeping thread, when the group's leader adds it to replace
+//!   a replica whose node left ([`acre_cm::replacement`], [`acre_cm::driver::Source::Joinable`]);
+//!   its CM addresses are in its manifest already, where the others look them up.
 //! - The **driver** ([`acre_cm::driver::CmDriver`]): the node's member of the reconfiguration
 //!   protocol, and the CM's manager while its replica leads. Its adopter is the
 //!   [`ProcessNode`]: NEW-CONFIG is [`ProcessNode::adopt`], NEW-CONFIG-COMMIT
@@ -31,7 +34,10 @@
 //!   links once its manifest names its address, and forgets removed ones; and, while its
 //!   replica leads and a configuration is committed, writes the CM status file
 //!   ([`crate::cm_status`]) and answers the requests to the CM ([`crate::cm_request`]:
-//!   `acre cluster add-node` and `remove-node`, a client's new region).
+//!   `acre cluster add-node` and `remove-node`, a client's new region); and, while it acts as
+//!   CM with nothing being distributed, takes the next step of replacing a replica whose node
+//!   left ([`acre_cm::replacement::next_step`]: a Raft conf change, or the configuration that
+//!   names the new voters).
 //!
 //! # What a standalone CM replica runs
 //!
@@ -59,14 +65,15 @@ use crate::cm_request::{self, CmReply, REQUEST_MAX_AGE};
 use crate::cm_status::{CmStatusFile, HISTORY_MAX, LeaseRow, ReconfigurationRow, STATUS_REFRESH};
 use crate::process::{ProcessNode, fence_by_kill};
 use acre_cm::driver::{
-    CmDriver, CmLeaseAddrs, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Source,
+    CmDriver, CmLeaseAddrs, CmSeat, DriverOptions, Fence, INSTALL_TIMEOUT_DEFAULT, Join, Source,
 };
-use acre_cm::group::{CmGroup, GroupOptions};
+use acre_cm::group::{CmGroup, ConfChangeType, GroupOptions, LinkMessage, node_of};
 use acre_cm::lease::{DRIFT_PPM_DEFAULT, LeaseTiming};
 use acre_cm::lease_thread::{LeaseThread, LeaseThreadConfig, NewConfiguration, NodeRole};
 use acre_cm::manager::{Change, ManagerTiming, Outcome, Reconfiguration};
 use acre_cm::member::Adopter;
 use acre_cm::net::Links;
+use acre_cm::replacement::{self, GroupView, Step};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::clock::{Clock, Time};
 use acre_engine::directory::{self, NodeManifest};
@@ -76,7 +83,7 @@ use acre_txn::Configuration;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -436,10 +443,140 @@ impl StandaloneCm {
 pub struct CmAgent {
     node: NodeId,
     stopping: Arc<AtomicBool>,
-    housekeeping: Option<JoinHandle<()>>,
+    /// The housekeeping thread, once the process hosts a replica (at start, or when the group
+    /// added it: then the driver's thread starts it).
+    housekeeping: Arc<Mutex<Option<JoinHandle<()>>>>,
     driver: Option<Arc<CmDriver>>,
-    group: Option<Arc<CmGroup>>,
+    /// The process's replica, once it hosts one.
+    group: Arc<Mutex<Option<Arc<CmGroup>>>>,
     lease_thread: Arc<LeaseThread>,
+}
+
+const AGENT_POISONED: &str = "a thread panicked while holding the CM agent's slots";
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().expect(AGENT_POISONED)
+}
+
+/// What the housekeeping thread and a replica's seat are made of, kept by the process until
+/// it hosts a replica (at start, or when the group adds it: [`KeeperParts::joiner`]).
+#[derive(Clone)]
+struct KeeperParts {
+    host: CmHost,
+    dir: PathBuf,
+    cm_lease_addrs: CmLeaseAddrs,
+    first: Configuration,
+    standalone: Vec<NodeId>,
+    size: usize,
+    lease_ms: u64,
+    links: Arc<Links>,
+    lease_thread: Arc<LeaseThread>,
+    clock: Clock,
+    stopping: Arc<AtomicBool>,
+    transport: TransportKind,
+    known_nodes: Vec<NodeId>,
+}
+
+impl KeeperParts {
+    /// The driver's seat for `group`, with the fence of the cluster's transport.
+    fn seat(&self, group: Arc<CmGroup>, routed: std::sync::mpsc::Receiver<LinkMessage>) -> CmSeat {
+        let fence: Fence = match self.transport {
+            TransportKind::Shm => {
+                let dir = self.dir.clone();
+                Box::new(move |removed| {
+                    fence_by_kill(&dir, removed, FENCE_TIMEOUT)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }
+            // The members' NIC threads refuse a removed node once they adopted c+1.
+            _ => Box::new(|_| Ok(())),
+        };
+        CmSeat {
+            group,
+            routed,
+            timing: ManagerTiming::default(),
+            fence,
+            known_nodes: self.known_nodes.clone(),
+        }
+    }
+
+    /// Starts the housekeeping thread of the replica `group`.
+    fn spawn(&self, group: Arc<CmGroup>, driver: Arc<CmDriver>) -> std::io::Result<JoinHandle<()>> {
+        let me = self.host.id();
+        let keeper = Keeper {
+            host: self.host.clone(),
+            dir: self.dir.clone(),
+            cm_lease_addrs: self.cm_lease_addrs.clone(),
+            first: self.first.clone(),
+            standalone: self.standalone.clone(),
+            size: self.size,
+            lease_ms: self.lease_ms,
+            group,
+            driver,
+            links: self.links.clone(),
+            lease_thread: self.lease_thread.clone(),
+            clock: self.clock.clone(),
+            stopping: self.stopping.clone(),
+            committed: None,
+            last_written: None,
+            last_discovery: None,
+            epoch: 0,
+            joining: None,
+            lease_followed: 0,
+            last_step: None,
+        };
+        std::thread::Builder::new()
+            .name(format!("cm-agent-{}", me.0))
+            .spawn(move || keeper.run())
+    }
+
+    /// What the driver of a memory node that hosts no replica calls when a Raft message
+    /// arrives: the group's leader added this node (acre_cm::replacement). It starts the
+    /// replica (its files under `cm-n<id>/`, empty until the leader's snapshot) and its
+    /// housekeeping thread, as a process that hosted one from its start runs them.
+    fn joiner(
+        &self,
+        group_slot: Arc<Mutex<Option<Arc<CmGroup>>>>,
+        housekeeping: Arc<Mutex<Option<JoinHandle<()>>>>,
+        driver_cell: Arc<OnceLock<Weak<CmDriver>>>,
+    ) -> Join {
+        let parts = self.clone();
+        Box::new(move |inbox, from| {
+            let me = parts.host.id();
+            if parts.stopping.load(Ordering::Acquire) {
+                return Err(inbox);
+            }
+            // Only a node of the cluster's configuration leads a CM group (ids are never
+            // reused, so no earlier holder of this id is addressed).
+            let config = parts.host.configuration();
+            if !config.nodes.contains(&from) && !config.cm_replicas.contains(&from) {
+                tracing::warn!(%from, "a Raft message from a node that is no member; dropped");
+                return Err(inbox);
+            }
+            let Some(driver) = driver_cell.get().and_then(Weak::upgrade) else {
+                return Err(inbox); // The driver is starting or stopping: at the next message.
+            };
+            let mut options = GroupOptions::new(me, Vec::new(), &parts.dir);
+            options.clock = parts.clock.clone();
+            let (group, routed) = match CmGroup::join(options, parts.links.clone(), inbox) {
+                Ok(started) => started,
+                Err((e, inbox)) => {
+                    tracing::error!(%from, "added to the CM group, but its replica cannot start: {e}");
+                    return Err(inbox);
+                }
+            };
+            let group = Arc::new(group);
+            tracing::info!(%from, "added to the CM group by its leader: starting the replica");
+            match parts.spawn(group.clone(), driver) {
+                Ok(thread) => *lock(&housekeeping) = Some(thread),
+                // The replica runs; only the status file and requests wait for a restart.
+                Err(e) => tracing::error!("cannot start the CM agent's thread: {e}"),
+            }
+            *lock(&group_slot) = Some(group.clone());
+            Ok(parts.seat(group, routed))
+        })
+    }
 }
 
 /// The manifests' CM addresses of `node`, once it published them.
@@ -572,6 +709,25 @@ impl CmAgent {
             install_timeout: INSTALL_TIMEOUT_DEFAULT,
         };
         let adopter = HostAdopter(host.clone());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let housekeeping = Arc::new(Mutex::new(None));
+        let group_slot = Arc::new(Mutex::new(None));
+        let driver_cell: Arc<OnceLock<Weak<CmDriver>>> = Arc::new(OnceLock::new());
+        let keeper = KeeperParts {
+            host: host.clone(),
+            dir: dir.clone(),
+            cm_lease_addrs: options_lease_addrs,
+            first: file.config.clone(),
+            standalone: file.standalone_cms(),
+            size: file.config.cm_replicas.len(),
+            lease_ms: settings.lease_ms,
+            links: links.clone(),
+            lease_thread: lease_thread.clone(),
+            clock: clock.clone(),
+            stopping: stopping.clone(),
+            transport: file.transport,
+            known_nodes: file.config.nodes.clone(),
+        };
         let (source, group) = if replicas.contains(&me) {
             let mut group_options = GroupOptions::new(me, voters, &dir);
             group_options.clock = clock.clone();
@@ -583,27 +739,16 @@ impl CmAgent {
                     }
                 })?;
             let group = Arc::new(group);
-            let fence: Fence = match file.transport {
-                TransportKind::Shm => {
-                    let dir = dir.clone();
-                    Box::new(move |removed| {
-                        fence_by_kill(&dir, removed, FENCE_TIMEOUT)
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    })
-                }
-                // The members' NIC threads refuse a removed node once they adopted c+1.
-                _ => Box::new(|_| Ok(())),
-            };
-            let seat = CmSeat {
-                group: group.clone(),
-                routed,
-                voters: replicas.clone(),
-                timing: ManagerTiming::default(),
-                fence,
-                known_nodes: file.config.nodes.clone(),
-            };
-            (Source::Cm(seat), Some(group))
+            (Source::Cm(keeper.seat(group.clone(), routed)), Some(group))
+        } else if let CmHost::Node(_) = &host {
+            // Any memory node may be made a replica when one whose node left is replaced
+            // (acre_cm::replacement): its replica starts when the leader's first message comes.
+            let join = keeper.joiner(
+                group_slot.clone(),
+                housekeeping.clone(),
+                driver_cell.clone(),
+            );
+            (Source::Joinable { inbox, join }, None)
         } else {
             (Source::Inbox(inbox), None)
         };
@@ -617,44 +762,22 @@ impl CmAgent {
             )
             .map_err(|source| AgentError::Thread { node: me, source })?,
         );
-
-        let stopping = Arc::new(AtomicBool::new(false));
-        let housekeeping = match &group {
-            Some(group) => {
-                let keeper = Keeper {
-                    host,
-                    dir,
-                    cm_lease_addrs: options_lease_addrs,
-                    first: file.config.clone(),
-                    lease_ms: settings.lease_ms,
-                    group: group.clone(),
-                    driver: driver.clone(),
-                    links,
-                    lease_thread: lease_thread.clone(),
-                    clock,
-                    stopping: stopping.clone(),
-                    committed: None,
-                    last_written: None,
-                    last_discovery: None,
-                    epoch: 0,
-                    joining: None,
-                    lease_followed: 0,
-                };
-                Some(
-                    std::thread::Builder::new()
-                        .name(format!("cm-agent-{}", me.0))
-                        .spawn(move || keeper.run())
-                        .map_err(|source| AgentError::Thread { node: me, source })?,
-                )
-            }
-            None => None,
-        };
+        driver_cell
+            .set(Arc::downgrade(&driver))
+            .unwrap_or_else(|_| unreachable!("the driver is set once"));
+        if let Some(group) = group {
+            *lock(&group_slot) = Some(group.clone());
+            let thread = keeper
+                .spawn(group, driver.clone())
+                .map_err(|source| AgentError::Thread { node: me, source })?;
+            *lock(&housekeeping) = Some(thread);
+        }
         Ok(CmAgent {
             node: me,
             stopping,
             housekeeping,
             driver: Some(driver),
-            group,
+            group: group_slot,
             lease_thread,
         })
     }
@@ -665,7 +788,7 @@ impl CmAgent {
 
     /// Whether this process's replica leads the CM's Raft group.
     pub fn is_cm_leader(&self) -> bool {
-        self.group.as_ref().is_some_and(|g| g.is_leader())
+        lock(&self.group).as_ref().is_some_and(|g| g.is_leader())
     }
 
     /// Whether this node may act: it holds a valid lease from the CM, or has asked none yet (it
@@ -682,16 +805,23 @@ impl CmAgent {
 
     fn stop_inner(&mut self) {
         self.stopping.store(true, Ordering::Release);
-        if let Some(thread) = self.housekeeping.take()
-            && thread.join().is_err()
-        {
-            tracing::error!(node = %self.node, "the CM agent's thread panicked");
-        }
+        let join_housekeeping = || {
+            let thread = lock(&self.housekeeping).take();
+            if let Some(thread) = thread
+                && thread.join().is_err()
+            {
+                tracing::error!(node = %self.node, "the CM agent's thread panicked");
+            }
+        };
+        join_housekeeping();
         // The housekeeping thread held the other clones: these are the last ones.
         if let Some(driver) = self.driver.take() {
             drop(driver);
         }
-        self.group = None;
+        // A replica the driver's thread started while this stop began (it checks `stopping`
+        // first, so at most one): its thread sees `stopping` at its next turn.
+        join_housekeeping();
+        *lock(&self.group) = None;
     }
 }
 
@@ -710,6 +840,10 @@ struct Keeper {
     cm_lease_addrs: CmLeaseAddrs,
     /// The cluster file's configuration: the first one installed.
     first: Configuration,
+    /// The standalone CM replicas (never replaced) and the group's full size (2f+1), as the
+    /// cluster file says.
+    standalone: Vec<NodeId>,
+    size: usize,
     lease_ms: u64,
     group: Arc<CmGroup>,
     driver: Arc<CmDriver>,
@@ -729,6 +863,8 @@ struct Keeper {
     joining: Option<(NodeId, Instant)>,
     /// The configuration id a standalone replica last handed its lease thread.
     lease_followed: u64,
+    /// The step of a replica's replacement last taken (logged once each).
+    last_step: Option<Step>,
 }
 
 /// How soon the housekeeping thread looks again.
@@ -749,13 +885,18 @@ impl Keeper {
             self.follow_group();
             let missing = self.discover_peers();
             let pace = self.publish_status();
+            let mut replacing = false;
             if pace != Pace::Follower {
                 self.answer_requests();
             }
+            if pace == Pace::Leading {
+                replacing = self.replace_replicas();
+            }
             // Busy only while something is to be done soon: the first install, a peer's
-            // address, the status a client follows; and woken at once when Raft applies a
-            // configuration or the leadership moves (the group's status watch).
-            let settled = !missing && self.group.configuration().is_some();
+            // address, the status a client follows, a replica's replacement; and woken at once
+            // when Raft applies a configuration or a membership change or the leadership moves
+            // (the group's status watch).
+            let settled = !missing && !replacing && self.group.configuration().is_some();
             let wait = match pace {
                 Pace::Distributing => DISTRIBUTING_TICK,
                 _ if settled => AGENT_IDLE_TICK,
@@ -812,9 +953,72 @@ impl Keeper {
         }
     }
 
+    /// Takes the next step of replacing a CM replica whose node left the cluster
+    /// ([`acre_cm::replacement`]) while this replica acts as CM and nothing is being
+    /// distributed. Returns whether a replacement is under way (look again soon).
+    fn replace_replicas(&mut self) -> bool {
+        let status = self.group.status();
+        let (true, Some(config)) = (status.is_leader, status.configuration) else {
+            return false;
+        };
+        let Some(membership) = self.group.membership() else {
+            return false;
+        };
+        let nodes =
+            |ids: &[u64]| -> Vec<NodeId> { ids.iter().filter_map(|&id| node_of(id)).collect() };
+        let view = GroupView {
+            me: self.host.id(),
+            voters: nodes(&membership.voters),
+            learners: nodes(&membership.learners),
+            caught_up: nodes(&membership.caught_up),
+            conf_change_pending: membership.conf_change_pending,
+        };
+        let step = replacement::next_step(&config, &self.standalone, self.size, &view);
+        let under_way = step.is_some() || !view.learners.is_empty() || view.conf_change_pending;
+        let Some(step) = step else {
+            return under_way;
+        };
+        if self.last_step.as_ref() != Some(&step) {
+            tracing::info!(?step, voters = ?view.voters, learners = ?view.learners, "replacing a CM replica whose node left");
+            self.last_step = Some(step.clone());
+        }
+        let result = match step {
+            Step::AddLearner(node) => self
+                .group
+                .propose_conf_change(ConfChangeType::AddLearnerNode, node)
+                .map_err(|e| e.to_string()),
+            Step::Promote(node) => self
+                .group
+                .propose_conf_change(ConfChangeType::AddNode, node)
+                .map_err(|e| e.to_string()),
+            Step::Remove(node) => self
+                .group
+                .propose_conf_change(ConfChangeType::RemoveNode, node)
+                .map_err(|e| e.to_string()),
+            Step::Name(replicas) => self
+                .driver
+                .change(Change::CmReplicas { replicas }, REQUEST_TIMEOUT)
+                .map(|_| ()),
+        };
+        if let Err(reason) = result {
+            // The manager is busy, or the leadership moved: the next turn decides again.
+            tracing::debug!(%reason, "a step of a CM replica's replacement waits");
+        }
+        true
+    }
+
     /// What a change needs before the CM plans it: a node to add must run and have published
-    /// its CM addresses, and becomes a peer of the links (NEW-CONFIG reaches it there).
+    /// its CM addresses, and becomes a peer of the links (NEW-CONFIG reaches it there); the CM's
+    /// replicas are not a request's to name.
     fn prepare(&mut self, change: &Change) -> Result<(), String> {
+        if let Change::CmReplicas { .. } = change {
+            // The configuration names the voters Raft applied, which only the acting CM
+            // knows: a request could make it name others.
+            return Err(
+                "the CM names its replicas itself, once its Raft group changed; ask for nothing"
+                    .into(),
+            );
+        }
         let Change::AddNode { node, .. } = change else {
             return Ok(());
         };
@@ -1020,6 +1224,7 @@ fn describe(change: &Change) -> String {
         Change::Remove { node } => format!("removing {node}"),
         Change::AddNode { node, .. } => format!("adding {node}"),
         Change::AddRegion { .. } => "adding a region".into(),
+        Change::CmReplicas { replicas } => format!("naming the CM replicas {}", list(replicas)),
         Change::Restart { nodes, .. } => {
             let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
             format!("restarting {}", names.join(" "))

@@ -971,6 +971,15 @@ fn a_node_the_cm_removed_rejoins_as_a_new_node_through_cluster_up() {
             })
     });
     assert!(!after.committed.nodes.contains(&victim), "{after:?}");
+    // Every node hosted a CM replica, so the victim's waited for the newcomer, which hosts it
+    // now (docs/failures.md#membership-of-the-group).
+    cluster.wait_for(
+        "the newcomer named a CM replica in the victim's place",
+        |s| {
+            s.committed.cm_replicas.contains(&newcomer)
+                && !s.committed.cm_replicas.contains(&victim)
+        },
+    );
     let out = bank.wait_with_output().expect("acre bank ends");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("invariant held"), "{}", text(&out));
@@ -979,6 +988,167 @@ fn a_node_the_cm_removed_rejoins_as_a_new_node_through_cluster_up() {
     let again = acre(&["cluster", "up", "--dir", cluster.dir()]);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     assert!(text(&again).contains("already running"), "{}", text(&again));
+}
+
+/// kill -9 of a node hosting a CM replica (not the leader), on 4 nodes with the CM on n1-n3:
+/// the CM removes it, then replaces its Raft replica with n4's through Raft's membership change
+/// (a learner caught up, the dead voter removed, the learner promoted) and names n4 in
+/// `cm_replicas`. `acre cluster up` brings the killed node back as a new node. Then a second
+/// original replica is killed: the group {the leader, the other, n4} still has a majority, so
+/// the CM removes it too (without the replacement, the leader alone of {n1, n2, n3} could commit
+/// nothing), and the rejoined node's replica takes its place. Then the last original replica,
+/// the acting CM, is killed: n4 or the rejoined node leads and removes it. Then `cluster down`
+/// and `up`: the CM comes back from the replicas the configuration names, and every value
+/// written at the start reads back.
+#[test]
+fn a_cm_replica_whose_node_was_removed_is_replaced_and_a_second_loss_leaves_a_majority() {
+    replace_a_cm_replica("shm");
+}
+
+/// As over shm: the removed node is fenced by the members' NIC threads, not killed by the CM,
+/// and nothing else differs for the group.
+#[test]
+fn a_cm_replica_whose_node_was_removed_is_replaced_over_tcp() {
+    replace_a_cm_replica("tcp");
+}
+
+fn replace_a_cm_replica(transport: &str) {
+    let cluster = CmCluster::up(
+        &format!("replace-{transport}"),
+        &[
+            "--nodes",
+            "4",
+            "--f",
+            "1",
+            "--cm",
+            "3",
+            "--transport",
+            transport,
+        ],
+    );
+    let start = cluster.status();
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let objects: Vec<(Addr, u64)> = (start.committed.regions.iter())
+        .map(|p| {
+            (
+                create_in(&db, p.region.0, u64::from(p.region.0)),
+                u64::from(p.region.0),
+            )
+        })
+        .collect();
+    drop(db);
+    let originals: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let first = *originals.iter().find(|&&n| n != start.leader).unwrap();
+    cluster.kill(first);
+    let replaced = cluster.wait_for("n4 named a CM replica in first's place", |s| {
+        !s.committed.nodes.contains(&first)
+            && !s.committed.cm_replicas.contains(&first)
+            && s.committed.cm_replicas.contains(&NodeId(4))
+    });
+    assert_eq!(replaced.committed.cm_replicas.len(), 3, "{replaced:?}");
+    assert!(
+        cluster.dir.join("cm-n4").join("state").exists(),
+        "n4 runs a replica with its own Raft files"
+    );
+    assert!(
+        replaced
+            .history
+            .iter()
+            .any(|r| r.cause.starts_with("CM replicas")),
+        "{:?}",
+        replaced.history
+    );
+
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(
+        String::from_utf8_lossy(&up.stdout).contains("rejoins as a new node"),
+        "{}",
+        text(&up)
+    );
+    let rejoined = cluster.wait_for("the killed node back as a new node", |s| {
+        s.committed.nodes.len() == 4
+    });
+    let newcomer = *rejoined
+        .committed
+        .nodes
+        .iter()
+        .find(|&&n| n.0 > 4)
+        .unwrap_or_else(|| panic!("{rejoined:?}"));
+    assert!(
+        !rejoined.committed.cm_replicas.contains(&newcomer),
+        "the group is full again: the newcomer hosts no replica ({rejoined:?})"
+    );
+
+    // With f = 1, a second loss is survived by the regions once their copies are complete.
+    cluster.wait_for("every region with two complete replicas", |s| {
+        (s.committed.regions.iter())
+            .all(|p| p.state.is_active() && p.copying.is_empty() && p.backups.len() == 1)
+    });
+    // A second original replica, not the acting CM.
+    let acting = cluster.status().leader;
+    let second = *originals
+        .iter()
+        .find(|&&n| n != first && n != acting)
+        .unwrap();
+    cluster.kill(second);
+    let after = cluster.wait_for("the second victim removed", |s| {
+        !s.committed.nodes.contains(&second)
+    });
+    assert!(
+        after
+            .history
+            .iter()
+            .any(|r| r.cause == format!("failure of {second}")),
+        "{after:?}"
+    );
+    cluster.wait_for("the newcomer named a CM replica in second's place", |s| {
+        s.committed.cm_replicas.contains(&newcomer) && !s.committed.cm_replicas.contains(&second)
+    });
+
+    // The last original replica, the acting CM: the replicas added since elect one of them,
+    // which acts as CM (its lease thread takes up the role) and removes it.
+    cluster.wait_for("every region with two complete replicas again", |s| {
+        (s.committed.regions.iter())
+            .all(|p| p.state.is_active() && p.copying.is_empty() && p.backups.len() == 1)
+    });
+    let last = cluster.status().leader;
+    assert!(originals.contains(&last), "{last} leads");
+    cluster.kill(last);
+    let after = cluster.wait_for("the last original removed by a new replica", |s| {
+        !s.committed.nodes.contains(&last) && s.leader != last
+    });
+    assert!([NodeId(4), newcomer].contains(&after.leader), "{after:?}");
+
+    // The whole cluster stopped and started from its files: the replicas are the ones the
+    // configuration names (none of them an original's), and they form a CM again.
+    cluster.wait_for("every region serving again", |s| {
+        (s.committed.regions.iter()).all(|p| p.state.is_active() && p.copying.is_empty())
+    });
+    let full = cluster.status();
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(up.status.success(), "{}", text(&up));
+    let restarted = cluster.wait_for("the CM back after the restart", |s| {
+        s.committed.id > full.committed.id
+            && (s.history.iter()).any(|r| r.cause.starts_with("restart of"))
+    });
+    assert_eq!(
+        restarted.committed.cm_replicas, full.committed.cm_replicas,
+        "{restarted:?}"
+    );
+    cluster.wait_for("every region serving after the restart", |s| {
+        (s.committed.regions.iter()).all(|p| p.state.is_active())
+    });
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    for &(addr, value) in &objects {
+        assert_eq!(
+            read(&db, addr),
+            value,
+            "{addr} after two losses and a restart"
+        );
+    }
 }
 
 /// kill -9 of two of the CM's three replicas at once, its leader among them: no majority is

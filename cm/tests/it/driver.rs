@@ -280,7 +280,6 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
             Source::Cm(CmSeat {
                 group: groups[index].clone(),
                 routed: routed[index].take().unwrap(),
-                voters: CM_REPLICAS.to_vec(),
                 timing: ManagerTiming::default(),
                 fence,
                 known_nodes: (1..=4).map(NodeId).collect(),

@@ -186,7 +186,6 @@ fn a_node_removed_by_an_uncommitted_configuration_of_the_previous_cm_is_fenced()
                 Source::Cm(CmSeat {
                     group: groups[i].clone(),
                     routed: routed[i].take().unwrap(),
-                    voters: REPLICAS.to_vec(),
                     timing: ManagerTiming::default(),
                     fence,
                     known_nodes: (1..=4).map(NodeId).collect(),

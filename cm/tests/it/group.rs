@@ -605,3 +605,118 @@ fn a_leader_hands_its_role_to_a_follower() {
         wait_configuration(process, 2);
     }
 }
+
+/// Waits until `done` holds of `process`'s status.
+fn wait_status(process: &Process, what: &str, done: impl Fn(&CmStatus) -> bool) -> CmStatus {
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut status = process.group.status();
+    while !done(&status) {
+        assert!(
+            Instant::now() < deadline,
+            "node {}: {what}: not within {WAIT_MAX:?}: {status:?}",
+            process.group.node()
+        );
+        status = process.group.wait_status(status.epoch, POLL);
+    }
+    status
+}
+
+/// Over loopback links, as processes run it (docs/failures.md#membership-of-the-group): n2 is
+/// gone; n4's replica joins knowing no voters, is added as a learner and caught up, n2 is
+/// removed and n4 promoted. Then n2 comes back from its files, still believing in {n1, n2, n3}:
+/// the others refuse its messages and it disturbs nobody. Then the leader is dropped: the
+/// survivors of {n1, n3, n4} elect one and install.
+#[test]
+fn a_replica_joins_over_the_links_replaces_a_lost_one_and_the_group_survives_a_second_loss() {
+    let cluster = Cluster::new();
+    let mut processes: Vec<Process> = (1..=3).map(|n| cluster.start(n)).collect();
+    install(&processes.iter().collect::<Vec<_>>(), 0, &config(1, 1)).unwrap();
+    let n2 = processes.remove(1);
+    assert_eq!(n2.group.node(), NodeId(2));
+    drop(n2);
+
+    // n4 binds its links and starts its replica with no voters; the others make it a peer, as
+    // the agents' peer discovery does for every member.
+    let n4_addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (links, inbox) = Links::bind(NodeId(4), n4_addr, cluster.secret.clone()).unwrap();
+    for &(node, addr) in &cluster.voters {
+        links.add_peer(node, addr);
+    }
+    let options = GroupOptions::new(NodeId(4), Vec::new(), cluster.root.path());
+    let (group, routed) = match CmGroup::join(options, Arc::new(links), inbox) {
+        Ok(started) => started,
+        Err((e, _)) => panic!("{e}"),
+    };
+    processes.push(Process {
+        group,
+        routed: Mutex::new(routed),
+    });
+    for process in &processes[..2] {
+        process.group.links().add_peer(NodeId(4), n4_addr);
+    }
+    let n4 = &processes[2];
+    assert!(n4.group.status().voters.is_empty());
+
+    let all: Vec<&Process> = processes.iter().collect();
+    let leader = all[process(&all, wait_leader(&all))];
+    let change = |kind, node| {
+        leader
+            .group
+            .propose_conf_change(kind, node)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    use acre_cm::group::ConfChangeType;
+    change(ConfChangeType::AddLearnerNode, NodeId(4));
+    wait_status(n4, "n4 learns the group from a snapshot", |s| {
+        s.learners == [NodeId(4)] && s.configuration_id() == 1
+    });
+    let deadline = Instant::now() + WAIT_MAX;
+    while leader.group.membership().unwrap().caught_up != [4] {
+        assert!(Instant::now() < deadline, "n4 never caught up");
+        std::thread::sleep(POLL);
+    }
+    change(ConfChangeType::RemoveNode, NodeId(2));
+    wait_status(leader, "n2 removed", |s| s.voters == [NodeId(1), NodeId(3)]);
+    change(ConfChangeType::AddNode, NodeId(4));
+    for process in &processes {
+        wait_status(process, "n4 promoted", |s| {
+            s.voters == [NodeId(1), NodeId(3), NodeId(4)] && s.learners.is_empty()
+        });
+    }
+    assert_eq!(install(&all, 1, &config(2, 1)).unwrap(), config(2, 1));
+
+    // n2 back from its files: it applied nothing of the change and stands for election in
+    // {n1, n2, n3}; the group's replicas refuse what it sends.
+    let n2 = cluster.start(2);
+    let refused_before: u64 = all.iter().map(|p| p.group.stats().refused_count).sum();
+    let deadline = Instant::now() + WAIT_MAX;
+    while all
+        .iter()
+        .map(|p| p.group.stats().refused_count)
+        .sum::<u64>()
+        == refused_before
+    {
+        assert!(Instant::now() < deadline, "n2 sent nothing in {WAIT_MAX:?}");
+        std::thread::sleep(POLL);
+    }
+    assert!(!n2.group.is_leader(), "{:?}", n2.group.status());
+    assert_eq!(install(&all, 2, &config(3, 1)).unwrap(), config(3, 1));
+    assert!(
+        n2.group.status().configuration_id() < 3,
+        "{:?}",
+        n2.group.status()
+    );
+    drop(n2);
+
+    // The second loss: the leader.
+    let leader = wait_leader(&all);
+    drop(all);
+    let index = process(&processes.iter().collect::<Vec<_>>(), leader);
+    drop(processes.remove(index));
+    let survivors: Vec<&Process> = processes.iter().collect();
+    assert_ne!(wait_leader(&survivors), leader);
+    assert_eq!(install(&survivors, 3, &config(4, 1)).unwrap(), config(4, 1));
+}

@@ -6,4 +6,5 @@ mod driver;
 mod failover_fence;
 mod group;
 mod idle_cpu;
+mod membership;
 mod sim;

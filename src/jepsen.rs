@@ -61,6 +61,11 @@ pub struct JepsenArgs {
     /// nemesis may also kill (a client that dies in the middle of a commit).
     #[arg(long)]
     pub client_processes: bool,
+    /// Where the configuration manager's replicas run: `processes` (three standalone `acre
+    /// cm` processes, restarted in place after a fault) or `nodes` (inside the first 2f+1
+    /// memory nodes; a removed node's replica is replaced through the Raft group).
+    #[arg(long, default_value = "processes", value_parser = ["processes", "nodes"])]
+    pub cm: String,
     /// Lease between the CM and every node, in milliseconds.
     #[arg(long, default_value_t = crate::launch::LEASE_MS_DEFAULT)]
     pub lease_ms: u64,
@@ -156,6 +161,7 @@ fn options(args: &JepsenArgs) -> anyhow::Result<Options> {
         fault_max: args.fault_max,
         acre: std::env::current_exe().context("find the acre binary")?,
         client_processes: args.client_processes,
+        cm_in_nodes: args.cm == "nodes",
     })
 }
 

@@ -37,6 +37,10 @@ pub struct Spec {
     pub region_bytes: u64,
     /// Client ids the cluster provides (each client worker process needs one; a `Db` is one).
     pub clients: u16,
+    /// Run the configuration manager inside the first 2f+1 memory nodes' processes instead of
+    /// [`CM_PROCESSES`] standalone ones (a removed CM-hosting node's replica is then replaced
+    /// through the Raft group's membership change).
+    pub cm_in_nodes: bool,
 }
 
 /// A running cluster of node processes in `dir`.
@@ -47,6 +51,8 @@ pub struct Cluster {
     log: PathBuf,
     /// Memory nodes the cluster started with: a fault that took one is healed when as many run.
     nodes: usize,
+    /// Standalone CM processes the cluster started with.
+    cm_processes: usize,
 }
 
 /// A memory node process found through its manifest.
@@ -58,7 +64,7 @@ pub struct NodeProcess {
 
 impl Cluster {
     /// Starts a cluster with its configuration manager in [`CM_PROCESSES`] standalone
-    /// processes and a clock control file per process, so the clock nemesis can skew each
+    /// processes (or in the nodes: [`Spec::cm_in_nodes`]) and a clock control file per process, so the clock nemesis can skew each
     /// one's clock. `log` receives the commands' output.
     pub fn up(acre: &Path, dir: &Path, spec: &Spec, log: &Path) -> Result<Cluster, String> {
         let cluster = Cluster {
@@ -66,7 +72,13 @@ impl Cluster {
             dir: dir.to_path_buf(),
             log: log.to_path_buf(),
             nodes: usize::from(spec.nodes),
+            cm_processes: if spec.cm_in_nodes {
+                0
+            } else {
+                usize::from(CM_PROCESSES)
+            },
         };
+        let cm_processes = cluster.cm_processes.to_string();
         cluster.acre_command(&[
             "cluster",
             "up",
@@ -85,7 +97,7 @@ impl Cluster {
             "--clients",
             &spec.clients.to_string(),
             "--cm-processes",
-            &CM_PROCESSES.to_string(),
+            &cm_processes,
             "--clock-control",
         ])?;
         Ok(cluster)
@@ -176,7 +188,7 @@ impl Cluster {
     pub fn whole(&self) -> bool {
         self.missing().is_empty()
             && self.processes().len() >= self.nodes
-            && self.cm_processes().len() >= usize::from(CM_PROCESSES)
+            && self.cm_processes().len() >= self.cm_processes
     }
 
     /// The standalone CM processes that run now.

@@ -83,6 +83,8 @@ pub struct Options {
     /// Run each client worker's operations in a client process of its own (`acre
     /// jepsen-client`), which the kill nemesis may kill too.
     pub client_processes: bool,
+    /// The configuration manager in the memory nodes' processes rather than standalone ones.
+    pub cm_in_nodes: bool,
 }
 
 /// How long the final phase waits for the cluster to settle, and for each final read.
@@ -142,9 +144,12 @@ pub fn run(
         commit: options.commit.clone(),
         lease_ms: options.lease_ms,
         region_bytes: 64 << 20,
-        // Every worker is a client of its own, and so is the set-up's and the final reads'.
-        clients: u16::try_from(options.concurrency + 2)
+        // Every worker is a client of its own, and so is the set-up's and the final reads'; a
+        // killed client process's id stays taken until the memory nodes settled what it left,
+        // so its worker's next process takes another.
+        clients: u16::try_from(2 * options.concurrency + 4)
             .map_err(|_| "--concurrency is too large".to_string())?,
+        cm_in_nodes: options.cm_in_nodes,
     };
     let log = options.out.join("cluster.log");
     progress(&format!(

@@ -7,9 +7,9 @@
 //!
 //! - **CM links** ([`acre_cm::net::Links`], TCP on loopback, or on the address of the
 //!   process's network namespace: [`crate::netns`]) and a **lease thread**
-//!   ([`acre_cm::lease_thread::LeaseThread`], UDP on the same address), both on free ports that the
-//!   node publishes in its manifest (`cm_link`, `lease`), where the others find them. The
-//!   lease thread publishes the node's lease into its memory's lease gate
+//!   ([`acre_cm::lease_thread::LeaseThread`], UDP on the same address), both on free ports
+//!   that the node publishes in its manifest (`cm_link`, `lease`), where the others find
+//!   them. The lease thread publishes the node's lease into its memory's lease gate
 //!   ([`acre_engine::fabric::NodeMemory::lease_gate`]), which the node's NIC thread, worker and
 //!   coordinators check before they act (docs/failures.md#leases); the gate stays open until
 //!   the node adopts a configuration naming a CM, and from then on needs a grant.

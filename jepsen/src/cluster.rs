@@ -154,11 +154,15 @@ impl Cluster {
     /// removed (`acre cluster up --dir D` on the running cluster: restart in place, or rejoin
     /// as a new node). A removed node whose process still runs (cut off by a partition: over
     /// tcp the members refuse it, nothing ends it) is killed first, so that it rejoins, as an
-    /// operator would do. Nothing missing is not an error.
+    /// operator would do; unless it hosts a replica of the configuration manager: the CM's
+    /// replicas are not replaced (a rejoining node hosts none), so killing it would take a
+    /// vote from the CM for good, and a few partitions would leave it without a majority.
+    /// Nothing missing is not an error.
     pub fn restore(&self) -> Result<(), String> {
         if let Some(config) = self.configuration() {
             for process in self.processes() {
-                if !config.nodes.contains(&process.node) {
+                let removed = !config.nodes.contains(&process.node);
+                if removed && !config.cm_replicas.contains(&process.node) {
                     let _ = self.signal(process.node, acre_engine::signal::kill);
                 }
             }

@@ -522,6 +522,11 @@ impl ProcessNode {
         Ok((replica, nic, tcp_addr))
     }
 
+    /// Where its NIC thread listens (tcp only), as its manifest says.
+    pub fn tcp_addr(&self) -> Option<&str> {
+        self.tcp_addr.as_deref()
+    }
+
     pub fn txn(&self) -> &Arc<TxnNode> {
         self.replica.as_ref().expect("running").txn()
     }

@@ -3,6 +3,7 @@
 //! and every namespace, link and nftables table a run made is gone when it ends. Each needs
 //! root, `ip` and `nft`; without them the test says why and checks nothing else.
 
+use acre::cluster::CLIENT_ID_BASE;
 use acre_jepsen::history::{Kind, Op, Process, Value, read_jsonl};
 use acre_jepsen::netns::{self, NAME_PREFIX};
 use std::io::{BufRead, BufReader};
@@ -31,17 +32,25 @@ struct Ran {
     ops: Vec<Op>,
     /// The run's network name (`acrejp<r>`), from its progress lines.
     name: String,
+    /// The output of its `acre cluster` commands.
+    cluster_log: String,
+    /// The cluster directory, kept.
+    cluster: tempfile::TempDir,
 }
 
 /// Runs `acre jepsen ARGS --out <temp>`, ended with SIGKILL past [`RUN_MAX`] (the assertion
 /// then fails), and reads its history.
 fn jepsen(args: &[&str]) -> Ran {
     let out = tempfile::tempdir().expect("a temporary directory");
+    let cluster = tempfile::tempdir_in("/dev/shm").expect("a temporary directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_acre"))
         .arg("jepsen")
         .args(args)
         .arg("--out")
         .arg(out.path())
+        .arg("--cluster-dir")
+        .arg(cluster.path())
+        .arg("--keep-cluster")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -78,11 +87,14 @@ fn jepsen(args: &[&str]) -> Ran {
         .find_map(|word| word.strip_suffix("-n<id>"))
         .unwrap_or_default()
         .to_string();
+    let cluster_log = std::fs::read_to_string(out.path().join("cluster.log")).unwrap_or_default();
     Ran {
         code,
         stderr,
         ops,
         name,
+        cluster_log,
+        cluster,
     }
 }
 
@@ -249,6 +261,51 @@ fn killed_nodes_come_back_in_their_namespaces() {
             .any(|op| op.kind == Kind::Ok),
         "no kill healed:\n{}",
         ran.stderr
+    );
+    // A killed node came back: restarted in place, or rejoined as a new node.
+    assert!(
+        ran.cluster_log.contains("restarting it from its files")
+            || ran.cluster_log.contains("rejoins as a new node"),
+        "no node came back:\n{}",
+        ran.cluster_log
+    );
+    // Every node that ran, those that came back included, listened in its namespace (each
+    // node's log says where; the manifests are gone with `acre cluster down`).
+    let subnet = format!("10.77.{}.", &ran.name[NAME_PREFIX.len()..]);
+    let mut logs = 0;
+    for entry in std::fs::read_dir(ran.cluster.path()).expect("the cluster directory") {
+        let path = entry.expect("an entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let Some(id) = (name.strip_prefix('n'))
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if id >= CLIENT_ID_BASE {
+            continue;
+        }
+        logs += 1;
+        let log = std::fs::read_to_string(&path).expect("a node log");
+        let serving = log
+            .lines()
+            .filter(|l| l.contains("serving (pid"))
+            .collect::<Vec<_>>();
+        assert!(
+            !serving.is_empty() && serving.iter().all(|l| l.contains(&subnet)),
+            "n{id} did not serve on {subnet}*: {serving:?}"
+        );
+    }
+    assert!(logs >= 3, "{logs} node logs");
+    eprintln!(
+        "{logs} nodes ran; came back: {} restarted in place, {} rejoined",
+        ran.cluster_log
+            .matches("restarting it from its files")
+            .count(),
+        ran.cluster_log.matches("rejoins as a new node").count()
     );
 }
 

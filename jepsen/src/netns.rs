@@ -285,15 +285,18 @@ impl Network {
         let me = std::process::id();
         let started =
             procfs::start_time(me).map_err(|e| format!("read this process's start: {e}"))?;
+        // The marker is written whole under a private name, then linked to its own: the link
+        // claims the run name (two harnesses never take the same one), and no sweep ever
+        // reads a marker half written.
+        let draft = Path::new(MARKER_DIR).join(format!(".draft-{me}"));
+        std::fs::write(&draft, format!("{me} {started}\n"))
+            .map_err(|e| format!("write {}: {e}", draft.display()))?;
         let run = (1..=RUN_MAX)
             .filter(|r| !in_use.contains(r))
-            .find(|&r| {
-                // Creating the marker claims the name: two harnesses never take the same one.
-                std::fs::File::create_new(marker_path(r))
-                    .and_then(|mut f| writeln!(f, "{me} {started}"))
-                    .is_ok()
-            })
-            .ok_or_else(|| format!("all {RUN_MAX} run names are taken (see {MARKER_DIR})"))?;
+            .find(|&r| std::fs::hard_link(&draft, marker_path(r)).is_ok());
+        let _ = std::fs::remove_file(&draft);
+        let run =
+            run.ok_or_else(|| format!("all {RUN_MAX} run names are taken (see {MARKER_DIR})"))?;
         let name = run_name(run);
         let network = Network {
             run,

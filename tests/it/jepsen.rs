@@ -177,7 +177,7 @@ fn assert_ran(ran: &Ran, args: &[&str]) {
         .count();
     assert!(finals > 0, "no final read succeeded:\n{}", ran.stderr);
     let left = left_of(&ran.name);
-    assert!(left.is_empty(), "the run left {left:?}");
+    assert!(left.is_empty(), "the run left {left:?}:\n{}", ran.stderr);
 }
 
 #[test]

@@ -220,7 +220,7 @@ fn remove_run(run: u8, objects: &Objects) {
     for table in objects
         .tables
         .iter()
-        .filter(|t| t.ends_with(&run_name(run)))
+        .filter(|t| t.split(' ').nth(1) == Some(run_name(run).as_str()))
     {
         let mut args = vec!["delete", "table"];
         args.extend(table.split(' '));
@@ -281,7 +281,13 @@ impl Network {
             ));
         }
         std::fs::create_dir_all(MARKER_DIR).map_err(|e| format!("create {MARKER_DIR}: {e}"))?;
-        let in_use = Objects::find().runs();
+        let mut in_use = Objects::find().runs();
+        // A /24 this host already has an address in (not ours) is not taken either.
+        let addrs = run_with_input("ip", &["-4", "-o", "addr", "show"], None)?;
+        in_use.extend(addrs.split_whitespace().filter_map(|word| {
+            let rest = word.strip_prefix("10.77.")?;
+            rest.split('.').next()?.parse::<u8>().ok()
+        }));
         let me = std::process::id();
         let started =
             procfs::start_time(me).map_err(|e| format!("read this process's start: {e}"))?;
@@ -412,7 +418,7 @@ impl Network {
             .cloned()
             .chain(
                 (left.tables.iter())
-                    .filter(|t| t.ends_with(&format!(" {}", self.table())))
+                    .filter(|t| t.split(' ').nth(1) == Some(self.table().as_str()))
                     .cloned(),
             )
             .collect()

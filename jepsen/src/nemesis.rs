@@ -17,7 +17,8 @@
 //!   nodes cut at the bridge, as Jepsen draws them: one node isolated, two halves, a
 //!   majorities ring (each node hears a majority, no two the same), or a minority isolated
 //!   from the rest; the clients still reach every node. Healed by removing the rules; a node
-//!   the configuration manager removed meanwhile is killed and rejoins as a new node.
+//!   the configuration manager removed meanwhile is killed and rejoins as a new node, unless
+//!   it hosts a CM replica ([`Cluster::restore`]).
 //!
 //! Targets of the process faults, drawn per fault: one node, a node that is the primary of a
 //! region, a minority (fewer than half of the members), or the configuration manager's leader.

@@ -154,6 +154,8 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
             lease_ms: launch::LEASE_MS_DEFAULT,
             commit: args.commit.clone(),
             clock_control: false,
+            netns: None,
+            netns_subnet: None,
         })?;
     }
     let outcome = measure(args, &target, &options, &mut out);

@@ -670,6 +670,8 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
             backup_only: u16::from(victim == Victim::Backup),
             lease_ms: args.lease_ms,
             clock_control: false,
+            netns: None,
+            netns_subnet: None,
         })
         .context("start the cluster")?;
         let status = CmStatusFile::read(&args.dir)?

@@ -352,6 +352,8 @@ fn start(args: &RecopyArgs, layout: &Layout, backup_only: u16) -> anyhow::Result
             backup_only,
             lease_ms: args.lease_ms,
             clock_control: false,
+            netns: None,
+            netns_subnet: None,
         })
         .context("start the cluster")?;
         let status = CmStatusFile::read(&args.dir)?

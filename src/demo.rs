@@ -451,6 +451,8 @@ fn demo_failure(args: &DemoArgs, termination: &Termination) -> anyhow::Result<Ex
         backup_only: 0,
         lease_ms: args.lease_ms,
         clock_control: false,
+        netns: None,
+        netns_subnet: None,
     })
     .context("start the cluster")?;
     let db = Db::connect(&dir.join(CLUSTER_FILE)).context("connect a client")?;

@@ -53,6 +53,8 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         lease_ms: args.lease_ms,
         commit: "one-sided".into(),
         clock_control: false,
+        netns: None,
+        netns_subnet: None,
     };
     launch::up(&up)?;
     let down = DownArgs {

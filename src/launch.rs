@@ -13,6 +13,7 @@ use acre::engine::addr::NodeId;
 use acre::engine::directory::{self, NodeManifest};
 use acre::engine::fabric::tcp::ClusterSecret;
 use acre::engine::fabric::transport_kind::TransportKind;
+use acre::replication::netns::NetnsPlacement;
 use acre::txn::config::{CommitMode, Configuration};
 use anyhow::{Context, bail};
 use std::io::Write as _;
@@ -89,12 +90,23 @@ pub struct UpArgs {
     /// the system clock.
     #[arg(long)]
     pub clock_control: bool,
+    /// Run each node process in network namespace PREFIX-n<id> (`ip netns exec`), bound to
+    /// address <subnet>.<id> instead of 127.0.0.1 (tcp only; the placement is kept in
+    /// `netns.toml`, so restarts and `add-node` follow it). The namespaces must exist, each
+    /// reachable from this one: `acre jepsen` makes them for its partition nemesis.
+    #[arg(long, value_name = "PREFIX", requires = "netns_subnet")]
+    pub netns: Option<String>,
+    /// The /24 of the namespaces' addresses, as 10.77.1.0 (with --netns).
+    #[arg(long, value_name = "ADDRESS", requires = "netns")]
+    pub netns_subnet: Option<std::net::Ipv4Addr>,
 }
 
 /// The default lease (docs/failures.md#leases says how it was chosen): ten times the shortest
 /// lease that showed no false expiry here (50 ms), and long enough that renewals keep an idle
 /// 5-node cluster under 2% of a core.
 pub const LEASE_MS_DEFAULT: u64 = 500;
+/// Where `ip netns add` names namespaces.
+const NETNS_RUN_DIR: &str = "/run/netns";
 /// How long `up` waits for the CM to commit its first configuration.
 pub const CM_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -262,9 +274,33 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     Ok(file)
 }
 
+/// Where `up` places the node processes for `args`: in namespaces (`--netns`), validated, or
+/// on loopback.
+fn netns_placement(args: &UpArgs) -> anyhow::Result<Option<NetnsPlacement>> {
+    let (Some(prefix), Some(subnet)) = (&args.netns, args.netns_subnet) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        args.transport == "tcp",
+        "--netns needs --transport tcp: over shm the nodes share memory files, not a network"
+    );
+    anyhow::ensure!(
+        args.cm_processes == 0,
+        "--netns with --cm-processes: standalone CM replicas do not run in namespaces; host \
+         the CM's replicas in the node processes (--cm)"
+    );
+    let placement = NetnsPlacement {
+        prefix: prefix.clone(),
+        subnet,
+    };
+    placement.validate()?;
+    Ok(Some(placement))
+}
+
 pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let file = cluster_file(args)?;
+    let placement = netns_placement(args)?;
     let dir = &args.dir;
     let file_path = dir.join(CLUSTER_FILE);
     let existing = ClusterFile::read(&file_path).ok();
@@ -299,6 +335,9 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             .context("write the cluster secret")?;
     }
     file.write(&file_path)?;
+    if let Some(placement) = &placement {
+        placement.write(dir)?;
+    }
     if args.clock_control {
         for node in file
             .config
@@ -1074,11 +1113,32 @@ fn start_nodes(
 
 /// Starts a detached `acre <command>` process (`node`, or `cm` for a standalone CM replica)
 /// for `node` with `extra` arguments, its output in `n<id>.log`.
+/// In a cluster placed in network namespaces (`netns.toml`), the process runs in its own
+/// through `ip netns exec`, which execs it: the child's pid is the node's.
 fn spawn_node(dir: &Path, command: &str, node: NodeId, extra: &[String]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("find the acre binary")?;
+    let placement = NetnsPlacement::read(dir)?;
+    let mut process = match &placement {
+        None => std::process::Command::new(&exe),
+        Some(placement) => {
+            let namespace = placement.namespace(node);
+            placement.addr(node)?;
+            let named = Path::new(NETNS_RUN_DIR).join(&namespace);
+            anyhow::ensure!(
+                named.exists(),
+                "{node} runs in network namespace {namespace} (netns.toml in {}), which does not \
+                 exist: create it with address {} first",
+                dir.display(),
+                placement.addr(node)?
+            );
+            let mut ip = std::process::Command::new("ip");
+            ip.args(["netns", "exec", &namespace]).arg(&exe);
+            ip
+        }
+    };
     let log =
         std::fs::File::create(cluster::node_log_path(dir, node)).context("create a node log")?;
-    std::process::Command::new(&exe)
+    process
         .arg(command)
         .arg("--cluster")
         .arg(dir.join(CLUSTER_FILE))

@@ -297,7 +297,11 @@ fn run_node(
         ),
         _ => None,
     };
-    tracing::info!(node = %id, "serving (pid {})", std::process::id());
+    match node.tcp_addr() {
+        // Where it listens: loopback, or its network namespace's address (`--netns`).
+        Some(addr) => tracing::info!(node = %id, "serving (pid {}) on {addr}", std::process::id()),
+        None => tracing::info!(node = %id, "serving (pid {})", std::process::id()),
+    }
     acre::engine::signal::wait_for_termination().context("wait for a signal")?;
     drop(agent);
     match Arc::try_unwrap(node) {

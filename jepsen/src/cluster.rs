@@ -7,6 +7,7 @@
 //! still lists and rejoins as a new node one the configuration manager removed. So the
 //! harness tests the recovery an operator would get.
 
+use crate::netns::Network;
 use acre_engine::addr::NodeId;
 use acre_engine::clock::{ClockControlFile, control_file_path};
 use acre_engine::directory::NodeManifest;
@@ -14,15 +15,15 @@ use acre_engine::procfs;
 use acre_replication::cluster_file::{CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile};
 use acre_replication::cm_status::CmStatusFile;
 use acre_replication::process::process_alive;
+use acre_replication::restart::nodes_with_area_files;
 use acre_txn::config::Configuration;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Standalone CM processes (`acre cm`): the configuration manager runs apart from the memory
-/// nodes, so that a memory node the CM removes and that rejoins as a new node takes no CM
-/// replica with it; a CM process that dies restarts in place under its id.
+/// Standalone CM processes (`acre cm`) by default: the configuration manager runs apart from
+/// the memory nodes, and a CM process that dies restarts in place under its id.
 pub const CM_PROCESSES: u16 = 3;
 
 /// How the cluster is built.
@@ -39,7 +40,7 @@ pub struct Spec {
     pub clients: u16,
     /// Run the configuration manager inside the first 2f+1 memory nodes' processes instead of
     /// [`CM_PROCESSES`] standalone ones (a removed CM-hosting node's replica is then replaced
-    /// through the Raft group's membership change).
+    /// through the Raft group's membership change). Nodes in namespaces need it.
     pub cm_in_nodes: bool,
 }
 
@@ -49,9 +50,12 @@ pub struct Cluster {
     dir: PathBuf,
     /// Where the output of every `acre cluster` command goes (appended).
     log: PathBuf,
-    /// Memory nodes the cluster started with: a fault that took one is healed when as many run.
-    nodes: usize,
-    /// Standalone CM processes the cluster started with.
+    /// The nodes' namespaces, when each node runs in one (tcp, `acre cluster up --netns`).
+    network: Option<Network>,
+    /// Memory nodes at the start: a fault that took one is healed when as many run, and as
+    /// many namespaces are kept ready for rejoining nodes.
+    nodes: u16,
+    /// Standalone CM processes at the start.
     cm_processes: usize,
 }
 
@@ -63,44 +67,69 @@ pub struct NodeProcess {
 }
 
 impl Cluster {
-    /// Starts a cluster with its configuration manager in [`CM_PROCESSES`] standalone
-    /// processes (or in the nodes: [`Spec::cm_in_nodes`]) and a clock control file per process, so the clock nemesis can skew each
-    /// one's clock. `log` receives the commands' output.
-    pub fn up(acre: &Path, dir: &Path, spec: &Spec, log: &Path) -> Result<Cluster, String> {
+    /// Starts a cluster with its configuration manager in [`CM_PROCESSES`] standalone processes
+    /// (or in the nodes: [`Spec::cm_in_nodes`]) and a clock control file per process, so the
+    /// clock nemesis can skew each one's clock. With `network`, each node runs in a namespace of its own on it (made
+    /// here). `log` receives the commands' output.
+    pub fn up(
+        acre: &Path,
+        dir: &Path,
+        spec: &Spec,
+        log: &Path,
+        network: Option<Network>,
+    ) -> Result<Cluster, String> {
         let cluster = Cluster {
             acre: acre.to_path_buf(),
             dir: dir.to_path_buf(),
             log: log.to_path_buf(),
-            nodes: usize::from(spec.nodes),
+            network,
+            nodes: spec.nodes,
             cm_processes: if spec.cm_in_nodes {
                 0
             } else {
                 usize::from(CM_PROCESSES)
             },
         };
-        let cm_processes = cluster.cm_processes.to_string();
-        cluster.acre_command(&[
-            "cluster",
-            "up",
-            "--dir",
-            &dir.display().to_string(),
-            "--nodes",
-            &spec.nodes.to_string(),
-            "--transport",
-            &spec.transport,
-            "--commit",
-            &spec.commit,
-            "--lease-ms",
-            &spec.lease_ms.to_string(),
-            "--region-bytes",
-            &spec.region_bytes.to_string(),
-            "--clients",
-            &spec.clients.to_string(),
-            "--cm-processes",
-            &cm_processes,
-            "--clock-control",
-        ])?;
+        let mut placement = Vec::new();
+        if let Some(network) = &cluster.network {
+            network.add_nodes((1..=spec.nodes).map(NodeId))?;
+            placement = vec![
+                "--netns".to_string(),
+                network.placement().prefix.clone(),
+                "--netns-subnet".to_string(),
+                network.placement().subnet.to_string(),
+            ];
+        }
+        let mut args: Vec<String> = vec![
+            "cluster".to_string(),
+            "up".to_string(),
+            "--dir".to_string(),
+            dir.display().to_string(),
+            "--nodes".to_string(),
+            spec.nodes.to_string(),
+            "--transport".to_string(),
+            spec.transport.clone(),
+            "--commit".to_string(),
+            spec.commit.clone(),
+            "--lease-ms".to_string(),
+            spec.lease_ms.to_string(),
+            "--region-bytes".to_string(),
+            spec.region_bytes.to_string(),
+            "--clients".to_string(),
+            spec.clients.to_string(),
+            "--cm-processes".to_string(),
+            cluster.cm_processes.to_string(),
+            "--clock-control".to_string(),
+        ];
+        args.extend(placement);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.acre_command(&args)?;
         Ok(cluster)
+    }
+
+    /// The nodes' network, when they run in namespaces.
+    pub fn network(&self) -> Option<&Network> {
+        self.network.as_ref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -151,15 +180,54 @@ impl Cluster {
         }
     }
 
-    /// Brings back every member that is not running, and a node for each one the
-    /// configuration manager removed (`acre cluster up --dir D` on the running cluster: it
-    /// restarts a member in place, and rejoins a removed node as a new one). Nothing missing
-    /// is not an error.
+    /// Brings back every member that is not running, a node for each one the configuration
+    /// manager removed, and every CM process (`acre cluster up --dir D` on the running
+    /// cluster: restart in place, or rejoin as a new node). A removed node whose process still
+    /// runs (cut off by a partition: over tcp the members refuse it, nothing ends it) is killed
+    /// first, so that it rejoins, as an operator would do; a CM replica it hosted is replaced
+    /// through the CM's Raft group. Nothing missing is not an error.
     pub fn restore(&self) -> Result<(), String> {
-        if self.whole() {
+        if let Some(config) = self.configuration() {
+            for process in self.processes() {
+                if !config.nodes.contains(&process.node) {
+                    let _ = self.signal(process.node, acre_engine::signal::kill);
+                }
+            }
+        }
+        if self.whole() && self.removed().is_empty() {
             return Ok(());
         }
+        if let Some(network) = &self.network {
+            // Rejoining nodes take the next free ids (`acre cluster add-node`): each needs its
+            // namespace before it starts.
+            let highest = NodeManifest::list(&self.dir)
+                .unwrap_or_default()
+                .into_iter()
+                .chain(self.configuration().map(|c| c.nodes).unwrap_or_default())
+                .map(|n| n.0)
+                .filter(|&id| id < CLIENT_ID_BASE)
+                .max()
+                .unwrap_or(0);
+            let ahead = self.removed().len() as u16 + self.nodes;
+            network.add_nodes((highest + 1..=highest + ahead).map(NodeId))?;
+        }
         self.acre_command(&["cluster", "up", "--dir", &self.dir.display().to_string()])
+    }
+
+    /// Memory nodes the configuration no longer lists whose processes are gone and whose
+    /// files are still in place: `acre cluster up` makes each rejoin as a new node.
+    pub fn removed(&self) -> Vec<NodeId> {
+        let Some(config) = self.configuration() else {
+            return Vec::new();
+        };
+        let running: Vec<NodeId> = self.processes().iter().map(|p| p.node).collect();
+        // As `acre cluster up` finds them (src/rejoin.rs).
+        nodes_with_area_files(&self.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|node| node.0 < CLIENT_ID_BASE)
+            .filter(|node| !config.nodes.contains(node) && !running.contains(node))
+            .collect()
     }
 
     /// Stops every process of the cluster and keeps its files (`acre cluster down`).
@@ -187,7 +255,7 @@ impl Cluster {
     /// CM process.
     pub fn whole(&self) -> bool {
         self.missing().is_empty()
-            && self.processes().len() >= self.nodes
+            && self.processes().len() >= usize::from(self.nodes)
             && self.cm_processes().len() >= self.cm_processes
     }
 

@@ -12,7 +12,9 @@
 //! - [`cluster`]: the cluster under test, driven through the `acre` command line.
 //! - [`client`]: client processes (`--client-processes`), each a client of the cluster.
 //! - [`workload`]: bank, list-append and register operations as Acre transactions.
-//! - [`nemesis`]: kill, pause, clock and bitflip faults, and their heals.
+//! - [`nemesis`]: kill, pause, clock, bitflip and partition faults, and their heals.
+//! - [`netns`]: the nodes' network namespaces, their bridge, and the partitions' nftables
+//!   rules; removed at the end of the run, or by the next run if this one was killed.
 //! - [`run`]: one run, from an empty directory to a history.
 //! - [`report`]: `report.html` and its charts, for a person to read a run.
 
@@ -24,6 +26,8 @@ pub mod cluster;
 pub mod history;
 #[cfg(feature = "harness")]
 pub mod nemesis;
+#[cfg(feature = "harness")]
+pub mod netns;
 #[cfg(feature = "harness")]
 pub mod report;
 pub mod results;

@@ -13,13 +13,21 @@
 //! - **bitflip**: SIGKILL of the targets, then random bits flipped in the data of their log
 //!   rings (every record carries a checksum: the damage must be refused, and the records
 //!   recovered from the senders and replicas); healed as a kill.
+//! - **partition** (tcp, each node in a network namespace: [`crate::netns`]): links between
+//!   nodes cut at the bridge, as Jepsen draws them: one node isolated, two halves, a
+//!   majorities ring (each node hears a majority, no two the same), or a minority isolated
+//!   from the rest; the clients still reach every node. Healed by removing the rules; a node
+//!   the configuration manager removed meanwhile is killed and rejoins as a new node
+//!   ([`Cluster::restore`]).
 //!
-//! Targets, drawn per fault: one node, a node that is the primary of a region, a minority
-//! (fewer than half of the members), or the configuration manager's leader (a standalone CM
-//! process, restarted in place by the heal).
+//! Targets of the process faults, drawn per fault: one node, a node that is the primary of a
+//! region, a minority (fewer than half of the members), or the configuration manager's leader
+//! (a standalone CM process, restarted in place by the heal, unless the CM runs in the nodes).
+//! A partition's targets are the side cut off (the smaller one), or every node for a ring.
 
 use crate::cluster::Cluster;
 use crate::history::Fault;
+use crate::netns::Grudge;
 use acre_engine::addr::NodeId;
 use acre_engine::clock::Rate;
 use acre_engine::directory::node_area_files;
@@ -34,10 +42,17 @@ pub enum Class {
     Pause,
     Clock,
     Bitflip,
+    Partition,
 }
 
 impl Class {
-    pub const ALL: [Class; 4] = [Class::Kill, Class::Pause, Class::Clock, Class::Bitflip];
+    pub const ALL: [Class; 5] = [
+        Class::Kill,
+        Class::Pause,
+        Class::Clock,
+        Class::Bitflip,
+        Class::Partition,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +60,7 @@ impl Class {
             Class::Pause => "pause",
             Class::Clock => "clock",
             Class::Bitflip => "bitflip",
+            Class::Partition => "partition",
         }
     }
 
@@ -157,6 +173,9 @@ pub fn start(
     lease: Duration,
     rng: &mut SplitMix,
 ) -> Result<Option<Active>, String> {
+    if class == Class::Partition {
+        return partition(cluster, rng);
+    }
     let aim = [Aim::One, Aim::Primary, Aim::Minority, Aim::Leader][rng.below(4) as usize];
     let targets = targets(cluster, aim, rng);
     if targets.is_empty() {
@@ -205,6 +224,7 @@ pub fn start(
             let flipped = flip_ring_bits(cluster, &targets, rng)?;
             format!("SIGKILL of {who}, then {flipped}")
         }
+        Class::Partition => unreachable!("drawn by `partition`"),
     };
     let fault = Fault {
         class: class.name().into(),
@@ -216,6 +236,100 @@ pub fn start(
         targets,
         fault,
     }))
+}
+
+/// Cuts the running members apart by a grudge drawn from `rng`.
+fn partition(cluster: &Cluster, rng: &mut SplitMix) -> Result<Option<Active>, String> {
+    let network = cluster
+        .network()
+        .ok_or("the partition nemesis needs the nodes in network namespaces")?;
+    let mut members: Vec<NodeId> = targets_all(cluster);
+    if members.len() < 2 {
+        return Ok(None);
+    }
+    // Shuffled, so that sides and ring order are drawn too.
+    for i in (1..members.len()).rev() {
+        members.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let names = |nodes: &[NodeId]| {
+        let mut nodes = nodes.to_vec();
+        nodes.sort();
+        let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        names.join(" ")
+    };
+    let (grudge, mut targets, detail) = match rng.below(4) {
+        0 => {
+            let (one, rest) = members.split_first().expect("two members or more");
+            (
+                Grudge::One(*one, rest.to_vec()),
+                vec![*one],
+                format!("partition: {one} isolated from {}", names(rest)),
+            )
+        }
+        1 => {
+            let (small, large) = members.split_at(members.len() / 2);
+            (
+                Grudge::Halves(small.to_vec(), large.to_vec()),
+                small.to_vec(),
+                format!("partition: halves {} | {}", names(small), names(large)),
+            )
+        }
+        2 => {
+            let ring = members.clone();
+            let heard: Vec<String> = ring
+                .iter()
+                .enumerate()
+                .map(|(position, node)| {
+                    let heard = Grudge::ring_heard(ring.len(), position)
+                        .into_iter()
+                        .map(|p| ring[p])
+                        .collect::<Vec<_>>();
+                    format!("{node} hears {}", names(&heard))
+                })
+                .collect();
+            (
+                Grudge::MajoritiesRing(ring.clone()),
+                ring,
+                format!("partition: majorities ring ({})", heard.join("; ")),
+            )
+        }
+        _ => {
+            let count = ((members.len() - 1) / 2).max(1);
+            let (minority, rest) = members.split_at(count);
+            (
+                Grudge::Minority(minority.to_vec(), rest.to_vec()),
+                minority.to_vec(),
+                format!(
+                    "partition: minority {} isolated from {}",
+                    names(minority),
+                    names(rest)
+                ),
+            )
+        }
+    };
+    network.partition(&grudge.drops())?;
+    targets.sort();
+    Ok(Some(Active {
+        class: Class::Partition,
+        fault: Fault {
+            class: Class::Partition.name().into(),
+            targets: targets.iter().map(|n| u32::from(n.0)).collect(),
+            detail,
+        },
+        targets,
+    }))
+}
+
+/// The running members (every running node before the CM's first configuration).
+fn targets_all(cluster: &Cluster) -> Vec<NodeId> {
+    let running: Vec<NodeId> = cluster.processes().iter().map(|p| p.node).collect();
+    match cluster.configuration() {
+        Some(config) => running
+            .into_iter()
+            .filter(|n| config.nodes.contains(n))
+            .collect(),
+        None => running,
+    }
 }
 
 /// Flips [`BITS_FLIPPED`] random bits in the record space of `targets`' ring files (their
@@ -284,6 +398,11 @@ pub fn heal(cluster: &Cluster, active: &Active) -> Result<(), String> {
                 if let Some(clock) = cluster.clock(node) {
                     clock.set_rate(Rate::REAL);
                 }
+            }
+        }
+        Class::Partition => {
+            if let Some(network) = cluster.network() {
+                network.heal()?;
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::client::{self, ClientProcess};
 use crate::cluster::{Cluster, Spec};
 use crate::history::{Fault, Kind, Op, Process, Value};
 use crate::nemesis::{self, Class};
+use crate::netns::Network;
 use crate::workload::{Bank, Completion, ListAppend, Register, Workload};
 use acre_nvm_log::random::SplitMix;
 use acre_replication::db::Db;
@@ -62,6 +63,8 @@ pub struct Options {
     pub nemesis: Vec<Class>,
     pub nodes: u16,
     pub transport: String,
+    /// Each node in a network namespace of its own (tcp; the partition nemesis needs it).
+    pub netns: bool,
     pub commit: String,
     pub lease_ms: u64,
     pub time_limit: Duration,
@@ -149,7 +152,8 @@ pub fn run(
         // so its worker's next process takes another.
         clients: u16::try_from(2 * options.concurrency + 4)
             .map_err(|_| "--concurrency is too large".to_string())?,
-        cm_in_nodes: options.cm_in_nodes,
+        // Standalone CM processes do not run in namespaces (`acre cluster up --netns` refuses them).
+        cm_in_nodes: options.cm_in_nodes || options.netns,
     };
     let log = options.out.join("cluster.log");
     progress(&format!(
@@ -158,9 +162,24 @@ pub fn run(
         spec.transport,
         options.cluster_dir.display()
     ));
-    let cluster = Cluster::up(&options.acre, &options.cluster_dir, &spec, &log)?;
+    // Made before the cluster and removed after it (on drop, after `down`).
+    let network = match options.netns {
+        true => {
+            let network = Network::create(progress)?;
+            progress(&format!(
+                "nodes in network namespaces {}-n<id> on {}/24, clients on {}",
+                network.placement().prefix,
+                network.placement().subnet,
+                network.host_addr()
+            ));
+            Some(network)
+        }
+        false => None,
+    };
+    let cluster = Cluster::up(&options.acre, &options.cluster_dir, &spec, &log, network)?;
     let result = run_on(options, &cluster, progress, interrupted);
     let down = cluster.down();
+    drop(cluster);
     if !options.keep_cluster {
         let _ = std::fs::remove_dir_all(&options.cluster_dir);
     }

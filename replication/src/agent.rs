@@ -5,10 +5,11 @@
 //!
 //! # What a memory node runs
 //!
-//! - **CM links** ([`acre_cm::net::Links`], TCP on loopback) and a **lease thread**
-//!   ([`acre_cm::lease_thread::LeaseThread`], UDP on loopback), both on free ports that the
-//!   node publishes in its manifest (`cm_link`, `lease`), where the others find them. The
-//!   lease thread publishes the node's lease into its memory's lease gate
+//! - **CM links** ([`acre_cm::net::Links`], TCP on loopback, or on the address of the
+//!   process's network namespace: [`crate::netns`]) and a **lease thread**
+//!   ([`acre_cm::lease_thread::LeaseThread`], UDP on the same address), both on free ports
+//!   that the node publishes in its manifest (`cm_link`, `lease`), where the others find
+//!   them. The lease thread publishes the node's lease into its memory's lease gate
 //!   ([`acre_engine::fabric::NodeMemory::lease_gate`]), which the node's NIC thread, worker and
 //!   coordinators check before they act (docs/failures.md#leases); the gate stays open until
 //!   the node adopts a configuration naming a CM, and from then on needs a grant.
@@ -624,9 +625,15 @@ impl CmAgent {
             path: secret_path.clone(),
             reason: e.to_string(),
         })?;
-        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        // Loopback, or the address of this process's network namespace (`netns.toml`).
+        let bind = crate::netns::bind_addr(&dir, me)
+            .map_err(|e| AgentError::Links {
+                node: me,
+                reason: e.to_string(),
+            })?
+            .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let (links, inbox) =
-            Links::bind(me, loopback, secret.clone()).map_err(|e| AgentError::Links {
+            Links::bind(me, bind, secret.clone()).map_err(|e| AgentError::Links {
                 node: me,
                 reason: e.to_string(),
             })?;
@@ -651,7 +658,7 @@ impl CmAgent {
         };
         let lease_thread = Arc::new(
             LeaseThread::spawn(LeaseThreadConfig {
-                bind: loopback,
+                bind,
                 secret,
                 clock: clock.clone(),
                 timing: LeaseTiming::new(settings.lease(), DRIFT_PPM_DEFAULT),

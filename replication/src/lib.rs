@@ -22,6 +22,8 @@
 //! - [`liveness`], [`orphan`]: whether a client coordinator is gone, and how the memory nodes
 //!   settle the transactions a client that died left half-way.
 //! - [`verify`]: backups byte-identical to their primaries.
+//! - [`netns`]: where a tcp cluster's processes bind when each runs in a network namespace of
+//!   its own (`netns.toml`).
 //! - [`agent`], [`cm_status`]: a node process's part in the configuration manager (its
 //!   replica, leases and reconfiguration driver; a client's following of the configuration),
 //!   and the status file the CM publishes for `acre cluster status` and the clients.
@@ -46,6 +48,7 @@ pub mod copier;
 pub mod db;
 pub mod embedded;
 pub mod liveness;
+pub mod netns;
 pub mod orphan;
 pub mod outcome;
 pub mod process;

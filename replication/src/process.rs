@@ -67,6 +67,13 @@ pub enum NodeStartError {
         #[source]
         source: io::Error,
     },
+    /// `netns.toml` in the cluster directory is unusable, or gives this node no address.
+    #[error("{node} cannot learn the address to bind to: {source}")]
+    Netns {
+        node: NodeId,
+        #[source]
+        source: crate::netns::NetnsError,
+    },
     #[error("{node} cannot open its transport: {source}")]
     Transport {
         node: NodeId,
@@ -468,11 +475,15 @@ impl ProcessNode {
         // On tcp the NIC thread serves the configuration's members only (and observers'
         // reads): a process of another cluster file that holds the same secret is refused.
         let membership = Membership::new(file.config.id, file.config.members());
+        // In a namespace of its own, the NIC thread listens on the namespace's address;
+        // otherwise on loopback.
+        let listen = crate::netns::bind_addr(dir, node)
+            .map_err(|source| NodeStartError::Netns { node, source })?;
         let (transport, nic, tcp_addr) = transport_kind::open_transport(
             dir,
             node,
             file.transport,
-            None,
+            listen,
             options,
             &memory,
             membership,
@@ -509,6 +520,11 @@ impl ProcessNode {
         }
         .map_err(|source| NodeStartError::Replica { node, source })?;
         Ok((replica, nic, tcp_addr))
+    }
+
+    /// Where its NIC thread listens (tcp only), as its manifest says.
+    pub fn tcp_addr(&self) -> Option<&str> {
+        self.tcp_addr.as_deref()
     }
 
     pub fn txn(&self) -> &Arc<TxnNode> {

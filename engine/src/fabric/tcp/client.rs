@@ -22,7 +22,8 @@
 //!
 //! When the connection breaks (the peer hangs up, a write or read fails, the peer violates the
 //! protocol, or nothing arrives for [`RESPONSE_SILENCE_MAX`] while a reader waits for
-//! operations in flight) every in-flight operation fails with
+//! operations in flight, or for [`MOVED_SILENCE_MAX`] once this node moved to a newer
+//! configuration than the connection's) every in-flight operation fails with
 //! [`OpError::Unreachable`](crate::fabric::OpError::Unreachable) and the next post reconnects.
 //! Nobody reads an idle connection, so a post first checks, without blocking, that the peer has
 //! not hung up meanwhile, and dials again if it has.
@@ -80,8 +81,14 @@ pub const INFLIGHT_OPS_MAX: usize = 1 << 14;
 const COALESCE_BYTES: usize = 64 << 10;
 /// Bytes a reader reads at a time (at most).
 const RECEIVE_CHUNK_BYTES: usize = 64 << 10;
-/// How often a blocked reader wakes to check for silence (a fraction of the limit).
-const SILENCE_CHECK_INTERVAL: Duration = Duration::from_millis(2500);
+/// A connection bound to an older configuration than this node's, with operations in flight
+/// on which nothing arrives for this long, is broken: the CM reconfigured meanwhile, most
+/// likely because this peer stopped answering (a paused or cut-off node the new configuration
+/// removed), and its operations fail as unreachable now rather than at
+/// [`RESPONSE_SILENCE_MAX`]. A peer that answers within it keeps its connection.
+pub const MOVED_SILENCE_MAX: Duration = Duration::from_millis(100);
+/// How often a blocked reader wakes to check for silence and for a newer configuration.
+const SILENCE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a blocked write wakes to receive what has arrived and check for a stall.
 const WRITE_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -131,8 +138,9 @@ impl HandshakeError {
 /// This node's side of the TCP transport: the peers it can reach and a connection to each.
 pub struct TcpTransport {
     me: NodeId,
-    /// The configuration this node is in; new connections are bound to it.
-    config: AtomicU64,
+    /// The configuration this node is in; new connections are bound to it, and each looks at it
+    /// while its peer is silent ([`MOVED_SILENCE_MAX`]).
+    config: Arc<AtomicU64>,
     secret: ClusterSecret,
     peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
     /// The node's clock; [`crate::fabric::Fabric::new`] sets it to its memory's.
@@ -170,7 +178,7 @@ impl TcpTransport {
     pub fn new(me: NodeId, config: u64, secret: ClusterSecret) -> TcpTransport {
         TcpTransport {
             me,
-            config: AtomicU64::new(config),
+            config: Arc::new(AtomicU64::new(config)),
             secret,
             peers: RwLock::new(HashMap::new()),
             clock: Clock::system(),
@@ -190,7 +198,8 @@ impl TcpTransport {
     /// Moves this node to configuration `config`: every later post goes out on a connection
     /// bound to it, dialled anew (the peer's fence then closes the old connection with any
     /// requests it has not read). Operations in flight on an old connection still complete or
-    /// fail as they would have. Panics if `config` is lower than the current id: configuration
+    /// fail as they would have, except that a peer silent for [`MOVED_SILENCE_MAX`] from now
+    /// on fails them as unreachable. Panics if `config` is lower than the current id: configuration
     /// ids only grow.
     pub fn set_configuration(&self, config: u64) {
         let previous = self.config.fetch_max(config, Ordering::AcqRel);
@@ -305,8 +314,15 @@ impl TcpTransport {
                 peer.addr,
             ) {
                 Ok((stream, leftover)) => {
-                    let link = Link::start(&self.clock, peer.node, config, stream, leftover)
-                        .map_err(|e| unreachable(e.to_string()))?;
+                    let link = Link::start(
+                        &self.clock,
+                        peer.node,
+                        config,
+                        self.config.clone(),
+                        stream,
+                        leftover,
+                    )
+                    .map_err(|e| unreachable(e.to_string()))?;
                     let link = Arc::new(link);
                     *slot = Some(link.clone());
                     return Ok(link);
@@ -507,6 +523,8 @@ struct Link {
     clock: Clock,
     /// The configuration the handshake bound this connection to.
     config: u64,
+    /// The configuration this node is in now (the transport's).
+    node_config: Arc<AtomicU64>,
     /// A handle on the socket used to shut it down, which ends a reader's blocking read.
     socket: TcpStream,
     /// The sending side. Request ids are assigned under its lock, so requests go out in id
@@ -560,6 +578,7 @@ impl Link {
         clock: &Clock,
         node: NodeId,
         config: u64,
+        node_config: Arc<AtomicU64>,
         stream: TcpStream,
         leftover: Vec<u8>,
     ) -> io::Result<Link> {
@@ -570,6 +589,7 @@ impl Link {
             node,
             clock: clock.clone(),
             config,
+            node_config,
             socket: stream.try_clone()?,
             writer: Mutex::new(Writer {
                 stream: stream.try_clone()?,
@@ -783,6 +803,15 @@ impl Link {
                         let reason = format!("no response for {RESPONSE_SILENCE_MAX:?}");
                         break Err(self.unreachable(reason));
                     }
+                    let moved_to = self.node_config.load(Ordering::Acquire);
+                    if moved_to > self.config && now - since >= MOVED_SILENCE_MAX {
+                        let reason = format!(
+                            "no response for {MOVED_SILENCE_MAX:?} after this node moved from \
+                             configuration {} to {moved_to}",
+                            self.config
+                        );
+                        break Err(self.unreachable(reason));
+                    }
                 }
                 Err(e) => break Err(self.unreachable(format!("receiving failed: {e}"))),
             }
@@ -821,6 +850,15 @@ impl Link {
                     let since = *receiver.quiet_since.get_or_insert(now);
                     if now - since >= RESPONSE_SILENCE_MAX {
                         let reason = format!("no response for {RESPONSE_SILENCE_MAX:?}");
+                        break Err(self.unreachable(reason));
+                    }
+                    let moved_to = self.node_config.load(Ordering::Acquire);
+                    if moved_to > self.config && now - since >= MOVED_SILENCE_MAX {
+                        let reason = format!(
+                            "no response for {MOVED_SILENCE_MAX:?} after this node moved from \
+                             configuration {} to {moved_to}",
+                            self.config
+                        );
                         break Err(self.unreachable(reason));
                     }
                     break Ok(());

@@ -1150,6 +1150,71 @@ fn a_post_whose_write_stalls_reads_the_responses_itself() {
     );
 }
 
+/// A peer that authenticates, reads requests and never answers (a paused process), while this
+/// node moves to a newer configuration: its operations fail as unreachable soon after the move,
+/// not at the silence limit of seconds.
+#[test]
+fn a_silent_peer_s_operations_fail_soon_after_this_node_moves_to_a_newer_configuration() {
+    let secret = ClusterSecret::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_secret = secret.clone();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut inbox = Vec::new();
+        let Some(Frame::Hello(hello)) = recv(&mut stream, &mut inbox) else {
+            panic!("expected a hello");
+        };
+        let server_nonce = auth::nonce();
+        let server_proof = server_secret.server_proof(&hello.client_nonce, &server_nonce, SERVER);
+        send(
+            &mut stream,
+            &Frame::Challenge(Challenge {
+                node: SERVER,
+                server_nonce,
+                server_proof,
+            }),
+        )
+        .unwrap();
+        let Some(Frame::Proof(_)) = recv(&mut stream, &mut inbox) else {
+            panic!("expected a proof");
+        };
+        let Some(Frame::Request(_)) = recv(&mut stream, &mut inbox) else {
+            panic!("expected a request");
+        };
+        // Silent, with the connection open, until the test is over.
+        let _ = finished.recv();
+    });
+    let transport = Arc::new(TcpTransport::new(CLIENT, CONFIG, secret));
+    transport.add_peer(SERVER, addr);
+    let poster = {
+        let transport = transport.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            (post(&transport, SERVER, vec![Op::Notify]), start.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let moved = Instant::now();
+    transport.set_configuration(CONFIG + 1);
+    let (results, _) = poster.join().unwrap();
+    let after_move = moved.elapsed();
+    done.send(()).unwrap();
+    peer.join().unwrap();
+    let Err(OpError::Unreachable { node, reason }) = &results[0] else {
+        panic!("expected Unreachable: {results:?}");
+    };
+    assert_eq!(*node, SERVER);
+    assert!(reason.contains("moved from configuration"), "{reason}");
+    // The peer was silent for longer than MOVED_SILENCE_MAX before the move: its operations
+    // fail at the reader's next look, well before the silence limit.
+    assert!(
+        after_move < Duration::from_secs(2) && after_move < RESPONSE_SILENCE_MAX,
+        "failed {after_move:?} after the move"
+    );
+}
+
 #[test]
 fn a_broken_connection_fails_its_inflight_ops() {
     let secret = ClusterSecret::generate();

@@ -329,15 +329,7 @@ fn run_on(
         let now = Instant::now();
         if let Some((fault, until)) = &active {
             if now >= *until {
-                if let Err(error) = nemesis::heal(cluster, fault) {
-                    errors.push(format!("heal {}: {error}", fault.fault.detail));
-                }
-                recorder.record(
-                    Process::Nemesis,
-                    Kind::Ok,
-                    Value::Fault(fault.fault.clone()),
-                    None,
-                );
+                heal(cluster, &recorder, fault, &mut errors);
                 active = None;
                 next_fault = Instant::now() + options.interval;
             }
@@ -408,15 +400,7 @@ fn run_on(
         let _ = worker.join();
     }
     if let Some((fault, _)) = active.take() {
-        if let Err(error) = nemesis::heal(cluster, &fault) {
-            errors.push(format!("heal {}: {error}", fault.fault.detail));
-        }
-        recorder.record(
-            Process::Nemesis,
-            Kind::Ok,
-            Value::Fault(fault.fault.clone()),
-            None,
-        );
+        heal(cluster, &recorder, &fault, &mut errors);
     }
     progress("healed; waiting for the cluster to settle");
     settle(cluster)?;
@@ -450,6 +434,20 @@ fn run_on(
     }
     let ops = std::mem::take(&mut *recorder.ops.lock().expect("the history's lock"));
     Ok(Ran { ops, bank })
+}
+
+/// Heals `fault` and records the heal; a heal that failed is kept in `errors` (the next heal,
+/// or the settling at the end, tries again).
+fn heal(cluster: &Cluster, recorder: &Recorder, fault: &nemesis::Active, errors: &mut Vec<String>) {
+    if let Err(error) = nemesis::heal(cluster, fault) {
+        errors.push(format!("heal {}: {error}", fault.fault.detail));
+    }
+    recorder.record(
+        Process::Nemesis,
+        Kind::Ok,
+        Value::Fault(fault.fault.clone()),
+        None,
+    );
 }
 
 /// Waits until every member of the configuration runs and every region is active, with no

@@ -780,6 +780,23 @@ impl Link {
         }
     }
 
+    /// Why a peer silent for `silence` while operations are in flight counts as unreachable:
+    /// silent for [`RESPONSE_SILENCE_MAX`], or for [`MOVED_SILENCE_MAX`] once this node moved
+    /// to a newer configuration than the connection's. `None`: wait on.
+    fn silent_too_long(&self, silence: Duration) -> Option<String> {
+        if silence >= RESPONSE_SILENCE_MAX {
+            return Some(format!("no response for {RESPONSE_SILENCE_MAX:?}"));
+        }
+        let moved_to = self.node_config.load(Ordering::Acquire);
+        (moved_to > self.config && silence >= MOVED_SILENCE_MAX).then(|| {
+            format!(
+                "no response for {MOVED_SILENCE_MAX:?} after this node moved from configuration \
+                 {} to {moved_to}",
+                self.config
+            )
+        })
+    }
+
     /// Reads and completes responses as the reader (the caller took the role) until `goal`
     /// holds or the connection breaks, then gives the role up.
     fn lead(&self, goal: &dyn Fn() -> bool) {
@@ -799,17 +816,7 @@ impl Link {
                 Err(e) if is_timeout(&e) => {
                     let now = self.clock.now();
                     let since = *receiver.quiet_since.get_or_insert(now);
-                    if now - since >= RESPONSE_SILENCE_MAX {
-                        let reason = format!("no response for {RESPONSE_SILENCE_MAX:?}");
-                        break Err(self.unreachable(reason));
-                    }
-                    let moved_to = self.node_config.load(Ordering::Acquire);
-                    if moved_to > self.config && now - since >= MOVED_SILENCE_MAX {
-                        let reason = format!(
-                            "no response for {MOVED_SILENCE_MAX:?} after this node moved from \
-                             configuration {} to {moved_to}",
-                            self.config
-                        );
+                    if let Some(reason) = self.silent_too_long(now - since) {
                         break Err(self.unreachable(reason));
                     }
                 }
@@ -848,17 +855,7 @@ impl Link {
                     }
                     let now = self.clock.now();
                     let since = *receiver.quiet_since.get_or_insert(now);
-                    if now - since >= RESPONSE_SILENCE_MAX {
-                        let reason = format!("no response for {RESPONSE_SILENCE_MAX:?}");
-                        break Err(self.unreachable(reason));
-                    }
-                    let moved_to = self.node_config.load(Ordering::Acquire);
-                    if moved_to > self.config && now - since >= MOVED_SILENCE_MAX {
-                        let reason = format!(
-                            "no response for {MOVED_SILENCE_MAX:?} after this node moved from \
-                             configuration {} to {moved_to}",
-                            self.config
-                        );
+                    if let Some(reason) = self.silent_too_long(now - since) {
                         break Err(self.unreachable(reason));
                     }
                     break Ok(());

@@ -1150,6 +1150,31 @@ fn a_post_whose_write_stalls_reads_the_responses_itself() {
     );
 }
 
+/// Plays SERVER's side of the handshake on `stream` for CLIENT in CONFIG, checking the
+/// client's proof.
+fn accept_as_server(stream: &mut TcpStream, inbox: &mut Vec<u8>, secret: &ClusterSecret) {
+    let Some(Frame::Hello(hello)) = recv(stream, inbox) else {
+        panic!("expected a hello");
+    };
+    let server_nonce = auth::nonce();
+    let server_proof = secret.server_proof(&hello.client_nonce, &server_nonce, SERVER);
+    send(
+        stream,
+        &Frame::Challenge(Challenge {
+            node: SERVER,
+            server_nonce,
+            server_proof,
+        }),
+    )
+    .unwrap();
+    let Some(Frame::Proof(proof)) = recv(stream, inbox) else {
+        panic!("expected a proof");
+    };
+    secret
+        .verify_client_proof(&server_nonce, &hello.client_nonce, CLIENT, CONFIG, &proof)
+        .unwrap();
+}
+
 /// A peer that authenticates, reads requests and never answers (a paused process), while this
 /// node moves to a newer configuration: its operations fail as unreachable soon after the move,
 /// not at the silence limit of seconds.
@@ -1163,23 +1188,7 @@ fn a_silent_peer_s_operations_fail_soon_after_this_node_moves_to_a_newer_configu
     let peer = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
         let mut inbox = Vec::new();
-        let Some(Frame::Hello(hello)) = recv(&mut stream, &mut inbox) else {
-            panic!("expected a hello");
-        };
-        let server_nonce = auth::nonce();
-        let server_proof = server_secret.server_proof(&hello.client_nonce, &server_nonce, SERVER);
-        send(
-            &mut stream,
-            &Frame::Challenge(Challenge {
-                node: SERVER,
-                server_nonce,
-                server_proof,
-            }),
-        )
-        .unwrap();
-        let Some(Frame::Proof(_)) = recv(&mut stream, &mut inbox) else {
-            panic!("expected a proof");
-        };
+        accept_as_server(&mut stream, &mut inbox, &server_secret);
         let Some(Frame::Request(_)) = recv(&mut stream, &mut inbox) else {
             panic!("expected a request");
         };
@@ -1225,26 +1234,7 @@ fn a_broken_connection_fails_its_inflight_ops() {
     let peer = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
         let mut inbox = Vec::new();
-        let Some(Frame::Hello(hello)) = recv(&mut stream, &mut inbox) else {
-            panic!("expected a hello");
-        };
-        let server_nonce = auth::nonce();
-        let server_proof = server_secret.server_proof(&hello.client_nonce, &server_nonce, SERVER);
-        send(
-            &mut stream,
-            &Frame::Challenge(Challenge {
-                node: SERVER,
-                server_nonce,
-                server_proof,
-            }),
-        )
-        .unwrap();
-        let Some(Frame::Proof(proof)) = recv(&mut stream, &mut inbox) else {
-            panic!("expected a proof");
-        };
-        server_secret
-            .verify_client_proof(&server_nonce, &hello.client_nonce, CLIENT, CONFIG, &proof)
-            .unwrap();
+        accept_as_server(&mut stream, &mut inbox, &server_secret);
         let mut request_ids = Vec::new();
         while request_ids.len() < 3 {
             let Some(Frame::Request(request)) = recv(&mut stream, &mut inbox) else {

@@ -672,7 +672,15 @@ impl CmAgent {
             .map_err(|source| AgentError::Publish { node: me, source })?;
 
         // Every replica's addresses: Raft's voters, and where the CM's lease thread listens.
-        let replicas = current.cm_replicas.clone();
+        // A replica whose memory node the configuration removed is dead (fenced) and waits to
+        // be replaced, maybe by this very node: its manifest may be gone, so it is not waited
+        // for (the housekeeping finds it in the manifests should it come back).
+        let replicas: Vec<NodeId> = (current.cm_replicas.iter())
+            .copied()
+            .filter(|&replica| {
+                replica == me || file.is_standalone_cm(replica) || current.nodes.contains(&replica)
+            })
+            .collect();
         let deadline = Instant::now() + PEERS_WAIT;
         let mut voters = Vec::new();
         let mut cm_lease_addrs = Vec::new();

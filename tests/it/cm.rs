@@ -916,6 +916,36 @@ fn two_clients_that_fill_the_regions_at_once_both_keep_allocating() {
     }
 }
 
+/// A node the CM removed whose manifest is gone too (an in-place restart of it was tried and
+/// stopped: `acre cluster up` removes a restarted node's old manifest) still hosts a CM replica
+/// in `cm_replicas` until a node joins to replace it. The joining node must not wait for that
+/// dead replica's addresses: it rejoins, and takes the replica's place. Found by `acre jepsen`
+/// (kills in network namespaces): every rejoin failed after 30 s with "CM replica n2 did not
+/// publish its CM addresses".
+#[test]
+fn a_node_joins_while_a_removed_cm_replica_has_no_manifest() {
+    let cluster = CmCluster::up(
+        "join-no-manifest",
+        &["--nodes", "3", "--f", "2", "--cm", "3"],
+    );
+    let before = cluster.status();
+    let victim = (1..=3).map(NodeId).find(|&n| n != before.leader).unwrap();
+    cluster.kill(victim);
+    cluster.wait_for("the victim removed", |s| {
+        !s.committed.nodes.contains(&victim)
+    });
+    std::fs::remove_file(NodeManifest::path(&cluster.dir, victim)).expect("remove its manifest");
+
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+
+    assert!(up.status.success(), "{}", text(&up));
+    let newcomer = NodeId(4);
+    let after = cluster.wait_for("the new node a member and a CM replica", |s| {
+        s.committed.nodes.contains(&newcomer) && s.committed.cm_replicas.contains(&newcomer)
+    });
+    assert!(!after.committed.cm_replicas.contains(&victim), "{after:?}");
+}
+
 /// kill -9 of n2 while `acre bank` runs: the CM removes it. `acre cluster up` on the running
 /// cluster then makes it rejoin as a new node (ids are never reused): n2's files move to
 /// `retired/n2`, the new node takes the missing backups of every region (all degraded: f = 2

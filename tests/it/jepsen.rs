@@ -288,20 +288,23 @@ fn killed_nodes_come_back_in_their_namespaces() {
         if id >= CLIENT_ID_BASE {
             continue;
         }
-        logs += 1;
         let log = std::fs::read_to_string(&path).expect("a node log");
         let serving = log
             .lines()
             .filter(|l| l.contains("serving (pid"))
             .collect::<Vec<_>>();
+        // A process started to come back may be stopped before it serves (a restart in place
+        // the CM refused because it had removed the node meanwhile): its log says nothing of
+        // where it listened.
         assert!(
-            !serving.is_empty() && serving.iter().all(|l| l.contains(&subnet)),
-            "n{id} did not serve on {subnet}*: {serving:?}"
+            serving.iter().all(|l| l.contains(&subnet)),
+            "n{id} served elsewhere than on {subnet}*: {serving:?}"
         );
+        logs += usize::from(!serving.is_empty());
     }
-    assert!(logs >= 3, "{logs} node logs");
+    assert!(logs >= 3, "{logs} node logs say where their node served");
     eprintln!(
-        "{logs} nodes ran; came back: {} restarted in place, {} rejoined",
+        "{logs} nodes served; came back: {} restarted in place, {} rejoined",
         ran.cluster_log
             .matches("restarting it from its files")
             .count(),

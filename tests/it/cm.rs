@@ -189,8 +189,11 @@ fn update_active(db: &Db, status: &CmStatusFile, objects: impl IntoIterator<Item
     }
 }
 
+/// Reads `addr` in a transaction, run again through a reconfiguration (a copy completing, a
+/// replica named): a lone `Db::read` fails with `Reconfiguring` while one is installed.
 fn read(db: &Db, addr: Addr) -> u64 {
-    u64::from_le_bytes(db.read(addr).expect("read").try_into().expect("8 bytes"))
+    let bytes = db.run(|txn| Ok(txn.read(addr)?)).expect("read");
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
 }
 
 /// n4 holds only backups (of r3). Killed, it is removed: r3 keeps committing with a new backup

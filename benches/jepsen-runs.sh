@@ -8,13 +8,15 @@
 #   benches/jepsen-runs.sh [--runs 100] [--time-limit 60s] [--nodes 5]
 #       [--workloads bank,list-append,register] [--nemeses kill,pause,clock,bitflip,partition]
 #       [--rate 500] [--concurrency 10] [--seed 1] [--out target/jepsen-runs] [--acre PATH]
+#       [--first 0]
 #
 # Run i takes the (i mod combinations)-th workload and nemesis and seed SEED+i; partition runs
 # go over tcp (they need root, `ip` and `nft`: without them they are left out, and the table
 # says so), the others over shm. Each run's directory (history, results, report) is kept in
 # OUT/run-<i>-<workload>-<nemesis>; the table is printed and written to OUT/table.md. A run
 # that could not be done (exit 2) is counted apart, with its message. Exits 1 if any run found
-# anomalies or lost writes, 2 if a run could not be done, else 0.
+# anomalies or lost writes, 2 if a run could not be done, else 0. --first I starts at run I (to
+# go on with a batch that was stopped: the table covers every run directory in OUT).
 set -euo pipefail
 
 runs=100
@@ -27,6 +29,7 @@ concurrency=10
 seed=1
 out=target/jepsen-runs
 acre=target/release/acre
+first=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) runs=$2; shift 2 ;;
@@ -39,7 +42,8 @@ while [[ $# -gt 0 ]]; do
         --seed) seed=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --acre) acre=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --first) first=$2; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "jepsen-runs.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -53,6 +57,10 @@ if ! command -v python3 >/dev/null; then
 fi
 if [[ ! $runs =~ ^[1-9][0-9]*$ ]]; then
     echo "jepsen-runs.sh: --runs $runs: give a positive number of runs" >&2
+    exit 2
+fi
+if [[ ! $first =~ ^[0-9]+$ ]] || ((first >= runs)); then
+    echo "jepsen-runs.sh: --first $first: give a run number below --runs $runs" >&2
     exit 2
 fi
 IFS=, read -r -a workload_list <<< "$workloads"
@@ -75,7 +83,7 @@ if [[ ${#combos[@]} == 0 ]]; then
     exit 2
 fi
 mkdir -p "$out"
-for ((i = 0; i < runs; i++)); do
+for ((i = first; i < runs; i++)); do
     combo=${combos[i % ${#combos[@]}]}
     workload=${combo%%:*}
     nemesis=${combo##*:}

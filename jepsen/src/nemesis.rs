@@ -10,9 +10,15 @@
 //!   the harness created, `acre_engine::clock`) jump forward by up to two leases and run
 //!   fast or slow; healed by running them at real speed again (the offset stays, as a clock
 //!   an operator corrected would).
-//! - **bitflip**: SIGKILL of the targets, then random bits flipped in the data of their log
-//!   rings (every record carries a checksum: the damage must be refused, and the records
-//!   recovered from the senders and replicas); healed as a kill.
+//! - **bitflip**: the targets stopped (SIGSTOP) for a few milliseconds, well within a lease,
+//!   while random bits are flipped in the live part of their log rings, the records between
+//!   each ring's head and tail (kept for recovery, or appended and not read yet), then
+//!   continued. Every record carries a checksum: a node must refuse the damaged records, and
+//!   what they held comes back from the senders and the replicas (the ring is reset and the
+//!   node asks the CM to recover its regions, docs/failures.md "A damaged ring"). The node
+//!   stays a member, so it is its own code that meets the damage (flipping bits in the files
+//!   of a killed node would damage files the CM retires once it removes the node). Healed as
+//!   a kill, for anything fenced meanwhile.
 //! - **partition** (tcp, each node in a network namespace: [`crate::netns`]): links between
 //!   nodes cut at the bridge, as Jepsen draws them: one node isolated, two halves, a
 //!   majorities ring (each node hears a majority, no two the same), or a minority isolated
@@ -29,6 +35,7 @@ use crate::cluster::Cluster;
 use crate::history::Fault;
 use crate::netns::Grudge;
 use acre_engine::addr::NodeId;
+use acre_engine::channel::{RING_AREA_BASE, ring_geometry};
 use acre_engine::clock::Rate;
 use acre_engine::directory::node_area_files;
 use acre_nvm_log::random::SplitMix;
@@ -91,13 +98,11 @@ pub struct Active {
     pub fault: Fault,
 }
 
-/// The ring areas' ids have the high bit set (`acre_engine::directory`); regions do not.
-const RING_AREA_BIT: u32 = 1 << 31;
-/// A ring file's header bytes (nvm-log's ring layout): the bits are flipped after it, in the
-/// records.
-const RING_HEADER_BYTES: u64 = 256;
-/// Bits flipped per bitflip fault, spread over the targets' rings.
+/// Bits flipped per bitflip fault, spread over the live records of the targets' rings.
 const BITS_FLIPPED: u64 = 16;
+/// How long a bitflip fault keeps its targets stopped before it flips, so that senders append
+/// records the targets have not read yet.
+const BITFLIP_STOP: Duration = Duration::from_millis(20);
 
 /// Chooses the targets of a fault aimed at `aim`, among the running members.
 fn targets(cluster: &Cluster, aim: Aim, rng: &mut SplitMix) -> Vec<NodeId> {
@@ -219,10 +224,15 @@ pub fn start(
         }
         Class::Bitflip => {
             for &node in &targets {
-                cluster.signal(node, acre_engine::signal::kill)?;
+                cluster.signal(node, acre_engine::signal::pause)?;
             }
-            let flipped = flip_ring_bits(cluster, &targets, rng)?;
-            format!("SIGKILL of {who}, then {flipped}")
+            std::thread::sleep(BITFLIP_STOP.min(lease / 4));
+            let flipped = flip_ring_bits(cluster, &targets, rng);
+            for &node in &targets {
+                // Continued whatever the flips did: a target left stopped would be a pause.
+                let _ = cluster.signal(node, acre_engine::signal::resume);
+            }
+            format!("{who} stopped while {}", flipped?)
         }
         Class::Partition => unreachable!("drawn by `partition`"),
     };
@@ -332,54 +342,91 @@ fn targets_all(cluster: &Cluster) -> Vec<NodeId> {
     }
 }
 
-/// Flips [`BITS_FLIPPED`] random bits in the record space of `targets`' ring files (their
-/// processes are dead: nothing maps them). Says what it flipped.
+/// Flips [`BITS_FLIPPED`] random bits in the live records of `targets`' ring files, those
+/// between each ring's head and tail (their processes are stopped: nothing moves either).
+/// Says what it flipped.
 fn flip_ring_bits(
     cluster: &Cluster,
     targets: &[NodeId],
     rng: &mut SplitMix,
 ) -> Result<String, String> {
-    use std::os::unix::fs::FileExt;
     let mut rings = Vec::new();
     for &node in targets {
         let files = node_area_files(cluster.dir(), node)
             .map_err(|e| format!("list {node}'s files: {e}"))?;
-        rings.extend(
-            files
-                .into_iter()
-                .filter(|(area, _)| area.0 & RING_AREA_BIT != 0)
-                .map(|(_, path)| path),
-        );
+        for (area, path) in files {
+            if area.0 < RING_AREA_BASE {
+                continue;
+            }
+            let live = LiveRecords::of(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if live.bytes > 0 {
+                rings.push(live);
+            }
+        }
     }
     if rings.is_empty() {
-        return Ok("no ring file to damage".into());
+        return Ok("no ring held a live record: nothing flipped".into());
     }
-    let mut flipped = Vec::new();
+    let mut flipped = 0;
     for _ in 0..BITS_FLIPPED {
-        let path = &rings[rng.below(rings.len() as u64) as usize];
+        let ring = &rings[rng.below(rings.len() as u64) as usize];
+        let pos = ring.head + rng.below(ring.bytes);
+        ring.flip(pos, rng.below(8) as u8)
+            .map_err(|e| format!("flip a bit in {}: {e}", ring.path.display()))?;
+        flipped += 1;
+    }
+    let bytes: u64 = rings.iter().map(|r| r.bytes).sum();
+    Ok(format!(
+        "{flipped} bits flipped in the {bytes} live record bytes of {} rings",
+        rings.len()
+    ))
+}
+
+/// The live part of a ring file: the records from its head (the oldest kept) to its tail.
+struct LiveRecords {
+    path: std::path::PathBuf,
+    geometry: acre_nvm_log::ring::RingGeometry,
+    head: u64,
+    bytes: u64,
+}
+
+impl LiveRecords {
+    fn of(path: &std::path::Path) -> Result<LiveRecords, String> {
+        use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let geometry = ring_geometry(bytes.len() as u64).map_err(|e| e.to_string())?;
+        let position = |offset: u64| -> Result<u64, String> {
+            let at = offset as usize;
+            let word = bytes
+                .get(at..at + 8)
+                .ok_or("the file is shorter than a ring header")?;
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            decode_pos_word(word, offset).map_err(|e| e.to_string())
+        };
+        let head = position(HEAD_OFFSET)?;
+        let tail = position(TAIL_OFFSET)?;
+        Ok(LiveRecords {
+            path: path.to_path_buf(),
+            geometry,
+            head,
+            // A tail behind the head (a damaged word) leaves nothing to flip.
+            bytes: tail.saturating_sub(head).min(geometry.capacity),
+        })
+    }
+
+    /// Flips bit `bit` of the byte at ring position `pos`.
+    fn flip(&self, pos: u64, bit: u8) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(path)
-            .map_err(|e| format!("open {}: {e}", path.display()))?;
-        let len = file.metadata().map_err(|e| e.to_string())?.len();
-        if len <= RING_HEADER_BYTES {
-            continue;
-        }
-        let offset = RING_HEADER_BYTES + rng.below(len - RING_HEADER_BYTES);
+            .open(&self.path)?;
+        let offset = self.geometry.offset_of(pos);
         let mut byte = [0u8];
-        file.read_exact_at(&mut byte, offset)
-            .map_err(|e| e.to_string())?;
-        byte[0] ^= 1 << rng.below(8);
+        file.read_exact_at(&mut byte, offset)?;
+        byte[0] ^= 1 << bit;
         file.write_all_at(&byte, offset)
-            .map_err(|e| e.to_string())?;
-        flipped.push(offset);
     }
-    Ok(format!(
-        "{} bits flipped in {} ring files",
-        flipped.len(),
-        rings.len()
-    ))
 }
 
 /// Heals `active`, then brings back any member whose process is gone (a killed one, or a
@@ -407,4 +454,64 @@ pub fn heal(cluster: &Cluster, active: &Active) -> Result<(), String> {
         }
     }
     cluster.restore()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acre_nvm_log::ring::{DATA_OFFSET, HEAD_OFFSET, TAIL_OFFSET, encode_pos_word};
+    use std::os::unix::fs::FileExt;
+
+    /// A ring file of `capacity` data bytes, all zero, whose head and tail words say `head`
+    /// and `tail`.
+    fn ring_file(dir: &std::path::Path, capacity: u64, head: u64, tail: u64) -> std::path::PathBuf {
+        let path = dir.join("ring");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(DATA_OFFSET + capacity).unwrap();
+        file.write_all_at(&encode_pos_word(head).to_le_bytes(), HEAD_OFFSET)
+            .unwrap();
+        file.write_all_at(&encode_pos_word(tail).to_le_bytes(), TAIL_OFFSET)
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn the_bits_flipped_are_in_the_records_between_head_and_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let capacity = 64 * 1024;
+        // A ring that wrapped: its live records run past the end of the media.
+        let (head, tail) = (capacity - 256, capacity + 512);
+        let path = ring_file(dir.path(), capacity, head, tail);
+        let live = LiveRecords::of(&path).unwrap();
+        assert_eq!((live.head, live.bytes), (head, 768));
+        let mut rng = SplitMix::new(7);
+        for _ in 0..200 {
+            live.flip(live.head + rng.below(live.bytes), rng.below(8) as u8)
+                .unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let data = &bytes[DATA_OFFSET as usize..];
+        let changed: Vec<usize> = (0..data.len()).filter(|&i| data[i] != 0).collect();
+        assert!(!changed.is_empty());
+        let live_offset = |i: usize| {
+            let i = i as u64;
+            i >= head % capacity || i < tail % capacity
+        };
+        assert!(changed.iter().all(|&i| live_offset(i)), "{changed:?}");
+    }
+
+    #[test]
+    fn a_ring_with_nothing_live_or_a_damaged_position_gives_nothing_to_flip() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = ring_file(dir.path(), 4096, 1024, 1024);
+        assert_eq!(LiveRecords::of(&empty).unwrap().bytes, 0);
+        let behind = ring_file(dir.path(), 4096, 2048, 1024);
+        assert_eq!(LiveRecords::of(&behind).unwrap().bytes, 0);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&behind)
+            .unwrap();
+        file.write_all_at(&[0xff; 8], TAIL_OFFSET).unwrap();
+        assert!(LiveRecords::of(&behind).is_err());
+    }
 }

@@ -47,11 +47,15 @@ impl Storage {
         }
     }
 
-    /// The copy of region `id` an earlier run of `node` left, among `areas`.
+    /// The copy of region `id` an earlier run of `node` left, among `areas`. A copy file whose
+    /// length is not the configuration's `region_bytes` (cut short, or grown) is damaged: it is
+    /// marked so ([`sums::mark_damaged`], durable first) and brought back to its length, and
+    /// [`vouch_for`] then refuses it like any damaged copy.
     fn reopen(
         &self,
         node: NodeId,
         id: RegionId,
+        region_bytes: u64,
         areas: &[(RegionId, AccessKey)],
     ) -> Result<Region, StartError> {
         let Storage::Files { dir, options } = self else {
@@ -64,6 +68,31 @@ impl Storage {
                 dir: dir.clone(),
             });
         };
+        let file = dir.join(Region::file_name(node, id, key));
+        let len = std::fs::metadata(&file)
+            .map_err(io(format!("read the length of {node}'s copy of {id}")))?
+            .len();
+        if len != region_bytes {
+            tracing::error!(
+                %node,
+                "its copy of {id} ({}) holds {len} bytes, the cluster's regions {region_bytes}: \
+                 the file was cut or grown, so the copy is not served, and is copied again from \
+                 a live replica",
+                file.display()
+            );
+            sums::mark_damaged(&file).map_err(io(format!(
+                "mark {node}'s copy of {id} damaged ({})",
+                sums::damaged_path(&file).display()
+            )))?;
+            let resize = || -> io::Result<()> {
+                let copy = std::fs::OpenOptions::new().write(true).open(&file)?;
+                copy.set_len(region_bytes)?;
+                copy.sync_all()
+            };
+            resize().map_err(io(format!(
+                "bring {node}'s copy of {id} back to {region_bytes} bytes"
+            )))?;
+        }
         Region::open_file(dir, node, id, key, *options)
             .map_err(io(format!("map {node}'s copy of {id} again")))
     }
@@ -291,7 +320,7 @@ impl ReplicaNode {
                 None => storage
                     .region(node, placement.region, config.region_bytes)
                     .map_err(io(format!("create {}", placement.region)))?,
-                Some(areas) => storage.reopen(node, placement.region, areas)?,
+                Some(areas) => storage.reopen(node, placement.region, region_bytes, areas)?,
             };
             // Before anything reads the copy (the worker's replay, the allocator's rebuild,
             // the fabric once registered).

@@ -97,3 +97,60 @@ fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() 
     assert_eq!(last.replica().damaged_copies(), [] as [RegionId; 0]);
     last.stop();
 }
+
+/// n1 is killed (no sums), its copy of r1 is cut to half its length, it restarts: the copy is
+/// taken for damaged, not served, and its file is back to the region's length, ready to be
+/// copied again. A grown file is damaged the same way.
+///
+/// Before the fix the restart mapped the short file as it was and served it as r1's primary
+/// copy: a region of half the length, with no check of what was cut.
+#[test]
+fn a_copy_cut_short_or_grown_while_its_node_was_down_is_damaged_at_the_restart() {
+    let dir = tempfile::tempdir().expect("create the cluster directory");
+    let ids: Vec<NodeId> = (1..=2).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.cm_replicas = vec![NodeId(1)];
+    let path = dir.path().join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Shm,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        cm: Some(CmSettings { lease_ms: 1000 }),
+        config,
+    }
+    .write(&path)
+    .expect("write the cluster file");
+    let n1 = NodeId(1);
+    let copy_of = |region: RegionId| {
+        node_area_files(dir.path(), n1)
+            .expect("list n1's files")
+            .into_iter()
+            .find(|(area, _)| *area == region)
+            .map(|(_, file)| file)
+            .expect("n1's copy")
+    };
+    // A node stopped alone writes no sums: as after a kill.
+    ProcessNode::start(&path, n1).expect("start n1").stop();
+    let (r1, r2) = (RegionId(1), RegionId(2));
+    let resize = |file: &Path, len: u64| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .expect("open the copy");
+        f.set_len(len).expect("resize the copy");
+    };
+    resize(&copy_of(r1), REGION_BYTES / 2);
+    resize(&copy_of(r2), REGION_BYTES + 4096);
+
+    let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
+    assert_eq!(restarted.replica().damaged_copies(), [r1, r2]);
+    for region in [r1, r2] {
+        let len = std::fs::metadata(copy_of(region)).expect("stat").len();
+        assert_eq!(
+            len, REGION_BYTES,
+            "{region}'s copy back to the region's length"
+        );
+    }
+    restarted.stop();
+}

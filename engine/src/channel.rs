@@ -188,6 +188,9 @@ pub struct ReopenedRing {
     pub records: usize,
     /// Why the scan cut off an append at the end (torn by the stop, never acknowledged).
     pub discarded: Vec<String>,
+    /// Acknowledged records the scan could not read (damaged while the node was down): the
+    /// ring now ends before them, and what they held is gone from this node.
+    pub lost: Option<acre_nvm_log::recovery::Lost>,
 }
 
 /// The receiving end of every channel to one node.
@@ -294,8 +297,10 @@ impl Inbox {
 
     /// Maps again the rings of a node restarted from its files (docs/failures.md#whole-cluster-restart):
     /// `existing` are the ring areas found in `dir` with their keys. Each is checked with the
-    /// crash scan ([`acre_nvm_log::recovery::recover`], which cuts off an append the crash tore
-    /// and refuses a ring whose acknowledged records are damaged), and its reader starts at the
+    /// crash scan ([`acre_nvm_log::recovery::recover_cutting_loss`], which cuts off an append
+    /// the crash tore, and ends a ring whose acknowledged records are damaged at the first of
+    /// them: [`ReopenedRing::lost`] says so, and the caller must not vouch for anything those
+    /// records promised; a damaged header still refuses the ring), and its reader starts at the
     /// persisted head, so that the first polls return every record the earlier run kept. A
     /// sender without a ring gets a new one. Returns the inbox and what each reopened ring held.
     pub fn reopen(
@@ -317,18 +322,18 @@ impl Inbox {
                 Some(&(_, key)) => {
                     let region = Region::open_file(dir, memory.node_id(), id, key, options)?;
                     let path = dir.join(Region::file_name(memory.node_id(), id, key));
-                    let scan = acre_nvm_log::recovery::recover(&region).map_err(|e| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "the ring of {sender} ({}) is damaged: {e}; the records it \
-                                 acknowledged from there on cannot be read, so the node cannot \
-                                 vouch for what it promised: restore the file, or start a new \
-                                 cluster",
-                                path.display()
-                            ),
-                        )
-                    })?;
+                    let scan =
+                        acre_nvm_log::recovery::recover_cutting_loss(&region).map_err(|e| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!(
+                                    "the ring of {sender} ({}) is damaged: {e}; nothing says \
+                                     where its records are, so the node cannot vouch for what \
+                                     it promised: restore the file, or start a new cluster",
+                                    path.display()
+                                ),
+                            )
+                        })?;
                     if scan.geometry != geometry {
                         return Err(ChannelError::Io(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -348,6 +353,7 @@ impl Inbox {
                         sender,
                         records: scan.records.len(),
                         discarded: scan.discarded.into_iter().map(|d| d.reason).collect(),
+                        lost: scan.lost,
                     });
                     (region, scan.head)
                 }

@@ -9,8 +9,11 @@
 //!   at the end was never acknowledged (its append was torn by the crash): it is reported in
 //!   [`Recovery::discarded`] and its commit word is cleared so nothing can mistake it for a record.
 //! - the end is before the persisted tail: an acknowledged record is damaged. That is media
-//!   corruption, returned as [`LogError::Corrupt`] naming the offset: the replica must be restored
-//!   from its peers, not silently shortened.
+//!   corruption, returned by [`recover`] as [`LogError::Corrupt`] naming the offset: the replica
+//!   must be restored from its peers, not silently shortened. [`recover_cutting_loss`] instead
+//!   ends the log there, erases what followed up to the persisted tail, and says what was lost
+//!   ([`Recovery::lost`]), for an owner that then restores from its peers what the lost records
+//!   held (a node that takes every region copy it holds for damaged).
 //!
 //! Afterwards the tail words are rewritten to the scan's end, so a writer can attach.
 
@@ -47,10 +50,55 @@ pub struct Recovery {
     /// Every complete record from head to tail, in order.
     pub records: Vec<Record>,
     pub discarded: Vec<Discarded>,
+    /// Acknowledged records the scan could not read and [`recover_cutting_loss`] cut off
+    /// (always `None` from [`recover`]).
+    pub lost: Option<Lost>,
+}
+
+/// Acknowledged records a scan could not read: from `pos`, the first of them, to the persisted
+/// tail. [`recover_cutting_loss`] ends the log at `pos` and erases the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// Logical position of the first unreadable acknowledged record: the log now ends there.
+    pub pos: u64,
+    /// Media offset of that record.
+    pub offset: u64,
+    /// The tail persisted before: every record from `pos` up to it had been acknowledged.
+    pub tail_persisted: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the acknowledged records from position {} (offset {}) to the persisted tail {} \
+             ({} bytes) are lost: {}",
+            self.pos,
+            self.offset,
+            self.tail_persisted,
+            self.tail_persisted - self.pos,
+            self.reason
+        )
+    }
 }
 
 /// Validates the header, scans the records and repairs the tail words of a ring on `media`.
+/// A damaged acknowledged record is an error.
 pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
+    scan(media, false)
+}
+
+/// [`recover`], except that a damaged acknowledged record ends the log where it lies: the bytes
+/// from it to the persisted tail are erased (zeroed and persisted, so that no remains of them
+/// are taken for records by a reader or a writer's resume), the tail words are set there, and
+/// [`Recovery::lost`] says what was lost. A damaged header or position word is still an error:
+/// then nothing says where the records are.
+pub fn recover_cutting_loss<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
+    scan(media, true)
+}
+
+fn scan<M: Media + ?Sized>(media: &M, cut_loss: bool) -> Result<Recovery, LogError> {
     let geometry = RingGeometry::read(media)?;
     let head = decode_pos_word(media.load(HEAD_OFFSET), HEAD_OFFSET)?;
     let tail_persisted = decode_pos_word(media.load(TAIL_OFFSET), TAIL_OFFSET)?;
@@ -63,23 +111,33 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
 
     let chain = scan_chain(media, geometry, head, None, head + geometry.capacity, true);
     let pos = chain.end;
+    let mut lost = None;
     if pos < tail_persisted {
         let offset = geometry.offset_of(pos);
-        let why = match chain.stop {
-            ChainStop::Broken { reason, .. } => reason,
+        let why = match &chain.stop {
+            ChainStop::Broken { reason, .. } => reason.clone(),
             ChainStop::Empty | ChainStop::Limit => "no record there".to_string(),
         };
-        return Err(LogError::corrupt(
+        if !cut_loss {
+            return Err(LogError::corrupt(
+                offset,
+                format!(
+                    "acknowledged record at position {pos} (persisted tail {tail_persisted}) is \
+                     unreadable: {why}"
+                ),
+            ));
+        }
+        erase(media, geometry, pos, tail_persisted)?;
+        lost = Some(Lost {
+            pos,
             offset,
-            format!(
-                "acknowledged record at position {pos} (persisted tail {tail_persisted}) is \
-                 unreadable: {why}"
-            ),
-        ));
+            tail_persisted,
+            reason: why,
+        });
     }
 
     let mut discarded = Vec::new();
-    if let ChainStop::Broken { offset, reason } = chain.stop {
+    if let (None, ChainStop::Broken { offset, reason }) = (&lost, chain.stop) {
         discarded.push(Discarded {
             offset,
             pos,
@@ -113,7 +171,35 @@ pub fn recover<M: Media + ?Sized>(media: &M) -> Result<Recovery, LogError> {
         next_seq,
         records: chain.records,
         discarded,
+        lost,
     })
+}
+
+/// Zeroes and persists the ring positions `[from, to)`, at most a lap.
+fn erase<M: Media + ?Sized>(
+    media: &M,
+    geometry: RingGeometry,
+    from: u64,
+    to: u64,
+) -> Result<(), LogError> {
+    assert!(
+        to - from <= geometry.capacity && from.is_multiple_of(8) && to.is_multiple_of(8),
+        "erase [{from}, {to}) of a ring of {} bytes",
+        geometry.capacity
+    );
+    let mut pos = from;
+    while pos < to {
+        // Up to the end of the media, then from its start.
+        let lap_end = (pos / geometry.capacity + 1) * geometry.capacity;
+        let end = to.min(lap_end);
+        let offset = geometry.offset_of(pos);
+        for word in (offset..offset + (end - pos)).step_by(8) {
+            media.store(word, 0);
+        }
+        media.persist(offset, end - pos)?;
+        pos = end;
+    }
+    Ok(())
 }
 
 #[cfg(all(test, not(loom)))]
@@ -173,6 +259,85 @@ mod tests {
         // The live reader is not fooled by the remains.
         let mut reader = RingReader::new(&media, geometry, 0, tail);
         assert_eq!(reader.poll().unwrap(), None);
+    }
+
+    #[test]
+    fn cutting_the_loss_ends_the_log_at_a_damaged_acknowledged_record_and_erases_the_rest() {
+        let media = filled(5);
+        let geometry = RingGeometry::read(&media).unwrap();
+        let second_pos = crate::record::record_bytes(40);
+        let second = geometry.offset_of(second_pos);
+        media.store(second + 32, media.load(second + 32) ^ 4);
+        let tail = decode_pos_word(media.load(TAIL_OFFSET), TAIL_OFFSET).unwrap();
+        let recovery = recover_cutting_loss(&media).unwrap();
+        assert_eq!(
+            recovery.records.len(),
+            1,
+            "only the record before the damage"
+        );
+        assert_eq!(recovery.tail, second_pos);
+        assert_eq!(recovery.next_seq, 1);
+        let lost = recovery.lost.expect("the loss is reported");
+        assert_eq!(
+            (lost.pos, lost.offset, lost.tail_persisted),
+            (second_pos, second, tail)
+        );
+        assert!(lost.reason.contains("checksum"), "{lost}");
+        // Erased: nothing of the three intact records after the damaged one is left to be
+        // taken for a record.
+        for offset in (second..geometry.offset_of(tail)).step_by(8) {
+            assert_eq!(media.load(offset), 0, "at {offset}");
+        }
+        assert_eq!(
+            decode_pos_word(media.load(TAIL_OFFSET), TAIL_OFFSET).unwrap(),
+            second_pos
+        );
+        // A writer continues at the cut, and the log reads whole again.
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        writer.append(RecordKind(2), &[7; 40]).unwrap();
+        let again = recover(&media).unwrap();
+        assert_eq!(again.records.len(), 2);
+        assert_eq!(again.records[1].payload, vec![7; 40]);
+        assert_eq!(again.records[1].seq, 1);
+        assert!(again.lost.is_none());
+    }
+
+    #[test]
+    fn cutting_the_loss_erases_across_the_end_of_the_media() {
+        let geometry = RingGeometry::with_capacity(4096).unwrap();
+        let media = MemMedia::new(geometry.media_bytes());
+        format(&media, geometry).unwrap();
+        let mut writer = LocalWriter::attach(&media).unwrap();
+        let size = crate::record::record_bytes(40);
+        // Fill most of a lap in two halves, each read and truncated by a reader, then append
+        // across the end.
+        let mut reader = RingReader::new(&media, geometry, 0, 0);
+        for _ in 0..2 {
+            for i in 0..geometry.capacity / size / 2 - 1 {
+                writer.append(RecordKind(2), &[i as u8; 40]).unwrap();
+            }
+            while reader.poll().unwrap().is_some() {}
+            let cursor = reader.cursor();
+            reader.truncate(cursor).unwrap();
+        }
+        let from = writer.writer().tail();
+        for i in 0..6u8 {
+            writer.append(RecordKind(2), &[i; 40]).unwrap();
+        }
+        let tail = writer.writer().tail();
+        assert!(
+            from % geometry.capacity > tail % geometry.capacity,
+            "the appends wrap"
+        );
+        // The first record past the head is damaged: every later one is lost.
+        let at = geometry.offset_of(from);
+        media.store(at + 32, media.load(at + 32) ^ 1);
+        let recovery = recover_cutting_loss(&media).unwrap();
+        assert_eq!(recovery.records.len(), 0);
+        assert_eq!(recovery.lost.unwrap().pos, from);
+        for pos in (from..tail).step_by(8) {
+            assert_eq!(media.load(geometry.offset_of(pos)), 0, "at position {pos}");
+        }
     }
 
     #[test]

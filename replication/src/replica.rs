@@ -311,6 +311,53 @@ impl ReplicaNode {
             })?;
             Ok(region)
         };
+        let senders: Vec<NodeId> = config.members().collect();
+        let (dir, options) = match storage {
+            Storage::Anonymous => (None, MapOptions::default()),
+            Storage::Files { dir, options } => (Some(dir.as_path()), *options),
+        };
+        // The rings first: a ring whose acknowledged records were damaged while the node was
+        // down makes every copy of the node one it cannot vouch for (below).
+        let mut lost_records = Vec::new();
+        let inbox = match (reopen, dir) {
+            (Some(areas), Some(dir)) => {
+                let (inbox, rings) =
+                    Inbox::reopen(&memory, &senders, ring_bytes, dir, options, areas)?;
+                for ring in &rings {
+                    if let Some(lost) = &ring.lost {
+                        tracing::error!(
+                            %node,
+                            "the ring of {} is damaged: {lost}; the ring now ends there, and \
+                             since what those records promised (locks, commits of its backups' \
+                             and primaries' objects) is gone from this node, none of its region \
+                             copies is served: each is copied again from a live replica",
+                            ring.sender
+                        );
+                        lost_records.push(ring.sender);
+                    }
+                }
+                for ring in rings
+                    .iter()
+                    .filter(|r| r.records > 0 || !r.discarded.is_empty())
+                {
+                    tracing::info!(
+                        %node,
+                        "the ring of {} kept {} records{}",
+                        ring.sender,
+                        ring.records,
+                        match ring.discarded.first() {
+                            Some(why) => format!(
+                                "; an append the stop cut short (never acknowledged) is dropped: \
+                                 {why}"
+                            ),
+                            None => String::new(),
+                        }
+                    );
+                }
+                inbox
+            }
+            _ => Inbox::create(&memory, &senders, ring_bytes, dir, options)?,
+        };
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
         let mut copies = Vec::new();
@@ -324,7 +371,9 @@ impl ReplicaNode {
             };
             // Before anything reads the copy (the worker's replay, the allocator's rebuild,
             // the fabric once registered).
-            if reopen.is_some() && !vouch_for(node, &region)? {
+            let intact = reopen.is_none() || vouch_for(node, &region)?;
+            if !intact || (reopen.is_some() && !lost_records.is_empty()) {
+                discard(node, &region)?;
                 damaged.push(region.id());
                 // Not served: held as a backup copy, empty, that the restart configuration
                 // has copied again from the region's primary (a promoted backup if this node
@@ -350,37 +399,6 @@ impl ReplicaNode {
                 backups.push(region);
             }
         }
-        let senders: Vec<NodeId> = config.members().collect();
-        let (dir, options) = match storage {
-            Storage::Anonymous => (None, MapOptions::default()),
-            Storage::Files { dir, options } => (Some(dir.as_path()), *options),
-        };
-        let inbox = match (reopen, dir) {
-            (Some(areas), Some(dir)) => {
-                let (inbox, rings) =
-                    Inbox::reopen(&memory, &senders, ring_bytes, dir, options, areas)?;
-                for ring in rings
-                    .iter()
-                    .filter(|r| r.records > 0 || !r.discarded.is_empty())
-                {
-                    tracing::info!(
-                        %node,
-                        "the ring of {} kept {} records{}",
-                        ring.sender,
-                        ring.records,
-                        match ring.discarded.first() {
-                            Some(why) => format!(
-                                "; an append the stop cut short (never acknowledged) is dropped: \
-                                 {why}"
-                            ),
-                            None => String::new(),
-                        }
-                    );
-                }
-                inbox
-            }
-            _ => Inbox::create(&memory, &senders, ring_bytes, dir, options)?,
-        };
         let reply = storage
             .region(node, REPLY_AREA_ID, REPLY_AREA_BYTES)
             .map_err(io("create the reply area"))?;
@@ -824,10 +842,8 @@ impl ReplicaNode {
 
 /// Checks a copy a restarted node kept against the sums it wrote when it stopped
 /// ([`crate::sums`]), and says whether the node may serve it. A copy that does not match, or
-/// whose sums file is damaged, is reported and emptied (every word zero, persisted) before
-/// anything reads it: nothing of it is served, and a copy of the region from a live replica
-/// fills it again, installing every object since none is older than a version 0. A copy
-/// without sums (its node was killed) is served as memory that outlived its process.
+/// whose sums file is damaged, is reported, and the caller [`discard`]s it. A copy without
+/// sums (its node was killed) is served as memory that outlived its process.
 fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
     let id = region.id();
     let Some(file) = region.path() else {
@@ -884,9 +900,17 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
             );
         }
     }
-    if !verdict.is_damaged() {
-        return Ok(true);
-    }
+    Ok(!verdict.is_damaged())
+}
+
+/// Empties a copy a restarted node may not serve (every word zero, persisted) before anything
+/// reads it, after marking it damaged: nothing of it is served, and a copy of the region from a
+/// live replica fills it again, installing every object since none is older than a version 0.
+fn discard(node: NodeId, region: &Region) -> Result<(), StartError> {
+    let id = region.id();
+    let Some(file) = region.path() else {
+        unreachable!("only a node in files restarts");
+    };
     // Durable before the copy changes: every later restart finds it damaged until a
     // configuration counts its copy complete again.
     sums::mark_damaged(&file).map_err(io(format!(
@@ -900,5 +924,5 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
         .mapping()
         .persist(0, region.len() as usize)
         .map_err(io(format!("empty {node}'s damaged copy of {id}")))?;
-    Ok(false)
+    Ok(())
 }

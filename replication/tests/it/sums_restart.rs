@@ -154,3 +154,69 @@ fn a_copy_cut_short_or_grown_while_its_node_was_down_is_damaged_at_the_restart()
     }
     restarted.stop();
 }
+
+/// n1 stops; two records n2 appended to n1's ring, both acknowledged, are there, and a bit of
+/// the first flips while n1 is down. n1's restart ends that ring before the damaged record
+/// (erasing the rest) and, since what the lost records promised is gone from it, serves none
+/// of its copies: each is damaged, to be copied again from a live replica.
+///
+/// Before the fix the restart refused to start at all ("the ring of n2 ... is damaged"), and
+/// with it the node's intact copies were out of reach.
+#[test]
+fn a_ring_damaged_while_its_node_was_down_ends_there_and_no_copy_of_the_node_is_served() {
+    use acre_engine::channel::{RING_AREA_BASE, ring_area_id};
+    use acre_nvm_log::mapping::{MapOptions, Mapping};
+    use acre_nvm_log::record::RecordKind;
+    use acre_nvm_log::ring::{LocalWriter, RingGeometry, TAIL_OFFSET, decode_pos_word};
+    let dir = tempfile::tempdir().expect("create the cluster directory");
+    let ids: Vec<NodeId> = (1..=2).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.cm_replicas = vec![NodeId(1)];
+    let path = dir.path().join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Shm,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        cm: Some(CmSettings { lease_ms: 1000 }),
+        config: config.clone(),
+    }
+    .write(&path)
+    .expect("write the cluster file");
+    let (n1, n2) = (NodeId(1), NodeId(2));
+    ProcessNode::start(&path, n1).expect("start n1").stop();
+    let ring = node_area_files(dir.path(), n1)
+        .expect("list n1's files")
+        .into_iter()
+        .find(|(area, _)| *area == ring_area_id(n2))
+        .map(|(_, file)| file)
+        .expect("n1's ring of n2");
+    assert!(ring_area_id(n2).0 >= RING_AREA_BASE);
+    let first = {
+        let media = Mapping::open_file(&ring, MapOptions::default()).expect("map the ring");
+        let mut writer = LocalWriter::attach(media).expect("attach to the ring");
+        let first = writer.writer().tail();
+        writer.append(RecordKind(2), &[1; 40]).expect("append");
+        writer.append(RecordKind(2), &[2; 40]).expect("append");
+        first
+    };
+    let geometry = {
+        let media = Mapping::open_file(&ring, MapOptions::default()).expect("map the ring");
+        RingGeometry::read(&media).expect("the ring's geometry")
+    };
+    flip_a_bit(&ring, geometry.offset_of(first) + 40);
+
+    let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
+    let copies: Vec<RegionId> = config.replicated_on(n1).map(|p| p.region).collect();
+    assert!(!copies.is_empty());
+    assert_eq!(restarted.replica().damaged_copies(), copies);
+    restarted.stop();
+    let bytes = std::fs::read(&ring).expect("read the ring");
+    let tail = u64::from_le_bytes(bytes[TAIL_OFFSET as usize..][..8].try_into().unwrap());
+    assert_eq!(decode_pos_word(tail, TAIL_OFFSET).unwrap(), first);
+    let at = geometry.offset_of(first) as usize;
+    assert!(
+        bytes[at..at + 64].iter().all(|&b| b == 0),
+        "the lost records are erased"
+    );
+}

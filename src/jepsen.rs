@@ -19,7 +19,9 @@ pub struct JepsenArgs {
     /// compare-and-sets, checked for linearizability per register).
     #[arg(long, default_value = "list-append")]
     pub workload: String,
-    /// Faults, comma-separated: kill, pause, clock, bitflip, partition, or none. partition
+    /// Faults, comma-separated: kill, pause, clock, bitflip, truncate, partition, or none.
+    /// truncate stops the whole cluster, damages the region and log files of a minority of
+    /// its nodes (cut short, or bits flipped) and starts it again from its files. partition
     /// (links between nodes cut by nftables rules: one node, halves, a majorities ring or a
     /// minority cut off; clients keep reaching every node) needs --transport tcp and root,
     /// and implies --netns.
@@ -114,8 +116,8 @@ fn options(args: &JepsenArgs) -> anyhow::Result<Options> {
                 Some(class) if !nemesis.contains(&class) => nemesis.push(class),
                 Some(_) => {}
                 None => bail!(
-                    "--nemesis {name}: use kill, pause, clock, bitflip, partition or none, \
-                     comma-separated"
+                    "--nemesis {name}: use kill, pause, clock, bitflip, truncate, partition or \
+                     none, comma-separated"
                 ),
             },
         }

@@ -191,6 +191,23 @@ pub struct ReopenedRing {
     /// Acknowledged records the scan could not read (damaged while the node was down): the
     /// ring now ends before them, and what they held is gone from this node.
     pub lost: Option<acre_nvm_log::recovery::Lost>,
+    /// The length of a ring file found cut short (and brought back to its length with zeros).
+    pub cut_short: Option<u64>,
+}
+
+/// A ring file cut short while its node was down (its header whole) is brought back to
+/// `ring_bytes` with zeros: the records that were cut off read as absent, and the crash scan
+/// then ends the ring before them (a loss, if any was acknowledged). Returns the length it had.
+/// A file cut into its header is left as it is, for the scan to refuse.
+fn extend_cut_ring(path: &Path, ring_bytes: u64) -> io::Result<Option<u64>> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = file.metadata()?.len();
+    if len >= ring_bytes || len < acre_nvm_log::ring::DATA_OFFSET {
+        return Ok(None);
+    }
+    file.set_len(ring_bytes)?;
+    file.sync_all()?;
+    Ok(Some(len))
 }
 
 /// The receiving end of every channel to one node.
@@ -320,8 +337,9 @@ impl Inbox {
             let found = existing.iter().find(|(area, _)| *area == id);
             let (region, head) = match found {
                 Some(&(_, key)) => {
-                    let region = Region::open_file(dir, memory.node_id(), id, key, options)?;
                     let path = dir.join(Region::file_name(memory.node_id(), id, key));
+                    let cut_short = extend_cut_ring(&path, ring_bytes)?;
+                    let region = Region::open_file(dir, memory.node_id(), id, key, options)?;
                     let scan =
                         acre_nvm_log::recovery::recover_cutting_loss(&region).map_err(|e| {
                             io::Error::new(
@@ -354,6 +372,7 @@ impl Inbox {
                         records: scan.records.len(),
                         discarded: scan.discarded.into_iter().map(|d| d.reason).collect(),
                         lost: scan.lost,
+                        cut_short,
                     });
                     (region, scan.head)
                 }

@@ -170,3 +170,120 @@ pub fn lost(value: &Value, error: String) -> Completion {
         error: Some(error),
     }
 }
+
+/// The clients' way onto the cluster, which the `truncate` nemesis closes while it stops the
+/// cluster as a whole and damages files: every worker lets go of its client (its `Db`, or its
+/// client process, each a clean stop) before the cluster stops, and connects anew once it is
+/// back. A client of the earlier run must not go on writing into rings that the restart
+/// recovered, and cut back where they were damaged.
+#[derive(Default)]
+pub struct Gate {
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    /// Workers holding a client of the cluster (or connecting one).
+    holding: usize,
+}
+
+impl Gate {
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().expect("the gate's lock")
+    }
+
+    /// A worker about to connect a client: false while the gate is closed (connect nothing).
+    /// On true the worker counts as holding a client until [`Gate::leave`].
+    pub fn enter(&self) -> bool {
+        let mut state = self.state();
+        if state.closed {
+            return false;
+        }
+        state.holding += 1;
+        true
+    }
+
+    /// The worker let go of its client (or did not manage to connect one).
+    pub fn leave(&self) {
+        let mut state = self.state();
+        state.holding = state.holding.checked_sub(1).expect("a worker left twice");
+        self.changed.notify_all();
+    }
+
+    /// Whether the worker holding a client must let go of it.
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
+    /// Closes the gate and waits up to `bound` for every worker to let go of its client.
+    /// False, with the gate open again, if some worker still held one at the bound.
+    pub fn close(&self, bound: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + bound;
+        let mut state = self.state();
+        state.closed = true;
+        while state.holding > 0 {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                state.closed = false;
+                self.changed.notify_all();
+                return false;
+            };
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .expect("the gate's lock")
+                .0;
+        }
+        true
+    }
+
+    pub fn open(&self) {
+        self.state().closed = false;
+        self.changed.notify_all();
+    }
+
+    /// Waits (up to `most`) while the gate is closed.
+    pub fn wait_open(&self, most: std::time::Duration) {
+        let state = self.state();
+        let _ = self
+            .changed
+            .wait_timeout_while(state, most, |s| s.closed)
+            .expect("the gate's lock");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn the_gate_closes_only_once_every_client_is_let_go_and_keeps_new_ones_out() {
+        let gate = Arc::new(Gate::default());
+        assert!(gate.enter());
+        // Held: a close gives up at its bound and leaves the gate open.
+        assert!(!gate.close(Duration::from_millis(20)));
+        assert!(!gate.is_closed());
+        let worker = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                while !gate.is_closed() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                gate.leave();
+                assert!(!gate.enter(), "no client connects while the gate is closed");
+                gate.wait_open(Duration::from_secs(10));
+                assert!(gate.enter());
+            })
+        };
+        assert!(gate.close(Duration::from_secs(10)));
+        gate.open();
+        worker.join().unwrap();
+        assert!(
+            !gate.close(Duration::from_millis(1)),
+            "the worker holds a client again"
+        );
+    }
+}

@@ -19,6 +19,14 @@
 //!   stays a member, so it is its own code that meets the damage (flipping bits in the files
 //!   of a killed node would damage files the CM retires once it removes the node). Healed as
 //!   a kill, for anything fenced meanwhile.
+//! - **truncate**: the whole cluster stopped cleanly (`acre cluster down`: every node writes
+//!   the block sums of its copies), every client let go first ([`Gate`]); then in the files of
+//!   a minority of the nodes (so that every region keeps an intact replica) each region copy
+//!   is cut short or has bits flipped, and each ring is cut short or has bits flipped in its
+//!   live records; healed by `acre cluster up --dir D`, the whole cluster restarted from its
+//!   files: a damaged node must refuse what fails its sums and checksums, and take its regions
+//!   from the intact replicas (docs/failures.md "Whole-cluster restart"). The clients connect
+//!   again once it is back.
 //! - **partition** (tcp, each node in a network namespace: [`crate::netns`]): links between
 //!   nodes cut at the bridge, as Jepsen draws them: one node isolated, two halves, a
 //!   majorities ring (each node hears a majority, no two the same), or a minority isolated
@@ -31,10 +39,11 @@
 //! (a standalone CM process, restarted in place by the heal, unless the CM runs in the nodes).
 //! A partition's targets are the side cut off (the smaller one), or every node for a ring.
 
+use crate::client::Gate;
 use crate::cluster::Cluster;
 use crate::history::Fault;
 use crate::netns::Grudge;
-use acre_engine::addr::NodeId;
+use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{RING_AREA_BASE, ring_geometry};
 use acre_engine::clock::Rate;
 use acre_engine::directory::node_area_files;
@@ -49,15 +58,17 @@ pub enum Class {
     Pause,
     Clock,
     Bitflip,
+    Truncate,
     Partition,
 }
 
 impl Class {
-    pub const ALL: [Class; 5] = [
+    pub const ALL: [Class; 6] = [
         Class::Kill,
         Class::Pause,
         Class::Clock,
         Class::Bitflip,
+        Class::Truncate,
         Class::Partition,
     ];
 
@@ -67,6 +78,7 @@ impl Class {
             Class::Pause => "pause",
             Class::Clock => "clock",
             Class::Bitflip => "bitflip",
+            Class::Truncate => "truncate",
             Class::Partition => "partition",
         }
     }
@@ -176,10 +188,14 @@ pub fn start(
     cluster: &Cluster,
     class: Class,
     lease: Duration,
+    gate: &Gate,
     rng: &mut SplitMix,
 ) -> Result<Option<Active>, String> {
     if class == Class::Partition {
         return partition(cluster, rng);
+    }
+    if class == Class::Truncate {
+        return truncate(cluster, gate, rng);
     }
     let aim = [Aim::One, Aim::Primary, Aim::Minority, Aim::Leader][rng.below(4) as usize];
     let targets = targets(cluster, aim, rng);
@@ -234,7 +250,7 @@ pub fn start(
             }
             format!("{who} stopped while {}", flipped?)
         }
-        Class::Partition => unreachable!("drawn by `partition`"),
+        Class::Partition | Class::Truncate => unreachable!("drawn by their own functions"),
     };
     let fault = Fault {
         class: class.name().into(),
@@ -416,24 +432,159 @@ impl LiveRecords {
 
     /// Flips bit `bit` of the byte at ring position `pos`.
     fn flip(&self, pos: u64, bit: u8) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&self.path)?;
-        let offset = self.geometry.offset_of(pos);
-        let mut byte = [0u8];
-        file.read_exact_at(&mut byte, offset)?;
-        byte[0] ^= 1 << bit;
-        file.write_all_at(&byte, offset)
+        flip_bit_at(&file, self.geometry.offset_of(pos), bit)
     }
 }
 
+/// How long the truncate nemesis waits for every client to let go before it gives up.
+const CLIENTS_LET_GO_MAX: Duration = Duration::from_secs(30);
+
+/// Stops the whole cluster cleanly, once every client let go of it, and damages the files of a
+/// minority of its nodes.
+fn truncate(cluster: &Cluster, gate: &Gate, rng: &mut SplitMix) -> Result<Option<Active>, String> {
+    let aim = [Aim::One, Aim::Primary, Aim::Minority][rng.below(3) as usize];
+    let targets = targets(cluster, aim, rng);
+    if targets.is_empty() || !cluster.whole() {
+        return Ok(None);
+    }
+    if !gate.close(CLIENTS_LET_GO_MAX) {
+        return Err(format!(
+            "the clients did not let go of the cluster within {CLIENTS_LET_GO_MAX:?}: not stopped"
+        ));
+    }
+    let who = aim_name(aim, &targets);
+    let config = cluster.configuration();
+    if let Err(e) = cluster.down() {
+        gate.open();
+        return Err(e);
+    }
+    // From here on the fault is in force whatever happens: its heal starts the cluster again
+    // and opens the gate.
+    let mut damage = Vec::new();
+    for &node in &targets {
+        let copies: Vec<RegionId> = config
+            .iter()
+            .flat_map(|c| c.replicated_on(node).map(|p| p.region))
+            .collect();
+        let files = match node_area_files(cluster.dir(), node) {
+            Ok(files) => files,
+            Err(e) => {
+                damage.push(format!("{node}: its files could not be listed: {e}"));
+                continue;
+            }
+        };
+        for (area, path) in files {
+            let what = if area.0 >= RING_AREA_BASE {
+                damage_ring(&path, rng)
+            } else if copies.contains(&area) {
+                damage_copy(&path, rng).map_err(|e| e.to_string())
+            } else {
+                continue;
+            };
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            damage.push(match what {
+                Ok(what) => format!("{node} {name}: {what}"),
+                Err(e) => format!("{node} {name}: not damaged ({e})"),
+            });
+        }
+    }
+    let detail = format!(
+        "the cluster stopped, then the files of {who} damaged ({})",
+        if damage.is_empty() {
+            "no file found".to_string()
+        } else {
+            damage.join("; ")
+        }
+    );
+    let fault = Fault {
+        class: Class::Truncate.name().into(),
+        targets: targets.iter().map(|n| u32::from(n.0)).collect(),
+        detail,
+    };
+    Ok(Some(Active {
+        class: Class::Truncate,
+        targets,
+        fault,
+    }))
+}
+
+/// Cuts a region copy file short at a random length, or flips [`BITS_FLIPPED`] random bits in
+/// it. Says which.
+fn damage_copy(path: &std::path::Path, rng: &mut SplitMix) -> std::io::Result<String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok("empty, left alone".into());
+    }
+    if rng.below(2) == 0 {
+        let cut = rng.below(len);
+        file.set_len(cut)?;
+        return Ok(format!("cut from {len} to {cut} bytes"));
+    }
+    for _ in 0..BITS_FLIPPED {
+        flip_bit_at(&file, rng.below(len), rng.below(8) as u8)?;
+    }
+    Ok(format!("{BITS_FLIPPED} bits flipped"))
+}
+
+/// Cuts a ring file short somewhere in its records (its header stays whole), or flips
+/// [`BITS_FLIPPED`] random bits in its live records. Says which.
+fn damage_ring(path: &std::path::Path, rng: &mut SplitMix) -> Result<String, String> {
+    let live = LiveRecords::of(path)?;
+    if rng.below(2) == 0 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| e.to_string())?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        let header = acre_nvm_log::ring::DATA_OFFSET;
+        if len <= header {
+            return Ok("no records, left alone".into());
+        }
+        let cut = header + rng.below(len - header);
+        file.set_len(cut).map_err(|e| e.to_string())?;
+        return Ok(format!("cut from {len} to {cut} bytes"));
+    }
+    if live.bytes == 0 {
+        return Ok("no live record, left alone".into());
+    }
+    for _ in 0..BITS_FLIPPED {
+        live.flip(live.head + rng.below(live.bytes), rng.below(8) as u8)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(format!(
+        "{BITS_FLIPPED} bits flipped in {} live record bytes",
+        live.bytes
+    ))
+}
+
+/// Flips bit `bit` of the byte at `offset` of `file`.
+fn flip_bit_at(file: &std::fs::File, offset: u64, bit: u8) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset)?;
+    byte[0] ^= 1 << bit;
+    file.write_all_at(&byte, offset)
+}
+
 /// Heals `active`, then brings back any member whose process is gone (a killed one, or a
-/// paused one the configuration manager fenced by killing it meanwhile).
-pub fn heal(cluster: &Cluster, active: &Active) -> Result<(), String> {
+/// paused one the configuration manager fenced by killing it meanwhile, or every one after a
+/// truncate fault, whose clients may then connect again).
+pub fn heal(cluster: &Cluster, active: &Active, gate: &Gate) -> Result<(), String> {
+    if active.class == Class::Truncate {
+        let restored = cluster.restore();
+        gate.open();
+        return restored;
+    }
     match active.class {
-        Class::Kill | Class::Bitflip => {}
+        Class::Kill | Class::Bitflip | Class::Truncate => {}
         Class::Pause => {
             for &node in &active.targets {
                 // A paused process fenced meanwhile is gone: nothing to wake.

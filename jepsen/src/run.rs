@@ -224,23 +224,29 @@ fn run_on(
         std::fs::write(&objects_file, objects)
             .map_err(|e| format!("write {}: {e}", objects_file.display()))?;
     }
+    // Closed by the truncate nemesis while the cluster is stopped as a whole.
+    let gate = Arc::new(client::Gate::default());
     // The running client processes by worker: (pid, client id), for the kill nemesis.
     let client_pids: Arc<Mutex<BTreeMap<u32, (u32, u32)>>> = Arc::default();
     let mut seeds = SplitMix::new(options.seed);
     let mut workers = Vec::new();
     let period = Duration::from_secs_f64(f64::from(options.concurrency) / options.rate.max(0.001));
     for worker in 0..options.concurrency {
-        let db = if options.client_processes {
-            None
-        } else {
+        let in_process = !options.client_processes;
+        let mut db = if in_process {
+            assert!(gate.enter(), "the gate is open until the nemesis starts");
             Some(connect()?)
+        } else {
+            None
         };
-        let (workload, recorder, stop, client_pids) = (
+        let (workload, recorder, stop, client_pids, gate) = (
             workload.clone(),
             recorder.clone(),
             stop.clone(),
             client_pids.clone(),
+            gate.clone(),
         );
+        let cluster_file = cluster.cluster_file();
         let spawn = {
             let (acre, cluster_file, objects_file) = (
                 options.acre.clone(),
@@ -265,6 +271,31 @@ fn run_on(
                             std::thread::sleep(wait);
                         }
                         next += period;
+                        if gate.is_closed() {
+                            // The nemesis stops the cluster as a whole: let go of the client.
+                            if db.take().is_some() {
+                                gate.leave();
+                            }
+                            if child.take().is_some() {
+                                client_pids.lock().expect("the pids' lock").remove(&worker);
+                                gate.leave();
+                            }
+                            gate.wait_open(period);
+                            continue;
+                        }
+                        if in_process && db.is_none() {
+                            if !gate.enter() {
+                                continue;
+                            }
+                            match Db::connect(&cluster_file) {
+                                Ok(connected) => db = Some(connected),
+                                Err(e) => {
+                                    gate.leave();
+                                    eprintln!("jepsen: connect a client again: {e}");
+                                    continue;
+                                }
+                            }
+                        }
                         let Some(value) = workload.generate(&mut rng) else {
                             break;
                         };
@@ -277,7 +308,7 @@ fn run_on(
                         let Completion { kind, value, error } = match &db {
                             Some(db) => workload.invoke(db, &value),
                             None => {
-                                if child.is_none() {
+                                if child.is_none() && gate.enter() {
                                     child = spawn()
                                         .inspect(|c| {
                                             client_pids
@@ -285,7 +316,10 @@ fn run_on(
                                                 .expect("the pids' lock")
                                                 .insert(worker, (c.pid(), c.client));
                                         })
-                                        .inspect_err(|e| eprintln!("jepsen: {e}"))
+                                        .inspect_err(|e| {
+                                            gate.leave();
+                                            eprintln!("jepsen: {e}");
+                                        })
                                         .ok();
                                 }
                                 match child.as_mut().map(|c| c.invoke(&value)) {
@@ -293,6 +327,7 @@ fn run_on(
                                     Some(Err(error)) => {
                                         client_pids.lock().expect("the pids' lock").remove(&worker);
                                         child = None;
+                                        gate.leave();
                                         client::lost(&value, error)
                                     }
                                     // Nothing was sent: the operation did not happen.
@@ -311,6 +346,9 @@ fn run_on(
                         }
                     }
                     client_pids.lock().expect("the pids' lock").remove(&worker);
+                    if db.take().is_some() || child.take().is_some() {
+                        gate.leave();
+                    }
                 })
                 .map_err(|e| format!("start a client worker: {e}"))?,
         );
@@ -329,7 +367,7 @@ fn run_on(
         let now = Instant::now();
         if let Some((fault, until)) = &active {
             if now >= *until {
-                heal(cluster, &recorder, fault, &mut errors);
+                heal(cluster, &recorder, fault, &gate, &mut errors);
                 active = None;
                 next_fault = Instant::now() + options.interval;
             }
@@ -362,7 +400,7 @@ fn run_on(
                 next_fault = now + options.interval;
                 continue;
             }
-            match nemesis::start(cluster, class, lease, &mut rng) {
+            match nemesis::start(cluster, class, lease, &gate, &mut rng) {
                 Ok(Some(fault)) => {
                     recorder.record(
                         Process::Nemesis,
@@ -400,7 +438,7 @@ fn run_on(
         let _ = worker.join();
     }
     if let Some((fault, _)) = active.take() {
-        heal(cluster, &recorder, &fault, &mut errors);
+        heal(cluster, &recorder, &fault, &gate, &mut errors);
     }
     progress("healed; waiting for the cluster to settle");
     settle(cluster)?;
@@ -438,8 +476,14 @@ fn run_on(
 
 /// Heals `fault` and records the heal; a heal that failed is kept in `errors` (the next heal,
 /// or the settling at the end, tries again).
-fn heal(cluster: &Cluster, recorder: &Recorder, fault: &nemesis::Active, errors: &mut Vec<String>) {
-    if let Err(error) = nemesis::heal(cluster, fault) {
+fn heal(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    fault: &nemesis::Active,
+    gate: &client::Gate,
+    errors: &mut Vec<String>,
+) {
+    if let Err(error) = nemesis::heal(cluster, fault, gate) {
         errors.push(format!("heal {}: {error}", fault.fault.detail));
     }
     recorder.record(

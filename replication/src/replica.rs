@@ -324,6 +324,14 @@ impl ReplicaNode {
                 let (inbox, rings) =
                     Inbox::reopen(&memory, &senders, ring_bytes, dir, options, areas)?;
                 for ring in &rings {
+                    if let Some(len) = ring.cut_short {
+                        tracing::error!(
+                            %node,
+                            "the ring of {} was cut short to {len} bytes while the node was \
+                             down (rings hold {ring_bytes}): what was cut off is gone",
+                            ring.sender
+                        );
+                    }
                     if let Some(lost) = &ring.lost {
                         tracing::error!(
                             %node,

@@ -26,6 +26,26 @@ fn flip_a_bit(path: &Path, offset: u64) {
     file.sync_all().expect("sync the copy");
 }
 
+/// The cluster file of two nodes in `dir`, one region each with a backup on the other, and a
+/// CM: its path and the configuration.
+fn cluster_of_two(dir: &Path) -> (std::path::PathBuf, Configuration) {
+    let ids: Vec<NodeId> = (1..=2).map(NodeId).collect();
+    let mut config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    config.cm_replicas = vec![NodeId(1)];
+    let path = dir.join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Shm,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        cm: Some(CmSettings { lease_ms: 1000 }),
+        config: config.clone(),
+    }
+    .write(&path)
+    .expect("write the cluster file");
+    (path, config)
+}
+
 /// n1 stops cleanly (sums written), a bit of its copy of r1 flips, it restarts: the copy is
 /// found damaged and emptied. Before the CM's restart configuration (which makes it a backup
 /// copying again) commits, the restart is given up and n1 stopped cleanly, as `acre cluster
@@ -38,20 +58,7 @@ fn flip_a_bit(path: &Path, offset: u64) {
 #[test]
 fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() {
     let dir = tempfile::tempdir().expect("create the cluster directory");
-    let ids: Vec<NodeId> = (1..=2).map(NodeId).collect();
-    let mut config =
-        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
-    config.cm_replicas = vec![NodeId(1)];
-    let path = dir.path().join(CLUSTER_FILE);
-    ClusterFile {
-        transport: TransportKind::Shm,
-        persist: "flush".to_string(),
-        ring_bytes: RING_BYTES,
-        cm: Some(CmSettings { lease_ms: 1000 }),
-        config,
-    }
-    .write(&path)
-    .expect("write the cluster file");
+    let (path, _) = cluster_of_two(dir.path());
     // Every stop below is one of the whole cluster (`acre cluster down`): sums are written.
     acre_replication::sums::mark_cluster_stopping(dir.path()).expect("mark the cluster stopping");
     let n1 = NodeId(1);
@@ -107,20 +114,7 @@ fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() 
 #[test]
 fn a_copy_cut_short_or_grown_while_its_node_was_down_is_damaged_at_the_restart() {
     let dir = tempfile::tempdir().expect("create the cluster directory");
-    let ids: Vec<NodeId> = (1..=2).map(NodeId).collect();
-    let mut config =
-        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
-    config.cm_replicas = vec![NodeId(1)];
-    let path = dir.path().join(CLUSTER_FILE);
-    ClusterFile {
-        transport: TransportKind::Shm,
-        persist: "flush".to_string(),
-        ring_bytes: RING_BYTES,
-        cm: Some(CmSettings { lease_ms: 1000 }),
-        config,
-    }
-    .write(&path)
-    .expect("write the cluster file");
+    let (path, _) = cluster_of_two(dir.path());
     let n1 = NodeId(1);
     let copy_of = |region: RegionId| {
         node_area_files(dir.path(), n1)
@@ -155,34 +149,18 @@ fn a_copy_cut_short_or_grown_while_its_node_was_down_is_damaged_at_the_restart()
     restarted.stop();
 }
 
-/// n1 stops; two records n2 appended to n1's ring, both acknowledged, are there, and a bit of
-/// the first flips while n1 is down. n1's restart ends that ring before the damaged record
-/// (erasing the rest) and, since what the lost records promised is gone from it, serves none
-/// of its copies: each is damaged, to be copied again from a live replica.
-///
-/// Before the fix the restart refused to start at all ("the ring of n2 ... is damaged"), and
-/// with it the node's intact copies were out of reach.
-#[test]
-fn a_ring_damaged_while_its_node_was_down_ends_there_and_no_copy_of_the_node_is_served() {
-    use acre_engine::channel::{RING_AREA_BASE, ring_area_id};
+/// n1 stops; two records n2 appended to n1's ring, both acknowledged, are there, and the ring
+/// is damaged at the first while n1 is down, by `damage` (given the file and the first
+/// record's offset). n1's restart ends that ring before the damaged record (erasing the rest)
+/// and, since what the lost records promised is gone from it, serves none of its copies: each
+/// is damaged, to be copied again from a live replica.
+fn a_ring_damaged_while_its_node_was_down(damage: impl FnOnce(&Path, u64)) {
+    use acre_engine::channel::ring_area_id;
     use acre_nvm_log::mapping::{MapOptions, Mapping};
     use acre_nvm_log::record::RecordKind;
     use acre_nvm_log::ring::{LocalWriter, RingGeometry, TAIL_OFFSET, decode_pos_word};
     let dir = tempfile::tempdir().expect("create the cluster directory");
-    let ids: Vec<NodeId> = (1..=2).map(NodeId).collect();
-    let mut config =
-        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
-    config.cm_replicas = vec![NodeId(1)];
-    let path = dir.path().join(CLUSTER_FILE);
-    ClusterFile {
-        transport: TransportKind::Shm,
-        persist: "flush".to_string(),
-        ring_bytes: RING_BYTES,
-        cm: Some(CmSettings { lease_ms: 1000 }),
-        config: config.clone(),
-    }
-    .write(&path)
-    .expect("write the cluster file");
+    let (path, config) = cluster_of_two(dir.path());
     let (n1, n2) = (NodeId(1), NodeId(2));
     ProcessNode::start(&path, n1).expect("start n1").stop();
     let ring = node_area_files(dir.path(), n1)
@@ -191,20 +169,14 @@ fn a_ring_damaged_while_its_node_was_down_ends_there_and_no_copy_of_the_node_is_
         .find(|(area, _)| *area == ring_area_id(n2))
         .map(|(_, file)| file)
         .expect("n1's ring of n2");
-    assert!(ring_area_id(n2).0 >= RING_AREA_BASE);
-    let first = {
-        let media = Mapping::open_file(&ring, MapOptions::default()).expect("map the ring");
-        let mut writer = LocalWriter::attach(media).expect("attach to the ring");
-        let first = writer.writer().tail();
-        writer.append(RecordKind(2), &[1; 40]).expect("append");
-        writer.append(RecordKind(2), &[2; 40]).expect("append");
-        first
-    };
-    let geometry = {
-        let media = Mapping::open_file(&ring, MapOptions::default()).expect("map the ring");
-        RingGeometry::read(&media).expect("the ring's geometry")
-    };
-    flip_a_bit(&ring, geometry.offset_of(first) + 40);
+    let media = Mapping::open_file(&ring, MapOptions::default()).expect("map the ring");
+    let geometry = RingGeometry::read(&media).expect("the ring's geometry");
+    let mut writer = LocalWriter::attach(media).expect("attach to the ring");
+    let first = writer.writer().tail();
+    writer.append(RecordKind(2), &[1; 40]).expect("append");
+    writer.append(RecordKind(2), &[2; 40]).expect("append");
+    drop(writer);
+    damage(&ring, geometry.offset_of(first));
 
     let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
     let copies: Vec<RegionId> = config.replicated_on(n1).map(|p| p.region).collect();
@@ -212,6 +184,7 @@ fn a_ring_damaged_while_its_node_was_down_ends_there_and_no_copy_of_the_node_is_
     assert_eq!(restarted.replica().damaged_copies(), copies);
     restarted.stop();
     let bytes = std::fs::read(&ring).expect("read the ring");
+    assert_eq!(bytes.len() as u64, RING_BYTES, "the ring is whole again");
     let tail = u64::from_le_bytes(bytes[TAIL_OFFSET as usize..][..8].try_into().unwrap());
     assert_eq!(decode_pos_word(tail, TAIL_OFFSET).unwrap(), first);
     let at = geometry.offset_of(first) as usize;
@@ -219,4 +192,24 @@ fn a_ring_damaged_while_its_node_was_down_ends_there_and_no_copy_of_the_node_is_
         bytes[at..at + 64].iter().all(|&b| b == 0),
         "the lost records are erased"
     );
+}
+
+/// A bit of an acknowledged record flips. Before the fix the restart refused to start at all
+/// ("the ring of n2 ... is damaged"), and with it the node's intact copies were out of reach.
+#[test]
+fn a_ring_with_a_bit_flipped_while_its_node_was_down_ends_there_and_no_copy_is_served() {
+    a_ring_damaged_while_its_node_was_down(|ring, first| flip_a_bit(ring, first + 40));
+}
+
+/// The ring file is cut short inside the first record. Before the fix the restart refused to
+/// start (the media shorter than the ring's geometry).
+#[test]
+fn a_ring_cut_short_while_its_node_was_down_ends_there_and_no_copy_is_served() {
+    a_ring_damaged_while_its_node_was_down(|ring, first| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(ring)
+            .expect("open the ring");
+        file.set_len(first + 16).expect("cut the ring");
+    });
 }

@@ -191,9 +191,9 @@ pub struct ReplicaNode {
     /// reported in the manifest until the restart configuration copies them again.
     damaged: Vec<RegionId>,
     /// The damaged copies ([`Self::damaged`]) whose mark ([`sums::mark_damaged`]) stays until
-    /// a configuration newer than `restart_config_id` counts them complete; their clean stop
-    /// writes no sums for them.
-    not_copied_again: Mutex<BTreeSet<RegionId>>,
+    /// they are copied again: a configuration has counted them `copying` (the value says
+    /// whether one has) and a later one complete. Their clean stop writes no sums for them.
+    not_copied_again: Mutex<BTreeMap<RegionId, bool>>,
     /// The configuration this node restarted in (0 for a fresh start).
     restart_config_id: u64,
     /// Where new copies go.
@@ -458,7 +458,7 @@ impl ReplicaNode {
             txn,
             backup,
             copies: RwLock::new(copies),
-            not_copied_again: Mutex::new(damaged.iter().copied().collect()),
+            not_copied_again: Mutex::new(damaged.iter().map(|&r| (r, false)).collect()),
             restart_config_id: if reopen.is_some() { start_config_id } else { 0 },
             damaged,
             storage: storage.clone(),
@@ -768,9 +768,13 @@ impl ReplicaNode {
         }
     }
 
-    /// Clears the damage mark of every damaged copy that a configuration newer than the one
-    /// this node restarted in counts complete: the CM's restart configuration made it a backup
-    /// copying again, and only data recovery's report takes it out of `copying`.
+    /// Clears the damage mark of every damaged copy that was copied again: the CM's restart
+    /// configuration made it a backup copying again, and only data recovery's report takes it
+    /// out of `copying`. A configuration that counts such a copy complete without one that
+    /// counted it copying before was made without knowing of the damage (the restart request
+    /// that said so was refused, say because the CM removed another node meanwhile): the mark
+    /// stays, so that the next restart reports the damage again rather than vouch for an
+    /// emptied copy.
     fn forget_copied_damage(&self) {
         let mut marked = self.not_copied_again.lock().expect(crate::POISONED);
         if marked.is_empty() {
@@ -782,11 +786,25 @@ impl ReplicaNode {
         }
         let node = self.node_id();
         let copies = self.copies.read().expect(crate::POISONED).clone();
-        marked.retain(|&region| {
-            let complete = config
-                .placement(region)
-                .is_some_and(|p| p.complete_replicas().any(|r| r == node));
+        marked.retain(|&region, seen_copying| {
+            let placement = config.placement(region);
+            if placement.is_some_and(|p| p.copying.contains(&node)) {
+                *seen_copying = true;
+                return true;
+            }
+            let complete = placement.is_some_and(|p| p.complete_replicas().any(|r| r == node));
             if !complete {
+                return true;
+            }
+            if !*seen_copying {
+                tracing::error!(
+                    %node,
+                    "configuration {} counts its copy of {region} complete, but the copy was \
+                     found damaged at the restart and has not been copied again: the CM was not \
+                     told (a restart request refused?); the copy stays marked damaged, and \
+                     `acre cluster up` reports it again",
+                    config.id
+                );
                 return true;
             }
             let Some(file) = copies
@@ -821,7 +839,7 @@ impl ReplicaNode {
         let marked = self.not_copied_again.lock().expect(crate::POISONED).clone();
         for region in copies {
             let Some(file) = region.path() else { continue };
-            if marked.contains(&region.id()) {
+            if marked.contains_key(&region.id()) {
                 // Emptied at the restart and not counted complete since: its mark, not sums,
                 // speaks for it at the next restart.
                 continue;

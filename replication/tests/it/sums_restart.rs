@@ -90,15 +90,50 @@ fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() 
     let again = ProcessNode::restart(&path, n1).expect("restart n1 after a kill");
     assert_eq!(again.replica().damaged_copies(), [r1]);
 
-    // A newer configuration counts n1's copy complete (data recovery copied it again): the
-    // mark goes, and the clean stop's sums vouch for the copy.
-    let mut copied = ClusterFile::read(&path)
+    // A newer configuration that counts n1's copy complete, with none before it counting the
+    // copy `copying`, was made without knowing of the damage (the restart request that said so
+    // was refused): the mark stays. Before the fix it went, and the next restart vouched for
+    // the emptied copy (found by `acre jepsen --nemesis truncate`: objects read as absent).
+    let file_config = ClusterFile::read(&path)
         .expect("read the cluster file")
         .config;
-    copied.id = 2;
+    let mut unaware = file_config.clone();
+    unaware.id = 2;
+    again
+        .adopt(Arc::new(unaware))
+        .expect("adopt configuration 2");
+    again.stop();
+    let again = ProcessNode::restart(&path, n1).expect("restart n1 after configuration 2");
+    assert_eq!(
+        again.replica().damaged_copies(),
+        [r1],
+        "an emptied copy is vouched for after a configuration that did not know of the damage"
+    );
+
+    // Copied again: a configuration counts n1's copy `copying` (n1 a backup of r1 receiving it
+    // from n2, as the CM's restart configuration makes it), a later one complete: the mark
+    // goes, and the clean stop's sums vouch for the copy.
+    let mut copying = file_config;
+    copying.id = 3;
+    let r1_placement = copying
+        .regions
+        .iter_mut()
+        .find(|p| p.region == r1)
+        .expect("r1's placement");
+    r1_placement.primary = NodeId(2);
+    r1_placement.backups = vec![n1];
+    r1_placement.copying = vec![n1];
+    again
+        .adopt(Arc::new(copying.clone()))
+        .expect("adopt configuration 3");
+    let mut copied = copying;
+    copied.id = 4;
+    for placement in &mut copied.regions {
+        placement.copying.clear();
+    }
     again
         .adopt(Arc::new(copied))
-        .expect("adopt configuration 2");
+        .expect("adopt configuration 4");
     again.stop();
     let last = ProcessNode::restart(&path, n1).expect("restart n1 once copied");
     assert_eq!(last.replica().damaged_copies(), [] as [RegionId; 0]);

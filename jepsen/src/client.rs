@@ -273,12 +273,12 @@ mod tests {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 gate.leave();
-                assert!(!gate.enter(), "no client connects while the gate is closed");
                 gate.wait_open(Duration::from_secs(10));
                 assert!(gate.enter());
             })
         };
         assert!(gate.close(Duration::from_secs(10)));
+        assert!(!gate.enter(), "no client connects while the gate is closed");
         gate.open();
         worker.join().unwrap();
         assert!(

@@ -477,28 +477,47 @@ fn truncate(cluster: &Cluster, gate: &Gate, rng: &mut SplitMix) -> Result<Option
                 continue;
             }
         };
+        // (cut, flipped, left alone, failed) for the copies, then for the rings.
+        let mut counts = [[0usize; 4]; 2];
+        let mut failures = Vec::new();
         for (area, path) in files {
-            let what = if area.0 >= RING_AREA_BASE {
-                damage_ring(&path, rng)
+            let (kind, done) = if area.0 >= RING_AREA_BASE {
+                (1, damage_ring(&path, rng))
             } else if copies.contains(&area) {
-                damage_copy(&path, rng).map_err(|e| e.to_string())
+                (0, damage_copy(&path, rng).map_err(|e| e.to_string()))
             } else {
                 continue;
             };
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            damage.push(match what {
-                Ok(what) => format!("{node} {name}: {what}"),
-                Err(e) => format!("{node} {name}: not damaged ({e})"),
-            });
+            let slot = match done {
+                Ok(Damage::Cut) => 0,
+                Ok(Damage::Flipped) => 1,
+                Ok(Damage::LeftAlone) => 2,
+                Err(e) => {
+                    failures.push(format!("{}: {e}", path.display()));
+                    3
+                }
+            };
+            counts[kind][slot] += 1;
         }
+        let [copy, ring] = counts;
+        damage.push(format!(
+            "{node}: region copies {} cut, {} with {BITS_FLIPPED} bits flipped; rings {} cut, \
+             {} with {BITS_FLIPPED} bits flipped in their live records, {} without any{}",
+            copy[0],
+            copy[1],
+            ring[0],
+            ring[1],
+            ring[2],
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!("; not damaged: {}", failures.join(", "))
+            }
+        ));
     }
     let detail = format!(
         "the cluster stopped, then the files of {who} damaged ({})",
-        if damage.is_empty() {
-            "no file found".to_string()
-        } else {
-            damage.join("; ")
-        }
+        damage.join("; ")
     );
     let fault = Fault {
         class: Class::Truncate.name().into(),
@@ -512,31 +531,37 @@ fn truncate(cluster: &Cluster, gate: &Gate, rng: &mut SplitMix) -> Result<Option
     }))
 }
 
+/// What was done to a file.
+enum Damage {
+    Cut,
+    Flipped,
+    LeftAlone,
+}
+
 /// Cuts a region copy file short at a random length, or flips [`BITS_FLIPPED`] random bits in
-/// it. Says which.
-fn damage_copy(path: &std::path::Path, rng: &mut SplitMix) -> std::io::Result<String> {
+/// it.
+fn damage_copy(path: &std::path::Path, rng: &mut SplitMix) -> std::io::Result<Damage> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
     let len = file.metadata()?.len();
     if len == 0 {
-        return Ok("empty, left alone".into());
+        return Ok(Damage::LeftAlone);
     }
     if rng.below(2) == 0 {
-        let cut = rng.below(len);
-        file.set_len(cut)?;
-        return Ok(format!("cut from {len} to {cut} bytes"));
+        file.set_len(rng.below(len))?;
+        return Ok(Damage::Cut);
     }
     for _ in 0..BITS_FLIPPED {
         flip_bit_at(&file, rng.below(len), rng.below(8) as u8)?;
     }
-    Ok(format!("{BITS_FLIPPED} bits flipped"))
+    Ok(Damage::Flipped)
 }
 
 /// Cuts a ring file short somewhere in its records (its header stays whole), or flips
-/// [`BITS_FLIPPED`] random bits in its live records. Says which.
-fn damage_ring(path: &std::path::Path, rng: &mut SplitMix) -> Result<String, String> {
+/// [`BITS_FLIPPED`] random bits in its live records (none when it has none).
+fn damage_ring(path: &std::path::Path, rng: &mut SplitMix) -> Result<Damage, String> {
     let live = LiveRecords::of(path)?;
     if rng.below(2) == 0 {
         let file = std::fs::OpenOptions::new()
@@ -546,23 +571,20 @@ fn damage_ring(path: &std::path::Path, rng: &mut SplitMix) -> Result<String, Str
         let len = file.metadata().map_err(|e| e.to_string())?.len();
         let header = acre_nvm_log::ring::DATA_OFFSET;
         if len <= header {
-            return Ok("no records, left alone".into());
+            return Ok(Damage::LeftAlone);
         }
-        let cut = header + rng.below(len - header);
-        file.set_len(cut).map_err(|e| e.to_string())?;
-        return Ok(format!("cut from {len} to {cut} bytes"));
+        file.set_len(header + rng.below(len - header))
+            .map_err(|e| e.to_string())?;
+        return Ok(Damage::Cut);
     }
     if live.bytes == 0 {
-        return Ok("no live record, left alone".into());
+        return Ok(Damage::LeftAlone);
     }
     for _ in 0..BITS_FLIPPED {
         live.flip(live.head + rng.below(live.bytes), rng.below(8) as u8)
             .map_err(|e| e.to_string())?;
     }
-    Ok(format!(
-        "{BITS_FLIPPED} bits flipped in {} live record bytes",
-        live.bytes
-    ))
+    Ok(Damage::Flipped)
 }
 
 /// Flips bit `bit` of the byte at `offset` of `file`.

@@ -180,12 +180,32 @@ pub fn run(
     let result = run_on(options, &cluster, progress, interrupted);
     let down = cluster.down();
     drop(cluster);
+    keep_logs(&options.cluster_dir, &options.out.join("logs"));
     if !options.keep_cluster {
         let _ = std::fs::remove_dir_all(&options.cluster_dir);
     }
     let ran = result?;
     down?;
     Ok(ran)
+}
+
+/// Copies the processes' logs and the CM's status file from the cluster directory into
+/// `to`, so that a run's directory says what the nodes and the CM did (the cluster directory
+/// goes at the end). Best effort: a file that cannot be copied is left out.
+fn keep_logs(cluster_dir: &std::path::Path, to: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(cluster_dir) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(to);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let keep = name
+            .to_str()
+            .is_some_and(|n| n.ends_with(".log") || n == "cm-status.toml");
+        if keep {
+            let _ = std::fs::copy(entry.path(), to.join(&name));
+        }
+    }
 }
 
 fn run_on(

@@ -461,7 +461,38 @@ fn run_on(
         heal(cluster, &recorder, &fault, &gate, &mut errors);
     }
     progress("healed; waiting for the cluster to settle");
-    settle(cluster)?;
+    let finished = settle(cluster)
+        .and_then(|()| final_reads(&*workload, &recorder, &connect, progress))
+        .inspect_err(|_| {
+            // A run that could not be done still leaves what its clients saw, to read.
+            let ops = recorder.ops.lock().expect("the history's lock");
+            let path = options.out.join("history.jsonl");
+            let written = std::fs::File::create(&path)
+                .and_then(|f| crate::history::write_jsonl(&ops, std::io::BufWriter::new(f)));
+            if written.is_ok() {
+                progress(&format!(
+                    "the history so far ({} entries) is in {}",
+                    ops.len(),
+                    path.display()
+                ));
+            }
+        });
+    if !errors.is_empty() {
+        progress(&format!("nemesis errors: {}", errors.join("; ")));
+    }
+    finished?;
+    let ops = std::mem::take(&mut *recorder.ops.lock().expect("the history's lock"));
+    Ok(Ran { ops, bank })
+}
+
+/// Reads every object of `workload` once more, each read retried until it succeeds (for at
+/// most [`SETTLE_MAX`] each).
+fn final_reads(
+    workload: &dyn Workload,
+    recorder: &Recorder,
+    connect: &dyn Fn() -> Result<Db, String>,
+    progress: &dyn Fn(&str),
+) -> Result<(), String> {
     progress("final reads");
     let reader = connect()?;
     for (i, value) in workload.final_reads().into_iter().enumerate() {
@@ -487,11 +518,7 @@ fn run_on(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    if !errors.is_empty() {
-        progress(&format!("nemesis errors: {}", errors.join("; ")));
-    }
-    let ops = std::mem::take(&mut *recorder.ops.lock().expect("the history's lock"));
-    Ok(Ran { ops, bank })
+    Ok(())
 }
 
 /// Heals `fault` and records the heal; a heal that failed is kept in `errors` (the next heal,

@@ -1121,7 +1121,16 @@ impl Keeper {
             return false;
         }
         self.last_discovery = Some(Instant::now());
-        for member in config.leased().filter(|&n| n != me) {
+        // The memory nodes, and the standalone CM replicas: a replica restarted in place
+        // listens elsewhere, and until its peers look again their Raft messages to it are lost
+        // (with two of three replicas restarted one after the other, no leader could be
+        // elected at all).
+        let standalone = config
+            .cm_replicas
+            .iter()
+            .copied()
+            .filter(|r| !config.nodes.contains(r));
+        for member in config.leased().chain(standalone).filter(|&n| n != me) {
             if let Some((link, _)) = cm_addrs(&self.dir, member)
                 && !peers.contains(&(member, link))
             {

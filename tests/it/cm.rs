@@ -760,7 +760,12 @@ fn standalone_cm_processes_run_the_cm_and_the_bank_commits() {
 
 /// kill -9 of a standalone CM process, then `acre cluster up` on the running cluster: the
 /// process starts again under its id (no memory node restarted, so no restart configuration
-/// is asked for), and the CM group is whole again.
+/// is asked for), and the CM group is whole again: with the next leader killed too, the
+/// restarted replica and the third elect a leader, which acts (it removes a killed node).
+///
+/// Before the fix the other replicas kept sending Raft messages to the restarted one's old
+/// address: its log stayed behind, and once the leader was killed no leader could be elected
+/// (found by `acre jepsen --nemesis kill`, seed 9: the CM never acted again).
 #[test]
 fn a_killed_standalone_cm_process_comes_back_through_cluster_up() {
     let cluster = CmCluster::up("standalone-back", &["--nodes", "3", "--cm-processes", "3"]);
@@ -785,6 +790,18 @@ fn a_killed_standalone_cm_process_comes_back_through_cluster_up() {
         "nothing is missing: {}",
         text(&again)
     );
+
+    // The restarted replica must be a working member of the group: with the leader killed,
+    // it and the third elect one, and that one acts as CM.
+    let leader = cluster.status().leader;
+    cluster.kill(leader);
+    let led = cluster.wait_for("a leader elected with the restarted replica", |s| {
+        s.leader != leader && s.committed.cm_leader == Some(s.leader)
+    });
+    cluster.kill(NodeId(3));
+    cluster.wait_for("n3 removed by the new CM", |s| {
+        !s.committed.nodes.contains(&NodeId(3)) && s.committed.id > led.committed.id
+    });
 }
 
 /// kill -9 of the standalone CM leader: another standalone replica leads within a bounded

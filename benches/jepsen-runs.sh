@@ -6,7 +6,8 @@
 # time from each heal to the first ok operation invoked after it (median and max).
 #
 #   benches/jepsen-runs.sh [--runs 100] [--time-limit 60s] [--nodes 5]
-#       [--workloads bank,list-append,register] [--nemeses kill,pause,clock,bitflip,partition]
+#       [--workloads bank,list-append,register]
+#       [--nemeses kill,pause,clock,bitflip,truncate,partition]
 #       [--rate 500] [--concurrency 10] [--seed 1] [--out target/jepsen-runs] [--acre PATH]
 #       [--first 0]
 #
@@ -23,7 +24,7 @@ runs=100
 time_limit=60s
 nodes=5
 workloads=bank,list-append,register
-nemeses=kill,pause,clock,bitflip,partition
+nemeses=kill,pause,clock,bitflip,truncate,partition
 rate=500
 concurrency=10
 seed=1
@@ -43,7 +44,7 @@ while [[ $# -gt 0 ]]; do
         --out) out=$2; shift 2 ;;
         --acre) acre=$2; shift 2 ;;
         --first) first=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "jepsen-runs.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done

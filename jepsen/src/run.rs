@@ -178,7 +178,12 @@ pub fn run(
     };
     let cluster = Cluster::up(&options.acre, &options.cluster_dir, &spec, &log, network)?;
     let result = run_on(options, &cluster, progress, interrupted);
-    let down = cluster.down();
+    // A node still writing its block sums when the stop's bound ran out (a loaded host) has
+    // exited by the second try; anything else is reported.
+    let down = cluster.down().or_else(|error| {
+        progress(&format!("{error}; stopping the cluster again"));
+        cluster.down()
+    });
     drop(cluster);
     keep_logs(&options.cluster_dir, &options.out.join("logs"));
     if !options.keep_cluster {

@@ -92,6 +92,13 @@ fn assert_refused(output: &std::process::Output, cluster: &Cluster, node: u16) {
         .lines()
         .find(|l| l.starts_with("acre: "))
         .unwrap_or_else(|| panic!("no error line: {}", text(output)));
+    // With a CM, a node killed long enough (a loaded host) is removed before it starts again:
+    // that refusal comes first, and leaves its data untouched too.
+    if line.contains(&format!(
+        "n{node} was removed from the cluster by its configuration manager"
+    )) {
+        return;
+    }
     for expected in [
         format!("n{node} found data of an earlier run in {}", cluster.dir()),
         "region copies".to_string(),
@@ -270,10 +277,12 @@ fn check_acknowledged(db: &Db, bank: &Bank, acknowledged: &[u64], what: &str) {
 const INITIAL_BALANCE: i64 = 1 << 40;
 
 /// A bit flipped in a record a node acknowledged (a COMMIT-BACKUP appended while it was
-/// stopped, then every node killed): the restart refuses to start on it, naming the ring, the
-/// position and what to do, rather than serve without what the record committed.
+/// stopped, then every node killed): the restart ends that ring at the damaged record, logs
+/// the loss, and serves none of the node's copies (each is copied again from a live replica),
+/// rather than serve without what the record committed. The commit reads back. (Before, the
+/// restart refused to start at all.)
 #[test]
-fn a_restart_refuses_a_ring_whose_acknowledged_record_is_damaged() {
+fn a_restart_on_a_ring_whose_acknowledged_record_is_damaged_serves_none_of_its_copies() {
     let cluster = Cluster::up_with("restart-flip", "shm", &["--f", "1"]);
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
     let client = db.client_id().expect("a client");
@@ -312,18 +321,20 @@ fn a_restart_refuses_a_ring_whose_acknowledged_record_is_damaged() {
     crate::cm::flip_a_bit(&ring, tail);
 
     let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
-    assert_eq!(up.status.code(), Some(2), "{}", text(&up));
-    let stderr = String::from_utf8_lossy(&up.stderr);
-    let ring_name = ring.file_name().unwrap().to_string_lossy().to_string();
-    for expected in [
-        "n2 exited",
-        "is damaged",
-        ring_name.as_str(),
-        &format!("acknowledged record at position {tail}"),
-        "restore the file",
-    ] {
-        assert!(stderr.contains(expected), "{expected:?} not in: {stderr}");
-    }
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up));
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        stdout.contains("n2's copy of") && stdout.contains("is damaged"),
+        "n2's copies are not served: {stdout}"
+    );
+    let log = std::fs::read_to_string(cluster.dir.join("n2.log")).expect("read n2's log");
+    assert!(
+        log.contains(&format!("from position {tail}")) && log.contains("are lost"),
+        "n2's log names the lost records: {log}"
+    );
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    let value = db.run(|txn| Ok(txn.read(addr)?)).expect("read the object");
+    assert_eq!(u64::from_le_bytes(value[..8].try_into().unwrap()), 2);
 }
 
 /// The bank `fill` made holds its total after a restart.

@@ -318,7 +318,7 @@ impl ReplicaNode {
         };
         // The rings first: a ring whose acknowledged records were damaged while the node was
         // down makes every copy of the node one it cannot vouch for (below).
-        let mut lost_records = Vec::new();
+        let mut lost_records = false;
         let inbox = match (reopen, dir) {
             (Some(areas), Some(dir)) => {
                 let (inbox, rings) =
@@ -341,7 +341,7 @@ impl ReplicaNode {
                              copies is served: each is copied again from a live replica",
                             ring.sender
                         );
-                        lost_records.push(ring.sender);
+                        lost_records = true;
                     }
                 }
                 for ring in rings
@@ -380,7 +380,7 @@ impl ReplicaNode {
             // Before anything reads the copy (the worker's replay, the allocator's rebuild,
             // the fabric once registered).
             let intact = reopen.is_none() || vouch_for(node, &region)?;
-            if !intact || (reopen.is_some() && !lost_records.is_empty()) {
+            if !intact || lost_records {
                 discard(node, &region)?;
                 damaged.push(region.id());
                 // Not served: held as a backup copy, empty, that the restart configuration

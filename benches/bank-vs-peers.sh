@@ -44,39 +44,18 @@ done
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
+script=bank-vs-peers
+# shellcheck source=benches/peers-lib.sh
+. benches/peers-lib.sh
 started_redis=""
-started_pg=""   # the data directory of the PostgreSQL this script started
-pg_tmp=""
-as_postgres() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
 cleanup() {
   ./target/release/acre cluster down --dir "$cluster_dir" --purge >/dev/null 2>&1 || true
   if [ -n "$started_redis" ]; then
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$started_redis" 2>/dev/null || true
   fi
-  if [ -n "$started_pg" ]; then
-    as_postgres "$pg_bin/pg_ctl" -D "$started_pg" -m fast -w stop >/dev/null 2>&1 || true
-  fi
-  if [ -n "$pg_tmp" ]; then rm -rf "$pg_tmp"; fi
+  stop_started_postgres
 }
 trap cleanup EXIT
-
-need_root() {
-  if [ "$(id -u)" != 0 ]; then
-    echo "bank-vs-peers: $1 is not installed; install it (apt-get install $1) or run as root" >&2
-    exit 2
-  fi
-}
-apt_install() {
-  need_root "$1"
-  echo "== installing $1"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$1" >/dev/null
-}
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 if ! command -v python3 >/dev/null; then
   echo "bank-vs-peers: python3 is needed to write the table" >&2; exit 2
@@ -106,41 +85,7 @@ else
   redis_setup="started by this script on loopback without persistence (--save '' --appendonly no)"
 fi
 
-# PostgreSQL.
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; then
-  echo "== using the postgresql server already on port $PG_PORT (database postgres, table acre_bank dropped and created)"
-  pg_url="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-  pg_setup="the server already running on 127.0.0.1:$PG_PORT, as configured"
-else
-  if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
-    clusters_before=$(pg_lsclusters -h 2>/dev/null || true)
-    apt_install postgresql
-    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-    # Debian's package creates and may start a cluster of its own ("main" on port 5432): this
-    # script started it by installing, so it stops it; the bench uses a cluster of its own below.
-    pg_lsclusters -h 2>/dev/null | while read -r version name _port status _rest; do
-      if [ "$status" = online ] && ! grep -q "^$version $name " <<<"$clusters_before"; then
-        echo "== stopping the cluster $version/$name the postgresql package started"
-        pg_ctlcluster "$version" "$name" stop || true
-      fi
-    done
-  fi
-  if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
-    echo "bank-vs-peers: there is no postgres user to run initdb as" >&2; exit 2
-  fi
-  pg_tmp=$(mktemp -d /tmp/acre-bank-pg.XXXXXX)
-  [ "$(id -u)" = 0 ] && chown postgres "$pg_tmp"
-  pg_port=$(free_port)
-  echo "== starting postgresql ($pg_bin) on 127.0.0.1:$pg_port, data in $pg_tmp (fsync and synchronous_commit at their defaults)"
-  as_postgres "$pg_bin/initdb" -D "$pg_tmp/data" -U postgres --auth-local=trust --auth-host=trust \
-    >"$out/initdb.log" 2>&1
-  as_postgres "$pg_bin/pg_ctl" -D "$pg_tmp/data" -l "$pg_tmp/postgres.log" -w -t 60 \
-    -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $pg_tmp" start >/dev/null
-  started_pg="$pg_tmp/data"
-  pg_url="postgres://postgres@127.0.0.1:$pg_port/postgres"
-  pg_setup="started by this script: initdb in a temporary directory, trust authentication on loopback, default configuration"
-fi
+start_postgres "its table acre_bank"
 
 common=(--threads "$threads" --seconds "$seconds" --accounts "$accounts" --seed "$seed")
 

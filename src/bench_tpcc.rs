@@ -4,9 +4,10 @@
 //! consistency conditions are checked, the mix runs for a warm-up and `--duration`, the
 //! result is printed (and written as JSON), and the conditions are checked again. A violated
 //! condition exits 1; bad input (zero warehouses or threads, an unreachable target, a
-//! PostgreSQL database that already holds the tables without `--flush`, more warehouses than
-//! the memory holds) exits 2 with one line, before anything is loaded. SIGINT or SIGTERM ends
-//! the load or the run early: what ran is printed, nothing written.
+//! PostgreSQL database that already holds the tables without `--flush`, an `acre:DIR` cluster
+//! that holds objects, more warehouses than the memory holds) exits 2 with one line, before
+//! anything is loaded. SIGINT or SIGTERM ends the load or the run early: what ran is printed,
+//! nothing written.
 //!
 //! Expectation on this 2-core machine: FaRM reports about 3,100 New-Orders per second per
 //! core with 3 replicas; a New-Order here reads about 40 objects and writes about 30 (stock,
@@ -59,7 +60,8 @@ pub struct TpccArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// With a postgres target: drop the nine TPC-C tables if they exist. Without it, a
-    /// database that has any of them is refused.
+    /// database that has any of them is refused. An `acre:DIR` cluster that holds objects is
+    /// always refused (nothing empties a running cluster: start a new one).
     #[arg(long)]
     flush: bool,
     /// With a postgres target: serializable (the default) or read-committed.
@@ -241,6 +243,16 @@ fn connect(
             );
             let runs_cm = acre::cluster::ClusterFile::read(&file)?.cm.is_some();
             let db = Db::connect(&file)?;
+            anyhow::ensure!(
+                !db.holds_objects()
+                    .with_context(|| format!("whether the cluster in {} is empty", dir.display()))?,
+                "the cluster in {} already holds objects, and TPC-C loads into an empty cluster{}: \
+                 start a new one (acre cluster down --dir {} --purge, then acre cluster up --dir {})",
+                dir.display(),
+                if args.flush { " (--flush empties only a PostgreSQL database)" } else { "" },
+                dir.display(),
+                dir.display()
+            );
             let backend = AcreTpcc::new(db, format!("the cluster in {}", dir.display()));
             let needed = AcreTpcc::bytes_needed(args.warehouses, 0);
             let available = backend.bytes_available();

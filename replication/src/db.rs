@@ -235,6 +235,26 @@ impl Db {
             })
     }
 
+    /// Whether the cluster holds objects, or ever did: whether any block of any region has been
+    /// claimed by its allocator (docs/formats.md). One READ of each block header on its
+    /// region's primary, stopping at the first claimed block; an empty cluster costs one read
+    /// per block. A cluster whose objects were all freed still counts as holding objects: its
+    /// blocks stay claimed. For loaders that must start from an empty cluster.
+    pub fn holds_objects(&self) -> Result<bool, TxnError> {
+        let coordinator = self.coordinator();
+        let config = coordinator.config();
+        let blocks = config.region_bytes / config.block_bytes;
+        for placement in &config.regions {
+            for block in 0..blocks {
+                let addr = Addr::new(placement.region, (block * config.block_bytes) as u32);
+                if !coordinator.reader().block_unclaimed(&config, addr)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// The id of the configuration this process's coordinators hold (with a CM, the last one it
     /// committed that the process has adopted: a client learns it within about
     /// `acre_replication::agent::FOLLOW_TICK` of the CM's status file).

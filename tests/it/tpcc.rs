@@ -45,7 +45,8 @@ fn bad_tpcc_input_gets_one_line_and_exit_code_2() {
 /// not refused for want of regions: one warehouse (about 160 MiB) loads into three regions of
 /// 32 MiB, the CM adds regions as the load fills them, and the run's consistency checks hold.
 /// A warehouse count whose replicas would not fit in the cluster directory's file system is
-/// refused before anything is loaded, with the memory it needs.
+/// refused before anything is loaded, with the memory it needs. A second load into the cluster,
+/// which now holds the first one's objects, is refused.
 #[test]
 fn a_load_into_a_cluster_with_a_cm_grows_its_regions() {
     let dir = format!("/dev/shm/acre-test-tpcc-grow-{}", std::process::id());
@@ -114,4 +115,18 @@ fn a_load_into_a_cluster_with_a_cm_grows_its_regions() {
             .any(|r| r.cause.starts_with("new region") && r.outcome == "committed"),
         "{status:?}"
     );
+
+    let again = acre(&[
+        "bench",
+        "tpcc",
+        "--target",
+        &target,
+        "--warmup",
+        "0s",
+        "--flush",
+    ]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("already holds objects"), "{stderr}");
 }

@@ -244,12 +244,18 @@ fn connect(
             let runs_cm = acre::cluster::ClusterFile::read(&file)?.cm.is_some();
             let db = Db::connect(&file)?;
             anyhow::ensure!(
-                !db.holds_objects()
-                    .with_context(|| format!("whether the cluster in {} is empty", dir.display()))?,
+                !db.holds_objects().with_context(|| format!(
+                    "whether the cluster in {} is empty",
+                    dir.display()
+                ))?,
                 "the cluster in {} already holds objects, and TPC-C loads into an empty cluster{}: \
                  start a new one (acre cluster down --dir {} --purge, then acre cluster up --dir {})",
                 dir.display(),
-                if args.flush { " (--flush empties only a PostgreSQL database)" } else { "" },
+                if args.flush {
+                    " (--flush empties only a PostgreSQL database)"
+                } else {
+                    ""
+                },
                 dir.display(),
                 dir.display()
             );

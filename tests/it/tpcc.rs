@@ -117,13 +117,7 @@ fn a_load_into_a_cluster_with_a_cm_grows_its_regions() {
     );
 
     let again = acre(&[
-        "bench",
-        "tpcc",
-        "--target",
-        &target,
-        "--warmup",
-        "0s",
-        "--flush",
+        "bench", "tpcc", "--target", &target, "--warmup", "0s", "--flush",
     ]);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     let stderr = String::from_utf8_lossy(&again.stderr);

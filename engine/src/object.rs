@@ -216,6 +216,21 @@ impl Owner {
     }
 }
 
+/// A transaction's tag as `TxnId::owner` makes it (docs/formats.md#header-word): its node (16
+/// bits), slot (10 bits) and sequence number modulo 2^36, so that a lock that stays can be
+/// traced to its transaction in the logs (`n104.t0.#1084` is `txn c<config>.n104.t0.1084`).
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Owner::ALLOCATOR {
+            return f.write_str("the allocator");
+        }
+        let node = self.0 >> 46;
+        let slot = (self.0 >> 36) & ((1 << 10) - 1);
+        let seq = self.0 & ((1 << 36) - 1);
+        write!(f, "n{node}.t{slot}.#{seq}")
+    }
+}
+
 impl fmt::Display for Header {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = if self.is_allocated() {
@@ -224,7 +239,7 @@ impl fmt::Display for Header {
             "free"
         };
         match self.owner() {
-            Some(owner) => write!(f, "{state} locked by {:#x}", owner.0),
+            Some(owner) => write!(f, "{state} locked by {owner}"),
             None => write!(f, "v{} {state}", self.version()),
         }
     }
@@ -617,7 +632,10 @@ mod tests {
         assert_eq!(h.unlocked_at(5).to_u64(), (1 << 62) | 5);
         assert_eq!(Header::new(7, false, false).to_u64(), 7);
         assert_eq!(Header::new(7, false, false).owner(), None);
-        assert_eq!(h.to_string(), "allocated locked by 0x7");
+        assert_eq!(h.to_string(), "allocated locked by n0.t0.#7");
+        let tag = Owner::new(104 << 46 | 3 << 36 | 1084);
+        assert_eq!(tag.to_string(), "n104.t3.#1084");
+        assert_eq!(Owner::ALLOCATOR.to_string(), "the allocator");
         assert_eq!(Header::new(7, false, false).to_string(), "v7 free");
     }
 

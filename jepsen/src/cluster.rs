@@ -230,6 +230,17 @@ impl Cluster {
             .collect()
     }
 
+    /// Writes `acre cluster status` into the cluster log: the configuration, the nodes, and
+    /// what each ring keeps (the oldest transaction pinning it), as the run left them.
+    pub fn status(&self) -> Result<(), String> {
+        self.acre_command(&[
+            "cluster",
+            "status",
+            "--dir",
+            &self.dir.display().to_string(),
+        ])
+    }
+
     /// Stops every process of the cluster and keeps its files (`acre cluster down`).
     pub fn down(&self) -> Result<(), String> {
         self.acre_command(&["cluster", "down", "--dir", &self.dir.display().to_string()])

@@ -570,8 +570,14 @@ impl Copying {
                 return Ok(slot);
             }
             if Instant::now() >= deadline {
+                let header = object::Header::from_u64(u64::from_le_bytes(
+                    slot[..8]
+                        .try_into()
+                        .expect("a slot starts with its header word"),
+                ));
                 return Err(format!(
-                    "{addr} stayed locked or torn at {primary} for {SLOT_SETTLE_MAX:?}"
+                    "{addr} stayed locked or torn at {primary} for {SLOT_SETTLE_MAX:?} \
+                     (its header: {header})"
                 ));
             }
             if self.sleep(Duration::from_millis(1)) {

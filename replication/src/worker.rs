@@ -577,7 +577,7 @@ impl Serving {
 
     /// Whether `record` is a late append of a dead client coordinator on whose transaction this
     /// node has voted: refused (and counted) so it cannot contradict the vote.
-    fn refuses_late(&self, sender: NodeId, record: &TxnRecord) -> bool {
+    fn refuses_late(&mut self, sender: NodeId, record: &TxnRecord) -> bool {
         let txn = record.txn;
         let coordinated = matches!(
             record.body,
@@ -600,6 +600,9 @@ impl Serving {
                 self.recovery.drained_for()
             );
             self.stats.late_refused.fetch_add(1, Ordering::Release);
+            // Final, and said in this node's answers: the coordinator asks whether its record
+            // counted (acre_txn::commit::commit_backup::fenced) and sends nothing more.
+            self.voted.decided(txn, vote::REFUSED);
             return true;
         }
         let voted = self.voted.has_voted(txn);
@@ -613,6 +616,7 @@ impl Serving {
                 record.kind().0
             );
             self.stats.late_refused.fetch_add(1, Ordering::Release);
+            self.voted.decided(txn, vote::REFUSED);
         }
         voted
     }
@@ -896,7 +900,7 @@ impl Serving {
         let held = self.kept.get(&txn).map(|kept| kept.holds);
         let decided = self.voted.outcome(txn);
         let mut bits = held.unwrap_or(0) | decided | self.recovery.new_primary_bit(txn);
-        if held.is_none() && decided == 0 {
+        if held.is_none() && decided & !vote::REFUSED == 0 {
             bits |= self.recovery.truncations.vote(txn);
         }
         bits

@@ -129,6 +129,11 @@ pub mod vote {
     /// It holds nothing of the transaction and cannot tell whether it truncated it: its memory
     /// of truncated transactions no longer reaches back that far.
     pub const UNSURE: u64 = 64;
+    /// It refused a LOCK, COMMIT-BACKUP or COMMIT-PRIMARY record of the transaction from its
+    /// coordinator (read after a drain that left the transaction to recovery, or after its
+    /// vote): only in an OUTCOME-QUERY's answer, which tells a coordinator whether a record it
+    /// appended counts (docs/failures.md#drain). The decision reads no such bit.
+    pub const REFUSED: u64 = 128;
     /// With [`NEW_PRIMARY`], which of the transaction's regions: bit `32 + id % 32` for each
     /// (two regions may share a bit, which only makes the vote say less).
     pub const NEW_PRIMARY_OF: u64 = 0xffff_ffff << 32;
@@ -140,6 +145,7 @@ pub mod vote {
         | ABORTED
         | NEW_PRIMARY
         | UNSURE
+        | REFUSED
         | NEW_PRIMARY_OF;
 
     /// The [`NEW_PRIMARY_OF`] bit of region `id`.

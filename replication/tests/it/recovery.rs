@@ -12,7 +12,7 @@ use acre_engine::channel::appended_kinds;
 use acre_engine::fabric::fault::{Action, Rule};
 use acre_replication::EmbeddedCluster;
 use acre_replication::outcome::{TxnOutcome, outcome};
-use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY};
+use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, REQUEST_VOTE};
 use acre_txn::{CommitError, RegionState};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -259,6 +259,134 @@ fn a_commit_backup_that_lands_after_the_drain_is_never_reported_committed() {
     assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
     assert_eq!(recovered(&cluster, NodeId(1)).1, 1, "n1 aborted it");
     assert_eq!(outcome(&n3, txn), TxnOutcome::Aborted);
+    assert_eq!(n3.unfinished_commits(), 0, "nothing left to finish");
+    overwrite(&n1, b, b"b2");
+    settle(&cluster);
+    cluster.check_replicas().expect("replicas match");
+    cluster.stop();
+}
+
+/// The fence of a COMMIT-PRIMARY (docs/failures.md#drain), found by `acre jepsen --nemesis
+/// bitflip`: n3 coordinates a transaction writing r4 (primary n4, backup n1) and r1 (primary
+/// n1, backup n2). Every COMMIT-BACKUP counts, then its COMMIT-PRIMARY to n1 stalls while n1
+/// is restarted in place (as the CM does when a ring reset lost records n1 had acknowledged):
+/// r1 blocks with n1 still its primary. Both COMMIT-PRIMARYs land after the drains, so n1 and
+/// n4 refuse them and leave the transaction to recovery, whose votes (held back here for a
+/// moment) commit it and install it at both primaries from their LOCKs. The coordinator,
+/// seeing the fences, installs nothing, and must not truncate either: a truncation reaching
+/// the primaries before recovery's install would make them drop the LOCKs the install reads,
+/// and `a` and `b` would stay locked for good.
+#[test]
+fn a_commit_primary_left_to_recovery_is_not_truncated_by_its_coordinator() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
+    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
+    settle(&cluster);
+    let stall = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Delay(Duration::from_millis(500)))
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&COMMIT_PRIMARY))
+            .times(1),
+    );
+    // Recovery's first votes come late, after anything the coordinator sends once its
+    // COMMIT-PRIMARYs are refused.
+    for node in [1, 2, 4].map(NodeId) {
+        cluster.faults().add(
+            Rule::to(node, Action::Delay(Duration::from_millis(1500)))
+                .when(|ops| appended_kinds(ops).contains(&REQUEST_VOTE))
+                .times(1),
+        );
+    }
+    let coordinator = n3.clone();
+    let committing = std::thread::spawn(move || write_both(&coordinator, a, b));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(cluster.faults().hits(stall), 1, "COMMIT-PRIMARY held back");
+    let plan = acre_cm::remap::restart(cluster.config(), &[NodeId(1)], &[]).expect("restart n1");
+    cluster
+        .reconfigure(plan.config.clone())
+        .expect("reconfigure");
+    let committed = committing.join().expect("the commit does not panic");
+    assert_eq!(committed, Ok(()), "every COMMIT-BACKUP counted: committed");
+    wait_recovered(&cluster, NodeId(1), RegionId(1));
+    let active = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.state = RegionState::Active;
+        }
+    });
+    cluster.reconfigure((*active).clone()).expect("activate");
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    for addr in [a, b] {
+        while crate::fixture::primary_header(&cluster, addr).is_locked() {
+            assert!(
+                Instant::now() < deadline,
+                "{addr} is still locked {RECOVERY_TIMEOUT:?} after the restart: {:?}",
+                crate::fixture::primary_header(&cluster, addr)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a1");
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b1");
+    assert_eq!(n3.unfinished_commits(), 0, "nothing left to finish");
+    cluster.stop();
+}
+
+/// The fence is read by the receiver, not judged by the coordinator (found by `acre jepsen
+/// --nemesis bitflip`: a bank total off by one). n3 coordinates a transaction writing b in r1
+/// (primary n1, backup n2); its COMMIT-BACKUP to n2 stalls while n1 is restarted in place (r1
+/// blocked), recovery aborts the transaction (no backup holds it) and unlocks b, and a
+/// configuration makes r1 active again. The record then lands at n2, which voted on the
+/// transaction and refuses it. By then the coordinator knows the newest configuration, in
+/// which r1 serves from the same primary: judged by it, the record counted, the coordinator
+/// sent COMMIT-PRIMARY and reported a commit that recovery had aborted (in one-sided mode it
+/// also installed b at n1, which n2 never got). Asked, n2 says it refused the record.
+#[test]
+fn a_commit_backup_refused_after_its_region_serves_again_is_never_reported_committed() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
+    settle(&cluster);
+    let stall = cluster.faults().add(
+        Rule::to(NodeId(2), Action::Delay(Duration::from_millis(1500)))
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP))
+            .times(1),
+    );
+    let coordinator = n3.clone();
+    let committing = std::thread::spawn(move || {
+        let mut txn = coordinator.begin().expect("begin");
+        txn.write(b, b"b1").expect("write b");
+        txn.commit()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(cluster.faults().hits(stall), 1, "COMMIT-BACKUP held back");
+    let plan = acre_cm::remap::restart(cluster.config(), &[NodeId(1)], &[]).expect("restart n1");
+    cluster
+        .reconfigure(plan.config.clone())
+        .expect("reconfigure");
+    wait_recovered(&cluster, NodeId(1), RegionId(1));
+    let active = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.state = RegionState::Active;
+        }
+    });
+    cluster.reconfigure((*active).clone()).expect("activate");
+    let committed = committing.join().expect("the commit does not panic");
+    assert!(
+        matches!(
+            committed,
+            Err(CommitError::Indeterminate {
+                node: NodeId(2),
+                ..
+            })
+        ),
+        "n2 refused the COMMIT-BACKUP, and recovery aborted the transaction: {committed:?}"
+    );
+    assert_eq!(recovered(&cluster, NodeId(1)).1, 1, "n1 aborted it");
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
     assert_eq!(n3.unfinished_commits(), 0, "nothing left to finish");
     overwrite(&n1, b, b"b2");
     settle(&cluster);

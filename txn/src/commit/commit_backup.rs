@@ -6,58 +6,71 @@
 //! "may hold": the words of a batch can land before the connection breaks, and the sender
 //! cannot tell.
 
-use super::{Commit, Plan};
-use crate::config::RegionState;
+use super::Commit;
 use crate::error::CommitError;
-use crate::record::{Body, ReplyTo, TxnRecord};
+use crate::record::{Body, ReplyTo, TxnId, TxnRecord};
+use crate::reply::{Code, vote};
 use crate::txn_node::TxnNode;
 use acre_engine::addr::NodeId;
 use std::time::Duration;
 
-/// How long a commit waits to learn the configuration a backup's fence names (a client
-/// follows the CM within milliseconds) before it leaves the rest to the finisher.
-pub(super) const FENCE_CONFIG_WAIT: Duration = Duration::from_secs(1);
+/// How long a commit waits for a receiver whose fence is newer than its transaction's
+/// configuration to say whether it refused the record (its worker answers within
+/// milliseconds) before it leaves the rest to the finisher.
+pub(super) const FENCE_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
-/// What a COMMIT-BACKUP whose receiver's fence is newer than its transaction's configuration
-/// means (docs/failures.md#drain).
+/// What a record acknowledged with a fence newer than its transaction's configuration means
+/// (docs/failures.md#drain).
 pub(super) enum Fenced {
-    /// The transaction needs no recovery there: the receiver kept the record, it counts.
+    /// The receiver kept the record: it counts.
     Counted,
-    /// A primary of a region it writes changed since it began: the receiver may have refused
-    /// the record, and that configuration's recovery decides the transaction.
+    /// The receiver refused a record of the transaction: that configuration's recovery (or the
+    /// settlement of a client it found gone) decides the transaction.
     LeftToRecovery,
-    /// This node does not know the fence's configuration yet: ask again later.
+    /// The receiver did not say within the wait: ask again later.
     Unknown,
 }
 
-/// Whether a COMMIT-BACKUP of the transaction of `plan` counts at a backup whose fence is
-/// `fence`, newer than the transaction's configuration: the receiver refuses the record only
-/// if the transaction needs recovery in that configuration (it writes a region blocked there),
-/// which implies that a primary it locked at is no longer that region's serving primary in
-/// any later configuration. Waits up to `wait` for this node to adopt that configuration.
-pub(super) fn fenced(node: &TxnNode, plan: &Plan, fence: u64, wait: Duration) -> Fenced {
-    let deadline = node.clock().now() + wait;
-    while node.config_id() < fence {
-        if node.clock().now() >= deadline {
-            return Fenced::Unknown;
-        }
-        std::thread::sleep(Duration::from_millis(1));
+/// Whether a record of `txn` that `receiver` acknowledged with a fence newer than the
+/// transaction's configuration counts there. The receiver drained its log for that
+/// configuration, and refuses the record when its worker reads it if the transaction needs
+/// recovery by then (or it voted on it), by its own view of the configurations, which may be
+/// newer than the fence and than this node's. Only it can tell: an OUTCOME-QUERY appended to
+/// the same ring is read after the record, and its answer says whether it refused any record
+/// of the transaction ([`vote::REFUSED`]). Judging by this node's configuration instead let a
+/// coordinator that had already learned a later one, where the region served again, count a
+/// refused COMMIT-BACKUP and install over recovery's commit (found by `acre jepsen --nemesis
+/// bitflip`: a bank total off by one). Waits up to `wait` for the answer.
+pub(super) fn fenced(node: &TxnNode, txn: TxnId, receiver: NodeId, wait: Duration) -> Fenced {
+    let Some(lease) = node.replies().acquire() else {
+        return Fenced::Unknown;
+    };
+    let record = TxnRecord {
+        txn: TxnId {
+            config: node.config_id(),
+            node: node.node_id(),
+            thread: lease.slot,
+            seq: lease.seq,
+        },
+        reply: node.replies().reply_to(lease.slot, 0),
+        truncated: Vec::new(),
+        body: Body::OutcomeQuery { txn },
+    };
+    if node.links().send_one(receiver, record).is_err() {
+        node.replies().release(lease, false);
+        return Fenced::Unknown;
     }
-    let latest = node.config();
-    let moved = plan.locks.iter().any(|(&primary, body)| {
-        let Body::Lock { entries, .. } = body else {
-            unreachable!("a plan's locks are LOCK bodies")
-        };
-        entries.iter().any(|entry| {
-            latest
-                .placement(entry.addr.region())
-                .is_none_or(|p| p.primary != primary || p.state != RegionState::Active)
-        })
-    });
-    if moved {
-        Fenced::LeftToRecovery
-    } else {
-        Fenced::Counted
+    let answer = node.replies().wait(lease.slot, lease.seq, &[0], wait);
+    node.replies().release(lease, answer.is_err());
+    match answer {
+        Ok(replies) if replies[0].code == Code::Vote => {
+            if replies[0].values[0] & vote::REFUSED != 0 {
+                Fenced::LeftToRecovery
+            } else {
+                Fenced::Counted
+            }
+        }
+        _ => Fenced::Unknown,
     }
 }
 
@@ -98,7 +111,7 @@ impl Commit<'_> {
                 Ok(fence) if fence > self.txn.id.config => {
                     // The backup drained its log for a newer configuration, after which it
                     // refuses the records of transactions that need recovery there.
-                    match fenced(&self.node, &self.plan, fence, FENCE_CONFIG_WAIT) {
+                    match fenced(&self.node, self.txn.id, backup, FENCE_ANSWER_WAIT) {
                         Fenced::Counted => {}
                         Fenced::LeftToRecovery => {
                             // The record may not count. Nothing more is sent (no
@@ -109,8 +122,8 @@ impl Commit<'_> {
                                 txn: self.txn.id,
                                 node: backup,
                                 reason: format!(
-                                    "it drained its log for configuration {fence}, whose \
-                                     recovery decides this transaction"
+                                    "it drained its log for configuration {fence} and refused \
+                                     the record: recovery decides this transaction"
                                 ),
                             });
                         }
@@ -120,8 +133,8 @@ impl Commit<'_> {
                                 txn: self.txn.id,
                                 node: backup,
                                 reason: format!(
-                                    "it drained its log for configuration {fence}, which this \
-                                     node has not learned yet"
+                                    "it drained its log for configuration {fence} and did not \
+                                     say within {FENCE_ANSWER_WAIT:?} whether it kept the record"
                                 ),
                             });
                         }

@@ -53,14 +53,17 @@ impl Commit<'_> {
                 // votes commit it (every backup holds it) and recovery installs it: an install
                 // of ours could land after theirs and after a later commit, so none goes
                 // (docs/failures.md#known-gaps: a stall right after this check remains).
+                // Recovery truncates it too, once every primary installed: a truncation of
+                // ours could reach a primary before recovery's install there and make it
+                // drop the LOCK that install reads, leaving the objects locked for good.
                 match super::commit_backup::fenced(
                     &self.node,
-                    &self.plan,
-                    fence,
-                    super::commit_backup::FENCE_CONFIG_WAIT,
+                    txn,
+                    primary,
+                    super::commit_backup::FENCE_ANSWER_WAIT,
                 ) {
                     super::commit_backup::Fenced::LeftToRecovery => {
-                        self.primaries_done += 1;
+                        self.left_to_recovery = true;
                         continue;
                     }
                     super::commit_backup::Fenced::Counted => {}
@@ -71,8 +74,8 @@ impl Commit<'_> {
                             TxnError::Unavailable {
                                 node: primary,
                                 reason: format!(
-                                    "it drained its log for configuration {fence}, not known here \
-                                     yet"
+                                    "it drained its log for configuration {fence} and did not \
+                                     say whether it kept the record"
                                 ),
                             },
                         ));
@@ -100,6 +103,11 @@ impl Commit<'_> {
         };
         if durable == 0 {
             return Err(CommitError::indeterminate(txn, e));
+        }
+        if self.left_to_recovery {
+            // Recovery installs it at every primary, the one that missed it included.
+            tracing::debug!(%txn, %primary, "committed, left to recovery: {e}");
+            return Ok(());
         }
         // Committed: one primary has COMMIT-PRIMARY. The one that missed it (or its install)
         // keeps the objects locked until it gets them again (super::unfinished).

@@ -274,10 +274,10 @@ pub(crate) struct Commit<'t> {
     pub(crate) decided: bool,
     /// Backups whose COMMIT-BACKUP is durable (step 3).
     pub(crate) backups_done: usize,
-    /// A backup's fence said a newer configuration's recovery decides this transaction: the
-    /// commit stops, and nothing of it is finished later.
+    /// A backup's or a primary's fence said a newer configuration's recovery decides this
+    /// transaction: nothing more of it is sent, now or later, not even its truncation.
     pub(crate) left_to_recovery: bool,
-    /// Primaries whose COMMIT-PRIMARY is durable (step 4).
+    /// Primaries whose COMMIT-PRIMARY is durable and counted (step 4).
     pub(crate) primaries_done: usize,
     /// Primaries whose COMMIT-PRIMARY append failed (step 4).
     pub(crate) primaries_missed: BTreeSet<NodeId>,
@@ -332,7 +332,7 @@ impl<'t> Commit<'t> {
         // 4. COMMIT-PRIMARY: committed once one primary has it.
         mode.commit_primary(self)?;
         // 5. TRUNCATE, lazily; not while a primary lacks COMMIT-PRIMARY, whose records
-        // recovery will need.
+        // recovery will need (one left to recovery lacks it: it refused the record).
         if self.primaries_done == self.plan.locks.len() {
             self.queue_truncation();
         }

@@ -68,8 +68,8 @@ enum Attempt {
         node: NodeId,
         reason: String,
     },
-    /// A backup drained its log for configuration `fence`, whose recovery decides the
-    /// transaction: nothing more is sent.
+    /// A participant that drained its log for configuration `fence` refused its record:
+    /// recovery decides the transaction, and nothing more is sent (not even its truncation).
     LeftToRecovery {
         node: NodeId,
         fence: u64,
@@ -99,7 +99,8 @@ impl Unfinished {
                     };
                 }
                 Ok(fence) if fence > self.txn.config => {
-                    match super::commit_backup::fenced(node, &self.plan, fence, Duration::ZERO) {
+                    let answer = super::commit_backup::FENCE_ANSWER_WAIT;
+                    match super::commit_backup::fenced(node, self.txn, backup, answer) {
                         super::commit_backup::Fenced::Counted => {}
                         super::commit_backup::Fenced::LeftToRecovery => {
                             return Attempt::LeftToRecovery {
@@ -111,7 +112,8 @@ impl Unfinished {
                             return Attempt::NotYet {
                                 node: backup,
                                 reason: format!(
-                                    "its fence names configuration {fence}, not known here yet"
+                                    "its fence names configuration {fence}, and it did not say \
+                                     whether it kept the record"
                                 ),
                             };
                         }
@@ -131,18 +133,24 @@ impl Unfinished {
                 }
             };
             if fence > self.txn.config {
-                // As in step 4: a transaction that needs recovery there is installed by it.
-                use super::commit_backup::{Fenced, fenced};
-                match fenced(node, &self.plan, fence, Duration::ZERO) {
+                // As in step 4: a transaction the primary refused the record of is installed
+                // and truncated by recovery; nothing more of it is sent.
+                use super::commit_backup::{FENCE_ANSWER_WAIT, Fenced, fenced};
+                match fenced(node, self.txn, primary, FENCE_ANSWER_WAIT) {
                     Fenced::LeftToRecovery => {
-                        self.primaries_left.remove(&primary);
-                        continue;
+                        return Attempt::LeftToRecovery {
+                            node: primary,
+                            fence,
+                        };
                     }
                     Fenced::Counted => {}
                     Fenced::Unknown => {
                         missed = Some((
                             primary,
-                            format!("its fence names configuration {fence}, not known here yet"),
+                            format!(
+                                "its fence names configuration {fence}, and it did not say \
+                                 whether it kept the record"
+                            ),
                         ));
                         continue;
                     }
@@ -356,14 +364,14 @@ fn finisher(shared: &Shared, node: Weak<TxnNode>, clock: &Clock) {
                     left.push(commit);
                 }
                 Attempt::LeftToRecovery {
-                    node: backup,
+                    node: participant,
                     fence,
                 } => {
                     finished += 1;
                     tracing::info!(
                         txn = %commit.txn,
-                        "left to recovery: {backup} drained its log for configuration {fence}, \
-                         whose recovery decides it"
+                        "left to recovery: {participant} drained its log for configuration \
+                         {fence} and refused its record"
                     );
                     commit.release(&node);
                 }

@@ -1225,10 +1225,30 @@ impl Serving {
     /// recovered.
     fn recover(&mut self) {
         let (id, committed) = self.node.config_state();
-        if committed && id > self.recovery.drained_for() {
-            let config = self.node.config();
-            if config.id == id {
-                self.drain_for(config);
+        let drained_for = self.recovery.drained_for();
+        if committed && id > drained_for {
+            // For every configuration committed since the last drain, in turn: one that came
+            // and went while this worker was not scheduled may be the one that blocked a
+            // region a transaction held here writes (the next one, making it active again,
+            // would say that transaction needs no recovery, and its locks would stay).
+            match self.node.committed_after(drained_for) {
+                Some(configs) => {
+                    for config in configs {
+                        self.drain_for(config);
+                    }
+                }
+                None => {
+                    tracing::warn!(
+                        node = %self.node.node_id(),
+                        "more than {} configurations were committed since this node drained \
+                         for configuration {drained_for}: it drains for the newest only",
+                        acre_txn::config::COMMITTED_REMEMBERED
+                    );
+                    let config = self.node.config();
+                    if config.id == id {
+                        self.drain_for(config);
+                    }
+                }
             }
         }
         if !self.is_recovering() {

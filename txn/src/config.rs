@@ -519,7 +519,15 @@ struct Current {
     config: std::sync::Arc<Configuration>,
     /// Every member adopted it (NEW-CONFIG-COMMIT): transactions may commit in it.
     committed: bool,
+    /// The last configurations committed here, oldest first, at most
+    /// [`COMMITTED_REMEMBERED`]: a worker that drains its log once for several of them
+    /// (it was not scheduled while they came) drains for each in turn
+    /// ([`CurrentConfiguration::committed_after`]).
+    recent: std::collections::VecDeque<std::sync::Arc<Configuration>>,
 }
+
+/// How many committed configurations a node remembers for [`CurrentConfiguration::committed_after`].
+pub const COMMITTED_REMEMBERED: usize = 64;
 
 /// Why a configuration was not adopted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -548,8 +556,9 @@ impl CurrentConfiguration {
     pub fn new(config: std::sync::Arc<Configuration>) -> CurrentConfiguration {
         CurrentConfiguration {
             current: std::sync::RwLock::new(Current {
-                config,
+                config: config.clone(),
                 committed: true,
+                recent: std::collections::VecDeque::from([config]),
             }),
         }
     }
@@ -580,10 +589,8 @@ impl CurrentConfiguration {
                 current: current.config.id,
             });
         }
-        *current = Current {
-            config: newer,
-            committed: false,
-        };
+        current.config = newer;
+        current.committed = false;
         Ok(())
     }
 
@@ -597,8 +604,33 @@ impl CurrentConfiguration {
                 current: current.config.id,
             });
         }
-        current.committed = true;
+        if !current.committed {
+            current.committed = true;
+            let config = current.config.clone();
+            if current.recent.len() == COMMITTED_REMEMBERED {
+                current.recent.pop_front();
+            }
+            current.recent.push_back(config);
+        }
         Ok(())
+    }
+
+    /// The configurations committed here with an id above `id`, oldest first; `None` if some
+    /// of them are no longer remembered (more than [`COMMITTED_REMEMBERED`] came since).
+    pub fn committed_after(&self, id: u64) -> Option<Vec<std::sync::Arc<Configuration>>> {
+        let current = self.current.read().expect(crate::POISONED);
+        let after: Vec<_> = current
+            .recent
+            .iter()
+            .filter(|config| config.id > id)
+            .cloned()
+            .collect();
+        let oldest_remembered = current.recent.front().map_or(u64::MAX, |c| c.id);
+        if current.recent.len() == COMMITTED_REMEMBERED && oldest_remembered > id {
+            // Some forgotten ones may have come after `id` too.
+            return None;
+        }
+        Some(after)
     }
 }
 

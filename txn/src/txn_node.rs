@@ -135,6 +135,13 @@ impl TxnNode {
         self.config.state()
     }
 
+    /// The configurations committed at this node after configuration `id`, oldest first
+    /// (`None` if it no longer remembers them all): what a worker that drained for `id` last
+    /// drains for next, each in turn (docs/failures.md#drain).
+    pub fn committed_after(&self, id: u64) -> Option<Vec<Arc<Configuration>>> {
+        self.config.committed_after(id)
+    }
+
     /// NEW-CONFIG: adopts configuration `newer` if it is newer than the current one
     /// (docs/failures.md#reconfiguration). From then on transactions begun in an older one do
     /// not commit (`ConfigurationChanged`, which `Db::run` retries), a primary refuses their

@@ -940,6 +940,67 @@ fn review_a_surviving_primary_that_recovers_no_region_settles_its_transactions()
     cluster.stop();
 }
 
+/// A worker that drains once for two configurations drains for each (found by the test above
+/// failing under load): n3's transaction writes a (r4: n4 [n1]) and b (r2: n2 [n3]), its
+/// COMMIT-BACKUP to n1 fails, and n4 dies. Configuration 2 blocks r4 at its promoted primary
+/// n1, configuration 3 makes it active again; n2 gets both before its worker looks. Drained
+/// for 3 only, n2 would find that the transaction writes no blocked region, leave it to
+/// nobody, and keep b locked for good; drained for 2 then 3, it settles it (abort: no backup
+/// holds it) and unlocks b.
+#[test]
+fn a_surviving_primary_that_misses_the_configuration_blocking_a_region_still_settles() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
+    let b = create(&n3, RegionId(2), b"b0"); // n2 [n3]
+    settle(&cluster);
+    let rule = cluster.faults().add(
+        Rule::to(NodeId(1), Action::Fail)
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
+    );
+    let committed = write_both(&n3, a, b);
+    assert!(committed.is_err(), "{committed:?}");
+    let blocked = next(cluster.config(), without_n4);
+    let active = next(&blocked, |config| {
+        for placement in &mut config.regions {
+            placement.state = RegionState::Active;
+        }
+    });
+    cluster.fence_member(NodeId(4));
+    // n2 takes both at once; the others take 2, and 3 once n1 recovered r4.
+    cluster
+        .adopt_at(NodeId(2), blocked.clone())
+        .expect("adopt 2");
+    cluster.commit_at(NodeId(2), blocked.id).expect("commit 2");
+    cluster
+        .adopt_at(NodeId(2), active.clone())
+        .expect("adopt 3");
+    cluster.commit_at(NodeId(2), active.id).expect("commit 3");
+    for node in [1, 3].map(NodeId) {
+        cluster.adopt_at(node, blocked.clone()).expect("adopt 2");
+        cluster.commit_at(node, blocked.id).expect("commit 2");
+    }
+    wait_recovered(&cluster, NodeId(1), RegionId(4));
+    for node in [1, 3].map(NodeId) {
+        cluster.adopt_at(node, active.clone()).expect("adopt 3");
+        cluster.commit_at(node, active.id).expect("commit 3");
+    }
+    cluster.faults().remove(rule);
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while crate::fixture::primary_header(&cluster, b).is_locked() {
+        assert!(
+            Instant::now() < deadline,
+            "b is still locked at n2 {RECOVERY_TIMEOUT:?} after recovery"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
+    cluster.stop();
+}
+
 /// REVIEW (finding 3, one-sided mode only): a coordinator (n3) whose COMMIT-BACKUPs all
 /// counted stalls before its COMMIT-PRIMARY to n1 while n4 dies. Recovery commits the
 /// transaction (installs at n1, unlocks), r4 is activated, and another transaction overwrites

@@ -232,7 +232,7 @@ impl Cluster {
 
     /// Writes `acre cluster status` into the cluster log: the configuration, the nodes, and
     /// what each ring keeps (the oldest transaction pinning it), as the run left them.
-    pub fn status(&self) -> Result<(), String> {
+    pub fn log_status(&self) -> Result<(), String> {
         self.acre_command(&[
             "cluster",
             "status",

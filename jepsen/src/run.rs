@@ -180,7 +180,7 @@ pub fn run(
     let result = run_on(options, &cluster, progress, interrupted);
     // What the run left, for a run that went wrong above all (a lock that stayed, a ring
     // pinned): best effort, the run's verdict does not depend on it.
-    if let Err(error) = cluster.status() {
+    if let Err(error) = cluster.log_status() {
         progress(&format!("{error}; the run goes on"));
     }
     // A node still writing its block sums when the stop's bound ran out (a loaded host) has

@@ -517,7 +517,6 @@ pub(crate) fn restart(
         }
         let change = cluster::cm_request::Change::Restart {
             nodes: nodes.clone(),
-            lost_records: false,
             damaged,
         };
         let deadline = Instant::now() + REMOVAL_TIMEOUT;

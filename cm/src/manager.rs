@@ -193,11 +193,9 @@ pub enum Cause {
     },
     /// The CM's Raft group changed its membership to these voters ([`Change::CmReplicas`]).
     CmReplicas { replicas: Vec<NodeId> },
-    /// The processes of these members restarted from their files ([`Change::Restart`]), or,
-    /// with `lost_records`, one of them lost log records it had acknowledged.
+    /// The processes of these members restarted from their files ([`Change::Restart`]).
     Restart {
         nodes: Vec<NodeId>,
-        lost_records: bool,
         /// The copies the restarted nodes found damaged, which they do not serve.
         damaged: Vec<(NodeId, RegionId)>,
     },
@@ -219,11 +217,7 @@ impl fmt::Display for Cause {
                 write!(f, "failure of ")?;
                 write_nodes(f, suspects)
             }
-            Cause::Restart {
-                nodes,
-                lost_records: false,
-                damaged,
-            } => {
+            Cause::Restart { nodes, damaged } => {
                 write!(f, "restart of ")?;
                 write_nodes(f, nodes)?;
                 for (k, (node, region)) in damaged.iter().enumerate() {
@@ -231,14 +225,6 @@ impl fmt::Display for Cause {
                     write!(f, "{sep}{node}'s {region}")?;
                 }
                 Ok(())
-            }
-            Cause::Restart {
-                nodes,
-                lost_records: true,
-                ..
-            } => {
-                write!(f, "log records lost at ")?;
-                write_nodes(f, nodes)
             }
             Cause::NewLeader => write!(f, "new CM leader"),
             Cause::CmReplicas { replicas } => {
@@ -316,15 +302,8 @@ pub enum Change {
     /// (`acre cluster up` on a stopped cluster's directory, once they all run): they stay
     /// members, the regions they are primary of block until recovered, and they copy the
     /// regions they are backup of again ([`remap::restart`]).
-    ///
-    /// With `lost_records`: the one node of `nodes` runs on, but a damaged ring's reset lost
-    /// log records it had acknowledged (docs/failures.md#a-damaged-ring), so what it holds no
-    /// longer covers what it promised, as after a restart; the same configuration recovers its
-    /// primaries' transactions and has its backups copy again.
     Restart {
         nodes: Vec<NodeId>,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        lost_records: bool,
         /// The region copies the restarted nodes found damaged
         /// (docs/failures.md#whole-cluster-restart): a damaged primary's region gets an intact
         /// backup as primary, or is lost.
@@ -704,18 +683,13 @@ impl Manager {
                 // Nobody leaves the configuration: no lease to wait out, no node to fence.
                 (plan, Cause::CmReplicas { replicas }, BTreeSet::new())
             }
-            Change::Restart {
-                nodes,
-                lost_records,
-                damaged,
-            } => {
+            Change::Restart { nodes, damaged } => {
                 let plan = remap::restart(&config, &nodes, &damaged).map_err(|e| e.to_string())?;
                 // In id order, each once: the history names each node once.
                 let nodes: BTreeSet<NodeId> = nodes.into_iter().collect();
                 let damaged: BTreeSet<(NodeId, RegionId)> = damaged.into_iter().collect();
                 let cause = Cause::Restart {
                     nodes: nodes.into_iter().collect(),
-                    lost_records,
                     damaged: damaged.into_iter().collect(),
                 };
                 // Nobody leaves: no lease to wait out, no node to fence.
@@ -1732,7 +1706,6 @@ mod tests {
         let refused = manager.change(
             Change::Restart {
                 nodes: Vec::new(),
-                lost_records: false,
                 damaged: Vec::new(),
             },
             ms(5),
@@ -1741,7 +1714,6 @@ mod tests {
         let refused = manager.change(
             Change::Restart {
                 nodes: vec![NodeId(9)],
-                lost_records: false,
                 damaged: Vec::new(),
             },
             ms(5),
@@ -1752,7 +1724,6 @@ mod tests {
         // out of order and twice, as an asker may).
         let restart = Change::Restart {
             nodes: vec![NodeId(3), NodeId(2), NodeId(3)],
-            lost_records: false,
             damaged: Vec::new(),
         };
         let actions = manager.change(restart.clone(), ms(5)).expect("accepted");
@@ -1782,7 +1753,6 @@ mod tests {
             record.cause,
             Cause::Restart {
                 nodes: vec![NodeId(2), NodeId(3)],
-                lost_records: false,
                 damaged: Vec::new(),
             }
         );
@@ -1827,7 +1797,6 @@ mod tests {
         let mut manager = lead();
         let restart = Change::Restart {
             nodes: vec![NodeId(4)],
-            lost_records: false,
             damaged: Vec::new(),
         };
         let actions = manager.change(restart, ms(5)).expect("accepted");
@@ -1860,7 +1829,6 @@ mod tests {
             nonce: 11,
             change: Change::Restart {
                 nodes: vec![NodeId(1), NodeId(2), NodeId(3)],
-                lost_records: false,
                 damaged: Vec::new(),
             },
         };
@@ -1880,7 +1848,6 @@ mod tests {
             nonce: 12,
             change: Change::Restart {
                 nodes: vec![NodeId(1), NodeId(2), NodeId(3)],
-                lost_records: false,
                 damaged: vec![(NodeId(1), RegionId(1))],
             },
         };
@@ -1897,7 +1864,6 @@ mod tests {
         // r1: n1 [n2]; n1's copy of r1 is damaged.
         let restart = Change::Restart {
             nodes: vec![NodeId(1), NodeId(2)],
-            lost_records: false,
             damaged: vec![(NodeId(1), RegionId(1))],
         };
         let actions = manager.change(restart, ms(5)).expect("accepted");

@@ -319,7 +319,7 @@ impl ProcessNode {
         let (replica, nic, tcp_addr) = started?;
         if file.cm.is_some() && memory_node {
             let dir = dir.clone();
-            replica.on_acknowledged_loss(move |sender| ask_to_recover(&dir, node, sender));
+            replica.on_acknowledged_loss(move |sender| fail_on_loss(&dir, node, sender));
         }
         let process = ProcessNode {
             replica: Some(replica),
@@ -558,58 +558,39 @@ impl Drop for ProcessNode {
     }
 }
 
-/// A damaged ring's reset lost records `node` had acknowledged to `sender`: asks the acting CM,
-/// from a thread of its own, for the configuration that recovers `node`'s regions as after a
-/// restart (docs/failures.md#a-damaged-ring).
-fn ask_to_recover(dir: &Path, node: NodeId, sender: NodeId) {
+/// A damaged ring's reset lost records `node` had acknowledged to `sender`
+/// (docs/failures.md#a-damaged-ring): the node fails, as if killed. What it holds no longer
+/// covers what it promised, and nothing it holds says what is missing: a lost LOCK record
+/// leaves a lock word no record explains, and its silence about the transaction would read as
+/// *truncated* in recovery's votes. So its copies are marked damaged (durably: a restart in
+/// place, before the CM removed the node, serves none of them) and the process exits; the CM
+/// finds its lease expired and recovers its regions from their other replicas, as after a
+/// `kill -9`.
+fn fail_on_loss(dir: &Path, node: NodeId, sender: NodeId) -> ! {
     tracing::error!(
         %node,
-        "the reset of {sender}'s ring lost records this node had acknowledged: asking the CM to \
-         recover its regions (its primaries' transactions decided again by the votes, its \
-         backups copied again)"
+        "the reset of {sender}'s ring lost records this node had acknowledged: this node \
+         fails (exit {LOST_RECORDS_EXIT}), and the CM recovers its regions from their other \
+         replicas; its copies are marked damaged, so a restart in place serves none of them"
     );
-    let dir = dir.to_path_buf();
-    let asked = std::thread::Builder::new()
-        .name(format!("acre-lost-{}", node.0))
-        .spawn(move || {
-            let change = crate::cm_request::Change::Restart {
-                nodes: vec![node],
-                lost_records: true,
-                damaged: Vec::new(),
-            };
-            let deadline = Instant::now() + LOSS_REPORT_TIMEOUT;
-            loop {
-                match crate::cm_request::ask(&dir, change.clone(), LOSS_ASK_TIMEOUT) {
-                    Ok(reply) if reply.accepted => {
-                        tracing::warn!(%node, "the CM recovers this node's regions: {}", reply.message);
-                        return;
-                    }
-                    Ok(reply) if !reply.message.contains(crate::cm_request::BUSY) => {
-                        tracing::error!(%node, "the CM refused to recover this node's regions: {}", reply.message);
-                        return;
-                    }
-                    _ if Instant::now() >= deadline => {
-                        tracing::error!(
-                            %node,
-                            "the CM did not take the request to recover this node's regions \
-                             within {LOSS_REPORT_TIMEOUT:?}: its copies may lack what the lost \
-                             records committed"
-                        );
-                        return;
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(50)),
+    match restart::copy_files(dir, node) {
+        Ok(files) => {
+            for file in files {
+                if let Err(e) = crate::sums::mark_damaged(&file) {
+                    tracing::error!(%node, "cannot mark {} damaged: {e}", file.display());
                 }
             }
-        });
-    if let Err(e) = asked {
-        tracing::error!(%node, "cannot ask the CM to recover this node's regions: {e}");
+        }
+        Err(e) => {
+            tracing::error!(%node, "cannot list this node's copies to mark them damaged: {e}")
+        }
     }
+    std::process::exit(LOST_RECORDS_EXIT)
 }
 
-/// How long a node keeps asking the CM to recover its regions after a loss of log records.
-const LOSS_REPORT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one such request waits for its answer.
-const LOSS_ASK_TIMEOUT: Duration = Duration::from_secs(4);
+/// The exit status of a node process that failed because a ring reset lost records it had
+/// acknowledged ([`fail_on_loss`]).
+pub const LOST_RECORDS_EXIT: i32 = 3;
 
 fn incarnation_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.incarnation"))

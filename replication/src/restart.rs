@@ -72,6 +72,15 @@ fn is_ring(area: RegionId) -> bool {
     area.0 >= RING_AREA_BASE
 }
 
+/// The files of `node`'s region copies in `dir` (not its rings, reply or status areas).
+pub fn copy_files(dir: &Path, node: NodeId) -> io::Result<Vec<PathBuf>> {
+    Ok(node_area_files(dir, node)?
+        .into_iter()
+        .filter(|(area, _)| is_region_copy(*area))
+        .map(|(_, path)| path)
+        .collect())
+}
+
 /// What `node`'s files in `dir` hold. Only meaningful while no process runs the node.
 pub fn kept_data(dir: &Path, node: NodeId) -> io::Result<KeptData> {
     let mut kept = KeptData::default();

@@ -919,9 +919,10 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
         Verdict::NotCopiedAgain => {
             tracing::error!(
                 %node,
-                "its copy of {id} was found damaged at an earlier restart and has not been \
-                 copied again since ({}): the copy is not served, and is copied again from a \
-                 live replica",
+                "its copy of {id} was marked damaged by an earlier run (found damaged at a \
+                 restart, or the node failed after a ring reset lost records it had \
+                 acknowledged) and has not been copied again since ({}): the copy is not \
+                 served, and is copied again from a live replica",
                 sums::damaged_path(&file).display()
             );
         }

@@ -101,9 +101,10 @@ pub enum Verdict {
     /// since, so nothing vouches for the copy, which is not served. (A file that cannot be read
     /// at all fails the check instead: [`check_and_remove`].)
     Unreadable(SumsError),
-    /// An earlier restart found the copy damaged and emptied it ([`mark_damaged`]), and no
-    /// configuration has counted it complete since: it holds zeros, or a part of a copy from a
-    /// live replica, and is not served.
+    /// An earlier run marked the copy damaged ([`mark_damaged`]): a restart found it damaged
+    /// and emptied it, or the node failed after a ring reset lost records it had acknowledged.
+    /// No configuration has counted it complete since: it holds zeros, a part of a copy from a
+    /// live replica, or what the failed node left, and is not served.
     NotCopiedAgain,
 }
 

@@ -269,7 +269,7 @@ fn a_commit_backup_that_lands_after_the_drain_is_never_reported_committed() {
 /// The fence of a COMMIT-PRIMARY (docs/failures.md#drain), found by `acre jepsen --nemesis
 /// bitflip`: n3 coordinates a transaction writing r4 (primary n4, backup n1) and r1 (primary
 /// n1, backup n2). Every COMMIT-BACKUP counts, then its COMMIT-PRIMARY to n1 stalls while n1
-/// is restarted in place (as the CM does when a ring reset lost records n1 had acknowledged):
+/// is restarted in place (as the CM once did when a ring reset lost records n1 had acknowledged):
 /// r1 blocks with n1 still its primary. Both COMMIT-PRIMARYs land after the drains, so n1 and
 /// n4 refuse them and leave the transaction to recovery, whose votes (held back here for a
 /// moment) commit it and install it at both primaries from their LOCKs. The coordinator,
@@ -1110,7 +1110,7 @@ fn r3_promoted_after_its_coordinator_died(promoted: NodeId, other: NodeId) {
 }
 
 /// A primary whose region is blocked with itself as primary while it runs (the CM's restart
-/// change for a node whose log lost acknowledged records, or one that lands on nodes that
+/// change for a node restarted in place, or one that lands on nodes that
 /// recovered already) recovers and serves it keeping its allocator. It used to rebuild it from
 /// the allocated bits, which forgot a slot reserved by a transaction still running: that
 /// transaction's abort then released a slot the new allocator had never handed out, and the

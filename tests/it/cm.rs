@@ -513,16 +513,7 @@ fn update_within(db: &Db, addr: Addr, value: u64, limit: Duration) -> Result<(),
 
 /// The file of `node`'s copy of `region`, in the cluster directory.
 fn copy_file(dir: &std::path::Path, node: NodeId, region: RegionId) -> PathBuf {
-    let prefix = format!("{node}-{region}-");
-    std::fs::read_dir(dir)
-        .expect("list the cluster directory")
-        .map(|entry| entry.expect("an entry").path())
-        .find(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".region"))
-        })
-        .unwrap_or_else(|| panic!("no copy file {prefix}*"))
+    area_file(dir, &format!("{node}-{region}-"))
 }
 
 /// The 8-byte word at `offset` of `file`.
@@ -549,19 +540,21 @@ fn write_word(file: &std::path::Path, offset: u64, word: u64) {
 
 /// The ring `sender` writes at `receiver`, in the cluster directory.
 pub fn ring_file(dir: &std::path::Path, receiver: NodeId, sender: NodeId) -> PathBuf {
-    let prefix = format!(
-        "{receiver}-r{}-",
-        acre::engine::channel::ring_area_id(sender).0
-    );
+    let area = acre::engine::channel::ring_area_id(sender).0;
+    area_file(dir, &format!("{receiver}-r{area}-"))
+}
+
+/// The area file (`n<id>-r<area>-<key>.region`) in `dir` whose name starts with `prefix`.
+fn area_file(dir: &std::path::Path, prefix: &str) -> PathBuf {
     std::fs::read_dir(dir)
         .expect("list the cluster directory")
         .map(|entry| entry.expect("an entry").path())
         .find(|path| {
             path.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".region"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".region"))
         })
-        .unwrap_or_else(|| panic!("no ring file {prefix}*"))
+        .unwrap_or_else(|| panic!("no area file {prefix}*"))
 }
 
 /// The tail position a ring file's header holds.

@@ -37,9 +37,9 @@
 //! Placement: a warehouse's rows (its stock, districts, customers, orders, order lines,
 //! history) are allocated with `alloc_near` its W_YTD object, so they share its region and a
 //! transaction on one warehouse touches one primary's regions, as in FaRM. When that region is
-//! full the next object goes wherever `alloc` puts it and the warehouse's rows continue there:
-//! the cluster's regions are fixed when it starts, so "adding a region" is moving on to
-//! another of them. The items, read by every warehouse, go wherever `alloc` puts them.
+//! full the next object goes wherever `alloc_preferably_near` puts it (another region with
+//! room, or one the CM adds when every region is full) and the warehouse's rows continue there.
+//! The items, read by every warehouse, go wherever `alloc` puts them.
 //!
 //! After the load the hash table never changes and its rows never move, so a client keeps
 //! the address of every row it has found through it and reads the row directly the next time

@@ -52,6 +52,25 @@ fn fail_n4_and_recover(cluster: &mut EmbeddedCluster) {
     );
 }
 
+/// Makes every region active, in a configuration after the cluster's (recovery done).
+fn activate_every_region(cluster: &mut EmbeddedCluster) {
+    let active = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.state = RegionState::Active;
+        }
+    });
+    cluster.reconfigure((*active).clone()).expect("activate");
+}
+
+/// The CM's restart change for n1, as for a node restarted in place: its primaries' regions
+/// blocked with n1 still their primary, its backups copying again.
+fn restart_n1_in_place(cluster: &mut EmbeddedCluster) {
+    let plan = acre_cm::remap::restart(cluster.config(), &[NodeId(1)], &[]).expect("restart n1");
+    cluster
+        .reconfigure(plan.config.clone())
+        .expect("reconfigure");
+}
+
 /// A transaction writing `a` and `b` from `coordinator`, whose commit the faults stop part-way.
 fn write_both(
     coordinator: &std::sync::Arc<acre_txn::TxnNode>,
@@ -248,12 +267,7 @@ fn a_commit_backup_that_lands_after_the_drain_is_never_reported_committed() {
         panic!("{committed:?}");
     };
     wait_recovered(&cluster, NodeId(1), RegionId(4));
-    let active = next(cluster.config(), |config| {
-        for placement in &mut config.regions {
-            placement.state = RegionState::Active;
-        }
-    });
-    cluster.reconfigure((*active).clone()).expect("activate");
+    activate_every_region(&mut cluster);
     let n1 = txn_node(&cluster, 0);
     assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
     assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
@@ -302,19 +316,11 @@ fn a_commit_primary_left_to_recovery_is_not_truncated_by_its_coordinator() {
     let committing = std::thread::spawn(move || write_both(&coordinator, a, b));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(cluster.faults().hits(stall), 1, "COMMIT-PRIMARY held back");
-    let plan = acre_cm::remap::restart(cluster.config(), &[NodeId(1)], &[]).expect("restart n1");
-    cluster
-        .reconfigure(plan.config.clone())
-        .expect("reconfigure");
+    restart_n1_in_place(&mut cluster);
     let committed = committing.join().expect("the commit does not panic");
     assert_eq!(committed, Ok(()), "every COMMIT-BACKUP counted: committed");
     wait_recovered(&cluster, NodeId(1), RegionId(1));
-    let active = next(cluster.config(), |config| {
-        for placement in &mut config.regions {
-            placement.state = RegionState::Active;
-        }
-    });
-    cluster.reconfigure((*active).clone()).expect("activate");
+    activate_every_region(&mut cluster);
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
     for addr in [a, b] {
         while crate::fixture::primary_header(&cluster, addr).is_locked() {
@@ -362,17 +368,9 @@ fn a_commit_backup_refused_after_its_region_serves_again_is_never_reported_commi
     });
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(cluster.faults().hits(stall), 1, "COMMIT-BACKUP held back");
-    let plan = acre_cm::remap::restart(cluster.config(), &[NodeId(1)], &[]).expect("restart n1");
-    cluster
-        .reconfigure(plan.config.clone())
-        .expect("reconfigure");
+    restart_n1_in_place(&mut cluster);
     wait_recovered(&cluster, NodeId(1), RegionId(1));
-    let active = next(cluster.config(), |config| {
-        for placement in &mut config.regions {
-            placement.state = RegionState::Active;
-        }
-    });
-    cluster.reconfigure((*active).clone()).expect("activate");
+    activate_every_region(&mut cluster);
     let committed = committing.join().expect("the commit does not panic");
     assert!(
         matches!(
@@ -872,12 +870,7 @@ fn orphan_of_a_client_and_n3(drained_first: bool) {
         }
     }
     wait_recovered(&cluster, NodeId(4), RegionId(3));
-    let active = next(cluster.config(), |config| {
-        for placement in &mut config.regions {
-            placement.state = RegionState::Active;
-        }
-    });
-    cluster.reconfigure((*active).clone()).expect("activate");
+    activate_every_region(&mut cluster);
     let n1 = txn_node(&cluster, 0);
     let (vb, vc) = (
         value_at(&n1, b).expect("read b"),

@@ -412,9 +412,11 @@ fn a_log_record_lost_to_a_bit_flip_makes_its_node_fail() {
 
     // The client's next commits touching n3 find its ring stopped and have it reset, which
     // makes n3 fail; they go on once the CM removed it.
+    let log = cluster.dir.join("n3.log");
+    write_until_the_loss(&db, addr, &log);
     update_within(&db, addr, 3, RECONFIGURE_MAX).expect("commits once n3 is removed");
     wait_until_dead(pid);
-    let log = std::fs::read_to_string(cluster.dir.join("n3.log")).expect("read n3's log");
+    let log = std::fs::read_to_string(log).expect("read n3's log");
     assert!(
         log.contains("this node fails"),
         "n3 says why it stopped: {log}"
@@ -480,7 +482,7 @@ fn a_lock_whose_lock_record_was_lost_does_not_stay() {
     send_signal(pid, "CONT");
 
     // A commit at the primary has the ring reset: the LOCK record is lost.
-    update_within(&db, other, 2, RECONFIGURE_MAX).expect("commits once the ring is reset");
+    write_until_the_loss(&db, other, &cluster.dir.join(format!("{victim}.log")));
     update_within(&db, locked, 3, RECONFIGURE_MAX).expect("the object is not locked for good");
     assert_eq!(read(&db, locked), 3);
     wait_until_dead(pid);
@@ -496,6 +498,26 @@ fn a_lock_whose_lock_record_was_lost_does_not_stay() {
             .primary,
         victim
     );
+}
+
+/// Overwrites `addr` again and again (with 100, 101, ..., failures ignored) until the node
+/// whose log is `log` says that a ring reset lost records it had acknowledged. A write may
+/// land before the node's worker reads the damaged record, and only an append after that has
+/// the ring reset.
+fn write_until_the_loss(db: &Db, addr: Addr, log: &std::path::Path) {
+    let deadline = Instant::now() + RECONFIGURE_MAX;
+    for value in 100.. {
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        if logged.contains("ring lost records this node had acknowledged") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ring reset lost records within {RECONFIGURE_MAX:?}: {logged}"
+        );
+        let _ = update(db, addr, value);
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Overwrites `addr` with `value`, trying again until `limit` has passed; returns the last

@@ -558,8 +558,9 @@ impl Drop for ProcessNode {
     }
 }
 
-/// A damaged ring's reset lost records `node` had acknowledged to `sender`
-/// (docs/failures.md#a-damaged-ring): the node fails, as if killed. What it holds no longer
+/// Records `node` had acknowledged to `sender` are lost (a damaged record in `sender`'s ring,
+/// or a reset that dropped records: docs/failures.md#a-damaged-ring): the node fails, as if
+/// killed. What it holds no longer
 /// covers what it promised, and nothing it holds says what is missing: a lost LOCK record
 /// leaves a lock word no record explains, and its silence about the transaction would read as
 /// *truncated* in recovery's votes. So its copies are marked damaged (durably: a restart in
@@ -569,8 +570,8 @@ impl Drop for ProcessNode {
 fn fail_on_loss(dir: &Path, node: NodeId, sender: NodeId) -> ! {
     tracing::error!(
         %node,
-        "the reset of {sender}'s ring lost records this node had acknowledged: this node \
-         fails (exit {LOST_RECORDS_EXIT}), and the CM recovers its regions from their other \
+        "records {sender} appended to its ring here, which this node had acknowledged, are \
+         damaged or lost: this node fails (exit {LOST_RECORDS_EXIT}), and the CM recovers its regions from their other \
          replicas; its copies are marked damaged, so a restart in place serves none of them"
     );
     match restart::copy_files(dir, node) {

@@ -642,9 +642,10 @@ impl ReplicaNode {
         regions
     }
 
-    /// Sets what the node does when a ring reset loses records it had acknowledged (a damaged
-    /// ring, docs/failures.md#a-damaged-ring): called with the ring's sender, at most once per
-    /// reset. The first handler set stays.
+    /// Sets what the node does when it finds records it had acknowledged lost (a damaged
+    /// record in a sender's ring, or a reset that dropped records before the tail:
+    /// docs/failures.md#a-damaged-ring): called with the ring's sender, from the worker. The
+    /// first handler set stays.
     pub fn on_acknowledged_loss(&self, handler: impl Fn(NodeId) + Send + Sync + 'static) {
         let _ = self.on_loss.set(Box::new(handler));
     }

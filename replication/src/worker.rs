@@ -110,9 +110,6 @@ const RECOVERY_UNANSWERED_REPORTED: u32 = 200;
 /// (what [`crate::ReplicaNode::recovered_regions`] reports).
 pub type RecoveredRegions = Arc<Mutex<Vec<(RegionId, u64)>>>;
 
-/// What a node does when a ring reset lost records it had acknowledged (its sender's ring was
-/// damaged before its tail): called with the sender, from the worker, once per such reset. Set
-/// by [`crate::ReplicaNode::on_acknowledged_loss`].
 /// Rings a node made for senders that joined the cluster after it started
 /// ([`crate::ReplicaNode::adopt`]), waiting for its worker to read them.
 #[derive(Clone, Default)]
@@ -135,6 +132,9 @@ impl JoinedRings {
     }
 }
 
+/// What a node does when it finds records it had acknowledged lost (a damaged record in a
+/// sender's ring, or a reset that dropped records before the tail): called with the sender,
+/// from the worker. Set by [`crate::ReplicaNode::on_acknowledged_loss`].
 pub type LossHandler = Arc<std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>>;
 
 /// The live records of one ring.
@@ -300,7 +300,7 @@ struct Serving {
 pub struct WorkerShared {
     /// Where it reports the regions whose recovery it finished.
     pub recovered: RecoveredRegions,
-    /// What it calls when a ring reset lost records it had acknowledged.
+    /// What it calls when records it had acknowledged are lost.
     pub on_loss: LossHandler,
     /// The node restarted from its files: the rings hold the earlier run's records.
     pub restarted: bool,
@@ -468,10 +468,13 @@ impl Serving {
     /// A ring's trouble, from [`Inbox::poll`]: it concerns that ring's sender only, whose ring
     /// is no longer read until it has it reset; every other ring is served on.
     ///
-    /// A reset that lost records before the tail lost records this node had acknowledged (a
-    /// COMMIT-BACKUP whose commit its coordinator counted, a COMMIT-PRIMARY it never installed):
-    /// what it holds no longer covers what it promised, and the loss handler is told
-    /// (docs/failures.md#a-damaged-ring).
+    /// A damaged record in a live ring is one this node acknowledged: a record is read only
+    /// under its commit word or below the tail, which its writer wrote once the record was
+    /// durable. So is every record a reset drops before the tail it had, or before a tail it
+    /// could not read. What the node holds no longer covers what it promised (a LOCK whose
+    /// lock its coordinator took, a COMMIT-BACKUP whose commit it counted, a COMMIT-PRIMARY
+    /// never installed), and the loss handler is told at once, at the damage: its sender may
+    /// never append again to have the ring reset (docs/failures.md#a-damaged-ring).
     fn report_ring(&self, error: &ChannelError) {
         let me = self.node.node_id();
         match error {
@@ -488,6 +491,10 @@ impl Serving {
                     "{error}; the records of {sender} from offset {offset} on are not read, and \
                      {sender} fails here until it has the ring reset; the other rings are served"
                 );
+                self.acknowledged_loss(
+                    *sender,
+                    &format!("a damaged record at offset {offset} of {sender}'s ring"),
+                );
             }
             ChannelError::Reset { sender, reset } => {
                 tracing::error!(
@@ -497,25 +504,34 @@ impl Serving {
                     tail_before = ?reset.tail_before,
                     "{error}"
                 );
-                let lost = reset
-                    .tail_before
-                    .is_some_and(|tail| tail > reset.resumed_at);
+                // An unreadable tail hides how far the acknowledged records went.
+                let lost = reset.tail_before.is_none_or(|tail| tail > reset.resumed_at);
                 if lost {
-                    self.stats.acknowledged_lost.fetch_add(1, Ordering::Release);
-                    match self.on_loss.get() {
-                        Some(handler) => handler(*sender),
-                        None => tracing::error!(
-                            node = %me,
-                            "records {sender} appended here and this node acknowledged are lost \
-                             (positions {} to {:?}); without a CM to recover them, what they \
-                             committed may be missing from this node's copies",
-                            reset.resumed_at,
-                            reset.tail_before
+                    self.acknowledged_loss(
+                        *sender,
+                        &format!(
+                            "the reset of {sender}'s ring from position {} (the tail was at {:?})",
+                            reset.resumed_at, reset.tail_before
                         ),
-                    }
+                    );
                 }
             }
             other => tracing::error!(node = %me, "a log ring failed: {other}"),
+        }
+    }
+
+    /// Records this node had acknowledged are lost (`what`): counted, and the loss handler
+    /// called (a node process fails), or logged where none is set.
+    fn acknowledged_loss(&self, sender: NodeId, what: &str) {
+        self.stats.acknowledged_lost.fetch_add(1, Ordering::Release);
+        match self.on_loss.get() {
+            Some(handler) => handler(sender),
+            None => tracing::error!(
+                node = %self.node.node_id(),
+                "records {sender} appended here and this node acknowledged are lost ({what}); \
+                 without a CM to recover them, what they committed may be missing from this \
+                 node's copies"
+            ),
         }
     }
 

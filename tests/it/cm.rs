@@ -381,8 +381,8 @@ fn two_nodes_killed_at_once_with_f_2_on_5_nodes_lose_nothing() {
 }
 
 /// A bit flipped in a record n3 acknowledged and had not read yet (a COMMIT-BACKUP whose commit
-/// counted, appended while n3 was stopped): n3's worker finds it damaged, the client has its
-/// ring reset, the reset loses the record, and n3 fails (docs/failures.md#a-damaged-ring). The
+/// counted, appended while n3 was stopped): n3's worker finds it damaged, a record it had
+/// acknowledged, and n3 fails (docs/failures.md#a-damaged-ring). The
 /// CM removes it as after a kill, the committed value is read from the region's other replica,
 /// and `acre cluster up` brings n3 back as a new node; the bank holds.
 #[test]
@@ -410,8 +410,9 @@ fn a_log_record_lost_to_a_bit_flip_makes_its_node_fail() {
     flip_a_bit(&ring, tail);
     send_signal(pid, "CONT");
 
-    // The client's next commits touching n3 find its ring stopped and have it reset, which
-    // makes n3 fail; they go on once the CM removed it.
+    // n3's worker reads the damaged record, which n3 had acknowledged, and n3 fails (before,
+    // it stayed, and failed only once a later append had the ring reset); the client's commits
+    // go on once the CM removed it.
     let log = cluster.dir.join("n3.log");
     write_until_the_loss(&db, addr, &log);
     update_within(&db, addr, 3, RECONFIGURE_MAX).expect("commits once n3 is removed");
@@ -481,7 +482,7 @@ fn a_lock_whose_lock_record_was_lost_does_not_stay() {
     );
     send_signal(pid, "CONT");
 
-    // A commit at the primary has the ring reset: the LOCK record is lost.
+    // The primary's worker reads the damaged LOCK record: a loss.
     write_until_the_loss(&db, other, &cluster.dir.join(format!("{victim}.log")));
     update_within(&db, locked, 3, RECONFIGURE_MAX).expect("the object is not locked for good");
     assert_eq!(read(&db, locked), 3);
@@ -501,19 +502,19 @@ fn a_lock_whose_lock_record_was_lost_does_not_stay() {
 }
 
 /// Overwrites `addr` again and again (with 100, 101, ..., failures ignored) until the node
-/// whose log is `log` says that a ring reset lost records it had acknowledged. A write may
-/// land before the node's worker reads the damaged record, and only an append after that has
-/// the ring reset.
+/// whose log is `log` says that records it had acknowledged are lost. (Before a node failed at
+/// the damaged record itself, it found the loss only when an append after the damage had the
+/// ring reset.)
 fn write_until_the_loss(db: &Db, addr: Addr, log: &std::path::Path) {
     let deadline = Instant::now() + RECONFIGURE_MAX;
     for value in 100.. {
         let logged = std::fs::read_to_string(log).unwrap_or_default();
-        if logged.contains("ring lost records this node had acknowledged") {
+        if logged.contains("this node had acknowledged") {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "no ring reset lost records within {RECONFIGURE_MAX:?}: {logged}"
+            "no loss of acknowledged records logged within {RECONFIGURE_MAX:?}: {logged}"
         );
         let _ = update(db, addr, value);
         std::thread::sleep(POLL);

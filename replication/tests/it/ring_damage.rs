@@ -60,6 +60,63 @@ fn write_retrying(node: &Arc<TxnNode>, addr: Addr, value: &[u8]) -> Result<u32, 
     ))
 }
 
+/// Writes a damaged record (a commit word, a plausible sequence and length, a wrong checksum)
+/// where `receiver` reads `sender`'s ring next, at its tail, and wakes `receiver`'s worker.
+/// Every ring must be read up to its tail.
+fn damage_the_next_record(cluster: &EmbeddedCluster, receiver: NodeId, sender: NodeId) {
+    let area = ring(cluster, receiver, sender);
+    let geometry = ring_geometry(RING_BYTES).expect("geometry");
+    let word = |offset: u64| area.words_at(offset as u32, 8)[0].load(Ordering::Acquire);
+    let tail = decode_pos_word(word(TAIL_OFFSET), TAIL_OFFSET).expect("tail word");
+    let offset = geometry.offset_of(tail) as u32;
+    let record = area.words_at(offset, 64);
+    for (index, value) in [tail | 1, 1 << 40, 16 | 1 << 32, 0xbad, 7, 7, 7, 7]
+        .into_iter()
+        .enumerate()
+    {
+        record[index].store(value, Ordering::Release);
+    }
+    replica(cluster, receiver)
+        .txn()
+        .fabric()
+        .memory()
+        .doorbell()
+        .ring();
+}
+
+/// A damaged record is a loss of records the receiver acknowledged, and its loss handler hears
+/// of it at once, without waiting for a reset: the sender may never append again to have the
+/// ring reset (a client that died), and until the node fails it would serve as if it held
+/// what the records promised (a lock a one-sided coordinator took after its LOCK record was
+/// durable, which no record explains). Before, the handler heard only of a reset.
+#[test]
+fn a_damaged_record_is_a_loss_told_at_once_without_a_reset() {
+    let cluster = three_nodes();
+    let n1 = txn_node(&cluster, 0);
+    let (sender, receiver) = (NodeId(1), NodeId(2));
+    create(&n1, region_of(1), b"n1 0"); // primary n2, backups n1 and n3
+    settle(&cluster);
+    let losses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let told = losses.clone();
+    replica(&cluster, receiver)
+        .on_acknowledged_loss(move |sender| told.lock().expect("not poisoned").push(sender));
+
+    damage_the_next_record(&cluster, receiver, sender);
+    // n1 appends nothing more at n2: no reset.
+    let deadline = std::time::Instant::now() + LOSS_TOLD_TIMEOUT;
+    while losses.lock().expect("not poisoned").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2's loss handler was not told of the damaged record within {LOSS_TOLD_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*losses.lock().expect("not poisoned"), vec![sender]);
+}
+
+/// How long a worker may take to read a damaged record and tell its loss handler.
+const LOSS_TOLD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A record whose commit word landed over a damaged body, at the position n2 reads next in
 /// n1's ring: n2 must report it and stop reading that ring only, n3 must keep committing at n2
 /// as if nothing happened, and n1 gets its ring reset and commits at n2 again.
@@ -77,26 +134,7 @@ fn a_damaged_record_in_one_ring_stops_only_its_sender() {
     let of_n2 = create(&n2, region_of(2), b"n2 0"); // primary n3, backups n1 and n2
     settle(&cluster);
 
-    // Every ring is read up to its tail now: n2 reads n1's ring next at the tail.
-    let area = ring(&cluster, receiver, sender);
-    let geometry = ring_geometry(RING_BYTES).expect("geometry");
-    let word = |offset: u64| area.words_at(offset as u32, 8)[0].load(Ordering::Acquire);
-    let tail = decode_pos_word(word(TAIL_OFFSET), TAIL_OFFSET).expect("tail word");
-    let offset = geometry.offset_of(tail) as u32;
-    let record = area.words_at(offset, 64);
-    // Commit word of a record at `tail`, sequence and length plausible, checksum wrong.
-    for (index, value) in [tail | 1, 1 << 40, 16 | 1 << 32, 0xbad, 7, 7, 7, 7]
-        .into_iter()
-        .enumerate()
-    {
-        record[index].store(value, Ordering::Release);
-    }
-    replica(&cluster, receiver)
-        .txn()
-        .fabric()
-        .memory()
-        .doorbell()
-        .ring();
+    damage_the_next_record(&cluster, receiver, sender);
     std::thread::sleep(DAMAGE_READ_PAUSE);
 
     // n3's ring at n2 is served as before: its first attempt commits.

@@ -9,7 +9,8 @@ use crate::fixture::{create, overwrite, replica, settle, txn_node, value_at};
 use crate::reconfiguration::{four_nodes, next, without_n4};
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::appended_kinds;
-use acre_engine::fabric::fault::{Action, Rule};
+use acre_engine::fabric::fault::{Action, Rule, RuleId};
+use acre_nvm_log::RecordKind;
 use acre_replication::EmbeddedCluster;
 use acre_replication::outcome::{TxnOutcome, outcome};
 use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY, REQUEST_VOTE};
@@ -50,6 +51,22 @@ fn fail_n4_and_recover(cluster: &mut EmbeddedCluster) {
         replica(cluster, NodeId(1)).recovered_regions().is_empty(),
         "an active region is no longer reported"
     );
+}
+
+/// Holds back, by `delay`, the first batch from `from` to `to` that appends a record of `kind`.
+fn hold_back_once(
+    cluster: &EmbeddedCluster,
+    from: NodeId,
+    to: NodeId,
+    kind: RecordKind,
+    delay: Duration,
+) -> RuleId {
+    cluster.faults().add(
+        Rule::to(to, Action::Delay(delay))
+            .from(from)
+            .when(move |ops| appended_kinds(ops).contains(&kind))
+            .times(1),
+    )
 }
 
 /// Makes every region active, in a configuration after the cluster's (recovery done).
@@ -241,11 +258,12 @@ fn a_commit_backup_that_lands_after_the_drain_is_never_reported_committed() {
     let a = create(&n3, RegionId(4), b"a0");
     let b = create(&n3, RegionId(1), b"b0");
     settle(&cluster);
-    let stall = cluster.faults().add(
-        Rule::to(NodeId(1), Action::Delay(Duration::from_millis(500)))
-            .from(NodeId(3))
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP))
-            .times(1),
+    let stall = hold_back_once(
+        &cluster,
+        NodeId(3),
+        NodeId(1),
+        COMMIT_BACKUP,
+        Duration::from_millis(500),
     );
     let coordinator = n3.clone();
     let committing = std::thread::spawn(move || write_both(&coordinator, a, b));
@@ -297,11 +315,12 @@ fn a_commit_primary_left_to_recovery_is_not_truncated_by_its_coordinator() {
     let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
     let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
     settle(&cluster);
-    let stall = cluster.faults().add(
-        Rule::to(NodeId(1), Action::Delay(Duration::from_millis(500)))
-            .from(NodeId(3))
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_PRIMARY))
-            .times(1),
+    let stall = hold_back_once(
+        &cluster,
+        NodeId(3),
+        NodeId(1),
+        COMMIT_PRIMARY,
+        Duration::from_millis(500),
     );
     // Recovery's first votes come late, after anything the coordinator sends once its
     // COMMIT-PRIMARYs are refused.
@@ -354,11 +373,12 @@ fn a_commit_backup_refused_after_its_region_serves_again_is_never_reported_commi
     let n3 = txn_node(&cluster, 2);
     let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
     settle(&cluster);
-    let stall = cluster.faults().add(
-        Rule::to(NodeId(2), Action::Delay(Duration::from_millis(1500)))
-            .from(NodeId(3))
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP))
-            .times(1),
+    let stall = hold_back_once(
+        &cluster,
+        NodeId(3),
+        NodeId(2),
+        COMMIT_BACKUP,
+        Duration::from_millis(1500),
     );
     let coordinator = n3.clone();
     let committing = std::thread::spawn(move || {
@@ -403,11 +423,12 @@ fn a_commit_backup_after_the_drain_of_a_transaction_needing_no_recovery_commits(
     let n3 = txn_node(&cluster, 2);
     let b = create(&n3, RegionId(1), b"b0"); // primary n1, backup n2
     settle(&cluster);
-    let stall = cluster.faults().add(
-        Rule::to(NodeId(2), Action::Delay(Duration::from_millis(500)))
-            .from(NodeId(3))
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP))
-            .times(1),
+    let stall = hold_back_once(
+        &cluster,
+        NodeId(3),
+        NodeId(2),
+        COMMIT_BACKUP,
+        Duration::from_millis(500),
     );
     let coordinator = n3.clone();
     let committing = std::thread::spawn(move || {
@@ -745,11 +766,12 @@ fn review_a_copy_from_the_coordinators_own_node_is_not_refused() {
     let a = create(&n1, RegionId(4), b"a0"); // primary n4, backup n1
     let b = create(&n1, RegionId(1), b"b0"); // primary n1, backup n2
     settle(&cluster);
-    let stall = cluster.faults().add(
-        Rule::to(NodeId(2), Action::Delay(Duration::from_millis(500)))
-            .from(NodeId(1))
-            .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP))
-            .times(1),
+    let stall = hold_back_once(
+        &cluster,
+        NodeId(1),
+        NodeId(2),
+        COMMIT_BACKUP,
+        Duration::from_millis(500),
     );
     let coordinator = n1.clone();
     let committing = std::thread::spawn(move || write_both(&coordinator, a, b));

@@ -212,7 +212,8 @@ pub struct WorkerStats {
     /// LOCK, COMMIT-BACKUP and COMMIT-PRIMARY records refused because this node had voted on
     /// their transaction (appends of a dead client that arrived late).
     pub late_refused: AtomicU64,
-    /// Ring resets that lost records this node had acknowledged.
+    /// Losses of records this node had acknowledged: damaged records, and resets that dropped
+    /// records before the tail.
     pub acknowledged_lost: AtomicU64,
 }
 

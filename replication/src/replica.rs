@@ -381,7 +381,7 @@ impl ReplicaNode {
             // the fabric once registered).
             let intact = reopen.is_none() || vouch_for(node, &region)?;
             if !intact || lost_records {
-                let region = replace_damaged(node, storage, region, config.region_bytes)?;
+                discard(node, &region)?;
                 damaged.push(region.id());
                 // Not served: held as a backup copy, empty, that the restart configuration
                 // has copied again from the region's primary (a promoted backup if this node
@@ -931,62 +931,26 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
     Ok(!verdict.is_damaged())
 }
 
-/// A copy the restarted node cannot vouch for, replaced by an empty one in a new file under a
-/// new key, marked damaged ([`sums::mark_damaged`]) until a configuration counts it copied
-/// again; the old file is removed. The data is never emptied in place: on shm, clients and
-/// peers that mapped the old file (the region's primary copy in the configuration in force,
-/// until the CM's restart configuration commits) keep the memory as the earlier run left it,
-/// as after a kill, rather than read zeros as the region's data; a new key makes every process
-/// map the new file afresh. Both marks are durable before the old file goes, so a crash in
-/// between leaves two copies of the region that are both damaged, and the next restart keeps
-/// only its new one.
-fn replace_damaged(
-    node: NodeId,
-    storage: &Storage,
-    damaged: Region,
-    region_bytes: u64,
-) -> Result<Region, StartError> {
-    let id = damaged.id();
-    let Some(old) = damaged.path() else {
+/// Empties a copy a restarted node may not serve (every word zero, persisted) before anything
+/// reads it, after marking it damaged: nothing of it is served, and a copy of the region from a
+/// live replica fills it again, installing every object since none is older than a version 0.
+fn discard(node: NodeId, region: &Region) -> Result<(), StartError> {
+    let id = region.id();
+    let Some(file) = region.path() else {
         unreachable!("only a node in files restarts");
     };
-    let mark = |file: &std::path::Path| {
-        sums::mark_damaged(file).map_err(io(format!(
-            "mark {node}'s copy of {id} damaged ({})",
-            sums::damaged_path(file).display()
-        )))
-    };
-    mark(&old)?;
-    let fresh = storage
-        .region(node, id, region_bytes)
-        .map_err(io(format!("create an empty copy of {id} for {node}")))?;
-    let Some(new) = fresh.path() else {
-        unreachable!("a node that restarts keeps its copies in files");
-    };
-    mark(&new)?;
-    drop(damaged);
-    let Storage::Files { dir, .. } = storage else {
-        unreachable!("only a node in files restarts");
-    };
-    let remove = |file: std::path::PathBuf| match std::fs::remove_file(&file) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    };
-    // The old file, and any other a crashed replacement left: only `new` holds the region.
-    let stale = acre_engine::directory::node_area_files(dir, node)
-        .map_err(io(format!("list {node}'s files")))?
-        .into_iter()
-        .filter(|(area, file)| *area == id && *file != new)
-        .map(|(_, file)| file);
-    for file in stale {
-        // The copy first: a mark or sums left by a crash describe nothing.
-        remove(file.clone())
-            .and_then(|()| remove(sums::damaged_path(&file)))
-            .and_then(|()| remove(sums_path(&file)))
-            .map_err(io(format!(
-                "remove {node}'s damaged copy of {id} ({})",
-                file.display()
-            )))?;
+    // Durable before the copy changes: every later restart finds it damaged until a
+    // configuration counts its copy complete again.
+    sums::mark_damaged(&file).map_err(io(format!(
+        "mark {node}'s copy of {id} damaged ({})",
+        sums::damaged_path(&file).display()
+    )))?;
+    for word in region.words() {
+        word.store(0, Ordering::Relaxed);
     }
-    Ok(fresh)
+    region
+        .mapping()
+        .persist(0, region.len() as usize)
+        .map_err(io(format!("empty {node}'s damaged copy of {id}")))?;
+    Ok(())
 }

@@ -4,17 +4,14 @@
 
 use crate::fixture::{BLOCK_BYTES, REGION_BYTES, RING_BYTES};
 use acre_engine::addr::{NodeId, RegionId};
-use acre_engine::directory::{node_area_files, node_areas};
+use acre_engine::directory::node_area_files;
 use acre_engine::fabric::transport_kind::TransportKind;
-use acre_engine::region::{AccessKey, Region};
-use acre_nvm_log::MapOptions;
 use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile, CmSettings};
 use acre_replication::process::ProcessNode;
 use acre_txn::Configuration;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 fn flip_a_bit(path: &Path, offset: u64) {
     let file = std::fs::OpenOptions::new()
@@ -141,62 +138,6 @@ fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() 
     let last = ProcessNode::restart(&path, n1).expect("restart n1 once copied");
     assert_eq!(last.replica().damaged_copies(), [] as [RegionId; 0]);
     last.stop();
-}
-
-/// A copy found damaged at a restart is replaced by an empty copy in a new file under a new
-/// key, never emptied in place: on shm, processes that mapped the old file (clients and peers,
-/// for which it is the region's primary copy until the CM's restart configuration commits)
-/// keep reading the memory as the earlier run left it, as after a kill. Before the fix the
-/// restart wrote zeros through the same file, and a client read the region's objects as absent
-/// (the in-place restart after a node failed on a loss of log records hits this every time).
-#[test]
-fn a_damaged_copy_is_replaced_by_a_new_file_and_never_emptied_in_place() {
-    let dir = tempfile::tempdir().expect("create the cluster directory");
-    let (path, _) = cluster_of_two(dir.path());
-    acre_replication::sums::mark_cluster_stopping(dir.path()).expect("mark the cluster stopping");
-    let (n1, r1) = (NodeId(1), RegionId(1));
-    ProcessNode::start(&path, n1).expect("start n1").stop();
-    let copy_of_r1 = || -> Vec<(AccessKey, std::path::PathBuf)> {
-        node_areas(dir.path(), n1)
-            .expect("list n1's files")
-            .into_iter()
-            .filter(|(area, _, _)| *area == r1)
-            .map(|(_, key, file)| (key, file))
-            .collect()
-    };
-    let [(old_key, old_file)] = &copy_of_r1()[..] else {
-        panic!("one copy of r1: {:?}", copy_of_r1());
-    };
-    let (old_key, old_file) = (*old_key, old_file.clone());
-    flip_a_bit(&old_file, 4096 + 1);
-    // A client's mapping of the copy, taken before the restart.
-    let client_view = Region::open_file(dir.path(), n1, r1, old_key, MapOptions::default())
-        .expect("map n1's copy of r1");
-    let word = || client_view.words()[4096 / 8].load(Ordering::Acquire);
-    let before = word();
-    assert_ne!(before, 0, "the flipped bit is in the word");
-
-    let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
-    assert_eq!(restarted.replica().damaged_copies(), [r1]);
-    assert_eq!(
-        word(),
-        before,
-        "the old copy, still mapped by a client, was emptied in place"
-    );
-    let [(new_key, new_file)] = &copy_of_r1()[..] else {
-        panic!("one copy of r1 after the restart: {:?}", copy_of_r1());
-    };
-    assert_ne!(*new_key, old_key, "the empty copy has a new key");
-    assert!(!old_file.exists(), "the old copy file is gone");
-    assert!(
-        acre_replication::sums::damaged_path(new_file).exists(),
-        "the new copy is marked damaged until it is copied again"
-    );
-    assert!(!acre_replication::sums::damaged_path(&old_file).exists());
-    restarted.stop();
-    let again = ProcessNode::restart(&path, n1).expect("restart n1 again");
-    assert_eq!(again.replica().damaged_copies(), [r1]);
-    again.stop();
 }
 
 /// n1 is killed (no sums), its copy of r1 is cut to half its length, it restarts: the copy is

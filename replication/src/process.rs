@@ -560,10 +560,9 @@ impl Drop for ProcessNode {
 
 /// Records `node` had acknowledged to `sender` are lost (a damaged record in `sender`'s ring,
 /// or a reset that dropped records: docs/failures.md#a-damaged-ring): the node fails, as if
-/// killed. What it holds no longer
-/// covers what it promised, and nothing it holds says what is missing: a lost LOCK record
-/// leaves a lock word no record explains, and its silence about the transaction would read as
-/// *truncated* in recovery's votes. So its copies are marked damaged (durably: a restart in
+/// killed. What it holds no longer covers what it promised, and nothing it holds says what is
+/// missing: a lost LOCK record leaves a lock word no record explains, and its silence about
+/// the transaction would read as *truncated* in recovery's votes. So its copies are marked damaged (durably: a restart in
 /// place, before the CM removed the node, serves none of them) and the process exits; the CM
 /// finds its lease expired and recovers its regions from their other replicas, as after a
 /// `kill -9`.
@@ -571,8 +570,9 @@ fn fail_on_loss(dir: &Path, node: NodeId, sender: NodeId) -> ! {
     tracing::error!(
         %node,
         "records {sender} appended to its ring here, which this node had acknowledged, are \
-         damaged or lost: this node fails (exit {LOST_RECORDS_EXIT}), and the CM recovers its regions from their other \
-         replicas; its copies are marked damaged, so a restart in place serves none of them"
+         damaged or lost: this node fails (exit {LOST_RECORDS_EXIT}), and the CM recovers its \
+         regions from their other replicas; its copies are marked damaged, so a restart in \
+         place serves none of them"
     );
     match restart::copy_files(dir, node) {
         Ok(files) => {
@@ -589,8 +589,8 @@ fn fail_on_loss(dir: &Path, node: NodeId, sender: NodeId) -> ! {
     std::process::exit(LOST_RECORDS_EXIT)
 }
 
-/// The exit status of a node process that failed because a ring reset lost records it had
-/// acknowledged ([`fail_on_loss`]).
+/// The exit status of a node process that failed because records it had acknowledged were
+/// lost ([`fail_on_loss`]).
 pub const LOST_RECORDS_EXIT: i32 = 3;
 
 fn incarnation_path(dir: &Path, node: NodeId) -> PathBuf {

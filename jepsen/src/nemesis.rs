@@ -14,8 +14,8 @@
 //!   while random bits are flipped in the live part of their log rings, the records between
 //!   each ring's head and tail (kept for recovery, or appended and not read yet), then
 //!   continued. Every record carries a checksum: a node must refuse the damaged records, and
-//!   what they held comes back from the senders and the replicas (the ring is reset; if the
-//!   reset lost records the node had acknowledged, the node fails and the CM recovers its
+//!   what they held comes back from the senders and the replicas (records the node had
+//!   acknowledged are damaged, so the node fails, its ring is reset, and the CM recovers its
 //!   regions as after a kill, docs/failures.md "A damaged ring"). The node is running when its
 //!   bits are flipped, so it is its own code that meets the damage (flipping bits in the files
 //!   of a killed node would damage files the CM retires once it removes the node). Healed as

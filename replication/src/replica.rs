@@ -921,8 +921,8 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
             tracing::error!(
                 %node,
                 "its copy of {id} was marked damaged by an earlier run (found damaged at a \
-                 restart, or the node failed after a ring reset lost records it had \
-                 acknowledged) and has not been copied again since ({}): the copy is not \
+                 restart, or the node failed when records it had acknowledged were damaged \
+                 or lost) and has not been copied again since ({}): the copy is not \
                  served, and is copied again from a live replica",
                 sums::damaged_path(&file).display()
             );

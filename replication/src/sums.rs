@@ -102,7 +102,7 @@ pub enum Verdict {
     /// at all fails the check instead: [`check_and_remove`].)
     Unreadable(SumsError),
     /// An earlier run marked the copy damaged ([`mark_damaged`]): a restart found it damaged
-    /// and emptied it, or the node failed after a ring reset lost records it had acknowledged.
+    /// and emptied it, or the node failed when records it had acknowledged were damaged or lost.
     /// No configuration has counted it complete since: it holds zeros, a part of a copy from a
     /// live replica, or what the failed node left, and is not served.
     NotCopiedAgain,

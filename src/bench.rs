@@ -59,6 +59,11 @@ pub struct BankBenchArgs {
     /// counting instructions (benches/instructions-per-transfer.sh).
     #[arg(long, conflicts_with = "seconds")]
     transfers: Option<u64>,
+    /// Transactions in flight on each client thread (Acre targets only): the thread runs this
+    /// many clients as tasks that take turns where one waits for the fabric, a reply or a
+    /// backoff (docs/protocol.md#interleaved-transactions).
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
     /// Accounts in the bank (each starts with 1000).
     #[arg(long, default_value_t = 4000)]
     accounts: usize,
@@ -131,10 +136,17 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
         duration: Duration::from_secs(args.seconds),
         warmup: WARMUP,
         transfers: args.transfers,
+        in_flight: args.in_flight,
         seed: args.seed,
         termination: Some(termination.clone()),
     };
     options.validate()?;
+    if args.in_flight > 1 && matches!(target, Target::Redis(_) | Target::Postgres(_)) {
+        anyhow::bail!(
+            "--in-flight applies to Acre targets only: a Redis or PostgreSQL client blocks in \
+             its socket; use more --threads"
+        );
+    }
     let processes = matches!(&target, Target::Acre { transport } if transport != "local");
     if let (Target::Acre { transport }, true) = (&target, processes) {
         launch::up(&UpArgs {

@@ -15,6 +15,7 @@ pub mod cursor;
 pub mod directory;
 pub mod fabric;
 pub mod hash;
+pub mod interleave;
 pub mod lease;
 pub mod object;
 pub mod pause;

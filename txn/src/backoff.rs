@@ -4,6 +4,7 @@
 //! (docs/failures.md#clock).
 
 use acre_engine::clock::Clock;
+use acre_engine::interleave;
 use acre_nvm_log::random::SplitMix;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
@@ -68,6 +69,10 @@ impl Backoff {
     pub fn wait(&mut self) {
         let attempt = self.attempt;
         self.attempt = self.attempt.saturating_add(1);
+        // A task of `interleave::run` lets the thread's other tasks run rather than spin.
+        if attempt < self.spins + self.yields && interleave::wait_turn() {
+            return;
+        }
         if attempt < self.spins {
             std::hint::spin_loop();
             return;
@@ -83,8 +88,29 @@ impl Backoff {
                 Duration::from_nanos(base / 2 + random.below(base.max(1)))
             }
         };
-        self.clock.sleep(sleep);
+        self.sleep(sleep);
         self.next = (self.next * 2).min(self.max);
+    }
+
+    /// Sleeps for `duration` on the clock; a task of `interleave::run` lets the thread's other
+    /// tasks run meanwhile, and sleeps only when they all wait too.
+    fn sleep(&self, duration: Duration) {
+        if !interleave::in_task() {
+            self.clock.sleep(duration);
+            return;
+        }
+        let deadline = self.clock.now().saturating_add(duration);
+        loop {
+            let left = self.clock.real_duration_until(deadline);
+            if left.is_zero() {
+                break;
+            }
+            if !interleave::wait_turn() {
+                self.clock.sleep(left);
+                break;
+            }
+        }
+        interleave::progressed();
     }
 }
 

@@ -16,6 +16,7 @@ use acre_engine::addr::NodeId;
 use acre_engine::channel::{ChannelError, Outbox, ring_area_id};
 use acre_engine::fabric::Fabric;
 use acre_engine::hash::FastMap;
+use acre_engine::interleave;
 use acre_nvm_log::{LogError, Reservation};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -235,8 +236,10 @@ impl Links {
 
 /// Locks one link. A poisoned link is a thread that panicked half-way through an append: the
 /// process stops rather than append after a half-written record.
+/// A task of `interleave::run` may hold a link across a fabric wait, and another task of its
+/// thread may want it meanwhile: taken with `interleave::lock`.
 fn locked(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
-    link.lock().expect(POISONED)
+    interleave::lock(link)
 }
 
 /// Lazy truncation over the links ([`crate::truncation`]).

@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 pub const ATTEMPTS_MAX: u32 = 10_000;
 /// The most accounts a run creates (the Acre bank's limit, so every target can hold them).
 pub const ACCOUNTS_MAX: usize = crate::bank::ACCOUNTS_MAX;
+/// The most transactions in flight on one thread (each is a task with a stack of its own).
+pub const IN_FLIGHT_MAX: usize = 256;
 
 /// What a row measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,8 +121,11 @@ pub struct Options {
     /// only the transfer kinds are measured, so the run's work is the setup, `n` transfers per
     /// kind and thread count, and the totals read after the rows.
     pub transfers: Option<u64>,
-    /// Seed of the transfer generator; thread `t` draws from `seed ^ ((t + 1) * 0x9e37)` as
-    /// [`crate::bank::Bank::run`]'s threads do.
+    /// Transactions in flight on each client thread (`acre_engine::interleave`): each thread
+    /// runs this many clients as tasks that take turns where one waits. 1: none interleaved.
+    pub in_flight: usize,
+    /// Seed of the transfer generator; client `c` (thread `t`'s task `i`, `c = t * in_flight +
+    /// i`) draws from `seed ^ ((c + 1) * 0x9e37)`, as [`crate::bank::Bank::run`]'s threads do.
     pub seed: u64,
     /// Ctrl-C: the row being measured ends early and no more start.
     pub termination: Option<Arc<Termination>>,
@@ -140,6 +145,8 @@ pub enum OptionsError {
     ZeroDuration,
     #[error("--transfers must be at least 1")]
     ZeroTransfers,
+    #[error("--in-flight {in_flight} is out of range: between 1 and {max}")]
+    InFlight { in_flight: usize, max: usize },
 }
 
 impl Options {
@@ -157,6 +164,12 @@ impl Options {
             return Err(OptionsError::Accounts {
                 accounts: self.accounts,
                 max: ACCOUNTS_MAX,
+            });
+        }
+        if !(1..=IN_FLIGHT_MAX).contains(&self.in_flight) {
+            return Err(OptionsError::InFlight {
+                in_flight: self.in_flight,
+                max: IN_FLIGHT_MAX,
             });
         }
         match self.transfers {
@@ -181,6 +194,8 @@ pub struct Row {
     /// The kind's name.
     pub transaction: &'static str,
     pub threads: usize,
+    /// Transactions in flight on each thread.
+    pub in_flight: usize,
     #[serde(rename = "elapsed_s", serialize_with = "seconds")]
     pub elapsed: Duration,
     pub committed: u64,
@@ -242,17 +257,18 @@ pub struct TotalError {
 pub fn print_header(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<16} {:>7} {:>12} {:>10} {:>10} {:>10} {:>10}",
-        "transaction", "threads", "committed/s", "aborted/s", "p50 µs", "p99 µs", "p99.9 µs"
+        "{:<16} {:>7} {:>9} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "transaction", "threads", "in flight", "committed/s", "aborted/s", "p50 µs", "p99 µs", "p99.9 µs"
     )
 }
 
 pub fn print_row(out: &mut dyn std::io::Write, row: &Row) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<16} {:>7} {:>12.0} {:>10.0} {:>10.1} {:>10.1} {:>10.1}",
+        "{:<16} {:>7} {:>9} {:>12.0} {:>10.0} {:>10.1} {:>10.1} {:>10.1}",
         row.transaction,
         row.threads,
+        row.threads * row.in_flight,
         row.committed_per_s,
         row.aborted_per_s,
         row.p50_us,
@@ -334,83 +350,67 @@ fn measure(
     kind: Kind,
     threads: usize,
 ) -> anyhow::Result<Row> {
+    let in_flight = options.in_flight;
+    let clients_total = threads * in_flight;
     // Every client connects before any thread starts, so a connection refused is reported
     // before anything is measured.
-    let clients = (0..threads)
-        .map(|t| {
+    let mut clients = (0..clients_total)
+        .map(|c| {
             backend
                 .client()
-                .with_context(|| format!("connect client {t} of {threads}"))
+                .with_context(|| format!("connect client {c} of {clients_total}"))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter();
     let stop = AtomicBool::new(false);
     // A fixed-count run has no warm-up: everything it runs is measured.
     let measuring = AtomicBool::new(options.transfers.is_some());
-    let accounts = options.accounts as u64;
-    // Thread `t`'s share of a fixed-count row: the first `n % threads` threads run one more.
-    let quota = |t: usize| {
+    // Client `c`'s share of a fixed-count row: the first `n % clients` clients run one more.
+    let quota = |c: usize| {
         options.transfers.map(|n| {
-            let threads = threads as u64;
-            n / threads + u64::from((t as u64) < n % threads)
+            let clients = clients_total as u64;
+            n / clients + u64::from((c as u64) < n % clients)
         })
     };
     let started = Instant::now();
     let (tallies, elapsed) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let mut handles = Vec::with_capacity(threads);
-        for (t, mut client) in clients.into_iter().enumerate() {
+        for t in 0..threads {
+            let loops: Vec<ClientLoop> = (0..in_flight)
+                .map(|i| {
+                    let c = t * in_flight + i;
+                    ClientLoop {
+                        client: clients.next().expect("a client per task"),
+                        seed: options.seed ^ ((c as u64 + 1) * 0x9e37),
+                        quota: quota(c),
+                        accounts: options.accounts as u64,
+                        kind,
+                    }
+                })
+                .collect();
             let (stop, measuring) = (&stop, &measuring);
-            let seed = options.seed ^ ((t as u64 + 1) * 0x9e37);
-            let quota = quota(t);
             let spawned = std::thread::Builder::new()
                 .name(format!("bank-{t}"))
-                .spawn_scoped(scope, move || -> anyhow::Result<Tally> {
-                    let mut random = SplitMix::new(seed);
-                    let mut tally = Tally {
-                        committed: 0,
-                        aborted: 0,
-                        latency_ns: Histogram::new(HISTOGRAM_SIGNIFICANT_DIGITS)
-                            .expect("a valid histogram precision"),
-                    };
-                    while !stop.load(Ordering::Relaxed)
-                        && quota.is_none_or(|quota| tally.committed < quota)
-                    {
-                        // A timed row is ended by the main thread, a fixed-count one here.
-                        if quota.is_some() && options.terminated() {
-                            break;
-                        }
-                        let began = Instant::now();
-                        let (attempts, committed) = match kind.work {
-                            Work::Transfer => {
-                                // Drawn as `Bank::run` draws them: from, to, amount.
-                                let from = random.below(accounts) as usize;
-                                let to = random.below(accounts) as usize;
-                                if from == to {
-                                    continue;
-                                }
-                                let amount = 1 + random.below(10) as i64;
-                                attempt(stop, || client.transfer(kind, from, to, amount))?
-                            }
-                            Work::Read4 => {
-                                let accounts =
-                                    std::array::from_fn(|_| random.below(accounts) as usize);
-                                attempt(stop, || client.read(kind, accounts))?
-                            }
-                        };
-                        if measuring.load(Ordering::Relaxed) {
-                            tally.aborted += u64::from(attempts - u32::from(committed));
-                            if committed {
-                                tally.committed += 1;
-                                let nanoseconds =
-                                    u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                                // `record` grows the histogram to fit, as the YCSB driver's
-                                // stats do; clamping is the fallback if it cannot.
-                                if tally.latency_ns.record(nanoseconds.max(1)).is_err() {
-                                    tally.latency_ns.saturating_record(nanoseconds);
-                                }
-                            }
-                        }
+                .spawn_scoped(scope, move || -> anyhow::Result<Vec<Tally>> {
+                    if loops.len() == 1 {
+                        let once = loops.into_iter().next().expect("one client");
+                        return Ok(vec![once.run(options, stop, measuring)?]);
                     }
-                    Ok(tally)
+                    // The thread's clients as tasks that take turns where one waits.
+                    let results = std::cell::RefCell::new(Vec::with_capacity(loops.len()));
+                    let tasks = loops.into_iter().map(|client_loop| {
+                        let results = &results;
+                        Box::new(move || {
+                            let tally = client_loop.run(options, stop, measuring);
+                            if tally.is_err() {
+                                // The thread's other clients stop too: the row failed.
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            results.borrow_mut().push(tally);
+                        }) as Box<dyn FnOnce()>
+                    });
+                    acre_engine::interleave::run(tasks);
+                    results.into_inner().into_iter().collect()
                 });
             match spawned {
                 Ok(handle) => handles.push(handle),
@@ -439,11 +439,11 @@ fn measure(
             timed = Some(start.elapsed());
             stop.store(true, Ordering::Relaxed);
         }
-        let mut tallies = Vec::with_capacity(threads);
+        let mut tallies = Vec::with_capacity(clients_total);
         let mut failed = None;
         for handle in handles {
             match handle.join().expect("bank threads do not panic") {
-                Ok(tally) => tallies.push(tally),
+                Ok(tally) => tallies.extend(tally),
                 Err(error) => {
                     failed.get_or_insert(error);
                 }
@@ -472,6 +472,7 @@ fn measure(
     Ok(Row {
         transaction: kind.name,
         threads,
+        in_flight,
         elapsed,
         committed,
         aborted,
@@ -488,6 +489,70 @@ fn measure(
         max_us: micros(latency_ns.max()),
         total,
     })
+}
+
+/// One client's part of a row: its transactions, drawn from its own seed, until the row
+/// stops or (in a fixed-count row) its quota committed.
+struct ClientLoop {
+    client: Box<dyn Client>,
+    seed: u64,
+    quota: Option<u64>,
+    accounts: u64,
+    kind: Kind,
+}
+
+impl ClientLoop {
+    fn run(
+        mut self,
+        options: &Options,
+        stop: &AtomicBool,
+        measuring: &AtomicBool,
+    ) -> anyhow::Result<Tally> {
+        let (kind, accounts, quota) = (self.kind, self.accounts, self.quota);
+        let mut random = SplitMix::new(self.seed);
+        let mut tally = Tally {
+            committed: 0,
+            aborted: 0,
+            latency_ns: Histogram::new(HISTOGRAM_SIGNIFICANT_DIGITS)
+                .expect("a valid histogram precision"),
+        };
+        while !stop.load(Ordering::Relaxed) && quota.is_none_or(|quota| tally.committed < quota) {
+            // A timed row is ended by the main thread, a fixed-count one here.
+            if quota.is_some() && options.terminated() {
+                break;
+            }
+            let began = Instant::now();
+            let (attempts, committed) = match kind.work {
+                Work::Transfer => {
+                    // Drawn as `Bank::run` draws them: from, to, amount.
+                    let from = random.below(accounts) as usize;
+                    let to = random.below(accounts) as usize;
+                    if from == to {
+                        continue;
+                    }
+                    let amount = 1 + random.below(10) as i64;
+                    attempt(stop, || self.client.transfer(kind, from, to, amount))?
+                }
+                Work::Read4 => {
+                    let accounts = std::array::from_fn(|_| random.below(accounts) as usize);
+                    attempt(stop, || self.client.read(kind, accounts))?
+                }
+            };
+            if measuring.load(Ordering::Relaxed) {
+                tally.aborted += u64::from(attempts - u32::from(committed));
+                if committed {
+                    tally.committed += 1;
+                    let nanoseconds = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    // `record` grows the histogram to fit, as the YCSB driver's stats do;
+                    // clamping is the fallback if it cannot.
+                    if tally.latency_ns.record(nanoseconds.max(1)).is_err() {
+                        tally.latency_ns.saturating_record(nanoseconds);
+                    }
+                }
+            }
+        }
+        Ok(tally)
+    }
 }
 
 /// Attempts `once` until it commits, waiting between attempts as `Db::run` does, for at most
@@ -597,6 +662,7 @@ mod tests {
             duration: Duration::from_millis(200),
             warmup: Duration::from_millis(20),
             transfers: None,
+            in_flight: 1,
             seed: 7,
             termination: None,
         }
@@ -659,6 +725,31 @@ mod tests {
         };
         let error = run(&mut Memory::default(), &zero, |_| Ok(())).expect_err("zero transfers");
         assert!(error.to_string().contains("--transfers"), "{error}");
+    }
+
+    /// Several clients on each thread split a fixed-count row between them as threads do.
+    #[test]
+    fn clients_in_flight_on_a_thread_share_its_work() {
+        let options = Options {
+            transfers: Some(1001),
+            in_flight: 4,
+            ..options()
+        };
+        let report = run(&mut Memory::default(), &options, |_| Ok(())).expect("run");
+        let rows: Vec<_> = report
+            .rows
+            .iter()
+            .map(|row| (row.threads, row.in_flight, row.committed, row.total.sum))
+            .collect();
+        assert_eq!(rows, [(1, 4, 1001, 80), (3, 4, 1001, 80)]);
+        for in_flight in [0, IN_FLIGHT_MAX + 1] {
+            let bad = Options {
+                in_flight,
+                ..options.clone()
+            };
+            let error = run(&mut Memory::default(), &bad, |_| Ok(())).expect_err("refused");
+            assert!(error.to_string().contains("--in-flight"), "{error}");
+        }
     }
 
     #[test]

@@ -92,8 +92,22 @@ impl Doorbell {
         deadline: Time,
         mut work: impl FnMut() -> bool,
     ) -> bool {
+        // A task of `interleave::run` lets the thread's other tasks run while it waits.
+        while crate::interleave::in_task() {
+            if work() {
+                crate::interleave::progressed();
+                return true;
+            }
+            if clock.real_duration_until(deadline).is_zero() {
+                return false;
+            }
+            if !crate::interleave::wait_turn() {
+                break;
+            }
+        }
         for _ in 0..SPIN_CHECKS_MAX {
             if work() {
+                crate::interleave::progressed();
                 return true;
             }
             std::hint::spin_loop();
@@ -101,10 +115,12 @@ impl Doorbell {
         loop {
             let seen = self.rings();
             if work() {
+                crate::interleave::progressed();
                 return true;
             }
             let left = clock.real_duration_until(deadline);
             if left.is_zero() {
+                crate::interleave::progressed();
                 return false;
             }
             self.sleep(seen, left);

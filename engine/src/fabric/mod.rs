@@ -166,8 +166,27 @@ impl Pending {
         }
     }
 
-    /// Blocks until every operation has completed (spinning briefly, then sleeping).
-    pub fn wait(self) -> Vec<OpResult> {
+    /// Blocks until every operation has completed (spinning briefly, then sleeping). A task of
+    /// [`crate::interleave::run`] lets the thread's other tasks run meanwhile.
+    pub fn wait(mut self) -> Vec<OpResult> {
+        if matches!(self.inner, PendingInner::Tcp(_)) && crate::interleave::in_task() {
+            loop {
+                if let Some(results) = self.poll() {
+                    crate::interleave::progressed();
+                    return results;
+                }
+                if !crate::interleave::wait_turn() {
+                    break;
+                }
+            }
+            let results = self.wait_blocking();
+            crate::interleave::progressed();
+            return results;
+        }
+        self.wait_blocking()
+    }
+
+    fn wait_blocking(self) -> Vec<OpResult> {
         match self.inner {
             PendingInner::Ready(results) => results.unwrap_or_default(),
             PendingInner::Tcp(batch) => batch.wait(),

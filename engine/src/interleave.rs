@@ -125,9 +125,8 @@ pub fn run<'a>(tasks: impl IntoIterator<Item = Box<dyn FnOnce() + 'a>>) {
             task();
             CURRENT.set(std::ptr::null());
         });
-        let stack = DefaultStack::new(TASK_STACK_BYTES).unwrap_or_else(|e| {
-            panic!("cannot map a task stack of {TASK_STACK_BYTES} bytes: {e}")
-        });
+        let stack = DefaultStack::new(TASK_STACK_BYTES)
+            .unwrap_or_else(|e| panic!("cannot map a task stack of {TASK_STACK_BYTES} bytes: {e}"));
         // SAFETY: what `body` borrows lives for 'a, which outlives this call; every coroutine
         // is owned by `ready` (or the loop below) and is run to completion or dropped (its
         // stack unwound) before this function returns, panic or not; none is forgotten.
@@ -226,7 +225,8 @@ mod tests {
     fn waiters_block_once_every_task_waits_and_each_completion_is_seen() {
         // Four tasks each wait for a flag another thread sets later; the thread must not spin
         // through turns meanwhile: some waiter blocks, and every task finishes.
-        let flags: Vec<Arc<AtomicBool>> = (0..4).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let flags: Vec<Arc<AtomicBool>> =
+            (0..4).map(|_| Arc::new(AtomicBool::new(false))).collect();
         let setter = {
             let flags = flags.clone();
             std::thread::spawn(move || {
@@ -254,7 +254,11 @@ mod tests {
         assert_eq!(finished.get(), 4);
         assert!(blocked.get() >= 1, "nobody blocked: the thread spun");
         // Each task gave up at most one turn per completion seen before someone blocked.
-        assert!(switches() - before <= 4 * 5, "{} switches", switches() - before);
+        assert!(
+            switches() - before <= 4 * 5,
+            "{} switches",
+            switches() - before
+        );
     }
 
     #[test]

@@ -374,26 +374,43 @@ fn transactions_in_flight_on_one_thread_commit_exactly_and_keep_the_total() {
                 .expect("a cluster directory");
             let cluster = dir.path().join("cluster");
             let mut command = Command::new(env!("CARGO_BIN_EXE_acre"));
-            command.args(["bench", "bank", "--transport", transport, "--commit", commit]);
+            command.args([
+                "bench",
+                "bank",
+                "--transport",
+                transport,
+                "--commit",
+                commit,
+            ]);
             command.args(["--threads", "2", "--in-flight", "8", "--accounts", "16"]);
-            command.args(["--transfers", "2000", "--dir"]).arg(&cluster);
+            command.args(["--transfers", "1000", "--dir"]).arg(&cluster);
             let output = run_bounded(command, RUN_TIMEOUT).unwrap_or_else(|output| {
                 panic!(
                     "{transport}/{commit} with transactions in flight did not end: {}",
                     text(&output)
                 )
             });
-            assert!(output.status.success(), "{transport}/{commit}: {}", text(&output));
-            let stdout = String::from_utf8_lossy(&output.stdout);
             assert!(
-                stdout.contains("transfer with 2 threads: 2000 committed"),
+                output.status.success(),
                 "{transport}/{commit}: {}",
                 text(&output)
             );
-            assert!(stdout.contains("total checked after every row: 16000"), "{stdout}");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                stdout.contains("transfer with 2 threads: 1000 committed"),
+                "{transport}/{commit}: {}",
+                text(&output)
+            );
+            assert!(
+                stdout.contains("total checked after every row: 16000"),
+                "{stdout}"
+            );
         }
     }
-    assert_refused(&bench_bank(&["--in-flight", "0"]), "--in-flight 0 is out of range");
+    assert_refused(
+        &bench_bank(&["--in-flight", "0"]),
+        "--in-flight 0 is out of range",
+    );
     assert_refused(
         &bench_bank(&["--in-flight", "2", "--target", "redis://127.0.0.1:1"]),
         "--in-flight applies to Acre targets only",

@@ -258,7 +258,14 @@ pub fn print_header(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<16} {:>7} {:>9} {:>12} {:>10} {:>10} {:>10} {:>10}",
-        "transaction", "threads", "in flight", "committed/s", "aborted/s", "p50 µs", "p99 µs", "p99.9 µs"
+        "transaction",
+        "threads",
+        "in flight",
+        "committed/s",
+        "aborted/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs"
     )
 }
 

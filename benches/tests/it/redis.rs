@@ -405,6 +405,7 @@ fn the_bank_transfers_keep_the_total_with_lua_and_with_watch() {
         duration: Duration::from_millis(300),
         warmup: Duration::from_millis(50),
         transfers: None,
+        in_flight: 1,
         seed: 3,
         termination: None,
     };

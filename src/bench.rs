@@ -147,6 +147,18 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
              its socket; use more --threads"
         );
     }
+    // Every transaction in flight holds one of its node's reply slots; more would wait for a
+    // slot (`Busy`) rather than run.
+    let most = args.threads.iter().max().copied().unwrap_or(1) * args.in_flight;
+    if most > acre::txn::reply::SLOTS_MAX {
+        anyhow::bail!(
+            "--threads {} with --in-flight {} is {most} transactions at once; a client node has \
+             {} transaction slots: use fewer",
+            args.threads.iter().max().copied().unwrap_or(1),
+            args.in_flight,
+            acre::txn::reply::SLOTS_MAX
+        );
+    }
     let processes = matches!(&target, Target::Acre { transport } if transport != "local");
     if let (Target::Acre { transport }, true) = (&target, processes) {
         launch::up(&UpArgs {

@@ -13,10 +13,22 @@
 //! it waits for (a socket read, a futex, a sleep) instead of polling in circles, so an
 //! interleaving thread never spins while everything it runs is waiting.
 //!
+//! A waiter that blocks on a doorbell or a backoff sleeps at most [`BLOCK_SLICE`] at a time
+//! before every task looks again, and the doorbell wakes it for any task's reply. A waiter on a
+//! tcp batch blocks until its own batch completes (which reads the other batches' responses on
+//! that connection too): one round trip in the normal case, but a peer that stops answering
+//! holds the thread's tasks until the connection is declared broken.
+//!
 //! **Locks.** A task must not block on a lock another task of its thread holds across a switch:
 //! the holder could never run again to release it. Code on the data path that holds a mutex
-//! across a fabric wait takes it with [`lock`], which switches while the mutex is taken instead
-//! of blocking the thread; other mutexes on that path are never held across a wait.
+//! across a fabric wait takes it with [`lock`]: while another task of the thread holds a mutex
+//! taken that way, a task that finds its mutex taken switches instead of blocking; otherwise
+//! the holder is another thread and it blocks as `Mutex::lock` does. Other mutexes on that path
+//! are never held across a wait.
+//!
+//! **Panics.** No task switches while it unwinds. A task that panics while others are in the
+//! middle of their work aborts the process (as release builds do on any panic): their stacks
+//! hold transactions and links that could only be released by running them.
 
 // Switching stacks is unsafe at two places: the yielder a task reaches through a thread-local,
 // and a coroutine whose body borrows from the caller of `run`.
@@ -26,7 +38,13 @@ use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+/// The longest a task sleeps on a doorbell or a backoff while the thread's other tasks wait too,
+/// before they all look again.
+pub const BLOCK_SLICE: Duration = Duration::from_micros(200);
 
 /// The stack of each task. Pages are touched only as the stack grows; the guard page below it
 /// turns an overflow into a fault rather than a corruption.
@@ -44,6 +62,9 @@ thread_local! {
     static IDLE_TURNS: Cell<usize> = const { Cell::new(0) };
     /// Switches between tasks on this thread, ever (for tests and reports).
     static SWITCHES: Cell<u64> = const { Cell::new(0) };
+    /// Guards of [`lock`] held by this thread's tasks, and by the running one.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+    static HELD_BY_RUNNING: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Whether the caller runs as a task of [`run`].
@@ -56,13 +77,20 @@ pub fn switches() -> u64 {
     SWITCHES.get()
 }
 
+/// Whether the caller may switch to another task: it runs as a task and is not unwinding from
+/// a panic.
+pub fn may_switch() -> bool {
+    in_task() && !std::thread::panicking()
+}
+
 /// Called where a task would wait for something that completes without this thread (a fabric
 /// completion, a reply, time passing): lets the other tasks run and returns `true` once this
 /// task's turn comes again; the caller checks again and calls it again if still waiting.
-/// Returns `false` at once outside a task, and when every task has had a turn since anything
-/// completed: the caller then blocks on what it waits for, and calls [`progressed`] when done.
+/// Returns `false` at once outside a task or while unwinding, and when every task has had a
+/// turn since anything completed: the caller then blocks on what it waits for (for at most
+/// [`BLOCK_SLICE`] where it can), and calls [`progressed`] when it wakes.
 pub fn wait_turn() -> bool {
-    if !in_task() || IDLE_TURNS.get() >= LIVE.get() {
+    if !may_switch() || IDLE_TURNS.get() >= LIVE.get() {
         return false;
     }
     IDLE_TURNS.set(IDLE_TURNS.get() + 1);
@@ -76,28 +104,81 @@ pub fn progressed() {
     IDLE_TURNS.set(0);
 }
 
-/// Takes `mutex`, switching to the other tasks while it is taken when the caller is a task (the
-/// holder may be a task of this thread, waiting for its turn); blocks as `Mutex::lock` does
-/// otherwise. Panics if the mutex is poisoned (a thread panicked while holding it).
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    if in_task() {
-        loop {
-            match mutex.try_lock() {
-                Ok(guard) => return guard,
-                Err(TryLockError::WouldBlock) => {
-                    if !wait_turn() {
-                        // Every task waits: the holder is another thread, or a task of this one
-                        // that will block on its own wait at its next turn. Let the OS run it.
-                        std::thread::yield_now();
-                        IDLE_TURNS.set(IDLE_TURNS.get() + 1);
-                        suspend();
-                    }
+/// Takes `mutex`. In a task, while another task of this thread holds a mutex taken here, a
+/// taken mutex may be held by one of them, waiting for its turn: the caller switches to the
+/// other tasks until it is free. Otherwise the holder is another thread and the caller blocks
+/// as `Mutex::lock` does. Panics if the mutex is poisoned (a thread panicked while holding it).
+pub fn lock<T>(mutex: &Mutex<T>) -> Guard<'_, T> {
+    if !in_task() {
+        return Guard::new(mutex.lock().expect(crate::POISONED), false);
+    }
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return Guard::new(guard, true),
+            Err(TryLockError::WouldBlock) => {
+                if HELD.get() == HELD_BY_RUNNING.get() {
+                    break; // no other task of this thread holds one: another thread does
                 }
-                Err(TryLockError::Poisoned(_)) => panic!("{}", crate::POISONED),
+                if std::thread::panicking() {
+                    abort(
+                        "a task unwinding from a panic needs a lock another task of its thread may hold",
+                    );
+                }
+                if !wait_turn() {
+                    // Every task waits. A holder among them blocks on its own wait at its turn
+                    // and then goes on: give it the turn rather than block on it.
+                    IDLE_TURNS.set(IDLE_TURNS.get() + 1);
+                    suspend();
+                }
             }
+            Err(TryLockError::Poisoned(_)) => panic!("{}", crate::POISONED),
         }
     }
-    mutex.lock().expect(crate::POISONED)
+    Guard::new(mutex.lock().expect(crate::POISONED), true)
+}
+
+/// A mutex taken with [`lock`]; counted while a task holds it.
+pub struct Guard<'a, T> {
+    guard: MutexGuard<'a, T>,
+    counted: bool,
+}
+
+impl<'a, T> Guard<'a, T> {
+    fn new(guard: MutexGuard<'a, T>, counted: bool) -> Guard<'a, T> {
+        if counted {
+            HELD.set(HELD.get() + 1);
+            HELD_BY_RUNNING.set(HELD_BY_RUNNING.get() + 1);
+        }
+        Guard { guard, counted }
+    }
+}
+
+impl<T> Deref for Guard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> DerefMut for Guard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    fn drop(&mut self) {
+        if self.counted {
+            HELD.set(HELD.get() - 1);
+            HELD_BY_RUNNING.set(HELD_BY_RUNNING.get() - 1);
+        }
+    }
+}
+
+/// Stops the process: a task's state cannot be released without running it.
+fn abort(why: &str) -> ! {
+    eprintln!("acre: {why}; aborting");
+    std::process::abort()
 }
 
 /// Suspends the running task; the scheduler resumes it at a later turn.
@@ -105,16 +186,19 @@ fn suspend() {
     let yielder = CURRENT.get();
     assert!(!yielder.is_null(), "suspend outside a task");
     SWITCHES.set(SWITCHES.get() + 1);
+    let held = HELD_BY_RUNNING.replace(0);
     // SAFETY: `yielder` was set by this task's body from the `&Yielder` the coroutine passed
     // it, which lives on the task's own stack until the body returns; we are inside the body.
     unsafe { (*yielder).suspend(()) };
     // Back on this task's stack: the scheduler cleared CURRENT while it ran.
     CURRENT.set(yielder);
+    HELD_BY_RUNNING.set(held);
 }
 
 /// Runs `tasks` on this thread until every one has returned, switching between them where
-/// one waits (see the module docs). A panic in a task ends the run and goes on in the caller,
-/// after the other tasks' stacks are unwound. Panics if called from inside a task.
+/// one waits (see the module docs). A panic in a task ends the run and goes on in the caller
+/// when no other task is part-way through (aborts the process otherwise). Panics if called
+/// from inside a task.
 pub fn run<'a>(tasks: impl IntoIterator<Item = Box<dyn FnOnce() + 'a>>) {
     assert!(!in_task(), "interleave::run called from inside a task");
     assert_eq!(LIVE.get(), 0, "interleave::run called while one runs");
@@ -138,14 +222,27 @@ pub fn run<'a>(tasks: impl IntoIterator<Item = Box<dyn FnOnce() + 'a>>) {
             CURRENT.set(std::ptr::null());
             LIVE.set(0);
             IDLE_TURNS.set(0);
+            HELD.set(0);
+            HELD_BY_RUNNING.set(0);
         }
     }
     let _reset = Reset;
     LIVE.set(ready.len());
     IDLE_TURNS.set(0);
     while let Some(mut task) = ready.pop_front() {
-        let result = task.resume(());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.resume(())));
         CURRENT.set(std::ptr::null());
+        let result = match result {
+            Ok(result) => result,
+            Err(panic) => {
+                if ready.iter().any(|other| other.started()) {
+                    abort("a task panicked while others were part-way through their work");
+                }
+                // Tasks never started hold nothing: dropping them runs nothing of theirs.
+                ready.clear();
+                std::panic::resume_unwind(panic);
+            }
+        };
         match result {
             CoroutineResult::Yield(()) => ready.push_back(task),
             CoroutineResult::Return(()) => {
@@ -295,31 +392,152 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_task_ends_the_run_and_unwinds_the_others() {
-        struct Dropped<'a>(&'a Cell<u32>);
-        impl Drop for Dropped<'_> {
-            fn drop(&mut self) {
-                self.0.set(self.0.get() + 1);
-            }
-        }
-        let dropped = Cell::new(0);
+    fn a_task_that_panics_before_the_others_started_ends_the_run() {
+        let started = Cell::new(false);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let tasks: Vec<Box<dyn FnOnce() + '_>> = vec![
-                Box::new(|| {
-                    let _held = Dropped(&dropped);
-                    while wait_turn() {}
-                    unreachable!("the other task panics first");
-                }),
                 Box::new(|| panic!("task failed")),
+                Box::new(|| started.set(true)),
             ];
             run(tasks);
         }));
         assert!(outcome.is_err());
-        assert_eq!(dropped.get(), 1, "the waiting task's stack was unwound");
+        assert!(!started.get());
         assert!(!in_task());
         // The thread can run again.
         let ran = Cell::new(false);
         run(vec![Box::new(|| ran.set(true)) as Box<dyn FnOnce()>]);
         assert!(ran.get());
+    }
+
+    /// The child of [`a_task_that_panics_while_others_are_part_way_aborts`].
+    #[test]
+    fn panic_while_others_are_part_way_child() {
+        if std::env::var_os(ABORT_CHILD).is_none() {
+            return;
+        }
+        let mutex = Mutex::new(());
+        let tasks: Vec<Box<dyn FnOnce() + '_>> = vec![
+            Box::new(|| {
+                let _link = lock(&mutex);
+                while wait_turn() {}
+            }),
+            Box::new(|| panic!("task failed")),
+        ];
+        run(tasks);
+    }
+
+    const ABORT_CHILD: &str = "ACRE_INTERLEAVE_ABORT_CHILD";
+
+    /// Unwinding a task suspended part-way could need what another suspended task holds (a
+    /// link it would append an ABORT on): the process aborts instead, as release builds do.
+    #[test]
+    fn a_task_that_panics_while_others_are_part_way_aborts() {
+        use std::os::unix::process::ExitStatusExt;
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "interleave::tests::panic_while_others_are_part_way_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ABORT_CHILD, "1")
+            .output()
+            .expect("run the child");
+        assert_eq!(output.status.signal(), Some(libc::SIGABRT), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("part-way through their work"), "{stderr}");
+    }
+
+    /// A task unwinding from a panic never switches: the others must not run while this
+    /// thread is panicking (a guard they drop would poison its mutex).
+    #[test]
+    fn a_task_does_not_switch_while_it_unwinds() {
+        struct WaitsOnDrop<'a>(&'a Cell<Option<bool>>);
+        impl Drop for WaitsOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.set(Some(wait_turn()));
+            }
+        }
+        let switched = Cell::new(None);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let tasks: Vec<Box<dyn FnOnce() + '_>> = vec![Box::new(|| {
+                let _w = WaitsOnDrop(&switched);
+                panic!("task failed");
+            })];
+            run(tasks);
+        }));
+        assert!(outcome.is_err());
+        assert_eq!(switched.get(), Some(false));
+    }
+
+    /// When every task waits on the doorbell, a reply for any of them wakes the thread: the one
+    /// that blocked goes back to the turns instead of sleeping until its own reply.
+    #[test]
+    fn a_reply_for_any_task_wakes_a_thread_whose_tasks_all_wait() {
+        use crate::clock::Clock;
+        use crate::fabric::Doorbell;
+        let doorbell = Arc::new(Doorbell::anonymous().expect("a doorbell"));
+        let clock = Clock::system();
+        let (first, second) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let replier = {
+            let (doorbell, first, second) = (doorbell.clone(), first.clone(), second.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                second.store(true, Ordering::Release);
+                doorbell.ring();
+                std::thread::sleep(Duration::from_millis(500));
+                first.store(true, Ordering::Release);
+                doorbell.ring();
+            })
+        };
+        let start = std::time::Instant::now();
+        let second_done = Cell::new(None);
+        let deadline = clock.now().saturating_add(Duration::from_secs(10));
+        let tasks: Vec<Box<dyn FnOnce() + '_>> = vec![
+            Box::new(|| {
+                assert!(doorbell.wait_until(&clock, deadline, || first.load(Ordering::Acquire)))
+            }),
+            Box::new(|| {
+                assert!(doorbell.wait_until(&clock, deadline, || second.load(Ordering::Acquire)));
+                second_done.set(Some(start.elapsed()));
+            }),
+        ];
+        run(tasks);
+        replier.join().expect("the replier");
+        let second_done = second_done.get().expect("the second task finished");
+        assert!(
+            second_done < Duration::from_millis(400),
+            "the second task's reply came at 10 ms, it went on at {second_done:?}"
+        );
+    }
+
+    /// A mutex held by another thread (not by a task of this one) is waited for by blocking,
+    /// not by switching in circles.
+    #[test]
+    fn a_mutex_another_thread_holds_is_waited_for_by_blocking() {
+        let mutex = Arc::new(Mutex::new(()));
+        let (taken, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let holder = {
+            let mutex = mutex.clone();
+            let (taken, release) = (taken.0, release.1);
+            std::thread::spawn(move || {
+                let _held = mutex.lock().expect("not poisoned");
+                taken.send(()).expect("the test waits");
+                std::thread::sleep(Duration::from_millis(100));
+                drop(release);
+            })
+        };
+        taken.1.recv().expect("the holder took it");
+        let before = switches();
+        let tasks: Vec<Box<dyn FnOnce() + '_>> = (0..2)
+            .map(|_| Box::new(|| drop(lock(&mutex))) as Box<dyn FnOnce()>)
+            .collect();
+        run(tasks);
+        holder.join().expect("the holder");
+        assert!(switches() - before < 10, "{} switches", switches() - before);
     }
 }

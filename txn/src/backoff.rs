@@ -93,9 +93,9 @@ impl Backoff {
     }
 
     /// Sleeps for `duration` on the clock; a task of `interleave::run` lets the thread's other
-    /// tasks run meanwhile, and sleeps only when they all wait too.
+    /// tasks run meanwhile, and sleeps only when they all wait too, a slice at a time.
     fn sleep(&self, duration: Duration) {
-        if !interleave::in_task() {
+        if !interleave::may_switch() {
             self.clock.sleep(duration);
             return;
         }
@@ -103,14 +103,14 @@ impl Backoff {
         loop {
             let left = self.clock.real_duration_until(deadline);
             if left.is_zero() {
-                break;
+                return;
             }
             if !interleave::wait_turn() {
-                self.clock.sleep(left);
-                break;
+                // Every task waits: sleep a slice, then they all look again.
+                self.clock.sleep(left.min(interleave::BLOCK_SLICE));
+                interleave::progressed();
             }
         }
-        interleave::progressed();
     }
 }
 

@@ -37,8 +37,9 @@ use std::time::{Duration, Instant};
 pub const ATTEMPTS_MAX: u32 = 10_000;
 /// The most accounts a run creates (the Acre bank's limit, so every target can hold them).
 pub const ACCOUNTS_MAX: usize = crate::bank::ACCOUNTS_MAX;
-/// The most transactions in flight on one thread (each is a task with a stack of its own).
-pub const IN_FLIGHT_MAX: usize = 256;
+/// The most transactions in flight on one thread (each is a task with a stack of its own): an
+/// Acre client node has this many transaction slots.
+pub const IN_FLIGHT_MAX: usize = acre_txn::reply::SLOTS_MAX;
 
 /// What a row measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

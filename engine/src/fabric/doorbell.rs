@@ -92,18 +92,29 @@ impl Doorbell {
         deadline: Time,
         mut work: impl FnMut() -> bool,
     ) -> bool {
-        // A task of `interleave::run` lets the thread's other tasks run while it waits.
-        while crate::interleave::in_task() {
+        // A task of `interleave::run` lets the thread's other tasks run while it waits. Once
+        // they all wait, it sleeps on the doorbell, which any of their replies rings, for at
+        // most a slice, and then every task looks again.
+        while crate::interleave::may_switch() {
             if work() {
                 crate::interleave::progressed();
                 return true;
             }
-            if clock.real_duration_until(deadline).is_zero() {
+            let left = clock.real_duration_until(deadline);
+            if left.is_zero() {
+                crate::interleave::progressed();
                 return false;
             }
-            if !crate::interleave::wait_turn() {
-                break;
+            if crate::interleave::wait_turn() {
+                continue;
             }
+            let seen = self.rings();
+            if work() {
+                crate::interleave::progressed();
+                return true;
+            }
+            self.sleep(seen, left.min(crate::interleave::BLOCK_SLICE));
+            crate::interleave::progressed();
         }
         for _ in 0..SPIN_CHECKS_MAX {
             if work() {

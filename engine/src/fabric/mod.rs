@@ -169,7 +169,7 @@ impl Pending {
     /// Blocks until every operation has completed (spinning briefly, then sleeping). A task of
     /// [`crate::interleave::run`] lets the thread's other tasks run meanwhile.
     pub fn wait(mut self) -> Vec<OpResult> {
-        if matches!(self.inner, PendingInner::Tcp(_)) && crate::interleave::in_task() {
+        if matches!(self.inner, PendingInner::Tcp(_)) && crate::interleave::may_switch() {
             loop {
                 if let Some(results) = self.poll() {
                     crate::interleave::progressed();

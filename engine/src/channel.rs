@@ -23,7 +23,7 @@ use crate::clock::{Clock, Time};
 use crate::directory::{AreaEntry, AreaKind};
 use crate::fabric::doorbell::Doorbell;
 use crate::fabric::memory::NodeMemory;
-use crate::fabric::{Completion, Fabric, Op, OpError, OpResult, Pending};
+use crate::fabric::{Completion, Fabric, Op, OpError};
 use crate::hash::FastMap;
 use crate::region::{AccessKey, Region};
 use acre_nvm_log::ring::{
@@ -637,8 +637,6 @@ pub struct Outbox {
     /// The reader's state word when this sender resumed. An append that reads back anything
     /// else learns that the ring was found damaged (or reset) since.
     state: u64,
-    /// An append is posted and not completed yet ([`Outbox::post_reserved`]).
-    posted: bool,
 }
 
 impl Outbox {
@@ -665,7 +663,6 @@ impl Outbox {
             writer: RingWriter::new(geometry, 0, 0, 0),
             standing: Standing::Unattached,
             state: 0,
-            posted: false,
         };
         // Look only: the writes that resuming takes wait for the first reserve or append. Two
         // threads may attach one sender's ring at once (a link attached on first use) and keep
@@ -874,26 +871,6 @@ impl Outbox {
         wake: bool,
         read_fence: bool,
     ) -> Result<u64, ChannelError> {
-        let posted = self.post_reserved(fabric, reservation, messages, wake, read_fence)?;
-        self.complete(posted)
-    }
-
-    /// The first half of [`Self::append_reserved`]: posts the batch and returns without
-    /// waiting, so that a sender can have appends to several receivers in flight at once.
-    /// [`Self::complete`] must be given the result before anything else is appended here.
-    pub fn post_reserved(
-        &mut self,
-        fabric: &Fabric,
-        reservation: &mut Reservation,
-        messages: &[(RecordKind, &[u8])],
-        wake: bool,
-        read_fence: bool,
-    ) -> Result<PostedAppend, ChannelError> {
-        assert!(
-            !self.posted,
-            "an append to {} posted before the last completed",
-            self.target
-        );
         self.resume(fabric)?;
         let mut plans = Vec::new();
         for (kind, payload) in messages {
@@ -917,22 +894,7 @@ impl Outbox {
         if wake {
             ops.push(Op::Notify);
         }
-        self.posted = true;
-        Ok(PostedAppend {
-            pending: fabric.post(self.target, ops),
-        })
-    }
-
-    /// The second half of [`Self::append_reserved`]: waits for the posted batch; returns once
-    /// its records are durable in the receiver's ring, with the fence if it was asked for.
-    pub fn complete(&mut self, posted: PostedAppend) -> Result<u64, ChannelError> {
-        assert!(
-            self.posted,
-            "completed an append to {} never posted",
-            self.target
-        );
-        self.posted = false;
-        let (state, fence) = match words_of_results(self.target, posted.pending.wait()) {
+        let (state, fence) = match self.execute(fabric, ops) {
             Ok(words) => words,
             Err(error) => {
                 self.standing = Standing::InDoubt;
@@ -999,7 +961,15 @@ impl Outbox {
         if ops.is_empty() {
             return Ok((None, None));
         }
-        words_of_results(self.target, fabric.execute(self.target, ops))
+        let (mut word, mut cas) = (None, None);
+        for result in fabric.execute(self.target, ops) {
+            match result? {
+                Completion::Write | Completion::Persist | Completion::Notify => {}
+                Completion::Read(bytes) => word = Some(words_of(self.target, &bytes, 8)?[0]),
+                Completion::Cas { previous } => cas = Some(previous),
+            }
+        }
+        Ok((word, cas))
     }
 
     fn addr(&self, offset: u64) -> Addr {
@@ -1008,29 +978,6 @@ impl Outbox {
             u32::try_from(offset).expect("ring areas are smaller than 4 GiB"),
         )
     }
-}
-
-/// An append [`Outbox::post_reserved`] posted, for [`Outbox::complete`].
-#[must_use = "an append posted must be completed before the outbox appends again"]
-pub struct PostedAppend {
-    pending: Pending,
-}
-
-/// Whether every operation of a batch to `target` succeeded; the word the last READ among them
-/// returned and the word the last CAS found, if there were any.
-fn words_of_results(
-    target: NodeId,
-    results: Vec<OpResult>,
-) -> Result<(Option<u64>, Option<u64>), ChannelError> {
-    let (mut word, mut cas) = (None, None);
-    for result in results {
-        match result? {
-            Completion::Write | Completion::Persist | Completion::Notify => {}
-            Completion::Read(bytes) => word = Some(words_of(target, &bytes, 8)?[0]),
-            Completion::Cas { previous } => cas = Some(previous),
-        }
-    }
-    Ok((word, cas))
 }
 
 #[cfg(test)]

@@ -178,80 +178,29 @@ impl Links {
         &self,
         target: NodeId,
         reservation: &mut Reservation,
-        record: TxnRecord,
+        mut record: TxnRecord,
     ) -> Result<u64, TxnError> {
-        self.send_all(vec![(target, reservation, record)])
-            .pop()
-            .expect("a result per record")
-    }
-
-    /// [`Self::send`] to several targets at once (in node order, each at most once): every
-    /// append is posted before any is waited for, so the records travel to their receivers
-    /// together; the results come in the order of `sends`. The links are held from the post
-    /// to the completion, taken in node order as a thread holding several always does.
-    pub fn send_all(
-        &self,
-        sends: Vec<(NodeId, &mut Reservation, TxnRecord)>,
-    ) -> Vec<Result<u64, TxnError>> {
-        assert!(
-            sends.windows(2).all(|pair| pair[0].0 < pair[1].0),
-            "sends in node order, one per node"
-        );
-        let links: Vec<Result<Arc<Mutex<Link>>, TxnError>> = sends
-            .iter()
-            .map(|(target, _, _)| self.link(*target))
-            .collect();
-        let mut guards: Vec<Option<interleave::Guard<'_, Link>>> = links
-            .iter()
-            .map(|link| link.as_ref().ok().map(|link| locked(link)))
-            .collect();
-        let mut posted = Vec::with_capacity(sends.len());
-        for (((target, reservation, mut record), guard), link) in
-            sends.into_iter().zip(&mut guards).zip(&links)
-        {
-            let Some(link) = guard else {
-                let error = link
-                    .as_ref()
-                    .err()
-                    .expect("no guard without an error")
-                    .clone();
-                posted.push(Err(error));
-                continue;
-            };
-            record.truncated = link.truncations.piggyback();
-            let carried = record.truncated.len();
-            assert!(carried <= PIGGYBACK_MAX, "carried={carried}");
-            let payload = record.encode();
-            // A backup's CPU is not on the commit path: its COMMIT-BACKUP waits for the next
-            // wake-up.
-            let backup = matches!(record.body, Body::CommitBackup { .. });
-            let fenced = backup || matches!(record.body, Body::Lock { .. } | Body::CommitPrimary);
-            let append = link
-                .outbox
-                .post_reserved(
-                    &self.fabric,
-                    reservation,
-                    &[(record.kind(), &payload)],
-                    !backup,
-                    fenced,
-                )
-                .map_err(|e| channel_error(target, e));
-            posted.push(append.map(|append| (target, append, carried)));
-        }
-        posted
-            .into_iter()
-            .zip(&mut guards)
-            .map(|(append, guard)| {
-                let (target, append, carried) = append?;
-                let link = guard.as_mut().expect("a posted append holds its link");
-                let fence = link
-                    .outbox
-                    .complete(append)
-                    .map_err(|e| channel_error(target, e))?;
-                link.truncations.sent(carried);
-                Ok(fence)
-            })
-            .collect()
+        let link = self.link(target)?;
+        let mut link = locked(&link);
+        record.truncated = link.truncations.piggyback();
+        let carried = record.truncated.len();
+        assert!(carried <= PIGGYBACK_MAX, "carried={carried}");
+        let payload = record.encode();
+        // A backup's CPU is not on the commit path: its COMMIT-BACKUP waits for the next wake-up.
+        let backup = matches!(record.body, Body::CommitBackup { .. });
+        let fenced = backup || matches!(record.body, Body::Lock { .. } | Body::CommitPrimary);
+        let fence = link
+            .outbox
+            .append_reserved(
+                &self.fabric,
+                reservation,
+                &[(record.kind(), &payload)],
+                !backup,
+                fenced,
+            )
+            .map_err(|e| channel_error(target, e))?;
+        link.truncations.sent(carried);
+        Ok(fence)
     }
 
     /// Sends `record` inside `reservation` when what is left of it holds the record with a full

@@ -75,10 +75,8 @@ pub(super) fn fenced(node: &TxnNode, txn: TxnId, receiver: NodeId, wait: Duratio
 }
 
 impl Commit<'_> {
-    /// Sends COMMIT-BACKUP to every backup at once. Any failure leaves the outcome to recovery,
-    /// the locks held until then; the backups after the first that failed count as not sent
-    /// (`backups_done`), and the finisher sends them again (a backup keeps a second copy of a
-    /// COMMIT-BACKUP it holds as one: `Backup::hold` in acre-replication).
+    /// Sends COMMIT-BACKUP to every backup, in node order. Any failure leaves the outcome to
+    /// recovery, the locks held until then.
     pub(super) fn commit_backup(&mut self) -> Result<(), CommitError> {
         assert!(
             self.locked,
@@ -95,29 +93,18 @@ impl Commit<'_> {
             "{}: COMMIT-BACKUP sent twice",
             self.txn.id
         );
-        // Every backup's record is posted before any is waited for; the results are taken in
-        // node order, as if sent one by one.
-        let records: Vec<(NodeId, TxnRecord)> = self
-            .plan
-            .backups
-            .iter()
-            .map(|(&backup, body)| {
-                let record = TxnRecord {
-                    txn: self.txn.id,
-                    reply: ReplyTo::NONE,
-                    truncated: Vec::new(),
-                    body: body.clone(),
-                };
-                (backup, record)
-            })
-            .collect();
-        let backups: Vec<NodeId> = records.iter().map(|(backup, _)| *backup).collect();
-        let results = self.send_all(records);
-        for (backup, result) in backups.into_iter().zip(results) {
-            match result {
+        let backups: Vec<NodeId> = self.plan.backups.keys().copied().collect();
+        for backup in backups {
+            let record = TxnRecord {
+                txn: self.txn.id,
+                reply: ReplyTo::NONE,
+                truncated: Vec::new(),
+                body: self.plan.backups[&backup].clone(),
+            };
+            match self.send(backup, record) {
                 Err(e) => {
                     // This backup may hold COMMIT-BACKUP (the append may have executed in
-                    // part), and others do: an ABORT now could contradict what recovery
+                    // part), and earlier ones do: an ABORT now could contradict what recovery
                     // decides.
                     return Err(CommitError::indeterminate(self.txn.id, e));
                 }

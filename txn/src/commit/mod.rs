@@ -422,29 +422,6 @@ impl<'t> Commit<'t> {
         self.node.links().send(node, reservation, record)
     }
 
-    /// [`Self::send`] to several nodes at once ([`crate::link::Links::send_all`]): every
-    /// record is posted before any is waited for; the results come in node order.
-    pub(crate) fn send_all(
-        &mut self,
-        records: Vec<(NodeId, TxnRecord)>,
-    ) -> Vec<Result<u64, TxnError>> {
-        let txn = self.txn.id;
-        let mut records: BTreeMap<NodeId, TxnRecord> = records.into_iter().collect();
-        let mut sends = Vec::with_capacity(records.len());
-        for (node, reservation) in &mut self.reservations {
-            if let Some(record) = records.remove(node) {
-                assert_eq!(record.txn, txn, "a record of another transaction");
-                sends.push((*node, reservation, record));
-            }
-        }
-        assert!(
-            records.is_empty(),
-            "{txn}: no log space reserved at {:?}",
-            records.keys()
-        );
-        self.node.links().send_all(sends)
-    }
-
     /// Gives back what is left of every reservation (the margin the aborts or truncations
     /// did not use).
     fn give_back_log_space(&mut self) {

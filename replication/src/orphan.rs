@@ -120,7 +120,9 @@ fn participants(config: &Configuration, regions: &[RegionId]) -> Result<Vec<Node
 ///   truncation, and no transaction is aborted once a COMMIT-BACKUP may exist, ABORT.1). A
 ///   region without its values is FaRM's *unknown*: **abort**, unless one of its replicas
 ///   cannot tell whether it truncated the transaction (its memory does not reach back): left to
-///   an operator (`Recovery`), never guessed;
+///   an operator (`Recovery`), never guessed; once a participant aborted it (ABORTED), the
+///   others **abort** too, whatever COMMIT-BACKUP they hold (only a COMMIT-PRIMARY or a
+///   truncation beside an abort is a contradiction, left to an operator);
 /// - a commit proceeds in stages, one per round: the replicas lacking the values get them
 ///   copied (`Copy`), then the primaries install them (`Install`: from their LOCK, or a
 ///   promoted primary from its COMMIT-BACKUP), then everybody truncates (`Truncate`).
@@ -164,13 +166,20 @@ pub fn decide(
         Some(Ok(bits)) => *bits,
         _ => 0,
     };
-    let decided_to_commit = all & (vote::COMMIT_PRIMARY | vote::TRUNCATED | vote::COMMIT_BACKUP);
-    if all & vote::ABORTED != 0 && decided_to_commit != 0 {
-        // An abort is decided only when nobody holds either: every vote since is final.
-        return Outcome::Recovery {
-            reason: format!("its votes contradict each other: {votes:?}"),
-        };
+    if all & vote::ABORTED != 0 {
+        if all & (vote::COMMIT_PRIMARY | vote::TRUNCATED) != 0 {
+            // A commit that may have been reported, and an abort: never acted on.
+            return Outcome::Recovery {
+                reason: format!("its votes contradict each other: {votes:?}"),
+            };
+        }
+        // A participant aborted it, which it did only if nobody held a COMMIT-BACKUP then or a
+        // region had lost the values (a COMMIT-BACKUP elsewhere, as here, does not save it):
+        // every participant voted before, so every vote since is final, and the rest abort too
+        // rather than keep their records for good.
+        return Outcome::Abort;
     }
+    let decided_to_commit = all & (vote::COMMIT_PRIMARY | vote::TRUNCATED | vote::COMMIT_BACKUP);
     if decided_to_commit == 0 {
         return Outcome::Abort;
     }
@@ -773,6 +782,32 @@ mod tests {
             decide(&config, &both, &votes([vote::ABORTED, CP, CB])),
             Outcome::Recovery { .. }
         ));
+    }
+
+    /// A participant aborted because a region lost the values (its primary died with the LOCK,
+    /// no backup of it got a COMMIT-BACKUP) while a backup of another region holds one: that
+    /// backup, deciding later from the same final votes, aborts too and drops its record,
+    /// rather than call the votes a contradiction and keep the record (and the transaction
+    /// undecided) for good.
+    #[test]
+    fn a_commit_backup_that_outlived_an_abort_for_a_lost_region_is_aborted_too() {
+        let config = after_n4(true);
+        let both = [RegionId(4), RegionId(1)];
+        // r4 (promoted n1, backup n3) holds nothing: its values are lost with n4. r1's backup
+        // n2 holds the COMMIT-BACKUP. Before anybody decided, that is an abort...
+        assert_eq!(
+            decide(&config, &both, &votes_of(&[(1, L | NP), (2, CB), (3, 0)])),
+            Outcome::Abort
+        );
+        // ...and so it stays once n1 and n3 aborted and n2 decides.
+        assert_eq!(
+            decide(
+                &config,
+                &both,
+                &votes_of(&[(1, vote::ABORTED), (2, CB), (3, vote::ABORTED)])
+            ),
+            Outcome::Abort
+        );
     }
 
     /// Four nodes, f = 1, after n4 (primary of r4, whose backup n1 is promoted) died: r1 has

@@ -92,36 +92,17 @@ impl Doorbell {
         deadline: Time,
         mut work: impl FnMut() -> bool,
     ) -> bool {
-        // A task of `interleave::run` lets the thread's other tasks run while it waits. Once
-        // they all wait, it sleeps on the doorbell, which any of their replies rings, for at
-        // most a slice, and then every task looks again.
-        while crate::interleave::may_switch() {
-            if work() {
-                crate::interleave::progressed();
-                return true;
+        // A task of `interleave::run` lets the thread's other tasks run while it waits (no
+        // spinning). Once they all wait, it sleeps on the doorbell, which any of their replies
+        // rings, for at most a slice, and then every task looks again.
+        let task = crate::interleave::may_switch();
+        if !task {
+            for _ in 0..SPIN_CHECKS_MAX {
+                if work() {
+                    return true;
+                }
+                std::hint::spin_loop();
             }
-            let left = clock.real_duration_until(deadline);
-            if left.is_zero() {
-                crate::interleave::progressed();
-                return false;
-            }
-            if crate::interleave::wait_turn() {
-                continue;
-            }
-            let seen = self.rings();
-            if work() {
-                crate::interleave::progressed();
-                return true;
-            }
-            self.sleep(seen, left.min(crate::interleave::BLOCK_SLICE));
-            crate::interleave::progressed();
-        }
-        for _ in 0..SPIN_CHECKS_MAX {
-            if work() {
-                crate::interleave::progressed();
-                return true;
-            }
-            std::hint::spin_loop();
         }
         loop {
             let seen = self.rings();
@@ -134,7 +115,15 @@ impl Doorbell {
                 crate::interleave::progressed();
                 return false;
             }
-            self.sleep(seen, left);
+            if task && crate::interleave::wait_turn() {
+                continue;
+            }
+            if task {
+                self.sleep(seen, left.min(crate::interleave::BLOCK_SLICE));
+                crate::interleave::progressed();
+            } else {
+                self.sleep(seen, left);
+            }
         }
     }
 }

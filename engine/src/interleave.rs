@@ -62,6 +62,9 @@ thread_local! {
     static IDLE_TURNS: Cell<usize> = const { Cell::new(0) };
     /// Switches between tasks on this thread, ever (for tests and reports).
     static SWITCHES: Cell<u64> = const { Cell::new(0) };
+    /// Waits that completed on this thread, ever: the idle turns since the last one form a
+    /// round ([`round`]).
+    static ROUNDS: Cell<u64> = const { Cell::new(0) };
     /// Guards of [`lock`] held by this thread's tasks, and by the running one.
     static HELD: Cell<usize> = const { Cell::new(0) };
     static HELD_BY_RUNNING: Cell<usize> = const { Cell::new(0) };
@@ -102,6 +105,14 @@ pub fn wait_turn() -> bool {
 /// completed too, so each gets another turn before anyone blocks.
 pub fn progressed() {
     IDLE_TURNS.set(0);
+    ROUNDS.set(ROUNDS.get() + 1);
+}
+
+/// The current round of turns: it changes whenever a wait completes ([`progressed`]). A waiter
+/// that blocks at the end of a round may rely on what the waiters before it in the same round
+/// saw (the doorbell sleeps on the ring count the round's first waiter read).
+pub fn round() -> u64 {
+    ROUNDS.get()
 }
 
 /// Takes `mutex`. In a task, while another task of this thread holds a mutex taken here, a

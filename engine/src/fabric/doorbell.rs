@@ -115,17 +115,35 @@ impl Doorbell {
                 crate::interleave::progressed();
                 return false;
             }
-            if task && crate::interleave::wait_turn() {
-                continue;
-            }
             if task {
-                self.sleep(seen, left.min(crate::interleave::BLOCK_SLICE));
+                // The ring count the first waiter of this round of turns read: a reply that
+                // rang since, for any task of the thread, must not be slept through.
+                let round = crate::interleave::round();
+                let me = self as *const Doorbell as usize;
+                let first = ROUND_SEEN.with(|first| match first.get() {
+                    Some((doorbell, at, seen)) if doorbell == me && at == round => seen,
+                    _ => {
+                        first.set(Some((me, round, seen)));
+                        seen
+                    }
+                });
+                if crate::interleave::wait_turn() {
+                    continue;
+                }
+                self.sleep(first, left.min(crate::interleave::BLOCK_SLICE));
                 crate::interleave::progressed();
             } else {
                 self.sleep(seen, left);
             }
         }
     }
+}
+
+thread_local! {
+    /// In a thread of `interleave` tasks: the doorbell, round of turns and ring count of the
+    /// round's first waiter on it.
+    static ROUND_SEEN: std::cell::Cell<Option<(usize, u64, u64)>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// The low 32 bits of the counter word, which is what the kernel compares (little-endian).

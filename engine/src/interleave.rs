@@ -23,8 +23,8 @@
 //! the holder could never run again to release it. Code on the data path that holds a mutex
 //! across a fabric wait takes it with [`lock`]: while another task of the thread holds a mutex
 //! taken that way, a task that finds its mutex taken switches instead of blocking; otherwise
-//! the holder is another thread and it blocks as `Mutex::lock` does. Other mutexes on that path
-//! are never held across a wait.
+//! the holder is another thread and it blocks as `Mutex::lock` does. No other mutex on that path
+//! that two tasks could both want is held across a wait.
 //!
 //! **Panics.** No task switches while it unwinds. A task that panics while others are in the
 //! middle of their work aborts the process (as release builds do on any panic): their stacks
@@ -249,7 +249,8 @@ pub fn run<'a>(tasks: impl IntoIterator<Item = Box<dyn FnOnce() + 'a>>) {
                 if ready.iter().any(|other| other.started()) {
                     abort("a task panicked while others were part-way through their work");
                 }
-                // Tasks never started hold nothing: dropping them runs nothing of theirs.
+                // Tasks never started hold nothing: dropping them drops only what their
+                // closures captured.
                 ready.clear();
                 std::panic::resume_unwind(panic);
             }

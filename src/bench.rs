@@ -151,12 +151,12 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
     }
     // Every transaction in flight holds one of its node's reply slots; more would wait for a
     // slot (`Busy`) rather than run.
-    let most = args.threads.iter().max().copied().unwrap_or(1) * args.in_flight;
+    let threads = args.threads.iter().max().copied().unwrap_or(1);
+    let most = threads * args.in_flight;
     if most > acre::txn::reply::SLOTS_MAX {
         anyhow::bail!(
-            "--threads {} with --in-flight {} is {most} transactions at once; a client node has \
-             {} transaction slots: use fewer",
-            args.threads.iter().max().copied().unwrap_or(1),
+            "--threads {threads} with --in-flight {} is {most} transactions at once; a client \
+             node has {} transaction slots: use fewer",
             args.in_flight,
             acre::txn::reply::SLOTS_MAX
         );

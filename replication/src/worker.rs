@@ -607,7 +607,17 @@ impl Serving {
             Body::Lock { regions, .. } | Body::CommitBackup { regions, .. } => regions.as_slice(),
             _ => self.kept.get(&txn).map_or(&[][..], |kept| &kept.regions),
         };
-        if self.recovery.needs(txn, regions) {
+        let needs = self.recovery.needs(txn, regions);
+        if (needs || self.voted.has_voted(txn))
+            && matches!(record.body, Body::CommitPrimary)
+            && self.holds(txn, vote::COMMIT_PRIMARY)
+        {
+            // A second copy (its finisher's) of a COMMIT-PRIMARY this node kept before it
+            // voted: dropped, but not refused, since the first one counts. Its one-sided
+            // coordinator, told so, installs ([`Serving::installs_itself`]).
+            return true;
+        }
+        if needs {
             // Begun before the configuration this node drained for, and it needs recovery: its
             // votes are being (or were) cast without it (docs/failures.md#drain).
             tracing::warn!(
@@ -1114,6 +1124,20 @@ impl Serving {
                 self.asked.insert(txn, again);
             }
             Outcome::Truncate => {
+                if self.installs_itself(txn) {
+                    // Its install here is its coordinator's, which may be on its way: ours
+                    // would unlock the objects, and that install could then land over a later
+                    // commit. Asked again until it has landed (or its coordinator is gone).
+                    // A region this node was promoted to the primary of gets its values now:
+                    // it serves only once they are in, and no coordinator installs there.
+                    self.install_promoted(txn, holds);
+                    tracing::debug!(
+                        node = %me,
+                        "{txn} committed; its coordinator installs it here, waiting for that"
+                    );
+                    self.asked.insert(txn, again);
+                    return;
+                }
                 if self.node.primary().noted(txn) && self.node.primary().install_orphan(txn) {
                     // Its coordinator died between COMMIT-PRIMARY and its install.
                     self.stats.orphans_installed.fetch_add(1, Ordering::Release);
@@ -1191,18 +1215,10 @@ impl Serving {
                 Err(e) => tracing::error!(node = %me, "installing {txn}: {e}"),
             }
         }
-        if holds & vote::COMMIT_BACKUP != 0 && self.is_new_primary_for(txn) {
-            primary = true;
-            match self.backup.apply(txn) {
-                Ok(_) => installed = true,
-                Err(e) => {
-                    tracing::error!(
-                        node = %me,
-                        "installing {txn} from its COMMIT-BACKUP failed: {e}; asked again"
-                    );
-                    return;
-                }
-            }
+        match self.install_promoted(txn, holds) {
+            Some(true) => (primary, installed) = (true, true),
+            Some(false) => {}
+            None => return,
         }
         if installed {
             self.stats.orphans_installed.fetch_add(1, Ordering::Release);
@@ -1218,6 +1234,48 @@ impl Serving {
         }
         if primary && let Some(kept) = self.kept.get_mut(&txn) {
             kept.holds |= vote::COMMIT_PRIMARY;
+        }
+    }
+
+    /// Installs `txn` from its COMMIT-BACKUP held here if this node was promoted to the primary
+    /// of a region it writes after it began: `Some(whether it did)`, `None` if that failed
+    /// (logged; the caller asks again).
+    fn install_promoted(&mut self, txn: TxnId, holds: u64) -> Option<bool> {
+        if holds & vote::COMMIT_BACKUP == 0 || !self.is_new_primary_for(txn) {
+            return Some(false);
+        }
+        match self.backup.apply(txn) {
+            Ok(_) => Some(true),
+            Err(e) => {
+                tracing::error!(
+                    node = %self.node.node_id(),
+                    "installing {txn} from its COMMIT-BACKUP failed: {e}; asked again"
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether `txn`'s one-sided coordinator still installs it here itself: this primary took
+    /// its COMMIT-PRIMARY (so the coordinator installs, docs/protocol.md#one-sided-commit-mode),
+    /// the install has not landed, and the coordinator can still write here (a member not
+    /// removed, or a client not gone). Recovery then leaves the install to it: nothing checks a
+    /// one-sided WRITE where it executes, so an install of recovery's, unlocking the objects,
+    /// could be followed by a later commit and then by the coordinator's stalled install over
+    /// it (docs/failures.md#decision).
+    fn installs_itself(&self, txn: TxnId) -> bool {
+        if !self.node.primary().is_installing(txn) {
+            return false;
+        }
+        let coordinator = txn.node;
+        if self.recovery.removed().contains(&coordinator) {
+            return false;
+        }
+        let config = self.node.config();
+        if config.clients.contains(&coordinator) {
+            !self.clients.is_gone(coordinator)
+        } else {
+            config.nodes.contains(&coordinator)
         }
     }
 

@@ -324,6 +324,12 @@ impl Primary {
         }
     }
 
+    /// Whether this primary noted `txn`'s COMMIT-PRIMARY from a one-sided coordinator and has not
+    /// yet seen its install land (some object here is still locked by it).
+    pub fn is_installing(&self, txn: TxnId) -> bool {
+        self.installing.lock().expect(POISONED).contains_key(&txn)
+    }
+
     /// Whether `txn` holds the lock of the object at `addr`.
     fn owned_by(&self, addr: Addr, txn: TxnId) -> bool {
         self.with_slot(addr, |words, _| {

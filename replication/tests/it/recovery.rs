@@ -1068,6 +1068,93 @@ fn review_a_stalled_one_sided_coordinator_does_not_overwrite_a_later_commit() {
     cluster.stop();
 }
 
+/// One-sided mode: the coordinator n3 of a transaction writing a (r4: n4 [n1]) and b (r1: n1
+/// [n2]) has its COMMIT-PRIMARY acknowledged by n1, then stalls before its install batch there
+/// while n4 dies. Recovery commits the transaction. Had n1 installed b and released its lock on
+/// the coordinator's behalf, another transaction could commit b meanwhile, and the stalled
+/// install would then write b1 over that commit (the fabric checks nothing where a one-sided
+/// WRITE executes). n1 leaves the install to its coordinator, still a member: the later
+/// transaction waits for b's lock, and its value stays.
+#[test]
+fn a_one_sided_install_stalled_across_a_recovery_does_not_overwrite_a_later_commit() {
+    install_at_n1_held_across_a_recovery(Action::Delay(Duration::from_secs(3)), Some(1));
+}
+
+/// One-sided mode: as above, but the install batch at n1 fails until n4's recovery is over, so
+/// the coordinator's finisher sends COMMIT-PRIMARY again after n1 drained, and n1 drops that
+/// second copy. It must not count as refused: the finisher would then leave the transaction to
+/// recovery and never install, while n1 waits for its install, and b would stay locked.
+#[test]
+fn a_one_sided_install_that_failed_is_finished_by_its_coordinator_across_a_recovery() {
+    install_at_n1_held_across_a_recovery(Action::Fail, None);
+}
+
+/// n3 commits a transaction writing a (r4: n4 [n1]) and b (r1: n1 [n2]) while its install
+/// batches at n1 get `action` (`times` of them; all until n4's recovery is over if `None`), and
+/// n4 dies meanwhile. Then n1 writes b2, retried while b is locked: a1 and b2 stay.
+fn install_at_n1_held_across_a_recovery(action: Action, times: Option<usize>) {
+    use acre_engine::fabric::Op;
+    use acre_txn::config::CommitMode;
+    let mut cluster = four_nodes();
+    if cluster.config().commit != CommitMode::OneSided {
+        eprintln!("one-sided only: run with ACRE_TEST_COMMIT=one-sided");
+        cluster.stop();
+        return;
+    }
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
+    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
+    settle(&cluster);
+    let install_at_n1 = move |ops: &[Op]| {
+        appended_kinds(ops).is_empty()
+            && ops
+                .iter()
+                .any(|op| matches!(op, Op::Write { addr, .. } if addr.region() == b.region()))
+    };
+    let rule = Rule::to(NodeId(1), action)
+        .from(NodeId(3))
+        .when(install_at_n1);
+    let held = cluster.faults().add(match times {
+        Some(times) => rule.times(times),
+        None => rule,
+    });
+    let coordinator = n3.clone();
+    let committing = std::thread::spawn(move || write_both(&coordinator, a, b));
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while cluster.faults().hits(held) == 0 {
+        assert!(Instant::now() < deadline, "the install at n1 never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    fail_n4_and_recover(&mut cluster);
+    if times.is_none() {
+        cluster.faults().remove(held);
+    }
+    let n1 = txn_node(&cluster, 0);
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    loop {
+        let mut txn = n1.begin().expect("begin");
+        let written = txn.write(b, b"b2").map_err(CommitError::from);
+        match written.and_then(|()| txn.commit()) {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "b2 never committed: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let committed = committing.join().expect("no panic");
+    assert!(committed.is_ok(), "{committed:?}");
+    // Whatever the held batch still had to do has landed by now.
+    settle(&cluster);
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a1");
+    assert_eq!(
+        value_at(&n1, b).expect("read b"),
+        b"b2",
+        "the held install wrote over a later commit"
+    );
+    cluster.stop();
+}
+
 /// REVIEW (finding 4, f = 2): n1 is r1's primary (holds the LOCK) and r3's backup (holds the
 /// COMMIT-BACKUP). The coordinator n3 dies after its COMMIT-BACKUP reached n1 and before the
 /// one to n2; r3 is promoted to n2. The votes say Copy{n2} (r3's values are at n1, r1's at n1's

@@ -51,8 +51,9 @@ impl Commit<'_> {
                 // The primary drained its log for a newer configuration since this commit's
                 // COMMIT-BACKUPs were counted. If the transaction needs recovery there, the
                 // votes commit it (every backup holds it) and recovery installs it: an install
-                // of ours could land after theirs and after a later commit, so none goes
-                // (docs/failures.md#known-gaps: a stall right after this check remains).
+                // of ours could land after theirs and after a later commit, so none goes.
+                // (Where the primary took the record, recovery leaves the install to us: a
+                // stall right after this check cannot put ours after a later commit.)
                 // Recovery truncates it too, once every primary installed: a truncation of
                 // ours could reach a primary before recovery's install there and make it
                 // drop the LOCK that install reads, leaving the objects locked for good.
@@ -105,7 +106,8 @@ impl Commit<'_> {
             return Err(CommitError::indeterminate(txn, e));
         }
         if self.left_to_recovery {
-            // Recovery installs it at every primary, the one that missed it included.
+            // Recovery installs it where a primary refused the record; a primary that missed
+            // only the answer or the install took it and waits for ours (the finisher's).
             tracing::debug!(%txn, %primary, "committed, left to recovery: {e}");
             return Ok(());
         }

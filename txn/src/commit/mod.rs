@@ -342,8 +342,26 @@ impl<'t> Commit<'t> {
     /// What is left to send of a commit that decided to commit (COMMIT-BACKUP was sent) but
     /// did not get every record acknowledged; `None` when nothing is (it finished, or aborted).
     fn unfinished(&self) -> Option<Unfinished> {
-        if !self.decided || self.left_to_recovery {
-            return None; // aborted, never got to decide, or recovery decides it
+        if !self.decided {
+            return None; // aborted, or never got to decide
+        }
+        if self.left_to_recovery {
+            // Recovery decides it, and installs where a primary refused its COMMIT-PRIMARY. A
+            // primary that took it and saw no install (the append's answer or the install was
+            // lost) waits for this coordinator's install, which the finisher sends; nothing else
+            // goes (no truncation: recovery's).
+            if self.primaries_missed.is_empty() {
+                return None;
+            }
+            return Some(Unfinished {
+                txn: self.txn.id,
+                plan: self.plan.clone(),
+                backups_left: BTreeSet::new(),
+                primaries_left: self.primaries_missed.clone(),
+                reservations: BTreeMap::new(),
+                since: self.node.clock().now(),
+                left_to_recovery: true,
+            });
         }
         let backups_left: BTreeSet<NodeId> = self
             .plan
@@ -372,6 +390,7 @@ impl<'t> Commit<'t> {
             primaries_left,
             reservations: BTreeMap::new(),
             since: self.node.clock().now(),
+            left_to_recovery: false,
         })
     }
 

@@ -58,6 +58,10 @@ pub(crate) struct Unfinished {
     pub(crate) reservations: BTreeMap<NodeId, Reservation>,
     /// When the commit decided to commit, on the node's clock.
     pub(crate) since: Time,
+    /// A participant refused a record after draining for a newer configuration: recovery
+    /// decides the transaction and truncates it. What is left are the installs at primaries
+    /// that took their COMMIT-PRIMARY, which wait for this coordinator's (one-sided mode).
+    pub(crate) left_to_recovery: bool,
 }
 
 /// What one attempt at an unfinished commit did.
@@ -74,6 +78,9 @@ enum Attempt {
         node: NodeId,
         fence: u64,
     },
+    /// Every primary that took its COMMIT-PRIMARY installed, and recovery, which another
+    /// participant left the transaction to, truncates it.
+    InstalledForRecovery,
 }
 
 impl Unfinished {
@@ -138,10 +145,16 @@ impl Unfinished {
                 use super::commit_backup::{FENCE_ANSWER_WAIT, Fenced, fenced};
                 match fenced(node, self.txn, primary, FENCE_ANSWER_WAIT) {
                     Fenced::LeftToRecovery => {
-                        return Attempt::LeftToRecovery {
-                            node: primary,
-                            fence,
-                        };
+                        // The other primaries left still install: one that took its record
+                        // waits for this coordinator's install (docs/failures.md#decision).
+                        tracing::info!(
+                            txn = %self.txn,
+                            "left to recovery: {primary} drained its log for configuration \
+                             {fence} and refused its COMMIT-PRIMARY"
+                        );
+                        self.left_to_recovery = true;
+                        self.primaries_left.remove(&primary);
+                        continue;
                     }
                     Fenced::Counted => {}
                     Fenced::Unknown => {
@@ -180,6 +193,9 @@ impl Unfinished {
             return Attempt::NotYet { node, reason };
         }
         assert!(self.backups_left.is_empty() && self.primaries_left.is_empty());
+        if self.left_to_recovery {
+            return Attempt::InstalledForRecovery;
+        }
         node.links()
             .queue_truncation(self.txn, self.plan.participants());
         Attempt::Finished
@@ -372,6 +388,16 @@ fn finisher(shared: &Shared, node: Weak<TxnNode>, clock: &Clock) {
                         txn = %commit.txn,
                         "left to recovery: {participant} drained its log for configuration \
                          {fence} and refused its record"
+                    );
+                    commit.release(&node);
+                }
+                Attempt::InstalledForRecovery => {
+                    finished += 1;
+                    tracing::info!(
+                        txn = %commit.txn,
+                        "installed after {:.1?} where its COMMIT-PRIMARY was taken; recovery \
+                         decides the rest",
+                        clock.now() - commit.since
                     );
                     commit.release(&node);
                 }

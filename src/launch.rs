@@ -468,11 +468,14 @@ pub(crate) fn restart(
     }
     let mut children = Vec::new();
     let restarted = (|| -> anyhow::Result<Option<cluster::CmStatusFile>> {
+        // Beside running processes, a node that cannot vouch for a primary copy refuses to
+        // restart in place rather than empty the copy under their reads.
+        let mut args = vec!["--restart".to_string()];
+        if !whole {
+            args.push("--beside-running".to_string());
+        }
         for &node in &nodes {
-            children.push((
-                node,
-                spawn_node(dir, "node", node, &["--restart".to_string()])?,
-            ));
+            children.push((node, spawn_node(dir, "node", node, &args)?));
         }
         for &node in cms {
             children.push((node, spawn_node(dir, "cm", node, &[])?));
@@ -1056,7 +1059,7 @@ fn print_try(out: &mut impl std::io::Write, dir: &Path) -> std::io::Result<()> {
 }
 
 /// `n1, n2, n3`.
-fn node_list(nodes: &[NodeId]) -> String {
+pub(crate) fn node_list(nodes: &[NodeId]) -> String {
     nodes
         .iter()
         .map(ToString::to_string)

@@ -63,6 +63,12 @@ enum Command {
         /// configuration manager for the restart configuration).
         #[arg(long, conflicts_with = "join")]
         restart: bool,
+        /// With --restart: the rest of the cluster runs meanwhile (`acre cluster up` on a
+        /// running cluster that lost this node's process). A primary copy the node cannot vouch
+        /// for then fails the start instead of being emptied where the running processes read
+        /// it; the node comes back as a new node once the CM removed it.
+        #[arg(long, requires = "restart")]
+        beside_running: bool,
     },
     /// Run one standalone replica of a cluster's configuration manager until SIGTERM or SIGINT:
     /// a CM replica with no memory (`acre cluster up --cm-processes K` starts these).
@@ -200,7 +206,13 @@ fn main() -> ExitCode {
             join,
             domain,
             restart,
-        } => run_node(&cluster, NodeId(id), join.then_some(domain), restart),
+            beside_running,
+        } => run_node(
+            &cluster,
+            NodeId(id),
+            join.then_some(domain),
+            restart.then_some(beside_running),
+        ),
         Command::Cm { cluster, id } => run_cm(&cluster, NodeId(id)),
         Command::IdleCpu(args) => idle::run(&args),
         Command::Jepsen(args) => watch_termination().and_then(|t| jepsen::run(&args, &t)),
@@ -265,18 +277,22 @@ fn watch_termination() -> anyhow::Result<Arc<Termination>> {
 }
 
 /// `join` is `Some(domain)` for a node joining a running cluster (`acre node --join`).
+/// `acre node`: `restart` is `Some(whether the rest of the cluster runs)` with `--restart`.
 fn run_node(
     cluster_file: &std::path::Path,
     id: NodeId,
     join: Option<Option<String>>,
-    restart: bool,
+    restart: Option<bool>,
 ) -> anyhow::Result<ExitCode> {
     // Block the termination signals before any thread starts, so only `wait_for_termination`
     // receives them and shutdown is ordinary code.
     acre::engine::signal::block_termination().context("block termination signals")?;
     let node = match join {
-        None if restart => acre::cluster::ProcessNode::restart(cluster_file, id),
-        None => acre::cluster::ProcessNode::start(cluster_file, id),
+        None => match restart {
+            Some(false) => acre::cluster::ProcessNode::restart(cluster_file, id),
+            Some(true) => acre::cluster::ProcessNode::restart_beside_running(cluster_file, id),
+            None => acre::cluster::ProcessNode::start(cluster_file, id),
+        },
         Some(domain) => acre::cluster::ProcessNode::join(cluster_file, id, domain),
     }
     .with_context(|| format!("start {id}"))?;

@@ -15,7 +15,7 @@
 //!   `add-node` starts a node in its failure domain, which takes the missing backups of the
 //!   degraded regions and copies them from their primaries before it counts as a replica.
 
-use crate::launch::{self, AddNodeArgs};
+use crate::launch::{self, AddNodeArgs, node_list};
 use acre::cluster::{self, ClusterFile};
 use acre::engine::addr::NodeId;
 use acre::engine::directory;
@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 /// Where the files of a node that rejoined as a new node go, under the cluster directory.
 pub const RETIRED_DIR: &str = "retired";
@@ -79,6 +80,13 @@ pub fn missing(dir: &Path, file: &ClusterFile) -> anyhow::Result<Missing> {
 /// `acre cluster up` on the directory of a running cluster with a CM: restarts its members
 /// and standalone CM replicas whose processes are gone, and adds a new node in place of each
 /// node the CM removed whose files remain. Refuses, as before, when nothing is missing.
+///
+/// A member that cannot vouch for one of its primary copies (marked damaged: a node that failed
+/// on a loss of acknowledged records marks every copy, and a restart that finds one damaged
+/// marks it) does not restart in place: the running processes still read that copy where it
+/// is mapped, and emptying it would show its objects as absent. It comes back as a new node
+/// once the CM has removed it, after the other members restarted (they may be the CM's
+/// majority).
 pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     let missing = missing(dir, &file)?;
     if missing.is_empty() {
@@ -91,27 +99,59 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     }
     let mut out = crate::output::stdout();
     let mut removed = missing.removed.clone();
-    if (!missing.members.is_empty() || !missing.cms.is_empty())
-        && let Err(error) = launch::restart(dir, &file, &missing.members, &missing.cms)
-    {
-        // The CM may have removed a dead member between the look above and the restart
-        // request (its lease ran out meanwhile): that node now rejoins as a new one. Any
-        // other failure stands.
-        let now = self::missing(dir, &file)?;
-        let overtaken = removed_meanwhile(&missing, &now);
-        if overtaken.is_empty() {
-            return Err(error);
-        }
+    let mut unvouched = unvouched_members(dir, &file, &missing.members)?;
+    for &node in &unvouched {
         writeln!(
             out,
-            "{error:#}: the CM removed {} meanwhile",
-            overtaken
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "{node} cannot vouch for a primary copy of its earlier run (see {}): it does not \
+             restart in place, and comes back as a new node once the CM removed it",
+            cluster::node_log_path(dir, node).display()
         )?;
+    }
+    let in_place: Vec<NodeId> = (missing.members.iter())
+        .filter(|node| !unvouched.contains(node))
+        .copied()
+        .collect();
+    if (!in_place.is_empty() || !missing.cms.is_empty())
+        && let Err(error) = launch::restart(dir, &file, &in_place, &missing.cms)
+    {
+        // The CM may have removed a dead member between the look above and the restart
+        // request (its lease ran out meanwhile): that node now rejoins as a new one. A member
+        // may have found at its start a primary copy it cannot vouch for (it marked it and
+        // refused): it waits for the CM to remove it. Any other failure stands.
+        let now = self::missing(dir, &file)?;
+        let overtaken = removed_meanwhile(&missing, &now);
+        let refused = unvouched_members(dir, &file, &in_place)?;
+        if overtaken.is_empty() && refused.is_empty() {
+            return Err(error);
+        }
+        writeln!(out, "{error:#}")?;
+        if !overtaken.is_empty() {
+            writeln!(out, "the CM removed {} meanwhile", node_list(&overtaken))?;
+        }
+        if !refused.is_empty() {
+            writeln!(
+                out,
+                "{} cannot vouch for a primary copy: {} comes back as a new node once the CM \
+                 removed it",
+                node_list(&refused),
+                if refused.len() == 1 { "it" } else { "each" }
+            )?;
+        }
+        // The restart stopped what it started: the others start again, without those.
+        let again: Vec<NodeId> = (in_place.iter())
+            .filter(|node| !refused.contains(node) && now.members.contains(node))
+            .copied()
+            .collect();
+        if !again.is_empty() || !now.cms.is_empty() {
+            launch::restart(dir, &file, &again, &now.cms)?;
+        }
+        unvouched.extend(refused);
         removed = now.removed;
+    }
+    if !unvouched.is_empty() {
+        wait_until_removed(dir, &file, &unvouched, &mut out)?;
+        removed = self::missing(dir, &file)?.removed;
     }
     for &node in &removed {
         let retired = retire(dir, node)?;
@@ -133,6 +173,80 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The members among `members` (whose processes are gone) holding a primary copy, in the
+/// CM's last configuration, that is marked damaged ([`acre::replication::sums::mark_damaged`]).
+fn unvouched_members(
+    dir: &Path,
+    file: &ClusterFile,
+    members: &[NodeId],
+) -> anyhow::Result<Vec<NodeId>> {
+    let config = cluster::current_configuration(dir, file);
+    let mut found = Vec::new();
+    for &node in members {
+        let primaries: BTreeSet<_> = (config.regions.iter())
+            .filter(|p| p.primary == node)
+            .map(|p| p.region)
+            .collect();
+        let files = directory::node_area_files(dir, node)
+            .with_context(|| format!("list {node}'s files in {}", dir.display()))?;
+        let marked = (files.iter())
+            .filter(|(area, _)| primaries.contains(area))
+            .any(|(_, path)| acre::replication::sums::damaged_path(path).exists());
+        if marked {
+            found.push(node);
+        }
+    }
+    Ok(found)
+}
+
+/// Waits until the CM's configuration no longer lists `nodes` (their leases expire, then the
+/// CM removes them), saying so.
+fn wait_until_removed(
+    dir: &Path,
+    file: &ClusterFile,
+    nodes: &[NodeId],
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let lease = file.cm.as_ref().map_or(Duration::ZERO, |cm| cm.lease());
+    let limit = REMOVAL_WAIT + 4 * lease;
+    writeln!(
+        out,
+        "waiting up to {:.0} s for the CM to remove {} (leases of {} ms)",
+        limit.as_secs_f64(),
+        node_list(nodes),
+        lease.as_millis()
+    )?;
+    let began = Instant::now();
+    loop {
+        let config = cluster::current_configuration(dir, file);
+        if nodes.iter().all(|node| !config.nodes.contains(node)) {
+            writeln!(
+                out,
+                "  removed in configuration {} after {:.0} ms",
+                config.id,
+                began.elapsed().as_secs_f64() * 1e3
+            )?;
+            return Ok(());
+        }
+        if began.elapsed() >= limit {
+            bail!(
+                "the CM did not remove {} within {:.0} s, so {} cannot come back as a new node \
+                 (nor restart in place: see above); the CM may lack a majority of its replicas: \
+                 see `acre cluster status --dir {}`",
+                node_list(nodes),
+                limit.as_secs_f64(),
+                if nodes.len() == 1 { "it" } else { "they" },
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How long `up` waits for the CM to remove a member that cannot restart in place, beyond a
+/// few of its leases.
+const REMOVAL_WAIT: Duration = Duration::from_secs(30);
 
 /// Moves the area files (region copies, rings, and whatever sits next to them) and the
 /// doorbell of `node`, which the CM removed, to `retired/<node>` in `dir`. Its log stays, so

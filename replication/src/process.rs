@@ -229,7 +229,7 @@ impl ProcessNode {
                 path: cluster_file.to_path_buf(),
             });
         }
-        ProcessNode::start_in(file, dir, node, false)
+        ProcessNode::start_in(file, dir, node, StartKind::Fresh)
     }
 
     /// Starts memory node `node` again from the region copies and rings its earlier run left
@@ -240,6 +240,26 @@ impl ProcessNode {
     /// when the cluster runs no CM (nobody would recover them), when the configuration does not
     /// name the node as a memory node, and when it lacks a copy the configuration places here.
     pub fn restart(cluster_file: &Path, node: NodeId) -> Result<ProcessNode, NodeStartError> {
+        ProcessNode::restart_from_files(cluster_file, node, false)
+    }
+
+    /// [`ProcessNode::restart`] of one member while the rest of the cluster runs (`acre
+    /// cluster up` on a running cluster that lost processes, docs/failures.md#a-node-that-comes-back):
+    /// the running processes still read this node's primary copies where they are mapped, so
+    /// one it cannot vouch for is neither emptied nor served, and the start fails with
+    /// [`StartError::Unvouched`] (the node comes back as a new node once the CM removed it).
+    pub fn restart_beside_running(
+        cluster_file: &Path,
+        node: NodeId,
+    ) -> Result<ProcessNode, NodeStartError> {
+        ProcessNode::restart_from_files(cluster_file, node, true)
+    }
+
+    fn restart_from_files(
+        cluster_file: &Path,
+        node: NodeId,
+        others_run: bool,
+    ) -> Result<ProcessNode, NodeStartError> {
         let (mut file, dir) = read_with_cm(cluster_file, node)?;
         file.config = crate::agent::current_configuration(&dir, &file);
         if !file.config.nodes.contains(&node) {
@@ -248,7 +268,7 @@ impl ProcessNode {
                 path: cluster_file.to_path_buf(),
             });
         }
-        ProcessNode::start_in(file, dir, node, true)
+        ProcessNode::start_in(file, dir, node, StartKind::Restart { others_run })
     }
 
     /// Starts memory node `node`, which no configuration names yet, to join the cluster in
@@ -281,17 +301,18 @@ impl ProcessNode {
                 .domains
                 .push(acre_txn::config::FailureDomain { node, domain });
         }
-        ProcessNode::start_in(file, dir, node, false)
+        ProcessNode::start_in(file, dir, node, StartKind::Fresh)
     }
 
-    /// Starts `node` of `file.config` (which names it) in cluster directory `dir`; with
-    /// `restart`, from the files of its earlier run.
+    /// Starts `node` of `file.config` (which names it) in cluster directory `dir`; restarted,
+    /// from the files of its earlier run.
     fn start_in(
         file: ClusterFile,
         dir: PathBuf,
         node: NodeId,
-        restart: bool,
+        kind: StartKind,
     ) -> Result<ProcessNode, NodeStartError> {
+        let restart = kind != StartKind::Fresh;
         let io = |what, path| start_io(node, what, path);
         let memory_node = file.config.nodes.contains(&node);
         if restart {
@@ -311,7 +332,9 @@ impl ProcessNode {
             remove_node_files(&dir, node).map_err(io("remove its stale files", dir.clone()))?;
             None
         };
-        let started = ProcessNode::start_replica(&file, &dir, node, incarnation, reopen.as_deref());
+        let others_run = kind == StartKind::Restart { others_run: true };
+        let reopen = reopen.as_deref().map(|areas| (areas, others_run));
+        let started = ProcessNode::start_replica(&file, &dir, node, incarnation, reopen);
         if started.is_err() && !restart {
             // Whatever it created before it failed holds nothing and is of no use to the next
             // start.
@@ -458,7 +481,7 @@ impl ProcessNode {
         dir: &Path,
         node: NodeId,
         incarnation: u64,
-        reopen: Option<&[(RegionId, AccessKey)]>,
+        reopen: Option<(&[(RegionId, AccessKey)], bool)>,
     ) -> Result<(ReplicaNode, Option<NicServer>, Option<SocketAddr>), NodeStartError> {
         // Controlled by its control file if the harness left one, else the system clock.
         let clock = clock::node_clock(dir, node)
@@ -507,7 +530,7 @@ impl ProcessNode {
                 incarnation,
                 clients,
             ),
-            Some(areas) => ReplicaNode::restart(
+            Some((areas, others_run)) => ReplicaNode::restart(
                 config,
                 fabric,
                 directory,
@@ -517,6 +540,7 @@ impl ProcessNode {
                 incarnation,
                 clients,
                 areas,
+                others_run,
             ),
         }
         .map_err(|source| NodeStartError::Replica { node, source })?;
@@ -589,6 +613,14 @@ fn fail(dir: &Path, node: NodeId, failure: &NodeFailure) -> ! {
         }
     }
     std::process::exit(FAILED_EXIT)
+}
+
+/// How a node process starts: fresh, or again from its earlier run's files, the rest of the
+/// cluster stopped or running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StartKind {
+    Fresh,
+    Restart { others_run: bool },
 }
 
 /// The exit status of a node process that failed because records it had acknowledged were

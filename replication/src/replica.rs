@@ -122,6 +122,26 @@ pub enum StartError {
         region: RegionId,
         dir: PathBuf,
     },
+    #[error(
+        "{node} does not restart in place while the cluster runs: it cannot vouch for its \
+         primary copies of {regions:?} (damaged, or marked so when it failed; its log says why), \
+         and the running processes still read them as the regions' data, so emptying them \
+         would show those objects as absent. Each copy is marked damaged. Once the CM removes \
+         {node} (its lease expired), `acre cluster up` brings it back as a new node, which \
+         copies its regions from live replicas"
+    )]
+    Unvouched {
+        node: NodeId,
+        regions: Vec<RegionId>,
+    },
+}
+
+/// How a node restarts from its files: the area files of its earlier run with their keys
+/// ([`acre_engine::directory::node_areas`]), and whether other processes of the cluster run
+/// meanwhile ([`ReplicaNode::restart`]).
+struct Reopen<'a> {
+    areas: &'a [(RegionId, AccessKey)],
+    others_run: bool,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
@@ -256,6 +276,11 @@ impl ReplicaNode {
     /// among them. The worker reads what the rings kept before this returns, and the node
     /// locks nothing until it adopts a configuration newer than `config` (the CM's restart
     /// configuration, which blocks its regions until their transactions are recovered).
+    ///
+    /// A copy it cannot vouch for (found damaged, marked so, or with every copy when a ring lost
+    /// acknowledged records) is emptied and copied again, unless `others_run`: in a restart in
+    /// place beside running processes, which still read this node's primary copies where they
+    /// are mapped, such a primary copy fails the start instead ([`StartError::Unvouched`]).
     #[allow(clippy::too_many_arguments)]
     pub fn restart(
         config: Arc<Configuration>,
@@ -267,6 +292,7 @@ impl ReplicaNode {
         incarnation: u64,
         clients: Arc<dyn Liveness>,
         areas: &[(RegionId, AccessKey)],
+        others_run: bool,
     ) -> Result<ReplicaNode, StartError> {
         let storage = Storage::Files {
             dir: dir.to_path_buf(),
@@ -280,7 +306,7 @@ impl ReplicaNode {
             ring_bytes,
             incarnation,
             clients,
-            Some(areas),
+            Some(Reopen { areas, others_run }),
         )
     }
 
@@ -295,9 +321,11 @@ impl ReplicaNode {
         ring_bytes: u64,
         incarnation: u64,
         clients: Arc<dyn Liveness>,
-        reopen: Option<&[(RegionId, AccessKey)]>,
+        reopen: Option<Reopen<'_>>,
     ) -> Result<ReplicaNode, StartError> {
         let node = fabric.node_id();
+        let others_run = reopen.as_ref().is_some_and(|r| r.others_run);
+        let reopen = reopen.map(|r| r.areas);
         let region_bytes = config.region_bytes;
         let start_config_id = config.id;
         if !config.members().any(|m| m == node) {
@@ -372,6 +400,7 @@ impl ReplicaNode {
         let mut backups = Vec::new();
         let mut copies = Vec::new();
         let mut damaged = Vec::new();
+        let mut unvouched = Vec::new();
         for placement in config.replicated_on(node) {
             let region = match reopen {
                 None => storage
@@ -382,6 +411,17 @@ impl ReplicaNode {
             // Before anything reads the copy (the worker's replay, the allocator's rebuild,
             // the fabric once registered).
             let intact = reopen.is_none() || vouch_for(node, &region)?;
+            if (!intact || lost_records) && others_run && placement.primary == node {
+                // Read in place by the running processes: neither emptied nor served.
+                let file = region.path().expect("only a node in files restarts");
+                sums::mark_damaged(&file).map_err(io(format!(
+                    "mark {node}'s copy of {} damaged ({})",
+                    placement.region,
+                    sums::damaged_path(&file).display()
+                )))?;
+                unvouched.push(placement.region);
+                continue;
+            }
             if !intact || lost_records {
                 discard(node, &region)?;
                 damaged.push(region.id());
@@ -408,6 +448,12 @@ impl ReplicaNode {
             } else {
                 backups.push(region);
             }
+        }
+        if !unvouched.is_empty() {
+            return Err(StartError::Unvouched {
+                node,
+                regions: unvouched,
+            });
         }
         let reply = storage
             .region(node, REPLY_AREA_ID, REPLY_AREA_BYTES)

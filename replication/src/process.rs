@@ -631,6 +631,13 @@ fn incarnation_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.incarnation"))
 }
 
+/// The incarnation of `node`'s latest start in `dir` (its process's, if it runs), from its
+/// count of starts; `None` if it has none or it cannot be read.
+pub(crate) fn current_incarnation(dir: &Path, node: NodeId) -> Option<u64> {
+    let text = std::fs::read_to_string(incarnation_path(dir, node)).ok()?;
+    text.trim().parse::<u64>().ok()?.checked_sub(1)
+}
+
 /// The error of starting `node` when `what` failed on `path`.
 fn start_io(
     node: NodeId,
@@ -908,8 +915,18 @@ mod tests {
     #[test]
     fn starts_are_counted_and_a_damaged_count_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            current_incarnation(dir.path(), NodeId(2)),
+            None,
+            "never started"
+        );
         for expected in 0..3 {
             assert_eq!(next_incarnation(dir.path(), NodeId(2)).unwrap(), expected);
+            assert_eq!(
+                current_incarnation(dir.path(), NodeId(2)),
+                Some(expected),
+                "the latest start's incarnation"
+            );
         }
         assert_eq!(next_incarnation(dir.path(), NodeId(3)).unwrap(), 0);
         std::fs::write(incarnation_path(dir.path(), NodeId(2)), "two\n").unwrap();

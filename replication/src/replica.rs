@@ -486,6 +486,10 @@ impl ReplicaNode {
                 on_loss: on_loss.clone(),
                 restarted: reopen.is_some(),
                 joined: joined.clone(),
+                cluster_dir: match storage {
+                    Storage::Files { dir, .. } => Some(dir.clone()),
+                    Storage::Anonymous => None,
+                },
             },
         )
         .map_err(io("spawn the worker"))?;

@@ -82,7 +82,7 @@ use acre_nvm_log::LogError;
 use acre_txn::TxnNode;
 use acre_txn::config::{CommitMode, Configuration};
 use acre_txn::record::{Body, TxnId, TxnRecord};
-use acre_txn::reply::{Code, vote};
+use acre_txn::reply::{Code, INCARNATION_SHIFT, INCARNATIONS, vote};
 use acre_txn::truncation::TRUNCATE_FLUSH_AFTER;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -327,6 +327,8 @@ struct Serving {
     replaying: bool,
     on_loss: FailureHandler,
     joined: JoinedRings,
+    /// See [`WorkerShared::cluster_dir`].
+    cluster_dir: Option<std::path::PathBuf>,
 }
 
 /// What a worker shares with its node besides the rings and the status area.
@@ -339,6 +341,10 @@ pub struct WorkerShared {
     pub restarted: bool,
     /// Where rings of senders that joined later arrive.
     pub joined: JoinedRings,
+    /// The cluster directory, for a node whose areas are files: where each node's count of
+    /// starts lies (`n<id>.incarnation`), which tells a member coordinator restarted since a
+    /// transaction began ([`Serving::installs_itself`]).
+    pub cluster_dir: Option<std::path::PathBuf>,
 }
 
 /// A running worker; stops when dropped.
@@ -369,6 +375,7 @@ impl Worker {
             on_loss,
             restarted,
             joined,
+            cluster_dir,
         } = shared;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
@@ -405,6 +412,7 @@ impl Worker {
             replaying: false,
             on_loss,
             joined,
+            cluster_dir,
         };
         if restarted {
             serving.replay();
@@ -645,11 +653,15 @@ impl Serving {
         let needs = self.recovery.needs(txn, regions);
         if (needs || self.voted.has_voted(txn))
             && matches!(record.body, Body::CommitPrimary)
-            && self.holds(txn, vote::COMMIT_PRIMARY)
+            && self.node.primary().is_installing(txn)
         {
-            // A second copy (its finisher's) of a COMMIT-PRIMARY this node kept before it
-            // voted: dropped, but not refused, since the first one counts. Its one-sided
-            // coordinator, told so, installs ([`Serving::installs_itself`]).
+            // A second copy (its finisher's, after an unanswered fence question) of a
+            // COMMIT-PRIMARY this node took before it voted and whose install it waits for:
+            // dropped, but not refused, since the first one counts; its one-sided coordinator,
+            // told so, installs ([`Serving::installs_itself`]). Not for a transaction recovery
+            // installed itself (the vote bit COMMIT_PRIMARY says that too): a first
+            // COMMIT-PRIMARY arriving after that is refused, or its install would land over
+            // later commits.
             return true;
         }
         if needs {
@@ -900,7 +912,14 @@ impl Serving {
                 self.node.primary().note_replayed_lock(txn, entries);
                 true
             }
-            Body::CommitPrimary => true,
+            Body::CommitPrimary => {
+                // Its one-sided coordinator may still be installing (a member that runs on,
+                // stalled): recovery waits for that install as when the record is first read.
+                if self.one_sided {
+                    self.node.primary().note_replayed_commit(txn);
+                }
+                true
+            }
             Body::CommitBackup { entries, .. } => {
                 self.backup.hold(txn, entries);
                 true
@@ -1306,11 +1325,26 @@ impl Serving {
         if self.recovery.removed().contains(&coordinator) {
             return false;
         }
-        let config = self.node.config();
+        let config = self.recovery.config();
         if config.clients.contains(&coordinator) {
-            !self.clients.is_gone(coordinator)
-        } else {
-            config.nodes.contains(&coordinator)
+            return !self.clients.is_gone(coordinator);
+        }
+        config.nodes.contains(&coordinator) && !self.restarted_since(txn)
+    }
+
+    /// Whether `txn`'s coordinator node has started again since `txn` began (restarted in
+    /// place from its files): the process that would install it is gone, and the new one does
+    /// not know of it. Told by the node's count of starts in the cluster directory; a node
+    /// without one (areas in memory) cannot restart.
+    fn restarted_since(&self, txn: TxnId) -> bool {
+        let Some(dir) = &self.cluster_dir else {
+            return false;
+        };
+        match crate::process::current_incarnation(dir, txn.node) {
+            Some(current) => {
+                current % INCARNATIONS != (txn.seq >> INCARNATION_SHIFT) % INCARNATIONS
+            }
+            None => false,
         }
     }
 

@@ -47,6 +47,9 @@ struct Held {
     /// entries name are not in the allocator (rebuilt from the allocated bits once recovery
     /// settles the transaction), so neither an abort nor an install gives any back to it.
     replayed: bool,
+    /// Its COMMIT-PRIMARY was read again too (one-sided mode): its coordinator may still be
+    /// installing ([`Primary::is_installing`]).
+    commit_replayed: bool,
 }
 
 /// The primary regions of one node and the transactions holding locks in them.
@@ -246,6 +249,7 @@ impl Primary {
                 locked: all,
                 one_sided: false,
                 replayed: false,
+                commit_replayed: false,
             },
         );
         assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
@@ -264,6 +268,7 @@ impl Primary {
             locked: false,
             one_sided: true,
             replayed: false,
+            commit_replayed: false,
         };
         let previous = self.held.lock().expect(POISONED).insert(txn, held);
         assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
@@ -281,6 +286,7 @@ impl Primary {
             locked: false,
             one_sided: true,
             replayed: true,
+            commit_replayed: false,
         };
         let previous = self.held.lock().expect(POISONED).insert(txn, held);
         assert!(previous.is_none(), "{txn} sent LOCK twice to one primary");
@@ -325,9 +331,25 @@ impl Primary {
     }
 
     /// Whether this primary noted `txn`'s COMMIT-PRIMARY from a one-sided coordinator and has not
-    /// yet seen its install land (some object here is still locked by it).
+    /// yet seen its install land: noted now, or read again at a restart with some object here
+    /// still locked by it.
     pub fn is_installing(&self, txn: TxnId) -> bool {
-        self.installing.lock().expect(POISONED).contains_key(&txn)
+        if self.installing.lock().expect(POISONED).contains_key(&txn) {
+            return true;
+        }
+        let held = self.held.lock().expect(POISONED);
+        held.get(&txn).is_some_and(|held| {
+            held.commit_replayed && held.entries.iter().any(|e| self.owned_by(e.addr, txn))
+        })
+    }
+
+    /// A COMMIT-PRIMARY of a one-sided coordinator read again at a restart, after its LOCK
+    /// ([`Primary::note_replayed_lock`]): the coordinator may be installing still.
+    pub fn note_replayed_commit(&self, txn: TxnId) {
+        match self.held.lock().expect(POISONED).get_mut(&txn) {
+            Some(held) if held.replayed => held.commit_replayed = true,
+            _ => tracing::warn!("COMMIT-PRIMARY of {txn} read again without its LOCK"),
+        }
     }
 
     /// Whether `txn` holds the lock of the object at `addr`.

@@ -1077,13 +1077,16 @@ fn review_a_stalled_one_sided_coordinator_does_not_overwrite_a_later_commit() {
 /// transaction waits for b's lock, and its value stays.
 #[test]
 fn a_one_sided_install_stalled_across_a_recovery_does_not_overwrite_a_later_commit() {
-    install_at_n1_held_across_a_recovery(Action::Delay(Duration::from_secs(3)), Some(1));
+    install_at_n1_held_across_a_recovery(Action::Delay(Duration::from_secs(5)), Some(1));
 }
 
-/// One-sided mode: as above, but the install batch at n1 fails until n4's recovery is over, so
-/// the coordinator's finisher sends COMMIT-PRIMARY again after n1 drained, and n1 drops that
-/// second copy. It must not count as refused: the finisher would then leave the transaction to
-/// recovery and never install, while n1 waits for its install, and b would stay locked.
+/// One-sided mode: as above, but the install batch at n1 fails until n4's recovery is over. n1
+/// waits for the coordinator's install, so the coordinator must keep its promise: its finisher
+/// tries the install again (the install alone, of what the transaction still holds locked)
+/// until it lands, across the recovery, and b is written again. (With an earlier version of the
+/// change the finisher sent COMMIT-PRIMARY again, n1 refused that copy after its vote, the
+/// finisher then left the transaction to recovery and never installed, and b stayed locked for
+/// good.)
 #[test]
 fn a_one_sided_install_that_failed_is_finished_by_its_coordinator_across_a_recovery() {
     install_at_n1_held_across_a_recovery(Action::Fail, None);

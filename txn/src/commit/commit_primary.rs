@@ -12,12 +12,13 @@ use acre_engine::addr::NodeId;
 impl Commit<'_> {
     /// Sends COMMIT-PRIMARY to every primary, in node order, and once a remote primary's record
     /// is durable has `install_remote` install there (nothing in message mode, where the
-    /// primary's worker installs; the coordinator's WRITEs in one-sided mode). This node's own
-    /// primary installs inline. A primary whose record or install failed is kept for the
-    /// finisher (super::unfinished).
+    /// primary's worker installs; the coordinator's WRITEs in one-sided mode), told whether
+    /// to install only what the transaction still holds locked (the primary drained for a
+    /// newer configuration meanwhile). This node's own primary installs inline. A primary whose
+    /// record or install failed is kept for the finisher (super::unfinished).
     pub(super) fn send_commit_primaries(
         &mut self,
-        mut install_remote: impl FnMut(&Commit<'_>, NodeId) -> Result<(), TxnError>,
+        mut install_remote: impl FnMut(&Commit<'_>, NodeId, bool) -> Result<(), TxnError>,
     ) -> Result<(), CommitError> {
         let txn = self.txn.id;
         assert_eq!(
@@ -90,10 +91,11 @@ impl Commit<'_> {
                     // this node's COMMIT-BACKUPs): nothing left to install here.
                     tracing::debug!(%txn, "installing here: {e}; recovery settled it");
                 }
-            } else if let Err(e) = install_remote(self, primary) {
-                // Committed (the record is durable), not installed: the objects stay locked
-                // until the finisher installs them; no truncation before.
-                self.primaries_missed.insert(primary);
+            } else if let Err(e) = install_remote(self, primary, fence > txn.config) {
+                // Committed (the record is durable and counted), not installed: the objects
+                // stay locked until the finisher installs them (the install alone: the record
+                // needs no second copy); no truncation before.
+                self.installs_missed.insert(primary);
                 missed = Some((primary, e));
                 continue;
             }

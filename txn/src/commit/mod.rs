@@ -143,7 +143,7 @@ impl PrimarySteps for Messages {
 
     fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
         // The primary's worker installs when it reads the record.
-        commit.send_commit_primaries(|_, _| Ok(()))
+        commit.send_commit_primaries(|_, _, _| Ok(()))
     }
 
     fn abort(&self, commit: &mut Commit<'_>) {
@@ -279,8 +279,10 @@ pub(crate) struct Commit<'t> {
     pub(crate) left_to_recovery: bool,
     /// Primaries whose COMMIT-PRIMARY is durable and counted (step 4).
     pub(crate) primaries_done: usize,
-    /// Primaries whose COMMIT-PRIMARY append failed (step 4).
+    /// Primaries whose COMMIT-PRIMARY append failed, or whether it counted is unknown (step 4).
     pub(crate) primaries_missed: BTreeSet<NodeId>,
+    /// Primaries whose COMMIT-PRIMARY counted and whose install failed (one-sided mode).
+    pub(crate) installs_missed: BTreeSet<NodeId>,
     /// Objects this coordinator locked by compare-and-swap, per primary (one-sided mode).
     pub(crate) cas_locked: Vec<(NodeId, Vec<one_sided::CasLock>)>,
 }
@@ -301,6 +303,7 @@ impl<'t> Commit<'t> {
             left_to_recovery: false,
             primaries_done: 0,
             primaries_missed: BTreeSet::new(),
+            installs_missed: BTreeSet::new(),
             cas_locked: Vec::new(),
         }
     }
@@ -350,7 +353,7 @@ impl<'t> Commit<'t> {
             // primary that took it and saw no install (the append's answer or the install was
             // lost) waits for this coordinator's install, which the finisher sends; nothing else
             // goes (no truncation: recovery's).
-            if self.primaries_missed.is_empty() {
+            if self.primaries_missed.is_empty() && self.installs_missed.is_empty() {
                 return None;
             }
             return Some(Unfinished {
@@ -358,6 +361,7 @@ impl<'t> Commit<'t> {
                 plan: self.plan.clone(),
                 backups_left: BTreeSet::new(),
                 primaries_left: self.primaries_missed.clone(),
+                installs_left: self.installs_missed.clone(),
                 reservations: BTreeMap::new(),
                 since: self.node.clock().now(),
                 left_to_recovery: true,
@@ -380,7 +384,7 @@ impl<'t> Commit<'t> {
             );
             self.plan.locks.keys().copied().collect()
         };
-        if backups_left.is_empty() && primaries_left.is_empty() {
+        if backups_left.is_empty() && primaries_left.is_empty() && self.installs_missed.is_empty() {
             return None;
         }
         Some(Unfinished {
@@ -388,6 +392,7 @@ impl<'t> Commit<'t> {
             plan: self.plan.clone(),
             backups_left,
             primaries_left,
+            installs_left: self.installs_missed.clone(),
             reservations: BTreeMap::new(),
             since: self.node.clock().now(),
             left_to_recovery: false,

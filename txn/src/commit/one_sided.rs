@@ -89,8 +89,8 @@ impl PrimarySteps for OneSided {
 
     fn commit_primary(&self, commit: &mut Commit<'_>) -> Result<(), CommitError> {
         let txn = commit.txn.id;
-        commit.send_commit_primaries(|commit, primary| {
-            install(&commit.node, &commit.plan, txn, primary, false)
+        commit.send_commit_primaries(|commit, primary, again| {
+            install(&commit.node, &commit.plan, txn, primary, again)
         })
     }
 

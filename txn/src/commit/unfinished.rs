@@ -3,8 +3,12 @@
 //! participant, because a COMMIT-BACKUP or COMMIT-PRIMARY append failed. The coordinator cannot
 //! abort such a transaction (a failed append may have landed), and it stays alive, so it
 //! finishes the commit itself once the participant answers again: the COMMIT-BACKUPs not
-//! acknowledged, then the COMMIT-PRIMARYs not acknowledged, then the truncation, exactly the
-//! records the commit would have sent. Until then the primaries keep the written objects locked
+//! acknowledged, then the COMMIT-PRIMARYs not acknowledged, then the one-sided installs that
+//! failed where the COMMIT-PRIMARY counted, then the truncation, exactly what the commit would
+//! have done. A participant that refused a record after draining for a newer configuration
+//! leaves the transaction to recovery: the installs at primaries that took their
+//! COMMIT-PRIMARY still go (those primaries wait for them, docs/failures.md#decision), the
+//! truncation does not. Until then the primaries keep the written objects locked
 //! and the participants keep the records; nothing else waits.
 //!
 //! A record sent again may be a second copy of one that landed: a backup takes the same
@@ -51,9 +55,13 @@ pub(crate) struct Unfinished {
     pub(crate) plan: Plan,
     /// Backups whose COMMIT-BACKUP was not acknowledged.
     pub(crate) backups_left: BTreeSet<NodeId>,
-    /// Primaries whose COMMIT-PRIMARY was not acknowledged (all of them while any backup is
-    /// left: COMMIT-PRIMARY goes only after every COMMIT-BACKUP is durable).
+    /// Primaries whose COMMIT-PRIMARY was not acknowledged, or not known to count (all of
+    /// them while any backup is left: COMMIT-PRIMARY goes only after every COMMIT-BACKUP is
+    /// durable).
     pub(crate) primaries_left: BTreeSet<NodeId>,
+    /// Primaries whose COMMIT-PRIMARY counted and whose install (one-sided mode) failed: the
+    /// install alone is tried again, of what the transaction still holds locked.
+    pub(crate) installs_left: BTreeSet<NodeId>,
     /// What is left of the commit's log-space reservations at the participants.
     pub(crate) reservations: BTreeMap<NodeId, Reservation>,
     /// When the commit decided to commit, on the node's clock.
@@ -94,6 +102,8 @@ impl Unfinished {
         self.backups_left
             .retain(|&backup| !links.is_removed(backup));
         self.primaries_left
+            .retain(|&primary| !links.is_removed(primary));
+        self.installs_left
             .retain(|&primary| !links.is_removed(primary));
         self.reservations.retain(|&to, _| !links.is_removed(to));
         for backup in self.backups_left.clone() {
@@ -189,10 +199,26 @@ impl Unfinished {
             }
             self.primaries_left.remove(&primary);
         }
+        for primary in self.installs_left.clone() {
+            if failed.contains(&primary) {
+                missed = Some((primary, "it failed earlier in this round".to_string()));
+                continue;
+            }
+            if let Err(e) = super::one_sided::install(node, &self.plan, self.txn, primary, true) {
+                failed.insert(primary);
+                missed = Some((primary, format!("the install failed: {e}")));
+                continue;
+            }
+            self.installs_left.remove(&primary);
+        }
         if let Some((node, reason)) = missed {
             return Attempt::NotYet { node, reason };
         }
-        assert!(self.backups_left.is_empty() && self.primaries_left.is_empty());
+        assert!(
+            self.backups_left.is_empty()
+                && self.primaries_left.is_empty()
+                && self.installs_left.is_empty()
+        );
         if self.left_to_recovery {
             return Attempt::InstalledForRecovery;
         }
@@ -281,7 +307,9 @@ impl UnfinishedCommits {
     /// Hands `unfinished` to `node`'s finisher, starting it if it does not run.
     pub(crate) fn add(&self, node: &Arc<TxnNode>, unfinished: Unfinished) {
         assert!(
-            !unfinished.backups_left.is_empty() || !unfinished.primaries_left.is_empty(),
+            !unfinished.backups_left.is_empty()
+                || !unfinished.primaries_left.is_empty()
+                || !unfinished.installs_left.is_empty(),
             "{}: nothing left to finish",
             unfinished.txn
         );

@@ -191,13 +191,13 @@ pub fn decide(
             || bits & (vote::LOCK | vote::ABORTED | vote::NEW_PRIMARY) == 0
     };
     let mut lacking = BTreeSet::new();
-    for &region in regions {
+    for (index, &region) in regions.iter().enumerate() {
         let placement = config.placement(region).expect("checked above");
         let replicas: Vec<NodeId> = placement.replicas().collect();
         let any = |bit: u64| replicas.iter().any(|node| bits(node) & bit != 0);
         // Whether the region's primary was promoted after the transaction locked: a LOCK it
         // holds is of another region.
-        let promoted = bits(&placement.primary) & vote::new_primary_of(region.0) != 0;
+        let promoted = bits(&placement.primary) & vote::new_primary_at(index) != 0;
         let truncated = any(vote::TRUNCATED) || primary_done(&placement.primary);
         let has_values = truncated
             || any(vote::COMMIT_BACKUP | vote::COMMIT_PRIMARY)
@@ -520,7 +520,10 @@ fn ask(
                 txn: asker,
                 reply: node.replies().reply_to(lease.slot, index),
                 truncated: Vec::new(),
-                body: Body::RequestVote { txn: orphan.txn },
+                body: Body::RequestVote {
+                    txn: orphan.txn,
+                    regions: orphan.regions.clone(),
+                },
             };
             match node.links().send_one(other, record) {
                 Ok(()) => waits.push((other, index)),
@@ -834,8 +837,9 @@ mod tests {
         bits.iter().map(|&(n, b)| (NodeId(n), Ok(b))).collect()
     }
 
-    /// n1's promotion to r4's primary, as its votes say it.
-    const NP: u64 = vote::NEW_PRIMARY | (1 << (32 + 4));
+    /// n1's promotion to r4's primary, as its votes say it: r4 comes first in every region list
+    /// of these tests, so its bit is the first (`vote::new_primary_at(0)`).
+    const NP: u64 = vote::NEW_PRIMARY | (1 << 32);
 
     /// FaRM's decision rules (docs/failures.md#decision), each staged by hand for a transaction
     /// writing r4 (whose primary died; n1 was promoted) and r1 (primary n1, backup n2).

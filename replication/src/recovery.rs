@@ -251,15 +251,17 @@ impl Recovery {
         txn.config < drained_for && asker_config <= drained_for
     }
 
-    /// [`vote::NEW_PRIMARY`] and the regions' [`vote::new_primary_of`] bits if this node was
-    /// promoted to the primary of some regions after `txn` began (its holding no LOCK of those
-    /// says nothing), else 0.
-    pub fn new_primary_bit(&self, txn: TxnId) -> u64 {
-        self.primary_since
+    /// [`vote::NEW_PRIMARY`] and the [`vote::new_primary_at`] bits of the regions among
+    /// `regions` (those `txn` writes, in the order its records list them) this node was
+    /// promoted to the primary of after `txn` began (its holding no LOCK of those says
+    /// nothing), else 0.
+    pub fn new_primary_bit(&self, txn: TxnId, regions: &[RegionId]) -> u64 {
+        regions
             .iter()
-            .filter(|(_, since)| **since > txn.config)
-            .fold(0, |bits, (region, _)| {
-                bits | vote::NEW_PRIMARY | vote::new_primary_of(region.0)
+            .enumerate()
+            .filter(|(_, region)| self.is_new_primary_of(**region, txn))
+            .fold(0, |bits, (index, _)| {
+                bits | vote::NEW_PRIMARY | vote::new_primary_at(index)
             })
     }
 
@@ -375,10 +377,16 @@ mod tests {
         assert!(!recovery.needs(newer, &[r1.region]), "begun in the new one");
         assert!(recovery.is_new_primary_of(r1.region, old));
         assert_eq!(
-            recovery.new_primary_bit(old),
-            vote::NEW_PRIMARY | vote::new_primary_of(r1.region.0)
+            recovery.new_primary_bit(old, &[other, r1.region]),
+            vote::NEW_PRIMARY | vote::new_primary_at(1),
+            "r1 named by its place in the transaction's regions"
         );
-        assert_eq!(recovery.new_primary_bit(newer), 0);
+        assert_eq!(
+            recovery.new_primary_bit(old, &[other]),
+            0,
+            "not a region it writes"
+        );
+        assert_eq!(recovery.new_primary_bit(newer, &[r1.region]), 0);
         assert!(recovery.may_vote(old, 2) && !recovery.may_vote(old, 3));
 
         // Recovered in c2; c3 makes another region active and keeps r1 blocked with the same

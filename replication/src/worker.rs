@@ -835,8 +835,11 @@ impl Serving {
                 self.node.primary().release_for(txn, &addrs);
                 false
             }
-            Body::RequestVote { txn: asked } => {
-                let holds = self.vote(asked, txn.config);
+            Body::RequestVote {
+                txn: asked,
+                regions,
+            } => {
+                let holds = self.vote(asked, txn.config, &regions);
                 crate::orphan::answer(&self.node, sender, record.reply, seq, holds);
                 false
             }
@@ -851,7 +854,8 @@ impl Serving {
                 false
             }
             Body::OutcomeQuery { txn: asked } => {
-                let known = self.my_vote(asked);
+                // NEW_PRIMARY says nothing here: no region list.
+                let known = self.my_vote(asked, &[]);
                 crate::orphan::answer(&self.node, sender, record.reply, seq, Some(known));
                 false
             }
@@ -957,7 +961,7 @@ impl Serving {
     /// After a reconfiguration it also votes on a transaction begun before the configuration
     /// it drained for, when the asker (in configuration `asker_config`) recovers it
     /// ([`crate::recovery`]); refused until this node has drained for the asker's.
-    fn vote(&mut self, txn: TxnId, asker_config: u64) -> Option<u64> {
+    fn vote(&mut self, txn: TxnId, asker_config: u64, regions: &[RegionId]) -> Option<u64> {
         // Never before this node drained for the asker's configuration: its vote would miss
         // what the configuration changed (a promoted primary's role, records still unread).
         if self.recovery.drained_for() < asker_config {
@@ -973,14 +977,16 @@ impl Serving {
             return None;
         }
         self.voted.vote(txn);
-        Some(self.my_vote(txn))
+        Some(self.my_vote(txn, regions))
     }
 
-    /// What this node holds of `txn` (or did in its stead), as [`vote`] bits.
-    fn my_vote(&self, txn: TxnId) -> u64 {
+    /// What this node holds of `txn` (or did in its stead), as [`vote`] bits; the regions it
+    /// was promoted to the primary of are named by their place in `regions` (those `txn`
+    /// writes, as the asker lists them).
+    fn my_vote(&self, txn: TxnId, regions: &[RegionId]) -> u64 {
         let held = self.kept.get(&txn).map(|kept| kept.holds);
         let decided = self.voted.outcome(txn);
-        let mut bits = held.unwrap_or(0) | decided | self.recovery.new_primary_bit(txn);
+        let mut bits = held.unwrap_or(0) | decided | self.recovery.new_primary_bit(txn, regions);
         if held.is_none() && decided & !vote::REFUSED == 0 {
             bits |= self.recovery.truncations.vote(txn);
         }
@@ -1102,7 +1108,7 @@ impl Serving {
                     orphans.push(Orphan {
                         txn,
                         regions: kept.regions.clone(),
-                        holds: self.my_vote(txn),
+                        holds: self.my_vote(txn, &kept.regions),
                     });
                 }
             }
@@ -1505,7 +1511,7 @@ impl Serving {
                 due.push(Orphan {
                     txn,
                     regions: kept.regions.clone(),
-                    holds: self.my_vote(txn),
+                    holds: self.my_vote(txn, &kept.regions),
                 });
             }
         }

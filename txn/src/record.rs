@@ -179,6 +179,9 @@ pub enum Body {
     /// vote (`reply::Code::Vote`).
     RequestVote {
         txn: TxnId,
+        /// Every region the transaction writes, as the asker's records list them: the vote's
+        /// [`crate::reply::vote::NEW_PRIMARY_OF`] bits name regions by their place in it.
+        regions: Vec<RegionId>,
     },
     /// Transaction recovery (docs/failures.md#transaction-recovery): how many transactions
     /// writing `region` that need recovery does the receiver hold undecided? Asked by the
@@ -243,7 +246,9 @@ impl Body {
             Body::Validate { reads } => reads.len() * 16,
             Body::Alloc { .. } => 16,
             Body::Release { addrs } => addrs.len() * 8,
-            Body::RequestVote { .. } => TXN_ID_BYTES,
+            Body::RequestVote { regions, .. } => {
+                TXN_ID_BYTES + 8 + (regions.len() * 4).next_multiple_of(8)
+            }
             Body::RecoveryQuery { .. } => 8,
             Body::OutcomeQuery { .. } => TXN_ID_BYTES,
             Body::CopyQuery { .. } => 16,
@@ -301,6 +306,15 @@ impl Writer {
         self.u16(id.thread);
         self.u32(0);
         self.u64(id.seq);
+    }
+    /// `count u32 | zero u32 | ids u32`, zero-padded to 8.
+    fn regions(&mut self, regions: &[RegionId]) {
+        self.u32(u32::try_from(regions.len()).expect("a transaction writes few regions"));
+        self.u32(0);
+        for region in regions {
+            self.u32(region.0);
+        }
+        self.pad8();
     }
 }
 
@@ -397,7 +411,10 @@ impl<'a> Reader<'a> {
                     .collect::<Result<Vec<_>, _>>()?;
                 Body::Release { addrs }
             }
-            REQUEST_VOTE => Body::RequestVote { txn: self.txn()? },
+            REQUEST_VOTE => Body::RequestVote {
+                txn: self.txn()?,
+                regions: self.regions()?,
+            },
             OUTCOME_QUERY => Body::OutcomeQuery { txn: self.txn()? },
             COPY_QUERY => {
                 let region = RegionId(self.u32()?);
@@ -416,11 +433,8 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// The regions and entries of a LOCK or COMMIT-BACKUP body holding `items` entries.
-    fn regions_and_entries(
-        &mut self,
-        items: u32,
-    ) -> Result<(Vec<RegionId>, Vec<Entry>), RecordError> {
+    /// A list of regions: `count u32 | zero u32 | ids u32`, zero-padded to 8.
+    fn regions(&mut self) -> Result<Vec<RegionId>, RecordError> {
         let region_count = self.u32()?;
         self.u32()?;
         let region_count = self.count(region_count, 4)?;
@@ -428,6 +442,15 @@ impl<'a> Reader<'a> {
             .map(|_| self.u32().map(RegionId))
             .collect::<Result<Vec<_>, _>>()?;
         self.pad8()?;
+        Ok(regions)
+    }
+
+    /// The regions and entries of a LOCK or COMMIT-BACKUP body holding `items` entries.
+    fn regions_and_entries(
+        &mut self,
+        items: u32,
+    ) -> Result<(Vec<RegionId>, Vec<Entry>), RecordError> {
+        let regions = self.regions()?;
         let items = self.count(items, ENTRY_HEADER_BYTES)?;
         let mut entries = Vec::with_capacity(items);
         for _ in 0..items {
@@ -502,12 +525,7 @@ impl TxnRecord {
             Body::Lock { regions, entries }
             | Body::CommitBackup { regions, entries }
             | Body::Copy { regions, entries } => {
-                w.u32(regions.len() as u32);
-                w.u32(0);
-                for region in regions {
-                    w.u32(region.0);
-                }
-                w.pad8();
+                w.regions(regions);
                 for entry in entries {
                     w.u64(entry.addr.to_u64());
                     w.u64(entry.version);
@@ -535,7 +553,10 @@ impl TxnRecord {
                     w.u64(addr.to_u64());
                 }
             }
-            Body::RequestVote { txn } => w.txn(*txn),
+            Body::RequestVote { txn, regions } => {
+                w.txn(*txn);
+                w.regions(regions);
+            }
             Body::RecoveryQuery { region } => {
                 w.u32(region.0);
                 w.u32(0);
@@ -668,6 +689,7 @@ mod tests {
                     thread: 63,
                     seq: 5 << 40,
                 },
+                regions: vec![RegionId(1), RegionId(4), RegionId(7)],
             },
             Body::RecoveryQuery {
                 region: RegionId(3),

@@ -134,8 +134,9 @@ pub mod vote {
     /// vote): only in an OUTCOME-QUERY's answer, which tells a coordinator whether a record it
     /// appended counts (docs/failures.md#drain). The decision reads no such bit.
     pub const REFUSED: u64 = 128;
-    /// With [`NEW_PRIMARY`], which of the transaction's regions: bit `32 + id % 32` for each
-    /// (two regions may share a bit, which only makes the vote say less).
+    /// With [`NEW_PRIMARY`], which of the transaction's regions: bit `32 + i` for the region
+    /// at place `i` of the list the REQUEST-VOTE carries (from 32 on, `i % 32`: two of a
+    /// transaction's regions may then share a bit, which only makes the vote say less).
     pub const NEW_PRIMARY_OF: u64 = 0xffff_ffff << 32;
     /// Every bit a vote may carry.
     pub const ALL: u64 = LOCK
@@ -148,9 +149,9 @@ pub mod vote {
         | REFUSED
         | NEW_PRIMARY_OF;
 
-    /// The [`NEW_PRIMARY_OF`] bit of region `id`.
-    pub fn new_primary_of(id: u32) -> u64 {
-        1 << (32 + id % 32)
+    /// The [`NEW_PRIMARY_OF`] bit of the region at place `index` of a transaction's regions.
+    pub fn new_primary_at(index: usize) -> u64 {
+        1 << (32 + index % 32)
     }
 }
 

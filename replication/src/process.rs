@@ -10,7 +10,6 @@
 use crate::cluster_file::{ClusterFile, ClusterFileError};
 use crate::liveness::LockFiles;
 use crate::restart::{self, KeptData};
-use crate::worker::NodeFailure;
 use crate::{AdoptError, ReplicaNode, StartError, Storage};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::clock::{self, ControlFileError};
@@ -343,7 +342,7 @@ impl ProcessNode {
         let (replica, nic, tcp_addr) = started?;
         if file.cm.is_some() && memory_node {
             let dir = dir.clone();
-            replica.on_failure(move |failure| fail(&dir, node, failure));
+            replica.on_acknowledged_loss(move |sender| fail_on_loss(&dir, node, sender));
         }
         let process = ProcessNode {
             replica: Some(replica),
@@ -583,22 +582,21 @@ impl Drop for ProcessNode {
     }
 }
 
-/// `node` must fail (`failure`): records it had acknowledged are lost (a damaged record in a
-/// sender's ring, or a reset that dropped records: docs/failures.md#a-damaged-ring), or a
-/// configuration counts a copy its restart emptied complete. The node fails, as if killed.
-/// What it holds no longer covers what it promised, and nothing it holds says what is missing:
-/// a lost LOCK record leaves a lock word no record explains, and its silence about the
-/// transaction would read as *truncated* in recovery's votes; an emptied copy counted complete
-/// would be served, or promoted. So its copies are marked damaged (durably: a restart in
+/// Records `node` had acknowledged to `sender` are lost (a damaged record in `sender`'s ring,
+/// or a reset that dropped records: docs/failures.md#a-damaged-ring): the node fails, as if
+/// killed. What it holds no longer covers what it promised, and nothing it holds says what is
+/// missing: a lost LOCK record leaves a lock word no record explains, and its silence about
+/// the transaction would read as *truncated* in recovery's votes. So its copies are marked damaged (durably: a restart in
 /// place, before the CM removed the node, serves none of them) and the process exits; the CM
 /// finds its lease expired and recovers its regions from their other replicas, as after a
 /// `kill -9`.
-fn fail(dir: &Path, node: NodeId, failure: &NodeFailure) -> ! {
+fn fail_on_loss(dir: &Path, node: NodeId, sender: NodeId) -> ! {
     tracing::error!(
         %node,
-        "{failure}: this node fails (exit {FAILED_EXIT}), and the CM recovers its regions from \
-         their other replicas; its copies are marked damaged, so a restart in place serves none \
-         of them"
+        "records {sender} appended to its ring here, which this node had acknowledged, are \
+         damaged or lost: this node fails (exit {LOST_RECORDS_EXIT}), and the CM recovers its \
+         regions from their other replicas; its copies are marked damaged, so a restart in \
+         place serves none of them"
     );
     match restart::copy_files(dir, node) {
         Ok(files) => {
@@ -612,7 +610,7 @@ fn fail(dir: &Path, node: NodeId, failure: &NodeFailure) -> ! {
             tracing::error!(%node, "cannot list this node's copies to mark them damaged: {e}")
         }
     }
-    std::process::exit(FAILED_EXIT)
+    std::process::exit(LOST_RECORDS_EXIT)
 }
 
 /// How a node process starts: fresh, or again from its earlier run's files, the rest of the
@@ -624,8 +622,8 @@ enum StartKind {
 }
 
 /// The exit status of a node process that failed because records it had acknowledged were
-/// lost, or that was given an emptied copy as complete ([`fail`]).
-pub const FAILED_EXIT: i32 = 3;
+/// lost ([`fail_on_loss`]).
+pub const LOST_RECORDS_EXIT: i32 = 3;
 
 fn incarnation_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.incarnation"))

@@ -10,9 +10,7 @@ use crate::status::{
     NodeStatus, STATUS_AREA_ID, StatusArea, StatusError, read_status, status_area_bytes,
 };
 use crate::sums::{self, CopySums, Verdict, sums_path};
-use crate::worker::{
-    FailureHandler, JoinedRings, NodeFailure, RecoveredRegions, Worker, WorkerShared,
-};
+use crate::worker::{JoinedRings, LossHandler, RecoveredRegions, Worker, WorkerShared};
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, ring_area_id};
 use acre_engine::directory::{AreaEntry, AreaKind};
@@ -233,7 +231,7 @@ pub struct ReplicaNode {
     /// Regions whose transaction recovery this node finished, with the configuration it was
     /// done in (filled by the worker).
     recovered: RecoveredRegions,
-    on_loss: FailureHandler,
+    on_loss: LossHandler,
     /// Regions whose copy this node, a new backup, completed (data recovery), and the
     /// configurations a copy may not go on through.
     copies_done: Arc<CopyLedger>,
@@ -473,7 +471,7 @@ impl ReplicaNode {
             Primary::new(primaries),
         ));
         let recovered = RecoveredRegions::default();
-        let on_loss = FailureHandler::default();
+        let on_loss = LossHandler::default();
         let joined = JoinedRings::default();
         let worker = Worker::spawn(
             txn.clone(),
@@ -549,19 +547,6 @@ impl ReplicaNode {
                 node,
                 config: newer.id,
             });
-        }
-        if let Some(failure) = self.damaged_copy_counted(&newer) {
-            // It would serve the emptied copy as the region's primary, or count as one of its
-            // replicas: it fails before acknowledging (a node process exits here), and the CM
-            // recovers the region from its other replicas.
-            match self.on_loss.get() {
-                Some(fail) => fail(&failure),
-                None => tracing::error!(
-                    %node,
-                    "{failure}; the copy stays marked damaged, and `acre cluster up` reports it \
-                     again"
-                ),
-            }
         }
         let older = self.txn.config();
         let mut adopted = Adopted::default();
@@ -707,12 +692,11 @@ impl ReplicaNode {
         regions
     }
 
-    /// Sets what the node does when it must fail ([`NodeFailure`]): it finds records it had
-    /// acknowledged lost (a damaged record in a sender's ring, or a reset that dropped records
-    /// before the tail: docs/failures.md#a-damaged-ring), or adopts a configuration that counts
-    /// a copy its restart found damaged complete. Called from the worker, or from
-    /// [`ReplicaNode::adopt`]; without a handler each is logged. The first handler set stays.
-    pub fn on_failure(&self, handler: impl Fn(&NodeFailure) + Send + Sync + 'static) {
+    /// Sets what the node does when it finds records it had acknowledged lost (a damaged
+    /// record in a sender's ring, or a reset that dropped records before the tail:
+    /// docs/failures.md#a-damaged-ring): called with the ring's sender, from the worker. The
+    /// first handler set stays.
+    pub fn on_acknowledged_loss(&self, handler: impl Fn(NodeId) + Send + Sync + 'static) {
         let _ = self.on_loss.set(Box::new(handler));
     }
 
@@ -835,29 +819,6 @@ impl ReplicaNode {
         }
     }
 
-    /// A copy this node's restart found damaged and emptied that `newer` counts complete, with
-    /// no configuration since the restart having counted it `copying` (copied again): `newer`
-    /// was made without knowing of the damage (the restart request that said so was refused,
-    /// say because the CM removed another node meanwhile).
-    fn damaged_copy_counted(&self, newer: &Configuration) -> Option<NodeFailure> {
-        if newer.id <= self.restart_config_id {
-            return None;
-        }
-        let node = self.node_id();
-        let marked = self.not_copied_again.lock().expect(crate::POISONED);
-        marked
-            .iter()
-            .filter(|(_, seen_copying)| !**seen_copying)
-            .find_map(|(&region, _)| {
-                let placement = newer.placement(region)?;
-                let complete = placement.complete_replicas().any(|r| r == node);
-                complete.then_some(NodeFailure::DamagedCopyCounted {
-                    region,
-                    config: newer.id,
-                })
-            })
-    }
-
     /// Clears the damage mark of every damaged copy that was copied again: the CM's restart
     /// configuration made it a backup copying again, and only data recovery's report takes it
     /// out of `copying`. A configuration that counts such a copy complete without one that
@@ -887,8 +848,14 @@ impl ReplicaNode {
                 return true;
             }
             if !*seen_copying {
-                // Made without knowing of the damage: the node failed before adopting it
-                // ([`Self::damaged_copy_counted`]), or, with no failure handler, said so.
+                tracing::error!(
+                    %node,
+                    "configuration {} counts its copy of {region} complete, but the copy was \
+                     found damaged at the restart and has not been copied again: the CM was not \
+                     told (a restart request refused?); the copy stays marked damaged, and \
+                     `acre cluster up` reports it again",
+                    config.id
+                );
                 return true;
             }
             let Some(file) = copies

@@ -132,42 +132,10 @@ impl JoinedRings {
     }
 }
 
-/// Why a node fails rather than go on serving: what it holds no longer covers what it promised
-/// (docs/failures.md#a-damaged-ring). A node process then marks its copies damaged and exits;
-/// the CM recovers its regions from their other replicas, as after a kill.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeFailure {
-    /// Records `sender` appended to its ring here, which this node acknowledged, are damaged or
-    /// lost (`what`).
-    AcknowledgedLoss { sender: NodeId, what: String },
-    /// Configuration `config` counts this node's copy of `region` complete, but its restart
-    /// found the copy damaged and emptied it, and no configuration had it copied again since:
-    /// the CM made it without knowing of the damage.
-    DamagedCopyCounted { region: RegionId, config: u64 },
-}
-
-impl std::fmt::Display for NodeFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NodeFailure::AcknowledgedLoss { sender, what } => write!(
-                f,
-                "records {sender} appended to its ring here, which this node had acknowledged, \
-                 are damaged or lost ({what})"
-            ),
-            NodeFailure::DamagedCopyCounted { region, config } => write!(
-                f,
-                "configuration {config} counts its copy of {region} complete, but its restart \
-                 found the copy damaged and emptied it, and it has not been copied again (the CM \
-                 was not told: a restart request refused?)"
-            ),
-        }
-    }
-}
-
-/// What a node does when it must fail ([`NodeFailure`]), set by
-/// [`crate::ReplicaNode::on_failure`]; called from the worker or while adopting a
-/// configuration.
-pub type FailureHandler = Arc<std::sync::OnceLock<Box<dyn Fn(&NodeFailure) + Send + Sync>>>;
+/// What a node does when it finds records it had acknowledged lost (a damaged record in a
+/// sender's ring, or a reset that dropped records before the tail): called with the sender,
+/// from the worker. Set by [`crate::ReplicaNode::on_acknowledged_loss`].
+pub type LossHandler = Arc<std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>>;
 
 /// The live records of one ring.
 #[derive(Debug, Default)]
@@ -325,7 +293,7 @@ struct Serving {
     unrecovered: FastSet<RegionId>,
     /// Whether the records being handled are the earlier run's, read again at a restart.
     replaying: bool,
-    on_loss: FailureHandler,
+    on_loss: LossHandler,
     joined: JoinedRings,
     /// See [`WorkerShared::cluster_dir`].
     cluster_dir: Option<std::path::PathBuf>,
@@ -336,7 +304,7 @@ pub struct WorkerShared {
     /// Where it reports the regions whose recovery it finished.
     pub recovered: RecoveredRegions,
     /// What it calls when records it had acknowledged are lost.
-    pub on_loss: FailureHandler,
+    pub on_loss: LossHandler,
     /// The node restarted from its files: the rings hold the earlier run's records.
     pub restarted: bool,
     /// Where rings of senders that joined later arrive.
@@ -566,10 +534,7 @@ impl Serving {
     fn acknowledged_loss(&self, sender: NodeId, what: &str) {
         self.stats.acknowledged_lost.fetch_add(1, Ordering::Release);
         match self.on_loss.get() {
-            Some(handler) => handler(&NodeFailure::AcknowledgedLoss {
-                sender,
-                what: what.to_string(),
-            }),
+            Some(handler) => handler(sender),
             None => tracing::error!(
                 node = %self.node.node_id(),
                 "records {sender} appended here and this node acknowledged are lost ({what}); \

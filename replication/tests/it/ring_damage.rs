@@ -13,7 +13,6 @@ use acre_engine::region::Region;
 use acre_nvm_log::random::{SplitMix, test_seed};
 use acre_nvm_log::ring::{TAIL_OFFSET, decode_pos_word};
 use acre_replication::EmbeddedCluster;
-use acre_replication::worker::NodeFailure;
 use acre_txn::TxnNode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -99,11 +98,8 @@ fn a_damaged_record_is_a_loss_told_at_once_without_a_reset() {
     settle(&cluster);
     let losses = Arc::new(std::sync::Mutex::new(Vec::new()));
     let told = losses.clone();
-    replica(&cluster, receiver).on_failure(move |failure| {
-        if let NodeFailure::AcknowledgedLoss { sender, .. } = failure {
-            told.lock().expect("not poisoned").push(*sender);
-        }
-    });
+    replica(&cluster, receiver)
+        .on_acknowledged_loss(move |sender| told.lock().expect("not poisoned").push(sender));
 
     damage_the_next_record(&cluster, receiver, sender);
     // n1 appends nothing more at n2: no reset.

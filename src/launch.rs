@@ -321,7 +321,13 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         && !cluster::kept_data_in(dir).unwrap_or_default().is_empty()
     {
         let config = cluster::current_configuration(dir, &existing);
-        return restart(dir, &existing, &config.nodes, &existing.standalone_cms());
+        return restart(
+            dir,
+            &existing,
+            &config.nodes,
+            &existing.standalone_cms(),
+            &[],
+        );
     }
     if dir.exists() {
         check_replaceable(dir)?;
@@ -422,12 +428,15 @@ pub fn up(args: &UpArgs) -> anyhow::Result<ExitCode> {
 /// configuration, and waits until every region serves again
 /// (docs/failures.md#whole-cluster-restart). `nodes` are every memory node of that
 /// configuration when the whole cluster stopped, or the ones whose processes are gone while
-/// the others run (docs/failures.md#a-node-that-comes-back).
+/// the others run (docs/failures.md#a-node-that-comes-back). Those in `beside_running` start
+/// with `--beside-running`: a primary copy they cannot vouch for fails their start rather than
+/// be emptied where the running processes read it.
 pub(crate) fn restart(
     dir: &Path,
     file: &ClusterFile,
     nodes: &[NodeId],
     cms: &[NodeId],
+    beside_running: &[NodeId],
 ) -> anyhow::Result<ExitCode> {
     let mut out = crate::output::stdout();
     let began = Instant::now();
@@ -468,13 +477,11 @@ pub(crate) fn restart(
     }
     let mut children = Vec::new();
     let restarted = (|| -> anyhow::Result<Option<cluster::CmStatusFile>> {
-        // Beside running processes, a node that cannot vouch for a primary copy refuses to
-        // restart in place rather than empty the copy under their reads.
-        let mut args = vec!["--restart".to_string()];
-        if !whole {
-            args.push("--beside-running".to_string());
-        }
         for &node in &nodes {
+            let mut args = vec!["--restart".to_string()];
+            if beside_running.contains(&node) {
+                args.push("--beside-running".to_string());
+            }
             children.push((node, spawn_node(dir, "node", node, &args)?));
         }
         for &node in cms {

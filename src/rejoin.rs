@@ -19,6 +19,7 @@ use crate::launch::{self, AddNodeArgs, node_list};
 use acre::cluster::{self, ClusterFile};
 use acre::engine::addr::NodeId;
 use acre::engine::directory;
+use acre::txn::RegionState;
 use anyhow::{Context, bail};
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -83,10 +84,13 @@ pub fn missing(dir: &Path, file: &ClusterFile) -> anyhow::Result<Missing> {
 ///
 /// A member that cannot vouch for one of its primary copies (marked damaged: a node that failed
 /// on a loss of acknowledged records marks every copy, and a restart that finds one damaged
-/// marks it) does not restart in place: the running processes still read that copy where it
-/// is mapped, and emptying it would show its objects as absent. It comes back as a new node
-/// once the CM has removed it, after the other members restarted (they may be the CM's
-/// majority).
+/// marks it) does not restart in place when a running node holds a complete replica of each
+/// region it is primary of: the running processes still read that copy where it is mapped,
+/// and emptying it would show its objects as absent. The other members restart first (they
+/// may be the CM's majority); it comes back as a new node once the CM has removed it, which
+/// loses nothing. Where the CM does not remove it, or a region of it has no running replica
+/// (its other replicas are missing too), it restarts in place as before, emptying the copy,
+/// which is then copied again: a window of absent reads, rather than a region lost.
 pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     let missing = missing(dir, &file)?;
     if missing.is_empty() {
@@ -99,21 +103,39 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     }
     let mut out = crate::output::stdout();
     let mut removed = missing.removed.clone();
-    let mut unvouched = unvouched_members(dir, &file, &missing.members)?;
-    for &node in &unvouched {
-        writeln!(
-            out,
-            "{node} cannot vouch for a primary copy of its earlier run (see {}): it does not \
-             restart in place, and comes back as a new node once the CM removed it",
-            cluster::node_log_path(dir, node).display()
-        )?;
+    let recoverable = recoverable_without(dir, &file, &missing.members);
+    let mut waiting = Vec::new();
+    for node in unvouched_members(dir, &file, &missing.members)? {
+        let log = cluster::node_log_path(dir, node);
+        if recoverable.contains(&node) {
+            writeln!(
+                out,
+                "{node} cannot vouch for a primary copy of its earlier run (see {}): it does \
+                 not restart in place, and comes back as a new node once the CM removed it",
+                log.display()
+            )?;
+            waiting.push(node);
+        } else {
+            writeln!(
+                out,
+                "{node} cannot vouch for a primary copy of its earlier run (see {}), and no \
+                 running node holds all its regions: it restarts in place, and the running \
+                 processes may find that copy's objects absent until the region moves",
+                log.display()
+            )?;
+        }
     }
     let in_place: Vec<NodeId> = (missing.members.iter())
-        .filter(|node| !unvouched.contains(node))
+        .filter(|node| !waiting.contains(node))
+        .copied()
+        .collect();
+    // Those may refuse at their start (a damage found only there): they wait too.
+    let beside: Vec<NodeId> = (in_place.iter())
+        .filter(|node| recoverable.contains(node))
         .copied()
         .collect();
     if (!in_place.is_empty() || !missing.cms.is_empty())
-        && let Err(error) = launch::restart(dir, &file, &in_place, &missing.cms)
+        && let Err(error) = launch::restart(dir, &file, &in_place, &missing.cms, &beside)
     {
         // The CM may have removed a dead member between the look above and the restart
         // request (its lease ran out meanwhile): that node now rejoins as a new one. A member
@@ -121,7 +143,7 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         // refused): it waits for the CM to remove it. Any other failure stands.
         let now = self::missing(dir, &file)?;
         let overtaken = removed_meanwhile(&missing, &now);
-        let refused = unvouched_members(dir, &file, &in_place)?;
+        let refused = unvouched_members(dir, &file, &beside)?;
         if overtaken.is_empty() && refused.is_empty() {
             return Err(error);
         }
@@ -129,6 +151,8 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         if !overtaken.is_empty() {
             writeln!(out, "the CM removed {} meanwhile", node_list(&overtaken))?;
         }
+        removed = now.removed.clone();
+        let mut fallback = Vec::new();
         if !refused.is_empty() {
             writeln!(
                 out,
@@ -137,21 +161,35 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
                 node_list(&refused),
                 if refused.len() == 1 { "it" } else { "each" }
             )?;
+            // Before the others start again: they would wait for the refused nodes' CM
+            // replicas, whose manifests the restart removed, as long as those are members.
+            if wait_until_removed(dir, &file, &refused, &mut out)? {
+                removed = self::missing(dir, &file)?.removed;
+            } else {
+                fallback = refused.clone();
+            }
         }
-        // The restart stopped what it started: the others start again, without those.
+        // The restart stopped what it started: the others start again, without those removed.
+        let now = self::missing(dir, &file)?;
         let again: Vec<NodeId> = (in_place.iter())
-            .filter(|node| !refused.contains(node) && now.members.contains(node))
+            .filter(|node| now.members.contains(node))
+            .copied()
+            .collect();
+        let again_beside: Vec<NodeId> = (beside.iter())
+            .filter(|node| !fallback.contains(node))
             .copied()
             .collect();
         if !again.is_empty() || !now.cms.is_empty() {
-            launch::restart(dir, &file, &again, &now.cms)?;
+            launch::restart(dir, &file, &again, &now.cms, &again_beside)?;
         }
-        unvouched.extend(refused);
-        removed = now.removed;
     }
-    if !unvouched.is_empty() {
-        wait_until_removed(dir, &file, &unvouched, &mut out)?;
-        removed = self::missing(dir, &file)?.removed;
+    if !waiting.is_empty() {
+        if wait_until_removed(dir, &file, &waiting, &mut out)? {
+            removed = self::missing(dir, &file)?.removed;
+        } else {
+            // Rather than leave them out for good: in place, as before.
+            launch::restart(dir, &file, &waiting, &[], &[])?;
+        }
     }
     for &node in &removed {
         let retired = retire(dir, node)?;
@@ -174,8 +212,25 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The members among `missing` (whose processes are gone) whose every region they are the
+/// primary of (lost ones aside) has a complete replica on a member that runs: the CM recovers
+/// those regions if it removes them.
+fn recoverable_without(dir: &Path, file: &ClusterFile, missing: &[NodeId]) -> Vec<NodeId> {
+    let config = cluster::current_configuration(dir, file);
+    let running = |node: &NodeId| config.nodes.contains(node) && !missing.contains(node);
+    (missing.iter())
+        .filter(|&&node| {
+            (config.regions.iter())
+                .filter(|p| p.primary == node && p.state != RegionState::Lost)
+                .all(|p| p.complete_replicas().any(|r| r != node && running(&r)))
+        })
+        .copied()
+        .collect()
+}
+
 /// The members among `members` (whose processes are gone) holding a primary copy, in the
 /// CM's last configuration, that is marked damaged ([`acre::replication::sums::mark_damaged`]).
+/// A lost region's copy does not count: nobody reads it.
 fn unvouched_members(
     dir: &Path,
     file: &ClusterFile,
@@ -185,7 +240,7 @@ fn unvouched_members(
     let mut found = Vec::new();
     for &node in members {
         let primaries: BTreeSet<_> = (config.regions.iter())
-            .filter(|p| p.primary == node)
+            .filter(|p| p.primary == node && p.state != RegionState::Lost)
             .map(|p| p.region)
             .collect();
         let files = directory::node_area_files(dir, node)
@@ -201,13 +256,14 @@ fn unvouched_members(
 }
 
 /// Waits until the CM's configuration no longer lists `nodes` (their leases expire, then the
-/// CM removes them), saying so.
+/// CM removes them), saying so; `false` if it still lists them after the wait (the CM may lack
+/// a majority).
 fn wait_until_removed(
     dir: &Path,
     file: &ClusterFile,
     nodes: &[NodeId],
     out: &mut impl std::io::Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let lease = file.cm.as_ref().map_or(Duration::ZERO, |cm| cm.lease());
     let limit = REMOVAL_WAIT + 4 * lease;
     writeln!(
@@ -227,18 +283,19 @@ fn wait_until_removed(
                 config.id,
                 began.elapsed().as_secs_f64() * 1e3
             )?;
-            return Ok(());
+            return Ok(true);
         }
         if began.elapsed() >= limit {
-            bail!(
-                "the CM did not remove {} within {:.0} s, so {} cannot come back as a new node \
-                 (nor restart in place: see above); the CM may lack a majority of its replicas: \
-                 see `acre cluster status --dir {}`",
+            writeln!(
+                out,
+                "  the CM did not remove {} within {:.0} s (it may lack a majority of its \
+                 replicas): {} restarts in place instead, emptying what it cannot vouch for \
+                 (the running processes may find those objects absent until the regions move)",
                 node_list(nodes),
                 limit.as_secs_f64(),
-                if nodes.len() == 1 { "it" } else { "they" },
-                dir.display()
-            );
+                if nodes.len() == 1 { "it" } else { "each" },
+            )?;
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -409,7 +409,8 @@ impl ReplicaNode {
             // Before anything reads the copy (the worker's replay, the allocator's rebuild,
             // the fabric once registered).
             let intact = reopen.is_none() || vouch_for(node, &region)?;
-            if (!intact || lost_records) && others_run && placement.primary == node {
+            let read_in_place = placement.primary == node && placement.state != RegionState::Lost;
+            if (!intact || lost_records) && others_run && read_in_place {
                 // Read in place by the running processes: neither emptied nor served.
                 let file = region.path().expect("only a node in files restarts");
                 sums::mark_damaged(&file).map_err(io(format!(

@@ -1535,12 +1535,14 @@ impl Serving {
         self.drain_rings();
         for region in quiet {
             // Undecided, or decided and not installed in this copy yet (a COMMIT-BACKUP of it
-            // still held, unapplied).
+            // still held, unapplied; or its one-sided coordinator's install still to land here,
+            // whose frees the allocator rebuilt now would never get back).
             let undecided = self.kept.iter().any(|(txn, kept)| {
                 kept.regions.contains(&region)
                     && (self.recovering.contains(txn) || self.recovery.needs(*txn, &kept.regions))
                     && (kept.holds & vote::COMMIT_PRIMARY == 0
-                        || self.backup.holds_in(*txn, region))
+                        || self.backup.holds_in(*txn, region)
+                        || self.node.primary().is_installing_in(*txn, region))
             });
             if undecided {
                 self.recovery

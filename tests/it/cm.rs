@@ -502,6 +502,36 @@ fn a_lock_whose_lock_record_was_lost_does_not_stay() {
     );
 }
 
+/// Runs `during` while a client reads `addr` again and again, as a running cluster's clients
+/// do; returns the reads that found another value than `value` or no object (an unavailable
+/// region, while it is reconfigured, is fine), and what `during` returned.
+fn reading_throughout<T>(
+    db: &Db,
+    addr: Addr,
+    value: u64,
+    during: impl FnOnce() -> T,
+) -> (Vec<String>, T) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut wrong = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match db.read(addr) {
+                    Ok(bytes) if bytes == value.to_le_bytes() => {}
+                    Ok(bytes) => wrong.push(format!("read {bytes:?}")),
+                    Err(e) if e.to_string().contains("no object at") => wrong.push(e.to_string()),
+                    Err(_) => {}
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            wrong
+        });
+        let result = during();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (reader.join().expect("the reader"), result)
+    })
+}
+
 /// Overwrites `addr` again and again (with 100, 101, ..., failures ignored) until the node
 /// whose log is `log` says that records it had acknowledged are lost. (Before a node failed at
 /// the damaged record itself, it found the loss only when an append after the damage had the
@@ -1464,24 +1494,8 @@ fn a_member_that_cannot_vouch_for_its_primary_copy_does_not_restart_in_place() {
     let copy = copy_file(&cluster.dir, victim, region);
     acre::replication::sums::mark_damaged(&copy).expect("mark the copy damaged");
 
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (wrong, up) = std::thread::scope(|scope| {
-        let reader = scope.spawn(|| {
-            let mut wrong = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match db.read(addr) {
-                    Ok(bytes) if bytes == 7u64.to_le_bytes() => {}
-                    Ok(bytes) => wrong.push(format!("read {bytes:?}")),
-                    Err(e) if e.to_string().contains("no object at") => wrong.push(e.to_string()),
-                    Err(_) => {} // unavailable while the region is reconfigured: fine
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            wrong
-        });
-        let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (reader.join().expect("the reader"), up)
+    let (wrong, up) = reading_throughout(&db, addr, 7, || {
+        acre(&["cluster", "up", "--dir", cluster.dir()])
     });
     let shown = String::from_utf8_lossy(&up.stdout);
     assert!(
@@ -1555,25 +1569,10 @@ fn an_in_place_restart_after_a_clean_stop_and_a_write_keeps_every_member() {
         result.expect("one-sided over shm: the update commits with the primary down");
     });
     // A client reads the object all along, as the running cluster's clients do.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (wrong, up) = std::thread::scope(|scope| {
-        let reader = scope.spawn(|| {
-            let mut wrong = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match db.read(addr) {
-                    Ok(bytes) if bytes == 99u64.to_le_bytes() => {}
-                    Ok(bytes) => wrong.push(format!("read {bytes:?}")),
-                    Err(e) if e.to_string().contains("no object at") => wrong.push(e.to_string()),
-                    Err(_) => {} // unavailable while the region is reconfigured: fine
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            wrong
-        });
+    let (wrong, up) = reading_throughout(&db, addr, 99, || {
         let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
         std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (reader.join().expect("the reader"), up)
+        up
     });
     drop(db);
 

@@ -343,6 +343,20 @@ impl Primary {
         })
     }
 
+    /// Whether some object of `region` is still locked by `txn`, whose install here is its
+    /// coordinator's ([`Primary::is_installing`]).
+    pub fn is_installing_in(&self, txn: TxnId, region: RegionId) -> bool {
+        let in_region = |entries: &[Entry]| {
+            (entries.iter()).any(|e| e.addr.region() == region && self.owned_by(e.addr, txn))
+        };
+        if let Some(entries) = self.installing.lock().expect(POISONED).get(&txn) {
+            return in_region(entries);
+        }
+        let held = self.held.lock().expect(POISONED);
+        held.get(&txn)
+            .is_some_and(|held| held.commit_replayed && in_region(&held.entries))
+    }
+
     /// A COMMIT-PRIMARY of a one-sided coordinator read again at a restart, after its LOCK
     /// ([`Primary::note_replayed_lock`]): the coordinator may be installing still.
     pub fn note_replayed_commit(&self, txn: TxnId) {

@@ -1019,6 +1019,28 @@ fn a_surviving_primary_that_misses_the_configuration_blocking_a_region_still_set
     cluster.stop();
 }
 
+/// Four nodes in one-sided mode (`None`, said, in message mode) and, from n3, a (r4: n4 [n1])
+/// and b (r1: n1 [n2]) created and settled.
+fn one_sided_a_and_b() -> Option<(
+    EmbeddedCluster,
+    std::sync::Arc<acre_txn::TxnNode>,
+    Addr,
+    Addr,
+)> {
+    use acre_txn::config::CommitMode;
+    let cluster = four_nodes();
+    if cluster.config().commit != CommitMode::OneSided {
+        eprintln!("one-sided only: run with ACRE_TEST_COMMIT=one-sided");
+        cluster.stop();
+        return None;
+    }
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
+    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
+    settle(&cluster);
+    Some((cluster, n3, a, b))
+}
+
 /// REVIEW (finding 3, one-sided mode only): a coordinator (n3) whose COMMIT-BACKUPs all
 /// counted stalls before its COMMIT-PRIMARY to n1 while n4 dies. Recovery commits the
 /// transaction (installs at n1, unlocks), r4 is activated, and another transaction overwrites
@@ -1026,17 +1048,9 @@ fn a_surviving_primary_that_misses_the_configuration_blocking_a_region_still_set
 /// acknowledged append) and installs b by WRITEs: the later committed value is lost.
 #[test]
 fn review_a_stalled_one_sided_coordinator_does_not_overwrite_a_later_commit() {
-    use acre_txn::config::CommitMode;
-    let mut cluster = four_nodes();
-    if cluster.config().commit != CommitMode::OneSided {
-        eprintln!("one-sided only: run with ACRE_TEST_COMMIT=one-sided");
-        cluster.stop();
+    let Some((mut cluster, n3, a, b)) = one_sided_a_and_b() else {
         return;
-    }
-    let n3 = txn_node(&cluster, 2);
-    let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
-    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
-    settle(&cluster);
+    };
     let stall = cluster.faults().add(
         Rule::to(NodeId(1), Action::Delay(Duration::from_secs(4)))
             .from(NodeId(3))
@@ -1097,17 +1111,9 @@ fn a_one_sided_install_that_failed_is_finished_by_its_coordinator_across_a_recov
 /// n4 dies meanwhile. Then n1 writes b2, retried while b is locked: a1 and b2 stay.
 fn install_at_n1_held_across_a_recovery(action: Action, times: Option<usize>) {
     use acre_engine::fabric::Op;
-    use acre_txn::config::CommitMode;
-    let mut cluster = four_nodes();
-    if cluster.config().commit != CommitMode::OneSided {
-        eprintln!("one-sided only: run with ACRE_TEST_COMMIT=one-sided");
-        cluster.stop();
+    let Some((mut cluster, n3, a, b)) = one_sided_a_and_b() else {
         return;
-    }
-    let n3 = txn_node(&cluster, 2);
-    let a = create(&n3, RegionId(4), b"a0"); // n4 [n1]
-    let b = create(&n3, RegionId(1), b"b0"); // n1 [n2]
-    settle(&cluster);
+    };
     let install_at_n1 = move |ops: &[Op]| {
         appended_kinds(ops).is_empty()
             && ops

@@ -84,8 +84,8 @@ pub fn missing(dir: &Path, file: &ClusterFile) -> anyhow::Result<Missing> {
 ///
 /// A member that cannot vouch for one of its primary copies (marked damaged: a node that failed
 /// on a loss of acknowledged records marks every copy, and a restart that finds one damaged
-/// marks it) does not restart in place when a running node holds a complete replica of each
-/// region it is primary of: the running processes still read that copy where it is mapped,
+/// marks it) does not restart in place when running members hold another complete replica of
+/// every region it holds a complete copy of: the running processes still read that copy where it is mapped,
 /// and emptying it would show its objects as absent. The other members restart first (they
 /// may be the CM's majority); it comes back as a new node once the CM has removed it, which
 /// loses nothing. Where the CM does not remove it, or a region of it has no running replica
@@ -102,7 +102,6 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         );
     }
     let mut out = crate::output::stdout();
-    let mut removed = missing.removed.clone();
     let recoverable = recoverable_without(dir, &file, &missing.members);
     let mut waiting = Vec::new();
     for node in unvouched_members(dir, &file, &missing.members)? {
@@ -142,7 +141,10 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         // may have found at its start a primary copy it cannot vouch for (it marked it and
         // refused): it waits for the CM to remove it. Any other failure stands.
         let now = self::missing(dir, &file)?;
-        let overtaken = removed_meanwhile(&missing, &now);
+        // Among those it restarted: the waiting ones' removal is expected.
+        let overtaken: Vec<NodeId> = (removed_meanwhile(&missing, &now).into_iter())
+            .filter(|node| in_place.contains(node))
+            .collect();
         let refused = unvouched_members(dir, &file, &beside)?;
         if overtaken.is_empty() && refused.is_empty() {
             return Err(error);
@@ -151,7 +153,6 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
         if !overtaken.is_empty() {
             writeln!(out, "the CM removed {} meanwhile", node_list(&overtaken))?;
         }
-        removed = now.removed.clone();
         let mut fallback = Vec::new();
         if !refused.is_empty() {
             writeln!(
@@ -163,9 +164,7 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
             )?;
             // Before the others start again: they would wait for the refused nodes' CM
             // replicas, whose manifests the restart removed, as long as those are members.
-            if wait_until_removed(dir, &file, &refused, &mut out)? {
-                removed = self::missing(dir, &file)?.removed;
-            } else {
+            if !wait_until_removed(dir, &file, &refused, &mut out)? {
                 fallback = refused.clone();
             }
         }
@@ -183,14 +182,19 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
             launch::restart(dir, &file, &again, &now.cms, &again_beside)?;
         }
     }
-    if !waiting.is_empty() {
-        if wait_until_removed(dir, &file, &waiting, &mut out)? {
-            removed = self::missing(dir, &file)?.removed;
-        } else {
-            // Rather than leave them out for good: in place, as before.
-            launch::restart(dir, &file, &waiting, &[], &[])?;
+    if !waiting.is_empty() && !wait_until_removed(dir, &file, &waiting, &mut out)? {
+        // Rather than leave them out for good: in place, as before (those still members).
+        let now = self::missing(dir, &file)?;
+        let members: Vec<NodeId> = (waiting.iter())
+            .filter(|node| now.members.contains(node))
+            .copied()
+            .collect();
+        if !members.is_empty() {
+            launch::restart(dir, &file, &members, &[], &[])?;
         }
     }
+    // Whatever the CM removed by now, of what was missing, rejoins as a new node.
+    let removed = self::missing(dir, &file)?.removed;
     for &node in &removed {
         let retired = retire(dir, node)?;
         writeln!(
@@ -212,16 +216,18 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The members among `missing` (whose processes are gone) whose every region they are the
-/// primary of (lost ones aside) has a complete replica on a member that runs: the CM recovers
-/// those regions if it removes them.
+/// The members among `missing` (whose processes are gone) such that every region they hold a
+/// complete copy of, as primary or backup (lost ones aside), has another complete replica on a
+/// member that runs: the CM recovers those regions if it removes them, and their copies are
+/// not the last intact ones.
 fn recoverable_without(dir: &Path, file: &ClusterFile, missing: &[NodeId]) -> Vec<NodeId> {
     let config = cluster::current_configuration(dir, file);
     let running = |node: &NodeId| config.nodes.contains(node) && !missing.contains(node);
     (missing.iter())
         .filter(|&&node| {
             (config.regions.iter())
-                .filter(|p| p.primary == node && p.state != RegionState::Lost)
+                .filter(|p| p.state != RegionState::Lost)
+                .filter(|p| p.complete_replicas().any(|r| r == node))
                 .all(|p| p.complete_replicas().any(|r| r != node && running(&r)))
         })
         .copied()

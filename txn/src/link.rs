@@ -250,13 +250,15 @@ impl Links {
         let mut first = false;
         let now = self.fabric.clock().now();
         for node in nodes {
-            if self.is_removed(node) {
-                continue; // nothing more goes to it
-            }
-            // Every participant's link was attached when the commit reserved room there.
-            let link = self
-                .link(node)
-                .unwrap_or_else(|e| panic!("{txn} committed at {node} without a link: {e}"));
+            // Every participant's link was attached when the commit reserved room there,
+            // unless the node was removed since, also between a look at `removed` and the
+            // lookup (found by CI: a rejoin's removal during `acre bank`): nothing more goes
+            // to it.
+            let link = match self.link(node) {
+                Ok(link) => link,
+                Err(_) if self.is_removed(node) => continue,
+                Err(e) => panic!("{txn} committed at {node} without a link: {e}"),
+            };
             first |= locked(&link).truncations.push(txn, now);
         }
         if first {

@@ -19,7 +19,7 @@ use acre_engine::clock::{Clock, Time};
 use acre_engine::fabric::tcp::auth::ClusterSecret;
 use acre_replication::EmbeddedCluster;
 use acre_txn::{Configuration, RegionState, TxnError};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -111,13 +111,6 @@ impl Adopter for EmbeddedAdopter {
     }
 }
 
-fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn wait_until(what: &str, max: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + max;
     while !done() {
@@ -141,21 +134,19 @@ fn a_dead_nodes_lease_expires_and_the_cm_commits_a_configuration_without_it() {
     let clock = Clock::system();
     let secret = ClusterSecret::generate();
     let root = tempfile::tempdir().unwrap();
-    let voters: Vec<(NodeId, SocketAddr)> =
-        CM_REPLICAS.iter().map(|&n| (n, free_tcp_port())).collect();
-
-    // CM links for every node, and the CM's Raft group on the first three.
+    // CM links for every node, and the CM's Raft group on the first three. Port 0: a free port
+    // picked by the bind itself (one looked up first could be taken by another test meanwhile).
     let mut links = Vec::new();
     let mut inboxes = Vec::new();
     for node in (1..=4).map(NodeId) {
-        let addr = voters
-            .iter()
-            .find(|(n, _)| *n == node)
-            .map_or((Ipv4Addr::LOCALHOST, 0).into(), |(_, a)| *a);
-        let (node_links, inbox) = Links::bind(node, addr, secret.clone()).unwrap();
+        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let (node_links, inbox) = Links::bind(node, any_port, secret.clone()).unwrap();
         links.push(Arc::new(node_links));
         inboxes.push(Some(inbox));
     }
+    let voters: Vec<(NodeId, SocketAddr)> = (CM_REPLICAS.iter())
+        .map(|&n| (n, links[usize::from(n.0) - 1].local_addr()))
+        .collect();
     let dead_addr = links[3].local_addr();
     for (node, addr) in &voters {
         links[3].add_peer(*node, *addr);

@@ -16,7 +16,7 @@ use acre_engine::clock::Clock;
 use acre_engine::fabric::tcp::auth::ClusterSecret;
 use acre_txn::Configuration;
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,24 +55,20 @@ impl Adopter for Shared {
     }
 }
 
-fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[test]
 fn a_node_removed_by_an_uncommitted_configuration_of_the_previous_cm_is_fenced() {
     let clock = Clock::system();
     let secret = ClusterSecret::generate();
     let root = tempfile::tempdir().unwrap();
-    let voters: Vec<(NodeId, SocketAddr)> =
-        REPLICAS.iter().map(|&n| (n, free_tcp_port())).collect();
+    let mut voters: Vec<(NodeId, SocketAddr)> = Vec::new();
     let mut links = Vec::new();
     let mut inboxes = Vec::new();
-    for &(node, addr) in &voters {
-        let (l, inbox) = Links::bind(node, addr, secret.clone()).unwrap();
+    for &node in REPLICAS.iter() {
+        // Port 0: a free port picked by the bind itself (a port looked up first could be taken
+        // by another test before the bind, as CI once saw).
+        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let (l, inbox) = Links::bind(node, any_port, secret.clone()).unwrap();
+        voters.push((node, l.local_addr()));
         links.push(Arc::new(l));
         inboxes.push(Some(inbox));
     }

@@ -1283,8 +1283,8 @@ impl Serving {
 
     /// Whether `txn`'s one-sided coordinator still installs it here itself: this primary took
     /// its COMMIT-PRIMARY (so the coordinator installs, docs/protocol.md#one-sided-commit-mode),
-    /// the install has not landed, and the coordinator can still write here (a member not
-    /// removed, or a client not gone). Recovery then leaves the install to it: nothing checks a
+    /// the install has not landed, and the coordinator can still write here (a member neither
+    /// removed nor restarted since, or a client not gone). Recovery then leaves the install to it: nothing checks a
     /// one-sided WRITE where it executes, so an install of recovery's, unlocking the objects,
     /// could be followed by a later commit and then by the coordinator's stalled install over
     /// it (docs/failures.md#decision).

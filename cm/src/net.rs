@@ -13,7 +13,10 @@
 //! [`OUTBOX_BYTES_MAX`] bytes) and a sender thread. The thread connects when it has something
 //! to send, runs the client's side of the handshake and writes the queued frames; when the
 //! peer cannot be reached it retries with exponential backoff from [`RECONNECT_BACKOFF_MIN`]
-//! to [`RECONNECT_BACKOFF_MAX`]. A listener thread accepts connections (at most
+//! to [`RECONNECT_BACKOFF_MAX`]. A peer whose process restarted listens at new ports: after a
+//! failed connection the thread asks the links' [`AddressBook`] (a node process's reads the
+//! manifests in the cluster directory) where the peer is now, and moves there, keeping what is
+//! queued ([`Links::set_address_book`]). A listener thread accepts connections (at most
 //! [`CONNECTIONS_MAX`] at once) and starts a reader thread for each, which runs the server's
 //! side of the handshake and delivers the frames that follow. So each pair of peers has two
 //! connections, one per direction; frames flow one way on each and the reader never writes
@@ -89,7 +92,7 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -351,18 +354,24 @@ struct Shared {
     inbox: Arc<InboxShared>,
     peers: Mutex<HashMap<NodeId, Peer>>,
     connections: Mutex<Connections>,
+    address_book: OnceLock<AddressBook>,
 }
+
+/// Where each peer listens now, as the cluster says (a process reads the manifests in the
+/// cluster directory): `None` when it does not know.
+pub type AddressBook = Arc<dyn Fn(NodeId) -> Option<SocketAddr> + Send + Sync>;
 
 /// A peer's outgoing side.
 struct Peer {
-    addr: SocketAddr,
     outbox: Arc<Outbox>,
     thread: JoinHandle<()>,
 }
 
 struct Outbox {
     node: NodeId,
-    addr: SocketAddr,
+    /// Where the sender connects: the address `add_peer` gave, or a newer one the address book
+    /// gave after a connection failed.
+    addr: Mutex<SocketAddr>,
     state: Mutex<OutboxState>,
     changed: Condvar,
 }
@@ -435,6 +444,7 @@ impl Links {
             inbox: inbox.clone(),
             peers: Mutex::new(HashMap::new()),
             connections: Mutex::new(Connections::default()),
+            address_book: OnceLock::new(),
         });
         let thread = {
             let alive = Alive::enter(&shared);
@@ -475,7 +485,7 @@ impl Links {
         // Replace a peer at another address; the lock is not held while its sender stops,
         // since `send` must never wait, so check again after each stop.
         while let Some(peer) = peers.get(&node) {
-            if peer.addr == addr {
+            if peer.outbox.addr() == addr {
                 return;
             }
             let old = peers.remove(&node).expect("found above");
@@ -485,7 +495,7 @@ impl Links {
         }
         let outbox = Arc::new(Outbox {
             node,
-            addr,
+            addr: Mutex::new(addr),
             state: Mutex::new(OutboxState::default()),
             changed: Condvar::new(),
         });
@@ -497,15 +507,17 @@ impl Links {
                 .spawn(move || send_loop(alive, &outbox))
                 .expect("spawn a CM link sender thread")
         };
-        let previous = peers.insert(
-            node,
-            Peer {
-                addr,
-                outbox,
-                thread,
-            },
-        );
+        let previous = peers.insert(node, Peer { outbox, thread });
         assert!(previous.is_none(), "two senders for node={node}");
+    }
+
+    /// Where a peer listens when a connection to the address it was added with fails: a peer
+    /// whose process restarted listens at new ports, and until someone calls `add_peer` with
+    /// them, what is sent to it would be lost. With a book, the sender asks it after every
+    /// failed connection and moves to the address it gives, keeping what is queued. Set at
+    /// most once, before or after peers are added; a second book is refused (returns false).
+    pub fn set_address_book(&self, book: AddressBook) -> bool {
+        self.shared.address_book.set(book).is_ok()
     }
 
     /// Stops linking with `node`: drops what is queued for it, stops its sender and closes
@@ -528,7 +540,7 @@ impl Links {
     pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
         let mut peers: Vec<_> = lock(&self.shared.peers)
             .iter()
-            .map(|(node, peer)| (*node, peer.addr))
+            .map(|(node, peer)| (*node, peer.outbox.addr()))
             .collect();
         peers.sort();
         peers
@@ -663,6 +675,10 @@ impl Peer {
 }
 
 impl Outbox {
+    fn addr(&self) -> SocketAddr {
+        *lock(&self.addr)
+    }
+
     /// Tells the sender to stop, dropping what is queued, and interrupts its socket.
     fn close(&self) {
         let mut state = lock(&self.state);
@@ -939,7 +955,7 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
         if link.as_ref().is_some_and(|l| !is_open(l.get_ref())) {
             tracing::debug!(
                 node = %outbox.node,
-                addr = %outbox.addr,
+                addr = %outbox.addr(),
                 "CM link closed by its peer; reconnecting"
             );
             close_link(&mut link, &mut lock(&outbox.state));
@@ -950,7 +966,7 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
                     if failures_in_a_row > 0 {
                         tracing::info!(
                             node = %outbox.node,
-                            addr = %outbox.addr,
+                            addr = %outbox.addr(),
                             failures_in_a_row,
                             "CM link reconnected"
                         );
@@ -961,20 +977,27 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
                     link = Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream));
                 }
                 Ok(None) => continue, // closing: the loop above returns
+                Err(error) if moved(shared, outbox) => {
+                    // Not a failure of the peer's: what is queued goes to where it is now.
+                    tracing::debug!(node = %outbox.node, %error, "a CM peer moved");
+                    failures_in_a_row = 0;
+                    backoff = RECONNECT_BACKOFF_MIN;
+                    continue;
+                }
                 Err(error) => {
                     failures_in_a_row += 1;
                     // The first failure is news; the retries of a peer that stays down are not.
                     if failures_in_a_row == 1 {
                         tracing::warn!(
                             node = %outbox.node,
-                            addr = %outbox.addr,
+                            addr = %outbox.addr(),
                             %error,
                             "cannot link to a CM peer; its messages are dropped until it answers"
                         );
                     } else {
                         tracing::debug!(
                             node = %outbox.node,
-                            addr = %outbox.addr,
+                            addr = %outbox.addr(),
                             %error,
                             failures_in_a_row,
                             "cannot link to a CM peer"
@@ -1015,7 +1038,7 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
                 if !lock(&outbox.state).closing {
                     tracing::warn!(
                         node = %outbox.node,
-                        addr = %outbox.addr,
+                        addr = %outbox.addr(),
                         %error,
                         "CM link failed while writing; reconnecting"
                     );
@@ -1028,10 +1051,25 @@ fn send_loop(alive: Alive, outbox: &Outbox) {
     }
 }
 
+/// After a failed connection: whether the address book places the outbox's peer elsewhere now,
+/// and if so, the outbox points there.
+fn moved(shared: &Shared, outbox: &Outbox) -> bool {
+    let Some(now) = shared.address_book.get().and_then(|book| book(outbox.node)) else {
+        return false;
+    };
+    let mut addr = lock(&outbox.addr);
+    if *addr == now {
+        return false;
+    }
+    tracing::info!(node = %outbox.node, from = %*addr, to = %now, "a CM peer listens at a new address; linking there");
+    *addr = now;
+    true
+}
+
 /// Connects to the outbox's peer and runs the client's side of the handshake. `Ok(None)` if
 /// the outbox was closed meanwhile.
 fn connect(shared: &Shared, outbox: &Outbox) -> Result<Option<TcpStream>, LinkError> {
-    let stream = TcpStream::connect_timeout(&outbox.addr, CONNECT_TIMEOUT)?;
+    let stream = TcpStream::connect_timeout(&outbox.addr(), CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
     {

@@ -9,7 +9,8 @@
 //!   process's network namespace: [`crate::netns`]) and a **lease thread**
 //!   ([`acre_cm::lease_thread::LeaseThread`], UDP on the same address), both on free ports
 //!   that the node publishes in its manifest (`cm_link`, `lease`), where the others find
-//!   them. The lease thread publishes the node's lease into its memory's lease gate
+//!   them, and look again when a connection fails (a process restarted in place listens at
+//!   new ports: the links' address book, [`acre_cm::net::Links::set_address_book`]). The lease thread publishes the node's lease into its memory's lease gate
 //!   ([`acre_engine::fabric::NodeMemory::lease_gate`]), which the node's NIC thread, worker and
 //!   coordinators check before they act (docs/failures.md#leases); the gate stays open until
 //!   the node adopts a configuration naming a CM, and from then on needs a grant.
@@ -637,6 +638,16 @@ impl CmAgent {
                 node: me,
                 reason: e.to_string(),
             })?;
+        // A peer whose process restarted listens elsewhere; its manifest says where. Without
+        // this a member kept sending to a restarted CM replica's old address (its NEW-CONFIG
+        // acknowledgements and probe answers lost), and a restarted replica that led suspected
+        // every member and stood down, again and again.
+        {
+            let dir = dir.clone();
+            links.set_address_book(Arc::new(move |node| {
+                cm_addrs(&dir, node).map(|(link, _)| link)
+            }));
+        }
         let links = Arc::new(links);
         let current = host.configuration();
         // A memory node holds a lease from the CM; a standalone replica is no member and

@@ -971,6 +971,34 @@ fn a_killed_standalone_cm_process_comes_back_through_cluster_up() {
     });
 }
 
+/// Every standalone CM process killed at once and restarted by `acre cluster up`: each listens
+/// at new addresses, so whichever leads is one the members linked with at another address when
+/// they started. They must answer it there (acknowledge its NEW-CONFIG, answer its probe), or it
+/// suspects them all, stands down as "the one cut off", and the CM never acts again (found by
+/// `acre jepsen --nemesis kill`: 40 s without service once every CM process had been restarted).
+#[test]
+fn members_follow_a_cm_whose_processes_all_restarted() {
+    let cluster = CmCluster::up(
+        "cm-all-restarted",
+        &["--nodes", "3", "--f", "1", "--cm-processes", "3"],
+    );
+    let before = cluster.status();
+    signal_at_once(&cluster.dir, &before.replicas, "KILL");
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(up.status.success(), "{}", text(&up));
+    let led = cluster.wait_for("a restarted CM replica leads and acts as CM", |s| {
+        s.committed.id > before.committed.id && s.committed.cm_leader == Some(s.leader)
+    });
+    assert_eq!(
+        led.committed.nodes, before.committed.nodes,
+        "no member is suspected: {led:?}"
+    );
+    cluster.kill(NodeId(3));
+    cluster.wait_for("n3 removed by the restarted CM", |s| {
+        !s.committed.nodes.contains(&NodeId(3)) && s.committed.id > led.committed.id
+    });
+}
+
 /// kill -9 of the standalone CM leader: another standalone replica leads within a bounded
 /// time, and no memory node is suspected (the dead leader holds no lease); a memory node
 /// killed afterwards is removed by the new CM, and the regions whose primary survived commit.

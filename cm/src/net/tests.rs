@@ -550,3 +550,68 @@ fn a_peer_that_trickles_its_handshake_is_closed_at_the_deadline() {
     assert_closed_by_server(&mut stream);
     assert_eq!(b_inbox.try_recv(), Err(RecvError::Timeout));
 }
+
+/// A peer whose process restarted listens at a new address: with an address book, the sender
+/// finds it there after the connection to the old one fails, and what was queued meanwhile
+/// arrives; without one, nothing reaches the new process until `add_peer` names the address.
+#[test]
+fn a_peer_restarted_at_a_new_address_is_found_through_the_address_book() {
+    let secret = ClusterSecret::generate();
+    let (a, _a_inbox) = endpoint(1, &secret);
+    let (b, b_inbox) = endpoint(2, &secret);
+    link(&a, &b);
+    a.send(NodeId(2), message(1, 0)).unwrap();
+    assert_eq!(recv(&b_inbox).payload, message(1, 0));
+
+    // b restarts: its old listener is gone, the new one is elsewhere.
+    let old = b.local_addr();
+    drop(b);
+    drop(b_inbox);
+    let (b, b_inbox) = endpoint(2, &secret);
+    b.add_peer(NodeId(1), a.local_addr());
+    assert_ne!(b.local_addr(), old);
+    let now = Arc::new(Mutex::new(b.local_addr()));
+    let book = {
+        let now = now.clone();
+        Arc::new(move |node: NodeId| (node == NodeId(2)).then(|| *lock(&now)))
+    };
+    assert!(a.set_address_book(book.clone()));
+    assert!(!a.set_address_book(book), "a second book is refused");
+    // A message written into the old connection before its close is seen may be lost (nothing
+    // is acknowledged), so send until one arrives, as Raft would.
+    let deadline = Instant::now() + PATIENCE;
+    let incoming = loop {
+        a.send(NodeId(2), message(1, 1)).unwrap();
+        match b_inbox.recv_timeout(Duration::from_millis(50)) {
+            Ok(incoming) => break incoming,
+            Err(RecvError::Timeout) => assert!(Instant::now() < deadline, "never found"),
+            Err(RecvError::Closed) => unreachable!("b is alive"),
+        }
+    };
+    assert_eq!(
+        (incoming.from, incoming.payload),
+        (NodeId(1), message(1, 1))
+    );
+    while b_inbox.try_recv().is_ok() {}
+    assert_eq!(a.peers(), vec![(NodeId(2), b.local_addr())]);
+    // add_peer with the address the book gave changes nothing.
+    a.add_peer(NodeId(2), b.local_addr());
+    a.send(NodeId(2), message(1, 2)).unwrap();
+    assert_eq!(recv(&b_inbox).payload, message(1, 2));
+}
+
+/// An address book that does not know the peer (or gives the address that failed) leaves the
+/// sender where it was: its messages are dropped as for any unreachable peer.
+#[test]
+fn an_address_book_without_news_leaves_an_unreachable_peer_unreachable() {
+    let secret = ClusterSecret::generate();
+    let (a, _a_inbox) = endpoint(1, &secret);
+    let dead = dead_addr();
+    a.add_peer(NodeId(2), dead);
+    assert!(a.set_address_book(Arc::new(|_| None)));
+    a.send(NodeId(2), message(1, 0)).unwrap();
+    wait_until("the message is dropped as unreachable", || {
+        a.stats().dropped_unreachable_count >= 1
+    });
+    assert_eq!(a.peers(), vec![(NodeId(2), dead)]);
+}

@@ -536,6 +536,13 @@ pub(crate) fn restart(
                 // Killed during an earlier restart: its restart configuration is the one the
                 // nodes started in, and they recover what it blocks.
                 Ok(reply) if reply.message.contains("changes nothing") => break reply,
+                // The CM removed one of them meanwhile (its lease ran out before this request):
+                // no later answer restarts it, and the caller has it rejoin as a new node.
+                Ok(reply) if !removed_meanwhile(dir, &nodes).is_empty() => bail!(
+                    "the CM refused the restart: {}; it removed {} meanwhile",
+                    reply.message,
+                    node_list(&removed_meanwhile(dir, &nodes))
+                ),
                 Ok(reply) if Instant::now() >= deadline => {
                     bail!("the CM refused the restart: {}", reply.message)
                 }
@@ -839,6 +846,17 @@ fn cm_cluster(dir: &Path) -> anyhow::Result<(ClusterFile, cluster::CmStatusFile)
     let status = cluster::CmStatusFile::read(dir)?
         .ok_or_else(|| anyhow::anyhow!("the CM has committed no configuration yet"))?;
     Ok((file, status))
+}
+
+/// Those of `nodes` that the configuration the CM committed last no longer lists.
+fn removed_meanwhile(dir: &Path, nodes: &[NodeId]) -> Vec<NodeId> {
+    let Ok(Some(status)) = cluster::CmStatusFile::read(dir) else {
+        return Vec::new();
+    };
+    (nodes.iter())
+        .filter(|node| !status.committed.nodes.contains(node))
+        .copied()
+        .collect()
 }
 
 /// Waits (at most [`REMOVAL_TIMEOUT`]) until the CM of the cluster in `dir` committed a

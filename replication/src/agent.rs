@@ -10,7 +10,8 @@
 //!   ([`acre_cm::lease_thread::LeaseThread`], UDP on the same address), both on free ports
 //!   that the node publishes in its manifest (`cm_link`, `lease`), where the others find
 //!   them, and look again when a connection fails (a process restarted in place listens at
-//!   new ports: the links' address book, [`acre_cm::net::Links::set_address_book`]). The lease thread publishes the node's lease into its memory's lease gate
+//!   new ports: the links' address book, [`acre_cm::net::Links::set_address_book`]). The
+//!   lease thread publishes the node's lease into its memory's lease gate
 //!   ([`acre_engine::fabric::NodeMemory::lease_gate`]), which the node's NIC thread, worker and
 //!   coordinators check before they act (docs/failures.md#leases); the gate stays open until
 //!   the node adopts a configuration naming a CM, and from then on needs a grant.

@@ -536,15 +536,23 @@ pub(crate) fn restart(
                 // Killed during an earlier restart: its restart configuration is the one the
                 // nodes started in, and they recover what it blocks.
                 Ok(reply) if reply.message.contains("changes nothing") => break reply,
-                // The CM removed one of them meanwhile (its lease ran out before this request):
-                // no later answer restarts it, and the caller has it rejoin as a new node.
-                Ok(reply) if !removed_meanwhile(dir, &nodes).is_empty() => bail!(
-                    "the CM refused the restart: {}; it removed {} meanwhile",
-                    reply.message,
-                    node_list(&removed_meanwhile(dir, &nodes))
-                ),
-                Ok(reply) if Instant::now() >= deadline => {
-                    bail!("the CM refused the restart: {}", reply.message)
+                Ok(reply) => {
+                    // The CM removed one of them meanwhile (its lease ran out before this
+                    // request): no later answer restarts it. On a running cluster the caller
+                    // has it rejoin as a new node; a whole-cluster restart stops, and the
+                    // next `up` goes on without it.
+                    let removed = removed_since(dir, &nodes, reply.from_id);
+                    if !removed.is_empty() {
+                        bail!(
+                            "the CM refused the restart: {}; it removed {} meanwhile",
+                            reply.message,
+                            node_list(&removed)
+                        );
+                    }
+                    if Instant::now() >= deadline {
+                        bail!("the CM refused the restart: {}", reply.message)
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) if Instant::now() >= deadline => {
                     bail!("the CM did not answer the restart request: {e}")
@@ -848,11 +856,17 @@ fn cm_cluster(dir: &Path) -> anyhow::Result<(ClusterFile, cluster::CmStatusFile)
     Ok((file, status))
 }
 
-/// Those of `nodes` that the configuration the CM committed last no longer lists.
-fn removed_meanwhile(dir: &Path, nodes: &[NodeId]) -> Vec<NodeId> {
+/// Those of `nodes` that the configuration the CM committed last no longer lists, if that is
+/// configuration `from_id` (the one a refusal was made in) or a later one: a status file a
+/// deposed leader wrote may hold an older configuration, and nodes added since are no member
+/// of it.
+fn removed_since(dir: &Path, nodes: &[NodeId], from_id: u64) -> Vec<NodeId> {
     let Ok(Some(status)) = cluster::CmStatusFile::read(dir) else {
         return Vec::new();
     };
+    if status.committed.id < from_id {
+        return Vec::new();
+    }
     (nodes.iter())
         .filter(|node| !status.committed.nodes.contains(node))
         .copied()

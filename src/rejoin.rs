@@ -4,8 +4,11 @@
 //! - a memory node that the configuration still lists but whose process is gone (killed while
 //!   the CM could not reconfigure, for instance with a majority of its replicas down, or
 //!   before its lease expired) restarts in place from its region copies and logs, as in a
-//!   whole-cluster restart ([`launch::restart`] with those nodes); so does a standalone CM
-//!   replica whose process is gone;
+//!   whole-cluster restart ([`launch::restart`] with those nodes), where it must: when the CM
+//!   lacks a majority, or when some region it holds has no complete replica on a running
+//!   member. Otherwise its copies, which nothing vouches for (no block sums after a kill),
+//!   are not served again: `up` waits for the CM to remove it and it rejoins as a new node,
+//!   as below. A standalone CM replica whose process is gone restarts in place;
 //! - a memory node the CM removed after its failure (its lease expired) whose files are still
 //!   in place rejoins as a new node (`remove-node` moves a gracefully removed node's files aside, so
 //!   they do not count):
@@ -82,6 +85,12 @@ pub fn missing(dir: &Path, file: &ClusterFile) -> anyhow::Result<Missing> {
 /// and standalone CM replicas whose processes are gone, and adds a new node in place of each
 /// node the CM removed whose files remain. Refuses, as before, when nothing is missing.
 ///
+/// A member whose process is gone does not restart in place when the CM can remove it (a
+/// majority of its replicas run) and running members hold another complete replica of every
+/// region it holds a complete copy of: its copies have no block sums (a node killed or
+/// stopped alone writes none), so it waits for its removal and comes back as a new node that
+/// copies its regions from those replicas.
+///
 /// A member that cannot vouch for one of its primary copies (marked damaged: a node that failed
 /// on a loss of acknowledged records marks every copy, and a restart that finds one damaged
 /// marks it) does not restart in place when running members hold another complete replica of
@@ -103,8 +112,25 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     }
     let mut out = crate::output::stdout();
     let recoverable = recoverable_without(dir, &file, &missing.members);
+    let unvouched = unvouched_members(dir, &file, &missing.members)?;
     let mut waiting = Vec::new();
-    for node in unvouched_members(dir, &file, &missing.members)? {
+    // A member whose process is gone left copies that only its failure vouches for: no block
+    // sums (a node killed, or stopped alone, writes none). Where running members hold another
+    // complete replica of everything it held and the CM can remove it, it comes back as a new
+    // node, its copies taken from those replicas, rather than serve them unproven.
+    if cm_can_act(dir, &file) {
+        for &node in &recoverable {
+            if unvouched.contains(&node) {
+                continue;
+            }
+            writeln!(
+                out,
+                "{node} left copies nothing vouches for (no block sums: it was killed or                  stopped alone), and running members hold another complete replica of each:                  it comes back as a new node, its regions copied from them, once the CM                  removed it"
+            )?;
+            waiting.push(node);
+        }
+    }
+    for node in unvouched {
         let log = cluster::node_log_path(dir, node);
         if recoverable.contains(&node) {
             writeln!(
@@ -234,6 +260,21 @@ fn recoverable_without(dir: &Path, file: &ClusterFile, missing: &[NodeId]) -> Ve
         .collect()
 }
 
+/// Whether a majority of the CM's replicas run, so that it can remove a member whose lease
+/// ran out (a member that waits for its removal otherwise waits the whole [`REMOVAL_WAIT`]).
+fn cm_can_act(dir: &Path, file: &ClusterFile) -> bool {
+    let config = cluster::current_configuration(dir, file);
+    let running: BTreeSet<NodeId> = (launch::running_nodes(dir, Some(file)).into_iter())
+        .chain(launch::running_cms(dir, Some(file)))
+        .map(|(node, _)| node)
+        .collect();
+    let replicas = config.cm_replicas.len();
+    let up = (config.cm_replicas.iter())
+        .filter(|replica| running.contains(replica))
+        .count();
+    replicas > 0 && up > replicas / 2
+}
+
 /// The members among `members` (whose processes are gone) holding a primary copy, in the
 /// CM's last configuration, that is marked damaged ([`acre::replication::sums::mark_damaged`]).
 /// A lost region's copy does not count: nobody reads it.
@@ -295,8 +336,9 @@ fn wait_until_removed(
             writeln!(
                 out,
                 "  the CM did not remove {} within {:.0} s (it may lack a majority of its \
-                 replicas): {} restarts in place instead, emptying what it cannot vouch for \
-                 (the running processes may find those objects absent until the regions move)",
+                 replicas): {} restarts in place instead (a primary copy marked damaged is \
+                 emptied, and the running processes may find its objects absent until the \
+                 region moves)",
                 node_list(nodes),
                 limit.as_secs_f64(),
                 if nodes.len() == 1 { "it" } else { "each" },

@@ -165,6 +165,13 @@ pub enum AdoptError {
     )]
     PrimaryWithoutCopy { region: RegionId, config: u64 },
     #[error(
+        "configuration {config} makes this node primary of {region}, whose copy here was found \
+         damaged at its restart and has not been copied again (the CM did not know: its restart \
+         request was refused or had not come yet); refused, so that the CM removes this node \
+         rather than have it serve the emptied copy"
+    )]
+    PromotedDamaged { region: RegionId, config: u64 },
+    #[error(
         "cannot make the ring of {sender}, which configuration {config} adds: {source}; check \
          the space left in the cluster directory"
     )]
@@ -550,6 +557,25 @@ impl ReplicaNode {
             });
         }
         let older = self.txn.config();
+        // A copy found damaged at the restart is emptied and held until a configuration counts
+        // it `copying` and a later one complete. One made without knowing of the damage (the
+        // CM learns it from the restart request) may promote it when the primary fails: the
+        // node refuses, which makes the CM suspect it, rather than serve zeros as the region's
+        // data. A configuration that keeps it primary where it was is not refused: a new CM
+        // leader distributes the one it found before the restart request (docs/failures.md,
+        // "Known gaps").
+        {
+            let marked = self.not_copied_again.lock().expect(crate::POISONED);
+            let promoted = (newer.regions.iter())
+                .filter(|p| p.primary == node && marked.contains_key(&p.region))
+                .find(|p| older.placement(p.region).is_some_and(|o| o.primary != node));
+            if let Some(placement) = promoted {
+                return Err(AdoptError::PromotedDamaged {
+                    region: placement.region,
+                    config: newer.id,
+                });
+            }
+        }
         let mut adopted = Adopted::default();
         for placement in newer.replicated_on(node) {
             let copying = placement.copying.contains(&node);

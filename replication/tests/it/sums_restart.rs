@@ -248,3 +248,53 @@ fn a_ring_cut_short_while_its_node_was_down_ends_there_and_no_copy_is_served() {
         file.set_len(first + 16).expect("cut the ring");
     });
 }
+
+/// n1's copy of r1 is found damaged at its restart (emptied, marked). A configuration made
+/// without knowing of the damage moves r1's primary to n2 and keeps n1 a complete backup (as if
+/// the restart request that reported the damage was refused); when n2 then fails, the CM's next
+/// configuration promotes n1. n1 must refuse it: adopting it would serve the emptied copy as
+/// r1's data. (Found by review: with the CM reaching a restarted process at once, it can act on
+/// such a configuration before the restart request comes.) A configuration that keeps n1 a
+/// backup is adopted.
+#[test]
+fn a_damaged_copy_not_copied_again_refuses_to_be_promoted() {
+    let dir = tempfile::tempdir().expect("create the cluster directory");
+    let (path, config) = cluster_of_two(dir.path());
+    acre_replication::sums::mark_cluster_stopping(dir.path()).expect("mark the cluster stopping");
+    let (n1, n2, r1) = (NodeId(1), NodeId(2), RegionId(1));
+    ProcessNode::start(&path, n1).expect("start n1").stop();
+    let copy = node_area_files(dir.path(), n1)
+        .expect("list n1's files")
+        .into_iter()
+        .find(|(area, _)| *area == r1)
+        .map(|(_, file)| file)
+        .expect("n1's copy of r1");
+    flip_a_bit(&copy, 4096 + 1);
+    let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
+    assert_eq!(restarted.replica().damaged_copies(), [r1]);
+
+    let with_primary = |id: u64, primary: NodeId, backup: NodeId| {
+        let mut next = config.clone();
+        next.id = id;
+        let placement = (next.regions.iter_mut())
+            .find(|p| p.region == r1)
+            .expect("r1's placement");
+        placement.primary = primary;
+        placement.backups = vec![backup];
+        placement.copying.clear();
+        Arc::new(next)
+    };
+    restarted
+        .adopt(with_primary(2, n2, n1))
+        .expect("n1 a backup of r1: adopted");
+    let refused = restarted.adopt(with_primary(3, n1, n2));
+    assert!(
+        matches!(
+            refused,
+            Err(acre_replication::replica::AdoptError::PromotedDamaged { region, config: 3 })
+                if region == r1
+        ),
+        "{refused:?}"
+    );
+    restarted.stop();
+}

@@ -918,7 +918,7 @@ fn print_throughput(
         "throughput around the kill (committed transfers per {} ms):",
         SAMPLE_INTERVAL.as_millis()
     )?;
-    for (from, to, count) in rows {
+    for &(from, to, count) in &rows {
         let bar = "#".repeat(usize::try_from(count * BAR_WIDTH / most).unwrap_or(0));
         let mut marks: Vec<&str> = Vec::new();
         if from <= 0.0 && 0.0 < to {
@@ -941,5 +941,66 @@ fn print_throughput(
             width = BAR_WIDTH as usize
         )?;
     }
-    Ok(())
+    let share = (RECOVERED_SHARE * 100.0).round();
+    match back_to_before(&rows) {
+        Some((before, to)) => writeln!(
+            out,
+            "throughput back to {share}% of before (the median interval before the kill: \
+             {before} transfers) in the interval ending at {to:+.0} ms"
+        ),
+        None => writeln!(
+            out,
+            "throughput not back to {share}% of before within the {} ms shown",
+            SHOWN_AFTER_KILL.as_millis()
+        ),
+    }
+}
+
+/// The share of the throughput before the kill that counts as "back".
+const RECOVERED_SHARE: f64 = 0.9;
+
+/// Given rows (from ms, to ms, transfers) around the kill at 0: the median count of the
+/// intervals that end by the kill, and the end of the first interval that starts at or after
+/// the kill and reaches [`RECOVERED_SHARE`] of it (`None` if none does, or nothing came
+/// before).
+fn back_to_before(rows: &[(f64, f64, u64)]) -> Option<(u64, f64)> {
+    let mut before: Vec<u64> = (rows.iter())
+        .filter(|&&(_, to, _)| to <= 0.0)
+        .map(|&(_, _, count)| count)
+        .collect();
+    if before.is_empty() {
+        return None;
+    }
+    before.sort_unstable();
+    let median = before[before.len() / 2];
+    (rows.iter())
+        .find(|&&(from, _, count)| from >= 0.0 && count as f64 >= RECOVERED_SHARE * median as f64)
+        .map(|&(_, to, _)| (median, to))
+}
+
+#[cfg(test)]
+mod throughput_tests {
+    use super::back_to_before;
+
+    #[test]
+    fn throughput_is_back_at_the_first_interval_after_the_kill_that_reaches_nine_tenths() {
+        let rows = [
+            (-300.0, -200.0, 100),
+            (-200.0, -100.0, 120),
+            (-100.0, 0.0, 80),
+            (0.0, 100.0, 95), // the kill's own interval: counts (it starts at the kill)
+            (100.0, 200.0, 0),
+        ];
+        assert_eq!(back_to_before(&rows), Some((100, 100.0)));
+        let later = [
+            (-200.0, -100.0, 100),
+            (-100.0, 0.0, 100),
+            (0.0, 100.0, 10),
+            (100.0, 200.0, 89),
+            (200.0, 300.0, 90),
+        ];
+        assert_eq!(back_to_before(&later), Some((100, 300.0)));
+        assert_eq!(back_to_before(&later[..4]), None, "never back");
+        assert_eq!(back_to_before(&later[2..]), None, "nothing before the kill");
+    }
 }

@@ -101,6 +101,24 @@ impl CmCluster {
         }
     }
 
+    /// Waits until the CM removed `victim` as failed and a new node took its place, with every
+    /// region active.
+    fn wait_for_a_new_node_in_place_of(&self, victim: NodeId) {
+        let after = self.wait_for(
+            "a new node in the victim's place, every region active",
+            |s| {
+                !s.committed.nodes.contains(&victim)
+                    && s.committed.nodes.len() == 3
+                    && s.committed.regions.iter().all(|p| p.state.is_active())
+            },
+        );
+        assert!(
+            (after.history.iter()).any(|row| row.cause == format!("failure of {victim}")),
+            "{:?}",
+            after.history
+        );
+    }
+
     fn kill(&self, node: NodeId) {
         let pid = node_pid_of(&self.dir, node);
         let out = acre(&["cluster", "kill", "--dir", self.dir(), &node.0.to_string()]);
@@ -1693,30 +1711,10 @@ fn restart_in_place(transport: &str) {
 /// for the CM to remove it instead, and it comes back as a new node.
 #[test]
 fn a_member_that_cannot_vouch_for_its_primary_copy_does_not_restart_in_place() {
-    let cluster = CmCluster::up(
-        "unvouched",
-        &[
-            "--nodes",
-            "3",
-            "--f",
-            "1",
-            "--cm",
-            "3",
-            "--lease-ms",
-            "3000",
-        ],
-    );
-    let before = cluster.status();
-    let placement = (before.committed.regions.iter())
-        .find(|p| p.primary != before.leader)
-        .expect("a region whose primary does not lead the CM")
-        .clone();
-    let (victim, region) = (placement.primary, placement.region);
+    let (cluster, victim, region) = killable_primary("unvouched");
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
     let addr = create_in(&db, region.0, 7);
-    let pid = node_pid_of(&cluster.dir, victim);
-    send_signal(pid, "KILL");
-    wait_until_dead(pid);
+    cluster.kill(victim);
     let copy = copy_file(&cluster.dir, victim, region);
     acre::replication::sums::mark_damaged(&copy).expect("mark the copy damaged");
 
@@ -1736,35 +1734,16 @@ fn a_member_that_cannot_vouch_for_its_primary_copy_does_not_restart_in_place() {
         shown.contains(&format!("{victim} cannot vouch for a primary copy")),
         "{shown}"
     );
-    let after = cluster.wait_for(
-        "a new node in the victim's place, every region active",
-        |s| {
-            !s.committed.nodes.contains(&victim)
-                && s.committed.nodes.len() == 3
-                && s.committed.regions.iter().all(|p| p.state.is_active())
-        },
-    );
-    assert!(
-        (after.history.iter()).any(|row| row.cause == format!("failure of {victim}")),
-        "{:?}",
-        after.history
-    );
+    cluster.wait_for_a_new_node_in_place_of(victim);
     assert_eq!(read(&db, addr), 7);
 }
 
-/// A member killed while the CM can remove it and running members hold another replica of
-/// everything it held: its copies have no block sums (a kill writes none), so nothing vouches
-/// for them, and `acre cluster up` must not serve them again. Here the killed primary's copy is
-/// damaged while it is down (the object's value overwritten in the file); `up` waits for the
-/// CM to remove the member and brings it back as a new node that copies the regions from
-/// their backups, so the object reads as committed. Before, `up` restarted it in place and
-/// the damaged value was served as the region's data.
-#[test]
-fn a_killed_member_whose_regions_run_elsewhere_comes_back_as_a_new_node() {
-    const VALUE: u64 = 0x0123_4567_89ab_cdef;
-    // Leases long enough that the CM has not removed the member when `up` looks.
+/// Three nodes, f = 1, the CM in them, with leases of 3 s (long enough that the CM has not
+/// removed a killed member when `acre cluster up` looks), and the primary of a region that
+/// does not lead the CM: the cluster, that node and its region.
+fn killable_primary(name: &str) -> (CmCluster, NodeId, RegionId) {
     let cluster = CmCluster::up(
-        "killed-unproven",
+        name,
         &[
             "--nodes",
             "3",
@@ -1779,15 +1758,26 @@ fn a_killed_member_whose_regions_run_elsewhere_comes_back_as_a_new_node() {
     let before = cluster.status();
     let placement = (before.committed.regions.iter())
         .find(|p| p.primary != before.leader)
-        .expect("a region whose primary does not lead the CM")
-        .clone();
+        .expect("a region whose primary does not lead the CM");
     let (victim, region) = (placement.primary, placement.region);
+    (cluster, victim, region)
+}
+
+/// A member killed while the CM can remove it and running members hold another replica of
+/// everything it held: its copies have no block sums (a kill writes none), so nothing vouches
+/// for them, and `acre cluster up` must not serve them again. Here the killed primary's copy is
+/// damaged while it is down (the object's value overwritten in the file); `up` waits for the
+/// CM to remove the member and brings it back as a new node that copies the regions from
+/// their backups, so the object reads as committed. Before, `up` restarted it in place and
+/// the damaged value was served as the region's data.
+#[test]
+fn a_killed_member_whose_regions_run_elsewhere_comes_back_as_a_new_node() {
+    const VALUE: u64 = 0x0123_4567_89ab_cdef;
+    let (cluster, victim, region) = killable_primary("killed-unproven");
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
     let addr = create_in(&db, region.0, VALUE);
     drop(db);
-    let pid = node_pid_of(&cluster.dir, victim);
-    send_signal(pid, "KILL");
-    wait_until_dead(pid);
+    cluster.kill(victim);
     // The damage: the value's bytes in the dead primary's copy.
     let copy = copy_file(&cluster.dir, victim, region);
     let bytes = std::fs::read(&copy).expect("read the copy");
@@ -1805,19 +1795,7 @@ fn a_killed_member_whose_regions_run_elsewhere_comes_back_as_a_new_node() {
         shown.contains(&format!("{victim} left copies nothing vouches for")),
         "{shown}"
     );
-    let after = cluster.wait_for(
-        "a new node in the victim's place, every region active",
-        |s| {
-            !s.committed.nodes.contains(&victim)
-                && s.committed.nodes.len() == 3
-                && s.committed.regions.iter().all(|p| p.state.is_active())
-        },
-    );
-    assert!(
-        (after.history.iter()).any(|row| row.cause == format!("failure of {victim}")),
-        "{:?}",
-        after.history
-    );
+    cluster.wait_for_a_new_node_in_place_of(victim);
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
     assert_eq!(read(&db, addr), VALUE, "the damaged copy was served");
 }

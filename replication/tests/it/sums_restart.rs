@@ -26,6 +26,16 @@ fn flip_a_bit(path: &Path, offset: u64) {
     file.sync_all().expect("sync the copy");
 }
 
+/// The file of `node`'s copy of `region` in the cluster directory `dir`.
+fn copy_of(dir: &Path, node: NodeId, region: RegionId) -> std::path::PathBuf {
+    node_area_files(dir, node)
+        .expect("list the node's files")
+        .into_iter()
+        .find(|(area, _)| *area == region)
+        .map(|(_, file)| file)
+        .expect("the node's copy of the region")
+}
+
 /// The cluster file of two nodes in `dir`, one region each with a backup on the other, and a
 /// CM: its path and the configuration.
 fn cluster_of_two(dir: &Path) -> (std::path::PathBuf, Configuration) {
@@ -64,12 +74,7 @@ fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() 
     let n1 = NodeId(1);
     let r1 = RegionId(1);
     ProcessNode::start(&path, n1).expect("start n1").stop();
-    let copy = node_area_files(dir.path(), n1)
-        .expect("list n1's files")
-        .into_iter()
-        .find(|(area, _)| *area == r1)
-        .map(|(_, file)| file)
-        .expect("n1's copy of r1");
+    let copy = copy_of(dir.path(), n1, r1);
     flip_a_bit(&copy, 4096 + 1);
 
     let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
@@ -263,12 +268,7 @@ fn a_damaged_copy_not_copied_again_refuses_to_be_promoted() {
     acre_replication::sums::mark_cluster_stopping(dir.path()).expect("mark the cluster stopping");
     let (n1, n2, r1) = (NodeId(1), NodeId(2), RegionId(1));
     ProcessNode::start(&path, n1).expect("start n1").stop();
-    let copy = node_area_files(dir.path(), n1)
-        .expect("list n1's files")
-        .into_iter()
-        .find(|(area, _)| *area == r1)
-        .map(|(_, file)| file)
-        .expect("n1's copy of r1");
+    let copy = copy_of(dir.path(), n1, r1);
     flip_a_bit(&copy, 4096 + 1);
     let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
     assert_eq!(restarted.replica().damaged_copies(), [r1]);

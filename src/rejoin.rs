@@ -119,13 +119,23 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     // complete replica of everything it held and the CM can remove it, it comes back as a new
     // node, its copies taken from those replicas, rather than serve them unproven.
     if cm_can_act(dir, &file) {
+        // The CM removes a suspect only when a majority of the members answer its probe:
+        // those that wait answer nothing, so fewer than half of the members may wait.
+        let members = cluster::current_configuration(dir, &file).nodes.len();
+        let may_wait = members.div_ceil(2).saturating_sub(1);
         for &node in &recoverable {
             if unvouched.contains(&node) {
                 continue;
             }
+            if waiting.len() >= may_wait {
+                break;
+            }
             writeln!(
                 out,
-                "{node} left copies nothing vouches for (no block sums: it was killed or                  stopped alone), and running members hold another complete replica of each:                  it comes back as a new node, its regions copied from them, once the CM                  removed it"
+                "{node} left copies nothing vouches for (no block sums: it was killed or \
+                 stopped alone), and running members hold another complete replica of each: \
+                 it comes back as a new node, its regions copied from them, once the CM \
+                 removed it"
             )?;
             waiting.push(node);
         }
@@ -353,11 +363,6 @@ fn wait_until_removed(
 /// few of its leases.
 const REMOVAL_WAIT: Duration = Duration::from_secs(30);
 
-/// Moves the area files (region copies, rings, and whatever sits next to them) and the
-/// doorbell of `node`, which the CM removed, to `retired/<node>` in `dir`. Its log stays, so
-/// that its id is never used again, and so does its manifest: a process that starts links to
-/// every CM replica and waits for each one's addresses there, a dead one's included (a Raft
-/// voter's address, dialled in vain until it comes back). Returns the directory.
 /// The members `before` meant to restart in place that `now` finds removed by the CM.
 fn removed_meanwhile(before: &Missing, now: &Missing) -> Vec<NodeId> {
     (before.members.iter())
@@ -366,6 +371,11 @@ fn removed_meanwhile(before: &Missing, now: &Missing) -> Vec<NodeId> {
         .collect()
 }
 
+/// Moves the area files (region copies, rings, and whatever sits next to them) and the
+/// doorbell of `node`, which the CM removed, to `retired/<node>` in `dir`. Its log stays, so
+/// that its id is never used again, and so does its manifest: a process that starts links to
+/// every CM replica and waits for each one's addresses there, a dead one's included (a Raft
+/// voter's address, dialled in vain until it comes back). Returns the directory.
 pub fn retire(dir: &Path, node: NodeId) -> anyhow::Result<PathBuf> {
     let retired = dir.join(RETIRED_DIR).join(node.to_string());
     std::fs::create_dir_all(&retired).with_context(|| format!("create {}", retired.display()))?;

@@ -852,6 +852,17 @@ impl Manager {
                 self.stand_down(reason, &mut out);
                 return out;
             }
+            if from == self.me {
+                // This CM's own node refused (say, a configuration promoting a copy it found
+                // damaged): it cannot suspect itself, and every plan from here would promote
+                // it again. Another replica leads, and removes it.
+                let reason = format!(
+                    "this CM's own node refused configuration {}: {}",
+                    ack.id, ack.refused
+                );
+                self.stand_down(reason, &mut out);
+                return out;
+            }
             tracing::warn!(%from, id = ack.id, refused = %ack.refused, "member refused NEW-CONFIG; suspecting it");
             self.supersede(&[from], now, &mut out);
             return out;
@@ -2270,6 +2281,23 @@ mod tests {
             refused: "stale: n4 holds configuration 3".into(),
         };
         assert!(stood_down(&manager.ack(NodeId(4), &stale, ms(13))));
+    }
+
+    /// The CM's own node refuses NEW-CONFIG for a reason other than staleness: it cannot
+    /// suspect itself (the configuration would stay uncommitted and every plan would promote
+    /// it again), so it stands down for another replica to lead and remove it.
+    #[test]
+    fn a_refusal_by_the_cms_own_node_stands_down() {
+        let mut manager = lead();
+        let (_, next) = suspect_and_probe(&mut manager, NodeId(5), ms(10));
+        manager.install_outcome(InstallOutcome::Installed(next), ms(12));
+        let refused = NewConfigAck {
+            id: 2,
+            refused: "configuration 2 makes this node primary of r3, whose copy here was found \
+                      damaged"
+                .into(),
+        };
+        assert!(stood_down(&manager.ack(ME, &refused, ms(13))));
     }
 
     #[test]

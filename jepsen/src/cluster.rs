@@ -3,9 +3,9 @@
 //! processes found through the manifests they publish in the cluster directory.
 //!
 //! The harness never starts a node itself: a node it killed comes back through `acre cluster
-//! up --dir D` on the running cluster, which restarts in place a member the configuration
-//! still lists and rejoins as a new node one the configuration manager removed. So the
-//! harness tests the recovery an operator would get.
+//! up --dir D` on the running cluster, which has a node the configuration manager removed
+//! (or will remove: its regions run elsewhere) rejoin as a new node, and restarts in place a
+//! member whose copies are needed. So the harness tests the recovery an operator would get.
 
 use crate::netns::Network;
 use acre_engine::addr::NodeId;

@@ -2,8 +2,8 @@
 //! after a while.
 //!
 //! - **kill**: SIGKILL of the targets; healed by `acre cluster up --dir D` on the running
-//!   cluster, which restarts a member in place or rejoins as a new node one the configuration
-//!   manager removed meanwhile ([`Cluster::restore`]).
+//!   cluster, which rejoins as a new node one the configuration manager removed (or will
+//!   remove), or restarts a member in place whose copies are needed ([`Cluster::restore`]).
 //! - **pause**: SIGSTOP of the targets, SIGCONT to heal: a process that stops where it is,
 //!   holding its locks and leases, and wakes up later believing nothing happened.
 //! - **clock**: the targets' clocks (each node process reads its clock through a control file

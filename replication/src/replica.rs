@@ -565,9 +565,11 @@ impl ReplicaNode {
         // leader distributes the one it found before the restart request (docs/failures.md,
         // "Known gaps").
         {
+            // A copy some configuration counted `copying` is being copied again: one that
+            // counts it complete (and may promote it) follows that copy's completion.
             let marked = self.not_copied_again.lock().expect(crate::POISONED);
             let promoted = (newer.regions.iter())
-                .filter(|p| p.primary == node && marked.contains_key(&p.region))
+                .filter(|p| p.primary == node && marked.get(&p.region) == Some(&false))
                 .find(|p| older.placement(p.region).is_some_and(|o| o.primary != node));
             if let Some(placement) = promoted {
                 return Err(AdoptError::PromotedDamaged {

@@ -169,6 +169,44 @@ fn a_transaction_held_by_every_backup_commits_when_its_primary_dies() {
     cluster.stop();
 }
 
+/// A COMMIT-PRIMARY durable at one primary only: the same transaction, its COMMIT-PRIMARY taken
+/// by r1's primary n1 (which the coordinator then installs) but failed at r4's primary n4,
+/// which dies. r1 votes commit-primary and r4 (its promoted primary n1 holds the COMMIT-BACKUP)
+/// commit-backup: it commits (by either rule; a staging where commit-primary alone decides
+/// needs another region's records truncated before a COMMIT-PRIMARY, which a coordinator never
+/// does), r4's part installed from its COMMIT-BACKUP, and both regions serve the new values.
+#[test]
+fn a_transaction_one_primary_took_commit_primary_of_commits_when_the_other_dies() {
+    let mut cluster = four_nodes();
+    let n3 = txn_node(&cluster, 2);
+    let a = create(&n3, RegionId(4), b"a0");
+    let b = create(&n3, RegionId(1), b"b0");
+    settle(&cluster);
+    let rule = cluster.faults().add(
+        Rule::to(NodeId(4), Action::Fail)
+            .from(NodeId(3))
+            .when(|ops| appended_kinds(ops).contains(&COMMIT_PRIMARY)),
+    );
+    let committed = write_both(&n3, a, b);
+    fail_n4_and_recover(&mut cluster);
+    cluster.faults().remove(rule);
+    let n1 = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1, a).expect("read a"), b"a1");
+    assert_eq!(value_at(&n1, b).expect("read b"), b"b1");
+    // The coordinator may have reported the commit (one COMMIT-PRIMARY took) or left it to
+    // recovery; either way it committed.
+    if let Err(CommitError::Indeterminate { txn, .. }) = committed {
+        assert_eq!(wait_decided(&n3, txn), TxnOutcome::Committed);
+    } else {
+        committed.expect("committed");
+    }
+    overwrite(&n1, a, b"a2");
+    overwrite(&n1, b, b"b2");
+    settle(&cluster);
+    cluster.check_replicas().expect("replicas match");
+    cluster.stop();
+}
+
 /// FaRM's lock-only rule: the same transaction locks at both primaries but no COMMIT-BACKUP
 /// lands anywhere before n4 dies. r4's promoted primary holds nothing and was no primary when
 /// it locked, r1 votes lock: nothing says the coordinator decided to commit, so it aborts, and

@@ -94,6 +94,11 @@ impl Cluster {
     /// As [`Cluster::up`], with more arguments for `acre cluster up`.
     pub fn up_with(name: &str, transport: &str, extra: &[&str]) -> Cluster {
         let dir = PathBuf::from(format!("/dev/shm/acre-test-{name}-{}", std::process::id()));
+        Cluster::up_in(dir, transport, extra)
+    }
+
+    /// As [`Cluster::up_with`], in the cluster directory `dir` (a directory on disk, say).
+    pub fn up_in(dir: PathBuf, transport: &str, extra: &[&str]) -> Cluster {
         let cluster = Cluster { dir };
         let mut args = vec![
             "cluster",

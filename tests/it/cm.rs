@@ -315,6 +315,51 @@ fn a_killed_primary_s_region_is_recovered_and_serves_again() {
     assert_eq!(regions, ["1"], "{shown}");
 }
 
+/// A new backup's copy shows its progress in `acre cluster status`: with the copier paced to
+/// 1 MiB/s (8 s for a region of 8 MiB), n4 (r3's only backup) is killed and the status shows
+/// r3's new backup with a percentage, which only grows, until the copy is complete.
+#[test]
+fn a_copy_s_progress_shows_in_cluster_status() {
+    let cluster = CmCluster::up_with(
+        "copy-progress",
+        FOUR_NODES_N4_BACKUP_ONLY,
+        &[("ACRE_COPY_BYTES_PER_SECOND", "1048576")],
+    );
+    let before = cluster.status();
+    cluster.kill(NodeId(4));
+    cluster.wait_for("n4 removed", |s| {
+        !s.committed.nodes.contains(&NodeId(4)) && s.committed.id > before.committed.id
+    });
+    let deadline = Instant::now() + RECONFIGURE_MAX;
+    let mut seen: Vec<u64> = Vec::new();
+    while Instant::now() < deadline {
+        let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
+        let shown = String::from_utf8_lossy(&status.stdout).to_string();
+        let r3 = shown
+            .lines()
+            .find(|line| line.starts_with("r3 "))
+            .unwrap_or_else(|| panic!("no line for r3: {shown}"));
+        // "r3  n3  active  n1  n1 37%": the last word is the copying backup's percentage.
+        match r3
+            .split_whitespace()
+            .last()
+            .and_then(|w| w.strip_suffix('%'))
+        {
+            Some(percent) => seen.push(percent.parse().expect("a percentage")),
+            None if !seen.is_empty() => break,
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(!seen.is_empty(), "no progress shown for r3's copy");
+    assert!(seen.iter().all(|&p| p <= 100), "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {seen:?}"
+    );
+    eprintln!("r3's copy: {seen:?}");
+}
+
 /// What a pair of accounts starts with in [`counted_transfers`].
 const PAIR_START: u64 = 1 << 40;
 

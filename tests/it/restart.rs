@@ -173,6 +173,33 @@ fn cluster_down_keeps_the_data_and_up_restarts_from_it() {
     assert!(!cluster.dir.exists(), "down --purge removes the directory");
 }
 
+/// The data directory on an ordinary disk (not /dev/shm), every write persisted with msync
+/// (`--persist msync`): the cluster stopped with `down` restarts from its files, and again after
+/// kill -9 of every node, with the bank's total intact each time (docs/failures.md, "What the
+/// data survives").
+#[test]
+fn a_cluster_on_disk_with_msync_restarts_from_its_files() {
+    let dir = std::env::temp_dir().join(format!("acre-test-disk-{}", std::process::id()));
+    let cluster = Cluster::up_in(dir, "shm", &["--persist", "msync"]);
+    let bank = fill(&cluster);
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(
+        String::from_utf8_lossy(&up.stdout).contains("restarted"),
+        "{}",
+        text(&up)
+    );
+    audit_holds(&cluster, bank);
+
+    kill_every_node(&cluster);
+    let up = acre(&["cluster", "up", "--dir", cluster.dir()]);
+    assert!(up.status.success(), "{}", text(&up));
+    audit_holds(&cluster, bank);
+    bank_holds(cluster.dir());
+}
+
 /// kill -9 of every node at once while transfers commit, then `acre cluster up`: every
 /// acknowledged transfer is there, none is applied in part (the total holds), and every region
 /// commits again. In both commit modes: message mode recovers locks the workers took, one-sided

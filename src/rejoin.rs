@@ -22,7 +22,7 @@ use crate::launch::{self, AddNodeArgs, node_list};
 use acre::cluster::{self, ClusterFile};
 use acre::engine::addr::NodeId;
 use acre::engine::directory;
-use acre::txn::RegionState;
+use acre::txn::{Configuration, RegionState};
 use anyhow::{Context, bail};
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -118,11 +118,11 @@ pub fn up_running(dir: &Path, file: ClusterFile) -> anyhow::Result<ExitCode> {
     // sums (a node killed, or stopped alone, writes none). Where running members hold another
     // complete replica of everything it held and the CM can remove it, it comes back as a new
     // node, its copies taken from those replicas, rather than serve them unproven.
-    if cm_can_act(dir, &file) {
+    let config = cluster::current_configuration(dir, &file);
+    if cm_can_act(dir, &file, &config) {
         // The CM removes a suspect only when a majority of the members answer its probe:
         // those that wait answer nothing, so fewer than half of the members may wait.
-        let members = cluster::current_configuration(dir, &file).nodes.len();
-        let may_wait = members.div_ceil(2).saturating_sub(1);
+        let may_wait = config.nodes.len().div_ceil(2).saturating_sub(1);
         for &node in &recoverable {
             if unvouched.contains(&node) {
                 continue;
@@ -272,8 +272,7 @@ fn recoverable_without(dir: &Path, file: &ClusterFile, missing: &[NodeId]) -> Ve
 
 /// Whether a majority of the CM's replicas run, so that it can remove a member whose lease
 /// ran out (a member that waits for its removal otherwise waits the whole [`REMOVAL_WAIT`]).
-fn cm_can_act(dir: &Path, file: &ClusterFile) -> bool {
-    let config = cluster::current_configuration(dir, file);
+fn cm_can_act(dir: &Path, file: &ClusterFile, config: &Configuration) -> bool {
     let running: BTreeSet<NodeId> = (launch::running_nodes(dir, Some(file)).into_iter())
         .chain(launch::running_cms(dir, Some(file)))
         .map(|(node, _)| node)

@@ -12,8 +12,11 @@
 //! installs (version bumped, trailer kept equal), so one-sided readers see allocation and free
 //! like any other write. The block headers and the allocated bits are region bytes: they are
 //! replicated and persisted with the region. The free lists are not: after a failure the new
-//! primary calls [`SlabAllocator::rebuild`], which reads them back from the block headers and
-//! the allocated bits. Layout and assumptions: `docs/formats.md`.
+//! primary reads them back from the block headers and the allocated bits, either at once
+//! ([`SlabAllocator::rebuild`]) or block by block while the region serves
+//! ([`SlabAllocator::recover`], then [`SlabAllocator::read_next_block`] and
+//! [`SlabAllocator::finish_block`]; frees in a block not scanned yet are queued until it is).
+//! Layout and assumptions: `docs/formats.md`.
 //!
 //! One allocator per region, owned by the region's primary and used through `&mut self`; the
 //! region's words are shared with readers and transactions on other threads and nodes.
@@ -248,8 +251,16 @@ struct ClaimedBlock {
     /// is listed; an unpublished one never is.
     listed: bool,
     /// Its header is known durable wherever objects in it are replicated (see
-    /// [`SlabAllocator::publish`]); blocks found by `rebuild` are.
+    /// [`SlabAllocator::publish`]). A block found by a recovery is not: its header may have
+    /// reached only some backups before the old primary failed, so the first reservation in it
+    /// copies the header to every backup again.
     published: bool,
+    /// Its slots have been read (always, but after [`SlabAllocator::recover`] until
+    /// [`SlabAllocator::finish_block`]). An unscanned block counts every slot as taken, so no
+    /// reservation gets one, and the frees of its slots wait in `queued_frees`.
+    scanned: bool,
+    /// Slots freed while the block was unscanned, settled when it is scanned.
+    queued_frees: Vec<u32>,
 }
 
 impl ClaimedBlock {
@@ -296,6 +307,25 @@ pub struct SlabAllocator {
     unpublished_blocks: Vec<Vec<u32>>,
     /// Unused blocks, the lowest index last (claimed first).
     unused_blocks: Vec<u32>,
+    /// Claimed blocks whose slots are still to be read (after `recover`), the lowest index
+    /// last (scanned first).
+    unscanned_blocks: Vec<u32>,
+}
+
+/// The slots of one block read by [`SlabAllocator::read_next_block`]: which were taken
+/// (allocated, or locked by an allocation or free under way). Handed to
+/// [`SlabAllocator::finish_block`] to become the block's free list.
+#[derive(Debug)]
+pub struct BlockRead {
+    block_index: u32,
+    taken: Vec<bool>,
+}
+
+impl BlockRead {
+    /// The index of the block read.
+    pub fn block_index(&self) -> u32 {
+        self.block_index
+    }
 }
 
 impl SlabAllocator {
@@ -340,15 +370,33 @@ impl SlabAllocator {
             partial_blocks: vec![Vec::new(); class_count],
             unpublished_blocks: vec![Vec::new(); class_count],
             unused_blocks: (0..block_count as u32).rev().collect(),
+            unscanned_blocks: Vec::new(),
         })
     }
 
     /// Reconstructs the allocator of `region` from its block headers and the allocated bits of
-    /// its slots (recovery, on the new primary). Every slot whose header is allocated stays
-    /// allocated; every other slot is free, except a slot that is locked but not allocated (an
-    /// allocation or free cut short by a crash): it is withheld, counted as allocated, until
-    /// transaction recovery has dealt with its lock.
+    /// its slots, at once: [`recover`](Self::recover) and every block read and finished with
+    /// no free pending. Every slot whose header is allocated stays allocated; every other slot
+    /// is free, except a slot that is locked but not allocated (an allocation or free cut short
+    /// by a crash): it is withheld, counted as allocated, until transaction recovery has dealt
+    /// with its lock. For a region no transaction writes meanwhile (at a start, in checks).
     pub fn rebuild(region: &Region, block_bytes: u64) -> Result<SlabAllocator, AllocError> {
+        let mut slab = SlabAllocator::recover(region, block_bytes)?;
+        while let Some(read) = slab.read_next_block(region) {
+            slab.finish_block(region, read, &[]);
+        }
+        Ok(slab)
+    }
+
+    /// The allocator of `region` as a new primary takes it over, from its block headers only:
+    /// unclaimed blocks are unused, claimed ones are *unscanned* (no slot of theirs is handed
+    /// out, frees in them are queued) until their slots are read, one block at a time while
+    /// the region serves ([`read_next_block`](Self::read_next_block),
+    /// [`finish_block`](Self::finish_block)). Allocations meanwhile claim unused blocks or use
+    /// blocks already scanned. Every claimed block starts unpublished, so the first reservation
+    /// in it copies its header to the backups again (one may have missed it when the old
+    /// primary failed). Fails on a corrupt block header.
+    pub fn recover(region: &Region, block_bytes: u64) -> Result<SlabAllocator, AllocError> {
         let mut slab = SlabAllocator::format(region.id(), region.len(), block_bytes)?;
         slab.unused_blocks.clear();
         for block_index in 0..slab.blocks.len() as u32 {
@@ -363,49 +411,125 @@ impl SlabAllocator {
             }
             let class = slab.check_block_header(offset, header)?;
             let slot_count = slab.slot_count(class);
-            let mut block = ClaimedBlock {
+            slab.blocks[block_index as usize] = Block::Claimed(ClaimedBlock {
                 class,
                 slot_count,
-                fresh_slot_index: 0,
+                fresh_slot_index: slot_count,
                 free_slot_indexes: Vec::new(),
-                allocated_count: 0,
+                allocated_count: slot_count,
                 listed: false,
-                published: true,
-            };
-            for slot_index in 0..slot_count {
-                let slot_offset = slab.slot_offset(block_index, class, slot_index);
-                let words = region.words_at(slot_offset, class.slot_bytes());
-                let slot_header = object::load_header(words);
-                if slot_header.is_allocated() || slot_header.is_locked() {
-                    block.allocated_count += 1;
-                    block.fresh_slot_index = slot_index + 1;
-                }
-            }
-            // Free slots below the last used one, lowest reused first.
-            for slot_index in (0..block.fresh_slot_index).rev() {
-                let slot_offset = slab.slot_offset(block_index, class, slot_index);
-                let slot_header =
-                    object::load_header(region.words_at(slot_offset, class.slot_bytes()));
-                if !slot_header.is_allocated() && !slot_header.is_locked() {
-                    block.free_slot_indexes.push(slot_index);
-                }
-            }
-            assert!(
-                block.allocated_count + block.free_slot_indexes.len() as u32
-                    == block.fresh_slot_index,
-                "rebuild miscounted block {block_index}: allocated={} free={} fresh={}",
-                block.allocated_count,
-                block.free_slot_indexes.len(),
-                block.fresh_slot_index
-            );
-            if block.has_free_slot() {
-                block.listed = true;
-                slab.partial_blocks[class.index].push(block_index);
-            }
-            slab.blocks[block_index as usize] = Block::Claimed(block);
+                published: false,
+                scanned: false,
+                queued_frees: Vec::new(),
+            });
+            slab.unpublished_blocks[class.index].push(block_index);
+            slab.unscanned_blocks.push(block_index);
         }
         slab.unused_blocks.reverse();
+        slab.unscanned_blocks.reverse();
         Ok(slab)
+    }
+
+    /// Claimed blocks whose slots are still to be read (0 once recovered).
+    pub fn unscanned_block_count(&self) -> usize {
+        self.unscanned_blocks.len()
+    }
+
+    /// The index of the block [`read_next_block`](Self::read_next_block) reads.
+    pub fn next_unscanned_block(&self) -> Option<u32> {
+        self.unscanned_blocks.last().copied()
+    }
+
+    /// Reads the slot headers of the lowest unscanned block, without changing the allocator;
+    /// `None` when every block is scanned. The caller then makes sure every transaction that
+    /// freed a slot of the block, and whose free was visible to this read, is known to it, and
+    /// hands the read to [`finish_block`](Self::finish_block) with those frees.
+    pub fn read_next_block(&self, region: &Region) -> Option<BlockRead> {
+        self.check_region(region);
+        let &block_index = self.unscanned_blocks.last()?;
+        let Block::Claimed(block) = &self.blocks[block_index as usize] else {
+            panic!("unused block {block_index} listed as unscanned");
+        };
+        let taken = (0..block.slot_count)
+            .map(|slot_index| {
+                let offset = self.slot_offset(block_index, block.class, slot_index);
+                let header = object::load_header(region.words_at(offset, block.class.slot_bytes()));
+                header.is_allocated() || header.is_locked()
+            })
+            .collect();
+        Some(BlockRead { block_index, taken })
+    }
+
+    /// Makes the block of `read` scanned: its free slots are those the read found neither
+    /// allocated nor locked, less those a transaction freed whose slot has not come back yet:
+    /// `pending_frees` lists `(slot, version its free installs)` of every free known to be under
+    /// way (installed or not), and a slot free at exactly that version is withheld, counted as
+    /// allocated, until that free's [`release`](Self::release). Then the frees queued while the
+    /// block was unscanned are settled: a slot the read counted free is already back, any other
+    /// is released now.
+    pub fn finish_block(
+        &mut self,
+        region: &Region,
+        read: BlockRead,
+        pending_frees: &[(Addr, u64)],
+    ) {
+        self.check_region(region);
+        let BlockRead {
+            block_index,
+            mut taken,
+        } = read;
+        assert_eq!(
+            self.unscanned_blocks.last(),
+            Some(&block_index),
+            "finished block {block_index} out of turn"
+        );
+        self.unscanned_blocks.pop();
+        let (class, queued) = {
+            let block = self.claimed_mut(block_index);
+            assert!(!block.scanned, "block {block_index} scanned twice");
+            (block.class, std::mem::take(&mut block.queued_frees))
+        };
+        for &(addr, version) in pending_frees {
+            let Ok((in_block, slot_index, _)) = self.locate(addr) else {
+                continue;
+            };
+            if in_block != block_index {
+                continue;
+            }
+            let header = object::load_header(region.words_at(addr.offset(), class.slot_bytes()));
+            if !header.is_allocated() && !header.is_locked() && header.version() == version {
+                taken[slot_index as usize] = true;
+            }
+        }
+        let fresh_slot_index = taken
+            .iter()
+            .rposition(|&is_taken| is_taken)
+            .map_or(0, |last| last as u32 + 1);
+        let allocated_count = taken.iter().filter(|&&is_taken| is_taken).count() as u32;
+        let block = self.claimed_mut(block_index);
+        block.scanned = true;
+        block.fresh_slot_index = fresh_slot_index;
+        block.allocated_count = allocated_count;
+        // Free slots below the last taken one, lowest reused first.
+        block.free_slot_indexes = (0..fresh_slot_index)
+            .rev()
+            .filter(|&slot_index| !taken[slot_index as usize])
+            .collect();
+        for slot_index in queued {
+            if taken[slot_index as usize] {
+                let addr = Addr::new(
+                    self.region,
+                    self.slot_offset(block_index, class, slot_index),
+                );
+                self.release(region, addr)
+                    .unwrap_or_else(|e| panic!("a queued free of {addr}, checked free then: {e}"));
+            }
+        }
+        let block = self.claimed_mut(block_index);
+        if block.published && block.has_free_slot() && !block.listed {
+            block.listed = true;
+            self.partial_blocks[class.index].push(block_index);
+        }
     }
 
     pub fn region(&self) -> RegionId {
@@ -503,6 +627,14 @@ impl SlabAllocator {
             return Err(AllocError::ObjectBusy { addr, header });
         }
         let block = self.claimed_mut(block_index);
+        if !block.scanned {
+            debug_assert!(
+                !block.queued_frees.contains(&slot_index),
+                "released {addr} twice while its block was unscanned"
+            );
+            block.queued_frees.push(slot_index);
+            return Ok(());
+        }
         assert!(
             block.allocated_count > 0,
             "released {addr} in a block with no taken slot: block={block:?}"
@@ -578,8 +710,9 @@ impl SlabAllocator {
         Ok(region.words_at(addr.offset(), class.slot_bytes()))
     }
 
-    /// The addresses this allocator considers allocated (not free), in address order. O(slots
-    /// of the claimed blocks): for checks and diagnostics.
+    /// The addresses this allocator considers allocated (not free), in address order; every
+    /// slot of a block not scanned yet. O(slots of the claimed blocks): for checks and
+    /// diagnostics.
     pub fn allocated_addrs(&self) -> Vec<Addr> {
         let mut addrs = Vec::new();
         for (block_index, block) in self.blocks.iter().enumerate() {
@@ -796,6 +929,8 @@ impl SlabAllocator {
             allocated_count: 0,
             listed: false,
             published: false,
+            scanned: true,
+            queued_frees: Vec::new(),
         });
         self.unpublished_blocks[class.index].push(block_index);
         Ok(block_index)
@@ -1424,6 +1559,181 @@ mod tests {
                 "seed {seed}"
             );
             check_fragmentation(&rebuilt, &live);
+        });
+    }
+
+    /// Installs the free of the object at `addr` without giving its slot back (a commit whose
+    /// release comes later); returns the version the free installed.
+    fn install_free(region: &Region, slab: &SlabAllocator, addr: Addr) -> u64 {
+        let words = slab.slot_words(region, addr).unwrap();
+        let header = object::load_header(words);
+        assert!(header.is_allocated());
+        object::try_lock(words, header.version(), Owner::ALLOCATOR).unwrap();
+        object::install_with(words, &[], false);
+        object::load_header(words).version()
+    }
+
+    #[test]
+    fn a_recovered_allocator_hands_out_no_slot_of_an_unscanned_block_and_queues_its_frees() {
+        let region = region();
+        let mut slab = slab();
+        let objects: Vec<Addr> = (0..4).map(|_| slab.alloc(&region, 16).unwrap()).collect();
+        let mut recovered = SlabAllocator::recover(&region, BLOCK_BYTES).unwrap();
+        assert_eq!(recovered.unscanned_block_count(), 1);
+        // A new allocation claims an unused block rather than wait for the scan.
+        let fresh = recovered.alloc(&region, 300).unwrap();
+        assert_eq!(fresh.offset() as u64 / BLOCK_BYTES, 1);
+        // A free in the unscanned block is queued, and counted once the block is scanned.
+        recovered.free(&region, objects[1]).unwrap();
+        let read = recovered.read_next_block(&region).unwrap();
+        // Freed between the read (which saw it allocated) and the finish: queued too.
+        recovered.free(&region, objects[2]).unwrap();
+        recovered.finish_block(&region, read, &[]);
+        assert_eq!(recovered.unscanned_block_count(), 0);
+        assert!(recovered.read_next_block(&region).is_none());
+        assert_eq!(
+            recovered.allocated_addrs(),
+            vec![objects[0], objects[3], fresh]
+        );
+        // Each freed slot comes back exactly once; the block is published by the first
+        // allocation in it (the header copied to the backups again).
+        let first = recovered.reserve(&region, 16).unwrap();
+        assert!(
+            first.claimed_block.is_some(),
+            "a recovered block starts unpublished"
+        );
+        recovered.release(&region, first.addr).unwrap();
+        let again: BTreeSet<Addr> = (0..2)
+            .map(|_| recovered.alloc(&region, 16).unwrap())
+            .collect();
+        assert_eq!(again, BTreeSet::from([objects[1], objects[2]]));
+        assert_eq!(
+            recovered.fragmentation(),
+            SlabAllocator::rebuild(&region, BLOCK_BYTES)
+                .unwrap()
+                .fragmentation()
+        );
+    }
+
+    #[test]
+    fn a_free_installed_before_the_scan_and_released_after_it_comes_back_once() {
+        let region = region();
+        let mut slab = slab();
+        let kept = slab.alloc(&region, 16).unwrap();
+        let freed = slab.alloc(&region, 16).unwrap();
+        let mut recovered = SlabAllocator::recover(&region, BLOCK_BYTES).unwrap();
+        // A transaction installs the free; its slot goes back only later (a one-sided
+        // coordinator's install, which the primary observes on a later turn).
+        let version = install_free(&region, &recovered, freed);
+        let read = recovered.read_next_block(&region).unwrap();
+        recovered.finish_block(&region, read, &[(freed, version)]);
+        assert_eq!(
+            recovered.allocated_addrs(),
+            vec![kept, freed],
+            "withheld until released"
+        );
+        recovered.release(&region, freed).unwrap();
+        assert_eq!(recovered.allocated_addrs(), vec![kept]);
+        let next: Vec<Addr> = (0..2)
+            .map(|_| recovered.alloc(&region, 16).unwrap())
+            .collect();
+        assert_eq!(next[0], freed);
+        assert_ne!(next[1], freed, "handed out twice");
+    }
+
+    #[test]
+    fn a_pending_free_of_another_version_does_not_withhold_a_free_slot() {
+        let region = region();
+        let mut slab = slab();
+        let object = slab.alloc(&region, 16).unwrap();
+        slab.free(&region, object).unwrap();
+        let version = object::load_header(slab.slot_words(&region, object).unwrap()).version();
+        let mut recovered = SlabAllocator::recover(&region, BLOCK_BYTES).unwrap();
+        let read = recovered.read_next_block(&region).unwrap();
+        // A transaction that read the object before that free and will fail to validate.
+        recovered.finish_block(&region, read, &[(object, version + 1)]);
+        assert!(recovered.allocated_addrs().is_empty());
+    }
+
+    /// Random allocations and frees, some frees installed and given back later; then a
+    /// recovery whose blocks are scanned between further random operations, each scan with the
+    /// frees pending then. The allocator must never hand out a live slot or a slot twice, and
+    /// must end where a rebuild from the region ends.
+    #[test]
+    fn a_paced_recovery_amid_allocs_and_frees_matches_the_model() {
+        const OP_COUNT: u64 = 600;
+        for_each_seed(24, Replay::Exact, |seed| {
+            let mut rng = SplitMix::new(seed);
+            let region = region();
+            let mut slab = slab();
+            let mut live: BTreeSet<Addr> = BTreeSet::new();
+            let lens = [16, 40, 100, 250];
+            let step = |slab: &mut SlabAllocator,
+                        live: &mut BTreeSet<Addr>,
+                        pending: &mut Vec<(Addr, u64)>,
+                        rng: &mut SplitMix| {
+                let action = rng.below(100);
+                if action < 50 || live.is_empty() {
+                    let len = lens[rng.below(lens.len() as u64) as usize];
+                    match slab.alloc(&region, len) {
+                        Ok(addr) => assert!(live.insert(addr), "seed {seed}: {addr} twice"),
+                        Err(AllocError::RegionFull { .. }) => {}
+                        Err(e) => panic!("seed {seed}: {e}"),
+                    }
+                } else if action < 75 {
+                    let addr = *live
+                        .iter()
+                        .nth(rng.below(live.len() as u64) as usize)
+                        .unwrap();
+                    live.remove(&addr);
+                    if rng.below(2) == 0 {
+                        slab.free(&region, addr).unwrap();
+                    } else {
+                        let version = install_free(&region, slab, addr);
+                        pending.push((addr, version));
+                    }
+                } else if !pending.is_empty() {
+                    let (addr, _) = pending.swap_remove(rng.below(pending.len() as u64) as usize);
+                    slab.release(&region, addr).unwrap();
+                }
+            };
+            let mut pending = Vec::new();
+            for _ in 0..OP_COUNT {
+                step(&mut slab, &mut live, &mut pending, &mut rng);
+            }
+            let mut recovered = SlabAllocator::recover(&region, BLOCK_BYTES).unwrap();
+            loop {
+                for _ in 0..rng.below(40) {
+                    step(&mut recovered, &mut live, &mut pending, &mut rng);
+                }
+                let Some(read) = recovered.read_next_block(&region) else {
+                    break;
+                };
+                for _ in 0..rng.below(10) {
+                    step(&mut recovered, &mut live, &mut pending, &mut rng);
+                }
+                recovered.finish_block(&region, read, &pending);
+            }
+            for (addr, _) in pending.drain(..) {
+                recovered.release(&region, addr).unwrap();
+            }
+            let model: Vec<Addr> = live.iter().copied().collect();
+            assert_eq!(recovered.allocated_addrs(), model, "seed {seed}");
+            let rebuilt = SlabAllocator::rebuild(&region, BLOCK_BYTES).unwrap();
+            assert_eq!(rebuilt.allocated_addrs(), model, "seed {seed}");
+            assert_eq!(
+                rebuilt.fragmentation(),
+                recovered.fragmentation(),
+                "seed {seed}"
+            );
+            // Allocate until full: never a live slot.
+            loop {
+                match recovered.alloc(&region, 16) {
+                    Ok(addr) => assert!(live.insert(addr), "seed {seed}: {addr} handed out live"),
+                    Err(AllocError::RegionFull { .. }) => break,
+                    Err(e) => panic!("seed {seed}: {e}"),
+                }
+            }
         });
     }
 }

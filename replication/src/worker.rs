@@ -106,6 +106,21 @@ const DRAIN_RECORDS_MAX: usize = 1 << 20;
 /// answer before it is reported (rounds come every few milliseconds: about a second).
 const RECOVERY_UNANSWERED_REPORTED: u32 = 200;
 
+/// How often a worker whose node took a region over reads blocks of the region's allocator
+/// (docs/failures.md#allocator-recovery), and for how long at most each time: at most a quarter
+/// of the worker's time, the rest for the records of the transactions the region serves.
+const ALLOCATOR_SCAN_EVERY: Duration = Duration::from_millis(4);
+const ALLOCATOR_SCAN_BUDGET: Duration = Duration::from_millis(1);
+
+/// An allocator reading its blocks' slots while its region serves.
+struct AllocatorRecovery {
+    began: std::time::Instant,
+    /// Claimed blocks to read when it began.
+    blocks: usize,
+    /// Time spent reading (a share of each turn's, when several recover at once).
+    scanning: Duration,
+}
+
 /// Regions whose transaction recovery a node finished, with the configuration it was done in
 /// (what [`crate::ReplicaNode::recovered_regions`] reports).
 pub type RecoveredRegions = Arc<Mutex<Vec<(RegionId, u64)>>>;
@@ -281,6 +296,10 @@ struct Serving {
     resolver: Resolver,
     /// When to look for transactions of gone clients next, on the node's clock.
     next_orphan_check: Time,
+    /// When to read blocks of recovering allocators next, on the node's clock.
+    next_allocator_scan: Time,
+    /// Regions whose allocator is recovering, since when and how much of the scan took.
+    allocators_recovering: FastMap<RegionId, AllocatorRecovery>,
     /// Transaction recovery after reconfigurations ([`crate::recovery`]).
     recovery: Recovery,
     /// Transactions needing recovery this node is settling.
@@ -372,6 +391,8 @@ impl Worker {
             unanswered: FastMap::default(),
             resolver: Resolver::spawn(node.clone(), backup.clone())?,
             next_orphan_check: node.clock().now() + ORPHAN_CHECK_INTERVAL,
+            next_allocator_scan: node.clock().now(),
+            allocators_recovering: FastMap::default(),
             unrecovered: if restarted {
                 node.primary().region_ids().into_iter().collect()
             } else {
@@ -431,13 +452,16 @@ impl Serving {
                 tracing::info!(node = %me, "reading the ring of {}, which joined", ring.sender());
                 self.inbox.add(ring);
             }
-            let timeout = if self.is_recovering() {
+            let mut timeout = if self.is_recovering() {
                 RECOVERY_RETRY_AFTER
             } else if self.node.links().has_pending_truncations() {
                 TRUNCATE_FLUSH_AFTER
             } else {
                 IDLE_SLEEP_MAX
             };
+            if !self.allocators_recovering.is_empty() {
+                timeout = timeout.min(ALLOCATOR_SCAN_EVERY);
+            }
             let mut next = self.inbox.wait(timeout);
             let mut handled = 0;
             loop {
@@ -464,6 +488,7 @@ impl Serving {
                 self.next_orphan_check = self.node.clock().now() + ORPHAN_CHECK_INTERVAL;
             }
             self.node.primary().observe_installs();
+            self.scan_allocators();
             self.truncate_rings();
             self.publish_retention();
             self.status.publish_settled(&self.stats.settled());
@@ -1555,13 +1580,14 @@ impl Serving {
     }
 
     /// Makes this node the primary of `region`, whose transactions are recovered: its copy
-    /// leaves the backup copies, its allocator is rebuilt from the allocated bits, and the
-    /// node reports it recovered (the CM then installs a configuration where it is active).
+    /// leaves the backup copies, its allocator recovers from the block headers (its blocks'
+    /// slots are read while it serves, [`Serving::scan_allocators`]), and the node reports it
+    /// recovered (the CM then installs a configuration where it is active).
     fn serve_region(&mut self, region: RegionId) {
         let me = self.node.node_id();
         let config_id = self.recovery.drained_for();
-        // How long the allocator's rebuild took (inside the region's blocked window).
-        let rebuild_began = std::time::Instant::now();
+        // How long reading the allocator's block headers took (inside the blocked window).
+        let recover_began = std::time::Instant::now();
         let mut rebuilt = false;
         if self.node.primary().region(region).is_none() {
             let Some(copy) = self.backup.remove(region) else {
@@ -1573,7 +1599,7 @@ impl Serving {
                 return;
             };
             let block_bytes = self.recovery.config().block_bytes;
-            match SlabAllocator::rebuild(&copy, block_bytes) {
+            match SlabAllocator::recover(&copy, block_bytes) {
                 Ok(slab) => {
                     self.node.primary().add_region(copy, slab);
                     rebuilt = true;
@@ -1593,10 +1619,10 @@ impl Serving {
         {
             // Its primary already, restarted from its files: the allocator it started with
             // came from the copy as the earlier run left it, with that run's allocations
-            // undecided; rebuilt now that they are settled. (A primary that did not restart
-            // keeps its allocator: it holds reservations a rebuild would forget.)
+            // undecided; recovered again now that they are settled. (A primary that did not
+            // restart keeps its allocator: it holds reservations a rebuild would forget.)
             let block_bytes = self.recovery.config().block_bytes;
-            match SlabAllocator::rebuild(&copy, block_bytes) {
+            match SlabAllocator::recover(&copy, block_bytes) {
                 Ok(slab) => {
                     self.node.primary().replace_slab(region, slab);
                     rebuilt = true;
@@ -1620,9 +1646,19 @@ impl Serving {
             .expect(crate::POISONED)
             .push((region, config_id));
         let rebuild = if rebuilt {
+            let blocks = self.node.primary().unscanned_blocks(region);
+            self.allocators_recovering.insert(
+                region,
+                AllocatorRecovery {
+                    began: std::time::Instant::now(),
+                    blocks,
+                    scanning: Duration::ZERO,
+                },
+            );
             format!(
-                " (its allocator rebuilt from the allocated bits in {:.1} ms)",
-                rebuild_began.elapsed().as_secs_f64() * 1e3
+                " (its allocator read {blocks} block headers in {:.1} ms; their slots are read \
+                 while it serves)",
+                recover_began.elapsed().as_secs_f64() * 1e3
             )
         } else {
             String::new()
@@ -1632,6 +1668,51 @@ impl Serving {
             "{region} is recovered in configuration {config_id}{rebuild}: this node serves it \
              as primary once the CM makes it active"
         );
+    }
+
+    /// Allocator recovery, paced: every [`ALLOCATOR_SCAN_EVERY`], reads the next block of each
+    /// recovering allocator, handles the records already in the rings (so that every free
+    /// whose install a read saw is known to the primary, or its slot back), and finishes the
+    /// reads; again until [`ALLOCATOR_SCAN_BUDGET`] is spent.
+    fn scan_allocators(&mut self) {
+        let now = self.node.clock().now();
+        if now < self.next_allocator_scan {
+            return;
+        }
+        if !self.node.primary().recovering_allocators() {
+            self.allocators_recovering.clear();
+            return;
+        }
+        self.next_allocator_scan = now + ALLOCATOR_SCAN_EVERY;
+        let began = std::time::Instant::now();
+        let mut recovered = Vec::new();
+        while began.elapsed() < ALLOCATOR_SCAN_BUDGET {
+            let reads = self.node.primary().read_unscanned_blocks();
+            if reads.is_empty() {
+                break;
+            }
+            acre_engine::pause::point("allocator.block_read");
+            self.drain_rings();
+            recovered.extend(self.node.primary().finish_block_reads(reads));
+        }
+        let spent = began.elapsed();
+        let scanning = self.allocators_recovering.len().max(1) as u32;
+        for recovery in self.allocators_recovering.values_mut() {
+            recovery.scanning += spent / scanning;
+        }
+        let me = self.node.node_id();
+        for region in recovered {
+            if let Some(recovery) = self.allocators_recovering.remove(&region) {
+                tracing::info!(
+                    node = %me,
+                    "{region}'s allocator is recovered: the slots of its {} claimed blocks \
+                     read in {:.1} ms while it served, {:.1} ms of them reading",
+                    recovery.blocks,
+                    recovery.began.elapsed().as_secs_f64() * 1e3,
+                    recovery.scanning.as_secs_f64() * 1e3
+                );
+            }
+        }
     }
 
     fn ring(&mut self, sender: NodeId) -> &mut Retention {

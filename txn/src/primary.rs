@@ -16,8 +16,8 @@ use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::hash::FastMap;
 use acre_engine::object::{self, Header};
 use acre_engine::region::Region;
-use acre_engine::slab::{AllocError, Reserved, SlabAllocator};
-use std::sync::atomic::AtomicU64;
+use acre_engine::slab::{AllocError, BlockRead, Reserved, SlabAllocator};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 struct PrimaryRegion {
@@ -32,6 +32,23 @@ impl PrimaryRegion {
             region,
             slab: Mutex::new(slab),
         })
+    }
+}
+
+/// Blocks of recovering allocators read by [`Primary::read_unscanned_blocks`], to be finished
+/// by [`Primary::finish_block_reads`].
+pub struct BlockReads {
+    reads: Vec<(Arc<PrimaryRegion>, BlockRead)>,
+}
+
+impl BlockReads {
+    /// How many blocks were read.
+    pub fn len(&self) -> usize {
+        self.reads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty()
     }
 }
 
@@ -64,6 +81,8 @@ pub struct Primary {
     /// One-sided transactions whose COMMIT-PRIMARY was read and whose coordinator's install
     /// has not landed everywhere here yet, with their LOCK's entries.
     installing: Mutex<FastMap<TxnId, Vec<Entry>>>,
+    /// Set when an allocator with blocks to scan joins; cleared when none has any left.
+    allocators_recovering: AtomicBool,
 }
 
 /// Why COMMIT-PRIMARY could not be applied: a coordinator bug or a lost LOCK.
@@ -85,12 +104,16 @@ impl Primary {
             held: Mutex::new(FastMap::default()),
             allocated_for: Mutex::new(FastMap::default()),
             installing: Mutex::new(FastMap::default()),
+            allocators_recovering: AtomicBool::new(true),
         }
     }
 
     /// Becomes the primary of a new, empty region (a configuration created it here).
     pub fn add_region(&self, region: Arc<Region>, slab: SlabAllocator) {
         let id = region.id();
+        if slab.unscanned_block_count() > 0 {
+            self.allocators_recovering.store(true, Ordering::Release);
+        }
         let previous = self
             .regions
             .write()
@@ -108,6 +131,9 @@ impl Primary {
     /// docs/failures.md#whole-cluster-restart). Returns false if `id` is not a primary region
     /// here.
     pub fn replace_slab(&self, id: RegionId, slab: SlabAllocator) -> bool {
+        if slab.unscanned_block_count() > 0 {
+            self.allocators_recovering.store(true, Ordering::Release);
+        }
         match self.region_state(id) {
             Some(state) => {
                 *state.slab.lock().expect(POISONED) = slab;
@@ -139,10 +165,107 @@ impl Primary {
 
     /// The slots the allocator of region `id` counts as taken (allocated or reserved), in
     /// address order; `None` if this node is not its primary. O(slots): for checks, such as a
-    /// test's that every freed object went back to the allocator once the cluster is quiet.
+    /// test's that every freed object went back to the allocator once the cluster is quiet. An
+    /// allocator still recovering reads its remaining blocks first, which is exact only when
+    /// the cluster is quiet (no install landing unseen).
     pub fn allocated_addrs(&self, id: RegionId) -> Option<Vec<Addr>> {
         let primary = self.region_state(id)?;
-        Some(primary.slab.lock().expect(POISONED).allocated_addrs())
+        let pending = self.pending_frees(id);
+        let mut slab = primary.slab.lock().expect(POISONED);
+        while let Some(read) = slab.read_next_block(&primary.region) {
+            slab.finish_block(&primary.region, read, &pending);
+        }
+        Some(slab.allocated_addrs())
+    }
+
+    /// Whether the allocator of some primary region here still has blocks to scan
+    /// (docs/failures.md#allocator-recovery). Cheap when none has.
+    pub fn recovering_allocators(&self) -> bool {
+        if !self.allocators_recovering.load(Ordering::Acquire) {
+            return false;
+        }
+        let regions = self.regions.read().expect(POISONED);
+        let recovering = regions
+            .values()
+            .any(|primary| primary.slab.lock().expect(POISONED).unscanned_block_count() > 0);
+        if !recovering {
+            self.allocators_recovering.store(false, Ordering::Release);
+        }
+        recovering
+    }
+
+    /// Blocks the allocator of region `id` has still to scan (0 if not a primary region here).
+    pub fn unscanned_blocks(&self, id: RegionId) -> usize {
+        self.region_state(id).map_or(0, |primary| {
+            primary.slab.lock().expect(POISONED).unscanned_block_count()
+        })
+    }
+
+    /// Reads the slots of the next unscanned block of each recovering allocator. The caller
+    /// handles every record already in its rings and then hands the reads to
+    /// [`Primary::finish_block_reads`]: a free whose install a read saw is then known here (its
+    /// COMMIT-PRIMARY was in the ring before the install landed) unless its slot came back
+    /// already.
+    pub fn read_unscanned_blocks(&self) -> BlockReads {
+        let regions: Vec<Arc<PrimaryRegion>> = self
+            .regions
+            .read()
+            .expect(POISONED)
+            .values()
+            .cloned()
+            .collect();
+        let reads = regions
+            .into_iter()
+            .filter_map(|primary| {
+                let read = primary
+                    .slab
+                    .lock()
+                    .expect(POISONED)
+                    .read_next_block(&primary.region)?;
+                Some((primary, read))
+            })
+            .collect();
+        BlockReads { reads }
+    }
+
+    /// Makes the blocks of `reads` scanned, each with the frees under way here then; returns
+    /// the regions whose allocator has no block left to scan now.
+    pub fn finish_block_reads(&self, reads: BlockReads) -> Vec<RegionId> {
+        let mut recovered = Vec::new();
+        for (primary, read) in reads.reads {
+            let id = primary.region.id();
+            let pending = self.pending_frees(id);
+            let mut slab = primary.slab.lock().expect(POISONED);
+            // A read of an allocator replaced since (rebuilt again) is dropped.
+            if slab.next_unscanned_block() != Some(read.block_index()) {
+                continue;
+            }
+            slab.finish_block(&primary.region, read, &pending);
+            if slab.unscanned_block_count() == 0 {
+                recovered.push(id);
+            }
+        }
+        recovered
+    }
+
+    /// The frees in region `id` of the transactions this primary knows and whose slots have not
+    /// come back: `(slot, version its free installs)`.
+    fn pending_frees(&self, id: RegionId) -> Vec<(Addr, u64)> {
+        let frees = |entries: &[Entry]| -> Vec<(Addr, u64)> {
+            entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::Free && e.addr.region() == id)
+                .map(|e| (e.addr, e.version + 1))
+                .collect()
+        };
+        let mut pending: Vec<(Addr, u64)> = Vec::new();
+        for held in self.held.lock().expect(POISONED).values() {
+            pending.extend(frees(&held.entries));
+        }
+        for entries in self.installing.lock().expect(POISONED).values() {
+            pending.extend(frees(entries));
+        }
+        pending
     }
 
     /// Transactions holding locks (or installing them, in one-sided mode), or slots reserved
@@ -153,7 +276,8 @@ impl Primary {
         self.held.lock().expect(POISONED).len() + allocating + installing
     }
 
-    /// Runs `f` on the words of the slot at `addr` (which must be an object slot here).
+    /// Runs `f` on the words of the slot at `addr` (which must be an object slot here). The
+    /// allocator is not locked while `f` runs.
     fn with_slot<T>(
         &self,
         addr: Addr,
@@ -490,6 +614,10 @@ impl Primary {
         };
         for entry in held.entries {
             self.with_slot(entry.addr, |words, primary| {
+                // A free installs and gives its slot back under the allocator's lock, so that a
+                // recovering allocator's read of the block sees neither or both.
+                let slab =
+                    (entry.kind == EntryKind::Free).then(|| primary.slab.lock().expect(POISONED));
                 let header =
                     object::install_with(words, &entry.payload, entry.kind != EntryKind::Free);
                 assert!(
@@ -504,12 +632,8 @@ impl Primary {
                     entry.addr
                 );
                 persist_slot(&primary.region, entry.addr, words.len());
-                if entry.kind == EntryKind::Free {
-                    primary
-                        .slab
-                        .lock()
-                        .expect(POISONED)
-                        .release(&primary.region, entry.addr)
+                if let Some(mut slab) = slab {
+                    slab.release(&primary.region, entry.addr)
                         .expect("a slot whose free was just installed is free");
                 }
             })
@@ -658,5 +782,61 @@ mod tests {
         assert!(!primary.holds(txn));
         // The allocator serves on.
         assert!(primary.region(RegionId(1)).is_some());
+    }
+
+    /// A one-sided coordinator frees an object of a region whose allocator is recovering: its
+    /// install lands before the allocator reads the object's block, and the primary puts the
+    /// slot back only on a later turn, once it has seen the install. The read must not count
+    /// the slot free as well, or the slot is handed out twice.
+    #[test]
+    fn a_free_installed_before_its_block_is_read_comes_back_once() {
+        let region = Arc::new(Region::anonymous(RegionId(1), REGION_BYTES).unwrap());
+        let mut earlier = SlabAllocator::format(RegionId(1), REGION_BYTES, BLOCK_BYTES).unwrap();
+        let kept = earlier.alloc(&region, 16).unwrap();
+        let freed = earlier.alloc(&region, 16).unwrap();
+        let recovered = SlabAllocator::recover(&region, BLOCK_BYTES).unwrap();
+        let primary = Primary::new(vec![(region.clone(), recovered)]);
+        assert!(primary.recovering_allocators());
+        let txn = TxnId {
+            config: 2,
+            node: NodeId(100),
+            thread: 0,
+            seq: 1,
+        };
+        let words = earlier.slot_words(&region, freed).unwrap();
+        let version = object::load_header(words).version();
+        primary.note_lock(
+            txn,
+            vec![Entry {
+                addr: freed,
+                version,
+                kind: EntryKind::Free,
+                payload: Vec::new(),
+            }],
+        );
+        // The coordinator locks by compare-and-swap and installs the free.
+        object::try_lock(words, version, txn.owner()).unwrap();
+        object::install_with(words, &[], false);
+        let reads = primary.read_unscanned_blocks();
+        assert_eq!(reads.len(), 1);
+        assert_eq!(primary.finish_block_reads(reads), vec![RegionId(1)]);
+        assert!(!primary.recovering_allocators());
+        // The COMMIT-PRIMARY comes next; the install has landed, so the slot comes back.
+        primary.note_commit(txn);
+        assert_eq!(primary.allocated_addrs(RegionId(1)), Some(vec![kept]));
+        let mut handed_out = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let reserved = primary.reserve(RegionId(1), 16, None).unwrap();
+            if let Some((offset, _)) = reserved.claimed_block {
+                primary.publish(RegionId(1), offset);
+            }
+            assert!(
+                handed_out.insert(reserved.addr),
+                "{} handed out twice",
+                reserved.addr
+            );
+            assert_ne!(reserved.addr, kept);
+        }
+        assert!(handed_out.contains(&freed));
     }
 }

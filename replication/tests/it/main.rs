@@ -2,6 +2,7 @@
 //! node runtimes that reach each other by shm), and of node runtimes over tcp refusing nodes
 //! that are not members of their configuration.
 
+mod allocator_recovery;
 mod bank;
 mod clients;
 mod cm_follow;

@@ -19,10 +19,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 /// Bound on a recovery: a few rounds of votes of milliseconds each, on two busy cores.
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Waits until `node` reports `region` recovered.
-fn wait_recovered(cluster: &EmbeddedCluster, node: NodeId, region: RegionId) {
+pub(crate) fn wait_recovered(cluster: &EmbeddedCluster, node: NodeId, region: RegionId) {
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
     while !replica(cluster, node).recovered_regions().contains(&region) {
         assert!(
@@ -35,7 +35,7 @@ fn wait_recovered(cluster: &EmbeddedCluster, node: NodeId, region: RegionId) {
 
 /// n4 leaves (fenced, as the CM has it killed), r4 is promoted to n1 and blocked; once n1
 /// reports it recovered, a configuration makes it active.
-fn fail_n4_and_recover(cluster: &mut EmbeddedCluster) {
+pub(crate) fn fail_n4_and_recover(cluster: &mut EmbeddedCluster) {
     let newer = next(cluster.config(), without_n4);
     cluster.reconfigure((*newer).clone()).expect("reconfigure");
     wait_recovered(cluster, NodeId(1), RegionId(4));
@@ -70,7 +70,7 @@ fn hold_back_once(
 }
 
 /// Makes every region active, in a configuration after the cluster's (recovery done).
-fn activate_every_region(cluster: &mut EmbeddedCluster) {
+pub(crate) fn activate_every_region(cluster: &mut EmbeddedCluster) {
     let active = next(cluster.config(), |config| {
         for placement in &mut config.regions {
             placement.state = RegionState::Active;
@@ -102,7 +102,7 @@ fn write_both(
 
 /// What became of `txn`, asked until it is decided (a node may still hold its records for
 /// the truncation that follows the decision).
-fn wait_decided(
+pub(crate) fn wait_decided(
     coordinator: &std::sync::Arc<acre_txn::TxnNode>,
     txn: acre_txn::TxnId,
 ) -> TxnOutcome {
@@ -116,7 +116,7 @@ fn wait_decided(
     }
 }
 
-fn recovered(cluster: &EmbeddedCluster, node: NodeId) -> (u64, u64) {
+pub(crate) fn recovered(cluster: &EmbeddedCluster, node: NodeId) -> (u64, u64) {
     let stats = replica(cluster, node).worker().expect("running").stats();
     (
         stats.recovered_committed.load(Relaxed),

@@ -19,8 +19,9 @@
 //! not, and its pace counts them all.
 //!
 //! Expectation: each surviving node copies its regions one after the other, each at the
-//! copier's pace (256 MiB/s of blocks read per node unless `ACRE_COPY_BYTES_PER_SECOND` says
-//! otherwise), so 1 GiB spread over two copying nodes takes at least 2 s, plus a CM
+//! copier's pace (at most 256 MiB/s of blocks read per node unless `ACRE_COPY_BYTES_PER_SECOND`
+//! says otherwise, halved while the node's foreground runs below 80% of its rate before the
+//! copy, down to 32 MiB/s), so 1 GiB spread over two copying nodes takes at least 2 s, plus a CM
 //! reconfiguration per completed copy. On two cores the copier, three node processes and the
 //! transfers share the CPUs, so the foreground loses what the copier takes. Measured: see
 //! docs/failures.md#data-recovery.
@@ -222,8 +223,13 @@ fn validate(args: &RecopyArgs) -> anyhow::Result<()> {
 /// The copy pace the node processes inherit from this one (they are started by it).
 fn copy_pace() -> String {
     match std::env::var("ACRE_COPY_BYTES_PER_SECOND") {
-        Ok(rate) => format!("ACRE_COPY_BYTES_PER_SECOND={rate} per node"),
-        Err(_) => "256 MiB/s per node (the default)".into(),
+        Ok(rate) => format!(
+            "at most ACRE_COPY_BYTES_PER_SECOND={rate} per node, slower while a node's \
+             foreground runs below 80% of before"
+        ),
+        Err(_) => "at most 256 MiB/s per node (the default), slower while a node's foreground \
+                   runs below 80% of before"
+            .into(),
     }
 }
 

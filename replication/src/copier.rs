@@ -23,9 +23,10 @@
 //!    its update is installed there, so the copy takes every update that is not already on its
 //!    way to this node as a COMMIT-BACKUP. Both paths install only newer versions, under the
 //!    copy's write lock, so they converge in whatever order they come.
-//! 3. It paces itself to [`COPY_BYTES_PER_SECOND`] of blocks read (or what
-//!    [`COPY_RATE_VARIABLE`] says), sleeping between blocks, so that foreground transactions
-//!    keep most of the primary's time and the fabric.
+//! 3. It paces itself, sleeping between blocks, so that foreground transactions keep most of
+//!    the machines' time and the fabric: at most [`COPY_BYTES_PER_SECOND`] of blocks read (or
+//!    what [`COPY_RATE_VARIABLE`] says), and slower while its node's foreground runs below
+//!    [`crate::pace::FOREGROUND_KEPT`] of its rate before the copy ([`Pace`]).
 //! 4. Done, it records the region as copied ([`crate::ReplicaNode::copied_regions`]); the node
 //!    reports it to the CM, which installs a configuration that counts the copy complete.
 //!
@@ -76,6 +77,8 @@
 //! unnoticed.)
 
 use crate::backup::Backup;
+use crate::pace::Pace;
+use crate::worker::WorkerStats;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::fabric::OpError;
 use acre_engine::object;
@@ -85,6 +88,7 @@ use acre_txn::TxnNode;
 use acre_txn::config::{Configuration, RegionState};
 use acre_txn::record::{Body, TxnId, TxnRecord};
 use acre_txn::reply::Code;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,7 +99,7 @@ use std::time::{Duration, Instant};
 /// How often an idle copier looks for copies to make.
 pub const COPIER_IDLE: Duration = Duration::from_millis(100);
 /// The pace of a copy: bytes of blocks read per second, at most, unless the node process's
-/// environment sets [`COPY_RATE_VARIABLE`].
+/// environment sets [`COPY_RATE_VARIABLE`] (the foreground may slow it down: [`Pace`]).
 pub const COPY_BYTES_PER_SECOND: u64 = 256 << 20;
 /// The environment variable that sets another pace (bytes per second, a positive integer):
 /// slower to spare a busy cluster's foreground, faster on a quiet one, and very slow in tests
@@ -306,11 +310,14 @@ pub struct Copier {
 }
 
 impl Copier {
+    /// `foreground`: the node's worker's counters, whose records handled are the foreground
+    /// the pace watches.
     pub fn spawn(
         node: Arc<TxnNode>,
         backup: Arc<Backup>,
         ledger: Arc<CopyLedger>,
         progress: Arc<CopyProgress>,
+        foreground: Arc<WorkerStats>,
     ) -> std::io::Result<Copier> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -323,7 +330,8 @@ impl Copier {
                 .name(format!("acre-copier-{}", node.node_id()))
                 .spawn(move || {
                     let copier = Copying {
-                        rate: copy_rate(),
+                        pace: RefCell::new(Pace::new(copy_rate())),
+                        foreground,
                         node,
                         backup,
                         ledger,
@@ -358,8 +366,8 @@ impl Drop for Copier {
 }
 
 struct Copying {
-    /// Bytes per second, at most.
-    rate: u64,
+    pace: RefCell<Pace>,
+    foreground: Arc<WorkerStats>,
     node: Arc<TxnNode>,
     backup: Arc<Backup>,
     ledger: Arc<CopyLedger>,
@@ -370,6 +378,14 @@ struct Copying {
 impl Copying {
     fn stopped(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Samples the foreground for the pace.
+    fn observe(&self, copying: bool) {
+        let records = self.foreground.records.load(Ordering::Relaxed);
+        self.pace
+            .borrow_mut()
+            .observe(Instant::now(), records, copying);
     }
 
     /// Sleeps `pause` or until stopped; returns whether it was stopped.
@@ -413,10 +429,16 @@ impl Copying {
                             // `acre bench recopy` reads the words up to the rate.
                             "copied {region} from its primary: {} MiB in {seconds:.2} s \
                              ({:.0} MiB/s); begun in configuration {}, complete in \
-                             {complete_in}; the CM counts the copy complete next",
+                             {complete_in}; the CM counts the copy complete next (pace at the \
+                             end {} MiB/s; foreground before the copy {} records/s)",
                             bytes >> 20,
                             (bytes >> 20) as f64 / seconds.max(1e-9),
-                            config.id
+                            config.id,
+                            self.pace.borrow().rate() >> 20,
+                            self.pace
+                                .borrow()
+                                .baseline()
+                                .map_or("not sampled".to_string(), |b| format!("{b:.0}")),
                         );
                     }
                     Err(reason) => {
@@ -434,6 +456,7 @@ impl Copying {
             if self.sleep(COPIER_IDLE) {
                 return;
             }
+            self.observe(false);
         }
     }
 
@@ -455,6 +478,8 @@ impl Copying {
         let blocks = config.region_bytes / block_bytes;
         let started = Instant::now();
         let mut read_bytes = 0u64;
+        // When the blocks read so far are due at the pace, from `started`.
+        let mut due = Duration::ZERO;
         for block in 0..blocks {
             if self.stopped() {
                 return Err("the node stops".into());
@@ -464,8 +489,9 @@ impl Copying {
             self.copy_block(primary, key, region, offset, block_bytes)?;
             read_bytes += block_bytes;
             self.progress.set(region, block + 1, blocks);
-            // Pace: no faster than the rate on average.
-            let due = Duration::from_secs_f64(read_bytes as f64 / self.rate as f64);
+            // Pace: no faster than the pace of the moment, block by block.
+            self.observe(true);
+            due += self.pace.borrow().due(block_bytes);
             if let Some(early) = due.checked_sub(started.elapsed())
                 && self.sleep(early)
             {

@@ -22,6 +22,8 @@
 //! - [`liveness`], [`orphan`]: whether a client coordinator is gone, and how the memory nodes
 //!   settle the transactions a client that died left half-way.
 //! - [`verify`]: backups byte-identical to their primaries.
+//! - [`copier`], [`pace`]: data recovery, a new backup copying its regions from their
+//!   primaries, at a pace that spares its node's foreground.
 //! - [`netns`]: where a tcp cluster's processes bind when each runs in a network namespace of
 //!   its own (`netns.toml`).
 //! - [`agent`], [`cm_status`]: a node process's part in the configuration manager (its
@@ -51,6 +53,7 @@ pub mod liveness;
 pub mod netns;
 pub mod orphan;
 pub mod outcome;
+pub mod pace;
 pub mod process;
 pub mod recovery;
 pub mod replica;

@@ -510,6 +510,7 @@ impl ReplicaNode {
             backup.clone(),
             copies_done.clone(),
             copy_progress.clone(),
+            worker.stats_handle(),
         )
         .map_err(io("spawn the copier"))?;
         Ok(ReplicaNode {

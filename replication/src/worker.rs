@@ -424,6 +424,11 @@ impl Worker {
         &self.stats
     }
 
+    /// The worker's counters, shared (the copier's pace watches them).
+    pub fn stats_handle(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
     pub fn stop(mut self) {
         self.stop_inner();
     }

@@ -187,6 +187,17 @@ pub enum AllocError {
          region"
     )]
     InvalidRegionBytes { region_bytes: u64 },
+    /// The region's primary changed and its allocator is still reading its blocks' slots
+    /// ([`SlabAllocator::recover`]): none of the blocks read so far has room, and no block is
+    /// unused. A few milliseconds.
+    #[error(
+        "{region}'s allocator is still reading its blocks after its primary changed: retry \
+         shortly"
+    )]
+    Recovering { region: RegionId },
+    /// A release of a slot the allocator does not count as taken.
+    #[error("{addr} was not handed out by this allocator: release only reserved or freed slots")]
+    NotTaken { addr: Addr },
     #[error(
         "block header at {region}+{offset:#x} is corrupt ({reason}): stop and recover the region \
          from another replica"
@@ -303,7 +314,8 @@ pub struct SlabAllocator {
     blocks: Vec<Block>,
     /// Per class: blocks that may have a free slot. Full blocks are dropped lazily when met.
     partial_blocks: Vec<Vec<u32>>,
-    /// Per class: claimed blocks not yet published.
+    /// Per class: claimed blocks not yet published (a recovered allocator's blocks join once
+    /// scanned).
     unpublished_blocks: Vec<Vec<u32>>,
     /// Unused blocks, the lowest index last (claimed first).
     unused_blocks: Vec<u32>,
@@ -422,7 +434,6 @@ impl SlabAllocator {
                 scanned: false,
                 queued_frees: Vec::new(),
             });
-            slab.unpublished_blocks[class.index].push(block_index);
             slab.unscanned_blocks.push(block_index);
         }
         slab.unused_blocks.reverse();
@@ -433,6 +444,16 @@ impl SlabAllocator {
     /// Claimed blocks whose slots are still to be read (0 once recovered).
     pub fn unscanned_block_count(&self) -> usize {
         self.unscanned_blocks.len()
+    }
+
+    /// Whether the slots of the block holding `addr` have been read (false for an address
+    /// outside every claimed block).
+    pub fn is_scanned(&self, addr: Addr) -> bool {
+        let block_index = addr.offset() as u64 / self.block_bytes;
+        matches!(
+            self.blocks.get(block_index as usize),
+            Some(Block::Claimed(block)) if block.scanned
+        )
     }
 
     /// The index of the block [`read_next_block`](Self::read_next_block) reads.
@@ -525,11 +546,8 @@ impl SlabAllocator {
                     .unwrap_or_else(|e| panic!("a queued free of {addr}, checked free then: {e}"));
             }
         }
-        let block = self.claimed_mut(block_index);
-        if block.published && block.has_free_slot() && !block.listed {
-            block.listed = true;
-            self.partial_blocks[class.index].push(block_index);
-        }
+        // Unpublished (module docs of `recover`): found by reservations with the header's duty.
+        self.unpublished_blocks[class.index].push(block_index);
     }
 
     pub fn region(&self) -> RegionId {
@@ -589,7 +607,15 @@ impl SlabAllocator {
             Some(block_index) => (block_index, false),
             None => match self.unpublished_block(class) {
                 Some(block_index) => (block_index, true),
-                None => (self.claim_block(region, class)?, true),
+                None => match self.claim_block(region, class) {
+                    Ok(block_index) => (block_index, true),
+                    Err(AllocError::RegionFull { .. }) if !self.unscanned_blocks.is_empty() => {
+                        return Err(AllocError::Recovering {
+                            region: self.region,
+                        });
+                    }
+                    Err(e) => return Err(e),
+                },
             },
         };
         Ok(self.reserve_in_block(region, block_index, unpublished))
@@ -609,10 +635,11 @@ impl SlabAllocator {
         let block_index = near.offset() as u64 / self.block_bytes;
         if let Some(Block::Claimed(block)) = self.blocks.get(block_index as usize)
             && block.class == class
-            && block.published
             && block.has_free_slot()
         {
-            return Ok(self.reserve_in_block(region, block_index as u32, false));
+            // An unpublished block (claimed, or found by a recovery) comes with its duty.
+            let unpublished = !block.published;
+            return Ok(self.reserve_in_block(region, block_index as u32, unpublished));
         }
         self.reserve(region, len)
     }
@@ -635,14 +662,9 @@ impl SlabAllocator {
             block.queued_frees.push(slot_index);
             return Ok(());
         }
-        assert!(
-            block.allocated_count > 0,
-            "released {addr} in a block with no taken slot: block={block:?}"
-        );
-        assert!(
-            slot_index < block.fresh_slot_index,
-            "released {addr} was never handed out: block={block:?}"
-        );
+        if block.allocated_count == 0 || slot_index >= block.fresh_slot_index {
+            return Err(AllocError::NotTaken { addr });
+        }
         debug_assert!(
             !block.free_slot_indexes.contains(&slot_index),
             "released {addr} twice: block={block:?}"
@@ -1735,5 +1757,72 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn a_region_with_no_unused_block_says_recovering_until_its_blocks_are_read() {
+        let region = region();
+        let mut slab = slab();
+        // Every block claimed, the first with a free slot.
+        let mut first_block = Vec::new();
+        while slab.fragmentation().unused_block_count > 0 {
+            let addr = slab.alloc(&region, 16).unwrap();
+            if addr.offset() as u64 / BLOCK_BYTES == 0 {
+                first_block.push(addr);
+            }
+        }
+        slab.free(&region, first_block[0]).unwrap();
+        let mut recovered = SlabAllocator::recover(&region, BLOCK_BYTES).unwrap();
+        assert_eq!(
+            recovered.reserve(&region, 16),
+            Err(AllocError::Recovering { region: REGION })
+        );
+        let read = recovered.read_next_block(&region).unwrap();
+        recovered.finish_block(&region, read, &[]);
+        // The block read has room: no need to wait for the others.
+        let reserved = recovered.reserve(&region, 16).unwrap();
+        assert_eq!(reserved.addr, first_block[0]);
+        recovered.release(&region, reserved.addr).unwrap();
+        // Every block read: the region runs full, for real.
+        while let Some(read) = recovered.read_next_block(&region) {
+            recovered.finish_block(&region, read, &[]);
+        }
+        let full = loop {
+            if let Err(e) = recovered.alloc(&region, 16) {
+                break e;
+            }
+        };
+        assert!(matches!(full, AllocError::RegionFull { .. }), "{full}");
+    }
+
+    #[test]
+    fn alloc_near_uses_a_recovered_block_with_its_publish_duty() {
+        let region = region();
+        let mut slab = slab();
+        let near = slab.alloc(&region, 16).unwrap();
+        let mut recovered = SlabAllocator::rebuild(&region, BLOCK_BYTES).unwrap();
+        let reserved = recovered.reserve_near(&region, 16, near).unwrap();
+        assert_eq!(
+            reserved.addr.offset() as u64 / BLOCK_BYTES,
+            0,
+            "in the block of near"
+        );
+        assert!(
+            reserved.claimed_block.is_some(),
+            "with the duty to copy its header"
+        );
+    }
+
+    #[test]
+    fn a_release_of_a_slot_never_handed_out_is_an_error() {
+        let region = region();
+        let mut slab = slab();
+        let addr = slab.alloc(&region, 16).unwrap();
+        let class = slab.class_of(addr).unwrap();
+        let beyond = Addr::new(REGION, addr.offset() + class.slot_bytes() as u32);
+        assert_eq!(
+            slab.release(&region, beyond),
+            Err(AllocError::NotTaken { addr: beyond })
+        );
     }
 }

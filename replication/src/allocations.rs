@@ -78,6 +78,9 @@ fn reserve(node: &TxnNode, request: &AllocRequest) -> (Code, [u64; 3]) {
         Err(ReserveError::Alloc(AllocError::RegionFull { .. })) => {
             (Code::AllocFailed, [alloc_failure::REGION_FULL, 0, 0])
         }
+        Err(ReserveError::Alloc(AllocError::Recovering { .. })) => {
+            (Code::AllocFailed, [alloc_failure::RECOVERING, 0, 0])
+        }
         Err(ReserveError::Alloc(AllocError::TooLarge { max, .. })) => {
             (Code::AllocFailed, [alloc_failure::TOO_LARGE, max as u64, 0])
         }

@@ -453,10 +453,7 @@ impl Serving {
         let me = self.node.node_id();
         while !stop.load(Ordering::SeqCst) {
             self.status.beat();
-            for ring in self.joined.take() {
-                tracing::info!(node = %me, "reading the ring of {}, which joined", ring.sender());
-                self.inbox.add(ring);
-            }
+            self.add_joined_rings();
             let mut timeout = if self.is_recovering() {
                 RECOVERY_RETRY_AFTER
             } else if self.node.links().has_pending_truncations() {
@@ -1480,13 +1477,25 @@ impl Serving {
     }
 
     /// Handles every record in every ring, up to the last one written.
-    fn drain_rings(&mut self) {
+    /// Handles every record in the rings; returns whether it reached their end (not if more
+    /// than [`DRAIN_RECORDS_MAX`] came meanwhile).
+    fn drain_rings(&mut self) -> bool {
         for _ in 0..DRAIN_RECORDS_MAX {
             match self.inbox.poll() {
                 Ok(Some(message)) => self.handle(message),
-                Ok(None) => return,
+                Ok(None) => return true,
                 Err(e) => self.report_ring(&e),
             }
+        }
+        false
+    }
+
+    /// Starts reading the rings of senders that joined (a configuration added them).
+    fn add_joined_rings(&mut self) {
+        for ring in self.joined.take() {
+            let me = self.node.node_id();
+            tracing::info!(node = %me, "reading the ring of {}, which joined", ring.sender());
+            self.inbox.add(ring);
         }
     }
 
@@ -1661,8 +1670,8 @@ impl Serving {
                 },
             );
             format!(
-                " (its allocator read {blocks} block headers in {:.1} ms; their slots are read \
-                 while it serves)",
+                " (its allocator read the block headers in {:.1} ms and found {blocks} claimed \
+                 blocks, whose slots it reads while it serves)",
                 recover_began.elapsed().as_secs_f64() * 1e3
             )
         } else {
@@ -1697,7 +1706,11 @@ impl Serving {
                 break;
             }
             acre_engine::pause::point("allocator.block_read");
-            self.drain_rings();
+            // Every ring, a new sender's too: its one-sided free needs no thread here.
+            self.add_joined_rings();
+            if !self.drain_rings() {
+                break; // the reads are dropped, and read again next time
+            }
             recovered.extend(self.node.primary().finish_block_reads(reads));
         }
         let spent = began.elapsed();

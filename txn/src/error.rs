@@ -45,6 +45,15 @@ pub enum TxnError {
     /// configuration manager, asks it for a new one when all are full).
     #[error("{region} has no room for {len} bytes: allocate in another region (Txn::alloc does)")]
     RegionFull { region: RegionId, len: usize },
+    /// The region's primary changed a moment ago and its allocator is still reading its blocks
+    /// (docs/failures.md#allocator-recovery); those read so far have no room for the
+    /// allocation, and no block is unused. [`Txn::alloc`](crate::Txn::alloc) tries the other
+    /// regions first.
+    #[error(
+        "{region}'s allocator is still reading its blocks after its primary changed: retry \
+         shortly (Db::run does)"
+    )]
+    AllocatorRecovering { region: RegionId },
     /// A participant's log has no room until it truncates.
     #[error("the log at {node} is full: retry shortly (truncation frees it)")]
     LogFull { node: NodeId },
@@ -105,6 +114,7 @@ impl TxnError {
         matches!(
             self,
             TxnError::Conflict { .. }
+                | TxnError::AllocatorRecovering { .. }
                 | TxnError::LogFull { .. }
                 | TxnError::Busy { .. }
                 | TxnError::ConfigurationChanged { .. }

@@ -111,9 +111,7 @@ impl Primary {
     /// Becomes the primary of a new, empty region (a configuration created it here).
     pub fn add_region(&self, region: Arc<Region>, slab: SlabAllocator) {
         let id = region.id();
-        if slab.unscanned_block_count() > 0 {
-            self.allocators_recovering.store(true, Ordering::Release);
-        }
+        let recovering = slab.unscanned_block_count() > 0;
         let previous = self
             .regions
             .write()
@@ -123,6 +121,10 @@ impl Primary {
             previous.is_none(),
             "{id} added twice to the primary regions"
         );
+        // After the insert: a look at the flag meanwhile must not clear it for good.
+        if recovering {
+            self.allocators_recovering.store(true, Ordering::Release);
+        }
     }
 
     /// Replaces the allocator of primary region `id` by `slab`, rebuilt from its allocated
@@ -131,12 +133,13 @@ impl Primary {
     /// docs/failures.md#whole-cluster-restart). Returns false if `id` is not a primary region
     /// here.
     pub fn replace_slab(&self, id: RegionId, slab: SlabAllocator) -> bool {
-        if slab.unscanned_block_count() > 0 {
-            self.allocators_recovering.store(true, Ordering::Release);
-        }
+        let recovering = slab.unscanned_block_count() > 0;
         match self.region_state(id) {
             Some(state) => {
                 *state.slab.lock().expect(POISONED) = slab;
+                if recovering {
+                    self.allocators_recovering.store(true, Ordering::Release);
+                }
                 true
             }
             None => false,
@@ -166,16 +169,11 @@ impl Primary {
     /// The slots the allocator of region `id` counts as taken (allocated or reserved), in
     /// address order; `None` if this node is not its primary. O(slots): for checks, such as a
     /// test's that every freed object went back to the allocator once the cluster is quiet. An
-    /// allocator still recovering reads its remaining blocks first, which is exact only when
-    /// the cluster is quiet (no install landing unseen).
+    /// allocator still recovering counts every slot of a block not read yet
+    /// ([`Primary::unscanned_blocks`]).
     pub fn allocated_addrs(&self, id: RegionId) -> Option<Vec<Addr>> {
         let primary = self.region_state(id)?;
-        let pending = self.pending_frees(id);
-        let mut slab = primary.slab.lock().expect(POISONED);
-        while let Some(read) = slab.read_next_block(&primary.region) {
-            slab.finish_block(&primary.region, read, &pending);
-        }
-        Some(slab.allocated_addrs())
+        Some(primary.slab.lock().expect(POISONED).allocated_addrs())
     }
 
     /// Whether the allocator of some primary region here still has blocks to scan
@@ -249,7 +247,8 @@ impl Primary {
     }
 
     /// The frees in region `id` of the transactions this primary knows and whose slots have not
-    /// come back: `(slot, version its free installs)`.
+    /// come back: `(slot, version its free installs)`. A transaction read again at a restart
+    /// gives no slot back (its allocator was rebuilt after it): not counted.
     fn pending_frees(&self, id: RegionId) -> Vec<(Addr, u64)> {
         let frees = |entries: &[Entry]| -> Vec<(Addr, u64)> {
             entries
@@ -260,7 +259,9 @@ impl Primary {
         };
         let mut pending: Vec<(Addr, u64)> = Vec::new();
         for held in self.held.lock().expect(POISONED).values() {
-            pending.extend(frees(&held.entries));
+            if !held.replayed {
+                pending.extend(frees(&held.entries));
+            }
         }
         for entries in self.installing.lock().expect(POISONED).values() {
             pending.extend(frees(entries));
@@ -614,10 +615,13 @@ impl Primary {
         };
         for entry in held.entries {
             self.with_slot(entry.addr, |words, primary| {
-                // A free installs and gives its slot back under the allocator's lock, so that a
-                // recovering allocator's read of the block sees neither or both.
-                let slab =
-                    (entry.kind == EntryKind::Free).then(|| primary.slab.lock().expect(POISONED));
+                // A free in a block a recovering allocator has not read yet installs and gives
+                // its slot back under the allocator's lock, so that the read sees neither or
+                // both. (A block read stays read: only a restart's `replace_slab` makes a new
+                // allocator, while the region is blocked and nothing frees.)
+                let unscanned = (entry.kind == EntryKind::Free)
+                    .then(|| primary.slab.lock().expect(POISONED))
+                    .filter(|slab| !slab.is_scanned(entry.addr));
                 let header =
                     object::install_with(words, &entry.payload, entry.kind != EntryKind::Free);
                 assert!(
@@ -632,7 +636,9 @@ impl Primary {
                     entry.addr
                 );
                 persist_slot(&primary.region, entry.addr, words.len());
-                if let Some(mut slab) = slab {
+                if entry.kind == EntryKind::Free {
+                    let mut slab =
+                        unscanned.unwrap_or_else(|| primary.slab.lock().expect(POISONED));
                     slab.release(&primary.region, entry.addr)
                         .expect("a slot whose free was just installed is free");
                 }
@@ -838,5 +844,42 @@ mod tests {
             assert_ne!(reserved.addr, kept);
         }
         assert!(handed_out.contains(&freed));
+    }
+
+    /// A transaction read again at a restart, whose coordinator installed its free: the slot
+    /// never comes back from it (its allocator is rebuilt after it), so the read of its block
+    /// must count it free rather than wait for it.
+    #[test]
+    fn a_replayed_free_does_not_withhold_its_slot() {
+        let region = Arc::new(Region::anonymous(RegionId(1), REGION_BYTES).unwrap());
+        let mut earlier = SlabAllocator::format(RegionId(1), REGION_BYTES, BLOCK_BYTES).unwrap();
+        let kept = earlier.alloc(&region, 16).unwrap();
+        let freed = earlier.alloc(&region, 16).unwrap();
+        let primary = Primary::new(vec![(
+            region.clone(),
+            SlabAllocator::recover(&region, BLOCK_BYTES).unwrap(),
+        )]);
+        let txn = TxnId {
+            config: 1,
+            node: NodeId(100),
+            thread: 0,
+            seq: 1,
+        };
+        let words = earlier.slot_words(&region, freed).unwrap();
+        let version = object::load_header(words).version();
+        primary.note_replayed_lock(
+            txn,
+            vec![Entry {
+                addr: freed,
+                version,
+                kind: EntryKind::Free,
+                payload: Vec::new(),
+            }],
+        );
+        object::try_lock(words, version, txn.owner()).unwrap();
+        object::install_with(words, &[], false);
+        let reads = primary.read_unscanned_blocks();
+        primary.finish_block_reads(reads);
+        assert_eq!(primary.allocated_addrs(RegionId(1)), Some(vec![kept]));
     }
 }

@@ -105,6 +105,9 @@ pub mod alloc_failure {
     pub const UNREPLICATED: u64 = 5;
     /// As `UNREPLICATED`, while the primary's configuration (`values[1]`) is not committed.
     pub const RECONFIGURING: u64 = 6;
+    /// The region's allocator is still reading its blocks after its primary changed, and those
+    /// read have no room (docs/failures.md#allocator-recovery).
+    pub const RECOVERING: u64 = 7;
 }
 
 /// What a participant holds of a transaction, as the bits of a [`Code::Vote`] reply's

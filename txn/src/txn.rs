@@ -303,11 +303,17 @@ impl Txn {
             });
         }
         let start = (self.id.seq as usize + self.changes.len()) % regions.len();
+        let mut recovering = None;
         for k in 0..regions.len() {
             match self.alloc_in(regions[(start + k) % regions.len()], len, None) {
                 Err(TxnError::RegionFull { .. }) => {}
+                Err(e @ TxnError::AllocatorRecovering { .. }) => recovering = Some(e),
                 other => return other,
             }
+        }
+        // Room may appear there within milliseconds: no new region for it.
+        if let Some(e) = recovering {
+            return Err(e);
         }
         // Every region tried is full.
         let full = format!(
@@ -343,7 +349,9 @@ impl Txn {
     /// anyway (an index's nodes, a table's rows).
     pub fn alloc_preferably_near(&mut self, len: usize, near: Addr) -> Result<Addr, TxnError> {
         match self.alloc_near(len, near) {
-            Err(TxnError::RegionFull { .. }) => self.alloc(len),
+            Err(TxnError::RegionFull { .. } | TxnError::AllocatorRecovering { .. }) => {
+                self.alloc(len)
+            }
             other => other,
         }
     }
@@ -445,6 +453,9 @@ impl Txn {
             Code::AllocFailed => {
                 let reason = match reply.values[0] {
                     alloc_failure::REGION_FULL => return Err(TxnError::RegionFull { region, len }),
+                    alloc_failure::RECOVERING => {
+                        return Err(TxnError::AllocatorRecovering { region });
+                    }
                     alloc_failure::TOO_LARGE => {
                         format!("the largest object is {} bytes", reply.values[1])
                     }
@@ -612,6 +623,9 @@ fn reserve_failed(len: usize, error: ReserveError) -> TxnError {
     match error {
         ReserveError::Alloc(AllocError::RegionFull { region, .. }) => {
             TxnError::RegionFull { region, len }
+        }
+        ReserveError::Alloc(AllocError::Recovering { region }) => {
+            TxnError::AllocatorRecovering { region }
         }
         ReserveError::Alloc(error) => TxnError::OutOfMemory {
             len,

@@ -474,12 +474,32 @@ pub(crate) fn create_keys(nodes: &[Arc<TxnNode>]) -> Vec<Addr> {
     roots
 }
 
+/// Waits until every allocator of `node`'s primary regions has read its blocks after a
+/// failover (docs/failures.md#allocator-recovery: a few milliseconds of the worker's time).
+pub(crate) fn wait_allocators_scanned(node: &TxnNode, seed: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let primary = node.primary();
+    while primary
+        .region_ids()
+        .into_iter()
+        .any(|region| primary.unscanned_blocks(region) > 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "seed={seed}: {}'s allocators did not read their blocks within 20 s",
+            node.node_id()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Once quiet: what every allocator counts as taken is exactly the roots and the lists they
 /// point at (so every object a move freed, and every slot an aborted move reserved, went
 /// back), and the object headers of each primary's copy say the same.
 pub(crate) fn check_allocators(cluster: &impl Cluster, live: &BTreeSet<Addr>, seed: u64) {
     let mut taken = BTreeSet::new();
     for node in cluster.memory_txn_nodes() {
+        wait_allocators_scanned(&node, seed);
         let primary = node.primary();
         for region in primary.region_ids() {
             let allocator = primary

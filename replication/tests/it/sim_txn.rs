@@ -679,6 +679,7 @@ fn check_identical_replicas(cluster: &EmbeddedCluster, seed: u64) {
 /// whose headers say free, with those headers, so the failure says what the slot went through.
 fn describe_leaks(cluster: &EmbeddedCluster, seed: u64) {
     for node in cluster.nodes() {
+        list_append::wait_allocators_scanned(node.txn(), seed);
         let primary = node.txn().primary();
         for region in primary.region_ids() {
             let taken = primary.allocated_addrs(region).expect("a primary region");

@@ -21,3 +21,4 @@ mod sim_txn;
 mod status;
 mod sums_restart;
 mod tcp_fencing;
+mod votes;

@@ -172,9 +172,10 @@ fn a_transaction_held_by_every_backup_commits_when_its_primary_dies() {
 /// A COMMIT-PRIMARY durable at one primary only: the same transaction, its COMMIT-PRIMARY taken
 /// by r1's primary n1 (which the coordinator then installs) but failed at r4's primary n4,
 /// which dies. r1 votes commit-primary and r4 (its promoted primary n1 holds the COMMIT-BACKUP)
-/// commit-backup: it commits (by either rule; a staging where commit-primary alone decides
-/// needs another region's records truncated before a COMMIT-PRIMARY, which a coordinator never
-/// does), r4's part installed from its COMMIT-BACKUP, and both regions serve the new values.
+/// commit-backup: it commits (by either rule; commit-primary alone decides when every replica
+/// that held a COMMIT-BACKUP died too, `votes::commit_primary_at_one_region_commits_though_no_
+/// replica_left_holds_a_commit_backup`), r4's part installed from its COMMIT-BACKUP, and both
+/// regions serve the new values.
 #[test]
 fn a_transaction_one_primary_took_commit_primary_of_commits_when_the_other_dies() {
     let mut cluster = four_nodes();

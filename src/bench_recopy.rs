@@ -20,8 +20,8 @@
 //!
 //! Expectation: each surviving node copies its regions one after the other, each at the
 //! copier's pace (at most 256 MiB/s of blocks read per node unless `ACRE_COPY_BYTES_PER_SECOND`
-//! says otherwise, halved while the node's foreground runs below 80% of its rate before the
-//! copy, down to 32 MiB/s), so 1 GiB spread over two copying nodes takes at least 2 s, plus a CM
+//! says otherwise, cut by quarters while the node's foreground runs below 80% of its rate without the copy,
+//! down to 32 MiB/s; the copy pauses 200 ms in every 1.2 s to measure that rate), so 1 GiB spread over two copying nodes takes at least 2 s, plus a CM
 //! reconfiguration per completed copy. On two cores the copier, three node processes and the
 //! transfers share the CPUs, so the foreground loses what the copier takes. Measured: see
 //! docs/failures.md#data-recovery.
@@ -225,10 +225,10 @@ fn copy_pace() -> String {
     match std::env::var("ACRE_COPY_BYTES_PER_SECOND") {
         Ok(rate) => format!(
             "at most ACRE_COPY_BYTES_PER_SECOND={rate} per node, slower while a node's \
-             foreground runs below 80% of before"
+             foreground runs below 80% of its rate without the copy"
         ),
         Err(_) => "at most 256 MiB/s per node (the default), slower while a node's foreground \
-                   runs below 80% of before"
+                   runs below 80% of its rate without the copy"
             .into(),
     }
 }

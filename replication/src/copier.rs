@@ -380,9 +380,14 @@ impl Copying {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
+    /// The records the node's worker has handled: its foreground, for the pace.
+    fn foreground_records(&self) -> u64 {
+        self.foreground.records.load(Ordering::Relaxed)
+    }
+
     /// Samples the foreground for the pace.
     fn observe(&self, copying: bool) {
-        let records = self.foreground.records.load(Ordering::Relaxed);
+        let records = self.foreground_records();
         self.pace
             .borrow_mut()
             .observe(Instant::now(), records, copying);
@@ -430,7 +435,7 @@ impl Copying {
                             "copied {region} from its primary: {} MiB in {seconds:.2} s \
                              ({:.0} MiB/s); begun in configuration {}, complete in \
                              {complete_in}; the CM counts the copy complete next (pace at the \
-                             end {} MiB/s; foreground before the copy {} records/s)",
+                             end {} MiB/s; foreground without the copy {} records/s)",
                             bytes >> 20,
                             (bytes >> 20) as f64 / seconds.max(1e-9),
                             config.id,
@@ -480,11 +485,25 @@ impl Copying {
         let mut read_bytes = 0u64;
         // When the blocks read so far are due at the pace, from `started`.
         let mut due = Duration::ZERO;
+        self.observe(true);
         for block in 0..blocks {
             if self.stopped() {
                 return Err("the node stops".into());
             }
             self.goes_on(config, region)?;
+            if self.pace.borrow().probe_due(Instant::now()) {
+                // The foreground without the copy, for a while (crate::pace).
+                let (began, before) = (Instant::now(), self.foreground_records());
+                if self.sleep(crate::pace::PROBE_LENGTH) {
+                    return Err("the node stops".into());
+                }
+                let (now, after) = (Instant::now(), self.foreground_records());
+                let seconds = now.duration_since(began).as_secs_f64().max(1e-6);
+                let rate = after.saturating_sub(before) as f64 / seconds;
+                self.pace.borrow_mut().probed(now, rate, after);
+                // The pause is not the copy's: no catching up after it.
+                due += now.duration_since(began);
+            }
             let offset = u32::try_from(block * block_bytes).expect("regions are under 4 GiB");
             self.copy_block(primary, key, region, offset, block_bytes)?;
             read_bytes += block_bytes;

@@ -8,12 +8,18 @@
 //! its regions), a count that moves with the cluster's commits since every transaction writes
 //! at some backup. [`Pace`] keeps:
 //!
-//! - a **baseline**: the median rate of the last [`BASELINE_SAMPLES`] intervals of
-//!   [`SAMPLE_EVERY`] while no copy ran (the median, so that the failure that made the copy
-//!   necessary, a few hundred milliseconds of nothing, does not drag it down);
+//! - a **baseline**: what the foreground does without the copy. A node's own rate before the
+//!   failure is a poor one: once a node is gone, each survivor takes part in more of the
+//!   transactions, so its rate goes up even while the cluster's goes down. So every
+//!   [`PROBE_EVERY`] of copying the copier stops for [`PROBE_LENGTH`] and measures the rate
+//!   without it (a *probe*; the copy takes a sixth longer), and the baseline is the median of
+//!   the last [`PROBES_KEPT`] probes. Until the first probe, the median rate of the last
+//!   [`BASELINE_SAMPLES`] intervals of [`SAMPLE_EVERY`] while no copy ran stands in (the median,
+//!   so that the failure that made the copy necessary does not drag it down). A copy starts
+//!   with a probe;
 //! - while copying, the mean rate of the last [`RECENT_SAMPLES`] intervals (one alone swings by
 //!   a third on a busy machine), and the copy's pace in bytes per second, changed once per
-//!   interval: halved (down to [`RATE_MIN`], or the maximum if lower) when that foreground ran
+//!   interval: cut by a quarter (down to [`RATE_MIN`], or the maximum if lower) when that foreground ran
 //!   below [`FOREGROUND_KEPT`] of the baseline, raised by a sixteenth of the maximum otherwise
 //!   (additive increase, multiplicative decrease, as TCP's congestion control).
 //!
@@ -34,6 +40,12 @@ pub const BASELINE_SAMPLES: usize = 50;
 pub const RATE_MIN: u64 = 32 << 20;
 /// Intervals whose mean is the foreground compared with the baseline while copying.
 pub const RECENT_SAMPLES: usize = 3;
+/// Copying time between two probes of the foreground without the copy.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe stops the copy.
+pub const PROBE_LENGTH: Duration = Duration::from_millis(200);
+/// Probes whose median is the baseline.
+pub const PROBES_KEPT: usize = 3;
 
 /// The copy's pace (module docs).
 #[derive(Debug)]
@@ -44,6 +56,10 @@ pub struct Pace {
     baseline: VecDeque<f64>,
     /// The last intervals' rates during the copy, oldest first.
     recent: VecDeque<f64>,
+    /// The rates of the last probes of this copy, oldest first.
+    probes: VecDeque<f64>,
+    /// When the last probe of this copy ended.
+    probed_at: Option<Instant>,
     /// The start of the current interval and the count then.
     interval: Option<(Instant, u64)>,
     copying: bool,
@@ -58,6 +74,8 @@ impl Pace {
             rate: max,
             baseline: VecDeque::with_capacity(BASELINE_SAMPLES),
             recent: VecDeque::with_capacity(RECENT_SAMPLES),
+            probes: VecDeque::with_capacity(PROBES_KEPT),
+            probed_at: None,
             interval: None,
             copying: false,
         }
@@ -68,14 +86,40 @@ impl Pace {
         self.rate
     }
 
-    /// The foreground's rate before the copy (records per second), if it was sampled.
+    /// The foreground's rate without the copy (records per second): the median of the last
+    /// probes, else of the intervals before the copy; `None` if nothing was sampled.
     pub fn baseline(&self) -> Option<f64> {
-        if self.baseline.is_empty() {
+        let samples = if self.probes.is_empty() {
+            &self.baseline
+        } else {
+            &self.probes
+        };
+        if samples.is_empty() {
             return None;
         }
-        let mut sorted: Vec<f64> = self.baseline.iter().copied().collect();
+        let mut sorted: Vec<f64> = samples.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
         Some(sorted[sorted.len() / 2])
+    }
+
+    /// Whether the copy should stop now for a probe ([`PROBE_LENGTH`]): at its start, then
+    /// every [`PROBE_EVERY`] of copying.
+    pub fn probe_due(&self, now: Instant) -> bool {
+        self.copying
+            && self
+                .probed_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_EVERY)
+    }
+
+    /// A probe ended at `now`: the foreground did `records` per second without the copy.
+    pub fn probed(&mut self, now: Instant, records_per_second: f64, records: u64) {
+        if self.probes.len() == PROBES_KEPT {
+            self.probes.pop_front();
+        }
+        self.probes.push_back(records_per_second);
+        self.probed_at = Some(now);
+        // The copy's intervals start again after the pause.
+        self.interval = Some((now, records));
     }
 
     /// The foreground's count `records` at `now`, with or without a copy running. An interval
@@ -87,6 +131,8 @@ impl Pace {
             self.copying = copying;
             self.interval = Some((now, records));
             self.recent.clear();
+            self.probes.clear();
+            self.probed_at = None;
             if copying {
                 self.rate = self.max;
             }
@@ -120,7 +166,7 @@ impl Pace {
         self.rate = if kept {
             (self.rate + self.max / 16).min(self.max)
         } else {
-            (self.rate / 2).max(RATE_MIN.min(self.max))
+            (self.rate / 4 * 3).max(RATE_MIN.min(self.max))
         };
     }
 
@@ -163,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn a_foreground_that_drops_halves_the_pace_down_to_the_minimum_and_it_comes_back() {
+    fn a_foreground_that_drops_cuts_the_pace_down_to_the_minimum_and_it_comes_back() {
         let mut pace = Pace::new(MAX);
         let (mut at, mut records) = (Instant::now(), 0);
         feed(&mut pace, &mut at, &mut records, 1000, 30, false);
@@ -171,7 +217,7 @@ mod tests {
         pace.observe(at, records, true);
         assert_eq!(pace.rate(), MAX, "a copy starts at the maximum");
         feed(&mut pace, &mut at, &mut records, 700, 1, true);
-        assert_eq!(pace.rate(), MAX / 2);
+        assert_eq!(pace.rate(), MAX / 4 * 3);
         feed(&mut pace, &mut at, &mut records, 700, 10, true);
         assert_eq!(pace.rate(), RATE_MIN, "never below the minimum");
         // One good interval is not enough: the mean of the last three is compared.
@@ -215,5 +261,33 @@ mod tests {
         assert_eq!(pace.baseline(), None);
         pace.observe(at + SAMPLE_EVERY, 1000, false);
         assert_eq!(pace.baseline(), Some(10_000.0));
+    }
+
+    #[test]
+    fn probes_replace_a_baseline_the_failure_made_too_low() {
+        let mut pace = Pace::new(MAX);
+        let (mut at, mut records) = (Instant::now(), 0);
+        // Before the failure this node saw 500 records per interval; once a node is gone it
+        // takes part in more transactions: 700 while copying, 1000 without the copy.
+        feed(&mut pace, &mut at, &mut records, 500, 30, false);
+        pace.observe(at, records, true);
+        assert!(pace.probe_due(at), "a copy starts with a probe");
+        at += PROBE_LENGTH;
+        records += 2000;
+        pace.probed(at, 10_000.0, records);
+        assert!(!pace.probe_due(at));
+        assert_eq!(pace.baseline(), Some(10_000.0));
+        feed(&mut pace, &mut at, &mut records, 700, 3, true);
+        assert!(
+            pace.rate() < MAX,
+            "70% of the probe's rate slows the copy down"
+        );
+        feed(&mut pace, &mut at, &mut records, 700, 7, true);
+        assert!(pace.probe_due(at), "a probe every second of copying");
+        // Against the rate before the failure alone, 700 would have looked like 140%.
+        assert_eq!(pace.rate(), RATE_MIN);
+        // The copy ends: the probes go, the baseline is the intervals before it again.
+        pace.observe(at, records, false);
+        assert_eq!(pace.baseline(), Some(5_000.0));
     }
 }

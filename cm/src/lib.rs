@@ -51,3 +51,11 @@ pub use replica::{
 };
 pub use state::{CmState, Rejection};
 pub use storage::{CmStorage, Durability, StorageError, StorageOptions};
+
+// The raft types a driver of [`CmReplica`] handles itself: the messages it carries between
+// replicas ([`CmReplica::handle_ready`], [`CmReplica::step`]), their kind (a snapshot must be
+// reported when it is lost) and that report ([`CmReplica::report_snapshot`]). Re-exported so
+// that a driver outside this crate (the transaction simulation in acre-replication's tests)
+// needs no raft dependency of its own and names the raft this crate was built with.
+pub use raft::SnapshotStatus;
+pub use raft::eraftpb::{Message as RaftMessage, MessageType as RaftMessageType};

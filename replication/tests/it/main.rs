@@ -17,6 +17,7 @@ mod reconfiguration;
 mod recovery;
 mod ring_damage;
 mod shm_cluster;
+mod sim_cm;
 mod sim_txn;
 mod status;
 mod sums_restart;

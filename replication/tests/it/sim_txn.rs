@@ -1,10 +1,11 @@
 //! The seeded in-process simulation of failures with transactions (issue 14): Elle's
 //! list-append workload ([`crate::list_append`]) and bank transfers with audits run from
 //! coordinator threads on every node of an embedded cluster while, at seeded moments, a seeded
-//! victim crashes and the test, playing the configuration manager, reconfigures around it. After
-//! every run the history must be strictly serializable, every acknowledged commit must be in the
-//! final reads (and no aborted one), the bank's total must hold, and once quiet every region's
-//! replicas must be identical word for word.
+//! victim crashes and the test, playing the configuration manager's reconfiguration driver over
+//! a real Raft group of CM replicas whose leader crashes too, reconfigures around it. After
+//! every run the history must be strictly serializable, every acknowledged commit must be in
+//! the final reads (and no aborted one), the bank's total must hold, and once quiet every
+//! region's replicas must be identical word for word.
 //!
 //! The cluster: four memory nodes, primaries on n1..n3 only (one region each), so n4 holds
 //! backups only, f = 1 or 2 as the seed picks, and a client-only node, n100. A victim is a
@@ -16,29 +17,55 @@
 //! A dead client is settled by the memory nodes through its liveness
 //! (docs/failures.md#a-client-that-dies); the CM does not watch clients (they hold no lease),
 //! so neither does the test-CM, and the client's id stays in the configuration. After a memory
-//! node's crash the test-CM does what the CM does (docs/failures.md#reconfiguration): it plans
-//! the next configuration with [`acre_cm::remap::after_failure`] (promoted backups, blocked
-//! regions, new copying backups), installs it, and installs what
+//! node's crash the test-CM does what the CM's manager does (docs/failures.md#reconfiguration):
+//! it plans the next configuration with [`acre_cm::remap::after_failure`] (promoted backups,
+//! blocked regions, new copying backups), commits it through the CM's Raft group
+//! ([`crate::sim_cm`]: three in-process `acre_cm` replicas) by compare-and-set on the
+//! configuration id, installs it on the nodes, and does the same with what
 //! [`acre_cm::remap::after_recovery`] plans from each node's report of recovered regions and
 //! completed copies until every region is active and no backup is copying. Then a second
 //! crash, if the seed asks for one, and the workload goes on until the cluster has served
 //! again.
+//!
+//! A CM crash, in one reconfiguration in [`CM_CRASH_ONE_IN`], crashes the group's leader at
+//! one of the reconfiguration's first proposals: before it, after it but before it is sent,
+//! inside the sync that makes it durable, after it is sent but before it commits, or after it
+//! commits but before the nodes have it. The replica loses its volatile state and restarts
+//! from its Raft storage some ticks later, or stays down until the cluster is whole. The test-CM
+//! that ran at the crashed leader is gone with what it knew: the new leader's test-CM starts
+//! from the configuration the group committed (installed again naming it as CM, as a new
+//! leader does), finishes distributing it, and plans the rest from it. Only configurations
+//! the group committed reach the nodes, and a configuration the nodes hold is the one the
+//! group committed with that id.
 //!
 //! A commit that reports `Indeterminate` is decided by the final reads: all of its appends are
 //! there (it committed: it joins the history, its end time unknown, so set to the final read's
 //! start) or none is (it aborted); some of them only fails the test. The bank explains its
 //! final balances by the acknowledged transfers and some subset of those in doubt.
 //!
-//! What is simulated and what is not:
-//! - A "CM crash" is a pause: the test-CM waits four leases ([`LEASE_DEFAULT`]) before it
-//!   acts, the time a CM replica would take to notice and take over. Embedded nodes hold no
-//!   leases (no CM grants them), so no lease lapses here; the pause only stretches the time
-//!   in which the victim's regions do not serve and coordinators keep meeting the dead node.
+//! What is real and what is simulated:
+//! - Real: the CM's Raft group and its state machine (`acre_cm::CmReplica` over
+//!   `acre_cm::CmStorage` in files, elections, log replication, compare-and-set installs,
+//!   snapshots, restarts from the files), the planning ([`acre_cm::remap`]), and the nodes'
+//!   side of a reconfiguration (adopt, drain, recover, copy, report).
+//! - Simulated: the network between the CM replicas ([`crate::sim_cm`] carries their messages
+//!   with a delay of a few ticks and loses only what a crashed replica sends or should
+//!   receive), and their clock (ticks of [`crate::sim_cm::TICK`], run only while the test-CM
+//!   works, so the group is idle between reconfigurations). The CM replicas are standalone
+//!   (n201..n203): a node's crash is never a CM replica's.
+//! - Played by the test, not run: the CM's manager (`acre_cm::manager`) and driver. The
+//!   test-CM learns of a crash from the schedule, not from a lease (embedded nodes hold no
+//!   leases, no CM grants them, so none lapses; the CM acts after a seeded delay instead), does
+//!   not probe, and runs one reconfiguration at a time; the next leader's test-CM learns the
+//!   victim again from the schedule, as the manager would from the leases.
 //! - NEW-CONFIG and NEW-CONFIG-COMMIT reach every node at once ([`EmbeddedCluster::reconfigure`]),
-//!   not one by one as the CM's driver sends them.
-//! - The seed fixes the schedule (which victims, when, how long the CM waits), the commit mode
-//!   and f, and each thread's transactions; not how threads interleave, so a pinned seed
-//!   replays the schedule and the choices, not the history.
+//!   not one by one as the CM's driver sends them, and never from a CM that is not the
+//!   leader: the crashed leader's test-CM does nothing after its crash.
+//! - The seed fixes the schedule (which victims, when, how long the CM waits, where its leader
+//!   crashes and when it restarts), the commit mode and f, the CM group's election order and
+//!   message delays, and each thread's transactions; not how threads interleave, nor when
+//!   nodes report their recoveries (the number of proposals of a reconfiguration varies with
+//!   it), so a pinned seed replays the schedule and the choices, not the history.
 //!
 //! `ACRE_TEST_SEED=<seed>` runs that one seed; [`SEED_COUNT_ENV`] raises the number of seeds a
 //! run tries (a soak). `ACRE_TEST_COMMIT` pins the commit mode, as for every test here.
@@ -48,7 +75,7 @@ use crate::list_append::{
     self, Failure, Followed, KEY_COUNT, Planned, VALUES_PER_THREAD, attempt, check_allocators,
     create_keys, follow, nanos_since, random_plan,
 };
-use acre_cm::lease::LEASE_DEFAULT;
+use crate::sim_cm::{CmGroupSim, CrashPoint, Install};
 use acre_cm::remap::{Copied, after_failure, after_recovery};
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::object::LOCK_BIT;
@@ -83,10 +110,24 @@ const THREAD_COUNT: u64 = 4;
 /// recovered from the first): early enough that most of the run is spent around failures.
 const CRASH_AFTER_MS_MIN: u64 = 150;
 const CRASH_AFTER_MS_MAX: u64 = 700;
-/// How long the test-CM takes to act on a crash, when it does not "crash" itself.
+/// How long the test-CM takes to act on a crash (to notice it).
 const CM_DELAY_MS_MAX: u64 = 150;
-/// A "CM crash": the test-CM waits this long before it acts (module docs).
-const CM_CRASH_PAUSE: Duration = Duration::from_millis(4 * LEASE_DEFAULT.as_millis() as u64);
+/// One reconfiguration in this many has its CM leader crash.
+const CM_CRASH_ONE_IN: u64 = 2;
+/// A CM crash comes at one of the first this many proposals of a reconfiguration (every
+/// reconfiguration here makes at least two: the configuration without the victim, then one
+/// that activates its regions or completes a copy).
+const CM_CRASH_INSTALL_INDEX_MAX: u64 = 2;
+/// A crashed CM leader that comes back soon restarts within this many ticks of the CM group
+/// (soon enough, sometimes, to be elected again).
+const CM_RESTART_TICKS_MAX: u64 = 40;
+/// The CM crash schedule is drawn from its own stream of the seed, so that the rest of a
+/// seed's schedule is what it was before the CM became a Raft group (seeds noted in the docs
+/// still crash the nodes they crashed).
+const CM_CRASH_STREAM: u64 = 0x5EED_0C0F_FEE0_0C3A;
+/// Bound on the proposals of one reconfiguration (lost, stale, a new leader's own, and the
+/// plans): far more than the few it takes.
+const INSTALLS_MAX: usize = 32;
 /// The workload goes on this long once the cluster served again after the last crash.
 const AFTER_RECOVERY: Duration = Duration::from_millis(300);
 /// Bound on the wait for commits after the last crash (a dead client's locks are settled by
@@ -122,8 +163,21 @@ struct Crash {
     /// After the workload started (the first) or the cluster recovered from the one before.
     after: Duration,
     /// How long the test-CM waits before it acts.
-    cm_pause: Duration,
-    cm_crashed: bool,
+    cm_delay: Duration,
+    /// Whether and where the CM group's leader crashes in the reconfiguration around it.
+    cm_crash: Option<CmCrash>,
+}
+
+/// A crash of the CM group's leader during a reconfiguration (module docs).
+#[derive(Clone, Copy, Debug)]
+struct CmCrash {
+    /// At the reconfiguration's proposal of this index (0: the configuration without the
+    /// victim), counting every proposal the CM makes in it.
+    install_index: usize,
+    point: CrashPoint,
+    /// Ticks of the CM group after which the crashed replica restarts from its files; `None`:
+    /// it stays down until the cluster is whole again.
+    restart_ticks: Option<u64>,
 }
 
 /// Everything the seed decides about a run but the threads' transactions.
@@ -149,9 +203,17 @@ impl fmt::Display for Schedule {
             if crash.victim == CLIENT {
                 write!(f, ", settled by the memory nodes")?;
             } else {
-                write!(f, ", CM acts after {} ms", crash.cm_pause.as_millis())?;
-                if crash.cm_crashed {
-                    write!(f, " (CM crash)")?;
+                write!(f, ", CM acts after {} ms", crash.cm_delay.as_millis())?;
+                if let Some(cm_crash) = crash.cm_crash {
+                    write!(
+                        f,
+                        " (CM leader crashes at proposal {} {}, ",
+                        cm_crash.install_index, cm_crash.point
+                    )?;
+                    match cm_crash.restart_ticks {
+                        Some(ticks) => write!(f, "restarts after {ticks} ticks)")?,
+                        None => write!(f, "down until the cluster is whole)")?,
+                    }
                 }
             }
         }
@@ -165,6 +227,7 @@ impl Schedule {
     /// (they are pure), so the whole schedule is known, and printed, before the run.
     fn new(seed: u64) -> Schedule {
         let mut rng = SplitMix::new(seed);
+        let mut cm_rng = SplitMix::new(seed ^ CM_CRASH_STREAM);
         let f = 1 + rng.below(2) as usize;
         let seeded_mode = if rng.below(2) == 0 {
             CommitMode::Messages
@@ -190,18 +253,27 @@ impl Schedule {
                 .expect("some memory node is a primary");
             let victim = candidates[rng.below(candidates.len() as u64) as usize];
             let after = Duration::from_millis(rng.range(CRASH_AFTER_MS_MIN, CRASH_AFTER_MS_MAX));
-            let cm_crashed = rng.below(4) == 0;
-            let cm_pause = if cm_crashed {
-                CM_CRASH_PAUSE
+            // `rng` draws what it drew when the test-CM's crash was a pause (one crash in four
+            // paused, the others drew their delay), so that a seed still crashes the nodes it
+            // crashed then; the CM crashes come from `cm_rng`.
+            let paused = rng.below(4) == 0;
+            let cm_delay = Duration::from_millis(if paused {
+                cm_rng.below(CM_DELAY_MS_MAX)
             } else {
-                Duration::from_millis(rng.below(CM_DELAY_MS_MAX))
-            };
+                rng.below(CM_DELAY_MS_MAX)
+            });
+            let cm_crash = (cm_rng.below(CM_CRASH_ONE_IN) == 0).then(|| CmCrash {
+                install_index: cm_rng.below(CM_CRASH_INSTALL_INDEX_MAX) as usize,
+                point: CrashPoint::ALL[cm_rng.below(CrashPoint::ALL.len() as u64) as usize],
+                restart_ticks: (cm_rng.below(2) == 0)
+                    .then(|| cm_rng.below(CM_RESTART_TICKS_MAX + 1)),
+            });
             crashes.push(Crash {
                 victim,
                 role,
                 after,
-                cm_pause,
-                cm_crashed,
+                cm_delay,
+                cm_crash,
             });
             crashed.insert(victim);
             if victim != CLIENT {
@@ -232,6 +304,7 @@ fn initial_config(f: usize, mode: CommitMode) -> Configuration {
     )
     .expect("a valid configuration");
     config.commit = mode;
+    config.cm_replicas = CmGroupSim::replica_nodes();
     config
 }
 
@@ -343,60 +416,165 @@ fn crash(cluster: &mut EmbeddedCluster, coordinators: &Coordinators, victim: Nod
     }
 }
 
-/// What the CM does once it acts on `victim`'s crash: the configuration without it, then
-/// every recovery report until the cluster is whole again.
-fn reconfigure_without(cluster: &mut EmbeddedCluster, victim: NodeId) {
-    let plan = after_failure(cluster.config(), &BTreeSet::from([victim]))
-        .unwrap_or_else(|e| panic!("plan the configuration without {victim}: {e}"));
-    for change in &plan.changes {
-        eprintln!("  test-CM: {change}");
-    }
-    cluster
-        .reconfigure(plan.config)
-        .unwrap_or_else(|e| panic!("install the configuration without {victim}: {e}"));
+/// The test-CM at the leader of `cm`, from the moment it acts on `victim`'s crash until every
+/// region is active and no backup copies (docs/failures.md#reconfiguration), with the leader
+/// crashing where `cm_crash` says. Each round starts from what the CM group committed, read at
+/// its current leader, as a new leader must (it knows nothing else; the victim it learns again
+/// from the leases, the reports from the nodes, which repeat them):
+/// 1. a configuration that names another CM leader is installed again naming this one, as the
+///    CM's manager does when it is elected (`acre_cm::manager`, "A new leader");
+/// 2. a committed configuration the nodes do not hold yet is installed on them;
+/// 3. otherwise the next step is planned from the committed configuration
+///    ([`after_failure`] while the victim is a member, then [`after_recovery`] from the nodes'
+///    reports), proposed by compare-and-set on its id, and installed on the nodes once the
+///    group committed it.
+///
+/// Only configurations the group committed reach the nodes ([`CmGroupSim::assert_committed`]).
+fn reconfigure_without(
+    cluster: &mut EmbeddedCluster,
+    cm: &mut CmGroupSim,
+    victim: NodeId,
+    cm_crash: Option<CmCrash>,
+) {
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    let mut pending_crash = cm_crash;
+    let mut install_index = 0;
     loop {
-        let config = cluster.config().clone();
-        let whole = config
+        let committed = cm.committed();
+        let leader = cm.leader_node();
+        let installed = cluster.config().clone();
+        assert!(
+            committed.id >= installed.id,
+            "the nodes hold configuration {} and the CM group committed only {}",
+            installed.id,
+            committed.id
+        );
+        if committed.id == installed.id {
+            assert_eq!(
+                committed, *installed,
+                "the nodes hold another configuration {} than the CM group committed",
+                committed.id
+            );
+        }
+        let next = if committed.cm_leader.is_some_and(|named| named != leader) {
+            let mut next = committed.clone();
+            next.id += 1;
+            next.cm_leader = Some(leader);
+            eprintln!(
+                "  test-CM: {leader} leads the CM group now and installs configuration {} again \
+                 as configuration {} naming it",
+                committed.id, next.id
+            );
+            next
+        } else if committed.id > installed.id {
+            install_on_nodes(cluster, cm, &committed);
+            continue;
+        } else if committed.members().any(|member| member == victim) {
+            let plan = after_failure(&committed, &BTreeSet::from([victim]))
+                .unwrap_or_else(|e| panic!("plan the configuration without {victim}: {e}"));
+            for change in &plan.changes {
+                eprintln!("  test-CM: {change}");
+            }
+            named(plan.config, leader)
+        } else if committed
             .regions
             .iter()
-            .all(|p| p.state == RegionState::Active && p.copying.is_empty());
-        if whole {
-            return;
-        }
-        let report = cluster.nodes().iter().find_map(|node| {
-            let (recovered, copied) = (node.recovered_regions(), node.copied_regions());
-            (!recovered.is_empty() || !copied.is_empty())
-                .then(|| (node.node_id(), recovered, copied))
-        });
-        match report {
-            Some((node, recovered, copied)) => {
-                let copied = (!copied.is_empty()).then_some(Copied {
-                    node,
-                    regions: &copied,
-                });
-                let plan = after_recovery(&config, &recovered, copied).unwrap_or_else(|e| {
-                    panic!("plan after {node}'s report (recovered {recovered:?}): {e}")
-                });
-                cluster
-                    .reconfigure(plan.config)
-                    .unwrap_or_else(|e| panic!("install the plan after {node}'s report: {e}"));
+            .all(|p| p.state == RegionState::Active && p.copying.is_empty())
+        {
+            if let Some(cm_crash) = pending_crash {
+                eprintln!(
+                    "  test-CM: the CM crash at proposal {} did not come: the reconfiguration \
+                     took {install_index} proposals",
+                    cm_crash.install_index
+                );
             }
-            None => {
+            cm.restart_down();
+            return;
+        } else {
+            let report = cluster.nodes().iter().find_map(|node| {
+                let (recovered, copied) = (node.recovered_regions(), node.copied_regions());
+                (!recovered.is_empty() || !copied.is_empty())
+                    .then(|| (node.node_id(), recovered, copied))
+            });
+            let Some((node, recovered, copied)) = report else {
                 assert!(
                     Instant::now() < deadline,
                     "the cluster did not recover from {victim}'s crash within \
-                     {RECOVERY_TIMEOUT:?}: configuration {config:?}"
+                     {RECOVERY_TIMEOUT:?}: configuration {committed:?}"
                 );
                 std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            let copied = (!copied.is_empty()).then_some(Copied {
+                node,
+                regions: &copied,
+            });
+            let plan = after_recovery(&committed, &recovered, copied).unwrap_or_else(|e| {
+                panic!("plan after {node}'s report (recovered {recovered:?}): {e}")
+            });
+            named(plan.config, leader)
+        };
+        assert!(
+            install_index < INSTALLS_MAX,
+            "{INSTALLS_MAX} proposals in one reconfiguration:\n{}",
+            cm.describe()
+        );
+        let crash_here = pending_crash
+            .filter(|c| c.install_index == install_index)
+            .map(|c| c.point);
+        install_index += 1;
+        match cm.install(&next, crash_here) {
+            Install::Installed(config) => install_on_nodes(cluster, cm, &config),
+            Install::NotInstalled(reason) => {
+                eprintln!(
+                    "  test-CM: configuration {} not installed: {reason}",
+                    next.id
+                );
+            }
+            Install::LeaderCrashed => {
+                let cm_crash = pending_crash.take().expect("a crash was asked for");
+                cm.restart_after(cm_crash.restart_ticks);
+                eprintln!(
+                    "  CM leader {leader} crashed {} (configuration {})",
+                    cm_crash.point, next.id
+                );
             }
         }
     }
 }
 
+/// `config` naming `leader` as its CM, as the CM's manager plans it.
+fn named(mut config: Configuration, leader: NodeId) -> Configuration {
+    config.cm_leader = Some(leader);
+    config
+}
+
+/// NEW-CONFIG and NEW-CONFIG-COMMIT of `config`, which the CM group must have committed.
+fn install_on_nodes(cluster: &mut EmbeddedCluster, cm: &CmGroupSim, config: &Configuration) {
+    cm.assert_committed(config);
+    cluster
+        .reconfigure(config.clone())
+        .unwrap_or_else(|e| panic!("install configuration {}: {e}", config.id));
+}
+
+/// A CM group whose first configuration is `first`, named after the group's first leader
+/// (unless it names no CM replicas: a static configuration the test started a cluster with).
+fn start_cm(seed: u64, first: &mut Configuration) -> CmGroupSim {
+    let mut cm = CmGroupSim::new(seed);
+    if !first.cm_replicas.is_empty() {
+        first.cm_leader = Some(cm.leader_node());
+    }
+    match cm.install(first, None) {
+        Install::Installed(config) => assert_eq!(&config, first),
+        other => panic!("the CM group did not install the first configuration: {other:?}"),
+    }
+    cm
+}
+
 /// Plays the schedule on `cluster` while the workload runs.
 fn play(
     cluster: &mut EmbeddedCluster,
+    cm: &mut CmGroupSim,
     coordinators: &Coordinators,
     schedule: &Schedule,
     origin: Instant,
@@ -416,8 +594,8 @@ fn play(
             // and its id stays in the configuration.
             continue;
         }
-        std::thread::sleep(crash_step.cm_pause);
-        reconfigure_without(cluster, crash_step.victim);
+        std::thread::sleep(crash_step.cm_delay);
+        reconfigure_without(cluster, cm, crash_step.victim, crash_step.cm_crash);
         eprintln!(
             "  whole again at {} ms in configuration {}",
             origin.elapsed().as_millis(),
@@ -709,9 +887,9 @@ fn describe_leaks(cluster: &EmbeddedCluster, seed: u64) {
 /// One list-append run of `schedule`.
 fn list_append_run(schedule: &Schedule) {
     let seed = schedule.seed;
-    let mut cluster =
-        EmbeddedCluster::start_faulty(initial_config(schedule.f, schedule.mode), RING_BYTES)
-            .expect("start the cluster");
+    let mut first = initial_config(schedule.f, schedule.mode);
+    let mut cm = start_cm(seed, &mut first);
+    let mut cluster = EmbeddedCluster::start_faulty(first, RING_BYTES).expect("start the cluster");
     let memory_nodes: Vec<Arc<TxnNode>> = cluster
         .nodes()
         .iter()
@@ -730,7 +908,7 @@ fn list_append_run(schedule: &Schedule) {
             })
         })
         .collect();
-    play(&mut cluster, &coordinators, schedule, origin);
+    play(&mut cluster, &mut cm, &coordinators, schedule, origin);
     coordinators.wait_served_again(seed);
     std::thread::sleep(AFTER_RECOVERY);
     stop.store(true, Relaxed);
@@ -1023,9 +1201,9 @@ fn check_balances(finals: &[i64], acknowledged: &[Transfer], unsure: &[Transfer]
 
 fn bank_run(schedule: &Schedule) {
     let seed = schedule.seed;
-    let mut cluster =
-        EmbeddedCluster::start_faulty(initial_config(schedule.f, schedule.mode), RING_BYTES)
-            .expect("start the cluster");
+    let mut first = initial_config(schedule.f, schedule.mode);
+    let mut cm = start_cm(seed, &mut first);
+    let mut cluster = EmbeddedCluster::start_faulty(first, RING_BYTES).expect("start the cluster");
     let creator = cluster.nodes()[0].txn().clone();
     let accounts: Arc<Vec<Addr>> = Arc::new(
         (0..ACCOUNT_COUNT)
@@ -1047,7 +1225,7 @@ fn bank_run(schedule: &Schedule) {
             })
         })
         .collect();
-    play(&mut cluster, &coordinators, schedule, origin);
+    play(&mut cluster, &mut cm, &coordinators, schedule, origin);
     coordinators.wait_served_again(seed);
     std::thread::sleep(AFTER_RECOVERY);
     stop.store(true, Relaxed);
@@ -1224,7 +1402,8 @@ fn a_removed_memory_node_coordinators_reservations_are_handed_back() {
     assert_eq!(n1.primary().allocating(NodeId(4)).len(), 1, "n1 tracks it");
     cluster.fence_member(NodeId(4)); // n4 crashes with the transaction open
     drop(txn); // what its RELEASE would say reaches nobody now
-    reconfigure_without(&mut cluster, NodeId(4));
+    let mut cm = start_cm(0, &mut cluster.config().as_ref().clone());
+    reconfigure_without(&mut cluster, &mut cm, NodeId(4), None);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !n1.primary().allocating(NodeId(4)).is_empty() {
         assert!(

@@ -9,9 +9,12 @@
 //! - [`lease_thread`]: the dedicated thread per process that keeps them over UDP.
 //! - [`replica`]: one replica of the Raft group, the driver around `raft::RawNode`, over
 //!   durable Raft storage ([`storage`]), the replicated state machine ([`state`]) and its
-//!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages. The
-//!   integration tests run a deterministic simulation of a group under message loss,
-//!   partitions and crashes.
+//!   messages ([`wire`]); raft logs through [`logger`]. The caller carries its messages.
+//! - [`sim`]: the deterministic in-process network and driver of a group of replicas for
+//!   seeded simulations (delays, loss, partitions, crashes and restarts from the replicas'
+//!   directories, with the group's safety checks); the integration tests simulate a group
+//!   under message loss, partitions and crashes through it, and acre-replication's
+//!   transaction simulation commits its configurations through it.
 //! - [`replacement`]: the rule by which the leader replaces a replica whose node left the
 //!   cluster with a memory node's, one Raft conf change at a time.
 //! - [`group`]: a replica run by a thread of its own over [`net`], ticked on the process's
@@ -38,6 +41,7 @@ pub mod net;
 pub mod remap;
 pub mod replacement;
 pub mod replica;
+pub mod sim;
 pub mod state;
 pub mod storage;
 pub mod wire;

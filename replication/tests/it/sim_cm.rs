@@ -1,13 +1,14 @@
 //! The CM of the transaction simulation ([`crate::sim_txn`]): a Raft group of three in-process
 //! [`CmReplica`]s, each over its own directory, driven by the test thread that plays the CM's
-//! reconfiguration driver. It ticks the replicas, handles their readies and carries their
-//! messages itself, as the cm crate's own simulation does (`cm/tests/it/sim.rs`, which its
-//! crate's tests keep to themselves); every configuration the simulation installs on the
-//! nodes is committed here first, by compare-and-set on the configuration id.
+//! reconfiguration driver. The group, its network and its clock are [`acre_cm::sim`]'s, as
+//! in the cm crate's own simulation (`cm/tests/it/sim.rs`); this file adds what is the
+//! transaction simulation's: every configuration it installs on the nodes is committed here
+//! first, by compare-and-set on the configuration id, and the leader crashes where the
+//! schedule says ([`CrashPoint`]).
 //!
-//! The network delays messages by 0 to [`DELAY_TICKS_MAX`] ticks and loses only what goes to
-//! or comes from a crashed replica (a lost snapshot is reported to its sender, as a transport
-//! that notices must). Every tick also costs [`TICK`] of real time, so that an election after
+//! The network delays messages by 0 to [`DELAY_TICKS_MAX`] ticks and loses only what arrives
+//! at a replica that is down (a lost snapshot is reported to its sender, as a transport that
+//! notices must). Every tick also costs [`TICK`] of real time, so that an election after
 //! a crashed leader is time in which the cluster waits for its CM, as it would.
 //!
 //! A crash of the leader ([`CrashPoint`]) drops the replica and its volatile state, at the
@@ -16,21 +17,18 @@
 //! directory after a number of ticks, or stays down until the caller brings it back
 //! ([`CmGroupSim::restart_down`]); the other two elect a new leader meanwhile.
 //!
-//! Checked as it runs: a replica's configuration id never goes back (across its crashes), two
-//! configurations never share an id, at most one leader per term, and
-//! [`CmGroupSim::assert_committed`] tells the caller whether a configuration it is about to
+//! Checked as it runs ([`acre_cm::sim`]): a replica's configuration id never goes back (across
+//! its crashes), two configurations never share an id, replicas that applied the same index
+//! agree on its configuration, at most one leader per term; here, one replica down at a time,
+//! and [`CmGroupSim::assert_committed`] tells the caller whether a configuration it is about to
 //! install on the nodes is one the group committed.
 
-use acre_cm::{
-    CmReplica, Durability, ProposalId, ProposalOutcome, RaftMessage, RaftMessageType, Rejection,
-    ReplicaConfig, ReplicaError, SnapshotStatus, StorageError, StorageOptions,
-};
+use acre_cm::sim::{SimGroup, SimOptions, replica_configs};
+use acre_cm::{CmReplica, ProposalOutcome, Rejection};
 use acre_engine::addr::NodeId;
 use acre_nvm_log::random::SplitMix;
 use acre_txn::Configuration;
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Replicas of the group: one crash at a time leaves a majority.
@@ -41,18 +39,11 @@ pub const REPLICA_COUNT: usize = 3;
 const FIRST_REPLICA_NODE: u16 = 201;
 /// Real time one tick takes: an election (10 to 25 ticks) takes a few tens of milliseconds.
 pub const TICK: Duration = Duration::from_millis(2);
-const ELECTION_TICKS: usize = 10;
-const HEARTBEAT_TICKS: usize = 2;
 /// Messages arrive 0 to this many ticks after they are sent.
 const DELAY_TICKS_MAX: u64 = 2;
-/// How much later than the one before it each replica's election timeout falls (a range of
-/// width 1 per replica keeps raft's draw deterministic, as in the cm crate's simulation).
-const ELECTION_SPACING_TICKS: usize = 2 * DELAY_TICKS_MAX as usize + 1;
 /// Bound on the ticks a leader takes to be elected and ready, or a proposal to be decided:
 /// several election rounds, far more than a group that loses nothing but one replica needs.
 const TICKS_MAX: u64 = 1000;
-/// Rounds of `handle_ready` per replica per tick (a replica with more work continues next tick).
-const READY_ROUNDS_MAX: usize = 4;
 /// Entries between two compactions: small, so that restarts meet snapshots too.
 const COMPACT_ENTRY_COUNT: u64 = 4;
 
@@ -108,34 +99,10 @@ pub enum Install {
     LeaderCrashed,
 }
 
-/// A crashed replica: when it comes back, in ticks of the group (`None`: when the caller
-/// says, [`CmGroupSim::restart_down`]).
-#[derive(Clone, Copy, Debug)]
-struct Down {
-    index: usize,
-    restart_at: Option<u64>,
-}
-
 /// The group and its network (module docs).
 pub struct CmGroupSim {
-    rng: SplitMix,
+    group: SimGroup,
     _root: tempfile::TempDir,
-    dirs: Vec<PathBuf>,
-    configs: Vec<ReplicaConfig>,
-    /// `None` while crashed.
-    replicas: Vec<Option<CmReplica>>,
-    /// Messages in flight: (deliver at tick, message).
-    network: Vec<(u64, RaftMessage)>,
-    down: Option<Down>,
-    now: u64,
-    /// Every configuration any replica applied, by id: what the group committed.
-    applied: BTreeMap<u64, Configuration>,
-    /// The last configuration id each replica applied (across its crashes).
-    last_id: Vec<u64>,
-    /// Outcomes reported, by the raft id of the replica that proposed and the proposal.
-    outcomes: HashMap<(u64, ProposalId), ProposalOutcome>,
-    /// Leader crashes so far.
-    pub crash_count: u64,
 }
 
 impl CmGroupSim {
@@ -148,56 +115,16 @@ impl CmGroupSim {
         let voters: Vec<u64> = (0..REPLICA_COUNT as u64)
             .map(|index| u64::from(FIRST_REPLICA_NODE) + index)
             .collect();
-        let dirs: Vec<PathBuf> = voters
-            .iter()
-            .map(|id| root.path().join(format!("cm-n{id}")))
-            .collect();
-        let mut order: Vec<usize> = (0..REPLICA_COUNT).collect();
-        for k in (1..order.len()).rev() {
-            let j = rng.below(k as u64 + 1) as usize;
-            order.swap(k, j);
-        }
-        let configs: Vec<ReplicaConfig> = voters
-            .iter()
-            .zip(&order)
-            .map(|(&id, &rank)| {
-                let min = ELECTION_TICKS + rank * ELECTION_SPACING_TICKS;
-                ReplicaConfig {
-                    election_tick: ELECTION_TICKS,
-                    heartbeat_tick: HEARTBEAT_TICKS,
-                    min_election_tick: min,
-                    max_election_tick: min + 1,
-                    storage: StorageOptions {
-                        // The crashes are modelled here (`crash_at_next_sync`), not by the OS.
-                        durability: Durability::OsCache,
-                        compact_entry_count: COMPACT_ENTRY_COUNT,
-                    },
-                    ..ReplicaConfig::new(id, voters.clone())
-                }
-            })
-            .collect();
-        let replicas = (0..REPLICA_COUNT)
-            .map(|i| {
-                Some(
-                    CmReplica::open(&dirs[i], configs[i].clone())
-                        .unwrap_or_else(|e| panic!("open CM replica {}: {e}", voters[i])),
-                )
-            })
-            .collect();
-        CmGroupSim {
-            rng,
-            _root: root,
-            dirs,
-            configs,
-            replicas,
-            network: Vec::new(),
-            down: None,
-            now: 0,
-            applied: BTreeMap::new(),
-            last_id: vec![0; REPLICA_COUNT],
-            outcomes: HashMap::new(),
-            crash_count: 0,
-        }
+        let options = SimOptions {
+            delay_ticks_max: DELAY_TICKS_MAX,
+            tick_skip_one_in: None,
+            compact_entry_count: COMPACT_ENTRY_COUNT,
+            trace: false,
+        };
+        let configs = replica_configs(&voters, &options, &mut rng);
+        let group = SimGroup::open(root.path(), configs, options, rng)
+            .unwrap_or_else(|e| panic!("open the CM replicas: {e}"));
+        CmGroupSim { group, _root: root }
     }
 
     /// The CM replicas' node ids, for a configuration's `cm_replicas`.
@@ -249,25 +176,26 @@ impl CmGroupSim {
                 return Install::LeaderCrashed;
             }
             Some(CrashPoint::AtSync) => {
+                self.assert_none_down();
                 self.replica_mut(index).storage_mut().crash_at_next_sync();
-                self.ready(index);
+                self.group.handle_ready(index);
                 // The sync of this ready is where the crash lands.
                 assert!(
-                    self.replicas[index].is_none(),
+                    !self.group.is_up(index),
                     "replica {proposer} did not crash at its sync"
                 );
                 return Install::LeaderCrashed;
             }
             Some(CrashPoint::BeforeCommit) => {
-                self.ready(index);
+                self.group.handle_ready(index);
                 self.crash(index);
                 return Install::LeaderCrashed;
             }
             Some(CrashPoint::BeforeProposal | CrashPoint::AfterCommit) | None => {}
         }
-        self.ready(index);
+        self.group.handle_ready(index);
         for _ in 0..TICKS_MAX {
-            if let Some(outcome) = self.outcomes.remove(&(proposer, proposal)) {
+            if let Some(outcome) = self.group.take_outcome(proposer, proposal) {
                 return match outcome {
                     ProposalOutcome::Installed(config)
                         if crash == Some(CrashPoint::AfterCommit) =>
@@ -307,23 +235,24 @@ impl CmGroupSim {
     /// Brings back the replica that crashed and stays down, if any: it restarts from its
     /// directory.
     pub fn restart_down(&mut self) {
-        if let Some(down) = self.down.take() {
-            self.restart(down.index);
+        if let Some(index) = self.down() {
+            self.group.restart(index);
         }
     }
 
     /// Sets when the replica that crashed last comes back: `ticks` from now, or, with `None`,
     /// when the caller says ([`CmGroupSim::restart_down`]).
     pub fn restart_after(&mut self, ticks: Option<u64>) {
-        if let Some(down) = self.down.as_mut() {
-            down.restart_at = ticks.map(|ticks| self.now + ticks);
+        if let Some(index) = self.down() {
+            let at = ticks.map(|ticks| self.group.now() + ticks);
+            self.group.restart_at(index, at);
         }
     }
 
     /// Panics unless `config` is the configuration the group committed with its id: the only
     /// kind the CM may install on the nodes.
     pub fn assert_committed(&self, config: &Configuration) {
-        match self.applied.get(&config.id) {
+        match self.group.configurations().get(&config.id) {
             Some(committed) => assert_eq!(
                 committed, config,
                 "configuration {} is about to be installed on the nodes, but the CM group \
@@ -341,42 +270,41 @@ impl CmGroupSim {
 
     /// One line per replica, for logs and failure messages.
     pub fn describe(&self) -> String {
-        let mut text = String::new();
-        for (i, replica) in self.replicas.iter().enumerate() {
-            let id = self.configs[i].id;
-            let line = match replica {
-                None => format!("  CM replica {id}: down\n"),
-                Some(r) => format!(
-                    "  CM replica {id}: term {} leader {:?} commit {} applied {} configuration {} \
-                     snapshot {} last {}\n",
-                    r.term(),
-                    r.leader_id(),
-                    r.commit_index(),
-                    r.state().applied_index,
-                    r.state().configuration_id(),
-                    r.storage().snapshot_index(),
-                    r.storage().last_index(),
-                ),
-            };
-            text.push_str(&line);
-        }
-        text
+        self.group
+            .describe()
+            .lines()
+            .map(|line| format!("  CM {line}\n"))
+            .collect()
     }
 
     fn replica(&self, index: usize) -> &CmReplica {
-        self.replicas[index].as_ref().expect("a replica that is up")
+        self.group.replica(index).expect("a replica that is up")
     }
 
     fn replica_mut(&mut self, index: usize) -> &mut CmReplica {
-        self.replicas[index].as_mut().expect("a replica that is up")
+        self.group.replica_mut(index).expect("a replica that is up")
+    }
+
+    /// The replica that is down, if one is.
+    fn down(&self) -> Option<usize> {
+        (0..REPLICA_COUNT).find(|&index| !self.group.is_up(index))
+    }
+
+    /// One crash at a time: the group keeps a majority.
+    fn assert_none_down(&self) {
+        assert!(
+            self.down().is_none(),
+            "one CM replica down at a time:\n{}",
+            self.describe()
+        );
     }
 
     /// Ticks until a replica leads and has committed and applied its whole log (an entry of
     /// its term among it); returns its index.
     fn ready_leader(&mut self) -> usize {
         for _ in 0..TICKS_MAX {
-            let ready = self.replicas.iter().position(|r| {
-                r.as_ref().is_some_and(|r| {
+            let ready = (0..REPLICA_COUNT).position(|index| {
+                self.group.replica(index).is_some_and(|r| {
                     r.is_leader()
                         && !r.has_ready()
                         && r.commit_index() == r.storage().last_index()
@@ -395,188 +323,27 @@ impl CmGroupSim {
     }
 
     fn crash(&mut self, index: usize) {
-        assert!(
-            self.down.is_none(),
-            "one CM replica down at a time: {:?} is",
-            self.down
-        );
-        if self.replicas[index].take().is_some() {
-            self.crash_count += 1;
-        }
-        self.down = Some(Down {
-            index,
-            restart_at: None,
-        });
+        self.assert_none_down();
+        self.group.crash(index);
     }
 
-    fn restart(&mut self, index: usize) {
-        if self.replicas[index].is_none() {
-            let replica = CmReplica::open(&self.dirs[index], self.configs[index].clone())
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "CM replica {} does not restart from its directory: {e}",
-                        self.configs[index].id
-                    )
-                });
-            self.replicas[index] = Some(replica);
-            self.observe(index);
-        }
-    }
-
-    /// One tick: clocks, restarts, deliveries, readies, checks.
+    /// One tick of the group, which costs [`TICK`] of real time.
     fn tick(&mut self) {
         std::thread::sleep(TICK);
-        self.now += 1;
-        if let Some(down) = self.down
-            && down.restart_at.is_some_and(|at| at <= self.now)
-        {
-            self.down = None;
-            self.restart(down.index);
-        }
-        for replica in self.replicas.iter_mut().flatten() {
-            replica.tick();
-        }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.network)
-            .into_iter()
-            .partition(|(at, _)| *at <= self.now);
-        self.network = later;
-        for (_, message) in due {
-            let to = index_of(message.to);
-            match self.replicas[to].as_mut() {
-                // A message raft does not take is from a bad peer; there is none here.
-                Some(replica) => replica
-                    .step(message)
-                    .unwrap_or_else(|e| panic!("CM replica {} refused a message: {e}", to + 1)),
-                None => self.lost(&message),
-            }
-        }
-        for index in 0..REPLICA_COUNT {
-            self.ready(index);
-        }
-        self.check_leaders();
+        self.group.tick();
     }
-
-    /// Handles replica `index`'s readies and sends what it hands out; a crash at a sync point
-    /// drops it.
-    fn ready(&mut self, index: usize) {
-        let mut outbox = Vec::new();
-        for _ in 0..READY_ROUNDS_MAX {
-            let Some(replica) = self.replicas[index].as_mut() else {
-                break;
-            };
-            if !replica.has_ready() {
-                break;
-            }
-            match replica.handle_ready(&mut |m| outbox.push(m)) {
-                Ok(()) => {}
-                Err(ReplicaError::Storage(StorageError::Crashed { .. })) => {
-                    self.crash(index);
-                    break;
-                }
-                Err(e) => panic!("CM replica {} failed: {e}", self.configs[index].id),
-            }
-        }
-        for message in outbox {
-            self.send(message);
-        }
-        if self.replicas[index].is_some() {
-            self.observe(index);
-        }
-    }
-
-    fn send(&mut self, message: RaftMessage) {
-        if self.replicas[index_of(message.to)].is_none() {
-            self.lost(&message);
-            return;
-        }
-        let at = self.now + self.rng.range(0, DELAY_TICKS_MAX + 1);
-        self.network.push((at, message));
-    }
-
-    /// What a transport that notices a lost message tells its sender: a lost snapshot must
-    /// be reported, or the leader waits for it forever.
-    fn lost(&mut self, message: &RaftMessage) {
-        if message.get_msg_type() == RaftMessageType::MsgSnapshot
-            && let Some(sender) = self.replicas[index_of(message.from)].as_mut()
-        {
-            sender.report_snapshot(message.to, SnapshotStatus::Failure);
-        }
-    }
-
-    /// Records replica `index`'s applied configuration and outcomes, and checks them.
-    fn observe(&mut self, index: usize) {
-        let replica = self.replicas[index].as_mut().expect("observed while up");
-        let proposer = replica.id();
-        let id = replica.state().configuration_id();
-        assert!(
-            id >= self.last_id[index],
-            "CM replica {proposer}: configuration id went back from {} to {id}",
-            self.last_id[index]
-        );
-        self.last_id[index] = id;
-        let applied = replica.configuration().cloned();
-        let outcomes = replica.take_outcomes();
-        if let Some(config) = applied {
-            record(&mut self.applied, &config);
-        }
-        for (proposal, outcome) in outcomes {
-            if let ProposalOutcome::Installed(config) = &outcome {
-                record(&mut self.applied, config);
-            }
-            self.outcomes.insert((proposer, proposal), outcome);
-        }
-    }
-
-    /// Election safety: at most one leader per term.
-    fn check_leaders(&self) {
-        let leaders: Vec<&CmReplica> = self
-            .replicas
-            .iter()
-            .flatten()
-            .filter(|r| r.is_leader())
-            .collect();
-        for (k, a) in leaders.iter().enumerate() {
-            for b in &leaders[k + 1..] {
-                assert_ne!(a.term(), b.term(), "two CM leaders in one term");
-            }
-        }
-    }
-}
-
-fn index_of(raft_id: u64) -> usize {
-    let index = raft_id
-        .checked_sub(u64::from(FIRST_REPLICA_NODE))
-        .unwrap_or_else(|| panic!("raft id {raft_id} is no replica of the group"));
-    assert!(
-        index < REPLICA_COUNT as u64,
-        "raft id {raft_id} is no replica of the group"
-    );
-    index as usize
 }
 
 fn node_of(raft_id: u64) -> NodeId {
     NodeId(u16::try_from(raft_id).expect("a replica's raft id is its node id"))
 }
 
-fn record(applied: &mut BTreeMap<u64, Configuration>, config: &Configuration) {
-    let known = applied.entry(config.id).or_insert_with(|| config.clone());
-    assert_eq!(
-        known, config,
-        "the CM group applied two different configurations with id {}",
-        config.id
-    );
-}
-
-/// The replicas' directories: in memory (`/dev/shm`) where there is one, so that the syncs
-/// cost nothing (the crashes are modelled, not real).
+/// The replicas' directories, where [`acre_cm::sim::scratch_dir`] says (in memory where it
+/// can: the crashes are modelled, not real).
 fn replica_root() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir()
-        && let Ok(root) = tempfile::Builder::new()
-            .prefix("acre-sim-txn-cm")
-            .tempdir_in(shm)
-    {
-        return root;
-    }
-    tempfile::tempdir().expect("a temporary directory for the CM replicas")
+    tempfile::Builder::new()
+        .prefix("acre-sim-txn-cm")
+        .tempdir_in(acre_cm::sim::scratch_dir())
+        .or_else(|_| tempfile::tempdir())
+        .expect("a temporary directory for the CM replicas")
 }

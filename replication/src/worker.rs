@@ -107,8 +107,9 @@ const DRAIN_RECORDS_MAX: usize = 1 << 20;
 const RECOVERY_UNANSWERED_REPORTED: u32 = 200;
 
 /// How often a worker whose node took a region over reads blocks of the region's allocator
-/// (docs/failures.md#allocator-recovery), and for how long at most each time: at most a quarter
-/// of the worker's time, the rest for the records of the transactions the region serves.
+/// (docs/failures.md#allocator-recovery), and for about how long each time (checked between
+/// rounds): about a quarter of the worker's time, the rest for the records of the transactions
+/// the region serves.
 const ALLOCATOR_SCAN_EVERY: Duration = Duration::from_millis(4);
 const ALLOCATOR_SCAN_BUDGET: Duration = Duration::from_millis(1);
 
@@ -1476,7 +1477,6 @@ impl Serving {
         }
     }
 
-    /// Handles every record in every ring, up to the last one written.
     /// Handles every record in the rings; returns whether it reached their end (not if more
     /// than [`DRAIN_RECORDS_MAX`] came meanwhile).
     fn drain_rings(&mut self) -> bool {
@@ -1724,7 +1724,7 @@ impl Serving {
                 tracing::info!(
                     node = %me,
                     "{region}'s allocator is recovered: the slots of its {} claimed blocks \
-                     read in {:.1} ms while it served, {:.1} ms of them reading",
+                     read in {:.1} ms from the region's recovery on, {:.1} ms of them reading",
                     recovery.blocks,
                     recovery.began.elapsed().as_secs_f64() * 1e3,
                     recovery.scanning.as_secs_f64() * 1e3

@@ -790,19 +790,20 @@ mod tests {
         assert!(primary.region(RegionId(1)).is_some());
     }
 
-    /// A one-sided coordinator frees an object of a region whose allocator is recovering: its
-    /// install lands before the allocator reads the object's block, and the primary puts the
-    /// slot back only on a later turn, once it has seen the install. The read must not count
-    /// the slot free as well, or the slot is handed out twice.
-    #[test]
-    fn a_free_installed_before_its_block_is_read_comes_back_once() {
+    /// A primary whose allocator of r1 is recovering (nothing read yet), over a region holding
+    /// two objects, `kept` and `freed`, and a transaction of a client freeing `freed`, noted
+    /// by `note` and installed by its coordinator: returns the primary, `kept`, `freed` and
+    /// the transaction.
+    fn a_free_installed_in_a_recovering_region(
+        note: impl FnOnce(&Primary, TxnId, Vec<Entry>),
+    ) -> (Primary, Addr, Addr, TxnId) {
         let region = Arc::new(Region::anonymous(RegionId(1), REGION_BYTES).unwrap());
         let mut earlier = SlabAllocator::format(RegionId(1), REGION_BYTES, BLOCK_BYTES).unwrap();
-        let kept = earlier.alloc(&region, 16).unwrap();
+        // `freed` below `kept`: counted free by the read, it would be on the free list.
         let freed = earlier.alloc(&region, 16).unwrap();
+        let kept = earlier.alloc(&region, 16).unwrap();
         let recovered = SlabAllocator::recover(&region, BLOCK_BYTES).unwrap();
         let primary = Primary::new(vec![(region.clone(), recovered)]);
-        assert!(primary.recovering_allocators());
         let txn = TxnId {
             config: 2,
             node: NodeId(100),
@@ -811,18 +812,30 @@ mod tests {
         };
         let words = earlier.slot_words(&region, freed).unwrap();
         let version = object::load_header(words).version();
-        primary.note_lock(
-            txn,
-            vec![Entry {
-                addr: freed,
-                version,
-                kind: EntryKind::Free,
-                payload: Vec::new(),
-            }],
-        );
+        let entry = Entry {
+            addr: freed,
+            version,
+            kind: EntryKind::Free,
+            payload: Vec::new(),
+        };
+        note(&primary, txn, vec![entry]);
         // The coordinator locks by compare-and-swap and installs the free.
         object::try_lock(words, version, txn.owner()).unwrap();
         object::install_with(words, &[], false);
+        (primary, kept, freed, txn)
+    }
+
+    /// A one-sided coordinator frees an object of a region whose allocator is recovering: its
+    /// install lands before the allocator reads the object's block, and the primary puts the
+    /// slot back only on a later turn, once it has seen the install. The read must not count
+    /// the slot free as well, or the slot is handed out twice.
+    #[test]
+    fn a_free_installed_before_its_block_is_read_comes_back_once() {
+        let (primary, kept, freed, txn) =
+            a_free_installed_in_a_recovering_region(|primary, txn, entries| {
+                primary.note_lock(txn, entries)
+            });
+        assert!(primary.recovering_allocators());
         let reads = primary.read_unscanned_blocks();
         assert_eq!(reads.len(), 1);
         assert_eq!(primary.finish_block_reads(reads), vec![RegionId(1)]);
@@ -851,33 +864,10 @@ mod tests {
     /// must count it free rather than wait for it.
     #[test]
     fn a_replayed_free_does_not_withhold_its_slot() {
-        let region = Arc::new(Region::anonymous(RegionId(1), REGION_BYTES).unwrap());
-        let mut earlier = SlabAllocator::format(RegionId(1), REGION_BYTES, BLOCK_BYTES).unwrap();
-        let kept = earlier.alloc(&region, 16).unwrap();
-        let freed = earlier.alloc(&region, 16).unwrap();
-        let primary = Primary::new(vec![(
-            region.clone(),
-            SlabAllocator::recover(&region, BLOCK_BYTES).unwrap(),
-        )]);
-        let txn = TxnId {
-            config: 1,
-            node: NodeId(100),
-            thread: 0,
-            seq: 1,
-        };
-        let words = earlier.slot_words(&region, freed).unwrap();
-        let version = object::load_header(words).version();
-        primary.note_replayed_lock(
-            txn,
-            vec![Entry {
-                addr: freed,
-                version,
-                kind: EntryKind::Free,
-                payload: Vec::new(),
-            }],
-        );
-        object::try_lock(words, version, txn.owner()).unwrap();
-        object::install_with(words, &[], false);
+        let (primary, kept, _, _) =
+            a_free_installed_in_a_recovering_region(|primary, txn, entries| {
+                primary.note_replayed_lock(txn, entries)
+            });
         let reads = primary.read_unscanned_blocks();
         primary.finish_block_reads(reads);
         assert_eq!(primary.allocated_addrs(RegionId(1)), Some(vec![kept]));

@@ -94,10 +94,20 @@ fn write_both(
     a: Addr,
     b: Addr,
 ) -> Result<(), CommitError> {
+    write_both_with_id(coordinator, a, b).1
+}
+
+/// As [`write_both`], with the transaction's id (to ask what became of it).
+pub(crate) fn write_both_with_id(
+    coordinator: &std::sync::Arc<acre_txn::TxnNode>,
+    a: Addr,
+    b: Addr,
+) -> (acre_txn::TxnId, Result<(), CommitError>) {
     let mut txn = coordinator.begin().expect("begin");
+    let id = txn.id();
     txn.write(a, b"a1").expect("write a");
     txn.write(b, b"b1").expect("write b");
-    txn.commit()
+    (id, txn.commit())
 }
 
 /// What became of `txn`, asked until it is decided (a node may still hold its records for

@@ -17,6 +17,7 @@ use crate::fixture::{create, overwrite, primary_header, replica, settle, txn_nod
 use crate::reconfiguration::{four_nodes, next};
 use crate::recovery::{
     RECOVERY_TIMEOUT, activate_every_region, recovered, wait_decided, wait_recovered,
+    write_both_with_id,
 };
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::appended_kinds;
@@ -24,7 +25,7 @@ use acre_engine::fabric::fault::{Action, Rule};
 use acre_replication::EmbeddedCluster;
 use acre_replication::outcome::{TxnOutcome, outcome};
 use acre_txn::record::{COMMIT_BACKUP, COMMIT_PRIMARY};
-use acre_txn::{CommitError, Configuration, RegionState, TxnId, TxnNode};
+use acre_txn::{CommitError, Configuration, RegionState, TxnNode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,16 +66,6 @@ fn fail_and_recover(cluster: &mut EmbeddedCluster, dead: &[NodeId]) {
 /// The running member `id`'s coordinator side.
 fn txn_node_of(cluster: &EmbeddedCluster, id: NodeId) -> Arc<TxnNode> {
     replica(cluster, id).txn().clone()
-}
-
-/// A transaction from `coordinator` writing `a1` to `a` and `b1` to `b`: its id, and what its
-/// commit reported.
-fn write_both(coordinator: &Arc<TxnNode>, a: Addr, b: Addr) -> (TxnId, Result<(), CommitError>) {
-    let mut txn = coordinator.begin().expect("begin");
-    let id = txn.id();
-    txn.write(a, b"a1").expect("write a");
-    txn.write(b, b"b1").expect("write b");
-    (id, txn.commit())
 }
 
 /// Waits, bounded, until `what` holds; `staged` names it in the failure.
@@ -118,7 +109,7 @@ fn commit_primary_at_one_region_commits_though_no_replica_left_holds_a_commit_ba
             .from(NodeId(4))
             .when(|ops| appended_kinds(ops).contains(&COMMIT_PRIMARY)),
     );
-    let (txn, committed) = write_both(&n4, a, b);
+    let (txn, committed) = write_both_with_id(&n4, a, b);
     // One COMMIT-PRIMARY is durable: committed, n3's left to the finisher.
     assert_eq!(committed, Ok(()), "n1 took the COMMIT-PRIMARY");
     assert!(
@@ -184,7 +175,7 @@ fn a_truncated_region_and_a_commit_backup_elsewhere_commit() {
                     !kinds.is_empty() && !kinds.contains(&COMMIT_BACKUP)
                 }),
         );
-    let (txn, committed) = write_both(&n3, a, b);
+    let (txn, committed) = write_both_with_id(&n3, a, b);
     assert_eq!(committed, Ok(()));
     // A COMMIT-BACKUP does not wake its backup: n1 reads it at its next turn.
     wait_for("n1 holds the COMMIT-BACKUP", || {
@@ -242,7 +233,7 @@ fn an_unknown_region_aborts_though_a_commit_backup_is_held_elsewhere() {
             .from(NodeId(1))
             .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
     );
-    let (txn, committed) = write_both(&n1, a, b);
+    let (txn, committed) = write_both_with_id(&n1, a, b);
     assert!(
         matches!(
             committed,

@@ -10,11 +10,25 @@
 //! word 0          header   bit 63 lock | bit 62 allocated | bits 0..62 version, or while
 //!                          locked the lock holder's [`Owner`]
 //! words 1..n+1    payload  the object's bytes, zero-padded to a whole word
-//! word n+1        trailer  the version of the last completed install
+//! word n+1        sum      SUM_TAG | CRC32C of the unlocked header word and the payload words
+//! word n+2        trailer  the version of the last completed install
 //! ```
 //!
 //! Invariant when no install is under way: `trailer` is the object's version, and an unlocked
-//! header holds it too (`trailer == header.version`).
+//! header holds it too (`trailer == header.version`); the sum is that of the header (unlocked)
+//! and payload the last install stored.
+//!
+//! # The sum
+//!
+//! Every install stores the sum with the payload, so a slot carries its own proof of being
+//! intact: a consistent read whose sum does not match its header and payload read a slot whose
+//! bytes changed by something other than an install (a bit flipped, a file damaged while its
+//! node was down), and [`decode`] / [`try_read`] refuse it as [`Damaged`] rather than hand its
+//! bytes to a transaction. A restarted node that has no block sums from a clean stop checks
+//! every slot of its copies this way before it serves them ([`check`]). The lock bit and the
+//! owner are not summed (a lock changes the header only); the allocated bit and the version
+//! are. A slot never installed is all zero, sum word included: the tag makes every real sum
+//! word non-zero, so such a slot is told apart ([`SlotCheck::Pristine`]).
 //!
 //! The lock names its holder so that a lock can be released on behalf of a holder that died
 //! (the settlement of a dead coordinator's transactions, recovery) without taking someone
@@ -32,7 +46,7 @@
 //! - [`install`] / [`install_with`] (commit, alloc, free), lock held at version `v` (the
 //!   trailer's):
 //!   1. store `trailer := v + 1`;
-//!   2. store the payload words in increasing address order;
+//!   2. store the payload words in increasing address order, then the sum word;
 //!   3. store `header := [allocated] | (v + 1)`, lock clear.
 //! - [`try_read`] / [`read_into`] (local reader) and [`decode`] (the bytes of a slot fetched by
 //!   one one-sided READ): load the header, then the payload words in increasing address order,
@@ -79,16 +93,22 @@
 
 pub use crate::sync::AtomicWord;
 use crate::sync::Ordering::{AcqRel, Acquire, Release};
+use acre_nvm_log::crc::Crc32c;
 use std::fmt;
 
 /// Every slot word is 8 bytes.
 pub const WORD_BYTES: usize = 8;
 /// The header word at the start of a slot.
 pub const HEADER_BYTES: usize = WORD_BYTES;
+/// The sum word after the payload.
+pub const SUM_BYTES: usize = WORD_BYTES;
 /// The trailer word at the end of a slot.
 pub const TRAILER_BYTES: usize = WORD_BYTES;
 /// Bytes of a slot that are not payload.
-pub const SLOT_OVERHEAD_BYTES: usize = HEADER_BYTES + TRAILER_BYTES;
+pub const SLOT_OVERHEAD_BYTES: usize = HEADER_BYTES + SUM_BYTES + TRAILER_BYTES;
+/// The high half of every sum word (the bytes `OSUM` read as a little-endian word's high
+/// half), so that a sum word is never zero: the zero word of a slot never installed is no sum.
+pub const SUM_TAG: u64 = (u32::from_le_bytes(*b"OSUM") as u64) << 32;
 
 /// Header bit 63: held by the transaction that locked the object for commit.
 pub const LOCK_BIT: u64 = 1 << 63;
@@ -113,13 +133,14 @@ const _: () = assert!(align_of::<std::sync::atomic::AtomicU64>() == WORD_BYTES);
 // Slots are little-endian both in memory and in the bytes of a READ (`u64::to_le_bytes` of each
 // word), which are the same bytes only on a little-endian host.
 const _: () = assert!(cfg!(target_endian = "little"));
-const _: () = assert!(slot_bytes(0) == 16);
-const _: () = assert!(slot_bytes(1) == 24);
-const _: () = assert!(slot_bytes(8) == 24);
-const _: () = assert!(slot_bytes(9) == 32);
+const _: () = assert!(slot_bytes(0) == 24);
+const _: () = assert!(slot_bytes(1) == 32);
+const _: () = assert!(slot_bytes(8) == 32);
+const _: () = assert!(slot_bytes(9) == 40);
+const _: () = assert!(SUM_TAG != 0 && SUM_TAG as u32 == 0);
 
 /// Bytes of the slot of an object of `payload_bytes`: header, payload rounded up to a whole
-/// word, trailer.
+/// word, sum, trailer.
 pub const fn slot_bytes(payload_bytes: usize) -> usize {
     SLOT_OVERHEAD_BYTES + payload_bytes.div_ceil(WORD_BYTES) * WORD_BYTES
 }
@@ -127,7 +148,28 @@ pub const fn slot_bytes(payload_bytes: usize) -> usize {
 /// The payload bytes a slot of `words` holds.
 pub fn payload_capacity_bytes<W>(words: &[W]) -> usize {
     check_slot(words);
-    (words.len() - 2) * WORD_BYTES
+    (words.len() - 3) * WORD_BYTES
+}
+
+/// The sum word of an install of `header` (its lock bit is not summed) and `payload`, which
+/// is zero-padded to `capacity_bytes` as the install stores it.
+pub fn sum_word(header: Header, payload: &[u8], capacity_bytes: usize) -> u64 {
+    assert!(
+        payload.len() <= capacity_bytes,
+        "payload larger than the slot: payload_bytes={} capacity_bytes={capacity_bytes}",
+        payload.len()
+    );
+    const ZEROS: [u8; 64] = [0; 64];
+    let mut crc = Crc32c::new();
+    crc.update(&(header.to_u64() & !LOCK_BIT).to_le_bytes());
+    crc.update(payload);
+    let mut padding = capacity_bytes.next_multiple_of(WORD_BYTES) - payload.len();
+    while padding > 0 {
+        let n = padding.min(ZEROS.len());
+        crc.update(&ZEROS[..n]);
+        padding -= n;
+    }
+    SUM_TAG | crc.finish() as u64
 }
 
 /// An object's header word: `[lock:1 | allocated:1 | version:62]`.
@@ -271,6 +313,21 @@ pub struct Torn {
     pub trailer_version: u64,
 }
 
+/// A consistent read of a slot whose sum does not match its header and payload: its bytes
+/// changed by something other than an install (a bit flipped, its file damaged). Reading it
+/// again reads the same; its other replicas may hold it intact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "object is damaged: {header} with sum word {stored:#018x}, but its bytes sum to \
+     {computed:#018x}; this copy cannot serve it (the region must be served from an intact \
+     replica)"
+)]
+pub struct Damaged {
+    pub header: Header,
+    pub stored: u64,
+    pub computed: u64,
+}
+
 /// Why a local consistent read gave up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -280,6 +337,8 @@ pub enum ReadError {
          mid-install; abort and retry the transaction later"
     )]
     StillTorn { attempts: usize, last: Torn },
+    #[error(transparent)]
+    Damaged(#[from] Damaged),
 }
 
 /// Why the bytes of a slot fetched by a one-sided READ are not an object.
@@ -288,9 +347,11 @@ pub enum ReadError {
 pub enum DecodeError {
     #[error(transparent)]
     Torn(#[from] Torn),
+    #[error(transparent)]
+    Damaged(#[from] Damaged),
     #[error(
-        "{len} bytes are not a slot (a header and a trailer word around whole payload words): \
-         READ the whole slot of the object"
+        "{len} bytes are not a slot (a header word, whole payload words, a sum and a trailer \
+         word): READ the whole slot of the object"
     )]
     Length { len: usize },
 }
@@ -306,8 +367,8 @@ pub struct ObjectRead<'a> {
 
 fn check_slot<W>(words: &[W]) {
     assert!(
-        words.len() >= 2,
-        "a slot is a header and a trailer word at least: words={}",
+        words.len() >= 3,
+        "a slot is a header, a sum and a trailer word at least: words={}",
         words.len()
     );
 }
@@ -320,8 +381,30 @@ fn trailer_word<W>(words: &[W]) -> &W {
     &words[words.len() - 1]
 }
 
+fn sum_word_of<W>(words: &[W]) -> &W {
+    &words[words.len() - 2]
+}
+
 fn payload_words<W>(words: &[W]) -> &[W] {
-    &words[1..words.len() - 1]
+    &words[1..words.len() - 2]
+}
+
+/// Whether a consistent slot's sum word vouches for it: a real sum of its header and payload,
+/// or no sum at all in a slot never installed (version 0, free).
+fn verify_sum(header: Header, payload: &[u8], stored: u64) -> Result<(), Damaged> {
+    if stored == 0 && header.version() == 0 && !header.is_allocated() {
+        return Ok(());
+    }
+    let computed = sum_word(header, payload, payload.len());
+    if computed == stored {
+        Ok(())
+    } else {
+        Err(Damaged {
+            header,
+            stored,
+            computed,
+        })
+    }
 }
 
 /// The payload word at `word_index`: bytes `[8i, 8i + 8)` of `payload`, zero-padded.
@@ -483,11 +566,13 @@ fn store_installed<W: AtomicWord>(
     );
     // The trailer first: a reader that sees any word of this install also sees a trailer that
     // is not the header version it started from (module doc).
+    let installed = Header::new(version, allocated, false);
+    let sum = sum_word(installed, payload, capacity);
     trailer_word(words).store(version, Release);
     for (word_index, word) in payload_words(words).iter().enumerate() {
         word.store(payload_word(payload, word_index), Release);
     }
-    let installed = Header::new(version, allocated, false);
+    sum_word_of(words).store(sum, Release);
     header_word(words).store(installed.0, Release);
     installed
 }
@@ -518,42 +603,66 @@ pub fn overwrite<W: AtomicWord>(
     store_installed(words, payload, allocated, version)
 }
 
+/// Why one consistent-read attempt of local words failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttemptError {
+    /// A writer was installing, or holds the lock: read again.
+    #[error(transparent)]
+    Torn(#[from] Torn),
+    /// The slot is consistent but its sum does not match: reading again reads the same.
+    #[error(transparent)]
+    Damaged(#[from] Damaged),
+}
+
+/// The words of a slot loaded in the read protocol's order: header, payload words and sum in
+/// increasing address order, trailer. `payload` gets every payload word's bytes.
+fn load_slot<W: AtomicWord>(words: &[W], payload: &mut Vec<u8>) -> (Header, u64, u64) {
+    check_slot(words);
+    payload.clear();
+    let header = Header(header_word(words).load(Acquire));
+    for word in payload_words(words) {
+        payload.extend_from_slice(&word.load(Acquire).to_le_bytes());
+    }
+    let sum = sum_word_of(words).load(Acquire);
+    let trailer_version = trailer_word(words).load(Acquire);
+    (header, sum, trailer_version)
+}
+
 /// One consistent-read attempt: fills `payload` (at most the slot's capacity) from the first
-/// payload words and returns the header, or [`Torn`].
-pub fn try_read<W: AtomicWord>(words: &[W], payload: &mut [u8]) -> Result<Header, Torn> {
+/// payload words and returns the header, or [`Torn`], or [`Damaged`] when the read is
+/// consistent but the sum says the bytes are not what an install stored (the whole payload is
+/// read to check it, whatever the length of `payload`).
+pub fn try_read<W: AtomicWord>(words: &[W], payload: &mut [u8]) -> Result<Header, AttemptError> {
     let capacity = payload_capacity_bytes(words);
     assert!(
         payload.len() <= capacity,
         "read buffer larger than the slot: buffer_bytes={} capacity_bytes={capacity}",
         payload.len()
     );
-    let header = Header(header_word(words).load(Acquire));
-    for (chunk, word) in payload
-        .chunks_mut(WORD_BYTES)
-        .zip(payload_words(words).iter())
-    {
-        let bytes = word.load(Acquire).to_le_bytes();
-        chunk.copy_from_slice(&bytes[..chunk.len()]);
-    }
-    let trailer_version = trailer_word(words).load(Acquire);
-    if !header.is_locked() && header.version() == trailer_version {
-        Ok(header)
-    } else {
-        Err(Torn {
+    let mut all = Vec::with_capacity(capacity);
+    let (header, sum, trailer_version) = load_slot(words, &mut all);
+    if header.is_locked() || header.version() != trailer_version {
+        return Err(AttemptError::Torn(Torn {
             header,
             trailer_version,
-        })
+        }));
     }
+    verify_sum(header, &all, sum)?;
+    let n = payload.len();
+    payload.copy_from_slice(&all[..n]);
+    Ok(header)
 }
 
 /// A consistent read of local words, retried while torn (at most [`READ_ATTEMPTS_MAX`] times):
-/// fills `payload` and returns the header it goes with.
+/// fills `payload` and returns the header it goes with. A damaged slot fails at once.
 pub fn read_into<W: AtomicWord>(words: &[W], payload: &mut [u8]) -> Result<Header, ReadError> {
     let mut attempt = 0;
     loop {
         match try_read(words, payload) {
             Ok(header) => return Ok(header),
-            Err(last) => {
+            Err(AttemptError::Damaged(damaged)) => return Err(ReadError::Damaged(damaged)),
+            Err(AttemptError::Torn(last)) => {
                 attempt += 1;
                 if attempt == READ_ATTEMPTS_MAX {
                     return Err(ReadError::StillTorn {
@@ -572,7 +681,7 @@ pub fn read_into<W: AtomicWord>(words: &[W], payload: &mut [u8]) -> Result<Heade
 }
 
 /// Decodes the bytes of a whole slot fetched by one one-sided READ (words read in increasing
-/// address order, each as `u64::to_le_bytes`), checking header against trailer.
+/// address order, each as `u64::to_le_bytes`), checking header against trailer, then the sum.
 pub fn decode(slot: &[u8]) -> Result<ObjectRead<'_>, DecodeError> {
     let len = slot.len();
     if len < SLOT_OVERHEAD_BYTES || !len.is_multiple_of(WORD_BYTES) {
@@ -581,7 +690,10 @@ pub fn decode(slot: &[u8]) -> Result<ObjectRead<'_>, DecodeError> {
     let Some((header, rest)) = slot.split_first_chunk::<HEADER_BYTES>() else {
         return Err(DecodeError::Length { len });
     };
-    let Some((payload, trailer)) = rest.split_last_chunk::<TRAILER_BYTES>() else {
+    let Some((rest, trailer)) = rest.split_last_chunk::<TRAILER_BYTES>() else {
+        return Err(DecodeError::Length { len });
+    };
+    let Some((payload, sum)) = rest.split_last_chunk::<SUM_BYTES>() else {
         return Err(DecodeError::Length { len });
     };
     let header = Header(u64::from_le_bytes(*header));
@@ -592,7 +704,77 @@ pub fn decode(slot: &[u8]) -> Result<ObjectRead<'_>, DecodeError> {
             trailer_version,
         }));
     }
+    verify_sum(header, payload, u64::from_le_bytes(*sum))?;
     Ok(ObjectRead { header, payload })
+}
+
+/// What a restarted node's check of one slot of its copy found ([`check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotCheck {
+    /// Never installed: every word of header, sum and trailer zero.
+    Pristine,
+    /// Consistent, and the sum matches: the bytes are what the last install stored. A locked
+    /// slot whose install has not begun (its sum matches the version its trailer keeps) counts
+    /// here too.
+    Intact,
+    /// Locked, and its bytes are not those of one install: an install was under way when the
+    /// writer stopped. Readers wait for the lock; transaction recovery installs the whole slot
+    /// again (an install at a primary follows its commit) or the lock stays.
+    Installing,
+    /// Unlocked, but the trailer names a later version than the header: an overwrite of a
+    /// backup copy cut short (or a version bit of the header flipped down, which looks the
+    /// same). Readers see it torn and never take its bytes.
+    Interrupted,
+    /// Consistent, but the sum does not match, or the header is ahead of its trailer: the
+    /// bytes changed by something other than an install.
+    Damaged(Damaged),
+}
+
+/// Checks one slot the way a restarted node checks its copies before it serves them: reads it
+/// in the read protocol's order (so that a writer installing meanwhile is never taken for
+/// damage) and says whether its sum vouches for it.
+pub fn check<W: AtomicWord>(words: &[W]) -> SlotCheck {
+    check_with(words, &mut Vec::new())
+}
+
+/// [`check`], with a buffer for the payload that a caller checking many slots reuses.
+pub fn check_with<W: AtomicWord>(words: &[W], payload: &mut Vec<u8>) -> SlotCheck {
+    let (header, sum, trailer_version) = load_slot(words, payload);
+    let payload = &payload[..];
+    if header.to_u64() == 0 && sum == 0 && trailer_version == 0 {
+        return SlotCheck::Pristine;
+    }
+    if header.is_locked() {
+        // The lock hides the version; the trailer keeps it until an install begins.
+        let before_install = [true, false].iter().any(|&allocated| {
+            // Masked: a trailer no install writes matches no sum anyway.
+            let version = trailer_version & VERSION_MASK;
+            let header = Header(version | if allocated { ALLOCATED_BIT } else { 0 });
+            verify_sum(header, payload, sum).is_ok()
+        });
+        return if before_install {
+            SlotCheck::Intact
+        } else {
+            SlotCheck::Installing
+        };
+    }
+    if header.version() > trailer_version {
+        // Every install stores its trailer first, with a version above the header's: no
+        // install leaves a header ahead of its trailer.
+        let computed = sum_word(header, payload, payload.len());
+        return SlotCheck::Damaged(Damaged {
+            header,
+            stored: sum,
+            computed,
+        });
+    }
+    if header.version() < trailer_version {
+        return SlotCheck::Interrupted;
+    }
+    match verify_sum(header, payload, sum) {
+        Ok(()) => SlotCheck::Intact,
+        Err(damaged) => SlotCheck::Damaged(damaged),
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -606,8 +788,10 @@ mod tests {
 
     /// A slot of `payload_words` payload words holding an allocated object at version 0.
     fn slot(payload_words: usize) -> Vec<AtomicU64> {
-        let mut words: Vec<AtomicU64> = (0..payload_words + 2).map(|_| AtomicU64::new(0)).collect();
+        let mut words: Vec<AtomicU64> = (0..payload_words + 3).map(|_| AtomicU64::new(0)).collect();
         *words[0].get_mut() = ALLOCATED_BIT;
+        *words[payload_words + 1].get_mut() =
+            sum_word(Header::new(0, true, false), &[], payload_words * WORD_BYTES);
         words
     }
 
@@ -756,10 +940,12 @@ mod tests {
         let words = slot(2);
         try_lock(&words, 0, O).unwrap();
         // The writer has stored the trailer and one payload word, then stalls.
-        words[3].store(1, Release);
+        words[4].store(1, Release);
         words[1].store(0xdead, Release);
         let mut payload = [0u8; 16];
-        let torn = try_read(&words, &mut payload).unwrap_err();
+        let Err(AttemptError::Torn(torn)) = try_read(&words, &mut payload) else {
+            panic!("a read of a locked slot mid-install is torn");
+        };
         assert_eq!(torn.header.owner(), Some(O));
         assert_eq!(torn.trailer_version, 1);
         assert!(matches!(
@@ -802,16 +988,91 @@ mod tests {
 
     #[test]
     fn decode_refuses_bytes_that_are_not_a_slot() {
-        for len in [0, 8, 15, 17, 23] {
+        for len in [0, 8, 15, 16, 17, 23] {
             assert_eq!(
                 decode(&vec![0; len]),
                 Err(DecodeError::Length { len }),
                 "len={len}"
             );
         }
-        let empty = decode(&[0; 16]).unwrap();
+        let empty = decode(&[0; 24]).unwrap();
         assert_eq!(empty.header, Header::new(0, false, false));
         assert!(empty.payload.is_empty());
+    }
+
+    /// Every bit of a slot an install wrote, but the lock bit, flipped one at a time: a read
+    /// either refuses the slot (torn or damaged) or, for a flipped lock bit, waits for a lock;
+    /// it never returns bytes other than the installed ones.
+    #[test]
+    fn a_flipped_bit_anywhere_in_a_slot_is_never_read_as_an_object() {
+        let words = slot(3);
+        try_lock(&words, 0, O).unwrap();
+        install(&words, b"the balance is 100");
+        let good = read_bytes(&words);
+        assert!(decode(&good).is_ok());
+        for bit in 0..good.len() * 8 {
+            let mut bytes = good.clone();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            match decode(&bytes) {
+                Err(DecodeError::Damaged(_) | DecodeError::Torn(_)) => {}
+                other => panic!("bit {bit} flipped: decoded {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_slot_is_refused_by_local_reads_and_found_by_the_check() {
+        let words = slot(2);
+        assert_eq!(check(&words), SlotCheck::Intact);
+        try_lock(&words, 0, O).unwrap();
+        install(&words, b"0123456789abcdef");
+        assert_eq!(check(&words), SlotCheck::Intact);
+        words[2].fetch_xor(1 << 17, AcqRel);
+        let mut payload = [0u8; 16];
+        assert!(matches!(
+            read_into(&words, &mut payload),
+            Err(ReadError::Damaged(Damaged { header, .. })) if header == Header::new(1, true, false)
+        ));
+        assert!(matches!(check(&words), SlotCheck::Damaged(_)));
+        // A short read checks the whole payload all the same.
+        assert!(matches!(
+            try_read(&words, &mut payload[..4]),
+            Err(AttemptError::Damaged(_))
+        ));
+    }
+
+    #[test]
+    fn the_check_tells_a_slot_never_installed_and_an_install_cut_short_from_damage() {
+        let pristine: Vec<AtomicU64> = (0..5).map(|_| AtomicU64::new(0)).collect();
+        assert_eq!(check(&pristine), SlotCheck::Pristine);
+        assert!(decode(&read_bytes(&pristine)).is_ok());
+
+        // Locked, install not begun: the sum matches the version the trailer keeps.
+        let words = slot(2);
+        try_lock(&words, 0, O).unwrap();
+        install(&words, b"before");
+        try_lock(&words, 1, O).unwrap();
+        assert_eq!(check(&words), SlotCheck::Intact);
+        // The install's trailer and first payload word stored, then the writer died.
+        words[4].store(2, Release);
+        words[1].store(0xdead, Release);
+        assert_eq!(check(&words), SlotCheck::Installing);
+        // Recovery installs the whole slot again.
+        install_at(&words, b"after", true, 2);
+        assert_eq!(check(&words), SlotCheck::Intact);
+
+        // A backup's overwrite cut short after its trailer: unlocked, header and trailer differ.
+        words[4].store(3, Release);
+        assert_eq!(check(&words), SlotCheck::Interrupted);
+        overwrite(&words, b"later", true, 3);
+        assert_eq!(check(&words), SlotCheck::Intact);
+
+        // The allocated bit is summed: a free flipped to allocated is damage.
+        try_lock(&words, 3, O).unwrap();
+        install_with(&words, b"", false);
+        assert_eq!(check(&words), SlotCheck::Intact);
+        words[0].fetch_or(ALLOCATED_BIT, AcqRel);
+        assert!(matches!(check(&words), SlotCheck::Damaged(_)));
     }
 
     /// Std threads: one writer installs `INSTALL_COUNT` versions, each filling every payload word
@@ -866,6 +1127,7 @@ mod tests {
                                     torn_count += 1;
                                     continue;
                                 }
+                                Err(e) => panic!("{e}"),
                             }
                         } else {
                             let bytes = read_bytes(&words);
@@ -921,10 +1183,11 @@ mod loom_tests {
     //! payload in every word. Run with
     //! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p acre-engine --release --lib loom`.
     //!
-    //! Two models, because loom's cost grows steeply: a 3-word payload read once (about 31,000
-    //! executions, ~1 s), and a 2-word payload read twice (about 1,000,000 executions, ~40 s),
-    //! which also checks that successive reads never go back a version. A 3-word payload read
-    //! twice did not finish in 8 minutes.
+    //! Two models, because loom's cost grows steeply with the words between header and trailer
+    //! (payload words and the sum word): three of them read once (about 31,000 executions,
+    //! ~1 s), and two read twice (about 1,000,000 executions, ~40 s), which also checks that
+    //! successive reads never go back a version. Three words read twice did not finish in 8
+    //! minutes.
     //!
     //! Both run without a preemption bound, overriding `LOOM_MAX_PREEMPTIONS` (a bound was seen
     //! to stop another model of this repo after one iteration, and cuts these to a few hundred
@@ -932,7 +1195,8 @@ mod loom_tests {
     //! minimum, so a setting (`LOOM_MAX_PERMUTATIONS`, `LOOM_MAX_DURATION`, a loom upgrade) that
     //! silently stops exploring fails the test instead of passing it.
     //! Moving the trailer store after the payload, or making the payload stores or loads
-    //! `Relaxed`, makes the first model fail within its first executions.
+    //! `Relaxed`, makes the first model fail within its first executions; storing the sum
+    //! word after the header makes it fail as a race read as damage.
     use super::*;
     use loom::sync::Arc;
 
@@ -960,6 +1224,29 @@ mod loom_tests {
         }
     }
 
+    /// A slot of `payload_words` holding an allocated object at version 0, its sum stored.
+    fn fresh_slot(payload_words: usize) -> Vec<AtomicU64> {
+        let sum = sum_word(Header::new(0, true, false), &[], payload_words * WORD_BYTES);
+        let last = payload_words + 2;
+        (0..=last)
+            .map(|i| match i {
+                0 => AtomicU64::new(ALLOCATED_BIT),
+                i if i == last - 1 => AtomicU64::new(sum),
+                _ => AtomicU64::new(0),
+            })
+            .collect()
+    }
+
+    /// One read attempt racing installs: accepted, or torn; never damaged, since a race must
+    /// never pass for damage (the sum word is stored between the trailer and the header).
+    fn attempt(words: &[AtomicU64], payload: &mut [u8]) -> Option<Header> {
+        match try_read(words, payload) {
+            Ok(header) => Some(header),
+            Err(AttemptError::Torn(_)) => None,
+            Err(AttemptError::Damaged(damaged)) => panic!("a race read as damage: {damaged}"),
+        }
+    }
+
     /// Runs the model and returns how many executions loom explored.
     fn explore(
         payload_words: usize,
@@ -973,11 +1260,7 @@ mod loom_tests {
         model.preemption_bound = None;
         model.check(move || {
             executions.fetch_add(1, StdOrdering::Relaxed);
-            let words: Arc<Vec<AtomicU64>> = Arc::new(
-                (0..payload_words + 2)
-                    .map(|i| AtomicU64::new(if i == 0 { ALLOCATED_BIT } else { 0 }))
-                    .collect(),
-            );
+            let words: Arc<Vec<AtomicU64>> = Arc::new(fresh_slot(payload_words));
             let writer_words = words.clone();
             let writer = loom::thread::spawn(move || {
                 for version in 0..INSTALL_COUNT {
@@ -988,7 +1271,7 @@ mod loom_tests {
             let mut payload = vec![0u8; payload_words * WORD_BYTES];
             let mut last_version = 0;
             for _ in 0..read_attempt_count {
-                if let Ok(header) = try_read(&words[..], &mut payload) {
+                if let Some(header) = attempt(&words[..], &mut payload) {
                     check_accepted(header, &payload);
                     assert!(
                         header.version() >= last_version,
@@ -1008,14 +1291,16 @@ mod loom_tests {
     /// A one-sided install as a coordinator posts it (`txn/src/commit/one_sided.rs`,
     /// `install_ops`): three WRITEs executed in order, each storing its words in increasing
     /// address order with release stores (`fabric/exec.rs`): the trailer, the payload, the
-    /// header with the lock clear.
+    /// header with the lock clear. The payload WRITE carries the sum word after the payload.
     fn install_by_writes(words: &[AtomicU64], payload: &[u8], version: u64) {
         let last = words.len() - 1;
+        let header = Header::new(version, true, false);
         words[last].store(version, Release);
         for (index, chunk) in payload.chunks(WORD_BYTES).enumerate() {
             words[1 + index].store(u64::from_le_bytes(chunk.try_into().unwrap()), Release);
         }
-        words[0].store(Header::new(version, true, false).to_u64(), Release);
+        words[last - 1].store(sum_word(header, payload, payload.len()), Release);
+        words[0].store(header.to_u64(), Release);
     }
 
     /// Two coordinators of one-sided commits and a reader: the first locks at v0 by CAS and
@@ -1029,12 +1314,10 @@ mod loom_tests {
         model.preemption_bound = None;
         model.check(move || {
             executions.fetch_add(1, StdOrdering::Relaxed);
-            const PAYLOAD_WORDS: usize = 2;
-            let words: Arc<Vec<AtomicU64>> = Arc::new(
-                (0..PAYLOAD_WORDS + 2)
-                    .map(|i| AtomicU64::new(if i == 0 { ALLOCATED_BIT } else { 0 }))
-                    .collect(),
-            );
+            // One payload word and the sum: two words between header and trailer, as the
+            // model had before slots carried a sum.
+            const PAYLOAD_WORDS: usize = 1;
+            let words: Arc<Vec<AtomicU64>> = Arc::new(fresh_slot(PAYLOAD_WORDS));
             let coordinator = |version: u64| {
                 let words = words.clone();
                 loom::thread::spawn(move || {
@@ -1057,7 +1340,7 @@ mod loom_tests {
             let first = coordinator(0);
             let second = coordinator(1);
             let mut payload = vec![0u8; PAYLOAD_WORDS * WORD_BYTES];
-            if let Ok(header) = try_read(&words[..], &mut payload)
+            if let Some(header) = attempt(&words[..], &mut payload)
                 && !header.is_locked()
             {
                 check_accepted(header, &payload);
@@ -1098,7 +1381,8 @@ mod loom_tests {
         /// Loom explores 30,809 executions of this model; far fewer means it stopped early.
         const EXECUTIONS_MIN: usize = 20_000;
         let started = std::time::Instant::now();
-        let executions = explore(3, 1, &EXECUTIONS);
+        // Two payload words and the sum between header and trailer.
+        let executions = explore(2, 1, &EXECUTIONS);
         eprintln!(
             "loom torn-install model: {executions} executions in {:?}",
             started.elapsed()
@@ -1115,7 +1399,8 @@ mod loom_tests {
         /// Loom explores 1,007,874 executions of this model; far fewer means it stopped early.
         const EXECUTIONS_MIN: usize = 500_000;
         let started = std::time::Instant::now();
-        let executions = explore(2, 2, &EXECUTIONS);
+        // One payload word and the sum between header and trailer.
+        let executions = explore(1, 2, &EXECUTIONS);
         eprintln!(
             "loom successive-reads model: {executions} executions in {:?}",
             started.elapsed()

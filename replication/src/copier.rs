@@ -600,7 +600,8 @@ impl Copying {
         Ok(())
     }
 
-    /// The slot at `addr`, read again until it is unlocked and whole.
+    /// The slot at `addr`, read again until it is unlocked and whole; an error at once when its
+    /// sum says it is damaged.
     fn read_settled(
         &self,
         primary: NodeId,
@@ -611,8 +612,13 @@ impl Copying {
         let deadline = Instant::now() + SLOT_SETTLE_MAX;
         loop {
             let slot = self.read(primary, addr, key, slot_bytes as u64)?;
-            if object::decode(&slot).is_ok() {
-                return Ok(slot);
+            match object::decode(&slot) {
+                Ok(_) => return Ok(slot),
+                // Reading it again reads the same: the primary's copy cannot give it.
+                Err(object::DecodeError::Damaged(damaged)) => {
+                    return Err(format!("{addr} at {primary}: {damaged}"));
+                }
+                Err(_) => {}
             }
             if Instant::now() >= deadline {
                 let header = object::Header::from_u64(u64::from_le_bytes(

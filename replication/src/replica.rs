@@ -415,7 +415,7 @@ impl ReplicaNode {
             };
             // Before anything reads the copy (the worker's replay, the allocator's rebuild,
             // the fabric once registered).
-            let intact = reopen.is_none() || vouch_for(node, &region)?;
+            let intact = reopen.is_none() || vouch_for(node, &region, config.block_bytes)?;
             let read_in_place = placement.primary == node && placement.state != RegionState::Lost;
             if (!intact || lost_records) && others_run && read_in_place {
                 // Read in place by the running processes: neither emptied nor served.
@@ -950,8 +950,8 @@ impl ReplicaNode {
 /// Checks a copy a restarted node kept against the sums it wrote when it stopped
 /// ([`crate::sums`]), and says whether the node may serve it. A copy that does not match, or
 /// whose sums file is damaged, is reported, and the caller [`discard`]s it. A copy without
-/// sums (its node was killed) is served as memory that outlived its process.
-fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
+/// sums (its node was killed) is vouched for by its objects' own sums ([`vouch_by_objects`]).
+fn vouch_for(node: NodeId, region: &Region, block_bytes: u64) -> Result<bool, StartError> {
     let id = region.id();
     let Some(file) = region.path() else {
         return Ok(true);
@@ -968,13 +968,7 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
                  {config_id})"
             );
         }
-        Verdict::NoSums => {
-            tracing::warn!(
-                %node,
-                "its copy of {id} has no block sums (the node was killed, or its stop could not \
-                 write them): served as the memory its earlier run left"
-            );
-        }
+        Verdict::NoSums => return Ok(vouch_by_objects(node, region, block_bytes)),
         Verdict::Damaged { blocks, count } => {
             let offsets: Vec<String> = blocks
                 .iter()
@@ -1009,6 +1003,53 @@ fn vouch_for(node: NodeId, region: &Region) -> Result<bool, StartError> {
         }
     }
     Ok(!verdict.is_damaged())
+}
+
+/// Vouches for a copy that has no block sums (its node was killed, or stopped alone) by the
+/// sums its slots carry: every slot an install wrote must match its sum
+/// ([`SlabAllocator::check_objects`]). Slots locked by an install a stop cut short, and
+/// backup overwrites cut short, hold no install's bytes yet: readers never take them, and
+/// transaction recovery or the copy again writes them whole.
+fn vouch_by_objects(node: NodeId, region: &Region, block_bytes: u64) -> bool {
+    let id = region.id();
+    let started = std::time::Instant::now();
+    match SlabAllocator::check_objects(region, block_bytes) {
+        Ok(check) if check.is_intact() => {
+            tracing::info!(
+                %node,
+                "its copy of {id} has no block sums (the node was killed, or stopped alone): \
+                 every object's sum matches ({} slots read in {:.1} ms: {} objects, {} never \
+                 written, {} installs and {} backup overwrites cut short, which recovery and \
+                 the copy again settle)",
+                check.slots,
+                started.elapsed().as_secs_f64() * 1e3,
+                check.intact,
+                check.pristine,
+                check.installing,
+                check.interrupted
+            );
+            true
+        }
+        Ok(check) => {
+            let addrs: Vec<String> = check.damaged.iter().map(|a| a.to_string()).collect();
+            tracing::error!(
+                %node,
+                "its copy of {id} is damaged: {} objects do not match their sums (the first: \
+                 {}); the copy is not served, and is copied again from a live replica",
+                check.damaged_count,
+                addrs.join(" ")
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(
+                %node,
+                "its copy of {id} cannot be vouched for: {e}; the copy is not served, and is \
+                 copied again from a live replica"
+            );
+            false
+        }
+    }
 }
 
 /// Empties a copy a restarted node may not serve (every word zero, persisted) before anything

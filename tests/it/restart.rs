@@ -479,8 +479,29 @@ fn a_cluster_killed_during_its_restart_restarts_again() {
 /// is off by 4096.
 #[test]
 fn a_primary_copy_damaged_while_down_is_never_served() {
+    damaged_primary_copy_is_never_served("restart-sums", Stop::Down);
+}
+
+/// The same after kill -9 of every node: no block sums were written, and the objects' own
+/// sums find the flipped balance. Without them the copy was served as memory that outlived
+/// its process, and the flipped balance with it.
+#[test]
+fn a_primary_copy_damaged_after_every_node_was_killed_is_never_served() {
+    damaged_primary_copy_is_never_served("restart-object-sums", Stop::KillEveryNode);
+}
+
+/// How a test stops the whole cluster.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// `acre cluster down`: every node writes its copies' block sums.
+    Down,
+    /// kill -9 of every node at once: no sums.
+    KillEveryNode,
+}
+
+fn damaged_primary_copy_is_never_served(name: &str, stop: Stop) {
     use acre::cluster::CmStatusFile;
-    let cluster = Cluster::up("restart-sums", "shm");
+    let cluster = Cluster::up(name, "shm");
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
     let bank = Bank::create(&db, 30, 1000).expect("create accounts");
     assert!(db.quiesce(QUIESCE_TIMEOUT), "the cluster did not quiesce");
@@ -490,11 +511,20 @@ fn a_primary_copy_damaged_while_down_is_never_served() {
     let region = account.region();
     let victim = placement_of(&cluster, region).primary;
 
-    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
-    assert!(down.status.success(), "{}", text(&down));
+    match stop {
+        Stop::Down => {
+            let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+            assert!(down.status.success(), "{}", text(&down));
+        }
+        Stop::KillEveryNode => kill_every_node(&cluster),
+    }
     let copy = copy_file(&cluster.dir, victim, region);
     let sums = acre::replication::sums::sums_path(&copy);
-    assert!(sums.exists(), "a clean stop writes the copy's block sums");
+    assert_eq!(
+        sums.exists(),
+        stop == Stop::Down,
+        "a clean stop writes the copy's block sums, a kill none"
+    );
     // The slot: its header word, the value's length (a word), then the balance, whose second
     // byte is 0x03 (1000 is 0x3e8): 0x03 ^ 0x10 adds 4096.
     let balance_offset = u64::from(account.offset()) + 16;

@@ -7,7 +7,7 @@
 //!   client's transactions read), then one batch of compare-and-swaps locks every object at the
 //!   version read. The vote is the outcome of those compare-and-swaps.
 //! - **Commit-primary.** The COMMIT-PRIMARY record is durable first, then one batch installs
-//!   every object (trailer, payload, header with the lock clear: the order the torn-read
+//!   every object (trailer, payload and sum, header with the lock clear: the order the torn-read
 //!   detection relies on, `acre_engine::object`) and persists the slots.
 //! - **Abort.** The coordinator unlocks by compare-and-swap what it locked, then appends ABORT,
 //!   on which the primary's worker hands back the reserved slots.
@@ -219,7 +219,7 @@ pub(crate) fn install(
 }
 
 /// The operations that install `entry` in a slot of `capacity` payload bytes locked at
-/// `entry.version`: trailer `v + 1`, payload (zero-padded), header `v + 1` with the lock clear
+/// `entry.version`: trailer `v + 1`, payload (zero-padded) and sum, header `v + 1` with the lock clear
 /// (allocated unless a free), then a PERSIST of the slot. The fabric executes them in order,
 /// each WRITE in increasing address order: the order `object::install_with` stores in.
 pub(crate) fn install_ops(entry: &Entry, key: AccessKey, capacity: usize) -> Vec<Op> {
@@ -232,10 +232,13 @@ pub(crate) fn install_ops(entry: &Entry, key: AccessKey, capacity: usize) -> Vec
     let version = entry.version + 1;
     let slot = entry.addr;
     let at = |offset: usize| Addr::new(slot.region(), slot.offset() + offset as u32);
+    let header = Header::new(version, entry.kind != EntryKind::Free, false);
+    // The payload WRITE carries the sum word after the zero-padded payload.
+    let sum = object::sum_word(header, &entry.payload, capacity);
     let mut payload = entry.payload.clone();
     payload.resize(capacity.div_ceil(WORD_BYTES) * WORD_BYTES, 0);
+    payload.extend_from_slice(&sum.to_le_bytes());
     let trailer_offset = WORD_BYTES + payload.len();
-    let header = Header::new(version, entry.kind != EntryKind::Free, false);
     vec![
         Op::Write {
             addr: at(trailer_offset),

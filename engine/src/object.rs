@@ -1,4 +1,4 @@
-//! Objects: the slot format (header word, payload, trailer word) and the lock / install /
+//! Objects: the slot format (header word, payload, sum word, trailer word) and the lock / install /
 //! consistent-read protocol that lets readers detect a read that raced with a writer.
 //!
 //! # Format
@@ -390,9 +390,9 @@ fn payload_words<W>(words: &[W]) -> &[W] {
 }
 
 /// Whether a consistent slot's sum word vouches for it: a real sum of its header and payload,
-/// or no sum at all in a slot never installed (version 0, free).
+/// or no sum at all in a slot never installed (every word zero).
 fn verify_sum(header: Header, payload: &[u8], stored: u64) -> Result<(), Damaged> {
-    if stored == 0 && header.version() == 0 && !header.is_allocated() {
+    if stored == 0 && header.to_u64() == 0 && payload.iter().all(|&b| b == 0) {
         return Ok(());
     }
     let computed = sum_word(header, payload, payload.len());
@@ -551,7 +551,7 @@ pub fn install_at<W: AtomicWord>(
 }
 
 /// The stores of an install at `version`, in the order the read protocol depends on: trailer,
-/// payload words in increasing address order, header (which also clears the lock).
+/// payload words in increasing address order, sum, header (which also clears the lock).
 fn store_installed<W: AtomicWord>(
     words: &[W],
     payload: &[u8],
@@ -579,7 +579,7 @@ fn store_installed<W: AtomicWord>(
 
 /// Installs `payload` at `version` on a replica that only one thread writes (a backup applying
 /// a committed transaction at truncation): same store order as [`install_with`] (trailer,
-/// payload, header), so concurrent readers still detect torn reads. `version` must be newer
+/// payload, sum, header), so concurrent readers still detect torn reads. `version` must be newer
 /// than the slot's: a backup skips updates older than what it holds. Returns the new header.
 pub fn overwrite<W: AtomicWord>(
     words: &[W],
@@ -711,7 +711,8 @@ pub fn decode(slot: &[u8]) -> Result<ObjectRead<'_>, DecodeError> {
 /// What a restarted node's check of one slot of its copy found ([`check`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotCheck {
-    /// Never installed: every word of header, sum and trailer zero.
+    /// Never installed: every word zero. (A slot whose every word was zeroed by damage looks
+    /// the same: the sum cannot tell it.)
     Pristine,
     /// Consistent, and the sum matches: the bytes are what the last install stored. A locked
     /// slot whose install has not begun (its sum matches the version its trailer keeps) counts
@@ -741,7 +742,7 @@ pub fn check<W: AtomicWord>(words: &[W]) -> SlotCheck {
 pub fn check_with<W: AtomicWord>(words: &[W], payload: &mut Vec<u8>) -> SlotCheck {
     let (header, sum, trailer_version) = load_slot(words, payload);
     let payload = &payload[..];
-    if header.to_u64() == 0 && sum == 0 && trailer_version == 0 {
+    if header.to_u64() == 0 && sum == 0 && trailer_version == 0 && payload.iter().all(|&b| b == 0) {
         return SlotCheck::Pristine;
     }
     if header.is_locked() {

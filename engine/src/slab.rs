@@ -335,8 +335,10 @@ pub struct ObjectsCheck {
     pub intact: u64,
     pub installing: u64,
     pub interrupted: u64,
+    /// Damaged slots, and unused blocks with a non-zero word past their header.
     pub damaged_count: u64,
-    /// The first damaged slots, at most [`ObjectsCheck::DAMAGED_LISTED_MAX`].
+    /// The first damaged slots (or non-zero words of unused blocks), at most
+    /// [`ObjectsCheck::DAMAGED_LISTED_MAX`].
     pub damaged: Vec<Addr>,
 }
 
@@ -467,13 +469,28 @@ impl SlabAllocator {
     }
 
     /// Checks every slot of every claimed block of `region` against its sum
-    /// ([`object::check`]): how a restarted node with no block sums from a clean stop vouches
-    /// for a copy before anything reads it. Unused blocks and the slack at the end of a block
-    /// hold no object and are not read. Fails on a corrupt block header (nothing says where
-    /// that block's slots are: the copy cannot be vouched for).
+    /// ([`object::check`]), and that every unused block is zero past its header: how a
+    /// restarted node with no block sums from a clean stop vouches for a copy before anything
+    /// reads it. The slack at the end of a block holds nothing and is not read. Fails on a
+    /// corrupt block header (nothing says where that block's slots are: the copy cannot be
+    /// vouched for).
     pub fn check_objects(region: &Region, block_bytes: u64) -> Result<ObjectsCheck, AllocError> {
         let slab = SlabAllocator::recover(region, block_bytes)?;
         let mut report = ObjectsCheck::default();
+        // An unused block is zero past its header (a claim cut short writes header words only):
+        // any other word there is damage, such as the slots of a block whose magic was lost.
+        for &block_index in slab.unused_blocks.iter().rev() {
+            let offset = block_index as u64 * block_bytes + BLOCK_HEADER_BYTES;
+            let words = region.words_at(offset as u32, block_bytes - BLOCK_HEADER_BYTES);
+            if let Some(at) = words.iter().position(|w| w.load(Acquire) != 0) {
+                report.damaged_count += 1;
+                if report.damaged.len() < ObjectsCheck::DAMAGED_LISTED_MAX {
+                    report
+                        .damaged
+                        .push(Addr::new(slab.region, (offset + at as u64 * 8) as u32));
+                }
+            }
+        }
         let mut payload = Vec::new();
         for &block_index in slab.unscanned_blocks.iter().rev() {
             let Block::Claimed(block) = &slab.blocks[block_index as usize] else {
@@ -1512,7 +1529,7 @@ mod tests {
         // A crash while claiming the second block: every header word but the magic written.
         let header = region.words_at(BLOCK_BYTES as u32, BLOCK_HEADER_BYTES);
         header[CLASS_INDEX_WORD_INDEX].store(3, Release);
-        header[SLOT_BYTES_WORD_INDEX].store(80, Release);
+        header[SLOT_BYTES_WORD_INDEX].store(88, Release);
         header[BLOCK_BYTES_WORD_INDEX].store(BLOCK_BYTES, Release);
         let mut rebuilt = SlabAllocator::rebuild(&region, BLOCK_BYTES).unwrap();
         assert_eq!(rebuilt.allocated_addrs(), vec![first]);
@@ -1643,8 +1660,6 @@ mod tests {
         });
     }
 
-    /// Installs the free of the object at `addr` without giving its slot back (a commit whose
-    /// release comes later); returns the version the free installed.
     #[test]
     fn the_object_check_vouches_for_installed_slots_and_finds_a_flipped_bit() {
         let region = region();
@@ -1672,6 +1687,28 @@ mod tests {
         assert_eq!(check.damaged, vec![small[1], large]);
         assert!(!check.is_intact());
 
+        // A slot zeroed in part (a page of it lost): its header, sum and trailer zero, a
+        // payload word not: no slot never installed looks like that.
+        let partly = slab.alloc(&region, 16).unwrap();
+        for word in [0, 3, 4] {
+            region.words_at(partly.offset() + word * 8, 8)[0].store(0, Release);
+        }
+        // (An allocation installs a zero payload: the object's first write would fill it.)
+        region.words_at(partly.offset() + 8, 8)[0].store(0x5a, Release);
+        let check = SlabAllocator::check_objects(&region, BLOCK_BYTES).unwrap();
+        assert_eq!(check.damaged_count, 3, "{check:?}");
+
+        // A block whose magic was lost reads as unused, but its slots are not zero.
+        let magic = region.words_at(0, 8)[0].swap(0, std::sync::atomic::Ordering::AcqRel);
+        let check = SlabAllocator::check_objects(&region, BLOCK_BYTES).unwrap();
+        assert!(
+            check
+                .damaged
+                .contains(&Addr::new(REGION, BLOCK_HEADER_BYTES as u32)),
+            "{check:?}"
+        );
+        region.words_at(0, 8)[0].store(magic, Release);
+
         // A flipped bit in a block header: nothing says where that block's slots are.
         region.words_at(0, 8)[0].fetch_xor(1 << 40, Release);
         assert!(matches!(
@@ -1680,6 +1717,8 @@ mod tests {
         ));
     }
 
+    /// Installs the free of the object at `addr` without giving its slot back (a commit whose
+    /// release comes later); returns the version the free installed.
     fn install_free(region: &Region, slab: &SlabAllocator, addr: Addr) -> u64 {
         let words = slab.slot_words(region, addr).unwrap();
         let header = object::load_header(words);

@@ -962,6 +962,17 @@ fn vouch_for(node: NodeId, region: &Region, block_bytes: u64) -> Result<bool, St
     )))?;
     match &verdict {
         Verdict::Intact { config_id } => {
+            // The sums say the bytes are those of the stop; the block headers must still be
+            // ones this version reads (a copy written by a version whose slots had no sum word
+            // has block headers of other slot sizes).
+            if let Err(e) = SlabAllocator::recover(region, block_bytes) {
+                tracing::error!(
+                    %node,
+                    "its copy of {id} matches its block sums but cannot be read: {e}; the copy \
+                     is not served, and is copied again from a live replica"
+                );
+                return Ok(false);
+            }
             tracing::info!(
                 %node,
                 "its copy of {id} matches the block sums written when it stopped (configuration \

@@ -9,7 +9,8 @@
 //! Restarted, the node checks each copy against its sums before anything reads the copy
 //! ([`check_and_remove`]), then removes the sums file whatever it found: sums describe the copy
 //! as it was at one stop, and must not outlive the next change to it (after a later `kill -9`
-//! there are none, and the copy is trusted as memory that outlived its process, as before).
+//! there are none, and the node vouches for the copy by its objects' own sums instead:
+//! `SlabAllocator::check_objects`).
 
 use acre_engine::addr::RegionId;
 use acre_engine::region::Region;
@@ -92,7 +93,8 @@ pub enum Verdict {
     /// `config_id`: the copy is as it was then.
     Intact { config_id: u64 },
     /// No sums file: the node was killed (or its stop could not write them). The copy is
-    /// trusted as memory that outlived its process (docs/failures.md#failure-model).
+    /// vouched for by its objects' own sums instead (`SlabAllocator::check_objects`,
+    /// docs/failures.md#whole-cluster-restart).
     NoSums,
     /// `count` blocks do not match their sums (the first of them listed, by index): the copy
     /// changed after the stop, and is not served.

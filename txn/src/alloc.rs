@@ -12,6 +12,7 @@ use crate::error::op_error;
 use crate::txn_node::TxnNode;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::fabric::Op;
+use acre_engine::region::AccessKey;
 use acre_engine::slab::{AllocError, BLOCK_HEADER_BYTES, Reserved};
 
 /// Why a slot could not be reserved.
@@ -94,22 +95,65 @@ impl TxnNode {
             .directory()
             .lookup(self.fabric(), backup, region)
             .map_err(|e| e.to_string())?;
-        let addr = Addr::new(region, offset);
-        let ops = vec![
-            Op::Write {
-                addr,
-                key,
-                data: header.to_vec(),
-            },
-            Op::Persist {
-                addr,
-                key,
-                len: BLOCK_HEADER_BYTES as u32,
-            },
-        ];
+        let ops = block_header_ops(Addr::new(region, offset), key, header);
         for result in self.fabric().execute(backup, ops) {
             result.map_err(|e| op_error(backup, e).to_string())?;
         }
         Ok(())
+    }
+}
+
+/// The operations that copy a block header to a backup: words 1..4, then the magic (word 0),
+/// then a PERSIST. The magic goes last, as a claim stores it: a WRITE stores its words in
+/// increasing address order, so one WRITE of the whole header, cut short, would leave a magic
+/// before the words it vouches for, which a restarted backup takes for a corrupt header
+/// (docs/formats.md#block).
+fn block_header_ops(addr: Addr, key: AccessKey, header: &[u8]) -> Vec<Op> {
+    const MAGIC_BYTES: usize = 8;
+    vec![
+        Op::Write {
+            addr: Addr::new(addr.region(), addr.offset() + MAGIC_BYTES as u32),
+            key,
+            data: header[MAGIC_BYTES..].to_vec(),
+        },
+        Op::Write {
+            addr,
+            key,
+            data: header[..MAGIC_BYTES].to_vec(),
+        },
+        Op::Persist {
+            addr,
+            key,
+            len: BLOCK_HEADER_BYTES as u32,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: one WRITE of the whole header stored the magic first.
+    #[test]
+    fn a_block_header_reaches_a_backup_magic_last() {
+        let header: Vec<u8> = (0..BLOCK_HEADER_BYTES as u8).collect();
+        let addr = Addr::new(RegionId(3), 1 << 20);
+        let ops = block_header_ops(addr, AccessKey(9), &header);
+        let writes: Vec<(u32, &[u8])> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Write { addr, data, .. } => Some((addr.offset(), &data[..])),
+                _ => None,
+            })
+            .collect();
+        let (magic_at, magic) = *writes.last().expect("writes");
+        assert_eq!((magic_at, magic), (1 << 20, &header[..8]), "the magic last");
+        let mut written = vec![0u8; header.len()];
+        for (at, data) in &writes {
+            let from = (at - (1 << 20)) as usize;
+            written[from..from + data.len()].copy_from_slice(data);
+        }
+        assert_eq!(written, header, "every word written once");
+        assert!(matches!(ops.last(), Some(Op::Persist { len: 32, .. })));
     }
 }

@@ -80,12 +80,12 @@ pub const LOAD_ROWS_PER_TXN: usize = 50;
 /// Entries one transaction of the checks reads.
 pub const CHECK_ENTRIES_PER_TXN: usize = 500;
 /// Bytes a warehouse takes once loaded, rounded up. By the size classes (slot = payload
-/// rounded up to its class plus 16 bytes of header and trailer): 100,000 stock rows of 332
-/// bytes in 400-byte slots (40 MB), 30,000 customers with room for a 500-byte C_DATA in
-/// 784-byte slots (23.5 MB), 30,000 orders with their lines in 784-byte slots (23.5 MB),
-/// 30,000 history rows in 80-byte slots (2.4 MB), its 130,000 hash keys at a fifth of their
-/// table's 1 KiB buckets (8 MB) and B-tree leaves (about 7 MB): about 105 MB, and the items'
-/// 11 MB once. The rest is room for partly filled blocks and leaves.
+/// rounded up to its class plus 24 bytes of header, sum and trailer): 100,000 stock rows of
+/// 332 bytes in 408-byte slots (41 MB), 30,000 customers with room for a 500-byte C_DATA in
+/// 792-byte slots (24 MB), 30,000 orders with their lines in 792-byte slots (24 MB), 30,000
+/// history rows in 88-byte slots (2.6 MB), its 130,000 hash keys at a fifth of their table's
+/// 1 KiB buckets (8 MB) and B-tree leaves (about 7 MB): about 107 MB, and the items' 11 MB
+/// once. The rest is room for partly filled blocks and leaves.
 pub const LOADED_BYTES_PER_WAREHOUSE: u64 = 160 << 20;
 /// Bytes a New-Order adds on average (its order object and three index entries).
 pub const BYTES_PER_NEW_ORDER: u64 = 1 << 10;

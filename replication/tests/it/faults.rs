@@ -50,6 +50,13 @@ fn is_reply(ops: &[Op]) -> bool {
     matches!(ops, [Op::Write { addr, .. }, Op::Notify] if addr.region() == REPLY_AREA_ID)
 }
 
+/// Matches a block header's copy to a backup: a WRITE of its words 1..4, a WRITE of its magic
+/// at the block's start, a PERSIST.
+fn is_header_copy(ops: &[Op]) -> bool {
+    matches!(ops, [Op::Write { .. }, Op::Write { addr, .. }, Op::Persist { .. }]
+        if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
+}
+
 /// Matches batches that append a record of `kind`.
 fn appends(kind: RecordKind) -> impl Fn(&[Op]) -> bool + Send + Sync {
     move |ops| appended_kinds(ops).contains(&kind)
@@ -161,10 +168,7 @@ fn no_object_commits_in_a_block_before_its_header_reaches_every_backup() {
     let cluster = three_nodes();
     let n1 = txn_node(&cluster, 0);
     let region = region_of(0); // primary n1, backups n2 and n3
-    let header_copy = |ops: &[Op]| {
-        matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
-            if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
-    };
+    let header_copy = is_header_copy;
     let slow = cluster.faults().add(
         Rule::to(NodeId(3), Action::Delay(Duration::from_millis(500)))
             .from(NodeId(1))
@@ -410,10 +414,7 @@ fn a_slow_backup_under_an_alloc_does_not_stall_the_primary_for_others() {
     let (n1, n3) = (txn_node(&cluster, 0), txn_node(&cluster, 2));
     let b = create(&n3, region_of(1), b"b0"); // primary n2
     settle(&cluster);
-    let header_copy = |ops: &[Op]| {
-        matches!(ops, [Op::Write { addr, .. }, Op::Persist { .. }]
-            if addr.region().0 < RING_AREA_BASE && (addr.offset() as u64).is_multiple_of(BLOCK_BYTES))
-    };
+    let header_copy = is_header_copy;
     let slow = cluster.faults().add(
         Rule::to(NodeId(3), Action::Delay(STALL))
             .from(NodeId(2))

@@ -13,6 +13,8 @@
 //!   through the cluster directory, named by their access keys) and does the same.
 //! - `tcp`: any network; each node runs a NIC thread that serves READ/WRITE/CAS/PERSIST on its
 //!   registered memory without involving application threads. See [`tcp`].
+//! - `ofi` (cargo feature `ofi`): libfabric, so RDMA NICs do READ/WRITE/CAS themselves; here its
+//!   software providers over loopback. See `ofi` and docs/ofi.md.
 //!
 //! Every operation is checked against the target area's access key and bounds before it touches
 //! memory ([`crate::region::check_access`]); a failure is an [`OpError`] for that operation only.
@@ -23,6 +25,8 @@ pub mod fault;
 pub mod local;
 pub mod membership;
 pub mod memory;
+#[cfg(feature = "ofi")]
+pub mod ofi;
 pub mod shm;
 pub mod transport_kind;
 
@@ -199,6 +203,9 @@ pub enum Transport {
     Local(local::LocalTransport),
     Shm(shm::ShmTransport),
     Tcp(tcp::TcpTransport),
+    /// Completes each batch inside `post`, so its [`Pending`] is always ready.
+    #[cfg(feature = "ofi")]
+    Ofi(ofi::OfiTransport),
 }
 
 /// One node's endpoint on the fabric: its own registered memory and its transport to the others.
@@ -259,6 +266,8 @@ impl Fabric {
             Transport::Local(_) => "local",
             Transport::Shm(_) => "shm",
             Transport::Tcp(_) => "tcp",
+            #[cfg(feature = "ofi")]
+            Transport::Ofi(_) => "ofi",
         }
     }
 
@@ -314,6 +323,8 @@ impl Fabric {
             Transport::Local(t) => t.post(target, &ops),
             Transport::Shm(t) => t.post(target, &ops),
             Transport::Tcp(t) => t.post(target, ops),
+            #[cfg(feature = "ofi")]
+            Transport::Ofi(t) => t.post(target, &ops),
         }
     }
 

@@ -197,3 +197,53 @@ pub fn tcp() -> Cluster {
         _keep: Box::new(servers),
     }
 }
+
+/// Every node in this process with the ofi transport on loopback through libfabric's
+/// `tcp;ofi_rxm` provider: READ/WRITE/CAS are the provider's RMA and atomics on each node's
+/// registered memory.
+#[cfg(feature = "ofi")]
+pub fn ofi_tcp() -> Cluster {
+    ofi("tcp;ofi_rxm")
+}
+
+/// As [`ofi_tcp`], through the `sockets` provider (which places a batch's RMA in order, so a
+/// batch is posted at once).
+#[cfg(feature = "ofi")]
+pub fn ofi_sockets() -> Cluster {
+    ofi("sockets")
+}
+
+#[cfg(feature = "ofi")]
+fn ofi(provider: &str) -> Cluster {
+    use acre_engine::fabric::ofi::{OfiConfig, OfiTransport};
+    let config = OfiConfig::loopback(provider);
+    let mut nics = Vec::with_capacity(NODE_COUNT);
+    let mut parts = Vec::with_capacity(NODE_COUNT);
+    let mut cards = Vec::with_capacity(NODE_COUNT);
+    for id in node_ids() {
+        let (memory, data_key, inbox) = anonymous_memory(id);
+        let (transport, nic) = OfiTransport::start(&config, memory.clone())
+            .unwrap_or_else(|e| panic!("start the ofi transport of {id}: {e}"));
+        cards.push(transport.card().expect("the node's card"));
+        nics.push(nic);
+        parts.push((memory, transport, data_key, inbox));
+    }
+    let mut parts = parts.into_iter();
+    let nodes = node_ids().map(|id| {
+        let (memory, transport, data_key, inbox) = parts.next().expect("one part per node");
+        for card in cards.iter().filter(|card| card.node != id) {
+            transport
+                .add_peer(card.clone())
+                .unwrap_or_else(|e| panic!("{id} adds {}: {e}", card.node));
+        }
+        Node {
+            fabric: Fabric::new(memory, Transport::Ofi(transport)),
+            inbox,
+            data_key,
+        }
+    });
+    Cluster {
+        nodes,
+        _keep: Box::new(nics),
+    }
+}

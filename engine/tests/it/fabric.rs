@@ -1,6 +1,7 @@
 //! The fabric's conformance suite: every case is written once and runs against every transport
-//! (`local`, `shm`, `tcp`), so the protocol above the fabric can rely on the same behaviour
-//! wherever it runs. Test names read `fabric::<transport>::<case>`.
+//! (`local`, `shm`, `tcp`, and with the `ofi` feature `ofi_tcp` and `ofi_sockets`: libfabric's
+//! `tcp;ofi_rxm` and `sockets` providers on loopback), so the protocol above the fabric can rely
+//! on the same behaviour wherever it runs. Test names read `fabric::<transport>::<case>`.
 
 use crate::cluster::{self, Cluster, DATA_REGION, DATA_REGION_BYTES, NODE_COUNT, RING_BYTES};
 use acre_engine::addr::{Addr, NodeId, RegionId};
@@ -54,6 +55,12 @@ conformance_suite! {
     local => crate::cluster::local,
     shm => crate::cluster::shm,
     tcp => crate::cluster::tcp,
+}
+
+#[cfg(feature = "ofi")]
+conformance_suite! {
+    ofi_tcp => crate::cluster::ofi_tcp,
+    ofi_sockets => crate::cluster::ofi_sockets,
 }
 
 /// Bounds the polls of a posted batch (each poll is followed by a short sleep).

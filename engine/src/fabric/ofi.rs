@@ -1,0 +1,1087 @@
+//! The ofi transport (cargo feature `ofi`): one-sided operations through libfabric, so that the
+//! same fabric API runs on RDMA NICs (`verbs;ofi_rxm`, `efa`) and, here, on its software
+//! providers over loopback (`tcp;ofi_rxm`, `sockets`). See docs/ofi.md.
+//!
+//! Each node opens the provider once ([`OfiTransport::start`]): one domain, two reliable
+//! datagram endpoints (a target side and an initiator side) with a completion queue each, and
+//! every area of its [`NodeMemory`] registered as a memory region. What a peer needs to reach
+//! it (endpoint names, and per area its id, access key, size, registration key and base) is its
+//! [`OfiCard`]; in this slice cards are handed over by whoever builds the nodes
+//! ([`OfiTransport::add_peer`]), not yet published in the cluster directory.
+//!
+//! - READ and WRITE are `fi_read`/`fi_write` into the target's registration, CAS is
+//!   `fi_compare_atomic` (64-bit compare-and-swap) where the provider has atomics. Nothing on the
+//!   target's CPU runs for them, except the progress the provider needs (below).
+//! - PERSIST, NOTIFY, and CAS on a provider without atomics are messages (`fi_tsend`, the tcp
+//!   transport's REQUEST frame) to the target's NIC thread, which executes them on its own
+//!   memory with [`exec::execute`] (msync/flush of the range, doorbell ring, CPU
+//!   compare-and-swap) and answers with a RESPONSE frame, as the tcp transport's NIC thread does.
+//!   libfabric has no portable remote flush; this is the documented route instead.
+//! - The target's NIC thread sleeps on its completion queue's wait object (`fi_cq_sread`): on
+//!   providers with manual data progress (`tcp;ofi_rxm`) it is also what makes incoming READ and
+//!   WRITE progress, so it must run for the node to be reachable.
+//! - A batch is driven to completion inside [`OfiTransport::post`] (one batch at a time per node:
+//!   the initiator queue has one reader), so [`crate::fabric::Pending`] is always ready. On a
+//!   provider that promises to place RMA in posting order (`sockets`), a run of READ/WRITE/CAS is
+//!   posted at once (`FI_MORE` on all but the last: one doorbell); on one that does not
+//!   (`tcp;ofi_rxm`), each waits for the previous one's delivery, which keeps the fabric's rule
+//!   that a batch executes in order.
+//! - Waiting spins for [`SPIN_POLLS_MAX`] polls, then sleeps on the queue's wait object.
+//!
+//! Every operation is checked against the target's card (area, key, alignment, bounds) before it
+//! is posted, giving the same [`AccessError`]s as the other transports; the provider checks the
+//! registration key and bounds again on its side. A provider failure (a peer gone, a stale card)
+//! is [`OpError::Unreachable`] naming the provider, the call and the target, for that batch only:
+//! the node keeps serving and reaching the others.
+//!
+//! Not in this slice: membership fencing and lease checks for one-sided operations (a NIC cannot
+//! refuse them; only the NIC thread's messages check the lease), cards in the cluster directory,
+//! areas registered after start.
+// Posting to libfabric hands it raw pointers into buffers this module keeps alive: each such
+// call is an `unsafe` block saying how.
+#![allow(unsafe_code)]
+
+pub mod sys;
+
+use crate::addr::{NodeId, RegionId};
+use crate::fabric::memory::NodeMemory;
+use crate::fabric::tcp::frame::{self, Frame, Request, Response};
+use crate::fabric::{Completion, Op, OpError, OpResult, Pending, exec};
+use crate::hash::FastMap;
+use crate::region::{AccessError, AccessKey, Region, check_access};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use sys::{CqEntry, Handle, Side};
+
+/// Polls of a completion queue before a waiter sleeps on its wait object.
+pub const SPIN_POLLS_MAX: u32 = 2_000;
+/// How long one sleep on a completion queue lasts before the sleeper looks at its stop flag.
+const SLEEP_SLICE_MS: i32 = 50;
+/// How long an initiator waits for a batch's completions before it gives up on the target.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Receive buffers the NIC thread keeps posted.
+const RECEIVES_POSTED: usize = 16;
+/// Largest message (request or response frame) either side sends: CAS, PERSIST and NOTIFY
+/// requests are under 50 bytes, a response at most a reason of [`frame::REASON_BYTES_MAX`].
+const MESSAGE_BYTES_MAX: usize = 2048;
+/// Completion entries read per call.
+const ENTRIES_PER_READ: usize = 16;
+/// Tags carry the sender's node id above this many bits, a sequence number below.
+const TAG_SEQ_BITS: u32 = 48;
+/// The loopback address endpoints listen on unless told otherwise.
+pub const ADDRESS_DEFAULT: &str = "127.0.0.1";
+
+/// How a node opens the transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfiConfig {
+    /// The libfabric provider: `tcp;ofi_rxm`, `verbs;ofi_rxm`, `efa`, `sockets`.
+    pub provider: String,
+    /// The local address the endpoints listen on.
+    pub address: String,
+}
+
+impl OfiConfig {
+    /// `provider` on loopback.
+    pub fn loopback(provider: &str) -> OfiConfig {
+        OfiConfig {
+            provider: provider.to_string(),
+            address: ADDRESS_DEFAULT.to_string(),
+        }
+    }
+}
+
+/// Why the transport could not be opened or a peer added.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OfiError {
+    /// No provider of that name offers what the transport needs (reliable datagram endpoints,
+    /// tagged messages, RMA) at that address: install it, or choose another.
+    #[error(
+        "ofi provider {provider:?} is not available at {address} with messages and RMA \
+         ({call}: {reason}): install it or choose another provider"
+    )]
+    ProviderUnavailable {
+        provider: String,
+        address: String,
+        call: String,
+        reason: String,
+    },
+    /// A libfabric call failed while setting up.
+    #[error("ofi provider {provider:?}: {call} failed: {reason}")]
+    Setup {
+        provider: String,
+        call: String,
+        reason: String,
+    },
+    /// A peer's card does not fit this node's transport: it is for another provider, or its
+    /// addresses are not this provider's. Nothing was added.
+    #[error("ofi provider {provider:?}: the card of {node} is unusable here: {reason}")]
+    BadCard {
+        provider: String,
+        node: NodeId,
+        reason: String,
+    },
+}
+
+/// One registered area, as a peer needs it to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfiArea {
+    pub id: RegionId,
+    pub key: AccessKey,
+    pub bytes: u64,
+    /// The registration's key, which the provider checks.
+    pub mr_key: u64,
+    /// The registration's base address (remote addresses are `base + offset` on providers that
+    /// use virtual addresses, offsets otherwise).
+    pub base: u64,
+}
+
+/// What a peer needs to reach a node: its provider, endpoint names and registered areas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfiCard {
+    pub node: NodeId,
+    pub provider: String,
+    pub target_name: Vec<u8>,
+    pub initiator_name: Vec<u8>,
+    pub areas: Vec<OfiArea>,
+}
+
+/// One memory registration, holding its area mapped for as long as it exists.
+struct Registration {
+    area: OfiArea,
+    _region: Arc<Region>,
+    mr: *mut sys::RawMr,
+}
+
+/// A peer, as inserted into this node's address vector.
+struct Peer {
+    card: OfiCard,
+    /// Its target endpoint, where this node's operations go.
+    target: u64,
+    /// Its initiator endpoint, where this node's NIC thread answers its messages.
+    initiator: u64,
+}
+
+/// What the transport and the NIC thread share: the libfabric objects and the peers.
+struct Node {
+    memory: Arc<NodeMemory>,
+    registrations: Vec<Registration>,
+    peers: RwLock<FastMap<NodeId, Arc<Peer>>>,
+    stop: AtomicBool,
+    /// Dropped after the registrations are closed (see `Drop`).
+    handle: Handle,
+}
+
+// SAFETY: the raw registration pointers are only closed in `Drop` (`&mut self`); everything
+// else is `Sync`, and `Handle` is thread-safe (FI_THREAD_SAFE).
+unsafe impl Send for Node {}
+// SAFETY: as above: no method touches the registration pointers through `&self`.
+unsafe impl Sync for Node {}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for registration in self.registrations.drain(..) {
+            // SAFETY: each registration came from `Handle::register` on this handle and is
+            // closed once, here, before the handle (and its domain) is closed.
+            unsafe { self.handle.close_mr(registration.mr) };
+        }
+    }
+}
+
+impl Node {
+    fn provider(&self) -> &str {
+        self.handle.provider()
+    }
+
+    fn unreachable(&self, node: NodeId, what: impl std::fmt::Display) -> OpError {
+        OpError::Unreachable {
+            node,
+            reason: format!("ofi provider {}: {what}", self.provider()),
+        }
+    }
+
+    fn peer(&self, node: NodeId) -> Option<Arc<Peer>> {
+        self.peers
+            .read()
+            .expect(crate::POISONED)
+            .get(&node)
+            .cloned()
+    }
+
+    /// Reads what is in `side`'s queue now, or after sleeping on it when `sleep` (and the
+    /// queue has a wait object; without one, sleeps a little and polls).
+    fn completions(
+        &self,
+        side: Side,
+        entries: &mut [CqEntry],
+        sleep: bool,
+    ) -> Result<usize, sys::CallError> {
+        if !sleep {
+            return self.handle.poll(side, entries);
+        }
+        if self.handle.caps().cq_wait != 0 {
+            self.handle.wait(side, entries, SLEEP_SLICE_MS)
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+            self.handle.poll(side, entries)
+        }
+    }
+}
+
+/// What an operation context is for, in the 64 bytes libfabric may use ahead of it.
+#[repr(C)]
+struct Context {
+    /// `struct fi_context2`: the provider's scratch space (`FI_CONTEXT2` mode).
+    scratch: [u64; 8],
+    /// The batch (initiator) or the slot (NIC thread) it belongs to.
+    batch: u64,
+    index: u64,
+}
+
+impl Context {
+    fn new(batch: u64, index: u64) -> Context {
+        Context {
+            scratch: [0; 8],
+            batch,
+            index,
+        }
+    }
+}
+
+/// Reads a context's batch and index from a completion.
+fn context_of(pointer: *mut c_void) -> (u64, u64) {
+    assert!(!pointer.is_null(), "a completion without a context");
+    // SAFETY: every operation this module posts passes a pointer to a `Context` inside a
+    // heap allocation that stays alive at least until its completion is read (batches that
+    // time out are leaked for that reason), and the provider only writes the scratch part.
+    let context = unsafe { &*(pointer as *const Context) };
+    (context.batch, context.index)
+}
+
+/// The target side of a node: its NIC thread. Dropping it stops the thread.
+pub struct OfiNic {
+    node: Arc<Node>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for OfiNic {
+    fn drop(&mut self) {
+        self.node.stop.store(true, Ordering::Release);
+        self.node.handle.signal(Side::Target);
+        if let Some(thread) = self.thread.take() {
+            let joined = thread.join();
+            // Its panic message is printed already; a second panic while unwinding would abort.
+            if joined.is_err() && !std::thread::panicking() {
+                panic!(
+                    "the ofi NIC thread of {} panicked",
+                    self.node.memory.node_id()
+                );
+            }
+        }
+    }
+}
+
+/// The initiator side of a node: its path to the others.
+pub struct OfiTransport {
+    node: Arc<Node>,
+    /// Held while a batch is driven: the initiator queue has one reader at a time.
+    initiator: Mutex<()>,
+    batch_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for OfiTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfiTransport")
+            .field("node", &self.node.memory.node_id())
+            .field("provider", &self.node.provider())
+            .finish()
+    }
+}
+
+/// The slot of one posted operation: its context and its buffers, unmoved until completion.
+#[repr(C)]
+struct OpSlot {
+    context: Context,
+    /// READ destination, WRITE source, or message bytes (request, then the response).
+    bytes: Vec<u8>,
+    /// CAS words: new, expected, previous.
+    words: [u64; 3],
+    /// A message's response buffer.
+    reply: Vec<u8>,
+    /// Completions still expected for this slot (a message has two: send and receive).
+    outstanding: u32,
+    failed: Option<String>,
+}
+
+impl OfiTransport {
+    /// Opens `config.provider` for the node whose memory is `memory`, registers every area
+    /// the memory holds now, and starts the node's NIC thread.
+    pub fn start(
+        config: &OfiConfig,
+        memory: Arc<NodeMemory>,
+    ) -> Result<(OfiTransport, OfiNic), OfiError> {
+        let handle = Handle::open(&config.provider, &config.address).map_err(|e| {
+            OfiError::ProviderUnavailable {
+                provider: config.provider.clone(),
+                address: config.address.clone(),
+                call: e.call.clone(),
+                reason: sys::strerror(e.code),
+            }
+        })?;
+        let setup = |e: sys::CallError| OfiError::Setup {
+            provider: config.provider.clone(),
+            call: e.call.clone(),
+            reason: sys::strerror(e.code),
+        };
+        let virt_addr = handle.caps().virt_addr != 0;
+        let mut registrations = Vec::new();
+        for region in memory.areas() {
+            let base = region.words().as_ptr() as *mut u8;
+            // SAFETY: `_region` below keeps the mapping alive until the registration is closed
+            // (in `Node::drop`, before the handle); the memory is only ever accessed through
+            // atomic words by this process, so a provider writing into it is what a NIC does.
+            let registered =
+                unsafe { handle.register(base, region.len() as usize, region.key().0) };
+            let (mr, mr_key) = match registered {
+                Ok(done) => done,
+                Err(e) => {
+                    for registration in registrations.drain(..) {
+                        let Registration { mr, .. } = registration;
+                        // SAFETY: registered just above on this handle, closed once.
+                        unsafe { handle.close_mr(mr) };
+                    }
+                    return Err(setup(e));
+                }
+            };
+            registrations.push(Registration {
+                area: OfiArea {
+                    id: region.id(),
+                    key: region.key(),
+                    bytes: region.len(),
+                    mr_key,
+                    base: if virt_addr { base as u64 } else { 0 },
+                },
+                _region: region,
+                mr,
+            });
+        }
+        let node = Arc::new(Node {
+            memory,
+            registrations,
+            peers: RwLock::new(FastMap::default()),
+            stop: AtomicBool::new(false),
+            handle,
+        });
+        let mut receives = Vec::with_capacity(RECEIVES_POSTED);
+        for index in 0..RECEIVES_POSTED {
+            let mut slot = Box::new(ReceiveSlot {
+                context: Context::new(NIC_RECEIVE, index as u64),
+                buf: vec![0; MESSAGE_BYTES_MAX],
+            });
+            slot.post(&node.handle).map_err(setup)?;
+            receives.push(slot);
+        }
+        let thread = {
+            let node = node.clone();
+            std::thread::Builder::new()
+                .name(format!("ofi-nic-{}", node.memory.node_id()))
+                .spawn(move || serve(&node, receives))
+                .map_err(|e| OfiError::Setup {
+                    provider: config.provider.clone(),
+                    call: "spawn the NIC thread".into(),
+                    reason: e.to_string(),
+                })?
+        };
+        Ok((
+            OfiTransport {
+                node: node.clone(),
+                initiator: Mutex::new(()),
+                batch_seq: AtomicU64::new(1),
+            },
+            OfiNic {
+                node,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// The provider as libfabric names it.
+    pub fn provider(&self) -> &str {
+        self.node.provider()
+    }
+
+    /// Whether CAS is a NIC atomic (`fi_compare_atomic`) rather than a message to the target's
+    /// NIC thread.
+    pub fn has_atomics(&self) -> bool {
+        self.node.handle.caps().atomic_cas != 0
+    }
+
+    /// Whether a run of one-sided operations is posted at once (the provider places them in
+    /// order) rather than one after the other's delivery.
+    pub fn posts_runs(&self) -> bool {
+        self.node.handle.caps().ordered != 0
+    }
+
+    /// This node's card, for its peers.
+    pub fn card(&self) -> Result<OfiCard, OfiError> {
+        let name = |side| {
+            self.node.handle.name(side).map_err(|e| OfiError::Setup {
+                provider: self.provider().to_string(),
+                call: e.call.clone(),
+                reason: sys::strerror(e.code),
+            })
+        };
+        Ok(OfiCard {
+            node: self.node.memory.node_id(),
+            provider: self.provider().to_string(),
+            target_name: name(Side::Target)?,
+            initiator_name: name(Side::Initiator)?,
+            areas: self
+                .node
+                .registrations
+                .iter()
+                .map(|r| r.area.clone())
+                .collect(),
+        })
+    }
+
+    /// Makes `card`'s node reachable (and lets this node's NIC thread answer it). A card for a
+    /// node already known replaces it (a restarted node).
+    pub fn add_peer(&self, card: OfiCard) -> Result<(), OfiError> {
+        let bad = |reason: String| OfiError::BadCard {
+            provider: self.provider().to_string(),
+            node: card.node,
+            reason,
+        };
+        if card.provider != self.provider() {
+            return Err(bad(format!("it is for provider {:?}", card.provider)));
+        }
+        // fi_av_insert reads as many bytes as this provider's names have.
+        let own = self.card()?;
+        for (what, name, own) in [
+            ("target", &card.target_name, &own.target_name),
+            ("initiator", &card.initiator_name, &own.initiator_name),
+        ] {
+            if name.len() != own.len() {
+                return Err(bad(format!(
+                    "its {what} name has {} bytes, this provider's have {}",
+                    name.len(),
+                    own.len()
+                )));
+            }
+        }
+        let insert = |name: &[u8]| {
+            self.node
+                .handle
+                .insert(name)
+                .map_err(|e| bad(e.to_string()))
+        };
+        let target = insert(&card.target_name)?;
+        let initiator = insert(&card.initiator_name)?;
+        self.node.peers.write().expect(crate::POISONED).insert(
+            card.node,
+            Arc::new(Peer {
+                card,
+                target,
+                initiator,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Forgets a peer: operations on it fail as [`OpError::UnknownNode`] from now on.
+    pub fn remove_peer(&self, node: NodeId) {
+        self.node
+            .peers
+            .write()
+            .expect(crate::POISONED)
+            .remove(&node);
+    }
+
+    /// Posts `ops` to `target` and drives them to completion, in order.
+    pub fn post(&self, target: NodeId, ops: &[Op]) -> Pending {
+        let Some(peer) = self.node.peer(target) else {
+            return Pending::ready(
+                ops.iter()
+                    .map(|_| Err(OpError::UnknownNode { node: target }))
+                    .collect(),
+            );
+        };
+        let _driving = self.initiator.lock().expect(crate::POISONED);
+        let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
+        let mut backlog = Vec::new();
+        let mut index = 0;
+        while index < ops.len() {
+            // A message goes alone; a run of one-sided operations together if the provider
+            // places them in order, else one at a time.
+            let end = if self.is_message(&ops[index]) || !self.posts_runs() {
+                index + 1
+            } else {
+                index
+                    + ops[index..]
+                        .iter()
+                        .take_while(|op| !self.is_message(op))
+                        .count()
+            };
+            let run = self.run(&peer, index, &ops[index..end], &mut results, &mut backlog);
+            if let Err(error) = run {
+                // The target could not be reached: the rest of the batch fails with it.
+                for result in results.iter_mut().skip(index).filter(|r| r.is_none()) {
+                    *result = Some(Err(error.clone()));
+                }
+                break;
+            }
+            index = end;
+        }
+        Pending::ready(
+            results
+                .into_iter()
+                .map(|r| r.expect("every operation has a result"))
+                .collect(),
+        )
+    }
+
+    fn is_message(&self, op: &Op) -> bool {
+        match op {
+            Op::Persist { .. } | Op::Notify => true,
+            Op::Cas { .. } => !self.has_atomics(),
+            Op::Read { .. } | Op::Write { .. } => false,
+        }
+    }
+
+    /// What `op` needs posted, after checking it against the target's card: `Ok(None)` if it
+    /// is done without moving anything (a zero-length READ or WRITE).
+    fn precheck(&self, card: &OfiCard, op: &Op) -> Result<Option<Completion>, OpError> {
+        match op {
+            Op::Notify => return Ok(None),
+            Op::Read { addr, key, len } => check(card, *addr, *key, *len as u64)?,
+            Op::Write { addr, key, data } => check(card, *addr, *key, data.len() as u64)?,
+            Op::Cas { addr, key, .. } => check(card, *addr, *key, 8)?,
+            Op::Persist { addr, key, len } => check(card, *addr, *key, *len as u64)?,
+        };
+        Ok(match op {
+            Op::Read { len: 0, .. } => Some(Completion::Read(Vec::new())),
+            Op::Write { data, .. } if data.is_empty() => Some(Completion::Write),
+            _ => None,
+        })
+    }
+
+    /// Posts `ops` (results from `first` on) and waits for all their completions. An error
+    /// means the target is unreachable; access errors are results.
+    fn run(
+        &self,
+        peer: &Peer,
+        first: usize,
+        ops: &[Op],
+        results: &mut [Option<OpResult>],
+        backlog: &mut Vec<Event>,
+    ) -> Result<(), OpError> {
+        let target = peer.card.node;
+        let batch = self.batch_seq.fetch_add(1, Ordering::Relaxed);
+        let mut slots: Vec<Box<OpSlot>> = Vec::with_capacity(ops.len());
+        let mut to_post = Vec::with_capacity(ops.len());
+        for (offset, op) in ops.iter().enumerate() {
+            match self.precheck(&peer.card, op) {
+                Ok(Some(done)) => results[first + offset] = Some(Ok(done)),
+                Ok(None) => to_post.push(offset),
+                Err(error) => results[first + offset] = Some(Err(error)),
+            }
+            slots.push(Box::new(OpSlot {
+                context: Context::new(batch, offset as u64),
+                bytes: Vec::new(),
+                words: [0; 3],
+                reply: Vec::new(),
+                outstanding: 0,
+                failed: None,
+            }));
+        }
+        let mut failure = None;
+        for (position, &offset) in to_post.iter().enumerate() {
+            // FI_MORE on all but the last: the provider may wait for the last to ring once.
+            let more = position + 1 < to_post.len();
+            let posted =
+                self.post_one(peer, &ops[offset], &mut slots[offset], batch, more, backlog);
+            if let Err(reason) = posted {
+                failure = Some(reason);
+                break;
+            }
+        }
+        // What was posted must complete (or time out) before its buffers may go.
+        self.settle(target, batch, &mut slots, backlog)?;
+        if failure.is_none() {
+            failure = slots.iter().find_map(|slot| slot.failed.clone());
+        }
+        if let Some(reason) = failure {
+            // A message whose send failed may leave its receive posted: its buffer stays.
+            let (messages, _): (Vec<_>, Vec<_>) =
+                slots.into_iter().partition(|slot| !slot.reply.is_empty());
+            std::mem::forget(messages);
+            return Err(self.node.unreachable(target, reason));
+        }
+        for offset in to_post {
+            results[first + offset] = Some(self.result_of(target, &ops[offset], &slots[offset]));
+        }
+        Ok(())
+    }
+
+    /// Posts one checked operation.
+    fn post_one(
+        &self,
+        peer: &Peer,
+        op: &Op,
+        slot: &mut OpSlot,
+        batch: u64,
+        more: bool,
+        backlog: &mut Vec<Event>,
+    ) -> Result<(), String> {
+        if self.is_message(op) {
+            return self.post_message(peer, op, slot, batch, backlog);
+        }
+        let handle = &self.node.handle;
+        let context = (&mut slot.context as *mut Context).cast::<c_void>();
+        let (addr, len) = match op {
+            Op::Read { addr, len, .. } => (*addr, *len as usize),
+            Op::Write { addr, data, .. } => (*addr, data.len()),
+            Op::Cas { addr, .. } => (*addr, 8),
+            Op::Persist { .. } | Op::Notify => unreachable!("messages are posted above"),
+        };
+        let area = peer
+            .card
+            .areas
+            .iter()
+            .find(|a| a.id == addr.region())
+            .expect("checked against the card");
+        let remote = area.base + addr.offset() as u64;
+        let (dest, mr_key) = (peer.target, area.mr_key);
+        let posted = match op {
+            Op::Read { .. } => {
+                slot.bytes = vec![0; len];
+                let buf = slot.bytes.as_mut_ptr();
+                self.retry_busy(backlog, || {
+                    // SAFETY: `slot` is boxed and kept (or leaked) until its completion is read;
+                    // `bytes` has `len` bytes and is not touched meanwhile.
+                    unsafe { handle.read(buf, len, dest, remote, mr_key, context, more) }
+                })
+            }
+            Op::Write { data, .. } => {
+                slot.bytes = data.clone();
+                let buf = slot.bytes.as_ptr();
+                self.retry_busy(backlog, || {
+                    // SAFETY: as for READ: the boxed slot's bytes outlive the operation.
+                    unsafe { handle.write(buf, len, dest, remote, mr_key, context, more) }
+                })
+            }
+            Op::Cas { expected, new, .. } => {
+                slot.words = [*new, *expected, 0];
+                let words = &mut slot.words as *mut [u64; 3];
+                self.retry_busy(backlog, || {
+                    // SAFETY: as for READ: the boxed slot's words outlive the operation.
+                    unsafe { handle.compare_swap(words, dest, remote, mr_key, context) }
+                })
+            }
+            Op::Persist { .. } | Op::Notify => unreachable!("messages are posted above"),
+        };
+        posted.map_err(|e| format!("{e} to {}", peer.card.node))?;
+        slot.outstanding = 1;
+        Ok(())
+    }
+
+    /// Sends `op` as a REQUEST frame to the target's NIC thread, with a receive posted for the
+    /// RESPONSE first.
+    fn post_message(
+        &self,
+        peer: &Peer,
+        op: &Op,
+        slot: &mut OpSlot,
+        batch: u64,
+        backlog: &mut Vec<Event>,
+    ) -> Result<(), String> {
+        let me = self.node.memory.node_id();
+        let tag = ((me.0 as u64) << TAG_SEQ_BITS) | (batch & ((1 << TAG_SEQ_BITS) - 1));
+        slot.bytes = frame::encode_to_vec(&Frame::Request(Request {
+            request_id: tag,
+            op: op.clone(),
+        }));
+        slot.reply = vec![0; MESSAGE_BYTES_MAX];
+        let handle = &self.node.handle;
+        let context = (&mut slot.context as *mut Context).cast::<c_void>();
+        let (reply, reply_len) = (slot.reply.as_mut_ptr(), slot.reply.len());
+        self.retry_busy(backlog, || {
+            // SAFETY: the boxed slot's reply buffer outlives the receive (kept or leaked until
+            // its completion is read).
+            unsafe { handle.receive(Side::Initiator, reply, reply_len, tag, 0, context) }
+        })
+        .map_err(|e| e.to_string())?;
+        slot.outstanding = 1;
+        let (request, request_len) = (slot.bytes.as_ptr(), slot.bytes.len());
+        self.retry_busy(backlog, || {
+            // SAFETY: as for the receive, for the request bytes.
+            unsafe {
+                handle.send(
+                    Side::Initiator,
+                    request,
+                    request_len,
+                    peer.target,
+                    tag,
+                    context,
+                )
+            }
+        })
+        .map_err(|e| format!("{e} to {}", peer.card.node))?;
+        slot.outstanding = 2;
+        Ok(())
+    }
+
+    /// Reads what the initiator queue holds into `backlog` (sleeping on it first if `sleep`).
+    fn gather(&self, sleep: bool, backlog: &mut Vec<Event>) -> Result<(), sys::CallError> {
+        let mut entries = [CqEntry::EMPTY; ENTRIES_PER_READ];
+        match self.node.completions(Side::Initiator, &mut entries, sleep) {
+            Ok(count) => {
+                backlog.extend(
+                    entries[..count]
+                        .iter()
+                        .map(|e| Event::Done(e.op_context, e.tag, e.len)),
+                );
+                Ok(())
+            }
+            Err(e) if e.code == sys::FI_EAVAIL => {
+                while let Some(error) = self.node.handle.read_error(Side::Initiator) {
+                    backlog.push(Event::Failed(error));
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Posts with `post`, retrying while the provider is busy (`FI_EAGAIN`: a queue is full,
+    /// or a connection is being made, until completions are read: they go to `backlog`).
+    fn retry_busy(
+        &self,
+        backlog: &mut Vec<Event>,
+        mut post: impl FnMut() -> Result<(), sys::CallError>,
+    ) -> Result<(), sys::CallError> {
+        let started = Instant::now();
+        loop {
+            match post() {
+                Err(e) if e.code == sys::FI_EAGAIN && started.elapsed() < OP_TIMEOUT => {
+                    self.gather(false, backlog)?;
+                    std::thread::yield_now();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits until every slot of `batch` has no completion outstanding: spins, then sleeps on
+    /// the queue. If the target does not answer within [`OP_TIMEOUT`], the slots are leaked
+    /// (the provider may still write into them) and the target is unreachable.
+    fn settle(
+        &self,
+        target: NodeId,
+        batch: u64,
+        slots: &mut Vec<Box<OpSlot>>,
+        backlog: &mut Vec<Event>,
+    ) -> Result<(), OpError> {
+        let started = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            for event in backlog.drain(..) {
+                let (pointer, error) = match event {
+                    Event::Done(pointer, _, _) => (pointer, None),
+                    Event::Failed(error) => (error.op_context, Some(error)),
+                };
+                if pointer.is_null() {
+                    continue;
+                }
+                let (entry_batch, offset) = context_of(pointer);
+                if entry_batch != batch {
+                    continue; // a batch given up on earlier, whose slots were leaked
+                }
+                let slot = &mut slots[offset as usize];
+                assert!(slot.outstanding > 0, "offset={offset}: extra completion");
+                slot.outstanding -= 1;
+                if let Some(error) = error {
+                    // A failed send's reply never comes; a failed receive ends the message too.
+                    slot.outstanding = 0;
+                    slot.failed = Some(format!(
+                        "operation to {target} failed: {} ({})",
+                        sys::strerror(error.code),
+                        error.message
+                    ));
+                }
+            }
+            if slots.iter().all(|s| s.outstanding == 0) {
+                return Ok(());
+            }
+            if started.elapsed() > OP_TIMEOUT {
+                std::mem::forget(std::mem::take(slots));
+                return Err(self.node.unreachable(
+                    target,
+                    format!("no completion from {target} within {OP_TIMEOUT:?}"),
+                ));
+            }
+            polls = polls.saturating_add(1);
+            if let Err(e) = self.gather(polls > SPIN_POLLS_MAX, backlog) {
+                std::mem::forget(std::mem::take(slots));
+                return Err(self.node.unreachable(target, e));
+            }
+        }
+    }
+
+    fn result_of(&self, target: NodeId, op: &Op, slot: &OpSlot) -> OpResult {
+        if self.is_message(op) {
+            let protocol = |reason: String| OpError::Protocol {
+                node: target,
+                reason,
+            };
+            return match frame::decode(&slot.reply) {
+                Ok(Some((Frame::Response(Response { request_id, result }), _))) => {
+                    let expected = slot_tag(slot);
+                    if request_id != expected {
+                        return Err(protocol(format!(
+                            "response to request {request_id:#x}, expected {expected:#x}"
+                        )));
+                    }
+                    result
+                }
+                Ok(Some((other, _))) => Err(protocol(format!(
+                    "kind {} instead of a response",
+                    other.kind()
+                ))),
+                Ok(None) => Err(protocol("a truncated response".into())),
+                Err(e) => Err(protocol(e.to_string())),
+            };
+        }
+        Ok(match op {
+            Op::Read { .. } => Completion::Read(slot.bytes.clone()),
+            Op::Write { .. } => Completion::Write,
+            Op::Cas { .. } => Completion::Cas {
+                previous: slot.words[2],
+            },
+            Op::Persist { .. } | Op::Notify => unreachable!("messages are handled above"),
+        })
+    }
+}
+
+/// A completion read from the initiator queue, waiting to be matched to its slot.
+enum Event {
+    /// A completion: its context, tag and length.
+    Done(*mut c_void, u64, usize),
+    Failed(sys::ErrorEntry),
+}
+
+/// The request id a message slot was sent with (its request frame's first body field).
+fn slot_tag(slot: &OpSlot) -> u64 {
+    let at = frame::LEN_BYTES + 1;
+    u64::from_le_bytes(slot.bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Checks an operation against the target's card: the same errors as the target would give.
+fn check(
+    card: &OfiCard,
+    addr: crate::addr::Addr,
+    key: AccessKey,
+    len: u64,
+) -> Result<&OfiArea, OpError> {
+    let area =
+        card.areas
+            .iter()
+            .find(|a| a.id == addr.region())
+            .ok_or(AccessError::UnknownRegion {
+                node: card.node,
+                region: addr.region(),
+            })?;
+    check_access(area.id, area.key, area.bytes, key, addr, len)?;
+    Ok(area)
+}
+
+/// The NIC thread's receive contexts have this batch value; its sends, [`NIC_SEND`].
+const NIC_RECEIVE: u64 = u64::MAX;
+const NIC_SEND: u64 = u64::MAX - 1;
+/// Responses the NIC thread may have in flight before it waits for their completions.
+const SENDS_IN_FLIGHT_MAX: usize = 64;
+
+/// A receive buffer of the NIC thread.
+#[repr(C)]
+struct ReceiveSlot {
+    context: Context,
+    buf: Vec<u8>,
+}
+
+impl ReceiveSlot {
+    fn post(&mut self, handle: &Handle) -> Result<(), sys::CallError> {
+        let context = (&mut self.context as *mut Context).cast::<c_void>();
+        // SAFETY: the slot is boxed and owned by the NIC thread until the handle closes (the
+        // thread ends first, and the handle, closed after, cancels what is still posted).
+        unsafe {
+            handle.receive(
+                Side::Target,
+                self.buf.as_mut_ptr(),
+                self.buf.len(),
+                0,
+                u64::MAX,
+                context,
+            )
+        }
+    }
+}
+
+/// A response the NIC thread is sending.
+#[repr(C)]
+struct SendSlot {
+    context: Context,
+    bytes: Vec<u8>,
+}
+
+/// The NIC thread: answers the messages peers send (PERSIST, NOTIFY, CAS without atomics) and,
+/// on providers with manual progress, makes incoming READ/WRITE/CAS progress by reading its
+/// queue. Sleeps on the queue's wait object when idle.
+fn serve(node: &Node, mut receives: Vec<Box<ReceiveSlot>>) {
+    let mut nic = Nic {
+        node,
+        sends: FastMap::default(),
+        next_send: 0,
+        backlog: std::collections::VecDeque::new(),
+    };
+    let mut idle_polls = 0u32;
+    while !node.stop.load(Ordering::Acquire) {
+        if nic.backlog.is_empty() {
+            let sleep = idle_polls > SPIN_POLLS_MAX && nic.sends.len() < SENDS_IN_FLIGHT_MAX;
+            nic.gather(sleep);
+        }
+        let Some(event) = nic.backlog.pop_front() else {
+            idle_polls = idle_polls.saturating_add(1);
+            continue;
+        };
+        idle_polls = 0;
+        let (pointer, tag, len, failed) = match event {
+            Event::Done(pointer, tag, len) => (pointer, tag, len, false),
+            Event::Failed(error) => (error.op_context, 0, 0, true),
+        };
+        if pointer.is_null() {
+            continue;
+        }
+        match context_of(pointer) {
+            (NIC_SEND, index) => drop(nic.sends.remove(&index)),
+            (NIC_RECEIVE, index) => {
+                let slot = &mut receives[index as usize];
+                let response = (!failed)
+                    .then(|| answer(node, &slot.buf[..len.min(slot.buf.len())]))
+                    .flatten();
+                repost(node, slot);
+                if let Some(response) = response {
+                    nic.respond(NodeId((tag >> TAG_SEQ_BITS) as u16), tag, response);
+                }
+            }
+            (batch, index) => panic!("a completion of unknown context {batch}/{index}"),
+        }
+    }
+    // Posted receives and sends are cancelled when the handle closes; their slots must outlive
+    // that, so they are leaked here (once per node).
+    std::mem::forget(receives);
+    std::mem::forget(nic.sends);
+}
+
+/// The NIC thread's state besides its receive buffers.
+struct Nic<'a> {
+    node: &'a Node,
+    /// Responses being sent, until their completion is read.
+    sends: FastMap<u64, Box<SendSlot>>,
+    next_send: u64,
+    /// Completions read but not handled yet.
+    backlog: std::collections::VecDeque<Event>,
+}
+
+impl Nic<'_> {
+    fn gather(&mut self, sleep: bool) {
+        let mut entries = [CqEntry::EMPTY; ENTRIES_PER_READ];
+        match self.node.completions(Side::Target, &mut entries, sleep) {
+            Ok(count) => self.backlog.extend(
+                entries[..count]
+                    .iter()
+                    .map(|e| Event::Done(e.op_context, e.tag, e.len)),
+            ),
+            Err(e) if e.code == sys::FI_EAVAIL => {
+                while let Some(error) = self.node.handle.read_error(Side::Target) {
+                    self.backlog.push_back(Event::Failed(error));
+                }
+            }
+            // The queue itself failed: nothing this node can serve any more, and a node that
+            // cannot serve should stop rather than look alive.
+            Err(e) => panic!("ofi NIC thread of {}: {e}", self.node.memory.node_id()),
+        }
+    }
+
+    /// Sends `response` to `sender`'s initiator endpoint, retrying while the provider is busy
+    /// (a connection being made); a response that cannot be sent is dropped and its requester
+    /// times out.
+    fn respond(&mut self, sender: NodeId, tag: u64, response: Response) {
+        let Some(peer) = self.node.peer(sender) else {
+            return; // not a peer (any more): nowhere to answer
+        };
+        let index = self.next_send;
+        self.next_send += 1;
+        let mut send = Box::new(SendSlot {
+            context: Context::new(NIC_SEND, index),
+            bytes: frame::encode_to_vec(&Frame::Response(response)),
+        });
+        let context = (&mut send.context as *mut Context).cast::<c_void>();
+        let started = Instant::now();
+        loop {
+            // SAFETY: the boxed slot goes into `sends` below, where it stays until its
+            // completion is read (or is leaked when the thread ends).
+            let sent = unsafe {
+                self.node.handle.send(
+                    Side::Target,
+                    send.bytes.as_ptr(),
+                    send.bytes.len(),
+                    peer.initiator,
+                    tag,
+                    context,
+                )
+            };
+            match sent {
+                Ok(()) => {
+                    self.sends.insert(index, send);
+                    return;
+                }
+                Err(e) if e.code == sys::FI_EAGAIN && started.elapsed() < OP_TIMEOUT => {
+                    self.gather(false);
+                    std::thread::yield_now();
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn repost(node: &Node, slot: &mut ReceiveSlot) {
+    // A receive that cannot be reposted leaves one buffer fewer; the others still serve.
+    let _ = slot.post(&node.handle);
+}
+
+/// The response to one request message, or `None` if it is not a request this thread answers.
+fn answer(node: &Node, bytes: &[u8]) -> Option<Response> {
+    let me = node.memory.node_id();
+    let Ok(Some((Frame::Request(Request { request_id, op }), _))) = frame::decode(bytes) else {
+        return None; // not a request frame: nothing to answer
+    };
+    let result = match op {
+        Op::Persist { .. } | Op::Notify | Op::Cas { .. } if !node.memory.lease_is_open() => {
+            Err(OpError::LeaseExpired { node: me })
+        }
+        Op::Persist { .. } | Op::Notify | Op::Cas { .. } => exec::execute(&node.memory, &op),
+        Op::Read { .. } | Op::Write { .. } => Err(OpError::Protocol {
+            node: me,
+            reason: "READ and WRITE are one-sided on the ofi transport, not messages".into(),
+        }),
+    };
+    Some(Response { request_id, result })
+}
+
+#[cfg(test)]
+mod tests;

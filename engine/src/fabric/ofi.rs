@@ -56,8 +56,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use sys::{CqEntry, Handle, Side};
 
-/// Polls of a completion queue before a waiter sleeps on its wait object.
-pub const SPIN_POLLS_MAX: u32 = 2_000;
+/// Polls of a completion queue before a waiter sleeps on its wait object. Small: on providers
+/// that progress in a thread of their own (`sockets`), a spinning waiter takes the core that
+/// thread needs; on two cores, 2,000 polls made the ring test ten times slower than 100.
+pub const SPIN_POLLS_MAX: u32 = 100;
 /// How long one sleep on a completion queue lasts before the sleeper looks at its stop flag.
 const SLEEP_SLICE_MS: i32 = 50;
 /// How long an initiator waits for a batch's completions before it gives up on the target.
@@ -313,6 +315,8 @@ struct OpSlot {
     reply: Vec<u8>,
     /// Completions still expected for this slot (a message has two: send and receive).
     outstanding: u32,
+    /// The libfabric call that posted it, for errors.
+    call: &'static str,
     failed: Option<String>,
 }
 
@@ -595,6 +599,7 @@ impl OfiTransport {
                 words: [0; 3],
                 reply: Vec::new(),
                 outstanding: 0,
+                call: "",
                 failed: None,
             }));
         }
@@ -656,6 +661,11 @@ impl OfiTransport {
             .expect("checked against the card");
         let remote = area.base + addr.offset() as u64;
         let (dest, mr_key) = (peer.target, area.mr_key);
+        slot.call = match op {
+            Op::Read { .. } => "fi_read",
+            Op::Write { .. } => "fi_write",
+            _ => "fi_compare_atomic",
+        };
         let posted = match op {
             Op::Read { .. } => {
                 slot.bytes = vec![0; len];
@@ -706,6 +716,7 @@ impl OfiTransport {
             op: op.clone(),
         }));
         slot.reply = vec![0; MESSAGE_BYTES_MAX];
+        slot.call = "fi_tsend/fi_trecv (a message to the NIC thread)";
         let handle = &self.node.handle;
         let context = (&mut slot.context as *mut Context).cast::<c_void>();
         let (reply, reply_len) = (slot.reply.as_mut_ptr(), slot.reply.len());
@@ -779,6 +790,9 @@ impl OfiTransport {
     /// Waits until every slot of `batch` has no completion outstanding: spins, then sleeps on
     /// the queue. If the target does not answer within [`OP_TIMEOUT`], the slots are leaked
     /// (the provider may still write into them) and the target is unreachable.
+    // The boxes are the point: libfabric holds pointers into each slot, which must not move
+    // when the vector does.
+    #[allow(clippy::vec_box)]
     fn settle(
         &self,
         target: NodeId,
@@ -808,7 +822,8 @@ impl OfiTransport {
                     // A failed send's reply never comes; a failed receive ends the message too.
                     slot.outstanding = 0;
                     slot.failed = Some(format!(
-                        "operation to {target} failed: {} ({})",
+                        "{} to {target} failed: {} ({})",
+                        slot.call,
                         sys::strerror(error.code),
                         error.message
                     ));
@@ -940,6 +955,8 @@ struct SendSlot {
 /// The NIC thread: answers the messages peers send (PERSIST, NOTIFY, CAS without atomics) and,
 /// on providers with manual progress, makes incoming READ/WRITE/CAS progress by reading its
 /// queue. Sleeps on the queue's wait object when idle.
+// Boxed: libfabric holds pointers into each slot, which must not move when the vector does.
+#[allow(clippy::vec_box)]
 fn serve(node: &Node, mut receives: Vec<Box<ReceiveSlot>>) {
     let mut nic = Nic {
         node,

@@ -1,2 +1,211 @@
 //! Unit tests of the ofi transport on loopback: bad input gives typed errors naming the
-//! provider, and a node keeps serving the others.
+//! provider and the operation, and a node keeps serving the others.
+
+use super::*;
+use crate::addr::Addr;
+use crate::fabric::{Doorbell, Fabric, Transport};
+
+const PROVIDER: &str = "tcp;ofi_rxm";
+const DATA: RegionId = RegionId(1);
+const DATA_BYTES: u64 = 64 << 10;
+
+/// One node: its fabric, its NIC thread and its data region's key.
+struct TestNode {
+    fabric: Fabric,
+    nic: OfiNic,
+    key: AccessKey,
+}
+
+impl TestNode {
+    fn transport(&self) -> &OfiTransport {
+        match self.fabric.transport() {
+            Transport::Ofi(transport) => transport,
+            _ => unreachable!("an ofi node"),
+        }
+    }
+}
+
+fn start(provider: &str, id: u16) -> TestNode {
+    let doorbell = Arc::new(Doorbell::anonymous().expect("map a doorbell"));
+    let memory = Arc::new(NodeMemory::new(NodeId(id), doorbell));
+    let region = Region::anonymous(DATA, DATA_BYTES).expect("map a region");
+    let key = region.key();
+    memory.register(Arc::new(region)).expect("register");
+    let (transport, nic) = OfiTransport::start(&OfiConfig::loopback(provider), memory.clone())
+        .unwrap_or_else(|e| panic!("start {provider}: {e}"));
+    TestNode {
+        fabric: Fabric::new(memory, Transport::Ofi(transport)),
+        nic,
+        key,
+    }
+}
+
+/// `count` nodes that know each other.
+fn cluster(provider: &str, count: u16) -> Vec<TestNode> {
+    let nodes: Vec<_> = (1..=count).map(|id| start(provider, id)).collect();
+    for node in &nodes {
+        for other in nodes
+            .iter()
+            .filter(|o| o.fabric.node_id() != node.fabric.node_id())
+        {
+            node.transport()
+                .add_peer(other.transport().card().unwrap())
+                .unwrap();
+        }
+    }
+    nodes
+}
+
+fn expect_unreachable(result: Result<Vec<u8>, OpError>, node: NodeId, call: &str) -> String {
+    match result {
+        Err(OpError::Unreachable { node: at, reason }) => {
+            assert_eq!(at, node);
+            assert!(reason.contains(PROVIDER), "names the provider: {reason}");
+            assert!(reason.contains(call), "names the call {call}: {reason}");
+            reason
+        }
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unknown_provider_is_a_typed_error_naming_it() {
+    let memory = Arc::new(NodeMemory::new(
+        NodeId(1),
+        Arc::new(Doorbell::anonymous().unwrap()),
+    ));
+    let error = OfiTransport::start(&OfiConfig::loopback("no-such-provider"), memory)
+        .err()
+        .expect("no such provider");
+    assert!(
+        matches!(&error, OfiError::ProviderUnavailable { provider, call, .. }
+            if provider == "no-such-provider" && call == "fi_getinfo"),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("\"no-such-provider\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_card_of_another_provider_is_refused_and_nothing_is_added() {
+    let nodes = cluster(PROVIDER, 1);
+    let mut card = nodes[0].transport().card().unwrap();
+    card.node = NodeId(9);
+    card.provider = "sockets".into();
+    let error = nodes[0].transport().add_peer(card).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            OfiError::BadCard {
+                node: NodeId(9),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let results = nodes[0].fabric.execute(NodeId(9), vec![Op::Notify]);
+    assert_eq!(results, vec![Err(OpError::UnknownNode { node: NodeId(9) })]);
+}
+
+#[test]
+fn a_wrong_key_is_refused_before_anything_is_posted() {
+    let nodes = cluster(PROVIDER, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let wrong = AccessKey(b.key.0 ^ 0x10);
+    let result = a
+        .fabric
+        .read(b.fabric.node_id(), Addr::new(DATA, 0), wrong, 8);
+    assert_eq!(
+        result,
+        Err(OpError::Access(AccessError::BadKey { region: DATA }))
+    );
+}
+
+/// A card that claims more than was registered (a stale or forged card): the initiator's check
+/// passes, the provider refuses the access outside the registration with an error naming the
+/// provider and the call, and the target goes on serving the others. On `tcp;ofi_rxm` (libfabric
+/// 1.17) the failed pair's connection stays broken afterwards, as a queue pair in its error state
+/// does on RDMA hardware; re-creating it is not built yet (docs/ofi.md), so only the other pairs
+/// are checked afterwards.
+#[test]
+fn an_access_outside_a_registration_fails_at_the_provider_and_the_node_serves_others() {
+    let nodes = cluster(PROVIDER, 3);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (a_id, b_id) = (a.fabric.node_id(), b.fabric.node_id());
+    let mut card = b.transport().card().unwrap();
+    card.areas[0].bytes = DATA_BYTES * 4;
+    a.transport().add_peer(card).unwrap();
+    let beyond = Addr::new(DATA, (DATA_BYTES * 2) as u32);
+    let result = a.fabric.read(b_id, beyond, b.key, 64);
+    let reason = expect_unreachable(result, b_id, "fi_read");
+    eprintln!("refused by the provider: {reason}");
+    let word = b.fabric.memory().area(DATA).unwrap();
+    word.words_at(0, 8)[0].store(77, Ordering::Release);
+    // The target serves another initiator, and reaches the one that failed.
+    let read = c.fabric.read(b_id, Addr::new(DATA, 0), b.key, 8).unwrap();
+    assert_eq!(read, 77u64.to_le_bytes(), "b still serves c");
+    assert_eq!(
+        b.fabric.execute(a_id, vec![Op::Notify]),
+        vec![Ok(Completion::Notify)],
+        "b still reaches a"
+    );
+    let c_id = c.fabric.node_id();
+    assert_eq!(
+        a.fabric.read(c_id, Addr::new(DATA, 0), c.key, 8).unwrap(),
+        vec![0; 8],
+        "a still reaches c"
+    );
+}
+
+#[test]
+fn a_peer_that_went_away_is_unreachable_and_the_others_are_still_served() {
+    let mut nodes = cluster(PROVIDER, 3);
+    let (a_id, b_id, c_id) = (NodeId(1), NodeId(2), NodeId(3));
+    // Every pair has talked once: connections exist when the peer goes.
+    for node in &nodes {
+        for other in &nodes {
+            let (to, key) = (other.fabric.node_id(), other.key);
+            node.fabric.read(to, Addr::new(DATA, 0), key, 8).unwrap();
+        }
+    }
+    let gone = nodes.pop().expect("three nodes");
+    let c_key = gone.key;
+    drop(gone);
+    let started = Instant::now();
+    let result = nodes[0].fabric.read(c_id, Addr::new(DATA, 0), c_key, 8);
+    let waited = started.elapsed();
+    expect_unreachable(result, c_id, "");
+    assert!(waited < OP_TIMEOUT + Duration::from_secs(2), "{waited:?}");
+    let persist = nodes[0].fabric.execute(
+        c_id,
+        vec![Op::Persist {
+            addr: Addr::new(DATA, 0),
+            key: c_key,
+            len: 8,
+        }],
+    );
+    assert!(
+        matches!(&persist[..], [Err(OpError::Unreachable { node, .. })] if *node == c_id),
+        "{persist:?}"
+    );
+    // The others still serve and reach each other, both ways.
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.fabric
+        .write(b_id, Addr::new(DATA, 8), b.key, 5u64.to_le_bytes().to_vec())
+        .unwrap();
+    assert_eq!(
+        a.fabric.cas(b_id, Addr::new(DATA, 8), b.key, 5, 6).unwrap(),
+        5
+    );
+    assert_eq!(
+        b.fabric.read(a_id, Addr::new(DATA, 0), a.key, 8).unwrap(),
+        vec![0; 8]
+    );
+    assert_eq!(
+        b.fabric.execute(a_id, vec![Op::Notify]),
+        vec![Ok(Completion::Notify)]
+    );
+    drop(nodes.pop().map(|n| n.nic));
+}

@@ -14,9 +14,26 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 #include <rdma/fi_tagged.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/*
+ * libfabric loads libinfinipath (for its psm provider), whose load-time constructor installs
+ * handlers for crash signals unless IPATH_NO_BACKTRACE is set: they print a backtrace, write a
+ * `.btr` file into the working directory and exit with status 1, so an abort (Acre's panics
+ * abort in release builds) would no longer look like one to whoever waits for the process.
+ * The executable's constructors run after its libraries' and before Rust's runtime installs its
+ * own handlers, so this one puts the default dispositions back in between.
+ */
+__attribute__((constructor)) static void acre_ofi_restore_crash_signals(void)
+{
+	static const int signals[] = { SIGABRT, SIGBUS, SIGFPE, SIGILL, SIGSEGV };
+	size_t i;
+	for (i = 0; i < sizeof signals / sizeof signals[0]; i++)
+		signal(signals[i], SIG_DFL);
+}
 
 /* Two endpoints per node in one domain: 0 is the target side (its NIC thread serves messages
  * and, on providers with manual progress, drives incoming READ/WRITE/CAS), 1 the initiator

@@ -209,3 +209,52 @@ fn a_peer_that_went_away_is_unreachable_and_the_others_are_still_served() {
     );
     drop(nodes.pop().map(|n| n.nic));
 }
+
+/// CPU time the thread behind `thread` has used so far.
+fn thread_cpu_time(thread: &JoinHandle<()>) -> Duration {
+    use std::os::unix::thread::JoinHandleExt;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: the thread is joinable (not joined or detached: the handle is borrowed), so its
+    // pthread_t is valid; `clock` is writable.
+    let ret = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
+    assert_eq!(ret, 0, "pthread_getcpuclockid");
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock` is the thread's CPU clock and `now` is writable.
+    let ret = unsafe { libc::clock_gettime(clock, &mut now) };
+    assert_eq!(ret, 0, "clock_gettime");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The idle CPU target (docs/ARCHITECTURE.md, "Idle CPU"): a NIC thread with nothing to do
+/// sleeps on its completion queue instead of spinning.
+#[test]
+fn an_idle_nic_thread_uses_under_2_percent_of_a_core() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let nodes = cluster(PROVIDER, 2);
+    for (from, to) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[0])] {
+        let to_id = to.fabric.node_id();
+        from.fabric
+            .read(to_id, Addr::new(DATA, 0), to.key, 8)
+            .unwrap();
+        assert_eq!(
+            from.fabric.execute(to_id, vec![Op::Notify]),
+            vec![Ok(Completion::Notify)]
+        );
+    }
+    // Past the spin before sleeping.
+    std::thread::sleep(Duration::from_millis(100));
+    for node in &nodes {
+        let thread = node.nic.thread.as_ref().expect("the NIC thread runs");
+        let before = thread_cpu_time(thread);
+        std::thread::sleep(IDLE);
+        let used = thread_cpu_time(thread) - before;
+        eprintln!(
+            "{}'s NIC thread used {used:?} in {IDLE:?} idle",
+            node.fabric.node_id()
+        );
+        assert!(used < IDLE / 50, "{used:?} of CPU in {IDLE:?} idle");
+    }
+}

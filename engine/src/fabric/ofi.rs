@@ -83,6 +83,9 @@ pub struct OfiConfig {
     pub provider: String,
     /// The local address the endpoints listen on.
     pub address: String,
+    /// Use the provider's atomics for CAS where it has them (the default). Off, CAS takes the
+    /// route it takes on providers without atomics: a message the target's NIC thread executes.
+    pub atomics: bool,
 }
 
 impl OfiConfig {
@@ -91,6 +94,7 @@ impl OfiConfig {
         OfiConfig {
             provider: provider.to_string(),
             address: ADDRESS_DEFAULT.to_string(),
+            atomics: true,
         }
     }
 }
@@ -291,6 +295,8 @@ pub struct OfiTransport {
     node: Arc<Node>,
     /// Held while a batch is driven: the initiator queue has one reader at a time.
     initiator: Mutex<()>,
+    /// CAS is `fi_compare_atomic` (the provider has atomics and the configuration wants them).
+    atomics: bool,
     batch_seq: AtomicU64,
 }
 
@@ -401,6 +407,7 @@ impl OfiTransport {
         };
         Ok((
             OfiTransport {
+                atomics: config.atomics && node.handle.caps().atomic_cas != 0,
                 node: node.clone(),
                 initiator: Mutex::new(()),
                 batch_seq: AtomicU64::new(1),
@@ -420,7 +427,7 @@ impl OfiTransport {
     /// Whether CAS is a NIC atomic (`fi_compare_atomic`) rather than a message to the target's
     /// NIC thread.
     pub fn has_atomics(&self) -> bool {
-        self.node.handle.caps().atomic_cas != 0
+        self.atomics
     }
 
     /// Whether a run of one-sided operations is posted at once (the provider places them in

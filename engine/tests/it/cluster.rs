@@ -203,20 +203,29 @@ pub fn tcp() -> Cluster {
 /// registered memory.
 #[cfg(feature = "ofi")]
 pub fn ofi_tcp() -> Cluster {
-    ofi("tcp;ofi_rxm")
+    ofi(acre_engine::fabric::ofi::OfiConfig::loopback("tcp;ofi_rxm"))
 }
 
 /// As [`ofi_tcp`], through the `sockets` provider (which places a batch's RMA in order, so a
 /// batch is posted at once).
 #[cfg(feature = "ofi")]
 pub fn ofi_sockets() -> Cluster {
-    ofi("sockets")
+    ofi(acre_engine::fabric::ofi::OfiConfig::loopback("sockets"))
+}
+
+/// As [`ofi_tcp`], with CAS as a message the target's NIC thread executes: the route a
+/// provider without atomics takes.
+#[cfg(feature = "ofi")]
+pub fn ofi_tcp_cas_by_message() -> Cluster {
+    ofi(acre_engine::fabric::ofi::OfiConfig {
+        atomics: false,
+        ..acre_engine::fabric::ofi::OfiConfig::loopback("tcp;ofi_rxm")
+    })
 }
 
 #[cfg(feature = "ofi")]
-fn ofi(provider: &str) -> Cluster {
-    use acre_engine::fabric::ofi::{OfiConfig, OfiTransport};
-    let config = OfiConfig::loopback(provider);
+fn ofi(config: acre_engine::fabric::ofi::OfiConfig) -> Cluster {
+    use acre_engine::fabric::ofi::OfiTransport;
     let mut nics = Vec::with_capacity(NODE_COUNT);
     let mut parts = Vec::with_capacity(NODE_COUNT);
     let mut cards = Vec::with_capacity(NODE_COUNT);
@@ -224,6 +233,12 @@ fn ofi(provider: &str) -> Cluster {
         let (memory, data_key, inbox) = anonymous_memory(id);
         let (transport, nic) = OfiTransport::start(&config, memory.clone())
             .unwrap_or_else(|e| panic!("start the ofi transport of {id}: {e}"));
+        assert_eq!(
+            transport.has_atomics(),
+            config.atomics,
+            "{}: CAS takes the route the test names",
+            config.provider
+        );
         cards.push(transport.card().expect("the node's card"));
         nics.push(nic);
         parts.push((memory, transport, data_key, inbox));

@@ -1,7 +1,8 @@
 //! The fabric's conformance suite: every case is written once and runs against every transport
 //! (`local`, `shm`, `tcp`, and with the `ofi` feature `ofi_tcp` and `ofi_sockets`: libfabric's
-//! `tcp;ofi_rxm` and `sockets` providers on loopback), so the protocol above the fabric can rely
-//! on the same behaviour wherever it runs. Test names read `fabric::<transport>::<case>`.
+//! `tcp;ofi_rxm` and `sockets` providers on loopback, and `ofi_tcp_cas_by_message`: CAS through
+//! the target's NIC thread, as on a provider without atomics), so the protocol above the fabric
+//! can rely on the same behaviour wherever it runs. Test names read `fabric::<transport>::<case>`.
 
 use crate::cluster::{self, Cluster, DATA_REGION, DATA_REGION_BYTES, NODE_COUNT, RING_BYTES};
 use acre_engine::addr::{Addr, NodeId, RegionId};
@@ -61,6 +62,7 @@ conformance_suite! {
 conformance_suite! {
     ofi_tcp => crate::cluster::ofi_tcp,
     ofi_sockets => crate::cluster::ofi_sockets,
+    ofi_tcp_cas_by_message => crate::cluster::ofi_tcp_cas_by_message,
 }
 
 /// Bounds the polls of a posted batch (each poll is followed by a short sleep).

@@ -470,17 +470,18 @@ impl OfiTransport {
         if card.provider != self.provider() {
             return Err(bad(format!("it is for provider {:?}", card.provider)));
         }
-        // fi_av_insert reads as many bytes as this provider's names have.
-        let own = self.card()?;
-        for (what, name, own) in [
-            ("target", &card.target_name, &own.target_name),
-            ("initiator", &card.initiator_name, &own.initiator_name),
+        // fi_av_insert reads as many bytes as this provider's names take (a socket address, or
+        // a string up to its NUL): a name from a card is copied into a zeroed buffer of the
+        // largest size any name has, so a short or foreign one reads zeros, never past the end.
+        for (what, name) in [
+            ("target", &card.target_name),
+            ("initiator", &card.initiator_name),
         ] {
-            if name.len() != own.len() {
+            if name.is_empty() || name.len() >= sys::NAME_BYTES_MAX {
                 return Err(bad(format!(
-                    "its {what} name has {} bytes, this provider's have {}",
+                    "its {what} name has {} bytes, not 1 to {}",
                     name.len(),
-                    own.len()
+                    sys::NAME_BYTES_MAX - 1
                 )));
             }
         }

@@ -262,3 +262,10 @@ fn ofi(config: acre_engine::fabric::ofi::OfiConfig) -> Cluster {
         _keep: Box::new(nics),
     }
 }
+
+/// As [`ofi_tcp`], through libfabric's `shm` provider (shared memory between processes; here
+/// between the nodes of one process), whose remote addresses are virtual addresses.
+#[cfg(feature = "ofi")]
+pub fn ofi_shm() -> Cluster {
+    ofi(acre_engine::fabric::ofi::OfiConfig::loopback("shm"))
+}

@@ -1,6 +1,7 @@
 //! The fabric's conformance suite: every case is written once and runs against every transport
-//! (`local`, `shm`, `tcp`, and with the `ofi` feature `ofi_tcp` and `ofi_sockets`: libfabric's
-//! `tcp;ofi_rxm` and `sockets` providers on loopback, and `ofi_tcp_cas_by_message`: CAS through
+//! (`local`, `shm`, `tcp`, and with the `ofi` feature `ofi_tcp`, `ofi_sockets` and `ofi_shm`:
+//! libfabric's `tcp;ofi_rxm`, `sockets` and `shm` providers on loopback, and
+//! `ofi_tcp_cas_by_message`: CAS through
 //! the target's NIC thread, as on a provider without atomics), so the protocol above the fabric
 //! can rely on the same behaviour wherever it runs. Test names read `fabric::<transport>::<case>`.
 
@@ -63,6 +64,7 @@ conformance_suite! {
     ofi_tcp => crate::cluster::ofi_tcp,
     ofi_sockets => crate::cluster::ofi_sockets,
     ofi_tcp_cas_by_message => crate::cluster::ofi_tcp_cas_by_message,
+    ofi_shm => crate::cluster::ofi_shm,
 }
 
 /// Bounds the polls of a posted batch (each poll is followed by a short sleep).

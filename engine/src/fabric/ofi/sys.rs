@@ -20,6 +20,9 @@ pub const FI_ETIMEDOUT: i32 = 110;
 /// `FI_ECANCELED`: `fi_cq_sread` was woken by `fi_cq_signal` (some providers say so).
 pub const FI_ECANCELED: i32 = 125;
 
+/// Room for an endpoint name: larger than any provider's (socket addresses, `shm`'s strings).
+pub const NAME_BYTES_MAX: usize = 256;
+
 /// The two endpoints of a node: the target side, served by its NIC thread, and the initiator side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -287,7 +290,7 @@ impl Handle {
 
     /// The address of endpoint `side`, as bytes another node inserts into its address vector.
     pub fn name(&self, side: Side) -> Result<Vec<u8>, CallError> {
-        let mut buf = vec![0u8; 256];
+        let mut buf = vec![0u8; NAME_BYTES_MAX];
         let mut len = buf.len();
         // SAFETY: `buf` has `len` writable bytes; fi_getname writes at most `len` and sets it.
         let ret =
@@ -297,12 +300,18 @@ impl Handle {
         Ok(buf)
     }
 
-    /// Inserts a peer endpoint's name; returns its `fi_addr_t`.
+    /// Inserts a peer endpoint's name (shorter than [`NAME_BYTES_MAX`]); returns its
+    /// `fi_addr_t`.
     pub fn insert(&self, name: &[u8]) -> Result<u64, CallError> {
+        assert!(name.len() < NAME_BYTES_MAX, "name of {} bytes", name.len());
+        // The provider reads as many bytes as its names take, or up to a NUL: a zeroed buffer
+        // larger than any name bounds what it can read.
+        let mut padded = [0u8; NAME_BYTES_MAX];
+        padded[..name.len()].copy_from_slice(name);
         let mut addr = u64::MAX;
-        // SAFETY: `name` came from `name()` of an endpoint of the same provider (the caller
-        // checks its length against what this provider's names take), and `addr` is writable.
-        let ret = unsafe { acre_ofi_av_insert(self.raw, name.as_ptr().cast(), &mut addr) };
+        // SAFETY: `padded` has NAME_BYTES_MAX readable bytes, more than any provider's names
+        // take, and ends in a NUL; `addr` is writable.
+        let ret = unsafe { acre_ofi_av_insert(self.raw, padded.as_ptr().cast(), &mut addr) };
         check("fi_av_insert", ret as isize)?;
         Ok(addr)
     }

@@ -1,42 +1,48 @@
 //! The ofi transport (cargo feature `ofi`): one-sided operations through libfabric, so that the
-//! same fabric API runs on RDMA NICs (`verbs;ofi_rxm`, `efa`) and, here, on its software
-//! providers over loopback (`tcp;ofi_rxm`, `sockets`). See docs/ofi.md.
+//! same fabric API can run on RDMA NICs (`verbs;ofi_rxm`, `efa`) and, here, on its software
+//! providers over loopback (`tcp;ofi_rxm`, `sockets`, `shm`). See docs/ofi.md.
 //!
 //! Each node opens the provider once ([`OfiTransport::start`]): one domain, two reliable
 //! datagram endpoints (a target side and an initiator side) with a completion queue each, and
 //! every area of its [`NodeMemory`] registered as a memory region. What a peer needs to reach
 //! it (endpoint names, and per area its id, access key, size, registration key and base) is its
 //! [`OfiCard`]; in this slice cards are handed over by whoever builds the nodes
-//! ([`OfiTransport::add_peer`]), not yet published in the cluster directory.
+//! ([`OfiTransport::add_peer`]), not yet published in the cluster directory. Connections are
+//! the provider's, made on first use and reused.
 //!
 //! - READ and WRITE are `fi_read`/`fi_write` into the target's registration, CAS is
 //!   `fi_compare_atomic` (64-bit compare-and-swap) where the provider has atomics. Nothing on the
 //!   target's CPU runs for them, except the progress the provider needs (below).
-//! - PERSIST, NOTIFY, and CAS on a provider without atomics are messages (`fi_tsend`, the tcp
-//!   transport's REQUEST frame) to the target's NIC thread, which executes them on its own
-//!   memory with [`exec::execute`] (msync/flush of the range, doorbell ring, CPU
-//!   compare-and-swap) and answers with a RESPONSE frame, as the tcp transport's NIC thread does.
-//!   libfabric has no portable remote flush; this is the documented route instead.
+//! - PERSIST, NOTIFY, and CAS on a provider without atomics (or with [`OfiConfig::atomics`]
+//!   off) are messages (`fi_tsend`, the tcp transport's REQUEST frame) to the target's NIC
+//!   thread, which executes them on its own memory with [`exec::execute`] (flush of the range,
+//!   doorbell ring, CPU compare-and-swap) and answers with a RESPONSE frame, as the tcp
+//!   transport's NIC thread does. libfabric has no portable remote flush; this is the route
+//!   instead.
 //! - The target's NIC thread sleeps on its completion queue's wait object (`fi_cq_sread`): on
-//!   providers with manual data progress (`tcp;ofi_rxm`) it is also what makes incoming READ and
-//!   WRITE progress, so it must run for the node to be reachable.
+//!   providers with manual data progress (`tcp;ofi_rxm`, `shm`) it is also what makes incoming
+//!   READ and WRITE progress, so it must run for the node to be reachable.
 //! - A batch is driven to completion inside [`OfiTransport::post`] (one batch at a time per node:
 //!   the initiator queue has one reader), so [`crate::fabric::Pending`] is always ready. On a
 //!   provider that promises to place RMA in posting order (`sockets`), a run of READ/WRITE/CAS is
 //!   posted at once (`FI_MORE` on all but the last: one doorbell); on one that does not
-//!   (`tcp;ofi_rxm`), each waits for the previous one's delivery, which keeps the fabric's rule
-//!   that a batch executes in order.
+//!   (`tcp;ofi_rxm`, `shm`), each waits for the previous one's delivery
+//!   (`FI_DELIVERY_COMPLETE`), which keeps the fabric's rule that a batch executes in order.
 //! - Waiting spins for [`SPIN_POLLS_MAX`] polls, then sleeps on the queue's wait object.
 //!
 //! Every operation is checked against the target's card (area, key, alignment, bounds) before it
 //! is posted, giving the same [`AccessError`]s as the other transports; the provider checks the
 //! registration key and bounds again on its side. A provider failure (a peer gone, a stale card)
-//! is [`OpError::Unreachable`] naming the provider, the call and the target, for that batch only:
-//! the node keeps serving and reaching the others.
+//! is [`OpError::Unreachable`] naming the provider, the call and the target, and fails the rest
+//! of that batch only: the node keeps serving and reaching the others. A batch that gets no
+//! completion within [`OP_TIMEOUT`] fails the same way, and its buffers are leaked, since the
+//! provider may still write into them.
 //!
 //! Not in this slice: membership fencing and lease checks for one-sided operations (a NIC cannot
 //! refuse them; only the NIC thread's messages check the lease), cards in the cluster directory,
-//! areas registered after start.
+//! areas registered after start, and a new connection after a provider broke one (on
+//! `tcp;ofi_rxm` a remote access error leaves that pair of endpoints unusable, as a queue pair's
+//! error state does on RDMA hardware; the node's other pairs are unaffected).
 // Posting to libfabric hands it raw pointers into buffers this module keeps alive: each such
 // call is an `unsafe` block saying how.
 #![allow(unsafe_code)]

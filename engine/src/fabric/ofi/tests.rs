@@ -113,6 +113,10 @@ fn a_card_of_another_provider_is_refused_and_nothing_is_added() {
 fn a_wrong_key_is_refused_before_anything_is_posted() {
     let nodes = cluster(PROVIDER, 2);
     let (a, b) = (&nodes[0], &nodes[1]);
+    // This provider lets the application choose registration keys: the area's is its access
+    // key, so the provider would refuse any other key too.
+    let card = b.transport().card().unwrap();
+    assert_eq!(card.areas[0].mr_key, b.key.0, "{card:?}");
     let wrong = AccessKey(b.key.0 ^ 0x10);
     let result = a
         .fabric
@@ -121,6 +125,20 @@ fn a_wrong_key_is_refused_before_anything_is_posted() {
         result,
         Err(OpError::Access(AccessError::BadKey { region: DATA }))
     );
+}
+
+/// A card whose registration key is not the one registered (a stale card, or a forged one that
+/// passes the initiator's check): the provider refuses it, naming itself and the call.
+#[test]
+fn a_registration_key_that_does_not_match_is_refused_by_the_provider() {
+    let nodes = cluster(PROVIDER, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let b_id = b.fabric.node_id();
+    let mut card = b.transport().card().unwrap();
+    card.areas[0].mr_key ^= 0x10;
+    a.transport().add_peer(card).unwrap();
+    let result = a.fabric.read(b_id, Addr::new(DATA, 0), b.key, 8);
+    expect_unreachable(result, b_id, "fi_read");
 }
 
 /// A card that claims more than was registered (a stale or forged card): the initiator's check

@@ -59,7 +59,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use sys::{CqEntry, Handle, Side};
 
 /// Polls of a completion queue before a waiter sleeps on its wait object. Small: on providers
@@ -68,7 +68,9 @@ use sys::{CqEntry, Handle, Side};
 pub const SPIN_POLLS_MAX: u32 = 100;
 /// How long one sleep on a completion queue lasts before the sleeper looks at its stop flag.
 const SLEEP_SLICE_MS: i32 = 50;
-/// How long an initiator waits for a batch's completions before it gives up on the target.
+/// How long an initiator waits for a batch's completions before it gives up on the target, on
+/// the node's clock (docs/failures.md#clock), like every deadline of the fabric; the sleeps on a
+/// completion queue that wake a waiter to look at it are real time.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Receive buffers the NIC thread keeps posted.
 const RECEIVES_POSTED: usize = 16;
@@ -789,10 +791,11 @@ impl OfiTransport {
         backlog: &mut Vec<Event>,
         mut post: impl FnMut() -> Result<(), sys::CallError>,
     ) -> Result<(), sys::CallError> {
-        let started = Instant::now();
+        let clock = self.node.memory.clock();
+        let started = clock.now();
         loop {
             match post() {
-                Err(e) if e.code == sys::FI_EAGAIN && started.elapsed() < OP_TIMEOUT => {
+                Err(e) if e.code == sys::FI_EAGAIN && clock.now() - started < OP_TIMEOUT => {
                     self.gather(false, backlog)?;
                     std::thread::yield_now();
                 }
@@ -814,7 +817,8 @@ impl OfiTransport {
         slots: &mut Vec<Box<OpSlot>>,
         backlog: &mut Vec<Event>,
     ) -> Result<(), OpError> {
-        let started = Instant::now();
+        let clock = self.node.memory.clock();
+        let started = clock.now();
         let mut polls = 0u32;
         loop {
             for event in backlog.drain(..) {
@@ -846,7 +850,7 @@ impl OfiTransport {
             if slots.iter().all(|s| s.outstanding == 0) {
                 return Ok(());
             }
-            if started.elapsed() > OP_TIMEOUT {
+            if clock.now() - started > OP_TIMEOUT {
                 std::mem::forget(std::mem::take(slots));
                 return Err(self.node.unreachable(
                     target,
@@ -1061,7 +1065,8 @@ impl Nic<'_> {
             bytes: frame::encode_to_vec(&Frame::Response(response)),
         });
         let context = (&mut send.context as *mut Context).cast::<c_void>();
-        let started = Instant::now();
+        let clock = self.node.memory.clock();
+        let started = clock.now();
         loop {
             // SAFETY: the boxed slot goes into `sends` below, where it stays until its
             // completion is read (or is leaked when the thread ends).
@@ -1080,7 +1085,7 @@ impl Nic<'_> {
                     self.sends.insert(index, send);
                     return;
                 }
-                Err(e) if e.code == sys::FI_EAGAIN && started.elapsed() < OP_TIMEOUT => {
+                Err(e) if e.code == sys::FI_EAGAIN && clock.now() - started < OP_TIMEOUT => {
                     self.gather(false);
                     std::thread::yield_now();
                 }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::addr::Addr;
 use crate::fabric::{Doorbell, Fabric, Transport};
+use std::time::Instant;
 
 const PROVIDER: &str = "tcp;ofi_rxm";
 const DATA: RegionId = RegionId(1);

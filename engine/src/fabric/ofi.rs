@@ -393,6 +393,9 @@ impl OfiTransport {
             stop: AtomicBool::new(false),
             handle,
         });
+        // If anything fails from here on, posted receive buffers are freed before the endpoint
+        // closes (the node drops last). Nothing can land in them meanwhile: a receive completes
+        // only on a message sent to this endpoint, and no peer has its name before `card`.
         let mut receives = Vec::with_capacity(RECEIVES_POSTED);
         for index in 0..RECEIVES_POSTED {
             let mut slot = Box::new(ReceiveSlot {

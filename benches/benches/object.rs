@@ -4,6 +4,13 @@
 //! and a decode computes it again to check it, so the `sum` line is what each of the other
 //! two pays for it.
 //!
+//! Measured on 3 December 2026 on a loaded 2-core VM (criterion means; 64 B / 1 KiB / 8 KiB):
+//! lock and install 49 ns / 646 ns / 5.8 µs, decode 11 ns / 120 ns / 886 ns, the sum alone
+//! 10 ns / 120 ns / 915 ns (CRC32C with the `crc32` instruction, about 8.5 GB/s). So the sum is
+//! about a fifth of an install, whose word-by-word release stores dominate, and nearly all of a
+//! decode, which is otherwise a header and trailer compare; against a one-sided READ over tcp
+//! (several µs) or a commit (tens of µs) it is small.
+//!
 //! `cargo bench -p acre-benches --bench object`; `-- --test` runs each case once.
 
 use acre_engine::object::{self, Header, Owner, WORD_BYTES};

@@ -246,6 +246,34 @@ impl Cluster {
         self.acre_command(&["cluster", "down", "--dir", &self.dir.display().to_string()])
     }
 
+    /// SIGKILL of every memory node and standalone CM process at once, as a power cut would
+    /// stop them (no block sums written, appends and installs cut short); returns once they
+    /// are gone.
+    pub fn kill_all(&self) -> Result<(), String> {
+        let processes: Vec<NodeProcess> = self
+            .processes()
+            .into_iter()
+            .chain(self.cm_processes())
+            .collect();
+        for process in &processes {
+            // One gone meanwhile is as good as killed.
+            let _ = self.signal(process.node, acre_engine::signal::kill);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for process in &processes {
+            while process_alive(process.pid) {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!(
+                        "{} (pid {}) still runs 10 s after SIGKILL",
+                        process.node, process.pid
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+
     /// The memory node processes that run now, by node id.
     pub fn processes(&self) -> Vec<NodeProcess> {
         NodeManifest::list(&self.dir)

@@ -21,7 +21,9 @@
 //!   of a killed node would damage files the CM retires once it removes the node). Healed as
 //!   a kill: a node that failed meanwhile, or later, is brought back by this heal or the next.
 //! - **truncate**: the whole cluster stopped cleanly (`acre cluster down`: every node writes
-//!   the block sums of its copies), every client let go first ([`Gate`]); then in the files of
+//!   the block sums of its copies) or, one time in two, killed at once (SIGKILL of every
+//!   process: no sums, each copy is vouched for by its objects' own sums), every client let go
+//!   first ([`Gate`]); then in the files of
 //!   a minority of the nodes (so that every region keeps an intact replica) each region copy
 //!   is cut short or has bits flipped, and each ring is cut short or has bits flipped in its
 //!   live records; healed by `acre cluster up --dir D`, the whole cluster restarted from its
@@ -444,8 +446,8 @@ impl LiveRecords {
 /// How long the truncate nemesis waits for every client to let go before it gives up.
 const CLIENTS_LET_GO_MAX: Duration = Duration::from_secs(30);
 
-/// Stops the whole cluster cleanly, once every client let go of it, and damages the files of a
-/// minority of its nodes.
+/// Stops the whole cluster cleanly or kills it, once every client let go of it, and damages the
+/// files of a minority of its nodes.
 fn truncate(cluster: &Cluster, gate: &Gate, rng: &mut SplitMix) -> Result<Option<Active>, String> {
     let aim = [Aim::One, Aim::Primary, Aim::Minority][rng.below(3) as usize];
     let targets = targets(cluster, aim, rng);
@@ -459,7 +461,15 @@ fn truncate(cluster: &Cluster, gate: &Gate, rng: &mut SplitMix) -> Result<Option
     }
     let who = aim_name(aim, &targets);
     let config = cluster.configuration();
-    if let Err(e) = cluster.down() {
+    // Stopped cleanly (every copy's block sums written) or killed at once (none: each copy is
+    // vouched for by its objects' own sums).
+    let killed = rng.below(2) == 0;
+    let stopped = if killed {
+        cluster.kill_all()
+    } else {
+        cluster.down()
+    };
+    if let Err(e) = stopped {
         gate.open();
         return Err(e);
     }
@@ -517,7 +527,12 @@ fn truncate(cluster: &Cluster, gate: &Gate, rng: &mut SplitMix) -> Result<Option
         ));
     }
     let detail = format!(
-        "the cluster stopped, then the files of {who} damaged ({})",
+        "the cluster {}, then the files of {who} damaged ({})",
+        if killed {
+            "killed (SIGKILL of every process)"
+        } else {
+            "stopped"
+        },
         damage.join("; ")
     );
     let fault = Fault {

@@ -1045,8 +1045,9 @@ fn vouch_by_objects(node: NodeId, region: &Region, block_bytes: u64) -> bool {
             let addrs: Vec<String> = check.damaged.iter().map(|a| a.to_string()).collect();
             tracing::error!(
                 %node,
-                "its copy of {id} is damaged: {} objects do not match their sums (the first: \
-                 {}); the copy is not served, and is copied again from a live replica",
+                "its copy of {id} is damaged: {} slots do not match their sums or unused \
+                 blocks hold non-zero words (the first at: {}); the copy is not served, and is \
+                 copied again from a live replica",
                 check.damaged_count,
                 addrs.join(" ")
             );

@@ -58,6 +58,12 @@ const REPORT_SAMPLES_TEST: usize = 10;
 const THROUGHPUT_TIME: Duration = Duration::from_millis(500);
 /// The same under `--test`.
 const THROUGHPUT_TIME_TEST: Duration = Duration::from_millis(20);
+/// How many times the ofi set-up report sets a pair of nodes up (feature `ofi`).
+#[cfg(feature = "ofi")]
+const SETUP_RUNS: usize = 9;
+/// The same under `--test`.
+#[cfg(feature = "ofi")]
+const SETUP_RUNS_TEST: usize = 1;
 
 fn bench_transport(c: &mut Criterion, kind: TransportKind) {
     let mut workload = FabricWorkload::new(kind)
@@ -91,11 +97,30 @@ fn print_report(samples: usize, throughput_time: Duration) {
     }
 }
 
+/// The ofi transport's READ throughput (one batch at a time per node, so the depth does not
+/// matter, the batch size does) and its set-up costs.
+#[cfg(feature = "ofi")]
+fn print_ofi_report(setup_runs: usize, throughput_time: Duration) {
+    use acre_benches::testbed::ofi::{PROVIDER_SOCKETS, PROVIDER_TCP, setup_report};
+    match throughput_report(TransportKind::OfiTcp, throughput_time) {
+        Ok(report) => print!("{report}"),
+        Err(e) => panic!("throughput report on ofi-tcp: {e}"),
+    }
+    for provider in [PROVIDER_TCP, PROVIDER_SOCKETS] {
+        match setup_report(provider, setup_runs) {
+            Ok(report) => print!("{report}"),
+            Err(e) => panic!("set-up report on {provider}: {e}"),
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let has = |flag: &str| args.iter().any(|a| a == flag);
     if has("--p99") {
         print_report(REPORT_SAMPLES, THROUGHPUT_TIME);
+        #[cfg(feature = "ofi")]
+        print_ofi_report(SETUP_RUNS, THROUGHPUT_TIME);
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();
@@ -105,7 +130,11 @@ fn main() {
     criterion.final_summary();
     if has("--test") {
         print_report(REPORT_SAMPLES_TEST, THROUGHPUT_TIME_TEST);
+        #[cfg(feature = "ofi")]
+        print_ofi_report(SETUP_RUNS_TEST, THROUGHPUT_TIME_TEST);
     } else {
         print_report(REPORT_SAMPLES, THROUGHPUT_TIME);
+        #[cfg(feature = "ofi")]
+        print_ofi_report(SETUP_RUNS, THROUGHPUT_TIME);
     }
 }

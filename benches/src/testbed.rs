@@ -5,7 +5,9 @@
 //! A cluster is built the way node processes build themselves: every node registers a data
 //! region and an inbox (one ring per other node) in its own memory and reaches the others only
 //! through its [`Fabric`]. All nodes live in this process; with `shm` they share nothing but the
-//! files of a cluster directory, with `tcp` nothing but loopback sockets. The engine's
+//! files of a cluster directory, with `tcp` nothing but loopback sockets, and with the `ofi`
+//! kinds (cargo feature `ofi`, [`ofi`]) nothing but what libfabric's provider carries over
+//! loopback. The engine's
 //! integration tests build the same clusters in `engine/tests/it/cluster.rs` (they may not
 //! depend on this crate).
 
@@ -28,6 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "ofi")]
+pub mod ofi;
+
 /// Every node's data region has this id (each node has its own, under its own key).
 pub const DATA_REGION: RegionId = RegionId(1);
 pub const DATA_REGION_BYTES: u64 = 1 << 20;
@@ -46,18 +51,45 @@ pub enum TransportKind {
     Local,
     Shm,
     Tcp,
+    /// The ofi transport on libfabric's `tcp;ofi_rxm` provider.
+    #[cfg(feature = "ofi")]
+    OfiTcp,
+    /// The ofi transport on libfabric's `sockets` provider.
+    #[cfg(feature = "ofi")]
+    OfiSockets,
 }
 
 impl TransportKind {
+    #[cfg(not(feature = "ofi"))]
     pub const ALL: [TransportKind; 3] =
         [TransportKind::Local, TransportKind::Shm, TransportKind::Tcp];
+    #[cfg(feature = "ofi")]
+    pub const ALL: [TransportKind; 5] = [
+        TransportKind::Local,
+        TransportKind::Shm,
+        TransportKind::Tcp,
+        TransportKind::OfiTcp,
+        TransportKind::OfiSockets,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             TransportKind::Local => "local",
             TransportKind::Shm => "shm",
             TransportKind::Tcp => "tcp",
+            #[cfg(feature = "ofi")]
+            TransportKind::OfiTcp => "ofi-tcp",
+            #[cfg(feature = "ofi")]
+            TransportKind::OfiSockets => "ofi-sockets",
         }
+    }
+
+    /// The width of the widest name, so that report lines align.
+    fn name_width() -> usize {
+        TransportKind::ALL
+            .iter()
+            .map(|kind| kind.name().len())
+            .fold(6, usize::max)
     }
 
     pub fn parse(name: &str) -> Option<TransportKind> {
@@ -117,8 +149,8 @@ impl Drop for OwnedDir {
 pub struct Testbed {
     kind: TransportKind,
     pub nodes: Vec<TestbedNode>,
-    /// Whatever must outlive the nodes (cluster directory, NIC servers): dropped after them,
-    /// because fields drop in declaration order.
+    /// Whatever must outlive the nodes (cluster directory, NIC servers and threads): dropped
+    /// after them, because fields drop in declaration order.
     _keep: Box<dyn Any>,
 }
 
@@ -172,6 +204,10 @@ impl Testbed {
             TransportKind::Local => Testbed::local(&ids),
             TransportKind::Shm => Testbed::shm(&ids),
             TransportKind::Tcp => Testbed::tcp(&ids),
+            #[cfg(feature = "ofi")]
+            TransportKind::OfiTcp => ofi::build(&ids, kind, ofi::PROVIDER_TCP),
+            #[cfg(feature = "ofi")]
+            TransportKind::OfiSockets => ofi::build(&ids, kind, ofi::PROVIDER_SOCKETS),
         }
     }
 
@@ -625,12 +661,13 @@ pub fn throughput_report(kind: TransportKind, duration: Duration) -> io::Result<
         let per_second = workload.read_throughput(pipeline, duration)?;
         writeln!(
             report,
-            "{:<6} read_64b x{} threads, {:>2} batches of {:>2} in flight each: {:>9.0} ops/s",
+            "{:<width$} read_64b x{} threads, {:>2} batches of {:>2} in flight each: {:>9.0} ops/s",
             kind.name(),
             pipeline.threads,
             pipeline.depth,
             pipeline.batch_ops,
             per_second,
+            width = TransportKind::name_width(),
         )
         .expect("writing to a String cannot fail");
     }
@@ -690,12 +727,13 @@ pub fn fabric_report(kind: TransportKind, samples: usize) -> io::Result<String> 
         let latency = measure(&mut workload, op, samples)?;
         writeln!(
             report,
-            "{:<6} {:<20} p50 {:>9}  p99 {:>9}  max {:>9}  ({samples} samples)",
+            "{:<width$} {:<20} p50 {:>9}  p99 {:>9}  max {:>9}  ({samples} samples)",
             kind.name(),
             op.name(),
             format_duration(latency.p50),
             format_duration(latency.p99),
             format_duration(latency.max),
+            width = TransportKind::name_width(),
         )
         .expect("writing to a String cannot fail");
     }

@@ -38,11 +38,44 @@
 //!   4 threads: 51–138 k/s at 1, 117–227 k/s at 16; batches of 16: 192–906 k/s at 1,
 //!   550–1325 k/s at 4. With a receiver thread: 70–76 / 110–162 / 168–262 / 96–327 k/s, and
 //!   56–66 / 197–224 k/s.]
+//! - `ofi-tcp` and `ofi-sockets` (cargo feature `ofi`: the ofi transport on libfabric's
+//!   `tcp;ofi_rxm` and `sockets` providers over loopback, docs/ofi.md): ~20–50 µs per one-sided
+//!   operation, the same order as `tcp`, since on these software providers a READ is still a
+//!   message over a loopback socket answered by a thread of the target. On `tcp;ofi_rxm` the
+//!   provider has manual progress: the target's bytes move when its NIC thread reads its
+//!   completion queue, and that thread sleeps on the queue's wait object after 100 idle polls,
+//!   so an operation costs a wake-up of it and one of the posting thread, plus rxm's framing.
+//!   WRITE asks for delivery completion, so it waits for the target like a READ; CAS is the
+//!   provider's atomic. Measured on a busier host than the figures above (in the same run `tcp`
+//!   gave 18.9 / 48.5 / 72.3 µs for READ 64 B): [`ofi-tcp` READ 64 B 29.2 / 27.6 / 62.7 µs,
+//!   READ 1 KiB 29.6 / 28.1 / 77.9 µs, WRITE 64 B 28.7 / 27.5 / 62.5 µs, CAS 31.7 / 29.9 /
+//!   73.0 µs; `ofi-sockets` READ 64 B 71 / 37.2 / 236 µs, READ 1 KiB 95 / 44.9 / 93 µs,
+//!   WRITE 64 B 96 / 37.4 / 932 µs, CAS 78 / 37.6 / 4100 µs]. `sockets` progresses in threads
+//!   of its own, which share the 2 cores with the NIC threads and the waiter; its millisecond
+//!   tail is theirs as far as can be told (not traced). Ring round trip 64 B: a ring send is
+//!   ~5 operations, and on `tcp;ofi_rxm`, which does not promise to place RMA in order, each
+//!   is posted after the previous one's delivery, and PERSIST and NOTIFY are messages the
+//!   target's NIC thread answers: ~5 serial waits per side instead of one batched round trip
+//!   [`ofi-tcp` 451 µs / 450 µs / 1.12 ms; `ofi-sockets` 1.37 ms / 929 µs / 5.8 ms].
+//! - ofi-tcp READ 64 B throughput (`throughput_report`): `OfiTransport::post` drives a batch to
+//!   completion under one lock per node, so batches in flight do not overlap, and a batch of 16
+//!   READs on `tcp;ofi_rxm` is 16 serial deliveries: one READ per ~30 µs whatever the shape
+//!   [29–32 k/s for 1 thread at 1–64 in flight, 33 k/s in batches of 16, 21 k/s with 4
+//!   threads; `tcp` in the same run: 20 / 59 / 154 / 157 k/s and 0.34–1.26 M/s in batches].
+//! - ofi set-up (`acre_benches::testbed::ofi::setup_report`, median of 9 fresh nodes): starting
+//!   a node (`OfiTransport::start`: provider, endpoints, queues, NIC thread, registrations)
+//!   [`tcp;ofi_rxm` 72 ms, `sockets` 0.4–0.5 ms], the same with no area, a 1 MiB area or a
+//!   128 MiB area (no difference above the noise of a few ms and 0.1 ms: these providers do
+//!   not pin memory); `add_peer` [17 µs, 2.7 µs]; the first READ to a peer, which makes the
+//!   provider's connection, against the ones after it [`tcp;ofi_rxm` 19 ms vs 22 µs, `sockets`
+//!   2–30 ms (medians 5 and 15 ms in two runs) vs 49 µs]. Where the 72 ms of a `tcp;ofi_rxm` start go was not
+//!   traced.
 //!
 //! Criterion reports a median; the tail matters as much for a commit protocol that waits for
 //! the slowest of several operations, so after criterion this prints p50, p99 and max of
 //! individually timed operations (`acre_benches::testbed::fabric_report`).
-//! `cargo bench --bench fabric -- --p99` prints only that report.
+//! `cargo bench --bench fabric -- --p99` prints only that report (with `--features ofi`, the
+//! ofi test beds' lines, throughput and set-up report too).
 
 use acre_benches::testbed::{
     FabricWorkload, Operation, TransportKind, fabric_report, throughput_report,

@@ -40,7 +40,10 @@
 //!
 //! Not in this slice: membership fencing and lease checks for one-sided operations (a NIC cannot
 //! refuse them; only the NIC thread's messages check the lease), cards in the cluster directory,
-//! areas registered after start, and a new connection after a provider broke one (on
+//! registering areas on their own (an area placed after start is registered when the owner
+//! calls [`OfiTransport::register_new_areas`], and its peers need the new card; an area
+//! replaced under a registered id keeps the old registration), and a new connection after a
+//! provider broke one (on
 //! `tcp;ofi_rxm` a remote access error leaves that pair of endpoints unusable, as a queue pair's
 //! error state does on RDMA hardware; the node's other pairs are unaffected).
 // Posting to libfabric hands it raw pointers into buffers this module keeps alive: each such
@@ -182,22 +185,26 @@ struct Peer {
 /// What the transport and the NIC thread share: the libfabric objects and the peers.
 struct Node {
     memory: Arc<NodeMemory>,
-    registrations: Vec<Registration>,
+    /// Only grows while the node lives (see [`OfiTransport::register_new_areas`]); closed in
+    /// `Drop`.
+    registrations: Mutex<Vec<Registration>>,
     peers: RwLock<FastMap<NodeId, Arc<Peer>>>,
     stop: AtomicBool,
     /// Dropped after the registrations are closed (see `Drop`).
     handle: Handle,
 }
 
-// SAFETY: the raw registration pointers are only closed in `Drop` (`&mut self`); everything
-// else is `Sync`, and `Handle` is thread-safe (FI_THREAD_SAFE).
+// SAFETY: the raw registration pointers are only closed in `Drop` (`&mut self`); through
+// `&self` they are only stored (under the mutex), never dereferenced or closed; everything else
+// is `Sync`, and `Handle` is thread-safe (FI_THREAD_SAFE).
 unsafe impl Send for Node {}
-// SAFETY: as above: no method touches the registration pointers through `&self`.
+// SAFETY: as above.
 unsafe impl Sync for Node {}
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for registration in self.registrations.drain(..) {
+        let registrations = self.registrations.get_mut().expect(crate::POISONED);
+        for registration in registrations.drain(..) {
             // SAFETY: each registration came from `Handle::register` on this handle and is
             // closed once, here, before the handle (and its domain) is closed.
             unsafe { self.handle.close_mr(registration.mr) };
@@ -243,6 +250,28 @@ impl Node {
             self.handle.poll(side, entries)
         }
     }
+}
+
+/// Registers `region` on `handle` for remote READ, WRITE and atomics.
+fn register_area(handle: &Handle, region: Arc<Region>) -> Result<Registration, sys::CallError> {
+    let base = region.words().as_ptr() as *mut u8;
+    // SAFETY: the registration's `_region` keeps the mapping alive until the registration is
+    // closed (in `Node::drop`, before the handle, or by `start` on its failure); the memory is
+    // only ever accessed through atomic words by this process, so a provider writing into it is
+    // what a NIC does.
+    let (mr, mr_key) = unsafe { handle.register(base, region.len() as usize, region.key().0) }?;
+    let virt_addr = handle.caps().virt_addr != 0;
+    Ok(Registration {
+        area: OfiArea {
+            id: region.id(),
+            key: region.key(),
+            bytes: region.len(),
+            mr_key,
+            base: if virt_addr { base as u64 } else { 0 },
+        },
+        _region: region,
+        mr,
+    })
 }
 
 /// What an operation context is for, in the 64 bytes libfabric may use ahead of it.
@@ -354,17 +383,10 @@ impl OfiTransport {
             call: e.call.clone(),
             reason: sys::strerror(e.code),
         };
-        let virt_addr = handle.caps().virt_addr != 0;
         let mut registrations = Vec::new();
         for region in memory.areas() {
-            let base = region.words().as_ptr() as *mut u8;
-            // SAFETY: `_region` below keeps the mapping alive until the registration is closed
-            // (in `Node::drop`, before the handle); the memory is only ever accessed through
-            // atomic words by this process, so a provider writing into it is what a NIC does.
-            let registered =
-                unsafe { handle.register(base, region.len() as usize, region.key().0) };
-            let (mr, mr_key) = match registered {
-                Ok(done) => done,
+            match register_area(&handle, region) {
+                Ok(registration) => registrations.push(registration),
                 Err(e) => {
                     for registration in registrations.drain(..) {
                         let Registration { mr, .. } = registration;
@@ -373,22 +395,11 @@ impl OfiTransport {
                     }
                     return Err(setup(e));
                 }
-            };
-            registrations.push(Registration {
-                area: OfiArea {
-                    id: region.id(),
-                    key: region.key(),
-                    bytes: region.len(),
-                    mr_key,
-                    base: if virt_addr { base as u64 } else { 0 },
-                },
-                _region: region,
-                mr,
-            });
+            }
         }
         let node = Arc::new(Node {
             memory,
-            registrations,
+            registrations: Mutex::new(registrations),
             peers: RwLock::new(FastMap::default()),
             stop: AtomicBool::new(false),
             handle,
@@ -464,10 +475,35 @@ impl OfiTransport {
             areas: self
                 .node
                 .registrations
+                .lock()
+                .expect(crate::POISONED)
                 .iter()
                 .map(|r| r.area.clone())
                 .collect(),
         })
+    }
+
+    /// Registers the areas of the node's memory whose ids have no registration yet (a region
+    /// or ring placed on the node after [`OfiTransport::start`]) and returns their ids. Peers
+    /// reach them once they are given the node's new [`OfiTransport::card`]. An area replaced
+    /// under an id already registered keeps the old registration (not handled yet).
+    pub fn register_new_areas(&self) -> Result<Vec<RegionId>, OfiError> {
+        let mut registrations = self.node.registrations.lock().expect(crate::POISONED);
+        let mut added = Vec::new();
+        for region in self.node.memory.areas() {
+            if registrations.iter().any(|r| r.area.id == region.id()) {
+                continue;
+            }
+            let registration =
+                register_area(&self.node.handle, region).map_err(|e| OfiError::Setup {
+                    provider: self.provider().to_string(),
+                    call: e.call.clone(),
+                    reason: sys::strerror(e.code),
+                })?;
+            added.push(registration.area.id);
+            registrations.push(registration);
+        }
+        Ok(added)
     }
 
     /// Makes `card`'s node reachable (and lets this node's NIC thread answer it). A card for a

@@ -277,3 +277,43 @@ fn an_idle_nic_thread_uses_under_2_percent_of_a_core() {
         assert!(used < IDLE / 50, "{used:?} of CPU in {IDLE:?} idle");
     }
 }
+
+#[test]
+fn an_area_placed_after_start_is_registered_and_reachable_with_the_new_card() {
+    let nodes = cluster(PROVIDER, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let late_id = RegionId(7);
+    let late = Arc::new(Region::anonymous(late_id, DATA_BYTES).expect("map a region"));
+    let late_key = late.key();
+    b.fabric.memory().register(late.clone()).expect("register");
+    let addr = Addr::new(late_id, 64);
+    let unknown = Err(OpError::Access(AccessError::UnknownRegion {
+        node: NodeId(2),
+        region: late_id,
+    }));
+    assert_eq!(a.fabric.read(NodeId(2), addr, late_key, 8), unknown);
+    assert_eq!(b.transport().register_new_areas().unwrap(), vec![late_id]);
+    assert_eq!(
+        b.transport().register_new_areas().unwrap(),
+        Vec::<RegionId>::new(),
+        "an area is registered once"
+    );
+    // A still holds B's old card, which does not list the area.
+    assert_eq!(a.fabric.read(NodeId(2), addr, late_key, 8), unknown);
+    let card = b.transport().card().unwrap();
+    assert!(card.areas.iter().any(|area| area.id == late_id), "{card:?}");
+    a.transport().add_peer(card).unwrap();
+    let bytes = 0x1122_3344_5566_7788u64.to_le_bytes().to_vec();
+    a.fabric
+        .write(NodeId(2), addr, late_key, bytes.clone())
+        .expect("WRITE to the late area");
+    assert_eq!(
+        late.words()[8].load(Ordering::Acquire),
+        0x1122_3344_5566_7788,
+        "the WRITE is in B's memory"
+    );
+    assert_eq!(a.fabric.read(NodeId(2), addr, late_key, 8), Ok(bytes));
+    // The areas registered at start are still reachable through the new card.
+    let data = Addr::new(DATA, 0);
+    assert_eq!(a.fabric.read(NodeId(2), data, b.key, 8), Ok(vec![0; 8]));
+}

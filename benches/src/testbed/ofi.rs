@@ -121,7 +121,7 @@ fn setup_once(config: &OfiConfig) -> io::Result<SetupTimes> {
         .add_peer(card_a)
         .map_err(|e| other_error("add a peer", e))?;
     let a = Fabric::new(memory_a, Transport::Ofi(transport_a));
-    let _b = Fabric::new(memory_b, Transport::Ofi(transport_b));
+    let b = Fabric::new(memory_b, Transport::Ofi(transport_b));
     let addr = Addr::new(DATA_REGION, TARGET_OFFSET);
     let read = || -> io::Result<Duration> {
         let started = Instant::now();
@@ -138,7 +138,7 @@ fn setup_once(config: &OfiConfig) -> io::Result<SetupTimes> {
     later.sort_unstable();
     // The fabrics go before their NIC threads, as in a test bed.
     drop(a);
-    drop(_b);
+    drop(b);
     drop((nic_a, nic_b));
     Ok(SetupTimes {
         start_empty,

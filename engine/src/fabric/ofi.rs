@@ -84,6 +84,13 @@ const MESSAGE_BYTES_MAX: usize = 2048;
 const ENTRIES_PER_READ: usize = 16;
 /// Tags carry the sender's node id above this many bits, a sequence number below.
 const TAG_SEQ_BITS: u32 = 48;
+
+/// A first batch number in `[1, 2^40)`: far from wrapping the tag's 48 bits.
+fn random_batch_start() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    (u64::from_le_bytes(bytes) >> 24).max(1)
+}
 /// The loopback address endpoints listen on unless told otherwise.
 pub const ADDRESS_DEFAULT: &str = "127.0.0.1";
 
@@ -404,16 +411,19 @@ impl OfiTransport {
             stop: AtomicBool::new(false),
             handle,
         });
-        // If anything fails from here on, posted receive buffers are freed before the endpoint
-        // closes (the node drops last). Nothing can land in them meanwhile: a receive completes
-        // only on a message sent to this endpoint, and no peer has its name before `card`.
+        // If a post fails, the receives posted before it are leaked, not freed: the endpoint
+        // already listens (on tcp and sockets, at a port anything may connect to), so a
+        // message could still land in them until it closes.
         let mut receives = Vec::with_capacity(RECEIVES_POSTED);
         for index in 0..RECEIVES_POSTED {
             let mut slot = Box::new(ReceiveSlot {
                 context: Context::new(NIC_RECEIVE, index as u64),
                 buf: vec![0; MESSAGE_BYTES_MAX],
             });
-            slot.post(&node.handle).map_err(setup)?;
+            if let Err(e) = slot.post(&node.handle) {
+                std::mem::forget(receives);
+                return Err(setup(e));
+            }
             receives.push(slot);
         }
         let thread = {
@@ -432,7 +442,9 @@ impl OfiTransport {
                 atomics: config.atomics && node.handle.caps().atomic_cas != 0,
                 node: node.clone(),
                 initiator: Mutex::new(()),
-                batch_seq: AtomicU64::new(1),
+                // A random start, so that a late response to an earlier transport of the same
+                // node (same tags) matches no request of this one.
+                batch_seq: AtomicU64::new(random_batch_start()),
             },
             OfiNic {
                 node,

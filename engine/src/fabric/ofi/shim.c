@@ -91,7 +91,10 @@ static int get_info(const char *provider, const char *node, uint64_t atomic, str
 		return -FI_ENOMEM;
 	hints->caps = FI_MSG | FI_TAGGED | FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ |
 		      FI_REMOTE_WRITE | FI_SEND | FI_RECV | atomic;
-	hints->mode = FI_CONTEXT | FI_CONTEXT2;
+	/* No FI_CONTEXT / FI_CONTEXT2: a message posts its receive and its send with one context,
+	 * which a provider that keeps per-operation state in the context would corrupt; such
+	 * providers are refused rather than served. */
+	hints->mode = 0;
 	hints->ep_attr->type = FI_EP_RDM;
 	hints->domain_attr->threading = FI_THREAD_SAFE;
 	hints->domain_attr->mr_mode = FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;

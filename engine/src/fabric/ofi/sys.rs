@@ -19,6 +19,8 @@ pub const FI_ENODATA: i32 = 61;
 pub const FI_ETIMEDOUT: i32 = 110;
 /// `FI_ECANCELED`: `fi_cq_sread` was woken by `fi_cq_signal` (some providers say so).
 pub const FI_ECANCELED: i32 = 125;
+/// `FI_EINTR`: a wait was interrupted by a signal (a node's handlers, a profiler's): wait again.
+pub const FI_EINTR: i32 = 4;
 
 /// Room for an endpoint name: larger than any provider's (socket addresses, `shm`'s strings).
 pub const NAME_BYTES_MAX: usize = 256;
@@ -508,7 +510,7 @@ impl Handle {
             )
         };
         match check("fi_cq_sread", ret) {
-            Err(e) if [FI_EAGAIN, FI_ETIMEDOUT, FI_ECANCELED].contains(&e.code) => Ok(0),
+            Err(e) if [FI_EAGAIN, FI_ETIMEDOUT, FI_ECANCELED, FI_EINTR].contains(&e.code) => Ok(0),
             other => other,
         }
     }

@@ -392,7 +392,7 @@ fn payload_words<W>(words: &[W]) -> &[W] {
 /// Whether a consistent slot's sum word vouches for it: a real sum of its header and payload,
 /// or no sum at all in a slot never installed (every word zero).
 fn verify_sum(header: Header, payload: &[u8], stored: u64) -> Result<(), Damaged> {
-    if stored == 0 && header.to_u64() == 0 && payload.iter().all(|&b| b == 0) {
+    if never_installed(header, payload, stored) {
         return Ok(());
     }
     let computed = sum_word(header, payload, payload.len());
@@ -405,6 +405,12 @@ fn verify_sum(header: Header, payload: &[u8], stored: u64) -> Result<(), Damaged
             computed,
         })
     }
+}
+
+/// Whether header, payload and sum are all zero: a slot no install ever wrote (its trailer
+/// is then 0 too when the read is consistent).
+fn never_installed(header: Header, payload: &[u8], sum: u64) -> bool {
+    header.to_u64() == 0 && sum == 0 && payload.iter().all(|&b| b == 0)
 }
 
 /// The payload word at `word_index`: bytes `[8i, 8i + 8)` of `payload`, zero-padded.
@@ -742,15 +748,14 @@ pub fn check<W: AtomicWord>(words: &[W]) -> SlotCheck {
 pub fn check_with<W: AtomicWord>(words: &[W], payload: &mut Vec<u8>) -> SlotCheck {
     let (header, sum, trailer_version) = load_slot(words, payload);
     let payload = &payload[..];
-    if header.to_u64() == 0 && sum == 0 && trailer_version == 0 && payload.iter().all(|&b| b == 0) {
+    if trailer_version == 0 && never_installed(header, payload, sum) {
         return SlotCheck::Pristine;
     }
     if header.is_locked() {
         // The lock hides the version; the trailer keeps it until an install begins.
         let before_install = [true, false].iter().any(|&allocated| {
             // Masked: a trailer no install writes matches no sum anyway.
-            let version = trailer_version & VERSION_MASK;
-            let header = Header(version | if allocated { ALLOCATED_BIT } else { 0 });
+            let header = Header::new(trailer_version & VERSION_MASK, allocated, false);
             verify_sum(header, payload, sum).is_ok()
         });
         return if before_install {

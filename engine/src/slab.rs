@@ -349,6 +349,14 @@ impl ObjectsCheck {
     pub fn is_intact(&self) -> bool {
         self.damaged_count == 0
     }
+
+    /// Counts damage at `addr`, listing it among the first few.
+    fn note_damaged(&mut self, addr: Addr) {
+        self.damaged_count += 1;
+        if self.damaged.len() < ObjectsCheck::DAMAGED_LISTED_MAX {
+            self.damaged.push(addr);
+        }
+    }
 }
 
 /// The slots of one block read by [`SlabAllocator::read_next_block`]: which were taken
@@ -483,12 +491,7 @@ impl SlabAllocator {
             let offset = block_index as u64 * block_bytes + BLOCK_HEADER_BYTES;
             let words = region.words_at(offset as u32, block_bytes - BLOCK_HEADER_BYTES);
             if let Some(at) = words.iter().position(|w| w.load(Acquire) != 0) {
-                report.damaged_count += 1;
-                if report.damaged.len() < ObjectsCheck::DAMAGED_LISTED_MAX {
-                    report
-                        .damaged
-                        .push(Addr::new(slab.region, (offset + at as u64 * 8) as u32));
-                }
+                report.note_damaged(Addr::new(slab.region, (offset + at as u64 * 8) as u32));
             }
         }
         let mut payload = Vec::new();
@@ -505,12 +508,7 @@ impl SlabAllocator {
                     SlotCheck::Intact => report.intact += 1,
                     SlotCheck::Installing => report.installing += 1,
                     SlotCheck::Interrupted => report.interrupted += 1,
-                    SlotCheck::Damaged(_) => {
-                        report.damaged_count += 1;
-                        if report.damaged.len() < ObjectsCheck::DAMAGED_LISTED_MAX {
-                            report.damaged.push(Addr::new(slab.region, offset));
-                        }
-                    }
+                    SlotCheck::Damaged(_) => report.note_damaged(Addr::new(slab.region, offset)),
                 }
             }
         }

@@ -681,6 +681,27 @@ impl<A: Adopter> Turn<A> {
             tracing::debug!(%from, "a recovery report reached a process that does not act as CM; ignored");
             return;
         };
+        if !report.damaged.is_empty() {
+            // First: a damaged copy must not stay primary. What else the report says, the
+            // node says again in the configuration that follows.
+            let change = Change::DamagedPrimary {
+                config: report.config,
+                node: from,
+                regions: report.damaged.iter().copied().map(RegionId).collect(),
+            };
+            match cm.manager.change(change.clone(), now) {
+                Ok(actions) => {
+                    if !actions.is_empty() {
+                        tracing::warn!(%from, ?change, "a node holds damaged copies of regions it is primary of: handing them to intact backups");
+                    }
+                    self.execute(actions);
+                }
+                Err(reason) => {
+                    tracing::warn!(%from, ?change, %reason, "a report of damaged primary copies was refused");
+                }
+            }
+            return;
+        }
         let regions: Vec<RegionId> = report.regions.iter().copied().map(RegionId).collect();
         let copied: Vec<RegionId> = report.copied.iter().copied().map(RegionId).collect();
         if let Some(config) = cm.manager.configuration().filter(|c| c.id == report.config)

@@ -63,6 +63,11 @@
 //!   reports it in the same change, and the CM installs a configuration in which it is no
 //!   longer copying ([`remap::copy_complete`], both at once: [`remap::after_recovery`]);
 //!   a report of regions it no longer copies is nothing to do.
+//! - **Damaged primary copies** ([`Change::DamagedPrimary`]): a node reports copies it found
+//!   damaged at its restart that the configuration keeps it primary of (one made before the
+//!   restart request that names the damage, or without one); each region goes to an intact
+//!   backup, blocked, or is lost ([`remap::damaged_primary`]). A report of another
+//!   configuration, or of regions the node no longer leads, is nothing to do.
 //! - **Restarted nodes** ([`Change::Restart`]): node processes restarted from their files
 //!   (a whole-cluster restart) stay members; their regions block and their backups copy
 //!   again ([`remap::restart`]). Nobody is removed, so no lease is waited out: the restarted
@@ -199,6 +204,12 @@ pub enum Cause {
         /// The copies the restarted nodes found damaged, which they do not serve.
         damaged: Vec<(NodeId, RegionId)>,
     },
+    /// `node` reported damaged copies of these regions it was still the primary of
+    /// ([`Change::DamagedPrimary`]).
+    DamagedPrimary {
+        node: NodeId,
+        regions: Vec<RegionId>,
+    },
 }
 
 /// `n1, n2, n3`.
@@ -230,6 +241,14 @@ impl fmt::Display for Cause {
             Cause::CmReplicas { replicas } => {
                 write!(f, "CM replicas ")?;
                 write_nodes(f, replicas)
+            }
+            Cause::DamagedPrimary { node, regions } => {
+                write!(f, "damaged primary copies: ")?;
+                for (k, region) in regions.iter().enumerate() {
+                    let sep = if k == 0 { "" } else { ", " };
+                    write!(f, "{sep}{node}'s {region}")?;
+                }
+                Ok(())
             }
             Cause::Removal { node } => write!(f, "removal of {node}"),
             Cause::Addition { node } => write!(f, "addition of {node}"),
@@ -309,6 +328,17 @@ pub enum Change {
         /// backup as primary, or is lost.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         damaged: Vec<(NodeId, RegionId)>,
+    },
+    /// `node` holds damaged (emptied) copies of `regions`, found so at its restart, while
+    /// configuration `config` keeps it their primary: it was made without knowing of the
+    /// damage. Each region gets an intact backup as primary, or is lost
+    /// ([`remap::damaged_primary`]). Nothing to do unless `config` is the current
+    /// configuration and `node` still the primary of one of them; the node reports again
+    /// while it is.
+    DamagedPrimary {
+        config: u64,
+        node: NodeId,
+        regions: Vec<RegionId>,
     },
 }
 
@@ -603,7 +633,10 @@ impl Manager {
             // A client that found its regions full asks again if they still are once this
             // reconfiguration ends (often another client's new region), and a node whose
             // regions are recovered reports again: no error for them.
-            if matches!(change, Change::AddRegion { .. } | Change::Activate { .. }) {
+            if matches!(
+                change,
+                Change::AddRegion { .. } | Change::Activate { .. } | Change::DamagedPrimary { .. }
+            ) {
                 return Ok(Vec::new());
             }
             return Err(format!("{BUSY}: ask again once it ends"));
@@ -682,6 +715,32 @@ impl Manager {
                     remap::name_cm_replicas(&config, &replicas).map_err(|e| e.to_string())?;
                 // Nobody leaves the configuration: no lease to wait out, no node to fence.
                 (plan, Cause::CmReplicas { replicas }, BTreeSet::new())
+            }
+            Change::DamagedPrimary {
+                config: id,
+                node,
+                regions,
+            } => {
+                // A report of an older configuration, or one that crossed the configuration
+                // that did it: nothing to do (the node reports again while one keeps it
+                // primary).
+                let primary_here = |region: &RegionId| {
+                    config
+                        .placement(*region)
+                        .is_some_and(|p| p.primary == node && p.state != RegionState::Lost)
+                };
+                if id != config.id || !regions.iter().any(primary_here) {
+                    return Ok(Vec::new());
+                }
+                let plan =
+                    remap::damaged_primary(&config, node, &regions).map_err(|e| e.to_string())?;
+                let regions = regions.iter().copied().filter(primary_here).collect();
+                // Nobody leaves: no lease to wait out, no node to fence.
+                (
+                    plan,
+                    Cause::DamagedPrimary { node, regions },
+                    BTreeSet::new(),
+                )
             }
             Change::Restart { nodes, damaged } => {
                 let plan = remap::restart(&config, &nodes, &damaged).map_err(|e| e.to_string())?;

@@ -83,6 +83,13 @@ pub trait Adopter {
     fn copied(&self) -> Vec<RegionId> {
         Vec::new()
     }
+    /// The regions the node's configuration keeps it primary of although its copy was found
+    /// damaged at its restart and emptied (docs/failures.md#whole-cluster-restart), for the CM
+    /// to hand to an intact backup; empty once no configuration does. A node that never
+    /// restarted, or without regions, has none.
+    fn damaged_primaries(&self) -> Vec<RegionId> {
+        Vec::new()
+    }
 }
 
 /// Why a member refused NEW-CONFIG, as the ack's `refused` text starts.
@@ -288,10 +295,10 @@ impl<A: Adopter> Member<A> {
     /// primary of, or a region it copies.
     fn recovers_in(&self, config: &Configuration) -> bool {
         config.cm_leader.is_some()
-            && config.regions.iter().any(|p| {
+            && (config.regions.iter().any(|p| {
                 (p.state == RegionState::Blocked && p.primary == self.me)
                     || p.copying.contains(&self.me)
-            })
+            }) || !self.adopter.damaged_primaries().is_empty())
     }
 
     /// Time passed: the regions whose transactions the node recovered, if any, go to the CM of
@@ -322,7 +329,19 @@ impl<A: Adopter> Member<A> {
             .into_iter()
             .filter(copying_here)
             .collect();
-        if regions.is_empty() && copied.is_empty() {
+        // Only regions this configuration keeps the node primary of: the CM ignores the rest.
+        let primary_here = |region: &RegionId| {
+            config
+                .placement(*region)
+                .is_some_and(|p| p.primary == self.me && p.state != RegionState::Lost)
+        };
+        let damaged: Vec<RegionId> = self
+            .adopter
+            .damaged_primaries()
+            .into_iter()
+            .filter(primary_here)
+            .collect();
+        if regions.is_empty() && copied.is_empty() && damaged.is_empty() {
             *look_at = now + RECOVERY_POLL;
             return None;
         }
@@ -334,6 +353,7 @@ impl<A: Adopter> Member<A> {
                 config: config.id,
                 regions: regions.iter().map(|region| region.0).collect(),
                 copied: copied.iter().map(|region| region.0).collect(),
+                damaged: damaged.iter().map(|region| region.0).collect(),
             }),
         ))
     }
@@ -373,6 +393,7 @@ pub(crate) mod tests {
         pub(crate) fail_next: bool,
         pub(crate) recovered: Vec<RegionId>,
         pub(crate) copied: Vec<RegionId>,
+        pub(crate) damaged: Vec<RegionId>,
         /// The configuration adopted last.
         pub(crate) config: Option<Arc<Configuration>>,
     }
@@ -418,6 +439,10 @@ pub(crate) mod tests {
 
         fn recovered(&self) -> Vec<RegionId> {
             self.state.borrow().recovered.clone()
+        }
+
+        fn damaged_primaries(&self) -> Vec<RegionId> {
+            self.state.borrow().damaged.clone()
         }
 
         fn copied(&self) -> Vec<RegionId> {
@@ -566,6 +591,7 @@ pub(crate) mod tests {
                 config,
                 regions: regions.to_vec(),
                 copied: copied.to_vec(),
+                damaged: Vec::new(),
             }),
         ))
     }
@@ -687,6 +713,46 @@ pub(crate) mod tests {
         assert!(member.commit(CM, 8));
         assert_eq!(member.next_deadline(), None);
         assert_eq!(member.recovery_report(ms(120)), None);
+    }
+
+    // docs/failures.md#whole-cluster-restart: a node whose copy of a region it is primary of
+    // was found damaged at its restart, in a configuration made without knowing (nothing
+    // blocked), reports the copy to the CM until a configuration makes another node primary.
+    #[test]
+    fn damaged_primary_copies_are_reported_until_another_node_is_primary() {
+        let mut member = Member::new(ME, FakeNode::at(5));
+        // r3's primary is this node (n3); r1's is n1: not this member's to report.
+        member.adopter().state.borrow_mut().damaged = vec![RegionId(1), RegionId(3)];
+        acked(member.new_config(CM, with_blocked(6, &[]), ms(0)), 6);
+        assert_eq!(member.recovery_report(ms(1)), None, "not committed yet");
+        assert!(member.commit(CM, 6));
+        let damaged = |config: u64, regions: &[u32]| {
+            Some((
+                CM,
+                Body::RegionsRecovered(RegionsRecovered {
+                    config,
+                    regions: Vec::new(),
+                    copied: Vec::new(),
+                    damaged: regions.to_vec(),
+                }),
+            ))
+        };
+        assert_eq!(member.recovery_report(ms(2)), damaged(6, &[3]));
+        assert_eq!(member.recovery_report(ms(21)), None, "paced");
+        assert_eq!(member.recovery_report(ms(22)), damaged(6, &[3]));
+
+        // The CM's answer: r3 has another primary; nothing more to report.
+        let mut moved = (*with_blocked(7, &[3])).clone();
+        let r3 = moved.regions.iter_mut().find(|p| p.region == RegionId(3));
+        let r3 = r3.expect("r3");
+        let backup = r3.backups[0];
+        r3.backups = vec![ME];
+        r3.copying = vec![ME];
+        r3.primary = backup;
+        acked(member.new_config(CM, Arc::new(moved), ms(30)), 7);
+        assert!(member.commit(CM, 7));
+        assert_eq!(member.recovery_report(ms(40)), None);
+        assert_eq!(member.recovery_report(ms(80)), None);
     }
 
     #[test]

@@ -427,6 +427,16 @@ pub enum RemapError {
         region: RegionId,
         id: u64,
     },
+    #[error(
+        "{node} is the primary of none of {} in configuration {id} (or they are lost): its \
+         report of damaged primary copies is for another configuration; nothing to do",
+        region_list(regions)
+    )]
+    NoDamagedPrimary {
+        node: NodeId,
+        regions: Vec<RegionId>,
+        id: u64,
+    },
 }
 
 fn region_list(regions: &[RegionId]) -> String {
@@ -837,31 +847,11 @@ pub fn restart(
         let region = placement.region;
         let is_damaged = |node: NodeId| damaged_copies.contains(&(region, node));
         if is_damaged(placement.primary) {
-            // As `promote`: the least loaded complete backup, the oldest of equals, and here
-            // one whose copy is intact.
-            let chosen = placement
-                .backups
-                .iter()
-                .enumerate()
-                .filter(|(_, node)| !placement.copying.contains(node) && !is_damaged(**node))
-                .min_by_key(|&(_, &node)| load.primaries(node));
-            let Some((position, &primary)) = chosen else {
-                lose(placement);
-                changed_count += 1;
+            changed_count += 1;
+            let Some(demoted) = demote_damaged_primary(placement, &mut load, is_damaged) else {
                 continue;
             };
-            let demoted = placement.primary;
-            placement.backups.remove(position);
-            placement.primary = primary;
-            placement.backups.push(demoted);
-            placement.copying.push(demoted);
-            placement.state = RegionState::Blocked;
             again.insert((region, demoted));
-            *load.primary_count.entry(primary).or_default() += 1;
-            if let Some(count) = load.primary_count.get_mut(&demoted) {
-                *count = count.saturating_sub(1);
-            }
-            changed_count += 1;
         } else if restarted.contains(&placement.primary) && placement.state == RegionState::Active {
             placement.state = RegionState::Blocked;
             changed_count += 1;
@@ -882,6 +872,99 @@ pub fn restart(
     }
     // The primaries stay, or a backup took over with the region blocked: a copy comes from the
     // region's primary in c+1.
+    Ok(finish_checked(
+        config,
+        next,
+        CopyFrom::NewPrimary,
+        &Exceptions {
+            completed: &BTreeSet::new(),
+            copying_again: &again,
+            damaged: &damaged_copies,
+        },
+    ))
+}
+
+/// Hands a region whose primary's copy is damaged to a complete backup whose copy is intact,
+/// chosen as [`promote`] chooses (fewest primaries, then the oldest), and blocks it while that
+/// backup recovers its transactions: it holds every committed write of the region, applied or in
+/// its log, since a commit waits for every backup's COMMIT-BACKUP. The damaged replica stays, as
+/// a backup copying the region again, and is returned. With no such backup the region is lost
+/// (`None`): no replica can vouch for its data, and a damaged copy is never served.
+fn demote_damaged_primary(
+    placement: &mut Placement,
+    load: &mut Load,
+    is_damaged: impl Fn(NodeId) -> bool,
+) -> Option<NodeId> {
+    let chosen = placement
+        .backups
+        .iter()
+        .enumerate()
+        .filter(|(_, node)| !placement.copying.contains(node) && !is_damaged(**node))
+        .min_by_key(|&(_, &node)| load.primaries(node));
+    let Some((position, &primary)) = chosen else {
+        lose(placement);
+        return None;
+    };
+    let demoted = placement.primary;
+    placement.backups.remove(position);
+    placement.primary = primary;
+    placement.backups.push(demoted);
+    placement.copying.push(demoted);
+    placement.state = RegionState::Blocked;
+    *load.primary_count.entry(primary).or_default() += 1;
+    if let Some(count) = load.primary_count.get_mut(&demoted) {
+        *count = count.saturating_sub(1);
+    }
+    Some(demoted)
+}
+
+/// Configuration c+1 after `node`, running, reported that it holds a damaged copy of each of
+/// `regions` while configuration c keeps it their primary: it found the copies damaged at its
+/// restart and emptied them, and c was made without knowing (a CM acting on a suspicion, or a
+/// new CM leader, before the restart request that names the damage reached it, or that
+/// request refused). Each such region is handed to an intact complete backup and blocked, or
+/// lost, as a damaged primary copy is at a restart ([`restart`]); nothing else changes. Regions
+/// of `regions` that `node` is not the primary of in c (a configuration the report crossed), or
+/// that are lost, are left out; refused when none is left
+/// ([`RemapError::NoDamagedPrimary`]) or `node` is no memory node of c.
+pub fn damaged_primary(
+    config: &Configuration,
+    node: NodeId,
+    regions: &[RegionId],
+) -> Result<Plan, RemapError> {
+    check(config)?;
+    if !config.nodes.contains(&node) {
+        return Err(RemapError::NotAMemoryNode {
+            node,
+            id: config.id,
+        });
+    }
+    let reported: BTreeSet<RegionId> = regions.iter().copied().collect();
+    let mut next = config.clone();
+    next.id = next_id(config);
+    let mut load = Load::of(&next);
+    let mut again = BTreeSet::new();
+    let mut damaged_copies = BTreeSet::new();
+    for placement in &mut next.regions {
+        let region = placement.region;
+        if !reported.contains(&region)
+            || placement.state == RegionState::Lost
+            || placement.primary != node
+        {
+            continue;
+        }
+        damaged_copies.insert((region, node));
+        if let Some(demoted) = demote_damaged_primary(placement, &mut load, |n| n == node) {
+            again.insert((region, demoted));
+        }
+    }
+    if damaged_copies.is_empty() {
+        return Err(RemapError::NoDamagedPrimary {
+            node,
+            regions: reported.into_iter().collect(),
+            id: config.id,
+        });
+    }
     Ok(finish_checked(
         config,
         next,
@@ -1971,6 +2054,58 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("install nothing"), "{error}");
+    }
+
+    // docs/failures.md#whole-cluster-restart: a node that found its primary copy damaged at
+    // its restart, in a configuration made without knowing, has it handed to an intact backup
+    // as at a restart; nothing else changes, and a region with no intact backup is lost.
+    #[test]
+    fn a_reported_damaged_primary_copy_goes_to_an_intact_backup_and_nothing_else_moves() {
+        let config = cluster(4, 1, 2);
+        // r1: n1 [n2 n3]; r3: n3 [n4 n1]. n1 reports r1 and r3 (the latter not its primary).
+        let plan = damaged_primary(&config, n(1), &[RegionId(1), RegionId(3)]).unwrap();
+        assert_eq!(plan.config.id, config.id + 1);
+        let r1 = placement(&plan.config, 1);
+        assert_eq!(r1.primary, n(2), "the least loaded intact complete backup");
+        assert_eq!(r1.state, RegionState::Blocked);
+        assert_eq!(
+            r1.backups,
+            [n(3), n(1)],
+            "the damaged copy stays, as a backup"
+        );
+        assert_eq!(r1.copying, [n(1)], "only the damaged copy is taken again");
+        assert_eq!(
+            plan.copies,
+            [DataCopy {
+                region: RegionId(1),
+                from: n(2),
+                to: n(1)
+            }]
+        );
+        for region in 2..=4 {
+            assert_eq!(
+                placement(&plan.config, region),
+                placement(&config, region),
+                "r{region} unchanged"
+            );
+        }
+        // A report that crossed the configuration that moved the region: nothing to do.
+        let refused = damaged_primary(&plan.config, n(1), &[RegionId(1)]);
+        assert!(
+            matches!(&refused, Err(RemapError::NoDamagedPrimary { node, id, .. })
+                if *node == n(1) && *id == plan.config.id),
+            "{refused:?}"
+        );
+        // No intact complete backup (f = 1, the backup still copying): the region is lost.
+        let mut copying = cluster(2, 1, 1);
+        let r1 = copying
+            .regions
+            .iter_mut()
+            .find(|p| p.region == RegionId(1))
+            .unwrap();
+        r1.copying = r1.backups.clone();
+        let plan = damaged_primary(&copying, n(1), &[RegionId(1)]).unwrap();
+        assert_eq!(placement(&plan.config, 1).state, RegionState::Lost);
     }
 
     // docs/failures.md#whole-cluster-restart: a restarted node never serves a copy it cannot

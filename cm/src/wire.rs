@@ -292,6 +292,12 @@ pub struct RegionsRecovered {
     /// predate copy reports.
     #[prost(uint32, repeated, tag = "3")]
     pub copied: Vec<u32>,
+    /// Ids of the regions `config` keeps the sender primary of although its copy of each was
+    /// found damaged at its restart and emptied (docs/failures.md#whole-cluster-restart):
+    /// `config` was made without knowing, and the CM hands each to an intact backup. Absent
+    /// (empty) in reports of nodes that predate it.
+    #[prost(uint32, repeated, tag = "4")]
+    pub damaged: Vec<u32>,
 }
 
 /// A member's answer to NEW-CONFIG of configuration `id`: adopted (`refused` empty), or why
@@ -342,16 +348,25 @@ mod tests {
                 config: 7,
                 regions: vec![3, 5],
                 copied: Vec::new(),
+                damaged: Vec::new(),
             }),
             envelope::Body::RegionsRecovered(RegionsRecovered {
                 config: 8,
                 regions: Vec::new(),
                 copied: vec![4, 6],
+                damaged: Vec::new(),
             }),
             envelope::Body::RegionsRecovered(RegionsRecovered {
                 config: 9,
                 regions: vec![2],
                 copied: vec![3],
+                damaged: Vec::new(),
+            }),
+            envelope::Body::RegionsRecovered(RegionsRecovered {
+                config: 10,
+                regions: Vec::new(),
+                copied: Vec::new(),
+                damaged: vec![1, 4],
             }),
         ] {
             let bytes = Envelope::new(body.clone()).encode();
@@ -362,6 +377,7 @@ mod tests {
             config: 1,
             regions: vec![2],
             copied: Vec::new(),
+            damaged: Vec::new(),
         }))
         .encode();
         assert_eq!(bytes[0], 7 << 3 | 2, "{bytes:?}");
@@ -392,12 +408,14 @@ mod tests {
                 config: 5,
                 regions: vec![2, 4],
                 copied: Vec::new(),
+                damaged: Vec::new(),
             }
         );
         let new = RegionsRecovered {
             config: 5,
             regions: vec![2],
             copied: vec![3],
+            damaged: Vec::new(),
         };
         let bytes = new.encode_to_vec();
         // Field 3, repeated uint32 (packed: length-delimited).

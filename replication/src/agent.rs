@@ -234,6 +234,15 @@ impl Adopter for HostAdopter {
             CmHost::Standalone(_) => Vec::new(),
         }
     }
+
+    /// A memory node's damaged copies its configuration keeps it primary of; a standalone
+    /// replica holds no region.
+    fn damaged_primaries(&self) -> Vec<RegionId> {
+        match &self.0 {
+            CmHost::Node(node) => node.damaged_primaries(),
+            CmHost::Standalone(_) => Vec::new(),
+        }
+    }
 }
 
 /// Why a standalone CM replica (`acre cm`) could not start.
@@ -1264,6 +1273,13 @@ fn describe(change: &Change) -> String {
         Change::Restart { nodes, .. } => {
             let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
             format!("restarting {}", names.join(" "))
+        }
+        Change::DamagedPrimary { node, regions, .. } => {
+            let names: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+            format!(
+                "moving {node}'s damaged primary copies of {}",
+                names.join(" ")
+            )
         }
         Change::Activate {
             regions,

@@ -439,6 +439,12 @@ impl ProcessNode {
         self.replica().copied_regions()
     }
 
+    /// Regions its configuration keeps it primary of although their copy was found damaged
+    /// at its restart ([`ReplicaNode::damaged_primaries`]): what it reports to the CM.
+    pub fn damaged_primaries(&self) -> Vec<RegionId> {
+        self.replica().damaged_primaries()
+    }
+
     /// Refuses to start memory node `node` while another process runs it.
     fn check_not_running(dir: &Path, node: NodeId) -> Result<(), NodeStartError> {
         let io = |what, path| start_io(node, what, path);

@@ -699,12 +699,38 @@ impl ReplicaNode {
             .collect()
     }
 
+    /// Regions the node's configuration keeps it primary of (and not lost) although its copy
+    /// was found damaged at its restart and has not been copied again: the configuration was
+    /// made without knowing of the damage (a new CM leader's, or one made on a suspicion,
+    /// before the restart request that names the damage came, or with that request refused).
+    /// The node does not serve them (the copy is emptied and held back: every read of it
+    /// fails) and reports them to the CM, which hands each to an intact backup, or loses it
+    /// (docs/failures.md#whole-cluster-restart).
+    pub fn damaged_primaries(&self) -> Vec<RegionId> {
+        let config = self.txn.config();
+        let node = self.node_id();
+        let marked = self.not_copied_again.lock().expect(crate::POISONED);
+        let mut regions: Vec<RegionId> = (marked.iter())
+            .filter(|(_, seen_copying)| !**seen_copying)
+            .map(|(region, _)| *region)
+            .filter(|region| {
+                config
+                    .placement(*region)
+                    .is_some_and(|p| p.primary == node && p.state != RegionState::Lost)
+            })
+            .collect();
+        regions.sort();
+        regions
+    }
+
     /// Regions blocked in the node's configuration whose transaction recovery this node (their
     /// new primary) has finished: the CM may install a configuration that makes them active
     /// again (docs/failures.md#transaction-recovery). Empty once the configuration shows them
     /// active.
     pub fn recovered_regions(&self) -> Vec<RegionId> {
         let config = self.txn.config();
+        // Never one whose copy here is damaged: the CM hands it to another node instead.
+        let damaged = self.damaged_primaries();
         let mut regions: Vec<RegionId> = self
             .recovered
             .lock()
@@ -712,6 +738,7 @@ impl ReplicaNode {
             .iter()
             .filter(|(_, id)| *id == config.id)
             .map(|(region, _)| *region)
+            .filter(|region| !damaged.contains(region))
             .filter(|region| {
                 config
                     .placement(*region)

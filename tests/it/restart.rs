@@ -657,3 +657,82 @@ fn placement_of(cluster: &Cluster, region: acre::db::RegionId) -> acre::txn::con
         .expect("the region is in the configuration")
         .clone()
 }
+
+/// A primary copy damaged while the cluster was down, and a CM that was never told: the nodes
+/// are started again by hand, one `acre node --restart` each, with no restart request naming
+/// the damage (as when `up`'s request is refused, or the CM commits a configuration before it
+/// comes). The CM's configurations keep the damaged node primary of the region. The node
+/// reports its emptied copy itself: the CM hands the region to an intact backup, and every
+/// balance reads as committed. Before, the region stayed active on the emptied copy, and the
+/// account read as absent.
+#[test]
+fn a_damaged_primary_copy_the_cm_was_not_told_of_is_handed_to_an_intact_backup() {
+    let cluster = Cluster::up("restart-damage-untold", "shm");
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let bank = Bank::create(&db, 30, 1000).expect("create accounts");
+    assert!(db.quiesce(QUIESCE_TIMEOUT), "the cluster did not quiesce");
+    let balances: Vec<i64> = bank.accounts.iter().map(|&a| balance_of(&db, a)).collect();
+    drop(db);
+    let account = bank.accounts[0];
+    let region = account.region();
+    let victim = placement_of(&cluster, region).primary;
+    let nodes = acre::cluster::CmStatusFile::read(&cluster.dir)
+        .expect("read the CM status")
+        .expect("a CM status")
+        .committed
+        .nodes;
+
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    let copy = copy_file(&cluster.dir, victim, region);
+    flip_a_byte_bit(&copy, u64::from(account.offset()) + 16 + 1);
+
+    acre::replication::sums::clear_cluster_stopping(&cluster.dir).expect("clear the stop mark");
+    for &node in &nodes {
+        acre::engine::directory::NodeManifest::remove(&cluster.dir, node)
+            .expect("remove the stopped process's manifest");
+        let log = std::fs::File::create(acre::cluster::node_log_path(&cluster.dir, node))
+            .expect("create the node's log");
+        Command::new(env!("CARGO_BIN_EXE_acre"))
+            .arg("node")
+            .arg("--cluster")
+            .arg(cluster.dir.join(CLUSTER_FILE))
+            .args(["--id", &node.0.to_string(), "--restart"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("share the log"))
+            .stderr(log)
+            .spawn()
+            .expect("start a node process");
+    }
+    // `cluster down` (the fixture's drop) stops them through their manifests.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let placement = loop {
+        let placement = acre::cluster::CmStatusFile::read(&cluster.dir)
+            .ok()
+            .flatten()
+            .and_then(|status| status.committed.placement(region).cloned());
+        if let Some(p) =
+            placement.filter(|p| p.primary != victim && p.state == acre::txn::RegionState::Active)
+        {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{region} is still served by {victim}, whose copy is damaged: {:?}{}",
+            placement_of(&cluster, region),
+            node_logs(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(placement.backups.contains(&victim), "{placement:?}");
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect again");
+    let bank = Bank::open(&db, bank.directory).expect("the bank's directory survives");
+    let after: Vec<i64> = bank.accounts.iter().map(|&a| balance_of(&db, a)).collect();
+    assert_eq!(after, balances, "every balance as committed");
+    let log = std::fs::read_to_string(acre::cluster::node_log_path(&cluster.dir, victim))
+        .expect("read the victim's log");
+    assert!(
+        log.contains(&format!("its copy of {region} is damaged")),
+        "{log}"
+    );
+}

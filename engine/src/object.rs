@@ -258,6 +258,28 @@ impl Owner {
     }
 }
 
+/// The lock tag of the words of a region copy held back ([`HELD_BACK_WORD`]): no
+/// transaction has it (its node would be the observers', `u16::MAX`), and it is not
+/// [`Owner::ALLOCATOR`].
+pub const HELD_BACK: Owner = Owner(VERSION_MASK - 1);
+
+/// Every word of a region copy that its node found damaged at its restart, emptied and holds
+/// back until the copy is taken again from a live replica (docs/failures.md#whole-cluster-restart).
+/// Read as a slot's header it is locked (by [`HELD_BACK`], with a version no install reaches),
+/// so no read returns an object from it, no lock takes it and no copy installs over it; read
+/// as a block header it is not the slab's magic, yet not the zero word of an unclaimed block.
+/// A reader that meets it reports the copy unavailable (`acre_txn::read`), never an absent
+/// object: a configuration made without knowing of the damage may still name the copy's
+/// node the region's primary.
+pub const HELD_BACK_WORD: u64 = LOCK_BIT | HELD_BACK.0;
+
+/// Whether `bytes` (a slot or block header as READ) start with [`HELD_BACK_WORD`].
+pub fn is_held_back(bytes: &[u8]) -> bool {
+    bytes
+        .get(..WORD_BYTES)
+        .is_some_and(|word| u64::from_le_bytes(word.try_into().expect("8 bytes")) == HELD_BACK_WORD)
+}
+
 /// A transaction's tag as `TxnId::owner` makes it (docs/formats.md#header-word): its node (16
 /// bits), slot (10 bits) and sequence number modulo 2^36, so that a lock that stays can be
 /// traced to its transaction in the logs (`n104.t0.#1084` is `txn c<config>.n104.t0.1084`).
@@ -528,32 +550,46 @@ pub fn install_with<W: AtomicWord>(words: &[W], payload: &[u8], allocated: bool)
     store_installed(words, payload, allocated, version + 1)
 }
 
+/// What [`install_at`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstalledAt {
+    /// The new header.
+    pub header: Header,
+    /// The trailer it found, when that was neither the version the lock was taken at nor the
+    /// one installed: no install leaves that, so the slot was damaged (a bit flipped while its
+    /// node was down). The install rewrote every word of the slot, so the damage is gone; the
+    /// caller says so.
+    pub damaged_trailer: Option<u64>,
+}
+
 /// Installs `payload` at `version` into an object locked for a holder that died, possibly
 /// part-way through its own install of the same (a killed process stops between two stores:
 /// the trailer may already say `version`). The caller holds the lock for it (the header names
 /// the dead holder) and knows the version it was taken at: `version` is one more. Same stores
-/// as [`install_with`]. Returns the new header.
+/// as [`install_with`], which rewrite every word of the slot: a trailer no install left
+/// (damage) is replaced, and reported in [`InstalledAt::damaged_trailer`].
 pub fn install_at<W: AtomicWord>(
     words: &[W],
     payload: &[u8],
     allocated: bool,
     version: u64,
-) -> Header {
+) -> InstalledAt {
     let header = load_header(words);
     assert!(
         header.is_locked(),
         "install without holding the lock: header={header}"
     );
-    let trailer_version = trailer_word(words).load(Acquire);
-    assert!(
-        trailer_version == version || trailer_version + 1 == version,
-        "installing v{version} over trailer v{trailer_version}: header={header}"
-    );
     assert!(
         version <= VERSION_MAX,
         "version past the maximum: v{version}"
     );
-    store_installed(words, payload, allocated, version)
+    let trailer_version = trailer_word(words).load(Acquire);
+    let damaged_trailer =
+        (trailer_version != version && trailer_version + 1 != version).then_some(trailer_version);
+    InstalledAt {
+        header: store_installed(words, payload, allocated, version),
+        damaged_trailer,
+    }
 }
 
 /// The stores of an install at `version`, in the order the read protocol depends on: trailer,
@@ -1064,8 +1100,26 @@ mod tests {
         words[1].store(0xdead, Release);
         assert_eq!(check(&words), SlotCheck::Installing);
         // Recovery installs the whole slot again.
-        install_at(&words, b"after", true, 2);
+        let installed = install_at(&words, b"after", true, 2);
+        assert_eq!(installed.damaged_trailer, None);
         assert_eq!(check(&words), SlotCheck::Intact);
+        // A trailer bit flipped in a locked slot (damage while its node was down): the check
+        // cannot tell it from an install cut short, and recovery's install rewrites the whole
+        // slot and says so (it used to fail an assertion, stopping the node).
+        let flipped = slot(2);
+        try_lock(&flipped, 0, O).unwrap();
+        install(&flipped, b"before");
+        try_lock(&flipped, 1, O).unwrap();
+        flipped[4].store(1 ^ (1 << 20), Release);
+        assert_eq!(check(&flipped), SlotCheck::Installing);
+        let installed = install_at(&flipped, b"after", true, 2);
+        assert_eq!(installed.damaged_trailer, Some(1 ^ (1 << 20)));
+        assert_eq!(check(&flipped), SlotCheck::Intact);
+        let read = decode(&read_bytes(&flipped)).unwrap();
+        assert_eq!(
+            (read.header.version(), &read.payload[..5]),
+            (2, &b"after"[..])
+        );
 
         // A backup's overwrite cut short after its trailer: unlocked, header and trailer differ.
         words[4].store(3, Release);

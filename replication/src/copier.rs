@@ -569,6 +569,14 @@ impl Copying {
     ) -> Result<(), String> {
         let at = Addr::new(region, offset);
         let header = self.read(primary, at, key, BLOCK_HEADER_BYTES)?;
+        if object::is_held_back(&header) {
+            // Never copied as unclaimed: the primary's copy is itself damaged, and a
+            // configuration made without knowing names it (the CM hands the region on).
+            return Err(format!(
+                "{region} at {primary}: the primary holds its copy back (found damaged at its \
+                 restart)"
+            ));
+        }
         let Some(slot_bytes) = slab::block_slot_bytes(&header, block_bytes) else {
             return Ok(()); // unclaimed
         };

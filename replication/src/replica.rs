@@ -15,6 +15,7 @@ use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::{ChannelError, Inbox, ring_area_id};
 use acre_engine::directory::{AreaEntry, AreaKind};
 use acre_engine::fabric::Fabric;
+use acre_engine::object::HELD_BACK_WORD;
 use acre_engine::region::{AccessKey, Region};
 use acre_engine::slab::{AllocError, SlabAllocator};
 use acre_nvm_log::MapOptions;
@@ -221,6 +222,9 @@ pub struct ReplicaNode {
     /// they are copied again: a configuration has counted them `copying` (the value says
     /// whether one has) and a later one complete. Their clean stop writes no sums for them.
     not_copied_again: Mutex<BTreeMap<RegionId, bool>>,
+    /// The damaged copies filled with [`HELD_BACK_WORD`] (every read of them fails) until a
+    /// configuration makes this node copy them again: emptied then, before the copier starts.
+    held_back: Mutex<BTreeSet<RegionId>>,
     /// The configuration this node restarted in (0 for a fresh start).
     restart_config_id: u64,
     /// Where new copies go.
@@ -405,6 +409,7 @@ impl ReplicaNode {
         let mut backups = Vec::new();
         let mut copies = Vec::new();
         let mut damaged = Vec::new();
+        let mut held_back = BTreeSet::new();
         let mut unvouched = Vec::new();
         for placement in config.replicated_on(node) {
             let region = match reopen {
@@ -429,7 +434,14 @@ impl ReplicaNode {
                 continue;
             }
             if !intact || lost_records {
-                discard(node, &region)?;
+                // Held back, unless its configuration copies it again already (a restart
+                // configuration committed before the node was killed): the copier starts on
+                // it at once, and fills only an empty copy.
+                let copying = placement.copying.contains(&node);
+                discard(node, &region, if copying { 0 } else { HELD_BACK_WORD })?;
+                if !copying {
+                    held_back.insert(region.id());
+                }
                 damaged.push(region.id());
                 // Not served: held as a backup copy, empty, that the restart configuration
                 // has copied again from the region's primary (a promoted backup if this node
@@ -518,6 +530,7 @@ impl ReplicaNode {
             backup,
             copies: RwLock::new(copies),
             not_copied_again: Mutex::new(damaged.iter().map(|&r| (r, false)).collect()),
+            held_back: Mutex::new(held_back),
             restart_config_id: if reopen.is_some() { start_config_id } else { 0 },
             damaged,
             storage: storage.clone(),
@@ -561,10 +574,11 @@ impl ReplicaNode {
         // A copy found damaged at the restart is emptied and held until a configuration counts
         // it `copying` and a later one complete. One made without knowing of the damage (the
         // CM learns it from the restart request) may promote it when the primary fails: the
-        // node refuses, which makes the CM suspect it, rather than serve zeros as the region's
-        // data. A configuration that keeps it primary where it was is not refused: a new CM
-        // leader distributes the one it found before the restart request (docs/failures.md,
-        // "Known gaps").
+        // node refuses, which makes the CM suspect it, rather than take the region with a
+        // copy it cannot serve. A configuration that keeps it primary where it was is not
+        // refused (a new CM leader distributes one before the restart request comes): the copy
+        // is held back, every read of it fails, and the node reports it to the CM
+        // ([`Self::damaged_primaries`]), which hands the region on.
         {
             // A copy some configuration counted `copying` is being copied again: one that
             // counts it complete (and may promote it) follows that copy's completion.
@@ -582,7 +596,19 @@ impl ReplicaNode {
         let mut adopted = Adopted::default();
         for placement in newer.replicated_on(node) {
             let copying = placement.copying.contains(&node);
-            if self.copy(placement.region).is_some() {
+            if let Some(region) = self.copy(placement.region) {
+                if copying
+                    && (self.held_back.lock().expect(crate::POISONED)).remove(&placement.region)
+                {
+                    // Copied again from now on: the copier installs into an empty copy only
+                    // (every version in it 0). Nothing reads it meanwhile: the configuration
+                    // that makes it copying makes another node primary.
+                    empty(&region).map_err(|source| AdoptError::Copy {
+                        region: placement.region,
+                        config: newer.id,
+                        source,
+                    })?;
+                }
                 // A copy it held already: a backup's copy may have completed meanwhile.
                 self.backup.set_copying(placement.region, copying);
                 continue;
@@ -1094,7 +1120,7 @@ fn vouch_by_objects(node: NodeId, region: &Region, block_bytes: u64) -> bool {
 /// Empties a copy a restarted node may not serve (every word zero, persisted) before anything
 /// reads it, after marking it damaged: nothing of it is served, and a copy of the region from a
 /// live replica fills it again, installing every object since none is older than a version 0.
-fn discard(node: NodeId, region: &Region) -> Result<(), StartError> {
+fn discard(node: NodeId, region: &Region, fill: u64) -> Result<(), StartError> {
     let id = region.id();
     let Some(file) = region.path() else {
         unreachable!("only a node in files restarts");
@@ -1105,12 +1131,18 @@ fn discard(node: NodeId, region: &Region) -> Result<(), StartError> {
         "mark {node}'s copy of {id} damaged ({})",
         sums::damaged_path(&file).display()
     )))?;
-    for word in region.words() {
-        word.store(0, Ordering::Relaxed);
+    fill_copy(region, fill).map_err(io(format!("empty {node}'s damaged copy of {id}")))
+}
+
+/// Stores `word` in every word of `region`, persisted.
+fn fill_copy(region: &Region, word: u64) -> io::Result<()> {
+    for w in region.words() {
+        w.store(word, Ordering::Relaxed);
     }
-    region
-        .mapping()
-        .persist(0, region.len() as usize)
-        .map_err(io(format!("empty {node}'s damaged copy of {id}")))?;
-    Ok(())
+    region.mapping().persist(0, region.len() as usize)
+}
+
+/// Empties a held-back copy (every word zero, persisted) for data recovery to fill.
+fn empty(region: &Region) -> io::Result<()> {
+    fill_copy(region, 0)
 }

@@ -572,8 +572,18 @@ impl Primary {
                 // Its coordinator's install may have stopped part-way (the trailer written):
                 // install at the version after the one read, not after the trailer's.
                 let allocated = entry.kind != EntryKind::Free;
-                object::install_at(words, &entry.payload, allocated, entry.version + 1);
+                let installed =
+                    object::install_at(words, &entry.payload, allocated, entry.version + 1);
                 persist_slot(&primary.region, entry.addr, words.len());
+                if let Some(trailer) = installed.damaged_trailer {
+                    tracing::error!(
+                        addr = %entry.addr,
+                        "{txn}: the object's trailer said v{trailer}, which no install of v{} \
+                         leaves (damaged while its node was down?); the install rewrote the \
+                         whole slot",
+                        entry.version + 1
+                    );
+                }
             });
         }
         if !replayed {

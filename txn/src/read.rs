@@ -122,6 +122,9 @@ impl ObjectReader {
                 .fabric
                 .read(primary, addr, key, slot_bytes as u32)
                 .map_err(|e| op_error(primary, e))?;
+            if object::is_held_back(&bytes) {
+                return Err(held_back(primary, addr.region()));
+            }
             match object::decode(&bytes) {
                 Ok(read) if !read.header.is_locked() => {
                     return Ok(Found::Slot(SlotRead {
@@ -292,6 +295,9 @@ impl ObjectReader {
                     .fabric
                     .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
                     .map_err(|e| op_error(primary, e))?;
+                if object::is_held_back(&header) {
+                    return Err(held_back(primary, addr.region()));
+                }
                 let Some(slot_bytes) = slab::block_slot_bytes(&header, block_bytes) else {
                     return Ok(SlotAt::UnclaimedBlock { block });
                 };
@@ -311,5 +317,16 @@ impl ObjectReader {
         } else {
             SlotAt::NeverSlot
         })
+    }
+}
+
+/// The error of a read that met a copy its node holds back ([`object::HELD_BACK_WORD`]).
+fn held_back(primary: NodeId, region: RegionId) -> TxnError {
+    TxnError::Unavailable {
+        node: primary,
+        reason: format!(
+            "its copy of {region} was found damaged at its restart and is held back until the \
+             CM gives the region another primary"
+        ),
     }
 }

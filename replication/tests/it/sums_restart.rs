@@ -298,3 +298,54 @@ fn a_damaged_copy_not_copied_again_refuses_to_be_promoted() {
     );
     restarted.stop();
 }
+
+/// n1's copy of r1, its primary copy, is found damaged at its restart. Until a configuration
+/// hands r1 to another node, the configuration in force still names n1 r1's primary: a read
+/// of r1 there must fail as unavailable, never find "no object" in the emptied copy (before,
+/// the copy was zeros: every block read as unclaimed and every address as absent). Once a
+/// configuration makes n1 copy r1 again, the copy is emptied for the copier.
+#[test]
+fn a_held_back_copy_reads_as_unavailable_never_as_absent_objects() {
+    use acre_engine::addr::Addr;
+    use acre_txn::error::TxnError;
+    let dir = tempfile::tempdir().expect("create the cluster directory");
+    let (path, config) = cluster_of_two(dir.path());
+    acre_replication::sums::mark_cluster_stopping(dir.path()).expect("mark the cluster stopping");
+    let (n1, n2, r1) = (NodeId(1), NodeId(2), RegionId(1));
+    ProcessNode::start(&path, n1).expect("start n1").stop();
+    let copy = copy_of(dir.path(), n1, r1);
+    flip_a_bit(&copy, 4096 + 1);
+    let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
+    assert_eq!(restarted.replica().damaged_copies(), [r1]);
+    assert_eq!(restarted.damaged_primaries(), [r1]);
+
+    let current = restarted.txn().config();
+    assert_eq!(current.placement(r1).map(|p| p.primary), Some(n1));
+    for addr in [Addr::new(r1, 4096 + 64), Addr::new(r1, 0)] {
+        let read = restarted.txn().reader().read(&current, addr);
+        assert!(
+            matches!(&read, Err(TxnError::Unavailable { node, reason })
+                if *node == n1 && reason.contains("held back")),
+            "{addr}: {read:?}"
+        );
+    }
+
+    // The CM's answer: r1 to n2, n1 copying it again. The copy is emptied.
+    let mut next = config.clone();
+    next.id = 2;
+    let placement = (next.regions.iter_mut())
+        .find(|p| p.region == r1)
+        .expect("r1's placement");
+    placement.primary = n2;
+    placement.backups = vec![n1];
+    placement.copying = vec![n1];
+    placement.state = acre_txn::config::RegionState::Blocked;
+    restarted.adopt(Arc::new(next)).expect("adopt r1's move");
+    assert_eq!(restarted.damaged_primaries(), []);
+    let bytes = std::fs::read(&copy).expect("read the copy");
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "the copy is emptied for the copier"
+    );
+    restarted.stop();
+}

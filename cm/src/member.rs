@@ -36,6 +36,12 @@
 //!   lists this node as copying in a region, the member also looks at [`Adopter::copied`] and
 //!   reports those of its regions still copying in that configuration, until a configuration
 //!   that no longer lists it as copying there is adopted (docs/failures.md#data-recovery).
+//! - **Damaged primary copies.** A node that found copies damaged at its restart holds them
+//!   back; a committed configuration that still keeps it primary of one was made without
+//!   knowing. After [`DAMAGED_REPORT_DELAY`] (the launcher's restart request, which names every
+//!   damaged copy, usually comes first) the member names them in the same report
+//!   (`RegionsRecovered.damaged`, [`Adopter::damaged_primaries`]), until a configuration makes
+//!   another node their primary (docs/failures.md#whole-cluster-restart).
 
 use crate::wire::{NewConfigAck, RegionsRecovered, envelope::Body};
 use acre_engine::addr::{NodeId, RegionId};
@@ -54,6 +60,13 @@ pub const RECOVERY_POLL: Duration = Duration::from_millis(5);
 /// How often a recovery report goes to the CM again while the regions are still recovered and
 /// blocked (the CM is busy with another reconfiguration, or the report was lost).
 pub const RECOVERY_REPORT_PERIOD: Duration = Duration::from_millis(20);
+/// How long a node holds damaged copies its configuration keeps it primary of before it
+/// reports them ([`Adopter::damaged_primaries`]). In a whole-cluster restart the launcher's
+/// restart request names every damaged copy of every node and comes within this time; a
+/// node's report names only its own primary copies, and the CM may then promote a backup
+/// whose copy is damaged too (which refuses, and is removed). The report is for when that
+/// request never comes; the copies are held back (unreadable) meanwhile.
+pub const DAMAGED_REPORT_DELAY: Duration = Duration::from_secs(5);
 
 /// What a node does at NEW-CONFIG and NEW-CONFIG-COMMIT.
 ///
@@ -134,6 +147,9 @@ pub struct Member<A> {
     /// looks at the recovered regions next: only while a region is blocked with this node as
     /// primary in it, and it names a CM to tell (module docs, "Recovered regions").
     recovering: Option<(Arc<Configuration>, Time)>,
+    /// When the member first saw damaged copies its configuration keeps it primary of (module
+    /// docs, [`DAMAGED_REPORT_DELAY`]); `None` while there are none.
+    damaged_since: Option<Time>,
 }
 
 /// A message for one node.
@@ -146,6 +162,7 @@ impl<A: Adopter> Member<A> {
             adopter,
             pending: None,
             recovering: None,
+            damaged_since: None,
         }
     }
 
@@ -335,12 +352,17 @@ impl<A: Adopter> Member<A> {
                 .placement(*region)
                 .is_some_and(|p| p.primary == self.me && p.state != RegionState::Lost)
         };
-        let damaged: Vec<RegionId> = self
+        let mut damaged: Vec<RegionId> = self
             .adopter
             .damaged_primaries()
             .into_iter()
             .filter(primary_here)
             .collect();
+        if damaged.is_empty() {
+            self.damaged_since = None;
+        } else if now < *self.damaged_since.get_or_insert(now) + DAMAGED_REPORT_DELAY {
+            damaged.clear();
+        }
         if regions.is_empty() && copied.is_empty() && damaged.is_empty() {
             *look_at = now + RECOVERY_POLL;
             return None;
@@ -726,6 +748,14 @@ pub(crate) mod tests {
         acked(member.new_config(CM, with_blocked(6, &[]), ms(0)), 6);
         assert_eq!(member.recovery_report(ms(1)), None, "not committed yet");
         assert!(member.commit(CM, 6));
+        // Held back first: the launcher's restart request, which names every damaged copy,
+        // may still come.
+        assert_eq!(member.recovery_report(ms(2)), None);
+        assert_eq!(
+            member.recovery_report(ms(2) + DAMAGED_REPORT_DELAY / 2),
+            None
+        );
+        let late = ms(2) + DAMAGED_REPORT_DELAY;
         let damaged = |config: u64, regions: &[u32]| {
             Some((
                 CM,
@@ -737,9 +767,16 @@ pub(crate) mod tests {
                 }),
             ))
         };
-        assert_eq!(member.recovery_report(ms(2)), damaged(6, &[3]));
-        assert_eq!(member.recovery_report(ms(21)), None, "paced");
-        assert_eq!(member.recovery_report(ms(22)), damaged(6, &[3]));
+        assert_eq!(member.recovery_report(late), damaged(6, &[3]));
+        assert_eq!(
+            member.recovery_report(late + Duration::from_millis(19)),
+            None,
+            "paced"
+        );
+        assert_eq!(
+            member.recovery_report(late + Duration::from_millis(20)),
+            damaged(6, &[3])
+        );
 
         // The CM's answer: r3 has another primary; nothing more to report.
         let mut moved = (*with_blocked(7, &[3])).clone();
@@ -749,10 +786,19 @@ pub(crate) mod tests {
         r3.backups = vec![ME];
         r3.copying = vec![ME];
         r3.primary = backup;
-        acked(member.new_config(CM, Arc::new(moved), ms(30)), 7);
+        acked(
+            member.new_config(CM, Arc::new(moved), late + Duration::from_millis(30)),
+            7,
+        );
         assert!(member.commit(CM, 7));
-        assert_eq!(member.recovery_report(ms(40)), None);
-        assert_eq!(member.recovery_report(ms(80)), None);
+        assert_eq!(
+            member.recovery_report(late + Duration::from_millis(40)),
+            None
+        );
+        assert_eq!(
+            member.recovery_report(late + Duration::from_millis(80)),
+            None
+        );
     }
 
     #[test]

@@ -22,8 +22,11 @@
 //! - The target's NIC thread sleeps on its completion queue's wait object (`fi_cq_sread`): on
 //!   providers with manual data progress (`tcp;ofi_rxm`, `shm`) it is also what makes incoming
 //!   READ and WRITE progress, so it must run for the node to be reachable.
-//! - A batch is driven to completion inside [`OfiTransport::post`] (one batch at a time per node:
-//!   the initiator queue has one reader), so [`crate::fabric::Pending`] is always ready. On a
+//! - A batch is driven to completion inside [`OfiTransport::post`], so
+//!   [`crate::fabric::Pending`] is always ready; the batches of several threads are in flight
+//!   at once, one waiter at a time reads the initiator queue and files each completion under
+//!   its batch for that batch's waiter (`Mailboxes`), so a batch to a silent peer holds up
+//!   only itself. On a
 //!   provider that promises to place RMA in posting order (`sockets`), a run of READ/WRITE/CAS is
 //!   posted at once (`FI_MORE` on all but the last: one doorbell); on one that does not
 //!   (`tcp;ofi_rxm`, `shm`), each waits for the previous one's delivery
@@ -60,7 +63,7 @@ use crate::hash::FastMap;
 use crate::region::{AccessError, AccessKey, Region, check_access};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use sys::{CqEntry, Handle, Side};
@@ -337,8 +340,9 @@ impl Drop for OfiNic {
 /// The initiator side of a node: its path to the others.
 pub struct OfiTransport {
     node: Arc<Node>,
-    /// Held while a batch is driven: the initiator queue has one reader at a time.
-    initiator: Mutex<()>,
+    /// The initiator queue's completions, filed by batch for the waiters of any number of
+    /// batches in flight at once.
+    mailboxes: Mailboxes,
     /// CAS is `fi_compare_atomic` (the provider has atomics and the configuration wants them).
     atomics: bool,
     batch_seq: AtomicU64,
@@ -441,7 +445,7 @@ impl OfiTransport {
             OfiTransport {
                 atomics: config.atomics && node.handle.caps().atomic_cas != 0,
                 node: node.clone(),
-                initiator: Mutex::new(()),
+                mailboxes: Mailboxes::default(),
                 // A random start, so that a late response to an earlier transport of the same
                 // node (same tags) matches no request of this one.
                 batch_seq: AtomicU64::new(random_batch_start()),
@@ -581,9 +585,7 @@ impl OfiTransport {
                     .collect(),
             );
         };
-        let _driving = self.initiator.lock().expect(crate::POISONED);
         let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
-        let mut backlog = Vec::new();
         let mut index = 0;
         while index < ops.len() {
             // A message goes alone; a run of one-sided operations together if the provider
@@ -597,7 +599,7 @@ impl OfiTransport {
                         .take_while(|op| !self.is_message(op))
                         .count()
             };
-            let run = self.run(&peer, index, &ops[index..end], &mut results, &mut backlog);
+            let run = self.run(&peer, index, &ops[index..end], &mut results);
             if let Err(error) = run {
                 // The target could not be reached: the rest of the batch fails with it.
                 for result in results.iter_mut().skip(index).filter(|r| r.is_none()) {
@@ -648,7 +650,6 @@ impl OfiTransport {
         first: usize,
         ops: &[Op],
         results: &mut [Option<OpResult>],
-        backlog: &mut Vec<Event>,
     ) -> Result<(), OpError> {
         let target = peer.card.node;
         let batch = self.batch_seq.fetch_add(1, Ordering::Relaxed);
@@ -670,19 +671,23 @@ impl OfiTransport {
                 failed: None,
             }));
         }
+        // Open before anything is posted: a completion may be read (by any waiter) as soon as
+        // its operation is.
+        self.mailboxes.open(batch);
         let mut failure = None;
         for (position, &offset) in to_post.iter().enumerate() {
             // FI_MORE on all but the last: the provider may wait for the last to ring once.
             let more = position + 1 < to_post.len();
-            let posted =
-                self.post_one(peer, &ops[offset], &mut slots[offset], batch, more, backlog);
+            let posted = self.post_one(peer, &ops[offset], &mut slots[offset], batch, more);
             if let Err(reason) = posted {
                 failure = Some(reason);
                 break;
             }
         }
         // What was posted must complete (or time out) before its buffers may go.
-        self.settle(target, batch, &mut slots, backlog)?;
+        let settled = self.settle(target, batch, &mut slots);
+        self.mailboxes.close(batch);
+        settled?;
         if failure.is_none() {
             failure = slots.iter().find_map(|slot| slot.failed.clone());
         }
@@ -707,10 +712,9 @@ impl OfiTransport {
         slot: &mut OpSlot,
         batch: u64,
         more: bool,
-        backlog: &mut Vec<Event>,
     ) -> Result<(), String> {
         if self.is_message(op) {
-            return self.post_message(peer, op, slot, batch, backlog);
+            return self.post_message(peer, op, slot, batch);
         }
         let handle = &self.node.handle;
         let context = (&mut slot.context as *mut Context).cast::<c_void>();
@@ -737,7 +741,7 @@ impl OfiTransport {
             Op::Read { .. } => {
                 slot.bytes = vec![0; len];
                 let buf = slot.bytes.as_mut_ptr();
-                self.retry_busy(backlog, || {
+                self.retry_busy(batch, || {
                     // SAFETY: `slot` is boxed and kept (or leaked) until its completion is read;
                     // `bytes` has `len` bytes and is not touched meanwhile.
                     unsafe { handle.read(buf, len, dest, remote, mr_key, context, more) }
@@ -746,7 +750,7 @@ impl OfiTransport {
             Op::Write { data, .. } => {
                 slot.bytes = data.clone();
                 let buf = slot.bytes.as_ptr();
-                self.retry_busy(backlog, || {
+                self.retry_busy(batch, || {
                     // SAFETY: as for READ: the boxed slot's bytes outlive the operation.
                     unsafe { handle.write(buf, len, dest, remote, mr_key, context, more) }
                 })
@@ -754,7 +758,7 @@ impl OfiTransport {
             Op::Cas { expected, new, .. } => {
                 slot.words = [*new, *expected, 0];
                 let words = &mut slot.words as *mut [u64; 3];
-                self.retry_busy(backlog, || {
+                self.retry_busy(batch, || {
                     // SAFETY: as for READ: the boxed slot's words outlive the operation.
                     unsafe { handle.compare_swap(words, dest, remote, mr_key, context) }
                 })
@@ -774,7 +778,6 @@ impl OfiTransport {
         op: &Op,
         slot: &mut OpSlot,
         batch: u64,
-        backlog: &mut Vec<Event>,
     ) -> Result<(), String> {
         let me = self.node.memory.node_id();
         let tag = ((me.0 as u64) << TAG_SEQ_BITS) | (batch & ((1 << TAG_SEQ_BITS) - 1));
@@ -787,7 +790,7 @@ impl OfiTransport {
         let handle = &self.node.handle;
         let context = (&mut slot.context as *mut Context).cast::<c_void>();
         let (reply, reply_len) = (slot.reply.as_mut_ptr(), slot.reply.len());
-        self.retry_busy(backlog, || {
+        self.retry_busy(batch, || {
             // SAFETY: the boxed slot's reply buffer outlives the receive (kept or leaked until
             // its completion is read).
             unsafe { handle.receive(Side::Initiator, reply, reply_len, tag, 0, context) }
@@ -795,7 +798,7 @@ impl OfiTransport {
         .map_err(|e| e.to_string())?;
         slot.outstanding = 1;
         let (request, request_len) = (slot.bytes.as_ptr(), slot.bytes.len());
-        self.retry_busy(backlog, || {
+        self.retry_busy(batch, || {
             // SAFETY: as for the receive, for the request bytes.
             unsafe {
                 handle.send(
@@ -813,33 +816,90 @@ impl OfiTransport {
         Ok(())
     }
 
-    /// Reads what the initiator queue holds into `backlog` (sleeping on it first if `sleep`).
-    fn gather(&self, sleep: bool, backlog: &mut Vec<Event>) -> Result<(), sys::CallError> {
+    /// Reads the initiator queue once (sleeping on it first if `sleep`) unless another waiter
+    /// is reading it, and files what it read under each completion's batch. A waiter that
+    /// finds another reading waits for that one's next filing instead (when `sleep`) or
+    /// yields. Returns at once if `batch` has completions waiting.
+    fn pump(&self, batch: u64, sleep: bool) -> Result<(), sys::CallError> {
+        let mailboxes = &self.mailboxes;
+        let mut state = mailboxes.state.lock().expect(crate::POISONED);
+        if state.by_batch.get(&batch).is_some_and(|a| !a.is_empty()) {
+            return Ok(());
+        }
+        if state.reading {
+            if sleep {
+                let slice = Duration::from_millis(SLEEP_SLICE_MS as u64);
+                drop(mailboxes.arrived.wait_timeout(state, slice));
+            } else {
+                drop(state);
+                std::thread::yield_now();
+            }
+            return Ok(());
+        }
+        state.reading = true;
+        drop(state);
+        let read = self.read_queue(sleep);
+        let mut state = mailboxes.state.lock().expect(crate::POISONED);
+        state.reading = false;
+        let read = read.map(|arrivals| {
+            for (batch, arrival) in arrivals {
+                // A batch without a mailbox was given up on (its slots leaked): dropped.
+                if let Some(mailbox) = state.by_batch.get_mut(&batch) {
+                    mailbox.push(arrival);
+                }
+            }
+        });
+        drop(state);
+        mailboxes.arrived.notify_all();
+        read
+    }
+
+    /// What the initiator queue holds now (or after sleeping on it if `sleep`), by batch.
+    fn read_queue(&self, sleep: bool) -> Result<Vec<(u64, Arrival)>, sys::CallError> {
         let mut entries = [CqEntry::EMPTY; ENTRIES_PER_READ];
+        let mut arrivals = Vec::new();
         match self.node.completions(Side::Initiator, &mut entries, sleep) {
             Ok(count) => {
-                backlog.extend(
-                    entries[..count]
-                        .iter()
-                        .map(|e| Event::Done(e.op_context, e.tag, e.len)),
-                );
-                Ok(())
+                for entry in entries[..count].iter().filter(|e| !e.op_context.is_null()) {
+                    let (batch, index) = context_of(entry.op_context);
+                    arrivals.push((
+                        batch,
+                        Arrival {
+                            index,
+                            failure: None,
+                        },
+                    ));
+                }
             }
             Err(e) if e.code == sys::FI_EAVAIL => {
                 while let Some(error) = self.node.handle.read_error(Side::Initiator) {
-                    backlog.push(Event::Failed(error));
+                    if error.op_context.is_null() {
+                        continue;
+                    }
+                    let (batch, index) = context_of(error.op_context);
+                    let failure = Failure {
+                        reason: format!("{} ({})", sys::strerror(error.code), error.message),
+                    };
+                    arrivals.push((
+                        batch,
+                        Arrival {
+                            index,
+                            failure: Some(failure),
+                        },
+                    ));
                 }
-                Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        Ok(arrivals)
     }
 
     /// Posts with `post`, retrying while the provider is busy (`FI_EAGAIN`: a queue is full,
-    /// or a connection is being made, until completions are read: they go to `backlog`).
+    /// or a connection is being made, until completions are read: they are filed for their
+    /// batches, `batch`'s among them).
     fn retry_busy(
         &self,
-        backlog: &mut Vec<Event>,
+        batch: u64,
         mut post: impl FnMut() -> Result<(), sys::CallError>,
     ) -> Result<(), sys::CallError> {
         let clock = self.node.memory.clock();
@@ -847,7 +907,7 @@ impl OfiTransport {
         loop {
             match post() {
                 Err(e) if e.code == sys::FI_EAGAIN && clock.now() - started < OP_TIMEOUT => {
-                    self.gather(false, backlog)?;
+                    self.pump(batch, false)?;
                     std::thread::yield_now();
                 }
                 other => return other,
@@ -856,8 +916,9 @@ impl OfiTransport {
     }
 
     /// Waits until every slot of `batch` has no completion outstanding: spins, then sleeps on
-    /// the queue. If the target does not answer within [`OP_TIMEOUT`], the slots are leaked
-    /// (the provider may still write into them) and the target is unreachable.
+    /// the queue (or on another waiter's reading of it). If the target does not answer within
+    /// [`OP_TIMEOUT`], the slots are leaked (the provider may still write into them) and the
+    /// target is unreachable.
     // The boxes are the point: libfabric holds pointers into each slot, which must not move
     // when the vector does.
     #[allow(clippy::vec_box)]
@@ -866,35 +927,23 @@ impl OfiTransport {
         target: NodeId,
         batch: u64,
         slots: &mut Vec<Box<OpSlot>>,
-        backlog: &mut Vec<Event>,
     ) -> Result<(), OpError> {
         let clock = self.node.memory.clock();
         let started = clock.now();
         let mut polls = 0u32;
         loop {
-            for event in backlog.drain(..) {
-                let (pointer, error) = match event {
-                    Event::Done(pointer, _, _) => (pointer, None),
-                    Event::Failed(error) => (error.op_context, Some(error)),
-                };
-                if pointer.is_null() {
-                    continue;
-                }
-                let (entry_batch, offset) = context_of(pointer);
-                if entry_batch != batch {
-                    continue; // a batch given up on earlier, whose slots were leaked
-                }
-                let slot = &mut slots[offset as usize];
+            for arrival in self.mailboxes.take(batch) {
+                let offset = arrival.index as usize;
+                assert!(offset < slots.len(), "offset={offset} len={}", slots.len());
+                let slot = &mut slots[offset];
                 assert!(slot.outstanding > 0, "offset={offset}: extra completion");
                 slot.outstanding -= 1;
-                if let Some(error) = error {
+                if let Some(failure) = arrival.failure {
                     // A failed send's reply never comes; a failed receive ends the message too.
                     slot.outstanding = 0;
                     slot.failed = Some(format!(
-                        "{} to {target} failed: {} ({})",
-                        slot.call,
-                        sys::strerror(error.code),
-                        error.message
+                        "{} to {target} failed: {}",
+                        slot.call, failure.reason
                     ));
                 }
             }
@@ -909,7 +958,7 @@ impl OfiTransport {
                 ));
             }
             polls = polls.saturating_add(1);
-            if let Err(e) = self.gather(polls > SPIN_POLLS_MAX, backlog) {
+            if let Err(e) = self.pump(batch, polls > SPIN_POLLS_MAX) {
                 std::mem::forget(std::mem::take(slots));
                 return Err(self.node.unreachable(target, e));
             }
@@ -951,11 +1000,68 @@ impl OfiTransport {
     }
 }
 
-/// A completion read from the initiator queue, waiting to be matched to its slot.
+/// A completion the NIC thread read from the target queue, waiting to be handled.
 enum Event {
     /// A completion: its context, tag and length.
     Done(*mut c_void, u64, usize),
     Failed(sys::ErrorEntry),
+}
+
+/// The initiator queue's completions, filed under the batch each belongs to.
+///
+/// Batches of any number of threads are in flight at once. One waiter at a time reads the
+/// queue (whoever finds nobody reading it) and files what it read under each completion's
+/// batch; the others wait on `arrived` for their own. So a batch to a peer that stopped
+/// answering waits for its own completions only, and while it waits it hands every other
+/// batch theirs (on providers with manual progress, those reads are also what moves them).
+#[derive(Default)]
+struct Mailboxes {
+    state: Mutex<MailState>,
+    arrived: Condvar,
+}
+
+#[derive(Default)]
+struct MailState {
+    /// A waiter is reading the queue; the others wait on `arrived`.
+    reading: bool,
+    /// Completions read and not taken yet, by batch. A batch has a mailbox from before it
+    /// posts until it is settled; a completion of a batch without one (a batch given up on,
+    /// whose slots are leaked) is dropped.
+    by_batch: FastMap<u64, Vec<Arrival>>,
+}
+
+impl Mailboxes {
+    fn open(&self, batch: u64) {
+        let mut state = self.state.lock().expect(crate::POISONED);
+        let fresh = state.by_batch.insert(batch, Vec::new()).is_none();
+        assert!(fresh, "batch {batch} has a mailbox already");
+    }
+
+    fn close(&self, batch: u64) {
+        let mut state = self.state.lock().expect(crate::POISONED);
+        state.by_batch.remove(&batch);
+    }
+
+    fn take(&self, batch: u64) -> Vec<Arrival> {
+        let mut state = self.state.lock().expect(crate::POISONED);
+        state
+            .by_batch
+            .get_mut(&batch)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}
+
+/// One completion of the initiator queue, as its batch needs it.
+struct Arrival {
+    /// The slot's index in its batch.
+    index: u64,
+    failure: Option<Failure>,
+}
+
+/// An error completion: the provider's words for it.
+struct Failure {
+    reason: String,
 }
 
 /// The request id a message slot was sent with (its request frame's first body field).

@@ -317,3 +317,62 @@ fn an_area_placed_after_start_is_registered_and_reachable_with_the_new_card() {
     let data = Addr::new(DATA, 0);
     assert_eq!(a.fabric.read(NodeId(2), data, b.key, 8), Ok(vec![0; 8]));
 }
+
+/// A batch to a peer whose NIC thread stopped answering (on `tcp;ofi_rxm`, whose target side
+/// only progresses in that thread, its READs hang until [`OP_TIMEOUT`]) does not hold up
+/// another thread's operations to a live peer: they complete while it waits.
+#[test]
+fn a_batch_to_a_silent_peer_does_not_hold_up_operations_to_live_peers() {
+    /// Far under [`OP_TIMEOUT`], far over a loopback READ (tens of microseconds).
+    const PROMPT: Duration = Duration::from_secs(1);
+    let mut nodes = cluster(PROVIDER, 3);
+    let (b_id, c_id) = (NodeId(2), NodeId(3));
+    for node in &nodes[1..] {
+        let (to, key) = (node.fabric.node_id(), node.key);
+        nodes[0]
+            .fabric
+            .read(to, Addr::new(DATA, 0), key, 8)
+            .unwrap();
+    }
+    // C's transport stays open, its NIC thread stops: C no longer answers anyone.
+    let silent = nodes.pop().expect("three nodes");
+    let c_key = silent.key;
+    let TestNode {
+        fabric: c_fabric,
+        nic: c_nic,
+        ..
+    } = silent;
+    drop(c_nic);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    std::thread::scope(|scope| {
+        let stuck = scope.spawn(|| {
+            let started = Instant::now();
+            let result = a.fabric.read(c_id, Addr::new(DATA, 0), c_key, 8);
+            (result, started.elapsed())
+        });
+        // Let the batch to C get posted and start waiting.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !stuck.is_finished(),
+            "C answered although its NIC thread stopped"
+        );
+        let started = Instant::now();
+        for _ in 0..20 {
+            let read = a.fabric.read(b_id, Addr::new(DATA, 0), b.key, 8);
+            assert_eq!(read, Ok(vec![0; 8]));
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited < PROMPT,
+            "20 READs to B took {waited:?} while C was silent"
+        );
+        assert!(
+            !stuck.is_finished(),
+            "the batch to C ended before the READs to B were measured against it"
+        );
+        let (result, stuck_for) = stuck.join().expect("the READ to C returns");
+        expect_unreachable(result, c_id, "");
+        assert!(stuck_for < OP_TIMEOUT * 2, "{stuck_for:?}");
+    });
+    drop(c_fabric);
+}

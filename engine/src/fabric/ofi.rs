@@ -38,8 +38,10 @@
 //! registration key and bounds again on its side. A provider failure (a peer gone, a stale card)
 //! is [`OpError::Unreachable`] naming the provider, the call and the target, and fails the rest
 //! of that batch only: the node keeps serving and reaching the others. A batch that gets no
-//! completion within [`OP_TIMEOUT`] fails the same way, and its buffers are leaked, since the
-//! provider may still write into them.
+//! completion within [`OP_TIMEOUT`] fails the same way. What a failed batch still has posted is
+//! withdrawn (`fi_cancel`: a message's reply receive) and its completion read before the buffer
+//! is freed; what cannot be withdrawn in time is leaked, since the provider may still write into
+//! it.
 //!
 //! Not in this slice: membership fencing and lease checks for one-sided operations (a NIC cannot
 //! refuse them; only the NIC thread's messages check the lease), cards in the cluster directory,
@@ -78,6 +80,11 @@ const SLEEP_SLICE_MS: i32 = 50;
 /// the node's clock (docs/failures.md#clock), like every deadline of the fabric; the sleeps on a
 /// completion queue that wake a waiter to look at it are real time.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a batch waits for the completions of what it withdrew (`fi_cancel`: a message's
+/// receive, once its send failed or the target did not answer) before it leaks their buffers
+/// instead: the provider writes a withdrawn receive's completion at once, so this is only
+/// reached for what it could not withdraw (an RMA operation still under way).
+const WITHDRAW_REAP_TIMEOUT: Duration = Duration::from_millis(200);
 /// Receive buffers the NIC thread keeps posted.
 const RECEIVES_POSTED: usize = 16;
 /// Largest message (request or response frame) either side sends: CAS, PERSIST and NOTIFY
@@ -346,6 +353,9 @@ pub struct OfiTransport {
     /// CAS is `fi_compare_atomic` (the provider has atomics and the configuration wants them).
     atomics: bool,
     batch_seq: AtomicU64,
+    /// Operation slots leaked because the provider might still write into them (their
+    /// operation neither completed nor could be withdrawn in time).
+    slots_leaked: AtomicU64,
 }
 
 impl std::fmt::Debug for OfiTransport {
@@ -372,6 +382,24 @@ struct OpSlot {
     /// The libfabric call that posted it, for errors.
     call: &'static str,
     failed: Option<String>,
+    /// What is outstanding was withdrawn (`fi_cancel`): it is reaped, or leaked after
+    /// [`WITHDRAW_REAP_TIMEOUT`].
+    withdrawn: bool,
+}
+
+impl OpSlot {
+    fn new(batch: u64, offset: u64) -> OpSlot {
+        OpSlot {
+            context: Context::new(batch, offset),
+            bytes: Vec::new(),
+            words: [0; 3],
+            reply: Vec::new(),
+            outstanding: 0,
+            call: "",
+            failed: None,
+            withdrawn: false,
+        }
+    }
 }
 
 impl OfiTransport {
@@ -449,6 +477,7 @@ impl OfiTransport {
                 // A random start, so that a late response to an earlier transport of the same
                 // node (same tags) matches no request of this one.
                 batch_seq: AtomicU64::new(random_batch_start()),
+                slots_leaked: AtomicU64::new(0),
             },
             OfiNic {
                 node,
@@ -472,6 +501,12 @@ impl OfiTransport {
     /// order) rather than one after the other's delivery.
     pub fn posts_runs(&self) -> bool {
         self.node.handle.caps().ordered != 0
+    }
+
+    /// How many operation slots were leaked so far: their operation got no completion and
+    /// could not be withdrawn in time, so the provider might still write into them.
+    pub fn slots_leaked(&self) -> u64 {
+        self.slots_leaked.load(Ordering::Relaxed)
     }
 
     /// This node's card, for its peers.
@@ -661,15 +696,7 @@ impl OfiTransport {
                 Ok(None) => to_post.push(offset),
                 Err(error) => results[first + offset] = Some(Err(error)),
             }
-            slots.push(Box::new(OpSlot {
-                context: Context::new(batch, offset as u64),
-                bytes: Vec::new(),
-                words: [0; 3],
-                reply: Vec::new(),
-                outstanding: 0,
-                call: "",
-                failed: None,
-            }));
+            slots.push(Box::new(OpSlot::new(batch, offset as u64)));
         }
         // Open before anything is posted: a completion may be read (by any waiter) as soon as
         // its operation is.
@@ -692,10 +719,7 @@ impl OfiTransport {
             failure = slots.iter().find_map(|slot| slot.failed.clone());
         }
         if let Some(reason) = failure {
-            // A message whose send failed may leave its receive posted: its buffer stays.
-            let (messages, _): (Vec<_>, Vec<_>) =
-                slots.into_iter().partition(|slot| !slot.reply.is_empty());
-            std::mem::forget(messages);
+            // Settled: nothing of the batch is posted any more (what was is reaped or leaked).
             return Err(self.node.unreachable(target, reason));
         }
         for offset in to_post {
@@ -798,20 +822,28 @@ impl OfiTransport {
         .map_err(|e| e.to_string())?;
         slot.outstanding = 1;
         let (request, request_len) = (slot.bytes.as_ptr(), slot.bytes.len());
-        self.retry_busy(batch, || {
-            // SAFETY: as for the receive, for the request bytes.
-            unsafe {
-                handle.send(
-                    Side::Initiator,
-                    request,
-                    request_len,
-                    peer.target,
-                    tag,
-                    context,
-                )
-            }
-        })
-        .map_err(|e| format!("{e} to {}", peer.card.node))?;
+        let sent = self
+            .retry_busy(batch, || {
+                // SAFETY: as for the receive, for the request bytes.
+                unsafe {
+                    handle.send(
+                        Side::Initiator,
+                        request,
+                        request_len,
+                        peer.target,
+                        tag,
+                        context,
+                    )
+                }
+            })
+            .map_err(|e| format!("{e} to {}", peer.card.node));
+        if let Err(reason) = sent {
+            // No request went out, so no reply will come: the receive is withdrawn (and
+            // reaped by `settle` before its buffer goes), and the batch fails at once with
+            // the send's reason.
+            self.withdraw(slot);
+            return Err(reason);
+        }
         slot.outstanding = 2;
         Ok(())
     }
@@ -915,21 +947,33 @@ impl OfiTransport {
         }
     }
 
+    /// Withdraws what `slot` still has posted that can be withdrawn (a message's receive):
+    /// its completion (`FI_ECANCELED`) comes at once and is reaped by [`Self::settle`].
+    fn withdraw(&self, slot: &mut OpSlot) {
+        slot.withdrawn = true;
+        let context = &slot.context as *const Context as usize;
+        // Nothing to withdraw (`FI_ENOENT`: done already, or not withdrawable) is not an
+        // error: what is outstanding then completes as it would have, or is leaked.
+        let _ = self.node.handle.cancel(Side::Initiator, context);
+    }
+
     /// Waits until every slot of `batch` has no completion outstanding: spins, then sleeps on
-    /// the queue (or on another waiter's reading of it). If the target does not answer within
-    /// [`OP_TIMEOUT`], the slots are leaked (the provider may still write into them) and the
-    /// target is unreachable.
-    // The boxes are the point: libfabric holds pointers into each slot, which must not move
-    // when the vector does.
-    #[allow(clippy::vec_box)]
-    fn settle(
-        &self,
-        target: NodeId,
-        batch: u64,
-        slots: &mut Vec<Box<OpSlot>>,
-    ) -> Result<(), OpError> {
+    /// the queue (or on another waiter's reading of it).
+    ///
+    /// A message that failed halfway (its send, or its receive) has the rest withdrawn. If
+    /// the target does not answer within [`OP_TIMEOUT`], what is outstanding is withdrawn and
+    /// the target is unreachable. What was withdrawn is reaped before its slot may be freed;
+    /// what still has no completion [`WITHDRAW_REAP_TIMEOUT`] later is leaked (the provider
+    /// may still write into it) and replaced by an empty slot that says so.
+    fn settle(&self, target: NodeId, batch: u64, slots: &mut [Box<OpSlot>]) -> Result<(), OpError> {
         let clock = self.node.memory.clock();
         let started = clock.now();
+        // How long the batch may wait from `started`: shortened once something is withdrawn.
+        let mut limit = OP_TIMEOUT;
+        if slots.iter().any(|s| s.withdrawn && s.outstanding > 0) {
+            limit = WITHDRAW_REAP_TIMEOUT;
+        }
+        let mut timed_out = false;
         let mut polls = 0u32;
         loop {
             for arrival in self.mailboxes.take(batch) {
@@ -938,30 +982,70 @@ impl OfiTransport {
                 let slot = &mut slots[offset];
                 assert!(slot.outstanding > 0, "offset={offset}: extra completion");
                 slot.outstanding -= 1;
-                if let Some(failure) = arrival.failure {
-                    // A failed send's reply never comes; a failed receive ends the message too.
-                    slot.outstanding = 0;
+                let Some(failure) = arrival.failure else {
+                    continue;
+                };
+                // The first failure is the reason (a send's, not its withdrawn receive's).
+                if slot.failed.is_none() {
                     slot.failed = Some(format!(
                         "{} to {target} failed: {}",
                         slot.call, failure.reason
                     ));
                 }
+                // A failed send's reply never comes; a failed receive ends the message too.
+                if slot.outstanding > 0 && !slot.withdrawn {
+                    self.withdraw(slot);
+                    limit = limit.min(clock.now() - started + WITHDRAW_REAP_TIMEOUT);
+                }
             }
             if slots.iter().all(|s| s.outstanding == 0) {
-                return Ok(());
+                break;
             }
-            if clock.now() - started > OP_TIMEOUT {
-                std::mem::forget(std::mem::take(slots));
-                return Err(self.node.unreachable(
-                    target,
-                    format!("no completion from {target} within {OP_TIMEOUT:?}"),
-                ));
+            let elapsed = clock.now() - started;
+            if elapsed > limit {
+                if !timed_out && elapsed > OP_TIMEOUT {
+                    timed_out = true;
+                }
+                let unwithdrawn = slots.iter().any(|s| s.outstanding > 0 && !s.withdrawn);
+                if unwithdrawn {
+                    for slot in slots.iter_mut().filter(|s| s.outstanding > 0) {
+                        self.withdraw(slot);
+                    }
+                    limit = elapsed + WITHDRAW_REAP_TIMEOUT;
+                    continue;
+                }
+                self.leak_outstanding(target, slots);
+                break;
             }
             polls = polls.saturating_add(1);
             if let Err(e) = self.pump(batch, polls > SPIN_POLLS_MAX) {
-                std::mem::forget(std::mem::take(slots));
+                self.leak_outstanding(target, slots);
                 return Err(self.node.unreachable(target, e));
             }
+        }
+        if timed_out {
+            return Err(self.node.unreachable(
+                target,
+                format!("no completion from {target} within {OP_TIMEOUT:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Leaks every slot with a completion still outstanding (the provider may still write
+    /// into it: never freed), putting in its place an empty one that failed.
+    fn leak_outstanding(&self, target: NodeId, slots: &mut [Box<OpSlot>]) {
+        for slot in slots.iter_mut().filter(|s| s.outstanding > 0) {
+            let (batch, offset) = (slot.context.batch, slot.context.index);
+            let mut empty = Box::new(OpSlot::new(batch, offset));
+            empty.call = slot.call;
+            empty.failed = Some(
+                slot.failed
+                    .clone()
+                    .unwrap_or_else(|| format!("{} to {target}: no completion", slot.call)),
+            );
+            std::mem::forget(std::mem::replace(slot, empty));
+            self.slots_leaked.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -272,6 +272,13 @@ ssize_t acre_ofi_trecv(struct acre_ofi *o, int which, void *buf, size_t len, uin
 	return fi_trecv(o->ep[which], buf, len, NULL, FI_ADDR_UNSPEC, tag, ignore, context);
 }
 
+/* Withdraws the operations posted on endpoint `which` with `context` that the provider can
+ * still withdraw (posted receives): each completes with FI_ECANCELED. */
+int acre_ofi_cancel(struct acre_ofi *o, int which, void *context)
+{
+	return (int)fi_cancel(&o->ep[which]->fid, context);
+}
+
 ssize_t acre_ofi_cq_read(struct acre_ofi *o, int which, struct fi_cq_tagged_entry *entries,
 			 size_t count)
 {

@@ -148,6 +148,7 @@ unsafe extern "C" {
         ignore: u64,
         context: *mut c_void,
     ) -> isize;
+    fn acre_ofi_cancel(ofi: *mut RawOfi, which: c_int, context: *mut c_void) -> c_int;
     fn acre_ofi_cq_read(
         ofi: *mut RawOfi,
         which: c_int,
@@ -476,6 +477,18 @@ impl Handle {
             )
         };
         check("fi_trecv", ret).map(drop)
+    }
+
+    /// Withdraws what is still posted on `side` with `context` and can be withdrawn (a posted
+    /// receive): it completes with an `FI_ECANCELED` error completion, which must be read
+    /// before its buffers are freed. Anything else (an operation already under way or done,
+    /// an RMA operation on most providers) completes as it would have.
+    /// `context` is the operation's context as an address: it is only compared.
+    pub fn cancel(&self, side: Side, context: usize) -> Result<(), CallError> {
+        // SAFETY: fi_cancel only compares `context` with the contexts of the operations posted
+        // on the endpoint, never dereferences it, so any value is sound; the endpoint is open.
+        let ret = unsafe { acre_ofi_cancel(self.raw, side as c_int, context as *mut c_void) };
+        check("fi_cancel", ret as isize).map(drop)
     }
 
     /// Reads completions of `side` without blocking: `Ok(n)` entries, `Ok(0)` if none yet,

@@ -376,3 +376,60 @@ fn a_batch_to_a_silent_peer_does_not_hold_up_operations_to_live_peers() {
     });
     drop(c_fabric);
 }
+
+/// A message whose send cannot be posted (here: to a node that went away before this one ever
+/// reached it, so the provider's connection is never made) fails with the send's reason once
+/// posting gives up, without then waiting a second [`OP_TIMEOUT`] for a reply that cannot
+/// come, and its reply receive is withdrawn and reaped rather than leaked.
+#[test]
+fn a_message_whose_send_fails_fails_with_the_send_reason_and_withdraws_its_receive() {
+    let mut nodes = cluster(PROVIDER, 2);
+    let b_id = NodeId(2);
+    drop(nodes.pop().expect("two nodes"));
+    let a = &nodes[0];
+    let started = Instant::now();
+    let results = a.fabric.execute(b_id, vec![Op::Notify]);
+    let waited = started.elapsed();
+    match &results[..] {
+        [Err(OpError::Unreachable { node, reason })] => {
+            assert_eq!(*node, b_id);
+            assert!(reason.contains("fi_tsend"), "the send's reason: {reason}");
+        }
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+    assert!(waited < OP_TIMEOUT + Duration::from_secs(2), "{waited:?}");
+    assert_eq!(a.transport().slots_leaked(), 0, "the receive is reaped");
+}
+
+/// A message to a peer that stopped answering (its NIC thread stopped, its transport open: the
+/// request is sent, no reply comes) times out, and its reply receive is withdrawn and reaped
+/// rather than leaked, so receives do not pile up in the provider's queue.
+#[test]
+fn a_message_that_times_out_withdraws_its_receive() {
+    let mut nodes = cluster(PROVIDER, 2);
+    let b_id = NodeId(2);
+    assert_eq!(
+        nodes[0].fabric.execute(b_id, vec![Op::Notify]),
+        vec![Ok(Completion::Notify)]
+    );
+    let TestNode {
+        fabric: b_fabric,
+        nic: b_nic,
+        ..
+    } = nodes.pop().expect("two nodes");
+    drop(b_nic);
+    let a = &nodes[0];
+    let started = Instant::now();
+    let results = a.fabric.execute(b_id, vec![Op::Notify]);
+    let waited = started.elapsed();
+    match &results[..] {
+        [Err(OpError::Unreachable { node, reason })] => {
+            assert_eq!(*node, b_id);
+            assert!(reason.contains("no completion"), "{reason}");
+        }
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+    assert!(waited < OP_TIMEOUT + Duration::from_secs(2), "{waited:?}");
+    assert_eq!(a.transport().slots_leaked(), 0, "the receive is reaped");
+    drop(b_fabric);
+}

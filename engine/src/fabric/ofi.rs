@@ -207,7 +207,8 @@ struct Node {
     registrations: Mutex<Vec<Registration>>,
     peers: RwLock<FastMap<NodeId, Arc<Peer>>>,
     stop: AtomicBool,
-    /// Dropped after the registrations are closed (see `Drop`).
+    /// Its endpoints and queues are closed before the registrations, the rest after them
+    /// (see `Drop`).
     handle: Handle,
 }
 
@@ -219,12 +220,21 @@ unsafe impl Send for Node {}
 unsafe impl Sync for Node {}
 
 impl Drop for Node {
+    /// Closes in libfabric's order: endpoints and completion queues first, so that nothing of
+    /// the provider's (its progress threads, on `sockets`) still moves data into or out of a
+    /// region; then the registrations, each releasing its region after it is closed; the
+    /// address vector, domain and fabric last, with the handle.
     fn drop(&mut self) {
+        // SAFETY: the NIC thread has ended and no `OfiTransport` is left (both hold the last
+        // references to this node, which is being dropped), so no call is in progress or
+        // follows, other than closing the registrations and dropping the handle.
+        unsafe { self.handle.close_endpoints() };
         let registrations = self.registrations.get_mut().expect(crate::POISONED);
         for registration in registrations.drain(..) {
             // SAFETY: each registration came from `Handle::register` on this handle and is
             // closed once, here, before the handle (and its domain) is closed.
             unsafe { self.handle.close_mr(registration.mr) };
+            // Its region (`registration._region`) is released here, after its registration.
         }
     }
 }

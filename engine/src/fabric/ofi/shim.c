@@ -59,19 +59,30 @@ struct acre_ofi_caps {
 	uint64_t inject_bytes;  /* largest message fi_tinject takes */
 };
 
-void acre_ofi_close(struct acre_ofi *o)
+/* Closes the endpoints, then their completion queues: after this nothing of the provider's
+ * moves data into or out of this node's memory any more (a provider with progress threads of
+ * its own stops them for these endpoints), so registrations and the memory behind them may go.
+ * Idempotent; acre_ofi_close does it first too. */
+void acre_ofi_close_endpoints(struct acre_ofi *o)
 {
 	int i;
-	if (!o)
-		return;
 	for (i = 0; i < ACRE_OFI_ENDPOINTS; i++) {
 		if (o->ep[i])
 			fi_close(&o->ep[i]->fid);
+		o->ep[i] = NULL;
 	}
 	for (i = 0; i < ACRE_OFI_ENDPOINTS; i++) {
 		if (o->cq[i])
 			fi_close(&o->cq[i]->fid);
+		o->cq[i] = NULL;
 	}
+}
+
+void acre_ofi_close(struct acre_ofi *o)
+{
+	if (!o)
+		return;
+	acre_ofi_close_endpoints(o);
 	if (o->av)
 		fi_close(&o->av->fid);
 	if (o->domain)

@@ -90,6 +90,7 @@ unsafe extern "C" {
         failed_call: *mut *const c_char,
     ) -> c_int;
     fn acre_ofi_close(ofi: *mut RawOfi);
+    fn acre_ofi_close_endpoints(ofi: *mut RawOfi);
     fn acre_ofi_ep_name(ofi: *mut RawOfi, which: c_int, buf: *mut c_void, len: *mut usize)
     -> c_int;
     fn acre_ofi_av_insert(ofi: *mut RawOfi, name: *const c_void, fi_addr: *mut u64) -> c_int;
@@ -555,6 +556,20 @@ impl Handle {
             code,
             message: text.to_string_lossy().into_owned(),
         })
+    }
+
+    /// Closes both endpoints and then their completion queues, so that the provider moves no
+    /// more data into or out of registered memory: libfabric's order, before the
+    /// registrations are closed and the memory released.
+    ///
+    /// # Safety
+    /// Nothing but [`Handle::close_mr`] and drop is called on the handle afterwards (the other
+    /// calls would reach closed endpoints or queues), and no other thread is inside a call on
+    /// it (`&mut self`).
+    pub unsafe fn close_endpoints(&mut self) {
+        // SAFETY: `raw` is open; closing twice is a no-op (the shim clears what it closed);
+        // the caller makes no endpoint or queue call afterwards.
+        unsafe { acre_ofi_close_endpoints(self.raw) };
     }
 
     /// Wakes a thread sleeping in [`Handle::wait`] on `side`.

@@ -1186,8 +1186,15 @@ fn check(
 /// The NIC thread's receive contexts have this batch value; its sends, [`NIC_SEND`].
 const NIC_RECEIVE: u64 = u64::MAX;
 const NIC_SEND: u64 = u64::MAX - 1;
-/// Responses the NIC thread may have in flight before it waits for their completions.
-const SENDS_IN_FLIGHT_MAX: usize = 64;
+/// Responses the NIC thread may have in flight to one initiator; a response beyond them is
+/// dropped (its requester times out). Bounds what an initiator that stopped reading (gone, or
+/// its connection broken) holds of the NIC thread's memory; a live one has at most one message
+/// in flight per thread of its node.
+const SENDS_IN_FLIGHT_PER_PEER_MAX: usize = 16;
+/// How long the NIC thread retries posting one response while the provider is busy (a
+/// connection being made, a full queue) before it drops it (its requester times out): short,
+/// since the thread answers nobody else meanwhile. A loopback connection takes ~20 ms.
+const RESPONSE_RETRY_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A receive buffer of the NIC thread.
 #[repr(C)]
@@ -1219,6 +1226,8 @@ impl ReceiveSlot {
 struct SendSlot {
     context: Context,
     bytes: Vec<u8>,
+    /// The initiator it goes to.
+    to: NodeId,
 }
 
 /// The NIC thread: answers the messages peers send (PERSIST, NOTIFY, CAS without atomics) and,
@@ -1230,14 +1239,15 @@ fn serve(node: &Node, mut receives: Vec<Box<ReceiveSlot>>) {
     let mut nic = Nic {
         node,
         sends: FastMap::default(),
+        sends_by_peer: FastMap::default(),
         next_send: 0,
         backlog: std::collections::VecDeque::new(),
     };
     let mut idle_polls = 0u32;
     while !node.stop.load(Ordering::Acquire) {
         if nic.backlog.is_empty() {
-            let sleep = idle_polls > SPIN_POLLS_MAX && nic.sends.len() < SENDS_IN_FLIGHT_MAX;
-            nic.gather(sleep);
+            // Sends in flight do not keep it awake: their completions wake the queue.
+            nic.gather(idle_polls > SPIN_POLLS_MAX);
         }
         let Some(event) = nic.backlog.pop_front() else {
             idle_polls = idle_polls.saturating_add(1);
@@ -1252,7 +1262,7 @@ fn serve(node: &Node, mut receives: Vec<Box<ReceiveSlot>>) {
             continue;
         }
         match context_of(pointer) {
-            (NIC_SEND, index) => drop(nic.sends.remove(&index)),
+            (NIC_SEND, index) => nic.sent(index),
             (NIC_RECEIVE, index) => {
                 let slot = &mut receives[index as usize];
                 let response = (!failed)
@@ -1277,6 +1287,8 @@ struct Nic<'a> {
     node: &'a Node,
     /// Responses being sent, until their completion is read.
     sends: FastMap<u64, Box<SendSlot>>,
+    /// How many of `sends` go to each initiator (at most [`SENDS_IN_FLIGHT_PER_PEER_MAX`]).
+    sends_by_peer: FastMap<NodeId, usize>,
     next_send: u64,
     /// Completions read but not handled yet.
     backlog: std::collections::VecDeque<Event>,
@@ -1303,24 +1315,32 @@ impl Nic<'_> {
     }
 
     /// Sends `response` to `sender`'s initiator endpoint, retrying while the provider is busy
-    /// (a connection being made); a response that cannot be sent is dropped and its requester
-    /// times out.
+    /// for [`RESPONSE_RETRY_TIMEOUT`] at most. A response that cannot be sent (the initiator
+    /// unreachable, or [`SENDS_IN_FLIGHT_PER_PEER_MAX`] responses to it still in flight) is
+    /// dropped, and said so: its requester times out, and the thread goes on serving others.
     fn respond(&mut self, sender: NodeId, tag: u64, response: Response) {
         let Some(peer) = self.node.peer(sender) else {
             return; // not a peer (any more): nowhere to answer
         };
+        let in_flight = self.sends_by_peer.get(&sender).copied().unwrap_or(0);
+        if in_flight >= SENDS_IN_FLIGHT_PER_PEER_MAX {
+            self.dropped(sender, tag, "its earlier responses are not sent yet");
+            return;
+        }
         let index = self.next_send;
         self.next_send += 1;
         let mut send = Box::new(SendSlot {
             context: Context::new(NIC_SEND, index),
             bytes: frame::encode_to_vec(&Frame::Response(response)),
+            to: sender,
         });
         let context = (&mut send.context as *mut Context).cast::<c_void>();
         let clock = self.node.memory.clock();
         let started = clock.now();
         loop {
             // SAFETY: the boxed slot goes into `sends` below, where it stays until its
-            // completion is read (or is leaked when the thread ends).
+            // completion is read (or is leaked when the thread ends); if the post fails, the
+            // provider holds nothing of it.
             let sent = unsafe {
                 self.node.handle.send(
                     Side::Target,
@@ -1334,15 +1354,45 @@ impl Nic<'_> {
             match sent {
                 Ok(()) => {
                     self.sends.insert(index, send);
+                    *self.sends_by_peer.entry(sender).or_insert(0) += 1;
                     return;
                 }
-                Err(e) if e.code == sys::FI_EAGAIN && clock.now() - started < OP_TIMEOUT => {
+                Err(e)
+                    if e.code == sys::FI_EAGAIN
+                        && clock.now() - started < RESPONSE_RETRY_TIMEOUT =>
+                {
                     self.gather(false);
                     std::thread::yield_now();
                 }
-                Err(_) => return,
+                Err(e) => {
+                    self.dropped(sender, tag, &e.to_string());
+                    return;
+                }
             }
         }
+    }
+
+    /// A response's send completed (or failed): its slot goes.
+    fn sent(&mut self, index: u64) {
+        let Some(send) = self.sends.remove(&index) else {
+            return;
+        };
+        if let Some(count) = self.sends_by_peer.get_mut(&send.to) {
+            *count -= 1;
+            if *count == 0 {
+                self.sends_by_peer.remove(&send.to);
+            }
+        }
+    }
+
+    /// Says that a response was dropped: its requester will report the target unreachable,
+    /// and this is the target's side of that story.
+    fn dropped(&self, sender: NodeId, tag: u64, why: &str) {
+        eprintln!(
+            "acre: ofi NIC thread of {}: dropped the response to {sender} (request {tag:#x}): \
+             {why}; its requester times out",
+            self.node.memory.node_id()
+        );
     }
 }
 

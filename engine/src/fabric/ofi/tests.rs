@@ -433,3 +433,45 @@ fn a_message_that_times_out_withdraws_its_receive() {
     assert_eq!(a.transport().slots_leaked(), 0, "the receive is reaped");
     drop(b_fabric);
 }
+
+/// The NIC thread gives up on a response it cannot send (the requester's initiator endpoint
+/// unreachable: here B holds a card of A whose initiator name is that of a node gone before
+/// anyone reached it, so the provider's connection is never made) after a short bound, and
+/// answers the other requesters meanwhile instead of retrying that one for [`OP_TIMEOUT`].
+#[test]
+fn a_response_to_an_unreachable_initiator_does_not_hold_up_the_nic_thread() {
+    /// Far under [`OP_TIMEOUT`], over [`RESPONSE_RETRY_TIMEOUT`] and a few round trips.
+    const PROMPT: Duration = Duration::from_secs(1);
+    let nodes = cluster(PROVIDER, 3);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let b_id = b.fabric.node_id();
+    let gone = start(PROVIDER, 4);
+    let gone_name = gone.transport().card().unwrap().initiator_name;
+    drop(gone);
+    let mut a_card = a.transport().card().unwrap();
+    a_card.initiator_name = gone_name;
+    b.transport().add_peer(a_card).unwrap();
+    assert_eq!(
+        c.fabric.execute(b_id, vec![Op::Notify]),
+        vec![Ok(Completion::Notify)]
+    );
+    std::thread::scope(|scope| {
+        let unanswered = scope.spawn(|| a.fabric.execute(b_id, vec![Op::Notify]));
+        // Let B's NIC thread get A's request and start trying to answer it.
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(
+                c.fabric.execute(b_id, vec![Op::Notify]),
+                vec![Ok(Completion::Notify)]
+            );
+        }
+        let waited = started.elapsed();
+        assert!(waited < PROMPT, "5 NOTIFYs from C took {waited:?}");
+        let results = unanswered.join().expect("A's NOTIFY returns");
+        assert!(
+            matches!(&results[..], [Err(OpError::Unreachable { node, .. })] if *node == b_id),
+            "A's response was dropped: {results:?}"
+        );
+    });
+}

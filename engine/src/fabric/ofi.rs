@@ -11,10 +11,11 @@
 //! the provider's, made on first use and reused.
 //!
 //! - READ and WRITE are `fi_read`/`fi_write` into the target's registration, CAS is
-//!   `fi_compare_atomic` (64-bit compare-and-swap) where the provider has atomics. Nothing on the
+//!   `fi_compare_atomic` (64-bit compare-and-swap) where the provider has atomics known to be
+//!   atomic against the target CPU's (the software providers here). Nothing on the
 //!   target's CPU runs for them, except the progress the provider needs (below).
-//! - PERSIST, NOTIFY, and CAS on a provider without atomics (or with [`OfiConfig::atomics`]
-//!   off) are messages (`fi_tsend`, the tcp transport's REQUEST frame) to the target's NIC
+//! - PERSIST, NOTIFY, and CAS on any other provider (or with [`OfiConfig::atomics`] off) are
+//!   messages (`fi_tsend`, the tcp transport's REQUEST frame) to the target's NIC
 //!   thread, which executes them on its own memory with [`exec::execute`] (flush of the range,
 //!   doorbell ring, CPU compare-and-swap) and answers with a RESPONSE frame, as the tcp
 //!   transport's NIC thread does. libfabric has no portable remote flush; this is the route
@@ -95,6 +96,21 @@ const ENTRIES_PER_READ: usize = 16;
 /// Tags carry the sender's node id above this many bits, a sequence number below.
 const TAG_SEQ_BITS: u32 = 48;
 
+/// Providers whose atomics are known to be atomic against the target CPU's own atomics on the
+/// same word. Acre's CAS must be: the target's NIC thread and its local transactions CAS the
+/// same lock words. On these software providers the provider's own code on the target runs the
+/// CAS with the CPU (the conformance suite's concurrent CAS case checks it, local and remote
+/// threads together). On RDMA NICs (`verbs`, `efa`) a NIC atomic is commonly atomic only
+/// against other NIC atomics, so until that is verified on a device, CAS there goes through
+/// the target's NIC thread.
+const CPU_COHERENT_ATOMICS: &[&str] = &["tcp;ofi_rxm", "sockets", "shm"];
+
+/// Whether `provider`'s (as libfabric names it) atomics are known to be atomic against the
+/// target CPU's compare-and-swap, so that CAS may use them.
+pub fn atomics_are_cpu_coherent(provider: &str) -> bool {
+    CPU_COHERENT_ATOMICS.contains(&provider)
+}
+
 /// A first batch number in `[1, 2^40)`: far from wrapping the tag's 48 bits.
 fn random_batch_start() -> u64 {
     let mut bytes = [0u8; 8];
@@ -111,8 +127,10 @@ pub struct OfiConfig {
     pub provider: String,
     /// The local address the endpoints listen on.
     pub address: String,
-    /// Use the provider's atomics for CAS where it has them (the default). Off, CAS takes the
-    /// route it takes on providers without atomics: a message the target's NIC thread executes.
+    /// Use the provider's atomics for CAS where it has them and they are known to be atomic
+    /// against the target CPU's own compare-and-swap on the same word (the default; see
+    /// [`atomics_are_cpu_coherent`]). Off, or on any other provider, CAS takes the route it
+    /// takes on providers without atomics: a message the target's NIC thread executes.
     pub atomics: bool,
 }
 
@@ -481,7 +499,9 @@ impl OfiTransport {
         };
         Ok((
             OfiTransport {
-                atomics: config.atomics && node.handle.caps().atomic_cas != 0,
+                atomics: config.atomics
+                    && node.handle.caps().atomic_cas != 0
+                    && atomics_are_cpu_coherent(node.provider()),
                 node: node.clone(),
                 mailboxes: Mailboxes::default(),
                 // A random start, so that a late response to an earlier transport of the same
@@ -502,7 +522,8 @@ impl OfiTransport {
     }
 
     /// Whether CAS is a NIC atomic (`fi_compare_atomic`) rather than a message to the target's
-    /// NIC thread.
+    /// NIC thread: the provider has atomics, they are known to be atomic against the target's
+    /// CPU ([`atomics_are_cpu_coherent`]), and [`OfiConfig::atomics`] is on.
     pub fn has_atomics(&self) -> bool {
         self.atomics
     }

@@ -475,3 +475,30 @@ fn a_response_to_an_unreachable_initiator_does_not_hold_up_the_nic_thread() {
         );
     });
 }
+
+/// CAS uses provider atomics only on the providers known to be atomic against the target CPU's
+/// own compare-and-swap; on an RDMA NIC's (`verbs`, `efa`) it goes through the NIC thread.
+#[test]
+fn provider_atomics_are_used_only_where_known_to_be_atomic_against_the_cpu() {
+    for provider in ["tcp;ofi_rxm", "sockets", "shm"] {
+        assert!(atomics_are_cpu_coherent(provider), "{provider}");
+    }
+    for provider in ["verbs;ofi_rxm", "verbs", "efa", "udp;ofi_rxd", "psm3", ""] {
+        assert!(!atomics_are_cpu_coherent(provider), "{provider}");
+    }
+    let nodes = cluster(PROVIDER, 1);
+    assert!(
+        nodes[0].transport().has_atomics(),
+        "tcp;ofi_rxm has atomics"
+    );
+    let memory = Arc::new(NodeMemory::new(
+        NodeId(2),
+        Arc::new(Doorbell::anonymous().unwrap()),
+    ));
+    let config = OfiConfig {
+        atomics: false,
+        ..OfiConfig::loopback(PROVIDER)
+    };
+    let (transport, _nic) = OfiTransport::start(&config, memory).unwrap();
+    assert!(!transport.has_atomics(), "the switch still turns them off");
+}

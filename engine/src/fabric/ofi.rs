@@ -65,6 +65,7 @@ use crate::fabric::{Completion, Op, OpError, OpResult, Pending, exec};
 use crate::hash::FastMap;
 use crate::region::{AccessError, AccessKey, Region, check_access};
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -396,13 +397,20 @@ impl std::fmt::Debug for OfiTransport {
 }
 
 /// The slot of one posted operation: its context and its buffers, unmoved until completion.
-#[repr(C)]
+///
+/// What the provider or another thread reaches while the operation is posted is not inline:
+/// the context (read by whichever waiter reads the queue, while this slot's owner updates the
+/// slot) and the CAS words (written by the provider) are separate allocations behind raw
+/// pointers, and the byte buffers are the vectors' heap buffers, so no `&` or `&mut` to the
+/// slot covers memory that someone else reads or writes meanwhile.
 struct OpSlot {
-    context: Context,
+    /// From `Box::into_raw`, freed with the slot; never written after [`OpSlot::new`].
+    context: *mut Context,
     /// READ destination, WRITE source, or message bytes (request, then the response).
     bytes: Vec<u8>,
-    /// CAS words: new, expected, previous.
-    words: [u64; 3],
+    /// CAS words: new, expected, previous (written by the provider). From `Box::into_raw`,
+    /// freed with the slot.
+    words: *mut [u64; 3],
     /// A message's response buffer.
     reply: Vec<u8>,
     /// Completions still expected for this slot (a message has two: send and receive).
@@ -418,14 +426,73 @@ struct OpSlot {
 impl OpSlot {
     fn new(batch: u64, offset: u64) -> OpSlot {
         OpSlot {
-            context: Context::new(batch, offset),
+            context: Box::into_raw(Box::new(Context::new(batch, offset))),
             bytes: Vec::new(),
-            words: [0; 3],
+            words: Box::into_raw(Box::new([0; 3])),
             reply: Vec::new(),
             outstanding: 0,
             call: "",
             failed: None,
             withdrawn: false,
+        }
+    }
+
+    /// The context to post with.
+    fn context(&self) -> *mut c_void {
+        self.context.cast()
+    }
+
+    /// The batch and index it was made for.
+    fn batch_and_index(&self) -> (u64, u64) {
+        context_of(self.context())
+    }
+
+    /// The word a completed CAS read at the target.
+    fn previous(&self) -> u64 {
+        assert_eq!(self.outstanding, 0, "a CAS still in flight");
+        // SAFETY: `words` is the slot's own allocation, alive until it drops; with no
+        // completion outstanding, the provider no longer writes it.
+        unsafe { (*self.words)[2] }
+    }
+}
+
+/// A batch's slots. Dropped normally they are freed (settled: nothing of theirs is posted any
+/// more); dropped while the thread panics they are leaked, since the provider may still own
+/// some of them.
+// The boxes keep a slot's own fields unmoved when the vector grows; what the provider reaches
+// is in the slot's separate allocations.
+#[allow(clippy::vec_box)]
+struct Slots(Vec<Box<OpSlot>>);
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::mem::forget(std::mem::take(&mut self.0));
+        }
+    }
+}
+
+impl std::ops::Deref for Slots {
+    type Target = Vec<Box<OpSlot>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Slots {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for OpSlot {
+    fn drop(&mut self) {
+        // SAFETY: both came from `Box::into_raw` in `new` and are freed once, here. A slot is
+        // only dropped with nothing outstanding (settled) or never (leaked), so neither the
+        // provider nor a waiter reading the queue still reaches them.
+        unsafe {
+            drop(Box::from_raw(self.context));
+            drop(Box::from_raw(self.words));
         }
     }
 }
@@ -471,17 +538,18 @@ impl OfiTransport {
             stop: AtomicBool::new(false),
             handle,
         });
-        // If a post fails, the receives posted before it are leaked, not freed: the endpoint
+        // Never dropped: the provider owns posted receives until the endpoint closes, which is
+        // after the NIC thread ends or panics (leaked once per node). If a post fails here, or
+        // the thread cannot be spawned, those posted already are leaked too: the endpoint
         // already listens (on tcp and sockets, at a port anything may connect to), so a
         // message could still land in them until it closes.
-        let mut receives = Vec::with_capacity(RECEIVES_POSTED);
+        let mut receives = ManuallyDrop::new(Vec::with_capacity(RECEIVES_POSTED));
         for index in 0..RECEIVES_POSTED {
             let mut slot = Box::new(ReceiveSlot {
                 context: Context::new(NIC_RECEIVE, index as u64),
                 buf: vec![0; MESSAGE_BYTES_MAX],
             });
             if let Err(e) = slot.post(&node.handle) {
-                std::mem::forget(receives);
                 return Err(setup(e));
             }
             receives.push(slot);
@@ -719,7 +787,7 @@ impl OfiTransport {
     ) -> Result<(), OpError> {
         let target = peer.card.node;
         let batch = self.batch_seq.fetch_add(1, Ordering::Relaxed);
-        let mut slots: Vec<Box<OpSlot>> = Vec::with_capacity(ops.len());
+        let mut slots = Slots(Vec::with_capacity(ops.len()));
         let mut to_post = Vec::with_capacity(ops.len());
         for (offset, op) in ops.iter().enumerate() {
             match self.precheck(&peer.card, op) {
@@ -772,7 +840,7 @@ impl OfiTransport {
             return self.post_message(peer, op, slot, batch);
         }
         let handle = &self.node.handle;
-        let context = (&mut slot.context as *mut Context).cast::<c_void>();
+        let context = slot.context();
         let (addr, len) = match op {
             Op::Read { addr, len, .. } => (*addr, *len as usize),
             Op::Write { addr, data, .. } => (*addr, data.len()),
@@ -811,8 +879,9 @@ impl OfiTransport {
                 })
             }
             Op::Cas { expected, new, .. } => {
-                slot.words = [*new, *expected, 0];
-                let words = &mut slot.words as *mut [u64; 3];
+                let words = slot.words;
+                // SAFETY: the slot's own allocation; nothing is posted with it yet.
+                unsafe { *words = [*new, *expected, 0] };
                 self.retry_busy(batch, || {
                     // SAFETY: as for READ: the boxed slot's words outlive the operation.
                     unsafe { handle.compare_swap(words, dest, remote, mr_key, context) }
@@ -843,7 +912,7 @@ impl OfiTransport {
         slot.reply = vec![0; MESSAGE_BYTES_MAX];
         slot.call = "fi_tsend/fi_trecv (a message to the NIC thread)";
         let handle = &self.node.handle;
-        let context = (&mut slot.context as *mut Context).cast::<c_void>();
+        let context = slot.context();
         let (reply, reply_len) = (slot.reply.as_mut_ptr(), slot.reply.len());
         self.retry_busy(batch, || {
             // SAFETY: the boxed slot's reply buffer outlives the receive (kept or leaked until
@@ -901,7 +970,11 @@ impl OfiTransport {
         }
         state.reading = true;
         drop(state);
+        // Hands the reading on if `read_queue` panics, so the other waiters do not wait for a
+        // reader that is gone.
+        let turn = ReadingTurn(mailboxes);
         let read = self.read_queue(sleep);
+        std::mem::forget(turn);
         let mut state = mailboxes.state.lock().expect(crate::POISONED);
         state.reading = false;
         let read = read.map(|arrivals| {
@@ -982,7 +1055,7 @@ impl OfiTransport {
     /// its completion (`FI_ECANCELED`) comes at once and is reaped by [`Self::settle`].
     fn withdraw(&self, slot: &mut OpSlot) {
         slot.withdrawn = true;
-        let context = &slot.context as *const Context as usize;
+        let context = slot.context() as usize;
         // Nothing to withdraw (`FI_ENOENT`: done already, or not withdrawable) is not an
         // error: what is outstanding then completes as it would have, or is leaked.
         let _ = self.node.handle.cancel(Side::Initiator, context);
@@ -1067,7 +1140,7 @@ impl OfiTransport {
     /// into it: never freed), putting in its place an empty one that failed.
     fn leak_outstanding(&self, target: NodeId, slots: &mut [Box<OpSlot>]) {
         for slot in slots.iter_mut().filter(|s| s.outstanding > 0) {
-            let (batch, offset) = (slot.context.batch, slot.context.index);
+            let (batch, offset) = slot.batch_and_index();
             let mut empty = Box::new(OpSlot::new(batch, offset));
             empty.call = slot.call;
             empty.failed = Some(
@@ -1108,7 +1181,7 @@ impl OfiTransport {
             Op::Read { .. } => Completion::Read(slot.bytes.clone()),
             Op::Write { .. } => Completion::Write,
             Op::Cas { .. } => Completion::Cas {
-                previous: slot.words[2],
+                previous: slot.previous(),
             },
             Op::Persist { .. } | Op::Notify => unreachable!("messages are handled above"),
         })
@@ -1164,6 +1237,19 @@ impl Mailboxes {
             .get_mut(&batch)
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+}
+
+/// A waiter's turn at reading the initiator queue, given up if it panics while reading.
+struct ReadingTurn<'a>(&'a Mailboxes);
+
+impl Drop for ReadingTurn<'_> {
+    fn drop(&mut self) {
+        // Only reached while panicking (forgotten otherwise): a poisoned lock is taken anyway.
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.reading = false;
+        drop(state);
+        self.0.arrived.notify_all();
     }
 }
 
@@ -1256,10 +1342,10 @@ struct SendSlot {
 /// queue. Sleeps on the queue's wait object when idle.
 // Boxed: libfabric holds pointers into each slot, which must not move when the vector does.
 #[allow(clippy::vec_box)]
-fn serve(node: &Node, mut receives: Vec<Box<ReceiveSlot>>) {
+fn serve(node: &Node, mut receives: ManuallyDrop<Vec<Box<ReceiveSlot>>>) {
     let mut nic = Nic {
         node,
-        sends: FastMap::default(),
+        sends: ManuallyDrop::new(FastMap::default()),
         sends_by_peer: FastMap::default(),
         next_send: 0,
         backlog: std::collections::VecDeque::new(),
@@ -1297,17 +1383,17 @@ fn serve(node: &Node, mut receives: Vec<Box<ReceiveSlot>>) {
             (batch, index) => panic!("a completion of unknown context {batch}/{index}"),
         }
     }
-    // Posted receives and sends are cancelled when the handle closes; their slots must outlive
-    // that, so they are leaked here (once per node).
-    std::mem::forget(receives);
-    std::mem::forget(nic.sends);
+    // Posted receives and sends are cancelled when the endpoints close; their slots must
+    // outlive that, so they are never dropped (`ManuallyDrop`: leaked once per node, here or
+    // when the thread panics).
 }
 
 /// The NIC thread's state besides its receive buffers.
 struct Nic<'a> {
     node: &'a Node,
-    /// Responses being sent, until their completion is read.
-    sends: FastMap<u64, Box<SendSlot>>,
+    /// Responses being sent, until their completion is read; leaked with what is in flight
+    /// when the thread ends, or panics.
+    sends: ManuallyDrop<FastMap<u64, Box<SendSlot>>>,
     /// How many of `sends` go to each initiator (at most [`SENDS_IN_FLIGHT_PER_PEER_MAX`]).
     sends_by_peer: FastMap<NodeId, usize>,
     next_send: u64,

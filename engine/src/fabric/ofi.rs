@@ -1313,8 +1313,9 @@ struct ReceiveSlot {
 impl ReceiveSlot {
     fn post(&mut self, handle: &Handle) -> Result<(), sys::CallError> {
         let context = (&mut self.context as *mut Context).cast::<c_void>();
-        // SAFETY: the slot is boxed and owned by the NIC thread until the handle closes (the
-        // thread ends first, and the handle, closed after, cancels what is still posted).
+        // SAFETY: the slot is boxed and never dropped (the NIC thread's receives are held in
+        // `ManuallyDrop`, leaked when it ends or panics), so it outlives the endpoint, whose
+        // closing withdraws what is still posted.
         unsafe {
             handle.receive(
                 Side::Target,

@@ -682,9 +682,9 @@ impl<A: Adopter> Turn<A> {
             return;
         };
         if !report.damaged.is_empty() {
-            // First: a damaged copy must not stay primary. What else the report says, the
-            // node says again in the configuration that follows.
-            let change = Change::DamagedPrimary {
+            // First: a damaged copy must not stay primary, nor be promoted. What else the
+            // report says, the node says again in the configuration that follows.
+            let change = Change::DamagedCopies {
                 config: report.config,
                 node: from,
                 regions: report.damaged.iter().copied().map(RegionId).collect(),
@@ -692,12 +692,12 @@ impl<A: Adopter> Turn<A> {
             match cm.manager.change(change.clone(), now) {
                 Ok(actions) => {
                     if !actions.is_empty() {
-                        tracing::warn!(%from, ?change, "a node holds damaged copies of regions it is primary of: handing them to intact backups");
+                        tracing::warn!(%from, ?change, "a node holds damaged copies the configuration counts complete: moving its primaries to intact backups, copying its backups again");
                     }
                     self.execute(actions);
                 }
                 Err(reason) => {
-                    tracing::warn!(%from, ?change, %reason, "a report of damaged primary copies was refused");
+                    tracing::warn!(%from, ?change, %reason, "a report of damaged copies was refused");
                 }
             }
             return;

@@ -63,11 +63,12 @@
 //!   reports it in the same change, and the CM installs a configuration in which it is no
 //!   longer copying ([`remap::copy_complete`], both at once: [`remap::after_recovery`]);
 //!   a report of regions it no longer copies is nothing to do.
-//! - **Damaged primary copies** ([`Change::DamagedPrimary`]): a node reports copies it found
-//!   damaged at its restart that the configuration keeps it primary of (one made before the
-//!   restart request that names the damage, or without one); each region goes to an intact
-//!   backup, blocked, or is lost ([`remap::damaged_primary`]). A report of another
-//!   configuration, or of regions the node no longer leads, is nothing to do.
+//! - **Damaged copies** ([`Change::DamagedCopies`]): a node reports copies it found damaged
+//!   at its restart that the configuration counts complete (one made before the restart
+//!   request that names the damage, or without one); a primary's region goes to an intact
+//!   backup, blocked, or is lost, and a backup's copy is copied again
+//!   ([`remap::damaged_copies`]). A report of another configuration, or of copies it no longer
+//!   counts complete, is nothing to do.
 //! - **Restarted nodes** ([`Change::Restart`]): node processes restarted from their files
 //!   (a whole-cluster restart) stay members; their regions block and their backups copy
 //!   again ([`remap::restart`]). Nobody is removed, so no lease is waited out: the restarted
@@ -204,9 +205,9 @@ pub enum Cause {
         /// The copies the restarted nodes found damaged, which they do not serve.
         damaged: Vec<(NodeId, RegionId)>,
     },
-    /// `node` reported damaged copies of these regions it was still the primary of
-    /// ([`Change::DamagedPrimary`]).
-    DamagedPrimary {
+    /// `node` reported damaged copies of these regions that the configuration counted
+    /// complete ([`Change::DamagedCopies`]).
+    DamagedCopies {
         node: NodeId,
         regions: Vec<RegionId>,
     },
@@ -242,8 +243,8 @@ impl fmt::Display for Cause {
                 write!(f, "CM replicas ")?;
                 write_nodes(f, replicas)
             }
-            Cause::DamagedPrimary { node, regions } => {
-                write!(f, "damaged primary copies: ")?;
+            Cause::DamagedCopies { node, regions } => {
+                write!(f, "damaged copies: ")?;
                 for (k, region) in regions.iter().enumerate() {
                     let sep = if k == 0 { "" } else { ", " };
                     write!(f, "{sep}{node}'s {region}")?;
@@ -329,13 +330,13 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         damaged: Vec<(NodeId, RegionId)>,
     },
-    /// `node` holds damaged (emptied) copies of `regions`, found so at its restart, while
-    /// configuration `config` keeps it their primary: it was made without knowing of the
-    /// damage. Each region gets an intact backup as primary, or is lost
-    /// ([`remap::damaged_primary`]). Nothing to do unless `config` is the current
-    /// configuration and `node` still the primary of one of them; the node reports again
-    /// while it is.
-    DamagedPrimary {
+    /// `node` holds damaged (held-back) copies of `regions`, found so at its restart, that
+    /// configuration `config` counts complete: it was made without knowing of the damage. A
+    /// region whose primary's copy it is gets an intact backup as primary, or is lost; a
+    /// backup's copy is copied again ([`remap::damaged_copies`]). Nothing to do unless
+    /// `config` is the current configuration and counts one of them complete; the node reports
+    /// again while one does. Sent by nodes only: a request file asking for it is refused.
+    DamagedCopies {
         config: u64,
         node: NodeId,
         regions: Vec<RegionId>,
@@ -635,7 +636,7 @@ impl Manager {
             // regions are recovered reports again: no error for them.
             if matches!(
                 change,
-                Change::AddRegion { .. } | Change::Activate { .. } | Change::DamagedPrimary { .. }
+                Change::AddRegion { .. } | Change::Activate { .. } | Change::DamagedCopies { .. }
             ) {
                 return Ok(Vec::new());
             }
@@ -716,29 +717,29 @@ impl Manager {
                 // Nobody leaves the configuration: no lease to wait out, no node to fence.
                 (plan, Cause::CmReplicas { replicas }, BTreeSet::new())
             }
-            Change::DamagedPrimary {
+            Change::DamagedCopies {
                 config: id,
                 node,
                 regions,
             } => {
                 // A report of an older configuration, or one that crossed the configuration
-                // that did it: nothing to do (the node reports again while one keeps it
-                // primary).
-                let primary_here = |region: &RegionId| {
-                    config
-                        .placement(*region)
-                        .is_some_and(|p| p.primary == node && p.state != RegionState::Lost)
+                // that did it: nothing to do (the node reports again while one counts a
+                // damaged copy complete).
+                let complete_here = |region: &RegionId| {
+                    config.placement(*region).is_some_and(|p| {
+                        p.state != RegionState::Lost && p.complete_replicas().any(|r| r == node)
+                    })
                 };
-                if id != config.id || !regions.iter().any(primary_here) {
+                if id != config.id || !regions.iter().any(complete_here) {
                     return Ok(Vec::new());
                 }
                 let plan =
-                    remap::damaged_primary(&config, node, &regions).map_err(|e| e.to_string())?;
-                let regions = regions.iter().copied().filter(primary_here).collect();
+                    remap::damaged_copies(&config, node, &regions).map_err(|e| e.to_string())?;
+                let regions = regions.iter().copied().filter(complete_here).collect();
                 // Nobody leaves: no lease to wait out, no node to fence.
                 (
                     plan,
-                    Cause::DamagedPrimary { node, regions },
+                    Cause::DamagedCopies { node, regions },
                     BTreeSet::new(),
                 )
             }
@@ -1945,6 +1946,44 @@ mod tests {
             manager.in_progress().unwrap().cause.to_string(),
             "restart of n1, n2, damaged copies: n1's r1"
         );
+    }
+
+    /// A node's report of a damaged copy its configuration counts complete: moved (or copied
+    /// again) when it is of the current configuration, nothing to do when it is of another
+    /// one or names no copy the configuration counts complete, and nothing to do while a
+    /// reconfiguration runs (the node reports again).
+    #[test]
+    fn a_report_of_damaged_copies_moves_them_when_it_is_of_the_current_configuration() {
+        let mut manager = lead();
+        let current = manager.configuration().unwrap().id;
+        let report = |config: u64, regions: &[u32]| Change::DamagedCopies {
+            config,
+            node: NodeId(1),
+            regions: regions.iter().copied().map(RegionId).collect(),
+        };
+        let stale = manager.change(report(current - 1, &[1]), ms(5));
+        assert_eq!(stale, Ok(Vec::new()), "a report of another configuration");
+        // r2: n2 [n1]... whatever is not n1's: none of n1's copies.
+        let r_other = (manager.configuration().unwrap().regions.iter())
+            .find(|p| !p.replicas().any(|r| r == NodeId(1)))
+            .map(|p| p.region.0);
+        if let Some(other) = r_other {
+            let none = manager.change(report(current, &[other]), ms(5));
+            assert_eq!(none, Ok(Vec::new()), "a copy n1 does not hold");
+        }
+        let actions = manager
+            .change(report(current, &[1]), ms(5))
+            .expect("accepted");
+        let (_, next) = proposal(&actions).expect("a proposal");
+        let r1 = next.placement(RegionId(1)).unwrap();
+        assert_eq!((r1.primary, r1.state), (NodeId(2), RegionState::Blocked));
+        assert_eq!(r1.copying, [NodeId(1)]);
+        assert_eq!(
+            manager.in_progress().unwrap().cause.to_string(),
+            "damaged copies: n1's r1"
+        );
+        let busy = manager.change(report(current, &[1]), ms(6));
+        assert_eq!(busy, Ok(Vec::new()), "while a reconfiguration runs");
     }
 
     /// Two clients that found the same regions full at once: the second request, taken while

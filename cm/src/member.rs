@@ -36,12 +36,12 @@
 //!   lists this node as copying in a region, the member also looks at [`Adopter::copied`] and
 //!   reports those of its regions still copying in that configuration, until a configuration
 //!   that no longer lists it as copying there is adopted (docs/failures.md#data-recovery).
-//! - **Damaged primary copies.** A node that found copies damaged at its restart holds them
-//!   back; a committed configuration that still keeps it primary of one was made without
-//!   knowing. After [`DAMAGED_REPORT_DELAY`] (the launcher's restart request, which names every
-//!   damaged copy, usually comes first) the member names them in the same report
-//!   (`RegionsRecovered.damaged`, [`Adopter::damaged_primaries`]), until a configuration makes
-//!   another node their primary (docs/failures.md#whole-cluster-restart).
+//! - **Damaged copies.** A node that found copies damaged at its restart holds them back; a
+//!   committed configuration that still counts one complete (its primary's, or a backup's
+//!   not copying) was made without knowing. After [`DAMAGED_REPORT_DELAY`] (the launcher's
+//!   restart request, which names every damaged copy, usually comes first) the member names
+//!   them in the same report (`RegionsRecovered.damaged`, [`Adopter::damaged_complete`]),
+//!   until a configuration no longer counts them complete (docs/failures.md#whole-cluster-restart).
 
 use crate::wire::{NewConfigAck, RegionsRecovered, envelope::Body};
 use acre_engine::addr::{NodeId, RegionId};
@@ -60,12 +60,12 @@ pub const RECOVERY_POLL: Duration = Duration::from_millis(5);
 /// How often a recovery report goes to the CM again while the regions are still recovered and
 /// blocked (the CM is busy with another reconfiguration, or the report was lost).
 pub const RECOVERY_REPORT_PERIOD: Duration = Duration::from_millis(20);
-/// How long a node holds damaged copies its configuration keeps it primary of before it
-/// reports them ([`Adopter::damaged_primaries`]). In a whole-cluster restart the launcher's
-/// restart request names every damaged copy of every node and comes within this time; a
-/// node's report names only its own primary copies, and the CM may then promote a backup
-/// whose copy is damaged too (which refuses, and is removed). The report is for when that
-/// request never comes; the copies are held back (unreadable) meanwhile.
+/// How long a node holds damaged copies its configuration counts complete before it reports
+/// them ([`Adopter::damaged_complete`]). In a whole-cluster restart the launcher's restart
+/// request names every damaged copy of every node and comes within this time; a node's report
+/// names only its own, and the CM acting on it may promote a backup whose copy is damaged too
+/// and not reported yet (which refuses, and is removed). The report is for when that request
+/// never comes; the copies are held back (unreadable) meanwhile.
 pub const DAMAGED_REPORT_DELAY: Duration = Duration::from_secs(5);
 
 /// What a node does at NEW-CONFIG and NEW-CONFIG-COMMIT.
@@ -96,11 +96,12 @@ pub trait Adopter {
     fn copied(&self) -> Vec<RegionId> {
         Vec::new()
     }
-    /// The regions the node's configuration keeps it primary of although its copy was found
-    /// damaged at its restart and emptied (docs/failures.md#whole-cluster-restart), for the CM
-    /// to hand to an intact backup; empty once no configuration does. A node that never
-    /// restarted, or without regions, has none.
-    fn damaged_primaries(&self) -> Vec<RegionId> {
+    /// The regions whose copy at this node the configuration counts complete (its primary's,
+    /// or a backup's not copying) although the node found it damaged at its restart and holds
+    /// it back (docs/failures.md#whole-cluster-restart), for the CM to move or copy again;
+    /// empty once no configuration does. A node that never restarted, or without regions, has
+    /// none.
+    fn damaged_complete(&self) -> Vec<RegionId> {
         Vec::new()
     }
 }
@@ -315,7 +316,7 @@ impl<A: Adopter> Member<A> {
             && (config.regions.iter().any(|p| {
                 (p.state == RegionState::Blocked && p.primary == self.me)
                     || p.copying.contains(&self.me)
-            }) || !self.adopter.damaged_primaries().is_empty())
+            }) || !self.adopter.damaged_complete().is_empty())
     }
 
     /// Time passed: the regions whose transactions the node recovered, if any, go to the CM of
@@ -346,17 +347,17 @@ impl<A: Adopter> Member<A> {
             .into_iter()
             .filter(copying_here)
             .collect();
-        // Only regions this configuration keeps the node primary of: the CM ignores the rest.
-        let primary_here = |region: &RegionId| {
-            config
-                .placement(*region)
-                .is_some_and(|p| p.primary == self.me && p.state != RegionState::Lost)
+        // Only copies this configuration counts complete: the CM ignores the rest.
+        let complete_here = |region: &RegionId| {
+            config.placement(*region).is_some_and(|p| {
+                p.state != RegionState::Lost && p.complete_replicas().any(|r| r == self.me)
+            })
         };
         let mut damaged: Vec<RegionId> = self
             .adopter
-            .damaged_primaries()
+            .damaged_complete()
             .into_iter()
-            .filter(primary_here)
+            .filter(complete_here)
             .collect();
         if damaged.is_empty() {
             self.damaged_since = None;
@@ -463,7 +464,7 @@ pub(crate) mod tests {
             self.state.borrow().recovered.clone()
         }
 
-        fn damaged_primaries(&self) -> Vec<RegionId> {
+        fn damaged_complete(&self) -> Vec<RegionId> {
             self.state.borrow().damaged.clone()
         }
 
@@ -737,14 +738,14 @@ pub(crate) mod tests {
         assert_eq!(member.recovery_report(ms(120)), None);
     }
 
-    // docs/failures.md#whole-cluster-restart: a node whose copy of a region it is primary of
-    // was found damaged at its restart, in a configuration made without knowing (nothing
-    // blocked), reports the copy to the CM until a configuration makes another node primary.
+    // docs/failures.md#whole-cluster-restart: a node whose copies were found damaged at its
+    // restart, in a configuration made without knowing (nothing blocked) that counts them
+    // complete, reports them to the CM until a configuration no longer does.
     #[test]
-    fn damaged_primary_copies_are_reported_until_another_node_is_primary() {
+    fn damaged_copies_counted_complete_are_reported_until_no_configuration_counts_them() {
         let mut member = Member::new(ME, FakeNode::at(5));
-        // r3's primary is this node (n3); r1's is n1: not this member's to report.
-        member.adopter().state.borrow_mut().damaged = vec![RegionId(1), RegionId(3)];
+        // r3's primary is this node (n3) and r2's backup; r1 is none of its.
+        member.adopter().state.borrow_mut().damaged = vec![RegionId(1), RegionId(2), RegionId(3)];
         acked(member.new_config(CM, with_blocked(6, &[]), ms(0)), 6);
         assert_eq!(member.recovery_report(ms(1)), None, "not committed yet");
         assert!(member.commit(CM, 6));
@@ -767,7 +768,7 @@ pub(crate) mod tests {
                 }),
             ))
         };
-        assert_eq!(member.recovery_report(late), damaged(6, &[3]));
+        assert_eq!(member.recovery_report(late), damaged(6, &[2, 3]));
         assert_eq!(
             member.recovery_report(late + Duration::from_millis(19)),
             None,
@@ -775,10 +776,11 @@ pub(crate) mod tests {
         );
         assert_eq!(
             member.recovery_report(late + Duration::from_millis(20)),
-            damaged(6, &[3])
+            damaged(6, &[2, 3])
         );
 
-        // The CM's answer: r3 has another primary; nothing more to report.
+        // The CM's answer: r3 has another primary and this node copies r2 again; nothing more
+        // to report.
         let mut moved = (*with_blocked(7, &[3])).clone();
         let r3 = moved.regions.iter_mut().find(|p| p.region == RegionId(3));
         let r3 = r3.expect("r3");
@@ -786,6 +788,8 @@ pub(crate) mod tests {
         r3.backups = vec![ME];
         r3.copying = vec![ME];
         r3.primary = backup;
+        let r2 = moved.regions.iter_mut().find(|p| p.region == RegionId(2));
+        r2.expect("r2").copying = vec![ME];
         acked(
             member.new_config(CM, Arc::new(moved), late + Duration::from_millis(30)),
             7,

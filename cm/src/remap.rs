@@ -428,11 +428,11 @@ pub enum RemapError {
         id: u64,
     },
     #[error(
-        "{node} is the primary of none of {} in configuration {id} (or they are lost): its \
-         report of damaged primary copies is for another configuration; nothing to do",
+        "{node} holds no complete copy of any of {} in configuration {id} (or they are lost): \
+         its report of damaged copies is for another configuration; nothing to do",
         region_list(regions)
     )]
-    NoDamagedPrimary {
+    NoDamagedCopy {
         node: NodeId,
         regions: Vec<RegionId>,
         id: u64,
@@ -919,15 +919,16 @@ fn demote_damaged_primary(
 }
 
 /// Configuration c+1 after `node`, running, reported that it holds a damaged copy of each of
-/// `regions` while configuration c keeps it their primary: it found the copies damaged at its
-/// restart and emptied them, and c was made without knowing (a CM acting on a suspicion, or a
-/// new CM leader, before the restart request that names the damage reached it, or that
-/// request refused). Each such region is handed to an intact complete backup and blocked, or
-/// lost, as a damaged primary copy is at a restart ([`restart`]); nothing else changes. Regions
-/// of `regions` that `node` is not the primary of in c (a configuration the report crossed), or
-/// that are lost, are left out; refused when none is left
-/// ([`RemapError::NoDamagedPrimary`]) or `node` is no memory node of c.
-pub fn damaged_primary(
+/// `regions` that configuration c counts complete: it found the copies damaged at its restart
+/// and holds them back (unreadable), and c was made without knowing (a CM acting on a
+/// suspicion, or a new CM leader, before the restart request that names the damage reached it,
+/// or that request refused). As at a restart ([`restart`]): a region whose primary's copy it
+/// is goes to an intact complete backup and is blocked, or is lost; a backup's copy is copied
+/// again (`copying`), so that no plan promotes it; nothing else changes. Regions of `regions`
+/// of which `node` holds no complete copy in c (a configuration the report crossed), or that
+/// are lost, are left out; refused when none is left ([`RemapError::NoDamagedCopy`]) or `node`
+/// is no memory node of c.
+pub fn damaged_copies(
     config: &Configuration,
     node: NodeId,
     regions: &[RegionId],
@@ -947,19 +948,22 @@ pub fn damaged_primary(
     let mut damaged_copies = BTreeSet::new();
     for placement in &mut next.regions {
         let region = placement.region;
-        if !reported.contains(&region)
-            || placement.state == RegionState::Lost
-            || placement.primary != node
-        {
+        let complete_here = placement.complete_replicas().any(|r| r == node);
+        if !reported.contains(&region) || placement.state == RegionState::Lost || !complete_here {
             continue;
         }
         damaged_copies.insert((region, node));
-        if let Some(demoted) = demote_damaged_primary(placement, &mut load, |n| n == node) {
-            again.insert((region, demoted));
+        if placement.primary == node {
+            if let Some(demoted) = demote_damaged_primary(placement, &mut load, |n| n == node) {
+                again.insert((region, demoted));
+            }
+        } else {
+            placement.copying.push(node);
+            again.insert((region, node));
         }
     }
     if damaged_copies.is_empty() {
-        return Err(RemapError::NoDamagedPrimary {
+        return Err(RemapError::NoDamagedCopy {
             node,
             regions: reported.into_iter().collect(),
             id: config.id,
@@ -2056,14 +2060,14 @@ mod tests {
         assert!(error.to_string().contains("install nothing"), "{error}");
     }
 
-    // docs/failures.md#whole-cluster-restart: a node that found its primary copy damaged at
-    // its restart, in a configuration made without knowing, has it handed to an intact backup
-    // as at a restart; nothing else changes, and a region with no intact backup is lost.
+    // docs/failures.md#whole-cluster-restart: a node that found copies damaged at its restart,
+    // in a configuration made without knowing, reports them: a primary copy's region goes to an
+    // intact backup (or is lost without one), a backup copy copies again; nothing else moves.
     #[test]
-    fn a_reported_damaged_primary_copy_goes_to_an_intact_backup_and_nothing_else_moves() {
+    fn a_reported_damaged_copy_goes_to_an_intact_backup_or_copies_again_and_nothing_else_moves() {
         let config = cluster(4, 1, 2);
-        // r1: n1 [n2 n3]; r3: n3 [n4 n1]. n1 reports r1 and r3 (the latter not its primary).
-        let plan = damaged_primary(&config, n(1), &[RegionId(1), RegionId(3)]).unwrap();
+        // r1: n1 [n2 n3]; r2: n2 [n3 n4]. n1 reports r1 and r2 (the latter none of its).
+        let plan = damaged_copies(&config, n(1), &[RegionId(1), RegionId(2)]).unwrap();
         assert_eq!(plan.config.id, config.id + 1);
         let r1 = placement(&plan.config, 1);
         assert_eq!(r1.primary, n(2), "the least loaded intact complete backup");
@@ -2090,11 +2094,25 @@ mod tests {
             );
         }
         // A report that crossed the configuration that moved the region: nothing to do.
-        let refused = damaged_primary(&plan.config, n(1), &[RegionId(1)]);
+        let refused = damaged_copies(&plan.config, n(1), &[RegionId(1)]);
         assert!(
-            matches!(&refused, Err(RemapError::NoDamagedPrimary { node, id, .. })
+            matches!(&refused, Err(RemapError::NoDamagedCopy { node, id, .. })
                 if *node == n(1) && *id == plan.config.id),
             "{refused:?}"
+        );
+        // A backup's damaged copy is copied again, so that nothing promotes it; the region
+        // keeps serving from its primary.
+        let plan = damaged_copies(&config, n(1), &[RegionId(3)]).unwrap();
+        let r3 = placement(&plan.config, 3);
+        assert_eq!((r3.primary, r3.state), (n(3), RegionState::Active));
+        assert_eq!(r3.copying, [n(1)]);
+        assert_eq!(
+            plan.copies,
+            [DataCopy {
+                region: RegionId(3),
+                from: n(3),
+                to: n(1)
+            }]
         );
         // No intact complete backup (f = 1, the backup still copying): the region is lost.
         let mut copying = cluster(2, 1, 1);
@@ -2104,7 +2122,7 @@ mod tests {
             .find(|p| p.region == RegionId(1))
             .unwrap();
         r1.copying = r1.backups.clone();
-        let plan = damaged_primary(&copying, n(1), &[RegionId(1)]).unwrap();
+        let plan = damaged_copies(&copying, n(1), &[RegionId(1)]).unwrap();
         assert_eq!(placement(&plan.config, 1).state, RegionState::Lost);
     }
 

@@ -292,9 +292,10 @@ pub struct RegionsRecovered {
     /// predate copy reports.
     #[prost(uint32, repeated, tag = "3")]
     pub copied: Vec<u32>,
-    /// Ids of the regions `config` keeps the sender primary of although its copy of each was
-    /// found damaged at its restart and emptied (docs/failures.md#whole-cluster-restart):
-    /// `config` was made without knowing, and the CM hands each to an intact backup. Absent
+    /// Ids of the regions whose copy at the sender `config` counts complete although the
+    /// sender found it damaged at its restart and holds it back
+    /// (docs/failures.md#whole-cluster-restart): `config` was made without knowing, and the CM
+    /// moves a primary's region to an intact backup and has a backup copy again. Absent
     /// (empty) in reports of nodes that predate it.
     #[prost(uint32, repeated, tag = "4")]
     pub damaged: Vec<u32>,

@@ -273,6 +273,66 @@ pub const HELD_BACK: Owner = Owner(VERSION_MASK - 1);
 /// node the region's primary.
 pub const HELD_BACK_WORD: u64 = LOCK_BIT | HELD_BACK.0;
 
+/// Installs `payload` at `version` into a slot of a held-back copy (its header is
+/// [`HELD_BACK_WORD`]), as a backup applying a committed update to a copy being copied again
+/// does: the held-back word is older than any install. Same stores as [`install_with`]
+/// (trailer, payload, sum, header last), so a concurrent reader sees the slot held back, torn
+/// or whole. Returns the new header.
+pub fn install_over_held_back<W: AtomicWord>(
+    words: &[W],
+    payload: &[u8],
+    allocated: bool,
+    version: u64,
+) -> Header {
+    let header = header_word(words).load(Acquire);
+    assert_eq!(
+        header,
+        HELD_BACK_WORD,
+        "not a held-back slot: header={}",
+        Header(header)
+    );
+    assert!(
+        version <= VERSION_MAX,
+        "version past the maximum: v{version}"
+    );
+    store_installed(words, payload, allocated, version)
+}
+
+/// Replaces a slot of a held-back copy with `slot`, the slot's bytes as read at the region's
+/// primary (consistent, in any state, never installed included), word for word, stored in an
+/// install's order: trailer, payload and sum, header last. Data recovery makes a held-back
+/// copy byte for byte its primary's so.
+pub fn copy_over_held_back<W: AtomicWord>(words: &[W], slot: &[u8]) {
+    check_slot(words);
+    assert_eq!(
+        slot.len(),
+        words.len() * WORD_BYTES,
+        "a slot of {} bytes over {} words",
+        slot.len(),
+        words.len()
+    );
+    let header = header_word(words).load(Acquire);
+    assert_eq!(
+        header,
+        HELD_BACK_WORD,
+        "not a held-back slot: header={}",
+        Header(header)
+    );
+    let word_at = |index: usize| {
+        u64::from_le_bytes(
+            slot[index * WORD_BYTES..(index + 1) * WORD_BYTES]
+                .try_into()
+                .expect("8 bytes"),
+        )
+    };
+    let last = words.len() - 1;
+    words[last].store(word_at(last), Release);
+    for (index, word) in words.iter().enumerate().take(last).skip(1) {
+        word.store(word_at(index), Release);
+    }
+    words[0].store(word_at(0), Release);
+}
+
 /// Whether `bytes` (a slot or block header as READ) start with [`HELD_BACK_WORD`].
 pub fn is_held_back(bytes: &[u8]) -> bool {
     bytes
@@ -519,7 +579,14 @@ pub fn unlock_if_owner<W: AtomicWord>(words: &[W], owner: Owner) -> bool {
         return false;
     }
     // The owner is gone and nobody else can take a held lock, so the trailer is stable.
-    let unlocked = header.unlocked_at(trailer_word(words).load(Acquire));
+    let trailer = trailer_word(words).load(Acquire);
+    if trailer > VERSION_MAX {
+        // No install leaves that: the slot was damaged (a bit flipped while its node was
+        // down). It stays locked, unreadable rather than wrong. A lower bit flipped unlocks it
+        // at a version its sum refuses, which reads as damaged.
+        return false;
+    }
+    let unlocked = header.unlocked_at(trailer);
     header_word(words)
         .compare_exchange(header.0, unlocked.0, AcqRel, Acquire)
         .is_ok()
@@ -1083,6 +1150,40 @@ mod tests {
         ));
     }
 
+    // docs/formats.md#a-held-back-copy: a held-back slot reads as locked (never an object),
+    // and is replaced by an install at any version or by the primary's slot word for word,
+    // never installed included.
+    #[test]
+    fn a_held_back_slot_is_no_object_and_is_replaced_by_any_install_or_copy() {
+        let held =
+            || -> Vec<AtomicU64> { (0..5).map(|_| AtomicU64::new(HELD_BACK_WORD)).collect() };
+        let words = held();
+        assert!(is_held_back(&read_bytes(&words)));
+        let header = load_header(&words);
+        assert!(header.is_locked() && !header.is_allocated(), "{header}");
+        assert_ne!(header.owner(), Some(Owner::ALLOCATOR));
+        assert_ne!(HELD_BACK_WORD, crate::slab::BLOCK_MAGIC);
+        // A backup applying an update at version 1 over it.
+        install_over_held_back(&words, b"first", true, 1);
+        let bytes = read_bytes(&words);
+        let read = decode(&bytes).unwrap();
+        assert_eq!(
+            (read.header.version(), &read.payload[..5]),
+            (1, &b"first"[..])
+        );
+        assert_eq!(check(&words), SlotCheck::Intact);
+        // The copier replacing it with the primary's slot: installed, or never installed.
+        let primary = slot(2);
+        try_lock(&primary, 0, O).unwrap();
+        install(&primary, b"copied");
+        for source in [read_bytes(&primary), vec![0u8; 40]] {
+            let words = held();
+            copy_over_held_back(&words, &source);
+            assert_eq!(read_bytes(&words), source);
+            assert!(decode(&source).is_ok());
+        }
+    }
+
     #[test]
     fn the_check_tells_a_slot_never_installed_and_an_install_cut_short_from_damage() {
         let pristine: Vec<AtomicU64> = (0..5).map(|_| AtomicU64::new(0)).collect();
@@ -1115,7 +1216,14 @@ mod tests {
         let installed = install_at(&flipped, b"after", true, 2);
         assert_eq!(installed.damaged_trailer, Some(1 ^ (1 << 20)));
         assert_eq!(check(&flipped), SlotCheck::Intact);
-        let read = decode(&read_bytes(&flipped)).unwrap();
+        // An abort over a trailer with a high bit flipped leaves the lock rather than fail.
+        let locked = slot(2);
+        try_lock(&locked, 0, O).unwrap();
+        locked[4].store(1 << 63, Release);
+        assert!(!unlock_if_owner(&locked, O));
+        assert!(load_header(&locked).is_locked());
+        let bytes = read_bytes(&flipped);
+        let read = decode(&bytes).unwrap();
         assert_eq!(
             (read.header.version(), &read.payload[..5]),
             (2, &b"after"[..])

@@ -235,11 +235,11 @@ impl Adopter for HostAdopter {
         }
     }
 
-    /// A memory node's damaged copies its configuration keeps it primary of; a standalone
-    /// replica holds no region.
-    fn damaged_primaries(&self) -> Vec<RegionId> {
+    /// A memory node's damaged copies its configuration counts complete; a standalone replica
+    /// holds no region.
+    fn damaged_complete(&self) -> Vec<RegionId> {
         match &self.0 {
-            CmHost::Node(node) => node.damaged_primaries(),
+            CmHost::Node(node) => node.damaged_complete(),
             CmHost::Standalone(_) => Vec::new(),
         }
     }
@@ -1047,6 +1047,14 @@ impl Keeper {
     /// its CM addresses, and becomes a peer of the links (NEW-CONFIG reaches it there); the CM's
     /// replicas are not a request's to name.
     fn prepare(&mut self, change: &Change) -> Result<(), String> {
+        if let Change::DamagedCopies { node, .. } = change {
+            // Only the node that holds the copies knows they are damaged: a request could
+            // demote any primary.
+            return Err(format!(
+                "{node} reports its damaged copies itself \
+                 (docs/failures.md#whole-cluster-restart); ask for nothing"
+            ));
+        }
         if let Change::CmReplicas { .. } = change {
             // The configuration names the voters Raft applied, which only the acting CM
             // knows: a request could make it name others.
@@ -1274,10 +1282,10 @@ fn describe(change: &Change) -> String {
             let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
             format!("restarting {}", names.join(" "))
         }
-        Change::DamagedPrimary { node, regions, .. } => {
+        Change::DamagedCopies { node, regions, .. } => {
             let names: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
             format!(
-                "moving {node}'s damaged primary copies of {}",
+                "setting aside {node}'s damaged copies of {}",
                 names.join(" ")
             )
         }

@@ -281,6 +281,18 @@ impl Backup {
             Err(e) => return Err(e),
         };
         let version = entry.version + 1;
+        if object::load_header(words).to_u64() == object::HELD_BACK_WORD {
+            // A copy held back since its restart found it damaged, being copied again: older
+            // than any install (docs/formats.md#a-held-back-copy).
+            object::install_over_held_back(
+                words,
+                &entry.payload,
+                entry.kind != EntryKind::Free,
+                version,
+            );
+            persist_slot(region, addr, words.len());
+            return Ok(Installed::Yes);
+        }
         if object::load_header(words).version() >= version {
             return Ok(Installed::Older);
         }
@@ -350,6 +362,12 @@ impl Backup {
                 slot_bytes: slot.len() as u64,
             });
         }
+        if object::load_header(words).to_u64() == object::HELD_BACK_WORD {
+            // Held back: the primary's slot as it is, never installed included.
+            object::copy_over_held_back(words, slot);
+            persist_slot(&copy.region, addr, words.len());
+            return Ok(true);
+        }
         if object::load_header(words).version() >= read.header.version() {
             return Ok(false);
         }
@@ -361,6 +379,56 @@ impl Backup {
         );
         persist_slot(&copy.region, addr, words.len());
         Ok(true)
+    }
+
+    /// Data recovery, for a block the primary has not claimed: a held-back copy's block
+    /// (docs/formats.md#a-held-back-copy) is emptied, its header word last, so that a reader
+    /// sees it held back or unclaimed, as it is at the primary. Nothing else writes such a
+    /// block: installs need its header. Returns whether it was held back.
+    pub fn empty_held_back_block(&self, region: RegionId, block_offset: u32) -> bool {
+        let Some(copy) = self.copy(region) else {
+            return false;
+        };
+        let _writing = copy.writing.lock().expect(crate::POISONED);
+        let words = copy.region.words_at(block_offset, self.block_bytes);
+        if words[0].load(Ordering::Acquire) != object::HELD_BACK_WORD {
+            return false;
+        }
+        for word in &words[1..] {
+            word.store(0, Ordering::Release);
+        }
+        words[0].store(0, Ordering::Release);
+        persist_slot(
+            &copy.region,
+            Addr::new(region, block_offset),
+            (self.block_bytes / 8) as usize,
+        );
+        true
+    }
+
+    /// Data recovery: zeroes the words of `region` in `from..to` that hold the held-back word,
+    /// where no slot lies (a block's slack after its last slot, the region's tail after its
+    /// last block): the rest of a held-back copy is replaced slot by slot.
+    pub fn clear_held_back_slack(&self, region: RegionId, from: u32, to: u64) {
+        let Some(copy) = self.copy(region) else {
+            return;
+        };
+        let to = to.min(copy.region.len() as u64);
+        if u64::from(from) >= to {
+            return;
+        }
+        let _writing = copy.writing.lock().expect(crate::POISONED);
+        let words = copy.region.words_at(from, to - u64::from(from));
+        let mut cleared = false;
+        for word in words {
+            if word.load(Ordering::Acquire) == object::HELD_BACK_WORD {
+                word.store(0, Ordering::Release);
+                cleared = true;
+            }
+        }
+        if cleared {
+            persist_slot(&copy.region, Addr::new(region, from), words.len());
+        }
     }
 
     fn copy(&self, id: RegionId) -> Option<BackupCopy> {

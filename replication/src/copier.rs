@@ -506,6 +506,12 @@ impl Copying {
             }
             let offset = u32::try_from(block * block_bytes).expect("regions are under 4 GiB");
             self.copy_block(primary, key, region, offset, block_bytes)?;
+            if block + 1 == blocks {
+                // The region's tail after its last block, never used.
+                let tail = u32::try_from(blocks * block_bytes).expect("regions are under 4 GiB");
+                self.backup
+                    .clear_held_back_slack(region, tail, config.region_bytes);
+            }
             read_bytes += block_bytes;
             self.progress.set(region, block + 1, blocks);
             // Pace: no faster than the pace of the moment, block by block.
@@ -578,7 +584,9 @@ impl Copying {
             ));
         }
         let Some(slot_bytes) = slab::block_slot_bytes(&header, block_bytes) else {
-            return Ok(()); // unclaimed
+            // Unclaimed: so is the copy's, unless held back since its restart.
+            self.backup.empty_held_back_block(region, offset);
+            return Ok(());
         };
         if !self.backup.copy_block_header(region, offset, &header) {
             return Err(format!(
@@ -605,6 +613,12 @@ impl Copying {
                 .map_err(|e| format!("installing {addr}: {e}"))?;
             pos += slot_bytes;
         }
+        // The slack after the last slot: zero at the primary, held back here after a restart.
+        self.backup.clear_held_back_slack(
+            region,
+            offset + pos as u32,
+            u64::from(offset) + block_bytes,
+        );
         Ok(())
     }
 

@@ -439,10 +439,10 @@ impl ProcessNode {
         self.replica().copied_regions()
     }
 
-    /// Regions its configuration keeps it primary of although their copy was found damaged
-    /// at its restart ([`ReplicaNode::damaged_primaries`]): what it reports to the CM.
-    pub fn damaged_primaries(&self) -> Vec<RegionId> {
-        self.replica().damaged_primaries()
+    /// Regions whose copy here its configuration counts complete although it was found
+    /// damaged at the restart ([`ReplicaNode::damaged_complete`]): what it reports to the CM.
+    pub fn damaged_complete(&self) -> Vec<RegionId> {
+        self.replica().damaged_complete()
     }
 
     /// Refuses to start memory node `node` while another process runs it.

@@ -215,16 +215,13 @@ pub struct ReplicaNode {
     backup: Arc<Backup>,
     /// Every copy this node holds, primary or backup.
     copies: RwLock<Vec<Arc<Region>>>,
-    /// The copies a restart found damaged ([`vouch_for`]): emptied, held as backup copies, and
+    /// The copies a restart found damaged ([`vouch_for`]): held back, held as backup copies, and
     /// reported in the manifest until the restart configuration copies them again.
     damaged: Vec<RegionId>,
     /// The damaged copies ([`Self::damaged`]) whose mark ([`sums::mark_damaged`]) stays until
     /// they are copied again: a configuration has counted them `copying` (the value says
     /// whether one has) and a later one complete. Their clean stop writes no sums for them.
     not_copied_again: Mutex<BTreeMap<RegionId, bool>>,
-    /// The damaged copies filled with [`HELD_BACK_WORD`] (every read of them fails) until a
-    /// configuration makes this node copy them again: emptied then, before the copier starts.
-    held_back: Mutex<BTreeSet<RegionId>>,
     /// The configuration this node restarted in (0 for a fresh start).
     restart_config_id: u64,
     /// Where new copies go.
@@ -409,7 +406,6 @@ impl ReplicaNode {
         let mut backups = Vec::new();
         let mut copies = Vec::new();
         let mut damaged = Vec::new();
-        let mut held_back = BTreeSet::new();
         let mut unvouched = Vec::new();
         for placement in config.replicated_on(node) {
             let region = match reopen {
@@ -434,14 +430,7 @@ impl ReplicaNode {
                 continue;
             }
             if !intact || lost_records {
-                // Held back, unless its configuration copies it again already (a restart
-                // configuration committed before the node was killed): the copier starts on
-                // it at once, and fills only an empty copy.
-                let copying = placement.copying.contains(&node);
-                discard(node, &region, if copying { 0 } else { HELD_BACK_WORD })?;
-                if !copying {
-                    held_back.insert(region.id());
-                }
+                discard(node, &region)?;
                 damaged.push(region.id());
                 // Not served: held as a backup copy, empty, that the restart configuration
                 // has copied again from the region's primary (a promoted backup if this node
@@ -530,7 +519,6 @@ impl ReplicaNode {
             backup,
             copies: RwLock::new(copies),
             not_copied_again: Mutex::new(damaged.iter().map(|&r| (r, false)).collect()),
-            held_back: Mutex::new(held_back),
             restart_config_id: if reopen.is_some() { start_config_id } else { 0 },
             damaged,
             storage: storage.clone(),
@@ -578,7 +566,7 @@ impl ReplicaNode {
         // copy it cannot serve. A configuration that keeps it primary where it was is not
         // refused (a new CM leader distributes one before the restart request comes): the copy
         // is held back, every read of it fails, and the node reports it to the CM
-        // ([`Self::damaged_primaries`]), which hands the region on.
+        // ([`Self::damaged_complete`]), which hands the region on.
         {
             // A copy some configuration counted `copying` is being copied again: one that
             // counts it complete (and may promote it) follows that copy's completion.
@@ -596,19 +584,7 @@ impl ReplicaNode {
         let mut adopted = Adopted::default();
         for placement in newer.replicated_on(node) {
             let copying = placement.copying.contains(&node);
-            if let Some(region) = self.copy(placement.region) {
-                if copying
-                    && (self.held_back.lock().expect(crate::POISONED)).remove(&placement.region)
-                {
-                    // Copied again from now on: the copier installs into an empty copy only
-                    // (every version in it 0). Nothing reads it meanwhile: the configuration
-                    // that makes it copying makes another node primary.
-                    empty(&region).map_err(|source| AdoptError::Copy {
-                        region: placement.region,
-                        config: newer.id,
-                        source,
-                    })?;
-                }
+            if self.copy(placement.region).is_some() {
                 // A copy it held already: a backup's copy may have completed meanwhile.
                 self.backup.set_copying(placement.region, copying);
                 continue;
@@ -725,14 +701,15 @@ impl ReplicaNode {
             .collect()
     }
 
-    /// Regions the node's configuration keeps it primary of (and not lost) although its copy
-    /// was found damaged at its restart and has not been copied again: the configuration was
-    /// made without knowing of the damage (a new CM leader's, or one made on a suspicion,
-    /// before the restart request that names the damage came, or with that request refused).
-    /// The node does not serve them (the copy is emptied and held back: every read of it
-    /// fails) and reports them to the CM, which hands each to an intact backup, or loses it
+    /// Regions whose copy at this node the configuration counts complete (its primary's, or a
+    /// backup's not copying; the region not lost) although the node found it damaged at its
+    /// restart and has not copied it again: the configuration was made without knowing of the
+    /// damage (a new CM leader's, or one made on a suspicion, before the restart request that
+    /// names the damage came, or with that request refused). The node holds such a copy back
+    /// (every read of it fails) and reports it to the CM, which moves a primary's region to an
+    /// intact backup, or loses it, and has a backup copy again
     /// (docs/failures.md#whole-cluster-restart).
-    pub fn damaged_primaries(&self) -> Vec<RegionId> {
+    pub fn damaged_complete(&self) -> Vec<RegionId> {
         let config = self.txn.config();
         let node = self.node_id();
         let marked = self.not_copied_again.lock().expect(crate::POISONED);
@@ -740,9 +717,9 @@ impl ReplicaNode {
             .filter(|(_, seen_copying)| !**seen_copying)
             .map(|(region, _)| *region)
             .filter(|region| {
-                config
-                    .placement(*region)
-                    .is_some_and(|p| p.primary == node && p.state != RegionState::Lost)
+                config.placement(*region).is_some_and(|p| {
+                    p.state != RegionState::Lost && p.complete_replicas().any(|r| r == node)
+                })
             })
             .collect();
         regions.sort();
@@ -756,7 +733,7 @@ impl ReplicaNode {
     pub fn recovered_regions(&self) -> Vec<RegionId> {
         let config = self.txn.config();
         // Never one whose copy here is damaged: the CM hands it to another node instead.
-        let damaged = self.damaged_primaries();
+        let damaged = self.damaged_complete();
         let mut regions: Vec<RegionId> = self
             .recovered
             .lock()
@@ -1117,10 +1094,12 @@ fn vouch_by_objects(node: NodeId, region: &Region, block_bytes: u64) -> bool {
     }
 }
 
-/// Empties a copy a restarted node may not serve (every word zero, persisted) before anything
-/// reads it, after marking it damaged: nothing of it is served, and a copy of the region from a
-/// live replica fills it again, installing every object since none is older than a version 0.
-fn discard(node: NodeId, region: &Region, fill: u64) -> Result<(), StartError> {
+/// Holds back a copy a restarted node may not serve (every word [`HELD_BACK_WORD`], persisted)
+/// before anything reads it, after marking it damaged: every read of it fails as unavailable,
+/// also one by a node whose configuration still names this node the region's primary, and a
+/// copy of the region from a live replica replaces it slot by slot (a held-back slot is older
+/// than any install: docs/formats.md#a-held-back-copy).
+fn discard(node: NodeId, region: &Region) -> Result<(), StartError> {
     let id = region.id();
     let Some(file) = region.path() else {
         unreachable!("only a node in files restarts");
@@ -1131,18 +1110,11 @@ fn discard(node: NodeId, region: &Region, fill: u64) -> Result<(), StartError> {
         "mark {node}'s copy of {id} damaged ({})",
         sums::damaged_path(&file).display()
     )))?;
-    fill_copy(region, fill).map_err(io(format!("empty {node}'s damaged copy of {id}")))
-}
-
-/// Stores `word` in every word of `region`, persisted.
-fn fill_copy(region: &Region, word: u64) -> io::Result<()> {
-    for w in region.words() {
-        w.store(word, Ordering::Relaxed);
+    for word in region.words() {
+        word.store(HELD_BACK_WORD, Ordering::Relaxed);
     }
-    region.mapping().persist(0, region.len() as usize)
-}
-
-/// Empties a held-back copy (every word zero, persisted) for data recovery to fill.
-fn empty(region: &Region) -> io::Result<()> {
-    fill_copy(region, 0)
+    region
+        .mapping()
+        .persist(0, region.len() as usize)
+        .map_err(io(format!("hold back {node}'s damaged copy of {id}")))
 }

@@ -8,6 +8,7 @@ use crate::cluster::{
 };
 use acre::cluster::CLUSTER_FILE;
 use acre::db::{Db, NodeId};
+use acre::engine::object::HELD_BACK_WORD;
 use acre_benches::bank::Bank;
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hasher};
@@ -588,6 +589,23 @@ fn damaged_primary_copy_is_never_served(name: &str, stop: Stop) {
     let bytes = std::fs::read(&copy).expect("read the copy");
     let balance = i64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     assert_eq!(balance, balances[0], "the copied balance at {victim}");
+    // The held-back copy is replaced whole: word for word its new primary's (nothing writes
+    // the region meanwhile), no held-back word left in a slot, a block's slack or the tail.
+    let primary = placement_of(&cluster, region).primary;
+    let primary_bytes = std::fs::read(copy_file(&cluster.dir, primary, region))
+        .expect("read the new primary's copy");
+    let held_back = bytes
+        .chunks(8)
+        .filter(|w| u64::from_le_bytes((*w).try_into().expect("8 bytes")) == HELD_BACK_WORD)
+        .count();
+    assert_eq!(held_back, 0, "held-back words left in {victim}'s copy");
+    let differing = (bytes.chunks(8).zip(primary_bytes.chunks(8)))
+        .position(|(a, b)| a != b)
+        .map(|word| word * 8);
+    assert_eq!(
+        differing, None,
+        "{victim}'s copy differs from {primary}'s at this offset"
+    );
 }
 
 /// The file of `node`'s copy of `region` in the cluster directory.
@@ -662,7 +680,7 @@ fn placement_of(cluster: &Cluster, region: acre::db::RegionId) -> acre::txn::con
 /// are started again by hand, one `acre node --restart` each, with no restart request naming
 /// the damage (as when `up`'s request is refused, or the CM commits a configuration before it
 /// comes). The CM's configurations keep the damaged node primary of the region. The node
-/// reports its emptied copy itself: the CM hands the region to an intact backup, and every
+/// reports its held-back copy itself: the CM hands the region to an intact backup, and every
 /// balance reads as committed. Before, the region stayed active on the emptied copy, and the
 /// account read as absent.
 #[test]

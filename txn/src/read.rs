@@ -270,6 +270,9 @@ impl ObjectReader {
             .fabric
             .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
             .map_err(|e| op_error(primary, e))?;
+        if object::is_held_back(&header) {
+            return Err(held_back(primary, block.region()));
+        }
         Ok(slab::block_slot_bytes(&header, self.block_bytes).is_none())
     }
 

@@ -302,11 +302,13 @@ fn a_damaged_copy_not_copied_again_refuses_to_be_promoted() {
 /// n1's copy of r1, its primary copy, is found damaged at its restart. Until a configuration
 /// hands r1 to another node, the configuration in force still names n1 r1's primary: a read
 /// of r1 there must fail as unavailable, never find "no object" in the emptied copy (before,
-/// the copy was zeros: every block read as unclaimed and every address as absent). Once a
-/// configuration makes n1 copy r1 again, the copy is emptied for the copier.
+/// the copy was zeros: every block read as unclaimed and every address as absent). A
+/// configuration that makes n1 copy r1 again leaves it held back: a node still in the older
+/// configuration reads there; the copier replaces it slot by slot.
 #[test]
 fn a_held_back_copy_reads_as_unavailable_never_as_absent_objects() {
     use acre_engine::addr::Addr;
+    use acre_engine::object::HELD_BACK_WORD;
     use acre_txn::error::TxnError;
     let dir = tempfile::tempdir().expect("create the cluster directory");
     let (path, config) = cluster_of_two(dir.path());
@@ -317,7 +319,7 @@ fn a_held_back_copy_reads_as_unavailable_never_as_absent_objects() {
     flip_a_bit(&copy, 4096 + 1);
     let restarted = ProcessNode::restart(&path, n1).expect("restart n1");
     assert_eq!(restarted.replica().damaged_copies(), [r1]);
-    assert_eq!(restarted.damaged_primaries(), [r1]);
+    assert_eq!(restarted.damaged_complete(), [r1]);
 
     let current = restarted.txn().config();
     assert_eq!(current.placement(r1).map(|p| p.primary), Some(n1));
@@ -340,12 +342,25 @@ fn a_held_back_copy_reads_as_unavailable_never_as_absent_objects() {
     placement.backups = vec![n1];
     placement.copying = vec![n1];
     placement.state = acre_txn::config::RegionState::Blocked;
-    restarted.adopt(Arc::new(next)).expect("adopt r1's move");
-    assert_eq!(restarted.damaged_primaries(), []);
+    let moved = Arc::new(next);
+    restarted.adopt(moved.clone()).expect("adopt r1's move");
+    assert_eq!(restarted.damaged_complete(), []);
+    // Still held back, not emptied: a node still in configuration 1 reads r1 here. The
+    // copier replaces it slot by slot from n2 (not running here).
     let bytes = std::fs::read(&copy).expect("read the copy");
     assert!(
-        bytes.iter().all(|&b| b == 0),
-        "the copy is emptied for the copier"
+        bytes
+            .chunks(8)
+            .all(|w| u64::from_le_bytes(w.try_into().unwrap()) == HELD_BACK_WORD),
+        "the copy stays held back until the copier replaces it"
+    );
+    let read = restarted
+        .txn()
+        .reader()
+        .read(&current, Addr::new(r1, 4096 + 64));
+    assert!(
+        matches!(&read, Err(TxnError::Unavailable { .. })),
+        "a reader still in configuration 1: {read:?}"
     );
     restarted.stop();
 }

@@ -413,7 +413,7 @@ impl Backup {
         let Some(copy) = self.copy(region) else {
             return;
         };
-        let to = to.min(copy.region.len() as u64);
+        let to = to.min(copy.region.len());
         if u64::from(from) >= to {
             return;
         }

@@ -632,12 +632,17 @@ impl Copying {
         slot_bytes: usize,
     ) -> Result<Vec<u8>, String> {
         let deadline = Instant::now() + SLOT_SETTLE_MAX;
+        let in_order = self.node.fabric().reads_in_address_order();
         loop {
             let slot = self.read(primary, addr, key, slot_bytes as u64)?;
             match object::decode(&slot) {
                 Ok(_) => return Ok(slot),
-                // Reading it again reads the same: the primary's copy cannot give it.
-                Err(object::DecodeError::Damaged(damaged)) => {
+                // Reading it again reads the same: the primary's copy cannot give it. (Over a
+                // transport that does not read in address order it may be a race: read again
+                // until the deadline.)
+                Err(object::DecodeError::Damaged(damaged))
+                    if in_order || Instant::now() >= deadline =>
+                {
                     return Err(format!("{addr} at {primary}: {damaged}"));
                 }
                 Err(_) => {}

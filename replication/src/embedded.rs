@@ -149,6 +149,12 @@ impl EmbeddedCluster {
         &self.config
     }
 
+    /// From now on every READ loads its words in decreasing address order, as a NIC or a
+    /// provider's copy may ([`LocalCluster::read_out_of_order`]).
+    pub fn read_out_of_order(&self) {
+        self.local.read_out_of_order();
+    }
+
     pub fn nodes(&self) -> &[ReplicaNode] {
         &self.nodes
     }

@@ -706,12 +706,13 @@ fn a_damaged_primary_copy_the_cm_was_not_told_of_is_handed_to_an_intact_backup()
     flip_a_byte_bit(&copy, u64::from(account.offset()) + 16 + 1);
 
     acre::replication::sums::clear_cluster_stopping(&cluster.dir).expect("clear the stop mark");
+    let mut children = Vec::new();
     for &node in &nodes {
         acre::engine::directory::NodeManifest::remove(&cluster.dir, node)
             .expect("remove the stopped process's manifest");
         let log = std::fs::File::create(acre::cluster::node_log_path(&cluster.dir, node))
             .expect("create the node's log");
-        Command::new(env!("CARGO_BIN_EXE_acre"))
+        let child = Command::new(env!("CARGO_BIN_EXE_acre"))
             .arg("node")
             .arg("--cluster")
             .arg(cluster.dir.join(CLUSTER_FILE))
@@ -721,8 +722,9 @@ fn a_damaged_primary_copy_the_cm_was_not_told_of_is_handed_to_an_intact_backup()
             .stderr(log)
             .spawn()
             .expect("start a node process");
+        children.push(child);
     }
-    // `cluster down` (the fixture's drop) stops them through their manifests.
+    // `cluster down` at the end stops them through their manifests (the fixture's drop too).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let placement = loop {
         let placement = acre::cluster::CmStatusFile::read(&cluster.dir)
@@ -753,4 +755,10 @@ fn a_damaged_primary_copy_the_cm_was_not_told_of_is_handed_to_an_intact_backup()
         log.contains(&format!("its copy of {region} is damaged")),
         "{log}"
     );
+    drop(db);
+    let down = acre(&["cluster", "down", "--dir", cluster.dir()]);
+    assert!(down.status.success(), "{}", text(&down));
+    for mut child in children {
+        child.wait().expect("reap a node process");
+    }
 }

@@ -117,6 +117,8 @@ impl ObjectReader {
             SlotAt::UnclaimedBlock { block } => return Ok(Found::UnclaimedBlock { block }),
         };
         let mut backoff = Backoff::poll().with_clock(self.fabric.clock());
+        let in_order = self.fabric.reads_in_address_order();
+        let mut damaged = None;
         for _ in 0..READ_ATTEMPTS_MAX {
             let bytes = self
                 .fabric
@@ -133,6 +135,13 @@ impl ObjectReader {
                     }));
                 }
                 Ok(_) | Err(object::DecodeError::Torn(_)) => backoff.wait(),
+                // Over a transport that does not read in address order, a READ racing an
+                // install may mix two installs under an agreeing header and trailer, which
+                // only the sum tells: read again. Damage reads the same every time.
+                Err(object::DecodeError::Damaged(e)) if !in_order => {
+                    damaged = Some(e);
+                    backoff.wait();
+                }
                 Err(e) => {
                     return Err(TxnError::Protocol {
                         node: primary,
@@ -140,6 +149,12 @@ impl ObjectReader {
                     });
                 }
             }
+        }
+        if let Some(e) = damaged {
+            return Err(TxnError::Protocol {
+                node: primary,
+                reason: format!("read of {addr}: {e} ({READ_ATTEMPTS_MAX} reads)"),
+            });
         }
         Err(TxnError::Conflict {
             addr,
@@ -198,6 +213,12 @@ impl ObjectReader {
                         })),
                         // Locked by a committing transaction, or torn: wait for it alone.
                         Ok(_) | Err(object::DecodeError::Torn(_)) => self.read(config, addr),
+                        // Maybe torn, over a transport that does not read in address order.
+                        Err(object::DecodeError::Damaged(_))
+                            if !self.fabric.reads_in_address_order() =>
+                        {
+                            self.read(config, addr)
+                        }
                         Err(e) => Err(TxnError::Protocol {
                             node: primary,
                             reason: format!("read of {addr}: {e}"),

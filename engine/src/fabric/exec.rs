@@ -33,8 +33,24 @@ pub fn oversize(ops: &[Op]) -> Option<OpError> {
     })
 }
 
+/// The order in which a READ loads its words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOrder {
+    /// Increasing address order: what every transport here does.
+    Ascending,
+    /// Decreasing address order: what a NIC's DMA or a provider's copy may do, which no
+    /// transport here does; the `local` transport does it on request, so that tests can check
+    /// that object reads hold over a transport that does not read in address order.
+    Descending,
+}
+
 /// Executes `op` on `memory` (the node that owns it).
 pub fn execute(memory: &NodeMemory, op: &Op) -> OpResult {
+    execute_reading(memory, op, ReadOrder::Ascending)
+}
+
+/// [`execute`], with a READ's words loaded in `order`.
+pub fn execute_reading(memory: &NodeMemory, op: &Op, order: ReadOrder) -> OpResult {
     let addr = match op {
         Op::Notify => {
             memory.doorbell().ring();
@@ -49,6 +65,16 @@ pub fn execute(memory: &NodeMemory, op: &Op) -> OpResult {
             node: memory.node_id(),
             region: addr.region(),
         })?;
+    if let (Op::Read { addr, key, len }, ReadOrder::Descending) = (op, order) {
+        region.check(*key, *addr, *len as u64)?;
+        let words = region.words_at(addr.offset(), *len as u64);
+        let mut out = vec![0u8; *len as usize];
+        for (index, word) in words.iter().enumerate().rev() {
+            out[index * 8..index * 8 + 8]
+                .copy_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
+        }
+        return Ok(Completion::Read(out));
+    }
     execute_on(&region, memory.node_id(), op)
 }
 

@@ -261,6 +261,20 @@ impl Fabric {
         &self.transport
     }
 
+    /// Whether a READ loads a slot's words in increasing address order, each an atomic 8-byte
+    /// load (`local`, `shm`, `tcp`: docs/formats.md#the-fabric). Where it does not (`ofi`, whose
+    /// providers copy with memcpy, the kernel or a NIC), a READ racing an install may see a
+    /// slot's header and trailer agree over words of two installs, which only the object's sum
+    /// tells apart: readers then read such a slot again instead of calling it damaged.
+    pub fn reads_in_address_order(&self) -> bool {
+        match &self.transport {
+            Transport::Local(t) => t.reads_in_address_order(),
+            Transport::Shm(_) | Transport::Tcp(_) => true,
+            #[cfg(feature = "ofi")]
+            Transport::Ofi(_) => false,
+        }
+    }
+
     pub fn transport_name(&self) -> &'static str {
         match &self.transport {
             Transport::Local(_) => "local",

@@ -131,6 +131,12 @@ fn a_damaged_copy_stays_damaged_across_a_clean_stop_before_it_is_copied_again() 
     again
         .adopt(Arc::new(copying.clone()))
         .expect("adopt configuration 3");
+    // What the copier leaves from n2's empty r1 (n2 does not run here): every held-back word
+    // replaced, by zeros.
+    let copy = again.replica().copy(r1).expect("n1's copy of r1");
+    for word in copy.words() {
+        word.store(0, std::sync::atomic::Ordering::Release);
+    }
     let mut copied = copying;
     copied.id = 4;
     for placement in &mut copied.regions {

@@ -284,13 +284,7 @@ pub fn install_over_held_back<W: AtomicWord>(
     allocated: bool,
     version: u64,
 ) -> Header {
-    let header = header_word(words).load(Acquire);
-    assert_eq!(
-        header,
-        HELD_BACK_WORD,
-        "not a held-back slot: header={}",
-        Header(header)
-    );
+    assert_held_back(words);
     assert!(
         version <= VERSION_MAX,
         "version past the maximum: v{version}"
@@ -311,13 +305,7 @@ pub fn copy_over_held_back<W: AtomicWord>(words: &[W], slot: &[u8]) {
         slot.len(),
         words.len()
     );
-    let header = header_word(words).load(Acquire);
-    assert_eq!(
-        header,
-        HELD_BACK_WORD,
-        "not a held-back slot: header={}",
-        Header(header)
-    );
+    assert_held_back(words);
     let word_at = |index: usize| {
         u64::from_le_bytes(
             slot[index * WORD_BYTES..(index + 1) * WORD_BYTES]
@@ -331,6 +319,16 @@ pub fn copy_over_held_back<W: AtomicWord>(words: &[W], slot: &[u8]) {
         word.store(word_at(index), Release);
     }
     words[0].store(word_at(0), Release);
+}
+
+fn assert_held_back<W: AtomicWord>(words: &[W]) {
+    let header = header_word(words).load(Acquire);
+    assert_eq!(
+        header,
+        HELD_BACK_WORD,
+        "not a held-back slot: header={}",
+        Header(header)
+    );
 }
 
 /// Whether `bytes` (a slot or block header as READ) start with [`HELD_BACK_WORD`].

@@ -503,11 +503,7 @@ enum Stop {
 fn damaged_primary_copy_is_never_served(name: &str, stop: Stop) {
     use acre::cluster::CmStatusFile;
     let cluster = Cluster::up(name, "shm");
-    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
-    let bank = Bank::create(&db, 30, 1000).expect("create accounts");
-    assert!(db.quiesce(QUIESCE_TIMEOUT), "the cluster did not quiesce");
-    let balances: Vec<i64> = bank.accounts.iter().map(|&a| balance_of(&db, a)).collect();
-    drop(db);
+    let (bank, balances) = bank_settled(&cluster);
     let account = bank.accounts[0];
     let region = account.region();
     let victim = placement_of(&cluster, region).primary;
@@ -665,6 +661,15 @@ fn a_region_whose_every_copy_is_damaged_is_lost_not_served() {
     }
 }
 
+/// A bank of 30 accounts, applied everywhere, and its balances.
+fn bank_settled(cluster: &Cluster) -> (Bank, Vec<i64>) {
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let bank = Bank::create(&db, 30, 1000).expect("create accounts");
+    assert!(db.quiesce(QUIESCE_TIMEOUT), "the cluster did not quiesce");
+    let balances: Vec<i64> = bank.accounts.iter().map(|&a| balance_of(&db, a)).collect();
+    (bank, balances)
+}
+
 /// Where the CM's last committed configuration places `region`.
 fn placement_of(cluster: &Cluster, region: acre::db::RegionId) -> acre::txn::config::Placement {
     acre::cluster::CmStatusFile::read(&cluster.dir)
@@ -686,11 +691,7 @@ fn placement_of(cluster: &Cluster, region: acre::db::RegionId) -> acre::txn::con
 #[test]
 fn a_damaged_primary_copy_the_cm_was_not_told_of_is_handed_to_an_intact_backup() {
     let cluster = Cluster::up("restart-damage-untold", "shm");
-    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
-    let bank = Bank::create(&db, 30, 1000).expect("create accounts");
-    assert!(db.quiesce(QUIESCE_TIMEOUT), "the cluster did not quiesce");
-    let balances: Vec<i64> = bank.accounts.iter().map(|&a| balance_of(&db, a)).collect();
-    drop(db);
+    let (bank, balances) = bank_settled(&cluster);
     let account = bank.accounts[0];
     let region = account.region();
     let victim = placement_of(&cluster, region).primary;

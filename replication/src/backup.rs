@@ -77,6 +77,18 @@ pub struct Applied {
     pub uncopied: usize,
 }
 
+/// What [`Backup::empty_held_back_block`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldBackBlock {
+    /// The block was not held back: nothing to do.
+    NotHeldBack,
+    /// It was, and is empty now (or claimed by a header that came meanwhile, over empty slots).
+    Emptied,
+    /// A claim's header reached it first: its slots are still held back, so the copier copies
+    /// it as a claimed block.
+    Claimed,
+}
+
 impl Backup {
     pub fn new(regions: Vec<Arc<Region>>, block_bytes: u64) -> Backup {
         Backup {
@@ -344,7 +356,8 @@ impl Backup {
 
     /// Data recovery: installs in the copy of `region` the slot at `addr` as read at the
     /// primary (`slot`: header, payload, trailer, unlocked and consistent) if it is newer than
-    /// the copy's. Returns whether it installed.
+    /// the copy's, or word for word if the copy's is held back (older than anything). Returns
+    /// whether it installed.
     pub fn install_copied(&self, addr: Addr, slot: &[u8]) -> Result<bool, ApplyError> {
         let copy = self.copy(addr.region()).ok_or(ApplyError::NoCopy {
             region: addr.region(),
@@ -381,29 +394,46 @@ impl Backup {
         Ok(true)
     }
 
-    /// Data recovery, for a block the primary has not claimed: a held-back copy's block
-    /// (docs/formats.md#a-held-back-copy) is emptied, its header word last, so that a reader
-    /// sees it held back or unclaimed, as it is at the primary. Nothing else writes such a
-    /// block: installs need its header. Returns whether it was held back.
-    pub fn empty_held_back_block(&self, region: RegionId, block_offset: u32) -> bool {
+    /// Data recovery, for a block the primary had not claimed when the copier read its
+    /// header: a held-back copy's block (docs/formats.md#a-held-back-copy) is emptied, so that
+    /// a reader sees it held back or unclaimed, as it is at the primary.
+    ///
+    /// A claim at the primary may reach this copy meanwhile: its block header comes as plain
+    /// WRITEs (words 1..3, then the magic), which take no lock here. So the slots are emptied
+    /// only while the magic is still held back, under the lock that installs take (no install
+    /// touches a block without its magic), and each header word goes from held back to zero by
+    /// compare-and-swap, words 1..3 first and the magic last: a claim's word is never
+    /// overwritten. A block whose magic came first is reported claimed, for the copier to copy
+    /// it as a claimed block.
+    pub fn empty_held_back_block(&self, region: RegionId, block_offset: u32) -> HeldBackBlock {
         let Some(copy) = self.copy(region) else {
-            return false;
+            return HeldBackBlock::NotHeldBack;
         };
         let _writing = copy.writing.lock().expect(crate::POISONED);
         let words = copy.region.words_at(block_offset, self.block_bytes);
-        if words[0].load(Ordering::Acquire) != object::HELD_BACK_WORD {
-            return false;
+        match words[0].load(Ordering::Acquire) {
+            object::HELD_BACK_WORD => {}
+            slab::BLOCK_MAGIC => return HeldBackBlock::Claimed,
+            _ => return HeldBackBlock::NotHeldBack,
         }
-        for word in &words[1..] {
+        let header_words = (BLOCK_HEADER_BYTES / 8) as usize;
+        for word in &words[header_words..] {
             word.store(0, Ordering::Release);
         }
-        words[0].store(0, Ordering::Release);
+        for word in words[..header_words].iter().rev() {
+            let _ = word.compare_exchange(
+                object::HELD_BACK_WORD,
+                0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
         persist_slot(
             &copy.region,
             Addr::new(region, block_offset),
             (self.block_bytes / 8) as usize,
         );
-        true
+        HeldBackBlock::Emptied
     }
 
     /// Data recovery: zeroes the words of `region` in `from..to` that hold the held-back word,

@@ -76,7 +76,7 @@
 //! began, and a configuration that broke it between its last block and the CM's count went
 //! unnoticed.)
 
-use crate::backup::Backup;
+use crate::backup::{Backup, HeldBackBlock};
 use crate::pace::Pace;
 use crate::worker::WorkerStats;
 use acre_engine::addr::{Addr, NodeId, RegionId};
@@ -583,10 +583,19 @@ impl Copying {
                  restart)"
             ));
         }
+        let mut header = header;
+        if slab::block_slot_bytes(&header, block_bytes).is_none() {
+            // Unclaimed: so is the copy's, unless held back since its restart. A claim that
+            // reached the held-back copy meanwhile makes it a claimed block to copy.
+            if self.backup.empty_held_back_block(region, offset) != HeldBackBlock::Claimed {
+                return Ok(());
+            }
+            header = self.read(primary, at, key, BLOCK_HEADER_BYTES)?;
+        }
         let Some(slot_bytes) = slab::block_slot_bytes(&header, block_bytes) else {
-            // Unclaimed: so is the copy's, unless held back since its restart.
-            self.backup.empty_held_back_block(region, offset);
-            return Ok(());
+            return Err(format!(
+                "{region}: the block at {offset:#x} is claimed here but not at {primary}"
+            ));
         };
         if !self.backup.copy_block_header(region, offset, &header) {
             return Err(format!(

@@ -19,6 +19,7 @@ use acre_engine::object::{self, Header};
 use acre_engine::region::AccessKey;
 use acre_engine::slab::{self, BLOCK_HEADER_BYTES};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// One-sided reads of an object that is locked or torn before the read reports a conflict.
@@ -63,6 +64,9 @@ pub struct ObjectReader {
     region_bytes: u64,
     /// Slot size of each claimed block seen so far: `(region, block index) -> slot bytes`.
     slot_bytes: RwLock<FastMap<(RegionId, u32), u64>>,
+    /// Slots read again because their sum did not match, over a transport that does not read
+    /// in address order ([`Self::mixed_rereads`]).
+    mixed_rereads: AtomicU64,
 }
 
 impl ObjectReader {
@@ -77,7 +81,14 @@ impl ObjectReader {
             fabric,
             directory,
             slot_bytes: RwLock::new(FastMap::default()),
+            mixed_rereads: AtomicU64::new(0),
         }
+    }
+
+    /// How many slot reads were read again because their sum did not match while the fabric
+    /// does not read in address order: races an in-order READ would have seen torn.
+    pub fn mixed_rereads(&self) -> u64 {
+        self.mixed_rereads.load(Ordering::Relaxed)
     }
 
     /// The primary of the region `addr` is in, in `config`, and the access key of its copy
@@ -134,11 +145,16 @@ impl ObjectReader {
                         payload: read.payload.to_vec(),
                     }));
                 }
-                Ok(_) | Err(object::DecodeError::Torn(_)) => backoff.wait(),
+                Ok(_) | Err(object::DecodeError::Torn(_)) => {
+                    // What the slot says now: locked or torn, not damaged.
+                    damaged = None;
+                    backoff.wait();
+                }
                 // Over a transport that does not read in address order, a READ racing an
                 // install may mix two installs under an agreeing header and trailer, which
                 // only the sum tells: read again. Damage reads the same every time.
                 Err(object::DecodeError::Damaged(e)) if !in_order => {
+                    self.mixed_rereads.fetch_add(1, Ordering::Relaxed);
                     damaged = Some(e);
                     backoff.wait();
                 }
@@ -287,14 +303,41 @@ impl ObjectReader {
     /// never cached): how a transaction validates that an address it read held no slot.
     pub fn block_unclaimed(&self, config: &Configuration, block: Addr) -> Result<bool, TxnError> {
         let (primary, key) = self.primary_of(config, block)?;
-        let header = self
-            .fabric
-            .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
-            .map_err(|e| op_error(primary, e))?;
-        if object::is_held_back(&header) {
-            return Err(held_back(primary, block.region()));
-        }
+        let header = self.read_block_header(primary, key, block)?;
         Ok(slab::block_slot_bytes(&header, self.block_bytes).is_none())
+    }
+
+    /// The header of the block at `block` on `primary`, as one READ found it: an error if the
+    /// copy there is held back (any of its words the held-back word: a READ out of address
+    /// order may see a claim's magic before the words under it). Over a transport that does
+    /// not read in address order, a header with the slab's magic whose other words do not
+    /// check is a claim caught half-way: it is read again.
+    fn read_block_header(
+        &self,
+        primary: NodeId,
+        key: AccessKey,
+        block: Addr,
+    ) -> Result<Vec<u8>, TxnError> {
+        let in_order = self.fabric.reads_in_address_order();
+        let mut backoff = Backoff::poll().with_clock(self.fabric.clock());
+        let mut attempts = 0;
+        loop {
+            let header = self
+                .fabric
+                .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
+                .map_err(|e| op_error(primary, e))?;
+            if header.chunks(8).any(object::is_held_back) {
+                return Err(held_back(primary, block.region()));
+            }
+            let half_claimed = !in_order
+                && header[..8] == slab::BLOCK_MAGIC.to_le_bytes()
+                && slab::block_slot_bytes(&header, self.block_bytes).is_none();
+            attempts += 1;
+            if !half_claimed || attempts >= READ_ATTEMPTS_MAX {
+                return Ok(header);
+            }
+            backoff.wait();
+        }
     }
 
     /// Where `addr` stands in its block: the slot size when a slot starts there (from the
@@ -315,13 +358,7 @@ impl ObjectReader {
         let slot_bytes = match cached {
             Some(slot_bytes) => slot_bytes,
             None => {
-                let header = self
-                    .fabric
-                    .read(primary, block, key, BLOCK_HEADER_BYTES as u32)
-                    .map_err(|e| op_error(primary, e))?;
-                if object::is_held_back(&header) {
-                    return Err(held_back(primary, addr.region()));
-                }
+                let header = self.read_block_header(primary, key, block)?;
                 let Some(slot_bytes) = slab::block_slot_bytes(&header, block_bytes) else {
                     return Ok(SlotAt::UnclaimedBlock { block });
                 };

@@ -1308,9 +1308,14 @@ fn reads_out_of_address_order_never_return_a_mixed_object_nor_call_a_race_damage
         stop.store(true, Ordering::Relaxed);
     });
     let (installs, reads) = (installs.into_inner(), reads.into_inner());
-    eprintln!("{installs} installs, {reads} reads");
+    let rereads: u64 = nodes[1..].iter().map(|n| n.reader().mixed_rereads()).sum();
+    eprintln!("{installs} installs, {reads} reads, {rereads} read again for their sum");
     assert!(
         installs > 10 && reads > 10,
         "{installs} installs, {reads} reads"
+    );
+    assert!(
+        rereads > 0,
+        "no read mixed two installs in {reads} reads: the race was not reached"
     );
 }

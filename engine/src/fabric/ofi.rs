@@ -57,6 +57,7 @@
 #![allow(unsafe_code)]
 
 pub mod sys;
+pub mod transfer;
 
 use crate::addr::{NodeId, RegionId};
 use crate::fabric::memory::NodeMemory;
@@ -96,6 +97,16 @@ const MESSAGE_BYTES_MAX: usize = 2048;
 const ENTRIES_PER_READ: usize = 16;
 /// Tags carry the sender's node id above this many bits, a sequence number below.
 const TAG_SEQ_BITS: u32 = 48;
+/// The tag bit that marks a message of the hybrid transfer ([`transfer`]) rather than a
+/// REQUEST frame; the sequence number is below it (batch numbers start under 2^40).
+const TAG_TRANSFER_BIT: u64 = 1 << (TAG_SEQ_BITS - 1);
+
+/// The tag of a message `me` sends in batch `batch`: the reply comes back with the same one.
+fn message_tag(me: NodeId, batch: u64, transfer: bool) -> u64 {
+    let seq = batch & (TAG_TRANSFER_BIT - 1);
+    let kind = if transfer { TAG_TRANSFER_BIT } else { 0 };
+    ((me.0 as u64) << TAG_SEQ_BITS) | kind | seq
+}
 
 /// Providers whose atomics are known to be atomic against the target CPU's own atomics on the
 /// same word. Acre's CAS must be: the target's NIC thread and its local transactions CAS the
@@ -224,6 +235,9 @@ struct Node {
     /// Only grows while the node lives (see [`OfiTransport::register_new_areas`]); closed in
     /// `Drop`.
     registrations: Mutex<Vec<Registration>>,
+    /// Ranges registered in place for one zero-copy transfer each, until released (closed in
+    /// `Drop` with the registrations).
+    exposures: Mutex<transfer::Exposures>,
     peers: RwLock<FastMap<NodeId, Arc<Peer>>>,
     stop: AtomicBool,
     /// Its endpoints and queues are closed before the registrations, the rest after them
@@ -254,6 +268,13 @@ impl Drop for Node {
             // closed once, here, before the handle (and its domain) is closed.
             unsafe { self.handle.close_mr(registration.mr) };
             // Its region (`registration._region`) is released here, after its registration.
+        }
+        let exposures = self.exposures.get_mut().expect(crate::POISONED);
+        for mr in exposures.drain() {
+            // SAFETY: registered by the NIC thread on this handle, taken out of the map here
+            // and closed once, before the handle; the endpoints are closed, so no READ of it
+            // is under way.
+            unsafe { self.handle.close_mr(mr) };
         }
     }
 }
@@ -534,6 +555,7 @@ impl OfiTransport {
         let node = Arc::new(Node {
             memory,
             registrations: Mutex::new(registrations),
+            exposures: Mutex::new(transfer::Exposures::default()),
             peers: RwLock::new(FastMap::default()),
             stop: AtomicBool::new(false),
             handle,
@@ -903,14 +925,25 @@ impl OfiTransport {
         slot: &mut OpSlot,
         batch: u64,
     ) -> Result<(), String> {
-        let me = self.node.memory.node_id();
-        let tag = ((me.0 as u64) << TAG_SEQ_BITS) | (batch & ((1 << TAG_SEQ_BITS) - 1));
+        let tag = message_tag(self.node.memory.node_id(), batch, false);
         slot.bytes = frame::encode_to_vec(&Frame::Request(Request {
             request_id: tag,
             op: op.clone(),
         }));
         slot.reply = vec![0; MESSAGE_BYTES_MAX];
         slot.call = "fi_tsend/fi_trecv (a message to the NIC thread)";
+        self.post_exchange(peer, slot, batch, tag)
+    }
+
+    /// Posts a receive into `slot.reply` for the answer tagged `tag`, then sends `slot.bytes`
+    /// to the target's NIC thread with that tag.
+    fn post_exchange(
+        &self,
+        peer: &Peer,
+        slot: &mut OpSlot,
+        batch: u64,
+        tag: u64,
+    ) -> Result<(), String> {
         let handle = &self.node.handle;
         let context = slot.context();
         let (reply, reply_len) = (slot.reply.as_mut_ptr(), slot.reply.len());
@@ -1155,27 +1188,7 @@ impl OfiTransport {
 
     fn result_of(&self, target: NodeId, op: &Op, slot: &OpSlot) -> OpResult {
         if self.is_message(op) {
-            let protocol = |reason: String| OpError::Protocol {
-                node: target,
-                reason,
-            };
-            return match frame::decode(&slot.reply) {
-                Ok(Some((Frame::Response(Response { request_id, result }), _))) => {
-                    let expected = slot_tag(slot);
-                    if request_id != expected {
-                        return Err(protocol(format!(
-                            "response to request {request_id:#x}, expected {expected:#x}"
-                        )));
-                    }
-                    result
-                }
-                Ok(Some((other, _))) => Err(protocol(format!(
-                    "kind {} instead of a response",
-                    other.kind()
-                ))),
-                Ok(None) => Err(protocol("a truncated response".into())),
-                Err(e) => Err(protocol(e.to_string())),
-            };
+            return decode_response(target, slot_tag(slot), &slot.reply);
         }
         Ok(match op {
             Op::Read { .. } => Completion::Read(slot.bytes.clone()),
@@ -1263,6 +1276,30 @@ struct Arrival {
 /// An error completion: the provider's words for it.
 struct Failure {
     reason: String,
+}
+
+/// The result a RESPONSE frame in `reply` carries, if it answers the request `expected`.
+fn decode_response(target: NodeId, expected: u64, reply: &[u8]) -> OpResult {
+    let protocol = |reason: String| OpError::Protocol {
+        node: target,
+        reason,
+    };
+    match frame::decode(reply) {
+        Ok(Some((Frame::Response(Response { request_id, result }), _))) => {
+            if request_id != expected {
+                return Err(protocol(format!(
+                    "response to request {request_id:#x}, expected {expected:#x}"
+                )));
+            }
+            result
+        }
+        Ok(Some((other, _))) => Err(protocol(format!(
+            "kind {} instead of a response",
+            other.kind()
+        ))),
+        Ok(None) => Err(protocol("a truncated response".into())),
+        Err(e) => Err(protocol(e.to_string())),
+    }
 }
 
 /// The request id a message slot was sent with (its request frame's first body field).
@@ -1373,12 +1410,18 @@ fn serve(node: &Node, mut receives: ManuallyDrop<Vec<Box<ReceiveSlot>>>) {
             (NIC_SEND, index) => nic.sent(index),
             (NIC_RECEIVE, index) => {
                 let slot = &mut receives[index as usize];
-                let response = (!failed)
-                    .then(|| answer(node, &slot.buf[..len.min(slot.buf.len())]))
-                    .flatten();
+                let sender = NodeId((tag >> TAG_SEQ_BITS) as u16);
+                let bytes = &slot.buf[..len.min(slot.buf.len())];
+                let response = if failed {
+                    None
+                } else if tag & TAG_TRANSFER_BIT != 0 {
+                    transfer::answer(node, sender, tag, bytes)
+                } else {
+                    answer(node, bytes)
+                };
                 repost(node, slot);
                 if let Some(response) = response {
-                    nic.respond(NodeId((tag >> TAG_SEQ_BITS) as u16), tag, response);
+                    nic.respond(sender, tag, response);
                 }
             }
             (batch, index) => panic!("a completion of unknown context {batch}/{index}"),

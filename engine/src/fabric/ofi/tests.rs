@@ -502,3 +502,248 @@ fn provider_atomics_are_used_only_where_known_to_be_atomic_against_the_cpu() {
     let (transport, _nic) = OfiTransport::start(&config, memory).unwrap();
     assert!(!transport.has_atomics(), "the switch still turns them off");
 }
+
+mod transfer {
+    //! The hybrid transfer (`ofi::transfer`): both paths move exactly the owner's bytes, the
+    //! policy chooses by size, and bad input is a typed error naming the provider and the
+    //! operation.
+
+    use super::*;
+    use crate::fabric::ofi::transfer::{
+        COPY_CHUNK_BYTES, THRESHOLD_BYTES_DEFAULT, TransferError, TransferPath, TransferPolicy,
+    };
+
+    const CHUNK: u64 = COPY_CHUNK_BYTES as u64;
+    const PAGE: u64 = 4096;
+    /// Room for three chunks and a page past the furthest start the tests use.
+    const OBJECT_REGION_BYTES: u64 = 3 * CHUNK + 2 * PAGE;
+
+    /// The byte at `index` of the owner's region: no two neighbouring words alike, so a shifted
+    /// or misplaced piece shows.
+    fn pattern(index: u64) -> u8 {
+        (index.wrapping_mul(131) ^ (index >> 8)) as u8
+    }
+
+    /// Two nodes; the second owns a region of [`OBJECT_REGION_BYTES`] filled with [`pattern`].
+    fn pair() -> (TestNode, TestNode) {
+        let nodes = cluster(PROVIDER, 2);
+        let mut nodes = nodes.into_iter();
+        let (a, b) = (nodes.next().unwrap(), nodes.next().unwrap());
+        let region = Region::anonymous(RegionId(2), OBJECT_REGION_BYTES).expect("map a region");
+        for (index, word) in region.words().iter().enumerate() {
+            let bytes: Vec<u8> = (0..8).map(|i| pattern(index as u64 * 8 + i)).collect();
+            word.store(
+                u64::from_le_bytes(bytes.try_into().unwrap()),
+                Ordering::Release,
+            );
+        }
+        b.fabric
+            .memory()
+            .register(Arc::new(region))
+            .expect("register");
+        b.transport().register_new_areas().unwrap();
+        a.transport()
+            .add_peer(b.transport().card().unwrap())
+            .unwrap();
+        (a, b)
+    }
+
+    fn object_key(owner: &TestNode) -> AccessKey {
+        owner.fabric.memory().area(RegionId(2)).unwrap().key()
+    }
+
+    fn expected(offset: u64, len: u64) -> Vec<u8> {
+        (offset..offset + len).map(pattern).collect()
+    }
+
+    fn exposures_open(owner: &TestNode) -> usize {
+        owner.transport().node.exposures.lock().unwrap().len()
+    }
+
+    #[test]
+    fn both_paths_move_the_exact_bytes_around_page_and_chunk_boundaries() {
+        let (a, b) = pair();
+        let key = object_key(&b);
+        let lens = [
+            8,
+            PAGE - 8,
+            PAGE,
+            PAGE + 8,
+            CHUNK - 8,
+            CHUNK,
+            CHUNK + 8,
+            2 * CHUNK + PAGE,
+        ];
+        for offset in [0, PAGE - 8, PAGE] {
+            for len in lens {
+                let addr = Addr::new(RegionId(2), offset as u32);
+                let want = expected(offset, len);
+                let copied = a
+                    .transport()
+                    .transfer_by_copy(NodeId(2), addr, key, len)
+                    .unwrap_or_else(|e| panic!("copy {len} at {offset}: {e}"));
+                assert!(copied == want, "copy of {len} bytes at {offset} differs");
+                let read = a
+                    .transport()
+                    .transfer_zero_copy(NodeId(2), addr, key, len)
+                    .unwrap_or_else(|e| panic!("zero copy {len} at {offset}: {e}"));
+                assert!(read == want, "zero copy of {len} bytes at {offset} differs");
+            }
+        }
+        assert_eq!(a.transport().slots_leaked(), 0);
+        // Every exposure was released by its requester (the map is empty at the owner).
+        assert_eq!(exposures_open(&b), 0);
+    }
+
+    #[test]
+    fn the_policy_chooses_the_path_by_threshold() {
+        let policy = TransferPolicy {
+            threshold_bytes: PAGE,
+        };
+        assert_eq!(policy.path(PAGE - 8), TransferPath::Copy);
+        assert_eq!(policy.path(PAGE), TransferPath::ZeroCopy);
+        assert_eq!(policy.path(PAGE + 8), TransferPath::ZeroCopy);
+        let default = TransferPolicy::default();
+        assert_eq!(default.threshold_bytes, THRESHOLD_BYTES_DEFAULT);
+        assert_eq!(
+            default.path(THRESHOLD_BYTES_DEFAULT - 8),
+            TransferPath::Copy
+        );
+        assert_eq!(
+            default.path(THRESHOLD_BYTES_DEFAULT),
+            TransferPath::ZeroCopy
+        );
+        // Through `transfer`, each side of the threshold gives the bytes.
+        let (a, b) = pair();
+        let key = object_key(&b);
+        for len in [PAGE - 8, PAGE] {
+            let addr = Addr::new(RegionId(2), 8);
+            let got = a
+                .transport()
+                .transfer(NodeId(2), addr, key, len, &policy)
+                .unwrap();
+            assert!(got == expected(8, len), "{len} bytes differ");
+        }
+    }
+
+    fn refused(result: Result<Vec<u8>, TransferError>) -> AccessError {
+        match result {
+            Err(TransferError::Refused {
+                provider, source, ..
+            }) => {
+                assert_eq!(provider, PROVIDER);
+                source
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_range_an_empty_transfer_and_an_unknown_owner_are_typed_errors() {
+        let (a, b) = pair();
+        let key = object_key(&b);
+        let t = a.transport();
+        for path in [TransferPath::Copy, TransferPath::ZeroCopy] {
+            let policy = TransferPolicy {
+                threshold_bytes: if path == TransferPath::Copy {
+                    u64::MAX
+                } else {
+                    0
+                },
+            };
+            let go = |addr: Addr, key, len| t.transfer(NodeId(2), addr, key, len, &policy);
+            let past = Addr::new(RegionId(2), (OBJECT_REGION_BYTES - 8) as u32);
+            assert!(
+                matches!(refused(go(past, key, 16)), AccessError::OutOfBounds { .. }),
+                "{path}"
+            );
+            let odd = Addr::new(RegionId(2), 4);
+            assert!(
+                matches!(refused(go(odd, key, 8)), AccessError::Misaligned { .. }),
+                "{path}"
+            );
+            let wrong = AccessKey(key.0 ^ 1);
+            let start = Addr::new(RegionId(2), 0);
+            assert!(
+                matches!(refused(go(start, wrong, 8)), AccessError::BadKey { .. }),
+                "{path}"
+            );
+            let empty = go(start, key, 0).unwrap_err();
+            assert!(
+                matches!(&empty, TransferError::Empty { path: p, .. } if *p == path),
+                "{empty:?}"
+            );
+            assert!(empty.to_string().contains(PROVIDER), "{empty}");
+            let stranger = t.transfer(NodeId(9), start, key, 8, &policy).unwrap_err();
+            assert!(
+                matches!(
+                    &stranger,
+                    TransferError::Failed {
+                        source: OpError::UnknownNode { .. },
+                        ..
+                    }
+                ),
+                "{stranger:?}"
+            );
+        }
+    }
+
+    /// A card that claims more than the owner has (stale or forged) passes the requester's
+    /// check; the owner's NIC thread refuses the range on both paths, before it copies or
+    /// registers anything.
+    #[test]
+    fn the_owner_refuses_a_range_outside_its_memory() {
+        let (a, b) = pair();
+        let key = object_key(&b);
+        let mut card = b.transport().card().unwrap();
+        for area in card.areas.iter_mut().filter(|area| area.id == RegionId(2)) {
+            area.bytes *= 2;
+        }
+        a.transport().add_peer(card).unwrap();
+        let beyond = Addr::new(RegionId(2), OBJECT_REGION_BYTES as u32);
+        let copy = a.transport().transfer_by_copy(NodeId(2), beyond, key, 64);
+        assert!(
+            matches!(refused(copy), AccessError::OutOfBounds { .. }),
+            "copy"
+        );
+        let zero = a.transport().transfer_zero_copy(NodeId(2), beyond, key, 64);
+        let error = refused(zero);
+        assert!(matches!(error, AccessError::OutOfBounds { .. }), "{error}");
+        assert_eq!(exposures_open(&b), 0);
+    }
+
+    #[test]
+    fn a_transfer_from_an_owner_that_went_away_fails_naming_the_provider() {
+        let (a, b) = pair();
+        let key = object_key(&b);
+        let addr = Addr::new(RegionId(2), 0);
+        a.transport()
+            .transfer_by_copy(NodeId(2), addr, key, 64)
+            .unwrap();
+        drop(b);
+        for path in [TransferPath::Copy, TransferPath::ZeroCopy] {
+            let started = Instant::now();
+            let result = match path {
+                TransferPath::Copy => a.transport().transfer_by_copy(NodeId(2), addr, key, 64),
+                TransferPath::ZeroCopy => {
+                    a.transport().transfer_zero_copy(NodeId(2), addr, key, 64)
+                }
+            };
+            let waited = started.elapsed();
+            match result {
+                Err(
+                    ref e @ TransferError::Failed {
+                        source: OpError::Unreachable { .. },
+                        ..
+                    },
+                ) => {
+                    let text = e.to_string();
+                    assert!(text.contains(PROVIDER), "{text}");
+                    assert!(text.contains(&path.to_string()), "{text}");
+                }
+                other => panic!("{path}: expected unreachable, got {other:?}"),
+            }
+            assert!(waited < OP_TIMEOUT + Duration::from_secs(2), "{waited:?}");
+        }
+    }
+}

@@ -33,6 +33,9 @@
 //!   (`tcp;ofi_rxm`, `shm`), each waits for the previous one's delivery
 //!   (`FI_DELIVERY_COMPLETE`), which keeps the fabric's rule that a batch executes in order.
 //! - Waiting spins for [`SPIN_POLLS_MAX`] polls, then sleeps on the queue's wait object.
+//! - One object's transfer between nodes ([`transfer`]): by copy, messages the owner's NIC
+//!   thread answers from its memory, or zero copy, a READ of the range the owner's NIC thread
+//!   registers for that transfer alone; [`transfer::TransferPolicy`] chooses by size.
 //!
 //! Every operation is checked against the target's card (area, key, alignment, bounds) before it
 //! is posted, giving the same [`AccessError`]s as the other transports; the provider checks the

@@ -259,7 +259,10 @@ impl Exposures {
 pub(super) fn answer(node: &Node, sender: NodeId, tag: u64, bytes: &[u8]) -> Option<Response> {
     let request = TransferRequest::decode(bytes)?;
     let me = node.memory.node_id();
-    let result = if !node.memory.lease_is_open() {
+    // A lapsed lease refuses what reads the owner's memory; a release only closes a
+    // registration, which is always safe and frees what a lapsed owner should not keep open.
+    let reads = !matches!(request, TransferRequest::Release { .. });
+    let result = if reads && !node.memory.lease_is_open() {
         Err(OpError::LeaseExpired { node: me })
     } else {
         match request {

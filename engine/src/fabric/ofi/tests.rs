@@ -746,4 +746,75 @@ mod transfer {
             assert!(waited < OP_TIMEOUT + Duration::from_secs(2), "{waited:?}");
         }
     }
+
+    /// The EXPOSE request's bytes (`ofi::transfer`'s format): kind 2, address, key, length.
+    fn expose_request(addr: Addr, key: AccessKey, len: u32) -> Vec<u8> {
+        let mut bytes = vec![2];
+        bytes.extend_from_slice(&addr.to_u64().to_le_bytes());
+        bytes.extend_from_slice(&key.0.to_le_bytes());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes
+    }
+
+    fn release_request(mr_key: u64) -> Vec<u8> {
+        let mut bytes = vec![3];
+        bytes.extend_from_slice(&mr_key.to_le_bytes());
+        bytes
+    }
+
+    /// An owner keeps at most `EXPOSURES_MAX` exposures open, closes one nobody released after
+    /// `EXPOSURE_TIMEOUT` on its clock, and closes one only for the requester that made it.
+    #[test]
+    fn exposures_are_bounded_expire_and_are_released_only_by_their_requester() {
+        use crate::clock::Clock;
+        use crate::fabric::ofi::transfer::{self as xfer, EXPOSURE_TIMEOUT};
+        let (clock, control) = Clock::controlled();
+        let doorbell = Arc::new(Doorbell::anonymous().unwrap());
+        let memory = Arc::new(NodeMemory::new(NodeId(2), doorbell).with_clock(clock));
+        let region = Region::anonymous(DATA, DATA_BYTES).unwrap();
+        let key = region.key();
+        memory.register(Arc::new(region)).unwrap();
+        let (transport, _nic) = OfiTransport::start(&OfiConfig::loopback(PROVIDER), memory)
+            .unwrap_or_else(|e| panic!("start {PROVIDER}: {e}"));
+        let node = &transport.node;
+        let open = || node.exposures.lock().unwrap().len();
+        let expose = |offset: u32| {
+            let request = expose_request(Addr::new(DATA, offset), key, 64);
+            let response = xfer::answer(node, NodeId(1), 7, &request).expect("an answer");
+            assert_eq!(response.request_id, 7);
+            response.result
+        };
+        let mut mr_keys = Vec::new();
+        for index in 0..64u32 {
+            match expose(index * 64) {
+                Ok(Completion::Read(bytes)) => {
+                    assert_eq!(bytes.len(), 16);
+                    mr_keys.push(u64::from_le_bytes(bytes[..8].try_into().unwrap()));
+                }
+                other => panic!("exposure {index}: {other:?}"),
+            }
+        }
+        assert_eq!(open(), 64);
+        let refused = expose(0);
+        assert!(
+            matches!(&refused, Err(OpError::Unreachable { reason, .. }) if reason.contains("64 exposures")),
+            "{refused:?}"
+        );
+        // Not released: closed once EXPOSURE_TIMEOUT has passed, when the owner next exposes.
+        control.jump_forward(EXPOSURE_TIMEOUT + Duration::from_secs(1));
+        let fresh = match expose(0) {
+            Ok(Completion::Read(bytes)) => u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            other => panic!("after expiry: {other:?}"),
+        };
+        assert_eq!(open(), 1, "the 64 expired ones are closed");
+        // Another node's release does nothing; its requester's closes it.
+        let released = xfer::answer(node, NodeId(3), 8, &release_request(fresh)).unwrap();
+        assert_eq!(released.result, Ok(Completion::Notify));
+        assert_eq!(open(), 1);
+        xfer::answer(node, NodeId(1), 9, &release_request(fresh)).unwrap();
+        assert_eq!(open(), 0);
+        // Bytes that are no request get no answer.
+        assert!(xfer::answer(node, NodeId(1), 10, &[2, 0, 0]).is_none());
+        assert!(xfer::answer(node, NodeId(1), 10, &[]).is_none());
+    }
 }

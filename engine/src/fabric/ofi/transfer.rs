@@ -4,7 +4,7 @@
 //! transfer alone. [`TransferPolicy`] chooses by size.
 //!
 //! Both paths are a request to the owner's NIC thread, tagged with `TAG_TRANSFER_BIT` and
-//! encoded here ([`TransferRequest`]); the NIC thread answers with the tcp transport's RESPONSE
+//! encoded here (`TransferRequest`); the NIC thread answers with the tcp transport's RESPONSE
 //! frame, so errors travel as [`OpError`]s and the answer goes through the same hostile-input
 //! decoder as every other response.
 //!

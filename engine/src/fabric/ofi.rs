@@ -273,12 +273,9 @@ impl Drop for Node {
             // Its region (`registration._region`) is released here, after its registration.
         }
         let exposures = self.exposures.get_mut().expect(crate::POISONED);
-        for mr in exposures.drain() {
-            // SAFETY: registered by the NIC thread on this handle, taken out of the map here
-            // and closed once, before the handle; the endpoints are closed, so no READ of it
-            // is under way.
-            unsafe { self.handle.close_mr(mr) };
-        }
+        // SAFETY: the NIC thread registered every exposure on this handle, which is open until
+        // it drops after this; the endpoints are closed, so no READ of one is under way.
+        unsafe { exposures.close_all(&self.handle) };
     }
 }
 

@@ -248,9 +248,18 @@ impl Exposures {
         self.by_key.len()
     }
 
-    /// Every registration, taken out of the map: the caller closes them.
-    pub(super) fn drain(&mut self) -> impl Iterator<Item = *mut sys::RawMr> + '_ {
-        self.by_key.drain().map(|(_, exposure)| exposure.mr)
+    /// Closes every exposure, each before releasing its region.
+    ///
+    /// # Safety
+    /// Every exposure was registered on `handle` (by [`answer`] on the node's NIC thread), and
+    /// `handle` is still open.
+    pub(super) unsafe fn close_all(&mut self, handle: &sys::Handle) {
+        for (_, exposure) in self.by_key.drain() {
+            // SAFETY: registered on `handle`, as the caller promises, and taken out of the map,
+            // so closed once; its region (`exposure._region`) is released after, when
+            // `exposure` drops.
+            unsafe { handle.close_mr(exposure.mr) };
+        }
     }
 }
 

@@ -591,7 +591,12 @@ mod transfer {
             }
         }
         assert_eq!(a.transport().slots_leaked(), 0);
-        // Every exposure was released by its requester (the map is empty at the owner).
+        // Every exposure was released by its requester. A RELEASE is not answered, so the
+        // owner's NIC thread may still be on the last one: it has a second.
+        let started = Instant::now();
+        while exposures_open(&b) > 0 && started.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(exposures_open(&b), 0);
     }
 
@@ -808,10 +813,10 @@ mod transfer {
         };
         assert_eq!(open(), 1, "the 64 expired ones are closed");
         // Another node's release does nothing; its requester's closes it.
-        let released = xfer::answer(node, NodeId(3), 8, &release_request(fresh)).unwrap();
-        assert_eq!(released.result, Ok(Completion::Notify));
+        assert!(xfer::answer(node, NodeId(3), 8, &release_request(fresh)).is_none());
         assert_eq!(open(), 1);
-        xfer::answer(node, NodeId(1), 9, &release_request(fresh)).unwrap();
+        // Not answered: its requester does not wait for it.
+        assert!(xfer::answer(node, NodeId(1), 9, &release_request(fresh)).is_none());
         assert_eq!(open(), 0);
         // Bytes that are no request get no answer.
         assert!(xfer::answer(node, NodeId(1), 10, &[2, 0, 0]).is_none());

@@ -13,12 +13,13 @@
 //!   posted before the request is sent, takes it and the bytes are copied out.
 //! - Zero copy: `EXPOSE { addr, key, len }`: the owner's NIC thread registers exactly that range
 //!   (`fi_mr_reg`, a fresh key) and answers with the key and remote address; the requester
-//!   `fi_read`s it into its own buffer and sends `RELEASE { mr_key }`, on which the owner closes
-//!   the registration. An exposure nobody releases (its requester went away) is closed after
+//!   `fi_read`s it into its own buffer and sends `RELEASE { mr_key }` (not answered: it waits
+//!   only for its send's completion), on which the owner closes the registration. An exposure nobody releases (its requester went away) is closed after
 //!   [`EXPOSURE_TIMEOUT`], the next time the owner exposes something.
 
 use super::{
-    Node, OP_TIMEOUT, OfiTransport, OpSlot, Peer, Slots, check, decode_response, message_tag, sys,
+    Node, OP_TIMEOUT, OfiTransport, OpSlot, Peer, Side, Slots, check, decode_response, message_tag,
+    sys,
 };
 use crate::addr::{Addr, NodeId};
 use crate::clock::Time;
@@ -264,33 +265,29 @@ impl Exposures {
 }
 
 /// The NIC thread's answer to a transfer request from `sender`, or `None` if `bytes` are not
-/// one (nothing to answer).
+/// one (nothing to answer) or are a RELEASE, which is not answered: its requester does not wait
+/// for it.
 pub(super) fn answer(node: &Node, sender: NodeId, tag: u64, bytes: &[u8]) -> Option<Response> {
     let request = TransferRequest::decode(bytes)?;
     let me = node.memory.node_id();
     // A lapsed lease refuses what reads the owner's memory; a release only closes a
     // registration, which is always safe and frees what a lapsed owner should not keep open.
-    let reads = !matches!(request, TransferRequest::Release { .. });
-    let result = if reads && !node.memory.lease_is_open() {
-        Err(OpError::LeaseExpired { node: me })
-    } else {
-        match request {
-            TransferRequest::Copy { addr, key, len } => {
-                if len as usize > COPY_CHUNK_BYTES {
-                    Err(OpError::TooLarge {
-                        len: len as u64,
-                        max: COPY_CHUNK_BYTES as u32,
-                    })
-                } else {
-                    exec::execute(&node.memory, &Op::Read { addr, key, len })
-                }
-            }
-            TransferRequest::Expose { addr, key, len } => expose(node, sender, addr, key, len),
-            TransferRequest::Release { mr_key } => {
-                release(node, sender, mr_key);
-                Ok(Completion::Notify)
-            }
+    let result = match request {
+        TransferRequest::Release { mr_key } => {
+            release(node, sender, mr_key);
+            return None;
         }
+        _ if !node.memory.lease_is_open() => Err(OpError::LeaseExpired { node: me }),
+        TransferRequest::Copy { len, .. } if len as usize > COPY_CHUNK_BYTES => {
+            Err(OpError::TooLarge {
+                len: len as u64,
+                max: COPY_CHUNK_BYTES as u32,
+            })
+        }
+        TransferRequest::Copy { addr, key, len } => {
+            exec::execute(&node.memory, &Op::Read { addr, key, len })
+        }
+        TransferRequest::Expose { addr, key, len } => expose(node, sender, addr, key, len),
     };
     Some(Response {
         request_id: tag,
@@ -473,7 +470,7 @@ impl OfiTransport {
         // Released whether or not the READ worked. A release that fails (the owner went away
         // meanwhile) is not the transfer's failure: the owner closes the exposure after
         // EXPOSURE_TIMEOUT on its own, and the READ's result stands.
-        let _ = self.exchange(&peer, TransferRequest::Release { mr_key }, REPLY_ROOM_BYTES);
+        let _ = self.send_release(&peer, mr_key);
         read.map_err(|source| self.transfer_failed(path, owner, "fi_read", source))
     }
 
@@ -585,6 +582,50 @@ impl OfiTransport {
             return Err(self.node.unreachable(target, reason));
         }
         decode_response(target, tag, &slots[0].reply)
+    }
+
+    /// Sends RELEASE to `peer`'s NIC thread without waiting for an answer (none comes): only
+    /// for the send's own completion, after which its buffer may go. Saves the zero-copy path
+    /// a round trip.
+    fn send_release(&self, peer: &Peer, mr_key: u64) -> Result<(), OpError> {
+        let target = peer.card.node;
+        let batch = self.batch_seq.fetch_add(1, Ordering::Relaxed);
+        let tag = message_tag(self.node.memory.node_id(), batch, true);
+        let mut slots = Slots(vec![Box::new(OpSlot::new(batch, 0))]);
+        slots[0].bytes = TransferRequest::Release { mr_key }.encode();
+        slots[0].call = "fi_tsend (a release to the NIC thread)";
+        let (request, request_len) = (slots[0].bytes.as_ptr(), slots[0].bytes.len());
+        let context = slots[0].context();
+        let handle = &self.node.handle;
+        self.mailboxes.open(batch);
+        let posted = self.retry_busy(batch, || {
+            // SAFETY: the slot is boxed and kept until its completion is read (or leaked by
+            // `settle`); its `bytes` are not touched meanwhile.
+            unsafe {
+                handle.send(
+                    Side::Initiator,
+                    request,
+                    request_len,
+                    peer.target,
+                    tag,
+                    context,
+                )
+            }
+        });
+        if posted.is_ok() {
+            slots[0].outstanding = 1;
+        }
+        let settled = self.settle(target, batch, &mut slots);
+        self.mailboxes.close(batch);
+        settled?;
+        let failed = posted
+            .err()
+            .map(|e| format!("{e} to {target}"))
+            .or_else(|| slots[0].failed.clone());
+        match failed {
+            Some(reason) => Err(self.node.unreachable(target, reason)),
+            None => Ok(()),
+        }
     }
 
     /// One `fi_read` of `len` bytes at `remote` under registration `mr_key` of `peer`.

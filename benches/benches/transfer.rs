@@ -11,19 +11,19 @@
 //! Expected, and why: a copy is one round trip to the owner's NIC thread per 64 KiB (~30 µs on
 //! `tcp;ofi_rxm` loopback, the fabric bench's READ) plus two copies of the bytes on each side
 //! and the socket's, a few GB/s: flat up to a few KiB, then growing by ~0.1–0.3 µs per KiB. A
-//! zero-copy transfer is three round trips (expose, READ, release) plus a registration and its
-//! close, which these software providers make cheap (they pin nothing): ~3 times a small copy's
-//! time, growing more slowly per byte since the READ moves the bytes once through the socket. So
-//! zero copy should win from some tens of KiB on. On an RDMA NIC both change (registration pins
+//! zero-copy transfer is two round trips (expose, READ; the release is not answered) plus a
+//! registration and its close, which these providers make cheap (they pin nothing): ~2 times a
+//! small copy's time, growing more slowly per byte since the READ moves the bytes once through
+//! the socket. So zero copy should win from some tens of KiB on. On an RDMA NIC both change (registration pins
 //! pages, costing tens of µs for a large object; the READ costs the owner no CPU), so the
 //! threshold must be measured there.
 //!
 //! Measured on 4 December 2026, 2-core VM shared with other builds, two runs (docs/ofi.md,
-//! "Hybrid transfer", has the table): on `tcp;ofi_rxm` a small copy took ~20 µs in one run and
-//! ~140 µs in the other (messages are dearer than the ~30 µs guessed, and bimodal: whether the
-//! waiters sleep, as far as can be told), a small zero-copy transfer ~56 and ~230 µs; at 1 MiB
-//! copy 1.7–3.8 ms, zero copy 0.64–0.72 ms. Crossing point 64 KiB in both tables (criterion's
-//! medians: 64 KiB and 256 KiB). On `sockets`: 256 KiB in both.
+//! "Hybrid transfer", has the table): on `tcp;ofi_rxm` a small copy took ~20 µs and a small
+//! zero-copy transfer ~45–50 µs (two round trips), but both are bimodal (cells of ~120–350 µs
+//! in the same runs: whether the waiters sleep, as far as can be told); at 1 MiB copy
+//! 1.3–5.1 ms, zero copy 0.56–0.80 ms. Crossing point 16 KiB and 256 KiB in the two tables
+//! (256 KiB by criterion's medians in both); on `sockets` 256 KiB in both.
 //!
 //! `cargo bench -p acre-benches --features ofi --bench transfer`; `-- --test` runs each case
 //! once and prints the table from that single run (not a measurement).

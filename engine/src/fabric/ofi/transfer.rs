@@ -34,10 +34,12 @@ use std::time::Duration;
 /// The largest piece one copy message carries: the size of the receive buffer the requester
 /// posts for it. Larger objects go in pieces of this size, one after the other.
 pub const COPY_CHUNK_BYTES: usize = 64 << 10;
-/// Where [`TransferPolicy::default`] switches from copy to zero copy: the crossing point
-/// measured on `tcp;ofi_rxm` over loopback on a 2-core VM (docs/ofi.md, "Hybrid transfer";
-/// `cargo bench -p acre-benches --features ofi --bench transfer`). Not a hardware figure: on an
-/// RDMA NIC registration pins pages and the READ costs the owner no CPU, so measure there.
+/// Where [`TransferPolicy::default`] switches from copy to zero copy: the middle of the
+/// crossing points measured on `tcp;ofi_rxm` over loopback on a 2-core VM, 16 to 256 KiB from
+/// run to run, the two paths within noise of each other at 64 KiB (docs/ofi.md, "Hybrid
+/// transfer"; `cargo bench -p acre-benches --features ofi --bench transfer`). Not a hardware
+/// figure: on an RDMA NIC registration pins pages and the READ costs the owner no CPU, so
+/// measure there.
 pub const THRESHOLD_BYTES_DEFAULT: u64 = 64 << 10;
 /// The largest object one transfer moves (either path): the fabric's largest operation.
 pub const TRANSFER_BYTES_MAX: u64 = OP_BYTES_MAX as u64;

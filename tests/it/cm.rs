@@ -1208,8 +1208,8 @@ fn a_killed_standalone_cm_process_comes_back_through_cluster_up() {
 /// as naming a node that is no member). The race may go the other way (the restart request
 /// first, or the leases running out before the processes are back, so that the CM stands down
 /// as the one cut off): the scenario runs again, up to twelve times, until `up` meets the
-/// removal. It met it in about one attempt in three here (two in three when the test was
-/// written); a miss costs about 5 s.
+/// removal. It met it in about one attempt in three in late runs (in every attempt when the
+/// test was written); a miss costs about 5 s.
 #[test]
 fn an_in_place_restart_overtaken_by_a_removal_goes_on_without_waiting_out_its_request() {
     for attempt in 1..=12 {

@@ -599,8 +599,7 @@ impl OfiTransport {
         let (request, request_len) = (slots[0].bytes.as_ptr(), slots[0].bytes.len());
         let context = slots[0].context();
         let handle = &self.node.handle;
-        self.mailboxes.open(batch);
-        let posted = self.retry_busy(batch, || {
+        self.run_single(target, batch, &mut slots, || {
             // SAFETY: the slot is boxed and kept until its completion is read (or leaked by
             // `settle`); its `bytes` are not touched meanwhile.
             unsafe {
@@ -613,21 +612,7 @@ impl OfiTransport {
                     context,
                 )
             }
-        });
-        if posted.is_ok() {
-            slots[0].outstanding = 1;
-        }
-        let settled = self.settle(target, batch, &mut slots);
-        self.mailboxes.close(batch);
-        settled?;
-        let failed = posted
-            .err()
-            .map(|e| format!("{e} to {target}"))
-            .or_else(|| slots[0].failed.clone());
-        match failed {
-            Some(reason) => Err(self.node.unreachable(target, reason)),
-            None => Ok(()),
-        }
+        })
     }
 
     /// One `fi_read` of `len` bytes at `remote` under registration `mr_key` of `peer`.
@@ -646,25 +631,39 @@ impl OfiTransport {
         let buf = slots[0].bytes.as_mut_ptr();
         let context = slots[0].context();
         let handle = &self.node.handle;
-        self.mailboxes.open(batch);
-        let posted = self.retry_busy(batch, || {
+        self.run_single(target, batch, &mut slots, || {
             // SAFETY: the slot is boxed and kept until its completion is read (or leaked by
             // `settle`); its `bytes` have `len` bytes and are not touched meanwhile.
             unsafe { handle.read(buf, len, peer.target, remote, mr_key, context, false) }
-        });
+        })?;
+        Ok(std::mem::take(&mut slots[0].bytes))
+    }
+
+    /// Posts the one operation of `slots` with `post` (again while the provider is busy), waits
+    /// for its completion, and says how it ended: the reason it could not be posted or did not
+    /// complete, as the target being unreachable.
+    fn run_single(
+        &self,
+        target: NodeId,
+        batch: u64,
+        slots: &mut Slots,
+        post: impl FnMut() -> Result<(), sys::CallError>,
+    ) -> Result<(), OpError> {
+        self.mailboxes.open(batch);
+        let posted = self.retry_busy(batch, post);
         if posted.is_ok() {
             slots[0].outstanding = 1;
         }
-        let settled = self.settle(target, batch, &mut slots);
+        let settled = self.settle(target, batch, slots);
         self.mailboxes.close(batch);
         settled?;
         let failed = posted
             .err()
             .map(|e| format!("{e} to {target}"))
             .or_else(|| slots[0].failed.clone());
-        if let Some(reason) = failed {
-            return Err(self.node.unreachable(target, reason));
+        match failed {
+            Some(reason) => Err(self.node.unreachable(target, reason)),
+            None => Ok(()),
         }
-        Ok(std::mem::take(&mut slots[0].bytes))
     }
 }

@@ -46,9 +46,10 @@ pub struct BankBenchArgs {
     /// scram-sha-256 authentication; table `acre_bank`, SERIALIZABLE).
     #[arg(long, default_value = "acre")]
     target: String,
-    /// With --target acre: where the nodes run: local (embedded in this process), shm or tcp
-    /// (node processes started in --dir and stopped at the end). Default: local.
-    #[arg(long, value_parser = ["local", "shm", "tcp"])]
+    /// With --target acre: where the nodes run: local (embedded in this process), shm, tcp or
+    /// ofi (node processes started in --dir and stopped at the end; ofi on libfabric's
+    /// tcp;ofi_rxm, in an acre built with `--features ofi`). Default: local.
+    #[arg(long, value_parser = ["local", "shm", "tcp", "ofi"])]
     transport: Option<String>,
     /// Client thread counts to measure, comma-separated: a row per count and transaction kind.
     #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
@@ -166,6 +167,7 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
         launch::up(&UpArgs {
             nodes: 3,
             transport: transport.clone(),
+            ofi_provider: None,
             dir: args.dir.clone(),
             clients: 2,
             f: None,

@@ -656,6 +656,7 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
         launch::up(&UpArgs {
             nodes: args.nodes,
             transport: args.transport.clone(),
+            ofi_provider: None,
             dir: args.dir.clone(),
             clients: 2,
             f: Some(F),

@@ -344,6 +344,7 @@ fn start(args: &RecopyArgs, layout: &Layout, backup_only: u16) -> anyhow::Result
         launch::up(&UpArgs {
             nodes: args.nodes,
             transport: args.transport.clone(),
+            ofi_provider: None,
             dir: args.dir.clone(),
             clients: 2,
             f: Some(F),

@@ -437,6 +437,7 @@ fn demo_failure(args: &DemoArgs, termination: &Termination) -> anyhow::Result<Ex
     crate::launch::up(&crate::launch::UpArgs {
         nodes: args.nodes,
         transport: args.transport.clone(),
+        ofi_provider: None,
         dir: dir.clone(),
         clients: 2,
         f: Some(FAILURE_F),

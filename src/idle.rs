@@ -1,6 +1,7 @@
 //! `acre idle-cpu`: starts a cluster of node processes (`acre cluster up`), leaves it idle, and
 //! reports the CPU time its processes used. The target is under 2% of one core (docs/ARCHITECTURE.md, "Idle CPU"):
-//! workers must sleep on their doorbells, and the TCP NIC threads in epoll.
+//! workers must sleep on their doorbells, the TCP NIC threads in epoll, and the ofi NIC threads
+//! on their completion queues.
 
 use crate::launch::{self, DownArgs, UpArgs};
 use acre::cluster::{CLUSTER_FILE, ClusterFile};
@@ -16,9 +17,13 @@ const IDLE_CORE_SHARE_MAX: f64 = 0.02;
 
 #[derive(clap::Args)]
 pub struct IdleArgs {
-    /// Transport of the node processes: shm or tcp.
-    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp"])]
+    /// Transport of the node processes: shm, tcp or ofi (in an acre built with
+    /// `--features ofi`).
+    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp", "ofi"])]
     transport: String,
+    /// With --transport ofi: the libfabric provider (default tcp;ofi_rxm).
+    #[arg(long, value_name = "PROVIDER")]
+    ofi_provider: Option<String>,
     /// How long to watch the idle cluster.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
@@ -39,6 +44,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
     let up = UpArgs {
         nodes: args.nodes,
         transport: args.transport.clone(),
+        ofi_provider: args.ofi_provider.clone(),
         dir: args.dir.clone(),
         clients: 1,
         f: None,

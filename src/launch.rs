@@ -12,7 +12,7 @@ use acre::cluster::{self, Answer, CLIENT_ID_BASE, CLUSTER_FILE, ClusterFile, Obs
 use acre::engine::addr::NodeId;
 use acre::engine::directory::{self, NodeManifest};
 use acre::engine::fabric::tcp::ClusterSecret;
-use acre::engine::fabric::transport_kind::TransportKind;
+use acre::engine::fabric::transport_kind::{OFI_PROVIDER_DEFAULT, OpenError, TransportKind};
 use acre::replication::netns::NetnsPlacement;
 use acre::txn::config::{CommitMode, Configuration};
 use anyhow::{Context, bail};
@@ -34,9 +34,14 @@ pub struct UpArgs {
     /// Memory nodes to start.
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
-    /// How the nodes reach each other.
-    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp"])]
+    /// How the nodes reach each other: shm (mapped files), tcp (a NIC thread per node), or ofi
+    /// (libfabric, in an acre built with `--features ofi`; docs/ofi.md).
+    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp", "ofi"])]
     pub transport: String,
+    /// With --transport ofi: the libfabric provider (`tcp;ofi_rxm`, `sockets`, `verbs;ofi_rxm`,
+    /// `efa`). Default: tcp;ofi_rxm.
+    #[arg(long, value_name = "PROVIDER")]
+    pub ofi_provider: Option<String>,
     /// The cluster directory.
     #[arg(long, default_value = CLUSTER_DIR_DEFAULT)]
     pub dir: PathBuf,
@@ -257,21 +262,40 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     config
         .cm_replicas
         .extend((0..cm_processes).map(|i| NodeId(cm_processes_first + i)));
+    let transport = transport_kind(&args.transport)?;
+    anyhow::ensure!(
+        args.ofi_provider.is_none() || transport == TransportKind::Ofi,
+        "--ofi-provider needs --transport ofi"
+    );
     let file = ClusterFile {
-        transport: if args.transport == "tcp" {
-            TransportKind::Tcp
-        } else {
-            TransportKind::Shm
-        },
+        transport,
         persist: args.persist.clone(),
         ring_bytes: args.ring_bytes,
         cm: (cm_replicas > 0 || cm_processes > 0).then_some(cluster::CmSettings {
             lease_ms: args.lease_ms,
         }),
+        ofi: (transport == TransportKind::Ofi).then(|| cluster::OfiSettings {
+            provider: args
+                .ofi_provider
+                .clone()
+                .unwrap_or_else(|| OFI_PROVIDER_DEFAULT.to_string()),
+        }),
         config,
     };
     file.validate()?;
     Ok(file)
+}
+
+/// The transport `name` (as `--transport` spells it), if this acre can run it.
+pub fn transport_kind(name: &str) -> anyhow::Result<TransportKind> {
+    let kind = match name {
+        "shm" => TransportKind::Shm,
+        "tcp" => TransportKind::Tcp,
+        "ofi" => TransportKind::Ofi,
+        other => bail!("unknown transport {other:?}: expected shm, tcp or ofi"),
+    };
+    anyhow::ensure!(kind.is_built(), "{}", OpenError::OfiNotBuilt);
+    Ok(kind)
 }
 
 /// Where `up` places the node processes for `args`: in namespaces (`--netns`), validated, or
@@ -1284,9 +1308,11 @@ pub fn status(args: &DirArgs) -> anyhow::Result<ExitCode> {
             members_not_serving += 1;
         }
         let address = match (&seen.answer, &seen.manifest) {
-            (Answer::Up | Answer::Silent(_), Some(m)) => {
-                m.tcp_addr.clone().unwrap_or_else(|| "shm".into())
-            }
+            (Answer::Up | Answer::Silent(_), Some(m)) => m
+                .tcp_addr
+                .clone()
+                .or_else(|| m.ofi.as_ref().map(|ofi| format!("ofi {}", ofi.provider)))
+                .unwrap_or_else(|| "shm".into()),
             _ => "-".into(),
         };
         let lease = match &cm {

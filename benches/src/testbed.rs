@@ -274,6 +274,7 @@ impl Testbed {
                 cm_link: None,
                 lease: None,
                 damaged: Vec::new(),
+                ofi: None,
             }
             .write(&dir)?;
             let transport = Transport::Shm(ShmTransport::new(dir.clone(), options));

@@ -94,6 +94,36 @@ pub struct NodeManifest {
     /// into account (docs/failures.md#whole-cluster-restart).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub damaged: Vec<RegionId>,
+    /// How peers reach the node over the ofi transport: its card (docs/ofi.md#in-a-cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ofi: Option<OfiEntry>,
+}
+
+/// A node's ofi card as its manifest publishes it: the provider, its two endpoint names and
+/// its registered areas. Numbers that may not fit TOML's signed 64-bit integers are in hex.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfiEntry {
+    pub provider: String,
+    /// The target endpoint's name (where peers' operations go), in hex.
+    pub target: String,
+    /// The initiator endpoint's name (where the node's NIC thread answers it), in hex.
+    pub initiator: String,
+    pub areas: Vec<OfiAreaEntry>,
+}
+
+/// One registered area of an [`OfiEntry`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfiAreaEntry {
+    pub id: RegionId,
+    pub bytes: u64,
+    /// The access key, 16 hex digits.
+    pub key: String,
+    /// The registration's key, 16 hex digits.
+    pub mr_key: String,
+    /// The registration's base address, 16 hex digits.
+    pub base: String,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -249,6 +279,7 @@ mod tests {
             cm_link: None,
             lease: None,
             damaged: vec![RegionId(3)],
+            ofi: None,
         };
         manifest.write(dir.path()).unwrap();
         let read = NodeManifest::read(dir.path(), NodeId(2)).unwrap().unwrap();

@@ -439,6 +439,7 @@ impl StandaloneCm {
             cm_link: cm_addrs.map(|(link, _)| link.to_string()),
             lease: cm_addrs.map(|(_, lease)| lease.to_string()),
             damaged: Vec::new(),
+            ofi: None,
         }
         .write(&self.dir)
     }

@@ -3,7 +3,7 @@
 //! process and client node reads it.
 
 use acre_engine::channel;
-use acre_engine::fabric::transport_kind::TransportKind;
+use acre_engine::fabric::transport_kind::{OFI_PROVIDER_DEFAULT, TransportKind, TransportSpec};
 use acre_nvm_log::{LogError, MapOptions, PersistMode};
 use acre_txn::Configuration;
 use acre_txn::config::{ConfigError, TomlError};
@@ -29,7 +29,18 @@ pub struct ClusterFile {
     /// configuration never changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cm: Option<CmSettings>,
+    /// How the nodes use the ofi transport, when `transport = "ofi"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ofi: Option<OfiSettings>,
     pub config: Configuration,
+}
+
+/// The ofi transport's settings (docs/ofi.md#in-a-cluster).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfiSettings {
+    /// The libfabric provider: `tcp;ofi_rxm` (the default), `sockets`, `verbs;ofi_rxm`, `efa`.
+    pub provider: String,
 }
 
 /// How the cluster's configuration manager runs (docs/failures.md#configuration-manager).
@@ -95,6 +106,15 @@ pub enum ClusterFileError {
          (cm_replicas): name 1, 3 or 5 memory nodes or standalone CM ids, or remove the section"
     )]
     NoCmReplicas,
+    #[error(
+        "the cluster file has an [ofi] section but transport = {transport:?}: remove the \
+         section or set transport = \"ofi\""
+    )]
+    OfiSettingsUnused { transport: &'static str },
+    #[error(
+        "[ofi] provider = \"\" in the cluster file: name a libfabric provider, e.g. {OFI_PROVIDER_DEFAULT:?}"
+    )]
+    OfiProviderEmpty,
     #[error("cannot encode the cluster file: {source}")]
     Encode {
         #[source]
@@ -138,6 +158,16 @@ impl ClusterFile {
             ring_bytes: self.ring_bytes,
             source,
         })?;
+        if let Some(ofi) = &self.ofi {
+            if self.transport != TransportKind::Ofi {
+                return Err(ClusterFileError::OfiSettingsUnused {
+                    transport: self.transport.name(),
+                });
+            }
+            if ofi.provider.trim().is_empty() {
+                return Err(ClusterFileError::OfiProviderEmpty);
+            }
+        }
         if let Some(cm) = &self.cm {
             if !(CmSettings::LEASE_MS_MIN..=CmSettings::LEASE_MS_MAX).contains(&cm.lease_ms) {
                 return Err(ClusterFileError::LeaseMs {
@@ -179,6 +209,16 @@ impl ClusterFile {
             .copied()
             .filter(|&r| self.is_standalone_cm(r))
             .collect()
+    }
+
+    /// How a node of this cluster opens its transport, listening on `listen` (loopback if
+    /// `None`).
+    pub fn transport_spec(&self, listen: Option<std::net::SocketAddr>) -> TransportSpec {
+        TransportSpec {
+            kind: self.transport,
+            listen,
+            ofi_provider: self.ofi.as_ref().map(|o| o.provider.clone()),
+        }
     }
 
     pub(crate) fn map_options(&self) -> MapOptions {

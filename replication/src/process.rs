@@ -17,8 +17,7 @@ use acre_engine::directory::remove_node_files;
 use acre_engine::directory::{self, NodeManifest};
 use acre_engine::fabric::doorbell::Doorbell;
 use acre_engine::fabric::memory::NodeMemory;
-use acre_engine::fabric::tcp::NicServer;
-use acre_engine::fabric::transport_kind::{self, OpenError};
+use acre_engine::fabric::transport_kind::{self, NodeNic, OpenError, OpenedTransport};
 use acre_engine::fabric::{Fabric, Membership, Transport};
 use acre_engine::region::AccessKey;
 use acre_engine::{procfs, signal};
@@ -195,7 +194,7 @@ pub fn node_log_path(dir: &Path, node: NodeId) -> PathBuf {
 /// records into its rings, so its files are removed when it stops and when its id starts again.
 pub struct ProcessNode {
     replica: Option<ReplicaNode>,
-    nic: Option<NicServer>,
+    nic: Option<NodeNic>,
     dir: PathBuf,
     node: NodeId,
     /// Whether the configuration places regions on this node (else it is a client node).
@@ -385,6 +384,10 @@ impl ProcessNode {
     /// Writes the node's manifest: its areas (their keys), pid and addresses.
     fn publish(&self) -> io::Result<()> {
         let cm_addrs = *self.cm_addrs.lock().expect(CM_ADDRS_POISONED);
+        // Registers the areas placed since the last publication first (ofi), so that every
+        // area the manifest lists can be reached.
+        let ofi = transport_kind::publishable_card(self.txn().fabric().transport())
+            .map_err(io::Error::other)?;
         NodeManifest {
             node: self.node,
             pid: std::process::id(),
@@ -395,6 +398,7 @@ impl ProcessNode {
             cm_link: cm_addrs.map(|(link, _)| link.to_string()),
             lease: cm_addrs.map(|(_, lease)| lease.to_string()),
             damaged: self.replica().damaged_copies().to_vec(),
+            ofi,
         }
         .write(&self.dir)
     }
@@ -487,7 +491,7 @@ impl ProcessNode {
         node: NodeId,
         incarnation: u64,
         reopen: Option<(&[(RegionId, AccessKey)], bool)>,
-    ) -> Result<(ReplicaNode, Option<NicServer>, Option<SocketAddr>), NodeStartError> {
+    ) -> Result<(ReplicaNode, Option<NodeNic>, Option<SocketAddr>), NodeStartError> {
         // Controlled by its control file if the harness left one, else the system clock.
         let clock = clock::node_clock(dir, node)
             .map_err(|source| NodeStartError::Clock { node, source })?;
@@ -508,11 +512,14 @@ impl ProcessNode {
         // otherwise on loopback.
         let listen = crate::netns::bind_addr(dir, node)
             .map_err(|source| NodeStartError::Netns { node, source })?;
-        let (transport, nic, tcp_addr) = transport_kind::open_transport(
+        let OpenedTransport {
+            transport,
+            nic,
+            tcp_addr,
+        } = transport_kind::open_transport(
             dir,
             node,
-            file.transport,
-            listen,
+            &file.transport_spec(listen),
             options,
             &memory,
             membership,
@@ -859,6 +866,7 @@ mod tests {
             cm_link: None,
             lease: None,
             damaged: Vec::new(),
+            ofi: None,
         }
     }
 

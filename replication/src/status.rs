@@ -36,13 +36,11 @@ use crate::cluster_file::ClusterFile;
 use crate::process::process_alive;
 use acre_engine::addr::{Addr, NodeId, RegionId};
 use acre_engine::channel::RING_AREA_BASE;
-use acre_engine::directory::{AreaKind, NodeManifest, SECRET_FILE};
+use acre_engine::directory::{AreaKind, NodeManifest};
+use acre_engine::fabric::Fabric;
 use acre_engine::fabric::doorbell::Doorbell;
 use acre_engine::fabric::memory::NodeMemory;
-use acre_engine::fabric::shm::ShmTransport;
-use acre_engine::fabric::tcp::{ClusterSecret, TcpTransport};
-use acre_engine::fabric::transport_kind::TransportKind;
-use acre_engine::fabric::{Fabric, Transport};
+use acre_engine::fabric::transport_kind::{self, NodeNic};
 use acre_engine::region::Region;
 use acre_nvm_log::RingGeometry;
 use acre_nvm_log::ring::{HEAD_OFFSET, TAIL_OFFSET, decode_pos_word};
@@ -468,8 +466,9 @@ fn probe(
     file: &ClusterFile,
     manifests: &[(NodeId, Option<NodeManifest>)],
 ) -> Vec<Answer> {
-    let fabric = match observer_fabric(dir, file) {
-        Ok(fabric) => Arc::new(fabric),
+    // The observer's NIC thread (ofi) lives until the answers are in.
+    let (fabric, _nic) = match observer_fabric(dir, file) {
+        Ok((fabric, nic)) => (Arc::new(fabric), nic),
         Err(reason) => {
             return manifests
                 .iter()
@@ -565,11 +564,8 @@ fn ask(fabric: &Fabric, node: NodeId, manifest: &NodeManifest) -> Answer {
         Ok(key) => key,
         Err(e) => return Answer::Silent(format!("its manifest: {e}")),
     };
-    if let (Transport::Tcp(tcp), Some(addr)) = (fabric.transport(), &manifest.tcp_addr) {
-        match addr.parse() {
-            Ok(addr) => tcp.add_peer(node, addr),
-            Err(e) => return Answer::Silent(format!("its manifest's tcp_addr {addr:?}: {e}")),
-        }
+    if let Err(e) = transport_kind::reach(fabric.transport(), manifest) {
+        return Answer::Silent(e);
     }
     let heartbeat = || -> Result<u64, String> {
         let bytes = fabric
@@ -597,21 +593,19 @@ fn ask(fabric: &Fabric, node: NodeId, manifest: &NodeManifest) -> Answer {
 }
 
 /// A fabric endpoint for an observer: it registers no memory and reaches the nodes the way
-/// they reach each other.
-fn observer_fabric(dir: &Path, file: &ClusterFile) -> Result<Fabric, String> {
+/// they reach each other; with its NIC thread, where its transport has one.
+fn observer_fabric(dir: &Path, file: &ClusterFile) -> Result<(Fabric, Option<NodeNic>), String> {
     let doorbell = Doorbell::anonymous().map_err(|e| format!("create a doorbell: {e}"))?;
     let memory = Arc::new(NodeMemory::new(OBSERVER, Arc::new(doorbell)));
-    let transport = match file.transport {
-        TransportKind::Shm => {
-            Transport::Shm(ShmTransport::new(dir.to_path_buf(), file.map_options()))
-        }
-        TransportKind::Tcp => {
-            let secret =
-                ClusterSecret::from_file(&dir.join(SECRET_FILE)).map_err(|e| e.to_string())?;
-            Transport::Tcp(TcpTransport::new(OBSERVER, file.config.id, secret))
-        }
-    };
-    Ok(Fabric::new(memory, transport))
+    let (transport, nic) = transport_kind::open_observer(
+        dir,
+        &file.transport_spec(None),
+        file.map_options(),
+        file.config.id,
+        &memory,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((Fabric::new(memory, transport), nic))
 }
 
 /// Every ring of the node `manifest` describes, from the files, with what its status area says

@@ -6,7 +6,8 @@ use crate::POISONED;
 use crate::error::TxnError;
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::directory::NodeManifest;
-use acre_engine::fabric::{Fabric, Transport};
+use acre_engine::fabric::Fabric;
+use acre_engine::fabric::transport_kind;
 use acre_engine::hash::FastMap;
 use acre_engine::region::AccessKey;
 use std::path::PathBuf;
@@ -73,12 +74,7 @@ impl Directory {
         let manifest = NodeManifest::read(dir, node)
             .map_err(|e| unavailable(format!("read its manifest: {e}")))?
             .ok_or_else(|| unavailable("it has not published a manifest: is it running?".into()))?;
-        if let (Transport::Tcp(tcp), Some(addr)) = (fabric.transport(), &manifest.tcp_addr) {
-            let addr = addr
-                .parse()
-                .map_err(|e| unavailable(format!("manifest tcp_addr {addr:?}: {e}")))?;
-            tcp.add_peer(node, addr);
-        }
+        transport_kind::reach(fabric.transport(), &manifest).map_err(unavailable)?;
         for entry in &manifest.areas {
             let key = entry
                 .access_key()

@@ -59,10 +59,12 @@
 // call is an `unsafe` block saying how.
 #![allow(unsafe_code)]
 
+pub mod card;
 pub mod sys;
 pub mod transfer;
 
 use crate::addr::{NodeId, RegionId};
+use crate::fabric::membership::Membership;
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::tcp::frame::{self, Frame, Request, Response};
 use crate::fabric::{Completion, Op, OpError, OpResult, Pending, exec};
@@ -223,6 +225,9 @@ struct Registration {
     mr: *mut sys::RawMr,
 }
 
+/// Where a node finds the cards of nodes it does not know yet ([`OfiTransport::find_cards_with`]).
+type CardSource = Arc<dyn Fn(NodeId) -> Option<OfiCard> + Send + Sync>;
+
 /// A peer, as inserted into this node's address vector.
 struct Peer {
     card: OfiCard,
@@ -242,6 +247,11 @@ struct Node {
     /// `Drop` with the registrations).
     exposures: Mutex<transfer::Exposures>,
     peers: RwLock<FastMap<NodeId, Arc<Peer>>>,
+    /// Where the cards of nodes not known yet come from ([`OfiTransport::find_cards_with`]).
+    cards: RwLock<Option<CardSource>>,
+    /// The configuration whose members this node serves and looks up
+    /// ([`OfiNic::set_membership`]); any known peer while there is none.
+    membership: RwLock<Option<Membership>>,
     stop: AtomicBool,
     /// Its endpoints and queues are closed before the registrations, the rest after them
     /// (see `Drop`).
@@ -297,6 +307,94 @@ impl Node {
             .expect(crate::POISONED)
             .get(&node)
             .cloned()
+    }
+
+    /// Whether `node` is a member of the configuration this node serves (any node while it
+    /// has been given none).
+    fn admits(&self, node: NodeId) -> bool {
+        self.membership
+            .read()
+            .expect(crate::POISONED)
+            .as_ref()
+            .is_none_or(|m| m.contains(node))
+    }
+
+    /// `node` as a peer: known already, or, for a member, found through the card source and
+    /// added. `None` for a non-member, and for a node the source has no usable card of.
+    fn peer_or_find(&self, node: NodeId) -> Option<Arc<Peer>> {
+        if !self.admits(node) {
+            return None;
+        }
+        self.peer(node).or_else(|| self.find(node))
+    }
+
+    /// Asks the card source for `node`'s card again (its areas grew, or it restarted) and
+    /// makes it the peer's; `None` if it has none, or none usable (said on stderr).
+    fn find(&self, node: NodeId) -> Option<Arc<Peer>> {
+        let source = self.cards.read().expect(crate::POISONED).clone()?;
+        let card = source(node)?;
+        if card.node != node {
+            eprintln!(
+                "acre: ofi: the card found for {node} is {}'s; not used",
+                card.node
+            );
+            return None;
+        }
+        self.add(card)
+            .inspect_err(|e| eprintln!("acre: ofi: {e}"))
+            .ok()
+    }
+
+    /// Inserts `card`'s endpoint names into the address vector and makes it the peer's card.
+    fn add(&self, card: OfiCard) -> Result<Arc<Peer>, OfiError> {
+        let node = card.node;
+        let bad = |reason: String| OfiError::BadCard {
+            provider: self.provider().to_string(),
+            node,
+            reason,
+        };
+        if card.provider != self.provider() {
+            return Err(bad(format!("it is for provider {:?}", card.provider)));
+        }
+        // fi_av_insert reads as many bytes as this provider's names take (a socket address, or
+        // a string up to its NUL): a name from a card is copied into a zeroed buffer of the
+        // largest size any name has, so a short or foreign one reads zeros, never past the end.
+        for (what, name) in [
+            ("target", &card.target_name),
+            ("initiator", &card.initiator_name),
+        ] {
+            if name.is_empty() || name.len() >= sys::NAME_BYTES_MAX {
+                return Err(bad(format!(
+                    "its {what} name has {} bytes, not 1 to {}",
+                    name.len(),
+                    sys::NAME_BYTES_MAX - 1
+                )));
+            }
+        }
+        let insert = |name: &[u8]| self.handle.insert(name).map_err(|e| bad(e.to_string()));
+        let target = insert(&card.target_name)?;
+        let initiator = insert(&card.initiator_name)?;
+        let peer = Arc::new(Peer {
+            card,
+            target,
+            initiator,
+        });
+        // Under the membership's lock (taken before the peers', as `set_membership` does), so
+        // that a node removed meanwhile is not added back.
+        let membership = self.membership.read().expect(crate::POISONED);
+        if let Some(membership) = membership.as_ref()
+            && !membership.contains(node)
+        {
+            return Err(bad(format!(
+                "it is not a member of configuration {}",
+                membership.config()
+            )));
+        }
+        self.peers
+            .write()
+            .expect(crate::POISONED)
+            .insert(node, peer.clone());
+        Ok(peer)
     }
 
     /// Reads what is in `side`'s queue now, or after sleeping on it when `sleep` (and the
@@ -391,6 +489,23 @@ impl Drop for OfiNic {
                 );
             }
         }
+    }
+}
+
+impl OfiNic {
+    /// Serves the members of `membership` only from now on: the NIC thread neither executes nor
+    /// answers the messages of any other node, and this node forgets its peers that are not
+    /// members (its operations to them fail as [`OpError::UnknownNode`]). The one-sided
+    /// operations of a removed node are not refused by this: a NIC executes them without this
+    /// node's CPU (docs/ofi.md#in-a-cluster says what that leaves).
+    pub fn set_membership(&self, membership: Membership) {
+        let mut current = self.node.membership.write().expect(crate::POISONED);
+        self.node
+            .peers
+            .write()
+            .expect(crate::POISONED)
+            .retain(|node, _| membership.contains(*node));
+        *current = Some(membership);
     }
 }
 
@@ -557,6 +672,8 @@ impl OfiTransport {
             registrations: Mutex::new(registrations),
             exposures: Mutex::new(transfer::Exposures::default()),
             peers: RwLock::new(FastMap::default()),
+            cards: RwLock::new(None),
+            membership: RwLock::new(None),
             stop: AtomicBool::new(false),
             handle,
         });
@@ -681,46 +798,19 @@ impl OfiTransport {
     /// Makes `card`'s node reachable (and lets this node's NIC thread answer it). A card for a
     /// node already known replaces it (a restarted node).
     pub fn add_peer(&self, card: OfiCard) -> Result<(), OfiError> {
-        let bad = |reason: String| OfiError::BadCard {
-            provider: self.provider().to_string(),
-            node: card.node,
-            reason,
-        };
-        if card.provider != self.provider() {
-            return Err(bad(format!("it is for provider {:?}", card.provider)));
-        }
-        // fi_av_insert reads as many bytes as this provider's names take (a socket address, or
-        // a string up to its NUL): a name from a card is copied into a zeroed buffer of the
-        // largest size any name has, so a short or foreign one reads zeros, never past the end.
-        for (what, name) in [
-            ("target", &card.target_name),
-            ("initiator", &card.initiator_name),
-        ] {
-            if name.is_empty() || name.len() >= sys::NAME_BYTES_MAX {
-                return Err(bad(format!(
-                    "its {what} name has {} bytes, not 1 to {}",
-                    name.len(),
-                    sys::NAME_BYTES_MAX - 1
-                )));
-            }
-        }
-        let insert = |name: &[u8]| {
-            self.node
-                .handle
-                .insert(name)
-                .map_err(|e| bad(e.to_string()))
-        };
-        let target = insert(&card.target_name)?;
-        let initiator = insert(&card.initiator_name)?;
-        self.node.peers.write().expect(crate::POISONED).insert(
-            card.node,
-            Arc::new(Peer {
-                card,
-                target,
-                initiator,
-            }),
-        );
-        Ok(())
+        self.node.add(card).map(|_| ())
+    }
+
+    /// Where this node finds the card of a node it does not know yet, or whose card lacks an
+    /// area an operation names (it placed the area later): node processes read it from the
+    /// node's manifest in the cluster directory. Only members of the configuration
+    /// [`OfiNic::set_membership`] set are looked up. Without a source, peers are only those
+    /// given with [`OfiTransport::add_peer`].
+    pub fn find_cards_with(
+        &self,
+        source: impl Fn(NodeId) -> Option<OfiCard> + Send + Sync + 'static,
+    ) {
+        *self.node.cards.write().expect(crate::POISONED) = Some(Arc::new(source));
     }
 
     /// Forgets a peer: operations on it fail as [`OpError::UnknownNode`] from now on.
@@ -734,13 +824,25 @@ impl OfiTransport {
 
     /// Posts `ops` to `target` and drives them to completion, in order.
     pub fn post(&self, target: NodeId, ops: &[Op]) -> Pending {
-        let Some(peer) = self.node.peer(target) else {
+        let Some(mut peer) = self.node.peer_or_find(target) else {
             return Pending::ready(
                 ops.iter()
                     .map(|_| Err(OpError::UnknownNode { node: target }))
                     .collect(),
             );
         };
+        // An area the card does not list may have been placed since: the card is looked up
+        // again, once per batch.
+        let unlisted = |peer: &Peer| {
+            ops.iter()
+                .filter_map(op_addr)
+                .any(|addr| !peer.card.areas.iter().any(|a| a.id == addr.region()))
+        };
+        if unlisted(&peer)
+            && let Some(found) = self.node.find(target)
+        {
+            peer = found;
+        }
         let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
         let mut index = 0;
         while index < ops.len() {
@@ -1308,6 +1410,17 @@ fn slot_tag(slot: &OpSlot) -> u64 {
     u64::from_le_bytes(slot.bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// The address `op` works on; `None` for NOTIFY.
+fn op_addr(op: &Op) -> Option<crate::addr::Addr> {
+    match op {
+        Op::Read { addr, .. }
+        | Op::Write { addr, .. }
+        | Op::Cas { addr, .. }
+        | Op::Persist { addr, .. } => Some(*addr),
+        Op::Notify => None,
+    }
+}
+
 /// Checks an operation against the target's card: the same errors as the target would give.
 fn check(
     card: &OfiCard,
@@ -1412,7 +1525,9 @@ fn serve(node: &Node, mut receives: ManuallyDrop<Vec<Box<ReceiveSlot>>>) {
                 let slot = &mut receives[index as usize];
                 let sender = NodeId((tag >> TAG_SEQ_BITS) as u16);
                 let bytes = &slot.buf[..len.min(slot.buf.len())];
-                let response = if failed {
+                // Nothing of a non-member's request is executed (nor of one whose card cannot
+                // be found: there would be nowhere to answer it).
+                let response = if failed || node.peer_or_find(sender).is_none() {
                     None
                 } else if tag & TAG_TRANSFER_BIT != 0 {
                     transfer::answer(node, sender, tag, bytes)

@@ -1,9 +1,10 @@
-//! Which transport a node process uses (shm or tcp), as a cluster file names it, and opening
-//! it: the shm transport maps its peers' files in the cluster directory, the tcp transport
-//! starts this node's NIC thread.
+//! Which transport a node process uses (shm, tcp or ofi), as a cluster file names it, and
+//! opening it: the shm transport maps its peers' files in the cluster directory, the tcp
+//! transport starts this node's NIC thread, the ofi transport opens its libfabric provider and
+//! starts its NIC thread. Peers are reached through what their manifests publish ([`reach`]).
 
 use crate::addr::NodeId;
-use crate::directory;
+use crate::directory::{self, NodeManifest, OfiEntry};
 use crate::fabric::Transport;
 use crate::fabric::membership::Membership;
 use crate::fabric::memory::NodeMemory;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 pub enum TransportKind {
     Shm,
     Tcp,
+    /// libfabric (docs/ofi.md); only in an `acre` built with the cargo feature `ofi`.
+    Ofi,
 }
 
 impl TransportKind {
@@ -28,8 +31,28 @@ impl TransportKind {
         match self {
             TransportKind::Shm => "shm",
             TransportKind::Tcp => "tcp",
+            TransportKind::Ofi => "ofi",
         }
     }
+
+    /// Whether this build can open it (ofi needs the cargo feature `ofi`).
+    pub fn is_built(self) -> bool {
+        self != TransportKind::Ofi || cfg!(feature = "ofi")
+    }
+}
+
+/// The libfabric provider of the ofi transport when the cluster file names none.
+pub const OFI_PROVIDER_DEFAULT: &str = "tcp;ofi_rxm";
+
+/// How a node opens its transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportSpec {
+    pub kind: TransportKind,
+    /// Where the NIC thread listens (tcp) or the endpoints are opened (ofi, its IP only); on
+    /// loopback if `None`.
+    pub listen: Option<SocketAddr>,
+    /// The libfabric provider, for ofi ([`OFI_PROVIDER_DEFAULT`] if `None`).
+    pub ofi_provider: Option<String>,
 }
 
 /// Why a node's transport could not be opened.
@@ -45,47 +68,196 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "this acre was built without the ofi transport: build it with `--features ofi` \
+         (libfabric's headers and library are needed: Debian's libfabric-dev)"
+    )]
+    OfiNotBuilt,
+    #[cfg(feature = "ofi")]
+    #[error(transparent)]
+    Ofi(#[from] crate::fabric::ofi::OfiError),
 }
 
 /// Loopback, on a port the system picks: where a NIC thread listens unless told otherwise.
 pub const LISTEN_DEFAULT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
+/// The thread that serves a node's memory to the others, where its transport has one.
+pub enum NodeNic {
+    Tcp(NicServer),
+    #[cfg(feature = "ofi")]
+    Ofi(crate::fabric::ofi::OfiNic),
+}
+
+impl NodeNic {
+    /// Serves `membership`'s members only from now on (see each transport's).
+    pub fn set_membership(&self, membership: Membership) {
+        match self {
+            NodeNic::Tcp(nic) => nic.set_membership(membership),
+            #[cfg(feature = "ofi")]
+            NodeNic::Ofi(nic) => nic.set_membership(membership),
+        }
+    }
+}
+
+/// A node's transport, opened.
+pub struct OpenedTransport {
+    pub transport: Transport,
+    pub nic: Option<NodeNic>,
+    /// Where the tcp NIC thread listens.
+    pub tcp_addr: Option<SocketAddr>,
+}
+
 /// Node `node`'s transport to the others in cluster directory `dir`, as a member of
-/// `membership`: shm maps their files there; tcp starts this node's NIC thread on `listen`
-/// (default [`LISTEN_DEFAULT`]) serving `memory` to `membership`'s members only, and returns
-/// it with its address; its connections to the others are bound to `membership`'s id.
+/// `membership`: shm maps their files there; tcp starts this node's NIC thread on `spec.listen`
+/// (default [`LISTEN_DEFAULT`]) serving `memory` to `membership`'s members only, and binds its
+/// connections to the others to `membership`'s id; ofi opens `spec.ofi_provider`, starts its
+/// NIC thread serving `membership`'s members only, and finds the others' cards in their
+/// manifests in `dir` (this node publishes its own with [`publishable_card`]).
 ///
 /// Nothing on shm can refuse a non-member (an initiator stores into the target's mapped files
-/// itself): a removed node is fenced by ending its process (docs/failures.md#fencing).
+/// itself), nor can an ofi NIC refuse a one-sided operation: a removed node is fenced by ending
+/// its process (docs/failures.md#fencing).
 pub fn open_transport(
     dir: &Path,
     node: NodeId,
-    kind: TransportKind,
-    listen: Option<SocketAddr>,
+    spec: &TransportSpec,
     options: MapOptions,
     memory: &Arc<NodeMemory>,
     membership: Membership,
-) -> Result<(Transport, Option<NicServer>, Option<SocketAddr>), OpenError> {
-    match kind {
-        TransportKind::Shm => Ok((
-            Transport::Shm(ShmTransport::new(dir.to_path_buf(), options)),
-            None,
-            None,
-        )),
+) -> Result<OpenedTransport, OpenError> {
+    match spec.kind {
+        TransportKind::Shm => Ok(OpenedTransport {
+            transport: Transport::Shm(ShmTransport::new(dir.to_path_buf(), options)),
+            nic: None,
+            tcp_addr: None,
+        }),
         TransportKind::Tcp => {
             let secret = ClusterSecret::from_file(&dir.join(directory::SECRET_FILE))?;
-            let addr = listen.unwrap_or(LISTEN_DEFAULT);
+            let addr = spec.listen.unwrap_or(LISTEN_DEFAULT);
             let config = membership.config();
             let nic = NicServer::start(addr, memory.clone(), secret.clone(), membership)
                 .map_err(|source| OpenError::Listen { addr, source })?;
             let local = nic.local_addr();
+            Ok(OpenedTransport {
+                transport: Transport::Tcp(TcpTransport::new(node, config, secret)),
+                nic: Some(NodeNic::Tcp(nic)),
+                tcp_addr: Some(local),
+            })
+        }
+        TransportKind::Ofi => open_ofi(dir, spec, memory, Some(membership)),
+    }
+}
+
+/// The transport of an observer (`acre cluster status`): node `me`, which registers no memory
+/// and reaches the nodes of `dir` the way they reach each other. Its NIC, if any, must live as
+/// long as the transport.
+pub fn open_observer(
+    dir: &Path,
+    spec: &TransportSpec,
+    options: MapOptions,
+    config: u64,
+    memory: &Arc<NodeMemory>,
+) -> Result<(Transport, Option<NodeNic>), OpenError> {
+    match spec.kind {
+        TransportKind::Shm => Ok((
+            Transport::Shm(ShmTransport::new(dir.to_path_buf(), options)),
+            None,
+        )),
+        TransportKind::Tcp => {
+            let secret = ClusterSecret::from_file(&dir.join(directory::SECRET_FILE))?;
             Ok((
-                Transport::Tcp(TcpTransport::new(node, config, secret)),
-                Some(nic),
-                Some(local),
+                Transport::Tcp(TcpTransport::new(memory.node_id(), config, secret)),
+                None,
             ))
         }
+        TransportKind::Ofi => {
+            let opened = open_ofi(dir, spec, memory, None)?;
+            Ok((opened.transport, opened.nic))
+        }
+    }
+}
+
+#[cfg(feature = "ofi")]
+fn open_ofi(
+    dir: &Path,
+    spec: &TransportSpec,
+    memory: &Arc<NodeMemory>,
+    membership: Option<Membership>,
+) -> Result<OpenedTransport, OpenError> {
+    use crate::fabric::ofi::{OfiCard, OfiConfig, OfiTransport};
+    let mut config =
+        OfiConfig::loopback(spec.ofi_provider.as_deref().unwrap_or(OFI_PROVIDER_DEFAULT));
+    if let Some(listen) = spec.listen {
+        config.address = listen.ip().to_string();
+    }
+    let (transport, nic) = OfiTransport::start(&config, memory.clone())?;
+    if let Some(membership) = membership {
+        nic.set_membership(membership);
+    }
+    let dir = dir.to_path_buf();
+    transport.find_cards_with(move |node| {
+        let manifest = NodeManifest::read(&dir, node).ok().flatten()?;
+        OfiCard::from_entry(node, manifest.ofi.as_ref()?)
+            .inspect_err(|e| eprintln!("acre: ofi: the manifest of {node}: {e}"))
+            .ok()
+    });
+    Ok(OpenedTransport {
+        transport: Transport::Ofi(transport),
+        nic: Some(NodeNic::Ofi(nic)),
+        tcp_addr: None,
+    })
+}
+
+#[cfg(not(feature = "ofi"))]
+fn open_ofi(
+    _dir: &Path,
+    _spec: &TransportSpec,
+    _memory: &Arc<NodeMemory>,
+    _membership: Option<Membership>,
+) -> Result<OpenedTransport, OpenError> {
+    Err(OpenError::OfiNotBuilt)
+}
+
+/// What this node's manifest publishes for the ofi transport, if it uses it: its card, after
+/// registering the areas placed on the node since the last call (so that every area the
+/// manifest lists is reachable).
+pub fn publishable_card(transport: &Transport) -> Result<Option<OfiEntry>, OpenError> {
+    match transport {
+        #[cfg(feature = "ofi")]
+        Transport::Ofi(ofi) => {
+            ofi.register_new_areas()?;
+            Ok(Some(ofi.card()?.to_entry()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Makes the node `manifest` describes reachable through `transport` as the manifest says (its
+/// tcp address, or its ofi card, replacing what was known: it may have restarted or placed
+/// areas since). Nothing to do on shm. Says what is wrong with the manifest otherwise.
+pub fn reach(transport: &Transport, manifest: &NodeManifest) -> Result<(), String> {
+    match transport {
+        Transport::Tcp(tcp) => {
+            if let Some(addr) = &manifest.tcp_addr {
+                let addr = addr
+                    .parse()
+                    .map_err(|e| format!("its manifest's tcp_addr {addr:?}: {e}"))?;
+                tcp.add_peer(manifest.node, addr);
+            }
+            Ok(())
+        }
+        #[cfg(feature = "ofi")]
+        Transport::Ofi(ofi) => {
+            let entry = manifest
+                .ofi
+                .as_ref()
+                .ok_or("its manifest has no ofi card: is it running on another transport?")?;
+            let card = crate::fabric::ofi::OfiCard::from_entry(manifest.node, entry)
+                .map_err(|e| format!("its manifest's ofi card: {e}"))?;
+            ofi.add_peer(card).map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -96,7 +268,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_the_cluster_file_spelling() {
-        for kind in [TransportKind::Shm, TransportKind::Tcp] {
+        for kind in [TransportKind::Shm, TransportKind::Tcp, TransportKind::Ofi] {
             let text = toml::to_string(&std::collections::BTreeMap::from([("t", kind)])).unwrap();
             assert_eq!(text.trim(), format!("t = \"{}\"", kind.name()));
         }
@@ -109,11 +281,15 @@ mod tests {
             NodeId(1),
             Arc::new(Doorbell::anonymous().unwrap()),
         ));
+        let spec = TransportSpec {
+            kind: TransportKind::Tcp,
+            listen: None,
+            ofi_provider: None,
+        };
         let error = open_transport(
             dir.path(),
             NodeId(1),
-            TransportKind::Tcp,
-            None,
+            &spec,
             MapOptions::default(),
             &memory,
             Membership::new(1, [NodeId(1)]),

@@ -146,6 +146,7 @@ pub fn shm() -> Cluster {
             cm_link: None,
             lease: None,
             damaged: Vec::new(),
+            ofi: None,
         }
         .write(path)
         .expect("publish the manifest");

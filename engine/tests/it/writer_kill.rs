@@ -144,6 +144,7 @@ fn receiver(dir: &Path) -> (Arc<NodeMemory>, Inbox) {
         cm_link: None,
         lease: None,
         damaged: Vec::new(),
+        ofi: None,
     }
     .write(dir)
     .expect("publish the receiver's manifest");

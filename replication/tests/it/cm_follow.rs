@@ -63,6 +63,7 @@ fn a_commit_written_in_the_same_mtime_tick_as_the_install_is_not_missed() {
         ring_bytes: RING_BYTES,
         config: first.clone(),
         cm: None,
+        ofi: None,
     }
     .write(&path)
     .unwrap();
@@ -117,6 +118,7 @@ fn a_node_the_cm_removed_is_told_so_when_it_restarts() {
         ring_bytes: RING_BYTES,
         config: first.clone(),
         cm: Some(CmSettings { lease_ms: 200 }),
+        ofi: None,
     }
     .write(&path)
     .unwrap();

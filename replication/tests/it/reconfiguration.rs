@@ -700,6 +700,7 @@ fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
         persist: "flush".to_string(),
         ring_bytes: RING_BYTES,
         cm: None,
+        ofi: None,
         config: config.clone(),
     }
     .write(&path)

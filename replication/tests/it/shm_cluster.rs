@@ -46,6 +46,7 @@ impl ShmCluster {
             persist: "flush".to_string(),
             ring_bytes: RING_BYTES,
             cm: None,
+            ofi: None,
             config: config.clone(),
         };
         let path = dir.path().join(CLUSTER_FILE);
@@ -156,6 +157,7 @@ fn node_processes_read_the_clock_their_control_files_set() {
         ring_bytes: RING_BYTES,
         config,
         cm: None,
+        ofi: None,
     }
     .write(&path)
     .expect("write the cluster file");

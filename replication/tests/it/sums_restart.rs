@@ -49,6 +49,7 @@ fn cluster_of_two(dir: &Path) -> (std::path::PathBuf, Configuration) {
         persist: "flush".to_string(),
         ring_bytes: RING_BYTES,
         cm: Some(CmSettings { lease_ms: 1000 }),
+        ofi: None,
         config: config.clone(),
     }
     .write(&path)

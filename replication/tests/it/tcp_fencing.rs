@@ -41,6 +41,7 @@ fn tcp_node_processes_refuse_nodes_that_are_not_members_of_their_configuration()
         persist: "flush".to_string(),
         ring_bytes: RING_BYTES,
         cm: None,
+        ofi: None,
         config,
     };
     let path = dir.path().join(CLUSTER_FILE);

@@ -494,7 +494,11 @@ impl KeeperParts {
     /// The driver's seat for `group`, with the fence of the cluster's transport.
     fn seat(&self, group: Arc<CmGroup>, routed: std::sync::mpsc::Receiver<LinkMessage>) -> CmSeat {
         let fence: Fence = match self.transport {
-            TransportKind::Shm => {
+            // Nothing refuses a removed node's one-sided operations: on shm it stores into the
+            // others' files itself, on ofi the provider (a NIC, on RDMA hardware) executes them
+            // without the target's CPU, and revoking its registrations is not built. So its
+            // process is killed before the configuration without it commits.
+            TransportKind::Shm | TransportKind::Ofi => {
                 let dir = self.dir.clone();
                 Box::new(move |removed| {
                     fence_by_kill(&dir, removed, FENCE_TIMEOUT)

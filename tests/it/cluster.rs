@@ -252,6 +252,42 @@ fn the_bank_runs_over_tcp() {
     bank_holds(cluster.dir());
 }
 
+/// Over ofi (libfabric's tcp;ofi_rxm on loopback): the nodes find each other's cards in their
+/// manifests, and `cluster status` reaches every node through its own.
+#[cfg(feature = "ofi")]
+#[test]
+fn the_bank_runs_over_ofi() {
+    let cluster = Cluster::up("ofi", "ofi");
+    bank_holds(cluster.dir());
+    let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", text(&status));
+    assert_eq!(
+        shown.matches("ofi tcp;ofi_rxm").count(),
+        3,
+        "every node is up over ofi: {shown}"
+    );
+}
+
+/// Without the cargo feature `ofi`, asking for the transport says how to get it, in one line.
+#[cfg(not(feature = "ofi"))]
+#[test]
+fn ofi_in_an_acre_built_without_it_says_how_to_build_it() {
+    let output = acre(&[
+        "cluster",
+        "up",
+        "--transport",
+        "ofi",
+        "--dir",
+        "/dev/shm/acre-test-no-ofi",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--features ofi"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!std::path::Path::new("/dev/shm/acre-test-no-ofi").exists());
+}
+
 #[test]
 fn a_second_up_in_the_same_directory_is_refused() {
     let cluster = Cluster::up("twice", "shm");

@@ -517,42 +517,54 @@ fn check_no_transfer_lost(db: &Db, counted: &[Counted], what: &str) {
 #[test]
 fn a_primary_killed_during_the_bank_loses_nothing() {
     for transport in ["shm", "tcp"] {
-        let cluster = CmCluster::up(
-            &format!("bank-{transport}"),
-            &[
-                "--nodes",
-                "3",
-                "--f",
-                "1",
-                "--cm",
-                "3",
-                "--transport",
-                transport,
-            ],
-        );
-        let before = cluster.status();
-        let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
-        let bank = spawn_bank(cluster.dir(), 4, 30);
-        let (counted, ()) = counted_transfers(&db, &[1, 2, 3], 3, || {
-            std::thread::sleep(Duration::from_millis(1500));
-            cluster.kill(NodeId(2));
-            cluster.wait_for("r2 active again", |s| {
-                s.committed.id > before.committed.id
-                    && s.committed
-                        .placement(RegionId(2))
-                        .is_some_and(|p| p.state.is_active() && p.primary != NodeId(2))
-            });
-            std::thread::sleep(Duration::from_millis(500));
-        });
-        let out = bank.wait_with_output().expect("acre bank ends");
-        let shown = text(&out);
-        assert!(out.status.success(), "{transport}: {shown}");
-        assert!(shown.contains("invariant held"), "{transport}: {shown}");
-        let after = cluster.status();
-        assert!(!after.committed.nodes.contains(&NodeId(2)), "{after:?}");
-        check_no_transfer_lost(&db, &counted, transport);
-        bank_holds(cluster.dir());
+        primary_killed_during_the_bank(transport);
     }
+}
+
+/// As over shm and tcp: the others reach the new primary's copies through the cards in the
+/// manifests, and the survivors' NIC threads stop serving the dead node.
+#[cfg(feature = "ofi")]
+#[test]
+fn a_primary_killed_during_the_bank_loses_nothing_over_ofi() {
+    primary_killed_during_the_bank("ofi");
+}
+
+fn primary_killed_during_the_bank(transport: &str) {
+    let cluster = CmCluster::up(
+        &format!("bank-{transport}"),
+        &[
+            "--nodes",
+            "3",
+            "--f",
+            "1",
+            "--cm",
+            "3",
+            "--transport",
+            transport,
+        ],
+    );
+    let before = cluster.status();
+    let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
+    let bank = spawn_bank(cluster.dir(), 4, 30);
+    let (counted, ()) = counted_transfers(&db, &[1, 2, 3], 3, || {
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster.kill(NodeId(2));
+        cluster.wait_for("r2 active again", |s| {
+            s.committed.id > before.committed.id
+                && s.committed
+                    .placement(RegionId(2))
+                    .is_some_and(|p| p.state.is_active() && p.primary != NodeId(2))
+        });
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let out = bank.wait_with_output().expect("acre bank ends");
+    let shown = text(&out);
+    assert!(out.status.success(), "{transport}: {shown}");
+    assert!(shown.contains("invariant held"), "{transport}: {shown}");
+    let after = cluster.status();
+    assert!(!after.committed.nodes.contains(&NodeId(2)), "{after:?}");
+    check_no_transfer_lost(&db, &counted, transport);
+    bank_holds(cluster.dir());
 }
 
 /// kill -9 of f = 2 nodes at once on 5 nodes while `acre bank` runs: both failures are
@@ -974,6 +986,14 @@ fn add_node_joins_and_the_regions_grow_onto_it_as_data_grows_shm() {
 #[test]
 fn add_node_joins_and_the_regions_grow_onto_it_as_data_grows_tcp() {
     add_node_and_grow("tcp");
+}
+
+/// Over ofi: the new node's card is in its manifest, and the members find it there once they
+/// adopt the configuration that names it.
+#[cfg(feature = "ofi")]
+#[test]
+fn add_node_joins_and_the_regions_grow_onto_it_as_data_grows_ofi() {
+    add_node_and_grow("ofi");
 }
 
 fn add_node_and_grow(transport: &str) {
@@ -1535,6 +1555,15 @@ fn a_cm_replica_whose_node_was_removed_is_replaced_over_tcp() {
     replace_a_cm_replica("tcp");
 }
 
+/// Over ofi: the CM fences a removed node by ending its process, as on shm (its one-sided
+/// operations cannot be refused at the target), and the members take the new replica's and the
+/// rejoined node's cards from their manifests.
+#[cfg(feature = "ofi")]
+#[test]
+fn a_cm_replica_whose_node_was_removed_is_replaced_over_ofi() {
+    replace_a_cm_replica("ofi");
+}
+
 fn replace_a_cm_replica(transport: &str) {
     let cluster = CmCluster::up(
         &format!("replace-{transport}"),
@@ -1694,6 +1723,14 @@ fn nodes_killed_with_the_cm_s_majority_restart_in_place_through_cluster_up() {
 #[test]
 fn nodes_killed_with_the_cm_s_majority_restart_in_place_over_tcp() {
     restart_in_place("tcp");
+}
+
+/// Over ofi: a restarted node opens new endpoints, and the others take its new card from its
+/// manifest.
+#[cfg(feature = "ofi")]
+#[test]
+fn nodes_killed_with_the_cm_s_majority_restart_in_place_over_ofi() {
+    restart_in_place("ofi");
 }
 
 fn restart_in_place(transport: &str) {

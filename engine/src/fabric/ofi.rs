@@ -100,17 +100,41 @@ const RECEIVES_POSTED: usize = 16;
 const MESSAGE_BYTES_MAX: usize = 2048;
 /// Completion entries read per call.
 const ENTRIES_PER_READ: usize = 16;
-/// Tags carry the sender's node id above this many bits, a sequence number below.
-const TAG_SEQ_BITS: u32 = 48;
+/// A message's tag: the sender's node id in the top 16 bits, then the fingerprint of the
+/// sender's initiator endpoint name ([`name_fingerprint`]) in 16 bits, then [`TAG_TRANSFER_BIT`],
+/// then the batch's sequence number in the low 31 bits.
+const TAG_NODE_SHIFT: u32 = 48;
+const TAG_FINGERPRINT_SHIFT: u32 = 32;
 /// The tag bit that marks a message of the hybrid transfer ([`transfer`]) rather than a
-/// REQUEST frame; the sequence number is below it (batch numbers start under 2^40).
-const TAG_TRANSFER_BIT: u64 = 1 << (TAG_SEQ_BITS - 1);
+/// REQUEST frame; the sequence number is below it.
+const TAG_TRANSFER_BIT: u64 = 1 << 31;
 
-/// The tag of a message `me` sends in batch `batch`: the reply comes back with the same one.
-fn message_tag(me: NodeId, batch: u64, transfer: bool) -> u64 {
+/// The tag of a message `me`, whose initiator endpoint name has fingerprint `fingerprint`,
+/// sends in batch `batch`: the reply comes back with the same one.
+fn message_tag(me: NodeId, fingerprint: u16, batch: u64, transfer: bool) -> u64 {
     let seq = batch & (TAG_TRANSFER_BIT - 1);
     let kind = if transfer { TAG_TRANSFER_BIT } else { 0 };
-    ((me.0 as u64) << TAG_SEQ_BITS) | kind | seq
+    ((me.0 as u64) << TAG_NODE_SHIFT) | ((fingerprint as u64) << TAG_FINGERPRINT_SHIFT) | kind | seq
+}
+
+/// The sender a message's tag names, and the fingerprint of its initiator endpoint's name.
+fn tag_sender(tag: u64) -> (NodeId, u16) {
+    (
+        NodeId((tag >> TAG_NODE_SHIFT) as u16),
+        (tag >> TAG_FINGERPRINT_SHIFT) as u16,
+    )
+}
+
+/// 16 bits of an endpoint name (FNV-1a, folded). A message carries its sender's in its tag, so
+/// that a NIC thread holding the card of an earlier process of the same node id (a client that
+/// restarted, with new endpoints) sees that it would answer the wrong endpoint and looks the
+/// card up again. Two names share one with odds of 1 in 65,536; the earlier process is then
+/// answered instead, and the new one's request times out.
+fn name_fingerprint(name: &[u8]) -> u16 {
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash ^ (hash >> 16) ^ (hash >> 32) ^ (hash >> 48)) as u16
 }
 
 /// Providers whose atomics are known to be atomic against the target CPU's own atomics on the
@@ -128,7 +152,8 @@ pub fn atomics_are_cpu_coherent(provider: &str) -> bool {
     CPU_COHERENT_ATOMICS.contains(&provider)
 }
 
-/// A first batch number in `[1, 2^40)`: far from wrapping the tag's 48 bits.
+/// A first batch number in `[1, 2^40)`; a tag keeps its low 31 bits, which differ from an
+/// earlier transport's of the same node with odds of 1 in 2^31.
 fn random_batch_start() -> u64 {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
@@ -328,6 +353,18 @@ impl Node {
         self.peer(node).or_else(|| self.find(node))
     }
 
+    /// `node` as a peer this node's NIC thread can answer a message of, whose initiator
+    /// endpoint's name has `fingerprint`: as [`Node::peer_or_find`], and if the card known has
+    /// another endpoint (an earlier process of that node id), the card is looked up again.
+    fn peer_to_answer(&self, node: NodeId, fingerprint: u16) -> Option<Arc<Peer>> {
+        let peer = self.peer_or_find(node)?;
+        if name_fingerprint(&peer.card.initiator_name) == fingerprint {
+            return Some(peer);
+        }
+        self.find(node)
+            .filter(|found| name_fingerprint(&found.card.initiator_name) == fingerprint)
+    }
+
     /// Asks the card source for `node`'s card again (its areas grew, or it restarted) and
     /// makes it the peer's; `None` if it has none, or none usable (said on stderr).
     fn find(&self, node: NodeId) -> Option<Arc<Peer>> {
@@ -518,6 +555,8 @@ pub struct OfiTransport {
     /// CAS is `fi_compare_atomic` (the provider has atomics and the configuration wants them).
     atomics: bool,
     batch_seq: AtomicU64,
+    /// The fingerprint of this node's initiator endpoint name, in the tag of every message.
+    fingerprint: u16,
     /// Operation slots leaked because the provider might still write into them (their
     /// operation neither completed nor could be withdrawn in time).
     slots_leaked: AtomicU64,
@@ -667,6 +706,16 @@ impl OfiTransport {
                 }
             }
         }
+        let fingerprint = match handle.name(Side::Initiator) {
+            Ok(name) => name_fingerprint(&name),
+            Err(e) => {
+                for Registration { mr, .. } in registrations.drain(..) {
+                    // SAFETY: registered just above on this handle, closed once.
+                    unsafe { handle.close_mr(mr) };
+                }
+                return Err(setup(e));
+            }
+        };
         let node = Arc::new(Node {
             memory,
             registrations: Mutex::new(registrations),
@@ -714,6 +763,7 @@ impl OfiTransport {
                 // A random start, so that a late response to an earlier transport of the same
                 // node (same tags) matches no request of this one.
                 batch_seq: AtomicU64::new(random_batch_start()),
+                fingerprint,
                 slots_leaked: AtomicU64::new(0),
             },
             OfiNic {
@@ -721,6 +771,16 @@ impl OfiTransport {
                 thread: Some(thread),
             },
         ))
+    }
+
+    /// The tag of a message this node sends in batch `batch` ([`message_tag`]).
+    fn message_tag(&self, batch: u64, transfer: bool) -> u64 {
+        message_tag(
+            self.node.memory.node_id(),
+            self.fingerprint,
+            batch,
+            transfer,
+        )
     }
 
     /// The provider as libfabric names it.
@@ -1027,7 +1087,7 @@ impl OfiTransport {
         slot: &mut OpSlot,
         batch: u64,
     ) -> Result<(), String> {
-        let tag = message_tag(self.node.memory.node_id(), batch, false);
+        let tag = self.message_tag(batch, false);
         slot.bytes = frame::encode_to_vec(&Frame::Request(Request {
             request_id: tag,
             op: op.clone(),
@@ -1523,11 +1583,11 @@ fn serve(node: &Node, mut receives: ManuallyDrop<Vec<Box<ReceiveSlot>>>) {
             (NIC_SEND, index) => nic.sent(index),
             (NIC_RECEIVE, index) => {
                 let slot = &mut receives[index as usize];
-                let sender = NodeId((tag >> TAG_SEQ_BITS) as u16);
+                let (sender, fingerprint) = tag_sender(tag);
                 let bytes = &slot.buf[..len.min(slot.buf.len())];
                 // Nothing of a non-member's request is executed (nor of one whose card cannot
                 // be found: there would be nowhere to answer it).
-                let response = if failed || node.peer_or_find(sender).is_none() {
+                let response = if failed || node.peer_to_answer(sender, fingerprint).is_none() {
                     None
                 } else if tag & TAG_TRANSFER_BIT != 0 {
                     transfer::answer(node, sender, tag, bytes)

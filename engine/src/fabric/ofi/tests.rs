@@ -318,6 +318,159 @@ fn an_area_placed_after_start_is_registered_and_reachable_with_the_new_card() {
     assert_eq!(a.fabric.read(NodeId(2), data, b.key, 8), Ok(vec![0; 8]));
 }
 
+/// A card source that hands out what `published` holds, as manifests in a cluster directory
+/// do, counting the lookups.
+fn publish_to(
+    transport: &OfiTransport,
+    published: &Arc<Mutex<FastMap<NodeId, OfiCard>>>,
+    lookups: &Arc<AtomicU64>,
+) {
+    let (published, lookups) = (published.clone(), lookups.clone());
+    transport.find_cards_with(move |node| {
+        lookups.fetch_add(1, Ordering::Relaxed);
+        published.lock().unwrap().get(&node).cloned()
+    });
+}
+
+#[test]
+fn a_peer_never_given_is_found_through_the_card_source_and_so_is_an_area_placed_later() {
+    let (a, b) = (start(PROVIDER, 1), start(PROVIDER, 2));
+    let published = Arc::new(Mutex::new(FastMap::default()));
+    let lookups = Arc::new(AtomicU64::new(0));
+    publish_to(a.transport(), &published, &lookups);
+    publish_to(b.transport(), &published, &lookups);
+    let data = Addr::new(DATA, 0);
+    // Nothing published yet: B is unknown to A.
+    assert_eq!(
+        a.fabric.read(NodeId(2), data, b.key, 8),
+        Err(OpError::UnknownNode { node: NodeId(2) })
+    );
+    for node in [&a, &b] {
+        let card = node.transport().card().unwrap();
+        published.lock().unwrap().insert(card.node, card);
+    }
+    a.fabric
+        .write(NodeId(2), data, b.key, 7u64.to_le_bytes().to_vec())
+        .expect("WRITE to a peer found through the source");
+    // A message needs B's NIC thread to answer A, which B was never given either.
+    let persist = Op::Persist {
+        addr: data,
+        key: b.key,
+        len: 8,
+    };
+    assert_eq!(
+        a.fabric.execute(NodeId(2), vec![persist]),
+        vec![Ok(Completion::Persist)],
+        "PERSIST answered by a NIC thread that found its requester"
+    );
+    let found = lookups.load(Ordering::Relaxed);
+    a.fabric.read(NodeId(2), data, b.key, 8).unwrap();
+    assert_eq!(
+        lookups.load(Ordering::Relaxed),
+        found,
+        "a peer found is kept, not looked up again"
+    );
+    // B places an area and publishes its new card: A finds it on its first access.
+    let late_id = RegionId(7);
+    let late = Arc::new(Region::anonymous(late_id, DATA_BYTES).expect("map a region"));
+    b.fabric.memory().register(late.clone()).expect("register");
+    b.transport().register_new_areas().unwrap();
+    let card = b.transport().card().unwrap();
+    published.lock().unwrap().insert(NodeId(2), card);
+    let addr = Addr::new(late_id, 8);
+    a.fabric
+        .write(NodeId(2), addr, late.key(), 9u64.to_le_bytes().to_vec())
+        .expect("WRITE to the area placed later");
+    assert_eq!(late.words()[1].load(Ordering::Acquire), 9);
+}
+
+/// A node id whose process restarted (a client started again) has new endpoints: a NIC thread
+/// that knew the earlier process's card sees, from the fingerprint in the message's tag, that
+/// it would answer the old endpoint, and takes the new card from the source.
+#[test]
+fn a_node_restarted_under_the_same_id_is_answered_at_its_new_endpoint() {
+    let (a, b) = (start(PROVIDER, 1), start(PROVIDER, 2));
+    let published = Arc::new(Mutex::new(FastMap::default()));
+    let lookups = Arc::new(AtomicU64::new(0));
+    for node in [&a, &b] {
+        publish_to(node.transport(), &published, &lookups);
+        let card = node.transport().card().unwrap();
+        published.lock().unwrap().insert(card.node, card);
+    }
+    let notify = |from: &TestNode| from.fabric.execute(NodeId(1), vec![Op::Notify]);
+    assert_eq!(notify(&b), vec![Ok(Completion::Notify)]);
+    drop(b);
+    let b = start(PROVIDER, 2);
+    publish_to(b.transport(), &published, &lookups);
+    let card = b.transport().card().unwrap();
+    published.lock().unwrap().insert(NodeId(2), card);
+    let started = Instant::now();
+    assert_eq!(
+        notify(&b),
+        vec![Ok(Completion::Notify)],
+        "answered at the new endpoint"
+    );
+    assert!(
+        started.elapsed() < OP_TIMEOUT,
+        "without waiting out a timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_nic_thread_serves_only_the_members_of_its_configuration() {
+    let nodes = cluster(PROVIDER, 3);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let data = Addr::new(DATA, 0);
+    let rings = |node: &TestNode| node.fabric.memory().doorbell().rings();
+    // B serves configuration 5 of A and B: C is not a member any more.
+    b.nic
+        .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]));
+    let before = rings(b);
+    assert_eq!(
+        a.fabric.execute(NodeId(2), vec![Op::Notify]),
+        vec![Ok(Completion::Notify)]
+    );
+    assert_eq!(rings(b), before + 1, "a member's NOTIFY rings B's doorbell");
+    let started = Instant::now();
+    let refused = c.fabric.execute(NodeId(2), vec![Op::Notify]);
+    assert!(
+        matches!(refused[0], Err(OpError::Unreachable { .. })),
+        "a non-member's NOTIFY is not answered: {refused:?}"
+    );
+    assert!(
+        started.elapsed() < 3 * OP_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(rings(b), before + 1, "nor executed");
+    // B forgot C, and does not take it back.
+    assert_eq!(
+        b.fabric.read(NodeId(3), data, c.key, 8),
+        Err(OpError::UnknownNode { node: NodeId(3) })
+    );
+    let error = b
+        .transport()
+        .add_peer(c.transport().card().unwrap())
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("not a member of configuration 5"),
+        "{error}"
+    );
+    // A member is still served.
+    let persist = Op::Persist {
+        addr: data,
+        key: b.key,
+        len: 8,
+    };
+    assert_eq!(
+        a.fabric.execute(NodeId(2), vec![persist]),
+        vec![Ok(Completion::Persist)]
+    );
+}
+
 /// A batch to a peer whose NIC thread stopped answering (on `tcp;ofi_rxm`, whose target side
 /// only progresses in that thread, its READs hang until [`OP_TIMEOUT`]) does not hold up
 /// another thread's operations to a live peer: they complete while it waits.

@@ -18,8 +18,7 @@
 //!   [`EXPOSURE_TIMEOUT`], the next time the owner exposes something.
 
 use super::{
-    Node, OP_TIMEOUT, OfiTransport, OpSlot, Peer, Side, Slots, check, decode_response, message_tag,
-    sys,
+    Node, OP_TIMEOUT, OfiTransport, OpSlot, Peer, Side, Slots, check, decode_response, sys,
 };
 use crate::addr::{Addr, NodeId};
 use crate::clock::Time;
@@ -569,7 +568,7 @@ impl OfiTransport {
     fn exchange(&self, peer: &Peer, request: TransferRequest, reply_bytes: usize) -> OpResult {
         let target = peer.card.node;
         let batch = self.batch_seq.fetch_add(1, Ordering::Relaxed);
-        let tag = message_tag(self.node.memory.node_id(), batch, true);
+        let tag = self.message_tag(batch, true);
         let mut slots = Slots(vec![Box::new(OpSlot::new(batch, 0))]);
         slots[0].bytes = request.encode();
         slots[0].reply = vec![0; reply_bytes];
@@ -592,7 +591,7 @@ impl OfiTransport {
     fn send_release(&self, peer: &Peer, mr_key: u64) -> Result<(), OpError> {
         let target = peer.card.node;
         let batch = self.batch_seq.fetch_add(1, Ordering::Relaxed);
-        let tag = message_tag(self.node.memory.node_id(), batch, true);
+        let tag = self.message_tag(batch, true);
         let mut slots = Slots(vec![Box::new(OpSlot::new(batch, 0))]);
         slots[0].bytes = TransferRequest::Release { mr_key }.encode();
         slots[0].call = "fi_tsend (a release to the NIC thread)";

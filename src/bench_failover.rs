@@ -155,8 +155,8 @@ pub struct FailoverArgs {
     /// the kill).
     #[arg(long, default_value_t = 3)]
     nodes: u16,
-    /// How the nodes reach each other.
-    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp"])]
+    /// How the nodes reach each other (ofi: in an acre built with `--features ofi`).
+    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp", "ofi"])]
     transport: String,
     /// Which node each kill kills: `backup` (the last node, which holds backups only),
     /// `primary` (a primary that is not the CM leader) or `leader` (the CM leader); a comma

@@ -88,8 +88,8 @@ pub struct RecopyArgs {
     /// Memory nodes (at least 3: f = 1 and a CM of 3 replicas that outlives the kill).
     #[arg(long, default_value_t = 3)]
     nodes: u16,
-    /// How the nodes reach each other.
-    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp"])]
+    /// How the nodes reach each other (ofi: in an acre built with `--features ofi`).
+    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp", "ofi"])]
     transport: String,
     /// Which node to kill: `primary` (the primary of some regions and backup of others, not
     /// the CM leader) or `backup` (the last node, started to hold backups only).

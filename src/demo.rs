@@ -80,8 +80,9 @@ pub struct DemoArgs {
     /// With --failure: when to kill, in milliseconds after the transfers start.
     #[arg(long, requires = "failure", default_value_t = KILL_AFTER_MS_DEFAULT)]
     pub kill_after_ms: u64,
-    /// With --failure: how the node processes reach each other.
-    #[arg(long, requires = "failure", default_value = "shm", value_parser = ["shm", "tcp"])]
+    /// With --failure: how the node processes reach each other (ofi: in an acre built with
+    /// `--features ofi`).
+    #[arg(long, requires = "failure", default_value = "shm", value_parser = ["shm", "tcp", "ofi"])]
     pub transport: String,
     /// With --failure: the leases between the CM and the nodes, in milliseconds (a killed node
     /// is suspected when its lease runs out).

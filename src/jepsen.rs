@@ -30,7 +30,8 @@ pub struct JepsenArgs {
     /// Memory nodes (each also hosts a replica of the configuration manager, up to 2f+1).
     #[arg(long, default_value_t = 5)]
     pub nodes: u16,
-    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp"])]
+    /// How the nodes reach each other (ofi: in an acre built with `--features ofi`).
+    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp", "ofi"])]
     pub transport: String,
     /// Run each node in a network namespace of its own (`acrejp<r>-n<id>`, address
     /// 10.77.<r>.<id>, on a bridge that also carries the clients) instead of on loopback; tcp
@@ -132,8 +133,8 @@ fn options(args: &JepsenArgs) -> anyhow::Result<Options> {
         };
         if args.transport != "tcp" {
             bail!(
-                "{asked} needs --transport tcp: over shm the nodes share memory files, not a \
-                 network"
+                "{asked} needs --transport tcp: over shm the nodes share memory files, and ofi \
+                 listens on loopback only"
             );
         }
         if let Some(why) = acre_jepsen::netns::unavailable() {

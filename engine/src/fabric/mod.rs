@@ -15,6 +15,9 @@
 //!   registered memory without involving application threads. See [`tcp`].
 //! - `ofi` (cargo feature `ofi`): libfabric, so RDMA NICs do READ/WRITE/CAS themselves; here its
 //!   software providers over loopback. See `ofi` and docs/ofi.md.
+//! - `verbs` (cargo feature `rdma`): ibverbs directly, RC queue pairs set up over a TCP
+//!   bootstrap. Not run on RDMA hardware: its logic is tested against a fake verbs layer. See
+//!   `verbs` and docs/verbs.md.
 //!
 //! Every operation is checked against the target area's access key and bounds before it touches
 //! memory ([`crate::region::check_access`]); a failure is an [`OpError`] for that operation only.
@@ -29,6 +32,8 @@ pub mod memory;
 pub mod ofi;
 pub mod shm;
 pub mod transport_kind;
+#[cfg(feature = "rdma")]
+pub mod verbs;
 
 use crate::addr::{Addr, NodeId};
 use crate::region::{AccessError, AccessKey};
@@ -206,6 +211,10 @@ pub enum Transport {
     /// Completes each batch inside `post`, so its [`Pending`] is always ready.
     #[cfg(feature = "ofi")]
     Ofi(ofi::OfiTransport),
+    /// Completes each batch inside `post`, so its [`Pending`] is always ready. Has not run on
+    /// RDMA hardware (docs/verbs.md).
+    #[cfg(feature = "rdma")]
+    Verbs(verbs::VerbsTransport<verbs::ibverbs::IbVerbs>),
 }
 
 /// One node's endpoint on the fabric: its own registered memory and its transport to the others.
@@ -272,6 +281,9 @@ impl Fabric {
             Transport::Shm(_) | Transport::Tcp(_) => true,
             #[cfg(feature = "ofi")]
             Transport::Ofi(_) => false,
+            // The NIC's DMA reads in whatever order it likes.
+            #[cfg(feature = "rdma")]
+            Transport::Verbs(_) => false,
         }
     }
 
@@ -282,6 +294,8 @@ impl Fabric {
             Transport::Tcp(_) => "tcp",
             #[cfg(feature = "ofi")]
             Transport::Ofi(_) => "ofi",
+            #[cfg(feature = "rdma")]
+            Transport::Verbs(_) => "verbs",
         }
     }
 
@@ -339,6 +353,8 @@ impl Fabric {
             Transport::Tcp(t) => t.post(target, ops),
             #[cfg(feature = "ofi")]
             Transport::Ofi(t) => t.post(target, &ops),
+            #[cfg(feature = "rdma")]
+            Transport::Verbs(t) => t.post(target, &ops),
         }
     }
 

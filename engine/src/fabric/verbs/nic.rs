@@ -1,0 +1,408 @@
+//! The target side of a node: the bootstrap listener, which makes a responder queue pair for
+//! each peer that asks, and the NIC thread, which answers the messages peers send on them
+//! (PERSIST, NOTIFY, and CAS where NIC atomics are not used) by executing them on this node's
+//! memory and sending back the response. READ, WRITE and NIC CAS need neither: the NIC does them.
+//!
+//! A responder has [`RECEIVES_POSTED`] receives posted and [`SENDS_PER_RESPONDER`] buffers for
+//! responses in one registered buffer; a receive is reposted as soon as its request is copied
+//! out. A responder whose queue pair fails (its initiator vanished, or sent something its
+//! receives cannot hold) is retired: destroyed with its buffers, and its peer reconnects through
+//! the bootstrap. The NIC thread serves the others meanwhile.
+
+use super::bootstrap::{self, Message};
+use super::device::{
+    QpCaps, QpEndpoint, QpTransition, RecvWr, SendKind, SendWr, Sge, Verbs, WcStatus,
+};
+use super::staging::Staging;
+use super::work::MESSAGE_BYTES_MAX;
+use super::{Node, SLEEP_SLICE, SPIN_POLLS_MAX, random_psn};
+use crate::addr::NodeId;
+use crate::fabric::tcp::frame::{self, Frame, Request, Response};
+use crate::fabric::{Op, OpError, exec};
+use crate::hash::FastMap;
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+/// Receives each responder keeps posted.
+pub const RECEIVES_POSTED: usize = 16;
+/// Responses each responder may have in flight; a response beyond them is dropped (its
+/// requester times out). An initiator has at most one message outstanding per chain, and one
+/// chain at a time per connection, so a live one never reaches this.
+pub const SENDS_PER_RESPONDER: usize = 4;
+/// Entries of the NIC thread's completion queue, shared by all responders.
+pub const NIC_CQ_ENTRIES: u32 = 4096;
+/// Completions read per poll.
+const ENTRIES_PER_POLL: usize = 16;
+
+/// The responder queue pairs, by queue pair number.
+pub struct Responders<V: Verbs> {
+    by_qpn: FastMap<u32, Responder<V>>,
+}
+
+impl<V: Verbs> Default for Responders<V> {
+    fn default() -> Self {
+        Responders {
+            by_qpn: FastMap::default(),
+        }
+    }
+}
+
+impl<V: Verbs> Responders<V> {
+    pub fn retire_all(self, verbs: &V) {
+        for responder in self.by_qpn.into_values() {
+            responder.retire(verbs);
+        }
+    }
+
+    /// The queue pair number of `peer`'s responder, if it has one.
+    pub fn qpn_of(&self, peer: NodeId) -> Option<u32> {
+        self.by_qpn
+            .iter()
+            .find(|(_, r)| r.peer == peer)
+            .map(|(&qpn, _)| qpn)
+    }
+}
+
+/// One peer's queue pair on this node, and its message buffers.
+pub struct Responder<V: Verbs> {
+    peer: NodeId,
+    qp: V::Qp,
+    /// [`RECEIVES_POSTED`] receive slots, then [`SENDS_PER_RESPONDER`] send slots, of
+    /// [`MESSAGE_BYTES_MAX`] each.
+    buffers: Staging<V>,
+    sends_free: Vec<usize>,
+}
+
+impl<V: Verbs> Responder<V> {
+    /// Moves the queue pair to the error state and destroys it, then frees its buffers (the
+    /// device no longer touches them once the queue pair is destroyed).
+    fn retire(self, verbs: &V) {
+        let _ = verbs.modify_qp(&self.qp, QpTransition::Error);
+        verbs.destroy_qp(self.qp);
+        self.buffers.release(verbs);
+    }
+
+    fn receive_wr(&self, slot: usize) -> RecvWr {
+        RecvWr {
+            wr_id: (slot as u64) << 1 | 1,
+            sge: Sge {
+                addr: self.buffers.addr(slot * MESSAGE_BYTES_MAX),
+                length: MESSAGE_BYTES_MAX as u32,
+                lkey: self.buffers.keys().lkey,
+            },
+        }
+    }
+
+    fn post_receive(&self, verbs: &V, slot: usize) -> bool {
+        // SAFETY: the slot is in this responder's registered buffer, which is released only by
+        // `retire`, after the queue pair is destroyed; it is read only once the receive's
+        // completion is.
+        unsafe { verbs.post_recv(&self.qp, &[self.receive_wr(slot)]) }.is_ok()
+    }
+}
+
+/// The target side of a node: its NIC thread and bootstrap listener. Dropping it stops both.
+pub struct VerbsNic<V: Verbs> {
+    node: Arc<Node<V>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl<V: Verbs> VerbsNic<V> {
+    pub(super) fn spawn(node: Arc<Node<V>>, listener: TcpListener) -> std::io::Result<VerbsNic<V>> {
+        let me = node.me();
+        let mut nic = VerbsNic {
+            node: node.clone(),
+            threads: Vec::new(),
+        };
+        let serving = node.clone();
+        nic.threads.push(
+            std::thread::Builder::new()
+                .name(format!("verbs-nic-{me}"))
+                .spawn(move || serve(&serving))?,
+        );
+        nic.threads.push(
+            std::thread::Builder::new()
+                .name(format!("verbs-bootstrap-{me}"))
+                .spawn(move || listen(&node, listener))?,
+        );
+        Ok(nic)
+    }
+
+    /// The queue pair number of `peer`'s responder on this node, if connected.
+    pub fn responder_qpn(&self, peer: NodeId) -> Option<u32> {
+        self.node
+            .responders
+            .lock()
+            .expect(crate::POISONED)
+            .qpn_of(peer)
+    }
+}
+
+impl<V: Verbs> Drop for VerbsNic<V> {
+    fn drop(&mut self) {
+        self.node.stop.store(true, Ordering::Release);
+        // Wakes the listener's `accept`; the NIC thread wakes within a sleep slice.
+        let mut wake = self.node.bootstrap;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let _ = TcpStream::connect_timeout(&wake, SLEEP_SLICE);
+        for thread in self.threads.drain(..) {
+            let joined = thread.join();
+            if joined.is_err() && !std::thread::panicking() {
+                panic!("a verbs thread of {} panicked", self.node.me());
+            }
+        }
+    }
+}
+
+/// The bootstrap listener: answers one HELLO per connection, one connection at a time (each
+/// bounded by the bootstrap timeout).
+fn listen<V: Verbs>(node: &Node<V>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        if node.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(mut stream) = stream else { continue };
+        let address = stream
+            .peer_addr()
+            .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
+        let timeout = Some(node.config.bootstrap_timeout);
+        if stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout))
+            .is_err()
+        {
+            continue;
+        }
+        let answer = match bootstrap::read(&mut stream, &address) {
+            Ok(Message::Hello { from, to, endpoint }) => accept(node, from, to, endpoint),
+            Ok(other) => Message::Refuse {
+                reason: format!("expected HELLO, got {other:?}"),
+            },
+            // Garbage gets a refusal saying what was wrong, and the connection closes.
+            Err(e) => Message::Refuse {
+                reason: e.to_string(),
+            },
+        };
+        let refused = matches!(answer, Message::Refuse { .. });
+        let written = bootstrap::write(&mut stream, &answer, &address);
+        if let (false, Err(e)) = (refused, written) {
+            // The initiator will not learn of its responder: retire it. Found by its queue
+            // pair number in the answer.
+            if let Message::Accept { endpoint } = answer {
+                let retired = node
+                    .responders
+                    .lock()
+                    .expect(crate::POISONED)
+                    .by_qpn
+                    .remove(&endpoint.qpn);
+                if let Some(responder) = retired {
+                    responder.retire(&node.verbs);
+                }
+            }
+            eprintln!("acre: verbs bootstrap of {}: {e}", node.me());
+        }
+    }
+}
+
+/// Makes a responder queue pair for `from`'s queue pair `remote`, or says why not.
+fn accept<V: Verbs>(node: &Node<V>, from: NodeId, to: NodeId, remote: QpEndpoint) -> Message {
+    let me = node.me();
+    let refuse = |reason: String| Message::Refuse { reason };
+    if to != me {
+        return refuse(format!("this is {me}, not {to}"));
+    }
+    if node.peer(from).is_none() {
+        return refuse(format!(
+            "{from} is not a peer of {me}: add its card there first"
+        ));
+    }
+    let verbs = &node.verbs;
+    let cq = node.nic_cq.as_ref().expect("open while the node lives");
+    let caps = QpCaps {
+        send_wr_max: SENDS_PER_RESPONDER as u32,
+        recv_wr_max: RECEIVES_POSTED as u32,
+    };
+    let qp = match verbs.create_qp(cq, caps) {
+        Ok(qp) => qp,
+        Err(e) => return refuse(format!("verbs device {}: {e}", node.device())),
+    };
+    let bytes = (RECEIVES_POSTED + SENDS_PER_RESPONDER) * MESSAGE_BYTES_MAX;
+    let buffers = match Staging::new(verbs, bytes) {
+        Ok(buffers) => buffers,
+        Err(e) => {
+            verbs.destroy_qp(qp);
+            return refuse(format!("verbs device {}: {e}", node.device()));
+        }
+    };
+    let responder = Responder {
+        peer: from,
+        qp,
+        buffers,
+        sends_free: (0..SENDS_PER_RESPONDER).collect(),
+    };
+    let psn = random_psn();
+    let (lid, gid) = verbs.port_address();
+    let mine = QpEndpoint {
+        qpn: verbs.qp_num(&responder.qp),
+        psn,
+        lid,
+        gid,
+    };
+    let ready = verbs
+        .modify_qp(&responder.qp, QpTransition::Init)
+        .and_then(|()| {
+            // Receives go up before RTR, so that nothing the initiator sends finds none.
+            for slot in 0..RECEIVES_POSTED {
+                if !responder.post_receive(verbs, slot) {
+                    return Err(super::device::CallError {
+                        call: "ibv_post_recv",
+                        reason: "a receive of the responder was refused".into(),
+                    });
+                }
+            }
+            Ok(())
+        })
+        .and_then(|()| verbs.modify_qp(&responder.qp, QpTransition::ReadyToReceive { remote }))
+        .and_then(|()| verbs.modify_qp(&responder.qp, QpTransition::ReadyToSend { psn }));
+    if let Err(e) = ready {
+        responder.retire(verbs);
+        return refuse(format!("verbs device {}: {e}", node.device()));
+    }
+    let mut responders = node.responders.lock().expect(crate::POISONED);
+    // A peer has one responder: a new connection from it (it restarted, or its old queue pair
+    // failed) replaces the old one.
+    if let Some(old) = responders.qpn_of(from) {
+        let old = responders.by_qpn.remove(&old).expect("found above");
+        old.retire(verbs);
+    }
+    responders.by_qpn.insert(mine.qpn, responder);
+    Message::Accept { endpoint: mine }
+}
+
+/// The NIC thread: reads the responders' completions, answers requests, reposts receives.
+/// Spins for [`SPIN_POLLS_MAX`] empty polls, then sleeps on the completion channel.
+fn serve<V: Verbs>(node: &Node<V>) {
+    let verbs = &node.verbs;
+    let cq = node.nic_cq.as_ref().expect("open while the node lives");
+    let mut entries = Vec::with_capacity(ENTRIES_PER_POLL);
+    let mut idle_polls = 0u32;
+    while !node.stop.load(Ordering::Acquire) {
+        entries.clear();
+        let mut polled = verbs.poll_cq(cq, &mut entries, ENTRIES_PER_POLL);
+        if matches!(polled, Ok(0)) && idle_polls >= SPIN_POLLS_MAX {
+            polled = verbs
+                .arm_cq(cq)
+                .and_then(|()| verbs.poll_cq(cq, &mut entries, ENTRIES_PER_POLL));
+            if matches!(polled, Ok(0)) {
+                polled = verbs.wait_cq(cq, SLEEP_SLICE).map(|_| 0);
+            }
+        }
+        match polled {
+            Ok(0) => {
+                idle_polls = idle_polls.saturating_add(1);
+                continue;
+            }
+            Ok(_) => idle_polls = 0,
+            // The queue itself failed: nothing this node can serve any more, and a node that
+            // cannot serve should stop rather than look alive.
+            Err(e) => panic!("verbs NIC thread of {}: {e}", node.me()),
+        }
+        let mut responders = node.responders.lock().expect(crate::POISONED);
+        let mut broken = Vec::new();
+        for wc in &entries {
+            let Some(responder) = responders.by_qpn.get_mut(&wc.qp_num) else {
+                continue; // of a retired responder
+            };
+            let (slot, receive) = ((wc.wr_id >> 1) as usize, wc.wr_id & 1 == 1);
+            if wc.status != WcStatus::Success {
+                if wc.status != WcStatus::WrFlushErr {
+                    eprintln!(
+                        "acre: verbs NIC thread of {}: the connection from {} failed: {} ({})",
+                        node.me(),
+                        responder.peer,
+                        wc.status.name(),
+                        wc.status.meaning()
+                    );
+                }
+                broken.push(wc.qp_num);
+                continue;
+            }
+            if !receive {
+                responder.sends_free.push(slot);
+                continue;
+            }
+            assert!(slot < RECEIVES_POSTED, "slot={slot}");
+            let len = (wc.byte_len as usize).min(MESSAGE_BYTES_MAX);
+            let request = responder.buffers.read_at(slot * MESSAGE_BYTES_MAX, len);
+            if !responder.post_receive(verbs, slot) {
+                broken.push(wc.qp_num);
+                continue;
+            }
+            let Some(response) = answer(node, &request) else {
+                continue; // not a request: nothing to answer
+            };
+            let Some(send) = responder.sends_free.pop() else {
+                eprintln!(
+                    "acre: verbs NIC thread of {}: dropped a response to {}: {SENDS_PER_RESPONDER} \
+                     responses to it are in flight; its requester times out",
+                    node.me(),
+                    responder.peer
+                );
+                continue;
+            };
+            let bytes = frame::encode_to_vec(&Frame::Response(response));
+            assert!(
+                bytes.len() <= MESSAGE_BYTES_MAX,
+                "response of {} bytes",
+                bytes.len()
+            );
+            let offset = (RECEIVES_POSTED + send) * MESSAGE_BYTES_MAX;
+            responder.buffers.write_at(offset, &bytes);
+            let wr = SendWr {
+                wr_id: (send as u64) << 1,
+                sge: Sge {
+                    addr: responder.buffers.addr(offset),
+                    length: bytes.len() as u32,
+                    lkey: responder.buffers.keys().lkey,
+                },
+                kind: SendKind::Send,
+                signaled: true,
+                fence: false,
+            };
+            // SAFETY: the send slot is in the responder's registered buffer, not written again
+            // until its completion returns it to `sends_free` (or the responder is retired,
+            // after its queue pair is destroyed).
+            if unsafe { verbs.post_send(&responder.qp, &[wr]) }.is_err() {
+                broken.push(wc.qp_num);
+            }
+        }
+        for qpn in broken {
+            if let Some(responder) = responders.by_qpn.remove(&qpn) {
+                responder.retire(verbs);
+            }
+        }
+    }
+}
+
+/// The response to one request message, or `None` if it is not a request frame.
+fn answer<V: Verbs>(node: &Node<V>, bytes: &[u8]) -> Option<Response> {
+    let me = node.me();
+    let Ok(Some((Frame::Request(Request { request_id, op }), _))) = frame::decode(bytes) else {
+        return None;
+    };
+    let result = match op {
+        Op::Persist { .. } | Op::Notify | Op::Cas { .. } if !node.memory.lease_is_open() => {
+            Err(OpError::LeaseExpired { node: me })
+        }
+        Op::Persist { .. } | Op::Notify | Op::Cas { .. } => exec::execute(&node.memory, &op),
+        Op::Read { .. } | Op::Write { .. } => Err(OpError::Protocol {
+            node: me,
+            reason: "READ and WRITE are one-sided on the verbs transport, not messages".into(),
+        }),
+    };
+    Some(Response { request_id, result })
+}

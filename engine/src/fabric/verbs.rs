@@ -803,8 +803,8 @@ impl<V: Verbs> VerbsTransport<V> {
         let verbs = &node.verbs;
         let batch = node.batch_seq.fetch_add(1, Ordering::Relaxed);
         let layout = work::layout(chain);
-        if connection.staging.len() < layout.bytes {
-            let grown = Staging::new(verbs, layout.bytes.max(2 * connection.staging.len()));
+        if connection.staging.bytes() < layout.bytes {
+            let grown = Staging::new(verbs, layout.bytes.max(2 * connection.staging.bytes()));
             match grown {
                 Ok(grown) => std::mem::replace(&mut connection.staging, grown).release(verbs),
                 Err(e) => {

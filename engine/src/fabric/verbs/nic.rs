@@ -140,6 +140,14 @@ impl<V: Verbs> VerbsNic<V> {
     }
 }
 
+impl<V: Verbs> VerbsNic<V> {
+    /// The NIC thread, for tests that measure what it costs idle.
+    #[cfg(test)]
+    pub(super) fn nic_thread(&self) -> &JoinHandle<()> {
+        &self.threads[0]
+    }
+}
+
 impl<V: Verbs> Drop for VerbsNic<V> {
     fn drop(&mut self) {
         self.node.stop.store(true, Ordering::Release);

@@ -59,7 +59,7 @@ impl<V: Verbs> Staging<V> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.layout.size()
     }
 
@@ -69,13 +69,17 @@ impl<V: Verbs> Staging<V> {
 
     /// The device address of byte `offset`.
     pub fn addr(&self, offset: usize) -> u64 {
-        assert!(offset <= self.len(), "offset={offset} len={}", self.len());
+        assert!(
+            offset <= self.bytes(),
+            "offset={offset} len={}",
+            self.bytes()
+        );
         self.ptr.as_ptr() as u64 + offset as u64
     }
 
     /// Copies `bytes` in at `offset`. Only while nothing is posted on the buffer.
     pub fn write_at(&mut self, offset: usize, bytes: &[u8]) {
-        assert!(offset + bytes.len() <= self.len(), "offset={offset}");
+        assert!(offset + bytes.len() <= self.bytes(), "offset={offset}");
         // SAFETY: in bounds (checked above) of this value's allocation; `&mut self` and the
         // caller's promise (nothing posted) mean nobody else accesses it.
         unsafe {
@@ -90,7 +94,7 @@ impl<V: Verbs> Staging<V> {
     /// Copies `len` bytes out from `offset`. Only once the completions of what was posted on the
     /// buffer are read.
     pub fn read_at(&self, offset: usize, len: usize) -> Vec<u8> {
-        assert!(offset + len <= self.len(), "offset={offset} len={len}");
+        assert!(offset + len <= self.bytes(), "offset={offset} len={len}");
         let mut out = vec![0u8; len];
         // SAFETY: in bounds of this value's allocation; the device no longer writes it (the
         // caller's promise: completions read).

@@ -465,10 +465,8 @@ fn the_fake_refuses_posts_on_a_queue_pair_not_in_rts_and_transitions_out_of_orde
         .modify_qp(&qp, QpTransition::ReadyToReceive { remote })
         .unwrap();
     // SAFETY: as above.
-    assert!(
-        unsafe { verbs.post_send(&qp, &[wr]) }.is_err(),
-        "RTR cannot send"
-    );
+    let refused = unsafe { verbs.post_send(&qp, &[wr]) };
+    assert!(refused.is_err(), "RTR cannot send");
     verbs
         .modify_qp(&qp, QpTransition::ReadyToSend { psn: 0 })
         .unwrap();
@@ -687,7 +685,15 @@ fn a_silent_peer_fails_within_the_timeout_without_holding_up_batches_to_others()
     let to_others = std::thread::scope(|scope| {
         let silent = scope.spawn(|| {
             let started = Instant::now();
+            let cpu_before = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
             let results = a.post(b, vec![write(0, b.key, &[1]), Op::Notify]);
+            let cpu = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - cpu_before;
+            // The waiter slept on the completion channel rather than spinning.
+            assert!(
+                cpu < OP_TIMEOUT / 10,
+                "{cpu:?} of CPU waiting {:?}",
+                started.elapsed()
+            );
             (started.elapsed(), results)
         });
         std::thread::sleep(Duration::from_millis(50));
@@ -721,6 +727,50 @@ fn a_silent_peer_fails_within_the_timeout_without_holding_up_batches_to_others()
     );
     // The silent peer's requests were flushed by the error state: nothing leaked.
     assert_eq!(a.transport.buffers_leaked(), 0);
+}
+
+/// CPU time used so far on `clock` (a thread's CPU clock).
+fn cpu_time(clock: libc::clockid_t) -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock` is a CPU clock of a live thread and `now` is writable.
+    let ret = unsafe { libc::clock_gettime(clock, &mut now) };
+    assert_eq!(ret, 0, "clock_gettime");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The idle CPU target (docs/ARCHITECTURE.md, "Idle CPU"): a NIC thread with nothing to do
+/// sleeps on its completion channel instead of spinning.
+#[test]
+fn an_idle_nic_thread_uses_under_2_percent_of_a_core() {
+    use std::os::unix::thread::JoinHandleExt;
+    const IDLE: Duration = Duration::from_secs(1);
+    let (_net, nodes) = cluster(2, false);
+    for (from, to) in [(&nodes[0], &nodes[1]), (&nodes[1], &nodes[0])] {
+        assert_eq!(
+            from.post(to, vec![Op::Notify]),
+            vec![Ok(Completion::Notify)]
+        );
+    }
+    std::thread::sleep(Duration::from_millis(100)); // past the spin before sleeping
+    for node in &nodes {
+        let mut clock: libc::clockid_t = 0;
+        let thread = node.nic.nic_thread();
+        // SAFETY: the thread is joinable (the handle is borrowed, not joined or detached), so
+        // its pthread_t is valid; `clock` is writable.
+        let ret = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
+        assert_eq!(ret, 0, "pthread_getcpuclockid");
+        let before = cpu_time(clock);
+        std::thread::sleep(IDLE);
+        let used = cpu_time(clock) - before;
+        assert!(
+            used < IDLE / 50,
+            "{}: {used:?} of CPU in {IDLE:?} idle",
+            node.id()
+        );
+    }
 }
 
 #[test]

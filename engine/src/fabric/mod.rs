@@ -215,6 +215,10 @@ pub enum Transport {
     /// RDMA hardware (docs/verbs.md).
     #[cfg(feature = "rdma")]
     Verbs(verbs::VerbsTransport<verbs::ibverbs::IbVerbs>),
+    /// The verbs transport on its in-process fake verbs layer (test support, feature
+    /// `rdma-fake`): what the conformance suite runs the transport's logic on.
+    #[cfg(feature = "rdma-fake")]
+    VerbsFake(verbs::VerbsTransport<verbs::fake::FakeVerbs>),
 }
 
 /// One node's endpoint on the fabric: its own registered memory and its transport to the others.
@@ -284,6 +288,8 @@ impl Fabric {
             // The NIC's DMA reads in whatever order it likes.
             #[cfg(feature = "rdma")]
             Transport::Verbs(_) => false,
+            #[cfg(feature = "rdma-fake")]
+            Transport::VerbsFake(_) => false,
         }
     }
 
@@ -296,6 +302,8 @@ impl Fabric {
             Transport::Ofi(_) => "ofi",
             #[cfg(feature = "rdma")]
             Transport::Verbs(_) => "verbs",
+            #[cfg(feature = "rdma-fake")]
+            Transport::VerbsFake(_) => "verbs-fake",
         }
     }
 
@@ -355,6 +363,8 @@ impl Fabric {
             Transport::Ofi(t) => t.post(target, &ops),
             #[cfg(feature = "rdma")]
             Transport::Verbs(t) => t.post(target, &ops),
+            #[cfg(feature = "rdma-fake")]
+            Transport::VerbsFake(t) => t.post(target, &ops),
         }
     }
 

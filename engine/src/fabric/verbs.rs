@@ -50,7 +50,7 @@
 
 pub mod bootstrap;
 pub mod device;
-#[cfg(test)]
+#[cfg(any(test, feature = "rdma-fake"))]
 pub mod fake;
 pub mod ibverbs;
 pub mod link;

@@ -43,7 +43,9 @@
 //!
 //! Not in this slice, as for ofi: membership fencing and lease checks for one-sided operations
 //! (only the NIC thread's messages check the lease), cards in the cluster directory, and
-//! registering areas on their own ([`VerbsTransport::register_new_areas`]).
+//! registering areas on their own ([`VerbsTransport::register_new_areas`]). Nor is the
+//! bootstrap authenticated (the tcp transport's cluster-secret exchange is not done here): any
+//! host that reaches the bootstrap port and names a peer gets a queue pair.
 // Registering memory and posting work requests hand the device raw pointers into buffers this
 // module keeps alive: each such call is an `unsafe` block saying how.
 #![allow(unsafe_code)]

@@ -33,6 +33,10 @@ pub const RECEIVES_POSTED: usize = 16;
 pub const SENDS_PER_RESPONDER: usize = 4;
 /// Entries of the NIC thread's completion queue, shared by all responders.
 pub const NIC_CQ_ENTRIES: u32 = 4096;
+/// Responders at most: each may have all its receives and sends complete at once, and a
+/// completion queue that overflows is a fatal device error, so a peer beyond them is refused.
+pub const RESPONDERS_MAX: usize = NIC_CQ_ENTRIES as usize / (RECEIVES_POSTED + SENDS_PER_RESPONDER);
+const _: () = assert!(RESPONDERS_MAX >= 64, "room for a cluster of peers");
 /// Completions read per poll.
 const ENTRIES_PER_POLL: usize = 16;
 
@@ -173,7 +177,11 @@ fn listen<V: Verbs>(node: &Node<V>, listener: TcpListener) {
         if node.stop.load(Ordering::Acquire) {
             return;
         }
-        let Ok(mut stream) = stream else { continue };
+        let Ok(mut stream) = stream else {
+            // Out of descriptors, say: wait a little rather than spin on the error.
+            std::thread::sleep(SLEEP_SLICE);
+            continue;
+        };
         let address = stream
             .peer_addr()
             .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
@@ -229,6 +237,16 @@ fn accept<V: Verbs>(node: &Node<V>, from: NodeId, to: NodeId, remote: QpEndpoint
         ));
     }
     let verbs = &node.verbs;
+    {
+        let responders = node.responders.lock().expect(crate::POISONED);
+        let replacing = responders.qpn_of(from).is_some();
+        if !replacing && responders.by_qpn.len() >= RESPONDERS_MAX {
+            return refuse(format!(
+                "{me} serves {RESPONDERS_MAX} connections already, its most: remove peers it \
+                 no longer needs"
+            ));
+        }
+    }
     let cq = node.nic_cq.as_ref().expect("open while the node lives");
     let caps = QpCaps {
         send_wr_max: SENDS_PER_RESPONDER as u32,

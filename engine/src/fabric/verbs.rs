@@ -12,8 +12,9 @@
 //! messages its peers send, and the bootstrap listener, where peers ask for a queue pair. What a
 //! peer needs to reach a node is its [`VerbsCard`] (per area: id, access key, size, rkey, base
 //! address; and the bootstrap address); queue pair details are per connection and go over the
-//! bootstrap ([`bootstrap`]). This node's connection to each peer is one RC queue pair with a
-//! completion queue of its own, made on first use and remade after a failure ([`link`]).
+//! bootstrap ([`bootstrap`]), after both ends prove they hold the cluster secret. This node's
+//! connection to each peer is one RC queue pair with a completion queue of its own, made on
+//! first use and remade after a failure ([`link`]).
 //!
 //! - READ and WRITE are RDMA_READ and RDMA_WRITE into the target's registration. CAS is
 //!   ATOMIC_CMP_AND_SWP only where the target's card says its NIC's atomics may be used on its
@@ -43,9 +44,8 @@
 //!
 //! Not in this slice, as for ofi: membership fencing and lease checks for one-sided operations
 //! (only the NIC thread's messages check the lease), cards in the cluster directory, and
-//! registering areas on their own ([`VerbsTransport::register_new_areas`]). Nor is the
-//! bootstrap authenticated (the tcp transport's cluster-secret exchange is not done here): any
-//! host that reaches the bootstrap port and names a peer gets a queue pair.
+//! registering areas on their own ([`VerbsTransport::register_new_areas`]). The bootstrap
+//! authenticates peers with the cluster secret but does not check membership.
 // Registering memory and posting work requests hand the device raw pointers into buffers this
 // module keeps alive: each such call is an `unsafe` block saying how.
 #![allow(unsafe_code)]
@@ -62,6 +62,7 @@ pub mod work;
 
 use crate::addr::{NodeId, RegionId};
 use crate::fabric::memory::NodeMemory;
+use crate::fabric::tcp::ClusterSecret;
 use crate::fabric::tcp::frame::{self, Frame, Request, Response};
 use crate::fabric::{Completion, Op, OpError, OpResult, Pending};
 use crate::hash::FastMap;
@@ -116,12 +117,17 @@ pub struct VerbsConfig {
     pub bootstrap_timeout: Duration,
     /// How long after a failed connection batches fail at once before one is tried again.
     pub reconnect_backoff: Duration,
+    /// The cluster's secret: the bootstrap proves it to peers and checks that they hold it
+    /// (under a key derived for the bootstrap alone).
+    pub secret: ClusterSecret,
 }
 
 impl VerbsConfig {
-    /// `device`, port 1, GID index 0, the bootstrap on `bootstrap_address`, atomics off.
-    pub fn new(device: &str, bootstrap_address: &str) -> VerbsConfig {
+    /// `device`, port 1, GID index 0, the bootstrap on `bootstrap_address` proving `secret`,
+    /// atomics off.
+    pub fn new(device: &str, bootstrap_address: &str, secret: &ClusterSecret) -> VerbsConfig {
         VerbsConfig {
+            secret: secret.clone(),
             device: device.to_string(),
             port: 1,
             gid_index: 0,
@@ -233,6 +239,8 @@ struct Node<V: Verbs> {
     /// in `Drop`.
     nic_cq: Option<V::Cq>,
     bootstrap: SocketAddr,
+    /// The key of the bootstrap's proofs ([`bootstrap::bootstrap_secret`]).
+    bootstrap_secret: ClusterSecret,
     stop: AtomicBool,
     batch_seq: AtomicU64,
     /// Staging buffers leaked because the device might still write into them.
@@ -433,6 +441,7 @@ impl<V: Verbs> VerbsTransport<V> {
             responders: Mutex::new(nic::Responders::default()),
             nic_cq: Some(nic_cq),
             bootstrap,
+            bootstrap_secret: bootstrap::bootstrap_secret(&config.secret),
             stop: AtomicBool::new(false),
             batch_seq: AtomicU64::new(1),
             buffers_leaked: AtomicU64::new(0),
@@ -769,6 +778,7 @@ impl<V: Verbs> VerbsTransport<V> {
             };
             let remote = bootstrap::request(
                 card.bootstrap,
+                &node.bootstrap_secret,
                 node.me(),
                 target,
                 mine,

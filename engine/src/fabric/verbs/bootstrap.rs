@@ -1,14 +1,26 @@
 //! The TCP bootstrap: how two nodes exchange the queue pair details of one connection (QP
-//! number, packet sequence number, LID, GID), which are per connection and so not in the card.
+//! number, packet sequence number, LID, GID), which are per connection and so not in the card,
+//! after proving to each other that they hold the cluster secret.
 //!
-//! The initiator connects to the target's bootstrap address (from its card) and sends HELLO
-//! (who it is, whom it wants, its queue pair); the target answers ACCEPT with the queue pair it
-//! made for it, or REFUSE with a reason; the TCP connection then closes. Every message is
+//! The initiator connects to the target's bootstrap address (from its card):
+//!
+//! 1. initiator → target HELLO (who it is, whom it wants, a fresh nonce, its queue pair);
+//! 2. target → initiator CHALLENGE (a fresh nonce, and its proof over both nonces and its node
+//!    id), or REFUSE;
+//! 3. the initiator checks the proof, so it never connects to an impostor, and sends PROOF (its
+//!    own, over both nonces and its node id);
+//! 4. the target checks it (constant time) before it makes anything for the initiator, then
+//!    answers ACCEPT with the queue pair it made for it, or REFUSE with a reason.
+//!
+//! The proofs are the tcp transport's ([`crate::fabric::tcp::auth`]), under a secret derived
+//! from the cluster's for this use alone ([`BOOTSTRAP_SECRET_LABEL`]). As there, this
+//! authenticates peers; it does not sign the messages. Every message is
 //!
 //! ```text
 //! magic "ACRV" | version u8 | kind u8 | body_len u16 LE | body
-//! HELLO  (1): from u16 | to u16 | endpoint      ACCEPT (2): endpoint     REFUSE (3): reason UTF-8
-//! endpoint: qpn u32 | psn u32 | lid u16 | gid [16]       (all integers little-endian)
+//! HELLO (1):  from u16 | to u16 | nonce [32] | endpoint     CHALLENGE (4): nonce [32] | proof [32]
+//! PROOF (5):  proof [32]        ACCEPT (2): endpoint        REFUSE (3): reason UTF-8
+//! endpoint:   qpn u32 | psn u32 | lid u16 | gid [16]        (all integers little-endian)
 //! ```
 //!
 //! A message is refused as a whole, with a [`BootstrapError`] naming what was wrong, if its
@@ -17,6 +29,9 @@
 
 use super::device::{FIELD_24_MAX, QpEndpoint};
 use crate::addr::NodeId;
+use crate::fabric::tcp::ClusterSecret;
+use crate::fabric::tcp::auth::{self, Nonce, Proof};
+use crate::fabric::tcp::frame::{NONCE_BYTES, PROOF_BYTES};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -28,12 +43,20 @@ pub const HEADER_BYTES: usize = 8;
 /// The largest body of any message (a REFUSE's reason).
 pub const BODY_BYTES_MAX: usize = 256;
 const ENDPOINT_BYTES: usize = 4 + 4 + 2 + 16;
-const HELLO_BYTES: usize = 2 + 2 + ENDPOINT_BYTES;
+const HELLO_BYTES: usize = 2 + 2 + NONCE_BYTES + ENDPOINT_BYTES;
+const CHALLENGE_BYTES: usize = NONCE_BYTES + PROOF_BYTES;
+/// The label the bootstrap's secret is derived from the cluster's under, so that its proofs
+/// prove nothing to the tcp transport or any other user of the secret.
+pub const BOOTSTRAP_SECRET_LABEL: &str = "acre verbs bootstrap";
+/// The configuration id the proofs bind (the bootstrap does not check membership yet).
+const CONFIG_UNBOUND: u64 = 0;
 
 mod kind {
     pub const HELLO: u8 = 1;
     pub const ACCEPT: u8 = 2;
     pub const REFUSE: u8 = 3;
+    pub const CHALLENGE: u8 = 4;
+    pub const PROOF: u8 = 5;
 }
 
 /// One bootstrap message.
@@ -42,7 +65,15 @@ pub enum Message {
     Hello {
         from: NodeId,
         to: NodeId,
+        nonce: Nonce,
         endpoint: QpEndpoint,
+    },
+    Challenge {
+        nonce: Nonce,
+        proof: Proof,
+    },
+    Proof {
+        proof: Proof,
     },
     Accept {
         endpoint: QpEndpoint,
@@ -82,16 +113,28 @@ pub enum BootstrapError {
     FieldTooWide { field: &'static str, value: u32 },
     #[error("bootstrap REFUSE reason is not UTF-8")]
     BadReason,
-    #[error("bootstrap answer was {got} instead of ACCEPT or REFUSE")]
-    UnexpectedKind { got: &'static str },
+    #[error("bootstrap message was {got} where {expected} was due")]
+    UnexpectedKind {
+        got: &'static str,
+        expected: &'static str,
+    },
     #[error("refused by the target: {reason}")]
     Refused { reason: String },
+    /// The other end does not hold this cluster's secret: it is not the node it claims to be
+    /// (or is of another cluster). Nothing was connected.
+    #[error(
+        "bootstrap with {address}: its proof does not match this cluster's secret (an impostor, \
+         or a node of another cluster): check the address and the secret"
+    )]
+    BadProof { address: String },
 }
 
 impl Message {
     fn kind_name(&self) -> &'static str {
         match self {
             Message::Hello { .. } => "HELLO",
+            Message::Challenge { .. } => "CHALLENGE",
+            Message::Proof { .. } => "PROOF",
             Message::Accept { .. } => "ACCEPT",
             Message::Refuse { .. } => "REFUSE",
         }
@@ -126,11 +169,26 @@ fn get_endpoint(bytes: &[u8]) -> Result<QpEndpoint, BootstrapError> {
 pub fn encode(message: &Message) -> Vec<u8> {
     let mut body = Vec::new();
     let kind = match message {
-        Message::Hello { from, to, endpoint } => {
+        Message::Hello {
+            from,
+            to,
+            nonce,
+            endpoint,
+        } => {
             body.extend_from_slice(&from.0.to_le_bytes());
             body.extend_from_slice(&to.0.to_le_bytes());
+            body.extend_from_slice(nonce);
             put_endpoint(&mut body, endpoint);
             kind::HELLO
+        }
+        Message::Challenge { nonce, proof } => {
+            body.extend_from_slice(nonce);
+            body.extend_from_slice(proof);
+            kind::CHALLENGE
+        }
+        Message::Proof { proof } => {
+            body.extend_from_slice(proof);
+            kind::PROOF
         }
         Message::Accept { endpoint } => {
             put_endpoint(&mut body, endpoint);
@@ -187,10 +245,25 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, BootstrapError> {
     match kind {
         kind::HELLO => {
             exact("HELLO", HELLO_BYTES)?;
+            let nonce_end = 4 + NONCE_BYTES;
             Ok(Message::Hello {
                 from: NodeId(u16::from_le_bytes([body[0], body[1]])),
                 to: NodeId(u16::from_le_bytes([body[2], body[3]])),
-                endpoint: get_endpoint(&body[4..])?,
+                nonce: body[4..nonce_end].try_into().expect("nonce bytes"),
+                endpoint: get_endpoint(&body[nonce_end..])?,
+            })
+        }
+        kind::CHALLENGE => {
+            exact("CHALLENGE", CHALLENGE_BYTES)?;
+            Ok(Message::Challenge {
+                nonce: body[..NONCE_BYTES].try_into().expect("nonce bytes"),
+                proof: body[NONCE_BYTES..].try_into().expect("proof bytes"),
+            })
+        }
+        kind::PROOF => {
+            exact("PROOF", PROOF_BYTES)?;
+            Ok(Message::Proof {
+                proof: body.try_into().expect("proof bytes"),
             })
         }
         kind::ACCEPT => {
@@ -276,7 +349,7 @@ fn io_error(address: &str, call: &'static str, error: &std::io::Error) -> Bootst
 }
 
 pub fn write(
-    stream: &mut impl Write,
+    stream: &mut (impl Write + ?Sized),
     message: &Message,
     address: &str,
 ) -> Result<(), BootstrapError> {
@@ -285,10 +358,24 @@ pub fn write(
         .map_err(|e| io_error(address, "write", &e))
 }
 
-/// The initiator's side: sends HELLO to `address` and returns the target's queue pair, each
-/// step bounded by `timeout`.
+/// The secret the bootstrap's proofs are made with, from the cluster's.
+pub fn bootstrap_secret(cluster: &ClusterSecret) -> ClusterSecret {
+    cluster.derive(BOOTSTRAP_SECRET_LABEL)
+}
+
+fn unexpected(got: &Message, expected: &'static str) -> BootstrapError {
+    BootstrapError::UnexpectedKind {
+        got: got.kind_name(),
+        expected,
+    }
+}
+
+/// The initiator's side: the exchange with the target at `address` (each step bounded by
+/// `timeout`), proving and checking `secret` (the bootstrap's, from [`bootstrap_secret`]);
+/// returns the target's queue pair.
 pub fn request(
     address: SocketAddr,
+    secret: &ClusterSecret,
     from: NodeId,
     to: NodeId,
     endpoint: QpEndpoint,
@@ -302,12 +389,85 @@ pub fn request(
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .and_then(|()| stream.set_nodelay(true))
         .map_err(|e| io_error(&name, "set socket options", &e))?;
-    write(&mut stream, &Message::Hello { from, to, endpoint }, &name)?;
+    let nonce = auth::nonce();
+    let hello = Message::Hello {
+        from,
+        to,
+        nonce,
+        endpoint,
+    };
+    write(&mut stream, &hello, &name)?;
+    let (server_nonce, proof) = match read(&mut stream, &name)? {
+        Message::Challenge { nonce, proof } => (nonce, proof),
+        Message::Refuse { reason } => return Err(BootstrapError::Refused { reason }),
+        other => return Err(unexpected(&other, "CHALLENGE or REFUSE")),
+    };
+    secret
+        .verify_server_proof(&nonce, &server_nonce, to, &proof)
+        .map_err(|_| BootstrapError::BadProof {
+            address: name.clone(),
+        })?;
+    let proof = secret.client_proof(&server_nonce, &nonce, from, CONFIG_UNBOUND);
+    write(&mut stream, &Message::Proof { proof }, &name)?;
     match read(&mut stream, &name)? {
         Message::Accept { endpoint } => Ok(endpoint),
         Message::Refuse { reason } => Err(BootstrapError::Refused { reason }),
-        other @ Message::Hello { .. } => Err(BootstrapError::UnexpectedKind {
-            got: other.kind_name(),
-        }),
+        other => Err(unexpected(&other, "ACCEPT or REFUSE")),
     }
+}
+
+/// The target's side of one exchange on `stream`: reads HELLO, lets `admit` refuse it early
+/// (`Some(reason)`), challenges, checks the initiator's proof, and only then asks `accept` for
+/// the answer (ACCEPT with the queue pair it made, or REFUSE). Returns that answer if it was
+/// sent; garbage, a bad proof and early refusals get a REFUSE saying why.
+pub fn serve(
+    stream: &mut (impl Read + Write),
+    address: &str,
+    secret: &ClusterSecret,
+    me: NodeId,
+    admit: impl FnOnce(NodeId, NodeId) -> Option<String>,
+    accept: impl FnOnce(NodeId, QpEndpoint) -> Message,
+) -> Result<Message, BootstrapError> {
+    let refuse = |stream: &mut dyn Write, reason: String| {
+        let refusal = Message::Refuse { reason };
+        write(stream, &refusal, address).map(|()| refusal)
+    };
+    let (from, client_nonce, endpoint) = match read(stream, address) {
+        Ok(Message::Hello {
+            from,
+            to,
+            nonce,
+            endpoint,
+        }) => {
+            if let Some(reason) = admit(from, to) {
+                return refuse(stream, reason);
+            }
+            (from, nonce, endpoint)
+        }
+        Ok(other) => return refuse(stream, unexpected(&other, "HELLO").to_string()),
+        // Garbage gets a refusal saying what was wrong, and the connection closes.
+        Err(e @ BootstrapError::Io { .. }) => return Err(e),
+        Err(e) => return refuse(stream, e.to_string()),
+    };
+    let nonce = auth::nonce();
+    let proof = secret.server_proof(&client_nonce, &nonce, me);
+    write(stream, &Message::Challenge { nonce, proof }, address)?;
+    match read(stream, address) {
+        Ok(Message::Proof { proof }) => {
+            let checked =
+                secret.verify_client_proof(&nonce, &client_nonce, from, CONFIG_UNBOUND, &proof);
+            if checked.is_err() {
+                return refuse(
+                    stream,
+                    format!("{from}'s proof does not match this cluster's secret"),
+                );
+            }
+        }
+        Ok(other) => return refuse(stream, unexpected(&other, "PROOF").to_string()),
+        Err(e @ BootstrapError::Io { .. }) => return Err(e),
+        Err(e) => return refuse(stream, e.to_string()),
+    }
+    let answer = accept(from, endpoint);
+    write(stream, &answer, address)?;
+    Ok(answer)
 }

@@ -170,8 +170,8 @@ impl<V: Verbs> Drop for VerbsNic<V> {
     }
 }
 
-/// The bootstrap listener: answers one HELLO per connection, one connection at a time (each
-/// bounded by the bootstrap timeout).
+/// The bootstrap listener: serves one exchange per connection, one connection at a time (each
+/// step bounded by the bootstrap timeout).
 fn listen<V: Verbs>(node: &Node<V>, listener: TcpListener) {
     for stream in listener.incoming() {
         if node.stop.load(Ordering::Acquire) {
@@ -193,60 +193,52 @@ fn listen<V: Verbs>(node: &Node<V>, listener: TcpListener) {
         {
             continue;
         }
-        let answer = match bootstrap::read(&mut stream, &address) {
-            Ok(Message::Hello { from, to, endpoint }) => accept(node, from, to, endpoint),
-            Ok(other) => Message::Refuse {
-                reason: format!("expected HELLO, got {other:?}"),
-            },
-            // Garbage gets a refusal saying what was wrong, and the connection closes.
-            Err(e) => Message::Refuse {
-                reason: e.to_string(),
-            },
-        };
-        let refused = matches!(answer, Message::Refuse { .. });
-        let written = bootstrap::write(&mut stream, &answer, &address);
-        if let (false, Err(e)) = (refused, written) {
-            // The initiator will not learn of its responder: retire it. Found by its queue
-            // pair number in the answer.
-            if let Message::Accept { endpoint } = answer {
-                let retired = node
-                    .responders
-                    .lock()
-                    .expect(crate::POISONED)
-                    .by_qpn
-                    .remove(&endpoint.qpn);
-                if let Some(responder) = retired {
-                    responder.retire(&node.verbs);
-                }
+        let served = bootstrap::serve(
+            &mut stream,
+            &address,
+            &node.bootstrap_secret,
+            node.me(),
+            |from, to| admit(node, from, to),
+            |from, endpoint| accept(node, from, endpoint),
+        );
+        match served {
+            Ok(_) => {}
+            Err(e) => {
+                // The initiator may not have learnt of a responder made for it; it reconnects,
+                // which replaces the responder, so nothing is retired here.
+                eprintln!("acre: verbs bootstrap of {} with {address}: {e}", node.me());
             }
-            eprintln!("acre: verbs bootstrap of {}: {e}", node.me());
         }
     }
 }
 
-/// Makes a responder queue pair for `from`'s queue pair `remote`, or says why not.
-fn accept<V: Verbs>(node: &Node<V>, from: NodeId, to: NodeId, remote: QpEndpoint) -> Message {
+/// Why `from`'s HELLO is refused before any proof is checked, if it is.
+fn admit<V: Verbs>(node: &Node<V>, from: NodeId, to: NodeId) -> Option<String> {
     let me = node.me();
-    let refuse = |reason: String| Message::Refuse { reason };
     if to != me {
-        return refuse(format!("this is {me}, not {to}"));
+        return Some(format!("this is {me}, not {to}"));
     }
     if node.peer(from).is_none() {
-        return refuse(format!(
+        return Some(format!(
             "{from} is not a peer of {me}: add its card there first"
         ));
     }
-    let verbs = &node.verbs;
-    {
-        let responders = node.responders.lock().expect(crate::POISONED);
-        let replacing = responders.qpn_of(from).is_some();
-        if !replacing && responders.by_qpn.len() >= RESPONDERS_MAX {
-            return refuse(format!(
-                "{me} serves {RESPONDERS_MAX} connections already, its most: remove peers it \
-                 no longer needs"
-            ));
-        }
+    let responders = node.responders.lock().expect(crate::POISONED);
+    let replacing = responders.qpn_of(from).is_some();
+    if !replacing && responders.by_qpn.len() >= RESPONDERS_MAX {
+        return Some(format!(
+            "{me} serves {RESPONDERS_MAX} connections already, its most: remove peers it no \
+             longer needs"
+        ));
     }
+    None
+}
+
+/// Makes a responder queue pair for `from`'s queue pair `remote` (its proof checked), or says
+/// why not.
+fn accept<V: Verbs>(node: &Node<V>, from: NodeId, remote: QpEndpoint) -> Message {
+    let refuse = |reason: String| Message::Refuse { reason };
+    let verbs = &node.verbs;
     let cq = node.nic_cq.as_ref().expect("open while the node lives");
     let caps = QpCaps {
         send_wr_max: SENDS_PER_RESPONDER as u32,

@@ -15,6 +15,10 @@ const DATA_BYTES: u64 = 64 << 10;
 const OP_TIMEOUT: Duration = Duration::from_millis(300);
 const BACKOFF: Duration = Duration::from_millis(100);
 
+fn secret() -> ClusterSecret {
+    ClusterSecret::from_bytes([7; crate::fabric::tcp::auth::SECRET_BYTES])
+}
+
 /// One node: its transport, NIC thread and memory, on a fake device with LID = its id.
 struct TestNode {
     transport: VerbsTransport<FakeVerbs>,
@@ -42,7 +46,7 @@ impl TestNode {
 }
 
 fn config(atomics: bool) -> VerbsConfig {
-    let mut config = VerbsConfig::new("fake", "127.0.0.1:0");
+    let mut config = VerbsConfig::new("fake", "127.0.0.1:0", &secret());
     config.atomics = atomics;
     config.op_timeout = OP_TIMEOUT;
     config.reconnect_backoff = BACKOFF;
@@ -868,7 +872,7 @@ fn an_unknown_device_is_a_typed_error_naming_it() {
         NodeId(1),
         Arc::new(Doorbell::anonymous().unwrap()),
     ));
-    let config = VerbsConfig::new("no-such-device", "127.0.0.1:0");
+    let config = VerbsConfig::new("no-such-device", "127.0.0.1:0", &secret());
     let error = VerbsTransport::start(&config, memory)
         .err()
         .expect("no such device");
@@ -917,6 +921,7 @@ mod bootstrap_wire {
         Message::Hello {
             from: NodeId(1),
             to: NodeId(2),
+            nonce: [5; 32],
             endpoint: endpoint(),
         }
     }
@@ -925,6 +930,11 @@ mod bootstrap_wire {
     fn messages_round_trip() {
         for message in [
             hello(),
+            Message::Challenge {
+                nonce: [1; 32],
+                proof: [2; 32],
+            },
+            Message::Proof { proof: [3; 32] },
             Message::Accept {
                 endpoint: endpoint(),
             },
@@ -1035,6 +1045,7 @@ mod bootstrap_wire {
         let stranger = Message::Hello {
             from: NodeId(9),
             to: b.id(),
+            nonce: [5; 32],
             endpoint: endpoint(),
         };
         let Ok(Message::Refuse { reason }) = exchange(b, &bootstrap::encode(&stranger)) else {
@@ -1044,6 +1055,7 @@ mod bootstrap_wire {
         let misdirected = Message::Hello {
             from: a.id(),
             to: NodeId(3),
+            nonce: [5; 32],
             endpoint: endpoint(),
         };
         let Ok(Message::Refuse { reason }) = exchange(b, &bootstrap::encode(&misdirected)) else {
@@ -1061,5 +1073,63 @@ mod bootstrap_wire {
             .unwrap();
         drop(stalled);
         assert_eq!(a.post(b, vec![Op::Notify]), vec![Ok(Completion::Notify)]);
+    }
+
+    /// An initiator that does not hold the cluster's secret gets a CHALLENGE, fails to prove,
+    /// and is refused before anything is made for it.
+    #[test]
+    fn the_listener_refuses_a_wrong_proof_before_making_a_queue_pair() {
+        let (_net, nodes) = cluster(2, true);
+        let (a, b) = (&nodes[0], &nodes[1]);
+        let address = b.transport.card().bootstrap;
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let hello = Message::Hello {
+            from: a.id(),
+            to: b.id(),
+            nonce: [5; 32],
+            endpoint: endpoint(),
+        };
+        bootstrap::write(&mut stream, &hello, "test").unwrap();
+        let Ok(Message::Challenge { .. }) = bootstrap::read(&mut stream, "test") else {
+            panic!("challenged")
+        };
+        bootstrap::write(&mut stream, &Message::Proof { proof: [0; 32] }, "test").unwrap();
+        let Ok(Message::Refuse { reason }) = bootstrap::read(&mut stream, "test") else {
+            panic!("refused")
+        };
+        assert!(reason.contains("proof does not match"), "{reason}");
+        assert_eq!(b.nic.responder_qpn(a.id()), None, "nothing was made for it");
+        assert_eq!(a.post(b, vec![Op::Notify]), vec![Ok(Completion::Notify)]);
+    }
+
+    /// Nodes of different secrets do not connect: the initiator finds the target's proof wrong
+    /// and says so, naming the target's address.
+    #[test]
+    fn a_target_of_another_cluster_secret_is_an_impostor_to_the_initiator() {
+        let net = FakeNet::new();
+        let a = start(&net, 1, true);
+        let doorbell = Arc::new(Doorbell::anonymous().unwrap());
+        let memory = Arc::new(NodeMemory::new(NodeId(2), doorbell));
+        let other = ClusterSecret::from_bytes([8; crate::fabric::tcp::auth::SECRET_BYTES]);
+        let config = VerbsConfig {
+            secret: other,
+            ..config(true)
+        };
+        let (b_transport, _b_nic) =
+            VerbsTransport::start_on(net.device(2), &config, memory).unwrap();
+        a.transport.add_peer(b_transport.card()).unwrap();
+        b_transport.add_peer(a.transport.card()).unwrap();
+        let results = a.transport.post(NodeId(2), &[Op::Notify]).wait();
+        unreachable_reason(
+            &results[0],
+            NodeId(2),
+            "fake1",
+            &["impostor", &b_transport.card().bootstrap.to_string()],
+        );
+        let results = b_transport.post(a.id(), &[Op::Notify]).wait();
+        unreachable_reason(&results[0], a.id(), "fake2", &["impostor"]);
     }
 }

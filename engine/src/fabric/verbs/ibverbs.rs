@@ -32,6 +32,12 @@ fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// The error of a call that returned `code`: ibverbs calls return the errno itself, or -1 with
+/// `errno` set (`ibv_query_gid`, some providers), depending on the call and the version.
+fn returned(call: &'static str, code: c_int) -> CallError {
+    CallError::errno(call, if code < 0 { last_errno() } else { code })
+}
+
 /// One opened device: its context, protection domain and the port used.
 pub struct IbVerbs {
     name: String,
@@ -167,7 +173,7 @@ impl IbVerbs {
         // SAFETY: the context is open and `device` a valid out-pointer.
         let code = unsafe { sys::ibv_query_device(self.context, &mut device) };
         if code != 0 {
-            return Err(self.setup(CallError::errno("ibv_query_device", code)));
+            return Err(self.setup(returned("ibv_query_device", code)));
         }
         self.atomics = device.atomic_cap != sys::ibv_atomic_cap::IBV_ATOMIC_NONE;
         self.rd_atomic = (device.max_qp_rd_atom.clamp(1, RD_ATOMIC_MAX as c_int)) as u8;
@@ -176,7 +182,7 @@ impl IbVerbs {
         // SAFETY: the context is open and `port` a valid out-pointer of the size passed.
         let code = unsafe { sys::___ibv_query_port(self.context, self.port, &mut port) };
         if code != 0 {
-            return Err(self.setup(CallError::errno("ibv_query_port", code)));
+            return Err(self.setup(returned("ibv_query_port", code)));
         }
         if port.state != sys::ibv_port_state::IBV_PORT_ACTIVE {
             return Err(VerbsError::MissingCapability {
@@ -194,7 +200,7 @@ impl IbVerbs {
             sys::ibv_query_gid(self.context, self.port, self.gid_index as c_int, &mut gid)
         };
         if code != 0 {
-            return Err(self.setup(CallError::errno("ibv_query_gid", code)));
+            return Err(self.setup(returned("ibv_query_gid", code)));
         }
         // SAFETY: every bit pattern is a valid `[u8; 16]`.
         self.gid = unsafe { gid.raw };
@@ -407,7 +413,7 @@ impl Verbs for IbVerbs {
         // SAFETY: a live queue pair; `attr` is valid for the fields `flags` names.
         let code = unsafe { sys::ibv_modify_qp(qp.0, &mut attr, flags.0 as c_int) };
         if code != 0 {
-            return Err(CallError::errno("ibv_modify_qp", code));
+            return Err(returned("ibv_modify_qp", code));
         }
         Ok(())
     }
@@ -493,7 +499,7 @@ impl Verbs for IbVerbs {
             return Err(PostError {
                 call: "ibv_post_send",
                 bad_index,
-                reason: CallError::errno("ibv_post_send", code).reason,
+                reason: returned("ibv_post_send", code).reason,
             });
         }
         Ok(())
@@ -539,7 +545,7 @@ impl Verbs for IbVerbs {
             return Err(PostError {
                 call: "ibv_post_recv",
                 bad_index,
-                reason: CallError::errno("ibv_post_recv", code).reason,
+                reason: returned("ibv_post_recv", code).reason,
             });
         }
         Ok(())
@@ -574,7 +580,7 @@ impl Verbs for IbVerbs {
         // SAFETY: a live queue.
         let code = unsafe { sys::ibv_req_notify_cq(cq.cq, 0) };
         if code != 0 {
-            return Err(CallError::errno("ibv_req_notify_cq", code));
+            return Err(returned("ibv_req_notify_cq", code));
         }
         Ok(())
     }

@@ -22,10 +22,8 @@ impl CallError {
     pub fn errno(call: &'static str, errno: i32) -> CallError {
         CallError {
             call,
-            reason: format!(
-                "{} (errno {errno})",
-                std::io::Error::from_raw_os_error(errno)
-            ),
+            // "<description> (os error <errno>)"
+            reason: std::io::Error::from_raw_os_error(errno).to_string(),
         }
     }
 }

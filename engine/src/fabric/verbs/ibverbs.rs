@@ -49,7 +49,10 @@ pub struct IbVerbs {
     gid: [u8; 16],
     mtu: sys::ibv_mtu::Type,
     atomics: bool,
-    rd_atomic: u8,
+    /// READs and atomics this side may have outstanding as initiator (`max_qp_init_rd_atom`)
+    /// and accept as responder (`max_qp_rd_atom`), capped at [`RD_ATOMIC_MAX`].
+    rd_atomic_initiator: u8,
+    rd_atomic_responder: u8,
 }
 
 // SAFETY: libibverbs objects may be used from any thread (its verbs are thread-safe); the raw
@@ -146,7 +149,8 @@ impl IbVerbs {
             gid: [0; 16],
             mtu: sys::ibv_mtu::IBV_MTU_1024,
             atomics: false,
-            rd_atomic: 1,
+            rd_atomic_initiator: 1,
+            rd_atomic_responder: 1,
         };
         // From here on, `verbs`' `Drop` closes what is open if a step fails.
         verbs.query()?;
@@ -176,7 +180,9 @@ impl IbVerbs {
             return Err(self.setup(returned("ibv_query_device", code)));
         }
         self.atomics = device.atomic_cap != sys::ibv_atomic_cap::IBV_ATOMIC_NONE;
-        self.rd_atomic = (device.max_qp_rd_atom.clamp(1, RD_ATOMIC_MAX as c_int)) as u8;
+        let cap = |max: c_int| max.clamp(1, RD_ATOMIC_MAX as c_int) as u8;
+        self.rd_atomic_initiator = cap(device.max_qp_init_rd_atom);
+        self.rd_atomic_responder = cap(device.max_qp_rd_atom);
         // SAFETY: as above.
         let mut port: sys::ibv_port_attr = unsafe { std::mem::zeroed() };
         // SAFETY: the context is open and `port` a valid out-pointer of the size passed.
@@ -373,7 +379,7 @@ impl Verbs for IbVerbs {
                 attr.path_mtu = self.mtu;
                 attr.dest_qp_num = remote.qpn;
                 attr.rq_psn = remote.psn;
-                attr.max_dest_rd_atomic = self.rd_atomic;
+                attr.max_dest_rd_atomic = self.rd_atomic_responder;
                 attr.min_rnr_timer = MIN_RNR_TIMER;
                 attr.ah_attr.dlid = remote.lid;
                 attr.ah_attr.port_num = self.port;
@@ -397,7 +403,7 @@ impl Verbs for IbVerbs {
                 attr.retry_cnt = RETRY_COUNT;
                 attr.rnr_retry = RNR_RETRY_COUNT;
                 attr.sq_psn = psn;
-                attr.max_rd_atomic = self.rd_atomic;
+                attr.max_rd_atomic = self.rd_atomic_initiator;
                 mask::IBV_QP_STATE
                     | mask::IBV_QP_TIMEOUT
                     | mask::IBV_QP_RETRY_CNT

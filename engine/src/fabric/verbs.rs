@@ -893,8 +893,10 @@ impl<V: Verbs> VerbsTransport<V> {
                     })
                 }
                 Remote::Message { .. } => {
-                    let (reply_offset, _) = layout.reply.expect("a message chain has a reply");
-                    let reply_len = wait.reply_len.expect("the reply arrived");
+                    let (reply_offset, reply_room) =
+                        layout.reply.expect("a message chain has a reply");
+                    // The device's count, kept within the receive buffer whatever it says.
+                    let reply_len = wait.reply_len.expect("the reply arrived").min(reply_room);
                     let bytes = staging.read_at(reply_offset, reply_len);
                     let expected = work::wr_id(batch, position, false);
                     decode_response(target, expected, &bytes, ops[position])

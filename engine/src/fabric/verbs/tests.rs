@@ -825,6 +825,53 @@ fn concurrent_cas_increments_from_nics_messages_and_the_target_cpu_are_never_los
 }
 
 #[test]
+fn an_area_placed_after_start_is_reachable_with_the_new_card_and_a_removed_peer_is_unknown() {
+    const LATE: RegionId = RegionId(2);
+    let (_net, nodes) = cluster(2, true);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let region = Region::anonymous(LATE, 4096).expect("map a region");
+    let key = region.key();
+    b.memory.register(Arc::new(region)).expect("register");
+    let late = Op::Write {
+        addr: Addr::new(LATE, 8),
+        key,
+        data: bytes(&[77]),
+    };
+    // a's card of b predates the area: refused before posting, as an unknown region.
+    assert_eq!(
+        a.post(b, vec![late.clone()]),
+        vec![Err(OpError::Access(AccessError::UnknownRegion {
+            node: b.id(),
+            region: LATE
+        }))]
+    );
+    assert_eq!(b.transport.register_new_areas().unwrap(), vec![LATE]);
+    assert_eq!(
+        b.transport.register_new_areas().unwrap(),
+        vec![],
+        "registered once"
+    );
+    a.transport.add_peer(b.transport.card()).unwrap();
+    assert_eq!(a.post(b, vec![late]), vec![Ok(Completion::Write)]);
+    let word = b.memory.area(LATE).unwrap().words_at(8, 8)[0].load(Ordering::Acquire);
+    assert_eq!(word, 77);
+    a.transport.remove_peer(b.id());
+    assert_eq!(a.transport.link_phase(b.id()), None);
+    assert_eq!(
+        a.post(b, vec![Op::Notify]),
+        vec![Err(OpError::UnknownNode { node: b.id() })]
+    );
+    // Nor does a admit b any more: b's first connection to a is refused, saying why.
+    let results = b.post(a, vec![Op::Notify]);
+    unreachable_reason(
+        &results[0],
+        a.id(),
+        "fake2",
+        &["not a peer of n1", "add its card"],
+    );
+}
+
+#[test]
 fn unusable_cards_are_refused_and_nothing_is_added() {
     let (_net, nodes) = cluster(2, true);
     let (a, b) = (&nodes[0], &nodes[1]);

@@ -270,3 +270,58 @@ fn ofi(config: acre_engine::fabric::ofi::OfiConfig) -> Cluster {
 pub fn ofi_shm() -> Cluster {
     ofi(acre_engine::fabric::ofi::OfiConfig::loopback("shm"))
 }
+
+/// Every node in this process with the verbs transport on its in-process fake verbs layer
+/// (feature `rdma-fake`): the transport's logic, with the device simulated. CAS is a message
+/// to the target's NIC thread (the default).
+#[cfg(feature = "rdma-fake")]
+pub fn verbs_fake() -> Cluster {
+    verbs_fake_with(false)
+}
+
+/// As [`verbs_fake`], with CAS as the NIC's ATOMIC_CMP_AND_SWP (each target allows it).
+#[cfg(feature = "rdma-fake")]
+pub fn verbs_fake_nic_atomics() -> Cluster {
+    verbs_fake_with(true)
+}
+
+#[cfg(feature = "rdma-fake")]
+fn verbs_fake_with(atomics: bool) -> Cluster {
+    use acre_engine::fabric::verbs::fake::FakeNet;
+    use acre_engine::fabric::verbs::{VerbsConfig, VerbsTransport};
+    let net = FakeNet::new();
+    let secret = acre_engine::fabric::tcp::ClusterSecret::generate();
+    let config = VerbsConfig {
+        atomics,
+        ..VerbsConfig::new("fake", "127.0.0.1:0", &secret)
+    };
+    let mut nics = Vec::with_capacity(NODE_COUNT);
+    let mut parts = Vec::with_capacity(NODE_COUNT);
+    let mut cards = Vec::with_capacity(NODE_COUNT);
+    for id in node_ids() {
+        let (memory, data_key, inbox) = anonymous_memory(id);
+        let (transport, nic) = VerbsTransport::start_on(net.device(id.0), &config, memory.clone())
+            .unwrap_or_else(|e| panic!("start the verbs transport of {id}: {e}"));
+        cards.push(transport.card());
+        nics.push(nic);
+        parts.push((memory, transport, data_key, inbox));
+    }
+    let mut parts = parts.into_iter();
+    let nodes = node_ids().map(|id| {
+        let (memory, transport, data_key, inbox) = parts.next().expect("one part per node");
+        for card in cards.iter().filter(|card| card.node != id) {
+            transport
+                .add_peer(card.clone())
+                .unwrap_or_else(|e| panic!("{id} adds {}: {e}", card.node));
+        }
+        Node {
+            fabric: Fabric::new(memory, Transport::VerbsFake(transport)),
+            inbox,
+            data_key,
+        }
+    });
+    Cluster {
+        nodes,
+        _keep: Box::new((nics, net)),
+    }
+}

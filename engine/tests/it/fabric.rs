@@ -59,6 +59,12 @@ conformance_suite! {
     tcp => crate::cluster::tcp,
 }
 
+#[cfg(feature = "rdma-fake")]
+conformance_suite! {
+    verbs_fake => crate::cluster::verbs_fake,
+    verbs_fake_nic_atomics => crate::cluster::verbs_fake_nic_atomics,
+}
+
 #[cfg(feature = "ofi")]
 conformance_suite! {
     ofi_tcp => crate::cluster::ofi_tcp,

@@ -6,9 +6,9 @@
 //! datagram endpoints (a target side and an initiator side) with a completion queue each, and
 //! every area of its [`NodeMemory`] registered as a memory region. What a peer needs to reach
 //! it (endpoint names, and per area its id, access key, size, registration key and base) is its
-//! [`OfiCard`]; in this slice cards are handed over by whoever builds the nodes
-//! ([`OfiTransport::add_peer`]), not yet published in the cluster directory. Connections are
-//! the provider's, made on first use and reused.
+//! [`OfiCard`]: handed over with [`OfiTransport::add_peer`], or found on demand through a card
+//! source ([`OfiTransport::find_cards_with`]; node processes read it from the node's manifest,
+//! [`card`]). Connections are the provider's, made on first use and reused.
 //!
 //! - READ and WRITE are `fi_read`/`fi_write` into the target's registration, CAS is
 //!   `fi_compare_atomic` (64-bit compare-and-swap) where the provider has atomics known to be
@@ -47,12 +47,13 @@
 //! is freed; what cannot be withdrawn in time is leaked, since the provider may still write into
 //! it.
 //!
-//! Not in this slice: membership fencing and lease checks for one-sided operations (a NIC cannot
-//! refuse them; only the NIC thread's messages check the lease), cards in the cluster directory,
-//! registering areas on their own (an area placed after start is registered when the owner
-//! calls [`OfiTransport::register_new_areas`], and its peers need the new card; an area
-//! replaced under a registered id keeps the old registration), and a new connection after a
-//! provider broke one (on
+//! The NIC thread serves the members of the node's configuration only ([`OfiNic::set_membership`]):
+//! it neither executes nor answers another node's messages. Not built: fencing and lease checks
+//! for one-sided operations (a NIC cannot refuse them; only the NIC thread's messages check the
+//! lease and the membership, so a removed node's process is killed instead), registering areas
+//! on their own (an area placed after start is registered when the owner calls
+//! [`OfiTransport::register_new_areas`]; an area replaced under a registered id keeps the old
+//! registration), and a new connection after a provider broke one (on
 //! `tcp;ofi_rxm` a remote access error leaves that pair of endpoints unusable, as a queue pair's
 //! error state does on RDMA hardware; the node's other pairs are unaffected).
 // Posting to libfabric hands it raw pointers into buffers this module keeps alive: each such

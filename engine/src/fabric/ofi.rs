@@ -797,9 +797,50 @@ impl OfiTransport {
     }
 
     /// Whether a run of one-sided operations is posted at once (the provider places them in
-    /// order) rather than one after the other's delivery.
+    /// order) rather than one after the other's delivery. On a provider that places them in
+    /// order except a write after a read (`tcp;ofi_rxm`), a run is posted at once up to such a
+    /// write ([`OfiTransport::run_len`]).
     pub fn posts_runs(&self) -> bool {
         self.node.handle.caps().ordered != 0
+    }
+
+    /// How many of `ops` (what is left of a batch) go in the next run, posted together and
+    /// waited for together: a message alone (it waits for what was posted before it, and what
+    /// follows waits for its answer); one-sided operations as far as the provider places them
+    /// in posting order: all of them on a provider that orders every pair (`sockets`); on one
+    /// that orders all but a write after a read (`tcp;ofi_rxm`: `FI_ORDER_WAR` missing), up to
+    /// the first WRITE or CAS that follows a READ or CAS of the run; one otherwise, each after
+    /// the previous one's delivery. So a ring append's record body and commit word (two
+    /// WRITEs) go together, the commit word placed after the body.
+    fn run_len(&self, ops: &[Op]) -> usize {
+        assert!(!ops.is_empty(), "a run of nothing");
+        if self.is_message(&ops[0]) {
+            return 1;
+        }
+        let caps = self.node.handle.caps();
+        let one_sided = ops.iter().take_while(|op| !self.is_message(op));
+        if caps.ordered != 0 {
+            return one_sided.count();
+        }
+        if caps.ordered_but_war == 0 {
+            return 1;
+        }
+        let mut read_before = false;
+        let mut len = 0;
+        for op in one_sided {
+            let (reads, writes) = match op {
+                Op::Read { .. } => (true, false),
+                Op::Write { .. } => (false, true),
+                Op::Cas { .. } => (true, true),
+                Op::Persist { .. } | Op::Notify => unreachable!("messages end a run"),
+            };
+            if writes && read_before {
+                break;
+            }
+            read_before |= reads;
+            len += 1;
+        }
+        len
     }
 
     /// How many operation slots were leaked so far: their operation got no completion and
@@ -907,17 +948,7 @@ impl OfiTransport {
         let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
         let mut index = 0;
         while index < ops.len() {
-            // A message goes alone; a run of one-sided operations together if the provider
-            // places them in order, else one at a time.
-            let end = if self.is_message(&ops[index]) || !self.posts_runs() {
-                index + 1
-            } else {
-                index
-                    + ops[index..]
-                        .iter()
-                        .take_while(|op| !self.is_message(op))
-                        .count()
-            };
+            let end = index + self.run_len(&ops[index..]);
             let run = self.run(&peer, index, &ops[index..end], &mut results);
             if let Err(error) = run {
                 // The target could not be reached: the rest of the batch fails with it.

@@ -57,6 +57,7 @@ struct acre_ofi_caps {
 	int cq_wait;            /* the completion queues have a wait object (fi_cq_sread) */
 	int manual_progress;    /* data progress only happens inside libfabric calls */
 	uint64_t inject_bytes;  /* largest message fi_tinject takes */
+	int ordered_but_war;    /* as ordered, except a write after a read (tcp;ofi_rxm) */
 };
 
 /* Closes the endpoints, then their completion queues: after this nothing of the provider's
@@ -170,6 +171,10 @@ int acre_ofi_open(const char *provider, const char *node, struct acre_ofi **out,
 			o->info->ep_attr->max_order_raw_size >= (8u << 20) &&
 			o->info->ep_attr->max_order_war_size >= (8u << 20) &&
 			o->info->ep_attr->max_order_waw_size >= (8u << 20);
+	want &= ~(uint64_t)FI_ORDER_WAR;
+	caps->ordered_but_war = (o->info->tx_attr->msg_order & want) == want &&
+				o->info->ep_attr->max_order_raw_size >= (8u << 20) &&
+				o->info->ep_attr->max_order_waw_size >= (8u << 20);
 	*failed_call = "fi_fabric";
 	if ((ret = fi_fabric(o->info->fabric_attr, &o->fabric, NULL)))
 		goto fail;

@@ -67,6 +67,8 @@ pub struct Caps {
     pub cq_wait: c_int,
     pub manual_progress: c_int,
     pub inject_bytes: u64,
+    /// As `ordered`, except that a write posted after a read may be placed before it.
+    pub ordered_but_war: c_int,
 }
 
 #[repr(C)]

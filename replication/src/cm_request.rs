@@ -9,6 +9,10 @@
 //! requests nobody answered). A request older than [`REQUEST_MAX_AGE`] is removed unanswered:
 //! its asker stopped waiting. The asker removes the answer once it read it; an answer nobody
 //! read is removed after [`REPLY_MAX_AGE`].
+//!
+//! A test that needs something to happen before a restart request reaches the CM (the CM
+//! removing a member that `acre cluster up` restarts in place) creates [`HOLD_RESTART_FILE`] in
+//! the cluster directory: [`ask`] writes no [`Change::Restart`] while that file is there.
 
 use crate::cm_status::{CmStatusError, read_toml, write_toml};
 pub use acre_cm::manager::{BUSY, Change};
@@ -26,6 +30,11 @@ pub const REQUEST_MAX_AGE: Duration = Duration::from_secs(5);
 pub const REPLY_MAX_AGE: Duration = Duration::from_secs(60);
 /// How often an asker looks for its answer.
 const POLL: Duration = Duration::from_millis(10);
+/// While this file is in the cluster directory, [`ask`] holds back every [`Change::Restart`]
+/// (at most its timeout, then [`AskError::Held`]): the hook that lets a test have the CM
+/// remove a member before `acre cluster up`'s restart request reaches it, an order a real
+/// cluster meets only by chance (tests/it/cm.rs). Nothing else creates it.
+pub const HOLD_RESTART_FILE: &str = "hold-restart-request";
 
 /// A request to the CM, told apart from the others by its nonce.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -65,6 +74,12 @@ pub enum AskError {
         dir.display()
     )]
     NoAnswer { dir: PathBuf, waited: Duration },
+    #[error(
+        "the restart request was held back for {waited:?} by {}: remove that file (a test's \
+         hook) to let it through",
+        path.display()
+    )]
+    Held { path: PathBuf, waited: Duration },
 }
 
 fn request_path(dir: &Path, nonce: u64) -> PathBuf {
@@ -90,6 +105,9 @@ fn fresh_nonce() -> u64 {
 /// Asks the acting CM of the cluster in `dir` for `change` and waits at most `timeout` for its
 /// answer (accepted or refused, with the reason).
 pub fn ask(dir: &Path, change: Change, timeout: Duration) -> Result<CmReply, AskError> {
+    if matches!(change, Change::Restart { .. }) {
+        wait_while_held(dir, timeout)?;
+    }
     let nonce = fresh_nonce();
     let path = request_path(dir, nonce);
     let write = || -> io::Result<()> {
@@ -119,6 +137,24 @@ pub fn ask(dir: &Path, change: Change, timeout: Duration) -> Result<CmReply, Ask
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Waits at most `timeout` while [`HOLD_RESTART_FILE`] is in `dir`. A hold that outlasts the
+/// wait is an error, as an unanswered request is: the asker asks again while its own deadline
+/// allows, so the hold lasts until the test removes the file or that deadline passes.
+fn wait_while_held(dir: &Path, timeout: Duration) -> Result<(), AskError> {
+    let path = dir.join(HOLD_RESTART_FILE);
+    let deadline = Instant::now() + timeout;
+    while path.exists() {
+        if Instant::now() >= deadline {
+            return Err(AskError::Held {
+                path,
+                waited: timeout,
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
 }
 
 /// The CM's side: the fresh requests pending in `dir`, oldest first. Removes the requests too
@@ -235,6 +271,32 @@ mod tests {
         .unwrap_err();
         assert!(matches!(error, AskError::NoAnswer { .. }), "{error}");
         assert!(pending(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_restart_request_waits_while_the_hold_file_is_there_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = dir.path().join(HOLD_RESTART_FILE);
+        std::fs::write(&hold, b"").unwrap();
+        let restart = Change::Restart {
+            nodes: vec![NodeId(2)],
+            damaged: Vec::new(),
+        };
+        let error = ask(dir.path(), restart.clone(), Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(error, AskError::Held { .. }), "{error}");
+        assert!(pending(dir.path()).is_empty(), "nothing was written");
+        // Another change goes through the hold (unanswered here: nobody acts as CM).
+        let error = ask(
+            dir.path(),
+            Change::AddRegion { known_regions: 3 },
+            Duration::from_millis(50),
+        )
+        .unwrap_err();
+        assert!(matches!(error, AskError::NoAnswer { .. }), "{error}");
+        // The hold lifted, the restart request is written (and withdrawn unanswered).
+        std::fs::remove_file(&hold).unwrap();
+        let error = ask(dir.path(), restart, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(error, AskError::NoAnswer { .. }), "{error}");
     }
 
     #[test]

@@ -16,8 +16,9 @@ use acre_replication::replica::AdoptError;
 use acre_txn::config::{CommitMode, NotAdopted, StaleConfiguration};
 use acre_txn::record::{COMMIT_BACKUP, LOCK};
 use acre_txn::{CommitError, Configuration, Error, RegionState, TxnError};
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 /// The configuration after `config`, changed by `change`.
@@ -353,14 +354,71 @@ fn after_a_node_leaves_surviving_primaries_commit_with_new_backups_and_its_regio
 }
 
 // Races between a node adopting a configuration and a commit in flight (found by review):
-// each delays one record of the commit with the fault plan and has the coordinator's node
-// adopt a newer configuration meanwhile, as NEW-CONFIG reaching the coordinator first would.
+// each holds one record of the commit back with the fault plan ([`Held`]; the last one still
+// delays it) and has the coordinator's node adopt a newer configuration meanwhile, as
+// NEW-CONFIG reaching the coordinator first would.
 
 const DELAY: Duration = Duration::from_millis(400);
 const ADOPT_AFTER: Duration = Duration::from_millis(100);
+/// How long a held record waits for its release before it goes on by itself, and how long a
+/// test waits for the commit to reach it: a test that fails in between does not hang the
+/// binary (as `acre_engine::pause::PAUSE_MAX`).
+const HOLD_MAX: Duration = Duration::from_secs(30);
 
 fn appends(kind: RecordKind) -> impl Fn(&[Op]) -> bool + Send + Sync {
     move |ops| appended_kinds(ops).contains(&kind)
+}
+
+/// The first batch from `from` to `to` that appends a `kind` record, held back until the test
+/// releases it. The fault plan runs a rule's filter on the posting thread, so the commit waits
+/// there with the record unsent, for however long the test takes to act. These tests used to
+/// delay the record 400 ms and act 100 ms after starting the commit: a commit thread that ran
+/// more than 100 ms late (a loaded two-core machine) sent nothing before the adoption, and one
+/// that ran early but left the test waiting 400 ms decided before it.
+///
+/// The plan's lock is held while the record is: every other batch of the cluster waits too, so
+/// the test does only local things meanwhile (a node adopting a configuration).
+struct Held {
+    reached: mpsc::Receiver<()>,
+    release: mpsc::Sender<()>,
+}
+
+impl Held {
+    /// The rule to add to the cluster's fault plan, and the handle on what it holds.
+    fn rule(from: NodeId, to: NodeId, kind: RecordKind) -> (Rule, Held) {
+        let (reached_sender, reached) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let holding = AtomicBool::new(false);
+        let rule = Rule::to(to, Action::Delay(Duration::ZERO))
+            .from(from)
+            .when(move |ops| {
+                if !appended_kinds(ops).contains(&kind) {
+                    return false;
+                }
+                // The first match only: the rule acts once, later ones pass.
+                if !holding.swap(true, SeqCst) {
+                    let _ = reached_sender.send(());
+                    // A message or the handle dropped (the sender gone) releases it.
+                    let _ = released.lock().expect("poisoned").recv_timeout(HOLD_MAX);
+                }
+                true
+            })
+            .times(1);
+        (rule, Held { reached, release })
+    }
+
+    /// Waits until the commit holds at the record.
+    fn wait_reached(&self) {
+        self.reached
+            .recv_timeout(HOLD_MAX)
+            .unwrap_or_else(|e| panic!("the commit did not reach the held record: {e}"));
+    }
+
+    /// Lets the record go.
+    fn release(self) {
+        let _ = self.release.send(());
+    }
 }
 
 /// A commit whose decision check (after VALIDATE) fails aborts; it must not then be handed
@@ -372,21 +430,18 @@ fn a_commit_aborted_at_the_decision_check_is_not_finished_later() {
         let cluster = start_in(mode, REGION_BYTES, RING_BYTES, vec![]);
         let n1 = txn_node(&cluster, 0);
         let a = create(&n1, region_of(1), b"a0"); // primary n2, backups n3 and n1
-        let rule = cluster.faults().add(
-            Rule::to(NodeId(2), Action::Delay(DELAY))
-                .from(NodeId(1))
-                .when(appends(LOCK))
-                .times(1),
-        );
+        let (rule, held) = Held::rule(NodeId(1), NodeId(2), LOCK);
+        let rule = cluster.faults().add(rule);
         let coordinator = n1.clone();
         let committing = std::thread::spawn(move || {
             let mut txn = coordinator.begin().expect("begin");
             txn.write(a, b"a1").expect("write");
             txn.commit()
         });
-        std::thread::sleep(ADOPT_AFTER);
+        held.wait_reached();
         let newer = next(cluster.config(), |_| {});
         n1.adopt(newer.clone()).expect("newer"); // NEW-CONFIG reaches the coordinator first
+        held.release();
         let outcome = committing.join().expect("the commit does not panic");
         assert_eq!(cluster.faults().hits(rule), 1);
         assert_eq!(
@@ -430,12 +485,8 @@ fn a_region_blocked_during_a_commit_does_not_panic_validate() {
         let b = create(&n1, region_of(1), b"b0"); // primary n2
         let a = create(&n1, region_of(2), b"a0"); // primary n3
         let other = create(&n1, region_of(2), b"o0");
-        let _rule = cluster.faults().add(
-            Rule::to(NodeId(3), Action::Delay(DELAY))
-                .from(NodeId(1))
-                .when(appends(LOCK))
-                .times(1),
-        );
+        let (rule, held) = Held::rule(NodeId(1), NodeId(3), LOCK);
+        let _rule = cluster.faults().add(rule);
         let coordinator = n1.clone();
         let committing = std::thread::spawn(move || {
             let mut txn = coordinator.begin().expect("begin");
@@ -444,7 +495,7 @@ fn a_region_blocked_during_a_commit_does_not_panic_validate() {
             txn.write(a, b"a1").expect("write");
             txn.commit()
         });
-        std::thread::sleep(ADOPT_AFTER);
+        held.wait_reached();
         let newer = next(cluster.config(), |config| {
             for placement in &mut config.regions {
                 if placement.region == region_of(1) {
@@ -453,6 +504,7 @@ fn a_region_blocked_during_a_commit_does_not_panic_validate() {
             }
         });
         n1.adopt(newer).expect("newer");
+        held.release();
         let outcome = committing.join();
         assert!(
             matches!(outcome, Ok(Err(CommitError::ConfigurationChanged { .. }))),
@@ -506,12 +558,8 @@ fn an_aborted_commit_with_a_local_primary_is_not_finished_later() {
         let n1 = txn_node(&cluster, 0);
         let here = create(&n1, region_of(0), b"h0"); // primary n1
         let a = create(&n1, region_of(1), b"a0"); // primary n2
-        let _rule = cluster.faults().add(
-            Rule::to(NodeId(2), Action::Delay(DELAY))
-                .from(NodeId(1))
-                .when(appends(LOCK))
-                .times(1),
-        );
+        let (rule, held) = Held::rule(NodeId(1), NodeId(2), LOCK);
+        let _rule = cluster.faults().add(rule);
         let coordinator = n1.clone();
         let committing = std::thread::spawn(move || {
             let mut txn = coordinator.begin().expect("begin");
@@ -519,9 +567,10 @@ fn an_aborted_commit_with_a_local_primary_is_not_finished_later() {
             txn.write(a, b"a1").expect("write");
             txn.commit()
         });
-        std::thread::sleep(ADOPT_AFTER);
+        held.wait_reached();
         let newer = next(cluster.config(), |_| {});
         n1.adopt(newer.clone()).expect("newer");
+        held.release();
         let outcome = committing.join().expect("the commit does not panic");
         assert!(matches!(
             outcome,

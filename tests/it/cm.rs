@@ -1259,6 +1259,7 @@ fn an_in_place_restart_overtaken_by_a_removal_goes_on_without_waiting_out_its_re
 
     let pid = wait_for_a_new_process(&cluster.dir, paused, paused_pid_before);
     send_signal(pid, "STOP");
+    let _paused = KillIfFailed(pid);
     let removed = cluster.wait_for("the paused process's node removed", |s| {
         !s.committed.nodes.contains(&paused)
     });
@@ -1312,6 +1313,19 @@ fn wait_for_a_new_process(dir: &std::path::Path, node: NodeId, old: u32) -> u32 
             "{node} did not start again within {RECONFIGURE_MAX:?}"
         );
         std::thread::sleep(NEW_PROCESS_POLL);
+    }
+}
+
+/// A process the test paused, killed if the test fails before the CM fenced it: the cluster's
+/// `down` at the end would wait in vain for it to take its SIGTERM, and leave the cluster's
+/// files behind.
+struct KillIfFailed(u32);
+
+impl Drop for KillIfFailed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = acre::engine::signal::kill(self.0);
+        }
     }
 }
 

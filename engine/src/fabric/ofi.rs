@@ -1624,7 +1624,7 @@ fn serve(node: &Node, mut receives: ManuallyDrop<Vec<Box<ReceiveSlot>>>) {
                 } else if tag & TAG_TRANSFER_BIT != 0 {
                     transfer::answer(node, sender, tag, bytes)
                 } else {
-                    answer(node, bytes)
+                    exec::answer_message(&node.memory, bytes, "ofi")
                 };
                 repost(node, slot);
                 if let Some(response) = response {
@@ -1757,25 +1757,6 @@ impl Nic<'_> {
 fn repost(node: &Node, slot: &mut ReceiveSlot) {
     // A receive that cannot be reposted leaves one buffer fewer; the others still serve.
     let _ = slot.post(&node.handle);
-}
-
-/// The response to one request message, or `None` if it is not a request this thread answers.
-fn answer(node: &Node, bytes: &[u8]) -> Option<Response> {
-    let me = node.memory.node_id();
-    let Ok(Some((Frame::Request(Request { request_id, op }), _))) = frame::decode(bytes) else {
-        return None; // not a request frame: nothing to answer
-    };
-    let result = match op {
-        Op::Persist { .. } | Op::Notify | Op::Cas { .. } if !node.memory.lease_is_open() => {
-            Err(OpError::LeaseExpired { node: me })
-        }
-        Op::Persist { .. } | Op::Notify | Op::Cas { .. } => exec::execute(&node.memory, &op),
-        Op::Read { .. } | Op::Write { .. } => Err(OpError::Protocol {
-            node: me,
-            reason: "READ and WRITE are one-sided on the ofi transport, not messages".into(),
-        }),
-    };
-    Some(Response { request_id, result })
 }
 
 #[cfg(test)]

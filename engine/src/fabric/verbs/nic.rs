@@ -17,8 +17,8 @@ use super::staging::Staging;
 use super::work::MESSAGE_BYTES_MAX;
 use super::{Node, SLEEP_SLICE, SPIN_POLLS_MAX, random_psn};
 use crate::addr::NodeId;
-use crate::fabric::tcp::frame::{self, Frame, Request, Response};
-use crate::fabric::{Op, OpError, exec};
+use crate::fabric::tcp::frame::{self, Frame};
+use crate::fabric::exec;
 use crate::hash::FastMap;
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -360,7 +360,7 @@ fn serve<V: Verbs>(node: &Node<V>) {
                 broken.push(wc.qp_num);
                 continue;
             }
-            let Some(response) = answer(node, &request) else {
+            let Some(response) = exec::answer_message(&node.memory, &request, "verbs") else {
                 continue; // not a request: nothing to answer
             };
             let Some(send) = responder.sends_free.pop() else {
@@ -404,23 +404,4 @@ fn serve<V: Verbs>(node: &Node<V>) {
             }
         }
     }
-}
-
-/// The response to one request message, or `None` if it is not a request frame.
-fn answer<V: Verbs>(node: &Node<V>, bytes: &[u8]) -> Option<Response> {
-    let me = node.me();
-    let Ok(Some((Frame::Request(Request { request_id, op }), _))) = frame::decode(bytes) else {
-        return None;
-    };
-    let result = match op {
-        Op::Persist { .. } | Op::Notify | Op::Cas { .. } if !node.memory.lease_is_open() => {
-            Err(OpError::LeaseExpired { node: me })
-        }
-        Op::Persist { .. } | Op::Notify | Op::Cas { .. } => exec::execute(&node.memory, &op),
-        Op::Read { .. } | Op::Write { .. } => Err(OpError::Protocol {
-            node: me,
-            reason: "READ and WRITE are one-sided on the verbs transport, not messages".into(),
-        }),
-    };
-    Some(Response { request_id, result })
 }

@@ -1,12 +1,22 @@
-//! The two paths of the ofi transport's hybrid transfer (`acre_engine::fabric::ofi::transfer`,
-//! docs/ofi.md "Hybrid transfer") for objects of 64 B to 1 MiB, from an owner node to a
-//! requester node in this process over loopback: copy (messages of up to 64 KiB into a receive
-//! buffer the requester posted, answered by the owner's NIC thread) against zero copy (the
-//! owner's NIC thread registers exactly the object, the requester `fi_read`s it and asks for
-//! the registration to be closed). After criterion's lines it prints both curves (median of
-//! individually timed transfers per size and path) and the crossing point: the smallest size
-//! from which zero copy is faster at every larger size measured. `TransferPolicy`'s default
-//! threshold is that figure on `tcp;ofi_rxm`.
+//! The ofi transport's hybrid transfer (`acre_engine::fabric::ofi::transfer`, docs/ofi.md
+//! "Hybrid transfer") against a plain one-sided READ, for objects of 64 B to 1 MiB, from an
+//! owner node to a requester node in this process over loopback. Three paths move the same
+//! bytes: copy (messages of up to 64 KiB into a receive buffer the requester posted, answered
+//! by the owner's NIC thread), zero copy (the owner's NIC thread registers exactly the object,
+//! the requester `fi_read`s it and asks for the registration to be closed), and READ
+//! (`Fabric::read` of the owner's region, which was registered once when the owner started, as
+//! every Acre region is: one `fi_read`, nothing registered per transfer). Before timing, each
+//! path's bytes are checked against the owner's. After criterion's lines it prints the three
+//! curves (median of individually timed transfers per size and path), the copy/zero-copy
+//! crossing point (the smallest size from which zero copy is faster at every larger size
+//! measured; `TransferPolicy`'s default threshold is that figure on `tcp;ofi_rxm`), and the
+//! sizes at which either hybrid path is faster than the READ.
+//!
+//! Why the READ is here: the hybrid transfer was meant for region data (data recovery's region
+//! copies, a `txn.read` of a large object), but region data is already registered, so it can be
+//! moved without the owner's NIC thread doing a copy (copy path) or a registration (zero-copy
+//! path). Whether those callers should use the hybrid transfer at all depends on this third
+//! curve.
 //!
 //! Expected, and why: a copy is one round trip to the owner's NIC thread per 64 KiB (~30 µs on
 //! `tcp;ofi_rxm` loopback, the fabric bench's READ) plus two copies of the bytes on each side
@@ -14,24 +24,23 @@
 //! zero-copy transfer is two round trips (expose, READ; the release is not answered) plus a
 //! registration and its close, which these providers make cheap (they pin nothing): ~2 times a
 //! small copy's time, growing more slowly per byte since the READ moves the bytes once through
-//! the socket. So zero copy should win from some tens of KiB on. On an RDMA NIC both change (registration pins
-//! pages, costing tens of µs for a large object; the READ costs the owner no CPU), so the
-//! threshold must be measured there.
+//! the socket. So zero copy should win over copy from some tens of KiB on. The READ is the
+//! zero-copy path without its EXPOSE round trip, registration, close and RELEASE send: it
+//! should be faster than zero copy at every size, by about one round trip; against copy, about
+//! equal for small objects (one round trip each) and faster from 64 KiB on (one round trip
+//! where copy makes one per 64 KiB, and fewer copies of the bytes). So neither hybrid path
+//! should beat the READ beyond noise. On an RDMA NIC the gap should widen: registration pins
+//! pages, and the READ costs the owner's CPU nothing.
 //!
-//! Measured on 4 December 2026, 2-core VM shared with other builds, two runs (docs/ofi.md,
-//! "Hybrid transfer", has the table): on `tcp;ofi_rxm` a small copy took ~20 µs and a small
-//! zero-copy transfer ~45–50 µs (two round trips), but both are bimodal (cells of ~120–350 µs
-//! in the same runs: whether the waiters sleep, as far as can be told); at 1 MiB copy
-//! 1.3–5.1 ms, zero copy 0.56–0.80 ms. Crossing point 16 KiB and 256 KiB in the two tables
-//! (256 KiB by criterion's medians in both); on `sockets` 256 KiB in both.
+//! Measured on 4 December 2026, 2-core VM shared with other builds (docs/ofi.md, "Hybrid
+//! transfer", has the tables).
 //!
 //! `cargo bench -p acre-benches --features ofi --bench transfer`; `-- --test` runs each case
 //! once and prints the table from that single run (not a measurement).
 
 use acre_engine::addr::{Addr, NodeId, RegionId};
-use acre_engine::fabric::ofi::transfer::TransferPath;
 use acre_engine::fabric::ofi::{OfiConfig, OfiNic, OfiTransport};
-use acre_engine::fabric::{Doorbell, NodeMemory};
+use acre_engine::fabric::{Doorbell, Fabric, NodeMemory, OP_BYTES_MAX, Transport};
 use acre_engine::region::{AccessKey, Region};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -50,6 +59,10 @@ const SIZES_BYTES: [u64; 8] = [
     256 << 10,
     1 << 20,
 ];
+// The READ path is one fabric READ of the whole object: no size here needs splitting. The fabric
+// caps one operation at `OP_BYTES_MAX` (8 MiB, checked by `Fabric::post`); the ofi transport
+// adds no cap of its own, and both providers report a `max_msg_size` of about 2^64 (`fi_info -v`).
+const _: () = assert!(SIZES_BYTES[SIZES_BYTES.len() - 1] <= OP_BYTES_MAX as u64);
 /// The owner's region: room for the largest object.
 const OBJECT_REGION: RegionId = RegionId(1);
 const OBJECT_REGION_BYTES: u64 = 1 << 20;
@@ -61,36 +74,70 @@ const PROVIDERS: [&str; 2] = ["tcp;ofi_rxm", "sockets"];
 const TABLE_SAMPLES: usize = 101;
 /// The same under `--test`, where everything runs once to show it works.
 const TABLE_SAMPLES_TEST: usize = 1;
-const PATHS: [TransferPath; 2] = [TransferPath::Copy, TransferPath::ZeroCopy];
+
+/// How the requester gets the object's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// `transfer_by_copy`: messages answered by the owner's NIC thread, 64 KiB at a time.
+    Copy,
+    /// `transfer_zero_copy`: the owner registers the range, the requester `fi_read`s it.
+    ZeroCopy,
+    /// `Fabric::read` of the owner's region, registered once when the owner started: one
+    /// `fi_read`, no registration per transfer.
+    Read,
+}
+
+const PATHS: [Path; 3] = [Path::Copy, Path::ZeroCopy, Path::Read];
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Copy => "copy",
+            Path::ZeroCopy => "zero-copy",
+            Path::Read => "read",
+        })
+    }
+}
 
 /// A requester and an owner that know each other; the owner's region holds a pattern.
 // Fields drop in order: the transports before their NIC threads, as in the fabric bench's test
 // bed.
 struct Pair {
-    requester: OfiTransport,
+    /// The requester's fabric, on the ofi transport: READs through it, transfers through its
+    /// transport.
+    requester: Fabric,
     _owner: OfiTransport,
     _nics: Vec<OfiNic>,
     key: AccessKey,
 }
 
-fn node(provider: &str, id: NodeId, region_bytes: u64) -> (OfiTransport, OfiNic, AccessKey) {
+/// The word the owner's region holds at `index`.
+fn pattern(index: usize) -> u64 {
+    index as u64 * 0x9e37_79b9_7f4a_7c15
+}
+
+fn node(
+    provider: &str,
+    id: NodeId,
+    region_bytes: u64,
+) -> (Arc<NodeMemory>, OfiTransport, OfiNic, AccessKey) {
     let doorbell = Arc::new(Doorbell::anonymous().expect("map a doorbell"));
     let memory = Arc::new(NodeMemory::new(id, doorbell));
     let region = Region::anonymous(OBJECT_REGION, region_bytes).expect("map a region");
     for (index, word) in region.words().iter().enumerate() {
-        word.store(index as u64 * 0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        word.store(pattern(index), Ordering::Relaxed);
     }
     let key = region.key();
     memory.register(Arc::new(region)).expect("register");
-    let (transport, nic) = OfiTransport::start(&OfiConfig::loopback(provider), memory)
+    let (transport, nic) = OfiTransport::start(&OfiConfig::loopback(provider), memory.clone())
         .unwrap_or_else(|e| panic!("start {provider}: {e}"));
-    (transport, nic, key)
+    (memory, transport, nic, key)
 }
 
 impl Pair {
     fn new(provider: &str) -> Pair {
-        let (requester, requester_nic, _) = node(provider, REQUESTER, 4096);
-        let (owner, owner_nic, key) = node(provider, OWNER, OBJECT_REGION_BYTES);
+        let (memory, requester, requester_nic, _) = node(provider, REQUESTER, 4096);
+        let (_, owner, owner_nic, key) = node(provider, OWNER, OBJECT_REGION_BYTES);
         requester
             .add_peer(owner.card().expect("owner's card"))
             .expect("add the owner");
@@ -98,33 +145,53 @@ impl Pair {
             .add_peer(requester.card().expect("requester's card"))
             .expect("add the requester");
         let pair = Pair {
-            requester,
+            requester: Fabric::new(memory, Transport::Ofi(requester)),
             _owner: owner,
             _nics: vec![requester_nic, owner_nic],
             key,
         };
-        // Both paths move the same bytes (and the first operation makes the connection).
+        // The three paths move the same bytes, the owner's pattern (and the first operation
+        // makes the connection).
         for len in SIZES_BYTES {
-            let copy = pair.transfer(TransferPath::Copy, len);
-            let zero = pair.transfer(TransferPath::ZeroCopy, len);
-            assert!(copy == zero, "{len} bytes: the paths disagree");
+            let expected: Vec<u8> = (0..len as usize / 8)
+                .flat_map(|index| pattern(index).to_le_bytes())
+                .collect();
+            for path in PATHS {
+                let bytes = pair.transfer(path, len);
+                assert!(
+                    bytes == expected,
+                    "{len} bytes by {path}: not the owner's bytes"
+                );
+            }
         }
         pair
     }
 
-    fn transfer(&self, path: TransferPath, len: u64) -> Vec<u8> {
-        let addr = Addr::new(OBJECT_REGION, 0);
-        let result = match path {
-            TransferPath::Copy => self.requester.transfer_by_copy(OWNER, addr, self.key, len),
-            TransferPath::ZeroCopy => self
-                .requester
-                .transfer_zero_copy(OWNER, addr, self.key, len),
+    fn ofi(&self) -> &OfiTransport {
+        let Transport::Ofi(ofi) = self.requester.transport() else {
+            unreachable!("the requester's fabric is built on the ofi transport")
         };
-        result.unwrap_or_else(|e| panic!("{path} of {len} bytes: {e}"))
+        ofi
+    }
+
+    fn transfer(&self, path: Path, len: u64) -> Vec<u8> {
+        let addr = Addr::new(OBJECT_REGION, 0);
+        match path {
+            Path::Copy => self.ofi().transfer_by_copy(OWNER, addr, self.key, len),
+            Path::ZeroCopy => self.ofi().transfer_zero_copy(OWNER, addr, self.key, len),
+            Path::Read => {
+                let len = u32::try_from(len).expect("sizes fit a READ (asserted above)");
+                return self
+                    .requester
+                    .read(OWNER, addr, self.key, len)
+                    .unwrap_or_else(|e| panic!("{path} of {len} bytes: {e}"));
+            }
+        }
+        .unwrap_or_else(|e| panic!("{path} of {len} bytes: {e}"))
     }
 
     /// The median of `samples` individually timed transfers.
-    fn median(&self, path: TransferPath, len: u64, samples: usize) -> Duration {
+    fn median(&self, path: Path, len: u64, samples: usize) -> Duration {
         let mut times: Vec<Duration> = (0..samples)
             .map(|_| {
                 let started = Instant::now();
@@ -162,32 +229,56 @@ fn bench_provider(c: &mut Criterion, provider: &str, pair: &Pair) {
     group.finish();
 }
 
-/// Both curves for `provider` and where they cross.
+/// The smallest size from which `wins` holds at every larger size measured.
+fn crossing(wins: &[(u64, bool)]) -> Option<u64> {
+    (0..wins.len())
+        .find(|&from| wins[from..].iter().all(|&(_, win)| win))
+        .map(|from| wins[from].0)
+}
+
+/// The sizes at which `wins` holds, or "none".
+fn sizes_where(wins: &[(u64, bool)]) -> String {
+    let sizes: Vec<String> = wins
+        .iter()
+        .filter(|&&(_, win)| win)
+        .map(|&(len, _)| size_name(len))
+        .collect();
+    if sizes.is_empty() {
+        "none".to_string()
+    } else {
+        sizes.join(", ")
+    }
+}
+
+/// The three curves for `provider`, where copy and zero copy cross, and where either hybrid
+/// path beats the plain READ.
 fn report(provider: &str, pair: &Pair, samples: usize) -> String {
     let mut out = format!(
         "transfer on {provider}: median of {samples} transfers per size and path (µs)\n\
-         {:>9}  {:>10}  {:>10}\n",
-        "size", "copy", "zero-copy"
+         {:>9}  {:>10}  {:>10}  {:>10}\n",
+        "size", "copy", "zero-copy", "read"
     );
-    let mut faster = Vec::new();
+    let mut zero_beats_copy = Vec::new();
+    let mut copy_beats_read = Vec::new();
+    let mut zero_beats_read = Vec::new();
     for len in SIZES_BYTES {
-        let copy = pair.median(TransferPath::Copy, len, samples);
-        let zero = pair.median(TransferPath::ZeroCopy, len, samples);
+        let copy = pair.median(Path::Copy, len, samples);
+        let zero = pair.median(Path::ZeroCopy, len, samples);
+        let read = pair.median(Path::Read, len, samples);
         out.push_str(&format!(
-            "{:>9}  {:>10.1}  {:>10.1}\n",
+            "{:>9}  {:>10.1}  {:>10.1}  {:>10.1}\n",
             size_name(len),
             copy.as_secs_f64() * 1e6,
-            zero.as_secs_f64() * 1e6
+            zero.as_secs_f64() * 1e6,
+            read.as_secs_f64() * 1e6
         ));
-        faster.push((len, zero < copy));
+        zero_beats_copy.push((len, zero < copy));
+        copy_beats_read.push((len, copy < read));
+        zero_beats_read.push((len, zero < read));
     }
-    // The smallest size from which zero copy wins at every larger size measured.
-    let crossing = (0..faster.len())
-        .find(|&from| faster[from..].iter().all(|&(_, zero_wins)| zero_wins))
-        .map(|from| faster[from].0);
-    match crossing {
+    match crossing(&zero_beats_copy) {
         Some(len) => out.push_str(&format!(
-            "transfer on {provider}: crossing point {} (zero copy faster from there on)\n",
+            "transfer on {provider}: crossing point {} (zero copy faster than copy from there on)\n",
             size_name(len)
         )),
         None => out.push_str(&format!(
@@ -195,6 +286,12 @@ fn report(provider: &str, pair: &Pair, samples: usize) -> String {
             size_name(SIZES_BYTES[SIZES_BYTES.len() - 1])
         )),
     }
+    out.push_str(&format!(
+        "transfer on {provider}: copy faster than read at: {}\n\
+         transfer on {provider}: zero copy faster than read at: {}\n",
+        sizes_where(&copy_beats_read),
+        sizes_where(&zero_beats_read)
+    ));
     if samples < 3 {
         out.push_str("(one sample per cell under --test: not a measurement)\n");
     }

@@ -32,8 +32,13 @@
 //! should beat the READ beyond noise. On an RDMA NIC the gap should widen: registration pins
 //! pages, and the READ costs the owner's CPU nothing.
 //!
-//! Measured on 4 December 2026, 2-core VM shared with other builds (docs/ofi.md, "Hybrid
-//! transfer", has the tables).
+//! Measured on 4 December 2026, two runs on the 2-core VM shared with other builds (load
+//! average 6–15; docs/ofi.md, "Hybrid transfer", has the tables): on `tcp;ofi_rxm` the READ
+//! was the fastest path from 4 KiB on in both runs (23–35 µs up to 64 KiB, 360–389 µs at
+//! 1 MiB, against 519–524 µs zero copy and 3.7–7.9 ms copy); zero copy never beat it; copy
+//! beat it by 2–13 µs at 64 B–1 KiB in one run only. On `sockets` the hybrid paths beat the
+//! READ only in cells where its median was ~6 ms (the provider's millisecond stalls) and once
+//! at 256 KiB. Copy and zero copy crossed at 256 KiB on both providers in both runs.
 //!
 //! `cargo bench -p acre-benches --features ofi --bench transfer`; `-- --test` runs each case
 //! once and prints the table from that single run (not a measurement).

@@ -404,24 +404,27 @@ impl ProcessNode {
     }
 
     /// NEW-CONFIG (docs/failures.md#reconfiguration): the node adopts `newer`
-    /// ([`ReplicaNode::adopt`]: the copies it asks of this node, then the configuration),
-    /// republishes its manifest so that the others find the areas it created before the
-    /// configuration is committed, and on tcp serves only `newer`'s members from now on (its
-    /// NIC thread closes connections of removed nodes and of configurations older than
-    /// `newer`) and dials with `newer`'s id.
+    /// ([`ReplicaNode::adopt`]: the copies it asks of this node, then the configuration), serves
+    /// only `newer`'s members from now on (on tcp its NIC thread closes connections of removed
+    /// nodes and of configurations older than `newer`; on ofi it neither executes nor answers
+    /// their messages), republishes its manifest so that the others find the areas it created
+    /// before the configuration is committed, and on tcp dials with `newer`'s id.
     pub fn adopt(&self, newer: Arc<Configuration>) -> Result<(), AdoptError> {
         let id = newer.id;
         let members = newer.members().collect::<Vec<_>>();
         let adopted = self.replica().adopt(newer)?;
+        // The NIC thread serves the new members before the manifest that lets a new member
+        // reach this node is published (on ofi a message of a node it does not serve is not
+        // answered at all: its sender would wait out a timeout).
+        if let Some(nic) = &self.nic {
+            nic.set_membership(Membership::new(id, members));
+        }
         if !adopted.new_areas.is_empty() {
             self.publish()
                 .map_err(|source| AdoptError::Publish { config: id, source })?;
         }
         if let Transport::Tcp(tcp) = self.txn().fabric().transport() {
             tcp.set_configuration(id);
-        }
-        if let Some(nic) = &self.nic {
-            nic.set_membership(Membership::new(id, members));
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ use super::rows::{
     Address, Customer, DistrictRows, History, Item, Order, OrderLine, Stock, Warehouse,
 };
 use acre_engine::hash::FastMap;
-use acre_replication::db::{Addr, Db, Error, IndexError, Txn};
+use acre_replication::db::{Addr, CommitError, Db, Error, IndexError, Txn, TxnError};
 use acre_txn::index::{BTree, HashTable};
 use anyhow::Context;
 use std::collections::{BTreeSet, HashMap};
@@ -890,21 +890,45 @@ impl AcreClient {
         }
     }
 
-    /// Runs `body` in transactions of at most [`LOAD_ROWS_PER_TXN`] of `rows`.
+    /// Runs `body` in transactions of at most [`LOAD_ROWS_PER_TXN`] of `rows` (fewer where a
+    /// transaction of that many is too large: [`AcreTpcc::load_chunk`]).
     fn load_rows<R>(
         &self,
         rows: &[R],
         mut body: impl FnMut(&Tables, &mut Txn, &R) -> Result<(), Error>,
     ) -> anyhow::Result<()> {
         for chunk in rows.chunks(LOAD_ROWS_PER_TXN) {
-            self.db.run(|txn| {
-                for row in chunk {
-                    body(&self.tables, txn, row)?;
-                }
-                Ok(())
-            })?;
+            self.load_chunk(chunk, &mut body)?;
         }
         Ok(())
+    }
+
+    /// Loads `chunk` in one transaction, or, if that is too large (its allocations went to
+    /// regions on other nodes, each a request: while the warehouse's region is full and the CM
+    /// adds regions, they can exceed a transaction's replies), in two halves, and so on.
+    fn load_chunk<R>(
+        &self,
+        chunk: &[R],
+        body: &mut impl FnMut(&Tables, &mut Txn, &R) -> Result<(), Error>,
+    ) -> anyhow::Result<()> {
+        let loaded = self.db.run(|txn| {
+            for row in chunk {
+                body(&self.tables, txn, row)?;
+            }
+            Ok(())
+        });
+        match loaded {
+            Err(
+                Error::Txn(TxnError::TxnTooLarge { .. })
+                | Error::Index(IndexError::Txn(TxnError::TxnTooLarge { .. }))
+                | Error::Commit(CommitError::TxnTooLarge { .. }),
+            ) if chunk.len() > 1 => {
+                let (first, second) = chunk.split_at(chunk.len() / 2);
+                self.load_chunk(first, body)?;
+                self.load_chunk(second, body)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// The object warehouse `w_id`'s rows are allocated near (its W_YTD object, created by

@@ -11,20 +11,18 @@ use crate::fabric::{Completion, OP_BYTES_MAX, Op, OpError, OpResult};
 use crate::region::{AccessError, Region};
 use std::sync::atomic::Ordering;
 
-/// A NIC thread's answer to one request message of a transport whose READ and WRITE are
+/// A NIC thread's answer to `request`, a message of a transport whose READ and WRITE are
 /// one-sided (ofi, verbs), so that only PERSIST, NOTIFY and CAS come as messages: executed on
 /// `memory` while its lease is open, `LeaseExpired` otherwise; READ and WRITE are a protocol
-/// error naming `transport`. `None` if `bytes` is not a REQUEST frame (nothing to answer).
-pub fn answer_message(
+/// error naming `transport`.
+pub fn answer_request(
     memory: &NodeMemory,
-    bytes: &[u8],
+    request: crate::fabric::tcp::frame::Request,
     transport: &str,
-) -> Option<crate::fabric::tcp::frame::Response> {
-    use crate::fabric::tcp::frame::{self, Frame, Request, Response};
+) -> crate::fabric::tcp::frame::Response {
+    use crate::fabric::tcp::frame::{Request, Response};
     let me = memory.node_id();
-    let Ok(Some((Frame::Request(Request { request_id, op }), _))) = frame::decode(bytes) else {
-        return None;
-    };
+    let Request { request_id, op } = request;
     let result = match op {
         Op::Persist { .. } | Op::Notify | Op::Cas { .. } if !memory.lease_is_open() => {
             Err(OpError::LeaseExpired { node: me })
@@ -37,7 +35,7 @@ pub fn answer_message(
             ),
         }),
     };
-    Some(Response { request_id, result })
+    Response { request_id, result }
 }
 
 /// Payload bytes an operation moves.

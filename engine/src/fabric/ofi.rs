@@ -101,41 +101,45 @@ const RECEIVES_POSTED: usize = 16;
 const MESSAGE_BYTES_MAX: usize = 2048;
 /// Completion entries read per call.
 const ENTRIES_PER_READ: usize = 16;
-/// A message's tag: the sender's node id in the top 16 bits, then the fingerprint of the
-/// sender's initiator endpoint name ([`name_fingerprint`]) in 16 bits, then [`TAG_TRANSFER_BIT`],
-/// then the batch's sequence number in the low 31 bits.
+/// A message's tag: the sender's node id in the top 16 bits, then [`TAG_TRANSFER_BIT`], then
+/// the batch's sequence number in the low 47 bits (a reply receive matches its exact tag, so the
+/// sequence must not come round while a late reply to an earlier batch may still be parked at
+/// the initiator: at a million batches a second, 2^47 takes four years).
 const TAG_NODE_SHIFT: u32 = 48;
-const TAG_FINGERPRINT_SHIFT: u32 = 32;
 /// The tag bit that marks a message of the hybrid transfer ([`transfer`]) rather than a
 /// REQUEST frame; the sequence number is below it.
-const TAG_TRANSFER_BIT: u64 = 1 << 31;
+const TAG_TRANSFER_BIT: u64 = 1 << 47;
 
-/// The tag of a message `me`, whose initiator endpoint name has fingerprint `fingerprint`,
-/// sends in batch `batch`: the reply comes back with the same one.
-fn message_tag(me: NodeId, fingerprint: u16, batch: u64, transfer: bool) -> u64 {
+/// The tag of a message `me` sends in batch `batch`: the reply comes back with the same one.
+fn message_tag(me: NodeId, batch: u64, transfer: bool) -> u64 {
     let seq = batch & (TAG_TRANSFER_BIT - 1);
     let kind = if transfer { TAG_TRANSFER_BIT } else { 0 };
-    ((me.0 as u64) << TAG_NODE_SHIFT) | ((fingerprint as u64) << TAG_FINGERPRINT_SHIFT) | kind | seq
+    ((me.0 as u64) << TAG_NODE_SHIFT) | kind | seq
 }
 
-/// The sender a message's tag names, and the fingerprint of its initiator endpoint's name.
-fn tag_sender(tag: u64) -> (NodeId, u16) {
-    (
-        NodeId((tag >> TAG_NODE_SHIFT) as u16),
-        (tag >> TAG_FINGERPRINT_SHIFT) as u16,
-    )
+/// The sender a message's tag names.
+fn tag_sender(tag: u64) -> NodeId {
+    NodeId((tag >> TAG_NODE_SHIFT) as u16)
 }
 
-/// 16 bits of an endpoint name (FNV-1a, folded). A message carries its sender's in its tag, so
-/// that a NIC thread holding the card of an earlier process of the same node id (a client that
-/// restarted, with new endpoints) sees that it would answer the wrong endpoint and looks the
-/// card up again. Two names share one with odds of 1 in 65,536; the earlier process is then
-/// answered instead, and the new one's request times out.
-fn name_fingerprint(name: &[u8]) -> u16 {
+/// The request id of a REQUEST frame sent in batch `batch` by a node whose initiator endpoint's
+/// name has fingerprint `fingerprint`: the fingerprint in the high 32 bits, the batch's low 32
+/// bits below. The RESPONSE echoes it, and the initiator checks it.
+fn request_id(fingerprint: u32, batch: u64) -> u64 {
+    ((fingerprint as u64) << 32) | (batch & 0xffff_ffff)
+}
+
+/// 32 bits of an endpoint name (FNV-1a, folded). Every request carries its sender's (a REQUEST
+/// frame in its request id, a transfer request in its last field), so that a NIC thread holding
+/// the card of an earlier process of the same node id (a client that restarted, with new
+/// endpoints) sees that it would answer the wrong endpoint and looks the card up again. Two
+/// names share one with odds of 1 in 2^32; the earlier process's endpoint is then answered
+/// instead, and the new one's requests time out until its card is looked up for another reason.
+fn name_fingerprint(name: &[u8]) -> u32 {
     let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
         (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
     });
-    (hash ^ (hash >> 16) ^ (hash >> 32) ^ (hash >> 48)) as u16
+    (hash ^ (hash >> 32)) as u32
 }
 
 /// Providers whose atomics are known to be atomic against the target CPU's own atomics on the
@@ -357,13 +361,34 @@ impl Node {
     /// `node` as a peer this node's NIC thread can answer a message of, whose initiator
     /// endpoint's name has `fingerprint`: as [`Node::peer_or_find`], and if the card known has
     /// another endpoint (an earlier process of that node id), the card is looked up again.
-    fn peer_to_answer(&self, node: NodeId, fingerprint: u16) -> Option<Arc<Peer>> {
+    fn peer_to_answer(&self, node: NodeId, fingerprint: u32) -> Option<Arc<Peer>> {
         let peer = self.peer_or_find(node)?;
         if name_fingerprint(&peer.card.initiator_name) == fingerprint {
             return Some(peer);
         }
         self.find(node)
             .filter(|found| name_fingerprint(&found.card.initiator_name) == fingerprint)
+    }
+
+    /// Runs `execute` (a request of `sender`, whose initiator endpoint's name has
+    /// `fingerprint`) if this node serves `sender` and can answer it there
+    /// ([`Node::peer_to_answer`]): the peer to answer and what `execute` returned. It runs under
+    /// the membership's lock, so once [`OfiNic::set_membership`] has returned, nothing of a node
+    /// it removed runs any more.
+    fn serving<R>(
+        &self,
+        sender: NodeId,
+        fingerprint: u32,
+        execute: impl FnOnce() -> R,
+    ) -> Option<(Arc<Peer>, R)> {
+        let peer = self.peer_to_answer(sender, fingerprint)?;
+        let membership = self.membership.read().expect(crate::POISONED);
+        if membership.as_ref().is_some_and(|m| !m.contains(sender)) {
+            return None;
+        }
+        let result = execute();
+        drop(membership);
+        Some((peer, result))
     }
 
     /// Asks the card source for `node`'s card again (its areas grew, or it restarted) and
@@ -556,8 +581,8 @@ pub struct OfiTransport {
     /// CAS is `fi_compare_atomic` (the provider has atomics and the configuration wants them).
     atomics: bool,
     batch_seq: AtomicU64,
-    /// The fingerprint of this node's initiator endpoint name, in the tag of every message.
-    fingerprint: u16,
+    /// The fingerprint of this node's initiator endpoint name, in every request it sends.
+    fingerprint: u32,
     /// Operation slots leaked because the provider might still write into them (their
     /// operation neither completed nor could be withdrawn in time).
     slots_leaked: AtomicU64,
@@ -776,12 +801,7 @@ impl OfiTransport {
 
     /// The tag of a message this node sends in batch `batch` ([`message_tag`]).
     fn message_tag(&self, batch: u64, transfer: bool) -> u64 {
-        message_tag(
-            self.node.memory.node_id(),
-            self.fingerprint,
-            batch,
-            transfer,
-        )
+        message_tag(self.node.memory.node_id(), batch, transfer)
     }
 
     /// The provider as libfabric names it.
@@ -1121,7 +1141,7 @@ impl OfiTransport {
     ) -> Result<(), String> {
         let tag = self.message_tag(batch, false);
         slot.bytes = frame::encode_to_vec(&Frame::Request(Request {
-            request_id: tag,
+            request_id: request_id(self.fingerprint, batch),
             op: op.clone(),
         }));
         slot.reply = vec![0; MESSAGE_BYTES_MAX];
@@ -1615,20 +1635,20 @@ fn serve(node: &Node, mut receives: ManuallyDrop<Vec<Box<ReceiveSlot>>>) {
             (NIC_SEND, index) => nic.sent(index),
             (NIC_RECEIVE, index) => {
                 let slot = &mut receives[index as usize];
-                let (sender, fingerprint) = tag_sender(tag);
+                let sender = tag_sender(tag);
                 let bytes = &slot.buf[..len.min(slot.buf.len())];
                 // Nothing of a non-member's request is executed (nor of one whose card cannot
                 // be found: there would be nowhere to answer it).
-                let response = if failed || node.peer_to_answer(sender, fingerprint).is_none() {
+                let answer = if failed {
                     None
                 } else if tag & TAG_TRANSFER_BIT != 0 {
-                    transfer::answer(node, sender, tag, bytes)
+                    transfer::serve(node, sender, tag, bytes)
                 } else {
-                    exec::answer_message(&node.memory, bytes, "ofi")
+                    serve_request(node, sender, bytes)
                 };
                 repost(node, slot);
-                if let Some(response) = response {
-                    nic.respond(sender, tag, response);
+                if let Some((peer, response)) = answer {
+                    nic.respond(&peer, tag, response);
                 }
             }
             (batch, index) => panic!("a completion of unknown context {batch}/{index}"),
@@ -1676,10 +1696,8 @@ impl Nic<'_> {
     /// for [`RESPONSE_RETRY_TIMEOUT`] at most. A response that cannot be sent (the initiator
     /// unreachable, or [`SENDS_IN_FLIGHT_PER_PEER_MAX`] responses to it still in flight) is
     /// dropped, and said so: its requester times out, and the thread goes on serving others.
-    fn respond(&mut self, sender: NodeId, tag: u64, response: Response) {
-        let Some(peer) = self.node.peer(sender) else {
-            return; // not a peer (any more): nowhere to answer
-        };
+    fn respond(&mut self, peer: &Peer, tag: u64, response: Response) {
+        let sender = peer.card.node;
         let in_flight = self.sends_by_peer.get(&sender).copied().unwrap_or(0);
         if in_flight >= SENDS_IN_FLIGHT_PER_PEER_MAX {
             self.dropped(sender, tag, "its earlier responses are not sent yet");
@@ -1752,6 +1770,19 @@ impl Nic<'_> {
             self.node.memory.node_id()
         );
     }
+}
+
+/// A REQUEST frame from `sender` in `bytes`, executed if the sender is a member this node can
+/// answer at the endpoint it sent from ([`Node::serving`]): the peer to answer and the response.
+/// `None` if `bytes` are not a request frame, or the sender is not served.
+fn serve_request(node: &Node, sender: NodeId, bytes: &[u8]) -> Option<(Arc<Peer>, Response)> {
+    let Ok(Some((Frame::Request(request), _))) = frame::decode(bytes) else {
+        return None; // not a request frame: nothing to answer
+    };
+    let fingerprint = (request.request_id >> 32) as u32;
+    node.serving(sender, fingerprint, || {
+        exec::answer_request(&node.memory, request, "ofi")
+    })
 }
 
 fn repost(node: &Node, slot: &mut ReceiveSlot) {

@@ -905,18 +905,21 @@ mod transfer {
         }
     }
 
-    /// The EXPOSE request's bytes (`ofi::transfer`'s format): kind 2, address, key, length.
+    /// The EXPOSE request's bytes (`ofi::transfer`'s format): kind 2, address, key, length,
+    /// the requester's fingerprint (0 here).
     fn expose_request(addr: Addr, key: AccessKey, len: u32) -> Vec<u8> {
         let mut bytes = vec![2];
         bytes.extend_from_slice(&addr.to_u64().to_le_bytes());
         bytes.extend_from_slice(&key.0.to_le_bytes());
         bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
         bytes
     }
 
     fn release_request(mr_key: u64) -> Vec<u8> {
         let mut bytes = vec![3];
         bytes.extend_from_slice(&mr_key.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
         bytes
     }
 

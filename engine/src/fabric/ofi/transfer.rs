@@ -159,7 +159,8 @@ pub enum TransferError {
 
 /// A request of the transfer to the owner's NIC thread. Little-endian:
 /// `kind u8 | addr u64 | key u64 | len u32` for COPY and EXPOSE, `kind u8 | mr_key u64` for
-/// RELEASE.
+/// RELEASE, each followed by `fingerprint u32`, the requester's initiator endpoint's
+/// ([`super::name_fingerprint`]: where the NIC thread is to answer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TransferRequest {
     Copy {
@@ -180,11 +181,11 @@ enum TransferRequest {
 const KIND_COPY: u8 = 1;
 const KIND_EXPOSE: u8 = 2;
 const KIND_RELEASE: u8 = 3;
-const RANGE_REQUEST_BYTES: usize = 1 + 8 + 8 + 4;
-const RELEASE_REQUEST_BYTES: usize = 1 + 8;
+const RANGE_REQUEST_BYTES: usize = 1 + 8 + 8 + 4 + 4;
+const RELEASE_REQUEST_BYTES: usize = 1 + 8 + 4;
 
 impl TransferRequest {
-    fn encode(&self) -> Vec<u8> {
+    fn encode(&self, fingerprint: u32) -> Vec<u8> {
         let mut out = Vec::with_capacity(RANGE_REQUEST_BYTES);
         match *self {
             TransferRequest::Copy { addr, key, len }
@@ -204,13 +205,16 @@ impl TransferRequest {
                 out.extend_from_slice(&mr_key.to_le_bytes());
             }
         }
+        out.extend_from_slice(&fingerprint.to_le_bytes());
         out
     }
 
-    /// The request in `bytes`, or `None` if they are not exactly one.
-    fn decode(bytes: &[u8]) -> Option<TransferRequest> {
+    /// The request in `bytes` and its requester's fingerprint, or `None` if they are not
+    /// exactly one.
+    fn decode(bytes: &[u8]) -> Option<(TransferRequest, u32)> {
         let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
-        match (bytes.first()?, bytes.len()) {
+        let fingerprint = u32::from_le_bytes(bytes.last_chunk::<4>()?.to_owned());
+        let request = match (bytes.first()?, bytes.len()) {
             (&KIND_COPY | &KIND_EXPOSE, RANGE_REQUEST_BYTES) => {
                 let addr = Addr::from_u64(u64_at(1)?);
                 let key = AccessKey(u64_at(9)?);
@@ -225,7 +229,8 @@ impl TransferRequest {
                 Some(TransferRequest::Release { mr_key: u64_at(1)? })
             }
             _ => None,
-        }
+        }?;
+        Some((request, fingerprint))
     }
 }
 
@@ -265,11 +270,39 @@ impl Exposures {
     }
 }
 
-/// The NIC thread's answer to a transfer request from `sender`, or `None` if `bytes` are not
-/// one (nothing to answer) or are a RELEASE, which is not answered: its requester does not wait
-/// for it.
+/// A transfer request from `sender` in `bytes`, carried out if the sender is a member this node
+/// can answer at the endpoint it sent from ([`Node::serving`]): the peer to answer and the
+/// answer, or `None` if `bytes` are not a request (nothing to answer), the sender is not served,
+/// or it is a RELEASE, which is not answered: its requester does not wait for it.
+pub(super) fn serve(
+    node: &Node,
+    sender: NodeId,
+    tag: u64,
+    bytes: &[u8],
+) -> Option<(Arc<Peer>, Response)> {
+    let (request, fingerprint) = TransferRequest::decode(bytes)?;
+    let (peer, response) = node.serving(sender, fingerprint, || {
+        answer_request(node, sender, tag, request)
+    })?;
+    Some((peer, response?))
+}
+
+/// The answer to the transfer request in `bytes` as [`serve`] gives it, without asking whether
+/// the sender is served: what the tests of the owner's side call.
+#[cfg(test)]
 pub(super) fn answer(node: &Node, sender: NodeId, tag: u64, bytes: &[u8]) -> Option<Response> {
-    let request = TransferRequest::decode(bytes)?;
+    let (request, _) = TransferRequest::decode(bytes)?;
+    answer_request(node, sender, tag, request)
+}
+
+/// The NIC thread's answer to `sender`'s transfer request, or `None` for a RELEASE, which is
+/// not answered.
+fn answer_request(
+    node: &Node,
+    sender: NodeId,
+    tag: u64,
+    request: TransferRequest,
+) -> Option<Response> {
     let me = node.memory.node_id();
     // A lapsed lease refuses what reads the owner's memory; a release only closes a
     // registration, which is always safe and frees what a lapsed owner should not keep open.
@@ -570,7 +603,7 @@ impl OfiTransport {
         let batch = self.batch_seq.fetch_add(1, Ordering::Relaxed);
         let tag = self.message_tag(batch, true);
         let mut slots = Slots(vec![Box::new(OpSlot::new(batch, 0))]);
-        slots[0].bytes = request.encode();
+        slots[0].bytes = request.encode(self.fingerprint);
         slots[0].reply = vec![0; reply_bytes];
         slots[0].call = "fi_tsend/fi_trecv (a transfer message to the NIC thread)";
         // Open before anything is posted: the answer may be read by any waiter.
@@ -593,7 +626,7 @@ impl OfiTransport {
         let batch = self.batch_seq.fetch_add(1, Ordering::Relaxed);
         let tag = self.message_tag(batch, true);
         let mut slots = Slots(vec![Box::new(OpSlot::new(batch, 0))]);
-        slots[0].bytes = TransferRequest::Release { mr_key }.encode();
+        slots[0].bytes = TransferRequest::Release { mr_key }.encode(self.fingerprint);
         slots[0].call = "fi_tsend (a release to the NIC thread)";
         let (request, request_len) = (slots[0].bytes.as_ptr(), slots[0].bytes.len());
         let context = slots[0].context();

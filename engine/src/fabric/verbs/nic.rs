@@ -17,8 +17,8 @@ use super::staging::Staging;
 use super::work::MESSAGE_BYTES_MAX;
 use super::{Node, SLEEP_SLICE, SPIN_POLLS_MAX, random_psn};
 use crate::addr::NodeId;
-use crate::fabric::tcp::frame::{self, Frame};
 use crate::fabric::exec;
+use crate::fabric::tcp::frame::{self, Frame};
 use crate::hash::FastMap;
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -360,9 +360,10 @@ fn serve<V: Verbs>(node: &Node<V>) {
                 broken.push(wc.qp_num);
                 continue;
             }
-            let Some(response) = exec::answer_message(&node.memory, &request, "verbs") else {
-                continue; // not a request: nothing to answer
+            let Ok(Some((Frame::Request(request), _))) = frame::decode(&request) else {
+                continue; // not a request frame: nothing to answer
             };
+            let response = exec::answer_request(&node.memory, request, "verbs");
             let Some(send) = responder.sends_free.pop() else {
                 eprintln!(
                     "acre: verbs NIC thread of {}: dropped a response to {}: {SENDS_PER_RESPONDER} \

@@ -109,6 +109,9 @@ pub struct OfiEntry {
     pub target: String,
     /// The initiator endpoint's name (where the node's NIC thread answers it), in hex.
     pub initiator: String,
+    /// The configuration whose members the grants are for; absent while the node serves none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<u64>,
     pub areas: Vec<OfiAreaEntry>,
 }
 
@@ -120,10 +123,20 @@ pub struct OfiAreaEntry {
     pub bytes: u64,
     /// The access key, 16 hex digits.
     pub key: String,
-    /// The registration's key, 16 hex digits.
-    pub mr_key: String,
-    /// The registration's base address, 16 hex digits.
+    /// The registrations' base address, 16 hex digits.
     pub base: String,
+    /// One registration per node that may reach the area.
+    pub grants: Vec<OfiGrantEntry>,
+}
+
+/// One registration of an [`OfiAreaEntry`]: the node it is for (absent: every node) and its key,
+/// 16 hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfiGrantEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    pub mr_key: String,
 }
 
 fn invalid(message: String) -> io::Error {

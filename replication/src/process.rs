@@ -406,9 +406,10 @@ impl ProcessNode {
     /// NEW-CONFIG (docs/failures.md#reconfiguration): the node adopts `newer`
     /// ([`ReplicaNode::adopt`]: the copies it asks of this node, then the configuration), serves
     /// only `newer`'s members from now on (on tcp its NIC thread closes connections of removed
-    /// nodes and of configurations older than `newer`; on ofi it neither executes nor answers
-    /// their messages), republishes its manifest so that the others find the areas it created
-    /// before the configuration is committed, and on tcp dials with `newer`'s id.
+    /// nodes and of configurations older than `newer`; on ofi it closes their registrations and
+    /// neither executes nor answers their messages), republishes its manifest so that the
+    /// others find the areas it created (and on ofi their registration keys) before the
+    /// configuration is committed, and on tcp dials with `newer`'s id.
     pub fn adopt(&self, newer: Arc<Configuration>) -> Result<(), AdoptError> {
         let id = newer.id;
         let members = newer.members().collect::<Vec<_>>();
@@ -419,7 +420,11 @@ impl ProcessNode {
         if let Some(nic) = &self.nic {
             nic.set_membership(Membership::new(id, members));
         }
-        if !adopted.new_areas.is_empty() {
+        let card_changed = self
+            .nic
+            .as_ref()
+            .is_some_and(NodeNic::card_follows_membership);
+        if !adopted.new_areas.is_empty() || card_changed {
             self.publish()
                 .map_err(|source| AdoptError::Publish { config: id, source })?;
         }

@@ -522,7 +522,8 @@ fn a_primary_killed_during_the_bank_loses_nothing() {
 }
 
 /// As over shm and tcp: the others reach the new primary's copies through the cards in the
-/// manifests, and the survivors' NIC threads stop serving the dead node.
+/// manifests, and the survivors stop serving the dead node: their NIC threads refuse its
+/// messages and their cards grant it no registration (closed: the fence).
 #[cfg(feature = "ofi")]
 #[test]
 fn a_primary_killed_during_the_bank_loses_nothing_over_ofi() {
@@ -563,6 +564,26 @@ fn primary_killed_during_the_bank(transport: &str) {
     assert!(shown.contains("invariant held"), "{transport}: {shown}");
     let after = cluster.status();
     assert!(!after.committed.nodes.contains(&NodeId(2)), "{after:?}");
+    if transport == "ofi" {
+        // The fence: every survivor closed n2's registrations, and its card grants it none.
+        for node in &after.committed.nodes {
+            let manifest = NodeManifest::read(&cluster.dir, *node)
+                .expect("read a manifest")
+                .expect("a survivor's manifest");
+            let card = manifest.ofi.expect("an ofi card");
+            assert!(card.config.is_some(), "{node}: {card:?}");
+            for area in &card.areas {
+                assert!(
+                    area.grants
+                        .iter()
+                        .all(|g| g.node.is_some_and(|n| n != NodeId(2))),
+                    "{node} grants region {} to n2 or to every node: {:?}",
+                    area.id,
+                    area.grants
+                );
+            }
+        }
+    }
     check_no_transfer_lost(&db, &counted, transport);
     bank_holds(cluster.dir());
 }

@@ -231,11 +231,32 @@ pub struct OfiArea {
     pub id: RegionId,
     pub key: AccessKey,
     pub bytes: u64,
-    /// The registration's key, which the provider checks.
-    pub mr_key: u64,
     /// The registration's base address (remote addresses are `base + offset` on providers that
     /// use virtual addresses, offsets otherwise).
     pub base: u64,
+    /// The area's registrations, one per node that may reach it ([`OfiGrant`]).
+    pub grants: Vec<OfiGrant>,
+}
+
+impl OfiArea {
+    /// The registration key `node`'s operations on the area use: its own grant's, or that of
+    /// a grant to every node; `None` if it has neither.
+    pub fn mr_key_for(&self, node: NodeId) -> Option<u64> {
+        let grant = |to: Option<NodeId>| self.grants.iter().find(|g| g.node == to);
+        grant(Some(node)).or_else(|| grant(None)).map(|g| g.mr_key)
+    }
+}
+
+/// A registration of an area for one node (or, for a node that serves no configuration, for
+/// every node): closing it revokes that node's one-sided access alone (the fence,
+/// docs/failures.md#fencing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfiGrant {
+    /// The node it is for; `None`: every node. Observers ([`NodeId::OBSERVER`]) get one that
+    /// allows READ only.
+    pub node: Option<NodeId>,
+    /// The registration's key, which the provider checks.
+    pub mr_key: u64,
 }
 
 /// What a peer needs to reach a node: its provider, endpoint names and registered areas.
@@ -245,14 +266,31 @@ pub struct OfiCard {
     pub provider: String,
     pub target_name: Vec<u8>,
     pub initiator_name: Vec<u8>,
+    /// The configuration whose members the grants are for; `None` while the node serves none
+    /// (every area then has one grant, to every node).
+    pub config: Option<u64>,
     pub areas: Vec<OfiArea>,
 }
 
-/// One memory registration, holding its area mapped for as long as it exists.
+/// An area's registrations, holding it mapped for as long as any exists.
 struct Registration {
+    /// Its grants are those of `mrs`, in the same order.
     area: OfiArea,
-    _region: Arc<Region>,
-    mr: *mut sys::RawMr,
+    mrs: Vec<*mut sys::RawMr>,
+    region: Arc<Region>,
+}
+
+/// Who gets a registration of every area while a node serves `membership`: each member, and
+/// observers (READ only); every node while it serves none.
+fn grantees(membership: Option<&Membership>) -> Vec<Option<NodeId>> {
+    match membership {
+        None => vec![None],
+        Some(membership) => membership
+            .members()
+            .chain([NodeId::OBSERVER])
+            .map(Some)
+            .collect(),
+    }
 }
 
 /// Where a node finds the cards of nodes it does not know yet ([`OfiTransport::find_cards_with`]).
@@ -270,9 +308,13 @@ struct Peer {
 /// What the transport and the NIC thread share: the libfabric objects and the peers.
 struct Node {
     memory: Arc<NodeMemory>,
-    /// Only grows while the node lives (see [`OfiTransport::register_new_areas`]); closed in
-    /// `Drop`.
+    /// One per area, only added while the node lives (see
+    /// [`OfiTransport::register_new_areas`]); an area's grants follow the membership
+    /// ([`OfiNic::set_membership`]); closed in `Drop`. Locked after the membership.
     registrations: Mutex<Vec<Registration>>,
+    /// Counts the registration keys asked for, from a random start (providers that take the
+    /// key asked for refuse one in use).
+    grant_seq: AtomicU64,
     /// Ranges registered in place for one zero-copy transfer each, until released (closed in
     /// `Drop` with the registrations).
     exposures: Mutex<transfer::Exposures>,
@@ -307,10 +349,12 @@ impl Drop for Node {
         unsafe { self.handle.close_endpoints() };
         let registrations = self.registrations.get_mut().expect(crate::POISONED);
         for registration in registrations.drain(..) {
-            // SAFETY: each registration came from `Handle::register` on this handle and is
-            // closed once, here, before the handle (and its domain) is closed.
-            unsafe { self.handle.close_mr(registration.mr) };
-            // Its region (`registration._region`) is released here, after its registration.
+            for mr in registration.mrs {
+                // SAFETY: each came from `Handle::register` on this handle and is closed once,
+                // here, before the handle (and its domain) is closed.
+                unsafe { self.handle.close_mr(mr) };
+            }
+            // Its region (`registration.region`) is released here, after its registrations.
         }
         let exposures = self.exposures.get_mut().expect(crate::POISONED);
         // SAFETY: the NIC thread registered every exposure on this handle, which is open until
@@ -480,26 +524,103 @@ impl Node {
     }
 }
 
-/// Registers `region` on `handle` for remote READ, WRITE and atomics.
-fn register_area(handle: &Handle, region: Arc<Region>) -> Result<Registration, sys::CallError> {
-    let base = region.words().as_ptr() as *mut u8;
-    // SAFETY: the registration's `_region` keeps the mapping alive until the registration is
-    // closed (in `Node::drop`, before the handle, or by `start` on its failure); the memory is
-    // only ever accessed through atomic words by this process, so a provider writing into it is
-    // what a NIC does.
-    let (mr, mr_key) = unsafe { handle.register(base, region.len() as usize, region.key().0) }?;
-    let virt_addr = handle.caps().virt_addr != 0;
-    Ok(Registration {
-        area: OfiArea {
-            id: region.id(),
-            key: region.key(),
-            bytes: region.len(),
+impl Node {
+    /// Registers `region` for each of `grantees` ([`grantees`]).
+    fn register_area(
+        &self,
+        region: Arc<Region>,
+        grantees: &[Option<NodeId>],
+    ) -> Result<Registration, sys::CallError> {
+        let virt_addr = self.handle.caps().virt_addr != 0;
+        let base = region.words().as_ptr() as u64;
+        let mut registration = Registration {
+            area: OfiArea {
+                id: region.id(),
+                key: region.key(),
+                bytes: region.len(),
+                base: if virt_addr { base } else { 0 },
+                grants: Vec::new(),
+            },
+            mrs: Vec::new(),
+            region,
+        };
+        for &grantee in grantees {
+            if let Err(e) = self.grant(&mut registration, grantee) {
+                self.revoke(&mut registration, |_| false);
+                return Err(e);
+            }
+        }
+        Ok(registration)
+    }
+
+    /// Registers `registration`'s area once more, for `grantee` (READ only for observers).
+    fn grant(
+        &self,
+        registration: &mut Registration,
+        grantee: Option<NodeId>,
+    ) -> Result<(), sys::CallError> {
+        let region = &registration.region;
+        let base = region.words().as_ptr() as *mut u8;
+        let writable = grantee != Some(NodeId::OBSERVER);
+        let requested = region
+            .key()
+            .0
+            .wrapping_add(self.grant_seq.fetch_add(1, Ordering::Relaxed));
+        // SAFETY: `registration.region` keeps the mapping alive until this registration is
+        // closed (by `revoke`, or in `Node::drop` before the handle); the memory is only ever
+        // accessed through atomic words by this process, so a provider writing into it is what
+        // a NIC does.
+        let (mr, mr_key) = unsafe {
+            self.handle
+                .register(base, region.len() as usize, writable, requested)
+        }?;
+        registration.area.grants.push(OfiGrant {
+            node: grantee,
             mr_key,
-            base: if virt_addr { base as u64 } else { 0 },
-        },
-        _region: region,
-        mr,
-    })
+        });
+        registration.mrs.push(mr);
+        Ok(())
+    }
+
+    /// Closes `registration`'s grants to the nodes `keep` refuses. Once a registration is
+    /// closed, the provider refuses operations under its key: what its node posts from then
+    /// on fails at this node (on `tcp;ofi_rxm` its connection to this node breaks for good).
+    fn revoke(&self, registration: &mut Registration, keep: impl Fn(Option<NodeId>) -> bool) {
+        let mut index = 0;
+        while index < registration.mrs.len() {
+            if keep(registration.area.grants[index].node) {
+                index += 1;
+                continue;
+            }
+            registration.area.grants.remove(index);
+            let mr = registration.mrs.remove(index);
+            // SAFETY: registered by `grant` on this handle, closed once, here.
+            unsafe { self.handle.close_mr(mr) };
+        }
+    }
+
+    /// Makes every area's grants those of `grantees`: registers the missing ones, then closes
+    /// those of any other node. A registration that fails is said on stderr (that node's
+    /// operations on the area then fail as not a member); the revocations are made regardless.
+    fn regrant(&self, grantees: &[Option<NodeId>]) {
+        let mut registrations = self.registrations.lock().expect(crate::POISONED);
+        for registration in registrations.iter_mut() {
+            for &grantee in grantees {
+                if registration.area.grants.iter().any(|g| g.node == grantee) || grantee.is_none() {
+                    continue;
+                }
+                if let Err(e) = self.grant(registration, grantee) {
+                    eprintln!(
+                        "acre: ofi provider {}: registering area {} for {}: {e}",
+                        self.provider(),
+                        registration.area.id,
+                        grantee.map_or("every node".to_string(), |n| n.to_string())
+                    );
+                }
+            }
+            self.revoke(registration, |node| grantees.contains(&node));
+        }
+    }
 }
 
 /// What an operation context is for, in the 64 bytes libfabric may use ahead of it.
@@ -556,11 +677,16 @@ impl Drop for OfiNic {
 }
 
 impl OfiNic {
-    /// Serves the members of `membership` only from now on: the NIC thread neither executes nor
-    /// answers the messages of any other node, and this node forgets its peers that are not
-    /// members (its operations to them fail as [`OpError::UnknownNode`]). The one-sided
-    /// operations of a removed node are not refused by this: a NIC executes them without this
-    /// node's CPU (docs/ofi.md#in-a-cluster says what that leaves).
+    /// Serves the members of `membership` only from now on:
+    /// - every area gets a registration for each member (and a READ-only one for observers)
+    ///   and the registrations of every other node are closed, so the provider refuses a
+    ///   removed node's one-sided operations from now on (the fence, docs/failures.md#fencing);
+    ///   the members learn their new keys from this node's next card;
+    /// - the NIC thread neither executes nor answers the messages of a non-member;
+    /// - this node forgets its peers that are not members (its operations to them fail as
+    ///   [`OpError::UnknownNode`]).
+    ///
+    /// A member's registrations are kept, so its operations are not disturbed.
     pub fn set_membership(&self, membership: Membership) {
         let mut current = self.node.membership.write().expect(crate::POISONED);
         self.node
@@ -568,6 +694,7 @@ impl OfiNic {
             .write()
             .expect(crate::POISONED)
             .retain(|node, _| membership.contains(*node));
+        self.node.regrant(&grantees(Some(&membership)));
         *current = Some(membership);
     }
 }
@@ -718,33 +845,11 @@ impl OfiTransport {
             call: e.call.clone(),
             reason: sys::strerror(e.code),
         };
-        let mut registrations = Vec::new();
-        for region in memory.areas() {
-            match register_area(&handle, region) {
-                Ok(registration) => registrations.push(registration),
-                Err(e) => {
-                    for registration in registrations.drain(..) {
-                        let Registration { mr, .. } = registration;
-                        // SAFETY: registered just above on this handle, closed once.
-                        unsafe { handle.close_mr(mr) };
-                    }
-                    return Err(setup(e));
-                }
-            }
-        }
-        let fingerprint = match handle.name(Side::Initiator) {
-            Ok(name) => name_fingerprint(&name),
-            Err(e) => {
-                for Registration { mr, .. } in registrations.drain(..) {
-                    // SAFETY: registered just above on this handle, closed once.
-                    unsafe { handle.close_mr(mr) };
-                }
-                return Err(setup(e));
-            }
-        };
+        let fingerprint = name_fingerprint(&handle.name(Side::Initiator).map_err(setup)?);
         let node = Arc::new(Node {
             memory,
-            registrations: Mutex::new(registrations),
+            registrations: Mutex::new(Vec::new()),
+            grant_seq: AtomicU64::new(random_batch_start()),
             exposures: Mutex::new(transfer::Exposures::default()),
             peers: RwLock::new(FastMap::default()),
             cards: RwLock::new(None),
@@ -752,6 +857,15 @@ impl OfiTransport {
             stop: AtomicBool::new(false),
             handle,
         });
+        // Every node may reach the areas until a membership is given
+        // ([`OfiNic::set_membership`]). On failure, dropping `node` closes what was registered.
+        for region in node.memory.areas() {
+            let registration = node.register_area(region, &grantees(None)).map_err(setup)?;
+            node.registrations
+                .lock()
+                .expect(crate::POISONED)
+                .push(registration);
+        }
         // Never dropped: the provider owns posted receives until the endpoint closes, which is
         // after the NIC thread ends or panics (leaked once per node). If a post fails here, or
         // the thread cannot be spawned, those posted already are leaked too: the endpoint
@@ -883,6 +997,13 @@ impl OfiTransport {
             provider: self.provider().to_string(),
             target_name: name(Side::Target)?,
             initiator_name: name(Side::Initiator)?,
+            config: self
+                .node
+                .membership
+                .read()
+                .expect(crate::POISONED)
+                .as_ref()
+                .map(Membership::config),
             areas: self
                 .node
                 .registrations
@@ -895,10 +1016,14 @@ impl OfiTransport {
     }
 
     /// Registers the areas of the node's memory whose ids have no registration yet (a region
-    /// or ring placed on the node after [`OfiTransport::start`]) and returns their ids. Peers
-    /// reach them once they are given the node's new [`OfiTransport::card`]. An area replaced
-    /// under an id already registered keeps the old registration (not handled yet).
+    /// or ring placed on the node after [`OfiTransport::start`]), for the members of the
+    /// configuration the node serves, and returns their ids. Peers reach them once they are
+    /// given the node's new [`OfiTransport::card`]. An area replaced under an id already
+    /// registered keeps the old registration (not handled yet).
     pub fn register_new_areas(&self) -> Result<Vec<RegionId>, OfiError> {
+        // The membership first, as `set_membership` locks them: the grants are its members'.
+        let membership = self.node.membership.read().expect(crate::POISONED);
+        let grantees = grantees(membership.as_ref());
         let mut registrations = self.node.registrations.lock().expect(crate::POISONED);
         let mut added = Vec::new();
         for region in self.node.memory.areas() {
@@ -906,11 +1031,13 @@ impl OfiTransport {
                 continue;
             }
             let registration =
-                register_area(&self.node.handle, region).map_err(|e| OfiError::Setup {
-                    provider: self.provider().to_string(),
-                    call: e.call.clone(),
-                    reason: sys::strerror(e.code),
-                })?;
+                self.node
+                    .register_area(region, &grantees)
+                    .map_err(|e| OfiError::Setup {
+                        provider: self.provider().to_string(),
+                        call: e.call.clone(),
+                        reason: sys::strerror(e.code),
+                    })?;
             added.push(registration.area.id);
             registrations.push(registration);
         }
@@ -953,12 +1080,18 @@ impl OfiTransport {
                     .collect(),
             );
         };
-        // An area the card does not list may have been placed since: the card is looked up
-        // again, once per batch.
+        // An area the card does not list may have been placed since, and one it lists without
+        // a registration for this node may have been granted to it since (it joined): the card
+        // is looked up again, once per batch.
+        let me = self.node.memory.node_id();
         let unlisted = |peer: &Peer| {
-            ops.iter()
-                .filter_map(op_addr)
-                .any(|addr| !peer.card.areas.iter().any(|a| a.id == addr.region()))
+            ops.iter().filter_map(op_addr).any(|addr| {
+                !peer
+                    .card
+                    .areas
+                    .iter()
+                    .any(|a| a.id == addr.region() && a.mr_key_for(me).is_some())
+            })
         };
         if unlisted(&peer)
             && let Some(found) = self.node.find(target)
@@ -998,13 +1131,21 @@ impl OfiTransport {
     /// What `op` needs posted, after checking it against the target's card: `Ok(None)` if it
     /// is done without moving anything (a zero-length READ or WRITE).
     fn precheck(&self, card: &OfiCard, op: &Op) -> Result<Option<Completion>, OpError> {
-        match op {
+        let area = match op {
             Op::Notify => return Ok(None),
             Op::Read { addr, key, len } => check(card, *addr, *key, *len as u64)?,
             Op::Write { addr, key, data } => check(card, *addr, *key, data.len() as u64)?,
             Op::Cas { addr, key, .. } => check(card, *addr, *key, 8)?,
             Op::Persist { addr, key, len } => check(card, *addr, *key, *len as u64)?,
         };
+        // A one-sided operation needs a registration for this node (a message does not: the
+        // target's NIC thread checks its sender).
+        if !self.is_message(op) && area.mr_key_for(self.node.memory.node_id()).is_none() {
+            return Err(OpError::NotMember {
+                node: card.node,
+                config: card.config.unwrap_or(0),
+            });
+        }
         Ok(match op {
             Op::Read { len: 0, .. } => Some(Completion::Read(Vec::new())),
             Op::Write { data, .. } if data.is_empty() => Some(Completion::Write),
@@ -1090,7 +1231,10 @@ impl OfiTransport {
             .find(|a| a.id == addr.region())
             .expect("checked against the card");
         let remote = area.base + addr.offset() as u64;
-        let (dest, mr_key) = (peer.target, area.mr_key);
+        let mr_key = area
+            .mr_key_for(self.node.memory.node_id())
+            .expect("checked against the card");
+        let dest = peer.target;
         slot.call = match op {
             Op::Read { .. } => "fi_read",
             Op::Write { .. } => "fi_write",

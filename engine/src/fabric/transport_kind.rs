@@ -98,6 +98,17 @@ impl NodeNic {
             NodeNic::Ofi(nic) => nic.set_membership(membership),
         }
     }
+
+    /// Whether the node's card changes with its membership (on ofi each member gets its own
+    /// registration keys), so that the node must publish its manifest again after
+    /// [`NodeNic::set_membership`] for new members to reach it.
+    pub fn card_follows_membership(&self) -> bool {
+        match self {
+            NodeNic::Tcp(_) => false,
+            #[cfg(feature = "ofi")]
+            NodeNic::Ofi(_) => true,
+        }
+    }
 }
 
 /// A node's transport, opened.
@@ -116,8 +127,8 @@ pub struct OpenedTransport {
 /// manifests in `dir` (this node publishes its own with [`publishable_card`]).
 ///
 /// Nothing on shm can refuse a non-member (an initiator stores into the target's mapped files
-/// itself), nor can an ofi NIC refuse a one-sided operation: a removed node is fenced by ending
-/// its process (docs/failures.md#fencing).
+/// itself): a removed node is fenced by ending its process. On ofi each member gets its own
+/// registration of every area, and a removed node's are closed (docs/failures.md#fencing).
 pub fn open_transport(
     dir: &Path,
     node: NodeId,

@@ -2,9 +2,9 @@
 //! ([`crate::directory::OfiEntry`]), and back: how node processes find each other over the ofi
 //! transport (docs/ofi.md#in-a-cluster).
 
-use super::{OfiArea, OfiCard};
+use super::{OfiArea, OfiCard, OfiGrant};
 use crate::addr::NodeId;
-use crate::directory::{OfiAreaEntry, OfiEntry};
+use crate::directory::{OfiAreaEntry, OfiEntry, OfiGrantEntry};
 use crate::region::AccessKey;
 
 impl OfiCard {
@@ -14,6 +14,7 @@ impl OfiCard {
             provider: self.provider.clone(),
             target: hex(&self.target_name),
             initiator: hex(&self.initiator_name),
+            config: self.config,
             areas: self
                 .areas
                 .iter()
@@ -21,8 +22,15 @@ impl OfiCard {
                     id: area.id,
                     bytes: area.bytes,
                     key: format!("{:016x}", area.key.0),
-                    mr_key: format!("{:016x}", area.mr_key),
                     base: format!("{:016x}", area.base),
+                    grants: area
+                        .grants
+                        .iter()
+                        .map(|grant| OfiGrantEntry {
+                            node: grant.node,
+                            mr_key: format!("{:016x}", grant.mr_key),
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -41,12 +49,22 @@ impl OfiCard {
             .iter()
             .map(|area| {
                 let what = |field: &str| format!("area {}'s {field}", area.id);
+                let grants = area
+                    .grants
+                    .iter()
+                    .map(|grant| {
+                        Ok(OfiGrant {
+                            node: grant.node,
+                            mr_key: word(&what("registration key"), &grant.mr_key)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
                 Ok(OfiArea {
                     id: area.id,
                     key: AccessKey(word(&what("key"), &area.key)?),
                     bytes: area.bytes,
-                    mr_key: word(&what("registration key"), &area.mr_key)?,
                     base: word(&what("base"), &area.base)?,
+                    grants,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -55,6 +73,7 @@ impl OfiCard {
             provider: entry.provider.clone(),
             target_name: unhex("the target name", &entry.target)?,
             initiator_name: unhex("the initiator name", &entry.initiator)?,
+            config: entry.config,
             areas,
         })
     }
@@ -89,12 +108,22 @@ mod tests {
             provider: "tcp;ofi_rxm".into(),
             target_name: vec![0x02, 0x00, 0xff, 0x10],
             initiator_name: vec![0x7f, 0x00, 0x00, 0x01],
+            config: Some(7),
             areas: vec![OfiArea {
                 id: RegionId(9),
                 key: AccessKey(u64::MAX - 1),
                 bytes: 1 << 20,
-                mr_key: u64::MAX,
                 base: 0x7f00_dead_beef_0000,
+                grants: vec![
+                    OfiGrant {
+                        node: Some(NodeId(3)),
+                        mr_key: u64::MAX,
+                    },
+                    OfiGrant {
+                        node: Some(NodeId::OBSERVER),
+                        mr_key: 1,
+                    },
+                ],
             }],
         }
     }
@@ -131,7 +160,7 @@ mod tests {
         let mut not_hex = good.clone();
         not_hex.initiator = "zz".into();
         let mut short_key = good.clone();
-        short_key.areas[0].mr_key = "ff".into();
+        short_key.areas[0].grants[0].mr_key = "ff".into();
         let mut bad_base = good.clone();
         bad_base.areas[0].base = "g".repeat(16);
         for (entry, expected) in [

@@ -232,11 +232,20 @@ int acre_ofi_av_insert(struct acre_ofi *o, const void *name, uint64_t *fi_addr)
 	return ret == 1 ? 0 : (ret < 0 ? ret : -FI_EINVAL);
 }
 
-int acre_ofi_mr_reg(struct acre_ofi *o, void *base, size_t len, uint64_t requested_key,
-		    struct fid_mr **mr, uint64_t *key)
+/* Removes a peer's address: the provider drops its connection to it, with what it had not read. */
+int acre_ofi_av_remove(struct acre_ofi *o, uint64_t fi_addr)
 {
-	int ret = fi_mr_reg(o->domain, base, len, FI_REMOTE_READ | FI_REMOTE_WRITE, 0,
-			    requested_key, 0, mr, NULL);
+	fi_addr_t addr = fi_addr;
+	return fi_av_remove(o->av, &addr, 1, 0);
+}
+
+/* Registers [base, base + len) for remote READ, and for remote WRITE and atomics too when
+ * `writable`. */
+int acre_ofi_mr_reg(struct acre_ofi *o, void *base, size_t len, int writable,
+		    uint64_t requested_key, struct fid_mr **mr, uint64_t *key)
+{
+	uint64_t access = FI_REMOTE_READ | (writable ? FI_REMOTE_WRITE : 0);
+	int ret = fi_mr_reg(o->domain, base, len, access, 0, requested_key, 0, mr, NULL);
 	if (ret == 0)
 		*key = fi_mr_key(*mr);
 	return ret;

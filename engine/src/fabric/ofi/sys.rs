@@ -96,10 +96,12 @@ unsafe extern "C" {
     fn acre_ofi_ep_name(ofi: *mut RawOfi, which: c_int, buf: *mut c_void, len: *mut usize)
     -> c_int;
     fn acre_ofi_av_insert(ofi: *mut RawOfi, name: *const c_void, fi_addr: *mut u64) -> c_int;
+    fn acre_ofi_av_remove(ofi: *mut RawOfi, fi_addr: u64) -> c_int;
     fn acre_ofi_mr_reg(
         ofi: *mut RawOfi,
         base: *mut c_void,
         len: usize,
+        writable: c_int,
         requested_key: u64,
         mr: *mut *mut RawMr,
         key: *mut u64,
@@ -322,7 +324,17 @@ impl Handle {
         Ok(addr)
     }
 
-    /// Registers `[base, base + len)` for remote READ, WRITE and atomics.
+    /// Removes a peer's address inserted by [`Handle::insert`]: the provider closes its
+    /// connection to that peer, dropping what it had not read of it. Posting to `fi_addr`
+    /// afterwards is an error.
+    pub fn remove(&self, fi_addr: u64) -> Result<(), CallError> {
+        // SAFETY: the handle is open; a removed or unknown address is an error, not undefined.
+        let ret = unsafe { acre_ofi_av_remove(self.raw, fi_addr) };
+        check("fi_av_remove", ret as isize).map(|_| ())
+    }
+
+    /// Registers `[base, base + len)` for remote READ, and for remote WRITE and atomics too
+    /// when `writable`.
     ///
     /// # Safety
     /// The memory must stay mapped until the returned registration is closed
@@ -332,6 +344,7 @@ impl Handle {
         &self,
         base: *mut u8,
         len: usize,
+        writable: bool,
         requested_key: u64,
     ) -> Result<(*mut RawMr, u64), CallError> {
         let mut mr = std::ptr::null_mut();
@@ -339,7 +352,15 @@ impl Handle {
         // SAFETY: the caller keeps the memory mapped for the registration's life; the out
         // pointers are valid.
         let ret = unsafe {
-            acre_ofi_mr_reg(self.raw, base.cast(), len, requested_key, &mut mr, &mut key)
+            acre_ofi_mr_reg(
+                self.raw,
+                base.cast(),
+                len,
+                c_int::from(writable),
+                requested_key,
+                &mut mr,
+                &mut key,
+            )
         };
         check("fi_mr_reg", ret as isize)?;
         Ok((mr, key))

@@ -114,10 +114,8 @@ fn a_card_of_another_provider_is_refused_and_nothing_is_added() {
 fn a_wrong_key_is_refused_before_anything_is_posted() {
     let nodes = cluster(PROVIDER, 2);
     let (a, b) = (&nodes[0], &nodes[1]);
-    // This provider lets the application choose registration keys: the area's is its access
-    // key, so the provider would refuse any other key too.
-    let card = b.transport().card().unwrap();
-    assert_eq!(card.areas[0].mr_key, b.key.0, "{card:?}");
+    // The access key is checked against the card before anything is posted (the
+    // registration key the provider checks is another, one per node the area is granted to).
     let wrong = AccessKey(b.key.0 ^ 0x10);
     let result = a
         .fabric
@@ -136,7 +134,7 @@ fn a_registration_key_that_does_not_match_is_refused_by_the_provider() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let b_id = b.fabric.node_id();
     let mut card = b.transport().card().unwrap();
-    card.areas[0].mr_key ^= 0x10;
+    card.areas[0].grants[0].mr_key ^= 0x10;
     a.transport().add_peer(card).unwrap();
     let result = a.fabric.read(b_id, Addr::new(DATA, 0), b.key, 8);
     expect_unreachable(result, b_id, "fi_read");
@@ -469,6 +467,145 @@ fn a_nic_thread_serves_only_the_members_of_its_configuration() {
         a.fabric.execute(NodeId(2), vec![persist]),
         vec![Ok(Completion::Persist)]
     );
+}
+
+/// Every node serves configuration `config` of `members`, and knows the others' cards as they
+/// publish them afterwards (with a registration for each member).
+fn serve(nodes: &[TestNode], config: u64, members: &[u16]) {
+    for node in nodes {
+        node.nic
+            .set_membership(Membership::new(config, members.iter().map(|&m| NodeId(m))));
+    }
+    for node in nodes {
+        for other in nodes
+            .iter()
+            .filter(|o| o.fabric.node_id() != node.fabric.node_id())
+        {
+            node.transport()
+                .add_peer(other.transport().card().unwrap())
+                .unwrap();
+        }
+    }
+}
+
+/// The fence (docs/failures.md#fencing): once B serves a configuration without C, C's one-sided
+/// operations under the registration keys it knows fail at B and change nothing there, a card
+/// B publishes afterwards gives C no key (refused before anything is posted), and A, still a
+/// member, goes on with the keys it had: its registrations were not touched.
+#[test]
+fn a_removed_node_s_one_sided_operations_fail_at_the_target_and_members_go_on() {
+    let nodes = cluster(PROVIDER, 3);
+    serve(&nodes, 5, &[1, 2, 3]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let word = Addr::new(DATA, 64);
+    let b_word = || b.fabric.memory().area(DATA).unwrap().words()[8].load(Ordering::Acquire);
+    c.fabric
+        .write(NodeId(2), word, b.key, 1u64.to_le_bytes().to_vec())
+        .expect("C is a member of configuration 5");
+    assert_eq!(b_word(), 1);
+
+    b.nic
+        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]));
+    let write = c
+        .fabric
+        .write(NodeId(2), word, b.key, 2u64.to_le_bytes().to_vec());
+    assert!(
+        matches!(&write, Err(OpError::Unreachable { node: NodeId(2), reason }) if reason.contains("fi_write")),
+        "{write:?}"
+    );
+    let cas = c.fabric.cas(NodeId(2), word, b.key, 1, 3);
+    assert!(matches!(cas, Err(OpError::Unreachable { .. })), "{cas:?}");
+    let read = c.fabric.read(NodeId(2), word, b.key, 8);
+    assert!(matches!(read, Err(OpError::Unreachable { .. })), "{read:?}");
+    assert_eq!(b_word(), 1, "nothing of C's executed at B");
+
+    // A's card of B is the one from before: its registration is still open.
+    a.fabric
+        .write(NodeId(2), word, b.key, 4u64.to_le_bytes().to_vec())
+        .expect("A, a member, is undisturbed");
+    assert_eq!(a.fabric.cas(NodeId(2), word, b.key, 4, 5), Ok(4));
+    assert_eq!(b_word(), 5);
+
+    // B's next card grants C nothing: refused before anything is posted.
+    let card = b.transport().card().unwrap();
+    assert_eq!(card.config, Some(6));
+    assert!(
+        card.areas
+            .iter()
+            .all(|area| area.mr_key_for(NodeId(3)).is_none())
+    );
+    c.transport().add_peer(card).unwrap();
+    assert_eq!(
+        c.fabric.read(NodeId(2), word, b.key, 8),
+        Err(OpError::NotMember {
+            node: NodeId(2),
+            config: 6
+        })
+    );
+    assert_eq!(b_word(), 5);
+}
+
+/// A node that joins is not served until the target serves a configuration with it; then it
+/// finds its registration in the target's next card, looked up again on its next access.
+#[test]
+fn a_node_that_joins_finds_its_registration_in_the_card_published_after_the_target_serves_it() {
+    let nodes = cluster(PROVIDER, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.nic.set_membership(Membership::new(5, [NodeId(1)]));
+    b.nic
+        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]));
+    let published = Arc::new(Mutex::new(FastMap::default()));
+    let lookups = Arc::new(AtomicU64::new(0));
+    publish_to(b.transport(), &published, &lookups);
+    let card = |node: &TestNode| node.transport().card().unwrap();
+    published.lock().unwrap().insert(NodeId(1), card(a));
+    b.transport().add_peer(card(a)).unwrap();
+    let word = Addr::new(DATA, 0);
+    assert_eq!(
+        b.fabric.read(NodeId(1), word, a.key, 8),
+        Err(OpError::NotMember {
+            node: NodeId(1),
+            config: 5
+        })
+    );
+    a.nic
+        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]));
+    published.lock().unwrap().insert(NodeId(1), card(a));
+    let before = lookups.load(Ordering::Relaxed);
+    assert_eq!(b.fabric.read(NodeId(1), word, a.key, 8), Ok(vec![0; 8]));
+    assert_eq!(
+        lookups.load(Ordering::Relaxed),
+        before + 1,
+        "looked up once"
+    );
+}
+
+/// Observers (`acre cluster status`) are never members: they get a registration that allows
+/// READ only, so a WRITE of theirs fails at the target.
+#[test]
+fn an_observer_may_read_and_its_write_fails_at_the_target() {
+    let nodes = cluster(PROVIDER, 1);
+    serve(&nodes, 5, &[1]);
+    let b = &nodes[0];
+    let observer = start(PROVIDER, NodeId::OBSERVER.0);
+    observer
+        .transport()
+        .add_peer(b.transport().card().unwrap())
+        .unwrap();
+    let word = Addr::new(DATA, 0);
+    assert_eq!(
+        observer.fabric.read(NodeId(1), word, b.key, 8),
+        Ok(vec![0; 8])
+    );
+    let write = observer
+        .fabric
+        .write(NodeId(1), word, b.key, 9u64.to_le_bytes().to_vec());
+    assert!(
+        matches!(write, Err(OpError::Unreachable { .. })),
+        "{write:?}"
+    );
+    let first = b.fabric.memory().area(DATA).unwrap().words()[0].load(Ordering::Acquire);
+    assert_eq!(first, 0, "nothing written");
 }
 
 /// A batch to a peer whose NIC thread stopped answering (on `tcp;ofi_rxm`, whose target side

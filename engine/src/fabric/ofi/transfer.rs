@@ -381,7 +381,7 @@ fn expose(node: &Node, sender: NodeId, addr: Addr, key: AccessKey, len: u32) -> 
         // closed (on release, on expiry, or in `Node::drop` before the handle); the memory is
         // only ever accessed through atomic words by this process, so the provider reading it
         // is what a NIC does.
-        match unsafe { node.handle.register(base, len as usize, requested) } {
+        match unsafe { node.handle.register(base, len as usize, false, requested) } {
             Ok((mr, mr_key)) => {
                 let remote = if node.handle.caps().virt_addr != 0 {
                     base as u64

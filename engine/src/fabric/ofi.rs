@@ -452,9 +452,18 @@ impl Node {
             .ok()
     }
 
-    /// Inserts `card`'s endpoint names into the address vector and makes it the peer's card.
+    /// Inserts `card`'s endpoint names into the address vector and makes it the peer's card,
+    /// unless the peer's known card is of the same endpoints and a later configuration (two
+    /// readers of a manifest raced its republication): then that one stays.
     fn add(&self, card: OfiCard) -> Result<Arc<Peer>, OfiError> {
         let node = card.node;
+        if let Some(known) = self.peer(node)
+            && known.card.target_name == card.target_name
+            && known.card.initiator_name == card.initiator_name
+            && known.card.config > card.config
+        {
+            return Ok(known);
+        }
         let bad = |reason: String| OfiError::BadCard {
             provider: self.provider().to_string(),
             node,
@@ -1104,6 +1113,9 @@ impl OfiTransport {
             let end = index + self.run_len(&ops[index..]);
             let run = self.run(&peer, index, &ops[index..end], &mut results);
             if let Err(error) = run {
+                // The target may have restarted (new endpoints) since its card was read: the
+                // next batch goes by the card its manifest holds now.
+                self.node.find(target);
                 // The target could not be reached: the rest of the batch fails with it.
                 for result in results.iter_mut().skip(index).filter(|r| r.is_none()) {
                     *result = Some(Err(error.clone()));

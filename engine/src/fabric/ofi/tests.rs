@@ -580,6 +580,79 @@ fn a_node_that_joins_finds_its_registration_in_the_card_published_after_the_targ
     );
 }
 
+/// An initiator whose operation finds its target unreachable reads the target's card again:
+/// a node restarted under the same id (new endpoints, new keys) is reached by the next batch.
+#[test]
+fn an_initiator_reads_the_card_again_once_its_target_is_unreachable() {
+    use acre_nvm_log::MapOptions;
+    let files = tempfile::tempdir().unwrap();
+    // Node 2's region lives in a file, reopened under its key by the restarted process.
+    let with_file = |region: Region| {
+        let doorbell = Arc::new(Doorbell::anonymous().expect("map a doorbell"));
+        let memory = Arc::new(NodeMemory::new(NodeId(2), doorbell));
+        memory.register(Arc::new(region)).expect("register");
+        let (transport, nic) =
+            OfiTransport::start(&OfiConfig::loopback(PROVIDER), memory.clone()).unwrap();
+        (Fabric::new(memory, Transport::Ofi(transport)), nic)
+    };
+    let region = Region::create_file(
+        files.path(),
+        NodeId(2),
+        DATA,
+        DATA_BYTES,
+        MapOptions::default(),
+    )
+    .unwrap();
+    let key = region.key();
+    let b = with_file(region);
+    let card_of = |fabric: &Fabric| match fabric.transport() {
+        Transport::Ofi(transport) => transport.card().unwrap(),
+        _ => unreachable!("an ofi node"),
+    };
+    let a = start(PROVIDER, 1);
+    let published = Arc::new(Mutex::new(FastMap::default()));
+    let lookups = Arc::new(AtomicU64::new(0));
+    publish_to(a.transport(), &published, &lookups);
+    published.lock().unwrap().insert(NodeId(2), card_of(&b.0));
+    let word = Addr::new(DATA, 0);
+    assert_eq!(a.fabric.read(NodeId(2), word, key, 8), Ok(vec![0; 8]));
+    drop(b);
+    let reopened =
+        Region::open_file(files.path(), NodeId(2), DATA, key, MapOptions::default()).unwrap();
+    let again = with_file(reopened);
+    published
+        .lock()
+        .unwrap()
+        .insert(NodeId(2), card_of(&again.0));
+    let first = a.fabric.read(NodeId(2), word, key, 8);
+    assert!(
+        matches!(first, Err(OpError::Unreachable { .. })),
+        "{first:?}"
+    );
+    assert_eq!(
+        a.fabric.read(NodeId(2), word, key, 8),
+        Ok(vec![0; 8]),
+        "the failed batch read the card again"
+    );
+}
+
+/// Two readers of a manifest may race its republication: a card of the same endpoints from an
+/// earlier configuration does not replace the one known.
+#[test]
+fn a_card_of_an_earlier_configuration_does_not_replace_a_later_one() {
+    let nodes = cluster(PROVIDER, 2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.nic
+        .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]));
+    let older = b.transport().card().unwrap();
+    b.nic
+        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]));
+    let newer = b.transport().card().unwrap();
+    a.transport().add_peer(newer.clone()).unwrap();
+    a.transport().add_peer(older).unwrap();
+    assert_eq!(a.transport().node.peer(NodeId(2)).unwrap().card, newer);
+}
+
 /// Observers (`acre cluster status`) are never members: they get a registration that allows
 /// READ only, so a WRITE of theirs fails at the target.
 #[test]

@@ -367,6 +367,27 @@ fn a_fixed_count_run_commits_exactly_that_many_transfers() {
 #[test]
 fn transactions_in_flight_on_one_thread_commit_exactly_and_keep_the_total() {
     for transport in ["local", "shm", "tcp"] {
+        transactions_in_flight(transport);
+    }
+    assert_refused(
+        &bench_bank(&["--in-flight", "0"]),
+        "--in-flight 0 is out of range",
+    );
+    assert_refused(
+        &bench_bank(&["--in-flight", "2", "--target", "redis://127.0.0.1:1"]),
+        "--in-flight applies to Acre targets only",
+    );
+}
+
+/// As on the other transports: the tasks' waits are ofi completions.
+#[cfg(feature = "ofi")]
+#[test]
+fn transactions_in_flight_on_one_thread_commit_exactly_and_keep_the_total_over_ofi() {
+    transactions_in_flight("ofi");
+}
+
+fn transactions_in_flight(transport: &str) {
+    {
         for commit in ["one-sided", "messages"] {
             let dir = tempfile::Builder::new()
                 .prefix("acre-inflight-")
@@ -407,12 +428,4 @@ fn transactions_in_flight_on_one_thread_commit_exactly_and_keep_the_total() {
             );
         }
     }
-    assert_refused(
-        &bench_bank(&["--in-flight", "0"]),
-        "--in-flight 0 is out of range",
-    );
-    assert_refused(
-        &bench_bank(&["--in-flight", "2", "--target", "redis://127.0.0.1:1"]),
-        "--in-flight applies to Acre targets only",
-    );
 }

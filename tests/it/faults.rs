@@ -179,8 +179,20 @@ fn node_row(output: &Output, node: &str) -> String {
 /// again, and so does a new client, without a restart.
 #[test]
 fn a_paused_node_is_reported_and_clients_commit_once_it_resumes() {
+    paused_node("tcp");
+}
+
+/// As over tcp: the commit that needed the stopped node fails when its ofi operations time out
+/// (5 s), and is finished over the same connection once the node resumes.
+#[cfg(feature = "ofi")]
+#[test]
+fn a_paused_node_is_reported_and_clients_commit_once_it_resumes_over_ofi() {
+    paused_node("ofi");
+}
+
+fn paused_node(transport: &str) {
     // Without a CM, which would remove n2 once its lease ran out (tests/it/cm.rs).
-    let cluster = Cluster::up_with("pause", "tcp", &["--cm", "0"]);
+    let cluster = Cluster::up_with(&format!("pause-{transport}"), transport, &["--cm", "0"]);
     let db = Db::connect(&cluster.file()).expect("connect");
     let object = (0..ALLOC_TRIES_MAX)
         .map(|_| db.run(|txn| Ok(txn.alloc(8)?)).expect("allocate"))

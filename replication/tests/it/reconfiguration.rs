@@ -729,10 +729,24 @@ fn an_allocation_that_meets_a_new_backup_not_ready_yet_is_retried() {
 /// threads: it can no longer reach their memory.
 #[test]
 fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
-    use acre_engine::directory::{NodeManifest, SECRET_FILE};
+    node_processes_adopt_and_fence(acre_engine::fabric::transport_kind::TransportKind::Tcp);
+}
+
+/// As over tcp, through libfabric's `tcp;ofi_rxm` (docs/failures.md#fencing): the others
+/// closed n4's registrations when they adopted the configuration, so n4's one-sided READ and
+/// WRITE under the keys it knows fail at them and change nothing, and their new cards give it
+/// no key.
+#[cfg(feature = "ofi")]
+#[test]
+fn ofi_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
+    node_processes_adopt_and_fence(acre_engine::fabric::transport_kind::TransportKind::Ofi);
+}
+
+fn node_processes_adopt_and_fence(transport: acre_engine::fabric::transport_kind::TransportKind) {
+    use acre_engine::directory::{AreaKind, NodeManifest, SECRET_FILE};
     use acre_engine::fabric::tcp::ClusterSecret;
     use acre_engine::fabric::transport_kind::TransportKind;
-    use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile};
+    use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile, OfiSettings};
     use acre_replication::process::ProcessNode;
 
     let dir = tempfile::tempdir().expect("create the cluster directory");
@@ -745,11 +759,13 @@ fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
     config.commit = commit_mode();
     let path = dir.path().join(CLUSTER_FILE);
     ClusterFile {
-        transport: TransportKind::Tcp,
+        transport,
         persist: "flush".to_string(),
         ring_bytes: RING_BYTES,
         cm: None,
-        ofi: None,
+        ofi: (transport == TransportKind::Ofi).then(|| OfiSettings {
+            provider: "tcp;ofi_rxm".to_string(),
+        }),
         config: config.clone(),
     }
     .write(&path)
@@ -786,14 +802,50 @@ fn tcp_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
         matches!(blocked, Error::Txn(TxnError::RegionUnavailable { .. })),
         "{blocked}"
     );
-    // n4 still runs in configuration 1: the others no longer serve it, and say which
-    // configuration they are in (a node behind learns it and runs the transaction again; a
-    // removed one, as n4, never will).
-    let fenced = value_at(n4, y).unwrap_err();
-    assert!(
-        matches!(fenced, Error::Txn(TxnError::Reconfiguring { config: 2 })),
-        "{fenced}"
-    );
+    if transport == TransportKind::Tcp {
+        // n4 still runs in configuration 1: the others no longer serve it, and say which
+        // configuration they are in (a node behind learns it and runs the transaction again;
+        // a removed one, as n4, never will).
+        let fenced = value_at(n4, y).unwrap_err();
+        assert!(
+            matches!(fenced, Error::Txn(TxnError::Reconfiguring { config: 2 })),
+            "{fenced}"
+        );
+    } else {
+        // n4 still holds n1's card of configuration 1, with its registration keys: the
+        // provider at n1 refuses them now. Its transaction fails, and its WRITE straight into
+        // r1 at n1 changes nothing.
+        let fenced = value_at(n4, y);
+        assert!(fenced.is_err(), "{fenced:?}");
+        let r1 = manifest
+            .areas
+            .iter()
+            .find(|area| area.id == r(1) && area.kind == AreaKind::Region)
+            .expect("n1 holds r1");
+        let key = r1.access_key().expect("a key");
+        let before = value_at(n1, y).expect("read at n1");
+        let write = n4
+            .fabric()
+            .write(NodeId(1), Addr::new(r(1), 0), key, vec![0xff; 4096]);
+        assert!(write.is_err(), "n4's WRITE at n1 is refused: {write:?}");
+        assert_eq!(
+            value_at(n1, y).expect("read at n1"),
+            before,
+            "nothing changed"
+        );
+        // n1's card, as published after it adopted configuration 2, gives n4 no key.
+        let card = manifest.ofi.as_ref().expect("n1's card");
+        assert_eq!(card.config, Some(2));
+        for area in &card.areas {
+            assert!(
+                area.grants
+                    .iter()
+                    .all(|g| g.node.is_some_and(|n| n != NodeId(4))),
+                "{:?}",
+                area.grants
+            );
+        }
+    }
     for node in nodes {
         node.stop();
     }

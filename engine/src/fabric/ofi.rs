@@ -688,9 +688,10 @@ impl Drop for OfiNic {
 impl OfiNic {
     /// Serves the members of `membership` only from now on:
     /// - every area gets a registration for each member (and a READ-only one for observers)
-    ///   and the registrations of every other node are closed, so the provider refuses a
-    ///   removed node's one-sided operations from now on (the fence, docs/failures.md#fencing);
-    ///   the members learn their new keys from this node's next card;
+    ///   and the registrations of every other node are closed, as are the ranges exposed to
+    ///   them for a zero-copy transfer, so the provider refuses a removed node's one-sided
+    ///   operations from now on (the fence, docs/failures.md#fencing); the members learn their
+    ///   new keys from this node's next card;
     /// - the NIC thread neither executes nor answers the messages of a non-member;
     /// - this node forgets its peers that are not members (its operations to them fail as
     ///   [`OpError::UnknownNode`]).
@@ -704,6 +705,11 @@ impl OfiNic {
             .expect(crate::POISONED)
             .retain(|node, _| membership.contains(*node));
         self.node.regrant(&grantees(Some(&membership)));
+        let mut exposures = self.node.exposures.lock().expect(crate::POISONED);
+        // SAFETY: every exposure was registered on this node's handle by its NIC thread, and
+        // the handle is open while `self.node` lives.
+        unsafe { exposures.close_unless(&self.node.handle, |node| membership.contains(node)) };
+        drop(exposures);
         *current = Some(membership);
     }
 }

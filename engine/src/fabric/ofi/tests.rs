@@ -1188,4 +1188,24 @@ mod transfer {
         assert!(xfer::answer(node, NodeId(1), 10, &[2, 0, 0]).is_none());
         assert!(xfer::answer(node, NodeId(1), 10, &[]).is_none());
     }
+
+    /// Part of the fence: a configuration that removes a requester closes the ranges exposed
+    /// to it (it could otherwise READ them until they expire), and only those.
+    #[test]
+    fn a_configuration_that_removes_a_requester_closes_its_exposures() {
+        use crate::fabric::ofi::transfer as xfer;
+        let (a, b) = pair();
+        let key = object_key(&b);
+        let node = &b.transport().node;
+        for requester in [NodeId(1), NodeId(3)] {
+            let request = expose_request(Addr::new(RegionId(2), 0), key, 64);
+            let response = xfer::answer(node, requester, 7, &request).expect("an answer");
+            assert!(response.result.is_ok(), "{:?}", response.result);
+        }
+        assert_eq!(exposures_open(&b), 2);
+        b.nic
+            .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]));
+        assert_eq!(exposures_open(&b), 1, "n3's exposure is closed, n1's kept");
+        drop(a);
+    }
 }

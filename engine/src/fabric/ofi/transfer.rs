@@ -53,9 +53,9 @@ const EXPOSURES_MAX: usize = 64;
 /// longer than any requester's READ of it may take (each of its steps gives up after
 /// [`OP_TIMEOUT`]).
 pub const EXPOSURE_TIMEOUT: Duration = Duration::from_secs(2 * OP_TIMEOUT.as_secs());
-/// The first registration key an owner asks for an exposure; keys count up from it. Keys of
-/// areas are their access keys, drawn at random: a clash makes `fi_mr_reg` fail, and the next
-/// key is tried, [`EXPOSE_KEY_ATTEMPTS_MAX`] times at most.
+/// The first registration key an owner asks for an exposure; keys count up from it. The keys
+/// of areas' grants are their access keys (drawn at random) plus a counter: a clash makes
+/// `fi_mr_reg` fail, and the next key is tried, [`EXPOSE_KEY_ATTEMPTS_MAX`] times at most.
 const EXPOSE_KEY_FIRST: u64 = 0xac7e_0000_0000_0000;
 const EXPOSE_KEY_ATTEMPTS_MAX: u32 = 4;
 
@@ -253,6 +253,30 @@ impl Exposures {
     /// How many are open.
     pub(super) fn len(&self) -> usize {
         self.by_key.len()
+    }
+
+    /// Closes the exposures of requesters `keep` refuses (nodes a configuration removed: part
+    /// of the fence, [`super::OfiNic::set_membership`]), each before releasing its region.
+    ///
+    /// # Safety
+    /// As for [`Exposures::close_all`].
+    pub(super) unsafe fn close_unless(
+        &mut self,
+        handle: &sys::Handle,
+        keep: impl Fn(NodeId) -> bool,
+    ) {
+        let closing: Vec<u64> = self
+            .by_key
+            .iter()
+            .filter(|(_, exposure)| !keep(exposure.requester))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in closing {
+            let exposure = self.by_key.remove(&key).expect("listed just above");
+            // SAFETY: registered on `handle`, as the caller promises, and taken out of the map,
+            // so closed once; its region is released after, when `exposure` drops.
+            unsafe { handle.close_mr(exposure.mr) };
+        }
     }
 
     /// Closes every exposure, each before releasing its region.

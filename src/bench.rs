@@ -168,6 +168,7 @@ pub fn run(args: &BankBenchArgs, termination: &Arc<Termination>) -> anyhow::Resu
             nodes: 3,
             transport: transport.clone(),
             ofi_provider: None,
+            ofi_transfer_threshold: None,
             dir: args.dir.clone(),
             clients: 2,
             f: None,

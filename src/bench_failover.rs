@@ -657,6 +657,7 @@ fn set_up(args: &FailoverArgs, victim: Victim) -> anyhow::Result<Setup> {
             nodes: args.nodes,
             transport: args.transport.clone(),
             ofi_provider: None,
+            ofi_transfer_threshold: None,
             dir: args.dir.clone(),
             clients: 2,
             f: Some(F),

@@ -91,6 +91,10 @@ pub struct RecopyArgs {
     /// How the nodes reach each other (ofi: in an acre built with `--features ofi`).
     #[arg(long, default_value = "shm", value_parser = ["shm", "tcp", "ofi"])]
     transport: String,
+    /// With --transport ofi: the copies read by the hybrid transfer, zero copy from BYTES and by
+    /// copy below (default: plain READs).
+    #[arg(long, value_name = "BYTES")]
+    ofi_transfer_threshold: Option<u64>,
     /// Which node to kill: `primary` (the primary of some regions and backup of others, not
     /// the CM leader) or `backup` (the last node, started to hold backups only).
     #[arg(long, value_enum, default_value = "primary")]
@@ -345,6 +349,7 @@ fn start(args: &RecopyArgs, layout: &Layout, backup_only: u16) -> anyhow::Result
             nodes: args.nodes,
             transport: args.transport.clone(),
             ofi_provider: None,
+            ofi_transfer_threshold: args.ofi_transfer_threshold,
             dir: args.dir.clone(),
             clients: 2,
             f: Some(F),

@@ -439,6 +439,7 @@ fn demo_failure(args: &DemoArgs, termination: &Termination) -> anyhow::Result<Ex
         nodes: args.nodes,
         transport: args.transport.clone(),
         ofi_provider: None,
+        ofi_transfer_threshold: None,
         dir: dir.clone(),
         clients: 2,
         f: Some(FAILURE_F),

@@ -45,6 +45,7 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<ExitCode> {
         nodes: args.nodes,
         transport: args.transport.clone(),
         ofi_provider: args.ofi_provider.clone(),
+        ofi_transfer_threshold: None,
         dir: args.dir.clone(),
         clients: 1,
         f: None,

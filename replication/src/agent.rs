@@ -494,10 +494,10 @@ impl KeeperParts {
     /// The driver's seat for `group`, with the fence of the cluster's transport.
     fn seat(&self, group: Arc<CmGroup>, routed: std::sync::mpsc::Receiver<LinkMessage>) -> CmSeat {
         let fence: Fence = match self.transport {
-            // Nothing refuses a removed node's one-sided operations: on shm it stores into the
-            // others' files itself, on ofi the provider (a NIC, on RDMA hardware) executes them
-            // without the target's CPU, and revoking its registrations is not built. So its
-            // process is killed before the configuration without it commits.
+            // On shm nothing refuses a removed node's one-sided operations (it stores into the
+            // others' files itself); on ofi the members close its registrations when they adopt
+            // the configuration, but clients only after it commits. So its process is killed
+            // before the configuration without it commits.
             TransportKind::Shm | TransportKind::Ofi => {
                 let dir = self.dir.clone();
                 Box::new(move |removed| {

@@ -41,6 +41,11 @@ pub struct ClusterFile {
 pub struct OfiSettings {
     /// The libfabric provider: `tcp;ofi_rxm` (the default), `sockets`, `verbs;ofi_rxm`, `efa`.
     pub provider: String,
+    /// Data recovery's reads of region copies by the hybrid transfer: zero copy from this many
+    /// bytes, by copy below. Absent (the default): plain READs of the registered regions, which
+    /// measured faster here (docs/ofi.md, "Hybrid transfer").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_threshold_bytes: Option<u64>,
 }
 
 /// How the cluster's configuration manager runs (docs/failures.md#configuration-manager).
@@ -218,6 +223,7 @@ impl ClusterFile {
             kind: self.transport,
             listen,
             ofi_provider: self.ofi.as_ref().map(|o| o.provider.clone()),
+            ofi_transfer_threshold: self.ofi.as_ref().and_then(|o| o.transfer_threshold_bytes),
         }
     }
 

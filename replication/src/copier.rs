@@ -132,6 +132,9 @@ const OLDER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// How many times one READ refused by a primary in a newer configuration is tried again, once
 /// this node has that configuration too.
 const REFUSED_READS_MAX: u32 = 3;
+/// How long the copier first waits for a primary whose card gives it no key (ofi: the primary
+/// has not published the configuration that adds this node yet), times the refusals so far.
+const REFUSED_CARD_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a refused READ waits for this node to learn the primary's configuration.
 const REFUSED_WAIT_MAX: Duration = Duration::from_secs(1);
 /// The pause between two questions to the primary about its older transactions.
@@ -435,7 +438,7 @@ impl Copying {
                             "copied {region} from its primary: {} MiB in {seconds:.2} s \
                              ({:.0} MiB/s); begun in configuration {}, complete in \
                              {complete_in}; the CM counts the copy complete next (pace at the \
-                             end {} MiB/s; foreground without the copy {} records/s)",
+                             end {} MiB/s; foreground without the copy {} records/s; read by {})",
                             bytes >> 20,
                             (bytes >> 20) as f64 / seconds.max(1e-9),
                             config.id,
@@ -444,6 +447,7 @@ impl Copying {
                                 .borrow()
                                 .baseline()
                                 .map_or("not sampled".to_string(), |b| format!("{b:.0}")),
+                            self.node.fabric().read_large_path(),
                         );
                     }
                     Err(reason) => {
@@ -683,7 +687,7 @@ impl Copying {
         let len = u32::try_from(len).expect("blocks are under 4 GiB");
         let mut refused_count = 0;
         loop {
-            match self.node.fabric().read(primary, addr, key, len) {
+            match self.node.fabric().read_large(primary, addr, key, len) {
                 Ok(bytes) => return Ok(bytes),
                 // The primary adopted a newer configuration before this node, and refuses a
                 // connection bound to the older one: once this node has it too, the READ
@@ -693,6 +697,14 @@ impl Copying {
                     if refused_count < REFUSED_READS_MAX && self.learns(config) =>
                 {
                     refused_count += 1;
+                    // On ofi the configuration is that of the primary's card, which gave this
+                    // node no key yet: the primary has not adopted (or published) this node's
+                    // configuration. Give it a moment before reading its card again.
+                    if self.node.config_id() > config
+                        && self.sleep(REFUSED_CARD_BACKOFF.saturating_mul(refused_count))
+                    {
+                        return Err("the node stops".into());
+                    }
                 }
                 Err(e) => return Err(format!("reading {addr} at {primary}: {e}")),
             }

@@ -204,6 +204,9 @@ pub struct ProcessNode {
     tcp_addr: Option<String>,
     /// Where its CM links and lease thread listen, once its [`crate::agent::CmAgent`] bound them.
     cm_addrs: std::sync::Mutex<Option<(SocketAddr, SocketAddr)>>,
+    /// Held while the manifest is written: publications from the adopting thread and the CM
+    /// agent's would otherwise share its temporary file, and an older card could land last.
+    publishing: std::sync::Mutex<()>,
 }
 
 impl ProcessNode {
@@ -352,6 +355,7 @@ impl ProcessNode {
             transport: file.transport.name().to_string(),
             tcp_addr: tcp_addr.map(|a| a.to_string()),
             cm_addrs: std::sync::Mutex::new(None),
+            publishing: std::sync::Mutex::new(()),
         };
         process.publish().map_err(io(
             "publish its manifest",
@@ -383,6 +387,7 @@ impl ProcessNode {
 
     /// Writes the node's manifest: its areas (their keys), pid and addresses.
     fn publish(&self) -> io::Result<()> {
+        let _publishing = self.publishing.lock().expect("a publication panicked");
         let cm_addrs = *self.cm_addrs.lock().expect(CM_ADDRS_POISONED);
         // Registers the areas placed since the last publication first (ofi), so that every
         // area the manifest lists can be reached.
@@ -418,7 +423,8 @@ impl ProcessNode {
         // reach this node is published (on ofi a message of a node it does not serve is not
         // answered at all: its sender would wait out a timeout).
         if let Some(nic) = &self.nic {
-            nic.set_membership(Membership::new(id, members));
+            nic.set_membership(Membership::new(id, members))
+                .map_err(|source| AdoptError::Fence { config: id, source })?;
         }
         let card_changed = self
             .nic

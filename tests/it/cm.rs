@@ -530,20 +530,56 @@ fn a_primary_killed_during_the_bank_loses_nothing_over_ofi() {
     primary_killed_during_the_bank("ofi");
 }
 
+/// As over ofi, with data recovery's reads by the hybrid transfer (docs/ofi.md, "Hybrid
+/// transfer"): the regions the dead node backed up are copied by it to their new backups.
+#[cfg(feature = "ofi")]
+#[test]
+fn a_primary_killed_during_the_bank_loses_nothing_over_ofi_with_the_hybrid_transfer() {
+    let cluster =
+        primary_killed_during_the_bank_with("ofi", &["--ofi-transfer-threshold", "16384"]);
+    let copied: Vec<String> = (1..=3)
+        .filter(|&node| node != 2)
+        .flat_map(|node| {
+            let log =
+                std::fs::read_to_string(acre::cluster::node_log_path(&cluster.dir, NodeId(node)))
+                    .unwrap_or_default();
+            log.lines()
+                .filter(|line| line.contains("from its primary: "))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!copied.is_empty(), "a region was copied to a new backup");
+    for line in &copied {
+        assert!(
+            line.contains("read by the hybrid transfer (zero copy from 16384 bytes"),
+            "{line}"
+        );
+    }
+}
+
 fn primary_killed_during_the_bank(transport: &str) {
-    let cluster = CmCluster::up(
-        &format!("bank-{transport}"),
-        &[
-            "--nodes",
-            "3",
-            "--f",
-            "1",
-            "--cm",
-            "3",
-            "--transport",
-            transport,
-        ],
-    );
+    primary_killed_during_the_bank_with(transport, &[]);
+}
+
+fn primary_killed_during_the_bank_with(transport: &str, extra: &[&str]) -> CmCluster {
+    let mut args = vec![
+        "--nodes",
+        "3",
+        "--f",
+        "1",
+        "--cm",
+        "3",
+        "--transport",
+        transport,
+    ];
+    args.extend_from_slice(extra);
+    let name = if extra.is_empty() {
+        format!("bank-{transport}")
+    } else {
+        format!("bank-{transport}-x")
+    };
+    let cluster = CmCluster::up(&name, &args);
     let before = cluster.status();
     let db = Db::connect(&cluster.dir.join(CLUSTER_FILE)).expect("connect");
     let bank = spawn_bank(cluster.dir(), 4, 30);
@@ -586,6 +622,7 @@ fn primary_killed_during_the_bank(transport: &str) {
     }
     check_no_transfer_lost(&db, &counted, transport);
     bank_holds(cluster.dir());
+    cluster
 }
 
 /// kill -9 of f = 2 nodes at once on 5 nodes while `acre bank` runs: both failures are

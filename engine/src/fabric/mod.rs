@@ -387,6 +387,35 @@ impl Fabric {
         }
     }
 
+    /// A READ of a large range (data recovery's reads of a region copy): on ofi, by the hybrid
+    /// transfer where the transport was configured for it ([`ofi::OfiTransport::read_large`]);
+    /// one READ otherwise.
+    pub fn read_large(
+        &self,
+        target: NodeId,
+        addr: Addr,
+        key: AccessKey,
+        len: u32,
+    ) -> Result<Vec<u8>, OpError> {
+        match self.transport() {
+            #[cfg(feature = "ofi")]
+            Transport::Ofi(ofi) if target != self.node_id() => {
+                ofi.read_large(target, addr, key, len)
+            }
+            _ => self.read(target, addr, key, len),
+        }
+    }
+
+    /// How [`Fabric::read_large`] moves bytes, for logs: `READ`, or the hybrid transfer and its
+    /// threshold.
+    pub fn read_large_path(&self) -> String {
+        match self.transport() {
+            #[cfg(feature = "ofi")]
+            Transport::Ofi(ofi) => ofi.read_large_path(),
+            _ => "READ".to_string(),
+        }
+    }
+
     /// One WRITE.
     pub fn write(
         &self,

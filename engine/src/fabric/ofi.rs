@@ -48,10 +48,10 @@
 //! it.
 //!
 //! The NIC thread serves the members of the node's configuration only ([`OfiNic::set_membership`]):
-//! it neither executes nor answers another node's messages. Not built: fencing and lease checks
-//! for one-sided operations (a NIC cannot refuse them; only the NIC thread's messages check the
-//! lease and the membership, so a removed node's process is killed instead), registering areas
-//! on their own (an area placed after start is registered when the owner calls
+//! it neither executes nor answers another node's messages, and every area is registered once
+//! per member, so that a removed node's registrations are closed and the provider refuses its
+//! one-sided operations (the fence). Not built: lease checks for one-sided operations (only the
+//! NIC thread's messages check the lease), registering areas on their own (an area placed after start is registered when the owner calls
 //! [`OfiTransport::register_new_areas`]; an area replaced under a registered id keeps the old
 //! registration), and a new connection after a provider broke one (on
 //! `tcp;ofi_rxm` a remote access error leaves that pair of endpoints unusable, as a queue pair's
@@ -179,6 +179,16 @@ pub struct OfiConfig {
     /// [`atomics_are_cpu_coherent`]). Off, or on any other provider, CAS takes the route it
     /// takes on providers without atomics: a message the target's NIC thread executes.
     pub atomics: bool,
+    /// The configuration whose members the node serves from the start (its areas are
+    /// registered for them only); `None`: every node until [`OfiNic::set_membership`] gives
+    /// one. A node process gives it, so that no registration to every node ever exists: a key
+    /// of one closed later would cut its holder off from this node for good on `tcp;ofi_rxm`.
+    pub membership: Option<Membership>,
+    /// How [`OfiTransport::read_large`] (data recovery's reads of region copies) moves bytes:
+    /// by the hybrid transfer with this policy, or, if `None` (the default), by one READ of the
+    /// registered region, which measured faster than either hybrid path here (docs/ofi.md,
+    /// "Hybrid transfer").
+    pub transfer: Option<transfer::TransferPolicy>,
 }
 
 impl OfiConfig {
@@ -188,6 +198,8 @@ impl OfiConfig {
             provider: provider.to_string(),
             address: ADDRESS_DEFAULT.to_string(),
             atomics: true,
+            membership: None,
+            transfer: None,
         }
     }
 }
@@ -221,6 +233,20 @@ pub enum OfiError {
     BadCard {
         provider: String,
         node: NodeId,
+        reason: String,
+    },
+    /// A registration of an area for a node the configuration removed could not be closed: the
+    /// provider may still take that node's key, so the fence did not take. Do not acknowledge
+    /// the configuration; stop the node (its process ending closes everything).
+    #[error(
+        "ofi provider {provider:?}: closing the registration of area {area} for {} failed: \
+         {reason}; the fence did not take",
+        node.map_or("every node".to_string(), |n| n.to_string())
+    )]
+    Revoke {
+        provider: String,
+        area: RegionId,
+        node: Option<NodeId>,
         reason: String,
     },
 }
@@ -351,8 +377,9 @@ impl Drop for Node {
         for registration in registrations.drain(..) {
             for mr in registration.mrs {
                 // SAFETY: each came from `Handle::register` on this handle and is closed once,
-                // here, before the handle (and its domain) is closed.
-                unsafe { self.handle.close_mr(mr) };
+                // here, before the handle (and its domain) is closed. The endpoints are closed:
+                // nobody reaches the memory any more, whatever the result.
+                let _ = unsafe { self.handle.close_mr(mr) };
             }
             // Its region (`registration.region`) is released here, after its registrations.
         }
@@ -555,7 +582,8 @@ impl Node {
         };
         for &grantee in grantees {
             if let Err(e) = self.grant(&mut registration, grantee) {
-                self.revoke(&mut registration, |_| false);
+                // Nobody was given these keys yet: a close that fails leaks, nothing more.
+                let _ = self.revoke(&mut registration, |_| false);
                 return Err(e);
             }
         }
@@ -591,44 +619,69 @@ impl Node {
         Ok(())
     }
 
-    /// Closes `registration`'s grants to the nodes `keep` refuses. Once a registration is
-    /// closed, the provider refuses operations under its key: what its node posts from then
-    /// on fails at this node (on `tcp;ofi_rxm` its connection to this node breaks for good).
-    fn revoke(&self, registration: &mut Registration, keep: impl Fn(Option<NodeId>) -> bool) {
+    /// Closes `registration`'s grants to the nodes `keep` refuses, and takes them off the
+    /// card. Once a registration is closed, the provider refuses operations under its key:
+    /// what its node posts from then on fails at this node (on `tcp;ofi_rxm` its connection to
+    /// this node breaks for good). A close that fails is an error naming the grant: the
+    /// provider may still take that key (the registration is leaked, not closed again).
+    fn revoke(
+        &self,
+        registration: &mut Registration,
+        keep: impl Fn(Option<NodeId>) -> bool,
+    ) -> Result<(), OfiError> {
+        let mut failure = None;
         let mut index = 0;
         while index < registration.mrs.len() {
-            if keep(registration.area.grants[index].node) {
+            let grant = registration.area.grants[index];
+            if keep(grant.node) {
                 index += 1;
                 continue;
             }
             registration.area.grants.remove(index);
             let mr = registration.mrs.remove(index);
             // SAFETY: registered by `grant` on this handle, closed once, here.
-            unsafe { self.handle.close_mr(mr) };
+            if let Err(e) = unsafe { self.handle.close_mr(mr) } {
+                failure.get_or_insert(OfiError::Revoke {
+                    provider: self.provider().to_string(),
+                    area: registration.area.id,
+                    node: grant.node,
+                    reason: e.to_string(),
+                });
+            }
         }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Makes every area's grants those of `grantees`: registers the missing ones, then closes
-    /// those of any other node. A registration that fails is said on stderr (that node's
-    /// operations on the area then fail as not a member); the revocations are made regardless.
-    fn regrant(&self, grantees: &[Option<NodeId>]) {
+    /// those of any other node. Every step is tried; the first failure is returned (a
+    /// registration that failed: its node's operations on the area fail as not a member; a
+    /// close that failed: the fence did not take).
+    fn regrant(&self, grantees: &[Option<NodeId>]) -> Result<(), OfiError> {
+        let mut failure = None;
         let mut registrations = self.registrations.lock().expect(crate::POISONED);
         for registration in registrations.iter_mut() {
             for &grantee in grantees {
-                if registration.area.grants.iter().any(|g| g.node == grantee) || grantee.is_none() {
+                if grantee.is_none() || registration.area.grants.iter().any(|g| g.node == grantee) {
                     continue;
                 }
                 if let Err(e) = self.grant(registration, grantee) {
-                    eprintln!(
-                        "acre: ofi provider {}: registering area {} for {}: {e}",
-                        self.provider(),
-                        registration.area.id,
-                        grantee.map_or("every node".to_string(), |n| n.to_string())
-                    );
+                    failure.get_or_insert(OfiError::Setup {
+                        provider: self.provider().to_string(),
+                        call: format!(
+                            "{} (area {} for {})",
+                            e.call,
+                            registration.area.id,
+                            grantee.map_or("every node".to_string(), |n| n.to_string())
+                        ),
+                        reason: sys::strerror(e.code),
+                    });
                 }
             }
-            self.revoke(registration, |node| grantees.contains(&node));
+            if let Err(e) = self.revoke(registration, |node| grantees.contains(&node)) {
+                failure.get_or_insert(e);
+            }
         }
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -697,20 +750,32 @@ impl OfiNic {
     ///   [`OpError::UnknownNode`]).
     ///
     /// A member's registrations are kept, so its operations are not disturbed.
-    pub fn set_membership(&self, membership: Membership) {
+    ///
+    /// The membership is in force even on an error, which says what failed: a registration
+    /// for a member (its one-sided operations on that area fail as not a member), or a close
+    /// (the provider may still take that node's key: the fence did not take, so the caller
+    /// must not acknowledge the configuration).
+    pub fn set_membership(&self, membership: Membership) -> Result<(), OfiError> {
         let mut current = self.node.membership.write().expect(crate::POISONED);
         self.node
             .peers
             .write()
             .expect(crate::POISONED)
             .retain(|node, _| membership.contains(*node));
-        self.node.regrant(&grantees(Some(&membership)));
+        let granted = self.node.regrant(&grantees(Some(&membership)));
         let mut exposures = self.node.exposures.lock().expect(crate::POISONED);
         // SAFETY: every exposure was registered on this node's handle by its NIC thread, and
         // the handle is open while `self.node` lives.
-        unsafe { exposures.close_unless(&self.node.handle, |node| membership.contains(node)) };
+        let unexposed =
+            unsafe { exposures.close_unless(&self.node.handle, |node| membership.contains(node)) };
         drop(exposures);
         *current = Some(membership);
+        granted?;
+        unexposed.map_err(|e| OfiError::Setup {
+            provider: self.node.provider().to_string(),
+            call: format!("{} (a range exposed to a removed node)", e.call),
+            reason: sys::strerror(e.code),
+        })
     }
 }
 
@@ -728,6 +793,10 @@ pub struct OfiTransport {
     /// Operation slots leaked because the provider might still write into them (their
     /// operation neither completed nor could be withdrawn in time).
     slots_leaked: AtomicU64,
+    /// [`OfiConfig::transfer`].
+    transfer: Option<transfer::TransferPolicy>,
+    /// Reads [`OfiTransport::read_large`] made by the hybrid transfer.
+    hybrid_reads: AtomicU64,
 }
 
 impl std::fmt::Debug for OfiTransport {
@@ -868,14 +937,15 @@ impl OfiTransport {
             exposures: Mutex::new(transfer::Exposures::default()),
             peers: RwLock::new(FastMap::default()),
             cards: RwLock::new(None),
-            membership: RwLock::new(None),
+            membership: RwLock::new(config.membership.clone()),
             stop: AtomicBool::new(false),
             handle,
         });
-        // Every node may reach the areas until a membership is given
+        // For the members of the configuration given, or every node until one is given
         // ([`OfiNic::set_membership`]). On failure, dropping `node` closes what was registered.
+        let grantees = grantees(config.membership.as_ref());
         for region in node.memory.areas() {
-            let registration = node.register_area(region, &grantees(None)).map_err(setup)?;
+            let registration = node.register_area(region, &grantees).map_err(setup)?;
             node.registrations
                 .lock()
                 .expect(crate::POISONED)
@@ -920,6 +990,8 @@ impl OfiTransport {
                 batch_seq: AtomicU64::new(random_batch_start()),
                 fingerprint,
                 slots_leaked: AtomicU64::new(0),
+                transfer: config.transfer,
+                hybrid_reads: AtomicU64::new(0),
             },
             OfiNic {
                 node,
@@ -990,6 +1062,49 @@ impl OfiTransport {
             len += 1;
         }
         len
+    }
+
+    /// A large READ of `len` bytes at `addr` of `owner` (data recovery's block and slot reads):
+    /// by the hybrid transfer if [`OfiConfig::transfer`] chose it (copy or zero copy by its
+    /// threshold), otherwise one READ of the registered region. The same bytes and the same
+    /// errors either way.
+    pub fn read_large(
+        &self,
+        owner: NodeId,
+        addr: crate::addr::Addr,
+        key: AccessKey,
+        len: u32,
+    ) -> Result<Vec<u8>, OpError> {
+        let Some(policy) = self.transfer.filter(|_| len > 0) else {
+            let read = Op::Read { addr, key, len };
+            let mut results = self.post(owner, &[read]).wait();
+            return match results.pop().expect("one result per operation")? {
+                Completion::Read(bytes) => Ok(bytes),
+                other => Err(OpError::Protocol {
+                    node: owner,
+                    reason: format!("a READ completed as {other:?}"),
+                }),
+            };
+        };
+        self.hybrid_reads.fetch_add(1, Ordering::Relaxed);
+        self.transfer(owner, addr, key, u64::from(len), &policy)
+            .map_err(OpError::from)
+    }
+
+    /// How [`OfiTransport::read_large`] moves bytes, for logs.
+    pub fn read_large_path(&self) -> String {
+        match self.transfer {
+            Some(policy) => format!(
+                "the hybrid transfer (zero copy from {} bytes, copy below)",
+                policy.threshold_bytes
+            ),
+            None => "READ".to_string(),
+        }
+    }
+
+    /// How many of [`OfiTransport::read_large`]'s reads went by the hybrid transfer.
+    pub fn hybrid_reads(&self) -> u64 {
+        self.hybrid_reads.load(Ordering::Relaxed)
     }
 
     /// How many operation slots were leaked so far: their operation got no completion and

@@ -53,6 +53,9 @@ pub struct TransportSpec {
     pub listen: Option<SocketAddr>,
     /// The libfabric provider, for ofi ([`OFI_PROVIDER_DEFAULT`] if `None`).
     pub ofi_provider: Option<String>,
+    /// For ofi: data recovery's reads go by the hybrid transfer, zero copy from this many
+    /// bytes and by copy below; `None`: plain READs (docs/ofi.md, "Hybrid transfer").
+    pub ofi_transfer_threshold: Option<u64>,
 }
 
 /// Why a node's transport could not be opened.
@@ -90,12 +93,17 @@ pub enum NodeNic {
 }
 
 impl NodeNic {
-    /// Serves `membership`'s members only from now on (see each transport's).
-    pub fn set_membership(&self, membership: Membership) {
+    /// Serves `membership`'s members only from now on (see each transport's). An error means
+    /// the fence may not have taken (on ofi, a removed node's registration could not be
+    /// closed): the configuration must not be acknowledged.
+    pub fn set_membership(&self, membership: Membership) -> Result<(), OpenError> {
         match self {
-            NodeNic::Tcp(nic) => nic.set_membership(membership),
+            NodeNic::Tcp(nic) => {
+                nic.set_membership(membership);
+                Ok(())
+            }
             #[cfg(feature = "ofi")]
-            NodeNic::Ofi(nic) => nic.set_membership(membership),
+            NodeNic::Ofi(nic) => Ok(nic.set_membership(membership)?),
         }
     }
 
@@ -202,10 +210,12 @@ fn open_ofi(
     if let Some(listen) = spec.listen {
         config.address = listen.ip().to_string();
     }
+    config.transfer = spec
+        .ofi_transfer_threshold
+        .map(|threshold_bytes| crate::fabric::ofi::transfer::TransferPolicy { threshold_bytes });
+    // Registered for the members only from the start (no key to every node is ever handed out).
+    config.membership = membership;
     let (transport, nic) = OfiTransport::start(&config, memory.clone())?;
-    if let Some(membership) = membership {
-        nic.set_membership(membership);
-    }
     let dir = dir.to_path_buf();
     transport.find_cards_with(move |node| {
         let manifest = NodeManifest::read(&dir, node).ok().flatten()?;
@@ -296,6 +306,7 @@ mod tests {
             kind: TransportKind::Tcp,
             listen: None,
             ofi_provider: None,
+            ofi_transfer_threshold: None,
         };
         let error = open_transport(
             dir.path(),

@@ -765,6 +765,7 @@ fn node_processes_adopt_and_fence(transport: acre_engine::fabric::transport_kind
         cm: None,
         ofi: (transport == TransportKind::Ofi).then(|| OfiSettings {
             provider: "tcp;ofi_rxm".to_string(),
+            transfer_threshold_bytes: None,
         }),
         config: config.clone(),
     }

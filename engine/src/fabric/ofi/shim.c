@@ -232,13 +232,6 @@ int acre_ofi_av_insert(struct acre_ofi *o, const void *name, uint64_t *fi_addr)
 	return ret == 1 ? 0 : (ret < 0 ? ret : -FI_EINVAL);
 }
 
-/* Removes a peer's address: the provider drops its connection to it, with what it had not read. */
-int acre_ofi_av_remove(struct acre_ofi *o, uint64_t fi_addr)
-{
-	fi_addr_t addr = fi_addr;
-	return fi_av_remove(o->av, &addr, 1, 0);
-}
-
 /* Registers [base, base + len) for remote READ, and for remote WRITE and atomics too when
  * `writable`. */
 int acre_ofi_mr_reg(struct acre_ofi *o, void *base, size_t len, int writable,

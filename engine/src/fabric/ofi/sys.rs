@@ -96,7 +96,6 @@ unsafe extern "C" {
     fn acre_ofi_ep_name(ofi: *mut RawOfi, which: c_int, buf: *mut c_void, len: *mut usize)
     -> c_int;
     fn acre_ofi_av_insert(ofi: *mut RawOfi, name: *const c_void, fi_addr: *mut u64) -> c_int;
-    fn acre_ofi_av_remove(ofi: *mut RawOfi, fi_addr: u64) -> c_int;
     fn acre_ofi_mr_reg(
         ofi: *mut RawOfi,
         base: *mut c_void,
@@ -324,15 +323,6 @@ impl Handle {
         Ok(addr)
     }
 
-    /// Removes a peer's address inserted by [`Handle::insert`]: the provider closes its
-    /// connection to that peer, dropping what it had not read of it. Posting to `fi_addr`
-    /// afterwards is an error.
-    pub fn remove(&self, fi_addr: u64) -> Result<(), CallError> {
-        // SAFETY: the handle is open; a removed or unknown address is an error, not undefined.
-        let ret = unsafe { acre_ofi_av_remove(self.raw, fi_addr) };
-        check("fi_av_remove", ret as isize).map(|_| ())
-    }
-
     /// Registers `[base, base + len)` for remote READ, and for remote WRITE and atomics too
     /// when `writable`.
     ///
@@ -366,13 +356,16 @@ impl Handle {
         Ok((mr, key))
     }
 
-    /// Closes a registration.
+    /// Closes a registration: the provider refuses its key from then on. An error means it
+    /// may still accept it (the fence relies on this result, docs/failures.md#fencing).
     ///
     /// # Safety
-    /// `mr` came from [`Handle::register`] on this handle and is closed once.
-    pub unsafe fn close_mr(&self, mr: *mut RawMr) {
+    /// `mr` came from [`Handle::register`] on this handle and is closed once (after an error,
+    /// it is not closed again: it is leaked).
+    pub unsafe fn close_mr(&self, mr: *mut RawMr) -> Result<(), CallError> {
         // SAFETY: as the caller promises.
-        unsafe { acre_ofi_mr_close(mr) };
+        let ret = unsafe { acre_ofi_mr_close(mr) };
+        check("fi_close (a memory registration)", ret as isize).map(|_| ())
     }
 
     /// Posts an RDMA READ of `len` bytes at the peer's `addr` into `buf`.

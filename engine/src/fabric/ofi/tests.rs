@@ -27,12 +27,17 @@ impl TestNode {
 }
 
 fn start(provider: &str, id: u16) -> TestNode {
+    start_with(&OfiConfig::loopback(provider), id)
+}
+
+fn start_with(config: &OfiConfig, id: u16) -> TestNode {
+    let provider = &config.provider;
     let doorbell = Arc::new(Doorbell::anonymous().expect("map a doorbell"));
     let memory = Arc::new(NodeMemory::new(NodeId(id), doorbell));
     let region = Region::anonymous(DATA, DATA_BYTES).expect("map a region");
     let key = region.key();
     memory.register(Arc::new(region)).expect("register");
-    let (transport, nic) = OfiTransport::start(&OfiConfig::loopback(provider), memory.clone())
+    let (transport, nic) = OfiTransport::start(config, memory.clone())
         .unwrap_or_else(|e| panic!("start {provider}: {e}"));
     TestNode {
         fabric: Fabric::new(memory, Transport::Ofi(transport)),
@@ -423,7 +428,8 @@ fn a_nic_thread_serves_only_the_members_of_its_configuration() {
     let rings = |node: &TestNode| node.fabric.memory().doorbell().rings();
     // B serves configuration 5 of A and B: C is not a member any more.
     b.nic
-        .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]));
+        .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]))
+        .unwrap();
     let before = rings(b);
     assert_eq!(
         a.fabric.execute(NodeId(2), vec![Op::Notify]),
@@ -474,7 +480,8 @@ fn a_nic_thread_serves_only_the_members_of_its_configuration() {
 fn serve(nodes: &[TestNode], config: u64, members: &[u16]) {
     for node in nodes {
         node.nic
-            .set_membership(Membership::new(config, members.iter().map(|&m| NodeId(m))));
+            .set_membership(Membership::new(config, members.iter().map(|&m| NodeId(m))))
+            .unwrap();
     }
     for node in nodes {
         for other in nodes
@@ -488,36 +495,53 @@ fn serve(nodes: &[TestNode], config: u64, members: &[u16]) {
     }
 }
 
-/// The fence (docs/failures.md#fencing): once B serves a configuration without C, C's one-sided
-/// operations under the registration keys it knows fail at B and change nothing there, a card
-/// B publishes afterwards gives C no key (refused before anything is posted), and A, still a
-/// member, goes on with the keys it had: its registrations were not touched.
+/// The fence (docs/failures.md#fencing): once B serves a configuration without C, D and E,
+/// their one-sided READ, WRITE and CAS under the registration keys they know fail at B and
+/// change nothing there (each on a node of its own: on `tcp;ofi_rxm` a refused operation also
+/// breaks its node's connection to B, which would fail anything after it), a card B publishes
+/// afterwards gives them no key (refused before anything is posted), and A, still a member,
+/// goes on with the keys it had: its registrations were not touched.
 #[test]
 fn a_removed_node_s_one_sided_operations_fail_at_the_target_and_members_go_on() {
-    let nodes = cluster(PROVIDER, 3);
-    serve(&nodes, 5, &[1, 2, 3]);
-    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let nodes = cluster(PROVIDER, 5);
+    serve(&nodes, 5, &[1, 2, 3, 4, 5]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (c, d, e) = (&nodes[2], &nodes[3], &nodes[4]);
     let word = Addr::new(DATA, 64);
     let b_word = || b.fabric.memory().area(DATA).unwrap().words()[8].load(Ordering::Acquire);
-    c.fabric
-        .write(NodeId(2), word, b.key, 1u64.to_le_bytes().to_vec())
-        .expect("C is a member of configuration 5");
-    assert_eq!(b_word(), 1);
+    for removed in [c, d, e] {
+        assert_eq!(
+            removed.fabric.read(NodeId(2), word, b.key, 8),
+            Ok(vec![0; 8]),
+            "a member of configuration 5"
+        );
+    }
+    b.fabric.memory().area(DATA).unwrap().words()[8].store(1, Ordering::Release);
 
     b.nic
-        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]));
-    let write = c
-        .fabric
-        .write(NodeId(2), word, b.key, 2u64.to_le_bytes().to_vec());
-    assert!(
-        matches!(&write, Err(OpError::Unreachable { node: NodeId(2), reason }) if reason.contains("fi_write")),
-        "{write:?}"
+        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]))
+        .unwrap();
+    let refused = |result: Result<(), OpError>, call: &str| match result {
+        Err(OpError::Unreachable { node, reason }) => {
+            assert_eq!(node, NodeId(2));
+            assert!(reason.contains(call), "{reason}");
+        }
+        other => panic!("{call} of a removed node: {other:?}"),
+    };
+    refused(
+        c.fabric.read(NodeId(2), word, b.key, 8).map(|_| ()),
+        "fi_read",
     );
-    let cas = c.fabric.cas(NodeId(2), word, b.key, 1, 3);
-    assert!(matches!(cas, Err(OpError::Unreachable { .. })), "{cas:?}");
-    let read = c.fabric.read(NodeId(2), word, b.key, 8);
-    assert!(matches!(read, Err(OpError::Unreachable { .. })), "{read:?}");
-    assert_eq!(b_word(), 1, "nothing of C's executed at B");
+    refused(
+        d.fabric
+            .write(NodeId(2), word, b.key, 2u64.to_le_bytes().to_vec()),
+        "fi_write",
+    );
+    refused(
+        e.fabric.cas(NodeId(2), word, b.key, 1, 3).map(|_| ()),
+        "fi_compare_atomic",
+    );
+    assert_eq!(b_word(), 1, "nothing of theirs executed at B");
 
     // A's card of B is the one from before: its registration is still open.
     a.fabric
@@ -545,15 +569,40 @@ fn a_removed_node_s_one_sided_operations_fail_at_the_target_and_members_go_on() 
     assert_eq!(b_word(), 5);
 }
 
+/// A node given its configuration at start registers its areas for the members only: no key
+/// to every node is ever handed out (one closed later would cut its holder off for good).
+#[test]
+fn a_node_started_with_a_membership_grants_its_members_only() {
+    let doorbell = Arc::new(Doorbell::anonymous().expect("map a doorbell"));
+    let memory = Arc::new(NodeMemory::new(NodeId(2), doorbell));
+    let region = Region::anonymous(DATA, DATA_BYTES).expect("map a region");
+    memory.register(Arc::new(region)).expect("register");
+    let config = OfiConfig {
+        membership: Some(Membership::new(3, [NodeId(1), NodeId(2)])),
+        ..OfiConfig::loopback(PROVIDER)
+    };
+    let (transport, _nic) = OfiTransport::start(&config, memory).unwrap();
+    let card = transport.card().unwrap();
+    assert_eq!(card.config, Some(3));
+    let grantees: Vec<_> = card.areas[0].grants.iter().map(|g| g.node).collect();
+    assert_eq!(
+        grantees,
+        vec![Some(NodeId(1)), Some(NodeId(2)), Some(NodeId::OBSERVER)]
+    );
+}
+
 /// A node that joins is not served until the target serves a configuration with it; then it
 /// finds its registration in the target's next card, looked up again on its next access.
 #[test]
 fn a_node_that_joins_finds_its_registration_in_the_card_published_after_the_target_serves_it() {
     let nodes = cluster(PROVIDER, 2);
     let (a, b) = (&nodes[0], &nodes[1]);
-    a.nic.set_membership(Membership::new(5, [NodeId(1)]));
+    a.nic
+        .set_membership(Membership::new(5, [NodeId(1)]))
+        .unwrap();
     b.nic
-        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]));
+        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]))
+        .unwrap();
     let published = Arc::new(Mutex::new(FastMap::default()));
     let lookups = Arc::new(AtomicU64::new(0));
     publish_to(b.transport(), &published, &lookups);
@@ -569,7 +618,8 @@ fn a_node_that_joins_finds_its_registration_in_the_card_published_after_the_targ
         })
     );
     a.nic
-        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]));
+        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]))
+        .unwrap();
     published.lock().unwrap().insert(NodeId(1), card(a));
     let before = lookups.load(Ordering::Relaxed);
     assert_eq!(b.fabric.read(NodeId(1), word, a.key, 8), Ok(vec![0; 8]));
@@ -643,10 +693,12 @@ fn a_card_of_an_earlier_configuration_does_not_replace_a_later_one() {
     let nodes = cluster(PROVIDER, 2);
     let (a, b) = (&nodes[0], &nodes[1]);
     b.nic
-        .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]));
+        .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]))
+        .unwrap();
     let older = b.transport().card().unwrap();
     b.nic
-        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]));
+        .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]))
+        .unwrap();
     let newer = b.transport().card().unwrap();
     a.transport().add_peer(newer.clone()).unwrap();
     a.transport().add_peer(older).unwrap();
@@ -1189,6 +1241,59 @@ mod transfer {
         assert!(xfer::answer(node, NodeId(1), 10, &[]).is_none());
     }
 
+    /// `read_large` (data recovery's reads) goes by the hybrid transfer when the transport is
+    /// configured for it, returning what a READ returns, errors included; by a READ otherwise.
+    #[test]
+    fn read_large_goes_by_the_hybrid_transfer_when_configured_and_reads_what_a_read_does() {
+        let (plain, b) = pair();
+        let hybrid = start_with(
+            &OfiConfig {
+                transfer: Some(TransferPolicy {
+                    threshold_bytes: PAGE,
+                }),
+                ..OfiConfig::loopback(PROVIDER)
+            },
+            3,
+        );
+        hybrid
+            .transport()
+            .add_peer(b.transport().card().unwrap())
+            .unwrap();
+        // B's NIC thread answers the transfer's requests at the requester's endpoint.
+        b.transport()
+            .add_peer(hybrid.transport().card().unwrap())
+            .unwrap();
+        let key = object_key(&b);
+        for len in [8, PAGE - 8, PAGE, CHUNK + 8] {
+            let addr = Addr::new(RegionId(2), 8);
+            let read = plain.fabric.read(NodeId(2), addr, key, len as u32).unwrap();
+            assert_eq!(read, expected(8, len), "{len}");
+            let large = hybrid.fabric.read_large(NodeId(2), addr, key, len as u32);
+            assert_eq!(large, Ok(read), "{len} bytes by the hybrid transfer");
+            let plain_large = plain.fabric.read_large(NodeId(2), addr, key, len as u32);
+            assert_eq!(
+                plain_large,
+                Ok(expected(8, len)),
+                "{len} bytes by READ"
+            );
+        }
+        assert_eq!(hybrid.transport().hybrid_reads(), 4);
+        assert_eq!(
+            plain.transport().hybrid_reads(),
+            0,
+            "READs without the policy"
+        );
+        let wrong = AccessKey(key.0 ^ 1);
+        let addr = Addr::new(RegionId(2), 0);
+        assert_eq!(
+            hybrid.fabric.read_large(NodeId(2), addr, wrong, 64),
+            plain.fabric.read(NodeId(2), addr, wrong, 64),
+            "the same error as a READ"
+        );
+        assert!(hybrid.fabric.read_large_path().contains("hybrid"));
+        assert_eq!(plain.fabric.read_large_path(), "READ");
+    }
+
     /// Part of the fence: a configuration that removes a requester closes the ranges exposed
     /// to it (it could otherwise READ them until they expire), and only those.
     #[test]
@@ -1204,7 +1309,8 @@ mod transfer {
         }
         assert_eq!(exposures_open(&b), 2);
         b.nic
-            .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]));
+            .set_membership(Membership::new(5, [NodeId(1), NodeId(2)]))
+            .unwrap();
         assert_eq!(exposures_open(&b), 1, "n3's exposure is closed, n1's kept");
         drop(a);
     }

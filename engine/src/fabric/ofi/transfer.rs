@@ -157,6 +157,25 @@ pub enum TransferError {
     },
 }
 
+impl From<TransferError> for OpError {
+    /// The error a plain READ of the same range would have given: what the range check found,
+    /// what reaching the owner found, or the size limit.
+    fn from(error: TransferError) -> OpError {
+        match error {
+            TransferError::Refused { source, .. } => OpError::Access(source),
+            TransferError::Failed { source, .. } => source,
+            TransferError::TooLarge { len, max, .. } => OpError::TooLarge {
+                len,
+                max: u32::try_from(max).unwrap_or(u32::MAX),
+            },
+            TransferError::Empty { owner, .. } => OpError::Protocol {
+                node: owner,
+                reason: "a transfer of 0 bytes".into(),
+            },
+        }
+    }
+}
+
 /// A request of the transfer to the owner's NIC thread. Little-endian:
 /// `kind u8 | addr u64 | key u64 | len u32` for COPY and EXPOSE, `kind u8 | mr_key u64` for
 /// RELEASE, each followed by `fingerprint u32`, the requester's initiator endpoint's
@@ -264,7 +283,8 @@ impl Exposures {
         &mut self,
         handle: &sys::Handle,
         keep: impl Fn(NodeId) -> bool,
-    ) {
+    ) -> Result<(), sys::CallError> {
+        let mut failure = Ok(());
         let closing: Vec<u64> = self
             .by_key
             .iter()
@@ -275,8 +295,11 @@ impl Exposures {
             let exposure = self.by_key.remove(&key).expect("listed just above");
             // SAFETY: registered on `handle`, as the caller promises, and taken out of the map,
             // so closed once; its region is released after, when `exposure` drops.
-            unsafe { handle.close_mr(exposure.mr) };
+            if let Err(e) = unsafe { handle.close_mr(exposure.mr) } {
+                failure = failure.and(Err(e));
+            }
         }
+        failure
     }
 
     /// Closes every exposure, each before releasing its region.
@@ -288,8 +311,9 @@ impl Exposures {
         for (_, exposure) in self.by_key.drain() {
             // SAFETY: registered on `handle`, as the caller promises, and taken out of the map,
             // so closed once; its region (`exposure._region`) is released after, when
-            // `exposure` drops.
-            unsafe { handle.close_mr(exposure.mr) };
+            // `exposure` drops. The endpoints are closed (`Node::drop`): the result changes
+            // nothing.
+            let _ = unsafe { handle.close_mr(exposure.mr) };
         }
     }
 }
@@ -384,7 +408,12 @@ fn expose(node: &Node, sender: NodeId, addr: Addr, key: AccessKey, len: u32) -> 
         // SAFETY: registered below on this handle and closed once, here, taken out of the map;
         // its requester's READ gave up long ago (each step of it after OP_TIMEOUT), and should
         // one still arrive the provider refuses it as it refuses any unknown key.
-        unsafe { node.handle.close_mr(exposure.mr) };
+        if let Err(e) = unsafe { node.handle.close_mr(exposure.mr) } {
+            eprintln!(
+                "acre: ofi provider {}: closing an expired exposure: {e}",
+                node.provider()
+            );
+        }
     }
     if exposures.len() >= EXPOSURES_MAX {
         return Err(OpError::Unreachable {
@@ -453,7 +482,12 @@ fn release(node: &Node, sender: NodeId, mr_key: u64) {
     let exposure = exposures.by_key.remove(&mr_key).expect("found just above");
     // SAFETY: registered by `expose` on this handle, taken out of the map and closed once; its
     // requester says its READ is done.
-    unsafe { node.handle.close_mr(exposure.mr) };
+    if let Err(e) = unsafe { node.handle.close_mr(exposure.mr) } {
+        eprintln!(
+            "acre: ofi provider {}: releasing an exposure: {e}",
+            node.provider()
+        );
+    }
 }
 
 impl OfiTransport {

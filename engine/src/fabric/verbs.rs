@@ -42,10 +42,24 @@
 //! buffer whose requests are not flushed within [`REAP_TIMEOUT`] is leaked instead). The node
 //! keeps serving and reaching the others throughout.
 //!
-//! Not in this slice, as for ofi: membership fencing and lease checks for one-sided operations
-//! (only the NIC thread's messages check the lease), cards in the cluster directory, and
-//! registering areas on their own ([`VerbsTransport::register_new_areas`]). The bootstrap
-//! authenticates peers with the cluster secret but does not check membership.
+//! Membership fencing (docs/failures.md#fencing, [`VerbsNic::set_membership`]): the target's
+//! NIC checks nothing of a READ, WRITE or NIC CAS but the queue pair and the memory key, so a
+//! node that adopts a configuration moves every queue pair it has with a node outside it to the
+//! error state and destroys it before `set_membership` returns; the removed node's requests on
+//! them are then executed nowhere and complete in error at its NIC. The bootstrap refuses a
+//! non-member before it makes a queue pair for it (NOT_MEMBER, reported as
+//! [`OpError::NotMember`], kept like a failure until the reconnect backoff has passed but not
+//! called unreachable); [`VerbsTransport::add_peer`] refuses a non-member's card; the NIC thread
+//! executes messages under the membership's lock, and a non-member has no responder to send
+//! them on. A member added by a later configuration connects as any peer does (its card added
+//! again). Only hardware can show that a real RNIC refuses requests on a queue pair in the
+//! error state, and what becomes of requests already on the wire when it is moved there
+//! (docs/verbs.md#membership-fencing); the fake refuses them the way ibverbs specifies.
+//!
+//! Not in this slice, as for ofi: lease checks for one-sided operations (only the NIC thread's
+//! messages check the lease), cards in the cluster directory, and registering areas on their
+//! own ([`VerbsTransport::register_new_areas`]). The bootstrap's proofs do not bind the
+//! configuration (a member's connection is not re-checked against the configuration it claims).
 // Registering memory and posting work requests hand the device raw pointers into buffers this
 // module keeps alive: each such call is an `unsafe` block saying how.
 #![allow(unsafe_code)]
@@ -61,6 +75,7 @@ pub mod staging;
 pub mod work;
 
 use crate::addr::{NodeId, RegionId};
+use crate::fabric::membership::Membership;
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::tcp::ClusterSecret;
 use crate::fabric::tcp::frame::{self, Frame, Request, Response};
@@ -233,6 +248,10 @@ struct Node<V: Verbs> {
     /// Only grows while the node lives; deregistered in `Drop`.
     registrations: Mutex<Vec<Registration<V>>>,
     peers: RwLock<FastMap<NodeId, Arc<Peer<V>>>>,
+    /// The configuration whose members this node serves and reaches ([`VerbsNic::set_membership`]);
+    /// any peer while there is none. Taken before `peers`, `responders` and a peer's link
+    /// wherever it is held with them, and read-held while the NIC thread executes requests.
+    membership: RwLock<Option<Membership>>,
     /// The NIC thread's side: one queue pair per peer connected to this node.
     responders: Mutex<nic::Responders<V>>,
     /// The NIC thread's completion queue, shared by the responders' queue pairs. `None` only
@@ -301,6 +320,25 @@ impl<V: Verbs> Node<V> {
 
     fn me(&self) -> NodeId {
         self.memory.node_id()
+    }
+
+    /// Whether this node serves and reaches `node`: a member of its configuration, or any node
+    /// while it has been given none.
+    fn admits(&self, node: NodeId) -> bool {
+        self.membership
+            .read()
+            .expect(crate::POISONED)
+            .as_ref()
+            .is_none_or(|m| m.contains(node))
+    }
+
+    /// Forgets `peer`'s connection, tearing it down (its queue pair goes to the error state).
+    /// Waits for a batch in flight to it to end (it holds the link).
+    fn retire_peer(&self, peer: &Peer<V>) {
+        let connection = peer.link.lock().expect(crate::POISONED).reset();
+        if let Some(connection) = connection {
+            teardown(&self.verbs, connection, true);
+        }
     }
 
     fn peer(&self, node: NodeId) -> Option<Arc<Peer<V>>> {
@@ -438,6 +476,7 @@ impl<V: Verbs> VerbsTransport<V> {
             config: config.clone(),
             registrations: Mutex::new(registrations),
             peers: RwLock::new(FastMap::default()),
+            membership: RwLock::new(None),
             responders: Mutex::new(nic::Responders::default()),
             nic_cq: Some(nic_cq),
             bootstrap,
@@ -505,7 +544,9 @@ impl<V: Verbs> VerbsTransport<V> {
     }
 
     /// Makes `card`'s node reachable, and lets it connect to this node's NIC thread. A card for
-    /// a node already known replaces it (a restarted node): its connection is remade.
+    /// a node already known replaces it (a restarted node): its connection is remade. A node
+    /// that is not a member of the configuration this node serves
+    /// ([`VerbsNic::set_membership`]) is refused, naming the configuration.
     pub fn add_peer(&self, card: VerbsCard) -> Result<(), VerbsError> {
         let bad = |reason: String| VerbsError::BadCard {
             device: self.device().to_string(),
@@ -530,6 +571,17 @@ impl<V: Verbs> VerbsTransport<V> {
             }
         }
         let node = card.node;
+        // Under the membership's lock, so that a node removed meanwhile is not added back.
+        let membership = self.node.membership.read().expect(crate::POISONED);
+        if let Some(membership) = membership.as_ref()
+            && !membership.contains(node)
+        {
+            return Err(bad(format!(
+                "it is not a member of configuration {}, which this node serves: add it once \
+                 it is a member of the configuration this node adopts",
+                membership.config()
+            )));
+        }
         let old = self.node.peers.write().expect(crate::POISONED).insert(
             node,
             Arc::new(Peer {
@@ -537,8 +589,9 @@ impl<V: Verbs> VerbsTransport<V> {
                 link: Mutex::new(Link::default()),
             }),
         );
+        drop(membership);
         if let Some(old) = old {
-            self.retire_peer(&old);
+            self.node.retire_peer(&old);
         }
         Ok(())
     }
@@ -552,15 +605,7 @@ impl<V: Verbs> VerbsTransport<V> {
             .expect(crate::POISONED)
             .remove(&node);
         if let Some(old) = old {
-            self.retire_peer(&old);
-        }
-    }
-
-    fn retire_peer(&self, peer: &Peer<V>) {
-        // Waits for a batch in flight to it to end (it holds the link).
-        let connection = peer.link.lock().expect(crate::POISONED).reset();
-        if let Some(connection) = connection {
-            teardown(&self.node.verbs, connection, true);
+            self.node.retire_peer(&old);
         }
     }
 
@@ -697,15 +742,35 @@ impl<V: Verbs> VerbsTransport<V> {
         let node = &self.node;
         let target = card.node;
         if link.connection().is_none() {
+            // A batch that found the peer before `set_membership` dropped it must not connect
+            // to it again: the membership was replaced before the peer's link was reset, and
+            // this runs under the link's lock.
+            if !node.admits(target) {
+                return Err(OpError::UnknownNode { node: target });
+            }
             let now = node.memory.clock().now();
+            let refused_in = link.refused_in();
             link.start_connecting(now, node.config.reconnect_backoff)
-                .map_err(|reason| OpError::Unreachable {
-                    node: target,
-                    reason,
+                .map_err(|reason| match refused_in {
+                    Some(config) => OpError::NotMember {
+                        node: target,
+                        config,
+                    },
+                    None => OpError::Unreachable {
+                        node: target,
+                        reason,
+                    },
                 })?;
             match self.connect(card) {
                 Ok(connection) => link.connected(connection),
-                Err(reason) => {
+                Err(ConnectFailure::NotMember { config, reason }) => {
+                    link.refused(reason, config, node.memory.clock().now());
+                    return Err(OpError::NotMember {
+                        node: target,
+                        config,
+                    });
+                }
+                Err(ConnectFailure::Failed(reason)) => {
                     let error = node.unreachable(target, reason);
                     let OpError::Unreachable { reason, .. } = &error else {
                         unreachable!("built as unreachable")
@@ -743,7 +808,7 @@ impl<V: Verbs> VerbsTransport<V> {
 
     /// Makes a new connection to `card`'s node: a queue pair in INIT, the bootstrap exchange,
     /// then RTR and RTS.
-    fn connect(&self, card: &VerbsCard) -> Result<Connection<V>, String> {
+    fn connect(&self, card: &VerbsCard) -> Result<Connection<V>, ConnectFailure> {
         let node = &self.node;
         let verbs = &node.verbs;
         let target = card.node;
@@ -752,7 +817,7 @@ impl<V: Verbs> VerbsTransport<V> {
         };
         let cq = verbs
             .create_cq(CONNECTION_CQ_ENTRIES)
-            .map_err(|e| context(&e))?;
+            .map_err(|e| ConnectFailure::Failed(context(&e)))?;
         let caps = QpCaps {
             send_wr_max: work::CHAIN_WRS_MAX as u32,
             recv_wr_max: CONNECTION_RECV_MAX,
@@ -761,13 +826,14 @@ impl<V: Verbs> VerbsTransport<V> {
             Ok(qp) => qp,
             Err(e) => {
                 verbs.destroy_cq(cq);
-                return Err(context(&e));
+                return Err(ConnectFailure::Failed(context(&e)));
             }
         };
+        let failed = |e: &dyn std::fmt::Display| ConnectFailure::Failed(context(e));
         let made = (|| {
             verbs
                 .modify_qp(&qp, QpTransition::Init)
-                .map_err(|e| context(&e))?;
+                .map_err(|e| failed(&e))?;
             let (lid, gid) = verbs.port_address();
             let psn = random_psn();
             let mine = QpEndpoint {
@@ -784,14 +850,20 @@ impl<V: Verbs> VerbsTransport<V> {
                 mine,
                 node.config.bootstrap_timeout,
             )
-            .map_err(|e| context(&e))?;
+            .map_err(|e| match e {
+                bootstrap::BootstrapError::NotMember { config } => ConnectFailure::NotMember {
+                    config,
+                    reason: context(&e),
+                },
+                other => failed(&other),
+            })?;
             verbs
                 .modify_qp(&qp, QpTransition::ReadyToReceive { remote })
-                .map_err(|e| context(&e))?;
+                .map_err(|e| failed(&e))?;
             verbs
                 .modify_qp(&qp, QpTransition::ReadyToSend { psn })
-                .map_err(|e| context(&e))?;
-            Staging::new(verbs, STAGING_BYTES_MIN).map_err(|e| context(&e))
+                .map_err(|e| failed(&e))?;
+            Staging::new(verbs, STAGING_BYTES_MIN).map_err(|e| failed(&e))
         })();
         match made {
             Ok(staging) => Ok(Connection { qp, cq, staging }),
@@ -909,6 +981,17 @@ impl<V: Verbs> VerbsTransport<V> {
             drained,
         }
     }
+}
+
+/// Why a connection was not made.
+enum ConnectFailure {
+    /// The peer refused this node as not a member of its configuration `config`: a definite
+    /// answer, kept until the backoff has passed like a failure, but not reported as the peer
+    /// being unreachable.
+    NotMember { config: u64, reason: String },
+    /// Anything else (the bootstrap, a queue pair transition, a device call): the peer is
+    /// unreachable for now.
+    Failed(String),
 }
 
 /// The operations at `indexes`.

@@ -12,6 +12,13 @@
 //! 4. the target checks it (constant time) before it makes anything for the initiator, then
 //!    answers ACCEPT with the queue pair it made for it, or REFUSE with a reason.
 //!
+//! A target that serves the members of a configuration only (`VerbsNic::set_membership`)
+//! answers a non-member's HELLO with NOT_MEMBER (the configuration's id) instead of CHALLENGE,
+//! before it makes anything for it; the initiator reports it as [`BootstrapError::NotMember`],
+//! which is a definite answer, not a transient failure. It is not authenticated (nothing is
+//! proven before it): a forged one only keeps a node from connecting, as dropping the TCP
+//! connection would.
+//!
 //! The proofs are the tcp transport's ([`crate::fabric::tcp::auth`]), under a secret derived
 //! from the cluster's for this use alone ([`BOOTSTRAP_SECRET_LABEL`]). As there, this
 //! authenticates peers; it does not sign the messages. Every message is
@@ -20,6 +27,7 @@
 //! magic "ACRV" | version u8 | kind u8 | body_len u16 LE | body
 //! HELLO (1):  from u16 | to u16 | nonce [32] | endpoint     CHALLENGE (4): nonce [32] | proof [32]
 //! PROOF (5):  proof [32]        ACCEPT (2): endpoint        REFUSE (3): reason UTF-8
+//! NOT_MEMBER (6): config u64
 //! endpoint:   qpn u32 | psn u32 | lid u16 | gid [16]        (all integers little-endian)
 //! ```
 //!
@@ -48,7 +56,8 @@ const CHALLENGE_BYTES: usize = NONCE_BYTES + PROOF_BYTES;
 /// The label the bootstrap's secret is derived from the cluster's under, so that its proofs
 /// prove nothing to the tcp transport or any other user of the secret.
 pub const BOOTSTRAP_SECRET_LABEL: &str = "acre verbs bootstrap";
-/// The configuration id the proofs bind (the bootstrap does not check membership yet).
+/// The configuration id the proofs bind: none (membership is checked at HELLO, by node id, not
+/// bound into the proofs).
 const CONFIG_UNBOUND: u64 = 0;
 
 mod kind {
@@ -57,6 +66,7 @@ mod kind {
     pub const REFUSE: u8 = 3;
     pub const CHALLENGE: u8 = 4;
     pub const PROOF: u8 = 5;
+    pub const NOT_MEMBER: u8 = 6;
 }
 
 /// One bootstrap message.
@@ -80,6 +90,10 @@ pub enum Message {
     },
     Refuse {
         reason: String,
+    },
+    /// The initiator is not a member of the target's configuration `config`.
+    NotMember {
+        config: u64,
     },
 }
 
@@ -120,6 +134,14 @@ pub enum BootstrapError {
     },
     #[error("refused by the target: {reason}")]
     Refused { reason: String },
+    /// The target serves the members of its configuration `config` only, and this node is not
+    /// one. Nothing was made for it; asking again cannot succeed until the target adopts a
+    /// configuration that has this node.
+    #[error(
+        "refused by the target: this node is not a member of its configuration {config}; learn \
+         the current configuration before connecting again"
+    )]
+    NotMember { config: u64 },
     /// The other end does not hold this cluster's secret: it is not the node it claims to be
     /// (or is of another cluster). Nothing was connected.
     #[error(
@@ -137,6 +159,7 @@ impl Message {
             Message::Proof { .. } => "PROOF",
             Message::Accept { .. } => "ACCEPT",
             Message::Refuse { .. } => "REFUSE",
+            Message::NotMember { .. } => "NOT_MEMBER",
         }
     }
 }
@@ -202,6 +225,10 @@ pub fn encode(message: &Message) -> Vec<u8> {
             }
             body.extend_from_slice(&reason.as_bytes()[..end]);
             kind::REFUSE
+        }
+        Message::NotMember { config } => {
+            body.extend_from_slice(&config.to_le_bytes());
+            kind::NOT_MEMBER
         }
     };
     assert!(body.len() <= BODY_BYTES_MAX, "body_len={}", body.len());
@@ -275,6 +302,12 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, BootstrapError> {
         kind::REFUSE => Ok(Message::Refuse {
             reason: String::from_utf8(body.to_vec()).map_err(|_| BootstrapError::BadReason)?,
         }),
+        kind::NOT_MEMBER => {
+            exact("NOT_MEMBER", 8)?;
+            Ok(Message::NotMember {
+                config: u64::from_le_bytes(body.try_into().expect("8 bytes")),
+            })
+        }
         got => Err(BootstrapError::UnknownKind { got }),
     }
 }
@@ -400,6 +433,7 @@ pub fn request(
     let (server_nonce, proof) = match read(&mut stream, &name)? {
         Message::Challenge { nonce, proof } => (nonce, proof),
         Message::Refuse { reason } => return Err(BootstrapError::Refused { reason }),
+        Message::NotMember { config } => return Err(BootstrapError::NotMember { config }),
         other => return Err(unexpected(&other, "CHALLENGE or REFUSE")),
     };
     secret
@@ -412,20 +446,22 @@ pub fn request(
     match read(&mut stream, &name)? {
         Message::Accept { endpoint } => Ok(endpoint),
         Message::Refuse { reason } => Err(BootstrapError::Refused { reason }),
+        Message::NotMember { config } => Err(BootstrapError::NotMember { config }),
         other => Err(unexpected(&other, "ACCEPT or REFUSE")),
     }
 }
 
 /// The target's side of one exchange on `stream`: reads HELLO, lets `admit` refuse it early
-/// (`Some(reason)`), challenges, checks the initiator's proof, and only then asks `accept` for
-/// the answer (ACCEPT with the queue pair it made, or REFUSE). Returns that answer if it was
-/// sent; garbage, a bad proof and early refusals get a REFUSE saying why.
+/// (`Some` REFUSE or NOT_MEMBER, sent as is), challenges, checks the initiator's proof, and
+/// only then asks `accept` for the answer (ACCEPT with the queue pair it made, REFUSE or
+/// NOT_MEMBER). Returns that answer if it was sent; garbage and a bad proof get a REFUSE saying
+/// why.
 pub fn serve(
     stream: &mut (impl Read + Write),
     address: &str,
     secret: &ClusterSecret,
     me: NodeId,
-    admit: impl FnOnce(NodeId, NodeId) -> Option<String>,
+    admit: impl FnOnce(NodeId, NodeId) -> Option<Message>,
     accept: impl FnOnce(NodeId, QpEndpoint) -> Message,
 ) -> Result<Message, BootstrapError> {
     let refuse = |stream: &mut dyn Write, reason: String| {
@@ -439,8 +475,14 @@ pub fn serve(
             nonce,
             endpoint,
         }) => {
-            if let Some(reason) = admit(from, to) {
-                return refuse(stream, reason);
+            if let Some(refusal) = admit(from, to) {
+                assert!(
+                    matches!(refusal, Message::Refuse { .. } | Message::NotMember { .. }),
+                    "admit answers a HELLO with a refusal, not {}",
+                    refusal.kind_name()
+                );
+                write(stream, &refusal, address)?;
+                return Ok(refusal);
             }
             (from, nonce, endpoint)
         }

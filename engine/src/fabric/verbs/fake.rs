@@ -11,6 +11,11 @@
 //!   `IBV_WC_LOC_PROT_ERR`; each moves both queue pairs to the error state;
 //! - a request to a device that [`FakeNet::vanish`]ed completes with `IBV_WC_RETRY_EXC_ERR`,
 //!   one to a device [`FakeNet::silence`]d gets no completion at all;
+//! - a request whose target queue pair is destroyed, or is not in RTR or RTS (the error state,
+//!   say: a fenced node's), or is connected to another queue pair, is not executed and
+//!   completes with `IBV_WC_RETRY_EXC_ERR`: a responder drops what arrives for a queue pair it
+//!   has not got or that cannot receive, so the requester's retries run out (on a device that
+//!   takes `retry_cnt` timeouts, not at once);
 //! - in the error state every outstanding and later request completes with
 //!   `IBV_WC_WR_FLUSH_ERR`, signaled or not; a successful request completes only if signaled.
 //!

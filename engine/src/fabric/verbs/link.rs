@@ -6,7 +6,10 @@
 //! broken connection back to be torn down, since a queue pair in the error state cannot be used
 //! again; from Error, batches fail at once with the remembered reason until `backoff` has passed
 //! since the failure, so that a dead peer costs each batch nothing rather than a connection
-//! attempt; after that the next batch tries a new connection.
+//! attempt; after that the next batch tries a new connection. A refusal because this node is
+//! not a member of the peer's configuration ([`Link::refused`]) is kept the same way, and
+//! remembered as such ([`Link::refused_in`]), so that the batches failing at once meanwhile
+//! say so too rather than calling the peer unreachable.
 
 use crate::clock::Time;
 use std::time::Duration;
@@ -31,7 +34,12 @@ enum State<C> {
     Idle,
     Connecting,
     Connected(C),
-    Error { reason: String, at: Time },
+    Error {
+        reason: String,
+        at: Time,
+        /// The peer refused this node as not a member of its configuration of this id.
+        refused_in: Option<u64>,
+    },
 }
 
 impl<C> Default for Link<C> {
@@ -63,7 +71,7 @@ impl<C> Link<C> {
     pub fn start_connecting(&mut self, now: Time, backoff: Duration) -> Result<(), String> {
         match &self.state {
             State::Idle => {}
-            State::Error { reason, at } => {
+            State::Error { reason, at, .. } => {
                 let since = now.saturating_duration_since(*at);
                 if since < backoff {
                     return Err(format!(
@@ -96,8 +104,36 @@ impl<C> Link<C> {
             matches!(phase, Phase::Connecting | Phase::Connected),
             "failed in phase {phase:?}"
         );
-        match std::mem::replace(&mut self.state, State::Error { reason, at: now }) {
+        let failed = State::Error {
+            reason,
+            at: now,
+            refused_in: None,
+        };
+        match std::mem::replace(&mut self.state, failed) {
             State::Connected(connection) => Some(connection),
+            _ => None,
+        }
+    }
+
+    /// Connecting → Error: the peer refused this node as not a member of its configuration
+    /// `config` (nothing was connected).
+    pub fn refused(&mut self, reason: String, config: u64, now: Time) {
+        assert_eq!(
+            self.phase(),
+            Phase::Connecting,
+            "refused while not connecting"
+        );
+        self.state = State::Error {
+            reason,
+            at: now,
+            refused_in: Some(config),
+        };
+    }
+
+    /// In Error because the peer refused this node as a non-member: its configuration's id.
+    pub fn refused_in(&self) -> Option<u64> {
+        match self.state {
+            State::Error { refused_in, .. } => refused_in,
             _ => None,
         }
     }

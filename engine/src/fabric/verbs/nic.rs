@@ -8,6 +8,14 @@
 //! out. A responder whose queue pair fails (its initiator vanished, or sent something its
 //! receives cannot hold) is retired: destroyed with its buffers, and its peer reconnects through
 //! the bootstrap. The NIC thread serves the others meanwhile.
+//!
+//! Fencing ([`VerbsNic::set_membership`], docs/failures.md#fencing): a target's NIC checks only
+//! the queue pair and the memory key of a READ, WRITE or NIC CAS, so a removed node is fenced by
+//! moving every queue pair this node has with it to the error state and destroying it, before
+//! `set_membership` returns; its requests then reach no queue pair here, and the bootstrap
+//! refuses to make it a new one (NOT_MEMBER). The NIC thread also neither executes nor answers
+//! a non-member's message, and executes requests under the membership's read lock, so that none
+//! of a removed node runs once `set_membership` has returned.
 
 use super::bootstrap::{self, Message};
 use super::device::{
@@ -18,6 +26,7 @@ use super::work::MESSAGE_BYTES_MAX;
 use super::{Node, SLEEP_SLICE, SPIN_POLLS_MAX, random_psn};
 use crate::addr::NodeId;
 use crate::fabric::exec;
+use crate::fabric::membership::Membership;
 use crate::fabric::tcp::frame::{self, Frame};
 use crate::hash::FastMap;
 use std::net::{TcpListener, TcpStream};
@@ -134,6 +143,59 @@ impl<V: Verbs> VerbsNic<V> {
         Ok(nic)
     }
 
+    /// Serves and reaches the members of `membership` only from now on. Before it returns:
+    ///
+    /// - every queue pair this node has with a node that is not a member is moved to the error
+    ///   state and destroyed (its responder, so that the device refuses the node's READ, WRITE
+    ///   and CAS from then on; and this node's connection to it, whose queue pair would accept
+    ///   them too), and its buffers released;
+    /// - non-member peers are forgotten: this node's operations to them fail as
+    ///   [`crate::fabric::OpError::UnknownNode`], and adding their card is refused;
+    /// - the NIC thread neither executes nor answers a non-member's message (it executes under
+    ///   this membership's lock), and the bootstrap refuses a non-member with NOT_MEMBER before
+    ///   making anything for it.
+    ///
+    /// Members' queue pairs are untouched. Requests a removed node's NIC had already put on the
+    /// wire when its queue pair here went to the error state are the device's to finish or drop
+    /// (docs/verbs.md#membership-fencing).
+    pub fn set_membership(&self, membership: Membership) {
+        let node = &self.node;
+        let verbs = &node.verbs;
+        let removed: Vec<_> = {
+            let mut current = node.membership.write().expect(crate::POISONED);
+            let mut peers = node.peers.write().expect(crate::POISONED);
+            let outsiders: Vec<NodeId> = peers
+                .keys()
+                .copied()
+                .filter(|&peer| !membership.contains(peer))
+                .collect();
+            let removed = outsiders
+                .iter()
+                .filter_map(|peer| peers.remove(peer))
+                .collect();
+            drop(peers);
+            let mut responders = node.responders.lock().expect(crate::POISONED);
+            let fenced: Vec<u32> = responders
+                .by_qpn
+                .iter()
+                .filter(|(_, responder)| !membership.contains(responder.peer))
+                .map(|(&qpn, _)| qpn)
+                .collect();
+            for qpn in fenced {
+                let responder = responders.by_qpn.remove(&qpn).expect("listed above");
+                responder.retire(verbs);
+            }
+            *current = Some(membership);
+            removed
+        };
+        // Outside the membership's lock: each waits for a batch in flight to its peer to end
+        // (bounded by the operation timeout), and a batch that starts meanwhile finds the peer
+        // no longer admitted and connects nothing (`VerbsTransport::run`).
+        for peer in removed {
+            node.retire_peer(&peer);
+        }
+    }
+
     /// The queue pair number of `peer`'s responder on this node, if connected.
     pub fn responder_qpn(&self, peer: NodeId) -> Option<u32> {
         self.node
@@ -212,21 +274,35 @@ fn listen<V: Verbs>(node: &Node<V>, listener: TcpListener) {
     }
 }
 
-/// Why `from`'s HELLO is refused before any proof is checked, if it is.
-fn admit<V: Verbs>(node: &Node<V>, from: NodeId, to: NodeId) -> Option<String> {
+/// Why `from` is not served here, if it is not a member of the configuration this node
+/// serves: NOT_MEMBER naming the configuration.
+fn not_member<V: Verbs>(node: &Node<V>, from: NodeId) -> Option<Message> {
+    let membership = node.membership.read().expect(crate::POISONED);
+    membership
+        .as_ref()
+        .filter(|m| !m.contains(from))
+        .map(|m| Message::NotMember { config: m.config() })
+}
+
+/// Why `from`'s HELLO is refused before any proof is checked, if it is (REFUSE or NOT_MEMBER).
+fn admit<V: Verbs>(node: &Node<V>, from: NodeId, to: NodeId) -> Option<Message> {
     let me = node.me();
+    let refuse = |reason: String| Some(Message::Refuse { reason });
     if to != me {
-        return Some(format!("this is {me}, not {to}"));
+        return refuse(format!("this is {me}, not {to}"));
+    }
+    if let Some(refusal) = not_member(node, from) {
+        return Some(refusal);
     }
     if node.peer(from).is_none() {
-        return Some(format!(
+        return refuse(format!(
             "{from} is not a peer of {me}: add its card there first"
         ));
     }
     let responders = node.responders.lock().expect(crate::POISONED);
     let replacing = responders.qpn_of(from).is_some();
     if !replacing && responders.by_qpn.len() >= RESPONDERS_MAX {
-        return Some(format!(
+        return refuse(format!(
             "{me} serves {RESPONDERS_MAX} connections already, its most: remove peers it no \
              longer needs"
         ));
@@ -238,6 +314,11 @@ fn admit<V: Verbs>(node: &Node<V>, from: NodeId, to: NodeId) -> Option<String> {
 /// why not.
 fn accept<V: Verbs>(node: &Node<V>, from: NodeId, remote: QpEndpoint) -> Message {
     let refuse = |reason: String| Message::Refuse { reason };
+    // Checked again since `admit`: the membership may have changed while the proofs went back
+    // and forth. Checked a last time below, under the lock, before the responder is kept.
+    if let Some(refusal) = not_member(node, from) {
+        return refusal;
+    }
     let verbs = &node.verbs;
     let cq = node.nic_cq.as_ref().expect("open while the node lives");
     let caps = QpCaps {
@@ -290,6 +371,17 @@ fn accept<V: Verbs>(node: &Node<V>, from: NodeId, remote: QpEndpoint) -> Message
         responder.retire(verbs);
         return refuse(format!("verbs device {}: {e}", node.device()));
     }
+    // Under the membership's lock, as `set_membership` retires responders: a responder kept
+    // here is of a node that is a member, or is retired by the `set_membership` that follows.
+    let membership = node.membership.read().expect(crate::POISONED);
+    if let Some(membership) = membership.as_ref()
+        && !membership.contains(from)
+    {
+        responder.retire(verbs);
+        return Message::NotMember {
+            config: membership.config(),
+        };
+    }
     let mut responders = node.responders.lock().expect(crate::POISONED);
     // A peer has one responder: a new connection from it (it restarted, or its old queue pair
     // failed) replaces the old one.
@@ -329,6 +421,11 @@ fn serve<V: Verbs>(node: &Node<V>) {
             // cannot serve should stop rather than look alive.
             Err(e) => panic!("verbs NIC thread of {}: {e}", node.me()),
         }
+        // Requests are executed under the membership's lock (taken before the responders', as
+        // `set_membership` takes them), so that once `set_membership` has returned none of a
+        // node it removed runs; the completions of the responders it retired meanwhile are
+        // skipped below as of a retired responder.
+        let membership = node.membership.read().expect(crate::POISONED);
         let mut responders = node.responders.lock().expect(crate::POISONED);
         let mut broken = Vec::new();
         for wc in &entries {
@@ -363,6 +460,17 @@ fn serve<V: Verbs>(node: &Node<V>) {
             let Ok(Some((Frame::Request(request), _))) = frame::decode(&request) else {
                 continue; // not a request frame: nothing to answer
             };
+            // A non-member's request is neither executed nor answered: `set_membership`
+            // retires a non-member's responder under the membership's write lock, and `accept`
+            // keeps one only for a member, under its read lock, which this thread holds.
+            assert!(
+                membership
+                    .as_ref()
+                    .is_none_or(|m| m.contains(responder.peer)),
+                "a responder of {}, which is not a member of configuration {:?}, was kept",
+                responder.peer,
+                membership.as_ref().map(Membership::config)
+            );
             let response = exec::answer_request(&node.memory, request, "verbs");
             let Some(send) = responder.sends_free.pop() else {
                 eprintln!(
@@ -404,5 +512,7 @@ fn serve<V: Verbs>(node: &Node<V>) {
                 responder.retire(verbs);
             }
         }
+        drop(responders);
+        drop(membership);
     }
 }

@@ -514,6 +514,26 @@ fn the_link_state_machine_connects_fails_and_reconnects_only_after_the_backoff()
 }
 
 #[test]
+fn the_link_keeps_a_refusal_as_a_non_member_until_the_backoff_and_forgets_it_on_connecting() {
+    let (clock, manual) =
+        crate::clock::Clock::manual(crate::clock::Time::from_nanos(1_000_000_000));
+    let mut link: Link<u32> = Link::default();
+    link.start_connecting(clock.now(), BACKOFF).unwrap();
+    link.refused("not a member".into(), 4, clock.now());
+    assert_eq!(link.phase(), Phase::Error);
+    assert_eq!(link.refused_in(), Some(4));
+    let early = link.start_connecting(clock.now(), BACKOFF).unwrap_err();
+    assert!(early.contains("not a member"), "{early}");
+    assert_eq!(link.refused_in(), Some(4), "still refused");
+    manual.advance(BACKOFF);
+    link.start_connecting(clock.now(), BACKOFF).unwrap();
+    assert_eq!(link.refused_in(), None, "asking again");
+    // A failure of another kind is not a refusal.
+    assert_eq!(link.failed("timed out".into(), clock.now()), None);
+    assert_eq!(link.refused_in(), None);
+}
+
+#[test]
 #[should_panic(expected = "connected while not connecting")]
 fn the_link_state_machine_refuses_a_connection_it_did_not_start() {
     let mut link: Link<u32> = Link::default();
@@ -949,6 +969,180 @@ fn completion_statuses_keep_ibverbs_codes_and_say_what_to_do() {
     );
 }
 
+/// The fencing tests' removal: `a` adopts configuration `config` of `members`.
+fn fence(a: &TestNode, config: u64, members: &[&TestNode]) {
+    a.nic
+        .set_membership(Membership::new(config, members.iter().map(|n| n.id())));
+}
+
+#[test]
+fn a_removed_nodes_write_and_cas_fail_on_its_fenced_queue_pair_and_members_go_on() {
+    let (net, nodes) = cluster(4, true);
+    let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    // b, c and d have queue pairs to a, and a to c.
+    for (from, at) in [(b, 0), (c, 8), (d, 16)] {
+        assert_eq!(
+            from.post(a, vec![write(at, a.key, &[from.id().0 as u64])]),
+            vec![Ok(Completion::Write)]
+        );
+    }
+    assert_eq!(a.post(c, vec![read(0, c.key, 8)]).len(), 1);
+    assert_eq!(a.transport.link_phase(c.id()), Some(Phase::Connected));
+    let b_qpn = a.nic.responder_qpn(b.id()).expect("b's responder at a");
+    assert!(a.nic.responder_qpn(c.id()).is_some(), "c's responder at a");
+
+    fence(a, 2, &[a, b]);
+    // c's WRITE and d's NIC CAS go out on their existing queue pairs, reach none at a, and
+    // complete in error at the initiator, changing nothing.
+    let results = c.post(a, vec![write(8, a.key, &[99])]);
+    unreachable_reason(
+        &results[0],
+        a.id(),
+        "fake3",
+        &["RDMA_WRITE", "IBV_WC_RETRY_EXC_ERR"],
+    );
+    let results = d.post(a, vec![cas(16, a.key, 4, 99)]);
+    unreachable_reason(
+        &results[0],
+        a.id(),
+        "fake4",
+        &["ATOMIC_CMP_AND_SWP", "IBV_WC_RETRY_EXC_ERR"],
+    );
+    assert_eq!(a.word(8), 3, "c's WRITE changed nothing");
+    assert_eq!(a.word(16), 4, "d's CAS changed nothing");
+    // Because their queue pairs at a are gone, and a forgot them; b's is untouched.
+    assert_eq!(a.nic.responder_qpn(c.id()), None, "c's queue pair is gone");
+    assert_eq!(a.nic.responder_qpn(d.id()), None, "d's queue pair is gone");
+    assert_eq!(
+        a.transport.link_phase(c.id()),
+        None,
+        "c is no longer a's peer"
+    );
+    assert_eq!(
+        a.post(c, vec![Op::Notify]),
+        vec![Err(OpError::UnknownNode { node: c.id() })]
+    );
+    assert_eq!(a.nic.responder_qpn(b.id()), Some(b_qpn), "b's is untouched");
+    assert!(!net.qp_is_in_error(b_qpn));
+
+    // b goes on, on the queue pair it had.
+    let results = b.post(
+        a,
+        vec![
+            write(24, a.key, &[5]),
+            cas(0, a.key, 2, 7),
+            read(24, a.key, 8),
+        ],
+    );
+    assert_eq!(
+        results,
+        vec![
+            Ok(Completion::Write),
+            Ok(Completion::Cas { previous: 2 }),
+            Ok(Completion::Read(bytes(&[5])))
+        ]
+    );
+    assert_eq!(
+        a.nic.responder_qpn(b.id()),
+        Some(b_qpn),
+        "the same queue pair"
+    );
+    assert_eq!(a.post(b, vec![Op::Notify]), vec![Ok(Completion::Notify)]);
+}
+
+#[test]
+fn a_removed_nodes_messages_are_neither_executed_nor_answered() {
+    // Without NIC atomics, CAS is a message to the NIC thread too.
+    let (_net, nodes) = cluster(4, false);
+    let (a, b, c, d) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    for from in [b, c, d] {
+        assert_eq!(from.post(a, vec![Op::Notify]), vec![Ok(Completion::Notify)]);
+    }
+    let rings = a.memory.doorbell().rings();
+    fence(a, 2, &[a, b]);
+    let results = c.post(a, vec![cas(0, a.key, 0, 5)]);
+    unreachable_reason(
+        &results[0],
+        a.id(),
+        "fake3",
+        &["SEND", "IBV_WC_RETRY_EXC_ERR"],
+    );
+    let results = d.post(
+        a,
+        vec![
+            Op::Persist {
+                addr: addr(0),
+                key: a.key,
+                len: 8,
+            },
+            Op::Notify,
+        ],
+    );
+    unreachable_reason(
+        &results[0],
+        a.id(),
+        "fake4",
+        &["SEND", "IBV_WC_RETRY_EXC_ERR"],
+    );
+    assert!(
+        matches!(results[1], Err(OpError::Unreachable { .. })),
+        "{results:?}"
+    );
+    assert_eq!(a.word(0), 0, "c's CAS was not executed");
+    assert_eq!(
+        a.memory.doorbell().rings(),
+        rings,
+        "d's NOTIFY was not executed"
+    );
+    // b's messages are served as before.
+    assert_eq!(
+        b.post(a, vec![cas(0, a.key, 0, 6), Op::Notify]),
+        vec![Ok(Completion::Cas { previous: 0 }), Ok(Completion::Notify)]
+    );
+    assert_eq!(a.word(0), 6);
+    assert_eq!(a.memory.doorbell().rings(), rings + 1);
+}
+
+#[test]
+fn a_member_added_by_a_later_membership_connects_and_is_served() {
+    let (_net, nodes) = cluster(3, true);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    fence(a, 1, &[a, b]);
+    assert_eq!(
+        c.post(a, vec![write(0, a.key, &[3])]),
+        vec![Err(OpError::NotMember {
+            node: a.id(),
+            config: 1
+        })]
+    );
+    let error = a.transport.add_peer(c.transport.card()).unwrap_err();
+    assert!(
+        matches!(&error, VerbsError::BadCard { node, reason, .. } if *node == c.id() && reason.contains("configuration 1")),
+        "{error:?}"
+    );
+    fence(a, 2, &[a, b, c]);
+    a.transport.add_peer(c.transport.card()).unwrap();
+    // c was refused within its backoff; once it has passed, it connects.
+    std::thread::sleep(BACKOFF);
+    assert_eq!(
+        c.post(
+            a,
+            vec![write(0, a.key, &[3]), cas(8, a.key, 0, 4), Op::Notify]
+        ),
+        vec![
+            Ok(Completion::Write),
+            Ok(Completion::Cas { previous: 0 }),
+            Ok(Completion::Notify)
+        ]
+    );
+    assert_eq!((a.word(0), a.word(8)), (3, 4));
+    assert!(a.nic.responder_qpn(c.id()).is_some());
+    assert_eq!(
+        a.post(c, vec![read(0, c.key, 8)]),
+        vec![Ok(Completion::Read(bytes(&[0])))]
+    );
+}
+
 mod bootstrap_wire {
     use super::super::bootstrap::{self, BODY_BYTES_MAX, BootstrapError, Message};
     use super::*;
@@ -988,6 +1182,7 @@ mod bootstrap_wire {
             Message::Refuse {
                 reason: "not a peer".into(),
             },
+            Message::NotMember { config: 1 << 40 },
         ] {
             assert_eq!(bootstrap::decode(&bootstrap::encode(&message)), Ok(message));
         }
@@ -1178,5 +1373,49 @@ mod bootstrap_wire {
         );
         let results = b_transport.post(a.id(), &[Op::Notify]).wait();
         unreachable_reason(&results[0], a.id(), "fake2", &["impostor"]);
+    }
+
+    /// A node removed from the target's configuration is told so at its HELLO, before any
+    /// queue pair is made for it, and reports it as not being a member rather than the target
+    /// being unreachable; a member still connects.
+    #[test]
+    fn a_removed_nodes_reconnection_through_the_bootstrap_is_refused_as_not_a_member() {
+        let (_net, nodes) = cluster(3, true);
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        assert_eq!(c.post(a, vec![Op::Notify]), vec![Ok(Completion::Notify)]);
+        fence(a, 7, &[a, b]);
+        let hello = Message::Hello {
+            from: c.id(),
+            to: a.id(),
+            nonce: [5; 32],
+            endpoint: endpoint(),
+        };
+        assert_eq!(
+            exchange(a, &bootstrap::encode(&hello)),
+            Ok(Message::NotMember { config: 7 })
+        );
+        // c's queue pair was fenced: its next batch fails on it, and after the backoff it asks
+        // the bootstrap for a new one and is refused.
+        let results = c.post(a, vec![write(0, a.key, &[1])]);
+        unreachable_reason(&results[0], a.id(), "fake3", &["IBV_WC_RETRY_EXC_ERR"]);
+        std::thread::sleep(BACKOFF);
+        let not_member = vec![Err(OpError::NotMember {
+            node: a.id(),
+            config: 7,
+        })];
+        assert_eq!(c.post(a, vec![write(0, a.key, &[1])]), not_member);
+        assert_eq!(
+            c.post(a, vec![Op::Notify]),
+            not_member,
+            "within the backoff, the refusal is kept as such"
+        );
+        assert_eq!(a.nic.responder_qpn(c.id()), None, "nothing was made for c");
+        assert_eq!(a.word(0), 0);
+        // b, which had no queue pair to a yet, connects.
+        assert_eq!(
+            b.post(a, vec![write(0, a.key, &[2])]),
+            vec![Ok(Completion::Write)]
+        );
+        assert_eq!(a.word(0), 2);
     }
 }

@@ -83,6 +83,9 @@ use sys::{CqEntry, Handle, Side};
 /// that progress in a thread of their own (`sockets`), a spinning waiter takes the core that
 /// thread needs; on two cores, 2,000 polls made the ring test ten times slower than 100.
 pub const SPIN_POLLS_MAX: u32 = 100;
+/// How long a post the provider is too busy to take sleeps between tries, after
+/// [`SPIN_POLLS_MAX`] tries spinning.
+const BUSY_SLEEP: Duration = Duration::from_micros(200);
 /// How long one sleep on a completion queue lasts before the sleeper looks at its stop flag.
 const SLEEP_SLICE_MS: i32 = 50;
 /// How long an initiator waits for a batch's completions before it gives up on the target, on
@@ -1377,7 +1380,7 @@ impl OfiTransport {
             Op::Read { .. } => {
                 slot.bytes = vec![0; len];
                 let buf = slot.bytes.as_mut_ptr();
-                self.retry_busy(batch, || {
+                self.retry_busy(peer.card.node, batch, || {
                     // SAFETY: `slot` is boxed and kept (or leaked) until its completion is read;
                     // `bytes` has `len` bytes and is not touched meanwhile.
                     unsafe { handle.read(buf, len, dest, remote, mr_key, context, more) }
@@ -1386,7 +1389,7 @@ impl OfiTransport {
             Op::Write { data, .. } => {
                 slot.bytes = data.clone();
                 let buf = slot.bytes.as_ptr();
-                self.retry_busy(batch, || {
+                self.retry_busy(peer.card.node, batch, || {
                     // SAFETY: as for READ: the boxed slot's bytes outlive the operation.
                     unsafe { handle.write(buf, len, dest, remote, mr_key, context, more) }
                 })
@@ -1395,7 +1398,7 @@ impl OfiTransport {
                 let words = slot.words;
                 // SAFETY: the slot's own allocation; nothing is posted with it yet.
                 unsafe { *words = [*new, *expected, 0] };
-                self.retry_busy(batch, || {
+                self.retry_busy(peer.card.node, batch, || {
                     // SAFETY: as for READ: the boxed slot's words outlive the operation.
                     unsafe { handle.compare_swap(words, dest, remote, mr_key, context) }
                 })
@@ -1438,7 +1441,7 @@ impl OfiTransport {
         let handle = &self.node.handle;
         let context = slot.context();
         let (reply, reply_len) = (slot.reply.as_mut_ptr(), slot.reply.len());
-        self.retry_busy(batch, || {
+        self.retry_busy(peer.card.node, batch, || {
             // SAFETY: the boxed slot's reply buffer outlives the receive (kept or leaked until
             // its completion is read).
             unsafe { handle.receive(Side::Initiator, reply, reply_len, tag, 0, context) }
@@ -1447,7 +1450,7 @@ impl OfiTransport {
         slot.outstanding = 1;
         let (request, request_len) = (slot.bytes.as_ptr(), slot.bytes.len());
         let sent = self
-            .retry_busy(batch, || {
+            .retry_busy(peer.card.node, batch, || {
                 // SAFETY: as for the receive, for the request bytes.
                 unsafe {
                     handle.send(
@@ -1554,21 +1557,39 @@ impl OfiTransport {
         Ok(arrivals)
     }
 
-    /// Posts with `post`, retrying while the provider is busy (`FI_EAGAIN`: a queue is full,
-    /// or a connection is being made, until completions are read: they are filed for their
-    /// batches, `batch`'s among them).
+    /// Posts with `post` until the provider takes it, driving progress while it is busy (a
+    /// connection being made, a full queue): spinning at first, then sleeping a little, for
+    /// [`OP_TIMEOUT`] at most. A dead peer's connection attempts keep it busy all that time, so
+    /// the wait also ends once `target` is no longer a member of the configuration this node
+    /// serves (the configuration that removed it was adopted meanwhile).
     fn retry_busy(
         &self,
+        target: NodeId,
         batch: u64,
         mut post: impl FnMut() -> Result<(), sys::CallError>,
     ) -> Result<(), sys::CallError> {
         let clock = self.node.memory.clock();
         let started = clock.now();
+        let mut tries = 0u32;
         loop {
             match post() {
                 Err(e) if e.code == sys::FI_EAGAIN && clock.now() - started < OP_TIMEOUT => {
+                    if !self.node.admits(target) {
+                        return Err(sys::CallError {
+                            call: format!(
+                                "{} (busy until {target} left the configuration this node serves)",
+                                e.call
+                            ),
+                            code: sys::FI_ECANCELED,
+                        });
+                    }
                     self.pump(batch, false)?;
-                    std::thread::yield_now();
+                    tries = tries.saturating_add(1);
+                    if tries > SPIN_POLLS_MAX {
+                        std::thread::sleep(BUSY_SLEEP);
+                    } else {
+                        std::thread::yield_now();
+                    }
                 }
                 other => return other,
             }
@@ -1602,6 +1623,7 @@ impl OfiTransport {
             limit = WITHDRAW_REAP_TIMEOUT;
         }
         let mut timed_out = false;
+        let mut removed = false;
         let mut polls = 0u32;
         loop {
             for arrival in self.mailboxes.take(batch) {
@@ -1630,6 +1652,22 @@ impl OfiTransport {
                 break;
             }
             let elapsed = clock.now() - started;
+            if !removed && !self.node.admits(target) {
+                // The configuration this node serves removed the target (dead, most likely):
+                // what is outstanding is withdrawn, or leaked, as on a timeout, without waiting
+                // for it.
+                removed = true;
+                limit = Duration::ZERO;
+                for slot in slots.iter_mut().filter(|s| s.outstanding > 0) {
+                    slot.failed.get_or_insert_with(|| {
+                        format!(
+                            "{} to {target}: {target} left the configuration this node serves \
+                             before it completed",
+                            slot.call
+                        )
+                    });
+                }
+            }
             if elapsed > limit {
                 if !timed_out && elapsed > OP_TIMEOUT {
                     timed_out = true;

@@ -740,7 +740,7 @@ impl OfiTransport {
         post: impl FnMut() -> Result<(), sys::CallError>,
     ) -> Result<(), OpError> {
         self.mailboxes.open(batch);
-        let posted = self.retry_busy(batch, post);
+        let posted = self.retry_busy(target, batch, post);
         if posted.is_ok() {
             slots[0].outstanding = 1;
         }

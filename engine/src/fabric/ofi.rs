@@ -1238,8 +1238,10 @@ impl OfiTransport {
             let run = self.run(&peer, index, &ops[index..end], &mut results);
             if let Err(error) = run {
                 // The target may have restarted (new endpoints) since its card was read: the
-                // next batch goes by the card its manifest holds now.
-                self.node.find(target);
+                // next batch goes by the card its manifest holds now (a member's only).
+                if self.node.admits(target) {
+                    self.node.find(target);
+                }
                 // The target could not be reached: the rest of the batch fails with it.
                 for result in results.iter_mut().skip(index).filter(|r| r.is_none()) {
                     *result = Some(Err(error.clone()));

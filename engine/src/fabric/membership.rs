@@ -5,11 +5,44 @@
 //! that sees every operation can refuse one from a node that is no longer a member. The tcp
 //! transport's NIC thread does: it holds a [`Membership`] and admits a connection only when
 //! [`Membership::admits`] says so, at the handshake and again whenever its owner replaces the
-//! membership. The shm and local transports see nothing; they are fenced by other means (the
-//! process of a removed node is ended before the configuration that removes it commits).
+//! membership. The ofi and verbs transports close what a removed node's one-sided operations
+//! need at the target (its registrations, its queue pairs) when their NIC is given a new
+//! [`ServedMembership`]. The shm and local transports see nothing; they are fenced by other
+//! means (the process of a removed node is ended before the configuration that removes it
+//! commits).
 
 use crate::addr::NodeId;
 use std::collections::BTreeSet;
+use std::sync::RwLock;
+
+/// The membership a NIC serves, replaced at run time: `None` until it is given one (every node
+/// is served until then).
+#[derive(Debug, Default)]
+pub struct ServedMembership(pub RwLock<Option<Membership>>);
+
+impl std::ops::Deref for ServedMembership {
+    type Target = RwLock<Option<Membership>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl ServedMembership {
+    pub fn new(membership: Option<Membership>) -> ServedMembership {
+        ServedMembership(RwLock::new(membership))
+    }
+
+    /// Whether `node` is served: a member of the configuration, or any node while there is
+    /// none.
+    pub fn admits(&self, node: NodeId) -> bool {
+        self.0
+            .read()
+            .expect(crate::POISONED)
+            .as_ref()
+            .is_none_or(|m| m.contains(node))
+    }
+}
 
 /// The configuration a node is in: its id and the nodes (memory nodes and clients) that may
 /// operate on the node's memory. Configuration ids only grow.

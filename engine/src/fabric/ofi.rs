@@ -65,7 +65,7 @@ pub mod sys;
 pub mod transfer;
 
 use crate::addr::{NodeId, RegionId};
-use crate::fabric::membership::Membership;
+use crate::fabric::membership::{Membership, ServedMembership};
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::tcp::frame::{self, Frame, Request, Response};
 use crate::fabric::{Completion, Op, OpError, OpResult, Pending, exec};
@@ -352,7 +352,7 @@ struct Node {
     cards: RwLock<Option<CardSource>>,
     /// The configuration whose members this node serves and looks up
     /// ([`OfiNic::set_membership`]); any known peer while there is none.
-    membership: RwLock<Option<Membership>>,
+    membership: ServedMembership,
     stop: AtomicBool,
     /// Its endpoints and queues are closed before the registrations, the rest after them
     /// (see `Drop`).
@@ -416,11 +416,7 @@ impl Node {
     /// Whether `node` is a member of the configuration this node serves (any node while it
     /// has been given none).
     fn admits(&self, node: NodeId) -> bool {
-        self.membership
-            .read()
-            .expect(crate::POISONED)
-            .as_ref()
-            .is_none_or(|m| m.contains(node))
+        self.membership.admits(node)
     }
 
     /// `node` as a peer: known already, or, for a member, found through the card source and
@@ -940,7 +936,7 @@ impl OfiTransport {
             exposures: Mutex::new(transfer::Exposures::default()),
             peers: RwLock::new(FastMap::default()),
             cards: RwLock::new(None),
-            membership: RwLock::new(config.membership.clone()),
+            membership: ServedMembership::new(config.membership.clone()),
             stop: AtomicBool::new(false),
             handle,
         });

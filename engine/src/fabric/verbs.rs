@@ -75,7 +75,7 @@ pub mod staging;
 pub mod work;
 
 use crate::addr::{NodeId, RegionId};
-use crate::fabric::membership::Membership;
+use crate::fabric::membership::ServedMembership;
 use crate::fabric::memory::NodeMemory;
 use crate::fabric::tcp::ClusterSecret;
 use crate::fabric::tcp::frame::{self, Frame, Request, Response};
@@ -251,7 +251,7 @@ struct Node<V: Verbs> {
     /// The configuration whose members this node serves and reaches ([`VerbsNic::set_membership`]);
     /// any peer while there is none. Taken before `peers`, `responders` and a peer's link
     /// wherever it is held with them, and read-held while the NIC thread executes requests.
-    membership: RwLock<Option<Membership>>,
+    membership: ServedMembership,
     /// The NIC thread's side: one queue pair per peer connected to this node.
     responders: Mutex<nic::Responders<V>>,
     /// The NIC thread's completion queue, shared by the responders' queue pairs. `None` only
@@ -325,11 +325,7 @@ impl<V: Verbs> Node<V> {
     /// Whether this node serves and reaches `node`: a member of its configuration, or any node
     /// while it has been given none.
     fn admits(&self, node: NodeId) -> bool {
-        self.membership
-            .read()
-            .expect(crate::POISONED)
-            .as_ref()
-            .is_none_or(|m| m.contains(node))
+        self.membership.admits(node)
     }
 
     /// Forgets `peer`'s connection, tearing it down (its queue pair goes to the error state).
@@ -476,7 +472,7 @@ impl<V: Verbs> VerbsTransport<V> {
             config: config.clone(),
             registrations: Mutex::new(registrations),
             peers: RwLock::new(FastMap::default()),
-            membership: RwLock::new(None),
+            membership: ServedMembership::new(None),
             responders: Mutex::new(nic::Responders::default()),
             nic_cq: Some(nic_cq),
             bootstrap,

@@ -49,7 +49,13 @@ fn start_with(config: &OfiConfig, id: u16) -> TestNode {
 /// `count` nodes that know each other.
 fn cluster(provider: &str, count: u16) -> Vec<TestNode> {
     let nodes: Vec<_> = (1..=count).map(|id| start(provider, id)).collect();
-    for node in &nodes {
+    exchange_cards(&nodes);
+    nodes
+}
+
+/// Gives every node the others' cards as they are now.
+fn exchange_cards(nodes: &[TestNode]) {
+    for node in nodes {
         for other in nodes
             .iter()
             .filter(|o| o.fabric.node_id() != node.fabric.node_id())
@@ -59,7 +65,6 @@ fn cluster(provider: &str, count: u16) -> Vec<TestNode> {
                 .unwrap();
         }
     }
-    nodes
 }
 
 fn expect_unreachable(result: Result<Vec<u8>, OpError>, node: NodeId, call: &str) -> String {
@@ -522,16 +527,7 @@ fn serve(nodes: &[TestNode], config: u64, members: &[u16]) {
             .set_membership(Membership::new(config, members.iter().map(|&m| NodeId(m))))
             .unwrap();
     }
-    for node in nodes {
-        for other in nodes
-            .iter()
-            .filter(|o| o.fabric.node_id() != node.fabric.node_id())
-        {
-            node.transport()
-                .add_peer(other.transport().card().unwrap())
-                .unwrap();
-        }
-    }
+    exchange_cards(nodes);
 }
 
 /// The fence (docs/failures.md#fencing): once B serves a configuration without C, D and E,

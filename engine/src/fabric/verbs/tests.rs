@@ -8,6 +8,7 @@ use super::fake::{FakeNet, FakeVerbs};
 use super::*;
 use crate::addr::Addr;
 use crate::fabric::Doorbell;
+use crate::fabric::membership::Membership;
 use std::time::Instant;
 
 const DATA: RegionId = RegionId(1);

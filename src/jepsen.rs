@@ -23,8 +23,8 @@ pub struct JepsenArgs {
     /// truncate stops the whole cluster, damages the region and log files of a minority of
     /// its nodes (cut short, or bits flipped) and starts it again from its files. partition
     /// (links between nodes cut by nftables rules: one node, halves, a majorities ring or a
-    /// minority cut off; clients keep reaching every node) needs --transport tcp and root,
-    /// and implies --netns.
+    /// minority cut off; clients keep reaching every node) needs --transport tcp or ofi and
+    /// root, and implies --netns.
     #[arg(long, default_value = "kill,pause")]
     pub nemesis: String,
     /// Memory nodes (each also hosts a replica of the configuration manager, up to 2f+1).
@@ -131,10 +131,10 @@ fn options(args: &JepsenArgs) -> anyhow::Result<Options> {
         } else {
             "--netns"
         };
-        if args.transport != "tcp" {
+        if args.transport == "shm" {
             bail!(
-                "{asked} needs --transport tcp: over shm the nodes share memory files, and ofi \
-                 listens on loopback only"
+                "{asked} needs --transport tcp or ofi: over shm the nodes share memory files, \
+                 not a network"
             );
         }
         if let Some(why) = acre_jepsen::netns::unavailable() {

@@ -315,8 +315,9 @@ fn netns_placement(args: &UpArgs) -> anyhow::Result<Option<NetnsPlacement>> {
         return Ok(None);
     };
     anyhow::ensure!(
-        args.transport == "tcp",
-        "--netns needs --transport tcp: over shm the nodes share memory files, not a network"
+        args.transport != "shm",
+        "--netns needs --transport tcp or ofi: over shm the nodes share memory files, not a \
+         network"
     );
     anyhow::ensure!(
         args.cm_processes == 0,

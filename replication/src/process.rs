@@ -422,9 +422,10 @@ impl ProcessNode {
         // The NIC thread serves the new members before the manifest that lets a new member
         // reach this node is published (on ofi a message of a node it does not serve is not
         // answered at all: its sender would wait out a timeout).
-        if let Some(nic) = &self.nic {
-            nic.set_membership(Membership::new(id, members))
-                .map_err(|source| AdoptError::Fence { config: id, source })?;
+        if let Some(nic) = &self.nic
+            && let Err(e) = nic.set_membership(Membership::new(id, members))
+        {
+            fail_on_unfenced(self.node, id, &e);
         }
         let card_changed = self
             .nic
@@ -609,6 +610,21 @@ impl Drop for ProcessNode {
     }
 }
 
+/// `node` adopted configuration `config` but could not stop serving a node it removes (on
+/// ofi, a registration of the removed node's could not be closed: `error`): acknowledging the
+/// configuration would let the CM commit it with the fence not in place here, and the adoption
+/// cannot be undone. So the node fails, as if killed: the process exits, and the CM finds its
+/// lease expired and recovers its regions from their other replicas. Its copies are intact.
+fn fail_on_unfenced(node: NodeId, config: u64, error: &OpenError) -> ! {
+    tracing::error!(
+        %node,
+        "cannot stop serving the nodes configuration {config} removes: {error}; this node fails \
+         (exit {UNFENCED_EXIT}) rather than acknowledge it, and the CM recovers its regions from \
+         their other replicas"
+    );
+    std::process::exit(UNFENCED_EXIT)
+}
+
 /// Records `node` had acknowledged to `sender` are lost (a damaged record in `sender`'s ring,
 /// or a reset that dropped records: docs/failures.md#a-damaged-ring): the node fails, as if
 /// killed. What it holds no longer covers what it promised, and nothing it holds says what is
@@ -651,6 +667,9 @@ enum StartKind {
 /// The exit status of a node process that failed because records it had acknowledged were
 /// lost ([`fail_on_loss`]).
 pub const LOST_RECORDS_EXIT: i32 = 3;
+/// The exit status of a node that could not fence a node a configuration removes
+/// (`fail_on_unfenced`).
+pub const UNFENCED_EXIT: i32 = 4;
 
 fn incarnation_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("{node}.incarnation"))

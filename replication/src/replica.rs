@@ -183,15 +183,6 @@ pub enum AdoptError {
         source: io::Error,
     },
     #[error(
-        "cannot serve only the members of configuration {config}: {source}; not acknowledged, \
-         so that the CM does not commit a configuration whose fence did not take at this node"
-    )]
-    Fence {
-        config: u64,
-        #[source]
-        source: acre_engine::fabric::transport_kind::OpenError,
-    },
-    #[error(
         "cannot republish the manifest after adopting configuration {config}: {source}; the \
          others cannot find this node's new areas"
     )]

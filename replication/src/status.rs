@@ -597,9 +597,13 @@ fn ask(fabric: &Fabric, node: NodeId, manifest: &NodeManifest) -> Answer {
 fn observer_fabric(dir: &Path, file: &ClusterFile) -> Result<(Fabric, Option<NodeNic>), String> {
     let doorbell = Doorbell::anonymous().map_err(|e| format!("create a doorbell: {e}"))?;
     let memory = Arc::new(NodeMemory::new(OBSERVER, Arc::new(doorbell)));
+    // In network namespaces, on the host's address there (ofi endpoints bound to loopback
+    // reach no namespace).
+    let listen =
+        crate::netns::bind_addr(dir, OBSERVER).map_err(|e| format!("its placement: {e}"))?;
     let (transport, nic) = transport_kind::open_observer(
         dir,
-        &file.transport_spec(None),
+        &file.transport_spec(listen),
         file.map_options(),
         file.config.id,
         &memory,

@@ -185,9 +185,24 @@ fn partitions_cut_nodes_apart_and_leave_nothing_behind() {
     if skipped("partitions_cut_nodes_apart_and_leave_nothing_behind") {
         return;
     }
+    partitions("tcp");
+}
+
+/// As over tcp: the ofi endpoints open at each namespace's address, `acre cluster status`'s
+/// observer at the host's.
+#[cfg(feature = "ofi")]
+#[test]
+fn partitions_cut_nodes_apart_and_leave_nothing_behind_over_ofi() {
+    if skipped("partitions_cut_nodes_apart_and_leave_nothing_behind_over_ofi") {
+        return;
+    }
+    partitions("ofi");
+}
+
+fn partitions(transport: &str) {
     let args = [
         "--transport",
-        "tcp",
+        transport,
         "--nodes",
         "3",
         "--nemesis",
@@ -313,7 +328,7 @@ fn killed_nodes_come_back_in_their_namespaces() {
 }
 
 #[test]
-fn partitions_without_tcp_are_refused_in_one_line() {
+fn partitions_over_shm_are_refused_in_one_line() {
     let output = Command::new(env!("CARGO_BIN_EXE_acre"))
         .args(["jepsen", "--nemesis", "partition", "--transport", "shm"])
         .output()
@@ -321,5 +336,5 @@ fn partitions_without_tcp_are_refused_in_one_line() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("--transport tcp"), "{stderr}");
+    assert!(stderr.contains("--transport tcp or ofi"), "{stderr}");
 }

@@ -399,7 +399,7 @@ impl Fabric {
     ) -> Result<Vec<u8>, OpError> {
         match self.transport() {
             #[cfg(feature = "ofi")]
-            Transport::Ofi(ofi) if target != self.node_id() => {
+            Transport::Ofi(ofi) if target != self.node_id() && ofi.reads_large_by_transfer() => {
                 ofi.read_large(target, addr, key, len)
             }
             _ => self.read(target, addr, key, len),

@@ -652,9 +652,9 @@ impl Node {
     }
 
     /// Makes every area's grants those of `grantees`: registers the missing ones, then closes
-    /// those of any other node. Every step is tried; the first failure is returned (a
-    /// registration that failed: its node's operations on the area fail as not a member; a
-    /// close that failed: the fence did not take).
+    /// those of any other node. Every step is tried. A registration that fails is said on
+    /// stderr (its node's one-sided operations on the area fail as not a member: a liveness
+    /// matter); the first close that failed is returned (the fence did not take).
     fn regrant(&self, grantees: &[Option<NodeId>]) -> Result<(), OfiError> {
         let mut failure = None;
         let mut registrations = self.registrations.lock().expect(crate::POISONED);
@@ -664,16 +664,13 @@ impl Node {
                     continue;
                 }
                 if let Err(e) = self.grant(registration, grantee) {
-                    failure.get_or_insert(OfiError::Setup {
-                        provider: self.provider().to_string(),
-                        call: format!(
-                            "{} (area {} for {})",
-                            e.call,
-                            registration.area.id,
-                            grantee.map_or("every node".to_string(), |n| n.to_string())
-                        ),
-                        reason: sys::strerror(e.code),
-                    });
+                    eprintln!(
+                        "acre: ofi provider {}: registering area {} for {}: {e}; its one-sided \
+                         operations there fail as not a member",
+                        self.provider(),
+                        registration.area.id,
+                        grantee.map_or("every node".to_string(), |n| n.to_string())
+                    );
                 }
             }
             if let Err(e) = self.revoke(registration, |node| grantees.contains(&node)) {
@@ -750,10 +747,10 @@ impl OfiNic {
     ///
     /// A member's registrations are kept, so its operations are not disturbed.
     ///
-    /// The membership is in force even on an error, which says what failed: a registration
-    /// for a member (its one-sided operations on that area fail as not a member), or a close
-    /// (the provider may still take that node's key: the fence did not take, so the caller
-    /// must not acknowledge the configuration).
+    /// A registration for a member that fails is said on stderr (its one-sided operations on
+    /// that area fail as not a member). The membership is in force even on an error, which
+    /// is a close that failed: the provider may still take that node's key, the fence did not
+    /// take, and the caller must stop the node rather than acknowledge the configuration.
     pub fn set_membership(&self, membership: Membership) -> Result<(), OfiError> {
         let mut current = self.node.membership.write().expect(crate::POISONED);
         self.node
@@ -1085,17 +1082,48 @@ impl OfiTransport {
                 }),
             };
         };
+        // As a READ would: the owner's card, read again if it lacks the area or a registration
+        // for this node (a member that just joined), and no message to an owner that gives
+        // this node no key (its NIC thread would not answer a non-member: a timeout).
+        let Some(mut peer) = self.node.peer_or_find(owner) else {
+            return Err(OpError::UnknownNode { node: owner });
+        };
+        let me = self.node.memory.node_id();
+        let granted = |peer: &Peer| {
+            peer.card
+                .areas
+                .iter()
+                .any(|a| a.id == addr.region() && a.mr_key_for(me).is_some())
+        };
+        if !granted(&peer)
+            && let Some(found) = self.node.find(owner)
+        {
+            peer = found;
+        }
+        if !granted(&peer) && peer.card.areas.iter().any(|a| a.id == addr.region()) {
+            return Err(OpError::NotMember {
+                node: owner,
+                config: peer.card.config.unwrap_or(0),
+            });
+        }
         self.hybrid_reads.fetch_add(1, Ordering::Relaxed);
         self.transfer(owner, addr, key, u64::from(len), &policy)
             .map_err(OpError::from)
+    }
+
+    /// Whether [`OfiTransport::read_large`] goes by the hybrid transfer.
+    pub fn reads_large_by_transfer(&self) -> bool {
+        self.transfer.is_some()
     }
 
     /// How [`OfiTransport::read_large`] moves bytes, for logs.
     pub fn read_large_path(&self) -> String {
         match self.transfer {
             Some(policy) => format!(
-                "the hybrid transfer (zero copy from {} bytes, copy below)",
-                policy.threshold_bytes
+                "the hybrid transfer (zero copy from {} bytes, copy below; {} reads by it so \
+                 far)",
+                policy.threshold_bytes,
+                self.hybrid_reads()
             ),
             None => "READ".to_string(),
         }
@@ -1650,12 +1678,13 @@ impl OfiTransport {
                 break;
             }
             let elapsed = clock.now() - started;
+            let mut just_removed = false;
             if !removed && !self.node.admits(target) {
                 // The configuration this node serves removed the target (dead, most likely):
                 // what is outstanding is withdrawn, or leaked, as on a timeout, without waiting
                 // for it.
                 removed = true;
-                limit = Duration::ZERO;
+                just_removed = true;
                 for slot in slots.iter_mut().filter(|s| s.outstanding > 0) {
                     slot.failed.get_or_insert_with(|| {
                         format!(
@@ -1666,7 +1695,7 @@ impl OfiTransport {
                     });
                 }
             }
-            if elapsed > limit {
+            if elapsed > limit || just_removed {
                 if !timed_out && elapsed > OP_TIMEOUT {
                     timed_out = true;
                 }

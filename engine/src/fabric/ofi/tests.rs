@@ -276,6 +276,51 @@ fn an_operation_to_a_removed_peer_ends_once_the_configuration_without_it_is_serv
     );
 }
 
+/// A message to a peer whose NIC thread stopped answering (its endpoint still open: it is
+/// paused) waits for [`OP_TIMEOUT`]; once this node serves a configuration without that peer,
+/// the wait ends and what is outstanding is withdrawn.
+#[test]
+fn a_message_to_a_silent_peer_ends_once_the_configuration_without_it_is_served() {
+    let mut nodes = cluster(PROVIDER, 3);
+    serve(&nodes, 5, &[1, 2, 3]);
+    let persist = |key| Op::Persist {
+        addr: Addr::new(DATA, 0),
+        key,
+        len: 8,
+    };
+    // Connected both ways first: the later message is sent, and only its answer never comes.
+    let c_key = nodes[2].key;
+    assert_eq!(
+        nodes[0].fabric.execute(NodeId(3), vec![persist(c_key)]),
+        vec![Ok(Completion::Persist)]
+    );
+    let TestNode {
+        fabric: silent,
+        nic,
+        key,
+    } = nodes.pop().expect("three nodes");
+    drop(nic);
+    let a = &nodes[0];
+    let started = Instant::now();
+    let (result, elapsed) = std::thread::scope(|scope| {
+        let persist = scope.spawn(|| {
+            let result = a.fabric.execute(NodeId(3), vec![persist(key)]);
+            (result, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        a.nic
+            .set_membership(Membership::new(6, [NodeId(1), NodeId(2)]))
+            .unwrap();
+        persist.join().expect("the sender")
+    });
+    assert!(
+        matches!(&result[..], [Err(OpError::Unreachable { reason, .. })] if reason.contains("left the configuration")),
+        "{result:?}"
+    );
+    assert!(elapsed < OP_TIMEOUT / 2, "the PERSIST waited {elapsed:?}");
+    drop(silent);
+}
+
 /// CPU time the thread behind `thread` has used so far.
 fn thread_cpu_time(thread: &JoinHandle<()>) -> Duration {
     use std::os::unix::thread::JoinHandleExt;

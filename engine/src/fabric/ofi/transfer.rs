@@ -296,6 +296,8 @@ impl Exposures {
             // SAFETY: registered on `handle`, as the caller promises, and taken out of the map,
             // so closed once; its region is released after, when `exposure` drops.
             if let Err(e) = unsafe { handle.close_mr(exposure.mr) } {
+                // The provider may still take the key: the range stays mapped for good.
+                std::mem::forget(exposure);
                 failure = failure.and(Err(e));
             }
         }
@@ -413,6 +415,8 @@ fn expose(node: &Node, sender: NodeId, addr: Addr, key: AccessKey, len: u32) -> 
                 "acre: ofi provider {}: closing an expired exposure: {e}",
                 node.provider()
             );
+            // The provider may still take the key: the range stays mapped for good.
+            std::mem::forget(exposure);
         }
     }
     if exposures.len() >= EXPOSURES_MAX {
@@ -487,6 +491,8 @@ fn release(node: &Node, sender: NodeId, mr_key: u64) {
             "acre: ofi provider {}: releasing an exposure: {e}",
             node.provider()
         );
+        // The provider may still take the key: the range stays mapped for good.
+        std::mem::forget(exposure);
     }
 }
 

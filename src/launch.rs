@@ -42,7 +42,8 @@ pub struct UpArgs {
     /// `efa`). Default: tcp;ofi_rxm.
     #[arg(long, value_name = "PROVIDER")]
     pub ofi_provider: Option<String>,
-    /// With --transport ofi: data recovery reads region copies by the hybrid transfer, zero
+    /// With --transport ofi: data recovery's reads of region copies and transactions' reads of
+    /// objects of 4 KiB or more go by the hybrid transfer, zero
     /// copy from BYTES and by copy below (docs/ofi.md, "Hybrid transfer"). Default: plain
     /// READs of the registered regions, which measured faster on the software providers.
     #[arg(long, value_name = "BYTES")]

@@ -313,9 +313,9 @@ fn run_node(
         ),
         _ => None,
     };
-    match node.tcp_addr() {
+    match node.serving_at()? {
         // Where it listens: loopback, or its network namespace's address (`--netns`).
-        Some(addr) => tracing::info!(node = %id, "serving (pid {}) on {addr}", std::process::id()),
+        Some(at) => tracing::info!(node = %id, "serving (pid {}) on {at}", std::process::id()),
         None => tracing::info!(node = %id, "serving (pid {})", std::process::id()),
     }
     acre::engine::signal::wait_for_termination().context("wait for a signal")?;

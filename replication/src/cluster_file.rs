@@ -41,7 +41,8 @@ pub struct ClusterFile {
 pub struct OfiSettings {
     /// The libfabric provider: `tcp;ofi_rxm` (the default), `sockets`, `verbs;ofi_rxm`, `efa`.
     pub provider: String,
-    /// Data recovery's reads of region copies by the hybrid transfer: zero copy from this many
+    /// Data recovery's reads of region copies, and transactions' reads of objects of 4 KiB or
+    /// more, by the hybrid transfer: zero copy from this many
     /// bytes, by copy below. Absent (the default): plain READs of the registered regions, which
     /// measured faster here (docs/ofi.md, "Hybrid transfer").
     #[serde(default, skip_serializing_if = "Option::is_none")]

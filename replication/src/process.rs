@@ -579,6 +579,21 @@ impl ProcessNode {
         self.tcp_addr.as_deref()
     }
 
+    /// Where it serves the others, for its log: the tcp NIC thread's address, or the IP its ofi
+    /// endpoints were opened at (its namespace's with `--netns`, loopback otherwise); `None`
+    /// on shm.
+    pub fn serving_at(&self) -> Result<Option<String>, crate::netns::NetnsError> {
+        if let Some(addr) = &self.tcp_addr {
+            return Ok(Some(addr.clone()));
+        }
+        if self.transport != transport_kind::TransportKind::Ofi.name() {
+            return Ok(None);
+        }
+        let ip = crate::netns::bind_addr(&self.dir, self.node)?
+            .map_or_else(|| transport_kind::LISTEN_DEFAULT.ip(), |addr| addr.ip());
+        Ok(Some(format!("ofi endpoints at {ip}")))
+    }
+
     pub fn txn(&self) -> &Arc<TxnNode> {
         self.replica.as_ref().expect("running").txn()
     }

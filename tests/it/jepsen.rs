@@ -247,9 +247,23 @@ fn killed_nodes_come_back_in_their_namespaces() {
     if skipped("killed_nodes_come_back_in_their_namespaces") {
         return;
     }
+    killed_in_namespaces("tcp");
+}
+
+/// As over tcp: a node that rejoins opens its ofi endpoints at its namespace's address.
+#[cfg(feature = "ofi")]
+#[test]
+fn killed_nodes_come_back_in_their_namespaces_over_ofi() {
+    if skipped("killed_nodes_come_back_in_their_namespaces_over_ofi") {
+        return;
+    }
+    killed_in_namespaces("ofi");
+}
+
+fn killed_in_namespaces(transport: &str) {
     let args = [
         "--transport",
-        "tcp",
+        transport,
         "--netns",
         "--nodes",
         "3",

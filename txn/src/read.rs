@@ -24,6 +24,11 @@ use std::sync::{Arc, RwLock};
 
 /// One-sided reads of an object that is locked or torn before the read reports a conflict.
 pub const READ_ATTEMPTS_MAX: u32 = 200;
+/// A slot of at least this many bytes (a large object) is read with `Fabric::read_large`: over
+/// ofi with the hybrid transfer configured, by copy or zero copy as its threshold says
+/// (docs/ofi.md, "Hybrid transfer"); by one READ otherwise. Smaller ones are always one READ,
+/// which no transfer beats.
+pub const LARGE_SLOT_BYTES: u64 = 4096;
 
 /// A consistent read of an object's slot.
 #[derive(Clone, Debug)]
@@ -131,10 +136,13 @@ impl ObjectReader {
         let in_order = self.fabric.reads_in_address_order();
         let mut damaged = None;
         for _ in 0..READ_ATTEMPTS_MAX {
-            let bytes = self
-                .fabric
-                .read(primary, addr, key, slot_bytes as u32)
-                .map_err(|e| op_error(primary, e))?;
+            let len = slot_bytes as u32;
+            let bytes = if slot_bytes >= LARGE_SLOT_BYTES {
+                self.fabric.read_large(primary, addr, key, len)
+            } else {
+                self.fabric.read(primary, addr, key, len)
+            }
+            .map_err(|e| op_error(primary, e))?;
             if object::is_held_back(&bytes) {
                 return Err(held_back(primary, addr.region()));
             }

@@ -387,7 +387,8 @@ impl Fabric {
         }
     }
 
-    /// A READ of a large range (data recovery's reads of a region copy): on ofi, by the hybrid
+    /// A READ of a large range (data recovery's reads of a region copy, a transaction's read of a
+    /// large object): on ofi, by the hybrid
     /// transfer where the transport was configured for it ([`ofi::OfiTransport::read_large`]);
     /// one READ otherwise.
     pub fn read_large(

@@ -187,7 +187,8 @@ pub struct OfiConfig {
     /// one. A node process gives it, so that no registration to every node ever exists: a key
     /// of one closed later would cut its holder off from this node for good on `tcp;ofi_rxm`.
     pub membership: Option<Membership>,
-    /// How [`OfiTransport::read_large`] (data recovery's reads of region copies) moves bytes:
+    /// How [`OfiTransport::read_large`] (data recovery's reads of region copies, transactions'
+    /// reads of large objects) moves bytes:
     /// by the hybrid transfer with this policy, or, if `None` (the default), by one READ of the
     /// registered region, which measured faster than either hybrid path here (docs/ofi.md,
     /// "Hybrid transfer").

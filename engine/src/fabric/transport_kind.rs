@@ -53,7 +53,8 @@ pub struct TransportSpec {
     pub listen: Option<SocketAddr>,
     /// The libfabric provider, for ofi ([`OFI_PROVIDER_DEFAULT`] if `None`).
     pub ofi_provider: Option<String>,
-    /// For ofi: data recovery's reads go by the hybrid transfer, zero copy from this many
+    /// For ofi: large reads (data recovery's, and transactions' of large objects) go by the
+    /// hybrid transfer, zero copy from this many
     /// bytes and by copy below; `None`: plain READs (docs/ofi.md, "Hybrid transfer").
     pub ofi_transfer_threshold: Option<u64>,
 }

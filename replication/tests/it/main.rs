@@ -11,6 +11,8 @@ mod fixture;
 mod index;
 mod lease;
 mod list_append;
+#[cfg(feature = "ofi")]
+mod ofi_reads;
 mod one_sided;
 mod protocol;
 mod reconfiguration;

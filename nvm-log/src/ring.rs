@@ -561,7 +561,8 @@ impl Resume {
         ops
     }
 
-    /// Zeroes the ring from `tail` up to `until` (at most a lap past the head), persisted.
+    /// Zeroes the ring from `tail` up to `until` (at most a lap past the head, and at most a
+    /// lap past the persisted tail), persisted.
     ///
     /// For a writer whose batch may have executed with holes: over the fabric an operation can
     /// fail on its own while later ones of its batch execute, so a record can be committed past
@@ -570,8 +571,17 @@ impl Resume {
     /// differently: one of them could end exactly where the stale record starts, which the
     /// reader would then take for the next record. Nothing past `tail` is readable and none of
     /// it is kept, so zeroing it first is safe.
+    ///
+    /// Not past a lap from the persisted tail: the records between the persisted tail and
+    /// `tail` (the reader may have read them, and truncated past them) are what the next
+    /// writer's [`resume_point`] follows from that tail until the new tail lands, and the
+    /// positions a lap on share their bytes. A writer killed after this zeroing and before its
+    /// tail write would otherwise leave a chain from the persisted tail that ends short of the
+    /// reader's head: a ring that looks damaged (found by the writer-kill test, one run in tens).
     pub fn clear_plan(&self, geometry: RingGeometry, until: u64) -> Vec<LogOp> {
-        let until = until.min(self.head + geometry.capacity);
+        let until = until
+            .min(self.head + geometry.capacity)
+            .min(self.tail_persisted + geometry.capacity);
         let mut ops = Vec::new();
         let mut pos = self.tail;
         // Pieces of at most CLEAR_WRITE_BYTES_MAX, none across the end of the data area.

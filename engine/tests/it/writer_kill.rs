@@ -618,3 +618,66 @@ fn child_writes_until_killed() {
         waited.unwrap_or_else(|e| panic!("{e}"));
     });
 }
+
+/// The writer-kill failure, staged (seen in CI once, seed 4480174903801210598): child k-1 is killed between a record's commit word and its
+/// tail, and the receiver reads that record and truncates past it (head H > persisted tail T).
+/// Child k attaches and, at its first send, executes its resume batch: the clear of the rest of
+/// the lap, which from the chain end e = H to H + capacity covers the offsets of [T, H) too,
+/// then the tail. Killed after the clear (here: the batch cut after the clear's 4 operations),
+/// it leaves tail T with nothing at T. Child k+1 must still attach.
+#[test]
+fn a_writer_killed_after_its_resume_clear_leaves_a_ring_the_next_writer_resumes() {
+    use acre_engine::fabric::Op;
+    use acre_engine::fabric::fault::{Action, FaultPlan, Rule};
+    use acre_engine::fabric::local::{LocalCluster, LocalTransport};
+    let cluster = LocalCluster::new();
+    let node = |id| {
+        Arc::new(NodeMemory::new(
+            NodeId(id),
+            Arc::new(Doorbell::anonymous().unwrap()),
+        ))
+    };
+    let (sender, receiver) = (node(2), node(1));
+    let mut inbox = Inbox::create(
+        &receiver,
+        &[KILLED],
+        RING_BYTES,
+        None,
+        MapOptions::default(),
+    )
+    .unwrap();
+    let key = receiver.area(ring_area_id(KILLED)).unwrap().key();
+    cluster.add(sender.clone());
+    cluster.add(receiver);
+    let faults = Arc::new(FaultPlan::new());
+    let fabric = Fabric::new(sender, Transport::Local(LocalTransport::new(cluster)))
+        .with_faults(faults.clone());
+    let writes = |ops: &[Op]| ops.iter().any(|op| matches!(op, Op::Write { .. }));
+
+    // Child k-1: "one" acknowledged; "two" cut after its body and commit word (no tail).
+    let mut first = Outbox::attach(&fabric, RECEIVER, key, RING_BYTES).unwrap();
+    first.send(&fabric, RecordKind(1), b"one").unwrap();
+    faults.add(Rule::to(RECEIVER, Action::Partial(2)).when(writes).times(1));
+    assert!(first.send(&fabric, RecordKind(2), b"two").is_err());
+    // Child k-1 is dead: its outbox is not used again.
+    let mut read = Vec::new();
+    while let Some(m) = inbox.poll().unwrap() {
+        inbox.truncate(KILLED, m.record.end()).unwrap();
+        read.push(m.record.payload);
+    }
+    assert_eq!(read, vec![b"one".to_vec(), b"two".to_vec()]);
+
+    // Child k: attaches, and is killed after the clear of its first resume batch.
+    let mut second = Outbox::attach(&fabric, RECEIVER, key, RING_BYTES).unwrap();
+    faults.add(Rule::to(RECEIVER, Action::Partial(4)).when(writes).times(1));
+    assert!(second.send(&fabric, RecordKind(3), b"three").is_err());
+    // Child k is dead too.
+
+    // Child k+1. Before the fix: Err(ResetPending: "the records from the tail T end at T,
+    // before the reader's head H").
+    let mut third = Outbox::attach(&fabric, RECEIVER, key, RING_BYTES)
+        .expect("the next writer attaches without a reset");
+    third.send(&fabric, RecordKind(4), b"four").unwrap();
+    let m = inbox.poll().unwrap().expect("four is delivered");
+    assert_eq!(m.record.payload, b"four".to_vec());
+}

@@ -429,6 +429,28 @@ impl Node {
         self.peer(node).or_else(|| self.find(node))
     }
 
+    /// `node` as a peer ([`Node::peer_or_find`]), with its card read again, once, if the card
+    /// known does not list every one of `regions` with a registration for this node: the
+    /// area may have been placed, or granted to this node (a member that just joined), since.
+    fn peer_reaching(
+        &self,
+        node: NodeId,
+        regions: impl IntoIterator<Item = RegionId>,
+    ) -> Option<Arc<Peer>> {
+        let peer = self.peer_or_find(node)?;
+        let me = self.memory.node_id();
+        let reaches = |region: RegionId| {
+            peer.card
+                .areas
+                .iter()
+                .any(|a| a.id == region && a.mr_key_for(me).is_some())
+        };
+        if regions.into_iter().all(reaches) {
+            return Some(peer);
+        }
+        Some(self.find(node).unwrap_or(peer))
+    }
+
     /// `node` as a peer this node's NIC thread can answer a message of, whose initiator
     /// endpoint's name has `fingerprint`: as [`Node::peer_or_find`], and if the card known has
     /// another endpoint (an earlier process of that node id), the card is looked up again.
@@ -1086,22 +1108,13 @@ impl OfiTransport {
         // As a READ would: the owner's card, read again if it lacks the area or a registration
         // for this node (a member that just joined), and no message to an owner that gives
         // this node no key (its NIC thread would not answer a non-member: a timeout).
-        let Some(mut peer) = self.node.peer_or_find(owner) else {
-            return Err(OpError::UnknownNode { node: owner });
-        };
+        let peer = self
+            .node
+            .peer_reaching(owner, [addr.region()])
+            .ok_or(OpError::UnknownNode { node: owner })?;
         let me = self.node.memory.node_id();
-        let granted = |peer: &Peer| {
-            peer.card
-                .areas
-                .iter()
-                .any(|a| a.id == addr.region() && a.mr_key_for(me).is_some())
-        };
-        if !granted(&peer)
-            && let Some(found) = self.node.find(owner)
-        {
-            peer = found;
-        }
-        if !granted(&peer) && peer.card.areas.iter().any(|a| a.id == addr.region()) {
+        let area = peer.card.areas.iter().find(|a| a.id == addr.region());
+        if area.is_some_and(|a| a.mr_key_for(me).is_none()) {
             return Err(OpError::NotMember {
                 node: owner,
                 config: peer.card.config.unwrap_or(0),
@@ -1231,31 +1244,14 @@ impl OfiTransport {
 
     /// Posts `ops` to `target` and drives them to completion, in order.
     pub fn post(&self, target: NodeId, ops: &[Op]) -> Pending {
-        let Some(mut peer) = self.node.peer_or_find(target) else {
+        let regions = ops.iter().filter_map(op_addr).map(|addr| addr.region());
+        let Some(peer) = self.node.peer_reaching(target, regions) else {
             return Pending::ready(
                 ops.iter()
                     .map(|_| Err(OpError::UnknownNode { node: target }))
                     .collect(),
             );
         };
-        // An area the card does not list may have been placed since, and one it lists without
-        // a registration for this node may have been granted to it since (it joined): the card
-        // is looked up again, once per batch.
-        let me = self.node.memory.node_id();
-        let unlisted = |peer: &Peer| {
-            ops.iter().filter_map(op_addr).any(|addr| {
-                !peer
-                    .card
-                    .areas
-                    .iter()
-                    .any(|a| a.id == addr.region() && a.mr_key_for(me).is_some())
-            })
-        };
-        if unlisted(&peer)
-            && let Some(found) = self.node.find(target)
-        {
-            peer = found;
-        }
         let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
         let mut index = 0;
         while index < ops.len() {

@@ -219,3 +219,41 @@ pub fn value_at(node: &Arc<TxnNode>, addr: Addr) -> Result<Vec<u8>, Error> {
     txn.commit()?;
     Ok(value)
 }
+
+/// Node runtimes (`ProcessNode`s in this test process) of `config`'s memory nodes over
+/// `transport` in `dir`, a fresh cluster directory: its secret and cluster file written first.
+/// On ofi, `transfer_threshold_bytes` is the cluster file's (the hybrid transfer, docs/ofi.md).
+pub fn process_nodes(
+    dir: &std::path::Path,
+    transport: acre_engine::fabric::transport_kind::TransportKind,
+    transfer_threshold_bytes: Option<u64>,
+    config: &Configuration,
+) -> Vec<acre_replication::process::ProcessNode> {
+    use acre_engine::directory::SECRET_FILE;
+    use acre_engine::fabric::tcp::ClusterSecret;
+    use acre_engine::fabric::transport_kind::TransportKind;
+    use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile, OfiSettings};
+    use acre_replication::process::ProcessNode;
+    ClusterSecret::generate()
+        .write_file(&dir.join(SECRET_FILE))
+        .expect("write the secret");
+    let path = dir.join(CLUSTER_FILE);
+    ClusterFile {
+        transport,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        cm: None,
+        ofi: (transport == TransportKind::Ofi).then(|| OfiSettings {
+            provider: "tcp;ofi_rxm".to_string(),
+            transfer_threshold_bytes,
+        }),
+        config: config.clone(),
+    }
+    .write(&path)
+    .expect("write the cluster file");
+    config
+        .nodes
+        .iter()
+        .map(|&id| ProcessNode::start(&path, id).unwrap_or_else(|e| panic!("start {id}: {e}")))
+        .collect()
+}

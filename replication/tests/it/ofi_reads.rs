@@ -3,44 +3,20 @@
 //! READ, and both read what was committed. The large one (5 KiB) is under the threshold
 //! (16 KiB): it goes by copy.
 
-use crate::fixture::{BLOCK_BYTES, REGION_BYTES, RING_BYTES, create, value_at};
+use crate::fixture::{BLOCK_BYTES, REGION_BYTES, create, process_nodes, value_at};
 use acre_engine::addr::{NodeId, RegionId};
-use acre_engine::directory::SECRET_FILE;
 use acre_engine::fabric::Transport;
-use acre_engine::fabric::tcp::ClusterSecret;
 use acre_engine::fabric::transport_kind::TransportKind;
-use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile, OfiSettings};
-use acre_replication::process::ProcessNode;
 use acre_txn::Configuration;
 use acre_txn::read::LARGE_SLOT_BYTES;
 
 #[test]
 fn ofi_a_large_object_is_read_by_the_hybrid_transfer_and_a_small_one_by_a_read() {
     let dir = tempfile::tempdir().expect("create the cluster directory");
-    ClusterSecret::generate()
-        .write_file(&dir.path().join(SECRET_FILE))
-        .expect("write the secret");
     let ids: Vec<NodeId> = (1..=2).map(NodeId).collect();
-    let config = Configuration::place(1, ids.clone(), vec![], 1, 1, REGION_BYTES, BLOCK_BYTES)
-        .expect("config");
-    let path = dir.path().join(CLUSTER_FILE);
-    ClusterFile {
-        transport: TransportKind::Ofi,
-        persist: "flush".to_string(),
-        ring_bytes: RING_BYTES,
-        cm: None,
-        ofi: Some(OfiSettings {
-            provider: "tcp;ofi_rxm".to_string(),
-            transfer_threshold_bytes: Some(16 << 10),
-        }),
-        config,
-    }
-    .write(&path)
-    .expect("write the cluster file");
-    let nodes: Vec<ProcessNode> = ids
-        .iter()
-        .map(|&id| ProcessNode::start(&path, id).unwrap_or_else(|e| panic!("start {id}: {e}")))
-        .collect();
+    let config =
+        Configuration::place(1, ids, vec![], 1, 1, REGION_BYTES, BLOCK_BYTES).expect("config");
+    let nodes = process_nodes(dir.path(), TransportKind::Ofi, Some(16 << 10), &config);
     let n2 = nodes[1].txn();
     let hybrid_reads = || match n2.fabric().transport() {
         Transport::Ofi(ofi) => ofi.hybrid_reads(),

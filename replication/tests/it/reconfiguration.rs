@@ -743,38 +743,15 @@ fn ofi_node_processes_adopt_a_configuration_and_fence_the_node_it_removed() {
 }
 
 fn node_processes_adopt_and_fence(transport: acre_engine::fabric::transport_kind::TransportKind) {
-    use acre_engine::directory::{AreaKind, NodeManifest, SECRET_FILE};
-    use acre_engine::fabric::tcp::ClusterSecret;
+    use acre_engine::directory::{AreaKind, NodeManifest};
     use acre_engine::fabric::transport_kind::TransportKind;
-    use acre_replication::cluster_file::{CLUSTER_FILE, ClusterFile, OfiSettings};
-    use acre_replication::process::ProcessNode;
 
     let dir = tempfile::tempdir().expect("create the cluster directory");
-    ClusterSecret::generate()
-        .write_file(&dir.path().join(SECRET_FILE))
-        .expect("write the secret");
     let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
     let mut config = Configuration::place(1, ids.clone(), vec![], 1, 1, REGION_BYTES, BLOCK_BYTES)
         .expect("config");
     config.commit = commit_mode();
-    let path = dir.path().join(CLUSTER_FILE);
-    ClusterFile {
-        transport,
-        persist: "flush".to_string(),
-        ring_bytes: RING_BYTES,
-        cm: None,
-        ofi: (transport == TransportKind::Ofi).then(|| OfiSettings {
-            provider: "tcp;ofi_rxm".to_string(),
-            transfer_threshold_bytes: None,
-        }),
-        config: config.clone(),
-    }
-    .write(&path)
-    .expect("write the cluster file");
-    let nodes: Vec<ProcessNode> = ids
-        .iter()
-        .map(|&id| ProcessNode::start(&path, id).unwrap_or_else(|e| panic!("start {id}: {e}")))
-        .collect();
+    let nodes = crate::fixture::process_nodes(dir.path(), transport, None, &config);
     let r = |k: u32| RegionId(k);
     let (n1, n2, n4) = (nodes[0].txn(), nodes[1].txn(), nodes[3].txn());
     let x = create(n2, r(3), b"v0"); // primary n3, backup n4

@@ -8,7 +8,7 @@
 //! dropped: no lock, reservation or record of it is held). A client that died leaves its id
 //! held until the memory nodes have released what it left; the next client takes another id.
 
-use crate::agent::ConfigFollower;
+use crate::agent::{ConfigFollower, FOLLOW_TICK, follow_once};
 use crate::cluster_file::{ClusterFile, ClusterFileError};
 use crate::liveness::client_lock_path;
 use crate::process::{ManifestWaitError, NodeStartError, ProcessNode, wait_for_manifests};
@@ -21,13 +21,14 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a client node that stops waits for its last truncations to be sent.
 pub const CLIENT_STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a connecting client waits for the cluster's memory nodes to publish their
-/// manifests (they are normally there already).
+/// manifests (they are normally there already), and, in all, for a member whose ring it
+/// cannot read to answer or be removed by the CM.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a client node could not join a cluster.
@@ -148,6 +149,7 @@ impl ClientNode {
             |_| None,
         )?;
         let mut taken = Vec::new();
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
         for &id in &file.config.clients {
             let path = client_lock_path(dir, id);
             let claim = match File::create(&path) {
@@ -161,7 +163,8 @@ impl ClientNode {
             // The rings are read through the fabric, as any one-sided operation, so this
             // needs the node started (over tcp, its connections).
             let node = ProcessNode::start(cluster_file, id)?;
-            match held_at(node.txn(), &file.config.nodes, id) {
+            let follows_cm = file.cm.is_some();
+            match vouch(&node, id, follows_cm, deadline) {
                 None => {
                     let node = Arc::new(node);
                     let follower =
@@ -214,6 +217,34 @@ impl ClientNode {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Whether some memory node of the configuration `node` serves holds anything client `id`
+/// wrote ([`held_at`]). While a node's ring cannot be read (it died, or is cut off, and the CM
+/// has not removed it yet) and the cluster has a CM (`follows_cm`), `node` follows the CM's
+/// configurations until `deadline` and reads again: the configuration that removes the silent
+/// node frees the id. Every id would be as unknown at that node, so trying the next one
+/// instead would only end in "every id taken" during any failure.
+fn vouch(node: &ProcessNode, id: NodeId, follows_cm: bool, deadline: Instant) -> Option<Taken> {
+    let mut seen = None;
+    loop {
+        // The configuration this node started with or adopted since, not the one the caller
+        // read before it started: the CM may have removed a node in between.
+        let config = node.txn().config();
+        match held_at(node.txn(), &config.nodes, id) {
+            Some(Taken::Unknown { node: silent, .. })
+                if follows_cm && Instant::now() < deadline =>
+            {
+                tracing::debug!(
+                    "{id}'s ring at {silent} cannot be read; waiting for the CM to remove {silent} \
+                     or for it to answer"
+                );
+                std::thread::sleep(FOLLOW_TICK);
+                follow_once(node, &mut seen);
+            }
+            held => return held,
         }
     }
 }

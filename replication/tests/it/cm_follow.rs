@@ -143,3 +143,81 @@ fn a_node_the_cm_removed_is_told_so_when_it_restarts() {
         "the error does not say that the CM removed n2: {message}"
     );
 }
+
+/// A client connects while a memory node is dead and not yet removed (tcp: its ring there
+/// cannot be read, so no id can be vouched for), and the CM commits the configuration without
+/// it a moment later. The client waits for that configuration and connects; it does not count
+/// the dead node's silence as every id taken (`acre bank` started beside a kill failed with
+/// "all 8 client ids of the cluster are taken ... n3 is unavailable").
+#[test]
+fn a_client_connecting_while_a_dead_node_is_removed_waits_for_the_configuration_without_it() {
+    use acre_engine::directory::NodeManifest;
+    use acre_replication::client::ClientNode;
+    use acre_replication::cluster_file::CmSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let clients = vec![NodeId(CLIENT_ID_BASE), NodeId(CLIENT_ID_BASE + 1)];
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    let mut first = Configuration::place(
+        1,
+        vec![n1, n2, n3],
+        clients.clone(),
+        1,
+        1,
+        REGION_BYTES,
+        BLOCK_BYTES,
+    )
+    .unwrap();
+    first.cm_replicas = vec![n1];
+    acre_engine::fabric::tcp::ClusterSecret::generate()
+        .write_file(&dir.path().join(acre_engine::directory::SECRET_FILE))
+        .unwrap();
+    let path = dir.path().join(CLUSTER_FILE);
+    ClusterFile {
+        transport: TransportKind::Tcp,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        config: first.clone(),
+        cm: Some(CmSettings { lease_ms: 200 }),
+        ofi: None,
+    }
+    .write(&path)
+    .unwrap();
+    status(&first, None).write(dir.path()).unwrap();
+    let m1 = ProcessNode::start(&path, n1).unwrap();
+    let m2 = ProcessNode::start(&path, n2).unwrap();
+    let m3 = ProcessNode::start(&path, n3).unwrap();
+    // n3 dies as a kill leaves it: its manifest stays, nothing answers at its address.
+    let manifest = std::fs::read(NodeManifest::path(dir.path(), n3)).unwrap();
+    m3.stop();
+    std::fs::write(NodeManifest::path(dir.path(), n3), manifest).unwrap();
+
+    // The configuration without n3: its regions go to their backups.
+    let mut second = first.clone();
+    second.id = 2;
+    second.nodes.retain(|&n| n != n3);
+    for placement in &mut second.regions {
+        placement.backups.retain(|&n| n != n3);
+        if placement.primary == n3 {
+            placement.primary = placement.backups.remove(0);
+        }
+    }
+    let removal = {
+        let dir = dir.path().to_path_buf();
+        let second = second.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            status(&second, None).write(&dir).unwrap();
+        })
+    };
+    let client = ClientNode::connect(&path)
+        .unwrap_or_else(|e| panic!("the client did not wait for n3's removal: {e}"));
+    removal.join().unwrap();
+    assert!(
+        client.txn().config_id() >= 2,
+        "the client connected while n3, whose ring it could not read, was a member"
+    );
+    assert_eq!(client.txn().node_id(), clients[0], "the first id was free");
+    drop(client);
+    m1.stop();
+    m2.stop();
+}

@@ -220,14 +220,12 @@ pub fn decide(
             // none have applied it.
             continue;
         }
-        // Replicas that must hold the values before anybody installs: complete backups, and a
-        // promoted primary (it installs from a COMMIT-BACKUP).
-        let mut must_hold: Vec<NodeId> = placement
-            .backups
-            .iter()
-            .filter(|backup| !placement.copying.contains(backup))
-            .copied()
-            .collect();
+        // Replicas that must hold the values before anybody installs: every backup, and a
+        // promoted primary (it installs from a COMMIT-BACKUP). Copying backups too: a copy may
+        // have read the objects before the transaction locked them and goes on without reading
+        // them again while no configuration stops it (a dead client's transaction is settled
+        // with none), so the commit reaches it only as a record (docs/failures.md#data-recovery).
+        let mut must_hold: Vec<NodeId> = placement.backups.clone();
         if promoted {
             must_hold.push(placement.primary);
         }
@@ -785,6 +783,30 @@ mod tests {
             decide(&config, &both, &votes([vote::ABORTED, CP, CB])),
             Outcome::Recovery { .. }
         ));
+    }
+
+    /// A backup still copying its region must hold the values too before anybody installs:
+    /// its copy may have read the objects before the transaction locked them
+    /// (`clients::a_dead_clients_commit_reaches_a_backup_copying_the_region`).
+    #[test]
+    fn a_copying_backup_that_lacks_the_values_gets_them_copied() {
+        let mut config = config();
+        let r1 = config.primary_regions(NodeId(1)).next().unwrap().region;
+        for placement in &mut config.regions {
+            if placement.region == r1 {
+                placement.copying = vec![NodeId(3)];
+            }
+        }
+        assert_eq!(
+            decide(&config, &[r1], &votes([L, CB, 0])),
+            Outcome::Copy {
+                lacking: vec![NodeId(3)]
+            }
+        );
+        assert_eq!(
+            decide(&config, &[r1], &votes([L, CB, CB])),
+            Outcome::Install
+        );
     }
 
     /// A participant aborted because a region lost the values (its primary died with the LOCK,

@@ -449,3 +449,98 @@ fn a_dead_clients_transaction_every_backup_holds_is_committed() {
         .check_replicas()
         .expect("every backup applied the committed transaction");
 }
+
+/// docs/failures.md#data-recovery: a client dies while a new backup copies a region, after its
+/// COMMIT-BACKUP reached the region's complete backup and before it reached the copying one,
+/// whose copy had already read the object. The memory nodes settle the transaction as
+/// committed, so the copying backup must get the values too: its copy will not read the object
+/// again, and no configuration restarts it. Before, the settlement left copying backups out and
+/// the new backup's copy, once counted complete, kept the object's older value.
+#[test]
+fn a_dead_clients_commit_reaches_a_backup_copying_the_region() {
+    use crate::reconfiguration::next;
+    use crate::recovery::copier_pause_to_myself;
+    use acre_engine::addr::RegionId;
+    use acre_txn::Configuration;
+    let _paused = copier_pause_to_myself();
+    let (n1, n2, n4) = (NodeId(1), NodeId(2), NodeId(4));
+    let r1 = RegionId(1);
+    // Four memory nodes, f = 2; r1 (primary n1) has one backup, n2, until n4 joins it.
+    let mut config = Configuration::place(
+        1,
+        (1..=4).map(NodeId).collect(),
+        vec![CLIENT],
+        1,
+        2,
+        REGION_BYTES,
+        crate::fixture::BLOCK_BYTES,
+    )
+    .expect("config");
+    config.commit = crate::fixture::commit_mode();
+    for placement in &mut config.regions {
+        if placement.region == r1 {
+            assert_eq!(placement.primary, n1);
+            placement.backups = vec![n2];
+        }
+    }
+    let mut cluster = EmbeddedCluster::start_faulty(config, RING_BYTES).expect("start");
+    let client = replica(&cluster, CLIENT).txn().clone();
+    let a = create(&client, r1, b"a0");
+    settle(&cluster);
+
+    // n4 becomes a copying backup of r1, and its copier stops once it has read a's slot.
+    let read = acre_engine::pause::arm("copier.slots_read");
+    let copying = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            if placement.region == r1 {
+                placement.backups = vec![n2, n4];
+                placement.copying = vec![n4];
+            }
+        }
+    });
+    cluster
+        .reconfigure((*copying).clone())
+        .expect("n4 copies r1");
+    assert!(
+        read.wait_reached(SETTLE_ORPHANS_TIMEOUT),
+        "n4 read the slots of r1's block"
+    );
+
+    // The client's COMMIT-BACKUP reaches n2 and fails at n4; then the client dies.
+    cluster.faults().add(
+        Rule::to(n4, Action::Fail)
+            .from(CLIENT)
+            .when(appends(COMMIT_BACKUP)),
+    );
+    let mut txn = client.begin().expect("begin");
+    txn.write(a, b"a1").expect("write a");
+    assert!(
+        matches!(txn.commit(), Err(CommitError::Indeterminate { node, .. }) if node == n4),
+        "the commit stops at n4's COMMIT-BACKUP"
+    );
+    cluster.faults().heal();
+    drop(client);
+    cluster.kill(CLIENT);
+    wait_unlocked(&cluster, a);
+    let n1_txn = txn_node(&cluster, 0);
+    assert_eq!(value_at(&n1_txn, a).expect("read a"), b"a1", "committed");
+    settle(&cluster);
+
+    // The copy goes on from what it read, and is counted complete.
+    read.release();
+    let deadline = Instant::now() + SETTLE_ORPHANS_TIMEOUT;
+    while !replica(&cluster, n4).copied_regions().contains(&r1) {
+        assert!(Instant::now() < deadline, "n4 did not copy r1");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let complete = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.copying.clear();
+        }
+    });
+    cluster.reconfigure((*complete).clone()).expect("complete");
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("the new backup holds the dead client's commit");
+}

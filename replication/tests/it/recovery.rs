@@ -632,7 +632,7 @@ fn a_free_truncated_while_the_copy_holds_a_block_read_reaches_the_new_backup() {
 /// whichever copier of the test binary reaches it first.
 static COPIER_PAUSED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn copier_pause_to_myself() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn copier_pause_to_myself() -> std::sync::MutexGuard<'static, ()> {
     COPIER_PAUSED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -78,7 +78,7 @@ pub struct UpArgs {
     pub commit: String,
     /// Replicas of the configuration manager, a Raft group hosted by the first N node
     /// processes: 1, 3, 5 or 7, at most --nodes; 0 runs no CM (nothing notices a failure and
-    /// the configuration never changes). Default: 2f+1, at most the nodes, unless
+    /// the configuration never changes). Default: 2f+1, at most the nodes and odd (4 nodes with f = 2: 3), unless
     /// --cm-processes is given.
     #[arg(long)]
     pub cm: Option<u16>,
@@ -234,7 +234,12 @@ fn cluster_file(args: &UpArgs) -> anyhow::Result<ClusterFile> {
     let cm_replicas = match args.cm {
         Some(count) => count,
         None if cm_processes > 0 => 0,
-        None => u16::try_from(2 * f + 1).unwrap_or(u16::MAX).min(args.nodes),
+        None => {
+            // 2f + 1, as many as the nodes allow, and odd: an even group tolerates no more
+            // failures than one replica fewer (4 nodes with f = 2 get 3).
+            let count = u16::try_from(2 * f + 1).unwrap_or(u16::MAX).min(args.nodes);
+            if count % 2 == 0 { count - 1 } else { count }
+        }
     };
     anyhow::ensure!(
         cm_replicas <= args.nodes,

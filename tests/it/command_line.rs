@@ -132,3 +132,18 @@ fn a_garbage_cluster_file_does_not_hide_the_running_nodes() {
     assert_eq!(survivors, Vec::<u32>::new(), "{}", text(&down));
     assert!(!cluster.dir.exists(), "down --purge removes the directory");
 }
+
+/// `acre cluster up --nodes 4 --f 2` without `--cm`: the default CM size, 2f + 1 capped at the
+/// node count, came out at 4, and `up` refused its own default as "--cm 4: a Raft group of an
+/// even size ...", naming an option the user never gave. It starts with 3 replicas.
+#[test]
+fn the_default_cm_on_an_even_node_count_below_2f_plus_1_has_an_odd_size() {
+    let cluster = Cluster::up_with("even-cm", "shm", &["--nodes", "4", "--f", "2"]);
+    let status = acre(&["cluster", "status", "--dir", cluster.dir()]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("replicas n1, n2, n3, leases"),
+        "{}",
+        text(&status)
+    );
+}

@@ -496,8 +496,9 @@ impl KeeperParts {
         let fence: Fence = match self.transport {
             // On shm nothing refuses a removed node's one-sided operations (it stores into the
             // others' files itself); on ofi the members close its registrations when they adopt
-            // the configuration, but clients only after it commits. So its process is killed
-            // before the configuration without it commits.
+            // the configuration, but a client only once its follower finds it published, which
+            // may be after the commit. So its process is killed before the configuration without
+            // it commits.
             TransportKind::Shm | TransportKind::Ofi => {
                 let dir = self.dir.clone();
                 Box::new(move |removed| {

@@ -1,8 +1,9 @@
 //! What a memory node finds of an earlier run in the cluster directory. Its region copies and
-//! log rings outlive its process on purpose: they are what recovery will read
-//! (docs/failures.md#a-node-that-comes-back). Until a node can rejoin from its files, a node that finds them
-//! holding data refuses to start on top of them, and `acre cluster up` refuses a directory
-//! that holds a stopped cluster's data, rather than serve or throw away what they hold.
+//! log rings outlive its process on purpose: they are what a restart recovers from
+//! (docs/failures.md#a-node-that-comes-back). A node started fresh (`acre node`, no
+//! `--restart`) on files that hold data refuses to start on top of them, rather than serve or
+//! throw away what they hold; `acre cluster up` restarts such a cluster from them (`--restart`),
+//! or brings the node back as a new one.
 
 use acre_engine::addr::{NodeId, RegionId};
 use acre_engine::channel::RING_AREA_BASE;

@@ -134,6 +134,20 @@ pub(crate) fn recovered(cluster: &EmbeddedCluster, node: NodeId) -> (u64, u64) {
     )
 }
 
+/// `node`'s counts of the transactions its recovery committed and aborted, once it has
+/// counted any (or after [`RECOVERY_TIMEOUT`]): a count lands just after the install or the
+/// abort it counts, which may come after the region is reported recovered.
+pub(crate) fn wait_recovered_counts(cluster: &EmbeddedCluster, node: NodeId) -> (u64, u64) {
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    loop {
+        let (committed, aborted) = recovered(cluster, node);
+        if committed + aborted > 0 || Instant::now() >= deadline {
+            return (committed, aborted);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// FaRM's commit-backup rule: n3 coordinates a transaction writing r4 (primary n4, backup n1)
 /// and r1 (primary n1, backup n2); every COMMIT-BACKUP is durable and locked at both primaries,
 /// but no COMMIT-PRIMARY arrives, and n4 dies. r4 votes commit-backup (its promoted primary n1
@@ -221,7 +235,9 @@ fn a_transaction_one_primary_took_commit_primary_of_commits_when_the_other_dies(
 /// FaRM's lock-only rule: the same transaction locks at both primaries but no COMMIT-BACKUP
 /// lands anywhere before n4 dies. r4's promoted primary holds nothing and was no primary when
 /// it locked, r1 votes lock: nothing says the coordinator decided to commit, so it aborts, and
-/// n1 releases r1's locks.
+/// n1 releases r1's locks. Both objects are seen locked at their primaries before n4 dies and
+/// n1 counts the abort as its recovery's: a coordinator that aborted on its own, before or
+/// instead of locking, would leave nothing for the rule to decide and fail the test.
 #[test]
 fn a_transaction_no_backup_holds_aborts_when_its_primary_dies() {
     let mut cluster = four_nodes();
@@ -243,13 +259,32 @@ fn a_transaction_no_backup_holds_aborts_when_its_primary_dies() {
     let Err(CommitError::Indeterminate { txn, .. }) = committed else {
         panic!("{committed:?}");
     };
+    for (name, addr, primary) in [("a", a, "n4"), ("b", b, "n1")] {
+        assert!(
+            crate::fixture::primary_header(&cluster, addr).is_locked(),
+            "{name} is not locked at {primary} before n4 dies: {txn} never took its lock there"
+        );
+    }
     fail_n4_and_recover(&mut cluster);
     for rule in rules {
         cluster.faults().remove(rule);
     }
     let n1 = txn_node(&cluster, 0);
-    assert_eq!(value_at(&n1, a).expect("read a"), b"a0");
-    assert_eq!(value_at(&n1, b).expect("read b"), b"b0");
+    assert_eq!(
+        value_at(&n1, a).expect("read a"),
+        b"a0",
+        "{txn} aborted: r4 keeps a0 at its promoted primary n1"
+    );
+    assert_eq!(
+        value_at(&n1, b).expect("read b"),
+        b"b0",
+        "{txn} aborted: n1 unlocks b0"
+    );
+    assert_eq!(
+        wait_recovered_counts(&cluster, NodeId(1)),
+        (0, 1),
+        "n1's recovery (committed, aborted): it decides {txn} by the lock-only rule, an abort"
+    );
     assert_eq!(wait_decided(&n3, txn), TxnOutcome::Aborted);
     overwrite(&n1, a, b"a2");
     overwrite(&n1, b, b"b2");
@@ -806,8 +841,10 @@ fn count_the_copy_of_r3_complete(cluster: &mut EmbeddedCluster) {
 /// LOCK (it is r1's primary). Votes: commit-backup somewhere, r4 has values at its promoted
 /// primary n1, r1's backup n2 lacks them: Copy{n2}. The only holder of r1's entries is n1, and
 /// its copy to n2 is a COMMIT-BACKUP whose sender is the transaction's coordinator node, which
-/// n2's `refuses_late` refuses (the transaction needs recovery): Copy forever, r4 never served,
-/// b locked forever.
+/// n2's `refuses_late` refused (the transaction needs recovery): Copy forever, r4 never served,
+/// b locked forever. Now the coordinator leaves the transaction to recovery, which commits it:
+/// n1 counts it committed and serves a1 and b1, and n2's copy of r1 matches n1's (the copy
+/// reached it).
 #[test]
 fn review_a_copy_from_the_coordinators_own_node_is_not_refused() {
     let mut cluster = four_nodes();
@@ -823,13 +860,23 @@ fn review_a_copy_from_the_coordinators_own_node_is_not_refused() {
         Duration::from_millis(500),
     );
     let coordinator = n1.clone();
-    let committing = std::thread::spawn(move || write_both(&coordinator, a, b));
+    let committing = std::thread::spawn(move || write_both_with_id(&coordinator, a, b));
     std::thread::sleep(Duration::from_millis(100));
     let newer = next(cluster.config(), without_n4);
     cluster.reconfigure((*newer).clone()).expect("reconfigure");
-    let committed = committing.join().expect("the commit does not panic");
-    eprintln!("commit: {committed:?}");
+    let (txn, committed) = committing.join().expect("the commit does not panic");
     assert_eq!(cluster.faults().hits(stall), 1, "held back");
+    assert!(
+        matches!(
+            committed,
+            Err(CommitError::Indeterminate {
+                node: NodeId(2),
+                ..
+            })
+        ),
+        "n2 refused the COMMIT-BACKUP that landed after its drain, so n1 must leave {txn} to \
+         recovery: {committed:?}"
+    );
     let deadline = Instant::now() + RECOVERY_TIMEOUT;
     while !replica(&cluster, NodeId(1))
         .recovered_regions()
@@ -848,6 +895,32 @@ fn review_a_copy_from_the_coordinators_own_node_is_not_refused() {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    activate_every_region(&mut cluster);
+    assert_eq!(
+        value_at(&n1, a).expect("read a"),
+        b"a1",
+        "{txn} committed: r4's promoted primary n1 installs a from its COMMIT-BACKUP"
+    );
+    assert_eq!(
+        value_at(&n1, b).expect("read b"),
+        b"b1",
+        "{txn} committed: n1 installs b from its LOCK"
+    );
+    assert_eq!(
+        wait_recovered_counts(&cluster, NodeId(1)),
+        (1, 0),
+        "n1's recovery (committed, aborted): it commits {txn}"
+    );
+    assert_eq!(
+        wait_decided(&n1, txn),
+        TxnOutcome::Committed,
+        "what the nodes say became of {txn}"
+    );
+    assert_eq!(n1.unfinished_commits(), 0, "nothing left to finish");
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("n2's copy of r1 has b1: the copy of n1's entries reached it");
     cluster.stop();
 }
 
@@ -966,8 +1039,10 @@ fn orphan_of_a_client_and_n3(drained_first: bool) {
 
 /// REVIEW (finding: copy_entries sends the LOCK part only). As above, but r3 is promoted to n1,
 /// which holds r3's COMMIT-BACKUP and r1's LOCK and so runs recovery; n2 (backup of r1 and r3)
-/// lacks the COMMIT-BACKUP. n1 copies `locked_entries().or_else(held_entries)`: r1's entries
-/// only, so n2 never covers r3: Copy forever, b locked and n1's copy of r3 never installed.
+/// lacks the COMMIT-BACKUP. n1 copied `locked_entries().or_else(held_entries)`: r1's entries
+/// only, so n2 never covered r3: Copy forever, b locked and n1's copy of r3 never installed.
+/// Now the transaction commits, n1 serves a1 and b1, and n2's copies of r1 and r3 match n1's
+/// (see [`r3_promoted_after_its_coordinator_died`]).
 #[test]
 fn review_copy_entries_sends_both_the_lock_and_the_commit_backup_parts() {
     r3_promoted_after_its_coordinator_died(NodeId(1), NodeId(2));
@@ -1216,9 +1291,10 @@ fn install_at_n1_held_across_a_recovery(action: Action, times: Option<usize>) {
 /// REVIEW (finding 4, f = 2): n1 is r1's primary (holds the LOCK) and r3's backup (holds the
 /// COMMIT-BACKUP). The coordinator n3 dies after its COMMIT-BACKUP reached n1 and before the
 /// one to n2; r3 is promoted to n2. The votes say Copy{n2} (r3's values are at n1, r1's at n1's
-/// LOCK). `copy_entries` sends `locked_entries().or_else(held_entries)`: only n1's LOCK
-/// entries (r1), never r3's, so n2 never covers the transaction: Copy forever, r3 never
-/// served, b locked for good.
+/// LOCK). `copy_entries` sent `locked_entries().or_else(held_entries)`: only n1's LOCK
+/// entries (r1), never r3's, so n2 never covered the transaction: Copy forever, r3 never
+/// served, b locked for good. Now n2 recovers r3, the transaction commits, and n2 serves a1 and
+/// b1 (see [`r3_promoted_after_its_coordinator_died`]).
 #[test]
 fn review_a_primary_that_also_backs_up_copies_both_parts() {
     r3_promoted_after_its_coordinator_died(NodeId(2), NodeId(1));
@@ -1226,8 +1302,10 @@ fn review_a_primary_that_also_backs_up_copies_both_parts() {
 
 /// Three nodes, f = 2: n3 coordinates a transaction writing r3 (its own) and r1 (primary n1);
 /// its COMMIT-BACKUP reaches n1 but not n2, then n3 dies and r3 is promoted to `promoted`, with
-/// `other` its backup. The promoted primary must recover r3: the votes commit the transaction,
-/// and the replica lacking the values gets both parts copied.
+/// `other` its backup. The promoted primary must recover r3: the votes commit the transaction
+/// (`promoted` counts it committed by its recovery, and the nodes say it committed), the
+/// replica lacking the values gets both parts copied (read back at `promoted`: a1 and b1; and
+/// every replica of r1 and r3 matches its primary once settled).
 fn r3_promoted_after_its_coordinator_died(promoted: NodeId, other: NodeId) {
     let mut cluster = crate::fixture::three_nodes();
     let n3 = txn_node(&cluster, 2);
@@ -1239,8 +1317,31 @@ fn r3_promoted_after_its_coordinator_died(promoted: NodeId, other: NodeId) {
             .from(NodeId(3))
             .when(|ops| appended_kinds(ops).contains(&COMMIT_BACKUP)),
     );
-    let committed = write_both(&n3, a, b);
-    assert!(committed.is_err(), "{committed:?}");
+    let (txn, committed) = write_both_with_id(&n3, a, b);
+    assert!(
+        matches!(
+            committed,
+            Err(CommitError::Indeterminate {
+                node: NodeId(2),
+                ..
+            })
+        ),
+        "n2 never took the COMMIT-BACKUP, so {txn} is left to recovery: {committed:?}"
+    );
+    // A COMMIT-BACKUP does not wake its backup: n1 reads it at its next turn.
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    while replica(&cluster, NodeId(1)).backup().held_count() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "n1 never held the COMMIT-BACKUP of {txn}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        replica(&cluster, NodeId(2)).backup().held_count(),
+        0,
+        "n2 holds no COMMIT-BACKUP before n3 dies"
+    );
     let without_n3 = next(cluster.config(), |config| {
         config.nodes.retain(|&n| n != NodeId(3));
         for placement in &mut config.regions {
@@ -1269,6 +1370,32 @@ fn r3_promoted_after_its_coordinator_died(promoted: NodeId, other: NodeId) {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
+    activate_every_region(&mut cluster);
+    let at_promoted = replica(&cluster, promoted).txn().clone();
+    assert_eq!(
+        value_at(&at_promoted, a).expect("read a"),
+        b"a1",
+        "{txn} committed: r3's new primary {promoted} serves a1"
+    );
+    assert_eq!(
+        value_at(&at_promoted, b).expect("read b"),
+        b"b1",
+        "{txn} committed: r1's primary n1 installs b1 from its LOCK"
+    );
+    assert_eq!(
+        wait_recovered_counts(&cluster, promoted),
+        (1, 0),
+        "{promoted}'s recovery (committed, aborted): it commits {txn}"
+    );
+    assert_eq!(
+        wait_decided(&at_promoted, txn),
+        TxnOutcome::Committed,
+        "what the nodes say became of {txn}"
+    );
+    settle(&cluster);
+    cluster
+        .check_replicas()
+        .expect("every replica of r1 and r3 has both parts of the transaction");
     cluster.stop();
 }
 

@@ -1043,11 +1043,26 @@ const TOTAL: i64 = ACCOUNT_COUNT as i64 * BALANCE_FIRST;
 const AUDIT_ONE_IN: u64 = 8;
 const AMOUNT_MAX: u64 = 10;
 
-fn balance(bytes: &[u8]) -> Result<i64, String> {
-    let word: [u8; 8] = bytes
+/// An account: its balance, and the tag of the transfer that wrote it last (0: none yet).
+/// Every transfer writes a tag of its own, so a read names the write it saw, and with the tags
+/// each transfer read, the history gives each account's order of writes: what lets the
+/// Elle-style checker judge the bank's history as a list-append one ([`bank_history`]).
+fn account(bytes: &[u8]) -> Result<(i64, u64), String> {
+    let words: [u8; 16] = bytes
         .try_into()
-        .map_err(|_| format!("a balance of {} bytes", bytes.len()))?;
-    Ok(i64::from_le_bytes(word))
+        .map_err(|_| format!("an account of {} bytes", bytes.len()))?;
+    let (balance, tag) = words.split_at(8);
+    Ok((
+        i64::from_le_bytes(balance.try_into().expect("8 bytes")),
+        u64::from_le_bytes(tag.try_into().expect("8 bytes")),
+    ))
+}
+
+fn account_bytes(balance: i64, tag: u64) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&balance.to_le_bytes());
+    bytes[8..].copy_from_slice(&tag.to_le_bytes());
+    bytes
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1057,6 +1072,16 @@ struct Transfer {
     amount: i64,
 }
 
+/// One bank transaction as its client saw it, for the history: the account tags it read, the
+/// tag it wrote to `from` and `to` of its transfer (none for an audit), and when.
+#[derive(Clone, Debug)]
+struct BankTxn {
+    reads: Vec<(usize, u64)>,
+    wrote: Option<(u64, Transfer)>,
+    start_ns: u64,
+    end_ns: u64,
+}
+
 #[derive(Default)]
 struct BankLog {
     acknowledged: Vec<Transfer>,
@@ -1064,6 +1089,10 @@ struct BankLog {
     audit_count: u64,
     refused_count: u64,
     other_count: u64,
+    /// Committed transactions (transfers and audits).
+    committed: Vec<BankTxn>,
+    /// Transfers whose commit was in doubt (`end_ns` unknown).
+    in_doubt: Vec<BankTxn>,
 }
 
 /// What one bank transaction did.
@@ -1078,20 +1107,26 @@ fn as_failure(e: impl Into<Failure>) -> Failure {
     e.into()
 }
 
+/// Runs one bank transaction: a transfer writing `tag`, or an audit. `reads` gets the tags it
+/// read, account by account, as it reads them.
 fn bank_txn(
     node: &Arc<TxnNode>,
     accounts: &[Addr],
     transfer: Option<Transfer>,
+    tag: u64,
+    reads: &mut Vec<(usize, u64)>,
 ) -> Result<BankOutcome, Failure> {
     let mut txn = node.begin().map_err(as_failure)?;
     let Some(Transfer { from, to, amount }) = transfer else {
         let mut sum = 0;
-        for &account in accounts {
-            let value = balance(&txn.read(account).map_err(as_failure)?).map_err(Failure::Fatal)?;
+        for (index, &addr) in accounts.iter().enumerate() {
+            let (value, read_tag) =
+                account(&txn.read(addr).map_err(as_failure)?).map_err(Failure::Fatal)?;
+            reads.push((index, read_tag));
             if value < 0 {
                 // Only a commit makes what it read a fact.
                 txn.commit().map_err(as_failure)?;
-                return Err(Failure::Fatal(format!("an audit saw {account} at {value}")));
+                return Err(Failure::Fatal(format!("an audit saw {addr} at {value}")));
             }
             sum += value;
         }
@@ -1103,14 +1138,18 @@ fn bank_txn(
         }
         return Ok(BankOutcome::Audited);
     };
-    let a = balance(&txn.read(accounts[from]).map_err(as_failure)?).map_err(Failure::Fatal)?;
-    let b = balance(&txn.read(accounts[to]).map_err(as_failure)?).map_err(Failure::Fatal)?;
+    let (a, a_tag) =
+        account(&txn.read(accounts[from]).map_err(as_failure)?).map_err(Failure::Fatal)?;
+    reads.push((from, a_tag));
+    let (b, b_tag) =
+        account(&txn.read(accounts[to]).map_err(as_failure)?).map_err(Failure::Fatal)?;
+    reads.push((to, b_tag));
     if a < amount {
         return Ok(BankOutcome::Skipped);
     }
-    txn.write(accounts[from], &(a - amount).to_le_bytes())
+    txn.write(accounts[from], &account_bytes(a - amount, tag))
         .map_err(as_failure)?;
-    txn.write(accounts[to], &(b + amount).to_le_bytes())
+    txn.write(accounts[to], &account_bytes(b + amount, tag))
         .map_err(as_failure)?;
     txn.commit().map_err(as_failure)?;
     Ok(BankOutcome::Transferred)
@@ -1126,6 +1165,7 @@ fn bank_client(
 ) -> Result<BankLog, String> {
     let mut rng = SplitMix::new(seed ^ (thread_index + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let mut log = BankLog::default();
+    let mut attempt = 0u64;
     while !stop.load(Relaxed) && origin.elapsed() < WORKLOAD_TIME_MAX {
         let node = coordinators.pick(&mut rng);
         let transfer = (rng.below(AUDIT_ONE_IN) != 0).then(|| {
@@ -1138,14 +1178,28 @@ fn bank_client(
             }
         });
         let here = || format!("thread {thread_index} on {}", node.node_id());
-        match bank_txn(&node, accounts, transfer) {
+        // Unique per attempt: the thread in the high bits, never 0 (the first balances').
+        attempt += 1;
+        let tag = ((thread_index + 1) << 40) | attempt;
+        let mut reads = Vec::new();
+        let start_ns = nanos_since(origin);
+        let outcome = bank_txn(&node, accounts, transfer, tag, &mut reads);
+        let record = |end_ns| BankTxn {
+            reads: reads.clone(),
+            wrote: transfer.map(|t| (tag, t)),
+            start_ns,
+            end_ns,
+        };
+        match outcome {
             Ok(BankOutcome::Transferred) => {
                 coordinators.note_commit();
                 log.acknowledged.push(transfer.expect("a transfer"));
+                log.committed.push(record(nanos_since(origin)));
             }
             Ok(BankOutcome::Audited) => {
                 coordinators.note_commit();
                 log.audit_count += 1;
+                log.committed.push(record(nanos_since(origin)));
             }
             Ok(BankOutcome::Skipped) => {}
             Err(Failure::Fatal(reason)) => return Err(format!("{}: {reason}", here())),
@@ -1157,12 +1211,118 @@ fn bank_client(
             Err(Failure::Indeterminate(txn)) => {
                 if let Some(transfer) = transfer {
                     log.unsure.push((txn, transfer));
+                    log.in_doubt.push(record(elle::END_UNKNOWN));
                 }
             }
             Err(_) => log.other_count += 1,
         }
     }
     Ok(log)
+}
+
+/// The bank's history as a list-append one, for the Elle-style checker: each account is a list
+/// of the tags written to it, in the order of its writes. A transfer read each account's last
+/// tag and wrote its own after it, so the tags a transfer read give each written tag's
+/// predecessor, and a read of tag `t` is the list of `t`'s predecessors then `t`. A transfer
+/// appends its tag to both accounts; the final audit decides the transfers in doubt (its lists
+/// hold a tag, or it aborted). A read of a tag no transaction wrote fails the run.
+fn bank_history(committed: &[BankTxn], in_doubt: &[BankTxn], seed: u64) -> History {
+    // Per account, each written tag's predecessor.
+    let mut before: HashMap<(usize, u64), u64> = HashMap::new();
+    for txn in committed.iter().chain(in_doubt) {
+        if let Some((tag, transfer)) = txn.wrote {
+            for (index, read_tag) in &txn.reads {
+                if *index == transfer.from || *index == transfer.to {
+                    before.insert((*index, tag), *read_tag);
+                }
+            }
+        }
+    }
+    let list = |index: usize, last: u64| -> Vec<u64> {
+        let mut tags = Vec::new();
+        let mut at = last;
+        while at != 0 {
+            assert!(
+                tags.len() <= before.len(),
+                "seed={seed}: the writes of account {index} before {last} form a cycle"
+            );
+            tags.push(at);
+            at = *before.get(&(index, at)).unwrap_or_else(|| {
+                panic!("seed={seed}: account {index} was read at tag {at}, which no transfer wrote")
+            });
+        }
+        tags.reverse();
+        tags
+    };
+    let final_audit = committed.last().expect("the final audit");
+    let final_lists: HashMap<usize, Vec<u64>> = final_audit
+        .reads
+        .iter()
+        .map(|&(index, tag)| (index, list(index, tag)))
+        .collect();
+    // Where each tag is in its account's final list: a read of it is that list's prefix (a
+    // tag the final list lacks, which the checker reports, is followed back one by one).
+    let position: HashMap<(usize, u64), usize> = final_lists
+        .iter()
+        .flat_map(|(&index, tags)| {
+            tags.iter()
+                .enumerate()
+                .map(move |(at, &tag)| ((index, tag), at))
+        })
+        .collect();
+    let read_list = |index: usize, tag: u64| match position.get(&(index, tag)) {
+        Some(&at) => final_lists[&index][..=at].to_vec(),
+        None if tag == 0 => Vec::new(),
+        None => list(index, tag),
+    };
+    let record = |id: usize, txn: &BankTxn, end_ns: u64| {
+        let mut ops: Vec<MicroOp> = txn
+            .reads
+            .iter()
+            .map(|&(index, tag)| MicroOp::Read {
+                key: index as u64,
+                list: read_list(index, tag),
+            })
+            .collect();
+        if let Some((tag, transfer)) = txn.wrote {
+            for index in [transfer.from, transfer.to] {
+                ops.push(MicroOp::Append {
+                    key: index as u64,
+                    value: tag,
+                });
+            }
+        }
+        TxnRecord {
+            id: id as u64,
+            ops,
+            start_ns: txn.start_ns,
+            end_ns,
+        }
+    };
+    let mut history = History::default();
+    for (id, txn) in committed.iter().enumerate() {
+        history.txns.push(record(id, txn, txn.end_ns));
+    }
+    for (offset, txn) in in_doubt.iter().enumerate() {
+        let (tag, transfer) = txn.wrote.expect("only transfers are in doubt");
+        let found = [transfer.from, transfer.to].map(|index| final_lists[&index].contains(&tag));
+        match found {
+            [true, true] => {
+                history
+                    .txns
+                    .push(record(committed.len() + offset, txn, final_audit.start_ns))
+            }
+            [false, false] => {
+                history.aborted_appends.insert((transfer.from as u64, tag));
+                history.aborted_appends.insert((transfer.to as u64, tag));
+            }
+            _ => panic!(
+                "seed={seed}: the transfer in doubt with tag {tag} is in one account's writes \
+                 only: {transfer:?}"
+            ),
+        }
+    }
+    history
 }
 
 /// Final balances are the first ones moved by every acknowledged transfer and by some subset
@@ -1209,7 +1369,7 @@ fn bank_run(schedule: &Schedule) {
         (0..ACCOUNT_COUNT)
             .map(|index| {
                 let region = RegionId(1 + (index % PRIMARY_COUNT) as u32);
-                create(&creator, region, &BALANCE_FIRST.to_le_bytes())
+                create(&creator, region, &account_bytes(BALANCE_FIRST, 0))
             })
             .collect(),
     );
@@ -1231,6 +1391,7 @@ fn bank_run(schedule: &Schedule) {
     stop.store(true, Relaxed);
     let mut acknowledged = Vec::new();
     let mut unsure = Vec::new();
+    let (mut committed, mut in_doubt) = (Vec::new(), Vec::new());
     let (mut audit_count, mut refused_count, mut other_count) = (0, 0, 0);
     for thread in threads {
         let log = thread
@@ -1239,24 +1400,49 @@ fn bank_run(schedule: &Schedule) {
             .unwrap_or_else(|reason| panic!("seed={seed}: {reason}"));
         acknowledged.extend(log.acknowledged);
         unsure.extend(log.unsure);
+        committed.extend(log.committed);
+        in_doubt.extend(log.in_doubt);
         audit_count += log.audit_count;
         refused_count += log.refused_count;
         other_count += log.other_count;
     }
     settle(&cluster, seed);
     let reader = cluster.nodes()[0].txn().clone();
+    let final_start_ns = nanos_since(origin);
     let mut txn = reader.begin().expect("begin the final audit");
-    let finals: Vec<i64> = accounts
+    let final_accounts: Vec<(i64, u64)> = accounts
         .iter()
-        .map(|&account| {
+        .map(|&addr| {
             let bytes = txn
-                .read(account)
-                .unwrap_or_else(|e| panic!("seed={seed}: the final audit read {account}: {e}"));
-            balance(&bytes).unwrap_or_else(|reason| panic!("seed={seed}: {reason}"))
+                .read(addr)
+                .unwrap_or_else(|e| panic!("seed={seed}: the final audit read {addr}: {e}"));
+            account(&bytes).unwrap_or_else(|reason| panic!("seed={seed}: {reason}"))
         })
         .collect();
     txn.commit()
         .unwrap_or_else(|e| panic!("seed={seed}: the final audit did not commit: {e}"));
+    committed.push(BankTxn {
+        reads: final_accounts
+            .iter()
+            .enumerate()
+            .map(|(index, &(_, tag))| (index, tag))
+            .collect(),
+        wrote: None,
+        start_ns: final_start_ns,
+        end_ns: nanos_since(origin),
+    });
+    let finals: Vec<i64> = final_accounts.iter().map(|&(balance, _)| balance).collect();
+    let checking = Instant::now();
+    let history = bank_history(&committed, &in_doubt, seed);
+    let report = elle::check(&history, true);
+    eprintln!(
+        "  seed={seed}: the bank's history, checked in {} ms: {report}",
+        checking.elapsed().as_millis()
+    );
+    assert!(
+        report.is_valid(),
+        "seed={seed}: the bank's history\n{report}"
+    );
     eprintln!(
         "  seed={seed}: transfers acknowledged={} in_doubt={} audits={audit_count} \
          refused={refused_count} other={other_count}",

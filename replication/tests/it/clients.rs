@@ -533,12 +533,7 @@ fn a_dead_clients_commit_reaches_a_backup_copying_the_region() {
         assert!(Instant::now() < deadline, "n4 did not copy r1");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let complete = next(cluster.config(), |config| {
-        for placement in &mut config.regions {
-            placement.copying.clear();
-        }
-    });
-    cluster.reconfigure((*complete).clone()).expect("complete");
+    crate::recovery::count_every_copy_complete(&mut cluster);
     settle(&cluster);
     cluster
         .check_replicas()

@@ -38,6 +38,31 @@ fn publish(dir: &std::path::Path, file: &CmStatusFile, at: SystemTime) {
         .unwrap();
 }
 
+/// Writes the cluster file of `config` over `transport` in `dir` (with a secret, which tcp
+/// needs), a CM with leases of 200 ms if `cm`; returns its path.
+fn cluster_file(
+    dir: &std::path::Path,
+    transport: TransportKind,
+    config: &Configuration,
+    cm: bool,
+) -> std::path::PathBuf {
+    acre_engine::fabric::tcp::ClusterSecret::generate()
+        .write_file(&dir.join(acre_engine::directory::SECRET_FILE))
+        .unwrap();
+    let path = dir.join(CLUSTER_FILE);
+    ClusterFile {
+        transport,
+        persist: "flush".to_string(),
+        ring_bytes: RING_BYTES,
+        config: config.clone(),
+        cm: cm.then_some(acre_replication::cluster_file::CmSettings { lease_ms: 200 }),
+        ofi: None,
+    }
+    .write(&path)
+    .unwrap();
+    path
+}
+
 /// The CM writes `installing = 2`, then, within the same tick of the file system's clock,
 /// `committed = 2`. The client adopted 2 from the first write and must commit it from the
 /// second; keyed on the modification time alone it never reads the second one, and its
@@ -56,17 +81,7 @@ fn a_commit_written_in_the_same_mtime_tick_as_the_install_is_not_missed() {
         BLOCK_BYTES,
     )
     .unwrap();
-    let path = dir.path().join(CLUSTER_FILE);
-    ClusterFile {
-        transport: TransportKind::Shm,
-        persist: "flush".to_string(),
-        ring_bytes: RING_BYTES,
-        config: first.clone(),
-        cm: None,
-        ofi: None,
-    }
-    .write(&path)
-    .unwrap();
+    let path = cluster_file(dir.path(), TransportKind::Shm, &first, false);
     let n1 = ProcessNode::start(&path, NodeId(1)).unwrap();
     let n2 = ProcessNode::start(&path, NodeId(2)).unwrap();
     let c = ProcessNode::start(&path, client).unwrap();
@@ -97,7 +112,6 @@ fn a_commit_written_in_the_same_mtime_tick_as_the_install_is_not_missed() {
 /// "use an id the cluster file lists" sends the operator the wrong way.
 #[test]
 fn a_node_the_cm_removed_is_told_so_when_it_restarts() {
-    use acre_replication::cluster_file::CmSettings;
     let dir = tempfile::tempdir().unwrap();
     let client = NodeId(CLIENT_ID_BASE);
     let mut first = Configuration::place(
@@ -111,17 +125,7 @@ fn a_node_the_cm_removed_is_told_so_when_it_restarts() {
     )
     .unwrap();
     first.cm_replicas = vec![NodeId(1)];
-    let path = dir.path().join(CLUSTER_FILE);
-    ClusterFile {
-        transport: TransportKind::Shm,
-        persist: "flush".to_string(),
-        ring_bytes: RING_BYTES,
-        config: first.clone(),
-        cm: Some(CmSettings { lease_ms: 200 }),
-        ofi: None,
-    }
-    .write(&path)
-    .unwrap();
+    let path = cluster_file(dir.path(), TransportKind::Shm, &first, true);
     let mut second = Configuration::place(
         2,
         vec![NodeId(1)],
@@ -153,7 +157,6 @@ fn a_node_the_cm_removed_is_told_so_when_it_restarts() {
 fn a_client_connecting_while_a_dead_node_is_removed_waits_for_the_configuration_without_it() {
     use acre_engine::directory::NodeManifest;
     use acre_replication::client::ClientNode;
-    use acre_replication::cluster_file::CmSettings;
     let dir = tempfile::tempdir().unwrap();
     let clients = vec![NodeId(CLIENT_ID_BASE), NodeId(CLIENT_ID_BASE + 1)];
     let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
@@ -168,20 +171,7 @@ fn a_client_connecting_while_a_dead_node_is_removed_waits_for_the_configuration_
     )
     .unwrap();
     first.cm_replicas = vec![n1];
-    acre_engine::fabric::tcp::ClusterSecret::generate()
-        .write_file(&dir.path().join(acre_engine::directory::SECRET_FILE))
-        .unwrap();
-    let path = dir.path().join(CLUSTER_FILE);
-    ClusterFile {
-        transport: TransportKind::Tcp,
-        persist: "flush".to_string(),
-        ring_bytes: RING_BYTES,
-        config: first.clone(),
-        cm: Some(CmSettings { lease_ms: 200 }),
-        ofi: None,
-    }
-    .write(&path)
-    .unwrap();
+    let path = cluster_file(dir.path(), TransportKind::Tcp, &first, true);
     status(&first, None).write(dir.path()).unwrap();
     let m1 = ProcessNode::start(&path, n1).unwrap();
     let m2 = ProcessNode::start(&path, n2).unwrap();

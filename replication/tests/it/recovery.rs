@@ -663,6 +663,17 @@ fn a_free_truncated_while_the_copy_holds_a_block_read_reaches_the_new_backup() {
     cluster.stop();
 }
 
+/// The configuration after the current one in which no backup is copying any more (as the CM
+/// installs once every copy is reported complete), handed to every node.
+pub(crate) fn count_every_copy_complete(cluster: &mut EmbeddedCluster) {
+    let complete = next(cluster.config(), |config| {
+        for placement in &mut config.regions {
+            placement.copying.clear();
+        }
+    });
+    cluster.reconfigure((*complete).clone()).expect("complete");
+}
+
 /// Held by the tests that arm `copier.slots_read`: a pause point is armed once at a time, for
 /// whichever copier of the test binary reaches it first.
 static COPIER_PAUSED: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -735,12 +746,7 @@ fn a_copy_goes_on_through_a_configuration_that_leaves_its_region_as_it_was() {
     }
     again.release();
     assert_eq!(cluster.config().id, activated.id, "no other configuration");
-    let complete = next(cluster.config(), |config| {
-        for placement in &mut config.regions {
-            placement.copying.clear();
-        }
-    });
-    cluster.reconfigure((*complete).clone()).expect("complete");
+    count_every_copy_complete(&mut cluster);
     settle(&cluster);
     cluster
         .check_replicas()

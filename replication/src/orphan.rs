@@ -66,6 +66,10 @@ pub struct Orphan {
     pub txn: TxnId,
     pub regions: Vec<RegionId>,
     pub holds: u64,
+    /// Whether backups still copying a region it writes must hold its values before anybody
+    /// installs ([`decide`]): when it began in the configuration the node drained for and
+    /// needs no recovery there (`Worker::copying_must_hold` says why).
+    pub copying_must_hold: bool,
 }
 
 /// What the votes on an orphan say to do.
@@ -126,10 +130,19 @@ fn participants(config: &Configuration, regions: &[RegionId]) -> Result<Vec<Node
 /// - a commit proceeds in stages, one per round: the replicas lacking the values get them
 ///   copied (`Copy`), then the primaries install them (`Install`: from their LOCK, or a
 ///   promoted primary from its COMMIT-BACKUP), then everybody truncates (`Truncate`).
+///
+/// `copying_must_hold`: whether backups still copying a region count among the replicas that
+/// must hold the values. They must when no configuration restarts their copies: a dead client's
+/// transaction settled while a copy runs, whose object the copy may have read before the
+/// transaction locked it (docs/failures.md#data-recovery). A transaction that needs recovery
+/// was made so by a configuration that blocks a region or removes a member, which starts every
+/// copy again, and the new copy's COPY-QUERY waits for the transaction to be settled; there
+/// they are left out, as data recovery fills them.
 pub fn decide(
     config: &Configuration,
     regions: &[RegionId],
     votes: &BTreeMap<NodeId, Result<u64, String>>,
+    copying_must_hold: bool,
 ) -> Outcome {
     let nodes = match participants(config, regions) {
         Ok(nodes) if !nodes.is_empty() => nodes,
@@ -220,12 +233,15 @@ pub fn decide(
             // none have applied it.
             continue;
         }
-        // Replicas that must hold the values before anybody installs: every backup, and a
-        // promoted primary (it installs from a COMMIT-BACKUP). Copying backups too: a copy may
-        // have read the objects before the transaction locked them and goes on without reading
-        // them again while no configuration stops it (a dead client's transaction is settled
-        // with none), so the commit reaches it only as a record (docs/failures.md#data-recovery).
-        let mut must_hold: Vec<NodeId> = placement.backups.clone();
+        // Replicas that must hold the values before anybody installs: complete backups, copying
+        // ones when `copying_must_hold`, and a promoted primary (it installs from a
+        // COMMIT-BACKUP).
+        let mut must_hold: Vec<NodeId> = placement
+            .backups
+            .iter()
+            .filter(|backup| copying_must_hold || !placement.copying.contains(backup))
+            .copied()
+            .collect();
         if promoted {
             must_hold.push(placement.primary);
         }
@@ -559,7 +575,7 @@ fn ask(
             };
             votes.insert(other, vote);
         }
-        let outcome = decide(&config, &orphan.regions, &votes);
+        let outcome = decide(&config, &orphan.regions, &votes, orphan.copying_must_hold);
         if let Outcome::Copy { lacking } = &outcome {
             copy_entries(node, backup, &config, &orphan, lacking);
         }
@@ -712,6 +728,16 @@ pub fn answer(node: &TxnNode, asker: NodeId, to: ReplyTo, seq: u64, holds: Optio
 mod tests {
     use super::*;
 
+    /// The decision for a transaction that needs recovery, or settled with no copy running
+    /// (copying backups left out); [`super::decide`] with `true` where they must hold.
+    fn decide(
+        config: &Configuration,
+        regions: &[RegionId],
+        votes: &BTreeMap<NodeId, Result<u64, String>>,
+    ) -> Outcome {
+        super::decide(config, regions, votes, false)
+    }
+
     /// Three nodes, f = 2: region `k` has its primary on `nk` and backups on the two others.
     fn config() -> Configuration {
         let nodes = (1..=3).map(NodeId).collect();
@@ -785,8 +811,9 @@ mod tests {
         ));
     }
 
-    /// A backup still copying its region must hold the values too before anybody installs:
-    /// its copy may have read the objects before the transaction locked them
+    /// A backup still copying its region must hold the values too before anybody installs a
+    /// transaction that needs no recovery: its copy may have read the objects before the
+    /// transaction locked them
     /// (`clients::a_dead_clients_commit_reaches_a_backup_copying_the_region`).
     #[test]
     fn a_copying_backup_that_lacks_the_values_gets_them_copied() {
@@ -798,15 +825,17 @@ mod tests {
             }
         }
         assert_eq!(
-            decide(&config, &[r1], &votes([L, CB, 0])),
+            super::decide(&config, &[r1], &votes([L, CB, 0]), true),
             Outcome::Copy {
                 lacking: vec![NodeId(3)]
             }
         );
         assert_eq!(
-            decide(&config, &[r1], &votes([L, CB, CB])),
+            super::decide(&config, &[r1], &votes([L, CB, CB]), true),
             Outcome::Install
         );
+        // Needing recovery, the copy starts again: it is left out.
+        assert_eq!(decide(&config, &[r1], &votes([L, CB, 0])), Outcome::Install);
     }
 
     /// A participant aborted because a region lost the values (its primary died with the LOCK,

@@ -1102,6 +1102,7 @@ impl Serving {
                         txn,
                         regions: kept.regions.clone(),
                         holds: self.my_vote(txn, &kept.regions),
+                        copying_must_hold: self.copying_must_hold(txn, &kept.regions),
                     });
                 }
             }
@@ -1499,6 +1500,18 @@ impl Serving {
         }
     }
 
+    /// Whether the backups copying a region `txn` writes must hold its values before it is
+    /// installed ([`crate::orphan::decide`]): when it began in the configuration this node
+    /// drained for and needs no recovery there. Then its coordinator sent them its
+    /// COMMIT-BACKUP (they were in its plan) and nothing starts their copies again, which may
+    /// have read its objects before it locked them. A transaction begun earlier is one their
+    /// copy's COPY-QUERY waited for, or was begun before they were backups at all, when nobody
+    /// sent them its records (some of which may be truncated already, so they could never
+    /// hold them all); one that needs recovery starts every copy again.
+    fn copying_must_hold(&self, txn: TxnId, regions: &[RegionId]) -> bool {
+        txn.config >= self.recovery.drained_for() && !self.recovery.needs(txn, regions)
+    }
+
     /// Hands the resolver the transactions needing recovery that are due to be asked about.
     fn find_recovering(&mut self, now: Time) {
         let mut due = Vec::new();
@@ -1516,6 +1529,7 @@ impl Serving {
                     txn,
                     regions: kept.regions.clone(),
                     holds: self.my_vote(txn, &kept.regions),
+                    copying_must_hold: self.copying_must_hold(txn, &kept.regions),
                 });
             }
         }
